@@ -1,0 +1,181 @@
+"""One exception hierarchy for spanfaas.
+
+Every error knows the HTTP status it maps to, the CLI exit code, and a short
+slug used as the Problem Details ``type`` (RFC 9457).  The tree keeps three
+kinds of failure apart: the request was wrong, the platform failed, and the
+user's function failed::
+
+    SpanfaasError                       500  exit 1
+    ├── InvalidRequest                  400  exit 2
+    │   ├── InvalidManifest             400
+    │   ├── InvalidBundle               400
+    │   ├── InvalidPayload              400
+    │   └── PayloadTooLarge             413
+    ├── Unauthorized                    401  exit 3
+    ├── Forbidden                       403  exit 3
+    ├── NotFound                        404  exit 4
+    │   ├── FunctionNotFound            404
+    │   └── InvocationNotFound          404
+    ├── Conflict                        409  exit 5
+    ├── TooManyRequests                 429  exit 6
+    ├── InfraError                      502  exit 7   (the platform failed)
+    │   └── InfraUnavailable            503
+    └── FunctionFailed                  500  exit 8   (the user's function failed)
+        ├── FunctionError               500           handler raised
+        ├── FunctionTimeout             504           deadline passed, instance killed
+        ├── FunctionOutOfMemory         500           memory limit hit
+        └── FunctionCrashed             500           instance died (exit, signal)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "FunctionCrashed",
+    "FunctionError",
+    "FunctionFailed",
+    "FunctionNotFound",
+    "FunctionOutOfMemory",
+    "FunctionTimeout",
+    "InfraError",
+    "InfraUnavailable",
+    "InvalidBundle",
+    "InvalidManifest",
+    "InvalidPayload",
+    "InvalidRequest",
+    "InvocationNotFound",
+    "NotFound",
+    "PayloadTooLarge",
+    "SpanfaasError",
+    "TooManyRequests",
+    "Unauthorized",
+    "error_from_problem",
+]
+
+PROBLEM_BASE = "https://spanfaas.dev/problems/"
+
+
+class SpanfaasError(Exception):
+    """Root of every error spanfaas raises on purpose."""
+
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """Render as an RFC 9457 Problem Details object."""
+        doc: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.message,
+        }
+        if instance is not None:
+            doc["instance"] = instance
+        doc.update(self.extra)
+        return doc
+
+
+class InvalidRequest(SpanfaasError):
+    status, exit_code, slug, title = 400, 2, "invalid-request", "Invalid request"
+
+
+class InvalidManifest(InvalidRequest):
+    slug, title = "invalid-manifest", "Invalid function manifest"
+
+
+class InvalidBundle(InvalidRequest):
+    slug, title = "invalid-bundle", "Invalid function bundle"
+
+
+class InvalidPayload(InvalidRequest):
+    slug, title = "invalid-payload", "Invalid payload"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class Unauthorized(SpanfaasError):
+    status, exit_code, slug, title = 401, 3, "unauthorized", "Unauthorized"
+
+
+class Forbidden(SpanfaasError):
+    status, exit_code, slug, title = 403, 3, "forbidden", "Forbidden"
+
+
+class NotFound(SpanfaasError):
+    status, exit_code, slug, title = 404, 4, "not-found", "Not found"
+
+
+class FunctionNotFound(NotFound):
+    slug, title = "function-not-found", "Function not found"
+
+
+class InvocationNotFound(NotFound):
+    slug, title = "invocation-not-found", "Invocation not found"
+
+
+class Conflict(SpanfaasError):
+    status, exit_code, slug, title = 409, 5, "conflict", "Conflict"
+
+
+class TooManyRequests(SpanfaasError):
+    status, exit_code, slug, title = 429, 6, "too-many-requests", "Too many requests"
+
+
+class InfraError(SpanfaasError):
+    """The platform (an infrastructure, a worker, the network) failed."""
+
+    status, exit_code, slug, title = 502, 7, "infra-error", "Infrastructure error"
+
+
+class InfraUnavailable(InfraError):
+    status, slug, title = 503, "infra-unavailable", "Infrastructure unavailable"
+
+
+class FunctionFailed(SpanfaasError):
+    """The user's function failed; the platform did its job."""
+
+    status, exit_code, slug, title = 500, 8, "function-failed", "Function failed"
+
+
+class FunctionError(FunctionFailed):
+    slug, title = "function-error", "Function raised an exception"
+
+
+class FunctionTimeout(FunctionFailed):
+    status, slug, title = 504, "function-timeout", "Function timed out"
+
+
+class FunctionOutOfMemory(FunctionFailed):
+    slug, title = "function-out-of-memory", "Function ran out of memory"
+
+
+class FunctionCrashed(FunctionFailed):
+    slug, title = "function-crashed", "Function crashed"
+
+
+def _all_subclasses(cls: type[SpanfaasError]) -> list[type[SpanfaasError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_from_problem(doc: dict[str, Any]) -> SpanfaasError:
+    """Rebuild the typed error from a Problem Details document (SDK side)."""
+    slug = str(doc.get("type", "")).removeprefix(PROBLEM_BASE)
+    by_slug = {c.slug: c for c in _all_subclasses(SpanfaasError)}
+    cls = by_slug.get(slug, SpanfaasError)
+    extra = {k: v for k, v in doc.items() if k not in ("type", "title", "status", "detail", "instance")}
+    return cls(str(doc.get("detail", doc.get("title", "unknown error"))), **extra)

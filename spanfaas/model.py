@@ -1,0 +1,272 @@
+"""Typed records shared by every layer.
+
+Specs are frozen ``msgspec.Struct`` values validated once at the edge
+(manifest parsing, HTTP decoding); everything past the edge trusts them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from spanfaas.errors import InvalidManifest
+
+__all__ = [
+    "Bundle",
+    "ErrorInfo",
+    "FunctionRecord",
+    "FunctionSpec",
+    "InfraInfo",
+    "InvocationRecord",
+    "InvokeContext",
+    "MANIFEST_NAME",
+    "Protection",
+    "Resources",
+    "Result",
+    "Scaling",
+    "TokenRecord",
+    "load_manifest",
+    "parse_manifest",
+]
+
+MANIFEST_NAME = "spanfaas.toml"
+
+FunctionName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+HandlerRef = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+Isolation = Literal["strict", "reuse"]
+Network = Literal["none", "host"]
+
+
+class Resources(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Limits for one instance of a function."""
+
+    memory: Annotated[int, Meta(ge=16, le=65536)] = 256
+    """MiB of memory one instance may use."""
+    cpu: Annotated[float, Meta(gt=0, le=64)] = 1.0
+    """CPU cores one instance may use (a CFS quota)."""
+    timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    """Seconds an invocation may run before its instance is killed."""
+    concurrency: Annotated[int, Meta(ge=1, le=1024)] = 1
+    """Invocations one instance serves at once (reuse isolation only)."""
+    pids: Annotated[int, Meta(ge=4, le=4096)] = 64
+    """Processes and threads the whole function may have."""
+
+
+class Scaling(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How the function's pool grows and shrinks."""
+
+    min: Annotated[int, Meta(ge=0, le=1024)] = 0
+    max: Annotated[int, Meta(ge=1, le=1024)] = 8
+    prefork: Annotated[int, Meta(ge=0, le=64)] = 1
+    """strict isolation: children kept forked ahead of demand."""
+    queue: Annotated[int, Meta(ge=0, le=100_000)] = 256
+    """Invocations that may wait for an instance before TooManyRequests."""
+    idle_ttl: Annotated[float, Meta(ge=0)] = 300.0
+    """Seconds without invocations before the pool scales to zero."""
+
+
+class FunctionSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A function's manifest (``spanfaas.toml``), validated."""
+
+    name: FunctionName
+    handler: HandlerRef = "handler:handler"
+    isolation: Isolation = "strict"
+    network: Network = "none"
+    allow_subprocess: bool = False
+    env: dict[str, str] = {}
+    resources: Resources = Resources()
+    scaling: Scaling = Scaling()
+    description: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.handler.partition(":")[0]
+
+    @property
+    def function(self) -> str:
+        return self.handler.partition(":")[2]
+
+
+_PATH_RE = re.compile(r"at `\$\.?(.*)`")
+
+
+def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) -> FunctionSpec:
+    """Parse and validate a manifest; errors name the offending key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidManifest(f"{source}: not valid TOML: {exc}") from None
+    data.update(overrides)
+    try:
+        return msgspec.convert(data, FunctionSpec)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _PATH_RE.search(msg)
+        where = f" (key '{m.group(1)}')" if m and m.group(1) else ""
+        raise InvalidManifest(f"{source}{where}: {msg}", key=m.group(1) if m else None) from None
+
+
+def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
+    """Read the manifest of a function directory (or a manifest file)."""
+    path = Path(path)
+    manifest = path / MANIFEST_NAME if path.is_dir() else path
+    if not manifest.is_file():
+        raise InvalidManifest(
+            f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\""
+        )
+    return parse_manifest(manifest.read_text(), source=str(manifest), **overrides)
+
+
+class Bundle(Struct, frozen=True):
+    """A function's code, unpacked on disk, named by the sha256 of its archive."""
+
+    digest: str
+    path: str
+
+
+class InvokeContext(Struct, frozen=True, kw_only=True):
+    """What the caller says about one invocation."""
+
+    invocation_id: str
+    content_type: str = "application/json"
+    timeout: float | None = None
+    """Overrides the manifest timeout when shorter."""
+    event: dict[str, Any] | None = None
+    """The CloudEvent attributes when the invocation came from an event."""
+
+
+class ErrorInfo(Struct, frozen=True, kw_only=True):
+    """Why a function failed: what the user needs to fix it."""
+
+    kind: Literal["error", "timeout", "oom", "crashed"]
+    type: str = ""
+    message: str = ""
+    traceback: str = ""
+    exit_status: int | None = None
+
+
+class Result(Struct, frozen=True, kw_only=True):
+    """The outcome of one invocation that reached the function."""
+
+    invocation_id: str
+    function: str
+    output: bytes = b""
+    content_type: str = "application/json"
+    error: ErrorInfo | None = None
+    logs: str = ""
+    duration_ms: float = 0.0
+    cold: bool = False
+    infra: str = "local"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def raise_for_error(self) -> None:
+        """Raise the typed FunctionFailed subclass if the function failed."""
+        if self.error is None:
+            return
+        from spanfaas import errors
+
+        cls: type[errors.FunctionFailed] = {
+            "error": errors.FunctionError,
+            "timeout": errors.FunctionTimeout,
+            "oom": errors.FunctionOutOfMemory,
+            "crashed": errors.FunctionCrashed,
+        }[self.error.kind]
+        msg = self.error.message or self.error.kind
+        if self.error.type:
+            msg = f"{self.error.type}: {msg}"
+        raise cls(
+            msg,
+            invocation_id=self.invocation_id,
+            error_type=self.error.type,
+            traceback=self.error.traceback,
+            exit_status=self.error.exit_status,
+            logs=self.logs,
+        )
+
+
+class Protection(Struct, frozen=True):
+    """One sandbox mechanism and whether it is in force."""
+
+    name: str
+    active: bool
+    reason: str = ""
+
+
+class InfraInfo(Struct, kw_only=True):
+    """An infrastructure's declared capabilities and live state."""
+
+    name: str
+    kind: str
+    region: str = "local"
+    labels: dict[str, str] = {}
+    gpu: bool = False
+    max_memory: int = 65536
+    max_timeout: float = 3600.0
+    python: str = ""
+    isolation: list[str] = msgspec.field(default_factory=lambda: ["strict", "reuse"])
+    price_per_gb_s: float = 0.0
+    healthy: bool = True
+    queue_depth: int = 0
+    free_slots: int = 0
+    instances: int = 0
+    functions: int = 0
+    ewma_latency_ms: float = 0.0
+    error_rate: float = 0.0
+    protections: list[Protection] = []
+
+
+# -- records kept by the store ------------------------------------------------
+
+InvocationStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class FunctionRecord(Struct, frozen=True, kw_only=True):
+    """One deployed version of a function."""
+
+    name: str
+    version: int
+    digest: str
+    """sha256 of the bundle blob."""
+    spec: FunctionSpec
+    created_at: float
+
+
+class InvocationRecord(Struct, kw_only=True):
+    """One invocation, from acceptance to its recorded outcome."""
+
+    id: str
+    function: str
+    status: InvocationStatus
+    mode: Literal["sync", "async"] = "sync"
+    content_type: str = "application/json"
+    payload: bytes = b""
+    output: bytes = b""
+    output_type: str = "application/json"
+    error: ErrorInfo | None = None
+    logs: str = ""
+    attempts: int = 0
+    idempotency_key: str | None = None
+    infra: str = ""
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    not_before: float = 0.0
+    """Async queue: do not dispatch before this time (retry backoff)."""
+
+
+class TokenRecord(Struct, frozen=True, kw_only=True):
+    """An API token; only its sha256 is stored."""
+
+    id: str
+    name: str
+    scopes: list[Literal["admin", "deploy", "invoke"]]
+    token_hash: str
+    created_at: float
