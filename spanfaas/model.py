@@ -143,7 +143,8 @@ class InvokeContext(Struct, frozen=True, kw_only=True):
 class ErrorInfo(Struct, frozen=True, kw_only=True):
     """Why a function failed: what the user needs to fix it."""
 
-    kind: Literal["error", "timeout", "oom", "crashed"]
+    kind: Literal["error", "timeout", "oom", "crashed", "infra"]
+    """``infra``: the platform failed (only in records of async invocations that gave up)."""
     type: str = ""
     message: str = ""
     traceback: str = ""
@@ -173,11 +174,12 @@ class Result(Struct, frozen=True, kw_only=True):
             return
         from spanfaas import errors
 
-        cls: type[errors.FunctionFailed] = {
+        cls: type[errors.SpanfaasError] = {
             "error": errors.FunctionError,
             "timeout": errors.FunctionTimeout,
             "oom": errors.FunctionOutOfMemory,
             "crashed": errors.FunctionCrashed,
+            "infra": errors.InfraError,
         }[self.error.kind]
         msg = self.error.message or self.error.kind
         if self.error.type:
@@ -260,6 +262,9 @@ class InvocationRecord(Struct, kw_only=True):
     finished_at: float | None = None
     not_before: float = 0.0
     """Async queue: do not dispatch before this time (retry backoff)."""
+    duration_ms: float | None = None
+    """How long the function ran, as its infrastructure measured it."""
+    cold: bool = False
 
 
 class TokenRecord(Struct, frozen=True, kw_only=True):

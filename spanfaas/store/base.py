@@ -1,0 +1,104 @@
+"""The ``Store`` protocol: every piece of control-plane state behind one interface.
+
+Methods are synchronous and thread-safe; async callers run them through
+``asyncio.to_thread`` where they may block.  Two implementations:
+``SQLiteStore`` (embedded default) and ``PostgresStore`` (shared control plane).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
+
+__all__ = ["Store"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    exclusive: bool
+    """True when one gateway owns the store (SQLite): on start-up it may take
+    back every 'running' invocation; shared stores rely on expired leases."""
+
+    def close(self) -> None: ...
+
+    # -- functions: one row per deployed version ------------------------------
+
+    def put_function(self, name: str, digest: str, spec: FunctionSpec) -> FunctionRecord:
+        """Add a version (previous + 1, atomically) and return it."""
+        ...
+
+    def get_function(self, name: str) -> FunctionRecord | None:
+        """The latest version, or None."""
+        ...
+
+    def list_functions(self) -> list[FunctionRecord]:
+        """The latest version of every function, by name."""
+        ...
+
+    def function_versions(self, name: str) -> list[FunctionRecord]: ...
+
+    def delete_function(self, name: str) -> bool:
+        """Forget every version; False when there was none."""
+        ...
+
+    def function_digests(self) -> set[str]:
+        """Digests of the bundles any stored version refers to."""
+        ...
+
+    # -- invocations -----------------------------------------------------------
+
+    def create_invocation(self, record: InvocationRecord) -> None: ...
+
+    def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
+        """Insert or replace the records in one transaction (batched writes)."""
+        ...
+
+    def get_invocation(self, id: str) -> InvocationRecord | None: ...
+
+    def list_invocations(
+        self, function: str | None = None, limit: int = 50, status: str | None = None
+    ) -> list[InvocationRecord]:
+        """Newest first; payloads are left out."""
+        ...
+
+    # -- the durable async queue ----------------------------------------------
+
+    def enqueue(self, record: InvocationRecord) -> tuple[InvocationRecord, bool]:
+        """Commit a 'queued' record; with an idempotency key already used for
+        the same function, return the existing record and False instead."""
+        ...
+
+    def enqueue_many(
+        self, records: Sequence[InvocationRecord]
+    ) -> list[tuple[InvocationRecord, bool]]:
+        """``enqueue`` for several records in one transaction (group commit)."""
+        ...
+
+    def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
+        """Move up to ``limit`` due records to 'running' with a lease until
+        ``now + lease``; records whose lease expired are due again."""
+        ...
+
+    def claim_next(self, now: float, lease: float, owner: str = "") -> InvocationRecord | None: ...
+
+    def extend_leases(self, ids: Sequence[str], until: float) -> None: ...
+
+    def requeue_running(self) -> int:
+        """Put every 'running' record back in the queue (exclusive stores, at start-up)."""
+        ...
+
+    def queue_depth(self) -> int: ...
+
+    # -- API tokens (only their sha256) ---------------------------------------
+
+    def create_token(self, record: TokenRecord) -> None: ...
+
+    def get_token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
+
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    def delete_token(self, id: str) -> bool: ...
+
+    def count_tokens(self) -> int: ...

@@ -1,0 +1,60 @@
+"""Ordered schema migrations, one list for both SQL dialects.
+
+A migration is applied once, in order, inside the transaction that bumps
+``schema_version``.  Never edit a released migration: append a new one.
+``{real}`` and ``{blob}`` are filled in per dialect.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "render"]
+
+MIGRATIONS: list[list[str]] = [
+    # 1: functions, invocations + async queue, tokens
+    [
+        """CREATE TABLE functions (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            digest TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            PRIMARY KEY (name, version))""",
+        """CREATE TABLE invocations (
+            id TEXT PRIMARY KEY,
+            function TEXT NOT NULL,
+            status TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            payload {blob} NOT NULL,
+            output {blob} NOT NULL,
+            output_type TEXT NOT NULL,
+            error TEXT,
+            logs TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            idempotency_key TEXT,
+            infra TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            started_at {real},
+            finished_at {real},
+            not_before {real} NOT NULL,
+            duration_ms {real},
+            cold INTEGER NOT NULL DEFAULT 0,
+            lease_until {real},
+            owner TEXT)""",
+        "CREATE UNIQUE INDEX invocations_idempotency ON invocations (function, idempotency_key)",
+        "CREATE INDEX invocations_by_function ON invocations (function, created_at)",
+        "CREATE INDEX invocations_by_time ON invocations (created_at)",
+        "CREATE INDEX invocations_queued ON invocations (not_before) WHERE status = 'queued'",
+        "CREATE INDEX invocations_running ON invocations (lease_until) WHERE status = 'running'",
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at {real} NOT NULL)""",
+    ],
+]
+
+
+def render(statement: str, *, real: str, blob: str) -> str:
+    return statement.replace("{real}", real).replace("{blob}", blob)

@@ -1,0 +1,125 @@
+"""The shared store: PostgreSQL through psycopg 3 and a small connection pool.
+
+Several gateways may share one database: versions are serialized with an
+advisory lock per function name, and the queue is claimed with
+``SELECT … FOR UPDATE SKIP LOCKED`` so two dispatchers never take one record.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+
+from spanfaas.errors import InfraUnavailable
+from spanfaas.store.sql import INV_COLS, SQLStore
+
+__all__ = ["PostgresStore"]
+
+_CLAIM = (
+    "WITH due AS (SELECT id FROM invocations WHERE status = 'queued' AND not_before <= ? "
+    "ORDER BY not_before, created_at LIMIT ? FOR UPDATE SKIP LOCKED) "
+    "UPDATE invocations SET status = 'running', attempts = attempts + 1, started_at = ?, "
+    "lease_until = ?, owner = ? FROM due WHERE invocations.id = due.id RETURNING "
+)
+
+
+@lru_cache(maxsize=256)
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class PostgresStore(SQLStore):
+    exclusive = False
+    _real = "DOUBLE PRECISION"
+    _blob = "BYTEA"
+
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self._timeout = connect_timeout
+        self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+        self._migrate()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
+        except psycopg.OperationalError as exc:
+            raise InfraUnavailable(
+                f"cannot connect to the PostgreSQL store ({_redact(self.url)}): {exc}; "
+                "check SPANFAAS_STORE and that the server is up"
+            ) from None
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        self._slots.acquire()
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            if conn.closed:
+                conn = self._connect()
+            try:
+                yield conn
+            except psycopg.OperationalError:
+                conn.close()  # broken: do not return it to the pool
+                raise
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.close()
+            elif self._closed:
+                conn.close()
+            else:
+                self._idle.put(conn)
+        finally:
+            self._slots.release()
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self._conn() as conn, conn.cursor() as cur:
+            yield cur
+
+    def _q(self, sql: str) -> str:
+        return _pg(sql)
+
+    def _lock(self, cur: Any, key: str) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+
+    def _claim_sql(self) -> str:
+        return _CLAIM + ", ".join(f"invocations.{c.strip()}" for c in INV_COLS.split(","))
+
+    def _claim_args(self, now: float, lease: float, limit: int, owner: str) -> tuple[Any, ...]:
+        return (now, int(limit), now, now + lease, owner)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({_redact(self.url)!r})"
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a connection URL."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

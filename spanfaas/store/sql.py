@@ -1,0 +1,334 @@
+"""What SQLite and PostgreSQL share: the queries and the row codec.
+
+Queries are written with ``?`` placeholders; a dialect rewrites them once
+(``PostgresStore`` to ``%s``).  Subclasses provide ``_tx()`` (a cursor inside
+a write transaction), ``_read()`` (a cursor for one read) and the claim query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import msgspec
+
+from spanfaas.errors import InvalidRequest
+from spanfaas.model import ErrorInfo, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
+from spanfaas.store.migrations import MIGRATIONS, render
+
+__all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew"]
+
+INV_COLS = (
+    "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
+    "attempts, idempotency_key, infra, created_at, started_at, finished_at, not_before, "
+    "duration_ms, cold"
+)
+_INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
+_INV_SLOTS = ", ".join("?" * len(INV_COLS.split(",")))
+_INV_UPDATE = ", ".join(
+    f"{c} = excluded.{c}" for c in (s.strip() for s in INV_COLS.split(",")) if c != "id"
+)
+_FN_COLS = "name, version, digest, spec, created_at"
+_TOKEN_COLS = "id, name, scopes, token_hash, created_at"
+
+_spec_decoder = msgspec.json.Decoder(FunctionSpec)
+_error_decoder = msgspec.json.Decoder(ErrorInfo)
+_scopes_decoder = msgspec.json.Decoder(list[str])
+_encode = msgspec.json.encode
+
+
+class StoreSchemaTooNew(InvalidRequest):
+    slug, title = "store-schema-too-new", "Store schema too new"
+
+
+class SQLStore:
+    """Queries common to both dialects."""
+
+    exclusive = False
+    _real = "REAL"
+    _blob = "BLOB"
+
+    # -- hooks -------------------------------------------------------------------
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _tx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _lock(self, cur: Any, key: str) -> None:
+        """Serialize writers on ``key`` inside the current transaction."""
+
+    def _claim_sql(self) -> str:
+        """An UPDATE … RETURNING the invocation columns of the due records it took."""
+        raise NotImplementedError
+
+    def _claim_args(self, now: float, lease: float, limit: int, owner: str) -> tuple[Any, ...]:
+        return (now, now + lease, owner, now, int(limit))
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- schema ------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._tx() as cur:
+            self._lock(cur, "spanfaas-migrations")
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            cur.execute("SELECT version FROM schema_version")
+            row = cur.fetchone()
+            current = row[0] if row else 0
+            if current > len(MIGRATIONS):
+                raise StoreSchemaTooNew(
+                    f"the store's schema is version {current}, newer than this spanfaas "
+                    f"knows ({len(MIGRATIONS)}); upgrade spanfaas"
+                )
+            for statements in MIGRATIONS[current:]:
+                for statement in statements:
+                    cur.execute(render(statement, real=self._real, blob=self._blob))
+            if row is None:
+                cur.execute(self._q("INSERT INTO schema_version (version) VALUES (?)"), (len(MIGRATIONS),))
+            elif current != len(MIGRATIONS):
+                cur.execute(self._q("UPDATE schema_version SET version = ?"), (len(MIGRATIONS),))
+
+    def schema_version(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT version FROM schema_version")
+            return int(cur.fetchone()[0])
+
+    # -- functions ---------------------------------------------------------------
+
+    def put_function(self, name: str, digest: str, spec: FunctionSpec) -> FunctionRecord:
+        now = time.time()
+        with self._tx() as cur:
+            self._lock(cur, "function:" + name)
+            cur.execute(self._q("SELECT COALESCE(MAX(version), 0) FROM functions WHERE name = ?"), (name,))
+            version = int(cur.fetchone()[0]) + 1
+            cur.execute(
+                self._q(f"INSERT INTO functions ({_FN_COLS}) VALUES (?, ?, ?, ?, ?)"),
+                (name, version, digest, _encode(spec).decode(), now),
+            )
+        return FunctionRecord(name=name, version=version, digest=digest, spec=spec, created_at=now)
+
+    def get_function(self, name: str) -> FunctionRecord | None:
+        with self._read() as cur:
+            cur.execute(
+                self._q(f"SELECT {_FN_COLS} FROM functions WHERE name = ? ORDER BY version DESC LIMIT 1"),
+                (name,),
+            )
+            row = cur.fetchone()
+        return _function(row) if row else None
+
+    def list_functions(self) -> list[FunctionRecord]:
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_FN_COLS} FROM functions f WHERE version = "
+                "(SELECT MAX(version) FROM functions g WHERE g.name = f.name) ORDER BY name"
+            )
+            return [_function(r) for r in cur.fetchall()]
+
+    def function_versions(self, name: str) -> list[FunctionRecord]:
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {_FN_COLS} FROM functions WHERE name = ? ORDER BY version"), (name,))
+            return [_function(r) for r in cur.fetchall()]
+
+    def delete_function(self, name: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM functions WHERE name = ?"), (name,))
+            return bool(cur.rowcount)
+
+    def function_digests(self) -> set[str]:
+        with self._read() as cur:
+            cur.execute("SELECT DISTINCT digest FROM functions")
+            return {r[0] for r in cur.fetchall()}
+
+    # -- invocations -------------------------------------------------------------
+
+    def create_invocation(self, record: InvocationRecord) -> None:
+        with self._tx() as cur:
+            cur.execute(self._q(f"INSERT INTO invocations ({INV_COLS}) VALUES ({_INV_SLOTS})"), _row(record))
+
+    def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
+        if not records:
+            return
+        sql = self._q(
+            f"INSERT INTO invocations ({INV_COLS}) VALUES ({_INV_SLOTS}) "
+            f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL"
+        )
+        with self._tx() as cur:
+            cur.executemany(sql, [_row(r) for r in records])
+
+    def get_invocation(self, id: str) -> InvocationRecord | None:
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {INV_COLS} FROM invocations WHERE id = ?"), (id,))
+            row = cur.fetchone()
+        return _invocation(row) if row else None
+
+    def list_invocations(
+        self, function: str | None = None, limit: int = 50, status: str | None = None
+    ) -> list[InvocationRecord]:
+        where, args = [], []
+        if function is not None:
+            where.append("function = ?")
+            args.append(function)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._read() as cur:
+            cur.execute(
+                self._q(f"SELECT {_INV_LIST_COLS} FROM invocations {clause}ORDER BY created_at DESC LIMIT ?"),
+                (*args, int(limit)),
+            )
+            return [_invocation(r) for r in cur.fetchall()]
+
+    # -- async queue ---------------------------------------------------------------
+
+    def enqueue(self, record: InvocationRecord) -> tuple[InvocationRecord, bool]:
+        return self.enqueue_many([record])[0]
+
+    def enqueue_many(self, records: Sequence[InvocationRecord]) -> list[tuple[InvocationRecord, bool]]:
+        insert = self._q(
+            f"INSERT INTO invocations ({INV_COLS}) VALUES ({_INV_SLOTS}) "
+            "ON CONFLICT (function, idempotency_key) DO NOTHING"
+        )
+        existing = self._q(f"SELECT {INV_COLS} FROM invocations WHERE function = ? AND idempotency_key = ?")
+        out: list[tuple[InvocationRecord, bool]] = []
+        with self._tx() as cur:
+            for record in records:
+                cur.execute(insert, _row(record))
+                if cur.rowcount == 1:
+                    out.append((record, True))
+                    continue
+                cur.execute(existing, (record.function, record.idempotency_key))
+                out.append((_invocation(cur.fetchone()), False))
+        return out
+
+    def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
+        with self._tx() as cur:
+            cur.execute(
+                self._q(
+                    "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL "
+                    "WHERE status = 'running' AND lease_until < ?"
+                ),
+                (now,),
+            )
+            cur.execute(self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
+            rows = cur.fetchall()
+        records = [_invocation(r) for r in rows]
+        records.sort(key=lambda r: (r.not_before, r.created_at))
+        return records
+
+    def claim_next(self, now: float, lease: float, owner: str = "") -> InvocationRecord | None:
+        got = self.claim(now, lease, 1, owner)
+        return got[0] if got else None
+
+    def extend_leases(self, ids: Sequence[str], until: float) -> None:
+        if not ids:
+            return
+        with self._tx() as cur:
+            cur.executemany(
+                self._q("UPDATE invocations SET lease_until = ? WHERE id = ? AND status = 'running'"),
+                [(until, i) for i in ids],
+            )
+
+    def requeue_running(self) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL "
+                "WHERE status = 'running'"
+            )
+            return int(cur.rowcount)
+
+    def queue_depth(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(*) FROM invocations WHERE status = 'queued'")
+            return int(cur.fetchone()[0])
+
+    # -- tokens --------------------------------------------------------------------
+
+    def create_token(self, record: TokenRecord) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._q(f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?)"),
+                (record.id, record.name, _encode(record.scopes).decode(), record.token_hash, record.created_at),
+            )
+
+    def get_token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {_TOKEN_COLS} FROM tokens WHERE token_hash = ?"), (token_hash,))
+            row = cur.fetchone()
+        return _token(row) if row else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_TOKEN_COLS} FROM tokens ORDER BY created_at")
+            return [_token(r) for r in cur.fetchall()]
+
+    def delete_token(self, id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM tokens WHERE id = ?"), (id,))
+            return bool(cur.rowcount)
+
+    def count_tokens(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(*) FROM tokens")
+            return int(cur.fetchone()[0])
+
+
+# -- row codec -----------------------------------------------------------------------
+
+
+def _function(row: Sequence[Any]) -> FunctionRecord:
+    name, version, digest, spec, created_at = row
+    return FunctionRecord(
+        name=name, version=int(version), digest=digest, spec=_spec_decoder.decode(spec), created_at=created_at
+    )
+
+
+def _row(r: InvocationRecord) -> tuple[Any, ...]:
+    return (
+        r.id, r.function, r.status, r.mode, r.content_type, r.payload, r.output, r.output_type,
+        _encode(r.error).decode() if r.error is not None else None,
+        r.logs, r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
+        r.not_before, r.duration_ms, int(r.cold),
+    )  # fmt: skip
+
+
+def _invocation(row: Sequence[Any]) -> InvocationRecord:
+    (id, function, status, mode, ct, payload, output, otype, error, logs, attempts, key, infra,
+     created, started, finished, not_before, duration, cold) = row  # fmt: skip
+    return InvocationRecord(
+        id=id,
+        function=function,
+        status=status,
+        mode=mode,
+        content_type=ct,
+        payload=bytes(payload) if payload else b"",
+        output=bytes(output) if output else b"",
+        output_type=otype,
+        error=_error_decoder.decode(error) if error else None,
+        logs=logs,
+        attempts=int(attempts),
+        idempotency_key=key,
+        infra=infra,
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+        not_before=not_before,
+        duration_ms=duration,
+        cold=bool(cold),
+    )
+
+
+def _token(row: Sequence[Any]) -> TokenRecord:
+    id, name, scopes, token_hash, created_at = row
+    return TokenRecord(
+        id=id, name=name, scopes=_scopes_decoder.decode(scopes), token_hash=token_hash, created_at=created_at
+    )  # type: ignore[arg-type]
+

@@ -1,0 +1,221 @@
+"""The Store contract, run against real SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spanfaas.config import Settings
+from spanfaas.errors import InvalidRequest
+from spanfaas.model import ErrorInfo, FunctionSpec, InvocationRecord, TokenRecord
+from spanfaas.store import SQLiteStore, Store, StoreSchemaTooNew, open_store
+from spanfaas.store.migrations import MIGRATIONS
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "spanfaas.db")
+    else:
+        from spanfaas.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("postgres_db"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def spec(name: str = "hello", **kw: object) -> FunctionSpec:
+    return FunctionSpec(name=name, **kw)  # type: ignore[arg-type]
+
+
+def inv(function: str = "hello", **kw: object) -> InvocationRecord:
+    defaults: dict[str, object] = dict(
+        id=uuid.uuid4().hex, function=function, status="queued", mode="async", created_at=time.time()
+    )
+    defaults.update(kw)
+    return InvocationRecord(**defaults)  # type: ignore[arg-type]
+
+
+def test_implements_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+def test_schema_is_migrated_once(store: Store) -> None:
+    assert store.schema_version() == len(MIGRATIONS)  # type: ignore[attr-defined]
+    store._migrate()  # type: ignore[attr-defined]  # idempotent
+    assert store.schema_version() == len(MIGRATIONS)  # type: ignore[attr-defined]
+
+
+def test_schema_newer_than_code_is_refused(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "x.db")
+    with s._tx() as cur:
+        cur.execute("UPDATE schema_version SET version = 999")
+    s.close()
+    with pytest.raises(StoreSchemaTooNew, match="upgrade spanfaas"):
+        SQLiteStore(tmp_path / "x.db")
+
+
+def test_function_versions(store: Store) -> None:
+    assert store.get_function("hello") is None
+    r1 = store.put_function("hello", "a" * 64, spec(description="one"))
+    r2 = store.put_function("hello", "b" * 64, spec(description="two", isolation="reuse"))
+    store.put_function("other", "c" * 64, spec("other"))
+    assert (r1.version, r2.version) == (1, 2)
+    latest = store.get_function("hello")
+    assert latest is not None and latest.version == 2 and latest.digest == "b" * 64
+    assert latest.spec == spec(description="two", isolation="reuse")
+    assert [(f.name, f.version) for f in store.list_functions()] == [("hello", 2), ("other", 1)]
+    assert [f.version for f in store.function_versions("hello")] == [1, 2]
+    assert store.function_digests() == {"a" * 64, "b" * 64, "c" * 64}
+    assert store.delete_function("hello") is True
+    assert store.delete_function("hello") is False
+    assert store.get_function("hello") is None
+    assert [f.name for f in store.list_functions()] == ["other"]
+
+
+def test_concurrent_puts_get_distinct_versions(store: Store) -> None:
+    versions: list[int] = []
+
+    def put() -> None:
+        for _ in range(5):
+            versions.append(store.put_function("hello", "a" * 64, spec()).version)
+
+    threads = [threading.Thread(target=put) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(versions) == list(range(1, 21))
+
+
+def test_invocation_roundtrip_and_listing(store: Store) -> None:
+    a = inv(status="succeeded", mode="sync", payload=b"\x00in", output=b'{"x":1}', created_at=1.0, logs="hi\n")
+    b = inv(status="failed", created_at=2.0, error=ErrorInfo(kind="error", type="ValueError", message="bad", traceback="tb"))
+    c = inv("other", status="succeeded", created_at=3.0)
+    store.create_invocation(a)
+    store.save_invocations([b, c])
+    assert store.get_invocation(a.id) == a
+    assert store.get_invocation(b.id) == b
+    assert store.get_invocation("nope") is None
+    listed = store.list_invocations("hello")
+    assert [r.id for r in listed] == [b.id, a.id]  # newest first
+    assert listed[1].payload == b"" and listed[1].output == b'{"x":1}' and listed[1].logs == "hi\n"
+    assert [r.id for r in store.list_invocations(limit=1)] == [c.id]
+    assert [r.id for r in store.list_invocations(status="failed")] == [b.id]
+    # save_invocations replaces
+    done = inv(id=b.id, status="succeeded", created_at=2.0, duration_ms=1.5, cold=True, attempts=2)
+    store.save_invocations([done])
+    assert store.get_invocation(b.id) == done
+
+
+def test_enqueue_is_idempotent_per_function(store: Store) -> None:
+    first, created = store.enqueue(inv(idempotency_key="k1", payload=b"1"))
+    assert created
+    again, created = store.enqueue(inv(idempotency_key="k1", payload=b"2"))
+    assert not created and again.id == first.id and again.payload == b"1"
+    _, created = store.enqueue(inv("other", idempotency_key="k1"))
+    assert created
+    out = store.enqueue_many([inv(idempotency_key="k2"), inv(idempotency_key="k2"), inv(), inv()])
+    assert [c for _, c in out] == [True, False, True, True]
+    assert out[1][0].id == out[0][0].id
+    assert store.queue_depth() == 5
+
+
+def test_claim_takes_due_records_once(store: Store) -> None:
+    now = time.time()
+    later = inv(not_before=now + 100)
+    due = [inv(created_at=now - 3 + i) for i in range(3)]
+    store.enqueue_many([later, *due])
+    got = store.claim(now, lease=300, limit=2, owner="g1")
+    assert [r.id for r in got] == [due[0].id, due[1].id]
+    assert all(r.status == "running" and r.attempts == 1 and r.started_at == now for r in got)
+    nxt = store.claim_next(now, lease=300)
+    assert nxt is not None and nxt.id == due[2].id
+    assert store.claim_next(now, lease=30) is None
+    assert store.queue_depth() == 1
+    claimed = store.claim_next(now + 101, lease=30)
+    assert claimed is not None and claimed.id == later.id
+
+
+def test_expired_lease_is_reclaimed(store: Store) -> None:
+    now = time.time()
+    a, b = inv(), inv()
+    store.enqueue_many([a, b])
+    assert len(store.claim(now, lease=10, limit=2)) == 2
+    store.extend_leases([b.id], now + 100)
+    assert store.claim(now + 5, lease=10, limit=10) == []
+    again = store.claim(now + 11, lease=10, limit=10)  # a's lease expired, b's was extended
+    assert [r.id for r in again] == [a.id] and again[0].attempts == 2
+
+
+def test_requeue_running(store: Store) -> None:
+    store.enqueue_many([inv(), inv()])
+    store.claim(time.time(), lease=60, limit=5)
+    assert store.queue_depth() == 0
+    assert store.requeue_running() == 2
+    assert store.queue_depth() == 2
+
+
+def test_concurrent_claims_never_share_a_record(store: Store) -> None:
+    records = [inv() for _ in range(200)]
+    store.enqueue_many(records)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while batch := store.claim(time.time(), lease=60, limit=7):
+            with lock:
+                seen.extend(r.id for r in batch)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == sorted(r.id for r in records)
+
+
+def test_tokens(store: Store) -> None:
+    assert store.count_tokens() == 0
+    t = TokenRecord(id="tok1", name="admin", scopes=["admin"], token_hash="h" * 64, created_at=1.0)
+    store.create_token(t)
+    store.create_token(TokenRecord(id="tok2", name="ci", scopes=["invoke", "deploy"], token_hash="g" * 64, created_at=2.0))
+    assert store.get_token_by_hash("h" * 64) == t
+    assert store.get_token_by_hash("x") is None
+    assert [x.id for x in store.list_tokens()] == ["tok1", "tok2"]
+    assert store.count_tokens() == 2
+    assert store.delete_token("tok1") is True
+    assert store.delete_token("tok1") is False
+    assert store.count_tokens() == 1
+
+
+def test_open_store_picks_the_backend(tmp_path: Path) -> None:
+    s = open_store(Settings(data_dir=str(tmp_path)))
+    assert isinstance(s, SQLiteStore) and s.path == tmp_path / "spanfaas.db"
+    s.close()
+    with pytest.raises(InvalidRequest, match="postgresql://"):
+        open_store(Settings(data_dir=str(tmp_path), store="mysql://x"))
+
+
+@pytest.mark.postgres
+def test_open_store_postgres(postgres_db: str, tmp_path: Path) -> None:
+    from spanfaas.store.postgres import PostgresStore
+
+    s = open_store(Settings(data_dir=str(tmp_path), store=postgres_db))
+    assert isinstance(s, PostgresStore)
+    s.close()
+
+
+def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "w.db")
+    with s._read() as cur:
+        cur.execute("PRAGMA journal_mode")
+        assert cur.fetchone()[0] == "wal"
+    s.close()
