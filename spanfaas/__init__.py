@@ -43,9 +43,16 @@ from spanfaas.model import (
     Scaling,
 )
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spanfaas.client import AsyncClient, Client
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Conflict",
     "ErrorInfo",
     "Forbidden",
@@ -75,3 +82,17 @@ __all__ = [
     "Unauthorized",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The SDK is imported on first use: it pulls in httpx (~75 ms, many
+    # mappings), which function processes forked by the runtime never need.
+    if name in ("Client", "AsyncClient"):
+        from spanfaas import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'spanfaas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,40 @@
+"""The ``spanfaas`` command.
+
+Layering: ``platform`` (up, doctor) and ``commands`` (the API commands) use
+``output`` (how the CLI prints and exits) and the SDK (``spanfaas.client``);
+``up`` also starts ``spanfaas.gateway``.  Expected errors become one red
+line on stderr and the error class's exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from spanfaas.cli import commands, platform
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="spanfaas",
+    help="A self-hostable serverless platform for Python. Start with: spanfaas up --demo",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+for command in (
+    platform.up,
+    commands.deploy,
+    commands.invoke,
+    commands.result,
+    commands.ls,
+    commands.logs,
+    commands.rm,
+    commands.info,
+    platform.doctor,
+):
+    app.command()(command)
+
+
+def main() -> None:
+    app()

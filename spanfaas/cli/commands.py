@@ -1,0 +1,264 @@
+"""The commands that talk to a running gateway: deploy, invoke, ls, logs, rm, info, result."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from spanfaas.client import Client, InvokeOutput
+from spanfaas.client.operations import error_from_record, output_from_record
+from spanfaas.errors import InvalidPayload
+from spanfaas.cli.output import (
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    ago,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    print_value,
+)
+
+__all__ = ["deploy", "info", "invoke", "logs", "ls", "protection_table", "result", "rm"]
+
+
+
+@handle_errors
+def deploy(
+    path: Annotated[Path, typer.Argument(help="A function directory (with spanfaas.toml) or one .py file.", show_default=False)],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy (or redeploy) a function."""
+    started = time.perf_counter()
+    with Client(url, token) as client:
+        if as_json:
+            record = client.deploy(path)
+        else:
+            with Progress(
+                TextColumn("uploading [bold]{task.description}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                console=err_console(), transient=True,
+            ) as bar:
+                task = bar.add_task(path.name, total=None)
+                record = client.deploy(path, progress=lambda sent, total: bar.update(task, completed=sent, total=total))
+    if as_json:
+        print_json(record)
+        return
+    digest = str(record.get("digest", ""))
+    out_console().print(
+        f"[green]✓[/green] deployed [bold]{escape(str(record.get('name')))}[/bold] "
+        f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
+    )
+
+
+def _read_data(data: str | None) -> tuple[Any, bytes | None]:
+    """-d JSON, -d @file or -d @- (stdin): a JSON event, or raw bytes if the file is not JSON."""
+    if data is None:
+        return None, None
+    if data.startswith("@"):
+        source = data[1:]
+        try:
+            raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        except OSError as exc:
+            raise InvalidPayload(f"cannot read -d {data}: {exc.strerror or exc}") from None
+        try:
+            return json.loads(raw), None
+        except (ValueError, UnicodeDecodeError):
+            return None, raw
+    try:
+        return json.loads(data), None
+    except ValueError as exc:
+        raise InvalidPayload(
+            f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @file"
+        ) from None
+
+
+def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
+    if as_json:
+        print_json(out.to_record())
+        return
+    if raw:
+        sys.stdout.buffer.write(out.output)
+        sys.stdout.flush()
+    else:
+        print_value(out.value(), out.content_type)
+    meta = [f"{out.duration_ms:.1f} ms" if out.duration_ms is not None else "", out.infra, "cold" if out.cold else "", out.invocation_id]
+    err_console().print("[dim]" + escape(" · ".join(m for m in meta if m)) + "[/dim]")
+
+
+@handle_errors
+def invoke(
+    name: Annotated[str, typer.Argument(help="The function to run.", show_default=False)],
+    data: Annotated[str | None, typer.Option("-d", "--data", help="The event: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
+    run_async: Annotated[bool, typer.Option("--async", help="Queue the invocation and print its id.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait for the result.", show_default=False)] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a function and print its result."""
+    event, body = _read_data(data)
+    with Client(url, token) as client:
+        if run_async:
+            invocation_id = client.invoke_async(name, event, data=body)
+            if as_json:
+                print_json({"id": invocation_id, "status": "queued"})
+            else:
+                sys.stdout.write(invocation_id + "\n")
+                err_console().print(f"[dim]queued; get the result with: spanfaas result {escape(invocation_id)} --wait[/dim]")
+            return
+        out = client.invoke_output(name, event, data=body, timeout=timeout)
+    _show_output(out, raw=raw, as_json=as_json)
+
+
+@handle_errors
+def result(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID", help="An invocation id (from invoke --async).", show_default=False)],
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until the invocation finishes.")] = False,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait with --wait.", show_default=False)] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an invocation's result (or status, while it runs)."""
+    with Client(url, token) as client:
+        if wait:
+            with err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
+                client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
+        record = client.invocation(invocation_id)
+    status = record.get("status")
+    if status == "failed":
+        raise error_from_record(record)
+    if as_json:
+        print_json(record)
+    elif status == "succeeded":
+        _show_output(output_from_record(record), raw=raw, as_json=False)
+    else:
+        out_console().print(f"{escape(invocation_id)} is [yellow]{escape(str(status))}[/yellow] (attempts: {record.get('attempts', 0)})")
+        err_console().print(f"[dim]wait for it with: spanfaas result {escape(invocation_id)} --wait[/dim]")
+
+
+@handle_errors
+def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List the deployed functions."""
+    with Client(url, token) as client:
+        functions = client.functions()
+    if as_json:
+        print_json({"functions": functions})
+        return
+    if not functions:
+        err_console().print("no functions deployed; deploy one with: spanfaas deploy examples/hello")
+        return
+    table = Table("NAME", "VERSION", "HANDLER", "ISOLATION", "MEMORY", "TIMEOUT", "DEPLOYED", box=None, header_style="bold")
+    for fn in sorted(functions, key=lambda f: str(f.get("name"))):
+        spec = fn.get("spec") or {}
+        res = spec.get("resources") or {}
+        table.add_row(
+            escape(str(fn.get("name"))),
+            str(fn.get("version", "")),
+            escape(str(spec.get("handler", ""))),
+            str(spec.get("isolation", "")),
+            f"{res.get('memory', '')} MiB",
+            f"{res.get('timeout', '')} s",
+            ago(fn.get("created_at")),
+        )
+    out_console().print(table)
+
+
+@handle_errors
+def logs(
+    target: Annotated[str, typer.Argument(metavar="NAME|ID", help="A function name (its latest invocations) or an invocation id.", show_default=False)],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many of a function's latest invocations.")] = 20,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the logs of an invocation, or of a function's latest invocations."""
+    with Client(url, token) as client:
+        records = client.logs(target, limit=limit)
+    if as_json:
+        print_json({"invocations": records})
+        return
+    if not records:
+        err_console().print(f"no invocations of {escape(target)} yet")
+        return
+    console = out_console()
+    for rec in reversed(records):  # oldest first, like a log
+        status = str(rec.get("status", ""))
+        colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
+        duration = rec.get("duration_ms")
+        head = " · ".join(
+            x for x in (str(rec.get("id", "")), f"[{colour}]{status}[/{colour}]", ago(rec.get("created_at")), f"{duration:.1f} ms" if duration is not None else "") if x
+        )
+        console.print(f"[bold]── {head}[/bold]")
+        text = str(rec.get("logs") or "").rstrip()
+        console.print(escape(text) if text else "[dim](no output)[/dim]")
+        error = rec.get("error")
+        if error:
+            console.print(f"[red]{escape(str(error.get('type') or error.get('kind')))}: {escape(str(error.get('message', '')))}[/red]")
+
+
+@handle_errors
+def rm(
+    name: Annotated[str, typer.Argument(help="The function to remove.", show_default=False)],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a function (all its versions)."""
+    with Client(url, token) as client:
+        client.remove(name)
+    if as_json:
+        print_json({"removed": name})
+    else:
+        out_console().print(f"[green]✓[/green] removed [bold]{escape(name)}[/bold]")
+
+
+@handle_errors
+def info(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the platform: version, infrastructures, sandbox protections, limits."""
+    with Client(url, token) as client:
+        doc = client.info()
+        where = client.url
+    if as_json:
+        print_json(doc)
+        return
+    console = out_console()
+    console.print(f"[bold]spanfaas {escape(str(doc.get('version', '?')))}[/bold] at {escape(where)}")
+    infras = Table("INFRASTRUCTURE", "KIND", "REGION", "HEALTHY", "FUNCTIONS", "INSTANCES", box=None, header_style="bold")
+    for inf in doc.get("infrastructures", []):
+        infras.add_row(
+            escape(str(inf.get("name"))), escape(str(inf.get("kind", ""))), escape(str(inf.get("region", ""))),
+            "[green]yes[/green]" if inf.get("healthy", True) else "[red]no[/red]",
+            str(inf.get("functions", "")), str(inf.get("instances", "")),
+        )
+    console.print(infras)
+    protections = doc.get("protections") or []
+    if protections:
+        console.print(protection_table(protections))
+    limits = doc.get("limits") or {}
+    if limits:
+        console.print("[bold]limits[/bold]  " + "  ".join(f"{escape(str(k))}={escape(str(v))}" for k, v in limits.items()))
+
+
+def protection_table(protections: list[Any]) -> Table:
+    """Sandbox protections, active or not and why (from /v1/info or a local probe)."""
+    table = Table("PROTECTION", "ACTIVE", "REASON", box=None, header_style="bold")
+    for p in protections:
+        get = p.get if isinstance(p, dict) else lambda k, d=None, p=p: getattr(p, k, d)
+        active = bool(get("active", False))
+        table.add_row(escape(str(get("name", ""))), "[green]yes[/green]" if active else "[red]no[/red]", escape(str(get("reason", "") or "")))
+    return table

@@ -1,0 +1,136 @@
+"""How the CLI speaks: Rich for people, one JSON document for scripts, exit codes per error.
+
+Data (results, ids, JSON documents) goes to stdout; status lines, progress
+and errors go to stderr, so ``$(spanfaas invoke …)`` captures only data.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from spanfaas.errors import FunctionFailed, SpanfaasError
+
+__all__ = [
+    "JsonOpt",
+    "TokenOpt",
+    "UrlOpt",
+    "ago",
+    "err_console",
+    "fail",
+    "handle_errors",
+    "out_console",
+    "print_json",
+    "print_value",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="Gateway URL [env: SPANFAAS_URL; default: saved by `spanfaas up`, else http://127.0.0.1:8080]", show_default=False),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up`]", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout (for scripts).")]
+
+
+def out_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(doc: Any) -> None:
+    """The one machine-readable document of a ``--json`` command."""
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_value(value: Any, content_type: str = "application/json") -> None:
+    """A function's output for people: JSON pretty-printed, text as is, bytes summarized."""
+    if isinstance(value, (bytes, bytearray)):
+        if content_type.startswith("text/") or "charset" in content_type:
+            try:
+                sys.stdout.write(value.decode() + ("" if value.endswith(b"\n") else "\n"))
+                return
+            except UnicodeDecodeError:
+                pass
+        if not sys.stdout.isatty():
+            sys.stdout.buffer.write(value)
+            sys.stdout.flush()
+            return
+        err_console().print(f"[dim]{len(value)} bytes of {escape(content_type)}; write them with --raw > FILE[/dim]")
+        return
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def ago(ts: float | None) -> str:
+    """A timestamp as people read it in a table: '12s ago', '3h ago'."""
+    if not ts:
+        return "-"
+    delta = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit} ago"
+    return f"{int(delta)}s ago"
+
+
+def fail(exc: SpanfaasError | TimeoutError, *, as_json: bool) -> NoReturn:
+    """Report an expected error (one red line saying what to fix) and exit with its code."""
+    if isinstance(exc, SpanfaasError):
+        message, code = exc.message, exc.exit_code
+        problem = exc.to_problem()
+    else:
+        message, code = str(exc), 1
+        problem = {"type": "about:blank", "title": "Timed out", "status": 504, "detail": message}
+    if as_json:
+        print_json(problem)
+    console = err_console()
+    console.print(f"[bold red]error:[/bold red] [red]{escape(message)}[/red]")
+    if isinstance(exc, FunctionFailed) and not as_json:
+        trace = str(exc.extra.get("traceback") or "").rstrip()
+        logs = str(exc.extra.get("logs") or "").rstrip()
+        if trace:
+            console.print(f"[dim]{escape(trace)}[/dim]")
+        if logs:
+            console.print("[dim]── logs ──[/dim]")
+            console.print(escape(logs))
+        if exc.extra.get("invocation_id"):
+            console.print(f"[dim]invocation {escape(str(exc.extra['invocation_id']))}[/dim]")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    try:
+        yield
+    except (SpanfaasError, TimeoutError) as exc:
+        fail(exc, as_json=as_json)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the expected errors of a command into a message and its exit code (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _errors(bool(kwargs.get("as_json", False))):
+            return fn(*args, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper

@@ -1,0 +1,400 @@
+"""The API calls, written once for both clients (sans-I/O).
+
+Each operation is a generator: it yields a ``Call`` (an HTTP request to make)
+or a ``Sleep``, receives the ``httpx.Response`` (or ``None`` after a sleep),
+and returns its value.  A failed call is thrown back into the generator as
+the typed ``SpanfaasError``, so an operation may recover (``logs`` tries an
+invocation id, then a function name).  ``Client`` drives these with blocking
+I/O, ``AsyncClient`` with ``await``; neither repeats the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Generator, Iterator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from spanfaas.client.bundle import pack
+from spanfaas.errors import (
+    PROBLEM_BASE,
+    Conflict,
+    Forbidden,
+    InfraError,
+    InfraUnavailable,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    SpanfaasError,
+    TooManyRequests,
+    Unauthorized,
+    error_from_problem,
+)
+from spanfaas.model import ErrorInfo, Result
+
+__all__ = [
+    "Call",
+    "InvokeOutput",
+    "Op",
+    "Sleep",
+    "check_response",
+    "deploy",
+    "error_from_record",
+    "function",
+    "functions",
+    "health",
+    "info",
+    "invocation",
+    "invocations",
+    "invoke",
+    "invoke_async",
+    "output_from_record",
+    "logs",
+    "create_token",
+    "remove",
+    "result",
+    "transport_error",
+]
+
+T = TypeVar("T")
+Progress: TypeAlias = Callable[[int, int], None]
+"""Called with (bytes sent, total bytes) while a bundle uploads."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP request an operation wants made."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    stream: httpx.SyncByteStream | None = None
+    timeout: float | None = None
+    """Overrides the client's read timeout for this call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+Op: TypeAlias = Generator[Call | Sleep, httpx.Response | None, T]
+
+_json = msgspec.json.Decoder()
+
+
+def _decode(resp: httpx.Response | None) -> Any:
+    assert resp is not None
+    return _json.decode(resp.content)
+
+
+# -- results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeOutput:
+    """What one successful invocation returned, with the platform's metadata."""
+
+    output: bytes
+    content_type: str
+    invocation_id: str = ""
+    function: str = ""
+    duration_ms: float | None = None
+    infra: str = ""
+    cold: bool | None = None
+
+    @property
+    def is_json(self) -> bool:
+        return self.content_type.split(";")[0].strip().lower() in ("application/json", "") or self.content_type.endswith("+json")
+
+    def value(self) -> Any:
+        """The decoded output: the JSON value, or the raw bytes for other content types."""
+        if self.is_json:
+            return _json.decode(self.output) if self.output else None
+        return self.output
+
+    def to_record(self) -> dict[str, Any]:
+        """The same shape as ``GET /v1/invocations/{id}`` for a success."""
+        doc: dict[str, Any] = {
+            "id": self.invocation_id,
+            "function": self.function,
+            "status": "succeeded",
+            "content_type": self.content_type,
+        }
+        if self.is_json:
+            doc["result"] = self.value()
+        else:
+            doc["output_base64"] = base64.b64encode(self.output).decode()
+        doc.update(duration_ms=self.duration_ms, infra=self.infra, cold=self.cold)
+        return doc
+
+
+def _output_from_response(name: str, resp: httpx.Response) -> InvokeOutput:
+    h = resp.headers
+    duration = h.get("x-spanfaas-duration-ms")
+    cold = h.get("x-spanfaas-cold")
+    return InvokeOutput(
+        output=resp.content,
+        content_type=h.get("content-type", "application/json"),
+        invocation_id=h.get("x-spanfaas-invocation-id", ""),
+        function=name,
+        duration_ms=float(duration) if duration else None,
+        infra=h.get("x-spanfaas-infra", ""),
+        cold=cold.lower() in ("1", "true", "yes") if cold else None,
+    )
+
+
+def output_from_record(rec: Mapping[str, Any]) -> InvokeOutput:
+    ctype = rec.get("content_type") or "application/json"
+    if rec.get("output_base64") is not None:
+        output = base64.b64decode(rec["output_base64"])
+    else:
+        output = msgspec.json.encode(rec.get("result"))
+        ctype = ctype if "json" in ctype else "application/json"
+    return InvokeOutput(
+        output=output,
+        content_type=ctype,
+        invocation_id=str(rec.get("id", "")),
+        function=str(rec.get("function", "")),
+        duration_ms=rec.get("duration_ms"),
+        infra=str(rec.get("infra") or ""),
+        cold=rec.get("cold"),
+    )
+
+
+def error_from_record(rec: Mapping[str, Any]) -> SpanfaasError:
+    """The typed error for a failed invocation record."""
+    raw = rec.get("error") or {}
+    try:
+        info = msgspec.convert(raw, ErrorInfo)
+    except msgspec.ValidationError:
+        return SpanfaasError(f"invocation {rec.get('id')} failed: {raw}", invocation_id=rec.get("id"))
+    result = Result(invocation_id=str(rec.get("id", "")), function=str(rec.get("function", "")), error=info, logs=str(rec.get("logs") or ""))
+    try:
+        result.raise_for_error()
+    except SpanfaasError as exc:
+        return exc
+    raise AssertionError("unreachable: a failed record has an error")  # pragma: no cover
+
+
+# -- errors -------------------------------------------------------------------
+
+_BY_STATUS: dict[int, type[SpanfaasError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+    429: TooManyRequests,
+    503: InfraUnavailable,
+}
+
+_TOKEN_HINT = (
+    "no token was sent: pass --token or set SPANFAAS_TOKEN "
+    "(`spanfaas up` prints the admin token on its first start and saves it for this user)"
+)
+
+
+def check_response(resp: httpx.Response, *, base_url: str, has_token: bool) -> httpx.Response:
+    """Return a successful response; raise the typed error of a failed one."""
+    if resp.status_code < 400:
+        return resp
+    doc: Any = None
+    if "json" in resp.headers.get("content-type", ""):
+        try:
+            doc = _json.decode(resp.content)
+        except msgspec.DecodeError:
+            doc = None
+    if isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_BASE):
+        exc = error_from_problem(doc)
+    else:
+        cls = _BY_STATUS.get(resp.status_code, InfraError if resp.status_code >= 500 else InvalidRequest)
+        snippet = resp.text[:200].strip()
+        exc = cls(
+            f"{base_url} answered {resp.status_code} {resp.reason_phrase}"
+            + (f": {snippet}" if snippet else "")
+            + "; is it a spanfaas gateway of this version?"
+        )
+    if isinstance(exc, Unauthorized) and not has_token:
+        exc = Unauthorized(f"{exc.message}; {_TOKEN_HINT}", **exc.extra)
+    raise exc
+
+
+def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None) -> SpanfaasError:
+    """The typed error for a request that got no answer."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return InfraUnavailable(f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?")
+    if isinstance(exc, httpx.TimeoutException):
+        return InfraError(
+            f"spanfaas at {base_url} did not answer within {timeout}s; "
+            "pass a longer timeout (--timeout, or timeout= in the SDK)"
+        )
+    return InfraError(f"the connection to spanfaas at {base_url} failed: {exc or type(exc).__name__}")
+
+
+# -- upload progress ----------------------------------------------------------
+
+
+class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Request body in chunks, reporting progress; usable by both clients."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, data: bytes, progress: Progress) -> None:
+        self.data = data
+        self.progress = progress
+
+    def _chunks(self) -> Iterator[bytes]:
+        total = len(self.data)
+        for start in range(0, total, self.CHUNK):
+            chunk = self.data[start : start + self.CHUNK]
+            yield chunk
+            self.progress(min(start + len(chunk), total), total)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks():
+            yield chunk
+
+
+# -- operations ---------------------------------------------------------------
+
+
+def _fn(name: str) -> str:
+    return "/v1/functions/" + quote(name, safe="")
+
+
+def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, Any]]:
+    packed = pack(path)
+    headers = {"Content-Type": "application/gzip", "Content-Length": str(len(packed.data))}
+    if progress is None:
+        call = Call("PUT", _fn(packed.name), headers=headers, content=packed.data)
+    else:
+        call = Call("PUT", _fn(packed.name), headers=headers, stream=UploadStream(packed.data, progress))
+    resp = yield call
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
+    if data is not None:
+        return bytes(data), "application/octet-stream"
+    if isinstance(event, (bytes, bytearray, memoryview)):
+        return bytes(event), "application/octet-stream"
+    try:
+        return msgspec.json.encode(event), "application/json"
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidRequest(f"the event is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
+
+
+def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+    body, ctype = encode_payload(event, data)
+    headers = {"Content-Type": ctype}
+    if timeout is not None:
+        headers["X-Spanfaas-Timeout"] = f"{timeout:g}"
+    # The gateway answers with a function-timeout problem at the deadline; wait a little longer.
+    resp = yield Call("POST", _fn(name) + "/invoke", headers=headers, content=body, timeout=None if timeout is None else timeout + 5.0)
+    assert resp is not None
+    return _output_from_response(name, resp)
+
+
+def invoke_async(name: str, event: Any = None, *, data: bytes | None = None, idempotency_key: str | None = None) -> Op[str]:
+    body, ctype = encode_payload(event, data)
+    headers = {"Content-Type": ctype}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    resp = yield Call("POST", _fn(name) + "/invoke", params={"mode": "async"}, headers=headers, content=body)
+    return str(_decode(resp)["id"])
+
+
+def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+    resp = yield Call("GET", "/v1/invocations/" + quote(invocation_id, safe=""))
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+FINISHED = ("succeeded", "failed")
+
+
+def result(invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> Op[InvokeOutput]:
+    """Poll an invocation until it finishes (backoff 20 ms → 1 s); raise its error if it failed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        rec = yield from invocation(invocation_id)
+        status = rec.get("status")
+        if status == "succeeded":
+            return output_from_record(rec)
+        if status == "failed":
+            raise error_from_record(rec)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if not wait or (remaining is not None and remaining <= 0):
+            raise TimeoutError(
+                f"invocation {invocation_id} is still {status}"
+                + (f" after {timeout:g}s" if wait else "")
+                + f"; wait for it with: spanfaas result {invocation_id} --wait"
+            )
+        yield Sleep(delay if remaining is None else min(delay, remaining))
+        delay = min(delay * 1.5, 1.0)
+
+
+def functions() -> Op[list[dict[str, Any]]]:
+    resp = yield Call("GET", "/v1/functions")
+    return _decode(resp)["functions"]  # type: ignore[no-any-return]
+
+
+def function(name: str) -> Op[dict[str, Any]]:
+    resp = yield Call("GET", _fn(name))
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+def remove(name: str) -> Op[None]:
+    yield Call("DELETE", _fn(name))
+
+
+def info() -> Op[dict[str, Any]]:
+    resp = yield Call("GET", "/v1/info")
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+def health() -> Op[bool]:
+    resp = yield Call("GET", "/healthz")
+    return resp is not None and resp.status_code == 200
+
+
+def invocations(function: str | None = None, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
+    params = {"limit": str(limit)}
+    if function is not None:
+        params["function"] = function
+    resp = yield Call("GET", "/v1/invocations", params=params)
+    return _decode(resp)["invocations"]  # type: ignore[no-any-return]
+
+
+def logs(name_or_id: str, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
+    """Invocation records with their logs: one invocation by id, or a function's latest."""
+    try:
+        return [(yield from invocation(name_or_id))]
+    except NotFound:
+        pass
+    try:
+        yield from function(name_or_id)
+    except NotFound:
+        raise NotFound(
+            f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`"
+        ) from None
+    return (yield from invocations(name_or_id, limit=limit))
+
+
+def create_token(name: str, scopes: list[str]) -> Op[dict[str, Any]]:
+    resp = yield Call("POST", "/v1/tokens", headers={"Content-Type": "application/json"}, content=msgspec.json.encode({"name": name, "scopes": scopes}))
+    return _decode(resp)  # type: ignore[no-any-return]

@@ -1,0 +1,98 @@
+"""Where the SDK and the CLI find the gateway: arguments, env, then the user config.
+
+``spanfaas up`` writes ``$XDG_CONFIG_HOME/spanfaas/config.toml`` (default
+``~/.config/spanfaas/config.toml``) on its first start::
+
+    url = "http://127.0.0.1:8080"
+    token = "…"
+
+Resolution, first match wins: explicit arguments, ``SPANFAAS_URL`` /
+``SPANFAAS_TOKEN``, the config file.  The saved token is only sent to the
+URL it was saved for, so pointing the CLI at another gateway never leaks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from spanfaas.errors import InvalidRequest
+
+__all__ = ["DEFAULT_URL", "UserConfig", "config_path", "load_user_config", "resolve", "save_user_config"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class UserConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The user's saved connection: one gateway and its token."""
+
+    url: str = ""
+    token: str = ""
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "spanfaas" / "config.toml"
+
+
+def load_user_config(path: Path | None = None) -> UserConfig:
+    """Read the user config; a missing file is an empty config."""
+    path = path or config_path()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return UserConfig()
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc}; fix or delete the file") from None
+    try:
+        return msgspec.convert(data, UserConfig)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"{path}: {exc}; fix or delete the file") from None
+
+
+def save_user_config(config: UserConfig, path: Path | None = None) -> Path:
+    """Write the user config, readable by the user only (it holds a token)."""
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # JSON strings are valid TOML basic strings (same escapes).
+    text = "".join(
+        f"{field} = {json.dumps(value)}\n"
+        for field, value in (("url", config.url), ("token", config.token))
+        if value
+    )
+    tmp = path.with_suffix(".toml.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def resolve(
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config: UserConfig | None = None,
+) -> tuple[str, str | None]:
+    """The gateway URL and token to use: arguments > env > user config."""
+    env = os.environ if env is None else env
+    url = url or env.get("SPANFAAS_URL") or None
+    token = token or env.get("SPANFAAS_TOKEN") or None
+    if url is None or token is None:
+        config = config if config is not None else load_user_config(config_path(env))
+        if url is None:
+            url = config.url or DEFAULT_URL
+        if token is None and config.token and _same_url(url, config.url or DEFAULT_URL):
+            token = config.token
+    return url.rstrip("/"), token
