@@ -1,0 +1,244 @@
+"""The runtime's (asyncio) ends of the zygote, template and instance channels."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from spanfaas.runtime import protocol as p
+
+_UCRED = struct.Struct("3i")
+
+
+class ControlChannel:
+    """A SOCK_SEQPACKET channel: one message (and its fds) per frame.
+
+    Reads are driven by ``loop.add_reader``; a send that would block is
+    queued and flushed when the socket becomes writable.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        decoder: msgspec.msgpack.Decoder[Any],
+        on_message: Callable[[Any, list[int]], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self._decoder = decoder
+        self._on_message = on_message
+        self._on_eof = on_eof
+        self._loop = asyncio.get_running_loop()
+        self._outbox: deque[tuple[bytes, list[int]]] = deque()
+        self._closed = False
+        self._encoder = msgspec.msgpack.Encoder()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
+        if self._closed:
+            return
+        data = self._encoder.encode(msg)
+        if self._outbox:
+            self._outbox.append((data, fds or []))
+            return
+        if not self._try_send(data, fds or []):
+            self._outbox.append((data, fds or []))
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _try_send(self, data: bytes, fds: list[int]) -> bool:
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], fds)
+            else:
+                self.sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._eof()
+            return True
+        return True
+
+    def _writable(self) -> None:
+        while self._outbox:
+            data, fds = self._outbox[0]
+            if not self._try_send(data, fds):
+                return
+            self._outbox.popleft()
+        if not self._closed:
+            self._loop.remove_writer(self.sock.fileno())
+
+    def _readable(self) -> None:
+        while not self._closed:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, p.FD_MSG_MAX, 8)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._eof()
+                return
+            self._on_message(self._decoder.decode(data), list(fds))
+
+    def _eof(self) -> None:
+        if self._closed:
+            return
+        self.close()
+        self._on_eof()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        fd = self.sock.fileno()
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+        self.sock.close()
+
+
+async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
+    """Read an instance's Hello; return (seq, host pid from SCM_CREDENTIALS)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    fut: asyncio.Future[tuple[int, int]] = loop.create_future()
+    decoder = msgspec.msgpack.Decoder(p.Hello)
+
+    def readable() -> None:
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            loop.remove_reader(sock.fileno())
+            if not fut.done():
+                fut.set_exception(ConnectionError(str(exc)))
+            return
+        loop.remove_reader(sock.fileno())
+        if fut.done():
+            return
+        if not data:
+            fut.set_exception(ConnectionError("instance exited before it said hello"))
+            return
+        pid = 0
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+        hlen, _blen = p.FRAME.unpack_from(data)
+        hello = decoder.decode(data[p.FRAME.size : p.FRAME.size + hlen])
+        fut.set_result((hello.seq, pid))
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    finally:
+        if sock.fileno() >= 0:
+            loop.remove_reader(sock.fileno())
+
+
+class InstanceLost(ConnectionError):
+    """The instance's channel closed: it exited, crashed or was killed."""
+
+
+_SMALL = 256 * 1024
+
+
+class InstanceConnection(asyncio.BufferedProtocol):
+    """Frames to and from one instance; replies resolve futures by request id."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
+        self._buf = bytearray(_SMALL)
+        self._view = memoryview(self._buf)
+        self._n = 0
+        self._big: bytearray | None = None
+        self._big_n = 0
+        self._big_hlen = 0
+        self._decoder = msgspec.msgpack.Decoder(p.Done)
+        self._next_id = 0
+        self.lost = False
+
+    # -- asyncio.BufferedProtocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_n :]
+        return self._view[self._n :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is not None:
+            self._big_n += nbytes
+            if self._big_n == len(self._big):
+                big, self._big = self._big, None
+                view = memoryview(big)
+                self._deliver(view[: self._big_hlen], bytes(view[self._big_hlen :]))
+            return
+        self._n += nbytes
+        start = 0
+        fs = p.FRAME.size
+        while self._n - start >= fs:
+            hlen, blen = p.FRAME.unpack_from(self._buf, start)
+            total = fs + hlen + blen
+            if self._n - start < total:
+                if total > len(self._buf):
+                    # A large frame: continue it in its own buffer.
+                    self._big = bytearray(hlen + blen)
+                    have = self._n - start - fs
+                    self._big[:have] = self._view[start + fs : self._n]
+                    self._big_n = have
+                    self._big_hlen = hlen
+                    self._n = 0
+                    return
+                break
+            h0 = start + fs
+            self._deliver(self._view[h0 : h0 + hlen], bytes(self._view[h0 + hlen : start + total]))
+            start += total
+        if start:
+            rest = self._n - start
+            self._buf[:rest] = self._view[start : self._n]
+            self._n = rest
+
+    def _deliver(self, head: memoryview, body: bytes) -> None:
+        done = self._decoder.decode(head)
+        fut = self.pending.pop(done.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result((done, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(InstanceLost("instance connection lost"))
+        self.pending.clear()
+        self._on_lost()
+
+    # -- requests ---------------------------------------------------------------
+
+    def request(self, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
+        fut: asyncio.Future[tuple[p.Done, bytes]] = asyncio.get_running_loop().create_future()
+        if self.lost or self.transport is None:
+            fut.set_exception(InstanceLost("instance connection lost"))
+            return fut
+        self.pending[req.id] = fut
+        self.transport.writelines(p.encode(req, body))
+        return fut
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

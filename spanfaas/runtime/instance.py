@@ -1,0 +1,152 @@
+"""The invocation loop inside one instance (a child forked from a template).
+
+It reads ``Invoke`` frames, runs the handler with stdout/stderr captured in
+a memfd (so output of C extensions and subprocesses is captured too), and
+answers ``Done`` with the output as the frame body.  In ``strict`` isolation
+the instance serves exactly one invocation and exits without tearing the
+interpreter down; in ``reuse`` it loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from spanfaas.model import ErrorInfo
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.context import Context
+
+_decoder = msgspec.msgpack.Decoder(p.InstanceRequest)
+_json_decode = msgspec.json.decode
+_json_encoder = msgspec.json.Encoder()
+_LOG_LIMIT = 1024 * 1024
+
+
+class Capture:
+    """Per-invocation stdout/stderr: fds 1 and 2 point at a memfd."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("spanfaas-logs", os.MFD_CLOEXEC)
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+        # Unbuffered-ish text streams on the memfd, so prints interleave in order.
+        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+
+    def take(self) -> str:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # the handler closed or replaced the streams: what reached the fd still counts
+        size = os.lseek(1, 0, os.SEEK_CUR)
+        if size == 0:
+            return ""
+        data = os.pread(self.fd, min(size, _LOG_LIMIT), 0)
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        text = data.decode("utf-8", "replace")
+        if size > _LOG_LIMIT:
+            text += f"\n[spanfaas: logs truncated at {_LOG_LIMIT} of {size} bytes]\n"
+        return text
+
+
+def _error(exc: BaseException) -> ErrorInfo:
+    kind = "oom" if isinstance(exc, MemoryError) else "error"
+    typ = type(exc)
+    name = typ.__qualname__ if typ.__module__ in ("builtins", "__main__") else f"{typ.__module__}.{typ.__qualname__}"
+    tb = "".join(traceback.format_exception(exc))
+    return ErrorInfo(kind=kind, type=name, message=str(exc), traceback=tb)
+
+
+def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (value if isinstance(value, (bytes, memoryview)) else memoryview(value)), "application/octet-stream"
+    return _json_encoder.encode(value), "application/json"
+
+
+class Runner:
+    """Calls the handler; one per instance."""
+
+    def __init__(self, handler: Callable[..., Any], function_name: str) -> None:
+        self.handler = handler
+        self.function_name = function_name
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, req: p.Invoke, body: memoryview) -> tuple[p.Done, bytes | memoryview]:
+        start = time.perf_counter()
+        ctx = Context(req.invocation_id, self.function_name, req.deadline, req.event)
+        output: bytes | memoryview = b""
+        content_type = "application/json"
+        error: ErrorInfo | None = None
+        try:
+            if req.content_type.startswith("application/json") or req.content_type.endswith("+json"):
+                event: Any = _json_decode(body) if len(body) else None
+            else:
+                event = bytes(body)
+            result = self.handler(event, ctx)
+            if inspect.isawaitable(result):
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
+                result = self._loop.run_until_complete(result)  # type: ignore[arg-type]
+            try:
+                output, content_type = _encode_output(result)
+            except (TypeError, msgspec.EncodeError) as exc:
+                error = ErrorInfo(
+                    kind="error",
+                    type="TypeError",
+                    message=f"the handler's return value is not JSON-serializable ({exc}); return bytes, str, numbers, lists or dicts",
+                )
+        except Exception as exc:  # the user's error, reported with its traceback
+            error = _error(exc)
+        duration = (time.perf_counter() - start) * 1000
+        return p.Done(id=req.id, content_type=content_type, error=error, duration_ms=duration), output
+
+
+    def warm(self) -> None:
+        """Run the request path once on a dummy, without the user's handler.
+
+        In a fresh child this takes the copy-on-write faults and first-use
+        costs (decoders, logger, capture) before the child blocks, so they
+        are not paid on the request path.
+        """
+        handler, is_async = self.handler, self.is_async
+        self.handler, self.is_async = (lambda event, ctx: {"warm": [1, "x", None]}), False
+        try:
+            req = p.Invoke(id=0, invocation_id="warm", content_type="application/json", deadline=time.time() + 1)
+            wire = b"".join(bytes(x) for x in p.encode(req, b'{"warm": [1, "x", 2.5]}'))
+            hlen, _ = p.FRAME.unpack_from(wire)
+            head = memoryview(wire)[p.FRAME.size : p.FRAME.size + hlen]
+            req = _decoder.decode(head)
+            done, out = self.call(req, memoryview(wire)[p.FRAME.size + hlen :])
+            p.encode(msgspec.structs.replace(done, logs=""), out)
+        finally:
+            self.handler, self.is_async = handler, is_async
+
+
+def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None) -> None:
+    """Serve invocations on ``sock`` until EOF (or after one, in strict mode)."""
+    capture = capture or Capture()
+    while True:
+        frame = p.recv_frame(sock, _decoder)
+        if frame is None:
+            return
+        req, body = frame
+        done, output = runner.call(req, body)
+        del body, frame
+        logs = capture.take()
+        if logs:
+            done = msgspec.structs.replace(done, logs=logs)
+        p.send_frame(sock, done, output)
+        if one_shot:
+            return

@@ -1,0 +1,458 @@
+"""The instances of one function version, and the template they fork from.
+
+A pool hands invocations to instances.  In ``strict`` isolation an instance
+is a child forked from the template that serves one invocation and exits;
+the pool keeps ``scaling.prefork`` of them forked ahead of demand.  In
+``reuse`` isolation an instance serves invocations until it is retired.
+Waiting invocations queue up to ``scaling.queue`` (then TooManyRequests);
+the pool grows up to ``scaling.max`` instances while invocations wait, and
+shrinks to zero (template included) after ``scaling.idle_ttl`` idle seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from spanfaas.errors import InfraError, InvalidBundle, TooManyRequests
+from spanfaas.model import ErrorInfo, FunctionSpec, InvokeContext, Protection, Result
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.channels import ControlChannel, InstanceConnection, InstanceLost, read_hello
+
+if TYPE_CHECKING:
+    from spanfaas.runtime.runtime import LocalRuntime
+
+_template_decoder = msgspec.msgpack.Decoder(p.TemplateEvent)
+HELLO_TIMEOUT = 10.0
+EXIT_STATUS_WAIT = 2.0
+
+PoolState = Literal["cold", "starting", "ready", "draining", "closed"]
+
+
+class Instance:
+    __slots__ = ("seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out", "ready")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.pid = 0
+        self.pidfd = -1
+        self.conn: InstanceConnection | None = None
+        self.active = 0
+        self.served = 0
+        self.created = time.monotonic()
+        self.last_used = self.created
+        self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.timed_out = False
+        self.ready = False
+
+    def kill(self) -> None:
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def release_fd(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+class Pool:
+    def __init__(self, runtime: LocalRuntime, spec: FunctionSpec, bundle_path: str, key: str) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.bundle_path = bundle_path
+        self.key = key
+        self.state: PoolState = "cold"
+        self.protections: list[Protection] = []
+        self.import_ms = 0.0
+        self.template_pid = 0
+        self.cold_starts = 0
+        self.invocations = 0
+        self._chan: ControlChannel | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._idle: deque[Instance] = deque()
+        self._waiters: deque[asyncio.Future[Instance]] = deque()
+        self._instances: dict[int, Instance] = {}
+        self._pending_forks = 0
+        self._busy = 0
+        self._start_failures = 0
+        self._drained: asyncio.Event = asyncio.Event()
+        self._drained.set()
+        self.last_used = time.monotonic()
+        self._strict = spec.isolation == "strict"
+        self._slots = 1  # invocations one instance serves at once
+
+    # -- template life ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the template (once); raise if the function cannot be loaded."""
+        if self.state == "ready":
+            return
+        if self.state == "closed" or self.state == "draining":
+            raise InfraError(f"function '{self.spec.name}' is being removed or replaced; retry")
+        if self._ready is None:
+            self.state = "starting"
+            self.cold_starts += 1
+            self._ready = asyncio.get_running_loop().create_future()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
+            try:
+                self.runtime.spawn_template(self, theirs.fileno())
+            finally:
+                theirs.close()
+        ready = self._ready
+        await asyncio.shield(ready)
+
+    def on_spawned(self, pid: int) -> None:
+        self.template_pid = pid
+        if pid <= 0:
+            self._fail_start(InfraError(f"could not start the template of '{self.spec.name}'; see the runtime's log"))
+
+    def _on_template_message(self, msg: Any, fds: list[int]) -> None:
+        match msg:
+            case p.InstanceForked(seq=seq):
+                self._on_forked(seq, fds[0])
+                for extra in fds[1:]:
+                    os.close(extra)
+            case p.InstanceExited(seq=seq, status=status):
+                self._on_instance_exit(seq, status)
+            case p.TemplateReady(import_ms=ms, protections=prot):
+                self.import_ms = ms
+                self.protections = prot
+                self.state = "ready"
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+                self._replenish()
+                self._grow()
+            case p.TemplateFailed(error=err):
+                self._fail_start(
+                    InvalidBundle(
+                        f"function '{self.spec.name}' failed to load: {err.type}: {err.message}",
+                        traceback=err.traceback,
+                    )
+                )
+
+    def _fail_start(self, exc: Exception) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(exc)
+            self._ready.exception()  # retrieved by whoever awaits; avoid "never retrieved" noise
+        for w in self._waiters:
+            if not w.done():
+                w.set_exception(exc)
+        self._waiters.clear()
+        self.stop_template()
+
+    def _on_template_eof(self) -> None:
+        if self.state in ("starting",):
+            self._fail_start(InfraError(f"the template of '{self.spec.name}' exited while starting"))
+        self._reset_template()
+
+    def on_template_exit(self, status: int) -> None:
+        self._reset_template()
+
+    def _reset_template(self) -> None:
+        """The template is gone: so are its instances; the next call starts a new one."""
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
+        for inst in list(self._instances.values()):
+            inst.kill()
+            if inst.conn is not None:
+                inst.conn.close()
+            if not inst.exit_status.done():
+                inst.exit_status.set_result(-1)
+            inst.release_fd()
+        self._instances.clear()
+        self._idle.clear()
+        self._pending_forks = 0
+        self._ready = None
+        self.template_pid = 0
+        if self.state not in ("closed", "draining"):
+            self.state = "cold"
+            if self._waiters:
+                asyncio.get_running_loop().create_task(self._restart_for_waiters())
+
+    async def _restart_for_waiters(self) -> None:
+        try:
+            await self.start()
+        except Exception as exc:  # handed to the waiters below
+            for w in self._waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            self._waiters.clear()
+
+    def stop_template(self) -> None:
+        pid = self.template_pid
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._reset_template()
+
+    # -- instances --------------------------------------------------------------
+
+    def _fork(self, n: int) -> None:
+        if n <= 0 or self._chan is None or self.state != "ready":
+            return
+        self._pending_forks += n
+        self._chan.send(p.Fork(n))
+
+    def _on_forked(self, seq: int, fd: int) -> None:
+        inst = Instance(seq)
+        self._instances[seq] = inst
+        sock = socket.socket(fileno=fd)
+        asyncio.get_running_loop().create_task(self._connect(inst, sock))
+
+    async def _connect(self, inst: Instance, sock: socket.socket) -> None:
+        try:
+            _seq, pid = await read_hello(sock, HELLO_TIMEOUT)
+            inst.pid = pid
+            inst.pidfd = os.pidfd_open(pid) if pid > 0 else -1
+            loop = asyncio.get_running_loop()
+            conn = InstanceConnection(lambda: self._on_conn_lost(inst))
+            await loop.create_unix_connection(lambda: conn, sock=sock)
+            inst.conn = conn
+        except (OSError, asyncio.TimeoutError):
+            sock.close()
+            if self._instances.get(inst.seq) is inst:
+                self._pending_forks = max(0, self._pending_forks - 1)
+                self._start_failures += 1
+                inst.kill()
+            return
+        if self._instances.get(inst.seq) is not inst:  # the template went away meanwhile
+            conn.close()
+            return
+        self._pending_forks = max(0, self._pending_forks - 1)
+        self._start_failures = 0
+        inst.ready = True
+        self._offer(inst)
+
+    def _offer(self, inst: Instance) -> None:
+        """Give a free instance to the first waiter, or park it as idle."""
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                inst.active += 1
+                w.set_result(inst)
+                return
+        if inst not in self._idle:
+            self._idle.append(inst)
+
+    def _on_conn_lost(self, inst: Instance) -> None:
+        try:
+            self._idle.remove(inst)
+        except ValueError:
+            pass
+
+    def _on_instance_exit(self, seq: int, status: int) -> None:
+        inst = self._instances.pop(seq, None)
+        if inst is None:
+            return
+        if not inst.exit_status.done():
+            inst.exit_status.set_result(status)
+        if not inst.ready:
+            self._pending_forks = max(0, self._pending_forks - 1)
+            self._start_failures += 1
+        try:
+            self._idle.remove(inst)
+        except ValueError:
+            pass
+        inst.release_fd()
+        if self._start_failures >= 3:
+            err = InfraError(f"instances of '{self.spec.name}' die before they start (exit status {status}); see the runtime's log")
+            for w in self._waiters:
+                if not w.done():
+                    w.set_exception(err)
+            self._waiters.clear()
+            self._start_failures = 0
+            return
+        self._replenish()
+        self._grow()
+
+    def _live(self) -> int:
+        return len(self._instances) + self._pending_forks - sum(1 for i in self._instances.values() if not i.ready)
+
+    def _replenish(self) -> None:
+        """strict: keep ``prefork`` children forked ahead of demand."""
+        if not self._strict or self.state != "ready":
+            return
+        want = self.spec.scaling.prefork - len(self._idle) - self._pending_forks
+        room = self.spec.scaling.max + self.spec.scaling.prefork - self._live()
+        self._fork(min(want, room))
+
+    def _grow(self) -> None:
+        """Fork while invocations wait and there is room under ``scaling.max``."""
+        if self.state != "ready" or not self._waiters:
+            return
+        want = sum(1 for w in self._waiters if not w.done()) - self._pending_forks
+        cap = self.spec.scaling.max + (self.spec.scaling.prefork if self._strict else 0)
+        self._fork(min(want, cap - self._live()))
+
+    def retire_idle(self, now: float, keep: int, idle_for: float) -> int:
+        """reuse: end instances idle for ``idle_for`` seconds beyond ``keep``."""
+        retired = 0
+        if self._strict or self._chan is None:
+            return 0
+        while len(self._instances) > keep and self._idle and now - self._idle[0].last_used > idle_for:
+            inst = self._idle.popleft()
+            self._chan.send(p.Retire(inst.seq))
+            retired += 1
+        return retired
+
+    # -- invocations --------------------------------------------------------------
+
+    async def invoke(self, payload: bytes, ctx: InvokeContext) -> Result:
+        arrived = time.monotonic()
+        self.last_used = arrived
+        self.invocations += 1
+        timeout = self.spec.resources.timeout
+        if ctx.timeout is not None:
+            timeout = min(timeout, ctx.timeout)
+        deadline = time.time() + timeout
+        cold = self.state != "ready"
+        if cold:
+            await self.start()
+        self._busy += 1
+        self._drained.clear()
+        try:
+            inst = self._take_idle()
+            if inst is None:
+                if len(self._waiters) >= self.spec.scaling.queue:
+                    raise TooManyRequests(
+                        f"function '{self.spec.name}' has {len(self._waiters)} invocations waiting "
+                        f"(scaling.queue = {self.spec.scaling.queue}); retry later or raise scaling.max",
+                        retry_after=1,
+                    )
+                fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                self._grow()
+                try:
+                    inst = await asyncio.wait_for(fut, max(0.0, deadline - time.time()))
+                except asyncio.TimeoutError:
+                    return self._result(ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold)
+                finally:
+                    if not fut.done():
+                        fut.cancel()
+                    try:
+                        self._waiters.remove(fut)
+                    except ValueError:
+                        pass
+                cold = cold or inst.created >= arrived
+            return await self._run(inst, payload, ctx, deadline, timeout, arrived, cold)
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._drained.set()
+
+    def _take_idle(self) -> Instance | None:
+        while self._idle:
+            inst = self._idle.popleft()
+            if inst.conn is not None and not inst.conn.lost:
+                inst.active += 1
+                self._replenish()
+                return inst
+        return None
+
+    async def _run(
+        self, inst: Instance, payload: bytes, ctx: InvokeContext, deadline: float, timeout: float, arrived: float, cold: bool
+    ) -> Result:
+        assert inst.conn is not None
+        conn = inst.conn
+        req = p.Invoke(id=conn.next_id(), invocation_id=ctx.invocation_id, content_type=ctx.content_type, deadline=deadline, event=ctx.event)
+        oom_before = self.runtime.oom_kills(self)
+        try:
+            done, output = await asyncio.wait_for(conn.request(req, payload), max(0.0, deadline - time.time()))
+        except asyncio.TimeoutError:
+            inst.timed_out = True
+            inst.kill()
+            return self._result(ctx, ErrorInfo(kind="timeout", message=f"the function ran past its {timeout:g}s timeout and was stopped"), arrived, cold)
+        except InstanceLost:
+            return self._result(ctx, await self._why_lost(inst, oom_before), arrived, cold)
+        finally:
+            inst.active -= 1
+            inst.served += 1
+            inst.last_used = time.monotonic()
+            if not self._strict and not inst.timed_out and not conn.lost:
+                self._offer(inst)
+        return Result(
+            invocation_id=ctx.invocation_id,
+            function=self.spec.name,
+            output=output,
+            content_type=done.content_type,
+            error=done.error,
+            logs=done.logs,
+            duration_ms=(time.monotonic() - arrived) * 1000,
+            cold=cold,
+        )
+
+    async def _why_lost(self, inst: Instance, oom_before: int) -> ErrorInfo:
+        try:
+            status = await asyncio.wait_for(asyncio.shield(inst.exit_status), EXIT_STATUS_WAIT)
+        except asyncio.TimeoutError:
+            status = -1
+        signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
+        if signum == signal.SIGKILL and self.runtime.oom_kills(self) > oom_before:
+            return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped", exit_status=-signum)
+        if status < 0:
+            return ErrorInfo(kind="crashed", message="the instance was lost (its template or the runtime stopped it)")
+        if signum:
+            name = signal.Signals(signum).name
+            return ErrorInfo(kind="crashed", message=f"the instance was killed by signal {name}", exit_status=-signum)
+        code = os.WEXITSTATUS(status)
+        return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
+
+    def _result(self, ctx: InvokeContext, error: ErrorInfo, arrived: float, cold: bool) -> Result:
+        return Result(
+            invocation_id=ctx.invocation_id,
+            function=self.spec.name,
+            error=error,
+            duration_ms=(time.monotonic() - arrived) * 1000,
+            cold=cold,
+        )
+
+    # -- drain and close --------------------------------------------------------------
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Let in-flight invocations finish, then stop; new ones must go elsewhere."""
+        self.state = "draining"
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        self.state = "closed"
+        for w in self._waiters:
+            if not w.done():
+                w.set_exception(InfraError(f"function '{self.spec.name}' was removed"))
+        self._waiters.clear()
+        self.stop_template()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "state": self.state,
+            "instances": len(self._instances),
+            "idle": len(self._idle),
+            "busy": self._busy,
+            "waiting": len(self._waiters),
+            "pending_forks": self._pending_forks,
+            "cold_starts": self.cold_starts,
+            "invocations": self.invocations,
+            "import_ms": self.import_ms,
+        }
+

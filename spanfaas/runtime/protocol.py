@@ -1,0 +1,208 @@
+"""Wire messages between the runtime, the zygote, templates and instances.
+
+Every frame is ``<II`` (header length, body length), a msgpack header (a
+tagged ``msgspec.Struct`` from the unions below) and an optional raw body:
+payloads and results travel as the body, so a 10 MB payload is never
+re-encoded inside msgpack and is copied once per hop at most.
+
+Control channels (zygote, templates) are SOCK_SEQPACKET, one message per
+frame, so file descriptors (SCM_RIGHTS) stay with their message.  Instance
+channels are SOCK_STREAM for large payloads.
+
+Process tree and channels::
+
+    runtime (asyncio) ──zygote channel──▶ zygote ──fork──▶ template ──fork──▶ instance
+        │  ◀──────── template channel (per function, fd passing) ───────┘            │
+        └──────────── instance channel (per instance socketpair) ─────────────────────┘
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from spanfaas.model import ErrorInfo, Protection
+
+FRAME = struct.Struct("<II")
+FD_MSG_MAX = 64 * 1024
+
+
+# -- runtime → zygote ----------------------------------------------------------------
+
+
+class SpawnTemplate(Struct, tag=True, kw_only=True):
+    """Fork a template for one function version; its channel arrives as an fd."""
+
+    key: str
+    name: str
+    bundle_path: str
+    module: str
+    function: str
+    env: dict[str, str]
+    scratch_dir: str
+    isolation: str
+    concurrency: int
+    instance_memory: int
+    """Bytes an instance may allocate on top of the template (RLIMIT_DATA)."""
+    sandbox: Any
+    """A ``spanfaas.sandbox.SandboxPlan`` as builtins, or None for no sandbox."""
+    cgroup: list[str]
+    """cgroup directories (one per controller) the template joins, may be empty."""
+
+
+class ZygoteShutdown(Struct, tag=True):
+    pass
+
+
+# -- zygote → runtime --------------------------------------------------------------
+
+
+class TemplateSpawned(Struct, tag=True):
+    key: str
+    pid: int
+
+
+class TemplateExited(Struct, tag=True):
+    pid: int
+    status: int
+
+
+ZygoteRequest = SpawnTemplate | ZygoteShutdown
+ZygoteEvent = TemplateSpawned | TemplateExited
+
+
+# -- runtime ↔ template -------------------------------------------------------------
+
+
+class TemplateReady(Struct, tag=True, kw_only=True):
+    import_ms: float
+    protections: list[Protection]
+
+
+class TemplateFailed(Struct, tag=True):
+    error: ErrorInfo
+
+
+class Fork(Struct, tag=True):
+    count: int
+
+
+class InstanceForked(Struct, tag=True):
+    """Sent with the runtime's end of the instance socketpair as an fd."""
+
+    seq: int
+
+
+class InstanceExited(Struct, tag=True):
+    seq: int
+    status: int
+    """``os.waitpid`` status word."""
+
+
+class Retire(Struct, tag=True):
+    """Tell the template to end an idle instance (scale-in)."""
+
+    seq: int
+
+
+TemplateRequest = Fork | Retire
+TemplateEvent = TemplateReady | TemplateFailed | InstanceForked | InstanceExited
+
+
+# -- runtime ↔ instance --------------------------------------------------------------
+
+
+class Hello(Struct, tag=True):
+    """An instance's first frame; it carries SCM_CREDENTIALS (its host pid)."""
+
+    seq: int
+
+
+class Invoke(Struct, tag=True, kw_only=True):
+    id: int
+    invocation_id: str
+    content_type: str
+    deadline: float
+    """Wall-clock time (``time.time()``) the invocation must finish by."""
+    event: dict[str, Any] | None = None
+
+
+class Done(Struct, tag=True, kw_only=True):
+    id: int
+    content_type: str = "application/json"
+    error: ErrorInfo | None = None
+    logs: str = ""
+    duration_ms: float = 0.0
+
+
+InstanceRequest = Invoke
+InstanceEvent = Hello | Done
+
+
+# -- framing ---------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(header: Struct, body: bytes | bytearray | memoryview = b"") -> list[bytes | memoryview]:
+    """Return the frame as buffers for ``sendmsg``/``writelines`` (no join copy)."""
+    head = _encoder.encode(header)
+    parts: list[bytes | memoryview] = [FRAME.pack(len(head), len(body)), head]
+    if body:
+        parts.append(body if isinstance(body, (bytes, memoryview)) else memoryview(body))
+    return parts
+
+
+def send_frame(sock: socket.socket, header: Struct, body: bytes | memoryview = b"") -> None:
+    """Blocking send of one frame on a stream channel (instance side)."""
+    parts = encode(header, body)
+    sent = sock.sendmsg(parts)
+    total = sum(len(p) for p in parts)
+    if sent < total:  # a large body: finish what the kernel did not take at once
+        sock.sendall(memoryview(b"".join(parts))[sent:])
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return buf
+
+
+def recv_frame(sock: socket.socket, decoder: msgspec.msgpack.Decoder[Any]) -> tuple[Any, memoryview] | None:
+    """Blocking receive of one frame; None at EOF."""
+    head = recv_exactly(sock, FRAME.size)
+    if head is None:
+        return None
+    hlen, blen = FRAME.unpack(head)
+    data = recv_exactly(sock, hlen + blen)
+    if data is None:
+        return None
+    view = memoryview(data)
+    return decoder.decode(view[:hlen]), view[hlen:]
+
+
+def send_msg(sock: socket.socket, header: Struct, fds: list[int] | None = None) -> None:
+    """Send one message on a SOCK_SEQPACKET control channel, with optional fds."""
+    data = _encoder.encode(header)
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def recv_msg(sock: socket.socket, decoder: msgspec.msgpack.Decoder[Any]) -> tuple[Any, list[int]] | None:
+    """Receive one control message and the fds it carries; None at EOF."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, FD_MSG_MAX, 8)
+    if not data:
+        return None
+    return decoder.decode(data), list(fds)

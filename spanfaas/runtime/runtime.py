@@ -1,0 +1,282 @@
+"""The local runtime: the embedded FaaS infrastructure of spanfaas.
+
+``LocalRuntime`` owns one master zygote process and one ``Pool`` per
+deployed function version.  Its asyncio API is what the control plane uses:
+``deploy(spec, bundle_dir)``, ``invoke(name, payload, ctx) -> Result``,
+``remove(name)``, ``prewarm(name)``, ``info()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import spanfaas
+from spanfaas.config import RuntimeSettings, Settings
+from spanfaas.errors import FunctionNotFound, InfraUnavailable
+from spanfaas.model import FunctionSpec, InvokeContext, Protection, Result
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.channels import ControlChannel
+from spanfaas.runtime.pool import Pool
+from spanfaas.runtime.sandboxing import FunctionSandbox, host_protections
+
+log = logging.getLogger("spanfaas.runtime")
+
+_zygote_decoder = msgspec.msgpack.Decoder(p.ZygoteEvent)
+TICK = 0.5
+
+
+class LocalRuntime:
+    """Runs functions on this machine, one template per function version."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings | None = None, *, data_dir: str | Path | None = None) -> None:
+        self.settings = settings or Settings.load()
+        self.rt: RuntimeSettings = self.settings.runtime
+        self.data_dir = Path(data_dir) if data_dir is not None else self.settings.data_path
+        self.scratch_root = self.data_dir / "scratch" / str(os.getpid())
+        self._pools: dict[str, Pool] = {}
+        self._by_key: dict[str, Pool] = {}
+        self._by_pid: dict[int, Pool] = {}
+        self._sandboxes: dict[str, FunctionSandbox] = {}
+        self._keys = itertools.count(1)
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._zchan: ControlChannel | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._draining: set[asyncio.Task[None]] = set()
+        self.protections: list[Protection] = []
+        self.started = False
+
+    # -- life cycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.protections = host_protections(self.rt)
+        missing = [x for x in self.protections if not x.active]
+        if missing:
+            log.warning(
+                "spanfaas runtime: reduced isolation, inactive: %s",
+                "; ".join(f"{x.name} ({x.reason})" for x in missing),
+            )
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.scratch_root, 0o711)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pkg_parent = str(Path(spanfaas.__file__).resolve().parent.parent)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": pkg_parent,
+            "PYTHONUNBUFFERED": "1",
+        }
+        preimport = msgspec.json.encode(self.rt.preimport).decode()
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "spanfaas.runtime.zygote", str(theirs.fileno()), preimport],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd="/",
+        )
+        theirs.close()
+        self._zchan = ControlChannel(ours, _zygote_decoder, self._on_zygote_message, self._on_zygote_eof)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self.started = True
+
+    async def close(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for task in list(self._draining):
+            task.cancel()
+        for pool in list(self._by_key.values()):
+            pool.close()
+        self._by_key.clear()
+        self._pools.clear()
+        if self._zchan is not None:
+            self._zchan.close()
+        if self._zygote is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._zygote.wait), 5)
+            except asyncio.TimeoutError:
+                self._zygote.kill()
+                await asyncio.to_thread(self._zygote.wait)
+        for sb in self._sandboxes.values():
+            sb.destroy()
+        self._sandboxes.clear()
+        shutil.rmtree(self.scratch_root, ignore_errors=True)
+
+    async def __aenter__(self) -> LocalRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- zygote -------------------------------------------------------------------
+
+    def _on_zygote_message(self, msg: Any, fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        match msg:
+            case p.TemplateSpawned(key=key, pid=pid):
+                pool = self._by_key.get(key)
+                if pool is None:
+                    return
+                if pid > 0:
+                    self._by_pid[pid] = pool
+                pool.on_spawned(pid)
+            case p.TemplateExited(pid=pid, status=status):
+                pool = self._by_pid.pop(pid, None)
+                if pool is not None and pool.template_pid == pid:
+                    pool.on_template_exit(status)
+
+    def _on_zygote_eof(self) -> None:
+        if self.started:
+            log.error("spanfaas runtime: the zygote exited; functions cannot start until the runtime restarts")
+            self.started = False
+            for pool in list(self._by_key.values()):
+                pool.stop_template()
+
+    def spawn_template(self, pool: Pool, chan_fd: int) -> None:
+        """Ask the zygote to fork ``pool``'s template with ``chan_fd`` as its channel."""
+        if self._zchan is None or not self.started:
+            raise InfraUnavailable("the local runtime is not running")
+        sb = self._sandboxes.get(pool.key)
+        if sb is None:
+            sb = FunctionSandbox.create(self.rt, pool.spec, pool.key, pool.bundle_path, self.scratch_root / pool.key)
+            self._sandboxes[pool.key] = sb
+        sb.prepare_scratch()
+        req = p.SpawnTemplate(
+            key=pool.key,
+            name=pool.spec.name,
+            bundle_path=pool.bundle_path,
+            module=pool.spec.module,
+            function=pool.spec.function,
+            env=dict(pool.spec.env),
+            scratch_dir=str(sb.scratch_dir),
+            isolation=pool.spec.isolation,
+            concurrency=pool.spec.resources.concurrency,
+            instance_memory=pool.spec.resources.memory * 1024 * 1024,
+            sandbox=msgspec.to_builtins(sb.plan) if sb.plan is not None else None,
+            cgroup=sb.cgroup_dirs(),
+        )
+        self._zchan.send(req, fds=[chan_fd])
+
+    def oom_kills(self, pool: Pool) -> int:
+        sb = self._sandboxes.get(pool.key)
+        return sb.oom_kills() if sb is not None else 0
+
+    # -- the API ---------------------------------------------------------------------
+
+    async def deploy(self, spec: FunctionSpec, bundle_dir: str | Path) -> None:
+        """Load ``spec``'s code into a new template; swap it in once it is ready.
+
+        Raises InvalidBundle (with the traceback) when the code cannot be
+        imported; the version that served before keeps serving.
+        """
+        if not self.started:
+            raise InfraUnavailable("the local runtime is not running")
+        key = f"{spec.name}-{next(self._keys)}"
+        pool = Pool(self, spec, str(Path(bundle_dir).resolve()), key)
+        self._by_key[key] = pool
+        try:
+            await pool.start()
+        except BaseException:
+            pool.close()
+            self._forget(pool)
+            raise
+        old = self._pools.get(spec.name)
+        self._pools[spec.name] = pool
+        if old is not None:
+            self._retire(old)
+
+    async def invoke(self, name: str, payload: bytes, ctx: InvokeContext) -> Result:
+        pool = self._pools.get(name)
+        if pool is None:
+            raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime; deployed: {', '.join(sorted(self._pools)) or 'none'}")
+        return await pool.invoke(payload, ctx)
+
+    async def prewarm(self, name: str) -> None:
+        pool = self._pools.get(name)
+        if pool is not None and pool.state == "cold":
+            await pool.start()
+
+    async def remove(self, name: str) -> None:
+        pool = self._pools.pop(name, None)
+        if pool is None:
+            raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime")
+        await self._drain(pool)
+
+    def _retire(self, pool: Pool) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(pool))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, pool: Pool) -> None:
+        try:
+            await pool.drain(timeout=pool.spec.resources.timeout + 5)
+        finally:
+            self._forget(pool)
+
+    def _forget(self, pool: Pool) -> None:
+        self._by_key.pop(pool.key, None)
+        for pid, other in list(self._by_pid.items()):
+            if other is pool:
+                del self._by_pid[pid]
+        sb = self._sandboxes.pop(pool.key, None)
+        if sb is not None:
+            sb.destroy()
+
+    def functions(self) -> list[str]:
+        return sorted(self._pools)
+
+    def pool(self, name: str) -> Pool:
+        try:
+            return self._pools[name]
+        except KeyError:
+            raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime") from None
+
+    def info(self) -> dict[str, Any]:
+        pools = {name: pool.stats() for name, pool in self._pools.items()}
+        return {
+            "functions": len(self._pools),
+            "instances": sum(s["instances"] for s in pools.values()),
+            "queue_depth": sum(s["waiting"] for s in pools.values()),
+            "cold_starts": sum(s["cold_starts"] for s in pools.values()),
+            "protections": self.protections,
+            "pools": pools,
+        }
+
+    # -- background ---------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Scale in and to zero; never on the request path."""
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for pool in list(self._pools.values()):
+                sc = pool.spec.scaling
+                idle = now - pool.last_used
+                if pool.state == "ready" and sc.min == 0 and idle > sc.idle_ttl and pool.stats()["busy"] == 0:
+                    log.info("spanfaas runtime: %s idle for %.0fs, scaling to zero", pool.spec.name, idle)
+                    pool.stop_template()
+                elif pool.state == "ready":
+                    pool.retire_idle(now, keep=max(sc.min, 1), idle_for=min(sc.idle_ttl, 30.0))
+

@@ -1,0 +1,164 @@
+"""From a function's manifest to its sandbox: plan, cgroup, scratch dir, uid.
+
+The sandbox package knows mechanisms; this module knows what a function
+needs (its code, the interpreter and packages, a scratch dir) and asks for
+exactly that.  Where the host lacks a mechanism the function still runs and
+the protections list says what is missing and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import site
+import stat
+import sys
+from pathlib import Path
+
+import spanfaas
+from spanfaas.config import RuntimeSettings
+from spanfaas.model import FunctionSpec, Protection
+
+log = logging.getLogger("spanfaas.runtime")
+
+MiB = 1024 * 1024
+
+# Read-only system paths a Python function commonly needs.
+SYSTEM_RO = (
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/lib",
+    "/lib64",
+    "/usr/share/zoneinfo",
+    "/usr/share/ca-certificates",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/localtime",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/mime.types",
+    "/proc",
+)
+
+
+def python_paths() -> list[str]:
+    """Where the interpreter, its stdlib, site-packages and spanfaas live."""
+    paths = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        str(Path(sys.executable).resolve().parent.parent),
+        str(Path(spanfaas.__file__).resolve().parent),
+    }
+    paths.update(site.getsitepackages())
+    return sorted(p for p in paths if os.path.exists(p))
+
+
+def _traversable_by_others(path: str) -> bool:
+    """True if a non-root, non-owner uid can reach and read ``path``."""
+    p = Path(path).resolve()
+    for parent in [*reversed(p.parents), p]:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            return False
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def host_protections(rt: RuntimeSettings) -> list[Protection]:
+    """What this host can apply, as ``spanfaas doctor`` reports it."""
+    if not rt.sandbox:
+        return [Protection("sandbox", False, "disabled in settings (runtime.sandbox = false)")]
+    from spanfaas import sandbox
+
+    prot = list(sandbox.probe())
+    uid_ok, why = uid_possible()
+    prot = [x for x in prot if x.name != "uid"]
+    prot.append(Protection("uid", uid_ok, why))
+    return prot
+
+
+def uid_possible() -> tuple[bool, str]:
+    if os.geteuid() != 0:
+        return False, "not root: functions run as the current user"
+    blocked = [p for p in python_paths() if not _traversable_by_others(p)]
+    if blocked:
+        return True, f"a dedicated uid per function; {', '.join(blocked)} exposed to it through the mount namespace"
+    return True, "a dedicated uid per function"
+
+
+class FunctionSandbox:
+    """The sandbox resources of one function version."""
+
+    def __init__(self, scratch_dir: Path, plan: object | None, cgroup: object | None, uid: int | None) -> None:
+        self.scratch_dir = scratch_dir
+        self.plan = plan
+        self.cgroup = cgroup
+        self.uid = uid
+
+    @classmethod
+    def create(cls, rt: RuntimeSettings, spec: FunctionSpec, key: str, bundle_path: str, scratch_dir: Path) -> FunctionSandbox:
+        if not rt.sandbox:
+            return cls(scratch_dir, None, None, None)
+        from spanfaas import sandbox
+
+        res, sc = spec.resources, spec.scaling
+        slots = sc.max + (sc.prefork if spec.isolation == "strict" else 0) + 1
+        uid = None
+        if os.geteuid() == 0:
+            uid = rt.uid_base + _uid_index(key)
+        plan = sandbox.SandboxPlan(
+            name=key[:63],
+            uid=uid,
+            memory_bytes=res.memory * MiB * slots,
+            instance_memory_bytes=res.memory * MiB,
+            cpu=res.cpu * sc.max,
+            pids=res.pids,
+            network=spec.network,
+            allow_exec=spec.allow_subprocess,
+            ro_paths=tuple([bundle_path, *python_paths(), *SYSTEM_RO]),
+            rw_paths=(str(scratch_dir),),
+            namespaces=True,
+        )
+        cgroup = None
+        try:
+            cgroup = sandbox.Cgroup.create(rt.cgroup_root, key, memory_bytes=plan.memory_bytes, cpu=plan.cpu, pids=plan.pids)
+        except OSError as exc:
+            log.warning("spanfaas runtime: no cgroup for %s: %s", key, exc)
+        return cls(scratch_dir, plan, cgroup, uid)
+
+    def prepare_scratch(self) -> None:
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.scratch_dir, 0o700)
+        if self.uid is not None:
+            os.chown(self.scratch_dir, self.uid, self.uid)
+
+    def cgroup_dirs(self) -> list[str]:
+        if self.cgroup is None:
+            return []
+        return list(self.cgroup.directories())  # type: ignore[attr-defined]
+
+    def oom_kills(self) -> int:
+        if self.cgroup is None:
+            return 0
+        return int(self.cgroup.oom_kills())  # type: ignore[attr-defined]
+
+    def destroy(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.destroy()  # type: ignore[attr-defined]
+            self.cgroup = None
+
+
+_uids: dict[str, int] = {}
+
+
+def _uid_index(key: str) -> int:
+    """A distinct uid offset per function version within this runtime."""
+    if key not in _uids:
+        _uids[key] = len(_uids) + 1
+    return _uids[key]

@@ -1,0 +1,293 @@
+"""A function's template: its code imported once, its sandbox applied once.
+
+Runs in a process forked from the zygote (pid 1 of the function's pid
+namespace when namespaces are on).  It forks instances on the runtime's
+request, hands the runtime each instance's socket (SCM_RIGHTS), reaps them,
+reports their exit status and removes their scratch directories.  Nothing
+here runs on the request path: instances talk to the runtime directly.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import random
+import resource
+import select
+import shutil
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any, NoReturn
+
+import msgspec
+
+from spanfaas.model import ErrorInfo, Protection
+from spanfaas.runtime import instance as inst
+from spanfaas.runtime import protocol as p
+
+_decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
+
+# Modules the stdlib imports lazily on first use; after Landlock they may no
+# longer be readable, so pay for them before locking down.
+LAZY_IMPORTS = (
+    "encodings.idna",
+    "encodings.utf_8",
+    "encodings.latin_1",
+    "encodings.ascii",
+    "encodings.utf_16",
+    "encodings.unicode_escape",
+    "encodings.raw_unicode_escape",
+    "stringprep",
+    "unicodedata",
+    "_strptime",
+    "locale",
+    "traceback",
+    "linecache",
+    "tokenize",
+)
+
+
+def _preimport_lazy() -> None:
+    for name in LAZY_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+
+
+def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
+    if plan is None:
+        return default
+    if isinstance(plan, dict):
+        return plan.get(key, default)
+    return getattr(plan, key, default)
+
+
+class Template:
+    def __init__(self, req: p.SpawnTemplate, chan: socket.socket, protections: list[Protection]) -> None:
+        self.req = req
+        self.chan = chan
+        self.protections = protections
+        self.children: dict[int, int] = {}  # pid -> seq
+        self.seq = 0
+        self.runner: inst.Runner | None = None
+        self.landlock = False
+        self.base_data = 0
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_r, self.wake_w = rfd, wfd
+
+    # -- start-up ------------------------------------------------------------
+
+    def lock_down(self) -> None:
+        """Apply the process-wide part of the sandbox (inherited by instances)."""
+        plan = self.req.sandbox
+        if plan is None:
+            return
+        from spanfaas import sandbox
+
+        plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
+        _preimport_lazy()
+        sandbox.set_rlimits(msgspec.structs.replace(plan_obj, instance_memory_bytes=0))
+        self.protections.append(Protection("rlimits", True, "core=0, nproc, nofile"))
+        if plan_obj.uid is not None:
+            sandbox.drop_privileges(plan_obj.uid)
+            self.protections.append(Protection("uid", True, f"running as uid {plan_obj.uid}"))
+        lp = sandbox.landlock_restrict(plan_obj.ro_paths, plan_obj.rw_paths)
+        self.landlock = lp.active
+        self.protections.append(lp)
+        self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))
+
+    def load(self) -> None:
+        req = self.req
+        os.environ.update(req.env)
+        os.chdir(req.bundle_path)
+        sys.path.insert(0, req.bundle_path)
+        started = time.perf_counter()
+        module = importlib.import_module(req.module)
+        handler = getattr(module, req.function, None)
+        if handler is None or not callable(handler):
+            raise AttributeError(
+                f"module '{req.module}' has no callable '{req.function}'; "
+                f"set handler = \"{req.module}:<function>\" in spanfaas.toml"
+            )
+        self.runner = inst.Runner(handler, req.name)
+        self.import_ms = (time.perf_counter() - started) * 1000
+        self.base_data = _vm_data()
+        inst.Context("warm", req.name, 0.0)  # create the function's logger once, here
+        gc.collect()
+        gc.freeze()  # the collector never touches (and un-shares) template objects
+
+    # -- instances -------------------------------------------------------------
+
+    def fork_instance(self) -> None:
+        assert self.runner is not None
+        self.seq += 1
+        seq = self.seq
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                ours.close()
+                self._instance_main(theirs, seq)
+                code = 0
+            except BaseException:  # the child must never return into the template loop
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.children[pid] = seq
+        try:
+            p.send_msg(self.chan, p.InstanceForked(seq), fds=[ours.fileno()])
+        finally:
+            ours.close()
+
+    def _instance_main(self, sock: socket.socket, seq: int) -> None:
+        assert self.runner is not None
+        self.chan.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        scratch = os.path.join(self.req.scratch_dir, f"i{seq}")
+        os.mkdir(scratch, 0o700)
+        os.chdir(scratch)
+        os.environ["TMPDIR"] = scratch
+        os.environ["HOME"] = scratch
+        if self.landlock:
+            from spanfaas import sandbox
+
+            ro = tuple(_plan_value(self.req.sandbox, "ro_paths", ()))
+            sandbox.landlock_restrict(ro, (scratch,))
+        if self.req.instance_memory:
+            limit = self.base_data + self.req.instance_memory
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        random.seed()
+        np = sys.modules.get("numpy")
+        if np is not None:
+            np.random.seed()
+        capture = inst.Capture()
+        self.runner.warm()
+        capture.take()
+        p.send_frame(sock, p.Hello(seq))
+        inst.serve(sock, self.runner, one_shot=self.req.isolation == "strict", capture=capture)
+        sock.close()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            seq = self.children.pop(pid, None)
+            if seq is None:
+                continue  # an orphan re-parented to us (we are pid 1 of the namespace)
+            shutil.rmtree(os.path.join(self.req.scratch_dir, f"i{seq}"), ignore_errors=True)
+            p.send_msg(self.chan, p.InstanceExited(seq, status))
+
+    def retire(self, seq: int) -> None:
+        for pid, s in self.children.items():
+            if s == seq:
+                os.kill(pid, signal.SIGKILL)
+                return
+
+    # -- loop --------------------------------------------------------------------
+
+    def loop(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        poller = select.poll()
+        poller.register(self.chan.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while True:
+            for fd, _ev in poller.poll():
+                if fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                    continue
+                msg = p.recv_msg(self.chan, _decoder)
+                if msg is None:
+                    return
+                match msg[0]:
+                    case p.Fork(count=n):
+                        for _ in range(n):
+                            self.fork_instance()
+                    case p.Retire(seq=seq):
+                        self.retire(seq)
+
+    def shutdown(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        shutil.rmtree(self.req.scratch_dir, ignore_errors=True)
+
+
+def _vm_data() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection]) -> NoReturn:
+    """Entry point in the template process; never returns."""
+    chan = socket.socket(fileno=chan_fd)
+    chan.setblocking(True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    capture = os.memfd_create("spanfaas-import", os.MFD_CLOEXEC)
+    os.dup2(capture, 1)
+    os.dup2(capture, 2)
+    tpl = Template(req, chan, protections)
+    code = 0
+    try:
+        try:
+            tpl.lock_down()
+            tpl.load()
+        except BaseException as exc:  # report any import-time failure to the runtime
+            out = os.pread(capture, 65536, 0).decode("utf-8", "replace")
+            err = ErrorInfo(
+                kind="error",
+                type=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(exc)) + (f"\n--- output ---\n{out}" if out else ""),
+            )
+            p.send_msg(chan, p.TemplateFailed(err))
+            code = 1
+            return _exit(code)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(capture)
+        p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
+        tpl.loop()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        tpl.shutdown()
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    os._exit(code)
