@@ -1,0 +1,55 @@
+"""``python -m spanfaas.gateway``: the gateway alone, without the CLI.
+
+    python -m spanfaas.gateway [--host H] [--port P] [--data-dir D]
+                               [--infra local|memory] [--store URL] [--demo DIR]...
+
+Prints ``listening on URL`` when ready, and the admin token on first start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from spanfaas.config import Settings
+from spanfaas.errors import SpanfaasError
+from spanfaas.gateway.auth import bootstrap_admin_token
+from spanfaas.gateway.server import serve
+from spanfaas.infra.base import Infrastructure
+from spanfaas.store import open_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spanfaas.gateway", description="Run the spanfaas gateway.")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--store", help="a postgresql:// URL (default: SQLite in the data dir)")
+    parser.add_argument("--infra", choices=["local", "memory"], default="local")
+    parser.add_argument("--demo", action="append", default=[], help="a function directory to deploy at start")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.load(host=args.host, port=args.port, data_dir=args.data_dir, store=args.store)
+        store = open_store(settings)
+        try:
+            token = bootstrap_admin_token(store)
+        finally:
+            store.close()
+        if token:
+            print(f"admin token (shown once): {token}", flush=True)
+        infra: Infrastructure | None = None
+        if args.infra == "memory":
+            from spanfaas.infra.memory import InMemoryInfrastructure
+
+            infra = InMemoryInfrastructure()
+        serve(settings, infra=infra, demo_dirs=args.demo, ready=lambda url: print(f"listening on {url}", flush=True))
+    except SpanfaasError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

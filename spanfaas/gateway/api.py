@@ -1,0 +1,274 @@
+"""The REST API: one table of endpoints that drives the routes, the scope
+checks and the OpenAPI document alike."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import spanfaas
+from spanfaas.errors import InvalidRequest, InvocationNotFound, NotFound
+from spanfaas.gateway.auth import issue_token, require
+from spanfaas.gateway.invoke import InvokeEndpoint, read_body
+from spanfaas.gateway.views import (
+    FunctionList,
+    Info,
+    InvocationList,
+    InvocationView,
+    Limits,
+    Queued,
+    TokenCreated,
+    TokenList,
+    TokenRequest,
+    invocation_view,
+    token_view,
+)
+from spanfaas.model import FunctionRecord
+
+if TYPE_CHECKING:
+    from spanfaas.gateway.app import Gateway
+
+__all__ = ["Endpoint", "Param", "endpoints", "routes"]
+
+_encode = msgspec.json.Encoder().encode
+_NAME = r"{name:str}"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # path | query | header
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Any
+    """``async (request) -> Response``, or a raw ASGI app."""
+    summary: str
+    scope: str | None = "invoke"
+    tag: str = "functions"
+    params: tuple[Param, ...] = ()
+    body: tuple[str, ...] | type | None = None
+    """Content types accepted as raw bytes, or a Struct decoded from JSON."""
+    status: int = 200
+    response: type | str | None = None
+    """A Struct, a content type of raw bytes, or None (no body)."""
+    errors: tuple[int, ...] = ()
+    extra_responses: dict[int, tuple[str, type | None]] = field(default_factory=dict)
+
+    @property
+    def openapi_path(self) -> str:
+        return self.path.replace(":str}", "}")
+
+
+def json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+def _guard(fn: Callable[..., Awaitable[Response]], gw: Gateway, scope: str | None) -> Callable[[Request], Awaitable[Response]]:
+    @functools.wraps(fn)
+    async def endpoint(request: Request) -> Response:
+        if scope is not None:
+            require(request.scope, scope)
+        return await fn(gw, request)
+
+    return endpoint
+
+
+# -- functions ---------------------------------------------------------------------
+
+
+async def deploy_function(gw: Gateway, request: Request) -> Response:
+    name = request.path_params["name"]
+    data = await read_body(request.receive, gw.settings.max_bundle, "bundle", "max_bundle")
+    record = await gw.registry.deploy(name, data)
+    return json(record, 201, {"location": f"/v1/functions/{name}"})
+
+
+async def list_functions(gw: Gateway, request: Request) -> Response:
+    records = await asyncio.to_thread(gw.store.list_functions)
+    return json(FunctionList(functions=records))
+
+
+async def get_function(gw: Gateway, request: Request) -> Response:
+    return json(await gw.registry.require(request.path_params["name"]))
+
+
+async def delete_function(gw: Gateway, request: Request) -> Response:
+    await gw.registry.remove(request.path_params["name"])
+    return Response(status_code=204)
+
+
+# -- invocations ---------------------------------------------------------------------
+
+
+async def get_invocation(gw: Gateway, request: Request) -> Response:
+    id = request.path_params["id"]
+    record = gw.recorder.get(id) or await asyncio.to_thread(gw.store.get_invocation, id)
+    if record is None:
+        raise InvocationNotFound(f"invocation '{id}' not found; GET /v1/invocations?function=NAME lists recent ones")
+    return json(invocation_view(record))
+
+
+async def list_invocations(gw: Gateway, request: Request) -> Response:
+    q = request.query_params
+    function = q.get("function")
+    status = q.get("status")
+    try:
+        limit = int(q.get("limit", "50"))
+    except ValueError:
+        raise InvalidRequest(f"limit={q.get('limit')!r} is not a number; use e.g. limit=50") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
+    if status is not None and status not in ("queued", "running", "succeeded", "failed"):
+        raise InvalidRequest(f"status={status!r} is not known; use queued, running, succeeded or failed")
+    if function is not None and function not in gw.registry.functions:
+        if await asyncio.to_thread(gw.store.get_function, function) is None and not await asyncio.to_thread(
+            gw.store.list_invocations, function, 1
+        ):
+            deployed = ", ".join(sorted(gw.registry.functions)) or "none"
+            raise NotFound(f"function '{function}' not found and has no invocations; deployed: {deployed}")
+    await gw.recorder.flush()
+    records = await asyncio.to_thread(gw.store.list_invocations, function, limit, status)
+    return json(InvocationList(invocations=[invocation_view(r) for r in records]))
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+async def create_token(gw: Gateway, request: Request) -> Response:
+    body = await read_body(request.receive, 65536, "request body", "max_payload")
+    try:
+        req = msgspec.json.decode(body, type=TokenRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid token request: {exc}; send {{\"name\": \"ci\", \"scopes\": [\"invoke\"]}}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    record, token = await asyncio.to_thread(issue_token, gw.store, req.name, req.scopes)
+    return json(TokenCreated(id=record.id, name=record.name, token=token, scopes=list(record.scopes)), 201)
+
+
+async def list_tokens(gw: Gateway, request: Request) -> Response:
+    tokens = await asyncio.to_thread(gw.store.list_tokens)
+    return json(TokenList(tokens=[token_view(t) for t in tokens]))
+
+
+async def delete_token(gw: Gateway, request: Request) -> Response:
+    id = request.path_params["id"]
+    if not await asyncio.to_thread(gw.store.delete_token, id):
+        raise NotFound(f"token '{id}' not found; GET /v1/tokens lists them")
+    gw.tokens.forget(id)
+    return Response(status_code=204)
+
+
+# -- platform -----------------------------------------------------------------------------
+
+
+async def info(gw: Gateway, request: Request) -> Response:
+    infos = [await gw.infra.info()]
+    protections = [p for i in infos for p in i.protections]
+    s = gw.settings
+    return json(
+        Info(
+            version=spanfaas.__version__,
+            infrastructures=infos,
+            protections=protections,
+            limits=Limits(max_payload=s.max_payload, max_bundle=s.max_bundle),
+        )
+    )
+
+
+async def metrics(gw: Gateway, request: Request) -> Response:
+    depth = await asyncio.to_thread(gw.store.queue_depth)
+    body = gw.metrics.render([await gw.infra.info()], depth)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def healthz(gw: Gateway, request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def openapi(gw: Gateway, request: Request) -> Response:
+    return Response(gw.openapi_json, media_type="application/json")
+
+
+# -- the table --------------------------------------------------------------------------
+
+_fn = Param("name", "path", "The function's name (as in its manifest)", required=True)
+_BUNDLE = ("application/gzip", "application/zip", "application/octet-stream")
+
+
+def endpoints(gw: Gateway) -> list[Endpoint]:
+    return [
+        Endpoint(
+            "POST", f"/v1/functions/{_NAME}/invoke", InvokeEndpoint(gw),
+            "Invoke a function: the body is its event, the response body its result",
+            params=(
+                _fn,
+                Param("mode", "query", "sync (default) waits for the result; async answers 202 at once",
+                      {"type": "string", "enum": ["sync", "async"]}),
+                Param("Prefer", "header", "'respond-async' is the same as mode=async"),
+                Param("Idempotency-Key", "header", "async only: the same key for the same function returns the same invocation"),
+                Param("Content-Type", "header", "the event's type, passed to the function; JSON (the default) is validated"),
+            ),
+            body=("application/json", "*/*"), response="*/*",
+            errors=(400, 401, 403, 404, 413, 500, 502, 503, 504),
+            extra_responses={202: ("Accepted for async execution; poll the Location", Queued)},
+        ),
+        Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
+                 "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
+                 scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=FunctionRecord,
+                 errors=(400, 401, 403, 413, 502)),
+        Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
+                 response=FunctionList, errors=(401, 403)),
+        Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",
+                 params=(_fn,), response=FunctionRecord, errors=(401, 403, 404)),
+        Endpoint("DELETE", f"/v1/functions/{_NAME}", delete_function, "Remove a function and all its versions",
+                 scope="deploy", params=(_fn,), status=204, errors=(401, 403, 404)),
+        Endpoint("GET", "/v1/invocations", list_invocations, "Recent invocations, newest first",
+                 tag="invocations",
+                 params=(Param("function", "query", "only this function's"),
+                         Param("status", "query", "only these", {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),
+                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "default": 50})),
+                 response=InvocationList, errors=(400, 401, 403, 404)),
+        Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
+                 "An invocation's status, result, error and logs", tag="invocations",
+                 params=(Param("id", "path", "The invocation id", required=True),),
+                 response=InvocationView, errors=(401, 403, 404)),
+        Endpoint("POST", "/v1/tokens", create_token, "Create an API token (the secret is shown once)",
+                 scope="admin", tag="tokens", body=TokenRequest, status=201, response=TokenCreated,
+                 errors=(400, 401, 403)),
+        Endpoint("GET", "/v1/tokens", list_tokens, "List API tokens (never their secrets)",
+                 scope="admin", tag="tokens", response=TokenList, errors=(401, 403)),
+        Endpoint("DELETE", "/v1/tokens/{id:str}", delete_token, "Revoke an API token",
+                 scope="admin", tag="tokens", params=(Param("id", "path", "The token id", required=True),),
+                 status=204, errors=(401, 403, 404)),
+        Endpoint("GET", "/v1/info", info, "Version, infrastructures, active sandbox protections, limits",
+                 tag="platform", response=Info, errors=(401, 403)),
+        Endpoint("GET", "/metrics", metrics, "Prometheus metrics", scope=None, tag="platform",
+                 response="text/plain"),
+        Endpoint("GET", "/healthz", healthz, "Liveness", scope=None, tag="platform", response="application/json"),
+        Endpoint("GET", "/openapi.json", openapi, "This document", scope=None, tag="platform",
+                 response="application/json"),
+    ]  # fmt: skip
+
+
+def routes(gw: Gateway, table: list[Endpoint]) -> list[Route]:
+    out = []
+    for e in table:
+        handler = e.handler if isinstance(e.handler, InvokeEndpoint) else _guard(e.handler, gw, e.scope)
+        out.append(Route(e.path, handler, methods=[e.method], name=f"{e.method.lower()} {e.path}"))
+    return out

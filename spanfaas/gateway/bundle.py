@@ -1,0 +1,243 @@
+"""Function bundles: pack a directory, and unpack an upload safely.
+
+``pack_function(path)`` makes a deterministic tar.gz of a function directory
+(the same bytes for the same files, so the same digest).  ``unpack`` checks
+every member before it writes anything: no absolute paths, no ``..``, no link
+that leads outside the bundle, no device files, a cap on the unpacked size;
+then finds the manifest at the root or in the one top-level directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge
+from spanfaas.model import MANIFEST_NAME, FunctionSpec, parse_manifest
+
+__all__ = ["UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
+
+SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", ".mypy_cache", ".pytest_cache"})
+SKIP_SUFFIXES = (".pyc", ".pyo")
+UNPACK_FACTOR = 8
+"""An archive may unpack to at most this many times the bundle limit."""
+MAX_MEMBERS = 20_000
+
+
+# -- packing -------------------------------------------------------------------------
+
+
+def pack_function(path: str | Path) -> bytes:
+    """A deterministic tar.gz of a function directory (or of one ``.py`` file
+    with a manifest beside it or none: then ``name`` is the file's stem)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            if path.is_file():
+                _add_bytes(tar, path.name, path.read_bytes(), executable=False)
+                manifest = path.with_name(MANIFEST_NAME)
+                if manifest.is_file():
+                    _add_bytes(tar, MANIFEST_NAME, manifest.read_bytes(), executable=False)
+                else:
+                    text = f'name = "{path.stem.replace("_", "-").lower()}"\nhandler = "{path.stem}:handler"\n'
+                    _add_bytes(tar, MANIFEST_NAME, text.encode(), executable=False)
+            elif path.is_dir():
+                if not (path / MANIFEST_NAME).is_file():
+                    raise InvalidManifest(f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\"")
+                for rel, full in _walk(path):
+                    if full.is_dir():
+                        info = tarfile.TarInfo(rel)
+                        info.type, info.mode = tarfile.DIRTYPE, 0o755
+                        _normalize(info)
+                        tar.addfile(info)
+                    else:
+                        _add_bytes(tar, rel, full.read_bytes(), executable=os.access(full, os.X_OK))
+            else:
+                raise InvalidBundle(f"{path} is neither a function directory nor a .py file")
+    return buf.getvalue()
+
+
+def _walk(root: Path) -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not os.path.islink(os.path.join(dirpath, d)))
+        base = Path(dirpath)
+        rel_dir = base.relative_to(root).as_posix()
+        for d in dirnames:
+            out.append((d if rel_dir == "." else f"{rel_dir}/{d}", base / d))
+        for f in sorted(filenames):
+            full = base / f
+            if f.endswith(SKIP_SUFFIXES) or not full.is_file():
+                continue  # sockets, broken links
+            out.append((f if rel_dir == "." else f"{rel_dir}/{f}", full))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+def _normalize(info: tarfile.TarInfo) -> None:
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, *, executable: bool) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o755 if executable else 0o644
+    _normalize(info)
+    tar.addfile(info, io.BytesIO(data))
+
+
+# -- unpacking -------------------------------------------------------------------------
+
+
+def detect_format(data: bytes) -> str:
+    if data[:2] == b"\x1f\x8b":
+        return "tar.gz"
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(data) > 262 and data[257:262] == b"ustar":
+        return "tar"
+    head = data[:8].hex(" ") or "nothing"
+    raise InvalidBundle(
+        f"the bundle is neither a tar.gz nor a zip archive (it starts with {head}); "
+        "send the function directory packed as tar.gz, as `spanfaas deploy PATH` does"
+    )
+
+
+def unpack(data: bytes, dest: Path, *, max_size: int) -> None:
+    """Check every member, then extract the archive into ``dest``."""
+    fmt = detect_format(data)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "zip":
+            _unpack_zip(data, dest, max_size)
+        else:
+            _unpack_tar(data, dest, max_size)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, OSError, ValueError) as exc:
+        raise InvalidBundle(f"the {fmt} bundle is damaged: {exc}") from None
+
+
+def _check_name(name: str) -> str:
+    if "\x00" in name:
+        raise InvalidBundle(f"bundle member {name!r} has a NUL byte in its name")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or name.startswith("\\"):
+        raise InvalidBundle(f"bundle member '{name}' has an absolute path; members must be relative to the bundle root")
+    norm = posixpath.normpath(name.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or "/../" in f"/{name.replace(chr(92), '/')}/":
+        raise InvalidBundle(f"bundle member '{name}' leads outside the bundle ('..'); repack without it")
+    return norm
+
+
+def _unpack_tar(data: bytes, dest: Path, max_size: int) -> None:
+    mode = "r:gz" if data[:2] == b"\x1f\x8b" else "r:"
+    with tarfile.open(fileobj=io.BytesIO(data), mode=mode) as tar:
+        members = tar.getmembers()
+        if len(members) > MAX_MEMBERS:
+            raise InvalidBundle(f"the bundle has {len(members)} members; at most {MAX_MEMBERS} are allowed")
+        total = 0
+        for m in members:
+            norm = _check_name(m.name)
+            if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                raise InvalidBundle(f"bundle member '{m.name}' is a device, fifo or special file; only files, directories and links are allowed")
+            if m.issym() or m.islnk():
+                target = m.linkname
+                if m.issym() and not target.startswith("/"):
+                    target = posixpath.join(posixpath.dirname(norm), target)
+                resolved = posixpath.normpath(target)
+                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                    raise InvalidBundle(f"bundle member '{m.name}' links to '{m.linkname}', outside the bundle")
+            total += max(m.size, 0)
+            if total > max_size:
+                raise PayloadTooLarge(
+                    f"the bundle unpacks to more than {max_size} bytes ({UNPACK_FACTOR} × max_bundle); "
+                    "make it smaller or raise SPANFAAS_MAX_BUNDLE"
+                )
+        tar.extractall(dest, members=members, filter="data")
+
+
+def _unpack_zip(data: bytes, dest: Path, max_size: int) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise InvalidBundle(f"the bundle has {len(infos)} members; at most {MAX_MEMBERS} are allowed")
+        total = 0
+        for info in infos:
+            _check_name(info.filename)
+            mode = info.external_attr >> 16
+            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise InvalidBundle(f"bundle member '{info.filename}' is a link or special file; zip bundles may hold only files and directories")
+            total += info.file_size
+            if total > max_size:
+                raise PayloadTooLarge(
+                    f"the bundle unpacks to more than {max_size} bytes ({UNPACK_FACTOR} × max_bundle); "
+                    "make it smaller or raise SPANFAAS_MAX_BUNDLE"
+                )
+        root = dest.resolve()
+        for info in infos:
+            target = (root / _check_name(info.filename)).resolve()
+            if root != target and root not in target.parents:
+                raise InvalidBundle(f"bundle member '{info.filename}' leads outside the bundle")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+            if (info.external_attr >> 16) & 0o111:
+                target.chmod(0o755)
+
+
+def find_root(dest: Path) -> Path:
+    """The directory holding the manifest: the bundle root or its one top-level directory."""
+    if (dest / MANIFEST_NAME).is_file():
+        return dest
+    entries = [p for p in dest.iterdir() if p.name not in ("__MACOSX",)]
+    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / MANIFEST_NAME).is_file():
+        return entries[0]
+    raise InvalidManifest(
+        f"no {MANIFEST_NAME} at the bundle root or in its single top-level directory; "
+        f"files: {_listing(dest)}"
+    )
+
+
+def handler_path(root: Path, module: str) -> Path | None:
+    parts = module.split(".")
+    for candidate in (root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_bundle_spec(root: Path, name: str) -> FunctionSpec:
+    """Parse the manifest and check it against the URL's name and the files."""
+    spec = parse_manifest((root / MANIFEST_NAME).read_text(), source=MANIFEST_NAME)
+    if spec.name != name:
+        raise InvalidManifest(
+            f"{MANIFEST_NAME} names the function '{spec.name}' but it is deployed as '{name}'; "
+            "make the manifest's name match the URL",
+            key="name",
+        )
+    if handler_path(root, spec.module) is None:
+        raise InvalidBundle(f"handler module '{spec.module}' not found in bundle; files: {_listing(root)}")
+    return spec
+
+
+def _listing(root: Path, limit: int = 20) -> str:
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    if not names:
+        return "(none)"
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def temp_dir(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))

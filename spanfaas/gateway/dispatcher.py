@@ -1,0 +1,173 @@
+"""The async dispatcher: runs queued invocations from the store.
+
+Up to ``settings.async_workers`` invocations run at once.  Each is claimed
+with a lease that a heartbeat extends while it runs; a gateway that dies
+leaves leases that expire, and the records are claimed again: at-least-once.
+On start-up an exclusive store (SQLite) hands back every 'running' record at
+once.  Platform failures (``InfraError``) are retried ``async_retries`` times
+with exponential backoff; a function's own failure is recorded, not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+import msgspec
+
+from spanfaas.config import Settings
+from spanfaas.errors import InfraError, SpanfaasError
+from spanfaas.infra.base import Infrastructure
+from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
+from spanfaas.store import Store
+from spanfaas.gateway.metrics import Metrics
+from spanfaas.gateway.recorder import Recorder
+from spanfaas.gateway.registry import Registry
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("spanfaas.gateway")
+_replace = msgspec.structs.replace
+
+
+class Dispatcher:
+    lease = 30.0
+    """Seconds a claim is valid without a heartbeat."""
+    poll = 0.25
+    """Seconds between looks at the queue when nobody wakes us."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        infra: Infrastructure,
+        registry: Registry,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.infra = infra
+        self.registry = registry
+        self.recorder = recorder
+        self.metrics = metrics
+        self.owner = "gw-" + secrets.token_hex(6)
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        if self.store.exclusive:
+            n = await asyncio.to_thread(self.store.requeue_running)
+            if n:
+                log.info("took back %d async invocations a previous gateway left running", n)
+        self._tasks = [
+            asyncio.create_task(self._feed(), name="spanfaas-dispatcher"),
+            asyncio.create_task(self._heartbeat(), name="spanfaas-leases"),
+        ]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; give running invocations ``grace`` seconds, then requeue the rest."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.running:
+            _, pending = await asyncio.wait(list(self.running.values()), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _feed(self) -> None:
+        workers = self.settings.async_workers
+        while not self._stopping:
+            self._wake.clear()  # before looking: a wake-up from now on is not lost
+            free = workers - len(self.running)
+            got = 0
+            if free > 0:
+                try:
+                    batch = await asyncio.to_thread(self.store.claim, time.time(), self.lease, free, self.owner)
+                except Exception as exc:  # the store is down: try again later
+                    log.error("could not claim async invocations: %s", exc)
+                    batch = []
+                    await asyncio.sleep(1.0)
+                got = len(batch)
+                for record in batch:
+                    task = asyncio.create_task(self._run(record), name=f"spanfaas-async-{record.id}")
+                    self.running[record.id] = task
+                    task.add_done_callback(self._done)
+                if got == free:
+                    continue  # there may be more: look again once a slot is free
+            if free <= 0:
+                await self._wake.wait()  # a slot frees up
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                except TimeoutError:
+                    pass
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        name = task.get_name().removeprefix("spanfaas-async-")
+        self.running.pop(name, None)
+        self._wake.set()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            if self.running:
+                try:
+                    await asyncio.to_thread(self.store.extend_leases, list(self.running), time.time() + self.lease)
+                except Exception as exc:
+                    log.error("could not extend leases: %s", exc)
+
+    async def _run(self, record: InvocationRecord) -> None:
+        started = time.time()
+        try:
+            fn = await self.registry.require(record.function)
+            ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type)
+            t0 = time.perf_counter()
+            result = await self.infra.invoke(fn.spec, record.payload, ctx)
+        except asyncio.CancelledError:
+            if self._stopping:  # shutting down: back to the queue for the next gateway
+                self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None))
+            raise
+        except SpanfaasError as exc:
+            self._platform_failed(record, exc, started)
+            return
+        self.metrics.observe(record.function, result, time.perf_counter() - t0)
+        self.recorder.add(
+            _replace(
+                record,
+                status="succeeded" if result.error is None else "failed",
+                payload=record.payload,
+                output=result.output,
+                output_type=result.content_type,
+                error=result.error,
+                logs=result.logs,
+                infra=result.infra,
+                started_at=started,
+                finished_at=time.time(),
+                duration_ms=result.duration_ms,
+                cold=result.cold,
+            )
+        )
+
+    def _platform_failed(self, record: InvocationRecord, exc: SpanfaasError, started: float) -> None:
+        error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
+        self.metrics.infra_failed(record.function)
+        retries = self.settings.async_retries
+        if isinstance(exc, InfraError) and record.attempts <= retries:
+            delay = self.settings.async_backoff * (2 ** (record.attempts - 1))
+            log.warning("async invocation %s failed on the platform (attempt %d of %d), retrying in %.2fs: %s",
+                        record.id, record.attempts, retries + 1, delay, exc)  # fmt: skip
+            self.recorder.add(_replace(record, status="queued", error=error, not_before=time.time() + delay))
+        else:
+            self.recorder.add(
+                _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
+            )

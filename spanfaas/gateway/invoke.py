@@ -1,0 +1,208 @@
+"""The invoke hot path: ``POST /v1/functions/{name}/invoke`` as a raw ASGI endpoint.
+
+It forwards bytes: the body goes to the infrastructure unparsed (JSON is only
+validated), the result goes back as the response body with its content type.
+The store write of each sync invocation happens later, in a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+import msgspec
+from starlette.types import Receive, Scope, Send
+
+from spanfaas.errors import InvalidPayload, InvalidRequest, PayloadTooLarge, SpanfaasError
+from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext, Result
+from spanfaas.gateway.auth import require
+from spanfaas.gateway.problems import send_problem
+from spanfaas.gateway.registry import format_size
+from spanfaas.gateway.views import Queued, is_json
+
+if TYPE_CHECKING:
+    from spanfaas.gateway.app import Gateway
+
+__all__ = ["InvokeEndpoint", "read_body"]
+
+_decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
+_encode = msgspec.json.Encoder().encode
+_JSON = "application/json"
+
+
+class ClientDisconnected(InvalidRequest):
+    slug, title = "client-disconnected", "Client disconnected"
+
+
+async def read_body(receive: Receive, limit: int, what: str = "payload", setting: str = "max_payload") -> bytes:
+    """The whole request body; PayloadTooLarge as soon as it passes ``limit``."""
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise too_large(what, setting, limit)
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client went away before sending the whole body")
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(what, setting, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def too_large(what: str, setting: str, limit: int, size: int | None = None) -> PayloadTooLarge:
+    have = f"is {format_size(size)}" if size is not None else "is larger"
+    return PayloadTooLarge(
+        f"the {what} {have}; the limit is {setting} = {format_size(limit)} "
+        f"(raise it with SPANFAAS_{setting.upper()})",
+        limit=limit,
+    )
+
+
+class InvokeEndpoint:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.limit = gw.settings.max_payload
+        self._json_types: dict[bytes, bool] = {}
+
+    def _is_json(self, content_type: bytes) -> bool:
+        known = self._json_types.get(content_type)
+        if known is None:
+            known = is_json(content_type.decode("latin-1"))
+            if len(self._json_types) < 256:
+                self._json_types[content_type] = known
+        return known
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        require(scope, "invoke")
+        gw = self.gw
+        name: str = scope["path_params"]["name"]
+        fn = gw.registry.functions.get(name) or await gw.registry.require(name)
+        content_type = b""
+        length = -1
+        is_async = False
+        key: str | None = None
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                content_type = v
+            elif k == b"content-length":
+                length = int(v) if v.isdigit() else -1
+            elif k == b"prefer":
+                is_async = b"respond-async" in v.lower()
+            elif k == b"idempotency-key":
+                key = v.decode("latin-1")
+        if scope["query_string"]:
+            is_async = _async_mode(scope["query_string"], is_async)
+        if length > self.limit:
+            raise too_large("payload", "max_payload", self.limit, length)
+        if length > 65536:
+            await gw.infra.prewarm(name)  # early action: before the body arrives
+        body = await read_body(receive, self.limit)
+        if not content_type:
+            content_type = b"application/json"
+        if body and self._is_json(content_type):
+            try:
+                _decode_raw(body)
+            except msgspec.DecodeError as exc:
+                raise InvalidPayload(
+                    f"the request body is not valid JSON: {exc}; "
+                    "send JSON, or set Content-Type to what you send (e.g. application/octet-stream)"
+                ) from None
+        ct = content_type.decode("latin-1")
+        invocation_id = os.urandom(16).hex()
+        now = time.time()
+        if is_async:
+            await self._accept(send, name, ct, body, key, invocation_id, now)
+            return
+        ctx = InvokeContext(invocation_id=invocation_id, content_type=ct)
+        t0 = time.perf_counter()
+        try:
+            result = await gw.infra.invoke(fn.spec, body, ctx)
+        except SpanfaasError as exc:
+            gw.metrics.infra_failed(name)
+            gw.recorder.add(
+                InvocationRecord(
+                    id=invocation_id, function=name, status="failed", content_type=ct, attempts=1,
+                    error=ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message),
+                    created_at=now, started_at=now, finished_at=time.time(),
+                )  # fmt: skip
+            )
+            exc.extra.setdefault("invocation_id", invocation_id)
+            raise
+        elapsed = time.perf_counter() - t0
+        gw.metrics.observe(name, result, elapsed)
+        gw.recorder.add(
+            InvocationRecord(
+                id=invocation_id, function=name, status="succeeded" if result.error is None else "failed",
+                content_type=ct, output=result.output, output_type=result.content_type, error=result.error,
+                logs=result.logs, attempts=1, infra=result.infra, created_at=now, started_at=now,
+                finished_at=now + elapsed, duration_ms=result.duration_ms, cold=result.cold,
+            )  # fmt: skip
+        )
+        headers = [
+            (b"x-spanfaas-invocation-id", invocation_id.encode()),
+            (b"x-spanfaas-duration-ms", b"%.3f" % result.duration_ms),
+            (b"x-spanfaas-infra", result.infra.encode()),
+            (b"x-spanfaas-cold", b"true" if result.cold else b"false"),
+        ]
+        if result.error is not None:
+            await send_problem(send, _failure(result), scope["path"], headers)
+            return
+        output = result.output
+        headers.append((b"content-type", result.content_type.encode("latin-1")))
+        headers.append((b"content-length", b"%d" % len(output)))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": output})
+
+    async def _accept(
+        self, send: Send, name: str, ct: str, body: bytes, key: str | None, invocation_id: str, now: float
+    ) -> None:
+        """Commit the invocation to the queue, then answer 202."""
+        record = InvocationRecord(
+            id=invocation_id, function=name, status="queued", mode="async", content_type=ct,
+            payload=body, idempotency_key=key, created_at=now,
+        )  # fmt: skip
+        record, _ = await self.gw.enqueuer.enqueue(record)
+        self.gw.dispatcher.wake()
+        out = _encode(Queued(id=record.id, status=record.status))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(out)),
+                    (b"location", f"/v1/invocations/{record.id}".encode()),
+                    (b"x-spanfaas-invocation-id", record.id.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": out})
+
+
+def _async_mode(query: bytes, default: bool) -> bool:
+    for k, v in parse_qsl(query.decode("latin-1")):
+        if k == "mode":
+            if v not in ("sync", "async"):
+                raise InvalidRequest(f"mode={v!r} is not known; use mode=sync (default) or mode=async")
+            return v == "async"
+    return default
+
+
+def _failure(result: Result) -> SpanfaasError:
+    try:
+        result.raise_for_error()
+    except SpanfaasError as exc:
+        return exc
+    raise AssertionError("raise_for_error did not raise")  # pragma: no cover

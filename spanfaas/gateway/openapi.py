@@ -1,0 +1,106 @@
+"""The OpenAPI 3.1 document, generated from the endpoint table and the wire
+messages' types, so it covers every route and cannot drift from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+import spanfaas
+from spanfaas.gateway.api import Endpoint
+from spanfaas.gateway.views import Problem
+
+__all__ = ["build_openapi"]
+
+_STATUS_TEXT = {
+    400: "The request was wrong (the detail says what to fix)",
+    401: "No API token, or one that is not valid",
+    403: "The token lacks the scope this call needs",
+    404: "No such function, invocation or token",
+    405: "Method not allowed",
+    413: "Over a size limit (max_payload or max_bundle)",
+    500: "The function failed (problem has invocation_id, error_type, traceback, logs)",
+    502: "The infrastructure failed",
+    503: "The infrastructure is unavailable",
+    504: "The function timed out",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
+    types: list[Any] = [Problem]
+    for e in table:
+        for t in (e.body, e.response, *(r[1] for r in e.extra_responses.values())):
+            if isinstance(t, type) and t not in types:
+                types.append(t)
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    refs = dict(zip(types, schemas))
+
+    paths: dict[str, dict[str, Any]] = {}
+    for e in table:
+        op: dict[str, Any] = {
+            "operationId": f"{e.method.lower()}_{e.openapi_path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "summary": e.summary,
+            "tags": [e.tag],
+        }
+        if e.scope is not None:
+            op["security"] = [{"bearer": []}]
+            op["description"] = f"Needs scope '{e.scope}' (admin ⊇ deploy ⊇ invoke)."
+        else:
+            op["security"] = []
+        if e.params:
+            op["parameters"] = [
+                {"name": p.name, "in": p.where, "required": p.required or p.where == "path",
+                 "description": p.description, "schema": p.schema}
+                for p in e.params
+            ]  # fmt: skip
+        if isinstance(e.body, type):
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[e.body]}}}
+        elif e.body:
+            op["requestBody"] = {"content": {ct: {"schema": {}} for ct in e.body}}
+        responses: dict[str, Any] = {}
+        ok: dict[str, Any] = {"description": "OK" if e.status < 300 else ("Created" if e.status == 201 else "Done")}
+        if isinstance(e.response, type):
+            ok["content"] = {"application/json": {"schema": refs[e.response]}}
+        elif isinstance(e.response, str):
+            ok["content"] = {e.response: {"schema": {}}}
+        if e.status == 204:
+            ok = {"description": "Done; no content"}
+        if e.method == "POST" and e.path.endswith("/invoke"):
+            ok["headers"] = {
+                h: {"schema": {"type": "string"}, "description": d}
+                for h, d in (
+                    ("X-Spanfaas-Invocation-Id", "the invocation's id"),
+                    ("X-Spanfaas-Duration-Ms", "how long the function ran"),
+                    ("X-Spanfaas-Infra", "the infrastructure that ran it"),
+                    ("X-Spanfaas-Cold", "true when it started a new instance"),
+                )
+            }
+        responses[str(e.status)] = ok
+        for code, (text, typ) in e.extra_responses.items():
+            responses[str(code)] = {"description": text}
+            if typ is not None:
+                responses[str(code)]["content"] = {"application/json": {"schema": refs[typ]}}
+        for code in e.errors:
+            responses[str(code)] = {
+                "description": _STATUS_TEXT.get(code, "Error"),
+                "content": {"application/problem+json": {"schema": refs[Problem]}},
+            }
+        paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "spanfaas",
+            "version": spanfaas.__version__,
+            "description": "A self-hostable serverless platform for Python. Errors are RFC 9457 problem documents.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

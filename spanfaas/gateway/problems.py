@@ -1,0 +1,108 @@
+"""Every error leaves the gateway as RFC 9457 Problem Details JSON.
+
+``ProblemMiddleware`` (pure ASGI) turns a ``SpanfaasError`` raised anywhere
+below it into its problem document, and any other exception into a 500 that
+names a reference to find in the log, never the internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spanfaas.errors import NotFound, SpanfaasError, Unauthorized
+
+__all__ = ["MethodNotAllowed", "ProblemMiddleware", "http_exception_handler", "problem_response", "send_problem"]
+
+log = logging.getLogger("spanfaas.gateway")
+PROBLEM_JSON = b"application/problem+json"
+_encode = msgspec.json.Encoder().encode
+
+
+class MethodNotAllowed(SpanfaasError):
+    status, exit_code, slug, title = 405, 2, "method-not-allowed", "Method not allowed"
+
+
+def _headers(exc: SpanfaasError, body: bytes, extra: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", PROBLEM_JSON), (b"content-length", str(len(body)).encode())]
+    if isinstance(exc, Unauthorized):
+        headers.append((b"www-authenticate", b'Bearer realm="spanfaas"'))
+    headers.extend(extra)
+    return headers
+
+
+def problem_body(exc: SpanfaasError, instance: str | None = None) -> bytes:
+    return _encode(exc.to_problem(instance))
+
+
+async def send_problem(
+    send: Send, exc: SpanfaasError, instance: str | None = None, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    body = problem_body(exc, instance)
+    await send({"type": "http.response.start", "status": exc.status, "headers": _headers(exc, body, headers)})
+    await send({"type": "http.response.body", "body": body})
+
+
+def problem_response(exc: SpanfaasError, instance: str | None = None) -> Response:
+    body = problem_body(exc, instance)
+    resp = Response(body, status_code=exc.status, media_type="application/problem+json")
+    if isinstance(exc, Unauthorized):
+        resp.headers["www-authenticate"] = 'Bearer realm="spanfaas"'
+    return resp
+
+
+def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (no route, wrong method) as problems."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    err: SpanfaasError
+    if exc.status_code == 404:
+        err = NotFound(f"no such endpoint: {request.method} {path}; GET /openapi.json lists them all")
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        err = MethodNotAllowed(f"{request.method} is not allowed on {path}; allowed: {allowed}")
+    else:
+        err = SpanfaasError(str(exc.detail))
+        err.status = exc.status_code  # type: ignore[misc]
+    resp = problem_response(err, path)
+    if exc.headers:
+        resp.headers.update(exc.headers)
+    return resp
+
+
+class ProblemMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except SpanfaasError as exc:
+            if started:
+                log.warning("%s after the response started: %s", type(exc).__name__, exc)
+                return
+            await send_problem(send, exc, scope["path"])
+        except Exception:
+            ref = secrets.token_hex(6)
+            log.exception("unexpected error serving %s %s (reference %s)", scope["method"], scope["path"], ref)
+            if not started:
+                err = SpanfaasError(f"the gateway failed unexpectedly; its log has the details under reference {ref}")
+                await send_problem(send, err, scope["path"])
+

@@ -1,0 +1,182 @@
+"""The gateway's view of deployed functions: the store's records, cached, and
+kept in step with the infrastructure.
+
+A deploy unpacks and checks the bundle, deploys it on the infrastructure and
+only then adds the version to the store, so the old version serves until the
+new one is up and a failed deploy changes nothing.  At start-up every stored
+function is deployed again, so a restarted gateway serves what it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+
+from spanfaas.config import Settings
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge
+from spanfaas.infra.base import Infrastructure
+from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
+from spanfaas.store import BlobStore, Store, sha256
+from spanfaas.gateway import bundle as bundles
+
+__all__ = ["Registry", "format_size"]
+
+log = logging.getLogger("spanfaas.gateway")
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+class Registry:
+    def __init__(self, settings: Settings, store: Store, infra: Infrastructure) -> None:
+        self.settings = settings
+        self.store = store
+        self.infra = infra
+        data = settings.data_path
+        self.blobs = BlobStore(data / "blobs")
+        self.bundle_dir = data / "bundles"
+        self.functions: dict[str, FunctionRecord] = {}
+        self.failed: dict[str, str] = {}
+        """Functions in the store that could not be deployed at start-up, and why."""
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    # -- start-up ----------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Deploy every stored function on the infrastructure again."""
+        records = await asyncio.to_thread(self.store.list_functions)
+        for record in records:
+            try:
+                await self._activate(record)
+            except Exception as exc:  # one broken function must not keep the others down
+                self.failed[record.name] = f"{type(exc).__name__}: {exc}"
+                log.error("could not deploy function %r (version %d) at start-up: %s", record.name, record.version, exc)
+
+    async def _activate(self, record: FunctionRecord) -> None:
+        bundle = await asyncio.to_thread(self._bundle_for, record.digest)
+        await self.infra.deploy(record.spec, bundle)
+        self.functions[record.name] = record
+        self.failed.pop(record.name, None)
+
+    def _bundle_for(self, digest: str) -> Bundle:
+        """The unpacked bundle of a stored version, unpacked again from its blob if needed."""
+        final = self.bundle_dir / digest
+        if not final.is_dir():
+            try:
+                data = self.blobs.get(digest)
+            except KeyError:
+                raise InfraUnavailable(
+                    f"the bundle {digest[:12]}… is missing from {self.blobs.dir}; deploy the function again"
+                ) from None
+            tmp = bundles.temp_dir(self.bundle_dir)
+            try:
+                bundles.unpack(data, tmp, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
+                self._publish(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return Bundle(digest=digest, path=str(bundles.find_root(final)))
+
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> None:
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not final.is_dir():
+                raise  # not a concurrent unpack of the same digest
+
+    # -- lookups -------------------------------------------------------------------
+
+    async def require(self, name: str) -> FunctionRecord:
+        """The function's latest record; deployed here first if another gateway added it."""
+        record = self.functions.get(name)
+        if record is not None:
+            return record
+        if name in self.failed:
+            raise InfraUnavailable(f"function '{name}' could not be deployed at start-up: {self.failed[name]}; deploy it again")
+        stored = await asyncio.to_thread(self.store.get_function, name)
+        if stored is None:
+            raise FunctionNotFound(self._not_found(name))
+        async with self._lock(name):
+            if name not in self.functions:
+                await self._activate(stored)
+        return self.functions[name]
+
+    def _not_found(self, name: str) -> str:
+        deployed = ", ".join(sorted(self.functions)) or "none"
+        return f"function '{name}' not found; deployed: {deployed}"
+
+    # -- changes -------------------------------------------------------------------
+
+    async def deploy(self, name: str, data: bytes) -> FunctionRecord:
+        if len(data) > self.settings.max_bundle:
+            raise too_large_bundle(len(data), self.settings.max_bundle)
+        async with self._lock(name):
+            spec, bundle, fresh = await asyncio.to_thread(self._prepare, name, data)
+            try:
+                await self.infra.deploy(spec, bundle)
+                record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec)
+            except BaseException:
+                if fresh:
+                    await asyncio.to_thread(self._collect, {bundle.digest})
+                raise
+            self.functions[name] = record
+            self.failed.pop(name, None)
+            return record
+
+    def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle, bool]:
+        """Unpack and check the bundle; keep its blob.  Nothing reaches the store here."""
+        digest = sha256(data)
+        final = self.bundle_dir / digest
+        fresh = not final.is_dir()
+        if fresh:
+            tmp = bundles.temp_dir(self.bundle_dir)
+            try:
+                bundles.unpack(data, tmp, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
+                bundles.load_bundle_spec(bundles.find_root(tmp), name)
+                self._publish(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        root = bundles.find_root(final)
+        spec = bundles.load_bundle_spec(root, name)
+        self.blobs.put(data)
+        return spec, Bundle(digest=digest, path=str(root)), fresh
+
+    async def remove(self, name: str) -> FunctionRecord:
+        async with self._lock(name):
+            record = self.functions.get(name) or await asyncio.to_thread(self.store.get_function, name)
+            if record is None:
+                raise FunctionNotFound(self._not_found(name))
+            versions = await asyncio.to_thread(self.store.function_versions, name)
+            await self.infra.remove(name)
+            await asyncio.to_thread(self.store.delete_function, name)
+            self.functions.pop(name, None)
+            self.failed.pop(name, None)
+            await asyncio.to_thread(self._collect, {v.digest for v in versions})
+            return record
+
+    def _collect(self, digests: set[str]) -> None:
+        """Delete the blobs and unpacked bundles no stored version refers to."""
+        unused = digests - self.store.function_digests()
+        for digest in unused:
+            shutil.rmtree(self.bundle_dir / digest, ignore_errors=True)
+            self.blobs.delete(digest)
+
+
+def too_large_bundle(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the bundle is {format_size(size)}; the limit is max_bundle = {format_size(limit)} "
+        "(raise it with SPANFAAS_MAX_BUNDLE)",
+        limit=limit,
+    )

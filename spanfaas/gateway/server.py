@@ -1,0 +1,110 @@
+"""Serving the gateway with uvicorn (uvloop + httptools), with graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from spanfaas.config import Settings
+from spanfaas.errors import SpanfaasError
+from spanfaas.infra.base import Infrastructure
+from spanfaas.model import load_manifest
+from spanfaas.store import open_store
+from spanfaas.gateway.app import Gateway, create_app
+from spanfaas.gateway.bundle import pack_function
+
+__all__ = ["serve", "serve_async"]
+
+log = logging.getLogger("spanfaas.gateway")
+
+
+def serve(
+    settings: Settings,
+    *,
+    infra: Infrastructure | None = None,
+    demo_dirs: Sequence[str | Path] = (),
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the gateway in the foreground until SIGINT/SIGTERM.
+
+    ``infra`` defaults to the local runtime.  ``demo_dirs`` are function
+    directories deployed once the gateway is up.  ``ready`` is called with the
+    base URL (the real port when ``settings.port`` is 0) once it listens.
+    """
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready))
+
+
+async def serve_async(
+    settings: Settings,
+    *,
+    infra: Infrastructure | None = None,
+    demo_dirs: Sequence[str | Path] = (),
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    store = open_store(settings)
+    try:
+        if infra is None:
+            from spanfaas.infra.local import LocalInfrastructure
+
+            infra = LocalInfrastructure(settings)
+        start = getattr(infra, "start", None)
+        if start is not None:
+            await start()
+        try:
+            app = create_app(settings, store, infra, freeze_gc=True)
+            config = uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                http="httptools",
+                lifespan="on",
+                access_log=False,
+                log_level="warning",
+                timeout_graceful_shutdown=10,
+                backlog=4096,
+            )
+            server = uvicorn.Server(config)
+            gw: Gateway = app.state.gateway
+            waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
+            try:
+                await server.serve()
+            finally:
+                waiter.cancel()
+        finally:
+            await infra.close()
+    finally:
+        store.close()
+
+
+async def _when_started(
+    server: uvicorn.Server, gw: Gateway, demo_dirs: Sequence[str | Path], ready: Callable[[str], None] | None
+) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.01)
+    for d in demo_dirs:
+        try:
+            spec = load_manifest(Path(d))
+            data = await asyncio.to_thread(pack_function, d)
+            record = await gw.registry.deploy(spec.name, data)
+            log.info("deployed demo function %s (version %d)", record.name, record.version)
+        except SpanfaasError as exc:
+            log.error("could not deploy demo function %s: %s", d, exc)
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    log.info("spanfaas gateway listening on %s", url)
+    if ready is not None:
+        ready(url)

@@ -1,0 +1,159 @@
+"""Wire messages of the HTTP API: what the gateway sends and accepts as JSON.
+
+They are the single source of the OpenAPI schemas (``openapi.py``), so the
+document and the responses cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+
+from spanfaas.model import ErrorInfo, FunctionRecord, InfraInfo, InvocationRecord, Protection, TokenRecord
+
+__all__ = [
+    "FunctionList",
+    "Info",
+    "InvocationList",
+    "InvocationView",
+    "Limits",
+    "Problem",
+    "Queued",
+    "TokenCreated",
+    "TokenList",
+    "TokenRequest",
+    "TokenView",
+    "invocation_view",
+    "is_json",
+]
+
+Scope = Literal["admin", "deploy", "invoke"]
+
+
+class FunctionList(Struct):
+    functions: list[FunctionRecord]
+
+
+class Queued(Struct):
+    """The answer to an accepted asynchronous invocation (202)."""
+
+    id: str
+    status: str
+
+
+class InvocationView(Struct):
+    id: str
+    function: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    mode: Literal["sync", "async"]
+    content_type: str
+    """The content type of the output."""
+    error: ErrorInfo | None
+    logs: str
+    attempts: int
+    infra: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    duration_ms: float | None
+    cold: bool = False
+    result: Any | UnsetType = UNSET
+    """The output, when it is JSON."""
+    output_base64: str | UnsetType = UNSET
+    """The output, when it is not JSON."""
+
+
+class InvocationList(Struct):
+    invocations: list[InvocationView]
+
+
+class Limits(Struct):
+    max_payload: int
+    max_bundle: int
+
+
+class Info(Struct):
+    version: str
+    infrastructures: list[InfraInfo]
+    protections: list[Protection]
+    limits: Limits
+
+
+class TokenRequest(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    scopes: Annotated[list[Scope], Meta(min_length=1)]
+
+
+class TokenCreated(Struct):
+    id: str
+    name: str
+    token: str
+    """Shown once: only its sha256 is kept."""
+    scopes: list[str]
+
+
+class TokenView(Struct):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: float
+
+
+class TokenList(Struct):
+    tokens: list[TokenView]
+
+
+class Problem(Struct, omit_defaults=True):
+    """RFC 9457 Problem Details; function failures add invocation_id,
+    error_type, traceback, logs, exit_status."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | UnsetType = UNSET
+
+
+def is_json(content_type: str) -> bool:
+    ct = content_type.partition(";")[0].strip().lower()
+    return ct == "application/json" or ct.endswith("+json")
+
+
+def token_view(t: TokenRecord) -> TokenView:
+    return TokenView(id=t.id, name=t.name, scopes=list(t.scopes), created_at=t.created_at)
+
+
+def invocation_view(r: InvocationRecord) -> InvocationView:
+    duration = r.duration_ms
+    if duration is None and r.finished_at is not None and r.started_at is not None:
+        duration = (r.finished_at - r.started_at) * 1000
+    view = InvocationView(
+        id=r.id,
+        function=r.function,
+        status=r.status,
+        mode=r.mode,
+        content_type=r.output_type,
+        error=r.error,
+        logs=r.logs,
+        attempts=r.attempts,
+        infra=r.infra,
+        created_at=r.created_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        duration_ms=duration,
+        cold=r.cold,
+    )
+    if r.status in ("succeeded", "failed") and r.output:
+        if is_json(r.output_type):
+            view.result = Raw(r.output)
+        else:
+            view.output_base64 = base64.b64encode(r.output).decode()
+    elif r.status == "succeeded" and is_json(r.output_type):
+        view.result = None
+    return view
+
+
+encode = msgspec.json.Encoder().encode
