@@ -286,8 +286,17 @@ class Pool:
         return len(self._instances) + self._pending_forks - sum(1 for i in self._instances.values() if not i.ready)
 
     def _replenish(self) -> None:
-        """strict: keep ``prefork`` children forked ahead of demand."""
-        if not self._strict or self.state != "ready":
+        """Keep instances forked ahead of demand.
+
+        strict: ``scaling.prefork`` unused children.  reuse: ``scaling.min``
+        instances, and one as soon as the template is ready when
+        ``prefork > 0``, so the first call does not wait for a fork.
+        """
+        if self.state != "ready":
+            return
+        if not self._strict:
+            floor = max(self.spec.scaling.min, 1 if self.spec.scaling.prefork else 0)
+            self._fork(floor - self._live())
             return
         want = self.spec.scaling.prefork - len(self._idle) - self._pending_forks
         room = self.spec.scaling.max + self.spec.scaling.prefork - self._live()

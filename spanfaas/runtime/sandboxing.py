@@ -44,6 +44,10 @@ SYSTEM_RO = (
 )
 
 
+# Where programs live, readable only when the manifest allows subprocesses.
+EXEC_RO = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/libexec")
+
+
 def python_paths() -> list[str]:
     """Where the interpreter, its stdlib, site-packages and spanfaas live."""
     paths = {
@@ -121,7 +125,7 @@ class FunctionSandbox:
             pids=res.pids,
             network=spec.network,
             allow_exec=spec.allow_subprocess,
-            ro_paths=tuple([bundle_path, *python_paths(), *SYSTEM_RO]),
+            ro_paths=tuple([bundle_path, *python_paths(), *SYSTEM_RO, *(EXEC_RO if spec.allow_subprocess else ())]),
             rw_paths=(str(scratch_dir),),
             namespaces=True,
         )

@@ -91,15 +91,38 @@ class Template:
 
         plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
         _preimport_lazy()
-        sandbox.set_rlimits(msgspec.structs.replace(plan_obj, instance_memory_bytes=0))
-        self.protections.append(Protection("rlimits", True, "core=0, nproc, nofile"))
-        if plan_obj.uid is not None:
-            sandbox.drop_privileges(plan_obj.uid)
-            self.protections.append(Protection("uid", True, f"running as uid {plan_obj.uid}"))
+        uid = self._reachable_uid(plan_obj)
+        plan_obj = msgspec.structs.replace(plan_obj, uid=uid, instance_memory_bytes=0)
+        sandbox.set_rlimits(plan_obj)
+        self.protections.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
+        if uid is not None:
+            sandbox.drop_privileges(uid)
+            self.protections.append(Protection("uid", True, f"running as uid {uid}"))
         lp = sandbox.landlock_restrict(plan_obj.ro_paths, plan_obj.rw_paths)
         self.landlock = lp.active
         self.protections.append(lp)
         self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))
+
+    def _reachable_uid(self, plan: Any) -> int | None:
+        """The uid to drop to, once the code and interpreter are reachable for it."""
+        from spanfaas.sandbox import fsview
+
+        if plan.uid is None:
+            return None
+        needed = [*plan.ro_paths, *plan.rw_paths]
+        if not any(fsview.blocking_ancestor(x) for x in needed if os.path.exists(x)):
+            return int(plan.uid)
+        if not any(x.name == "mount-namespace" and x.active for x in self.protections):
+            self.protections.append(
+                Protection("uid", False, "the interpreter is not readable by other users and there is no mount namespace to expose it")
+            )
+            return None
+        view = fsview.expose_paths(needed)
+        self.protections.append(view)
+        if not view.active:
+            self.protections.append(Protection("uid", False, view.reason))
+            return None
+        return int(plan.uid)
 
     def load(self) -> None:
         req = self.req
@@ -154,6 +177,7 @@ class Template:
         os.close(self.wake_w)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
         scratch = os.path.join(self.req.scratch_dir, f"i{seq}")
         os.mkdir(scratch, 0o700)
         os.chdir(scratch)
@@ -189,8 +213,34 @@ class Template:
             seq = self.children.pop(pid, None)
             if seq is None:
                 continue  # an orphan re-parented to us (we are pid 1 of the namespace)
+            self._kill_leftovers(pid)
             shutil.rmtree(os.path.join(self.req.scratch_dir, f"i{seq}"), ignore_errors=True)
             p.send_msg(self.chan, p.InstanceExited(seq, status))
+
+    def _kill_leftovers(self, pgid: int) -> None:
+        """An instance's processes die with it: its group, and orphans left to us."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if os.getpid() != 1:
+            return  # without a pid namespace, orphans go to the host's init, not to us
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if pid == 1 or pid in self.children:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == 1:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def retire(self, seq: int) -> None:
         for pid, s in self.children.items():

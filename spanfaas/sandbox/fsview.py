@@ -1,0 +1,87 @@
+"""Make read-only trees reachable for a dedicated uid inside a mount namespace.
+
+An interpreter installed under a private directory (pyenv under ``/root``,
+mode 0700) cannot be read once a function drops to its own uid.  Inside the
+function's private mount namespace we put a small tmpfs over the blocking
+directory and bind the needed trees back into it, so the uid can reach the
+interpreter and packages -- and nothing else that lived there (``/root``'s
+other files disappear from the function's view).  The host's mounts are not
+touched (mount propagation is private by then).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from spanfaas.model import Protection
+from spanfaas.sandbox import _libc
+
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_MOVE = 0x2000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+
+__all__ = ["blocking_ancestor", "expose_paths"]
+
+
+def blocking_ancestor(path: str) -> str | None:
+    """The topmost directory on ``path`` that others cannot traverse, if any."""
+    p = Path(path).resolve()
+    for parent in [*reversed(p.parents), p][1:]:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            return None
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return str(parent)
+    return None
+
+
+STAGING = "/dev/shm"
+
+
+def expose_paths(paths: Sequence[str], staging: str = STAGING) -> Protection:
+    """Bind ``paths`` back under a tmpfs laid over each blocking ancestor.
+
+    Call as root in a private mount namespace, before dropping privileges.
+    A fresh tmpfs is mounted on ``staging`` (``/dev/shm``: the function gets
+    a private, empty one as a bonus) to park the trees while their parent is
+    covered; it is left empty.
+    """
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        real = str(Path(path).resolve())
+        top = blocking_ancestor(real)
+        if top is not None and real != top:
+            groups.setdefault(top, []).append(real)
+    if not groups:
+        return Protection("fs-view", True, "every needed tree is readable by the function's uid")
+    done: list[str] = []
+    try:
+        _libc.mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        for top, members in groups.items():
+            # Keep only outermost members (a member inside another comes along).
+            members = sorted(set(members))
+            outer = [m for m in members if not any(m != o and m.startswith(o + "/") for o in members)]
+            stages = []
+            for i, member in enumerate(outer):
+                stage = os.path.join(staging, f".expose-{len(done)}-{i}")
+                os.makedirs(stage, exist_ok=True)
+                _libc.mount(member, stage, None, MS_BIND | MS_REC)
+                stages.append((stage, member))
+            _libc.mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+            for stage, member in stages:
+                target = member
+                os.makedirs(target, mode=0o755, exist_ok=True)
+                _libc.mount(stage, target, None, MS_MOVE)
+                os.rmdir(stage)
+            done.append(f"{top} -> {', '.join(outer)}")
+    except OSError as exc:
+        return Protection("fs-view", False, f"could not expose {', '.join(groups)}: {exc}")
+    return Protection("fs-view", True, "; ".join(done))

@@ -1,0 +1,124 @@
+"""Failures are typed and clear, and the pool recovers after each."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from spanfaas.errors import FunctionCrashed, FunctionError, FunctionTimeout, InvalidBundle
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+FAULTY = """
+import ctypes, os, time
+
+def handler(event, context):
+    what = event["do"]
+    if what == "raise":
+        raise ValueError("bad input: " + str(event.get("x")))
+    if what == "exit":
+        os._exit(3)
+    if what == "segfault":
+        ctypes.string_at(0)
+    if what == "sleep":
+        time.sleep(60)
+    if what == "spin":
+        while True:
+            pass
+    if what == "unserializable":
+        return object()
+    return {"ok": True, "remaining": context.remaining_time()}
+"""
+
+
+@pytest.fixture(scope="module", params=["strict", "reuse"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _deploy(harness: Harness, isolation: str) -> str:
+    name = f"faulty-{isolation}"
+    if name not in harness.rt.functions():
+        await harness.deploy(name, FAULTY, f'isolation = "{isolation}"\n[resources]\ntimeout = 1.0\n')
+    return name
+
+
+async def _ok(harness: Harness, name: str) -> None:
+    r = await harness.invoke(name, b'{"do": "nothing"}')
+    assert r.ok, r.error
+    assert json.loads(r.output)["ok"] is True
+
+
+async def test_exception_gives_function_error_with_traceback(harness: Harness, isolation: str) -> None:
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "raise", "x": 42}')
+    assert r.error is not None and r.error.kind == "error"
+    assert r.error.type == "ValueError"
+    assert r.error.message == "bad input: 42"
+    assert 'raise ValueError("bad input: "' in r.error.traceback
+    with pytest.raises(FunctionError, match="ValueError: bad input: 42"):
+        r.raise_for_error()
+    await _ok(harness, name)
+
+
+async def test_os_exit_gives_crashed_with_status(harness: Harness, isolation: str) -> None:
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "exit"}')
+    assert r.error is not None and r.error.kind == "crashed"
+    assert r.error.exit_status == 3
+    with pytest.raises(FunctionCrashed):
+        r.raise_for_error()
+    await _ok(harness, name)
+
+
+async def test_segfault_gives_crashed_with_signal(harness: Harness, isolation: str) -> None:
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "segfault"}')
+    assert r.error is not None and r.error.kind == "crashed"
+    assert r.error.exit_status == -signal.SIGSEGV
+    assert "SIGSEGV" in r.error.message
+    await _ok(harness, name)
+
+
+@pytest.mark.parametrize("what", ["sleep", "spin"])
+async def test_timeout_kills_instance(harness: Harness, isolation: str, what: str) -> None:
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, json.dumps({"do": what}).encode())
+    assert r.error is not None and r.error.kind == "timeout"
+    assert "1s timeout" in r.error.message
+    assert 900 <= r.duration_ms < 3000
+    with pytest.raises(FunctionTimeout):
+        r.raise_for_error()
+    await _ok(harness, name)
+
+
+async def test_caller_timeout_shortens_the_deadline(harness: Harness, isolation: str) -> None:
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "sleep"}', timeout=0.2)
+    assert r.error is not None and r.error.kind == "timeout"
+    await _ok(harness, name)
+
+
+async def test_unserializable_result_is_a_clear_error(harness: Harness, isolation: str) -> None:
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "unserializable"}')
+    assert r.error is not None and r.error.kind == "error"
+    assert "not JSON-serializable" in r.error.message
+    await _ok(harness, name)
+
+
+async def test_import_error_fails_deploy_and_keeps_old_version(harness: Harness) -> None:
+    await harness.deploy("versioned", "def handler(e, c):\n    return 'v1'\n")
+    with pytest.raises(InvalidBundle, match="ZeroDivisionError") as info:
+        await harness.deploy("versioned", "x = 1 / 0\ndef handler(e, c):\n    return 'v2'\n")
+    assert "1 / 0" in info.value.extra["traceback"]
+    r = await harness.invoke("versioned")
+    assert r.output == b'"v1"'
+
+
+async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:
+    with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
+        await harness.deploy("nohandler", "def main(e, c):\n    return 1\n")

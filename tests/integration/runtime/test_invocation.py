@@ -1,0 +1,77 @@
+"""Payloads, results, context and logs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ECHO = """
+import sys
+
+def handler(event, context):
+    print("stdout line", context.invocation_id)
+    print("stderr line", file=sys.stderr)
+    context.logger.info("logged %s", context.function_name)
+    if isinstance(event, bytes):
+        return event[::-1]
+    return {"event": event, "id": context.invocation_id, "remaining": context.remaining_time()}
+"""
+
+ASYNC = """
+import asyncio
+
+async def handler(event, context):
+    parts = await asyncio.gather(*(asyncio.sleep(0.01, result=i * event["n"]) for i in range(3)))
+    return sum(parts)
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_json_in_json_out_with_context_and_logs(harness: Harness, isolation: str) -> None:
+    name = f"echo-{isolation}"
+    await harness.deploy(name, ECHO, f'isolation = "{isolation}"\n[resources]\ntimeout = 5\n')
+    r = await harness.invoke(name, b'{"a": [1, 2]}', invocation_id="abc-123")
+    assert r.ok, r.error
+    assert r.content_type == "application/json"
+    out = json.loads(r.output)
+    assert out["event"] == {"a": [1, 2]} and out["id"] == "abc-123"
+    assert 0 < out["remaining"] <= 5
+    assert "stdout line abc-123" in r.logs
+    assert "stderr line" in r.logs
+    assert f"logged {name}" in r.logs
+    again = await harness.invoke(name, b"{}")
+    assert "abc-123" not in again.logs, "logs are per invocation"
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_ten_megabyte_bytes_round_trip(harness: Harness, isolation: str) -> None:
+    name = f"echo-big-{isolation}"
+    await harness.deploy(name, ECHO, f'isolation = "{isolation}"\n')
+    payload = os.urandom(10 * 1024 * 1024)
+    r = await harness.invoke(name, payload, content_type="application/octet-stream")
+    assert r.ok, r.error
+    assert r.content_type == "application/octet-stream"
+    assert r.output == payload[::-1]
+
+
+async def test_async_handler(harness: Harness) -> None:
+    await harness.deploy("async-sum", ASYNC, 'isolation = "reuse"\n')
+    for _ in range(3):
+        r = await harness.invoke("async-sum", b'{"n": 2}')
+        assert r.ok, r.error
+        assert r.output == b"6"
+
+
+async def test_environment_from_manifest(harness: Harness) -> None:
+    await harness.deploy(
+        "envfn",
+        "import os\ndef handler(e, c):\n    return os.environ.get('GREETING')\n",
+        '[env]\nGREETING = "hej"\n',
+    )
+    assert (await harness.invoke("envfn")).output == b'"hej"'

@@ -1,0 +1,73 @@
+"""strict isolation: no invocation sees another's state; reuse keeps it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MUTATOR = """
+import json, os, random
+
+counter = 0
+
+def handler(event, context):
+    global counter
+    seen = {
+        "counter": counter,
+        "patched": getattr(json.dumps, "patched", False),
+        "file": os.path.exists("leftover.txt"),
+        "env": os.environ.get("LEAKED"),
+        "cwd": os.getcwd(),
+        "rand": random.random(),
+    }
+    counter += 1
+    patched = lambda *a, **k: "patched"
+    patched.patched = True
+    json.dumps = patched
+    with open("leftover.txt", "w") as f:
+        f.write("x")
+    os.environ["LEAKED"] = context.invocation_id
+    return seen
+"""
+
+CLEAN = {"counter": 0, "patched": False, "file": False, "env": None}
+
+
+def _state(raw: bytes) -> dict[str, object]:
+    seen = json.loads(raw)
+    return {k: seen[k] for k in CLEAN}
+
+
+async def test_strict_sequential_invocations_see_fresh_state(harness: Harness) -> None:
+    await harness.deploy("mutator", MUTATOR, 'isolation = "strict"\n')
+    rands = set()
+    for _ in range(100):
+        r = await harness.invoke("mutator")
+        assert r.ok, r.error
+        assert _state(r.output) == CLEAN
+        rands.add(json.loads(r.output)["rand"])
+    assert len(rands) == 100, "random is reseeded in every child"
+
+
+async def test_strict_concurrent_invocations_see_fresh_state(harness: Harness) -> None:
+    await harness.deploy("mutator-c", MUTATOR, 'isolation = "strict"\n[scaling]\nmax = 4\nprefork = 2\n')
+    results = await asyncio.gather(*(harness.invoke("mutator-c") for _ in range(120)))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    assert all(_state(r.output) == CLEAN for r in results)
+    cwds = {json.loads(r.output)["cwd"] for r in results}
+    assert len(cwds) == 120, "each invocation gets its own scratch dir"
+
+
+async def test_reuse_keeps_state_between_invocations(harness: Harness) -> None:
+    await harness.deploy("mutator-r", MUTATOR, 'isolation = "reuse"\n[scaling]\nmax = 1\n')
+    first = json.loads((await harness.invoke("mutator-r")).output)
+    second = json.loads((await harness.invoke("mutator-r")).output)
+    assert first["counter"] == 0
+    assert second == {**second, "counter": 1, "patched": True, "file": True}
+    assert second["env"] is not None

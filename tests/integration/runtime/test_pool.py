@@ -1,0 +1,87 @@
+"""Pools: backpressure, scale out, scale to zero, drain on redeploy and remove."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from spanfaas.errors import FunctionNotFound, TooManyRequests
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SLOW = """
+import os, time
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0.2) if isinstance(event, dict) else 0.2)
+    return {"pid": os.getpid(), "version": VERSION}
+
+VERSION = 1
+"""
+
+
+async def test_full_queue_gives_too_many_requests(harness: Harness) -> None:
+    await harness.deploy("narrow", SLOW, 'isolation = "reuse"\n[scaling]\nmax = 1\nqueue = 2\n')
+    assert (await harness.invoke("narrow", b'{"sleep": 0}')).ok
+    calls = [asyncio.ensure_future(harness.invoke("narrow")) for _ in range(3)]
+    await asyncio.sleep(0.05)  # one running, two queued
+    with pytest.raises(TooManyRequests, match="scaling.queue = 2"):
+        await harness.invoke("narrow")
+    results = await asyncio.gather(*calls)
+    assert all(r.ok for r in results)
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_scale_out_under_load_within_max(harness: Harness, isolation: str) -> None:
+    name = f"wide-{isolation}"
+    await harness.deploy(name, SLOW, f'isolation = "{isolation}"\n[scaling]\nmax = 4\nprefork = 1\n')
+    pool = harness.rt.pool(name)
+    started = time.monotonic()
+    results = await asyncio.gather(*(harness.invoke(name, b'{"sleep": 0.3}') for _ in range(8)))
+    elapsed = time.monotonic() - started
+    assert all(r.ok for r in results)
+    pids = {json.loads(r.output)["pid"] for r in results}
+    assert len(pids) == (8 if isolation == "strict" else 4)
+    # 8 calls of 0.3 s on at most 4 instances take two rounds, not eight.
+    assert elapsed < 0.3 * 8 / 2
+    assert pool.stats()["instances"] <= 4 + 1
+
+
+async def test_idle_pool_scales_to_zero_and_cold_starts_again(harness: Harness) -> None:
+    await harness.deploy("sleepy", SLOW, 'isolation = "reuse"\n[scaling]\nidle_ttl = 0.5\n')
+    pool = harness.rt.pool("sleepy")
+    assert (await harness.invoke("sleepy", b'{"sleep": 0}')).ok
+    assert pool.stats()["instances"] == 1
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        if pool.state == "cold":
+            break
+    assert pool.state == "cold" and pool.stats()["instances"] == 0 and pool.template_pid == 0
+    r = await harness.invoke("sleepy", b'{"sleep": 0}')
+    assert r.ok and r.cold
+    assert pool.cold_starts == 2
+
+
+async def test_redeploy_drains_in_flight_and_routes_new_calls_to_new_version(harness: Harness) -> None:
+    await harness.deploy("rolling", SLOW, 'isolation = "reuse"\n')
+    old_calls = [asyncio.ensure_future(harness.invoke("rolling", b'{"sleep": 0.4}')) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    await harness.deploy("rolling", SLOW.replace("VERSION = 1", "VERSION = 2"), 'isolation = "reuse"\n')
+    new = await harness.invoke("rolling", b'{"sleep": 0}')
+    assert json.loads(new.output)["version"] == 2
+    old = await asyncio.gather(*old_calls)
+    assert [json.loads(r.output)["version"] for r in old] == [1, 1], [r.error for r in old]
+
+
+async def test_remove_waits_for_in_flight_then_forgets(harness: Harness) -> None:
+    await harness.deploy("gone", SLOW, 'isolation = "strict"\n')
+    call = asyncio.ensure_future(harness.invoke("gone", b'{"sleep": 0.3}'))
+    await asyncio.sleep(0.05)
+    await harness.rt.remove("gone")
+    assert (await call).ok
+    with pytest.raises(FunctionNotFound, match="'gone' is not deployed"):
+        await harness.invoke("gone")

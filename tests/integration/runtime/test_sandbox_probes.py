@@ -1,0 +1,189 @@
+"""Sandbox probes run as function code: each is blocked or contained.
+
+A probe is skipped, with the host's reason, only when the host lacks the
+mechanism that blocks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import pytest_asyncio
+
+from tests.integration.runtime.conftest import Harness, require
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PROBES = """
+import json, os, signal, socket, subprocess, time
+
+def attempt(fn):
+    try:
+        return {"ok": True, "value": fn()}
+    except BaseException as exc:
+        return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+
+def read(path):
+    with open(path, "rb") as f:
+        return len(f.read())
+
+def write_scratch():
+    with open("secret.txt", "w") as f:
+        f.write("mine")
+    return os.path.abspath("secret.txt")
+
+def connect(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=1)
+    s.close()
+    return "connected"
+
+def fork_bomb():
+    started = 0
+    try:
+        for _ in range(1000):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            started += 1
+    except OSError as exc:
+        return {"started": started, "stopped_by": type(exc).__name__}
+    return {"started": started, "stopped_by": None}
+
+def memory_bomb():
+    hog = []
+    while True:
+        hog.append(bytearray(16 * 1024 * 1024))
+
+def handler(event, context):
+    what = event["probe"]
+    if what == "scratch":
+        return attempt(write_scratch)
+    if what == "read":
+        return attempt(lambda: read(event["path"]))
+    if what == "kill":
+        return attempt(lambda: os.kill(event["pid"], event.get("sig", 0)))
+    if what == "connect":
+        return attempt(lambda: connect(event["port"]))
+    if what == "exec":
+        return attempt(lambda: subprocess.run(["/bin/true"], check=True).returncode)
+    if what == "fork_bomb":
+        return fork_bomb()
+    if what == "memory_bomb":
+        return memory_bomb()
+    if what == "spin":
+        while True:
+            pass
+    if what == "whoami":
+        return {"uid": os.getuid(), "pid": os.getpid(), "ppid": os.getppid(), "hostname": socket.gethostname()}
+    return None
+"""
+
+MANIFEST = """
+isolation = "{isolation}"
+[resources]
+memory = 64
+timeout = 2
+pids = 32
+"""
+
+
+async def _probe(h: Harness, name: str, **event: object) -> dict:
+    r = await h.invoke(name, json.dumps(event).encode())
+    assert r.ok, r.error
+    return json.loads(r.output)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def probes(sandboxed: Harness) -> str:
+    await sandboxed.deploy("probes", PROBES, MANIFEST.format(isolation="strict"))
+    return "probes"
+
+
+async def test_runs_as_a_dedicated_uid_in_its_own_pid_namespace(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "uid", "pid-namespace", "uts-namespace")
+    who = await _probe(sandboxed, probes, probe="whoami")
+    assert who["uid"] >= 200_000
+    assert who["pid"] > 1 and who["ppid"] == 1, "the template is pid 1, instances are its children"
+    assert who["hostname"].startswith("probes")
+
+
+async def test_reading_another_functions_scratch_dir_is_blocked(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "landlock")
+    await sandboxed.deploy("victim", PROBES, MANIFEST.format(isolation="reuse"))
+    secret = await _probe(sandboxed, "victim", probe="scratch")
+    assert secret["ok"], secret
+    assert (await _probe(sandboxed, "victim", probe="read", path=secret["value"]))["ok"], "the owner can read it"
+    stolen = await _probe(sandboxed, probes, probe="read", path=secret["value"])
+    # Denied by Landlock and the uid, or not even in this function's view of the filesystem.
+    assert not stolen["ok"] and stolen["error"] in ("PermissionError", "FileNotFoundError"), stolen
+
+
+async def test_reading_etc_shadow_is_blocked(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "landlock")
+    got = await _probe(sandboxed, probes, probe="read", path="/etc/shadow")
+    assert not got["ok"] and got["error"] in ("PermissionError", "FileNotFoundError"), got
+
+
+async def test_signalling_the_template_and_host_pids_is_blocked(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "pid-namespace")
+    pool = sandboxed.rt.pool(probes)
+    template_pid = pool.template_pid
+    for sig in (15, 9):
+        got = await _probe(sandboxed, probes, probe="kill", pid=1, sig=sig)
+        assert not got["ok"] or got["value"] is None
+    host = await _probe(sandboxed, probes, probe="kill", pid=os.getpid(), sig=15)
+    assert not host["ok"] and host["error"] in ("ProcessLookupError", "PermissionError"), host
+    assert pool.template_pid == template_pid and pool.state == "ready", "the template survived"
+    assert (await _probe(sandboxed, probes, probe="whoami"))["pid"] > 1
+
+
+async def test_outbound_connection_is_contained_without_network(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "net-namespace")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        got = await _probe(sandboxed, probes, probe="connect", port=port)
+    assert not got["ok"] and got["error"] in ("ConnectionRefusedError", "OSError", "TimeoutError"), got
+
+
+async def test_host_network_is_an_explicit_opt_in(sandboxed: Harness) -> None:
+    await sandboxed.deploy("netfn", PROBES, 'network = "host"\n' + MANIFEST.format(isolation="strict"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        got = await _probe(sandboxed, "netfn", probe="connect", port=listener.getsockname()[1])
+    assert got["ok"], got
+
+
+async def test_execve_is_blocked_unless_allowed(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "seccomp")
+    got = await _probe(sandboxed, probes, probe="exec")
+    assert not got["ok"] and got["error"] == "PermissionError", got
+    await sandboxed.deploy("execfn", PROBES, "allow_subprocess = true\n" + MANIFEST.format(isolation="strict"))
+    allowed = await _probe(sandboxed, "execfn", probe="exec")
+    assert allowed == {"ok": True, "value": 0}
+
+
+async def test_fork_bomb_is_contained(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "cgroup-pids")
+    got = await _probe(sandboxed, probes, probe="fork_bomb")
+    assert got["stopped_by"] == "BlockingIOError" and got["started"] < 32, got
+    assert (await _probe(sandboxed, probes, probe="whoami"))["uid"] >= 0, "the pool recovered"
+
+
+async def test_memory_bomb_gives_out_of_memory(sandboxed: Harness, probes: str) -> None:
+    require(sandboxed, "rlimits")
+    r = await sandboxed.invoke(probes, b'{"probe": "memory_bomb"}')
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert (await _probe(sandboxed, probes, probe="whoami"))["pid"] > 0
+
+
+async def test_cpu_spin_past_the_timeout_gives_timeout(sandboxed: Harness, probes: str) -> None:
+    r = await sandboxed.invoke(probes, b'{"probe": "spin"}')
+    assert r.error is not None and r.error.kind == "timeout", r.error
+    assert (await _probe(sandboxed, probes, probe="whoami"))["pid"] > 0
