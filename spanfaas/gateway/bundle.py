@@ -171,8 +171,8 @@ def _unpack_zip(data: bytes, dest: Path, max_size: int) -> None:
         total = 0
         for info in infos:
             _check_name(info.filename)
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            ftype = stat.S_IFMT(info.external_attr >> 16)
+            if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
                 raise InvalidBundle(f"bundle member '{info.filename}' is a link or special file; zip bundles may hold only files and directories")
             total += info.file_size
             if total > max_size:

@@ -90,6 +90,7 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
                 "description": _STATUS_TEXT.get(code, "Error"),
                 "content": {"application/problem+json": {"schema": refs[Problem]}},
             }
+        op["responses"] = responses
         paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -1,0 +1,112 @@
+"""Async invocations: committed before 202, dispatched, retried, idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app, pack_function
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import InvocationRecord
+from spanfaas.store import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+
+async def wait_done(client: httpx.AsyncClient, id: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = (await client.get(f"/v1/invocations/{id}")).json()
+        if view["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return view
+        await asyncio.sleep(0.02)
+
+
+async def test_async_is_in_the_store_before_202(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore) -> None:
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "a"})
+    assert r.status_code == 202
+    id = r.json()["id"]
+    assert r.json()["status"] == "queued"
+    assert r.headers["location"] == f"/v1/invocations/{id}"
+    assert store.get_invocation(id) is not None  # committed when the 202 was sent
+    view = await wait_done(client, id)
+    assert view["status"] == "succeeded" and view["mode"] == "async" and view["result"] == {"hello": "a"}
+    assert view["attempts"] == 1 and "hello log" in view["logs"]
+
+
+async def test_prefer_respond_async(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/hello/invoke", json={}, headers={"prefer": "respond-async, wait=5"})
+    assert r.status_code == 202
+    assert (await wait_done(client, r.json()["id"]))["status"] == "succeeded"
+
+
+async def test_idempotency_key_returns_the_same_id(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+    h = {"idempotency-key": "order-42"}
+    ids = [(await client.post("/v1/functions/hello/invoke?mode=async", json={"n": i}, headers=h)).json()["id"] for i in range(3)]
+    assert len(set(ids)) == 1
+    await wait_done(client, ids[0])
+    await asyncio.sleep(0.1)
+    assert infra.invocations == 1
+
+
+async def test_platform_failures_are_retried(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+    infra.fail_next = 2  # async_retries = 2 → the third attempt runs
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "r"})
+    view = await wait_done(client, r.json()["id"])
+    assert view["status"] == "succeeded" and view["attempts"] == 3 and view["result"] == {"hello": "r"}
+
+
+async def test_retries_run_out(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+    infra.fail_next = 10
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={})
+    view = await wait_done(client, r.json()["id"])
+    assert view["status"] == "failed" and view["attempts"] == 3
+    assert view["error"]["kind"] == "infra" and "injected" in view["error"]["message"]
+
+
+async def test_function_errors_are_not_retried(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={"fail": True})
+    view = await wait_done(client, r.json()["id"])
+    assert view["status"] == "failed" and view["attempts"] == 1
+    assert view["error"]["kind"] == "error" and view["error"]["type"] == "ValueError"
+    assert "raise ValueError" in view["error"]["traceback"]
+
+
+async def test_removed_function_fails_without_retry(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore) -> None:
+    store.enqueue(InvocationRecord(id="orphan", function="ghost", status="queued", mode="async", created_at=time.time()))
+    client_app = client._transport.app  # type: ignore[attr-defined]
+    client_app.state.gateway.dispatcher.wake()
+    view = await wait_done(client, "orphan")
+    assert view["status"] == "failed" and view["attempts"] == 1 and "not found" in view["error"]["message"]
+
+
+async def test_many_concurrent_async(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    rs = await asyncio.gather(*(client.post("/v1/functions/hello/invoke?mode=async", json={"name": str(i)}) for i in range(100)))
+    assert all(r.status_code == 202 for r in rs)
+    views = [await wait_done(client, r.json()["id"]) for r in rs]
+    assert [v["result"] for v in views] == [{"hello": str(i)} for i in range(100)]
+
+
+async def test_start_up_takes_back_running_records(settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]) -> None:
+    """A gateway that died mid-run left a 'running' record: the next one runs it."""
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
+            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+    store.enqueue(InvocationRecord(id="left", function="hello", status="queued", mode="async", payload=b'{"name":"again"}', created_at=time.time()))
+    assert store.claim(time.time(), 3600, 10)  # as if a dead gateway had it, with a long lease
+    app = create_app(settings, store, InMemoryInfrastructure())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
+            view = await wait_done(c, "left")
+    assert view["status"] == "succeeded" and view["attempts"] == 2 and view["result"] == {"hello": "again"}

@@ -1,0 +1,103 @@
+"""Tokens and scopes: admin ⊇ deploy ⊇ invoke."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import bootstrap_admin_token, pack_function
+from spanfaas.gateway.auth import hash_token
+from spanfaas.store import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+
+async def make_token(client: httpx.AsyncClient, *scopes: str) -> str:
+    r = await client.post("/v1/tokens", json={"name": "t", "scopes": list(scopes)})
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    assert doc["token"].startswith("sf_") and doc["id"].startswith("tok_") and doc["scopes"] == list(scopes)
+    return str(doc["token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def test_bootstrap_only_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db")
+    token = bootstrap_admin_token(store)
+    assert token and bootstrap_admin_token(store) is None
+    (record,) = store.list_tokens()
+    assert record.scopes == ["admin"] and record.token_hash == hash_token(token)
+    assert token not in repr(record)  # only the hash is kept
+    store.close()
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer "}, {"authorization": "Basic abc"}])
+async def test_missing_token_is_401(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    client.headers.pop("authorization")
+    r = await client.get("/v1/functions", headers=headers)
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer <token>" in r.json()["detail"]
+
+
+async def test_wrong_token_is_401(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/functions", headers=bearer("sf_wrong"))
+    assert r.status_code == 401 and "not valid" in r.json()["detail"]
+
+
+async def test_open_endpoints(client: httpx.AsyncClient) -> None:
+    client.headers.pop("authorization")
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/metrics")).status_code == 200
+    assert (await client.get("/openapi.json")).status_code == 200
+
+
+async def test_scopes_nest(client: httpx.AsyncClient, hello: dict[str, object], fn_dir: Callable[..., Path], store: SQLiteStore) -> None:
+    invoke = await make_token(client, "invoke")
+    deploy = await make_token(client, "deploy")
+    bundle = pack_function(fn_dir())
+    r = await client.put("/v1/functions/hello", content=bundle, headers=bearer(invoke))
+    assert r.status_code == 403
+    assert r.json()["detail"] == "this call needs scope 'deploy'; your token has: invoke"
+    assert [v.version for v in store.function_versions("hello")] == [1]
+    assert (await client.post("/v1/functions/hello/invoke", json={}, headers=bearer(invoke))).status_code == 200
+    assert (await client.get("/v1/invocations", headers=bearer(invoke))).status_code == 200
+    assert (await client.put("/v1/functions/hello", content=bundle, headers=bearer(deploy))).status_code == 201
+    assert (await client.post("/v1/functions/hello/invoke", json={}, headers=bearer(deploy))).status_code == 200
+    r = await client.get("/v1/tokens", headers=bearer(deploy))
+    assert r.status_code == 403 and r.json()["detail"] == "this call needs scope 'admin'; your token has: deploy"
+    r = await client.delete("/v1/functions/hello", headers=bearer(invoke))
+    assert r.status_code == 403
+
+
+async def test_token_lifecycle(client: httpx.AsyncClient) -> None:
+    token = await make_token(client, "invoke", "deploy")
+    listed = (await client.get("/v1/tokens")).json()["tokens"]
+    assert [t["name"] for t in listed] == ["admin", "t"]
+    assert all("token" not in t and "token_hash" not in t for t in listed)
+    assert (await client.get("/v1/functions", headers=bearer(token))).status_code == 200
+    r = await client.delete(f"/v1/tokens/{listed[1]['id']}")
+    assert r.status_code == 204
+    assert (await client.get("/v1/functions", headers=bearer(token))).status_code == 401  # revoked at once
+    assert (await client.delete(f"/v1/tokens/{listed[1]['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, detail",
+    [
+        ({"name": "x", "scopes": ["root"]}, "scopes"),
+        ({"name": "x", "scopes": []}, "scopes"),
+        ({"name": "x"}, "scopes"),
+        ({"name": "x", "scopes": ["invoke"], "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_token_requests(client: httpx.AsyncClient, body: dict[str, object], detail: str) -> None:
+    r = await client.post("/v1/tokens", json=body)
+    assert r.status_code == 400 and detail in r.json()["detail"]
+    assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1

@@ -1,0 +1,135 @@
+"""Deploys: versions, atomic redeploy, and bad bundles that change nothing."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.app import Gateway
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.errors import InfraError
+from spanfaas.store import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_deploy_list_get_delete(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore, gateway: Gateway) -> None:
+    assert hello["name"] == "hello" and hello["version"] == 1 and len(str(hello["digest"])) == 64
+    assert isinstance(hello["spec"], dict) and hello["spec"]["isolation"] == "reuse"
+    assert "created_at" in hello
+    r = await client.get("/v1/functions")
+    assert [f["name"] for f in r.json()["functions"]] == ["hello"]
+    r = await client.get("/v1/functions/hello")
+    assert r.status_code == 200 and r.json()["version"] == 1
+    digest = str(hello["digest"])
+    assert gateway.registry.blobs.has(digest)
+    r = await client.delete("/v1/functions/hello")
+    assert r.status_code == 204
+    assert store.get_function("hello") is None
+    assert not gateway.registry.blobs.has(digest)
+    r = await client.get("/v1/functions/hello")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "function 'hello' not found; deployed: none"
+    r = await client.delete("/v1/functions/hello")
+    assert r.status_code == 404
+
+
+async def test_redeploy_adds_a_version_and_serves_it(client: httpx.AsyncClient, hello: dict[str, object], fn_dir: Callable[..., Path]) -> None:
+    d = fn_dir(code="def handler(event, context):\n    return 'v2'\n")
+    r = await client.put("/v1/functions/hello", content=pack_function(d))
+    assert r.status_code == 201 and r.json()["version"] == 2
+    r = await client.post("/v1/functions/hello/invoke", json={})
+    assert r.json() == "v2"
+
+
+async def test_zip_bundle(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
+    import zipfile
+
+    d = fn_dir("zipped")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in d.iterdir():
+            zf.write(p, p.name)
+    r = await client.put("/v1/functions/zipped", content=buf.getvalue())
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/functions/zipped/invoke", json={"name": "z"})
+    assert r.json() == {"hello": "z"}
+
+
+def _bad_key(fn_dir: Callable[..., Path]) -> bytes:
+    return pack_function(fn_dir(manifest='name = "hello"\nisolaton = "reuse"\n'))
+
+
+def _no_handler(fn_dir: Callable[..., Path]) -> bytes:
+    return pack_function(fn_dir(manifest='name = "hello"\nhandler = "missing:handler"\n'))
+
+
+def _wrong_name(fn_dir: Callable[..., Path]) -> bytes:
+    return pack_function(fn_dir(manifest='name = "other"\n'))
+
+
+def _escaping(fn_dir: Callable[..., Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../../evil.py")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    return buf.getvalue()
+
+
+def _import_error(fn_dir: Callable[..., Path]) -> bytes:
+    return pack_function(fn_dir(code="import no_such_module_x\n"))
+
+
+@pytest.mark.parametrize(
+    "make, status, detail",
+    [
+        (lambda f: b"this is not an archive", 400, "neither a tar.gz nor a zip archive"),
+        (lambda f: b"\x1f\x8b\x08\x00\x00\x00broken", 400, "damaged"),
+        (_bad_key, 400, "unknown field `isolaton`"),
+        (_no_handler, 400, "handler module 'missing' not found in bundle; files: handler.py, spanfaas.toml"),
+        (_wrong_name, 400, "names the function 'other' but it is deployed as 'hello'"),
+        (_escaping, 400, "outside the bundle"),
+        (_import_error, 400, "importing handler module 'handler' failed: ModuleNotFoundError"),
+        (lambda f: b"\x1f\x8b" + b"\0" * 300_000, 413, "the limit is max_bundle = 256 KiB"),
+    ],
+    ids=["garbage", "damaged", "bad-key", "no-handler", "wrong-name", "escaping", "import-error", "too-large"],
+)
+async def test_bad_bundles_change_nothing(
+    client: httpx.AsyncClient, store: SQLiteStore, gateway: Gateway, fn_dir: Callable[..., Path],
+    make: Callable[[Callable[..., Path]], bytes], status: int, detail: str,
+) -> None:  # fmt: skip
+    r = await client.put("/v1/functions/hello", content=make(fn_dir))
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert detail in r.json()["detail"]
+    assert store.list_functions() == []
+    assert gateway.registry.blobs.digests() == []
+    assert [p for p in gateway.registry.bundle_dir.iterdir()] == [] if gateway.registry.bundle_dir.exists() else True
+
+
+async def test_failed_redeploy_keeps_the_old_version(
+    client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure, store: SQLiteStore,
+    fn_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    async def broken_deploy(spec: object, bundle: object) -> None:
+        raise InfraError("the runtime is on fire")
+
+    monkeypatch.setattr(infra, "deploy", broken_deploy)
+    r = await client.put("/v1/functions/hello", content=pack_function(fn_dir(code="def handler(e, c):\n    return 2\n")))
+    assert r.status_code == 502 and "on fire" in r.json()["detail"]
+    assert [v.version for v in store.function_versions("hello")] == [1]
+    r = await client.post("/v1/functions/hello/invoke", json={"name": "still v1"})
+    assert r.json() == {"hello": "still v1"}
+
+
+async def test_invalid_function_name(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
+    r = await client.put("/v1/functions/Bad_Name", content=pack_function(fn_dir()))
+    assert r.status_code == 400
+    assert "'name'" in r.json()["detail"] or "Bad_Name" in r.json()["detail"]

@@ -1,0 +1,148 @@
+"""The sync invoke path: bytes in and out, headers, failures as problems, records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.app import Gateway
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.store import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_json_in_json_out(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/hello/invoke", json={"name": "x"})
+    assert r.status_code == 200
+    assert r.json() == {"hello": "x"}
+    assert r.headers["content-type"] == "application/json"
+    assert len(r.headers["x-spanfaas-invocation-id"]) == 32
+    assert float(r.headers["x-spanfaas-duration-ms"]) >= 0
+    assert r.headers["x-spanfaas-infra"] == "memory"
+    assert r.headers["x-spanfaas-cold"] == "true"
+    r = await client.post("/v1/functions/hello/invoke", json={"name": "y"})
+    assert r.headers["x-spanfaas-cold"] == "false"
+
+
+async def test_empty_body_is_no_event(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/hello/invoke")
+    assert r.status_code == 200 and r.json() == {"hello": "world"}
+
+
+async def test_raw_bytes_in_and_out(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post(
+        "/v1/functions/hello/invoke", content=b"\x00\x01abc", headers={"content-type": "application/octet-stream"}
+    )
+    assert r.status_code == 200
+    assert r.content == b"cba\x01\x00"
+    assert r.headers["content-type"] == "application/octet-stream"
+
+
+async def test_invalid_json_is_400_with_position(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore, gateway: Gateway) -> None:
+    r = await client.post("/v1/functions/hello/invoke", content=b'{"name": tru}', headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["type"].endswith("/invalid-payload")
+    assert "not valid JSON" in r.json()["detail"] and "(byte 10)" in r.json()["detail"]
+    await gateway.recorder.flush()
+    assert store.list_invocations() == []
+
+
+async def test_function_error_is_a_problem_with_traceback(client: httpx.AsyncClient, hello: dict[str, object], gateway: Gateway) -> None:
+    r = await client.post("/v1/functions/hello/invoke", json={"fail": True})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/problem+json"
+    doc = r.json()
+    assert doc["type"].endswith("/function-error")
+    assert doc["detail"] == "ValueError: asked to fail"
+    assert doc["error_type"] == "ValueError"
+    assert "raise ValueError" in doc["traceback"]
+    assert "hello log" in doc["logs"]
+    assert doc["invocation_id"] == r.headers["x-spanfaas-invocation-id"]
+    rec = await client.get(f"/v1/invocations/{doc['invocation_id']}")
+    assert rec.json()["status"] == "failed" and rec.json()["error"]["type"] == "ValueError"
+
+
+async def test_timeout_is_504(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
+    code = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(5)\n"
+    d = fn_dir("slow", code, 'name = "slow"\n[resources]\ntimeout = 0.2\n')
+    assert (await client.put("/v1/functions/slow/invoke".removesuffix("/invoke"), content=pack_function(d))).status_code == 201
+    r = await client.post("/v1/functions/slow/invoke")
+    assert r.status_code == 504 and r.json()["type"].endswith("/function-timeout")
+
+
+async def test_unknown_function_is_404_listing_deployed(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/nope/invoke", json={})
+    assert r.status_code == 404
+    assert r.json()["detail"] == "function 'nope' not found; deployed: hello"
+
+
+async def test_oversize_payload_is_413(client: httpx.AsyncClient, hello: dict[str, object], gateway: Gateway, store: SQLiteStore) -> None:
+    big = b'"' + b"x" * (64 * 1024) + b'"'
+    r = await client.post("/v1/functions/hello/invoke", content=big)
+    assert r.status_code == 413
+    assert "the limit is max_payload = 64 KiB" in r.json()["detail"] and r.json()["limit"] == 65536
+
+    async def stream():  # no content-length: the limit is enforced while reading
+        for _ in range(20):
+            yield b"x" * 8192
+
+    r = await client.post("/v1/functions/hello/invoke", content=stream(), headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 413
+    await gateway.recorder.flush()
+    assert store.list_invocations() == []
+
+
+async def test_infra_failure_is_502_and_recorded(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+    infra.fail_next = 1
+    r = await client.post("/v1/functions/hello/invoke", json={})
+    assert r.status_code == 502
+    doc = r.json()
+    rec = (await client.get(f"/v1/invocations/{doc['invocation_id']}")).json()
+    assert rec["status"] == "failed" and rec["error"]["kind"] == "infra"
+
+
+async def test_sync_invocations_are_recorded(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore) -> None:
+    ids = []
+    for i in range(3):
+        r = await client.post("/v1/functions/hello/invoke", json={"name": str(i)})
+        ids.append(r.headers["x-spanfaas-invocation-id"])
+    r = await client.get(f"/v1/invocations/{ids[0]}")  # readable at once, stored soon after
+    view = r.json()
+    assert view["status"] == "succeeded" and view["mode"] == "sync" and view["result"] == {"hello": "0"}
+    assert "hello log" in view["logs"] and view["attempts"] == 1 and view["infra"] == "memory"
+    assert view["duration_ms"] is not None and view["finished_at"] >= view["started_at"]
+    for _ in range(100):
+        if store.get_invocation(ids[-1]) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert store.get_invocation(ids[-1]) is not None
+    r = await client.get("/v1/invocations", params={"function": "hello", "limit": 2})
+    assert [v["id"] for v in r.json()["invocations"]] == [ids[2], ids[1]]
+
+
+async def test_binary_output_is_base64_in_the_record(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/hello/invoke", content=b"ab", headers={"content-type": "text/plain"})
+    view = (await client.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}")).json()
+    assert view["output_base64"] == "YmE=" and "result" not in view
+    assert view["content_type"] == "application/octet-stream"
+
+
+async def test_listing_bad_queries(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    assert (await client.get("/v1/invocations", params={"limit": "x"})).status_code == 400
+    assert (await client.get("/v1/invocations", params={"limit": 0})).status_code == 400
+    assert (await client.get("/v1/invocations", params={"status": "nope"})).status_code == 400
+    r = await client.get("/v1/invocations", params={"function": "ghost"})
+    assert r.status_code == 404 and "deployed: hello" in r.json()["detail"]
+    r = await client.get("/v1/invocations/doesnotexist")
+    assert r.status_code == 404 and r.json()["type"].endswith("/invocation-not-found")
+
+
+async def test_bad_mode(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/hello/invoke?mode=later", json={})
+    assert r.status_code == 400 and "mode=async" in r.json()["detail"]

@@ -1,0 +1,81 @@
+"""Info, metrics, health, OpenAPI, and errors as problems."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import InfraInfo, Protection
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_info(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def info() -> InfraInfo:
+        return InfraInfo(name="memory", kind="memory", protections=[Protection("seccomp", True)])
+
+    monkeypatch.setattr(infra, "info", info)
+    doc = (await client.get("/v1/info")).json()
+    assert doc["version"] == "0.1.0"
+    assert [i["name"] for i in doc["infrastructures"]] == ["memory"]
+    assert doc["protections"] == [{"name": "seccomp", "active": True, "reason": ""}]
+    assert doc["limits"] == {"max_payload": 65536, "max_bundle": 262144}
+
+
+async def test_metrics(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    await client.post("/v1/functions/hello/invoke", json={})
+    await client.post("/v1/functions/hello/invoke", json={"fail": True})
+    text = (await client.get("/metrics")).text
+    assert 'spanfaas_invocations_total{function="hello",status="succeeded"} 1.0' in text
+    assert 'spanfaas_invocations_total{function="hello",status="failed"} 1.0' in text
+    assert 'spanfaas_invocation_errors_total{function="hello",kind="error"} 1.0' in text
+    assert 'spanfaas_invocation_duration_seconds_count{function="hello"} 2.0' in text
+    assert 'spanfaas_cold_starts_total{function="hello"} 1.0' in text
+    assert "spanfaas_async_queue_depth 0.0" in text
+    assert 'spanfaas_instances{infra="memory"} 1.0' in text
+
+
+async def test_openapi_covers_every_route(client: httpx.AsyncClient, app: Starlette) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {
+        (m, r.path.replace(":str}", "}"))
+        for r in app.routes
+        if isinstance(r, Route)
+        for m in (r.methods or set()) - {"HEAD"}
+    }
+    assert documented == served
+    invoke = doc["paths"]["/v1/functions/{name}/invoke"]["post"]
+    assert {"200", "202", "400", "401", "403", "404", "413"} <= set(invoke["responses"])
+    assert "X-Spanfaas-Invocation-Id" in invoke["responses"]["200"]["headers"]
+    assert doc["paths"]["/v1/tokens"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TokenRequest")
+    for name in ("FunctionRecord", "InvocationView", "Info", "Problem", "TokenCreated"):
+        assert name in doc["components"]["schemas"]
+
+
+async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) -> None:
+    r = await client.get("/nowhere")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    r = await client.patch("/v1/functions")
+    assert r.status_code == 405 and r.json()["type"].endswith("/method-not-allowed")
+    assert "allowed: " in r.json()["detail"]
+
+
+async def test_unexpected_errors_do_not_leak(client: httpx.AsyncClient, infra: InMemoryInfrastructure,
+                                             monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    async def broken() -> InfraInfo:
+        raise RuntimeError("secret internal state /etc/shadow")
+
+    monkeypatch.setattr(infra, "info", broken)
+    with caplog.at_level(logging.ERROR, "spanfaas.gateway"):
+        r = await client.get("/v1/info")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/problem+json"
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    ref = r.json()["detail"].rsplit(" ", 1)[-1]
+    assert ref in caplog.text and "secret internal state" in caplog.text
