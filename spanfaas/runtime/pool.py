@@ -59,6 +59,15 @@ class Instance:
             except ProcessLookupError:
                 pass
 
+    def kill_group(self) -> None:
+        """Kill the instance and every process it forked (it leads its group)."""
+        self.kill()
+        if self.pid > 0:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def release_fd(self) -> None:
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -165,7 +174,7 @@ class Pool:
             self._chan.close()
             self._chan = None
         for inst in list(self._instances.values()):
-            inst.kill()
+            inst.kill_group()
             if inst.conn is not None:
                 inst.conn.close()
             if not inst.exit_status.done():

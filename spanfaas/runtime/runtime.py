@@ -30,7 +30,13 @@ from spanfaas.model import FunctionSpec, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.channels import ControlChannel
 from spanfaas.runtime.pool import Pool
-from spanfaas.runtime.sandboxing import FunctionSandbox, host_protections
+from spanfaas.runtime.sandboxing import (
+    FunctionSandbox,
+    host_protections,
+    reap_stale_cgroups,
+    remove_cgroup_root,
+    runtime_cgroup_root,
+)
 
 log = logging.getLogger("spanfaas.runtime")
 
@@ -47,7 +53,8 @@ class LocalRuntime:
         self.settings = settings or Settings.load()
         self.rt: RuntimeSettings = self.settings.runtime
         self.data_dir = Path(data_dir) if data_dir is not None else self.settings.data_path
-        self.scratch_root = self.data_dir / "scratch" / str(os.getpid())
+        self.cgroup_root = runtime_cgroup_root(self.rt)
+        self.scratch_root = self.data_dir / "scratch" / self.cgroup_root.rsplit("/", 1)[1]
         self._pools: dict[str, Pool] = {}
         self._by_key: dict[str, Pool] = {}
         self._by_pid: dict[int, Pool] = {}
@@ -72,6 +79,9 @@ class LocalRuntime:
                 "spanfaas runtime: reduced isolation, inactive: %s",
                 "; ".join(f"{x.name} ({x.reason})" for x in missing),
             )
+        if self.protections and self.protections[0].name != "sandbox":
+            reap_stale_cgroups(self.rt)
+        _remove_stale_scratch(self.scratch_root.parent)
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch_root, 0o711)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -120,6 +130,7 @@ class LocalRuntime:
         for sb in self._sandboxes.values():
             sb.destroy()
         self._sandboxes.clear()
+        remove_cgroup_root(self.rt, self.cgroup_root)
         shutil.rmtree(self.scratch_root, ignore_errors=True)
 
     async def __aenter__(self) -> LocalRuntime:
@@ -160,7 +171,9 @@ class LocalRuntime:
             raise InfraUnavailable("the local runtime is not running")
         sb = self._sandboxes.get(pool.key)
         if sb is None:
-            sb = FunctionSandbox.create(self.rt, pool.spec, pool.key, pool.bundle_path, self.scratch_root / pool.key)
+            sb = FunctionSandbox.create(
+                self.rt, pool.spec, pool.key, pool.bundle_path, self.scratch_root / pool.key, self.cgroup_root
+            )
             self._sandboxes[pool.key] = sb
         sb.prepare_scratch()
         req = p.SpawnTemplate(
@@ -280,3 +293,13 @@ class LocalRuntime:
                 elif pool.state == "ready":
                     pool.retire_idle(now, keep=max(sc.min, 1), idle_for=min(sc.idle_ttl, 30.0))
 
+
+
+def _remove_stale_scratch(parent: Path) -> None:
+    """Scratch dirs of runtimes that died (``rt-<pid>-<n>`` with no such pid)."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        parts = entry.name.split("-")
+        if len(parts) == 3 and parts[0] == "rt" and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
+            shutil.rmtree(entry, ignore_errors=True)

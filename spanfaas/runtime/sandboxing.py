@@ -8,6 +8,7 @@ the protections list says what is missing and why.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import site
@@ -106,7 +107,9 @@ class FunctionSandbox:
         self.uid = uid
 
     @classmethod
-    def create(cls, rt: RuntimeSettings, spec: FunctionSpec, key: str, bundle_path: str, scratch_dir: Path) -> FunctionSandbox:
+    def create(
+        cls, rt: RuntimeSettings, spec: FunctionSpec, key: str, bundle_path: str, scratch_dir: Path, cgroup_root: str
+    ) -> FunctionSandbox:
         if not rt.sandbox:
             return cls(scratch_dir, None, None, None)
         from spanfaas import sandbox
@@ -131,7 +134,7 @@ class FunctionSandbox:
         )
         cgroup = None
         try:
-            cgroup = sandbox.Cgroup.create(rt.cgroup_root, key, memory_bytes=plan.memory_bytes, cpu=plan.cpu, pids=plan.pids)
+            cgroup = sandbox.Cgroup.create(cgroup_root, key, memory_bytes=plan.memory_bytes, cpu=plan.cpu, pids=plan.pids)
         except OSError as exc:
             log.warning("spanfaas runtime: no cgroup for %s: %s", key, exc)
         return cls(scratch_dir, plan, cgroup, uid)
@@ -156,6 +159,46 @@ class FunctionSandbox:
         if self.cgroup is not None:
             self.cgroup.destroy()  # type: ignore[attr-defined]
             self.cgroup = None
+
+
+_runtimes = itertools.count(1)
+
+
+def runtime_cgroup_root(rt: RuntimeSettings) -> str:
+    """A new runtime's own cgroup subtree: ``<cgroup_root>/rt-<pid>-<n>``."""
+    return f"{rt.cgroup_root}/rt-{os.getpid()}-{next(_runtimes)}"
+
+
+def reap_stale_cgroups(rt: RuntimeSettings) -> list[str]:
+    """Remove the cgroup subtrees of runtimes that died without cleaning up."""
+    if not rt.sandbox:
+        return []
+    from spanfaas.sandbox import cgroups
+
+    stale = set()
+    for h in cgroups.hierarchies().values():
+        top = os.path.join(h.mount, rt.cgroup_root)
+        if not os.path.isdir(top):
+            continue
+        for entry in os.listdir(top):
+            pid = entry.split("-")[1] if entry.count("-") == 2 else ""
+            if entry.startswith("rt-") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                stale.add(f"{rt.cgroup_root}/{entry}")
+    for root in sorted(stale):
+        log.warning("spanfaas runtime: removing cgroups left by a dead runtime: %s", root)
+        cgroups.cleanup_cgroups(root)
+    return sorted(stale)
+
+
+def remove_cgroup_root(rt: RuntimeSettings, root: str) -> None:
+    if not rt.sandbox:
+        return
+    from spanfaas.sandbox import cgroups
+
+    try:
+        cgroups.cleanup_cgroups(root)
+    except OSError as exc:
+        log.warning("spanfaas runtime: could not remove cgroups %s: %s", root, exc)
 
 
 _uids: dict[str, int] = {}

@@ -1,0 +1,98 @@
+"""The runtime leaves no process, cgroup or file behind when it closes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from spanfaas.runtime import LocalRuntime
+from tests.integration.runtime.conftest import Harness, runtime_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+BUSY = """
+import os, time
+
+def handler(event, context):
+    if event == "fork":
+        pids = []
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            pids.append(pid)
+        return pids
+    if event == "crash":
+        os._exit(9)
+    with open("scratch.txt", "w") as f:
+        f.write("x")
+    return os.getpid()
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process whose ancestry leads to ``pid``."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(b")", 1)[1].split()[1])
+    out: set[int] = set()
+    for child in parent:
+        p = child
+        while p in parent and p not in (0, 1):
+            p = parent[p]
+            if p == pid:
+                out.add(child)
+                break
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def cgroup_dirs(root: str) -> list[str]:
+    found = []
+    for ctrl in Path("/sys/fs/cgroup").iterdir():
+        d = ctrl / root
+        if d.is_dir():
+            found.append(str(d))
+    return found
+
+
+@pytest.mark.parametrize("sandbox", [False, True], ids=["plain", "sandboxed"])
+async def test_close_leaves_nothing_behind(tmp_path: Path, sandbox: bool) -> None:
+    tmp_path.chmod(0o755)
+    before = descendants(os.getpid())
+    rt = LocalRuntime(runtime_settings(tmp_path, sandbox=sandbox))
+    await rt.start()
+    h = Harness(rt, tmp_path / "functions")
+    forked: list[int] = []
+    for isolation in ("strict", "reuse"):
+        name = f"busy-{isolation}"
+        await h.deploy(name, BUSY, f'isolation = "{isolation}"\n[scaling]\nprefork = 2\n')
+        for event in (b'"fork"', b'"crash"', b'"ok"', b'"fork"'):
+            r = await h.invoke(name, event)
+            if event == b'"fork"':
+                forked += json.loads(r.output)
+    assert descendants(os.getpid()) - before, "the runtime has processes while it runs"
+    if sandbox:
+        assert cgroup_dirs(rt.cgroup_root), "cgroups exist while it runs"
+    await rt.close()
+    assert descendants(os.getpid()) - before == set()
+    if not sandbox:  # host pids: every process a function forked is gone too
+        assert [pid for pid in forked if alive(pid)] == []
+    assert cgroup_dirs(rt.cgroup_root) == []
+    assert not rt.scratch_root.exists()
