@@ -1,0 +1,45 @@
+"""Isolation of one function: namespaces, cgroups, rlimits, uid, Landlock, seccomp.
+
+A pure library: no threads, no daemons, no runtime logic.  The runtime
+decides *when* to call what; each call applies one mechanism to the calling
+process (inherited by its future children) and says what it achieved as a
+``Protection``.  Layers inside the package, each using only those above::
+
+    _libc, errors, plan                  ctypes bindings, SandboxError, SandboxPlan
+    cgroups, namespaces, limits,         one mechanism each
+    landlock, seccomp
+    probe                                what the host allows (tries each, cached)
+
+Intended order in a freshly forked, single-threaded template (see each
+module for why)::
+
+    runtime (root):  probe(); cleanup_cgroups(root); cg = Cgroup.create(...); cg.attach(template_pid)
+    template:        import everything the function will need; unshare_namespaces(network); fork
+    pid 1:           setup_pid1(name, network); set_rlimits(plan); drop_privileges(uid);
+                     landlock_restrict(ro, rw); seccomp_deny(allow_exec); fork instances as pid 2+
+    instance:        landlock_restrict(ro, [own scratch dir])   # narrower layer, own signal scope
+"""
+
+from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
+from spanfaas.sandbox.errors import SandboxError
+from spanfaas.sandbox.landlock import landlock_restrict
+from spanfaas.sandbox.limits import drop_privileges, set_rlimits
+from spanfaas.sandbox.namespaces import setup_pid1, unshare_namespaces
+from spanfaas.sandbox.plan import SandboxPlan
+from spanfaas.sandbox.probe import probe, report
+from spanfaas.sandbox.seccomp import seccomp_deny
+
+__all__ = [
+    "Cgroup",
+    "SandboxError",
+    "SandboxPlan",
+    "cleanup_cgroups",
+    "drop_privileges",
+    "landlock_restrict",
+    "probe",
+    "report",
+    "seccomp_deny",
+    "set_rlimits",
+    "setup_pid1",
+    "unshare_namespaces",
+]

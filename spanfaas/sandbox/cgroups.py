@@ -270,13 +270,13 @@ class Cgroup:
             active.append(Protection(label, on, f"cgroup v{h.version} at {d}: {what}"))
         return cls(name, dirs, active)
 
-    def _unique_dirs(self) -> list[str]:
-        return sorted({d for _, d in self._dirs.values()})
-
     def directories(self) -> list[str]:
-        """The cgroup's directories, one per hierarchy: a process joins by
-        writing its pid to ``<dir>/cgroup.procs`` (as a forked template does)."""
-        return self._unique_dirs()
+        """The cgroup's directory in each hierarchy (one on v2, up to three on v1).
+
+        A process joins by writing its pid to ``<dir>/cgroup.procs`` (as a
+        forked template does for itself).
+        """
+        return sorted({d for _, d in self._dirs.values()})
 
     def attach(self, pid: int) -> None:
         """Move ``pid`` (the whole process) into this cgroup in every hierarchy.
@@ -284,7 +284,7 @@ class Cgroup:
         Raises SandboxError when a hierarchy refuses: a process believed to
         be limited but not in its cgroup is worse than a loud failure.
         """
-        for d in self._unique_dirs():
+        for d in self.directories():
             try:
                 _write(os.path.join(d, "cgroup.procs"), str(pid))
             except OSError as e:
@@ -302,15 +302,15 @@ class Cgroup:
 
     def pids(self) -> list[int]:
         """Every process in the cgroup, as pids of the caller's pid namespace."""
-        return sorted({p for d in self._unique_dirs() for p in _procs(d)})
+        return sorted({p for d in self.directories() for p in _procs(d)})
 
     def kill_all(self) -> None:
         """SIGKILL every process in the cgroup and wait (≤ 2 s) until it is empty."""
-        _evict(self._unique_dirs())
+        _evict(self.directories())
 
     def destroy(self) -> None:
         """Kill everything, then remove the directory in every hierarchy. Idempotent."""
-        dirs = [d for d in self._unique_dirs() if os.path.isdir(d)]
+        dirs = [d for d in self.directories() if os.path.isdir(d)]
         if dirs:
             _evict(dirs)
         for d in dirs:

@@ -1,0 +1,177 @@
+"""Landlock: an unprivileged filesystem view for the function and its instances.
+
+Landlock restricts the calling thread and all its future children with a
+*layer*; layers only ever narrow, so the template adds one (code and
+packages read-only, the function's scratch tree read-write) and each
+instance adds another (read-write only its own scratch subdirectory).
+
+What Landlock does not do, so callers know what they get:
+
+* it checks *opening* and *changing* paths, not ``stat``/``access``/
+  ``chdir``: a process can still learn that a path exists;
+* descriptors opened before the layer keep their rights; open what the
+  instance needs (channel sockets, logs) before, and nothing else;
+* ``mmap(PROT_EXEC)`` of a readable file is not an "execute";
+* Python imports that happen *after* the layer need read access to their
+  files: import lazy stdlib pieces (``encodings.idna``…) before.
+
+The access rights handled grow with the ABI (1: base set, 2: REFER,
+3: TRUNCATE, 5: IOCTL_DEV; 6: signal and abstract-socket scoping); every
+right this kernel knows is handled, so anything not granted is denied.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from collections.abc import Sequence
+from typing import Final
+
+from spanfaas.model import Protection
+from spanfaas.sandbox import _libc
+
+__all__ = ["DEV_FILES", "abi_version", "landlock_restrict"]
+
+LANDLOCK_CREATE_RULESET_VERSION: Final = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH: Final = 1
+
+EXECUTE: Final = 1 << 0
+WRITE_FILE: Final = 1 << 1
+READ_FILE: Final = 1 << 2
+READ_DIR: Final = 1 << 3
+REMOVE_DIR: Final = 1 << 4
+REMOVE_FILE: Final = 1 << 5
+MAKE_CHAR: Final = 1 << 6
+MAKE_DIR: Final = 1 << 7
+MAKE_REG: Final = 1 << 8
+MAKE_SOCK: Final = 1 << 9
+MAKE_FIFO: Final = 1 << 10
+MAKE_BLOCK: Final = 1 << 11
+MAKE_SYM: Final = 1 << 12
+REFER: Final = 1 << 13  # ABI 2
+TRUNCATE: Final = 1 << 14  # ABI 3
+IOCTL_DEV: Final = 1 << 15  # ABI 5
+
+SCOPE_ABSTRACT_UNIX_SOCKET: Final = 1 << 0  # ABI 6
+SCOPE_SIGNAL: Final = 1 << 1  # ABI 6
+
+# Rights that make sense on a file (not a directory); others are EINVAL there.
+_FILE_RIGHTS: Final = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+_READ_EXEC: Final = EXECUTE | READ_FILE | READ_DIR
+
+DEV_FILES: Final = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+"""Character devices granted read-write (not execute) in every layer.
+
+They hold no data and countless libraries open them (``open(os.devnull,
+"w")``, subprocess redirections); denying them breaks code for no gain.
+"""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),  # ABI 4
+        ("scoped", ctypes.c_uint64),  # ABI 6
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def abi_version() -> int:
+    """The Landlock ABI of the running kernel; 0 when Landlock is unavailable."""
+    try:
+        return _libc.syscall("landlock_create_ruleset", None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    except OSError:
+        return 0
+
+
+def unavailable_reason() -> str:
+    """Why Landlock cannot be used here, in words an operator can act on."""
+    try:
+        _libc.syscall("landlock_create_ruleset", None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    except OSError as e:
+        if e.errno == 38:  # ENOSYS
+            return "kernel without Landlock (CONFIG_SECURITY_LANDLOCK, Linux >= 5.13)"
+        if e.errno == 95:  # EOPNOTSUPP
+            return "Landlock built in but not enabled: add 'landlock' to the lsm= boot parameter"
+        return f"landlock_create_ruleset: {e.strerror}"
+    return ""
+
+
+def _fs_rights(abi: int) -> int:
+    rights = (1 << 13) - 1
+    if abi >= 2:
+        rights |= REFER
+    if abi >= 3:
+        rights |= TRUNCATE
+    if abi >= 5:
+        rights |= IOCTL_DEV
+    return rights
+
+
+def _add_rule(ruleset: int, path: str, access: int) -> bool:
+    """Allow ``access`` beneath ``path``; False if the path does not exist."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            access &= _FILE_RIGHTS
+        attr = _PathBeneathAttr(access, fd)
+        rule = ctypes.c_void_p(ctypes.addressof(attr))
+        _libc.syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0)
+    finally:
+        os.close(fd)
+    return True
+
+
+def landlock_restrict(ro_paths: Sequence[str], rw_paths: Sequence[str]) -> Protection:
+    """Add a Landlock layer: read/exec under ro+rw paths, write only under rw.
+
+    Also scopes signals and abstract unix sockets (ABI 6+): the caller and
+    its children cannot signal or connect to processes outside this layer's
+    domain — notably the template, once an instance adds its own layer.
+    Nonexistent paths are skipped.  Sets NO_NEW_PRIVS (required by the
+    kernel for an unprivileged layer).  Returns an inactive Protection, and
+    changes nothing, when the kernel has no Landlock or a rule is rejected.
+    """
+    abi = abi_version()
+    if abi == 0:
+        return Protection("landlock", False, unavailable_reason())
+    handled = _fs_rights(abi)
+    attr = _RulesetAttr(handled, 0, 0)
+    size = 8  # ABI 1-3 kernels reject a larger struct with unknown fields set
+    if abi >= 6:
+        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        size = ctypes.sizeof(_RulesetAttr)
+    try:
+        ruleset = _libc.syscall("landlock_create_ruleset", ctypes.c_void_p(ctypes.addressof(attr)), size, 0)
+    except OSError as e:
+        return Protection("landlock", False, f"landlock_create_ruleset: {e.strerror}")
+    skipped: list[str] = []
+    try:
+        ro = [p for p in ro_paths if p not in rw_paths]
+        for path in ro:
+            if not _add_rule(ruleset, path, _READ_EXEC):
+                skipped.append(path)
+        for path in rw_paths:
+            if not _add_rule(ruleset, path, handled):
+                skipped.append(path)
+        for path in DEV_FILES:
+            _add_rule(ruleset, path, READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV)
+        _libc.no_new_privs()
+        _libc.syscall("landlock_restrict_self", ruleset, 0)
+    except OSError as e:
+        return Protection("landlock", False, f"Landlock ABI {abi}: {e.strerror or e}")
+    finally:
+        os.close(ruleset)
+    scoped = ", signals and abstract sockets scoped" if abi >= 6 else ""
+    missing = f", skipped missing {skipped}" if skipped else ""
+    return Protection(
+        "landlock", True, f"Landlock ABI {abi}: {len(ro)} read-only, {len(rw_paths)} read-write trees{scoped}{missing}"
+    )

@@ -1,0 +1,218 @@
+"""Linux namespaces: a function sees its own pids, mounts, IPC, hostname, network.
+
+Two steps, because a new pid namespace only applies to the caller's
+*children*:
+
+1. ``unshare_namespaces`` in the template: new mount, IPC, UTS, (net) and
+   pid namespaces.  The template stays in the host pid namespace; its next
+   fork becomes pid 1 of the new one.
+2. ``setup_pid1`` in that first child: private mounts, its own ``/proc``,
+   hostname, loopback up.
+
+Pitfalls this layout handles or documents:
+
+* After ``unshare(CLONE_NEWNS)`` mounts may still be *shared* with the host
+  (systemd makes ``/`` shared); we make ``/`` recursively private at once,
+  before anything is mounted, so nothing propagates back to the host.
+* ``setup_pid1`` takes one more mount namespace for itself before mounting
+  ``/proc``: otherwise the template (outside the pid namespace, same mount
+  namespace) would see a procfs in which ``/proc/self`` does not exist.
+* pid 1 ignores signals it has no handler for, and when it exits the kernel
+  kills the whole namespace and the template can no longer fork into it
+  (fork fails with ENOMEM; a second ``unshare(CLONE_NEWPID)`` fails with
+  EINVAL).  Run user code as pid 2+ under a reaper, and recreate the
+  template if its pid 1 dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+from typing import Final
+
+from spanfaas.model import Protection
+from spanfaas.sandbox import _libc
+from spanfaas.sandbox._libc import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
+
+__all__ = ["NAMESPACES", "setup_pid1", "unshare_namespaces"]
+
+# Report name -> clone flag, in the order probe() lists them.
+NAMESPACES: Final[dict[str, int]] = {
+    "pid-namespace": CLONE_NEWPID,
+    "mount-namespace": CLONE_NEWNS,
+    "ipc-namespace": CLONE_NEWIPC,
+    "uts-namespace": CLONE_NEWUTS,
+    "net-namespace": CLONE_NEWNET,
+}
+
+MS_RDONLY: Final = 0x1
+MS_NOSUID: Final = 0x2
+MS_NODEV: Final = 0x4
+MS_NOEXEC: Final = 0x8
+MS_REMOUNT: Final = 0x20
+MS_NOATIME: Final = 0x400
+MS_NODIRATIME: Final = 0x800
+MS_BIND: Final = 0x1000
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 0x40000
+MS_RELATIME: Final = 0x200000
+# statvfs f_flag bit -> mount flag to keep on a bind remount (RDONLY is forced anyway).
+_KEEP: Final = (
+    (2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME), (2048, MS_NODIRATIME), (4096, MS_RELATIME),
+)  # fmt: skip
+
+SIOCGIFFLAGS: Final = 0x8913
+SIOCSIFFLAGS: Final = 0x8914
+IFF_UP: Final = 0x1
+_IFREQ: Final = struct.Struct("16sH22x")  # struct ifreq: name + ifr_flags, 40 bytes
+
+# Flags this process (or the template it was forked from) really unshared.
+# setup_pid1 must not call sethostname unless the UTS namespace is new: as
+# root, that would rename the host.  Inherited across fork, which is the only
+# way setup_pid1 is meant to be reached.
+_unshared = 0
+
+
+def _why(err: OSError) -> str:
+    if err.errno == 1:  # EPERM
+        return "not root (no CAP_SYS_ADMIN): cannot create namespaces"
+    if err.errno == 22:  # EINVAL
+        return f"kernel refused ({err.strerror}); not built in, or a pid namespace was already unshared"
+    return err.strerror or str(err)
+
+
+def _make_private() -> None:
+    """Stop mount propagation between this mount namespace and its peers."""
+    _libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def _remount_readonly(path: str) -> None:
+    """Make one mount point read-only in this mount namespace only, keeping its other flags."""
+    keep = os.statvfs(path).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+    for st, ms in _KEEP:
+        if keep & st:
+            flags |= ms
+    _libc.mount(None, path, None, flags)
+
+
+def _readonly_system_trees() -> None:
+    """/sys (with every submount, cgroupfs included) and /proc/sys read-only.
+
+    Most sysctls and sysfs knobs are host-wide, not namespaced: a function
+    still running as root must not reach them.  Only this mount namespace
+    changes; the runtime outside still manages cgroups.
+    """
+    for path in ("/proc/sys", "/proc/sysrq-trigger"):
+        if os.path.exists(path):
+            _libc.mount(path, path, None, MS_BIND | MS_REC)
+            _remount_readonly(path)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in points:
+        if point == "/sys" or point.startswith("/sys/"):
+            _remount_readonly(point.encode().decode("unicode_escape"))
+
+
+def unshare_namespaces(network: str) -> list[Protection]:
+    """Unshare pid, mount, IPC, UTS and (when ``network == "none"``) net.
+
+    All at once when allowed (one syscall), else one by one so each that the
+    host permits still applies.  Returns one Protection per namespace.
+    The caller's next child is pid 1 of the new pid namespace.
+    """
+    global _unshared
+    wanted = dict(NAMESPACES)
+    out: dict[str, Protection] = {}
+    if network != "none":
+        del wanted["net-namespace"]
+        out["net-namespace"] = Protection("net-namespace", False, f"network = {network!r}: shares the host network")
+    try:
+        flags = 0
+        for flag in wanted.values():
+            flags |= flag
+        _libc.unshare(flags)
+        out.update({n: Protection(n, True, "unshared") for n in wanted})
+    except OSError:
+        for name, flag in wanted.items():
+            try:
+                _libc.unshare(flag)
+                out[name] = Protection(name, True, "unshared")
+            except OSError as e:
+                out[name] = Protection(name, False, _why(e))
+    for name, p in out.items():
+        if p.active:
+            _unshared |= NAMESPACES[name]
+    if out["mount-namespace"].active:
+        try:
+            _make_private()
+        except OSError as e:
+            why = f"unshared, but mounts stay shared with the host: {e.strerror}"
+            out["mount-namespace"] = Protection("mount-namespace", False, why)
+    return [out[n] for n in NAMESPACES]
+
+
+def _loopback_up() -> None:
+    """``ip link set lo up`` without exec: SIOCSIFFLAGS on a throwaway socket."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = bytearray(_IFREQ.pack(b"lo", 0))
+        fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req)
+        _, flags = _IFREQ.unpack(req)
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
+
+
+def setup_pid1(name: str, network: str) -> list[Protection]:
+    """Finish the namespaces from inside pid 1: mounts, /proc, hostname, loopback.
+
+    Returns Protections for what this step made real: "pid-namespace"
+    (pid 1 with its own /proc), "mount-namespace" (private, own copy),
+    "uts-namespace" (hostname), "net-namespace" (loopback up).
+    """
+    out: list[Protection] = []
+    mounts_ok = False
+    try:
+        _libc.unshare(CLONE_NEWNS)
+        _make_private()
+        mounts_ok = True
+        out.append(Protection("mount-namespace", True, "private mounts, own copy for pid 1"))
+    except OSError as e:
+        out.append(Protection("mount-namespace", False, _why(e)))
+    if os.getpid() != 1:
+        out.append(Protection("pid-namespace", False, f"caller is pid {os.getpid()}, not pid 1 of a new pid namespace"))
+    elif not mounts_ok:
+        why = "pid 1, but /proc not remounted (no private mount namespace): host pids visible"
+        out.append(Protection("pid-namespace", False, why))
+    else:
+        try:
+            _libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            out.append(Protection("pid-namespace", True, "pid 1 with its own /proc"))
+        except OSError as e:
+            out.append(Protection("pid-namespace", False, f"pid 1, but mounting /proc failed: {e.strerror}"))
+    if mounts_ok:
+        try:
+            _readonly_system_trees()
+            why = "private mounts, own copy for pid 1, /sys and /proc/sys read-only"
+        except OSError as e:
+            why = f"private mounts, own copy for pid 1; /sys or /proc/sys stays writable: {e}"
+        out[0] = Protection("mount-namespace", True, why)
+    if not _unshared & CLONE_NEWUTS:
+        out.append(Protection("uts-namespace", False, "no UTS namespace was unshared: hostname left alone"))
+    else:
+        try:
+            _libc.sethostname(name)
+            out.append(Protection("uts-namespace", True, f"hostname {name!r}"))
+        except OSError as e:
+            out.append(Protection("uts-namespace", False, f"sethostname: {e.strerror}"))
+    if network == "none" and not _unshared & CLONE_NEWNET:
+        out.append(Protection("net-namespace", False, "no network namespace was unshared: host network visible"))
+    elif network == "none":
+        try:
+            _loopback_up()
+            out.append(Protection("net-namespace", True, "loopback only"))
+        except OSError as e:
+            out.append(Protection("net-namespace", False, f"bringing loopback up failed: {e.strerror}"))
+    else:
+        out.append(Protection("net-namespace", False, f"network = {network!r}: shares the host network"))
+    return out

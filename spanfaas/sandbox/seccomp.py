@@ -1,0 +1,195 @@
+"""seccomp: a deny-list of syscalls no function needs, assembled as classic BPF.
+
+A deny-list (not an allow-list) because functions run arbitrary Python and
+C extensions: denying the few calls that widen the kernel attack surface or
+escape the sandbox (ptrace, mount, namespaces, bpf, io_uring, keyrings,
+modules, kexec...) costs no compatibility.  Denied calls fail with EPERM,
+which libraries handle, rather than killing the process.
+
+The filter, in order:
+
+1. ``arch`` is not the native one (i386 ``int 0x80`` on x86_64, arm32 on
+   aarch64) → kill the process: syscall numbers differ per ABI, so a
+   foreign-ABI call would slip past the list.
+2. x86_64 x32 calls (nr with bit 30 set) → kill, for the same reason.
+3. listed syscall → EPERM.
+4. ``clone3`` → ENOSYS: its flags live in memory BPF cannot read, and
+   glibc falls back to ``clone`` on ENOSYS (threads, posix_spawn).
+5. ``clone`` with any CLONE_NEW* flag → EPERM (fork and threads pass).
+6. ``ioctl(fd, TIOCSTI)`` → EPERM: pushing input into a terminal is the
+   classic way out of a sandbox that shares a tty.
+7. everything else → allow.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Final, NamedTuple
+
+from spanfaas.model import Protection
+from spanfaas.sandbox import _libc
+
+__all__ = ["DENIED", "seccomp_deny"]
+
+SECCOMP_MODE_FILTER: Final = 2
+SECCOMP_RET_KILL_PROCESS: Final = 0x80000000
+SECCOMP_RET_ERRNO: Final = 0x00050000
+SECCOMP_RET_ALLOW: Final = 0x7FFF0000
+EPERM: Final = 1
+ENOSYS: Final = 38
+TIOCSTI: Final = 0x5412
+X32_SYSCALL_BIT: Final = 0x40000000
+CLONE_NEW_ANY: Final = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
+
+# classic BPF opcodes
+_LD_W_ABS: Final = 0x20
+_JEQ_K: Final = 0x15
+_JGE_K: Final = 0x35
+_JSET_K: Final = 0x45
+_RET_K: Final = 0x06
+
+# struct seccomp_data offsets (little-endian: low word of a 64-bit arg first)
+_OFF_NR: Final = 0
+_OFF_ARCH: Final = 4
+_OFF_ARG0: Final = 16
+_OFF_ARG1: Final = 24
+
+DENIED: Final = (
+    "ptrace", "process_vm_readv", "process_vm_writev",
+    "mount", "umount2", "pivot_root", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
+    "mount_setattr", "unshare", "setns", "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff",
+    "open_by_handle_at", "userfaultfd",
+)  # fmt: skip
+"""Always denied. The new mount API (open_tree, fsopen...) is listed with mount."""
+EXEC: Final = ("execve", "execveat")
+
+
+class _Arch(NamedTuple):
+    audit: int
+    x32: bool
+    nr: dict[str, int]
+
+
+_ARCHES: Final[dict[str, _Arch]] = {
+    "x86_64": _Arch(0xC000003E, True, {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "mount": 165, "umount2": 166,
+        "pivot_root": 155, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "fspick": 433, "mount_setattr": 442, "unshare": 272, "setns": 308, "bpf": 321, "keyctl": 250,
+        "add_key": 248, "request_key": 249, "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
+        "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
+        "open_by_handle_at": 304, "userfaultfd": 323, "execve": 59, "execveat": 322,
+        "clone": 56, "clone3": 435, "ioctl": 16,
+    }),
+    "aarch64": _Arch(0xC00000B7, False, {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
+        "pivot_root": 41, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "fspick": 433, "mount_setattr": 442, "unshare": 97, "setns": 268, "bpf": 280, "keyctl": 219,
+        "add_key": 217, "request_key": 218, "perf_event_open": 241, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
+        "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
+        "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
+        "clone": 220, "clone3": 435, "ioctl": 29,
+    }),
+}  # fmt: skip
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+# One instruction: (opcode, jump-if-true label, jump-if-false label, k).
+# A label is a name defined by _label(); None means "next instruction".
+_Insn = tuple[int, str | None, str | None, int]
+
+
+def _assemble(program: list[_Insn | str]) -> list[tuple[int, int, int, int]]:
+    """Resolve symbolic jump labels into classic BPF relative offsets."""
+    labels: dict[str, int] = {}
+    insns: list[_Insn] = []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
+    out: list[tuple[int, int, int, int]] = []
+    for i, (code, jt, jf, k) in enumerate(insns):
+        offsets = [0 if t is None else labels[t] - i - 1 for t in (jt, jf)]
+        if not all(0 <= o <= 255 for o in offsets):
+            raise ValueError(f"seccomp program: jump out of range at {i}")
+        out.append((code, offsets[0], offsets[1], k))
+    return out
+
+
+def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]:
+    """The deny-list program for ``arch`` as (code, jt, jf, k) tuples."""
+    a = _ARCHES[arch]
+    denied = DENIED if allow_exec else DENIED + EXEC
+    prog: list[_Insn | str] = [
+        (_LD_W_ABS, None, None, _OFF_ARCH),
+        (_JEQ_K, None, "kill", a.audit),
+        (_LD_W_ABS, None, None, _OFF_NR),
+    ]
+    if a.x32:
+        prog.append((_JGE_K, "kill", None, X32_SYSCALL_BIT))
+    prog += [(_JEQ_K, "eperm", None, a.nr[name]) for name in denied]
+    prog += [
+        (_JEQ_K, "enosys", None, a.nr["clone3"]),
+        (_JEQ_K, "clone", None, a.nr["clone"]),
+        (_JEQ_K, "ioctl", None, a.nr["ioctl"]),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "clone",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JSET_K, "eperm", None, CLONE_NEW_ANY),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "ioctl",
+        (_LD_W_ABS, None, None, _OFF_ARG1),
+        (_JEQ_K, "eperm", None, TIOCSTI),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "eperm",
+        (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
+        "enosys",
+        (_RET_K, None, None, SECCOMP_RET_ERRNO | ENOSYS),
+        "kill",
+        (_RET_K, None, None, SECCOMP_RET_KILL_PROCESS),
+    ]
+    return _assemble(prog)
+
+
+@functools.cache
+def _program(arch: str, allow_exec: bool) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+    """The filter as the kernel takes it; cached, and the array kept alive with it."""
+    insns = build_filter(arch, allow_exec)
+    table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
+    return _SockFprog(len(insns), table), table
+
+
+def seccomp_deny(allow_exec: bool) -> Protection:
+    """Install the deny-list on the calling thread and its future children.
+
+    Filters stack and cannot be removed, so calling it again (e.g. per
+    instance) only adds work per syscall; once per template is enough.
+    Sets NO_NEW_PRIVS, which the kernel requires for an unprivileged filter.
+    Returns an inactive Protection, without raising, on an unknown
+    architecture or a kernel without seccomp filters.
+    """
+    if _libc.ARCH not in _ARCHES:
+        return Protection("seccomp", False, f"no syscall table for architecture {_libc.ARCH}")
+    prog, _ = _program(_libc.ARCH, allow_exec)
+    try:
+        _libc.no_new_privs()
+        _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+    except OSError as e:
+        return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
+    n = len(DENIED) + (0 if allow_exec else len(EXEC))
+    exec_note = "exec allowed" if allow_exec else "exec denied"
+    return Protection(
+        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}, namespace clones denied, foreign ABIs killed"
+    )

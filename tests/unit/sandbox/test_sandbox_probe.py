@@ -1,0 +1,104 @@
+"""probe(), report(), SandboxPlan and the package's public names."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import msgspec
+import pytest
+
+import spanfaas.sandbox as sandbox
+from spanfaas.model import Protection
+from spanfaas.sandbox import SandboxPlan, probe, report
+
+NAMES = [
+    "pid-namespace",
+    "mount-namespace",
+    "ipc-namespace",
+    "uts-namespace",
+    "net-namespace",
+    "cgroup-memory",
+    "cgroup-cpu",
+    "cgroup-pids",
+    "rlimits",
+    "uid",
+    "landlock",
+    "seccomp",
+]
+
+
+def test_exported_names() -> None:
+    assert sorted(sandbox.__all__) == [
+        "Cgroup",
+        "SandboxError",
+        "SandboxPlan",
+        "cleanup_cgroups",
+        "drop_privileges",
+        "landlock_restrict",
+        "probe",
+        "report",
+        "seccomp_deny",
+        "set_rlimits",
+        "setup_pid1",
+        "unshare_namespaces",
+    ]
+    for name in sandbox.__all__:
+        assert getattr(sandbox, name) is not None
+
+
+def test_probe_lists_every_mechanism_with_reasons() -> None:
+    result = probe()
+    assert [p.name for p in result] == NAMES
+    assert all(isinstance(p, Protection) for p in result)
+    assert all(p.reason for p in result), "every entry says why, active or not"
+    assert report() == result
+    assert probe() is result, "cached"
+
+
+def _self_state() -> tuple[object, ...]:
+    ns = tuple(os.readlink(f"/proc/self/ns/{n}") for n in ("pid", "mnt", "ipc", "uts", "net"))
+    with open("/proc/self/status") as f:
+        status = [line for line in f if line.startswith(("NoNewPrivs", "Seccomp", "Uid", "CapEff"))]
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    return ns, status, mounts, socket.gethostname(), os.getpid()
+
+
+def test_probe_does_not_change_caller_and_is_cheap() -> None:
+    before = _self_state()
+    probe.cache_clear()
+    start = time.perf_counter()
+    try:
+        probe()
+    finally:
+        elapsed = time.perf_counter() - start
+    assert _self_state() == before
+    # The target is < 50 ms (measured ~4 ms); the slack absorbs a loaded CI box.
+    assert elapsed < 0.25, f"probe took {elapsed * 1e3:.1f} ms"
+
+
+def test_plan_defaults_and_round_trip() -> None:
+    plan = SandboxPlan(name="thumb", uid=1000, memory_bytes=64 << 20, ro_paths=("/usr",), rw_paths=("/tmp/x",))
+    assert plan.network == "none" and plan.namespaces and not plan.allow_exec
+    decoded = msgspec.json.decode(msgspec.json.encode(plan), type=SandboxPlan)
+    assert decoded == plan
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": "a/b"},
+        {"name": ""},
+        {"name": "-x"},
+        {"name": "x" * 64},
+        {"name": "f", "uid": -1},
+        {"name": "f", "pids": -1},
+    ],
+)
+def test_plan_rejects_bad_values(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        SandboxPlan(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(msgspec.json.encode(kwargs), type=SandboxPlan)
