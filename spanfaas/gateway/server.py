@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -20,6 +23,24 @@ from spanfaas.gateway.bundle import pack_function
 __all__ = ["serve", "serve_async"]
 
 log = logging.getLogger("spanfaas.gateway")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising SIGTERM/SIGINT after its graceful
+    shutdown (that would kill the process before the infrastructure closes)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def serve(
@@ -75,7 +96,7 @@ async def serve_async(
                 timeout_graceful_shutdown=10,
                 backlog=4096,
             )
-            server = uvicorn.Server(config)
+            server = _Server(config)
             gw: Gateway = app.state.gateway
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
             try:

@@ -1,0 +1,117 @@
+"""Run a real gateway process for tests: ``python -m spanfaas.gateway`` on a free port.
+
+    with GatewayProcess(tmp_path / "data", infra="memory") as gw:
+        httpx.get(gw.url + "/healthz")
+        gw.kill()            # SIGKILL, as a crash would
+        gw.start()           # again, on the same data dir
+
+Its output goes to ``<data_dir>/../gateway-<n>.log``; the first start's admin
+token is kept in ``admin_token``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["GatewayProcess"]
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+_TOKEN = re.compile(r"admin token \(shown once\): (\S+)")
+
+
+class GatewayProcess:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        infra: str = "memory",
+        store: str | None = None,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.infra = infra
+        self.store = store
+        self.env = dict(env or {})
+        self.args = list(args)
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.admin_token: str | None = None
+        self.starts = 0
+        self.log_path = self.data_dir.parent / "gateway-0.log"
+
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("the gateway is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self.log_path = self.data_dir.parent / f"gateway-{self.starts}.log"
+        cmd = [self.python, "-m", "spanfaas.gateway", "--host", "127.0.0.1", "--port", "0",
+               "--data-dir", str(self.data_dir), "--infra", self.infra, *self.args]  # fmt: skip
+        if self.store:
+            cmd += ["--store", self.store]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if m := _TOKEN.search(text):
+                self.admin_token = m.group(1)
+            if m := _LISTENING.search(text):
+                self.url = m.group(1)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError(f"the gateway did not start in {timeout} s:\n{self.log_path.read_text(errors='replace')}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait (graceful); SIGKILL if it does not stop in time."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        code = self.proc.returncode
+        self.proc = None
+        return int(code)
+
+    def kill(self) -> None:
+        """SIGKILL the gateway's whole process group, as a crash would."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

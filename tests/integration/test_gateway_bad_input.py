@@ -1,0 +1,114 @@
+"""Bad input over a real socket: a clear 4xx, and nothing changes in the store."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+from spanfaas.store import SQLiteStore
+
+
+def fn(root: Path, manifest: str, code: str = "def handler(event, context):\n    return event\n") -> bytes:
+    d = root / f"fn{abs(hash((manifest, code)))}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "handler.py").write_text(code)
+    (d / "spanfaas.toml").write_text(manifest)
+    return pack_function(d)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("bad-input")
+    gw = GatewayProcess(root / "data", env={"SPANFAAS_MAX_PAYLOAD": "65536", "SPANFAAS_MAX_BUNDLE": "131072"})
+    gw.start()
+    with httpx.Client(base_url=gw.url, headers=gw.headers) as c:
+        assert c.put("/v1/functions/echo", content=fn(root, 'name = "echo"\nisolation = "reuse"\n')).status_code == 201
+        assert c.post("/v1/functions/echo/invoke", json={"warm": 1}).status_code == 200
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, headers=gateway.headers, timeout=30) as c:
+        yield c
+
+
+def snapshot(gateway: GatewayProcess, client: httpx.Client) -> tuple[object, ...]:
+    store = SQLiteStore(gateway.data_dir / "spanfaas.db")
+    try:
+        client.get("/v1/invocations", params={"limit": 1})  # flushes pending records
+        return (
+            [(f.name, f.version, f.digest) for f in store.list_functions()],
+            [i.id for i in store.list_invocations(limit=1000)],
+            [t.id for t in store.list_tokens()],
+        )
+    finally:
+        store.close()
+
+
+def escaping_bundle() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("spanfaas.toml", b'name = "echo"\n'), ("../../outside.py", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+CASES = {
+    "malformed bundle": ("PUT", "/v1/functions/echo", {"content": b"PK\x03\x04 not really a zip"}, 400, "damaged"),
+    "not an archive": ("PUT", "/v1/functions/echo", {"content": b"hello"}, 400, "neither a tar.gz nor a zip"),
+    "escaping bundle": ("PUT", "/v1/functions/echo", {"content": escaping_bundle()}, 400, "outside the bundle"),
+    "oversize bundle": ("PUT", "/v1/functions/echo", {"content": b"\x1f\x8b" + bytes(200_000)}, 413, "max_bundle = 128 KiB"),
+    "unknown function": ("POST", "/v1/functions/nope/invoke", {"json": {}}, 404, "function 'nope' not found; deployed: echo"),
+    "oversize payload": ("POST", "/v1/functions/echo/invoke", {"content": b"1" * 100_000}, 413, "max_payload = 64 KiB"),
+    "invalid JSON": ("POST", "/v1/functions/echo/invoke", {"content": b'{"a": 1,}'}, 400, "not valid JSON"),
+    "invalid JSON async": ("POST", "/v1/functions/echo/invoke?mode=async", {"content": b"[1"}, 400, "not valid JSON"),
+    "no token": ("GET", "/v1/functions", {"headers": {"authorization": ""}}, 401, "Authorization: Bearer"),
+    "wrong token": ("POST", "/v1/functions/echo/invoke", {"json": {}, "headers": {"authorization": "Bearer sf_nope"}}, 401, "not valid"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_4xx_and_changes_nothing(gateway: GatewayProcess, client: httpx.Client, tmp_path: Path, case: str) -> None:
+    method, path, kw, status, detail = CASES[case]
+    before = snapshot(gateway, client)
+    r = client.request(method, path, **kw)  # type: ignore[arg-type]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert detail in r.json()["detail"]
+    assert snapshot(gateway, client) == before
+
+
+def test_manifest_problems(gateway: GatewayProcess, client: httpx.Client, tmp_path: Path) -> None:
+    before = snapshot(gateway, client)
+    r = client.put("/v1/functions/echo", content=fn(tmp_path, 'name = "echo"\nmemroy = 5\n'))
+    assert r.status_code == 400 and "memroy" in r.json()["detail"]
+    r = client.put("/v1/functions/echo", content=fn(tmp_path, 'name = "echo"\nhandler = "main:run"\n'))
+    assert r.status_code == 400
+    assert r.json()["detail"] == "handler module 'main' not found in bundle; files: handler.py, spanfaas.toml"
+    r = client.put("/v1/functions/echo", content=fn(tmp_path, 'name = "echo"\n[resources]\nmemory = 1\n'))
+    assert r.status_code == 400 and "resources.memory" in r.json()["detail"]
+    assert snapshot(gateway, client) == before
+
+
+def test_wrong_scope(gateway: GatewayProcess, client: httpx.Client, tmp_path: Path) -> None:
+    token = client.post("/v1/tokens", json={"name": "ci", "scopes": ["invoke"]}).json()["token"]
+    before = snapshot(gateway, client)
+    h = {"authorization": f"Bearer {token}"}
+    r = client.put("/v1/functions/echo", content=fn(tmp_path, 'name = "echo"\n'), headers=h)
+    assert r.status_code == 403 and r.json()["detail"] == "this call needs scope 'deploy'; your token has: invoke"
+    r = client.delete("/v1/functions/echo", headers=h)
+    assert r.status_code == 403
+    r = client.post("/v1/tokens", json={"name": "x", "scopes": ["admin"]}, headers=h)
+    assert r.status_code == 403 and "needs scope 'admin'" in r.json()["detail"]
+    assert snapshot(gateway, client) == before

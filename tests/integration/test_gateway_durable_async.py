@@ -1,0 +1,94 @@
+"""Durable async: SIGKILL the gateway while 1,000 async invocations are being
+accepted; after a restart every id that got a 202 completes, none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+from spanfaas.store import SQLiteStore
+
+N = 1000
+KILL_AFTER = 300
+
+HANDLER = """
+import asyncio
+async def handler(event, context):
+    await asyncio.sleep(0.005)
+    return {"n": event["n"]}
+"""
+
+
+async def submit_until_killed(gw: GatewayProcess) -> tuple[list[str], int]:
+    accepted: list[str] = []
+    failed = 0
+    sem = asyncio.Semaphore(32)
+    killed = asyncio.Event()
+
+    async def one(c: httpx.AsyncClient, i: int) -> None:
+        nonlocal failed
+        async with sem:
+            try:
+                r = await c.post("/v1/functions/work/invoke?mode=async", json={"n": i})
+            except httpx.TransportError:
+                failed += 1
+                return
+            if r.status_code == 202:
+                accepted.append(r.json()["id"])
+                if len(accepted) >= KILL_AFTER and not killed.is_set():
+                    killed.set()
+                    gw.kill()  # mid-stream: other requests are in flight right now
+            else:
+                failed += 1
+
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=gw.url, headers=gw.headers, timeout=10, limits=limits) as c:
+        await asyncio.gather(*(one(c, i) for i in range(N)))
+    return accepted, failed
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_accepted_invocation(tmp_path: Path) -> None:
+    fn = tmp_path / "work"
+    fn.mkdir()
+    (fn / "handler.py").write_text(HANDLER)
+    (fn / "spanfaas.toml").write_text('name = "work"\nisolation = "reuse"\n')
+    gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_ASYNC_WORKERS": "16"})
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/work", content=pack_function(fn)).status_code == 201
+        accepted, failed = asyncio.run(submit_until_killed(gw))
+        assert len(accepted) >= KILL_AFTER and failed > 0, (len(accepted), failed)
+        assert len(set(accepted)) == len(accepted)
+
+        store = SQLiteStore(tmp_path / "data" / "spanfaas.db")
+        try:
+            statuses = {r.status for r in store.list_invocations("work", limit=N)}
+            assert all(store.get_invocation(i) is not None for i in accepted)  # committed before the 202
+        finally:
+            store.close()
+
+        gw.start()
+        deadline = time.monotonic() + 120
+        pending = set(accepted)
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            while pending and time.monotonic() < deadline:
+                views = c.get("/v1/invocations", params={"function": "work", "limit": N}).json()["invocations"]
+                done = {v["id"] for v in views if v["status"] == "succeeded"}
+                pending -= done
+                if pending:
+                    time.sleep(0.2)
+            assert not pending, f"{len(pending)} accepted invocations never completed"
+            for id in accepted:
+                view = c.get(f"/v1/invocations/{id}").json()
+                assert view["status"] == "succeeded" and view["result"]["n"] >= 0
+        print(f"accepted {len(accepted)} before SIGKILL (statuses then: {sorted(statuses)}), all completed")
+    finally:
+        gw.stop()
