@@ -114,8 +114,10 @@ class Pool:
             self._ready = asyncio.get_running_loop().create_future()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
+            initial = self._floor()
             try:
-                self.runtime.spawn_template(self, theirs.fileno())
+                self.runtime.spawn_template(self, theirs.fileno(), initial)
+                self._pending_forks = initial
             finally:
                 theirs.close()
         ready = self._ready
@@ -304,12 +306,18 @@ class Pool:
         if self.state != "ready":
             return
         if not self._strict:
-            floor = max(self.spec.scaling.min, 1 if self.spec.scaling.prefork else 0)
-            self._fork(floor - self._live())
+            self._fork(self._floor() - self._live())
             return
-        want = self.spec.scaling.prefork - len(self._idle) - self._pending_forks
+        want = self._floor() - len(self._idle) - self._pending_forks
         room = self.spec.scaling.max + self.spec.scaling.prefork - self._live()
         self._fork(min(want, room))
+
+    def _floor(self) -> int:
+        """Instances to keep forked ahead of demand."""
+        sc = self.spec.scaling
+        if self._strict:
+            return sc.prefork
+        return max(sc.min, 1 if sc.prefork else 0)
 
     def _grow(self) -> None:
         """Fork while invocations wait and there is room under ``scaling.max``."""

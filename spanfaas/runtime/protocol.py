@@ -48,6 +48,8 @@ class SpawnTemplate(Struct, tag=True, kw_only=True):
     concurrency: int
     instance_memory: int
     """Bytes an instance may allocate on top of the template (RLIMIT_DATA)."""
+    initial: int = 0
+    """Instances to fork as soon as the code is loaded (saves a round trip)."""
     sandbox: Any
     """A ``spanfaas.sandbox.SandboxPlan`` as builtins, or None for no sandbox."""
     cgroup: list[str]

@@ -165,7 +165,7 @@ class LocalRuntime:
             for pool in list(self._by_key.values()):
                 pool.stop_template()
 
-    def spawn_template(self, pool: Pool, chan_fd: int) -> None:
+    def spawn_template(self, pool: Pool, chan_fd: int, initial: int = 0) -> None:
         """Ask the zygote to fork ``pool``'s template with ``chan_fd`` as its channel."""
         if self._zchan is None or not self.started:
             raise InfraUnavailable("the local runtime is not running")
@@ -187,6 +187,7 @@ class LocalRuntime:
             isolation=pool.spec.isolation,
             concurrency=pool.spec.resources.concurrency,
             instance_memory=pool.spec.resources.memory * 1024 * 1024,
+            initial=initial,
             sandbox=msgspec.to_builtins(sb.plan) if sb.plan is not None else None,
             cgroup=sb.cgroup_dirs(),
         )

@@ -141,7 +141,6 @@ class Template:
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()
         inst.Context("warm", req.name, 0.0)  # create the function's logger once, here
-        gc.collect()
         gc.freeze()  # the collector never touches (and un-shares) template objects
 
     # -- instances -------------------------------------------------------------
@@ -330,6 +329,8 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection]) -> No
         os.dup2(devnull, 2)
         os.close(capture)
         p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
+        for _ in range(req.initial):
+            tpl.fork_instance()
         tpl.loop()
     except BaseException:
         traceback.print_exc()
