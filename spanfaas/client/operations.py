@@ -387,12 +387,11 @@ def logs(name_or_id: str, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
     except NotFound:
         pass
     try:
-        yield from function(name_or_id)
+        return (yield from invocations(name_or_id, limit=limit))
     except NotFound:
         raise NotFound(
             f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`"
         ) from None
-    return (yield from invocations(name_or_id, limit=limit))
 
 
 def create_token(name: str, scopes: list[str]) -> Op[dict[str, Any]]:

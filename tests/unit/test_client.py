@@ -1,0 +1,462 @@
+"""The Python SDK against the real gateway app (in-memory infrastructure).
+
+``AsyncClient`` talks to the app in-process through ``httpx.ASGITransport``;
+``Client`` (blocking; ASGI transports are async-only) talks to the same app
+served by uvicorn on a loopback port.  Most tests run against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from spanfaas import (
+    AsyncClient,
+    Client,
+    Forbidden,
+    FunctionError,
+    FunctionNotFound,
+    FunctionTimeout,
+    InfraUnavailable,
+    InvalidManifest,
+    InvalidRequest,
+    InvocationNotFound,
+    SpanfaasError,
+    Unauthorized,
+)
+from spanfaas.client import operations as ops
+from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, load_user_config, resolve, save_user_config
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app
+from spanfaas.gateway.auth import issue_token
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.store import SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def write_function(root: Path, name: str, code: str, manifest: str = "") -> Path:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "spanfaas.toml").write_text(f'name = "{name}"\nhandler = "main:handler"\n{manifest}')
+    (d / "main.py").write_text(code)
+    return d
+
+
+FUNCTIONS = {
+    "boom": "def handler(event, context):\n    print('about to fail')\n    raise ValueError('bad input: ' + repr(event))\n",
+    "echo-bytes": "def handler(event, context):\n    return bytes(reversed(event)) if isinstance(event, bytes) else b'not bytes'\n",
+    "slow": "import time\ndef handler(event, context):\n    time.sleep(event.get('sleep', 0.3))\n    return {'slept': event.get('sleep', 0.3)}\n",
+    "square": "def handler(event, context):\n    if event == 13:\n        raise RuntimeError('unlucky')\n    return event * event\n",
+    "sleepy": "import time\ndef handler(event, context):\n    time.sleep(1.5)\n",
+}
+
+
+@pytest.fixture(scope="module")
+def functions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("functions")
+    for name, code in FUNCTIONS.items():
+        write_function(root, name, code, "[resources]\ntimeout = 0.5\n" if name == "sleepy" else "")
+    return root
+
+
+class Gateway:
+    """The real gateway app over an in-memory infrastructure, with tokens of each scope."""
+
+    def __init__(self, root: Path) -> None:
+        self.settings = Settings(data_dir=str(root), max_payload=64 * 1024)
+        self.store = SQLiteStore(root / "spanfaas.db")
+        self.infra = InMemoryInfrastructure()
+        self.app = create_app(self.settings, self.store, self.infra)
+        self.tokens = {scope: issue_token(self.store, scope, [scope])[1] for scope in ("admin", "deploy", "invoke")}
+        self.token = self.tokens["admin"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn serving an app on a loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", ws="none", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
+    gw = Gateway(tmp_path_factory.mktemp("live"))
+    with LiveServer(gw.app) as server:
+        yield gw, server.url
+    gw.store.close()
+
+
+class Blocking:
+    """The blocking ``Client`` behind the ``AsyncClient`` interface (each call in a thread)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.url, self.token = client.url, client.token
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        return call
+
+
+@pytest.fixture(params=["async", "sync"])
+async def sdk(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """An SDK client with an admin token: AsyncClient in-process, or Client over a socket."""
+    if request.param == "async":
+        gw = Gateway(tmp_path)
+        async with gw.app.router.lifespan_context(gw.app):
+            transport = httpx.ASGITransport(app=gw.app)
+            async with AsyncClient("http://spanfaas.test", gw.token, transport=transport) as client:
+                yield client
+        # The dispatcher may leave a store call running in a worker thread: let it finish first.
+        await asyncio.get_running_loop().shutdown_default_executor()
+        gw.store.close()
+    else:
+        gw, url = request.getfixturevalue("live")
+        with Client(url, gw.token) as client:
+            yield Blocking(client)
+
+
+# -- deploy, invoke, registry --------------------------------------------------------
+
+
+async def test_deploy_invoke_list_remove(sdk: Any) -> None:
+    record = await sdk.deploy(EXAMPLES / "hello")
+    assert record["name"] == "hello" and record["version"] >= 1 and record["digest"]
+    assert await sdk.invoke("hello", {"name": "x"}) == {"message": "hello, x"}
+    assert await sdk.invoke("hello") == {"message": "hello, world"}
+    names = [f["name"] for f in await sdk.functions()]
+    assert "hello" in names
+    assert (await sdk.function("hello"))["spec"]["handler"] == "handler:handler"
+    await sdk.remove("hello")
+    with pytest.raises(FunctionNotFound, match="hello"):
+        await sdk.invoke("hello", {"name": "x"})
+
+
+async def test_redeploy_makes_a_new_version(sdk: Any) -> None:
+    first = await sdk.deploy(EXAMPLES / "hello")
+    second = await sdk.deploy(EXAMPLES / "hello")
+    assert second["version"] == first["version"] + 1
+    assert second["digest"] == first["digest"]  # packing is deterministic
+
+
+async def test_invoke_output_carries_the_metadata(sdk: Any) -> None:
+    await sdk.deploy(EXAMPLES / "hello")
+    out = await sdk.invoke_output("hello", {"name": "meta"})
+    assert out.value() == {"message": "hello, meta"}
+    assert len(out.invocation_id) == 32
+    assert out.duration_ms is not None and out.duration_ms >= 0
+    assert out.infra == "memory" and isinstance(out.cold, bool)
+    assert out.to_record()["result"] == {"message": "hello, meta"}
+
+
+async def test_every_example_runs(sdk: Any) -> None:
+    for d in sorted(EXAMPLES.iterdir()):
+        if d.name == "numpy-stats":
+            pytest.importorskip("numpy")
+        await sdk.deploy(d)
+    out = await sdk.invoke("json-transform", {"records": [{"category": "a", "amount": 2}, {"category": "a", "amount": 4}, {"category": "b", "amount": 1}]})
+    assert out["groups"][0] == {"category": "a", "count": 2, "total": 6.0, "mean": 3.0, "min": 2.0, "max": 4.0}
+    assert (await sdk.invoke("async-fetch", {"sources": {"a": 0.05, "b": 0.05, "c": 0.05}}))["concurrent"] is True
+    stats = await sdk.invoke("numpy-stats", {"values": [1, 2, 3, 4]})
+    assert stats["mean"] == 2.5 and stats["n"] == 4
+
+
+async def test_deploy_a_single_file(sdk: Any, tmp_path: Path) -> None:
+    src = tmp_path / "single" / "shout_it.py"
+    src.parent.mkdir()
+    src.write_text("def handler(event, context):\n    return event.upper()\n")
+    record = await sdk.deploy(src)
+    assert record["name"] == "shout-it" and record["spec"]["handler"] == "shout_it:handler"
+    assert await sdk.invoke("shout-it", "hey") == "HEY"
+
+
+async def test_bytes_in_bytes_out(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(functions_dir / "echo-bytes")
+    assert await sdk.invoke("echo-bytes", data=b"\x00\x01\x02") == b"\x02\x01\x00"
+    assert await sdk.invoke("echo-bytes", b"abc") == b"cba"  # bytes as the event are sent raw too
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+async def test_function_error_is_typed_with_traceback_and_logs(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(functions_dir / "boom")
+    with pytest.raises(FunctionError) as info:
+        await sdk.invoke("boom", {"a": 1})
+    err = info.value
+    assert "bad input" in err.message and err.exit_code == 8
+    assert "ValueError" in err.extra["traceback"] and "about to fail" in err.extra["logs"]
+    assert len(err.extra["invocation_id"]) == 32
+
+
+async def test_function_timeout_is_typed(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(functions_dir / "sleepy")
+    with pytest.raises(FunctionTimeout):
+        await sdk.invoke("sleepy", {})
+
+
+async def test_bad_manifest_fails_before_upload(sdk: Any, tmp_path: Path) -> None:
+    d = write_function(tmp_path, "bad", "def handler(e, c): pass\n", "colour = 'red'\n")
+    with pytest.raises(InvalidManifest, match="colour"):
+        await sdk.deploy(d)
+    with pytest.raises(InvalidManifest, match="does not exist"):
+        await sdk.deploy(tmp_path / "nope")
+    bad_name = tmp_path / "9lives.py"
+    bad_name.write_text("def handler(e, c): pass\n")
+    with pytest.raises(InvalidManifest, match="rename the file"):
+        await sdk.deploy(bad_name)
+
+
+async def test_request_errors_are_typed(sdk: Any) -> None:
+    with pytest.raises(InvalidRequest, match="JSON-serializable"):
+        await sdk.invoke("hello", {"when": object()})
+    await sdk.deploy(EXAMPLES / "hello")
+    with pytest.raises(SpanfaasError) as info:  # over the 64 KiB max_payload of the test gateway
+        await sdk.invoke("hello", data=b"x" * 100_000)
+    assert info.value.status == 413 and "max_payload" in info.value.message
+    with pytest.raises(InvocationNotFound):
+        await sdk.result("0" * 32)
+
+
+async def test_tokens_and_scopes(sdk: Any) -> None:
+    made: list[Any] = []
+
+    def make(token: str) -> Any:
+        if isinstance(sdk, Blocking):
+            client: Any = Blocking(Client(sdk.url, token))
+        else:
+            client = AsyncClient("http://spanfaas.test", token, transport=sdk._http._transport)
+        made.append(client)
+        return client
+
+    try:
+        invoke_only = await sdk.create_token("ci", ["invoke"])
+        assert invoke_only["scopes"] == ["invoke"]
+        with pytest.raises(Forbidden, match="deploy"):
+            await make(invoke_only["token"]).deploy(EXAMPLES / "hello")
+        with pytest.raises(Unauthorized) as info:
+            await make("wrong").functions()
+        assert info.value.exit_code == 3
+        with pytest.raises(Unauthorized, match="SPANFAAS_TOKEN"):
+            await make("").functions()
+    finally:
+        for client in made:
+            await (client.close() if isinstance(client, Blocking) else client.aclose())
+
+
+def test_unreachable_gateway_says_what_to_do() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with Client(url, "t") as client, pytest.raises(InfraUnavailable) as info:
+        client.functions()
+    assert str(info.value) == f"cannot reach spanfaas at {url}: is `spanfaas up` running?"
+    assert info.value.exit_code == 7
+
+
+def test_a_non_spanfaas_answer_is_still_typed() -> None:
+    def app(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="<html>nginx</html>")
+
+    with Client("http://elsewhere", "t", transport=httpx.MockTransport(app)) as client, pytest.raises(SpanfaasError) as info:
+        client.functions()
+    assert info.value.status == 404 and "is it a spanfaas gateway" in info.value.message
+
+
+# -- async invocations --------------------------------------------------------------------
+
+
+async def test_invoke_async_and_result(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(EXAMPLES / "hello")
+    await sdk.deploy(functions_dir / "boom")
+    await sdk.deploy(functions_dir / "slow")
+    job = await sdk.invoke_async("hello", {"name": "later"})
+    assert await sdk.result(job, timeout=10) == {"message": "hello, later"}
+    record = await sdk.invocation(job)
+    assert record["status"] == "succeeded" and record["function"] == "hello"
+
+    failing = await sdk.invoke_async("boom", {"x": 1})
+    with pytest.raises(FunctionError, match="bad input"):
+        await sdk.result(failing, timeout=10)
+
+    slow = await sdk.invoke_async("slow", {"sleep": 0.5})
+    with pytest.raises(TimeoutError, match="spanfaas result"):
+        await sdk.result(slow, wait=False)
+    with pytest.raises(TimeoutError):
+        await sdk.result(slow, timeout=0.05)
+    assert await sdk.result(slow, timeout=10) == {"slept": 0.5}
+
+
+async def test_idempotency_key_returns_the_same_invocation(sdk: Any) -> None:
+    await sdk.deploy(EXAMPLES / "hello")
+    a = await sdk.invoke_async("hello", {"name": "once"}, idempotency_key="k-1")
+    b = await sdk.invoke_async("hello", {"name": "once"}, idempotency_key="k-1")
+    assert a == b
+    assert await sdk.invoke_async("hello", {"name": "twice"}, idempotency_key="k-2") != a
+
+
+async def test_logs_by_id_and_by_name(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(functions_dir / "boom")
+    with pytest.raises(FunctionError) as info:
+        await sdk.invoke("boom", 1)
+    invocation_id = info.value.extra["invocation_id"]
+    [record] = await sdk.logs(invocation_id)
+    assert record["id"] == invocation_id and "about to fail" in record["logs"]
+    records = await sdk.logs("boom")
+    assert invocation_id in [r["id"] for r in records]
+    with pytest.raises(SpanfaasError, match="no invocation or function named 'nothing-here'"):
+        await sdk.logs("nothing-here")
+
+
+async def test_info(sdk: Any) -> None:
+    info = await sdk.info()
+    assert info["version"]
+    assert [i["kind"] for i in info["infrastructures"]] == ["memory"]
+    assert await sdk.health() is True
+
+
+# -- map ----------------------------------------------------------------------------------
+
+
+async def test_map_keeps_order_with_bounded_concurrency(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(functions_dir / "square")
+    items = [i for i in range(40) if i != 13]  # 13 fails
+    assert await sdk.map("square", items, concurrency=4) == [i * i for i in items]
+    assert await sdk.map("square", (i for i in range(5)), concurrency=32) == [0, 1, 4, 9, 16]  # no len()
+    assert await sdk.map("square", []) == []
+
+
+async def test_map_raises_the_typed_error_or_returns_it(sdk: Any, functions_dir: Path) -> None:
+    await sdk.deploy(functions_dir / "square")
+    with pytest.raises(FunctionError, match="unlucky"):
+        await sdk.map("square", range(20), concurrency=3)
+    out = await sdk.map("square", range(10, 16), return_exceptions=True)
+    assert out[:3] == [100, 121, 144] and out[4:] == [196, 225]
+    assert isinstance(out[3], FunctionError)
+
+
+async def test_map_shows_progress(sdk: Any, functions_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    await sdk.deploy(functions_dir / "square")
+    assert await sdk.map("square", range(8), progress=True) == [i * i for i in range(8)]
+    assert "8/8" in capsys.readouterr().err
+
+
+async def test_map_cancels_the_rest_after_a_failure(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        n = int(request.content)
+        calls.append(n)
+        if n == 0:
+            return httpx.Response(500, json=FunctionError("no", invocation_id="x").to_problem(), headers={"content-type": "application/problem+json"})
+        await asyncio.sleep(10)
+        return httpx.Response(200, json=n)
+
+    async with AsyncClient("http://x", "t", transport=httpx.MockTransport(handler)) as client:
+        started = time.monotonic()
+        with pytest.raises(FunctionError):
+            await client.map("f", range(100), concurrency=4)
+    assert time.monotonic() - started < 5 and len(calls) == 4
+
+
+def test_map_from_inside_a_running_loop(live: tuple[Gateway, str], functions_dir: Path) -> None:
+    gw, url = live
+
+    async def notebook_cell() -> list[Any]:
+        with Client(url, gw.token) as client:  # blocking client used where a loop already runs
+            client.deploy(functions_dir / "square")
+            return client.map("square", [1, 2, 3])
+
+    assert asyncio.run(notebook_cell()) == [1, 4, 9]
+
+
+# -- where the url and token come from -------------------------------------------------------
+
+
+def test_resolve_precedence(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    path = config_path(env)
+    assert path == tmp_path / "spanfaas" / "config.toml"
+    assert resolve(env=env) == (DEFAULT_URL, None)
+    save_user_config(UserConfig(url="http://127.0.0.1:9000", token="saved"), path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_user_config(path) == UserConfig(url="http://127.0.0.1:9000", token="saved")
+    assert resolve(env=env) == ("http://127.0.0.1:9000", "saved")
+    assert resolve("http://127.0.0.1:9000/", env=env) == ("http://127.0.0.1:9000", "saved")
+    # the saved token goes only to the URL it was saved for
+    assert resolve("http://other:1", env=env) == ("http://other:1", None)
+    assert resolve(env={**env, "SPANFAAS_URL": "http://other:1"}) == ("http://other:1", None)
+    assert resolve(env={**env, "SPANFAAS_TOKEN": "fromenv"}) == ("http://127.0.0.1:9000", "fromenv")
+    assert resolve("http://a", "arg", env={**env, "SPANFAAS_URL": "http://b", "SPANFAAS_TOKEN": "env"}) == ("http://a", "arg")
+
+
+def test_broken_user_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("url = ")
+    with pytest.raises(InvalidRequest, match="config.toml"):
+        load_user_config(path)
+    path.write_text('colour = "red"\n')
+    with pytest.raises(InvalidRequest, match="colour"):
+        load_user_config(path)
+
+
+def test_client_reads_the_saved_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("SPANFAAS_URL", raising=False)
+    monkeypatch.delenv("SPANFAAS_TOKEN", raising=False)
+    save_user_config(UserConfig(url="http://127.0.0.1:9999", token="tok"))
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"functions": []})
+
+    with Client(transport=httpx.MockTransport(handler)) as client:
+        assert client.functions() == []
+    assert str(seen[0].url) == "http://127.0.0.1:9999/v1/functions"
+    assert seen[0].headers["authorization"] == "Bearer tok"
+
+
+def test_payload_encoding() -> None:
+    assert ops.encode_payload({"a": 1}, None) == (b'{"a":1}', "application/json")
+    assert ops.encode_payload(None, None) == (b"null", "application/json")
+    assert ops.encode_payload(None, b"\x00") == (b"\x00", "application/octet-stream")
+    with pytest.raises(InvalidRequest, match="not JSON-serializable"):
+        ops.encode_payload({1j}, None)
