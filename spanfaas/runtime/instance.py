@@ -10,10 +10,14 @@ interpreter down; in ``reuse`` it loops.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
+import io
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -82,6 +86,40 @@ class Runner:
         self.function_name = function_name
         self.is_async = inspect.iscoroutinefunction(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    def _await(self, awaitable: Any) -> Any:
+        if self._loop_thread is not None:
+            return self._await_on_loop_thread(awaitable)
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
+
+    def _await_on_loop_thread(self, awaitable: Any) -> Any:
+        """Concurrent instance: one loop in its own thread runs every invocation's
+        coroutine, as a task carrying the calling thread's context (its log buffer)."""
+        assert self._loop is not None
+        loop = self._loop
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        ctx = contextvars.copy_context()
+
+        async def run() -> Any:
+            return await awaitable
+
+        def settle(task: asyncio.Task[Any]) -> None:
+            exc = task.exception()
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(task.result())
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(run(), context=ctx).add_done_callback(settle))
+        return done.result()
+
+    def start_loop_thread(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="spanfaas-async", daemon=True)
+        self._loop_thread.start()
 
     def call(self, req: p.Invoke, body: memoryview) -> tuple[p.Done, bytes | memoryview]:
         start = time.perf_counter()
@@ -96,9 +134,7 @@ class Runner:
                 event = bytes(body)
             result = self.handler(event, ctx)
             if inspect.isawaitable(result):
-                if self._loop is None:
-                    self._loop = asyncio.new_event_loop()
-                result = self._loop.run_until_complete(result)  # type: ignore[arg-type]
+                result = self._await(result)
             try:
                 output, content_type = _encode_output(result)
             except (TypeError, msgspec.EncodeError) as exc:
@@ -150,3 +186,59 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
         p.send_frame(sock, done, output)
         if one_shot:
             return
+
+
+_log_buffer: contextvars.ContextVar[io.StringIO | None] = contextvars.ContextVar("spanfaas_log_buffer", default=None)
+
+
+class _ContextStreams(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` for concurrent instances: each invocation
+    (its thread, or its task) writes into its own buffer; anything else falls
+    through to the fd."""
+
+    def __init__(self, fallback: Any) -> None:
+        self._fallback = fallback
+
+    def write(self, s: str) -> int:
+        buf = _log_buffer.get()
+        return (buf if buf is not None else self._fallback).write(s)
+
+    def flush(self) -> None:
+        self._fallback.flush()
+
+
+def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: Capture) -> None:
+    """reuse isolation with ``concurrency > 1``: up to ``slots`` invocations at once.
+
+    Sync handlers run in a thread pool, async handlers as tasks on one loop.
+    Logs are per invocation for what Python code prints or logs; output
+    written straight to fds 1 and 2 (C code, subprocesses) is shared.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if runner.is_async:
+        runner.start_loop_thread()
+    sys.stdout = _ContextStreams(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = _ContextStreams(sys.stderr)  # type: ignore[assignment]
+    send_lock = threading.Lock()
+
+    def handle(req: p.Invoke, body: bytes) -> None:
+        buf = io.StringIO()
+        token = _log_buffer.set(buf)
+        try:
+            done, output = runner.call(req, memoryview(body))
+        finally:
+            _log_buffer.reset(token)
+        logs = buf.getvalue()
+        if logs:
+            done = msgspec.structs.replace(done, logs=logs)
+        with send_lock:
+            p.send_frame(sock, done, output)
+
+    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="spanfaas-invoke") as workers:
+        while True:
+            frame = p.recv_frame(sock, _decoder)
+            if frame is None:
+                return
+            req, body = frame
+            workers.submit(handle, req, bytes(body))

@@ -98,7 +98,7 @@ class Pool:
         self._drained.set()
         self.last_used = time.monotonic()
         self._strict = spec.isolation == "strict"
-        self._slots = 1  # invocations one instance serves at once
+        self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
 
     # -- template life ------------------------------------------------------------
 
@@ -252,14 +252,13 @@ class Pool:
         self._offer(inst)
 
     def _offer(self, inst: Instance) -> None:
-        """Give a free instance to the first waiter, or park it as idle."""
-        while self._waiters:
+        """Give an instance's free slots to waiters; park it if slots remain."""
+        while self._waiters and inst.active < self._slots:
             w = self._waiters.popleft()
             if not w.done():
                 inst.active += 1
                 w.set_result(inst)
-                return
-        if inst not in self._idle:
+        if inst.active < self._slots and inst not in self._idle:
             self._idle.append(inst)
 
     def _on_conn_lost(self, inst: Instance) -> None:
@@ -323,7 +322,8 @@ class Pool:
         """Fork while invocations wait and there is room under ``scaling.max``."""
         if self.state != "ready" or not self._waiters:
             return
-        want = sum(1 for w in self._waiters if not w.done()) - self._pending_forks
+        waiting = sum(1 for w in self._waiters if not w.done())
+        want = -(-waiting // self._slots) - self._pending_forks  # ceil: an instance takes `slots` waiters
         cap = self.spec.scaling.max + (self.spec.scaling.prefork if self._strict else 0)
         self._fork(min(want, cap - self._live()))
 
@@ -384,12 +384,17 @@ class Pool:
                 self._drained.set()
 
     def _take_idle(self) -> Instance | None:
+        """A slot on a ready instance, if one is free (no waiting)."""
         while self._idle:
-            inst = self._idle.popleft()
-            if inst.conn is not None and not inst.conn.lost:
-                inst.active += 1
-                self._replenish()
-                return inst
+            inst = self._idle[0]
+            if inst.conn is None or inst.conn.lost:
+                self._idle.popleft()
+                continue
+            inst.active += 1
+            if inst.active >= self._slots:
+                self._idle.popleft()
+            self._replenish()
+            return inst
         return None
 
     async def _run(

@@ -198,7 +198,10 @@ class Template:
         self.runner.warm()
         capture.take()
         p.send_frame(sock, p.Hello(seq))
-        inst.serve(sock, self.runner, one_shot=self.req.isolation == "strict", capture=capture)
+        if self.req.isolation == "reuse" and self.req.concurrency > 1:
+            inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
+        else:
+            inst.serve(sock, self.runner, one_shot=self.req.isolation == "strict", capture=capture)
         sock.close()
 
     def reap(self) -> None:

@@ -85,3 +85,37 @@ async def test_remove_waits_for_in_flight_then_forgets(harness: Harness) -> None
     assert (await call).ok
     with pytest.raises(FunctionNotFound, match="'gone' is not deployed"):
         await harness.invoke("gone")
+
+
+CONCURRENT = """
+import asyncio, os, threading, time
+
+def handler(event, context):
+    print("serving", context.invocation_id)
+    time.sleep(0.3)
+    return {"pid": os.getpid(), "thread": threading.get_ident()}
+"""
+
+ASYNC_CONCURRENT = """
+import asyncio, os
+
+async def handler(event, context):
+    print("serving", context.invocation_id)
+    await asyncio.sleep(0.3)
+    return os.getpid()
+"""
+
+
+@pytest.mark.parametrize("code", [CONCURRENT, ASYNC_CONCURRENT], ids=["threads", "asyncio"])
+async def test_reuse_instance_serves_its_concurrency_at_once(harness: Harness, code: str) -> None:
+    name = "conc-" + ("async" if "async def" in code else "sync")
+    await harness.deploy(name, code, 'isolation = "reuse"\n[resources]\nconcurrency = 4\n[scaling]\nmax = 1\n')
+    started = time.monotonic()
+    results = await asyncio.gather(*(harness.invoke(name, invocation_id=f"{name}-{i}") for i in range(8)))
+    elapsed = time.monotonic() - started
+    assert all(r.ok for r in results), [r.error for r in results]
+    pids = {json.dumps(json.loads(r.output)["pid"] if b"pid" in r.output else json.loads(r.output)) for r in results}
+    assert len(pids) == 1, "one instance served them all"
+    assert elapsed < 0.3 * 8 / 2, "four at a time, not one"
+    for i, r in enumerate(results):
+        assert r.logs == f"serving {name}-{i}\n", "logs stay with their invocation"
