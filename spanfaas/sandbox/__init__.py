@@ -14,6 +14,7 @@ Intended order in a freshly forked, single-threaded template (see each
 module for why)::
 
     runtime (root):  probe(); cleanup_cgroups(root); cg = Cgroup.create(...); cg.attach(template_pid)
+    zygote:          prepare()   # probe + prebuilt seccomp programs, inherited by templates
     template:        import everything the function will need; unshare_namespaces(network); fork
     pid 1:           setup_pid1(name, network); set_rlimits(plan); drop_privileges(uid);
                      landlock_restrict(ro, rw); seccomp_deny(allow_exec); fork instances as pid 2+
@@ -26,7 +27,7 @@ from spanfaas.sandbox.landlock import landlock_restrict
 from spanfaas.sandbox.limits import drop_privileges, set_rlimits
 from spanfaas.sandbox.namespaces import setup_pid1, unshare_namespaces
 from spanfaas.sandbox.plan import SandboxPlan
-from spanfaas.sandbox.probe import probe, report
+from spanfaas.sandbox.probe import prepare, probe, report
 from spanfaas.sandbox.seccomp import seccomp_deny
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "cleanup_cgroups",
     "drop_privileges",
     "landlock_restrict",
+    "prepare",
     "probe",
     "report",
     "seccomp_deny",

@@ -34,6 +34,7 @@ __all__ = [
     "prctl",
     "sethostname",
     "syscall",
+    "unescape_mount_field",
     "unshare",
 ]
 
@@ -56,11 +57,15 @@ PR_SET_SECCOMP: Final = 22
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_GET_NO_NEW_PRIVS: Final = 39
 
-# Syscall numbers for the calls glibc does not wrap.  Landlock and clone3 got
-# the same numbers on every architecture (they postdate the unified table).
-_NR_BY_ARCH: Final[dict[str, dict[str, int]]] = {
-    "x86_64": {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446},
-    "aarch64": {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446},
+# Syscall numbers for the calls glibc does not wrap.  These postdate the
+# unified syscall table, so every architecture got the same numbers.
+_NR_BY_ARCH: Final[dict[str, dict[str, int]]] = {  # fmt: skip
+    "x86_64": {
+        "mount_setattr": 442, "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+    },
+    "aarch64": {
+        "mount_setattr": 442, "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+    },
 }
 NR: Final[dict[str, int]] = _NR_BY_ARCH.get(ARCH, {})
 
@@ -91,7 +96,7 @@ def _fail(what: str) -> OSError:
     return OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def syscall(name: str, *args: int | ctypes.c_void_p | None) -> int:
+def syscall(name: str, *args: int | ctypes.c_void_p | ctypes.c_char_p | None) -> int:
     """Invoke a raw syscall by name; ints are passed as C longs.
 
     Raises ``OSError(ENOSYS)`` for a syscall this module has no number for
@@ -126,6 +131,21 @@ def has_caps(*caps: int) -> bool:
     except (OSError, StopIteration, ValueError):
         return os.geteuid() == 0
     return all(eff >> c & 1 for c in caps)
+
+
+def unescape_mount_field(field: str) -> str:
+    r"""Undo /proc/self/mountinfo's octal escapes (``\040`` is a space).
+
+    By hand rather than with the ``unicode_escape`` codec: that codec is
+    imported lazily on first use (~1 ms), which fails once Landlock is on.
+    """
+    if "\\" not in field:
+        return field
+    parts = field.split("\\")
+    out = [parts[0]]
+    for part in parts[1:]:
+        out.append(chr(int(part[:3], 8)) + part[3:])
+    return "".join(out)
 
 
 def no_new_privs() -> None:

@@ -28,6 +28,7 @@ import time
 from typing import Final, NamedTuple
 
 from spanfaas.model import Protection
+from spanfaas.sandbox import _libc
 from spanfaas.sandbox.errors import SandboxError
 
 __all__ = ["CONTROLLERS", "Cgroup", "Hierarchy", "cleanup_cgroups", "hierarchies"]
@@ -42,13 +43,6 @@ class Hierarchy(NamedTuple):
 
     version: int
     mount: str
-
-
-def _unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (``\\040`` for a space)."""
-    if "\\" not in field:
-        return field
-    return field.encode().decode("unicode_escape")
 
 
 @functools.cache
@@ -71,7 +65,7 @@ def hierarchies() -> dict[str, Hierarchy]:
         fields, tail = left.split(), right.split()
         if len(fields) < 5 or len(tail) < 3:
             continue
-        mount, fstype, options = _unescape(fields[4]), tail[0], tail[2].split(",")
+        mount, fstype, options = _libc.unescape_mount_field(fields[4]), tail[0], tail[2].split(",")
         if fstype == "cgroup2":
             v2.append(mount)
         elif fstype == "cgroup":

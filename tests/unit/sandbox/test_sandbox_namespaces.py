@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spanfaas.sandbox import setup_pid1, unshare_namespaces
+from spanfaas.sandbox import _libc, setup_pid1, unshare_namespaces
 
 NS = ("pid-namespace", "mount-namespace", "ipc-namespace", "uts-namespace", "net-namespace")
 
@@ -50,7 +50,9 @@ def _rw_mounts_under(top: str) -> list[str]:
     return [m[4] for m in fields if (m[4] == top or m[4].startswith(top + "/")) and "ro" not in m[5].split(",")]
 
 
-def _inside_pid1(name: str, network: str, host_port: int) -> dict[str, Any]:
+def _inside_pid1(name: str, network: str, host_port: int, old_kernel: bool) -> dict[str, Any]:
+    if old_kernel:  # as on Linux < 5.12: no mount_setattr, one remount per mount point
+        del _libc.NR["mount_setattr"]
     applied = setup_pid1(name, network)
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
@@ -69,9 +71,11 @@ def _inside_pid1(name: str, network: str, host_port: int) -> dict[str, Any]:
     }
 
 
-def _template(run_in_child: Callable[..., Any], name: str, network: str, host_port: int) -> dict[str, Any]:
+def _template(
+    run_in_child: Callable[..., Any], name: str, network: str, host_port: int, old_kernel: bool = False
+) -> dict[str, Any]:
     unshared = unshare_namespaces(network)
-    inner = run_in_child(_inside_pid1, name, network, host_port)
+    inner = run_in_child(_inside_pid1, name, network, host_port, old_kernel)
     return {"unshared": [(p.name, p.active, p.reason) for p in unshared], **inner.value, "status": inner.status}
 
 
@@ -81,12 +85,13 @@ def _host_view() -> tuple[str, list[str], str]:
     return socket.gethostname(), mounts, os.readlink("/proc/self/ns/net")
 
 
+@pytest.mark.parametrize("old_kernel", [False, True], ids=["mount_setattr", "remount-each"])
 def test_pid1_sees_only_itself_and_loopback(
-    in_child: Callable[..., Any], require: Callable[..., None], host_listener: int
+    in_child: Callable[..., Any], require: Callable[..., None], host_listener: int, old_kernel: bool
 ) -> None:
     require(*NS)
     before = _host_view()
-    got = in_child(_template, in_child, "fn-test", "none", host_listener).value
+    got = in_child(_template, in_child, "fn-test", "none", host_listener, old_kernel).value
     assert [(n, a) for n, a, _ in got["unshared"]] == [(n, True) for n in NS]
     expected = ("mount-namespace", "pid-namespace", "uts-namespace", "net-namespace")
     assert sorted(got["applied"]) == sorted((n, True) for n in expected)

@@ -11,7 +11,7 @@ import pytest
 
 import spanfaas.sandbox as sandbox
 from spanfaas.model import Protection
-from spanfaas.sandbox import SandboxPlan, probe, report
+from spanfaas.sandbox import SandboxPlan, prepare, probe, report
 
 NAMES = [
     "pid-namespace",
@@ -37,6 +37,7 @@ def test_exported_names() -> None:
         "cleanup_cgroups",
         "drop_privileges",
         "landlock_restrict",
+        "prepare",
         "probe",
         "report",
         "seccomp_deny",
@@ -54,6 +55,7 @@ def test_probe_lists_every_mechanism_with_reasons() -> None:
     assert all(isinstance(p, Protection) for p in result)
     assert all(p.reason for p in result), "every entry says why, active or not"
     assert report() == result
+    assert prepare() is result
     assert probe() is result, "cached"
 
 
