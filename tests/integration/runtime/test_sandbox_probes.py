@@ -187,3 +187,23 @@ async def test_cpu_spin_past_the_timeout_gives_timeout(sandboxed: Harness, probe
     r = await sandboxed.invoke(probes, b'{"probe": "spin"}')
     assert r.error is not None and r.error.kind == "timeout", r.error
     assert (await _probe(sandboxed, probes, probe="whoami"))["pid"] > 0
+
+
+SHARED_BOMB = """
+import mmap
+
+def handler(event, context):
+    # Shared anonymous memory is not limited by RLIMIT_DATA: only the cgroup stops it.
+    m = mmap.mmap(-1, 1024 * 1024 * 1024)
+    for i in range(0, len(m), 4096):
+        m[i] = 1
+    return "survived"
+"""
+
+
+async def test_memory_bomb_past_rlimits_is_stopped_by_the_cgroup(sandboxed: Harness) -> None:
+    require(sandboxed, "cgroup-memory")
+    await sandboxed.deploy("shared-bomb", SHARED_BOMB, "[resources]\nmemory = 32\n[scaling]\nmax = 1\nprefork = 0\n")
+    r = await sandboxed.invoke("shared-bomb")
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "32 MiB" in r.error.message

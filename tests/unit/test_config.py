@@ -1,0 +1,35 @@
+"""Settings: file < env < overrides, validated once, loud on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spanfaas.config import Settings
+from spanfaas.errors import InvalidRequest
+
+
+def test_defaults_run_on_one_machine() -> None:
+    s = Settings.load(env={})
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert s.max_payload == 32 * 1024 * 1024
+    assert s.runtime.sandbox
+
+
+def test_file_then_env_then_overrides(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('port = 9000\nhost = "0.0.0.0"\n[runtime]\nsandbox = false\n')
+    s = Settings.load(cfg, env={"SPANFAAS_PORT": "9100", "SPANFAAS_TOKEN": "ignored"}, host="127.0.0.2")
+    assert s.port == 9100 and s.host == "127.0.0.2" and not s.runtime.sandbox
+
+
+def test_bad_values_fail_loudly(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="SPANFAAS_PORT"):
+        Settings.load(env={"SPANFAAS_PORT": "eighty"})
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("prot = 1\n")
+    with pytest.raises(InvalidRequest, match="unknown field `prot`"):
+        Settings.load(cfg, env={})
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        Settings.load(tmp_path / "nope.toml", env={})

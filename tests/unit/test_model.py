@@ -1,0 +1,92 @@
+"""Manifests are validated once into typed records; errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spanfaas.errors import FunctionError, FunctionOutOfMemory, FunctionTimeout, InvalidManifest
+from spanfaas.model import ErrorInfo, Result, load_manifest, parse_manifest
+
+
+def test_minimal_manifest_gets_defaults() -> None:
+    spec = parse_manifest('name = "hello"')
+    assert spec.handler == "handler:handler"
+    assert (spec.module, spec.function) == ("handler", "handler")
+    assert spec.isolation == "strict" and spec.network == "none" and not spec.allow_subprocess
+    assert spec.resources.memory == 256 and spec.resources.timeout == 30.0
+
+
+def test_full_manifest() -> None:
+    spec = parse_manifest(
+        """
+        name = "resize"
+        handler = "pkg.main:run"
+        isolation = "reuse"
+        network = "host"
+        allow_subprocess = true
+        [resources]
+        memory = 512
+        cpu = 0.5
+        timeout = 10
+        concurrency = 8
+        [scaling]
+        min = 1
+        max = 4
+        idle_ttl = 60
+        [env]
+        MODE = "fast"
+        """.replace("        ", "")
+    )
+    assert spec.module == "pkg.main" and spec.function == "run"
+    assert spec.resources.concurrency == 8 and spec.scaling.max == 4
+    assert spec.env == {"MODE": "fast"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('name = "x"\nmemroy = 5', "memroy"),
+        ('name = "x"\n[resources]\nmemroy = 5', "memroy"),
+        ('name = "x"\n[scaling]\nmaximum = 5', "maximum"),
+    ],
+)
+def test_unknown_keys_are_named(text: str, key: str) -> None:
+    with pytest.raises(InvalidManifest, match=f"unknown field `{key}`"):
+        parse_manifest(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('name = "Bad Name"', "name"),
+        ('name = "x"\nisolation = "sometimes"', "isolation"),
+        ('name = "x"\nhandler = "no-colon"', "handler"),
+        ('name = "x"\n[resources]\nmemory = 1', "resources.memory"),
+        ('name = "x"\n[resources]\ntimeout = -1', "resources.timeout"),
+        ("name = ", "not valid TOML"),
+        ("", "name"),
+    ],
+)
+def test_invalid_values_say_where(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidManifest, match=fragment.replace(".", r"\.")):
+        parse_manifest(text)
+
+
+def test_load_manifest_from_directory(tmp_path: Path) -> None:
+    (tmp_path / "spanfaas.toml").write_text('name = "dir-fn"')
+    assert load_manifest(tmp_path).name == "dir-fn"
+    with pytest.raises(InvalidManifest, match="no spanfaas.toml"):
+        load_manifest(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("kind", "exc"), [("error", FunctionError), ("timeout", FunctionTimeout), ("oom", FunctionOutOfMemory)]
+)
+def test_result_raises_the_typed_error(kind: str, exc: type[Exception]) -> None:
+    r = Result(invocation_id="i", function="f", error=ErrorInfo(kind=kind, type="ValueError", message="m"))  # type: ignore[arg-type]
+    assert not r.ok
+    with pytest.raises(exc, match="ValueError: m"):
+        r.raise_for_error()
+    Result(invocation_id="i", function="f").raise_for_error()
