@@ -25,7 +25,7 @@ import msgspec
 
 import spanfaas
 from spanfaas.config import RuntimeSettings, Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge
 from spanfaas.model import FunctionSpec, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.channels import ControlChannel
@@ -222,6 +222,12 @@ class LocalRuntime:
             self._retire(old)
 
     async def invoke(self, name: str, payload: bytes, ctx: InvokeContext) -> Result:
+        if len(payload) > self.rt.max_payload:
+            raise PayloadTooLarge(
+                f"payload of {len(payload)} bytes is over the runtime's limit of {self.rt.max_payload} bytes "
+                "(runtime.max_payload); send a reference to the data instead",
+                limit=self.rt.max_payload,
+            )
         pool = self._pools.get(name)
         if pool is None:
             raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime; deployed: {', '.join(sorted(self._pools)) or 'none'}")

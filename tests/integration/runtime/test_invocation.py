@@ -75,3 +75,12 @@ async def test_environment_from_manifest(harness: Harness) -> None:
         '[env]\nGREETING = "hej"\n',
     )
     assert (await harness.invoke("envfn")).output == b'"hej"'
+
+
+async def test_payload_over_the_limit_is_refused_before_it_reaches_the_function(harness: Harness) -> None:
+    from spanfaas.errors import PayloadTooLarge
+
+    await harness.deploy("echo-limit", ECHO, 'isolation = "reuse"\n')
+    limit = harness.rt.rt.max_payload
+    with pytest.raises(PayloadTooLarge, match=f"limit of {limit} bytes"):
+        await harness.invoke("echo-limit", b"x" * (limit + 1), content_type="application/octet-stream")
