@@ -94,6 +94,7 @@ class Pool:
         self._pending_forks = 0
         self._busy = 0
         self._start_failures = 0
+        self._oom_seen = 0
         self._drained: asyncio.Event = asyncio.Event()
         self._drained.set()
         self.last_used = time.monotonic()
@@ -403,7 +404,6 @@ class Pool:
         assert inst.conn is not None
         conn = inst.conn
         req = p.Invoke(id=conn.next_id(), invocation_id=ctx.invocation_id, content_type=ctx.content_type, deadline=deadline, event=ctx.event)
-        oom_before = self.runtime.oom_kills(self)
         try:
             done, output = await asyncio.wait_for(conn.request(req, payload), max(0.0, deadline - time.time()))
         except asyncio.TimeoutError:
@@ -411,7 +411,7 @@ class Pool:
             inst.kill()
             return self._result(ctx, ErrorInfo(kind="timeout", message=f"the function ran past its {timeout:g}s timeout and was stopped"), arrived, cold)
         except InstanceLost:
-            return self._result(ctx, await self._why_lost(inst, oom_before), arrived, cold)
+            return self._result(ctx, await self._why_lost(inst), arrived, cold)
         finally:
             inst.active -= 1
             inst.served += 1
@@ -429,13 +429,13 @@ class Pool:
             cold=cold,
         )
 
-    async def _why_lost(self, inst: Instance, oom_before: int) -> ErrorInfo:
+    async def _why_lost(self, inst: Instance) -> ErrorInfo:
         try:
             status = await asyncio.wait_for(asyncio.shield(inst.exit_status), EXIT_STATUS_WAIT)
         except asyncio.TimeoutError:
             status = -1
         signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
-        if signum == signal.SIGKILL and self.runtime.oom_kills(self) > oom_before:
+        if signum == signal.SIGKILL and self._new_oom_kill():
             return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped", exit_status=-signum)
         if status < 0:
             return ErrorInfo(kind="crashed", message="the instance was lost (its template or the runtime stopped it)")
@@ -444,6 +444,15 @@ class Pool:
             return ErrorInfo(kind="crashed", message=f"the instance was killed by signal {name}", exit_status=-signum)
         code = os.WEXITSTATUS(status)
         return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
+
+    def _new_oom_kill(self) -> bool:
+        """Did the cgroup OOM-kill someone since we last looked? (Read only when
+        an instance died by SIGKILL, never on the request path.)"""
+        seen = self.runtime.oom_kills(self)
+        if seen > self._oom_seen:
+            self._oom_seen += 1
+            return True
+        return False
 
     def _result(self, ctx: InvokeContext, error: ErrorInfo, arrived: float, cold: bool) -> Result:
         return Result(
