@@ -46,9 +46,10 @@ def deploy(
         if as_json:
             record = client.deploy(path)
         else:
+            console = err_console()
             with Progress(
                 TextColumn("uploading [bold]{task.description}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                console=err_console(), transient=True,
+                console=console, transient=True, disable=not console.is_terminal,
             ) as bar:
                 task = bar.add_task(path.name, total=None)
                 record = client.deploy(path, progress=lambda sent, total: bar.update(task, completed=sent, total=total))
@@ -172,7 +173,7 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
             escape(str(spec.get("handler", ""))),
             str(spec.get("isolation", "")),
             f"{res.get('memory', '')} MiB",
-            f"{res.get('timeout', '')} s",
+            f"{res.get('timeout', 0):g} s",
             ago(fn.get("created_at")),
         )
     out_console().print(table)

@@ -48,7 +48,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON do
 
 
 def out_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # Piped into a file or another program, tables keep their full width (not 80 columns).
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def err_console() -> Console:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +19,6 @@ from spanfaas.errors import InfraError, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
 
 __all__ = ["doctor", "examples_dir", "up"]
-
 
 
 def examples_dir() -> Path | None:
@@ -42,74 +40,64 @@ def _demo_dirs() -> list[Path]:
 @handle_errors
 def up(
     host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on; 0 picks a free one [default: 8080].", show_default=False)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where state lives [default: $XDG_DATA_HOME/spanfaas].", show_default=False)] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Deploy the functions in examples/.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
+    from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
     from spanfaas.gateway.server import serve
+    from spanfaas.store import open_store
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = Settings.load(host=host, port=port, data_dir=str(data_dir) if data_dir is not None else None)
-    url = f"http://{_url_host(settings.host)}:{settings.port}"
+    saved = load_user_config()
+    store = open_store(settings)
+    try:
+        admin_token = bootstrap_admin_token(store)
+        # Is the saved token one of this gateway's? Then keep the saved URL pointing here.
+        saved_is_ours = bool(saved.token) and store.get_token_by_hash(hash_token(saved.token)) is not None
+    finally:
+        store.close()
     demo_dirs = _demo_dirs() if demo else []
 
-    def ready(admin_token: str | None = None, **_: Any) -> None:
-        _announce(url, admin_token, demo_dirs, as_json=as_json)
+    def ready(url: str) -> None:
+        token = admin_token or (saved.token if saved_is_ours else None)
+        if token:
+            save_user_config(UserConfig(url=url, token=token))
+        _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json)
 
-    stop = _stop_on_sigterm()
     try:
-        asyncio.run(serve(settings, demo_dirs=demo_dirs, ready=ready))
-    except KeyboardInterrupt:
+        serve(settings, demo_dirs=demo_dirs, ready=ready)
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
         pass
-    finally:
-        stop()
     if not as_json:
         err_console().print("[dim]spanfaas stopped[/dim]")
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
-
-
-def _announce(url: str, admin_token: str | None, demo_dirs: list[Path], *, as_json: bool) -> None:
+def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool) -> None:
     path = config_path()
-    saved = load_user_config(path)
-    if admin_token:
-        save_user_config(UserConfig(url=url, token=admin_token), path)
-    elif saved.url.rstrip("/") != url and saved.token:
-        pass  # another gateway's token: leave it, the user passes --url/--token for this one
     if as_json:
-        print_json({"url": url, "admin_token": admin_token, "config": str(path), "demo": [p.name for p in demo_dirs]})
+        print_json({"url": url, "admin_token": admin_token, "config": str(path) if saved else None, "demo": [p.name for p in demo_dirs]})
         return
     console = out_console()
     console.print(f"[bold green]spanfaas is up[/bold green] at [bold]{escape(url)}[/bold]")
     if admin_token:
         console.print(f"admin token (shown once, saved to {escape(str(path))}):")
         console.print(f"  [bold]{escape(admin_token)}[/bold]")
-    elif saved.url.rstrip("/") != url:
+    elif saved:
+        console.print(f"[dim]the CLI and SDK find it through {escape(str(path))}[/dim]")
+    else:
         console.print(
-            f"[yellow]{escape(str(path))} points at {escape(saved.url or 'nothing')}; "
-            f"use --url {escape(url)} --token TOKEN with this gateway[/yellow]"
+            f"[yellow]{escape(str(path))} holds no token of this gateway; "
+            f"pass --url {escape(url)} --token TOKEN (the admin token printed at its first start)[/yellow]"
         )
     if demo_dirs:
         console.print("demo functions: " + ", ".join(escape(p.name) for p in demo_dirs))
-        console.print(f"try: [bold]spanfaas invoke hello -d '{{\"name\": \"you\"}}'[/bold]")
+        console.print("try: [bold]spanfaas invoke hello -d '{\"name\": \"you\"}'[/bold]")
     console.print("[dim]stop with Ctrl-C[/dim]")
     sys.stdout.flush()
-
-
-def _stop_on_sigterm() -> Any:
-    """SIGTERM stops ``up`` like Ctrl-C: a clean shutdown with exit code 0."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 @handle_errors
@@ -136,29 +124,24 @@ def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
     else:
         console = out_console()
         mark = "[green]✓[/green]" if report["authenticated"] else "[red]✗[/red]"
-        console.print(f"{mark} gateway {escape(report['url'])}: " + (
-            f"spanfaas {escape(str(report['version']))}" if report["authenticated"] else escape(str(report.get("error", "")))
-        ))
+        status = f"spanfaas {report['version']}" if report["authenticated"] else str(report.get("error", ""))
+        console.print(f"{mark} gateway {escape(report['url'])}: {escape(status)}")
         if report["protections"]:
             console.print(f"sandbox protections (from the {report['source']}):")
             console.print(protection_table(report["protections"]))
+        elif report["authenticated"]:
+            console.print("[dim]the gateway's infrastructures report no sandbox protections[/dim]")
     if not report["protections"] and not report["authenticated"]:
         raise typer.Exit(InfraError.exit_code)
 
 
 def _local_protections() -> list[dict[str, Any]] | None:
+    """What the sandbox can apply on this machine, when no gateway answers."""
     try:
-        from spanfaas import sandbox
+        from spanfaas.sandbox import probe
     except ImportError:
         return None
-    probe = getattr(sandbox, "probe", None)
-    if probe is None:
-        return None
-    found = probe()
-    out = []
-    for p in found:
-        if isinstance(p, dict):
-            out.append(p)
-        else:
-            out.append({"name": p.name, "active": p.active, "reason": p.reason})
-    return out
+    return [
+        p if isinstance(p, dict) else {"name": p.name, "active": p.active, "reason": p.reason}
+        for p in probe()
+    ]

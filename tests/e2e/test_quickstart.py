@@ -1,0 +1,216 @@
+"""The quick start, as a new user does it: the ``spanfaas`` command in a shell.
+
+``spanfaas up`` runs as a subprocess on a free port with its own data dir and
+config dir; the other commands find it through the config it saved.  The
+function runs on the real local runtime (forked, sandboxed where the host
+allows).  Then the same function through raw HTTP and through the SDK, and
+a SIGTERM must stop everything cleanly with exit code 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("spanfaas.infra.local") is None,
+        reason="needs the local runtime (spanfaas.infra.local), which is not there yet",
+    ),
+]
+
+
+def spanfaas_command() -> list[str]:
+    """The venv's ``spanfaas`` script (``pip install -e .`` makes it), else the module."""
+    script = Path(sys.executable).with_name("spanfaas")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "spanfaas.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Shell:
+    """Runs ``spanfaas …`` as the user would, in the repository, with the user's environment."""
+
+    def __init__(self, home: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SPANFAAS_")}
+        self.env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"), COLUMNS="200")
+        self.config = home / "config" / "spanfaas" / "config.toml"
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*spanfaas_command(), *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+class Up:
+    """``spanfaas up`` in the background."""
+
+    def __init__(self, shell: Shell, port: int, data_dir: Path, logs: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.out, self.err = logs / "up.out", logs / "up.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(
+                [*spanfaas_command(), "up", "--port", str(port), "--data-dir", str(data_dir)],
+                cwd=ROOT, env=shell.env, stdout=out, stderr=err, start_new_session=True,
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return f"--- stdout\n{self.out.read_text()}\n--- stderr\n{self.err.read_text()}"
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"spanfaas up exited with {self.proc.returncode}\n{self.output()}"
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200 and "spanfaas is up" in self.out.read_text():
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"spanfaas up did not become healthy in {timeout} s\n{self.output()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Shell:
+    return Shell(tmp_path)
+
+
+@pytest.fixture
+def up(shell: Shell, tmp_path: Path) -> Iterator[Up]:
+    server = Up(shell, free_port(), tmp_path / "state", tmp_path)
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.kill()  # only if the test did not stop it
+
+
+def test_quickstart(shell: Shell, up: Up, monkeypatch: pytest.MonkeyPatch) -> None:
+    # First start: the admin token is printed once and saved with the URL for this user.
+    saved = tomllib.loads(shell.config.read_text())
+    assert saved["url"] == up.url
+    token = saved["token"]
+    assert token in up.out.read_text()
+    assert oct(shell.config.stat().st_mode & 0o777) == "0o600"
+
+    r = shell("deploy", "examples/hello")
+    assert r.returncode == 0, r.stderr
+    assert "deployed hello version 1" in r.stdout
+
+    r = shell("invoke", "hello", "-d", '{"name":"x"}')
+    assert r.returncode == 0, f"{r.stderr}\n{up.output()}"
+    assert json.loads(r.stdout) == {"message": "hello, x"}
+    assert "local" in r.stderr  # it ran on the local runtime
+
+    # The same through raw HTTP, as curl would.
+    resp = httpx.post(
+        f"{up.url}/v1/functions/hello/invoke",
+        content=b'{"name": "curl"}',
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"message": "hello, curl"}
+    assert len(resp.headers["x-spanfaas-invocation-id"]) == 32 and resp.headers["x-spanfaas-infra"] == "local"
+    assert httpx.post(f"{up.url}/v1/functions/hello/invoke", content=b"{}", timeout=30).status_code == 401
+
+    # And through the SDK, which finds the gateway and the token in the same saved config.
+    monkeypatch.setenv("XDG_CONFIG_HOME", shell.env["XDG_CONFIG_HOME"])
+    for name in ("SPANFAAS_URL", "SPANFAAS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    from spanfaas import Client
+
+    with Client() as sf:
+        assert sf.url == up.url
+        assert sf.invoke("hello", {"name": "sdk"}) == {"message": "hello, sdk"}
+        assert sf.map("hello", [{"name": str(i)} for i in range(20)], concurrency=4) == [
+            {"message": f"hello, {i}"} for i in range(20)
+        ]
+        job = sf.invoke_async("hello", {"name": "async"})
+        assert sf.result(job, timeout=30) == {"message": "hello, async"}
+
+    r = shell("ls")
+    assert r.returncode == 0 and "hello" in r.stdout and "handler:handler" in r.stdout
+
+    r = shell("logs", "hello", "-n", "100")
+    assert r.returncode == 0, r.stderr
+    assert "greeting x" in r.stdout and "greeting sdk" in r.stdout
+
+    r = shell("info", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["infrastructures"][0]["kind"] == "local"
+
+    r = shell("rm", "hello")
+    assert r.returncode == 0 and "removed hello" in r.stdout
+    r = shell("invoke", "hello", "-d", "{}")
+    assert r.returncode == 4 and r.stderr.startswith("error: function 'hello' not found")
+
+    # SIGTERM: a clean stop, exit code 0, within a few seconds, nothing left behind.
+    up.proc.send_signal(signal.SIGTERM)
+    try:
+        code = up.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"spanfaas up did not stop within 15 s of SIGTERM\n{up.output()}")
+    assert code == 0, up.output()
+    assert "Traceback" not in up.err.read_text(), up.output()
+    deadline = time.monotonic() + 5
+    while True:  # the runtime's processes (zygote, templates, instances) are gone too
+        try:
+            os.killpg(up.proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of spanfaas up outlived it"
+        time.sleep(0.05)
+
+
+def test_unreachable_gateway_tells_the_user_to_start_it(shell: Shell) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    r = shell("ls", "--url", url)
+    assert r.returncode == 7
+    assert r.stderr.strip() == f"error: cannot reach spanfaas at {url}: is `spanfaas up` running?"
+    assert r.stdout == ""
+
+
+def test_second_start_keeps_the_saved_token(shell: Shell, tmp_path: Path) -> None:
+    first = Up(shell, free_port(), tmp_path / "state2", tmp_path)
+    try:
+        first.wait_healthy()
+        token = tomllib.loads(shell.config.read_text())["token"]
+    finally:
+        first.proc.send_signal(signal.SIGTERM)
+        first.proc.wait(15)
+    (tmp_path / "again").mkdir()
+    again = Up(shell, free_port(), tmp_path / "state2", tmp_path / "again")
+    try:
+        again.wait_healthy()
+        assert "admin token" not in again.out.read_text()  # printed once, on the first start only
+        saved = tomllib.loads(shell.config.read_text())
+        assert saved == {"url": again.url, "token": token}  # the URL follows this gateway's new port
+        r = shell("ls", "--json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        again.proc.send_signal(signal.SIGTERM)
+        assert again.proc.wait(15) == 0, again.output()

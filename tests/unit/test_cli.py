@@ -1,0 +1,269 @@
+"""The ``spanfaas`` command, driven through Typer's CliRunner against a real gateway
+app (in-memory infrastructure) served by uvicorn on a loopback port.
+
+``up`` starts the real local runtime and is covered by tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from click.testing import Result
+from typer.testing import CliRunner
+
+from spanfaas.cli import app
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app
+from spanfaas.gateway.auth import issue_token
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.store import SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[2]
+HELLO = str(ROOT / "examples" / "hello")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Live:
+    """The gateway app on uvicorn in a thread, with an admin and an invoke-only token."""
+
+    def __init__(self, root: Path) -> None:
+        self.store = SQLiteStore(root / "spanfaas.db")
+        self.app = create_app(Settings(data_dir=str(root)), self.store, InMemoryInfrastructure())
+        self.admin = issue_token(self.store, "admin", ["admin"])[1]
+        self.invoker = issue_token(self.store, "invoker", ["invoke"])[1]
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Live:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.store.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    with Live(tmp_path_factory.mktemp("cli-gateway")) as gw:
+        yield gw
+
+
+@pytest.fixture
+def cli(live: Live, tmp_path: Path) -> Any:
+    """Run ``spanfaas ARGS`` against the live gateway (url/token from the env, as a user would set them)."""
+    runner = CliRunner()
+    env = {"SPANFAAS_URL": live.url, "SPANFAAS_TOKEN": live.admin, "XDG_CONFIG_HOME": str(tmp_path / "config"), "COLUMNS": "200"}
+
+    def run(*args: str, input: str | bytes | None = None, **extra_env: str) -> Result:
+        return runner.invoke(app, list(args), env={**env, **extra_env}, input=input, catch_exceptions=False)
+
+    return run
+
+
+def expect_error(result: Result, code: int, *fragments: str) -> None:
+    """A red one-line message on stderr and the error's exit code; no traceback of the CLI."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: "), result.stderr
+    assert "spanfaas/cli" not in result.stderr and "spanfaas/client" not in result.stderr
+    if code != 8:  # a failed function's own traceback is shown: it is what the user fixes
+        assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+def fn_dir(root: Path, name: str, code: str) -> str:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "spanfaas.toml").write_text(f'name = "{name}"\nhandler = "main:handler"\n')
+    (d / "main.py").write_text(code)
+    return str(d)
+
+
+# -- the everyday path ----------------------------------------------------------------
+
+
+def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
+    r = cli("deploy", HELLO)
+    assert r.exit_code == 0, r.stderr
+    assert "deployed hello version" in r.stdout
+
+    r = cli("invoke", "hello", "-d", '{"name":"x"}')
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == {"message": "hello, x"}
+    assert "ms" in r.stderr and "memory" in r.stderr  # timing and infra on stderr, data alone on stdout
+
+    r = cli("ls")
+    assert r.exit_code == 0 and "hello" in r.stdout and "handler:handler" in r.stdout
+
+    r = cli("logs", "hello")
+    assert r.exit_code == 0 and "succeeded" in r.stdout
+
+    r = cli("rm", "hello")
+    assert r.exit_code == 0 and "removed hello" in r.stdout
+    expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
+
+
+def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
+    docs: dict[str, Any] = {}
+    for name, args in [
+        ("deploy", ["deploy", HELLO]),
+        ("invoke", ["invoke", "hello", "-d", '{"name":"j"}']),
+        ("async", ["invoke", "hello", "-d", '{"name":"later"}', "--async"]),
+        ("ls", ["ls"]),
+        ("logs", ["logs", "hello"]),
+        ("info", ["info"]),
+        ("doctor", ["doctor"]),
+    ]:
+        r = cli(*args, "--json")
+        assert r.exit_code == 0, (name, r.stderr)
+        docs[name] = json.loads(r.stdout)  # exactly one document: json.loads rejects trailing data
+    assert docs["deploy"]["name"] == "hello"
+    assert docs["invoke"]["result"] == {"message": "hello, j"} and docs["invoke"]["status"] == "succeeded"
+    assert docs["async"]["status"] == "queued"
+    assert "hello" in [f["name"] for f in docs["ls"]["functions"]]
+    assert docs["logs"]["invocations"]
+    assert docs["info"]["version"] and docs["doctor"]["authenticated"] is True
+
+    job = docs["async"]["id"]
+    r = cli("result", job, "--wait", "--timeout", "10", "--json")
+    assert r.exit_code == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert record["id"] == job and record["result"] == {"message": "hello, later"}
+
+    r = cli("rm", "hello", "--json")
+    assert json.loads(r.stdout) == {"removed": "hello"}
+
+
+def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
+    cli("deploy", HELLO)
+    event = tmp_path / "event.json"
+    event.write_text('{"name": "file"}')
+    r = cli("invoke", "hello", "-d", f"@{event}")
+    assert json.loads(r.stdout) == {"message": "hello, file"}
+    r = cli("invoke", "hello", "-d", "@-", input='{"name": "stdin"}')
+    assert json.loads(r.stdout) == {"message": "hello, stdin"}
+    r = cli("invoke", "hello", "--raw", "-d", '{"name":"raw"}')
+    assert r.stdout == '{"message":"hello, raw"}'
+    expect_error(cli("invoke", "hello", "-d", "{name: x}"), 2, "-d is not valid JSON", "quote it")
+    expect_error(cli("invoke", "hello", "-d", f"@{tmp_path / 'missing.json'}"), 2, "cannot read -d @")
+
+
+def test_bytes_round_trip(cli: Any, tmp_path: Path) -> None:
+    cli("deploy", fn_dir(tmp_path, "rev", "def handler(event, context):\n    return bytes(reversed(event))\n"))
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\xffabc")
+    r = cli("invoke", "rev", "-d", f"@{blob}", "--raw")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == b"cba\xff\x00"
+    r = cli("invoke", "rev", "-d", f"@{blob}", "--json")
+    assert json.loads(r.stdout)["output_base64"] == "Y2Jh/wA="
+
+
+def test_async_then_result(cli: Any, tmp_path: Path) -> None:
+    cli("deploy", fn_dir(tmp_path, "nap", "import time\ndef handler(event, context):\n    time.sleep(0.5)\n    return 'rested'\n"))
+    r = cli("invoke", "nap", "--async")
+    assert r.exit_code == 0
+    job = r.stdout.strip()
+    assert len(job) == 32 and f"spanfaas result {job} --wait" in r.stderr
+    r = cli("result", job)
+    assert r.exit_code == 0 and ("queued" in r.stdout or "running" in r.stdout or "rested" in r.stdout)
+    r = cli("result", job, "--wait")
+    assert r.exit_code == 0 and json.loads(r.stdout) == "rested"
+    r = cli("logs", job)
+    assert r.exit_code == 0 and job in r.stdout
+
+
+def test_function_failure_shows_its_traceback_and_logs(cli: Any, tmp_path: Path) -> None:
+    cli("deploy", fn_dir(tmp_path, "boom", "def handler(event, context):\n    print('working on it')\n    raise KeyError('missing-thing')\n"))
+    r = cli("invoke", "boom")
+    expect_error(r, 8, "KeyError", "missing-thing")
+    assert 'raise KeyError' in r.stderr and "working on it" in r.stderr  # the function's traceback and logs
+    r = cli("invoke", "boom", "--json")
+    assert r.exit_code == 8
+    problem = json.loads(r.stdout)
+    assert problem["type"].endswith("/function-error") and "KeyError" in problem["traceback"]
+
+    job = cli("invoke", "boom", "--async").stdout.strip()
+    expect_error(cli("result", job, "--wait", "--timeout", "10"), 8, "missing-thing")
+
+
+# -- errors say what to fix --------------------------------------------------------------
+
+
+def test_unreachable_gateway(cli: Any) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (["ls"], ["info"], ["invoke", "hello"], ["deploy", HELLO], ["rm", "x"], ["logs", "x"], ["result", "x"]):
+        expect_error(cli(*args, "--url", url), 7, f"cannot reach spanfaas at {url}: is `spanfaas up` running?")
+    r = cli("ls", "--url", url, "--json")
+    assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 503
+
+
+def test_tokens_and_scopes(cli: Any, live: Live) -> None:
+    expect_error(cli("ls", "--token", "nope"), 3)
+    expect_error(cli("ls", SPANFAAS_TOKEN=""), 3, "SPANFAAS_TOKEN")
+    expect_error(cli("deploy", HELLO, "--token", live.invoker), 3, "deploy")
+
+
+def test_bad_manifest_names_the_key(cli: Any, tmp_path: Path) -> None:
+    d = Path(fn_dir(tmp_path, "bad", "def handler(e, c): pass\n"))
+    (d / "spanfaas.toml").write_text('name = "bad"\nhandler = "main:handler"\n[resources]\nmemroy = 5\n')
+    expect_error(cli("deploy", str(d)), 2, "memroy")
+    expect_error(cli("deploy", str(tmp_path / "nowhere")), 2, "does not exist")
+
+
+def test_not_found(cli: Any) -> None:
+    expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
+    expect_error(cli("result", "0" * 32), 4)
+    expect_error(cli("rm", "no-such-thing"), 4)
+
+
+def test_info_and_doctor(cli: Any) -> None:
+    r = cli("info")
+    assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout
+    r = cli("doctor")
+    assert r.exit_code == 0 and "✓ gateway" in r.stdout
+
+
+def test_doctor_without_a_gateway_probes_locally(cli: Any) -> None:
+    r = cli("doctor", "--url", f"http://127.0.0.1:{free_port()}", "--json")
+    report = json.loads(r.stdout)
+    assert report["reachable"] is False and "cannot reach spanfaas" in report["error"]
+    assert report["source"] == "local probe" and r.exit_code == 0
+    assert {"name", "active", "reason"} <= set(report["protections"][0])
+
+
+def test_saved_config_is_used(cli: Any, live: Live, tmp_path: Path) -> None:
+    from spanfaas.client.userconfig import UserConfig, config_path, save_user_config
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    save_user_config(UserConfig(url=live.url, token=live.admin), config_path(env))
+    r = cli("ls", "--json", SPANFAAS_URL="", SPANFAAS_TOKEN="", **env)
+    assert r.exit_code == 0, r.stderr
+    assert "functions" in json.loads(r.stdout)
+
+
+def test_help_lists_the_commands(cli: Any) -> None:
+    r = cli("--help")
+    for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
+        assert command in r.stdout
