@@ -6,6 +6,11 @@
       AuthMiddleware         bearer token on /v1 → rank in the ASGI scope
         Router               the endpoint table (api.py); invoke is raw ASGI
 
+The invoke hot path takes a short cut around Starlette's own layers (server
+error and exception middleware, route matching): ``POST /v1/functions/{name}/invoke``
+goes straight to ProblemMiddleware → AuthMiddleware → InvokeEndpoint, the
+same objects, with nothing in between.
+
 and its lifespan redeploys the stored functions onto the infrastructure,
 then runs the background writers and the async dispatcher.
 """
@@ -22,6 +27,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spanfaas.config import Settings
 from spanfaas.infra.base import Infrastructure
@@ -29,6 +35,7 @@ from spanfaas.store import Store
 from spanfaas.gateway.api import endpoints, routes
 from spanfaas.gateway.auth import AuthMiddleware, TokenCache
 from spanfaas.gateway.dispatcher import Dispatcher
+from spanfaas.gateway.invoke import InvokeEndpoint
 from spanfaas.gateway.metrics import Metrics
 from spanfaas.gateway.openapi import build_openapi
 from spanfaas.gateway.problems import ProblemMiddleware, http_exception_handler
@@ -74,6 +81,32 @@ class Gateway:
         await self.recorder.close()
 
 
+class _InvokeShortCut:
+    """Sends invoke requests down the short path, everything else to Starlette."""
+
+    def __init__(self, app: ASGIApp, invoke: ASGIApp) -> None:
+        self.app = app
+        self.invoke = invoke
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.endswith("/invoke") and path.startswith("/v1/functions/") and scope["method"] == "POST":
+                name = path[14:-7]
+                if name and "/" not in name:
+                    scope["path_params"] = {"name": name}
+                    await self.invoke(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class _GatewayApp(Starlette):
+    invoke_path: ASGIApp
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _InvokeShortCut(super().build_middleware_stack(), self.invoke_path)
+
+
 def create_app(settings: Settings, store: Store, infra: Infrastructure, *, freeze_gc: bool = False) -> Starlette:
     """The gateway app; its lifespan starts and stops the background work."""
     gw = Gateway(settings, store, infra)
@@ -86,11 +119,13 @@ def create_app(settings: Settings, store: Store, infra: Infrastructure, *, freez
         finally:
             await asyncio.shield(gw.stop())
 
-    app = Starlette(
+    app = _GatewayApp(
         routes=routes(gw, gw.table),
         middleware=[Middleware(ProblemMiddleware), Middleware(AuthMiddleware, cache=gw.tokens)],
         exception_handlers={HTTPException: http_exception_handler},
         lifespan=lifespan,
     )
+    invoke = next(e.handler for e in gw.table if isinstance(e.handler, InvokeEndpoint))
+    app.invoke_path = ProblemMiddleware(AuthMiddleware(invoke, cache=gw.tokens))
     app.state.gateway = gw
     return app

@@ -239,5 +239,8 @@ def _listing(root: Path, limit: int = 20) -> str:
 
 
 def temp_dir(parent: Path) -> Path:
+    """A fresh directory to unpack into; readable by all (functions may run as another uid)."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    path.chmod(0o755)
+    return path

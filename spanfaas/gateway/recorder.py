@@ -26,7 +26,7 @@ log = logging.getLogger("spanfaas.gateway")
 
 
 class Recorder:
-    def __init__(self, store: Store, *, interval: float = 0.02, max_batch: int = 1000) -> None:
+    def __init__(self, store: Store, *, interval: float = 0.05, max_batch: int = 2000) -> None:
         self.store = store
         self.interval = interval
         self.max_batch = max_batch

@@ -92,6 +92,7 @@ async def serve_async(
                 http="httptools",
                 lifespan="on",
                 access_log=False,
+                proxy_headers=False,
                 log_level="warning",
                 timeout_graceful_shutdown=10,
                 backlog=4096,

@@ -31,6 +31,16 @@ _INV_UPDATE = ", ".join(
     f"{c} = excluded.{c}" for c in (s.strip() for s in INV_COLS.split(",")) if c != "id"
 )
 _FN_COLS = "name, version, digest, spec, created_at"
+_CHUNK = 500
+"""Rows per multi-row INSERT (x 19 columns stays under SQLite's 32766 parameters)."""
+
+
+def _upsert(n: int) -> str:
+    values = ", ".join([f"({_INV_SLOTS})"] * n)
+    return (
+        f"INSERT INTO invocations ({INV_COLS}) VALUES {values} "
+        f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL"
+    )
 _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 
 _spec_decoder = msgspec.json.Decoder(FunctionSpec)
@@ -156,12 +166,14 @@ class SQLStore:
     def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
         if not records:
             return
-        sql = self._q(
-            f"INSERT INTO invocations ({INV_COLS}) VALUES ({_INV_SLOTS}) "
-            f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL"
-        )
+        unique = list({r.id: r for r in records}.values())  # one row may be hit once per statement
         with self._tx() as cur:
-            cur.executemany(sql, [_row(r) for r in records])
+            # Many rows per statement: one trip into the database (and, for
+            # SQLite, one release of the GIL) per chunk, not one per row.
+            for i in range(0, len(unique), _CHUNK):
+                chunk = unique[i : i + _CHUNK]
+                params = [v for r in chunk for v in _row(r)]
+                cur.execute(self._q(_upsert(len(chunk))), params)
 
     def get_invocation(self, id: str) -> InvocationRecord | None:
         with self._read() as cur:

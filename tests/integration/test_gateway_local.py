@@ -1,0 +1,106 @@
+"""The gateway on the real local runtime: deploy, invoke (sync and async), fail, stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+
+HANDLER = """
+import os
+def handler(event, context):
+    print("running", context.invocation_id)
+    if event.get("fail"):
+        raise KeyError("missing thing")
+    return {"hello": event.get("name", "world"), "pid": os.getpid()}
+"""
+
+
+@pytest.fixture
+def world_readable_tmp() -> Iterator[Path]:
+    """Functions run as another uid: their bundle path must be reachable (pytest's tmp is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="spanfaas-gw-local-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def function_dir(root: Path, name: str, isolation: str) -> Path:
+    d = root / "src" / name
+    d.mkdir(parents=True)
+    (d / "handler.py").write_text(HANDLER)
+    (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "{isolation}"\n')
+    return d
+
+
+def wait_done(c: httpx.Client, id: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, object] = c.get(f"/v1/invocations/{id}").json()
+        if view["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return view
+        time.sleep(0.05)
+
+
+def test_deploy_and_invoke_on_the_local_runtime(world_readable_tmp: Path) -> None:
+    gw = GatewayProcess(world_readable_tmp / "data", infra="local")
+    try:
+        gw.start()
+        pgid = gw.proc.pid if gw.proc else 0
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            info = c.get("/v1/info").json()
+            assert [i["kind"] for i in info["infrastructures"]] == ["local"]
+            assert isinstance(info["protections"], list)
+            for name, isolation in (("hello", "reuse"), ("strict-hello", "strict")):
+                r = c.put(f"/v1/functions/{name}", content=pack_function(function_dir(world_readable_tmp, name, isolation)))
+                assert r.status_code == 201, r.text
+
+            r = c.post("/v1/functions/hello/invoke", json={"name": "local"})
+            assert r.status_code == 200, r.text
+            assert r.json()["hello"] == "local" and r.json()["pid"] != gw.proc.pid  # type: ignore[union-attr]
+            assert r.headers["x-spanfaas-infra"] == "local"
+            first_pid = r.json()["pid"]
+            assert c.post("/v1/functions/hello/invoke", json={}).json()["pid"] == first_pid  # reuse: same instance
+
+            pids = {c.post("/v1/functions/strict-hello/invoke", json={}).json()["pid"] for _ in range(3)}
+            assert len(pids) == 3  # strict: a fresh instance per invocation
+
+            r = c.post("/v1/functions/hello/invoke", json={"fail": True})
+            assert r.status_code == 500
+            doc = r.json()
+            assert doc["error_type"] == "KeyError" and "missing thing" in doc["traceback"]
+            assert "running" in doc["logs"]
+
+            r = c.post("/v1/functions/hello/invoke", content=b"not json", headers={"content-type": "application/json"})
+            assert r.status_code == 400
+
+            r = c.post("/v1/functions/hello/invoke?mode=async", json={"name": "later"})
+            assert r.status_code == 202
+            view = wait_done(c, r.json()["id"])
+            assert view["status"] == "succeeded" and view["infra"] == "local"
+            assert view["result"]["hello"] == "later"  # type: ignore[index]
+
+            metrics = c.get("/metrics").text
+            assert 'spanfaas_invocations_total{function="hello",status="succeeded"}' in metrics
+            assert c.delete("/v1/functions/strict-hello").status_code == 204
+        assert gw.stop() == 0, gw.log()
+        with pytest.raises(ProcessLookupError):  # nothing of the gateway's process group is left
+            for _ in range(50):
+                os.killpg(pgid, 0)
+                time.sleep(0.1)
+            os.killpg(pgid, signal.SIGKILL)
+            raise AssertionError("processes of the gateway were left running")
+    finally:
+        gw.stop()
