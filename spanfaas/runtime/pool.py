@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _template_decoder = msgspec.msgpack.Decoder(p.TemplateEvent)
 HELLO_TIMEOUT = 10.0
+INSTANCE_OOM_SCORE_ADJ = 500
 EXIT_STATUS_WAIT = 2.0
 
 PoolState = Literal["cold", "starting", "ready", "draining", "closed"]
@@ -233,6 +234,8 @@ class Pool:
             _seq, pid = await read_hello(sock, HELLO_TIMEOUT)
             inst.pid = pid
             inst.pidfd = os.pidfd_open(pid) if pid > 0 else -1
+            if self.runtime.rt.sandbox and pid > 0:
+                _raise_oom_score(pid)
             loop = asyncio.get_running_loop()
             conn = InstanceConnection(lambda: self._on_conn_lost(inst))
             await loop.create_unix_connection(lambda: conn, sock=sock)
@@ -496,3 +499,15 @@ class Pool:
             "import_ms": self.import_ms,
         }
 
+
+
+def _raise_oom_score(pid: int) -> None:
+    """Make an instance the OOM killer's choice over its template.
+
+    Raising a score needs no privilege (lowering the template's would need
+    CAP_SYS_RESOURCE, which hosts often withhold)."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(INSTANCE_OOM_SCORE_ADJ))
+    except OSError:
+        pass  # not root, or already gone: the cgroup limit still holds

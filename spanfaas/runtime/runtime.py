@@ -94,7 +94,8 @@ class LocalRuntime:
         }
         preimport = msgspec.json.encode(self.rt.preimport).decode()
         self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "spanfaas.runtime.zygote", str(theirs.fileno()), preimport],
+            [sys.executable, "-m", "spanfaas.runtime.zygote", str(theirs.fileno()), preimport]
+            + (["--sandbox"] if self.rt.sandbox else []),
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,

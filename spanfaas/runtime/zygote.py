@@ -36,6 +36,7 @@ PR_SET_CHILD_SUBREAPER = 36
 _decoder = msgspec.msgpack.Decoder(p.ZygoteRequest)
 
 
+
 def _prctl(option: int, arg: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, arg, 0, 0, 0) != 0:
@@ -167,6 +168,7 @@ def _merge(a: list[Protection], b: list[Protection]) -> list[Protection]:
 def main(argv: list[str]) -> None:
     fd = int(argv[1])
     modules: list[str] = msgspec.json.decode(argv[2]) if len(argv) > 2 else []
+    # argv[3:]: flags
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(0)  # the runtime died before we set the death signal
@@ -178,10 +180,10 @@ def main(argv: list[str]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             print(f"spanfaas zygote: cannot pre-import {name}: {exc}", file=sys.stderr)
-    try:
-        importlib.import_module("spanfaas.sandbox")
-    except ImportError:
-        pass
+    if "--sandbox" in argv:
+        from spanfaas import sandbox
+
+        sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
     template._preimport_lazy()
     gc.collect()
     gc.freeze()
