@@ -10,14 +10,14 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["RuntimeSettings", "Settings", "default_data_dir"]
+__all__ = ["InfraConfig", "RuntimeSettings", "SchedulerSettings", "Settings", "default_data_dir"]
 
 MiB = 1024 * 1024
 
@@ -40,6 +40,56 @@ class RuntimeSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     preimport: list[str] = msgspec.field(default_factory=lambda: ["json", "asyncio", "logging", "random", "datetime", "decimal", "base64", "hashlib", "uuid", "re", "collections", "dataclasses", "typing"])
 
 
+InfraName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+
+
+class InfraConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[infrastructures]]`` entry: where it is, and what it declares.
+
+    Declared capabilities left unset (``None``) are taken from the
+    infrastructure itself (a Ray cluster's resources, a remote site's
+    ``/v1/info``) or default to what the local machine offers.
+    """
+
+    name: InfraName
+    kind: Literal["local", "ray", "remote"] = "local"
+    address: str = ""
+    """ray: a GCS address ``host:port`` or ``ray://host:port``; remote: the site's base URL."""
+    token: str = ""
+    """remote: the site's API token (``deploy`` and ``invoke`` scopes)."""
+    region: str | None = None
+    labels: dict[str, str] = {}
+    gpu: bool | None = None
+    max_memory: Annotated[int, Meta(ge=16)] | None = None
+    """MiB one instance may use there."""
+    max_timeout: Annotated[float, Meta(gt=0)] | None = None
+    price_per_gb_s: Annotated[float, Meta(ge=0)] | None = None
+    datasets: list[str] = []
+    slots: Annotated[int, Meta(ge=1)] | None = None
+    """Invocations it runs at once, for the ``load`` preference (default: what it reports)."""
+    timeout: Annotated[float, Meta(gt=0)] = 10.0
+    """ray/remote: seconds to connect or to deploy before the attempt counts as failed."""
+
+
+class SchedulerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The spanning scheduler's knobs."""
+
+    refresh_interval: Annotated[float, Meta(gt=0)] = 1.0
+    """Seconds between background refreshes of each infrastructure's info."""
+    failure_threshold: Annotated[int, Meta(ge=1)] = 3
+    """Consecutive infrastructure failures that open its circuit breaker."""
+    open_for: Annotated[float, Meta(gt=0)] = 1.0
+    """Seconds an opened breaker stays open before one probe goes through (doubles per failed probe)."""
+    max_open_for: Annotated[float, Meta(gt=0)] = 30.0
+    ewma_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.2
+    explore_every: Annotated[int, Meta(ge=0)] = 50
+    """prefer latency: every Nth decision tries the runner-up, so its EWMA stays current (0: never)."""
+
+
+def _default_infrastructures() -> list[InfraConfig]:
+    return [InfraConfig(name="local", kind="local")]
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = ""
     host: str = "127.0.0.1"
@@ -52,6 +102,21 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     async_backoff: Annotated[float, Meta(ge=0)] = 0.5
     async_workers: Annotated[int, Meta(ge=1, le=1024)] = 16
     runtime: RuntimeSettings = RuntimeSettings()
+    infrastructures: list[InfraConfig] = msgspec.field(default_factory=_default_infrastructures)
+    """Where invocations may run; the spanning scheduler places each one.  Env:
+    ``SPANFAAS_INFRASTRUCTURES`` as a JSON list of tables."""
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+    def __post_init__(self) -> None:
+        names = [i.name for i in self.infrastructures]
+        if not names:
+            raise ValueError("infrastructures is empty; configure at least one, e.g. {name = \"local\", kind = \"local\"}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"infrastructure names must be unique; repeated: {', '.join(dupes)}")
+        for i in self.infrastructures:
+            if i.kind == "remote" and not i.address:
+                raise ValueError(f"infrastructure '{i.name}' (kind remote) needs an address, e.g. address = \"http://site:8080\"")
 
     @property
     def data_path(self) -> Path:
@@ -81,8 +146,17 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             if not key.startswith("SPANFAAS_") or key == "SPANFAAS_CONFIG":
                 continue
             name = key.removeprefix("SPANFAAS_").lower()
-            if name not in fields or name == "runtime":
+            if name not in fields or name in ("runtime", "scheduler"):
                 continue  # other tools' variables (SPANFAAS_URL, SPANFAAS_TOKEN) live here too
+            if name == "infrastructures":
+                try:
+                    data[name] = msgspec.json.decode(raw)
+                except msgspec.DecodeError:
+                    raise InvalidRequest(
+                        f"environment variable {key} must be a JSON list, e.g. "
+                        '[{"name": "local", "kind": "local"}]'
+                    ) from None
+                continue
             data[name] = _coerce(key, raw, fields[name].type)
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:

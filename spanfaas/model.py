@@ -25,6 +25,8 @@ __all__ = [
     "InvocationRecord",
     "InvokeContext",
     "MANIFEST_NAME",
+    "Policy",
+    "Preference",
     "Protection",
     "Resources",
     "Result",
@@ -70,6 +72,38 @@ class Scaling(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Seconds without invocations before the pool scales to zero."""
 
 
+Preference = Literal["latency", "cost", "load", "locality", "spread"]
+
+
+class Policy(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a function may run (constraints) and where it would rather run
+    (ordered preferences): the ``[policy]`` table of its manifest.
+
+    The defaults constrain nothing and prefer nothing: the first configured
+    infrastructure that is up runs the invocation, the next ones take over
+    when it fails (``fallback``).
+    """
+
+    infrastructures: list[Annotated[str, Meta(min_length=1)]] = []
+    """Allow-list of infrastructure names, in no particular order; empty: any."""
+    region: str = ""
+    """A region or a glob of regions (``"eu-*"``); empty: any."""
+    labels: dict[str, str] = {}
+    """Labels the infrastructure must carry, each with this value (``"*"``: any value)."""
+    gpu: bool = False
+    """Run only where a GPU is declared."""
+    min_memory: Annotated[int, Meta(ge=0, le=1 << 22)] = 0
+    """MiB an instance must be allowed at least (besides ``resources.memory``)."""
+    max_price: Annotated[float, Meta(ge=0)] | None = None
+    """Highest acceptable price per GB-second; unset: any."""
+    prefer: list[Preference] = []
+    """Ordered preferences: the first weighs most."""
+    locality: str = ""
+    """For ``prefer = ["locality"]``: a site (infrastructure name or region) or a data set."""
+    fallback: bool = True
+    """When the chosen infrastructure fails, run on the next eligible one."""
+
+
 class FunctionSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A function's manifest (``spanfaas.toml``), validated."""
 
@@ -81,6 +115,7 @@ class FunctionSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     env: dict[str, str] = {}
     resources: Resources = Resources()
     scaling: Scaling = Scaling()
+    policy: Policy = Policy()
     description: str = ""
 
     @property
@@ -215,6 +250,8 @@ class InfraInfo(Struct, kw_only=True):
     python: str = ""
     isolation: list[str] = msgspec.field(default_factory=lambda: ["strict", "reuse"])
     price_per_gb_s: float = 0.0
+    datasets: list[str] = []
+    """Data sets held at (or near) this infrastructure, for ``prefer = ["locality"]``."""
     healthy: bool = True
     queue_depth: int = 0
     free_slots: int = 0

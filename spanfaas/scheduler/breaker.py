@@ -1,0 +1,85 @@
+"""A circuit breaker per infrastructure.
+
+::
+
+    closed ──N consecutive failures──▶ open ──open_for elapsed──▶ half-open
+       ▲                                ▲                            │ one probe
+       └──────────── probe succeeds ────┼────────────────────────────┤
+                                        └── probe fails (open_for ×2)┘
+
+While open, the scheduler leaves the infrastructure out of its ranking, so
+invocations go straight to the next one instead of waiting for a timeout.
+Time comes from the caller (``now``), which keeps the breaker pure and
+testable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["Breaker", "State"]
+
+State = Literal["closed", "open", "half-open"]
+
+
+class Breaker:
+    __slots__ = ("threshold", "base", "cap", "state", "failures", "open_for", "opened_at", "probe_at", "opened", "closed")
+
+    def __init__(self, threshold: int = 3, open_for: float = 1.0, max_open_for: float = 30.0) -> None:
+        self.threshold = threshold
+        self.base = open_for
+        self.cap = max_open_for
+        self.state: State = "closed"
+        self.failures = 0
+        """Consecutive failures."""
+        self.open_for = open_for
+        self.opened_at = 0.0
+        self.probe_at = 0.0
+        self.opened = 0
+        """Times it opened (from closed), for metrics and tests."""
+        self.closed = 0
+        """Times it closed again after being open."""
+
+    def allow(self, now: float) -> bool:
+        """May an invocation go there now?  Lets one probe through once open_for has passed."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            if now - self.opened_at < self.open_for:
+                return False
+            self.state = "half-open"
+            self.probe_at = now
+            return True
+        # half-open: one probe at a time; a probe that never answered does not block forever
+        if now - self.probe_at > max(self.open_for, 10.0):
+            self.probe_at = now
+            return True
+        return False
+
+    def would_allow(self, now: float) -> bool:
+        """``allow`` without taking the probe slot (for ``explain``)."""
+        return self.state == "closed" or (self.state == "open" and now - self.opened_at >= self.open_for)
+
+    def success(self) -> None:
+        self.failures = 0
+        if self.state != "closed":
+            self.state = "closed"
+            self.open_for = self.base
+            self.closed += 1
+
+    def failure(self, now: float) -> None:
+        self.failures += 1
+        if self.state == "half-open":
+            self.open_for = min(self.open_for * 2, self.cap)
+            self.state, self.opened_at = "open", now
+        elif self.state == "closed" and self.failures >= self.threshold:
+            self.state, self.opened_at = "open", now
+            self.opened += 1
+
+    def describe(self, now: float) -> str:
+        if self.state == "closed":
+            return "closed"
+        if self.state == "open":
+            left = self.open_for - (now - self.opened_at)
+            return f"open after {self.failures} failures; next probe in {max(left, 0):.1f} s"
+        return "half-open: a probe invocation is running"

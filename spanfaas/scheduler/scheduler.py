@@ -1,0 +1,294 @@
+"""The spanning scheduler: filter by constraints, score by preferences, rank.
+
+Everything it reads is cached on the ``Site`` records (declared capabilities,
+the last info a background refresh brought, breaker state, live in-flight
+counts, observed latencies), so a decision is a few dictionary lookups and
+arithmetic: no I/O on the request path.
+
+Scoring: each preference gives every candidate a component in [0, 1] (1 is
+best); the ``i``-th preference weighs ``2**-i``; the total ranks the
+candidates, ties broken by the declared order of ``[[infrastructures]]``.
+Without preferences the declared order alone ranks (first fit, then
+failover).
+
+    latency   fastest observed EWMA / this one's (per function, else per site)
+    cost      (highest price - this price) / (highest - lowest)
+    load      1 / (1 + (in flight + queued) / slots)
+    locality  1 when policy.locality names this site, its region or one of its data sets
+    spread    (fewest picks + 1) / (this one's picks + 1)
+
+With ``prefer = ["latency", ...]`` first, a candidate with fewer than
+``MIN_SAMPLES`` observations for the function goes first (it has to be
+measured to be compared), and every ``explore_every``-th decision tries the
+runner-up, so an estimate that went stale can recover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from msgspec import Struct
+
+from spanfaas.config import InfraConfig, SchedulerSettings
+from spanfaas.infra.base import Infrastructure
+from spanfaas.model import FunctionSpec, InfraInfo, Policy
+from spanfaas.scheduler.breaker import Breaker
+from spanfaas.scheduler.constraints import check
+
+__all__ = ["Explanation", "Scheduler", "Site", "Verdict"]
+
+MIN_SAMPLES = 3
+
+
+class Site:
+    """One infrastructure as the scheduler sees it: declared, reported, observed."""
+
+    def __init__(self, infra: Infrastructure, config: InfraConfig, order: int, settings: SchedulerSettings) -> None:
+        self.infra = infra
+        self.config = config
+        self.name = config.name
+        self.order = order
+        self.alpha = settings.ewma_alpha
+        self.breaker = Breaker(settings.failure_threshold, settings.open_for, settings.max_open_for)
+        self.info = merge(InfraInfo(name=self.name, kind=config.kind, healthy=False), config)
+        self.reported = False
+        """Whether the infrastructure has answered ``info`` at least once."""
+        self.reason = "not refreshed yet"
+        """Why it is unhealthy (empty when healthy)."""
+        self.inflight = 0
+        self.capacity = config.slots or 1
+        self.latency: dict[str, float] = {}
+        """EWMA of the wall time (ms) of a call, per function."""
+        self.samples: dict[str, int] = {}
+        self.site_latency = 0.0
+        self.picks: dict[str, int] = {}
+        self.deployed: set[str] = set()
+        self.calls = 0
+        self.failures = 0
+        self.last_error = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.info.healthy
+
+    def update(self, reported: InfraInfo) -> None:
+        self.info = merge(reported, self.config)
+        self.reported = True
+        self.reason = "" if self.info.healthy else "reports itself unhealthy"
+        self.capacity = self.config.slots or max(reported.free_slots + reported.instances, 1)
+
+    def down(self, reason: str) -> None:
+        self.info.healthy = False
+        self.reason = reason
+
+    def observe(self, function: str, ms: float) -> None:
+        n = self.samples.get(function, 0)
+        old = self.latency.get(function)
+        self.latency[function] = ms if old is None else old + self.alpha * (ms - old)
+        self.samples[function] = n + 1
+        self.site_latency = ms if self.calls == 0 else self.site_latency + self.alpha * (ms - self.site_latency)
+        self.calls += 1
+
+
+def merge(reported: InfraInfo, config: InfraConfig) -> InfraInfo:
+    """The reported info, overridden by what the operator declared."""
+    c = config
+    return InfraInfo(
+        name=c.name,
+        kind=c.kind,
+        region=c.region if c.region is not None else reported.region,
+        labels={**reported.labels, **c.labels},
+        gpu=c.gpu if c.gpu is not None else reported.gpu,
+        max_memory=c.max_memory if c.max_memory is not None else reported.max_memory,
+        max_timeout=c.max_timeout if c.max_timeout is not None else reported.max_timeout,
+        python=reported.python,
+        isolation=list(reported.isolation),
+        price_per_gb_s=c.price_per_gb_s if c.price_per_gb_s is not None else reported.price_per_gb_s,
+        datasets=sorted({*reported.datasets, *c.datasets}),
+        healthy=reported.healthy,
+        queue_depth=reported.queue_depth,
+        free_slots=reported.free_slots,
+        instances=reported.instances,
+        functions=reported.functions,
+        ewma_latency_ms=reported.ewma_latency_ms,
+        error_rate=reported.error_rate,
+        protections=list(reported.protections),
+    )
+
+
+class Verdict(Struct, kw_only=True):
+    """One infrastructure's part in a decision."""
+
+    infra: str
+    kind: str
+    verdict: Literal["chosen", "fallback", "not-used", "rejected", "unavailable"]
+    """chosen: first in rank; fallback: tried next if it fails; not-used: eligible
+    but fallback = false; rejected: fails a constraint; unavailable: eligible
+    by its capabilities but down, breaker open or not deployed."""
+    rank: int | None = None
+    score: float | None = None
+    components: dict[str, float] = {}
+    reasons: list[str] = []
+    region: str = ""
+    healthy: bool = False
+    breaker: str = "closed"
+    ewma_latency_ms: float | None = None
+    inflight: int = 0
+
+
+class Explanation(Struct, kw_only=True):
+    function: str
+    policy: Policy
+    ranking: list[str]
+    """Infrastructure names in the order an invocation would try them now."""
+    infrastructures: list[Verdict]
+    summary: str
+
+
+class Scheduler:
+    """Ranks the sites for a function; ``generation`` invalidates the eligibility cache."""
+
+    def __init__(self, sites: Sequence[Site], settings: SchedulerSettings | None = None) -> None:
+        self.sites = list(sites)
+        self.by_name = {s.name: s for s in self.sites}
+        self.settings = settings or SchedulerSettings()
+        self.generation = 0
+        self._eligible: dict[str, tuple[FunctionSpec, int, list[Site]]] = {}
+        self._decisions: dict[str, int] = {}
+
+    def changed(self) -> None:
+        """Health, deployments or capabilities changed: recompute eligibility."""
+        self.generation += 1
+
+    def eligible(self, spec: FunctionSpec) -> list[Site]:
+        """Sites that meet the constraints, are healthy and have the function, in declared order."""
+        entry = self._eligible.get(spec.name)
+        if entry is not None and entry[0] is spec and entry[1] == self.generation:
+            return entry[2]
+        out = [s for s in self.sites if s.info.healthy and spec.name in s.deployed and not check(spec, s.info)]
+        self._eligible[spec.name] = (spec, self.generation, out)
+        return out
+
+    def rank(self, spec: FunctionSpec, now: float) -> list[Site]:
+        """Where to run one invocation of ``spec``: try in this order."""
+        eligible = self.eligible(spec)
+        if len(eligible) > 1:
+            ready = [s for s in eligible if s.breaker.state == "closed" or s.breaker.would_allow(now)]
+            if ready:
+                eligible = ready  # else every breaker is open: try them anyway, there is nothing else
+        policy = spec.policy
+        if len(eligible) > 1 and policy.prefer:
+            eligible = self._order(spec, eligible, decide=True)
+        if not policy.fallback:
+            eligible = eligible[:1]
+        if eligible:
+            picks = eligible[0].picks
+            picks[spec.name] = picks.get(spec.name, 0) + 1
+        return eligible
+
+    async def place(self, spec: FunctionSpec, now: float) -> list[str]:
+        """Ranked infrastructure names (the interface ARCHITECTURE.md names)."""
+        return [s.name for s in self.rank(spec, now)]
+
+    def _order(self, spec: FunctionSpec, sites: list[Site], *, decide: bool = False) -> list[Site]:
+        prefer = spec.policy.prefer
+        scores = self.components(spec, sites)
+        weights = [2.0**-i for i in range(len(prefer))]
+        keyed = sorted(
+            ((-sum(w * c for w, c in zip(weights, comps)), s.order, s) for s, comps in zip(sites, scores)),
+            key=lambda t: (t[0], t[1]),
+        )
+        ranked = [t[2] for t in keyed]
+        if prefer[0] == "latency":
+            name = spec.name
+            unmeasured = [s for s in sites if s.samples.get(name, 0) < MIN_SAMPLES]
+            if unmeasured:
+                return unmeasured + [s for s in ranked if s not in unmeasured]
+            n = self._decisions.get(name, 0) + decide
+            self._decisions[name] = n
+            every = self.settings.explore_every
+            if decide and every and n % every == 0:
+                ranked[0], ranked[1] = ranked[1], ranked[0]
+        return ranked
+
+    def components(self, spec: FunctionSpec, sites: list[Site]) -> list[list[float]]:
+        """Per site, its component score for each preference, in preference order."""
+        policy = spec.policy
+        name = spec.name
+        cols: list[list[float]] = []
+        for pref in policy.prefer:
+            if pref == "latency":
+                lat = [s.latency.get(name) or s.site_latency or None for s in sites]
+                known = [x for x in lat if x]
+                best = min(known) if known else 0.0
+                cols.append([best / x if x and best else 1.0 for x in lat])
+            elif pref == "cost":
+                prices = [s.info.price_per_gb_s for s in sites]
+                lo, hi = min(prices), max(prices)
+                cols.append([1.0 if hi == lo else (hi - p) / (hi - lo) for p in prices])
+            elif pref == "load":
+                cols.append([1.0 / (1.0 + (s.inflight + s.info.queue_depth) / s.capacity) for s in sites])
+            elif pref == "locality":
+                loc = policy.locality
+                cols.append([1.0 if loc in (s.name, s.info.region) or loc in s.info.datasets else 0.0 for s in sites])
+            else:  # spread
+                picks = [s.picks.get(name, 0) for s in sites]
+                lo_p = min(picks)
+                cols.append([(lo_p + 1) / (p + 1) for p in picks])
+        return [list(row) for row in zip(*cols)] if cols else [[] for _ in sites]
+
+    def explain(self, spec: FunctionSpec, now: float) -> Explanation:
+        """Each site's verdict, score and reasons, for ``spanfaas explain``."""
+        eligible = self.eligible(spec)
+        ready = [s for s in eligible if s.breaker.state == "closed" or s.breaker.would_allow(now)] or eligible
+        ranked = self._order(spec, list(ready)) if len(ready) > 1 and spec.policy.prefer else list(ready)
+        comps = dict(zip((s.name for s in ready), self.components(spec, ready)))
+        weights = [2.0**-i for i in range(len(spec.policy.prefer))]
+        verdicts = []
+        for site in self.sites:
+            v = Verdict(
+                infra=site.name, kind=site.info.kind, verdict="rejected", region=site.info.region,
+                healthy=site.info.healthy, breaker=site.breaker.describe(now),
+                ewma_latency_ms=site.latency.get(spec.name) or (site.site_latency or None), inflight=site.inflight,
+            )  # fmt: skip
+            reasons = check(spec, site.info)
+            if reasons:
+                v.reasons = reasons
+            elif not site.info.healthy:
+                v.verdict, v.reasons = "unavailable", [f"unhealthy: {site.reason or 'unknown'}"]
+            elif spec.name not in site.deployed:
+                v.verdict, v.reasons = "unavailable", ["the function is not deployed there yet (a retry is pending)"]
+            elif site not in ready:
+                v.verdict, v.reasons = "unavailable", [f"circuit breaker {site.breaker.describe(now)}"]
+            else:
+                rank = ranked.index(site)
+                v.rank = rank + 1
+                c = comps.get(site.name, [])
+                v.components = dict(zip(spec.policy.prefer, (round(x, 4) for x in c)))
+                v.score = round(sum(w * x for w, x in zip(weights, c)), 4) if c else None
+                if rank == 0:
+                    v.verdict = "chosen"
+                elif spec.policy.fallback:
+                    v.verdict = "fallback"
+                else:
+                    v.verdict = "not-used"
+                v.reasons = [_why(spec, site, rank)]
+            verdicts.append(v)
+        order = [s.name for s in (ranked if spec.policy.fallback else ranked[:1])]
+        if order:
+            summary = f"'{spec.name}' runs on {order[0]}"
+            if len(order) > 1:
+                summary += f", failing over to {', '.join(order[1:])}"
+        else:
+            summary = f"'{spec.name}' cannot run anywhere now"
+        return Explanation(function=spec.name, policy=spec.policy, ranking=order, infrastructures=verdicts, summary=summary)
+
+
+def _why(spec: FunctionSpec, site: Site, rank: int) -> str:
+    prefer = spec.policy.prefer
+    if not prefer:
+        return f"meets every constraint; no preferences, so declared order decides (position {site.order + 1})"
+    if prefer[0] == "latency" and site.samples.get(spec.name, 0) < MIN_SAMPLES:
+        return f"meets every constraint; latency not measured yet ({site.samples.get(spec.name, 0)} of {MIN_SAMPLES} samples), so it is tried early"
+    return f"meets every constraint; ranked {rank + 1} by {', '.join(prefer)}"

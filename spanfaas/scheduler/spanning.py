@@ -1,0 +1,363 @@
+"""``SpanningInfrastructure``: N infrastructures behind the one protocol.
+
+The gateway holds one of these as its ``infra``.  It
+
+- **deploys** a function to every infrastructure its policy allows (eagerly:
+  the first invocation there and every failover find it ready, and a broken
+  bundle fails the deploy instead of a later invocation); a policy that no
+  configured infrastructure can satisfy is rejected, naming the constraint;
+  an infrastructure that is down at deploy time gets the function when it
+  comes back (the background refresh retries);
+- **invokes** on the scheduler's first choice and fails over to the next on
+  ``InfraError`` only, never on the function's own error (a ``Result`` with
+  ``error``); each infrastructure has a circuit breaker; the ``Result``
+  names the infrastructure that ran it;
+- **refreshes** each infrastructure's ``info()`` in a background task per
+  infrastructure, so a slow or hung one delays nobody and nothing on the
+  request path waits for I/O other than the invocation itself.
+
+A failover re-runs an invocation whose first infrastructure failed while it
+may have been running (a remote site that died mid-call): the caller gets
+exactly one result, but the function may have started twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from spanfaas.config import InfraConfig, SchedulerSettings, Settings
+from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
+from spanfaas.infra.base import Infrastructure
+from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
+from spanfaas.scheduler.constraints import check, validate
+from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site
+
+__all__ = ["SpanningInfrastructure", "build_infrastructure"]
+
+log = logging.getLogger("spanfaas.scheduler")
+_replace = msgspec.structs.replace
+
+
+@runtime_checkable
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+class SpanningInfrastructure:
+    """Places every invocation on one of several infrastructures; see the module doc."""
+
+    kind = "spanning"
+
+    def __init__(
+        self,
+        children: Sequence[Infrastructure | tuple[Infrastructure, InfraConfig]],
+        settings: SchedulerSettings | None = None,
+        *,
+        name: str = "spanning",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock
+        sites = []
+        for order, child in enumerate(children):
+            infra, config = child if isinstance(child, tuple) else (child, InfraConfig(name=child.name, kind="local"))
+            if infra.name != config.name:
+                raise ValueError(f"infrastructure '{infra.name}' is configured as '{config.name}'")
+            sites.append(Site(infra, config, order, self.settings))
+        if not sites:
+            raise ValueError("SpanningInfrastructure needs at least one infrastructure")
+        self.scheduler = Scheduler(sites, self.settings)
+        self.sites = self.scheduler.sites
+        self._functions: dict[str, tuple[FunctionSpec, Bundle]] = {}
+        self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
+        """Per site, functions to deploy there once it answers."""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpanningInfrastructure:
+        return cls([(build_infrastructure(c, settings), c) for c in settings.infrastructures], settings.scheduler)
+
+    def site(self, name: str) -> Site:
+        try:
+            return self.scheduler.by_name[name]
+        except KeyError:
+            raise InfraUnavailable(f"no infrastructure '{name}'; configured: {', '.join(self.scheduler.by_name)}") from None
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the children, read their info once, then keep it fresh in the background."""
+        if self._started:
+            return
+        self._started = True
+        results = await asyncio.gather(*(self._start_site(s) for s in self.sites), return_exceptions=True)
+        for site, res in zip(self.sites, results):
+            if isinstance(res, BaseException):
+                if not isinstance(res, Exception):
+                    raise res
+                site.down(f"did not start: {type(res).__name__}: {res}")
+                log.warning("infrastructure %s did not start: %s", site.name, res)
+        self.scheduler.changed()
+        self._tasks = [asyncio.create_task(self._watch(s), name=f"spanfaas-watch-{s.name}") for s in self.sites]
+
+    async def _start_site(self, site: Site) -> None:
+        if isinstance(site.infra, Startable):
+            await asyncio.wait_for(site.infra.start(), max(site.config.timeout, 60.0))
+        await self._refresh(site)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        results = await asyncio.gather(*(s.infra.close() for s in self.sites), return_exceptions=True)
+        for site, res in zip(self.sites, results):
+            if isinstance(res, Exception):
+                log.warning("closing infrastructure %s failed: %s", site.name, res)
+
+    # -- background refresh ---------------------------------------------------------------
+
+    async def _watch(self, site: Site) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_interval)
+            try:
+                await self._refresh(site)
+            except Exception:  # a bug in an adapter must not end its watch
+                log.exception("refreshing infrastructure %s failed", site.name)
+
+    async def refresh(self) -> None:
+        """Refresh every site now (tests, and ``explain`` callers who want the latest)."""
+        await asyncio.gather(*(self._refresh(s) for s in self.sites))
+
+    async def _refresh(self, site: Site) -> None:
+        was = (site.info.healthy, _capabilities(site.info))
+        try:
+            reported = await asyncio.wait_for(site.infra.info(), site.config.timeout)
+        except (SpanfaasError, OSError, TimeoutError) as exc:
+            if site.info.healthy:
+                log.warning("infrastructure %s is down: %s", site.name, exc)
+            site.down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        else:
+            if not site.info.healthy and reported.healthy and site.reported:
+                log.info("infrastructure %s is up again", site.name)
+            site.update(reported)
+        if site.info.healthy and self._pending[site.name]:
+            await self._deploy_pending(site)
+        if (site.info.healthy, _capabilities(site.info)) != was:
+            self.scheduler.changed()
+
+    async def _deploy_pending(self, site: Site) -> None:
+        for name in sorted(self._pending[site.name]):
+            entry = self._functions.get(name)
+            if entry is None or check(entry[0], site.info):
+                self._pending[site.name].discard(name)
+                continue
+            try:
+                await asyncio.wait_for(site.infra.deploy(*entry), site.config.timeout)
+            except (SpanfaasError, OSError, TimeoutError) as exc:
+                log.info("deploying %s on %s is still pending: %s", name, site.name, exc)
+                return
+            site.deployed.add(name)
+            self._pending[site.name].discard(name)
+            self.scheduler.changed()
+            log.info("deployed %s on %s (pending since it was down)", name, site.name)
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    async def info(self) -> InfraInfo:
+        """All sites folded into one record (``infos()`` has each)."""
+        infos = self.infos()
+        healthy = [i for i in infos if i.healthy]
+        first = infos[0]
+        return InfraInfo(
+            name=self.name,
+            kind=self.kind,
+            region=first.region,
+            labels=first.labels,
+            gpu=any(i.gpu for i in infos),
+            max_memory=max(i.max_memory for i in infos),
+            max_timeout=max(i.max_timeout for i in infos),
+            python=first.python,
+            isolation=sorted({m for i in infos for m in i.isolation}),
+            price_per_gb_s=min(i.price_per_gb_s for i in infos),
+            datasets=sorted({d for i in infos for d in i.datasets}),
+            healthy=bool(healthy),
+            queue_depth=sum(i.queue_depth for i in infos),
+            free_slots=sum(i.free_slots for i in healthy),
+            instances=sum(i.instances for i in infos),
+            functions=len(self._functions),
+            ewma_latency_ms=min((s.site_latency for s in self.sites if s.calls), default=0.0),
+            error_rate=max((i.error_rate for i in healthy), default=0.0),
+            protections=[p for i in infos for p in i.protections],
+        )
+
+    def infos(self) -> list[InfraInfo]:
+        """Each site's cached info (declared capabilities over reported ones), in declared order."""
+        out = []
+        for s in self.sites:
+            info = _replace(s.info)
+            if s.calls:
+                info.ewma_latency_ms = round(s.site_latency, 3)
+                info.error_rate = round(s.failures / (s.calls + s.failures), 4)
+            out.append(info)
+        return out
+
+    async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
+        eligible = validate(spec, [s.info for s in self.sites])
+        targets = [self.site(n) for n in eligible]
+        results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in targets), return_exceptions=True)
+        failed: dict[str, BaseException] = {}
+        for site, res in zip(targets, results):
+            if res is not None:
+                if not isinstance(res, Exception):
+                    raise res
+                failed[site.name] = res
+        user_errors = [e for e in failed.values() if isinstance(e, SpanfaasError) and not isinstance(e, InfraError)]
+        done = [s for s in targets if s.name not in failed]
+        if user_errors or not done:
+            await self._roll_back(spec.name, done)
+            if user_errors:
+                raise user_errors[0]
+            detail = "; ".join(f"{n}: {_describe(e)}" for n, e in failed.items())
+            raise InfraUnavailable(f"could not deploy '{spec.name}' on any eligible infrastructure ({detail})")
+        self._functions[spec.name] = (spec, bundle)
+        for site in done:
+            site.deployed.add(spec.name)
+            self._pending[site.name].discard(spec.name)
+        for name, exc in failed.items():
+            log.warning("deploying %s on %s failed, retrying when it answers: %s", spec.name, name, _describe(exc))
+            self.site(name).deployed.discard(spec.name)
+            self._pending[name].add(spec.name)
+        for site in self.sites:
+            if site.name not in eligible and spec.name in site.deployed:  # the policy moved it away
+                site.deployed.discard(spec.name)
+                with contextlib.suppress(SpanfaasError, OSError, TimeoutError):
+                    await asyncio.wait_for(site.infra.remove(spec.name), site.config.timeout)
+        self.scheduler.changed()
+
+    async def _deploy_on(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
+        try:
+            await asyncio.wait_for(site.infra.deploy(spec, bundle), max(site.config.timeout, 60.0))
+        except TimeoutError:
+            raise InfraUnavailable(f"deploying took longer than {max(site.config.timeout, 60.0):g} s") from None
+        except OSError as exc:
+            raise InfraUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def _roll_back(self, name: str, sites: list[Site]) -> None:
+        """A deploy failed somewhere: put the previous version back where the new one landed."""
+        previous = self._functions.get(name)
+        for site in sites:
+            try:
+                if previous is not None:
+                    await self._deploy_on(site, *previous)
+                else:
+                    await site.infra.remove(name)
+            except (SpanfaasError, OSError) as exc:
+                log.warning("rolling back %s on %s failed: %s", name, site.name, exc)
+                site.deployed.discard(name)
+
+    async def remove(self, name: str) -> None:
+        self._functions.pop(name, None)
+        for site in self.sites:
+            self._pending[site.name].discard(name)
+            if name in site.deployed:
+                site.deployed.discard(name)
+                try:
+                    await asyncio.wait_for(site.infra.remove(name), site.config.timeout)
+                except (SpanfaasError, OSError, TimeoutError) as exc:
+                    log.warning("removing %s from %s failed: %s", name, site.name, exc)
+        self.scheduler.changed()
+
+    async def prewarm(self, name: str) -> None:
+        entry = self._functions.get(name)
+        if entry is None:
+            return
+        ranked = self.scheduler.eligible(entry[0])
+        if ranked:
+            with contextlib.suppress(SpanfaasError):
+                await ranked[0].infra.prewarm(name)
+
+    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        now = self.clock()
+        ranked = self.scheduler.rank(spec, now)
+        if not ranked:
+            raise InfraUnavailable(self._nowhere(spec))
+        tried: list[str] = []
+        last = len(ranked) - 1
+        for i, site in enumerate(ranked):
+            if not site.breaker.allow(now) and i < last:
+                tried.append(f"{site.name}: circuit breaker open")
+                continue
+            site.inflight += 1
+            t0 = time.perf_counter()
+            try:
+                result = await site.infra.invoke(spec, payload, ctx)
+            except (InfraError, FunctionNotFound, TooManyRequests) as exc:
+                tried.append(f"{site.name}: {exc.message}")
+                if isinstance(exc, TooManyRequests):  # full, not broken: overflow to the next one
+                    if i == last or not spec.policy.fallback:
+                        raise
+                    continue
+                site.breaker.failure(self.clock())
+                site.failures += 1
+                site.last_error = exc.message
+                if isinstance(exc, FunctionNotFound):  # it lost the function: deploy it there again
+                    site.deployed.discard(spec.name)
+                    self._pending[site.name].add(spec.name)
+                    self.scheduler.changed()
+                if not spec.policy.fallback:
+                    raise
+                if i < last:
+                    log.info("invocation %s of %s failed on %s, failing over: %s", ctx.invocation_id, spec.name, site.name, exc.message)
+                continue
+            finally:
+                site.inflight -= 1
+            site.breaker.success()
+            site.observe(spec.name, (time.perf_counter() - t0) * 1000.0)
+            return result if result.infra == site.name else _replace(result, infra=site.name)
+        raise InfraUnavailable(
+            f"no infrastructure could run '{spec.name}' (tried {'; '.join(tried)})",
+            tried=[t.partition(":")[0] for t in tried],
+        )
+
+    # -- explaining ---------------------------------------------------------------------
+
+    def explain(self, spec: FunctionSpec) -> Explanation:
+        return self.scheduler.explain(spec, self.clock())
+
+    def _nowhere(self, spec: FunctionSpec) -> str:
+        parts = [f"{v.infra}: {'; '.join(v.reasons)}" for v in self.explain(spec).infrastructures]
+        return f"no infrastructure can run '{spec.name}' now ({' | '.join(parts)}); `spanfaas explain {spec.name}` shows more"
+
+
+def _capabilities(info: InfraInfo) -> tuple[object, ...]:
+    return (info.region, tuple(sorted(info.labels.items())), info.gpu, info.max_memory, info.max_timeout,
+            tuple(info.isolation), info.price_per_gb_s)  # fmt: skip
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, SpanfaasError) else f"{type(exc).__name__}: {exc}"
+
+
+def build_infrastructure(config: InfraConfig, settings: Settings) -> Infrastructure:
+    """The adapter for one ``[[infrastructures]]`` entry."""
+    if config.kind == "local":
+        from spanfaas.infra.local import LocalInfrastructure
+
+        return LocalInfrastructure(settings, name=config.name)
+    if config.kind == "ray":
+        from spanfaas.infra.ray import RayInfrastructure
+
+        return RayInfrastructure(config, data_dir=settings.data_path)
+    from spanfaas.infra.remote import RemoteInfrastructure
+
+    return RemoteInfrastructure(config)

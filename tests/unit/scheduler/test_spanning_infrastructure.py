@@ -1,0 +1,214 @@
+"""SpanningInfrastructure over in-memory infrastructures: deploy, rank, fail
+over, breakers, explain.  (The real adapters are tested in tests/integration.)"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from spanfaas.config import InfraConfig
+from spanfaas.errors import InfraUnavailable, InvalidBundle, InvalidManifest
+from spanfaas.model import Bundle, InfraInfo
+
+from spanning_helpers import child, ctx, make_spec
+
+LOCAL = InfraConfig(name="local", kind="local", region="us-east")
+RAY = InfraConfig(name="ray", kind="ray", region="us-east", gpu=True, price_per_gb_s=0.001)
+EU = InfraConfig(name="eu", kind="remote", address="http://eu", region="eu-west", price_per_gb_s=0.0005, datasets=["census"])
+
+
+async def test_deploys_to_every_eligible_infrastructure_only(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    await sp.deploy(make_spec('region = "us-*"'), bundle)
+    assert [s.name for s in sp.sites if "fn" in s.deployed] == ["local", "ray"]
+    # a new version whose policy moves it away is removed from where it no longer may run
+    await sp.deploy(make_spec('region = "eu-*"'), bundle)
+    assert [s.name for s in sp.sites if "fn" in s.deployed] == ["eu"]
+    assert child(sp, "local")._functions == {}
+
+
+async def test_unsatisfiable_policy_is_rejected_at_deploy_and_changes_nothing(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, EU)
+    with pytest.raises(InvalidManifest) as e:
+        await sp.deploy(make_spec("gpu = true"), bundle)
+    assert e.value.extra["key"] == "policy.gpu"
+    assert not any(s.deployed for s in sp.sites)
+
+
+async def test_gpu_function_lands_only_where_a_gpu_is(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    spec = make_spec("gpu = true")
+    await sp.deploy(spec, bundle)
+    results = [await sp.invoke(spec, b'{"x": 1}', ctx(i)) for i in range(5)]
+    assert {r.infra for r in results} == {"ray"}
+    assert results[0].output == b'{"echo":1}'
+
+
+async def test_region_glob_picks_the_eu_site(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    spec = make_spec('region = "eu-*"')
+    await sp.deploy(spec, bundle)
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "eu"
+
+
+async def test_no_preference_means_declared_order_then_failover(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+    child(sp, "local").fail_next = 1
+    r = await sp.invoke(spec, b'{"x": 2}', ctx(1))
+    assert r.infra == "ray" and r.output == b'{"echo":2}'
+    assert child(sp, "local").invocations == 2 and child(sp, "ray").invocations == 1
+
+
+async def test_function_errors_never_fail_over(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    r = await sp.invoke(spec, b'{"fail": true}', ctx())
+    assert r.error is not None and r.error.type == "ValueError" and r.infra == "local"
+    assert child(sp, "ray").invocations == 0
+    assert sp.site("local").breaker.failures == 0
+
+
+async def test_fallback_false_raises_the_infrastructure_error(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec("fallback = false")
+    await sp.deploy(spec, bundle)
+    child(sp, "local").fail_next = 1
+    with pytest.raises(InfraUnavailable.__mro__[1]):  # InfraError
+        await sp.invoke(spec, b"{}", ctx())
+    assert child(sp, "ray").invocations == 0
+
+
+async def test_breaker_opens_skips_and_closes_after_a_probe(spanning, bundle: Bundle, clock) -> None:
+    sp = await spanning(LOCAL, RAY, failure_threshold=2, open_for=5.0)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    local, ray = child(sp, "local"), child(sp, "ray")
+    local.fail_next = 2
+    for i in range(2):
+        assert (await sp.invoke(spec, b"{}", ctx(i))).infra == "ray"
+    breaker = sp.site("local").breaker
+    assert breaker.state == "open"
+    for i in range(5):  # skipped without being tried
+        assert (await sp.invoke(spec, b"{}", ctx(10 + i))).infra == "ray"
+    assert local.invocations == 2
+    ex = sp.explain(spec)
+    assert ex.ranking == ["ray"]
+    assert ex.infrastructures[0].verdict == "unavailable" and "circuit breaker open" in ex.infrastructures[0].reasons[0]
+    clock.now += 6  # open_for passed: the next invocation probes local, which works again
+    assert (await sp.invoke(spec, b"{}", ctx(20))).infra == "local"
+    assert breaker.state == "closed" and (breaker.opened, breaker.closed) == (1, 1)
+
+
+async def test_all_down_says_why(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    child(sp, "local").fail_next = child(sp, "ray").fail_next = 1
+    with pytest.raises(InfraUnavailable, match=r"no infrastructure could run 'fn' \(tried local: injected.*; ray: injected"):
+        await sp.invoke(spec, b"{}", ctx())
+
+
+async def test_prefer_cost_then_locality(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL.__copy__(), RAY, EU)
+    cost = make_spec('prefer = ["cost"]', name="cheap")
+    await sp.deploy(cost, bundle)
+    assert (await sp.invoke(cost, b"{}", ctx())).infra == "local"  # price 0
+    near = make_spec('prefer = ["locality", "cost"]\nlocality = "census"', name="near")
+    await sp.deploy(near, bundle)
+    assert (await sp.invoke(near, b"{}", ctx())).infra == "eu"
+
+
+async def test_prefer_latency_moves_traffic_to_the_faster(spanning, bundle: Bundle) -> None:
+    sp = await spanning(RAY, LOCAL, explore_every=10)
+    spec = make_spec('prefer = ["latency"]')
+    await sp.deploy(spec, bundle)
+    sp.site("ray").observe("fn", 50.0)  # as if measured earlier: ray is slow
+    used = [(await sp.invoke(spec, b"{}", ctx(i))).infra for i in range(60)]
+    # each is measured MIN_SAMPLES times first, then the faster takes the traffic,
+    # except the runner-up's exploration every 10th decision
+    assert used[:2] == ["ray", "ray"]
+    assert used[-30:].count("local") >= 26
+    sp.site("ray").latency["fn"] = 50.0  # keep ray slow whatever the in-memory timing was
+    ex = sp.explain(spec)
+    assert ex.ranking[0] == "local"
+    v = {x.infra: x for x in ex.infrastructures}
+    assert v["local"].verdict == "chosen" and v["ray"].verdict == "fallback"
+    assert v["local"].components["latency"] == 1.0 and v["ray"].components["latency"] < 1.0
+
+
+async def test_prefer_load_spreads_over_slots(spanning, bundle: Bundle) -> None:
+    a = InfraConfig(name="a", slots=1)
+    b = InfraConfig(name="b", slots=3)
+    sp = await spanning(a, b)
+    spec = make_spec('prefer = ["load"]')
+    await sp.deploy(spec, bundle)
+    sp.site("a").inflight, sp.site("b").inflight = 1, 1
+    assert [s.name for s in sp.scheduler.rank(spec, 0)] == ["b", "a"]
+    sp.site("b").inflight = 5
+    assert [s.name for s in sp.scheduler.rank(spec, 0)] == ["a", "b"]
+
+
+async def test_prefer_spread_rotates(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    spec = make_spec('prefer = ["spread"]')
+    await sp.deploy(spec, bundle)
+    used = [(await sp.invoke(spec, b"{}", ctx(i))).infra for i in range(9)]
+    assert sorted(used) == ["eu"] * 3 + ["local"] * 3 + ["ray"] * 3
+
+
+async def test_down_infrastructure_gets_pending_deploy_when_back(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY)
+    ray = child(sp, "ray")
+    real_deploy = ray.deploy
+
+    async def broken(*a: object) -> None:
+        raise InfraUnavailable("ray is down")
+
+    ray.deploy = broken  # type: ignore[method-assign]
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    assert "fn" not in sp.site("ray").deployed
+    assert "not deployed there yet" in sp.explain(spec).infrastructures[1].reasons[0]
+    ray.deploy = real_deploy  # type: ignore[method-assign]
+    await sp.refresh()
+    assert "fn" in sp.site("ray").deployed and ray._functions
+
+
+async def test_user_error_in_bundle_fails_the_whole_deploy(spanning, bundle: Bundle, tmp_path) -> None:
+    sp = await spanning(LOCAL, RAY)
+    (tmp_path / "fn" / "handler.py").write_text("import nonexistent_module\n")
+    with pytest.raises(InvalidBundle):
+        await sp.deploy(make_spec(), Bundle(digest="e" * 64, path=str(tmp_path / "fn")))
+    assert not any(s.deployed for s in sp.sites)
+
+
+async def test_unhealthy_info_takes_it_out_until_it_reports_healthy(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    local = child(sp, "local")
+    real_info = local.info
+
+    async def sick() -> InfraInfo:
+        return msgspec.structs.replace(await real_info(), healthy=False)
+
+    local.info = sick  # type: ignore[method-assign]
+    await sp.refresh()
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "ray"
+    local.info = real_info  # type: ignore[method-assign]
+    await sp.refresh()
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+
+
+async def test_declared_capabilities_override_reported_and_info_lists_all(spanning) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    infos = sp.infos()
+    assert [(i.name, i.kind, i.region, i.gpu) for i in infos] == [
+        ("local", "local", "us-east", False), ("ray", "ray", "us-east", True), ("eu", "remote", "eu-west", False)
+    ]
+    agg = await sp.info()
+    assert agg.gpu and agg.healthy and agg.kind == "spanning"
