@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, err_console, handle_e
 from spanfaas.client import Client
 from spanfaas.client.userconfig import UserConfig, config_path, load_user_config, save_user_config
 from spanfaas.config import Settings
-from spanfaas.errors import InfraError, SpanfaasError
+from spanfaas.errors import InfraError, InvalidRequest, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
 
 __all__ = ["doctor", "examples_dir", "up"]
@@ -52,6 +53,7 @@ def up(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = Settings.load(host=host, port=port, data_dir=str(data_dir) if data_dir is not None else None)
+    _check_port(settings.host, settings.port)
     saved = load_user_config()
     store = open_store(settings)
     try:
@@ -60,6 +62,9 @@ def up(
         saved_is_ours = bool(saved.token) and store.get_token_by_hash(hash_token(saved.token)) is not None
     finally:
         store.close()
+    if admin_token:  # saved at once: should the start fail below, the token is not lost
+        local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        save_user_config(UserConfig(url=f"http://{f'[{local}]' if ':' in local else local}:{settings.port}", token=admin_token))
     demo_dirs = _demo_dirs() if demo else []
 
     def ready(url: str) -> None:
@@ -72,8 +77,31 @@ def up(
         serve(settings, demo_dirs=demo_dirs, ready=ready)
     except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
         pass
+    except SystemExit as exc:  # uvicorn gives up on start-up errors with sys.exit
+        if exc.code not in (None, 0):
+            raise InfraError("the gateway could not start; see the messages above") from None
     if not as_json:
         err_console().print("[dim]spanfaas stopped[/dim]")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Say which port is taken, and what to do, before anything starts."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidRequest(f"cannot listen on {host!r}: {exc.strerror}; pass an address of this machine with --host") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise InvalidRequest(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                "stop what uses it, or pick another port with --port (0 picks a free one)"
+            ) from None
 
 
 def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool) -> None:

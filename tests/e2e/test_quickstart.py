@@ -194,6 +194,20 @@ def test_unreachable_gateway_tells_the_user_to_start_it(shell: Shell) -> None:
     assert r.stdout == ""
 
 
+def test_a_taken_port_is_named_before_anything_starts(shell: Shell, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = shell("up", "--port", str(port), "--data-dir", str(tmp_path / "state"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "stop what uses it, or pick another port with --port (0 picks a free one)"
+    )
+    assert not shell.config.exists()  # no admin token was made (and lost)
+
+
 def test_second_start_keeps_the_saved_token(shell: Shell, tmp_path: Path) -> None:
     first = Up(shell, free_port(), tmp_path / "state2", tmp_path)
     try:
