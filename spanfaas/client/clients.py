@@ -48,7 +48,7 @@ class _Base:
         return httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout or CONNECT_TIMEOUT))
 
     def _build(self, http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
-        timeout = httpx.USE_CLIENT_DEFAULT if call.timeout is None else httpx.Timeout(max(call.timeout, self.timeout or 0), connect=CONNECT_TIMEOUT)
+        timeout = httpx.USE_CLIENT_DEFAULT if call.timeout is None else httpx.Timeout(call.timeout, connect=min(CONNECT_TIMEOUT, call.timeout))
         request = http.build_request(call.method, call.path, params=call.params, headers=call.headers, content=call.content, timeout=timeout)
         if call.stream is not None:
             request.stream = call.stream
@@ -57,8 +57,8 @@ class _Base:
     def _check(self, resp: httpx.Response) -> httpx.Response:
         return ops.check_response(resp, base_url=self.url, has_token=bool(self.token))
 
-    def _transport_error(self, exc: httpx.TransportError) -> SpanfaasError:
-        return ops.transport_error(exc, base_url=self.url, timeout=self.timeout)
+    def _transport_error(self, exc: httpx.TransportError, call: Call) -> SpanfaasError:
+        return ops.transport_error(exc, base_url=self.url, timeout=self.timeout if call.timeout is None else call.timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"
@@ -102,7 +102,7 @@ class Client(_Base):
                 try:
                     reply = self._check(self._http.send(self._build(self._http, step)))
                 except httpx.TransportError as exc:
-                    raise self._transport_error(exc) from None
+                    raise self._transport_error(exc, step) from None
                 except SpanfaasError as exc:
                     error = exc
         except StopIteration as stop:
@@ -231,7 +231,7 @@ class AsyncClient(_Base):
                 try:
                     reply = self._check(await self._http.send(self._build(self._http, step)))
                 except httpx.TransportError as exc:
-                    raise self._transport_error(exc) from None
+                    raise self._transport_error(exc, step) from None
                 except SpanfaasError as exc:
                     error = exc
         except StopIteration as stop:

@@ -236,7 +236,7 @@ def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float 
         return InfraUnavailable(f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?")
     if isinstance(exc, httpx.TimeoutException):
         return InfraError(
-            f"spanfaas at {base_url} did not answer within {timeout}s; "
+            f"spanfaas at {base_url} did not answer within {timeout:g} s; "
             "pass a longer timeout (--timeout, or timeout= in the SDK)"
         )
     return InfraError(f"the connection to spanfaas at {base_url} failed: {exc or type(exc).__name__}")

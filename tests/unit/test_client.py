@@ -28,6 +28,7 @@ from spanfaas import (
     FunctionError,
     FunctionNotFound,
     FunctionTimeout,
+    InfraError,
     InfraUnavailable,
     InvalidManifest,
     InvalidRequest,
@@ -232,6 +233,17 @@ async def test_function_timeout_is_typed(sdk: Any, functions_dir: Path) -> None:
     await sdk.deploy(functions_dir / "sleepy")
     with pytest.raises(FunctionTimeout):
         await sdk.invoke("sleepy", {})
+
+
+async def test_invoke_timeout_bounds_the_wait(live: tuple[Gateway, str], functions_dir: Path) -> None:
+    gw, url = live  # over a socket: the in-process ASGI transport has no timeouts
+    async with AsyncClient(url, gw.token) as aclient:
+        await aclient.deploy(functions_dir / "slow")
+        with pytest.raises(InfraError, match=r"did not answer within 0.1 s; pass a longer timeout"):
+            await aclient.invoke("slow", {"sleep": 1.0}, timeout=0.1)
+        assert await aclient.invoke("slow", {"sleep": 0.1}, timeout=10) == {"slept": 0.1}
+    with Client(url, gw.token) as client, pytest.raises(InfraError, match="within 0.1 s"):
+        client.invoke("slow", {"sleep": 1.0}, timeout=0.1)
 
 
 async def test_bad_manifest_fails_before_upload(sdk: Any, tmp_path: Path) -> None:
