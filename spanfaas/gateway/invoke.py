@@ -7,6 +7,7 @@ The store write of each sync invocation happens later, in a batch.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import TYPE_CHECKING
@@ -75,6 +76,9 @@ class InvokeEndpoint:
         self.gw = gw
         self.limit = gw.settings.max_payload
         self._json_types: dict[bytes, bool] = {}
+        # Invocation ids: a random prefix per process + a counter (cheaper than urandom per call).
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
     def _is_json(self, content_type: bytes) -> bool:
         known = self._json_types.get(content_type)
@@ -120,7 +124,7 @@ class InvokeEndpoint:
                     "send JSON, or set Content-Type to what you send (e.g. application/octet-stream)"
                 ) from None
         ct = content_type.decode("latin-1")
-        invocation_id = os.urandom(16).hex()
+        invocation_id = f"{self._id_prefix}{next(self._ids):016x}"
         now = time.time()
         if is_async:
             await self._accept(send, name, ct, body, key, invocation_id, now)

@@ -41,7 +41,9 @@ MIGRATIONS: list[list[str]] = [
             cold INTEGER NOT NULL DEFAULT 0,
             lease_until {real},
             owner TEXT)""",
-        "CREATE UNIQUE INDEX invocations_idempotency ON invocations (function, idempotency_key)",
+        # partial: sync invocations (no key) do not pay for this index
+        "CREATE UNIQUE INDEX invocations_idempotency ON invocations (function, idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL",
         "CREATE INDEX invocations_by_function ON invocations (function, created_at)",
         "CREATE INDEX invocations_by_time ON invocations (created_at)",
         "CREATE INDEX invocations_queued ON invocations (not_before) WHERE status = 'queued'",

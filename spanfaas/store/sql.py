@@ -31,8 +31,8 @@ _INV_UPDATE = ", ".join(
     f"{c} = excluded.{c}" for c in (s.strip() for s in INV_COLS.split(",")) if c != "id"
 )
 _FN_COLS = "name, version, digest, spec, created_at"
-_CHUNK = 500
-"""Rows per multi-row INSERT (x 19 columns stays under SQLite's 32766 parameters)."""
+_CHUNK = 100
+"""Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
 
 
 def _upsert(n: int) -> str:
@@ -207,7 +207,7 @@ class SQLStore:
     def enqueue_many(self, records: Sequence[InvocationRecord]) -> list[tuple[InvocationRecord, bool]]:
         insert = self._q(
             f"INSERT INTO invocations ({INV_COLS}) VALUES ({_INV_SLOTS}) "
-            "ON CONFLICT (function, idempotency_key) DO NOTHING"
+            "ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         )
         existing = self._q(f"SELECT {INV_COLS} FROM invocations WHERE function = ? AND idempotency_key = ?")
         out: list[tuple[InvocationRecord, bool]] = []
