@@ -137,8 +137,8 @@ def _check_name(name: str) -> str:
 
 
 def _unpack_tar(data: bytes, dest: Path, max_size: int) -> None:
-    mode = "r:gz" if data[:2] == b"\x1f\x8b" else "r:"
-    with tarfile.open(fileobj=io.BytesIO(data), mode=mode) as tar:
+    compressed = data[:2] == b"\x1f\x8b"
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz" if compressed else "r:") as tar:
         members = tar.getmembers()
         if len(members) > MAX_MEMBERS:
             raise InvalidBundle(f"the bundle has {len(members)} members; at most {MAX_MEMBERS} are allowed")

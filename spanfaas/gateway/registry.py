@@ -56,6 +56,7 @@ class Registry:
 
     async def load(self) -> None:
         """Deploy every stored function on the infrastructure again."""
+        await asyncio.to_thread(self._clean_partial_unpacks)
         records = await asyncio.to_thread(self.store.list_functions)
         for record in records:
             try:
@@ -63,6 +64,12 @@ class Registry:
             except Exception as exc:  # one broken function must not keep the others down
                 self.failed[record.name] = f"{type(exc).__name__}: {exc}"
                 log.error("could not deploy function %r (version %d) at start-up: %s", record.name, record.version, exc)
+
+    def _clean_partial_unpacks(self) -> None:
+        """Unpacks a crash interrupted (only ever under a ``.tmp-`` name)."""
+        if self.bundle_dir.is_dir():
+            for d in self.bundle_dir.glob(".tmp-*"):
+                shutil.rmtree(d, ignore_errors=True)
 
     async def _activate(self, record: FunctionRecord) -> None:
         bundle = await asyncio.to_thread(self._bundle_for, record.digest)

@@ -23,6 +23,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def schema_version(self) -> int:
+        """The applied migrations (``len(migrations.MIGRATIONS)`` once opened)."""
+        ...
+
     # -- functions: one row per deployed version ------------------------------
 
     def put_function(self, name: str, digest: str, spec: FunctionSpec) -> FunctionRecord:

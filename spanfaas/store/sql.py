@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -45,7 +45,7 @@ _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 
 _spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
-_scopes_decoder = msgspec.json.Decoder(list[str])
+_scopes_decoder = msgspec.json.Decoder(list[Literal["admin", "deploy", "invoke"]])
 _encode = msgspec.json.encode
 
 
@@ -342,5 +342,5 @@ def _token(row: Sequence[Any]) -> TokenRecord:
     id, name, scopes, token_hash, created_at = row
     return TokenRecord(
         id=id, name=name, scopes=_scopes_decoder.decode(scopes), token_hash=token_hash, created_at=created_at
-    )  # type: ignore[arg-type]
+    )
 

@@ -133,3 +133,24 @@ async def test_invalid_function_name(client: httpx.AsyncClient, fn_dir: Callable
     r = await client.put("/v1/functions/Bad_Name", content=pack_function(fn_dir()))
     assert r.status_code == 400
     assert "'name'" in r.json()["detail"] or "Bad_Name" in r.json()["detail"]
+
+
+async def test_restart_redeploys_and_cleans_partial_unpacks(settings: object, store: SQLiteStore, hello: dict[str, object], gateway: Gateway) -> None:
+    from spanfaas.gateway import create_app
+
+    partial = gateway.registry.bundle_dir / ".tmp-crashed"
+    partial.mkdir()
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        assert not partial.exists()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": (await _admin(store))}) as c:  # fmt: skip
+            r = await c.post("/v1/functions/hello/invoke", json={"name": "again"})
+            assert r.json() == {"hello": "again"}
+
+
+async def _admin(store: SQLiteStore) -> str:
+    from spanfaas.gateway.auth import issue_token
+
+    return "Bearer " + issue_token(store, "t", ["admin"])[1]
