@@ -135,7 +135,7 @@ def test_quickstart(shell: Shell, up: Up, monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"message": "hello, curl"}
-    assert len(resp.headers["x-spanfaas-invocation-id"]) == 32 and resp.headers["x-spanfaas-infra"] == "local"
+    assert resp.headers["x-spanfaas-invocation-id"] and resp.headers["x-spanfaas-infra"] == "local"
     assert httpx.post(f"{up.url}/v1/functions/hello/invoke", content=b"{}", timeout=30).status_code == 401
 
     # And through the SDK, which finds the gateway and the token in the same saved config.

@@ -183,7 +183,7 @@ async def test_invoke_output_carries_the_metadata(sdk: Any) -> None:
     await sdk.deploy(EXAMPLES / "hello")
     out = await sdk.invoke_output("hello", {"name": "meta"})
     assert out.value() == {"message": "hello, meta"}
-    assert len(out.invocation_id) == 32
+    assert out.invocation_id  # its format is the gateway's choice
     assert out.duration_ms is not None and out.duration_ms >= 0
     assert out.infra == "memory" and isinstance(out.cold, bool)
     assert out.to_record()["result"] == {"message": "hello, meta"}
@@ -226,7 +226,7 @@ async def test_function_error_is_typed_with_traceback_and_logs(sdk: Any, functio
     err = info.value
     assert "bad input" in err.message and err.exit_code == 8
     assert "ValueError" in err.extra["traceback"] and "about to fail" in err.extra["logs"]
-    assert len(err.extra["invocation_id"]) == 32
+    assert err.extra["invocation_id"]
 
 
 async def test_function_timeout_is_typed(sdk: Any, functions_dir: Path) -> None:
