@@ -31,7 +31,8 @@ from spanfaas.gateway.views import (
     invocation_view,
     token_view,
 )
-from spanfaas.model import FunctionRecord
+from spanfaas.model import FunctionRecord, InfraInfo
+from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
 
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
@@ -177,8 +178,19 @@ async def delete_token(gw: Gateway, request: Request) -> Response:
 # -- platform -----------------------------------------------------------------------------
 
 
+async def _infos(gw: Gateway) -> list[InfraInfo]:
+    if isinstance(gw.infra, SpanningInfrastructure):
+        return gw.infra.infos()
+    return [await gw.infra.info()]
+
+
+async def explain_function(gw: Gateway, request: Request) -> Response:
+    record = await gw.registry.require(request.path_params["name"])
+    return json(await explain(gw.infra, record.spec))
+
+
 async def info(gw: Gateway, request: Request) -> Response:
-    infos = [await gw.infra.info()]
+    infos = await _infos(gw)
     protections = [p for i in infos for p in i.protections]
     s = gw.settings
     return json(
@@ -193,7 +205,7 @@ async def info(gw: Gateway, request: Request) -> Response:
 
 async def metrics(gw: Gateway, request: Request) -> Response:
     depth = await asyncio.to_thread(gw.store.queue_depth)
-    body = gw.metrics.render([await gw.infra.info()], depth)
+    body = gw.metrics.render(await _infos(gw), depth)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -238,6 +250,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  params=(_fn,), response=FunctionRecord, errors=(401, 403, 404)),
         Endpoint("DELETE", f"/v1/functions/{_NAME}", delete_function, "Remove a function and all its versions",
                  scope="deploy", params=(_fn,), status=204, errors=(401, 403, 404)),
+        Endpoint("GET", f"/v1/functions/{_NAME}/explain", explain_function,
+                 "Where an invocation would run now: each infrastructure's verdict, score and reasons",
+                 params=(_fn,), response=Explanation, errors=(401, 403, 404)),
         Endpoint("GET", "/v1/invocations", list_invocations, "Recent invocations, newest first",
                  tag="invocations",
                  params=(Param("function", "query", "only this function's"),

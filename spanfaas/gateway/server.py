@@ -52,7 +52,8 @@ def serve(
 ) -> None:
     """Run the gateway in the foreground until SIGINT/SIGTERM.
 
-    ``infra`` defaults to the local runtime.  ``demo_dirs`` are function
+    ``infra`` defaults to the spanning scheduler over ``settings.infrastructures``
+    (by default the local runtime alone).  ``demo_dirs`` are function
     directories deployed once the gateway is up.  ``ready`` is called with the
     base URL (the real port when ``settings.port`` is 0) once it listens.
     """
@@ -77,9 +78,9 @@ async def serve_async(
     store = open_store(settings)
     try:
         if infra is None:
-            from spanfaas.infra.local import LocalInfrastructure
+            from spanfaas.scheduler import SpanningInfrastructure
 
-            infra = LocalInfrastructure(settings)
+            infra = SpanningInfrastructure.from_settings(settings)
         start = getattr(infra, "start", None)
         if start is not None:
             await start()

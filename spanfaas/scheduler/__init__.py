@@ -13,7 +13,7 @@ with failover, refresh in the background).
 from spanfaas.scheduler.breaker import Breaker
 from spanfaas.scheduler.constraints import check, validate
 from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site, Verdict
-from spanfaas.scheduler.spanning import SpanningInfrastructure, build_infrastructure
+from spanfaas.scheduler.spanning import SpanningInfrastructure, build_infrastructure, explain
 
 __all__ = [
     "Breaker",
@@ -24,5 +24,6 @@ __all__ = [
     "Verdict",
     "build_infrastructure",
     "check",
+    "explain",
     "validate",
 ]

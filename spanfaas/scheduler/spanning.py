@@ -37,9 +37,9 @@ from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, Span
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.scheduler.constraints import check, validate
-from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site
+from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site, Verdict
 
-__all__ = ["SpanningInfrastructure", "build_infrastructure"]
+__all__ = ["SpanningInfrastructure", "build_infrastructure", "explain"]
 
 log = logging.getLogger("spanfaas.scheduler")
 _replace = msgspec.structs.replace
@@ -346,6 +346,22 @@ def _capabilities(info: InfraInfo) -> tuple[object, ...]:
 
 def _describe(exc: BaseException) -> str:
     return exc.message if isinstance(exc, SpanfaasError) else f"{type(exc).__name__}: {exc}"
+
+
+async def explain(infra: Infrastructure, spec: FunctionSpec) -> Explanation:
+    """``infra``'s decision for ``spec``; a single (non-spanning) infrastructure is its own answer."""
+    if isinstance(infra, SpanningInfrastructure):
+        return infra.explain(spec)
+    info = await infra.info()
+    reasons = check(spec, info)
+    ok = not reasons and info.healthy
+    v = Verdict(
+        infra=infra.name, kind=info.kind, verdict="chosen" if ok else ("rejected" if reasons else "unavailable"),
+        rank=1 if ok else None, reasons=reasons or ["the only infrastructure this gateway has"],
+        region=info.region, healthy=info.healthy,
+    )  # fmt: skip
+    summary = f"'{spec.name}' runs on {infra.name}" if ok else f"'{spec.name}' cannot run on {infra.name}"
+    return Explanation(function=spec.name, policy=spec.policy, ranking=[infra.name] if ok else [], infrastructures=[v], summary=summary)
 
 
 def build_infrastructure(config: InfraConfig, settings: Settings) -> Infrastructure:

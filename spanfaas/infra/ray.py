@@ -1,0 +1,284 @@
+"""The ``ray`` infrastructure: functions run as Ray tasks on an existing cluster.
+
+- **Where the driver lives**: in a bridge child process
+  (``spanfaas.infra.ray_bridge``), reached over a socketpair.  When the
+  cluster stops, the bridge reports the in-flight invocations as failed
+  (``InfraUnavailable``, so the scheduler fails over) and exits; ``info()``
+  (called by the scheduler's background refresh, never on the request path)
+  starts a new bridge once something listens at the address again, and
+  deploys the functions again.
+- **How code travels**: the bundle (a tar.gz) is put into the object store
+  once per deploy; a worker unpacks it on first use and keeps the imported
+  handler, so warm invocations on a worker pay only the call.  Ray's
+  ``runtime_env`` is used only for a function's ``env``.
+- **Isolation**: ``reuse`` runs in Ray's pooled workers (module state may
+  persist, as on other FaaS); ``strict`` uses ``max_calls=1``: a fresh worker
+  process per invocation, which is correct but slow (a process start each).
+- **Capabilities**: CPUs, GPUs, per-node memory and nodes from the cluster.
+
+Install with ``pip install 'spanfaas[ray]'``; only the bridge imports ``ray``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from spanfaas.config import InfraConfig
+from spanfaas.errors import FunctionNotFound, InfraUnavailable
+from spanfaas.infra import ray_bridge as wire
+from spanfaas.infra.bundles import pack_dir
+from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Result
+
+__all__ = ["RayInfrastructure"]
+
+log = logging.getLogger("spanfaas.infra.ray")
+
+
+class _Bridge:
+    """One running bridge process and its socket."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.proc = proc
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.alive = True
+
+
+class RayInfrastructure:
+    kind = "ray"
+
+    def __init__(self, config: InfraConfig, *, data_dir: str | Path | None = None, python: str = sys.executable) -> None:
+        self.name = config.name
+        self.config = config
+        self.python = python
+        self.log_dir = Path(data_dir) if data_dir else None
+        self._bridge: _Bridge | None = None
+        self._ids = itertools.count(1)
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(wire.Reply).decode
+        self._functions: dict[str, tuple[FunctionSpec, bytes, str]] = {}
+        self._reason = "not connected yet"
+        self._next_attempt = 0.0
+        self._connecting: asyncio.Lock | None = None
+        self._python = ""
+        self.connects = 0
+        """Bridges started (for tests: a reconnect after the cluster came back adds one)."""
+        self.inflight = 0
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._ensure()
+
+    async def _ensure(self) -> _Bridge:
+        bridge = self._bridge
+        if bridge is not None and bridge.alive:
+            return bridge
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._bridge is not None and self._bridge.alive:
+                return self._bridge
+            now = time.monotonic()
+            if now < self._next_attempt:
+                raise InfraUnavailable(f"Ray at {self._where()} is unavailable: {self._reason}")
+            self._next_attempt = now + 1.0
+            try:
+                self._bridge = await self._connect()
+            except InfraUnavailable as exc:
+                self._reason = exc.message
+                raise
+            self._reason = ""
+            for spec, data, _ in list(self._functions.values()):
+                await self._send_deploy(self._bridge, spec, data)
+            return self._bridge
+
+    def _where(self) -> str:
+        return self.config.address or "a new local Ray instance"
+
+    def _probe(self) -> None:
+        """Fail fast when nothing listens at a GCS address (ray.init would retry for a minute)."""
+        addr = self.config.address
+        if not addr or addr == "auto" or addr.startswith("ray://"):
+            return
+        parts = urlsplit(f"//{addr}")
+        try:
+            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=2).close()
+        except OSError as exc:
+            raise InfraUnavailable(f"nothing answers at Ray address {addr}: {exc.strerror or exc}") from None
+
+    async def _connect(self) -> _Bridge:
+        await asyncio.to_thread(self._probe)
+        ours, theirs = socket.socketpair()
+        log_file: Any = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_file = open(self.log_dir / f"ray-bridge-{self.name}.log", "ab")
+        try:
+            proc = subprocess.Popen(
+                [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), self.config.address],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            )  # fmt: skip
+        finally:
+            theirs.close()
+            if log_file is not subprocess.DEVNULL:
+                log_file.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        bridge = _Bridge(proc, reader, writer)
+        try:
+            hello = self._decode(await asyncio.wait_for(wire.read_frame(reader), max(self.config.timeout, 60.0)))
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            self._kill(bridge)
+            raise InfraUnavailable(f"the Ray bridge did not connect to {self._where()}: {type(exc).__name__}") from None
+        if not isinstance(hello, wire.Hello) or not hello.ok:
+            self._kill(bridge)
+            raise InfraUnavailable(f"could not connect to Ray at {self._where()}: {getattr(hello, 'message', hello)}")
+        self._python = hello.python
+        self.connects += 1
+        bridge.task = asyncio.create_task(self._read(bridge), name=f"spanfaas-ray-{self.name}")
+        log.info("connected to Ray %s at %s (bridge pid %d)", hello.ray_version, self._where(), proc.pid)
+        return bridge
+
+    async def _read(self, bridge: _Bridge) -> None:
+        try:
+            while True:
+                msg = self._decode(await wire.read_frame(bridge.reader))
+                fut = bridge.pending.pop(msg.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+                if isinstance(msg, wire.Failed) and msg.lost:
+                    self._lost(bridge, msg.message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._lost(bridge, "the Ray bridge exited")
+
+    def _lost(self, bridge: _Bridge, why: str) -> None:
+        if not bridge.alive:
+            return
+        bridge.alive = False
+        self._reason = why
+        log.warning("Ray at %s is unavailable: %s", self._where(), why)
+        err = InfraUnavailable(f"Ray at {self._where()} is unavailable: {why}")
+        for fut in bridge.pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        bridge.pending.clear()
+        self._kill(bridge)
+
+    def _kill(self, bridge: _Bridge) -> None:
+        bridge.alive = False
+        bridge.writer.close()
+        if bridge.proc.poll() is None:
+            try:
+                os.killpg(bridge.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+        try:
+            bridge.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            log.error("the Ray bridge (pid %d) did not die", bridge.proc.pid)
+
+    async def _call(self, bridge: _Bridge, msg: msgspec.Struct, timeout: float) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        id = msg.id  # type: ignore[attr-defined]
+        bridge.pending[id] = fut
+        wire.write_frame(bridge.writer, self._encode(msg))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            bridge.pending.pop(id, None)
+            self._lost(bridge, f"no answer in {timeout:g} s")
+            raise InfraUnavailable(f"Ray at {self._where()} did not answer in {timeout:g} s") from None
+
+    # -- the protocol --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        bridge, self._bridge = self._bridge, None
+        if bridge is None:
+            return
+        if bridge.task is not None:
+            bridge.task.cancel()
+        bridge.alive = False
+        bridge.writer.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(bridge.proc.wait), 10)
+        except TimeoutError:
+            self._kill(bridge)
+
+    async def info(self) -> InfraInfo:
+        bridge = await self._ensure()
+        reply = await self._call(bridge, wire.Infos(next(self._ids)), self.config.timeout)
+        if isinstance(reply, wire.Failed):
+            raise InfraUnavailable(f"Ray at {self._where()}: {reply.message}")
+        return InfraInfo(
+            name=self.name, kind=self.kind, region="local", gpu=reply.gpus > 0,
+            max_memory=max(reply.memory_mib, 16), python=self._python, isolation=["strict", "reuse"],
+            healthy=reply.nodes > 0 and reply.cpus > 0, free_slots=int(reply.available_cpus),
+            queue_depth=max(0, self.inflight - int(reply.cpus)), instances=self.inflight,
+            functions=len(self._functions),
+        )  # fmt: skip
+
+    async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
+        old = self._functions.get(spec.name)
+        data = old[1] if old is not None and old[2] == bundle.digest else await asyncio.to_thread(pack_dir, bundle.path)
+        bridge = await self._ensure()
+        await self._send_deploy(bridge, spec, data, bundle.digest)
+        self._functions[spec.name] = (spec, data, bundle.digest)
+
+    async def _send_deploy(self, bridge: _Bridge, spec: FunctionSpec, data: bytes, digest: str | None = None) -> None:
+        digest = digest or self._functions[spec.name][2]
+        msg = wire.Deploy(
+            id=next(self._ids), name=spec.name, key=f"{spec.name}-{digest[:16]}", bundle=data,
+            module=spec.module, function=spec.function, env=dict(spec.env), cpu=spec.resources.cpu,
+            gpu=spec.policy.gpu, strict=spec.isolation == "strict",
+        )  # fmt: skip
+        reply = await self._call(bridge, msg, max(self.config.timeout, 60.0))
+        if isinstance(reply, wire.Failed):
+            raise InfraUnavailable(f"deploying '{spec.name}' on Ray at {self._where()} failed: {reply.message}")
+
+    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        bridge = self._bridge
+        if bridge is None or not bridge.alive:
+            raise InfraUnavailable(f"Ray at {self._where()} is unavailable: {self._reason}")
+        if spec.name not in self._functions:
+            raise FunctionNotFound(f"function '{spec.name}' is not deployed on Ray infrastructure '{self.name}'")
+        timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None)
+        msg = wire.Run(id=next(self._ids), name=spec.name, payload=payload, content_type=ctx.content_type,
+                       invocation_id=ctx.invocation_id, timeout=timeout, event=ctx.event)  # fmt: skip
+        self.inflight += 1
+        try:
+            reply = await self._call(bridge, msg, timeout + max(self.config.timeout, 30.0))
+        finally:
+            self.inflight -= 1
+        if isinstance(reply, wire.Failed):
+            if reply.missing:
+                raise FunctionNotFound(f"function '{spec.name}' is not deployed on Ray infrastructure '{self.name}'")
+            raise InfraUnavailable(f"Ray at {self._where()} failed: {reply.message}")
+        error = msgspec.convert(reply.error, ErrorInfo) if reply.error is not None else None
+        return Result(
+            invocation_id=ctx.invocation_id, function=spec.name, output=reply.output, content_type=reply.content_type,
+            error=error, logs=reply.logs, duration_ms=reply.duration_ms, cold=reply.cold, infra=self.name,
+        )  # fmt: skip
+
+    async def remove(self, name: str) -> None:
+        self._functions.pop(name, None)
+        bridge = self._bridge
+        if bridge is not None and bridge.alive:
+            await self._call(bridge, wire.Drop(next(self._ids), name), self.config.timeout)
+
+    async def prewarm(self, name: str) -> None:
+        pass

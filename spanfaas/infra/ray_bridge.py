@@ -1,0 +1,259 @@
+"""The Ray bridge: a child process that is the Ray driver for one ``ray`` infrastructure.
+
+    python -m spanfaas.infra.ray_bridge FD ADDRESS
+
+Ray's driver lives here rather than in the gateway because a Ray cluster that
+stops leaves its driver unusable (every call fails with ``LocalRayletDiedError``
+until a new ``ray.init``) and writes to the driver's stdout; one bridge per
+connection keeps the gateway clean: when Ray goes away the bridge exits, and
+``RayInfrastructure`` starts a new one once the cluster answers again.
+
+Wire: on the socket ``FD``, frames of ``<I`` length + a msgpack message from
+the unions below; replies carry the request's ``id``; requests run
+concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+__all__ = ["Deploy", "Drop", "Failed", "Hello", "InfoReply", "Infos", "Ok", "Ran", "Run", "read_frame", "write_frame"]
+
+LEN = struct.Struct("<I")
+
+
+class Hello(Struct, tag=True):
+    ok: bool
+    message: str = ""
+    ray_version: str = ""
+    python: str = ""
+
+
+class Deploy(Struct, tag=True, kw_only=True):
+    id: int
+    name: str
+    key: str
+    bundle: bytes
+    module: str
+    function: str
+    env: dict[str, str]
+    cpu: float
+    gpu: bool
+    strict: bool
+
+
+class Drop(Struct, tag=True):
+    id: int
+    name: str
+
+
+class Run(Struct, tag=True, kw_only=True):
+    id: int
+    name: str
+    payload: bytes
+    content_type: str
+    invocation_id: str
+    timeout: float
+    event: Any = None
+
+
+class Infos(Struct, tag=True):
+    id: int
+
+
+Request = Deploy | Drop | Run | Infos
+
+
+class Ok(Struct, tag=True):
+    id: int
+
+
+class Failed(Struct, tag=True):
+    id: int
+    message: str
+    lost: bool = False
+    """Ray itself is gone: the bridge exits after this."""
+    missing: bool = False
+    """The function is not deployed here."""
+
+
+class Ran(Struct, tag=True, kw_only=True):
+    id: int
+    output: bytes
+    content_type: str
+    error: dict[str, Any] | None
+    logs: str
+    duration_ms: float
+    cold: bool
+
+
+class InfoReply(Struct, tag=True, kw_only=True):
+    id: int
+    cpus: float
+    gpus: float
+    available_cpus: float
+    memory_mib: int
+    nodes: int
+
+
+Reply = Hello | Ok | Failed | Ran | InfoReply
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    (n,) = LEN.unpack(await reader.readexactly(LEN.size))
+    return await reader.readexactly(n)
+
+
+def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(LEN.pack(len(data)) + data)
+
+
+class Bridge:
+    def __init__(self, ray: Any, writer: asyncio.StreamWriter) -> None:
+        from spanfaas.infra import ray_worker
+
+        self.ray = ray
+        self.writer = writer
+        self.encode = msgspec.msgpack.Encoder().encode
+        ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
+        self.remote = ray.remote(ray_worker.run)
+        self.functions: dict[str, tuple[Any, list[Any], Deploy]] = {}
+        self.lost = asyncio.Event()
+
+    def send(self, msg: Struct) -> None:
+        write_frame(self.writer, self.encode(msg))
+
+    async def handle(self, req: Any) -> None:
+        try:
+            match req:
+                case Run():
+                    await self.run(req)
+                case Deploy():
+                    self.deploy(req)
+                    self.send(Ok(req.id))
+                case Drop():
+                    self.functions.pop(req.name, None)
+                    self.send(Ok(req.id))
+                case Infos():
+                    self.send(await asyncio.to_thread(self.info, req.id))
+        except self.ray.exceptions.RayError as exc:
+            fatal = isinstance(exc, (self.ray.exceptions.LocalRayletDiedError, self.ray.exceptions.RaySystemError))
+            self.send(Failed(req.id, f"{type(exc).__name__}: {exc}"[:2000], lost=fatal))
+            if fatal:
+                self.lost.set()
+        except Exception as exc:  # report it to the gateway, keep serving
+            self.send(Failed(req.id, f"{type(exc).__name__}: {exc}"[:2000], lost=isinstance(exc, ConnectionError)))
+
+    def deploy(self, req: Deploy) -> None:
+        ref = self.ray.put(req.bundle)
+        opts: dict[str, Any] = {"num_cpus": req.cpu, "max_retries": 0}
+        if req.gpu:
+            opts["num_gpus"] = 1
+        if req.strict:
+            opts["max_calls"] = 1
+        if req.env:
+            opts["runtime_env"] = {"env_vars": dict(req.env)}
+        self.functions[req.name] = (self.remote.options(**opts), [ref], req)
+
+    async def run(self, req: Run) -> None:
+        entry = self.functions.get(req.name)
+        if entry is None:
+            self.send(Failed(req.id, f"function '{req.name}' is not deployed on this Ray bridge", missing=True))
+            return
+        fn, bundle, d = entry
+        ref = fn.remote(bundle, d.key, d.name, d.module, d.function, req.payload, req.content_type,
+                        req.invocation_id, req.timeout, req.event)  # fmt: skip
+        try:
+            output, ct, error, logs, ms, cold = await asyncio.wait_for(ref, req.timeout)
+        except TimeoutError:
+            self.ray.cancel(ref, force=True)
+            error = {"kind": "timeout", "message": f"the function ran longer than its timeout of {req.timeout:g} s"}
+            output, ct, logs, ms, cold = b"", "application/json", "", req.timeout * 1000.0, False
+        except self.ray.exceptions.WorkerCrashedError as exc:
+            error = {"kind": "crashed", "message": f"the Ray worker died: {exc}"[:2000]}
+            output, ct, logs, ms, cold = b"", "application/json", "", 0.0, False
+        except self.ray.exceptions.OutOfMemoryError as exc:
+            error = {"kind": "oom", "message": str(exc)[:2000]}
+            output, ct, logs, ms, cold = b"", "application/json", "", 0.0, False
+        self.send(Ran(id=req.id, output=output, content_type=ct, error=error, logs=logs, duration_ms=ms, cold=cold))
+
+    def info(self, id: int) -> InfoReply:
+        total = self.ray.cluster_resources()
+        avail = self.ray.available_resources()
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        per_node = max((n.get("Resources", {}).get("memory", 0) for n in nodes), default=0)
+        return InfoReply(
+            id=id, cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0), available_cpus=avail.get("CPU", 0.0),
+            memory_mib=int(per_node // (1 << 20)), nodes=len(nodes),
+        )  # fmt: skip
+
+
+async def serve(fd: int, address: str) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    encode = msgspec.msgpack.Encoder().encode
+    try:
+        import ray
+
+        t0 = time.monotonic()
+        await asyncio.to_thread(
+            ray.init, address=address or None, namespace="spanfaas", logging_level=logging.WARNING,
+            log_to_driver=False, configure_logging=False,
+        )  # fmt: skip
+        print(f"connected to Ray at {address or 'a new local instance'} in {time.monotonic() - t0:.1f} s", flush=True)
+    except Exception as exc:  # tell the gateway why, then exit
+        write_frame(writer, encode(Hello(False, f"{type(exc).__name__}: {exc}"[:2000])))
+        await writer.drain()
+        return 1
+    write_frame(writer, encode(Hello(True, ray_version=ray.__version__, python=sys.version.split()[0])))
+    bridge = Bridge(ray, writer)
+    decode = msgspec.msgpack.Decoder(Request).decode
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def requests() -> None:
+        while True:
+            try:
+                frame = await read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return  # the gateway went away
+            task = asyncio.create_task(bridge.handle(decode(frame)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if writer.transport.get_write_buffer_size() > 1 << 20:
+                await writer.drain()
+
+    reading = asyncio.create_task(requests())
+    lost = asyncio.create_task(bridge.lost.wait())
+    try:
+        await asyncio.wait((reading, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        reading.cancel()
+        lost.cancel()
+        if bridge.lost.is_set():
+            await asyncio.sleep(0.1)  # let the last replies go out
+            print("Ray is gone; the bridge exits", flush=True)
+        for task in tasks:
+            task.cancel()
+        await writer.drain()
+    return 0
+
+
+def main() -> None:
+    fd, address = int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+    code = asyncio.run(serve(fd, address))
+    sys.stdout.flush()
+    os._exit(code)  # skip Ray's atexit handlers, which may wait on a dead cluster
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""What runs inside a Ray worker: load a function's bundle once, call its handler.
+
+This module travels to the cluster by value (cloudpickle), so it imports only
+the standard library (and ``ray``, there already): the cluster needs neither
+spanfaas nor msgspec installed.
+
+A worker keeps each loaded handler (keyed by bundle digest), so warm
+invocations pay only the call; ``isolation = "strict"`` runs with Ray's
+``max_calls=1``, a fresh worker process per invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import inspect
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from typing import Any
+
+_loaded: dict[str, Any] = {}
+
+
+class Context:
+    """The handler's ``context``: the same names as on the local runtime."""
+
+    __slots__ = ("invocation_id", "function_name", "deadline", "event", "logger")
+
+    def __init__(self, invocation_id: str, name: str, timeout: float, event: Any) -> None:
+        self.invocation_id = invocation_id
+        self.function_name = name
+        self.deadline = time.time() + timeout
+        self.event = event
+        self.logger = logging.getLogger(f"spanfaas.function.{name}")
+
+    def remaining_time(self) -> float:
+        return max(0.0, self.deadline - time.time())
+
+
+def _load(key: str, bundle: list[Any], module: str, function: str) -> Any:
+    import ray
+
+    data = ray.get(bundle[0])
+    root = os.path.join(tempfile.gettempdir(), "spanfaas-ray", key)
+    if not os.path.isdir(root):
+        tmp = f"{root}.{os.getpid()}.tmp"
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not os.path.isdir(root):
+                raise
+    parts = module.split(".")
+    path = next(p for p in (os.path.join(root, *parts) + ".py", os.path.join(root, *parts, "__init__.py")) if os.path.isfile(p))
+    name = f"_spanfaas_fn_{key}_{'_'.join(parts)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, root)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(root)
+    return getattr(mod, function)
+
+
+def run(
+    bundle: list[Any], key: str, name: str, module: str, function: str, payload: bytes, content_type: str,
+    invocation_id: str, timeout: float, event_attrs: Any,
+) -> tuple[bytes, str, dict[str, Any] | None, str, float, bool]:  # fmt: skip
+    """One invocation: (output, content type, error or None, logs, duration ms, cold)."""
+    start = time.perf_counter()
+    logs = io.StringIO()
+    handler = _loaded.get(key)
+    cold = handler is None
+    output, out_type, error = b"", "application/json", None
+    with contextlib.redirect_stdout(logs), contextlib.redirect_stderr(logs):
+        try:
+            if handler is None:
+                handler = _loaded[key] = _load(key, bundle, module, function)
+            ct = content_type.partition(";")[0].strip().lower()
+            event: Any = payload
+            if ct == "application/json" or ct.endswith("+json"):
+                event = json.loads(payload) if payload else None
+            context = Context(invocation_id, name, timeout, event_attrs)
+            value = handler(event, context)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_awaited(value))
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                output, out_type = bytes(value), "application/octet-stream"
+            else:
+                output = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except MemoryError as exc:
+            error = {"kind": "oom", "type": "MemoryError", "message": str(exc)}
+        except Exception as exc:  # the user's error, with its traceback
+            typ = type(exc)
+            qual = typ.__qualname__ if typ.__module__ == "builtins" else f"{typ.__module__}.{typ.__qualname__}"
+            error = {"kind": "error", "type": qual, "message": str(exc), "traceback": "".join(traceback.format_exception(exc))}
+    return output, out_type, error, logs.getvalue(), (time.perf_counter() - start) * 1000.0, cold
+
+
+async def _awaited(value: Any) -> Any:
+    return await value

@@ -1,0 +1,202 @@
+"""The ``remote`` infrastructure: another spanfaas gateway (a *site*) over HTTP.
+
+The site is reached with its own token (scopes ``deploy`` and ``invoke``);
+its capabilities come from its ``GET /v1/info`` (every infrastructure it
+lists, folded into one), overridden by what the operator declared for it in
+``[[infrastructures]]``.
+
+A deploy ships the bundle with its manifest rewritten: placement was decided
+here, so the site gets only the parts of the policy that are about what the
+function needs (``gpu``, ``min_memory``) and how to prefer among its own
+infrastructures, not our names, regions, labels or prices.
+
+Errors: the function's own failure (a Problem whose type is one of the
+function-* slugs) comes back as a ``Result`` with ``error``; a request the
+site rejects as wrong is raised as the same typed error; everything else
+(connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
+the scheduler fails over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+
+from spanfaas.config import InfraConfig
+from spanfaas.errors import (
+    PROBLEM_BASE,
+    FunctionNotFound,
+    InfraUnavailable,
+    InvalidRequest,
+    SpanfaasError,
+    TooManyRequests,
+    error_from_problem,
+)
+from spanfaas.infra.bundles import manifest_toml, pack_dir
+from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Policy, Result
+
+__all__ = ["RemoteInfrastructure", "site_spec"]
+
+_KINDS = {
+    "function-error": "error",
+    "function-timeout": "timeout",
+    "function-out-of-memory": "oom",
+    "function-crashed": "crashed",
+    "function-failed": "error",
+}
+
+
+def site_spec(spec: FunctionSpec) -> FunctionSpec:
+    """The spec as the site should see it: our placement parts removed."""
+    p = spec.policy
+    policy = Policy(gpu=p.gpu, min_memory=p.min_memory, prefer=[x for x in p.prefer if x != "locality"], fallback=p.fallback)
+    return msgspec.structs.replace(spec, policy=policy)
+
+
+class RemoteInfrastructure:
+    kind = "remote"
+
+    def __init__(self, config: InfraConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self.url = config.address.rstrip("/")
+        headers = {"authorization": f"Bearer {config.token}"} if config.token else {}
+        self.http = httpx.AsyncClient(
+            base_url=self.url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(config.timeout, read=None),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )  # fmt: skip
+        self._bundles: dict[str, tuple[FunctionSpec, Bundle]] = {}
+        self._packed: dict[str, bytes] = {}
+        self.inflight = 0
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    # -- http ----------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> httpx.Response:
+        try:
+            return await self.http.request(method, path, timeout=httpx.Timeout(self.config.timeout, read=timeout), **kw)
+        except httpx.TransportError as exc:
+            raise InfraUnavailable(f"site '{self.name}' at {self.url} is unreachable: {type(exc).__name__}: {exc}") from None
+
+    def _error(self, resp: httpx.Response, what: str) -> SpanfaasError:
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = {}
+        detail = doc.get("detail") or resp.text[:300] or resp.reason_phrase
+        if resp.status_code in (401, 403):
+            return InfraUnavailable(f"site '{self.name}' refuses our token ({resp.status_code}): {detail}; check its token in [[infrastructures]]")
+        if resp.status_code == 429:
+            return TooManyRequests(f"site '{self.name}' is full: {detail}")
+        if resp.status_code == 404 and str(doc.get("type", "")).endswith("function-not-found"):
+            return FunctionNotFound(f"site '{self.name}' does not have the function: {detail}")
+        if 400 <= resp.status_code < 500 and isinstance(doc, dict) and doc.get("type"):
+            err = error_from_problem(doc)
+            if isinstance(err, InvalidRequest):
+                return err
+        return InfraUnavailable(f"{what} on site '{self.name}' failed ({resp.status_code}): {detail}")
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def info(self) -> InfraInfo:
+        resp = await self._request("GET", "/v1/info", timeout=self.config.timeout)
+        if resp.status_code != 200:
+            raise self._error(resp, "GET /v1/info")
+        infos = msgspec.convert(resp.json().get("infrastructures", []), list[InfraInfo])
+        if not infos:
+            raise InfraUnavailable(f"site '{self.name}' lists no infrastructures")
+        healthy = [i for i in infos if i.healthy]
+        first = infos[0]
+        return InfraInfo(
+            name=self.name, kind=self.kind, region=first.region, labels=dict(first.labels),
+            gpu=any(i.gpu for i in infos), max_memory=max(i.max_memory for i in infos),
+            max_timeout=max(i.max_timeout for i in infos), python=first.python,
+            isolation=sorted({m for i in infos for m in i.isolation}),
+            price_per_gb_s=min(i.price_per_gb_s for i in infos), datasets=sorted({d for i in infos for d in i.datasets}),
+            healthy=bool(healthy), queue_depth=sum(i.queue_depth for i in infos),
+            free_slots=sum(i.free_slots for i in healthy), instances=sum(i.instances for i in infos),
+            functions=max(i.functions for i in infos), ewma_latency_ms=first.ewma_latency_ms,
+            error_rate=max((i.error_rate for i in healthy), default=0.0),
+        )  # fmt: skip
+
+    async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
+        data = self._packed.get(bundle.digest)
+        if data is None:
+            data = await asyncio.to_thread(pack_dir, bundle.path, manifest=manifest_toml(site_spec(spec)))
+        resp = await self._request(
+            "PUT", f"/v1/functions/{spec.name}", content=data, headers={"content-type": "application/gzip"},
+            timeout=max(self.config.timeout, 60.0),
+        )  # fmt: skip
+        if resp.status_code not in (200, 201):
+            raise self._error(resp, f"deploying '{spec.name}'")
+        old = self._bundles.get(spec.name)
+        if old is not None and old[1].digest != bundle.digest:
+            self._packed.pop(old[1].digest, None)
+        self._bundles[spec.name] = (spec, bundle)
+        self._packed[bundle.digest] = data
+
+    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.config.timeout
+        self.inflight += 1
+        try:
+            resp = await self._invoke(spec, payload, ctx, timeout)
+            if resp.status_code == 404 and spec.name in self._bundles:
+                err = self._error(resp, "invoking")
+                if isinstance(err, FunctionNotFound):  # the site lost it (a fresh data dir): deploy again, once
+                    await self.deploy(*self._bundles[spec.name])
+                    resp = await self._invoke(spec, payload, ctx, timeout)
+        finally:
+            self.inflight -= 1
+        h = resp.headers
+        duration = float(h.get("x-spanfaas-duration-ms", "0") or 0)
+        cold = h.get("x-spanfaas-cold") == "true"
+        if resp.status_code == 200:
+            return Result(
+                invocation_id=ctx.invocation_id, function=spec.name, output=resp.content,
+                content_type=h.get("content-type", "application/octet-stream"), duration_ms=duration, cold=cold,
+                infra=self.name,
+            )  # fmt: skip
+        if resp.headers.get("content-type", "").startswith("application/problem+json"):
+            doc = resp.json()
+            kind = _KINDS.get(str(doc.get("type", "")).removeprefix(PROBLEM_BASE))
+            if kind is not None:
+                error = ErrorInfo(
+                    kind=kind,  # type: ignore[arg-type]
+                    type=str(doc.get("error_type", "")), message=_message(doc), traceback=str(doc.get("traceback", "")),
+                    exit_status=doc.get("exit_status"),
+                )  # fmt: skip
+                return Result(
+                    invocation_id=ctx.invocation_id, function=spec.name, error=error, logs=str(doc.get("logs", "")),
+                    duration_ms=duration, cold=cold, infra=self.name,
+                )  # fmt: skip
+        raise self._error(resp, f"invoking '{spec.name}'")
+
+    async def _invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext, timeout: float) -> httpx.Response:
+        return await self._request(
+            "POST", f"/v1/functions/{spec.name}/invoke", content=payload,
+            headers={"content-type": ctx.content_type}, timeout=timeout,
+        )  # fmt: skip
+
+    async def remove(self, name: str) -> None:
+        entry = self._bundles.pop(name, None)
+        if entry is not None:
+            self._packed.pop(entry[1].digest, None)
+        resp = await self._request("DELETE", f"/v1/functions/{name}")
+        if resp.status_code not in (204, 404):
+            raise self._error(resp, f"removing '{name}'")
+
+    async def prewarm(self, name: str) -> None:
+        pass
+
+
+def _message(doc: dict[str, Any]) -> str:
+    """The function's own message: the Problem's detail without the 'Type: ' prefix the gateway adds."""
+    detail = str(doc.get("detail", ""))
+    prefix = f"{doc.get('error_type', '')}: "
+    return detail.removeprefix(prefix) if doc.get("error_type") else detail
