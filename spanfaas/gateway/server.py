@@ -108,6 +108,9 @@ async def serve_async(
         finally:
             await infra.close()
     finally:
+        # Store calls run in the default executor; a cancelled caller does not
+        # stop its thread, so wait for every one before closing the store under it.
+        await asyncio.get_running_loop().shutdown_default_executor()
         store.close()
 
 
