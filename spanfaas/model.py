@@ -21,6 +21,7 @@ __all__ = [
     "ErrorInfo",
     "FunctionRecord",
     "FunctionSpec",
+    "ImageRef",
     "InfraInfo",
     "InvocationRecord",
     "InvokeContext",
@@ -157,11 +158,22 @@ def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
     return parse_manifest(manifest.read_text(), source=str(manifest), **overrides)
 
 
+class ImageRef(Struct, frozen=True, kw_only=True):
+    """A built image as the runtime needs it: where its packages are."""
+
+    id: str
+    paths: list[str]
+    """Directories put first on the function's ``sys.path`` (the image's site-packages)."""
+    preload: list[str] = []
+    """Modules the image's zygote imports once, shared by every function on the image."""
+
+
 class Bundle(Struct, frozen=True):
     """A function's code, unpacked on disk, named by the sha256 of its archive."""
 
     digest: str
     path: str
+    image: ImageRef | None = None
 
 
 class InvokeContext(Struct, frozen=True, kw_only=True):

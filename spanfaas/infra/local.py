@@ -34,7 +34,7 @@ class LocalInfrastructure:
         await self.runtime.close()
 
     async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
-        await self.runtime.deploy(spec, bundle.path)
+        await self.runtime.deploy(spec, bundle.path, image=bundle.image)
 
     async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
         result = await self.runtime.invoke(spec.name, payload, ctx)

@@ -22,12 +22,25 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from spanfaas.errors import InfraError, InvalidBundle, TooManyRequests
-from spanfaas.model import ErrorInfo, FunctionSpec, InvokeContext, Protection, Result
+from spanfaas.model import (
+    ErrorInfo,
+    FunctionSpec,
+    ImageRef,
+    InvokeContext,
+    Protection,
+    Result,
+)
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime.channels import ControlChannel, InstanceConnection, InstanceLost, read_hello
+from spanfaas.runtime.channels import (
+    ControlChannel,
+    InstanceConnection,
+    InstanceLost,
+    read_hello,
+)
 
 if TYPE_CHECKING:
     from spanfaas.runtime.runtime import LocalRuntime
+    from spanfaas.runtime.zygotes import ZygoteProcess
 
 _template_decoder = msgspec.msgpack.Decoder(p.TemplateEvent)
 HELLO_TIMEOUT = 10.0
@@ -76,8 +89,12 @@ class Instance:
 
 
 class Pool:
-    def __init__(self, runtime: LocalRuntime, spec: FunctionSpec, bundle_path: str, key: str) -> None:
+    def __init__(
+        self, runtime: LocalRuntime, spec: FunctionSpec, bundle_path: str, key: str, *, image: ImageRef | None = None
+    ) -> None:
         self.runtime = runtime
+        self.image = image
+        self.zygote: ZygoteProcess | None = None
         self.spec = spec
         self.bundle_path = bundle_path
         self.key = key

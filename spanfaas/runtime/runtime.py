@@ -14,21 +14,16 @@ import itertools
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-import spanfaas
 from spanfaas.config import RuntimeSettings, Settings
 from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge
-from spanfaas.model import FunctionSpec, InvokeContext, Protection, Result
+from spanfaas.model import FunctionSpec, ImageRef, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime.channels import ControlChannel
 from spanfaas.runtime.pool import Pool
 from spanfaas.runtime.sandboxing import (
     FunctionSandbox,
@@ -37,10 +32,10 @@ from spanfaas.runtime.sandboxing import (
     remove_cgroup_root,
     runtime_cgroup_root,
 )
+from spanfaas.runtime.zygotes import ZygoteProcess
 
 log = logging.getLogger("spanfaas.runtime")
 
-_zygote_decoder = msgspec.msgpack.Decoder(p.ZygoteEvent)
 TICK = 0.5
 
 
@@ -60,10 +55,9 @@ class LocalRuntime:
         self._by_pid: dict[int, Pool] = {}
         self._sandboxes: dict[str, FunctionSandbox] = {}
         self._keys = itertools.count(1)
-        self._zygote: subprocess.Popen[bytes] | None = None
-        self._zchan: ControlChannel | None = None
+        self._zygotes: dict[str, ZygoteProcess] = {}
         self._ticker: asyncio.Task[None] | None = None
-        self._draining: set[asyncio.Task[None]] = set()
+        self._draining: set[asyncio.Task[Any]] = set()
         self.protections: list[Protection] = []
         self.started = False
 
@@ -84,25 +78,7 @@ class LocalRuntime:
         _remove_stale_scratch(self.scratch_root.parent)
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch_root, 0o711)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pkg_parent = str(Path(spanfaas.__file__).resolve().parent.parent)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "PYTHONPATH": pkg_parent,
-            "PYTHONUNBUFFERED": "1",
-        }
-        preimport = msgspec.json.encode(self.rt.preimport).decode()
-        self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "spanfaas.runtime.zygote", str(theirs.fileno()), preimport]
-            + (["--sandbox"] if self.rt.sandbox else []),
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd="/",
-        )
-        theirs.close()
-        self._zchan = ControlChannel(ours, _zygote_decoder, self._on_zygote_message, self._on_zygote_eof)
+        self._zygote_for(None)
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         self.started = True
 
@@ -116,18 +92,14 @@ class LocalRuntime:
                 await self._ticker
         for task in list(self._draining):
             task.cancel()
+        await asyncio.gather(*self._draining, return_exceptions=True)
         for pool in list(self._by_key.values()):
             pool.close()
         self._by_key.clear()
         self._pools.clear()
-        if self._zchan is not None:
-            self._zchan.close()
-        if self._zygote is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(self._zygote.wait), 5)
-            except asyncio.TimeoutError:
-                self._zygote.kill()
-                await asyncio.to_thread(self._zygote.wait)
+        for zygote in list(self._zygotes.values()):
+            await zygote.close()
+        self._zygotes.clear()
         for sb in self._sandboxes.values():
             sb.destroy()
         self._sandboxes.clear()
@@ -143,9 +115,25 @@ class LocalRuntime:
 
     # -- zygote -------------------------------------------------------------------
 
-    def _on_zygote_message(self, msg: Any, fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)
+    def _zygote_for(self, image: ImageRef | None) -> ZygoteProcess:
+        """The zygote for ``image`` (None: the default one), started on first use."""
+        key = image.id if image is not None else ""
+        zygote = self._zygotes.get(key)
+        if zygote is None or not zygote.alive:
+            preimport = list(self.rt.preimport) + (list(image.preload) if image is not None else [])
+            zygote = ZygoteProcess(
+                key or "default",
+                preimport=preimport,
+                sys_path=image.paths if image is not None else (),
+                sandbox=self.rt.sandbox,
+                on_message=self._on_zygote_message,
+                on_exit=self._on_zygote_exit,
+            )
+            zygote.start()
+            self._zygotes[key] = zygote
+        return zygote
+
+    def _on_zygote_message(self, msg: Any) -> None:
         match msg:
             case p.TemplateSpawned(key=key, pid=pid):
                 pool = self._by_key.get(key)
@@ -159,21 +147,30 @@ class LocalRuntime:
                 if pool is not None and pool.template_pid == pid:
                     pool.on_template_exit(status)
 
-    def _on_zygote_eof(self) -> None:
-        if self.started:
-            log.error("spanfaas runtime: the zygote exited; functions cannot start until the runtime restarts")
-            self.started = False
-            for pool in list(self._by_key.values()):
+    def _on_zygote_exit(self, zygote: ZygoteProcess) -> None:
+        if not self.started:
+            return
+        log.error("spanfaas runtime: zygote %s exited; its functions restart on their next invocation", zygote.key)
+        for pool in list(self._by_key.values()):
+            if pool.zygote is zygote:
                 pool.stop_template()
 
     def spawn_template(self, pool: Pool, chan_fd: int, initial: int = 0) -> None:
         """Ask the zygote to fork ``pool``'s template with ``chan_fd`` as its channel."""
-        if self._zchan is None or not self.started:
+        if not self.started:
             raise InfraUnavailable("the local runtime is not running")
+        zygote = self._zygote_for(pool.image)
+        pool.zygote = zygote
         sb = self._sandboxes.get(pool.key)
         if sb is None:
             sb = FunctionSandbox.create(
-                self.rt, pool.spec, pool.key, pool.bundle_path, self.scratch_root / pool.key, self.cgroup_root
+                self.rt,
+                pool.spec,
+                pool.key,
+                pool.bundle_path,
+                self.scratch_root / pool.key,
+                self.cgroup_root,
+                extra_ro=pool.image.paths if pool.image is not None else (),
             )
             self._sandboxes[pool.key] = sb
         sb.prepare_scratch()
@@ -192,7 +189,7 @@ class LocalRuntime:
             sandbox=msgspec.to_builtins(sb.plan) if sb.plan is not None else None,
             cgroup=sb.cgroup_dirs(),
         )
-        self._zchan.send(req, fds=[chan_fd])
+        zygote.spawn(req, chan_fd)
 
     def oom_kills(self, pool: Pool) -> int:
         sb = self._sandboxes.get(pool.key)
@@ -200,16 +197,17 @@ class LocalRuntime:
 
     # -- the API ---------------------------------------------------------------------
 
-    async def deploy(self, spec: FunctionSpec, bundle_dir: str | Path) -> None:
+    async def deploy(self, spec: FunctionSpec, bundle_dir: str | Path, *, image: ImageRef | None = None) -> None:
         """Load ``spec``'s code into a new template; swap it in once it is ready.
 
-        Raises InvalidBundle (with the traceback) when the code cannot be
-        imported; the version that served before keeps serving.
+        With ``image``, the template forks from that image's zygote and sees
+        its packages.  Raises InvalidBundle (with the traceback) when the code
+        cannot be imported; the version that served before keeps serving.
         """
         if not self.started:
             raise InfraUnavailable("the local runtime is not running")
         key = f"{spec.name}-{next(self._keys)}"
-        pool = Pool(self, spec, str(Path(bundle_dir).resolve()), key)
+        pool = Pool(self, spec, str(Path(bundle_dir).resolve()), key, image=image)
         self._by_key[key] = pool
         try:
             await pool.start()
@@ -264,6 +262,14 @@ class LocalRuntime:
         sb = self._sandboxes.pop(pool.key, None)
         if sb is not None:
             sb.destroy()
+        if pool.image is not None and not any(
+            other.image is not None and other.image.id == pool.image.id for other in self._by_key.values()
+        ):
+            zygote = self._zygotes.pop(pool.image.id, None)
+            if zygote is not None:  # the image's last function went away
+                task = asyncio.get_running_loop().create_task(zygote.close())
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
 
     def functions(self) -> list[str]:
         return sorted(self._pools)
@@ -283,6 +289,7 @@ class LocalRuntime:
             "cold_starts": sum(s["cold_starts"] for s in pools.values()),
             "protections": self.protections,
             "pools": pools,
+            "zygotes": {z.key: z.proc.pid for z in self._zygotes.values() if z.proc is not None and z.alive},
         }
 
     # -- background ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import site
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import spanfaas
@@ -108,7 +109,14 @@ class FunctionSandbox:
 
     @classmethod
     def create(
-        cls, rt: RuntimeSettings, spec: FunctionSpec, key: str, bundle_path: str, scratch_dir: Path, cgroup_root: str
+        cls,
+        rt: RuntimeSettings,
+        spec: FunctionSpec,
+        key: str,
+        bundle_path: str,
+        scratch_dir: Path,
+        cgroup_root: str,
+        extra_ro: Sequence[str] = (),
     ) -> FunctionSandbox:
         if not rt.sandbox:
             return cls(scratch_dir, None, None, None)
@@ -128,7 +136,9 @@ class FunctionSandbox:
             pids=res.pids,
             network=spec.network,
             allow_exec=spec.allow_subprocess,
-            ro_paths=tuple([bundle_path, *python_paths(), *SYSTEM_RO, *(EXEC_RO if spec.allow_subprocess else ())]),
+            ro_paths=tuple(
+                [bundle_path, *extra_ro, *python_paths(), *SYSTEM_RO, *(EXEC_RO if spec.allow_subprocess else ())]
+            ),
             rw_paths=(str(scratch_dir),),
             namespaces=True,
         )

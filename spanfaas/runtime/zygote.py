@@ -22,7 +22,6 @@ import socket
 import struct
 import sys
 import traceback
-from typing import Any
 
 import msgspec
 

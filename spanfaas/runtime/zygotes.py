@@ -1,0 +1,108 @@
+"""The runtime's handle on a zygote process.
+
+There is one zygote for functions without an image, and one per image in
+use: it has the image's packages first on its path and pre-imports the
+image's ``preload`` modules, so every function on that image forks from a
+process that already paid for its heavy imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import spanfaas
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.channels import ControlChannel
+
+log = logging.getLogger("spanfaas.runtime")
+
+_decoder = msgspec.msgpack.Decoder(p.ZygoteEvent)
+
+
+class ZygoteProcess:
+    """Start, talk to and stop one zygote."""
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        preimport: Sequence[str],
+        sys_path: Sequence[str] = (),
+        sandbox: bool,
+        on_message: Callable[[Any], None],
+        on_exit: Callable[[ZygoteProcess], None],
+    ) -> None:
+        self.key = key
+        self.preimport = list(preimport)
+        self.sys_path = list(sys_path)
+        self.sandbox = sandbox
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.chan: ControlChannel | None = None
+        self.users = 0
+        """Function versions deployed on this zygote (for stopping unused image zygotes)."""
+
+    @property
+    def alive(self) -> bool:
+        return self.chan is not None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pkg_parent = str(Path(spanfaas.__file__).resolve().parent.parent)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": os.pathsep.join([*self.sys_path, pkg_parent]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "spanfaas.runtime.zygote",
+            str(theirs.fileno()),
+            msgspec.json.encode(self.preimport).decode(),
+        ]
+        if self.sandbox:
+            argv.append("--sandbox")
+        try:
+            self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, cwd="/")
+        finally:
+            theirs.close()
+        self.chan = ControlChannel(ours, _decoder, self._message, self._eof)
+
+    def _message(self, msg: Any, fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        self._on_message(msg)
+
+    def _eof(self) -> None:
+        self.chan = None
+        self._on_exit(self)
+
+    def spawn(self, req: p.SpawnTemplate, chan_fd: int) -> None:
+        assert self.chan is not None
+        self.chan.send(req, fds=[chan_fd])
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self.chan is not None:
+            chan, self.chan = self.chan, None
+            chan.close()
+        if self.proc is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+        except asyncio.TimeoutError:
+            log.warning("spanfaas runtime: zygote %s did not exit; killing it", self.key)
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
