@@ -50,6 +50,15 @@ EXIT_STATUS_WAIT = 2.0
 PoolState = Literal["cold", "starting", "ready", "draining", "closed"]
 
 
+class _Expired(Exception):
+    """A deadline passed while an invocation waited (for an instance or a reply)."""
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class Instance:
     __slots__ = ("seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out", "ready")
 
@@ -343,7 +352,7 @@ class Pool:
         """Fork while invocations wait and there is room under ``scaling.max``."""
         if self.state != "ready" or not self._waiters:
             return
-        waiting = sum(1 for w in self._waiters if not w.done())
+        waiting = len(self._waiters)  # finished waiters leave the deque at once
         want = -(-waiting // self._slots) - self._pending_forks  # ceil: an instance takes `slots` waiters
         cap = self.spec.scaling.max + (self.spec.scaling.prefork if self._strict else 0)
         self._fork(min(want, cap - self._live()))
@@ -362,13 +371,13 @@ class Pool:
     # -- invocations --------------------------------------------------------------
 
     async def invoke(self, payload: bytes, ctx: InvokeContext) -> Result:
-        arrived = time.monotonic()
-        self.last_used = arrived
+        loop = asyncio.get_running_loop()
+        self.last_used = arrived = time.monotonic()
         self.invocations += 1
         timeout = self.spec.resources.timeout
-        if ctx.timeout is not None:
-            timeout = min(timeout, ctx.timeout)
-        deadline = time.time() + timeout
+        if ctx.timeout is not None and ctx.timeout < timeout:
+            timeout = ctx.timeout
+        expires = loop.time() + timeout  # on the loop's clock: one timer per wait, no wait_for
         cold = self.state != "ready"
         if cold:
             await self.start()
@@ -383,14 +392,18 @@ class Pool:
                         f"(scaling.queue = {self.spec.scaling.queue}); retry later or raise scaling.max",
                         retry_after=1,
                     )
-                fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+                fut: asyncio.Future[Instance] = loop.create_future()
                 self._waiters.append(fut)
                 self._grow()
+                timer = loop.call_at(expires, _expire, fut)
                 try:
-                    inst = await asyncio.wait_for(fut, max(0.0, deadline - time.time()))
-                except asyncio.TimeoutError:
-                    return self._result(ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold)
+                    inst = await fut
+                except _Expired:
+                    return self._result(
+                        ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
+                    )
                 finally:
+                    timer.cancel()
                     if not fut.done():
                         fut.cancel()
                     try:
@@ -398,7 +411,7 @@ class Pool:
                     except ValueError:
                         pass
                 cold = cold or inst.created >= arrived
-            return await self._run(inst, payload, ctx, deadline, timeout, arrived, cold)
+            return await self._run(inst, payload, ctx, expires, timeout, arrived, cold)
         finally:
             self._busy -= 1
             if self._busy == 0:
@@ -419,20 +432,32 @@ class Pool:
         return None
 
     async def _run(
-        self, inst: Instance, payload: bytes, ctx: InvokeContext, deadline: float, timeout: float, arrived: float, cold: bool
+        self, inst: Instance, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
     ) -> Result:
         assert inst.conn is not None
         conn = inst.conn
-        req = p.Invoke(id=conn.next_id(), invocation_id=ctx.invocation_id, content_type=ctx.content_type, deadline=deadline, event=ctx.event)
+        loop = asyncio.get_running_loop()
+        req = p.Invoke(
+            id=conn.next_id(),
+            invocation_id=ctx.invocation_id,
+            content_type=ctx.content_type,
+            deadline=time.time() + (expires - loop.time()),
+            event=ctx.event,
+        )
+        fut = conn.request(req, payload)
+        timer = loop.call_at(expires, _expire, fut)
         try:
-            done, output = await asyncio.wait_for(conn.request(req, payload), max(0.0, deadline - time.time()))
-        except asyncio.TimeoutError:
+            done, output = await fut
+        except _Expired:
             inst.timed_out = True
             inst.kill()
-            return self._result(ctx, ErrorInfo(kind="timeout", message=f"the function ran past its {timeout:g}s timeout and was stopped"), arrived, cold)
+            return self._result(
+                ctx, ErrorInfo(kind="timeout", message=f"the function ran past its {timeout:g}s timeout and was stopped"), arrived, cold
+            )
         except InstanceLost:
             return self._result(ctx, await self._why_lost(inst), arrived, cold)
         finally:
+            timer.cancel()
             inst.active -= 1
             inst.served += 1
             inst.last_used = time.monotonic()
