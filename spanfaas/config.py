@@ -17,7 +17,16 @@ from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["InfraConfig", "RuntimeSettings", "SchedulerSettings", "Settings", "default_data_dir"]
+__all__ = [
+    "EventSettings",
+    "InfraConfig",
+    "RedisStreamConfig",
+    "RuntimeSettings",
+    "SchedulerSettings",
+    "Settings",
+    "WebhookConfig",
+    "default_data_dir",
+]
 
 MiB = 1024 * 1024
 
@@ -86,6 +95,69 @@ class SchedulerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """prefer latency: every Nth decision tries the runner-up, so its EWMA stays current (0: never)."""
 
 
+SourceName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class WebhookConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[events.webhooks]]`` hook: ``POST /hooks/<name>``, signed GitHub-style
+    (``X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body with the secret>``)."""
+
+    name: SourceName
+    secret: Annotated[str, Meta(min_length=8)]
+    source: str = ""
+    """The ``source`` of its CloudEvents (default ``webhook/<name>``)."""
+    type_prefix: str = "com.github."
+    """The events' ``type`` is this prefix + the event header (+ ``.<action>`` when the body has one)."""
+    event_header: str = "X-GitHub-Event"
+    id_header: str = "X-GitHub-Delivery"
+    """The delivery id header: the events' ``id`` (de-duplicated); absent: the body's sha256."""
+
+
+class RedisStreamConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[events.redis]]`` source: a Redis stream read through a consumer group."""
+
+    name: SourceName
+    stream: Annotated[str, Meta(min_length=1)]
+    url: str = "redis://127.0.0.1:6379/0"
+    group: str = "spanfaas"
+    consumer: str = ""
+    """This gateway's name in the group (default: the host name); keep it stable across restarts."""
+    start: Literal["new", "all"] = "new"
+    """Where a new group starts: entries added from now on, or the whole stream."""
+    batch: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    block: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    """Seconds one read waits for new entries."""
+    claim_idle: Annotated[float, Meta(gt=0)] = 60.0
+    """Seconds after which entries another consumer left unacknowledged are taken over."""
+    source: str = ""
+    """The ``source`` of entries that are not CloudEvents themselves (default ``redis/<stream>``)."""
+    type: str = "dev.spanfaas.redis.entry"
+
+
+class EventSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Event proxies and delivery (the ``[events]`` table)."""
+
+    max_body: Annotated[int, Meta(ge=1024)] = 1 * MiB
+    """Largest event request body (CloudEvents, webhooks, S3 notifications)."""
+    dedup_window: Annotated[float, Meta(ge=0)] = 86400.0
+    """Seconds during which a second event with the same (source, id) is dropped."""
+    retries: Annotated[int, Meta(ge=0, le=100)] = 3
+    """Failed deliveries retried before the event goes to the dead-letter store."""
+    backoff: Annotated[float, Meta(ge=0)] = 1.0
+    """Seconds before the first retry; doubles per attempt."""
+    max_backoff: Annotated[float, Meta(ge=0)] = 300.0
+    catchup_limit: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    """Schedules with missed = "all": at most this many missed ticks fire after a pause."""
+    webhooks: list[WebhookConfig] = []
+    redis: list[RedisStreamConfig] = []
+
+    def __post_init__(self) -> None:
+        for kind, names in (("webhooks", [w.name for w in self.webhooks]), ("redis", [r.name for r in self.redis])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"events.{kind} names must be unique; repeated: {', '.join(dupes)}")
+
+
 def _default_infrastructures() -> list[InfraConfig]:
     return [InfraConfig(name="local", kind="local")]
 
@@ -106,6 +178,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where invocations may run; the spanning scheduler places each one.  Env:
     ``SPANFAAS_INFRASTRUCTURES`` as a JSON list of tables."""
     scheduler: SchedulerSettings = SchedulerSettings()
+    events: EventSettings = EventSettings()
 
     def __post_init__(self) -> None:
         names = [i.name for i in self.infrastructures]
@@ -146,7 +219,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             if not key.startswith("SPANFAAS_") or key == "SPANFAAS_CONFIG":
                 continue
             name = key.removeprefix("SPANFAAS_").lower()
-            if name not in fields or name in ("runtime", "scheduler"):
+            if name not in fields or name in ("runtime", "scheduler", "events"):
                 continue  # other tools' variables (SPANFAAS_URL, SPANFAAS_TOKEN) live here too
             if name == "infrastructures":
                 try:

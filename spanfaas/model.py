@@ -19,6 +19,7 @@ from spanfaas.errors import InvalidManifest
 __all__ = [
     "Bundle",
     "ErrorInfo",
+    "Event",
     "FunctionRecord",
     "FunctionSpec",
     "ImageRef",
@@ -33,6 +34,8 @@ __all__ = [
     "Result",
     "Scaling",
     "TokenRecord",
+    "Trigger",
+    "TriggerRecord",
     "load_manifest",
     "parse_manifest",
 ]
@@ -118,6 +121,8 @@ class FunctionSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     scaling: Scaling = Scaling()
     policy: Policy = Policy()
     description: str = ""
+    triggers: list[Trigger] = []
+    """Events that start the function (``[[triggers]]``)."""
 
     @property
     def module(self) -> str:
@@ -314,6 +319,8 @@ class InvocationRecord(Struct, kw_only=True):
     duration_ms: float | None = None
     """How long the function ran, as its infrastructure measured it."""
     cold: bool = False
+    event: Event | None = None
+    """The CloudEvent that started it (async invocations made by a trigger)."""
 
 
 class TokenRecord(Struct, frozen=True, kw_only=True):
@@ -324,3 +331,79 @@ class TokenRecord(Struct, frozen=True, kw_only=True):
     scopes: list[Literal["admin", "deploy", "invoke"]]
     token_hash: str
     created_at: float
+
+
+# -- events and triggers ------------------------------------------------------
+
+_ATTRIBUTE = re.compile(r"^[a-z0-9]{1,20}$")
+
+
+class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[triggers]]`` entry of a manifest: which CloudEvents start the function.
+
+    Patterns are shell globs (``*``, ``?``, ``[...]``) matched against the whole
+    attribute, case-sensitively.  An event matches when its ``source``,
+    ``type``, ``subject`` (when given) and every filtered attribute match.
+
+    A trigger with a ``schedule`` (a cron expression) fires on its own ticks
+    instead, in ``timezone``; a sixth field counts seconds.  After a pause (a
+    restart), the ticks it missed fire per ``missed``: none (``skip``), the
+    most recent one (``latest``) or each of them (``all``, up to a limit).
+    """
+
+    name: Annotated[str, Meta(pattern=r"^([a-z0-9][a-z0-9._-]{0,62})?$")] = ""
+    source: Annotated[str, Meta(min_length=1)] = "*"
+    """The events' ``source`` attribute, e.g. ``"s3://photos"``, ``"webhook/github"``."""
+    type: Annotated[str, Meta(min_length=1)] = "*"
+    """The events' ``type`` attribute, e.g. ``"com.github.push"``."""
+    subject: str | None = None
+    """The events' ``subject`` (S3: the object key), e.g. ``"uploads/*.jpg"``."""
+    filters: dict[str, str] = {}
+    """Further attributes (extensions too) and the pattern each must match."""
+    schedule: str = ""
+    timezone: str = "UTC"
+    missed: Literal["skip", "latest", "all"] = "latest"
+
+    def __post_init__(self) -> None:
+        for key in self.filters:
+            if not _ATTRIBUTE.match(key):
+                raise ValueError(f"filter {key!r} is not a CloudEvent attribute name (lowercase letters and digits)")
+        if not self.schedule:
+            return
+        if self.source != "*" or self.type != "*" or self.subject is not None or self.filters:
+            raise ValueError(
+                "a trigger with a schedule fires on its own ticks: leave out source, type, subject and filters"
+            )
+        from croniter import croniter  # only manifests with schedules pay for the import
+
+        if not croniter.is_valid(self.schedule):
+            raise ValueError(
+                f"schedule {self.schedule!r} is not a cron expression; e.g. \"*/5 * * * *\" (every 5 minutes)"
+            )
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not known; use an IANA name like \"Europe/Berlin\"") from None
+
+
+class TriggerRecord(Struct, frozen=True, kw_only=True):
+    """A trigger in force: declared in a manifest or added through the API."""
+
+    id: str
+    """``<function>/<name or index>`` for manifest triggers, ``trg_…`` for API ones."""
+    function: str
+    trigger: Trigger
+    origin: Literal["manifest", "api"] = "api"
+    created_at: float = 0.0
+
+
+class Event(Struct, frozen=True, kw_only=True):
+    """The CloudEvent an invocation came from: its attributes (the payload
+    carries the whole event), the proxy that translated it and the trigger
+    that matched it."""
+
+    attributes: dict[str, Any]
+    proxy: str = ""
+    trigger: str = ""

@@ -13,10 +13,22 @@ from __future__ import annotations
 from spanfaas.config import Settings
 from spanfaas.store.base import Store
 from spanfaas.store.blobs import BlobStore, sha256
+from spanfaas.store.events import Admission, DeadLetter, EventStore
 from spanfaas.store.sql import StoreSchemaTooNew
 from spanfaas.store.sqlite import SQLiteStore
 
-__all__ = ["BlobStore", "PostgresStore", "SQLiteStore", "Store", "StoreSchemaTooNew", "open_store", "sha256"]
+__all__ = [
+    "Admission",
+    "BlobStore",
+    "DeadLetter",
+    "EventStore",
+    "PostgresStore",
+    "SQLiteStore",
+    "Store",
+    "StoreSchemaTooNew",
+    "open_store",
+    "sha256",
+]
 
 
 def open_store(settings: Settings) -> Store:

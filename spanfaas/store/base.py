@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
+from spanfaas.store.events import EventStore
 
 __all__ = ["Store"]
 
 
 @runtime_checkable
-class Store(Protocol):
+class Store(EventStore, Protocol):
     exclusive: bool
     """True when one gateway owns the store (SQLite): on start-up it may take
     back every 'running' invocation; shared stores rely on expired leases."""

@@ -55,6 +55,37 @@ MIGRATIONS: list[list[str]] = [
             token_hash TEXT NOT NULL UNIQUE,
             created_at {real} NOT NULL)""",
     ],
+    # 2: events: the event an invocation came from, triggers added through the API,
+    # (source, id) pairs seen (de-duplication), fired schedule ticks, dead letters
+    [
+        "ALTER TABLE invocations ADD COLUMN event TEXT",
+        """CREATE TABLE triggers (
+            id TEXT PRIMARY KEY,
+            function TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            created_at {real} NOT NULL)""",
+        "CREATE INDEX triggers_by_function ON triggers (function)",
+        """CREATE TABLE events_seen (
+            source TEXT NOT NULL,
+            id TEXT NOT NULL,
+            seen_at {real} NOT NULL,
+            PRIMARY KEY (source, id))""",
+        "CREATE INDEX events_seen_by_time ON events_seen (seen_at)",
+        """CREATE TABLE schedule_ticks (
+            key TEXT PRIMARY KEY,
+            last_tick {real} NOT NULL)""",
+        """CREATE TABLE dead_letters (
+            id TEXT PRIMARY KEY,
+            function TEXT NOT NULL,
+            event TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            payload {blob} NOT NULL,
+            error TEXT,
+            attempts INTEGER NOT NULL,
+            created_at {real} NOT NULL,
+            failed_at {real} NOT NULL)""",
+        "CREATE INDEX dead_letters_by_time ON dead_letters (failed_at)",
+    ],
 ]
 
 

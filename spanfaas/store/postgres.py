@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 
 from spanfaas.errors import InfraUnavailable
-from spanfaas.store.sql import INV_COLS, SQLStore
+from spanfaas.store.events import EventQueries
+from spanfaas.store.sql import INV_COLS
 
 __all__ = ["PostgresStore"]
 
@@ -34,7 +35,7 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(EventQueries):
     exclusive = False
     _real = "DOUBLE PRECISION"
     _blob = "BYTEA"

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from spanfaas.errors import InvalidRequest
-from spanfaas.model import ErrorInfo, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
+from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.migrations import MIGRATIONS, render
 
 __all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew"]
@@ -23,7 +23,7 @@ __all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew"]
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
     "attempts, idempotency_key, infra, created_at, started_at, finished_at, not_before, "
-    "duration_ms, cold"
+    "duration_ms, cold, event"
 )
 _INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
 _INV_SLOTS = ", ".join("?" * len(INV_COLS.split(",")))
@@ -45,6 +45,7 @@ _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 
 _spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
+_event_decoder = msgspec.json.Decoder(Event)
 _scopes_decoder = msgspec.json.Decoder(list[Literal["admin", "deploy", "invoke"]])
 _encode = msgspec.json.encode
 
@@ -309,12 +310,13 @@ def _row(r: InvocationRecord) -> tuple[Any, ...]:
         _encode(r.error).decode() if r.error is not None else None,
         r.logs, r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
+        _encode(r.event).decode() if r.event is not None else None,
     )  # fmt: skip
 
 
 def _invocation(row: Sequence[Any]) -> InvocationRecord:
     (id, function, status, mode, ct, payload, output, otype, error, logs, attempts, key, infra,
-     created, started, finished, not_before, duration, cold) = row  # fmt: skip
+     created, started, finished, not_before, duration, cold, event) = row  # fmt: skip
     return InvocationRecord(
         id=id,
         function=function,
@@ -335,6 +337,7 @@ def _invocation(row: Sequence[Any]) -> InvocationRecord:
         not_before=not_before,
         duration_ms=duration,
         cold=bool(cold),
+        event=_event_decoder.decode(event) if event else None,
     )
 
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from spanfaas.store.sql import INV_COLS, SQLStore
+from spanfaas.store.events import EventQueries
+from spanfaas.store.sql import INV_COLS
 
 __all__ = ["SQLiteStore"]
 
@@ -19,7 +20,7 @@ _CLAIM = (
 )
 
 
-class SQLiteStore(SQLStore):
+class SQLiteStore(EventQueries):
     """Thread-safe: each thread gets its own connection; writers take the
     database lock up front (``BEGIN IMMEDIATE``) and wait for it (busy_timeout)."""
 

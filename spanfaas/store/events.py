@@ -1,0 +1,209 @@
+"""The event tables: triggers added through the API, the (source, id) pairs seen
+within the de-duplication window, fired schedule ticks, and dead letters.
+
+``admit`` is the one write on the event path: in a single transaction it
+checks an event against the window (or a schedule tick against the last one
+fired) and enqueues its invocations, so an event is either remembered *and*
+queued, or neither — a crash in between cannot lose it or run it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+from msgspec import Struct
+
+from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.store.sql import INV_COLS, SQLStore, _row
+
+__all__ = ["Admission", "DeadLetter", "EventQueries", "EventStore"]
+
+_encode = msgspec.json.encode
+_trigger_decoder = msgspec.json.Decoder(Trigger)
+_event_decoder = msgspec.json.Decoder(Event)
+_error_decoder = msgspec.json.Decoder(ErrorInfo)
+_DLQ_COLS = "id, function, event, content_type, payload, error, attempts, created_at, failed_at"
+
+
+class Admission(Struct, kw_only=True):
+    """One event on its way into the queue, with the invocations it starts."""
+
+    source: str
+    id: str
+    records: list[InvocationRecord]
+    window: float = 0.0
+    """Drop the event when (source, id) was seen less than this many seconds ago (0: no check)."""
+    schedule: str = ""
+    """A schedule's key: enqueue only if ``tick`` is later than the last tick it fired."""
+    tick: float = 0.0
+
+
+class DeadLetter(Struct, kw_only=True):
+    """An event invocation that failed every attempt; ``replay`` queues it again."""
+
+    id: str
+    """The id of the invocation that gave up."""
+    function: str
+    event: Event
+    content_type: str
+    payload: bytes = b""
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    created_at: float = 0.0
+    failed_at: float = 0.0
+
+
+class EventStore(Protocol):
+    def put_trigger(self, record: TriggerRecord) -> None: ...
+
+    def list_triggers(self, function: str | None = None) -> list[TriggerRecord]:
+        """Triggers added through the API (manifest triggers live in the function specs)."""
+        ...
+
+    def delete_trigger(self, id: str) -> bool: ...
+
+    def admit(self, batch: Sequence[Admission], now: float) -> list[bool]:
+        """Per admission, in one transaction: True when its records were enqueued,
+        False when it was a duplicate (or a tick already fired)."""
+        ...
+
+    def prune_seen(self, before: float) -> int:
+        """Forget (source, id) pairs seen before ``before``."""
+        ...
+
+    def last_tick(self, schedule: str, default: float) -> float:
+        """The last tick the schedule fired; ``default`` (stored) when it never did."""
+        ...
+
+    def put_dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Newest first."""
+        ...
+
+    def get_dead_letter(self, id: str) -> DeadLetter | None: ...
+
+    def replay_dead_letter(self, id: str, record: InvocationRecord) -> bool:
+        """Remove the dead letter and enqueue ``record`` in one transaction; False when it was gone."""
+        ...
+
+
+class EventQueries(SQLStore):
+    """``EventStore`` on the SQL dialects (SQLite, PostgreSQL)."""
+
+    def put_trigger(self, record: TriggerRecord) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._q("INSERT INTO triggers (id, function, spec, created_at) VALUES (?, ?, ?, ?)"),
+                (record.id, record.function, _encode(record.trigger).decode(), record.created_at),
+            )
+
+    def list_triggers(self, function: str | None = None) -> list[TriggerRecord]:
+        with self._read() as cur:
+            if function is None:
+                cur.execute("SELECT id, function, spec, created_at FROM triggers ORDER BY created_at, id")
+            else:
+                cur.execute(
+                    self._q("SELECT id, function, spec, created_at FROM triggers WHERE function = ? ORDER BY created_at, id"),
+                    (function,),
+                )
+            rows = cur.fetchall()
+        return [
+            TriggerRecord(id=id, function=fn, trigger=_trigger_decoder.decode(spec), origin="api", created_at=at)
+            for id, fn, spec, at in rows
+        ]
+
+    def delete_trigger(self, id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM triggers WHERE id = ?"), (id,))
+            return bool(cur.rowcount)
+
+    def admit(self, batch: Sequence[Admission], now: float) -> list[bool]:
+        seen = self._q(
+            "INSERT INTO events_seen (source, id, seen_at) VALUES (?, ?, ?) ON CONFLICT (source, id) "
+            "DO UPDATE SET seen_at = excluded.seen_at WHERE events_seen.seen_at < ?"
+        )
+        advance = self._q("UPDATE schedule_ticks SET last_tick = ? WHERE key = ? AND last_tick < ?")
+        out: list[bool] = []
+        with self._tx() as cur:
+            for item in batch:
+                if item.schedule:
+                    cur.execute(advance, (item.tick, item.schedule, item.tick))
+                    if cur.rowcount != 1:
+                        out.append(False)
+                        continue
+                if item.window > 0:
+                    cur.execute(seen, (item.source, item.id, now, now - item.window))
+                    if cur.rowcount != 1:
+                        out.append(False)
+                        continue
+                self._insert_invocations(cur, item.records)
+                out.append(True)
+        return out
+
+    def _insert_invocations(self, cur: Any, records: Sequence[InvocationRecord]) -> None:
+        if not records:
+            return
+        slots = "(" + ", ".join("?" * len(INV_COLS.split(","))) + ")"
+        cur.execute(
+            self._q(f"INSERT INTO invocations ({INV_COLS}) VALUES {', '.join([slots] * len(records))}"),
+            [v for r in records for v in _row(r)],
+        )
+
+    def prune_seen(self, before: float) -> int:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM events_seen WHERE seen_at < ?"), (before,))
+            return int(cur.rowcount)
+
+    def last_tick(self, schedule: str, default: float) -> float:
+        with self._tx() as cur:
+            cur.execute(
+                self._q("INSERT INTO schedule_ticks (key, last_tick) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"),
+                (schedule, default),
+            )
+            cur.execute(self._q("SELECT last_tick FROM schedule_ticks WHERE key = ?"), (schedule,))
+            return float(cur.fetchone()[0])
+
+    def put_dead_letter(self, letter: DeadLetter) -> None:
+        d = letter
+        with self._tx() as cur:
+            cur.execute(
+                self._q(
+                    f"INSERT INTO dead_letters ({_DLQ_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, "
+                    "failed_at = excluded.failed_at"
+                ),
+                (d.id, d.function, _encode(d.event).decode(), d.content_type, d.payload,
+                 _encode(d.error).decode() if d.error is not None else None, d.attempts, d.created_at, d.failed_at),
+            )  # fmt: skip
+
+    def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, args = ("WHERE function = ? ", [function]) if function is not None else ("", [])
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {where}ORDER BY failed_at DESC LIMIT ?"), (*args, int(limit)))
+            return [_dead_letter(r) for r in cur.fetchall()]
+
+    def get_dead_letter(self, id: str) -> DeadLetter | None:
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {_DLQ_COLS} FROM dead_letters WHERE id = ?"), (id,))
+            row = cur.fetchone()
+        return _dead_letter(row) if row else None
+
+    def replay_dead_letter(self, id: str, record: InvocationRecord) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM dead_letters WHERE id = ?"), (id,))
+            if cur.rowcount != 1:
+                return False
+            self._insert_invocations(cur, [record])
+            return True
+
+
+def _dead_letter(row: Sequence[Any]) -> DeadLetter:
+    id, function, event, ct, payload, error, attempts, created, failed = row
+    return DeadLetter(
+        id=id, function=function, event=_event_decoder.decode(event), content_type=ct,
+        payload=bytes(payload) if payload else b"", error=_error_decoder.decode(error) if error else None,
+        attempts=int(attempts), created_at=created, failed_at=failed,
+    )  # fmt: skip
