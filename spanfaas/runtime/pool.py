@@ -404,12 +404,14 @@ class Pool:
                     )
                 finally:
                     timer.cancel()
-                    if not fut.done():
+                    if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                        # Not handed an instance (expired or cancelled): leave the queue.
+                        # (A handed-over future already left it; no O(n) remove then.)
                         fut.cancel()
-                    try:
-                        self._waiters.remove(fut)
-                    except ValueError:
-                        pass
+                        try:
+                            self._waiters.remove(fut)
+                        except ValueError:
+                            pass
                 cold = cold or inst.created >= arrived
             return await self._run(inst, payload, ctx, expires, timeout, arrived, cold)
         finally:
