@@ -18,6 +18,7 @@ from msgspec import Meta, Struct
 from spanfaas.errors import InvalidRequest
 
 __all__ = [
+    "DnsSettings",
     "EventSettings",
     "InfraConfig",
     "RedisStreamConfig",
@@ -46,6 +47,14 @@ class RuntimeSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     cgroup_root: str = "spanfaas"
     """Name of the cgroup directory spanfaas creates under each controller."""
     max_payload: Annotated[int, Meta(ge=1024)] = 32 * MiB
+    prewarm_hold: Annotated[float, Meta(gt=0)] = 10.0
+    """Seconds a prewarmed template is kept from scaling to zero while its call is awaited;
+    a prewarm with no call by then counts as wasted."""
+    predict: bool = True
+    """Predictive warm-up: start a cold function's template shortly before its
+    arrival histogram expects the next call."""
+    predict_budget: Annotated[int, Meta(ge=0)] = 512
+    """MiB that predictive warm-ups may hold at once (each: template + one instance at resources.memory)."""
     preimport: list[str] = msgspec.field(default_factory=lambda: ["json", "asyncio", "logging", "random", "datetime", "decimal", "base64", "hashlib", "uuid", "re", "collections", "dataclasses", "typing"])
 
 
@@ -158,6 +167,21 @@ class EventSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
                 raise ValueError(f"events.{kind} names must be unique; repeated: {', '.join(dupes)}")
 
 
+class DnsSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The DNS responder (the ``[dns]`` table): a lookup of ``<function>.<zone>``
+    answers with the gateway's address and starts the function's template."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 5353
+    """UDP port; 0 picks a free one."""
+    zone: Annotated[str, Meta(pattern=r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?$")] = "spanfaas.internal"
+    address: str = ""
+    """The address answered; empty: the gateway's host (127.0.0.1 when it listens on every address)."""
+    ttl: Annotated[int, Meta(ge=0, le=86400)] = 0
+    """Seconds resolvers may cache an answer; 0 lets every lookup reach the responder (and prewarm)."""
+
+
 def _default_infrastructures() -> list[InfraConfig]:
     return [InfraConfig(name="local", kind="local")]
 
@@ -178,6 +202,9 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where invocations may run; the spanning scheduler places each one.  Env:
     ``SPANFAAS_INFRASTRUCTURES`` as a JSON list of tables."""
     scheduler: SchedulerSettings = SchedulerSettings()
+    early_action: bool = True
+    """Prewarm a function when its invoke request's headers arrive, before the body."""
+    dns: DnsSettings = DnsSettings()
     events: EventSettings = EventSettings()
 
     def __post_init__(self) -> None:
@@ -219,7 +246,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             if not key.startswith("SPANFAAS_") or key == "SPANFAAS_CONFIG":
                 continue
             name = key.removeprefix("SPANFAAS_").lower()
-            if name not in fields or name in ("runtime", "scheduler", "events"):
+            if name not in fields or name in ("runtime", "scheduler", "events", "dns"):
                 continue  # other tools' variables (SPANFAAS_URL, SPANFAAS_TOKEN) live here too
             if name == "infrastructures":
                 try:

@@ -18,6 +18,7 @@ from spanfaas.errors import InvalidManifest
 
 __all__ = [
     "Bundle",
+    "EarlyStats",
     "ErrorInfo",
     "Event",
     "FunctionRecord",
@@ -74,6 +75,11 @@ class Scaling(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Invocations that may wait for an instance before TooManyRequests."""
     idle_ttl: Annotated[float, Meta(ge=0)] = 300.0
     """Seconds without invocations before the pool scales to zero."""
+    target_concurrency: Annotated[float, Meta(gt=0, le=1024)] | None = None
+    """Invocations in flight (or waiting) per instance the autoscaler aims for; unset:
+    what one instance serves at once (1 in strict isolation, resources.concurrency in reuse)."""
+    cooldown: Annotated[float, Meta(ge=0)] = 30.0
+    """Seconds the load must stay lower before the pool scales in (scale-out is immediate)."""
 
 
 Preference = Literal["latency", "cost", "load", "locality", "spread"]
@@ -252,6 +258,29 @@ class Protection(Struct, frozen=True):
     name: str
     active: bool
     reason: str = ""
+
+
+class EarlyStats(Struct, kw_only=True):
+    """Early action and scaling of one function on one infrastructure (counts since it started).
+
+    Triggers: ``headers`` (an invoke request, before its body), ``dns`` (a
+    lookup of the function's name), ``predict`` (its arrival histogram),
+    ``api`` (any other caller of ``prewarm``).
+    """
+
+    prewarms: dict[str, int] = {}
+    """Templates started ahead of a call, by trigger."""
+    avoided: dict[str, int] = {}
+    """Cold starts avoided: the next call found the prewarmed template ready."""
+    overlapped: dict[str, int] = {}
+    """Cold starts shortened: the next call found the prewarmed template still starting."""
+    wasted: dict[str, int] = {}
+    """Prewarms that no call followed before their hold ended, or that the gateway released."""
+    scale: dict[str, int] = {}
+    """Scale events: ``out``, ``in``, ``zero``."""
+    desired: int = 0
+    """Instances the autoscaler wants now."""
+    instances: int = 0
 
 
 class InfraInfo(Struct, kw_only=True):

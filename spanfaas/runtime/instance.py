@@ -173,8 +173,9 @@ class Runner:
 def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None) -> None:
     """Serve invocations on ``sock`` until EOF (or after one, in strict mode)."""
     capture = capture or Capture()
+    reader = p.FrameReader(sock, _decoder)
     while True:
-        frame = p.recv_frame(sock, _decoder)
+        frame = reader.read()
         if frame is None:
             return
         req, body = frame
@@ -235,9 +236,10 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
         with send_lock:
             p.send_frame(sock, done, output)
 
+    reader = p.FrameReader(sock, _decoder)
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="spanfaas-invoke") as workers:
         while True:
-            frame = p.recv_frame(sock, _decoder)
+            frame = reader.read()
             if frame is None:
                 return
             req, body = frame

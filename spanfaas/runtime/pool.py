@@ -12,6 +12,7 @@ shrinks to zero (template included) after ``scaling.idle_ttl`` idle seconds.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from spanfaas.runtime.runtime import LocalRuntime
     from spanfaas.runtime.zygotes import ZygoteProcess
 
+log = logging.getLogger("spanfaas.runtime")
 _template_decoder = msgspec.msgpack.Decoder(p.TemplateEvent)
 HELLO_TIMEOUT = 10.0
 INSTANCE_OOM_SCORE_ADJ = 500
@@ -164,6 +166,8 @@ class Pool:
                     os.close(extra)
             case p.InstanceExited(seq=seq, status=status):
                 self._on_instance_exit(seq, status)
+            case p.ForkFailed(reason=reason):
+                self._on_fork_failed(reason)
             case p.TemplateReady(import_ms=ms, protections=prot):
                 self.import_ms = ms
                 self.protections = prot
@@ -266,12 +270,16 @@ class Pool:
             conn = InstanceConnection(lambda: self._on_conn_lost(inst))
             await loop.create_unix_connection(lambda: conn, sock=sock)
             inst.conn = conn
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
             if self._instances.get(inst.seq) is inst:
+                log.warning("spanfaas runtime: instance %d of %s did not start: %r", inst.seq, self.spec.name, exc)
+                del self._instances[inst.seq]
                 self._pending_forks = max(0, self._pending_forks - 1)
                 self._start_failures += 1
-                inst.kill()
+                inst.kill_group()
+                self._replenish()
+                self._grow()
             return
         if self._instances.get(inst.seq) is not inst:  # the template went away meanwhile
             conn.close()
@@ -321,6 +329,16 @@ class Pool:
             return
         self._replenish()
         self._grow()
+
+    def _on_fork_failed(self, reason: str) -> None:
+        """Fail one waiter (others may still get an instance); retry on the next demand."""
+        self._pending_forks = max(0, self._pending_forks - 1)
+        log.warning("spanfaas runtime: could not fork an instance of %s: %s", self.spec.name, reason)
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_exception(InfraError(f"could not start an instance of '{self.spec.name}': {reason}"))
+                break
 
     def _live(self) -> int:
         return len(self._instances) + self._pending_forks - sum(1 for i in self._instances.values() if not i.ready)

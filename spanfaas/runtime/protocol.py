@@ -99,6 +99,13 @@ class InstanceForked(Struct, tag=True):
     seq: int
 
 
+class ForkFailed(Struct, tag=True):
+    """The template could not fork instance ``seq`` (e.g. the pids limit)."""
+
+    seq: int
+    reason: str
+
+
 class InstanceExited(Struct, tag=True):
     seq: int
     status: int
@@ -112,7 +119,7 @@ class Retire(Struct, tag=True):
 
 
 TemplateRequest = Fork | Retire
-TemplateEvent = TemplateReady | TemplateFailed | InstanceForked | InstanceExited
+TemplateEvent = TemplateReady | TemplateFailed | InstanceForked | InstanceExited | ForkFailed
 
 
 # -- runtime ↔ instance --------------------------------------------------------------
@@ -191,6 +198,64 @@ def recv_frame(sock: socket.socket, decoder: msgspec.msgpack.Decoder[Any]) -> tu
         return None
     view = memoryview(data)
     return decoder.decode(view[:hlen]), view[hlen:]
+
+
+class FrameReader:
+    """Blocking frame reader for an instance: one ``recv`` per small frame.
+
+    Reads up to ``chunk`` bytes at a time, so a small request costs one
+    syscall instead of two (header, then the rest); a large body is read
+    straight into its own buffer.
+    """
+
+    def __init__(self, sock: socket.socket, decoder: msgspec.msgpack.Decoder[Any], chunk: int = 64 * 1024) -> None:
+        self.sock = sock
+        self.decoder = decoder
+        self.buf = bytearray(chunk)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def _fill(self) -> bool:
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.end == len(self.buf):
+            rest = self.end - self.start
+            self.buf[:rest] = self.view[self.start : self.end]
+            self.start, self.end = 0, rest
+        n = self.sock.recv_into(self.view[self.end :])
+        if n == 0:
+            return False
+        self.end += n
+        return True
+
+    def read(self) -> tuple[Any, memoryview] | None:
+        fs = FRAME.size
+        while self.end - self.start < fs:
+            if not self._fill():
+                return None
+        hlen, blen = FRAME.unpack_from(self.buf, self.start)
+        total = fs + hlen + blen
+        if total > len(self.buf):
+            data = bytearray(hlen + blen)
+            have = self.end - self.start - fs
+            data[:have] = self.view[self.start + fs : self.end]
+            self.start = self.end = 0
+            view = memoryview(data)
+            while have < len(data):
+                n = self.sock.recv_into(view[have:])
+                if n == 0:
+                    return None
+                have += n
+            return self.decoder.decode(view[:hlen]), view[hlen:]
+        while self.end - self.start < total:
+            if not self._fill():
+                return None
+        h0 = self.start + fs
+        header = self.decoder.decode(self.view[h0 : h0 + hlen])
+        body = memoryview(bytes(self.view[h0 + hlen : self.start + total]))
+        self.start += total
+        return header, body
 
 
 def send_msg(sock: socket.socket, header: Struct, fds: list[int] | None = None) -> None:

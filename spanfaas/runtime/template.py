@@ -151,7 +151,13 @@ class Template:
         seq = self.seq
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        pid = os.fork()
+        try:
+            pid = self._fork_retrying()
+        except OSError as exc:  # still out of pids (a fork bomb in a sibling) or memory: say so, keep serving
+            ours.close()
+            theirs.close()
+            p.send_msg(self.chan, p.ForkFailed(seq, f"{type(exc).__name__}: {exc}"))
+            return
         if pid == 0:
             code = 70
             try:
@@ -168,6 +174,19 @@ class Template:
             p.send_msg(self.chan, p.InstanceForked(seq), fds=[ours.fileno()])
         finally:
             ours.close()
+
+    def _fork_retrying(self, attempts: int = 20) -> int:
+        """fork(), riding out a short pid shortage while a finished instance's
+        leftovers are reaped (each retry reaps first)."""
+        for attempt in range(attempts):
+            try:
+                return os.fork()
+            except BlockingIOError:
+                if attempt == attempts - 1:
+                    raise
+                self.reap()
+                time.sleep(0.005)
+        raise AssertionError("unreachable")
 
     def _instance_main(self, sock: socket.socket, seq: int) -> None:
         assert self.runner is not None

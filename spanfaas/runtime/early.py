@@ -1,0 +1,256 @@
+"""Early action and elastic scaling in the local runtime: the glue between pools and policies.
+
+``LocalRuntime`` calls in here from a few hooks; the decisions come from the
+pure policies in ``scaling`` (how many instances) and ``predict`` (when to
+warm a cold function).  This module keeps the books:
+
+**Prewarms.**  ``LocalRuntime.prewarm(name, trigger=...)`` starts a cold
+function's template ahead of a call: on an invoke request's headers
+(trigger ``headers``), on a DNS lookup (``dns``), or from the arrival
+histograms (``predict``).  Each prewarm that started a template is *held*:
+until ``runtime.prewarm_hold`` seconds pass (``predict``: until its expected
+window closes) the template is exempt from the idle rule that scales to zero.
+
+- The next invocation *consumes* the prewarm: it is a cold start avoided when
+  the template was ready by then, a cold start overlapped (shortened) when it
+  was still starting.
+- A prewarm whose hold ends without an invocation is *wasted*; so is one
+  *released* by the gateway because the request that asked for it failed
+  validation.  Either way the template goes back under the normal idle rule:
+  after ``scaling.idle_ttl`` without invocations it stops (zero processes).
+
+**Scaling.**  Each pool's in-flight count (in flight + waiting) is tracked on
+the invocation path (two integer updates); every runtime tick feeds the peak
+and the latency EWMA to the pool's ``Autoscaler`` and applies its decision:
+``Pool.scale(desired)`` forks up to it (waiters get the new instances as they
+come up), ``Pool.retire_idle`` ends instances beyond it once they have been
+idle for the cool-down.  Waiting invocations make the pool fork at once
+(``Pool._grow``), before any tick.
+
+Counts per function (``EarlyStats``): prewarms started, cold starts avoided
+and overlapped, prewarms wasted (by trigger), scale events (out, in, zero).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from spanfaas.config import RuntimeSettings
+from spanfaas.model import EarlyStats
+from spanfaas.runtime.predict import Candidate, Plan, Predictor
+from spanfaas.runtime.scaling import Autoscaler
+
+if TYPE_CHECKING:
+    from spanfaas.runtime.pool import Pool
+
+__all__ = ["EarlyAction", "START_OVERHEAD"]
+
+log = logging.getLogger("spanfaas.runtime")
+
+EWMA_ALPHA = 0.2
+START_OVERHEAD = 0.15
+"""Seconds a template start takes beyond its import (fork, sandbox, first instance), for prediction leads."""
+
+
+class _Prewarm:
+    __slots__ = ("trigger", "at", "until", "mib")
+
+    def __init__(self, trigger: str, at: float, until: float, mib: int) -> None:
+        self.trigger = trigger
+        self.at = at
+        self.until = until
+        self.mib = mib
+
+
+class _Watch:
+    """What the runtime tracks of one pool."""
+
+    __slots__ = ("scaler", "inflight", "peak", "ewma_ms", "samples", "seen_used", "prewarms")
+
+    def __init__(self, pool: Pool) -> None:
+        self.scaler = Autoscaler(pool.spec.scaling, _slots(pool))
+        self.inflight = 0
+        self.peak = 0
+        self.ewma_ms = 0.0
+        self.samples = 0
+        self.seen_used = pool.last_used
+        self.prewarms: deque[_Prewarm] = deque()
+
+
+def _slots(pool: Pool) -> int:
+    return 1 if pool.spec.isolation == "strict" else pool.spec.resources.concurrency
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+class EarlyAction:
+    """Prewarm ledger, arrival histograms and autoscaling of one runtime; see the module doc."""
+
+    def __init__(self, rt: RuntimeSettings, *, tick: float = 0.5) -> None:
+        self.hold = rt.prewarm_hold
+        self.tick_interval = tick
+        self.predictor = Predictor(rt.predict_budget) if rt.predict else None
+        self._watch: dict[Pool, _Watch] = {}
+        self._stats: dict[str, EarlyStats] = {}
+        self.trace: list[tuple[float, str, str]] | None = None
+        """Set to a list to record ``(time.monotonic(), function, event)`` (tests, debugging)."""
+
+    def _w(self, pool: Pool) -> _Watch:
+        w = self._watch.get(pool)
+        if w is None:
+            w = self._watch[pool] = _Watch(pool)
+        return w
+
+    def _s(self, name: str) -> EarlyStats:
+        s = self._stats.get(name)
+        if s is None:
+            s = self._stats[name] = EarlyStats()
+        return s
+
+    def note(self, name: str, event: str) -> None:
+        if self.trace is not None:
+            self.trace.append((time.monotonic(), name, event))
+
+    # -- prewarms -----------------------------------------------------------------------
+
+    def prewarmed(self, pool: Pool, trigger: str, now: float, until: float | None = None, mib: int = 0) -> None:
+        """A prewarm started ``pool``'s template (it was cold)."""
+        self._w(pool).prewarms.append(_Prewarm(trigger, now, now + self.hold if until is None else until, mib))
+        _bump(self._s(pool.spec.name).prewarms, trigger)
+        self.note(pool.spec.name, f"prewarm:{trigger}")
+
+    def ready(self, pool: Pool, trigger: str) -> None:
+        self.note(pool.spec.name, f"ready:{trigger}")
+
+    def release(self, pool: Pool) -> bool:
+        """The request that asked for a prewarm failed: stop holding it (counted as wasted)."""
+        w = self._watch.get(pool)
+        if w is None:
+            return False
+        for pw in reversed(w.prewarms):
+            if pw.trigger != "predict":
+                w.prewarms.remove(pw)
+                _bump(self._s(pool.spec.name).wasted, pw.trigger)
+                self.note(pool.spec.name, f"released:{pw.trigger}")
+                return True
+        return False
+
+    def holding(self, pool: Pool, now: float) -> bool:
+        """Is a prewarm keeping ``pool`` from scaling to zero?  (Expired prewarms count as wasted.)"""
+        w = self._watch.get(pool)
+        if w is None or not w.prewarms:
+            return False
+        held = False
+        for pw in list(w.prewarms):
+            if pw.until <= now:
+                w.prewarms.remove(pw)
+                _bump(self._s(pool.spec.name).wasted, pw.trigger)
+                self.note(pool.spec.name, f"wasted:{pw.trigger}")
+            else:
+                held = True
+        return held
+
+    # -- the invocation path (cheap) --------------------------------------------------------
+
+    def arrived(self, pool: Pool) -> None:
+        w = self._watch.get(pool) or self._w(pool)
+        w.inflight += 1
+        if w.inflight > w.peak:
+            w.peak = w.inflight
+        if w.prewarms:
+            pw = w.prewarms.popleft()
+            s = self._s(pool.spec.name)
+            if pool.state == "ready":
+                _bump(s.avoided, pw.trigger)
+                self.note(pool.spec.name, f"avoided:{pw.trigger}")
+            else:
+                _bump(s.overlapped, pw.trigger)
+                self.note(pool.spec.name, f"overlapped:{pw.trigger}")
+
+    def done(self, pool: Pool, duration_ms: float | None) -> None:
+        w = self._watch.get(pool)
+        if w is None:
+            return
+        w.inflight -= 1
+        if duration_ms is not None:
+            if w.ewma_ms:
+                w.ewma_ms += EWMA_ALPHA * (duration_ms - w.ewma_ms)
+            else:
+                w.ewma_ms = duration_ms
+            w.samples += 1
+
+    # -- the runtime's tick ------------------------------------------------------------------
+
+    def autoscale(self, pool: Pool, now: float) -> None:
+        """Feed the pool's policy what was seen since the last tick and apply its decision."""
+        w = self._w(pool)
+        d = w.scaler.observe(now, w.peak, w.ewma_ms if w.samples else None)
+        w.peak = w.inflight
+        w.samples = 0
+        name = pool.spec.name
+        if d.change != "hold":
+            _bump(self._s(name).scale, d.change)
+            self.note(name, f"scale-{d.change}:{d.desired}")
+            log.info("spanfaas runtime: %s scales %s to %d instances (%s)", name, d.change, d.desired, d.reason)
+        pool.scale(d.desired)
+        sc = pool.spec.scaling
+        pool.retire_idle(now, keep=max(sc.min, 1, d.desired), idle_for=min(sc.idle_ttl, sc.cooldown))
+
+    def scaled_to_zero(self, pool: Pool) -> None:
+        w = self._w(pool)
+        w.scaler = Autoscaler(pool.spec.scaling, _slots(pool))
+        w.peak = w.inflight
+        pool.scale(0)
+        _bump(self._s(pool.spec.name).scale, "zero")
+        self.note(pool.spec.name, "scale-zero")
+
+    def predict(self, now: float, pools: list[Pool], warming: set[str]) -> list[tuple[Pool, Plan]]:
+        """Record arrivals seen since the last tick; the cold pools to start now (predictive warm-up)."""
+        if self.predictor is None:
+            return []
+        by_name: dict[str, Pool] = {}
+        cold: list[Candidate] = []
+        held = 0
+        for pool in pools:
+            w = self._w(pool)
+            name = pool.spec.name
+            if pool.last_used != w.seen_used:
+                w.seen_used = pool.last_used
+                self.predictor.arrived(name, pool.last_used)
+            held += sum(pw.mib for pw in w.prewarms if pw.trigger == "predict")
+            if pool.state == "cold" and pool.key not in warming:
+                by_name[name] = pool
+                lead = pool.import_ms / 1000.0 + START_OVERHEAD + self.tick_interval
+                cold.append(Candidate(name, pool.spec.resources.memory * 2, lead))
+        if not cold:
+            return []
+        return [(by_name[p.name], p) for p in self.predictor.plan(now, cold, held)]
+
+    def forget(self, pool: Pool, *, removed: bool = False) -> None:
+        """``pool`` is gone (replaced or removed): its outstanding prewarms were wasted."""
+        w = self._watch.pop(pool, None)
+        if w is not None:
+            for pw in w.prewarms:
+                _bump(self._s(pool.spec.name).wasted, pw.trigger)
+        if removed and self.predictor is not None:
+            self.predictor.forget(pool.spec.name)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def stats(self, pools: dict[str, Pool]) -> dict[str, EarlyStats]:
+        out = {}
+        for name, s in self._stats.items():
+            out[name] = EarlyStats(
+                prewarms=dict(s.prewarms), avoided=dict(s.avoided), overlapped=dict(s.overlapped),
+                wasted=dict(s.wasted), scale=dict(s.scale),
+            )  # fmt: skip
+        for name, pool in pools.items():
+            s = out.get(name) or out.setdefault(name, EarlyStats())
+            s.desired = pool.desired
+            s.instances = pool.stats()["instances"]
+        return out
