@@ -129,6 +129,8 @@ class Pool:
         self.last_used = time.monotonic()
         self._strict = spec.isolation == "strict"
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
+        self.desired = 0
+        """Instances the autoscaler wants (runtime/scaling.py); kept while the template runs."""
 
     # -- template life ------------------------------------------------------------
 
@@ -287,17 +289,21 @@ class Pool:
         self._pending_forks = max(0, self._pending_forks - 1)
         self._start_failures = 0
         inst.ready = True
-        self._offer(inst)
+        self._offer(inst, fresh=True)
 
-    def _offer(self, inst: Instance) -> None:
-        """Give an instance's free slots to waiters; park it if slots remain."""
+    def _offer(self, inst: Instance, fresh: bool = False) -> None:
+        """Give an instance's free slots to waiters; park it if slots remain (a fresh
+        multi-slot instance first in line, so new calls spread to it at once)."""
         while self._waiters and inst.active < self._slots:
             w = self._waiters.popleft()
             if not w.done():
                 inst.active += 1
                 w.set_result(inst)
         if inst.active < self._slots and inst not in self._idle:
-            self._idle.append(inst)
+            if fresh and self._slots > 1:
+                self._idle.appendleft(inst)
+            else:
+                self._idle.append(inst)
 
     def _on_conn_lost(self, inst: Instance) -> None:
         try:
@@ -362,9 +368,9 @@ class Pool:
     def _floor(self) -> int:
         """Instances to keep forked ahead of demand."""
         sc = self.spec.scaling
-        if self._strict:
-            return sc.prefork
-        return max(sc.min, 1 if sc.prefork else 0)
+        if self._strict:  # children serve one call: keep the autoscaler's count ready beyond those running
+            return max(sc.prefork, self.desired - self._busy)
+        return max(sc.min, 1 if sc.prefork else 0, self.desired)
 
     def _grow(self) -> None:
         """Fork while invocations wait and there is room under ``scaling.max``."""
@@ -375,11 +381,23 @@ class Pool:
         cap = self.spec.scaling.max + (self.spec.scaling.prefork if self._strict else 0)
         self._fork(min(want, cap - self._live()))
 
+    def scale(self, desired: int) -> None:
+        """The autoscaler's decision: fork up to ``desired`` now (waiters get them as they come up)."""
+        self.desired = desired
+        self._replenish()
+        self._grow()
+
     def retire_idle(self, now: float, keep: int, idle_for: float) -> int:
-        """reuse: end instances idle for ``idle_for`` seconds beyond ``keep``."""
+        """End instances idle for ``idle_for`` seconds beyond ``keep`` (strict: idle children beyond the floor)."""
         retired = 0
-        if self._strict or self._chan is None:
+        if self._chan is None:
             return 0
+        if self._strict:
+            while len(self._idle) > self._floor() and now - self._idle[0].last_used > idle_for:
+                inst = self._idle.popleft()
+                self._chan.send(p.Retire(inst.seq))
+                retired += 1
+            return retired
         while len(self._instances) > keep and self._idle and now - self._idle[0].last_used > idle_for:
             inst = self._idle.popleft()
             self._chan.send(p.Retire(inst.seq))
