@@ -21,9 +21,10 @@ from typing import Any
 import msgspec
 
 from spanfaas.config import RuntimeSettings, Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge
-from spanfaas.model import FunctionSpec, ImageRef, InvokeContext, Protection, Result
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge, SpanfaasError
+from spanfaas.model import EarlyStats, FunctionSpec, ImageRef, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
+from spanfaas.runtime.early import EarlyAction
 from spanfaas.runtime.pool import Pool
 from spanfaas.runtime.sandboxing import (
     FunctionSandbox,
@@ -59,6 +60,9 @@ class LocalRuntime:
         self._ticker: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[Any]] = set()
         self.protections: list[Protection] = []
+        self.early = EarlyAction(self.rt, tick=TICK)
+        """Prewarm ledger, arrival histograms, autoscaling (runtime/early.py)."""
+        self._warming: dict[str, asyncio.Task[None]] = {}
         self.started = False
 
     # -- life cycle ---------------------------------------------------------------
@@ -230,12 +234,48 @@ class LocalRuntime:
         pool = self._pools.get(name)
         if pool is None:
             raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime; deployed: {', '.join(sorted(self._pools)) or 'none'}")
-        return await pool.invoke(payload, ctx)
+        early = self.early
+        early.arrived(pool)
+        ms = None
+        try:
+            result = await pool.invoke(payload, ctx)
+            ms = result.duration_ms
+            return result
+        finally:
+            early.done(pool, ms)
 
-    async def prewarm(self, name: str) -> None:
+    async def prewarm(self, name: str, *, trigger: str = "api") -> bool:
+        """Start ``name``'s template if it is cold, without waiting for it; True if this started it.
+
+        It is then held from scaling to zero for ``runtime.prewarm_hold`` seconds,
+        or until the next invocation (see runtime/early.py)."""
         pool = self._pools.get(name)
-        if pool is not None and pool.state == "cold":
+        if pool is None or pool.state != "cold" or pool.key in self._warming or not self.started:
+            return False
+        self._warm(pool, trigger)
+        return True
+
+    def release(self, name: str) -> bool:
+        """The request that asked for a prewarm of ``name`` failed: stop holding the template."""
+        pool = self._pools.get(name)
+        return pool is not None and self.early.release(pool)
+
+    def _warm(self, pool: Pool, trigger: str, until: float | None = None, mib: int = 0) -> None:
+        self.early.prewarmed(pool, trigger, time.monotonic(), until, mib)
+        task = asyncio.get_running_loop().create_task(self._start_ahead(pool, trigger))
+        self._warming[pool.key] = task
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _start_ahead(self, pool: Pool, trigger: str) -> None:
+        try:
             await pool.start()
+        except (SpanfaasError, OSError) as exc:
+            log.warning("spanfaas runtime: prewarming %s (%s) failed: %s", pool.spec.name, trigger, exc)
+        else:
+            self.early.ready(pool, trigger)
+        finally:
+            self._warming.pop(pool.key, None)
 
     async def remove(self, name: str) -> None:
         pool = self._pools.pop(name, None)
@@ -256,6 +296,7 @@ class LocalRuntime:
 
     def _forget(self, pool: Pool) -> None:
         self._by_key.pop(pool.key, None)
+        self.early.forget(pool, removed=pool.spec.name not in self._pools)
         for pid, other in list(self._by_pid.items()):
             if other is pool:
                 del self._by_pid[pid]
@@ -295,18 +336,31 @@ class LocalRuntime:
     # -- background ---------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """Scale in and to zero; never on the request path."""
+        """Scale out, in and to zero, and warm up ahead of predicted calls; never on the request path."""
+        early = self.early
         while True:
             await asyncio.sleep(TICK)
             now = time.monotonic()
-            for pool in list(self._pools.values()):
+            pools = list(self._pools.values())
+            for pool in pools:
                 sc = pool.spec.scaling
                 idle = now - pool.last_used
-                if pool.state == "ready" and sc.min == 0 and idle > sc.idle_ttl and pool.stats()["busy"] == 0:
+                held = early.holding(pool, now)  # a prewarm awaits its call: not idle
+                if pool.state != "ready":
+                    continue
+                if sc.min == 0 and idle > sc.idle_ttl and not held and pool.stats()["busy"] == 0:
                     log.info("spanfaas runtime: %s idle for %.0fs, scaling to zero", pool.spec.name, idle)
                     pool.stop_template()
-                elif pool.state == "ready":
-                    pool.retire_idle(now, keep=max(sc.min, 1), idle_for=min(sc.idle_ttl, 30.0))
+                    early.scaled_to_zero(pool)
+                else:
+                    early.autoscale(pool, now)
+            for pool, plan in early.predict(now, pools, set(self._warming)):
+                if pool.state == "cold" and self._pools.get(pool.spec.name) is pool:
+                    self._warm(pool, "predict", plan.until, plan.memory_mib)
+
+    def early_stats(self) -> dict[str, EarlyStats]:
+        """Prewarms, cold starts avoided, wasted prewarms and scale events per function."""
+        return self.early.stats(self._pools)
 
 
 
