@@ -124,6 +124,7 @@ class Pool:
         self._busy = 0
         self._start_failures = 0
         self._oom_seen = 0
+        self._last_fork = 0.0
         self._drained: asyncio.Event = asyncio.Event()
         self._drained.set()
         self.last_used = time.monotonic()
@@ -253,7 +254,26 @@ class Pool:
         if n <= 0 or self._chan is None or self.state != "ready":
             return
         self._pending_forks += n
+        self._last_fork = time.monotonic()
         self._chan.send(p.Fork(n))
+
+    def check_progress(self, now: float, patience: float = 5.0) -> None:
+        """Watchdog (from the runtime's tick): invocations wait, forks were asked
+        for long ago and nothing came: recount what is really pending and grow."""
+        if self.state != "ready" or not self._waiters or now - self._last_fork < patience:
+            return
+        unready = sum(1 for i in self._instances.values() if not i.ready)
+        if self._pending_forks != unready:
+            log.warning(
+                "spanfaas runtime: %s: %d invocations waiting, %d forks pending but %d instances starting; recounting",
+                self.spec.name,
+                len(self._waiters),
+                self._pending_forks,
+                unready,
+            )
+            self._pending_forks = unready
+        self._last_fork = now
+        self._grow()
 
     def _on_forked(self, seq: int, fd: int) -> None:
         inst = Instance(seq)
