@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Protocol, runtime_checkable
 
-from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
+from spanfaas.model import Bundle, EarlyStats, FunctionSpec, InfraInfo, InvokeContext, Result
+
+PREWARM_TRIGGER: ContextVar[str] = ContextVar("spanfaas_prewarm_trigger", default="api")
+"""Why ``prewarm`` is being called (``headers``, ``dns``, ``api``): set by the caller
+around the call, read by adapters that count prewarms by trigger."""
 
 
 @runtime_checkable
@@ -28,7 +33,26 @@ class Infrastructure(Protocol):
     async def remove(self, name: str) -> None: ...
 
     async def prewarm(self, name: str) -> None:
-        """Get an instance ready ahead of an expected invocation (may be a no-op)."""
+        """Get an instance ready ahead of an expected invocation (may be a no-op).
+
+        Returns promptly: it starts the work and does not wait for it (the
+        gateway calls it on an invoke request's headers, before the body)."""
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Releasing(Protocol):
+    """Optional: an infrastructure that holds what ``prewarm`` prepared until a call comes."""
+
+    def release(self, name: str) -> bool:
+        """The request a prewarm was for failed before it ran: stop holding what was prepared."""
+        ...
+
+
+@runtime_checkable
+class ReportsEarlyStats(Protocol):
+    """Optional: an infrastructure that counts its prewarms and scale events (the local runtime)."""
+
+    def early_stats(self) -> dict[str, EarlyStats]: ...

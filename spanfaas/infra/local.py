@@ -6,7 +6,8 @@ import platform
 from pathlib import Path
 
 from spanfaas.config import Settings
-from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
+from spanfaas.infra.base import PREWARM_TRIGGER
+from spanfaas.model import Bundle, EarlyStats, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.runtime import LocalRuntime
 
 __all__ = ["LocalInfrastructure"]
@@ -48,7 +49,13 @@ class LocalInfrastructure:
         await self.runtime.remove(name)
 
     async def prewarm(self, name: str) -> None:
-        await self.runtime.prewarm(name)
+        await self.runtime.prewarm(name, trigger=PREWARM_TRIGGER.get())
+
+    def release(self, name: str) -> bool:
+        return self.runtime.release(name)
+
+    def early_stats(self) -> dict[str, EarlyStats]:
+        return self.runtime.early_stats()
 
     async def info(self) -> InfraInfo:
         rt = self.runtime.info()

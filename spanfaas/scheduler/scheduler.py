@@ -170,8 +170,10 @@ class Scheduler:
         self._eligible[spec.name] = (spec, self.generation, out)
         return out
 
-    def rank(self, spec: FunctionSpec, now: float) -> list[Site]:
-        """Where to run one invocation of ``spec``: try in this order."""
+    def rank(self, spec: FunctionSpec, now: float, *, decide: bool = True) -> list[Site]:
+        """Where to run one invocation of ``spec``: try in this order.
+
+        ``decide=False`` only looks (a prewarm): no pick is counted, no exploration taken."""
         eligible = self.eligible(spec)
         if len(eligible) > 1:
             ready = [s for s in eligible if s.breaker.state == "closed" or s.breaker.would_allow(now)]
@@ -179,10 +181,10 @@ class Scheduler:
                 eligible = ready  # else every breaker is open: try them anyway, there is nothing else
         policy = spec.policy
         if len(eligible) > 1 and policy.prefer:
-            eligible = self._order(spec, eligible, decide=True)
+            eligible = self._order(spec, eligible, decide=decide)
         if not policy.fallback:
             eligible = eligible[:1]
-        if eligible:
+        if eligible and decide:
             picks = eligible[0].picks
             picks[spec.name] = picks.get(spec.name, 0) + 1
         return eligible

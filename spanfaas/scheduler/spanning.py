@@ -34,7 +34,7 @@ import msgspec
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
 from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
-from spanfaas.infra.base import Infrastructure
+from spanfaas.infra.base import Infrastructure, Releasing
 from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.scheduler.constraints import check, validate
 from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site, Verdict
@@ -278,13 +278,22 @@ class SpanningInfrastructure:
         self.scheduler.changed()
 
     async def prewarm(self, name: str) -> None:
+        """Prewarm where the next invocation would run: the scheduler's first choice (looked up, not counted)."""
         entry = self._functions.get(name)
         if entry is None:
             return
-        ranked = self.scheduler.eligible(entry[0])
+        ranked = self.scheduler.rank(entry[0], self.clock(), decide=False)
         if ranked:
             with contextlib.suppress(SpanfaasError):
                 await ranked[0].infra.prewarm(name)
+
+    def release(self, name: str) -> bool:
+        """A prewarmed request failed before it ran: every site holding a prewarm of ``name`` lets it go."""
+        released = False
+        for site in self.sites:
+            if isinstance(site.infra, Releasing):
+                released = site.infra.release(name) or released
+        return released
 
     async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
         now = self.clock()
