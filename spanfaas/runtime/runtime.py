@@ -343,6 +343,7 @@ class LocalRuntime:
             now = time.monotonic()
             pools = list(self._pools.values())
             for pool in pools:
+                pool.check_progress(now)
                 sc = pool.spec.scaling
                 idle = now - pool.last_used
                 held = early.holding(pool, now)  # a prewarm awaits its call: not idle
