@@ -17,6 +17,7 @@ from starlette.routing import Route
 import spanfaas
 from spanfaas.errors import InvalidRequest, InvocationNotFound, NotFound
 from spanfaas.gateway.auth import issue_token, require
+from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.invoke import InvokeEndpoint, read_body
 from spanfaas.gateway.views import (
     FunctionList,
@@ -278,6 +279,7 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("GET", "/healthz", healthz, "Liveness", scope=None, tag="platform", response="application/json"),
         Endpoint("GET", "/openapi.json", openapi, "This document", scope=None, tag="platform",
                  response="application/json"),
+        *event_endpoints(),
     ]  # fmt: skip
 
 

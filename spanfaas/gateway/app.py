@@ -30,6 +30,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spanfaas.config import Settings
+from spanfaas.events import EventService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.store import Store
 from spanfaas.gateway.api import endpoints, routes
@@ -60,6 +61,11 @@ class Gateway:
         self.recorder = Recorder(store)
         self.enqueuer = Enqueuer(store)
         self.dispatcher = Dispatcher(settings, store, infra, self.registry, self.recorder, self.metrics)
+        self.events = EventService(
+            settings.events, store, self.metrics.registry,
+            functions=lambda: self.registry.functions, wake=self.dispatcher.wake,
+        )  # fmt: skip
+        self.dispatcher.events = self.events.delivery
         self.table = endpoints(self)
         self.openapi = build_openapi(self.table)
         self.openapi_json = msgspec.json.encode(self.openapi)
@@ -68,6 +74,7 @@ class Gateway:
         await self.registry.load()
         self.recorder.start()
         await self.dispatcher.start()
+        await self.events.start()
         if self.registry.functions:
             log.info("serving %d functions: %s", len(self.registry.functions), ", ".join(sorted(self.registry.functions)))
         if freeze_gc:
@@ -77,6 +84,7 @@ class Gateway:
             gc.freeze()
 
     async def stop(self) -> None:
+        await self.events.stop()
         await self.dispatcher.stop()
         await self.recorder.close()
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Protocol
 
 import msgspec
 
@@ -26,10 +27,16 @@ from spanfaas.gateway.metrics import Metrics
 from spanfaas.gateway.recorder import Recorder
 from spanfaas.gateway.registry import Registry
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "EventOutcomes"]
 
 log = logging.getLogger("spanfaas.gateway")
 _replace = msgspec.structs.replace
+
+
+class EventOutcomes(Protocol):
+    """Decides what becomes of a finished event invocation (``spanfaas.events.delivery``)."""
+
+    async def settle(self, record: InvocationRecord) -> InvocationRecord: ...
 
 
 class Dispatcher:
@@ -58,6 +65,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.events: EventOutcomes | None = None
+        """Set by the event service: event invocations are retried and dead-lettered by it."""
 
     async def start(self) -> None:
         if self.store.exclusive:
@@ -130,7 +139,8 @@ class Dispatcher:
         started = time.time()
         try:
             fn = await self.registry.require(record.function)
-            ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type)
+            event = record.event.attributes if record.event is not None else None
+            ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type, event=event)
             t0 = time.perf_counter()
             result = await self.infra.invoke(fn.spec, record.payload, ctx)
         except asyncio.CancelledError:
@@ -138,10 +148,16 @@ class Dispatcher:
                 self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None))
             raise
         except SpanfaasError as exc:
+            if record.event is not None and self.events is not None:
+                self.metrics.infra_failed(record.function)
+                error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
+                failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
+                self.recorder.add(await self.events.settle(failed))
+                return
             self._platform_failed(record, exc, started)
             return
         self.metrics.observe(record.function, result, time.perf_counter() - t0)
-        self.recorder.add(
+        done = (
             _replace(
                 record,
                 status="succeeded" if result.error is None else "failed",
@@ -157,6 +173,9 @@ class Dispatcher:
                 cold=result.cold,
             )
         )
+        if done.event is not None and self.events is not None:
+            done = await self.events.settle(done)
+        self.recorder.add(done)
 
     def _platform_failed(self, record: InvocationRecord, exc: SpanfaasError, started: float) -> None:
         error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)

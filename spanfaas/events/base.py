@@ -1,0 +1,152 @@
+"""What every event proxy shares: the protocols, the errors, and the one
+internal form of an event — a CloudEvents 1.0 event of the ``cloudevents`` SDK.
+
+A proxy *translates* a message in its source's format (an HTTP request, a
+Redis stream entry, a schedule tick) into CloudEvents; a *source* (Redis,
+schedules) also runs a loop that pulls messages and hands the translated
+events to a ``Sink``, which routes them into durable invocations.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.v1.event import CloudEvent
+
+from spanfaas.errors import InvalidPayload, Unauthorized
+
+__all__ = [
+    "CE_JSON",
+    "REQUIRED",
+    "BadSignature",
+    "CloudEvent",
+    "EventProxy",
+    "EventSource",
+    "InvalidEvent",
+    "Published",
+    "Sink",
+    "attributes_of",
+    "digest_id",
+    "make_event",
+    "structured",
+]
+
+CE_JSON = "application/cloudevents+json"
+CE_BATCH_JSON = "application/cloudevents-batch+json"
+REQUIRED = ("id", "source", "type", "specversion")
+
+_encode = msgspec.json.Encoder().encode
+
+
+class InvalidEvent(InvalidPayload):
+    """The event (or the message that should carry one) is malformed."""
+
+    slug, title = "invalid-event", "Invalid event"
+
+
+class BadSignature(Unauthorized):
+    """A webhook's signature is missing or does not match its secret."""
+
+    slug, title = "bad-signature", "Bad webhook signature"
+
+
+class Published(msgspec.Struct, kw_only=True):
+    """What became of one event: the invocations it started (none: no trigger
+    matched, or a duplicate of an event seen within the window)."""
+
+    id: str
+    source: str
+    type: str
+    invocations: list[str] = []
+    duplicate: bool = False
+
+
+class Sink(Protocol):
+    """Where sources hand their events: routes them and commits the invocations."""
+
+    async def publish(self, proxy: str, events: Sequence[CloudEvent]) -> list[Published]: ...
+
+
+@runtime_checkable
+class EventProxy(Protocol):
+    """Translates one source's messages into CloudEvents.
+
+    ``kind`` names the proxy in metrics (``source`` label) and in each
+    invocation's event record.  HTTP proxies implement
+    ``translate(headers, body) -> list[CloudEvent]``; pull sources implement
+    ``EventSource`` too.
+    """
+
+    kind: str
+
+
+@runtime_checkable
+class EventSource(EventProxy, Protocol):
+    """A proxy with its own loop: it reads from its source and publishes to the
+    sink, acknowledging a message only once ``publish`` has returned (the
+    invocations are then in the store)."""
+
+    async def run(self, sink: Sink) -> None: ...
+
+
+def make_event(attributes: dict[str, Any], data: Any = None) -> CloudEvent:
+    """A CloudEvent from attributes a proxy built; InvalidEvent when the SDK rejects them."""
+    for name in REQUIRED:
+        value = attributes.get(name)
+        if not isinstance(value, str) or not value:
+            raise InvalidEvent(missing_message(name))
+    try:
+        return CloudEvent(attributes, data)
+    except (BaseCloudEventException, ValueError, TypeError) as exc:
+        raise InvalidEvent(f"not a valid CloudEvent: {exc}") from None
+
+
+def missing_message(name: str) -> str:
+    if name == "specversion":
+        return "the CloudEvent has no 'specversion' (or an empty one); spanfaas accepts \"1.0\""
+    return f"the CloudEvent has no '{name}' attribute (or an empty one); id, source, type and specversion are required"
+
+
+def attributes_of(event: CloudEvent) -> dict[str, Any]:
+    """The event's attributes as JSON values (``time`` as RFC 3339 text)."""
+    out: dict[str, Any] = {}
+    for key, value in event.get_attributes().items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            value = _rfc3339(value)
+        out[key] = value
+    return out
+
+
+def structured(event: CloudEvent, attrs: Mapping[str, Any] | None = None) -> bytes:
+    """The event in structured JSON mode (``application/cloudevents+json``): the invocation's payload."""
+    doc = dict(attrs if attrs is not None else attributes_of(event))
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray)):
+        doc["data_base64"] = base64.b64encode(data).decode()
+    elif data is not None:
+        doc["data"] = data
+    return _encode(doc)
+
+
+def digest_id(*parts: bytes) -> str:
+    """A stable event id for sources that give none (so a re-delivery is recognized)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _rfc3339(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -1,0 +1,107 @@
+"""Delivery of event invocations: at least once, retries with backoff, dead letters.
+
+The dispatcher runs an event's invocation like any async one and hands the
+outcome to ``settle`` before recording it.  A failure — the function's own
+or the platform's — is queued again after ``backoff * 2**(attempt-1)``
+seconds (at most ``max_backoff``) until ``retries`` retries are spent; then
+the invocation is recorded as failed and a copy of it (payload, event,
+last error) goes to the dead-letter store, from which ``replay`` queues it
+again under a new invocation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from spanfaas.config import EventSettings
+from spanfaas.errors import NotFound
+from spanfaas.events.metrics import EventMetrics
+from spanfaas.model import InvocationRecord
+from spanfaas.store import DeadLetter, Store
+
+__all__ = ["Delivery", "InvocationIds"]
+
+log = logging.getLogger("spanfaas.events")
+_replace = msgspec.structs.replace
+
+
+class InvocationIds:
+    """Invocation ids: a random prefix per process and a counter (as the gateway makes them)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+class DeadLetterNotFound(NotFound):
+    slug, title = "dead-letter-not-found", "Dead letter not found"
+
+
+class Delivery:
+    def __init__(
+        self,
+        settings: EventSettings,
+        store: Store,
+        metrics: EventMetrics,
+        new_id: Callable[[], str],
+        wake: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.new_id = new_id
+        self.wake = wake
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before retry number ``attempts`` (1, 2, …)."""
+        return float(min(self.settings.backoff * (2 ** max(attempts - 1, 0)), self.settings.max_backoff))
+
+    async def settle(self, record: InvocationRecord) -> InvocationRecord:
+        """The record to store for a finished event invocation (queued again when it will be retried)."""
+        event = record.event
+        if event is None:
+            return record
+        if record.status == "succeeded":
+            self.metrics.delivered.labels(event.proxy).inc()
+            return record
+        if record.attempts <= self.settings.retries:
+            delay = self.delay(record.attempts)
+            self.metrics.retried.labels(event.proxy).inc()
+            log.info("event %s from %s: invocation %s failed (attempt %d of %d), retrying in %.2fs",
+                     event.attributes.get("id"), event.attributes.get("source"), record.id, record.attempts,
+                     self.settings.retries + 1, delay)  # fmt: skip
+            return _replace(record, status="queued", not_before=time.time() + delay, finished_at=None)
+        letter = DeadLetter(
+            id=record.id, function=record.function, event=event, content_type=record.content_type,
+            payload=record.payload, error=record.error, attempts=record.attempts,
+            created_at=record.created_at, failed_at=record.finished_at or time.time(),
+        )  # fmt: skip
+        await asyncio.to_thread(self.store.put_dead_letter, letter)
+        self.metrics.dead_lettered.labels(event.proxy).inc()
+        log.warning("event %s from %s: invocation %s failed %d times; moved to the dead-letter store",
+                    event.attributes.get("id"), event.attributes.get("source"), record.id, record.attempts)  # fmt: skip
+        return record
+
+    async def replay(self, id: str) -> InvocationRecord:
+        """Queue a dead letter again (a new invocation id); it leaves the dead-letter store."""
+        letter = await asyncio.to_thread(self.store.get_dead_letter, id)
+        if letter is None:
+            raise DeadLetterNotFound(f"no dead letter '{id}'; `spanfaas events dlq ls` lists them")
+        record = InvocationRecord(
+            id=self.new_id(), function=letter.function, status="queued", mode="async",
+            content_type=letter.content_type, payload=letter.payload, created_at=time.time(), event=letter.event,
+        )  # fmt: skip
+        if not await asyncio.to_thread(self.store.replay_dead_letter, id, record):
+            raise DeadLetterNotFound(f"dead letter '{id}' was replayed or removed meanwhile")
+        self.wake()
+        return record

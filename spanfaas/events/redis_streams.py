@@ -1,0 +1,176 @@
+"""Redis Streams through a consumer group (``[[events.redis]]``).
+
+Each entry becomes one CloudEvent.  An entry whose fields are CloudEvent
+attributes (``specversion``, ``id``, ``source``, ``type``, … and ``data``)
+is taken as that event; an entry with a ``cloudevent`` field holds a
+structured-mode event; any other entry is wrapped: ``source``
+``redis/<stream>``, ``id`` the entry id, ``data`` the fields.
+
+Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
+is after their invocations are committed to the store.  A crash in between
+leaves them in the group's pending list: on start the reader reads its own
+pending entries first (and takes over entries other consumers left pending
+for ``claim_idle`` seconds), and the store's (source, id) window drops the
+copies that had already been queued — one invocation per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from spanfaas.config import RedisStreamConfig
+from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, make_event
+from spanfaas.events.cloudevents_http import event_from_fields, parse_structured
+from spanfaas.events.metrics import EventMetrics
+
+__all__ = ["RedisStreamSource"]
+
+log = logging.getLogger("spanfaas.events")
+
+Entry = tuple[str, dict[Any, Any] | None]
+
+
+class RedisStreamSource:
+    kind = "redis"
+
+    def __init__(self, config: RedisStreamConfig, metrics: EventMetrics, *, stall_at: str = "") -> None:
+        self.config = config
+        self.metrics = metrics
+        self.name = config.name
+        self.consumer = config.consumer or socket.gethostname()
+        self.source = config.source or f"redis/{config.stream}"
+        self.stall_at = stall_at
+        """Test hook (``SPANFAAS_TEST_STALL``): ``redis.before-admit`` or ``redis.before-ack``
+        stops the reader there for good, so a test can kill the gateway at that point."""
+        self.connected = asyncio.Event()
+
+    # -- translation -------------------------------------------------------------------
+
+    def translate(self, entry_id: str, raw: dict[Any, Any]) -> CloudEvent:
+        fields = _text(entry_id, raw)
+        if "cloudevent" in fields:
+            try:
+                doc = msgspec.json.decode(fields["cloudevent"])
+            except msgspec.DecodeError as exc:
+                raise InvalidEvent(f"entry {entry_id}: the 'cloudevent' field is not valid JSON: {exc}") from None
+            return parse_structured(doc, f"entry {entry_id}")
+        if "specversion" in fields:
+            return event_from_fields(fields)
+        ms = int(entry_id.partition("-")[0]) if entry_id.partition("-")[0].isdigit() else int(time.time() * 1000)
+        attrs: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": entry_id,
+            "source": self.source,
+            "type": self.config.type,
+            "time": datetime.fromtimestamp(ms / 1000, timezone.utc),
+            "datacontenttype": "application/json",
+        }
+        return make_event(attrs, dict(fields))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self, sink: Sink) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._consume(sink)
+            except (RedisError, OSError) as exc:
+                log.warning("redis source '%s' (%s): %s; reconnecting in %.1fs", self.name, self.config.stream, exc, delay)
+            except Exception as exc:  # the store refused the events: read the pending entries again
+                log.error("redis source '%s': could not queue events (%s: %s); retrying in %.1fs",
+                          self.name, type(exc).__name__, exc, delay)  # fmt: skip
+            if self.connected.is_set():  # it had worked: start the backoff over
+                delay = 0.1
+                self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _consume(self, sink: Sink) -> None:
+        cfg = self.config
+        client = aioredis.Redis.from_url(cfg.url, decode_responses=False, health_check_interval=30)
+        try:
+            try:
+                await client.xgroup_create(cfg.stream, cfg.group, id="$" if cfg.start == "new" else "0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.connected.set()
+            log.info("redis source '%s': reading stream %s as %s/%s", self.name, cfg.stream, cfg.group, self.consumer)
+            pending: str | None = "0"  # first the entries this consumer read but never acknowledged
+            next_claim = time.monotonic()
+            while True:
+                if pending is not None:
+                    entries = _entries(await client.xreadgroup(cfg.group, self.consumer, {cfg.stream: pending}, count=cfg.batch))
+                    if not entries:
+                        pending = None
+                        continue
+                    pending = entries[-1][0]
+                elif time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + cfg.claim_idle / 2
+                    reply = await client.xautoclaim(
+                        cfg.stream, cfg.group, self.consumer, int(cfg.claim_idle * 1000), "0-0", count=cfg.batch
+                    )
+                    entries = _entries([[cfg.stream, reply[1]]])
+                    if not entries:
+                        continue
+                    log.info("redis source '%s': took over %d entries left pending by other consumers", self.name, len(entries))
+                else:
+                    block = int(cfg.block * 1000)
+                    entries = _entries(
+                        await client.xreadgroup(cfg.group, self.consumer, {cfg.stream: ">"}, count=cfg.batch, block=block)
+                    )
+                    if not entries:
+                        continue
+                await self._handle(client, sink, entries)
+        finally:
+            await client.aclose()
+
+    async def _handle(self, client: aioredis.Redis, sink: Sink, entries: list[Entry]) -> None:
+        events: list[CloudEvent] = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                continue
+            self.metrics.received.labels(self.kind).inc()
+            try:
+                events.append(self.translate(entry_id, fields))
+            except InvalidEvent as exc:
+                self.metrics.rejected.labels(self.kind).inc()
+                log.warning("redis source '%s': entry %s rejected (acknowledged, not delivered): %s", self.name, entry_id, exc)
+        await self._stall("redis.before-admit", len(entries))
+        if events:
+            await sink.publish(self.kind, events)
+        await self._stall("redis.before-ack", len(entries))
+        await client.xack(self.config.stream, self.config.group, *[e[0] for e in entries])
+
+    async def _stall(self, point: str, n: int) -> None:
+        if self.stall_at == point:
+            log.warning("test hook SPANFAAS_TEST_STALL: stalled at %s with %d entries", point, n)
+            await asyncio.Event().wait()
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """``[(id, fields)]`` from an XREADGROUP reply ``[[stream, [(id, fields), …]]]``."""
+    out: list[Entry] = []
+    for _, items in reply or ():
+        for entry_id, fields in items:
+            out.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
+    return out
+
+
+def _text(entry_id: str, fields: dict[Any, Any]) -> dict[str, str]:
+    try:
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+            for k, v in fields.items()
+        }
+    except UnicodeDecodeError:
+        raise InvalidEvent(f"entry {entry_id}: fields must be UTF-8 text") from None

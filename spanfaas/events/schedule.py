@@ -1,0 +1,134 @@
+"""Schedules: triggers with a cron expression fire on their ticks, in their time zone.
+
+The store keeps, per schedule, the last tick fired (``schedule_ticks``).  A
+tick is fired by moving that mark forward *in the transaction that enqueues
+its invocation* (compare-and-set), so a tick fires at most once — across
+restarts, and across gateways sharing a PostgreSQL store.  Ticks that
+passed while nobody was running are *missed*; on the next look the
+trigger's ``missed`` policy decides: ``skip`` (none of them), ``latest``
+(the most recent one) or ``all`` (each, oldest first, at most
+``catchup_limit``).  A schedule seen for the first time starts from now.
+
+A tick's CloudEvent: ``source`` ``spanfaas/schedule/<trigger id>``, ``id``
+the tick's time (RFC 3339 in the schedule's zone), ``type``
+``dev.spanfaas.schedule.tick``, ``data`` ``{schedule, timezone, tick, missed}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from spanfaas.config import EventSettings
+from spanfaas.events.metrics import EventMetrics
+from spanfaas.model import TriggerRecord
+from spanfaas.store import Store
+
+__all__ = ["ON_TIME", "ScheduleSink", "ScheduleSource", "Tick", "due_ticks", "schedule_key"]
+
+log = logging.getLogger("spanfaas.events")
+
+ON_TIME = 10.0
+"""Seconds after its time within which a tick counts as on time (not missed)."""
+TICK_TYPE = "dev.spanfaas.schedule.tick"
+
+
+@dataclass(frozen=True)
+class Tick:
+    at: datetime
+    missed: bool
+
+    @property
+    def timestamp(self) -> float:
+        return self.at.timestamp()
+
+
+class ScheduleSink(Protocol):
+    async def fire(self, trigger: TriggerRecord, key: str, ticks: list[Tick], mark: float) -> int:
+        """Enqueue one invocation per tick and move the schedule's mark to ``mark``; the ticks fired."""
+        ...
+
+
+def schedule_key(record: TriggerRecord) -> str:
+    """A schedule's identity in the store: a changed expression or zone is a new schedule."""
+    t = record.trigger
+    return f"{record.id}|{t.schedule}|{t.timezone}"
+
+
+def due_ticks(expr: str, zone: str, last: float, now: float, limit: int) -> list[datetime]:
+    """The ticks ``t`` with ``last < t <= now``: the newest ``limit`` of them, oldest first."""
+    tz = ZoneInfo(zone)
+    it = croniter(expr, datetime.fromtimestamp(now + 1e-6, tz))
+    out: list[datetime] = []
+    while len(out) < limit:
+        t = it.get_prev(datetime)
+        if t.timestamp() <= last:
+            break
+        out.append(t)
+    out.reverse()
+    return out
+
+
+class ScheduleSource:
+    kind = "schedule"
+
+    def __init__(
+        self,
+        settings: EventSettings,
+        store: Store,
+        metrics: EventMetrics,
+        schedules: Callable[[], list[TriggerRecord]],
+        *,
+        clock: Callable[[], float] = time.time,
+        poll: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.schedules = schedules
+        self.clock = clock
+        self.poll = poll
+        self._marks: dict[str, float] = {}
+
+    async def run(self, sink: ScheduleSink) -> None:
+        while True:
+            try:
+                wait = await self.check(sink)
+            except Exception as exc:  # the store is down: look again later
+                log.error("schedules: %s: %s", type(exc).__name__, exc)
+                wait = self.poll
+            await asyncio.sleep(wait)
+
+    async def check(self, sink: ScheduleSink) -> float:
+        """Fire what is due now; the seconds until the next look."""
+        now = self.clock()
+        wait = self.poll
+        for record in self.schedules():
+            t = record.trigger
+            key = schedule_key(record)
+            last = self._marks.get(key)
+            if last is None:
+                last = self._marks[key] = await asyncio.to_thread(self.store.last_tick, key, now)
+            limit = self.settings.catchup_limit if t.missed == "all" else 1
+            due = due_ticks(t.schedule, t.timezone, last, now, limit)
+            if due:
+                ticks = [Tick(d, missed=d.timestamp() < now - ON_TIME) for d in due]
+                if t.missed == "skip":
+                    ticks = [k for k in ticks if not k.missed]
+                self.metrics.received.labels(self.kind).inc(len(ticks))
+                fired = await sink.fire(record, key, ticks, due[-1].timestamp())
+                if fired < len(ticks):
+                    log.info("schedule %s: %d of %d ticks were already fired (another gateway, or before a restart)",
+                             record.id, len(ticks) - fired, len(ticks))  # fmt: skip
+                self._marks[key] = max(due[-1].timestamp(), last)
+            following = croniter(t.schedule, datetime.fromtimestamp(now, ZoneInfo(t.timezone))).get_next(float)
+            wait = min(wait, max(following - self.clock(), 0.0) + 0.001)
+        return wait

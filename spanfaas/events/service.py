@@ -1,0 +1,205 @@
+"""``EventService``: the event path of one gateway, wired together.
+
+    proxies (HTTP: cloudevents, webhook, s3 · pull: redis, schedule)
+        └─ publish(kind, events) ─▶ router (triggers) ─▶ admitter (dedup + enqueue, one transaction)
+                                                              └─▶ the durable queue ─▶ dispatcher
+    dispatcher ─▶ delivery.settle(record): delivered | retried with backoff | dead letter
+
+The gateway builds one, starts it after its dispatcher and stops it first;
+it knows the gateway only through the callables it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry
+
+from spanfaas.config import EventSettings
+from spanfaas.errors import Conflict, FunctionNotFound, NotFound
+from spanfaas.events.admit import Admitter
+from spanfaas.events.base import CE_JSON, CloudEvent, Published, attributes_of, make_event, structured
+from spanfaas.events.cloudevents_http import CloudEventsProxy
+from spanfaas.events.delivery import Delivery, InvocationIds
+from spanfaas.events.metrics import EventMetrics
+from spanfaas.events.redis_streams import RedisStreamSource
+from spanfaas.events.router import Router, manifest_triggers
+from spanfaas.events.s3 import S3Proxy
+from spanfaas.events.schedule import TICK_TYPE, ScheduleSource, Tick
+from spanfaas.events.webhook import WebhookProxy
+from spanfaas.model import Event, FunctionRecord, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.store import Admission, DeadLetter, Store
+
+__all__ = ["EventService", "TriggerNotFound"]
+
+log = logging.getLogger("spanfaas.events")
+
+TEST_STALL_ENV = "SPANFAAS_TEST_STALL"
+"""Test hook: the event path stops for good at this point (see ``RedisStreamSource.stall_at``)."""
+
+
+class TriggerNotFound(NotFound):
+    slug, title = "trigger-not-found", "Trigger not found"
+
+
+class EventService:
+    def __init__(
+        self,
+        settings: EventSettings,
+        store: Store,
+        registry: CollectorRegistry,
+        *,
+        functions: Callable[[], Mapping[str, FunctionRecord]],
+        wake: Callable[[], None],
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.functions = functions
+        self.wake = wake
+        self.new_id = new_id or InvocationIds()
+        self.metrics = EventMetrics(registry)
+        self.router = Router(store, functions)
+        self.admitter = Admitter(store)
+        self.delivery = Delivery(settings, store, self.metrics, self.new_id, wake)
+        self.cloudevents = CloudEventsProxy()
+        self.s3 = S3Proxy()
+        self.webhooks = {w.name: WebhookProxy(w) for w in settings.webhooks}
+        stall = os.environ.get(TEST_STALL_ENV, "")
+        self.streams = [RedisStreamSource(c, self.metrics, stall_at=stall) for c in settings.redis]
+        self.schedules = ScheduleSource(settings, store, self.metrics, lambda: self.router.current().schedules)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.router.reload()
+        self._tasks = [asyncio.create_task(s.run(self), name=f"spanfaas-events-redis-{s.name}") for s in self.streams]
+        self._tasks.append(asyncio.create_task(self.schedules.run(self), name="spanfaas-events-schedules"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="spanfaas-events-housekeeping"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _housekeeping(self) -> None:
+        """Keep the trigger table fresh; forget (source, id) pairs older than the window."""
+        next_prune = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):  # the store may be down for a while; the next round retries
+                await self.router.table()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 60.0
+                    await asyncio.to_thread(self.store.prune_seen, time.time() - self.settings.dedup_window)
+
+    # -- the event path ------------------------------------------------------------------
+
+    async def publish(self, proxy: str, events: Sequence[CloudEvent]) -> list[Published]:
+        """Route the events and commit their invocations; returns when they are in the store."""
+        self.metrics.translated.labels(proxy).inc(len(events))
+        table = await self.router.table()
+        now = time.time()
+        out: list[Published] = []
+        admissions: list[Admission] = []
+        slots: list[int] = []
+        for ev in events:
+            attrs = attributes_of(ev)
+            published = Published(id=attrs["id"], source=attrs["source"], type=attrs["type"])
+            out.append(published)
+            matches = table.match(attrs)
+            if not matches:
+                self.metrics.unmatched.labels(proxy).inc()
+                continue
+            payload = structured(ev, attrs)
+            records = [
+                InvocationRecord(
+                    id=self.new_id(), function=m.function, status="queued", mode="async", content_type=CE_JSON,
+                    payload=payload, created_at=now, event=Event(attributes=attrs, proxy=proxy, trigger=m.id),
+                )  # fmt: skip
+                for m in matches
+            ]
+            admissions.append(
+                Admission(source=published.source, id=published.id, records=records, window=self.settings.dedup_window)
+            )
+            slots.append(len(out) - 1)
+        if admissions:
+            for i, (slot, admitted) in enumerate(zip(slots, await self.admitter.admit(admissions))):
+                if admitted:
+                    out[slot].invocations = [r.id for r in admissions[i].records]
+                else:
+                    out[slot].duplicate = True
+                    self.metrics.duplicates.labels(proxy).inc()
+            self.wake()
+        return out
+
+    async def fire(self, trigger: TriggerRecord, key: str, ticks: list[Tick], mark: float) -> int:
+        """Schedules: one invocation per tick (each at most once), then the mark moves to ``mark``."""
+        t = trigger.trigger
+        now = time.time()
+        admissions: list[Admission] = []
+        for tick in ticks:
+            at = tick.at.isoformat()
+            event = make_event(
+                {"specversion": "1.0", "id": at, "source": f"spanfaas/schedule/{trigger.id}", "type": TICK_TYPE,
+                 "time": tick.at, "subject": trigger.id, "datacontenttype": "application/json"},
+                {"schedule": t.schedule, "timezone": t.timezone, "tick": at, "missed": tick.missed},
+            )  # fmt: skip
+            attrs = attributes_of(event)
+            record = InvocationRecord(
+                id=self.new_id(), function=trigger.function, status="queued", mode="async", content_type=CE_JSON,
+                payload=structured(event, attrs), created_at=now,
+                event=Event(attributes=attrs, proxy=ScheduleSource.kind, trigger=trigger.id),
+            )  # fmt: skip
+            admissions.append(Admission(source=attrs["source"], id=at, records=[record], schedule=key, tick=tick.timestamp))
+        if not ticks or ticks[-1].timestamp < mark:  # skipped ticks: only move the mark
+            admissions.append(Admission(source="", id="", records=[], schedule=key, tick=mark))
+        self.metrics.translated.labels(ScheduleSource.kind).inc(len(ticks))
+        results = await self.admitter.admit(admissions)
+        fired = sum(1 for a, ok in zip(admissions, results) if ok and a.records)
+        if fired:
+            self.wake()
+        return fired
+
+    # -- triggers --------------------------------------------------------------------------
+
+    async def list_triggers(self, function: str | None = None) -> list[TriggerRecord]:
+        table = await self.router.reload()
+        return [r for r in table.records if function is None or r.function == function]
+
+    async def add_trigger(self, function: str, trigger: Trigger) -> TriggerRecord:
+        if function not in self.functions() and await asyncio.to_thread(self.store.get_function, function) is None:
+            deployed = ", ".join(sorted(self.functions())) or "none"
+            raise FunctionNotFound(f"function '{function}' not found; deployed: {deployed}")
+        record = TriggerRecord(id="trg_" + secrets.token_hex(6), function=function, trigger=trigger, created_at=time.time())
+        await asyncio.to_thread(self.store.put_trigger, record)
+        await self.router.reload()
+        return record
+
+    async def remove_trigger(self, id: str) -> None:
+        if await asyncio.to_thread(self.store.delete_trigger, id):
+            await self.router.reload()
+            return
+        for f in self.functions().values():
+            if any(t.id == id for t in manifest_triggers(f)):
+                raise Conflict(
+                    f"trigger '{id}' is declared in the manifest of function '{f.name}'; "
+                    "remove it from its spanfaas.toml and deploy again"
+                )
+        raise TriggerNotFound(f"trigger '{id}' not found; `spanfaas triggers ls` lists them")
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    async def dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        return await asyncio.to_thread(self.store.list_dead_letters, function, limit)
+
+    async def replay(self, id: str) -> InvocationRecord:
+        return await self.delivery.replay(id)

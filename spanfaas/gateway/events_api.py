@@ -1,0 +1,217 @@
+"""The event endpoints: ingest (CloudEvents, S3 notifications, signed webhooks),
+triggers, and the dead-letter store.  The work is ``spanfaas.events``'; this
+module only speaks HTTP for it.
+
+Webhooks live outside ``/v1`` (``POST /hooks/<name>``): their senders cannot
+send an API token, the HMAC signature is their authentication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+from starlette.requests import Request
+from starlette.responses import Response
+
+from spanfaas.errors import InvalidRequest, NotFound, SpanfaasError
+from spanfaas.events import CloudEvent, Published
+from spanfaas.gateway.invoke import read_body, too_large
+from spanfaas.model import ErrorInfo, Trigger, TriggerRecord
+
+if TYPE_CHECKING:
+    from spanfaas.gateway.api import Endpoint
+    from spanfaas.gateway.app import Gateway
+
+__all__ = ["event_endpoints"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+# -- wire messages -----------------------------------------------------------------------
+
+
+class PublishedList(Struct):
+    """What became of each event of the request (202: its invocations are queued)."""
+
+    events: list[Published]
+
+
+class TriggerRequest(Struct, forbid_unknown_fields=True):
+    function: Annotated[str, Meta(min_length=1)]
+    trigger: Trigger
+
+
+class TriggerList(Struct):
+    triggers: list[TriggerRecord]
+
+
+class DeadLetterView(Struct):
+    id: str
+    """The id of the invocation that gave up (replay it with this id)."""
+    function: str
+    proxy: str
+    trigger: str
+    event: dict[str, Any]
+    """The CloudEvent's attributes."""
+    error: ErrorInfo | None
+    attempts: int
+    created_at: float
+    failed_at: float
+
+
+class DeadLetterList(Struct):
+    dead_letters: list[DeadLetterView]
+
+
+class Replayed(Struct):
+    dead_letter: str
+    invocation: str
+    """The new invocation's id."""
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(_encode(obj), status_code=status, media_type="application/json")
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+async def _ingest(gw: Gateway, request: Request, kind: str, translate: Callable[[dict[str, str], bytes], list[CloudEvent]]) -> Response:
+    """Read, translate and publish one request; every refusal counts as rejected."""
+    metrics = gw.events.metrics
+    metrics.received.labels(kind).inc()
+    limit = gw.settings.events.max_body
+    try:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_large("event body", "events.max_body", limit, int(length))
+        body = await read_body(request.receive, limit, "event body", "events.max_body")
+        headers = dict(request.headers.items())
+        events = translate(headers, body)
+    except SpanfaasError:
+        metrics.rejected.labels(kind).inc()
+        raise
+    published = await gw.events.publish(kind, events)
+    return _json(PublishedList(events=published), 202)
+
+
+async def post_events(gw: Gateway, request: Request) -> Response:
+    return await _ingest(gw, request, "cloudevents", gw.events.cloudevents.translate)
+
+
+async def post_s3(gw: Gateway, request: Request) -> Response:
+    return await _ingest(gw, request, "s3", gw.events.s3.translate)
+
+
+async def post_webhook(gw: Gateway, request: Request) -> Response:
+    name = request.path_params["hook"]
+    hook = gw.events.webhooks.get(name)
+    if hook is None:
+        gw.events.metrics.rejected.labels("webhook").inc()
+        configured = ", ".join(sorted(gw.events.webhooks)) or "none"
+        raise NotFound(f"no webhook named '{name}'; configured in [[events.webhooks]]: {configured}")
+    return await _ingest(gw, request, "webhook", hook.translate)
+
+
+# -- triggers ----------------------------------------------------------------------------------
+
+
+async def list_triggers(gw: Gateway, request: Request) -> Response:
+    function = request.query_params.get("function")
+    return _json(TriggerList(triggers=await gw.events.list_triggers(function)))
+
+
+async def add_trigger(gw: Gateway, request: Request) -> Response:
+    body = await read_body(request.receive, 65536, "request body", "max_payload")
+    try:
+        req = msgspec.json.decode(body, type=TriggerRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(
+            f"invalid trigger: {exc}; send e.g. "
+            '{"function": "thumbnail", "trigger": {"source": "s3://photos", "subject": "*.jpg"}}'
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    record = await gw.events.add_trigger(req.function, req.trigger)
+    return _json(record, 201)
+
+
+async def remove_trigger(gw: Gateway, request: Request) -> Response:
+    await gw.events.remove_trigger(request.path_params["id"])
+    return Response(status_code=204)
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+async def list_dead_letters(gw: Gateway, request: Request) -> Response:
+    q = request.query_params
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise InvalidRequest(f"limit={q.get('limit')!r} is not a number; use e.g. limit=100") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
+    letters = await gw.events.dead_letters(q.get("function"), limit)
+    views = [
+        DeadLetterView(
+            id=d.id, function=d.function, proxy=d.event.proxy, trigger=d.event.trigger, event=d.event.attributes,
+            error=d.error, attempts=d.attempts, created_at=d.created_at, failed_at=d.failed_at,
+        )  # fmt: skip
+        for d in letters
+    ]
+    return _json(DeadLetterList(dead_letters=views))
+
+
+async def replay_dead_letter(gw: Gateway, request: Request) -> Response:
+    id = request.path_params["id"]
+    record = await gw.events.replay(id)
+    return _json(Replayed(dead_letter=id, invocation=record.id), 202)
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+def event_endpoints() -> list[Endpoint]:
+    from spanfaas.gateway.api import Endpoint, Param
+
+    ingest_errors = (400, 401, 403, 413)
+    return [
+        Endpoint("POST", "/v1/events", post_events,
+                 "Publish CloudEvents (binary or structured mode, or a batch); matching triggers start functions",
+                 tag="events", body=("application/cloudevents+json", "application/cloudevents-batch+json", "*/*"),
+                 params=(Param("ce-id", "header", "binary mode: the event's id (with ce-source, ce-type, ce-specversion)"),),
+                 status=202, response=PublishedList, errors=ingest_errors),
+        Endpoint("POST", "/v1/events/s3", post_s3,
+                 "Publish an S3/MinIO bucket notification: one CloudEvent per record",
+                 tag="events", body=("application/json",), status=202, response=PublishedList, errors=ingest_errors),
+        Endpoint("POST", "/hooks/{hook:str}", post_webhook,
+                 "A webhook signed with its secret (X-Hub-Signature-256: sha256=HMAC); no API token",
+                 scope=None, tag="events", body=("application/json", "application/x-www-form-urlencoded"),
+                 params=(Param("hook", "path", "The hook's name ([[events.webhooks]])", required=True),
+                         Param("X-Hub-Signature-256", "header", "sha256=<hex HMAC-SHA256 of the body>", required=True),
+                         Param("X-GitHub-Event", "header", "The event type", required=True)),
+                 status=202, response=PublishedList, errors=(400, 401, 404, 413)),
+        Endpoint("GET", "/v1/triggers", list_triggers, "Triggers in force (from manifests and the API)",
+                 tag="events", params=(Param("function", "query", "only this function's"),),
+                 response=TriggerList, errors=(401, 403)),
+        Endpoint("POST", "/v1/triggers", add_trigger, "Add a trigger to a function",
+                 scope="deploy", tag="events", body=TriggerRequest, status=201, response=TriggerRecord,
+                 errors=(400, 401, 403, 404)),
+        Endpoint("DELETE", "/v1/triggers/{id:str}", remove_trigger,
+                 "Remove a trigger added through the API (manifest triggers: edit the manifest)",
+                 scope="deploy", tag="events", params=(Param("id", "path", "The trigger's id", required=True),),
+                 status=204, errors=(401, 403, 404, 409)),
+        Endpoint("GET", "/v1/events/dlq", list_dead_letters, "Event invocations that failed every attempt",
+                 scope="deploy", tag="events",
+                 params=(Param("function", "query", "only this function's"),
+                         Param("limit", "query", "at most this many (1-1000, default 100)", {"type": "integer", "default": 100})),
+                 response=DeadLetterList, errors=(400, 401, 403)),
+        Endpoint("POST", "/v1/events/dlq/{id:str}/replay", replay_dead_letter,
+                 "Queue a dead letter again (a new invocation); it leaves the dead-letter store",
+                 scope="deploy", tag="events", params=(Param("id", "path", "The dead letter's id", required=True),),
+                 status=202, response=Replayed, errors=(401, 403, 404)),
+    ]  # fmt: skip

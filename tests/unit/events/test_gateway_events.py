@@ -1,0 +1,197 @@
+"""The event path through the gateway app (in-process, InMemoryInfrastructure,
+real SQLite): each HTTP proxy end to end, bad input, de-duplication,
+triggers through the API, retries and dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from spanfaas.events.webhook import sign
+from spanfaas.gateway.app import Gateway
+
+from events_helpers import SECRET, metric, wait_finished
+
+CE = {"specversion": "1.0", "id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
+STRUCTURED = {"content-type": "application/cloudevents+json"}
+ORDERS = '[[triggers]]\ntype = "com.example.order.*"\n'
+
+
+def ids(resp: httpx.Response) -> list[str]:
+    assert resp.status_code == 202, resp.text
+    return [i for e in resp.json()["events"] for i in e["invocations"]]
+
+
+async def test_structured_cloudevent_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    await deploy("orders", ORDERS)
+    event = {**CE, "subject": "order/1", "data": {"total": 42}}
+    r = await client.post("/v1/events", content=json.dumps(event), headers=STRUCTURED)
+    [view] = await wait_finished(client, ids(r))
+    assert view["status"] == "succeeded" and view["function"] == "orders" and view["mode"] == "async"
+    out = view["result"]
+    assert out["event"]["data"] == {"total": 42} and out["event"]["id"] == "order-1"
+    assert out["context_event"]["type"] == "com.example.order.created" and out["context_event"]["subject"] == "order/1"
+    assert "data" not in out["context_event"]  # context.event: the attributes; the data is the event argument
+    assert "got order-1" in view["logs"]
+
+
+async def test_binary_cloudevent_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    await deploy("orders", ORDERS)
+    headers = {f"ce-{k}": v for k, v in CE.items()} | {"content-type": "application/json", "ce-shop": "berlin"}
+    r = await client.post("/v1/events", content=b'{"total": 7}', headers=headers)
+    [view] = await wait_finished(client, ids(r))
+    assert view["result"]["event"]["data"] == {"total": 7}
+    assert view["result"]["context_event"]["shop"] == "berlin"
+
+
+async def test_s3_notification_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    await deploy("thumbs", '[[triggers]]\nsource = "s3://photos"\ntype = "com.amazonaws.s3.ObjectCreated:*"\nsubject = "*.jpg"\n')
+    rec = lambda key, seq: {"eventName": "ObjectCreated:Put", "eventTime": "2024-05-01T12:00:00Z",  # noqa: E731
+                            "s3": {"bucket": {"name": "photos"}, "object": {"key": key, "size": 3, "eTag": "e", "sequencer": seq}}}  # fmt: skip
+    body = {"Records": [rec("a.jpg", "01"), rec("b.png", "02"), rec("c.jpg", "03")]}
+    r = await client.post("/v1/events/s3", json=body)
+    assert [len(e["invocations"]) for e in r.json()["events"]] == [1, 0, 1]  # b.png matches no trigger
+    views = await wait_finished(client, ids(r))
+    assert sorted(v["result"]["event"]["data"]["key"] for v in views) == ["a.jpg", "c.jpg"]
+    assert {v["result"]["context_event"]["source"] for v in views} == {"s3://photos"}
+
+
+async def test_webhook_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    await deploy("ci", '[[triggers]]\nsource = "webhook/github"\ntype = "com.github.push"\n')
+    body = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "octo/hello"}}).encode()
+    headers = {"x-hub-signature-256": sign(SECRET, body), "x-github-event": "push", "x-github-delivery": "d-1",
+               "content-type": "application/json", "authorization": ""}  # fmt: skip
+    r = await client.post("/hooks/github", content=body, headers=headers)  # no API token: the signature is the auth
+    [view] = await wait_finished(client, ids(r))
+    assert view["result"]["event"]["data"]["ref"] == "refs/heads/main"
+    assert view["result"]["context_event"]["subject"] == "octo/hello"
+
+
+async def test_same_event_id_twice_runs_once(client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway) -> None:
+    await deploy("orders", ORDERS)
+    first = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
+    again = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
+    assert ids(again) == [] and again.json()["events"][0]["duplicate"] is True
+    other = await client.post("/v1/events", content=json.dumps({**CE, "source": "/shop/paris"}), headers=STRUCTURED)
+    assert len(ids(other)) == 1  # de-duplication is by (source, id)
+    await wait_finished(client, ids(first) + ids(other))
+    runs = (await client.get("/v1/invocations", params={"function": "orders"})).json()["invocations"]
+    assert len(runs) == 2
+    assert metric((await client.get("/metrics")).text, "spanfaas_events_duplicates_total", "cloudevents") == 1
+
+
+BAD = [
+    ("cloudevents", "/v1/events", STRUCTURED, b'{"id": "1", ', 400, "invalid-event"),
+    ("cloudevents", "/v1/events", STRUCTURED, json.dumps({k: v for k, v in CE.items() if k != "id"}).encode(), 400, "invalid-event"),
+    ("cloudevents", "/v1/events", STRUCTURED, json.dumps({k: v for k, v in CE.items() if k != "source"}).encode(), 400, "invalid-event"),
+    ("cloudevents", "/v1/events", STRUCTURED, json.dumps({k: v for k, v in CE.items() if k != "type"}).encode(), 400, "invalid-event"),
+    ("cloudevents", "/v1/events", STRUCTURED, json.dumps({k: v for k, v in CE.items() if k != "specversion"}).encode(), 400, "invalid-event"),
+    ("cloudevents", "/v1/events", {"ce-id": "1", "ce-source": "/s", "ce-type": "t"}, b"{}", 400, "invalid-event"),
+    ("cloudevents", "/v1/events", STRUCTURED, json.dumps({**CE, "data": "x" * 20000}).encode(), 413, "payload-too-large"),
+    ("s3", "/v1/events/s3", {}, b'{"Records": [{]}', 400, "invalid-event"),
+    ("s3", "/v1/events/s3", {}, b"[" * 17000, 413, "payload-too-large"),
+    ("webhook", "/hooks/github", {"x-github-event": "push"}, b"{}", 401, "bad-signature"),
+    ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": sign("wrong secret", b"{}")}, b"{}", 401, "bad-signature"),
+    ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": sign(SECRET, b"{")}, b"{", 400, "invalid-event"),
+    ("webhook", "/hooks/nope", {}, b"{}", 404, "not-found"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "path", "headers", "body", "status", "slug"), BAD)
+async def test_bad_input_is_rejected_and_nothing_is_queued(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway,
+    kind: str, path: str, headers: dict[str, str], body: bytes, status: int, slug: str,
+) -> None:  # fmt: skip
+    await deploy("all", "[[triggers]]\n")  # every event would match
+    before = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
+    r = await client.post(path, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    doc = r.json()
+    assert r.headers["content-type"] == "application/problem+json"
+    assert doc["type"].endswith("/" + slug) and doc["status"] == status and doc["detail"]
+    assert gateway.store.list_invocations("all") == [] and gateway.store.queue_depth() == 0
+    after = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
+    assert after == before + 1
+
+
+async def test_metrics_per_source(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    await deploy("orders", ORDERS)
+    r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
+    await wait_finished(client, ids(r))
+    await client.post("/v1/events", content=json.dumps({**CE, "id": "2", "type": "other"}), headers=STRUCTURED)
+    text = (await client.get("/metrics")).text
+    got = {n: metric(text, f"spanfaas_events_{n}_total", "cloudevents") for n in ("received", "translated", "delivered", "unmatched")}
+    assert got == {"received": 2, "translated": 2, "delivered": 1, "unmatched": 1}
+    assert metric(text, "spanfaas_events_received_total", "redis") == 0  # every source's series exists
+
+
+async def test_triggers_through_the_api(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    await deploy("orders", ORDERS)
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"source": "/shop/*", "filters": {"shop": "paris"}}})
+    assert r.status_code == 201, r.text
+    added = r.json()
+    listed = (await client.get("/v1/triggers")).json()["triggers"]
+    assert {(t["id"], t["origin"]) for t in listed} == {("orders:0", "manifest"), (added["id"], "api")}
+    event = {**CE, "type": "not.an.order", "shop": "paris"}
+    r = await client.post("/v1/events", content=json.dumps(event), headers=STRUCTURED)
+    [view] = await wait_finished(client, ids(r))
+    assert view["result"]["context_event"]["shop"] == "paris"
+
+    assert (await client.delete("/v1/triggers/orders:0")).status_code == 409  # declared in the manifest
+    assert (await client.delete(f"/v1/triggers/{added['id']}")).status_code == 204
+    assert (await client.delete(f"/v1/triggers/{added['id']}")).status_code == 404
+    r = await client.post("/v1/events", content=json.dumps({**event, "id": "2"}), headers=STRUCTURED)
+    assert ids(r) == []
+    bad = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"schedule": "every day"}})
+    assert bad.status_code == 400 and "cron" in bad.json()["detail"]
+    missing = await client.post("/v1/triggers", json={"function": "nope", "trigger": {}})
+    assert missing.status_code == 404
+
+
+FLAKY = '''
+import os
+def handler(event, context):
+    if not os.path.exists(event["data"]["flag"]):
+        raise RuntimeError("not yet")
+    return "ok"
+'''
+
+
+async def test_retries_then_dead_letter_then_replay(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, tmp_path: Any
+) -> None:
+    await deploy("flaky", ORDERS, code=FLAKY)
+    flag = tmp_path / "flag"
+    r = await client.post("/v1/events", content=json.dumps({**CE, "data": {"flag": str(flag)}}), headers=STRUCTURED)
+    [inv] = ids(r)
+    [view] = await wait_finished(client, [inv])
+    assert view["status"] == "failed" and view["attempts"] == 3  # retries = 2 in these settings
+    assert "not yet" in view["error"]["message"]
+    letters = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+    assert [(d["id"], d["function"], d["proxy"], d["attempts"]) for d in letters] == [(inv, "flaky", "cloudevents", 3)]
+    assert letters[0]["event"]["id"] == "order-1" and letters[0]["trigger"] == "flaky:0"
+    text = (await client.get("/metrics")).text
+    assert metric(text, "spanfaas_events_dead_lettered_total", "cloudevents") == 1
+    assert metric(text, "spanfaas_events_retried_total", "cloudevents") == 2
+
+    flag.write_text("now it works")
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 202, r.text
+    [again] = await wait_finished(client, [r.json()["invocation"]])
+    assert again["status"] == "succeeded" and again["result"] == "ok"
+    assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
+    assert (await client.post(f"/v1/events/dlq/{inv}/replay")).status_code == 404
+
+
+async def test_platform_failures_of_event_invocations_are_retried(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway
+) -> None:
+    await deploy("orders", ORDERS)
+    gateway.infra.fail_next = 2  # type: ignore[attr-defined]
+    r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
+    [view] = await wait_finished(client, ids(r))
+    assert view["status"] == "succeeded" and view["attempts"] == 3

@@ -1,0 +1,125 @@
+"""Schedules: cron ticks in a time zone, missed ticks after a pause per policy,
+never twice for the same tick (restarts, two gateways) — on a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
+
+from spanfaas.config import EventSettings
+from spanfaas.events.schedule import ScheduleSource, due_ticks
+from spanfaas.events.service import EventService
+from spanfaas.model import Trigger, TriggerRecord
+from spanfaas.store import SQLiteStore
+
+T0 = datetime(2024, 3, 30, 12, 0, 0, tzinfo=timezone.utc).timestamp()  # a Saturday, before a DST change
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_due_ticks_in_a_time_zone_across_dst() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    start = datetime(2024, 3, 30, 0, 0, tzinfo=berlin).timestamp()
+    end = datetime(2024, 4, 1, 12, 0, tzinfo=berlin).timestamp()
+    ticks = due_ticks("0 9 * * *", "Europe/Berlin", start, end, 10)
+    assert [t.isoformat() for t in ticks] == [
+        "2024-03-30T09:00:00+01:00", "2024-03-31T09:00:00+02:00", "2024-04-01T09:00:00+02:00",
+    ]  # fmt: skip
+    assert due_ticks("0 9 * * *", "Europe/Berlin", start, end, 1)[0].day == 1  # the newest
+    assert due_ticks("* * * * * */10", "UTC", T0, T0 + 30, 10)[-1].timestamp() == T0 + 30  # a tick at `now` is due
+
+
+def make(tmp_path: Path, triggers: list[TriggerRecord], clock: Clock, store: SQLiteStore) -> tuple[EventService, ScheduleSource]:
+    settings = EventSettings(catchup_limit=5)
+    service = EventService(settings, store, CollectorRegistry(), functions=dict, wake=lambda: None)
+    source = ScheduleSource(settings, store, service.metrics, lambda: triggers, clock=clock)
+    return service, source
+
+
+def ticks_of(store: SQLiteStore) -> list[str]:
+    out = []
+    for r in store.list_invocations("job", limit=1000):
+        doc = msgspec.json.decode(store.get_invocation(r.id).payload)  # type: ignore[union-attr]
+        assert doc["type"] == "dev.spanfaas.schedule.tick"
+        out.append(doc["id"])
+    return sorted(out)
+
+
+def minutely(missed: str) -> list[TriggerRecord]:
+    return [TriggerRecord(id="job:0", function="job", trigger=Trigger(schedule="* * * * *", missed=missed), origin="manifest")]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("missed", "fired_after_pause"), [("skip", 0), ("latest", 1), ("all", 5)])
+async def test_missed_ticks_after_a_restart(tmp_path: Path, missed: str, fired_after_pause: int) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        clock = Clock(T0 + 0.5)
+        service, source = make(tmp_path, minutely(missed), clock, store)
+        await source.check(service)  # first sight: starts from now, fires nothing
+        assert ticks_of(store) == []
+        clock.now = T0 + 60.2  # on time
+        await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
+        await source.check(service)  # the same tick again: nothing
+        assert len(ticks_of(store)) == 1
+
+        # "restart" 10 minutes later: a new source and service on the same store
+        clock.now = T0 + 11 * 60 + 30  # past 12:11 by more than ON_TIME: every due tick was missed
+        service, source = make(tmp_path, minutely(missed), clock, store)
+        await source.check(service)
+        fired = ticks_of(store)[1:]
+        assert len(fired) == fired_after_pause
+        if fired:
+            assert fired[-1] == "2024-03-30T12:11:00+00:00"  # the newest missed tick is among them
+        await source.check(service)
+        assert len(ticks_of(store)) == 1 + fired_after_pause  # never twice
+    finally:
+        store.close()
+
+
+async def test_two_gateways_fire_each_tick_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        clock = Clock(T0)
+        a = make(tmp_path, minutely("all"), clock, store)
+        b = make(tmp_path, minutely("all"), clock, store)
+        for svc, src in (a, b):
+            await src.check(svc)
+        for minute in range(1, 4):
+            clock.now = T0 + minute * 60 + 0.1
+            await asyncio.gather(a[1].check(a[0]), b[1].check(b[0]))
+        assert ticks_of(store) == [f"2024-03-30T12:0{m}:00+00:00" for m in range(1, 4)]
+    finally:
+        store.close()
+
+
+async def test_tick_event_and_time_zone(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        clock = Clock(T0)
+        trig = [TriggerRecord(id="trg_x", function="job", trigger=Trigger(schedule="30 13 * * *", timezone="Europe/Berlin"))]
+        service, source = make(tmp_path, trig, clock, store)
+        await source.check(service)
+        clock.now = T0 + 30 * 60  # 12:30 UTC is 13:30 in Berlin (CET)
+        await source.check(service)
+        [inv] = store.list_invocations("job")
+        full = store.get_invocation(inv.id)
+        assert full is not None and full.event is not None
+        assert full.event.attributes["source"] == "spanfaas/schedule/trg_x" and full.event.proxy == "schedule"
+        assert msgspec.json.decode(full.payload)["data"] == {
+            "schedule": "30 13 * * *", "timezone": "Europe/Berlin", "tick": "2024-03-30T13:30:00+01:00", "missed": False,
+        }  # fmt: skip
+    finally:
+        store.close()

@@ -1,0 +1,103 @@
+"""The event tables of the Store, against real SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.store import Admission, DeadLetter, SQLiteStore, Store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "events.db")
+    else:
+        from spanfaas.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("postgres_db"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+EVENT = Event(attributes={"specversion": "1.0", "id": "e1", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="fn:0")
+
+
+def inv(function: str = "fn", **kw: object) -> InvocationRecord:
+    fields: dict[str, object] = dict(id=uuid.uuid4().hex, function=function, status="queued", mode="async",
+                                     created_at=time.time(), event=EVENT, payload=b"{}")  # fmt: skip
+    fields.update(kw)
+    return InvocationRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_event_column_round_trips(any_store: Store) -> None:
+    r = inv()
+    any_store.enqueue(r)
+    got = any_store.get_invocation(r.id)
+    assert got is not None and got.event == EVENT
+    [claimed] = any_store.claim(time.time(), 30, 10)
+    assert claimed.event == EVENT
+
+
+def test_admit_deduplicates_within_the_window(any_store: Store) -> None:
+    now = time.time()
+    first, again, other = inv(), inv(), inv()
+    assert any_store.admit([Admission(source="/s", id="e1", records=[first], window=60)], now) == [True]
+    assert any_store.admit([Admission(source="/s", id="e1", records=[again], window=60)], now + 30) == [False]
+    assert any_store.admit([Admission(source="/other", id="e1", records=[other], window=60)], now + 30) == [True]
+    assert any_store.get_invocation(again.id) is None
+    # past the window the same (source, id) is a new event
+    late = inv()
+    assert any_store.admit([Admission(source="/s", id="e1", records=[late], window=60)], now + 61) == [True]
+    assert {r.id for r in any_store.list_invocations("fn")} == {first.id, other.id, late.id}
+
+
+def test_admit_batch_with_a_duplicate_inside(any_store: Store) -> None:
+    a, b = inv(), inv()
+    got = any_store.admit([Admission(source="/s", id="x", records=[a], window=60),
+                           Admission(source="/s", id="x", records=[b], window=60)], time.time())  # fmt: skip
+    assert got == [True, False]
+
+
+def test_prune_seen(any_store: Store) -> None:
+    now = time.time()
+    any_store.admit([Admission(source="/s", id="old", records=[], window=60)], now - 100)
+    any_store.admit([Admission(source="/s", id="new", records=[], window=60)], now)
+    assert any_store.prune_seen(now - 60) == 1
+
+
+def test_schedule_ticks_fire_once(any_store: Store) -> None:
+    assert any_store.last_tick("k", 100.0) == 100.0
+    assert any_store.last_tick("k", 999.0) == 100.0  # the default is stored only the first time
+    a, b = inv(), inv()
+    assert any_store.admit([Admission(source="", id="", records=[a], schedule="k", tick=160.0)], time.time()) == [True]
+    assert any_store.admit([Admission(source="", id="", records=[b], schedule="k", tick=160.0)], time.time()) == [False]
+    assert any_store.admit([Admission(source="", id="", records=[], schedule="k", tick=150.0)], time.time()) == [False]
+    assert any_store.last_tick("k", 0.0) == 160.0
+
+
+def test_triggers(any_store: Store) -> None:
+    rec = TriggerRecord(id="trg_1", function="fn", trigger=Trigger(source="s3://*", filters={"shop": "b*"}), created_at=1.0)
+    any_store.put_trigger(rec)
+    assert any_store.list_triggers() == [rec] and any_store.list_triggers("other") == []
+    assert any_store.delete_trigger("trg_1") and not any_store.delete_trigger("trg_1")
+
+
+def test_dead_letters_and_replay(any_store: Store) -> None:
+    letter = DeadLetter(id="inv1", function="fn", event=EVENT, content_type="application/cloudevents+json",
+                        payload=b'{"a":1}', error=ErrorInfo(kind="error", type="ValueError", message="no"),
+                        attempts=3, created_at=1.0, failed_at=2.0)  # fmt: skip
+    any_store.put_dead_letter(letter)
+    any_store.put_dead_letter(letter)  # a redelivered failure replaces it
+    assert any_store.list_dead_letters() == [letter] and any_store.get_dead_letter("inv1") == letter
+    again = inv(payload=letter.payload)
+    assert any_store.replay_dead_letter("inv1", again)
+    assert not any_store.replay_dead_letter("inv1", inv())
+    assert any_store.list_dead_letters() == [] and any_store.get_invocation(again.id) is not None

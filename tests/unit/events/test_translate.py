@@ -1,0 +1,191 @@
+"""The HTTP proxies' translation, message by message (no server needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote
+
+import pytest
+
+from spanfaas.config import WebhookConfig
+from spanfaas.events import BadSignature, InvalidEvent
+from spanfaas.events.base import attributes_of, structured
+from spanfaas.events.cloudevents_http import CloudEventsProxy
+from spanfaas.events.s3 import S3Proxy
+from spanfaas.events.webhook import WebhookProxy, sign
+
+from events_helpers import SECRET
+
+CE = {"specversion": "1.0", "id": "e-1", "source": "/orders", "type": "com.example.order.created"}
+STRUCTURED = {"content-type": "application/cloudevents+json"}
+
+
+def binary(**extra: str) -> dict[str, str]:
+    return {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "/orders", "ce-type": "com.example.order.created",
+            "content-type": "application/json", **extra}  # fmt: skip
+
+
+# -- CloudEvents over HTTP -----------------------------------------------------------------
+
+
+def test_structured_mode() -> None:
+    body = json.dumps({**CE, "subject": "o/1", "time": "2024-05-01T12:00:00Z", "shop": "berlin", "data": {"n": 1}})
+    [ev] = CloudEventsProxy().translate(STRUCTURED, body.encode())
+    attrs = attributes_of(ev)
+    assert attrs["id"] == "e-1" and attrs["subject"] == "o/1" and attrs["shop"] == "berlin"
+    assert attrs["time"] == "2024-05-01T12:00:00Z"
+    assert ev.get_data() == {"n": 1}
+    assert json.loads(structured(ev))["data"] == {"n": 1}
+
+
+def test_binary_mode_with_percent_encoded_header() -> None:
+    [ev] = CloudEventsProxy().translate(binary(**{"ce-subject": "caf%C3%A9"}), b'{"n": 2}')
+    attrs = attributes_of(ev)
+    assert attrs["subject"] == "café" and attrs["datacontenttype"] == "application/json"
+    assert ev.get_data() == {"n": 2}
+
+
+def test_binary_data_and_data_base64_round_trip() -> None:
+    [ev] = CloudEventsProxy().translate(binary(**{"content-type": "application/octet-stream"}), b"\xff\x00")
+    doc = json.loads(structured(ev))
+    assert base64.b64decode(doc["data_base64"]) == b"\xff\x00"
+    [back] = CloudEventsProxy().translate(STRUCTURED, structured(ev))
+    assert back.get_data() == b"\xff\x00"
+
+
+def test_batch_mode() -> None:
+    body = json.dumps([{**CE, "id": str(i)} for i in range(3)]).encode()
+    events = CloudEventsProxy().translate({"content-type": "application/cloudevents-batch+json"}, body)
+    assert [e.get_id() for e in events] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("missing", ["id", "source", "type", "specversion"])
+def test_structured_missing_required_attribute(missing: str) -> None:
+    doc = {k: v for k, v in CE.items() if k != missing}
+    with pytest.raises(InvalidEvent, match=f"'{missing}'"):
+        CloudEventsProxy().translate(STRUCTURED, json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("missing", ["id", "source", "type", "specversion"])
+def test_binary_missing_required_header(missing: str) -> None:
+    headers = {k: v for k, v in binary().items() if k != f"ce-{missing}"}
+    with pytest.raises(InvalidEvent, match=f"ce-{missing}"):
+        CloudEventsProxy().translate(headers, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "match"),
+    [
+        (STRUCTURED, b'{"id": ', "not valid JSON"),
+        (STRUCTURED, b"[1, 2]", "JSON object"),
+        (STRUCTURED, json.dumps({**CE, "specversion": "0.3"}).encode(), "not supported"),
+        (STRUCTURED, json.dumps({**CE, "time": "yesterday"}).encode(), "RFC 3339"),
+        (STRUCTURED, json.dumps({**CE, "Bad-Name": 1}).encode(), "lowercase"),
+        (binary(), b'{"n": ', "not valid JSON"),
+        ({"content-type": "application/json"}, b"{}", "carries no CloudEvent"),
+        ({"content-type": "application/cloudevents-batch+json"}, b"{}", "JSON array"),
+    ],
+)
+def test_malformed_cloudevents(headers: dict[str, str], body: bytes, match: str) -> None:
+    with pytest.raises(InvalidEvent, match=match):
+        CloudEventsProxy().translate(headers, body)
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+
+HOOK = WebhookProxy(WebhookConfig(name="github", secret=SECRET))
+PUSH = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "octo/hello"}}).encode()
+
+
+def test_signature_matches_github_example() -> None:
+    # The example from GitHub's documentation on validating webhook deliveries.
+    assert sign(SECRET, b"Hello, World!") == "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+
+def test_webhook_signed() -> None:
+    headers = {"x-hub-signature-256": sign(SECRET, PUSH), "x-github-event": "push", "x-github-delivery": "d-1",
+               "content-type": "application/json"}  # fmt: skip
+    [ev] = HOOK.translate(headers, PUSH)
+    attrs = attributes_of(ev)
+    assert (attrs["id"], attrs["source"], attrs["type"], attrs["subject"]) == ("d-1", "webhook/github", "com.github.push", "octo/hello")
+    assert ev.get_data()["ref"] == "refs/heads/main"
+
+
+def test_webhook_action_and_form_encoding() -> None:
+    body = ("payload=" + quote(json.dumps({"action": "opened", "number": 7}))).encode()
+    headers = {"x-hub-signature-256": sign(SECRET, body), "x-github-event": "pull_request",
+               "content-type": "application/x-www-form-urlencoded"}  # fmt: skip
+    [ev] = HOOK.translate(headers, body)
+    assert ev.get_type() == "com.github.pull_request.opened" and ev.get_data() == {"action": "opened", "number": 7}
+    assert len(ev.get_id()) == 32  # no delivery header: a digest of the body, stable across redeliveries
+
+
+@pytest.mark.parametrize(
+    "signature", [None, "", "sha256=" + "0" * 64, sign("another secret", PUSH), sign(SECRET, PUSH + b" "), "sha1=abc"]
+)
+def test_webhook_bad_signature(signature: str | None) -> None:
+    headers = {"x-github-event": "push"}
+    if signature is not None:
+        headers["x-hub-signature-256"] = signature
+    with pytest.raises(BadSignature) as info:
+        HOOK.translate(headers, PUSH)
+    assert info.value.status == 401
+
+
+def test_webhook_needs_event_header_and_json() -> None:
+    with pytest.raises(InvalidEvent, match="X-GitHub-Event"):
+        HOOK.translate({"x-hub-signature-256": sign(SECRET, PUSH)}, PUSH)
+    bad = b'{"ref": '
+    with pytest.raises(InvalidEvent, match="not valid JSON"):
+        HOOK.translate({"x-hub-signature-256": sign(SECRET, bad), "x-github-event": "push"}, bad)
+
+
+# -- S3 notifications --------------------------------------------------------------------------
+
+
+def s3_record(key: str, *, name: str = "ObjectCreated:Put", seq: str = "0055AED6DCD90281E5", bucket: str = "photos") -> dict[str, object]:
+    return {
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "eu-central-1",
+        "eventTime": "2024-05-01T12:00:00.000Z", "eventName": name,
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": key, "size": 1024, "eTag": "d41d8cd98f00b204e9800998ecf8427e", "sequencer": seq}},
+    }  # fmt: skip
+
+
+def test_s3_one_event_per_record() -> None:
+    body = json.dumps({"Records": [s3_record("uploads/a+b.jpg"), s3_record("x.txt", name="s3:ObjectRemoved:Delete", seq="01")]})
+    events = S3Proxy().translate({}, body.encode())
+    assert len(events) == 2
+    a = attributes_of(events[0])
+    assert (a["source"], a["type"], a["subject"]) == ("s3://photos", "com.amazonaws.s3.ObjectCreated:Put", "uploads/a b.jpg")
+    assert a["id"] == "uploads/a b.jpg@0055AED6DCD90281E5"
+    assert events[0].get_data() == {
+        "bucket": "photos", "key": "uploads/a b.jpg", "size": 1024, "etag": "d41d8cd98f00b204e9800998ecf8427e",
+        "event_name": "ObjectCreated:Put", "version_id": None, "sequencer": "0055AED6DCD90281E5", "region": "eu-central-1",
+    }  # fmt: skip
+    assert attributes_of(events[1])["type"] == "com.amazonaws.s3.ObjectRemoved:Delete"  # MinIO's "s3:" prefix dropped
+
+
+def test_s3_minio_shape_and_sns_envelope() -> None:
+    minio = {"EventName": "s3:ObjectCreated:Put", "Key": "photos/a.jpg", "Records": [s3_record("a.jpg", name="s3:ObjectCreated:Put")]}
+    assert len(S3Proxy().translate({}, json.dumps(minio).encode())) == 1
+    sns = {"Type": "Notification", "Message": json.dumps({"Records": [s3_record("b.jpg")]})}
+    [ev] = S3Proxy().translate({}, json.dumps(sns).encode())
+    assert ev.get_subject() == "b.jpg"
+    assert S3Proxy().translate({}, b'{"Service": "Amazon S3", "Event": "s3:TestEvent"}') == []
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b'{"Records": [', "not valid JSON"),
+        (b"{}", "no 'Records'"),
+        (b'{"Records": {}}', "list"),
+        (b'{"Records": [{"s3": {}}]}', "eventName"),
+        (b'{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {}}}]}', "s3.object.key"),
+    ],
+)
+def test_s3_malformed(body: bytes, match: str) -> None:
+    with pytest.raises(InvalidEvent, match=match):
+        S3Proxy().translate({}, body)
