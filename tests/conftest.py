@@ -90,3 +90,6 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+pytest_plugins = ["tests.leakcheck"]
