@@ -36,6 +36,8 @@ from spanfaas.store import Store
 from spanfaas.gateway.api import endpoints, routes
 from spanfaas.gateway.auth import AuthMiddleware, TokenCache
 from spanfaas.gateway.dispatcher import Dispatcher
+from spanfaas.gateway.dns import DnsResponder, start_dns
+from spanfaas.gateway.early import EarlyAction
 from spanfaas.gateway.invoke import InvokeEndpoint
 from spanfaas.gateway.metrics import Metrics
 from spanfaas.gateway.openapi import build_openapi
@@ -61,6 +63,8 @@ class Gateway:
         self.recorder = Recorder(store)
         self.enqueuer = Enqueuer(store)
         self.dispatcher = Dispatcher(settings, store, infra, self.registry, self.recorder, self.metrics)
+        self.early = EarlyAction(infra, self.metrics.registry, enabled=settings.early_action)
+        self.dns: DnsResponder | None = None
         self.events = EventService(
             settings.events, store, self.metrics.registry,
             functions=lambda: self.registry.functions, wake=self.dispatcher.wake,
@@ -74,6 +78,13 @@ class Gateway:
         await self.registry.load()
         self.recorder.start()
         await self.dispatcher.start()
+        if self.settings.dns.enabled:
+            self.dns = await start_dns(
+                self.settings.dns, self.settings.host,
+                known=self.registry.functions.__contains__,
+                lookup=lambda name: self.early.soon(name, "dns"),
+                counted=lambda rcode: self.early.dns_queries.labels(rcode).inc(),
+            )  # fmt: skip
         await self.events.start()
         if self.registry.functions:
             log.info("serving %d functions: %s", len(self.registry.functions), ", ".join(sorted(self.registry.functions)))
@@ -85,6 +96,10 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.events.stop()
+        if self.dns is not None:
+            self.dns.close()
+            self.dns = None
+        await self.early.close()
         await self.dispatcher.stop()
         await self.recorder.close()
 

@@ -110,19 +110,28 @@ class InvokeEndpoint:
             is_async = _async_mode(scope["query_string"], is_async)
         if length > self.limit:
             raise too_large("payload", "max_payload", self.limit, length)
-        if length > 65536:
-            await gw.infra.prewarm(name)  # early action: before the body arrives
-        body = await read_body(receive, self.limit)
-        if not content_type:
-            content_type = b"application/json"
-        if body and self._is_json(content_type):
-            try:
-                _decode_raw(body)
-            except msgspec.DecodeError as exc:
-                raise InvalidPayload(
-                    f"the request body is not valid JSON: {exc}; "
-                    "send JSON, or set Content-Type to what you send (e.g. application/octet-stream)"
-                ) from None
+        early = gw.early
+        prewarmed = early.enabled
+        if prewarmed:  # early action: start the function now, while the body arrives (gateway/early.py)
+            await early.headers(name)
+        try:
+            body = await read_body(receive, self.limit)
+            if not content_type:
+                content_type = b"application/json"
+            if body and self._is_json(content_type):
+                try:
+                    _decode_raw(body)
+                except msgspec.DecodeError as exc:
+                    raise InvalidPayload(
+                        f"the request body is not valid JSON: {exc}; "
+                        "send JSON, or set Content-Type to what you send (e.g. application/octet-stream)"
+                    ) from None
+        except SpanfaasError:
+            if prewarmed:
+                early.release(name)  # nothing will run: let go of what the prewarm prepared
+            raise
+        if early.trace is not None:
+            early.note(name, "body")
         ct = content_type.decode("latin-1")
         invocation_id = f"{self._id_prefix}{next(self._ids):016x}"
         now = time.time()
