@@ -132,7 +132,7 @@ class RayInfrastructure:
             proc = subprocess.Popen(
                 [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), self.config.address],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                start_new_session=True, env=self._env(),
             )  # fmt: skip
         finally:
             theirs.close()
@@ -153,6 +153,12 @@ class RayInfrastructure:
         bridge.task = asyncio.create_task(self._read(bridge), name=f"spanfaas-ray-{self.name}")
         log.info("connected to Ray %s at %s (bridge pid %d)", hello.ray_version, self._where(), proc.pid)
         return bridge
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        if self.config.token:  # a cluster with token authentication
+            env["RAY_AUTH_TOKEN"] = self.config.token
+        return env
 
     async def _read(self, bridge: _Bridge) -> None:
         try:

@@ -198,6 +198,28 @@ class Bridge:
         )  # fmt: skip
 
 
+async def watch(bridge: Bridge, gcs_address: str, every: float = 0.5) -> None:
+    """Notice a cluster that died: its GCS stops accepting connections.
+
+    Invocations in flight on a killed cluster may never get an error from Ray;
+    this turns them into ``Failed(lost=True)`` within about a second.
+    """
+    host, _, port = gcs_address.rpartition(":")
+    misses = 0
+    while True:
+        await asyncio.sleep(every)
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+            w.close()
+            misses = 0
+        except (OSError, TimeoutError):
+            misses += 1
+            if misses >= 2:
+                bridge.send(Failed(0, f"the Ray cluster's GCS at {gcs_address} stopped answering", lost=True))
+                bridge.lost.set()
+                return
+
+
 async def serve(fd: int, address: str) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
@@ -234,11 +256,13 @@ async def serve(fd: int, address: str) -> int:
 
     reading = asyncio.create_task(requests())
     lost = asyncio.create_task(bridge.lost.wait())
+    watching = asyncio.create_task(watch(bridge, ray.get_runtime_context().gcs_address))
     try:
         await asyncio.wait((reading, lost), return_when=asyncio.FIRST_COMPLETED)
     finally:
         reading.cancel()
         lost.cancel()
+        watching.cancel()
         if bridge.lost.is_set():
             await asyncio.sleep(0.1)  # let the last replies go out
             print("Ray is gone; the bridge exits", flush=True)

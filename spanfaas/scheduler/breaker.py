@@ -9,6 +9,8 @@
 
 While open, the scheduler leaves the infrastructure out of its ranking, so
 invocations go straight to the next one instead of waiting for a timeout.
+A background refresh that finds the infrastructure down opens it at once
+(``trip``); it closes only after a probe invocation succeeded.
 Time comes from the caller (``now``), which keeps the breaker pure and
 testable.
 """
@@ -75,6 +77,14 @@ class Breaker:
         elif self.state == "closed" and self.failures >= self.threshold:
             self.state, self.opened_at = "open", now
             self.opened += 1
+
+    def trip(self, now: float) -> None:
+        """Open now: the background refresh found the infrastructure down."""
+        if self.state == "closed":
+            self.state, self.opened_at = "open", now
+            self.opened += 1
+        elif self.state == "half-open":
+            self.state, self.opened_at = "open", now
 
     def describe(self, now: float) -> str:
         if self.state == "closed":

@@ -143,9 +143,11 @@ class SpanningInfrastructure:
         try:
             reported = await asyncio.wait_for(site.infra.info(), site.config.timeout)
         except (SpanfaasError, OSError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {site.config.timeout:g} s"
             if site.info.healthy:
-                log.warning("infrastructure %s is down: %s", site.name, exc)
-            site.down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                log.warning("infrastructure %s is down: %s", site.name, reason)
+            site.down(reason)
+            site.breaker.trip(self.clock())
         else:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)

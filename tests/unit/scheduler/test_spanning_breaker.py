@@ -37,3 +37,14 @@ def test_open_for_is_capped() -> None:
         assert b.allow(t)
         b.failure(t)
     assert b.open_for == 3.0
+
+
+def test_trip_opens_at_once_and_a_probe_closes() -> None:
+    b = Breaker(threshold=5, open_for=1.0)
+    b.trip(0.0)
+    assert b.state == "open" and b.opened == 1
+    b.trip(0.5)
+    assert b.opened == 1
+    assert b.allow(1.6)
+    b.success()
+    assert b.state == "closed" and b.closed == 1

@@ -1,0 +1,135 @@
+"""Real components for the spanning tests: a Ray head on loopback, function
+directories, a config file for a gateway with ``[[infrastructures]]``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+"""A throwaway loopback cluster: no token authentication, no usage stats."""
+
+ECHO = '''
+import os
+import time
+
+def handler(event, context):
+    event = event or {}
+    if event.get("fail"):
+        raise ValueError("asked to fail")
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"i": event.get("i"), "square": event.get("i", 0) ** 2, "pid": os.getpid()}
+'''
+
+
+def function_dir(root: Path, name: str, policy: str = "", code: str = ECHO, isolation: str = "reuse") -> Path:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "handler.py").write_text(code)
+    (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "{isolation}"\n\n[policy]\n{policy}\n')
+    return d
+
+
+def ray_binary() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+class RayHead:
+    """``ray start --head --block`` in its own process group: stop() ends exactly this cluster."""
+
+    def __init__(self, port: int, *, cpus: int = 1, gpus: int = 0) -> None:
+        self.port = port
+        self.cpus = cpus
+        self.gpus = gpus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="sfray-"))
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.starts += 1
+        log = self.dir / f"head-{self.starts}.log"
+        cmd = [ray_binary(), "start", "--head", f"--port={self.port}", f"--num-cpus={self.cpus}",
+               f"--num-gpus={self.gpus}", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.dir}",
+               "--block"]  # fmt: skip
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, **RAY_ENV})  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while b"Ray runtime started" not in log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text(errors="replace")
+                self.stop()
+                raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the head's whole process group (GCS, raylet, workers), as ``ray stop --force``
+        does, and wait until none of it is left.  (A graceful SIGTERM lets a cluster with a
+        connected driver drain for tens of seconds.)"""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the raylet's workers may outlive it for a moment
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the Ray head's process group {proc.pid} would not die")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def infra_toml(*entries: dict[str, object], scheduler: dict[str, object] | None = None) -> str:
+    """A settings file with these ``[[infrastructures]]`` (and ``[scheduler]``)."""
+    out = []
+    for e in entries:
+        out.append("[[infrastructures]]")
+        for k, v in e.items():
+            if isinstance(v, bool):
+                out.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, (int, float)):
+                out.append(f"{k} = {v}")
+            elif isinstance(v, dict):
+                out.append(f"{k} = {{" + ", ".join(f'{a} = "{b}"' for a, b in v.items()) + "}")
+            else:
+                out.append(f'{k} = "{v}"')
+        out.append("")
+    if scheduler:
+        out.append("[scheduler]")
+        out.extend(f"{k} = {v}" for k, v in scheduler.items())
+    return "\n".join(out) + "\n"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """Functions on the local runtime run as another uid (as root): bundles must be reachable."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d.chmod(0o755)
+    return d

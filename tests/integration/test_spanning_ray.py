@@ -1,0 +1,150 @@
+"""The spanning scheduler with a real Ray cluster: a head on loopback, started
+once for this module (``ray start --head --block`` in its own process group),
+stopped and started again by the failover test.
+
+- ``infrastructures = ["ray"]`` runs on Ray, through a real gateway, with the right result;
+- ``gpu = true`` lands only where a GPU is (the head declares one), explain says why;
+- stopping Ray during 500 invocations with ``fallback = true``: all 500 complete
+  (on local), none lost, none answered twice; Ray's breaker opens, and closes
+  again once Ray is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.config import InfraConfig, SchedulerSettings, Settings
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+from spanfaas.infra.local import LocalInfrastructure
+from spanfaas.infra.ray import RayInfrastructure
+from spanfaas.model import Bundle, InvokeContext, load_manifest
+from spanfaas.scheduler import SpanningInfrastructure
+
+from spanning_support import RAY_ENV, RayHead, free_port, function_dir, infra_toml, world_readable_dir
+
+pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in RAY_ENV.items():
+            mp.setenv(k, v)  # the bridges this module starts inherit it
+        head = RayHead(free_port(), cpus=1, gpus=1)
+        head.start()
+        try:
+            yield head
+        finally:
+            head.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    d = world_readable_dir("spanfaas-span-ray-")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ray_only_and_gpu_functions_run_on_ray_through_the_gateway(ray_head: RayHead, workdir: Path) -> None:
+    config = workdir / "spanfaas.toml"
+    config.write_text(infra_toml({"name": "local", "kind": "local"}, {"name": "ray", "kind": "ray", "address": ray_head.address}))
+    with GatewayProcess(workdir / "data", infra="local", env={"SPANFAAS_CONFIG": str(config), **RAY_ENV}) as gw:
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            info = c.get("/v1/info").json()["infrastructures"]
+            assert [(i["name"], i["healthy"], i["gpu"]) for i in info] == [("local", True, False), ("ray", True, True)]
+            for name, policy in (("onray", 'infrastructures = ["ray"]'), ("needsgpu", "gpu = true"), ("anywhere", "")):
+                r = c.put(f"/v1/functions/{name}", content=pack_function(function_dir(workdir / "src", name, policy)))
+                assert r.status_code == 201, r.text
+            for i in range(5):
+                r = c.post("/v1/functions/onray/invoke", json={"i": i})
+                assert r.status_code == 200, r.text
+                assert r.headers["x-spanfaas-infra"] == "ray"
+                assert r.json()["i"] == i and r.json()["square"] == i * i
+            r = c.post("/v1/functions/needsgpu/invoke", json={"i": 3})
+            assert r.headers["x-spanfaas-infra"] == "ray" and r.json()["square"] == 9
+            assert c.post("/v1/functions/anywhere/invoke", json={"i": 1}).headers["x-spanfaas-infra"] == "local"
+            # a function error on Ray is the function's, not a reason to fail over
+            r = c.post("/v1/functions/needsgpu/invoke", json={"fail": True})
+            assert r.status_code == 500 and r.headers["x-spanfaas-infra"] == "ray"
+            assert r.json()["error_type"] == "ValueError"
+            ex = c.get("/v1/functions/needsgpu/explain").json()
+            verdicts = {v["infra"]: v for v in ex["infrastructures"]}
+            assert ex["ranking"] == ["ray"]
+            assert verdicts["local"]["verdict"] == "rejected" and verdicts["local"]["reasons"] == ["no GPU declared"]
+            assert verdicts["ray"]["verdict"] == "chosen"
+        assert gw.stop() == 0
+
+
+async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: RayHead, workdir: Path) -> None:
+    settings = Settings.load(env={}, data_dir=str(workdir / "data"))
+    # info() waits up to 20 s: the invocations in flight are what notices Ray going away first
+    ray_cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    sp = SpanningInfrastructure(
+        [(RayInfrastructure(ray_cfg, data_dir=workdir / "data"), ray_cfg),
+         (LocalInfrastructure(settings, name="local"), InfraConfig(name="local"))],
+        SchedulerSettings(refresh_interval=0.2, failure_threshold=3, open_for=0.5, max_open_for=2.0),
+    )  # fmt: skip
+    await sp.start()
+    try:
+        src = function_dir(workdir / "src", "stream")
+        spec = load_manifest(src)
+        await sp.deploy(spec, Bundle(digest="f" * 64, path=str(src)))
+        ray_site = sp.site("ray")
+        breaker = ray_site.breaker
+        stopping, stopped = asyncio.Event(), asyncio.Event()
+        done: list[int] = []
+
+        async def one(i: int, sem: asyncio.Semaphore) -> tuple[int, str, bytes, str]:
+            if i >= 150:
+                await stopping.wait()  # 150..299 run while Ray shuts down
+            if i >= 300:
+                await stopped.wait()  # 300..499 after it is gone
+            async with sem:
+                r = await sp.invoke(spec, b'{"i": %d, "sleep": 0.01}' % i, InvokeContext(invocation_id=f"inv-{i}"))
+                assert r.error is None, r.error
+                done.append(i)
+                if len(done) == 100:
+                    stopping.set()
+                return i, r.infra, r.output, r.invocation_id
+
+        async def stop_ray() -> None:
+            await stopping.wait()
+            await asyncio.to_thread(ray_head.stop)
+            stopped.set()
+
+        sem = asyncio.Semaphore(8)
+        results, _ = await asyncio.gather(asyncio.gather(*(one(i, sem) for i in range(500))), stop_ray())
+        assert len(results) == 500
+        assert sorted(i for i, *_ in results) == list(range(500))  # none lost
+        assert len({inv for *_, inv in results}) == 500  # one answer per invocation
+        for i, infra, output, inv in results:
+            assert inv == f"inv-{i}" and f'"square":{i * i}'.encode() in output
+        used = [infra for _, infra, _, _ in results]
+        assert used[:100].count("ray") == 100  # Ray is first in declared order
+        assert used[300:].count("local") == 200  # once Ray is gone, local takes everything
+        assert breaker.opened >= 1 and breaker.state != "closed"
+
+        await asyncio.to_thread(ray_head.start)  # Ray returns: the breaker probes and closes
+        deadline = time.monotonic() + 90
+        infra = ""
+        n = 0
+        while infra != "ray":
+            assert time.monotonic() < deadline, f"Ray never came back: {ray_site.reason}; breaker {breaker.describe(sp.clock())}"
+            r = await sp.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id=f"after-{n}"))
+            assert r.error is None and b'"square":4' in r.output
+            infra, n = r.infra, n + 1
+            await asyncio.sleep(0.05)
+        assert breaker.state == "closed" and breaker.closed >= 1
+        assert ray_site.infra.connects >= 2  # type: ignore[attr-defined]
+    finally:
+        await sp.close()
