@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import site
 import stat
 import sys
@@ -150,6 +151,15 @@ class FunctionSandbox:
         return cls(scratch_dir, plan, cgroup, uid)
 
     def prepare_scratch(self) -> None:
+        """An empty scratch dir for a new template: the instance dirs (``i<seq>``) of a
+        template that was stopped (scale to zero) would clash with the new one's
+        (``mkdir`` fails, the instance exits 70) and leak its files to them."""
+        if self.scratch_dir.is_dir():
+            for entry in self.scratch_dir.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch_dir, 0o700)
         if self.uid is not None:
