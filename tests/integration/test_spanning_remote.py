@@ -1,0 +1,144 @@
+"""The spanning scheduler across two real spanfaas gateways: a *main* gateway
+whose ``[[infrastructures]]`` are a remote site ``eu`` (another gateway
+process, declaring region eu-west) and its own local runtime (us-east).
+
+- ``region = "eu-*"`` runs on the eu site; the site gets the function without our placement;
+- ``gpu = true`` is rejected at deploy (no GPU anywhere), naming the constraint, changing nothing;
+- ``prefer = ["latency"]`` moves traffic from the site declared first (eu, an HTTP hop away)
+  to the faster local runtime once the EWMA settles;
+- ``explain`` says why each was chosen or rejected;
+- the site dies: invocations fail over to local; it comes back: traffic returns.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+
+from spanning_support import free_port, function_dir, infra_toml, world_readable_dir
+
+
+class Sites:
+    def __init__(self, root: Path, eu: GatewayProcess, main: GatewayProcess) -> None:
+        self.root = root
+        self.eu = eu
+        self.main = main
+
+    def client(self, gw: GatewayProcess) -> httpx.Client:
+        return httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60)
+
+    def deploy(self, name: str, policy: str) -> httpx.Response:
+        with self.client(self.main) as c:
+            return c.put(f"/v1/functions/{name}", content=pack_function(function_dir(self.root / "src", name, policy)))
+
+
+@pytest.fixture(scope="module")
+def sites() -> Iterator[Sites]:
+    root = world_readable_dir("spanfaas-span-remote-")
+    eu_port = free_port()
+    (root / "eu.toml").write_text(infra_toml({"name": "local", "kind": "local", "region": "eu-west", "labels": {"tier": "gold"}}))
+    eu = GatewayProcess(root / "eu-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")}, args=["--port", str(eu_port)])
+    eu.start()
+    try:
+        (root / "main.toml").write_text(infra_toml(
+            {"name": "eu", "kind": "remote", "address": eu.url, "token": eu.admin_token or "", "timeout": 5},
+            {"name": "local", "kind": "local", "region": "us-east"},
+            scheduler={"refresh_interval": 0.2, "open_for": 0.5, "max_open_for": 2.0, "explore_every": 25},
+        ))  # fmt: skip
+        main = GatewayProcess(root / "main-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "main.toml")})
+        main.start()
+        try:
+            yield Sites(root, eu, main)
+        finally:
+            main.stop()
+    finally:
+        eu.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_info_lists_both_with_the_sites_capabilities(sites: Sites) -> None:
+    with sites.client(sites.main) as c:
+        infos = {i["name"]: i for i in c.get("/v1/info").json()["infrastructures"]}
+    assert list(infos) == ["eu", "local"]
+    assert infos["eu"]["kind"] == "remote" and infos["eu"]["region"] == "eu-west"  # from the site's own /v1/info
+    assert infos["eu"]["labels"] == {"tier": "gold"} and infos["eu"]["healthy"]
+    assert infos["local"]["region"] == "us-east"
+
+
+def test_region_eu_runs_on_the_eu_site(sites: Sites) -> None:
+    r = sites.deploy("ineu", 'region = "eu-*"\nlabels = {tier = "gold"}')
+    assert r.status_code == 201, r.text
+    with sites.client(sites.main) as c:
+        for i in range(3):
+            r = c.post("/v1/functions/ineu/invoke", json={"i": i})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-spanfaas-infra"] == "eu" and r.json()["square"] == i * i
+        r = c.post("/v1/functions/ineu/invoke", json={"fail": True})  # the function's error comes back as such
+        assert r.status_code == 500 and r.json()["error_type"] == "ValueError" and r.headers["x-spanfaas-infra"] == "eu"
+        rec = c.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}").json()
+        assert rec["infra"] == "eu" and rec["status"] == "failed"
+    with sites.client(sites.eu) as c:
+        spec = c.get("/v1/functions/ineu").json()["spec"]
+    assert spec["policy"]["region"] == "" and spec["policy"]["labels"] == {}  # placement stays with us
+
+
+def test_gpu_is_rejected_at_deploy_naming_the_constraint(sites: Sites) -> None:
+    r = sites.deploy("needsgpu", "gpu = true")
+    assert r.status_code == 400
+    problem = r.json()
+    assert problem["key"] == "policy.gpu"
+    assert "no configured infrastructure satisfies policy.gpu = true" in problem["detail"]
+    assert "eu: no GPU declared" in problem["detail"] and "local: no GPU declared" in problem["detail"]
+    with sites.client(sites.main) as c:
+        assert c.get("/v1/functions/needsgpu").status_code == 404
+
+
+def test_prefer_latency_moves_traffic_to_the_faster_infrastructure(sites: Sites) -> None:
+    assert sites.deploy("fast", 'prefer = ["latency"]').status_code == 201
+    with sites.client(sites.main) as c:
+        used = [c.post("/v1/functions/fast/invoke", json={"i": i}).headers["x-spanfaas-infra"] for i in range(150)]
+        ex = c.get("/v1/functions/fast/explain").json()
+    assert used[0] == "eu"  # unmeasured, eu goes first: it is declared first
+    assert used[:10].count("eu") >= 3
+    assert used[-50:].count("local") >= 40, used[-50:]  # settled: local (no HTTP hop) is faster
+    verdicts = {v["infra"]: v for v in ex["infrastructures"]}
+    assert verdicts["local"]["ewma_latency_ms"] < verdicts["eu"]["ewma_latency_ms"]
+    assert ex["ranking"][0] == "local" or ex["ranking"] == ["eu", "local"]  # an exploration may be due
+
+
+def test_explain_over_http(sites: Sites) -> None:
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    with sites.client(sites.main) as c:
+        ex = c.get("/v1/functions/ineu/explain").json()
+        assert c.get("/v1/functions/nope/explain").status_code == 404
+    verdicts = {v["infra"]: v for v in ex["infrastructures"]}
+    assert ex["ranking"] == ["eu"] and ex["summary"] == "'ineu' runs on eu"
+    assert verdicts["eu"]["verdict"] == "chosen"
+    assert verdicts["local"]["verdict"] == "rejected"
+    assert verdicts["local"]["reasons"] == ["region 'us-east' does not match 'eu-*'"]
+
+
+def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
+    assert sites.deploy("anywhere", "").status_code == 201  # no policy: declared order, eu first
+    with sites.client(sites.main) as c:
+        assert c.post("/v1/functions/anywhere/invoke", json={"i": 1}).headers["x-spanfaas-infra"] == "eu"
+        sites.eu.kill()
+        for i in range(20):
+            r = c.post("/v1/functions/anywhere/invoke", json={"i": i})
+            assert r.status_code == 200 and r.json()["square"] == i * i
+            assert r.headers["x-spanfaas-infra"] == "local"
+        ex = c.get("/v1/functions/anywhere/explain").json()
+        assert ex["infrastructures"][0]["verdict"] == "unavailable"
+        sites.eu.start()  # same port and data dir: it still has its functions and token
+        deadline = time.monotonic() + 30
+        while c.post("/v1/functions/anywhere/invoke", json={"i": 2}).headers["x-spanfaas-infra"] != "eu":
+            assert time.monotonic() < deadline, "traffic never returned to the eu site"
+            time.sleep(0.1)
