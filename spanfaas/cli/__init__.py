@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from spanfaas.cli import commands, platform
+from spanfaas.cli import commands, explain, platform
 
 __all__ = ["app", "main"]
 
@@ -31,6 +31,7 @@ for command in (
     commands.logs,
     commands.rm,
     commands.info,
+    explain.explain,
     platform.doctor,
 ):
     app.command()(command)

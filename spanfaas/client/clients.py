@@ -154,6 +154,10 @@ class Client(_Base):
     def remove(self, name: str) -> None:
         self._run(ops.remove(name))
 
+    def explain(self, name: str) -> dict[str, Any]:
+        """Each infrastructure's verdict, score and reasons for ``name``'s next invocation."""
+        return self._run(ops.explain(name))
+
     def info(self) -> dict[str, Any]:
         return self._run(ops.info())
 
@@ -272,6 +276,9 @@ class AsyncClient(_Base):
 
     async def remove(self, name: str) -> None:
         await self._run(ops.remove(name))
+
+    async def explain(self, name: str) -> dict[str, Any]:
+        return await self._run(ops.explain(name))
 
     async def info(self) -> dict[str, Any]:
         return await self._run(ops.info())

@@ -49,6 +49,7 @@ __all__ = [
     "function",
     "functions",
     "health",
+    "explain",
     "info",
     "invocation",
     "invocations",
@@ -357,6 +358,12 @@ def function(name: str) -> Op[dict[str, Any]]:
 
 def remove(name: str) -> Op[None]:
     yield Call("DELETE", _fn(name))
+
+
+def explain(name: str) -> Op[dict[str, Any]]:
+    """Where the next invocation of ``name`` would run: each infrastructure's verdict, score, reasons."""
+    resp = yield Call("GET", _fn(name) + "/explain")
+    return _decode(resp)  # type: ignore[no-any-return]
 
 
 def info() -> Op[dict[str, Any]]:

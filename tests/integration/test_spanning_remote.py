@@ -6,13 +6,17 @@ process, declaring region eu-west) and its own local runtime (us-east).
 - ``gpu = true`` is rejected at deploy (no GPU anywhere), naming the constraint, changing nothing;
 - ``prefer = ["latency"]`` moves traffic from the site declared first (eu, an HTTP hop away)
   to the faster local runtime once the EWMA settles;
-- ``explain`` says why each was chosen or rejected;
+- ``explain`` (HTTP and ``spanfaas explain``) says why each was chosen or rejected;
 - the site dies: invocations fail over to local; it comes back: traffic returns.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +128,21 @@ def test_explain_over_http(sites: Sites) -> None:
     assert verdicts["eu"]["verdict"] == "chosen"
     assert verdicts["local"]["verdict"] == "rejected"
     assert verdicts["local"]["reasons"] == ["region 'us-east' does not match 'eu-*'"]
+
+
+def test_explain_in_the_cli(sites: Sites) -> None:
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    opts = ["--url", sites.main.url, "--token", sites.main.admin_token or ""]
+    cmd = [sys.executable, "-m", "spanfaas.cli", "explain", "ineu"]
+    out = subprocess.run([*cmd, *opts, "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["ranking"] == ["eu"]
+    out = subprocess.run([*cmd, *opts], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 0, out.stderr
+    assert "'ineu' runs on eu" in out.stdout and "chosen" in out.stdout
+    assert "region 'us-east' does not match 'eu-*'" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "spanfaas.cli", "explain", "nope", *opts], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4 and "not found" in out.stderr
 
 
 def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
