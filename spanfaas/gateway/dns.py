@@ -27,12 +27,13 @@ import logging
 import socket
 from collections.abc import Callable
 
+import msgspec
 from dnslib import AAAA, CLASS, OPCODE, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
 
-from spanfaas.config import DnsSettings
+from spanfaas.config import DnsSettings, Settings
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["DnsResponder", "answer_address", "start_dns"]
+__all__ = ["DnsResponder", "answer_address", "start_dns", "with_early_action"]
 
 log = logging.getLogger("spanfaas.gateway")
 
@@ -72,8 +73,7 @@ class DnsResponder(asyncio.DatagramProtocol):
         self._soa = SOA(f"ns.{self.zone}.", f"hostmaster.{self.zone}.", (1, 3600, 600, 86400, ttl))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a DatagramTransport on every loop
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         reply = self.answer(data)
@@ -99,7 +99,7 @@ class DnsResponder(asyncio.DatagramProtocol):
             return self._count(reply)
         q = req.q
         qname = str(q.qname).rstrip(".").lower()
-        if (qname != self.zone and not qname.endswith("." + self.zone)) or q.qclass not in (CLASS.IN, CLASS.ANY):
+        if (qname != self.zone and not qname.endswith("." + self.zone)) or q.qclass not in (CLASS.IN, 255):
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
             return self._count(reply)
@@ -153,3 +153,29 @@ async def start_dns(
         ) from None
     log.info("dns responder answering for *.%s on udp %s:%d", responder.zone, dns.host, responder.port)
     return responder
+
+
+def with_early_action(
+    settings: Settings,
+    *,
+    dns: bool = False,
+    dns_port: int | None = None,
+    dns_zone: str | None = None,
+    early_action: bool | None = None,
+) -> Settings:
+    """``settings`` with the command line's ``--dns``, ``--dns-port``, ``--dns-zone``, ``--no-early-action``."""
+    changes: dict[str, object] = {}
+    if dns:
+        changes["enabled"] = True
+    if dns_port is not None:
+        changes["port"] = dns_port
+    if dns_zone is not None:
+        changes["zone"] = dns_zone
+    try:
+        new_dns = msgspec.convert({**msgspec.to_builtins(settings.dns), **changes}, DnsSettings)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid DNS settings: {exc}") from None
+    out: Settings = msgspec.structs.replace(settings, dns=new_dns)
+    if early_action is not None:
+        out = msgspec.structs.replace(out, early_action=early_action)
+    return out

@@ -7,7 +7,8 @@ warm a cold function).  This module keeps the books:
 **Prewarms.**  ``LocalRuntime.prewarm(name, trigger=...)`` starts a cold
 function's template ahead of a call: on an invoke request's headers
 (trigger ``headers``), on a DNS lookup (``dns``), or from the arrival
-histograms (``predict``).  Each prewarm that started a template is *held*:
+histograms (``predict``, which also *keeps* a template that the idle rule
+would stop just before its next expected call).  Each prewarm that started a template is *held*:
 until ``runtime.prewarm_hold`` seconds pass (``predict``: until its expected
 window closes) the template is exempt from the idle rule that scales to zero.
 
@@ -210,11 +211,12 @@ class EarlyAction:
         self.note(pool.spec.name, "scale-zero")
 
     def predict(self, now: float, pools: list[Pool], warming: set[str]) -> list[tuple[Pool, Plan]]:
-        """Record arrivals seen since the last tick; the cold pools to start now (predictive warm-up)."""
+        """Record the arrivals seen since the last tick; which pools to warm (cold) or keep
+        (ready, idle past their TTL) because their next call is expected soon, within the budget."""
         if self.predictor is None:
             return []
         by_name: dict[str, Pool] = {}
-        cold: list[Candidate] = []
+        candidates: list[Candidate] = []
         held = 0
         for pool in pools:
             w = self._w(pool)
@@ -223,13 +225,16 @@ class EarlyAction:
                 w.seen_used = pool.last_used
                 self.predictor.arrived(name, pool.last_used)
             held += sum(pw.mib for pw in w.prewarms if pw.trigger == "predict")
-            if pool.state == "cold" and pool.key not in warming:
+            if w.prewarms or pool.key in warming:
+                continue
+            idle = pool.state == "ready" and now - pool.last_used > pool.spec.scaling.idle_ttl
+            if pool.state == "cold" or idle:
                 by_name[name] = pool
                 lead = pool.import_ms / 1000.0 + START_OVERHEAD + self.tick_interval
-                cold.append(Candidate(name, pool.spec.resources.memory * 2, lead))
-        if not cold:
+                candidates.append(Candidate(name, pool.spec.resources.memory * 2, lead))
+        if not candidates:
             return []
-        return [(by_name[p.name], p) for p in self.predictor.plan(now, cold, held)]
+        return [(by_name[p.name], p) for p in self.predictor.plan(now, candidates, held)]
 
     def forget(self, pool: Pool, *, removed: bool = False) -> None:
         """``pool`` is gone (replaced or removed): its outstanding prewarms were wasted."""

@@ -342,6 +342,11 @@ class LocalRuntime:
             await asyncio.sleep(TICK)
             now = time.monotonic()
             pools = list(self._pools.values())
+            for pool, plan in early.predict(now, pools, set(self._warming)):  # a call is expected soon
+                if pool.state == "cold":
+                    self._warm(pool, "predict", plan.until, plan.memory_mib)
+                else:  # about to scale to zero: keep it instead
+                    early.prewarmed(pool, "predict", now, plan.until, plan.memory_mib)
             for pool in pools:
                 pool.check_progress(now)
                 sc = pool.spec.scaling
@@ -355,9 +360,6 @@ class LocalRuntime:
                     early.scaled_to_zero(pool)
                 else:
                     early.autoscale(pool, now)
-            for pool, plan in early.predict(now, pools, set(self._warming)):
-                if pool.state == "cold" and self._pools.get(pool.spec.name) is pool:
-                    self._warm(pool, "predict", plan.until, plan.memory_mib)
 
     def early_stats(self) -> dict[str, EarlyStats]:
         """Prewarms, cold starts avoided, wasted prewarms and scale events per function."""
