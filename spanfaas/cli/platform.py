@@ -44,15 +44,19 @@ def up(
     port: Annotated[int | None, typer.Option(help="Port to listen on; 0 picks a free one [default: 8080].", show_default=False)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where state lives [default: $XDG_DATA_HOME/spanfaas].", show_default=False)] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Deploy the functions in examples/.")] = False,
+    dns: Annotated[bool, typer.Option("--dns", help="Answer DNS lookups of <function>.<zone> with this gateway and prewarm the function.")] = False,
+    dns_port: Annotated[int | None, typer.Option("--dns-port", help="UDP port of the DNS responder [default: 5353].", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
+    from spanfaas.gateway.dns import with_early_action
     from spanfaas.gateway.server import serve
     from spanfaas.store import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = Settings.load(host=host, port=port, data_dir=str(data_dir) if data_dir is not None else None)
+    settings = with_early_action(settings, dns=dns, dns_port=dns_port)
     _check_port(settings.host, settings.port)
     saved = load_user_config()
     store = open_store(settings)

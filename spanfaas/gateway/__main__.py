@@ -2,6 +2,7 @@
 
     python -m spanfaas.gateway [--host H] [--port P] [--data-dir D]
                                [--infra local|memory] [--store URL] [--demo DIR]...
+                               [--dns [--dns-port P] [--dns-zone Z]] [--no-early-action]
 
 Prints ``listening on URL`` when ready, and the admin token on first start.
 """
@@ -15,6 +16,7 @@ import sys
 from spanfaas.config import Settings
 from spanfaas.errors import SpanfaasError
 from spanfaas.gateway.auth import bootstrap_admin_token
+from spanfaas.gateway.dns import with_early_action
 from spanfaas.gateway.server import serve
 from spanfaas.infra.base import Infrastructure
 from spanfaas.store import open_store
@@ -28,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="a postgresql:// URL (default: SQLite in the data dir)")
     parser.add_argument("--infra", choices=["local", "memory"], default="local")
     parser.add_argument("--demo", action="append", default=[], help="a function directory to deploy at start")
+    parser.add_argument("--dns", action="store_true", help="answer DNS lookups of <function>.<zone> and prewarm the function")
+    parser.add_argument("--dns-port", type=int, help="UDP port of the DNS responder (default 5353; 0: a free one)")
+    parser.add_argument("--dns-zone", help="the zone the DNS responder answers for (default spanfaas.internal)")
+    parser.add_argument("--no-early-action", action="store_true", help="do not prewarm on invoke request headers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.load(host=args.host, port=args.port, data_dir=args.data_dir, store=args.store)
+        settings = with_early_action(settings, dns=args.dns, dns_port=args.dns_port, dns_zone=args.dns_zone,
+                                     early_action=False if args.no_early_action else None)  # fmt: skip
         store = open_store(settings)
         try:
             token = bootstrap_admin_token(store)
