@@ -214,6 +214,9 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"infrastructure names must be unique; repeated: {', '.join(dupes)}")
+        local = [i.name for i in self.infrastructures if i.kind == "local"]
+        if len(local) > 1:
+            raise ValueError(f"only one infrastructure may be kind local (this machine's runtime); found: {', '.join(local)}")
         for i in self.infrastructures:
             if i.kind == "remote" and not i.address:
                 raise ValueError(f"infrastructure '{i.name}' (kind remote) needs an address, e.g. address = \"http://site:8080\"")
