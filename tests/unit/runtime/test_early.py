@@ -1,0 +1,119 @@
+"""The runtime's early-action books: prewarm holds, release, waste, avoided cold
+starts, and the autoscaler's decisions applied to a pool (a stand-in here; the
+real pools are tested in tests/integration/test_early_*.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spanfaas.config import RuntimeSettings
+from spanfaas.model import parse_manifest
+from spanfaas.runtime.early import EarlyAction
+
+
+class FakePool:
+    def __init__(self, manifest: str = "", state: str = "cold") -> None:
+        self.spec = parse_manifest('name = "fn"\nisolation = "reuse"\n' + manifest)
+        self.key = "fn-1"
+        self.state = state
+        self.last_used = -1.0
+        self.import_ms = 100.0
+        self.desired = 0
+        self.instances = 0
+        self.retired: list[tuple[int, float]] = []
+
+    def scale(self, desired: int) -> None:
+        self.desired = desired
+
+    def retire_idle(self, now: float, keep: int, idle_for: float) -> int:
+        self.retired.append((keep, idle_for))
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"instances": self.instances}
+
+
+def early(**kw: Any) -> EarlyAction:
+    return EarlyAction(RuntimeSettings(prewarm_hold=5.0, **kw), tick=0.5)
+
+
+def test_a_prewarm_holds_until_its_call_and_counts_it_avoided() -> None:
+    e, pool = early(), FakePool()
+    e.prewarmed(pool, "headers", now=100.0)  # type: ignore[arg-type]
+    assert e.holding(pool, 104.0)  # type: ignore[arg-type]
+    pool.state = "ready"
+    e.arrived(pool)  # type: ignore[arg-type]
+    e.done(pool, 12.0)  # type: ignore[arg-type]
+    assert not e.holding(pool, 104.0)  # type: ignore[arg-type]
+    s = e.stats({})["fn"]
+    assert (s.prewarms, s.avoided, s.overlapped, s.wasted) == ({"headers": 1}, {"headers": 1}, {}, {})
+
+
+def test_a_call_that_finds_the_template_starting_is_overlapped() -> None:
+    e, pool = early(), FakePool()
+    e.prewarmed(pool, "dns", now=0.0)  # type: ignore[arg-type]
+    pool.state = "starting"
+    e.arrived(pool)  # type: ignore[arg-type]
+    assert e.stats({})["fn"].overlapped == {"dns": 1}
+
+
+def test_unused_prewarms_expire_as_wasted_and_release_counts_too() -> None:
+    e, pool = early(), FakePool()
+    e.trace = []
+    e.prewarmed(pool, "headers", now=0.0)  # type: ignore[arg-type]
+    assert e.holding(pool, 4.9)  # type: ignore[arg-type]
+    assert not e.holding(pool, 5.0)  # type: ignore[arg-type]
+    e.prewarmed(pool, "headers", now=10.0)  # type: ignore[arg-type]
+    e.prewarmed(pool, "predict", now=10.0, until=60.0, mib=512)  # type: ignore[arg-type]
+    assert e.release(pool)  # type: ignore[arg-type]  # the headers one, not the prediction
+    assert not e.release(pool)  # type: ignore[arg-type]
+    assert e.holding(pool, 20.0)  # type: ignore[arg-type]  # the prediction still holds
+    assert e.stats({})["fn"].wasted == {"headers": 2}
+    assert [ev for _t, _n, ev in e.trace] == [
+        "prewarm:headers", "wasted:headers", "prewarm:headers", "prewarm:predict", "released:headers",
+    ]  # fmt: skip
+    e.forget(pool, removed=True)  # type: ignore[arg-type]
+    assert e.stats({})["fn"].wasted == {"headers": 2, "predict": 1}
+
+
+def test_autoscale_applies_the_policy_and_counts_events() -> None:
+    e, pool = early(), FakePool("[scaling]\nmax = 4\ncooldown = 1.0\nidle_ttl = 60\n", state="ready")
+    for _ in range(10):
+        e.arrived(pool)  # type: ignore[arg-type]
+    e.autoscale(pool, 0.0)  # type: ignore[arg-type]
+    assert pool.desired == 4 and pool.retired[-1] == (4, 1.0)
+    for _ in range(10):
+        e.done(pool, 5.0)  # type: ignore[arg-type]
+    e.autoscale(pool, 0.5)  # type: ignore[arg-type]
+    assert pool.desired == 4  # inside the cool-down
+    e.autoscale(pool, 1.6)  # type: ignore[arg-type]
+    assert pool.desired == 0 and pool.retired[-1] == (1, 1.0)
+    e.scaled_to_zero(pool)  # type: ignore[arg-type]
+    pool.instances = 2
+    s = e.stats({"fn": pool})["fn"]  # type: ignore[dict-item]
+    assert s.scale == {"out": 1, "in": 1, "zero": 1} and s.instances == 2
+
+
+def test_predict_warms_cold_pools_and_keeps_idle_ones_within_budget() -> None:
+    e, pool = early(predict_budget=1024), FakePool("[scaling]\nidle_ttl = 1\n")
+    assert e.predict(-0.5, [pool], set()) == []  # type: ignore[list-item]  # the tick before the first call
+    for t in (0.0, 10.0, 20.0, 30.0):
+        pool.last_used = t
+        assert e.predict(t + 0.1, [pool], set()) == []  # type: ignore[list-item]
+    assert e.predict(35.0, [pool], set()) == []  # type: ignore[list-item]  # too early
+    [(p, plan)] = e.predict(39.0, [pool], set())  # type: ignore[list-item]
+    assert p is pool and plan.memory_mib == 512 and plan.until > 40.0
+    assert e.predict(39.0, [pool], {"fn-1"}) == []  # type: ignore[list-item]  # already warming
+    pool.state = "ready"  # warm but idle past its TTL: kept rather than restarted
+    assert [x[0] for x in e.predict(39.0, [pool], set())] == [pool]  # type: ignore[list-item]
+    pool.last_used = 38.9  # used recently: not a candidate
+    assert e.predict(39.0, [pool], set()) == []  # type: ignore[list-item]
+    assert early(predict=False).predict(39.0, [pool], set()) == []  # type: ignore[list-item]
+    tight = early(predict_budget=256)
+    pool.last_used = -1.0
+    tight.predict(-0.5, [pool], set())  # type: ignore[list-item]
+    for t in (0.0, 10.0, 20.0, 30.0):
+        pool.last_used = t
+        tight.predict(t + 0.1, [pool], set())  # type: ignore[list-item]
+    pool.state = "cold"
+    assert tight.predict(39.0, [pool], set()) == []  # type: ignore[list-item]  # 512 MiB > budget
