@@ -18,3 +18,15 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "warning: missing ${need[*]}; tests that need them will be skipped" >&2
   fi
 fi
+
+# Real wheels the image tests build from, fetched once into a local wheelhouse
+# (the tests themselves never contact a package index: they pass --no-index).
+PY="${PYTHON:-.venv/bin/python}"
+WHEELHOUSE=.cache/wheelhouse
+numpy_version="$("$PY" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"
+if [ -n "$numpy_version" ] && ! ls "$WHEELHOUSE"/numpy-"$numpy_version"-*.whl >/dev/null 2>&1; then
+  echo "fetching numpy $numpy_version into $WHEELHOUSE (once)"
+  mkdir -p "$WHEELHOUSE"
+  "$PY" -m pip download -q "numpy==$numpy_version" --only-binary=:all: --no-deps -d "$WHEELHOUSE" \
+    || echo "warning: could not fetch numpy into $WHEELHOUSE; the numpy image tests will be skipped" >&2
+fi

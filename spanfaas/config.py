@@ -20,6 +20,7 @@ from spanfaas.errors import InvalidRequest
 __all__ = [
     "DnsSettings",
     "EventSettings",
+    "ImageSettings",
     "InfraConfig",
     "RedisStreamConfig",
     "RuntimeSettings",
@@ -167,6 +168,30 @@ class EventSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
                 raise ValueError(f"events.{kind} names must be unique; repeated: {', '.join(dupes)}")
 
 
+class ImageSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Image builds (the ``[images]`` table): where packages come from.
+
+    Which packages may be used is decided at run time by admins (curated
+    lists and the image policy, over the API); this table says where uv
+    finds them.  ``offline = true`` with ``find_links`` builds from local
+    wheelhouses only and never contacts an index.
+    """
+
+    index_url: str = ""
+    """The package index to resolve against; empty: uv's default (PyPI)."""
+    extra_index_urls: list[str] = []
+    find_links: list[str] = []
+    """Directories of wheels (wheelhouses) searched besides the index."""
+    offline: bool = False
+    """Resolve and install from ``find_links`` only (``--no-index --offline``)."""
+    dir: str = ""
+    """Where images live; empty: ``<data_dir>/images``."""
+    uv: str = ""
+    """The uv binary; empty: the one the ``uv`` package installed."""
+    build_timeout: Annotated[float, Meta(gt=0)] = 900.0
+    """Seconds one resolve or install may take before it is stopped."""
+
+
 class DnsSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The DNS responder (the ``[dns]`` table): a lookup of ``<function>.<zone>``
     answers with the gateway's address and starts the function's template."""
@@ -206,6 +231,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Prewarm a function when its invoke request's headers arrive, before the body."""
     dns: DnsSettings = DnsSettings()
     events: EventSettings = EventSettings()
+    images: ImageSettings = ImageSettings()
 
     def __post_init__(self) -> None:
         names = [i.name for i in self.infrastructures]
@@ -249,7 +275,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             if not key.startswith("SPANFAAS_") or key == "SPANFAAS_CONFIG":
                 continue
             name = key.removeprefix("SPANFAAS_").lower()
-            if name not in fields or name in ("runtime", "scheduler", "events", "dns"):
+            if name not in fields or name in ("runtime", "scheduler", "events", "dns", "images"):
                 continue  # other tools' variables (SPANFAAS_URL, SPANFAAS_TOKEN) live here too
             if name == "infrastructures":
                 try:

@@ -10,7 +10,9 @@ user's function failed::
     │   ├── InvalidManifest             400
     │   ├── InvalidBundle               400
     │   ├── InvalidPayload              400
-    │   └── PayloadTooLarge             413
+    │   ├── PayloadTooLarge             413
+    │   ├── ImageRejected               400   packages not approved by the curated lists
+    │   └── ImageBuildFailed            400   the resolver or installer failed (its message)
     ├── Unauthorized                    401  exit 3
     ├── Forbidden                       403  exit 3
     ├── NotFound                        404  exit 4
@@ -40,6 +42,8 @@ __all__ = [
     "FunctionNotFound",
     "FunctionOutOfMemory",
     "FunctionTimeout",
+    "ImageBuildFailed",
+    "ImageRejected",
     "InfraError",
     "InfraUnavailable",
     "InvalidBundle",
@@ -103,6 +107,18 @@ class InvalidPayload(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class ImageRejected(InvalidRequest):
+    """An image request asks for packages (or ranges) the selected curated lists do not approve."""
+
+    slug, title = "image-rejected", "Image request rejected"
+
+
+class ImageBuildFailed(InvalidRequest):
+    """uv could not resolve or install an image; the message is the resolver's."""
+
+    slug, title = "image-build-failed", "Image build failed"
 
 
 class Unauthorized(SpanfaasError):

@@ -24,6 +24,7 @@ __all__ = [
     "FunctionRecord",
     "FunctionSpec",
     "ImageRef",
+    "ImageRequest",
     "InfraInfo",
     "InvocationRecord",
     "InvokeContext",
@@ -129,6 +130,8 @@ class FunctionSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     description: str = ""
     triggers: list[Trigger] = []
     """Events that start the function (``[[triggers]]``)."""
+    image: ImageRequest | None = None
+    """Third-party packages from curated lists, built into an image (``[image]``)."""
 
     @property
     def module(self) -> str:
@@ -167,6 +170,50 @@ def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
             f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\""
         )
     return parse_manifest(manifest.read_text(), source=str(manifest), **overrides)
+
+
+ListName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+ModuleName = Annotated[str, Meta(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")]
+
+
+class ImageRequest(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The ``[image]`` table of a manifest: packages chosen from curated lists,
+    which the platform builds into an image the function runs on::
+
+        [image]
+        python = "3.11"
+        packages = ["numpy>=2", "pillow"]
+        lists = ["science"]
+        preload = ["numpy"]
+    """
+
+    python: Annotated[str, Meta(pattern=r"^(3\.\d{1,2})?$")] = ""
+    """Major.minor of the interpreter; empty: the platform's."""
+    packages: list[Annotated[str, Meta(min_length=1, max_length=500)]] = []
+    """PEP 508 requirements (a name and a version range; no URLs)."""
+    lists: list[ListName] = []
+    """Curated lists to choose from; the first that approves a package decides its range."""
+    preload: list[ModuleName] = []
+    """Modules the image's zygote imports once, shared by every function on the image."""
+
+    def __post_init__(self) -> None:
+        from packaging.requirements import InvalidRequirement, Requirement
+        from packaging.utils import canonicalize_name
+
+        seen: set[str] = set()
+        for text in self.packages:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement as exc:
+                raise ValueError(f"image package {text!r} is not a valid requirement ({exc}); write e.g. \"numpy>=1.26\"") from None
+            if req.url:
+                raise ValueError(f"image package {text!r} is a direct reference; request a name and a version range from a curated list")
+            name = canonicalize_name(req.name)
+            if name in seen:
+                raise ValueError(f"image package {req.name!r} is requested twice; merge the ranges into one entry")
+            seen.add(name)
+        if len(set(self.lists)) != len(self.lists):
+            raise ValueError("image lists name a list twice")
 
 
 class ImageRef(Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from spanfaas.cli import commands, explain, platform
+from spanfaas.cli import commands, explain, images, platform
 
 __all__ = ["app", "main"]
 
@@ -35,6 +35,7 @@ for command in (
     platform.doctor,
 ):
     app.command()(command)
+app.add_typer(images.app, name="images")
 
 
 def main() -> None:

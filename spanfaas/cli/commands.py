@@ -17,6 +17,7 @@ from rich.table import Table
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import error_from_record, output_from_record
 from spanfaas.errors import InvalidPayload
+from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
     JsonOpt,
     TokenOpt,
@@ -43,6 +44,9 @@ def deploy(
     """Deploy (or redeploy) a function."""
     started = time.perf_counter()
     with Client(url, token) as client:
+        request = image_request_of(path)
+        if request is not None:  # build it first, its log shown; the deploy then reuses it
+            build_with_progress(client, request, as_json=as_json)
         if as_json:
             record = client.deploy(path)
         else:

@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from spanfaas.client import operations as ops
+from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
 from spanfaas.client.userconfig import resolve
 from spanfaas.errors import SpanfaasError
@@ -100,13 +101,33 @@ class Client(_Base):
                     time.sleep(step.seconds)
                     continue
                 try:
-                    reply = self._check(self._http.send(self._build(self._http, step)))
+                    if step.lines is None:
+                        reply = self._check(self._http.send(self._build(self._http, step)))
+                    else:
+                        reply = self._stream(step, step.lines)
                 except httpx.TransportError as exc:
                     raise self._transport_error(exc, step) from None
                 except SpanfaasError as exc:
                     error = exc
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _stream(self, call: Call, lines: Callable[[str], None]) -> httpx.Response:
+        resp = self._http.send(self._build(self._http, call), stream=True)
+        try:
+            if resp.status_code >= 400:
+                resp.read()
+                self._check(resp)
+            for line in resp.iter_lines():
+                lines(line)
+        finally:
+            resp.close()
+        return resp
+
+    @property
+    def images(self) -> Images:
+        """Curated lists, image builds and the image repository."""
+        return Images(self)
 
     # -- the API (see spanfaas.client.operations) ---------------------------------
 
@@ -233,13 +254,33 @@ class AsyncClient(_Base):
                     await asyncio.sleep(step.seconds)
                     continue
                 try:
-                    reply = self._check(await self._http.send(self._build(self._http, step)))
+                    if step.lines is None:
+                        reply = self._check(await self._http.send(self._build(self._http, step)))
+                    else:
+                        reply = await self._stream(step, step.lines)
                 except httpx.TransportError as exc:
                     raise self._transport_error(exc, step) from None
                 except SpanfaasError as exc:
                     error = exc
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    async def _stream(self, call: Call, lines: Callable[[str], None]) -> httpx.Response:
+        resp = await self._http.send(self._build(self._http, call), stream=True)
+        try:
+            if resp.status_code >= 400:
+                await resp.aread()
+                self._check(resp)
+            async for line in resp.aiter_lines():
+                lines(line)
+        finally:
+            await resp.aclose()
+        return resp
+
+    @property
+    def images(self) -> AsyncImages:
+        """Curated lists, image builds and the image repository."""
+        return AsyncImages(self)
 
     async def deploy(self, path: str | Path, *, progress: Progress | None = None) -> dict[str, Any]:
         return await self._run(ops.deploy(path, progress))

@@ -80,6 +80,9 @@ class Call:
     stream: httpx.SyncByteStream | None = None
     timeout: float | None = None
     """Overrides the client's read timeout for this call."""
+    lines: Callable[[str], None] | None = None
+    """Stream the response: each line of the body is handed here as it arrives
+    (the operation then receives the response with its body consumed)."""
 
 
 @dataclass(frozen=True, slots=True)

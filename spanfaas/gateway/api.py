@@ -16,8 +16,9 @@ from starlette.routing import Route
 
 import spanfaas
 from spanfaas.errors import InvalidRequest, InvocationNotFound, NotFound
-from spanfaas.gateway.auth import issue_token, require
+from spanfaas.gateway.auth import issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
+from spanfaas.gateway.images_api import image_endpoints
 from spanfaas.gateway.invoke import InvokeEndpoint, read_body
 from spanfaas.gateway.views import (
     FunctionList,
@@ -96,7 +97,8 @@ def _guard(fn: Callable[..., Awaitable[Response]], gw: Gateway, scope: str | Non
 async def deploy_function(gw: Gateway, request: Request) -> Response:
     name = request.path_params["name"]
     data = await read_body(request.receive, gw.settings.max_bundle, "bundle", "max_bundle")
-    record = await gw.registry.deploy(name, data)
+    token = token_of(request.scope)
+    record = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")
     return json(record, 201, {"location": f"/v1/functions/{name}"})
 
 
@@ -280,6 +282,7 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("GET", "/openapi.json", openapi, "This document", scope=None, tag="platform",
                  response="application/json"),
         *event_endpoints(),
+        *image_endpoints(),
     ]  # fmt: skip
 
 

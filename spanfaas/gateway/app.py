@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spanfaas.config import Settings
 from spanfaas.events import EventService
+from spanfaas.images import ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.store import Store
 from spanfaas.gateway.api import endpoints, routes
@@ -59,7 +60,8 @@ class Gateway:
         self.infra = infra
         self.metrics = Metrics()
         self.tokens = TokenCache(store)
-        self.registry = Registry(settings, store, infra)
+        self.images = ImageService(settings, store)
+        self.registry = Registry(settings, store, infra, images=self.images)
         self.recorder = Recorder(store)
         self.enqueuer = Enqueuer(store)
         self.dispatcher = Dispatcher(settings, store, infra, self.registry, self.recorder, self.metrics)
@@ -75,6 +77,7 @@ class Gateway:
         self.openapi_json = msgspec.json.encode(self.openapi)
 
     async def start(self, *, freeze_gc: bool = False) -> None:
+        await self.images.start()
         await self.registry.load()
         self.recorder.start()
         await self.dispatcher.start()

@@ -19,6 +19,7 @@ _STATUS_TEXT = {
     403: "The token lacks the scope this call needs",
     404: "No such function, invocation or token",
     405: "Method not allowed",
+    409: "Conflict: the resource exists, or is in use (the detail names by what)",
     413: "Over a size limit (max_payload or max_bundle)",
     500: "The function failed (problem has invocation_id, error_type, traceback, logs)",
     502: "The infrastructure failed",

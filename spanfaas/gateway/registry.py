@@ -10,12 +10,15 @@ function is deployed again, so a restarted gateway serves what it had.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from spanfaas.config import Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge
+from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
 from spanfaas.store import BlobStore, Store, sha256
@@ -34,10 +37,12 @@ def format_size(n: int) -> str:
 
 
 class Registry:
-    def __init__(self, settings: Settings, store: Store, infra: Infrastructure) -> None:
+    def __init__(self, settings: Settings, store: Store, infra: Infrastructure, *, images: ImageService | None = None) -> None:
         self.settings = settings
         self.store = store
         self.infra = infra
+        self.images = images
+        """Builds the ``[image]`` of a manifest and gives the bundle its image."""
         data = settings.data_path
         self.blobs = BlobStore(data / "blobs")
         self.bundle_dir = data / "bundles"
@@ -73,6 +78,8 @@ class Registry:
 
     async def _activate(self, record: FunctionRecord) -> None:
         bundle = await asyncio.to_thread(self._bundle_for, record.digest)
+        if record.spec.image is not None and self.images is not None:
+            bundle = await self.images.attach(record.name, record.spec, bundle)  # the image it was deployed on
         await self.infra.deploy(record.spec, bundle)
         self.functions[record.name] = record
         self.failed.pop(record.name, None)
@@ -126,14 +133,15 @@ class Registry:
 
     # -- changes -------------------------------------------------------------------
 
-    async def deploy(self, name: str, data: bytes) -> FunctionRecord:
+    async def deploy(self, name: str, data: bytes, *, actor: str = "") -> FunctionRecord:
         if len(data) > self.settings.max_bundle:
             raise too_large_bundle(len(data), self.settings.max_bundle)
         async with self._lock(name):
             spec, bundle, fresh = await asyncio.to_thread(self._prepare, name, data)
             try:
-                await self.infra.deploy(spec, bundle)
-                record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec)
+                async with self._with_image(name, spec, bundle, actor) as bundle:
+                    await self.infra.deploy(spec, bundle)
+                    record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec)
             except BaseException:
                 if fresh:
                     await asyncio.to_thread(self._collect, {bundle.digest})
@@ -141,6 +149,15 @@ class Registry:
             self.functions[name] = record
             self.failed.pop(name, None)
             return record
+
+    def _with_image(self, name: str, spec: FunctionSpec, bundle: Bundle, actor: str) -> AbstractAsyncContextManager[Bundle]:
+        """The bundle with the image its manifest asks for (checked against the curated
+        lists, built or reused), held against removal until the version is stored."""
+        if spec.image is None:
+            return contextlib.nullcontext(bundle)
+        if self.images is None:
+            raise InvalidManifest("this gateway does not build images; remove the [image] table", key="image")
+        return self.images.deploying(name, spec, bundle, actor=Actor(actor or "unknown"))
 
     def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle, bool]:
         """Unpack and check the bundle; keep its blob.  Nothing reaches the store here."""

@@ -50,7 +50,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 def manifest_toml(spec: FunctionSpec) -> str:
     """``spec`` as a ``spanfaas.toml`` (scalars, lists, string tables, sub-tables)."""
     data = msgspec.to_builtins(spec)
-    top = [f"{k} = {_value(v)}" for k, v in data.items() if not isinstance(v, dict) or k == "env"]
+    top = [f"{k} = {_value(v)}" for k, v in data.items() if v is not None and (not isinstance(v, dict) or k == "env")]
     tables = [(k, v) for k, v in data.items() if isinstance(v, dict) and k != "env"]
     out = top
     for name, table in tables:

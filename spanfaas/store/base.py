@@ -12,12 +12,13 @@ from typing import Protocol, runtime_checkable
 
 from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.events import EventStore
+from spanfaas.store.images import ImageStore
 
 __all__ = ["Store"]
 
 
 @runtime_checkable
-class Store(EventStore, Protocol):
+class Store(EventStore, ImageStore, Protocol):
     exclusive: bool
     """True when one gateway owns the store (SQLite): on start-up it may take
     back every 'running' invocation; shared stores rely on expired leases."""

@@ -86,6 +86,56 @@ MIGRATIONS: list[list[str]] = [
             failed_at {real} NOT NULL)""",
         "CREATE INDEX dead_letters_by_time ON dead_letters (failed_at)",
     ],
+    # 3: images: curated package lists, their audit trail, the image policy,
+    # built images and which function bundles run on them
+    [
+        """CREATE TABLE image_lists (
+            name TEXT PRIMARY KEY,
+            note TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL)""",
+        """CREATE TABLE image_packages (
+            list TEXT NOT NULL REFERENCES image_lists (name) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            specifier TEXT NOT NULL,
+            note TEXT NOT NULL,
+            added_by TEXT NOT NULL,
+            added_at {real} NOT NULL,
+            PRIMARY KEY (list, name))""",
+        """CREATE TABLE image_audit (
+            id TEXT PRIMARY KEY,
+            at {real} NOT NULL,
+            actor TEXT NOT NULL,
+            actor_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL)""",
+        "CREATE INDEX image_audit_by_time ON image_audit (at)",
+        """CREATE TABLE image_settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL)""",
+        """CREATE TABLE images (
+            id TEXT PRIMARY KEY,
+            python TEXT NOT NULL,
+            lock TEXT NOT NULL,
+            packages TEXT NOT NULL,
+            request TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            built_by TEXT NOT NULL,
+            build_seconds {real} NOT NULL,
+            created_at {real} NOT NULL,
+            last_used_at {real} NOT NULL,
+            reuses INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE image_uses (
+            function TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            image TEXT NOT NULL,
+            at {real} NOT NULL,
+            PRIMARY KEY (function, digest))""",
+        "CREATE INDEX image_uses_by_image ON image_uses (image)",
+    ],
 ]
 
 

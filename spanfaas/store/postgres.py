@@ -18,6 +18,7 @@ import psycopg
 
 from spanfaas.errors import InfraUnavailable
 from spanfaas.store.events import EventQueries
+from spanfaas.store.images import ImageQueries
 from spanfaas.store.sql import INV_COLS
 
 __all__ = ["PostgresStore"]
@@ -35,7 +36,7 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class PostgresStore(EventQueries):
+class PostgresStore(EventQueries, ImageQueries):
     exclusive = False
     _real = "DOUBLE PRECISION"
     _blob = "BYTEA"
@@ -74,12 +75,15 @@ class PostgresStore(EventQueries):
             except psycopg.OperationalError:
                 conn.close()  # broken: do not return it to the pool
                 raise
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.close()
-            elif self._closed:
-                conn.close()
-            else:
-                self._idle.put(conn)
+            finally:  # also when the caller raised (its transaction was rolled back)
+                if conn.closed:
+                    pass
+                elif conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.close()
+                elif self._closed:
+                    conn.close()
+                else:
+                    self._idle.put(conn)
         finally:
             self._slots.release()
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spanfaas.store.events import EventQueries
+from spanfaas.store.images import ImageQueries
 from spanfaas.store.sql import INV_COLS
 
 __all__ = ["SQLiteStore"]
@@ -20,7 +21,7 @@ _CLAIM = (
 )
 
 
-class SQLiteStore(EventQueries):
+class SQLiteStore(EventQueries, ImageQueries):
     """Thread-safe: each thread gets its own connection; writers take the
     database lock up front (``BEGIN IMMEDIATE``) and wait for it (busy_timeout)."""
 

@@ -1,0 +1,410 @@
+"""The image service: from an image request to an image a function runs on.
+
+``ensure(request)`` checks the request against the curated lists, resolves
+it with uv to a lock, names the image by the lock's hash and either finds it
+in the repository (a reuse: nothing is installed) or builds it once — one
+build per image id however many deploys ask at the same time (in-process:
+one task that later callers follow; across processes: the repository's file
+lock).  Each step reports ``BuildEvent``s to whoever follows the build.
+
+The gateway's registry calls ``deploying(...)`` around a deploy (it records
+which image the bundle runs on, and pins the image against removal until the
+version is stored) and ``attach(...)`` when it deploys a stored version again:
+that uses the recorded image, rebuilt from its lock if it is missing, and
+never consults the lists again — withdrawing a package does not break
+functions that run on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+
+from spanfaas.config import Settings
+from spanfaas.errors import (
+    Conflict,
+    InfraError,
+    InfraUnavailable,
+    InvalidManifest,
+    NotFound,
+    SpanfaasError,
+)
+from spanfaas.images import curation
+from spanfaas.images.lock import image_id, parse_lock
+from spanfaas.images.repository import Repository
+from spanfaas.images.uv import LOCK_NAME, Uv
+from spanfaas.images.views import (
+    BuildDone,
+    BuildEvent,
+    BuildFailed,
+    BuildLine,
+    BuildPhase,
+    BuildWaiting,
+    GcResult,
+    ImageView,
+    image_view,
+)
+from spanfaas.model import Bundle, FunctionSpec, ImageRef, ImageRequest
+from spanfaas.store import Store
+from spanfaas.store.images import (
+    Actor,
+    CuratedList,
+    ImagePolicy,
+    ImageRecord,
+    LockedPackage,
+)
+
+__all__ = ["Emit", "ImageService"]
+
+log = logging.getLogger("spanfaas.images")
+
+Emit = Callable[[BuildEvent], None]
+HEARTBEAT = 5.0
+"""Seconds of silence after which a build stream says it is still working."""
+_MAX_EVENTS = 20_000
+
+
+def _ignore(event: BuildEvent) -> None:
+    pass
+
+
+class _Build:
+    """One build in flight: its task and the events so far, for every follower."""
+
+    def __init__(self) -> None:
+        self.events: list[BuildEvent] = []
+        self.listeners: list[Emit] = []
+        self.task: asyncio.Task[ImageRecord] | None = None
+
+    def emit(self, event: BuildEvent) -> None:
+        if len(self.events) < _MAX_EVENTS:
+            self.events.append(event)
+        for listener in list(self.listeners):
+            listener(event)
+
+    async def follow(self, emit: Emit) -> ImageRecord:
+        assert self.task is not None
+        for event in list(self.events):
+            emit(event)
+        self.listeners.append(emit)
+        try:
+            return await asyncio.shield(self.task)  # a caller that gives up does not stop the build
+        finally:
+            self.listeners.remove(emit)
+
+
+class ImageService:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        cfg = settings.images
+        self.repo = Repository(Path(cfg.dir) if cfg.dir else settings.data_path / "images")
+        self._uv: Uv | None = None
+        self._inflight: dict[str, _Build] = {}
+        self._pins: collections.Counter[str] = collections.Counter()
+        self.builds = 0
+        """Images installed by this process."""
+        self.reuses = 0
+        """Requests that found their image built already."""
+
+    @property
+    def uv(self) -> Uv:
+        if self._uv is None:
+            self._uv = Uv(self.settings.images, self.repo.cache_dir)
+        return self._uv
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.repo.clean_stale)
+
+    # -- from a request to an image ------------------------------------------------------
+
+    async def ensure(self, request: ImageRequest, actor: Actor, emit: Emit = _ignore) -> tuple[ImageRecord, bool]:
+        """The image for ``request``: checked, resolved, then reused or built once.
+        Returns it and whether it was built for this call (False: reused)."""
+        emit(BuildPhase("check", f"checking {len(request.packages)} packages against lists {', '.join(request.lists) or '(none)'}"))
+        lists, policy = await asyncio.to_thread(self._curation_state)
+        plan = curation.plan(request, lists)
+        emit(BuildPhase("resolve", "resolving with uv"))
+        lock = await self._resolve(plan, emit)
+        locked = parse_lock(lock, set(plan.direct))
+        curation.check_resolved(plan, locked, policy)
+        id = image_id(plan.python, lock)
+        existing = await asyncio.to_thread(self._existing, id)
+        if existing is not None:
+            await asyncio.to_thread(self.store.touch_image, id, time.time())
+            self.reuses += 1
+            log.info("image %s reused (%s)", id[:12], _summary(existing.packages))
+            return existing, False
+        record = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
+        return record, True
+
+    async def precheck(self, request: ImageRequest) -> None:
+        """Only the curated-list check (ImageRejected), without resolving or building."""
+        lists, _ = await asyncio.to_thread(self._curation_state)
+        curation.plan(request, lists)
+
+    def _curation_state(self) -> tuple[list[CuratedList], ImagePolicy]:
+        return self.store.list_image_lists(), self.store.get_image_policy()
+
+    async def _resolve(self, plan: curation.Plan, emit: Emit) -> str:
+        work = await asyncio.to_thread(self.repo.workdir)
+        try:
+            return await self.uv.compile(plan, work, lambda line: emit(BuildLine(line)))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    def _existing(self, id: str) -> ImageRecord | None:
+        """The image, recorded and whole on disk; a whole image left unrecorded (a crash
+        between publishing and recording) is recorded now."""
+        record = self.store.get_image(id)
+        if not self.repo.has(id):
+            return None
+        if record is None:
+            record = self.repo.record(id)
+            if record is not None:
+                self.store.put_image(record)
+        return record
+
+    async def _build_once(
+        self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
+    ) -> ImageRecord:
+        build = self._inflight.get(id)
+        if build is None:
+            build = self._inflight[id] = _Build()
+            build.task = asyncio.get_running_loop().create_task(
+                self._build(id, python, lock, locked, request, actor, build.emit), name=f"image-build-{id[:12]}"
+            )
+            build.task.add_done_callback(lambda _: self._inflight.pop(id, None))
+        else:
+            emit(BuildPhase("wait", f"image {id[:12]} is being built for another deploy; following it"))
+        return await build.follow(emit)
+
+    async def _build(
+        self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
+    ) -> ImageRecord:
+        fd = await asyncio.to_thread(self.repo.lock, id)
+        try:
+            existing = await asyncio.to_thread(self._existing, id)
+            if existing is not None:  # another process built it while we waited
+                return existing
+            emit(BuildPhase("install", f"installing {_summary(locked)}"))
+            started = time.monotonic()
+            work = await asyncio.to_thread(self.repo.workdir)
+            lines: list[str] = []
+
+            def line(text: str) -> None:
+                lines.append(text)
+                emit(BuildLine(text))
+
+            try:
+                (work / LOCK_NAME).write_text(lock)
+                await self.uv.install(work / LOCK_NAME, work / "site-packages", line)
+                (work / "build.log").write_text("\n".join(lines) + "\n")
+                now = time.time()
+                record = ImageRecord(
+                    id=id, python=python, lock=lock, packages=locked, request=request,
+                    size=await asyncio.to_thread(self.repo.size, work), built_by=actor.name,
+                    build_seconds=round(time.monotonic() - started, 3), created_at=now, last_used_at=now,
+                )  # fmt: skip
+                emit(BuildPhase("publish", f"image {id[:12]}: {_size(record.size)}"))
+                await asyncio.to_thread(self.repo.publish, work, record)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, work, True)
+                raise
+            await asyncio.to_thread(self.store.put_image, record)
+            self.builds += 1
+            log.info("built image %s (%s) in %.2fs, %s", id[:12], _summary(locked), record.build_seconds, _size(record.size))
+            return record
+        finally:
+            self.repo.unlock(fd)
+
+    # -- deploys ------------------------------------------------------------------------------
+
+    def ref(self, record: ImageRecord, preload: list[str]) -> ImageRef:
+        """What the runtime gets.  Functions on one image with the same ``preload``
+        share a zygote; a different ``preload`` gets its own."""
+        key = record.id if not preload else f"{record.id}-{hashlib.sha256(' '.join(preload).encode()).hexdigest()[:12]}"
+        return ImageRef(id=key, paths=[str(self.repo.site_packages(record.id))], preload=list(preload))
+
+    @contextlib.asynccontextmanager
+    async def deploying(self, function: str, spec: FunctionSpec, bundle: Bundle, *, actor: Actor) -> AsyncIterator[Bundle]:
+        """Around one deploy: the bundle with its image (checked, built or reused), pinned
+        against removal until the caller has stored the version."""
+        request = spec.image
+        assert request is not None
+        record, _ = await self.ensure(request, actor)
+        self._check_preload(record, request.preload)
+        self._pins[record.id] += 1
+        try:
+            await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, record.id)
+            yield msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
+        finally:
+            self._pins[record.id] -= 1
+            if self._pins[record.id] <= 0:
+                del self._pins[record.id]
+
+    async def attach(self, function: str, spec: FunctionSpec, bundle: Bundle) -> Bundle:
+        """A stored version's bundle with the image it was deployed on (rebuilt from its
+        lock when missing here); the curated lists are not consulted again."""
+        request = spec.image
+        if request is None:
+            return bundle
+        id = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
+        record = await asyncio.to_thread(self.store.get_image, id) if id else None
+        if id is None or record is None:
+            raise InfraUnavailable(
+                f"function '{function}' runs on an image that is not in the repository any more; deploy it again"
+            )
+        if not await asyncio.to_thread(self.repo.has, id):
+            log.warning("image %s of function %s is missing on disk; building it again from its lock", id[:12], function)
+            record = await self._build_once(id, record.python, record.lock, record.packages, record.request, Actor(record.built_by), _ignore)
+        return msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
+
+    def _check_preload(self, record: ImageRecord, preload: list[str]) -> None:
+        site = self.repo.site_packages(record.id)
+        missing = []
+        for module in preload:
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names:
+                continue
+            if not ((site / top).is_dir() or (site / f"{top}.py").is_file() or any(site.glob(f"{top}.*.so"))):
+                missing.append(module)
+        if missing:
+            raise InvalidManifest(
+                f"[image] preload names {', '.join(missing)}, which the image does not contain; "
+                f"its packages: {_summary(record.packages)}",
+                key="image.preload",
+            )
+
+    # -- the repository ------------------------------------------------------------------------
+
+    async def views(self, id: str | None = None) -> list[ImageView]:
+        records, users = await asyncio.to_thread(self._records_and_users, id)
+        return [
+            image_view(r, users.get(r.id, []), str(self.repo.site_packages(r.id)) if self.repo.has(r.id) else "")
+            for r in records
+        ]
+
+    def _records_and_users(self, id: str | None) -> tuple[list[ImageRecord], dict[str, list[str]]]:
+        if id is None:
+            records = self.store.list_images()
+        else:
+            record = self.store.get_image(self.resolve_id(id))
+            records = [record] if record is not None else []
+        return records, self.store.image_users()
+
+    def resolve_id(self, prefix: str) -> str:
+        """A full image id from an id or a unique prefix of at least 6 digits."""
+        if len(prefix) == 64:
+            return prefix
+        matches = [r.id for r in self.store.list_images() if len(prefix) >= 6 and r.id.startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NotFound(f"image id prefix '{prefix}' is ambiguous ({len(matches)} images); give more digits")
+        raise NotFound(f"image '{prefix}' not found; `spanfaas images ls` lists them")
+
+    async def remove(self, id: str, actor: Actor) -> ImageRecord:
+        full = await asyncio.to_thread(self.resolve_id, id)
+        if full in self._pins or full in self._inflight:
+            raise Conflict(f"image {full[:12]} is being deployed right now; try again when the deploy is done")
+        record = await asyncio.to_thread(self.store.get_image, full)
+        if record is None:
+            raise NotFound(f"image '{id}' not found; `spanfaas images ls` lists them")
+        await asyncio.to_thread(self.store.delete_image, full, actor)  # Conflict when in use
+        await asyncio.to_thread(self.repo.remove, full)
+        log.info("removed image %s (%s) for %s", full[:12], _size(record.size), actor.name)
+        return record
+
+    async def gc(self, actor: Actor) -> GcResult:
+        """Remove every image no function's latest version runs on."""
+        return await asyncio.to_thread(self._gc, actor, set(self._pins) | set(self._inflight))
+
+    def _gc(self, actor: Actor, busy: set[str]) -> GcResult:
+        users = self.store.image_users()
+        removed: list[str] = []
+        kept: list[str] = []
+        freed = 0
+        recorded = {r.id: r for r in self.store.list_images()}
+        for id, record in recorded.items():
+            if id in users or id in busy:
+                kept.append(id)
+                continue
+            try:
+                self.store.delete_image(id, actor, action="image.gc")
+            except Conflict:  # a deploy elsewhere started using it
+                kept.append(id)
+                continue
+            self.repo.remove(id)
+            removed.append(id)
+            freed += record.size
+        for id in self.repo.ids():  # whole images nobody recorded (e.g. the store was reset)
+            if id not in recorded and id not in busy and id not in users:
+                freed += self.repo.size(id)
+                self.repo.remove(id)
+                removed.append(id)
+        if removed:
+            log.info("image gc by %s: removed %d images, freed %s", actor.name, len(removed), _size(freed))
+        return GcResult(removed=sorted(removed), freed=freed, kept=sorted(kept))
+
+    # -- a build as a stream of events ------------------------------------------------------------
+
+    async def stream(self, request: ImageRequest, actor: Actor) -> AsyncIterator[BuildEvent]:
+        """``ensure`` as events, ending with BuildDone or BuildFailed; a heartbeat
+        every few seconds of silence keeps the connection (and the display) alive."""
+        queue: asyncio.Queue[BuildEvent | None] = asyncio.Queue()
+        started = time.monotonic()
+
+        async def run() -> None:
+            try:
+                record, built = await self.ensure(request, actor, queue.put_nowait)
+                view = (await self.views(record.id))[0]
+                queue.put_nowait(BuildDone(image=view, built=built, seconds=round(time.monotonic() - started, 3)))
+            except SpanfaasError as exc:
+                queue.put_nowait(BuildFailed(problem=exc.to_problem()))
+            except Exception:  # reported to the client as a problem, in full in the log
+                log.exception("image build for %s failed unexpectedly", actor.name)
+                queue.put_nowait(BuildFailed(problem=InfraError("the image build failed unexpectedly; see the gateway's log").to_problem()))
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                except TimeoutError:
+                    yield BuildWaiting(seconds=round(time.monotonic() - started, 1))
+                    continue
+                if event is None:
+                    break
+                yield event
+            await task
+        finally:
+            if not task.done():
+                task.cancel()  # the client went away; a build it started goes on (shielded)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _summary(packages: list[LockedPackage]) -> str:
+    direct = [f"{p.name}=={p.version}" for p in packages if p.direct]
+    deps = len(packages) - len(direct)
+    return ", ".join(direct) + (f" + {deps} dependencies" if deps else "") if packages else "no packages"
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"

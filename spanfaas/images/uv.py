@@ -1,0 +1,114 @@
+"""Running uv: resolve an approved plan to a lock, install a lock into a directory.
+
+uv runs as a subprocess with ``--no-config`` (no user or project settings
+leak in) and the sources the admin configured (``[images]``): an index, or
+local wheelhouses with ``--no-index --offline``.  Its output is handed line
+by line to the caller (the build log); a failure raises ImageBuildFailed
+carrying uv's own message (the resolver says which requirement cannot be met).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from spanfaas.config import ImageSettings
+from spanfaas.errors import ImageBuildFailed, InfraUnavailable
+from spanfaas.images.curation import Plan
+
+__all__ = ["LOCK_NAME", "Uv", "find_uv"]
+
+LOCK_NAME = "requirements.lock"
+Log = Callable[[str], None]
+
+
+def find_uv(configured: str = "") -> str:
+    if configured:
+        return configured
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        raise InfraUnavailable("uv is not installed; install it with: pip install uv (it ships the uv binary)") from None
+    try:
+        return find_uv_bin()
+    except FileNotFoundError:
+        raise InfraUnavailable("the uv package is installed but its binary is missing; reinstall it: pip install --force-reinstall uv") from None
+
+
+class Uv:
+    def __init__(self, settings: ImageSettings, cache_dir: Path, *, python: str = sys.executable) -> None:
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.python = python
+        self.binary = find_uv(settings.uv)
+
+    def source_args(self) -> list[str]:
+        s = self.settings
+        args: list[str] = []
+        if s.offline:
+            args += ["--no-index", "--offline"]
+        else:
+            if s.index_url:
+                args += ["--index-url", s.index_url]
+            for url in s.extra_index_urls:
+                args += ["--extra-index-url", url]
+        for d in s.find_links:
+            args += ["--find-links", d]
+        return args
+
+    def _common(self) -> list[str]:
+        return ["--no-config", "--color", "never", "--cache-dir", str(self.cache_dir), "--python", self.python]
+
+    async def compile(self, plan: Plan, workdir: Path, log: Log) -> str:
+        """Resolve ``plan`` to a lock (pins with hashes); uv's message on failure."""
+        (workdir / "requirements.in").write_text("".join(r + "\n" for r in plan.requirements))
+        (workdir / "constraints.txt").write_text("".join(c + "\n" for c in plan.constraints))
+        args = ["pip", "compile", "requirements.in", "-c", "constraints.txt", "-o", LOCK_NAME,
+                "--generate-hashes", "--no-header", "--quiet", *self._common(), *self.source_args()]  # fmt: skip
+        await self._run(args, workdir, log, what="resolve")
+        return (workdir / LOCK_NAME).read_text()
+
+    async def install(self, lock: Path, target: Path, log: Log) -> None:
+        """Install exactly the lock's pins (hash-checked, no dependencies) into ``target``."""
+        args = ["pip", "install", "--target", str(target), "--no-deps", "--require-hashes",
+                "-r", str(lock), *self._common(), *self.source_args()]  # fmt: skip
+        await self._run(args, lock.parent, log, what="install")
+
+    async def _run(self, args: Sequence[str], cwd: Path, log: Log, *, what: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV", "PYTHON"))}
+        env["UV_NO_PROGRESS"] = "1"
+        proc = await asyncio.create_subprocess_exec(
+            self.binary, *args, cwd=cwd, env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        lines: list[str] = []
+
+        async def pump() -> None:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    lines.append(line)
+                    log(line)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), self.settings.build_timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ImageBuildFailed(
+                f"uv {what} did not finish within {self.settings.build_timeout:g} s ([images] build_timeout)"
+            ) from None
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            message = "\n".join(line for line in lines if not line.startswith("Using ")) or f"exit status {proc.returncode}"
+            raise ImageBuildFailed(f"uv could not {what} the image: {message}", tool_output=lines[-50:])

@@ -1,0 +1,170 @@
+"""The image API in-process (ASGI transport, in-memory infrastructure, real SQLite,
+real uv on tiny wheels): curation by admins only, audited; builds streamed as
+NDJSON; deploys that get their image, or are rejected before anything is built."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from spanfaas.config import ImageSettings, Settings
+from spanfaas.gateway import create_app, pack_function
+from spanfaas.gateway.app import Gateway
+from spanfaas.gateway.auth import issue_token
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import Bundle, FunctionSpec
+from spanfaas.store import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+HANDLER = "def handler(event, context):\n    return {'ok': True}\n"
+
+
+class Recording(InMemoryInfrastructure):
+    """Keeps the bundle each function was deployed with (the code does not import the packages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bundles: dict[str, Bundle] = {}
+
+    async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
+        self.bundles[spec.name] = bundle
+        await super().deploy(spec, bundle)
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, wheelhouse: Path) -> AsyncIterator[tuple[Starlette, Recording, SQLiteStore]]:
+    settings = Settings(data_dir=str(tmp_path / "data"), images=ImageSettings(offline=True, find_links=[str(wheelhouse)]))
+    store = SQLiteStore(settings.data_path / "spanfaas.db")
+    infra = Recording()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        yield app, infra, store
+    store.close()
+
+
+def client(app: Starlette, store: SQLiteStore, name: str, scope: str) -> httpx.AsyncClient:
+    token = issue_token(store, name, [scope])[1]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {token}"})
+
+
+def function(root: Path, name: str, image: str) -> bytes:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "handler.py").write_text(HANDLER)
+    (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "reuse"\n[image]\n{image}\n')
+    return pack_function(d)
+
+
+async def test_curation_is_for_admins_and_every_change_is_audited(gw: tuple[Starlette, Recording, SQLiteStore]) -> None:
+    app, _, store = gw
+    async with client(app, store, "ops-alice", "admin") as admin, client(app, store, "dev-bob", "deploy") as dev:
+        r = await admin.post("/v1/images/lists", json={"name": "tools", "note": "small things", "packages": ["tinycalc>=1,<3"]})
+        assert r.status_code == 201, r.text
+        assert r.json()["packages"][0] == {**r.json()["packages"][0], "name": "tinycalc", "specifier": ">=1,<3", "added_by": "ops-alice"}
+        assert (await admin.post("/v1/images/lists", json={"name": "tools"})).status_code == 409
+        r = await admin.put("/v1/images/lists/tools/packages/TinyHelper", json={"specifier": ">=1", "note": "needed by tinycalc"})
+        assert r.status_code == 201 and r.json()["name"] == "tinyhelper"
+        r = await admin.put("/v1/images/lists/tools/packages/tinyhelper", json={"specifier": ">=1.5"})
+        assert r.status_code == 200
+        assert (await admin.patch("/v1/images/lists/tools", json={"owner": "platform"})).json()["owner"] == "platform"
+
+        # developers read the lists, but may not change them: the 403 names the scope needed
+        assert [p["name"] for p in (await dev.get("/v1/images/lists/tools")).json()["packages"]] == ["tinycalc", "tinyhelper"]
+        for method, path, body in [
+            ("POST", "/v1/images/lists", {"name": "mine"}),
+            ("PUT", "/v1/images/lists/tools/packages/lonely", {}),
+            ("DELETE", "/v1/images/lists/tools/packages/tinycalc", None),
+            ("DELETE", "/v1/images/lists/tools", None),
+            ("PUT", "/v1/images/policy", {"require_transitive": True}),
+            ("GET", "/v1/images/audit", None),
+            ("POST", "/v1/images/gc", None),
+        ]:
+            r = await dev.request(method, path, json=body)
+            assert r.status_code == 403 and "needs scope 'admin'" in r.json()["detail"], (method, path, r.text)
+
+        r = await admin.put("/v1/images/lists/tools/packages/bad", json={"specifier": ">=x"})
+        assert r.status_code == 400 and "'>=1.26,<3'" in r.json()["detail"]
+        assert (await admin.delete("/v1/images/lists/nope/packages/x")).status_code == 404
+        assert (await admin.delete("/v1/images/lists/tools/packages/tinyhelper")).status_code == 204
+        assert (await admin.put("/v1/images/policy", json={"require_transitive": True})).json() == {"require_transitive": True}
+
+        entries = (await admin.get("/v1/images/audit")).json()["entries"]
+        assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
+            ("ops-alice", "policy.set", "policy"),
+            ("ops-alice", "package.remove", "tools/tinyhelper"),
+            ("ops-alice", "list.update", "tools"),
+            ("ops-alice", "package.update", "tools/tinyhelper"),
+            ("ops-alice", "package.add", "tools/tinyhelper"),
+            ("ops-alice", "list.create", "tools"),
+        ]
+        assert entries[3]["detail"] == {"from": ">=1", "to": ">=1.5", "note": ""} and entries[0]["at"] > 0
+        assert len((await admin.get("/v1/images/audit", params={"target": "tools", "limit": 2})).json()["entries"]) == 2
+
+
+async def test_build_streams_events_and_deploys_get_their_image(gw: tuple[Starlette, Recording, SQLiteStore], tmp_path: Path) -> None:
+    app, infra, store = gw
+    gateway: Gateway = app.state.gateway
+    async with client(app, store, "ops", "admin") as admin, client(app, store, "dev", "deploy") as dev:
+        await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<3", "tinyhelper"]})
+        async with dev.stream("POST", "/v1/images/builds", json={"packages": ["tinycalc"], "lists": ["tools"]}) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+            events = [json.loads(line) async for line in r.aiter_lines() if line]
+        assert [e["phase"] for e in events if e["type"] == "phase"] == ["check", "resolve", "install", "publish"]
+        done = events[-1]
+        assert done["type"] == "done" and done["built"] and done["image"]["used_by"] == []
+        image_id = done["image"]["id"]
+
+        r = await dev.put("/v1/functions/calc", content=function(tmp_path, "calc", 'packages = ["tinycalc"]\nlists = ["tools"]\npreload = ["tinycalc"]'))
+        assert r.status_code == 201, r.text
+        assert r.json()["spec"]["image"]["packages"] == ["tinycalc"]
+        image = infra.bundles["calc"].image
+        assert image is not None and image.preload == ["tinycalc"]
+        assert image.paths == [str(gateway.images.repo.site_packages(image_id))]
+        assert gateway.images.builds == 1  # the deploy reused what the build made
+
+        view = (await dev.get(f"/v1/images/{image_id[:10]}")).json()
+        assert view["used_by"] == ["calc"] and view["reuses"] == 1 and view["lock"].startswith("tinycalc==2.0")
+        assert [i["id"] for i in (await dev.get("/v1/images")).json()["images"]] == [image_id]
+        r = await admin.delete(f"/v1/images/{image_id}")
+        assert r.status_code == 409 and "in use by calc" in r.json()["detail"]
+        assert (await dev.delete(f"/v1/images/{image_id}")).status_code == 403
+        assert (await admin.post("/v1/images/gc")).json() == {"removed": [], "freed": 0, "kept": [image_id]}
+
+
+async def test_a_rejected_deploy_names_the_package_and_the_allowed_range_and_builds_nothing(
+    gw: tuple[Starlette, Recording, SQLiteStore], tmp_path: Path
+) -> None:
+    app, infra, store = gw
+    gateway: Gateway = app.state.gateway
+    async with client(app, store, "ops", "admin") as admin, client(app, store, "dev", "deploy") as dev:
+        await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<2"]})
+        r = await dev.put("/v1/functions/calc", content=function(tmp_path, "calc", 'packages = ["tinycalc>=2", "lonely"]\nlists = ["tools"]'))
+        assert r.status_code == 400
+        doc = r.json()
+        assert doc["type"].endswith("/image-rejected")
+        assert "tinycalc>=2 is outside the approved range: tinycalc>=1,<2 (list tools)" in doc["detail"]
+        assert "lonely is not approved by the selected lists" in doc["detail"]
+        assert [x["package"] for x in doc["rejected"]] == ["tinycalc", "lonely"]
+        r = await dev.post("/v1/images/builds", json={"packages": ["lonely"], "lists": ["tools"]})
+        assert r.status_code == 400 and "lonely" in r.json()["detail"]
+        assert "calc" not in infra.bundles and (await dev.get("/v1/functions/calc")).status_code == 404
+        assert gateway.images.builds == 0 and (await dev.get("/v1/images")).json()["images"] == []
+        assert not any(p.name[0].isalnum() for p in gateway.images.repo.root.iterdir() if p.name not in (".uv-cache", ".locks"))
+
+
+async def test_openapi_documents_the_image_endpoints(gw: tuple[Starlette, Recording, SQLiteStore]) -> None:
+    app, _, store = gw
+    async with client(app, store, "ops", "admin") as admin:
+        doc = (await admin.get("/openapi.json")).json()
+    paths = doc["paths"]
+    assert "application/x-ndjson" in paths["/v1/images/builds"]["post"]["responses"]["200"]["content"]
+    assert paths["/v1/images/builds"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ImageRequest")
+    assert "409" in paths["/v1/images/{id}"]["delete"]["responses"]
+    for name in ("CuratedList", "ImageView", "AuditList", "ImagePolicy", "GcResult"):
+        assert name in doc["components"]["schemas"]

@@ -1,0 +1,97 @@
+"""``spanfaas images …`` and ``spanfaas deploy`` of a function with an [image],
+through Typer's CliRunner against a real gateway app on uvicorn (in-memory
+infrastructure, real uv on tiny wheels)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from click.testing import Result
+from typer.testing import CliRunner
+
+from spanfaas.cli import app
+from spanfaas.config import ImageSettings, Settings
+from spanfaas.gateway import create_app
+from spanfaas.gateway.auth import issue_token
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.store import SQLiteStore
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, wheelhouse: Path) -> Iterator[Cli]:
+    store = SQLiteStore(tmp_path / "data" / "spanfaas.db")
+    settings = Settings(data_dir=str(tmp_path / "data"), images=ImageSettings(offline=True, find_links=[str(wheelhouse)]))
+    tokens = {"admin": issue_token(store, "ops-alice", ["admin"])[1], "deploy": issue_token(store, "dev-bob", ["deploy"])[1]}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, store, InMemoryInfrastructure()), host="127.0.0.1", port=port, log_level="warning", ws="none"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.01)
+    runner = CliRunner()
+
+    def run(*args: str, scope: str = "admin") -> Result:
+        env = {"SPANFAAS_URL": f"http://127.0.0.1:{port}", "SPANFAAS_TOKEN": tokens[scope], "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "COLUMNS": "200"}
+        return runner.invoke(app, list(args), env=env, catch_exceptions=False)
+
+    try:
+        yield run
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        store.close()
+
+
+def ok(r: Result) -> Result:
+    assert r.exit_code == 0, (r.exit_code, r.stdout, r.stderr)
+    return r
+
+
+def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> None:
+    ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "--note", "small things", "--owner", "platform"))
+    assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper>=1")).stdout
+    assert "tinycalc>=1,<3" in ok(cli("images", "curate", "ls")).stdout
+    assert "tinyhelper" in ok(cli("images", "curate", "show", "tools")).stdout
+    r = cli("images", "curate", "add", "tools", "lonely", scope="deploy")
+    assert r.exit_code == 3 and "needs scope 'admin'" in r.stderr
+    audit = json.loads(ok(cli("images", "curate", "audit", "tools", "--json")).stdout)["entries"]
+    assert [(e["actor"], e["action"]) for e in audit] == [("ops-alice", "package.add"), ("ops-alice", "list.create")]
+    assert "dependencies of requested packages are resolved freely" in ok(cli("images", "curate", "policy")).stdout
+
+    fn = tmp_path / "calc"
+    fn.mkdir()
+    (fn / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (fn / "spanfaas.toml").write_text('name = "calc"\nisolation = "reuse"\n[image]\npackages = ["tinycalc"]\nlists = ["tools"]\n')
+    r = ok(cli("deploy", str(fn), scope="deploy"))
+    assert "resolve" in r.stderr and "+ tinycalc==2.0" in r.stderr and "built in" in r.stderr  # the build log, then
+    assert "deployed calc version 1" in r.stdout
+    r = ok(cli("images", "build", str(fn), scope="deploy"))
+    assert "reused in" in r.stderr
+
+    (listed,) = json.loads(ok(cli("images", "ls", "--json")).stdout)["images"]
+    assert listed["used_by"] == ["calc"]
+    short = listed["id"][:12]
+    assert "calc" in ok(cli("images", "ls")).stdout
+    shown = ok(cli("images", "show", short)).stdout
+    assert "needed by tinycalc" in shown and "used by: calc" in shown
+    r = cli("images", "rm", short)
+    assert r.exit_code == 5 and "in use by calc" in r.stderr
+    ok(cli("rm", "calc"))
+    assert "removed 1 images" in ok(cli("images", "gc")).stdout
+
+    (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc>=3"]\nlists = ["tools"]\n')
+    r = cli("deploy", str(fn), scope="deploy")
+    assert r.exit_code == 2 and "tinycalc>=3 is outside the approved range: tinycalc>=1,<3 (list tools)" in r.stderr
