@@ -28,7 +28,19 @@ import socket
 from collections.abc import Callable
 
 import msgspec
-from dnslib import AAAA, CLASS, OPCODE, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
+from dnslib import (  # type: ignore[import-untyped]
+    AAAA,
+    CLASS,
+    OPCODE,
+    QTYPE,
+    RCODE,
+    RR,
+    SOA,
+    A,
+    DNSError,
+    DNSHeader,
+    DNSRecord,
+)
 
 from spanfaas.config import DnsSettings, Settings
 from spanfaas.errors import InvalidRequest
@@ -48,7 +60,7 @@ def answer_address(dns: DnsSettings, gateway_host: str) -> str:
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
-        return socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]  # a host name: resolve it once
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])  # a host name: resolve it once
 
 
 class DnsResponder(asyncio.DatagramProtocol):

@@ -33,11 +33,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from spanfaas.errors import SpanfaasError
-from spanfaas.infra.base import PREWARM_TRIGGER, Infrastructure, Releasing, ReportsEarlyStats
+from spanfaas.infra.base import (
+    PREWARM_TRIGGER,
+    Infrastructure,
+    Releasing,
+    ReportsEarlyStats,
+)
 
 __all__ = ["EarlyAction", "EarlyCollector"]
 
 log = logging.getLogger("spanfaas.gateway")
+
+WARM_FOR = 1.0
+"""Seconds after a warm call during which header prewarms of that function are skipped
+(at most half its idle_ttl, so the template cannot have scaled to zero meanwhile)."""
 
 
 class EarlyAction:
@@ -49,6 +58,8 @@ class EarlyAction:
         """Prewarm on invoke headers (``settings.early_action``); DNS lookups prewarm regardless."""
         self.trace: list[tuple[float, str, str]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._warm: dict[str, float] = {}
+        """Per function, until when its last warm call says it is still up (monotonic)."""
         self.dns_queries = Counter(
             "spanfaas_dns_queries", "DNS lookups answered, by response code", ["rcode"], registry=registry
         )
@@ -59,10 +70,21 @@ class EarlyAction:
             self.trace.append((time.monotonic(), name, event))
 
     async def headers(self, name: str) -> None:
-        """An invoke request's headers are in: prewarm before reading its body."""
+        """An invoke request's headers are in: prewarm before reading its body.
+
+        Skipped (0.1 µs instead of ~1.5 µs through the scheduler) while a call of
+        ``name`` ran warm moments ago: its template is up, there is nothing to start."""
         if self.trace is not None:
             self.note(name, "headers")
+        until = self._warm.get(name)
+        if until is not None and until > time.monotonic():
+            return
         await self._prewarm(name, "headers")
+
+    def ran(self, name: str, cold: bool, idle_ttl: float) -> None:
+        """A sync call of ``name`` finished; a warm one lets the next headers skip the prewarm."""
+        if not cold:
+            self._warm[name] = time.monotonic() + min(WARM_FOR, idle_ttl / 2)
 
     def release(self, name: str) -> None:
         """The request that prewarmed ``name`` failed before it ran."""

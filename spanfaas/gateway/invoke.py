@@ -155,6 +155,8 @@ class InvokeEndpoint:
             raise
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
+        if prewarmed:
+            early.ran(name, result.cold, fn.spec.scaling.idle_ttl)
         gw.recorder.add(
             InvocationRecord(
                 id=invocation_id, function=name, status="succeeded" if result.error is None else "failed",

@@ -47,7 +47,7 @@ from spanfaas.runtime.scaling import Autoscaler
 if TYPE_CHECKING:
     from spanfaas.runtime.pool import Pool
 
-__all__ = ["EarlyAction", "START_OVERHEAD"]
+__all__ = ["START_OVERHEAD", "EarlyAction"]
 
 log = logging.getLogger("spanfaas.runtime")
 
@@ -57,7 +57,7 @@ START_OVERHEAD = 0.15
 
 
 class _Prewarm:
-    __slots__ = ("trigger", "at", "until", "mib")
+    __slots__ = ("at", "mib", "trigger", "until")
 
     def __init__(self, trigger: str, at: float, until: float, mib: int) -> None:
         self.trigger = trigger
@@ -69,7 +69,7 @@ class _Prewarm:
 class _Watch:
     """What the runtime tracks of one pool."""
 
-    __slots__ = ("scaler", "inflight", "peak", "ewma_ms", "samples", "seen_used", "prewarms")
+    __slots__ = ("ewma_ms", "inflight", "peak", "prewarms", "samples", "scaler", "seen_used")
 
     def __init__(self, pool: Pool) -> None:
         self.scaler = Autoscaler(pool.spec.scaling, _slots(pool))
@@ -161,8 +161,7 @@ class EarlyAction:
     def arrived(self, pool: Pool) -> None:
         w = self._watch.get(pool) or self._w(pool)
         w.inflight += 1
-        if w.inflight > w.peak:
-            w.peak = w.inflight
+        w.peak = max(w.peak, w.inflight)
         if w.prewarms:
             pw = w.prewarms.popleft()
             s = self._s(pool.spec.name)

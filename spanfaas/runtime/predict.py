@@ -44,7 +44,7 @@ GRACE = 0.5
 class ArrivalHistogram:
     """Inter-arrival gaps of one function in log-spaced buckets."""
 
-    __slots__ = ("counts", "total", "last")
+    __slots__ = ("counts", "last", "total")
 
     def __init__(self) -> None:
         self.counts = [0.0] * BUCKETS
@@ -60,7 +60,7 @@ class ArrivalHistogram:
     @staticmethod
     def edge(i: int) -> float:
         """The upper edge of bucket ``i`` in seconds."""
-        return BASE * 2.0 ** (i / PER_OCTAVE)
+        return float(BASE * 2.0 ** (i / PER_OCTAVE))
 
     def arrived(self, now: float) -> None:
         if self.last is not None:

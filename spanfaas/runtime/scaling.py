@@ -32,7 +32,7 @@ from msgspec import Struct
 
 from spanfaas.model import Scaling
 
-__all__ = ["Autoscaler", "Decision", "LATENCY_FACTOR"]
+__all__ = ["LATENCY_FACTOR", "Autoscaler", "Decision"]
 
 LATENCY_FACTOR = 2.0
 """Latency over this multiple of the baseline counts as a bottleneck."""

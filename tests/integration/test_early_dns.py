@@ -67,7 +67,7 @@ def test_gateway_command_line_starts_the_responder() -> None:
         with GatewayProcess(root / "data", infra="memory", args=["--dns", "--dns-port", str(port), "--dns-zone", "fn.test"]) as gw:
             with httpx.Client(base_url=gw.url, headers=gw.headers) as c:
                 assert c.put("/v1/functions/echo", content=pack_function(fn)).status_code == 201
-            ask = lambda name: DNSRecord.parse(DNSRecord.question(name).send("127.0.0.1", port, timeout=5))  # noqa: E731
+            ask = lambda name: DNSRecord.parse(DNSRecord.question(name).send("127.0.0.1", port, timeout=5))
             assert [str(rr.rdata) for rr in ask("echo.fn.test").rr] == ["127.0.0.1"]
             assert ask("other.fn.test").header.rcode == RCODE.NXDOMAIN
             assert ask("echo.example.org").header.rcode == RCODE.REFUSED

@@ -9,7 +9,12 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from spanfaas.config import DnsSettings, Settings
 from spanfaas.errors import InvalidRequest
-from spanfaas.gateway.dns import DnsResponder, answer_address, start_dns, with_early_action
+from spanfaas.gateway.dns import (
+    DnsResponder,
+    answer_address,
+    start_dns,
+    with_early_action,
+)
 
 
 def responder(address: str = "127.0.0.1", ttl: int = 0) -> tuple[DnsResponder, list[str], list[str]]:
