@@ -52,6 +52,14 @@ class RedisStreamSource:
         """Test hook (``SPANFAAS_TEST_STALL``): ``redis.before-admit`` or ``redis.before-ack``
         stops the reader there for good, so a test can kill the gateway at that point."""
         self.connected = asyncio.Event()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the current read (at most ``block`` seconds), then return from ``run``.
+
+        Preferred over cancelling: a blocking XREADGROUP cancelled at the wrong
+        moment can swallow the cancellation (redis-py on Python 3.11)."""
+        self._stopping = True
 
     # -- translation -------------------------------------------------------------------
 
@@ -80,7 +88,7 @@ class RedisStreamSource:
 
     async def run(self, sink: Sink) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self._consume(sink)
             except (RedisError, OSError) as exc:
@@ -91,12 +99,14 @@ class RedisStreamSource:
             if self.connected.is_set():  # it had worked: start the backoff over
                 delay = 0.1
                 self.connected.clear()
+            if self._stopping:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def _consume(self, sink: Sink) -> None:
         cfg = self.config
-        client = aioredis.Redis.from_url(cfg.url, decode_responses=False, health_check_interval=30)
+        client = aioredis.Redis.from_url(cfg.url, decode_responses=False, health_check_interval=30, protocol=2)
         try:
             try:
                 await client.xgroup_create(cfg.stream, cfg.group, id="$" if cfg.start == "new" else "0", mkstream=True)
@@ -107,7 +117,7 @@ class RedisStreamSource:
             log.info("redis source '%s': reading stream %s as %s/%s", self.name, cfg.stream, cfg.group, self.consumer)
             pending: str | None = "0"  # first the entries this consumer read but never acknowledged
             next_claim = time.monotonic()
-            while True:
+            while not self._stopping:
                 if pending is not None:
                     entries = _entries(await client.xreadgroup(cfg.group, self.consumer, {cfg.stream: pending}, count=cfg.batch))
                     if not entries:
@@ -158,7 +168,7 @@ class RedisStreamSource:
 
 
 def _entries(reply: Any) -> list[Entry]:
-    """``[(id, fields)]`` from an XREADGROUP reply ``[[stream, [(id, fields), …]]]``."""
+    """``[(id, fields)]`` from an XREADGROUP reply in RESP2: ``[[stream, [(id, fields), …]]]``."""
     out: list[Entry] = []
     for _, items in reply or ():
         for entry_id, fields in items:

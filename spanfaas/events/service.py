@@ -85,9 +85,18 @@ class EventService:
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="spanfaas-events-housekeeping"))
 
     async def stop(self) -> None:
+        """Stop the sources: stream readers finish their current read, the rest is cancelled."""
+        for s in self.streams:
+            s.stop()
+        readers = self._tasks[: len(self.streams)]
+        if readers:
+            await asyncio.wait(readers, timeout=max(s.config.block for s in self.streams) + 1.0)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=2.0)
+            for task in stuck:
+                log.error("event task %s did not stop; leaving it behind", task.get_name())
         self._tasks = []
 
     async def _housekeeping(self) -> None:

@@ -1,0 +1,116 @@
+"""The Redis Streams source against a real redis-server: entries become
+invocations, are acknowledged only once queued, and are read again after a
+failure without running twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from spanfaas.config import EventSettings, RedisStreamConfig
+from spanfaas.gateway.app import Gateway
+
+from events_helpers import metric, wait_finished
+
+GROUP = "spanfaas"
+
+
+@pytest.fixture
+def stream() -> str:
+    return "orders-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def event_settings(redis_url: str, stream: str) -> EventSettings:
+    cfg = RedisStreamConfig(name="orders", stream=stream, url=redis_url, block=0.05, start="all", consumer="test")
+    return EventSettings(backoff=0.01, retries=1, redis=[cfg])
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+async def invocations(client: httpx.AsyncClient, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        views = (await client.get("/v1/invocations", params={"function": "orders", "limit": 100})).json()["invocations"]
+        if len(views) >= n and all(v["status"] == "succeeded" for v in views) or time.monotonic() > deadline:
+            return await wait_finished(client, [v["id"] for v in views])
+        await asyncio.sleep(0.02)
+
+
+async def pending(r: redis.Redis, stream: str) -> int:
+    return int(r.xpending(stream, GROUP)["pending"])
+
+
+async def test_entries_become_invocations(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, gateway: Gateway
+) -> None:
+    await deploy("orders", "[[triggers]]\n")
+    plain = r.xadd(stream, {"order": "1", "total": "42"})
+    r.xadd(stream, {"specversion": "1.0", "id": "ce-7", "source": "/shop", "type": "com.example.order",
+                    "datacontenttype": "application/json", "data": json.dumps({"total": 7})})  # fmt: skip
+    r.xadd(stream, {"cloudevent": json.dumps({"specversion": "1.0", "id": "ce-8", "source": "/shop", "type": "t", "data": 8})})
+    r.xadd(stream, {"specversion": "1.0", "source": "/shop", "type": "no id"})  # rejected, acknowledged
+    views = await invocations(client, 3)
+    by_id = {v["result"]["context_event"]["id"]: v["result"] for v in views}
+    assert set(by_id) == {plain, "ce-7", "ce-8"}
+    assert by_id[plain]["event"]["data"] == {"order": "1", "total": "42"}
+    assert by_id[plain]["context_event"]["source"] == f"redis/{stream}"
+    assert by_id["ce-7"]["event"]["data"] == {"total": 7} and by_id["ce-8"]["event"]["data"] == 8
+    deadline = time.monotonic() + 5
+    while await pending(r, stream) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await pending(r, stream) == 0  # everything acknowledged, the rejected entry too
+    text = (await client.get("/metrics")).text
+    assert metric(text, "spanfaas_events_received_total", "redis") == 4
+    assert metric(text, "spanfaas_events_rejected_total", "redis") == 1
+    assert metric(text, "spanfaas_events_delivered_total", "redis") == 3
+
+
+async def test_same_event_id_twice_runs_once(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str
+) -> None:
+    await deploy("orders", "[[triggers]]\n")
+    for _ in range(2):
+        r.xadd(stream, {"specversion": "1.0", "id": "dup", "source": "/shop", "type": "t"})
+    r.xadd(stream, {"specversion": "1.0", "id": "last", "source": "/shop", "type": "t"})
+    views = await invocations(client, 2)
+    await asyncio.sleep(0.2)
+    views = await invocations(client, 2)
+    assert sorted(v["result"]["context_event"]["id"] for v in views) == ["dup", "last"]
+
+
+async def test_not_acknowledged_when_the_store_fails_then_read_again(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, gateway: Gateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    await deploy("orders", "[[triggers]]\n")
+    real = gateway.store.admit
+    calls = {"n": 0}
+
+    def failing_admit(*args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk on fire")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gateway.store, "admit", failing_admit)
+    r.xadd(stream, {"specversion": "1.0", "id": "e1", "source": "/shop", "type": "t"})
+    deadline = time.monotonic() + 5
+    while calls["n"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert await pending(r, stream) == 1  # read, not acknowledged
+    [view] = await invocations(client, 1)
+    assert view["result"]["context_event"]["id"] == "e1" and calls["n"] >= 2
