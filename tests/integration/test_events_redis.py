@@ -1,0 +1,107 @@
+"""Redis Streams into a real gateway process: SIGKILL between reading entries
+and queueing their invocations (and between queueing and acknowledging);
+after a restart every event is delivered and runs exactly once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from spanfaas.events.testing import RedisServer
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+
+HANDLER = """
+def handler(event, context):
+    return {"id": context.event["id"], "data": event["data"]}
+"""
+N = 5
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    if not RedisServer.available():
+        pytest.skip("redis-server not installed; `make test` (scripts/test-deps.sh) installs it")
+    with RedisServer() as server:
+        yield server.url
+
+
+def setup(tmp_path: Path, redis_url: str, stall: str) -> tuple[GatewayProcess, str, Path]:
+    stream = "orders-" + uuid.uuid4().hex[:8]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[events]\nbackoff = 0.05\n[[events.redis]]\nname = "orders"\nstream = "{stream}"\nurl = "{redis_url}"\n'
+        'block = 0.1\nconsumer = "gw"\nstart = "all"\n'
+    )
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "handler.py").write_text(HANDLER)
+    (fn / "spanfaas.toml").write_text('name = "orders"\nisolation = "reuse"\n[[triggers]]\nsource = "/shop"\n')
+    gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_CONFIG": str(config), "SPANFAAS_TEST_STALL": stall})
+    return gw, stream, fn
+
+
+def wait_for(cond: Any, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def runs(gw: GatewayProcess) -> list[dict[str, Any]]:
+    with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=10) as c:
+        views: list[dict[str, Any]] = c.get("/v1/invocations", params={"function": "orders", "limit": 100}).json()["invocations"]
+        return [c.get(f"/v1/invocations/{v['id']}").json() for v in views]
+
+
+def succeeded_ids(gw: GatewayProcess) -> list[str]:
+    return sorted(v["result"]["id"] for v in runs(gw) if v["status"] == "succeeded")
+
+
+def emit(r: redis.Redis, stream: str) -> list[str]:
+    ids = [f"evt-{i}" for i in range(N)]
+    with r.pipeline(transaction=True) as pipe:  # all at once: the reader gets them in one read
+        for i, id in enumerate(ids):
+            pipe.xadd(stream, {"specversion": "1.0", "id": id, "source": "/shop", "type": "com.example.order", "data": str(i)})
+        pipe.execute()
+    return ids
+
+
+@pytest.mark.parametrize("stall", ["redis.before-admit", "redis.before-ack"])
+def test_sigkill_between_read_and_enqueue_delivers_each_event_once(tmp_path: Path, redis_url: str, stall: str) -> None:
+    gw, stream, fn = setup(tmp_path, redis_url, stall)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/orders", content=pack_function(fn)).status_code == 201
+        ids = emit(r, stream)
+        wait_for(lambda: f"stalled at {stall}" in gw.log(), what="the reader to stall")
+        assert int(r.xpending(stream, "spanfaas")["pending"]) == N  # read, not acknowledged
+        if stall == "redis.before-admit":
+            assert runs(gw) == []  # nothing was queued
+        else:
+            wait_for(lambda: succeeded_ids(gw) == ids, what="the queued invocations to run")
+        gw.kill()  # SIGKILL: no graceful anything
+
+        gw.env.pop("SPANFAAS_TEST_STALL")
+        gw.start()
+        wait_for(lambda: int(r.xpending(stream, "spanfaas")["pending"]) == 0, what="the entries to be acknowledged")
+        wait_for(lambda: succeeded_ids(gw) == ids, what="every event to be delivered")
+        time.sleep(0.3)  # would a second copy run?
+        assert succeeded_ids(gw) == ids  # exactly one invocation per event id
+        assert all(v["status"] == "succeeded" for v in runs(gw))
+        metrics = httpx.get(gw.url + "/metrics").text
+        dups = 'spanfaas_events_duplicates_total{source="redis"} ' + ("5.0" if stall == "redis.before-ack" else "0.0")
+        assert dups in metrics or stall == "redis.before-admit"
+    finally:
+        gw.stop()
+        r.close()
