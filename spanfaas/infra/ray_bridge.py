@@ -256,7 +256,11 @@ async def serve(fd: int, address: str) -> int:
 
     reading = asyncio.create_task(requests())
     lost = asyncio.create_task(bridge.lost.wait())
-    watching = asyncio.create_task(watch(bridge, ray.get_runtime_context().gcs_address))
+    try:
+        gcs_address = str(ray.get_runtime_context().gcs_address)
+    except Exception:  # Ray Client (ray://) has no GCS address here: Ray's own errors must do
+        gcs_address = ""
+    watching = asyncio.create_task(watch(bridge, gcs_address) if gcs_address else asyncio.Event().wait())
     try:
         await asyncio.wait((reading, lost), return_when=asyncio.FIRST_COMPLETED)
     finally:
