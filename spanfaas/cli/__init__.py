@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from spanfaas.cli import commands, explain, images, platform
+from spanfaas.cli import commands, events, explain, images, platform
 
 __all__ = ["app", "main"]
 
@@ -36,6 +36,8 @@ for command in (
 ):
     app.command()(command)
 app.add_typer(images.app, name="images")
+app.add_typer(events.triggers_app, name="triggers")
+app.add_typer(events.events_app, name="events")
 
 
 def main() -> None:

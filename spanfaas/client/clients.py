@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from spanfaas.client import operations as ops
+from spanfaas.client.events import AsyncEvents, Events
 from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
 from spanfaas.client.userconfig import resolve
@@ -128,6 +129,11 @@ class Client(_Base):
     def images(self) -> Images:
         """Curated lists, image builds and the image repository."""
         return Images(self)
+
+    @property
+    def events(self) -> Events:
+        """Publish CloudEvents, manage triggers and the dead-letter store."""
+        return Events(self)
 
     # -- the API (see spanfaas.client.operations) ---------------------------------
 
@@ -281,6 +287,11 @@ class AsyncClient(_Base):
     def images(self) -> AsyncImages:
         """Curated lists, image builds and the image repository."""
         return AsyncImages(self)
+
+    @property
+    def events(self) -> AsyncEvents:
+        """Publish CloudEvents, manage triggers and the dead-letter store."""
+        return AsyncEvents(self)
 
     async def deploy(self, path: str | Path, *, progress: Progress | None = None) -> dict[str, Any]:
         return await self._run(ops.deploy(path, progress))

@@ -1,0 +1,209 @@
+"""``spanfaas triggers ls|add|rm`` and ``spanfaas events send|dlq ls|dlq replay``."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, ago, err_console, handle_errors, out_console, print_json
+from spanfaas.client import Client
+from spanfaas.errors import InvalidRequest
+
+__all__ = ["events_app", "triggers_app"]
+
+_OPTS: dict[str, Any] = dict(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+triggers_app = typer.Typer(name="triggers", help="Which events start which functions.", **_OPTS)
+events_app = typer.Typer(name="events", help="Publish CloudEvents; the dead-letter store (`events dlq`).", **_OPTS)
+dlq_app = typer.Typer(name="dlq", help="Event invocations that failed every attempt.", **_OPTS)
+events_app.add_typer(dlq_app, name="dlq")
+
+
+def _describe(trigger: dict[str, Any]) -> str:
+    if trigger.get("schedule"):
+        return f"schedule {trigger['schedule']!r} ({trigger.get('timezone', 'UTC')}, missed: {trigger.get('missed', 'latest')})"
+    parts = [f"source={trigger.get('source', '*')}", f"type={trigger.get('type', '*')}"]
+    if trigger.get("subject") is not None:
+        parts.append(f"subject={trigger['subject']}")
+    parts += [f"{k}={v}" for k, v in (trigger.get("filters") or {}).items()]
+    return " ".join(parts)
+
+
+# -- triggers ---------------------------------------------------------------------------
+
+
+@triggers_app.command("ls")
+@handle_errors
+def triggers_ls(
+    function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the triggers in force (from manifests and the API)."""
+    with Client(url, token) as client:
+        triggers = client.events.triggers(function)
+    if as_json:
+        print_json({"triggers": triggers})
+        return
+    if not triggers:
+        err_console().print("no triggers; declare [[triggers]] in a manifest, or: spanfaas triggers add FUNCTION --type 'com.example.*'")
+        return
+    table = Table("ID", "FUNCTION", "ORIGIN", "MATCHES", box=None, header_style="bold")
+    for t in triggers:
+        table.add_row(escape(t["id"]), escape(t["function"]), t.get("origin", ""), escape(_describe(t["trigger"])))
+    out_console().print(table)
+
+
+@triggers_app.command("add")
+@handle_errors
+def triggers_add(
+    function: Annotated[str, typer.Argument(help="The function the events start.", show_default=False)],
+    source: Annotated[str, typer.Option(help="Glob on the events' source, e.g. 's3://photos'.")] = "*",
+    type: Annotated[str, typer.Option("--type", help="Glob on the events' type, e.g. 'com.github.push'.")] = "*",
+    subject: Annotated[str | None, typer.Option(help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
+    filter: Annotated[list[str] | None, typer.Option("--filter", help="ATTRIBUTE=GLOB on any other attribute; repeatable.", show_default=False)] = None,
+    schedule: Annotated[str | None, typer.Option(help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
+    timezone: Annotated[str, typer.Option(help="The schedule's time zone (IANA name).")] = "UTC",
+    missed: Annotated[str, typer.Option(help="Ticks missed while down: skip, latest or all.")] = "latest",
+    name: Annotated[str, typer.Option(help="A name for the trigger.")] = "",
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a trigger to a function (needs the deploy scope)."""
+    trigger: dict[str, Any] = {"name": name} if name else {}
+    if schedule:
+        trigger.update(schedule=schedule, timezone=timezone, missed=missed)
+    else:
+        trigger.update(source=source, type=type)
+        if subject is not None:
+            trigger["subject"] = subject
+        filters = {}
+        for item in filter or []:
+            key, eq, pattern = item.partition("=")
+            if not eq or not key:
+                raise InvalidRequest(f"--filter {item!r} must be ATTRIBUTE=GLOB, e.g. --filter shop='b*'")
+            filters[key] = pattern
+        if filters:
+            trigger["filters"] = filters
+    with Client(url, token) as client:
+        record = client.events.add_trigger(function, **trigger)
+    if as_json:
+        print_json(record)
+        return
+    out_console().print(f"[green]✓[/green] trigger [bold]{escape(record['id'])}[/bold] on {escape(function)}: {escape(_describe(record['trigger']))}")
+
+
+@triggers_app.command("rm")
+@handle_errors
+def triggers_rm(
+    id: Annotated[str, typer.Argument(help="The trigger's id (spanfaas triggers ls).", show_default=False)],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a trigger added through the API."""
+    with Client(url, token) as client:
+        client.events.remove_trigger(id)
+    if as_json:
+        print_json({"removed": id})
+        return
+    out_console().print(f"[green]✓[/green] removed trigger {escape(id)}")
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@events_app.command("send")
+@handle_errors
+def send(
+    type: Annotated[str, typer.Option("--type", help="The event's type.", show_default=False)],
+    source: Annotated[str, typer.Option(help="The event's source.")] = "spanfaas/cli",
+    id: Annotated[str | None, typer.Option(help="The event's id [default: a new UUID].", show_default=False)] = None,
+    subject: Annotated[str | None, typer.Option(help="The event's subject.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data, JSON.", show_default=False)] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish one CloudEvent; matching triggers start their functions."""
+    event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
+    if subject:
+        event["subject"] = subject
+    if data is not None:
+        try:
+            event["data"] = json.loads(data)
+        except ValueError as exc:
+            raise InvalidRequest(f"--data is not valid JSON: {exc}") from None
+    with Client(url, token) as client:
+        [published] = client.events.publish(event)
+    if as_json:
+        print_json(published)
+        return
+    if published.get("duplicate"):
+        out_console().print(f"event {escape(event['id'])} was already seen from {escape(source)}: nothing started")
+    elif not published["invocations"]:
+        out_console().print(f"event {escape(event['id'])} matched no trigger: nothing started")
+    else:
+        for inv in published["invocations"]:
+            out_console().print(inv)
+
+
+@dlq_app.command("ls")
+@handle_errors
+def dlq_ls(
+    function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 100,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the dead letters, newest first."""
+    with Client(url, token) as client:
+        letters = client.events.dead_letters(function, limit=limit)
+    if as_json:
+        print_json({"dead_letters": letters})
+        return
+    if not letters:
+        err_console().print("the dead-letter store is empty")
+        return
+    table = Table("ID", "FUNCTION", "SOURCE", "EVENT", "ATTEMPTS", "ERROR", "FAILED", box=None, header_style="bold")
+    for d in letters:
+        err = d.get("error") or {}
+        table.add_row(
+            escape(d["id"]), escape(d["function"]), d["proxy"],
+            escape(f"{d['event'].get('source')} {d['event'].get('id')}"), str(d["attempts"]),
+            escape(f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"[:60]), ago(d.get("failed_at")),
+        )  # fmt: skip
+    out_console().print(table)
+
+
+@dlq_app.command("replay")
+@handle_errors
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    all: Annotated[bool, typer.Option("--all", help="Replay every dead letter (of --function).")] = False,
+    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue dead letters again (new invocations); they leave the dead-letter store."""
+    if not ids and not all:
+        raise InvalidRequest("name the dead letters to replay, or pass --all")
+    started = time.perf_counter()
+    with Client(url, token) as client:
+        targets = list(ids or []) + ([d["id"] for d in client.events.dead_letters(function, limit=1000)] if all else [])
+        replayed = [client.events.replay(i) for i in dict.fromkeys(targets)]
+    if as_json:
+        print_json({"replayed": replayed})
+        return
+    for r in replayed:
+        out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
+    err_console().print(f"[green]✓[/green] replayed {len(replayed)} in {time.perf_counter() - started:.2f}s")

@@ -1,0 +1,118 @@
+"""The event API for the SDK: ``client.events`` (publish, triggers, dead letters).
+
+Operations are written once (sans-I/O, like ``operations``) and driven by
+``Events`` (blocking) and ``AsyncEvents``::
+
+    with Client() as sf:
+        sf.events.add_trigger("thumbnail", source="s3://photos", subject="*.jpg")
+        sf.events.publish({"specversion": "1.0", "id": "1", "source": "/shop", "type": "order.created", "data": {}})
+        for letter in sf.events.dead_letters():
+            sf.events.replay(letter["id"])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+
+from spanfaas.client.operations import Call, Op
+
+if TYPE_CHECKING:
+    from spanfaas.client.clients import AsyncClient, Client
+
+__all__ = ["AsyncEvents", "Events"]
+
+_json = msgspec.json.Decoder()
+_encode = msgspec.json.encode
+
+
+def _decode(resp: Any) -> Any:
+    return _json.decode(resp.content)
+
+
+def publish(event: dict[str, Any]) -> Op[list[dict[str, Any]]]:
+    resp = yield Call("POST", "/v1/events", headers={"Content-Type": "application/cloudevents+json"}, content=_encode(event))
+    return _decode(resp)["events"]  # type: ignore[no-any-return]
+
+
+def triggers(function: str | None = None) -> Op[list[dict[str, Any]]]:
+    resp = yield Call("GET", "/v1/triggers", params={"function": function} if function else None)
+    return _decode(resp)["triggers"]  # type: ignore[no-any-return]
+
+
+def add_trigger(function: str, trigger: dict[str, Any]) -> Op[dict[str, Any]]:
+    body = _encode({"function": function, "trigger": trigger})
+    resp = yield Call("POST", "/v1/triggers", headers={"Content-Type": "application/json"}, content=body)
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+def remove_trigger(id: str) -> Op[None]:
+    yield Call("DELETE", "/v1/triggers/" + quote(id, safe=""))
+
+
+def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[str, Any]]]:
+    params = {"limit": str(limit)}
+    if function:
+        params["function"] = function
+    resp = yield Call("GET", "/v1/events/dlq", params=params)
+    return _decode(resp)["dead_letters"]  # type: ignore[no-any-return]
+
+
+def replay(id: str) -> Op[dict[str, Any]]:
+    resp = yield Call("POST", "/v1/events/dlq/" + quote(id, safe="") + "/replay")
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+class Events:
+    """``Client.events``: the event API, blocking."""
+
+    def __init__(self, client: Client) -> None:
+        self._run = client._run
+
+    def publish(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Publish one CloudEvent (structured mode); what became of it (its invocations)."""
+        return self._run(publish(event))
+
+    def triggers(self, function: str | None = None) -> list[dict[str, Any]]:
+        return self._run(triggers(function))
+
+    def add_trigger(self, function: str, **trigger: Any) -> dict[str, Any]:
+        """``add_trigger("fn", source="s3://photos", subject="*.jpg")`` or ``schedule="0 3 * * *"``."""
+        return self._run(add_trigger(function, trigger))
+
+    def remove_trigger(self, id: str) -> None:
+        self._run(remove_trigger(id))
+
+    def dead_letters(self, function: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+        return self._run(dead_letters(function, limit))
+
+    def replay(self, id: str) -> dict[str, Any]:
+        """Queue a dead letter again; ``{"dead_letter": id, "invocation": new id}``."""
+        return self._run(replay(id))
+
+
+class AsyncEvents:
+    """``AsyncClient.events``: the event API, with ``await``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._run = client._run
+
+    async def publish(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._run(publish(event))
+
+    async def triggers(self, function: str | None = None) -> list[dict[str, Any]]:
+        return await self._run(triggers(function))
+
+    async def add_trigger(self, function: str, **trigger: Any) -> dict[str, Any]:
+        return await self._run(add_trigger(function, trigger))
+
+    async def remove_trigger(self, id: str) -> None:
+        await self._run(remove_trigger(id))
+
+    async def dead_letters(self, function: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(dead_letters(function, limit))
+
+    async def replay(self, id: str) -> dict[str, Any]:
+        return await self._run(replay(id))
