@@ -450,7 +450,7 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(
                 "a trigger with a schedule fires on its own ticks: leave out source, type, subject and filters"
             )
-        from croniter import croniter  # only manifests with schedules pay for the import
+        from croniter import croniter  # type: ignore[import-untyped]  # (imported only by schedules)
 
         if not croniter.is_valid(self.schedule):
             raise ValueError(

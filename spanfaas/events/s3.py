@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import msgspec
-from dateutil.parser import isoparse
+from dateutil.parser import isoparse  # type: ignore[import-untyped]
 
 from spanfaas.events.base import CloudEvent, InvalidEvent, digest_id, make_event
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 
 from spanfaas.config import EventSettings
 from spanfaas.events.metrics import EventMetrics
