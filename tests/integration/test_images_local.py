@@ -147,3 +147,17 @@ def test_withdrawing_a_package_keeps_functions_running_and_rejects_new_deploys(s
     assert site.http.post("/v1/functions/calc-0/invoke", json={"a": 5, "b": 5}).json() == {"add": 10}
     assert site.http.post("/v1/functions/np-sum/invoke", json={"n": 4}).json()["sum"] == 6
     assert site.builds() == []  # this start's log: nothing rebuilt
+
+
+def test_each_strict_instance_of_a_numpy_function_draws_its_own_random_numbers(site: Site) -> None:
+    """numpy's RNG state is copied by fork: a child reseeds it when its template had
+    imported numpy.random, and a child that imports it later seeds it itself."""
+    eager = "import numpy as np\nimport numpy.random\n\ndef handler(event, context):\n    return int(np.random.randint(1 << 62))\n"
+    lazy = "import numpy as np\n\ndef handler(event, context):\n    return int(np.random.randint(1 << 62))\n"
+    for name, code in (("rng-eager", eager), ("rng-lazy", lazy)):
+        d = function_dir(site.root, name, code, 'packages = ["numpy"]\nlists = ["science"]\npreload = ["numpy"]')
+        (d / "spanfaas.toml").write_text((d / "spanfaas.toml").read_text().replace('"reuse"', '"strict"'))
+        data = pack_function(d)
+        assert site.http.put(f"/v1/functions/{name}", content=data).status_code == 201
+        draws = {site.http.post(f"/v1/functions/{name}/invoke", json={}).json() for _ in range(4)}
+        assert len(draws) == 4, (name, draws)
