@@ -345,6 +345,8 @@ class InfraInfo(Struct, kw_only=True):
     price_per_gb_s: float = 0.0
     datasets: list[str] = []
     """Data sets held at (or near) this infrastructure, for ``prefer = ["locality"]``."""
+    images: bool = True
+    """Whether it can run functions on an ``[image]`` (builds it or has it built)."""
     healthy: bool = True
     queue_depth: int = 0
     free_slots: int = 0

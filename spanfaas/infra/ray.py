@@ -232,7 +232,7 @@ class RayInfrastructure:
             raise InfraUnavailable(f"Ray at {self._where()}: {reply.message}")
         return InfraInfo(
             name=self.name, kind=self.kind, region="local", gpu=reply.gpus > 0,
-            max_memory=max(reply.memory_mib, 16), python=self._python, isolation=["strict", "reuse"],
+            max_memory=max(reply.memory_mib, 16), python=self._python, isolation=["strict", "reuse"], images=False,
             healthy=reply.nodes > 0 and reply.cpus > 0, free_slots=int(reply.available_cpus),
             queue_depth=max(0, self.inflight - int(reply.cpus)), instances=self.inflight,
             functions=len(self._functions),

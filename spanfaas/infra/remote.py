@@ -119,6 +119,7 @@ class RemoteInfrastructure:
             max_timeout=max(i.max_timeout for i in infos), python=first.python,
             isolation=sorted({m for i in infos for m in i.isolation}),
             price_per_gb_s=min(i.price_per_gb_s for i in infos), datasets=sorted({d for i in infos for d in i.datasets}),
+            images=any(i.images for i in infos),
             healthy=bool(healthy), queue_depth=sum(i.queue_depth for i in infos),
             free_slots=sum(i.free_slots for i in healthy), instances=sum(i.instances for i in infos),
             functions=max(i.functions for i in infos), ewma_latency_ms=first.ewma_latency_ms,

@@ -70,6 +70,12 @@ def _isolation(spec: FunctionSpec, info: InfraInfo) -> str | None:
     return None
 
 
+def _image(spec: FunctionSpec, info: InfraInfo) -> str | None:
+    if spec.image is not None and not info.images:
+        return "cannot provide an [image]: it runs functions on its own installed packages"
+    return None
+
+
 def _price(spec: FunctionSpec, info: InfraInfo) -> str | None:
     limit = spec.policy.max_price
     if limit is not None and info.price_per_gb_s > limit:
@@ -85,6 +91,7 @@ CHECKS: dict[str, Check] = {
     "policy.min_memory": _memory,
     "resources.timeout": _timeout,
     "isolation": _isolation,
+    "image": _image,
     "policy.max_price": _price,
 }
 """Manifest key → check, in the order reasons are reported."""
@@ -117,6 +124,8 @@ def _setting(spec: FunctionSpec, key: str) -> str:
             return f"resources.timeout = {spec.resources.timeout:g}"
         case "isolation":
             return f"isolation = '{spec.isolation}'"
+        case "image":
+            return "an [image]"
         case _:
             return f"policy.max_price = {p.max_price:g}"
 

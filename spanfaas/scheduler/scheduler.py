@@ -106,6 +106,7 @@ def merge(reported: InfraInfo, config: InfraConfig) -> InfraInfo:
         isolation=list(reported.isolation),
         price_per_gb_s=c.price_per_gb_s if c.price_per_gb_s is not None else reported.price_per_gb_s,
         datasets=sorted({*reported.datasets, *c.datasets}),
+        images=reported.images,
         healthy=reported.healthy,
         queue_depth=reported.queue_depth,
         free_slots=reported.free_slots,

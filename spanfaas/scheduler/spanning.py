@@ -192,6 +192,7 @@ class SpanningInfrastructure:
             isolation=sorted({m for i in infos for m in i.isolation}),
             price_per_gb_s=min(i.price_per_gb_s for i in infos),
             datasets=sorted({d for i in infos for d in i.datasets}),
+            images=any(i.images for i in infos),
             healthy=bool(healthy),
             queue_depth=sum(i.queue_depth for i in infos),
             free_slots=sum(i.free_slots for i in healthy),
@@ -352,7 +353,7 @@ class SpanningInfrastructure:
 
 def _capabilities(info: InfraInfo) -> tuple[object, ...]:
     return (info.region, tuple(sorted(info.labels.items())), info.gpu, info.max_memory, info.max_timeout,
-            tuple(info.isolation), info.price_per_gb_s)  # fmt: skip
+            tuple(info.isolation), info.price_per_gb_s, info.images)  # fmt: skip
 
 
 def _describe(exc: BaseException) -> str:

@@ -72,3 +72,13 @@ def test_preference_errors() -> None:
         validate(spec('prefer = ["locality"]'), [LOCAL])
     with pytest.raises(InvalidManifest, match="policy.prefer"):
         spec('prefer = ["speed"]')
+
+
+def test_image_functions_run_only_where_images_are_provided() -> None:
+    s = spec("", '[image]\npackages = ["numpy>=1.26"]\npreload = ["numpy"]')
+    ray = InfraInfo(name="ray", kind="ray", images=False)
+    assert check(s, ray) == ["cannot provide an [image]: it runs functions on its own installed packages"]
+    assert validate(s, [LOCAL, ray]) == ["local"]
+    with pytest.raises(InvalidManifest) as e:
+        validate(s, [ray])
+    assert e.value.extra["key"] == "image" and "no configured infrastructure satisfies an [image]" in e.value.message

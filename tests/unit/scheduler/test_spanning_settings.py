@@ -79,3 +79,8 @@ def test_site_gets_the_manifest_without_our_placement() -> None:
     assert (p.infrastructures, p.region, p.labels, p.max_price, p.locality) == ([], "", {}, None, "")
     assert (p.gpu, p.prefer, p.fallback) == (True, ["latency"], False)
     assert remote.resources == spec.resources and remote.name == spec.name
+
+
+def test_site_manifest_keeps_the_image_request() -> None:
+    spec = parse_manifest('name = "fn"\n[image]\npython = "3.11"\npackages = ["numpy>=1.26"]\npreload = ["numpy"]\n')
+    assert parse_manifest(manifest_toml(site_spec(spec))).image == spec.image
