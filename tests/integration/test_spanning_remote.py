@@ -145,6 +145,29 @@ def test_explain_in_the_cli(sites: Sites) -> None:
     assert out.returncode == 4 and "not found" in out.stderr
 
 
+def test_async_and_sdk_map_take_the_same_path(sites: Sites) -> None:
+    from spanfaas.client import Client
+
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    assert sites.deploy("spread", 'prefer = ["spread"]').status_code == 201
+    with sites.client(sites.main) as c:
+        r = c.post("/v1/functions/ineu/invoke?mode=async", json={"i": 5})
+        assert r.status_code == 202
+        deadline = time.monotonic() + 30
+        while (rec := c.get(r.headers["location"]).json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert rec["status"] == "succeeded" and rec["infra"] == "eu" and rec["result"]["square"] == 25
+    with Client(sites.main.url, sites.main.admin_token) as sdk:
+        out = sdk.map("spread", [{"i": i} for i in range(40)], concurrency=4)
+    assert [o["square"] for o in out] == [i * i for i in range(40)]
+    with sites.client(sites.main) as c:
+        c.get("/v1/invocations", params={"function": "spread", "limit": 1})
+        records = c.get("/v1/invocations", params={"function": "spread", "limit": 40}).json()["invocations"]
+    used = [r["infra"] for r in records]
+    assert len(used) == 40 and used.count("eu") >= 10 and used.count("local") >= 10  # spread over both
+
+
 def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
     assert sites.deploy("anywhere", "").status_code == 201  # no policy: declared order, eu first
     with sites.client(sites.main) as c:
