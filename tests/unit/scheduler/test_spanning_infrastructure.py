@@ -212,3 +212,19 @@ async def test_declared_capabilities_override_reported_and_info_lists_all(spanni
     ]
     agg = await sp.info()
     assert agg.gpu and agg.healthy and agg.kind == "spanning"
+
+
+async def test_prewarm_goes_where_the_next_invocation_would_without_deciding(spanning, bundle: Bundle) -> None:
+    sp = await spanning(LOCAL, RAY, EU)
+    spec = make_spec('prefer = ["cost"]')
+    await sp.deploy(spec, bundle)
+    warmed: list[str] = []
+    for s in sp.sites:
+        async def note(name: str, site: str = s.name) -> None:
+            warmed.append(site)
+
+        s.infra.prewarm = note  # type: ignore[method-assign]
+    await sp.prewarm("fn")
+    assert warmed == ["local"] and all(not s.picks for s in sp.sites)
+    await sp.prewarm("unknown")  # not deployed: nothing to do
+    assert warmed == ["local"]
