@@ -13,8 +13,11 @@
    without preload (goal: >= 5x faster with preload).  In both cases the
    image's zygote is already running (another function uses the image), so
    the difference is who imports numpy: once in the zygote, or in every new
-   function's template.  The first function on an image (zygote start
-   included) is reported too, next to ``python -c "import numpy"``.
+   function's template (that import time is reported on its own too).  The
+   runtime's fixed cost of a cold start (forks, namespaces, cgroups, Landlock,
+   seccomp: ~17 ms with the sandbox in bench/runtime.py) is in both.  The
+   first function on an image (zygote start included) is reported too, next
+   to ``python -c "import numpy"``.
 
 Builds run offline from ``.cache/wheelhouse`` (``make test`` or
 ``scripts/test-deps.sh`` fetches the numpy wheel once).  Prints a table and
@@ -115,8 +118,9 @@ def function_dir(root: Path, name: str) -> Path:
     return d
 
 
-async def cold_start(rt: LocalRuntime, root: Path, image: Any) -> float:
-    """Deploy a new function on ``image`` and wait for its first result."""
+async def cold_start(rt: LocalRuntime, root: Path, image: Any, imports: list[float] | None = None) -> float:
+    """Deploy a new function on ``image`` and wait for its first result; ``imports``
+    gets how long its template took to import the function's module (seconds)."""
     name = f"np-{next(_ids)}"
     d = function_dir(root, name)
     spec = parse_manifest(f'name = "{name}"\n')
@@ -126,6 +130,8 @@ async def cold_start(rt: LocalRuntime, root: Path, image: Any) -> float:
     elapsed = time.perf_counter() - t
     if result.error is not None or result.output != b"45":
         raise RuntimeError(f"the numpy function failed: {result.error}")
+    if imports is not None:
+        imports.append(rt.pool(name).import_ms / 1000)
     return elapsed
 
 
@@ -137,14 +143,14 @@ async def bench_cold_starts(work: Path, repeat: int, sandbox: bool) -> tuple[dic
     settings = Settings(data_dir=str(work / "rt"), runtime=RuntimeSettings(sandbox=sandbox, cgroup_root="spanfaas-bench"))
     rt = LocalRuntime(settings)
     await rt.start()
-    out: dict[str, list[float]] = {"preload": [], "no_preload": []}
+    out: dict[str, list[float]] = {"preload": [], "no_preload": [], "import_preload": [], "import_no_preload": []}
     images = {"preload": service.ref(record, ["numpy"]), "no_preload": service.ref(record, [])}
     try:
         for label, image in images.items():  # its function stays: the image's zygote stays up
             out[f"first_{label}"] = [await cold_start(rt, work, image)]
         for _ in range(repeat * 4):  # interleaved, so a busy machine weighs on both alike
             for label, image in images.items():
-                out[label].append(await cold_start(rt, work, image))
+                out[label].append(await cold_start(rt, work, image, out[f"import_{label}"]))
         protections = [p.name for p in rt.protections if p.active]
     finally:
         await rt.close()
@@ -215,6 +221,10 @@ async def main() -> int:
         row("cold start", "new numpy function, zygote preloads numpy", st["preload"]),
         row("cold start", "new numpy function, no preload", st["no_preload"], vs="preload", ratio=speedup,
             ratio_min=speedup_min, goal=">= 5x", result="PASS" if speedup >= 5 else "FAIL"),
+        row("cold start", "  of which the template imports the module, preload", st["import_preload"]),
+        row("cold start", "  of which the template imports the module, no preload", st["import_no_preload"], vs="preload",
+            ratio=median_ms(st["import_no_preload"]) / median_ms(st["import_preload"]),
+            ratio_min=min(st["import_no_preload"]) / min(st["import_preload"])),
         row("cold start", "first function on the image, preload (zygote start)", st["first_preload"]),
         row("cold start", "first function on the image, no preload", st["first_no_preload"]),
         row("baseline", 'python -c "import numpy"', imports),

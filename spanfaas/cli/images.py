@@ -380,7 +380,7 @@ def curate_audit(
     table = Table("WHEN", "WHO", "ACTION", "TARGET", "WHAT", box=None, header_style="bold")
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
-        what = ", ".join(f"{k}={v}" for k, v in (e.get("detail") or {}).items())
+        what = ", ".join(f"{k}: {v}" for k, v in (e.get("detail") or {}).items())
         table.add_row(when, escape(e["actor"]), escape(e["action"]), escape(e["target"]), escape(what))
     out_console().print(table)
 

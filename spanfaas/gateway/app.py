@@ -60,7 +60,7 @@ class Gateway:
         self.infra = infra
         self.metrics = Metrics()
         self.tokens = TokenCache(store)
-        self.images = ImageService(settings, store)
+        self.images = ImageService(settings, store, registry=self.metrics.registry)
         self.registry = Registry(settings, store, infra, images=self.images)
         self.recorder = Recorder(store)
         self.enqueuer = Enqueuer(store)

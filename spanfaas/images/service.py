@@ -29,10 +29,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from spanfaas.config import Settings
 from spanfaas.errors import (
     Conflict,
+    ImageBuildFailed,
+    ImageRejected,
     InfraError,
     InfraUnavailable,
     InvalidManifest,
@@ -72,6 +75,9 @@ Emit = Callable[[BuildEvent], None]
 HEARTBEAT = 5.0
 """Seconds of silence after which a build stream says it is still working."""
 _MAX_EVENTS = 20_000
+USE_GRACE = 3600.0
+"""Seconds a record of a bundle's image is kept while no stored version has that bundle
+(a deploy records it before it stores the version)."""
 
 
 def _ignore(event: BuildEvent) -> None:
@@ -103,15 +109,63 @@ class _Build:
             self.listeners.remove(emit)
 
 
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.builds = Counter("spanfaas_image_builds", "Images built (installed)", registry=registry)
+        self.reuses = Counter("spanfaas_image_reuses", "Image requests that found their image built", registry=registry)
+        self.failures = Counter("spanfaas_image_failures", "Image requests that failed, by reason", ["reason"], registry=registry)
+        self.build_seconds = Histogram(
+            "spanfaas_image_build_seconds", "Time to install an image", registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+        )  # fmt: skip
+
+
+class _Gate:
+    """Uses of the repository (deploys, builds: many at once) and its maintenance
+    (remove, gc: alone) exclude each other, so gc never takes an image that a
+    deploy has just found but not yet pinned."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._users = 0
+        self._maintaining = False
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._maintaining)
+            self._users += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def maintain(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._maintaining and self._users == 0)
+            self._maintaining = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._maintaining = False
+                self._cond.notify_all()
+
+
 class ImageService:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = _Metrics(registry or CollectorRegistry())
         cfg = settings.images
         self.repo = Repository(Path(cfg.dir) if cfg.dir else settings.data_path / "images")
         self._uv: Uv | None = None
         self._inflight: dict[str, _Build] = {}
         self._pins: collections.Counter[str] = collections.Counter()
+        self._gate = _Gate()
         self.builds = 0
         """Images installed by this process."""
         self.reuses = 0
@@ -131,6 +185,20 @@ class ImageService:
     async def ensure(self, request: ImageRequest, actor: Actor, emit: Emit = _ignore) -> tuple[ImageRecord, bool]:
         """The image for ``request``: checked, resolved, then reused or built once.
         Returns it and whether it was built for this call (False: reused)."""
+        async with self._gate.use():
+            return await self._ensure(request, actor, emit)
+
+    async def _ensure(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:
+        try:
+            return await self._check_resolve_obtain(request, actor, emit)
+        except ImageRejected:
+            self.metrics.failures.labels("rejected").inc()
+            raise
+        except ImageBuildFailed:
+            self.metrics.failures.labels("build").inc()
+            raise
+
+    async def _check_resolve_obtain(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:
         emit(BuildPhase("check", f"checking {len(request.packages)} packages against lists {', '.join(request.lists) or '(none)'}"))
         lists, policy = await asyncio.to_thread(self._curation_state)
         plan = curation.plan(request, lists)
@@ -143,6 +211,7 @@ class ImageService:
         if existing is not None:
             await asyncio.to_thread(self.store.touch_image, id, time.time())
             self.reuses += 1
+            self.metrics.reuses.inc()
             log.info("image %s reused (%s)", id[:12], _summary(existing.packages))
             return existing, False
         record = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
@@ -223,6 +292,8 @@ class ImageService:
                 raise
             await asyncio.to_thread(self.store.put_image, record)
             self.builds += 1
+            self.metrics.builds.inc()
+            self.metrics.build_seconds.observe(record.build_seconds)
             log.info("built image %s (%s) in %.2fs, %s", id[:12], _summary(locked), record.build_seconds, _size(record.size))
             return record
         finally:
@@ -242,9 +313,10 @@ class ImageService:
         against removal until the caller has stored the version."""
         request = spec.image
         assert request is not None
-        record, _ = await self.ensure(request, actor)
-        self._check_preload(record, request.preload)
-        self._pins[record.id] += 1
+        async with self._gate.use():  # found or built, then pinned: gc cannot come in between
+            record, _ = await self._ensure(request, actor, _ignore)
+            self._check_preload(record, request.preload)
+            self._pins[record.id] += 1
         try:
             await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, record.id)
             yield msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
@@ -259,15 +331,18 @@ class ImageService:
         request = spec.image
         if request is None:
             return bundle
-        id = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
-        record = await asyncio.to_thread(self.store.get_image, id) if id else None
-        if id is None or record is None:
-            raise InfraUnavailable(
-                f"function '{function}' runs on an image that is not in the repository any more; deploy it again"
-            )
-        if not await asyncio.to_thread(self.repo.has, id):
-            log.warning("image %s of function %s is missing on disk; building it again from its lock", id[:12], function)
-            record = await self._build_once(id, record.python, record.lock, record.packages, record.request, Actor(record.built_by), _ignore)
+        async with self._gate.use():
+            id = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
+            record = await asyncio.to_thread(self.store.get_image, id) if id else None
+            if id is None or record is None:
+                raise InfraUnavailable(
+                    f"function '{function}' runs on an image that is not in the repository any more; deploy it again"
+                )
+            if not await asyncio.to_thread(self.repo.has, id):
+                log.warning("image %s of function %s is missing on disk; building it again from its lock", id[:12], function)
+                record = await self._build_once(
+                    id, record.python, record.lock, record.packages, record.request, Actor(record.built_by), _ignore
+                )
         return msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
 
     def _check_preload(self, record: ImageRecord, preload: list[str]) -> None:
@@ -315,6 +390,10 @@ class ImageService:
         raise NotFound(f"image '{prefix}' not found; `spanfaas images ls` lists them")
 
     async def remove(self, id: str, actor: Actor) -> ImageRecord:
+        async with self._gate.maintain():
+            return await self._remove(id, actor)
+
+    async def _remove(self, id: str, actor: Actor) -> ImageRecord:
         full = await asyncio.to_thread(self.resolve_id, id)
         if full in self._pins or full in self._inflight:
             raise Conflict(f"image {full[:12]} is being deployed right now; try again when the deploy is done")
@@ -328,9 +407,11 @@ class ImageService:
 
     async def gc(self, actor: Actor) -> GcResult:
         """Remove every image no function's latest version runs on."""
-        return await asyncio.to_thread(self._gc, actor, set(self._pins) | set(self._inflight))
+        async with self._gate.maintain():
+            return await asyncio.to_thread(self._gc, actor, set(self._pins) | set(self._inflight))
 
     def _gc(self, actor: Actor, busy: set[str]) -> GcResult:
+        self.store.prune_image_uses(time.time() - USE_GRACE)
         users = self.store.image_users()
         removed: list[str] = []
         kept: list[str] = []
@@ -368,7 +449,8 @@ class ImageService:
         async def run() -> None:
             try:
                 record, built = await self.ensure(request, actor, queue.put_nowait)
-                view = (await self.views(record.id))[0]
+                views = await self.views(record.id)
+                view = views[0] if views else image_view(record, [])
                 queue.put_nowait(BuildDone(image=view, built=built, seconds=round(time.monotonic() - started, 3)))
             except SpanfaasError as exc:
                 queue.put_nowait(BuildFailed(problem=exc.to_problem()))

@@ -191,6 +191,10 @@ class ImageStore(Protocol):
 
     def image_for(self, function: str, digest: str) -> str | None: ...
 
+    def prune_image_uses(self, before: float) -> int:
+        """Forget image records of bundles no stored version has, recorded before ``before``."""
+        ...
+
     def image_users(self) -> dict[str, list[str]]:
         """Image id -> the functions whose latest version runs on it."""
         ...
@@ -431,6 +435,17 @@ class ImageQueries(SQLStore):
             cur.execute(self._q("SELECT image FROM image_uses WHERE function = ? AND digest = ?"), (function, digest))
             row = cur.fetchone()
         return str(row[0]) if row else None
+
+    def prune_image_uses(self, before: float) -> int:
+        with self._tx() as cur:
+            cur.execute(
+                self._q(
+                    "DELETE FROM image_uses WHERE at < ? AND NOT EXISTS (SELECT 1 FROM functions f "
+                    "WHERE f.name = image_uses.function AND f.digest = image_uses.digest)"
+                ),
+                (before,),
+            )
+            return int(cur.rowcount)
 
     def image_users(self) -> dict[str, list[str]]:
         with self._read() as cur:

@@ -135,6 +135,8 @@ async def test_build_streams_events_and_deploys_get_their_image(gw: tuple[Starle
         assert r.status_code == 409 and "in use by calc" in r.json()["detail"]
         assert (await dev.delete(f"/v1/images/{image_id}")).status_code == 403
         assert (await admin.post("/v1/images/gc")).json() == {"removed": [], "freed": 0, "kept": [image_id]}
+        metrics = (await dev.get("/metrics")).text
+        assert "spanfaas_image_builds_total 1.0" in metrics and "spanfaas_image_reuses_total 1.0" in metrics
 
 
 async def test_a_rejected_deploy_names_the_package_and_the_allowed_range_and_builds_nothing(
@@ -155,6 +157,7 @@ async def test_a_rejected_deploy_names_the_package_and_the_allowed_range_and_bui
         assert r.status_code == 400 and "lonely" in r.json()["detail"]
         assert "calc" not in infra.bundles and (await dev.get("/v1/functions/calc")).status_code == 404
         assert gateway.images.builds == 0 and (await dev.get("/v1/images")).json()["images"] == []
+        assert 'spanfaas_image_failures_total{reason="rejected"} 1.0' in (await dev.get("/metrics")).text
         assert not any(p.name[0].isalnum() for p in gateway.images.repo.root.iterdir() if p.name not in (".uv-cache", ".locks"))
 
 

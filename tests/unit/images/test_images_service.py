@@ -154,3 +154,24 @@ async def test_stale_build_directories_are_cleaned_at_start(settings: Settings, 
     (stale / "site-packages").mkdir(parents=True)
     await service.start()
     assert not stale.exists()
+
+
+async def test_gc_never_takes_an_image_a_deploy_is_using(service: ImageService) -> None:
+    spec = FunctionSpec(name="calc", image=TOOLS)
+    bundle = Bundle(digest="f" * 64, path="/x")
+    deployed = asyncio.Event()
+
+    async def deploy() -> str:
+        async with service.deploying("calc", spec, bundle, actor=ADMIN) as b:
+            deployed.set()
+            await asyncio.sleep(0.1)  # the infrastructure starts the function
+            service.store.put_function("calc", bundle.digest, spec)
+            assert b.image is not None
+            return b.image.id
+
+    task = asyncio.create_task(deploy())
+    await asyncio.sleep(0.001)  # the deploy is resolving or building when gc comes
+    result = await service.gc(ADMIN)
+    image_id = await task
+    assert deployed.is_set() and result.removed == [] and service.repo.has(image_id)
+    assert (await service.gc(ADMIN)).kept == [image_id]

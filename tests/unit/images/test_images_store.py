@@ -122,3 +122,12 @@ def test_an_image_is_in_use_while_a_functions_latest_version_runs_on_it(store: S
     assert store.image_users() == {}
     assert store.delete_image(b, ALICE)
     assert [e.action for e in store.image_audit(a)] == ["image.remove"]
+
+
+def test_records_of_bundles_never_stored_are_pruned_after_a_while(store: Store) -> None:
+    store.set_image_use("fn", "stored", "a" * 64)
+    store.put_function("fn", "stored", FunctionSpec(name="fn"))
+    store.set_image_use("fn", "failed-deploy", "a" * 64)
+    assert store.prune_image_uses(time.time() - 3600) == 0  # recent: a deploy may be storing it right now
+    assert store.prune_image_uses(time.time() + 1) == 1
+    assert store.image_for("fn", "stored") == "a" * 64 and store.image_for("fn", "failed-deploy") is None
