@@ -127,7 +127,7 @@ class Bridge:
         self.encode = msgspec.msgpack.Encoder().encode
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
-        self.functions: dict[str, tuple[Any, list[Any], Deploy]] = {}
+        self.functions: dict[str, tuple[Any, tuple[Any, ...]]] = {}
         self.lost = asyncio.Event()
 
     def send(self, msg: Struct) -> None:
@@ -163,16 +163,15 @@ class Bridge:
             opts["max_calls"] = 1
         if req.env:
             opts["runtime_env"] = {"env_vars": dict(req.env)}
-        self.functions[req.name] = (self.remote.options(**opts), [ref], req)
+        self.functions[req.name] = (self.remote.options(**opts), ([ref], req.key, req.name, req.module, req.function))
 
     async def run(self, req: Run) -> None:
         entry = self.functions.get(req.name)
         if entry is None:
             self.send(Failed(req.id, f"function '{req.name}' is not deployed on this Ray bridge", missing=True))
             return
-        fn, bundle, d = entry
-        ref = fn.remote(bundle, d.key, d.name, d.module, d.function, req.payload, req.content_type,
-                        req.invocation_id, req.timeout, req.event)  # fmt: skip
+        fn, static = entry
+        ref = fn.remote((static, req.payload, req.content_type, req.invocation_id, req.timeout, req.event))
         try:
             output, ct, error, logs, ms, cold = await asyncio.wait_for(ref, req.timeout)
         except TimeoutError:

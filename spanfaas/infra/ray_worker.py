@@ -73,11 +73,14 @@ def _load(key: str, bundle: list[Any], module: str, function: str) -> Any:
     return getattr(mod, function)
 
 
-def run(
-    bundle: list[Any], key: str, name: str, module: str, function: str, payload: bytes, content_type: str,
-    invocation_id: str, timeout: float, event_attrs: Any,
-) -> tuple[bytes, str, dict[str, Any] | None, str, float, bool]:  # fmt: skip
-    """One invocation: (output, content type, error or None, logs, duration ms, cold)."""
+def run(call: tuple[Any, ...]) -> tuple[bytes, str, dict[str, Any] | None, str, float, bool]:
+    """One invocation: (output, content type, error or None, logs, duration ms, cold).
+
+    ``call`` is ``((bundle_ref_in_a_list, key, name, module, function), payload,
+    content_type, invocation_id, timeout, event)``: one argument, because Ray
+    serializes each argument of a task separately.
+    """
+    (bundle, key, name, module, function), payload, content_type, invocation_id, timeout, event_attrs = call
     start = time.perf_counter()
     logs = io.StringIO()
     handler = _loaded.get(key)
