@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import CollectorRegistry
 
 from spanfaas.config import EventSettings
-from spanfaas.errors import Conflict, FunctionNotFound, NotFound
+from spanfaas.errors import Conflict, FunctionNotFound, InfraUnavailable, NotFound, SpanfaasError
 from spanfaas.events.admit import Admitter
 from spanfaas.events.base import CE_JSON, CloudEvent, Published, attributes_of, make_event, structured
 from spanfaas.events.cloudevents_http import CloudEventsProxy
@@ -141,7 +141,14 @@ class EventService:
             )
             slots.append(len(out) - 1)
         if admissions:
-            for i, (slot, admitted) in enumerate(zip(slots, await self.admitter.admit(admissions))):
+            try:
+                results = await self.admitter.admit(admissions)
+            except SpanfaasError:
+                raise
+            except Exception as exc:  # the store failed: nothing was queued; the sender should retry
+                log.error("could not queue %d events from %s: %s: %s", len(admissions), proxy, type(exc).__name__, exc)
+                raise InfraUnavailable(f"the store could not queue the events ({type(exc).__name__}); nothing was accepted, retry") from None
+            for i, (slot, admitted) in enumerate(zip(slots, results)):
                 if admitted:
                     out[slot].invocations = [r.id for r in admissions[i].records]
                 else:

@@ -195,3 +195,19 @@ async def test_platform_failures_of_event_invocations_are_retried(
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
     [view] = await wait_finished(client, ids(r))
     assert view["status"] == "succeeded" and view["attempts"] == 3
+
+
+async def test_store_failure_answers_503_and_accepts_nothing(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await deploy("orders", ORDERS)
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gateway.store, "admit", broken)
+    r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
+    assert r.status_code == 503 and "retry" in r.json()["detail"]
+    monkeypatch.undo()
+    r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)  # the retry is not a duplicate
+    assert len(ids(r)) == 1
