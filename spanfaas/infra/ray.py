@@ -73,7 +73,7 @@ class RayInfrastructure:
         self._functions: dict[str, tuple[FunctionSpec, bytes, str]] = {}
         self._reason = "not connected yet"
         self._next_attempt = 0.0
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Task[_Bridge] | None = None
         self._python = ""
         self.connects = 0
         """Bridges started (for tests: a reconnect after the cluster came back adds one)."""
@@ -84,28 +84,42 @@ class RayInfrastructure:
     async def start(self) -> None:
         await self._ensure()
 
-    async def _ensure(self) -> _Bridge:
+    async def _ensure(self, *, wait: bool = True) -> _Bridge:
+        """The live bridge; else start connecting (at most once a second) in the
+        background and wait for it, or with ``wait=False`` say it is not there yet
+        (the scheduler's refresh must not sit through a ``ray.init``)."""
         bridge = self._bridge
         if bridge is not None and bridge.alive:
             return bridge
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._bridge is not None and self._bridge.alive:
-                return self._bridge
+        task = self._connecting
+        if task is None or task.done():
             now = time.monotonic()
             if now < self._next_attempt:
                 raise InfraUnavailable(f"Ray at {self._where()} is unavailable: {self._reason}")
             self._next_attempt = now + 1.0
-            try:
-                self._bridge = await self._connect()
-            except InfraUnavailable as exc:
-                self._reason = exc.message
-                raise
-            self._reason = ""
+            task = self._connecting = asyncio.create_task(self._establish(), name=f"spanfaas-ray-connect-{self.name}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved here or by a waiter
+        if not wait:
+            raise InfraUnavailable(f"connecting to Ray at {self._where()} (last: {self._reason or 'not connected yet'})")
+        return await asyncio.shield(task)
+
+    async def _establish(self) -> _Bridge:
+        try:
+            bridge = await self._connect()
+        except InfraUnavailable as exc:
+            self._reason = exc.message
+            raise
+        try:  # what was deployed before goes to the new bridge (and cluster) again
             for spec, data, _ in list(self._functions.values()):
-                await self._send_deploy(self._bridge, spec, data)
-            return self._bridge
+                await self._send_deploy(bridge, spec, data)
+        except BaseException as exc:
+            self._kill(bridge)
+            if isinstance(exc, InfraUnavailable):
+                self._reason = exc.message
+            raise
+        self._bridge = bridge
+        self._reason = ""
+        return bridge
 
     def _where(self) -> str:
         return self.config.address or "a new local Ray instance"
@@ -145,6 +159,9 @@ class RayInfrastructure:
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             self._kill(bridge)
             raise InfraUnavailable(f"the Ray bridge did not connect to {self._where()}: {type(exc).__name__}") from None
+        except BaseException:  # cancelled (closing): no bridge left behind
+            self._kill(bridge)
+            raise
         if not isinstance(hello, wire.Hello) or not hello.ok:
             self._kill(bridge)
             raise InfraUnavailable(f"could not connect to Ray at {self._where()}: {getattr(hello, 'message', hello)}")
@@ -213,6 +230,9 @@ class RayInfrastructure:
     # -- the protocol --------------------------------------------------------------------
 
     async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
         bridge, self._bridge = self._bridge, None
         if bridge is None:
             return
@@ -226,7 +246,7 @@ class RayInfrastructure:
             self._kill(bridge)
 
     async def info(self) -> InfraInfo:
-        bridge = await self._ensure()
+        bridge = await self._ensure(wait=False)
         reply = await self._call(bridge, wire.Infos(next(self._ids)), self.config.timeout)
         if isinstance(reply, wire.Failed):
             raise InfraUnavailable(f"Ray at {self._where()}: {reply.message}")

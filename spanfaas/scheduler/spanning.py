@@ -7,7 +7,10 @@ The gateway holds one of these as its ``infra``.  It
   bundle fails the deploy instead of a later invocation); a policy that no
   configured infrastructure can satisfy is rejected, naming the constraint;
   an infrastructure that is down at deploy time gets the function when it
-  comes back (the background refresh retries);
+  comes back (the background refresh retries).  When none is up, a redeploy
+  fails (the previous version keeps serving) but a first deploy is kept
+  pending, so a gateway restarted while a site is away serves the site's
+  functions once it answers;
 - **invokes** on the scheduler's first choice and fails over to the next on
   ``InfraError`` only, never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
@@ -226,7 +229,9 @@ class SpanningInfrastructure:
                 failed[site.name] = res
         user_errors = [e for e in failed.values() if isinstance(e, SpanfaasError) and not isinstance(e, InfraError)]
         done = [s for s in targets if s.name not in failed]
-        if user_errors or not done:
+        # Nowhere up: a redeploy fails (the old version keeps serving where it is); a first
+        # deploy (also every deploy at start-up) waits for its infrastructures to answer.
+        if user_errors or (not done and spec.name in self._functions):
             await self._roll_back(spec.name, done)
             if user_errors:
                 raise user_errors[0]

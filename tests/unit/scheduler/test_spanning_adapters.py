@@ -1,0 +1,76 @@
+"""Adapters whose infrastructure is not there: they fail fast, with the reason,
+and the spanning scheduler keeps serving from what is up."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from spanfaas.config import InfraConfig
+from spanfaas.errors import InfraUnavailable
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.infra.ray import RayInfrastructure
+from spanfaas.infra.remote import RemoteInfrastructure
+from spanfaas.model import Bundle, InvokeContext
+from spanfaas.scheduler import SpanningInfrastructure
+
+from spanning_helpers import make_spec
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once it is closed
+
+
+async def test_ray_with_nothing_at_the_address_fails_fast() -> None:
+    cfg = InfraConfig(name="ray", kind="ray", address=f"127.0.0.1:{closed_port()}")
+    ray = RayInfrastructure(cfg)
+    t = time.monotonic()
+    with pytest.raises(InfraUnavailable, match="nothing answers at Ray address"):
+        await ray.start()
+    assert time.monotonic() - t < 5
+    with pytest.raises(InfraUnavailable):
+        await ray.info()
+    with pytest.raises(InfraUnavailable, match="unavailable"):
+        await ray.invoke(make_spec(), b"{}", InvokeContext(invocation_id="x"))
+    await ray.close()
+
+
+async def test_remote_that_does_not_answer_is_unavailable() -> None:
+    site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address=f"http://127.0.0.1:{closed_port()}", timeout=2))
+    with pytest.raises(InfraUnavailable, match="site 'eu' at http://127.0.0.1:\\d+ is unreachable"):
+        await site.info()
+    with pytest.raises(InfraUnavailable, match="unreachable"):
+        await site.invoke(make_spec(), b"{}", InvokeContext(invocation_id="x"))
+    await site.close()
+
+
+async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
+    ray_cfg = InfraConfig(name="ray", kind="ray", address=f"127.0.0.1:{closed_port()}")
+    eu_cfg = InfraConfig(name="eu", kind="remote", address=f"http://127.0.0.1:{closed_port()}", region="eu-west", timeout=2)
+    sp = SpanningInfrastructure(
+        [(RayInfrastructure(ray_cfg), ray_cfg), (RemoteInfrastructure(eu_cfg), eu_cfg),
+         (InMemoryInfrastructure("local"), InfraConfig(name="local"))]
+    )  # fmt: skip
+    await sp.start()
+    try:
+        spec = make_spec()
+        await sp.deploy(spec, bundle)  # the two that are down get it when they answer
+        assert (await sp.invoke(spec, b'{"x": 1}', InvokeContext(invocation_id="a"))).infra == "local"
+        v = {x.infra: x for x in sp.explain(spec).infrastructures}
+        assert v["ray"].verdict == "unavailable" and "nothing answers" in v["ray"].reasons[0]
+        assert v["eu"].verdict == "unavailable" and "unreachable" in v["eu"].reasons[0]
+        assert v["local"].verdict == "chosen"
+        # eu is its only place and eu is down: a first deploy waits for it (as at a restart) ...
+        eu_only = make_spec('region = "eu-*"', name="eu-fn")
+        await sp.deploy(eu_only, bundle)
+        with pytest.raises(InfraUnavailable, match="no infrastructure can run 'eu-fn' now.*eu: unhealthy: .*unreachable"):
+            await sp.invoke(eu_only, b"{}", InvokeContext(invocation_id="b"))
+        # ... a redeploy fails and changes nothing
+        with pytest.raises(InfraUnavailable, match="could not deploy 'eu-fn' on any eligible infrastructure"):
+            await sp.deploy(eu_only, bundle)
+    finally:
+        await sp.close()
