@@ -114,3 +114,47 @@ async def test_not_acknowledged_when_the_store_fails_then_read_again(
     assert await pending(r, stream) == 1  # read, not acknowledged
     [view] = await invocations(client, 1)
     assert view["result"]["context_event"]["id"] == "e1" and calls["n"] >= 2
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def publish(self, proxy: str, events: Any) -> list[Any]:
+        self.events += [e.get_id() for e in events]
+        return []
+
+
+async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url: str, stream: str, r: redis.Redis) -> None:
+    from spanfaas.events.metrics import EventMetrics
+    from spanfaas.events.redis_streams import RedisStreamSource
+    from prometheus_client import CollectorRegistry
+
+    metrics = EventMetrics(CollectorRegistry())
+    cfg = lambda consumer: RedisStreamConfig(  # noqa: E731
+        name="s", stream=stream, url=redis_url, block=0.05, start="all", consumer=consumer, claim_idle=0.2
+    )
+    dead = RedisStreamSource(cfg("dead"), metrics, stall_at="redis.before-admit")
+    dead_sink = _Sink()
+    task = asyncio.create_task(dead.run(dead_sink))
+    await asyncio.wait_for(dead.connected.wait(), 5)
+    r.xadd(stream, {"specversion": "1.0", "id": "e1", "source": "/s", "type": "t"})
+    deadline = time.monotonic() + 5
+    while await pending(r, stream) == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # into the stall (cancelling inside a redis-py read is not reliable)
+    task.cancel()  # "dies" holding the entry, unacknowledged
+    await asyncio.gather(task, return_exceptions=True)
+    assert dead_sink.events == [] and await pending(r, stream) == 1
+
+    alive = RedisStreamSource(cfg("alive"), metrics)
+    sink = _Sink()
+    task = asyncio.create_task(alive.run(sink))
+    try:
+        deadline = time.monotonic() + 5
+        while (sink.events != ["e1"] or await pending(r, stream)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert sink.events == ["e1"] and await pending(r, stream) == 0
+    finally:
+        alive.stop()
+        await asyncio.wait_for(task, 5)
