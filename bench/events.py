@@ -36,9 +36,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spanfaas.events.testing import RedisServer  # noqa: E402
-from spanfaas.gateway import pack_function  # noqa: E402
-from spanfaas.gateway.testing import GatewayProcess  # noqa: E402
+from spanfaas.events.testing import RedisServer
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
 
 RESULTS = ROOT / "bench" / "results"
 NOOP = "def handler(event, context):\n    return None\n"

@@ -11,7 +11,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, ago, err_console, handle_errors, out_console, print_json
+from spanfaas.cli.output import (
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    ago,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+)
 from spanfaas.client import Client
 from spanfaas.errors import InvalidRequest
 

@@ -17,7 +17,15 @@ endpoints and runs its invocations) and uses ``model``, ``errors``,
   ``delivery`` (retries, dead letters), ``metrics``, ``service`` (the wiring).
 """
 
-from spanfaas.events.base import BadSignature, CloudEvent, EventProxy, EventSource, InvalidEvent, Published, Sink
+from spanfaas.events.base import (
+    BadSignature,
+    CloudEvent,
+    EventProxy,
+    EventSource,
+    InvalidEvent,
+    Published,
+    Sink,
+)
 from spanfaas.events.service import EventService
 
 __all__ = [

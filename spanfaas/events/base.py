@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -147,6 +147,6 @@ def digest_id(*parts: bytes) -> str:
 
 def _rfc3339(value: datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text

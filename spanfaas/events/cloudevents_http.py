@@ -16,12 +16,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from dateutil.parser import isoparse  # type: ignore[import-untyped]
 from cloudevents.core.bindings.http import HTTPMessage, from_binary
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
+from dateutil.parser import isoparse  # type: ignore[import-untyped]
 
-from spanfaas.events.base import CE_BATCH_JSON, CE_JSON, REQUIRED, CloudEvent, InvalidEvent, make_event, missing_message
+from spanfaas.events.base import (
+    CE_BATCH_JSON,
+    CE_JSON,
+    REQUIRED,
+    CloudEvent,
+    InvalidEvent,
+    make_event,
+    missing_message,
+)
 
 __all__ = ["CloudEventsProxy", "event_from_fields", "parse_structured"]
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -79,7 +79,7 @@ class RedisStreamSource:
             "id": entry_id,
             "source": self.source,
             "type": self.config.type,
-            "time": datetime.fromtimestamp(ms / 1000, timezone.utc),
+            "time": datetime.fromtimestamp(ms / 1000, UTC),
             "datacontenttype": "application/json",
         }
         return make_event(attrs, dict(fields))

@@ -33,7 +33,7 @@ def manifest_triggers(record: FunctionRecord) -> list[TriggerRecord]:
 
 
 class _Compiled:
-    __slots__ = ("record", "checks")
+    __slots__ = ("checks", "record")
 
     def __init__(self, record: TriggerRecord) -> None:
         t = record.trigger

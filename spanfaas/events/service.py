@@ -12,7 +12,6 @@ it knows the gateway only through the callables it is given.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -22,9 +21,22 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import CollectorRegistry
 
 from spanfaas.config import EventSettings
-from spanfaas.errors import Conflict, FunctionNotFound, InfraUnavailable, NotFound, SpanfaasError
+from spanfaas.errors import (
+    Conflict,
+    FunctionNotFound,
+    InfraUnavailable,
+    NotFound,
+    SpanfaasError,
+)
 from spanfaas.events.admit import Admitter
-from spanfaas.events.base import CE_JSON, CloudEvent, Published, attributes_of, make_event, structured
+from spanfaas.events.base import (
+    CE_JSON,
+    CloudEvent,
+    Published,
+    attributes_of,
+    make_event,
+    structured,
+)
 from spanfaas.events.cloudevents_http import CloudEventsProxy
 from spanfaas.events.delivery import Delivery, InvocationIds
 from spanfaas.events.metrics import EventMetrics
@@ -33,7 +45,13 @@ from spanfaas.events.router import Router, manifest_triggers
 from spanfaas.events.s3 import S3Proxy
 from spanfaas.events.schedule import TICK_TYPE, ScheduleSource, Tick
 from spanfaas.events.webhook import WebhookProxy
-from spanfaas.model import Event, FunctionRecord, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.model import (
+    Event,
+    FunctionRecord,
+    InvocationRecord,
+    Trigger,
+    TriggerRecord,
+)
 from spanfaas.store import Admission, DeadLetter, Store
 
 __all__ = ["EventService", "TriggerNotFound"]
@@ -104,11 +122,13 @@ class EventService:
         next_prune = 0.0
         while True:
             await asyncio.sleep(1.0)
-            with contextlib.suppress(Exception):  # the store may be down for a while; the next round retries
+            try:
                 await self.router.table()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60.0
                     await asyncio.to_thread(self.store.prune_seen, time.time() - self.settings.dedup_window)
+            except Exception as exc:  # the store may be down for a while; the next round retries
+                log.warning("events housekeeping: %s: %s", type(exc).__name__, exc)
 
     # -- the event path ------------------------------------------------------------------
 

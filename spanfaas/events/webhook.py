@@ -12,14 +12,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
 
 from spanfaas.config import WebhookConfig
-from spanfaas.events.base import BadSignature, CloudEvent, InvalidEvent, digest_id, make_event
+from spanfaas.events.base import (
+    BadSignature,
+    CloudEvent,
+    InvalidEvent,
+    digest_id,
+    make_event,
+)
 
 __all__ = ["WebhookProxy", "sign"]
 
@@ -73,7 +79,7 @@ class WebhookProxy:
             "id": headers.get(self._id_header, "").strip() or digest_id(kind.encode(), body),
             "source": self._source,
             "type": type_,
-            "time": datetime.now(timezone.utc),
+            "time": datetime.now(UTC),
             "datacontenttype": "application/json",
         }
         repo = data.get("repository") if isinstance(data, dict) else None

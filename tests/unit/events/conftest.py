@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from events_helpers import ECHO, SECRET
 from starlette.applications import Starlette
 
 from spanfaas.config import EventSettings, Settings, WebhookConfig
@@ -18,7 +19,6 @@ from spanfaas.gateway.app import Gateway
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.store import SQLiteStore
 
-from events_helpers import ECHO, SECRET
 
 @pytest.fixture
 def event_settings() -> EventSettings:

@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from events_helpers import SECRET, metric, wait_finished
 
 from spanfaas.events.webhook import sign
 from spanfaas.gateway.app import Gateway
-
-from events_helpers import SECRET, metric, wait_finished
 
 CE = {"specversion": "1.0", "id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
 STRUCTURED = {"content-type": "application/cloudevents+json"}
@@ -50,7 +49,7 @@ async def test_binary_cloudevent_end_to_end(client: httpx.AsyncClient, deploy: C
 
 async def test_s3_notification_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
     await deploy("thumbs", '[[triggers]]\nsource = "s3://photos"\ntype = "com.amazonaws.s3.ObjectCreated:*"\nsubject = "*.jpg"\n')
-    rec = lambda key, seq: {"eventName": "ObjectCreated:Put", "eventTime": "2024-05-01T12:00:00Z",  # noqa: E731
+    rec = lambda key, seq: {"eventName": "ObjectCreated:Put", "eventTime": "2024-05-01T12:00:00Z",
                             "s3": {"bucket": {"name": "photos"}, "object": {"key": key, "size": 3, "eTag": "e", "sequencer": seq}}}  # fmt: skip
     body = {"Records": [rec("a.jpg", "01"), rec("b.png", "02"), rec("c.jpg", "03")]}
     r = await client.post("/v1/events/s3", json=body)

@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from events_helpers import metric, wait_finished
 
 from spanfaas.config import EventSettings, RedisStreamConfig
 from spanfaas.gateway.app import Gateway
-
-from events_helpers import metric, wait_finished
 
 GROUP = "spanfaas"
 
@@ -126,12 +125,13 @@ class _Sink:
 
 
 async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url: str, stream: str, r: redis.Redis) -> None:
-    from spanfaas.events.metrics import EventMetrics
-    from spanfaas.events.redis_streams import RedisStreamSource
     from prometheus_client import CollectorRegistry
 
+    from spanfaas.events.metrics import EventMetrics
+    from spanfaas.events.redis_streams import RedisStreamSource
+
     metrics = EventMetrics(CollectorRegistry())
-    cfg = lambda consumer: RedisStreamConfig(  # noqa: E731
+    cfg = lambda consumer: RedisStreamConfig(
         name="s", stream=stream, url=redis_url, block=0.05, start="all", consumer=consumer, claim_idle=0.2
     )
     dead = RedisStreamSource(cfg("dead"), metrics, stall_at="redis.before-admit")

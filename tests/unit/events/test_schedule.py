@@ -4,7 +4,7 @@ never twice for the same tick (restarts, two gateways) — on a real SQLite stor
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -18,7 +18,7 @@ from spanfaas.events.service import EventService
 from spanfaas.model import Trigger, TriggerRecord
 from spanfaas.store import SQLiteStore
 
-T0 = datetime(2024, 3, 30, 12, 0, 0, tzinfo=timezone.utc).timestamp()  # a Saturday, before a DST change
+T0 = datetime(2024, 3, 30, 12, 0, 0, tzinfo=UTC).timestamp()  # a Saturday, before a DST change
 
 
 class Clock:

@@ -35,7 +35,7 @@ async def test_memory_source_through_the_service(tmp_path: Path) -> None:
     assert isinstance(source, EventSource)
     task = asyncio.create_task(source.run(service))
     try:
-        event = lambda id: make_event({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.created", "subject": "x/1"})  # noqa: E731
+        event = lambda id: make_event({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.created", "subject": "x/1"})
         [first] = await source.emit(event("1"))
         assert len(first.invocations) == 2 and not first.duplicate
         [again] = await source.emit(event("1"))

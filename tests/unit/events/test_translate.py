@@ -7,6 +7,7 @@ import json
 from urllib.parse import quote
 
 import pytest
+from events_helpers import SECRET
 
 from spanfaas.config import WebhookConfig
 from spanfaas.events import BadSignature, InvalidEvent
@@ -14,8 +15,6 @@ from spanfaas.events.base import attributes_of, structured
 from spanfaas.events.cloudevents_http import CloudEventsProxy
 from spanfaas.events.s3 import S3Proxy
 from spanfaas.events.webhook import WebhookProxy, sign
-
-from events_helpers import SECRET
 
 CE = {"specversion": "1.0", "id": "e-1", "source": "/orders", "type": "com.example.order.created"}
 STRUCTURED = {"content-type": "application/cloudevents+json"}
