@@ -50,10 +50,12 @@ _KINDS = {
 
 
 def site_spec(spec: FunctionSpec) -> FunctionSpec:
-    """The spec as the site should see it: our placement parts removed."""
+    """The spec as the site should see it: our placement parts removed, and our
+    triggers (events are routed where they arrive; the site only runs the
+    invocations — a schedule there would fire a second time)."""
     p = spec.policy
     policy = Policy(gpu=p.gpu, min_memory=p.min_memory, prefer=[x for x in p.prefer if x != "locality"], fallback=p.fallback)
-    return msgspec.structs.replace(spec, policy=policy)
+    return msgspec.structs.replace(spec, policy=policy, triggers=[])
 
 
 class RemoteInfrastructure:
