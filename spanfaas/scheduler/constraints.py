@@ -11,7 +11,7 @@ the second and are the scheduler's business, not the deploy's.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from spanfaas.errors import InvalidManifest
 from spanfaas.model import FunctionSpec, InfraInfo
@@ -97,10 +97,15 @@ CHECKS: dict[str, Check] = {
 """Manifest key → check, in the order reasons are reported."""
 
 
-def check(spec: FunctionSpec, info: InfraInfo) -> list[str]:
-    """Every constraint ``info`` fails, as reasons; empty when it may run ``spec``."""
+def check(spec: FunctionSpec, info: InfraInfo, skip: Collection[str] = ()) -> list[str]:
+    """Every constraint ``info`` fails, as reasons; empty when it may run ``spec``.
+
+    ``skip``: keys of ``CHECKS`` whose capability is not known yet (an
+    infrastructure that has not answered, for what was not declared for it)."""
     out = []
-    for fn in CHECKS.values():
+    for key, fn in CHECKS.items():
+        if key in skip:
+            continue
         reason = fn(spec, info)
         if reason is not None:
             out.append(reason)
@@ -130,17 +135,20 @@ def _setting(spec: FunctionSpec, key: str) -> str:
             return f"policy.max_price = {p.max_price:g}"
 
 
-def validate(spec: FunctionSpec, infos: Sequence[InfraInfo]) -> list[str]:
+def validate(spec: FunctionSpec, infos: Sequence[InfraInfo], unknown: Mapping[str, Collection[str]] | None = None) -> list[str]:
     """The names of the infrastructures that may run ``spec``, in the given order.
+
+    ``unknown`` maps an infrastructure's name to the checks it cannot be judged
+    on yet; those count as met (its deploy then waits until it answers).
 
     Raises ``InvalidManifest`` naming the constraint when none can: first a
     constraint no infrastructure meets on its own, else the combination.
     """
     names = [i.name for i in infos]
-    unknown = [n for n in spec.policy.infrastructures if n not in names]
-    if unknown:
+    strangers = [n for n in spec.policy.infrastructures if n not in names]
+    if strangers:
         raise InvalidManifest(
-            f"function '{spec.name}': policy.infrastructures names {', '.join(repr(n) for n in unknown)}, "
+            f"function '{spec.name}': policy.infrastructures names {', '.join(repr(n) for n in strangers)}, "
             f"which is not configured; configured: {', '.join(names)}",
             key="policy.infrastructures",
         )
@@ -153,7 +161,8 @@ def validate(spec: FunctionSpec, infos: Sequence[InfraInfo]) -> list[str]:
             "name a site or a data set, e.g. locality = \"eu\"",
             key="policy.locality",
         )
-    eligible = [i.name for i in infos if not check(spec, i)]
+    lenient = unknown or {}
+    eligible = [i.name for i in infos if not check(spec, i, lenient.get(i.name, ()))]
     if eligible:
         return eligible
     for key, fn in CHECKS.items():

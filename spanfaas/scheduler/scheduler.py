@@ -72,6 +72,19 @@ class Site:
     def healthy(self) -> bool:
         return self.info.healthy
 
+    def unknown(self) -> frozenset[str]:
+        """Checks this site cannot be judged on yet: it has not answered, and they were not declared."""
+        if self.reported:
+            return frozenset()
+        c = self.config
+        declared = {
+            "policy.region": c.region is not None, "policy.gpu": c.gpu is not None,
+            "policy.min_memory": c.max_memory is not None, "resources.timeout": c.max_timeout is not None,
+            "policy.max_price": c.price_per_gb_s is not None, "image": c.kind == "ray",
+            "policy.labels": False, "isolation": False,
+        }  # fmt: skip
+        return frozenset(k for k, known in declared.items() if not known)
+
     def update(self, reported: InfraInfo) -> None:
         self.info = merge(reported, self.config)
         self.reported = True
@@ -255,7 +268,7 @@ class Scheduler:
                 healthy=site.info.healthy, breaker=site.breaker.describe(now),
                 ewma_latency_ms=site.latency.get(spec.name) or (site.site_latency or None), inflight=site.inflight,
             )  # fmt: skip
-            reasons = check(spec, site.info)
+            reasons = check(spec, site.info, site.unknown())
             if reasons:
                 v.reasons = reasons
             elif not site.info.healthy:

@@ -218,7 +218,7 @@ class SpanningInfrastructure:
         return out
 
     async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
-        eligible = validate(spec, [s.info for s in self.sites])
+        eligible = validate(spec, [s.info for s in self.sites], {s.name: s.unknown() for s in self.sites})
         targets = [self.site(n) for n in eligible]
         results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in targets), return_exceptions=True)
         failed: dict[str, BaseException] = {}

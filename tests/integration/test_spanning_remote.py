@@ -184,3 +184,19 @@ def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
         while c.post("/v1/functions/anywhere/invoke", json={"i": 2}).headers["x-spanfaas-infra"] != "eu":
             assert time.monotonic() < deadline, "traffic never returned to the eu site"
             time.sleep(0.1)
+
+
+def test_main_restarted_while_the_site_is_away_serves_once_it_returns(sites: Sites) -> None:
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    sites.eu.kill()
+    assert sites.main.stop() == 0
+    sites.main.start()  # its registry deploys ineu again: pending, eu is away
+    with sites.client(sites.main) as c:
+        r = c.post("/v1/functions/ineu/invoke", json={"i": 3})
+        assert r.status_code == 503 and "eu: unhealthy" in r.json()["detail"]
+        sites.eu.start()
+        deadline = time.monotonic() + 30
+        while (r := c.post("/v1/functions/ineu/invoke", json={"i": 3})).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        assert r.headers["x-spanfaas-infra"] == "eu" and r.json()["square"] == 9

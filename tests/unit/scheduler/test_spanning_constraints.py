@@ -82,3 +82,11 @@ def test_image_functions_run_only_where_images_are_provided() -> None:
     with pytest.raises(InvalidManifest) as e:
         validate(s, [ray])
     assert e.value.extra["key"] == "image" and "no configured infrastructure satisfies an [image]" in e.value.message
+
+
+def test_what_an_infrastructure_has_not_told_yet_counts_as_met() -> None:
+    never_answered = InfraInfo(name="eu", kind="remote", healthy=False)  # region defaults to 'local'
+    s = spec('region = "eu-*"')
+    assert validate(s, [LOCAL, never_answered], {"eu": {"policy.region"}}) == ["eu"]
+    with pytest.raises(InvalidManifest, match="policy.region"):
+        validate(s, [LOCAL, never_answered])
