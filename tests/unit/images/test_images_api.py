@@ -4,6 +4,7 @@ NDJSON; deploys that get their image, or are rejected before anything is built."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,6 +46,8 @@ async def gw(tmp_path: Path, wheelhouse: Path) -> AsyncIterator[tuple[Starlette,
     app = create_app(settings, store, infra)
     async with app.router.lifespan_context(app):
         yield app, infra, store
+    # store calls run in the default executor; a cancelled caller leaves its thread running
+    await asyncio.get_running_loop().shutdown_default_executor()
     store.close()
 
 
