@@ -3,14 +3,17 @@
     with RedisServer() as server:
         redis.Redis.from_url(server.url).xadd("orders", {"n": "1"})
 
-No persistence (nothing written to disk); ``stop()`` kills it and removes its
-directory.  ``available()`` says whether the binary is installed
-(``scripts/test-deps.sh`` installs it from Debian's packages).
+No persistence: it writes nothing to disk.  ``stop()`` kills it; so does the
+death of the process that started it (``PR_SET_PDEATHSIG``), so a test run
+that is itself killed leaves no server behind.  ``available()`` says whether
+the binary is installed (``scripts/test-deps.sh`` installs it from Debian's packages).
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +21,14 @@ import time
 from types import TracebackType
 
 __all__ = ["RedisServer"]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:
@@ -31,7 +42,6 @@ class RedisServer:
         self.binary = binary
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.dir = ""
 
     @staticmethod
     def available(binary: str = "redis-server") -> bool:
@@ -45,11 +55,12 @@ class RedisServer:
         path = shutil.which(self.binary)
         if path is None:
             raise FileNotFoundError(f"{self.binary} not found; install it (Debian: apt-get install redis-server)")
-        self.dir = tempfile.mkdtemp(prefix="spanfaas-redis-")
         self.port = _free_port()
         cmd = [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "--dir", tempfile.gettempdir(), "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent  # noqa: PLW1509
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.proc.poll()
@@ -73,9 +84,6 @@ class RedisServer:
                 self.proc.kill()
             self.proc.wait(10)
             self.proc = None
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = ""
 
     def __enter__(self) -> RedisServer:
         return self.start()
