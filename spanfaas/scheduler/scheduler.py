@@ -13,14 +13,18 @@ failover).
 
     latency   fastest observed EWMA / this one's (per function, else per site)
     cost      (highest price - this price) / (highest - lowest)
-    load      1 / (1 + (in flight + queued) / slots)
+    load      least expected completion / this one's, where expected completion =
+              (in flight + queued + 1) / slots × latency EWMA (the mean of the
+              others while unmeasured): busy *and* slow both count
     locality  1 when policy.locality names this site, its region or one of its data sets
     spread    (fewest picks + 1) / (this one's picks + 1)
 
 With ``prefer = ["latency", ...]`` first, a candidate with fewer than
 ``MIN_SAMPLES`` observations for the function goes first (it has to be
 measured to be compared), and every ``explore_every``-th decision tries the
-runner-up, so an estimate that went stale can recover.
+runner-up, so an estimate that went stale can recover (so does every
+``explore_every``-th decision with ``load`` first).  Cold starts are not
+measured: they say little about the next call.
 """
 
 from __future__ import annotations
@@ -217,10 +221,11 @@ class Scheduler:
         )
         ranked = [t[2] for t in keyed]
         if prefer[0] == "latency":
-            name = spec.name
-            unmeasured = [s for s in sites if s.samples.get(name, 0) < MIN_SAMPLES]
+            unmeasured = [s for s in sites if s.samples.get(spec.name, 0) < MIN_SAMPLES]
             if unmeasured:
                 return unmeasured + [s for s in ranked if s not in unmeasured]
+        if prefer[0] in ("latency", "load"):  # both rank on measured latency: keep the runner-up's current
+            name = spec.name
             n = self._decisions.get(name, 0) + decide
             self._decisions[name] = n
             every = self.settings.explore_every
@@ -243,8 +248,13 @@ class Scheduler:
                 prices = [s.info.price_per_gb_s for s in sites]
                 lo, hi = min(prices), max(prices)
                 cols.append([1.0 if hi == lo else (hi - p) / (hi - lo) for p in prices])
-            elif pref == "load":
-                cols.append([1.0 / (1.0 + (s.inflight + s.info.queue_depth) / s.capacity) for s in sites])
+            elif pref == "load":  # least expected completion: what waits there, and how fast it drains
+                lat = [s.latency.get(name) or s.site_latency for s in sites]
+                known = [x for x in lat if x > 0]
+                default = sum(known) / len(known) if known else 1.0
+                wait = [(s.inflight + s.info.queue_depth + 1) / s.capacity * (x or default) for s, x in zip(sites, lat)]
+                least = min(wait)
+                cols.append([least / w for w in wait])
             elif pref == "locality":
                 loc = policy.locality
                 cols.append([1.0 if loc in (s.name, s.info.region) or loc in s.info.datasets else 0.0 for s in sites])

@@ -339,7 +339,8 @@ class SpanningInfrastructure:
             finally:
                 site.inflight -= 1
             site.breaker.success()
-            site.observe(spec.name, (time.perf_counter() - t0) * 1000.0)
+            if not result.cold:  # a cold start says little about the next call
+                site.observe(spec.name, (time.perf_counter() - t0) * 1000.0)
             return result if result.infra == site.name else _replace(result, infra=site.name)
         raise InfraUnavailable(
             f"no infrastructure could run '{spec.name}' (tried {'; '.join(tried)})",
