@@ -56,8 +56,8 @@ class Uv:
                 args += ["--index-url", s.index_url]
             for url in s.extra_index_urls:
                 args += ["--extra-index-url", url]
-        for d in s.find_links:
-            args += ["--find-links", d]
+        for d in s.find_links:  # uv runs in a work directory: make local paths absolute
+            args += ["--find-links", d if "://" in d else str(Path(d).expanduser().resolve())]
         return args
 
     def _common(self) -> list[str]:
