@@ -102,7 +102,7 @@ class SchedulerSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only
     max_open_for: Annotated[float, Meta(gt=0)] = 30.0
     ewma_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.2
     explore_every: Annotated[int, Meta(ge=0)] = 50
-    """prefer latency: every Nth decision tries the runner-up, so its EWMA stays current (0: never)."""
+    """latency or load preferred first: every Nth decision tries the runner-up, so its EWMA stays current (0: never)."""
 
 
 SourceName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
