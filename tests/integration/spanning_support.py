@@ -61,6 +61,7 @@ class RayHead:
         log = self.dir / f"head-{self.starts}.log"
         cmd = [ray_binary(), "start", "--head", f"--port={self.port}", f"--num-cpus={self.cpus}",
                f"--num-gpus={self.gpus}", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.dir}",
+               "--object-store-memory=200000000",
                "--block"]  # fmt: skip
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
