@@ -2,7 +2,8 @@
 
 ``Recorder`` collects invocation records (finished sync calls, async
 outcomes, requeues) and writes them in batches from a background task: one
-transaction per batch instead of one per call.  A record waiting for its
+transaction per ``interval`` (50 ms) at most, however many calls arrive,
+from one dedicated thread.  A record waiting for its
 batch can still be read (``get``), and ``flush()`` waits until everything
 added so far is stored.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from spanfaas.model import InvocationRecord
 from spanfaas.store import Store
@@ -26,6 +28,15 @@ log = logging.getLogger("spanfaas.gateway")
 
 
 class Recorder:
+    """Invocation records, written in the background: at most one transaction per ``interval``.
+
+    Under a steady load each round writes what gathered during the last
+    ``interval`` seconds (one transaction, ``max_batch`` rows per statement
+    chunk), then waits again: the write rate, fsyncs included, does not grow
+    with the request rate.  All writes go through one thread, so one SQLite
+    connection keeps its page cache warm.
+    """
+
     def __init__(self, store: Store, *, interval: float = 0.05, max_batch: int = 2000) -> None:
         self.store = store
         self.interval = interval
@@ -33,28 +44,36 @@ class Recorder:
         self._pending: dict[str, InvocationRecord] = {}
         self._writing: dict[str, InvocationRecord] = {}
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._flushers: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self._inflight_records: list[InvocationRecord] = []
+        self._executor: ThreadPoolExecutor | None = None
         self.on_error: Callable[[BaseException], None] | None = None
 
     def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="spanfaas-recorder")
         self._task = asyncio.create_task(self._run(), name="spanfaas-recorder")
 
     def add(self, record: InvocationRecord) -> None:
         self._pending[record.id] = record
-        if self._idle.is_set():
-            self._idle.clear()
+        if not self._wake.is_set():
             self._wake.set()
 
     def get(self, id: str) -> InvocationRecord | None:
         return self._pending.get(id) or self._writing.get(id)
 
     async def flush(self) -> None:
+        """Wait until every record added so far is stored."""
         if self._task is None or self._task.done():
             await self._write_all()
             return
-        await self._idle.wait()
+        if not self._pending and not self._writing:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flushers.append(fut)
+        self._wake.set()
+        await fut
 
     async def close(self) -> None:
         if self._task is not None:
@@ -64,40 +83,87 @@ class Recorder:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._inflight is not None:  # a write the cancellation left running in its thread
+            try:
+                await self._inflight
+            except Exception as exc:  # noqa: BLE001 - the store failed: _write_all retries these
+                log.error("recording invocations failed at shutdown: %s", exc)
+                for r in self._inflight_records:
+                    self._pending.setdefault(r.id, r)
+            self._inflight = None
         await self._write_all()
+        for fut in self._flushers:
+            if not fut.done():
+                fut.set_result(None)
+        self._flushers = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self.interval)  # let a batch gather
-            while self._pending:
-                await self._write_batch()
-            if not self._pending:
-                self._idle.set()
+            if not self._flushers:
+                await asyncio.sleep(self.interval)  # let a batch gather
+            self._wake.clear()  # from now on, an add wakes the next round
+            flushers, self._flushers = self._flushers, []
+            if await self._write_round():
+                for fut in flushers:
+                    if not fut.done():
+                        fut.set_result(None)
+            else:  # the store is down: keep the records and the flushers, retry
+                self._flushers = flushers + self._flushers
+                self._wake.set()
+                await asyncio.sleep(1.0)
 
-    async def _write_all(self) -> None:
-        while self._pending:
-            await self._write_batch()
-        self._idle.set()
+    async def _write_all(self, attempts: int = 3) -> None:
+        """Everything pending, now (close, or flush without the task); a few tries if the store fails."""
+        while self._pending and attempts > 0:
+            if not await self._write_round():
+                attempts -= 1
+                if attempts:
+                    await asyncio.sleep(1.0)
 
-    async def _write_batch(self) -> None:
-        batch = self._pending
-        if len(batch) > self.max_batch:
-            keys = list(batch)[: self.max_batch]
-            self._writing = {k: batch.pop(k) for k in keys}
-        else:
-            self._writing, self._pending = batch, {}
+    async def _write_round(self) -> bool:
+        """Store what is pending now (in ``max_batch`` chunks); False if the store failed."""
+        batch, self._pending = self._pending, {}
+        self._writing = batch
+        records = list(batch.values())
+        i = 0
         try:
-            await asyncio.to_thread(self.store.save_invocations, list(self._writing.values()))
-        except Exception as exc:  # the store is down: keep the records, retry
-            log.error("could not record %d invocations (will retry): %s", len(self._writing), exc)
-            for k, v in self._writing.items():
-                self._pending.setdefault(k, v)
+            while i < len(records):
+                chunk = records[i : i + self.max_batch]
+                await self._save(chunk)
+                i += len(chunk)
+        except asyncio.CancelledError:
+            # close(): the chunk in flight still ends (close waits for it); the rest goes back
+            for r in records[i + self.max_batch :]:
+                self._pending.setdefault(r.id, r)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store is down: keep the records, retry
+            log.error("could not record %d invocations (will retry): %s", len(batch), exc)
+            for k, v in batch.items():
+                self._pending.setdefault(k, v)  # a newer version added meanwhile wins
+            if self.on_error is not None:
+                self.on_error(exc)
+            return False
+        finally:
             self._writing = {}
-            await asyncio.sleep(1.0)
-            return
-        self._writing = {}
+        return True
+
+    async def _save(self, records: list[InvocationRecord]) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None]
+        if self._executor is None:
+            fut = asyncio.ensure_future(asyncio.to_thread(self.store.save_invocations, records))
+        else:
+            fut = loop.run_in_executor(self._executor, self.store.save_invocations, records)
+        self._inflight, self._inflight_records = fut, records
+        try:
+            await asyncio.shield(fut)  # cancelled (close): the write still ends, and close() waits for it
+        finally:
+            if fut.done():
+                self._inflight = None
 
 
 class Enqueuer:
