@@ -63,6 +63,8 @@ REQUEST = ImageRequest(packages=["numpy"], lists=["science"])
 HANDLER = "import numpy as np\n\ndef handler(event, context):\n    return int(np.arange(10).sum())\n"
 
 _ids = itertools.count()
+SETTLE = 0.1
+"""Seconds between cold-start samples: each one is measured on an idle runtime."""
 
 
 def median_ms(samples: list[float]) -> float:
@@ -149,8 +151,12 @@ async def bench_cold_starts(work: Path, repeat: int, sandbox: bool) -> tuple[dic
     try:
         for label, image in images.items():  # its function stays: the image's zygote stays up
             out[f"first_{label}"] = [await cold_start(rt, work, image)]
-        for _ in range(repeat * 4):  # interleaved, so a busy machine weighs on both alike
-            for label, image in images.items():
+        pairs = list(images.items())
+        for i in range(repeat * 4):  # interleaved, so a busy machine weighs on both alike
+            for label, image in pairs if i % 2 == 0 else pairs[::-1]:
+                # let the runtime settle first: the last sample's strict instance exited
+                # and its pool is forking a replacement, which would compete with this one
+                await asyncio.sleep(SETTLE)
                 out[label].append(await cold_start(rt, work, image, out[f"import_{label}"]))
         protections = [p.name for p in rt.protections if p.active]
     finally:
