@@ -11,8 +11,9 @@ subprocess on a free loopback port and loaded by ``wrk`` one at a time:
    (goals: req/s >= 0.7x bare, p99 <= 2x bare's p99);
 3. strict: the same no-op with ``isolation = "strict"`` (a fresh forked
    instance per call), next to the machine's raw fork+exit+wait rate;
-4. memory (diagnostic): the same gateway with the in-process ``memory``
-   infrastructure, i.e. the gateway's own cost without the runtime;
+4. echo (diagnostic): the same gateway (``serve``, store, recorder,
+   auth) with an infrastructure that answers at once with the payload:
+   the gateway's own cost, without the scheduler and the runtime;
 5. SDK ``Client.map`` of 10,000 no-ops (reuse), next to 10,000 Ray tasks
    (``@ray.remote`` no-op) when ``import ray`` works.
 
@@ -114,6 +115,89 @@ config = uvicorn.Config(app, http="httptools", loop="uvloop", lifespan="off", ac
                         log_level="warning", backlog=4096, timeout_graceful_shutdown=5)
 uvicorn.Server(config).run(sockets=[sock])
 """
+
+ECHO_GATEWAY = r"""
+import sys
+from spanfaas.config import Settings
+from spanfaas.gateway.auth import bootstrap_admin_token
+from spanfaas.gateway.server import serve
+from spanfaas.model import InfraInfo, Result
+from spanfaas.store import open_store
+
+
+class EchoInfrastructure:
+    # Answers every invocation at once with its payload: the gateway's own cost, without the runtime.
+    name = "echo"
+    kind = "local"
+
+    async def start(self): pass
+    async def close(self): pass
+    async def deploy(self, spec, bundle): pass
+    async def remove(self, name): pass
+    async def prewarm(self, name): pass
+
+    async def info(self):
+        return InfraInfo(name="echo", kind="local", healthy=True, isolation=["strict", "reuse"])
+
+    async def invoke(self, spec, payload, ctx):
+        return Result(invocation_id=ctx.invocation_id, function=spec.name, output=payload, infra="echo")
+
+
+settings = Settings.load(host="127.0.0.1", port=0, data_dir=sys.argv[1])
+store = open_store(settings)
+token = bootstrap_admin_token(store)
+store.close()
+print(f"admin token (shown once): {token}", flush=True)
+serve(settings, infra=EchoInfrastructure(), ready=lambda url: print(f"listening on {url}", flush=True))
+"""
+
+
+class EchoGateway:
+    """The real gateway (same serve(), uvicorn settings, store, recorder) with an infra that answers at once."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.data_dir = workdir / "data-echo"
+        self.log_path = workdir / "echo-gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.admin_token: str | None = None
+
+    def start(self, timeout: float = 60.0) -> EchoGateway:
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen([PY, "-c", ECHO_GATEWAY, str(self.data_dir)], stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=str(REPO), start_new_session=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if m := re.search(r"admin token \(shown once\): (\S+)", text):
+                self.admin_token = m.group(1)
+            if m := re.search(r"listening on (http://\S+)", text):
+                self.url = m.group(1)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the echo gateway exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"the echo gateway did not start in {timeout} s:\n{self.log_path.read_text(errors='replace')}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
 
 NOOP = "def handler(event, context):\n    return event\n"
 MANIFEST = 'name = "{name}"\nhandler = "handler:handler"\nisolation = "{isolation}"\n'
@@ -500,7 +584,7 @@ class Run:
         fns = make_functions(self.work / "functions")
         runs: dict[str, list[HttpRun]] = {}
         gw = GatewayProcess(self.work / "data", infra="local", python=PY)
-        mem = GatewayProcess(self.work / "data-memory", infra="memory", python=PY) if not self.args.no_memory else None
+        echo = EchoGateway(self.work) if not self.args.no_echo else None
         bare = BareServer(self.work)
         try:
             log("starting the bare Starlette app and the gateway (local runtime)")
@@ -514,9 +598,9 @@ class Run:
                     got = c.invoke(f"noop-{iso}", json.loads(BODY))
                     if got != json.loads(BODY):
                         raise RuntimeError(f"noop-{iso} answered {got!r}")
-            if mem is not None:
-                mem.start()
-                with Client(mem.url, mem.admin_token, timeout=60) as c:
+            if echo is not None:
+                echo.start()
+                with Client(echo.url, echo.admin_token, timeout=60) as c:
                     c.deploy(fns["reuse"])
             for rnd in range(self.args.rounds):
                 if self.args.rounds > 1:
@@ -528,19 +612,19 @@ class Run:
                 runs.setdefault("strict", []).append(
                     self.measure("strict", gw.url + "/v1/functions/noop-strict/invoke", token, gw.proc.pid)  # type: ignore[union-attr]
                 )
-                if mem is not None:
-                    runs.setdefault("memory", []).append(
-                        self.measure("memory", mem.url + "/v1/functions/noop-reuse/invoke", mem.admin_token, mem.proc.pid)  # type: ignore[union-attr]
+                if echo is not None:
+                    runs.setdefault("echo", []).append(
+                        self.measure("echo", echo.url + "/v1/functions/noop-reuse/invoke", echo.admin_token, echo.pid)
                     )
-            if mem is not None:
-                mem.stop()
+            if echo is not None:
+                echo.stop()
             bare.stop()
             self.sdk_map(gw.url, token)
             self.raw["gateway_log_tail"] = gw.log()[-2000:]
         finally:
             bare.stop()
-            if mem is not None:
-                mem.stop()
+            if echo is not None:
+                echo.stop()
             gw.stop()
         return {k: _median_run(v) for k, v in runs.items()}
 
@@ -571,9 +655,9 @@ class Run:
             "bare": ("bare Starlette POST (parse JSON, return JSON)", ""),
             "reuse": ("gateway invoke, no-op, local runtime", "reuse"),
             "strict": ("gateway invoke, no-op, local runtime", "strict"),
-            "memory": ("gateway invoke, in-process memory infra (diagnostic)", "memory"),
+            "echo": ("gateway invoke, infra answering at once (diagnostic)", "echo"),
         }
-        for key in ("bare", "reuse", "strict", "memory"):
+        for key in ("bare", "reuse", "strict", "echo"):
             r = res.get(key)
             if r is None:
                 continue
@@ -710,7 +794,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
-    ap.add_argument("--no-memory", action="store_true", help="skip the diagnostic run with the in-process memory infra")
+    ap.add_argument("--no-echo", action="store_true", help="skip the diagnostic run of the gateway with an infra that answers at once")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S", help="wait up to S seconds for idle CPUs first")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/gateway.json)")
     args = ap.parse_args()
