@@ -358,7 +358,7 @@ def _cpu_report(a: _Snap, b: _Snap, requests: int) -> dict[str, float]:
     ours = pct(b.server - a.server) + pct(runtime) + pct(b.wrk - a.wrk)
     return {
         "server_main_thread_pct": pct(b.main - a.main),
-        "server_other_threads_pct": pct((b.server - a.server) - (b.main - a.main)),
+        "server_other_threads_pct": pct(max(0, (b.server - a.server) - (b.main - a.main))),
         "runtime_processes_pct": pct(runtime),
         "runtime_processes": len(b.descendants),
         "wrk_pct": pct(b.wrk - a.wrk),
@@ -565,6 +565,8 @@ class Run:
     # HTTP ----------------------------------------------------------------------------
 
     def measure(self, target: str, url: str, token: str | None, pid: int) -> HttpRun:
+        if self.args.wait_quiet:
+            wait_quiet(min(self.args.wait_quiet, 60.0))  # before every run: other work skews the comparison
         log(f"{target}: warm-up {self.plan.warmup:g} s, then {self.plan.duration:g} s at c={self.args.connections}")
         warm = self.wrk.run(target, url, token, self.plan.warmup, pid, sample=False)
         if warm.error:
@@ -795,7 +797,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
     ap.add_argument("--no-echo", action="store_true", help="skip the diagnostic run of the gateway with an infra that answers at once")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S", help="wait up to S seconds for idle CPUs first")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds for idle CPUs first (and up to 60 s before each HTTP run)")  # fmt: skip
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/gateway.json)")
     args = ap.parse_args()
     quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
