@@ -131,6 +131,8 @@ class Pool:
         self._strict = spec.isolation == "strict"
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
         self.desired = 0
+        self.demanded = False
+        """Called (or prewarmed) at least once: from then on instances are kept ahead of demand."""
         """Instances the autoscaler wants (runtime/scaling.py); kept while the template runs."""
 
     # -- template life ------------------------------------------------------------
@@ -385,12 +387,18 @@ class Pool:
         room = self.spec.scaling.max + self.spec.scaling.prefork - self._live()
         self._fork(min(want, room))
 
+    def expect(self) -> None:
+        """A call is on its way (early action): get instances ready ahead of it."""
+        self.demanded = True
+        self._replenish()
+
     def _floor(self) -> int:
         """Instances to keep forked ahead of demand."""
         sc = self.spec.scaling
+        ahead = sc.prefork if self.demanded else 0  # a never-called function keeps only its template
         if self._strict:  # children serve one call: keep the autoscaler's count ready beyond those running
-            return max(sc.prefork, self.desired - self._busy)
-        return max(sc.min, 1 if sc.prefork else 0, self.desired)
+            return max(ahead, self.desired - self._busy)
+        return max(sc.min, min(ahead, 1), self.desired)
 
     def _grow(self) -> None:
         """Fork while invocations wait and there is room under ``scaling.max``."""
@@ -430,6 +438,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         self.last_used = arrived = time.monotonic()
         self.invocations += 1
+        self.demanded = True
         timeout = self.spec.resources.timeout
         if ctx.timeout is not None and ctx.timeout < timeout:
             timeout = ctx.timeout
@@ -485,7 +494,6 @@ class Pool:
             inst.active += 1
             if inst.active >= self._slots:
                 self._idle.popleft()
-            self._replenish()
             return inst
         return None
 
@@ -519,7 +527,11 @@ class Pool:
             inst.active -= 1
             inst.served += 1
             inst.last_used = time.monotonic()
-            if not self._strict and not inst.timed_out and not conn.lost:
+            if self._strict:
+                # Fork the next child only now: forking while the request is on its way
+                # makes the woken template compete with the instance for the CPU.
+                self._replenish()
+            elif not inst.timed_out and not conn.lost:
                 self._offer(inst)
         return Result(
             invocation_id=ctx.invocation_id,

@@ -250,7 +250,10 @@ class LocalRuntime:
         It is then held from scaling to zero for ``runtime.prewarm_hold`` seconds,
         or until the next invocation (see runtime/early.py)."""
         pool = self._pools.get(name)
-        if pool is None or pool.state != "cold" or pool.key in self._warming or not self.started:
+        if pool is None or not self.started:
+            return False
+        pool.expect()  # a ready template forks its instances ahead now; a cold one once it is up
+        if pool.state != "cold" or pool.key in self._warming:
             return False
         self._warm(pool, trigger)
         return True
@@ -261,6 +264,7 @@ class LocalRuntime:
         return pool is not None and self.early.release(pool)
 
     def _warm(self, pool: Pool, trigger: str, until: float | None = None, mib: int = 0) -> None:
+        pool.demanded = True
         self.early.prewarmed(pool, trigger, time.monotonic(), until, mib)
         task = asyncio.get_running_loop().create_task(self._start_ahead(pool, trigger))
         self._warming[pool.key] = task
