@@ -49,6 +49,8 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def spawn(self, req: p.SpawnTemplate, chan_fd: int) -> None:
+        if req.sandbox is None and not req.cgroup:
+            return self._spawn_direct(req, chan_fd)
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
@@ -71,13 +73,32 @@ class Zygote:
         else:
             p.send_msg(self.chan, p.TemplateSpawned(req.key, -1))
 
-    def _outer(self, req: p.SpawnTemplate, chan_fd: int, w: int) -> None:
+    def _spawn_direct(self, req: p.SpawnTemplate, chan_fd: int) -> None:
+        """No namespaces, no cgroup: the template is our own child (one fork, not two)."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._leave_zygote()
+                template.run(req, chan_fd, [])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(70)
+        os.close(chan_fd)
+        self.templates[pid] = req.key
+        p.send_msg(self.chan, p.TemplateSpawned(req.key, pid))
+
+    def _leave_zygote(self) -> None:
+        """In a fresh child: drop the zygote's channel, wake-up pipe and handlers."""
         self.chan.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
+
+    def _outer(self, req: p.SpawnTemplate, chan_fd: int, w: int) -> None:
+        self._leave_zygote()
         for d in req.cgroup:
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
@@ -134,7 +155,10 @@ class Zygote:
                         pass
                     self.reap()
                     continue
-                got = p.recv_msg(self.chan, _decoder)
+                try:
+                    got = p.recv_msg(self.chan, _decoder)
+                except ConnectionError:  # the runtime went away mid-message
+                    got = None
                 if got is None:
                     return self.shutdown()
                 msg, fds = got

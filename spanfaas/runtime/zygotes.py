@@ -65,6 +65,7 @@ class ZygoteProcess:
             "LANG": "C.UTF-8",
             "PYTHONPATH": os.pathsep.join([*self.sys_path, pkg_parent]),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",  # never write __pycache__ into a user's bundle
         }
         argv = [
             sys.executable,
