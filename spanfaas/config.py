@@ -56,7 +56,13 @@ class RuntimeSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     arrival histogram expects the next call."""
     predict_budget: Annotated[int, Meta(ge=0)] = 512
     """MiB that predictive warm-ups may hold at once (each: template + one instance at resources.memory)."""
-    preimport: list[str] = msgspec.field(default_factory=lambda: ["json", "asyncio", "logging", "random", "datetime", "decimal", "base64", "hashlib", "uuid", "re", "collections", "dataclasses", "typing"])
+    preimport: list[str] = msgspec.field(
+        default_factory=lambda: ["json", "logging", "random", "datetime", "base64", "re", "collections", "dataclasses", "typing"]
+    )
+    """Modules the zygote imports for every function.  Each C extension adds
+    memory mappings to every template, and fork cost grows with mappings, so
+    heavy ones (asyncio with ssl, hashlib, decimal) are left to the functions
+    that use them (or to an image's ``preload``)."""
 
 
 InfraName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]

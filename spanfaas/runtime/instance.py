@@ -9,8 +9,6 @@ interpreter down; in ``reuse`` it loops.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import io
@@ -21,13 +19,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from spanfaas.model import ErrorInfo
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
+
+if TYPE_CHECKING:  # asyncio and concurrent.futures load only for async handlers:
+    import asyncio  # they add ~90 memory mappings to every template (fork cost)
+    import concurrent.futures
 
 _decoder = msgspec.msgpack.Decoder(p.InstanceRequest)
 _json_decode = msgspec.json.decode
@@ -92,12 +94,16 @@ class Runner:
         if self._loop_thread is not None:
             return self._await_on_loop_thread(awaitable)
         if self._loop is None:
+            import asyncio
+
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(awaitable)
 
     def _await_on_loop_thread(self, awaitable: Any) -> Any:
         """Concurrent instance: one loop in its own thread runs every invocation's
         coroutine, as a task carrying the calling thread's context (its log buffer)."""
+        import concurrent.futures
+
         assert self._loop is not None
         loop = self._loop
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -117,6 +123,8 @@ class Runner:
         return done.result()
 
     def start_loop_thread(self) -> None:
+        import asyncio
+
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="spanfaas-async", daemon=True)
         self._loop_thread.start()
