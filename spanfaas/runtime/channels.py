@@ -155,6 +155,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
 
     def __init__(self, on_lost: Callable[[], None]) -> None:
         self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
         self._buf = bytearray(_SMALL)
@@ -227,7 +228,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
     # -- requests ---------------------------------------------------------------
 
     def request(self, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
-        fut: asyncio.Future[tuple[p.Done, bytes]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[p.Done, bytes]] = self._loop.create_future()
         if self.lost or self.transport is None:
             fut.set_exception(InstanceLost("instance connection lost"))
             return fut

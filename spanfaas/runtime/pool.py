@@ -105,6 +105,8 @@ class Pool:
     ) -> None:
         self.runtime = runtime
         self.image = image
+        # Cached: on Python 3.11 asyncio.get_running_loop() costs getpid() syscalls.
+        self._loop = asyncio.get_running_loop()
         self.zygote: ZygoteProcess | None = None
         self.spec = spec
         self.bundle_path = bundle_path
@@ -435,7 +437,7 @@ class Pool:
     # -- invocations --------------------------------------------------------------
 
     async def invoke(self, payload: bytes, ctx: InvokeContext) -> Result:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self.last_used = arrived = time.monotonic()
         self.invocations += 1
         self.demanded = True
@@ -502,7 +504,7 @@ class Pool:
     ) -> Result:
         assert inst.conn is not None
         conn = inst.conn
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         req = p.Invoke(
             id=conn.next_id(),
             invocation_id=ctx.invocation_id,

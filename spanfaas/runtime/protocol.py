@@ -18,6 +18,7 @@ Process tree and channels::
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from typing import Any
@@ -211,6 +212,11 @@ class FrameReader:
     def __init__(self, sock: socket.socket, decoder: msgspec.msgpack.Decoder[Any], chunk: int = 64 * 1024) -> None:
         self.sock = sock
         self.decoder = decoder
+        # Wait with poll(POLLIN), not in recv: a task blocked in recv on a Unix
+        # socket is also woken when the peer *reads* (buffer space freed), a
+        # spurious context switch on every request.
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
         self.buf = bytearray(chunk)
         self.view = memoryview(self.buf)
         self.start = 0
@@ -223,6 +229,7 @@ class FrameReader:
             rest = self.end - self.start
             self.buf[:rest] = self.view[self.start : self.end]
             self.start, self.end = 0, rest
+        self._poll.poll()
         n = self.sock.recv_into(self.view[self.end :])
         if n == 0:
             return False
