@@ -73,8 +73,11 @@ class Uv:
         return (workdir / LOCK_NAME).read_text()
 
     async def install(self, lock: Path, target: Path, log: Log) -> None:
-        """Install exactly the lock's pins (hash-checked, no dependencies) into ``target``."""
-        args = ["pip", "install", "--target", str(target), "--no-deps", "--require-hashes",
+        """Install exactly the lock's pins (hash-checked, no dependencies) into ``target``,
+        compiled to bytecode: functions run as another uid on a read-only view of the
+        image and could never write it, so without it every template would compile
+        the packages' sources on import (numpy: ~0.1 s more per cold start)."""
+        args = ["pip", "install", "--target", str(target), "--no-deps", "--require-hashes", "--compile-bytecode",
                 "-r", str(lock), *self._common(), *self.source_args()]  # fmt: skip
         await self._run(args, lock.parent, log, what="install")
 

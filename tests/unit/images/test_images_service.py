@@ -46,6 +46,8 @@ async def test_a_request_builds_an_image_once_then_reuses_it(service: ImageServi
     assert any(isinstance(e, BuildLine) and "tinycalc==2.0" in e.line for e in events)
     assert run_in_image(service, record.id, "import tinycalc; print(tinycalc.add(2, 3), tinycalc.VERSION)") == "5 2.0"
     assert (service.repo.path(record.id) / "build.log").read_text().count("tinycalc") >= 1
+    # compiled at build time: functions cannot write bytecode into the (read-only) image
+    assert list((service.repo.site_packages(record.id) / "tinycalc" / "__pycache__").glob("__init__.*.pyc"))
 
     again, built = await service.ensure(ImageRequest(packages=["TinyCalc>=1.5"], lists=["tools"]), ADMIN)
     assert not built and again.id == record.id and service.builds == 1 and service.reuses == 1
