@@ -148,6 +148,7 @@ class InstanceLost(ConnectionError):
 
 
 _SMALL = 256 * 1024
+_FIRST = 4 * 1024
 
 
 class InstanceConnection(asyncio.BufferedProtocol):
@@ -158,7 +159,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
-        self._buf = bytearray(_SMALL)
+        self._buf = bytearray(_FIRST)  # grows to _SMALL; a one-shot strict instance never needs it
         self._view = memoryview(self._buf)
         self._n = 0
         self._big: bytearray | None = None
@@ -193,6 +194,12 @@ class InstanceConnection(asyncio.BufferedProtocol):
             hlen, blen = p.FRAME.unpack_from(self._buf, start)
             total = fs + hlen + blen
             if self._n - start < total:
+                if len(self._buf) < total <= _SMALL:  # outgrew the first small buffer
+                    grown = bytearray(_SMALL)
+                    rest = self._n - start
+                    grown[:rest] = self._view[start : self._n]
+                    self._buf, self._view, self._n = grown, memoryview(grown), rest
+                    return
                 if total > len(self._buf):
                     # A large frame: continue it in its own buffer.
                     self._big = bytearray(hlen + blen)

@@ -621,7 +621,10 @@ def _raise_oom_score(pid: int) -> None:
     Raising a score needs no privilege (lowering the template's would need
     CAP_SYS_RESOURCE, which hosts often withhold)."""
     try:
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-            f.write(str(INSTANCE_OOM_SCORE_ADJ))
+        fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY)
+        try:
+            os.write(fd, b"%d" % INSTANCE_OOM_SCORE_ADJ)
+        finally:
+            os.close(fd)
     except OSError:
         pass  # not root, or already gone: the cgroup limit still holds

@@ -91,6 +91,7 @@ class Template:
         plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
         _preimport_lazy()
         uid = self._reachable_uid(plan_obj)
+        self._scratch_in_memory(uid, plan_obj.memory_bytes)
         plan_obj = msgspec.structs.replace(plan_obj, uid=uid, instance_memory_bytes=0)
         sandbox.set_rlimits(plan_obj)
         self.protections.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
@@ -101,6 +102,25 @@ class Template:
         self.landlock = lp.active
         self.protections.append(lp)
         self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))
+
+    def _scratch_in_memory(self, uid: int | None, memory_bytes: int) -> None:
+        """Put the scratch dir on a private tmpfs (in our mount namespace).
+
+        A fresh dir per strict invocation costs 40-240 us to create on ext4 and
+        3 us on tmpfs; the files also die with the namespace, and their pages
+        are charged to the function's memory cgroup."""
+        if not any(x.name == "mount-namespace" and x.active for x in self.protections):
+            return
+        from spanfaas.sandbox import _libc
+
+        owner = f",uid={uid},gid={uid}" if uid is not None else ""
+        size = max(memory_bytes, 64 * 1024 * 1024)
+        try:
+            _libc.mount("tmpfs", self.req.scratch_dir, "tmpfs", 0x2 | 0x4, f"mode=0700,size={size}{owner}")  # nosuid, nodev
+        except OSError as exc:
+            self.protections.append(Protection("scratch-tmpfs", False, f"scratch stays on disk: {exc}"))
+        else:
+            self.protections.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {size >> 20} MiB"))
 
     def _reachable_uid(self, plan: Any) -> int | None:
         """The uid to drop to, once the code and interpreter are reachable for it."""

@@ -48,3 +48,35 @@ def test_control_messages_carry_fds() -> None:
         assert p.recv_msg(b, msgspec.msgpack.Decoder(p.TemplateEvent | p.TemplateRequest)) == (p.Fork(2), [])  # type: ignore[misc]
         for fd in (r, w, *fds):
             os.close(fd)
+
+
+def test_instance_connection_reassembles_frames_of_every_size() -> None:
+    """Frames split anywhere, small ones that outgrow the first buffer, large ones."""
+    import asyncio
+
+    from spanfaas.runtime.channels import InstanceConnection
+
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None)
+        sizes = [0, 10, 5000, 100_000, 300_000, 3]
+        futs = {}
+        wire = b""
+        for i, size in enumerate(sizes, start=1):
+            futs[i] = asyncio.get_running_loop().create_future()
+            conn.pending[i] = futs[i]
+            wire += b"".join(bytes(x) for x in p.encode(p.Done(id=i, logs=str(i)), bytes([i]) * size))
+        pos = 0
+        for step in [1, 7, 4096, 100_000, 1, 500_000, 10**7]:
+            chunk = wire[pos : pos + step]
+            while chunk:
+                buf = conn.get_buffer(len(chunk))
+                n = min(len(buf), len(chunk))
+                buf[:n] = chunk[:n]
+                conn.buffer_updated(n)
+                chunk = chunk[n:]
+            pos += step
+        for i, size in enumerate(sizes, start=1):
+            done, body = futs[i].result()
+            assert done.logs == str(i) and body == bytes([i]) * size
+
+    asyncio.run(run())
