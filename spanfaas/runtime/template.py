@@ -366,8 +366,11 @@ def _vm_data() -> int:
     return 0
 
 
-def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection]) -> NoReturn:
-    """Entry point in the template process; never returns."""
+def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, joined: int = -1) -> NoReturn:
+    """Entry point in the template process; never returns.
+
+    ``joined``: a pipe that says (b"1") when the template is in its cgroup;
+    no user code is imported before that."""
     chan = socket.socket(fileno=chan_fd)
     chan.setblocking(True)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -380,6 +383,11 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection]) -> No
     try:
         try:
             tpl.lock_down()
+            if joined >= 0:
+                ok = os.read(joined, 1)
+                os.close(joined)
+                if ok != b"1":
+                    raise OSError("could not join the function's cgroup; see the runtime's log")
             tpl.load()
         except BaseException as exc:  # report any import-time failure to the runtime
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")

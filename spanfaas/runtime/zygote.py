@@ -65,7 +65,7 @@ class Zygote:
         os.close(w)
         data = os.read(r, 4)
         os.close(r)
-        os.waitpid(pid, 0)
+        # The outer exits once the template joined its cgroup; reap() collects it.
         if len(data) == 4:
             (inner,) = struct.unpack("i", data)
             self.templates[inner] = req.key
@@ -99,9 +99,6 @@ class Zygote:
 
     def _outer(self, req: p.SpawnTemplate, chan_fd: int, w: int) -> None:
         self._leave_zygote()
-        for d in req.cgroup:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
         protections: list[Protection] = []
         pidns = False
         if req.sandbox is not None and req.sandbox.get("namespaces", True):
@@ -109,21 +106,36 @@ class Zygote:
 
             protections = list(sandbox.unshare_namespaces(req.sandbox.get("network", "none")))
             pidns = any(x.name == "pid-namespace" and x.active for x in protections)
+        joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
         inner = os.fork()
         if inner == 0:
             try:
                 os.close(w)
+                os.close(joined_w)
                 if pidns:
                     from spanfaas import sandbox
 
                     setup = sandbox.setup_pid1(req.name, req.sandbox.get("network", "none"))
                     protections = _merge(protections, setup)
-                template.run(req, chan_fd, protections)
+                template.run(req, chan_fd, protections, joined=joined_r)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(70)
+        os.close(joined_r)
         os.write(w, struct.pack("i", inner))
+        # Join the template to its cgroup while it sets up its namespaces and
+        # sandbox (a cgroup v1 join can wait ~5-20 ms for an RCU grace period);
+        # it loads no user code before we say so.
+        ok = b"1"
+        try:
+            for d in req.cgroup:
+                with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                    f.write(str(inner))
+        except OSError:
+            traceback.print_exc()
+            ok = b"0"
+        os.write(joined_w, ok)
         os._exit(0)
 
     def reap(self) -> None:
