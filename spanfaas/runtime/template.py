@@ -14,7 +14,6 @@ import importlib
 import os
 import random
 import resource
-import select
 import signal
 import socket
 import sys
@@ -27,6 +26,7 @@ import msgspec
 from spanfaas.model import ErrorInfo, Protection
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
+from spanfaas.runtime.supervise import supervise
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
 
@@ -291,29 +291,18 @@ class Template:
     # -- loop --------------------------------------------------------------------
 
     def loop(self) -> None:
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        poller = select.poll()
-        poller.register(self.chan.fileno(), select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
-        while True:
-            for fd, _ev in poller.poll():
-                if fd == self.wake_r:
-                    try:
-                        os.read(self.wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    self.reap()
-                    continue
-                msg = p.recv_msg(self.chan, _decoder)
-                if msg is None:
-                    return
-                match msg[0]:
-                    case p.Fork(count=n):
-                        for _ in range(n):
-                            self.fork_instance()
-                    case p.Retire(seq=seq):
-                        self.retire(seq)
+        supervise(self.chan, _decoder, (self.wake_r, self.wake_w), self._on_message, self.reap)
+
+    def _on_message(self, msg: Any, fds: list[int]) -> bool:
+        for fd in fds:
+            os.close(fd)
+        match msg:
+            case p.Fork(count=n):
+                for _ in range(n):
+                    self.fork_instance()
+            case p.Retire(seq=seq):
+                self.retire(seq)
+        return False
 
     def shutdown(self) -> None:
         for pid in list(self.children):

@@ -16,18 +16,19 @@ import ctypes
 import gc
 import importlib
 import os
-import select
 import signal
 import socket
 import struct
 import sys
 import traceback
+from typing import Any
 
 import msgspec
 
 from spanfaas.model import Protection
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
+from spanfaas.runtime.supervise import supervise
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -153,34 +154,18 @@ class Zygote:
                     return  # the runtime is gone; the loop sees EOF next
 
     def loop(self) -> None:
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        poller = select.poll()
-        poller.register(self.chan.fileno(), select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
-        while True:
-            for fd, _ in poller.poll():
-                if fd == self.wake_r:
-                    try:
-                        os.read(self.wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    self.reap()
-                    continue
-                try:
-                    got = p.recv_msg(self.chan, _decoder)
-                except ConnectionError:  # the runtime went away mid-message
-                    got = None
-                if got is None:
-                    return self.shutdown()
-                msg, fds = got
-                match msg:
-                    case p.SpawnTemplate():
-                        self.spawn(msg, fds[0])
-                        for extra in fds[1:]:
-                            os.close(extra)
-                    case p.ZygoteShutdown():
-                        return self.shutdown()
+        supervise(self.chan, _decoder, (self.wake_r, self.wake_w), self._on_message, self.reap)
+        self.shutdown()
+
+    def _on_message(self, msg: Any, fds: list[int]) -> bool:
+        match msg:
+            case p.SpawnTemplate():
+                self.spawn(msg, fds[0])
+                for extra in fds[1:]:
+                    os.close(extra)
+            case p.ZygoteShutdown():
+                return True
+        return False
 
     def shutdown(self) -> None:
         for pid in list(self.templates):
