@@ -95,7 +95,8 @@ class Zygote:
         os.close(self.wake_r)
         os.close(self.wake_w)
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
         os.setsid()
 
     def _outer(self, req: p.SpawnTemplate, chan_fd: int, w: int) -> None:
@@ -189,6 +190,10 @@ def main(argv: list[str]) -> None:
     fd = int(argv[1])
     modules: list[str] = msgspec.json.decode(argv[2]) if len(argv) > 2 else []
     # argv[3:]: flags
+    # Ctrl-C and a group-wide SIGTERM are for the control plane, which then
+    # closes our channel: the zygote ends on EOF (or with its parent).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         os._exit(0)  # the runtime died before we set the death signal
