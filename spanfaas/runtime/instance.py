@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -67,7 +67,7 @@ class Capture:
 
 
 def _error(exc: BaseException) -> ErrorInfo:
-    kind = "oom" if isinstance(exc, MemoryError) else "error"
+    kind: Literal["oom", "error"] = "oom" if isinstance(exc, MemoryError) else "error"
     typ = type(exc)
     name = typ.__qualname__ if typ.__module__ in ("builtins", "__main__") else f"{typ.__module__}.{typ.__qualname__}"
     tb = "".join(traceback.format_exception(exc))
@@ -227,8 +227,8 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
 
     if runner.is_async:
         runner.start_loop_thread()
-    sys.stdout = _ContextStreams(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = _ContextStreams(sys.stderr)  # type: ignore[assignment]
+    sys.stdout = _ContextStreams(sys.stdout)
+    sys.stderr = _ContextStreams(sys.stderr)
     send_lock = threading.Lock()
 
     def handle(req: p.Invoke, body: bytes) -> None:

@@ -26,6 +26,7 @@ import msgspec
 from spanfaas.model import ErrorInfo, Protection
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
+from spanfaas.runtime.context import Context
 from spanfaas.runtime.supervise import supervise
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
@@ -159,7 +160,7 @@ class Template:
         self.runner = inst.Runner(handler, req.name)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()
-        inst.Context("warm", req.name, 0.0)  # create the function's logger once, here
+        Context("warm", req.name, 0.0)  # create the function's logger once, here
         gc.freeze()  # the collector never touches (and un-shares) template objects
 
     # -- instances -------------------------------------------------------------
@@ -388,7 +389,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, jo
             )
             p.send_msg(chan, p.TemplateFailed(err))
             code = 1
-            return _exit(code)
+            _exit(code)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(capture)

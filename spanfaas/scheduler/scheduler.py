@@ -240,10 +240,9 @@ class Scheduler:
         cols: list[list[float]] = []
         for pref in policy.prefer:
             if pref == "latency":
-                lat = [s.latency.get(name) or s.site_latency or None for s in sites]
-                known = [x for x in lat if x]
-                best = min(known) if known else 0.0
-                cols.append([best / x if x and best else 1.0 for x in lat])
+                seen = [s.latency.get(name) or s.site_latency or None for s in sites]
+                best = min((x for x in seen if x), default=0.0)
+                cols.append([best / x if x and best else 1.0 for x in seen])
             elif pref == "cost":
                 prices = [s.info.price_per_gb_s for s in sites]
                 lo, hi = min(prices), max(prices)
