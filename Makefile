@@ -19,6 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/test-deps.sh
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
