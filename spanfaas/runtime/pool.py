@@ -377,8 +377,9 @@ class Pool:
         """Keep instances forked ahead of demand.
 
         strict: ``scaling.prefork`` unused children.  reuse: ``scaling.min``
-        instances, and one as soon as the template is ready when
-        ``prefork > 0``, so the first call does not wait for a fork.
+        instances, and one more when ``prefork > 0``.  Both only once the
+        function has been called or prewarmed (``demanded``): a deployed,
+        never-called function keeps just its template.
         """
         if self.state != "ready":
             return
