@@ -14,6 +14,8 @@ import msgspec
 from spanfaas.runtime import protocol as p
 
 _UCRED = struct.Struct("3i")
+_hello_decoder = msgspec.msgpack.Decoder(p.Hello)
+_done_decoder = msgspec.msgpack.Decoder(p.Done)
 
 
 class ControlChannel:
@@ -109,7 +111,6 @@ async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
     fut: asyncio.Future[tuple[int, int]] = loop.create_future()
-    decoder = msgspec.msgpack.Decoder(p.Hello)
 
     def readable() -> None:
         try:
@@ -132,7 +133,7 @@ async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid = _UCRED.unpack(payload[: _UCRED.size])[0]
         hlen, _blen = p.FRAME.unpack_from(data)
-        hello = decoder.decode(data[p.FRAME.size : p.FRAME.size + hlen])
+        hello = _hello_decoder.decode(data[p.FRAME.size : p.FRAME.size + hlen])
         fut.set_result((hello.seq, pid))
 
     loop.add_reader(sock.fileno(), readable)
@@ -165,7 +166,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._big: bytearray | None = None
         self._big_n = 0
         self._big_hlen = 0
-        self._decoder = msgspec.msgpack.Decoder(p.Done)
+        self._decoder = _done_decoder
         self._next_id = 0
         self.lost = False
 
