@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections import deque
@@ -47,11 +48,11 @@ class ControlChannel:
         if self._closed:
             return
         data = self._encoder.encode(msg)
-        if self._outbox:
-            self._outbox.append((data, fds or []))
+        if not self._outbox and self._try_send(data, fds or []):
             return
-        if not self._try_send(data, fds or []):
-            self._outbox.append((data, fds or []))
+        # Queued: keep our own copies of the fds, the caller closes its own at once.
+        self._outbox.append((data, [os.dup(fd) for fd in fds or []]))
+        if len(self._outbox) == 1:
             self._loop.add_writer(self.sock.fileno(), self._writable)
 
     def _try_send(self, data: bytes, fds: list[int]) -> bool:
@@ -72,7 +73,11 @@ class ControlChannel:
             data, fds = self._outbox[0]
             if not self._try_send(data, fds):
                 return
+            if self._closed:  # the send failed and closed the channel (and the queued fds)
+                return
             self._outbox.popleft()
+            for fd in fds:
+                os.close(fd)
         if not self._closed:
             self._loop.remove_writer(self.sock.fileno())
 
@@ -99,6 +104,10 @@ class ControlChannel:
         if self._closed:
             return
         self._closed = True
+        for _data, fds in self._outbox:
+            for queued in fds:
+                os.close(queued)
+        self._outbox.clear()
         fd = self.sock.fileno()
         if fd >= 0:
             self._loop.remove_reader(fd)

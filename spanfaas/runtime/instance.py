@@ -110,9 +110,18 @@ class Runner:
         ctx = contextvars.copy_context()
 
         async def run() -> Any:
-            return await awaitable
+            try:
+                return await awaitable
+            except (SystemExit, KeyboardInterrupt):
+                # Would stop the shared loop and strand every caller: end the
+                # instance, as the sequential loop does.
+                traceback.print_exc()
+                os._exit(70)
 
         def settle(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                done.set_exception(concurrent.futures.CancelledError())
+                return
             exc = task.exception()
             if exc is not None:
                 done.set_exception(exc)
@@ -236,6 +245,11 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
         token = _log_buffer.set(buf)
         try:
             done, output = runner.call(req, memoryview(body))
+        except BaseException:
+            # sys.exit() and the like end the instance, as in the sequential loop:
+            # the runtime sees it crash at once instead of waiting for the timeout.
+            traceback.print_exc()
+            os._exit(70)
         finally:
             _log_buffer.reset(token)
         logs = buf.getvalue()

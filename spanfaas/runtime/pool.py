@@ -62,7 +62,7 @@ def _expire(fut: asyncio.Future[Any]) -> None:
 
 
 class Instance:
-    __slots__ = ("seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out", "ready")
+    __slots__ = ("seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out", "retired", "ready")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -75,6 +75,7 @@ class Instance:
         self.last_used = self.created
         self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.timed_out = False
+        self.retired = False
         self.ready = False
 
     def kill(self) -> None:
@@ -224,6 +225,10 @@ class Pool:
         self._instances.clear()
         self._idle.clear()
         self._pending_forks = 0
+        if self._ready is not None and not self._ready.done():
+            # Whoever awaits this start (an invoke, a deploy) must not wait forever.
+            self._ready.set_exception(InfraError(f"the template of '{self.spec.name}' stopped while starting; retry"))
+            self._ready.exception()
         self._ready = None
         self.template_pid = 0
         if self.state not in ("closed", "draining"):
@@ -255,7 +260,8 @@ class Pool:
     # -- instances --------------------------------------------------------------
 
     def _fork(self, n: int) -> None:
-        if n <= 0 or self._chan is None or self.state != "ready":
+        # A draining pool still forks for invocations already queued on it.
+        if n <= 0 or self._chan is None or self.state not in ("ready", "draining"):
             return
         self._pending_forks += n
         self._last_fork = time.monotonic()
@@ -298,17 +304,20 @@ class Pool:
             inst.conn = conn
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
+            inst.kill_group()
+            inst.release_fd()
             if self._instances.get(inst.seq) is inst:
                 log.warning("spanfaas runtime: instance %d of %s did not start: %r", inst.seq, self.spec.name, exc)
                 del self._instances[inst.seq]
                 self._pending_forks = max(0, self._pending_forks - 1)
                 self._start_failures += 1
-                inst.kill_group()
                 self._replenish()
                 self._grow()
             return
         if self._instances.get(inst.seq) is not inst:  # the template went away meanwhile
             conn.close()
+            inst.kill_group()
+            inst.release_fd()
             return
         self._pending_forks = max(0, self._pending_forks - 1)
         self._start_failures = 0
@@ -328,6 +337,12 @@ class Pool:
                 self._idle.appendleft(inst)
             else:
                 self._idle.append(inst)
+
+    def _give_back(self, inst: Instance) -> None:
+        """An instance slot was handed out but not used: offer it again (a strict
+        child that served nothing is still fresh)."""
+        if inst.conn is not None and not inst.conn.lost and not inst.timed_out and not inst.retired:
+            self._offer(inst)
 
     def _on_conn_lost(self, inst: Instance) -> None:
         try:
@@ -405,7 +420,7 @@ class Pool:
 
     def _grow(self) -> None:
         """Fork while invocations wait and there is room under ``scaling.max``."""
-        if self.state != "ready" or not self._waiters:
+        if self.state not in ("ready", "draining") or not self._waiters:
             return
         waiting = len(self._waiters)  # finished waiters leave the deque at once
         want = -(-waiting // self._slots) - self._pending_forks  # ceil: an instance takes `slots` waiters
@@ -429,10 +444,16 @@ class Pool:
                 self._chan.send(p.Retire(inst.seq))
                 retired += 1
             return retired
-        while len(self._instances) > keep and self._idle and now - self._idle[0].last_used > idle_for:
-            inst = self._idle.popleft()
-            self._chan.send(p.Retire(inst.seq))
-            retired += 1
+        # reuse: only instances with nothing in flight; retired ones stay in
+        # _instances until they exit, so count them off as we go.
+        for inst in list(self._idle):
+            if len(self._instances) - retired <= keep:
+                break
+            if inst.active == 0 and now - inst.last_used > idle_for:
+                self._idle.remove(inst)
+                inst.retired = True  # never hand it out again
+                self._chan.send(p.Retire(inst.seq))
+                retired += 1
         return retired
 
     # -- invocations --------------------------------------------------------------
@@ -447,11 +468,11 @@ class Pool:
             timeout = ctx.timeout
         expires = loop.time() + timeout  # on the loop's clock: one timer per wait, no wait_for
         cold = self.state != "ready"
-        if cold:
-            await self.start()
-        self._busy += 1
+        self._busy += 1  # before start(): a drain waits for callers still starting too
         self._drained.clear()
         try:
+            if cold:
+                await self.start()
             inst = self._take_idle()
             if inst is None:
                 if len(self._waiters) >= self.spec.scaling.queue:
@@ -466,6 +487,12 @@ class Pool:
                 timer = loop.call_at(expires, _expire, fut)
                 try:
                     inst = await fut
+                except asyncio.CancelledError:
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        handed = fut.result()  # handed an instance just as we were cancelled: give it back
+                        handed.active -= 1
+                        self._give_back(handed)
+                    raise
                 except _Expired:
                     return self._result(
                         ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
@@ -491,7 +518,7 @@ class Pool:
         """A slot on a ready instance, if one is free (no waiting)."""
         while self._idle:
             inst = self._idle[0]
-            if inst.conn is None or inst.conn.lost:
+            if inst.conn is None or inst.conn.lost or inst.timed_out or inst.retired:
                 self._idle.popleft()
                 continue
             inst.active += 1
@@ -520,6 +547,10 @@ class Pool:
         except _Expired:
             inst.timed_out = True
             inst.kill()
+            try:
+                self._idle.remove(inst)  # a multi-slot instance may still be parked there
+            except ValueError:
+                pass
             return self._result(
                 ctx, ErrorInfo(kind="timeout", message=f"the function ran past its {timeout:g}s timeout and was stopped"), arrived, cold
             )
@@ -534,7 +565,7 @@ class Pool:
                 # Fork the next child only now: forking while the request is on its way
                 # makes the woken template compete with the instance for the CPU.
                 self._replenish()
-            elif not inst.timed_out and not conn.lost:
+            elif not inst.timed_out and not inst.retired and not conn.lost:
                 self._offer(inst)
         return Result(
             invocation_id=ctx.invocation_id,

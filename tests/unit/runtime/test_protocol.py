@@ -80,3 +80,44 @@ def test_instance_connection_reassembles_frames_of_every_size() -> None:
             assert done.logs == str(i) and body == bytes([i]) * size
 
     asyncio.run(run())
+
+
+def test_a_queued_control_message_keeps_its_fds_valid() -> None:
+    """The caller closes its fd right after send(); a message that had to wait
+    in the outbox must still carry that file, not whatever reuses the number."""
+    import asyncio
+
+    from spanfaas.runtime.channels import ControlChannel
+
+    async def run() -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        chan = ControlChannel(ours, msgspec.msgpack.Decoder(p.Fork), lambda m, f: None, lambda: None)
+        filler = p.Fork(1)
+        while chan._outbox == type(chan._outbox)():  # fill the socket until sends queue up
+            chan.send(filler)
+        r, w = os.pipe()
+        chan.send(p.InstanceForked(9), fds=[w])
+        os.close(w)  # what the caller does at once
+        decoy_r, decoy_w = os.pipe()  # likely reuses w's number
+        theirs.setblocking(False)
+        decoder = msgspec.msgpack.Decoder(p.TemplateEvent | p.TemplateRequest)  # type: ignore[misc]
+        got: list[int] = []
+        for _ in range(2000):
+            try:
+                msg, fds = p.recv_msg(theirs, decoder)  # type: ignore[misc]
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+                continue
+            if isinstance(msg, p.InstanceForked):
+                got = fds
+                break
+        assert len(got) == 1
+        os.write(got[0], b"right pipe")
+        assert os.read(r, 100) == b"right pipe"
+        for fd in (r, decoy_r, decoy_w, *got):
+            os.close(fd)
+        chan.close()
+        theirs.close()
+
+    asyncio.run(run())

@@ -1,0 +1,105 @@
+"""Races and edge cases found in review: none of them may hang, leak or misreport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SLEEPER = """
+import time
+
+def handler(event, context):
+    time.sleep(event or 0)
+    return 1
+"""
+
+
+async def test_remove_during_a_cold_start_does_not_hang(harness: Harness) -> None:
+    await harness.deploy("cold-remove", "import time\ntime.sleep(0.3)\n" + SLEEPER, "[resources]\ntimeout = 3\n")
+    harness.rt.pool("cold-remove").stop_template()  # as scale-to-zero does
+    call = asyncio.ensure_future(harness.invoke("cold-remove"))
+    await asyncio.sleep(0.05)
+    await harness.rt.remove("cold-remove")
+    r = await asyncio.wait_for(call, 5)  # finished (drained) or failed, never pending
+    assert r.ok or r.error is not None
+
+
+async def test_a_caller_cancelled_as_it_is_handed_an_instance_gives_it_back(harness: Harness) -> None:
+    await harness.deploy("handoff", SLEEPER, 'isolation = "reuse"\n[scaling]\nmax = 1\nmin = 1\n')
+    pool = harness.rt.pool("handoff")
+    first = asyncio.ensure_future(harness.invoke("handoff", b"0.3"))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(harness.invoke("handoff", b"0"))
+    await asyncio.sleep(0.05)
+    # Cancel the waiter in the very loop step in which the instance is handed to it.
+    orig = pool._offer
+
+    def offer(inst: object, fresh: bool = False) -> None:
+        orig(inst, fresh)  # type: ignore[arg-type]
+        second.cancel()
+
+    pool._offer = offer  # type: ignore[method-assign]
+    try:
+        assert (await first).ok
+    finally:
+        pool._offer = orig  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    r = await harness.invoke("handoff", b"0", timeout=2)
+    assert r.ok, r.error
+
+
+async def test_after_a_timeout_new_calls_avoid_the_dying_multi_slot_instance(harness: Harness) -> None:
+    await harness.deploy("slots-timeout", SLEEPER, 'isolation = "reuse"\n[resources]\nconcurrency = 4\ntimeout = 0.5\n')
+    assert (await harness.invoke("slots-timeout", b"0")).ok
+    slow = await harness.invoke("slots-timeout", b"2")
+    assert slow.error is not None and slow.error.kind == "timeout"
+    r = await harness.invoke("slots-timeout", b"0")
+    assert r.ok, r.error
+
+
+async def test_scale_in_keeps_busy_instances_and_the_floor(harness: Harness) -> None:
+    await harness.deploy(
+        "scale-in", SLEEPER, 'isolation = "reuse"\n[resources]\nconcurrency = 4\ntimeout = 5\n[scaling]\nmax = 3\n'
+    )
+    pool = harness.rt.pool("scale-in")
+    pool.scale(3)
+    for _ in range(100):
+        if pool.stats()["instances"] == 3 and pool.stats()["pending_forks"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    call = asyncio.ensure_future(harness.invoke("scale-in", b"0.5"))
+    await asyncio.sleep(0.1)
+    retired = pool.retire_idle(time.monotonic() + 100, keep=1, idle_for=30)
+    assert retired == 2, "only idle instances, and not below keep"
+    r = await call
+    assert r.ok, r.error
+
+
+async def test_calls_queued_on_a_strict_version_being_replaced_still_run(harness: Harness) -> None:
+    manifest = "[resources]\ntimeout = 4\n[scaling]\nmax = 1\nprefork = 0\n"
+    await harness.deploy("replaced", SLEEPER, manifest)
+    running = asyncio.ensure_future(harness.invoke("replaced", b"0.5"))
+    await asyncio.sleep(0.2)
+    queued = asyncio.ensure_future(harness.invoke("replaced", b"0"))
+    await asyncio.sleep(0.05)
+    await harness.deploy("replaced", SLEEPER, manifest)
+    assert (await running).ok
+    r = await queued
+    assert r.ok, r.error
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_sys_exit_in_an_async_handler_crashes_the_instance_at_once(harness: Harness, concurrency: int) -> None:
+    name = f"exits-{concurrency}"
+    code = "import sys\n\nasync def handler(event, context):\n    sys.exit(3)\n"
+    await harness.deploy(name, code, f'isolation = "reuse"\n[resources]\nconcurrency = {concurrency}\ntimeout = 3\n')
+    r = await harness.invoke(name)
+    assert r.error is not None and r.error.kind == "crashed", r.error
+    assert r.duration_ms < 2500, "not left to the timeout"
