@@ -26,6 +26,7 @@ from spanfaas.cli.output import (
     err_console,
     handle_errors,
     out_console,
+    print_done,
     print_json,
     print_value,
 )
@@ -226,10 +227,7 @@ def rm(
     """Remove a function (all its versions)."""
     with Client(url, token) as client:
         client.remove(name)
-    if as_json:
-        print_json({"removed": name})
-    else:
-        out_console().print(f"[green]✓[/green] removed [bold]{escape(name)}[/bold]")
+    print_done(as_json, {"removed": name}, f"removed [bold]{escape(name)}[/bold]")
 
 
 @handle_errors

@@ -19,6 +19,7 @@ from spanfaas.cli.output import (
     err_console,
     handle_errors,
     out_console,
+    print_done,
     print_json,
 )
 from spanfaas.client import Client
@@ -103,10 +104,7 @@ def triggers_add(
             trigger["filters"] = filters
     with Client(url, token) as client:
         record = client.events.add_trigger(function, **trigger)
-    if as_json:
-        print_json(record)
-        return
-    out_console().print(f"[green]✓[/green] trigger [bold]{escape(record['id'])}[/bold] on {escape(function)}: {escape(_describe(record['trigger']))}")
+    print_done(as_json, record, f"trigger [bold]{escape(record['id'])}[/bold] on {escape(function)}: {escape(_describe(record['trigger']))}")
 
 
 @triggers_app.command("rm")
@@ -120,10 +118,7 @@ def triggers_rm(
     """Remove a trigger added through the API."""
     with Client(url, token) as client:
         client.events.remove_trigger(id)
-    if as_json:
-        print_json({"removed": id})
-        return
-    out_console().print(f"[green]✓[/green] removed trigger {escape(id)}")
+    print_done(as_json, {"removed": id}, f"removed trigger {escape(id)}")
 
 
 # -- events --------------------------------------------------------------------------------

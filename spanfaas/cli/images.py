@@ -21,6 +21,7 @@ from spanfaas.cli.output import (
     err_console,
     handle_errors,
     out_console,
+    print_done,
     print_json,
 )
 from spanfaas.client import Client
@@ -194,10 +195,7 @@ def rm(
     """Remove an image no function runs on (admin)."""
     with Client(url, token) as client:
         client.images.rm(image_id)
-    if as_json:
-        print_json({"removed": image_id})
-    else:
-        out_console().print(f"[green]✓[/green] removed image {escape(image_id)}")
+    print_done(as_json, {"removed": image_id}, f"removed image {escape(image_id)}")
 
 
 @app.command("gc")
@@ -280,10 +278,7 @@ def curate_create(
     """Create a curated list (admin)."""
     with Client(url, token) as client:
         lst = client.images.create_list(name, list(packages or []), note=note, owner=owner)
-    if as_json:
-        print_json(lst)
-    else:
-        out_console().print(f"[green]✓[/green] created list [bold]{escape(name)}[/bold] with {len(lst.get('packages', []))} packages")
+    print_done(as_json, lst, f"created list [bold]{escape(name)}[/bold] with {len(lst.get('packages', []))} packages")
 
 
 @curate.command("update")
@@ -299,10 +294,7 @@ def curate_update(
     """Change a list's note or owner (admin)."""
     with Client(url, token) as client:
         lst = client.images.update_list(name, note=note, owner=owner)
-    if as_json:
-        print_json(lst)
-    else:
-        out_console().print(f"[green]✓[/green] updated list [bold]{escape(name)}[/bold]")
+    print_done(as_json, lst, f"updated list [bold]{escape(name)}[/bold]")
 
 
 @curate.command("delete")
@@ -316,10 +308,7 @@ def curate_delete(
     """Delete a curated list (admin); functions already running on its packages keep running."""
     with Client(url, token) as client:
         client.images.delete_list(name)
-    if as_json:
-        print_json({"deleted": name})
-    else:
-        out_console().print(f"[green]✓[/green] deleted list [bold]{escape(name)}[/bold]")
+    print_done(as_json, {"deleted": name}, f"deleted list [bold]{escape(name)}[/bold]")
 
 
 @curate.command("add")
@@ -356,10 +345,7 @@ def curate_remove(
     with Client(url, token) as client:
         for p in packages:
             client.images.withdraw(name, p)
-    if as_json:
-        print_json({"list": name, "removed": packages})
-    else:
-        out_console().print(f"[green]✓[/green] withdrew {escape(', '.join(packages))} from {escape(name)}")
+    print_done(as_json, {"list": name, "removed": packages}, f"withdrew {escape(', '.join(packages))} from {escape(name)}")
 
 
 @curate.command("audit")

@@ -62,6 +62,14 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+def print_done(as_json: bool, doc: Any, message: str) -> None:
+    """The outcome of a command that changed something: ``doc`` for scripts, a ✓ line for people."""
+    if as_json:
+        print_json(doc)
+    else:
+        out_console().print(f"[green]✓[/green] {message}")
+
+
 def print_value(value: Any, content_type: str = "application/json") -> None:
     """A function's output for people: JSON pretty-printed, text as is, bytes summarized."""
     if isinstance(value, (bytes, bytearray)):
