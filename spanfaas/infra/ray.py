@@ -181,6 +181,8 @@ class RayInfrastructure:
         try:
             while True:
                 msg = self._decode(await wire.read_frame(bridge.reader))
+                if isinstance(msg, wire.Hello):
+                    continue  # sent once, at start-up
                 fut = bridge.pending.pop(msg.id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
