@@ -47,6 +47,9 @@ class RuntimeSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Functions run as uid_base + n (root only; otherwise as the current user)."""
     cgroup_root: str = "spanfaas"
     """Name of the cgroup directory spanfaas creates under each controller."""
+    spares: Annotated[int, Meta(ge=0, le=8)] = 1
+    """Sandbox shells each zygote keeps forked ahead of deploys (namespaces
+    unshared, cgroup joined): a sandboxed cold start skips that work.  0: none."""
     max_payload: Annotated[int, Meta(ge=1024)] = 32 * MiB
     prewarm_hold: Annotated[float, Meta(gt=0)] = 10.0
     """Seconds a prewarmed template is kept from scaling to zero while its call is awaited;

@@ -18,6 +18,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -160,6 +161,13 @@ class Pool:
                 theirs.close()
         ready = self._ready
         await asyncio.shield(ready)
+
+    def after_start(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` once the template start in progress ends (ready or failed)."""
+        if self._ready is None or self._ready.done():
+            fn()
+        else:
+            self._ready.add_done_callback(lambda _: fn())
 
     def on_spawned(self, pid: int) -> None:
         self.template_pid = pid

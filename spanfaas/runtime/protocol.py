@@ -55,6 +55,17 @@ class SpawnTemplate(Struct, tag=True, kw_only=True):
     """A ``spanfaas.sandbox.SandboxPlan`` as builtins, or None for no sandbox."""
     cgroup: list[str]
     """cgroup directories (one per controller) the template joins, may be empty."""
+    spare: str = ""
+    """Hand this to the prepared spare of that name (``PrepareSpare``) instead of forking anew."""
+
+
+class PrepareSpare(Struct, tag=True):
+    """Fork a sandbox shell ahead of any deploy: namespaces unshared, pid 1 set
+    up, in ``cgroup`` (the join takes 5-20 ms on cgroup v1), waiting for the
+    ``SpawnTemplate`` that names it.  Takes that work off the cold start."""
+
+    key: str
+    cgroup: list[str]
 
 
 class ZygoteShutdown(Struct, tag=True):
@@ -74,8 +85,15 @@ class TemplateExited(Struct, tag=True):
     status: int
 
 
-ZygoteRequest = SpawnTemplate | ZygoteShutdown
-ZygoteEvent = TemplateSpawned | TemplateExited
+class SpareReady(Struct, tag=True):
+    """A spare is forked (pid > 0) or could not be (pid -1)."""
+
+    key: str
+    pid: int
+
+
+ZygoteRequest = SpawnTemplate | PrepareSpare | ZygoteShutdown
+ZygoteEvent = TemplateSpawned | TemplateExited | SpareReady
 
 
 # -- runtime ↔ template -------------------------------------------------------------

@@ -63,6 +63,8 @@ class LocalRuntime:
         self.early = EarlyAction(self.rt, tick=TICK)
         """Prewarm ledger, arrival histograms, autoscaling (runtime/early.py)."""
         self._warming: dict[str, asyncio.Task[None]] = {}
+        self._spare_ids = itertools.count(1)
+        self._spares_ok = False
         self.started = False
 
     # -- life cycle ---------------------------------------------------------------
@@ -79,6 +81,8 @@ class LocalRuntime:
             )
         if self.protections and self.protections[0].name != "sandbox":
             reap_stale_cgroups(self.rt)
+        active = {x.name for x in self.protections if x.active}
+        self._spares_ok = self.rt.spares > 0 and {"pid-namespace", "mount-namespace"} <= active
         _remove_stale_scratch(self.scratch_root.parent)
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch_root, 0o711)
@@ -135,7 +139,42 @@ class LocalRuntime:
             )
             zygote.start()
             self._zygotes[key] = zygote
+            self._replenish_spares(zygote)
         return zygote
+
+    def _replenish_spares(self, zygote: ZygoteProcess) -> None:
+        """Ask ``zygote`` for sandbox shells up to ``runtime.spares`` (see zygote.py)."""
+        if not self._spares_ok:
+            return
+        from spanfaas import sandbox
+
+        while zygote.alive and len(zygote.spares) + len(zygote.pending_spares) < self.rt.spares:
+            name = f"spare-{next(self._spare_ids)}"
+            try:
+                cgroup = sandbox.Cgroup.create(self.cgroup_root, name, memory_bytes=0, cpu=0, pids=0)
+            except OSError as exc:
+                log.warning("spanfaas runtime: no cgroup for a spare sandbox: %s", exc)
+                return
+            zygote.prepare_spare(name, cgroup)
+
+    def _take_spare(self, zygote: ZygoteProcess, pool: Pool) -> tuple[str, str] | None:
+        """A spare for ``pool``'s first template: (spare name, cgroup name).
+
+        The spare's cgroup becomes the function's (renamed to its key where
+        the cgroup version allows); the limits are set by FunctionSandbox."""
+        if pool.spec.network != "none":
+            return None  # spares have an empty network namespace
+        taken = zygote.take_spare()
+        if taken is None:
+            return None
+        from spanfaas import sandbox
+
+        name = taken[0]
+        cgroup_name = pool.key if sandbox.Cgroup.rename(self.cgroup_root, name, pool.key) else name
+        # The next spare is forked once this template is up, not beside it (on
+        # two cores it would take CPU from the very start it is meant to speed up).
+        pool.after_start(lambda: self._replenish_spares(zygote))
+        return name, cgroup_name
 
     def _on_zygote_message(self, msg: Any) -> None:
         match msg:
@@ -150,11 +189,23 @@ class LocalRuntime:
                 pool = self._by_pid.pop(pid, None)
                 if pool is not None and pool.template_pid == pid:
                     pool.on_template_exit(status)
+            case p.SpareReady(key=name, pid=pid):
+                for zygote in self._zygotes.values():
+                    if name in zygote.pending_spares:
+                        failed = zygote.spare_ready(name, pid)
+                        if failed is not None:
+                            log.warning("spanfaas runtime: could not fork a spare sandbox; cold starts take the long way")
+                            failed.destroy()
 
     def _on_zygote_exit(self, zygote: ZygoteProcess) -> None:
         if not self.started:
             return
         log.error("spanfaas runtime: zygote %s exited; its functions restart on their next invocation", zygote.key)
+        for cgroup in [*zygote.spares.values(), *zygote.pending_spares.values()]:
+            cgroup.destroy()
+        zygote.spares.clear()
+        zygote.spare_pids.clear()
+        zygote.pending_spares.clear()
         for pool in list(self._by_key.values()):
             if pool.zygote is zygote:
                 pool.stop_template()
@@ -166,7 +217,9 @@ class LocalRuntime:
         zygote = self._zygote_for(pool.image)
         pool.zygote = zygote
         sb = self._sandboxes.get(pool.key)
+        spare = None
         if sb is None:
+            spare = self._take_spare(zygote, pool) if self.rt.sandbox else None
             sb = FunctionSandbox.create(
                 self.rt,
                 pool.spec,
@@ -175,6 +228,7 @@ class LocalRuntime:
                 self.scratch_root / pool.key,
                 self.cgroup_root,
                 extra_ro=pool.image.paths if pool.image is not None else (),
+                cgroup_name=spare[1] if spare is not None else None,
             )
             self._sandboxes[pool.key] = sb
         sb.prepare_scratch()
@@ -192,6 +246,7 @@ class LocalRuntime:
             initial=initial,
             sandbox=msgspec.to_builtins(sb.plan) if sb.plan is not None else None,
             cgroup=sb.cgroup_dirs(),
+            spare=spare[0] if spare is not None else "",
         )
         zygote.spawn(req, chan_fd)
 

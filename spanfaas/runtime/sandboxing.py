@@ -12,57 +12,18 @@ import itertools
 import logging
 import os
 import shutil
-import site
 import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import spanfaas
 from spanfaas.config import RuntimeSettings
 from spanfaas.model import FunctionSpec, Protection
+from spanfaas.sandbox.paths import EXEC_RO, SYSTEM_RO, python_paths
 
 log = logging.getLogger("spanfaas.runtime")
 
 MiB = 1024 * 1024
-
-# Read-only system paths a Python function commonly needs.
-SYSTEM_RO = (
-    "/usr/lib",
-    "/usr/lib64",
-    "/usr/local/lib",
-    "/lib",
-    "/lib64",
-    "/usr/share/zoneinfo",
-    "/usr/share/ca-certificates",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/localtime",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/mime.types",
-    "/proc",
-)
-
-
-# Where programs live, readable only when the manifest allows subprocesses.
-EXEC_RO = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/libexec")
-
-
-def python_paths() -> list[str]:
-    """Where the interpreter, its stdlib, site-packages and spanfaas live."""
-    paths = {
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        str(Path(sys.executable).resolve().parent.parent),
-        str(Path(spanfaas.__file__).resolve().parent),
-    }
-    paths.update(site.getsitepackages())
-    return sorted(p for p in paths if os.path.exists(p))
-
 
 def _traversable_by_others(path: str) -> bool:
     """True if a non-root, non-owner uid can reach and read ``path``."""
@@ -118,7 +79,9 @@ class FunctionSandbox:
         scratch_dir: Path,
         cgroup_root: str,
         extra_ro: Sequence[str] = (),
+        cgroup_name: str | None = None,
     ) -> FunctionSandbox:
+        """``cgroup_name``: an existing cgroup to adopt (a spare's), else one named ``key``."""
         if not rt.sandbox:
             return cls(scratch_dir, None, None, None)
         from spanfaas import sandbox
@@ -145,7 +108,7 @@ class FunctionSandbox:
         )
         cgroup = None
         try:
-            cgroup = sandbox.Cgroup.create(cgroup_root, key, memory_bytes=plan.memory_bytes, cpu=plan.cpu, pids=plan.pids)
+            cgroup = sandbox.Cgroup.create(cgroup_root, cgroup_name or key, memory_bytes=plan.memory_bytes, cpu=plan.cpu, pids=plan.pids)
         except OSError as exc:
             log.warning("spanfaas runtime: no cgroup for %s: %s", key, exc)
         return cls(scratch_dir, plan, cgroup, uid)

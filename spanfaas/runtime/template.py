@@ -130,7 +130,7 @@ class Template:
         if plan.uid is None:
             return None
         needed = [*plan.ro_paths, *plan.rw_paths]
-        if not any(fsview.blocking_ancestor(x) for x in needed if os.path.exists(x)):
+        if not any(fsview.blocking_ancestor(x) for x in needed):
             return int(plan.uid)
         if not any(x.name == "mount-namespace" and x.active for x in self.protections):
             self.protections.append(

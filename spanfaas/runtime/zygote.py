@@ -4,10 +4,15 @@ so idle functions share those pages copy-on-write.
 
 Started by the runtime as ``python -m spanfaas.runtime.zygote FD MODULES``
 with a SOCK_SEQPACKET channel on FD.  For each ``SpawnTemplate`` it forks an
-*outer* child that joins the function's cgroup and unshares namespaces; the
-outer forks the template (pid 1 of the new pid namespace), reports its host
-pid and exits.  The zygote is a child subreaper, so templates become its
-children; it reports their exits.
+*outer* child that unshares namespaces; the outer forks the template (pid 1
+of the new pid namespace), reports its host pid, joins the template to the
+function's cgroup and exits.  The zygote is a child subreaper, so templates
+become its children; it reports their exits.
+
+A *spare* (``PrepareSpare``) is the same shell forked ahead of any deploy:
+namespaces, pid 1 and the cgroup join -- the slow part of a sandboxed cold
+start -- are done when a ``SpawnTemplate`` naming it arrives, and the spare
+goes on as that function's template.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import socket
 import struct
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -43,36 +49,61 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
+class Spare:
+    """A prepared sandbox shell: pid 1 of fresh namespaces, in its cgroup,
+    blocked on ``sock`` until a ``SpawnTemplate`` names it."""
+
+    def __init__(self, key: str, pid: int, sock: socket.socket) -> None:
+        self.key = key
+        self.pid = pid
+        self.sock = sock
+
+
 class Zygote:
     def __init__(self, chan: socket.socket) -> None:
         self.chan = chan
         self.templates: dict[int, str] = {}
+        self.spares: dict[str, Spare] = {}
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def spawn(self, req: p.SpawnTemplate, chan_fd: int) -> None:
+        spare = self.spares.pop(req.spare, None) if req.spare else None
+        if spare is not None:
+            return self._hand_to_spare(spare, req, chan_fd)
         if req.sandbox is None and not req.cgroup:
             return self._spawn_direct(req, chan_fd)
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(r)
-                self._outer(req, chan_fd, w)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(70)
+        inner = self._fork_shell(req.sandbox, req.cgroup, lambda protections, joined: template.run(req, chan_fd, protections, joined=joined), name=req.name)
         os.close(chan_fd)
-        os.close(w)
-        data = os.read(r, 4)
-        os.close(r)
-        # The outer exits once the template joined its cgroup; reap() collects it.
-        if len(data) == 4:
-            (inner,) = struct.unpack("i", data)
+        if inner > 0:
             self.templates[inner] = req.key
-            p.send_msg(self.chan, p.TemplateSpawned(req.key, inner))
+        p.send_msg(self.chan, p.TemplateSpawned(req.key, inner))
+
+    def prepare_spare(self, req: p.PrepareSpare) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+        def wait(protections: list[Protection], joined: int) -> None:
+            ours.close()  # our end must not keep the spare alive after we are gone
+            _wait_as_spare(theirs, protections, joined)
+
+        inner = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, name=None)
+        theirs.close()
+        if inner > 0:
+            self.templates[inner] = req.key
+            self.spares[req.key] = Spare(req.key, inner, ours)
         else:
-            p.send_msg(self.chan, p.TemplateSpawned(req.key, -1))
+            ours.close()
+        p.send_msg(self.chan, p.SpareReady(req.key, inner))
+
+    def _hand_to_spare(self, spare: Spare, req: p.SpawnTemplate, chan_fd: int) -> None:
+        try:
+            p.send_msg(spare.sock, req, fds=[chan_fd])
+        except OSError:  # it died meanwhile: fork the template the long way, same cgroup
+            spare.sock.close()
+            return self.spawn(msgspec.structs.replace(req, spare=""), chan_fd)
+        spare.sock.close()
+        os.close(chan_fd)
+        self.templates[spare.pid] = req.key
+        p.send_msg(self.chan, p.TemplateSpawned(req.key, spare.pid))
 
     def _spawn_direct(self, req: p.SpawnTemplate, chan_fd: int) -> None:
         """No namespaces, no cgroup: the template is our own child (one fork, not two)."""
@@ -90,8 +121,10 @@ class Zygote:
         p.send_msg(self.chan, p.TemplateSpawned(req.key, pid))
 
     def _leave_zygote(self) -> None:
-        """In a fresh child: drop the zygote's channel, wake-up pipe and handlers."""
+        """In a fresh child: drop the zygote's channels, wake-up pipe and handlers."""
         self.chan.close()
+        for spare in self.spares.values():
+            spare.sock.close()
         os.close(self.wake_r)
         os.close(self.wake_w)
         signal.set_wakeup_fd(-1)
@@ -99,14 +132,48 @@ class Zygote:
             signal.signal(signum, signal.SIG_DFL)
         os.setsid()
 
-    def _outer(self, req: p.SpawnTemplate, chan_fd: int, w: int) -> None:
+    def _fork_shell(self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], int], object], name: str | None) -> int:
+        """Fork an *outer* child that unshares the namespaces and forks the
+        *inner* (pid 1 of the new pid namespace), which runs ``then``; the
+        outer joins the inner to ``cgroup`` and exits.  Returns the inner's
+        host pid (-1 when the fork failed)."""
+        # Opened here, written by the outer: an open cgroup.procs still joins
+        # the right cgroup after the runtime renames a spare's directory.
+        procs: list[int] = []
+        try:
+            for d in cgroup:
+                procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            traceback.print_exc()
+            procs.append(-1)  # the outer reports the failure to the template
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                self._outer(plan, procs, then, name, w)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(70)
+        for fd in procs:
+            if fd >= 0:
+                os.close(fd)
+        os.close(w)
+        data = os.read(r, 4)
+        os.close(r)
+        # The outer exits once the inner joined its cgroup; reap() collects it.
+        return struct.unpack("i", data)[0] if len(data) == 4 else -1
+
+    def _outer(self, plan: Any, procs: list[int], then: Callable[[list[Protection], int], object], name: str | None, w: int) -> None:
         self._leave_zygote()
         protections: list[Protection] = []
         pidns = False
-        if req.sandbox is not None and req.sandbox.get("namespaces", True):
+        network = plan.get("network", "none") if plan is not None else "none"
+        if plan is not None and plan.get("namespaces", True):
             from spanfaas import sandbox
 
-            protections = list(sandbox.unshare_namespaces(req.sandbox.get("network", "none")))
+            protections = list(sandbox.unshare_namespaces(network))
             pidns = any(x.name == "pid-namespace" and x.active for x in protections)
         joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
         inner = os.fork()
@@ -114,26 +181,29 @@ class Zygote:
             try:
                 os.close(w)
                 os.close(joined_w)
+                for fd in procs:
+                    if fd >= 0:
+                        os.close(fd)
                 if pidns:
                     from spanfaas import sandbox
 
-                    setup = sandbox.setup_pid1(req.name, req.sandbox.get("network", "none"))
-                    protections = _merge(protections, setup)
-                template.run(req, chan_fd, protections, joined=joined_r)
+                    protections = _merge(protections, sandbox.setup_pid1(name, network))
+                then(protections, joined_r)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(70)
         os.close(joined_r)
         os.write(w, struct.pack("i", inner))
-        # Join the template to its cgroup while it sets up its namespaces and
+        # Join the inner to its cgroup while it sets up its namespaces and
         # sandbox (a cgroup v1 join can wait ~5-20 ms for an RCU grace period);
         # it loads no user code before we say so.
         ok = b"1"
         try:
-            for d in req.cgroup:
-                with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                    f.write(str(inner))
+            for fd in procs:
+                if fd < 0:
+                    raise OSError("a cgroup.procs could not be opened")
+                os.write(fd, str(inner).encode())
         except OSError:
             traceback.print_exc()
             ok = b"0"
@@ -148,7 +218,12 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            if self.templates.pop(pid, None) is not None:
+            key = self.templates.pop(pid, None)
+            spare = self.spares.get(key) if key is not None else None
+            if spare is not None and spare.pid == pid:
+                del self.spares[spare.key]  # died before use: the runtime prepares another
+                spare.sock.close()
+            if key is not None:
                 try:
                     p.send_msg(self.chan, p.TemplateExited(pid, status))
                 except OSError:
@@ -164,6 +239,10 @@ class Zygote:
                 self.spawn(msg, fds[0])
                 for extra in fds[1:]:
                     os.close(extra)
+            case p.PrepareSpare():
+                for fd in fds:
+                    os.close(fd)
+                self.prepare_spare(msg)
             case p.ZygoteShutdown():
                 return True
         return False
@@ -179,6 +258,21 @@ class Zygote:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _wait_as_spare(sock: socket.socket, protections: list[Protection], joined: int) -> None:
+    """In a spare: wait for the function to become, then become its template."""
+    got = p.recv_msg(sock, _decoder)
+    sock.close()
+    if got is None:
+        return  # the zygote is gone or shut us down
+    req, fds = got
+    if not isinstance(req, p.SpawnTemplate) or len(fds) != 1:
+        raise RuntimeError(f"spare: expected a SpawnTemplate with its channel, got {type(req).__name__}")
+    from spanfaas import sandbox
+
+    protections = _merge(protections, [sandbox.set_hostname(req.name)])
+    template.run(req, fds[0], protections, joined=joined)
 
 
 def _merge(a: list[Protection], b: list[Protection]) -> list[Protection]:
@@ -209,6 +303,9 @@ def main(argv: list[str]) -> None:
         from spanfaas import sandbox
 
         sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
+        from spanfaas.sandbox import fsview, paths
+
+        fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
     template._preimport_lazy()
     gc.collect()
     gc.freeze()

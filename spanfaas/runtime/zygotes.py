@@ -52,6 +52,11 @@ class ZygoteProcess:
         self.chan: ControlChannel | None = None
         self.users = 0
         """Function versions deployed on this zygote (for stopping unused image zygotes)."""
+        self.spares: dict[str, Any] = {}
+        """Spares forked and waiting: name -> its ``sandbox.Cgroup``."""
+        self.spare_pids: dict[str, int] = {}
+        self.pending_spares: dict[str, Any] = {}
+        """Spares asked for, not yet reported."""
 
     @property
     def alive(self) -> bool:
@@ -94,6 +99,28 @@ class ZygoteProcess:
     def spawn(self, req: p.SpawnTemplate, chan_fd: int) -> None:
         assert self.chan is not None
         self.chan.send(req, fds=[chan_fd])
+
+    def prepare_spare(self, name: str, cgroup: Any) -> None:
+        assert self.chan is not None
+        self.pending_spares[name] = cgroup
+        self.chan.send(p.PrepareSpare(name, cgroup.directories()))
+
+    def spare_ready(self, name: str, pid: int) -> Any:
+        """Book a reported spare; returns its cgroup when it failed (to remove)."""
+        cgroup = self.pending_spares.pop(name, None)
+        if pid > 0 and cgroup is not None:
+            self.spares[name] = cgroup
+            self.spare_pids[name] = pid
+            return None
+        return cgroup
+
+    def take_spare(self) -> tuple[str, Any] | None:
+        """A waiting spare (its name and cgroup), or None."""
+        if not self.spares:
+            return None
+        name = next(iter(self.spares))
+        self.spare_pids.pop(name, None)
+        return name, self.spares.pop(name)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self.chan is not None:

@@ -25,7 +25,7 @@ from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
 from spanfaas.sandbox.errors import SandboxError
 from spanfaas.sandbox.landlock import landlock_restrict
 from spanfaas.sandbox.limits import drop_privileges, set_rlimits
-from spanfaas.sandbox.namespaces import setup_pid1, unshare_namespaces
+from spanfaas.sandbox.namespaces import set_hostname, setup_pid1, unshare_namespaces
 from spanfaas.sandbox.plan import SandboxPlan
 from spanfaas.sandbox.probe import prepare, probe, report
 from spanfaas.sandbox.seccomp import seccomp_deny
@@ -41,6 +41,7 @@ __all__ = [
     "probe",
     "report",
     "seccomp_deny",
+    "set_hostname",
     "set_rlimits",
     "setup_pid1",
     "unshare_namespaces",

@@ -264,6 +264,25 @@ class Cgroup:
             active.append(Protection(label, on, f"cgroup v{h.version} at {d}: {what}"))
         return cls(name, dirs, active)
 
+    @staticmethod
+    def rename(root: str, old: str, new: str) -> bool:
+        """Rename ``<mount>/<root>/<old>`` to ``<new>`` in every hierarchy, processes
+        and limits kept; all or nothing.  cgroup v1 allows it, v2 refuses
+        (the caller keeps the old name then)."""
+        done: list[tuple[str, str]] = []
+        for mount in sorted({h.mount for h in hierarchies().values()}):
+            src, dst = os.path.join(mount, root, old), os.path.join(mount, root, new)
+            if not os.path.isdir(src):
+                continue
+            try:
+                os.rename(src, dst)
+            except OSError:
+                for a, b in reversed(done):
+                    os.rename(b, a)
+                return False
+            done.append((src, dst))
+        return True
+
     def directories(self) -> list[str]:
         """The cgroup's directory in each hierarchy (one on v2, up to three on v1).
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from pathlib import Path
 
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
@@ -25,20 +24,45 @@ MS_MOVE = 0x2000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 
-__all__ = ["blocking_ancestor", "expose_paths"]
+__all__ = ["blocking_ancestor", "expose_paths", "locate", "warm"]
+
+# path -> (real path, its blocking ancestor): filled by ``warm`` in the zygote
+# for the trees every function reads, inherited by the templates it forks.
+_located: dict[str, tuple[str, str | None]] = {}
 
 
 def blocking_ancestor(path: str) -> str | None:
     """The topmost directory on ``path`` that others cannot traverse, if any."""
-    p = Path(path).resolve()
-    for parent in [*reversed(p.parents), p][1:]:
+    found = locate(path)
+    return found[1] if found is not None else None
+
+
+def locate(path: str) -> tuple[str, str | None] | None:
+    """``path`` resolved, and its blocking ancestor; None if it does not exist."""
+    found = _located.get(path)
+    if found is not None:
+        return found
+    real = os.path.realpath(path)
+    top = None
+    at = "/"
+    for part in real.split("/")[1:]:
+        at = os.path.join(at, part)
         try:
-            mode = parent.stat().st_mode
+            mode = os.stat(at).st_mode
         except OSError:
             return None
         if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-            return str(parent)
-    return None
+            top = at
+            break
+    return real, top
+
+
+def warm(paths: Sequence[str]) -> None:
+    """Resolve ``paths`` now, so that processes forked later find them done."""
+    for path in paths:
+        found = locate(path)
+        if found is not None:
+            _located[path] = found
 
 
 STAGING = "/dev/shm"
@@ -54,10 +78,10 @@ def expose_paths(paths: Sequence[str], staging: str = STAGING) -> Protection:
     """
     groups: dict[str, list[str]] = {}
     for path in paths:
-        if not os.path.exists(path):
+        found = locate(path)
+        if found is None:
             continue
-        real = str(Path(path).resolve())
-        top = blocking_ancestor(real)
+        real, top = found
         if top is not None and real != top:
             groups.setdefault(top, []).append(real)
     if not groups:

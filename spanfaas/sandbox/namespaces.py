@@ -38,7 +38,7 @@ from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 from spanfaas.sandbox._libc import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
 
-__all__ = ["NAMESPACES", "setup_pid1", "unshare_namespaces"]
+__all__ = ["NAMESPACES", "set_hostname", "setup_pid1", "unshare_namespaces"]
 
 # Report name -> clone flag, in the order probe() lists them.
 NAMESPACES: Final[dict[str, int]] = {
@@ -197,12 +197,25 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
 
 
-def setup_pid1(name: str, network: str) -> list[Protection]:
+def set_hostname(name: str) -> Protection:
+    """The function's name as hostname, in its own UTS namespace only."""
+    if not _unshared & CLONE_NEWUTS:
+        return Protection("uts-namespace", False, "no UTS namespace was unshared: hostname left alone")
+    try:
+        _libc.sethostname(name)
+    except OSError as e:
+        return Protection("uts-namespace", False, f"sethostname: {e.strerror}")
+    return Protection("uts-namespace", True, f"hostname {name!r}")
+
+
+def setup_pid1(name: str | None, network: str) -> list[Protection]:
     """Finish the namespaces from inside pid 1: mounts, /proc, hostname, loopback.
 
     Returns Protections for what this step made real: "pid-namespace"
     (pid 1 with its own /proc), "mount-namespace" (private, own copy),
-    "uts-namespace" (hostname), "net-namespace" (loopback up).
+    "uts-namespace" (hostname; left to ``set_hostname`` when ``name`` is
+    None: a spare learns its function's name later), "net-namespace"
+    (loopback up).
     """
     out: list[Protection] = []
     mounts_ok = False
@@ -231,14 +244,8 @@ def setup_pid1(name: str, network: str) -> list[Protection]:
         except OSError as e:
             why = f"private mounts, own copy for pid 1; /sys or /proc/sys stays writable: {e}"
         out[0] = Protection("mount-namespace", True, why)
-    if not _unshared & CLONE_NEWUTS:
-        out.append(Protection("uts-namespace", False, "no UTS namespace was unshared: hostname left alone"))
-    else:
-        try:
-            _libc.sethostname(name)
-            out.append(Protection("uts-namespace", True, f"hostname {name!r}"))
-        except OSError as e:
-            out.append(Protection("uts-namespace", False, f"sethostname: {e.strerror}"))
+    if name is not None:
+        out.append(set_hostname(name))
     if network == "none" and not _unshared & CLONE_NEWNET:
         out.append(Protection("net-namespace", False, "no network namespace was unshared: host network visible"))
     elif network == "none":

@@ -41,6 +41,7 @@ def test_exported_names() -> None:
         "probe",
         "report",
         "seccomp_deny",
+        "set_hostname",
         "set_rlimits",
         "setup_pid1",
         "unshare_namespaces",

@@ -1,0 +1,117 @@
+"""Spare sandbox shells: forked ahead of deploys, taken by a function's first template.
+
+A spare has its namespaces, pid 1 and cgroup join done before any deploy
+(zygote.py); these tests check that a function started from one gets its
+own name, cgroup and limits, and that a lost spare or ``spares = 0`` still
+deploys the long way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from spanfaas.config import RuntimeSettings, Settings
+from spanfaas.model import Result
+from spanfaas.runtime import LocalRuntime
+
+from .conftest import Harness, require
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PROBE = """
+import os, socket
+
+def handler(event, context):
+    with open("/proc/self/cgroup") as f:
+        cgroups = f.read()
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cgroups": cgroups}
+"""
+
+
+async def _runtime(tmp: Path, spares: int) -> LocalRuntime:
+    tmp.chmod(0o755)
+    settings = Settings(data_dir=str(tmp), runtime=RuntimeSettings(sandbox=True, cgroup_root="spanfaas-test", spares=spares))
+    rt = LocalRuntime(settings)
+    await rt.start()
+    return rt
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def spared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
+    tmp = tmp_path_factory.mktemp("rt-spares")
+    rt = await _runtime(tmp, spares=1)
+    try:
+        yield Harness(rt, tmp / "functions")
+    finally:
+        await rt.close()
+
+
+async def _spare_ready(rt: LocalRuntime, timeout: float = 10.0) -> tuple[str, int]:
+    """A waiting spare's name and host pid."""
+    zygote = rt._zygote_for(None)
+    async with asyncio.timeout(timeout):
+        while not zygote.spares:
+            await asyncio.sleep(0.005)
+    name = next(iter(zygote.spares))
+    return name, zygote.spare_pids[name]
+
+
+def _output(r: Result) -> Any:
+    assert r.error is None, r.error
+    return json.loads(r.output)
+
+
+async def test_first_template_starts_in_a_spare_with_its_own_name_cgroup_and_limits(spared: Harness) -> None:
+    require(spared, "pid-namespace", "mount-namespace", "cgroup-memory")
+    spare, spare_pid = await _spare_ready(spared.rt)
+    await spared.deploy("from-spare", PROBE, "[resources]\nmemory = 96\n")
+    pool = spared.rt.pool("from-spare")
+    assert pool.template_pid == spare_pid, "the template is the spare process itself"
+    out = _output(await spared.invoke("from-spare"))
+    assert out["host"] == "from-spare", "the hostname is set when the spare learns its function"
+    assert out["pid"] > 1, "user code runs below pid 1 of the function's own pid namespace"
+    sb = spared.rt._sandboxes[pool.key]
+    dirs = sb.cgroup_dirs()
+    assert dirs and all(not os.path.basename(d).startswith("spare-") for d in dirs), dirs
+    memory = next(d for d in dirs if "/memory" in d or "memory.max" in os.listdir(d))
+    limit_file = "memory.max" if os.path.exists(os.path.join(memory, "memory.max")) else "memory.limit_in_bytes"
+    with open(os.path.join(memory, limit_file)) as f:
+        assert int(f.read()) == sb.plan.memory_bytes  # type: ignore[attr-defined]
+    with open(os.path.join(memory, "cgroup.procs")) as f:
+        assert spare_pid in [int(x) for x in f.read().split()]
+    # The next spare is forked once this template is up.
+    assert (await _spare_ready(spared.rt))[0] != spare
+    await spared.rt.remove("from-spare")
+
+
+async def test_a_spare_that_died_is_replaced_by_the_long_way(spared: Harness) -> None:
+    require(spared, "pid-namespace", "mount-namespace")
+    _, spare_pid = await _spare_ready(spared.rt)
+    os.kill(spare_pid, signal.SIGKILL)
+    await asyncio.sleep(0.05)  # the zygote reaps it; the runtime may still think it waits
+    await spared.deploy("after-lost-spare", PROBE)
+    out = _output(await spared.invoke("after-lost-spare"))
+    assert out["host"] == "after-lost-spare"
+    await spared.rt.remove("after-lost-spare")
+
+
+async def test_no_spares_when_disabled(tmp_path: Path) -> None:
+    rt = await _runtime(tmp_path, spares=0)
+    try:
+        h = Harness(rt, tmp_path / "functions")
+        require(h, "pid-namespace", "mount-namespace")
+        zygote = rt._zygote_for(None)
+        assert not zygote.spares and not zygote.pending_spares
+        await h.deploy("no-spare", PROBE)
+        assert _output(await h.invoke("no-spare"))["host"] == "no-spare"
+    finally:
+        await rt.close()
