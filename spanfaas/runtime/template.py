@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from spanfaas.model import ErrorInfo, Protection
+from spanfaas.runtime import forking
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
@@ -146,6 +147,7 @@ class Template:
 
     def load(self) -> None:
         req = self.req
+        random.seed()  # forked without the at-fork reseed (forking.py): no two templates share a sequence
         os.environ.update(req.env)
         os.chdir(req.bundle_path)
         sys.path.insert(0, req.bundle_path)
@@ -200,7 +202,7 @@ class Template:
         leftovers are reaped (each retry reaps first)."""
         for attempt in range(attempts):
             try:
-                return os.fork()
+                return forking.fork()
             except BlockingIOError:
                 if attempt == attempts - 1:
                     raise

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from spanfaas.model import Protection
+from spanfaas.runtime import forking
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
 from spanfaas.runtime.supervise import supervise
@@ -107,7 +108,7 @@ class Zygote:
 
     def _spawn_direct(self, req: p.SpawnTemplate, chan_fd: int) -> None:
         """No namespaces, no cgroup: the template is our own child (one fork, not two)."""
-        pid = os.fork()
+        pid = forking.fork()
         if pid == 0:
             try:
                 self._leave_zygote()
@@ -147,7 +148,7 @@ class Zygote:
             traceback.print_exc()
             procs.append(-1)  # the outer reports the failure to the template
         r, w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        pid = forking.fork()
         if pid == 0:
             try:
                 os.close(r)
@@ -176,7 +177,7 @@ class Zygote:
             protections = list(sandbox.unshare_namespaces(network))
             pidns = any(x.name == "pid-namespace" and x.active for x in protections)
         joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
-        inner = os.fork()
+        inner = forking.fork()
         if inner == 0:
             try:
                 os.close(w)
@@ -286,6 +287,7 @@ def main(argv: list[str]) -> None:
     # argv[3:]: flags
     # Ctrl-C and a group-wide SIGTERM are for the control plane, which then
     # closes our channel: the zygote ends on EOF (or with its parent).
+    forking.watch_registrations()  # before any pre-import: see forking.py
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
