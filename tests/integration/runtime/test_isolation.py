@@ -71,3 +71,26 @@ async def test_reuse_keeps_state_between_invocations(harness: Harness) -> None:
     assert first["counter"] == 0
     assert second == {**second, "counter": 1, "patched": True, "file": True}
     assert second["env"] is not None
+
+
+DRAW_AT_IMPORT = """
+import random
+
+DRAWN = random.getrandbits(64)
+
+def handler(event, context):
+    return {"drawn": DRAWN}
+"""
+
+
+async def test_templates_do_not_share_a_random_sequence(harness: Harness) -> None:
+    # Templates fork from one zygote without os.fork's reseed (runtime/forking.py):
+    # each must still draw its own numbers at import.
+    drawn = set()
+    for i in range(3):
+        await harness.deploy(f"draw-{i}", DRAW_AT_IMPORT, 'isolation = "reuse"\n')
+        r = await harness.invoke(f"draw-{i}")
+        assert r.error is None, r.error
+        drawn.add(json.loads(r.output)["drawn"])
+        await harness.rt.remove(f"draw-{i}")
+    assert len(drawn) == 3
