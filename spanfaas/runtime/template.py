@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from spanfaas.model import ErrorInfo, Protection
-from spanfaas.runtime import forking
+from spanfaas.runtime import forking, loader
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
@@ -54,6 +54,8 @@ LAZY_IMPORTS = (
 
 def _preimport_lazy() -> None:
     for name in LAZY_IMPORTS:
+        if name in sys.modules:
+            continue  # the zygote's: importlib's own check would un-share ~120 KiB in every template
         try:
             importlib.import_module(name)
         except ImportError:
@@ -152,7 +154,7 @@ class Template:
         os.chdir(req.bundle_path)
         sys.path.insert(0, req.bundle_path)
         started = time.perf_counter()
-        module = importlib.import_module(req.module)
+        module = loader.load(req.module, req.bundle_path)
         handler = getattr(module, req.function, None)
         if handler is None or not callable(handler):
             raise AttributeError(
