@@ -3,11 +3,11 @@ platform and common stdlib modules and forks function templates from itself,
 so idle functions share those pages copy-on-write.
 
 Started by the runtime as ``python -m spanfaas.runtime.zygote FD MODULES``
-with a SOCK_SEQPACKET channel on FD.  For each ``SpawnTemplate`` it forks an
-*outer* child that unshares namespaces; the outer forks the template (pid 1
-of the new pid namespace), reports its host pid, joins the template to the
-function's cgroup and exits.  The zygote is a child subreaper, so templates
-become its children; it reports their exits.
+with a SOCK_SEQPACKET channel on FD.  For each ``SpawnTemplate`` it forks the
+template as pid 1 of a new pid namespace (``PidNamespaceForNextChild``); the
+template unshares its other namespaces itself, while a throwaway sibling
+joins it to the function's cgroup.  The zygote is a child subreaper; it
+reports its templates' exits.
 
 A *spare* (``PrepareSpare``) is the same shell forked ahead of any deploy:
 namespaces, pid 1 and the cgroup join -- the slow part of a sandboxed cold
@@ -36,6 +36,8 @@ from spanfaas.runtime import forking
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
 from spanfaas.runtime.supervise import supervise
+
+SIGCHLD, SIGINT, SIGTERM = int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -123,93 +125,102 @@ class Zygote:
 
     def _leave_zygote(self) -> None:
         """In a fresh child: drop the zygote's channels, wake-up pipe and handlers."""
-        self.chan.close()
+        os.close(self.chan.detach())
         for spare in self.spares.values():
-            spare.sock.close()
+            os.close(spare.sock.detach())
         os.close(self.wake_r)
         os.close(self.wake_w)
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
+        forking.default_signals(SIGCHLD, SIGINT, SIGTERM)
         os.setsid()
 
     def _fork_shell(self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], int], object], name: str | None) -> int:
-        """Fork an *outer* child that unshares the namespaces and forks the
-        *inner* (pid 1 of the new pid namespace), which runs ``then``; the
-        outer joins the inner to ``cgroup`` and exits.  Returns the inner's
-        host pid (-1 when the fork failed)."""
-        # Opened here, written by the outer: an open cgroup.procs still joins
-        # the right cgroup after the runtime renames a spare's directory.
+        """Fork the sandboxed *shell* of a template: pid 1 of a new pid namespace
+        (made here, around the fork), which unshares its other namespaces
+        itself and runs ``then``.  A short-lived sibling joins it to ``cgroup``
+        meanwhile (a cgroup v1 join can wait ~5-20 ms for an RCU grace
+        period) and says so on a pipe; no user code loads before.  Returns the
+        shell's host pid (-1 when the fork failed).
+
+        No process stands between the zygote and the shell, so the shell
+        shares pages only with the zygote (an intermediate's writes would
+        have become the template's private memory when it exited)."""
+        # Opened here: an open cgroup.procs still joins the right cgroup after
+        # the runtime renames a spare's directory.
         procs: list[int] = []
         try:
             for d in cgroup:
                 procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
         except OSError:
             traceback.print_exc()
-            procs.append(-1)  # the outer reports the failure to the template
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pid = forking.fork()
+            procs.append(-1)  # the joiner reports the failure to the template
+        network = plan.get("network", "none") if plan is not None else "none"
+        namespaces = plan is not None and plan.get("namespaces", True)
+        joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid, pidns = self._fork_in_pid_namespace() if namespaces else (forking.fork(), None)
+        except OSError:
+            traceback.print_exc()
+            pid, pidns = -1, None
         if pid == 0:
             try:
-                os.close(r)
-                self._outer(plan, procs, then, name, w)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(70)
-        for fd in procs:
-            if fd >= 0:
-                os.close(fd)
-        os.close(w)
-        data = os.read(r, 4)
-        os.close(r)
-        # The outer exits once the inner joined its cgroup; reap() collects it.
-        return struct.unpack("i", data)[0] if len(data) == 4 else -1
-
-    def _outer(self, plan: Any, procs: list[int], then: Callable[[list[Protection], int], object], name: str | None, w: int) -> None:
-        self._leave_zygote()
-        protections: list[Protection] = []
-        pidns = False
-        network = plan.get("network", "none") if plan is not None else "none"
-        if plan is not None and plan.get("namespaces", True):
-            from spanfaas import sandbox
-
-            protections = list(sandbox.unshare_namespaces(network))
-            pidns = any(x.name == "pid-namespace" and x.active for x in protections)
-        joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
-        inner = forking.fork()
-        if inner == 0:
-            try:
-                os.close(w)
+                self._leave_zygote()
                 os.close(joined_w)
                 for fd in procs:
                     if fd >= 0:
                         os.close(fd)
-                if pidns:
+                protections: list[Protection] = []
+                if namespaces:
                     from spanfaas import sandbox
 
-                    protections = _merge(protections, sandbox.setup_pid1(name, network))
+                    assert pidns is not None
+                    protections = _merge(sandbox.unshare_namespaces(network, pid=False), [pidns])
+                    if pidns.active:
+                        protections = _merge(protections, sandbox.setup_pid1(name, network))
                 then(protections, joined_r)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(70)
         os.close(joined_r)
-        os.write(w, struct.pack("i", inner))
-        # Join the inner to its cgroup while it sets up its namespaces and
-        # sandbox (a cgroup v1 join can wait ~5-20 ms for an RCU grace period);
-        # it loads no user code before we say so.
-        ok = b"1"
+        if pid > 0:
+            self._join(pid, procs, joined_w)
+        for fd in (*procs, joined_w):
+            if fd >= 0:
+                os.close(fd)
+        return pid
+
+    def _fork_in_pid_namespace(self) -> tuple[int, Protection]:
+        from spanfaas import sandbox
+
+        with sandbox.PidNamespaceForNextChild() as pidns:
+            pid = forking.fork()
+        return pid, pidns
+
+    def _join(self, pid: int, procs: list[int], joined_w: int) -> None:
+        """Write ``pid`` into each cgroup.procs from a throwaway child, then b"1"
+        (b"0" on failure) to ``joined_w``; the zygote goes on meanwhile."""
+        if not procs:
+            os.write(joined_w, b"1")
+            return
         try:
-            for fd in procs:
-                if fd < 0:
-                    raise OSError("a cgroup.procs could not be opened")
-                os.write(fd, str(inner).encode())
+            joiner = forking.fork()
         except OSError:
             traceback.print_exc()
-            ok = b"0"
-        os.write(joined_w, ok)
-        os._exit(0)
+            os.write(joined_w, b"0")
+            return
+        if joiner == 0:
+            ok = b"1"
+            try:
+                for fd in procs:
+                    if fd < 0:
+                        raise OSError("a cgroup.procs could not be opened")
+                    os.write(fd, str(pid).encode())
+            except BaseException:
+                traceback.print_exc()
+                ok = b"0"
+            finally:
+                os.write(joined_w, ok)
+                os._exit(0)
 
     def reap(self) -> None:
         while True:

@@ -25,13 +25,14 @@ from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
 from spanfaas.sandbox.errors import SandboxError
 from spanfaas.sandbox.landlock import landlock_restrict
 from spanfaas.sandbox.limits import drop_privileges, set_rlimits
-from spanfaas.sandbox.namespaces import set_hostname, setup_pid1, unshare_namespaces
+from spanfaas.sandbox.namespaces import PidNamespaceForNextChild, set_hostname, setup_pid1, unshare_namespaces
 from spanfaas.sandbox.plan import SandboxPlan
 from spanfaas.sandbox.probe import prepare, probe, report
 from spanfaas.sandbox.seccomp import seccomp_deny
 
 __all__ = [
     "Cgroup",
+    "PidNamespaceForNextChild",
     "SandboxError",
     "SandboxPlan",
     "cleanup_cgroups",

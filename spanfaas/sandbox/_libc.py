@@ -82,6 +82,9 @@ _unshare = _libc.unshare
 _unshare.restype = ctypes.c_int
 _unshare.argtypes = [ctypes.c_int]
 
+_setns = _libc.setns
+_setns.restype = ctypes.c_int
+_setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _mount = _libc.mount
 _mount.restype = ctypes.c_int
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -160,6 +163,11 @@ def no_new_privs() -> None:
 def unshare(flags: int) -> None:
     if _unshare(flags) < 0:
         raise _fail(f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    if _setns(fd, nstype) < 0:
+        raise _fail(f"setns({nstype:#x})")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:

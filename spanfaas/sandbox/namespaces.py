@@ -38,7 +38,7 @@ from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 from spanfaas.sandbox._libc import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
 
-__all__ = ["NAMESPACES", "set_hostname", "setup_pid1", "unshare_namespaces"]
+__all__ = ["NAMESPACES", "PidNamespaceForNextChild", "set_hostname", "setup_pid1", "unshare_namespaces"]
 
 # Report name -> clone flag, in the order probe() lists them.
 NAMESPACES: Final[dict[str, int]] = {
@@ -150,16 +150,51 @@ def _readonly_system_trees() -> None:
     _readonly_tree("/sys")
 
 
-def unshare_namespaces(network: str) -> list[Protection]:
+class PidNamespaceForNextChild:
+    """``with PidNamespaceForNextChild() as prot: pid = fork()``: that child is
+    pid 1 of a new pid namespace, and the caller's later children are not.
+
+    ``unshare(CLONE_NEWPID)`` changes only where the caller's *children* go;
+    ``setns`` on the caller's own namespace puts that back.  So a long-lived
+    forking process (the zygote) can give each child its own pid namespace
+    without an intermediate process.  ``prot`` says whether it worked.
+    """
+
+    def __enter__(self) -> Protection:
+        self._own = -1
+        self._parent = os.getpid()
+        try:
+            self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            _libc.unshare(CLONE_NEWPID)
+        except OSError as e:
+            return Protection("pid-namespace", False, _why(e))
+        return Protection("pid-namespace", True, "unshared")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own < 0:
+            return
+        try:
+            if os.getpid() == self._parent:  # the child leaves the block too: it stays where it is
+                _libc.setns(self._own, CLONE_NEWPID)
+        finally:
+            os.close(self._own)
+
+
+def unshare_namespaces(network: str, *, pid: bool = True) -> list[Protection]:
     """Unshare pid, mount, IPC, UTS and (when ``network == "none"``) net.
 
     All at once when allowed (one syscall), else one by one so each that the
     host permits still applies.  Returns one Protection per namespace.
-    The caller's next child is pid 1 of the new pid namespace.
+    The caller's next child is pid 1 of the new pid namespace.  With
+    ``pid=False`` the pid namespace is left alone (the caller already is
+    pid 1 of its own, see ``PidNamespaceForNextChild``) and reported so.
     """
     global _unshared
     wanted = dict(NAMESPACES)
     out: dict[str, Protection] = {}
+    if not pid:
+        del wanted["pid-namespace"]
+        out["pid-namespace"] = Protection("pid-namespace", os.getpid() == 1, "created by the parent")
     if network != "none":
         del wanted["net-namespace"]
         out["net-namespace"] = Protection("net-namespace", False, f"network = {network!r}: shares the host network")

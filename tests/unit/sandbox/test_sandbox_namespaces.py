@@ -147,3 +147,34 @@ def test_setup_pid1_outside_a_namespace_changes_nothing_global(in_child: Callabl
     assert dict(applied)["pid-namespace"] is False
     assert dict(applied)["uts-namespace"] is False
     assert dict(applied)["net-namespace"] is False
+
+
+def _pid_namespace_for_one_child() -> dict[str, Any]:
+    from spanfaas.sandbox import PidNamespaceForNextChild
+
+    before = os.readlink("/proc/self/ns/pid_for_children")
+    r, w = os.pipe()
+    with PidNamespaceForNextChild() as prot:
+        pid = os.fork()
+    if pid == 0:
+        os.write(w, str(os.getpid()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    inside = int(os.read(r, 16))
+    after = os.readlink("/proc/self/ns/pid_for_children")
+    second = os.fork()  # an ordinary child again
+    if second == 0:
+        os.write(w, str(os.getpid()).encode())
+        os._exit(0)
+    os.waitpid(second, 0)
+    return {"active": prot.active, "inside": inside, "restored": after == before == os.readlink("/proc/self/ns/pid"),
+            "second": int(os.read(r, 16)), "second_pid": second}
+
+
+def test_pid_namespace_for_the_next_child_only(in_child: Callable[..., Any], require: Callable[..., None]) -> None:
+    require("pid-namespace")
+    got = in_child(_pid_namespace_for_one_child).value
+    assert got["active"]
+    assert got["inside"] == 1, "the child is pid 1 of its own namespace"
+    assert got["restored"], "the parent's later children stay in its namespace"
+    assert got["second"] == got["second_pid"] != 1
