@@ -15,7 +15,7 @@
    the difference is who imports numpy: once in the zygote, or in every new
    function's template (that import time is reported on its own too).  The
    runtime's fixed cost of a cold start (forks, namespaces, cgroups, Landlock,
-   seccomp: ~17 ms with the sandbox in bench/runtime.py) is in both.  The
+   seccomp: ~8 ms with the sandbox in bench/runtime.py) is in both.  The
    first function on an image (zygote start included) is reported too, next
    to ``python -c "import numpy"``.
 

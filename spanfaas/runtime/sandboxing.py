@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import stat
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 

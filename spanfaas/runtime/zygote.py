@@ -23,7 +23,6 @@ import importlib
 import os
 import signal
 import socket
-import struct
 import sys
 import traceback
 from collections.abc import Callable
@@ -75,7 +74,10 @@ class Zygote:
             return self._hand_to_spare(spare, req, chan_fd)
         if req.sandbox is None and not req.cgroup:
             return self._spawn_direct(req, chan_fd)
-        inner = self._fork_shell(req.sandbox, req.cgroup, lambda protections, joined: template.run(req, chan_fd, protections, joined=joined), name=req.name)
+        def run(protections: list[Protection], joined: int) -> None:
+            template.run(req, chan_fd, protections, joined=joined)
+
+        inner = self._fork_shell(req.sandbox, req.cgroup, run, name=req.name)
         os.close(chan_fd)
         if inner > 0:
             self.templates[inner] = req.key
