@@ -27,7 +27,7 @@ from spanfaas.model import ErrorInfo, Protection
 from spanfaas.runtime import forking, loader
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime.context import Context
+from spanfaas.runtime.context import function_logger
 from spanfaas.runtime.supervise import supervise
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
@@ -164,7 +164,7 @@ class Template:
         self.runner = inst.Runner(handler, req.name)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()
-        Context("warm", req.name, 0.0)  # create the function's logger once, here
+        function_logger(req.name)  # named once, here, for every instance
         gc.freeze()  # the collector never touches (and un-shares) template objects
 
     # -- instances -------------------------------------------------------------

@@ -44,7 +44,7 @@ async def test_json_in_json_out_with_context_and_logs(harness: Harness, isolatio
     assert 0 < out["remaining"] <= 5
     assert "stdout line abc-123" in r.logs
     assert "stderr line" in r.logs
-    assert f"logged {name}" in r.logs
+    assert f"INFO spanfaas.function.{name}: logged {name}" in r.logs
     again = await harness.invoke(name, b"{}")
     assert "abc-123" not in again.logs, "logs are per invocation"
 
