@@ -79,6 +79,7 @@ _IFREQ: Final = struct.Struct("16sH22x")  # struct ifreq: name + ifr_flags, 40 b
 # root, that would rename the host.  Inherited across fork, which is the only
 # way setup_pid1 is meant to be reached.
 _unshared = 0
+_unshared_by = 0  # the pid that did: a child inherits the flags, not the mount namespace of its own
 
 
 def _why(err: OSError) -> str:
@@ -189,7 +190,8 @@ def unshare_namespaces(network: str, *, pid: bool = True) -> list[Protection]:
     ``pid=False`` the pid namespace is left alone (the caller already is
     pid 1 of its own, see ``PidNamespaceForNextChild``) and reported so.
     """
-    global _unshared
+    global _unshared, _unshared_by
+    _unshared_by = os.getpid()
     wanted = dict(NAMESPACES)
     out: dict[str, Protection] = {}
     if not pid:
@@ -255,8 +257,9 @@ def setup_pid1(name: str | None, network: str) -> list[Protection]:
     out: list[Protection] = []
     mounts_ok = False
     try:
-        _libc.unshare(CLONE_NEWNS)
-        _make_private()
+        if not (_unshared & CLONE_NEWNS and _unshared_by == os.getpid()):
+            _libc.unshare(CLONE_NEWNS)  # a copy of the parent's: it must not see our /proc
+            _make_private()
         mounts_ok = True
         out.append(Protection("mount-namespace", True, "private mounts, own copy for pid 1"))
     except OSError as e:
