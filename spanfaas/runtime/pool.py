@@ -602,6 +602,10 @@ class Pool:
         code = os.WEXITSTATUS(status)
         return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
 
+    def cgroup_replaced(self) -> None:
+        """The function has a new (empty) cgroup: its OOM-kill count starts over."""
+        self._oom_seen = 0
+
     def _new_oom_kill(self) -> bool:
         """Did the cgroup OOM-kill someone since we last looked? (Read only when
         an instance died by SIGKILL, never on the request path.)"""

@@ -157,18 +157,29 @@ class LocalRuntime:
                 return
             zygote.prepare_spare(name, cgroup)
 
-    def _take_spare(self, zygote: ZygoteProcess, pool: Pool) -> tuple[str, str] | None:
-        """A spare for ``pool``'s first template: (spare name, cgroup name).
+    def _take_spare(self, zygote: ZygoteProcess, pool: Pool, old: FunctionSandbox | None = None) -> tuple[str, str] | None:
+        """A spare for ``pool``'s template: (spare name, cgroup name).
 
         The spare's cgroup becomes the function's (renamed to its key where
-        the cgroup version allows); the limits are set by FunctionSandbox."""
+        the cgroup version allows); the limits are set by FunctionSandbox.
+        ``old``: the sandbox of a template that scaled to zero, whose cgroup
+        the spare's replaces (only when no process is left in it)."""
         if pool.spec.network != "none":
             return None  # spares have an empty network namespace
-        taken = zygote.take_spare()
-        if taken is None:
+        if not zygote.spares or (old is not None and (old.cgroup is None or old.cgroup_pids())):
             return None
         from spanfaas import sandbox
 
+        if old is not None:
+            try:
+                old.destroy()
+            except (OSError, sandbox.SandboxError) as exc:
+                log.warning("spanfaas runtime: could not remove the empty cgroup of %s (%s); restarting it without a spare", pool.key, exc)
+                old.use_cgroup(self.cgroup_root, pool.key)
+                return None
+            pool.cgroup_replaced()
+        taken = zygote.take_spare()
+        assert taken is not None
         name = taken[0]
         cgroup_name = pool.key if sandbox.Cgroup.rename(self.cgroup_root, name, pool.key) else name
         # The next spare is forked once this template is up, not beside it (on
@@ -231,6 +242,10 @@ class LocalRuntime:
                 cgroup_name=spare[1] if spare is not None else None,
             )
             self._sandboxes[pool.key] = sb
+        elif self.rt.sandbox:  # a restart after scaling to zero
+            spare = self._take_spare(zygote, pool, old=sb)
+            if spare is not None:
+                sb.use_cgroup(self.cgroup_root, spare[1])
         sb.prepare_scratch()
         req = p.SpawnTemplate(
             key=pool.key,

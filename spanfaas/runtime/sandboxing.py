@@ -127,6 +127,20 @@ class FunctionSandbox:
         if self.uid is not None:
             os.chown(self.scratch_dir, self.uid, self.uid)
 
+    def use_cgroup(self, cgroup_root: str, name: str) -> None:
+        """Adopt the existing cgroup ``name`` (a spare's), with this function's limits."""
+        from spanfaas import sandbox
+
+        plan = self.plan
+        assert plan is not None
+        self.cgroup = sandbox.Cgroup.create(
+            cgroup_root, name,
+            memory_bytes=plan.memory_bytes, cpu=plan.cpu, pids=plan.pids,  # type: ignore[attr-defined]
+        )  # fmt: skip
+
+    def cgroup_pids(self) -> list[int]:
+        return list(self.cgroup.pids()) if self.cgroup is not None else []  # type: ignore[attr-defined]
+
     def cgroup_dirs(self) -> list[str]:
         if self.cgroup is None:
             return []

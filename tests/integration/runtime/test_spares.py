@@ -115,3 +115,26 @@ async def test_no_spares_when_disabled(tmp_path: Path) -> None:
         assert _output(await h.invoke("no-spare"))["host"] == "no-spare"
     finally:
         await rt.close()
+
+
+async def test_a_restart_after_scaling_to_zero_takes_a_spare_and_its_cgroup(spared: Harness) -> None:
+    require(spared, "pid-namespace", "mount-namespace", "cgroup-memory")
+    await spared.deploy("napper", PROBE, 'isolation = "reuse"\n[scaling]\nidle_ttl = 0.3\n[resources]\nmemory = 80\n')
+    pool = spared.rt.pool("napper")
+    first = _output(await spared.invoke("napper"))
+    sb = spared.rt._sandboxes[pool.key]
+    async with asyncio.timeout(10):
+        while pool.state != "cold" or sb.cgroup_pids():  # the old template is gone, not just told to go
+            await asyncio.sleep(0.05)
+    spare, spare_pid = await _spare_ready(spared.rt)
+    again = await spared.invoke("napper")
+    assert again.cold and pool.template_pid == spare_pid, "the restart is the spare"
+    assert _output(again)["host"] == first["host"] == "napper"
+    dirs = sb.cgroup_dirs()
+    assert dirs and all(not os.path.basename(d).startswith("spare-") for d in dirs), "renamed to the function's key"
+    memory = next(d for d in dirs if "memory" in d)
+    with open(os.path.join(memory, "memory.limit_in_bytes" if os.path.exists(os.path.join(memory, "memory.limit_in_bytes")) else "memory.max")) as f:
+        assert int(f.read()) == sb.plan.memory_bytes  # type: ignore[attr-defined]
+    with open(os.path.join(memory, "cgroup.procs")) as f:
+        assert spare_pid in [int(x) for x in f.read().split()]
+    await spared.rt.remove("napper")
