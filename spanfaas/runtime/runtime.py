@@ -212,6 +212,9 @@ class LocalRuntime:
         if not self.started:
             return
         log.error("spanfaas runtime: zygote %s exited; its functions restart on their next invocation", zygote.key)
+        task = asyncio.get_running_loop().create_task(zygote.close())  # reap it
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
         for cgroup in [*zygote.spares.values(), *zygote.pending_spares.values()]:
             cgroup.destroy()
         zygote.spares.clear()

@@ -138,3 +138,34 @@ async def test_a_restart_after_scaling_to_zero_takes_a_spare_and_its_cgroup(spar
     with open(os.path.join(memory, "cgroup.procs")) as f:
         assert spare_pid in [int(x) for x in f.read().split()]
     await spared.rt.remove("napper")
+
+
+async def test_a_zygote_killed_with_a_spare_waiting_leaves_nothing_and_functions_restart(tmp_path: Path) -> None:
+    rt = await _runtime(tmp_path, spares=1)
+    try:
+        h = Harness(rt, tmp_path / "functions")
+        require(h, "pid-namespace", "mount-namespace")
+        await h.deploy("survivor", PROBE)
+        assert _output(await h.invoke("survivor"))["host"] == "survivor"
+        zygote = rt._zygote_for(None)
+        _, spare_pid = await _spare_ready(rt)
+        assert zygote.proc is not None
+        os.kill(zygote.proc.pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while zygote.alive:
+                await asyncio.sleep(0.01)
+            while os.path.exists(f"/proc/{spare_pid}") and _state(spare_pid) != "Z":
+                await asyncio.sleep(0.01)  # the spare sees its channel close and exits
+        assert not zygote.spares and not zygote.pending_spares
+        r = await h.invoke("survivor")  # a new zygote, a new template
+        assert r.cold and _output(r)["host"] == "survivor"
+    finally:
+        await rt.close()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
