@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -80,13 +81,22 @@ def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
     return _json_encoder.encode(value), "application/json"
 
 
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction``, without running inspect's Python for a
+    plain function (in a fresh template that would un-share ~100 KiB)."""
+    code = getattr(fn, "__code__", None)
+    if type(fn) is types.FunctionType and code is not None:
+        return bool(code.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn)
+
+
 class Runner:
     """Calls the handler; one per instance."""
 
     def __init__(self, handler: Callable[..., Any], function_name: str) -> None:
         self.handler = handler
         self.function_name = function_name
-        self.is_async = inspect.iscoroutinefunction(handler)
+        self.is_async = _is_coroutine_function(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
 

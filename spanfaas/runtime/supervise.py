@@ -7,6 +7,7 @@ progress), and returns when the runtime's channel closes.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stubs: the C half of signal
 import os
 import select
 import signal
@@ -17,6 +18,13 @@ from typing import Any
 import msgspec
 
 from spanfaas.runtime import protocol as p
+
+
+SIGCHLD = int(signal.SIGCHLD)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass  # the wake-up fd does the work
 
 
 def supervise(
@@ -32,8 +40,10 @@ def supervise(
     ``on_children`` reaps after one arrived.
     """
     wake_r, wake_w = wake
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    # The C functions: signal.signal's enum conversions would un-share ~70 KiB
+    # in every template (see runtime/forking.py).
+    _signal.set_wakeup_fd(wake_w)
+    _signal.signal(SIGCHLD, _ignore)
     poller = select.poll()
     poller.register(chan.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)

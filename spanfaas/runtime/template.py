@@ -351,13 +351,15 @@ def remove_tree(path: str) -> None:
 
 def _vm_data() -> int:
     try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            status = os.read(fd, 8192)
+        finally:
+            os.close(fd)
+        at = status.index(b"VmData:") + 7
+        return int(status[at : status.index(b"kB", at)]) * 1024
+    except (OSError, ValueError):
+        return 0
 
 
 def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, joined: int = -1) -> NoReturn:
