@@ -26,6 +26,7 @@ Pitfalls this layout handles or documents:
 
 from __future__ import annotations
 
+import _socket
 import ctypes
 import errno
 import fcntl
@@ -227,11 +228,16 @@ def unshare_namespaces(network: str, *, pid: bool = True) -> list[Protection]:
 
 def _loopback_up() -> None:
     """``ip link set lo up`` without exec: SIOCSIFFLAGS on a throwaway socket."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    # _socket's type, not socket.socket: its Python __init__/__exit__ would
+    # un-share pages of the zygote in every template.
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         req = bytearray(_IFREQ.pack(b"lo", 0))
         fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req)
         _, flags = _IFREQ.unpack(req)
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
+    finally:
+        s.close()
 
 
 def set_hostname(name: str) -> Protection:
