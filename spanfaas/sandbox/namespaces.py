@@ -31,7 +31,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import socket
 import struct
 from typing import Final
 
