@@ -208,3 +208,30 @@ def test_v2_attach_kill_destroy_for_real() -> None:
         if os.path.isdir(d):
             os.rmdir(d)
         os.rmdir(top)
+
+
+def test_rename_moves_processes_and_limits_or_changes_nothing(cgroup_root: str) -> None:
+    cg = Cgroup.create(cgroup_root, "spare-1", memory_bytes=0, cpu=0, pids=0)
+    taken = Cgroup.create(cgroup_root, "taken", memory_bytes=0, cpu=0, pids=0)
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        cg.attach(pid)
+        assert not Cgroup.rename(cgroup_root, "spare-1", "taken"), "an existing name: refused, nothing moved"
+        assert cg.pids() == [pid]
+        if any(h.version == 2 for h in hierarchies().values()):
+            pytest.skip("cgroup v2 refuses renames; the runtime keeps the spare's name there")
+        assert Cgroup.rename(cgroup_root, "spare-1", "fn")
+        fn = Cgroup.create(cgroup_root, "fn", memory_bytes=64 * MiB, cpu=0, pids=0)
+        assert fn.pids() == [pid], "the process moved with its directory"
+        assert cg.pids() == []
+        if hierarchies()["memory"].version == 1:
+            assert int(_read("memory", cgroup_root, "fn", "memory.limit_in_bytes")) == 64 * MiB
+        fn.destroy()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        cg.destroy()
+        taken.destroy()
