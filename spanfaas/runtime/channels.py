@@ -154,7 +154,16 @@ async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
 
 
 class InstanceLost(ConnectionError):
-    """The instance's channel closed: it exited, crashed or was killed."""
+    """The instance's channel closed: it exited, crashed or was killed.
+
+    ``started`` is False for a request that was still queued on the
+    connection behind the ones the instance was running: it never ran, so it
+    may run elsewhere.
+    """
+
+    def __init__(self, message: str, *, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 _SMALL = 256 * 1024
@@ -162,10 +171,17 @@ _FIRST = 4 * 1024
 
 
 class InstanceConnection(asyncio.BufferedProtocol):
-    """Frames to and from one instance; replies resolve futures by request id."""
+    """Frames to and from one instance; replies resolve futures by request id.
 
-    def __init__(self, on_lost: Callable[[], None]) -> None:
+    Several requests may be in flight (pipelining): the instance runs
+    ``slots`` of them at once and the rest wait on the connection, in order.
+    Requests made during one turn of the event loop go out in one write, at
+    its end: one syscall (and one wake-up of the instance) for the batch.
+    """
+
+    def __init__(self, on_lost: Callable[[], None], slots: int = 1) -> None:
         self._on_lost = on_lost
+        self._slots = slots
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
@@ -177,6 +193,8 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._big_hlen = 0
         self._decoder = _done_decoder
         self._next_id = 0
+        self._out: list[bytes | memoryview] = []
+        self._unsent = 0
         self.lost = False
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
@@ -236,9 +254,14 @@ class InstanceConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        for fut in self.pending.values():
+        # Requests are served in the order they were sent (``pending`` keeps it),
+        # ``slots`` at a time: past the first ``slots`` (or not sent yet) none had started.
+        running = min(self._slots, len(self.pending) - self._unsent)
+        self._out.clear()
+        self._unsent = 0
+        for i, fut in enumerate(self.pending.values()):
             if not fut.done():
-                fut.set_exception(InstanceLost("instance connection lost"))
+                fut.set_exception(InstanceLost("instance connection lost", started=i < running))
         self.pending.clear()
         self._on_lost()
 
@@ -250,8 +273,27 @@ class InstanceConnection(asyncio.BufferedProtocol):
             fut.set_exception(InstanceLost("instance connection lost"))
             return fut
         self.pending[req.id] = fut
-        self.transport.writelines(p.encode(req, body))
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out += p.encode(req, body)
+        self._unsent += 1
         return fut
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        self._unsent = 0
+        if out and self.transport is not None and not self.lost:
+            self.transport.writelines(out)
+
+    def running(self, id: int) -> bool:
+        """Whether request ``id`` may be running: among the first ``slots`` unanswered
+        (the others still wait on the connection)."""
+        for i, pending in enumerate(self.pending):
+            if i >= self._slots:
+                return False
+            if pending == id:
+                return True
+        return False
 
     def next_id(self) -> int:
         self._next_id += 1

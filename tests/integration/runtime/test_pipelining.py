@@ -1,0 +1,127 @@
+"""Pipelining: short calls queue on a reuse instance's connection behind the
+ones it runs; replies find their callers; a lost instance fails what ran and
+reruns what only waited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ECHO = """
+import os, time
+
+def handler(event, context):
+    what = event.get("do")
+    if what == "exit":
+        os._exit(3)
+    if what == "sleep":
+        time.sleep(event["s"])
+    if what == "spin":
+        while True:
+            pass
+    return {"i": event.get("i"), "pid": os.getpid()}
+"""
+
+
+async def _warm(harness: Harness, name: str, calls: int = 5) -> None:
+    """Fast calls first: pipelining starts once the calls are known to be short."""
+    for i in range(calls):
+        r = await harness.invoke(name, json.dumps({"i": i}).encode())
+        assert r.ok, r.error
+    assert harness.rt.pool(name).stats()["room"] > 1
+
+
+async def test_pipelined_replies_find_their_callers(harness: Harness) -> None:
+    await harness.deploy("pipe-echo", ECHO, 'isolation = "reuse"\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-echo")
+    for _ in range(3):
+        results = await asyncio.gather(*(harness.invoke("pipe-echo", json.dumps({"i": i}).encode()) for i in range(200)))
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
+        outs = [json.loads(r.output) for r in results]
+        assert [o["i"] for o in outs] == list(range(200))
+        assert len({o["pid"] for o in outs}) == 1  # one instance served them all, several at a time
+    assert harness.rt.pool("pipe-echo").stats()["waiting"] == 0
+
+
+async def test_out_of_order_replies_on_a_concurrent_instance(harness: Harness) -> None:
+    await harness.deploy("pipe-conc", ECHO, 'isolation = "reuse"\n[resources]\nconcurrency = 4\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-conc")
+    sleeps = [0.3, 0.0, 0.2, 0.1, 0.0, 0.05]
+    order: list[int] = []
+
+    async def call(i: int, s: float) -> dict[str, int]:
+        r = await harness.invoke("pipe-conc", json.dumps({"do": "sleep", "s": s, "i": i}).encode())
+        assert r.ok, r.error
+        order.append(i)
+        return dict(json.loads(r.output))
+
+    outs = await asyncio.gather(*(call(i, s) for i, s in enumerate(sleeps)))
+    assert [o["i"] for o in outs] == list(range(len(sleeps)))
+    assert order[-1] == 0 and order.index(1) < order.index(3) < order.index(2)  # answered as they finished
+
+
+async def test_crash_fails_the_call_that_ran_and_reruns_the_queued_ones(harness: Harness) -> None:
+    await harness.deploy("pipe-crash", ECHO, 'isolation = "reuse"\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-crash")
+    before = json.loads((await harness.invoke("pipe-crash", b'{"i": -1}')).output)["pid"]
+    calls = [harness.invoke("pipe-crash", b'{"do": "exit"}')]
+    calls += [harness.invoke("pipe-crash", json.dumps({"i": i}).encode()) for i in range(5)]
+    crashed, *queued = await asyncio.gather(*calls)
+    assert crashed.error is not None and crashed.error.kind == "crashed" and crashed.error.exit_status == 3
+    assert all(r.ok for r in queued), [r.error for r in queued if not r.ok]
+    outs = [json.loads(r.output) for r in queued]
+    assert [o["i"] for o in outs] == list(range(5))
+    assert {o["pid"] for o in outs} != {before}  # they ran on the new instance
+    r = await harness.invoke("pipe-crash", b'{"i": 9}')
+    assert r.ok
+
+
+async def test_crash_of_a_concurrent_instance_fails_every_running_call(harness: Harness) -> None:
+    await harness.deploy("pipe-crash4", ECHO, 'isolation = "reuse"\n[resources]\nconcurrency = 3\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-crash4")
+    running = [harness.invoke("pipe-crash4", b'{"do": "sleep", "s": 0.5}') for _ in range(2)]
+    calls = [*running, harness.invoke("pipe-crash4", b'{"do": "exit"}')]
+    calls += [harness.invoke("pipe-crash4", json.dumps({"i": i}).encode()) for i in range(4)]
+    *ran, crashed, r0, r1, r2, r3 = await asyncio.gather(*calls)
+    for r in (*ran, crashed):
+        assert r.error is not None and r.error.kind == "crashed", r.error
+    assert all(r.ok for r in (r0, r1, r2, r3))
+    assert (await harness.invoke("pipe-crash4", b'{"i": 1}')).ok
+
+
+async def test_timeout_with_calls_queued_behind(harness: Harness) -> None:
+    await harness.deploy("pipe-spin", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 1.0\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-spin")
+    calls = [harness.invoke("pipe-spin", b'{"do": "spin"}')]
+    calls += [harness.invoke("pipe-spin", json.dumps({"i": i}).encode()) for i in range(3)]
+    spun, *queued = await asyncio.gather(*calls)
+    assert spun.error is not None and spun.error.kind == "timeout"
+    assert "ran past its 1s timeout" in spun.error.message
+    # Same deadline as the call they waited behind: it passed for them too.
+    for r in queued:
+        assert r.error is not None and r.error.kind == "timeout"
+        assert "waited behind others" in r.error.message
+    assert (await harness.invoke("pipe-spin", b'{"i": 1}')).ok
+
+
+async def test_nothing_queues_behind_a_call_that_turned_out_slow(harness: Harness) -> None:
+    await harness.deploy(
+        "pipe-slow", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 1.0\n[scaling]\nmax = 2\nmin = 2\n'
+    )
+    await _warm(harness, "pipe-slow")
+    pool = harness.rt.pool("pipe-slow")
+    for _ in range(50):  # both instances up
+        if pool.stats()["instances"] == 2:
+            break
+        await asyncio.sleep(0.05)
+    slow = asyncio.ensure_future(harness.invoke("pipe-slow", b'{"do": "sleep", "s": 0.6}'))
+    await asyncio.sleep(0.1)  # it has not answered for longer than pipelining waits
+    fast = await asyncio.gather(*(harness.invoke("pipe-slow", json.dumps({"i": i}).encode()) for i in range(4)))
+    assert all(r.ok and r.duration_ms < 400 for r in fast), [(r.error, r.duration_ms) for r in fast]
+    assert (await slow).ok
