@@ -175,8 +175,10 @@ class InstanceConnection(asyncio.BufferedProtocol):
 
     Several requests may be in flight (pipelining): the instance runs
     ``slots`` of them at once and the rest wait on the connection, in order.
-    Requests made during one turn of the event loop go out in one write, at
-    its end: one syscall (and one wake-up of the instance) for the batch.
+    Requests go out in batches, with one write at the end of a turn of the
+    event loop: at once while the instance has a free slot, else held until
+    it answers (it would not start them sooner), so a batch costs one syscall
+    and one wake-up of the instance however many requests it carries.
     """
 
     def __init__(self, on_lost: Callable[[], None], slots: int = 1) -> None:
@@ -195,6 +197,8 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._next_id = 0
         self._out: list[bytes | memoryview] = []
         self._unsent = 0
+        """Requests in ``_out``, not written yet (the last ones in ``pending``)."""
+        self._flushing = False
         self.lost = False
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
@@ -251,6 +255,9 @@ class InstanceConnection(asyncio.BufferedProtocol):
         fut = self.pending.pop(done.id, None)
         if fut is not None and not fut.done():
             fut.set_result((done, body))
+        if self._unsent and not self._flushing:  # a slot is free: send what was held
+            self._flushing = True
+            self._loop.call_soon(self._flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -273,13 +280,15 @@ class InstanceConnection(asyncio.BufferedProtocol):
             fut.set_exception(InstanceLost("instance connection lost"))
             return fut
         self.pending[req.id] = fut
-        if not self._out:
-            self._loop.call_soon(self._flush)
         self._out += p.encode(req, body)
         self._unsent += 1
+        if not self._flushing and len(self.pending) - self._unsent < self._slots:
+            self._flushing = True
+            self._loop.call_soon(self._flush)
         return fut
 
     def _flush(self) -> None:
+        self._flushing = False
         out, self._out = self._out, []
         self._unsent = 0
         if out and self.transport is not None and not self.lost:
@@ -288,8 +297,9 @@ class InstanceConnection(asyncio.BufferedProtocol):
     def running(self, id: int) -> bool:
         """Whether request ``id`` may be running: among the first ``slots`` unanswered
         (the others still wait on the connection)."""
+        running = min(self._slots, len(self.pending) - self._unsent)
         for i, pending in enumerate(self.pending):
-            if i >= self._slots:
+            if i >= running:
                 return False
             if pending == id:
                 return True

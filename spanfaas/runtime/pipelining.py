@@ -1,30 +1,33 @@
 """How many invocations a reuse instance may hold: pipelining short calls.
 
 A reuse instance runs ``resources.concurrency`` invocations at once (its
-slots).  While a function's calls are short, an instance may also hold up
-to ``DEPTH`` more, waiting on its connection behind the ones it runs: the
-runtime writes them back to back, the instance reads them with one
-``recv`` and answers them in one ``sendmsg``, so a batch costs one wake-up
-of each side instead of one per call.  On a busy machine those wake-ups,
-not the calls, are what a no-op costs.
+slots).  While a function's calls are short, an instance may also hold more,
+waiting on its connection behind the ones it runs: the runtime writes them
+back to back, the instance reads them with one ``recv`` and answers them in
+one ``sendmsg``, so a batch costs one wake-up of each side instead of one per
+call.  On a busy machine those wake-ups, not the calls, are what a no-op
+costs.
 
-Only short calls are pipelined: a call queued behind a long one would wait
-while another instance may be free.  The duration the instance reports is
-kept as an average that rises at once on a slow call and falls slowly, so
-one slow call stops pipelining until fast calls are seen again; and nothing
-more queues on an instance that has not answered for ``STALL`` seconds (a
-call that turned out slow, before it reports).  Calls queued on connections
-count against ``scaling.queue`` like the ones waiting in the pool.
+How many: as many as the instance works off in ``BUDGET_MS`` at the calls'
+average duration (at most ``DEPTH``), so a queued call waits about that long
+at most, and calls of ``BUDGET_MS`` or more are not pipelined at all.  The
+pool fills one instance before the next, so a burst gathers on one
+connection.  The duration the instance reports is kept as an average that
+rises at once on a slow call and falls slowly: one slow call stops
+pipelining until fast calls are seen again; and nothing more queues on an
+instance that has not answered for ``STALL`` seconds (a call that turned out
+slow, before it reports).  Calls queued on connections count against
+``scaling.queue`` like the ones waiting in the pool.
 """
 
 from __future__ import annotations
 
-__all__ = ["DEPTH", "MAX_MS", "STALL", "Pipelining"]
+__all__ = ["BUDGET_MS", "DEPTH", "STALL", "Pipelining"]
 
-DEPTH = 8
-"""Invocations that may wait on an instance's connection beyond its slots."""
-MAX_MS = 0.5
-"""Pipeline only while the calls' duration average is below this (milliseconds)."""
+BUDGET_MS = 2.0
+"""Expected work (milliseconds) a call may queue behind on an instance."""
+DEPTH = 64
+"""Invocations that may wait on an instance's connection beyond its slots, at most."""
 STALL = 0.01
 """Seconds without an answer after which no more calls queue on an instance."""
 _FALL = 0.2
@@ -32,7 +35,7 @@ _FALL = 0.2
 
 
 class Pipelining:
-    """The room per instance of one reuse pool: its slots, plus ``DEPTH`` while calls are short."""
+    """The room per instance of one reuse pool: its slots, plus what short calls allow."""
 
     __slots__ = ("slots", "room", "call_ms")
 
@@ -48,4 +51,5 @@ class Pipelining:
         avg = self.call_ms
         avg = ms if avg is None or ms >= avg else avg + _FALL * (ms - avg)
         self.call_ms = avg
-        self.room = self.slots + DEPTH if avg < MAX_MS else self.slots
+        queue = DEPTH if avg * DEPTH <= BUDGET_MS * self.slots else int(BUDGET_MS * self.slots / avg)
+        self.room = self.slots + queue

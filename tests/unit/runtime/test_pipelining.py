@@ -13,21 +13,23 @@ import pytest
 
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.channels import InstanceConnection, InstanceLost
-from spanfaas.runtime.pipelining import DEPTH, MAX_MS, Pipelining
+from spanfaas.runtime.pipelining import BUDGET_MS, DEPTH, Pipelining
 
 
 def test_room_grows_while_calls_are_short_and_shrinks_at_once_on_a_slow_one() -> None:
     pl = Pipelining(2)
     assert pl.room == 2  # nothing measured yet
-    pl.observe(MAX_MS / 10)
+    pl.observe(0.01)
     assert pl.room == 2 + DEPTH
-    pl.observe(MAX_MS * 20)
+    pl.observe(BUDGET_MS / 2)
+    assert pl.room == 2 + 4  # two slots work off four such calls within the budget
+    pl.observe(BUDGET_MS * 20)
     assert pl.room == 2
     for _ in range(5):
-        pl.observe(MAX_MS / 10)
+        pl.observe(0.01)
     assert pl.room == 2  # falls slowly: a few fast calls do not forget a slow one
-    for _ in range(30):
-        pl.observe(MAX_MS / 10)
+    for _ in range(40):
+        pl.observe(0.01)
     assert pl.room == 2 + DEPTH
 
 
