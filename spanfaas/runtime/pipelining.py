@@ -16,13 +16,23 @@ connection.  The duration the instance reports is kept as an average that
 rises at once on a slow call and falls slowly: one slow call stops
 pipelining until fast calls are seen again; and nothing more queues on an
 instance that has not answered for ``STALL`` seconds (a call that turned out
-slow, before it reports).  Calls queued on connections count against
-``scaling.queue`` like the ones waiting in the pool.
+slow, before it reports).
+
+A burst could still pile up on one instance before any of its calls
+reports, and calls queued on an instance cannot move to the instances the
+burst makes the pool start.  So each instance has a window, as TCP's slow
+start: it may hold one call beyond its slots, one more for each short call
+it answers, back to one after a long call or ``QUIET`` seconds without
+work.  A steady stream of short calls opens it within a round trip or two;
+a sudden burst of calls that turn out long finds it small.
+
+Calls queued on connections count against ``scaling.queue`` like the ones
+waiting in the pool.
 """
 
 from __future__ import annotations
 
-__all__ = ["BUDGET_MS", "DEPTH", "STALL", "Pipelining"]
+__all__ = ["BUDGET_MS", "DEPTH", "QUIET", "STALL", "Pipelining"]
 
 BUDGET_MS = 2.0
 """Expected work (milliseconds) a call may queue behind on an instance."""
@@ -30,6 +40,8 @@ DEPTH = 64
 """Invocations that may wait on an instance's connection beyond its slots, at most."""
 STALL = 0.01
 """Seconds without an answer after which no more calls queue on an instance."""
+QUIET = 0.5
+"""Seconds without work after which an instance's window starts small again."""
 _FALL = 0.2
 """Weight of a new, shorter duration in the average (longer ones replace it)."""
 

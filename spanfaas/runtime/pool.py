@@ -40,7 +40,7 @@ from spanfaas.runtime.channels import (
     InstanceLost,
     read_hello,
 )
-from spanfaas.runtime.pipelining import STALL, Pipelining
+from spanfaas.runtime.pipelining import DEPTH, QUIET, STALL, Pipelining
 
 if TYPE_CHECKING:
     from spanfaas.runtime.runtime import LocalRuntime
@@ -81,7 +81,7 @@ class _Waiter(asyncio.Future["Instance"]):
 class Instance:
     __slots__ = (
         "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
-        "retired", "ready", "expires", "answered",
+        "retired", "ready", "expires", "answered", "window",
     )  # fmt: skip
 
     def __init__(self, seq: int) -> None:
@@ -102,6 +102,9 @@ class Instance:
         queued behind others must not expire before them (see Pool._hand)."""
         self.answered = 0.0
         """When (loop clock) it last answered, or took a call while it had none."""
+        self.window = 1
+        """Calls it may hold beyond its slots now: grows with each short call it
+        answers, back to 1 after a long one or a quiet spell (runtime/pipelining.py)."""
 
     def kill(self) -> None:
         if self.pidfd >= 0:
@@ -591,14 +594,18 @@ class Pool:
         be a call with time left: its own expiry came first)."""
         if inst.active >= self._slots:
             if (
-                expires < inst.expires
+                inst.active - self._slots >= inst.window
+                or expires < inst.expires
                 or self._pipelined + len(self._waiters) >= self.spec.scaling.queue
                 or self._loop.time() - inst.answered > STALL
             ):
                 return False
             self._pipelined += 1
         elif inst.active == 0:
-            inst.answered = self._loop.time()
+            now = self._loop.time()
+            if now - inst.answered > QUIET:
+                inst.window = 1  # what it answered before a quiet spell says little about the next burst
+            inst.answered = now
         inst.active += 1
         if expires > inst.expires:
             inst.expires = expires
@@ -651,7 +658,12 @@ class Pool:
         else:
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()
-                self._pipelining.observe(done.duration_ms)
+                pipelining = self._pipelining
+                pipelining.observe(done.duration_ms)
+                if pipelining.room == self._slots:
+                    inst.window = 1
+                elif inst.window < DEPTH:
+                    inst.window += 1
         finally:
             timer.cancel()
             self._release(inst)
