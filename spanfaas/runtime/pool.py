@@ -523,7 +523,13 @@ class Pool:
                 try:
                     return await self._run(inst, payload, ctx, expires, timeout, arrived, cold)
                 except _NotStarted:
-                    continue  # it waited on an instance that was lost before running it: run it on another
+                    pass
+                # It waited on an instance that was lost before running it: run it on another
+                # (the template may have gone with it, or the pool been closed meanwhile).
+                if self.state == "closed":
+                    raise InfraError(f"function '{self.spec.name}' was removed")
+                if self.state in ("cold", "starting"):
+                    await self.start()
         finally:
             self._busy -= 1
             if self._busy == 0:

@@ -140,3 +140,37 @@ async def test_a_burst_of_calls_that_turn_out_long_spreads_over_new_instances(ha
     # Piled on the one instance they found, they would all run there; the window lets
     # only a few queue on it, the others wait in the pool for the instances it starts.
     assert len({json.loads(r.output)["pid"] for r in results}) > 1
+
+
+async def test_calls_queued_on_a_closed_pool_fail_at_once(harness: Harness) -> None:
+    from spanfaas.errors import InfraError
+
+    await harness.deploy("pipe-close", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 20\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-close")
+    pool = harness.rt.pool("pipe-close")
+    calls = [asyncio.ensure_future(harness.invoke("pipe-close", b'{"do": "sleep", "s": 5}'))]
+    calls += [asyncio.ensure_future(harness.invoke("pipe-close", json.dumps({"i": i}).encode())) for i in range(3)]
+    await asyncio.sleep(0.1)
+    assert pool.stats()["waiting"] == 3  # queued on the instance, behind the sleeping call
+    pool.close()
+    running, *queued = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert not isinstance(running, BaseException)
+    assert running.error is not None and running.error.kind == "crashed"
+    assert all(isinstance(q, InfraError) and "was removed" in str(q) for q in queued), queued
+
+
+async def test_calls_queued_when_the_template_dies_run_on_a_new_one(harness: Harness) -> None:
+    import os
+    import signal
+
+    await harness.deploy("pipe-tmpl", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 20\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-tmpl")
+    pool = harness.rt.pool("pipe-tmpl")
+    calls = [asyncio.ensure_future(harness.invoke("pipe-tmpl", b'{"do": "sleep", "s": 5}'))]
+    calls += [asyncio.ensure_future(harness.invoke("pipe-tmpl", json.dumps({"i": i}).encode())) for i in range(3)]
+    await asyncio.sleep(0.1)
+    assert pool.stats()["waiting"] == 3
+    os.kill(pool.template_pid, signal.SIGKILL)  # its instances go with it
+    running, *queued = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert running.error is not None and running.error.kind == "crashed"
+    assert all(r.ok for r in queued), [r.error for r in queued]
