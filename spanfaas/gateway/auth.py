@@ -3,8 +3,9 @@
 Scopes nest: ``admin`` ⊇ ``deploy`` ⊇ ``invoke``.  The middleware checks the
 token on every ``/v1`` call and leaves the token's rank in the ASGI scope;
 each endpoint then ``require``s the scope it needs.  Only a token's sha256 is
-stored; verified tokens are cached for a few seconds, so the hot path costs a
-hash and a dict lookup.
+stored; verified tokens are cached for a few seconds, and so is the
+``Authorization`` header that carried them: a client sending the same header
+again costs one dict lookup (no decoding, no hash).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class TokenCache:
         self.ttl = ttl
         self.max_size = max_size
         self._entries: dict[str, tuple[TokenRecord | None, float]] = {}
+        self._headers: dict[bytes, tuple[TokenRecord, int, float]] = {}
+        """Authorization headers that carried a valid token: (record, rank, until), until its hash entry expires."""
 
     async def lookup(self, token_hash: str) -> TokenRecord | None:
         hit = self._entries.get(token_hash)
@@ -92,13 +95,34 @@ class TokenCache:
         self._entries[token_hash] = (record, now + (self.ttl if record else 1.0))
         return record
 
+    def verified(self, header: bytes) -> tuple[TokenRecord, int] | None:
+        """The token record and rank of an ``Authorization`` header verified lately."""
+        hit = self._headers.get(header)
+        if hit is not None and hit[2] > time.monotonic():
+            return hit[0], hit[1]
+        return None
+
+    def remember(self, header: bytes, token_hash: str, record: TokenRecord) -> tuple[TokenRecord, int]:
+        """``header`` carried ``record``'s token: skip its parsing and hash while the record is cached."""
+        entry = self._entries.get(token_hash)
+        until = entry[1] if entry is not None else time.monotonic() + self.ttl
+        rank = max(_RANK[s] for s in record.scopes)
+        if len(self._headers) >= self.max_size:
+            self._headers.clear()
+        self._headers[header] = (record, rank, until)
+        return record, rank
+
     def forget(self, token_id: str | None = None) -> None:
         if token_id is None:
             self._entries.clear()
+            self._headers.clear()
             return
         for key, (record, _) in list(self._entries.items()):
             if record is not None and record.id == token_id:
                 del self._entries[key]
+        for header, (rec, _rank, _until) in list(self._headers.items()):
+            if rec.id == token_id:
+                del self._headers[header]
 
 
 _MISSING = (
@@ -123,14 +147,17 @@ class AuthMiddleware:
                     break
             if not header:
                 raise Unauthorized(_MISSING)
-            kind, _, token = header.decode("latin-1").partition(" ")
-            if kind.lower() != "bearer" or not token.strip():
-                raise Unauthorized(_MISSING)
-            record = await self.cache.lookup(hash_token(token.strip()))
-            if record is None:
-                raise Unauthorized("the API token is not valid (mistyped, or revoked); ask an admin for a new one")
-            scope[_TOKEN_KEY] = record
-            scope[_SCOPE_KEY] = max(_RANK[s] for s in record.scopes)
+            known = self.cache.verified(header)
+            if known is None:
+                kind, _, token = header.decode("latin-1").partition(" ")
+                if kind.lower() != "bearer" or not token.strip():
+                    raise Unauthorized(_MISSING)
+                token_hash = hash_token(token.strip())
+                record = await self.cache.lookup(token_hash)
+                if record is None:
+                    raise Unauthorized("the API token is not valid (mistyped, or revoked); ask an admin for a new one")
+                known = self.cache.remember(header, token_hash, record)
+            scope[_TOKEN_KEY], scope[_SCOPE_KEY] = known
         await self.app(scope, receive, send)
 
 

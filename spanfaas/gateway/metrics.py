@@ -1,56 +1,128 @@
-"""Prometheus metrics of one gateway, in its own registry (never the global one)."""
+"""Prometheus metrics of one gateway, in its own registry (never the global one).
+
+The invocation counters and the duration histogram are updated on every
+request: they are plain numbers here (``_Invocations``), turned into metric
+families only when ``/metrics`` is scraped.  A prometheus_client child takes a
+lock and a few calls per update; this is an increment and a bisect.  The
+families read exactly as prometheus_client's own counters and histogram
+would (``_total``, ``_created``, cumulative ``le`` buckets).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from spanfaas.model import InfraInfo, Result
 
 __all__ = ["Metrics"]
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_LE = [repr(b) for b in _BUCKETS] + ["+Inf"]  # as prometheus_client writes these bounds ("0.0005", "1.0")
+
+
+class _Count:
+    """One labelled counter: its value and when it was first touched."""
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+
+class _Histogram:
+    """One labelled histogram: counts per bucket (not cumulative), their sum."""
+
+    __slots__ = ("counts", "sum", "created")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_BUCKETS, seconds)] += 1  # bucket `le` holds values <= its bound
+        self.sum += seconds
+
+
+class _Invocations:
+    """The per-invocation metrics, as a collector of the gateway's registry."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, ...], _Count] = {}
+        self.errors: dict[tuple[str, ...], _Count] = {}
+        self.durations: dict[str, _Histogram] = {}
+        self.cold_starts: dict[tuple[str, ...], _Count] = {}
+
+    @staticmethod
+    def count(counts: dict[tuple[str, ...], _Count], key: tuple[str, ...]) -> _Count:
+        c = counts.get(key)
+        if c is None:
+            c = counts[key] = _Count()
+        return c
+
+    def collect(self) -> Iterator[Metric]:
+        yield _counter("spanfaas_invocations", "Invocations by outcome", ["function", "status"], self.outcomes)
+        yield _counter("spanfaas_invocation_errors", "Failed invocations by kind of failure", ["function", "kind"], self.errors)
+        doc = "Time from request to result, as the gateway sees it"
+        hist = HistogramMetricFamily("spanfaas_invocation_duration_seconds", doc, labels=["function"])
+        created = GaugeMetricFamily("spanfaas_invocation_duration_seconds_created", doc, labels=["function"])
+        for fn, h in list(self.durations.items()):
+            total, buckets = 0, []
+            for le, n in zip(_LE, h.counts):
+                total += n
+                buckets.append((le, float(total)))
+            hist.add_metric([fn], buckets, h.sum)
+            created.add_metric([fn], h.created)
+        yield hist
+        yield created
+        yield _counter("spanfaas_cold_starts", "Invocations that started a new instance", ["function"], self.cold_starts)
+
+
+def _counter(name: str, doc: str, labels: list[str], counts: dict[tuple[str, ...], _Count]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, c in list(counts.items()):
+        family.add_metric(list(key), c.value, created=c.created)
+    return family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.invocations = Counter(
-            "spanfaas_invocations", "Invocations by outcome", ["function", "status"], registry=r
-        )
-        self.errors = Counter(
-            "spanfaas_invocation_errors", "Failed invocations by kind of failure", ["function", "kind"], registry=r
-        )
-        self.duration = Histogram(
-            "spanfaas_invocation_duration_seconds",
-            "Time from request to result, as the gateway sees it",
-            ["function"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
-        self.cold_starts = Counter("spanfaas_cold_starts", "Invocations that started a new instance", ["function"], registry=r)
+        self._inv = _Invocations()
+        r.register(self._inv)
         self.queue_depth = Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run", registry=r)
         self.instances = Gauge("spanfaas_instances", "Live instances per infrastructure", ["infra"], registry=r)
         self.functions = Gauge("spanfaas_functions", "Deployed functions per infrastructure", ["infra"], registry=r)
-        self._ok: dict[str, tuple[Counter, Histogram]] = {}
+        self._ok: dict[str, tuple[_Count, _Histogram]] = {}
 
     def observe(self, fn: str, result: Result, seconds: float) -> None:
-        """Count one invocation that reached the function (hot path: children are cached)."""
+        """Count one invocation that reached the function (hot path: one dict lookup when it succeeded)."""
         pair = self._ok.get(fn)
         if pair is None:
-            pair = self._ok[fn] = (self.invocations.labels(fn, "succeeded"), self.duration.labels(fn))
+            inv = self._inv
+            hist = inv.durations.get(fn)
+            if hist is None:
+                hist = inv.durations[fn] = _Histogram()
+            pair = self._ok[fn] = (inv.count(inv.outcomes, (fn, "succeeded")), hist)
         if result.error is None:
-            pair[0].inc()
+            pair[0].value += 1
         else:
-            self.invocations.labels(fn, "failed").inc()
-            self.errors.labels(fn, result.error.kind).inc()
+            self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
+            self._inv.count(self._inv.errors, (fn, result.error.kind)).value += 1
         pair[1].observe(seconds)
         if result.cold:
-            self.cold_starts.labels(fn).inc()
+            self._inv.count(self._inv.cold_starts, (fn,)).value += 1
 
     def infra_failed(self, fn: str) -> None:
-        self.invocations.labels(fn, "failed").inc()
-        self.errors.labels(fn, "infra").inc()
+        self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
+        self._inv.count(self._inv.errors, (fn, "infra")).value += 1
 
     def render(self, infos: list[InfraInfo], queue_depth: int) -> bytes:
         self.queue_depth.set(queue_depth)

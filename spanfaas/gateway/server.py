@@ -1,4 +1,4 @@
-"""Serving the gateway with uvicorn (uvloop + httptools), with graceful stop."""
+"""Serving the gateway with uvicorn (uvloop + httptools, one write per response: corking.py), with graceful stop."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from spanfaas.model import load_manifest
 from spanfaas.store import open_store
 from spanfaas.gateway.app import Gateway, create_app
 from spanfaas.gateway.bundle import pack_function
+from spanfaas.gateway.corking import CorkedHttpToolsProtocol
 
 __all__ = ["serve", "serve_async"]
 
@@ -90,7 +91,7 @@ async def serve_async(
                 app,
                 host=settings.host,
                 port=settings.port,
-                http="httptools",
+                http=CorkedHttpToolsProtocol,  # httptools, one write per response
                 lifespan="on",
                 access_log=False,
                 proxy_headers=False,

@@ -154,7 +154,16 @@ async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
 
 
 class InstanceLost(ConnectionError):
-    """The instance's channel closed: it exited, crashed or was killed."""
+    """The instance's channel closed: it exited, crashed or was killed.
+
+    ``started`` is False for a request that was still queued on the
+    connection behind the ones the instance was running: it never ran, so it
+    may run elsewhere.
+    """
+
+    def __init__(self, message: str, *, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 _SMALL = 256 * 1024
@@ -162,10 +171,19 @@ _FIRST = 4 * 1024
 
 
 class InstanceConnection(asyncio.BufferedProtocol):
-    """Frames to and from one instance; replies resolve futures by request id."""
+    """Frames to and from one instance; replies resolve futures by request id.
 
-    def __init__(self, on_lost: Callable[[], None]) -> None:
+    Several requests may be in flight (pipelining): the instance runs
+    ``slots`` of them at once and the rest wait on the connection, in order.
+    Requests go out in batches, with one write at the end of a turn of the
+    event loop: at once while the instance has a free slot, else held until
+    it answers (it would not start them sooner), so a batch costs one syscall
+    and one wake-up of the instance however many requests it carries.
+    """
+
+    def __init__(self, on_lost: Callable[[], None], slots: int = 1) -> None:
         self._on_lost = on_lost
+        self._slots = slots
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
@@ -177,6 +195,10 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._big_hlen = 0
         self._decoder = _done_decoder
         self._next_id = 0
+        self._out: list[bytes | memoryview] = []
+        self._unsent = 0
+        """Requests in ``_out``, not written yet (the last ones in ``pending``)."""
+        self._flushing = False
         self.lost = False
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
@@ -233,12 +255,20 @@ class InstanceConnection(asyncio.BufferedProtocol):
         fut = self.pending.pop(done.id, None)
         if fut is not None and not fut.done():
             fut.set_result((done, body))
+        if self._unsent and not self._flushing:  # a slot is free: send what was held
+            self._flushing = True
+            self._loop.call_soon(self._flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        for fut in self.pending.values():
+        # Requests are served in the order they were sent (``pending`` keeps it),
+        # ``slots`` at a time: past the first ``slots`` (or not sent yet) none had started.
+        running = min(self._slots, len(self.pending) - self._unsent)
+        self._out.clear()
+        self._unsent = 0
+        for i, fut in enumerate(self.pending.values()):
             if not fut.done():
-                fut.set_exception(InstanceLost("instance connection lost"))
+                fut.set_exception(InstanceLost("instance connection lost", started=i < running))
         self.pending.clear()
         self._on_lost()
 
@@ -250,8 +280,30 @@ class InstanceConnection(asyncio.BufferedProtocol):
             fut.set_exception(InstanceLost("instance connection lost"))
             return fut
         self.pending[req.id] = fut
-        self.transport.writelines(p.encode(req, body))
+        self._out += p.encode(req, body)
+        self._unsent += 1
+        if not self._flushing and len(self.pending) - self._unsent < self._slots:
+            self._flushing = True
+            self._loop.call_soon(self._flush)
         return fut
+
+    def _flush(self) -> None:
+        self._flushing = False
+        out, self._out = self._out, []
+        self._unsent = 0
+        if out and self.transport is not None and not self.lost:
+            self.transport.writelines(out)
+
+    def running(self, id: int) -> bool:
+        """Whether request ``id`` may be running: among the first ``slots`` unanswered
+        (the others still wait on the connection)."""
+        running = min(self._slots, len(self.pending) - self._unsent)
+        for i, pending in enumerate(self.pending):
+            if i >= running:
+                return False
+            if pending == id:
+                return True
+        return False
 
     def next_id(self) -> int:
         self._next_id += 1

@@ -7,6 +7,8 @@ the pool keeps ``scaling.prefork`` of them forked ahead of demand.  In
 Waiting invocations queue up to ``scaling.queue`` (then TooManyRequests);
 the pool grows up to ``scaling.max`` instances while invocations wait, and
 shrinks to zero (template included) after ``scaling.idle_ttl`` idle seconds.
+A reuse instance may also hold short calls queued on its connection behind
+the ones it runs (runtime/pipelining.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from spanfaas.runtime.channels import (
     InstanceLost,
     read_hello,
 )
+from spanfaas.runtime.pipelining import DEPTH, QUIET, STALL, Pipelining
 
 if TYPE_CHECKING:
     from spanfaas.runtime.runtime import LocalRuntime
@@ -57,13 +60,30 @@ class _Expired(Exception):
     """A deadline passed while an invocation waited (for an instance or a reply)."""
 
 
+class _NotStarted(Exception):
+    """The instance was lost while the invocation still waited on its connection: it never ran."""
+
+
 def _expire(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_exception(_Expired())
 
 
+class _Waiter(asyncio.Future["Instance"]):
+    """An invocation waiting for an instance, and when it expires (loop clock)."""
+
+    __slots__ = ("expires",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expires: float) -> None:
+        super().__init__(loop=loop)
+        self.expires = expires
+
+
 class Instance:
-    __slots__ = ("seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out", "retired", "ready")
+    __slots__ = (
+        "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
+        "retired", "ready", "expires", "answered", "window",
+    )  # fmt: skip
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -78,6 +98,14 @@ class Instance:
         self.timed_out = False
         self.retired = False
         self.ready = False
+        self.expires = 0.0
+        """The latest deadline (loop clock) of the invocations handed to it: a call
+        queued behind others must not expire before them (see Pool._hand)."""
+        self.answered = 0.0
+        """When (loop clock) it last answered, or took a call while it had none."""
+        self.window = 1
+        """Calls it may hold beyond its slots now: grows with each short call it
+        answers, back to 1 after a long one or a quiet spell (runtime/pipelining.py)."""
 
     def kill(self) -> None:
         if self.pidfd >= 0:
@@ -122,7 +150,7 @@ class Pool:
         self._chan: ControlChannel | None = None
         self._ready: asyncio.Future[None] | None = None
         self._idle: deque[Instance] = deque()
-        self._waiters: deque[asyncio.Future[Instance]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._instances: dict[int, Instance] = {}
         self._pending_forks = 0
         self._busy = 0
@@ -134,6 +162,10 @@ class Pool:
         self.last_used = time.monotonic()
         self._strict = spec.isolation == "strict"
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
+        self._pipelining = Pipelining(self._slots)
+        """reuse: how many invocations an instance may hold (its slots, more while calls are short)."""
+        self._pipelined = 0
+        """Invocations queued on instance connections behind the ones running (beyond the slots)."""
         self.desired = 0
         self.demanded = False
         """Called (or prewarmed) at least once: from then on instances are kept ahead of demand."""
@@ -307,7 +339,7 @@ class Pool:
             if self.runtime.rt.sandbox and pid > 0:
                 _raise_oom_score(pid)
             loop = asyncio.get_running_loop()
-            conn = InstanceConnection(lambda: self._on_conn_lost(inst))
+            conn = InstanceConnection(lambda: self._on_conn_lost(inst), self._slots)
             await loop.create_unix_connection(lambda: conn, sock=sock)
             inst.conn = conn
         except (OSError, asyncio.TimeoutError) as exc:
@@ -333,14 +365,19 @@ class Pool:
         self._offer(inst, fresh=True)
 
     def _offer(self, inst: Instance, fresh: bool = False) -> None:
-        """Give an instance's free slots to waiters; park it if slots remain (a fresh
+        """Give an instance's room to waiters; park it if room remains (a fresh
         multi-slot instance first in line, so new calls spread to it at once)."""
-        while self._waiters and inst.active < self._slots:
-            w = self._waiters.popleft()
-            if not w.done():
-                inst.active += 1
-                w.set_result(inst)
-        if inst.active < self._slots and inst not in self._idle:
+        room = self._pipelining.room
+        while self._waiters and inst.active < room:
+            w = self._waiters[0]
+            if w.done():
+                self._waiters.popleft()
+                continue
+            if not self._hand(inst, w.expires):
+                break
+            self._waiters.popleft()
+            w.set_result(inst)
+        if inst.active < room and inst not in self._idle:
             if fresh and self._slots > 1:
                 self._idle.appendleft(inst)
             else:
@@ -481,59 +518,118 @@ class Pool:
         try:
             if cold:
                 await self.start()
-            inst = self._take_idle()
-            if inst is None:
-                if len(self._waiters) >= self.spec.scaling.queue:
-                    raise TooManyRequests(
-                        f"function '{self.spec.name}' has {len(self._waiters)} invocations waiting "
-                        f"(scaling.queue = {self.spec.scaling.queue}); retry later or raise scaling.max",
-                        retry_after=1,
-                    )
-                fut: asyncio.Future[Instance] = loop.create_future()
-                self._waiters.append(fut)
-                self._grow()
-                timer = loop.call_at(expires, _expire, fut)
+            while True:
+                inst = self._take_idle(expires)
+                if inst is None:
+                    waited = await self._wait(expires)
+                    if waited is None:
+                        return self._result(
+                            ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
+                        )
+                    inst = waited
+                    cold = cold or inst.created >= arrived
                 try:
-                    inst = await fut
-                except asyncio.CancelledError:
-                    if fut.done() and not fut.cancelled() and fut.exception() is None:
-                        handed = fut.result()  # handed an instance just as we were cancelled: give it back
-                        handed.active -= 1
-                        self._give_back(handed)
-                    raise
-                except _Expired:
-                    return self._result(
-                        ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
-                    )
-                finally:
-                    timer.cancel()
-                    if not fut.done() or fut.cancelled() or fut.exception() is not None:
-                        # Not handed an instance (expired or cancelled): leave the queue.
-                        # (A handed-over future already left it; no O(n) remove then.)
-                        fut.cancel()
-                        try:
-                            self._waiters.remove(fut)
-                        except ValueError:
-                            pass
-                cold = cold or inst.created >= arrived
-            return await self._run(inst, payload, ctx, expires, timeout, arrived, cold)
+                    return await self._run(inst, payload, ctx, expires, timeout, arrived, cold)
+                except _NotStarted:
+                    pass
+                # It waited on an instance that was lost before running it: run it on another
+                # (the template may have gone with it, or the pool been closed meanwhile).
+                if self.state == "closed":
+                    raise InfraError(f"function '{self.spec.name}' was removed")
+                if self.state in ("cold", "starting"):
+                    await self.start()
         finally:
             self._busy -= 1
             if self._busy == 0:
                 self._drained.set()
 
-    def _take_idle(self) -> Instance | None:
-        """A slot on a ready instance, if one is free (no waiting)."""
-        while self._idle:
-            inst = self._idle[0]
-            if inst.conn is None or inst.conn.lost or inst.timed_out or inst.retired:
-                self._idle.popleft()
+    async def _wait(self, expires: float) -> Instance | None:
+        """Queue for an instance; None if none had room before ``expires``."""
+        waiting = len(self._waiters) + self._pipelined
+        if waiting >= self.spec.scaling.queue:
+            raise TooManyRequests(
+                f"function '{self.spec.name}' has {waiting} invocations waiting "
+                f"(scaling.queue = {self.spec.scaling.queue}); retry later or raise scaling.max",
+                retry_after=1,
+            )
+        loop = self._loop
+        fut = _Waiter(loop, expires)
+        self._waiters.append(fut)
+        self._grow()
+        timer = loop.call_at(expires, _expire, fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                handed = fut.result()  # handed an instance just as we were cancelled: give it back
+                self._release(handed)
+                self._give_back(handed)
+            raise
+        except _Expired:
+            return None
+        finally:
+            timer.cancel()
+            if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                # Not handed an instance (expired or cancelled): leave the queue.
+                # (A handed-over future already left it; no O(n) remove then.)
+                fut.cancel()
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+
+    def _take_idle(self, expires: float) -> Instance | None:
+        """Room on a ready instance, if there is some (no waiting).
+
+        The first parked instance takes calls until it is full, so pipelined
+        calls gather on one connection (one write, one wake-up for the lot)."""
+        room = self._pipelining.room
+        idle = self._idle
+        refused = 0
+        while refused < len(idle):
+            inst = idle[0]
+            if inst.conn is None or inst.conn.lost or inst.timed_out or inst.retired or inst.active >= room:
+                idle.popleft()
                 continue
-            inst.active += 1
-            if inst.active >= self._slots:
-                self._idle.popleft()
+            if not self._hand(inst, expires):
+                idle.rotate(-1)  # busy and should not queue more: try the others
+                refused += 1
+                continue
+            if inst.active >= room:
+                idle.popleft()
             return inst
         return None
+
+    def _hand(self, inst: Instance, expires: float) -> bool:
+        """Count a call expiring at ``expires`` on ``inst``; False if it should not
+        queue there behind the calls it runs (runtime/pipelining.py): the queue is
+        full, the instance has not answered for a while, or a call ahead expires
+        later (an expiry kills the instance and whatever it runs, which must never
+        be a call with time left: its own expiry came first)."""
+        if inst.active >= self._slots:
+            if (
+                inst.active - self._slots >= inst.window
+                or expires < inst.expires
+                or self._pipelined + len(self._waiters) >= self.spec.scaling.queue
+                or self._loop.time() - inst.answered > STALL
+            ):
+                return False
+            self._pipelined += 1
+        elif inst.active == 0:
+            now = self._loop.time()
+            if now - inst.answered > QUIET:
+                inst.window = 1  # what it answered before a quiet spell says little about the next burst
+            inst.answered = now
+        inst.active += 1
+        if expires > inst.expires:
+            inst.expires = expires
+        return True
+
+    def _release(self, inst: Instance) -> None:
+        """A call handed to ``inst`` ended (or was never sent)."""
+        if inst.active > self._slots:
+            self._pipelined -= 1
+        inst.active -= 1
 
     async def _run(
         self, inst: Instance, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
@@ -553,20 +649,38 @@ class Pool:
         try:
             done, output = await fut
         except _Expired:
+            # Killed even if it still waited on the connection: it may have just
+            # started, and whatever runs before it expired first (see _hand).
+            ran = conn.running(req.id)
             inst.timed_out = True
             inst.kill()
+            if not self._strict:
+                self._pipelining.observe(timeout * 1000)
             try:
                 self._idle.remove(inst)  # a multi-slot instance may still be parked there
             except ValueError:
                 pass
-            return self._result(
-                ctx, ErrorInfo(kind="timeout", message=f"the function ran past its {timeout:g}s timeout and was stopped"), arrived, cold
-            )
-        except InstanceLost:
+            if ran:
+                message = f"the function ran past its {timeout:g}s timeout and was stopped"
+            else:
+                message = f"the invocation waited behind others on its instance past its {timeout:g}s timeout; the instance was stopped"
+            return self._result(ctx, ErrorInfo(kind="timeout", message=message), arrived, cold)
+        except InstanceLost as exc:
+            if not exc.started:
+                raise _NotStarted from None
             return self._result(ctx, await self._why_lost(inst), arrived, cold)
+        else:
+            if not self._strict:  # before the instance is offered again: its room may change
+                inst.answered = loop.time()
+                pipelining = self._pipelining
+                pipelining.observe(done.duration_ms)
+                if pipelining.room == self._slots:
+                    inst.window = 1
+                elif inst.window < DEPTH:
+                    inst.window += 1
         finally:
             timer.cancel()
-            inst.active -= 1
+            self._release(inst)
             inst.served += 1
             inst.last_used = time.monotonic()
             if self._strict:
@@ -650,7 +764,8 @@ class Pool:
             "instances": len(self._instances),
             "idle": len(self._idle),
             "busy": self._busy,
-            "waiting": len(self._waiters),
+            "waiting": len(self._waiters) + self._pipelined,  # queued on instance connections too
+            "room": self._pipelining.room,
             "pending_forks": self._pending_forks,
             "cold_starts": self.cold_starts,
             "invocations": self.invocations,

@@ -101,3 +101,23 @@ async def test_bad_token_requests(client: httpx.AsyncClient, body: dict[str, obj
     r = await client.post("/v1/tokens", json=body)
     assert r.status_code == 400 and detail in r.json()["detail"]
     assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
+
+
+async def test_a_remembered_header_expires_with_its_token_entry(store: SQLiteStore) -> None:
+    import asyncio
+
+    from spanfaas.gateway.auth import TokenCache, issue_token
+
+    record, token = issue_token(store, "short", ["deploy"])
+    cache = TokenCache(store, ttl=0.05)
+    header = f"Bearer {token}".encode()
+    assert cache.verified(header) is None
+    found = await cache.lookup(hash_token(token))
+    assert found is not None
+    assert cache.remember(header, hash_token(token), found) == (found, 1)
+    assert cache.verified(header) == (found, 1)
+    await asyncio.sleep(0.06)
+    assert cache.verified(header) is None  # re-verified against the store, as the hash entry is
+    cache.remember(header, hash_token(token), found)
+    cache.forget(record.id)
+    assert cache.verified(header) is None

@@ -1,0 +1,145 @@
+"""Pipelining pieces: the room policy, coalesced writes, which requests a loss
+leaves unstarted, and answers batched by the instance."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+import msgspec
+import pytest
+
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.channels import InstanceConnection, InstanceLost
+from spanfaas.runtime.pipelining import BUDGET_MS, DEPTH, Pipelining
+
+
+def test_room_grows_while_calls_are_short_and_shrinks_at_once_on_a_slow_one() -> None:
+    pl = Pipelining(2)
+    assert pl.room == 2  # nothing measured yet
+    pl.observe(0.01)
+    assert pl.room == 2 + DEPTH
+    pl.observe(BUDGET_MS / 2)
+    assert pl.room == 2 + 4  # two slots work off four such calls within the budget
+    pl.observe(BUDGET_MS * 20)
+    assert pl.room == 2
+    for _ in range(5):
+        pl.observe(0.01)
+    assert pl.room == 2  # falls slowly: a few fast calls do not forget a slow one
+    for _ in range(40):
+        pl.observe(0.01)
+    assert pl.room == 2 + DEPTH
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writelines(self, parts: list[Any]) -> None:
+        self.writes.append(b"".join(bytes(x) for x in parts))
+
+    def close(self) -> None:
+        pass
+
+
+def _invoke(i: int) -> p.Invoke:
+    return p.Invoke(id=i, invocation_id=f"inv-{i}", content_type="application/json", deadline=0.0)
+
+
+def test_requests_of_one_loop_turn_go_out_in_one_write() -> None:
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None)
+        transport = _Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        for i in range(1, 4):
+            conn.request(_invoke(i), b"{}")
+        assert transport.writes == []
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 1
+        decoder = msgspec.msgpack.Decoder(p.InstanceRequest)
+        wire, ids = transport.writes[0], []
+        while wire:
+            hlen, blen = p.FRAME.unpack_from(wire)
+            ids.append(decoder.decode(wire[p.FRAME.size : p.FRAME.size + hlen]).id)
+            wire = wire[p.FRAME.size + hlen + blen :]
+        assert ids == [1, 2, 3]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_lost_connection_tells_which_requests_never_started(slots: int) -> None:
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None, slots)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        sent = [conn.request(_invoke(i), b"") for i in range(1, 4)]
+        await asyncio.sleep(0)  # written
+        assert [conn.running(i) for i in range(1, 4)] == [i <= slots for i in range(1, 4)]
+        unsent = conn.request(_invoke(4), b"")  # still in this turn's batch
+        conn.connection_lost(None)
+        started = []
+        for fut in [*sent, unsent]:
+            exc = fut.exception()
+            assert isinstance(exc, InstanceLost)
+            started.append(exc.started)
+        assert started == [True] * slots + [False] * (4 - slots)
+
+    asyncio.run(run())
+
+
+def test_replies_are_matched_by_id_in_any_order() -> None:
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None, 4)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        futs = {i: conn.request(_invoke(i), b"") for i in range(1, 5)}
+        wire = b"".join(b"".join(bytes(x) for x in p.encode(p.Done(id=i), b"%d" % i)) for i in (3, 1, 4, 2))
+        buf = conn.get_buffer(len(wire))
+        buf[: len(wire)] = wire
+        conn.buffer_updated(len(wire))
+        for i, fut in futs.items():
+            done, body = fut.result()
+            assert done.id == i and body == b"%d" % i
+
+    asyncio.run(run())
+
+
+def test_reply_batch_sends_held_answers_in_one_message() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        batch = p.ReplyBatch(a, max_frames=3)
+        payload = bytearray(b"mutable")
+        batch.add(p.Done(id=1), memoryview(payload))
+        payload[:] = b"changed"  # held answers keep what the handler returned then
+        assert not batch.due()
+        batch.add(p.Done(id=2), b"two")
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(1)  # nothing sent yet
+        batch.add(p.Done(id=3))
+        assert batch.due()
+        batch.send()
+        b.setblocking(True)
+        reader = p.FrameReader(b, msgspec.msgpack.Decoder(p.Done))
+        got = []
+        for _ in range(3):
+            frame = reader.read()
+            assert frame is not None
+            got.append((frame[0].id, bytes(frame[1])))
+            assert reader.buffered() == (len(got) < 3)  # one recv brought all three
+        assert got == [(1, b"mutable"), (2, b"two"), (3, b"")]
+
+
+def test_reader_knows_a_partial_frame_is_not_buffered() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        wire = b"".join(bytes(x) for x in p.encode(p.Done(id=1), b"x" * 100))
+        a.sendall(wire + wire[:10])
+        reader = p.FrameReader(b, msgspec.msgpack.Decoder(p.Done))
+        assert reader.read() is not None
+        assert not reader.buffered()
+        t = threading.Timer(0.05, a.sendall, args=(wire[10:],))
+        t.start()
+        assert reader.read() is not None
+        t.join()
