@@ -201,7 +201,6 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
     """Serve invocations on ``sock`` until EOF (or after one, in strict mode)."""
     capture = capture or Capture()
     reader = p.FrameReader(sock, _decoder)
-    replies = p.ReplyBatch(sock)
     while True:
         frame = reader.read()
         if frame is None:
@@ -212,14 +211,11 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
         logs = capture.take()
         if logs:
             done = msgspec.structs.replace(done, logs=logs)
+        # Each answer goes out at once, even with more requests pipelined behind
+        # it (reuse): held for a batch, it would wait on the next call, which may hang.
+        p.send_frame(sock, done, output)
         if one_shot:
-            p.send_frame(sock, done, output)
             return
-        # reuse: the runtime may have pipelined more requests; answer those already
-        # read together (the batch is always sent before the reader blocks).
-        replies.add(done, output)
-        if not reader.buffered() or replies.due():
-            replies.send()
 
 
 _log_buffer: contextvars.ContextVar[io.StringIO | None] = contextvars.ContextVar("spanfaas_log_buffer", default=None)

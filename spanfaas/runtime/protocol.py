@@ -21,7 +21,6 @@ from __future__ import annotations
 import select
 import socket
 import struct
-import time
 from typing import Any
 
 import msgspec
@@ -199,44 +198,6 @@ def send_parts(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
         sock.sendall(memoryview(b"".join(parts))[sent:])
 
 
-class ReplyBatch:
-    """Answers an instance holds back while more requests already wait in its
-    reader, then sends together: one ``sendmsg`` and one wake-up of the runtime
-    for the batch.  ``due`` bounds how long the first answer is held."""
-
-    def __init__(self, sock: socket.socket, *, max_frames: int = 16, max_bytes: int = 256 * 1024, max_delay: float = 0.001) -> None:
-        self.sock = sock
-        self.max_frames = max_frames
-        self.max_bytes = max_bytes
-        self.max_delay = max_delay
-        self._parts: list[bytes | memoryview] = []
-        self._frames = 0
-        self._bytes = 0
-        self._since = 0.0
-
-    def add(self, header: Struct, body: bytes | memoryview = b"") -> None:
-        if not self._frames:
-            self._since = time.perf_counter()
-        if isinstance(body, memoryview) and not isinstance(body.obj, bytes):
-            body = bytes(body)  # held past this call: the handler's buffer may change in the next
-        self._parts += encode(header, body)
-        self._frames += 1
-        self._bytes += len(body)
-
-    def due(self) -> bool:
-        return (
-            self._frames >= self.max_frames
-            or self._bytes >= self.max_bytes
-            or time.perf_counter() - self._since >= self.max_delay
-        )
-
-    def send(self) -> None:
-        if self._frames:
-            parts, self._parts = self._parts, []
-            self._frames = self._bytes = 0
-            send_parts(self.sock, parts)
-
-
 def recv_exactly(sock: socket.socket, n: int) -> bytearray | None:
     buf = bytearray(n)
     view = memoryview(buf)
@@ -296,14 +257,6 @@ class FrameReader:
             return False
         self.end += n
         return True
-
-    def buffered(self) -> bool:
-        """Whether a whole frame is already read (``read`` will not block)."""
-        n = self.end - self.start
-        if n < FRAME.size:
-            return False
-        hlen, blen = FRAME.unpack_from(self.buf, self.start)
-        return bool(n >= FRAME.size + hlen + blen)
 
     def read(self) -> tuple[Any, memoryview] | None:
         fs = FRAME.size

@@ -174,3 +174,17 @@ async def test_calls_queued_when_the_template_dies_run_on_a_new_one(harness: Har
     running, *queued = await asyncio.wait_for(asyncio.gather(*calls), 10)
     assert running.error is not None and running.error.kind == "crashed"
     assert all(r.ok for r in queued), [r.error for r in queued]
+
+
+async def test_answers_ahead_of_a_hanging_call_are_not_lost(harness: Harness) -> None:
+    # Fast calls pipelined ahead of one that hangs past its timeout: their answers
+    # must reach their callers (an answer held back for a batch would wait on the
+    # hanging call and be reported as a timeout).
+    await harness.deploy("pipe-hang", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 1\n[scaling]\nmax = 1\n')
+    await _warm(harness, "pipe-hang")
+    fast = [asyncio.ensure_future(harness.invoke("pipe-hang", json.dumps({"i": i}).encode())) for i in range(6)]
+    hang = asyncio.ensure_future(harness.invoke("pipe-hang", json.dumps({"do": "sleep", "s": 30}).encode()))
+    results = await asyncio.gather(*fast)
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
+    r = await hang
+    assert r.error is not None and r.error.kind == "timeout"

@@ -4,8 +4,6 @@ leaves unstarted, and answers batched by the instance."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from typing import Any
 
 import msgspec
@@ -103,43 +101,3 @@ def test_replies_are_matched_by_id_in_any_order() -> None:
             assert done.id == i and body == b"%d" % i
 
     asyncio.run(run())
-
-
-def test_reply_batch_sends_held_answers_in_one_message() -> None:
-    a, b = socket.socketpair()
-    with a, b:
-        batch = p.ReplyBatch(a, max_frames=3)
-        payload = bytearray(b"mutable")
-        batch.add(p.Done(id=1), memoryview(payload))
-        payload[:] = b"changed"  # held answers keep what the handler returned then
-        assert not batch.due()
-        batch.add(p.Done(id=2), b"two")
-        b.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            b.recv(1)  # nothing sent yet
-        batch.add(p.Done(id=3))
-        assert batch.due()
-        batch.send()
-        b.setblocking(True)
-        reader = p.FrameReader(b, msgspec.msgpack.Decoder(p.Done))
-        got = []
-        for _ in range(3):
-            frame = reader.read()
-            assert frame is not None
-            got.append((frame[0].id, bytes(frame[1])))
-            assert reader.buffered() == (len(got) < 3)  # one recv brought all three
-        assert got == [(1, b"mutable"), (2, b"two"), (3, b"")]
-
-
-def test_reader_knows_a_partial_frame_is_not_buffered() -> None:
-    a, b = socket.socketpair()
-    with a, b:
-        wire = b"".join(bytes(x) for x in p.encode(p.Done(id=1), b"x" * 100))
-        a.sendall(wire + wire[:10])
-        reader = p.FrameReader(b, msgspec.msgpack.Decoder(p.Done))
-        assert reader.read() is not None
-        assert not reader.buffered()
-        t = threading.Timer(0.05, a.sendall, args=(wire[10:],))
-        t.start()
-        assert reader.read() is not None
-        t.join()
