@@ -9,6 +9,8 @@ here runs on the request path: instances talk to the runtime directly.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stub; see _instance_main)
+import ctypes
 import gc
 import importlib
 import os
@@ -19,7 +21,7 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import msgspec
 
@@ -27,6 +29,7 @@ from spanfaas.model import ErrorInfo, Protection
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
+from spanfaas.runtime.forking import Forker
 from spanfaas.runtime.supervise import supervise
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
@@ -74,6 +77,9 @@ class Template:
         self.protections = protections
         self.children: dict[int, int] = {}  # pid -> seq
         self.seq = 0
+        self.forker = Forker()
+        self.forker.watch()  # before the function's code is imported
+        self.streams: tuple[TextIO, TextIO] | None = None
         self.runner: inst.Runner | None = None
         self.landlock = False
         self.base_data = 0
@@ -164,11 +170,31 @@ class Template:
         gc.freeze()  # the collector never touches (and un-shares) template objects
 
     # -- instances -------------------------------------------------------------
+    #
+    # What happens between two forks is paid again for every instance.  A fork
+    # write-protects the template's pages, so each page the template writes
+    # afterwards is a copy-on-write fault, and so is each page a fresh child
+    # writes (a refcount, an object allocated into a shared pool): the path
+    # from fork() to the child's hello stays short, and what can be prepared
+    # once is prepared before the first fork.
 
-    def fork_instance(self) -> None:
+    def _prepare_forking(self) -> tuple[TextIO, TextIO]:
+        """Once, before the first fork."""
+        self.streams = inst.open_streams()
+        _trim_heap()
+        return self.streams
+
+    def _scratch(self, seq: int) -> str:
+        return f"{self.req.scratch_dir}/i{seq}"
+
+    def fork_instance(self, warm: bool = True) -> None:
+        """Fork one instance; ``warm``: run its request path once before it says hello
+        (worth it when it will wait for a call; a call already waiting would wait longer)."""
         assert self.runner is not None
+        streams = self.streams or self._prepare_forking()
         self.seq += 1
         seq = self.seq
+        scratch = self._scratch(seq)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
@@ -181,8 +207,7 @@ class Template:
         if pid == 0:
             code = 70
             try:
-                ours.close()
-                self._instance_main(theirs, seq)
+                self._instance_main(theirs, ours.detach(), seq, scratch, streams, warm)
                 code = 0
             except BaseException:  # the child must never return into the template loop
                 traceback.print_exc()
@@ -200,7 +225,7 @@ class Template:
         leftovers are reaped (each retry reaps first)."""
         for attempt in range(attempts):
             try:
-                return os.fork()
+                return self.forker.fork()
             except BlockingIOError:
                 if attempt == attempts - 1:
                     raise
@@ -208,15 +233,18 @@ class Template:
                 time.sleep(0.005)
         raise AssertionError("unreachable")
 
-    def _instance_main(self, sock: socket.socket, seq: int) -> None:
+    def _instance_main(
+        self, sock: socket.socket, ours: int, seq: int, scratch: str, streams: tuple[TextIO, TextIO], warm: bool
+    ) -> None:
+        """The child, from fork() to the end of its invocations."""
         assert self.runner is not None
-        self.chan.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
+        # (signal.signal would convert the template's handler to an enum, and
+        # fail doing it: ~40 copy-on-write faults.)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        for fd in (ours, self.chan.detach(), self.wake_r, self.wake_w):
+            os.close(fd)
         os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
-        scratch = os.path.join(self.req.scratch_dir, f"i{seq}")
         os.mkdir(scratch, 0o700)
         os.chdir(scratch)
         os.environ["TMPDIR"] = scratch
@@ -233,9 +261,10 @@ class Template:
         np_random = sys.modules.get("numpy.random")  # imported: its state was copied by fork
         if np_random is not None:  # (not imported: it seeds itself on import; importing it here cost ~13 ms)
             np_random.seed()
-        capture = inst.Capture()
-        self.runner.warm()
-        capture.take()
+        capture = inst.Capture(streams)
+        if warm:
+            self.runner.warm()
+            capture.take()
         p.send_frame(sock, p.Hello(seq))
         if self.req.isolation == "reuse" and self.req.concurrency > 1:
             inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
@@ -244,40 +273,39 @@ class Template:
         sock.close()
 
     def reap(self) -> None:
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             seq = self.children.pop(pid, None)
             if seq is None:
                 continue  # an orphan re-parented to us (we are pid 1 of the namespace)
-            self._kill_leftovers(pid)
-            remove_tree(os.path.join(self.req.scratch_dir, f"i{seq}"))
-            p.send_msg(self.chan, p.InstanceExited(seq, status))
-
-    def _kill_leftovers(self, pgid: int) -> None:
-        """An instance's processes die with it: its group, and orphans left to us."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if os.getpid() != 1:
-            return  # without a pid namespace, orphans go to the host's init, not to us
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            pid = int(entry)
-            if pid == 1 or pid in self.children:
-                continue
+            reaped = True
             try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == 1:
+                os.killpg(pid, signal.SIGKILL)  # the instance's group dies with it
+            except (ProcessLookupError, PermissionError):
+                pass
+            remove_tree(self._scratch(seq))
+            p.send_msg(self.chan, p.InstanceExited(seq, status))
+        if reaped and os.getpid() == 1:
+            # Without a pid namespace, orphans go to the host's init, not to us.
+            self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill what left an instance's group and outlived it: re-parented to us
+        (pid 1), it is our child but no instance.  One read of our children
+        list; a scan of /proc (a read per process) if the kernel lacks it."""
+        try:
+            with open("/proc/1/task/1/children", "rb") as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            pids = [pid for pid in _pids() if _ppid(pid) == 1]
+        for pid in pids:
+            if pid != 1 and pid not in self.children:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -298,9 +326,9 @@ class Template:
         for fd in fds:
             os.close(fd)
         match msg:
-            case p.Fork(count=n):
+            case p.Fork(count=n, warm=warm):
                 for _ in range(n):
-                    self.fork_instance()
+                    self.fork_instance(warm)
             case p.Retire(seq=seq):
                 self.retire(seq)
         return False
@@ -323,6 +351,11 @@ def remove_tree(path: str) -> None:
     """Remove a directory tree, never following links (shutil would add ~30
     memory mappings, bz2/lzma/zlib, to every template)."""
     try:
+        os.rmdir(path)  # most instances leave their scratch dir empty: one syscall
+        return
+    except OSError:
+        pass
+    try:
         entries = list(os.scandir(path))
     except FileNotFoundError:
         return
@@ -343,6 +376,28 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+def _trim_heap() -> None:
+    """Return the malloc heap's free pages to the kernel: each resident page is a
+    page table entry that every fork copies and every instance's exit drops
+    (import leaves ~0.7 MiB of them)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def _pids() -> list[int]:
+    return [int(x) for x in os.listdir("/proc") if x.isdigit()]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _vm_data() -> int:
