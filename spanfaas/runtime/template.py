@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
 
@@ -31,6 +31,9 @@ from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
 from spanfaas.runtime.forking import Forker
 from spanfaas.runtime.supervise import supervise
+
+if TYPE_CHECKING:
+    from spanfaas.sandbox import PreparedLayer
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
 
@@ -80,6 +83,7 @@ class Template:
         self.forker = Forker()
         self.forker.watch()  # before the function's code is imported
         self.streams: tuple[TextIO, TextIO] | None = None
+        self.layer: PreparedLayer | None = None  # the instances' Landlock layer
         self.runner: inst.Runner | None = None
         self.landlock = False
         self.base_data = 0
@@ -181,6 +185,10 @@ class Template:
     def _prepare_forking(self) -> tuple[TextIO, TextIO]:
         """Once, before the first fork."""
         self.streams = inst.open_streams()
+        if self.landlock:
+            from spanfaas import sandbox
+
+            self.layer = sandbox.PreparedLayer(tuple(_plan_value(self.req.sandbox, "ro_paths", ())))
         _trim_heap()
         return self.streams
 
@@ -197,22 +205,31 @@ class Template:
         scratch = self._scratch(seq)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        ruleset = -1
         try:
+            if self.layer is not None:  # its Landlock layer is built here, where ctypes is warm
+                os.mkdir(scratch, 0o700)
+                ruleset = self.layer.ruleset((scratch,))
             pid = self._fork_retrying()
         except OSError as exc:  # still out of pids (a fork bomb in a sibling) or memory: say so, keep serving
             ours.close()
             theirs.close()
+            if ruleset >= 0:
+                os.close(ruleset)
+            remove_tree(scratch)
             p.send_msg(self.chan, p.ForkFailed(seq, f"{type(exc).__name__}: {exc}"))
             return
         if pid == 0:
             code = 70
             try:
-                self._instance_main(theirs, ours.detach(), seq, scratch, streams, warm)
+                self._instance_main(theirs, ours.detach(), seq, scratch, ruleset, streams, warm)
                 code = 0
             except BaseException:  # the child must never return into the template loop
                 traceback.print_exc()
             finally:
                 os._exit(code)
+        if ruleset >= 0:
+            os.close(ruleset)
         theirs.close()
         self.children[pid] = seq
         try:
@@ -234,7 +251,7 @@ class Template:
         raise AssertionError("unreachable")
 
     def _instance_main(
-        self, sock: socket.socket, ours: int, seq: int, scratch: str, streams: tuple[TextIO, TextIO], warm: bool
+        self, sock: socket.socket, ours: int, seq: int, scratch: str, ruleset: int, streams: tuple[TextIO, TextIO], warm: bool
     ) -> None:
         """The child, from fork() to the end of its invocations."""
         assert self.runner is not None
@@ -245,15 +262,14 @@ class Template:
         for fd in (ours, self.chan.detach(), self.wake_r, self.wake_w):
             os.close(fd)
         os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
-        os.mkdir(scratch, 0o700)
+        if self.layer is not None:  # read-write: only its own scratch dir (made by the template); its own signal scope
+            self.layer.close()
+            self.layer.enforce(ruleset)
+        else:
+            os.mkdir(scratch, 0o700)
         os.chdir(scratch)
         os.environ["TMPDIR"] = scratch
         os.environ["HOME"] = scratch
-        if self.landlock:
-            from spanfaas import sandbox
-
-            ro = tuple(_plan_value(self.req.sandbox, "ro_paths", ()))
-            sandbox.landlock_restrict(ro, (scratch,))
         if self.req.instance_memory:
             limit = self.base_data + self.req.instance_memory
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))

@@ -32,6 +32,7 @@ NAMES = [
 def test_exported_names() -> None:
     assert sorted(sandbox.__all__) == [
         "Cgroup",
+        "PreparedLayer",
         "SandboxError",
         "SandboxPlan",
         "cleanup_cgroups",
