@@ -27,6 +27,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 _handler = _StderrHandler()
+# One logger per function, made once (in the template): a fresh instance then
+# skips logging.getLogger's lock and manager lookup (copy-on-write faults).
+_loggers: dict[str, logging.Logger] = {}
+
+
+def _function_logger(function_name: str) -> logging.Logger:
+    logger = logging.getLogger(f"spanfaas.function.{function_name}")
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
 
 
 class Context:
@@ -50,11 +62,9 @@ class Context:
         self.function_name = function_name
         self.deadline = deadline
         self.event = event
-        logger = logging.getLogger(f"spanfaas.function.{function_name}")
-        if _handler not in logger.handlers:
-            logger.addHandler(_handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
+        logger = _loggers.get(function_name)
+        if logger is None:
+            logger = _loggers[function_name] = _function_logger(function_name)
         self.logger = logger
 
     def remaining_time(self) -> float:

@@ -200,7 +200,9 @@ class Runner:
 def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None) -> None:
     """Serve invocations on ``sock`` until EOF (or after one, in strict mode)."""
     capture = capture or Capture()
-    reader = p.FrameReader(sock, _decoder)
+    # A one-shot instance reads one request: a page of buffer, not 64 KiB
+    # zeroed (16 copy-on-write faults); a larger request gets its own buffer.
+    reader = p.FrameReader(sock, _decoder, chunk=4096 if one_shot else 64 * 1024)
     while True:
         frame = reader.read()
         if frame is None:

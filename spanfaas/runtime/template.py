@@ -184,11 +184,17 @@ class Template:
 
     def _prepare_forking(self) -> tuple[TextIO, TextIO]:
         """Once, before the first fork."""
+        assert self.runner is not None
+        # The request path once here too: what it builds lazily on first use
+        # (ABC caches, first-call state) is then inherited, not built again
+        # (and faulted in) by every instance that is not warmed.
+        self.runner.warm()
         self.streams = inst.open_streams()
         if self.landlock:
             from spanfaas import sandbox
 
             self.layer = sandbox.PreparedLayer(tuple(_plan_value(self.req.sandbox, "ro_paths", ())))
+        gc.freeze()  # what the template made since load() too: children's collections skip it
         _trim_heap()
         return self.streams
 
