@@ -16,6 +16,7 @@ import importlib
 import os
 import random
 import resource
+import select
 import signal
 import socket
 import sys
@@ -84,6 +85,8 @@ class Template:
         self.forker.watch()  # before the function's code is imported
         self.streams: tuple[TextIO, TextIO] | None = None
         self.layer: PreparedLayer | None = None  # the instances' Landlock layer
+        self.settled = False
+        self._queued: select.poll | None = None  # is a control message waiting?
         self.runner: inst.Runner | None = None
         self.landlock = False
         self.base_data = 0
@@ -183,65 +186,117 @@ class Template:
     # once is prepared before the first fork.
 
     def _prepare_forking(self) -> tuple[TextIO, TextIO]:
-        """Once, before the first fork."""
-        assert self.runner is not None
-        # The request path once here too: what it builds lazily on first use
-        # (ABC caches, first-call state) is then inherited, not built again
-        # (and faulted in) by every instance that is not warmed.
-        self.runner.warm()
+        """Once, before the first fork: what every instance needs."""
         self.streams = inst.open_streams()
         if self.landlock:
             from spanfaas import sandbox
 
             self.layer = sandbox.PreparedLayer(tuple(_plan_value(self.req.sandbox, "ro_paths", ())))
+        return self.streams
+
+    def _settle(self) -> None:
+        """Once, after the first instances are forked (off the cold start's path):
+        what makes the next ones cheaper."""
+        assert self.runner is not None
+        self.settled = True
+        # The request path once here too: what it builds lazily on first use
+        # (ABC caches, first-call state) is then inherited, not built again
+        # (and faulted in) by every instance that is not warmed.
+        self.runner.warm()
         gc.freeze()  # what the template made since load() too: children's collections skip it
         _trim_heap()
-        return self.streams
 
     def _scratch(self, seq: int) -> str:
         return f"{self.req.scratch_dir}/i{seq}"
 
-    def fork_instance(self, warm: bool = True) -> None:
-        """Fork one instance; ``warm``: run its request path once before it says hello
-        (worth it when it will wait for a call; a call already waiting would wait longer)."""
+    def fork_instances(self, n: int, warm: bool = True) -> None:
+        """Fork ``n`` instances; ``warm``: each runs its request path once before
+        it says hello (worth it when it will wait for a call; a call already
+        waiting would wait longer).
+
+        Back to back: what each needs (socketpair, scratch dir, Landlock
+        ruleset) is made first and the runtime is told after, so between two
+        forks the template writes a few pages, not ~100.  Out of pids, the
+        rest are forked one at a time, each announced at once (calls finish
+        and free pids only once the runtime knows the instances forked)."""
         assert self.runner is not None
-        streams = self.streams or self._prepare_forking()
-        self.seq += 1
-        seq = self.seq
-        scratch = self._scratch(seq)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        ruleset = -1
-        try:
-            if self.layer is not None:  # its Landlock layer is built here, where ctypes is warm
-                os.mkdir(scratch, 0o700)
-                ruleset = self.layer.ruleset((scratch,))
-            pid = self._fork_retrying()
-        except OSError as exc:  # still out of pids (a fork bomb in a sibling) or memory: say so, keep serving
-            ours.close()
-            theirs.close()
-            if ruleset >= 0:
-                os.close(ruleset)
-            remove_tree(scratch)
-            p.send_msg(self.chan, p.ForkFailed(seq, f"{type(exc).__name__}: {exc}"))
+        if n <= 0:
             return
-        if pid == 0:
-            code = 70
+        streams = self.streams or self._prepare_forking()
+        batch: list[_Prepared] = []
+        for _ in range(n):
             try:
-                self._instance_main(theirs, ours.detach(), seq, scratch, ruleset, streams, warm)
-                code = 0
-            except BaseException:  # the child must never return into the template loop
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        if ruleset >= 0:
-            os.close(ruleset)
-        theirs.close()
-        self.children[pid] = seq
+                batch.append(self._make_instance())
+            except OSError as exc:
+                p.send_msg(self.chan, p.ForkFailed(self.seq, f"{type(exc).__name__}: {exc}"))
+        forked: list[int | OSError] = []
+        for prep in batch:
+            try:
+                pid = self.forker.fork()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                forked.append(exc)
+                continue
+            if pid == 0:
+                self._become_instance(batch, prep, streams, warm)
+            self.children[pid] = prep.seq  # at once: a reap kills children it does not know
+            forked.append(pid)
+        for prep, result in zip(batch, forked):
+            self._announce(prep, result)
+        for prep in batch[len(forked) :]:
+            try:
+                pid = self._fork_retrying()
+            except OSError as exc:
+                self._announce(prep, exc)
+                continue
+            if pid == 0:
+                self._become_instance(batch, prep, streams, warm)
+            self.children[pid] = prep.seq
+            self._announce(prep, pid)
+        if not self.settled:
+            self._settle()
+
+    def _become_instance(self, batch: list[_Prepared], prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
+        code = 70
         try:
-            p.send_msg(self.chan, p.InstanceForked(seq), fds=[ours.fileno()])
+            for other in batch:  # an instance holding another's socket would hide that one's exit
+                other.close_in_child(keep=other is prep)
+            self._instance_main(prep.theirs, prep.seq, prep.scratch, prep.ruleset, streams, warm)
+            code = 0
+        except BaseException:  # the child must never return into the template loop
+            traceback.print_exc()
         finally:
-            ours.close()
+            os._exit(code)
+
+    def _announce(self, prep: _Prepared, result: int | OSError) -> None:
+        """After the fork (or its failure): close our copies, tell the runtime."""
+        prep.close_ruleset()
+        prep.theirs.close()
+        try:
+            if isinstance(result, OSError):
+                remove_tree(prep.scratch)
+                p.send_msg(self.chan, p.ForkFailed(prep.seq, f"{type(result).__name__}: {result}"))
+            else:
+                p.send_msg(self.chan, p.InstanceForked(prep.seq), fds=[prep.ours.fileno()])
+        finally:
+            prep.ours.close()
+
+    def _make_instance(self) -> _Prepared:
+        """What one instance needs before its fork."""
+        self.seq += 1
+        prep = _Prepared(self.seq, self._scratch(self.seq))
+        if self.layer is not None:  # its Landlock layer is built here, where ctypes is warm
+            try:
+                os.mkdir(prep.scratch, 0o700)
+                prep.ruleset = self.layer.ruleset((prep.scratch,))
+            except OSError:
+                prep.close_ruleset()
+                prep.ours.close()
+                prep.theirs.close()
+                remove_tree(prep.scratch)
+                raise
+        return prep
 
     def _fork_retrying(self, attempts: int = 20) -> int:
         """fork(), riding out a short pid shortage while a finished instance's
@@ -257,7 +312,7 @@ class Template:
         raise AssertionError("unreachable")
 
     def _instance_main(
-        self, sock: socket.socket, ours: int, seq: int, scratch: str, ruleset: int, streams: tuple[TextIO, TextIO], warm: bool
+        self, sock: socket.socket, seq: int, scratch: str, ruleset: int, streams: tuple[TextIO, TextIO], warm: bool
     ) -> None:
         """The child, from fork() to the end of its invocations."""
         assert self.runner is not None
@@ -265,7 +320,7 @@ class Template:
         # (signal.signal would convert the template's handler to an enum, and
         # fail doing it: ~40 copy-on-write faults.)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        for fd in (ours, self.chan.detach(), self.wake_r, self.wake_w):
+        for fd in (self.chan.detach(), self.wake_r, self.wake_w):
             os.close(fd)
         os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
         if self.layer is not None:  # read-write: only its own scratch dir (made by the template); its own signal scope
@@ -344,16 +399,36 @@ class Template:
     def loop(self) -> None:
         supervise(self.chan, _decoder, (self.wake_r, self.wake_w), self._on_message, self.reap)
 
-    def _on_message(self, msg: Any, fds: list[int]) -> bool:
+    def _on_message(self, msg: Any, fds: list[int], batch: dict[bool, int] | None = None) -> bool:
         for fd in fds:
             os.close(fd)
         match msg:
+            case p.Fork(count=n, warm=warm) if batch is not None:
+                batch[warm] = batch.get(warm, 0) + n
             case p.Fork(count=n, warm=warm):
-                for _ in range(n):
-                    self.fork_instance(warm)
+                self._fork_all({warm: n})
             case p.Retire(seq=seq):
                 self.retire(seq)
         return False
+
+    def _fork_all(self, counts: dict[bool, int]) -> None:
+        """Fork what this Fork asks for and what the Fork messages queued behind
+        it ask for, as one batch per kind (under load the runtime asks for
+        instances one at a time, faster than they can be forked)."""
+        if self._queued is None:
+            self._queued = select.poll()
+            self._queued.register(self.chan.fileno(), select.POLLIN)
+        while self._queued.poll(0):
+            try:
+                got = p.recv_msg(self.chan, _decoder)
+            except OSError:
+                break  # the loop sees it again
+            if got is None:
+                break  # EOF: the loop sees it again
+            self._on_message(*got, counts)
+        for warm in (False, True):  # calls are waiting for the unwarmed ones
+            if counts.get(warm):
+                self.fork_instances(counts[warm], warm)
 
     def shutdown(self) -> None:
         for pid in list(self.children):
@@ -367,6 +442,36 @@ class Template:
             except ChildProcessError:
                 pass
         remove_tree(self.req.scratch_dir)
+
+
+class _Prepared:
+    """What one instance needs before its fork: its seq and scratch dir, both
+    ends of its socketpair, its Landlock ruleset (or -1)."""
+
+    __slots__ = ("seq", "scratch", "ours", "theirs", "ruleset")
+
+    def __init__(self, seq: int, scratch: str) -> None:
+        self.seq = seq
+        self.scratch = scratch
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.ruleset = -1
+
+    def close_ruleset(self) -> None:
+        if self.ruleset >= 0:
+            os.close(self.ruleset)
+            self.ruleset = -1
+
+    def close_in_child(self, keep: bool) -> None:
+        """In a forked instance: close the template's end (and, unless ``keep``:
+        this is the instance's own, every fd) — detached first, so no socket
+        object closes a reused fd number later."""
+        for sock in (self.ours,) if keep else (self.ours, self.theirs):
+            fd = sock.detach()
+            if fd >= 0:
+                os.close(fd)
+        if not keep:
+            self.close_ruleset()
 
 
 def remove_tree(path: str) -> None:
@@ -471,8 +576,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, jo
         os.dup2(devnull, 2)
         os.close(capture)
         p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
-        for _ in range(req.initial):
-            tpl.fork_instance()
+        tpl.fork_instances(req.initial)
         tpl.loop()
     except BaseException:
         traceback.print_exc()

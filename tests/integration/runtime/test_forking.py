@@ -53,3 +53,25 @@ async def test_instances_forked_while_calls_wait_answer_them(harness: Harness) -
     await harness.deploy("queued", "def handler(event, context):\n    return event\n", "[scaling]\nmax = 8\nprefork = 0\n")
     results = await asyncio.gather(*(harness.invoke("queued", b"%d" % i) for i in range(64)))
     assert [json.loads(r.output) for r in results] == list(range(64))
+
+
+SOCKETS = """
+import os
+
+def handler(event, context):
+    sockets = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass  # the fd listdir used
+    return sockets
+"""
+
+
+async def test_instances_forked_in_one_batch_hold_only_their_own_socket(harness: Harness) -> None:
+    """Another instance's socket held open would hide that one's exit from the runtime."""
+    await harness.deploy("sockets", SOCKETS, "[scaling]\nmax = 16\nprefork = 0\n")
+    results = await asyncio.gather(*(harness.invoke("sockets") for _ in range(32)))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
+    assert [json.loads(r.output) for r in results] == [1] * 32
