@@ -340,6 +340,12 @@ def proc_cpu_s(pid: int, children: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def proc_minflt(pid: int) -> int:
+    """Minor (copy-on-write, first-touch) page faults of ``pid`` and its reaped children."""
+    st = _stat(pid)
+    return int(st[7]) + int(st[8]) if st is not None else 0
+
+
 def tree_cpu_s() -> float:
     """CPU seconds of this process and everything it started (live or reaped)."""
     t = os.times()
@@ -490,6 +496,9 @@ class Run:
         self.base: dict[str, float] = {}
         self.noise: list[tuple[str, float]] = []  # (section, share of CPUs used by other processes)
         self.ppe: ProcessPoolExecutor | None = None  # one pool for the whole run, forked before the runtime starts
+
+    def wants(self, section: str) -> bool:
+        return not self.args.only or section in self.args.only
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -690,8 +699,10 @@ class Run:
         try:
             await asyncio.sleep(pl.tput_warm_s)
             w0, j0, c0, k0 = loop.time(), cpu_jiffies(), sum(os.times()[:2]), proc_cpu_s(tpid)
+            f0, rf0 = proc_minflt(tpid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             await asyncio.sleep(pl.tput_s)
             w1, j1, c1, k1 = loop.time(), cpu_jiffies(), sum(os.times()[:2]), proc_cpu_s(tpid)
+            f1, rf1 = proc_minflt(tpid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         finally:
             stop = True
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
@@ -711,12 +722,16 @@ class Run:
             # CPU time per call hardly depends on what else runs on the machine.
             "runtime_cpu_ms_per_call": round((c1 - c0) / calls * 1000, 3),
             "template_and_instances_cpu_ms_per_call": round((k1 - k0) / calls * 1000, 3),
+            # Page faults: mostly copy-on-write after each fork (the template's and the child's writes).
+            "template_and_instances_faults_per_call": round((f1 - f0) / calls, 1),
+            "runtime_faults_per_call": round((rf1 - rf0) / calls, 1),
         }
         note = (f"{pl.inflight} in flight, prefork {pl.tput_prefork}; fork loop {fork_before:,.0f}/s before, {fork_after:,.0f}/s after; "
                 f"all-cores fork rate (baseline section) {self.base['forkall']:,.0f}/s -> ratio {rate / self.base['forkall']:.2f}x; "
                 f"CPU: runtime process {cpu['runtime_process_cores']:.2f} cores, template+instances {cpu['template_and_instances_cores']:.2f} cores, "
                 f"system {cpu['system_busy_fraction']:.0%} busy; CPU per call: runtime {cpu['runtime_cpu_ms_per_call']:.2f} ms, "
                 f"template+instance {cpu['template_and_instances_cpu_ms_per_call']:.2f} ms (one bare fork+exit+wait: {1000 / fork1:.2f} ms wall); "
+                f"page faults per call: template+instance {cpu['template_and_instances_faults_per_call']:.0f}, runtime {cpu['runtime_faults_per_call']:.0f}; "
                 f"latency p50 {lat['p50_us'] / 1000:.1f} ms p99 {lat['p99_us'] / 1000:.1f} ms")
         if errors:
             note += f"; {len(errors)} errors, first: {errors[0]}"
@@ -871,11 +886,15 @@ class Run:
         for sandbox in modes:
             mode = MODES[sandbox]
             async with Bench(sandbox) as b:
-                await self.section("latency", mode, 120, lambda: self.latency(b))
-                await self.section("throughput", mode, 60, lambda: self.throughput(b))
-                await self.section("cold start", mode, 120, lambda: self.cold_start(b))
-                await self.section("payload", mode, 120, lambda: self.payload(b))
-        if self.args.skip_memory:
+                if self.wants("latency"):
+                    await self.section("latency", mode, 120, lambda: self.latency(b))
+                if self.wants("throughput"):
+                    await self.section("throughput", mode, 60, lambda: self.throughput(b))
+                if self.wants("cold start"):
+                    await self.section("cold start", mode, 120, lambda: self.cold_start(b))
+                if self.wants("payload"):
+                    await self.section("payload", mode, 120, lambda: self.payload(b))
+        if self.args.skip_memory or not self.wants("memory"):
             return
         for sandbox in modes:
             for variant in ("default", "prefork0"):
@@ -944,6 +963,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/runtime.json)")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop of the runtime (the gateway uses uvloop)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S", help="wait up to S seconds for idle CPUs before starting")
+    ap.add_argument("--only", action="append", choices=("latency", "throughput", "cold start", "payload", "memory"),
+                    help="run only this runtime section (repeatable); the baselines always run")
     ap.add_argument("--skip-memory", action="store_true", help="skip the memory section")
     ap.add_argument("--sandbox-only", action="store_true", help="measure the runtime with the sandbox on only")
     ap.add_argument("--no-sandbox-only", action="store_true", help="measure the runtime with the sandbox off only")

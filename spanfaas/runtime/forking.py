@@ -1,23 +1,29 @@
-"""fork() for the zygote and templates, without Python's at-fork callbacks.
+"""How the zygote forks templates and a template its instances: without the
+at-fork hooks, when that is safe.
 
-``os.fork()`` runs the callbacks registered with ``os.register_at_fork`` in
-the child: ``threading``, ``logging``, ``random`` and
-``concurrent.futures.thread`` re-create their locks and state.  Running them
-touches (so un-shares, copy-on-write) ~650 KiB of the parent's pages in
-every child -- measured here on Python 3.11: 828 KiB private dirty right
-after ``os.fork()`` in a process with the zygote's imports, 172 KiB after a
-plain ``fork()``.  That is memory per idle function and page faults per
-strict invocation.
+``os.fork()`` runs the interpreter's at-fork hooks in every child.  Every
+zygote and template has threading's, logging's and random's (the platform
+imports them), and in a fresh child each page the hooks touch is a
+copy-on-write fault: ~650 KiB un-shared per child (828 KiB private dirty
+right after ``os.fork()`` in a process with the zygote's imports, 172 KiB
+after a plain ``fork()``), 0.3-0.5 ms per fork -- about as much as the fork
+itself.  In a process with one thread they have nothing to do: no other
+thread can hold the locks they re-create, and templates and instances
+reseed ``random`` themselves.  So we fork with libc's ``fork()`` (called
+with the GIL held, so glibc's own atfork handlers still run), as a C
+program would.
 
-Those callbacks only repair state that *another thread* could have left
-half-done (a held lock) and reseed ``random``; our forking processes are
-single-threaded, and the children reseed what needs it themselves
-(templates and instances call ``random.seed()``).  So a plain ``fork()`` --
-libc's, with the GIL held, so glibc's own atfork handlers still run -- is
-used when (a) this process runs only one Python thread and (b) no callback
-was registered by anything but those stdlib modules.  Otherwise (user code
-started threads, or a library such as redis-py registered its own
-callback) it is ``os.fork()`` with every callback, as Python intends.
+Only while every hook is one we know: on Python 3.11 the stdlib registers
+hooks in threading, logging, random and concurrent.futures.thread, all of
+that kind.  Any other hook registered once the zygote started watching (by
+an image's pre-import or the function's imports, e.g. a client library that
+resets its connections in the child), a non-stdlib module imported before
+it started, another Python version, or a thread the function started at
+import time: ``os.fork()``, hooks and all.
+
+One ``Forker`` per process tree (``forker``): the zygote watches from its
+first line; templates inherit what it saw and decide again, once their
+function's code is loaded, at their first fork.
 """
 
 from __future__ import annotations
@@ -30,53 +36,104 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["default_signals", "fork", "watch_registrations"]
+__all__ = ["Forker", "default_signals", "forker"]
 
-# Modules whose at-fork callbacks only re-create locks or reseed ``random``.
-LOCK_ONLY = frozenset({"threading", "logging", "random", "concurrent.futures.thread"})
-
-_libc_fork = ctypes.PyDLL(None, use_errno=True).fork  # PyDLL: the GIL stays held across the call
-_libc_fork.restype = ctypes.c_int
-_libc_fork.argtypes = []
-
-_foreign: list[str] = []
-"""Modules (other than LOCK_ONLY) that registered at-fork callbacks since ``watch_registrations``."""
-
-_register: Callable[..., None] = os.register_at_fork
+# Packages the platform imports into every template; none registers a hook.
+_PLATFORM_PACKAGES = frozenset({"spanfaas", "msgspec", "typing_extensions", "_distutils_hack", "__main__"})
+# The stdlib modules (3.11) whose hooks only redo, in the child, what a
+# single-threaded parent leaves done.
+_STDLIB_REGISTRARS = frozenset({"threading", "logging", "random", "concurrent.futures.thread"})
 
 
-def _recording_register(**callbacks: Any) -> None:
-    caller = sys._getframe(1).f_globals.get("__name__", "?")
-    if caller not in LOCK_ONLY:
-        _foreign.append(str(caller))
-    _register(**callbacks)
+def _vetted(hook: Callable[[], object]) -> bool:
+    if getattr(hook, "__module__", None) in _STDLIB_REGISTRARS:  # functions, bound methods (random's seed)
+        return True
+    futures = sys.modules.get("concurrent.futures.thread")  # registers its shutdown lock's methods
+    return futures is not None and getattr(hook, "__self__", None) is getattr(futures, "_global_shutdown_lock", None)
 
 
-def watch_registrations() -> None:
-    """From now on, note who registers at-fork callbacks (call once, early)."""
-    os.register_at_fork = _recording_register
+class Forker:
+    """Forks children; ``watch()`` before any code that might register a hook is imported."""
+
+    def __init__(self) -> None:
+        self._reasons: list[str] = []  # why not fork without the hooks
+        self._libc_fork: Any = None
+        self._decided_in = 0  # the pid that decided: a forked child decides again
+        self.watching = False
+
+    @property
+    def lean(self) -> bool:
+        """Forking without the at-fork hooks (known once this process forked)."""
+        return self._libc_fork is not None and self._decided_in == os.getpid()
+
+    def why_not_lean(self) -> str:
+        return "; ".join(self._reasons)
+
+    def watch(self) -> None:
+        """Note the at-fork hooks registered from now on; vet the modules imported so far."""
+        if self.watching:
+            return
+        self.watching = True
+        if sys.version_info[:2] != (3, 11):
+            self._reasons.append(f"the at-fork hooks of Python {sys.version_info[0]}.{sys.version_info[1]} are not vetted")
+            return
+        for name in list(sys.modules):
+            top = name.partition(".")[0]
+            if top not in sys.stdlib_module_names and top not in _PLATFORM_PACKAGES and not top.startswith("__editable__"):
+                self._reasons.append(f"'{name}' was imported before the template started and may have at-fork hooks")
+                break
+        register = os.register_at_fork
+
+        def register_at_fork(**hooks: Callable[[], object]) -> None:
+            register(**hooks)
+            for hook in hooks.values():
+                if hook is not None and not _vetted(hook):
+                    self._reasons.append(f"an at-fork hook ({getattr(hook, '__qualname__', type(hook).__name__)})")
+
+        setattr(os, "register_at_fork", register_at_fork)
+
+    def _decide(self) -> None:
+        """At this process's first fork (a template's: its function's code loaded):
+        without the hooks or not, for this process."""
+        self._decided_in = os.getpid()
+        self._libc_fork = None
+        if not self.watching:
+            self._reasons.append("at-fork hooks were not watched in this process")
+        if threading.active_count() > 1:
+            self._reasons.append("the function started threads")
+        if self._reasons:
+            return
+        try:
+            fork = ctypes.PyDLL(None, use_errno=True).fork  # PyDLL: the GIL stays held
+        except (OSError, AttributeError) as exc:
+            self._reasons.append(f"libc's fork() is not reachable: {exc}")
+            return
+        fork.restype = ctypes.c_int
+        fork.argtypes = []
+        self._libc_fork = fork
+
+    def fork(self) -> int:
+        """Like ``os.fork()``: 0 in the child; OSError (BlockingIOError when out of pids) on failure."""
+        if self._decided_in != os.getpid():
+            self._decide()
+        if self._libc_fork is None:
+            return os.fork()
+        pid: int = self._libc_fork()
+        if pid < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return pid
 
 
-def plain_fork_possible() -> bool:
-    return not _foreign and threading.active_count() == 1
-
-
-def fork() -> int:
-    """``fork()``: 0 in the child, the child's pid in the parent (OSError on failure)."""
-    if not plain_fork_possible():
-        return os.fork()
-    pid: int = _libc_fork()
-    if pid < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return pid
+forker = Forker()
+"""The process tree's: the zygote calls ``forker.watch()`` first thing."""
 
 
 def default_signals(*signums: int) -> None:
     """In a fresh child: no wake-up fd, default handlers for ``signums``.
 
     The C functions, not ``signal.signal``: its enum conversions run enough
-    Python to un-share ~450 KiB in every child."""
+    Python to un-share ~70-150 KiB in every child."""
     _signal.set_wakeup_fd(-1)
     for signum in signums:
         _signal.signal(signum, _signal.SIG_DFL)

@@ -20,7 +20,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import msgspec
 
@@ -38,16 +38,26 @@ _json_encoder = msgspec.json.Encoder()
 _LOG_LIMIT = 1024 * 1024
 
 
+def open_streams() -> tuple[TextIO, TextIO]:
+    """Line-buffered text streams on fds 1 and 2, so prints interleave in order.
+
+    A template opens them once, before it forks: a fresh child then finds
+    them ready and unused instead of building its own (~40 copy-on-write
+    faults, 50 us)."""
+    return (
+        open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace"),
+        open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace"),
+    )
+
+
 class Capture:
     """Per-invocation stdout/stderr: fds 1 and 2 point at a memfd."""
 
-    def __init__(self) -> None:
+    def __init__(self, streams: tuple[TextIO, TextIO] | None = None) -> None:
         self.fd = os.memfd_create("spanfaas-logs", os.MFD_CLOEXEC)
         os.dup2(self.fd, 1)
         os.dup2(self.fd, 2)
-        # Unbuffered-ish text streams on the memfd, so prints interleave in order.
-        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
-        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+        sys.stdout, sys.stderr = streams or open_streams()
 
     def take(self) -> str:
         try:
@@ -200,7 +210,9 @@ class Runner:
 def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None) -> None:
     """Serve invocations on ``sock`` until EOF (or after one, in strict mode)."""
     capture = capture or Capture()
-    reader = p.FrameReader(sock, _decoder)
+    # A one-shot instance reads one request: a page of buffer, not 64 KiB
+    # zeroed (16 copy-on-write faults); a larger request gets its own buffer.
+    reader = p.FrameReader(sock, _decoder, chunk=4096 if one_shot else 64 * 1024)
     while True:
         frame = reader.read()
         if frame is None:

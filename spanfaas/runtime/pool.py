@@ -299,13 +299,13 @@ class Pool:
 
     # -- instances --------------------------------------------------------------
 
-    def _fork(self, n: int) -> None:
+    def _fork(self, n: int, *, warm: bool = True) -> None:
         # A draining pool still forks for invocations already queued on it.
         if n <= 0 or self._chan is None or self.state not in ("ready", "draining"):
             return
         self._pending_forks += n
         self._last_fork = time.monotonic()
-        self._chan.send(p.Fork(n))
+        self._chan.send(p.Fork(n, warm))
 
     def check_progress(self, now: float, patience: float = 5.0) -> None:
         """Watchdog (from the runtime's tick): invocations wait, forks were asked
@@ -470,7 +470,7 @@ class Pool:
         waiting = len(self._waiters)  # finished waiters leave the deque at once
         want = -(-waiting // self._slots) - self._pending_forks  # ceil: an instance takes `slots` waiters
         cap = self.spec.scaling.max + (self.spec.scaling.prefork if self._strict else 0)
-        self._fork(min(want, cap - self._live()))
+        self._fork(min(want, cap - self._live()), warm=False)  # invocations wait: no warm-up pass first
 
     def scale(self, desired: int) -> None:
         """The autoscaler's decision: fork up to ``desired`` now (waiters get them as they come up)."""

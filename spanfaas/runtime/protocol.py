@@ -110,6 +110,9 @@ class TemplateFailed(Struct, tag=True):
 
 class Fork(Struct, tag=True):
     count: int
+    warm: bool = True
+    """Run the request path once before the hello: for instances forked ahead
+    of demand (an invocation already waiting would wait longer)."""
 
 
 class InstanceForked(Struct, tag=True):

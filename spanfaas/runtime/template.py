@@ -9,17 +9,20 @@ here runs on the request path: instances talk to the runtime directly.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stub; see _instance_main)
+import ctypes
 import gc
 import importlib
 import os
 import random
 import resource
+import select
 import signal
 import socket
 import sys
 import time
 import traceback
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
 
@@ -29,6 +32,9 @@ from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import function_logger
 from spanfaas.runtime.supervise import supervise
+
+if TYPE_CHECKING:
+    from spanfaas.sandbox import PreparedLayer
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
 
@@ -77,6 +83,12 @@ class Template:
         self.protections = protections
         self.children: dict[int, int] = {}  # pid -> seq
         self.seq = 0
+        self.forker = forking.forker  # watching since the zygote started
+        self.forker.watch()  # (a no-op then; a template started on its own watches from here)
+        self.streams: tuple[TextIO, TextIO] | None = None
+        self.layer: PreparedLayer | None = None  # the instances' Landlock layer
+        self.settled = False
+        self._queued: select.poll | None = None  # is a control message waiting?
         self.runner: inst.Runner | None = None
         self.landlock = False
         self.base_data = 0
@@ -168,43 +180,133 @@ class Template:
         gc.freeze()  # the collector never touches (and un-shares) template objects
 
     # -- instances -------------------------------------------------------------
+    #
+    # What happens between two forks is paid again for every instance.  A fork
+    # write-protects the template's pages, so each page the template writes
+    # afterwards is a copy-on-write fault, and so is each page a fresh child
+    # writes (a refcount, an object allocated into a shared pool): the path
+    # from fork() to the child's hello stays short, and what can be prepared
+    # once is prepared before the first fork.
 
-    def fork_instance(self) -> None:
+    def _prepare_forking(self) -> tuple[TextIO, TextIO]:
+        """Once, before the first fork: what every instance needs."""
+        self.streams = inst.open_streams()
+        if self.landlock:
+            from spanfaas import sandbox
+
+            self.layer = sandbox.PreparedLayer(tuple(_plan_value(self.req.sandbox, "ro_paths", ())))
+        return self.streams
+
+    def _settle(self) -> None:
+        """Once, after the first instances are forked (off the cold start's path):
+        what makes the next ones cheaper."""
         assert self.runner is not None
-        self.seq += 1
-        seq = self.seq
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        try:
-            pid = self._fork_retrying()
-        except OSError as exc:  # still out of pids (a fork bomb in a sibling) or memory: say so, keep serving
-            ours.close()
-            theirs.close()
-            p.send_msg(self.chan, p.ForkFailed(seq, f"{type(exc).__name__}: {exc}"))
+        self.settled = True
+        # The request path once here too: what it builds lazily on first use
+        # (ABC caches, first-call state) is then inherited, not built again
+        # (and faulted in) by every instance that is not warmed.
+        self.runner.warm()
+        gc.freeze()  # what the template made since load() too: children's collections skip it
+        _trim_heap()
+
+    def _scratch(self, seq: int) -> str:
+        return f"{self.req.scratch_dir}/i{seq}"
+
+    def fork_instances(self, n: int, warm: bool = True) -> None:
+        """Fork ``n`` instances; ``warm``: each runs its request path once before
+        it says hello (worth it when it will wait for a call; a call already
+        waiting would wait longer).
+
+        Back to back: what each needs (socketpair, scratch dir, Landlock
+        ruleset) is made first and the runtime is told after, so between two
+        forks the template writes a few pages, not ~100.  Out of pids, the
+        rest are forked one at a time, each announced at once (calls finish
+        and free pids only once the runtime knows the instances forked)."""
+        assert self.runner is not None
+        if n <= 0:
             return
-        if pid == 0:
-            code = 70
+        streams = self.streams or self._prepare_forking()
+        batch: list[_Prepared] = []
+        for _ in range(n):
             try:
-                ours.close()
-                self._instance_main(theirs, seq)
-                code = 0
-            except BaseException:  # the child must never return into the template loop
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.children[pid] = seq
+                batch.append(self._make_instance())
+            except OSError as exc:
+                p.send_msg(self.chan, p.ForkFailed(self.seq, f"{type(exc).__name__}: {exc}"))
+        forked: list[int | OSError] = []
+        for prep in batch:
+            try:
+                pid = self.forker.fork()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                forked.append(exc)
+                continue
+            if pid == 0:
+                self._become_instance(batch, prep, streams, warm)
+            self.children[pid] = prep.seq  # at once: a reap kills children it does not know
+            forked.append(pid)
+        for prep, result in zip(batch, forked):
+            self._announce(prep, result)
+        for prep in batch[len(forked) :]:
+            try:
+                pid = self._fork_retrying()
+            except OSError as exc:
+                self._announce(prep, exc)
+                continue
+            if pid == 0:
+                self._become_instance(batch, prep, streams, warm)
+            self.children[pid] = prep.seq
+            self._announce(prep, pid)
+        if not self.settled:
+            self._settle()
+
+    def _become_instance(self, batch: list[_Prepared], prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
+        code = 70
         try:
-            p.send_msg(self.chan, p.InstanceForked(seq), fds=[ours.fileno()])
+            for other in batch:  # an instance holding another's socket would hide that one's exit
+                other.close_in_child(keep=other is prep)
+            self._instance_main(prep.theirs, prep.seq, prep.scratch, prep.ruleset, streams, warm)
+            code = 0
+        except BaseException:  # the child must never return into the template loop
+            traceback.print_exc()
         finally:
-            ours.close()
+            os._exit(code)
+
+    def _announce(self, prep: _Prepared, result: int | OSError) -> None:
+        """After the fork (or its failure): close our copies, tell the runtime."""
+        prep.close_ruleset()
+        prep.theirs.close()
+        try:
+            if isinstance(result, OSError):
+                remove_tree(prep.scratch)
+                p.send_msg(self.chan, p.ForkFailed(prep.seq, f"{type(result).__name__}: {result}"))
+            else:
+                p.send_msg(self.chan, p.InstanceForked(prep.seq), fds=[prep.ours.fileno()])
+        finally:
+            prep.ours.close()
+
+    def _make_instance(self) -> _Prepared:
+        """What one instance needs before its fork."""
+        self.seq += 1
+        prep = _Prepared(self.seq, self._scratch(self.seq))
+        if self.layer is not None:  # its Landlock layer is built here, where ctypes is warm
+            try:
+                os.mkdir(prep.scratch, 0o700)
+                prep.ruleset = self.layer.ruleset((prep.scratch,))
+            except OSError:
+                prep.close_ruleset()
+                prep.ours.close()
+                prep.theirs.close()
+                remove_tree(prep.scratch)
+                raise
+        return prep
 
     def _fork_retrying(self, attempts: int = 20) -> int:
         """fork(), riding out a short pid shortage while a finished instance's
         leftovers are reaped (each retry reaps first)."""
         for attempt in range(attempts):
             try:
-                return forking.fork()
+                return self.forker.fork()
             except BlockingIOError:
                 if attempt == attempts - 1:
                     raise
@@ -212,24 +314,26 @@ class Template:
                 time.sleep(0.005)
         raise AssertionError("unreachable")
 
-    def _instance_main(self, sock: socket.socket, seq: int) -> None:
+    def _instance_main(
+        self, sock: socket.socket, seq: int, scratch: str, ruleset: int, streams: tuple[TextIO, TextIO], warm: bool
+    ) -> None:
+        """The child, from fork() to the end of its invocations."""
         assert self.runner is not None
-        self.chan.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
+        # (signal.signal would convert the template's handler to an enum, and
+        # fail doing it: ~40 copy-on-write faults.)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        for fd in (self.chan.detach(), self.wake_r, self.wake_w):
+            os.close(fd)
         os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
-        scratch = os.path.join(self.req.scratch_dir, f"i{seq}")
-        os.mkdir(scratch, 0o700)
+        if self.layer is not None:  # read-write: only its own scratch dir (made by the template); its own signal scope
+            self.layer.close()
+            self.layer.enforce(ruleset)
+        else:
+            os.mkdir(scratch, 0o700)
         os.chdir(scratch)
         os.environ["TMPDIR"] = scratch
         os.environ["HOME"] = scratch
-        if self.landlock:
-            from spanfaas import sandbox
-
-            ro = tuple(_plan_value(self.req.sandbox, "ro_paths", ()))
-            sandbox.landlock_restrict(ro, (scratch,))
         if self.req.instance_memory:
             limit = self.base_data + self.req.instance_memory
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -237,9 +341,10 @@ class Template:
         np_random = sys.modules.get("numpy.random")  # imported: its state was copied by fork
         if np_random is not None:  # (not imported: it seeds itself on import; importing it here cost ~13 ms)
             np_random.seed()
-        capture = inst.Capture()
-        self.runner.warm()
-        capture.take()
+        capture = inst.Capture(streams)
+        if warm:
+            self.runner.warm()
+            capture.take()
         p.send_frame(sock, p.Hello(seq))
         if self.req.isolation == "reuse" and self.req.concurrency > 1:
             inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
@@ -248,40 +353,39 @@ class Template:
         sock.close()
 
     def reap(self) -> None:
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             seq = self.children.pop(pid, None)
             if seq is None:
                 continue  # an orphan re-parented to us (we are pid 1 of the namespace)
-            self._kill_leftovers(pid)
-            remove_tree(os.path.join(self.req.scratch_dir, f"i{seq}"))
-            p.send_msg(self.chan, p.InstanceExited(seq, status))
-
-    def _kill_leftovers(self, pgid: int) -> None:
-        """An instance's processes die with it: its group, and orphans left to us."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if os.getpid() != 1:
-            return  # without a pid namespace, orphans go to the host's init, not to us
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            pid = int(entry)
-            if pid == 1 or pid in self.children:
-                continue
+            reaped = True
             try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == 1:
+                os.killpg(pid, signal.SIGKILL)  # the instance's group dies with it
+            except (ProcessLookupError, PermissionError):
+                pass
+            remove_tree(self._scratch(seq))
+            p.send_msg(self.chan, p.InstanceExited(seq, status))
+        if reaped and os.getpid() == 1:
+            # Without a pid namespace, orphans go to the host's init, not to us.
+            self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill what left an instance's group and outlived it: re-parented to us
+        (pid 1), it is our child but no instance.  One read of our children
+        list; a scan of /proc (a read per process) if the kernel lacks it."""
+        try:
+            with open("/proc/1/task/1/children", "rb") as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            pids = [pid for pid in _pids() if _ppid(pid) == 1]
+        for pid in pids:
+            if pid != 1 and pid not in self.children:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -298,16 +402,36 @@ class Template:
     def loop(self) -> None:
         supervise(self.chan, _decoder, (self.wake_r, self.wake_w), self._on_message, self.reap)
 
-    def _on_message(self, msg: Any, fds: list[int]) -> bool:
+    def _on_message(self, msg: Any, fds: list[int], batch: dict[bool, int] | None = None) -> bool:
         for fd in fds:
             os.close(fd)
         match msg:
-            case p.Fork(count=n):
-                for _ in range(n):
-                    self.fork_instance()
+            case p.Fork(count=n, warm=warm) if batch is not None:
+                batch[warm] = batch.get(warm, 0) + n
+            case p.Fork(count=n, warm=warm):
+                self._fork_all({warm: n})
             case p.Retire(seq=seq):
                 self.retire(seq)
         return False
+
+    def _fork_all(self, counts: dict[bool, int]) -> None:
+        """Fork what this Fork asks for and what the Fork messages queued behind
+        it ask for, as one batch per kind (under load the runtime asks for
+        instances one at a time, faster than they can be forked)."""
+        if self._queued is None:
+            self._queued = select.poll()
+            self._queued.register(self.chan.fileno(), select.POLLIN)
+        while self._queued.poll(0):
+            try:
+                got = p.recv_msg(self.chan, _decoder)
+            except OSError:
+                break  # the loop sees it again
+            if got is None:
+                break  # EOF: the loop sees it again
+            self._on_message(*got, counts)
+        for warm in (False, True):  # calls are waiting for the unwarmed ones
+            if counts.get(warm):
+                self.fork_instances(counts[warm], warm)
 
     def shutdown(self) -> None:
         for pid in list(self.children):
@@ -323,9 +447,44 @@ class Template:
         remove_tree(self.req.scratch_dir)
 
 
+class _Prepared:
+    """What one instance needs before its fork: its seq and scratch dir, both
+    ends of its socketpair, its Landlock ruleset (or -1)."""
+
+    __slots__ = ("seq", "scratch", "ours", "theirs", "ruleset")
+
+    def __init__(self, seq: int, scratch: str) -> None:
+        self.seq = seq
+        self.scratch = scratch
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.ruleset = -1
+
+    def close_ruleset(self) -> None:
+        if self.ruleset >= 0:
+            os.close(self.ruleset)
+            self.ruleset = -1
+
+    def close_in_child(self, keep: bool) -> None:
+        """In a forked instance: close the template's end (and, unless ``keep``:
+        this is the instance's own, every fd) — detached first, so no socket
+        object closes a reused fd number later."""
+        for sock in (self.ours,) if keep else (self.ours, self.theirs):
+            fd = sock.detach()
+            if fd >= 0:
+                os.close(fd)
+        if not keep:
+            self.close_ruleset()
+
+
 def remove_tree(path: str) -> None:
     """Remove a directory tree, never following links (shutil would add ~30
     memory mappings, bz2/lzma/zlib, to every template)."""
+    try:
+        os.rmdir(path)  # most instances leave their scratch dir empty: one syscall
+        return
+    except OSError:
+        pass
     try:
         entries = list(os.scandir(path))
     except FileNotFoundError:
@@ -347,6 +506,28 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+def _trim_heap() -> None:
+    """Return the malloc heap's free pages to the kernel: each resident page is a
+    page table entry that every fork copies and every instance's exit drops
+    (import leaves ~0.7 MiB of them)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def _pids() -> list[int]:
+    return [int(x) for x in os.listdir("/proc") if x.isdigit()]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _vm_data() -> int:
@@ -400,8 +581,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, jo
         os.dup2(devnull, 2)
         os.close(capture)
         p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
-        for _ in range(req.initial):
-            tpl.fork_instance()
+        tpl.fork_instances(req.initial)
         tpl.loop()
     except BaseException:
         traceback.print_exc()

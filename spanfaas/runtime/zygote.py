@@ -112,7 +112,7 @@ class Zygote:
 
     def _spawn_direct(self, req: p.SpawnTemplate, chan_fd: int) -> None:
         """No namespaces, no cgroup: the template is our own child (one fork, not two)."""
-        pid = forking.fork()
+        pid = forking.forker.fork()
         if pid == 0:
             try:
                 self._leave_zygote()
@@ -159,7 +159,7 @@ class Zygote:
         namespaces = plan is not None and plan.get("namespaces", True)
         joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid, pidns = self._fork_in_pid_namespace() if namespaces else (forking.fork(), None)
+            pid, pidns = self._fork_in_pid_namespace() if namespaces else (forking.forker.fork(), None)
         except OSError:
             traceback.print_exc()
             pid, pidns = -1, None
@@ -195,7 +195,7 @@ class Zygote:
         from spanfaas import sandbox
 
         with sandbox.PidNamespaceForNextChild() as pidns:
-            pid = forking.fork()
+            pid = forking.forker.fork()
         return pid, pidns
 
     def _join(self, pid: int, procs: list[int], joined_w: int) -> None:
@@ -205,7 +205,7 @@ class Zygote:
             os.write(joined_w, b"1")
             return
         try:
-            joiner = forking.fork()
+            joiner = forking.forker.fork()
         except OSError:
             traceback.print_exc()
             os.write(joined_w, b"0")
@@ -300,7 +300,7 @@ def main(argv: list[str]) -> None:
     # argv[3:]: flags
     # Ctrl-C and a group-wide SIGTERM are for the control plane, which then
     # closes our channel: the zygote ends on EOF (or with its parent).
-    forking.watch_registrations()  # before any pre-import: see forking.py
+    forking.forker.watch()  # before any pre-import: see forking.py
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -18,12 +18,12 @@ module for why)::
     template:        import everything the function will need; unshare_namespaces(network); fork
     pid 1:           setup_pid1(name, network); set_rlimits(plan); drop_privileges(uid);
                      landlock_restrict(ro, rw); seccomp_deny(allow_exec); fork instances as pid 2+
-    instance:        landlock_restrict(ro, [own scratch dir])   # narrower layer, own signal scope
+    instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope
 """
 
 from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
 from spanfaas.sandbox.errors import SandboxError
-from spanfaas.sandbox.landlock import landlock_restrict
+from spanfaas.sandbox.landlock import PreparedLayer, landlock_restrict
 from spanfaas.sandbox.limits import drop_privileges, set_rlimits
 from spanfaas.sandbox.namespaces import PidNamespaceForNextChild, set_hostname, setup_pid1, unshare_namespaces
 from spanfaas.sandbox.plan import SandboxPlan
@@ -33,6 +33,7 @@ from spanfaas.sandbox.seccomp import seccomp_deny
 __all__ = [
     "Cgroup",
     "PidNamespaceForNextChild",
+    "PreparedLayer",
     "SandboxError",
     "SandboxPlan",
     "cleanup_cgroups",

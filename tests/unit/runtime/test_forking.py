@@ -1,91 +1,138 @@
-"""forking.fork: a plain fork only while that is safe, os.fork's callbacks otherwise.
+"""Forker: libc's fork() without the at-fork hooks only while every hook is known.
 
-Each case runs in a fresh interpreter: ``watch_registrations`` replaces
-``os.register_at_fork`` process-wide, which must not leak into pytest.
-"""
+Each case runs in a fresh interpreter: ``watch()`` wraps ``os.register_at_fork``
+for the rest of the process, and the hooks it vets are the process's own."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
-PRELUDE = """
-import os, sys, threading, types
-from spanfaas.runtime import forking
-forking.watch_registrations()
+import pytest
 
-def child_ran_callbacks() -> bool:
-    r, w = os.pipe()
-    pid = forking.fork()
-    if pid == 0:
-        os.write(w, b"1" if ran else b"0")
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return os.read(r, 1) == b"1"
+CASE = """
+import json, os, sys
+from spanfaas.runtime.forking import Forker
 
-ran = False
-def mark():
-    global ran
-    ran = True
+forker = Forker()
+forker.watch()
+{setup}
+r, w = os.pipe()
+pid = forker.fork()
+if pid == 0:
+    os.write(w, json.dumps({{"hook_ran": HOOK_RAN[0] if "HOOK_RAN" in globals() else None}}).encode())
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+os.close(w)
+child = json.loads(os.read(r, 4096))
+print(json.dumps({{"lean": forker.lean, "why": forker.why_not_lean(), "status": status, **child}}))
 """
 
 
-def run(body: str) -> str:
-    code = PRELUDE + textwrap.dedent(body)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+def run_case(setup: str, *, before: str = "") -> dict[str, object]:
+    code = textwrap.dedent(before) + CASE.format(setup=textwrap.dedent(setup))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def test_plain_fork_skips_the_lock_only_callbacks() -> None:
-    # Registered as if by the threading module: a lock-only callback, skipped.
-    out = run(
+def test_a_template_of_stdlib_and_platform_modules_forks_without_the_hooks() -> None:
+    got = run_case("import logging, random, threading, json")  # (random registers its hook now)
+    assert got == {"lean": True, "why": "", "status": 0, "hook_ran": None}
+
+
+def test_a_hook_registered_after_watching_gets_os_fork_and_runs() -> None:
+    got = run_case(
         """
-        exec("import os\\nos.register_at_fork(after_in_child=mark)", {"__name__": "threading", "mark": mark})
-        print(forking.plain_fork_possible(), child_ran_callbacks())
-        """
-    )
-    assert out == "True False"
-
-
-def test_a_library_callback_makes_it_os_fork() -> None:
-    out = run(
-        """
-        exec("import os\\nos.register_at_fork(after_in_child=mark)", {"__name__": "somelib.pool", "mark": mark})
-        print(forking.plain_fork_possible(), child_ran_callbacks())
+        HOOK_RAN = [False]
+        def hook():
+            HOOK_RAN[0] = True
+        os.register_at_fork(after_in_child=hook)
         """
     )
-    assert out == "False True"
+    assert got["lean"] is False
+    assert got["hook_ran"] is True, "os.fork() ran the function's hook in the child"
+    assert "hook" in str(got["why"])
 
 
-def test_a_second_thread_makes_it_os_fork() -> None:
-    out = run(
+def test_a_thread_started_at_import_gets_os_fork() -> None:
+    got = run_case(
         """
-        stop = threading.Event()
-        t = threading.Thread(target=stop.wait)
-        t.start()
+        import threading, time
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        """
+    )
+    assert got["lean"] is False
+    assert "threads" in str(got["why"])
+
+
+def test_a_non_stdlib_module_imported_before_watching_gets_os_fork() -> None:
+    got = run_case("", before="import pytest\n")
+    assert got["lean"] is False
+    assert "pytest" in str(got["why"]) or "_pytest" in str(got["why"])
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_fork_failure_raises_oserror_like_os_fork(lean: bool) -> None:
+    code = textwrap.dedent(
+        f"""
+        import os, resource
+        from spanfaas.runtime.forking import Forker
+        forker = Forker()
+        forker.watch()
+        if not {lean}:
+            os.register_at_fork(after_in_child=lambda: None)
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         try:
-            print(forking.plain_fork_possible())
-        finally:
+            pid = forker.fork()
+        except BlockingIOError:
+            print("BlockingIOError", forker.lean)
+        else:
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print("forked", forker.lean)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    # root ignores RLIMIT_NPROC: then the fork simply works
+    assert out.stdout.split() in (["BlockingIOError", str(lean)], ["forked", str(lean)])
+
+
+def test_the_stdlib_hooks_registered_after_watching_are_vetted() -> None:
+    got = run_case("import concurrent.futures.thread")
+    assert got["lean"] is True, got["why"]
+
+
+def test_a_forked_child_decides_again_for_its_own_forks() -> None:
+    # The zygote's forker is inherited by its templates: a template whose function
+    # started a thread must not fork its instances without the hooks.
+    code = textwrap.dedent(
+        """
+        import json, os, threading
+        from spanfaas.runtime.forking import forker
+        forker.watch()
+        r, w = os.pipe()
+        pid = forker.fork()  # the zygote forks a template
+        if pid == 0:
+            stop = threading.Event()
+            t = threading.Thread(target=stop.wait)
+            t.start()
+            grandchild = forker.fork()  # the template forks an instance
+            if grandchild == 0:
+                os._exit(0)
+            os.waitpid(grandchild, 0)
+            os.write(w, json.dumps({"lean": forker.lean, "why": forker.why_not_lean()}).encode())
             stop.set()
             t.join()
-        print(forking.plain_fork_possible())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        os.close(w)
+        print(json.dumps({"zygote_lean": forker.lean, "template": json.loads(os.read(r, 4096))}))
         """
     )
-    assert out.split() == ["False", "True"]
-
-
-def test_fork_returns_the_child_pid_and_zero_in_the_child() -> None:
-    out = run(
-        """
-        r, w = os.pipe()
-        pid = forking.fork()
-        if pid == 0:
-            os.write(w, str(os.getpid()).encode())
-            os._exit(7)
-        got, status = os.waitpid(pid, 0)
-        print(got == pid == int(os.read(r, 32)), os.waitstatus_to_exitcode(status))
-        """
-    )
-    assert out == "True 7"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    got = json.loads(out.stdout)
+    assert got["zygote_lean"] is True
+    assert got["template"]["lean"] is False and "threads" in got["template"]["why"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from spanfaas.sandbox import landlock_restrict
+from spanfaas.sandbox import PreparedLayer, landlock_restrict
 
 
 @pytest.fixture
@@ -119,6 +119,56 @@ def test_instance_layer_narrows_and_scopes_signals(tree: Path, in_child: Callabl
     assert got["read_code"] == "ok"
     assert got["kill_template"] == got["kill_host"] == "denied", "signals cannot leave the domain"
     assert got["kill_self"] == "ok"
+
+
+def _prepared_instance(t: Path, parent_pid: int, layer: PreparedLayer, ruleset: int) -> dict[str, Any]:
+    fds = list(layer._fds)
+    layer.close()
+    layer.enforce(ruleset)
+    return {
+        "kill_template": _try(lambda: os.kill(parent_pid, 0)),
+        "kill_self": _try(lambda: os.kill(os.getpid(), 0)),
+        "write_own": _try(lambda: (t / "scratch" / "a" / "x").write_text("x")),
+        "fds_left": [fd for fd in fds if _is_open(fd)],
+        **_probes(t),
+    }
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _template_prepared(t: Path, run_in_child: Callable[..., Any]) -> dict[str, Any]:
+    """A template layer; the instances' layer prepared once; two instances add it."""
+    landlock_restrict([str(t / "code")], [str(t / "scratch")])
+    layer = PreparedLayer([str(t / "code"), "/nonexistent/path"])
+    fds = list(layer._fds)
+    results = []
+    for _ in range(2):  # built here, as a template does before each fork; enforced in the child
+        ruleset = layer.ruleset([str(t / "scratch" / "a")])
+        results.append(run_in_child(_prepared_instance, t, os.getpid(), layer, ruleset).value)
+        os.close(ruleset)
+    first, second = results
+    return {"first": first, "second": second, "still_open_here": bool(fds) and all(_is_open(fd) for fd in fds)}
+
+
+def test_a_prepared_layer_is_the_instance_layer(tree: Path, in_child: Callable[..., Any]) -> None:
+    got = in_child(_template_prepared, tree, in_child).value
+    assert got["still_open_here"], "the template keeps the prepared rules"
+    for inst in (got["first"], got["second"]):
+        assert inst["write_own"] == "ok"
+        assert inst["read_other_instance"] == "denied", "another instance's scratch dir"
+        assert inst["mkdir_rmdir_scratch"] == "denied", "the shared scratch root is no longer writable"
+        assert inst["read_code"] == inst["list_code"] == "ok"
+        assert inst["write_code"] == inst["read_sibling"] == inst["shadow"] == "denied"
+        assert inst["devnull"] == inst["urandom"] == "ok"
+        assert inst["kill_template"] == "denied", "signals cannot leave the domain"
+        assert inst["kill_self"] == "ok"
+        assert inst["fds_left"] == [], "the child closed the prepared rules' descriptors"
 
 
 @pytest.fixture

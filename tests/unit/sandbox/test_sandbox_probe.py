@@ -33,6 +33,7 @@ def test_exported_names() -> None:
     assert sorted(sandbox.__all__) == [
         "Cgroup",
         "PidNamespaceForNextChild",
+        "PreparedLayer",
         "SandboxError",
         "SandboxPlan",
         "cleanup_cgroups",

@@ -1,0 +1,77 @@
+"""How templates fork strict instances: what the function's code may rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.runtime.conftest import Harness
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HOOKED = """
+import os
+
+state = {"hook_ran_in": None}
+
+def _after_in_child():
+    state["hook_ran_in"] = os.getpid()
+
+os.register_at_fork(after_in_child=_after_in_child)
+
+def handler(event, context):
+    return state["hook_ran_in"] == os.getpid()
+"""
+
+THREADED = """
+import threading, time
+
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+
+def handler(event, context):
+    return threading.active_count()
+"""
+
+
+async def test_the_functions_at_fork_hooks_run_in_every_instance(harness: Harness) -> None:
+    await harness.deploy("hooked", HOOKED, "[scaling]\nmax = 4\nprefork = 2\n")
+    results = await asyncio.gather(*(harness.invoke("hooked") for _ in range(20)))
+    assert [json.loads(r.output) for r in results if r.ok] == [True] * 20, [r.error for r in results if not r.ok][:1]
+
+
+async def test_threads_started_at_import_are_gone_in_an_instance(harness: Harness) -> None:
+    await harness.deploy("threaded", THREADED)
+    r = await harness.invoke("threaded")
+    assert r.ok, r.error
+    assert json.loads(r.output) == 1, "os.fork() semantics: only the calling thread lives on in the child"
+
+
+async def test_instances_forked_while_calls_wait_answer_them(harness: Harness) -> None:
+    """Forked on demand (calls queued), an instance says hello before warming up."""
+    await harness.deploy("queued", "def handler(event, context):\n    return event\n", "[scaling]\nmax = 8\nprefork = 0\n")
+    results = await asyncio.gather(*(harness.invoke("queued", b"%d" % i) for i in range(64)))
+    assert [json.loads(r.output) for r in results] == list(range(64))
+
+
+SOCKETS = """
+import os
+
+def handler(event, context):
+    sockets = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass  # the fd listdir used
+    return sockets
+"""
+
+
+async def test_instances_forked_in_one_batch_hold_only_their_own_socket(harness: Harness) -> None:
+    """Another instance's socket held open would hide that one's exit from the runtime."""
+    await harness.deploy("sockets", SOCKETS, "[scaling]\nmax = 16\nprefork = 0\n")
+    results = await asyncio.gather(*(harness.invoke("sockets") for _ in range(32)))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
+    assert [json.loads(r.output) for r in results] == [1] * 32
