@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -142,16 +143,22 @@ async def test_a_burst_of_calls_that_turn_out_long_spreads_over_new_instances(ha
     assert len({json.loads(r.output)["pid"] for r in results}) > 1
 
 
+async def _three_queued_behind_a_sleeper(harness: Harness, name: str) -> tuple[Any, list[asyncio.Future[Any]]]:
+    """One instance busy with a 5 s call, three short calls queued on its connection."""
+    await harness.deploy(name, ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 20\n[scaling]\nmax = 1\n')
+    await _warm(harness, name)
+    calls = [asyncio.ensure_future(harness.invoke(name, b'{"do": "sleep", "s": 5}'))]
+    calls += [asyncio.ensure_future(harness.invoke(name, json.dumps({"i": i}).encode())) for i in range(3)]
+    await asyncio.sleep(0.1)
+    pool = harness.rt.pool(name)
+    assert pool.stats()["waiting"] == 3  # queued on the instance, behind the sleeping call
+    return pool, calls
+
+
 async def test_calls_queued_on_a_closed_pool_fail_at_once(harness: Harness) -> None:
     from spanfaas.errors import InfraError
 
-    await harness.deploy("pipe-close", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 20\n[scaling]\nmax = 1\n')
-    await _warm(harness, "pipe-close")
-    pool = harness.rt.pool("pipe-close")
-    calls = [asyncio.ensure_future(harness.invoke("pipe-close", b'{"do": "sleep", "s": 5}'))]
-    calls += [asyncio.ensure_future(harness.invoke("pipe-close", json.dumps({"i": i}).encode())) for i in range(3)]
-    await asyncio.sleep(0.1)
-    assert pool.stats()["waiting"] == 3  # queued on the instance, behind the sleeping call
+    pool, calls = await _three_queued_behind_a_sleeper(harness, "pipe-close")
     pool.close()
     running, *queued = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
     assert not isinstance(running, BaseException)
@@ -163,13 +170,7 @@ async def test_calls_queued_when_the_template_dies_run_on_a_new_one(harness: Har
     import os
     import signal
 
-    await harness.deploy("pipe-tmpl", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 20\n[scaling]\nmax = 1\n')
-    await _warm(harness, "pipe-tmpl")
-    pool = harness.rt.pool("pipe-tmpl")
-    calls = [asyncio.ensure_future(harness.invoke("pipe-tmpl", b'{"do": "sleep", "s": 5}'))]
-    calls += [asyncio.ensure_future(harness.invoke("pipe-tmpl", json.dumps({"i": i}).encode())) for i in range(3)]
-    await asyncio.sleep(0.1)
-    assert pool.stats()["waiting"] == 3
+    pool, calls = await _three_queued_behind_a_sleeper(harness, "pipe-tmpl")
     os.kill(pool.template_pid, signal.SIGKILL)  # its instances go with it
     running, *queued = await asyncio.wait_for(asyncio.gather(*calls), 10)
     assert running.error is not None and running.error.kind == "crashed"

@@ -70,6 +70,22 @@ def _output(r: Result) -> Any:
     return json.loads(r.output)
 
 
+def _assert_in_function_cgroup(sb: Any, pid: int) -> None:
+    """``pid`` is in the function's cgroup: renamed from the spare's (v1), with the function's memory limit."""
+    from spanfaas.sandbox import cgroups
+
+    dirs = sb.cgroup_dirs()
+    assert dirs
+    if all(h.version == 1 for h in cgroups.hierarchies().values()):  # v2 refuses renames: the spare's name stays
+        assert all(not os.path.basename(d).startswith("spare-") for d in dirs), dirs
+    memory = next(d for d in dirs if os.path.exists(os.path.join(d, "memory.max")) or "/memory/" in d)
+    limit_file = "memory.max" if os.path.exists(os.path.join(memory, "memory.max")) else "memory.limit_in_bytes"
+    with open(os.path.join(memory, limit_file)) as f:
+        assert int(f.read()) == sb.plan.memory_bytes
+    with open(os.path.join(memory, "cgroup.procs")) as f:
+        assert pid in [int(x) for x in f.read().split()]
+
+
 async def test_first_template_starts_in_a_spare_with_its_own_name_cgroup_and_limits(spared: Harness) -> None:
     require(spared, "pid-namespace", "mount-namespace", "cgroup-memory")
     spare, spare_pid = await _spare_ready(spared.rt)
@@ -79,15 +95,7 @@ async def test_first_template_starts_in_a_spare_with_its_own_name_cgroup_and_lim
     out = _output(await spared.invoke("from-spare"))
     assert out["host"] == "from-spare", "the hostname is set when the spare learns its function"
     assert out["pid"] > 1, "user code runs below pid 1 of the function's own pid namespace"
-    sb = spared.rt._sandboxes[pool.key]
-    dirs = sb.cgroup_dirs()
-    assert dirs and all(not os.path.basename(d).startswith("spare-") for d in dirs), dirs
-    memory = next(d for d in dirs if "/memory" in d or "memory.max" in os.listdir(d))
-    limit_file = "memory.max" if os.path.exists(os.path.join(memory, "memory.max")) else "memory.limit_in_bytes"
-    with open(os.path.join(memory, limit_file)) as f:
-        assert int(f.read()) == sb.plan.memory_bytes  # type: ignore[attr-defined]
-    with open(os.path.join(memory, "cgroup.procs")) as f:
-        assert spare_pid in [int(x) for x in f.read().split()]
+    _assert_in_function_cgroup(spared.rt._sandboxes[pool.key], spare_pid)
     # The next spare is forked once this template is up.
     assert (await _spare_ready(spared.rt))[0] != spare
     await spared.rt.remove("from-spare")
@@ -130,13 +138,7 @@ async def test_a_restart_after_scaling_to_zero_takes_a_spare_and_its_cgroup(spar
     again = await spared.invoke("napper")
     assert again.cold and pool.template_pid == spare_pid, "the restart is the spare"
     assert _output(again)["host"] == first["host"] == "napper"
-    dirs = sb.cgroup_dirs()
-    assert dirs and all(not os.path.basename(d).startswith("spare-") for d in dirs), "renamed to the function's key"
-    memory = next(d for d in dirs if "memory" in d)
-    with open(os.path.join(memory, "memory.limit_in_bytes" if os.path.exists(os.path.join(memory, "memory.limit_in_bytes")) else "memory.max")) as f:
-        assert int(f.read()) == sb.plan.memory_bytes  # type: ignore[attr-defined]
-    with open(os.path.join(memory, "cgroup.procs")) as f:
-        assert spare_pid in [int(x) for x in f.read().split()]
+    _assert_in_function_cgroup(sb, spare_pid)
     await spared.rt.remove("napper")
 
 
