@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import msgspec
 
 from spanfaas.model import ErrorInfo, Protection
-from spanfaas.runtime import forking, loader
+from spanfaas.runtime import fitter, forking, loader
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import function_logger
@@ -91,14 +91,29 @@ class Template:
         self._queued: select.poll | None = None  # is a control message waiting?
         self.runner: inst.Runner | None = None
         self.landlock = False
+        self.uid: int | None = None  # the fitter's verdict: the function's uid can reach its code
         self.base_data = 0
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
 
     # -- start-up ------------------------------------------------------------
 
+    def fit(self, reports: list[int]) -> None:
+        """Read the fitters' reports (``fitter.py``): what they set up for us.
+
+        Raises when the template must not start (it is not in its cgroup)."""
+        for fd in reports:
+            report = fitter.read_report(fd)
+            if report.error:
+                raise OSError(report.error)
+            names = {x.name for x in report.protections}
+            self.protections = [x for x in self.protections if x.name not in names] + report.protections
+            if report.function:
+                self.uid = report.uid
+
     def lock_down(self) -> None:
-        """Apply the process-wide part of the sandbox (inherited by instances)."""
+        """Apply the process-wide part of the sandbox (inherited by instances);
+        the fitter did the rest."""
         plan = self.req.sandbox
         if plan is None:
             return
@@ -106,8 +121,7 @@ class Template:
 
         plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
         _preimport_lazy()
-        uid = self._reachable_uid(plan_obj)
-        self._scratch_in_memory(uid, plan_obj.memory_bytes)
+        uid = self.uid if plan_obj.uid is not None else None
         plan_obj = msgspec.structs.replace(plan_obj, uid=uid, instance_memory_bytes=0)
         sandbox.set_rlimits(plan_obj)
         self.protections.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
@@ -118,46 +132,6 @@ class Template:
         self.landlock = lp.active
         self.protections.append(lp)
         self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))
-
-    def _scratch_in_memory(self, uid: int | None, memory_bytes: int) -> None:
-        """Put the scratch dir on a private tmpfs (in our mount namespace).
-
-        A fresh dir per strict invocation costs 40-240 us to create on ext4 and
-        3 us on tmpfs; the files also die with the namespace, and their pages
-        are charged to the function's memory cgroup."""
-        if not any(x.name == "mount-namespace" and x.active for x in self.protections):
-            return
-        from spanfaas.sandbox import _libc
-
-        owner = f",uid={uid},gid={uid}" if uid is not None else ""
-        size = max(memory_bytes, 64 * 1024 * 1024)
-        try:
-            _libc.mount("tmpfs", self.req.scratch_dir, "tmpfs", 0x2 | 0x4, f"mode=0700,size={size}{owner}")  # nosuid, nodev
-        except OSError as exc:
-            self.protections.append(Protection("scratch-tmpfs", False, f"scratch stays on disk: {exc}"))
-        else:
-            self.protections.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {size >> 20} MiB"))
-
-    def _reachable_uid(self, plan: Any) -> int | None:
-        """The uid to drop to, once the code and interpreter are reachable for it."""
-        from spanfaas.sandbox import fsview
-
-        if plan.uid is None:
-            return None
-        needed = [*plan.ro_paths, *plan.rw_paths]
-        if not any(fsview.blocking_ancestor(x) for x in needed):
-            return int(plan.uid)
-        if not any(x.name == "mount-namespace" and x.active for x in self.protections):
-            self.protections.append(
-                Protection("uid", False, "the interpreter is not readable by other users and there is no mount namespace to expose it")
-            )
-            return None
-        view = fsview.expose_paths(needed)
-        self.protections.append(view)
-        if not view.active:
-            self.protections.append(Protection("uid", False, view.reason))
-            return None
-        return int(plan.uid)
 
     def load(self) -> None:
         req = self.req
@@ -543,11 +517,12 @@ def _vm_data() -> int:
         return 0
 
 
-def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, joined: int = -1) -> NoReturn:
+def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, reports: list[int] = []) -> NoReturn:  # noqa: B006 - read only
     """Entry point in the template process; never returns.
 
-    ``joined``: a pipe that says (b"1") when the template is in its cgroup;
-    no user code is imported before that."""
+    ``reports``: pipes on which fitters report (``fitter.py``) once the
+    template is in its cgroup and its namespaces are set up; no user code
+    is imported before."""
     chan = socket.socket(fileno=chan_fd)
     chan.setblocking(True)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -559,12 +534,8 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, jo
     code = 0
     try:
         try:
+            tpl.fit(reports)
             tpl.lock_down()
-            if joined >= 0:
-                ok = os.read(joined, 1)
-                os.close(joined)
-                if ok != b"1":
-                    raise OSError("could not join the function's cgroup; see the runtime's log")
             tpl.load()
         except BaseException as exc:  # report any import-time failure to the runtime
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")

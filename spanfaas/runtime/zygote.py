@@ -4,15 +4,19 @@ so idle functions share those pages copy-on-write.
 
 Started by the runtime as ``python -m spanfaas.runtime.zygote FD MODULES``
 with a SOCK_SEQPACKET channel on FD.  For each ``SpawnTemplate`` it forks the
-template as pid 1 of a new pid namespace (``PidNamespaceForNextChild``); the
-template unshares its other namespaces itself, while a throwaway sibling
-joins it to the function's cgroup.  The zygote is a child subreaper; it
-reports its templates' exits.
+template as pid 1 of fresh namespaces (``NamespacesForNextChildren``) and,
+beside it, a throwaway *fitter* (``fitter.py``) that joins it to the
+function's cgroup and sets the namespaces up; the template itself only
+applies what is per process (rlimits, uid, Landlock, seccomp), so it
+un-shares few pages.  The zygote is a child subreaper; it reports its
+templates' exits.
 
-A *spare* (``PrepareSpare``) is the same shell forked ahead of any deploy:
-namespaces, pid 1 and the cgroup join -- the slow part of a sandboxed cold
-start -- are done when a ``SpawnTemplate`` naming it arrives, and the spare
-goes on as that function's template.
+A *spare* (``PrepareSpare``) is the same shell forked ahead of any deploy,
+its fitter done: namespaces and the cgroup join -- the slow part of a
+sandboxed cold start -- are ready when a ``SpawnTemplate`` naming it
+arrives; a second fitter joins its namespaces for the function's part
+(hostname, fs view, scratch tmpfs) and the spare goes on as that
+function's template.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from typing import Any
 import msgspec
 
 from spanfaas.model import Protection
-from spanfaas.runtime import forking
+from spanfaas.runtime import fitter, forking
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
 from spanfaas.runtime.supervise import supervise
+from spanfaas.sandbox._libc import CLONE_NEWPID
+from spanfaas.sandbox.namespaces import NamespacesForNextChildren
 
 SIGCHLD, SIGINT, SIGTERM = int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM)
 
@@ -55,10 +61,11 @@ class Spare:
     """A prepared sandbox shell: pid 1 of fresh namespaces, in its cgroup,
     blocked on ``sock`` until a ``SpawnTemplate`` names it."""
 
-    def __init__(self, key: str, pid: int, sock: socket.socket) -> None:
+    def __init__(self, key: str, pid: int, sock: socket.socket, unshared: int) -> None:
         self.key = key
         self.pid = pid
         self.sock = sock
+        self.unshared = unshared  # the clone flags its namespaces were made with
 
 
 class Zygote:
@@ -74,10 +81,11 @@ class Zygote:
             return self._hand_to_spare(spare, req, chan_fd)
         if req.sandbox is None and not req.cgroup:
             return self._spawn_direct(req, chan_fd)
-        def run(protections: list[Protection], joined: int) -> None:
-            template.run(req, chan_fd, protections, joined=joined)
 
-        inner = self._fork_shell(req.sandbox, req.cgroup, run, name=req.name)
+        def run(protections: list[Protection], reports: list[int]) -> None:
+            template.run(req, chan_fd, protections, reports=reports)
+
+        inner, _ = self._fork_shell(req.sandbox, req.cgroup, run, req=req)
         os.close(chan_fd)
         if inner > 0:
             self.templates[inner] = req.key
@@ -86,27 +94,40 @@ class Zygote:
     def prepare_spare(self, req: p.PrepareSpare) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
-        def wait(protections: list[Protection], joined: int) -> None:
+        def wait(protections: list[Protection], reports: list[int]) -> None:
             ours.close()  # our end must not keep the spare alive after we are gone
-            _wait_as_spare(theirs, protections, joined)
+            _wait_as_spare(theirs, protections, reports)
 
-        inner = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, name=None)
+        inner, unshared = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
         theirs.close()
         if inner > 0:
             self.templates[inner] = req.key
-            self.spares[req.key] = Spare(req.key, inner, ours)
+            self.spares[req.key] = Spare(req.key, inner, ours, unshared)
         else:
             ours.close()
         p.send_msg(self.chan, p.SpareReady(req.key, inner))
 
     def _hand_to_spare(self, spare: Spare, req: p.SpawnTemplate, chan_fd: int) -> None:
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
         try:
-            p.send_msg(spare.sock, req, fds=[chan_fd])
+            pid = forking.forker.fork()
+        except OSError:
+            traceback.print_exc()
+            pid = -1
+        if pid == 0:
+            os.close(report_r)
+            fitter.run(report_w, lambda: fitter.fit_function(
+                req.sandbox, req.scratch_dir, spare.unshared, hostname=req.name, enter=spare.pid))
+        os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
+        try:
+            p.send_msg(spare.sock, req, fds=[chan_fd, report_r])
         except OSError:  # it died meanwhile: fork the template the long way, same cgroup
             spare.sock.close()
+            os.close(report_r)
             return self.spawn(msgspec.structs.replace(req, spare=""), chan_fd)
         spare.sock.close()
         os.close(chan_fd)
+        os.close(report_r)
         self.templates[spare.pid] = req.key
         p.send_msg(self.chan, p.TemplateSpawned(req.key, spare.pid))
 
@@ -135,13 +156,16 @@ class Zygote:
         forking.default_signals(SIGCHLD, SIGINT, SIGTERM)
         os.setsid()
 
-    def _fork_shell(self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], int], object], name: str | None) -> int:
-        """Fork the sandboxed *shell* of a template: pid 1 of a new pid namespace
-        (made here, around the fork), which unshares its other namespaces
-        itself and runs ``then``.  A short-lived sibling joins it to ``cgroup``
-        meanwhile (a cgroup v1 join can wait ~5-20 ms for an RCU grace
-        period) and says so on a pipe; no user code loads before.  Returns the
-        shell's host pid (-1 when the fork failed).
+    def _fork_shell(
+        self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], list[int]], object], req: p.SpawnTemplate | None,
+    ) -> tuple[int, int]:
+        """Fork the sandboxed *shell* of a template -- pid 1 of fresh
+        namespaces, made here around the fork -- and its fitter (pid 2) that
+        joins it to ``cgroup`` and sets the namespaces up (for ``req``'s
+        function too, when given) while the shell runs ``then`` with the
+        protections so far and the fitter's report pipe.  No user code loads
+        before the report.  Returns the shell's host pid (-1 when the fork
+        failed) and the clone flags of its namespaces.
 
         No process stands between the zygote and the shell, so the shell
         shares pages only with the zygote (an intermediate's writes would
@@ -154,75 +178,58 @@ class Zygote:
                 procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
         except OSError:
             traceback.print_exc()
-            procs.append(-1)  # the joiner reports the failure to the template
+            procs.append(-1)  # the fitter reports the failure to the template
         network = plan.get("network", "none") if plan is not None else "none"
-        namespaces = plan is not None and plan.get("namespaces", True)
-        joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
+        ns = NamespacesForNextChildren(network) if plan is not None and plan.get("namespaces", True) else None
+        protections = ns.enter() if ns is not None else []
+        unshared = ns.unshared if ns is not None else 0
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        pid = fitter_pid = -1
         try:
-            pid, pidns = self._fork_in_pid_namespace() if namespaces else (forking.forker.fork(), None)
-        except OSError:
-            traceback.print_exc()
-            pid, pidns = -1, None
-        if pid == 0:
             try:
-                self._leave_zygote()
-                os.close(joined_w)
-                for fd in procs:
-                    if fd >= 0:
-                        os.close(fd)
-                protections: list[Protection] = []
-                if namespaces:
-                    from spanfaas import sandbox
-
-                    assert pidns is not None
-                    protections = _merge(sandbox.unshare_namespaces(network, pid=False), [pidns])
-                    if pidns.active:
-                        protections = _merge(protections, sandbox.setup_pid1(name, network))
-                then(protections, joined_r)
-            except BaseException:
+                pid = forking.forker.fork()
+            except OSError:
                 traceback.print_exc()
-            finally:
-                os._exit(70)
-        os.close(joined_r)
-        if pid > 0:
-            self._join(pid, procs, joined_w)
-        for fd in (*procs, joined_w):
+            if pid == 0:
+                try:
+                    if ns is not None:
+                        ns.forget()
+                    self._leave_zygote()
+                    os.close(report_w)
+                    for fd in procs:
+                        if fd >= 0:
+                            os.close(fd)
+                    then(protections, [report_r])
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(70)
+            if pid > 0:
+                try:
+                    fitter_pid = forking.forker.fork()
+                except OSError:
+                    traceback.print_exc()
+            if fitter_pid == 0:
+                if ns is not None:
+                    ns.forget()
+                os.close(report_r)
+                in_ns = 1 if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
+
+                def work() -> fitter.FitReport:
+                    shell = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
+                    if shell.error or req is None:
+                        return shell
+                    own = fitter.fit_function(req.sandbox, req.scratch_dir, unshared)
+                    return fitter.FitReport(protections=shell.protections + own.protections, function=True, uid=own.uid)
+
+                fitter.run(report_w, work)
+        finally:
+            if ns is not None:
+                ns.restore()
+        for fd in (*procs, report_r, report_w):
             if fd >= 0:
                 os.close(fd)
-        return pid
-
-    def _fork_in_pid_namespace(self) -> tuple[int, Protection]:
-        from spanfaas import sandbox
-
-        with sandbox.PidNamespaceForNextChild() as pidns:
-            pid = forking.forker.fork()
-        return pid, pidns
-
-    def _join(self, pid: int, procs: list[int], joined_w: int) -> None:
-        """Write ``pid`` into each cgroup.procs from a throwaway child, then b"1"
-        (b"0" on failure) to ``joined_w``; the zygote goes on meanwhile."""
-        if not procs:
-            os.write(joined_w, b"1")
-            return
-        try:
-            joiner = forking.forker.fork()
-        except OSError:
-            traceback.print_exc()
-            os.write(joined_w, b"0")
-            return
-        if joiner == 0:
-            ok = b"1"
-            try:
-                for fd in procs:
-                    if fd < 0:
-                        raise OSError("a cgroup.procs could not be opened")
-                    os.write(fd, str(pid).encode())
-            except BaseException:
-                traceback.print_exc()
-                ok = b"0"
-            finally:
-                os.write(joined_w, ok)
-                os._exit(0)
+        return pid, unshared
 
     def reap(self) -> None:
         while True:
@@ -274,24 +281,16 @@ class Zygote:
                 pass
 
 
-def _wait_as_spare(sock: socket.socket, protections: list[Protection], joined: int) -> None:
+def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:
     """In a spare: wait for the function to become, then become its template."""
     got = p.recv_msg(sock, _decoder)
     sock.close()
     if got is None:
         return  # the zygote is gone or shut us down
     req, fds = got
-    if not isinstance(req, p.SpawnTemplate) or len(fds) != 1:
-        raise RuntimeError(f"spare: expected a SpawnTemplate with its channel, got {type(req).__name__}")
-    from spanfaas import sandbox
-
-    protections = _merge(protections, [sandbox.set_hostname(req.name)])
-    template.run(req, fds[0], protections, joined=joined)
-
-
-def _merge(a: list[Protection], b: list[Protection]) -> list[Protection]:
-    names = {x.name for x in b}
-    return [x for x in a if x.name not in names] + list(b)
+    if not isinstance(req, p.SpawnTemplate) or len(fds) != 2:
+        raise RuntimeError(f"spare: expected a SpawnTemplate with its channel and fitter report, got {type(req).__name__}")
+    template.run(req, fds[0], protections, reports=[*reports, fds[1]])
 
 
 def main(argv: list[str]) -> None:
@@ -322,6 +321,7 @@ def main(argv: list[str]) -> None:
 
         fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
     template._preimport_lazy()
+    fitter.warm()
     gc.collect()
     gc.freeze()
     z = Zygote(chan)

@@ -15,9 +15,10 @@ module for why)::
 
     runtime (root):  probe(); cleanup_cgroups(root); cg = Cgroup.create(...); cg.attach(template_pid)
     zygote:          prepare()   # probe + prebuilt seccomp programs, inherited by templates
-    template:        import everything the function will need; unshare_namespaces(network); fork
-    pid 1:           setup_pid1(name, network); set_rlimits(plan); drop_privileges(uid);
-                     landlock_restrict(ro, rw); seccomp_deny(allow_exec); fork instances as pid 2+
+    zygote:          ns = NamespacesForNextChildren(network); ns.enter(); fork template; fork fitter; ns.restore()
+    fitter:          fit_namespaces(ns.unshared, name, network); exit  (mounts, /proc, hostname, lo)
+    template (pid 1): set_rlimits(plan); drop_privileges(uid); landlock_restrict(ro, rw);
+                     seccomp_deny(allow_exec); import the function; fork instances as pid 2+
     instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope
 """
 
@@ -25,19 +26,26 @@ from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
 from spanfaas.sandbox.errors import SandboxError
 from spanfaas.sandbox.landlock import PreparedLayer, landlock_restrict
 from spanfaas.sandbox.limits import drop_privileges, set_rlimits
-from spanfaas.sandbox.namespaces import PidNamespaceForNextChild, set_hostname, setup_pid1, unshare_namespaces
+from spanfaas.sandbox.namespaces import (
+    NamespacesForNextChildren,
+    fit_namespaces,
+    set_hostname,
+    setup_pid1,
+    unshare_namespaces,
+)
 from spanfaas.sandbox.plan import SandboxPlan
 from spanfaas.sandbox.probe import prepare, probe, report
 from spanfaas.sandbox.seccomp import seccomp_deny
 
 __all__ = [
     "Cgroup",
-    "PidNamespaceForNextChild",
+    "NamespacesForNextChildren",
     "PreparedLayer",
     "SandboxError",
     "SandboxPlan",
     "cleanup_cgroups",
     "drop_privileges",
+    "fit_namespaces",
     "landlock_restrict",
     "prepare",
     "probe",

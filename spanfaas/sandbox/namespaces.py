@@ -1,13 +1,19 @@
 """Linux namespaces: a function sees its own pids, mounts, IPC, hostname, network.
 
-Two steps, because a new pid namespace only applies to the caller's
-*children*:
+How the runtime uses them (``runtime/zygote.py``), so that a template does
+as little as possible itself (each page it writes is its own, not shared):
 
-1. ``unshare_namespaces`` in the template: new mount, IPC, UTS, (net) and
-   pid namespaces.  The template stays in the host pid namespace; its next
-   fork becomes pid 1 of the new one.
-2. ``setup_pid1`` in that first child: private mounts, its own ``/proc``,
-   hostname, loopback up.
+1. ``NamespacesForNextChildren`` in the zygote, around two forks: the
+   zygote unshares pid, mount, IPC, UTS (and net) namespaces, forks the
+   template (pid 1 of the new pid namespace) and a throwaway *fitter*
+   (pid 2), then goes back to its own namespaces with ``setns``.
+2. ``fit_namespaces`` in the fitter: private mounts, a ``/proc`` of the new
+   pid namespace, read-only ``/sys``, hostname, loopback up.  It works on
+   the namespaces, which the template shares, and exits.
+
+``unshare_namespaces`` + ``setup_pid1`` do the same from inside one
+process (a template's own pid 1 child); tests and ``bench/sandbox.py``
+use them.
 
 Pitfalls this layout handles or documents:
 
@@ -38,7 +44,15 @@ from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 from spanfaas.sandbox._libc import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
 
-__all__ = ["NAMESPACES", "PidNamespaceForNextChild", "set_hostname", "setup_pid1", "unshare_namespaces"]
+__all__ = [
+    "NAMESPACES",
+    "NamespacesForNextChildren",
+    "enter_namespaces",
+    "fit_namespaces",
+    "set_hostname",
+    "setup_pid1",
+    "unshare_namespaces",
+]
 
 # Report name -> clone flag, in the order probe() lists them.
 NAMESPACES: Final[dict[str, int]] = {
@@ -48,6 +62,11 @@ NAMESPACES: Final[dict[str, int]] = {
     "uts-namespace": CLONE_NEWUTS,
     "net-namespace": CLONE_NEWNET,
 }
+
+# clone flag -> its file under /proc/<pid>/ns/
+NS_FILES: Final[dict[int, str]] = {
+    CLONE_NEWPID: "pid", CLONE_NEWNS: "mnt", CLONE_NEWIPC: "ipc", CLONE_NEWUTS: "uts", CLONE_NEWNET: "net",
+}  # fmt: skip
 
 MS_RDONLY: Final = 0x1
 MS_NOSUID: Final = 0x2
@@ -151,34 +170,104 @@ def _readonly_system_trees() -> None:
     _readonly_tree("/sys")
 
 
-class PidNamespaceForNextChild:
-    """``with PidNamespaceForNextChild() as prot: pid = fork()``: that child is
-    pid 1 of a new pid namespace, and the caller's later children are not.
+class NamespacesForNextChildren:
+    """The zygote's children get fresh namespaces; the zygote keeps its own.
 
-    ``unshare(CLONE_NEWPID)`` changes only where the caller's *children* go;
-    ``setns`` on the caller's own namespace puts that back.  So a long-lived
-    forking process (the zygote) can give each child its own pid namespace
-    without an intermediate process.  ``prot`` says whether it worked.
+    ::
+
+        ns = NamespacesForNextChildren("none")
+        protections = ns.enter()    # unshare pid, mount, IPC, UTS, net
+        pid = fork()                # pid 1 of the new pid namespace
+        if pid == 0: ns.forget(); ...
+        ns.restore()                # setns back to the zygote's own
+
+    ``unshare`` moves the caller itself into the new mount, IPC, UTS and net
+    namespaces (and its *children* into the new pid namespace); ``restore``
+    puts the caller back with ``setns`` on descriptors of its own
+    namespaces taken before, and its working directory too (``setns`` of a
+    mount namespace resets it).  Only a single-threaded process may do this;
+    the zygote is one.  Mounts stay shared with the host until someone in
+    the new mount namespace makes them private (``fit_namespaces``, first
+    thing): nothing is mounted there before.  ``unshared`` has the clone
+    flags that took.  A child calls ``forget()``: it must not keep
+    descriptors of the host's namespaces.
     """
 
-    def __enter__(self) -> Protection:
-        self._own = -1
-        self._parent = os.getpid()
-        try:
-            self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            _libc.unshare(CLONE_NEWPID)
-        except OSError as e:
-            return Protection("pid-namespace", False, _why(e))
-        return Protection("pid-namespace", True, "unshared")
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.unshared = 0
+        self._own: dict[int, int] = {}
+        self._cwd = -1
+        self._parent = 0
 
-    def __exit__(self, *exc: object) -> None:
-        if self._own < 0:
-            return
+    def enter(self) -> list[Protection]:
+        self._parent = os.getpid()
+        wanted = {n: f for n, f in NAMESPACES.items() if n != "net-namespace" or self.network == "none"}
+        out: dict[str, Protection] = {}
+        if self.network != "none":
+            out["net-namespace"] = Protection("net-namespace", False, f"network = {self.network!r}: shares the host network")
         try:
-            if os.getpid() == self._parent:  # the child leaves the block too: it stays where it is
-                _libc.setns(self._own, CLONE_NEWPID)
+            self._cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+            for flag in wanted.values():
+                self._own[flag] = os.open(f"/proc/self/ns/{NS_FILES[flag]}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            self.forget()
+            out.update({n: Protection(n, False, f"cannot open this process's namespaces: {e}") for n in wanted})
+            return [out[n] for n in NAMESPACES]
+        flags = 0
+        for flag in wanted.values():
+            flags |= flag
+        try:
+            _libc.unshare(flags)
+            self.unshared = flags
+            out.update({n: Protection(n, True, "unshared") for n in wanted})
+        except OSError:
+            for name, flag in wanted.items():
+                try:
+                    _libc.unshare(flag)
+                    self.unshared |= flag
+                    out[name] = Protection(name, True, "unshared")
+                except OSError as e:
+                    out[name] = Protection(name, False, _why(e))
+        return [out[n] for n in NAMESPACES]
+
+    def restore(self) -> None:
+        """In the caller (not a child): back to its own namespaces.  Raises
+        if it cannot: a zygote left in a function's namespaces must stop."""
+        try:
+            if os.getpid() == self._parent:
+                for flag, fd in self._own.items():
+                    if self.unshared & flag:
+                        _libc.setns(fd, flag)
+                if self.unshared & CLONE_NEWNS and self._cwd >= 0:
+                    os.fchdir(self._cwd)
         finally:
-            os.close(self._own)
+            self.forget()
+
+    def forget(self) -> None:
+        """Close the descriptors of the caller's own namespaces (in a child: at once)."""
+        for fd in (*self._own.values(), self._cwd):
+            if fd >= 0:
+                os.close(fd)
+        self._own = {}
+        self._cwd = -1
+
+
+def enter_namespaces(pid: int, flags: int) -> None:
+    """Join ``pid``'s mount and UTS namespaces (those among ``flags``): a
+    fitter forked by the zygote for a spare it made earlier.  Every
+    descriptor is opened first: once in the new mount namespace, ``/proc``
+    is the spare's, where ``pid`` is 1."""
+    fds = {}
+    try:
+        for flag in (CLONE_NEWNS, CLONE_NEWUTS):
+            if flags & flag:
+                fds[flag] = os.open(f"/proc/{pid}/ns/{NS_FILES[flag]}", os.O_RDONLY | os.O_CLOEXEC)
+        for flag, fd in fds.items():
+            _libc.setns(fd, flag)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 def unshare_namespaces(network: str, *, pid: bool = True) -> list[Protection]:
@@ -188,7 +277,7 @@ def unshare_namespaces(network: str, *, pid: bool = True) -> list[Protection]:
     host permits still applies.  Returns one Protection per namespace.
     The caller's next child is pid 1 of the new pid namespace.  With
     ``pid=False`` the pid namespace is left alone (the caller already is
-    pid 1 of its own, see ``PidNamespaceForNextChild``) and reported so.
+    pid 1 of its own, made by its parent) and reported so.
     """
     global _unshared, _unshared_by
     _unshared_by = os.getpid()
@@ -239,15 +328,71 @@ def _loopback_up() -> None:
         s.close()
 
 
-def set_hostname(name: str) -> Protection:
-    """The function's name as hostname, in its own UTS namespace only."""
-    if not _unshared & CLONE_NEWUTS:
+def set_hostname(name: str, unshared: int | None = None) -> Protection:
+    """The function's name as hostname, in its own UTS namespace only
+    (``unshared``: the clone flags that took; by default this process's)."""
+    if not (_unshared if unshared is None else unshared) & CLONE_NEWUTS:
         return Protection("uts-namespace", False, "no UTS namespace was unshared: hostname left alone")
     try:
         _libc.sethostname(name)
     except OSError as e:
         return Protection("uts-namespace", False, f"sethostname: {e.strerror}")
     return Protection("uts-namespace", True, f"hostname {name!r}")
+
+
+def fit_namespaces(unshared: int, name: str | None, network: str) -> list[Protection]:
+    """In a fitter: a process forked inside a template's fresh namespaces
+    (``NamespacesForNextChildren``), pid 2 of its pid namespace.  Makes
+    them what the template needs -- private mounts, a ``/proc`` of its pid
+    namespace, read-only ``/sys``, hostname (when ``name`` is known),
+    loopback up -- and says so; the template, which shares them, does none
+    of it.  ``unshared``: the clone flags that took."""
+    mounts_ok = False
+    out: list[Protection] = []
+    if unshared & CLONE_NEWNS:
+        try:
+            _make_private()
+            mounts_ok = True
+            out.append(Protection("mount-namespace", True, "private mounts"))
+        except OSError as e:
+            out.append(Protection("mount-namespace", False, f"unshared, but mounts stay shared with the host: {e.strerror}"))
+    return out + _finish_namespaces(unshared, mounts_ok, bool(unshared & CLONE_NEWPID), name, network)
+
+
+def _finish_namespaces(unshared: int, mounts_ok: bool, in_pid_ns: bool, name: str | None, network: str) -> list[Protection]:
+    """/proc, read-only /sys, hostname, loopback: for ``setup_pid1`` and ``fit_namespaces``."""
+    out: list[Protection] = []
+    if not in_pid_ns:
+        out.append(Protection("pid-namespace", False, f"caller is pid {os.getpid()}, not in a new pid namespace"))
+    elif not mounts_ok:
+        why = "new pid namespace, but /proc not remounted (no private mount namespace): host pids visible"
+        out.append(Protection("pid-namespace", False, why))
+    else:
+        try:
+            _libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            out.append(Protection("pid-namespace", True, "pid 1 with its own /proc"))
+        except OSError as e:
+            out.append(Protection("pid-namespace", False, f"pid 1, but mounting /proc failed: {e.strerror}"))
+    if mounts_ok:
+        try:
+            _readonly_system_trees()
+            why = "private mounts, /sys and /proc/sys read-only"
+        except OSError as e:
+            why = f"private mounts; /sys or /proc/sys stays writable: {e}"
+        out.append(Protection("mount-namespace", True, why))
+    if name is not None:
+        out.append(set_hostname(name, unshared))
+    if network == "none" and not unshared & CLONE_NEWNET:
+        out.append(Protection("net-namespace", False, "no network namespace was unshared: host network visible"))
+    elif network == "none":
+        try:
+            _loopback_up()
+            out.append(Protection("net-namespace", True, "loopback only"))
+        except OSError as e:
+            out.append(Protection("net-namespace", False, f"bringing loopback up failed: {e.strerror}"))
+    else:
+        out.append(Protection("net-namespace", False, f"network = {network!r}: shares the host network"))
+    return out
 
 
 def setup_pid1(name: str | None, network: str) -> list[Protection]:
@@ -266,37 +411,6 @@ def setup_pid1(name: str | None, network: str) -> list[Protection]:
             _libc.unshare(CLONE_NEWNS)  # a copy of the parent's: it must not see our /proc
             _make_private()
         mounts_ok = True
-        out.append(Protection("mount-namespace", True, "private mounts, own copy for pid 1"))
     except OSError as e:
         out.append(Protection("mount-namespace", False, _why(e)))
-    if os.getpid() != 1:
-        out.append(Protection("pid-namespace", False, f"caller is pid {os.getpid()}, not pid 1 of a new pid namespace"))
-    elif not mounts_ok:
-        why = "pid 1, but /proc not remounted (no private mount namespace): host pids visible"
-        out.append(Protection("pid-namespace", False, why))
-    else:
-        try:
-            _libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            out.append(Protection("pid-namespace", True, "pid 1 with its own /proc"))
-        except OSError as e:
-            out.append(Protection("pid-namespace", False, f"pid 1, but mounting /proc failed: {e.strerror}"))
-    if mounts_ok:
-        try:
-            _readonly_system_trees()
-            why = "private mounts, own copy for pid 1, /sys and /proc/sys read-only"
-        except OSError as e:
-            why = f"private mounts, own copy for pid 1; /sys or /proc/sys stays writable: {e}"
-        out[0] = Protection("mount-namespace", True, why)
-    if name is not None:
-        out.append(set_hostname(name))
-    if network == "none" and not _unshared & CLONE_NEWNET:
-        out.append(Protection("net-namespace", False, "no network namespace was unshared: host network visible"))
-    elif network == "none":
-        try:
-            _loopback_up()
-            out.append(Protection("net-namespace", True, "loopback only"))
-        except OSError as e:
-            out.append(Protection("net-namespace", False, f"bringing loopback up failed: {e.strerror}"))
-    else:
-        out.append(Protection("net-namespace", False, f"network = {network!r}: shares the host network"))
-    return out
+    return out + _finish_namespaces(_unshared, mounts_ok, os.getpid() == 1, name, network)

@@ -29,7 +29,7 @@ def handler(event, context):
             with open(f"/proc/{event}/stat", "rb") as f:
                 if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                     return "dead"
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # ESRCH: read while it was being reaped
             return "dead"
         time.sleep(0.01)
     return "alive"

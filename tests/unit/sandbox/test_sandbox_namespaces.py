@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -149,32 +150,59 @@ def test_setup_pid1_outside_a_namespace_changes_nothing_global(in_child: Callabl
     assert dict(applied)["net-namespace"] is False
 
 
-def _pid_namespace_for_one_child() -> dict[str, Any]:
-    from spanfaas.sandbox import PidNamespaceForNextChild
+NS_FILES = ("pid_for_children", "mnt", "ipc", "uts", "net")
 
-    before = os.readlink("/proc/self/ns/pid_for_children")
-    r, w = os.pipe()
-    with PidNamespaceForNextChild() as prot:
-        pid = os.fork()
-    if pid == 0:
-        os.write(w, str(os.getpid()).encode())
+
+def _own_namespaces() -> dict[str, str]:
+    return {n: os.readlink(f"/proc/self/ns/{n}") for n in NS_FILES}
+
+
+def _namespaces_for_children() -> dict[str, Any]:
+    """The zygote's pattern: fork a shell and its fitter into fresh namespaces, go back."""
+    from spanfaas.sandbox import NamespacesForNextChildren, fit_namespaces
+
+    before, cwd = _own_namespaces(), os.getcwd()
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    ns = NamespacesForNextChildren("none")
+    applied = ns.enter()
+    shell = os.fork()
+    if shell == 0:  # the template: waits until its fitter is done, then looks around
+        ns.forget()
+        os.read(go_r, 1)
+        procs = sorted(int(x) for x in os.listdir("/proc") if x.isdigit())
+        seen = {"pid": os.getpid(), "hostname": socket.gethostname(), "ns": _own_namespaces(),
+                "proc_self": int(os.readlink("/proc/self")), "procs": procs}
+        os.write(out_w, json.dumps(seen).encode())
         os._exit(0)
-    os.waitpid(pid, 0)
-    inside = int(os.read(r, 16))
-    after = os.readlink("/proc/self/ns/pid_for_children")
-    second = os.fork()  # an ordinary child again
-    if second == 0:
-        os.write(w, str(os.getpid()).encode())
+    fitter = os.fork()
+    if fitter == 0:
+        ns.forget()
+        fit = fit_namespaces(ns.unshared, "fitted", "none")
+        os.write(out_w, json.dumps([(p.name, p.active, p.reason) for p in fit]).encode())
         os._exit(0)
-    os.waitpid(second, 0)
-    return {"active": prot.active, "inside": inside, "restored": after == before == os.readlink("/proc/self/ns/pid"),
-            "second": int(os.read(r, 16)), "second_pid": second}
+    ns.restore()
+    after, cwd_after = _own_namespaces(), os.getcwd()
+    os.waitpid(fitter, 0)
+    fit = json.loads(os.read(out_r, 65536))
+    os.write(go_w, b"1")
+    os.waitpid(shell, 0)
+    seen = json.loads(os.read(out_r, 65536))
+    return {"applied": [(p.name, p.active) for p in applied], "fit": fit, "restored": after == before,
+            "cwd": cwd_after == cwd, "seen": seen, "host_ns": before, "host_name": socket.gethostname()}
 
 
-def test_pid_namespace_for_the_next_child_only(in_child: Callable[..., Any], require: Callable[..., None]) -> None:
-    require("pid-namespace")
-    got = in_child(_pid_namespace_for_one_child).value
-    assert got["active"]
-    assert got["inside"] == 1, "the child is pid 1 of its own namespace"
-    assert got["restored"], "the parent's later children stay in its namespace"
-    assert got["second"] == got["second_pid"] != 1
+def test_namespaces_for_next_children_and_their_fitter(in_child: Callable[..., Any], require: Callable[..., None]) -> None:
+    for name in NS:
+        require(name)
+    got = in_child(_namespaces_for_children).value
+    assert all(active for _, active in got["applied"]), got["applied"]
+    assert all(active for _, active, _ in got["fit"]), got["fit"]
+    assert got["restored"], "the caller is back in its own namespaces"
+    assert got["cwd"], "and in its own working directory"
+    seen = got["seen"]
+    assert seen["pid"] == 1 and seen["proc_self"] == 1, "the shell is pid 1, and /proc is its pid namespace's"
+    assert seen["procs"] == [1], "the fitter is gone; no host pid is visible"
+    assert seen["hostname"] == "fitted" != got["host_name"]
+    for name in ("mnt", "ipc", "uts", "net"):
+        assert seen["ns"][name] != got["host_ns"][name], name

@@ -32,12 +32,13 @@ NAMES = [
 def test_exported_names() -> None:
     assert sorted(sandbox.__all__) == [
         "Cgroup",
-        "PidNamespaceForNextChild",
+        "NamespacesForNextChildren",
         "PreparedLayer",
         "SandboxError",
         "SandboxPlan",
         "cleanup_cgroups",
         "drop_privileges",
+        "fit_namespaces",
         "landlock_restrict",
         "prepare",
         "probe",
