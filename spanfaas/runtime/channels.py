@@ -277,7 +277,9 @@ class InstanceConnection(asyncio.BufferedProtocol):
     def request(self, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
         fut: asyncio.Future[tuple[p.Done, bytes]] = self._loop.create_future()
         if self.lost or self.transport is None:
-            fut.set_exception(InstanceLost("instance connection lost"))
+            # Lost before this request was made (a waiter handed the instance just
+            # before it died): it never reached the instance, so it may run elsewhere.
+            fut.set_exception(InstanceLost("instance connection lost", started=False))
             return fut
         self.pending[req.id] = fut
         self._out += p.encode(req, body)

@@ -189,3 +189,30 @@ async def test_answers_ahead_of_a_hanging_call_are_not_lost(harness: Harness) ->
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
     r = await hang
     assert r.error is not None and r.error.kind == "timeout"
+
+
+async def test_a_waiter_handed_an_instance_lost_before_it_ran_runs_on_another(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await harness.deploy("pipe-handed", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 10\n[scaling]\nmax = 1\n')
+    pool = harness.rt.pool("pipe-handed")
+    before = json.loads((await harness.invoke("pipe-handed", b'{"i": 0}')).output)["pid"]
+    busy = asyncio.ensure_future(harness.invoke("pipe-handed", b'{"do": "sleep", "s": 0.3}'))
+    await asyncio.sleep(0.1)  # it has not answered for a while: the next call waits in the pool
+    waiting = asyncio.ensure_future(harness.invoke("pipe-handed", b'{"i": 1}'))
+    await asyncio.sleep(0.05)
+    assert len(pool._waiters) == 1
+    offer = pool._offer
+
+    def offer_then_lose(inst: Any, fresh: bool = False) -> None:
+        offer(inst, fresh)  # hands the instance to the waiting call...
+        monkeypatch.undo()
+        inst.kill()  # ...which dies before that call's task runs
+        assert inst.conn is not None
+        inst.conn.connection_lost(None)
+
+    monkeypatch.setattr(pool, "_offer", offer_then_lose)
+    assert (await asyncio.wait_for(busy, 5)).ok
+    r = await asyncio.wait_for(waiting, 5)
+    assert r.ok, r.error  # it never ran: not a crash, a run on a new instance
+    assert json.loads(r.output)["pid"] != before

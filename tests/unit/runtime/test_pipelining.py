@@ -101,3 +101,20 @@ def test_replies_are_matched_by_id_in_any_order() -> None:
             assert done.id == i and body == b"%d" % i
 
     asyncio.run(run())
+
+
+def test_a_request_on_a_connection_already_lost_never_started() -> None:
+    # A waiting call handed an instance that is lost before the call's task runs:
+    # the request never reached it, so the pool must run it elsewhere.
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        conn.connection_lost(None)
+        exc = conn.request(_invoke(1), b"").exception()
+        assert isinstance(exc, InstanceLost) and exc.started is False
+        unconnected = InstanceConnection(lambda: None)
+        exc = unconnected.request(_invoke(1), b"").exception()
+        assert isinstance(exc, InstanceLost) and exc.started is False
+
+    asyncio.run(run())
+
