@@ -195,9 +195,10 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._big_hlen = 0
         self._decoder = _done_decoder
         self._next_id = 0
-        self._out: list[bytes | memoryview] = []
+        self._out: list[tuple[int, asyncio.Future[tuple[p.Done, bytes]], list[bytes | memoryview]]] = []
+        """Requests not written yet (the last ones in ``pending``): id, future, frame."""
         self._unsent = 0
-        """Requests in ``_out``, not written yet (the last ones in ``pending``)."""
+        """Requests in ``_out``."""
         self._flushing = False
         self.lost = False
 
@@ -277,10 +278,12 @@ class InstanceConnection(asyncio.BufferedProtocol):
     def request(self, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
         fut: asyncio.Future[tuple[p.Done, bytes]] = self._loop.create_future()
         if self.lost or self.transport is None:
-            fut.set_exception(InstanceLost("instance connection lost"))
+            # Lost before this request was made (a waiter handed the instance just
+            # before it died): it never reached the instance, so it may run elsewhere.
+            fut.set_exception(InstanceLost("instance connection lost", started=False))
             return fut
         self.pending[req.id] = fut
-        self._out += p.encode(req, body)
+        self._out.append((req.id, fut, p.encode(req, body)))
         self._unsent += 1
         if not self._flushing and len(self.pending) - self._unsent < self._slots:
             self._flushing = True
@@ -291,8 +294,16 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self._flushing = False
         out, self._out = self._out, []
         self._unsent = 0
-        if out and self.transport is not None and not self.lost:
-            self.transport.writelines(out)
+        if not out or self.transport is None or self.lost:
+            return
+        parts: list[bytes | memoryview] = []
+        for id, fut, frame in out:
+            if fut.cancelled():  # its caller gave up while it was held: the instance never sees it
+                self.pending.pop(id, None)
+                continue
+            parts += frame
+        if parts:
+            self.transport.writelines(parts)
 
     def running(self, id: int) -> bool:
         """Whether request ``id`` may be running: among the first ``slots`` unanswered

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from spanfaas.errors import InfraError, InvalidBundle, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle, TooManyRequests
 from spanfaas.model import (
     ErrorInfo,
     FunctionSpec,
@@ -62,6 +62,11 @@ class _Expired(Exception):
 
 class _NotStarted(Exception):
     """The instance was lost while the invocation still waited on its connection: it never ran."""
+
+
+class _Gone(Exception):
+    """The pool will run nothing more (replaced or removed, its template gone): the
+    invocation that waited on it never ran, and may run on the current version."""
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -275,6 +280,11 @@ class Pool:
             self.state = "cold"
             if self._waiters:
                 asyncio.get_running_loop().create_task(self._restart_for_waiters())
+        else:  # nothing restarts a replaced version: what waits on it goes to the current one
+            for w in self._waiters:
+                if not w.done():
+                    w.set_exception(_Gone())
+            self._waiters.clear()
 
     async def _restart_for_waiters(self) -> None:
         try:
@@ -503,7 +513,9 @@ class Pool:
 
     # -- invocations --------------------------------------------------------------
 
-    async def invoke(self, payload: bytes, ctx: InvokeContext) -> Result:
+    async def invoke(self, payload: bytes, ctx: InvokeContext, *, accepted: bool = False) -> Result:
+        """Run one invocation.  ``accepted``: a version that was replaced accepted
+        it already (see _hand_over), so a full ``scaling.queue`` does not refuse it."""
         loop = self._loop
         self.last_used = arrived = time.monotonic()
         self.invocations += 1
@@ -521,7 +533,10 @@ class Pool:
             while True:
                 inst = self._take_idle(expires)
                 if inst is None:
-                    waited = await self._wait(expires)
+                    try:
+                        waited = await self._wait(expires, accepted)
+                    except _Gone:
+                        return await self._hand_over(payload, ctx, expires, timeout, arrived, cold)
                     if waited is None:
                         return self._result(
                             ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
@@ -533,9 +548,9 @@ class Pool:
                 except _NotStarted:
                     pass
                 # It waited on an instance that was lost before running it: run it on another
-                # (the template may have gone with it, or the pool been closed meanwhile).
-                if self.state == "closed":
-                    raise InfraError(f"function '{self.spec.name}' was removed")
+                # (the template may have gone with it; if the pool was replaced or removed
+                # meanwhile, _wait says so). It was accepted: a full queue does not refuse it now.
+                accepted = True
                 if self.state in ("cold", "starting"):
                     await self.start()
         finally:
@@ -543,10 +558,15 @@ class Pool:
             if self._busy == 0:
                 self._drained.set()
 
-    async def _wait(self, expires: float) -> Instance | None:
-        """Queue for an instance; None if none had room before ``expires``."""
+    async def _wait(self, expires: float, accepted: bool = False) -> Instance | None:
+        """Queue for an instance; None if none had room before ``expires``.
+
+        ``accepted``: a call accepted before (a re-run), never refused for a full
+        queue.  Raises _Gone when no instance can come any more."""
+        if self._chan is None and self.state in ("draining", "closed"):
+            raise _Gone
         waiting = len(self._waiters) + self._pipelined
-        if waiting >= self.spec.scaling.queue:
+        if waiting >= self.spec.scaling.queue and not accepted:
             raise TooManyRequests(
                 f"function '{self.spec.name}' has {waiting} invocations waiting "
                 f"(scaling.queue = {self.spec.scaling.queue}); retry later or raise scaling.max",
@@ -699,6 +719,24 @@ class Pool:
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
         )
+
+    async def _hand_over(
+        self, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
+    ) -> Result:
+        """Run an invocation that never ran here on the function's current version:
+        this one was replaced and will run nothing more.  It keeps its deadline."""
+        try:
+            current: Pool | None = self.runtime.pool(self.spec.name)
+        except FunctionNotFound:
+            current = None
+        if current is None or current is self:
+            raise InfraError(f"function '{self.spec.name}' was removed before the invocation could run; it did not run")
+        left = expires - self._loop.time()
+        if left <= 0:
+            return self._result(
+                ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
+            )
+        return await current.invoke(payload, msgspec.structs.replace(ctx, timeout=left), accepted=True)
 
     async def _why_lost(self, inst: Instance) -> ErrorInfo:
         try:

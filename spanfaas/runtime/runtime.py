@@ -38,6 +38,8 @@ from spanfaas.runtime.zygotes import ZygoteProcess
 log = logging.getLogger("spanfaas.runtime")
 
 TICK = 0.5
+SPARES_LOST_MAX = 3
+"""Spares that may die before use in a row, each replaced, before no more are forked."""
 
 
 class LocalRuntime:
@@ -65,6 +67,8 @@ class LocalRuntime:
         self._warming: dict[str, asyncio.Task[None]] = {}
         self._spare_ids = itertools.count(1)
         self._spares_ok = False
+        self._spares_lost = 0
+        """Spares that died before use since one was last taken (see SPARES_LOST_MAX)."""
         self.started = False
 
     # -- life cycle ---------------------------------------------------------------
@@ -180,6 +184,7 @@ class LocalRuntime:
             pool.cgroup_replaced()
         taken = zygote.take_spare()
         assert taken is not None
+        self._spares_lost = 0
         name = taken[0]
         cgroup_name = pool.key if sandbox.Cgroup.rename(self.cgroup_root, name, pool.key) else name
         # The next spare is forked once this template is up, not beside it (on
@@ -198,7 +203,9 @@ class LocalRuntime:
                 pool.on_spawned(pid)
             case p.TemplateExited(pid=pid, status=status):
                 pool = self._by_pid.pop(pid, None)
-                if pool is not None and pool.template_pid == pid:
+                if pool is None:
+                    self._spare_exited(pid, status)
+                elif pool.template_pid == pid:
                     pool.on_template_exit(status)
             case p.SpareReady(key=name, pid=pid):
                 for zygote in self._zygotes.values():
@@ -207,6 +214,32 @@ class LocalRuntime:
                         if failed is not None:
                             log.warning("spanfaas runtime: could not fork a spare sandbox; cold starts take the long way")
                             failed.destroy()
+
+    def _spare_exited(self, pid: int, status: int) -> None:
+        """A spare died before any function took it: remove its cgroup and fork
+        another (unless spares keep dying: then starts take the long way)."""
+        from spanfaas import sandbox
+
+        for zygote in self._zygotes.values():
+            cgroup = zygote.spare_exited(pid)
+            if cgroup is None:
+                continue
+            try:
+                cgroup.destroy()
+            except (OSError, sandbox.SandboxError) as exc:
+                log.warning("spanfaas runtime: could not remove the cgroup of a dead spare sandbox: %s", exc)
+            self._spares_lost += 1
+            if self._spares_lost > SPARES_LOST_MAX:
+                log.warning(
+                    "spanfaas runtime: %d spare sandboxes died before use (the last with wait status %d); "
+                    "no more are forked, cold starts take the long way",
+                    self._spares_lost,
+                    status,
+                )
+                return
+            log.warning("spanfaas runtime: a spare sandbox (pid %d) died before use (wait status %d); forking another", pid, status)
+            self._replenish_spares(zygote)
+            return
 
     def _on_zygote_exit(self, zygote: ZygoteProcess) -> None:
         if not self.started:

@@ -114,6 +114,15 @@ class ZygoteProcess:
             return None
         return cgroup
 
+    def spare_exited(self, pid: int) -> Any:
+        """Forget a waiting spare that exited; returns its cgroup (to remove), or None
+        if ``pid`` is not one of ours."""
+        for name, spare_pid in self.spare_pids.items():
+            if spare_pid == pid:
+                del self.spare_pids[name]
+                return self.spares.pop(name, None)
+        return None
+
     def take_spare(self) -> tuple[str, Any] | None:
         """A waiting spare (its name and cgroup), or None."""
         if not self.spares:

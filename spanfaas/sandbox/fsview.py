@@ -54,6 +54,15 @@ def locate(path: str) -> tuple[str, str | None] | None:
         if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
             top = at
             break
+    if top is not None and top != real:
+        # The walk stopped at the blocking ancestor: the rest may not exist
+        # (a bind of a missing tree would fail and turn the whole view off).
+        try:
+            os.stat(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            pass  # cannot tell (not root): keep it, as before
     return real, top
 
 

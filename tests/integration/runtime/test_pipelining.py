@@ -189,3 +189,77 @@ async def test_answers_ahead_of_a_hanging_call_are_not_lost(harness: Harness) ->
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
     r = await hang
     assert r.error is not None and r.error.kind == "timeout"
+
+
+async def test_a_waiter_handed_an_instance_lost_before_it_ran_runs_on_another(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await harness.deploy("pipe-handed", ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 10\n[scaling]\nmax = 1\n')
+    pool = harness.rt.pool("pipe-handed")
+    before = json.loads((await harness.invoke("pipe-handed", b'{"i": 0}')).output)["pid"]
+    busy = asyncio.ensure_future(harness.invoke("pipe-handed", b'{"do": "sleep", "s": 0.3}'))
+    await asyncio.sleep(0.1)  # it has not answered for a while: the next call waits in the pool
+    waiting = asyncio.ensure_future(harness.invoke("pipe-handed", b'{"i": 1}'))
+    await asyncio.sleep(0.05)
+    assert len(pool._waiters) == 1
+    offer = pool._offer
+
+    def offer_then_lose(inst: Any, fresh: bool = False) -> None:
+        offer(inst, fresh)  # hands the instance to the waiting call...
+        monkeypatch.undo()
+        inst.kill()  # ...which dies before that call's task runs
+        assert inst.conn is not None
+        inst.conn.connection_lost(None)
+
+    monkeypatch.setattr(pool, "_offer", offer_then_lose)
+    assert (await asyncio.wait_for(busy, 5)).ok
+    r = await asyncio.wait_for(waiting, 5)
+    assert r.ok, r.error  # it never ran: not a crash, a run on a new instance
+    assert json.loads(r.output)["pid"] != before
+
+
+NEXT = """
+def handler(event, context):
+    return {"i": event.get("i"), "version": 2}
+"""
+
+
+async def test_calls_left_on_a_replaced_version_whose_template_died_run_on_the_new_one(harness: Harness) -> None:
+    import os
+    import signal
+
+    pool, calls = await _three_queued_behind_a_sleeper(harness, "pipe-redeploy")
+    await asyncio.sleep(0.05)  # the sleeper has not answered for a while: the next call waits in the pool
+    calls.append(asyncio.ensure_future(harness.invoke("pipe-redeploy", b'{"i": 3}')))
+    await asyncio.sleep(0.05)
+    assert len(pool._waiters) == 1
+    await harness.deploy("pipe-redeploy", NEXT, 'isolation = "reuse"\n')
+    async with asyncio.timeout(5):
+        while pool.state != "draining":
+            await asyncio.sleep(0.005)
+    os.kill(pool.template_pid, signal.SIGKILL)  # the old version can run nothing more
+    running, *rest = await asyncio.wait_for(asyncio.gather(*calls), 5)  # not their 20 s timeout
+    assert running.error is not None and running.error.kind == "crashed"
+    assert all(r.ok for r in rest), [r.error for r in rest]
+    assert [json.loads(r.output) for r in rest] == [{"i": i, "version": 2} for i in range(4)]
+
+
+async def test_a_rerun_is_not_refused_for_a_queue_that_filled_meanwhile(harness: Harness) -> None:
+    name = "pipe-full"
+    await harness.deploy(name, ECHO, 'isolation = "reuse"\n[resources]\ntimeout = 20\n[scaling]\nmax = 1\nqueue = 2\n')
+    await _warm(harness, name)
+    pool = harness.rt.pool(name)
+    sleeper = asyncio.ensure_future(harness.invoke(name, b'{"do": "sleep", "s": 5}'))
+    queued = asyncio.ensure_future(harness.invoke(name, b'{"i": 1}'))  # on the connection, behind it
+    await asyncio.sleep(0.1)
+    waiter = asyncio.ensure_future(harness.invoke(name, b'{"i": 2}'))  # in the pool
+    await asyncio.sleep(0.05)
+    assert pool.stats()["waiting"] == 2  # the queue is full
+    pool.stop_template()  # as when it dies: the queued call must run again...
+    late = asyncio.ensure_future(harness.invoke(name, b'{"i": 3}'))  # ...and this one took its place meanwhile
+    results = await asyncio.wait_for(asyncio.gather(sleeper, queued, waiter, late, return_exceptions=True), 10)
+    assert not any(isinstance(r, BaseException) for r in results), results
+    ran, *rest = results
+    assert ran.error is not None and ran.error.kind == "crashed"
+    assert all(r.ok for r in rest), [r.error for r in rest]
+    assert sorted(json.loads(r.output)["i"] for r in rest) == [1, 2, 3]

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -101,15 +102,38 @@ async def test_first_template_starts_in_a_spare_with_its_own_name_cgroup_and_lim
     await spared.rt.remove("from-spare")
 
 
-async def test_a_spare_that_died_is_replaced_by_the_long_way(spared: Harness) -> None:
+async def test_a_spare_that_died_unnoticed_is_replaced_by_the_long_way(spared: Harness) -> None:
     require(spared, "pid-namespace", "mount-namespace")
     _, spare_pid = await _spare_ready(spared.rt)
     os.kill(spare_pid, signal.SIGKILL)
-    await asyncio.sleep(0.05)  # the zygote reaps it; the runtime may still think it waits
+    deadline = time.monotonic() + 5
+    while _state(spare_pid) != "gone" and time.monotonic() < deadline:
+        time.sleep(0.001)  # noqa: ASYNC251 -- blocking on purpose: the runtime must not learn of it yet
     await spared.deploy("after-lost-spare", PROBE)
     out = _output(await spared.invoke("after-lost-spare"))
     assert out["host"] == "after-lost-spare"
     await spared.rt.remove("after-lost-spare")
+
+
+async def test_a_spare_that_died_waiting_is_removed_and_replaced(spared: Harness) -> None:
+    require(spared, "pid-namespace", "mount-namespace", "cgroup-memory")
+    zygote = spared.rt._zygote_for(None)
+    name, spare_pid = await _spare_ready(spared.rt)
+    cgroup = zygote.spares[name]
+    assert any(os.path.isdir(d) for d in cgroup.directories())
+    os.kill(spare_pid, signal.SIGKILL)
+    async with asyncio.timeout(5):  # the runtime learns it and forks another
+        while name in zygote.spares or not zygote.spares:
+            await asyncio.sleep(0.005)
+    assert name not in zygote.spare_pids
+    assert not any(os.path.isdir(d) for d in cgroup.directories()), "the dead spare's cgroup is removed"
+    _, new_pid = await _spare_ready(spared.rt)
+    assert new_pid != spare_pid
+    await spared.deploy("after-dead-spare", PROBE)
+    pool = spared.rt.pool("after-dead-spare")
+    assert pool.template_pid == new_pid, "the replacement is taken"
+    assert _output(await spared.invoke("after-dead-spare"))["host"] == "after-dead-spare"
+    await spared.rt.remove("after-dead-spare")
 
 
 async def test_no_spares_when_disabled(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from spanfaas.gateway.corking import CorkedHttpToolsProtocol, CorkedTransport
+from spanfaas.gateway.corking import FLUSH_AT, CorkedHttpToolsProtocol, CorkedTransport
 
 
 class _Transport:
@@ -62,6 +63,60 @@ def test_writes_to_a_closing_transport_are_dropped() -> None:
         real.closing = True
         await asyncio.sleep(0)
         assert real.writes == []
+
+    asyncio.run(run())
+
+
+def test_a_turn_that_writes_much_flushes_as_it_goes() -> None:
+    # Many responses in one turn (pipelined requests, a streamed body whose sends
+    # never wait): what is held back stays bounded, and order is kept.
+    async def run() -> None:
+        real = _Transport()
+        corked = CorkedTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+        chunks = [bytes([i]) * 16 * 1024 for i in range(40)]
+        for chunk in chunks:
+            corked.write(chunk)
+            assert corked.get_write_buffer_size() <= FLUSH_AT
+        assert real.writes, "flushed within the turn"
+        assert all(len(w) <= FLUSH_AT for w in real.writes)
+        await asyncio.sleep(0)
+        assert b"".join(real.writes) == b"".join(chunks)
+        assert corked.get_write_buffer_size() == 0
+
+    asyncio.run(run())
+
+
+class _Paused(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+
+def test_a_slow_reader_pauses_the_writer_within_one_turn() -> None:
+    # Over a real socket whose peer does not read: the transport's pause_writing
+    # reaches the protocol (uvicorn's then waits for drain) before the turn ends.
+    async def run() -> None:
+        ours, theirs = socket.socketpair()
+        proto = _Paused()
+        transport, _ = await asyncio.get_running_loop().create_connection(lambda: proto, sock=ours)
+        try:
+            corked = CorkedTransport(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+            chunk = b"x" * 64 * 1024
+            for _ in range(256):  # 16 MiB, more than any socket buffer
+                corked.write(chunk)
+                if proto.paused:
+                    break
+            assert proto.paused, "the writer never learned the reader is slow"
+            assert corked.get_write_buffer_size() - transport.get_write_buffer_size() <= FLUSH_AT
+        finally:
+            transport.abort()
+            theirs.close()
+            await asyncio.sleep(0)  # the transport closes its socket
 
     asyncio.run(run())
 

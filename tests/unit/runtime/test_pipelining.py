@@ -101,3 +101,62 @@ def test_replies_are_matched_by_id_in_any_order() -> None:
             assert done.id == i and body == b"%d" % i
 
     asyncio.run(run())
+
+
+def test_a_request_on_a_connection_already_lost_never_started() -> None:
+    # A waiting call handed an instance that is lost before the call's task runs:
+    # the request never reached it, so the pool must run it elsewhere.
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        conn.connection_lost(None)
+        exc = conn.request(_invoke(1), b"").exception()
+        assert isinstance(exc, InstanceLost) and exc.started is False
+        unconnected = InstanceConnection(lambda: None)
+        exc = unconnected.request(_invoke(1), b"").exception()
+        assert isinstance(exc, InstanceLost) and exc.started is False
+
+    asyncio.run(run())
+
+
+def _reply(conn: InstanceConnection, i: int) -> None:
+    wire = b"".join(bytes(x) for x in p.encode(p.Done(id=i), b""))
+    conn.get_buffer(len(wire))[: len(wire)] = wire
+    conn.buffer_updated(len(wire))
+
+
+def _ids(wire: bytes) -> list[int]:
+    decoder = msgspec.msgpack.Decoder(p.InstanceRequest)
+    ids = []
+    while wire:
+        hlen, blen = p.FRAME.unpack_from(wire)
+        ids.append(decoder.decode(wire[p.FRAME.size : p.FRAME.size + hlen]).id)
+        wire = wire[p.FRAME.size + hlen + blen :]
+    return ids
+
+
+def test_a_cancelled_request_still_held_is_never_sent() -> None:
+    # The caller of a request held behind a busy slot was cancelled (its own
+    # timeout, a client gone): the instance must not run it later.
+    async def run() -> None:
+        conn = InstanceConnection(lambda: None, 1)
+        transport = _Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        first = conn.request(_invoke(1), b"")
+        await asyncio.sleep(0)
+        assert [_ids(w) for w in transport.writes] == [[1]]
+        held = [conn.request(_invoke(i), b"") for i in (2, 3, 4)]  # the slot is busy: held
+        held[0].cancel()
+        held[2].cancel()
+        await asyncio.sleep(0)
+        assert len(transport.writes) == 1
+        _reply(conn, 1)  # the slot frees: what was held goes out, minus the cancelled
+        assert first.done()
+        await asyncio.sleep(0)
+        assert [_ids(w) for w in transport.writes] == [[1], [3]]
+        assert list(conn.pending) == [3] and conn.running(3)
+        _reply(conn, 3)
+        assert held[1].result()[0].id == 3 and not conn.pending
+        conn.connection_lost(None)  # nothing left to fail
+
+    asyncio.run(run())
