@@ -14,16 +14,20 @@ them later for a spare), and the fitter:
   mounts, the pid namespace's ``/proc``, read-only ``/sys``, hostname,
   loopback;
 * for the function: exposes the interpreter's trees to the function's
-  uid (``fsview``) and puts the scratch dir on a private tmpfs;
+  uid (``fsview``), puts the scratch dir on a private tmpfs and sets the
+  template's rlimits (``prlimit``);
 
-then writes a ``FitReport`` to a pipe and exits; its pages die with it.
+and builds the template's Landlock ruleset (paths resolved in its mount
+namespace), then sends a ``FitReport`` -- with the ruleset's fd -- on a
+SOCK_SEQPACKET socket and exits; its pages die with it.
 The template reads the report before it loads any user code and does
-only what is per process: rlimits, uid, Landlock, seccomp.
+only what a process can only do to itself: uid, Landlock, seccomp.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -31,8 +35,9 @@ from typing import Any, NoReturn
 import msgspec
 
 from spanfaas.model import Protection
+from spanfaas.sandbox.plan import SandboxPlan
 
-__all__ = ["FitReport", "fit_function", "fit_shell", "read_report", "run", "warm"]
+__all__ = ["Fit", "FitReport", "channel", "fit_function", "fit_shell", "read_report", "run", "warm"]
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -43,6 +48,9 @@ class FitReport(msgspec.Struct, kw_only=True):
     function: bool = False
     """The function's part was done: ``uid`` is the uid to drop to."""
     uid: int | None = None
+    plan: SandboxPlan | None = None
+    """The plan as the template applies it (the uid above, no per-instance data
+    limit): decoded here into the record, not converted by the template."""
     error: str = ""
     """Set when the template must not start (it could not join its cgroup)."""
 
@@ -51,37 +59,54 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(FitReport)
 
 
-def run(report_w: int, work: Callable[[], FitReport]) -> NoReturn:
-    """In the fitter: do ``work``, write its report to ``report_w``, exit."""
+Fit = tuple[FitReport, list[int]]
+"""A report and the fds it carries (at most the Landlock ruleset)."""
+
+
+def run(report_fd: int, work: Callable[[], Fit]) -> NoReturn:
+    """In the fitter: do ``work``, send its report on the socket ``report_fd``, exit."""
     try:
-        report = work()
+        report, fds = work()
     except BaseException as exc:  # the template must hear of any failure
         traceback.print_exc()
-        report = FitReport(error=f"the sandbox fitter failed: {type(exc).__name__}: {exc}")
+        report, fds = FitReport(error=f"the sandbox fitter failed: {type(exc).__name__}: {exc}"), []
     try:
-        os.write(report_w, _encoder.encode(report))  # one write: a pipe takes 64 KiB at once
+        sock = socket.socket(fileno=report_fd)
+        if fds:
+            socket.send_fds(sock, [_encoder.encode(report)], fds)
+        else:
+            sock.send(_encoder.encode(report))
     finally:
         os._exit(0)
+
+
+def channel() -> tuple[int, int]:
+    """The report channel: (the template's end, the fitter's end), close-on-exec."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    return ours.detach(), theirs.detach()
 
 
 def warm() -> None:
     """In the zygote: decode a report once, so that msgspec's plan for it is
     built here and inherited, not built (and un-shared) in every template."""
-    sample = FitReport(protections=[Protection("warm", True, "warm")], function=True, uid=1)
+    plan = SandboxPlan(name="warm", uid=1, cpu=1.0, ro_paths=("/",), rw_paths=("/tmp",))
+    sample = FitReport(protections=[Protection("warm", True, "warm")], function=True, uid=1, plan=plan)
     _decoder.decode(_encoder.encode(sample))
 
 
-def read_report(fd: int) -> FitReport:
-    """In the template: the fitter's report, once it exited (EOF); closes ``fd``."""
-    chunks = []
+def read_report(fd: int) -> Fit:
+    """In the template: the fitter's report and its fds; closes ``fd``."""
+    from spanfaas.runtime import protocol
+
+    sock = socket.socket(fileno=fd)
     try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        got = protocol.recv_msg(sock, _decoder)
     finally:
-        os.close(fd)
-    if not chunks:
-        return FitReport(error="the sandbox fitter died without a report; see the runtime's log")
-    return _decoder.decode(b"".join(chunks))
+        sock.close()
+    if got is None:
+        return FitReport(error="the sandbox fitter died without a report; see the runtime's log"), []
+    report, fds = got
+    return report, fds
 
 
 def join_cgroups(procs: Sequence[int], pid: int) -> str:
@@ -96,38 +121,45 @@ def join_cgroups(procs: Sequence[int], pid: int) -> str:
     return ""
 
 
-def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int) -> FitReport:
+def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int) -> Fit:
     """The shell's part: cgroup, then namespaces (``name``: hostname, when known)."""
     error = join_cgroups(procs, pid)
     if error:
-        return FitReport(error=error)
+        return FitReport(error=error), []
     if not unshared:
-        return FitReport()
+        return FitReport(), []
     from spanfaas import sandbox
 
-    return FitReport(protections=sandbox.fit_namespaces(unshared, name, network))
+    return FitReport(protections=sandbox.fit_namespaces(unshared, name, network)), []
 
 
-def fit_function(plan: Any, scratch_dir: str, unshared: int, *, hostname: str | None = None, enter: int = 0) -> FitReport:
+def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostname: str | None = None, enter: bool = False) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
-    a spare), the fs view for its uid, the scratch tmpfs.  ``enter``: join
-    that process's namespaces first (a spare's, from the zygote)."""
+    a spare), the fs view for its uid, the scratch tmpfs, the template's
+    rlimits (``pid``: the template as this process sees it), its Landlock
+    ruleset.  ``enter``: join the template's namespaces first (a spare's,
+    from the zygote)."""
     from spanfaas import sandbox
-    from spanfaas.sandbox import _libc, namespaces
+    from spanfaas.sandbox import _libc, landlock, namespaces
 
     if enter:
-        namespaces.enter_namespaces(enter, unshared)
+        namespaces.enter_namespaces(pid, unshared)
     out: list[Protection] = []
     if hostname is not None:
         out.append(sandbox.set_hostname(hostname, unshared))
     if plan is None:
-        return FitReport(protections=out, function=True)
-    plan = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
+        return FitReport(protections=out, function=True), []
+    plan = msgspec.convert(plan, SandboxPlan) if isinstance(plan, dict) else plan
     mounts = bool(unshared & _libc.CLONE_NEWNS)
     uid = _reachable_uid(plan, mounts, out)
     if mounts:
         out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
-    return FitReport(protections=out, function=True, uid=uid)
+    applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
+    sandbox.set_rlimits(applied, pid)
+    out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
+    ruleset, built = landlock.landlock_ruleset(plan.ro_paths, plan.rw_paths)
+    out.append(built)  # the template enforces it (or, when it has no fd, reports it inactive)
+    return FitReport(protections=out, function=True, uid=uid, plan=applied), [ruleset] if ruleset >= 0 else []
 
 
 def _reachable_uid(plan: Any, mounts: bool, out: list[Protection]) -> int | None:

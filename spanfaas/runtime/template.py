@@ -34,7 +34,7 @@ from spanfaas.runtime.context import function_logger
 from spanfaas.runtime.supervise import supervise
 
 if TYPE_CHECKING:
-    from spanfaas.sandbox import PreparedLayer
+    from spanfaas.sandbox import PreparedLayer, SandboxPlan
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
 
@@ -56,6 +56,9 @@ LAZY_IMPORTS = (
     "linecache",
     "tokenize",
 )
+
+
+_LAZY_DONE = False  # set in the zygote: its templates inherit the modules
 
 
 def _preimport_lazy() -> None:
@@ -92,6 +95,8 @@ class Template:
         self.runner: inst.Runner | None = None
         self.landlock = False
         self.uid: int | None = None  # the fitter's verdict: the function's uid can reach its code
+        self.plan: SandboxPlan | None = None  # and the plan to apply, with that uid
+        self.ruleset = -1  # and our Landlock ruleset, built
         self.base_data = 0
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
@@ -103,13 +108,18 @@ class Template:
 
         Raises when the template must not start (it is not in its cgroup)."""
         for fd in reports:
-            report = fitter.read_report(fd)
+            report, fds = fitter.read_report(fd)
             if report.error:
+                for extra in fds:
+                    os.close(extra)
                 raise OSError(report.error)
+            if fds:
+                self.ruleset = fds[0]
             names = {x.name for x in report.protections}
             self.protections = [x for x in self.protections if x.name not in names] + report.protections
             if report.function:
                 self.uid = report.uid
+                self.plan = report.plan
 
     def lock_down(self) -> None:
         """Apply the process-wide part of the sandbox (inherited by instances);
@@ -119,16 +129,28 @@ class Template:
             return
         from spanfaas import sandbox
 
-        plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
-        _preimport_lazy()
-        uid = self.uid if plan_obj.uid is not None else None
-        plan_obj = msgspec.structs.replace(plan_obj, uid=uid, instance_memory_bytes=0)
-        sandbox.set_rlimits(plan_obj)
-        self.protections.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
+        plan_obj = self.plan
+        if plan_obj is None:  # no fitter did the function's part (a template started on its own)
+            plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
+            plan_obj = msgspec.structs.replace(plan_obj, uid=None, instance_memory_bytes=0)
+            sandbox.set_rlimits(plan_obj)
+            self.protections.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
+        if not _LAZY_DONE:
+            _preimport_lazy()
+        uid = plan_obj.uid
         if uid is not None:
             sandbox.drop_privileges(uid)
             self.protections.append(Protection("uid", True, f"running as uid {uid}"))
-        lp = sandbox.landlock_restrict(plan_obj.ro_paths, plan_obj.rw_paths)
+        if self.ruleset >= 0:
+            built = next(x for x in self.protections if x.name == "landlock")
+            self.protections.remove(built)
+            lp = sandbox.landlock_enforce(self.ruleset, built)
+            self.ruleset = -1
+        elif self.plan is None:  # no fitter built it
+            lp = sandbox.landlock_restrict(plan_obj.ro_paths, plan_obj.rw_paths)
+        else:  # the fitter could not: its report says why
+            lp = next(x for x in self.protections if x.name == "landlock")
+            self.protections.remove(lp)
         self.landlock = lp.active
         self.protections.append(lp)
         self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))

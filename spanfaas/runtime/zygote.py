@@ -7,7 +7,7 @@ with a SOCK_SEQPACKET channel on FD.  For each ``SpawnTemplate`` it forks the
 template as pid 1 of fresh namespaces (``NamespacesForNextChildren``) and,
 beside it, a throwaway *fitter* (``fitter.py``) that joins it to the
 function's cgroup and sets the namespaces up; the template itself only
-applies what is per process (rlimits, uid, Landlock, seccomp), so it
+applies what a process can only do to itself (uid, Landlock, seccomp), so it
 un-shares few pages.  The zygote is a child subreaper; it reports its
 templates' exits.
 
@@ -108,7 +108,7 @@ class Zygote:
         p.send_msg(self.chan, p.SpareReady(req.key, inner))
 
     def _hand_to_spare(self, spare: Spare, req: p.SpawnTemplate, chan_fd: int) -> None:
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = fitter.channel()
         try:
             pid = forking.forker.fork()
         except OSError:
@@ -117,7 +117,7 @@ class Zygote:
         if pid == 0:
             os.close(report_r)
             fitter.run(report_w, lambda: fitter.fit_function(
-                req.sandbox, req.scratch_dir, spare.unshared, hostname=req.name, enter=spare.pid))
+                req.sandbox, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
         try:
             p.send_msg(spare.sock, req, fds=[chan_fd, report_r])
@@ -183,7 +183,7 @@ class Zygote:
         ns = NamespacesForNextChildren(network) if plan is not None and plan.get("namespaces", True) else None
         protections = ns.enter() if ns is not None else []
         unshared = ns.unshared if ns is not None else 0
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = fitter.channel()
         pid = fitter_pid = -1
         try:
             try:
@@ -215,12 +215,12 @@ class Zygote:
                 os.close(report_r)
                 in_ns = 1 if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
 
-                def work() -> fitter.FitReport:
-                    shell = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
+                def work() -> fitter.Fit:
+                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
                     if shell.error or req is None:
-                        return shell
-                    own = fitter.fit_function(req.sandbox, req.scratch_dir, unshared)
-                    return fitter.FitReport(protections=shell.protections + own.protections, function=True, uid=own.uid)
+                        return shell, []
+                    own, fds = fitter.fit_function(req.sandbox, req.scratch_dir, unshared, in_ns)
+                    return msgspec.structs.replace(own, protections=shell.protections + own.protections), fds
 
                 fitter.run(report_w, work)
         finally:
@@ -321,6 +321,7 @@ def main(argv: list[str]) -> None:
 
         fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
     template._preimport_lazy()
+    template._LAZY_DONE = True
     fitter.warm()
     gc.collect()
     gc.freeze()

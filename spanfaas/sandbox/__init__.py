@@ -24,7 +24,7 @@ module for why)::
 
 from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
 from spanfaas.sandbox.errors import SandboxError
-from spanfaas.sandbox.landlock import PreparedLayer, landlock_restrict
+from spanfaas.sandbox.landlock import PreparedLayer, landlock_enforce, landlock_restrict
 from spanfaas.sandbox.limits import drop_privileges, set_rlimits
 from spanfaas.sandbox.namespaces import (
     NamespacesForNextChildren,
@@ -46,6 +46,7 @@ __all__ = [
     "cleanup_cgroups",
     "drop_privileges",
     "fit_namespaces",
+    "landlock_enforce",
     "landlock_restrict",
     "prepare",
     "probe",

@@ -32,7 +32,7 @@ from typing import Final
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 
-__all__ = ["DEV_FILES", "PreparedLayer", "abi_version", "landlock_restrict"]
+__all__ = ["DEV_FILES", "PreparedLayer", "abi_version", "landlock_enforce", "landlock_restrict", "landlock_ruleset"]
 
 LANDLOCK_CREATE_RULESET_VERSION: Final = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH: Final = 1
@@ -141,9 +141,19 @@ def landlock_restrict(ro_paths: Sequence[str], rw_paths: Sequence[str]) -> Prote
     kernel for an unprivileged layer).  Returns an inactive Protection, and
     changes nothing, when the kernel has no Landlock or a rule is rejected.
     """
+    ruleset, built = landlock_ruleset(ro_paths, rw_paths)
+    if ruleset < 0:
+        return built
+    return landlock_enforce(ruleset, built)
+
+
+def landlock_ruleset(ro_paths: Sequence[str], rw_paths: Sequence[str]) -> tuple[int, Protection]:
+    """``landlock_restrict``'s ruleset, not yet enforced: (fd, what it holds),
+    or (-1, why not).  Built by one process (a template's fitter), enforced
+    by another (``landlock_enforce``), which receives the fd."""
     abi = abi_version()
     if abi == 0:
-        return Protection("landlock", False, unavailable_reason())
+        return -1, Protection("landlock", False, unavailable_reason())
     handled = _fs_rights(abi)
     attr = _RulesetAttr(handled, 0, 0)
     size = 8  # ABI 1-3 kernels reject a larger struct with unknown fields set
@@ -153,7 +163,7 @@ def landlock_restrict(ro_paths: Sequence[str], rw_paths: Sequence[str]) -> Prote
     try:
         ruleset = _libc.syscall("landlock_create_ruleset", ctypes.c_void_p(ctypes.addressof(attr)), size, 0)
     except OSError as e:
-        return Protection("landlock", False, f"landlock_create_ruleset: {e.strerror}")
+        return -1, Protection("landlock", False, f"landlock_create_ruleset: {e.strerror}")
     skipped: list[str] = []
     try:
         ro = [p for p in ro_paths if p not in rw_paths]
@@ -165,17 +175,26 @@ def landlock_restrict(ro_paths: Sequence[str], rw_paths: Sequence[str]) -> Prote
                 skipped.append(path)
         for path in DEV_FILES:
             _add_rule(ruleset, path, READ_FILE | WRITE_FILE | TRUNCATE | IOCTL_DEV)
+    except OSError as e:
+        os.close(ruleset)
+        return -1, Protection("landlock", False, f"Landlock ABI {abi}: {e.strerror or e}")
+    scoped = ", signals and abstract sockets scoped" if abi >= 6 else ""
+    missing = f", skipped missing {skipped}" if skipped else ""
+    why = f"Landlock ABI {abi}: {len(ro)} read-only, {len(rw_paths)} read-write trees{scoped}{missing}"
+    return ruleset, Protection("landlock", True, why)
+
+
+def landlock_enforce(ruleset: int, built: Protection) -> Protection:
+    """Add the layer ``ruleset`` holds (``built`` says what) to the caller,
+    with NO_NEW_PRIVS; closes ``ruleset``."""
+    try:
         _libc.no_new_privs()
         _libc.syscall("landlock_restrict_self", ruleset, 0)
     except OSError as e:
-        return Protection("landlock", False, f"Landlock ABI {abi}: {e.strerror or e}")
+        return Protection("landlock", False, f"{built.reason.partition(':')[0]}: {e.strerror or e}")
     finally:
         os.close(ruleset)
-    scoped = ", signals and abstract sockets scoped" if abi >= 6 else ""
-    missing = f", skipped missing {skipped}" if skipped else ""
-    return Protection(
-        "landlock", True, f"Landlock ABI {abi}: {len(ro)} read-only, {len(rw_paths)} read-write trees{scoped}{missing}"
-    )
+    return built
 
 
 class PreparedLayer:

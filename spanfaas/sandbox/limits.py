@@ -21,20 +21,23 @@ NOFILE_CAP: Final = 4096
 """Open files per process: room for a busy HTTP client, not for an fd bomb."""
 
 
-def _cap(which: int, value: int) -> None:
-    """Set soft = hard = ``value``, never above the current hard limit.
+def _cap(which: int, value: int, pid: int = 0) -> None:
+    """Set soft = hard = ``value`` for ``pid`` (0: the caller), never above
+    the current hard limit.
 
     Lowering the hard limit is irreversible for an unprivileged process,
     which is the point: user code cannot raise it back.
     """
-    _, hard = resource.getrlimit(which)
+    _, hard = resource.prlimit(pid, which)
     if hard != resource.RLIM_INFINITY:
         value = min(value, hard)
-    resource.setrlimit(which, (value, value))
+    resource.prlimit(pid, which, (value, value))
 
 
-def set_rlimits(plan: SandboxPlan) -> None:
-    """Apply the plan's per-process limits to the caller (inherited by children).
+def set_rlimits(plan: SandboxPlan, pid: int = 0) -> None:
+    """Apply the plan's per-process limits to the caller, or to process ``pid``
+    (a template, from its fitter: needs CAP_SYS_RESOURCE), inherited by
+    its children.
 
     * RLIMIT_CORE = 0: a crashing function must not write its memory (and
       its secrets) to disk.
@@ -46,12 +49,12 @@ def set_rlimits(plan: SandboxPlan) -> None:
     * RLIMIT_NOFILE ≤ NOFILE_CAP.
     """
     try:
-        _cap(resource.RLIMIT_CORE, 0)
+        _cap(resource.RLIMIT_CORE, 0, pid)
         if plan.instance_memory_bytes:
-            _cap(resource.RLIMIT_DATA, plan.instance_memory_bytes)
+            _cap(resource.RLIMIT_DATA, plan.instance_memory_bytes, pid)
         if plan.uid is not None and plan.pids:
-            _cap(resource.RLIMIT_NPROC, plan.pids)
-        _cap(resource.RLIMIT_NOFILE, NOFILE_CAP)
+            _cap(resource.RLIMIT_NPROC, plan.pids, pid)
+        _cap(resource.RLIMIT_NOFILE, NOFILE_CAP, pid)
     except (OSError, ValueError) as e:
         raise SandboxError(f"setrlimit failed for {plan.name!r}: {e}") from e
 

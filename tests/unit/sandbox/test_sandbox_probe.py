@@ -39,6 +39,7 @@ def test_exported_names() -> None:
         "cleanup_cgroups",
         "drop_privileges",
         "fit_namespaces",
+        "landlock_enforce",
         "landlock_restrict",
         "prepare",
         "probe",
