@@ -130,29 +130,21 @@ class Template:
         from spanfaas import sandbox
 
         plan_obj = self.plan
-        if plan_obj is None:  # no fitter did the function's part (a template started on its own)
-            plan_obj = msgspec.convert(plan, sandbox.SandboxPlan) if isinstance(plan, dict) else plan
-            plan_obj = msgspec.structs.replace(plan_obj, uid=None, instance_memory_bytes=0)
-            sandbox.set_rlimits(plan_obj)
-            self.protections.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
+        if plan_obj is None:
+            raise OSError("no sandbox fitter reported the function's part; see the runtime's log")
         if not _LAZY_DONE:
             _preimport_lazy()
         uid = plan_obj.uid
         if uid is not None:
             sandbox.drop_privileges(uid)
             self.protections.append(Protection("uid", True, f"running as uid {uid}"))
+        lp = next(x for x in self.protections if x.name == "landlock")  # the fitter's ruleset, or why none
         if self.ruleset >= 0:
-            built = next(x for x in self.protections if x.name == "landlock")
-            self.protections.remove(built)
-            lp = sandbox.landlock_enforce(self.ruleset, built)
-            self.ruleset = -1
-        elif self.plan is None:  # no fitter built it
-            lp = sandbox.landlock_restrict(plan_obj.ro_paths, plan_obj.rw_paths)
-        else:  # the fitter could not: its report says why
-            lp = next(x for x in self.protections if x.name == "landlock")
             self.protections.remove(lp)
+            lp = sandbox.landlock_enforce(self.ruleset, lp)
+            self.ruleset = -1
+            self.protections.append(lp)
         self.landlock = lp.active
-        self.protections.append(lp)
         self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))
 
     def load(self) -> None:
