@@ -186,33 +186,63 @@ class Runner:
         return p.Done(id=req.id, content_type=content_type, error=error, duration_ms=duration), output
 
 
-    def warm(self) -> None:
+    def warm(self, reader: p.FrameReader | None = None) -> None:
         """Run the request path once on a dummy, without the user's handler.
 
         In a fresh child this takes the copy-on-write faults and first-use
         costs (decoders, logger, capture) before the child blocks, so they
-        are not paid on the request path.
+        are not paid on the request path.  With the child's ``reader``, the
+        dummy request is read through it (from its buffer, not the socket);
+        and the handler's own objects (function, code, globals), which its
+        call will write refcounts to, are touched too.
         """
         handler, is_async = self.handler, self.is_async
         self.handler, self.is_async = (lambda event, ctx: {"warm": [1, "x", None]}), False
         try:
             req = p.Invoke(id=0, invocation_id="warm", content_type="application/json", deadline=time.time() + 1)
             wire = b"".join(bytes(x) for x in p.encode(req, b'{"warm": [1, "x", 2.5]}'))
-            hlen, _ = p.FRAME.unpack_from(wire)
-            head = memoryview(wire)[p.FRAME.size : p.FRAME.size + hlen]
-            req = _decoder.decode(head)
-            done, out = self.call(req, memoryview(wire)[p.FRAME.size + hlen :])
+            if reader is not None:
+                reader.prime(wire)
+                frame = reader.read()
+                assert frame is not None
+                req, body = frame
+            else:
+                hlen, _ = p.FRAME.unpack_from(wire)
+                req = _decoder.decode(memoryview(wire)[p.FRAME.size : p.FRAME.size + hlen])
+                body = memoryview(wire)[p.FRAME.size + hlen :]
+            done, out = self.call(req, body)
             p.encode(msgspec.structs.replace(done, logs=""), out)
         finally:
             self.handler, self.is_async = handler, is_async
+        if reader is not None:
+            _touch(handler)
 
 
-def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None) -> None:
-    """Serve invocations on ``sock`` until EOF (or after one, in strict mode)."""
+def _touch(fn: Any) -> None:
+    """Write the refcounts a call of ``fn`` writes first (its function, code,
+    globals and builtins), so a fresh child takes those copy-on-write faults
+    now instead of on the request path."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # a plain function (not a callable object)
+        refs = [fn, code, code.co_consts, code.co_names, getattr(fn, "__globals__", None), getattr(fn, "__builtins__", None)]
+        refs.clear()
+
+
+def frame_reader(sock: socket.socket, *, one_shot: bool) -> p.FrameReader:
+    """The instance's reader of requests on ``sock``.
+
+    A one-shot instance reads one request: a page of buffer, not 64 KiB
+    zeroed (16 copy-on-write faults); a larger request gets its own buffer."""
+    return p.FrameReader(sock, _decoder, chunk=4096 if one_shot else 64 * 1024)
+
+
+def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None, reader: p.FrameReader | None = None) -> None:
+    """Serve invocations on ``sock`` until EOF (or after one, in strict mode).
+
+    ``reader``: made (and warmed) before the instance said hello, so its
+    first use is off the request path."""
     capture = capture or Capture()
-    # A one-shot instance reads one request: a page of buffer, not 64 KiB
-    # zeroed (16 copy-on-write faults); a larger request gets its own buffer.
-    reader = p.FrameReader(sock, _decoder, chunk=4096 if one_shot else 64 * 1024)
+    reader = reader or frame_reader(sock, one_shot=one_shot)
     while True:
         frame = reader.read()
         if frame is None:

@@ -247,6 +247,14 @@ class FrameReader:
         self.start = 0
         self.end = 0
 
+    def prime(self, data: bytes) -> None:
+        """Take ``data`` as if it had been received (a warm-up pass reads a frame
+        through the reader without the socket).  Only while the buffer is empty."""
+        if self.start != self.end or len(data) > len(self.buf):
+            raise ValueError("prime() needs an empty reader and data that fits its buffer")
+        self.buf[: len(data)] = data
+        self.start, self.end = 0, len(data)
+
     def _fill(self) -> bool:
         if self.start == self.end:
             self.start = self.end = 0

@@ -121,3 +121,24 @@ def test_a_queued_control_message_keeps_its_fds_valid() -> None:
         theirs.close()
 
     asyncio.run(run())
+
+
+def test_a_primed_frame_reader_reads_from_its_buffer_then_from_the_socket() -> None:
+    """An instance's warm-up pass reads a dummy request through its reader
+    without the socket; the reader then reads real requests as before."""
+    a, b = socket.socketpair()
+    decoder: msgspec.msgpack.Decoder[p.InstanceRequest] = msgspec.msgpack.Decoder(p.InstanceRequest)
+    with a, b:
+        reader = p.FrameReader(b, decoder, chunk=4096)
+        dummy = p.Invoke(id=0, invocation_id="warm", content_type="application/json", deadline=1.0)
+        reader.prime(b"".join(bytes(x) for x in p.encode(dummy, b"{}")))
+        with pytest.raises(ValueError, match="empty reader"):
+            reader.prime(b"more")
+        got = reader.read()
+        assert got is not None and got[0] == dummy and bytes(got[1]) == b"{}"
+        real = p.Invoke(id=1, invocation_id="real", content_type="application/json", deadline=2.0)
+        p.send_frame(a, real, b"[1]")
+        got = reader.read()
+        assert got is not None and got[0] == real and bytes(got[1]) == b"[1]"
+        with pytest.raises(ValueError, match="fits its buffer"):
+            reader.prime(bytes(4097))
