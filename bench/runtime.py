@@ -831,31 +831,45 @@ class Run:
                 async with sem:
                     await b.deploy(f"idle-{i}", NOOP, manifest, directory=dirs[i])
 
+            def measure(count: int) -> tuple[float, float, set[int], list[int], float]:
+                """PSS (KiB) of the first ``count`` functions' templates, of the zygote's other descendants, and of the zygote."""
+                z = zygote_pid()
+                desc = descendants(z, process_table())
+                templates = {b.rt.pool(f"idle-{i}").template_pid for i in range(count)}
+                other = [pid for pid in desc if pid not in templates]
+                return (float(sum(pss_kib(pid) for pid in desc if pid in templates)), float(sum(pss_kib(pid) for pid in other)),
+                        templates, other, float(pss_kib(z)))
+
+            # Below 1,000 functions, the total at 1,000 is extrapolated from what
+            # the second half of the functions added: n times the PSS per function
+            # would count the pages all templates share with the zygote (split
+            # among n, not 1,000) ten times over.
+            half = n // 2 if n < 1000 else 0
             t0 = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(n)))
+            await asyncio.gather(*(one(i) for i in range(half)))
+            first_kib = 0.0
+            if half:
+                await asyncio.sleep(1.0)  # let the last forks settle
+                t_kib, i_kib, *_ = measure(half)
+                first_kib = t_kib + i_kib
+            await asyncio.gather(*(one(i) for i in range(half, n)))
             deployed_s = time.perf_counter() - t0
             if want_idle:
                 for i in range(n):
                     await b.wait_idle(f"idle-{i}", want_idle, timeout=max(5.0, 120 - (time.perf_counter() - t0)))
             ready_s = time.perf_counter() - t0
             await asyncio.sleep(1.0)  # let the last forks settle
-            z = zygote_pid()
-            table = process_table()
-            desc = descendants(z, table)
-            templates = {b.rt.pool(f"idle-{i}").template_pid for i in range(n)}
-            tmpl_kib = sum(pss_kib(pid) for pid in desc if pid in templates)
-            other = [pid for pid in desc if pid not in templates]
-            inst_kib = sum(pss_kib(pid) for pid in other)
-            zyg_kib = pss_kib(z)
+            tmpl_kib, inst_kib, templates, other, zyg_kib = measure(n)
             total_kib = tmpl_kib + inst_kib
             avail1 = mem_available_kib()
             sample = sorted(templates)[:: max(1, len(templates) // 20)][:20]
             tmpl_private = private_breakdown_kib(sample)
             inst_private = private_breakdown_kib(sorted(other)[:: max(1, len(other) // 20)][:20]) if other else {}
             per_fn_kib = total_kib / n
-            at_1000_mib = per_fn_kib * 1000 / 1024
+            added_kib = (total_kib - first_kib) / (n - half) if half else per_fn_kib
+            at_1000_mib = (total_kib + (1000 - n) * added_kib) / 1024
             ok = at_1000_mib * MiB <= 2 * GiB
-            scaled = "" if n == 1000 else f" (extrapolated from {n})"
+            scaled = "" if n == 1000 else f" (extrapolated: {n} measured + {1000 - n} x {added_kib / 1024:.2f} MiB)"
             label = "default manifest" if variant == "default" else "prefork = 0"
             self.add(Row("memory", f"{n} idle functions, {label}: total PSS", total_kib / 1024, "MiB", mode=m, n=n,
                          note=f"templates {tmpl_kib / 1024:.0f} MiB ({len(templates)}), other descendants {inst_kib / 1024:.0f} MiB ({len(other)}); "
@@ -865,11 +879,18 @@ class Run:
                               + ", ".join(f"{k} {v:.0f}" for k, v in tmpl_private.items())
                               + ("; per pre-forked instance: " + ", ".join(f"{k} {v:.0f}" for k, v in inst_private.items()) if inst_private else "")))
             self.add(Row("memory", f"  PSS per function, {label}", per_fn_kib / 1024, "MiB", mode=m, n=n))
+            if half:
+                self.add(Row("memory", f"  PSS per added function ({half} -> {n}), {label}", added_kib / 1024, "MiB", mode=m, n=n - half,
+                             note="what one more function adds; the pages templates share with the zygote are already counted"))
+            # Only a measured 1,000 is a verdict: the estimate read ~2% under the
+            # measured total on this machine (1,920 vs 1,958 MiB, sandbox on).
             self.add(Row("memory", f"  1,000 functions, {label}{scaled}", at_1000_mib, "MiB", mode=m,
-                         baseline_name="2 GiB", baseline=2048.0, ratio=at_1000_mib / 2048, goal="<= 2048 MiB", passed=ok))
+                         baseline_name="2 GiB", baseline=2048.0, ratio=at_1000_mib / 2048, goal="<= 2048 MiB",
+                         passed=ok if n == 1000 else None, note="" if n == 1000 else "an estimate: the full run deploys 1,000 functions for the verdict"))
             info = {
                 "functions": n, "total_pss_kib": total_kib, "templates_pss_kib": tmpl_kib, "instances_pss_kib": inst_kib,
-                "zygote_pss_kib": zyg_kib, "processes": len(desc), "templates": len(templates), "per_function_kib": per_fn_kib,
+                "zygote_pss_kib": zyg_kib, "processes": len(templates) + len(other), "templates": len(templates), "per_function_kib": per_fn_kib,
+                "per_added_function_kib": added_kib, "at_1000_mib": at_1000_mib, "first_half_pss_kib": first_kib,
                 "mem_available_drop_kib": avail0 - avail1, "deploy_s": deployed_s, "ready_s": ready_s,
                 "template_private_dirty_kib": tmpl_private, "instance_private_dirty_kib": inst_private,
             }
