@@ -192,9 +192,9 @@ class Runner:
         In a fresh child this takes the copy-on-write faults and first-use
         costs (decoders, logger, capture) before the child blocks, so they
         are not paid on the request path.  With the child's ``reader``, the
-        dummy request is read through it (from its buffer, not the socket);
-        and the handler's own objects (function, code, globals), which its
-        call will write refcounts to, are touched too.
+        dummy request is read through it (from its buffer, not the socket).
+        The handler's own objects (function, code, globals), which its call
+        writes refcounts to, are touched too.
         """
         handler, is_async = self.handler, self.is_async
         self.handler, self.is_async = (lambda event, ctx: {"warm": [1, "x", None]}), False
@@ -214,8 +214,7 @@ class Runner:
             p.encode(msgspec.structs.replace(done, logs=""), out)
         finally:
             self.handler, self.is_async = handler, is_async
-        if reader is not None:
-            _touch(handler)
+        _touch(handler)
 
 
 def _touch(fn: Any) -> None:

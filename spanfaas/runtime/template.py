@@ -330,19 +330,17 @@ class Template:
         if np_random is not None:  # (not imported: it seeds itself on import; importing it here cost ~13 ms)
             np_random.seed()
         capture = inst.Capture(streams)
-        if self.req.isolation == "reuse" and self.req.concurrency > 1:
-            if warm:
-                self.runner.warm()
-                capture.take()
-            p.send_frame(sock, p.Hello(seq))
+        one_shot = self.req.isolation == "strict"
+        concurrent = self.req.isolation == "reuse" and self.req.concurrency > 1
+        reader = None if concurrent else inst.frame_reader(sock, one_shot=one_shot)
+        if warm:
+            self.runner.warm(reader)
+            capture.take()
+        p.send_frame(sock, p.Hello(seq))
+        if reader is None:
             inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
         else:
-            reader = inst.frame_reader(sock, one_shot=self.req.isolation == "strict")
-            if warm:
-                self.runner.warm(reader)
-                capture.take()
-            p.send_frame(sock, p.Hello(seq))
-            inst.serve(sock, self.runner, one_shot=self.req.isolation == "strict", capture=capture, reader=reader)
+            inst.serve(sock, self.runner, one_shot=one_shot, capture=capture, reader=reader)
         sock.close()
 
     def reap(self) -> None:
