@@ -666,8 +666,30 @@ class Pool:
         )
         fut = conn.request(req, payload)
         timer = loop.call_at(expires, _expire, fut)
+        kept = False  # the slot stays booked past this call (its caller gave up while it ran)
         try:
             done, output = await fut
+        except asyncio.CancelledError:
+            # Its caller gave up.  Never written: the instance never sees it (a strict
+            # child is still fresh).  Written: it runs, or waits its turn, all the same
+            # and the instance is not free before it ends: a strict child is stopped
+            # (its answer is for no one); on a reuse instance the call keeps its slot
+            # until it answers or its deadline passes (then the instance is stopped,
+            # as for any timeout): the next call must not queue behind it unknowingly.
+            answer = conn.abandon(req.id)
+            if answer is None:
+                if self._strict:
+                    self._release(inst)
+                    kept = True  # released here: given back below, not counted as served
+                    self._give_back(inst)
+                    self._replenish()
+            elif self._strict:
+                inst.kill()
+            else:
+                kept = True
+                later = loop.call_at(expires, _expire, answer)
+                answer.add_done_callback(lambda a: self._abandoned(inst, conn, a, later, timeout))
+            raise
         except _Expired:
             # Killed even if it still waited on the connection: it may have just
             # started, and whatever runs before it expired first (see _hand).
@@ -700,15 +722,8 @@ class Pool:
                     inst.window += 1
         finally:
             timer.cancel()
-            self._release(inst)
-            inst.served += 1
-            inst.last_used = time.monotonic()
-            if self._strict:
-                # Fork the next child only now: forking while the request is on its way
-                # makes the woken template compete with the instance for the CPU.
-                self._replenish()
-            elif not inst.timed_out and not inst.retired and not conn.lost:
-                self._offer(inst)
+            if not kept:
+                self._finished(inst, conn)
         return Result(
             invocation_id=ctx.invocation_id,
             function=self.spec.name,
@@ -719,6 +734,42 @@ class Pool:
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
         )
+
+    def _abandoned(
+        self,
+        inst: Instance,
+        conn: InstanceConnection,
+        answer: asyncio.Future[tuple[p.Done, bytes]],
+        timer: asyncio.TimerHandle,
+        timeout: float,
+    ) -> None:
+        """A reuse call whose caller gave up ended: answered, lost, or expired (then
+        the instance is stopped, as for any timeout)."""
+        timer.cancel()
+        exc = answer.exception()
+        if isinstance(exc, _Expired):
+            inst.timed_out = True
+            inst.kill()
+            self._pipelining.observe(timeout * 1000)
+            try:
+                self._idle.remove(inst)
+            except ValueError:
+                pass
+        elif exc is None:
+            inst.answered = self._loop.time()
+        self._finished(inst, conn)
+
+    def _finished(self, inst: Instance, conn: InstanceConnection) -> None:
+        """A call handed to ``inst`` ended: free its slot."""
+        self._release(inst)
+        inst.served += 1
+        inst.last_used = time.monotonic()
+        if self._strict:
+            # Fork the next child only now: forking while the request is on its way
+            # makes the woken template compete with the instance for the CPU.
+            self._replenish()
+        elif not inst.timed_out and not inst.retired and not conn.lost:
+            self._offer(inst)
 
     async def _hand_over(
         self, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
