@@ -87,7 +87,7 @@ class _Waiter(asyncio.Future["Instance"]):
 class Instance:
     __slots__ = (
         "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
-        "retired", "ready", "expires", "answered", "window",
+        "retired", "ready", "expires", "answered", "window", "oom",
     )  # fmt: skip
 
     def __init__(self, seq: int) -> None:
@@ -108,6 +108,8 @@ class Instance:
         queued behind others must not expire before them (see Pool._hand)."""
         self.answered = 0.0
         """When (loop clock) it last answered, or took a call while it had none."""
+        self.oom = False
+        """It died by SIGKILL as the cgroup's OOM killer counted one more kill (see Pool._on_instance_exit)."""
         self.window = 1
         """Calls it may hold beyond its slots now: grows with each short call it
         answers, back to 1 after a long one or a quiet spell (runtime/pipelining.py)."""
@@ -409,6 +411,11 @@ class Pool:
         inst = self._instances.pop(seq, None)
         if inst is None:
             return
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            # Judged here, once per death, whether a call waits on it or not: an OOM kill
+            # left unjudged would be blamed on the next SIGKILL, and every call lost
+            # with this instance (a concurrent one runs several) is told the same.
+            inst.oom = self._new_oom_kill()
         if not inst.exit_status.done():
             inst.exit_status.set_result(status)
         if not inst.ready:
@@ -795,7 +802,7 @@ class Pool:
         except asyncio.TimeoutError:
             status = -1
         signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
-        if signum == signal.SIGKILL and self._new_oom_kill():
+        if signum == signal.SIGKILL and inst.oom:
             return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped", exit_status=-signum)
         if status < 0:
             return ErrorInfo(kind="crashed", message="the instance was lost (its template or the runtime stopped it)")
