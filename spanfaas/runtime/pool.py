@@ -231,6 +231,11 @@ class Pool:
                     self._ready.set_result(None)
                 self._replenish()
                 self._grow()
+            case p.TemplateFailed(error=err, sandbox=True):
+                log.error("spanfaas runtime: the sandbox of %s could not be set up:\n%s", self.key, err.traceback)
+                self._fail_start(
+                    InfraError(f"the sandbox of '{self.spec.name}' could not be set up: {err.message}; the function's code did not load")
+                )
             case p.TemplateFailed(error=err):
                 self._fail_start(
                     InvalidBundle(

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.integration.runtime.conftest import Harness
+from tests.integration.runtime.conftest import Harness, require
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -83,3 +83,21 @@ async def test_a_strict_child_whose_caller_gave_up_before_the_request_went_out_i
     r = await harness.invoke("cancel-unsent", b"0", timeout=2)
     assert r.ok, r.error
     assert pool.stats()["instances"] <= 2  # max + prefork: none lost from the books
+
+
+async def test_a_sandbox_that_cannot_be_set_up_is_a_platform_error_not_an_invalid_bundle(sandboxed: Harness) -> None:
+    from spanfaas.errors import InfraError, InvalidBundle
+
+    require(sandboxed, "cgroup-memory")
+    # network = "host": no spare, so the restart takes the long way, through the cgroup below.
+    await sandboxed.deploy("fit-fails", SLEEPER, 'network = "host"\n')
+    assert (await sandboxed.invoke("fit-fails", b"0")).ok
+    pool = sandboxed.rt.pool("fit-fails")
+    pool.stop_template()  # as scale-to-zero does
+    cgroup = sandboxed.rt._sandboxes[pool.key].cgroup
+    assert cgroup is not None
+    cgroup.destroy()  # the function's cgroup is gone: its template cannot join it
+    with pytest.raises(InfraError) as caught:
+        await sandboxed.invoke("fit-fails", b"0")
+    assert not isinstance(caught.value, InvalidBundle)
+    assert "cgroup" in caught.value.message
