@@ -226,7 +226,8 @@ class Pool:
             case p.TemplateReady(import_ms=ms, protections=prot):
                 self.import_ms = ms
                 self.protections = prot
-                self.state = "ready"
+                if self.state == "starting":  # a version replaced or removed meanwhile stays draining
+                    self.state = "ready"
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(None)
                 self._replenish()

@@ -101,3 +101,24 @@ async def test_a_sandbox_that_cannot_be_set_up_is_a_platform_error_not_an_invali
         await sandboxed.invoke("fit-fails", b"0")
     assert not isinstance(caught.value, InvalidBundle)
     assert "cgroup" in caught.value.message
+
+
+async def test_a_version_replaced_while_its_template_starts_stays_draining(harness: Harness) -> None:
+    slow = "import time\ntime.sleep(0.3)\n" + SLEEPER
+    await harness.deploy("replaced-starting", slow, "[resources]\ntimeout = 3\n")
+    old = harness.rt.pool("replaced-starting")
+    old.stop_template()  # as scale-to-zero does
+    call = asyncio.ensure_future(harness.invoke("replaced-starting", b"0.2"))
+    await asyncio.sleep(0.05)
+    assert old.state == "starting"
+    await harness.deploy("replaced-starting", SLEEPER, "[resources]\ntimeout = 3\n")
+    await asyncio.sleep(0)  # the drain task runs
+    assert old.state == "draining"
+    seen = []
+    for _ in range(100):
+        seen.append(old.state)
+        if call.done():
+            break
+        await asyncio.sleep(0.01)
+    assert (await call).ok
+    assert "ready" not in seen, "a replaced version came back as ready (it would restart its template, fork ahead)"
