@@ -305,6 +305,19 @@ class InstanceConnection(asyncio.BufferedProtocol):
         if parts:
             self.transport.writelines(parts)
 
+    def abandon(self, id: int) -> asyncio.Future[tuple[p.Done, bytes]] | None:
+        """The caller of request ``id`` gave up (its future was cancelled).
+
+        None if the instance never gets it (not written yet: the next flush
+        drops it) or already answered it; else a new future for its answer (or
+        its loss), in its place: the request runs, or waits its turn, on the
+        instance all the same."""
+        if id not in self.pending or any(queued == id for queued, _fut, _frame in self._out):
+            return None
+        fut: asyncio.Future[tuple[p.Done, bytes]] = self._loop.create_future()
+        self.pending[id] = fut  # same key: its place in the order is kept
+        return fut
+
     def running(self, id: int) -> bool:
         """Whether request ``id`` may be running: among the first ``slots`` unanswered
         (the others still wait on the connection)."""

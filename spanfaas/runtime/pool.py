@@ -87,7 +87,7 @@ class _Waiter(asyncio.Future["Instance"]):
 class Instance:
     __slots__ = (
         "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
-        "retired", "ready", "expires", "answered", "window",
+        "retired", "ready", "expires", "answered", "window", "oom",
     )  # fmt: skip
 
     def __init__(self, seq: int) -> None:
@@ -108,6 +108,8 @@ class Instance:
         queued behind others must not expire before them (see Pool._hand)."""
         self.answered = 0.0
         """When (loop clock) it last answered, or took a call while it had none."""
+        self.oom = False
+        """It died by SIGKILL as the cgroup's OOM killer counted one more kill (see Pool._on_instance_exit)."""
         self.window = 1
         """Calls it may hold beyond its slots now: grows with each short call it
         answers, back to 1 after a long one or a quiet spell (runtime/pipelining.py)."""
@@ -224,11 +226,17 @@ class Pool:
             case p.TemplateReady(import_ms=ms, protections=prot):
                 self.import_ms = ms
                 self.protections = prot
-                self.state = "ready"
+                if self.state == "starting":  # a version replaced or removed meanwhile stays draining
+                    self.state = "ready"
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(None)
                 self._replenish()
                 self._grow()
+            case p.TemplateFailed(error=err, sandbox=True):
+                log.error("spanfaas runtime: the sandbox of %s could not be set up:\n%s", self.key, err.traceback)
+                self._fail_start(
+                    InfraError(f"the sandbox of '{self.spec.name}' could not be set up: {err.message}; the function's code did not load")
+                )
             case p.TemplateFailed(error=err):
                 self._fail_start(
                     InvalidBundle(
@@ -409,6 +417,11 @@ class Pool:
         inst = self._instances.pop(seq, None)
         if inst is None:
             return
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            # Judged here, once per death, whether a call waits on it or not: an OOM kill
+            # left unjudged would be blamed on the next SIGKILL, and every call lost
+            # with this instance (a concurrent one runs several) is told the same.
+            inst.oom = self._new_oom_kill()
         if not inst.exit_status.done():
             inst.exit_status.set_result(status)
         if not inst.ready:
@@ -666,8 +679,30 @@ class Pool:
         )
         fut = conn.request(req, payload)
         timer = loop.call_at(expires, _expire, fut)
+        kept = False  # the slot stays booked past this call (its caller gave up while it ran)
         try:
             done, output = await fut
+        except asyncio.CancelledError:
+            # Its caller gave up.  Never written: the instance never sees it (a strict
+            # child is still fresh).  Written: it runs, or waits its turn, all the same
+            # and the instance is not free before it ends: a strict child is stopped
+            # (its answer is for no one); on a reuse instance the call keeps its slot
+            # until it answers or its deadline passes (then the instance is stopped,
+            # as for any timeout): the next call must not queue behind it unknowingly.
+            answer = conn.abandon(req.id)
+            if answer is None:
+                if self._strict:
+                    self._release(inst)
+                    kept = True  # released here: given back below, not counted as served
+                    self._give_back(inst)
+                    self._replenish()
+            elif self._strict:
+                inst.kill()
+            else:
+                kept = True
+                later = loop.call_at(expires, _expire, answer)
+                answer.add_done_callback(lambda a: self._abandoned(inst, conn, a, later, timeout))
+            raise
         except _Expired:
             # Killed even if it still waited on the connection: it may have just
             # started, and whatever runs before it expired first (see _hand).
@@ -700,15 +735,8 @@ class Pool:
                     inst.window += 1
         finally:
             timer.cancel()
-            self._release(inst)
-            inst.served += 1
-            inst.last_used = time.monotonic()
-            if self._strict:
-                # Fork the next child only now: forking while the request is on its way
-                # makes the woken template compete with the instance for the CPU.
-                self._replenish()
-            elif not inst.timed_out and not inst.retired and not conn.lost:
-                self._offer(inst)
+            if not kept:
+                self._finished(inst, conn)
         return Result(
             invocation_id=ctx.invocation_id,
             function=self.spec.name,
@@ -719,6 +747,42 @@ class Pool:
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
         )
+
+    def _abandoned(
+        self,
+        inst: Instance,
+        conn: InstanceConnection,
+        answer: asyncio.Future[tuple[p.Done, bytes]],
+        timer: asyncio.TimerHandle,
+        timeout: float,
+    ) -> None:
+        """A reuse call whose caller gave up ended: answered, lost, or expired (then
+        the instance is stopped, as for any timeout)."""
+        timer.cancel()
+        exc = answer.exception()
+        if isinstance(exc, _Expired):
+            inst.timed_out = True
+            inst.kill()
+            self._pipelining.observe(timeout * 1000)
+            try:
+                self._idle.remove(inst)
+            except ValueError:
+                pass
+        elif exc is None:
+            inst.answered = self._loop.time()
+        self._finished(inst, conn)
+
+    def _finished(self, inst: Instance, conn: InstanceConnection) -> None:
+        """A call handed to ``inst`` ended: free its slot."""
+        self._release(inst)
+        inst.served += 1
+        inst.last_used = time.monotonic()
+        if self._strict:
+            # Fork the next child only now: forking while the request is on its way
+            # makes the woken template compete with the instance for the CPU.
+            self._replenish()
+        elif not inst.timed_out and not inst.retired and not conn.lost:
+            self._offer(inst)
 
     async def _hand_over(
         self, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
@@ -744,7 +808,7 @@ class Pool:
         except asyncio.TimeoutError:
             status = -1
         signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
-        if signum == signal.SIGKILL and self._new_oom_kill():
+        if signum == signal.SIGKILL and inst.oom:
             return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped", exit_status=-signum)
         if status < 0:
             return ErrorInfo(kind="crashed", message="the instance was lost (its template or the runtime stopped it)")

@@ -106,6 +106,8 @@ class TemplateReady(Struct, tag=True, kw_only=True):
 
 class TemplateFailed(Struct, tag=True):
     error: ErrorInfo
+    sandbox: bool = False
+    """It failed setting its sandbox up, before any user code: the platform failed, not the bundle."""
 
 
 class Fork(Struct, tag=True):

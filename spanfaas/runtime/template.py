@@ -550,9 +550,11 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
     tpl = Template(req, chan, protections)
     code = 0
     try:
+        sandboxing = True
         try:
             tpl.fit(reports)
             tpl.lock_down()
+            sandboxing = False
             tpl.load()
         except BaseException as exc:  # report any import-time failure to the runtime
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")
@@ -562,7 +564,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
                 message=str(exc),
                 traceback="".join(traceback.format_exception(exc)) + (f"\n--- output ---\n{out}" if out else ""),
             )
-            p.send_msg(chan, p.TemplateFailed(err))
+            p.send_msg(chan, p.TemplateFailed(err, sandbox=sandboxing))
             code = 1
             _exit(code)
         os.dup2(devnull, 1)

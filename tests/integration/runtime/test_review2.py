@@ -1,0 +1,124 @@
+"""Races and error paths found in the second review: none may hang, leak or misreport."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.integration.runtime.conftest import Harness, require
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SLEEPER = """
+import time
+
+def handler(event, context):
+    time.sleep(event or 0)
+    return 1
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+async def _cancel_while_running(h: Harness, name: str, timeout: float) -> int:
+    """Start a hanging call, cancel its caller while it runs; the instance's pid."""
+    pool = h.rt.pool(name)
+    call = asyncio.ensure_future(h.invoke(name, b"30", timeout=timeout))
+    for _ in range(200):
+        running = [i for i in pool._instances.values() if i.active and i.pid > 0]
+        if running:
+            break
+        await asyncio.sleep(0.01)
+    assert running
+    await asyncio.sleep(0.1)  # it runs the handler now
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    return running[0].pid
+
+
+async def test_a_strict_call_whose_caller_gave_up_still_ends_by_its_timeout(harness: Harness) -> None:
+    await harness.deploy("cancel-strict", SLEEPER, "[resources]\ntimeout = 5\n[scaling]\nmax = 1\nprefork = 0\n")
+    pid = await _cancel_while_running(harness, "cancel-strict", timeout=0.5)
+    for _ in range(150):
+        if not _alive(pid):
+            break
+        await asyncio.sleep(0.02)
+    assert not _alive(pid), "the abandoned call runs past its timeout and holds the function's only instance"
+    r = await harness.invoke("cancel-strict", b"0", timeout=3)
+    assert r.ok, r.error
+
+
+async def test_a_reuse_instance_whose_caller_gave_up_is_not_handed_out_while_it_runs(harness: Harness) -> None:
+    await harness.deploy("cancel-reuse", SLEEPER, 'isolation = "reuse"\n[resources]\ntimeout = 5\n[scaling]\nmax = 1\n')
+    assert (await harness.invoke("cancel-reuse", b"0")).ok
+    pid = await _cancel_while_running(harness, "cancel-reuse", timeout=0.5)
+    r = await harness.invoke("cancel-reuse", b"0", timeout=3)
+    assert r.ok, r.error  # not queued behind the abandoned 30 s call until its own timeout
+    assert not _alive(pid)
+
+
+async def test_a_strict_child_whose_caller_gave_up_before_the_request_went_out_is_given_back(harness: Harness) -> None:
+    await harness.deploy("cancel-unsent", SLEEPER, "[resources]\ntimeout = 5\n[scaling]\nmax = 1\nprefork = 1\n")
+    pool = harness.rt.pool("cancel-unsent")
+    assert (await harness.invoke("cancel-unsent", b"0")).ok
+    for _ in range(3):
+        for _ in range(200):
+            if pool.stats()["idle"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        call = asyncio.ensure_future(harness.invoke("cancel-unsent", b"0"))
+        await asyncio.sleep(0)  # it was handed the idle child and made its request, not written yet
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    r = await harness.invoke("cancel-unsent", b"0", timeout=2)
+    assert r.ok, r.error
+    assert pool.stats()["instances"] <= 2  # max + prefork: none lost from the books
+
+
+async def test_a_sandbox_that_cannot_be_set_up_is_a_platform_error_not_an_invalid_bundle(sandboxed: Harness) -> None:
+    from spanfaas.errors import InfraError, InvalidBundle
+
+    require(sandboxed, "cgroup-memory")
+    # network = "host": no spare, so the restart takes the long way, through the cgroup below.
+    await sandboxed.deploy("fit-fails", SLEEPER, 'network = "host"\n')
+    assert (await sandboxed.invoke("fit-fails", b"0")).ok
+    pool = sandboxed.rt.pool("fit-fails")
+    pool.stop_template()  # as scale-to-zero does
+    cgroup = sandboxed.rt._sandboxes[pool.key].cgroup
+    assert cgroup is not None
+    cgroup.destroy()  # the function's cgroup is gone: its template cannot join it
+    with pytest.raises(InfraError) as caught:
+        await sandboxed.invoke("fit-fails", b"0")
+    assert not isinstance(caught.value, InvalidBundle)
+    assert "cgroup" in caught.value.message
+
+
+async def test_a_version_replaced_while_its_template_starts_stays_draining(harness: Harness) -> None:
+    slow = "import time\ntime.sleep(0.3)\n" + SLEEPER
+    await harness.deploy("replaced-starting", slow, "[resources]\ntimeout = 3\n")
+    old = harness.rt.pool("replaced-starting")
+    old.stop_template()  # as scale-to-zero does
+    call = asyncio.ensure_future(harness.invoke("replaced-starting", b"0.2"))
+    await asyncio.sleep(0.05)
+    assert old.state == "starting"
+    await harness.deploy("replaced-starting", SLEEPER, "[resources]\ntimeout = 3\n")
+    await asyncio.sleep(0)  # the drain task runs
+    assert old.state == "draining"
+    seen = []
+    for _ in range(100):
+        seen.append(old.state)
+        if call.done():
+            break
+        await asyncio.sleep(0.01)
+    assert (await call).ok
+    assert "ready" not in seen, "a replaced version came back as ready (it would restart its template, fork ahead)"

@@ -1,0 +1,55 @@
+"""Pool bookkeeping that needs no processes: instance exits and what they are reported as."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from spanfaas.model import parse_manifest
+from spanfaas.runtime.pool import Instance, Pool
+
+KILLED = int(signal.SIGKILL)  # a wait status: killed by SIGKILL
+
+
+class _Runtime:
+    """What a pool asks of its runtime here: the cgroup's OOM-kill count."""
+
+    def __init__(self) -> None:
+        self.kills = 0
+
+    def oom_kills(self, pool: Any) -> int:
+        return self.kills
+
+
+def _pool(rt: _Runtime) -> Pool:
+    spec = parse_manifest('name = "f"\nhandler = "handler:handler"\nisolation = "reuse"\n')
+    return Pool(rt, spec, "/nonexistent", "f-1")  # type: ignore[arg-type]
+
+
+def _instance(pool: Pool, seq: int) -> Instance:
+    inst = Instance(seq)
+    inst.ready = True
+    pool._instances[seq] = inst
+    return inst
+
+
+async def test_an_oom_kill_nobody_waited_on_is_not_blamed_on_the_next_sigkill() -> None:
+    rt = _Runtime()
+    pool = _pool(rt)
+    unwatched, crashed = _instance(pool, 1), _instance(pool, 2)
+    rt.kills = 1  # the cgroup OOM-killed an instance no call waited on (e.g. before its hello)
+    pool._on_instance_exit(unwatched.seq, KILLED)
+    pool._on_instance_exit(crashed.seq, KILLED)  # later, killed by SIGKILL for another reason
+    lost = await pool._why_lost(crashed)
+    assert lost.kind == "crashed", lost
+
+
+async def test_every_call_on_an_oom_killed_instance_is_told_so() -> None:
+    rt = _Runtime()
+    pool = _pool(rt)
+    inst = _instance(pool, 1)
+    rt.kills = 1
+    pool._on_instance_exit(inst.seq, KILLED)
+    # A concurrent (reuse) instance ran two calls: both were lost to the OOM kill.
+    assert (await pool._why_lost(inst)).kind == "oom"
+    assert (await pool._why_lost(inst)).kind == "oom"
