@@ -1,4 +1,4 @@
-"""Races and error paths found in the second review: none may hang, leak or misreport."""
+"""Error paths: callers that give up, a sandbox that cannot be set up, a version replaced while it starts -- none may hang, leak or misreport."""
 
 from __future__ import annotations
 
