@@ -112,8 +112,8 @@ class LocalRuntime:
         for zygote in list(self._zygotes.values()):
             await zygote.close()
         self._zygotes.clear()
-        for sb in self._sandboxes.values():
-            sb.destroy()
+        for key, sb in self._sandboxes.items():
+            _destroy(sb, f"the cgroup of {key}")
         self._sandboxes.clear()
         remove_cgroup_root(self.rt, self.cgroup_root)
         shutil.rmtree(self.scratch_root, ignore_errors=True)
@@ -213,7 +213,7 @@ class LocalRuntime:
                         failed = zygote.spare_ready(name, pid)
                         if failed is not None:
                             log.warning("spanfaas runtime: could not fork a spare sandbox; cold starts take the long way")
-                            failed.destroy()
+                            _destroy(failed, "the cgroup of a spare sandbox that did not start")
 
     def _spare_exited(self, pid: int, status: int) -> None:
         """A spare died before any function took it: remove its cgroup and fork
@@ -249,7 +249,7 @@ class LocalRuntime:
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
         for cgroup in [*zygote.spares.values(), *zygote.pending_spares.values()]:
-            cgroup.destroy()
+            _destroy(cgroup, "the cgroup of a spare sandbox")  # never in the way of stopping its pools
         zygote.spares.clear()
         zygote.spare_pids.clear()
         zygote.pending_spares.clear()
@@ -412,7 +412,7 @@ class LocalRuntime:
                 del self._by_pid[pid]
         sb = self._sandboxes.pop(pool.key, None)
         if sb is not None:
-            sb.destroy()
+            _destroy(sb, f"the cgroup of {pool.key}")  # never hiding the error that removed the pool
         if pool.image is not None and not any(
             other.image is not None and other.image.id == pool.image.id for other in self._by_key.values()
         ):
@@ -485,3 +485,15 @@ def _remove_stale_scratch(parent: Path) -> None:
         parts = entry.name.split("-")
         if len(parts) == 3 and parts[0] == "rt" and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _destroy(cgroup: Any, what: str) -> None:
+    """Remove a cgroup (a sandbox's or a spare's) on a path that must go on:
+    a failure (processes that will not die, a busy directory) is logged, and
+    the runtime's cgroup root is swept again when it closes."""
+    from spanfaas import sandbox
+
+    try:
+        cgroup.destroy()
+    except (OSError, sandbox.SandboxError) as exc:
+        log.warning("spanfaas runtime: could not remove %s: %s", what, exc)

@@ -189,6 +189,46 @@ async def test_a_zygote_killed_with_a_spare_waiting_leaves_nothing_and_functions
         await rt.close()
 
 
+async def test_a_cgroup_that_cannot_be_removed_stops_neither_a_zygote_restart_nor_a_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing a cgroup can fail (a process that will not die, EBUSY): the
+    runtime logs it and goes on -- the dead zygote's pools are still stopped
+    (its functions restart), and a remove still forgets the function."""
+    from spanfaas import sandbox
+
+    real = sandbox.Cgroup.destroy
+    failing = {"on": False}
+
+    def destroy(self: Any) -> None:
+        if failing["on"]:
+            raise sandbox.SandboxError("cannot remove cgroup: busy (test)")
+        real(self)
+
+    monkeypatch.setattr(sandbox.Cgroup, "destroy", destroy)
+    rt = await _runtime(tmp_path, spares=1)
+    try:
+        h = Harness(rt, tmp_path / "functions")
+        require(h, "pid-namespace", "mount-namespace")
+        await h.deploy("survivor", PROBE)
+        await h.invoke("survivor")
+        zygote = rt._zygote_for(None)
+        await _spare_ready(rt)
+        assert zygote.proc is not None
+        failing["on"] = True
+        os.kill(zygote.proc.pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while zygote.alive:
+                await asyncio.sleep(0.01)
+        r = await h.invoke("survivor")  # its pool was stopped: a new zygote, a new template
+        assert r.cold and _output(r)["host"] == "survivor"
+        await rt.remove("survivor")
+        assert "survivor" not in rt.functions()
+    finally:
+        failing["on"] = False
+        await rt.close()  # the real removal, and the sweep of the runtime's cgroup root
+
+
 def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:
