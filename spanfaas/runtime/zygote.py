@@ -21,6 +21,7 @@ function's template.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -98,8 +99,13 @@ class Zygote:
             ours.close()  # our end must not keep the spare alive after we are gone
             _wait_as_spare(theirs, protections, reports)
 
-        inner, unshared = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
-        theirs.close()
+        try:
+            inner, unshared = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         if inner > 0:
             self.templates[inner] = req.key
             self.spares[req.key] = Spare(req.key, inner, ours, unshared)
@@ -170,6 +176,7 @@ class Zygote:
         No process stands between the zygote and the shell, so the shell
         shares pages only with the zygote (an intermediate's writes would
         have become the template's private memory when it exited)."""
+        report_r, report_w = fitter.channel()  # first: nothing to undo when it fails
         # Opened here: an open cgroup.procs still joins the right cgroup after
         # the runtime renames a spare's directory.
         procs: list[int] = []
@@ -183,7 +190,6 @@ class Zygote:
         ns = NamespacesForNextChildren(network) if plan is not None and plan.get("namespaces", True) else None
         protections = ns.enter() if ns is not None else []
         unshared = ns.unshared if ns is not None else 0
-        report_r, report_w = fitter.channel()
         pid = fitter_pid = -1
         try:
             try:
@@ -255,15 +261,30 @@ class Zygote:
         self.shutdown()
 
     def _on_message(self, msg: Any, fds: list[int]) -> bool:
+        # A failure to fork one template or spare (out of fds, pids or
+        # namespaces) fails that start, not the zygote and every function on it.
         match msg:
             case p.SpawnTemplate():
-                self.spawn(msg, fds[0])
                 for extra in fds[1:]:
                     os.close(extra)
+                if not fds:
+                    p.send_msg(self.chan, p.TemplateSpawned(msg.key, -1))  # its channel did not arrive
+                    return False
+                try:
+                    self.spawn(msg, fds[0])
+                except OSError:  # raised before the channel was handed on or closed
+                    traceback.print_exc()
+                    with contextlib.suppress(OSError):
+                        os.close(fds[0])
+                    p.send_msg(self.chan, p.TemplateSpawned(msg.key, -1))
             case p.PrepareSpare():
                 for fd in fds:
                     os.close(fd)
-                self.prepare_spare(msg)
+                try:
+                    self.prepare_spare(msg)
+                except OSError:
+                    traceback.print_exc()
+                    p.send_msg(self.chan, p.SpareReady(msg.key, -1))
             case p.ZygoteShutdown():
                 return True
         return False
