@@ -232,6 +232,11 @@ def test_bad_manifest_names_the_key(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("deploy", str(tmp_path / "nowhere")), 2, "does not exist")
 
 
+def test_invoke_timeout_must_be_positive(cli: Any) -> None:
+    expect_error(cli("invoke", "hello", "--timeout", "-1"), 2, "timeout must be a positive number of seconds")
+    expect_error(cli("invoke", "hello", "--timeout", "0", "--json"), 2, "timeout")
+
+
 def test_not_found(cli: Any) -> None:
     expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
     expect_error(cli("result", "0" * 32), 4)
