@@ -237,6 +237,14 @@ def test_invoke_timeout_must_be_positive(cli: Any) -> None:
     expect_error(cli("invoke", "hello", "--timeout", "0", "--json"), 2, "timeout")
 
 
+def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for data_dir in (blocker / "state", blocker):
+        r = cli("up", "--port", "0", "--data-dir", str(data_dir), XDG_DATA_HOME=str(tmp_path / "data"))
+        expect_error(r, 2, f"cannot use {data_dir} as the data directory", "--data-dir")
+
+
 def test_not_found(cli: Any) -> None:
     expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
     expect_error(cli("result", "0" * 32), 4)
