@@ -65,6 +65,7 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
         ('name = "x"\nhandler = "no-colon"', "handler"),
         ('name = "x"\n[resources]\nmemory = 1', "resources.memory"),
         ('name = "x"\n[resources]\ntimeout = -1', "resources.timeout"),
+        ('name = "x"\n[scaling]\nmin = 5\nmax = 1', "scaling.min = 5 is more than scaling.max = 1"),
         ("name = ", "not valid TOML"),
         ("", "name"),
     ],
