@@ -219,6 +219,13 @@ def test_unreachable_gateway(cli: Any) -> None:
     assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 503
 
 
+def test_a_gateway_url_that_is_not_http_says_so(cli: Any) -> None:
+    # These were "the platform failed" (exit 7) with httpx's own words.
+    for url in ("127.0.0.1:8080", "ftp://127.0.0.1", "http://"):
+        expect_error(cli("ls", "--url", url), 2, f"the gateway URL '{url}' is not an http(s) URL", "--url http://127.0.0.1:8080")
+    expect_error(cli("ls", SPANFAAS_URL="localhost"), 2, "SPANFAAS_URL")
+
+
 def test_tokens_and_scopes(cli: Any, live: Live) -> None:
     expect_error(cli("ls", "--token", "nope"), 3)
     expect_error(cli("ls", SPANFAAS_TOKEN=""), 3, "SPANFAAS_TOKEN")
