@@ -237,6 +237,9 @@ def test_bad_manifest_names_the_key(cli: Any, tmp_path: Path) -> None:
     (d / "spanfaas.toml").write_text('name = "bad"\nhandler = "main:handler"\n[resources]\nmemroy = 5\n')
     expect_error(cli("deploy", str(d)), 2, "memroy")
     expect_error(cli("deploy", str(tmp_path / "nowhere")), 2, "does not exist")
+    notes = tmp_path / "notes.txt"  # was read as a manifest: "Object missing required field `name`"
+    notes.write_text("# a function?\n")
+    expect_error(cli("deploy", str(notes)), 2, "is neither a function directory nor a .py file")
 
 
 def test_invoke_timeout_must_be_positive(cli: Any) -> None:
