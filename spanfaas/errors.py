@@ -188,10 +188,27 @@ def _all_subclasses(cls: type[SpanfaasError]) -> list[type[SpanfaasError]]:
     return out
 
 
+def _class_for_status(status: object) -> type[SpanfaasError]:
+    """The most specific error of this module that answers ``status``."""
+    if status in (413, 503):
+        return PayloadTooLarge if status == 413 else InfraUnavailable
+    for cls in (InvalidRequest, Unauthorized, Forbidden, NotFound, Conflict, TooManyRequests, InfraError):
+        if cls.status == status:
+            return cls
+    if isinstance(status, int) and 400 <= status < 500:
+        return InvalidRequest
+    return SpanfaasError
+
+
 def error_from_problem(doc: dict[str, Any]) -> SpanfaasError:
-    """Rebuild the typed error from a Problem Details document (SDK side)."""
+    """Rebuild the typed error from a Problem Details document (SDK side).
+
+    A ``type`` this process has no class for (one defined in a package it
+    never imported, e.g. ``trigger-not-found`` in the CLI) becomes the
+    error of its ``status``, so it keeps its kind and its CLI exit code.
+    """
     slug = str(doc.get("type", "")).removeprefix(PROBLEM_BASE)
     by_slug = {c.slug: c for c in _all_subclasses(SpanfaasError)}
-    cls = by_slug.get(slug, SpanfaasError)
+    cls = by_slug.get(slug) or _class_for_status(doc.get("status"))
     extra = {k: v for k, v in doc.items() if k not in ("type", "title", "status", "detail", "instance")}
     return cls(str(doc.get("detail", doc.get("title", "unknown error"))), **extra)

@@ -143,6 +143,11 @@ class FunctionSpec(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 
 _PATH_RE = re.compile(r"at `\$\.?(.*)`")
+_HINTS = {
+    "name": "; a name is lowercase letters, digits and '-', starting with a letter (at most 63)",
+    "handler": '; write it as module:function, e.g. handler = "handler:handler" for def handler in handler.py',
+}
+"""What a key whose value does not match its pattern should look like."""
 
 
 def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) -> FunctionSpec:
@@ -153,12 +158,21 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         raise InvalidManifest(f"{source}: not valid TOML: {exc}") from None
     data.update(overrides)
     try:
-        return msgspec.convert(data, FunctionSpec)
+        spec = msgspec.convert(data, FunctionSpec)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         m = _PATH_RE.search(msg)
         where = f" (key '{m.group(1)}')" if m and m.group(1) else ""
-        raise InvalidManifest(f"{source}{where}: {msg}", key=m.group(1) if m else None) from None
+        hint = _HINTS.get(m.group(1), "") if m and "matching regex" in msg else ""
+        raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=m.group(1) if m else None) from None
+    # Checked here, not in Scaling: specs already in a store must still decode.
+    sc = spec.scaling
+    if sc.min > sc.max:
+        raise InvalidManifest(
+            f"{source} (key 'scaling.min'): scaling.min = {sc.min} is more than scaling.max = {sc.max}; make min <= max",
+            key="scaling.min",
+        )
+    return spec
 
 
 def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:

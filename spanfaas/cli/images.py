@@ -49,7 +49,14 @@ def _size(n: int) -> str:
 
 def image_request_of(path: Path) -> ImageRequest | None:
     """The ``[image]`` of a function directory's (or a file's neighbouring) manifest."""
-    manifest = path / MANIFEST_NAME if path.is_dir() else path.with_name(MANIFEST_NAME) if path.suffix == ".py" else path
+    if path.is_dir():
+        manifest = path / MANIFEST_NAME
+    elif path.suffix == ".py":
+        manifest = path.with_name(MANIFEST_NAME)
+    elif path.name == MANIFEST_NAME:
+        manifest = path
+    else:
+        return None  # not a function: deploy says so
     if not manifest.is_file():
         return None
     return load_manifest(manifest).image

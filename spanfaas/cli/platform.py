@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -58,6 +60,7 @@ def up(
     settings = Settings.load(host=host, port=port, data_dir=str(data_dir) if data_dir is not None else None)
     settings = with_early_action(settings, dns=dns, dns_port=dns_port)
     _check_port(settings.host, settings.port)
+    _check_data_dir(settings.data_path)
     saved = load_user_config()
     store = open_store(settings)
     try:
@@ -106,6 +109,19 @@ def _check_port(host: str, port: int) -> None:
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
                 "stop what uses it, or pick another port with --port (0 picks a free one)"
             ) from None
+
+
+def _check_data_dir(path: Path) -> None:
+    """Make the data directory, or say why it cannot be used, before anything starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot use {path} as the data directory: {exc.strerror or exc}; "
+            "pass a writable directory with --data-dir (or SPANFAAS_DATA_DIR)"
+        ) from None
 
 
 def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool) -> None:

@@ -303,6 +303,8 @@ def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
 
 
 def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+    if timeout is not None and not timeout > 0:  # (not >: also NaN)
+        raise InvalidRequest(f"timeout must be a positive number of seconds, not {timeout:g}; leave it out to wait as long as the client does")
     body, ctype = encode_payload(event, data)
     # ``timeout`` bounds the wait for the answer; the function's own limit is its manifest's.
     resp = yield Call("POST", _fn(name) + "/invoke", headers={"Content-Type": ctype}, content=body, timeout=timeout)

@@ -18,6 +18,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -95,4 +96,10 @@ def resolve(
             url = config.url or DEFAULT_URL
         if token is None and config.token and _same_url(url, config.url or DEFAULT_URL):
             token = config.token
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(
+            f"the gateway URL {url!r} is not an http(s) URL; pass e.g. --url http://127.0.0.1:8080 "
+            "(or set SPANFAAS_URL, or let `spanfaas up` save it)"
+        )
     return url.rstrip("/"), token

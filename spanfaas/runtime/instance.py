@@ -88,7 +88,12 @@ def _error(exc: BaseException) -> ErrorInfo:
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return (value if isinstance(value, (bytes, memoryview)) else memoryview(value)), "application/octet-stream"
-    return _json_encoder.encode(value), "application/json"
+    # Into a bytearray, not encode(): when growing its buffer fails (an answer
+    # past the memory limit), encode() crashes the process with SIGSEGV, while a
+    # bytearray that cannot grow raises MemoryError (msgspec 0.23).  ~0.15 µs more.
+    out = bytearray()
+    _json_encoder.encode_into(value, out)
+    return memoryview(out), "application/json"
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:

@@ -742,7 +742,7 @@ class Pool:
             function=self.spec.name,
             output=output,
             content_type=done.content_type,
-            error=done.error,
+            error=done.error if done.error is None or done.error.kind != "oom" else self._out_of_memory(done.error),
             logs=done.logs,
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
@@ -802,6 +802,11 @@ class Pool:
             )
         return await current.invoke(payload, msgspec.structs.replace(ctx, timeout=left), accepted=True)
 
+    def _out_of_memory(self, error: ErrorInfo) -> ErrorInfo:
+        """A MemoryError in the instance, with the limit it hit and where to raise it."""
+        limit = f"the function ran out of its {self.spec.resources.memory} MiB memory limit (raise resources.memory in spanfaas.toml)"
+        return msgspec.structs.replace(error, message=f"{error.message}; {limit}" if error.message else limit)
+
     async def _why_lost(self, inst: Instance) -> ErrorInfo:
         try:
             status = await asyncio.wait_for(asyncio.shield(inst.exit_status), EXIT_STATUS_WAIT)
@@ -809,7 +814,7 @@ class Pool:
             status = -1
         signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
         if signum == signal.SIGKILL and inst.oom:
-            return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped", exit_status=-signum)
+            return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped (raise resources.memory in spanfaas.toml)", exit_status=-signum)
         if status < 0:
             return ErrorInfo(kind="crashed", message="the instance was lost (its template or the runtime stopped it)")
         if signum:

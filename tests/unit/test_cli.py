@@ -219,6 +219,13 @@ def test_unreachable_gateway(cli: Any) -> None:
     assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 503
 
 
+def test_a_gateway_url_that_is_not_http_says_so(cli: Any) -> None:
+    # These were "the platform failed" (exit 7) with httpx's own words.
+    for url in ("127.0.0.1:8080", "ftp://127.0.0.1", "http://"):
+        expect_error(cli("ls", "--url", url), 2, f"the gateway URL '{url}' is not an http(s) URL", "--url http://127.0.0.1:8080")
+    expect_error(cli("ls", SPANFAAS_URL="localhost"), 2, "SPANFAAS_URL")
+
+
 def test_tokens_and_scopes(cli: Any, live: Live) -> None:
     expect_error(cli("ls", "--token", "nope"), 3)
     expect_error(cli("ls", SPANFAAS_TOKEN=""), 3, "SPANFAAS_TOKEN")
@@ -230,6 +237,22 @@ def test_bad_manifest_names_the_key(cli: Any, tmp_path: Path) -> None:
     (d / "spanfaas.toml").write_text('name = "bad"\nhandler = "main:handler"\n[resources]\nmemroy = 5\n')
     expect_error(cli("deploy", str(d)), 2, "memroy")
     expect_error(cli("deploy", str(tmp_path / "nowhere")), 2, "does not exist")
+    notes = tmp_path / "notes.txt"  # was read as a manifest: "Object missing required field `name`"
+    notes.write_text("# a function?\n")
+    expect_error(cli("deploy", str(notes)), 2, "is neither a function directory nor a .py file")
+
+
+def test_invoke_timeout_must_be_positive(cli: Any) -> None:
+    expect_error(cli("invoke", "hello", "--timeout", "-1"), 2, "timeout must be a positive number of seconds")
+    expect_error(cli("invoke", "hello", "--timeout", "0", "--json"), 2, "timeout")
+
+
+def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for data_dir in (blocker / "state", blocker):
+        r = cli("up", "--port", "0", "--data-dir", str(data_dir), XDG_DATA_HOME=str(tmp_path / "data"))
+        expect_error(r, 2, f"cannot use {data_dir} as the data directory", "--data-dir")
 
 
 def test_not_found(cli: Any) -> None:

@@ -472,3 +472,10 @@ def test_payload_encoding() -> None:
     assert ops.encode_payload(None, b"\x00") == (b"\x00", "application/octet-stream")
     with pytest.raises(InvalidRequest, match="not JSON-serializable"):
         ops.encode_payload({1j}, None)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+async def test_invoke_timeout_must_be_positive(sdk: Any, timeout: float) -> None:
+    # A negative timeout reached the socket layer: ValueError "Timeout value out of range".
+    with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
+        await sdk.invoke("hello", {}, timeout=timeout)

@@ -33,3 +33,27 @@ def test_problem_round_trip(cls: type[errors.SpanfaasError]) -> None:
 def test_unknown_problem_type_becomes_the_root_error() -> None:
     back = errors.error_from_problem({"type": "about:blank", "detail": "teapot"})
     assert type(back) is errors.SpanfaasError and str(back) == "teapot"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (400, errors.InvalidRequest),
+        (404, errors.NotFound),
+        (405, errors.InvalidRequest),
+        (409, errors.Conflict),
+        (429, errors.TooManyRequests),
+        (502, errors.InfraError),
+        (503, errors.InfraUnavailable),
+    ],
+)
+def test_problem_of_a_class_this_process_never_imported_keeps_its_status(
+    status: int, expected: type[errors.SpanfaasError]
+) -> None:
+    # The CLI does not import the gateway's packages, so a slug such as
+    # trigger-not-found (spanfaas.events) is unknown there; the status still
+    # says which kind of error it is, and so which exit code the CLI returns.
+    doc = {"type": errors.PROBLEM_BASE + "widget-not-found", "status": status, "detail": "no widget 'w'"}
+    back = errors.error_from_problem(doc)
+    assert type(back) is expected and back.message == "no widget 'w'"
+    assert back.exit_code == expected.exit_code

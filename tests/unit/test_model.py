@@ -65,6 +65,7 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
         ('name = "x"\nhandler = "no-colon"', "handler"),
         ('name = "x"\n[resources]\nmemory = 1', "resources.memory"),
         ('name = "x"\n[resources]\ntimeout = -1', "resources.timeout"),
+        ('name = "x"\n[scaling]\nmin = 5\nmax = 1', "scaling.min = 5 is more than scaling.max = 1"),
         ("name = ", "not valid TOML"),
         ("", "name"),
     ],
@@ -90,3 +91,17 @@ def test_result_raises_the_typed_error(kind: str, exc: type[Exception]) -> None:
     with pytest.raises(exc, match="ValueError: m"):
         r.raise_for_error()
     Result(invocation_id="i", function="f").raise_for_error()
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ('name = "x"\nhandler = "no-colon"', 'write it as module:function, e.g. handler = "handler:handler"'),
+        ('name = "Bad_Name"', "lowercase letters, digits and '-', starting with a letter"),
+    ],
+)
+def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
+    # msgspec alone says only "Expected `str` matching regex '^[A-Za-z_][\\w.]*:...'".
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert hint in info.value.message

@@ -13,6 +13,7 @@ import socket
 import pytest
 import pytest_asyncio
 
+from spanfaas.errors import FunctionOutOfMemory
 from tests.integration.runtime.conftest import Harness, require
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -207,3 +208,33 @@ async def test_memory_bomb_past_rlimits_is_stopped_by_the_cgroup(sandboxed: Harn
     r = await sandboxed.invoke("shared-bomb")
     assert r.error is not None and r.error.kind == "oom", r.error
     assert "32 MiB" in r.error.message
+
+
+BIG_ANSWER = """
+import resource
+
+def headroom():
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    with open("/proc/self/status") as f:
+        used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+    return limit - used
+
+def handler(event, context):
+    if event == "bytes":
+        return bytearray(2 * headroom())
+    # Fits in memory, but its JSON encoding does not: the platform's encoder runs
+    # out of memory (msgspec's encode() crashed the instance with SIGSEGV there).
+    return {"message": "x" * int(headroom() * 0.6)}
+"""
+
+
+@pytest.mark.parametrize("event", [b'"str"', b'"bytes"'])
+async def test_an_answer_too_large_for_the_memory_limit_is_out_of_memory(sandboxed: Harness, event: bytes) -> None:
+    require(sandboxed, "rlimits")
+    if "big-answer" not in sandboxed.rt.functions():
+        await sandboxed.deploy("big-answer", BIG_ANSWER, "[resources]\nmemory = 64\n")
+    r = await sandboxed.invoke("big-answer", event)
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "64 MiB" in r.error.message and "resources.memory" in r.error.message, r.error
+    with pytest.raises(FunctionOutOfMemory, match="MemoryError: .*64 MiB"):
+        r.raise_for_error()
