@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -143,7 +144,7 @@ def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Pa
         )
     if demo_dirs:
         console.print("demo functions: " + ", ".join(escape(p.name) for p in demo_dirs))
-        console.print("try: [bold]spanfaas invoke hello -d '{\"name\": \"you\"}'[/bold]")
+        console.print(f"try: [bold]{escape(command_name())} invoke hello -d '{{\"name\": \"you\"}}'[/bold]")
     console.print("[dim]stop with Ctrl-C[/dim]")
     sys.stdout.flush()
 
@@ -193,3 +194,17 @@ def _local_protections() -> list[dict[str, Any]] | None:
         p if isinstance(p, dict) else {"name": p.name, "active": p.active, "reason": p.reason}
         for p in probe()
     ]
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How a user runs this CLI from here: ``spanfaas`` when that is what the
+    shell finds, else the path it was started by (``.venv/bin/spanfaas``
+    after ``make run``, where the venv is not on PATH)."""
+    started = os.path.abspath(argv0 if argv0 is not None else sys.argv[0])
+    if os.path.basename(started) != "spanfaas":
+        return "spanfaas"  # python -m spanfaas, or a test
+    found = shutil.which("spanfaas")
+    if found is not None and os.path.realpath(found) == os.path.realpath(started):
+        return "spanfaas"
+    relative = os.path.relpath(started)
+    return relative if not relative.startswith("..") else started

@@ -236,7 +236,7 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                 Param("mode", "query", "sync (default) waits for the result; async answers 202 at once",
                       {"type": "string", "enum": ["sync", "async"]}),
                 Param("Prefer", "header", "'respond-async' is the same as mode=async"),
-                Param("Idempotency-Key", "header", "async only: the same key for the same function returns the same invocation"),
+                Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key for the same function returns the same invocation"),
                 Param("Content-Type", "header", "the event's type, passed to the function; JSON (the default) is validated"),
             ),
             body=("application/json", "*/*"), response="*/*",

@@ -23,6 +23,9 @@ from spanfaas.gateway.problems import send_problem
 from spanfaas.gateway.registry import format_size
 from spanfaas.gateway.views import Queued, is_json
 
+IDEMPOTENCY_KEY_MAX = 255
+"""Characters of an ``Idempotency-Key`` (it is stored with the invocation and indexed)."""
+
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
@@ -106,6 +109,11 @@ class InvokeEndpoint:
                 is_async = b"respond-async" in v.lower()
             elif k == b"idempotency-key":
                 key = v.decode("latin-1")
+                if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+                    raise InvalidRequest(
+                        f"the Idempotency-Key header is {len(key)} characters long; "
+                        f"send 1 to {IDEMPOTENCY_KEY_MAX} (a UUID, or an id of the order it stands for)"
+                    )
         if scope["query_string"]:
             is_async = _async_mode(scope["query_string"], is_async)
         if length > self.limit:

@@ -196,7 +196,7 @@ class EarlyAction:
         if d.change != "hold":
             _bump(self._s(name).scale, d.change)
             self.note(name, f"scale-{d.change}:{d.desired}")
-            log.info("spanfaas runtime: %s scales %s to %d instances (%s)", name, d.change, d.desired, d.reason)
+            log.info("spanfaas runtime: %s scales %s to %d instance%s (%s)", name, d.change, d.desired, "" if d.desired == 1 else "s", d.reason)
         pool.scale(d.desired)
         sc = pool.spec.scaling
         pool.retire_idle(now, keep=max(sc.min, 1, d.desired), idle_for=min(sc.idle_ttl, sc.cooldown))

@@ -290,3 +290,19 @@ def test_help_lists_the_commands(cli: Any) -> None:
     r = cli("--help")
     for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
         assert command in r.stdout
+
+
+def test_the_start_up_hint_names_the_command_as_the_user_can_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spanfaas.cli.platform import command_name
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = venv_bin / "spanfaas"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not on PATH (make run)
+    assert command_name(str(script)) == ".venv/bin/spanfaas"
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # an activated venv
+    assert command_name(str(script)) == "spanfaas"
+    assert command_name("/somewhere/spanfaas/__main__.py") == "spanfaas"  # python -m spanfaas

@@ -56,6 +56,13 @@ async def test_idempotency_key_returns_the_same_id(client: httpx.AsyncClient, he
     assert infra.invocations == 1
 
 
+@pytest.mark.parametrize("key", ["", "k" * 256])
+async def test_an_idempotency_key_empty_or_too_long_is_refused(client: httpx.AsyncClient, hello: dict[str, object], key: str) -> None:
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={}, headers={"idempotency-key": key})
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
+    assert f"is {len(key)} characters long; send 1 to 255" in r.json()["detail"]
+
+
 async def test_platform_failures_are_retried(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
     infra.fail_next = 2  # async_retries = 2 → the third attempt runs
     r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "r"})
