@@ -53,14 +53,19 @@ class Breaker:
             self.probe_at = now
             return True
         # half-open: one probe at a time; a probe that never answered does not block forever
-        if now - self.probe_at > max(self.open_for, 10.0):
+        if self._probe_stale(now):
             self.probe_at = now
             return True
         return False
 
     def would_allow(self, now: float) -> bool:
-        """``allow`` without taking the probe slot (for ``explain``)."""
-        return self.state == "closed" or (self.state == "open" and now - self.opened_at >= self.open_for)
+        """``allow`` without taking the probe slot (for ranking and ``explain``)."""
+        if self.state == "half-open":  # a probe that ended without a verdict (full, cancelled) must not lock it out
+            return self._probe_stale(now)
+        return self.state == "closed" or now - self.opened_at >= self.open_for
+
+    def _probe_stale(self, now: float) -> bool:
+        return now - self.probe_at > max(self.open_for, 10.0)
 
     def success(self) -> None:
         self.failures = 0

@@ -228,3 +228,32 @@ async def test_prewarm_goes_where_the_next_invocation_would_without_deciding(spa
     assert warmed == ["local"] and all(not s.picks for s in sp.sites)
     await sp.prewarm("unknown")  # not deployed: nothing to do
     assert warmed == ["local"]
+
+
+async def test_a_probe_that_never_settles_does_not_shut_the_site_out_forever(spanning, bundle: Bundle, clock) -> None:
+    """A half-open probe that ended without success or failure (the site was full, or
+    the caller went away) must not keep the site out of every later ranking."""
+    from spanfaas.errors import TooManyRequests
+
+    sp = await spanning(LOCAL, RAY, failure_threshold=1, open_for=1.0)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    local = child(sp, "local")
+    local.fail_next = 1
+    assert (await sp.invoke(spec, b"{}", ctx(0))).infra == "ray"
+    breaker = sp.site("local").breaker
+    assert breaker.state == "open"
+    clock.now += 2  # the next call probes local, which answers 'full'
+    real = local.invoke
+
+    async def full(*args: object, **kw: object) -> object:
+        raise TooManyRequests("local is full")
+
+    local.invoke = full  # type: ignore[method-assign]
+    assert (await sp.invoke(spec, b"{}", ctx(1))).infra == "ray"
+    assert breaker.state == "half-open"
+    local.invoke = real  # type: ignore[method-assign]
+    clock.now += 3600  # an hour later local is fine: it gets a new probe and closes
+    used = [(await sp.invoke(spec, b"{}", ctx(10 + i))).infra for i in range(3)]
+    assert used[0] == "local" and breaker.state == "closed"
+    assert sp.explain(spec).ranking[0] == "local"
