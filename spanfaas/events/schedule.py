@@ -64,17 +64,35 @@ def schedule_key(record: TriggerRecord) -> str:
 
 
 def due_ticks(expr: str, zone: str, last: float, now: float, limit: int) -> list[datetime]:
-    """The ticks ``t`` with ``last < t <= now``: the newest ``limit`` of them, oldest first."""
+    """The ticks ``t`` with ``last < t <= now``: the newest ``limit`` of them, oldest first.
+
+    When the clocks go back, a wall time of the repeated hour happens twice; as in
+    cron, a fixed-time schedule (neither minute nor hour is a wildcard) fires only
+    at the first, so a job "at 02:30" runs once that night."""
     tz = ZoneInfo(zone)
     it = croniter(expr, datetime.fromtimestamp(now + 1e-6, tz))
+    fixed = _fixed_time(it)
     out: list[datetime] = []
     while len(out) < limit:
         t = it.get_prev(datetime)
         if t.timestamp() <= last:
             break
+        if fixed and _second_pass(t):
+            continue
         out.append(t)
     out.reverse()
     return out
+
+
+def _fixed_time(it: croniter) -> bool:
+    minute, hour = it.expressions[0], it.expressions[1]
+    return not str(minute).startswith("*") and not str(hour).startswith("*")
+
+
+def _second_pass(t: datetime) -> bool:
+    """Is ``t`` the second occurrence of its wall time (the repeated hour after the clocks went back)?"""
+    first, second = t.replace(fold=0), t.replace(fold=1)
+    return first.utcoffset() != second.utcoffset() and t.timestamp() == second.timestamp()
 
 
 class ScheduleSource:
