@@ -272,6 +272,9 @@ class SpanningInfrastructure:
             except (SpanfaasError, OSError) as exc:
                 log.warning("rolling back %s on %s failed: %s", name, site.name, exc)
                 site.deployed.discard(name)
+                if previous is not None:  # it may hold the refused version: the previous one goes there when it answers
+                    self._pending[site.name].add(name)
+                self.scheduler.changed()
 
     async def remove(self, name: str) -> None:
         self._functions.pop(name, None)

@@ -257,3 +257,35 @@ async def test_a_probe_that_never_settles_does_not_shut_the_site_out_forever(spa
     used = [(await sp.invoke(spec, b"{}", ctx(10 + i))).infra for i in range(3)]
     assert used[0] == "local" and breaker.state == "closed"
     assert sp.explain(spec).ranking[0] == "local"
+
+
+async def test_a_failed_roll_back_is_retried_when_the_site_answers(spanning, bundle: Bundle) -> None:
+    """A new version fails on one site (the user's error) and putting the old one back
+    fails on another: that other site gets the old version again once it answers,
+    instead of being left out for the function until its next deploy."""
+    from spanfaas.errors import InfraUnavailable as Down
+
+    sp = await spanning(LOCAL, RAY)
+    v1 = make_spec()
+    await sp.deploy(v1, bundle)
+    local, ray = child(sp, "local"), child(sp, "ray")
+    real = local.deploy
+    calls = 0
+
+    async def flaky(spec, b):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the roll-back: local is away for a moment
+            raise Down("local went away")
+        await real(spec, b)
+
+    async def broken(spec, b):  # type: ignore[no-untyped-def]
+        raise InvalidBundle("does not import on ray")
+
+    local.deploy, ray.deploy = flaky, broken  # type: ignore[method-assign]
+    with pytest.raises(InvalidBundle):
+        await sp.deploy(make_spec(extra='env = {V = "2"}'), bundle)
+    await sp.refresh()  # local answers again: it gets v1 back
+    assert "fn" in sp.site("local").deployed
+    assert local._functions["fn"].spec is v1
+    assert (await sp.invoke(v1, b"{}", ctx())).infra == "local"
