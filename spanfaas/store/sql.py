@@ -85,6 +85,9 @@ class SQLStore:
     def close(self) -> None:
         raise NotImplementedError
 
+    def take_ownership(self) -> None:
+        """Shared stores have no owner."""
+
     # -- schema ------------------------------------------------------------------
 
     def _migrate(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 from spanfaas.config import Settings
 from spanfaas.errors import InvalidRequest
 from spanfaas.model import ErrorInfo, FunctionSpec, InvocationRecord, TokenRecord
-from spanfaas.store import SQLiteStore, Store, StoreSchemaTooNew, open_store
+from spanfaas.store import SQLiteStore, Store, StoreInUse, StoreSchemaTooNew, open_store
 from spanfaas.store.migrations import MIGRATIONS
 
 
@@ -161,6 +161,25 @@ def test_requeue_running(store: Store) -> None:
     assert store.queue_depth() == 0
     assert store.requeue_running() == 2
     assert store.queue_depth() == 2
+
+
+def test_one_owner_per_sqlite_store(tmp_path: Path) -> None:
+    """A second gateway's requeue_running would take the first one's running records: it is refused."""
+    first, second = SQLiteStore(tmp_path / "spanfaas.db"), SQLiteStore(tmp_path / "spanfaas.db")
+    try:
+        first.enqueue_many([inv()])
+        first.claim(time.time(), lease=60, limit=5)
+        assert first.requeue_running() == 1 and first.requeue_running() == 0  # ours, again and again
+        first.claim(time.time(), lease=60, limit=5)
+        with pytest.raises(StoreInUse, match=r"another gateway \(pid \d+\) is serving the data dir"):
+            second.requeue_running()
+        assert second.queue_depth() == 0  # the first one's record is left running
+        second.list_invocations()  # reading (the CLI, tests) needs no ownership
+        first.close()  # as a dead process would: the lock goes with it
+        assert second.requeue_running() == 1
+    finally:
+        first.close()
+        second.close()
 
 
 def test_concurrent_claims_never_share_a_record(store: Store) -> None:
