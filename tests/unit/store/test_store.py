@@ -163,6 +163,37 @@ def test_requeue_running(store: Store) -> None:
     assert store.queue_depth() == 2
 
 
+def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> None:
+    """Group commits of two gateways with the same idempotency keys, in opposite orders:
+    each key is taken once and no batch fails (PostgreSQL detected a deadlock)."""
+    other = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else type(store)(store.url)  # type: ignore[attr-defined]
+    try:
+        for round in range(10):
+            keys = [f"r{round}-{i}" for i in range(20)]
+            out: dict[str, list[tuple[InvocationRecord, bool]]] = {}
+            errors: list[BaseException] = []
+
+            def go(s: Store, ks: list[str], tag: str) -> None:
+                try:
+                    out[tag] = s.enqueue_many([inv(idempotency_key=k) for k in ks])
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=go, args=(store, keys, "a")),
+                       threading.Thread(target=go, args=(other, keys[::-1], "b"))]  # fmt: skip
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            a, b = out["a"], out["b"][::-1]
+            assert [r.idempotency_key for r, _ in a] == keys == [r.idempotency_key for r, _ in b]
+            for (ra, new_a), (rb, new_b) in zip(a, b):
+                assert ra.id == rb.id and new_a != new_b  # one of the two made it, the other got it back
+    finally:
+        other.close()
+
+
 def test_one_owner_per_sqlite_store(tmp_path: Path) -> None:
     """A second gateway's requeue_running would take the first one's running records: it is refused."""
     first, second = SQLiteStore(tmp_path / "spanfaas.db"), SQLiteStore(tmp_path / "spanfaas.db")
