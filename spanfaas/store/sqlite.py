@@ -64,15 +64,18 @@ class SQLiteStore(EventQueries, ImageQueries):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        cur = self._conn().cursor()
+        conn = self._conn()
+        cur = conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
             cur.execute("COMMIT")
+        except BaseException:
+            # Also when COMMIT itself failed (a full disk): SQLite may keep the transaction,
+            # and with it the write lock, open on this thread's connection.
+            if conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
         finally:
             cur.close()
 

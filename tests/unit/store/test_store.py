@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -192,6 +193,23 @@ def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> 
                 assert ra.id == rb.id and new_a != new_b  # one of the two made it, the other got it back
     finally:
         other.close()
+
+
+def test_a_failed_sqlite_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred constraint; in life a full disk) is rolled back:
+    the thread's connection kept the transaction and the write lock, and every later
+    write of the gateway failed ('cannot start a transaction within a transaction', busy)."""
+    store = SQLiteStore(tmp_path / "spanfaas.db")
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            with store._tx() as cur:
+                cur.execute("PRAGMA defer_foreign_keys = ON")
+                cur.execute("INSERT INTO image_packages (list, name, specifier, note, added_by, added_at) "
+                            "VALUES ('no-such-list', 'p', '', '', '', 0)")  # fmt: skip
+        store.enqueue(inv())  # the same thread, the same connection
+        assert store.queue_depth() == 1
+    finally:
+        store.close()
 
 
 def test_one_owner_per_sqlite_store(tmp_path: Path) -> None:
