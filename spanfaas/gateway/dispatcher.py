@@ -147,7 +147,13 @@ class Dispatcher:
             if self._stopping:  # shutting down: back to the queue for the next gateway
                 self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None))
             raise
-        except SpanfaasError as exc:
+        except Exception as exc:
+            if not isinstance(exc, SpanfaasError):
+                # A bug or an unforeseen failure below us (a lost pipe …): a platform failure,
+                # retried within the limit; not a task that dies and leaves the record 'running'
+                # until its lease runs out, to be run again then without limit.
+                log.error("async invocation %s: unexpected error from the platform", record.id, exc_info=exc)
+                exc = InfraError(f"unexpected {type(exc).__name__}: {exc}")
             if record.event is not None and self.events is not None:
                 self.metrics.infra_failed(record.function)
                 error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)

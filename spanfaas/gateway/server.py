@@ -78,6 +78,8 @@ async def serve_async(
 ) -> None:
     store = open_store(settings)
     try:
+        # Before anything starts: a second gateway on this data dir stops here (StoreInUse).
+        await asyncio.to_thread(store.take_ownership)
         if infra is None:
             from spanfaas.scheduler import SpanningInfrastructure
 

@@ -15,7 +15,7 @@ from spanfaas.store.base import Store
 from spanfaas.store.blobs import BlobStore, sha256
 from spanfaas.store.events import Admission, DeadLetter, EventStore
 from spanfaas.store.sql import StoreSchemaTooNew
-from spanfaas.store.sqlite import SQLiteStore
+from spanfaas.store.sqlite import SQLiteStore, StoreInUse
 
 __all__ = [
     "Admission",
@@ -25,6 +25,7 @@ __all__ = [
     "PostgresStore",
     "SQLiteStore",
     "Store",
+    "StoreInUse",
     "StoreSchemaTooNew",
     "open_store",
     "sha256",

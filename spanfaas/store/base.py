@@ -25,6 +25,11 @@ class Store(EventStore, ImageStore, Protocol):
 
     def close(self) -> None: ...
 
+    def take_ownership(self) -> None:
+        """Exclusive stores: become the one gateway serving this store until
+        ``close()``; ``StoreInUse`` (409) while another process is.  A no-op on shared stores."""
+        ...
+
     def schema_version(self) -> int:
         """The applied migrations (``len(migrations.MIGRATIONS)`` once opened)."""
         ...
@@ -92,7 +97,8 @@ class Store(EventStore, ImageStore, Protocol):
     def extend_leases(self, ids: Sequence[str], until: float) -> None: ...
 
     def requeue_running(self) -> int:
-        """Put every 'running' record back in the queue (exclusive stores, at start-up)."""
+        """Put every 'running' record back in the queue (exclusive stores, at
+        start-up); takes ownership first, so it never takes another gateway's work."""
         ...
 
     def queue_depth(self) -> int: ...

@@ -126,22 +126,27 @@ class EventQueries(SQLStore):
             "DO UPDATE SET seen_at = excluded.seen_at WHERE events_seen.seen_at < ?"
         )
         advance = self._q("UPDATE schedule_ticks SET last_tick = ? WHERE key = ? AND last_tick < ?")
-        out: list[bool] = []
+        # Rows are taken in one order: two gateways admitting the same events in other
+        # orders (a redelivery) would each wait for the other's (PostgreSQL: deadlock, and
+        # both batches failed).  Stable: the first of equal events wins; a schedule's ticks ascend.
+        order = sorted(range(len(batch)), key=lambda i: (batch[i].schedule, batch[i].tick, batch[i].source, batch[i].id))
+        out: dict[int, bool] = {}
         with self._tx() as cur:
-            for item in batch:
+            for i in order:
+                item = batch[i]
                 if item.schedule:
                     cur.execute(advance, (item.tick, item.schedule, item.tick))
                     if cur.rowcount != 1:
-                        out.append(False)
+                        out[i] = False
                         continue
                 if item.window > 0:
                     cur.execute(seen, (item.source, item.id, now, now - item.window))
                     if cur.rowcount != 1:
-                        out.append(False)
+                        out[i] = False
                         continue
                 self._insert_invocations(cur, item.records)
-                out.append(True)
-        return out
+                out[i] = True
+        return [out[i] for i in range(len(batch))]
 
     def _insert_invocations(self, cur: Any, records: Sequence[InvocationRecord]) -> None:
         if not records:

@@ -85,6 +85,9 @@ class SQLStore:
     def close(self) -> None:
         raise NotImplementedError
 
+    def take_ownership(self) -> None:
+        """Shared stores have no owner."""
+
     # -- schema ------------------------------------------------------------------
 
     def _migrate(self) -> None:
@@ -211,16 +214,21 @@ class SQLStore:
             "ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         )
         existing = self._q(f"SELECT {INV_COLS} FROM invocations WHERE function = ? AND idempotency_key = ?")
-        out: list[tuple[InvocationRecord, bool]] = []
+        # Keys are taken in one order, (function, key): two gateways enqueueing the same
+        # keys in other orders would each wait for the other's (PostgreSQL: deadlock, and
+        # every request of both batches failed).  Stable: the first of equal keys wins.
+        order = sorted(range(len(records)), key=lambda i: (records[i].function, records[i].idempotency_key or ""))
+        out: dict[int, tuple[InvocationRecord, bool]] = {}
         with self._tx() as cur:
-            for record in records:
+            for i in order:
+                record = records[i]
                 cur.execute(insert, _row(record))
                 if cur.rowcount == 1:
-                    out.append((record, True))
+                    out[i] = (record, True)
                     continue
                 cur.execute(existing, (record.function, record.idempotency_key))
-                out.append((_invocation(cur.fetchone()), False))
-        return out
+                out[i] = (_invocation(cur.fetchone()), False)
+        return [out[i] for i in range(len(records))]
 
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
         with self._tx() as cur:

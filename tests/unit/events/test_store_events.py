@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,34 @@ def test_admit_deduplicates_within_the_window(any_store: Store) -> None:
     late = inv()
     assert any_store.admit([Admission(source="/s", id="e1", records=[late], window=60)], now + 61) == [True]
     assert {r.id for r in any_store.list_invocations("fn")} == {first.id, other.id, late.id}
+
+
+def test_two_gateways_admitting_the_same_events_in_other_orders(any_store: Store) -> None:
+    """A redelivered batch reaching two gateways in other orders: each event is admitted
+    once and neither batch fails (PostgreSQL detected a deadlock on events_seen)."""
+    other = SQLiteStore(any_store.path) if isinstance(any_store, SQLiteStore) else type(any_store)(any_store.url)  # type: ignore[attr-defined]
+    try:
+        for round in range(10):
+            ids = [f"r{round}-{i}" for i in range(20)]
+            out: dict[str, list[bool]] = {}
+            errors: list[BaseException] = []
+
+            def go(s: Store, order: list[str], tag: str) -> None:
+                try:
+                    out[tag] = s.admit([Admission(source="/s", id=i, records=[inv()], window=60) for i in order], time.time())
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=go, args=(any_store, ids, "a")),
+                       threading.Thread(target=go, args=(other, ids[::-1], "b"))]  # fmt: skip
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert all(a != b for a, b in zip(out["a"], out["b"][::-1]))  # each event: admitted by one of the two
+    finally:
+        other.close()
 
 
 def test_admit_batch_with_a_duplicate_inside(any_store: Store) -> None:

@@ -117,3 +117,37 @@ async def test_start_up_takes_back_running_records(settings: Settings, store: SQ
                                      headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
             view = await wait_done(c, "left")
     assert view["status"] == "succeeded" and view["attempts"] == 2 and view["result"] == {"hello": "again"}
+
+
+class _BrokenPipeOnce(InMemoryInfrastructure):
+    """An adapter whose first call fails with something other than a SpanfaasError (a lost pipe)."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    async def invoke(self, spec: Any, payload: bytes, ctx: Any) -> Any:
+        if self.times > 0:
+            self.times -= 1
+            self.invocations += 1
+            raise BrokenPipeError(32, "Broken pipe")
+        return await super().invoke(spec, payload, ctx)
+
+
+@pytest.mark.parametrize("times, status, attempts", [(1, "succeeded", 2), (10, "failed", 3)])
+async def test_an_unexpected_platform_error_is_retried_within_the_limit(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], times: int, status: str, attempts: int
+) -> None:
+    """Not left 'running' until its lease runs out (30 s), then run again without limit."""
+    infra = _BrokenPipeOnce(times)
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
+            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+            r = await c.post("/v1/functions/hello/invoke?mode=async", json={"name": "p"})
+            view = await wait_done(c, r.json()["id"])
+    assert view["status"] == status and view["attempts"] == attempts, view
+    assert infra.invocations == attempts
+    if status == "failed":
+        assert view["error"]["kind"] == "infra" and "BrokenPipeError" in view["error"]["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from spanfaas.config import Settings
 from spanfaas.errors import InvalidRequest
 from spanfaas.model import ErrorInfo, FunctionSpec, InvocationRecord, TokenRecord
-from spanfaas.store import SQLiteStore, Store, StoreSchemaTooNew, open_store
+from spanfaas.store import SQLiteStore, Store, StoreInUse, StoreSchemaTooNew, open_store
 from spanfaas.store.migrations import MIGRATIONS
 
 
@@ -161,6 +162,73 @@ def test_requeue_running(store: Store) -> None:
     assert store.queue_depth() == 0
     assert store.requeue_running() == 2
     assert store.queue_depth() == 2
+
+
+def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> None:
+    """Group commits of two gateways with the same idempotency keys, in opposite orders:
+    each key is taken once and no batch fails (PostgreSQL detected a deadlock)."""
+    other = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else type(store)(store.url)  # type: ignore[attr-defined]
+    try:
+        for round in range(10):
+            keys = [f"r{round}-{i}" for i in range(20)]
+            out: dict[str, list[tuple[InvocationRecord, bool]]] = {}
+            errors: list[BaseException] = []
+
+            def go(s: Store, ks: list[str], tag: str) -> None:
+                try:
+                    out[tag] = s.enqueue_many([inv(idempotency_key=k) for k in ks])
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=go, args=(store, keys, "a")),
+                       threading.Thread(target=go, args=(other, keys[::-1], "b"))]  # fmt: skip
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            a, b = out["a"], out["b"][::-1]
+            assert [r.idempotency_key for r, _ in a] == keys == [r.idempotency_key for r, _ in b]
+            for (ra, new_a), (rb, new_b) in zip(a, b):
+                assert ra.id == rb.id and new_a != new_b  # one of the two made it, the other got it back
+    finally:
+        other.close()
+
+
+def test_a_failed_sqlite_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred constraint; in life a full disk) is rolled back:
+    the thread's connection kept the transaction and the write lock, and every later
+    write of the gateway failed ('cannot start a transaction within a transaction', busy)."""
+    store = SQLiteStore(tmp_path / "spanfaas.db")
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            with store._tx() as cur:
+                cur.execute("PRAGMA defer_foreign_keys = ON")
+                cur.execute("INSERT INTO image_packages (list, name, specifier, note, added_by, added_at) "
+                            "VALUES ('no-such-list', 'p', '', '', '', 0)")  # fmt: skip
+        store.enqueue(inv())  # the same thread, the same connection
+        assert store.queue_depth() == 1
+    finally:
+        store.close()
+
+
+def test_one_owner_per_sqlite_store(tmp_path: Path) -> None:
+    """A second gateway's requeue_running would take the first one's running records: it is refused."""
+    first, second = SQLiteStore(tmp_path / "spanfaas.db"), SQLiteStore(tmp_path / "spanfaas.db")
+    try:
+        first.enqueue_many([inv()])
+        first.claim(time.time(), lease=60, limit=5)
+        assert first.requeue_running() == 1 and first.requeue_running() == 0  # ours, again and again
+        first.claim(time.time(), lease=60, limit=5)
+        with pytest.raises(StoreInUse, match=r"another gateway \(pid \d+\) is serving the data dir"):
+            second.requeue_running()
+        assert second.queue_depth() == 0  # the first one's record is left running
+        second.list_invocations()  # reading (the CLI, tests) needs no ownership
+        first.close()  # as a dead process would: the lock goes with it
+        assert second.requeue_running() == 1
+    finally:
+        first.close()
+        second.close()
 
 
 def test_concurrent_claims_never_share_a_record(store: Store) -> None:
