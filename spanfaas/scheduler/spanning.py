@@ -147,10 +147,9 @@ class SpanningInfrastructure:
             reported = await asyncio.wait_for(site.infra.info(), site.config.timeout)
         except (SpanfaasError, OSError, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {site.config.timeout:g} s"
-            if site.info.healthy:
-                log.warning("infrastructure %s is down: %s", site.name, reason)
-            site.down(reason)
-            site.breaker.trip(self.clock())
+            self._down(site, reason)
+        except Exception as exc:  # an answer that does not decode, a bug in an adapter: not a healthy site
+            self._down(site, f"its info could not be read: {type(exc).__name__}: {exc}")
         else:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
@@ -159,6 +158,12 @@ class SpanningInfrastructure:
             await self._deploy_pending(site)
         if (site.info.healthy, _capabilities(site.info)) != was:
             self.scheduler.changed()
+
+    def _down(self, site: Site, reason: str) -> None:
+        if site.info.healthy:
+            log.warning("infrastructure %s is down: %s", site.name, reason)
+        site.down(reason)
+        site.breaker.trip(self.clock())
 
     async def _deploy_pending(self, site: Site) -> None:
         for name in sorted(self._pending[site.name]):

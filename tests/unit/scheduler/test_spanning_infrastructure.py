@@ -204,6 +204,30 @@ async def test_unhealthy_info_takes_it_out_until_it_reports_healthy(spanning, bu
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
 
 
+async def test_info_that_cannot_be_read_takes_it_out_until_it_can(spanning, bundle: Bundle, clock) -> None:
+    """A site whose info does not decode (a 200 with something else than
+    the info record, a bug in an adapter) is down, as one that does not
+    answer: out of the ranking, its breaker open, back after a probe."""
+    sp = await spanning(LOCAL, RAY, open_for=5.0)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    local = child(sp, "local")
+    real_info = local.info
+
+    async def garbled() -> InfraInfo:
+        raise msgspec.ValidationError("Expected `object`, got `str`")
+
+    local.info = garbled  # type: ignore[method-assign]
+    await sp.refresh()
+    assert not sp.site("local").info.healthy
+    assert "could not be read" in sp.explain(spec).infrastructures[0].reasons[0]
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "ray"
+    local.info = real_info  # type: ignore[method-assign]
+    await sp.refresh()
+    clock.now += 6  # open_for passed: the next invocation probes local
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+
+
 async def test_declared_capabilities_override_reported_and_info_lists_all(spanning) -> None:
     sp = await spanning(LOCAL, RAY, EU)
     infos = sp.infos()
