@@ -30,6 +30,12 @@ from spanfaas.gateway.registry import Registry
 __all__ = ["Dispatcher", "EventOutcomes"]
 
 log = logging.getLogger("spanfaas.gateway")
+
+CRASH_RERUNS = 3
+"""Runs an async invocation may start beyond ``async_retries + 1`` when the
+gateway died during the others (each start is counted when it is claimed): at
+least once survives a crash, and an invocation that takes the gateway down
+with it every time does not do so for ever."""
 _replace = msgspec.structs.replace
 
 
@@ -137,6 +143,17 @@ class Dispatcher:
 
     async def _run(self, record: InvocationRecord) -> None:
         started = time.time()
+        runs = self.settings.async_retries + 1 + CRASH_RERUNS
+        if record.attempts > runs:
+            error = ErrorInfo(
+                kind="infra", type="InfraError",
+                message=f"not run again: started {record.attempts - 1} times, and the gateway stopped without an outcome "
+                        f"after the last ones (a function that takes the gateway down?); see the gateway's log",
+            )  # fmt: skip
+            log.error("async invocation %s: %s", record.id, error.message)
+            self.metrics.infra_failed(record.function)
+            self.recorder.add(_replace(record, status="failed", error=error, started_at=started, finished_at=time.time()))
+            return
         try:
             fn = await self.registry.require(record.function)
             event = record.event.attributes if record.event is not None else None
@@ -144,8 +161,8 @@ class Dispatcher:
             t0 = time.perf_counter()
             result = await self.infra.invoke(fn.spec, record.payload, ctx)
         except asyncio.CancelledError:
-            if self._stopping:  # shutting down: back to the queue for the next gateway
-                self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None))
+            if self._stopping:  # shutting down: back to the queue for the next gateway, this start not counted
+                self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None, attempts=record.attempts - 1))
             raise
         except Exception as exc:
             if not isinstance(exc, SpanfaasError):

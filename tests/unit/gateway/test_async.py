@@ -151,3 +151,64 @@ async def test_an_unexpected_platform_error_is_retried_within_the_limit(
     assert infra.invocations == attempts
     if status == "failed":
         assert view["error"]["kind"] == "infra" and "BrokenPipeError" in view["error"]["message"]
+
+
+def _crash_claims(store: SQLiteStore, id: str, times: int) -> None:
+    """As if ``times`` gateways in a row claimed ``id`` and died running it."""
+    for _ in range(times):
+        assert [r.id for r in store.claim(time.time(), 3600, 10)] == [id]
+        assert store.requeue_running() == 1  # the next gateway's start-up
+
+
+@pytest.mark.parametrize("crashes, status", [(5, "succeeded"), (6, "failed")])
+async def test_an_invocation_the_gateway_keeps_dying_on_is_not_run_for_ever(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], crashes: int, status: str
+) -> None:
+    """At least once across crashes, but at most async_retries + 1 + CRASH_RERUNS
+    starts (2 + 1 + 3 here): one that takes the gateway down every time ends."""
+    from spanfaas.gateway.dispatcher import CRASH_RERUNS
+
+    assert settings.async_retries + 1 + CRASH_RERUNS == 6
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
+            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+    store.enqueue(InvocationRecord(id="pill", function="hello", status="queued", mode="async", payload=b"{}", created_at=time.time()))
+    _crash_claims(store, "pill", crashes)
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
+            view = await wait_done(c, "pill")
+    assert view["status"] == status and view["attempts"] == crashes + 1, view
+    if status == "failed":
+        assert infra.invocations == 0 and "the gateway stopped without an outcome" in view["error"]["message"]
+
+
+class _Hangs(InMemoryInfrastructure):
+    async def invoke(self, spec: Any, payload: bytes, ctx: Any) -> Any:
+        self.invocations += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_graceful_stop_gives_the_run_back_uncounted(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
+) -> None:
+    infra = _Hangs()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
+            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+            id = (await c.post("/v1/functions/hello/invoke?mode=async", json={})).json()["id"]
+            for _ in range(500):
+                if infra.invocations:
+                    break
+                await asyncio.sleep(0.01)
+            assert infra.invocations == 1
+            await app.state.gateway.dispatcher.stop(grace=0.05)  # what the lifespan's end does, with 5 s of grace
+    record = store.get_invocation(id)
+    assert record is not None and record.status == "queued" and record.attempts == 0
