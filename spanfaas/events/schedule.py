@@ -129,7 +129,11 @@ class ScheduleSource:
         """Fire what is due now; the seconds until the next look."""
         now = self.clock()
         wait = self.poll
-        for record in self.schedules():
+        records = list(self.schedules())
+        listed = {schedule_key(r) for r in records}
+        for gone in [k for k in self._marks if k not in listed]:
+            del self._marks[gone]  # deleted or changed: if it comes back, the store says where it stands
+        for record in records:
             t = record.trigger
             key = schedule_key(record)
             last = self._marks.get(key)

@@ -118,7 +118,12 @@ class EventQueries(SQLStore):
     def delete_trigger(self, id: str) -> bool:
         with self._tx() as cur:
             cur.execute(self._q("DELETE FROM triggers WHERE id = ?"), (id,))
-            return bool(cur.rowcount)
+            deleted = bool(cur.rowcount)
+            # Its schedule's mark too: a trigger made again under this id starts from
+            # its creation, not from the ticks missed while it did not exist.
+            prefix = f"{id}|"
+            cur.execute(self._q("DELETE FROM schedule_ticks WHERE substr(key, 1, ?) = ?"), (len(prefix), prefix))
+            return deleted
 
     def admit(self, batch: Sequence[Admission], now: float) -> list[bool]:
         seen = self._q(

@@ -142,3 +142,30 @@ async def test_tick_event_and_time_zone(tmp_path: Path) -> None:
         }  # fmt: skip
     finally:
         store.close()
+
+
+async def test_a_trigger_deleted_and_made_again_starts_afresh(tmp_path: Path) -> None:
+    """The ticks missed while a schedule did not exist are not caught up when a
+    trigger of the same id comes back (only those missed while the gateway was down)."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        clock = Clock(T0 + 0.5)
+        listed = minutely("all")
+        service, source = make(tmp_path, listed, clock, store)
+        await source.check(service)
+        clock.now = T0 + 60.2
+        await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
+        store.delete_trigger("job:0")
+        listed.clear()
+        clock.now = T0 + 5 * 60 + 0.2
+        await source.check(service)
+        listed.extend(minutely("all"))  # made again, same id and schedule
+        clock.now = T0 + 10 * 60 + 0.2
+        await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]  # nothing caught up from its absence
+        clock.now = T0 + 11 * 60 + 0.2
+        await source.check(service)
+        assert ticks_of(store)[1:] == ["2024-03-30T12:11:00+00:00"]
+    finally:
+        store.close()

@@ -116,7 +116,12 @@ def test_triggers(any_store: Store) -> None:
     rec = TriggerRecord(id="trg_1", function="fn", trigger=Trigger(source="s3://*", filters={"shop": "b*"}), created_at=1.0)
     any_store.put_trigger(rec)
     assert any_store.list_triggers() == [rec] and any_store.list_triggers("other") == []
+    assert any_store.last_tick("trg_1|* * * * *|UTC", 100.0) == 100.0
+    assert any_store.last_tick("trg_10|* * * * *|UTC", 100.0) == 100.0
+    any_store.admit([Admission(source="", id="", records=[], schedule="trg_1|* * * * *|UTC", tick=160.0)], time.time())
     assert any_store.delete_trigger("trg_1") and not any_store.delete_trigger("trg_1")
+    assert any_store.last_tick("trg_1|* * * * *|UTC", 500.0) == 500.0  # its schedule's mark went with it
+    assert any_store.last_tick("trg_10|* * * * *|UTC", 500.0) == 100.0  # not another trigger's
 
 
 def test_dead_letters_and_replay(any_store: Store) -> None:
