@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from spanfaas.errors import InfraUnavailable
 from spanfaas.store import Admission, Store
 
 __all__ = ["Admitter"]
@@ -35,9 +36,10 @@ class Admitter:
         return await fut
 
     async def _drain(self) -> None:
+        batch: list[tuple[Sequence[Admission], asyncio.Future[list[bool]]]] = []
         try:
             while self._pending:
-                batch: list[tuple[Sequence[Admission], asyncio.Future[list[bool]]]] = []
+                batch = []
                 size = 0
                 while self._pending and (not batch or size + len(self._pending[0][0]) <= self.max_batch):
                     item = self._pending.pop(0)
@@ -56,5 +58,15 @@ class Admitter:
                     if not fut.done():
                         fut.set_result(results[i : i + len(group)])
                     i += len(group)
+        except asyncio.CancelledError:
+            # Stopped mid-batch (the gateway shuts down): every caller still waiting
+            # hears it, rather than waiting for ever; what was sent may be committed,
+            # and a redelivery is de-duplicated.
+            stopped = InfraUnavailable("the event service stopped before it could say whether the event was queued; send it again")
+            for _, fut in [*batch, *self._pending]:
+                if not fut.done():
+                    fut.set_exception(stopped)
+            self._pending.clear()
+            raise
         finally:
             self._task = None
