@@ -109,6 +109,12 @@ class PayloadTooLarge(InvalidRequest):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """An ``Idempotency-Key`` sent again with another request than the one it first came with."""
+
+    status, slug, title = 422, "idempotency-key-reused", "Idempotency key reused"
+
+
 class ImageRejected(InvalidRequest):
     """An image request asks for packages (or ranges) the selected curated lists do not approve."""
 

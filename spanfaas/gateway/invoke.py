@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from spanfaas.errors import InvalidPayload, InvalidRequest, PayloadTooLarge, SpanfaasError
+from spanfaas.errors import IdempotencyKeyReused, InvalidPayload, InvalidRequest, PayloadTooLarge, SpanfaasError
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext, Result
 from spanfaas.gateway.auth import require
 from spanfaas.gateway.problems import send_problem
@@ -196,7 +196,13 @@ class InvokeEndpoint:
             id=invocation_id, function=name, status="queued", mode="async", content_type=ct,
             payload=body, idempotency_key=key, created_at=now,
         )  # fmt: skip
-        record, _ = await self.gw.enqueuer.enqueue(record)
+        record, created = await self.gw.enqueuer.enqueue(record)
+        if not created and (record.payload != body or record.content_type != ct):
+            # The same key must mean the same request (draft-ietf-httpapi-idempotency-key-header).
+            raise IdempotencyKeyReused(
+                f"the Idempotency-Key {key!r} was first sent with another payload (invocation {record.id}); "
+                "send a new key for a new request"
+            )
         self.gw.dispatcher.wake()
         out = _encode(Queued(id=record.id, status=record.status))
         await send(

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from spanfaas.errors import InfraUnavailable
 from spanfaas.model import InvocationRecord
 from spanfaas.store import Store
 
@@ -183,6 +184,7 @@ class Enqueuer:
         return await fut
 
     async def _drain(self) -> None:
+        batch: list[tuple[InvocationRecord, asyncio.Future[tuple[InvocationRecord, bool]]]] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
@@ -196,5 +198,15 @@ class Enqueuer:
                 for (_, fut), result in zip(batch, results):
                     if not fut.done():
                         fut.set_result(result)
+        except asyncio.CancelledError:
+            # Stopped mid-batch (the gateway shuts down): no request waits for ever; one
+            # whose record was committed anyway answers 503, and its client's retry
+            # with the same Idempotency-Key finds it.
+            stopped = InfraUnavailable("the gateway stopped before the invocation was queued; send it again")
+            for _, fut in [*batch, *self._pending]:
+                if not fut.done():
+                    fut.set_exception(stopped)
+            self._pending.clear()
+            raise
         finally:
             self._task = None

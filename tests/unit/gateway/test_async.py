@@ -49,11 +49,22 @@ async def test_prefer_respond_async(client: httpx.AsyncClient, hello: dict[str, 
 
 async def test_idempotency_key_returns_the_same_id(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
     h = {"idempotency-key": "order-42"}
-    ids = [(await client.post("/v1/functions/hello/invoke?mode=async", json={"n": i}, headers=h)).json()["id"] for i in range(3)]
+    ids = [(await client.post("/v1/functions/hello/invoke?mode=async", json={"n": 42}, headers=h)).json()["id"] for _ in range(3)]
     assert len(set(ids)) == 1
     await wait_done(client, ids[0])
     await asyncio.sleep(0.1)
     assert infra.invocations == 1
+
+
+async def test_an_idempotency_key_sent_again_with_another_payload_is_refused(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    h = {"idempotency-key": "order-43"}
+    first = await client.post("/v1/functions/hello/invoke?mode=async", json={"n": 1}, headers=h)
+    again = await client.post("/v1/functions/hello/invoke?mode=async", json={"n": 1}, headers=h)
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    other = await client.post("/v1/functions/hello/invoke?mode=async", json={"n": 2}, headers=h)
+    assert other.status_code == 422 and other.headers["content-type"].startswith("application/problem+json")
+    assert first.json()["id"] in other.json()["detail"] and "send a new key" in other.json()["detail"]
+    await wait_done(client, first.json()["id"])
 
 
 @pytest.mark.parametrize("key", ["", "k" * 256])
