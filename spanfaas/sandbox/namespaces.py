@@ -101,9 +101,16 @@ _unshared = 0
 _unshared_by = 0  # the pid that did: a child inherits the flags, not the mount namespace of its own
 
 
+def denied_reason() -> str:
+    """Why creating namespaces gave EPERM, as far as this process can tell."""
+    if os.geteuid() == 0:
+        return "root without CAP_SYS_ADMIN (dropped by the container or the bounding set): cannot create namespaces"
+    return "not root (no CAP_SYS_ADMIN): cannot create namespaces"
+
+
 def _why(err: OSError) -> str:
     if err.errno == 1:  # EPERM
-        return "not root (no CAP_SYS_ADMIN): cannot create namespaces"
+        return denied_reason()
     if err.errno == 22:  # EINVAL
         return f"kernel refused ({err.strerror}); not built in, or a pid namespace was already unshared"
     return err.strerror or str(err)

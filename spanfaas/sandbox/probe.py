@@ -24,7 +24,7 @@ from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 from spanfaas.sandbox.cgroups import CONTROLLERS, hierarchies
 from spanfaas.sandbox.landlock import READ_FILE, _RulesetAttr, abi_version, unavailable_reason
-from spanfaas.sandbox.namespaces import NAMESPACES
+from spanfaas.sandbox.namespaces import NAMESPACES, denied_reason
 from spanfaas.sandbox.plan import SandboxPlan
 from spanfaas.sandbox.seccomp import SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, _program, _SockFilter, _SockFprog
 
@@ -46,7 +46,7 @@ _FORKED: Final = (*NAMESPACES, "landlock", "seccomp")
 
 def _ns_reason(err: int) -> str:
     if err == errno.EPERM:
-        return "not root (no CAP_SYS_ADMIN): cannot create namespaces"
+        return denied_reason()
     if err == errno.EINVAL:
         return "kernel without this namespace type"
     if err == errno.ENOSPC:
@@ -141,8 +141,10 @@ def probe() -> list[Protection]:
             out[name] = Protection(name, True, "can unshare")
     for ctrl in CONTROLLERS:
         out[f"cgroup-{ctrl}"] = _cgroup(ctrl)
-    out["rlimits"] = Protection("rlimits", True, "core 0, data, nproc, nofile")
-    if _libc.has_caps(_libc.CAP_SETUID, _libc.CAP_SETGID):
+    can_switch_uid = _libc.has_caps(_libc.CAP_SETUID, _libc.CAP_SETGID)
+    # RLIMIT_NPROC counts per real uid: set only for a dedicated uid (limits.py).
+    out["rlimits"] = Protection("rlimits", True, "core 0, data, nofile" + (", nproc" if can_switch_uid else ""))
+    if can_switch_uid:
         out["uid"] = Protection("uid", True, "CAP_SETUID and CAP_SETGID: can switch to a dedicated uid")
     else:
         out["uid"] = Protection("uid", False, f"uid {os.geteuid()} without CAP_SETUID/CAP_SETGID: cannot switch uid")

@@ -64,6 +64,22 @@ def test_probe_lists_every_mechanism_with_reasons() -> None:
     assert probe() is result, "cached"
 
 
+def test_a_refused_namespace_says_whether_root_lacks_the_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spanfaas.sandbox.namespaces import denied_reason
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert denied_reason().startswith("root without CAP_SYS_ADMIN")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert denied_reason().startswith("not root")
+
+
+def test_rlimits_name_nproc_only_where_a_dedicated_uid_is_possible() -> None:
+    from spanfaas.sandbox import _libc
+
+    rlimits = next(p for p in probe() if p.name == "rlimits")
+    assert ("nproc" in rlimits.reason) == _libc.has_caps(_libc.CAP_SETUID, _libc.CAP_SETGID)
+
+
 def _self_state() -> tuple[object, ...]:
     ns = tuple(os.readlink(f"/proc/self/ns/{n}") for n in ("pid", "mnt", "ipc", "uts", "net"))
     with open("/proc/self/status") as f:
