@@ -131,8 +131,13 @@ class ScheduleSource:
         wait = self.poll
         records = list(self.schedules())
         listed = {schedule_key(r) for r in records}
-        for gone in [k for k in self._marks if k not in listed]:
-            del self._marks[gone]  # deleted or changed: if it comes back, the store says where it stands
+        gone = [k for k in self._marks if k not in listed]
+        if gone:
+            # Deleted, changed, or its function removed: one that comes back starts from
+            # then, not from the ticks of its absence (missed means missed while down).
+            await asyncio.to_thread(self.store.forget_schedules, gone)
+            for key in gone:
+                del self._marks[key]
         for record in records:
             t = record.trigger
             key = schedule_key(record)

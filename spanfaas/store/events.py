@@ -77,6 +77,10 @@ class EventStore(Protocol):
         """The last tick the schedule fired; ``default`` (stored) when it never did."""
         ...
 
+    def forget_schedules(self, schedules: Sequence[str]) -> None:
+        """Drop the marks of schedules that are gone: one that comes back starts afresh."""
+        ...
+
     def put_dead_letter(self, letter: DeadLetter) -> None: ...
 
     def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
@@ -166,6 +170,13 @@ class EventQueries(SQLStore):
         with self._tx() as cur:
             cur.execute(self._q("DELETE FROM events_seen WHERE seen_at < ?"), (before,))
             return int(cur.rowcount)
+
+    def forget_schedules(self, schedules: Sequence[str]) -> None:
+        if not schedules:
+            return
+        with self._tx() as cur:
+            for key in schedules:
+                cur.execute(self._q("DELETE FROM schedule_ticks WHERE key = ?"), (key,))
 
     def last_tick(self, schedule: str, default: float) -> float:
         with self._tx() as cur:

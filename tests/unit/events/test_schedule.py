@@ -144,9 +144,12 @@ async def test_tick_event_and_time_zone(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_a_trigger_deleted_and_made_again_starts_afresh(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["trigger deleted", "function removed"])
+async def test_a_trigger_deleted_and_made_again_starts_afresh(tmp_path: Path, how: str) -> None:
     """The ticks missed while a schedule did not exist are not caught up when a
-    trigger of the same id comes back (only those missed while the gateway was down)."""
+    trigger of the same id comes back (only those missed while the gateway was
+    down): a trigger deleted through the API, or a manifest trigger whose
+    function was removed and deployed again."""
     store = SQLiteStore(tmp_path / "s.db")
     try:
         clock = Clock(T0 + 0.5)
@@ -156,7 +159,8 @@ async def test_a_trigger_deleted_and_made_again_starts_afresh(tmp_path: Path) ->
         clock.now = T0 + 60.2
         await source.check(service)
         assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
-        store.delete_trigger("job:0")
+        if how == "trigger deleted":
+            store.delete_trigger("job:0")
         listed.clear()
         clock.now = T0 + 5 * 60 + 0.2
         await source.check(service)

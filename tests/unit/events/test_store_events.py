@@ -110,6 +110,8 @@ def test_schedule_ticks_fire_once(any_store: Store) -> None:
     assert any_store.admit([Admission(source="", id="", records=[b], schedule="k", tick=160.0)], time.time()) == [False]
     assert any_store.admit([Admission(source="", id="", records=[], schedule="k", tick=150.0)], time.time()) == [False]
     assert any_store.last_tick("k", 0.0) == 160.0
+    any_store.forget_schedules(["k"])
+    assert any_store.last_tick("k", 500.0) == 500.0  # forgotten: starts afresh
 
 
 def test_triggers(any_store: Store) -> None:
