@@ -19,9 +19,9 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from spanfaas.errors import InfraUnavailable
 from spanfaas.model import InvocationRecord
 from spanfaas.store import Store
+from spanfaas.store.group_commit import GroupCommit
 
 __all__ = ["Enqueuer", "Recorder"]
 
@@ -172,41 +172,11 @@ class Enqueuer:
 
     def __init__(self, store: Store, *, max_batch: int = 500) -> None:
         self.store = store
-        self.max_batch = max_batch
-        self._pending: list[tuple[InvocationRecord, asyncio.Future[tuple[InvocationRecord, bool]]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._group: GroupCommit[InvocationRecord, tuple[InvocationRecord, bool]] = GroupCommit(
+            store.enqueue_many, max_batch=max_batch, name="spanfaas-enqueuer",
+            stopped="the gateway stopped before the invocation was queued; send it again",
+        )  # fmt: skip
 
     async def enqueue(self, record: InvocationRecord) -> tuple[InvocationRecord, bool]:
-        fut: asyncio.Future[tuple[InvocationRecord, bool]] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, fut))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="spanfaas-enqueuer")
-        return await fut
-
-    async def _drain(self) -> None:
-        batch: list[tuple[InvocationRecord, asyncio.Future[tuple[InvocationRecord, bool]]]] = []
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                try:
-                    results = await asyncio.to_thread(self.store.enqueue_many, [r for r, _ in batch])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), result in zip(batch, results):
-                    if not fut.done():
-                        fut.set_result(result)
-        except asyncio.CancelledError:
-            # Stopped mid-batch (the gateway shuts down): no request waits for ever; one
-            # whose record was committed anyway answers 503, and its client's retry
-            # with the same Idempotency-Key finds it.
-            stopped = InfraUnavailable("the gateway stopped before the invocation was queued; send it again")
-            for _, fut in [*batch, *self._pending]:
-                if not fut.done():
-                    fut.set_exception(stopped)
-            self._pending.clear()
-            raise
-        finally:
-            self._task = None
+        """The record stored (the first one, for a repeated idempotency key) and whether it is new."""
+        return (await self._group.submit([record]))[0]

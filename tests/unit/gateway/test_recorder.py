@@ -6,12 +6,8 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
-import pytest
-
-from spanfaas.errors import InfraUnavailable
-from spanfaas.gateway.recorder import Enqueuer, Recorder
+from spanfaas.gateway.recorder import Recorder
 from spanfaas.model import InvocationRecord
 
 
@@ -97,37 +93,3 @@ async def test_close_writes_everything_left() -> None:
     await asyncio.sleep(0.015)  # close while the first chunk is being written
     await rec.close()
     assert len(store.rows) == 10
-
-
-class _BlockingStore:
-    """``enqueue_many`` blocks until released, as a store under a long write."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def enqueue_many(self, records: Sequence[InvocationRecord]) -> list[tuple[InvocationRecord, bool]]:
-        self.entered.set()
-        self.release.wait(10)
-        return [(r, True) for r in records]
-
-
-def _record(id: str) -> InvocationRecord:
-    return InvocationRecord(id=id, function="f", status="queued", mode="async", payload=b"{}", created_at=time.time())
-
-
-@pytest.mark.asyncio
-async def test_requests_waiting_on_a_stopped_enqueuer_are_told_so() -> None:
-    store = _BlockingStore()
-    enqueuer = Enqueuer(store)  # type: ignore[arg-type]
-    first = asyncio.create_task(enqueuer.enqueue(_record("a")))
-    await asyncio.to_thread(store.entered.wait, 5)
-    second = asyncio.create_task(enqueuer.enqueue(_record("b")))  # queued behind
-    await asyncio.sleep(0)
-    task: Any = enqueuer._task
-    task.cancel()  # the gateway stops
-    store.release.set()
-    async with asyncio.timeout(5):
-        for request in (first, second):
-            with pytest.raises(InfraUnavailable, match="send it again"):
-                await request

@@ -1,0 +1,73 @@
+"""Group commit: callers share one transaction per batch, and always hear how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from spanfaas.errors import InfraUnavailable
+from spanfaas.store.group_commit import GroupCommit
+
+pytestmark = pytest.mark.asyncio
+
+
+class _Commits:
+    """A commit that records its batches; it can block until released, or fail."""
+
+    def __init__(self, block: bool = False, fail: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not block:
+            self.release.set()
+        self.fail = fail
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        self.entered.set()
+        self.release.wait(10)
+        if self.fail:
+            raise OSError("disk full")
+        return [x * 10 for x in items]
+
+
+async def test_callers_that_gathered_share_a_transaction_and_get_their_own_results() -> None:
+    commits = _Commits(block=True)
+    group: GroupCommit[int, int] = GroupCommit(commits, max_batch=3, name="t", stopped="stopped")
+    first = asyncio.create_task(group.submit([1]))
+    await asyncio.to_thread(commits.entered.wait, 5)
+    rest = [asyncio.create_task(group.submit(items)) for items in ([2, 3], [4], [5])]  # gather meanwhile
+    await asyncio.sleep(0)
+    commits.release.set()
+    assert await first == [10]
+    assert [await r for r in rest] == [[20, 30], [40], [50]]
+    assert commits.batches == [[1], [2, 3, 4], [5]]  # at most max_batch items, callers kept whole
+    assert await group.submit([]) == []
+
+
+async def test_a_failed_commit_fails_its_callers_and_the_next_batch_goes_on() -> None:
+    commits = _Commits(fail=True)
+    group: GroupCommit[int, int] = GroupCommit(commits, max_batch=10, name="t", stopped="stopped")
+    with pytest.raises(OSError, match="disk full"):
+        await group.submit([1])
+    commits.fail = False
+    assert await group.submit([2]) == [20]
+
+
+async def test_callers_waiting_on_a_stopped_committer_are_told_so() -> None:
+    """The gateway stops mid-batch: nobody waits for ever."""
+    commits = _Commits(block=True)
+    group: GroupCommit[int, int] = GroupCommit(commits, max_batch=10, name="t", stopped="stopped; send it again")
+    first = asyncio.create_task(group.submit([1]))
+    await asyncio.to_thread(commits.entered.wait, 5)
+    second = asyncio.create_task(group.submit([2]))  # queued behind
+    await asyncio.sleep(0)
+    assert group._task is not None
+    group._task.cancel()
+    commits.release.set()
+    async with asyncio.timeout(5):
+        for caller in (first, second):
+            with pytest.raises(InfraUnavailable, match="send it again"):
+                await caller
