@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,16 @@ from spanfaas.model import InvocationRecord
 from spanfaas.store import SQLiteStore
 
 pytestmark = pytest.mark.asyncio
+
+
+@contextlib.asynccontextmanager
+async def _gateway(settings: Settings, store: SQLiteStore, infra: Any, token: str) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """A gateway app over ``store`` and ``infra``, started, with an admin client."""
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {token}"}) as c:  # fmt: skip
+            yield app, c
 
 
 async def wait_done(client: httpx.AsyncClient, id: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -115,18 +126,12 @@ async def test_many_concurrent_async(client: httpx.AsyncClient, hello: dict[str,
 async def test_start_up_takes_back_running_records(settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]) -> None:
     """A gateway that died mid-run left a 'running' record: the next one runs it."""
     infra = InMemoryInfrastructure()
-    app = create_app(settings, store, infra)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
-                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
-            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
     store.enqueue(InvocationRecord(id="left", function="hello", status="queued", mode="async", payload=b'{"name":"again"}', created_at=time.time()))
     assert store.claim(time.time(), 3600, 10)  # as if a dead gateway had it, with a long lease
-    app = create_app(settings, store, InMemoryInfrastructure())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
-                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
-            view = await wait_done(c, "left")
+    async with _gateway(settings, store, InMemoryInfrastructure(), admin_token) as (app, c):
+        view = await wait_done(c, "left")
     assert view["status"] == "succeeded" and view["attempts"] == 2 and view["result"] == {"hello": "again"}
 
 
@@ -151,13 +156,10 @@ async def test_an_unexpected_platform_error_is_retried_within_the_limit(
 ) -> None:
     """Not left 'running' until its lease runs out (30 s), then run again without limit."""
     infra = _BrokenPipeOnce(times)
-    app = create_app(settings, store, infra)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
-                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
-            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
-            r = await c.post("/v1/functions/hello/invoke?mode=async", json={"name": "p"})
-            view = await wait_done(c, r.json()["id"])
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        r = await c.post("/v1/functions/hello/invoke?mode=async", json={"name": "p"})
+        view = await wait_done(c, r.json()["id"])
     assert view["status"] == status and view["attempts"] == attempts, view
     assert infra.invocations == attempts
     if status == "failed":
@@ -181,19 +183,13 @@ async def test_an_invocation_the_gateway_keeps_dying_on_is_not_run_for_ever(
 
     assert settings.async_retries + 1 + CRASH_RERUNS == 6
     infra = InMemoryInfrastructure()
-    app = create_app(settings, store, infra)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
-                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
-            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
     store.enqueue(InvocationRecord(id="pill", function="hello", status="queued", mode="async", payload=b"{}", created_at=time.time()))
     _crash_claims(store, "pill", crashes)
     infra = InMemoryInfrastructure()
-    app = create_app(settings, store, infra)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
-                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
-            view = await wait_done(c, "pill")
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        view = await wait_done(c, "pill")
     assert view["status"] == status and view["attempts"] == crashes + 1, view
     if status == "failed":
         assert infra.invocations == 0 and "the gateway stopped without an outcome" in view["error"]["message"]
@@ -209,17 +205,14 @@ async def test_a_graceful_stop_gives_the_run_back_uncounted(
     settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
 ) -> None:
     infra = _Hangs()
-    app = create_app(settings, store, infra)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
-                                     headers={"authorization": f"Bearer {admin_token}"}) as c:  # fmt: skip
-            assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
-            id = (await c.post("/v1/functions/hello/invoke?mode=async", json={})).json()["id"]
-            for _ in range(500):
-                if infra.invocations:
-                    break
-                await asyncio.sleep(0.01)
-            assert infra.invocations == 1
-            await app.state.gateway.dispatcher.stop(grace=0.05)  # what the lifespan's end does, with 5 s of grace
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        id = (await c.post("/v1/functions/hello/invoke?mode=async", json={})).json()["id"]
+        for _ in range(500):
+            if infra.invocations:
+                break
+            await asyncio.sleep(0.01)
+        assert infra.invocations == 1
+        await app.state.gateway.dispatcher.stop(grace=0.05)  # what the lifespan's end does, with 5 s of grace
     record = store.get_invocation(id)
     assert record is not None and record.status == "queued" and record.attempts == 0
