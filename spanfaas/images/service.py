@@ -318,8 +318,14 @@ class ImageService:
             self._check_preload(record, request.preload)
             self._pins[record.id] += 1
         try:
+            previous = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
             await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, record.id)
-            yield msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
+            try:
+                yield msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
+            except BaseException:
+                if previous is not None and previous != record.id:  # a stored version of this bundle runs on it
+                    await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, previous)
+                raise
         finally:
             self._pins[record.id] -= 1
             if self._pins[record.id] <= 0:

@@ -15,6 +15,7 @@ from images_helpers import ADMIN, built_dirs
 from spanfaas.config import ImageSettings, Settings
 from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InvalidManifest
 from spanfaas.images import ImageService
+from spanfaas.images.curation import approved_package
 from spanfaas.images.views import BuildDone, BuildFailed, BuildLine, BuildPhase
 from spanfaas.model import Bundle, FunctionSpec, ImageRequest
 from spanfaas.store import SQLiteStore
@@ -177,3 +178,23 @@ async def test_gc_never_takes_an_image_a_deploy_is_using(service: ImageService) 
     image_id = await task
     assert deployed.is_set() and result.removed == [] and service.repo.has(image_id)
     assert (await service.gc(ADMIN)).kept == [image_id]
+
+
+async def test_a_failed_redeploy_of_the_same_bundle_keeps_the_running_versions_image(service: ImageService) -> None:
+    spec = FunctionSpec(name="calc", image=TOOLS)
+    bundle = Bundle(digest="c" * 64, path="/x")
+    async with service.deploying("calc", spec, bundle, actor=ADMIN) as b:
+        service.store.put_function("calc", bundle.digest, spec)
+    assert b.image is not None
+    running = b.image.id
+    # the same bundle again, now resolved to another image; the infrastructure refuses it
+    service.store.put_approved_package("tools", approved_package("tinycalc==1.0", by=ADMIN.name), ADMIN)
+    with pytest.raises(RuntimeError, match="infrastructure refused"):
+        async with service.deploying("calc", spec, bundle, actor=ADMIN) as again:
+            assert again.image is not None and again.image.id != running
+            raise RuntimeError("infrastructure refused the version")
+    # the stored version still runs on its image: it is in use, and a restart attaches it
+    assert service.store.image_for("calc", bundle.digest) == running
+    with pytest.raises(Conflict, match="in use by calc"):
+        await service.remove(running, ADMIN)
+    assert running in (await service.gc(ADMIN)).kept and service.repo.has(running)
