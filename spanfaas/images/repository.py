@@ -35,7 +35,7 @@ _decoder = msgspec.json.Decoder(ImageRecord)
 
 class Repository:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # uv runs in a work directory and zygotes in '/': never relative
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         (self.root / ".locks").mkdir(exist_ok=True)

@@ -15,7 +15,7 @@ from images_helpers import ADMIN, built_dirs
 from spanfaas.config import ImageSettings, Settings
 from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InvalidManifest
 from spanfaas.images import ImageService
-from spanfaas.images.curation import approved_package
+from spanfaas.images.curation import approved_package, new_list
 from spanfaas.images.views import BuildDone, BuildFailed, BuildLine, BuildPhase
 from spanfaas.model import Bundle, FunctionSpec, ImageRequest
 from spanfaas.store import SQLiteStore
@@ -198,3 +198,23 @@ async def test_a_failed_redeploy_of_the_same_bundle_keeps_the_running_versions_i
     with pytest.raises(Conflict, match="in use by calc"):
         await service.remove(running, ADMIN)
     assert running in (await service.gc(ADMIN)).kept and service.repo.has(running)
+
+
+async def test_a_relative_image_directory_builds_images_a_function_can_import_from(
+    wheelhouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir="data", images=ImageSettings(offline=True, find_links=[str(wheelhouse)], dir="images"))
+    store = SQLiteStore(tmp_path / "spanfaas.db")
+    try:
+        store.create_image_list(new_list("tools", packages=["tinycalc"], by=ADMIN.name), ADMIN)
+        service = ImageService(settings, store)
+        record, _ = await service.ensure(TOOLS, ADMIN)
+        ref = service.ref(record, [])
+        # the runtime starts the image's zygote in another directory (cwd "/")
+        env = {"PYTHONPATH": os.pathsep.join(ref.paths), "PATH": os.environ["PATH"]}
+        out = subprocess.run([sys.executable, "-c", "import tinycalc; print(tinycalc.VERSION)"], env=env, cwd="/",
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        assert out == "2.0"
+    finally:
+        store.close()
