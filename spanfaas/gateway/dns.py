@@ -39,6 +39,7 @@ from dnslib import (  # type: ignore[import-untyped]
     A,
     DNSError,
     DNSHeader,
+    DNSLabel,
     DNSRecord,
 )
 
@@ -48,6 +49,11 @@ from spanfaas.errors import InvalidRequest
 __all__ = ["DnsResponder", "answer_address", "start_dns", "with_early_action"]
 
 log = logging.getLogger("spanfaas.gateway")
+
+
+def _packable(name: DNSLabel) -> bool:
+    """Can ``name`` be written back?  dnslib parses labels over 63 bytes and names over 253, but cannot pack them."""
+    return len(name) <= 253 and all(len(label) <= 63 for label in name.label)
 
 
 def answer_address(dns: DnsSettings, gateway_host: str) -> str:
@@ -102,6 +108,8 @@ class DnsResponder(asyncio.DatagramProtocol):
             return self._count(DNSRecord(DNSHeader(id=int.from_bytes(data[:2], "big"), qr=1, rcode=RCODE.FORMERR)))
         if req.header.qr:  # a response: never answer one (no loops, no reflection)
             return None
+        if any(not _packable(q.qname) for q in req.questions):  # parsed, but no reply could echo it
+            return self._count(DNSRecord(DNSHeader(id=req.header.id, qr=1, rcode=RCODE.FORMERR)))
         reply = req.reply(ra=0, aa=1)
         if req.header.opcode != OPCODE.QUERY:
             reply.header.rcode = RCODE.NOTIMP

@@ -57,7 +57,7 @@ class EarlyAction:
         self.enabled = enabled
         """Prewarm on invoke headers (``settings.early_action``); DNS lookups prewarm regardless."""
         self.trace: list[tuple[float, str, str]] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._warm: dict[str, float] = {}
         """Per function, until when its last warm call says it is still up (monotonic)."""
         self.dns_queries = Counter(
@@ -69,8 +69,9 @@ class EarlyAction:
         if self.trace is not None:
             self.trace.append((time.monotonic(), name, event))
 
-    async def headers(self, name: str) -> None:
+    async def headers(self, name: str) -> bool:
         """An invoke request's headers are in: prewarm before reading its body.
+        True when this started something: only then may the request :meth:`release` it.
 
         Skipped (0.1 µs instead of ~1.5 µs through the scheduler) while a call of
         ``name`` ran warm moments ago: its template is up, there is nothing to start."""
@@ -78,8 +79,8 @@ class EarlyAction:
             self.note(name, "headers")
         until = self._warm.get(name)
         if until is not None and until > time.monotonic():
-            return
-        await self._prewarm(name, "headers")
+            return False
+        return await self._prewarm(name, "headers")
 
     def ran(self, name: str, cold: bool, idle_ttl: float) -> None:
         """A sync call of ``name`` finished; a warm one lets the next headers skip the prewarm."""
@@ -87,7 +88,8 @@ class EarlyAction:
             self._warm[name] = time.monotonic() + min(WARM_FOR, idle_ttl / 2)
 
     def release(self, name: str) -> None:
-        """The request that prewarmed ``name`` failed before it ran."""
+        """The request whose :meth:`headers` started a prewarm of ``name`` failed before it ran
+        (a request whose prewarm started nothing must not release another's)."""
         self.note(name, "release")
         infra = self.infra
         if isinstance(infra, Releasing):
@@ -100,12 +102,13 @@ class EarlyAction:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _prewarm(self, name: str, trigger: str) -> None:
+    async def _prewarm(self, name: str, trigger: str) -> bool:
         token = PREWARM_TRIGGER.set(trigger)
         try:
-            await self.infra.prewarm(name)
+            return await self.infra.prewarm(name)
         except (SpanfaasError, OSError) as exc:  # a prewarm is a hint: the invocation reports real failures
             log.info("prewarming %s (%s) failed: %s", name, trigger, exc)
+            return False
         finally:
             PREWARM_TRIGGER.reset(token)
 

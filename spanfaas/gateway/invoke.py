@@ -120,8 +120,9 @@ class InvokeEndpoint:
             raise too_large("payload", "max_payload", self.limit, length)
         early = gw.early
         prewarmed = early.enabled
+        started = False  # this request's prewarm started something: release it if the request fails
         if prewarmed:  # early action: start the function now, while the body arrives (gateway/early.py)
-            await early.headers(name)
+            started = await early.headers(name)
         try:
             body = await read_body(receive, self.limit)
             if not content_type:
@@ -135,7 +136,7 @@ class InvokeEndpoint:
                         "send JSON, or set Content-Type to what you send (e.g. application/octet-stream)"
                     ) from None
         except SpanfaasError:
-            if prewarmed:
+            if started:
                 early.release(name)  # nothing will run: let go of what the prewarm prepared
             raise
         if early.trace is not None:

@@ -32,11 +32,13 @@ class Infrastructure(Protocol):
 
     async def remove(self, name: str) -> None: ...
 
-    async def prewarm(self, name: str) -> None:
+    async def prewarm(self, name: str) -> bool:
         """Get an instance ready ahead of an expected invocation (may be a no-op).
 
         Returns promptly: it starts the work and does not wait for it (the
-        gateway calls it on an invoke request's headers, before the body)."""
+        gateway calls it on an invoke request's headers, before the body).
+        True when this call started something held for the invocation: only
+        then may the caller ``release`` it (see :class:`Releasing`)."""
         ...
 
     async def close(self) -> None: ...

@@ -48,8 +48,8 @@ class LocalInfrastructure:
     async def remove(self, name: str) -> None:
         await self.runtime.remove(name)
 
-    async def prewarm(self, name: str) -> None:
-        await self.runtime.prewarm(name, trigger=PREWARM_TRIGGER.get())
+    async def prewarm(self, name: str) -> bool:
+        return await self.runtime.prewarm(name, trigger=PREWARM_TRIGGER.get())
 
     def release(self, name: str) -> bool:
         return self.runtime.release(name)

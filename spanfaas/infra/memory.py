@@ -96,8 +96,8 @@ class InMemoryInfrastructure:
     async def remove(self, name: str) -> None:
         self._functions.pop(name, None)
 
-    async def prewarm(self, name: str) -> None:
-        pass
+    async def prewarm(self, name: str) -> bool:
+        return False
 
     async def close(self) -> None:
         self._functions.clear()

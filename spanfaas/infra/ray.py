@@ -308,5 +308,5 @@ class RayInfrastructure:
         if bridge is not None and bridge.alive:
             await self._call(bridge, wire.Drop(next(self._ids), name), self.config.timeout)
 
-    async def prewarm(self, name: str) -> None:
-        pass
+    async def prewarm(self, name: str) -> bool:
+        return False

@@ -194,8 +194,8 @@ class RemoteInfrastructure:
         if resp.status_code not in (204, 404):
             raise self._error(resp, f"removing '{name}'")
 
-    async def prewarm(self, name: str) -> None:
-        pass
+    async def prewarm(self, name: str) -> bool:
+        return False
 
 
 def _message(doc: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ the time it looked; it answers with a :class:`Decision`::
 
     target  = scaling.target_concurrency          (default: an instance's slots,
                                                    1 in strict, resources.concurrency in reuse)
-    desired = clamp(ceil(peak over the last `cooldown` seconds / target), min, max)
+    desired = clamp(ceil(peak over the last `cooldown` seconds of concurrency / target), min, max)
 
 - **scale-out now**: the window's peak includes the newest observation, so
   ``desired`` rises the moment concurrency does;
@@ -58,8 +58,8 @@ class Autoscaler:
         self.slots = max(1, slots)
         self.target = float(scaling.target_concurrency or self.slots)
         self.desired = scaling.min
-        self._window: deque[tuple[float, int]] = deque()
-        """(time, concurrency), concurrency strictly decreasing: the front is the window's peak."""
+        self._window: deque[tuple[float, float, int, float]] = deque()
+        """(time, instances needed, concurrency, target), needed strictly decreasing: the front is the window's peak."""
         self._baseline = 0.0
 
     def effective_target(self, latency_ms: float | None) -> float:
@@ -77,17 +77,18 @@ class Autoscaler:
 
     def observe(self, now: float, concurrency: int, latency_ms: float | None = None) -> Decision:
         """Record the peak concurrency seen since the last call (in flight + waiting)."""
+        target = self.effective_target(latency_ms)
+        need = concurrency / target  # instances this look asks for: a latency scale-out holds for the cooldown too
         window = self._window
-        while window and window[-1][1] <= concurrency:
+        while window and window[-1][1] <= need:
             window.pop()
-        window.append((now, concurrency))
+        window.append((now, need, concurrency, target))
         horizon = now - self.scaling.cooldown
         while window[0][0] < horizon:
             window.popleft()
-        peak = window[0][1]
-        target = self.effective_target(latency_ms)
+        _, peak_need, peak, target = window[0]
         sc = self.scaling
-        want = min(sc.max, max(sc.min, math.ceil(peak / target - 1e-9)))
+        want = min(sc.max, max(sc.min, math.ceil(peak_need - 1e-9)))
         before, self.desired = self.desired, want
         if want > before:
             why = f"peak concurrency {peak} / target {target:g}"
@@ -95,5 +96,5 @@ class Autoscaler:
                 why += f" (latency {latency_ms:.1f} ms is {latency_ms / self._baseline:.1f}x its baseline)"  # type: ignore[operator]
             return Decision(want, "out", why)
         if want < before:
-            return Decision(want, "in", f"peak concurrency {peak} over the last {sc.cooldown:g} s")
+            return Decision(want, "in", f"peak concurrency {peak} / target {target:g} over the last {sc.cooldown:g} s")
         return Decision(want, "hold")

@@ -293,15 +293,16 @@ class SpanningInfrastructure:
                     log.warning("removing %s from %s failed: %s", name, site.name, exc)
         self.scheduler.changed()
 
-    async def prewarm(self, name: str) -> None:
+    async def prewarm(self, name: str) -> bool:
         """Prewarm where the next invocation would run: the scheduler's first choice (looked up, not counted)."""
         entry = self._functions.get(name)
         if entry is None:
-            return
+            return False
         ranked = self.scheduler.rank(entry[0], self.clock(), decide=False)
         if ranked:
             with contextlib.suppress(SpanfaasError):
-                await ranked[0].infra.prewarm(name)
+                return await ranked[0].infra.prewarm(name)
+        return False
 
     def release(self, name: str) -> bool:
         """A prewarmed request failed before it ran: every site holding a prewarm of ``name`` lets it go."""

@@ -102,3 +102,35 @@ async def test_a_request_that_fails_validation_releases_its_prewarm() -> None:
         # Released: the template is under the idle rule again and scales back to zero.
         await live.wait_for(lambda: live.pool("released").state == "ready")
         await live.wait_cold("released")
+
+
+async def test_a_failed_request_releases_only_a_prewarm_it_started() -> None:
+    # Request A's headers start the template; request B arrives while it starts (its
+    # prewarm starts nothing) and fails validation.  B used to release A's prewarm:
+    # counted wasted, and A's call then counted neither avoided nor overlapped.
+    async with live_gateway() as live:
+        await live.deploy("shared", SLOW_IMPORT.format(import_s=0.05), 'isolation = "reuse"\n[scaling]\nidle_ttl = 0.2\n')
+        await live.wait_cold("shared")
+        trace: list[tuple[float, str, str]] = []
+        live.gw.early.trace = live.runtime.early.trace = trace
+        gate = asyncio.Event()
+
+        async def held_body() -> AsyncIterator[bytes]:
+            yield b'{"data": "'
+            await gate.wait()
+            yield b'xx"}'
+
+        async with live.client() as c:
+            a = asyncio.create_task(
+                c.post("/v1/functions/shared/invoke", content=held_body(), headers={"content-type": "application/json"})
+            )
+            await live.wait_for(lambda: "prewarm:headers" in order(trace, "shared"))
+            bad = await c.post("/v1/functions/shared/invoke", content=b"{not json", headers={"content-type": "application/json"})
+            assert bad.status_code == 400
+            gate.set()
+            assert (await a).status_code == 200
+        seen = order(trace, "shared")
+        assert seen.count("headers") == 2 and not [e for e in seen if e.startswith("release")], seen
+        stats = live.runtime.early_stats()["shared"]
+        assert stats.prewarms == {"headers": 1} and not stats.wasted, stats
+        assert sum(stats.avoided.values()) + sum(stats.overlapped.values()) == 1, stats

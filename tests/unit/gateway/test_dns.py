@@ -111,3 +111,16 @@ async def test_over_a_real_udp_socket() -> None:
             await start_dns(DnsSettings(enabled=True, port=r.port, zone="fn.example"), "127.0.0.1", bool, looked.append)
     finally:
         r.close()
+
+
+def test_a_question_that_parses_but_cannot_be_echoed_gets_formerr() -> None:
+    # A label of 64 bytes (length byte 0x40) parses, but a reply echoing it cannot
+    # be packed: the responder answered nothing and raised in datagram_received.
+    r, looked, codes = responder()
+    header = b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    for qname in (b"\x40" + b"a" * 64 + b"\x00", b"\x40" + b"a" * 64 + b"\x02fn\x07example\x00"):
+        out = r.answer(header + qname + b"\x00\x01\x00\x01")
+        assert out is not None
+        reply = DNSRecord.parse(out)
+        assert reply.header.rcode == RCODE.FORMERR and reply.header.id == 0xBEEF and not reply.rr
+    assert looked == [] and codes == ["formerr", "formerr"]

@@ -55,3 +55,18 @@ def test_latency_over_its_baseline_shrinks_the_target_of_multi_slot_instances() 
     single = Autoscaler(Scaling(max=16, cooldown=0), slots=1)  # one slot: latency says nothing more
     assert single.observe(0.0, 3, latency_ms=10.0).desired == 3
     assert single.observe(1.0, 3, latency_ms=500.0).desired == 3
+
+
+def test_a_latency_scale_out_is_kept_for_the_cooldown() -> None:
+    # The window held raw concurrency and the latency target was applied afresh on
+    # each look: the instances added for a latency bottleneck were dropped on the
+    # next tick (latency back under the factor, or no calls finished), not after the cooldown.
+    a = Autoscaler(Scaling(max=16, cooldown=30), slots=8)
+    assert a.observe(0.0, 8, latency_ms=10.0).desired == 1
+    out = a.observe(1.0, 8, latency_ms=80.0)
+    assert out.change == "out" and out.desired >= 2
+    assert a.observe(1.5, 8, latency_ms=12.0) == out.__class__(out.desired, "hold")  # the new instances helped
+    assert a.observe(2.0, 8).desired == out.desired  # no call finished in this tick
+    assert a.observe(20.0, 0).desired == out.desired  # still inside the cooldown
+    d = a.observe(31.6, 0)  # the latency peak has left the window; 8 in flight at 2.0 fit one instance
+    assert d.change == "in" and d.desired == 1
