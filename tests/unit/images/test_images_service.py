@@ -63,6 +63,16 @@ async def test_concurrent_requests_for_one_new_image_build_it_once(service: Imag
     assert built_dirs(service) == [results[0][0].id]
 
 
+async def test_a_local_build_is_approved_by_its_public_version_and_built(service: ImageService) -> None:
+    # the list approves the public version, spelled another way; the request pins the local build
+    service.store.put_approved_package("tools", approved_package("Tiny.Local==1.0", by=ADMIN.name), ADMIN)
+    record, built = await service.ensure(ImageRequest(packages=["tiny-local==1.0+cpu"], lists=["tools"]), ADMIN)
+    assert built and [(p.name, p.version, p.direct) for p in record.packages] == [("tiny-local", "1.0+cpu", True)]
+    assert run_in_image(service, record.id, "import tiny_local; print(tiny_local.__version__)") == "1.0+cpu"
+    again, built = await service.ensure(ImageRequest(packages=["TINY_LOCAL"], lists=["tools"]), ADMIN)
+    assert not built and again.id == record.id
+
+
 async def test_a_rejected_request_builds_nothing(service: ImageService) -> None:
     with pytest.raises(ImageRejected, match=r"tinycalc>=3 is outside the approved range: tinycalc>=1,<3 \(list tools\)"):
         await service.ensure(ImageRequest(packages=["tinycalc>=3"], lists=["tools"]), ADMIN)
