@@ -35,6 +35,7 @@ from spanfaas.config import Settings
 from spanfaas.errors import (
     Conflict,
     ImageBuildFailed,
+    ImageBuildTimeout,
     ImageRejected,
     InfraError,
     InfraUnavailable,
@@ -196,6 +197,9 @@ class ImageService:
             raise
         except ImageBuildFailed:
             self.metrics.failures.labels("build").inc()
+            raise
+        except ImageBuildTimeout:
+            self.metrics.failures.labels("timeout").inc()
             raise
 
     async def _check_resolve_obtain(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:

@@ -7,13 +7,15 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from images_helpers import ADMIN, built_dirs
 
 from spanfaas.config import ImageSettings, Settings
-from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InvalidManifest
+from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InfraError, InvalidManifest, SpanfaasError
 from spanfaas.images import ImageService
 from spanfaas.images.curation import approved_package, new_list
 from spanfaas.images.views import BuildDone, BuildFailed, BuildLine, BuildPhase
@@ -102,6 +104,34 @@ async def test_a_failed_install_leaves_nothing_half_made(service: ImageService, 
     with pytest.raises(ImageBuildFailed, match="uv could not"):
         await broken._build_once(record.id, record.python, record.lock, record.packages, record.request, ADMIN, lambda e: None)
     assert built_dirs(broken) == [] and not broken.repo.has(record.id)
+
+
+async def test_a_build_past_its_timeout_is_the_platforms_failure_not_the_requests(service: ImageService) -> None:
+    """uv stopped at ``[images] build_timeout``: a 504 (exit 7) that says what ran out of
+    time and what to do, never the 400 of a request that cannot be met."""
+    record, _ = await service.ensure(TOOLS, ADMIN)  # a lock to install, from a build that had time
+    service.repo.remove(record.id)
+    service.store.delete_image(record.id, ADMIN)
+    hasty = ImageService(
+        Settings(data_dir=service.settings.data_dir, images=msgspec.structs.replace(service.settings.images, build_timeout=0.001)),
+        service.store,
+    )
+    attempts: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("resolve", lambda: hasty.ensure(ImageRequest(packages=["tinycalc<2"], lists=["tools"]), ADMIN)),
+        ("install", lambda: hasty._build_once(record.id, record.python, record.lock, record.packages, record.request, ADMIN, lambda e: None)),
+    ]
+    for phase, attempt in attempts:
+        with pytest.raises(SpanfaasError) as info:
+            await attempt()
+        exc = info.value
+        assert isinstance(exc, InfraError) and not isinstance(exc, ImageBuildFailed), type(exc)
+        assert (exc.status, exc.exit_code, exc.slug) == (504, 7, "image-build-timeout")
+        assert f"uv {phase} did not finish within 0.001 s" in exc.message and "[images] build_timeout" in exc.message
+        assert exc.extra == {"phase": phase, "timeout": 0.001}
+    assert built_dirs(hasty) == [] and not hasty.repo.has(record.id)
+    events = [e async for e in hasty.stream(ImageRequest(packages=["tinycalc<2"], lists=["tools"]), ADMIN)]
+    assert isinstance(events[-1], BuildFailed) and events[-1].problem["status"] == 504
+    assert hasty.metrics.failures.labels("timeout")._value.get() == 2  # the stream, and the ensure above
 
 
 async def test_dependencies_must_be_approved_when_the_policy_says_so(service: ImageService) -> None:
