@@ -191,6 +191,27 @@ async def test_a_build_that_times_out_is_a_504_that_says_so_not_a_400(tmp_path: 
             assert 'spanfaas_image_failures_total{reason="timeout"} 2.0' in (await dev.get("/metrics")).text
 
 
+async def test_a_function_redeployed_without_an_image_or_removed_lets_go_of_its_image(
+    gw: tuple[Starlette, Recording, SQLiteStore], tmp_path: Path
+) -> None:
+    app, _, store = gw
+    async with client(app, store, "ops", "admin") as admin:
+        await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<3", "tinyhelper"]})
+        for name in ("calc", "sum"):
+            r = await admin.put(f"/v1/functions/{name}", content=function(tmp_path, name, 'packages = ["tinycalc"]\nlists = ["tools"]'))
+            assert r.status_code == 201, r.text
+        (image,) = (await admin.get("/v1/images")).json()["images"]
+        assert (await admin.post("/v1/images/gc")).json()["kept"] == [image["id"]]
+
+        d = tmp_path / "calc"
+        (d / "spanfaas.toml").write_text('name = "calc"\nisolation = "reuse"\n')  # no [image] any more
+        r = await admin.put("/v1/functions/calc", content=pack_function(d))
+        assert r.status_code == 201 and r.json()["spec"]["image"] is None, r.text
+        assert (await admin.post("/v1/images/gc")).json()["kept"] == [image["id"]]  # sum runs on it
+        assert (await admin.delete("/v1/functions/sum")).status_code == 204
+        assert (await admin.post("/v1/images/gc")).json()["removed"] == [image["id"]]
+
+
 async def test_openapi_documents_the_image_endpoints(gw: tuple[Starlette, Recording, SQLiteStore]) -> None:
     app, _, store = gw
     async with client(app, store, "ops", "admin") as admin:

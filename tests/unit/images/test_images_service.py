@@ -170,6 +170,8 @@ async def test_deploy_hooks_record_the_image_and_pin_it_and_restart_survives_lis
     gc = await service.gc(ADMIN)
     assert gc.removed == [] and gc.kept == [image_id]
     service.store.delete_function("calc")
+    assert (await service.gc(ADMIN)).kept == [image_id]  # it still runs here
+    service.forget("calc")  # as the registry does when it removes the function
     gc = await service.gc(ADMIN)
     assert gc.removed == [image_id] and gc.freed > 0 and built_dirs(service) == []
     assert [e.action for e in service.store.image_audit(image_id)] == ["image.gc"]
