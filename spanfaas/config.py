@@ -194,7 +194,7 @@ class ImageSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     offline: bool = False
     """Resolve and install from ``find_links`` only (``--no-index --offline``)."""
     dir: str = ""
-    """Where images live; empty: ``<data_dir>/images``."""
+    """Where images live; empty: ``<data_dir>/images``.  Gateways may share one (see spanfaas/images/leases.py)."""
     uv: str = ""
     """The uv binary; empty: the one the ``uv`` package installed."""
     build_timeout: Annotated[float, Meta(gt=0)] = 900.0

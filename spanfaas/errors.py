@@ -21,7 +21,8 @@ user's function failed::
     ├── Conflict                        409  exit 5
     ├── TooManyRequests                 429  exit 6
     ├── InfraError                      502  exit 7   (the platform failed)
-    │   └── InfraUnavailable            503
+    │   ├── InfraUnavailable            503
+    │   └── ImageBuildTimeout           504   uv ran past [images] build_timeout
     └── FunctionFailed                  500  exit 8   (the user's function failed)
         ├── FunctionError               500           handler raised
         ├── FunctionTimeout             504           deadline passed, instance killed
@@ -43,6 +44,7 @@ __all__ = [
     "FunctionOutOfMemory",
     "FunctionTimeout",
     "ImageBuildFailed",
+    "ImageBuildTimeout",
     "ImageRejected",
     "InfraError",
     "InfraUnavailable",
@@ -163,6 +165,13 @@ class InfraError(SpanfaasError):
 
 class InfraUnavailable(InfraError):
     status, slug, title = 503, "infra-unavailable", "Infrastructure unavailable"
+
+
+class ImageBuildTimeout(InfraError):
+    """An image build (uv resolving or installing) ran past ``[images] build_timeout``.
+    Not the request's fault: the package sources or the gateway's machine were too slow."""
+
+    status, slug, title = 504, "image-build-timeout", "Image build timed out"
 
 
 class FunctionFailed(SpanfaasError):

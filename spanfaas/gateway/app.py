@@ -105,6 +105,7 @@ class Gateway:
         await self.early.close()
         await self.dispatcher.stop()
         await self.recorder.close()
+        self.images.close()  # its leases on images: other gateways sharing the image directory may collect them
 
 
 class _InvokeShortCut:

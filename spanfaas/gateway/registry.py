@@ -78,8 +78,8 @@ class Registry:
 
     async def _activate(self, record: FunctionRecord) -> None:
         bundle = await asyncio.to_thread(self._bundle_for, record.digest)
-        if record.spec.image is not None and self.images is not None:
-            bundle = await self.images.attach(record.name, record.spec, bundle)  # the image it was deployed on
+        if self.images is not None:
+            bundle = await self.images.attach(record.name, record.spec, bundle)  # the image it was deployed on, if any
         await self.infra.deploy(record.spec, bundle)
         self.functions[record.name] = record
         self.failed.pop(record.name, None)
@@ -146,6 +146,8 @@ class Registry:
                 if fresh:
                     await asyncio.to_thread(self._collect, {bundle.digest})
                 raise
+            if spec.image is None and self.images is not None:
+                self.images.forget(name)  # an earlier version here may have run on an image
             self.functions[name] = record
             self.failed.pop(name, None)
             return record
@@ -185,6 +187,8 @@ class Registry:
             versions = await asyncio.to_thread(self.store.function_versions, name)
             await self.infra.remove(name)
             await asyncio.to_thread(self.store.delete_function, name)
+            if self.images is not None:
+                self.images.forget(name)  # its image may be removed now
             self.functions.pop(name, None)
             self.failed.pop(name, None)
             await asyncio.to_thread(self._collect, {v.digest for v in versions})

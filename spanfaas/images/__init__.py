@@ -4,7 +4,8 @@ image repository.
 Layering (top to bottom): ``service`` (request → checked, resolved, reused
 or built once; deploy hooks; repository maintenance) → ``curation`` (lists
 and what they allow), ``uv`` (resolve and install), ``repository`` (images
-on disk), ``lock`` (pins and image ids) → ``ranges`` (version ranges).
+on disk), ``leases`` (uses of images across processes), ``lock`` (pins and
+image ids) → ``ranges`` (version ranges).
 ``views`` holds the wire messages.  The package uses ``model``, ``errors``,
 ``config`` and ``store`` only; the gateway drives it.
 """

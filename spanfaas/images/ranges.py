@@ -6,10 +6,19 @@ two sets overlap?".  Here every specifier becomes a union of intervals over
 PEP 440 versions, a set is the intersection of its specifiers, and two sets
 overlap when the intersection of their unions is not empty.  Versions are
 dense (between any two there are others: ``1.0 < 1.0.post1 < 1.0.1``), so an
-open interval with distinct ends is never empty.  ``<V`` excludes V's own
-pre-releases, as PEP 440 says; finer print (``>V`` skipping V's
-post-releases) is not modelled: the resolver, which gets both ranges, has the
-last word.
+open interval with distinct ends is never empty.
+
+A point of the line is ``(public, tier, version)``: the public version
+(epoch and all, no local label), then ``0`` for the public version itself,
+``1`` for one of its local builds (``1.0+cpu``, ordered among themselves as
+PEP 440 says) and ``2`` for the top of those builds, which no version is.
+So every local build of 1.0 lies between 1.0 and anything newer, and a
+specifier without a local label takes them all with its public version, as
+PEP 440 matches them: ``==1.0``, ``<=1.0`` and ``==1.0.*`` allow
+``1.0+cpu``; ``!=1.0``, ``>1.0`` and ``<1.0`` do not.  ``<V`` excludes V's
+own pre-releases, as PEP 440 says; finer print (``>V`` skipping V's
+post-releases) is not modelled: the resolver, which gets both ranges, has
+the last word.
 """
 
 from __future__ import annotations
@@ -52,10 +61,26 @@ def parse_specifier(text: str) -> SpecifierSet:
 
 # -- intervals -------------------------------------------------------------------------
 
+_Point = tuple[Version, int, Version]
+"""``(public, tier, version)``: see the module doc."""
+
+
+def _at(v: Version) -> _Point:
+    """The point of version ``v`` (a local build sorts above its public version)."""
+    if v.local is None:
+        return (v, 0, v)
+    return (Version(v.public), 1, v)
+
+
+def _top(v: Version) -> _Point:
+    """Above every local build of ``v``'s public version, below anything newer."""
+    public = Version(v.public)
+    return (public, 2, public)
+
 
 @dataclass(frozen=True)
 class _Bound:
-    version: Version | None
+    point: _Point | None
     """None: unbounded."""
     closed: bool
 
@@ -66,11 +91,11 @@ class _Interval:
     hi: _Bound
 
     def empty(self) -> bool:
-        if self.lo.version is None or self.hi.version is None:
+        if self.lo.point is None or self.hi.point is None:
             return False
-        if self.lo.version < self.hi.version:
+        if self.lo.point < self.hi.point:
             return False
-        return not (self.lo.version == self.hi.version and self.lo.closed and self.hi.closed)
+        return not (self.lo.point == self.hi.point and self.lo.closed and self.hi.closed)
 
     def meet(self, other: _Interval) -> _Interval:
         return _Interval(_max_lo(self.lo, other.lo), _min_hi(self.hi, other.hi))
@@ -80,40 +105,58 @@ _ALL = _Interval(_Bound(None, False), _Bound(None, False))
 
 
 def _max_lo(a: _Bound, b: _Bound) -> _Bound:
-    if a.version is None:
+    if a.point is None:
         return b
-    if b.version is None or a.version > b.version:
+    if b.point is None or a.point > b.point:
         return a
-    if b.version > a.version:
+    if b.point > a.point:
         return b
-    return _Bound(a.version, a.closed and b.closed)
+    return _Bound(a.point, a.closed and b.closed)
 
 
 def _min_hi(a: _Bound, b: _Bound) -> _Bound:
-    if a.version is None:
+    if a.point is None:
         return b
-    if b.version is None or a.version < b.version:
+    if b.point is None or a.point < b.point:
         return a
-    if b.version < a.version:
+    if b.point < a.point:
         return b
-    return _Bound(a.version, a.closed and b.closed)
+    return _Bound(a.point, a.closed and b.closed)
+
+
+def _from(v: Version) -> _Bound:
+    """A closed lower bound at ``v``."""
+    return _Bound(_at(v), True)
+
+
+def _below(v: Version) -> _Bound:
+    """An open upper bound at ``v``."""
+    return _Bound(_at(v), False)
+
+
+def _release(epoch: int, parts: list[int], suffix: str = "") -> Version:
+    return Version(f"{epoch}!{'.'.join(map(str, parts))}{suffix}")
 
 
 def _prefix_range(prefix: str) -> _Interval:
-    """``==1.2.*``: every version whose release starts with 1.2."""
-    parts = [int(x) for x in Version(prefix).release]
+    """``==1.2.*``: every version whose release starts with 1.2 (its epoch kept), local builds too."""
+    v = Version(prefix)
+    parts = list(v.release)
     upper = [*parts[:-1], parts[-1] + 1]
-    lo = Version(".".join(map(str, parts)) + ".dev0")
-    hi = Version(".".join(map(str, upper)) + ".dev0")
-    return _Interval(_Bound(lo, True), _Bound(hi, False))
+    return _Interval(_from(_release(v.epoch, parts, ".dev0")), _below(_release(v.epoch, upper, ".dev0")))
+
+
+def _public(v: Version) -> _Interval:
+    """``==V`` without a local label: V and every local build of it."""
+    return _Interval(_from(v), _Bound(_top(v), False))
 
 
 def _complement(iv: _Interval) -> list[_Interval]:
     out = []
-    if iv.lo.version is not None:
-        out.append(_Interval(_ALL.lo, _Bound(iv.lo.version, not iv.lo.closed)))
-    if iv.hi.version is not None:
-        out.append(_Interval(_Bound(iv.hi.version, not iv.hi.closed), _ALL.hi))
+    if iv.lo.point is not None:
+        out.append(_Interval(_ALL.lo, _Bound(iv.lo.point, not iv.lo.closed)))
+    if iv.hi.point is not None:
+        out.append(_Interval(_Bound(iv.hi.point, not iv.hi.closed), _ALL.hi))
     return out
 
 
@@ -125,32 +168,33 @@ def _intervals(spec: Specifier) -> list[_Interval]:
             v = Version(text)
         except InvalidVersion:
             return [_ALL]  # an arbitrary string: leave it to the resolver
-        return [_Interval(_Bound(v, True), _Bound(v, True))]
+        return [_Interval(_from(v), _Bound(_at(v), True))]
     if text.endswith(".*"):
         rng = _prefix_range(text[:-2])
         return [rng] if op == "==" else _complement(rng)
     v = Version(text)
-    point = _Interval(_Bound(v, True), _Bound(v, True))
+    # a local label is allowed with == and != only, and then names that one build
+    exact = _Interval(_from(v), _Bound(_at(v), True)) if v.local is not None else _public(v)
     match op:
         case "==":
-            return [point]
+            return [exact]
         case "!=":
-            return _complement(point)
+            return _complement(exact)
         case ">=":
-            return [_Interval(_Bound(v, True), _ALL.hi)]
+            return [_Interval(_from(v), _ALL.hi)]
         case ">":
-            return [_Interval(_Bound(v, False), _ALL.hi)]
+            return [_Interval(_Bound(_top(v), True), _ALL.hi)]  # not V's local builds
         case "<=":
-            return [_Interval(_ALL.lo, _Bound(v, True))]
+            return [_Interval(_ALL.lo, _Bound(_top(v), False))]  # V's local builds too
         case "<":
-            if not (v.is_prerelease or v.is_postrelease or v.local):
+            if not (v.is_prerelease or v.is_postrelease):
                 v = Version(f"{v}.dev0")  # ``<V`` does not allow V's own pre-releases
-            return [_Interval(_ALL.lo, _Bound(v, False))]
+            return [_Interval(_ALL.lo, _below(v))]
         case "~=":
             release = list(v.release)
             head = release[:-1] if len(release) > 1 else release
-            upper = Version(".".join(map(str, [*head[:-1], head[-1] + 1])) + ".dev0")
-            return [_Interval(_Bound(v, True), _Bound(upper, False))]
+            upper = _release(v.epoch, [*head[:-1], head[-1] + 1], ".dev0")
+            return [_Interval(_from(v), _below(upper))]
     return [_ALL]  # pragma: no cover - packaging knows no other operator
 
 

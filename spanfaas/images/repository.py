@@ -8,8 +8,9 @@
 A build happens in ``<images>/.tmp-<pid>-<random>`` and is renamed into place
 only when complete, so a failed or interrupted build leaves nothing at the
 image's path.  ``lock(id)`` takes a file lock: processes sharing the
-directory build one image once.  Everything is world-readable: functions may
-run as another uid.
+directory build one image once (``.locks/<id>.lock``; the image's leases,
+``leases.py``, are ``.locks/<id>.use``).  Everything is world-readable:
+functions may run as another uid.
 """
 
 from __future__ import annotations
@@ -86,16 +87,23 @@ class Repository:
         _fsync_dir(self.root)
         return True
 
-    def remove(self, id: str) -> bool:
-        """Take the image out of place at once (rename), then delete it."""
-        final = self.path(id)
+    def take_out(self, id: str) -> Path | None:
+        """Take the image out of place at once (rename): the directory to delete, or
+        None when it was not there.  Nothing can find the image after this."""
         trash = self.root / f".tmp-{os.getpid()}-rm-{secrets.token_hex(4)}"
         try:
-            final.rename(trash)
+            self.path(id).rename(trash)
         except FileNotFoundError:
-            return False
-        shutil.rmtree(trash, ignore_errors=True)
-        return True
+            return None
+        return trash
+
+    def remove(self, id: str) -> bool:
+        """Take the image out of place, then delete it, whoever uses it (the service's
+        ``remove`` and ``gc`` hold its lease out first)."""
+        trash = self.take_out(id)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        return trash is not None
 
     def size(self, id_or_path: str | Path) -> int:
         root = id_or_path if isinstance(id_or_path, Path) else self.path(id_or_path)

@@ -8,11 +8,18 @@ one task that later callers follow; across processes: the repository's file
 lock).  Each step reports ``BuildEvent``s to whoever follows the build.
 
 The gateway's registry calls ``deploying(...)`` around a deploy (it records
-which image the bundle runs on, and pins the image against removal until the
-version is stored) and ``attach(...)`` when it deploys a stored version again:
-that uses the recorded image, rebuilt from its lock if it is missing, and
-never consults the lists again — withdrawing a package does not break
-functions that run on it.
+which image the bundle runs on) and ``attach(...)`` when it deploys a stored
+version again: that uses the recorded image, rebuilt from its lock if it is
+missing, and never consults the lists again — withdrawing a package does not
+break functions that run on it.  ``forget(function)`` when the function no
+longer runs here on an image.
+
+Removal (``remove``, ``gc``) is safe across every process sharing the image
+directory, whatever store each uses: a process holds a *lease* on each image
+(``leases.py``) from before it looks for it until its use ends — a build, a
+deploy until the version is stored, and then as long as a function deployed
+here runs on it — and an image is removed only while nobody holds one.  A
+process that dies drops its leases with it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from spanfaas.config import Settings
 from spanfaas.errors import (
     Conflict,
     ImageBuildFailed,
+    ImageBuildTimeout,
     ImageRejected,
     InfraError,
     InfraUnavailable,
@@ -43,6 +51,7 @@ from spanfaas.errors import (
     SpanfaasError,
 )
 from spanfaas.images import curation
+from spanfaas.images.leases import Leases
 from spanfaas.images.lock import image_id, parse_lock
 from spanfaas.images.repository import Repository
 from spanfaas.images.uv import LOCK_NAME, Uv
@@ -78,6 +87,8 @@ _MAX_EVENTS = 20_000
 USE_GRACE = 3600.0
 """Seconds a record of a bundle's image is kept while no stored version has that bundle
 (a deploy records it before it stores the version)."""
+LEASE_WAIT = 60.0
+"""Seconds a use of an image waits for a removal of it (by any process) to finish."""
 
 
 def _ignore(event: BuildEvent) -> None:
@@ -120,41 +131,6 @@ class _Metrics:
         )  # fmt: skip
 
 
-class _Gate:
-    """Uses of the repository (deploys, builds: many at once) and its maintenance
-    (remove, gc: alone) exclude each other, so gc never takes an image that a
-    deploy has just found but not yet pinned."""
-
-    def __init__(self) -> None:
-        self._cond = asyncio.Condition()
-        self._users = 0
-        self._maintaining = False
-
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._maintaining)
-            self._users += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._users -= 1
-                self._cond.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def maintain(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._maintaining and self._users == 0)
-            self._maintaining = True
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._maintaining = False
-                self._cond.notify_all()
-
-
 class ImageService:
     def __init__(self, settings: Settings, store: Store, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -164,8 +140,11 @@ class ImageService:
         self.repo = Repository(Path(cfg.dir) if cfg.dir else settings.data_path / "images")
         self._uv: Uv | None = None
         self._inflight: dict[str, _Build] = {}
-        self._pins: collections.Counter[str] = collections.Counter()
-        self._gate = _Gate()
+        self._leases = Leases(self.repo.root / ".locks")
+        self._deploying: collections.Counter[str] = collections.Counter()
+        """Image id -> deploys here between finding the image and storing the version."""
+        self._running: dict[str, str] = {}
+        """Function -> the image it runs on here (each holds a use of the image's lease)."""
         self.builds = 0
         """Images installed by this process."""
         self.reuses = 0
@@ -180,25 +159,40 @@ class ImageService:
     async def start(self) -> None:
         await asyncio.to_thread(self.repo.clean_stale)
 
+    def close(self) -> None:
+        """This process stops using the images: every lease goes (as it would at exit)."""
+        self._running.clear()
+        self._leases.close()
+
     # -- from a request to an image ------------------------------------------------------
 
     async def ensure(self, request: ImageRequest, actor: Actor, emit: Emit = _ignore) -> tuple[ImageRecord, bool]:
         """The image for ``request``: checked, resolved, then reused or built once.
         Returns it and whether it was built for this call (False: reused)."""
-        async with self._gate.use():
-            return await self._ensure(request, actor, emit)
+        async with self._obtained(request, actor, emit) as got:
+            return got
 
-    async def _ensure(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:
+    @contextlib.asynccontextmanager
+    async def _obtained(self, request: ImageRequest, actor: Actor, emit: Emit) -> AsyncIterator[tuple[ImageRecord, bool]]:
+        """``ensure``, with the image's lease held until the block ends."""
         try:
-            return await self._check_resolve_obtain(request, actor, emit)
+            record, built = await self._check_resolve_obtain(request, actor, emit)
         except ImageRejected:
             self.metrics.failures.labels("rejected").inc()
             raise
         except ImageBuildFailed:
             self.metrics.failures.labels("build").inc()
             raise
+        except ImageBuildTimeout:
+            self.metrics.failures.labels("timeout").inc()
+            raise
+        try:
+            yield record, built
+        finally:
+            self._leases.release(record.id)
 
     async def _check_resolve_obtain(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:
+        """The image, with a use of its lease this call must release."""
         emit(BuildPhase("check", f"checking {len(request.packages)} packages against lists {', '.join(request.lists) or '(none)'}"))
         lists, policy = await asyncio.to_thread(self._curation_state)
         plan = curation.plan(request, lists)
@@ -207,15 +201,33 @@ class ImageService:
         locked = parse_lock(lock, set(plan.direct))
         curation.check_resolved(plan, locked, policy)
         id = image_id(plan.python, lock)
-        existing = await asyncio.to_thread(self._existing, id)
-        if existing is not None:
-            await asyncio.to_thread(self.store.touch_image, id, time.time())
-            self.reuses += 1
-            self.metrics.reuses.inc()
-            log.info("image %s reused (%s)", id[:12], _summary(existing.packages))
-            return existing, False
-        record = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
+        await self._lease(id)  # before looking: no removal can come between finding it and using it
+        try:
+            existing = await asyncio.to_thread(self._existing, id)
+            if existing is not None:
+                await asyncio.to_thread(self.store.touch_image, id, time.time())
+                self.reuses += 1
+                self.metrics.reuses.inc()
+                log.info("image %s reused (%s)", id[:12], _summary(existing.packages))
+                return existing, False
+            record = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
+        except BaseException:
+            self._leases.release(id)
+            raise
         return record, True
+
+    async def _lease(self, id: str) -> None:
+        """A use of image ``id``'s lease, once no removal of it runs (in any process).
+        ``try_hold`` never blocks and runs here, not in a thread: a cancelled
+        caller can never leave a lease taken behind it."""
+        deadline = time.monotonic() + LEASE_WAIT
+        while not self._leases.try_hold(id):
+            if time.monotonic() > deadline:
+                raise InfraUnavailable(
+                    f"image {id[:12]} has been held for removal for over {LEASE_WAIT:g} s by a process sharing "
+                    f"the image directory {self.repo.root}; try again, and look for a stuck `spanfaas images gc` or rm"
+                )
+            await asyncio.sleep(0.05)
 
     async def precheck(self, request: ImageRequest) -> None:
         """Only the curated-list check (ImageRejected), without resolving or building."""
@@ -259,6 +271,15 @@ class ImageService:
         return await build.follow(emit)
 
     async def _build(
+        self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
+    ) -> ImageRecord:
+        await self._lease(id)  # its own: the build goes on when the callers that started it give up
+        try:
+            return await self._build_locked(id, python, lock, locked, request, actor, emit)
+        finally:
+            self._leases.release(id)
+
+    async def _build_locked(
         self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
     ) -> ImageRecord:
         fd = await asyncio.to_thread(self.repo.lock, id)
@@ -309,47 +330,69 @@ class ImageService:
 
     @contextlib.asynccontextmanager
     async def deploying(self, function: str, spec: FunctionSpec, bundle: Bundle, *, actor: Actor) -> AsyncIterator[Bundle]:
-        """Around one deploy: the bundle with its image (checked, built or reused), pinned
-        against removal until the caller has stored the version."""
+        """Around one deploy: the bundle with its image (checked, built or reused), leased
+        against removal until the caller has stored the version, and from then on for
+        as long as the function runs here on it (until ``forget`` or another version)."""
         request = spec.image
         assert request is not None
-        async with self._gate.use():  # found or built, then pinned: gc cannot come in between
-            record, _ = await self._ensure(request, actor, _ignore)
+        async with self._obtained(request, actor, _ignore) as (record, _):
             self._check_preload(record, request.preload)
-            self._pins[record.id] += 1
-        try:
-            previous = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
-            await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, record.id)
+            self._deploying[record.id] += 1
             try:
-                yield msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
-            except BaseException:
-                if previous is not None and previous != record.id:  # a stored version of this bundle runs on it
-                    await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, previous)
-                raise
-        finally:
-            self._pins[record.id] -= 1
-            if self._pins[record.id] <= 0:
-                del self._pins[record.id]
+                previous = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
+                await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, record.id)
+                try:
+                    yield msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
+                except BaseException:
+                    if previous is not None and previous != record.id:  # a stored version of this bundle runs on it
+                        await asyncio.to_thread(self.store.set_image_use, function, bundle.digest, previous)
+                    raise
+                self._runs_on(function, record.id)
+            finally:
+                self._deploying[record.id] -= 1
+                if self._deploying[record.id] <= 0:
+                    del self._deploying[record.id]
 
     async def attach(self, function: str, spec: FunctionSpec, bundle: Bundle) -> Bundle:
         """A stored version's bundle with the image it was deployed on (rebuilt from its
-        lock when missing here); the curated lists are not consulted again."""
+        lock when missing here), leased while the function runs here on it; the curated
+        lists are not consulted again.  A version without an image: the bundle as it is."""
         request = spec.image
         if request is None:
+            self.forget(function)
             return bundle
-        async with self._gate.use():
-            id = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
-            record = await asyncio.to_thread(self.store.get_image, id) if id else None
-            if id is None or record is None:
-                raise InfraUnavailable(
-                    f"function '{function}' runs on an image that is not in the repository any more; deploy it again"
-                )
+        id = await asyncio.to_thread(self.store.image_for, function, bundle.digest)
+        record = await asyncio.to_thread(self.store.get_image, id) if id else None
+        if id is None or record is None:
+            raise InfraUnavailable(
+                f"function '{function}' runs on an image that is not in the repository any more; deploy it again"
+            )
+        await self._lease(id)
+        try:
             if not await asyncio.to_thread(self.repo.has, id):
                 log.warning("image %s of function %s is missing on disk; building it again from its lock", id[:12], function)
                 record = await self._build_once(
                     id, record.python, record.lock, record.packages, record.request, Actor(record.built_by), _ignore
                 )
+            self._runs_on(function, id)
+        finally:
+            self._leases.release(id)
         return msgspec.structs.replace(bundle, image=self.ref(record, request.preload))
+
+    def forget(self, function: str) -> None:
+        """``function`` no longer runs here on an image (removed, or redeployed without one)."""
+        self._runs_on(function, None)
+
+    def _runs_on(self, function: str, id: str | None) -> None:
+        """``function`` runs here on image ``id`` (whose lease the caller holds), or on none:
+        its use of the image it ran on before ends."""
+        old = self._running.pop(function, None)
+        if id is not None:
+            if not self._leases.try_hold(id):  # held by the caller: one more use is never refused
+                raise AssertionError(f"no lease on image {id[:12]} to share")
+            self._running[function] = id
+        if old is not None:
+            self._leases.release(old)
 
     def _check_preload(self, record: ImageRecord, preload: list[str]) -> None:
         site = self.repo.site_packages(record.id)
@@ -396,53 +439,90 @@ class ImageService:
         raise NotFound(f"image '{prefix}' not found; `spanfaas images ls` lists them")
 
     async def remove(self, id: str, actor: Actor) -> ImageRecord:
-        async with self._gate.maintain():
-            return await self._remove(id, actor)
-
-    async def _remove(self, id: str, actor: Actor) -> ImageRecord:
+        """Remove one image unless it is in use: by a function's latest stored version
+        (the store says), or by any process sharing the image directory (a lease)."""
         full = await asyncio.to_thread(self.resolve_id, id)
-        if full in self._pins or full in self._inflight:
-            raise Conflict(f"image {full[:12]} is being deployed right now; try again when the deploy is done")
         record = await asyncio.to_thread(self.store.get_image, full)
         if record is None:
             raise NotFound(f"image '{id}' not found; `spanfaas images ls` lists them")
-        await asyncio.to_thread(self.store.delete_image, full, actor)  # Conflict when in use
-        await asyncio.to_thread(self.repo.remove, full)
+        if not await asyncio.to_thread(self._remove, record, actor):
+            users = await asyncio.to_thread(self.store.image_users)
+            raise self._in_use(full, users.get(full, []))
         log.info("removed image %s (%s) for %s", full[:12], _size(record.size), actor.name)
         return record
 
-    async def gc(self, actor: Actor) -> GcResult:
-        """Remove every image no function's latest version runs on."""
-        async with self._gate.maintain():
-            return await asyncio.to_thread(self._gc, actor, set(self._pins) | set(self._inflight))
+    def _remove(self, record: ImageRecord, actor: Actor) -> bool:
+        """False when a process holds a lease on the image."""
+        with self._leases.removal(record.id) as free:
+            if not free:
+                return False
+            self.store.delete_image(record.id, actor)  # Conflict when a stored version runs on it
+            trash = self.repo.take_out(record.id)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        return True
 
-    def _gc(self, actor: Actor, busy: set[str]) -> GcResult:
+    def _in_use(self, id: str, users: list[str]) -> Conflict:
+        """Why image ``id`` is leased, as far as this process can tell."""
+        if users:
+            return Conflict(
+                f"image {id[:12]} is in use by {', '.join(users)}; remove or redeploy "
+                f"{'that function' if len(users) == 1 else 'those functions'} first",
+                used_by=users,
+            )
+        if not self._leases.held(id):
+            return Conflict(
+                f"image {id[:12]} is in use by another process sharing the image directory {self.repo.root} "
+                "(a deploy or build in progress, or functions running on it there); try again when the deploy "
+                "is done, or remove or redeploy those functions first"
+            )
+        here = sorted(f for f, i in self._running.items() if i == id)
+        if here and id not in self._deploying and id not in self._inflight:
+            return Conflict(
+                f"image {id[:12]} is in use by {', '.join(here)} on this gateway, which still runs a version "
+                "that another gateway has replaced or removed since; redeploy or remove it through this gateway, "
+                "or restart it, first",
+                used_by=here,
+            )
+        return Conflict(f"image {id[:12]} is being deployed or built right now; try again when that is done")
+
+    async def gc(self, actor: Actor) -> GcResult:
+        """Remove every image that no function's latest version runs on and that no
+        process sharing the image directory uses."""
+        return await asyncio.to_thread(self._gc, actor)
+
+    def _gc(self, actor: Actor) -> GcResult:
         self.store.prune_image_uses(time.time() - USE_GRACE)
         users = self.store.image_users()
+        recorded = {r.id: r for r in self.store.list_images()}
         removed: list[str] = []
         kept: list[str] = []
         freed = 0
-        recorded = {r.id: r for r in self.store.list_images()}
-        for id, record in recorded.items():
-            if id in users or id in busy:
+        # recorded here, and whole images this store never recorded (another store's, or it was reset)
+        for id in sorted(set(recorded) | set(self.repo.ids())):
+            if id in users:
                 kept.append(id)
                 continue
-            try:
-                self.store.delete_image(id, actor, action="image.gc")
-            except Conflict:  # a deploy elsewhere started using it
-                kept.append(id)
-                continue
-            self.repo.remove(id)
+            with self._leases.removal(id) as free:
+                if not free:  # a deploy, a build or a running function, in this process or another
+                    kept.append(id)
+                    continue
+                record = recorded.get(id)
+                if record is not None:
+                    try:
+                        self.store.delete_image(id, actor, action="image.gc")
+                    except Conflict:  # a version on it was stored since ``users`` was read
+                        kept.append(id)
+                        continue
+                size = record.size if record is not None else self.repo.size(id)
+                trash = self.repo.take_out(id)
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
             removed.append(id)
-            freed += record.size
-        for id in self.repo.ids():  # whole images nobody recorded (e.g. the store was reset)
-            if id not in recorded and id not in busy and id not in users:
-                freed += self.repo.size(id)
-                self.repo.remove(id)
-                removed.append(id)
+            freed += size
         if removed:
             log.info("image gc by %s: removed %d images, freed %s", actor.name, len(removed), _size(freed))
-        return GcResult(removed=sorted(removed), freed=freed, kept=sorted(kept))
+        return GcResult(removed=removed, freed=freed, kept=kept)
 
     # -- a build as a stream of events ------------------------------------------------------------
 

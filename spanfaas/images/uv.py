@@ -5,6 +5,8 @@ leak in) and the sources the admin configured (``[images]``): an index, or
 local wheelhouses with ``--no-index --offline``.  Its output is handed line
 by line to the caller (the build log); a failure raises ImageBuildFailed
 carrying uv's own message (the resolver says which requirement cannot be met).
+A run past ``[images] build_timeout`` is stopped and raises ImageBuildTimeout:
+the platform's failure (a 504), not the request's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spanfaas.config import ImageSettings
-from spanfaas.errors import ImageBuildFailed, InfraUnavailable
+from spanfaas.errors import ImageBuildFailed, ImageBuildTimeout, InfraUnavailable
 from spanfaas.images.curation import Plan
 
 __all__ = ["LOCK_NAME", "Uv", "find_uv"]
@@ -104,8 +106,13 @@ class Uv:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise ImageBuildFailed(
-                f"uv {what} did not finish within {self.settings.build_timeout:g} s ([images] build_timeout)"
+            limit = self.settings.build_timeout
+            raise ImageBuildTimeout(
+                f"the image build timed out: uv {what} did not finish within {limit:g} s ([images] build_timeout); "
+                "the package sources may be slow or unreachable. Try again later; if it keeps happening, "
+                "an admin can check the gateway's [images] index_url and find_links or raise build_timeout",
+                phase=what,
+                timeout=limit,
             ) from None
         except BaseException:
             with contextlib.suppress(ProcessLookupError):

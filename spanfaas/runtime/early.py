@@ -14,7 +14,8 @@ window closes) the template is exempt from the idle rule that scales to zero.
 
 - The next invocation *consumes* the prewarm: it is a cold start avoided when
   the template was ready by then, a cold start overlapped (shortened) when it
-  was still starting.
+  was still starting.  Only a prewarm still held when the call comes counts:
+  one whose hold ended before it is wasted, whether or not a tick saw it end.
 - A prewarm whose hold ends without an invocation is *wasted*; so is one
   *released* by the gateway because the request that asked for it failed
   validation.  Either way the template goes back under the normal idle rule:
@@ -158,19 +159,34 @@ class EarlyAction:
 
     # -- the invocation path (cheap) --------------------------------------------------------
 
-    def arrived(self, pool: Pool) -> None:
+    def arrived(self, pool: Pool, now: float | None = None) -> None:
+        """A call of ``pool`` came in (``now``: the monotonic clock, read only when a
+        prewarm is outstanding)."""
         w = self._watch.get(pool) or self._w(pool)
         w.inflight += 1
         w.peak = max(w.peak, w.inflight)
         if w.prewarms:
+            self._consume(pool, w, time.monotonic() if now is None else now)
+
+    def _consume(self, pool: Pool, w: _Watch, now: float) -> None:
+        """The call uses the oldest prewarm still held.  Holds that ended since the last
+        tick (which expires them every ``tick`` s) are wasted here, as the tick would
+        have counted them: their call never came, and this one was not what they were for."""
+        name = pool.spec.name
+        s = self._s(name)
+        while w.prewarms:
             pw = w.prewarms.popleft()
-            s = self._s(pool.spec.name)
+            if pw.until <= now:
+                _bump(s.wasted, pw.trigger)
+                self.note(name, f"wasted:{pw.trigger}")
+                continue
             if pool.state == "ready":
                 _bump(s.avoided, pw.trigger)
-                self.note(pool.spec.name, f"avoided:{pw.trigger}")
+                self.note(name, f"avoided:{pw.trigger}")
             else:
                 _bump(s.overlapped, pw.trigger)
-                self.note(pool.spec.name, f"overlapped:{pw.trigger}")
+                self.note(name, f"overlapped:{pw.trigger}")
+            return
 
     def done(self, pool: Pool, duration_ms: float | None) -> None:
         w = self._watch.get(pool)

@@ -3,6 +3,7 @@ index is ever contacted), a real SQLite store, and settings that build offline."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def store(settings: Settings) -> SQLiteStore:
 
 
 @pytest.fixture
-def service(settings: Settings, store: SQLiteStore) -> ImageService:
+def service(settings: Settings, store: SQLiteStore) -> Iterator[ImageService]:
     store.create_image_list(new_list("tools", packages=["tinycalc>=1,<3", "tinyhelper"], by=ADMIN.name), ADMIN)
-    return ImageService(settings, store)
+    s = ImageService(settings, store)
+    yield s
+    s.close()

@@ -5,9 +5,11 @@ NDJSON; deploys that get their image, or are rejected before anything is built."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,9 +40,9 @@ class Recording(InMemoryInfrastructure):
         await super().deploy(spec, bundle)
 
 
-@pytest.fixture
-async def gw(tmp_path: Path, wheelhouse: Path) -> AsyncIterator[tuple[Starlette, Recording, SQLiteStore]]:
-    settings = Settings(data_dir=str(tmp_path / "data"), images=ImageSettings(offline=True, find_links=[str(wheelhouse)]))
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, wheelhouse: Path, **images: Any) -> AsyncIterator[tuple[Starlette, Recording, SQLiteStore]]:
+    settings = Settings(data_dir=str(tmp_path / "data"), images=ImageSettings(offline=True, find_links=[str(wheelhouse)], **images))
     store = SQLiteStore(settings.data_path / "spanfaas.db")
     infra = Recording()
     app = create_app(settings, store, infra)
@@ -49,6 +51,12 @@ async def gw(tmp_path: Path, wheelhouse: Path) -> AsyncIterator[tuple[Starlette,
     # store calls run in the default executor; a cancelled caller leaves its thread running
     await asyncio.get_running_loop().shutdown_default_executor()
     store.close()
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, wheelhouse: Path) -> AsyncIterator[tuple[Starlette, Recording, SQLiteStore]]:
+    async with serving(tmp_path, wheelhouse) as parts:
+        yield parts
 
 
 def client(app: Starlette, store: SQLiteStore, name: str, scope: str) -> httpx.AsyncClient:
@@ -162,6 +170,46 @@ async def test_a_rejected_deploy_names_the_package_and_the_allowed_range_and_bui
         assert gateway.images.builds == 0 and (await dev.get("/v1/images")).json()["images"] == []
         assert 'spanfaas_image_failures_total{reason="rejected"} 1.0' in (await dev.get("/metrics")).text
         assert not any(p.name[0].isalnum() for p in gateway.images.repo.root.iterdir() if p.name not in (".uv-cache", ".locks"))
+
+
+async def test_a_build_that_times_out_is_a_504_that_says_so_not_a_400(tmp_path: Path, wheelhouse: Path) -> None:
+    async with serving(tmp_path, wheelhouse, build_timeout=0.001) as (app, infra, store):
+        async with client(app, store, "ops", "admin") as admin, client(app, store, "dev", "deploy") as dev:
+            await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<3", "tinyhelper"]})
+            r = await dev.put("/v1/functions/calc", content=function(tmp_path, "calc", 'packages = ["tinycalc"]\nlists = ["tools"]'))
+            assert r.status_code == 504, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            doc = r.json()
+            assert doc["type"].endswith("/image-build-timeout") and doc["title"] == "Image build timed out"
+            assert "did not finish within 0.001 s" in doc["detail"] and "build_timeout" in doc["detail"]
+            assert doc["timeout"] == 0.001 and doc["phase"] == "resolve"
+            assert "calc" not in infra.bundles and (await dev.get("/v1/functions/calc")).status_code == 404
+
+            async with dev.stream("POST", "/v1/images/builds", json={"packages": ["tinycalc"], "lists": ["tools"]}) as r:
+                events = [json.loads(line) async for line in r.aiter_lines() if line]
+            assert events[-1]["type"] == "error" and events[-1]["problem"]["status"] == 504
+            assert 'spanfaas_image_failures_total{reason="timeout"} 2.0' in (await dev.get("/metrics")).text
+
+
+async def test_a_function_redeployed_without_an_image_or_removed_lets_go_of_its_image(
+    gw: tuple[Starlette, Recording, SQLiteStore], tmp_path: Path
+) -> None:
+    app, _, store = gw
+    async with client(app, store, "ops", "admin") as admin:
+        await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<3", "tinyhelper"]})
+        for name in ("calc", "sum"):
+            r = await admin.put(f"/v1/functions/{name}", content=function(tmp_path, name, 'packages = ["tinycalc"]\nlists = ["tools"]'))
+            assert r.status_code == 201, r.text
+        (image,) = (await admin.get("/v1/images")).json()["images"]
+        assert (await admin.post("/v1/images/gc")).json()["kept"] == [image["id"]]
+
+        d = tmp_path / "calc"
+        (d / "spanfaas.toml").write_text('name = "calc"\nisolation = "reuse"\n')  # no [image] any more
+        r = await admin.put("/v1/functions/calc", content=pack_function(d))
+        assert r.status_code == 201 and r.json()["spec"]["image"] is None, r.text
+        assert (await admin.post("/v1/images/gc")).json()["kept"] == [image["id"]]  # sum runs on it
+        assert (await admin.delete("/v1/functions/sum")).status_code == 204
+        assert (await admin.post("/v1/images/gc")).json()["removed"] == [image["id"]]
 
 
 async def test_openapi_documents_the_image_endpoints(gw: tuple[Starlette, Recording, SQLiteStore]) -> None:

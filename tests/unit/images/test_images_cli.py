@@ -4,12 +4,14 @@ infrastructure, real uv on tiny wheels)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -26,10 +28,11 @@ from spanfaas.store import SQLiteStore
 Cli = Callable[..., Result]
 
 
-@pytest.fixture
-def cli(tmp_path: Path, wheelhouse: Path) -> Iterator[Cli]:
+@contextlib.contextmanager
+def serving(tmp_path: Path, wheelhouse: Path, **images: Any) -> Iterator[Cli]:
+    """A gateway on uvicorn (in a thread) and a way to run the CLI against it."""
     store = SQLiteStore(tmp_path / "data" / "spanfaas.db")
-    settings = Settings(data_dir=str(tmp_path / "data"), images=ImageSettings(offline=True, find_links=[str(wheelhouse)]))
+    settings = Settings(data_dir=str(tmp_path / "data"), images=ImageSettings(offline=True, find_links=[str(wheelhouse)], **images))
     tokens = {"admin": issue_token(store, "ops-alice", ["admin"])[1], "deploy": issue_token(store, "dev-bob", ["deploy"])[1]}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +56,12 @@ def cli(tmp_path: Path, wheelhouse: Path) -> Iterator[Cli]:
         server.should_exit = True
         thread.join(10)
         store.close()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, wheelhouse: Path) -> Iterator[Cli]:
+    with serving(tmp_path, wheelhouse) as run:
+        yield run
 
 
 def ok(r: Result) -> Result:
@@ -95,3 +104,18 @@ def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> Non
     (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc>=3"]\nlists = ["tools"]\n')
     r = cli("deploy", str(fn), scope="deploy")
     assert r.exit_code == 2 and "tinycalc>=3 is outside the approved range: tinycalc>=1,<3 (list tools)" in r.stderr
+
+
+def test_a_deploy_whose_image_build_times_out_exits_as_a_platform_failure(tmp_path: Path, wheelhouse: Path) -> None:
+    fn = tmp_path / "calc"
+    fn.mkdir()
+    (fn / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc"]\nlists = ["tools"]\n')
+    with serving(tmp_path, wheelhouse, build_timeout=0.001) as cli:
+        ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "tinyhelper"))
+        for command in (("deploy", str(fn)), ("images", "build", str(fn))):
+            r = cli(*command, scope="deploy")
+            assert r.exit_code == 7, (command, r.exit_code, r.stderr)  # InfraError's code, not 2 (a bad request)
+            assert "did not finish within 0.001 s" in r.stderr and "build_timeout" in r.stderr, r.stderr
+        r = cli("deploy", str(fn), "--json", scope="deploy")
+        assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 504

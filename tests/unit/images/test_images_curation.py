@@ -96,3 +96,28 @@ def test_lists_and_approvals_are_validated() -> None:
     assert approved_package("numpy", specifier=">=2").requirement == "numpy>=2"
     with pytest.raises(InvalidRequest, match="give one"):
         approved_package("numpy>=1", specifier=">=2")
+
+
+def test_local_versions_epochs_and_name_spellings_match_the_approvals_as_pep_440_says() -> None:
+    lists = [new_list("ml", packages=["torch==2.3", "Foo_Bar>=1,<2", "tz==1!2024.*", "tools~=1!1.4.2", "cuda==12.1+cu121"])]
+
+    def allowed(*packages: str) -> bool:
+        try:
+            plan(ImageRequest(packages=list(packages), lists=["ml"]), lists)
+        except ImageRejected:
+            return False
+        return True
+
+    # a build with a local label (+cpu, +cu121) is that version: ==2.3 approves it
+    assert allowed("torch==2.3+cpu") and allowed("torch==2.3.0+cu121") and not allowed("torch==2.4+cpu")
+    # an approval with a local label approves that build only, which ==12.1 and >=12 reach
+    assert allowed("cuda==12.1+cu121") and allowed("cuda==12.1") and allowed("cuda>=12")
+    assert not allowed("cuda==12.1+cu118") and not allowed("cuda>12.1")
+    # epochs: 1!2024.5 is within ==1!2024.*; a version of epoch 0 is not
+    assert allowed("tz==1!2024.5") and allowed("tz") and not allowed("tz==2024.5")
+    assert allowed("tools==1!1.4.9") and not allowed("tools==1!1.5") and not allowed("tools==1.4.9")
+    # names are compared in their PEP 503 form, however they are spelled
+    for spelling in ("foo-bar", "Foo_Bar", "FOO.BAR", "foo__bar==1.5"):
+        assert allowed(spelling), spelling
+    assert plan(ImageRequest(packages=["FOO.bar==1.5"], lists=["ml"]), lists).direct == ["foo-bar"]
+    assert not allowed("foo-bar>=2") and not allowed("foobar")

@@ -37,6 +37,32 @@ from spanfaas.images.ranges import intersects, parse_requirement, parse_specifie
         ("==1.0", "==1.0.0", True),
         (">=2,<2", "", False),
         ("===1.0", "==1.0", True),
+        # local versions (PEP 440): a specifier without a local label ignores the candidate's
+        ("==1.0", "==1.0+local", True),
+        ("==1.0.0", "==1.0+cpu.1", True),
+        ("==1.0+local", "==1.0+local", True),
+        ("==1.0+local", "==1.0+other", False),
+        ("==1.0+local", "==1.1", False),
+        ("!=1.0", "==1.0+local", False),
+        ("!=1.0+local", "==1.0+other", True),
+        ("!=1.0+local", "==1.0+local", False),
+        (">=1.0", "==1.0+local", True),
+        ("<=1.0", "==1.0+local", True),
+        (">1.0", "==1.0+local", False),
+        ("<1.0", "==1.0+local", False),
+        (">=1,<3", "==2.0+local", True),
+        ("==1.0.*", "==1.0+local", True),
+        ("~=1.0", "==1.0+local", True),
+        ("==1.0+local", "<=1.0,>=1.0", True),
+        # epochs: a version of epoch 1 is newer than every version of epoch 0
+        ("==1!1.*", "==1!1.5", True),
+        ("==1!1.*", "==1.5", False),
+        ("~=1!1.4.2", "==1!1.4.5", True),
+        ("~=1!1.4.2", "==1!1.5", False),
+        (">=1,<3", "==1!1.5", False),
+        (">=1", "==1!0.5", True),
+        ("<1!0", "==99.0", True),
+        ("==1!1.0+local", "==1!1.0", True),
     ],
 )
 def test_intersects(a: str, b: str, expected: bool) -> None:
@@ -45,14 +71,14 @@ def test_intersects(a: str, b: str, expected: bool) -> None:
 
 
 GRID = [Version(v) for v in (
-    "0.9", "1.0", "1.0.post1", "1.0.1", "1.1", "1.4", "1.4.2", "1.4.9", "1.5", "1.26", "1.26.4",
-    "2.0", "2.0.1", "2.5", "3.0", "11.0", "11.2", "12.0",
+    "0.9", "1.0", "1.0+local", "1.0+other", "1.0.post1", "1.0.1", "1.1", "1.4", "1.4.2", "1.4.9", "1.5", "1.26", "1.26.4",
+    "2.0", "2.0+local", "2.0.1", "2.5", "3.0", "11.0", "11.2", "12.0", "1!0.5", "1!1.0", "1!1.0+local", "1!1.4.5", "1!2.0",
 )]  # fmt: skip
 SPEC = st.builds(
     lambda op, v: f"{op}{v}",
     st.sampled_from(["==", "!=", ">=", ">", "<=", "<", "~="]),
-    st.sampled_from(["1.0", "1.4.2", "1.26", "2.0", "2.5", "3.0", "11.0"]),
-) | st.sampled_from(["==1.*", "==11.*", "!=2.*", "==2.0.*"])
+    st.sampled_from(["1.0", "1.4.2", "1.26", "2.0", "2.5", "3.0", "11.0", "1!1.0", "1!1.4.2"]),
+) | st.sampled_from(["==1.*", "==11.*", "!=2.*", "==2.0.*", "==1!1.*", "==1.0+local", "!=1.0+local", "==2.0+local", "===1.0"])
 SET = st.lists(SPEC, min_size=0, max_size=3).map(",".join)
 
 

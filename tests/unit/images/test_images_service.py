@@ -7,13 +7,15 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from images_helpers import ADMIN, built_dirs
 
 from spanfaas.config import ImageSettings, Settings
-from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InvalidManifest
+from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InfraError, InvalidManifest, SpanfaasError
 from spanfaas.images import ImageService
 from spanfaas.images.curation import approved_package, new_list
 from spanfaas.images.views import BuildDone, BuildFailed, BuildLine, BuildPhase
@@ -63,6 +65,16 @@ async def test_concurrent_requests_for_one_new_image_build_it_once(service: Imag
     assert built_dirs(service) == [results[0][0].id]
 
 
+async def test_a_local_build_is_approved_by_its_public_version_and_built(service: ImageService) -> None:
+    # the list approves the public version, spelled another way; the request pins the local build
+    service.store.put_approved_package("tools", approved_package("Tiny.Local==1.0", by=ADMIN.name), ADMIN)
+    record, built = await service.ensure(ImageRequest(packages=["tiny-local==1.0+cpu"], lists=["tools"]), ADMIN)
+    assert built and [(p.name, p.version, p.direct) for p in record.packages] == [("tiny-local", "1.0+cpu", True)]
+    assert run_in_image(service, record.id, "import tiny_local; print(tiny_local.__version__)") == "1.0+cpu"
+    again, built = await service.ensure(ImageRequest(packages=["TINY_LOCAL"], lists=["tools"]), ADMIN)
+    assert not built and again.id == record.id
+
+
 async def test_a_rejected_request_builds_nothing(service: ImageService) -> None:
     with pytest.raises(ImageRejected, match=r"tinycalc>=3 is outside the approved range: tinycalc>=1,<3 \(list tools\)"):
         await service.ensure(ImageRequest(packages=["tinycalc>=3"], lists=["tools"]), ADMIN)
@@ -92,6 +104,34 @@ async def test_a_failed_install_leaves_nothing_half_made(service: ImageService, 
     with pytest.raises(ImageBuildFailed, match="uv could not"):
         await broken._build_once(record.id, record.python, record.lock, record.packages, record.request, ADMIN, lambda e: None)
     assert built_dirs(broken) == [] and not broken.repo.has(record.id)
+
+
+async def test_a_build_past_its_timeout_is_the_platforms_failure_not_the_requests(service: ImageService) -> None:
+    """uv stopped at ``[images] build_timeout``: a 504 (exit 7) that says what ran out of
+    time and what to do, never the 400 of a request that cannot be met."""
+    record, _ = await service.ensure(TOOLS, ADMIN)  # a lock to install, from a build that had time
+    service.repo.remove(record.id)
+    service.store.delete_image(record.id, ADMIN)
+    hasty = ImageService(
+        Settings(data_dir=service.settings.data_dir, images=msgspec.structs.replace(service.settings.images, build_timeout=0.001)),
+        service.store,
+    )
+    attempts: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("resolve", lambda: hasty.ensure(ImageRequest(packages=["tinycalc<2"], lists=["tools"]), ADMIN)),
+        ("install", lambda: hasty._build_once(record.id, record.python, record.lock, record.packages, record.request, ADMIN, lambda e: None)),
+    ]
+    for phase, attempt in attempts:
+        with pytest.raises(SpanfaasError) as info:
+            await attempt()
+        exc = info.value
+        assert isinstance(exc, InfraError) and not isinstance(exc, ImageBuildFailed), type(exc)
+        assert (exc.status, exc.exit_code, exc.slug) == (504, 7, "image-build-timeout")
+        assert f"uv {phase} did not finish within 0.001 s" in exc.message and "[images] build_timeout" in exc.message
+        assert exc.extra == {"phase": phase, "timeout": 0.001}
+    assert built_dirs(hasty) == [] and not hasty.repo.has(record.id)
+    events = [e async for e in hasty.stream(ImageRequest(packages=["tinycalc<2"], lists=["tools"]), ADMIN)]
+    assert isinstance(events[-1], BuildFailed) and events[-1].problem["status"] == 504
+    assert hasty.metrics.failures.labels("timeout")._value.get() == 2  # the stream, and the ensure above
 
 
 async def test_dependencies_must_be_approved_when_the_policy_says_so(service: ImageService) -> None:
@@ -130,6 +170,8 @@ async def test_deploy_hooks_record_the_image_and_pin_it_and_restart_survives_lis
     gc = await service.gc(ADMIN)
     assert gc.removed == [] and gc.kept == [image_id]
     service.store.delete_function("calc")
+    assert (await service.gc(ADMIN)).kept == [image_id]  # it still runs here
+    service.forget("calc")  # as the registry does when it removes the function
     gc = await service.gc(ADMIN)
     assert gc.removed == [image_id] and gc.freed > 0 and built_dirs(service) == []
     assert [e.action for e in service.store.image_audit(image_id)] == ["image.gc"]

@@ -4,6 +4,7 @@ real pools are tested in tests/integration/test_early_*.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from spanfaas.config import RuntimeSettings
@@ -42,7 +43,7 @@ def test_a_prewarm_holds_until_its_call_and_counts_it_avoided() -> None:
     e.prewarmed(pool, "headers", now=100.0)  # type: ignore[arg-type]
     assert e.holding(pool, 104.0)  # type: ignore[arg-type]
     pool.state = "ready"
-    e.arrived(pool)  # type: ignore[arg-type]
+    e.arrived(pool, now=104.5)  # type: ignore[arg-type]
     e.done(pool, 12.0)  # type: ignore[arg-type]
     assert not e.holding(pool, 104.0)  # type: ignore[arg-type]
     s = e.stats({})["fn"]
@@ -53,7 +54,7 @@ def test_a_call_that_finds_the_template_starting_is_overlapped() -> None:
     e, pool = early(), FakePool()
     e.prewarmed(pool, "dns", now=0.0)  # type: ignore[arg-type]
     pool.state = "starting"
-    e.arrived(pool)  # type: ignore[arg-type]
+    e.arrived(pool, now=0.3)  # type: ignore[arg-type]
     assert e.stats({})["fn"].overlapped == {"dns": 1}
 
 
@@ -117,3 +118,30 @@ def test_predict_warms_cold_pools_and_keeps_idle_ones_within_budget() -> None:
         tight.predict(t + 0.1, [pool], set())  # type: ignore[list-item]
     pool.state = "cold"
     assert tight.predict(39.0, [pool], set()) == []  # type: ignore[list-item]  # 512 MiB > budget
+
+
+def test_a_prewarm_that_expired_before_the_call_is_wasted_even_between_ticks() -> None:
+    """A DNS lookup prewarmed the function 5.2 s ago and its request never came: the
+    5 s hold ended 0.2 s ago, but the tick that expires holds has not run since (it
+    comes every 0.5 s).  A call arriving now was not what the prewarm was for, and
+    the template was not kept for it: nothing was avoided, the prewarm was wasted."""
+    e, pool = early(), FakePool(state="ready")
+    e.trace = []
+    now = time.monotonic()
+    e.prewarmed(pool, "dns", now=now - 5.2)  # type: ignore[arg-type]
+    assert e.holding(pool, now - 0.3)  # type: ignore[arg-type]  # the last tick, while it still held
+    e.arrived(pool)  # type: ignore[arg-type]
+    e.done(pool, 3.0)  # type: ignore[arg-type]
+    assert not e.holding(pool, time.monotonic())  # type: ignore[arg-type]  # the next tick
+    s = e.stats({})["fn"]
+    assert (s.prewarms, s.avoided, s.overlapped, s.wasted) == ({"dns": 1}, {}, {}, {"dns": 1})
+    assert [ev for _t, _n, ev in e.trace] == ["prewarm:dns", "wasted:dns"]
+
+    # an expired prewarm ahead of a live one: the live one is the one the call uses
+    now = time.monotonic()
+    e.prewarmed(pool, "dns", now=now - 6.0)  # type: ignore[arg-type]
+    e.prewarmed(pool, "headers", now=now)  # type: ignore[arg-type]
+    e.arrived(pool)  # type: ignore[arg-type]
+    assert not e.holding(pool, now + 0.1)  # type: ignore[arg-type]  # nothing left over
+    s = e.stats({})["fn"]
+    assert (s.avoided, s.wasted) == ({"headers": 1}, {"dns": 2})
