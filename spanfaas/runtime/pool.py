@@ -780,7 +780,7 @@ class Pool:
         if self._strict:
             # Fork the next child only now: forking while the request is on its way
             # makes the woken template compete with the instance for the CPU.
-            self._replenish()
+            self._loop.call_soon(self._replenish)
         elif not inst.timed_out and not inst.retired and not conn.lost:
             self._offer(inst)
 
