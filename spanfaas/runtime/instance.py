@@ -266,6 +266,11 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
         # it (reuse): held for a batch, it would wait on the next call, which may hang.
         p.send_frame(sock, done, output)
         if one_shot:
+            # The reply woke the runtime with a "sync" wake-up, which the kernel
+            # may answer by queueing it on this CPU, expecting us to block now.
+            # We exit instead, and tearing down the address space takes
+            # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
+            os.sched_yield()
             return
 
 
