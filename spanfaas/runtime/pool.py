@@ -778,9 +778,10 @@ class Pool:
         inst.served += 1
         inst.last_used = time.monotonic()
         if self._strict:
-            # Fork the next child only now: forking while the request is on its way
-            # makes the woken template compete with the instance for the CPU.
-            self._replenish()
+            # Fork the next child only now, and after this turn of the loop has
+            # handed the reply to its caller: a template woken while a request or
+            # its reply is on its way takes the CPU from the instance or from us.
+            self._loop.call_soon(self._replenish)
         elif not inst.timed_out and not inst.retired and not conn.lost:
             self._offer(inst)
 

@@ -68,6 +68,48 @@ async def test_async_handler(harness: Harness) -> None:
         assert r.output == b"6"
 
 
+SYNC_RETURNS_AWAITABLE = """
+import asyncio
+
+class Later:
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        return "later"
+
+class Tagged(dict):
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        return {"tagged": True}
+
+async def helper(n):
+    await asyncio.sleep(0)
+    return n + 1
+
+def handler(event, context):
+    kind = event["kind"]
+    if kind == "coroutine":
+        return helper(1)
+    if kind == "object":
+        return Later()
+    if kind == "dict-subclass":
+        return Tagged()
+    return {"plain": kind}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_sync_handler_returning_an_awaitable_is_awaited(harness: Harness, isolation: str) -> None:
+    """Only results of a plain type skip the awaitable check: a coroutine, an
+    object with ``__await__`` and a dict subclass that is awaitable are awaited."""
+    name = f"sync-awaitable-{isolation}"
+    await harness.deploy(name, SYNC_RETURNS_AWAITABLE, f'isolation = "{isolation}"\n')
+    expect = {"coroutine": b"2", "object": b'"later"', "dict-subclass": b'{"tagged":true}', "none": b'{"plain":"none"}'}
+    for kind, output in expect.items():
+        r = await harness.invoke(name, json.dumps({"kind": kind}).encode())
+        assert r.ok, r.error
+        assert r.output == output, kind
+
+
 async def test_environment_from_manifest(harness: Harness) -> None:
     await harness.deploy(
         "envfn",
