@@ -2,7 +2,9 @@
 
 Up to ``settings.async_workers`` invocations run at once.  Each is claimed
 with a lease that a heartbeat extends while it runs; a gateway that dies
-leaves leases that expire, and the records are claimed again: at-least-once.
+leaves leases that expire, and the records are claimed again: at-least-once
+(an outcome is shown only once the recorder has stored it, so a re-run never
+changes an outcome a client has read).
 On start-up an exclusive store (SQLite) hands back every 'running' record at
 once.  Platform failures (``InfraError``) are retried ``async_retries`` times
 with exponential backoff; a function's own failure is recorded, not retried.

@@ -4,8 +4,9 @@
 outcomes, requeues) and writes them in batches from a background task: one
 transaction per ``interval`` (50 ms) at most, however many calls arrive,
 from one dedicated thread.  A record waiting for its
-batch can still be read (``get``), and ``flush()`` waits until everything
-added so far is stored.
+batch can still be read (``get``; the API does so for sync records only: an
+async outcome is not shown before it is stored), and ``flush()`` waits until
+everything added so far is stored.
 
 ``Enqueuer`` is the same idea for the async queue, with one difference: the
 caller waits for the commit (group commit), because an accepted invocation
