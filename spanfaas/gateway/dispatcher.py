@@ -8,6 +8,12 @@ changes an outcome a client has read).
 On start-up an exclusive store (SQLite) hands back every 'running' record at
 once.  Platform failures (``InfraError``) are retried ``async_retries`` times
 with exponential backoff; a function's own failure is recorded, not retried.
+
+Two budgets, kept apart: ``attempts`` counts every start, ``reruns`` the starts
+made again because an earlier one left no outcome (its gateway died).  Retries
+are taken from ``attempts - reruns`` (the runs that ended with a failure), so a
+crash does not use up the retries the operator configured (nor, for an event,
+``events.retries``); re-runs have their own limit, ``CRASH_RERUNS``.
 """
 
 from __future__ import annotations
@@ -34,10 +40,10 @@ __all__ = ["Dispatcher", "EventOutcomes"]
 log = logging.getLogger("spanfaas.gateway")
 
 CRASH_RERUNS = 3
-"""Runs an async invocation may start beyond ``async_retries + 1`` when the
-gateway died during the others (each start is counted when it is claimed): at
-least once survives a crash, and an invocation that takes the gateway down
-with it every time does not do so for ever."""
+"""Times an async invocation is started again because a run left no outcome
+(the gateway died during it), on top of its retries: at least once survives a
+crash, and an invocation that takes the gateway down with it every time does
+not do so for ever."""
 _replace = msgspec.structs.replace
 
 
@@ -145,12 +151,11 @@ class Dispatcher:
 
     async def _run(self, record: InvocationRecord) -> None:
         started = time.time()
-        runs = self.settings.async_retries + 1 + CRASH_RERUNS
-        if record.attempts > runs:
+        if record.reruns > CRASH_RERUNS:
             error = ErrorInfo(
                 kind="infra", type="InfraError",
-                message=f"not run again: started {record.attempts - 1} times, and the gateway stopped without an outcome "
-                        f"after the last ones (a function that takes the gateway down?); see the gateway's log",
+                message=f"not run again: {record.reruns} runs ended without an outcome, the gateway stopping during "
+                        f"each (a function that takes the gateway down?); see the gateway's log",
             )  # fmt: skip
             log.error("async invocation %s: %s", record.id, error.message)
             self.metrics.infra_failed(record.function)
@@ -206,10 +211,11 @@ class Dispatcher:
         error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
         self.metrics.infra_failed(record.function)
         retries = self.settings.async_retries
-        if isinstance(exc, InfraError) and record.attempts <= retries:
-            delay = self.settings.async_backoff * (2 ** (record.attempts - 1))
+        failures = record.attempts - record.reruns  # a re-run after a crash is not a retry
+        if isinstance(exc, InfraError) and failures <= retries:
+            delay = self.settings.async_backoff * (2 ** (failures - 1))
             log.warning("async invocation %s failed on the platform (attempt %d of %d), retrying in %.2fs: %s",
-                        record.id, record.attempts, retries + 1, delay, exc)  # fmt: skip
+                        record.id, failures, retries + 1, delay, exc)  # fmt: skip
             self.recorder.add(_replace(record, status="queued", error=error, not_before=time.time() + delay))
         else:
             self.recorder.add(

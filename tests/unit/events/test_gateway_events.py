@@ -5,15 +5,23 @@ triggers through the API, retries and dead letters."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from events_helpers import SECRET, metric, wait_finished
 
+from spanfaas.config import Settings
+from spanfaas.events.base import CE_JSON
 from spanfaas.events.webhook import sign
+from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import Event, InvocationRecord
+from spanfaas.store import SQLiteStore
 
 CE = {"specversion": "1.0", "id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
 STRUCTURED = {"content-type": "application/cloudevents+json"}
@@ -210,3 +218,35 @@ async def test_store_failure_answers_503_and_accepts_nothing(
     monkeypatch.undo()
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)  # the retry is not a duplicate
     assert len(ids(r)) == 1
+
+
+async def test_a_crash_rerun_does_not_use_up_the_event_retries(
+    settings: Settings, store: SQLiteStore, admin_token: str, tmp_path: Path
+) -> None:
+    """events.retries are for failed runs; a run started again because the gateway died
+    during an earlier one took one of them: the function failed one time fewer than
+    configured before its event went to the dead-letter store."""
+    src = tmp_path / "src" / "flaky"
+    src.mkdir(parents=True)
+    (src / "handler.py").write_text(FLAKY)
+    (src / "spanfaas.toml").write_text(f'name = "flaky"\nisolation = "reuse"\n{ORDERS}')
+    headers = {"authorization": f"Bearer {admin_token}"}
+    app = create_app(settings, store, InMemoryInfrastructure())
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=headers) as c:
+        assert (await c.put("/v1/functions/flaky", content=pack_function(src))).status_code == 201
+    event = {**CE, "data": {"flag": str(tmp_path / "never")}}
+    store.enqueue(InvocationRecord(
+        id="ev-1", function="flaky", status="queued", mode="async", content_type=CE_JSON, payload=json.dumps(event).encode(),
+        created_at=time.time(), event=Event(attributes=CE, proxy="cloudevents", trigger="flaky:0"),
+    ))  # fmt: skip
+    assert [r.id for r in store.claim(time.time(), 3600, 10)] == ["ev-1"]
+    assert store.requeue_running() == 1  # the gateway running it died; the next one takes it back
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=headers) as c:
+        [view] = await wait_finished(c, ["ev-1"])
+        letters = (await c.get("/v1/events/dlq")).json()["dead_letters"]
+    retries = settings.events.retries
+    assert view["status"] == "failed" and infra.invocations == retries + 1, view  # every retry, after the re-run
+    assert view["attempts"] == retries + 2 and view["reruns"] == 1
+    assert [(d["id"], d["attempts"]) for d in letters] == [("ev-1", retries + 2)]
