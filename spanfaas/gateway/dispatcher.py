@@ -1,17 +1,18 @@
 """The async dispatcher: runs queued invocations from the store.
 
 Up to ``settings.async_workers`` invocations run at once.  Each is claimed
-with a lease that a heartbeat extends while it runs; a gateway that dies
-leaves leases that expire, and the records are claimed again: at-least-once
-(an outcome is shown only once the recorder has stored it, so a re-run never
-changes an outcome a client has read).
-On start-up an exclusive store (SQLite) hands back every 'running' record at
-once.  Platform failures (``InfraError``) are retried ``async_retries`` times
-with exponential backoff; a function's own failure is recorded, not retried.
+with a lease that a heartbeat extends while it runs, and after it while its
+outcome waits for the recorder; a gateway that dies leaves leases that
+expire, and the records are claimed again: at-least-once (an outcome is
+shown only once the recorder has stored it, so a re-run never changes an
+outcome a client has read).  On start-up an exclusive store (SQLite) hands
+back every 'running' record at once.  Platform failures (``InfraError``) are
+retried ``async_retries`` times with exponential backoff; a function's own
+failure is recorded, not retried.
 
-Two budgets, kept apart: ``attempts`` counts every start, ``reruns`` the starts
-made again because an earlier one left no outcome (its gateway died).  Retries
-are taken from ``attempts - reruns`` (the runs that ended with a failure), so a
+Two budgets, kept apart: ``attempts`` counts every start, ``reruns`` the
+starts made again because an earlier one left no outcome (its gateway died).
+Retries are taken from ``attempts - reruns`` (the runs that ended with a failure), so a
 crash does not use up the retries the operator configured (nor, for an event,
 ``events.retries``); re-runs have their own limit, ``CRASH_RERUNS``.
 """
@@ -122,6 +123,10 @@ class Dispatcher:
                     await asyncio.sleep(1.0)
                 got = len(batch)
                 for record in batch:
+                    if self.recorder.get(record.id) is not None:
+                        # Its lease ran out while the store refused its outcome (and the lease
+                        # extensions): that outcome, stored when the store takes it, settles it.
+                        continue
                     task = asyncio.create_task(self._run(record), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task
                     task.add_done_callback(self._done)
@@ -143,9 +148,12 @@ class Dispatcher:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            if self.running:
+            # Runs, and finished runs whose outcome waits for the recorder (longer than a lease
+            # while the store refuses it): their records stay ours, not claimed and run again.
+            ids = [*self.running, *self.recorder.unsaved(mode="async")]
+            if ids:
                 try:
-                    await asyncio.to_thread(self.store.extend_leases, list(self.running), time.time() + self.lease)
+                    await asyncio.to_thread(self.store.extend_leases, ids, time.time() + self.lease)
                 except Exception as exc:
                     log.error("could not extend leases: %s", exc)
 

@@ -65,6 +65,10 @@ class Recorder:
     def get(self, id: str) -> InvocationRecord | None:
         return self._pending.get(id) or self._writing.get(id)
 
+    def unsaved(self, *, mode: str) -> list[str]:
+        """Ids of the records of ``mode`` added and not stored yet."""
+        return list({id: None for batch in (self._writing, self._pending) for id, r in batch.items() if r.mode == mode})
+
     async def flush(self) -> None:
         """Wait until every record added so far is stored."""
         if self._task is None or self._task.done():

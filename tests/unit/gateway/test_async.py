@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,9 +23,13 @@ pytestmark = pytest.mark.asyncio
 
 
 @contextlib.asynccontextmanager
-async def _gateway(settings: Settings, store: SQLiteStore, infra: Any, token: str) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def _gateway(
+    settings: Settings, store: SQLiteStore, infra: Any, token: str, *, lease: float | None = None
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """A gateway app over ``store`` and ``infra``, started, with an admin client."""
     app = create_app(settings, store, infra)
+    if lease is not None:
+        app.state.gateway.dispatcher.lease = lease  # before the start: the heartbeat paces itself on it
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
                                      headers={"authorization": f"Bearer {token}"}) as c:  # fmt: skip
@@ -235,3 +240,54 @@ async def test_a_graceful_stop_gives_the_run_back_uncounted(
         await app.state.gateway.dispatcher.stop(grace=0.05)  # what the lifespan's end does, with 5 s of grace
     record = store.get_invocation(id)
     assert record is not None and record.status == "queued" and record.attempts == 0
+
+
+@contextlib.contextmanager
+def _store_refuses(store: SQLiteStore, trigger: str) -> Any:
+    """The store refuses some writes, as a full disk would (a trigger another client of
+    the database creates, and drops again on leaving)."""
+    db = sqlite3.connect(store.path, isolation_level=None)
+    name = trigger.split()[2]
+    try:
+        db.execute(trigger)
+        yield
+    finally:
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+        db.close()
+
+
+REFUSE_OUTCOMES = (
+    "CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON invocations "
+    "WHEN NEW.status IN ('succeeded', 'failed') BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+)
+REFUSE_OUTCOMES_AND_LEASES = REFUSE_OUTCOMES.replace(
+    "NEW.status IN ('succeeded', 'failed')",
+    "NEW.status IN ('succeeded', 'failed') OR (OLD.status = 'running' AND NEW.status = 'running')",
+)
+
+
+@pytest.mark.parametrize("refused", [REFUSE_OUTCOMES, REFUSE_OUTCOMES_AND_LEASES], ids=["outcomes", "outcomes-and-leases"])
+async def test_an_outcome_the_store_cannot_take_yet_is_not_run_again(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], refused: str
+) -> None:
+    """The run is over and its outcome waits in the recorder, which retries while the store
+    refuses it: nobody extended the record's lease any more, so once it ran out the record
+    was claimed and the function run again, its first outcome still unsaved.  (When the
+    store refuses the lease extensions too, the lease runs out and the record is claimed:
+    the outcome waiting for the store settles it, the function does not run again.)"""
+    infra = InMemoryInfrastructure()
+    async with _gateway(settings, store, infra, admin_token, lease=0.3) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        with _store_refuses(store, refused):
+            id = (await c.post("/v1/functions/hello/invoke?mode=async", json={"name": "once"})).json()["id"]
+            for _ in range(500):
+                if infra.invocations:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.2)  # four leases; the recorder tries again each second
+            assert infra.invocations == 1, "run again while its outcome waited to be stored"
+            stored = store.get_invocation(id)
+            assert stored is not None and stored.status == "running"
+        view = await wait_done(c, id)
+    assert view["status"] == "succeeded" and view["result"] == {"hello": "once"}, view
+    assert (view["attempts"], view["reruns"], infra.invocations) == (1, 0, 1)
