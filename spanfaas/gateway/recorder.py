@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from spanfaas.model import InvocationRecord
 from spanfaas.store import Store
@@ -65,7 +66,7 @@ class Recorder:
     def get(self, id: str) -> InvocationRecord | None:
         return self._pending.get(id) or self._writing.get(id)
 
-    def unsaved(self, *, mode: str) -> list[str]:
+    def unsaved(self, *, mode: Literal["sync", "async"]) -> list[str]:
         """Ids of the records of ``mode`` added and not stored yet."""
         return list({id: None for batch in (self._writing, self._pending) for id, r in batch.items() if r.mode == mode})
 

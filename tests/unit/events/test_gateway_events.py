@@ -4,7 +4,9 @@ triggers through the API, retries and dead letters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -250,3 +252,63 @@ async def test_a_crash_rerun_does_not_use_up_the_event_retries(
     assert view["status"] == "failed" and infra.invocations == retries + 1, view  # every retry, after the re-run
     assert view["attempts"] == retries + 2 and view["reruns"] == 1
     assert [(d["id"], d["attempts"]) for d in letters] == [("ev-1", retries + 2)]
+
+
+REFUSE_DEAD_LETTERS = (
+    "CREATE TRIGGER refuse_dead_letters BEFORE INSERT ON dead_letters "
+    "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+)
+
+
+async def _event_that_fails_for_good(client: httpx.AsyncClient, deploy: Callable[..., Any], tmp_path: Path) -> str:
+    await deploy("flaky", ORDERS, code=FLAKY)
+    r = await client.post("/v1/events", content=json.dumps({**CE, "data": {"flag": str(tmp_path / "never")}}), headers=STRUCTURED)
+    [inv] = ids(r)
+    return inv
+
+
+async def test_a_dead_letter_the_store_refuses_for_a_moment_is_written_on_a_second_try(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, store: SQLiteStore,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The dead letter of the last failed run could not be written: the dispatcher's task died
+    and left the record 'running' until its lease ran out (30 s), to be run once more then."""
+    gateway.dispatcher.settle_backoff = 0.5  # time enough to let the store recover after the first refusal
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_DEAD_LETTERS)
+        inv = await _event_that_fails_for_good(client, deploy, tmp_path)
+        deadline = time.monotonic() + 5
+        while "could not settle" not in caplog.text:
+            assert time.monotonic() < deadline, "the refused dead letter was not reported"
+            await asyncio.sleep(0.005)
+        db.execute("DROP TRIGGER refuse_dead_letters")
+    finally:
+        db.close()
+    [view] = await wait_finished(client, [inv], timeout=5)
+    retries = gateway.settings.events.retries
+    assert view["status"] == "failed" and (view["attempts"], view["reruns"]) == (retries + 1, 0), view
+    assert "not yet" in view["error"]["message"] and gateway.infra.invocations == retries + 1  # type: ignore[attr-defined]
+    letters = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+    assert [(d["id"], d["attempts"]) for d in letters] == [(inv, retries + 1)]
+
+
+async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_promptly(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, store: SQLiteStore, tmp_path: Path
+) -> None:
+    """Each run whose dead letter cannot be written goes back to the queue as a re-run (its
+    outcome was not stored), not left 'running' for a lease; after CRASH_RERUNS it fails, saying why."""
+    from spanfaas.gateway.dispatcher import CRASH_RERUNS
+
+    gateway.dispatcher.settle_backoff = 0.01
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_DEAD_LETTERS)
+        inv = await _event_that_fails_for_good(client, deploy, tmp_path)
+        [view] = await wait_finished(client, [inv], timeout=5)
+    finally:
+        db.execute("DROP TRIGGER IF EXISTS refuse_dead_letters")
+        db.close()
+    runs = gateway.settings.events.retries + 1 + CRASH_RERUNS
+    assert view["status"] == "failed" and view["reruns"] == CRASH_RERUNS + 1, view
+    assert "could not store" in view["error"]["message"] and gateway.infra.invocations == runs  # type: ignore[attr-defined]

@@ -197,7 +197,7 @@ async def test_an_invocation_the_gateway_keeps_dying_on_is_not_run_for_ever(
         view = await wait_done(c, "pill")
     assert view["status"] == status and view["attempts"] == crashes + 1 and view["reruns"] == crashes, view
     if status == "failed":
-        assert infra.invocations == 0 and "4 runs ended without an outcome" in view["error"]["message"]
+        assert infra.invocations == 0 and "4 runs ended without a stored outcome" in view["error"]["message"]
 
 
 async def test_a_crash_rerun_does_not_use_up_the_retries(
