@@ -32,6 +32,7 @@ from spanfaas.errors import (
     SpanfaasError,
     TooManyRequests,
     Unauthorized,
+    WaitTimeout,
 )
 from spanfaas.model import (
     ErrorInfo,
@@ -80,6 +81,7 @@ __all__ = [
     "SpanfaasError",
     "TooManyRequests",
     "Unauthorized",
+    "WaitTimeout",
     "__version__",
 ]
 

@@ -161,7 +161,8 @@ class EventSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     dedup_window: Annotated[float, Meta(ge=0)] = 86400.0
     """Seconds during which a second event with the same (source, id) is dropped."""
     retries: Annotated[int, Meta(ge=0, le=100)] = 3
-    """Failed deliveries retried before the event goes to the dead-letter store."""
+    """Failed deliveries retried before the event goes to the dead-letter store (a run
+    started again because the gateway died during one is not a retry)."""
     backoff: Annotated[float, Meta(ge=0)] = 1.0
     """Seconds before the first retry; doubles per attempt."""
     max_backoff: Annotated[float, Meta(ge=0)] = 300.0
@@ -229,6 +230,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_payload: Annotated[int, Meta(ge=1024)] = 32 * MiB
     max_bundle: Annotated[int, Meta(ge=1024)] = 64 * MiB
     async_retries: Annotated[int, Meta(ge=0, le=100)] = 3
+    """Async invocations: runs that failed on the platform (``InfraError``) retried.  A run
+    started again because the gateway died during one is not a retry (``CRASH_RERUNS``)."""
     async_backoff: Annotated[float, Meta(ge=0)] = 0.5
     async_workers: Annotated[int, Meta(ge=1, le=1024)] = 16
     runtime: RuntimeSettings = RuntimeSettings()

@@ -20,6 +20,7 @@ user's function failed::
     │   └── InvocationNotFound          404
     ├── Conflict                        409  exit 5
     ├── TooManyRequests                 429  exit 6
+    ├── WaitTimeout                     504  exit 1   (the client stopped waiting; also a TimeoutError)
     ├── InfraError                      502  exit 7   (the platform failed)
     │   ├── InfraUnavailable            503
     │   └── ImageBuildTimeout           504   uv ran past [images] build_timeout
@@ -58,6 +59,7 @@ __all__ = [
     "SpanfaasError",
     "TooManyRequests",
     "Unauthorized",
+    "WaitTimeout",
     "error_from_problem",
 ]
 
@@ -155,6 +157,16 @@ class Conflict(SpanfaasError):
 
 class TooManyRequests(SpanfaasError):
     status, exit_code, slug, title = 429, 6, "too-many-requests", "Too many requests"
+
+
+class WaitTimeout(SpanfaasError, TimeoutError):
+    """The client stopped waiting (``--timeout``, ``timeout=``): no answer, or no outcome yet, in time.
+
+    Nothing failed: the invocation may still be running, and finish.  Raised
+    on the client side only; a ``TimeoutError`` too.
+    """
+
+    status, exit_code, slug, title = 504, 1, "wait-timeout", "Timed out waiting"
 
 
 class InfraError(SpanfaasError):

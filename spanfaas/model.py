@@ -401,6 +401,7 @@ class InvocationRecord(Struct, kw_only=True):
     error: ErrorInfo | None = None
     logs: str = ""
     attempts: int = 0
+    """Runs started (async: each claim)."""
     idempotency_key: str | None = None
     infra: str = ""
     created_at: float = 0.0
@@ -413,6 +414,9 @@ class InvocationRecord(Struct, kw_only=True):
     cold: bool = False
     event: Event | None = None
     """The CloudEvent that started it (async invocations made by a trigger)."""
+    reruns: int = 0
+    """Of ``attempts``, the runs started again because an earlier one left no outcome
+    (its gateway died): they do not use up the retries of failed runs."""
 
 
 class TokenRecord(Struct, frozen=True, kw_only=True):

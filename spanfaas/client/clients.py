@@ -142,7 +142,8 @@ class Client(_Base):
         return self._run(ops.deploy(path, progress))
 
     def invoke(self, name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Any:
-        """Run a function and return its decoded result; raises the typed error if it failed."""
+        """Run a function and return its decoded result; raises the typed error if it failed
+        (``WaitTimeout`` when no answer came within ``timeout``: the function may still be running)."""
         return self._run(ops.invoke(name, event, data=data, timeout=timeout)).value()
 
     def invoke_output(self, name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> InvokeOutput:
@@ -154,7 +155,7 @@ class Client(_Base):
         return self._run(ops.invoke_async(name, event, data=data, idempotency_key=idempotency_key))
 
     def result(self, invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> Any:
-        """The result of an invocation, waiting for it (``TimeoutError`` when it is not done in time)."""
+        """The result of an invocation, waiting for it (``WaitTimeout``, a ``TimeoutError``, when it is not done in time)."""
         return self._run(ops.result(invocation_id, wait=wait, timeout=timeout)).value()
 
     def result_output(self, invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> InvokeOutput:

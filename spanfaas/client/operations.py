@@ -34,6 +34,7 @@ from spanfaas.errors import (
     SpanfaasError,
     TooManyRequests,
     Unauthorized,
+    WaitTimeout,
     error_from_problem,
 )
 from spanfaas.model import ErrorInfo, Result
@@ -238,8 +239,8 @@ def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float 
     """The typed error for a request that got no answer."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return InfraUnavailable(f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?")
-    if isinstance(exc, httpx.TimeoutException):
-        return InfraError(
+    if isinstance(exc, httpx.TimeoutException):  # our wait ran out: nothing is known to have failed
+        return WaitTimeout(
             f"spanfaas at {base_url} did not answer within {timeout:g} s; "
             "pass a longer timeout (--timeout, or timeout= in the SDK)"
         )
@@ -342,7 +343,7 @@ def result(invocation_id: str, *, wait: bool = True, timeout: float | None = Non
             raise error_from_record(rec)
         remaining = None if deadline is None else deadline - time.monotonic()
         if not wait or (remaining is not None and remaining <= 0):
-            raise TimeoutError(
+            raise WaitTimeout(
                 f"invocation {invocation_id} is still {status}"
                 + (f" after {timeout:g}s" if wait else "")
                 + f"; wait for it with: spanfaas result {invocation_id} --wait"

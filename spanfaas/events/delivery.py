@@ -3,7 +3,8 @@
 The dispatcher runs an event's invocation like any async one and hands the
 outcome to ``settle`` before recording it.  A failure — the function's own
 or the platform's — is queued again after ``backoff * 2**(attempt-1)``
-seconds (at most ``max_backoff``) until ``retries`` retries are spent; then
+seconds (at most ``max_backoff``) until ``retries`` retries are spent (a run
+started again because its gateway died is not one of them); then
 the invocation is recorded as failed and a copy of it (payload, event,
 last error) goes to the dead-letter store, from which ``replay`` queues it
 again under a new invocation id.
@@ -74,11 +75,12 @@ class Delivery:
         if record.status == "succeeded":
             self.metrics.delivered.labels(event.proxy).inc()
             return record
-        if record.attempts <= self.settings.retries:
-            delay = self.delay(record.attempts)
+        failures = record.attempts - record.reruns  # a re-run after a gateway's crash is not a retry
+        if failures <= self.settings.retries:
+            delay = self.delay(failures)
             self.metrics.retried.labels(event.proxy).inc()
             log.info("event %s from %s: invocation %s failed (attempt %d of %d), retrying in %.2fs",
-                     event.attributes.get("id"), event.attributes.get("source"), record.id, record.attempts,
+                     event.attributes.get("id"), event.attributes.get("source"), record.id, failures,
                      self.settings.retries + 1, delay)  # fmt: skip
             return _replace(record, status="queued", not_before=time.time() + delay, finished_at=None)
         letter = DeadLetter(

@@ -121,7 +121,12 @@ async def delete_function(gw: Gateway, request: Request) -> Response:
 
 async def get_invocation(gw: Gateway, request: Request) -> Response:
     id = request.path_params["id"]
-    record = gw.recorder.get(id) or await asyncio.to_thread(gw.store.get_invocation, id)
+    record = gw.recorder.get(id)
+    if record is None or record.mode == "async":
+        # An async outcome is shown once it is stored: until then a gateway that dies runs the
+        # invocation again, and the outcome a client had read would change.  (A sync caller
+        # already has its answer; its record waiting for the batch may be shown.)
+        record = await asyncio.to_thread(gw.store.get_invocation, id)
     if record is None:
         raise InvocationNotFound(f"invocation '{id}' not found; GET /v1/invocations?function=NAME lists recent ones")
     return json(invocation_view(record))

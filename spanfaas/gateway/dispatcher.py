@@ -1,11 +1,21 @@
 """The async dispatcher: runs queued invocations from the store.
 
 Up to ``settings.async_workers`` invocations run at once.  Each is claimed
-with a lease that a heartbeat extends while it runs; a gateway that dies
-leaves leases that expire, and the records are claimed again: at-least-once.
-On start-up an exclusive store (SQLite) hands back every 'running' record at
-once.  Platform failures (``InfraError``) are retried ``async_retries`` times
-with exponential backoff; a function's own failure is recorded, not retried.
+with a lease that a heartbeat extends while it runs, and after it while its
+outcome waits for the recorder; a gateway that dies leaves leases that
+expire, and the records are claimed again: at-least-once (an outcome is
+shown only once the recorder has stored it, so a re-run never changes an
+outcome a client has read).  On start-up an exclusive store (SQLite) hands
+back every 'running' record at once.  Platform failures (``InfraError``) are
+retried ``async_retries`` times with exponential backoff; a function's own
+failure is recorded, not retried.
+
+Two budgets, kept apart: ``attempts`` counts every start, ``reruns`` the
+starts made again because an earlier one left no stored outcome (its gateway
+died, or could not store an event run's dead letter).  Retries are taken
+from ``attempts - reruns`` (the runs that ended with a failure), so a crash
+does not use up the retries the operator configured (nor, for an event,
+``events.retries``); re-runs have their own limit, ``CRASH_RERUNS``.
 """
 
 from __future__ import annotations
@@ -32,15 +42,16 @@ __all__ = ["Dispatcher", "EventOutcomes"]
 log = logging.getLogger("spanfaas.gateway")
 
 CRASH_RERUNS = 3
-"""Runs an async invocation may start beyond ``async_retries + 1`` when the
-gateway died during the others (each start is counted when it is claimed): at
-least once survives a crash, and an invocation that takes the gateway down
-with it every time does not do so for ever."""
+"""Times an async invocation is started again because a run left no stored
+outcome (the gateway died during it, or could not store the outcome), on top
+of its retries: at least once survives a crash, and an invocation that takes
+the gateway down with it every time does not do so for ever."""
 _replace = msgspec.structs.replace
 
 
 class EventOutcomes(Protocol):
-    """Decides what becomes of a finished event invocation (``spanfaas.events.delivery``)."""
+    """Decides what becomes of a finished event invocation (``spanfaas.events.delivery``);
+    may raise when the store fails (a dead letter not written): the dispatcher tries again."""
 
     async def settle(self, record: InvocationRecord) -> InvocationRecord: ...
 
@@ -50,6 +61,11 @@ class Dispatcher:
     """Seconds a claim is valid without a heartbeat."""
     poll = 0.25
     """Seconds between looks at the queue when nobody wakes us."""
+    settle_tries = 5
+    """Tries to settle a finished event run (its retry or dead letter) while the store
+    fails, before the run goes back to the queue as one that left no outcome."""
+    settle_backoff = 0.1
+    """Seconds before the second try; doubles per try (1.5 s over five tries)."""
 
     def __init__(
         self,
@@ -114,6 +130,10 @@ class Dispatcher:
                     await asyncio.sleep(1.0)
                 got = len(batch)
                 for record in batch:
+                    if self.recorder.get(record.id) is not None:
+                        # Its lease ran out while the store refused its outcome (and the lease
+                        # extensions): that outcome, stored when the store takes it, settles it.
+                        continue
                     task = asyncio.create_task(self._run(record), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task
                     task.add_done_callback(self._done)
@@ -135,20 +155,23 @@ class Dispatcher:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            if self.running:
+            # Runs, and finished runs whose outcome waits for the recorder (longer than a lease
+            # while the store refuses it): their records stay ours, not claimed and run again.
+            ids = [*self.running, *self.recorder.unsaved(mode="async")]
+            if ids:
                 try:
-                    await asyncio.to_thread(self.store.extend_leases, list(self.running), time.time() + self.lease)
+                    await asyncio.to_thread(self.store.extend_leases, ids, time.time() + self.lease)
                 except Exception as exc:
                     log.error("could not extend leases: %s", exc)
 
     async def _run(self, record: InvocationRecord) -> None:
         started = time.time()
-        runs = self.settings.async_retries + 1 + CRASH_RERUNS
-        if record.attempts > runs:
+        if record.reruns > CRASH_RERUNS:
             error = ErrorInfo(
                 kind="infra", type="InfraError",
-                message=f"not run again: started {record.attempts - 1} times, and the gateway stopped without an outcome "
-                        f"after the last ones (a function that takes the gateway down?); see the gateway's log",
+                message=f"not run again: {record.reruns} runs ended without a stored outcome: the gateway stopped "
+                        f"during them (a function that takes the gateway down?) or could not store their outcome; "
+                        f"see the gateway's log",
             )  # fmt: skip
             log.error("async invocation %s: %s", record.id, error.message)
             self.metrics.infra_failed(record.function)
@@ -175,7 +198,7 @@ class Dispatcher:
                 self.metrics.infra_failed(record.function)
                 error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
                 failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
-                self.recorder.add(await self.events.settle(failed))
+                await self._settle(record, failed)
                 return
             self._platform_failed(record, exc, started)
             return
@@ -197,17 +220,56 @@ class Dispatcher:
             )
         )
         if done.event is not None and self.events is not None:
-            done = await self.events.settle(done)
-        self.recorder.add(done)
+            await self._settle(record, done)
+        else:
+            self.recorder.add(done)
+
+    async def _settle(self, record: InvocationRecord, done: InvocationRecord) -> None:
+        """Record a finished event run as ``events.settle`` decides (retry or dead letter).
+
+        While the store fails (the dead letter cannot be written), try again with backoff,
+        the record's lease kept by the heartbeat; then, or when the gateway stops meanwhile,
+        give the run back to the queue as one that left no outcome (a re-run, limited by
+        ``CRASH_RERUNS``) -- never a task that dies and leaves the record 'running' until
+        its lease runs out.
+        """
+        assert self.events is not None
+        delay, reason = self.settle_backoff, ""
+        try:
+            for attempt in range(1, self.settle_tries + 1):
+                try:
+                    self.recorder.add(await self.events.settle(done))
+                    return
+                except Exception as exc:  # noqa: BLE001 - the store failed: try again, then give the run back
+                    reason = f"{type(exc).__name__}: {exc}"
+                if attempt < self.settle_tries:
+                    log.warning("async invocation %s: could not settle its outcome (try %d of %d), trying again in %.2fs: %s",
+                                record.id, attempt, self.settle_tries, delay, reason)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        except asyncio.CancelledError:
+            self._rerun(record, "the gateway stopped before the outcome was stored")
+            raise
+        log.error("async invocation %s: could not settle its outcome in %d tries, it runs again: %s",
+                  record.id, self.settle_tries, reason)  # fmt: skip
+        self._rerun(record, f"the gateway could not store the outcome ({reason})")
+
+    def _rerun(self, record: InvocationRecord, why: str) -> None:
+        """Back to the queue: the run left no stored outcome, so the next one is a re-run, not a retry."""
+        reruns = record.reruns + 1
+        error = ErrorInfo(kind="infra", type="InfraError", message=f"{why}; it runs again")
+        delay = self.settings.async_backoff * (2 ** (reruns - 1))
+        self.recorder.add(_replace(record, status="queued", reruns=reruns, error=error, not_before=time.time() + delay))
 
     def _platform_failed(self, record: InvocationRecord, exc: SpanfaasError, started: float) -> None:
         error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
         self.metrics.infra_failed(record.function)
         retries = self.settings.async_retries
-        if isinstance(exc, InfraError) and record.attempts <= retries:
-            delay = self.settings.async_backoff * (2 ** (record.attempts - 1))
+        failures = record.attempts - record.reruns  # a re-run after a crash is not a retry
+        if isinstance(exc, InfraError) and failures <= retries:
+            delay = self.settings.async_backoff * (2 ** (failures - 1))
             log.warning("async invocation %s failed on the platform (attempt %d of %d), retrying in %.2fs: %s",
-                        record.id, record.attempts, retries + 1, delay, exc)  # fmt: skip
+                        record.id, failures, retries + 1, delay, exc)  # fmt: skip
             self.recorder.add(_replace(record, status="queued", error=error, not_before=time.time() + delay))
         else:
             self.recorder.add(

@@ -4,8 +4,9 @@
 outcomes, requeues) and writes them in batches from a background task: one
 transaction per ``interval`` (50 ms) at most, however many calls arrive,
 from one dedicated thread.  A record waiting for its
-batch can still be read (``get``), and ``flush()`` waits until everything
-added so far is stored.
+batch can still be read (``get``; the API does so for sync records only: an
+async outcome is not shown before it is stored), and ``flush()`` waits until
+everything added so far is stored.
 
 ``Enqueuer`` is the same idea for the async queue, with one difference: the
 caller waits for the commit (group commit), because an accepted invocation
@@ -18,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from spanfaas.model import InvocationRecord
 from spanfaas.store import Store
@@ -63,6 +65,10 @@ class Recorder:
 
     def get(self, id: str) -> InvocationRecord | None:
         return self._pending.get(id) or self._writing.get(id)
+
+    def unsaved(self, *, mode: Literal["sync", "async"]) -> list[str]:
+        """Ids of the records of ``mode`` added and not stored yet."""
+        return list({id: None for batch in (self._writing, self._pending) for id, r in batch.items() if r.mode == mode})
 
     async def flush(self) -> None:
         """Wait until every record added so far is stored."""

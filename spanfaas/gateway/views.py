@@ -54,12 +54,16 @@ class InvocationView(Struct):
     error: ErrorInfo | None
     logs: str
     attempts: int
+    """Runs started."""
     infra: str
     created_at: float
     started_at: float | None
     finished_at: float | None
     duration_ms: float | None
     cold: bool = False
+    reruns: int = 0
+    """Of ``attempts``, the runs started again because the gateway died during an
+    earlier one; they do not use up the retries."""
     result: Any | UnsetType = UNSET
     """The output, when it is JSON."""
     output_base64: str | UnsetType = UNSET
@@ -145,6 +149,7 @@ def invocation_view(r: InvocationRecord) -> InvocationView:
         finished_at=r.finished_at,
         duration_ms=duration,
         cold=r.cold,
+        reruns=r.reruns,
     )
     if r.status in ("succeeded", "failed") and r.output:
         if is_json(r.output_type):

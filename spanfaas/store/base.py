@@ -88,8 +88,9 @@ class Store(EventStore, ImageStore, Protocol):
         ...
 
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
-        """Move up to ``limit`` due records to 'running' with a lease until
-        ``now + lease``; records whose lease expired are due again."""
+        """Move up to ``limit`` due records to 'running' (``attempts`` + 1) with a
+        lease until ``now + lease``; records whose lease expired are due again
+        (``reruns`` + 1: the run they were in left no outcome)."""
         ...
 
     def claim_next(self, now: float, lease: float, owner: str = "") -> InvocationRecord | None: ...
@@ -98,7 +99,8 @@ class Store(EventStore, ImageStore, Protocol):
 
     def requeue_running(self) -> int:
         """Put every 'running' record back in the queue (exclusive stores, at
-        start-up); takes ownership first, so it never takes another gateway's work."""
+        start-up), ``reruns`` + 1 each; takes ownership first, so it never takes
+        another gateway's work."""
         ...
 
     def queue_depth(self) -> int: ...

@@ -136,6 +136,11 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (function, digest))""",
         "CREATE INDEX image_uses_by_image ON image_uses (image)",
     ],
+    # 4: runs of an async invocation started again because an earlier start left no
+    # outcome (its gateway died): counted apart from the retries of failed runs
+    [
+        "ALTER TABLE invocations ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 

@@ -23,7 +23,7 @@ __all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew"]
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
     "attempts, idempotency_key, infra, created_at, started_at, finished_at, not_before, "
-    "duration_ms, cold, event"
+    "duration_ms, cold, event, reruns"
 )
 _INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
 _INV_SLOTS = ", ".join("?" * len(INV_COLS.split(",")))
@@ -233,9 +233,9 @@ class SQLStore:
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
         with self._tx() as cur:
             cur.execute(
-                self._q(
-                    "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL "
-                    "WHERE status = 'running' AND lease_until < ?"
+                self._q(  # its gateway died (or lost the store) during the run: a re-run
+                    "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
+                    "reruns = reruns + 1 WHERE status = 'running' AND lease_until < ?"
                 ),
                 (now,),
             )
@@ -261,8 +261,8 @@ class SQLStore:
     def requeue_running(self) -> int:
         with self._tx() as cur:
             cur.execute(
-                "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL "
-                "WHERE status = 'running'"
+                "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
+                "reruns = reruns + 1 WHERE status = 'running'"
             )
             return int(cur.rowcount)
 
@@ -318,13 +318,13 @@ def _row(r: InvocationRecord) -> tuple[Any, ...]:
         _encode(r.error).decode() if r.error is not None else None,
         r.logs, r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
-        _encode(r.event).decode() if r.event is not None else None,
+        _encode(r.event).decode() if r.event is not None else None, r.reruns,
     )  # fmt: skip
 
 
 def _invocation(row: Sequence[Any]) -> InvocationRecord:
     (id, function, status, mode, ct, payload, output, otype, error, logs, attempts, key, infra,
-     created, started, finished, not_before, duration, cold, event) = row  # fmt: skip
+     created, started, finished, not_before, duration, cold, event, reruns) = row  # fmt: skip
     return InvocationRecord(
         id=id,
         function=function,
@@ -346,6 +346,7 @@ def _invocation(row: Sequence[Any]) -> InvocationRecord:
         duration_ms=duration,
         cold=bool(cold),
         event=_event_decoder.decode(event) if event else None,
+        reruns=int(reruns),
     )
 
 

@@ -1,10 +1,14 @@
 """Durable async: SIGKILL the gateway while 1,000 async invocations are being
-accepted; after a restart every id that got a 202 completes, none is lost."""
+accepted; after a restart every id that got a 202 completes, none is lost.
+An outcome is shown only once it is stored, so a kill never changes one a
+client has read."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -90,5 +94,66 @@ def test_sigkill_loses_no_accepted_invocation(tmp_path: Path) -> None:
                 view = c.get(f"/v1/invocations/{id}").json()
                 assert view["status"] == "succeeded" and view["result"]["n"] >= 0
         print(f"accepted {len(accepted)} before SIGKILL (statuses then: {sorted(statuses)}), all completed")
+    finally:
+        gw.stop()
+
+
+GATED = """
+import asyncio, os
+async def handler(event, context):
+    open(event["started"], "w").close()
+    while not os.path.exists(event["go"]):
+        await asyncio.sleep(0.01)
+    with open(event["runs"], "a") as f:
+        f.write("run\\n")
+    with open(event["runs"]) as f:
+        return {"runs": f.read().count("run")}
+"""
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_an_async_outcome_is_shown_only_once_it_is_stored(tmp_path: Path) -> None:
+    """GET answered an async outcome from the recorder's batch before it was committed (up
+    to ~50 ms, or as long as the store could not take it): a gateway killed then ran the
+    invocation again, and the outcome a client had already read changed under it."""
+    fn = tmp_path / "gated"
+    fn.mkdir()
+    (fn / "handler.py").write_text(GATED)
+    (fn / "spanfaas.toml").write_text('name = "gated"\nisolation = "reuse"\n')
+    files = {k: str(tmp_path / k) for k in ("started", "go", "runs")}
+    gw = GatewayProcess(tmp_path / "data")
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/gated", content=pack_function(fn)).status_code == 201
+            id = c.post("/v1/functions/gated/invoke?mode=async", json=files).json()["id"]
+            _wait_for(lambda: Path(files["started"]).exists())  # claimed and running
+            # Another writer holds the store's write lock: the outcome cannot be committed.
+            lock = sqlite3.connect(tmp_path / "data" / "spanfaas.db", isolation_level=None)
+            try:
+                lock.execute("BEGIN IMMEDIATE")
+                Path(files["go"]).touch()
+                _wait_for(lambda: Path(files["runs"]).exists())
+                seen = set()
+                until = time.monotonic() + 0.5  # ten times the recorder's batch interval
+                while time.monotonic() < until:
+                    seen.add(c.get(f"/v1/invocations/{id}").json()["status"])
+                    time.sleep(0.02)
+                assert seen == {"running"}, "an outcome was shown before it was stored"
+                gw.kill()  # the outcome was never stored: the next gateway runs it again
+            finally:
+                lock.rollback()
+                lock.close()
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            _wait_for(lambda: c.get(f"/v1/invocations/{id}").json()["status"] == "succeeded")
+            view = c.get(f"/v1/invocations/{id}").json()
+        assert view["result"] == {"runs": 2} and view["attempts"] == 2  # the only outcome anyone saw
     finally:
         gw.stop()

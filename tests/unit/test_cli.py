@@ -247,6 +247,21 @@ def test_invoke_timeout_must_be_positive(cli: Any) -> None:
     expect_error(cli("invoke", "hello", "--timeout", "0", "--json"), 2, "timeout")
 
 
+SLEEPY = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(event['sleep'])\n    return 'slept'\n"
+
+
+def test_a_timeout_exits_1_from_invoke_and_from_result(cli: Any, tmp_path: Path) -> None:
+    """``invoke --timeout`` exited 7 ("the platform failed") where ``result --wait --timeout``
+    exited 1: both are the client giving up on its wait, the documented exit 1."""
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    expect_error(cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2"), 1, "did not answer within 0.2 s")
+    job = cli("invoke", "sleepy", "-d", '{"sleep": 3}', "--async").stdout.strip()
+    expect_error(cli("result", job, "--wait", "--timeout", "0.2"), 1, f"invocation {job} is still")
+    slow, waited = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2", "--json"), cli("result", job, "--wait", "--timeout", "0.2", "--json")
+    assert slow.exit_code == waited.exit_code == 1
+    assert json.loads(slow.stdout)["type"] == json.loads(waited.stdout)["type"] == "https://spanfaas.dev/problems/wait-timeout"
+
+
 def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

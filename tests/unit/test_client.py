@@ -35,6 +35,7 @@ from spanfaas import (
     InvocationNotFound,
     SpanfaasError,
     Unauthorized,
+    WaitTimeout,
 )
 from spanfaas.client import operations as ops
 from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, load_user_config, resolve, save_user_config
@@ -239,10 +240,12 @@ async def test_invoke_timeout_bounds_the_wait(live: tuple[Gateway, str], functio
     gw, url = live  # over a socket: the in-process ASGI transport has no timeouts
     async with AsyncClient(url, gw.token) as aclient:
         await aclient.deploy(functions_dir / "slow")
-        with pytest.raises(InfraError, match=r"did not answer within 0.1 s; pass a longer timeout"):
+        # The client stopped waiting (a TimeoutError, like result(timeout=)); the platform did not fail.
+        with pytest.raises(WaitTimeout, match=r"did not answer within 0.1 s; pass a longer timeout") as info:
             await aclient.invoke("slow", {"sleep": 1.0}, timeout=0.1)
+        assert isinstance(info.value, TimeoutError) and not isinstance(info.value, InfraError) and info.value.exit_code == 1
         assert await aclient.invoke("slow", {"sleep": 0.1}, timeout=10) == {"slept": 0.1}
-    with Client(url, gw.token) as client, pytest.raises(InfraError, match="within 0.1 s"):
+    with Client(url, gw.token) as client, pytest.raises(WaitTimeout, match="within 0.1 s"):
         client.invoke("slow", {"sleep": 1.0}, timeout=0.1)
 
 
@@ -331,7 +334,7 @@ async def test_invoke_async_and_result(sdk: Any, functions_dir: Path) -> None:
     slow = await sdk.invoke_async("slow", {"sleep": 0.5})
     with pytest.raises(TimeoutError, match="spanfaas result"):
         await sdk.result(slow, wait=False)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(WaitTimeout):
         await sdk.result(slow, timeout=0.05)
     assert await sdk.result(slow, timeout=10) == {"slept": 0.5}
 

@@ -35,6 +35,7 @@ PUBLIC_API = [
     "SpanfaasError",
     "TooManyRequests",
     "Unauthorized",
+    "WaitTimeout",
     "__version__",
 ]
 

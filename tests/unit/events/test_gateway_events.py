@@ -4,16 +4,26 @@ triggers through the API, retries and dead letters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from events_helpers import SECRET, metric, wait_finished
 
+from spanfaas.config import Settings
+from spanfaas.events.base import CE_JSON
 from spanfaas.events.webhook import sign
+from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import Event, InvocationRecord
+from spanfaas.store import SQLiteStore
 
 CE = {"specversion": "1.0", "id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
 STRUCTURED = {"content-type": "application/cloudevents+json"}
@@ -210,3 +220,95 @@ async def test_store_failure_answers_503_and_accepts_nothing(
     monkeypatch.undo()
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)  # the retry is not a duplicate
     assert len(ids(r)) == 1
+
+
+async def test_a_crash_rerun_does_not_use_up_the_event_retries(
+    settings: Settings, store: SQLiteStore, admin_token: str, tmp_path: Path
+) -> None:
+    """events.retries are for failed runs; a run started again because the gateway died
+    during an earlier one took one of them: the function failed one time fewer than
+    configured before its event went to the dead-letter store."""
+    src = tmp_path / "src" / "flaky"
+    src.mkdir(parents=True)
+    (src / "handler.py").write_text(FLAKY)
+    (src / "spanfaas.toml").write_text(f'name = "flaky"\nisolation = "reuse"\n{ORDERS}')
+    headers = {"authorization": f"Bearer {admin_token}"}
+    app = create_app(settings, store, InMemoryInfrastructure())
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=headers) as c:
+        assert (await c.put("/v1/functions/flaky", content=pack_function(src))).status_code == 201
+    event = {**CE, "data": {"flag": str(tmp_path / "never")}}
+    store.enqueue(InvocationRecord(
+        id="ev-1", function="flaky", status="queued", mode="async", content_type=CE_JSON, payload=json.dumps(event).encode(),
+        created_at=time.time(), event=Event(attributes=CE, proxy="cloudevents", trigger="flaky:0"),
+    ))  # fmt: skip
+    assert [r.id for r in store.claim(time.time(), 3600, 10)] == ["ev-1"]
+    assert store.requeue_running() == 1  # the gateway running it died; the next one takes it back
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=headers) as c:
+        [view] = await wait_finished(c, ["ev-1"])
+        letters = (await c.get("/v1/events/dlq")).json()["dead_letters"]
+    retries = settings.events.retries
+    assert view["status"] == "failed" and infra.invocations == retries + 1, view  # every retry, after the re-run
+    assert view["attempts"] == retries + 2 and view["reruns"] == 1
+    assert [(d["id"], d["attempts"]) for d in letters] == [("ev-1", retries + 2)]
+
+
+REFUSE_DEAD_LETTERS = (
+    "CREATE TRIGGER refuse_dead_letters BEFORE INSERT ON dead_letters "
+    "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+)
+
+
+async def _event_that_fails_for_good(client: httpx.AsyncClient, deploy: Callable[..., Any], tmp_path: Path) -> str:
+    await deploy("flaky", ORDERS, code=FLAKY)
+    r = await client.post("/v1/events", content=json.dumps({**CE, "data": {"flag": str(tmp_path / "never")}}), headers=STRUCTURED)
+    [inv] = ids(r)
+    return inv
+
+
+async def test_a_dead_letter_the_store_refuses_for_a_moment_is_written_on_a_second_try(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, store: SQLiteStore,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The dead letter of the last failed run could not be written: the dispatcher's task died
+    and left the record 'running' until its lease ran out (30 s), to be run once more then."""
+    gateway.dispatcher.settle_backoff = 0.5  # time enough to let the store recover after the first refusal
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_DEAD_LETTERS)
+        inv = await _event_that_fails_for_good(client, deploy, tmp_path)
+        deadline = time.monotonic() + 5
+        while "could not settle" not in caplog.text:
+            assert time.monotonic() < deadline, "the refused dead letter was not reported"
+            await asyncio.sleep(0.005)
+        db.execute("DROP TRIGGER refuse_dead_letters")
+    finally:
+        db.close()
+    [view] = await wait_finished(client, [inv], timeout=5)
+    retries = gateway.settings.events.retries
+    assert view["status"] == "failed" and (view["attempts"], view["reruns"]) == (retries + 1, 0), view
+    assert "not yet" in view["error"]["message"] and gateway.infra.invocations == retries + 1  # type: ignore[attr-defined]
+    letters = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+    assert [(d["id"], d["attempts"]) for d in letters] == [(inv, retries + 1)]
+
+
+async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_promptly(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, store: SQLiteStore, tmp_path: Path
+) -> None:
+    """Each run whose dead letter cannot be written goes back to the queue as a re-run (its
+    outcome was not stored), not left 'running' for a lease; after CRASH_RERUNS it fails, saying why."""
+    from spanfaas.gateway.dispatcher import CRASH_RERUNS
+
+    gateway.dispatcher.settle_backoff = 0.01
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_DEAD_LETTERS)
+        inv = await _event_that_fails_for_good(client, deploy, tmp_path)
+        [view] = await wait_finished(client, [inv], timeout=5)
+    finally:
+        db.execute("DROP TRIGGER IF EXISTS refuse_dead_letters")
+        db.close()
+    runs = gateway.settings.events.retries + 1 + CRASH_RERUNS
+    assert view["status"] == "failed" and view["reruns"] == CRASH_RERUNS + 1, view
+    assert "could not store" in view["error"]["message"] and gateway.infra.invocations == runs  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from spanfaas.config import Settings
@@ -61,6 +62,28 @@ def test_schema_newer_than_code_is_refused(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StoreSchemaTooNew, match="upgrade spanfaas"):
         SQLiteStore(tmp_path / "x.db")
+
+
+def test_a_queue_of_schema_3_is_upgraded_with_no_reruns(tmp_path: Path) -> None:
+    from spanfaas.store.migrations import render
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    for statements in MIGRATIONS[:3]:
+        for statement in statements:
+            db.execute(render(statement, real="REAL", blob="BLOB"))
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (3)")
+    db.execute("INSERT INTO invocations (id, function, status, mode, content_type, payload, output, output_type, logs, "
+               "attempts, infra, created_at, not_before) VALUES ('old', 'f', 'running', 'async', '', x'', x'', '', '', 1, '', 0, 0)")  # fmt: skip
+    db.commit()
+    db.close()
+    s = SQLiteStore(tmp_path / "old.db")
+    try:
+        before = s.get_invocation("old")
+        assert s.schema_version() == len(MIGRATIONS) and before is not None and before.reruns == 0
+        assert s.requeue_running() == 1 and [r.reruns for r in s.claim(time.time(), 60, 1)] == [1]
+    finally:
+        s.close()
 
 
 def test_function_versions(store: Store) -> None:
@@ -154,6 +177,18 @@ def test_expired_lease_is_reclaimed(store: Store) -> None:
     assert store.claim(now + 5, lease=10, limit=10) == []
     again = store.claim(now + 11, lease=10, limit=10)  # a's lease expired, b's was extended
     assert [r.id for r in again] == [a.id] and again[0].attempts == 2
+    assert again[0].reruns == 1  # its run left no outcome: a re-run, not a retry
+
+
+def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
+    a = inv()
+    store.enqueue(a)
+    [run] = store.claim(time.time(), lease=-1, limit=1)  # a lease already expired
+    [rerun] = store.claim(time.time(), lease=60, limit=1)
+    assert (rerun.attempts, rerun.reruns) == (2, 1)
+    store.save_invocations([msgspec.structs.replace(rerun, status="queued", not_before=0.0)])  # a retry, as the dispatcher writes it
+    [retry] = store.claim(time.time(), lease=60, limit=1)
+    assert (retry.attempts, retry.reruns) == (3, 1)
 
 
 def test_requeue_running(store: Store) -> None:
@@ -162,6 +197,7 @@ def test_requeue_running(store: Store) -> None:
     assert store.queue_depth() == 0
     assert store.requeue_running() == 2
     assert store.queue_depth() == 2
+    assert [(r.attempts, r.reruns) for r in store.claim(time.time(), lease=60, limit=5)] == [(2, 1), (2, 1)]
 
 
 def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> None:
