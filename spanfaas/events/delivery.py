@@ -67,8 +67,11 @@ class Delivery:
         """Seconds before retry number ``attempts`` (1, 2, …)."""
         return float(min(self.settings.backoff * (2 ** max(attempts - 1, 0)), self.settings.max_backoff))
 
-    async def settle(self, record: InvocationRecord) -> InvocationRecord:
-        """The record to store for a finished event invocation (queued again when it will be retried)."""
+    async def settle(self, record: InvocationRecord, *, final: bool = False) -> InvocationRecord:
+        """The record to store for a finished event invocation (queued again when it will be retried).
+
+        ``final``: the invocation will not run again whatever its retries (it took the
+        gateway down too often): a failure goes straight to the dead-letter store."""
         event = record.event
         if event is None:
             return record
@@ -76,7 +79,7 @@ class Delivery:
             self.metrics.delivered.labels(event.proxy).inc()
             return record
         failures = record.attempts - record.reruns  # a re-run after a gateway's crash is not a retry
-        if failures <= self.settings.retries:
+        if failures <= self.settings.retries and not final:
             delay = self.delay(failures)
             self.metrics.retried.labels(event.proxy).inc()
             log.info("event %s from %s: invocation %s failed (attempt %d of %d), retrying in %.2fs",

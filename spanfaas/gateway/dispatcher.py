@@ -53,7 +53,7 @@ class EventOutcomes(Protocol):
     """Decides what becomes of a finished event invocation (``spanfaas.events.delivery``);
     may raise when the store fails (a dead letter not written): the dispatcher tries again."""
 
-    async def settle(self, record: InvocationRecord) -> InvocationRecord: ...
+    async def settle(self, record: InvocationRecord, *, final: bool = False) -> InvocationRecord: ...
 
 
 class Dispatcher:
@@ -175,7 +175,11 @@ class Dispatcher:
             )  # fmt: skip
             log.error("async invocation %s: %s", record.id, error.message)
             self.metrics.infra_failed(record.function)
-            self.recorder.add(_replace(record, status="failed", error=error, started_at=started, finished_at=time.time()))
+            failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
+            if record.event is not None and self.events is not None:
+                await self._settle(record, failed, final=True)  # its event to the dead-letter store, for a replay
+            else:
+                self.recorder.add(failed)
             return
         try:
             fn = await self.registry.require(record.function)
@@ -224,7 +228,7 @@ class Dispatcher:
         else:
             self.recorder.add(done)
 
-    async def _settle(self, record: InvocationRecord, done: InvocationRecord) -> None:
+    async def _settle(self, record: InvocationRecord, done: InvocationRecord, *, final: bool = False) -> None:
         """Record a finished event run as ``events.settle`` decides (retry or dead letter).
 
         While the store fails (the dead letter cannot be written), try again with backoff,
@@ -238,7 +242,7 @@ class Dispatcher:
         try:
             for attempt in range(1, self.settle_tries + 1):
                 try:
-                    self.recorder.add(await self.events.settle(done))
+                    self.recorder.add(await self.events.settle(done, final=final))
                     return
                 except Exception as exc:  # noqa: BLE001 - the store failed: try again, then give the run back
                     reason = f"{type(exc).__name__}: {exc}"
@@ -250,6 +254,13 @@ class Dispatcher:
         except asyncio.CancelledError:
             self._rerun(record, "the gateway stopped before the outcome was stored")
             raise
+        if final:  # it must not run again: failed, though its event is not kept for a replay
+            log.error("async invocation %s: could not store the dead letter of its event in %d tries, the event is lost: %s",
+                      record.id, self.settle_tries, reason)  # fmt: skip
+            assert done.error is not None
+            error = msgspec.structs.replace(done.error, message=f"{done.error.message}; its event could not be kept as a dead letter ({reason})")
+            self.recorder.add(_replace(done, error=error))
+            return
         log.error("async invocation %s: could not settle its outcome in %d tries, it runs again: %s",
                   record.id, self.settle_tries, reason)  # fmt: skip
         self._rerun(record, f"the gateway could not store the outcome ({reason})")

@@ -254,6 +254,38 @@ async def test_a_crash_rerun_does_not_use_up_the_event_retries(
     assert [(d["id"], d["attempts"]) for d in letters] == [("ev-1", retries + 2)]
 
 
+async def test_an_event_the_gateway_keeps_dying_on_ends_in_the_dead_letter_store(
+    settings: Settings, store: SQLiteStore, admin_token: str, tmp_path: Path
+) -> None:
+    """Past CRASH_RERUNS re-runs an event's invocation is not run again: it fails, and its
+    event goes to the dead-letter store (it was lost for `dlq replay` before)."""
+    from spanfaas.gateway.dispatcher import CRASH_RERUNS
+
+    src = tmp_path / "src" / "orders"
+    src.mkdir(parents=True)
+    (src / "handler.py").write_text("def handler(event, context):\n    return event\n")
+    (src / "spanfaas.toml").write_text(f'name = "orders"\nisolation = "reuse"\n{ORDERS}')
+    headers = {"authorization": f"Bearer {admin_token}"}
+    app = create_app(settings, store, InMemoryInfrastructure())
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=headers) as c:
+        assert (await c.put("/v1/functions/orders", content=pack_function(src))).status_code == 201
+    store.enqueue(InvocationRecord(
+        id="ev-pill", function="orders", status="queued", mode="async", content_type=CE_JSON, payload=json.dumps(CE).encode(),
+        created_at=time.time(), event=Event(attributes=CE, proxy="cloudevents", trigger="orders:0"),
+    ))  # fmt: skip
+    for _ in range(CRASH_RERUNS + 1):  # as if that many gateways in a row claimed it and died running it
+        assert [r.id for r in store.claim(time.time(), 3600, 10)] == ["ev-pill"]
+        assert store.requeue_running() == 1
+    infra = InMemoryInfrastructure()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=headers) as c:
+        [view] = await wait_finished(c, ["ev-pill"])
+        letters = (await c.get("/v1/events/dlq")).json()["dead_letters"]
+    assert view["status"] == "failed" and infra.invocations == 0, view
+    assert "runs ended without a stored outcome" in view["error"]["message"]
+    assert [(d["id"], d["attempts"]) for d in letters] == [("ev-pill", CRASH_RERUNS + 2)]
+
+
 REFUSE_DEAD_LETTERS = (
     "CREATE TRIGGER refuse_dead_letters BEFORE INSERT ON dead_letters "
     "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
@@ -312,3 +344,4 @@ async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_prompt
     runs = gateway.settings.events.retries + 1 + CRASH_RERUNS
     assert view["status"] == "failed" and view["reruns"] == CRASH_RERUNS + 1, view
     assert "could not store" in view["error"]["message"] and gateway.infra.invocations == runs  # type: ignore[attr-defined]
+    assert "could not be kept as a dead letter" in view["error"]["message"]  # and the dead letter of its last run, neither
