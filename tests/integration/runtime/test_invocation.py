@@ -126,3 +126,37 @@ async def test_payload_over_the_limit_is_refused_before_it_reaches_the_function(
     limit = harness.rt.rt.max_payload
     with pytest.raises(PayloadTooLarge, match=f"limit of {limit} bytes"):
         await harness.invoke("echo-limit", b"x" * (limit + 1), content_type="application/octet-stream")
+
+
+STREAMS_REPLACED = """
+import sys
+
+class Sink:  # write() and nothing else
+    def write(self, s):
+        return len(s)
+
+def handler(event, context):
+    print("before")
+    if event["to"] == "none":
+        sys.stdout = None
+    elif event["to"] == "sink":
+        sys.stdout = sys.stderr = Sink()
+    return {"to": event["to"]}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+@pytest.mark.parametrize("to", ["none", "sink"])
+async def test_handler_replacing_stdout_with_no_flush(harness: Harness, isolation: str, to: str) -> None:
+    """A handler that sets sys.stdout to None (or to an object without flush())
+    answered: its answer and what it printed before reach the caller, the
+    instance does not crash collecting its logs."""
+    name = f"streams-{to}-{isolation}"
+    await harness.deploy(name, STREAMS_REPLACED, f'isolation = "{isolation}"\n')
+    r = await harness.invoke(name, json.dumps({"to": to}).encode())
+    assert r.ok, r.error
+    assert json.loads(r.output) == {"to": to}
+    assert "before" in r.logs
+    if isolation == "reuse":  # the instance goes on serving
+        r = await harness.invoke(name, json.dumps({"to": "keep"}).encode())
+        assert r.ok, r.error
