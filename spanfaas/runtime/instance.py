@@ -121,8 +121,17 @@ class Runner:
         self.is_async = _is_coroutine_function(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._loop_lock: threading.Lock | None = None
+        """Set when calls run in worker threads (serve_concurrent): their awaitables go to one loop thread."""
 
     def _await(self, awaitable: Any) -> Any:
+        lock = self._loop_lock
+        if lock is not None and self._loop_thread is None:
+            # A sync handler returned an awaitable in a worker thread: one loop
+            # cannot run_until_complete() in several threads at once.
+            with lock:
+                if self._loop_thread is None:
+                    self.start_loop_thread()
         if self._loop_thread is not None:
             return self._await_on_loop_thread(awaitable)
         if self._loop is None:
@@ -162,6 +171,11 @@ class Runner:
 
         loop.call_soon_threadsafe(lambda: loop.create_task(run(), context=ctx).add_done_callback(settle))
         return done.result()
+
+    def concurrent(self) -> None:
+        """Calls will run in worker threads: an awaitable a sync handler returns
+        goes to the loop thread (started on first need), not to a loop per call."""
+        self._loop_lock = threading.Lock()
 
     def start_loop_thread(self) -> None:
         import asyncio
@@ -304,6 +318,7 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    runner.concurrent()
     if runner.is_async:
         runner.start_loop_thread()
     sys.stdout = _ContextStreams(sys.stdout)

@@ -128,6 +128,37 @@ async def test_payload_over_the_limit_is_refused_before_it_reaches_the_function(
         await harness.invoke("echo-limit", b"x" * (limit + 1), content_type="application/octet-stream")
 
 
+CONCURRENT_SYNC_AWAITABLE = """
+import asyncio
+
+class Later:
+    def __await__(self):
+        yield from asyncio.sleep(0.02).__await__()
+        return "later"
+
+async def helper():
+    await asyncio.sleep(0.02)
+    return "coroutine"
+
+def handler(event, context):
+    return helper() if event["kind"] == "coroutine" else Later()
+"""
+
+
+async def test_sync_handler_returning_awaitables_concurrently(harness: Harness) -> None:
+    """A sync handler in a concurrent reuse instance runs in worker threads: the
+    awaitables they return must not share one event loop across threads
+    ("This event loop is already running")."""
+    import asyncio
+
+    await harness.deploy("sync-awaitable-concurrent", CONCURRENT_SYNC_AWAITABLE, 'isolation = "reuse"\n[resources]\nconcurrency = 4\n[scaling]\nmax = 1\n')
+    for _ in range(3):
+        calls = [harness.invoke("sync-awaitable-concurrent", json.dumps({"kind": kind}).encode()) for kind in ("coroutine", "object") * 4]
+        results = await asyncio.gather(*calls)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        assert sorted(r.output for r in results) == [b'"coroutine"'] * 4 + [b'"later"'] * 4
+
+
 STREAMS_REPLACED = """
 import sys
 
