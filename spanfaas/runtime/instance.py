@@ -88,8 +88,15 @@ def _error(exc: BaseException) -> ErrorInfo:
     kind: Literal["oom", "error"] = "oom" if isinstance(exc, MemoryError) else "error"
     typ = type(exc)
     name = typ.__qualname__ if typ.__module__ in ("builtins", "__main__") else f"{typ.__module__}.{typ.__qualname__}"
-    tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(kind=kind, type=name, message=str(exc), traceback=tb)
+    try:
+        message = str(exc)
+    except Exception:  # its __str__ raised: still the handler's error, not a crash of the instance
+        message = f"<{name}: str() of the exception failed>"
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = ""
+    return ErrorInfo(kind=kind, type=name, message=message, traceback=tb)
 
 
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:

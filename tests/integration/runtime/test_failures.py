@@ -30,6 +30,11 @@ def handler(event, context):
             pass
     if what == "unserializable":
         return object()
+    if what == "bad-str":
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no str for you")
+        raise Unprintable()
     return {"ok": True, "remaining": context.remaining_time()}
 """
 
@@ -107,6 +112,16 @@ async def test_unserializable_result_is_a_clear_error(harness: Harness, isolatio
     r = await harness.invoke(name, b'{"do": "unserializable"}')
     assert r.error is not None and r.error.kind == "error"
     assert "not JSON-serializable" in r.error.message
+    await _ok(harness, name)
+
+
+async def test_exception_whose_str_fails_is_still_a_function_error(harness: Harness, isolation: str) -> None:
+    """An exception whose __str__ raises is reported as the handler's error, not as a crash."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "bad-str"}')
+    assert r.error is not None and r.error.kind == "error", r.error
+    assert r.error.type.endswith("Unprintable")
+    assert "Unprintable" in r.error.traceback
     await _ok(harness, name)
 
 
