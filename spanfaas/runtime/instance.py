@@ -72,7 +72,9 @@ class Capture:
                 # The handler closed or replaced the stream (None, an object without
                 # flush()): what reached the fd still counts, and the answer stands.
                 pass
-        size = os.lseek(1, 0, os.SEEK_CUR)
+        # The memfd's own fd, not fd 1: the handler may have closed fd 1 or pointed
+        # it elsewhere (both share the memfd's offset while they are dups).
+        size = os.lseek(self.fd, 0, os.SEEK_CUR)
         if size == 0:
             return ""
         data = os.pread(self.fd, min(size, _LOG_LIMIT), 0)

@@ -35,6 +35,15 @@ def handler(event, context):
             def __str__(self):
                 raise RuntimeError("no str for you")
         raise Unprintable()
+    if what == "close-fd-1":
+        print("printed before")
+        os.close(1)
+        return {"fd": 1}
+    if what == "pipe-fd-1":
+        print("printed before")
+        r, w = os.pipe()
+        os.dup2(w, 1)
+        return {"fd": "pipe"}
     return {"ok": True, "remaining": context.remaining_time()}
 """
 
@@ -122,6 +131,20 @@ async def test_exception_whose_str_fails_is_still_a_function_error(harness: Harn
     assert r.error is not None and r.error.kind == "error", r.error
     assert r.error.type.endswith("Unprintable")
     assert "Unprintable" in r.error.traceback
+    await _ok(harness, name)
+
+
+@pytest.mark.parametrize("what", ["close-fd-1", "pipe-fd-1"])
+async def test_handler_redirecting_fd_1_still_answers(harness: Harness, isolation: str, what: str) -> None:
+    """A handler that closes fd 1 or points it elsewhere answered: its answer and
+    what it printed before reach the caller (logs are read from the capture's own fd).
+    (A reuse instance keeps its fds as the handler left them: one function each.)"""
+    name = f"fd-1-{what}-{isolation}"
+    await harness.deploy(name, FAULTY, f'isolation = "{isolation}"\n[resources]\ntimeout = 1.0\n')
+    r = await harness.invoke(name, json.dumps({"do": what}).encode())
+    assert r.ok, r.error
+    assert "fd" in json.loads(r.output)
+    assert "printed before" in r.logs
     await _ok(harness, name)
 
 
