@@ -64,6 +64,13 @@ class Capture:
         os.dup2(self.fd, 2)
         sys.stdout, sys.stderr = streams or open_streams()
 
+    def restore_fds(self) -> None:
+        """Point fds 1 and 2 at the memfd again (reuse, after each call): a handler
+        that closed or redirected them must not leave the next calls of the
+        instance uncaptured or failing to print.  Two cheap syscalls."""
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+
     def take(self) -> str:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -290,13 +297,15 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
         # Each answer goes out at once, even with more requests pipelined behind
         # it (reuse): held for a batch, it would wait on the next call, which may hang.
         p.send_frame(sock, done, output)
-        if one_shot:
-            # The reply woke the runtime with a "sync" wake-up, which the kernel
-            # may answer by queueing it on this CPU, expecting us to block now.
-            # We exit instead, and tearing down the address space takes
-            # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
-            os.sched_yield()
-            return
+        if not one_shot:
+            capture.restore_fds()  # after the answer went out: off the caller's path
+            continue
+        # The reply woke the runtime with a "sync" wake-up, which the kernel
+        # may answer by queueing it on this CPU, expecting us to block now.
+        # We exit instead, and tearing down the address space takes
+        # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
+        os.sched_yield()
+        return
 
 
 _log_buffer: contextvars.ContextVar[io.StringIO | None] = contextvars.ContextVar("spanfaas_log_buffer", default=None)
