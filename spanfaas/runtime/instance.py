@@ -34,7 +34,22 @@ if TYPE_CHECKING:  # asyncio and concurrent.futures load only for async handlers
 
 _decoder = msgspec.msgpack.Decoder(p.InstanceRequest)
 _json_decode = msgspec.json.decode
-_json_encoder = msgspec.json.Encoder()
+
+
+def _enc_hook(obj: Any) -> Any:
+    """What msgspec cannot encode by itself: subclasses of str, int and float
+    (dict, list and tuple subclasses it encodes) become their value, read with
+    the base type's own method so an overridden ``__str__`` does not change it."""
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _LOG_LIMIT = 1024 * 1024
 # Results no handler awaits.  Asking inspect.isawaitable() of one runs the ABC
 # machinery of collections.abc (its cache of the type, and on a miss the

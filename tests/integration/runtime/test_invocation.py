@@ -191,3 +191,37 @@ async def test_handler_replacing_stdout_with_no_flush(harness: Harness, isolatio
     if isolation == "reuse":  # the instance goes on serving
         r = await harness.invoke(name, json.dumps({"to": "keep"}).encode())
         assert r.ok, r.error
+
+
+NUMBER_AND_STRING_SUBCLASSES = """
+class Count(int):
+    pass
+
+class Markup(str):  # as markupsafe.Markup
+    def __str__(self):
+        return "overridden"
+
+class Ratio(float):
+    pass
+
+def handler(event, context):
+    kind = event["kind"]
+    if kind == "int":
+        return Count(5)
+    if kind == "str":
+        return Markup("<b>x</b>")
+    return {"ratio": Ratio(0.5), "items": [Count(1), Markup("m")]}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_results_of_int_str_float_subclasses_are_json(harness: Harness, isolation: str) -> None:
+    """Subclasses of int, str and float are numbers and strings: they encode as
+    their value (msgspec refuses them by itself), as dict and list subclasses do."""
+    name = f"subclasses-{isolation}"
+    await harness.deploy(name, NUMBER_AND_STRING_SUBCLASSES, f'isolation = "{isolation}"\n')
+    expect = {"int": 5, "str": "<b>x</b>", "nested": {"ratio": 0.5, "items": [1, "m"]}}
+    for kind, value in expect.items():
+        r = await harness.invoke(name, json.dumps({"kind": kind}).encode())
+        assert r.ok, r.error
+        assert json.loads(r.output) == value, kind
