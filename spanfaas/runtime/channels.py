@@ -181,9 +181,14 @@ class InstanceConnection(asyncio.BufferedProtocol):
     and one wake-up of the instance however many requests it carries.
     """
 
-    def __init__(self, on_lost: Callable[[], None], slots: int = 1) -> None:
+    def __init__(self, on_lost: Callable[[], None], slots: int = 1, max_frame: int = 1 << 62) -> None:
         self._on_lost = on_lost
         self._slots = slots
+        self._max_frame = max_frame
+        """No answer is larger: a frame that says it is was forged (the instance runs
+        the user's code, which can write to its socket) and is never buffered."""
+        self.oversized = 0
+        """The size a frame claimed past ``max_frame``; the connection was aborted."""
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
@@ -226,6 +231,13 @@ class InstanceConnection(asyncio.BufferedProtocol):
         while self._n - start >= fs:
             hlen, blen = p.FRAME.unpack_from(self._buf, start)
             total = fs + hlen + blen
+            if total > self._max_frame:
+                # Never allocate what the instance claims (up to 8 GiB): drop it.
+                self.oversized = total
+                self._n = 0
+                if self.transport is not None:
+                    self.transport.abort()
+                return
             if self._n - start < total:
                 if len(self._buf) < total <= _SMALL:  # outgrew the first small buffer
                     grown = bytearray(_SMALL)

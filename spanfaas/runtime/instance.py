@@ -34,7 +34,22 @@ if TYPE_CHECKING:  # asyncio and concurrent.futures load only for async handlers
 
 _decoder = msgspec.msgpack.Decoder(p.InstanceRequest)
 _json_decode = msgspec.json.decode
-_json_encoder = msgspec.json.Encoder()
+
+
+def _enc_hook(obj: Any) -> Any:
+    """What msgspec cannot encode by itself: subclasses of str, int and float
+    (dict, list and tuple subclasses it encodes) become their value, read with
+    the base type's own method so an overridden ``__str__`` does not change it."""
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _LOG_LIMIT = 1024 * 1024
 # Results no handler awaits.  Asking inspect.isawaitable() of one runs the ABC
 # machinery of collections.abc (its cache of the type, and on a miss the
@@ -64,13 +79,24 @@ class Capture:
         os.dup2(self.fd, 2)
         sys.stdout, sys.stderr = streams or open_streams()
 
+    def restore_fds(self) -> None:
+        """Point fds 1 and 2 at the memfd again (reuse, after each call): a handler
+        that closed or redirected them must not leave the next calls of the
+        instance uncaptured or failing to print.  Two cheap syscalls."""
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+
     def take(self) -> str:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass  # the handler closed or replaced the streams: what reached the fd still counts
-        size = os.lseek(1, 0, os.SEEK_CUR)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                # The handler closed or replaced the stream (None, an object without
+                # flush()): what reached the fd still counts, and the answer stands.
+                pass
+        # The memfd's own fd, not fd 1: the handler may have closed fd 1 or pointed
+        # it elsewhere (both share the memfd's offset while they are dups).
+        size = os.lseek(self.fd, 0, os.SEEK_CUR)
         if size == 0:
             return ""
         data = os.pread(self.fd, min(size, _LOG_LIMIT), 0)
@@ -86,8 +112,15 @@ def _error(exc: BaseException) -> ErrorInfo:
     kind: Literal["oom", "error"] = "oom" if isinstance(exc, MemoryError) else "error"
     typ = type(exc)
     name = typ.__qualname__ if typ.__module__ in ("builtins", "__main__") else f"{typ.__module__}.{typ.__qualname__}"
-    tb = "".join(traceback.format_exception(exc))
-    return ErrorInfo(kind=kind, type=name, message=str(exc), traceback=tb)
+    try:
+        message = str(exc)
+    except Exception:  # its __str__ raised: still the handler's error, not a crash of the instance
+        message = f"<{name}: str() of the exception failed>"
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = ""
+    return ErrorInfo(kind=kind, type=name, message=message, traceback=tb)
 
 
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
@@ -119,8 +152,17 @@ class Runner:
         self.is_async = _is_coroutine_function(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._loop_lock: threading.Lock | None = None
+        """Set when calls run in worker threads (serve_concurrent): their awaitables go to one loop thread."""
 
     def _await(self, awaitable: Any) -> Any:
+        lock = self._loop_lock
+        if lock is not None and self._loop_thread is None:
+            # A sync handler returned an awaitable in a worker thread: one loop
+            # cannot run_until_complete() in several threads at once.
+            with lock:
+                if self._loop_thread is None:
+                    self.start_loop_thread()
         if self._loop_thread is not None:
             return self._await_on_loop_thread(awaitable)
         if self._loop is None:
@@ -160,6 +202,11 @@ class Runner:
 
         loop.call_soon_threadsafe(lambda: loop.create_task(run(), context=ctx).add_done_callback(settle))
         return done.result()
+
+    def concurrent(self) -> None:
+        """Calls will run in worker threads: an awaitable a sync handler returns
+        goes to the loop thread (started on first need), not to a loop per call."""
+        self._loop_lock = threading.Lock()
 
     def start_loop_thread(self) -> None:
         import asyncio
@@ -265,13 +312,15 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
         # Each answer goes out at once, even with more requests pipelined behind
         # it (reuse): held for a batch, it would wait on the next call, which may hang.
         p.send_frame(sock, done, output)
-        if one_shot:
-            # The reply woke the runtime with a "sync" wake-up, which the kernel
-            # may answer by queueing it on this CPU, expecting us to block now.
-            # We exit instead, and tearing down the address space takes
-            # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
-            os.sched_yield()
-            return
+        if not one_shot:
+            capture.restore_fds()  # after the answer went out: off the caller's path
+            continue
+        # The reply woke the runtime with a "sync" wake-up, which the kernel
+        # may answer by queueing it on this CPU, expecting us to block now.
+        # We exit instead, and tearing down the address space takes
+        # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
+        os.sched_yield()
+        return
 
 
 _log_buffer: contextvars.ContextVar[io.StringIO | None] = contextvars.ContextVar("spanfaas_log_buffer", default=None)
@@ -302,6 +351,7 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    runner.concurrent()
     if runner.is_async:
         runner.start_loop_thread()
     sys.stdout = _ContextStreams(sys.stdout)

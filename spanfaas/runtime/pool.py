@@ -171,6 +171,9 @@ class Pool:
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
         self._pipelining = Pipelining(self._slots)
         """reuse: how many invocations an instance may hold (its slots, more while calls are short)."""
+        self._max_frame = 2 * spec.resources.memory * 1024 * 1024 + 8 * 1024 * 1024
+        """No answer of an instance can be larger: its result and its header (logs,
+        error) are each built in its memory; 8 MiB of slack for small limits."""
         self._pipelined = 0
         """Invocations queued on instance connections behind the ones running (beyond the slots)."""
         self.desired = 0
@@ -357,7 +360,7 @@ class Pool:
             if self.runtime.rt.sandbox and pid > 0:
                 _raise_oom_score(pid)
             loop = asyncio.get_running_loop()
-            conn = InstanceConnection(lambda: self._on_conn_lost(inst), self._slots)
+            conn = InstanceConnection(lambda: self._on_conn_lost(inst), self._slots, self._max_frame)
             await loop.create_unix_connection(lambda: conn, sock=sock)
             inst.conn = conn
         except (OSError, asyncio.TimeoutError) as exc:
@@ -408,6 +411,13 @@ class Pool:
             self._offer(inst)
 
     def _on_conn_lost(self, inst: Instance) -> None:
+        conn = inst.conn
+        if conn is not None and conn.oversized:
+            log.warning(
+                "spanfaas runtime: instance %d of %s sent a frame of %d bytes, over %d: stopped",
+                inst.seq, self.spec.name, conn.oversized, self._max_frame,
+            )  # fmt: skip
+            inst.kill()  # by its pidfd: never a reused pid
         try:
             self._idle.remove(inst)
         except ValueError:

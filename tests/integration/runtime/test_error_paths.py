@@ -122,3 +122,45 @@ async def test_a_version_replaced_while_its_template_starts_stays_draining(harne
         await asyncio.sleep(0.01)
     assert (await call).ok
     assert "ready" not in seen, "a replaced version came back as ready (it would restart its template, fork ahead)"
+
+
+FORGER = """
+import os, stat, struct, time
+
+def handler(event, context):
+    # The user's code can reach its instance's socket: write a frame header
+    # that claims a body of ``blen`` bytes, and never send it.
+    if not event["blen"]:
+        return "no forgery"
+    frame = struct.pack("<II", 8, event["blen"]) + bytes(8)
+    for fd in range(3, 64):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.write(fd, frame)
+        except OSError:
+            pass
+    time.sleep(event["sleep"])
+    return "after the forged frame"
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_forged_oversized_frame_is_not_buffered(harness: Harness, isolation: str) -> None:
+    """A frame larger than any answer of the instance (over twice its memory) is
+    not allocated by the control plane: the instance is stopped, the call
+    reported crashed at once, and the function serves again."""
+    import json
+    import resource
+    import time
+
+    name = f"forger-{isolation}"
+    await harness.deploy(name, FORGER, f'isolation = "{isolation}"\n[resources]\nmemory = 32\ntimeout = 10\n')
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    started = time.monotonic()
+    r = await harness.invoke(name, json.dumps({"blen": 400 << 20, "sleep": 5}).encode())
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - before
+    assert r.error is not None and r.error.kind == "crashed", r.error
+    assert time.monotonic() - started < 4  # stopped, not left to sleep out its call
+    assert grown < 200, f"the runtime's peak RSS grew by {grown} MiB"
+    r = await harness.invoke(name, json.dumps({"blen": 0, "sleep": 0}).encode())
+    assert r.ok, r.error

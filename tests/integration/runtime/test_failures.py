@@ -13,7 +13,7 @@ from tests.integration.runtime.conftest import Harness
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FAULTY = """
-import ctypes, os, time
+import ctypes, os, sys, time
 
 def handler(event, context):
     what = event["do"]
@@ -30,6 +30,24 @@ def handler(event, context):
             pass
     if what == "unserializable":
         return object()
+    if what == "bad-str":
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no str for you")
+        raise Unprintable()
+    if what == "close-fd-1":
+        print("printed before")
+        os.close(1)
+        return {"fd": 1}
+    if what == "print":
+        print("printed again")
+        print("to stderr", file=sys.stderr)
+        return {"printed": True}
+    if what == "pipe-fd-1":
+        print("printed before")
+        r, w = os.pipe()
+        os.dup2(w, 1)
+        return {"fd": "pipe"}
     return {"ok": True, "remaining": context.remaining_time()}
 """
 
@@ -108,6 +126,34 @@ async def test_unserializable_result_is_a_clear_error(harness: Harness, isolatio
     assert r.error is not None and r.error.kind == "error"
     assert "not JSON-serializable" in r.error.message
     await _ok(harness, name)
+
+
+async def test_exception_whose_str_fails_is_still_a_function_error(harness: Harness, isolation: str) -> None:
+    """An exception whose __str__ raises is reported as the handler's error, not as a crash."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "bad-str"}')
+    assert r.error is not None and r.error.kind == "error", r.error
+    assert r.error.type.endswith("Unprintable")
+    assert "Unprintable" in r.error.traceback
+    await _ok(harness, name)
+
+
+@pytest.mark.parametrize("what", ["close-fd-1", "pipe-fd-1"])
+async def test_handler_redirecting_fd_1_still_answers(harness: Harness, isolation: str, what: str) -> None:
+    """A handler that closes fd 1 or points it elsewhere answered: its answer and
+    what it printed before reach the caller (logs are read from the capture's own fd),
+    and the next call's output is captured again."""
+    name = f"fd-1-{what}-{isolation}"
+    await harness.deploy(name, FAULTY, f'isolation = "{isolation}"\n[resources]\ntimeout = 1.0\n')
+    r = await harness.invoke(name, json.dumps({"do": what}).encode())
+    assert r.ok, r.error
+    assert "fd" in json.loads(r.output)
+    assert "printed before" in r.logs
+    await _ok(harness, name)
+    # A reuse instance goes on serving with fds 1 and 2 captured again.
+    r = await harness.invoke(name, b'{"do": "print"}')
+    assert r.ok, r.error
+    assert "printed again" in r.logs and "to stderr" in r.logs
 
 
 async def test_import_error_fails_deploy_and_keeps_old_version(harness: Harness) -> None:

@@ -126,3 +126,102 @@ async def test_payload_over_the_limit_is_refused_before_it_reaches_the_function(
     limit = harness.rt.rt.max_payload
     with pytest.raises(PayloadTooLarge, match=f"limit of {limit} bytes"):
         await harness.invoke("echo-limit", b"x" * (limit + 1), content_type="application/octet-stream")
+
+
+CONCURRENT_SYNC_AWAITABLE = """
+import asyncio
+
+class Later:
+    def __await__(self):
+        yield from asyncio.sleep(0.02).__await__()
+        return "later"
+
+async def helper():
+    await asyncio.sleep(0.02)
+    return "coroutine"
+
+def handler(event, context):
+    return helper() if event["kind"] == "coroutine" else Later()
+"""
+
+
+async def test_sync_handler_returning_awaitables_concurrently(harness: Harness) -> None:
+    """A sync handler in a concurrent reuse instance runs in worker threads: the
+    awaitables they return must not share one event loop across threads
+    ("This event loop is already running")."""
+    import asyncio
+
+    await harness.deploy("sync-awaitable-concurrent", CONCURRENT_SYNC_AWAITABLE, 'isolation = "reuse"\n[resources]\nconcurrency = 4\n[scaling]\nmax = 1\n')
+    for _ in range(3):
+        calls = [harness.invoke("sync-awaitable-concurrent", json.dumps({"kind": kind}).encode()) for kind in ("coroutine", "object") * 4]
+        results = await asyncio.gather(*calls)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        assert sorted(r.output for r in results) == [b'"coroutine"'] * 4 + [b'"later"'] * 4
+
+
+STREAMS_REPLACED = """
+import sys
+
+class Sink:  # write() and nothing else
+    def write(self, s):
+        return len(s)
+
+def handler(event, context):
+    print("before")
+    if event["to"] == "none":
+        sys.stdout = None
+    elif event["to"] == "sink":
+        sys.stdout = sys.stderr = Sink()
+    return {"to": event["to"]}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+@pytest.mark.parametrize("to", ["none", "sink"])
+async def test_handler_replacing_stdout_with_no_flush(harness: Harness, isolation: str, to: str) -> None:
+    """A handler that sets sys.stdout to None (or to an object without flush())
+    answered: its answer and what it printed before reach the caller, the
+    instance does not crash collecting its logs."""
+    name = f"streams-{to}-{isolation}"
+    await harness.deploy(name, STREAMS_REPLACED, f'isolation = "{isolation}"\n')
+    r = await harness.invoke(name, json.dumps({"to": to}).encode())
+    assert r.ok, r.error
+    assert json.loads(r.output) == {"to": to}
+    assert "before" in r.logs
+    if isolation == "reuse":  # the instance goes on serving
+        r = await harness.invoke(name, json.dumps({"to": "keep"}).encode())
+        assert r.ok, r.error
+
+
+NUMBER_AND_STRING_SUBCLASSES = """
+class Count(int):
+    pass
+
+class Markup(str):  # as markupsafe.Markup
+    def __str__(self):
+        return "overridden"
+
+class Ratio(float):
+    pass
+
+def handler(event, context):
+    kind = event["kind"]
+    if kind == "int":
+        return Count(5)
+    if kind == "str":
+        return Markup("<b>x</b>")
+    return {"ratio": Ratio(0.5), "items": [Count(1), Markup("m")]}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_results_of_int_str_float_subclasses_are_json(harness: Harness, isolation: str) -> None:
+    """Subclasses of int, str and float are numbers and strings: they encode as
+    their value (msgspec refuses them by itself), as dict and list subclasses do."""
+    name = f"subclasses-{isolation}"
+    await harness.deploy(name, NUMBER_AND_STRING_SUBCLASSES, f'isolation = "{isolation}"\n')
+    expect = {"int": 5, "str": "<b>x</b>", "nested": {"ratio": 0.5, "items": [1, "m"]}}
+    for kind, value in expect.items():
+        r = await harness.invoke(name, json.dumps({"kind": kind}).encode())
+        assert r.ok, r.error
+        assert json.loads(r.output) == value, kind
