@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidManifest
@@ -148,6 +149,40 @@ _HINTS = {
     "handler": '; write it as module:function, e.g. handler = "handler:handler" for def handler in handler.py',
 }
 """What a key whose value does not match its pattern should look like."""
+_UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
+def _type_at(path: str) -> Any:
+    """The msgspec type info of a manifest key (``resources.memory``, ``policy.prefer[0]``), or None."""
+    t: Any = msgspec.inspect.type_info(FunctionSpec)
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if isinstance(t, msgspec.inspect.UnionType):  # an optional table: its struct
+            t = next((u for u in t.types if isinstance(u, msgspec.inspect.StructType)), None)
+        if part.startswith("[") and isinstance(t, msgspec.inspect.ListType):
+            t = t.item_type
+        elif isinstance(t, msgspec.inspect.StructType):
+            t = next((f.type for f in t.fields if f.encode_name == part), None)
+        else:
+            return None
+    return t
+
+
+def _known_keys(table: str) -> str:
+    t = _type_at(table)
+    if isinstance(t, msgspec.inspect.UnionType):
+        t = next((u for u in t.types if isinstance(u, msgspec.inspect.StructType)), None)
+    if not isinstance(t, msgspec.inspect.StructType):
+        return "check its spelling"
+    names = ", ".join(f.encode_name for f in t.fields)
+    where = f"[[{table.rpartition('[')[0]}]]" if table.endswith("]") else f"[{table}]" if table else "the top level"
+    return f"check its spelling; {where} takes: {names}"
+
+
+def _allowed_values(key: str) -> str:
+    t = _type_at(key)
+    if isinstance(t, msgspec.inspect.LiteralType):
+        return "; use one of: " + ", ".join(repr(v) for v in t.values)
+    return ""
 
 
 def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) -> FunctionSpec:
@@ -162,9 +197,15 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
     except msgspec.ValidationError as exc:
         msg = str(exc)
         m = _PATH_RE.search(msg)
-        where = f" (key '{m.group(1)}')" if m and m.group(1) else ""
-        hint = _HINTS.get(m.group(1), "") if m and "matching regex" in msg else ""
-        raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=m.group(1) if m else None) from None
+        key = m.group(1) if m else ""
+        hint = _HINTS.get(key, "") if "matching regex" in msg else ""
+        if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
+            table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+            hint = f"; {_known_keys(table)}"
+        elif "Invalid enum value" in msg:
+            hint = _allowed_values(key)
+        where = f" (key '{key}')" if key else ""
+        raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.
     sc = spec.scaling
     if sc.min > sc.max:

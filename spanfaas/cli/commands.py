@@ -16,7 +16,7 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import error_from_record, output_from_record
-from spanfaas.errors import InvalidPayload
+from spanfaas.errors import InvalidPayload, InvocationNotFound
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
     JsonOpt,
@@ -140,11 +140,17 @@ def result(
     as_json: JsonOpt = False,
 ) -> None:
     """Show an invocation's result (or status, while it runs)."""
-    with Client(url, token) as client:
-        if wait:
-            with err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
-                client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
-        record = client.invocation(invocation_id)
+    try:
+        with Client(url, token) as client:
+            if wait:
+                with err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
+                    client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
+            record = client.invocation(invocation_id)
+    except InvocationNotFound:  # the gateway's hint is an HTTP one; a CLI user lists ids with `logs`
+        raise InvocationNotFound(
+            f"invocation {invocation_id!r} not found; `spanfaas logs FUNCTION` shows a function's recent invocations "
+            "with their ids"
+        ) from None
     status = record.get("status")
     if status == "failed":
         raise error_from_record(record)

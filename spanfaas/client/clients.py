@@ -22,7 +22,7 @@ from spanfaas.client import operations as ops
 from spanfaas.client.events import AsyncEvents, Events
 from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
-from spanfaas.client.userconfig import resolve
+from spanfaas.client.userconfig import resolve, withheld_token_url
 from spanfaas.errors import SpanfaasError
 
 __all__ = ["AsyncClient", "Client"]
@@ -57,7 +57,9 @@ class _Base:
         return request
 
     def _check(self, resp: httpx.Response) -> httpx.Response:
-        return ops.check_response(resp, base_url=self.url, has_token=bool(self.token))
+        return ops.check_response(
+            resp, base_url=self.url, has_token=bool(self.token), saved_for=lambda: withheld_token_url(self.url)
+        )
 
     def _transport_error(self, exc: httpx.TransportError, call: Call) -> SpanfaasError:
         return ops.transport_error(exc, base_url=self.url, timeout=self.timeout if call.timeout is None else call.timeout)

@@ -210,7 +210,9 @@ _TOKEN_HINT = (
 )
 
 
-def check_response(resp: httpx.Response, *, base_url: str, has_token: bool) -> httpx.Response:
+def check_response(
+    resp: httpx.Response, *, base_url: str, has_token: bool, saved_for: Callable[[], str | None] | None = None
+) -> httpx.Response:
     """Return a successful response; raise the typed error of a failed one."""
     if resp.status_code < 400:
         return resp
@@ -231,7 +233,13 @@ def check_response(resp: httpx.Response, *, base_url: str, has_token: bool) -> h
             + "; is it a spanfaas gateway of this version?"
         )
     if isinstance(exc, Unauthorized) and not has_token:
-        exc = Unauthorized(f"{exc.message}; {_TOKEN_HINT}", **exc.extra)
+        saved = saved_for() if saved_for is not None else None
+        hint = (  # the saved token goes only to the URL it was saved with: say so, not "no token"
+            f"a token is saved for {saved} only, so none was sent to {base_url}: "
+            f"pass --url {saved} if that is the same gateway, or pass --token (or set SPANFAAS_TOKEN)"
+            if saved else _TOKEN_HINT
+        )
+        exc = Unauthorized(f"{exc.message}; {hint}", **exc.extra)
     raise exc
 
 

@@ -24,7 +24,7 @@ import msgspec
 
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["DEFAULT_URL", "UserConfig", "config_path", "load_user_config", "resolve", "save_user_config"]
+__all__ = ["DEFAULT_URL", "UserConfig", "config_path", "load_user_config", "resolve", "save_user_config", "withheld_token_url"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -103,3 +103,11 @@ def resolve(
             "(or set SPANFAAS_URL, or let `spanfaas up` save it)"
         )
     return url.rstrip("/"), token
+
+
+def withheld_token_url(url: str, *, env: Mapping[str, str] | None = None) -> str | None:
+    """The URL the saved token is for, when it was not sent because ``url`` is another one."""
+    env = os.environ if env is None else env
+    config = load_user_config(config_path(env))
+    saved = (config.url or DEFAULT_URL).rstrip("/")
+    return saved if config.token and not _same_url(url, saved) else None

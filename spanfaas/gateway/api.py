@@ -159,7 +159,7 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
 
 
 async def create_token(gw: Gateway, request: Request) -> Response:
-    body = await read_body(request.receive, 65536, "request body", "max_payload")
+    body = await read_body(request.receive, 65536, "request body", None)
     try:
         req = msgspec.json.decode(body, type=TokenRequest)
     except msgspec.ValidationError as exc:

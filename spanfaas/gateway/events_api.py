@@ -125,7 +125,7 @@ async def list_triggers(gw: Gateway, request: Request) -> Response:
 
 
 async def add_trigger(gw: Gateway, request: Request) -> Response:
-    body = await read_body(request.receive, 65536, "request body", "max_payload")
+    body = await read_body(request.receive, 65536, "request body", None)
     try:
         req = msgspec.json.decode(body, type=TriggerRequest)
     except msgspec.ValidationError as exc:

@@ -86,7 +86,7 @@ def actor(request: Request) -> Actor:
 
 
 async def _body(request: Request, typ: type[T], example: str) -> T:
-    data = await read_body(request.receive, 1 << 20, "request body", "max_payload")
+    data = await read_body(request.receive, 1 << 20, "request body", None)
     try:
         return msgspec.json.decode(data, type=typ)
     except msgspec.ValidationError as exc:

@@ -40,8 +40,9 @@ class ClientDisconnected(InvalidRequest):
     slug, title = "client-disconnected", "Client disconnected"
 
 
-async def read_body(receive: Receive, limit: int, what: str = "payload", setting: str = "max_payload") -> bytes:
-    """The whole request body; PayloadTooLarge as soon as it passes ``limit``."""
+async def read_body(receive: Receive, limit: int, what: str = "payload", setting: str | None = "max_payload") -> bytes:
+    """The whole request body; PayloadTooLarge as soon as it passes ``limit``
+    (``setting``: the platform setting that raises it; None for a fixed limit)."""
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
@@ -65,13 +66,16 @@ async def read_body(receive: Receive, limit: int, what: str = "payload", setting
             return b"".join(chunks)
 
 
-def too_large(what: str, setting: str, limit: int, size: int | None = None) -> PayloadTooLarge:
+def too_large(what: str, setting: str | None, limit: int, size: int | None = None) -> PayloadTooLarge:
     have = f"is {format_size(size)}" if size is not None else "is larger"
-    return PayloadTooLarge(
-        f"the {what} {have}; the limit is {setting} = {format_size(limit)} "
-        f"(raise it with SPANFAAS_{setting.upper()})",
-        limit=limit,
+    if setting is None:  # a fixed limit: no setting raises it
+        return PayloadTooLarge(f"the {what} {have}; the limit is {format_size(limit)} for this request", limit=limit)
+    table, _, key = setting.rpartition(".")
+    how = (  # a nested setting has no environment variable: only the config file sets it
+        f"raise it with {key} in the [{table}] table of the config file (SPANFAAS_CONFIG)"
+        if table else f"raise it with SPANFAAS_{setting.upper()}"
     )
+    return PayloadTooLarge(f"the {what} {have}; the limit is {setting} = {format_size(limit)} ({how})", limit=limit)
 
 
 class InvokeEndpoint:

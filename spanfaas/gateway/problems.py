@@ -14,6 +14,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spanfaas.errors import NotFound, SpanfaasError, Unauthorized
@@ -65,8 +66,9 @@ def http_exception_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         err = NotFound(f"no such endpoint: {request.method} {path}; GET /openapi.json lists them all")
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
         err = MethodNotAllowed(f"{request.method} is not allowed on {path}; allowed: {allowed}")
+        exc.headers = {**(exc.headers or {}), "Allow": allowed}
     else:
         err = SpanfaasError(str(exc.detail))
         err.status = exc.status_code  # type: ignore[misc]
@@ -74,6 +76,16 @@ def http_exception_handler(request: Request, exc: Exception) -> Response:
     if exc.headers:
         resp.headers.update(exc.headers)
     return resp
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in getattr(request.scope.get("router"), "routes", ()):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 class ProblemMiddleware:

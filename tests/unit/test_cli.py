@@ -250,6 +250,16 @@ def test_invoke_timeout_must_be_positive(cli: Any) -> None:
 SLEEPY = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(event['sleep'])\n    return 'slept'\n"
 
 
+def test_result_of_an_unknown_id_gives_a_cli_hint(cli: Any) -> None:
+    # The gateway's detail points at GET /v1/invocations?function=NAME; the CLI user gets the command.
+    for args in (["result", "nope"], ["result", "nope", "--wait", "--timeout", "5"]):
+        r = cli(*args)
+        expect_error(r, 4, "invocation 'nope' not found; `spanfaas logs FUNCTION` shows a function's recent invocations")
+        assert "GET /v1" not in r.stderr
+    r = cli("result", "nope", "--json")
+    assert r.exit_code == 4 and "spanfaas logs FUNCTION" in json.loads(r.stdout)["detail"]
+
+
 def test_a_timeout_exits_1_from_invoke_and_from_result(cli: Any, tmp_path: Path) -> None:
     """``invoke --timeout`` exited 7 ("the platform failed") where ``result --wait --timeout``
     exited 1: both are the client giving up on its wait, the documented exit 1."""

@@ -469,6 +469,23 @@ def test_client_reads_the_saved_config(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert seen[0].headers["authorization"] == "Bearer tok"
 
 
+def test_a_token_saved_for_another_url_is_named_not_called_missing(
+    live: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gw, url = live  # http://127.0.0.1:PORT; the user types localhost, so the saved token stays home
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("SPANFAAS_URL", raising=False)
+    monkeypatch.delenv("SPANFAAS_TOKEN", raising=False)
+    save_user_config(UserConfig(url=url, token=gw.token))
+    other = url.replace("127.0.0.1", "localhost")
+    with Client(other) as client, pytest.raises(Unauthorized) as info:
+        client.functions()
+    assert f"a token is saved for {url} only, so none was sent to {other}: pass --url {url}" in info.value.message
+    assert "no token was sent" not in info.value.message
+    with Client(url) as client:
+        assert isinstance(client.functions(), list)  # the URL it was saved with gets it
+
+
 def test_payload_encoding() -> None:
     assert ops.encode_payload({"a": 1}, None) == (b'{"a":1}', "application/json")
     assert ops.encode_payload(None, None) == (b"null", "application/json")

@@ -75,6 +75,30 @@ def test_invalid_values_say_where(text: str, fragment: str) -> None:
         parse_manifest(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('name = "x"\nmemroy = 5', "(key 'memroy')"),
+        ('name = "x"\nmemroy = 5', "the top level takes: name, handler, isolation, network"),
+        ('name = "x"\n[resources]\nmemroy = 5', "(key 'resources.memroy')"),
+        ('name = "x"\n[resources]\nmemroy = 5', "[resources] takes: memory, cpu, timeout, concurrency, pids"),
+        ('name = "x"\n[image]\npkgs = []', "[image] takes: python, packages, lists, preload"),
+        ('name = "x"\n[[triggers]]\ntyp = "a"', "(key 'triggers[0].typ')"),
+        ('name = "x"\n[[triggers]]\ntyp = "a"', "[[triggers]] takes: name, source, type"),
+        ('name = "x"\nisolation = "sometimes"', "use one of: 'reuse', 'strict'"),
+        ('name = "x"\nnetwork = "wan"', "use one of: 'host', 'none'"),
+        ('name = "x"\n[policy]\nprefer = ["fast"]', "(key 'policy.prefer[0]')"),
+        ('name = "x"\n[policy]\nprefer = ["fast"]', "use one of: 'cost', 'latency', 'load', 'locality', 'spread'"),
+    ],
+)
+def test_unknown_keys_and_enum_values_say_what_would_do(text: str, message: str) -> None:
+    # msgspec alone says "Object contains unknown field `memroy` - at `$.resources`" (naming the
+    # table, not the key) and "Invalid enum value 'sometimes'", with nothing to pick instead.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message
+
+
 def test_load_manifest_from_directory(tmp_path: Path) -> None:
     (tmp_path / "spanfaas.toml").write_text('name = "dir-fn"')
     assert load_manifest(tmp_path).name == "dir-fn"

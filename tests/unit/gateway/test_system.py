@@ -67,6 +67,14 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     assert "allowed: " in r.json()["detail"]
 
 
+async def test_method_not_allowed_names_every_method_of_the_path(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    # GET, PUT and DELETE /v1/functions/{name} are three routes: the 405 lists all of them, not the first's.
+    r = await client.patch("/v1/functions/hello")
+    assert r.status_code == 405
+    assert r.json()["detail"] == "PATCH is not allowed on /v1/functions/hello; allowed: DELETE, GET, HEAD, PUT"
+    assert r.headers["allow"] == "DELETE, GET, HEAD, PUT"
+
+
 async def test_unexpected_errors_do_not_leak(client: httpx.AsyncClient, infra: InMemoryInfrastructure,
                                              monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     async def broken() -> InfraInfo:
