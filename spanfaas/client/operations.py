@@ -309,9 +309,14 @@ def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
         raise InvalidRequest(f"the event is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
 
 
-def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+def check_timeout(timeout: float | None) -> None:
+    """A wait's ``timeout``: None, or a positive number of seconds."""
     if timeout is not None and not timeout > 0:  # (not >: also NaN)
         raise InvalidRequest(f"timeout must be a positive number of seconds, not {timeout:g}; leave it out to wait as long as the client does")
+
+
+def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+    check_timeout(timeout)
     body, ctype = encode_payload(event, data)
     # ``timeout`` bounds the wait for the answer; the function's own limit is its manifest's.
     resp = yield Call("POST", _fn(name) + "/invoke", headers={"Content-Type": ctype}, content=body, timeout=timeout)
@@ -352,7 +357,8 @@ def result(invocation_id: str, *, wait: bool = True, timeout: float | None = Non
             raise WaitTimeout(
                 f"invocation {invocation_id} is still {status}"
                 + (f" after {timeout:g}s" if wait else "")
-                + f"; wait for it with: spanfaas result {invocation_id} --wait"
+                + f"; wait for it with: spanfaas result {invocation_id} --wait",
+                invocation_id=invocation_id,
             )
         yield Sleep(delay if remaining is None else min(delay, remaining))
         delay = min(delay * 1.5, 1.0)

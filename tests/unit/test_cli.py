@@ -264,12 +264,33 @@ def test_a_timeout_exits_1_from_invoke_and_from_result(cli: Any, tmp_path: Path)
     """``invoke --timeout`` exited 7 ("the platform failed") where ``result --wait --timeout``
     exited 1: both are the client giving up on its wait, the documented exit 1."""
     assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
-    expect_error(cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2"), 1, "did not answer within 0.2 s")
+    expect_error(cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2"), 1, "after 0.2s")
     job = cli("invoke", "sleepy", "-d", '{"sleep": 3}', "--async").stdout.strip()
     expect_error(cli("result", job, "--wait", "--timeout", "0.2"), 1, f"invocation {job} is still")
     slow, waited = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2", "--json"), cli("result", job, "--wait", "--timeout", "0.2", "--json")
     assert slow.exit_code == waited.exit_code == 1
     assert json.loads(slow.stdout)["type"] == json.loads(waited.stdout)["type"] == "https://spanfaas.dev/problems/wait-timeout"
+
+
+def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
+    """``invoke --timeout`` gave up with no invocation id: the result was lost to the user."""
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    r = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2")
+    expect_error(r, 1, "still", "after 0.2s", "spanfaas result ")
+    job = r.stderr.split("spanfaas result ", 1)[1].split()[0]
+    r = cli("result", job, "--wait", "--timeout", "10")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == "slept"
+
+    r = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2", "--json")
+    assert r.exit_code == 1
+    job = json.loads(r.stdout)["invocation_id"]
+    assert f"spanfaas result {job} --wait" in r.stderr
+    r = cli("result", job, "--wait", "--timeout", "10", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["result"] == "slept"
+
+    r = cli("invoke", "sleepy", "-d", '{"sleep": 0}', "--timeout", "10")  # in time: the result, as without --timeout
+    assert r.exit_code == 0 and json.loads(r.stdout) == "slept" and "memory" in r.stderr
 
 
 def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
