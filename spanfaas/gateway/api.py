@@ -19,7 +19,7 @@ from spanfaas.errors import InvalidRequest, InvocationNotFound, NotFound
 from spanfaas.gateway.auth import issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
-from spanfaas.gateway.invoke import InvokeEndpoint, read_body
+from spanfaas.gateway.invoke import InvokeEndpoint, read_body, too_large
 from spanfaas.gateway.views import (
     FunctionList,
     Info,
@@ -96,6 +96,9 @@ def _guard(fn: Callable[..., Awaitable[Response]], gw: Gateway, scope: str | Non
 
 async def deploy_function(gw: Gateway, request: Request) -> Response:
     name = request.path_params["name"]
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > gw.settings.max_bundle:  # its size known: say it
+        raise too_large("bundle", "max_bundle", gw.settings.max_bundle, int(length))
     data = await read_body(request.receive, gw.settings.max_bundle, "bundle", "max_bundle")
     token = token_of(request.scope)
     record = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")

@@ -17,23 +17,16 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from spanfaas.config import Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
 from spanfaas.store import BlobStore, Store, sha256
 from spanfaas.gateway import bundle as bundles
 
-__all__ = ["Registry", "format_size"]
+__all__ = ["Registry"]
 
 log = logging.getLogger("spanfaas.gateway")
-
-
-def format_size(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} bytes"
 
 
 class Registry:
@@ -203,8 +196,9 @@ class Registry:
 
 
 def too_large_bundle(size: int, limit: int) -> PayloadTooLarge:
+    have, allowed = format_sizes(size, limit)
     return PayloadTooLarge(
-        f"the bundle is {format_size(size)}; the limit is max_bundle = {format_size(limit)} "
+        f"the bundle is {have}; the limit is max_bundle = {allowed} "
         "(raise it with SPANFAAS_MAX_BUNDLE)",
         limit=limit,
     )

@@ -97,7 +97,7 @@ def _import_error(fn_dir: Callable[..., Path]) -> bytes:
         (_wrong_name, 400, "names the function 'other' but it is deployed as 'hello'"),
         (_escaping, 400, "outside the bundle"),
         (_import_error, 400, "importing handler module 'handler' failed: ModuleNotFoundError"),
-        (lambda f: b"\x1f\x8b" + b"\0" * 300_000, 413, "the limit is max_bundle = 256 KiB"),
+        (lambda f: b"\x1f\x8b" + b"\0" * 300_000, 413, "the bundle is 293.0 KiB; the limit is max_bundle = 256.0 KiB"),
     ],
     ids=["garbage", "damaged", "bad-key", "no-handler", "wrong-name", "escaping", "import-error", "too-large"],
 )
