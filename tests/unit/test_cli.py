@@ -301,6 +301,17 @@ def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
         expect_error(r, 2, f"cannot use {data_dir} as the data directory", "--data-dir")
 
 
+def test_up_with_an_impossible_port_names_the_flag(cli: Any, tmp_path: Path) -> None:
+    # It said "invalid settings: Expected `int` <= 65535 - at `$.port`": a setting the user never typed.
+    for flag in ("--port", "--dns-port"):
+        args = ["up", "--data-dir", str(tmp_path / "state")] + (["--dns", "--port", "0"] if flag == "--dns-port" else [])
+        for value in ("99999", "-1"):
+            r = cli(*args, flag, value)
+            expect_error(r, 2)
+            assert r.stderr == f"error: {flag} {value} is not a port; pass 1 to 65535, or 0 to pick a free one\n"
+    assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
+
+
 def test_not_found(cli: Any) -> None:
     expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
     expect_error(cli("result", "0" * 32), 4)
