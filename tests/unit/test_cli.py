@@ -199,6 +199,7 @@ def test_function_failure_shows_its_traceback_and_logs(cli: Any, tmp_path: Path)
     r = cli("invoke", "boom")
     expect_error(r, 8, "KeyError", "missing-thing")
     assert 'raise KeyError' in r.stderr and "working on it" in r.stderr  # the function's traceback and logs
+    assert "spanfaas/" not in r.stderr  # it starts at the function's code
     r = cli("invoke", "boom", "--json")
     assert r.exit_code == 8
     problem = json.loads(r.stdout)
