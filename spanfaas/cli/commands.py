@@ -62,10 +62,17 @@ def deploy(
         print_json(record)
         return
     digest = str(record.get("digest", ""))
-    out_console().print(
-        f"[green]✓[/green] deployed [bold]{escape(str(record.get('name')))}[/bold] "
-        f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
-    )
+    name = escape(str(record.get("name")))
+    if record.get("changed", True):
+        out_console().print(
+            f"[green]✓[/green] deployed [bold]{name}[/bold] "
+            f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
+        )
+    else:
+        out_console().print(
+            f"[green]✓[/green] [bold]{name}[/bold] is unchanged: version {record.get('version')} "
+            f"({escape(digest[:19])}…) has this bundle and manifest and keeps running"
+        )
 
 
 def _read_data(data: str | None) -> tuple[Any, bytes | None]:

@@ -21,6 +21,7 @@ from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
 from spanfaas.gateway.invoke import InvokeEndpoint, read_body, too_large
 from spanfaas.gateway.views import (
+    Deployed,
     FunctionList,
     Info,
     InvocationList,
@@ -101,8 +102,9 @@ async def deploy_function(gw: Gateway, request: Request) -> Response:
         raise too_large("bundle", "max_bundle", gw.settings.max_bundle, int(length))
     data = await read_body(request.receive, gw.settings.max_bundle, "bundle", "max_bundle")
     token = token_of(request.scope)
-    record = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")
-    return json(record, 201, {"location": f"/v1/functions/{name}"})
+    record, changed = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")
+    answer = Deployed(**msgspec.structs.asdict(record), changed=changed)
+    return json(answer, 201 if changed else 200, {"location": f"/v1/functions/{name}"})
 
 
 async def list_functions(gw: Gateway, request: Request) -> Response:
@@ -253,8 +255,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         ),
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
-                 scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=FunctionRecord,
-                 errors=(400, 401, 403, 413, 502)),
+                 scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
+                 errors=(400, 401, 403, 413, 502),
+                 extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)}),
         Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
                  response=FunctionList, errors=(401, 403)),
         Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",

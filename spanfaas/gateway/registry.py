@@ -126,11 +126,18 @@ class Registry:
 
     # -- changes -------------------------------------------------------------------
 
-    async def deploy(self, name: str, data: bytes, *, actor: str = "") -> FunctionRecord:
+    async def deploy(self, name: str, data: bytes, *, actor: str = "") -> tuple[FunctionRecord, bool]:
+        """The version deployed, and whether it is new: the bundle and manifest of the
+        latest version, already running here, make no new version (nothing is restarted)."""
         if len(data) > self.settings.max_bundle:
             raise too_large_bundle(len(data), self.settings.max_bundle)
         async with self._lock(name):
             spec, bundle, fresh = await asyncio.to_thread(self._prepare, name, data)
+            running = self.functions.get(name)
+            if running is not None and running.digest == bundle.digest and running.spec == spec:
+                latest = await asyncio.to_thread(self.store.get_function, name)
+                if latest is not None and latest.version == running.version:  # not replaced by another gateway
+                    return running, False
             try:
                 async with self._with_image(name, spec, bundle, actor) as bundle:
                     await self.infra.deploy(spec, bundle)
@@ -143,7 +150,7 @@ class Registry:
                 self.images.forget(name)  # an earlier version here may have run on an image
             self.functions[name] = record
             self.failed.pop(name, None)
-            return record
+            return record, True
 
     def _with_image(self, name: str, spec: FunctionSpec, bundle: Bundle, actor: str) -> AbstractAsyncContextManager[Bundle]:
         """The bundle with the image its manifest asks for (checked against the curated

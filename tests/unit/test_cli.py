@@ -124,6 +124,20 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
 
 
+def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) -> None:
+    d = fn_dir(tmp_path, "same", "def handler(event, context):\n    return 1\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 0 and "deployed same version 1" in r.stdout, r.stderr
+    r = cli("deploy", d)
+    assert r.exit_code == 0, r.stderr
+    assert "same is unchanged: version 1 (" in r.stdout and "deployed" not in r.stdout
+    doc = json.loads(cli("deploy", d, "--json").stdout)
+    assert doc["version"] == 1 and doc["changed"] is False
+    Path(d, "main.py").write_text("def handler(event, context):\n    return 2\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 0 and "deployed same version 2" in r.stdout
+
+
 def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
     docs: dict[str, Any] = {}
     for name, args in [
