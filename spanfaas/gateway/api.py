@@ -66,7 +66,10 @@ class Endpoint:
     tag: str = "functions"
     params: tuple[Param, ...] = ()
     body: tuple[str, ...] | type | None = None
-    """Content types accepted as raw bytes, or a Struct decoded from JSON."""
+    """Content types accepted as raw bytes, or a Struct decoded from JSON (the request's
+    Content-Type is documented here, never as a header parameter: OpenAPI ignores those)."""
+    body_note: str = ""
+    """What the request body is, for the document."""
     status: int = 200
     response: type | str | None = None
     """A Struct, a content type of raw bytes, or None (no body)."""
@@ -247,9 +250,11 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                       {"type": "string", "enum": ["sync", "async"]}),
                 Param("Prefer", "header", "'respond-async' is the same as mode=async"),
                 Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422"),
-                Param("Content-Type", "header", "the event's type, passed to the function; JSON (the default) is validated"),
             ),
             body=("application/json", "*/*"), response="*/*",
+            body_note="The event: JSON (application/json or a +json type; a body without a Content-Type is taken "
+                      "as JSON) is validated and passed to the function decoded, any other type is passed to the "
+                      "function as bytes. Empty: no event (None).",
             errors=(400, 401, 403, 404, 413, 422, 500, 502, 503, 504),
             extra_responses={202: ("Accepted for async execution; poll the Location", Queued)},
         ),
