@@ -27,10 +27,19 @@ __all__ = [
     "SchedulerSettings",
     "Settings",
     "WebhookConfig",
+    "check_port",
     "default_data_dir",
 ]
 
 MiB = 1024 * 1024
+
+
+def check_port(port: int | None, flag: str) -> int | None:
+    """A port given on the command line, refused naming the ``flag`` it came with
+    (not the setting it becomes)."""
+    if port is not None and not 0 <= port <= 65535:
+        raise InvalidRequest(f"{flag} {port} is not a port; pass 1 to 65535, or 0 to pick a free one")
+    return port
 
 
 def default_data_dir() -> Path:
@@ -283,6 +292,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             except tomllib.TOMLDecodeError as exc:
                 raise InvalidRequest(f"config file {p} is not valid TOML: {exc}") from None
         fields = {f.name: f for f in msgspec.structs.fields(cls)}
+        from_env: dict[str, str] = {}  # setting -> the variable it came from, named if it is refused
         for key, raw in env.items():
             if not key.startswith("SPANFAAS_") or key == "SPANFAAS_CONFIG":
                 continue
@@ -299,10 +309,16 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
                     ) from None
                 continue
             data[name] = _coerce(key, raw, fields[name].type)
-        data.update({k: v for k, v in overrides.items() if v is not None})
+            from_env[name] = f"{key}={raw!r}"
+        given = {k: v for k, v in overrides.items() if v is not None}
+        data.update(given)
         try:
             return msgspec.convert(data, cls, strict=False)
         except msgspec.ValidationError as exc:
+            problem, _, where = str(exc).rpartition(" - at `$.")
+            name = where.split(".", 1)[0].split("[", 1)[0].rstrip("`")
+            if problem and name in from_env and name not in given:
+                raise InvalidRequest(f"environment variable {from_env[name]} is not valid: {problem}") from None
             raise InvalidRequest(f"invalid settings: {exc}") from None
 
 

@@ -61,6 +61,8 @@ __all__ = [
     "Unauthorized",
     "WaitTimeout",
     "error_from_problem",
+    "format_size",
+    "format_sizes",
 ]
 
 PROBLEM_BASE = "https://spanfaas.dev/problems/"
@@ -111,6 +113,27 @@ class InvalidPayload(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+_UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+
+
+def format_size(n: int, decimals: int = 1) -> str:
+    """A size as people read it in a message: '900 bytes', '97.7 KiB', '12.0 MiB'."""
+    for unit, size in _UNITS:
+        if n >= size:
+            return f"{n / size:.{decimals}f} {unit}"
+    return f"{n} bytes"
+
+
+def format_sizes(size: int, limit: int) -> tuple[str, str]:
+    """A size and the limit it passed, in one style; with more digits, or in bytes,
+    when they would read alike (a size just over its limit)."""
+    for decimals in (1, 2):
+        pair = format_size(size, decimals), format_size(limit, decimals)
+        if pair[0] != pair[1]:
+            return pair
+    return f"{size} bytes", f"{limit} bytes"
 
 
 class IdempotencyKeyReused(InvalidRequest):

@@ -1,4 +1,10 @@
-"""Shared fixtures: a real PostgreSQL server for the session, free ports."""
+"""Shared fixtures: a real PostgreSQL server for the session, free ports.
+
+Every run tests the checkout it is started in: the venv's editable install
+may point at another checkout (a git worktree sharing the venv), so this
+checkout is put first on the path of the tests (``pythonpath`` in
+pyproject.toml) and of every process they start (``PYTHONPATH``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import spanfaas
+
+    imported = Path(spanfaas.__file__).resolve().parent
+    if imported != ROOT / "spanfaas":
+        raise pytest.UsageError(
+            f"the tests import spanfaas from {imported}, not from the checkout under test {ROOT}; "
+            f"run them as `python -m pytest` from {ROOT}"
+        )
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *rest])  # for the CLI, gateways, Ray workers the tests start
 
 
 def free_port() -> int:

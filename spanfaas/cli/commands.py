@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
-from spanfaas.client.operations import error_from_record, output_from_record
+from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
 from spanfaas.errors import InvalidPayload, InvocationNotFound
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
@@ -62,10 +62,17 @@ def deploy(
         print_json(record)
         return
     digest = str(record.get("digest", ""))
-    out_console().print(
-        f"[green]✓[/green] deployed [bold]{escape(str(record.get('name')))}[/bold] "
-        f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
-    )
+    name = escape(str(record.get("name")))
+    if record.get("changed", True):
+        out_console().print(
+            f"[green]✓[/green] deployed [bold]{name}[/bold] "
+            f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
+        )
+    else:
+        out_console().print(
+            f"[green]✓[/green] [bold]{name}[/bold] is unchanged: version {record.get('version')} "
+            f"({escape(digest[:19])}…) has this bundle and manifest and keeps running"
+        )
 
 
 def _read_data(data: str | None) -> tuple[Any, bytes | None]:
@@ -109,7 +116,10 @@ def invoke(
     data: Annotated[str | None, typer.Option("-d", "--data", help="The event: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
     run_async: Annotated[bool, typer.Option("--async", help="Queue the invocation and print its id.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait for the result.", show_default=False)] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Seconds to wait for the result; when they run out, the invocation's id is printed for `spanfaas result ID`.", show_default=False),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -125,7 +135,11 @@ def invoke(
                 sys.stdout.write(invocation_id + "\n")
                 err_console().print(f"[dim]queued; get the result with: spanfaas result {escape(invocation_id)} --wait[/dim]")
             return
-        out = client.invoke_output(name, event, data=body, timeout=timeout)
+        if timeout is None:
+            out = client.invoke_output(name, event, data=body)
+        else:  # queued first, so a wait that runs out can name the invocation to fetch later
+            check_timeout(timeout)
+            out = client.result_output(client.invoke_async(name, event, data=body), timeout=timeout)
     _show_output(out, raw=raw, as_json=as_json)
 
 

@@ -18,7 +18,7 @@ from spanfaas.cli.commands import protection_table
 from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, err_console, handle_errors, out_console, print_json
 from spanfaas.client import Client
 from spanfaas.client.userconfig import UserConfig, config_path, load_user_config, save_user_config
-from spanfaas.config import Settings
+from spanfaas.config import Settings, check_port
 from spanfaas.errors import InfraError, InvalidRequest, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
 
@@ -58,8 +58,8 @@ def up(
     from spanfaas.store import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    settings = Settings.load(host=host, port=port, data_dir=str(data_dir) if data_dir is not None else None)
-    settings = with_early_action(settings, dns=dns, dns_port=dns_port)
+    settings = Settings.load(host=host, port=check_port(port, "--port"), data_dir=str(data_dir) if data_dir is not None else None)
+    settings = with_early_action(settings, dns=dns, dns_port=check_port(dns_port, "--dns-port"))
     _check_port(settings.host, settings.port)
     _check_data_dir(settings.data_path)
     saved = load_user_config()

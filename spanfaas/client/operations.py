@@ -204,12 +204,6 @@ _BY_STATUS: dict[int, type[SpanfaasError]] = {
     503: InfraUnavailable,
 }
 
-_TOKEN_HINT = (
-    "no token was sent: pass --token or set SPANFAAS_TOKEN "
-    "(`spanfaas up` prints the admin token on its first start and saves it for this user)"
-)
-
-
 def check_response(
     resp: httpx.Response, *, base_url: str, has_token: bool, saved_for: Callable[[], str | None] | None = None
 ) -> httpx.Response:
@@ -222,7 +216,8 @@ def check_response(
             doc = _json.decode(resp.content)
         except msgspec.DecodeError:
             doc = None
-    if isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_BASE):
+    from_spanfaas = isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_BASE)
+    if from_spanfaas:
         exc = error_from_problem(doc)
     else:
         cls = _BY_STATUS.get(resp.status_code, InfraError if resp.status_code >= 500 else InvalidRequest)
@@ -237,9 +232,12 @@ def check_response(
         hint = (  # the saved token goes only to the URL it was saved with: say so, not "no token"
             f"a token is saved for {saved} only, so none was sent to {base_url}: "
             f"pass --url {saved} if that is the same gateway, or pass --token (or set SPANFAAS_TOKEN)"
-            if saved else _TOKEN_HINT
+            if saved else f"no API token was sent to {base_url}: pass --token or set SPANFAAS_TOKEN "
+            "(`spanfaas up` prints the admin token on its first start and saves it for this user)"
         )
-        exc = Unauthorized(f"{exc.message}; {hint}", **exc.extra)
+        # The gateway's own 401 tells an HTTP client which header to send and where tokens
+        # come from: the hint says that for this client, so it replaces it (once is enough).
+        exc = Unauthorized(hint if from_spanfaas else f"{exc.message}; {hint}", **exc.extra)
     raise exc
 
 
@@ -311,9 +309,14 @@ def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
         raise InvalidRequest(f"the event is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
 
 
-def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+def check_timeout(timeout: float | None) -> None:
+    """A wait's ``timeout``: None, or a positive number of seconds."""
     if timeout is not None and not timeout > 0:  # (not >: also NaN)
         raise InvalidRequest(f"timeout must be a positive number of seconds, not {timeout:g}; leave it out to wait as long as the client does")
+
+
+def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+    check_timeout(timeout)
     body, ctype = encode_payload(event, data)
     # ``timeout`` bounds the wait for the answer; the function's own limit is its manifest's.
     resp = yield Call("POST", _fn(name) + "/invoke", headers={"Content-Type": ctype}, content=body, timeout=timeout)
@@ -354,7 +357,8 @@ def result(invocation_id: str, *, wait: bool = True, timeout: float | None = Non
             raise WaitTimeout(
                 f"invocation {invocation_id} is still {status}"
                 + (f" after {timeout:g}s" if wait else "")
-                + f"; wait for it with: spanfaas result {invocation_id} --wait"
+                + f"; wait for it with: spanfaas result {invocation_id} --wait",
+                invocation_id=invocation_id,
             )
         yield Sleep(delay if remaining is None else min(delay, remaining))
         delay = min(delay * 1.5, 1.0)

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from spanfaas.config import Settings
+from spanfaas.config import Settings, check_port
 from spanfaas.errors import SpanfaasError
 from spanfaas.gateway.auth import bootstrap_admin_token
 from spanfaas.gateway.dns import with_early_action
@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings.load(host=args.host, port=args.port, data_dir=args.data_dir, store=args.store)
-        settings = with_early_action(settings, dns=args.dns, dns_port=args.dns_port, dns_zone=args.dns_zone,
+        port, dns_port = check_port(args.port, "--port"), check_port(args.dns_port, "--dns-port")
+        settings = Settings.load(host=args.host, port=port, data_dir=args.data_dir, store=args.store)
+        settings = with_early_action(settings, dns=args.dns, dns_port=dns_port, dns_zone=args.dns_zone,
                                      early_action=False if args.no_early_action else None)  # fmt: skip
         store = open_store(settings)
         try:

@@ -19,8 +19,9 @@ from spanfaas.errors import InvalidRequest, InvocationNotFound, NotFound
 from spanfaas.gateway.auth import issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
-from spanfaas.gateway.invoke import InvokeEndpoint, read_body
+from spanfaas.gateway.invoke import InvokeEndpoint, read_body, too_large
 from spanfaas.gateway.views import (
+    Deployed,
     FunctionList,
     Info,
     InvocationList,
@@ -65,7 +66,10 @@ class Endpoint:
     tag: str = "functions"
     params: tuple[Param, ...] = ()
     body: tuple[str, ...] | type | None = None
-    """Content types accepted as raw bytes, or a Struct decoded from JSON."""
+    """Content types accepted as raw bytes, or a Struct decoded from JSON (the request's
+    Content-Type is documented here, never as a header parameter: OpenAPI ignores those)."""
+    body_note: str = ""
+    """What the request body is, for the document."""
     status: int = 200
     response: type | str | None = None
     """A Struct, a content type of raw bytes, or None (no body)."""
@@ -96,10 +100,14 @@ def _guard(fn: Callable[..., Awaitable[Response]], gw: Gateway, scope: str | Non
 
 async def deploy_function(gw: Gateway, request: Request) -> Response:
     name = request.path_params["name"]
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > gw.settings.max_bundle:  # its size known: say it
+        raise too_large("bundle", "max_bundle", gw.settings.max_bundle, int(length))
     data = await read_body(request.receive, gw.settings.max_bundle, "bundle", "max_bundle")
     token = token_of(request.scope)
-    record = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")
-    return json(record, 201, {"location": f"/v1/functions/{name}"})
+    record, changed = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")
+    answer = Deployed(**msgspec.structs.asdict(record), changed=changed)
+    return json(answer, 201 if changed else 200, {"location": f"/v1/functions/{name}"})
 
 
 async def list_functions(gw: Gateway, request: Request) -> Response:
@@ -242,16 +250,19 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                       {"type": "string", "enum": ["sync", "async"]}),
                 Param("Prefer", "header", "'respond-async' is the same as mode=async"),
                 Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422"),
-                Param("Content-Type", "header", "the event's type, passed to the function; JSON (the default) is validated"),
             ),
             body=("application/json", "*/*"), response="*/*",
+            body_note="The event: JSON (application/json or a +json type; a body without a Content-Type is taken "
+                      "as JSON) is validated and passed to the function decoded, any other type is passed to the "
+                      "function as bytes. Empty: no event (None).",
             errors=(400, 401, 403, 404, 413, 422, 500, 502, 503, 504),
             extra_responses={202: ("Accepted for async execution; poll the Location", Queued)},
         ),
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
-                 scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=FunctionRecord,
-                 errors=(400, 401, 403, 413, 502)),
+                 scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
+                 errors=(400, 401, 403, 413, 502),
+                 extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)}),
         Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
                  response=FunctionList, errors=(401, 403)),
         Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge
+from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
 from spanfaas.model import MANIFEST_NAME, FunctionSpec, parse_manifest
 
 __all__ = ["UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
@@ -157,7 +157,7 @@ def _unpack_tar(data: bytes, dest: Path, max_size: int) -> None:
             total += max(m.size, 0)
             if total > max_size:
                 raise PayloadTooLarge(
-                    f"the bundle unpacks to more than {max_size} bytes ({UNPACK_FACTOR} × max_bundle); "
+                    f"the bundle unpacks to more than {format_size(max_size)} ({UNPACK_FACTOR} × max_bundle); "
                     "make it smaller or raise SPANFAAS_MAX_BUNDLE"
                 )
         tar.extractall(dest, members=members, filter="data")
@@ -177,7 +177,7 @@ def _unpack_zip(data: bytes, dest: Path, max_size: int) -> None:
             total += info.file_size
             if total > max_size:
                 raise PayloadTooLarge(
-                    f"the bundle unpacks to more than {max_size} bytes ({UNPACK_FACTOR} × max_bundle); "
+                    f"the bundle unpacks to more than {format_size(max_size)} ({UNPACK_FACTOR} × max_bundle); "
                     "make it smaller or raise SPANFAAS_MAX_BUNDLE"
                 )
         root = dest.resolve()

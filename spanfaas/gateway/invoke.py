@@ -16,11 +16,18 @@ from urllib.parse import parse_qsl
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from spanfaas.errors import IdempotencyKeyReused, InvalidPayload, InvalidRequest, PayloadTooLarge, SpanfaasError
+from spanfaas.errors import (
+    IdempotencyKeyReused,
+    InvalidPayload,
+    InvalidRequest,
+    PayloadTooLarge,
+    SpanfaasError,
+    format_size,
+    format_sizes,
+)
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext, Result
 from spanfaas.gateway.auth import require
 from spanfaas.gateway.problems import send_problem
-from spanfaas.gateway.registry import format_size
 from spanfaas.gateway.views import Queued, is_json
 
 IDEMPOTENCY_KEY_MAX = 255
@@ -29,7 +36,7 @@ IDEMPOTENCY_KEY_MAX = 255
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
-__all__ = ["InvokeEndpoint", "read_body"]
+__all__ = ["InvokeEndpoint", "read_body", "too_large"]
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
@@ -67,15 +74,19 @@ async def read_body(receive: Receive, limit: int, what: str = "payload", setting
 
 
 def too_large(what: str, setting: str | None, limit: int, size: int | None = None) -> PayloadTooLarge:
-    have = f"is {format_size(size)}" if size is not None else "is larger"
+    if size is None:  # still arriving: how much more is not known
+        have, allowed = "is larger", format_size(limit)
+    else:
+        have, allowed = format_sizes(size, limit)
+        have = f"is {have}"
     if setting is None:  # a fixed limit: no setting raises it
-        return PayloadTooLarge(f"the {what} {have}; the limit is {format_size(limit)} for this request", limit=limit)
+        return PayloadTooLarge(f"the {what} {have}; the limit is {allowed} for this request", limit=limit)
     table, _, key = setting.rpartition(".")
     how = (  # a nested setting has no environment variable: only the config file sets it
         f"raise it with {key} in the [{table}] table of the config file (SPANFAAS_CONFIG)"
         if table else f"raise it with SPANFAAS_{setting.upper()}"
     )
-    return PayloadTooLarge(f"the {what} {have}; the limit is {setting} = {format_size(limit)} ({how})", limit=limit)
+    return PayloadTooLarge(f"the {what} {have}; the limit is {setting} = {allowed} ({how})", limit=limit)
 
 
 class InvokeEndpoint:

@@ -63,6 +63,8 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[e.body]}}}
         elif e.body:
             op["requestBody"] = {"content": {ct: {"schema": {}} for ct in e.body}}
+        if e.body_note and "requestBody" in op:
+            op["requestBody"]["description"] = e.body_note
         responses: dict[str, Any] = {}
         ok: dict[str, Any] = {"description": "OK" if e.status < 300 else ("Created" if e.status == 201 else "Done")}
         if isinstance(e.response, type):

@@ -17,23 +17,16 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from spanfaas.config import Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
 from spanfaas.store import BlobStore, Store, sha256
 from spanfaas.gateway import bundle as bundles
 
-__all__ = ["Registry", "format_size"]
+__all__ = ["Registry"]
 
 log = logging.getLogger("spanfaas.gateway")
-
-
-def format_size(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    return f"{n} bytes"
 
 
 class Registry:
@@ -133,11 +126,18 @@ class Registry:
 
     # -- changes -------------------------------------------------------------------
 
-    async def deploy(self, name: str, data: bytes, *, actor: str = "") -> FunctionRecord:
+    async def deploy(self, name: str, data: bytes, *, actor: str = "") -> tuple[FunctionRecord, bool]:
+        """The version deployed, and whether it is new: the bundle and manifest of the
+        latest version, already running here, make no new version (nothing is restarted)."""
         if len(data) > self.settings.max_bundle:
             raise too_large_bundle(len(data), self.settings.max_bundle)
         async with self._lock(name):
             spec, bundle, fresh = await asyncio.to_thread(self._prepare, name, data)
+            running = self.functions.get(name)
+            if running is not None and running.digest == bundle.digest and running.spec == spec:
+                latest = await asyncio.to_thread(self.store.get_function, name)
+                if latest is not None and latest.version == running.version:  # not replaced by another gateway
+                    return running, False
             try:
                 async with self._with_image(name, spec, bundle, actor) as bundle:
                     await self.infra.deploy(spec, bundle)
@@ -150,7 +150,7 @@ class Registry:
                 self.images.forget(name)  # an earlier version here may have run on an image
             self.functions[name] = record
             self.failed.pop(name, None)
-            return record
+            return record, True
 
     def _with_image(self, name: str, spec: FunctionSpec, bundle: Bundle, actor: str) -> AbstractAsyncContextManager[Bundle]:
         """The bundle with the image its manifest asks for (checked against the curated
@@ -203,8 +203,9 @@ class Registry:
 
 
 def too_large_bundle(size: int, limit: int) -> PayloadTooLarge:
+    have, allowed = format_sizes(size, limit)
     return PayloadTooLarge(
-        f"the bundle is {format_size(size)}; the limit is max_bundle = {format_size(limit)} "
+        f"the bundle is {have}; the limit is max_bundle = {allowed} "
         "(raise it with SPANFAAS_MAX_BUNDLE)",
         limit=limit,
     )

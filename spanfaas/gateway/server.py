@@ -128,8 +128,8 @@ async def _when_started(
         try:
             spec = load_manifest(Path(d))
             data = await asyncio.to_thread(pack_function, d)
-            record = await gw.registry.deploy(spec.name, data)
-            log.info("deployed demo function %s (version %d)", record.name, record.version)
+            record, changed = await gw.registry.deploy(spec.name, data)
+            log.info("%s demo function %s (version %d)", "deployed" if changed else "unchanged:", record.name, record.version)
         except SpanfaasError as exc:
             log.error("could not deploy demo function %s: %s", d, exc)
     host, port = server.servers[0].sockets[0].getsockname()[:2]

@@ -15,6 +15,7 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 from spanfaas.model import ErrorInfo, FunctionRecord, InfraInfo, InvocationRecord, Protection, TokenRecord
 
 __all__ = [
+    "Deployed",
     "FunctionList",
     "Info",
     "InvocationList",
@@ -35,6 +36,14 @@ Scope = Literal["admin", "deploy", "invoke"]
 
 class FunctionList(Struct):
     functions: list[FunctionRecord]
+
+
+class Deployed(FunctionRecord, frozen=True, kw_only=True):
+    """The answer to a deploy: the version that now serves the function."""
+
+    changed: bool
+    """False when the bundle and manifest were those of the latest version: no new
+    version was made, and that version, already running, is the answer (200, not 201)."""
 
 
 class Queued(Struct):

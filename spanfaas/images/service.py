@@ -49,6 +49,7 @@ from spanfaas.errors import (
     InvalidManifest,
     NotFound,
     SpanfaasError,
+    format_size,
 )
 from spanfaas.images import curation
 from spanfaas.images.leases import Leases
@@ -306,7 +307,7 @@ class ImageService:
                     size=await asyncio.to_thread(self.repo.size, work), built_by=actor.name,
                     build_seconds=round(time.monotonic() - started, 3), created_at=now, last_used_at=now,
                 )  # fmt: skip
-                emit(BuildPhase("publish", f"image {id[:12]}: {_size(record.size)}"))
+                emit(BuildPhase("publish", f"image {id[:12]}: {format_size(record.size)}"))
                 await asyncio.to_thread(self.repo.publish, work, record)
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, work, True)
@@ -315,7 +316,7 @@ class ImageService:
             self.builds += 1
             self.metrics.builds.inc()
             self.metrics.build_seconds.observe(record.build_seconds)
-            log.info("built image %s (%s) in %.2fs, %s", id[:12], _summary(locked), record.build_seconds, _size(record.size))
+            log.info("built image %s (%s) in %.2fs, %s", id[:12], _summary(locked), record.build_seconds, format_size(record.size))
             return record
         finally:
             self.repo.unlock(fd)
@@ -448,7 +449,7 @@ class ImageService:
         if not await asyncio.to_thread(self._remove, record, actor):
             users = await asyncio.to_thread(self.store.image_users)
             raise self._in_use(full, users.get(full, []))
-        log.info("removed image %s (%s) for %s", full[:12], _size(record.size), actor.name)
+        log.info("removed image %s (%s) for %s", full[:12], format_size(record.size), actor.name)
         return record
 
     def _remove(self, record: ImageRecord, actor: Actor) -> bool:
@@ -521,7 +522,7 @@ class ImageService:
             removed.append(id)
             freed += size
         if removed:
-            log.info("image gc by %s: removed %d images, freed %s", actor.name, len(removed), _size(freed))
+            log.info("image gc by %s: removed %d images, freed %s", actor.name, len(removed), format_size(freed))
         return GcResult(removed=removed, freed=freed, kept=kept)
 
     # -- a build as a stream of events ------------------------------------------------------------
@@ -569,10 +570,3 @@ def _summary(packages: list[LockedPackage]) -> str:
     direct = [f"{p.name}=={p.version}" for p in packages if p.direct]
     deps = len(packages) - len(direct)
     return ", ".join(direct) + (f" + {deps} dependencies" if deps else "") if packages else "no packages"
-
-
-def _size(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"

@@ -21,7 +21,6 @@ import io
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import msgspec
 
 from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle
 from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Result
+from spanfaas.runtime.instance import user_traceback
 
 __all__ = ["InMemoryInfrastructure"]
 
@@ -134,7 +134,7 @@ class InMemoryInfrastructure:
         except Exception as exc:  # the user's error, with its traceback
             typ = type(exc)
             name = typ.__qualname__ if typ.__module__ == "builtins" else f"{typ.__module__}.{typ.__qualname__}"
-            error = ErrorInfo(kind="error", type=name, message=str(exc), traceback="".join(traceback.format_exception(exc)))
+            error = ErrorInfo(kind="error", type=name, message=str(exc), traceback=user_traceback(exc))
         return Result(
             invocation_id=ctx.invocation_id,
             function=spec.name,
@@ -181,7 +181,7 @@ def _load(spec: FunctionSpec, root: Path, digest: str) -> Callable[..., Any]:
     except Exception as exc:
         raise InvalidBundle(
             f"importing handler module '{spec.module}' failed: {type(exc).__name__}: {exc}",
-            traceback="".join(traceback.format_exception(exc)),
+            traceback=user_traceback(exc),
         ) from None
     finally:
         sys.path.remove(str(root))

@@ -107,9 +107,20 @@ def run(call: tuple[Any, ...]) -> tuple[bytes, str, dict[str, Any] | None, str, 
         except Exception as exc:  # the user's error, with its traceback
             typ = type(exc)
             qual = typ.__qualname__ if typ.__module__ == "builtins" else f"{typ.__module__}.{typ.__qualname__}"
-            error = {"kind": "error", "type": qual, "message": str(exc), "traceback": "".join(traceback.format_exception(exc))}
+            error = {"kind": "error", "type": qual, "message": str(exc), "traceback": _user_traceback(exc)}
     return output, out_type, error, logs.getvalue(), (time.perf_counter() - start) * 1000.0, cold
 
 
 async def _awaited(value: Any) -> Any:
     return await value
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """``exc`` from the first frame of the function's code, without this module's frames
+    (and asyncio's) before it; like ``spanfaas.runtime.instance.user_traceback``, which
+    this module cannot import on a cluster without spanfaas."""
+    machinery = (_user_traceback.__code__.co_filename, os.path.dirname(os.__file__) + os.sep)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(machinery):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))

@@ -108,6 +108,22 @@ class Capture:
         return text
 
 
+_PLATFORM = os.path.dirname(os.path.dirname(__file__)) + os.sep
+"""The spanfaas package: its frames are the platform's, not the function's."""
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc`` formatted from the first frame of the function's own code: the platform's
+    frames before it (and those of asyncio or importlib it ran the code through) are
+    left out, since they are not what the user fixes.  All of them when there is no
+    frame of the function's code (the platform failed)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith((_PLATFORM, _STDLIB, "<frozen ")):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
 def _error(exc: BaseException) -> ErrorInfo:
     kind: Literal["oom", "error"] = "oom" if isinstance(exc, MemoryError) else "error"
     typ = type(exc)
@@ -117,7 +133,7 @@ def _error(exc: BaseException) -> ErrorInfo:
     except Exception:  # its __str__ raised: still the handler's error, not a crash of the instance
         message = f"<{name}: str() of the exception failed>"
     try:
-        tb = "".join(traceback.format_exception(exc))
+        tb = user_traceback(exc)
     except Exception:
         tb = ""
     return ErrorInfo(kind=kind, type=name, message=message, traceback=tb)

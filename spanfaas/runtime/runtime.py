@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from spanfaas.config import RuntimeSettings, Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge, SpanfaasError
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge, SpanfaasError, format_sizes
 from spanfaas.model import EarlyStats, FunctionSpec, ImageRef, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.early import EarlyAction
@@ -332,9 +332,10 @@ class LocalRuntime:
 
     async def invoke(self, name: str, payload: bytes, ctx: InvokeContext) -> Result:
         if len(payload) > self.rt.max_payload:
+            have, allowed = format_sizes(len(payload), self.rt.max_payload)
             raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes is over the runtime's limit of {self.rt.max_payload} bytes "
-                "(runtime.max_payload); send a reference to the data instead",
+                f"the payload is {have}; the limit is runtime.max_payload = {allowed} (raise it with max_payload "
+                "in the [runtime] table of the config file (SPANFAAS_CONFIG), or send a reference to the data instead)",
                 limit=self.rt.max_payload,
             )
         pool = self._pools.get(name)

@@ -562,7 +562,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
                 kind="error",
                 type=type(exc).__name__,
                 message=str(exc),
-                traceback="".join(traceback.format_exception(exc)) + (f"\n--- output ---\n{out}" if out else ""),
+                traceback=inst.user_traceback(exc) + (f"\n--- output ---\n{out}" if out else ""),
             )
             p.send_msg(chan, p.TemplateFailed(err, sandbox=sandboxing))
             code = 1

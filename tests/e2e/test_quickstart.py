@@ -186,6 +186,18 @@ def test_quickstart(shell: Shell, up: Up, monkeypatch: pytest.MonkeyPatch) -> No
         time.sleep(0.05)
 
 
+def test_commands_run_the_checkout_under_test(shell: Shell) -> None:
+    # The venv's `spanfaas` script imports spanfaas through the editable install,
+    # which points at the checkout the venv was made in (another git worktree,
+    # say): this checkout must come first, or the e2e tests test other code.
+    # Run from / as the script is (its sys.path[0] is .venv/bin, not the cwd).
+    code = "import spanfaas.cli, spanfaas.gateway; print(spanfaas.cli.__file__); print(spanfaas.gateway.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd="/", env=shell.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for path in r.stdout.split():
+        assert Path(path).resolve().is_relative_to(ROOT / "spanfaas"), f"{path} is not in {ROOT}"
+
+
 def test_unreachable_gateway_tells_the_user_to_start_it(shell: Shell) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     r = shell("ls", "--url", url)

@@ -68,16 +68,16 @@ CASES = {
     "malformed bundle": ("PUT", "/v1/functions/echo", {"content": b"PK\x03\x04 not really a zip"}, 400, "damaged"),
     "not an archive": ("PUT", "/v1/functions/echo", {"content": b"hello"}, 400, "neither a tar.gz nor a zip"),
     "escaping bundle": ("PUT", "/v1/functions/echo", {"content": escaping_bundle()}, 400, "outside the bundle"),
-    "oversize bundle": ("PUT", "/v1/functions/echo", {"content": b"\x1f\x8b" + bytes(200_000)}, 413, "max_bundle = 128 KiB"),
+    "oversize bundle": ("PUT", "/v1/functions/echo", {"content": b"\x1f\x8b" + bytes(200_000)}, 413, "the bundle is 195.3 KiB; the limit is max_bundle = 128.0 KiB"),
     "unknown function": ("POST", "/v1/functions/nope/invoke", {"json": {}}, 404, "function 'nope' not found; deployed: echo"),
-    "oversize payload": ("POST", "/v1/functions/echo/invoke", {"content": b"1" * 100_000}, 413, "max_payload = 64 KiB"),
+    "oversize payload": ("POST", "/v1/functions/echo/invoke", {"content": b"1" * 100_000}, 413, "the payload is 97.7 KiB; the limit is max_payload = 64.0 KiB"),
     # Fixed limits and nested settings: the hint must be one that works (raising
     # SPANFAAS_MAX_PAYLOAD does not grow a token request; SPANFAAS_EVENTS.MAX_BODY is no variable).
     "oversize token request": ("POST", "/v1/tokens", {"content": b" " * 70_000}, 413,
-                               "the request body is larger; the limit is 64 KiB for this request"),
+                               "the request body is larger; the limit is 64.0 KiB for this request"),
     "oversize event": ("POST", "/v1/events", {"content": b" " * 1_100_000,
                                               "headers": {"content-type": "application/cloudevents+json"}}, 413,
-                       "the limit is events.max_body = 1 MiB (raise it with max_body in the [events] table "
+                       "the event body is 1.05 MiB; the limit is events.max_body = 1.00 MiB (raise it with max_body in the [events] table "
                        "of the config file (SPANFAAS_CONFIG))"),
     "invalid JSON": ("POST", "/v1/functions/echo/invoke", {"content": b'{"a": 1,}'}, 400, "not valid JSON"),
     "invalid JSON async": ("POST", "/v1/functions/echo/invoke?mode=async", {"content": b"[1"}, 400, "not valid JSON"),

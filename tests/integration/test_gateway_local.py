@@ -39,7 +39,7 @@ def world_readable_tmp() -> Iterator[Path]:
 
 def function_dir(root: Path, name: str, isolation: str) -> Path:
     d = root / "src" / name
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "handler.py").write_text(HANDLER)
     (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "{isolation}"\n')
     return d
@@ -73,6 +73,12 @@ def test_deploy_and_invoke_on_the_local_runtime(world_readable_tmp: Path) -> Non
             assert r.headers["x-spanfaas-infra"] == "local"
             first_pid = r.json()["pid"]
             assert c.post("/v1/functions/hello/invoke", json={}).json()["pid"] == first_pid  # reuse: same instance
+
+            # The same bundle and manifest again: no new version, the warm instance is kept.
+            r = c.put("/v1/functions/hello", content=pack_function(function_dir(world_readable_tmp, "hello", "reuse")))
+            assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["changed"] is False, r.text
+            r = c.post("/v1/functions/hello/invoke", json={})
+            assert r.json()["pid"] == first_pid and r.headers["x-spanfaas-cold"] == "false"
 
             pids = {c.post("/v1/functions/strict-hello/invoke", json={}).json()["pid"] for _ in range(3)}
             assert len(pids) == 3  # strict: a fresh instance per invocation

@@ -77,6 +77,8 @@ def test_ray_only_and_gpu_functions_run_on_ray_through_the_gateway(ray_head: Ray
             r = c.post("/v1/functions/needsgpu/invoke", json={"fail": True})
             assert r.status_code == 500 and r.headers["x-spanfaas-infra"] == "ray"
             assert r.json()["error_type"] == "ValueError"
+            trace = r.json()["traceback"]  # from the function's own frame: not the worker's, nor asyncio's
+            assert "ray_worker" not in trace and trace.split("\n")[1].strip().endswith("in handler"), trace
             ex = c.get("/v1/functions/needsgpu/explain").json()
             verdicts = {v["infra"]: v for v in ex["infrastructures"]}
             assert ex["ranking"] == ["ray"]

@@ -40,6 +40,7 @@ class Sites:
         return httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60)
 
     def deploy(self, name: str, policy: str) -> httpx.Response:
+        """201, or 200 when an earlier test of the module deployed the same already."""
         with self.client(self.main) as c:
             return c.put(f"/v1/functions/{name}", content=pack_function(function_dir(self.root / "src", name, policy)))
 
@@ -106,7 +107,7 @@ def test_gpu_is_rejected_at_deploy_naming_the_constraint(sites: Sites) -> None:
 
 
 def test_prefer_latency_moves_traffic_to_the_faster_infrastructure(sites: Sites) -> None:
-    assert sites.deploy("fast", 'prefer = ["latency"]').status_code == 201
+    assert sites.deploy("fast", 'prefer = ["latency"]').status_code in (200, 201)
     with sites.client(sites.main) as c:
         used = [c.post("/v1/functions/fast/invoke", json={"i": i}).headers["x-spanfaas-infra"] for i in range(150)]
         ex = c.get("/v1/functions/fast/explain").json()
@@ -119,7 +120,7 @@ def test_prefer_latency_moves_traffic_to_the_faster_infrastructure(sites: Sites)
 
 
 def test_explain_over_http(sites: Sites) -> None:
-    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code in (200, 201)
     with sites.client(sites.main) as c:
         ex = c.get("/v1/functions/ineu/explain").json()
         assert c.get("/v1/functions/nope/explain").status_code == 404
@@ -131,7 +132,7 @@ def test_explain_over_http(sites: Sites) -> None:
 
 
 def test_explain_in_the_cli(sites: Sites) -> None:
-    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code in (200, 201)
     opts = ["--url", sites.main.url, "--token", sites.main.admin_token or ""]
     cmd = [sys.executable, "-m", "spanfaas.cli", "explain", "ineu"]
     out = subprocess.run([*cmd, *opts, "--json"], capture_output=True, text=True, timeout=60)
@@ -148,8 +149,8 @@ def test_explain_in_the_cli(sites: Sites) -> None:
 def test_async_and_sdk_map_take_the_same_path(sites: Sites) -> None:
     from spanfaas.client import Client
 
-    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
-    assert sites.deploy("spread", 'prefer = ["spread"]').status_code == 201
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code in (200, 201)
+    assert sites.deploy("spread", 'prefer = ["spread"]').status_code in (200, 201)
     with sites.client(sites.main) as c:
         r = c.post("/v1/functions/ineu/invoke?mode=async", json={"i": 5})
         assert r.status_code == 202
@@ -169,7 +170,7 @@ def test_async_and_sdk_map_take_the_same_path(sites: Sites) -> None:
 
 
 def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
-    assert sites.deploy("anywhere", "").status_code == 201  # no policy: declared order, eu first
+    assert sites.deploy("anywhere", "").status_code in (200, 201)  # no policy: declared order, eu first
     with sites.client(sites.main) as c:
         assert c.post("/v1/functions/anywhere/invoke", json={"i": 1}).headers["x-spanfaas-infra"] == "eu"
         sites.eu.kill()
@@ -187,7 +188,7 @@ def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
 
 
 def test_main_restarted_while_the_site_is_away_serves_once_it_returns(sites: Sites) -> None:
-    assert sites.deploy("ineu", 'region = "eu-*"').status_code == 201
+    assert sites.deploy("ineu", 'region = "eu-*"').status_code in (200, 201)
     sites.eu.kill()
     assert sites.main.stop() == 0
     sites.main.start()  # its registry deploys ineu again: pending, eu is away

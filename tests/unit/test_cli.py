@@ -124,6 +124,20 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
 
 
+def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) -> None:
+    d = fn_dir(tmp_path, "same", "def handler(event, context):\n    return 1\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 0 and "deployed same version 1" in r.stdout, r.stderr
+    r = cli("deploy", d)
+    assert r.exit_code == 0, r.stderr
+    assert "same is unchanged: version 1 (" in r.stdout and "deployed" not in r.stdout
+    doc = json.loads(cli("deploy", d, "--json").stdout)
+    assert doc["version"] == 1 and doc["changed"] is False
+    Path(d, "main.py").write_text("def handler(event, context):\n    return 2\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 0 and "deployed same version 2" in r.stdout
+
+
 def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
     docs: dict[str, Any] = {}
     for name, args in [
@@ -199,6 +213,7 @@ def test_function_failure_shows_its_traceback_and_logs(cli: Any, tmp_path: Path)
     r = cli("invoke", "boom")
     expect_error(r, 8, "KeyError", "missing-thing")
     assert 'raise KeyError' in r.stderr and "working on it" in r.stderr  # the function's traceback and logs
+    assert "spanfaas/" not in r.stderr  # it starts at the function's code
     r = cli("invoke", "boom", "--json")
     assert r.exit_code == 8
     problem = json.loads(r.stdout)
@@ -264,12 +279,33 @@ def test_a_timeout_exits_1_from_invoke_and_from_result(cli: Any, tmp_path: Path)
     """``invoke --timeout`` exited 7 ("the platform failed") where ``result --wait --timeout``
     exited 1: both are the client giving up on its wait, the documented exit 1."""
     assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
-    expect_error(cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2"), 1, "did not answer within 0.2 s")
+    expect_error(cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2"), 1, "after 0.2s")
     job = cli("invoke", "sleepy", "-d", '{"sleep": 3}', "--async").stdout.strip()
     expect_error(cli("result", job, "--wait", "--timeout", "0.2"), 1, f"invocation {job} is still")
     slow, waited = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2", "--json"), cli("result", job, "--wait", "--timeout", "0.2", "--json")
     assert slow.exit_code == waited.exit_code == 1
     assert json.loads(slow.stdout)["type"] == json.loads(waited.stdout)["type"] == "https://spanfaas.dev/problems/wait-timeout"
+
+
+def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
+    """``invoke --timeout`` gave up with no invocation id: the result was lost to the user."""
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    r = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2")
+    expect_error(r, 1, "still", "after 0.2s", "spanfaas result ")
+    job = r.stderr.split("spanfaas result ", 1)[1].split()[0]
+    r = cli("result", job, "--wait", "--timeout", "10")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == "slept"
+
+    r = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2", "--json")
+    assert r.exit_code == 1
+    job = json.loads(r.stdout)["invocation_id"]
+    assert f"spanfaas result {job} --wait" in r.stderr
+    r = cli("result", job, "--wait", "--timeout", "10", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["result"] == "slept"
+
+    r = cli("invoke", "sleepy", "-d", '{"sleep": 0}', "--timeout", "10")  # in time: the result, as without --timeout
+    assert r.exit_code == 0 and json.loads(r.stdout) == "slept" and "memory" in r.stderr
 
 
 def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
@@ -278,6 +314,17 @@ def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
     for data_dir in (blocker / "state", blocker):
         r = cli("up", "--port", "0", "--data-dir", str(data_dir), XDG_DATA_HOME=str(tmp_path / "data"))
         expect_error(r, 2, f"cannot use {data_dir} as the data directory", "--data-dir")
+
+
+def test_up_with_an_impossible_port_names_the_flag(cli: Any, tmp_path: Path) -> None:
+    # It said "invalid settings: Expected `int` <= 65535 - at `$.port`": a setting the user never typed.
+    for flag in ("--port", "--dns-port"):
+        args = ["up", "--data-dir", str(tmp_path / "state")] + (["--dns", "--port", "0"] if flag == "--dns-port" else [])
+        for value in ("99999", "-1"):
+            r = cli(*args, flag, value)
+            expect_error(r, 2)
+            assert r.stderr == f"error: {flag} {value} is not a port; pass 1 to 65535, or 0 to pick a free one\n"
+    assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
 
 
 def test_not_found(cli: Any) -> None:

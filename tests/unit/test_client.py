@@ -173,11 +173,11 @@ async def test_deploy_invoke_list_remove(sdk: Any) -> None:
         await sdk.invoke("hello", {"name": "x"})
 
 
-async def test_redeploy_makes_a_new_version(sdk: Any) -> None:
+async def test_an_identical_redeploy_keeps_the_version(sdk: Any) -> None:
     first = await sdk.deploy(EXAMPLES / "hello")
     second = await sdk.deploy(EXAMPLES / "hello")
-    assert second["version"] == first["version"] + 1
-    assert second["digest"] == first["digest"]  # packing is deterministic
+    assert second["digest"] == first["digest"]  # packing is deterministic ...
+    assert second["version"] == first["version"] and second["changed"] is False  # ... so nothing changed
 
 
 async def test_invoke_output_carries_the_metadata(sdk: Any) -> None:
@@ -484,6 +484,28 @@ def test_a_token_saved_for_another_url_is_named_not_called_missing(
     assert "no token was sent" not in info.value.message
     with Client(url) as client:
         assert isinstance(client.functions(), list)  # the URL it was saved with gets it
+
+
+def test_a_missing_token_is_explained_once(live: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The gateway's 401 speaks HTTP (send an Authorization header); the client's hint
+    # was appended to it, so the user read where the admin token comes from twice.
+    gw, url = live
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("SPANFAAS_TOKEN", raising=False)
+    with Client(url) as client, pytest.raises(Unauthorized) as info:
+        client.functions()
+    assert info.value.message == (
+        f"no API token was sent to {url}: pass --token or set SPANFAAS_TOKEN "
+        "(`spanfaas up` prints the admin token on its first start and saves it for this user)"
+    )
+    save_user_config(UserConfig(url=url, token=gw.token))  # saved for another URL: that is the one hint
+    other = url.replace("127.0.0.1", "localhost")
+    with Client(other) as client, pytest.raises(Unauthorized) as info:
+        client.functions()
+    assert info.value.message == (
+        f"a token is saved for {url} only, so none was sent to {other}: pass --url {url} "
+        "if that is the same gateway, or pass --token (or set SPANFAAS_TOKEN)"
+    )
 
 
 def test_payload_encoding() -> None:

@@ -27,6 +27,9 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
 def test_bad_values_fail_loudly(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="SPANFAAS_PORT"):
         Settings.load(env={"SPANFAAS_PORT": "eighty"})
+    with pytest.raises(InvalidRequest) as info:  # in range: the variable the user set is named, not `$.port`
+        Settings.load(env={"SPANFAAS_PORT": "99999"})
+    assert info.value.message == "environment variable SPANFAAS_PORT='99999' is not valid: Expected `int` <= 65535"
     cfg = tmp_path / "config.toml"
     cfg.write_text("prot = 1\n")
     with pytest.raises(InvalidRequest, match="unknown field `prot`"):

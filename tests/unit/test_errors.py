@@ -57,3 +57,25 @@ def test_problem_of_a_class_this_process_never_imported_keeps_its_status(
     back = errors.error_from_problem(doc)
     assert type(back) is expected and back.message == "no widget 'w'"
     assert back.exit_code == expected.exit_code
+
+
+@pytest.mark.parametrize(
+    ("size", "limit", "expected"),
+    [
+        (12 * 2**20, 8 * 2**20, ("12.0 MiB", "8.0 MiB")),
+        (100_000, 65536, ("97.7 KiB", "64.0 KiB")),
+        (3 * 2**30, 64 * 2**20, ("3.0 GiB", "64.0 MiB")),
+        (2000, 1024, ("2.0 KiB", "1.0 KiB")),
+        (900, 512, ("900 bytes", "512 bytes")),
+        (1_100_000, 2**20, ("1.05 MiB", "1.00 MiB")),  # alike when rounded: one more decimal ...
+        (65538, 65536, ("65538 bytes", "65536 bytes")),  # ... or exact, in one unit
+    ],
+)
+def test_sizes_in_messages_are_for_people_and_in_one_style(size: int, limit: int, expected: tuple[str, str]) -> None:
+    assert errors.format_sizes(size, limit) == expected
+
+
+def test_one_size_for_people() -> None:
+    assert [errors.format_size(n) for n in (0, 1023, 1024, 1536, 12 * 2**20, 2**30 + 2**29)] == [
+        "0 bytes", "1023 bytes", "1.0 KiB", "1.5 KiB", "12.0 MiB", "1.5 GiB",
+    ]

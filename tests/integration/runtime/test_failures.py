@@ -82,6 +82,51 @@ async def test_exception_gives_function_error_with_traceback(harness: Harness, i
     await _ok(harness, name)
 
 
+ASYNC_FAULTY = """
+import asyncio, json
+
+def parse(text):
+    return json.loads(text)
+
+async def handler(event, context):
+    await asyncio.sleep(0)
+    if event == "chained":
+        try:
+            parse("{")
+        except ValueError as exc:
+            raise RuntimeError("could not parse") from exc
+    raise KeyError("async " + event)
+"""
+
+
+def _frames(traceback: str) -> list[str]:
+    return [line.strip() for line in traceback.splitlines() if line.strip().startswith("File ")]
+
+
+async def test_a_traceback_starts_at_the_users_code(harness: Harness, isolation: str) -> None:
+    # The first frame shown was spanfaas/runtime/instance.py's call (and, for an async
+    # handler, asyncio's run_until_complete): the platform, not what the user fixes.
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "raise", "x": 1}')
+    assert r.error is not None and r.error.traceback.startswith("Traceback (most recent call last):\n")
+    frames = _frames(r.error.traceback)
+    assert len(frames) == 1 and frames[0].endswith("line 7, in handler"), r.error.traceback
+    assert "/handler.py" in frames[0]
+
+    name = f"async-faulty-{isolation}"
+    if name not in harness.rt.functions():
+        await harness.deploy(name, ASYNC_FAULTY, f'isolation = "{isolation}"\n')
+    r = await harness.invoke(name, b'"boom"')
+    assert r.error is not None and r.error.type == "KeyError"
+    frames = _frames(r.error.traceback)
+    assert len(frames) == 1 and "/handler.py" in frames[0] and frames[0].endswith("in handler"), r.error.traceback
+    r = await harness.invoke(name, b'"chained"')  # the cause keeps its frames, the library's too (json)
+    assert r.error is not None and r.error.type == "RuntimeError"
+    assert "spanfaas/" not in r.error.traceback and "asyncio" not in r.error.traceback, r.error.traceback
+    assert "in parse" in r.error.traceback and "json/decoder.py" in r.error.traceback
+    assert "The above exception was the direct cause" in r.error.traceback
+
+
 async def test_os_exit_gives_crashed_with_status(harness: Harness, isolation: str) -> None:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, b'{"do": "exit"}')
@@ -161,6 +206,8 @@ async def test_import_error_fails_deploy_and_keeps_old_version(harness: Harness)
     with pytest.raises(InvalidBundle, match="ZeroDivisionError") as info:
         await harness.deploy("versioned", "x = 1 / 0\ndef handler(e, c):\n    return 'v2'\n")
     assert "1 / 0" in info.value.extra["traceback"]
+    assert "spanfaas/" not in info.value.extra["traceback"] and "importlib" not in info.value.extra["traceback"]
+    assert _frames(info.value.extra["traceback"])[0].endswith("line 1, in <module>")
     r = await harness.invoke("versioned")
     assert r.output == b'"v1"'
 

@@ -124,7 +124,7 @@ async def test_payload_over_the_limit_is_refused_before_it_reaches_the_function(
 
     await harness.deploy("echo-limit", ECHO, 'isolation = "reuse"\n')
     limit = harness.rt.rt.max_payload
-    with pytest.raises(PayloadTooLarge, match=f"limit of {limit} bytes"):
+    with pytest.raises(PayloadTooLarge, match=f"is {limit + 1} bytes; the limit is runtime.max_payload = {limit} bytes"):
         await harness.invoke("echo-limit", b"x" * (limit + 1), content_type="application/octet-stream")
 
 

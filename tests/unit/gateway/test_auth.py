@@ -68,7 +68,7 @@ async def test_scopes_nest(client: httpx.AsyncClient, hello: dict[str, object], 
     assert [v.version for v in store.function_versions("hello")] == [1]
     assert (await client.post("/v1/functions/hello/invoke", json={}, headers=bearer(invoke))).status_code == 200
     assert (await client.get("/v1/invocations", headers=bearer(invoke))).status_code == 200
-    assert (await client.put("/v1/functions/hello", content=bundle, headers=bearer(deploy))).status_code == 201
+    assert (await client.put("/v1/functions/hello", content=bundle, headers=bearer(deploy))).status_code == 200  # unchanged
     assert (await client.post("/v1/functions/hello/invoke", json={}, headers=bearer(deploy))).status_code == 200
     r = await client.get("/v1/tokens", headers=bearer(deploy))
     assert r.status_code == 403 and r.json()["detail"] == "this call needs scope 'admin'; your token has: deploy"

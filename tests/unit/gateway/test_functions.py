@@ -48,6 +48,42 @@ async def test_redeploy_adds_a_version_and_serves_it(client: httpx.AsyncClient, 
     assert r.json() == "v2"
 
 
+async def test_an_identical_redeploy_changes_nothing(
+    client: httpx.AsyncClient, hello: dict[str, object], fn_dir: Callable[..., Path], store: SQLiteStore,
+    infra: InMemoryInfrastructure, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # It made version 2 of the same bundle and manifest, and deployed it again (warm instances drained).
+    assert hello["changed"] is True
+    deployed = infra.deploy
+    deploys: list[str] = []
+
+    async def counting(spec: object, bundle: object) -> None:
+        deploys.append(getattr(spec, "name"))
+        await deployed(spec, bundle)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(infra, "deploy", counting)
+    r = await client.put("/v1/functions/hello", content=pack_function(fn_dir()))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["changed"] is False and doc["version"] == 1 and doc["digest"] == hello["digest"]
+    assert doc["created_at"] == hello["created_at"]
+    assert [v.version for v in store.function_versions("hello")] == [1] and deploys == []
+
+    # A changed manifest, or changed code, is a new version; so is going back to an older one.
+    versions = [
+        lambda: fn_dir(manifest='name = "hello"\nisolation = "reuse"\ndescription = "now described"\n'),
+        lambda: fn_dir(code="def handler(event, context):\n    return 'v3'\n"),
+        lambda: fn_dir(),  # version 1's bundle again
+    ]
+    for version, make in enumerate(versions, start=2):
+        r = await client.put("/v1/functions/hello", content=pack_function(make()))
+        assert r.status_code == 201 and r.json()["version"] == version and r.json()["changed"] is True, (version, r.text)
+    assert deploys == ["hello"] * 3
+    r = await client.put("/v1/functions/hello", content=pack_function(fn_dir()))
+    assert r.status_code == 200 and r.json()["version"] == 4 and deploys == ["hello"] * 3
+    assert (await client.post("/v1/functions/hello/invoke", json={})).json() == {"hello": "world"}
+
+
 async def test_zip_bundle(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
     import zipfile
 
@@ -97,7 +133,7 @@ def _import_error(fn_dir: Callable[..., Path]) -> bytes:
         (_wrong_name, 400, "names the function 'other' but it is deployed as 'hello'"),
         (_escaping, 400, "outside the bundle"),
         (_import_error, 400, "importing handler module 'handler' failed: ModuleNotFoundError"),
-        (lambda f: b"\x1f\x8b" + b"\0" * 300_000, 413, "the limit is max_bundle = 256 KiB"),
+        (lambda f: b"\x1f\x8b" + b"\0" * 300_000, 413, "the bundle is 293.0 KiB; the limit is max_bundle = 256.0 KiB"),
     ],
     ids=["garbage", "damaged", "bad-key", "no-handler", "wrong-name", "escaping", "import-error", "too-large"],
 )

@@ -59,6 +59,19 @@ async def test_openapi_covers_every_route(client: httpx.AsyncClient, app: Starle
         assert name in doc["components"]["schemas"]
 
 
+async def test_openapi_says_content_types_in_request_bodies(client: httpx.AsyncClient) -> None:
+    # OpenAPI 3: a header parameter named Accept, Content-Type or Authorization "SHALL be ignored";
+    # the invoke endpoint documented its Content-Type as one, so a generated client never sent it.
+    doc = (await client.get("/openapi.json")).json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for param in op.get("parameters", []):
+                assert not (param["in"] == "header" and param["name"].lower() in ("accept", "content-type", "authorization")), (method, path, param)
+    body = doc["paths"]["/v1/functions/{name}/invoke"]["post"]["requestBody"]
+    assert set(body["content"]) == {"application/json", "*/*"}
+    assert "passed to the function" in body["description"] and "validated" in body["description"]
+
+
 async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) -> None:
     r = await client.get("/nowhere")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"

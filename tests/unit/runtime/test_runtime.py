@@ -1,0 +1,24 @@
+"""LocalRuntime's checks that come before any process is involved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spanfaas.config import RuntimeSettings, Settings
+from spanfaas.errors import PayloadTooLarge
+from spanfaas.model import InvokeContext
+from spanfaas.runtime import LocalRuntime
+
+
+async def test_a_payload_over_the_runtime_limit_is_named_in_sizes_for_people(tmp_path: Path) -> None:
+    # It said "payload of 2000 bytes is over the runtime's limit of 1024 bytes": bytes where every other 413 says KiB/MiB.
+    rt = LocalRuntime(Settings(data_dir=str(tmp_path), runtime=RuntimeSettings(max_payload=1024)))
+    with pytest.raises(PayloadTooLarge) as info:
+        await rt.invoke("any", b"x" * 2000, InvokeContext(invocation_id="i"))
+    assert info.value.message == (
+        "the payload is 2.0 KiB; the limit is runtime.max_payload = 1.0 KiB (raise it with max_payload in the "
+        "[runtime] table of the config file (SPANFAAS_CONFIG), or send a reference to the data instead)"
+    )
+    assert info.value.extra == {"limit": 1024}
