@@ -16,7 +16,6 @@ import posixpath
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -237,10 +236,3 @@ def _listing(root: Path, limit: int = 20) -> str:
     more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
-
-def temp_dir(parent: Path) -> Path:
-    """A fresh directory to unpack into; readable by all (functions may run as another uid)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
-    path.chmod(0o755)
-    return path

@@ -21,7 +21,7 @@ from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest,
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
-from spanfaas.store import BlobStore, Store, sha256
+from spanfaas.store import BlobStore, Store, sha256, workdirs
 from spanfaas.gateway import bundle as bundles
 
 __all__ = ["Registry"]
@@ -64,10 +64,9 @@ class Registry:
                 log.error("could not deploy function %r (version %d) at start-up: %s", record.name, record.version, exc)
 
     def _clean_partial_unpacks(self) -> None:
-        """Unpacks a crash interrupted (only ever under a ``.tmp-`` name)."""
-        if self.bundle_dir.is_dir():
-            for d in self.bundle_dir.glob(".tmp-*"):
-                shutil.rmtree(d, ignore_errors=True)
+        """Unpacks a crash interrupted (only ever in a work directory); another
+        gateway's unpack in progress is left alone."""
+        workdirs.clean_stale(self.bundle_dir)
 
     async def _activate(self, record: FunctionRecord) -> None:
         bundle = await asyncio.to_thread(self._bundle_for, record.digest)
@@ -87,12 +86,9 @@ class Registry:
                 raise InfraUnavailable(
                     f"the bundle {digest[:12]}… is missing from {self.blobs.dir}; deploy the function again"
                 ) from None
-            tmp = bundles.temp_dir(self.bundle_dir)
-            try:
-                bundles.unpack(data, tmp, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
-                self._publish(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with workdirs.make(self.bundle_dir) as work:  # held: another gateway's start leaves it be
+                bundles.unpack(data, work.path, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
+                self._publish(work.path, final)
         return Bundle(digest=digest, path=str(bundles.find_root(final)))
 
     @staticmethod
@@ -167,13 +163,10 @@ class Registry:
         final = self.bundle_dir / digest
         fresh = not final.is_dir()
         if fresh:
-            tmp = bundles.temp_dir(self.bundle_dir)
-            try:
-                bundles.unpack(data, tmp, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
-                bundles.load_bundle_spec(bundles.find_root(tmp), name)
-                self._publish(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with workdirs.make(self.bundle_dir) as work:
+                bundles.unpack(data, work.path, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
+                bundles.load_bundle_spec(bundles.find_root(work.path), name)
+                self._publish(work.path, final)
         root = bundles.find_root(final)
         spec = bundles.load_bundle_spec(root, name)
         self.blobs.put(data)

@@ -5,9 +5,9 @@
     <images>/<id>/image.json         the image's record: written last, so its
                                      presence means the image is whole
 
-A build happens in ``<images>/.tmp-<pid>-<random>`` and is renamed into place
-only when complete, so a failed or interrupted build leaves nothing at the
-image's path.  ``lock(id)`` takes a file lock: processes sharing the
+A build happens in a work directory, ``<images>/.tmp-<random>``, held by its
+builder (``store/workdirs.py``), and is renamed into place only when complete,
+so a failed or interrupted build leaves nothing at the image's path.  ``lock(id)`` takes a file lock: processes sharing the
 directory build one image once (``.locks/<id>.lock``; the image's leases,
 ``leases.py``, are ``.locks/<id>.use``).  Everything is world-readable:
 functions may run as another uid.
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from spanfaas.store import workdirs
 from spanfaas.store.images import ImageRecord
 
 __all__ = ["Repository"]
@@ -63,11 +64,9 @@ class Repository:
     def ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if _ID.match(p.name) and (p / MARKER).is_file())
 
-    def workdir(self) -> Path:
-        d = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        d.mkdir(mode=0o755)
-        d.chmod(0o755)
-        return d
+    def workdir(self) -> workdirs.WorkDir:
+        """A build directory, held until its ``close()`` (which removes what is left)."""
+        return workdirs.make(self.root)
 
     def publish(self, work: Path, record: ImageRecord) -> bool:
         """Make ``work`` the image: write its record, open it to all, rename it into place.
@@ -90,7 +89,7 @@ class Repository:
     def take_out(self, id: str) -> Path | None:
         """Take the image out of place at once (rename): the directory to delete, or
         None when it was not there.  Nothing can find the image after this."""
-        trash = self.root / f".tmp-{os.getpid()}-rm-{secrets.token_hex(4)}"
+        trash = self.root / f"{workdirs.PREFIX}rm-{secrets.token_hex(6)}"  # unheld: any cleaner may finish it
         try:
             self.path(id).rename(trash)
         except FileNotFoundError:
@@ -115,14 +114,9 @@ class Repository:
         return total
 
     def clean_stale(self) -> int:
-        """Remove build directories of processes that are gone."""
-        n = 0
-        for d in self.root.glob(".tmp-*"):
-            pid = d.name.split("-")[1]
-            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                shutil.rmtree(d, ignore_errors=True)
-                n += 1
-        return n
+        """Remove the build directories no live builder holds (a crash's), in any
+        pid namespace; a build in progress anywhere is left alone."""
+        return workdirs.clean_stale(self.root)
 
     def lock(self, id: str) -> int:
         """Take the image's file lock (blocks; run it in a thread): one build of an

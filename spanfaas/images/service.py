@@ -241,9 +241,9 @@ class ImageService:
     async def _resolve(self, plan: curation.Plan, emit: Emit) -> str:
         work = await asyncio.to_thread(self.repo.workdir)
         try:
-            return await self.uv.compile(plan, work, lambda line: emit(BuildLine(line)))
+            return await self.uv.compile(plan, work.path, lambda line: emit(BuildLine(line)))
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            await asyncio.to_thread(work.close)
 
     def _existing(self, id: str) -> ImageRecord | None:
         """The image, recorded and whole on disk; a whole image left unrecorded (a crash
@@ -290,7 +290,8 @@ class ImageService:
                 return existing
             emit(BuildPhase("install", f"installing {_summary(locked)}"))
             started = time.monotonic()
-            work = await asyncio.to_thread(self.repo.workdir)
+            held = await asyncio.to_thread(self.repo.workdir)
+            work = held.path
             lines: list[str] = []
 
             def line(text: str) -> None:
@@ -309,9 +310,8 @@ class ImageService:
                 )  # fmt: skip
                 emit(BuildPhase("publish", f"image {id[:12]}: {format_size(record.size)}"))
                 await asyncio.to_thread(self.repo.publish, work, record)
-            except BaseException:
-                await asyncio.to_thread(shutil.rmtree, work, True)
-                raise
+            finally:
+                await asyncio.to_thread(held.close)  # (what publish renamed away stays)
             await asyncio.to_thread(self.store.put_image, record)
             self.builds += 1
             self.metrics.builds.inc()

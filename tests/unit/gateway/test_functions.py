@@ -14,7 +14,7 @@ from spanfaas.gateway import pack_function
 from spanfaas.gateway.app import Gateway
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.errors import InfraError
-from spanfaas.store import SQLiteStore
+from spanfaas.store import SQLiteStore, workdirs
 
 pytestmark = pytest.mark.asyncio
 
@@ -171,15 +171,18 @@ async def test_invalid_function_name(client: httpx.AsyncClient, fn_dir: Callable
     assert "'name'" in r.json()["detail"] or "Bad_Name" in r.json()["detail"]
 
 
-async def test_restart_redeploys_and_cleans_partial_unpacks(settings: object, store: SQLiteStore, hello: dict[str, object], gateway: Gateway) -> None:
+async def test_restart_redeploys_and_cleans_partial_unpacks_but_not_live_ones(settings: object, store: SQLiteStore, hello: dict[str, object], gateway: Gateway) -> None:
     from spanfaas.gateway import create_app
 
     partial = gateway.registry.bundle_dir / ".tmp-crashed"
     partial.mkdir()
+    busy = workdirs.make(gateway.registry.bundle_dir)  # another gateway's unpack, in progress
     infra = InMemoryInfrastructure()
     app = create_app(settings, store, infra)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         assert not partial.exists()
+        assert busy.path.is_dir(), "a starting gateway deleted another's unpack in progress"
+        busy.close()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
                                      headers={"authorization": (await _admin(store))}) as c:  # fmt: skip
             r = await c.post("/v1/functions/hello/invoke", json={"name": "again"})
