@@ -209,6 +209,9 @@ class ImageSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     """The uv binary; empty: the one the ``uv`` package installed."""
     build_timeout: Annotated[float, Meta(gt=0)] = 900.0
     """Seconds one resolve or install may take before it is stopped."""
+    http_retries: Annotated[int, Meta(ge=0, le=20)] = 3
+    """Times uv retries a failed request to a package source before the build
+    fails as unreachable (``UV_HTTP_RETRIES``)."""
 
 
 class DnsSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

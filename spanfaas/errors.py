@@ -23,7 +23,8 @@ user's function failed::
     ├── WaitTimeout                     504  exit 1   (the client stopped waiting; also a TimeoutError)
     ├── InfraError                      502  exit 7   (the platform failed)
     │   ├── InfraUnavailable            503
-    │   └── ImageBuildTimeout           504   uv ran past [images] build_timeout
+    │   ├── ImageBuildTimeout           504   uv ran past [images] build_timeout
+    │   └── ImageSourceUnreachable      502   uv could not reach the package index or wheelhouse
     └── FunctionFailed                  500  exit 8   (the user's function failed)
         ├── FunctionError               500           handler raised
         ├── FunctionTimeout             504           deadline passed, instance killed
@@ -47,6 +48,7 @@ __all__ = [
     "ImageBuildFailed",
     "ImageBuildTimeout",
     "ImageRejected",
+    "ImageSourceUnreachable",
     "InfraError",
     "InfraUnavailable",
     "InvalidBundle",
@@ -207,6 +209,14 @@ class ImageBuildTimeout(InfraError):
     Not the request's fault: the package sources or the gateway's machine were too slow."""
 
     status, slug, title = 504, "image-build-timeout", "Image build timed out"
+
+
+class ImageSourceUnreachable(InfraError):
+    """uv could not reach a package source (the index: connection, DNS, a 5xx;
+    a ``find_links`` directory).  Not the request's fault: the same request
+    may build once the source is back."""
+
+    slug, title = "image-source-unreachable", "Package source unreachable"
 
 
 class FunctionFailed(SpanfaasError):

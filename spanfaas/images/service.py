@@ -43,6 +43,7 @@ from spanfaas.errors import (
     Conflict,
     ImageBuildFailed,
     ImageBuildTimeout,
+    ImageSourceUnreachable,
     ImageRejected,
     InfraError,
     InfraUnavailable,
@@ -186,6 +187,9 @@ class ImageService:
             raise
         except ImageBuildTimeout:
             self.metrics.failures.labels("timeout").inc()
+            raise
+        except ImageSourceUnreachable:
+            self.metrics.failures.labels("unreachable").inc()
             raise
         try:
             yield record, built

@@ -5,8 +5,10 @@ leak in) and the sources the admin configured (``[images]``): an index, or
 local wheelhouses with ``--no-index --offline``.  Its output is handed line
 by line to the caller (the build log); a failure raises ImageBuildFailed
 carrying uv's own message (the resolver says which requirement cannot be met).
-A run past ``[images] build_timeout`` is stopped and raises ImageBuildTimeout:
-the platform's failure (a 504), not the request's.
+A run past ``[images] build_timeout`` is stopped and raises ImageBuildTimeout,
+and a package source uv could not reach (after ``[images] http_retries``)
+raises ImageSourceUnreachable: the platform's failures (504, 502), not the
+request's.
 """
 
 from __future__ import annotations
@@ -14,18 +16,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spanfaas.config import ImageSettings
-from spanfaas.errors import ImageBuildFailed, ImageBuildTimeout, InfraUnavailable
+from spanfaas.errors import ImageBuildFailed, ImageBuildTimeout, ImageSourceUnreachable, InfraUnavailable
 from spanfaas.images.curation import Plan
 
 __all__ = ["LOCK_NAME", "Uv", "find_uv"]
 
 LOCK_NAME = "requirements.lock"
 Log = Callable[[str], None]
+
+# uv's words when a source is out of reach rather than the request unsatisfiable
+# (uv 0.13: "Failed to fetch", "error sending request", "tcp connect error",
+# "dns error", "HTTP status server error (503 ...)", "Failed to read `--find-links`").
+_UNREACHABLE = re.compile(
+    r"Failed to fetch|error sending request|tcp connect error|dns error|connection (refused|reset)|"
+    r"operation timed out|server error \(5\d\d|Failed to read `--find-links`",
+    re.IGNORECASE,
+)
 
 
 def find_uv(configured: str = "") -> str:
@@ -86,6 +98,7 @@ class Uv:
     async def _run(self, args: Sequence[str], cwd: Path, log: Log, *, what: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV", "PYTHON"))}
         env["UV_NO_PROGRESS"] = "1"
+        env["UV_HTTP_RETRIES"] = str(self.settings.http_retries)
         proc = await asyncio.create_subprocess_exec(
             self.binary, *args, cwd=cwd, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -121,4 +134,12 @@ class Uv:
             raise
         if proc.returncode != 0:
             message = "\n".join(line for line in lines if not line.startswith("Using ")) or f"exit status {proc.returncode}"
+            if any(_UNREACHABLE.search(line) for line in lines):
+                raise ImageSourceUnreachable(
+                    f"uv could not {what} the image: a package source is unreachable: {message}\n"
+                    "Nothing is wrong with the request; try again later. If it keeps happening, an admin can "
+                    "check the gateway's network and its [images] index_url, extra_index_urls and find_links",
+                    phase=what,
+                    tool_output=lines[-50:],
+                )
             raise ImageBuildFailed(f"uv could not {what} the image: {message}", tool_output=lines[-50:])
