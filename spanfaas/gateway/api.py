@@ -168,12 +168,15 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
 
 async def create_token(gw: Gateway, request: Request) -> Response:
     body = await read_body(request.receive, 65536, "request body", None)
+    example = 'send JSON with Content-Type: application/json, e.g. {"name": "ci", "scopes": ["invoke"]}'
     try:
         req = msgspec.json.decode(body, type=TokenRequest)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid token request: {exc}; send {{\"name\": \"ci\", \"scopes\": [\"invoke\"]}}") from None
+        raise InvalidRequest(f"invalid token request: {exc}; {example}") from None
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        sent = f"a {kind} body" if kind and kind != "application/json" else "a body that is not valid JSON"
+        raise InvalidRequest(f"the token request is {sent} ({exc}); {example}") from None
     record, token = await asyncio.to_thread(issue_token, gw.store, req.name, req.scopes)
     return json(TokenCreated(id=record.id, name=record.name, token=token, scopes=list(record.scopes)), 201)
 

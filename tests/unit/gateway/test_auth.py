@@ -103,6 +103,16 @@ async def test_bad_token_requests(client: httpx.AsyncClient, body: dict[str, obj
     assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
 
 
+async def test_a_form_encoded_token_request_is_told_to_send_json(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/tokens", data={"name": "ci", "scopes": "invoke"})  # curl -d / an OAuth habit
+    detail = r.json()["detail"]
+    assert r.status_code == 400
+    assert "application/x-www-form-urlencoded body" in detail and '{"name": "ci", "scopes": ["invoke"]}' in detail
+    r = await client.post("/v1/tokens", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"] and "Content-Type: application/json" in r.json()["detail"]
+    assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
+
+
 async def test_a_remembered_header_expires_with_its_token_entry(store: SQLiteStore) -> None:
     import asyncio
 
