@@ -8,13 +8,20 @@ its load averages, so a figure taken on a busy machine is recognisable.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import os
 import platform
+import pwd
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,3 +211,43 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "__dict__"):
         return vars(o)
     return repr(o)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server on a free loopback port, removed afterwards (as the tests' fixture):
+    its URL.  Runs the server as 'postgres' (or 'nobody') when we are root."""
+    bindir = next((d for d in [os.path.dirname(shutil.which("initdb") or ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+                   if d and os.path.isfile(os.path.join(d, "pg_ctl"))), None)  # fmt: skip
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed (initdb, pg_ctl); pass a postgresql:// URL instead")
+    prefix: list[str] = []
+    tmp = tempfile.mkdtemp(prefix="spanfaas-bench-pg-")
+    if os.geteuid() == 0:
+        user = next(u for u in ("postgres", "nobody") if _has_user(u))
+        prefix = ["runuser", "-u", user, "--"]
+        os.chown(tmp, pwd.getpwnam(user).pw_uid, -1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = os.path.join(tmp, "data")
+    try:
+        subprocess.run([*prefix, os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-o", opts, "-l", os.path.join(tmp, "log"),
+                        "-w", "-t", "60", "start"], check=True, capture_output=True, timeout=120)  # fmt: skip
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if os.path.isdir(data):
+            subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"],
+                           capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

@@ -30,6 +30,7 @@ Prints a table and writes ``bench/results/gateway.json``::
     .venv/bin/python bench/gateway.py --quick     # ~1 min
     .venv/bin/python bench/gateway.py             # ~2-3 min on 2 cores
     .venv/bin/python bench/gateway.py --rounds 3  # median of 3 interleaved rounds
+    .venv/bin/python bench/gateway.py --store postgres   # the gateway on a throwaway PostgreSQL
 
 The machine should be quiet (``--wait-quiet 120`` waits for one); the JSON
 records the load averages and how busy the CPUs were before each run.
@@ -64,6 +65,7 @@ from _common import (
     host_info,
     loadavg,
     print_table,
+    throwaway_postgres,
     write_json,
 )
 
@@ -585,7 +587,7 @@ class Run:
 
         fns = make_functions(self.work / "functions")
         runs: dict[str, list[HttpRun]] = {}
-        gw = GatewayProcess(self.work / "data", infra="local", python=PY)
+        gw = GatewayProcess(self.work / "data", infra="local", python=PY, store=self.args.store or None)
         echo = EchoGateway(self.work) if not self.args.no_echo else None
         bare = BareServer(self.work)
         try:
@@ -800,7 +802,17 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="wait up to S seconds for idle CPUs first (and up to 60 s before each HTTP run)")  # fmt: skip
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/gateway.json)")
+    ap.add_argument("--store", default="", metavar="URL",
+                    help="the gateway's store: a postgresql:// URL, or 'postgres' for a throwaway server (default: SQLite)")  # fmt: skip
     args = ap.parse_args()
+    if args.store == "postgres":
+        with throwaway_postgres() as url:
+            args.store = url
+            return _main(args)
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
     run = Run(args)
     meta: dict[str, Any] = {
@@ -813,6 +825,7 @@ def main() -> int:
         "loadavg_start": loadavg(),
         "git": git_revision(),
         "cpu_busy_before_start": quiet,
+        "store": "postgresql" if args.store else "sqlite",
     }
     log(f"spanfaas gateway benchmark ({'quick' if args.quick else 'full'}), load {meta['loadavg_start']}")
     code = 0

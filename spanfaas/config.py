@@ -246,6 +246,14 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     started again because the gateway died during one is not a retry (``CRASH_RERUNS``)."""
     async_backoff: Annotated[float, Meta(ge=0)] = 0.5
     async_workers: Annotated[int, Meta(ge=1, le=1024)] = 16
+    functions_poll: Annotated[float, Meta(gt=0, le=60)] = 0.5
+    """Seconds between looks at a shared (PostgreSQL) store for deploys and removes made
+    through other gateways: the most this gateway's functions lag behind them (besides
+    starting the new version), though PostgreSQL announces most within milliseconds.
+    Unused on SQLite, which one gateway owns."""
+    functions_listen: bool = True
+    """Listen for the changes PostgreSQL announces (LISTEN/NOTIFY).  Off behind a pooler
+    that does not keep a session (PgBouncer in transaction mode): polling alone then."""
     runtime: RuntimeSettings = RuntimeSettings()
     infrastructures: list[InfraConfig] = msgspec.field(default_factory=_default_infrastructures)
     """Where invocations may run; the spanning scheduler places each one.  Env:

@@ -12,7 +12,8 @@ goes straight to ProblemMiddleware → AuthMiddleware → InvokeEndpoint, the
 same objects, with nothing in between.
 
 and its lifespan redeploys the stored functions onto the infrastructure,
-then runs the background writers and the async dispatcher.
+then runs the background writers, the async dispatcher and, on a store other
+gateways share, the watch for their deploys and removes (coherence.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from spanfaas.infra.base import Infrastructure
 from spanfaas.store import Store
 from spanfaas.gateway.api import endpoints, routes
 from spanfaas.gateway.auth import AuthMiddleware, TokenCache
+from spanfaas.gateway.coherence import Coherence
 from spanfaas.gateway.dispatcher import Dispatcher
 from spanfaas.gateway.dns import DnsResponder, start_dns
 from spanfaas.gateway.early import EarlyAction
@@ -62,9 +64,12 @@ class Gateway:
         self.tokens = TokenCache(store)
         self.images = ImageService(settings, store, registry=self.metrics.registry)
         self.registry = Registry(settings, store, infra, images=self.images)
+        self.coherence = Coherence(store, self.registry, poll=settings.functions_poll, listen=settings.functions_listen)
         self.recorder = Recorder(store)
         self.enqueuer = Enqueuer(store)
-        self.dispatcher = Dispatcher(settings, store, infra, self.registry, self.recorder, self.metrics)
+        self.dispatcher = Dispatcher(
+            settings, store, infra, self.registry, self.recorder, self.metrics, coherence=self.coherence
+        )
         self.early = EarlyAction(infra, self.metrics.registry, enabled=settings.early_action)
         self.dns: DnsResponder | None = None
         self.events = EventService(
@@ -78,7 +83,7 @@ class Gateway:
 
     async def start(self, *, freeze_gc: bool = False) -> None:
         await self.images.start()
-        await self.registry.load()
+        await self.coherence.start()  # loads the registry, then follows other gateways' changes
         self.recorder.start()
         await self.dispatcher.start()
         if self.settings.dns.enabled:
@@ -104,6 +109,7 @@ class Gateway:
             self.dns = None
         await self.early.close()
         await self.dispatcher.stop()
+        await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
         await self.recorder.close()
         self.images.close()  # its leases on images: other gateways sharing the image directory may collect them
 

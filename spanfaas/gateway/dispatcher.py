@@ -8,7 +8,10 @@ shown only once the recorder has stored it, so a re-run never changes an
 outcome a client has read).  On start-up an exclusive store (SQLite) hands
 back every 'running' record at once.  Platform failures (``InfraError``) are
 retried ``async_retries`` times with exponential backoff; a function's own
-failure is recorded, not retried.
+failure is recorded, not retried.  On a store other gateways share, a record
+runs once every deploy committed before it was claimed is in force here
+(``Coherence.barrier``): an invocation accepted after a deploy returned runs
+that version, whichever gateway claims it.
 
 Two budgets, kept apart: ``attempts`` counts every start, ``reruns`` the
 starts made again because an earlier one left no stored outcome (its gateway
@@ -33,6 +36,7 @@ from spanfaas.errors import InfraError, SpanfaasError
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
 from spanfaas.store import Store
+from spanfaas.gateway.coherence import Coherence
 from spanfaas.gateway.metrics import Metrics
 from spanfaas.gateway.recorder import Recorder
 from spanfaas.gateway.registry import Registry
@@ -75,6 +79,8 @@ class Dispatcher:
         registry: Registry,
         recorder: Recorder,
         metrics: Metrics,
+        *,
+        coherence: Coherence | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -82,6 +88,8 @@ class Dispatcher:
         self.registry = registry
         self.recorder = recorder
         self.metrics = metrics
+        self.coherence = coherence
+        """Other gateways' deploys committed before a record was claimed are in force before it runs."""
         self.owner = "gw-" + secrets.token_hex(6)
         self.running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -128,13 +136,14 @@ class Dispatcher:
                     log.error("could not claim async invocations: %s", exc)
                     batch = []
                     await asyncio.sleep(1.0)
+                claimed = time.monotonic()  # every record was accepted before: so was the version it must run on
                 got = len(batch)
                 for record in batch:
                     if self.recorder.get(record.id) is not None:
                         # Its lease ran out while the store refused its outcome (and the lease
                         # extensions): that outcome, stored when the store takes it, settles it.
                         continue
-                    task = asyncio.create_task(self._run(record), name=f"spanfaas-async-{record.id}")
+                    task = asyncio.create_task(self._run(record, claimed), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task
                     task.add_done_callback(self._done)
                 if got == free:
@@ -164,7 +173,8 @@ class Dispatcher:
                 except Exception as exc:
                     log.error("could not extend leases: %s", exc)
 
-    async def _run(self, record: InvocationRecord) -> None:
+    async def _run(self, record: InvocationRecord, claimed: float) -> None:
+        """Run a record claimed at ``claimed`` (monotonic): on the function's version as of then, at least."""
         started = time.time()
         if record.reruns > CRASH_RERUNS:
             error = ErrorInfo(
@@ -182,6 +192,8 @@ class Dispatcher:
                 self.recorder.add(failed)
             return
         try:
+            if self.coherence is not None:
+                await self.coherence.barrier(record.function, claimed)
             fn = await self.registry.require(record.function)
             event = record.event.attributes if record.event is not None else None
             ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type, event=event)

@@ -5,6 +5,8 @@ A deploy unpacks and checks the bundle, deploys it on the infrastructure and
 only then adds the version to the store, so the old version serves until the
 new one is up and a failed deploy changes nothing.  At start-up every stored
 function is deployed again, so a restarted gateway serves what it had.
+Deploys and removes through other gateways sharing the store reach this one
+through ``reconcile`` (called by ``coherence.Coherence``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import asyncio
 import contextlib
 import logging
 import shutil
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import NamedTuple
 
 from spanfaas.config import Settings
 from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes
@@ -29,6 +33,18 @@ __all__ = ["Registry"]
 log = logging.getLogger("spanfaas.gateway")
 
 
+class Failed(NamedTuple):
+    """A stored version this gateway could not deploy, and why."""
+
+    record: FunctionRecord
+    reason: str
+
+
+def _identity(record: FunctionRecord) -> tuple[int, str, float]:
+    """What tells two stored versions apart, also across a remove (versions start over at 1)."""
+    return record.version, record.digest, record.created_at
+
+
 class Registry:
     def __init__(self, settings: Settings, store: Store, infra: Infrastructure, *, images: ImageService | None = None) -> None:
         self.settings = settings
@@ -40,8 +56,9 @@ class Registry:
         self.blobs = BlobStore(data / "blobs")
         self.bundle_dir = data / "bundles"
         self.functions: dict[str, FunctionRecord] = {}
-        self.failed: dict[str, str] = {}
-        """Functions in the store that could not be deployed at start-up, and why."""
+        self.failed: dict[str, Failed] = {}
+        """Functions in the store whose latest version could not be deployed here
+        (at start-up, or after another gateway deployed it), and why."""
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -60,7 +77,7 @@ class Registry:
             try:
                 await self._activate(record)
             except Exception as exc:  # one broken function must not keep the others down
-                self.failed[record.name] = f"{type(exc).__name__}: {exc}"
+                self.failed[record.name] = Failed(record, f"{type(exc).__name__}: {exc}")
                 log.error("could not deploy function %r (version %d) at start-up: %s", record.name, record.version, exc)
 
     def _clean_partial_unpacks(self) -> None:
@@ -84,7 +101,8 @@ class Registry:
                 data = self.blobs.get(digest)
             except KeyError:
                 raise InfraUnavailable(
-                    f"the bundle {digest[:12]}… is missing from {self.blobs.dir}; deploy the function again"
+                    f"the bundle {digest[:12]}… is missing from {self.blobs.dir}; deploy the function again "
+                    "(gateways sharing a store need one data dir: docs/shared-store.md)"
                 ) from None
             with workdirs.make(self.bundle_dir) as work:  # held: another gateway's start leaves it be
                 bundles.unpack(data, work.path, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
@@ -106,8 +124,12 @@ class Registry:
         record = self.functions.get(name)
         if record is not None:
             return record
-        if name in self.failed:
-            raise InfraUnavailable(f"function '{name}' could not be deployed at start-up: {self.failed[name]}; deploy it again")
+        failed = self.failed.get(name)
+        if failed is not None:
+            fix = "" if "deploy" in failed.reason and "again" in failed.reason else "; deploy it again"  # once
+            raise InfraUnavailable(
+                f"function '{name}' (version {failed.record.version}) could not be deployed on this gateway: {failed.reason}{fix}"
+            )
         stored = await asyncio.to_thread(self.store.get_function, name)
         if stored is None:
             raise FunctionNotFound(self._not_found(name))
@@ -186,6 +208,62 @@ class Registry:
             self.failed.pop(name, None)
             await asyncio.to_thread(self._collect, {v.digest for v in versions})
             return record
+
+    # -- other gateways' changes -----------------------------------------------------
+
+    def stale(self, stored: Iterable[FunctionRecord]) -> list[str]:
+        """The names whose latest version in ``stored`` (``Store.list_functions``) is not
+        the one this gateway serves, or tried to: deployed, removed or replaced elsewhere."""
+        latest = {r.name: _identity(r) for r in stored}
+        here = {name: _identity(r) for name, r in self.functions.items()}
+        here.update((name, _identity(f.record)) for name, f in self.failed.items() if name not in here)
+        return sorted(name for name in latest.keys() | here.keys() if latest.get(name) != here.get(name))
+
+    async def reconcile(self, name: str) -> None:
+        """Serve the store's latest version of ``name``, as another gateway left it.
+
+        A version added elsewhere is deployed here, and the one it replaces drains
+        as on a deploy here (what it accepted still runs on it).  A function removed
+        elsewhere answers 'not found' at once, and is stopped here once what it runs
+        has finished.  A version that cannot be deployed here is not served in place of
+        the one the store has: the function answers 503 with the reason until it is
+        deployed again (as after a failure at start-up)."""
+        async with self._lock(name):
+            stored = await asyncio.to_thread(self.store.get_function, name)
+            current = self.functions.get(name)
+            if stored is None:
+                self.failed.pop(name, None)
+                if current is not None:
+                    log.info("function %r was removed through another gateway; stopping it here", name)
+                    await self._stop(name)
+                return
+            if current is not None and _identity(current) == _identity(stored):
+                return
+            failed = self.failed.get(name)
+            if failed is not None and _identity(failed.record) == _identity(stored):
+                return  # tried already: deploying it again is what changes that
+            try:
+                await self._activate(stored)
+            except Exception as exc:  # this function's version only: the others go on
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("could not deploy function %r (version %d, deployed through another gateway): %s",
+                          name, stored.version, reason)  # fmt: skip
+                self.failed[name] = Failed(stored, reason)
+                if current is not None:
+                    await self._stop(name)  # not served in its place
+                return
+            log.info("function %r: version %d, deployed through another gateway, serves here", name, stored.version)
+
+    async def _stop(self, name: str) -> None:
+        """Stop serving ``name`` here: no invocation finds it from now on; what runs finishes."""
+        self.functions.pop(name, None)
+        try:
+            await self.infra.remove(name)
+        except FunctionNotFound:
+            pass  # not running on the infrastructure
+        finally:
+            if self.images is not None:
+                self.images.forget(name)  # its image may be removed now
 
     def _collect(self, digests: set[str]) -> None:
         """Delete the blobs and unpacked bundles no stored version refers to."""

@@ -11,7 +11,7 @@ Layering: the store may use ``model``, ``errors`` and ``config`` only.
 from __future__ import annotations
 
 from spanfaas.config import Settings
-from spanfaas.store.base import Store
+from spanfaas.store.base import AnnouncesChanges, Store
 from spanfaas.store.blobs import BlobStore, sha256
 from spanfaas.store.events import Admission, DeadLetter, EventStore
 from spanfaas.store.sql import StoreSchemaTooNew
@@ -19,6 +19,7 @@ from spanfaas.store.sqlite import SQLiteStore, StoreInUse
 
 __all__ = [
     "Admission",
+    "AnnouncesChanges",
     "BlobStore",
     "DeadLetter",
     "EventStore",

@@ -7,14 +7,14 @@ Methods are synchronous and thread-safe; async callers run them through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol, runtime_checkable
 
 from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.events import EventStore
 from spanfaas.store.images import ImageStore
 
-__all__ = ["Store"]
+__all__ = ["AnnouncesChanges", "Store"]
 
 
 @runtime_checkable
@@ -56,6 +56,12 @@ class Store(EventStore, ImageStore, Protocol):
 
     def function_digests(self) -> set[str]:
         """Digests of the bundles any stored version refers to."""
+        ...
+
+    def functions_generation(self) -> int:
+        """A number bumped in the transaction of every ``put_function`` and
+        ``delete_function``: once it reads higher, ``list_functions`` shows the change.
+        Gateways sharing the store watch it (``gateway/coherence.py``)."""
         ...
 
     # -- invocations -----------------------------------------------------------
@@ -116,3 +122,15 @@ class Store(EventStore, ImageStore, Protocol):
     def delete_token(self, id: str) -> bool: ...
 
     def count_tokens(self) -> int: ...
+
+
+@runtime_checkable
+class AnnouncesChanges(Protocol):
+    """Optional: a shared store that tells its watchers of a change as it commits
+    (PostgreSQL: LISTEN/NOTIFY), so they need not wait for their next poll."""
+
+    def function_changes(self) -> AsyncGenerator[None, None]:
+        """Yields once when it listens (what changed before may have been missed: look
+        now), then once per committed ``put_function`` or ``delete_function``, by any
+        gateway.  Raises when the connection it listens on is lost."""
+        ...

@@ -141,6 +141,15 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE invocations ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0",
     ],
+    # 5: generations: a number per kind of shared state, bumped in the transaction of
+    # every change to it ('functions': each put_function and delete_function), which
+    # the gateways sharing a store watch to see one another's deploys and removes
+    [
+        """CREATE TABLE generations (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL)""",
+        "INSERT INTO generations (name, value) VALUES ('functions', 0)",
+    ],
 ]
 
 

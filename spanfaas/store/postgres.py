@@ -3,13 +3,15 @@
 Several gateways may share one database: versions are serialized with an
 advisory lock per function name, and the queue is claimed with
 ``SELECT … FOR UPDATE SKIP LOCKED`` so two dispatchers never take one record.
+A change to the functions is announced to every gateway as it commits
+(``NOTIFY spanfaas_functions``, see ``function_changes``).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -29,6 +31,10 @@ _CLAIM = (
     "UPDATE invocations SET status = 'running', attempts = attempts + 1, started_at = ?, "
     "lease_until = ?, owner = ? FROM due WHERE invocations.id = due.id RETURNING "
 )
+
+
+CHANNEL = "spanfaas_{}"
+"""The NOTIFY channel of a row of ``generations``: ``spanfaas_functions``."""
 
 
 @lru_cache(maxsize=256)
@@ -102,6 +108,22 @@ class PostgresStore(EventQueries, ImageQueries):
 
     def _lock(self, cur: Any, key: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+
+    def _changed(self, cur: Any, what: str) -> None:
+        super()._changed(cur, what)
+        cur.execute("SELECT pg_notify(%s, '')", (CHANNEL.format(what),))  # sent when the transaction commits
+
+    async def function_changes(self) -> AsyncGenerator[None, None]:
+        """See ``AnnouncesChanges``: on a connection of its own, outside the pool."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
+        except psycopg.OperationalError as exc:
+            raise InfraUnavailable(f"cannot listen on the PostgreSQL store ({_redact(self.url)}): {exc}") from None
+        async with conn:
+            await conn.execute(f"LISTEN {CHANNEL.format('functions')}")
+            yield
+            async for _ in conn.notifies():
+                yield
 
     def _claim_sql(self) -> str:
         return _CLAIM + ", ".join(f"invocations.{c.strip()}" for c in INV_COLS.split(","))

@@ -75,6 +75,10 @@ class SQLStore:
     def _lock(self, cur: Any, key: str) -> None:
         """Serialize writers on ``key`` inside the current transaction."""
 
+    def _changed(self, cur: Any, what: str) -> None:
+        """``what`` (a row of ``generations``) changed in the current transaction."""
+        cur.execute(self._q("UPDATE generations SET value = value + 1 WHERE name = ?"), (what,))
+
     def _claim_sql(self) -> str:
         """An UPDATE … RETURNING the invocation columns of the due records it took."""
         raise NotImplementedError
@@ -127,6 +131,7 @@ class SQLStore:
                 self._q(f"INSERT INTO functions ({_FN_COLS}) VALUES (?, ?, ?, ?, ?)"),
                 (name, version, digest, _encode(spec).decode(), now),
             )
+            self._changed(cur, "functions")
         return FunctionRecord(name=name, version=version, digest=digest, spec=spec, created_at=now)
 
     def get_function(self, name: str) -> FunctionRecord | None:
@@ -154,12 +159,20 @@ class SQLStore:
     def delete_function(self, name: str) -> bool:
         with self._tx() as cur:
             cur.execute(self._q("DELETE FROM functions WHERE name = ?"), (name,))
-            return bool(cur.rowcount)
+            if not cur.rowcount:
+                return False
+            self._changed(cur, "functions")
+            return True
 
     def function_digests(self) -> set[str]:
         with self._read() as cur:
             cur.execute("SELECT DISTINCT digest FROM functions")
             return {r[0] for r in cur.fetchall()}
+
+    def functions_generation(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT value FROM generations WHERE name = 'functions'")
+            return int(cur.fetchone()[0])
 
     # -- invocations -------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -81,6 +82,7 @@ def test_a_queue_of_schema_3_is_upgraded_with_no_reruns(tmp_path: Path) -> None:
     try:
         before = s.get_invocation("old")
         assert s.schema_version() == len(MIGRATIONS) and before is not None and before.reruns == 0
+        assert s.functions_generation() == 0
         assert s.requeue_running() == 1 and [r.reruns for r in s.claim(time.time(), 60, 1)] == [1]
     finally:
         s.close()
@@ -102,6 +104,59 @@ def test_function_versions(store: Store) -> None:
     assert store.delete_function("hello") is False
     assert store.get_function("hello") is None
     assert [f.name for f in store.list_functions()] == ["other"]
+
+
+def test_the_functions_generation_moves_with_each_change(store: Store) -> None:
+    g = store.functions_generation()
+    record = store.put_function("hello", "a" * 64, spec(description="one"))
+    assert store.functions_generation() == g + 1
+    # What a gateway compares with its cache reads back as it was written.
+    assert store.get_function("hello") == record and store.list_functions() == [record]
+    assert store.delete_function("nope") is False and store.functions_generation() == g + 1
+    assert store.delete_function("hello") is True and store.functions_generation() == g + 2
+
+
+def test_the_functions_generation_moves_in_the_changes_own_transaction(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = store.functions_generation()
+    bump = store._changed  # type: ignore[attr-defined]
+
+    def bump_then_fail(cur: object, what: str) -> None:
+        bump(cur, what)
+        raise RuntimeError("the transaction fails after the bump")
+
+    monkeypatch.setattr(store, "_changed", bump_then_fail)
+    with pytest.raises(RuntimeError):
+        store.put_function("hello", "a" * 64, spec())
+    assert store.get_function("hello") is None and store.functions_generation() == g
+    monkeypatch.setattr(store, "_changed", bump)
+    store.put_function("hello", "a" * 64, spec())
+    monkeypatch.setattr(store, "_changed", bump_then_fail)
+    with pytest.raises(RuntimeError):
+        store.delete_function("hello")
+    assert store.get_function("hello") is not None and store.functions_generation() == g + 1
+
+
+@pytest.mark.postgres
+async def test_postgres_announces_function_changes_as_they_commit(postgres_db: str) -> None:
+    from spanfaas.store import AnnouncesChanges
+    from spanfaas.store.postgres import PostgresStore
+
+    store, other = PostgresStore(postgres_db), PostgresStore(postgres_db)  # another gateway's
+    try:
+        assert isinstance(store, AnnouncesChanges) and not isinstance(SQLiteStore, AnnouncesChanges)
+        changes = store.function_changes()
+        await asyncio.wait_for(anext(changes), 10)  # listening: look now
+        await asyncio.to_thread(other.put_function, "hello", "a" * 64, spec())
+        await asyncio.wait_for(anext(changes), 10)
+        await asyncio.to_thread(store.delete_function, "hello")
+        await asyncio.wait_for(anext(changes), 10)
+        assert await asyncio.to_thread(other.delete_function, "hello") is False  # no change: nothing announced
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(changes), 0.3)
+        await changes.aclose()
+    finally:
+        store.close()
+        other.close()
 
 
 def test_concurrent_puts_get_distinct_versions(store: Store) -> None:

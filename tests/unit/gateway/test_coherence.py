@@ -1,0 +1,255 @@
+"""Coherence: two gateway apps in one process on one real store, each with its own
+in-memory infrastructure.  PostgreSQL announces changes (LISTEN/NOTIFY); a SQLite
+file the two open as a shared store announces nothing, so only polling finds them.
+(Real SQLite stores are owned by one gateway; here both stores are told they are
+shared to exercise polling alone.)  Real gateway processes: tests/integration/test_gateway_coherence.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from spanfaas.config import Settings
+from spanfaas.gateway import bootstrap_admin_token, create_app, pack_function
+from spanfaas.gateway.app import Gateway
+from spanfaas.gateway.registry import Registry
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
+from spanfaas.store import SQLiteStore, Store
+from tests.unit.gateway.conftest import write_function
+
+
+VERSIONED = "def handler(event, context):\n    return VERSION\nVERSION = %d\n"
+
+
+class CountingInfra(InMemoryInfrastructure):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deploys: list[str] = []
+        self.removes: list[str] = []
+
+    async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
+        await super().deploy(spec, bundle)
+        self.deploys.append(spec.name)
+
+    async def remove(self, name: str) -> None:
+        await super().remove(name)
+        self.removes.append(name)
+
+
+class Side:
+    """One gateway: its app, store, infrastructure and an HTTP client."""
+
+    def __init__(self, app: Starlette, store: Store, infra: CountingInfra, client: httpx.AsyncClient) -> None:
+        self.app, self.store, self.infra, self.http = app, store, infra, client
+
+    @property
+    def gw(self) -> Gateway:
+        gw: Gateway = self.app.state.gateway
+        return gw
+
+    async def answer(self, name: str = "fn") -> Any:
+        r = await self.http.post(f"/v1/functions/{name}/invoke", json={})
+        return r.json() if r.status_code == 200 else r.status_code
+
+
+def open_shared(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], Store]:
+    if kind == "postgres":
+        from spanfaas.store.postgres import PostgresStore
+
+        url = str(request.getfixturevalue("postgres_db"))
+        return lambda: PostgresStore(url)
+
+    def sqlite() -> Store:
+        s = SQLiteStore(tmp_path / "shared.db")
+        s.exclusive = False  # type: ignore[misc]  # as if shared: polling is all there is
+        return s
+
+    return sqlite
+
+
+@asynccontextmanager
+async def side(stack: AsyncExitStack, settings: Settings, store: Store, token: str) -> AsyncIterator[Side]:
+    infra = CountingInfra()
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw",
+                                     headers={"authorization": f"Bearer {token}"}) as client:  # fmt: skip
+            yield Side(app, store, infra, client)
+
+
+@asynccontextmanager
+async def pair(kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, poll_a: float = 0.05,
+               poll_b: float = 0.05, data_b: str = "data") -> AsyncIterator[tuple[Side, Side]]:  # fmt: skip
+    """Gateways a and b on one store; by default on one data dir (where the bundles are)."""
+    opener = open_shared(kind, tmp_path, request)
+    stores = [opener(), opener()]
+    token = bootstrap_admin_token(stores[0])
+    assert token is not None
+    base = dict(max_payload=64 * 1024, max_bundle=256 * 1024, async_backoff=0.01, async_workers=4)
+    try:
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                side(stack, Settings(data_dir=str(tmp_path / "data"), functions_poll=poll_a, **base), stores[0], token)  # type: ignore[arg-type]
+            )
+            b = await stack.enter_async_context(
+                side(stack, Settings(data_dir=str(tmp_path / data_b), functions_poll=poll_b, **base), stores[1], token)  # type: ignore[arg-type]
+            )
+            yield a, b
+    finally:
+        for s in stores:
+            s.close()
+
+
+def bundle(tmp_path: Path, version: int, name: str = "fn") -> bytes:
+    return pack_function(write_function(tmp_path / f"src-{version}", name, VERSIONED % version))
+
+
+async def until(cond: Callable[[], Any], timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not await cond():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize(
+    ("kind", "poll"),
+    [("sqlite", 0.05), pytest.param("postgres", 60.0, marks=pytest.mark.postgres)],
+    ids=["polling-alone", "notified-alone"],
+)
+async def test_deploys_and_removes_through_one_gateway_reach_the_other(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str, poll: float
+) -> None:
+    async with pair(kind, tmp_path, request, poll_a=poll, poll_b=poll) as (a, b):
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        await until(lambda: _is(b.answer(), 1), 2, "b serves version 1")
+        assert b.infra.deploys == ["fn"]  # deployed on b ahead of its first call, as at start-up
+
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 2
+        await until(lambda: _is(b.answer(), 2), 2, "b serves version 2")
+
+        assert (await a.http.delete("/v1/functions/fn")).status_code == 204
+        await until(lambda: _is(b.answer(), 404), 2, "b answers 404")
+        assert b.infra.removes == ["fn"] and "fn" not in b.gw.registry.functions
+
+        # Versions start over after a remove: b tells the new version 1 from the old one.
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 3))).json()["version"] == 1
+        await until(lambda: _is(b.answer(), 3), 2, "b serves the new version 1")
+
+
+async def _is(answer: Any, expected: Any) -> bool:
+    return bool(await answer == expected)
+
+
+async def test_its_own_changes_are_not_applied_twice(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with pair("sqlite", tmp_path, request) as (a, b):
+        for v in (1, 2):
+            assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, v))).status_code == 201
+        await until(lambda: _is(b.answer(), 2), 2, "b serves version 2")
+        checks = a.gw.coherence.checks
+        await until(lambda: _true(a.gw.coherence.checks >= checks + 3), 2, "a looks again")
+        # a's watcher saw the generation move, and found a's cache already in step.
+        assert a.infra.deploys == ["fn", "fn"] and a.gw.coherence.generation == b.gw.coherence.generation == 2
+        assert b.infra.deploys == ["fn", "fn"] or b.infra.deploys == ["fn"]  # version 1, if b saw it before 2
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_an_async_invocation_accepted_after_a_deploy_runs_that_version(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """b would see the deploy only at its next look, a minute away (nothing is announced
+    on this store): sync calls to b still get version 1, within the documented bound,
+    but an async invocation accepted after the deploy runs version 2 on b."""
+    async with pair("sqlite", tmp_path, request, poll_a=60.0, poll_b=60.0) as (a, b):
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        assert await b.answer() == 1  # b deploys it on first use
+        await a.gw.dispatcher.stop()  # only b runs async invocations
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 2
+
+        assert await b.answer() == 1  # not seen yet: the bound is functions_poll
+        r = await b.http.post("/v1/functions/fn/invoke?mode=async", json={})
+        assert r.status_code == 202
+        id = r.json()["id"]
+
+        async def done() -> bool:
+            view = (await b.http.get(f"/v1/invocations/{id}")).json()
+            return bool(view["status"] in ("succeeded", "failed"))
+
+        await until(done, 5, "the async invocation ran")
+        view = (await b.http.get(f"/v1/invocations/{id}")).json()
+        assert view["status"] == "succeeded" and view["result"] == 2, view
+        assert await b.answer() == 2  # the look before the run brought b in step
+
+
+async def test_a_version_it_cannot_deploy_is_not_served_in_place_of_the_stored_one(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Gateways sharing a store must share the data dir: here b has its own, and cannot
+    find the bundle of the version a deployed.  It stops serving the version before
+    and says why, rather than serve it as if it were current."""
+    async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
+        assert (await b.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        assert await b.answer() == 1
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 2
+        await until(lambda: _is(b.answer(), 503), 2, "b refuses")
+        r = await b.http.post("/v1/functions/fn/invoke", json={})
+        detail = r.json()["detail"]
+        assert detail.startswith("function 'fn' (version 2) could not be deployed on this gateway: InfraUnavailable: the bundle ")
+        assert "is missing from" in detail and detail.endswith("; deploy the function again (gateways sharing a store need one data dir: docs/shared-store.md)")
+        assert b.infra.removes == ["fn"] and (await b.infra.info()).functions == 0
+
+        # Deployed again through b (which keeps the bundle now): served by both.
+        assert (await b.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 3
+        assert await b.answer() == 2
+        await until(lambda: _is(a.answer(), 2), 2, "a serves version 3")
+
+
+@pytest.mark.postgres
+async def test_concurrent_deploys_through_both_gateways_converge(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with pair("postgres", tmp_path, request) as (a, b):
+        bundles = [bundle(tmp_path, v) for v in range(1, 13)]
+        for i in range(0, len(bundles), 2):
+            ra, rb = await asyncio.gather(
+                a.http.put("/v1/functions/fn", content=bundles[i]), b.http.put("/v1/functions/fn", content=bundles[i + 1])
+            )
+            assert ra.status_code == rb.status_code == 201
+        latest = a.store.get_function("fn")
+        assert latest is not None and latest.version == 12
+        await until(lambda: _serve(a, latest), 2, "a serves the stored version")
+        await until(lambda: _serve(b, latest), 2, "b serves the stored version")
+        assert await a.answer() == await b.answer()
+
+
+async def _serve(side: Side, latest: FunctionRecord) -> bool:
+    return side.gw.registry.functions.get("fn") == latest
+
+
+def test_stale_names_what_differs_from_the_store(tmp_path: Path) -> None:
+    def rec(name: str, version: int, created_at: float) -> FunctionRecord:
+        return FunctionRecord(name=name, version=version, digest="d" * 64, spec=FunctionSpec(name=name), created_at=created_at)
+
+    registry = Registry(Settings(data_dir=str(tmp_path)), store=None, infra=InMemoryInfrastructure())  # type: ignore[arg-type]
+    registry.functions = {"same": rec("same", 2, 1.0), "gone": rec("gone", 1, 1.0), "redone": rec("redone", 1, 1.0)}
+    stored = [rec("same", 2, 1.0), rec("redone", 1, 5.0), rec("new", 1, 1.0)]
+    assert registry.stale(stored) == ["gone", "new", "redone"]
+
+
+async def test_a_store_one_gateway_owns_is_not_watched(gateway: Gateway, hello: dict[str, object]) -> None:
+    """SQLite: nobody else changes it, so nothing polls it and async runs wait for nothing."""
+    assert gateway.store.exclusive and not gateway.coherence.enabled
+    await gateway.coherence.barrier("hello", time.monotonic())
+    await asyncio.sleep(0.1)
+    assert gateway.coherence.checks == 0 and gateway.coherence.generation is None
