@@ -125,6 +125,8 @@ def user_traceback(exc: BaseException) -> str:
 
 
 def _error(exc: BaseException) -> ErrorInfo:
+    """The handler's exception as its error: any ``BaseException``, ``sys.exit()``
+    included (its ``exit_status`` is the status the interpreter would exit with)."""
     kind: Literal["oom", "error"] = "oom" if isinstance(exc, MemoryError) else "error"
     typ = type(exc)
     name = typ.__qualname__ if typ.__module__ in ("builtins", "__main__") else f"{typ.__module__}.{typ.__qualname__}"
@@ -136,7 +138,11 @@ def _error(exc: BaseException) -> ErrorInfo:
         tb = user_traceback(exc)
     except Exception:
         tb = ""
-    return ErrorInfo(kind=kind, type=name, message=message, traceback=tb)
+    status = None
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        status = 0 if code is None else int(code) if isinstance(code, int) else 1
+    return ErrorInfo(kind=kind, type=name, message=message, traceback=tb, exit_status=status)
 
 
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
@@ -200,13 +206,15 @@ class Runner:
         async def run() -> Any:
             try:
                 return await awaitable
-            except (SystemExit, KeyboardInterrupt):
-                # Would stop the shared loop and strand every caller: end the
-                # instance, as the sequential loop does.
-                traceback.print_exc()
-                os._exit(70)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Out of the task, they would stop the shared loop and strand every
+                # caller: the calling thread gets them, as the handler's error.
+                done.set_exception(exc)
+                return None
 
         def settle(task: asyncio.Task[Any]) -> None:
+            if done.done():  # run() handed its caller the exception
+                return
             if task.cancelled():
                 done.set_exception(concurrent.futures.CancelledError())
                 return
@@ -253,7 +261,7 @@ class Runner:
                     type="TypeError",
                     message=f"the handler's return value is not JSON-serializable ({exc}); return bytes, str, numbers, lists or dicts",
                 )
-        except Exception as exc:  # the user's error, reported with its traceback
+        except BaseException as exc:  # the user's error, reported with its traceback (sys.exit() too)
             error = _error(exc)
         duration = (time.perf_counter() - start) * 1000
         return p.Done(id=req.id, content_type=content_type, error=error, duration_ms=duration), output
@@ -380,8 +388,8 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
         try:
             done, output = runner.call(req, memoryview(body))
         except BaseException:
-            # sys.exit() and the like end the instance, as in the sequential loop:
-            # the runtime sees it crash at once instead of waiting for the timeout.
+            # The platform failed (the handler's own exceptions are its error): end
+            # the instance, so the runtime sees it crash instead of waiting for the timeout.
             traceback.print_exc()
             os._exit(70)
         finally:
