@@ -20,7 +20,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO
 
 import msgspec
 
@@ -56,6 +56,52 @@ _LOG_LIMIT = 1024 * 1024
 # Python of _collections_abc): in a fresh strict child that took 10-16
 # copy-on-write faults, ~50 µs, on the request path.
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, bytearray, memoryview, list, tuple, dict})
+
+
+_forked_copy = False
+"""Set in a process the handler forked (``os.fork()`` without exec): a copy of
+the instance, which must never come back into the platform's code."""
+
+
+def guard_forks(template_pid: int) -> None:
+    """Mark every process an instance's handler forks (``guard_forks`` runs once in
+    the template, before its first instance).
+
+    Such a process is a copy of the instance, on its socket and its log memfd:
+    back in the platform's code it would answer for the instance, read its next
+    requests and truncate its logs.  Marked, it exits as soon as its handler
+    call returns or raises (``_end_forked_copy``): one check of a module global
+    per call.  The hook runs only in children forked with ``os.fork()``: not in
+    instances forked with libc's ``fork()`` (``runtime/forking.py``), and in one
+    the template forked with ``os.fork()`` it marks nothing."""
+
+    def after_fork_in_child() -> None:
+        global _forked_copy
+        if os.getppid() != template_pid:  # forked by an instance, not by the template
+            _forked_copy = True
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def _end_forked_copy(exc: BaseException | None) -> NoReturn:
+    """A process the handler forked came back from its handler call: exit at once,
+    as the interpreter would end it there (an exception's traceback on stderr and
+    status 1; ``sys.exit()``'s status), without answering for the instance."""
+    code = 0 if exc is None else _exit_status(exc) if isinstance(exc, SystemExit) else 1
+    try:
+        if isinstance(exc, SystemExit):
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+        elif exc is not None:
+            sys.stderr.write(user_traceback(exc))  # as the interpreter prints it, from the user's code on
+    except Exception:
+        pass  # no stderr left to print to: the status says it
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass  # the handler closed or replaced it
+    os._exit(code & 0xFF)
 
 
 def open_streams() -> tuple[TextIO, TextIO]:
@@ -138,11 +184,14 @@ def _error(exc: BaseException) -> ErrorInfo:
         tb = user_traceback(exc)
     except Exception:
         tb = ""
-    status = None
-    if isinstance(exc, SystemExit):
-        code = exc.code
-        status = 0 if code is None else int(code) if isinstance(code, int) else 1
+    status = _exit_status(exc) if isinstance(exc, SystemExit) else None
     return ErrorInfo(kind=kind, type=name, message=message, traceback=tb, exit_status=status)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status the interpreter exits with on ``exc``: its code, 0 for none, 1 for a message."""
+    code = exc.code
+    return 0 if code is None else int(code) if isinstance(code, int) else 1
 
 
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
@@ -205,12 +254,19 @@ class Runner:
 
         async def run() -> Any:
             try:
-                return await awaitable
-            except (SystemExit, KeyboardInterrupt) as exc:
+                result = await awaitable
+            except BaseException as exc:
+                if _forked_copy:  # the handler forked on this thread: its copy ends here
+                    _end_forked_copy(exc)
+                if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    raise
                 # Out of the task, they would stop the shared loop and strand every
                 # caller: the calling thread gets them, as the handler's error.
                 done.set_exception(exc)
                 return None
+            if _forked_copy:
+                _end_forked_copy(None)
+            return result
 
         def settle(task: asyncio.Task[Any]) -> None:
             if done.done():  # run() handed its caller the exception
@@ -253,6 +309,8 @@ class Runner:
             result = self.handler(event, ctx)
             if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = self._await(result)
+            if _forked_copy:  # a process the handler forked, back here (see guard_forks)
+                _end_forked_copy(None)
             try:
                 output, content_type = _encode_output(result)
             except (TypeError, msgspec.EncodeError) as exc:
@@ -262,6 +320,8 @@ class Runner:
                     message=f"the handler's return value is not JSON-serializable ({exc}); return bytes, str, numbers, lists or dicts",
                 )
         except BaseException as exc:  # the user's error, reported with its traceback (sys.exit() too)
+            if _forked_copy:
+                _end_forked_copy(exc)
             error = _error(exc)
         duration = (time.perf_counter() - start) * 1000
         return p.Done(id=req.id, content_type=content_type, error=error, duration_ms=duration), output

@@ -179,6 +179,7 @@ class Template:
     def _prepare_forking(self) -> tuple[TextIO, TextIO]:
         """Once, before the first fork: what every instance needs."""
         self.streams = inst.open_streams()
+        inst.guard_forks(os.getpid())  # what a handler forks never answers for its instance
         if self.landlock:
             from spanfaas import sandbox
 
