@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO
 
 import msgspec
 
+from spanfaas.errors import format_sizes
 from spanfaas.model import ErrorInfo
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
@@ -194,6 +195,19 @@ def _exit_status(exc: SystemExit) -> int:
     return 0 if code is None else int(code) if isinstance(code, int) else 1
 
 
+def _too_large(size: int, limit: int) -> ErrorInfo:
+    have, allowed = format_sizes(size, limit)
+    return ErrorInfo(
+        kind="error",
+        type="ResultTooLarge",
+        message=(
+            f"the result is {have}; the limit is runtime.max_payload = {allowed} (return less, or store the "
+            "data elsewhere, a volume or an object store, and return where it is; an operator raises the limit "
+            "with max_payload in the [runtime] table of the config file (SPANFAAS_CONFIG))"
+        ),
+    )
+
+
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return (value if isinstance(value, (bytes, memoryview)) else memoryview(value)), "application/octet-stream"
@@ -217,9 +231,11 @@ def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
 class Runner:
     """Calls the handler; one per instance."""
 
-    def __init__(self, handler: Callable[..., Any], function_name: str) -> None:
+    def __init__(self, handler: Callable[..., Any], function_name: str, *, max_result: int = 0) -> None:
         self.handler = handler
         self.function_name = function_name
+        self.max_result = max_result or sys.maxsize
+        """Bytes a result may have (``runtime.max_payload``): a larger one is the handler's error."""
         self.is_async = _is_coroutine_function(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -319,6 +335,8 @@ class Runner:
                     type="TypeError",
                     message=f"the handler's return value is not JSON-serializable ({exc}); return bytes, str, numbers, lists or dicts",
                 )
+            if len(output) > self.max_result:  # never sent: the caller could not take it
+                error, output = _too_large(len(output), self.max_result), b""
         except BaseException as exc:  # the user's error, reported with its traceback (sys.exit() too)
             if _forked_copy:
                 _end_forked_copy(exc)

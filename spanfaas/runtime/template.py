@@ -161,7 +161,7 @@ class Template:
                 f"module '{req.module}' has no callable '{req.function}'; "
                 f"set handler = \"{req.module}:<function>\" in spanfaas.toml"
             )
-        self.runner = inst.Runner(handler, req.name)
+        self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()
         function_logger(req.name)  # named once, here, for every instance
