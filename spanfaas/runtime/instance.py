@@ -186,7 +186,16 @@ def _error(exc: BaseException) -> ErrorInfo:
     except Exception:
         tb = ""
     status = _exit_status(exc) if isinstance(exc, SystemExit) else None
-    return ErrorInfo(kind=kind, type=name, message=message, traceback=tb, exit_status=status)
+    return ErrorInfo(kind=kind, type=name, message=_clip(message, "message"), traceback=_clip(tb, "traceback"), exit_status=status)
+
+
+def _clip(text: str, what: str) -> str:
+    """At most ``_LOG_LIMIT`` characters of an error's message or traceback, as for
+    logs: a huge message (and the traceback that repeats it) must not carry past the
+    result limit what a result may not.  The head stays: a traceback's frames."""
+    if len(text) <= _LOG_LIMIT:
+        return text
+    return f"{text[:_LOG_LIMIT]}\n[spanfaas: {what} truncated at {_LOG_LIMIT} of {len(text)} characters]"
 
 
 def _exit_status(exc: SystemExit) -> int:

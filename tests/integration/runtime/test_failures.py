@@ -48,6 +48,8 @@ def handler(event, context):
         r, w = os.pipe()
         os.dup2(w, 1)
         return {"fd": "pipe"}
+    if what == "huge-message":
+        raise ValueError("x" * (40 * 1024 * 1024))
     if what == "sys-exit-code":
         raise SystemExit(3)
     if what == "sys-exit-message":
@@ -202,6 +204,19 @@ async def test_sys_exit_in_async_and_concurrent_handlers_is_the_handlers_error(h
     assert after.ok, after.error
     if isolation == "reuse":
         assert after.output == before.output, "the instance was replaced"
+
+
+async def test_an_exception_with_a_huge_message_is_clipped(harness: Harness, isolation: str) -> None:
+    """A 40 MiB exception message does not carry 80 MiB (message and traceback)
+    past the result limit: each is clipped at 1 MiB, saying so; the frames stay."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "huge-message"}')
+    assert r.error is not None and r.error.kind == "error" and r.error.type == "ValueError", r.error
+    assert len(r.error.message) < 1024 * 1024 + 100 and len(r.error.traceback) < 1024 * 1024 + 100
+    assert r.error.message.endswith("[spanfaas: message truncated at 1048576 of 41943040 characters]")
+    assert "[spanfaas: traceback truncated at 1048576 of " in r.error.traceback
+    assert 'raise ValueError("x" * (40 * 1024 * 1024))' in r.error.traceback
+    await _ok(harness, name)
 
 
 async def test_os_exit_gives_crashed_with_status(harness: Harness, isolation: str) -> None:
