@@ -28,6 +28,16 @@ def handler(event, context):
     if what == "spin":
         while True:
             pass
+    if what == "deaf-spin":  # ignores and blocks every catchable signal it might be sent, closes stdin
+        import signal
+        catchable = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGQUIT}
+        for signum in catchable:
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, catchable)
+        sys.stdin.close()
+        os.close(0)
+        while True:
+            pass
     if what == "unserializable":
         return object()
     if what == "bad-str":
@@ -238,7 +248,7 @@ async def test_segfault_gives_crashed_with_signal(harness: Harness, isolation: s
     await _ok(harness, name)
 
 
-@pytest.mark.parametrize("what", ["sleep", "spin"])
+@pytest.mark.parametrize("what", ["sleep", "spin", "deaf-spin"])
 async def test_timeout_kills_instance(harness: Harness, isolation: str, what: str) -> None:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, json.dumps({"do": what}).encode())
