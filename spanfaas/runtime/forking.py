@@ -15,7 +15,8 @@ program would.
 
 Only while every hook is one we know: on Python 3.11 the stdlib registers
 hooks in threading, logging, random and concurrent.futures.thread, all of
-that kind.  Any other hook registered once the zygote started watching (by
+that kind, and the template registers the platform's fork guard
+(``instance.guard_forks``), which does nothing in an instance.  Any other hook registered once the zygote started watching (by
 an image's pre-import or the function's imports, e.g. a client library that
 resets its connections in the child), a non-stdlib module imported before
 it started, another Python version, or a thread the function started at
@@ -41,12 +42,15 @@ __all__ = ["Forker", "default_signals", "forker"]
 # Packages the platform imports into every template; none registers a hook.
 _PLATFORM_PACKAGES = frozenset({"spanfaas", "msgspec", "typing_extensions", "_distutils_hack", "__main__"})
 # The stdlib modules (3.11) whose hooks only redo, in the child, what a
-# single-threaded parent leaves done.
+# single-threaded parent leaves done; and the platform's own (instance.guard_forks:
+# it marks nothing in a child of the template).
 _STDLIB_REGISTRARS = frozenset({"threading", "logging", "random", "concurrent.futures.thread"})
+_PLATFORM_REGISTRARS = frozenset({"spanfaas.runtime.instance"})
 
 
 def _vetted(hook: Callable[[], object]) -> bool:
-    if getattr(hook, "__module__", None) in _STDLIB_REGISTRARS:  # functions, bound methods (random's seed)
+    module = getattr(hook, "__module__", None)
+    if module in _STDLIB_REGISTRARS or module in _PLATFORM_REGISTRARS:  # functions, bound methods (random's seed)
         return True
     futures = sys.modules.get("concurrent.futures.thread")  # registers its shutdown lock's methods
     return futures is not None and getattr(hook, "__self__", None) is getattr(futures, "_global_shutdown_lock", None)

@@ -20,10 +20,11 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO
 
 import msgspec
 
+from spanfaas.errors import format_sizes
 from spanfaas.model import ErrorInfo
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
@@ -56,6 +57,52 @@ _LOG_LIMIT = 1024 * 1024
 # Python of _collections_abc): in a fresh strict child that took 10-16
 # copy-on-write faults, ~50 µs, on the request path.
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, bytearray, memoryview, list, tuple, dict})
+
+
+_forked_copy = False
+"""Set in a process the handler forked (``os.fork()`` without exec): a copy of
+the instance, which must never come back into the platform's code."""
+
+
+def guard_forks(template_pid: int) -> None:
+    """Mark every process an instance's handler forks (``guard_forks`` runs once in
+    the template, before its first instance).
+
+    Such a process is a copy of the instance, on its socket and its log memfd:
+    back in the platform's code it would answer for the instance, read its next
+    requests and truncate its logs.  Marked, it exits as soon as its handler
+    call returns or raises (``_end_forked_copy``): one check of a module global
+    per call.  The hook runs only in children forked with ``os.fork()``: not in
+    instances forked with libc's ``fork()`` (``runtime/forking.py``), and in one
+    the template forked with ``os.fork()`` it marks nothing."""
+
+    def after_fork_in_child() -> None:
+        global _forked_copy
+        if os.getppid() != template_pid:  # forked by an instance, not by the template
+            _forked_copy = True
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def _end_forked_copy(exc: BaseException | None) -> NoReturn:
+    """A process the handler forked came back from its handler call: exit at once,
+    as the interpreter would end it there (an exception's traceback on stderr and
+    status 1; ``sys.exit()``'s status), without answering for the instance."""
+    code = 0 if exc is None else _exit_status(exc) if isinstance(exc, SystemExit) else 1
+    try:
+        if isinstance(exc, SystemExit):
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+        elif exc is not None:
+            sys.stderr.write(user_traceback(exc))  # as the interpreter prints it, from the user's code on
+    except Exception:
+        pass  # no stderr left to print to: the status says it
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass  # the handler closed or replaced it
+    os._exit(code & 0xFF)
 
 
 def open_streams() -> tuple[TextIO, TextIO]:
@@ -125,6 +172,8 @@ def user_traceback(exc: BaseException) -> str:
 
 
 def _error(exc: BaseException) -> ErrorInfo:
+    """The handler's exception as its error: any ``BaseException``, ``sys.exit()``
+    included (its ``exit_status`` is the status the interpreter would exit with)."""
     kind: Literal["oom", "error"] = "oom" if isinstance(exc, MemoryError) else "error"
     typ = type(exc)
     name = typ.__qualname__ if typ.__module__ in ("builtins", "__main__") else f"{typ.__module__}.{typ.__qualname__}"
@@ -136,7 +185,36 @@ def _error(exc: BaseException) -> ErrorInfo:
         tb = user_traceback(exc)
     except Exception:
         tb = ""
-    return ErrorInfo(kind=kind, type=name, message=message, traceback=tb)
+    status = _exit_status(exc) if isinstance(exc, SystemExit) else None
+    return ErrorInfo(kind=kind, type=name, message=_clip(message, "message"), traceback=_clip(tb, "traceback"), exit_status=status)
+
+
+def _clip(text: str, what: str) -> str:
+    """At most ``_LOG_LIMIT`` characters of an error's message or traceback, as for
+    logs: a huge message (and the traceback that repeats it) must not carry past the
+    result limit what a result may not.  The head stays: a traceback's frames."""
+    if len(text) <= _LOG_LIMIT:
+        return text
+    return f"{text[:_LOG_LIMIT]}\n[spanfaas: {what} truncated at {_LOG_LIMIT} of {len(text)} characters]"
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status the interpreter exits with on ``exc``: its code, 0 for none, 1 for a message."""
+    code = exc.code
+    return 0 if code is None else int(code) if isinstance(code, int) else 1
+
+
+def _too_large(size: int, limit: int) -> ErrorInfo:
+    have, allowed = format_sizes(size, limit)
+    return ErrorInfo(
+        kind="error",
+        type="ResultTooLarge",
+        message=(
+            f"the result is {have}; the limit is runtime.max_payload = {allowed} (return less, or store the "
+            "data elsewhere, a volume or an object store, and return where it is; an operator raises the limit "
+            "with max_payload in the [runtime] table of the config file (SPANFAAS_CONFIG))"
+        ),
+    )
 
 
 def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
@@ -162,9 +240,11 @@ def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
 class Runner:
     """Calls the handler; one per instance."""
 
-    def __init__(self, handler: Callable[..., Any], function_name: str) -> None:
+    def __init__(self, handler: Callable[..., Any], function_name: str, *, max_result: int = 0) -> None:
         self.handler = handler
         self.function_name = function_name
+        self.max_result = max_result or sys.maxsize
+        """Bytes a result may have (``runtime.max_payload``): a larger one is the handler's error."""
         self.is_async = _is_coroutine_function(handler)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -199,14 +279,23 @@ class Runner:
 
         async def run() -> Any:
             try:
-                return await awaitable
-            except (SystemExit, KeyboardInterrupt):
-                # Would stop the shared loop and strand every caller: end the
-                # instance, as the sequential loop does.
-                traceback.print_exc()
-                os._exit(70)
+                result = await awaitable
+            except BaseException as exc:
+                if _forked_copy:  # the handler forked on this thread: its copy ends here
+                    _end_forked_copy(exc)
+                if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    raise
+                # Out of the task, they would stop the shared loop and strand every
+                # caller: the calling thread gets them, as the handler's error.
+                done.set_exception(exc)
+                return None
+            if _forked_copy:
+                _end_forked_copy(None)
+            return result
 
         def settle(task: asyncio.Task[Any]) -> None:
+            if done.done():  # run() handed its caller the exception
+                return
             if task.cancelled():
                 done.set_exception(concurrent.futures.CancelledError())
                 return
@@ -245,6 +334,8 @@ class Runner:
             result = self.handler(event, ctx)
             if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = self._await(result)
+            if _forked_copy:  # a process the handler forked, back here (see guard_forks)
+                _end_forked_copy(None)
             try:
                 output, content_type = _encode_output(result)
             except (TypeError, msgspec.EncodeError) as exc:
@@ -253,7 +344,11 @@ class Runner:
                     type="TypeError",
                     message=f"the handler's return value is not JSON-serializable ({exc}); return bytes, str, numbers, lists or dicts",
                 )
-        except Exception as exc:  # the user's error, reported with its traceback
+            if len(output) > self.max_result:  # never sent: the caller could not take it
+                error, output = _too_large(len(output), self.max_result), b""
+        except BaseException as exc:  # the user's error, reported with its traceback (sys.exit() too)
+            if _forked_copy:
+                _end_forked_copy(exc)
             error = _error(exc)
         duration = (time.perf_counter() - start) * 1000
         return p.Done(id=req.id, content_type=content_type, error=error, duration_ms=duration), output
@@ -380,8 +475,8 @@ def serve_concurrent(sock: socket.socket, runner: Runner, slots: int, capture: C
         try:
             done, output = runner.call(req, memoryview(body))
         except BaseException:
-            # sys.exit() and the like end the instance, as in the sequential loop:
-            # the runtime sees it crash at once instead of waiting for the timeout.
+            # The platform failed (the handler's own exceptions are its error): end
+            # the instance, so the runtime sees it crash instead of waiting for the timeout.
             traceback.print_exc()
             os._exit(70)
         finally:

@@ -49,6 +49,8 @@ class SpawnTemplate(Struct, tag=True, kw_only=True):
     concurrency: int
     instance_memory: int
     """Bytes an instance may allocate on top of the template (RLIMIT_DATA)."""
+    max_result: int = 0
+    """Bytes a result may have (``runtime.max_payload``); 0: no limit."""
     initial: int = 0
     """Instances to fork as soon as the code is loaded (saves a round trip)."""
     sandbox: Any

@@ -294,6 +294,7 @@ class LocalRuntime:
             isolation=pool.spec.isolation,
             concurrency=pool.spec.resources.concurrency,
             instance_memory=pool.spec.resources.memory * 1024 * 1024,
+            max_result=self.rt.max_payload,
             initial=initial,
             sandbox=msgspec.to_builtins(sb.plan) if sb.plan is not None else None,
             cgroup=sb.cgroup_dirs(),

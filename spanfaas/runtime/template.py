@@ -161,7 +161,7 @@ class Template:
                 f"module '{req.module}' has no callable '{req.function}'; "
                 f"set handler = \"{req.module}:<function>\" in spanfaas.toml"
             )
-        self.runner = inst.Runner(handler, req.name)
+        self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()
         function_logger(req.name)  # named once, here, for every instance
@@ -179,6 +179,7 @@ class Template:
     def _prepare_forking(self) -> tuple[TextIO, TextIO]:
         """Once, before the first fork: what every instance needs."""
         self.streams = inst.open_streams()
+        inst.guard_forks(os.getpid())  # what a handler forks never answers for its instance
         if self.landlock:
             from spanfaas import sandbox
 

@@ -28,6 +28,16 @@ def handler(event, context):
     if what == "spin":
         while True:
             pass
+    if what == "deaf-spin":  # ignores and blocks every catchable signal it might be sent, closes stdin
+        import signal
+        catchable = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1, signal.SIGQUIT}
+        for signum in catchable:
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, catchable)
+        sys.stdin.close()
+        os.close(0)
+        while True:
+            pass
     if what == "unserializable":
         return object()
     if what == "bad-str":
@@ -48,7 +58,21 @@ def handler(event, context):
         r, w = os.pipe()
         os.dup2(w, 1)
         return {"fd": "pipe"}
-    return {"ok": True, "remaining": context.remaining_time()}
+    if what == "huge-message":
+        raise ValueError("x" * (40 * 1024 * 1024))
+    if what == "sys-exit-code":
+        raise SystemExit(3)
+    if what == "sys-exit-message":
+        sys.exit("stopping: " + str(event.get("x")))
+    if what == "keyboard-interrupt":
+        raise KeyboardInterrupt("interrupted")
+    if what == "generator-exit":
+        raise GeneratorExit("closed")
+    if what == "base-exception":
+        class Halt(BaseException):
+            pass
+        raise Halt("halted")
+    return {"ok": True, "remaining": context.remaining_time(), "pid": os.getpid()}
 """
 
 
@@ -64,10 +88,12 @@ async def _deploy(harness: Harness, isolation: str) -> str:
     return name
 
 
-async def _ok(harness: Harness, name: str) -> None:
+async def _ok(harness: Harness, name: str) -> int:
+    """The function answers; the pid of the instance that did."""
     r = await harness.invoke(name, b'{"do": "nothing"}')
     assert r.ok, r.error
     assert json.loads(r.output)["ok"] is True
+    return int(json.loads(r.output)["pid"])
 
 
 async def test_exception_gives_function_error_with_traceback(harness: Harness, isolation: str) -> None:
@@ -127,6 +153,82 @@ async def test_a_traceback_starts_at_the_users_code(harness: Harness, isolation:
     assert "The above exception was the direct cause" in r.error.traceback
 
 
+BASE_EXCEPTIONS = {
+    # what the handler does: (type, message, exit_status, the line in the traceback)
+    "sys-exit-code": ("SystemExit", "3", 3, "raise SystemExit(3)"),
+    "sys-exit-message": ("SystemExit", "stopping: 42", 1, 'sys.exit("stopping: "'),
+    "keyboard-interrupt": ("KeyboardInterrupt", "interrupted", None, 'raise KeyboardInterrupt("interrupted")'),
+    "generator-exit": ("GeneratorExit", "closed", None, 'raise GeneratorExit("closed")'),
+    "base-exception": ("handler.handler.<locals>.Halt", "halted", None, 'raise Halt("halted")'),
+}
+
+
+@pytest.mark.parametrize("what", list(BASE_EXCEPTIONS))
+async def test_base_exceptions_give_function_error_with_traceback(harness: Harness, isolation: str, what: str) -> None:
+    """sys.exit(), KeyboardInterrupt, GeneratorExit and other BaseExceptions the handler
+    raises are its error, like any exception: type, message, traceback (and the exit
+    code for SystemExit), not a crash of the instance; a reuse instance serves on."""
+    name = await _deploy(harness, isolation)
+    before = await _ok(harness, name)
+    r = await harness.invoke(name, json.dumps({"do": what, "x": 42}).encode())
+    typ, message, exit_status, line = BASE_EXCEPTIONS[what]
+    assert r.error is not None and r.error.kind == "error", r.error
+    assert (r.error.type, r.error.message, r.error.exit_status) == (typ, message, exit_status)
+    assert line in r.error.traceback
+    with pytest.raises(FunctionError, match=f"{typ}: {message}"):
+        r.raise_for_error()
+    after = await _ok(harness, name)
+    if isolation == "reuse":
+        assert after == before, "the instance was replaced: the handler's exception ended it"
+
+
+EXITING = """
+import os, sys
+
+{kw}def handler(event, context):
+    if event == "exit":
+        sys.exit(5)
+    if event == "interrupt":
+        raise KeyboardInterrupt("interrupted")
+    return os.getpid()
+"""
+
+
+@pytest.mark.parametrize("handler", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["strict", "reuse", "reuse-concurrent"])
+async def test_sys_exit_in_async_and_concurrent_handlers_is_the_handlers_error(harness: Harness, mode: str, handler: str) -> None:
+    """The same through the async handler's event loop and a concurrent reuse
+    instance's worker threads and loop thread."""
+    name = f"exiting-{mode}-{handler}"
+    isolation, _, concurrent = mode.partition("-")
+    manifest = f'isolation = "{isolation}"\n[resources]\ntimeout = 2.0\n' + ("concurrency = 4\n" if concurrent else "")
+    await harness.deploy(name, EXITING.format(kw="async " if handler == "async" else ""), manifest)
+    before = await harness.invoke(name, b'"pid"')
+    assert before.ok, before.error
+    for event, typ, message in [(b'"exit"', "SystemExit", "5"), (b'"interrupt"', "KeyboardInterrupt", "interrupted")]:
+        r = await harness.invoke(name, event)
+        assert r.error is not None and r.error.kind == "error", r.error
+        assert (r.error.type, r.error.message) == (typ, message)
+        assert "handler.py" in r.error.traceback
+    after = await harness.invoke(name, b'"pid"')
+    assert after.ok, after.error
+    if isolation == "reuse":
+        assert after.output == before.output, "the instance was replaced"
+
+
+async def test_an_exception_with_a_huge_message_is_clipped(harness: Harness, isolation: str) -> None:
+    """A 40 MiB exception message does not carry 80 MiB (message and traceback)
+    past the result limit: each is clipped at 1 MiB, saying so; the frames stay."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "huge-message"}')
+    assert r.error is not None and r.error.kind == "error" and r.error.type == "ValueError", r.error
+    assert len(r.error.message) < 1024 * 1024 + 100 and len(r.error.traceback) < 1024 * 1024 + 100
+    assert r.error.message.endswith("[spanfaas: message truncated at 1048576 of 41943040 characters]")
+    assert "[spanfaas: traceback truncated at 1048576 of " in r.error.traceback
+    assert 'raise ValueError("x" * (40 * 1024 * 1024))' in r.error.traceback
+    await _ok(harness, name)
+
+
 async def test_os_exit_gives_crashed_with_status(harness: Harness, isolation: str) -> None:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, b'{"do": "exit"}')
@@ -146,7 +248,7 @@ async def test_segfault_gives_crashed_with_signal(harness: Harness, isolation: s
     await _ok(harness, name)
 
 
-@pytest.mark.parametrize("what", ["sleep", "spin"])
+@pytest.mark.parametrize("what", ["sleep", "spin", "deaf-spin"])
 async def test_timeout_kills_instance(harness: Harness, isolation: str, what: str) -> None:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, json.dumps({"do": what}).encode())

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from spanfaas.errors import FunctionError, format_sizes
 from tests.integration.runtime.conftest import Harness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -126,6 +127,58 @@ async def test_payload_over_the_limit_is_refused_before_it_reaches_the_function(
     limit = harness.rt.rt.max_payload
     with pytest.raises(PayloadTooLarge, match=f"is {limit + 1} bytes; the limit is runtime.max_payload = {limit} bytes"):
         await harness.invoke("echo-limit", b"x" * (limit + 1), content_type="application/octet-stream")
+
+
+BIG_RESULT = """
+import os
+
+def handler(event, context):
+    if event is None:
+        return os.getpid()
+    n = event["bytes"]
+    return b"x" * n if event["as"] == "bytes" else "x" * (n - 2)  # a JSON string: n bytes with its quotes
+"""
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("mode", ["strict", "reuse", "reuse-concurrent"])
+@pytest.mark.parametrize(("size", "kind"), [(40 * MiB, "bytes"), (33 * MiB, "bytes"), (33 * MiB, "json"), (32 * MiB + 1, "bytes")])
+async def test_a_result_over_the_limit_is_a_clear_error_and_the_instance_serves_on(harness: Harness, mode: str, size: int, kind: str) -> None:
+    """A result larger than runtime.max_payload (default 32 MiB) is the function's
+    error, naming its size and the limit; it never crosses to the control plane, and
+    a reuse instance goes on serving."""
+    limit = harness.rt.rt.max_payload
+    assert limit == 32 * MiB
+    isolation, _, concurrent = mode.partition("-")
+    name = f"big-result-{mode}"
+    if name not in harness.rt.functions():
+        await harness.deploy(name, BIG_RESULT, f'isolation = "{isolation}"\n[resources]\nmemory = 512\n' + ("concurrency = 2\n" if concurrent else ""))
+    before = await harness.invoke(name)
+    assert before.ok, before.error
+    r = await harness.invoke(name, json.dumps({"bytes": size, "as": kind}).encode())
+    assert r.error is not None and r.error.kind == "error", r.error
+    assert r.error.type == "ResultTooLarge"
+    have, allowed = format_sizes(size, limit)
+    assert r.error.message.startswith(f"the result is {have}; the limit is runtime.max_payload = {allowed} ("), r.error.message
+    assert r.output == b""
+    with pytest.raises(FunctionError, match="ResultTooLarge"):
+        r.raise_for_error()
+    after = await harness.invoke(name)
+    assert after.ok, after.error
+    if isolation == "reuse":
+        assert after.output == before.output, "the instance was replaced"
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_a_result_at_the_limit_is_returned(harness: Harness, isolation: str) -> None:
+    name = f"limit-result-{isolation}"
+    await harness.deploy(name, BIG_RESULT, f'isolation = "{isolation}"\n[resources]\nmemory = 512\n')
+    limit = harness.rt.rt.max_payload
+    for kind in ("bytes", "json"):
+        r = await harness.invoke(name, json.dumps({"bytes": limit, "as": kind}).encode())
+        assert r.ok, r.error
+        assert len(r.output) == limit
 
 
 CONCURRENT_SYNC_AWAITABLE = """

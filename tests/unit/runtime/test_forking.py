@@ -136,3 +136,10 @@ def test_a_forked_child_decides_again_for_its_own_forks() -> None:
     got = json.loads(out.stdout)
     assert got["zygote_lean"] is True
     assert got["template"]["lean"] is False and "threads" in got["template"]["why"]
+
+
+def test_the_platforms_fork_guard_is_vetted_and_does_not_run_in_a_lean_child() -> None:
+    """instance.guard_forks(), registered by every template before its first
+    instance, keeps the template forking with libc's fork()."""
+    got = run_case("from spanfaas.runtime import instance\ninstance.guard_forks(os.getpid())")
+    assert got == {"lean": True, "why": "", "status": 0, "hook_ran": None}
