@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from spanfaas.sandbox import PreparedLayer, SandboxPlan
 
 _decoder = msgspec.msgpack.Decoder(p.TemplateRequest)
+PR_SET_CHILD_SUBREAPER = 36
 
 # Modules the stdlib imports lazily on first use; after Landlock they may no
 # longer be readable, so pay for them before locking down.
@@ -100,6 +101,9 @@ class Template:
         self.base_data = 0
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
+        # Orphans of instances come to us: as pid 1 of a pid namespace, or else
+        # as their subreaper (not inherited by the instances we fork).
+        self.reaper = os.getpid() == 1 or _become_subreaper()
 
     # -- start-up ------------------------------------------------------------
 
@@ -363,21 +367,22 @@ class Template:
                 pass
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
-        if reaped and os.getpid() == 1:
-            # Without a pid namespace, orphans go to the host's init, not to us.
+        if reaped and self.reaper:
             self._kill_orphans()
 
     def _kill_orphans(self) -> None:
-        """Kill what left an instance's group and outlived it: re-parented to us
-        (pid 1), it is our child but no instance.  One read of our children
-        list; a scan of /proc (a read per process) if the kernel lacks it."""
+        """Kill what left an instance's group and outlived it (``setsid()``, its
+        parent gone): re-parented to us, pid 1 of the namespace or its subreaper,
+        it is our child but no instance.  One read of our children list; a scan
+        of /proc (a read per process) if the kernel lacks it."""
+        me = os.getpid()
         try:
-            with open("/proc/1/task/1/children", "rb") as f:
+            with open("/proc/thread-self/children", "rb") as f:
                 pids = [int(x) for x in f.read().split()]
         except OSError:
-            pids = [pid for pid in _pids() if _ppid(pid) == 1]
+            pids = [pid for pid in _pids() if _ppid(pid) == me]
         for pid in pids:
-            if pid != 1 and pid not in self.children:
+            if pid != me and pid not in self.children:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -467,6 +472,14 @@ class _Prepared:
                 os.close(fd)
         if not keep:
             self.close_ruleset()
+
+
+def _become_subreaper() -> bool:
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
+        return True
+    print(f"spanfaas template: not a subreaper ({os.strerror(ctypes.get_errno())}): "
+          "processes an instance leaves behind with setsid() may outlive it", file=sys.stderr)  # fmt: skip
+    return False
 
 
 def remove_tree(path: str) -> None:

@@ -30,6 +30,12 @@ import ctypes, os, sys, time
         # PR_SET_NAME: the test finds the child by its name, whatever its pid namespace.
         ctypes.CDLL(None).prctl(15, event["tag"].encode(), 0, 0, 0)
         child = event["child"]
+        if child == "setsid":  # out of the instance's process group: its killpg misses it
+            os.setsid()
+            if os.fork() == 0:  # and its parent gone: re-parented
+                ctypes.CDLL(None).prctl(15, event["tag"].encode(), 0, 0, 0)
+                time.sleep(60)
+            os._exit(0)
         if child == "sleep":
             time.sleep(60)
         if child == "exit":
@@ -142,6 +148,17 @@ async def test_a_forked_child_left_running_dies_with_its_strict_instance(h: Harn
     name = await _deploy(h, "strict")
     tag = _tag()
     r = await h.invoke(name, json.dumps({"do": "fork", "child": "sleep", "tag": tag, "wait": False}).encode())
+    assert r.ok, r.error
+    assert await _running(tag) == [], "a process the invocation forked outlived it"
+    assert (await h.invoke(name, b'{"do": "pid"}')).ok
+
+
+async def test_a_grandchild_that_left_the_group_dies_with_its_strict_instance(h: Harness) -> None:
+    """setsid() and an exited parent: without a pid namespace it was re-parented to
+    the host's init and ran on; the template is its subreaper and kills it."""
+    name = await _deploy(h, "strict")
+    tag = _tag()
+    r = await h.invoke(name, json.dumps({"do": "fork", "child": "setsid", "tag": tag, "wait": True}).encode())
     assert r.ok, r.error
     assert await _running(tag) == [], "a process the invocation forked outlived it"
     assert (await h.invoke(name, b'{"do": "pid"}')).ok
