@@ -240,6 +240,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     store: str = ""
     """'' for SQLite under data_dir, or a postgresql:// URL."""
     max_payload: Annotated[int, Meta(ge=1024)] = 32 * MiB
+    """Largest invocation payload the gateway accepts (413 above).  The local runtime's
+    ``runtime.max_payload`` follows it when it is lower, so what is accepted can run."""
     max_bundle: Annotated[int, Meta(ge=1024)] = 64 * MiB
     async_retries: Annotated[int, Meta(ge=0, le=100)] = 3
     """Async invocations: runs that failed on the platform (``InfraError``) retried.  A run

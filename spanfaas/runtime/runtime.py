@@ -50,6 +50,10 @@ class LocalRuntime:
     def __init__(self, settings: Settings | None = None, *, data_dir: str | Path | None = None) -> None:
         self.settings = settings or Settings.load()
         self.rt: RuntimeSettings = self.settings.runtime
+        if self.settings.max_payload > self.rt.max_payload:
+            # Every payload the gateway accepts reaches the function: raising the
+            # gateway's limit (the one its 413 names) raises ours.
+            self.rt = msgspec.structs.replace(self.rt, max_payload=self.settings.max_payload)
         self.data_dir = Path(data_dir) if data_dir is not None else self.settings.data_path
         self.cgroup_root = runtime_cgroup_root(self.rt)
         self.scratch_root = self.data_dir / "scratch" / self.cgroup_root.rsplit("/", 1)[1]
