@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,7 @@ class SpanningInfrastructure:
         self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions to deploy there once it answers."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
         self._started = False
 
     @classmethod
@@ -122,6 +124,8 @@ class SpanningInfrastructure:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._removals:  # drains still going: they end before their infrastructure closes
+            await asyncio.gather(*self._removals, return_exceptions=True)
         results = await asyncio.gather(*(s.infra.close() for s in self.sites), return_exceptions=True)
         for site, res in zip(self.sites, results):
             if isinstance(res, Exception):
@@ -287,11 +291,25 @@ class SpanningInfrastructure:
             self._pending[site.name].discard(name)
             if name in site.deployed:
                 site.deployed.discard(name)
-                try:
-                    await asyncio.wait_for(site.infra.remove(name), site.config.timeout)
-                except (SpanfaasError, OSError, TimeoutError) as exc:
-                    log.warning("removing %s from %s failed: %s", name, site.name, exc)
+                # Never cancelled: a local remove drains in-flight calls for up to
+                # their timeout, and cut short it would leave processes behind.
+                # The caller waits for the site's timeout at most; the rest goes on
+                # in the background (close() waits for it).
+                task = asyncio.ensure_future(site.infra.remove(name))
+                self._removals.add(task)
+                task.add_done_callback(functools.partial(self._removed, site.name, name))
+                with contextlib.suppress(Exception):  # (its failure is logged once, by _removed)
+                    try:
+                        await asyncio.wait_for(asyncio.shield(task), site.config.timeout)
+                    except TimeoutError:
+                        log.info("removing %s from %s takes over %gs (in-flight calls drain); it goes on in the background",
+                                 name, site.name, site.config.timeout)  # fmt: skip
         self.scheduler.changed()
+
+    def _removed(self, site: str, name: str, task: asyncio.Future[None]) -> None:
+        self._removals.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("removing %s from %s failed: %s", name, site, exc)
 
     async def prewarm(self, name: str) -> bool:
         """Prewarm where the next invocation would run: the scheduler's first choice (looked up, not counted)."""

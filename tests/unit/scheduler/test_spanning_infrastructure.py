@@ -3,6 +3,8 @@ over, breakers, explain.  (The real adapters are tested in tests/integration.)""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -313,3 +315,44 @@ async def test_a_failed_roll_back_is_retried_when_the_site_answers(spanning, bun
     assert "fn" in sp.site("local").deployed
     assert local._functions["fn"].spec is v1
     assert (await sp.invoke(v1, b"{}", ctx())).infra == "local"
+
+
+async def test_a_remove_slower_than_the_site_timeout_is_not_cut_short(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A local remove drains in-flight calls for up to their timeout; cancelled at the
+    site's timeout, it stopped half way and left the function's processes running."""
+    sp = await spanning(msgspec.structs.replace(LOCAL, timeout=0.05))
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    infra = child(sp, "local")
+    finished = asyncio.Event()
+    real_remove = infra.remove
+
+    async def slow_remove(name: str) -> None:  # an in-flight call still draining
+        await asyncio.sleep(0.3)
+        await real_remove(name)
+        finished.set()
+
+    infra.remove = slow_remove  # type: ignore[method-assign]
+    started = asyncio.get_running_loop().time()
+    await sp.remove("fn")
+    assert asyncio.get_running_loop().time() - started < 0.25  # the caller is not held past the site's timeout
+    await asyncio.wait_for(finished.wait(), 2)  # and the drain ran to its end
+    assert "fn" not in infra._functions
+
+
+async def test_close_waits_for_removals_still_draining(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    sp = await spanning(msgspec.structs.replace(LOCAL, timeout=0.05))
+    await sp.deploy(make_spec(), bundle)
+    infra = child(sp, "local")
+    done: list[str] = []
+    real_remove = infra.remove
+
+    async def slow_remove(name: str) -> None:
+        await asyncio.sleep(0.2)
+        await real_remove(name)
+        done.append(name)
+
+    infra.remove = slow_remove  # type: ignore[method-assign]
+    await sp.remove("fn")
+    await sp.close()
+    assert done == ["fn"]
