@@ -27,6 +27,11 @@ whichever gateway claims it.
 
 A store one gateway owns (SQLite, ``Store.exclusive``) has nobody else to
 change it: there, nothing is watched and ``barrier`` returns at once.
+
+A version this gateway could not deploy (``Registry.failed``: at start-up, or
+deployed elsewhere) is tried again after ``RETRY[0]`` seconds, then at doubling
+intervals up to ``RETRY[1]``: a missing bundle that arrived, an infrastructure
+back up, serve again without another deploy.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ __all__ = ["Coherence"]
 
 log = logging.getLogger("spanfaas.gateway")
 
+RETRY = (5.0, 300.0)
+"""Seconds before trying a version that failed to deploy here again: first, at most (doubling)."""
 LISTEN_BACKOFF = (1.0, 30.0)
 """Seconds before listening again after the connection was lost: first, at most (doubling)."""
 
@@ -65,6 +72,8 @@ class Coherence:
         self._wake = asyncio.Event()
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._retries: dict[str, tuple[float, float]] = {}
+        """Failed names -> (when to try again (monotonic), the delay after that)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -76,10 +85,10 @@ class Coherence:
         if self.enabled:
             generation = await asyncio.to_thread(self.store.functions_generation)
         await self.registry.load()
-        if not self.enabled:
-            return
-        self.generation, self._checked_at = generation, began
         self._tasks = [asyncio.create_task(self._watch(), name="spanfaas-coherence")]
+        if not self.enabled:
+            return  # (watching only to try failed versions again)
+        self.generation, self._checked_at = generation, began
         if self.listen and isinstance(self.store, AnnouncesChanges):
             self._tasks.append(asyncio.create_task(self._listen(self.store), name="spanfaas-coherence-listen"))
 
@@ -99,10 +108,25 @@ class Coherence:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll)
             self._wake.clear()  # before looking: an announcement from now on is not lost
-            try:
-                await self.check()
-            except Exception as exc:  # the store is down: look again at the next tick
-                log.error("could not look for other gateways' deploys in the store: %s", exc)
+            if self.enabled:
+                try:
+                    await self.check()
+                except Exception as exc:  # the store is down: look again at the next tick
+                    log.error("could not look for other gateways' deploys in the store: %s", exc)
+            self._retry_failed()
+
+    def _retry_failed(self) -> None:
+        failed = self.registry.failed
+        for name in [n for n in self._retries if n not in failed]:
+            del self._retries[name]  # deployed (or removed) since
+        now = time.monotonic()
+        for name in failed:
+            at, delay = self._retries.setdefault(name, (now + RETRY[0], RETRY[0]))
+            if now >= at and name not in self._reconciling:
+                delay = min(delay * 2, RETRY[1])
+                self._retries[name] = (now + delay, delay)
+                log.info("trying function %r (version %d) again on this gateway", name, failed[name].record.version)
+                self._reconcile_soon(name, retry=True)
 
     async def _listen(self, store: AnnouncesChanges) -> None:
         """Wake ``_watch`` on each change the store announces; polling goes on regardless."""
@@ -138,18 +162,18 @@ class Coherence:
 
     # -- applying ----------------------------------------------------------------------
 
-    def _reconcile_soon(self, name: str) -> None:
+    def _reconcile_soon(self, name: str, *, retry: bool = False) -> None:
         if name in self._reconciling:
             self._again.add(name)  # it may have read the store before this change: once more after it
             return
-        self._reconciling[name] = asyncio.create_task(self._reconcile(name), name=f"spanfaas-reconcile-{name}")
+        self._reconciling[name] = asyncio.create_task(self._reconcile(name, retry), name=f"spanfaas-reconcile-{name}")
 
-    async def _reconcile(self, name: str) -> None:
+    async def _reconcile(self, name: str, retry: bool = False) -> None:
         try:
             while True:
                 self._again.discard(name)
                 try:
-                    await self.registry.reconcile(name)
+                    await self.registry.reconcile(name, retry=retry)
                 except Exception as exc:  # the store failed: the next check lists everything again
                     log.error("could not bring function %r in step with the store: %s", name, exc)
                     self.generation = None

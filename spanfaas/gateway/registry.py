@@ -219,7 +219,7 @@ class Registry:
         here.update((name, _identity(f.record)) for name, f in self.failed.items() if name not in here)
         return sorted(name for name in latest.keys() | here.keys() if latest.get(name) != here.get(name))
 
-    async def reconcile(self, name: str) -> None:
+    async def reconcile(self, name: str, *, retry: bool = False) -> None:
         """Serve the store's latest version of ``name``, as another gateway left it.
 
         A version added elsewhere is deployed here, and the one it replaces drains
@@ -227,7 +227,7 @@ class Registry:
         elsewhere answers 'not found' at once, and is stopped here once what it runs
         has finished.  A version that cannot be deployed here is not served in place of
         the one the store has: the function answers 503 with the reason until it is
-        deployed again (as after a failure at start-up)."""
+        deployed again (as after a failure at start-up), or ``retry`` tries it again."""
         async with self._lock(name):
             stored = await asyncio.to_thread(self.store.get_function, name)
             current = self.functions.get(name)
@@ -240,8 +240,8 @@ class Registry:
             if current is not None and _identity(current) == _identity(stored):
                 return
             failed = self.failed.get(name)
-            if failed is not None and _identity(failed.record) == _identity(stored):
-                return  # tried already: deploying it again is what changes that
+            if failed is not None and _identity(failed.record) == _identity(stored) and not retry:
+                return  # tried already: a deploy, or a retry (coherence.py), tries again
             try:
                 await self._activate(stored)
             except Exception as exc:  # this function's version only: the others go on

@@ -7,6 +7,7 @@ shared to exercise polling alone.)  Real gateway processes: tests/integration/te
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ from starlette.applications import Starlette
 
 from spanfaas.config import Settings
 from spanfaas.gateway import bootstrap_admin_token, create_app, pack_function
+from spanfaas.gateway import coherence
 from spanfaas.gateway.app import Gateway
 from spanfaas.gateway.registry import Registry
 from spanfaas.infra.memory import InMemoryInfrastructure
@@ -253,3 +255,21 @@ async def test_a_store_one_gateway_owns_is_not_watched(gateway: Gateway, hello: 
     await gateway.coherence.barrier("hello", time.monotonic())
     await asyncio.sleep(0.1)
     assert gateway.coherence.checks == 0 and gateway.coherence.generation is None
+
+
+async def test_a_version_it_could_not_deploy_is_tried_again(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once what it lacked is there (here: the bundle, in b's own data dir), b serves the
+    stored version without another deploy."""
+    monkeypatch.setattr(coherence, "RETRY", (0.05, 0.2))
+    async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        await until(lambda: _true("fn" in b.gw.registry.failed), 2, "b has tried and failed")
+        assert await b.answer() == 503
+        shutil.copytree(tmp_path / "data" / "blobs", tmp_path / "data-b" / "blobs", dirs_exist_ok=True)
+        await until(lambda: _is(b.answer(), 1), 3, "b serves version 1 once its bundle is there")
+        assert (await b.http.get("/v1/functions/fn")).json()["version"] == 1
+        assert b.infra.deploys.count("fn") == 1 and "fn" not in b.gw.registry.failed
+
+
+async def _true(value: bool) -> bool:
+    return value
