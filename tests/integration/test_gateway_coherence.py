@@ -21,6 +21,7 @@ import pytest
 
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
+from tests.procs import alive
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -74,14 +75,6 @@ def bundle(root: Path, version: int, name: str = "shared") -> bytes:
     (d / "handler.py").write_text(HANDLER % version)
     (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "reuse"\n')
     return pack_function(d)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 def until(cond: Callable[[], bool], timeout: float, what: str) -> float:

@@ -10,6 +10,7 @@ import pytest
 
 from spanfaas.runtime import LocalRuntime
 from tests.integration.runtime.conftest import Harness, runtime_settings
+from tests.procs import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -53,14 +54,6 @@ def descendants(pid: int) -> set[int]:
                 out.add(child)
                 break
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
 
 
 def cgroup_dirs(root: str) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from tests.integration.runtime.conftest import Harness, require
+from tests.procs import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -18,14 +19,6 @@ def handler(event, context):
     time.sleep(event or 0)
     return 1
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 async def _cancel_while_running(h: Harness, name: str, timeout: float) -> int:
@@ -49,10 +42,10 @@ async def test_a_strict_call_whose_caller_gave_up_still_ends_by_its_timeout(harn
     await harness.deploy("cancel-strict", SLEEPER, "[resources]\ntimeout = 5\n[scaling]\nmax = 1\nprefork = 0\n")
     pid = await _cancel_while_running(harness, "cancel-strict", timeout=0.5)
     for _ in range(150):
-        if not _alive(pid):
+        if not alive(pid):
             break
         await asyncio.sleep(0.02)
-    assert not _alive(pid), "the abandoned call runs past its timeout and holds the function's only instance"
+    assert not alive(pid), "the abandoned call runs past its timeout and holds the function's only instance"
     r = await harness.invoke("cancel-strict", b"0", timeout=3)
     assert r.ok, r.error
 
@@ -63,7 +56,7 @@ async def test_a_reuse_instance_whose_caller_gave_up_is_not_handed_out_while_it_
     pid = await _cancel_while_running(harness, "cancel-reuse", timeout=0.5)
     r = await harness.invoke("cancel-reuse", b"0", timeout=3)
     assert r.ok, r.error  # not queued behind the abandoned 30 s call until its own timeout
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
 async def test_a_strict_child_whose_caller_gave_up_before_the_request_went_out_is_given_back(harness: Harness) -> None:
