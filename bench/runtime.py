@@ -163,7 +163,13 @@ def bench_ppe(n: int, warm: int, *, pace: float = 0.0, payload: bytes | None = N
 
 FORK_LOOP = r"""
 import importlib, json, os, sys, time
-for m in json.loads(sys.argv[3]):
+modules = json.loads(sys.argv[3])
+fork = os.fork
+if modules:  # fork as a template does: without the at-fork hooks when they are vetted (random's reseeds)
+    from spanfaas.runtime.forking import forker
+    forker.watch()
+    fork = forker.fork
+for m in modules:
     importlib.import_module(m)
 dur, start_at = float(sys.argv[1]), float(sys.argv[2])
 while time.time() < start_at:
@@ -172,7 +178,7 @@ n = 0
 t0 = time.perf_counter()
 end = t0 + dur
 while True:
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
@@ -182,7 +188,8 @@ while True:
 el = time.perf_counter() - t0
 with open("/proc/self/maps") as f:
     maps = sum(1 for _ in f)
-print(json.dumps({"forks": n, "seconds": el, "rate": n / el, "maps": maps}))
+lean = fork is not os.fork and forker.lean
+print(json.dumps({"forks": n, "seconds": el, "rate": n / el, "maps": maps, "lean": lean}))
 """
 
 
@@ -203,7 +210,8 @@ def fork_rate(procs: int, seconds: float, modules: list[str] | None = None) -> d
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return {"rate": sum(o["rate"] for o in outs), "per_process": [o["rate"] for o in outs], "maps": outs[0]["maps"]}
+    return {"rate": sum(o["rate"] for o in outs), "per_process": [o["rate"] for o in outs], "maps": outs[0]["maps"],
+            "lean": outs[0]["lean"]}
 
 
 def fork_rate_median(procs: int, seconds: float, reps: int, modules: list[str] | None = None) -> dict[str, Any]:
@@ -566,7 +574,8 @@ class Run:
                      baseline_name="one loop", baseline=one["rate"], ratio=allc["rate"] / one["rate"]))
         self.add(Row("baseline", "fork loop with the zygote's pre-imports", tmpl["rate"], "/s", n=1,
                      baseline_name="one loop", baseline=one["rate"], ratio=tmpl["rate"] / one["rate"],
-                     note=f"{tmpl['maps']} mappings (a template's interpreter, before the function's own imports)"))
+                     note=f"{tmpl['maps']} mappings (a template's interpreter, before the function's own imports); "
+                     + ("forked as templates fork, without the at-fork hooks" if tmpl["lean"] else "os.fork(), hooks and all")))
         self.section_meta("baseline-fork", t, j, c)
 
         t, j, c = self.mark()
