@@ -888,6 +888,7 @@ class Pool:
             "cold_starts": self.cold_starts,
             "invocations": self.invocations,
             "import_ms": self.import_ms,
+            "protections": self.protections,  # the function's own: its template's sandbox, as applied
         }
 
 

@@ -103,7 +103,9 @@ class Template:
         self.wake_r, self.wake_w = rfd, wfd
         # Orphans of instances come to us: as pid 1 of a pid namespace, or else
         # as their subreaper (not inherited by the instances we fork).
-        self.reaper = os.getpid() == 1 or _become_subreaper()
+        reaping = _orphan_reaping()
+        self.reaper = reaping.active
+        self.protections.append(reaping)
 
     # -- start-up ------------------------------------------------------------
 
@@ -474,12 +476,18 @@ class _Prepared:
             self.close_ruleset()
 
 
-def _become_subreaper() -> bool:
+def _orphan_reaping() -> Protection:
+    """Whether processes an instance leaves behind with ``setsid()`` come to us to be killed.
+
+    A protection of its own, so ``doctor`` and the pool say why when they
+    don't (a print here would go to the import capture, unseen)."""
+    name = "orphan-reaping"
+    if os.getpid() == 1:
+        return Protection(name, True, "the template is pid 1 of the function's pid namespace")
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
-        return True
-    print(f"spanfaas template: not a subreaper ({os.strerror(ctypes.get_errno())}): "
-          "processes an instance leaves behind with setsid() may outlive it", file=sys.stderr)  # fmt: skip
-    return False
+        return Protection(name, True, "the template is its instances' subreaper (PR_SET_CHILD_SUBREAPER)")
+    return Protection(name, False, f"prctl(PR_SET_CHILD_SUBREAPER) failed ({os.strerror(ctypes.get_errno())}): "
+                      "processes an instance leaves behind with setsid() may outlive it")  # fmt: skip
 
 
 def remove_tree(path: str) -> None:

@@ -157,6 +157,10 @@ async def test_a_grandchild_that_left_the_group_dies_with_its_strict_instance(h:
     """setsid() and an exited parent: without a pid namespace it was re-parented to
     the host's init and ran on; the template is its subreaper and kills it."""
     name = await _deploy(h, "strict")
+    reaping = next(x for x in h.rt.info()["pools"][name]["protections"] if x.name == "orphan-reaping")
+    assert reaping.active, reaping.reason  # reported per function: in the runtime's info, not in a log nobody reads
+    pid_ns = any(x.name == "pid-namespace" and x.active for x in h.rt.pool(name).protections)
+    assert ("pid 1" if pid_ns else "subreaper") in reaping.reason
     tag = _tag()
     r = await h.invoke(name, json.dumps({"do": "fork", "child": "setsid", "tag": tag, "wait": True}).encode())
     assert r.ok, r.error
