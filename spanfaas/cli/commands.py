@@ -16,7 +16,7 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
-from spanfaas.errors import InvalidPayload, InvocationNotFound
+from spanfaas.errors import InvalidPayload, InvocationNotFound, format_size
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
     JsonOpt,
@@ -274,7 +274,8 @@ def info(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -
         console.print(protection_table(protections))
     limits = doc.get("limits") or {}
     if limits:
-        console.print("[bold]limits[/bold]  " + "  ".join(f"{escape(str(k))}={escape(str(v))}" for k, v in limits.items()))
+        sizes = {k: format_size(v) if isinstance(v, int) else str(v) for k, v in limits.items()}  # all bytes today
+        console.print("[bold]limits[/bold]  " + "  ".join(f"{escape(str(k))} {escape(v)}" for k, v in sizes.items()))
 
 
 def protection_table(protections: list[Any]) -> Table:

@@ -7,6 +7,7 @@ app (in-memory infrastructure) served by uvicorn on a loopback port.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -336,6 +337,7 @@ def test_not_found(cli: Any) -> None:
 def test_info_and_doctor(cli: Any) -> None:
     r = cli("info")
     assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout
+    assert re.search(r"max_payload\s+\d+\.\d (KiB|MiB|GiB)", r.stdout), r.stdout  # sizes people read, not 33554432
     r = cli("doctor")
     assert r.exit_code == 0 and "✓ gateway" in r.stdout
 
