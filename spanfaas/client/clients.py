@@ -62,7 +62,8 @@ class _Base:
         )
 
     def _transport_error(self, exc: httpx.TransportError, call: Call) -> SpanfaasError:
-        return ops.transport_error(exc, base_url=self.url, timeout=self.timeout if call.timeout is None else call.timeout)
+        timeout = self.timeout if call.timeout is None else call.timeout
+        return ops.transport_error(exc, base_url=self.url, timeout=timeout, after_timeout=call.after_timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"

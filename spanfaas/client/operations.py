@@ -84,6 +84,8 @@ class Call:
     lines: Callable[[str], None] | None = None
     """Stream the response: each line of the body is handed here as it arrives
     (the operation then receives the response with its body consumed)."""
+    after_timeout: str = ""
+    """What the user can do when the wait for the answer runs out (appended to the ``WaitTimeout``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,14 +243,14 @@ def check_response(
     raise exc
 
 
-def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None) -> SpanfaasError:
+def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "") -> SpanfaasError:
     """The typed error for a request that got no answer."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return InfraUnavailable(f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?")
     if isinstance(exc, httpx.TimeoutException):  # our wait ran out: nothing is known to have failed
         return WaitTimeout(
             f"spanfaas at {base_url} did not answer within {timeout:g} s; "
-            "pass a longer timeout (--timeout, or timeout= in the SDK)"
+            + (after_timeout or "pass a longer timeout (--timeout, or timeout= in the SDK)")
         )
     return InfraError(f"the connection to spanfaas at {base_url} failed: {exc or type(exc).__name__}")
 
@@ -319,7 +321,11 @@ def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: 
     check_timeout(timeout)
     body, ctype = encode_payload(event, data)
     # ``timeout`` bounds the wait for the answer; the function's own limit is its manifest's.
-    resp = yield Call("POST", _fn(name) + "/invoke", headers={"Content-Type": ctype}, content=body, timeout=timeout)
+    # An answer that does not come in time carries the invocation's id; it is not known here.
+    after = (f"the invocation may still be running: `spanfaas logs {name}` shows it when it ends; "
+             "pass a longer timeout=, or, to keep the id of a call you may stop waiting for, "
+             "queue it with invoke_async() and wait with result(id, timeout=)")  # fmt: skip
+    resp = yield Call("POST", _fn(name) + "/invoke", headers={"Content-Type": ctype}, content=body, timeout=timeout, after_timeout=after)
     assert resp is not None
     return _output_from_response(name, resp)
 
