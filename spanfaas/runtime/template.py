@@ -479,7 +479,7 @@ class _Prepared:
 def _orphan_reaping() -> Protection:
     """Whether processes an instance leaves behind with ``setsid()`` come to us to be killed.
 
-    A protection of its own, so ``doctor`` and the pool say why when they
+    A protection of its own, so the runtime's info (each pool's) says why when they
     don't (a print here would go to the import capture, unseen)."""
     name = "orphan-reaping"
     if os.getpid() == 1:
