@@ -65,7 +65,8 @@ class Store(EventStore, ImageStore, Protocol):
 
     def put_blob(self, digest: str, data: bytes) -> bool:
         """Keep ``data`` (whose sha256 is ``digest``) for the stored versions that refer
-        to it; False (nothing sent) when none does or the store has it already."""
+        to it, and bump the functions generation (they may deploy now where they could
+        not); False (nothing sent) when none does or the store has it already."""
         ...
 
     def get_blob(self, digest: str) -> bytes | None:
@@ -84,7 +85,8 @@ class Store(EventStore, ImageStore, Protocol):
 
     def functions_generation(self) -> int:
         """A number bumped in the transaction of every ``put_function`` and
-        ``delete_function``: once it reads higher, ``list_functions`` shows the change.
+        ``delete_function`` (and ``put_blob`` that added a bundle): once it reads higher,
+        ``list_functions`` shows the change.
         Gateways sharing the store watch it (``gateway/coherence.py``)."""
         ...
 

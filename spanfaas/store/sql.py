@@ -193,7 +193,10 @@ class SQLStore:
             cur.execute(self._q("SELECT 1 FROM functions WHERE digest = ? LIMIT 1"), (digest,))
             if cur.fetchone() is None:
                 return False  # nobody would ever collect it
-            return self._keep_blob(cur, digest, data, time.time())
+            if not self._keep_blob(cur, digest, data, time.time()):
+                return False
+            self._changed(cur, "functions")  # versions other gateways could not deploy may deploy now
+            return True
 
     def get_blob(self, digest: str) -> bytes | None:
         with self._read() as cur:

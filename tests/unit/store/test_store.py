@@ -414,8 +414,11 @@ def test_a_bundle_is_added_only_for_a_stored_version_that_lacks_it(store: Store)
     assert store.put_blob(digest, data) is False and store.get_blob(digest) is None  # nobody refers to it
     store.put_function("hello", digest, spec())
     assert store.missing_blobs() == {digest}
+    g = store.functions_generation()
     assert store.put_blob(digest, data) is True and store.get_blob(digest) == data
+    assert store.functions_generation() == g + 1  # gateways that could not deploy the version try again
     assert store.put_blob(digest, data) is False and store.missing_blobs() == set()  # had it
+    assert store.functions_generation() == g + 1
 
 
 def test_a_collection_racing_a_deploy_of_the_same_bundle_never_leaves_a_version_without_it(store: Store) -> None:
