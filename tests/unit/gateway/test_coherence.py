@@ -90,7 +90,7 @@ async def side(stack: AsyncExitStack, settings: Settings, store: Store, token: s
 @asynccontextmanager
 async def pair(kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, poll_a: float = 0.05,
                poll_b: float = 0.05, data_b: str = "data") -> AsyncIterator[tuple[Side, Side]]:  # fmt: skip
-    """Gateways a and b on one store; by default on one data dir (where the bundles are)."""
+    """Gateways a and b on one store; by default on one data dir (``data_b``: b's own)."""
     opener = open_shared(kind, tmp_path, request)
     stores = [opener(), opener()]
     token = bootstrap_admin_token(stores[0])
