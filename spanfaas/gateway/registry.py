@@ -146,7 +146,8 @@ class Registry:
                     await asyncio.to_thread(self.store.put_blob, bundle.digest, data)  # if it lacked it: sent only then
                     running = self.functions.get(name)
                     if running is None or _identity(running) != _identity(latest):
-                        await self._activate(latest)
+                        await self._activate(latest)  # holds the bundle for as long as it runs
+                    await asyncio.to_thread(self.bundles.release, bundle.digest, name)  # held by what runs it
                     return latest, False
                 async with self._with_image(name, spec, bundle, actor) as bundle:
                     await self.infra.deploy(spec, bundle)

@@ -331,6 +331,8 @@ async def test_an_identical_redeploy_on_a_gateway_behind_the_store_makes_no_new_
         assert r.json()["version"] == 2 and r.json()["changed"] is False
         assert [v.version for v in b.store.function_versions("fn")] == [1, 2]
         assert await b.answer() == 2  # and b serves the latest version now
+        digest = sha256(v2)
+        assert b.gw.registry.bundles._holds[digest].users == {"fn": 1}  # one version here runs it
         # A gateway that never served the function: the same.
         assert (await a.http.delete("/v1/functions/fn")).status_code == 204
         assert (await a.http.put("/v1/functions/fn", content=v2)).json()["version"] == 1
