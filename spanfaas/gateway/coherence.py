@@ -30,8 +30,9 @@ change it: there, nothing is watched and ``barrier`` returns at once.
 
 A version this gateway could not deploy (``Registry.failed``: at start-up, or
 deployed elsewhere) is tried again after ``RETRY[0]`` seconds, then at doubling
-intervals up to ``RETRY[1]``: a missing bundle that arrived, an infrastructure
-back up, serve again without another deploy.
+intervals up to ``RETRY[1]``, and at once after any change to the store's
+functions (such as a bundle it lacked reaching the store): a missing bundle that
+arrived, an infrastructure back up, serve again without another deploy.
 """
 
 from __future__ import annotations
@@ -155,8 +156,11 @@ class Coherence:
             self.checks += 1
             if generation != self.generation:
                 records = await asyncio.to_thread(self.store.list_functions)
-                for name in self.registry.stale(records):
+                stale = self.registry.stale(records)
+                for name in stale:
                     self._reconcile_soon(name)
+                for name in [n for n in self.registry.failed if n not in stale]:
+                    self._reconcile_soon(name, retry=True)  # what it lacked may have come with the change
                 self.generation = generation
             self._checked_at = began
 

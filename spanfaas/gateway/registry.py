@@ -2,11 +2,13 @@
 kept in step with the infrastructure.
 
 A deploy unpacks and checks the bundle, deploys it on the infrastructure and
-only then adds the version to the store, so the old version serves until the
-new one is up and a failed deploy changes nothing.  At start-up every stored
-function is deployed again, so a restarted gateway serves what it had.
-Deploys and removes through other gateways sharing the store reach this one
-through ``reconcile`` (called by ``coherence.Coherence``).
+only then adds the version to the store, with its bundle, so the old version
+serves until the new one is up and a failed deploy changes nothing.  At start-up
+every stored function is deployed again, so a restarted gateway serves what it
+had.  Deploys and removes through other gateways sharing the store reach this
+one through ``reconcile`` (called by ``coherence.Coherence``); the bundles come
+with them through the store (``bundle_cache.BundleCache``: this gateway's own
+copies, fetched when missing), so the gateways need not share a data dir.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -25,8 +26,9 @@ from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest,
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
-from spanfaas.store import BlobStore, Store, sha256, workdirs
+from spanfaas.store import Store
 from spanfaas.gateway import bundle as bundles
+from spanfaas.gateway.bundle_cache import BundleCache
 
 __all__ = ["Registry"]
 
@@ -52,9 +54,8 @@ class Registry:
         self.infra = infra
         self.images = images
         """Builds the ``[image]`` of a manifest and gives the bundle its image."""
-        data = settings.data_path
-        self.blobs = BlobStore(data / "blobs")
-        self.bundle_dir = data / "bundles"
+        self.bundles = BundleCache(settings.data_path, store, max_bundle=settings.max_bundle)
+        """This gateway's copies of the bundles, held while a version here runs them."""
         self.functions: dict[str, FunctionRecord] = {}
         self.failed: dict[str, Failed] = {}
         """Functions in the store whose latest version could not be deployed here
@@ -71,7 +72,8 @@ class Registry:
 
     async def load(self) -> None:
         """Deploy every stored function on the infrastructure again."""
-        await asyncio.to_thread(self._clean_partial_unpacks)
+        await asyncio.to_thread(self.bundles.clean)
+        await asyncio.to_thread(self._store_missing_bundles)
         records = await asyncio.to_thread(self.store.list_functions)
         for record in records:
             try:
@@ -80,42 +82,28 @@ class Registry:
                 self.failed[record.name] = Failed(record, f"{type(exc).__name__}: {exc}")
                 log.error("could not deploy function %r (version %d) at start-up: %s", record.name, record.version, exc)
 
-    def _clean_partial_unpacks(self) -> None:
-        """Unpacks a crash interrupted (only ever in a work directory); another
-        gateway's unpack in progress is left alone."""
-        workdirs.clean_stale(self.bundle_dir)
+    def _store_missing_bundles(self) -> None:
+        """Give the store the bundles of stored versions it lacks and this data dir has
+        (versions stored before the store kept bundles): other gateways can deploy them."""
+        for digest in sorted(self.store.missing_blobs()):
+            try:
+                data = self.bundles.blobs.get(digest)
+            except KeyError:
+                continue
+            if self.store.put_blob(digest, data):
+                log.info("the bundle %s… of a stored version is in the store now", digest[:12])
 
     async def _activate(self, record: FunctionRecord) -> None:
-        bundle = await asyncio.to_thread(self._bundle_for, record.digest)
-        if self.images is not None:
-            bundle = await self.images.attach(record.name, record.spec, bundle)  # the image it was deployed on, if any
-        await self.infra.deploy(record.spec, bundle)
+        bundle = await asyncio.to_thread(self.bundles.bundle, record.digest, record.name)
+        try:
+            if self.images is not None:
+                bundle = await self.images.attach(record.name, record.spec, bundle)  # the image it was deployed on, if any
+            await self.infra.deploy(record.spec, bundle)
+        except BaseException:
+            await asyncio.to_thread(self.bundles.release, record.digest, record.name)  # kept: a stored version's
+            raise
         self.functions[record.name] = record
         self.failed.pop(record.name, None)
-
-    def _bundle_for(self, digest: str) -> Bundle:
-        """The unpacked bundle of a stored version, unpacked again from its blob if needed."""
-        final = self.bundle_dir / digest
-        if not final.is_dir():
-            try:
-                data = self.blobs.get(digest)
-            except KeyError:
-                raise InfraUnavailable(
-                    f"the bundle {digest[:12]}… is missing from {self.blobs.dir}; deploy the function again "
-                    "(gateways sharing a store need one data dir: docs/shared-store.md)"
-                ) from None
-            with workdirs.make(self.bundle_dir) as work:  # held: another gateway's start leaves it be
-                bundles.unpack(data, work.path, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
-                self._publish(work.path, final)
-        return Bundle(digest=digest, path=str(bundles.find_root(final)))
-
-    @staticmethod
-    def _publish(tmp: Path, final: Path) -> None:
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not final.is_dir():
-                raise  # not a concurrent unpack of the same digest
 
     # -- lookups -------------------------------------------------------------------
 
@@ -146,23 +134,26 @@ class Registry:
 
     async def deploy(self, name: str, data: bytes, *, actor: str = "") -> tuple[FunctionRecord, bool]:
         """The version deployed, and whether it is new: the bundle and manifest of the
-        latest version, already running here, make no new version (nothing is restarted)."""
+        store's latest version make no new version, whichever gateway stored it (this one
+        serves it from then on, if it did not yet; nothing is restarted if it did)."""
         if len(data) > self.settings.max_bundle:
             raise too_large_bundle(len(data), self.settings.max_bundle)
         async with self._lock(name):
-            spec, bundle, fresh = await asyncio.to_thread(self._prepare, name, data)
-            running = self.functions.get(name)
-            if running is not None and running.digest == bundle.digest and running.spec == spec:
-                latest = await asyncio.to_thread(self.store.get_function, name)
-                if latest is not None and latest.version == running.version:  # not replaced by another gateway
-                    return running, False
+            spec, bundle = await asyncio.to_thread(self._prepare, name, data)  # held until the end
             try:
+                latest = await asyncio.to_thread(self.store.get_function, name)
+                if latest is not None and latest.digest == bundle.digest and latest.spec == spec:
+                    await asyncio.to_thread(self.store.put_blob, bundle.digest, data)  # if it lacked it: sent only then
+                    running = self.functions.get(name)
+                    if running is None or _identity(running) != _identity(latest):
+                        await self._activate(latest)  # holds the bundle for as long as it runs
+                    await asyncio.to_thread(self.bundles.release, bundle.digest, name)  # held by what runs it
+                    return latest, False
                 async with self._with_image(name, spec, bundle, actor) as bundle:
                     await self.infra.deploy(spec, bundle)
-                    record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec)
+                    record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
             except BaseException:
-                if fresh:
-                    await asyncio.to_thread(self._collect, {bundle.digest})
+                await asyncio.to_thread(self._let_go, name, bundle.digest)
                 raise
             if spec.image is None and self.images is not None:
                 self.images.forget(name)  # an earlier version here may have run on an image
@@ -179,20 +170,27 @@ class Registry:
             raise InvalidManifest("this gateway does not build images; remove the [image] table", key="image")
         return self.images.deploying(name, spec, bundle, actor=Actor(actor or "unknown"))
 
-    def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle, bool]:
-        """Unpack and check the bundle; keep its blob.  Nothing reaches the store here."""
-        digest = sha256(data)
-        final = self.bundle_dir / digest
-        fresh = not final.is_dir()
-        if fresh:
-            with workdirs.make(self.bundle_dir) as work:
-                bundles.unpack(data, work.path, max_size=self.settings.max_bundle * bundles.UNPACK_FACTOR)
-                bundles.load_bundle_spec(bundles.find_root(work.path), name)
-                self._publish(work.path, final)
-        root = bundles.find_root(final)
-        spec = bundles.load_bundle_spec(root, name)
-        self.blobs.put(data)
-        return spec, Bundle(digest=digest, path=str(root)), fresh
+    def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle]:
+        """Unpack and check the bundle, held for ``name``; keep its blob here.  Nothing
+        reaches the store here."""
+        bundle = self.bundles.add(data, name, lambda root: bundles.load_bundle_spec(root, name))
+        try:
+            return bundles.load_bundle_spec(Path(bundle.path), name), bundle
+        except BaseException:
+            self._let_go(name, bundle.digest)
+            raise
+
+    def _let_go(self, name: str, digest: str) -> None:
+        """One use of the bundle here ended: deleted here if nothing else uses it and no
+        stored version refers to it (a failed deploy)."""
+        if self.bundles.release(digest, name):
+            self._discard_unused({digest})
+
+    def _discard_unused(self, digests: set[str]) -> None:
+        """Delete this gateway's copies of the bundles no stored version refers to (and
+        nobody runs, here or on a gateway sharing the data dir)."""
+        if digests:
+            self.bundles.discard(digests - self.store.function_digests())
 
     async def remove(self, name: str) -> FunctionRecord:
         async with self._lock(name):
@@ -206,7 +204,7 @@ class Registry:
                 self.images.forget(name)  # its image may be removed now
             self.functions.pop(name, None)
             self.failed.pop(name, None)
-            await asyncio.to_thread(self._collect, {v.digest for v in versions})
+            await asyncio.to_thread(self._collect, name, {v.digest for v in versions})
             return record
 
     # -- other gateways' changes -----------------------------------------------------
@@ -255,7 +253,8 @@ class Registry:
             log.info("function %r: version %d, deployed through another gateway, serves here", name, stored.version)
 
     async def _stop(self, name: str) -> None:
-        """Stop serving ``name`` here: no invocation finds it from now on; what runs finishes."""
+        """Stop serving ``name`` here: no invocation finds it from now on; what runs finishes,
+        then the copies of its bundles no stored version refers to are deleted here."""
         self.functions.pop(name, None)
         try:
             await self.infra.remove(name)
@@ -264,13 +263,16 @@ class Registry:
         finally:
             if self.images is not None:
                 self.images.forget(name)  # its image may be removed now
+        await asyncio.to_thread(self._collect, name, set())
 
-    def _collect(self, digests: set[str]) -> None:
-        """Delete the blobs and unpacked bundles no stored version refers to."""
-        unused = digests - self.store.function_digests()
-        for digest in unused:
-            shutil.rmtree(self.bundle_dir / digest, ignore_errors=True)
-            self.blobs.delete(digest)
+    def _collect(self, name: str, removed: set[str]) -> None:
+        """``name`` stopped here: let go of its bundles; delete from the store the bundles
+        of ``removed`` (its versions, deleted from the store) that no stored version refers
+        to, and this gateway's copies of them and of what it let go."""
+        freed = self.bundles.release_all(name)
+        if removed:
+            self.store.collect_blobs(removed)
+        self._discard_unused(removed | freed)
 
 
 def too_large_bundle(size: int, limit: int) -> PayloadTooLarge:

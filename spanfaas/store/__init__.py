@@ -2,8 +2,10 @@
 
 ``open_store(settings)`` picks the backend: ``SPANFAAS_STORE=postgresql://…``
 for a PostgreSQL shared by several gateways, otherwise SQLite at
-``<data_dir>/spanfaas.db``.  Function bundles live beside it as
-content-addressed blobs (``BlobStore``).
+``<data_dir>/spanfaas.db``.  Function bundles are kept in the store with the
+versions that refer to them (``put_function(…, bundle=)``, the ``blobs`` table),
+and each gateway keeps a copy in its data dir as content-addressed blobs
+(``BlobStore``).
 
 Layering: the store may use ``model``, ``errors`` and ``config`` only.
 """

@@ -7,7 +7,7 @@ Methods are synchronous and thread-safe; async callers run them through
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
@@ -36,8 +36,11 @@ class Store(EventStore, ImageStore, Protocol):
 
     # -- functions: one row per deployed version ------------------------------
 
-    def put_function(self, name: str, digest: str, spec: FunctionSpec) -> FunctionRecord:
-        """Add a version (previous + 1, atomically) and return it."""
+    def put_function(self, name: str, digest: str, spec: FunctionSpec, *, bundle: bytes | None = None) -> FunctionRecord:
+        """Add a version (previous + 1, atomically) and return it.  With ``bundle`` (the
+        bytes whose sha256 is ``digest``) the store keeps the bundle too, in the same
+        transaction: a version other gateways can see is one they can fetch.  The bytes
+        are sent only when the store does not have them yet."""
         ...
 
     def get_function(self, name: str) -> FunctionRecord | None:
@@ -58,9 +61,32 @@ class Store(EventStore, ImageStore, Protocol):
         """Digests of the bundles any stored version refers to."""
         ...
 
+    # -- bundles: content-addressed blobs, kept while a stored version refers to them --
+
+    def put_blob(self, digest: str, data: bytes) -> bool:
+        """Keep ``data`` (whose sha256 is ``digest``) for the stored versions that refer
+        to it, and bump the functions generation (they may deploy now where they could
+        not); False (nothing sent) when none does or the store has it already."""
+        ...
+
+    def get_blob(self, digest: str) -> bytes | None:
+        """The bundle's bytes as stored (the caller checks their digest), or None."""
+        ...
+
+    def missing_blobs(self) -> set[str]:
+        """Digests stored versions refer to whose bundle the store lacks (stored before
+        migration 6 kept bundles in the store)."""
+        ...
+
+    def collect_blobs(self, digests: Iterable[str]) -> set[str]:
+        """Delete those of ``digests`` no stored version refers to; return them.  Safe
+        against a ``put_function`` of the same digest in another transaction."""
+        ...
+
     def functions_generation(self) -> int:
         """A number bumped in the transaction of every ``put_function`` and
-        ``delete_function``: once it reads higher, ``list_functions`` shows the change.
+        ``delete_function`` (and ``put_blob`` that added a bundle): once it reads higher,
+        ``list_functions`` shows the change.
         Gateways sharing the store watch it (``gateway/coherence.py``)."""
         ...
 

@@ -37,9 +37,10 @@ class BlobStore:
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, data: bytes) -> str:
-        """Store ``data``; return its sha256.  Storing the same bytes twice is a no-op."""
-        digest = sha256(data)
+    def put(self, data: bytes, *, digest: str | None = None) -> str:
+        """Store ``data``; return its sha256 (``digest``: computed already by the caller).
+        Storing the same bytes twice is a no-op."""
+        digest = digest or sha256(data)
         target = self.path(digest)
         if target.is_file():
             return digest

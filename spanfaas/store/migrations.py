@@ -150,6 +150,17 @@ MIGRATIONS: list[list[str]] = [
             value INTEGER NOT NULL)""",
         "INSERT INTO generations (name, value) VALUES ('functions', 0)",
     ],
+    # 6: the function bundles themselves, content-addressed (sha256 of the bytes), so a
+    # gateway with its own data dir deploys a version another gateway stored; a blob is
+    # kept while a stored version refers to it (``functions.digest``)
+    [
+        """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            data {blob} NOT NULL,
+            size INTEGER NOT NULL,
+            created_at {real} NOT NULL)""",
+        "CREATE INDEX functions_by_digest ON functions (digest)",
+    ],
 ]
 
 

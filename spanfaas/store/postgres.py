@@ -125,6 +125,12 @@ class PostgresStore(EventQueries, ImageQueries):
             async for _ in conn.notifies():
                 yield
 
+    def get_blob(self, digest: str) -> bytes | None:
+        with self._read() as cur:  # binary: a bytea as text would be hex, twice its size on the wire
+            cur.execute(_pg("SELECT data FROM blobs WHERE digest = ?"), (digest,), binary=True)
+            row = cur.fetchone()
+        return bytes(row[0]) if row is not None else None
+
     def _claim_sql(self) -> str:
         return _CLAIM + ", ".join(f"invocations.{c.strip()}" for c in INV_COLS.split(","))
 

@@ -8,7 +8,7 @@ a write transaction), ``_read()`` (a cursor for one read) and the claim query.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -121,7 +121,7 @@ class SQLStore:
 
     # -- functions ---------------------------------------------------------------
 
-    def put_function(self, name: str, digest: str, spec: FunctionSpec) -> FunctionRecord:
+    def put_function(self, name: str, digest: str, spec: FunctionSpec, *, bundle: bytes | None = None) -> FunctionRecord:
         now = time.time()
         with self._tx() as cur:
             self._lock(cur, "function:" + name)
@@ -131,8 +131,25 @@ class SQLStore:
                 self._q(f"INSERT INTO functions ({_FN_COLS}) VALUES (?, ?, ?, ?, ?)"),
                 (name, version, digest, _encode(spec).decode(), now),
             )
+            if bundle is not None:
+                self._keep_blob(cur, digest, bundle, now)
             self._changed(cur, "functions")
         return FunctionRecord(name=name, version=version, digest=digest, spec=spec, created_at=now)
+
+    def _keep_blob(self, cur: Any, digest: str, data: bytes, now: float) -> bool:
+        """Insert the blob unless the store has it; the bytes travel only then.
+
+        Under the digest's lock, which ``collect_blobs`` takes too: a collection either
+        sees the version that refers to the blob, or deleted it before this looks."""
+        self._lock(cur, "blob:" + digest)
+        cur.execute(self._q("SELECT 1 FROM blobs WHERE digest = ?"), (digest,))
+        if cur.fetchone() is not None:
+            return False
+        cur.execute(
+            self._q("INSERT INTO blobs (digest, data, size, created_at) VALUES (?, ?, ?, ?)"),
+            (digest, data, len(data), now),
+        )
+        return True
 
     def get_function(self, name: str) -> FunctionRecord | None:
         with self._read() as cur:
@@ -168,6 +185,42 @@ class SQLStore:
         with self._read() as cur:
             cur.execute("SELECT DISTINCT digest FROM functions")
             return {r[0] for r in cur.fetchall()}
+
+    # -- bundles: blobs the stored versions refer to -------------------------------
+
+    def put_blob(self, digest: str, data: bytes) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("SELECT 1 FROM functions WHERE digest = ? LIMIT 1"), (digest,))
+            if cur.fetchone() is None:
+                return False  # nobody would ever collect it
+            if not self._keep_blob(cur, digest, data, time.time()):
+                return False
+            self._changed(cur, "functions")  # versions other gateways could not deploy may deploy now
+            return True
+
+    def get_blob(self, digest: str) -> bytes | None:
+        with self._read() as cur:
+            cur.execute(self._q("SELECT data FROM blobs WHERE digest = ?"), (digest,))
+            row = cur.fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def missing_blobs(self) -> set[str]:
+        with self._read() as cur:
+            cur.execute("SELECT DISTINCT digest FROM functions f WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = f.digest)")
+            return {r[0] for r in cur.fetchall()}
+
+    def collect_blobs(self, digests: Iterable[str]) -> set[str]:
+        deleted: set[str] = set()
+        with self._tx() as cur:
+            for digest in sorted(set(digests)):  # locks in one order: no deadlock between two collections
+                self._lock(cur, "blob:" + digest)
+                cur.execute(
+                    self._q("DELETE FROM blobs WHERE digest = ? AND NOT EXISTS (SELECT 1 FROM functions WHERE digest = ?)"),
+                    (digest, digest),
+                )
+                if cur.rowcount:
+                    deleted.add(digest)
+        return deleted
 
     def functions_generation(self) -> int:
         with self._read() as cur:

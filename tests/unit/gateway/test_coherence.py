@@ -7,7 +7,6 @@ shared to exercise polling alone.)  Real gateway processes: tests/integration/te
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,7 +24,7 @@ from spanfaas.gateway.app import Gateway
 from spanfaas.gateway.registry import Registry
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
-from spanfaas.store import SQLiteStore, Store
+from spanfaas.store import SQLiteStore, Store, sha256
 from tests.unit.gateway.conftest import write_function
 
 
@@ -91,7 +90,7 @@ async def side(stack: AsyncExitStack, settings: Settings, store: Store, token: s
 @asynccontextmanager
 async def pair(kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, poll_a: float = 0.05,
                poll_b: float = 0.05, data_b: str = "data") -> AsyncIterator[tuple[Side, Side]]:  # fmt: skip
-    """Gateways a and b on one store; by default on one data dir (where the bundles are)."""
+    """Gateways a and b on one store; by default on one data dir (``data_b``: b's own)."""
     opener = open_shared(kind, tmp_path, request)
     stores = [opener(), opener()]
     token = bootstrap_admin_token(stores[0])
@@ -199,24 +198,29 @@ async def test_an_async_invocation_accepted_after_a_deploy_runs_that_version(
 async def test_a_version_it_cannot_deploy_is_not_served_in_place_of_the_stored_one(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Gateways sharing a store must share the data dir: here b has its own, and cannot
-    find the bundle of the version a deployed.  It stops serving the version before
-    and says why, rather than serve it as if it were current."""
+    """Version 2 was stored without its bundle (as by a gateway from before the store kept
+    bundles, which had it in its own data dir only): b, with a data dir of its own, cannot
+    deploy it.  It stops serving the version before and says why, rather than serve it as
+    if it were current."""
     async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
         assert (await b.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
         assert await b.answer() == 1
-        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 2
+        v2 = bundle(tmp_path, 2)
+        await asyncio.to_thread(a.store.put_function, "fn", sha256(v2), FunctionSpec(name="fn", isolation="reuse"))
         await until(lambda: _is(b.answer(), 503), 2, "b refuses")
         r = await b.http.post("/v1/functions/fn/invoke", json={})
         detail = r.json()["detail"]
-        assert detail.startswith("function 'fn' (version 2) could not be deployed on this gateway: InfraUnavailable: the bundle ")
-        assert "is missing from" in detail and detail.endswith("; deploy the function again (gateways sharing a store need one data dir: docs/shared-store.md)")
+        assert detail.startswith(f"function 'fn' (version 2) could not be deployed on this gateway: InfraUnavailable: the bundle {sha256(v2)[:12]}… ")
+        assert f"is neither in the store nor in {tmp_path / 'data-b' / 'blobs'}" in detail and detail.endswith("; deploy the function again")
         assert b.infra.removes == ["fn"] and (await b.infra.info()).functions == 0
 
-        # Deployed again through b (which keeps the bundle now): served by both.
-        assert (await b.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 3
+        # Deployed again through b: an identical bundle and manifest make no new version, the
+        # store gets the bundle it lacked, and both serve it.
+        r = await b.http.put("/v1/functions/fn", content=v2)
+        assert r.status_code == 200 and r.json()["version"] == 2 and r.json()["changed"] is False
         assert await b.answer() == 2
-        await until(lambda: _is(a.answer(), 2), 2, "a serves version 3")
+        await until(lambda: _is(a.answer(), 2), 2, "a serves version 2")
+        assert a.store.missing_blobs() == set()
 
 
 @pytest.mark.postgres
@@ -258,14 +262,15 @@ async def test_a_store_one_gateway_owns_is_not_watched(gateway: Gateway, hello: 
 
 
 async def test_a_version_it_could_not_deploy_is_tried_again(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once what it lacked is there (here: the bundle, in b's own data dir), b serves the
-    stored version without another deploy."""
+    """Once what it lacked is there (here: the version's bundle, which reaches the store),
+    b serves the stored version without another deploy."""
     monkeypatch.setattr(coherence, "RETRY", (0.05, 0.2))
     async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
-        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        v1 = bundle(tmp_path, 1)
+        await asyncio.to_thread(a.store.put_function, "fn", sha256(v1), FunctionSpec(name="fn", isolation="reuse"))
         await until(lambda: _true("fn" in b.gw.registry.failed), 2, "b has tried and failed")
         assert await b.answer() == 503
-        shutil.copytree(tmp_path / "data" / "blobs", tmp_path / "data-b" / "blobs", dirs_exist_ok=True)
+        assert await asyncio.to_thread(a.store.put_blob, sha256(v1), v1)
         await until(lambda: _is(b.answer(), 1), 3, "b serves version 1 once its bundle is there")
         assert (await b.http.get("/v1/functions/fn")).json()["version"] == 1
         assert b.infra.deploys.count("fn") == 1 and "fn" not in b.gw.registry.failed
@@ -273,3 +278,85 @@ async def test_a_version_it_could_not_deploy_is_tried_again(tmp_path: Path, requ
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# -- bundles travel through the store: each gateway with a data dir of its own -----------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_a_gateway_with_its_own_data_dir_deploys_what_another_stored(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    async with pair(kind, tmp_path, request, data_b="data-b") as (a, b):
+        v1 = bundle(tmp_path, 1)
+        assert (await a.http.put("/v1/functions/fn", content=v1)).status_code == 201
+        await until(lambda: _is(b.answer(), 1), 2, "b serves version 1")
+        assert b.gw.registry.bundles.blobs.get(sha256(v1)) == v1  # fetched, checked, kept in b's own data dir
+        assert (tmp_path / "data-b" / "bundles" / sha256(v1) / "handler.py").is_file() or any(
+            (tmp_path / "data-b" / "bundles" / sha256(v1)).rglob("handler.py"))  # fmt: skip
+
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 2))).json()["version"] == 2
+        await until(lambda: _is(b.answer(), 2), 2, "b serves version 2")
+        # And the other way round.
+        assert (await b.http.put("/v1/functions/fn", content=bundle(tmp_path, 3))).json()["version"] == 3
+        await until(lambda: _is(a.answer(), 3), 2, "a serves version 3")
+
+
+async def test_a_bundle_that_does_not_match_its_digest_is_not_deployed(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
+        v1, other = bundle(tmp_path, 1), bundle(tmp_path, 2)
+        spec = FunctionSpec(name="fn", isolation="reuse")
+        await asyncio.to_thread(a.store.put_function, "fn", sha256(v1), spec, bundle=other)  # damaged on its way
+        await until(lambda: _true("fn" in b.gw.registry.failed), 2, "b has tried and failed")
+        r = await b.http.post("/v1/functions/fn/invoke", json={})
+        assert r.status_code == 503
+        assert f"the bundle {sha256(v1)[:12]}… in the store does not match its digest (it has {sha256(other)[:12]}…)" in r.json()["detail"]
+        assert not b.gw.registry.bundles.blobs.has(sha256(v1)) and not (tmp_path / "data-b" / "bundles" / sha256(v1)).exists()
+
+
+async def test_an_identical_redeploy_on_a_gateway_behind_the_store_makes_no_new_version(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """b has not seen a's version 2 yet (it looks once a minute, and nothing is announced):
+    deploying version 2's bundle through b is a no-op all the same, and b serves it."""
+    async with pair("sqlite", tmp_path, request, poll_a=60.0, poll_b=60.0, data_b="data-b") as (a, b):
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        assert await b.answer() == 1  # b deploys it on first use
+        v2 = bundle(tmp_path, 2)
+        assert (await a.http.put("/v1/functions/fn", content=v2)).json()["version"] == 2
+        assert await b.answer() == 1  # not seen yet
+
+        r = await b.http.put("/v1/functions/fn", content=v2)
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 2 and r.json()["changed"] is False
+        assert [v.version for v in b.store.function_versions("fn")] == [1, 2]
+        assert await b.answer() == 2  # and b serves the latest version now
+        digest = sha256(v2)
+        assert b.gw.registry.bundles._holds[digest].users == {"fn": 1}  # one version here runs it
+        # A gateway that never served the function: the same.
+        assert (await a.http.delete("/v1/functions/fn")).status_code == 204
+        assert (await a.http.put("/v1/functions/fn", content=v2)).json()["version"] == 1
+        r = await b.http.put("/v1/functions/fn", content=v2)
+        assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["changed"] is False
+        assert await b.answer() == 2
+
+
+async def test_a_remove_deletes_the_bundle_from_the_store_and_from_each_gateways_copy(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
+        v1, v2 = bundle(tmp_path, 1), bundle(tmp_path, 2)
+        for data in (v1, v2):
+            assert (await a.http.put("/v1/functions/fn", content=data)).status_code == 201
+        await until(lambda: _is(b.answer(), 2), 2, "b serves version 2")
+        assert (await a.http.delete("/v1/functions/fn")).status_code == 204
+        assert a.store.get_blob(sha256(v1)) is None and a.store.get_blob(sha256(v2)) is None
+        assert a.gw.registry.bundles.blobs.digests() == [] and _unpacked(tmp_path / "data") == []
+        await until(lambda: _is(b.answer(), 404), 2, "b answers 404")
+        await until(lambda: _true(_unpacked(tmp_path / "data-b") == []), 2, "b deletes its own copy")
+        assert b.gw.registry.bundles.blobs.digests() == []
+
+
+def _unpacked(data: Path) -> list[str]:
+    d = data / "bundles"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []

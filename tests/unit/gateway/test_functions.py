@@ -28,11 +28,11 @@ async def test_deploy_list_get_delete(client: httpx.AsyncClient, hello: dict[str
     r = await client.get("/v1/functions/hello")
     assert r.status_code == 200 and r.json()["version"] == 1
     digest = str(hello["digest"])
-    assert gateway.registry.blobs.has(digest)
+    assert gateway.registry.bundles.blobs.has(digest)
     r = await client.delete("/v1/functions/hello")
     assert r.status_code == 204
     assert store.get_function("hello") is None
-    assert not gateway.registry.blobs.has(digest)
+    assert not gateway.registry.bundles.blobs.has(digest)
     r = await client.get("/v1/functions/hello")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     assert r.json()["detail"] == "function 'hello' not found; deployed: none"
@@ -146,8 +146,8 @@ async def test_bad_bundles_change_nothing(
     assert r.headers["content-type"] == "application/problem+json"
     assert detail in r.json()["detail"]
     assert store.list_functions() == []
-    assert gateway.registry.blobs.digests() == []
-    assert [p for p in gateway.registry.bundle_dir.iterdir()] == [] if gateway.registry.bundle_dir.exists() else True
+    assert gateway.registry.bundles.blobs.digests() == []
+    assert [p for p in gateway.registry.bundles.dir.iterdir()] == [] if gateway.registry.bundles.dir.exists() else True
 
 
 async def test_failed_redeploy_keeps_the_old_version(
@@ -174,9 +174,9 @@ async def test_invalid_function_name(client: httpx.AsyncClient, fn_dir: Callable
 async def test_restart_redeploys_and_cleans_partial_unpacks_but_not_live_ones(settings: object, store: SQLiteStore, hello: dict[str, object], gateway: Gateway) -> None:
     from spanfaas.gateway import create_app
 
-    partial = gateway.registry.bundle_dir / ".tmp-crashed"
+    partial = gateway.registry.bundles.dir / ".tmp-crashed"
     partial.mkdir()
-    busy = workdirs.make(gateway.registry.bundle_dir)  # another gateway's unpack, in progress
+    busy = workdirs.make(gateway.registry.bundles.dir)  # another gateway's unpack, in progress
     infra = InMemoryInfrastructure()
     app = create_app(settings, store, infra)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):

@@ -16,7 +16,7 @@ import pytest
 from spanfaas.config import Settings
 from spanfaas.errors import InvalidRequest
 from spanfaas.model import ErrorInfo, FunctionSpec, InvocationRecord, TokenRecord
-from spanfaas.store import SQLiteStore, Store, StoreInUse, StoreSchemaTooNew, open_store
+from spanfaas.store import SQLiteStore, Store, StoreInUse, StoreSchemaTooNew, open_store, sha256
 from spanfaas.store.migrations import MIGRATIONS
 
 
@@ -378,3 +378,77 @@ def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
         cur.execute("PRAGMA journal_mode")
         assert cur.fetchone()[0] == "wal"
     s.close()
+
+
+# -- bundles: content-addressed blobs, kept with the versions that refer to them ---------
+
+
+def test_a_version_is_stored_with_its_bundle(store: Store) -> None:
+    data = b"bundle one" * 1000
+    digest = sha256(data)
+    assert store.get_blob(digest) is None
+    store.put_function("hello", digest, spec(), bundle=data)
+    assert store.get_blob(digest) == data
+    store.put_function("hello", digest, spec(), bundle=data)  # the same bytes again: kept once
+    assert store.get_blob(digest) == data and store.missing_blobs() == set()
+    store.put_function("other", "c" * 64, spec("other"))  # a version stored without its bundle
+    assert store.missing_blobs() == {"c" * 64}
+
+
+def test_a_bundle_is_deleted_only_once_no_stored_version_refers_to_it(store: Store) -> None:
+    data, other = b"shared bundle", b"bundle of g's second version"
+    digest = sha256(data)
+    store.put_function("f", digest, spec("f"), bundle=data)
+    store.put_function("g", digest, spec("g"), bundle=data)
+    store.put_function("g", sha256(other), spec("g"), bundle=other)
+    assert store.delete_function("f")
+    assert store.collect_blobs({digest}) == set() and store.get_blob(digest) == data  # g's version 1 has it
+    assert store.delete_function("g")
+    assert store.collect_blobs({digest, sha256(other), "e" * 64}) == {digest, sha256(other)}
+    assert store.get_blob(digest) is None and store.get_blob(sha256(other)) is None
+
+
+def test_a_bundle_is_added_only_for_a_stored_version_that_lacks_it(store: Store) -> None:
+    data = b"a bundle an older gateway kept on its disk only"
+    digest = sha256(data)
+    assert store.put_blob(digest, data) is False and store.get_blob(digest) is None  # nobody refers to it
+    store.put_function("hello", digest, spec())
+    assert store.missing_blobs() == {digest}
+    g = store.functions_generation()
+    assert store.put_blob(digest, data) is True and store.get_blob(digest) == data
+    assert store.functions_generation() == g + 1  # gateways that could not deploy the version try again
+    assert store.put_blob(digest, data) is False and store.missing_blobs() == set()  # had it
+    assert store.functions_generation() == g + 1
+
+
+def test_a_collection_racing_a_deploy_of_the_same_bundle_never_leaves_a_version_without_it(store: Store) -> None:
+    """Two gateways deploying and removing functions of one bundle: a remove's collection
+    and the other's deploy, racing, never leave a stored version without its bundle."""
+    data = b"the bundle both gateways deploy" * 100
+    digest = sha256(data)
+    lacking: list[str] = []
+
+    def churn(name: str) -> None:
+        for _ in range(25):
+            store.put_function(name, digest, spec(name), bundle=data)
+            if store.get_blob(digest) is None:
+                lacking.append(name)
+            store.delete_function(name)
+            store.collect_blobs({digest})
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in ("f", "g")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lacking == []
+    assert store.get_blob(digest) is None  # the last remove collected it
+
+
+def test_many_large_bundles(store: Store) -> None:
+    blobs = [bytes([i]) * (3 * 1024 * 1024) for i in range(3)]
+    for i, data in enumerate(blobs):
+        store.put_function(f"f{i}", sha256(data), spec(f"f{i}"), bundle=data)
+    for data in blobs:
+        got = store.get_blob(sha256(data))
+        assert got is not None and len(got) == len(data) and got == data
