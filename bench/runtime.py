@@ -164,6 +164,7 @@ def bench_ppe(n: int, warm: int, *, pace: float = 0.0, payload: bytes | None = N
 FORK_LOOP = r"""
 import importlib, json, os, sys, time
 modules = json.loads(sys.argv[3])
+call = sys.argv[4] == "call"  # each child answers one call: the floor of a strict call
 fork = os.fork
 if modules:  # fork as a template does: without the at-fork hooks when they are vetted (random's reseeds)
     from spanfaas.runtime.forking import forker
@@ -171,32 +172,54 @@ if modules:  # fork as a template does: without the at-fork hooks when they are 
     fork = forker.fork
 for m in modules:
     importlib.import_module(m)
+if call:  # (imported only here: the bare loop keeps a bare interpreter's mappings)
+    import gc, resource, socket
+    import msgspec
+    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    ours, theirs = socket.socketpair()
+    def handler(event, context):
+        return None
+    gc.collect()
+    gc.freeze()
 dur, start_at = float(sys.argv[1]), float(sys.argv[2])
 while time.time() < start_at:
     time.sleep(0.0005)
 n = 0
+r0 = resource.getrusage(resource.RUSAGE_CHILDREN) if call else None
 t0 = time.perf_counter()
 end = t0 + dur
 while True:
     pid = fork()
     if pid == 0:
+        if call:  # read the request, call, answer: no set-up, no sandbox, no log capture
+            req = dec.decode(theirs.recv(65536))
+            theirs.sendall(enc.encode({"ok": True, "output": handler(req["payload"], None)}))
         os._exit(0)
+    if call:
+        ours.sendall(enc.encode({"id": n, "payload": b"null"}))
+        dec.decode(ours.recv(65536))
     os.waitpid(pid, 0)
     n += 1
     if time.perf_counter() >= end:
         break
 el = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_CHILDREN) if call else None
 with open("/proc/self/maps") as f:
     maps = sum(1 for _ in f)
 lean = fork is not os.fork and forker.lean
-print(json.dumps({"forks": n, "seconds": el, "rate": n / el, "maps": maps, "lean": lean}))
+child = {} if r0 is None or r1 is None else {
+    "child_faults": (r1.ru_minflt - r0.ru_minflt) / n,
+    "child_cpu_ms": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1000 / n,
+}
+print(json.dumps({"forks": n, "seconds": el, "rate": n / el, "maps": maps, "lean": lean, **child}))
 """
 
 
-def fork_rate(procs: int, seconds: float, modules: list[str] | None = None) -> dict[str, Any]:
-    """Total fork+exit+waitpid rate of ``procs`` fresh interpreters forking at once."""
+def fork_rate(procs: int, seconds: float, modules: list[str] | None = None, call: bool = False) -> dict[str, Any]:
+    """Total fork+exit+waitpid rate of ``procs`` fresh interpreters forking at once
+    (``call``: each child answers one msgpack call over a socketpair first)."""
     start_at = time.time() + 0.3 + 0.05 * procs
-    argv = [PY, "-c", FORK_LOOP, str(seconds), str(start_at), json.dumps(modules or [])]
+    argv = [PY, "-c", FORK_LOOP, str(seconds), str(start_at), json.dumps(modules or []), "call" if call else "fork"]
     ps = [subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=str(REPO)) for _ in range(procs)]
     outs = []
     try:
@@ -211,11 +234,11 @@ def fork_rate(procs: int, seconds: float, modules: list[str] | None = None) -> d
                 p.kill()
                 p.wait()
     return {"rate": sum(o["rate"] for o in outs), "per_process": [o["rate"] for o in outs], "maps": outs[0]["maps"],
-            "lean": outs[0]["lean"]}
+            "lean": outs[0]["lean"], "child_faults": outs[0].get("child_faults"), "child_cpu_ms": outs[0].get("child_cpu_ms")}
 
 
-def fork_rate_median(procs: int, seconds: float, reps: int, modules: list[str] | None = None) -> dict[str, Any]:
-    runs = [fork_rate(procs, seconds, modules) for _ in range(reps)]
+def fork_rate_median(procs: int, seconds: float, reps: int, modules: list[str] | None = None, call: bool = False) -> dict[str, Any]:
+    runs = [fork_rate(procs, seconds, modules, call) for _ in range(reps)]
     runs.sort(key=lambda r: r["rate"])
     med = runs[len(runs) // 2]
     return {**med, "runs": [r["rate"] for r in runs]}
@@ -565,9 +588,10 @@ class Run:
         allc = fork_rate_median(ncpu, pl.fork_seconds, pl.fork_reps)
         pre = RuntimeSettings().preimport + ["spanfaas.runtime.template", "spanfaas.sandbox"]
         tmpl = fork_rate_median(1, pl.fork_seconds, 1, pre)
+        floor = fork_rate_median(ncpu, pl.fork_seconds, 1, pre, call=True)
         self.base["fork1"] = one["rate"]
         self.base["forkall"] = allc["rate"]
-        self.raw["fork"] = {"one_loop": one, "all_cores": allc, "with_zygote_preimports": tmpl, "cpus": ncpu}
+        self.raw["fork"] = {"one_loop": one, "all_cores": allc, "with_zygote_preimports": tmpl, "strict_call_floor": floor, "cpus": ncpu}
         self.add(Row("baseline", "fork+exit+waitpid, one loop", one["rate"], "/s", n=len(one["runs"]),
                      note=f"bare venv interpreter, {one['maps']} mappings; {1e6 / one['rate']:.0f} µs per fork"))
         self.add(Row("baseline", f"fork+exit+waitpid, {ncpu} loops at once", allc["rate"], "/s", n=len(allc["runs"]),
@@ -576,6 +600,11 @@ class Run:
                      baseline_name="one loop", baseline=one["rate"], ratio=tmpl["rate"] / one["rate"],
                      note=f"{tmpl['maps']} mappings (a template's interpreter, before the function's own imports); "
                      + ("forked as templates fork, without the at-fork hooks" if tmpl["lean"] else "os.fork(), hooks and all")))
+        self.add(Row("baseline", f"  same, each child answers a call, {ncpu} loops", floor["rate"], "/s", n=1,
+                     baseline_name="one loop", baseline=one["rate"], ratio=floor["rate"] / one["rate"],
+                     note="the floor of a strict call: the child reads a msgpack request from a socketpair, calls a no-op, "
+                     f"answers and exits; no runtime, set-up, sandbox or log capture; per child {floor['child_faults']:.0f} "
+                     f"page faults, {floor['child_cpu_ms']:.2f} ms CPU"))
         self.section_meta("baseline-fork", t, j, c)
 
         t, j, c = self.mark()
