@@ -74,6 +74,12 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(_Expired())
 
 
+def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a future no one awaits as seen (else asyncio logs an error it holds)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _Waiter(asyncio.Future["Instance"]):
     """An invocation waiting for an instance, and when it expires (loop clock)."""
 
@@ -707,6 +713,7 @@ class Pool:
                     self._give_back(inst)
                     self._replenish()
             elif self._strict:
+                answer.add_done_callback(_ignore_outcome)  # for no one: its loss is expected, not an error to log
                 inst.kill()
             else:
                 kept = True
