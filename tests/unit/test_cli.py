@@ -398,6 +398,15 @@ def test_saved_config_is_used(cli: Any, live: Live, tmp_path: Path) -> None:
     assert "functions" in json.loads(r.stdout)
 
 
+def test_hints_that_name_a_manifest_table_show_it(cli: Any) -> None:
+    """Rich took '[image]' and '[[triggers]]' for markup: 'a function with an  table in its manifest',
+    'declare [] in a manifest'."""
+    r = cli("images", "ls")
+    assert r.exit_code == 0 and "a function with an [image] table in its manifest" in r.stderr, r.stderr
+    r = cli("triggers", "ls")
+    assert r.exit_code == 0 and "declare [[triggers]] in a manifest" in r.stderr, r.stderr
+
+
 def test_help_lists_the_commands(cli: Any) -> None:
     r = cli("--help")
     for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
