@@ -77,6 +77,8 @@ class Gateway:
             functions=lambda: self.registry.functions, wake=self.dispatcher.wake,
         )  # fmt: skip
         self.dispatcher.events = self.events.delivery
+        self.forced = False
+        """Stop at once (a second Ctrl-C): async runs go back to the queue without their grace."""
         self.table = endpoints(self)
         self.openapi = build_openapi(self.table)
         self.openapi_json = msgspec.json.encode(self.openapi)
@@ -108,7 +110,7 @@ class Gateway:
             self.dns.close()
             self.dns = None
         await self.early.close()
-        await self.dispatcher.stop()
+        await self.dispatcher.stop(grace=0.0 if self.forced else 5.0)
         await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
         await self.recorder.close()
         self.images.close()  # its leases on images: other gateways sharing the image directory may collect them

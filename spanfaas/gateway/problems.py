@@ -7,6 +7,7 @@ names a reference to find in the log, never the internals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spanfaas.errors import NotFound, SpanfaasError, Unauthorized
+from spanfaas.errors import InfraUnavailable, NotFound, SpanfaasError, Unauthorized
 
 __all__ = ["MethodNotAllowed", "ProblemMiddleware", "http_exception_handler", "problem_response", "send_problem"]
 
@@ -111,6 +112,12 @@ class ProblemMiddleware:
                 log.warning("%s after the response started: %s", type(exc).__name__, exc)
                 return
             await send_problem(send, exc, scope["path"])
+        except asyncio.CancelledError:
+            # The gateway is stopping and cut this request short (uvicorn's graceful timeout,
+            # a second Ctrl-C): say so to the client, rather than a traceback in the log.
+            if not started:
+                cut = InfraUnavailable("the gateway is stopping and cut this request short; try again once it is back")
+                await send_problem(send, cut, scope["path"])
         except Exception:
             ref = secrets.token_hex(6)
             log.exception("unexpected error serving %s %s (reference %s)", scope["method"], scope["path"], ref)

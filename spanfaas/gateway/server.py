@@ -106,6 +106,8 @@ async def serve_async(
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
             try:
                 await server.serve()
+                if server.force_exit and server.started:
+                    await _force_stop(server, gw)
             finally:
                 waiter.cancel()
         finally:
@@ -115,6 +117,22 @@ async def serve_async(
         # stop its thread, so wait for every one before closing the store under it.
         await asyncio.get_running_loop().shutdown_default_executor()
         store.close()
+
+
+async def _force_stop(server: uvicorn.Server, gw: Gateway) -> None:
+    """A second Ctrl-C: uvicorn quit without waiting for the requests in progress and
+    without the app's shutdown (its lifespan was left to be cancelled, a traceback in the
+    log; the recorder, the dispatcher and the event sources never stopped).  Cut the
+    requests (a sync call cut short is recorded as the platform's failure), then stop the
+    gateway at once: running async invocations go back to the queue, not counted."""
+    log.info("stopping at once (second Ctrl-C): cutting %d requests in progress", len(server.server_state.tasks))
+    requests = list(server.server_state.tasks)
+    for task in requests:
+        task.cancel()
+    if requests:
+        await asyncio.wait(requests, timeout=5)
+    gw.forced = True
+    await server.lifespan.shutdown()
 
 
 async def _when_started(
