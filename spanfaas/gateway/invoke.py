@@ -182,6 +182,8 @@ class InvokeEndpoint:
         except asyncio.CancelledError:
             # The gateway is stopping and cut this call short (uvicorn's graceful timeout, a
             # second Ctrl-C): the platform's failure, recorded and answered, not a traceback.
+            if not gw.stopping:
+                raise
             cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
             gw.recorder.add(
                 InvocationRecord(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -90,8 +90,10 @@ def _allowed_methods(request: Request) -> str:
 
 
 class ProblemMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stopping: Callable[[], bool] = lambda: False) -> None:
         self.app = app
+        self.stopping = stopping
+        """Whether the server is stopping: then a cancelled request was cut short by it."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +117,9 @@ class ProblemMiddleware:
         except asyncio.CancelledError:
             # The gateway is stopping and cut this request short (uvicorn's graceful timeout,
             # a second Ctrl-C): say so to the client, rather than a traceback in the log.
+            # Any other cancellation (an in-process caller's) is not ours to end.
+            if not self.stopping():
+                raise
             if not started:
                 cut = InfraUnavailable("the gateway is stopping and cut this request short; try again once it is back")
                 await send_problem(send, cut, scope["path"])

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -28,7 +29,15 @@ log = logging.getLogger("spanfaas.gateway")
 
 class _Server(uvicorn.Server):
     """uvicorn's server, minus re-raising SIGTERM/SIGINT after its graceful
-    shutdown (that would kill the process before the infrastructure closes)."""
+    shutdown (that would kill the process before the infrastructure closes),
+    plus ``gateway.stopping`` set as a stop signal arrives."""
+
+    gateway: Gateway | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.gateway is not None:
+            self.gateway.stopping = True
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -103,6 +112,7 @@ async def serve_async(
             )
             server = _Server(config)
             gw: Gateway = app.state.gateway
+            server.gateway = gw
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
             try:
                 await server.serve()
