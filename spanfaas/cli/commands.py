@@ -230,7 +230,7 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
 @handle_errors
 def logs(
     target: Annotated[str, typer.Argument(metavar="NAME|ID", help="A function name (its latest invocations) or an invocation id.", show_default=False)],
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many of a function's latest invocations.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of a function's latest invocations (1 to 1000).")] = 20,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

@@ -407,6 +407,14 @@ def test_hints_that_name_a_manifest_table_show_it(cli: Any) -> None:
     assert r.exit_code == 0 and "declare [[triggers]] in a manifest" in r.stderr, r.stderr
 
 
+def test_a_logs_limit_out_of_range_names_the_option(cli: Any) -> None:
+    """``logs -n 0`` answered in the HTTP API's terms: 'limit=0 is out of range; use 1 to 1000'."""
+    for n in ("0", "1001"):
+        r = cli("logs", "hello", "-n", n)
+        assert r.exit_code == 2 and "'--limit' / '-n'" in r.stderr, r.stderr
+        assert "limit=" not in r.stderr
+
+
 def test_help_lists_the_commands(cli: Any) -> None:
     r = cli("--help")
     for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
