@@ -332,6 +332,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             name = where.split(".", 1)[0].split("[", 1)[0].rstrip("`")
             if problem and name in from_env and name not in given:
                 raise InvalidRequest(f"environment variable {from_env[name]} is not valid: {problem}") from None
+            if path and name not in given:  # from the file: name it, the user edits it
+                raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG) has an invalid setting: {exc}") from None
             raise InvalidRequest(f"invalid settings: {exc}") from None
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from spanfaas.client.operations import check_timeout, error_from_record, output_
 from spanfaas.errors import InvalidPayload, InvocationNotFound, format_size
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
+    Interrupted,
     JsonOpt,
     TokenOpt,
     UrlOpt,
@@ -136,11 +138,32 @@ def invoke(
                 err_console().print(f"[dim]queued; get the result with: spanfaas result {escape(invocation_id)} --wait[/dim]")
             return
         if timeout is None:
-            out = client.invoke_output(name, event, data=body)
+            try:
+                out = client.invoke_output(name, event, data=body)
+            except KeyboardInterrupt:  # its id comes with its result: say where it shows up
+                raise Interrupted(
+                    f"stopped waiting (Ctrl-C); the invocation goes on in the gateway: `spanfaas logs {name}` "
+                    "shows it once it has ended"
+                ) from None
         else:  # queued first, so a wait that runs out can name the invocation to fetch later
             check_timeout(timeout)
-            out = client.result_output(client.invoke_async(name, event, data=body), timeout=timeout)
+            invocation_id = client.invoke_async(name, event, data=body)
+            with _goes_on(invocation_id):
+                out = client.result_output(invocation_id, timeout=timeout)
     _show_output(out, raw=raw, as_json=as_json)
+
+
+@contextmanager
+def _goes_on(invocation_id: str) -> Iterator[None]:
+    """Ctrl-C while waiting for ``invocation_id``: it runs on in the gateway; say how to get its result."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"stopped waiting (Ctrl-C); invocation {invocation_id} goes on in the gateway: "
+            f"spanfaas result {invocation_id} --wait",
+            invocation_id,
+        ) from None
 
 
 @handle_errors
@@ -157,7 +180,7 @@ def result(
     try:
         with Client(url, token) as client:
             if wait:
-                with err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
+                with _goes_on(invocation_id), err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
                     client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
             record = client.invocation(invocation_id)
     except InvocationNotFound:  # the gateway's hint is an HTTP one; a CLI user lists ids with `logs`
@@ -207,7 +230,7 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
 @handle_errors
 def logs(
     target: Annotated[str, typer.Argument(metavar="NAME|ID", help="A function name (its latest invocations) or an invocation id.", show_default=False)],
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many of a function's latest invocations.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of a function's latest invocations (1 to 1000).")] = 20,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

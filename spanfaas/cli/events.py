@@ -62,7 +62,7 @@ def triggers_ls(
         print_json({"triggers": triggers})
         return
     if not triggers:
-        err_console().print("no triggers; declare [[triggers]] in a manifest, or: spanfaas triggers add FUNCTION --type 'com.example.*'")
+        err_console().print("no triggers; declare \\[\\[triggers]] in a manifest, or: spanfaas triggers add FUNCTION --type 'com.example.*'")
         return
     table = Table("ID", "FUNCTION", "ORIGIN", "MATCHES", box=None, header_style="bold")
     for t in triggers:

@@ -147,7 +147,7 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
         print_json({"images": images})
         return
     if not images:
-        err_console().print("no images; a function with an [image] table in its manifest gets one on deploy")
+        err_console().print("no images; a function with an \\[image] table in its manifest gets one on deploy")
         return
     table = Table("IMAGE", "PYTHON", "PACKAGES", "SIZE", "CREATED", "REUSES", "USED BY", box=None, header_style="bold")
     for im in images:

@@ -21,6 +21,7 @@ from rich.markup import escape
 from spanfaas.errors import FunctionFailed, SpanfaasError
 
 __all__ = [
+    "Interrupted",
     "JsonOpt",
     "TokenOpt",
     "UrlOpt",
@@ -125,12 +126,39 @@ def fail(exc: SpanfaasError | TimeoutError, *, as_json: bool) -> NoReturn:
     raise typer.Exit(code)
 
 
+class Interrupted(Exception):
+    """Ctrl-C while a command waited: what goes on without it, and how to get to it."""
+
+    def __init__(self, message: str, invocation_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.invocation_id = invocation_id
+
+
+INTERRUPTED_EXIT = 130
+"""A shell's code for a command stopped by SIGINT (128 + 2)."""
+
+
+def _stop(exc: Interrupted, *, as_json: bool) -> NoReturn:
+    if as_json:
+        doc: dict[str, Any] = {"type": "about:blank", "title": "Interrupted", "detail": exc.message}
+        if exc.invocation_id is not None:
+            doc["invocation_id"] = exc.invocation_id
+        print_json(doc)
+    err_console().print(f"[yellow]interrupted:[/yellow] {escape(exc.message)}")
+    raise typer.Exit(INTERRUPTED_EXIT)
+
+
 @contextmanager
 def _errors(as_json: bool) -> Iterator[None]:
     try:
         yield
     except (SpanfaasError, TimeoutError) as exc:
         fail(exc, as_json=as_json)
+    except Interrupted as exc:
+        _stop(exc, as_json=as_json)
+    except KeyboardInterrupt:
+        _stop(Interrupted("stopped (Ctrl-C)"), as_json=as_json)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -77,6 +77,10 @@ class Gateway:
             functions=lambda: self.registry.functions, wake=self.dispatcher.wake,
         )  # fmt: skip
         self.dispatcher.events = self.events.delivery
+        self.stopping = False
+        """The server is stopping (a signal came): requests it cuts short are answered as such."""
+        self.forced = False
+        """Stop at once (a second Ctrl-C): async runs go back to the queue without their grace."""
         self.table = endpoints(self)
         self.openapi = build_openapi(self.table)
         self.openapi_json = msgspec.json.encode(self.openapi)
@@ -108,7 +112,7 @@ class Gateway:
             self.dns.close()
             self.dns = None
         await self.early.close()
-        await self.dispatcher.stop()
+        await self.dispatcher.stop(grace=0.0 if self.forced else 5.0)
         await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
         await self.recorder.close()
         self.images.close()  # its leases on images: other gateways sharing the image directory may collect them
@@ -154,11 +158,11 @@ def create_app(settings: Settings, store: Store, infra: Infrastructure, *, freez
 
     app = _GatewayApp(
         routes=routes(gw, gw.table),
-        middleware=[Middleware(ProblemMiddleware), Middleware(AuthMiddleware, cache=gw.tokens)],
+        middleware=[Middleware(ProblemMiddleware, stopping=lambda: gw.stopping), Middleware(AuthMiddleware, cache=gw.tokens)],
         exception_handlers={HTTPException: http_exception_handler},
         lifespan=lifespan,
     )
     invoke = next(e.handler for e in gw.table if isinstance(e.handler, InvokeEndpoint))
-    app.invoke_path = ProblemMiddleware(AuthMiddleware(invoke, cache=gw.tokens))
+    app.invoke_path = ProblemMiddleware(AuthMiddleware(invoke, cache=gw.tokens), stopping=lambda: gw.stopping)
     app.state.gateway = gw
     return app

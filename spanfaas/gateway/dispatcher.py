@@ -8,7 +8,8 @@ shown only once the recorder has stored it, so a re-run never changes an
 outcome a client has read).  On start-up an exclusive store (SQLite) hands
 back every 'running' record at once.  Platform failures (``InfraError``) are
 retried ``async_retries`` times with exponential backoff; a function's own
-failure is recorded, not retried.  On a store other gateways share, a record
+failure is recorded, not retried; a function whose queue is full (429) makes the
+invocation wait in the queue, neither a run nor a failure.  On a store other gateways share, a record
 runs once every deploy committed before it was claimed is in force here
 (``Coherence.barrier``): an invocation accepted after a deploy returned runs
 that version, whichever gateway claims it.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from typing import Protocol
@@ -32,7 +34,7 @@ from typing import Protocol
 import msgspec
 
 from spanfaas.config import Settings
-from spanfaas.errors import InfraError, SpanfaasError
+from spanfaas.errors import InfraError, SpanfaasError, TooManyRequests
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
 from spanfaas.store import Store
@@ -44,6 +46,10 @@ from spanfaas.gateway.registry import Registry
 __all__ = ["Dispatcher", "EventOutcomes"]
 
 log = logging.getLogger("spanfaas.gateway")
+
+BUSY_MIN = 0.05
+"""Seconds at least (jittered ×0.5–1.5, like ``async_backoff`` above it) before an async
+invocation refused by its function's full queue is claimed again."""
 
 CRASH_RERUNS = 3
 """Times an async invocation is started again because a run left no stored
@@ -203,6 +209,13 @@ class Dispatcher:
             if self._stopping:  # shutting down: back to the queue for the next gateway, this start not counted
                 self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None, attempts=record.attempts - 1))
             raise
+        except TooManyRequests:
+            # The function's own queue is full (scaling.max + scaling.queue): nothing ran,
+            # nothing failed.  Back to the queue, not counted, to run once there is room.
+            delay = max(self.settings.async_backoff, BUSY_MIN) * (0.5 + random.random())
+            log.debug("async invocation %s waits: function %r is busy; again in %.2fs", record.id, record.function, delay)
+            self.recorder.add(_replace(record, status="queued", not_before=time.time() + delay, started_at=None, attempts=record.attempts - 1))
+            return
         except Exception as exc:
             if not isinstance(exc, SpanfaasError):
                 # A bug or an unforeseen failure below us (a lost pipe …): a platform failure,

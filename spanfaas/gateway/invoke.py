@@ -7,6 +7,7 @@ The store write of each sync invocation happens later, in a batch.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -18,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from spanfaas.errors import (
     IdempotencyKeyReused,
+    InfraUnavailable,
     InvalidPayload,
     InvalidRequest,
     PayloadTooLarge,
@@ -177,6 +179,20 @@ class InvokeEndpoint:
             )
             exc.extra.setdefault("invocation_id", invocation_id)
             raise
+        except asyncio.CancelledError:
+            # The gateway is stopping and cut this call short (uvicorn's graceful timeout, a
+            # second Ctrl-C): the platform's failure, recorded and answered, not a traceback.
+            if not gw.stopping:
+                raise
+            cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
+            gw.recorder.add(
+                InvocationRecord(
+                    id=invocation_id, function=name, status="failed", content_type=ct, attempts=1,
+                    error=ErrorInfo(kind="infra", type=type(cut).__name__, message=cut.message),
+                    created_at=now, started_at=now, finished_at=time.time(),
+                )  # fmt: skip
+            )
+            raise cut from None
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
         if prewarmed:

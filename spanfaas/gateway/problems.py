@@ -7,9 +7,10 @@ names a reference to find in the log, never the internals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spanfaas.errors import NotFound, SpanfaasError, Unauthorized
+from spanfaas.errors import InfraUnavailable, NotFound, SpanfaasError, Unauthorized
 
 __all__ = ["MethodNotAllowed", "ProblemMiddleware", "http_exception_handler", "problem_response", "send_problem"]
 
@@ -89,8 +90,10 @@ def _allowed_methods(request: Request) -> str:
 
 
 class ProblemMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stopping: Callable[[], bool] = lambda: False) -> None:
         self.app = app
+        self.stopping = stopping
+        """Whether the server is stopping: then a cancelled request was cut short by it."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,6 +114,15 @@ class ProblemMiddleware:
                 log.warning("%s after the response started: %s", type(exc).__name__, exc)
                 return
             await send_problem(send, exc, scope["path"])
+        except asyncio.CancelledError:
+            # The gateway is stopping and cut this request short (uvicorn's graceful timeout,
+            # a second Ctrl-C): say so to the client, rather than a traceback in the log.
+            # Any other cancellation (an in-process caller's) is not ours to end.
+            if not self.stopping():
+                raise
+            if not started:
+                cut = InfraUnavailable("the gateway is stopping and cut this request short; try again once it is back")
+                await send_problem(send, cut, scope["path"])
         except Exception:
             ref = secrets.token_hex(6)
             log.exception("unexpected error serving %s %s (reference %s)", scope["method"], scope["path"], ref)

@@ -61,6 +61,8 @@ class Registry:
         """Functions in the store whose latest version could not be deployed here
         (at start-up, or after another gateway deployed it), and why."""
         self._locks: dict[str, asyncio.Lock] = {}
+        self._removing: set[str] = set()
+        """Names whose removal has started here: not found, not deployed again from the store."""
 
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
@@ -118,11 +120,17 @@ class Registry:
             raise InfraUnavailable(
                 f"function '{name}' (version {failed.record.version}) could not be deployed on this gateway: {failed.reason}{fix}"
             )
+        if name in self._removing:
+            raise FunctionNotFound(self._not_found(name))
         stored = await asyncio.to_thread(self.store.get_function, name)
         if stored is None:
             raise FunctionNotFound(self._not_found(name))
         async with self._lock(name):
             if name not in self.functions:
+                # Read again: removed or replaced while this waited for the lock.
+                stored = await asyncio.to_thread(self.store.get_function, name)
+                if stored is None:
+                    raise FunctionNotFound(self._not_found(name))
                 await self._activate(stored)
         return self.functions[name]
 
@@ -198,11 +206,21 @@ class Registry:
             if record is None:
                 raise FunctionNotFound(self._not_found(name))
             versions = await asyncio.to_thread(self.store.function_versions, name)
-            await self.infra.remove(name)
-            await asyncio.to_thread(self.store.delete_function, name)
+            # Not found from now on, while what runs drains (the infrastructure's remove
+            # waits for it): new calls must not reach a function half removed.
+            served = self.functions.pop(name, None)
+            self._removing.add(name)
+            try:
+                await self.infra.remove(name)
+                await asyncio.to_thread(self.store.delete_function, name)
+            except BaseException:
+                if served is not None:  # still there: served again
+                    self.functions[name] = served
+                raise
+            finally:
+                self._removing.discard(name)
             if self.images is not None:
                 self.images.forget(name)  # its image may be removed now
-            self.functions.pop(name, None)
             self.failed.pop(name, None)
             await asyncio.to_thread(self._collect, name, {v.digest for v in versions})
             return record

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -28,7 +29,15 @@ log = logging.getLogger("spanfaas.gateway")
 
 class _Server(uvicorn.Server):
     """uvicorn's server, minus re-raising SIGTERM/SIGINT after its graceful
-    shutdown (that would kill the process before the infrastructure closes)."""
+    shutdown (that would kill the process before the infrastructure closes),
+    plus ``gateway.stopping`` set as a stop signal arrives."""
+
+    gateway: Gateway | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.gateway is not None:
+            self.gateway.stopping = True
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -103,9 +112,12 @@ async def serve_async(
             )
             server = _Server(config)
             gw: Gateway = app.state.gateway
+            server.gateway = gw
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
             try:
                 await server.serve()
+                if server.force_exit and server.started:
+                    await _force_stop(server, gw)
             finally:
                 waiter.cancel()
         finally:
@@ -115,6 +127,22 @@ async def serve_async(
         # stop its thread, so wait for every one before closing the store under it.
         await asyncio.get_running_loop().shutdown_default_executor()
         store.close()
+
+
+async def _force_stop(server: uvicorn.Server, gw: Gateway) -> None:
+    """A second Ctrl-C: uvicorn quit without waiting for the requests in progress and
+    without the app's shutdown (its lifespan was left to be cancelled, a traceback in the
+    log; the recorder, the dispatcher and the event sources never stopped).  Cut the
+    requests (a sync call cut short is recorded as the platform's failure), then stop the
+    gateway at once: running async invocations go back to the queue, not counted."""
+    log.info("stopping at once (second Ctrl-C): cutting %d requests in progress", len(server.server_state.tasks))
+    requests = list(server.server_state.tasks)
+    for task in requests:
+        task.cancel()
+    if requests:
+        await asyncio.wait(requests, timeout=5)
+    gw.forced = True
+    await server.lifespan.shutdown()
 
 
 async def _when_started(

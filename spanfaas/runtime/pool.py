@@ -74,6 +74,18 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(_Expired())
 
 
+_EXEC_FRAMES = ("_execute_child", "os.exec", "posix_spawn", "os.spawn")
+"""In a traceback: the error came from starting a program (subprocess, os.popen, os.exec*)."""
+_NO_NETWORK = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
+"""In an error's message: a connection or a name lookup found no network."""
+
+
+def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a future no one awaits as seen (else asyncio logs an error it holds)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _Waiter(asyncio.Future["Instance"]):
     """An invocation waiting for an instance, and when it expires (loop clock)."""
 
@@ -707,6 +719,7 @@ class Pool:
                     self._give_back(inst)
                     self._replenish()
             elif self._strict:
+                answer.add_done_callback(_ignore_outcome)  # for no one: its loss is expected, not an error to log
                 inst.kill()
             else:
                 kept = True
@@ -752,7 +765,7 @@ class Pool:
             function=self.spec.name,
             output=output,
             content_type=done.content_type,
-            error=done.error if done.error is None or done.error.kind != "oom" else self._out_of_memory(done.error),
+            error=done.error if done.error is None else self._explained(done.error),
             logs=done.logs,
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
@@ -812,6 +825,30 @@ class Pool:
                 ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
             )
         return await current.invoke(payload, msgspec.structs.replace(ctx, timeout=left), accepted=True)
+
+    def _explained(self, error: ErrorInfo) -> ErrorInfo:
+        """The handler's error, with what to change in the manifest when a limit of it caused it."""
+        if error.kind == "oom":
+            return self._out_of_memory(error)
+        hint = self._sandbox_hint(error) if error.kind == "error" else None
+        return error if hint is None else msgspec.structs.replace(error, message=f"{error.message}; {hint}")
+
+    def _sandbox_hint(self, error: ErrorInfo) -> str | None:
+        """What the sandbox denied, by the manifest's defaults, in an error the handler raised
+        (seen by its message and where it was raised): say which key allows it."""
+        spec, message = self.spec, error.message
+        active = {x.name for x in self.runtime.protections if x.active}
+        if (
+            not spec.allow_subprocess
+            and error.type == "PermissionError"
+            and message.startswith(("[Errno 1]", "[Errno 13]"))
+            and any(where in (error.traceback or "") for where in _EXEC_FRAMES)
+            and active & {"seccomp", "landlock"}
+        ):
+            return "running programs is off for this function: set allow_subprocess = true in spanfaas.toml"
+        if spec.network == "none" and "net-namespace" in active and any(m in message for m in _NO_NETWORK):
+            return 'the function has no network (network = "none", the default): set network = "host" in spanfaas.toml to reach other hosts'
+        return None
 
     def _out_of_memory(self, error: ErrorInfo) -> ErrorInfo:
         """A MemoryError in the instance, with the limit it hit and where to raise it."""

@@ -178,6 +178,9 @@ class SQLStore:
             cur.execute(self._q("DELETE FROM functions WHERE name = ?"), (name,))
             if not cur.rowcount:
                 return False
+            # Its API triggers go with it: hidden while it is gone, they would start a function
+            # deployed later under the same name.
+            cur.execute(self._q("DELETE FROM triggers WHERE function = ?"), (name,))
             self._changed(cur, "functions")
             return True
 

@@ -157,3 +157,67 @@ def test_an_async_outcome_is_shown_only_once_it_is_stored(tmp_path: Path) -> Non
         assert view["result"] == {"runs": 2} and view["attempts"] == 2  # the only outcome anyone saw
     finally:
         gw.stop()
+
+
+SLEEPER = """
+import time
+def handler(event, context):
+    time.sleep(event["s"])
+    return {"slept": event["s"]}
+"""
+
+
+def test_a_second_ctrl_c_stops_at_once_and_still_stops_cleanly(tmp_path: Path) -> None:
+    """A second Ctrl-C (uvicorn's force quit) skipped the gateway's own stop: the log ended
+    in 'ERROR: Traceback ... CancelledError' from the lifespan, the async invocation that
+    ran was left 'running' (taken back as a re-run by the next start), and a sync call cut
+    short was reported as the function's crash ('the instance was lost', exit 8).  Now it
+    stops at once all the same: no traceback, the async run back in the queue uncounted,
+    and the cut sync call is the platform's failure, not the function's."""
+    import signal
+    import threading
+
+    src = tmp_path / "sleeper"
+    src.mkdir()
+    (src / "handler.py").write_text(SLEEPER)
+    (src / "spanfaas.toml").write_text('name = "sleeper"\n[resources]\ntimeout = 60\n')
+    gw = GatewayProcess(tmp_path / "data", infra="local")
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            assert c.put("/v1/functions/sleeper", content=pack_function(src)).status_code == 201
+            job = c.post("/v1/functions/sleeper/invoke?mode=async", json={"s": 4}).json()["id"]
+            sync: list[httpx.Response | Exception] = []
+
+            def call() -> None:
+                try:
+                    sync.append(c.post("/v1/functions/sleeper/invoke", json={"s": 30}))
+                except httpx.HTTPError as exc:
+                    sync.append(exc)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(1.5)  # both run
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGINT)  # force quit
+            gw.proc.wait(15)
+            assert time.monotonic() - started < 8, "a second Ctrl-C stops the gateway at once"
+            caller.join(10)
+        log = gw.log()
+        assert "Traceback" not in log and "CancelledError" not in log, log
+        (got,) = sync
+        if isinstance(got, httpx.Response):  # answered before the connection closed
+            assert got.status_code in (502, 503) and "crash" not in got.text and "instance was lost" not in got.text, got.text
+        gw.proc = None
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            deadline = time.monotonic() + 30
+            while (view := c.get(f"/v1/invocations/{job}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, view
+                time.sleep(0.1)
+        assert view["status"] == "succeeded" and view["attempts"] == 1 and view["reruns"] == 0, view
+    finally:
+        gw.stop()

@@ -7,8 +7,12 @@ app (in-memory infrastructure) served by uvicorn on a loopback port.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -309,6 +313,42 @@ def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later
     assert r.exit_code == 0 and json.loads(r.stdout) == "slept" and "memory" in r.stderr
 
 
+def _interrupted(live: Live, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``spanfaas ARGS`` in its own process, stopped with Ctrl-C (SIGINT) while it waits."""
+    env = {
+        **os.environ, "SPANFAAS_URL": live.url, "SPANFAAS_TOKEN": live.admin,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"), "PYTHONPATH": str(ROOT), "COLUMNS": "200",
+    }  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spanfaas.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2.0)  # started, and waiting on the 5 s invocation
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_while_waiting_names_the_invocation_that_goes_on(cli: Any, live: Live, tmp_path: Path) -> None:
+    """Ctrl-C in ``invoke --timeout`` or ``result --wait`` exited 130 saying nothing: the invocation
+    ran on in the gateway, and its id -- the one way to its result -- was never shown."""
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    r = _interrupted(live, tmp_path, "invoke", "sleepy", "-d", '{"sleep": 5}', "--timeout", "60")
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "stopped waiting" in r.stderr and "spanfaas result " in r.stderr, r.stderr
+    job = r.stderr.split("spanfaas result ", 1)[1].split()[0]
+    r = cli("result", job, "--wait", "--timeout", "10")
+    assert r.exit_code == 0 and json.loads(r.stdout) == "slept", r.stderr
+
+    job = cli("invoke", "sleepy", "-d", '{"sleep": 5}', "--async").stdout.strip()
+    r = _interrupted(live, tmp_path, "result", job, "--wait")
+    assert r.returncode == 130 and f"spanfaas result {job} --wait" in r.stderr, (r.returncode, r.stderr)
+    r = _interrupted(live, tmp_path, "result", job, "--wait", "--json")
+    assert r.returncode == 130 and json.loads(r.stdout)["invocation_id"] == job, (r.stdout, r.stderr)
+
+    r = _interrupted(live, tmp_path, "invoke", "sleepy", "-d", '{"sleep": 5}')  # no id yet: where to find it
+    assert r.returncode == 130 and "stopped waiting" in r.stderr and "spanfaas logs sleepy" in r.stderr, r.stderr
+
+
 def test_up_with_an_unusable_data_dir_says_so(cli: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -358,6 +398,23 @@ def test_saved_config_is_used(cli: Any, live: Live, tmp_path: Path) -> None:
     r = cli("ls", "--json", SPANFAAS_URL="", SPANFAAS_TOKEN="", **env)
     assert r.exit_code == 0, r.stderr
     assert "functions" in json.loads(r.stdout)
+
+
+def test_hints_that_name_a_manifest_table_show_it(cli: Any) -> None:
+    """Rich took '[image]' and '[[triggers]]' for markup: 'a function with an  table in its manifest',
+    'declare [] in a manifest'."""
+    r = cli("images", "ls")
+    assert r.exit_code == 0 and "a function with an [image] table in its manifest" in r.stderr, r.stderr
+    r = cli("triggers", "ls")
+    assert r.exit_code == 0 and "declare [[triggers]] in a manifest" in r.stderr, r.stderr
+
+
+def test_a_logs_limit_out_of_range_names_the_option(cli: Any) -> None:
+    """``logs -n 0`` answered in the HTTP API's terms: 'limit=0 is out of range; use 1 to 1000'."""
+    for n in ("0", "1001"):
+        r = cli("logs", "hello", "-n", n)
+        assert r.exit_code == 2 and "'--limit' / '-n'" in r.stderr, r.stderr
+        assert "limit=" not in r.stderr
 
 
 def test_help_lists_the_commands(cli: Any) -> None:

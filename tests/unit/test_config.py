@@ -32,7 +32,12 @@ def test_bad_values_fail_loudly(tmp_path: Path) -> None:
     assert info.value.message == "environment variable SPANFAAS_PORT='99999' is not valid: Expected `int` <= 65535"
     cfg = tmp_path / "config.toml"
     cfg.write_text("prot = 1\n")
-    with pytest.raises(InvalidRequest, match="unknown field `prot`"):
+    with pytest.raises(InvalidRequest, match="unknown field `prot`") as info:
         Settings.load(cfg, env={})
+    assert str(cfg) in info.value.message  # it said 'invalid settings: ...', naming no file to fix
+    cfg.write_text("[runtime]\nsandbox = 3\n")
+    with pytest.raises(InvalidRequest, match=r"runtime\.sandbox") as info:
+        Settings.load(cfg, env={})
+    assert info.value.message.startswith(f"config file {cfg} (SPANFAAS_CONFIG) has an invalid setting: ")
     with pytest.raises(InvalidRequest, match="does not exist"):
         Settings.load(tmp_path / "nope.toml", env={})

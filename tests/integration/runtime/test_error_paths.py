@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 import pytest
@@ -48,6 +49,28 @@ async def test_a_strict_call_whose_caller_gave_up_still_ends_by_its_timeout(harn
     assert not alive(pid), "the abandoned call runs past its timeout and holds the function's only instance"
     r = await harness.invoke("cancel-strict", b"0", timeout=3)
     assert r.ok, r.error
+
+
+async def test_a_strict_call_whose_caller_gave_up_logs_no_unretrieved_error(harness: Harness) -> None:
+    # A graceful stop cancels the async invocations still running: the gateway's log
+    # said "ERROR asyncio: Future exception was never retrieved ... InstanceLost".
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+    try:
+        await harness.deploy("cancel-quiet", SLEEPER, "[resources]\ntimeout = 5\n[scaling]\nmax = 1\nprefork = 0\n")
+        pid = await _cancel_while_running(harness, "cancel-quiet", timeout=5)
+        for _ in range(150):
+            if not alive(pid):
+                break
+            await asyncio.sleep(0.02)
+        assert not alive(pid)
+        await asyncio.sleep(0.1)  # the connection's loss is seen
+        gc.collect()  # a future with an exception nobody retrieved says so when collected
+    finally:
+        loop.set_exception_handler(previous)
+    assert not [ctx for ctx in reported if "never retrieved" in str(ctx.get("message"))], reported
 
 
 async def test_a_reuse_instance_whose_caller_gave_up_is_not_handed_out_while_it_runs(harness: Harness) -> None:

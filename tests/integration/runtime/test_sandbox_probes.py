@@ -238,3 +238,44 @@ async def test_an_answer_too_large_for_the_memory_limit_is_out_of_memory(sandbox
     assert "64 MiB" in r.error.message and "resources.memory" in r.error.message, r.error
     with pytest.raises(FunctionOutOfMemory, match="MemoryError: .*64 MiB"):
         r.raise_for_error()
+
+
+DENIED = """
+import socket, subprocess
+
+def handler(event, context):
+    if event == "exec":
+        return subprocess.run(["true"]).returncode
+    if event == "dns":
+        return socket.getaddrinfo("example.com", 80)
+    socket.create_connection(("192.0.2.1", 80), timeout=2)
+"""
+
+
+async def test_what_the_sandbox_denies_says_which_manifest_key_allows_it(sandboxed: Harness) -> None:
+    """A first function that runs a program or calls an API failed with a bare 'PermissionError:
+    [Errno 1] Operation not permitted: 'true'' or 'Network is unreachable': nothing said that
+    allow_subprocess or network = "host" (both off by default) was the cause."""
+    await sandboxed.deploy("denied", DENIED)
+    if require_active(sandboxed, "seccomp"):
+        r = await sandboxed.invoke("denied", b'"exec"')
+        assert r.error is not None and r.error.type == "PermissionError", r.error
+        assert "allow_subprocess = true" in r.error.message, r.error.message
+    if require_active(sandboxed, "net-namespace"):
+        for event in (b'"dns"', b'"connect"'):
+            r = await sandboxed.invoke("denied", event)
+            assert r.error is not None and 'network = "host"' in r.error.message, r.error
+    await sandboxed.deploy("allowed", DENIED, 'allow_subprocess = true\nnetwork = "host"\n')
+    r = await sandboxed.invoke("allowed", b'"dns"')  # resolves, or fails for its own reasons: no hint
+    assert r.error is None or 'network = "host"' not in r.error.message, r.error
+
+
+async def test_a_plain_handler_error_gets_no_sandbox_hint(sandboxed: Harness) -> None:
+    await sandboxed.deploy("plainerr", "def handler(event, context):\n    raise PermissionError(1, 'Operation not permitted')\n")
+    r = await sandboxed.invoke("plainerr")
+    assert r.error is not None and r.error.message == "[Errno 1] Operation not permitted", r.error
+
+
+def require_active(h: Harness, name: str) -> bool:
+    prot = next((x for x in h.rt.protections if x.name == name), None)
+    return prot is not None and prot.active

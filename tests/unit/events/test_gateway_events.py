@@ -161,6 +161,21 @@ async def test_triggers_through_the_api(client: httpx.AsyncClient, deploy: Calla
     assert missing.status_code == 404
 
 
+async def test_removing_a_function_removes_its_api_triggers(client: httpx.AsyncClient, deploy: Callable[..., Any], store: SQLiteStore) -> None:
+    """An API trigger outlived its function's removal, hidden: `triggers ls` no longer listed it
+    (so its id could not be found to delete it), and a new function deployed later under the
+    same name was started by it -- events meant for the removed function."""
+    await deploy("orders")
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"type": "com.example.order.*"}})
+    assert r.status_code == 201, r.text
+    assert (await client.delete("/v1/functions/orders")).status_code == 204
+    assert store.list_triggers("orders") == []
+    await deploy("orders")  # another function, the same name
+    assert (await client.get("/v1/triggers")).json()["triggers"] == []
+    r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
+    assert ids(r) == []
+
+
 FLAKY = '''
 import os
 def handler(event, context):

@@ -97,6 +97,32 @@ async def test_platform_failures_are_retried(client: httpx.AsyncClient, hello: d
     assert view["status"] == "succeeded" and view["attempts"] == 3 and view["result"] == {"hello": "r"}
 
 
+async def test_a_full_function_queue_makes_an_async_invocation_wait_not_fail(
+    client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure
+) -> None:
+    """An accepted async invocation failed for good (attempts 1, 'TooManyRequests: function has N
+    invocations waiting (scaling.queue = N)') when the function's queue was full at that moment:
+    a burst over scaling.max + scaling.queue lost the invocations the durable queue had accepted.
+    Now it goes back to the queue and runs once there is room; the refusals are not runs."""
+    from spanfaas.errors import TooManyRequests
+
+    real = infra.invoke
+    refusals = 0
+
+    async def busy(spec: Any, payload: bytes, ctx: Any) -> Any:
+        nonlocal refusals
+        if refusals < 5:  # more than async_retries: these are not platform failures
+            refusals += 1
+            raise TooManyRequests("function 'hello' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max")
+        return await real(spec, payload, ctx)
+
+    infra.invoke = busy  # type: ignore[method-assign]
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "later"})
+    view = await wait_done(client, r.json()["id"], timeout=10)
+    assert view["status"] == "succeeded" and view["result"] == {"hello": "later"}, view
+    assert refusals == 5 and view["attempts"] == 1, view
+
+
 async def test_retries_run_out(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
     infra.fail_next = 10
     r = await client.post("/v1/functions/hello/invoke?mode=async", json={})
