@@ -325,11 +325,18 @@ def _function(row: Sequence[Any]) -> FunctionRecord:
     )
 
 
+def _text(s: str) -> str:
+    """Text a function wrote (its logs) as every store keeps it: PostgreSQL's text cannot
+    hold U+0000, and one row it refuses fails the whole batch it is written in (for ever,
+    as the batch is written again); a NUL is kept as U+FFFD, as undecodable output is."""
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
+
+
 def _row(r: InvocationRecord) -> tuple[Any, ...]:
     return (
         r.id, r.function, r.status, r.mode, r.content_type, r.payload, r.output, r.output_type,
         _encode(r.error).decode() if r.error is not None else None,
-        r.logs, r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
+        _text(r.logs), r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
         _encode(r.event).decode() if r.event is not None else None, r.reruns,
     )  # fmt: skip

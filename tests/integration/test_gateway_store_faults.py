@@ -1,0 +1,74 @@
+"""The store misbehaves under a real gateway process: a value PostgreSQL will
+not take, and connections PostgreSQL dropped (a restart).  Outcomes are still
+stored, and callers see the store's state, not an internal error."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spanfaas.gateway import pack_function
+from spanfaas.gateway.testing import GatewayProcess
+
+HANDLER = """
+def handler(event, context):
+    if event.get("nul"):
+        print("binary junk: \\x00\\x01")
+    return event
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "sqlite" else str(request.getfixturevalue("postgres_db"))
+
+
+def deploy(tmp_path: Path, c: httpx.Client) -> None:
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "handler.py").write_text(HANDLER)
+    (fn / "spanfaas.toml").write_text('name = "fn"\nisolation = "reuse"\n')
+    assert c.put("/v1/functions/fn", content=pack_function(fn)).status_code == 201
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_nul_in_a_functions_logs_does_not_keep_outcomes_from_the_store(tmp_path: Path, store_url: str | None) -> None:
+    """PostgreSQL's text cannot hold U+0000: a function that printed one made every batch of
+    records its outcome was in fail, for ever -- that outcome and every other one written with
+    it stayed 'running', and so did every later one (they join the failed batch)."""
+    gw = GatewayProcess(tmp_path / "data", store=store_url)
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            deploy(tmp_path, c)
+            ids = [c.post("/v1/functions/fn/invoke?mode=async", json=e).json()["id"] for e in ({"n": 1}, {"nul": 1}, {"n": 2})]
+            sync = c.post("/v1/functions/fn/invoke", json={"nul": 2}).headers["x-spanfaas-invocation-id"]
+
+            def stored() -> bool:
+                return all(c.get(f"/v1/invocations/{id}").json()["status"] == "succeeded" for id in ids)
+
+            wait_for(stored, "the async outcomes to be stored")
+            later = c.post("/v1/functions/fn/invoke?mode=async", json={"n": 3}).json()["id"]
+            wait_for(lambda: c.get(f"/v1/invocations/{later}").json()["status"] == "succeeded", "a later outcome")
+            for id in (ids[1], sync):
+                logs = c.get(f"/v1/invocations/{id}").json()["logs"]
+                assert logs.startswith("binary junk: ") and "\x01" in logs, logs  # kept, the NUL shown as U+FFFD
+        assert gw.stop() == 0
+        gw.start()  # what the API shows was stored
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            for id in (*ids, sync):
+                assert c.get(f"/v1/invocations/{id}").json()["status"] == "succeeded"
+            assert c.get(f"/v1/invocations/{sync}").json()["logs"] == "binary junk: \ufffd\x01\n"
+        assert "could not record" not in gw.log()
+    finally:
+        gw.stop()
