@@ -4,11 +4,13 @@ stored, and callers see the store's state, not an internal error."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from spanfaas.gateway import pack_function
@@ -70,5 +72,49 @@ def test_a_nul_in_a_functions_logs_does_not_keep_outcomes_from_the_store(tmp_pat
                 assert c.get(f"/v1/invocations/{id}").json()["status"] == "succeeded"
             assert c.get(f"/v1/invocations/{sync}").json()["logs"] == "binary junk: \ufffd\x01\n"
         assert "could not record" not in gw.log()
+    finally:
+        gw.stop()
+
+
+def _drop_connections(url: str) -> int:
+    """What a PostgreSQL restart does to a client's idle connections: the server ends them."""
+    db = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,)
+        ).fetchall()
+    return len(rows)
+
+
+@pytest.mark.postgres
+def test_after_postgresql_dropped_its_connections_requests_are_served(tmp_path: Path, postgres_db: str) -> None:
+    """A PostgreSQL restart ends every connection the gateway keeps in its pool; the next
+    requests took those dead connections and failed with 500 'the gateway failed
+    unexpectedly' (AdminShutdown) although the store was up again -- one per pooled connection."""
+    gw = GatewayProcess(tmp_path / "data", store=postgres_db)
+
+    async def burst(n: int) -> list[tuple[int, str]]:
+        async with httpx.AsyncClient(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            replies = await asyncio.gather(
+                *(c.post("/v1/functions/fn/invoke?mode=async", json={"n": i}) for i in range(n)),
+                *(c.get("/v1/invocations", params={"function": "fn"}) for _ in range(n)),
+                *(c.get("/v1/functions/fn") for _ in range(n)),
+            )
+        return [(r.status_code, r.text[:200]) for r in replies if r.status_code >= 300]
+
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            deploy(tmp_path, c)
+        for _ in range(3):
+            assert asyncio.run(burst(8)) == []  # the pool holds connections now
+            assert _drop_connections(postgres_db) > 0
+            assert asyncio.run(burst(8)) == []
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            def done() -> bool:
+                views = c.get("/v1/invocations", params={"function": "fn", "limit": 100}).json()["invocations"]
+                return len(views) == 48 and all(v["status"] == "succeeded" for v in views)
+
+            wait_for(done, "every accepted invocation to succeed")
     finally:
         gw.stop()
