@@ -8,7 +8,7 @@ a write transaction), ``_read()`` (a cursor for one read) and the claim query.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -33,6 +33,11 @@ _INV_UPDATE = ", ".join(
 _FN_COLS = "name, version, digest, spec, created_at"
 _CHUNK = 100
 """Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
+_CHUNK_BYTES = 64 * 2**20
+"""Bytes of payloads, outputs and logs per multi-row INSERT (one row may have more):
+PostgreSQL ends the connection on a message over 1 GiB, and 16 outcomes of 32 MiB
+payloads and results (or the outcomes that gathered while the store was down) made
+one that failed each time it was written again."""
 
 
 def _upsert(n: int) -> str:
@@ -187,8 +192,7 @@ class SQLStore:
         with self._tx() as cur:
             # Many rows per statement: one trip into the database (and, for
             # SQLite, one release of the GIL) per chunk, not one per row.
-            for i in range(0, len(unique), _CHUNK):
-                chunk = unique[i : i + _CHUNK]
+            for chunk in _chunks(unique):
                 params = [v for r in chunk for v in _row(r)]
                 cur.execute(self._q(_upsert(len(chunk))), params)
 
@@ -323,6 +327,21 @@ def _function(row: Sequence[Any]) -> FunctionRecord:
     return FunctionRecord(
         name=name, version=int(version), digest=digest, spec=_spec_decoder.decode(spec), created_at=created_at
     )
+
+
+def _chunks(records: Sequence[InvocationRecord]) -> Iterator[list[InvocationRecord]]:
+    """``records`` in runs of at most ``_CHUNK`` rows and ``_CHUNK_BYTES`` (at least one row each)."""
+    chunk: list[InvocationRecord] = []
+    size = 0
+    for r in records:
+        n = len(r.payload) + len(r.output) + len(r.logs)
+        if chunk and (len(chunk) == _CHUNK or size + n > _CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(r)
+        size += n
+    if chunk:
+        yield chunk
 
 
 def _text(s: str) -> str:

@@ -118,3 +118,30 @@ def test_after_postgresql_dropped_its_connections_requests_are_served(tmp_path: 
             wait_for(done, "every accepted invocation to succeed")
     finally:
         gw.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_outcomes_of_more_than_a_gib_together_are_stored(postgres_db: str) -> None:
+    """The recorder writes the outcomes that gathered in one transaction, 100 rows per
+    statement: 16 async outcomes of a 32 MiB payload and a 32 MiB result (or what gathered
+    while the store was down) made a statement over PostgreSQL's 1 GiB message limit -- the
+    server ended the connection, the batch was written again, and failed for ever."""
+    from spanfaas.model import InvocationRecord
+    from spanfaas.store.postgres import PostgresStore
+
+    big = b"x" * (32 * 2**20)  # compresses: the server keeps little of it
+    with psycopg.connect(postgres_db, autocommit=True) as conn:  # and quickly (pglz takes seconds per GiB)
+        conn.execute(f"ALTER DATABASE {postgres_db.rsplit('/', 1)[1]} SET default_toast_compression = 'lz4'")
+    records = [
+        InvocationRecord(id=f"inv-{i}", function="fn", status="succeeded", mode="async", payload=big, output=big,
+                         created_at=time.time())  # fmt: skip
+        for i in range(16)
+    ]
+    store = PostgresStore(postgres_db)
+    try:
+        store.save_invocations(records)
+        stored = store.get_invocation("inv-15")
+        assert stored is not None and stored.status == "succeeded" and stored.output == big
+    finally:
+        store.close()
