@@ -41,10 +41,14 @@ one that failed each time it was written again."""
 
 
 def _upsert(n: int) -> str:
+    """Records written as they are, except over a finished one: the first outcome stored is
+    the one clients read, and a run of the same invocation that ended later elsewhere (its
+    first gateway lost its claim, and another ran it again) does not replace it."""
     values = ", ".join([f"({_INV_SLOTS})"] * n)
     return (
         f"INSERT INTO invocations ({INV_COLS}) VALUES {values} "
-        f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL"
+        f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL "
+        "WHERE invocations.status NOT IN ('succeeded', 'failed')"
     )
 _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 

@@ -5,6 +5,8 @@ stored, and callers see the store's state, not an internal error."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,3 +147,66 @@ def test_outcomes_of_more_than_a_gib_together_are_stored(postgres_db: str) -> No
         assert stored is not None and stored.status == "succeeded" and stored.output == big
     finally:
         store.close()
+
+
+TWO_GATES = """
+import os, time
+def handler(event, context):
+    me = os.environ["GW"]
+    open(event["dir"] + "/started-" + me, "w").close()
+    while not os.path.exists(event["dir"] + "/go-" + me):
+        time.sleep(0.01)
+    with open(event["dir"] + "/runs", "a") as f:
+        f.write(me + "\\n")
+    return {"ran_on": me}
+"""
+
+
+@pytest.mark.postgres
+def test_an_outcome_a_client_read_is_not_replaced_by_another_gateways_rerun(tmp_path: Path, postgres_db: str) -> None:
+    """A gateway that stops extending its claim (paused here; in life: it lost the store for
+    longer than a lease) has its invocation run again by another gateway sharing the store.
+    The first outcome stored is the one clients read; the other run's, stored later,
+    replaced it -- the status and result a client had read changed under it."""
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "handler.py").write_text(TWO_GATES)
+    (fn / "spanfaas.toml").write_text('name = "fn"\nisolation = "reuse"\n')
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    env = {"SPANFAAS_ASYNC_LEASE": "1"}
+    a = GatewayProcess(tmp_path / "data", store=postgres_db, env={**env, "GW": "a"})
+    b = GatewayProcess(tmp_path / "data", store=postgres_db, env={**env, "GW": "b"})
+    paused = False
+    try:
+        a.start()
+        with httpx.Client(base_url=a.url, headers=a.headers, timeout=30) as c:
+            assert c.put("/v1/functions/fn", content=pack_function(fn)).status_code == 201
+            id = c.post("/v1/functions/fn/invoke?mode=async", json={"dir": str(gates)}).json()["id"]
+        wait_for(lambda: (gates / "started-a").exists(), "gateway a to run it")
+        b.admin_token = a.admin_token
+        b.start()
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGSTOP)  # a stops extending its claim
+        paused = True
+        wait_for(lambda: (gates / "started-b").exists(), "gateway b to run it again once a's claim ran out")
+        os.kill(a.proc.pid, signal.SIGCONT)
+        paused = False
+        (gates / "go-a").touch()
+        with httpx.Client(base_url=b.url, headers=b.headers, timeout=30) as c:
+            def view() -> dict[str, object]:
+                v: dict[str, object] = c.get(f"/v1/invocations/{id}").json()
+                return v
+
+            wait_for(lambda: view()["status"] == "succeeded", "a's outcome")
+            read = view()
+            assert read["result"] == {"ran_on": "a"}
+            (gates / "go-b").touch()
+            wait_for(lambda: (gates / "runs").read_text().split() == ["a", "b"], "b's run to end")
+            time.sleep(0.5)  # ten recorder intervals: b's outcome has been written, if it is written
+            assert view()["status"] == read["status"] and view()["result"] == read["result"], "an outcome a client read changed"
+    finally:
+        if paused and a.proc is not None:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        a.stop()
+        b.stop()

@@ -226,10 +226,15 @@ def test_invocation_roundtrip_and_listing(store: Store) -> None:
     assert listed[1].payload == b"" and listed[1].output == b'{"x":1}' and listed[1].logs == "hi\n"
     assert [r.id for r in store.list_invocations(limit=1)] == [c.id]
     assert [r.id for r in store.list_invocations(status="failed")] == [b.id]
-    # save_invocations replaces
-    done = inv(id=b.id, status="succeeded", created_at=2.0, duration_ms=1.5, cold=True, attempts=2)
+    # save_invocations replaces a record that has not finished ...
+    running = inv(status="running", created_at=4.0)
+    store.save_invocations([running])
+    done = inv(id=running.id, status="succeeded", created_at=4.0, duration_ms=1.5, cold=True, attempts=2)
     store.save_invocations([done])
-    assert store.get_invocation(b.id) == done
+    assert store.get_invocation(running.id) == done
+    # ... not a finished one: the first outcome stored stays (another run's, later, does not replace it)
+    store.save_invocations([inv(id=b.id, status="succeeded", created_at=2.0, attempts=2), inv(id=done.id, status="queued")])
+    assert store.get_invocation(b.id) == b and store.get_invocation(done.id) == done
 
 
 def test_enqueue_is_idempotent_per_function(store: Store) -> None:
