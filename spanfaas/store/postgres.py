@@ -159,10 +159,11 @@ def _dropped(conn: psycopg.Connection[Any]) -> bool:
     timeout): it sent its error and closed, where an idle connection hears nothing.  One
     poll, no round trip; a connection dropped without a word is found by its next query."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()  # not select(): a gateway may hold more than FD_SETSIZE descriptors
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
 
 
 def _redact(url: str) -> str:
