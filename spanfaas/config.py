@@ -248,6 +248,11 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     started again because the gateway died during one is not a retry (``CRASH_RERUNS``)."""
     async_backoff: Annotated[float, Meta(ge=0)] = 0.5
     async_workers: Annotated[int, Meta(ge=1, le=1024)] = 16
+    async_lease: Annotated[float, Meta(ge=0.5, le=3600)] = 30.0
+    """Seconds a claim of an async invocation holds without being extended (its gateway
+    extends it every third of that while the run and its outcome last): how long after a
+    gateway died, or lost the store, before another gateway sharing the store runs its
+    invocations again (at least once)."""
     functions_poll: Annotated[float, Meta(gt=0, le=60)] = 0.5
     """Seconds between looks at a shared (PostgreSQL) store for deploys and removes made
     through other gateways: the most this gateway's functions lag behind them (besides

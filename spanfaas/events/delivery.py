@@ -7,7 +7,8 @@ seconds (at most ``max_backoff``) until ``retries`` retries are spent (a run
 started again because its gateway died is not one of them); then
 the invocation is recorded as failed and a copy of it (payload, event,
 last error) goes to the dead-letter store, from which ``replay`` queues it
-again under a new invocation id.
+again under a new invocation id.  A dead letter whose record the gateway died before
+storing is removed when the invocation, run again, succeeds.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class Delivery:
         metrics: EventMetrics,
         new_id: Callable[[], str],
         wake: Callable[[], None],
+        *,
+        stall_at: str = "",
     ) -> None:
+        self.stall_at = stall_at
+        """Test hook (``SPANFAAS_TEST_STALL``): ``events.after-dead-letter`` stops a settle for good
+        once the dead letter is stored and before the run's record is, so a test can kill the gateway there."""
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -76,6 +82,10 @@ class Delivery:
         if event is None:
             return record
         if record.status == "succeeded":
+            if record.reruns and await asyncio.to_thread(self.store.discard_dead_letter, record.id):
+                # An earlier run's dead letter was stored, and the gateway died before its record was.
+                log.info("event %s from %s: invocation %s succeeded when run again; its dead letter is removed",
+                         event.attributes.get("id"), event.attributes.get("source"), record.id)  # fmt: skip
             self.metrics.delivered.labels(event.proxy).inc()
             return record
         failures = record.attempts - record.reruns  # a re-run after a gateway's crash is not a retry
@@ -92,6 +102,9 @@ class Delivery:
             created_at=record.created_at, failed_at=record.finished_at or time.time(),
         )  # fmt: skip
         await asyncio.to_thread(self.store.put_dead_letter, letter)
+        if self.stall_at == "events.after-dead-letter":
+            log.warning("test hook SPANFAAS_TEST_STALL: stalled at %s for %s", self.stall_at, record.id)
+            await asyncio.Event().wait()
         self.metrics.dead_lettered.labels(event.proxy).inc()
         log.warning("event %s from %s: invocation %s failed %d times; moved to the dead-letter store",
                     event.attributes.get("id"), event.attributes.get("source"), record.id, record.attempts)  # fmt: skip

@@ -11,7 +11,9 @@ is after their invocations are committed to the store.  A crash in between
 leaves them in the group's pending list: on start the reader reads its own
 pending entries first (and takes over entries other consumers left pending
 for ``claim_idle`` seconds), and the store's (source, id) window drops the
-copies that had already been queued — one invocation per event.
+copies that had already been queued — one invocation per event.  A group that
+disappears (Redis restarted without its data) is made again from the start of
+the stream, not from its end: entries written since the restart are read.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class RedisStreamSource:
         stops the reader there for good, so a test can kill the gateway at that point."""
         self.connected = asyncio.Event()
         self._stopping = False
+        self._had_group = False
+        """The group was there (found or made) once: made again, it starts at the stream's start."""
 
     def stop(self) -> None:
         """Finish the current read (at most ``block`` seconds), then return from ``run``.
@@ -108,11 +112,18 @@ class RedisStreamSource:
         cfg = self.config
         client = aioredis.Redis.from_url(cfg.url, decode_responses=False, health_check_interval=30, protocol=2)
         try:
+            # A group that was there before and is gone (Redis restarted without its data) is made
+            # from the stream's start: whatever the stream holds now came after what was read.
+            start = "0" if cfg.start == "all" or self._had_group else "$"
             try:
-                await client.xgroup_create(cfg.stream, cfg.group, id="$" if cfg.start == "new" else "0", mkstream=True)
+                await client.xgroup_create(cfg.stream, cfg.group, id=start, mkstream=True)
+                if self._had_group:
+                    log.warning("redis source '%s': the group %s of stream %s was gone (Redis restarted without its "
+                                "data?); made it again, reading the stream from its start", self.name, cfg.group, cfg.stream)  # fmt: skip
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            self._had_group = True
             self.connected.set()
             log.info("redis source '%s': reading stream %s as %s/%s", self.name, cfg.stream, cfg.group, self.consumer)
             pending: str | None = "0"  # first the entries this consumer read but never acknowledged

@@ -85,11 +85,11 @@ class EventService:
         self.metrics = EventMetrics(registry)
         self.router = Router(store, functions)
         self.admitter = Admitter(store)
-        self.delivery = Delivery(settings, store, self.metrics, self.new_id, wake)
+        stall = os.environ.get(TEST_STALL_ENV, "")
+        self.delivery = Delivery(settings, store, self.metrics, self.new_id, wake, stall_at=stall)
         self.cloudevents = CloudEventsProxy()
         self.s3 = S3Proxy()
         self.webhooks = {w.name: WebhookProxy(w) for w in settings.webhooks}
-        stall = os.environ.get(TEST_STALL_ENV, "")
         self.streams = [RedisStreamSource(c, self.metrics, stall_at=stall) for c in settings.redis]
         self.schedules = ScheduleSource(settings, store, self.metrics, lambda: self.router.current().schedules)
         self._tasks: list[asyncio.Task[None]] = []

@@ -55,7 +55,7 @@ class RedisServer:
         path = shutil.which(self.binary)
         if path is None:
             raise FileNotFoundError(f"{self.binary} not found; install it (Debian: apt-get install redis-server)")
-        self.port = _free_port()
+        self.port = self.port or _free_port()  # started again (a restart): the same port
         cmd = [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", tempfile.gettempdir(), "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
         self.proc = subprocess.Popen(

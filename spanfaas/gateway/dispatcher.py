@@ -68,7 +68,7 @@ class EventOutcomes(Protocol):
 
 class Dispatcher:
     lease = 30.0
-    """Seconds a claim is valid without a heartbeat."""
+    """Seconds a claim is valid without a heartbeat (``settings.async_lease``)."""
     poll = 0.25
     """Seconds between looks at the queue when nobody wakes us."""
     settle_tries = 5
@@ -89,6 +89,7 @@ class Dispatcher:
         coherence: Coherence | None = None,
     ) -> None:
         self.settings = settings
+        self.lease = settings.async_lease
         self.store = store
         self.infra = infra
         self.registry = registry

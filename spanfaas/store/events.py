@@ -83,6 +83,10 @@ class EventStore(Protocol):
 
     def put_dead_letter(self, letter: DeadLetter) -> None: ...
 
+    def discard_dead_letter(self, id: str) -> bool:
+        """Remove a dead letter its invocation outlived (a re-run succeeded); False when there was none."""
+        ...
+
     def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
         """Newest first."""
         ...
@@ -199,6 +203,11 @@ class EventQueries(SQLStore):
                 (d.id, d.function, _encode(d.event).decode(), d.content_type, d.payload,
                  _encode(d.error).decode() if d.error is not None else None, d.attempts, d.created_at, d.failed_at),
             )  # fmt: skip
+
+    def discard_dead_letter(self, id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM dead_letters WHERE id = ?"), (id,))
+            return bool(cur.rowcount)
 
     def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
         where, args = ("WHERE function = ? ", [function]) if function is not None else ("", [])

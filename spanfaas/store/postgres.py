@@ -10,6 +10,7 @@ A change to the functions is announced to every gateway as it commits
 from __future__ import annotations
 
 import queue
+import select
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
@@ -70,17 +71,16 @@ class PostgresStore(EventQueries, ImageQueries):
             raise RuntimeError("the store is closed")
         self._slots.acquire()
         try:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
-            if conn.closed:
-                conn = self._connect()
+            conn = self._checkout()
             try:
                 yield conn
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
                 conn.close()  # broken: do not return it to the pool
-                raise
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InfraUnavailable(
+                    f"the PostgreSQL store ({_redact(self.url)}) failed: {reason}; try again "
+                    "(a server that restarts is used again as soon as it is back)"
+                ) from exc
             finally:  # also when the caller raised (its transaction was rolled back)
                 if conn.closed:
                     pass
@@ -92,6 +92,17 @@ class PostgresStore(EventQueries, ImageQueries):
                     self._idle.put(conn)
         finally:
             self._slots.release()
+
+    def _checkout(self) -> psycopg.Connection[Any]:
+        """An idle connection of the pool that the server has not ended, or a new one."""
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return self._connect()
+            if not conn.closed and not _dropped(conn):
+                return conn
+            conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -147,6 +158,18 @@ class PostgresStore(EventQueries, ImageQueries):
 
     def __repr__(self) -> str:
         return f"PostgresStore({_redact(self.url)!r})"
+
+
+def _dropped(conn: psycopg.Connection[Any]) -> bool:
+    """The server ended this idle connection (a restart, ``pg_terminate_backend``, an idle
+    timeout): it sent its error and closed, where an idle connection hears nothing.  One
+    poll, no round trip; a connection dropped without a word is found by its next query."""
+    try:
+        poller = select.poll()  # not select(): a gateway may hold more than FD_SETSIZE descriptors
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def _redact(url: str) -> str:

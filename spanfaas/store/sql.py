@@ -8,7 +8,7 @@ a write transaction), ``_read()`` (a cursor for one read) and the claim query.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -33,13 +33,22 @@ _INV_UPDATE = ", ".join(
 _FN_COLS = "name, version, digest, spec, created_at"
 _CHUNK = 100
 """Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
+_CHUNK_BYTES = 64 * 2**20
+"""Bytes of payloads, outputs and logs per multi-row INSERT (one row may have more):
+PostgreSQL ends the connection on a message over 1 GiB, and 16 outcomes of 32 MiB
+payloads and results (or the outcomes that gathered while the store was down) made
+one that failed each time it was written again."""
 
 
 def _upsert(n: int) -> str:
+    """Records written as they are, except over a finished one: the first outcome stored is
+    the one clients read, and a run of the same invocation that ended later elsewhere (its
+    first gateway lost its claim, and another ran it again) does not replace it."""
     values = ", ".join([f"({_INV_SLOTS})"] * n)
     return (
         f"INSERT INTO invocations ({INV_COLS}) VALUES {values} "
-        f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL"
+        f"ON CONFLICT (id) DO UPDATE SET {_INV_UPDATE}, lease_until = NULL, owner = NULL "
+        "WHERE invocations.status NOT IN ('succeeded', 'failed')"
     )
 _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 
@@ -243,8 +252,7 @@ class SQLStore:
         with self._tx() as cur:
             # Many rows per statement: one trip into the database (and, for
             # SQLite, one release of the GIL) per chunk, not one per row.
-            for i in range(0, len(unique), _CHUNK):
-                chunk = unique[i : i + _CHUNK]
+            for chunk in _chunks(unique):
                 params = [v for r in chunk for v in _row(r)]
                 cur.execute(self._q(_upsert(len(chunk))), params)
 
@@ -381,11 +389,33 @@ def _function(row: Sequence[Any]) -> FunctionRecord:
     )
 
 
+def _chunks(records: Sequence[InvocationRecord]) -> Iterator[list[InvocationRecord]]:
+    """``records`` in runs of at most ``_CHUNK`` rows and ``_CHUNK_BYTES`` (at least one row each)."""
+    chunk: list[InvocationRecord] = []
+    size = 0
+    for r in records:
+        n = len(r.payload) + len(r.output) + len(r.logs)
+        if chunk and (len(chunk) == _CHUNK or size + n > _CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(r)
+        size += n
+    if chunk:
+        yield chunk
+
+
+def _text(s: str) -> str:
+    """Text a function wrote (its logs) as every store keeps it: PostgreSQL's text cannot
+    hold U+0000, and one row it refuses fails the whole batch it is written in (for ever,
+    as the batch is written again); a NUL is kept as U+FFFD, as undecodable output is."""
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
+
+
 def _row(r: InvocationRecord) -> tuple[Any, ...]:
     return (
         r.id, r.function, r.status, r.mode, r.content_type, r.payload, r.output, r.output_type,
         _encode(r.error).decode() if r.error is not None else None,
-        r.logs, r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
+        _text(r.logs), r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
         _encode(r.event).decode() if r.event is not None else None, r.reruns,
     )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -140,3 +141,52 @@ def test_schedule_fires_each_tick_once_across_a_sigkill(gw: GatewayProcess) -> N
     all_ticks = ticks()
     assert len(all_ticks) >= seen + 1  # it fires again after the restart
     assert len(set(all_ticks)) == len(all_ticks)  # never twice for the same tick
+
+
+FLAKY = """
+import os
+def handler(event, context):
+    if not os.path.exists(event["data"]["fixed"]):
+        raise RuntimeError("not yet")
+    return "ok"
+"""
+
+
+def test_an_event_whose_rerun_succeeded_is_not_left_in_the_dead_letter_store(tmp_path: Path) -> None:
+    """The gateway died after storing an event's dead letter and before storing its run as
+    failed: the run left no outcome, so it ran again, and succeeded -- but the dead letter
+    stayed, listing a delivered event as failed (and a replay would deliver it twice)."""
+    config = tmp_path / "config.toml"
+    config.write_text("[events]\nretries = 0\n")
+    fn = tmp_path / "flaky"
+    fn.mkdir()
+    (fn / "handler.py").write_text(FLAKY)
+    (fn / "spanfaas.toml").write_text('name = "flaky"\nisolation = "reuse"\n[[triggers]]\ntype = "com.example.flaky"\n')
+    gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_CONFIG": str(config), "SPANFAAS_TEST_STALL": "events.after-dead-letter"})
+    fixed = tmp_path / "fixed"
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/flaky", content=pack_function(fn)).status_code == 201
+            event = {"specversion": "1.0", "id": "f-1", "source": "/test", "type": "com.example.flaky", "data": {"fixed": str(fixed)}}
+            r = c.post("/v1/events", json=event, headers={"content-type": "application/cloudevents+json"})
+            assert r.status_code == 202, r.text
+            [inv] = r.json()["events"][0]["invocations"]
+            deadline = time.monotonic() + 10
+            while "stalled at events.after-dead-letter" not in gw.log():
+                assert time.monotonic() < deadline, gw.log()
+                time.sleep(0.02)
+            assert [d["id"] for d in c.get("/v1/events/dlq").json()["dead_letters"]] == [inv]
+        gw.kill()  # its run is stored nowhere: it runs again
+        fixed.touch()
+        del gw.env["SPANFAAS_TEST_STALL"]
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            deadline = time.monotonic() + 10
+            while (view := c.get(f"/v1/invocations/{inv}").json())["status"] != "succeeded":
+                assert time.monotonic() < deadline, view
+                time.sleep(0.02)
+            assert view["reruns"] == 1
+            assert c.get("/v1/events/dlq").json()["dead_letters"] == []
+    finally:
+        gw.stop()

@@ -105,3 +105,46 @@ def test_sigkill_between_read_and_enqueue_delivers_each_event_once(tmp_path: Pat
     finally:
         gw.stop()
         r.close()
+
+
+def test_entries_written_after_redis_restarted_empty_are_delivered(tmp_path: Path) -> None:
+    """Redis restarted without its data (no persistence) loses the consumer group with the
+    stream.  The reader made the group again as a new one, from the stream's end ('$' for
+    start = "new"), after its reconnect backoff: the entries producers had written to the
+    restarted Redis meanwhile were never read -- accepted by the stream, lost."""
+    if not RedisServer.available():
+        pytest.skip("redis-server not installed; `make test` (scripts/test-deps.sh) installs it")
+    server = RedisServer().start()
+    gw: GatewayProcess | None = None
+    try:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{server.url}"\nblock = 0.1\nconsumer = "gw"\nstart = "new"\n'
+        )
+        fn = tmp_path / "fn"
+        fn.mkdir()
+        (fn / "handler.py").write_text(HANDLER)
+        (fn / "spanfaas.toml").write_text('name = "orders"\nisolation = "reuse"\n[[triggers]]\nsource = "/shop"\n')
+        gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_CONFIG": str(config)})
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/orders", content=pack_function(fn)).status_code == 201
+        wait_for(lambda: "reading stream orders" in gw.log(), what="the reader to start")
+        with redis.Redis.from_url(server.url) as r:
+            before = emit(r, "orders")
+        wait_for(lambda: succeeded_ids(gw) == before, what="the first events to be delivered")
+
+        server.stop()  # SIGKILL, and back without its data
+        # The reader backs off (0.1 s, doubling): from its 4th try on, it is back 0.8 s later at the earliest.
+        wait_for(lambda: gw.log().count("reconnecting") >= 4, what="the reader to try Redis a few times")
+        server.start()
+        with redis.Redis.from_url(server.url) as r:
+            after = [f"late-{i}" for i in range(N)]
+            for i, id in enumerate(after):  # a producer that waited for Redis writes at once
+                r.xadd("orders", {"specversion": "1.0", "id": id, "source": "/shop", "type": "com.example.order", "data": str(i)})
+            wait_for(lambda: succeeded_ids(gw) == sorted(before + after), what="the entries written after the restart")
+            assert int(r.xpending("orders", "spanfaas")["pending"]) == 0
+    finally:
+        if gw is not None:
+            gw.stop()
+        server.stop()

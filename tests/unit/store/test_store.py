@@ -159,6 +159,44 @@ async def test_postgres_announces_function_changes_as_they_commit(postgres_db: s
         other.close()
 
 
+@pytest.mark.postgres
+def test_postgres_connections_the_server_ended_are_not_an_internal_error(postgres_db: str) -> None:
+    """A PostgreSQL restart ends the pool's connections: an idle one is replaced unseen,
+    and one ended during a query is InfraUnavailable (503, 'try again') naming the store,
+    not psycopg's AdminShutdown (a 500 'the gateway failed unexpectedly')."""
+    import psycopg
+
+    from spanfaas.errors import InfraUnavailable
+    from spanfaas.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_db, pool_size=2)
+    db = postgres_db.rsplit("/", 1)[1]
+
+    def end_connections() -> int:
+        with psycopg.connect(postgres_db, autocommit=True) as admin:
+            return len(admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                "AND query NOT LIKE 'SELECT pg_terminate_backend%%'", (db,),
+            ).fetchall())  # fmt: skip
+
+    try:
+        store.put_function("hello", "a" * 64, spec())
+        assert end_connections() >= 1  # the pooled connection
+        time.sleep(0.1)  # its end arrived
+        assert store.get_function("hello") is not None  # on a new connection
+        ended = threading.Timer(0.3, end_connections)
+        ended.start()
+        try:
+            with pytest.raises(InfraUnavailable, match=r"the PostgreSQL store \(postgresql://.*\) failed: .*try again"):
+                with store._read() as cur:  # a query running when the server ends its connection
+                    cur.execute("SELECT pg_sleep(5)")
+        finally:
+            ended.join()
+        assert store.get_function("hello") is not None
+    finally:
+        store.close()
+
+
 def test_concurrent_puts_get_distinct_versions(store: Store) -> None:
     versions: list[int] = []
 
@@ -188,10 +226,15 @@ def test_invocation_roundtrip_and_listing(store: Store) -> None:
     assert listed[1].payload == b"" and listed[1].output == b'{"x":1}' and listed[1].logs == "hi\n"
     assert [r.id for r in store.list_invocations(limit=1)] == [c.id]
     assert [r.id for r in store.list_invocations(status="failed")] == [b.id]
-    # save_invocations replaces
-    done = inv(id=b.id, status="succeeded", created_at=2.0, duration_ms=1.5, cold=True, attempts=2)
+    # save_invocations replaces a record that has not finished ...
+    running = inv(status="running", created_at=4.0)
+    store.save_invocations([running])
+    done = inv(id=running.id, status="succeeded", created_at=4.0, duration_ms=1.5, cold=True, attempts=2)
     store.save_invocations([done])
-    assert store.get_invocation(b.id) == done
+    assert store.get_invocation(running.id) == done
+    # ... not a finished one: the first outcome stored stays (another run's, later, does not replace it)
+    store.save_invocations([inv(id=b.id, status="succeeded", created_at=2.0, attempts=2), inv(id=done.id, status="queued")])
+    assert store.get_invocation(b.id) == b and store.get_invocation(done.id) == done
 
 
 def test_enqueue_is_idempotent_per_function(store: Store) -> None:
