@@ -165,11 +165,7 @@ class InvokeEndpoint:
             await self._accept(send, name, ct, body, key, invocation_id, now)
             return
         ctx = InvokeContext(invocation_id=invocation_id, content_type=ct)
-        t0 = time.perf_counter()
-        try:
-            result = await gw.infra.invoke(fn.spec, body, ctx)
-        except SpanfaasError as exc:
-            gw.metrics.infra_failed(name)
+        def record_infra_failure(exc: SpanfaasError) -> None:
             gw.recorder.add(
                 InvocationRecord(
                     id=invocation_id, function=name, status="failed", content_type=ct, attempts=1,
@@ -177,6 +173,13 @@ class InvokeEndpoint:
                     created_at=now, started_at=now, finished_at=time.time(),
                 )  # fmt: skip
             )
+
+        t0 = time.perf_counter()
+        try:
+            result = await gw.infra.invoke(fn.spec, body, ctx)
+        except SpanfaasError as exc:
+            gw.metrics.infra_failed(name)
+            record_infra_failure(exc)
             exc.extra.setdefault("invocation_id", invocation_id)
             raise
         except asyncio.CancelledError:
@@ -185,13 +188,7 @@ class InvokeEndpoint:
             if not gw.stopping:
                 raise
             cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
-            gw.recorder.add(
-                InvocationRecord(
-                    id=invocation_id, function=name, status="failed", content_type=ct, attempts=1,
-                    error=ErrorInfo(kind="infra", type=type(cut).__name__, message=cut.message),
-                    created_at=now, started_at=now, finished_at=time.time(),
-                )  # fmt: skip
-            )
+            record_infra_failure(cut)
             raise cut from None
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
