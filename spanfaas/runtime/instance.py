@@ -403,6 +403,57 @@ def frame_reader(sock: socket.socket, *, one_shot: bool) -> p.FrameReader:
     return p.FrameReader(sock, _decoder, chunk=4096 if one_shot else 64 * 1024)
 
 
+_ONE_SHOT_CHUNK = 64 * 1024
+
+
+def read_one(sock: socket.socket) -> tuple[p.Invoke, memoryview] | None:
+    """A strict instance's request: one ``recv`` for one that fits 64 KiB
+    (into a buffer of its size: no buffer kept, no poll object, no copy).
+    None at EOF."""
+    data: bytes | bytearray = sock.recv(_ONE_SHOT_CHUNK)
+    if not data:
+        return None
+    fs = p.FRAME.size
+    while len(data) < fs:
+        more = sock.recv(_ONE_SHOT_CHUNK)
+        if not more:
+            return None
+        data += more
+    hlen, blen = p.FRAME.unpack_from(data)
+    total = fs + hlen + blen
+    if len(data) < total:
+        have = len(data)
+        data = bytearray(data)
+        data.extend(bytes(total - have))  # (``bytearray(n)`` then a copy would zero twice)
+        view = memoryview(data)
+        while have < total:
+            n = sock.recv_into(view[have:])
+            if n == 0:
+                return None
+            have += n
+    view = memoryview(data)
+    return _decoder.decode(view[fs : fs + hlen]), view[fs + hlen : total]
+
+
+def serve_one(sock: socket.socket, runner: Runner, capture: Capture) -> None:
+    """strict isolation: serve one invocation on ``sock`` (none at EOF)."""
+    frame = read_one(sock)
+    if frame is None:
+        return
+    req, body = frame
+    done, output = runner.call(req, body)
+    del body, frame
+    logs = capture.take()
+    if logs:
+        done = msgspec.structs.replace(done, logs=logs)
+    p.send_frame(sock, done, output)
+    # The reply woke the runtime with a "sync" wake-up, which the kernel
+    # may answer by queueing it on this CPU, expecting us to block now.
+    # We exit instead, and tearing down the address space takes
+    # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
+    os.sched_yield()
+
+
 def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None, reader: p.FrameReader | None = None) -> None:
     """Serve invocations on ``sock`` until EOF (or after one, in strict mode).
 

@@ -200,7 +200,7 @@ def send_frame(sock: socket.socket, header: Struct, body: bytes | memoryview = b
 def send_parts(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
     """Blocking send of encoded frames with one ``sendmsg`` (more only for what it did not take)."""
     sent = sock.sendmsg(parts)
-    total = sum(len(p) for p in parts)
+    total = sum(map(len, parts))  # (a generator would be one more frame for a fresh child to fault in)
     if sent < total:  # a large body: finish what the kernel did not take at once
         sock.sendall(memoryview(b"".join(parts))[sent:])
 

@@ -99,6 +99,9 @@ class Template:
         self.plan: SandboxPlan | None = None  # and the plan to apply, with that uid
         self.ruleset = -1  # and our Landlock ruleset, built
         self.base_data = 0
+        self.one_shot = False  # strict: an instance serves one call (set with the rest before the first fork)
+        self.concurrent = False
+        self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
         # Orphans of instances come to us: as pid 1 of a pid namespace, or else
@@ -186,6 +189,15 @@ class Template:
         """Once, before the first fork: what every instance needs."""
         self.streams = inst.open_streams()
         inst.guard_forks(os.getpid())  # what a handler forks never answers for its instance
+        req = self.req
+        self.one_shot = req.isolation == "strict"
+        self.concurrent = req.isolation == "reuse" and req.concurrency > 1
+        if req.instance_memory:
+            limit = self.base_data + req.instance_memory
+            self.data_limit = (limit, limit)
+        # Each instance sets both to its scratch dir: with the keys already there,
+        # that replaces two values instead of growing the environ dict.
+        os.environ["TMPDIR"] = os.environ["HOME"] = req.scratch_dir
         if self.landlock:
             from spanfaas import sandbox
 
@@ -227,6 +239,7 @@ class Template:
                 batch.append(self._make_instance())
             except OSError as exc:
                 p.send_msg(self.chan, p.ForkFailed(self.seq, f"{type(exc).__name__}: {exc}"))
+        inherited = self._inherited(batch)
         forked: list[int | OSError] = []
         for prep in batch:
             try:
@@ -237,7 +250,7 @@ class Template:
                 forked.append(exc)
                 continue
             if pid == 0:
-                self._become_instance(batch, prep, streams, warm)
+                self._become_instance(inherited, prep, streams, warm)
             self.children[pid] = prep.seq  # at once: a reap kills children it does not know
             forked.append(pid)
         for prep, result in zip(batch, forked):
@@ -249,18 +262,31 @@ class Template:
                 self._announce(prep, exc)
                 continue
             if pid == 0:
-                self._become_instance(batch, prep, streams, warm)
+                self._become_instance(inherited, prep, streams, warm)
             self.children[pid] = prep.seq
             self._announce(prep, pid)
         if not self.settled:
             self._settle()
 
-    def _become_instance(self, batch: list[_Prepared], prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
+    def _inherited(self, batch: list[_Prepared]) -> tuple[int, ...]:
+        """The descriptors an instance of ``batch`` inherits and must close (all
+        but its own end and ruleset): plain ints, so closing them in the child
+        touches no socket object (each one a copy-on-write fault)."""
+        fds = [self.chan.fileno(), self.wake_r, self.wake_w]
+        for prep in batch:
+            fds += (prep.ours_fd, prep.theirs_fd)
+            if prep.ruleset >= 0:
+                fds.append(prep.ruleset)
+        return tuple(fds)
+
+    def _become_instance(self, inherited: tuple[int, ...], prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
         code = 70
         try:
-            for other in batch:  # an instance holding another's socket would hide that one's exit
-                other.close_in_child(keep=other is prep)
-            self._instance_main(prep.theirs, prep.seq, prep.scratch, prep.ruleset, streams, warm)
+            keep, ruleset = prep.theirs_fd, prep.ruleset
+            for fd in inherited:  # an instance holding another's socket would hide that one's exit
+                if fd != keep and fd != ruleset:
+                    os.close(fd)
+            self._instance_main(prep, streams, warm)
             code = 0
         except BaseException:  # the child must never return into the template loop
             traceback.print_exc()
@@ -309,45 +335,48 @@ class Template:
                 time.sleep(0.005)
         raise AssertionError("unreachable")
 
-    def _instance_main(
-        self, sock: socket.socket, seq: int, scratch: str, ruleset: int, streams: tuple[TextIO, TextIO], warm: bool
-    ) -> None:
-        """The child, from fork() to the end of its invocations."""
+    def _instance_main(self, prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> None:
+        """The child, from fork() to the end of its invocations.
+
+        Each object it touches is a page it copies (module globals, attributes,
+        functions and their code all carry refcounts): what an instance needs
+        was computed in the template (``_Prepared``, ``_prepare_forking``), and
+        it takes the shortest path to its call."""
         assert self.runner is not None
         _signal.set_wakeup_fd(-1)
         # (signal.signal would convert the template's handler to an enum, and
         # fail doing it: ~40 copy-on-write faults.)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        for fd in (self.chan.detach(), self.wake_r, self.wake_w):
-            os.close(fd)
         os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
+        scratch = prep.scratch_b
         if self.layer is not None:  # read-write: only its own scratch dir (made by the template); its own signal scope
             self.layer.close()
-            self.layer.enforce(ruleset)
+            self.layer.enforce(prep.ruleset)
         else:
             os.mkdir(scratch, 0o700)
         os.chdir(scratch)
-        os.environ["TMPDIR"] = scratch
-        os.environ["HOME"] = scratch
-        if self.req.instance_memory:
-            limit = self.base_data + self.req.instance_memory
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-        random.seed()
-        np_random = sys.modules.get("numpy.random")  # imported: its state was copied by fork
-        if np_random is not None:  # (not imported: it seeds itself on import; importing it here cost ~13 ms)
-            np_random.seed()
+        _scratch_env(scratch)
+        if self.data_limit:
+            resource.setrlimit(resource.RLIMIT_DATA, self.data_limit)
+        _reseed()
         capture = inst.Capture(streams)
-        one_shot = self.req.isolation == "strict"
-        concurrent = self.req.isolation == "reuse" and self.req.concurrency > 1
-        reader = None if concurrent else inst.frame_reader(sock, one_shot=one_shot)
+        sock = prep.theirs
+        if self.one_shot:
+            if warm:
+                self.runner.warm()
+                capture.take()
+            sock.send(prep.hello)
+            inst.serve_one(sock, self.runner, capture)
+            return
+        reader = None if self.concurrent else inst.frame_reader(sock, one_shot=False)
         if warm:
             self.runner.warm(reader)
             capture.take()
-        p.send_frame(sock, p.Hello(seq))
+        sock.send(prep.hello)
         if reader is None:
             inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
         else:
-            inst.serve(sock, self.runner, one_shot=one_shot, capture=capture, reader=reader)
+            inst.serve(sock, self.runner, one_shot=False, capture=capture, reader=reader)
         sock.close()
 
     def reap(self) -> None:
@@ -450,30 +479,48 @@ class _Prepared:
     """What one instance needs before its fork: its seq and scratch dir, both
     ends of its socketpair, its Landlock ruleset (or -1)."""
 
-    __slots__ = ("seq", "scratch", "ours", "theirs", "ruleset")
+    __slots__ = ("seq", "scratch", "scratch_b", "ours", "theirs", "ours_fd", "theirs_fd", "ruleset", "hello")
 
     def __init__(self, seq: int, scratch: str) -> None:
         self.seq = seq
         self.scratch = scratch
+        self.scratch_b = os.fsencode(scratch)
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.ours_fd, self.theirs_fd = self.ours.fileno(), self.theirs.fileno()
         self.ruleset = -1
+        self.hello = b"".join(p.encode(p.Hello(seq)))
 
     def close_ruleset(self) -> None:
         if self.ruleset >= 0:
             os.close(self.ruleset)
             self.ruleset = -1
 
-    def close_in_child(self, keep: bool) -> None:
-        """In a forked instance: close the template's end (and, unless ``keep``:
-        this is the instance's own, every fd) — detached first, so no socket
-        object closes a reused fd number later."""
-        for sock in (self.ours,) if keep else (self.ours, self.theirs):
-            fd = sock.detach()
-            if fd >= 0:
-                os.close(fd)
-        if not keep:
-            self.close_ruleset()
+
+_environ: dict[bytes, bytes] = getattr(os.environ, "_data")  # noqa: B009 - os.environ's bytes, which putenv() does not update
+
+
+def _scratch_env(path: bytes) -> None:
+    """TMPDIR and HOME: the instance's scratch dir (``os.environ[...] = ...``
+    runs ~10 Python functions, each a page or two copied in a fresh child)."""
+    os.putenv(b"TMPDIR", path)
+    os.putenv(b"HOME", path)
+    _environ[b"TMPDIR"] = _environ[b"HOME"] = path
+
+
+_random_seed: Any = getattr(random.Random.__mro__[1], "seed")  # noqa: B009 - _random.Random.seed: from os.urandom, in C
+
+
+def _reseed() -> None:
+    """``random.seed()`` without its Python wrapper; numpy's too, if imported
+    (not imported: it seeds itself on import; importing it here cost ~13 ms)."""
+    rng: Any = getattr(random, "_inst")  # noqa: B009 - the module's functions' generator
+    _random_seed(rng, None)
+    if rng.gauss_next is not None:
+        rng.gauss_next = None
+    np_random = sys.modules.get("numpy.random")  # imported: its state was copied by fork
+    if np_random is not None:
+        np_random.seed()
 
 
 def _orphan_reaping() -> Protection:

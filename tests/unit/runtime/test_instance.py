@@ -1,0 +1,91 @@
+"""The request path of a strict instance: one request read, one answer sent."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+
+import msgspec
+
+from spanfaas.runtime import instance as inst
+from spanfaas.runtime import protocol as p
+
+
+def _request(body: bytes) -> tuple[p.Invoke, bytes]:
+    req = p.Invoke(id=7, invocation_id="inv-1", content_type="application/json", deadline=1.0)
+    return req, b"".join(bytes(x) for x in p.encode(req, body))
+
+
+def test_a_small_request_is_read_whole() -> None:
+    req, wire = _request(b'{"a": 1}')
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(wire)
+        got = inst.read_one(b)
+        assert got is not None
+        assert got[0] == req and bytes(got[1]) == b'{"a": 1}'
+
+
+def test_a_request_that_arrives_in_pieces_is_put_together() -> None:
+    """Past the first read's 64 KiB, and with the frame's own header split in two."""
+    body = bytes(range(256)) * 1024  # 256 KiB
+    req, wire = _request(body)
+    a, b = socket.socketpair()
+    with a, b:
+
+        def send() -> None:
+            a.sendall(wire[:3])  # less than the frame header
+            threading.Event().wait(0.05)
+            a.sendall(wire[3:])
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = inst.read_one(b)
+        sender.join()
+        assert got is not None
+        assert got[0] == req and bytes(got[1]) == body
+
+
+def test_eof_before_a_whole_request_reads_none() -> None:
+    _req, wire = _request(b"x" * 100)
+    a, b = socket.socketpair()
+    with b:
+        a.sendall(wire[:-10])
+        a.close()
+        assert inst.read_one(b) is None
+    a2, b2 = socket.socketpair()
+    with b2:
+        a2.close()
+        assert inst.read_one(b2) is None
+
+
+def test_serve_one_answers_once_with_the_handlers_output_and_logs() -> None:
+    def handler(event: object, ctx: object) -> object:
+        print("seen", event)
+        return {"echo": event}
+
+    runner = inst.Runner(handler, "fn")
+    _req, wire = _request(b"[1, 2]")
+    a, b = socket.socketpair()
+    saved = os.dup(1), os.dup(2), sys.stdout, sys.stderr
+    try:
+        capture = inst.Capture()
+        with a, b:
+            a.sendall(wire)
+            inst.serve_one(b, runner, capture)
+            b.shutdown(socket.SHUT_WR)
+            decoder = msgspec.msgpack.Decoder(p.Done)
+            got = p.recv_frame(a, decoder)
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        sys.stdout, sys.stderr = saved[2], saved[3]
+        os.close(capture.fd)
+    assert got is not None
+    done, out = got
+    assert done.id == 7 and done.error is None and done.logs == "seen [1, 2]\n"
+    assert msgspec.json.decode(bytes(out)) == {"echo": [1, 2]}
