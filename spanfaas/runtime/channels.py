@@ -81,6 +81,10 @@ class ControlChannel:
         if not self._closed:
             self._loop.remove_writer(self.sock.fileno())
 
+    def drain(self) -> None:
+        """Handle every message already received, up to EOF, now (not on the next turn of the loop)."""
+        self._readable()
+
     def _readable(self) -> None:
         while not self._closed:
             try:

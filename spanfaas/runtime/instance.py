@@ -160,6 +160,18 @@ _PLATFORM = os.path.dirname(os.path.dirname(__file__)) + os.sep
 _STDLIB = os.path.dirname(os.__file__) + os.sep
 
 
+_code_root = ""
+"""The function's bundle dir (``show_paths_from``): its files are named as in the bundle."""
+
+
+def show_paths_from(bundle_dir: str) -> None:
+    """Name the function's own files in tracebacks by their path in its bundle
+    (``handler.py``, ``lib/util.py``), not where the platform unpacked it: that
+    path is the platform's, and says nothing to the user."""
+    global _code_root
+    _code_root = bundle_dir.rstrip(os.sep) + os.sep
+
+
 def user_traceback(exc: BaseException) -> str:
     """``exc`` formatted from the first frame of the function's own code: the platform's
     frames before it (and those of asyncio or importlib it ran the code through) are
@@ -168,7 +180,10 @@ def user_traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith((_PLATFORM, _STDLIB, "<frozen ")):
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    if _code_root:
+        text = text.replace(f'File "{_code_root}', 'File "')
+    return text
 
 
 def _error(exc: BaseException) -> ErrorInfo:

@@ -276,7 +276,13 @@ class Pool:
         self._reset_template()
 
     def on_template_exit(self, status: int) -> None:
-        self._reset_template()
+        """The zygote says the template exited.  Its channel may still hold what it
+        said before it did (why its code failed to load): that notice travels on
+        another socket and can overtake it, so read the channel first."""
+        if self._chan is not None:
+            self._chan.drain()
+        if self._chan is not None or self.template_pid:  # (what it said may have reset it already)
+            self._reset_template()
 
     def _reset_template(self) -> None:
         """The template is gone: so are its instances; the next call starts a new one."""

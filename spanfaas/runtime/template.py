@@ -162,6 +162,7 @@ class Template:
         os.environ.update(req.env)
         os.chdir(req.bundle_path)
         sys.path.insert(0, req.bundle_path)
+        inst.show_paths_from(req.bundle_path)
         started = time.perf_counter()
         module = loader.load(req.module, req.bundle_path)
         handler = getattr(module, req.function, None)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 from typing import Any
 
-from spanfaas.model import parse_manifest
-from spanfaas.runtime.pool import Instance, Pool
+import pytest
+
+from spanfaas.errors import InvalidBundle
+from spanfaas.model import ErrorInfo, parse_manifest
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.channels import ControlChannel
+from spanfaas.runtime.pool import Instance, Pool, _template_decoder
 
 KILLED = int(signal.SIGKILL)  # a wait status: killed by SIGKILL
 
@@ -53,3 +60,21 @@ async def test_every_call_on_an_oom_killed_instance_is_told_so() -> None:
     # A concurrent (reuse) instance ran two calls: both were lost to the OOM kill.
     assert (await pool._why_lost(inst)).kind == "oom"
     assert (await pool._why_lost(inst)).kind == "oom"
+
+
+async def test_why_a_template_failed_is_heard_even_when_its_exit_notice_comes_first() -> None:
+    """The template's "failed to load" travels on its channel, the zygote's notice
+    that it exited on another: the notice may be handled first, and the deploy must
+    still fail as the user's error (400), not as a lost template (502)."""
+    pool = _pool(_Runtime())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pool._chan = ControlChannel(ours, _template_decoder, pool._on_template_message, pool._on_template_eof)
+    pool.state = "starting"
+    ready = pool._ready = asyncio.get_running_loop().create_future()
+    err = ErrorInfo(kind="error", type="AttributeError", message="module 'handler' has no callable 'handler'")
+    p.send_msg(theirs, p.TemplateFailed(err))
+    theirs.close()  # the template exited ...
+    pool.on_template_exit(256)  # ... and the zygote's notice is handled before its channel is read
+    with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
+        await ready
+    assert pool.state == "cold" and pool._chan is None
