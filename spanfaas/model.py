@@ -150,6 +150,69 @@ _HINTS = {
 }
 """What a key whose value does not match its pattern should look like."""
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
+_TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
+_KINDS = {
+    "str": "a string in quotes",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "object": "a table",
+    "array": "a list",
+}
+"""How a TOML user would call what msgspec calls ``str``, ``object``..."""
+_UNITS = {
+    "resources.memory": "; in MiB, e.g. memory = 512",
+    "resources.cpu": "; in cores, e.g. cpu = 0.5",
+    "resources.timeout": "; in seconds, e.g. timeout = 30",
+    "scaling.idle_ttl": "; in seconds, e.g. idle_ttl = 300",
+}
+
+
+def _value_at(data: Any, path: str) -> Any:
+    """The value at a manifest key (``resources.memory``, ``triggers[0].kind``), or None."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        try:
+            data = data[int(part[1:-1])] if part.startswith("[") else data[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return data
+
+
+def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tuple[str, str] | None:
+    """The key and message for a value of the wrong type: says what to write.
+
+    msgspec names a table's entry ``env[...]``; the key that holds the bad value is named instead."""
+    kind = _KINDS.get(expected)
+    if kind is None:
+        return None
+    if key.endswith("[...]"):  # an entry of a table of any keys ([env]): find it
+        table = key[: -len("[...]")]
+        entries = _value_at(data, table)
+        if not isinstance(entries, dict):
+            return None
+        bad = next((k for k, v in entries.items() if type(v).__name__ != expected and not (expected == "str" and isinstance(v, str))), None)
+        if bad is None:
+            return None
+        key, value = f"{table}.{bad}", entries[bad]
+        if expected == "str":
+            return key, f"[{table}] {bad} must be {kind}, got {_toml(value)}: write {bad} = {_toml(_toml(value))}"
+    else:
+        value = _value_at(data, key)
+    fix = _HINTS.get(key, "") or _UNITS.get(key, "")
+    if expected == "str" and not isinstance(value, (dict, list)) and value is not None:
+        fix = fix or f"; write {key.rpartition('.')[2]} = {_toml(_toml(value))}"
+    return key, f"{key} must be {kind}, got {_toml(value) if value is not None else _KINDS.get(got, got)}{fix}"
+
+
+def _toml(value: Any) -> str:
+    """A value as it would be written in TOML (close enough for a message)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "a table"
+    return str(value)
 
 
 def _type_at(path: str) -> Any:
@@ -204,6 +267,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             hint = f"; {_known_keys(table)}"
         elif "Invalid enum value" in msg:
             hint = _allowed_values(key)
+        elif (typed := _TYPE_RE.match(msg)) and (said := _wrong_type(data, key, typed.group(1), typed.group(2))):
+            key, msg = said
         where = f" (key '{key}')" if key else ""
         raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.

@@ -129,3 +129,23 @@ def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
     with pytest.raises(InvalidManifest) as info:
         parse_manifest(text)
     assert hint in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("handler = 3", "handler", 'handler must be a string in quotes, got 3; write it as module:function, e.g. handler = "handler:handler"'),
+        ('handler = "h:h"\n[env]\nOK = "1"\nLEVEL = 3', "env.LEVEL", '[env] LEVEL must be a string in quotes, got 3: write LEVEL = "3"'),
+        ('handler = "h:h"\n[env]\nDEBUG = true', "env.DEBUG", '[env] DEBUG must be a string in quotes, got true: write DEBUG = "true"'),
+        ('handler = "h:h"\n[resources]\nmemory = "256MB"', "resources.memory", 'resources.memory must be a whole number, got "256MB"; in MiB, e.g. memory = 512'),
+        ('handler = "h:h"\nallow_subprocess = "yes"', "allow_subprocess", 'allow_subprocess must be true or false, got "yes"'),
+        ('handler = "h:h"\nenv = 3', "env", "env must be a table, got 3"),
+    ],
+)
+def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, message: str) -> None:
+    # msgspec alone says "Expected `str`, got `int` - at `$.env[...]`": neither the
+    # key (env[...]) nor the words (str, int) are the user's.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\n{text}\n')
+    assert info.value.extra["key"] == key, info.value.message
+    assert message in info.value.message, info.value.message
