@@ -371,10 +371,12 @@ def proc_cpu_s(pid: int, children: bool = True) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def proc_minflt(pid: int) -> int:
-    """Minor (copy-on-write, first-touch) page faults of ``pid`` and its reaped children."""
+def proc_minflt(pid: int, children: bool = True) -> int:
+    """Minor (copy-on-write, first-touch) page faults of ``pid`` (and of its reaped children)."""
     st = _stat(pid)
-    return int(st[7]) + int(st[8]) if st is not None else 0
+    if st is None:
+        return 0
+    return int(st[7]) + (int(st[8]) if children else 0)
 
 
 def tree_cpu_s() -> float:
@@ -736,11 +738,11 @@ class Run:
         tasks = [loop.create_task(worker()) for _ in range(pl.inflight)]
         try:
             await asyncio.sleep(pl.tput_warm_s)
-            w0, j0, c0, k0 = loop.time(), cpu_jiffies(), sum(os.times()[:2]), proc_cpu_s(tpid)
-            f0, rf0 = proc_minflt(tpid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            w0, j0, c0, k0, t0 = loop.time(), cpu_jiffies(), sum(os.times()[:2]), proc_cpu_s(tpid), proc_cpu_s(tpid, children=False)
+            f0, tf0, rf0 = proc_minflt(tpid), proc_minflt(tpid, children=False), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             await asyncio.sleep(pl.tput_s)
-            w1, j1, c1, k1 = loop.time(), cpu_jiffies(), sum(os.times()[:2]), proc_cpu_s(tpid)
-            f1, rf1 = proc_minflt(tpid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            w1, j1, c1, k1, t1 = loop.time(), cpu_jiffies(), sum(os.times()[:2]), proc_cpu_s(tpid), proc_cpu_s(tpid, children=False)
+            f1, tf1, rf1 = proc_minflt(tpid), proc_minflt(tpid, children=False), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         finally:
             stop = True
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
@@ -762,14 +764,19 @@ class Run:
             "template_and_instances_cpu_ms_per_call": round((k1 - k0) / calls * 1000, 3),
             # Page faults: mostly copy-on-write after each fork (the template's and the child's writes).
             "template_and_instances_faults_per_call": round((f1 - f0) / calls, 1),
+            # Split: the template's own (fork, announce, reap) and its reaped children's.
+            "template_cpu_ms_per_call": round((t1 - t0) / calls * 1000, 3),
+            "instance_cpu_ms_per_call": round(((k1 - k0) - (t1 - t0)) / calls * 1000, 3),
+            "template_faults_per_call": round((tf1 - tf0) / calls, 1),
+            "instance_faults_per_call": round(((f1 - f0) - (tf1 - tf0)) / calls, 1),
             "runtime_faults_per_call": round((rf1 - rf0) / calls, 1),
         }
         note = (f"{pl.inflight} in flight, prefork {pl.tput_prefork}; fork loop {fork_before:,.0f}/s before, {fork_after:,.0f}/s after; "
                 f"all-cores fork rate (baseline section) {self.base['forkall']:,.0f}/s -> ratio {rate / self.base['forkall']:.2f}x; "
                 f"CPU: runtime process {cpu['runtime_process_cores']:.2f} cores, template+instances {cpu['template_and_instances_cores']:.2f} cores, "
                 f"system {cpu['system_busy_fraction']:.0%} busy; CPU per call: runtime {cpu['runtime_cpu_ms_per_call']:.2f} ms, "
-                f"template+instance {cpu['template_and_instances_cpu_ms_per_call']:.2f} ms (one bare fork+exit+wait: {1000 / fork1:.2f} ms wall); "
-                f"page faults per call: template+instance {cpu['template_and_instances_faults_per_call']:.0f}, runtime {cpu['runtime_faults_per_call']:.0f}; "
+                f"template {cpu['template_cpu_ms_per_call']:.2f} ms, instance {cpu['instance_cpu_ms_per_call']:.2f} ms (one bare fork+exit+wait: {1000 / fork1:.2f} ms wall); "
+                f"page faults per call: template {cpu['template_faults_per_call']:.0f}, instance {cpu['instance_faults_per_call']:.0f}, runtime {cpu['runtime_faults_per_call']:.0f}; "
                 f"latency p50 {lat['p50_us'] / 1000:.1f} ms p99 {lat['p99_us'] / 1000:.1f} ms")
         if errors:
             note += f"; {len(errors)} errors, first: {errors[0]}"
