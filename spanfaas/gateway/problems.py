@@ -31,10 +31,20 @@ class MethodNotAllowed(SpanfaasError):
     status, exit_code, slug, title = 405, 2, "method-not-allowed", "Method not allowed"
 
 
+def _own_headers(exc: SpanfaasError) -> list[tuple[str, str]]:
+    """What the error itself asks for: a challenge (401), when to try again (429, 503)."""
+    headers: list[tuple[str, str]] = []
+    if isinstance(exc, Unauthorized):
+        headers.append(("www-authenticate", 'Bearer realm="spanfaas"'))
+    retry_after = exc.extra.get("retry_after")
+    if isinstance(retry_after, int) and retry_after >= 0:  # also in the body, for clients that read only that
+        headers.append(("retry-after", str(retry_after)))
+    return headers
+
+
 def _headers(exc: SpanfaasError, body: bytes, extra: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", PROBLEM_JSON), (b"content-length", str(len(body)).encode())]
-    if isinstance(exc, Unauthorized):
-        headers.append((b"www-authenticate", b'Bearer realm="spanfaas"'))
+    headers.extend((k.encode(), v.encode("latin-1")) for k, v in _own_headers(exc))
     headers.extend(extra)
     return headers
 
@@ -54,8 +64,8 @@ async def send_problem(
 def problem_response(exc: SpanfaasError, instance: str | None = None) -> Response:
     body = problem_body(exc, instance)
     resp = Response(body, status_code=exc.status, media_type="application/problem+json")
-    if isinstance(exc, Unauthorized):
-        resp.headers["www-authenticate"] = 'Bearer realm="spanfaas"'
+    for name, value in _own_headers(exc):
+        resp.headers[name] = value
     return resp
 
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import psycopg
 
-from spanfaas.errors import InfraUnavailable
 from spanfaas.store.events import EventQueries
 from spanfaas.store.images import ImageQueries
-from spanfaas.store.sql import INV_COLS
+from spanfaas.store.sql import INV_COLS, StoreUnavailable
 
 __all__ = ["PostgresStore"]
 
@@ -33,6 +32,9 @@ _CLAIM = (
     "lease_until = ?, owner = ? FROM due WHERE invocations.id = due.id RETURNING "
 )
 
+
+RETRY_AFTER = 2
+"""Seconds a client waits before it tries again when the server is unreachable (a restart)."""
 
 CHANNEL = "spanfaas_{}"
 """The NOTIFY channel of a row of ``generations``: ``spanfaas_functions``."""
@@ -60,9 +62,10 @@ class PostgresStore(EventQueries, ImageQueries):
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
         except psycopg.OperationalError as exc:
-            raise InfraUnavailable(
+            raise StoreUnavailable(
                 f"cannot connect to the PostgreSQL store ({_redact(self.url)}): {exc}; "
-                "check SPANFAAS_STORE and that the server is up"
+                "check SPANFAAS_STORE and that the server is up",
+                retry_after=RETRY_AFTER,
             ) from None
 
     @contextmanager
@@ -77,9 +80,10 @@ class PostgresStore(EventQueries, ImageQueries):
             except psycopg.OperationalError as exc:
                 conn.close()  # broken: do not return it to the pool
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InfraUnavailable(
+                raise StoreUnavailable(
                     f"the PostgreSQL store ({_redact(self.url)}) failed: {reason}; try again "
-                    "(a server that restarts is used again as soon as it is back)"
+                    "(a server that restarts is used again as soon as it is back)",
+                    retry_after=RETRY_AFTER,
                 ) from exc
             finally:  # also when the caller raised (its transaction was rolled back)
                 if conn.closed:
@@ -129,7 +133,9 @@ class PostgresStore(EventQueries, ImageQueries):
         try:
             conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
         except psycopg.OperationalError as exc:
-            raise InfraUnavailable(f"cannot listen on the PostgreSQL store ({_redact(self.url)}): {exc}") from None
+            raise StoreUnavailable(
+                f"cannot listen on the PostgreSQL store ({_redact(self.url)}): {exc}", retry_after=RETRY_AFTER
+            ) from None
         async with conn:
             await conn.execute(f"LISTEN {CHANNEL.format('functions')}")
             yield

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from spanfaas.errors import InvalidRequest
+from spanfaas.errors import InfraUnavailable, InvalidRequest
 from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.migrations import MIGRATIONS, render
 
-__all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew"]
+__all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
 
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
@@ -61,6 +61,15 @@ _encode = msgspec.json.encode
 
 class StoreSchemaTooNew(InvalidRequest):
     slug, title = "store-schema-too-new", "Store schema too new"
+
+
+class StoreUnavailable(InfraUnavailable):
+    """The store cannot take a write, or answer, for now (PostgreSQL down; SQLite locked past
+    its busy timeout, its disk full, read-only or failing): a 503 that says why.  Raised
+    with ``retry_after=`` seconds, which the gateway also sends as Retry-After.  A bug in
+    a query is not this: it stays a 500."""
+
+    slug, title = "store-unavailable", "Store unavailable"
 
 
 class SQLStore:

@@ -13,9 +13,9 @@ from pathlib import Path
 from spanfaas.errors import Conflict
 from spanfaas.store.events import EventQueries
 from spanfaas.store.images import ImageQueries
-from spanfaas.store.sql import INV_COLS
+from spanfaas.store.sql import INV_COLS, StoreUnavailable
 
-__all__ = ["SQLiteStore", "StoreInUse"]
+__all__ = ["SQLiteStore", "StoreInUse", "store_unavailable"]
 
 
 class StoreInUse(Conflict):
@@ -37,14 +37,14 @@ class SQLiteStore(EventQueries, ImageQueries):
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._busy_ms = int(busy_timeout * 1000)
+        self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._closed = False
         self._owner_fd: int | None = None
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode = WAL")
+        with self._faults():
+            self._conn().execute("PRAGMA journal_mode = WAL")
         self._migrate()
 
     def _conn(self) -> sqlite3.Connection:
@@ -53,39 +53,57 @@ class SQLiteStore(EventQueries, ImageQueries):
             if self._closed:
                 raise RuntimeError("the store is closed")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            # FULL: a commit is on disk before we answer (an accepted invocation survives power loss).
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                # FULL: a commit is on disk before we answer (an accepted invocation survives power loss).
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except BaseException:  # the file cannot be opened (its directory is gone): try again next time
+                conn.close()
+                raise
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
         return conn
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Cursor]:
-        conn = self._conn()
-        cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+    def _faults(self) -> Iterator[None]:
+        """SQLite failing for a while (locked, disk full, I/O) as ``StoreUnavailable``; any
+        other error as it is (a query that cannot work is a bug: a 500)."""
         try:
-            yield cur
-            cur.execute("COMMIT")
-        except BaseException:
-            # Also when COMMIT itself failed (a full disk): SQLite may keep the transaction,
-            # and with it the write lock, open on this thread's connection.
-            if conn.in_transaction:
-                cur.execute("ROLLBACK")
-            raise
-        finally:
-            cur.close()
+            yield
+        except sqlite3.Error as exc:
+            unavailable = store_unavailable(exc, self.path, self.busy_timeout)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        with self._faults():
+            conn = self._conn()
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                # Also when COMMIT itself failed (a full disk): SQLite may keep the transaction,
+                # and with it the write lock, open on this thread's connection.
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
-        cur = self._conn().cursor()
-        try:
-            yield cur
-        finally:
-            cur.close()
+        with self._faults():
+            cur = self._conn().cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
 
     def _claim_sql(self) -> str:
         return _CLAIM + INV_COLS
@@ -128,3 +146,52 @@ class SQLiteStore(EventQueries, ImageQueries):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+
+# Primary result codes (https://sqlite.org/rescode.html).  An error carries the extended
+# code (SQLITE_IOERR_WRITE = SQLITE_IOERR | 3 << 8): its low byte is the primary one.
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 5, 6, 8, 10, 13, 14
+RETRY_LOCKED = 1
+"""Seconds a client waits before it tries again when another writer holds the lock (let go any moment) ..."""
+RETRY_BROKEN = 10
+"""... and when the disk or the file system fails (someone has to act first)."""
+
+
+def store_unavailable(exc: sqlite3.Error, path: Path, busy_timeout: float) -> StoreUnavailable | None:
+    """What ``exc`` means to the store's users when SQLite cannot do its work for now, decided
+    by SQLite's result code, not by its message; None for any other error (a bug)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # only errors SQLite itself reported have one
+    if code is None:
+        return None
+    primary = code & 0xFF
+    why = f"{getattr(exc, 'sqlite_errorname', code)}: {exc}"
+    if primary == SQLITE_BUSY:  # the busy timeout ran out
+        return StoreUnavailable(
+            f"the store's database {path} is locked by another process for longer than {busy_timeout:g} s "
+            "(the busy timeout): a program such as a sqlite3 shell or a backup holds a write transaction; "
+            "end it, then try again",
+            retry_after=RETRY_LOCKED,
+        )
+    if primary == SQLITE_LOCKED:  # a conflict within this process (another connection's table lock)
+        return StoreUnavailable(f"the store's database {path} is locked ({why}); try again", retry_after=RETRY_LOCKED)
+    if primary == SQLITE_FULL:
+        return StoreUnavailable(f"the store's disk is full ({path}): free space on it, then try again", retry_after=RETRY_BROKEN)
+    if primary == SQLITE_IOERR:
+        return StoreUnavailable(
+            f"the store's database {path} could not be read or written ({why}); check its disk and "
+            "file system (the kernel log says more), then try again",
+            retry_after=RETRY_BROKEN,
+        )
+    if primary == SQLITE_READONLY:
+        return StoreUnavailable(
+            f"the store's database {path} cannot be written ({why}): its file system is read-only, or the "
+            "file or its directory is not writable by the gateway's user; make it writable, then try again",
+            retry_after=RETRY_BROKEN,
+        )
+    if primary == SQLITE_CANTOPEN:
+        return StoreUnavailable(
+            f"cannot open the store's database {path} ({why}): check that its directory exists, that the "
+            "gateway's user may write there, and that the gateway has file descriptors left",
+            retry_after=RETRY_BROKEN,
+        )
+    return None

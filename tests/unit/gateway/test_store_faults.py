@@ -1,0 +1,127 @@
+"""A SQLite store that cannot write for a while -- its write lock held by another
+process past the busy timeout, its disk full -- answers 503 with Retry-After and a
+problem that names the cause, not 500; what was accepted before is still recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spanfaas.config import Settings
+from spanfaas.gateway import pack_function
+from spanfaas.store import SQLiteStore
+
+pytestmark = pytest.mark.asyncio
+
+BUSY_TIMEOUT = 0.2
+
+
+class CappedStore(SQLiteStore):
+    """The real SQLite store, its database made "full" on demand: ``PRAGMA max_page_count``
+    (a setting of each connection) caps the file at its size, and SQLite answers a write
+    that needs one more page with SQLITE_FULL, as on a full disk."""
+
+    max_pages: int | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = super()._conn()
+        if self.max_pages is not None:
+            conn.execute(f"PRAGMA max_page_count = {self.max_pages}")
+        return conn
+
+    def fill(self) -> None:
+        self.max_pages = int(self._conn().execute("PRAGMA page_count").fetchone()[0])
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[CappedStore]:
+    s = CappedStore(settings.data_path / "spanfaas.db", busy_timeout=BUSY_TIMEOUT)
+    yield s
+    s.close()
+
+
+@contextlib.contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Another process's writer holding the database's write lock (a sqlite3 shell, a backup)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def assert_store_unavailable(r: httpx.Response, *words: str) -> dict[str, Any]:
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert int(r.headers["retry-after"]) >= 1
+    doc: dict[str, Any] = r.json()
+    assert doc["type"].endswith("/store-unavailable") and doc["status"] == 503, doc
+    for word in words:
+        assert word in doc["detail"], doc
+    return doc
+
+
+async def test_a_write_lock_held_past_the_busy_timeout_is_a_503(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore, fn_dir: Callable[..., Path]
+) -> None:
+    with write_lock(store.path):
+        accepted = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "a"})
+        assert_store_unavailable(accepted, "locked by another process", f"{BUSY_TIMEOUT:g} s", str(store.path))
+        deployed = await client.put("/v1/functions/hello", content=pack_function(fn_dir()))
+        assert_store_unavailable(deployed, "locked")
+        assert (await client.get("/v1/functions/hello")).status_code == 200  # reads go on (WAL)
+    assert (await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "a"})).status_code == 202
+
+
+async def test_a_full_disk_is_a_503(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore, fn_dir: Callable[..., Path]
+) -> None:
+    store.fill()
+    big = {"name": "x" * 60_000}  # more than the free room in the file's pages
+    accepted = await client.post("/v1/functions/hello/invoke?mode=async", json=big)
+    assert_store_unavailable(accepted, "disk is full", str(store.path), "free space")
+    store.max_pages = None
+    assert (await client.post("/v1/functions/hello/invoke?mode=async", json=big)).status_code == 202
+
+
+async def test_a_store_error_that_is_a_bug_is_still_a_500(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore
+) -> None:
+    """Not every OperationalError is the store being unavailable: a query that cannot work
+    (here: the table it writes is gone) is SQLITE_ERROR, an internal error."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE invocations RENAME TO elsewhere")
+        r = await client.post("/v1/functions/hello/invoke?mode=async", json={})
+    finally:
+        other.execute("ALTER TABLE elsewhere RENAME TO invocations")
+        other.close()
+    assert r.status_code == 500 and "retry-after" not in r.headers
+    assert "failed unexpectedly" in r.json()["detail"]
+
+
+async def test_an_accepted_invocation_is_recorded_once_the_lock_is_let_go(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore
+) -> None:
+    """The store is locked after the 202: the claim, or the outcome, waits for it (the
+    dispatcher and the recorder try again), and nothing accepted is lost."""
+    id = (await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "kept"})).json()["id"]
+    with write_lock(store.path):
+        await asyncio.sleep(1.2)  # more than one try of the recorder and of the dispatcher
+        stored = store.get_invocation(id)
+        assert stored is not None and stored.status in ("queued", "running")
+    deadline = time.monotonic() + 5
+    while (view := (await client.get(f"/v1/invocations/{id}")).json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.05)
+    assert view["status"] == "succeeded" and view["result"] == {"hello": "kept"}, view
