@@ -436,16 +436,17 @@ def read_one(sock: socket.socket) -> tuple[p.Invoke, memoryview] | None:
         data += more
     hlen, blen = p.FRAME.unpack_from(data)
     total = fs + hlen + blen
-    if len(data) < total:
+    if len(data) < total:  # a large request: the rest straight into a buffer of its size
         have = len(data)
-        data = bytearray(data)
-        data.extend(bytes(total - have))  # (``bytearray(n)`` then a copy would zero twice)
-        view = memoryview(data)
+        buf = bytearray(total)
+        buf[:have] = data
+        view = memoryview(buf)
         while have < total:
             n = sock.recv_into(view[have:])
             if n == 0:
                 return None
             have += n
+        data = buf
     view = memoryview(data)
     return _decoder.decode(view[fs : fs + hlen]), view[fs + hlen : total]
 
