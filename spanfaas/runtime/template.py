@@ -256,14 +256,15 @@ class Template:
             forked.append(pid)
         for prep, result in zip(batch, forked):
             self._announce(prep, result)
-        for prep in batch[len(forked) :]:
+        rest = batch[len(forked) :]
+        for i, prep in enumerate(rest):
             try:
                 pid = self._fork_retrying()
             except OSError as exc:
                 self._announce(prep, exc)
                 continue
-            if pid == 0:
-                self._become_instance(inherited, prep, streams, warm)
+            if pid == 0:  # (the ones announced closed theirs: their numbers may be free, or reused)
+                self._become_instance(self._inherited(rest[i:]), prep, streams, warm)
             self.children[pid] = prep.seq
             self._announce(prep, pid)
         if not self.settled:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.integration.runtime.conftest import Harness
+from tests.integration.runtime.conftest import Harness, require
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -75,3 +75,16 @@ async def test_instances_forked_in_one_batch_hold_only_their_own_socket(harness:
     results = await asyncio.gather(*(harness.invoke("sockets") for _ in range(32)))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:1]
     assert [json.loads(r.output) for r in results] == [1] * 32
+
+
+async def test_instances_forked_one_at_a_time_out_of_pids_answer_their_calls(sandboxed: Harness) -> None:
+    """Out of pids (the function's pids cgroup) in the middle of a batch of forks, the
+    template forks the rest one at a time as instances exit; each of those must close
+    only the descriptors still open then (the ones announced before closed theirs)."""
+    require(sandboxed, "cgroup-pids")
+    await sandboxed.deploy(
+        "few-pids", "def handler(event, context):\n    return event\n", "[resources]\npids = 6\n[scaling]\nmax = 32\nprefork = 0\n"
+    )
+    results = await asyncio.gather(*(sandboxed.invoke("few-pids", b"%d" % i) for i in range(48)))
+    assert [r.error for r in results if not r.ok] == []
+    assert [json.loads(r.output) for r in results] == list(range(48))
