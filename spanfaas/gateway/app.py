@@ -65,7 +65,7 @@ class Gateway:
         self.images = ImageService(settings, store, registry=self.metrics.registry)
         self.registry = Registry(settings, store, infra, images=self.images)
         self.coherence = Coherence(store, self.registry, poll=settings.functions_poll, listen=settings.functions_listen)
-        self.recorder = Recorder(store)
+        self.recorder = Recorder(store, registry=self.metrics.registry)
         self.enqueuer = Enqueuer(store)
         self.dispatcher = Dispatcher(
             settings, store, infra, self.registry, self.recorder, self.metrics, coherence=self.coherence

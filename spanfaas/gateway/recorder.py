@@ -8,6 +8,14 @@ batch can still be read (``get``; the API does so for sync records only: an
 async outcome is not shown before it is stored), and ``flush()`` waits until
 everything added so far is stored.
 
+A store that fails (down, locked, restarting) keeps the records waiting: they
+are written again until it takes them.  A record the store refuses for a value
+in it (``RecordRefused``: it always will) must not hold back the others: the
+records of its batch are halved until it is alone, the others stored, and it
+is stored as a failed outcome that says why (a caller polling it gets an
+answer), logged once.  A store that refuses even that takes nothing of the
+invocation: it is the store that fails, and the record waits for it.
+
 ``Enqueuer`` is the same idea for the async queue, with one difference: the
 caller waits for the commit (group commit), because an accepted invocation
 must be in the store before its 202 goes out.
@@ -17,12 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from spanfaas.model import InvocationRecord
-from spanfaas.store import Store
+import msgspec
+from prometheus_client import CollectorRegistry, Counter
+
+from spanfaas.model import ErrorInfo, InvocationRecord
+from spanfaas.store import RecordRefused, Store
 from spanfaas.store.group_commit import GroupCommit
 
 __all__ = ["Enqueuer", "Recorder"]
@@ -40,7 +52,9 @@ class Recorder:
     connection keeps its page cache warm.
     """
 
-    def __init__(self, store: Store, *, interval: float = 0.05, max_batch: int = 2000) -> None:
+    def __init__(
+        self, store: Store, *, interval: float = 0.05, max_batch: int = 2000, registry: CollectorRegistry | None = None
+    ) -> None:
         self.store = store
         self.interval = interval
         self.max_batch = max_batch
@@ -53,6 +67,10 @@ class Recorder:
         self._inflight_records: list[InvocationRecord] = []
         self._executor: ThreadPoolExecutor | None = None
         self.on_error: Callable[[BaseException], None] | None = None
+        self.refused = Counter(
+            "spanfaas_records_refused", "Invocation records the store refused, stored as an infra error instead",
+            ["function"], registry=registry,
+        )  # fmt: skip
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spanfaas-recorder")
@@ -136,27 +154,64 @@ class Recorder:
         batch, self._pending = self._pending, {}
         self._writing = batch
         records = list(batch.values())
-        i = 0
+        stored: set[str] = set()
         try:
-            while i < len(records):
-                chunk = records[i : i + self.max_batch]
-                await self._save(chunk)
-                i += len(chunk)
+            unstored: RecordRefused | None = None
+            for i in range(0, len(records), self.max_batch):
+                unstored = await self._save_isolating(records[i : i + self.max_batch], stored) or unstored
+            if unstored is not None:
+                raise unstored  # the others are stored: these wait for the store, as on any failure
         except asyncio.CancelledError:
-            # close(): the chunk in flight still ends (close waits for it); the rest goes back
-            for r in records[i + self.max_batch :]:
-                self._pending.setdefault(r.id, r)
+            # close(): the write in flight still ends (close waits for it, and keeps its
+            # records if it fails); the rest goes back
+            inflight = {r.id for r in self._inflight_records} if self._inflight is not None else set()
+            for k, v in batch.items():
+                if k not in stored and k not in inflight:
+                    self._pending.setdefault(k, v)
             raise
         except Exception as exc:  # noqa: BLE001 - the store is down: keep the records, retry
-            log.error("could not record %d invocations (will retry): %s", len(batch), exc)
+            log.error("could not record %d invocations (will retry): %s", len(batch) - len(stored), exc)
             for k, v in batch.items():
-                self._pending.setdefault(k, v)  # a newer version added meanwhile wins
+                if k not in stored:
+                    self._pending.setdefault(k, v)  # a newer version added meanwhile wins
             if self.on_error is not None:
                 self.on_error(exc)
             return False
         finally:
             self._writing = {}
         return True
+
+    async def _save_isolating(self, records: list[InvocationRecord], stored: set[str]) -> RecordRefused | None:
+        """Store ``records``; when the store refuses one, halve them until it is alone (a few
+        transactions per refused record, not one per record of the batch).  Returns why
+        the store took nothing of some record, if it did not."""
+        try:
+            await self._save(records)
+        except RecordRefused as exc:
+            if len(records) > 1:
+                half = len(records) // 2
+                first = await self._save_isolating(records[:half], stored)
+                return await self._save_isolating(records[half:], stored) or first
+            if not await self._save_refused(records[0], exc):
+                return exc
+        stored.update(r.id for r in records)  # stored, or what could be of a refused one
+        return None
+
+    async def _save_refused(self, record: InvocationRecord, exc: RecordRefused) -> bool:
+        """Store what can be stored of a record the store refused: its outcome as an infra error.
+
+        False when the store refuses that too: then it takes nothing of this invocation,
+        not even values it took before, so it is the store that fails (a trigger that
+        refuses writes looks like a constraint), and the record waits as on any failure."""
+        for failed in _refused_outcomes(record, exc):
+            try:
+                await self._save([failed])
+            except RecordRefused:
+                continue
+            log.error("invocation %s of '%s': %s; stored it as failed instead", record.id, record.function, exc)
+            self.refused.labels(record.function).inc()
+            return True
+        return False
 
     async def _save(self, records: list[InvocationRecord]) -> None:
         loop = asyncio.get_running_loop()
@@ -171,6 +226,28 @@ class Recorder:
         finally:
             if fut.done():
                 self._inflight = None
+
+
+def _refused_outcomes(record: InvocationRecord, exc: RecordRefused) -> list[InvocationRecord]:
+    """What to store instead of a record the store refused, best first: the invocation failed,
+    saying why.  Its output, logs and error are left out (one of them is likely what was
+    refused); the first keeps what it was called with (its payload, key and event, which the
+    store took when it was queued), the second only its id, function and times."""
+    error = ErrorInfo(
+        kind="infra", type="RecordRefused",
+        message=f"the outcome of this invocation could not be stored ({exc}); its result and logs are lost",
+    )  # fmt: skip
+    bare = InvocationRecord(
+        id=record.id, function=record.function, status="failed", mode=record.mode, error=error,
+        attempts=record.attempts, reruns=record.reruns, infra=record.infra, created_at=record.created_at,
+        started_at=record.started_at, finished_at=record.finished_at or time.time(), not_before=record.not_before,
+        duration_ms=record.duration_ms, cold=record.cold,
+    )  # fmt: skip
+    called = msgspec.structs.replace(
+        bare, content_type=record.content_type, payload=record.payload, idempotency_key=record.idempotency_key,
+        event=record.event,
+    )  # fmt: skip
+    return [called, bare]
 
 
 class Enqueuer:

@@ -95,7 +95,9 @@ class Store(EventStore, ImageStore, Protocol):
     def create_invocation(self, record: InvocationRecord) -> None: ...
 
     def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
-        """Insert or replace the records in one transaction (batched writes)."""
+        """Insert or replace the records in one transaction (batched writes).  ``RecordRefused``
+        when the store refuses a value in one of them (it always will); any other error is
+        the store failing, and the same write may succeed later."""
         ...
 
     def get_invocation(self, id: str) -> InvocationRecord | None: ...

@@ -21,7 +21,7 @@ import psycopg
 
 from spanfaas.store.events import EventQueries
 from spanfaas.store.images import ImageQueries
-from spanfaas.store.sql import INV_COLS, StoreUnavailable
+from spanfaas.store.sql import INV_COLS, SQLStore, StoreUnavailable
 
 __all__ = ["PostgresStore"]
 
@@ -49,6 +49,8 @@ class PostgresStore(EventQueries, ImageQueries):
     exclusive = False
     _real = "DOUBLE PRECISION"
     _blob = "BYTEA"
+    # Not OperationalError (a lost connection, a restart: ``InfraUnavailable``, see _conn).
+    _refused = (*SQLStore._refused, psycopg.DataError, psycopg.IntegrityError)
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> None:
         self.url = url

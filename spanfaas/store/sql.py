@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from spanfaas.errors import InfraUnavailable, InvalidRequest
+from spanfaas.errors import InfraError, InfraUnavailable, InvalidRequest
 from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.migrations import MIGRATIONS, render
 
-__all__ = ["INV_COLS", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
+__all__ = ["INV_COLS", "RecordRefused", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
 
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
@@ -72,12 +72,22 @@ class StoreUnavailable(InfraUnavailable):
     slug, title = "store-unavailable", "Store unavailable"
 
 
+class RecordRefused(InfraError):
+    """The store refused a record for a value in it (``save_invocations``): writing it again
+    fails again, where a store that failed (down, locked, restarting) takes it later."""
+
+    slug, title = "record-refused", "Record refused by the store"
+
+
 class SQLStore:
     """Queries common to both dialects."""
 
     exclusive = False
     _real = "REAL"
     _blob = "BLOB"
+    _refused: tuple[type[Exception], ...] = (ValueError, OverflowError)
+    """Errors that say a value was refused, not that the store failed: text the driver
+    cannot encode (``UnicodeEncodeError``), a number it cannot bind; dialects add theirs."""
 
     # -- hooks -------------------------------------------------------------------
 
@@ -258,12 +268,16 @@ class SQLStore:
         if not records:
             return
         unique = list({r.id: r for r in records}.values())  # one row may be hit once per statement
-        with self._tx() as cur:
-            # Many rows per statement: one trip into the database (and, for
-            # SQLite, one release of the GIL) per chunk, not one per row.
-            for chunk in _chunks(unique):
-                params = [v for r in chunk for v in _row(r)]
-                cur.execute(self._q(_upsert(len(chunk))), params)
+        try:
+            with self._tx() as cur:
+                # Many rows per statement: one trip into the database (and, for
+                # SQLite, one release of the GIL) per chunk, not one per row.
+                for chunk in _chunks(unique):
+                    params = [v for r in chunk for v in _row(r)]
+                    cur.execute(self._q(_upsert(len(chunk))), params)
+        except self._refused as exc:
+            what = f"invocation {unique[0].id}" if len(unique) == 1 else f"one of {len(unique)} invocations"
+            raise RecordRefused(f"the store refused {what}: {_reason(exc)}") from exc
 
     def get_invocation(self, id: str) -> InvocationRecord | None:
         with self._read() as cur:
@@ -411,6 +425,12 @@ def _chunks(records: Sequence[InvocationRecord]) -> Iterator[list[InvocationReco
         size += n
     if chunk:
         yield chunk
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a driver's error, as text any store takes (it may quote the value refused)."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line}".encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def _text(s: str) -> str:

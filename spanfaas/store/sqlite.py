@@ -13,7 +13,7 @@ from pathlib import Path
 from spanfaas.errors import Conflict
 from spanfaas.store.events import EventQueries
 from spanfaas.store.images import ImageQueries
-from spanfaas.store.sql import INV_COLS, StoreUnavailable
+from spanfaas.store.sql import INV_COLS, SQLStore, StoreUnavailable
 
 __all__ = ["SQLiteStore", "StoreInUse", "store_unavailable"]
 
@@ -33,6 +33,8 @@ class SQLiteStore(EventQueries, ImageQueries):
     database lock up front (``BEGIN IMMEDIATE``) and wait for it (busy_timeout)."""
 
     exclusive = True
+    # Not OperationalError: a locked database, a full disk, an I/O error are the store failing.
+    _refused = (*SQLStore._refused, sqlite3.IntegrityError, sqlite3.DataError)
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)

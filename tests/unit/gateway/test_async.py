@@ -317,3 +317,30 @@ async def test_an_outcome_the_store_cannot_take_yet_is_not_run_again(
         view = await wait_done(c, id)
     assert view["status"] == "succeeded" and view["result"] == {"hello": "once"}, view
     assert (view["attempts"], view["reruns"], infra.invocations) == (1, 0, 1)
+
+
+UNDECODABLE = '''
+import os
+def handler(event, context):
+    print("reading", os.fsdecode(b"report-\\xff.csv"))  # a file name that is not UTF-8
+    return {"n": event["n"]}
+'''
+
+
+async def test_an_outcome_the_store_refuses_is_answered_and_later_ones_stored(
+    client: httpx.AsyncClient, fn_dir: Callable[..., Path], gateway: Any
+) -> None:
+    """Logs holding a lone surrogate (a file name that is not UTF-8, as ``os.fsdecode`` gives
+    it) cannot be encoded by the store: the invocation stayed 'running' for ever, and so did
+    every async invocation whose outcome was written after it."""
+    r = await client.put("/v1/functions/fs", content=pack_function(fn_dir("fs", UNDECODABLE)))
+    assert r.status_code == 201, r.text
+    first = (await client.post("/v1/functions/fs/invoke?mode=async", json={"n": 1})).json()["id"]
+    view = await wait_done(client, first)
+    assert view["status"] == "failed" and view["error"]["kind"] == "infra", view
+    assert "could not be stored" in view["error"]["message"]
+    await client.put("/v1/functions/hello", content=pack_function(fn_dir()))
+    later = (await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "b"})).json()["id"]
+    assert (await wait_done(client, later))["status"] == "succeeded"
+    metrics = (await client.get("/metrics")).text
+    assert 'spanfaas_records_refused_total{function="fs"} 1.0' in metrics

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
 
 from spanfaas.gateway.recorder import Recorder
 from spanfaas.model import InvocationRecord
+from spanfaas.store import SQLiteStore, Store
 
 
 class SlowStore:
@@ -93,3 +101,139 @@ async def test_close_writes_everything_left() -> None:
     await asyncio.sleep(0.015)  # close while the first chunk is being written
     await rec.close()
     assert len(store.rows) == 10
+
+
+# -- records the store refuses, and store failures, on the real stores ------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "spanfaas.db")
+    else:
+        from spanfaas.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("postgres_db"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def unencodable(i: int) -> InvocationRecord:
+    """Logs holding a lone surrogate, which neither sqlite3 nor psycopg can encode: what
+    Python makes of a file name that is not UTF-8 (``os.fsdecode``), or of ``"\\udcff"`` in
+    JSON (a remote site's problem document is read with ``json.loads``)."""
+    return msgspec.structs.replace(record(i), logs="no such file: " + os.fsdecode(b"\xff.txt"))
+
+
+def conflicting(i: int) -> InvocationRecord:
+    """An idempotency key another invocation of the function holds (the unique index refuses it)."""
+    return msgspec.structs.replace(record(i), mode="async", idempotency_key="key-0")
+
+
+@pytest.mark.parametrize("poison", [unencodable, conflicting])
+async def test_a_record_the_store_refuses_does_not_hold_back_the_others(
+    real_store: Store, poison: Callable[[int], InvocationRecord], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch holding a record the store always refuses failed each time it was written
+    again: no outcome written with it or after it was ever stored, and flush() never returned."""
+    real_store.save_invocations([msgspec.structs.replace(record(0), mode="async", idempotency_key="key-0")])
+    registry = CollectorRegistry()
+    rec = Recorder(real_store, interval=0.01, registry=registry)
+    rec.start()
+    try:
+        for r in (record(1), poison(2), record(3)):
+            rec.add(r)
+        await asyncio.wait_for(rec.flush(), 10)
+        rec.add(record(4))
+        await asyncio.wait_for(rec.flush(), 10)
+    finally:
+        await rec.close()
+    for i in (1, 3, 4):
+        stored = real_store.get_invocation(f"inv-{i}")
+        assert stored is not None and stored.status == "succeeded", i
+    # What could be stored of it: a failed outcome that says why, so a caller polling it gets an answer.
+    refused = real_store.get_invocation("inv-2")
+    assert refused is not None and refused.status == "failed" and refused.error is not None
+    assert refused.error.kind == "infra"
+    assert "could not be stored" in refused.error.message, refused.error.message
+    assert refused.logs == "" and refused.output == b""
+    said = [r for r in caplog.records if "inv-2" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]  # logged once, with its id
+    assert registry.get_sample_value("spanfaas_records_refused_total", {"function": "f"}) == 1
+
+
+async def test_refused_records_among_many_are_found_and_the_rest_stored(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "spanfaas.db")
+    rec = Recorder(store, interval=0.01, max_batch=16)
+    try:
+        for i in range(50):
+            rec.add(unencodable(i) if i in (7, 8, 31) else record(i))
+        await asyncio.wait_for(rec.close(), 10)  # close: writes what is left, in chunks
+        statuses = [r.status for r in sorted(store.list_invocations(limit=100), key=lambda r: int(r.id[4:]))]
+    finally:
+        store.close()
+    assert statuses == ["failed" if i in (7, 8, 31) else "succeeded" for i in range(50)]
+
+
+async def test_records_the_store_takes_nothing_of_wait_for_it_without_holding_back_the_others(tmp_path: Path) -> None:
+    """A store that refuses every write of some records (here a trigger, as in a full disk
+    test; in life e.g. a policy the database enforces) refuses even their failure records:
+    that is the store failing, not the records -- they wait and are stored as they are."""
+    store = SQLiteStore(tmp_path / "spanfaas.db")
+    other = sqlite3.connect(tmp_path / "spanfaas.db", isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER refuse_g BEFORE INSERT ON invocations WHEN NEW.function = 'g' "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    rec = Recorder(store, interval=0.01)
+    rec.start()
+    try:
+        for i in range(6):
+            rec.add(msgspec.structs.replace(record(i), function="g") if i == 2 else record(i))
+        flushed = asyncio.ensure_future(rec.flush())
+        await asyncio.sleep(0.5)
+        assert not flushed.done()
+        assert sorted(r.id for r in store.list_invocations("f")) == [f"inv-{i}" for i in (0, 1, 3, 4, 5)]
+        assert store.get_invocation("inv-2") is None
+        other.execute("DROP TRIGGER refuse_g")
+        await asyncio.wait_for(flushed, 10)
+    finally:
+        other.close()
+        await rec.close()
+    try:
+        waited = store.get_invocation("inv-2")
+    finally:
+        store.close()
+    assert waited is not None and waited.status == "succeeded" and waited.error is None
+
+
+async def test_a_locked_database_is_retried_and_nothing_is_replaced(tmp_path: Path) -> None:
+    """A store that fails (here: another process holds SQLite's write lock) is not a record
+    it refuses: the records wait, then are stored as they are."""
+    store = SQLiteStore(tmp_path / "spanfaas.db", busy_timeout=0.05)
+    other = sqlite3.connect(tmp_path / "spanfaas.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    rec = Recorder(store, interval=0.01)
+    rec.start()
+    try:
+        rec.add(record(1))
+        rec.add(unencodable(2))
+        flushed = asyncio.ensure_future(rec.flush())
+        await asyncio.sleep(0.5)
+        assert not flushed.done()
+        assert store.get_invocation("inv-1") is None
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(flushed, 10)
+    finally:
+        other.close()
+        await rec.close()
+        store.close()
+    reopened = SQLiteStore(tmp_path / "spanfaas.db")
+    try:
+        one, two = reopened.get_invocation("inv-1"), reopened.get_invocation("inv-2")
+    finally:
+        reopened.close()
+    assert one is not None and one.status == "succeeded" and one.error is None
+    assert two is not None and two.status == "failed"  # refused for its logs, once the store was back

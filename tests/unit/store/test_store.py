@@ -16,7 +16,7 @@ import pytest
 from spanfaas.config import Settings
 from spanfaas.errors import InvalidRequest
 from spanfaas.model import ErrorInfo, FunctionSpec, InvocationRecord, TokenRecord
-from spanfaas.store import SQLiteStore, Store, StoreInUse, StoreSchemaTooNew, open_store, sha256
+from spanfaas.store import RecordRefused, SQLiteStore, Store, StoreInUse, StoreSchemaTooNew, open_store, sha256
 from spanfaas.store.migrations import MIGRATIONS
 
 
@@ -235,6 +235,20 @@ def test_invocation_roundtrip_and_listing(store: Store) -> None:
     # ... not a finished one: the first outcome stored stays (another run's, later, does not replace it)
     store.save_invocations([inv(id=b.id, status="succeeded", created_at=2.0, attempts=2), inv(id=done.id, status="queued")])
     assert store.get_invocation(b.id) == b and store.get_invocation(done.id) == done
+
+
+def test_a_value_the_store_cannot_take_is_record_refused(store: Store) -> None:
+    """The recorder tells a record that will never be stored from a store that failed by this."""
+    ok = inv(status="succeeded")
+    unencodable = inv(status="succeeded", logs="no such file: \udcff.txt")  # os.fsdecode of a non-UTF-8 name
+    with pytest.raises(RecordRefused, match=r"one of 2 invocations: UnicodeEncodeError: .*\\udcff"):
+        store.save_invocations([ok, unencodable])
+    assert store.get_invocation(ok.id) is None  # one transaction: nothing of it was stored
+    store.enqueue(inv(idempotency_key="k1"))
+    taken = inv(idempotency_key="k1")
+    with pytest.raises(RecordRefused, match=f"invocation {taken.id}: .*(UNIQUE|unique)"):
+        store.save_invocations([taken])
+    store.save_invocations([ok])  # the store still works
 
 
 def test_enqueue_is_idempotent_per_function(store: Store) -> None:
