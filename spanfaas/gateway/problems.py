@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spanfaas.errors import InfraUnavailable, NotFound, SpanfaasError, Unauthorized
+from spanfaas.errors import InfraError, InfraUnavailable, NotFound, SpanfaasError, Unauthorized
 
 __all__ = ["MethodNotAllowed", "ProblemMiddleware", "http_exception_handler", "problem_response", "send_problem"]
 
@@ -123,6 +123,8 @@ class ProblemMiddleware:
             if started:
                 log.warning("%s after the response started: %s", type(exc).__name__, exc)
                 return
+            if isinstance(exc, InfraError):  # the platform's trouble (a store down, a site lost): the operator's too
+                log.warning("%s %s answered %d: %s", scope["method"], scope["path"], exc.status, exc)
             await send_problem(send, exc, scope["path"])
         except asyncio.CancelledError:
             # The gateway is stopping and cut this request short (uvicorn's graceful timeout,

@@ -72,11 +72,15 @@ def assert_store_unavailable(r: httpx.Response, *words: str) -> dict[str, Any]:
 
 
 async def test_a_write_lock_held_past_the_busy_timeout_is_a_503(
-    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore, fn_dir: Callable[..., Path]
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore, fn_dir: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with write_lock(store.path):
         accepted = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "a"})
         assert_store_unavailable(accepted, "locked by another process", f"{BUSY_TIMEOUT:g} s", str(store.path))
+        # The operator sees it too, not only the client: one line, no traceback.
+        said = [r for r in caplog.records if "answered 503" in r.getMessage()]
+        assert said and "locked by another process" in said[0].getMessage() and said[0].exc_info is None
         deployed = await client.put("/v1/functions/hello", content=pack_function(fn_dir()))
         assert_store_unavailable(deployed, "locked")
         assert (await client.get("/v1/functions/hello")).status_code == 200  # reads go on (WAL)
