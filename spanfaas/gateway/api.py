@@ -165,6 +165,8 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
 
 # -- tokens ----------------------------------------------------------------------------
 
+SCOPES_HELP = "'invoke' (call functions, send events), 'deploy' (also deploy and remove functions and triggers), 'admin' (everything, tokens and image lists too)"
+
 
 async def create_token(gw: Gateway, request: Request) -> Response:
     body = await read_body(request.receive, 65536, "request body", None)
@@ -172,7 +174,10 @@ async def create_token(gw: Gateway, request: Request) -> Response:
     try:
         req = msgspec.json.decode(body, type=TokenRequest)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"invalid token request: {exc}; {example}") from None
+        said = str(exc)
+        if "$.scopes" in said:  # name the scopes there are, not only that one is wrong
+            example = f"scopes are {SCOPES_HELP}; {example}"
+        raise InvalidRequest(f"invalid token request: {said}; {example}") from None
     except msgspec.DecodeError as exc:
         kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         sent = f"a {kind} body" if kind and kind != "application/json" else "a body that is not valid JSON"
