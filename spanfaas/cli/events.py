@@ -175,7 +175,7 @@ def send(
 @handle_errors
 def dlq_ls(
     function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 100,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many, newest first (1 to 1000).")] = 100,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

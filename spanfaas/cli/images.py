@@ -359,7 +359,7 @@ def curate_remove(
 @handle_errors
 def curate_audit(
     target: Annotated[str | None, typer.Argument(metavar="[LIST|policy|IMAGE]", help="Only this list's changes (or the policy's, or an image's).", show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many, newest first (1 to 10000).")] = 50,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

@@ -455,3 +455,16 @@ def test_triggers_add_refuses_options_it_would_drop(cli: Any, args: tuple[str, .
     assert cli("deploy", HELLO).exit_code == 0
     expect_error(cli("triggers", "add", "hello", *args), 2, *fragments)
     assert json.loads(cli("triggers", "ls", "-f", "hello", "--json").stdout)["triggers"] == []
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    [(("events", "dlq", "ls"), ("0", "1001")), (("images", "curate", "audit"), ("0", "10001"))],
+)
+def test_dead_letter_and_audit_limits_out_of_range_name_the_option(cli: Any, command: tuple[str, ...], bad: tuple[str, ...]) -> None:
+    """``events dlq ls -n 0`` and ``images curate audit -n 0`` answered in the HTTP API's terms
+    ('limit=0 is out of range'), as ``logs`` once did."""
+    for n in bad:
+        r = cli(*command, "-n", n)
+        assert r.exit_code == 2 and "'--limit' / '-n'" in r.stderr, r.stderr
+        assert "limit=" not in r.stderr
