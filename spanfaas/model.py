@@ -576,12 +576,18 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(
                 "a trigger with a schedule fires on its own ticks: leave out source, type, subject and filters"
             )
-        from croniter import croniter  # type: ignore[import-untyped]  # (imported only by schedules)
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter  # type: ignore[import-untyped]
 
-        if not croniter.is_valid(self.schedule):
+        try:
+            croniter(self.schedule).get_next(float)
+        except CroniterBadCronError as exc:
             raise ValueError(
-                f"schedule {self.schedule!r} is not a cron expression; e.g. \"*/5 * * * *\" (every 5 minutes)"
-            )
+                f"schedule {self.schedule!r} is not a cron expression ({exc}); e.g. \"*/5 * * * *\" (every 5 minutes)"
+            ) from None
+        except CroniterBadDateError:
+            raise ValueError(
+                f"schedule {self.schedule!r} never fires: no date to come matches it (a 31 February, a year gone by?)"
+            ) from None
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from spanfaas.errors import FunctionError, FunctionOutOfMemory, FunctionTimeout, InvalidManifest
-from spanfaas.model import ErrorInfo, Result, load_manifest, parse_manifest
+from spanfaas.model import ErrorInfo, Result, Trigger, load_manifest, parse_manifest
 
 
 def test_minimal_manifest_gets_defaults() -> None:
@@ -149,3 +150,18 @@ def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, messa
         parse_manifest(f'name = "f"\n{text}\n')
     assert info.value.extra["key"] == key, info.value.message
     assert message in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fragment"),
+    [
+        ("0 3 31 2 *", "never fires"),  # 31 February
+        ("0 0 1 1 * 0 2020", "never fires"),  # a year gone by
+        ("61 * * * *", "out of range"),  # croniter's own reason is kept
+        ("*/0 * * * *", "step '0'"),
+    ],
+)
+def test_a_schedule_that_cannot_fire_is_refused_with_its_reason(schedule: str, fragment: str) -> None:
+    """'0 3 31 2 *' was accepted; its trigger then stopped every schedule of the gateway."""
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        Trigger(schedule=schedule)
