@@ -25,6 +25,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
+from spanfaas.errors import InvalidManifest
 from spanfaas.model import MANIFEST_NAME, ImageRequest, load_manifest
 
 __all__ = ["app", "build_with_progress", "curate", "image_request_of"]
@@ -123,10 +124,12 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build (or reuse) the image a function's manifest asks for, with the build log."""
+    if not path.exists():
+        raise InvalidManifest(f"{path} does not exist; pass a function directory with a {MANIFEST_NAME}")
     request = image_request_of(path)
     if request is None:
-        from spanfaas.errors import InvalidManifest
-
+        if path.is_dir():
+            load_manifest(path)  # none there: says so, and what to write
         raise InvalidManifest(f"{path} has no [image] table in its {MANIFEST_NAME}; add one, e.g. [image] packages = [\"numpy\"] lists = [\"science\"]")
     with Client(url, token) as client:
         done = build_with_progress(client, request, as_json=as_json)

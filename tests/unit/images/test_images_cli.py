@@ -119,3 +119,14 @@ def test_a_deploy_whose_image_build_times_out_exits_as_a_platform_failure(tmp_pa
             assert "did not finish within 0.001 s" in r.stderr and "build_timeout" in r.stderr, r.stderr
         r = cli("deploy", str(fn), "--json", scope="deploy")
         assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 504
+
+
+def test_images_build_of_a_path_that_is_not_a_function_says_so(cli: Cli, tmp_path: Path) -> None:
+    """A mistyped path was told it 'has no [image] table in its spanfaas.toml', as was a
+    directory without any spanfaas.toml; deploy says what is really wrong, and so does build now."""
+    r = cli("images", "build", str(tmp_path / "no-such-dir"))
+    assert r.exit_code == 2 and "does not exist" in r.stderr and "[image]" not in r.stderr, r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("images", "build", str(empty))
+    assert r.exit_code == 2 and "no spanfaas.toml in" in r.stderr and "[image]" not in r.stderr, r.stderr
