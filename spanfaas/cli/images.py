@@ -25,7 +25,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import InvalidManifest
+from spanfaas.errors import InvalidManifest, InvalidRequest
 from spanfaas.model import MANIFEST_NAME, ImageRequest, load_manifest
 
 __all__ = ["app", "build_with_progress", "curate", "image_request_of"]
@@ -302,6 +302,8 @@ def curate_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a list's note or owner (admin)."""
+    if note is None and owner is None:
+        raise InvalidRequest(f"nothing to change: pass --note or --owner (spanfaas images curate add {name} PACKAGE approves packages)")
     with Client(url, token) as client:
         lst = client.images.update_list(name, note=note, owner=owner)
     print_done(as_json, lst, f"updated list [bold]{escape(name)}[/bold]")

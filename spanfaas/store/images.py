@@ -274,11 +274,13 @@ class ImageQueries(SQLStore):
                 owner=old.owner if owner is None else owner,
                 updated_at=time.time(),
             )
+            changes = {k: {"from": getattr(old, k), "to": getattr(new, k)} for k in ("note", "owner") if getattr(old, k) != getattr(new, k)}
+            if not changes:  # nothing to record
+                return old
             cur.execute(
                 self._q("UPDATE image_lists SET note = ?, owner = ?, updated_at = ? WHERE name = ?"),
                 (new.note, new.owner, new.updated_at, name),
             )
-            changes = {k: {"from": getattr(old, k), "to": getattr(new, k)} for k in ("note", "owner") if getattr(old, k) != getattr(new, k)}
             self._audit(cur, actor, "list.update", name, changes)
             return new
 

@@ -130,3 +130,13 @@ def test_images_build_of_a_path_that_is_not_a_function_says_so(cli: Cli, tmp_pat
     empty.mkdir()
     r = cli("images", "build", str(empty))
     assert r.exit_code == 2 and "no spanfaas.toml in" in r.stderr and "[image]" not in r.stderr, r.stderr
+
+
+def test_curate_update_with_nothing_to_change_says_so(cli: Cli) -> None:
+    """`spanfaas images curate update tools` printed '✓ updated list tools' and left a
+    'list.update' with an empty WHAT in the audit trail."""
+    ok(cli("images", "curate", "create", "tools", "tinycalc"))
+    r = cli("images", "curate", "update", "tools")
+    assert r.exit_code == 2 and "--note" in r.stderr and "--owner" in r.stderr, r.stderr
+    audit = json.loads(ok(cli("images", "curate", "audit", "tools", "--json")).stdout)["entries"]
+    assert [e["action"] for e in audit] == ["list.create"]
