@@ -255,7 +255,7 @@ def image_endpoints() -> list[Endpoint]:
         Endpoint("POST", "/v1/images/gc", gc, "Remove every image no function runs on (audited)", scope="admin",
                  tag="images", response=GcResult, errors=(401, 403)),
         Endpoint("GET", "/v1/images/{id:str}", get_image, "An image: its lock, packages, size, creation and users",
-                 scope="deploy", tag="images", params=(img,), response=ImageView, errors=(401, 403, 404)),
+                 scope="deploy", tag="images", params=(img,), response=ImageView, errors=(400, 401, 403, 404)),
         Endpoint("DELETE", "/v1/images/{id:str}", remove_image, "Remove an unused image (audited)", scope="admin",
-                 tag="images", params=(img,), status=204, errors=(401, 403, 404, 409)),
+                 tag="images", params=(img,), status=204, errors=(400, 401, 403, 404, 409)),
     ]  # fmt: skip
