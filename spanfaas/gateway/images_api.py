@@ -47,7 +47,8 @@ NDJSON = "application/x-ndjson"
 
 
 class ListCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    name: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    name: Annotated[str, Meta(min_length=1)]
+    """Lowercase letters, digits and '-', starting with a letter (checked by ``curation.new_list``)."""
     note: str = ""
     owner: str = ""
     packages: list[str] = []

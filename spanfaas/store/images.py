@@ -254,7 +254,10 @@ class ImageQueries(SQLStore):
             self._lock(cur, "image-list:" + lst.name)
             cur.execute(self._q("SELECT 1 FROM image_lists WHERE name = ?"), (lst.name,))
             if cur.fetchone() is not None:
-                raise Conflict(f"curated list '{lst.name}' exists already; change it with PATCH, or add packages to it")
+                raise Conflict(
+                    f"curated list '{lst.name}' exists already; change it (PATCH /v1/images/lists/{lst.name}, "
+                    f"spanfaas images curate update {lst.name}) or add packages to it (spanfaas images curate add {lst.name} PACKAGE)"
+                )
             cur.execute(
                 self._q(f"INSERT INTO image_lists ({_LIST_COLS}) VALUES (?, ?, ?, ?, ?, ?)"),
                 (lst.name, lst.note, lst.owner, lst.created_by, lst.created_at, lst.updated_at),
