@@ -149,6 +149,12 @@ _HINTS = {
     "handler": '; write it as module:function, e.g. handler = "handler:handler" for def handler in handler.py',
 }
 """What a key whose value does not match its pattern should look like."""
+_ITEM_HINTS = {
+    "image.preload[]": ("is not a module name", 'preload names modules to import, e.g. preload = ["sklearn"]'),
+    "image.lists[]": ("is not a curated list name", "lowercase letters, digits and '-', starting with a letter (spanfaas images curate ls)"),
+    "triggers[].name": ("is not a trigger name", "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (at most 63)"),
+}
+"""The same for an item of a list or a ``[[table]]`` (msgspec's key carries its index)."""
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
 _KINDS = {
@@ -262,6 +268,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         m = _PATH_RE.search(msg)
         key = m.group(1) if m else ""
         hint = _HINTS.get(key, "") if "matching regex" in msg else ""
+        if "matching regex" in msg and (item := _ITEM_HINTS.get(re.sub(r"\[\d+\]", "[]", key))):
+            msg, hint = f"{key} {_value_at(data, key)!r} {item[0]}; {item[1]}", ""
         if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
             table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
             hint = f"; {_known_keys(table)}"

@@ -123,6 +123,13 @@ def test_result_raises_the_typed_error(kind: str, exc: type[Exception]) -> None:
     [
         ('name = "x"\nhandler = "no-colon"', 'write it as module:function, e.g. handler = "handler:handler"'),
         ('name = "Bad_Name"', "lowercase letters, digits and '-', starting with a letter"),
+        # a pattern inside a list or a [[table]]: msgspec's key carries the index
+        ('name = "x"\n[image]\npackages = ["scikit-learn"]\nlists = ["ml"]\npreload = ["scikit-learn"]',
+         "image.preload[0] 'scikit-learn' is not a module name; preload names modules to import, e.g. preload = [\"sklearn\"]"),
+        ('name = "x"\n[image]\npackages = ["numpy"]\nlists = ["Science"]',
+         "image.lists[0] 'Science' is not a curated list name; lowercase letters, digits and '-', starting with a letter"),
+        ('name = "x"\n[[triggers]]\nname = "Nightly Job"\nschedule = "0 3 * * *"',
+         "triggers[0].name 'Nightly Job' is not a trigger name; lowercase letters, digits, '.', '_' or '-'"),
     ],
 )
 def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
