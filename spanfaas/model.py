@@ -40,6 +40,7 @@ __all__ = [
     "Trigger",
     "TriggerRecord",
     "load_manifest",
+    "manifest_trigger_id",
     "parse_manifest",
 ]
 
@@ -280,6 +281,16 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         where = f" (key '{key}')" if key else ""
         raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.
+    seen: dict[str, int] = {}
+    for i, t in enumerate(spec.triggers):
+        id = manifest_trigger_id(spec.name, t, i)
+        if id in seen:
+            raise InvalidManifest(
+                f"{source} (key 'triggers[{i}].name'): triggers[{i}] has the id '{id}' of triggers[{seen[id]}]; "
+                "give each trigger its own name",
+                key=f"triggers[{i}].name",
+            )
+        seen[id] = i
     sc = spec.scaling
     if sc.min > sc.max:
         raise InvalidManifest(
@@ -604,11 +615,16 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"timezone {self.timezone!r} is not known; use an IANA name like \"Europe/Berlin\"") from None
 
 
+def manifest_trigger_id(function: str, trigger: Trigger, index: int) -> str:
+    """The id of a manifest's trigger: ``<function>:<name>``, or ``<function>:<index>`` when unnamed."""
+    return f"{function}:{trigger.name or index}"
+
+
 class TriggerRecord(Struct, frozen=True, kw_only=True):
     """A trigger in force: declared in a manifest or added through the API."""
 
     id: str
-    """``<function>/<name or index>`` for manifest triggers, ``trg_…`` for API ones."""
+    """``<function>:<name or index>`` for manifest triggers, ``trg_…`` for API ones."""
     function: str
     trigger: Trigger
     origin: Literal["manifest", "api"] = "api"

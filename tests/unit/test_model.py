@@ -172,3 +172,21 @@ def test_a_schedule_that_cannot_fire_is_refused_with_its_reason(schedule: str, f
     """'0 3 31 2 *' was accepted; its trigger then stopped every schedule of the gateway."""
     with pytest.raises(ValueError, match=re.escape(fragment)):
         Trigger(schedule=schedule)
+
+
+@pytest.mark.parametrize(
+    ("triggers", "message"),
+    [
+        ('[[triggers]]\nname = "a"\ntype = "x"\n[[triggers]]\nname = "a"\ntype = "y"',
+         "triggers[1] has the id 'f:a' of triggers[0]; give each trigger its own name"),
+        # a name that is another trigger's index: triggers[1] without a name is 'f:1' too
+        ('[[triggers]]\nname = "1"\ntype = "x"\n[[triggers]]\ntype = "y"',
+         "triggers[1] has the id 'f:1' of triggers[0]; give each trigger its own name"),
+    ],
+)
+def test_two_manifest_triggers_with_one_id_are_refused(triggers: str, message: str) -> None:
+    """Both were deployed as 'f:a': `triggers ls` showed the id twice, and a dead letter or a
+    log line naming it could not say which trigger matched."""
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\n{triggers}\n')
+    assert message in info.value.message and info.value.extra["key"] == "triggers[1].name"
