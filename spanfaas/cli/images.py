@@ -378,9 +378,36 @@ def curate_audit(
     table = Table("WHEN", "WHO", "ACTION", "TARGET", "WHAT", box=None, header_style="bold")
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
-        what = ", ".join(f"{k}: {v}" for k, v in (e.get("detail") or {}).items())
+        what = _what(e["action"], e.get("detail") or {})
         table.add_row(when, escape(e["actor"]), escape(e["action"]), escape(e["target"]), escape(what))
     out_console().print(table)
+
+
+def _value(key: str, v: Any) -> str:
+    if key == "specifier":
+        return str(v) or "any version"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v) or "none"
+    return repr(v) if key in ("note", "owner") else str(v)
+
+
+def _what(action: str, detail: dict[str, Any]) -> str:
+    """An audit entry's detail as changes: ``note: 'a' → 'b'``, ``specifier: >=1 → >=2``."""
+    detail = dict(detail)
+    parts: list[str] = []
+    if action == "package.update":
+        parts.append(f"specifier: {_value('specifier', detail.pop('from', ''))} → {_value('specifier', detail.pop('to', ''))}")
+    elif action == "policy.set":
+        old, new = detail.pop("from", {}) or {}, detail.pop("to", {}) or {}
+        parts += [f"{k}: {_value(k, old.get(k))} → {_value(k, v)}" for k, v in new.items() if old.get(k) != v]
+    for k, v in detail.items():
+        if isinstance(v, dict) and set(v) == {"from", "to"}:
+            parts.append(f"{k}: {_value(k, v['from'])} → {_value(k, v['to'])}")
+        elif v != "" or k == "specifier":
+            parts.append(f"{k}: {_value(k, v)}")
+    return ", ".join(parts)
 
 
 @curate.command("policy")

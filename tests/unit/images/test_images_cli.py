@@ -140,3 +140,18 @@ def test_curate_update_with_nothing_to_change_says_so(cli: Cli) -> None:
     assert r.exit_code == 2 and "--note" in r.stderr and "--owner" in r.stderr, r.stderr
     audit = json.loads(ok(cli("images", "curate", "audit", "tools", "--json")).stdout)["entries"]
     assert [e["action"] for e in audit] == ["list.create"]
+
+
+def test_the_audit_trail_reads_as_changes_not_as_python_dicts(cli: Cli) -> None:
+    """WHAT showed \"note: {'from': 'tiny', 'to': 'new'}\", 'from: >=1,<3, to: >=2, note: ' and
+    'specifier: ' for an approval of any version."""
+    ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "--note", "tiny"))
+    ok(cli("images", "curate", "update", "tools", "--note", "small things"))
+    ok(cli("images", "curate", "add", "tools", "tinycalc>=2"))
+    ok(cli("images", "curate", "add", "tools", "tinyhelper"))
+    ok(cli("images", "curate", "policy", "--require-transitive"))
+    out = ok(cli("images", "curate", "audit")).stdout
+    for line in ("note: 'tiny' → 'small things'", "specifier: >=1,<3 → >=2", "specifier: any version",
+                 "require_transitive: false → true", "packages: tinycalc>=1,<3"):  # fmt: skip
+        assert line in out, (line, out)
+    assert "{'from'" not in out and "note: ," not in out and not out.rstrip().endswith("note:")
