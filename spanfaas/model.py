@@ -40,6 +40,7 @@ __all__ = [
     "Trigger",
     "TriggerRecord",
     "load_manifest",
+    "manifest_trigger_id",
     "parse_manifest",
 ]
 
@@ -149,6 +150,12 @@ _HINTS = {
     "handler": '; write it as module:function, e.g. handler = "handler:handler" for def handler in handler.py',
 }
 """What a key whose value does not match its pattern should look like."""
+_ITEM_HINTS = {
+    "image.preload[]": ("is not a module name", 'preload names modules to import, e.g. preload = ["sklearn"]'),
+    "image.lists[]": ("is not a curated list name", "lowercase letters, digits and '-', starting with a letter (spanfaas images curate ls)"),
+    "triggers[].name": ("is not a trigger name", "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (at most 63)"),
+}
+"""The same for an item of a list or a ``[[table]]`` (msgspec's key carries its index)."""
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
 _KINDS = {
@@ -262,6 +269,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         m = _PATH_RE.search(msg)
         key = m.group(1) if m else ""
         hint = _HINTS.get(key, "") if "matching regex" in msg else ""
+        if "matching regex" in msg and (item := _ITEM_HINTS.get(re.sub(r"\[\d+\]", "[]", key))):
+            msg, hint = f"{key} {_value_at(data, key)!r} {item[0]}; {item[1]}", ""
         if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
             table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
             hint = f"; {_known_keys(table)}"
@@ -272,6 +281,16 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         where = f" (key '{key}')" if key else ""
         raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.
+    seen: dict[str, int] = {}
+    for i, t in enumerate(spec.triggers):
+        id = manifest_trigger_id(spec.name, t, i)
+        if id in seen:
+            raise InvalidManifest(
+                f"{source} (key 'triggers[{i}].name'): triggers[{i}] has the id '{id}' of triggers[{seen[id]}]; "
+                "give each trigger its own name",
+                key=f"triggers[{i}].name",
+            )
+        seen[id] = i
     sc = spec.scaling
     if sc.min > sc.max:
         raise InvalidManifest(
@@ -576,12 +595,18 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(
                 "a trigger with a schedule fires on its own ticks: leave out source, type, subject and filters"
             )
-        from croniter import croniter  # type: ignore[import-untyped]  # (imported only by schedules)
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter  # type: ignore[import-untyped]
 
-        if not croniter.is_valid(self.schedule):
+        try:
+            croniter(self.schedule).get_next(float)
+        except CroniterBadCronError as exc:
             raise ValueError(
-                f"schedule {self.schedule!r} is not a cron expression; e.g. \"*/5 * * * *\" (every 5 minutes)"
-            )
+                f"schedule {self.schedule!r} is not a cron expression ({exc}); e.g. \"*/5 * * * *\" (every 5 minutes)"
+            ) from None
+        except CroniterBadDateError:
+            raise ValueError(
+                f"schedule {self.schedule!r} never fires: no date to come matches it (a 31 February, a year gone by?)"
+            ) from None
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:
@@ -590,11 +615,16 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"timezone {self.timezone!r} is not known; use an IANA name like \"Europe/Berlin\"") from None
 
 
+def manifest_trigger_id(function: str, trigger: Trigger, index: int) -> str:
+    """The id of a manifest's trigger: ``<function>:<name>``, or ``<function>:<index>`` when unnamed."""
+    return f"{function}:{trigger.name or index}"
+
+
 class TriggerRecord(Struct, frozen=True, kw_only=True):
     """A trigger in force: declared in a manifest or added through the API."""
 
     id: str
-    """``<function>/<name or index>`` for manifest triggers, ``trg_…`` for API ones."""
+    """``<function>:<name or index>`` for manifest triggers, ``trg_…`` for API ones."""
     function: str
     trigger: Trigger
     origin: Literal["manifest", "api"] = "api"

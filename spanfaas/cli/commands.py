@@ -267,7 +267,7 @@ def rm(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove a function (all its versions)."""
+    """Remove a function: all its versions, and its triggers."""
     with Client(url, token) as client:
         client.remove(name)
     print_done(as_json, {"removed": name}, f"removed [bold]{escape(name)}[/bold]")

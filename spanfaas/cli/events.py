@@ -74,13 +74,13 @@ def triggers_ls(
 @handle_errors
 def triggers_add(
     function: Annotated[str, typer.Argument(help="The function the events start.", show_default=False)],
-    source: Annotated[str, typer.Option(help="Glob on the events' source, e.g. 's3://photos'.")] = "*",
-    type: Annotated[str, typer.Option("--type", help="Glob on the events' type, e.g. 'com.github.push'.")] = "*",
+    source: Annotated[str | None, typer.Option(help="Glob on the events' source, e.g. 's3://photos' [default: *].", show_default=False)] = None,
+    type: Annotated[str | None, typer.Option("--type", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
     subject: Annotated[str | None, typer.Option(help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
-    filter: Annotated[list[str] | None, typer.Option("--filter", help="ATTRIBUTE=GLOB on any other attribute; repeatable.", show_default=False)] = None,
+    filter: Annotated[list[str] | None, typer.Option("--filter", metavar="ATTRIBUTE=GLOB", help="A glob on any other attribute, e.g. shop='b*'; repeatable.", show_default=False)] = None,
     schedule: Annotated[str | None, typer.Option(help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
-    timezone: Annotated[str, typer.Option(help="The schedule's time zone (IANA name).")] = "UTC",
-    missed: Annotated[str, typer.Option(help="Ticks missed while down: skip, latest or all.")] = "latest",
+    timezone: Annotated[str | None, typer.Option(help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
+    missed: Annotated[str | None, typer.Option(help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
     name: Annotated[str, typer.Option(help="A name for the trigger.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -88,10 +88,22 @@ def triggers_add(
 ) -> None:
     """Add a trigger to a function (needs the deploy scope)."""
     trigger: dict[str, Any] = {"name": name} if name else {}
+    matching = {"--source": source, "--type": type, "--subject": subject, "--filter": filter}
+    timing = {"--timezone": timezone, "--missed": missed}
     if schedule:
-        trigger.update(schedule=schedule, timezone=timezone, missed=missed)
+        if given := [opt for opt, value in matching.items() if value is not None]:
+            raise InvalidRequest(
+                f"--schedule fires on its own ticks and matches no events: leave out {', '.join(given)} "
+                "(or make a second trigger for the events)"
+            )
+        if missed is not None and missed not in ("skip", "latest", "all"):
+            raise InvalidRequest(f"--missed {missed!r} is not known; use skip, latest or all")
+        trigger.update(schedule=schedule, timezone=timezone or "UTC", missed=missed or "latest")
     else:
-        trigger.update(source=source, type=type)
+        if given := [opt for opt, value in timing.items() if value is not None]:
+            verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
+            raise InvalidRequest(f"{' and '.join(given)} only {verb} to a schedule: add --schedule 'CRON', or leave {them} out")
+        trigger.update(source=source or "*", type=type or "*")
         if subject is not None:
             trigger["subject"] = subject
         filters = {}
@@ -163,7 +175,7 @@ def send(
 @handle_errors
 def dlq_ls(
     function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n")] = 100,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many, newest first (1 to 1000).")] = 100,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

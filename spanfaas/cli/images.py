@@ -25,6 +25,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
+from spanfaas.errors import InvalidManifest, InvalidRequest
 from spanfaas.model import MANIFEST_NAME, ImageRequest, load_manifest
 
 __all__ = ["app", "build_with_progress", "curate", "image_request_of"]
@@ -123,10 +124,12 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build (or reuse) the image a function's manifest asks for, with the build log."""
+    if not path.exists():
+        raise InvalidManifest(f"{path} does not exist; pass a function directory with a {MANIFEST_NAME}")
     request = image_request_of(path)
     if request is None:
-        from spanfaas.errors import InvalidManifest
-
+        if path.is_dir():
+            load_manifest(path)  # none there: says so, and what to write
         raise InvalidManifest(f"{path} has no [image] table in its {MANIFEST_NAME}; add one, e.g. [image] packages = [\"numpy\"] lists = [\"science\"]")
     with Client(url, token) as client:
         done = build_with_progress(client, request, as_json=as_json)
@@ -299,6 +302,8 @@ def curate_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a list's note or owner (admin)."""
+    if note is None and owner is None:
+        raise InvalidRequest(f"nothing to change: pass --note or --owner (spanfaas images curate add {name} PACKAGE approves packages)")
     with Client(url, token) as client:
         lst = client.images.update_list(name, note=note, owner=owner)
     print_done(as_json, lst, f"updated list [bold]{escape(name)}[/bold]")
@@ -359,7 +364,7 @@ def curate_remove(
 @handle_errors
 def curate_audit(
     target: Annotated[str | None, typer.Argument(metavar="[LIST|policy|IMAGE]", help="Only this list's changes (or the policy's, or an image's).", show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many, newest first (1 to 10000).")] = 50,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -373,9 +378,36 @@ def curate_audit(
     table = Table("WHEN", "WHO", "ACTION", "TARGET", "WHAT", box=None, header_style="bold")
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
-        what = ", ".join(f"{k}: {v}" for k, v in (e.get("detail") or {}).items())
+        what = _what(e["action"], e.get("detail") or {})
         table.add_row(when, escape(e["actor"]), escape(e["action"]), escape(e["target"]), escape(what))
     out_console().print(table)
+
+
+def _value(key: str, v: Any) -> str:
+    if key == "specifier":
+        return str(v) or "any version"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v) or "none"
+    return repr(v) if key in ("note", "owner") else str(v)
+
+
+def _what(action: str, detail: dict[str, Any]) -> str:
+    """An audit entry's detail as changes: ``note: 'a' → 'b'``, ``specifier: >=1 → >=2``."""
+    detail = dict(detail)
+    parts: list[str] = []
+    if action == "package.update":
+        parts.append(f"specifier: {_value('specifier', detail.pop('from', ''))} → {_value('specifier', detail.pop('to', ''))}")
+    elif action == "policy.set":
+        old, new = detail.pop("from", {}) or {}, detail.pop("to", {}) or {}
+        parts += [f"{k}: {_value(k, old.get(k))} → {_value(k, v)}" for k, v in new.items() if old.get(k) != v]
+    for k, v in detail.items():
+        if isinstance(v, dict) and set(v) == {"from", "to"}:
+            parts.append(f"{k}: {_value(k, v['from'])} → {_value(k, v['to'])}")
+        elif v != "" or k == "specifier":
+            parts.append(f"{k}: {_value(k, v)}")
+    return ", ".join(parts)
 
 
 @curate.command("policy")

@@ -95,22 +95,32 @@ class EventSource(EventProxy, Protocol):
     async def run(self, sink: Sink) -> None: ...
 
 
-def make_event(attributes: dict[str, Any], data: Any = None) -> CloudEvent:
+def make_event(attributes: dict[str, Any], data: Any = None, where: str = "the CloudEvent") -> CloudEvent:
     """A CloudEvent from attributes a proxy built; InvalidEvent when the SDK rejects them."""
-    for name in REQUIRED:
-        value = attributes.get(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidEvent(missing_message(name))
+    check_required(attributes, where)
     try:
         return CloudEvent(attributes, data)
     except (BaseCloudEventException, ValueError, TypeError) as exc:
-        raise InvalidEvent(f"not a valid CloudEvent: {exc}") from None
+        raise InvalidEvent(f"{where} is not valid: {exc}") from None
 
 
-def missing_message(name: str) -> str:
+def check_required(attributes: Mapping[str, Any], where: str = "the CloudEvent") -> None:
+    """InvalidEvent unless id, source, type and specversion are non-empty strings."""
+    for name in REQUIRED:
+        value = attributes.get(name)
+        if not isinstance(value, str) or not value:
+            raise InvalidEvent(missing_message(name, where, attributes))
+
+
+def missing_message(name: str, where: str = "the CloudEvent", attributes: Mapping[str, Any] | None = None) -> str:
+    """What is wrong with a required attribute: absent or empty, or sent as another JSON type."""
+    value = (attributes or {}).get(name)
+    if attributes is not None and name in attributes and not isinstance(value, str):
+        sent = _encode(value).decode()
+        return f"{where}'s '{name}' must be a non-empty string, got {sent}; id, source, type and specversion are strings"
     if name == "specversion":
-        return "the CloudEvent has no 'specversion' (or an empty one); spanfaas accepts \"1.0\""
-    return f"the CloudEvent has no '{name}' attribute (or an empty one); id, source, type and specversion are required"
+        return f"{where} has no 'specversion' (or an empty one); spanfaas accepts \"1.0\""
+    return f"{where} has no '{name}' attribute (or an empty one); id, source, type and specversion are required"
 
 
 def attributes_of(event: CloudEvent) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from spanfaas.events.base import (
     REQUIRED,
     CloudEvent,
     InvalidEvent,
+    check_required,
     make_event,
     missing_message,
 )
@@ -53,12 +54,10 @@ def parse_structured(doc: Any, where: str = "the CloudEvent") -> CloudEvent:
     """A CloudEvent from a decoded structured-mode JSON object."""
     if not isinstance(doc, dict):
         raise InvalidEvent(f"{where} must be a JSON object with id, source, type and specversion; {_HINT}")
-    for name in REQUIRED:
-        value = doc.get(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidEvent(missing_message(name))
+    check_required(doc, where)
+    prefix = "" if where == "the CloudEvent" else f"{where}: "
     if doc["specversion"] != "1.0":
-        raise InvalidEvent(f"specversion {doc['specversion']!r} is not supported; send \"1.0\"")
+        raise InvalidEvent(f"{prefix}specversion {doc['specversion']!r} is not supported; send \"1.0\"")
     if "data" in doc and "data_base64" in doc:
         raise InvalidEvent(f"{where} has both 'data' and 'data_base64'; send one")
     attrs = {k: v for k, v in doc.items() if k not in ("data", "data_base64")}
@@ -68,17 +67,17 @@ def parse_structured(doc: Any, where: str = "the CloudEvent") -> CloudEvent:
             data = base64.b64decode(doc["data_base64"], validate=True)
         except (ValueError, TypeError):
             raise InvalidEvent(f"{where} has a 'data_base64' that is not base64") from None
-    _parse_time(attrs)
-    return make_event(attrs, data)
+    _parse_time(attrs, prefix)
+    return make_event(attrs, data, where)
 
 
-def _parse_time(attrs: dict[str, Any]) -> None:
+def _parse_time(attrs: dict[str, Any], prefix: str = "") -> None:
     if "time" not in attrs:
         return
     try:
         attrs["time"] = isoparse(attrs["time"])
     except (ValueError, TypeError):
-        raise InvalidEvent(f"time {attrs['time']!r} is not an RFC 3339 timestamp") from None
+        raise InvalidEvent(f"{prefix}time {attrs['time']!r} is not an RFC 3339 timestamp") from None
 
 
 class CloudEventsProxy:
@@ -139,8 +138,6 @@ def event_from_fields(fields: Mapping[str, str]) -> CloudEvent:
             data = _decode(data)
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"the 'data' field is not valid JSON: {exc}") from None
-    for name in REQUIRED:
-        if not attrs.get(name):
-            raise InvalidEvent(missing_message(name))
+    check_required(attrs)
     _parse_time(attrs)
     return make_event(attrs, data)

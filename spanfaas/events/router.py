@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from spanfaas.model import FunctionRecord, TriggerRecord
+from spanfaas.model import FunctionRecord, TriggerRecord, manifest_trigger_id
 from spanfaas.store import Store
 
 __all__ = ["Router", "TriggerTable", "manifest_triggers"]
@@ -26,7 +26,7 @@ Functions = Callable[[], Mapping[str, FunctionRecord]]
 
 def manifest_triggers(record: FunctionRecord) -> list[TriggerRecord]:
     return [
-        TriggerRecord(id=f"{record.name}:{t.name or i}", function=record.name, trigger=t, origin="manifest",
+        TriggerRecord(id=manifest_trigger_id(record.name, t, i), function=record.name, trigger=t, origin="manifest",
                       created_at=record.created_at)
         for i, t in enumerate(record.spec.triggers)
     ]  # fmt: skip

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from croniter import croniter  # type: ignore[import-untyped]
+from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]
 
 from spanfaas.config import EventSettings
 from spanfaas.events.metrics import EventMetrics
@@ -74,7 +74,10 @@ def due_ticks(expr: str, zone: str, last: float, now: float, limit: int) -> list
     fixed = _fixed_time(it)
     out: list[datetime] = []
     while len(out) < limit:
-        t = it.get_prev(datetime)
+        try:
+            t = it.get_prev(datetime)
+        except CroniterBadDateError:  # no earlier tick at all (a schedule that starts in a later year)
+            break
         if t.timestamp() <= last:
             break
         if fixed and _second_pass(t):
@@ -115,6 +118,7 @@ class ScheduleSource:
         self.clock = clock
         self.poll = poll
         self._marks: dict[str, float] = {}
+        self._broken: dict[str, str] = {}  # trigger id -> the error last logged for it (logged once)
 
     async def run(self, sink: ScheduleSink) -> None:
         while True:
@@ -139,23 +143,46 @@ class ScheduleSource:
             for key in gone:
                 del self._marks[key]
         for record in records:
-            t = record.trigger
-            key = schedule_key(record)
-            last = self._marks.get(key)
-            if last is None:
-                last = self._marks[key] = await asyncio.to_thread(self.store.last_tick, key, now)
-            limit = self.settings.catchup_limit if t.missed == "all" else 1
-            due = due_ticks(t.schedule, t.timezone, last, now, limit)
-            if due:
-                ticks = [Tick(d, missed=d.timestamp() < now - ON_TIME) for d in due]
-                if t.missed == "skip":
-                    ticks = [k for k in ticks if not k.missed]
-                self.metrics.received.labels(self.kind).inc(len(ticks))
-                fired = await sink.fire(record, key, ticks, due[-1].timestamp())
-                if fired < len(ticks):
-                    log.info("schedule %s: %d of %d ticks were already fired (another gateway, or before a restart)",
-                             record.id, len(ticks) - fired, len(ticks))  # fmt: skip
-                self._marks[key] = max(due[-1].timestamp(), last)
-            following = croniter(t.schedule, datetime.fromtimestamp(now, ZoneInfo(t.timezone))).get_next(float)
-            wait = min(wait, max(following - self.clock(), 0.0) + 0.001)
+            try:
+                following = await self._check_one(sink, record, now)
+            except CroniterError as exc:  # one schedule croniter cannot step through must not stop the others
+                self._report(record, str(exc))
+                continue
+            if following is None:
+                self._report(record, "no date to come matches it")
+            else:
+                wait = min(wait, max(following - self.clock(), 0.0) + 0.001)
         return wait
+
+    def _report(self, record: TriggerRecord, why: str) -> None:
+        """Say once (per trigger and reason) that a schedule will not fire, and how to remove it."""
+        if self._broken.get(record.id) == why:
+            return
+        self._broken[record.id] = why
+        fix = "in its spanfaas.toml and deploy again" if record.origin == "manifest" else f"or remove it: spanfaas triggers rm {record.id}"
+        log.error("schedule %s of function %s (%r) will not fire: %s; change it %s",
+                  record.id, record.function, record.trigger.schedule, why, fix)  # fmt: skip
+
+    async def _check_one(self, sink: ScheduleSink, record: TriggerRecord, now: float) -> float | None:
+        """Fire what is due of one schedule; the time of its next tick (None: it has none to come)."""
+        t = record.trigger
+        key = schedule_key(record)
+        last = self._marks.get(key)
+        if last is None:
+            last = self._marks[key] = await asyncio.to_thread(self.store.last_tick, key, now)
+        limit = self.settings.catchup_limit if t.missed == "all" else 1
+        due = due_ticks(t.schedule, t.timezone, last, now, limit)
+        if due:
+            ticks = [Tick(d, missed=d.timestamp() < now - ON_TIME) for d in due]
+            if t.missed == "skip":
+                ticks = [k for k in ticks if not k.missed]
+            self.metrics.received.labels(self.kind).inc(len(ticks))
+            fired = await sink.fire(record, key, ticks, due[-1].timestamp())
+            if fired < len(ticks):
+                log.info("schedule %s: %d of %d ticks were already fired (another gateway, or before a restart)",
+                         record.id, len(ticks) - fired, len(ticks))  # fmt: skip
+            self._marks[key] = max(due[-1].timestamp(), last)
+        try:
+            return float(croniter(t.schedule, datetime.fromtimestamp(now, ZoneInfo(t.timezone))).get_next(float))
+        except CroniterBadDateError:  # its last tick has passed
+            return None

@@ -275,7 +275,7 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  response=FunctionList, errors=(401, 403)),
         Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",
                  params=(_fn,), response=FunctionRecord, errors=(401, 403, 404)),
-        Endpoint("DELETE", f"/v1/functions/{_NAME}", delete_function, "Remove a function and all its versions",
+        Endpoint("DELETE", f"/v1/functions/{_NAME}", delete_function, "Remove a function, all its versions and its triggers",
                  scope="deploy", params=(_fn,), status=204, errors=(401, 403, 404)),
         Endpoint("GET", f"/v1/functions/{_NAME}/explain", explain_function,
                  "Where an invocation would run now: each infrastructure's verdict, score and reasons",

@@ -8,6 +8,7 @@ send an API token, the HMAC signature is their authentication.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -129,14 +130,34 @@ async def add_trigger(gw: Gateway, request: Request) -> Response:
     try:
         req = msgspec.json.decode(body, type=TriggerRequest)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(
-            f"invalid trigger: {exc}; send e.g. "
-            '{"function": "thumbnail", "trigger": {"source": "s3://photos", "subject": "*.jpg"}}'
-        ) from None
+        raise InvalidRequest(f"invalid trigger: {_trigger_problem(str(exc), body)}") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     record = await gw.events.add_trigger(req.function, req.trigger)
     return _json(record, 201)
+
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_TRIGGER_EXAMPLE = 'send e.g. {"function": "thumbnail", "trigger": {"source": "s3://photos", "subject": "*.jpg"}}'
+
+
+def _trigger_problem(message: str, body: bytes) -> str:
+    """What is wrong with a trigger request, in its own terms: the trigger's own checks as
+    they are, the values a field takes, the example only when the request's shape is wrong."""
+    at = _AT.search(message)
+    path, text = (at.group(1), message[: at.start()]) if at else ("", message)
+    if path == "trigger" and not text.startswith(("Expected", "Object")):  # Trigger.__post_init__ said what to fix
+        return text
+    field = path.removeprefix("trigger.")
+    sent = msgspec.json.decode(body).get("trigger", {}).get(field) if path.startswith("trigger.") else None
+    if text.startswith("Invalid enum value"):
+        info = next(f.type for f in msgspec.inspect.type_info(Trigger).fields if f.name == field)  # type: ignore[attr-defined]
+        allowed = ", ".join(repr(v) for v in sorted(info.values))
+        return f"{path} {sent!r} is not known; use one of: {allowed}"
+    if path == "trigger.name" and "matching regex" in text:
+        return (f"{path} {sent!r} must be lowercase letters, digits, '.', '_' or '-', starting with a letter "
+                'or digit (at most 63), e.g. "nightly"')  # fmt: skip
+    return f"{text}{f' (in {path})' if path else ''}; {_TRIGGER_EXAMPLE}"
 
 
 async def remove_trigger(gw: Gateway, request: Request) -> Response:

@@ -47,7 +47,8 @@ NDJSON = "application/x-ndjson"
 
 
 class ListCreate(Struct, forbid_unknown_fields=True, kw_only=True):
-    name: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    name: Annotated[str, Meta(min_length=1)]
+    """Lowercase letters, digits and '-', starting with a letter (checked by ``curation.new_list``)."""
     note: str = ""
     owner: str = ""
     packages: list[str] = []
@@ -255,7 +256,7 @@ def image_endpoints() -> list[Endpoint]:
         Endpoint("POST", "/v1/images/gc", gc, "Remove every image no function runs on (audited)", scope="admin",
                  tag="images", response=GcResult, errors=(401, 403)),
         Endpoint("GET", "/v1/images/{id:str}", get_image, "An image: its lock, packages, size, creation and users",
-                 scope="deploy", tag="images", params=(img,), response=ImageView, errors=(401, 403, 404)),
+                 scope="deploy", tag="images", params=(img,), response=ImageView, errors=(400, 401, 403, 404)),
         Endpoint("DELETE", "/v1/images/{id:str}", remove_image, "Remove an unused image (audited)", scope="admin",
-                 tag="images", params=(img,), status=204, errors=(401, 403, 404, 409)),
+                 tag="images", params=(img,), status=204, errors=(400, 401, 403, 404, 409)),
     ]  # fmt: skip

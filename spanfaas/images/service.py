@@ -48,6 +48,7 @@ from spanfaas.errors import (
     InfraError,
     InfraUnavailable,
     InvalidManifest,
+    InvalidRequest,
     NotFound,
     SpanfaasError,
     format_size,
@@ -436,7 +437,11 @@ class ImageService:
         """A full image id from an id or a unique prefix of at least 6 digits."""
         if len(prefix) == 64:
             return prefix
-        matches = [r.id for r in self.store.list_images() if len(prefix) >= 6 and r.id.startswith(prefix)]
+        matches = [r.id for r in self.store.list_images() if prefix and r.id.startswith(prefix)]
+        if matches and len(prefix) < 6:
+            raise InvalidRequest(
+                f"image id prefix '{prefix}' is too short; give at least 6 digits, e.g. {matches[0][:12]} (spanfaas images ls)"
+            )
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -254,7 +254,10 @@ class ImageQueries(SQLStore):
             self._lock(cur, "image-list:" + lst.name)
             cur.execute(self._q("SELECT 1 FROM image_lists WHERE name = ?"), (lst.name,))
             if cur.fetchone() is not None:
-                raise Conflict(f"curated list '{lst.name}' exists already; change it with PATCH, or add packages to it")
+                raise Conflict(
+                    f"curated list '{lst.name}' exists already; change it (PATCH /v1/images/lists/{lst.name}, "
+                    f"spanfaas images curate update {lst.name}) or add packages to it (spanfaas images curate add {lst.name} PACKAGE)"
+                )
             cur.execute(
                 self._q(f"INSERT INTO image_lists ({_LIST_COLS}) VALUES (?, ?, ?, ?, ?, ?)"),
                 (lst.name, lst.note, lst.owner, lst.created_by, lst.created_at, lst.updated_at),
@@ -274,11 +277,13 @@ class ImageQueries(SQLStore):
                 owner=old.owner if owner is None else owner,
                 updated_at=time.time(),
             )
+            changes = {k: {"from": getattr(old, k), "to": getattr(new, k)} for k in ("note", "owner") if getattr(old, k) != getattr(new, k)}
+            if not changes:  # nothing to record
+                return old
             cur.execute(
                 self._q("UPDATE image_lists SET note = ?, owner = ?, updated_at = ? WHERE name = ?"),
                 (new.note, new.owner, new.updated_at, name),
             )
-            changes = {k: {"from": getattr(old, k), "to": getattr(new, k)} for k in ("note", "owner") if getattr(old, k) != getattr(new, k)}
             self._audit(cur, actor, "list.update", name, changes)
             return new
 

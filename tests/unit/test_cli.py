@@ -437,3 +437,34 @@ def test_the_start_up_hint_names_the_command_as_the_user_can_run_it(tmp_path: Pa
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # an activated venv
     assert command_name(str(script)) == "spanfaas"
     assert command_name("/somewhere/spanfaas/__main__.py") == "spanfaas"  # python -m spanfaas
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--schedule", "0 3 * * *", "--type", "com.example.*"), ("--schedule", "--type")),
+        (("--schedule", "0 3 * * *", "--subject", "*.jpg", "--filter", "shop=b*"), ("--subject", "--filter")),
+        (("--type", "com.example.*", "--timezone", "Europe/Berlin"), ("--timezone", "--schedule")),
+        (("--type", "com.example.*", "--missed", "all"), ("--missed", "--schedule")),
+        (("--schedule", "0 3 * * *", "--missed", "sometimes"), ("--missed", "skip, latest or all")),
+    ],
+)
+def test_triggers_add_refuses_options_it_would_drop(cli: Any, args: tuple[str, ...], fragments: tuple[str, ...]) -> None:
+    """``triggers add F --schedule … --type …`` made a schedule and dropped --type without a word (and
+    --timezone without --schedule was dropped the same way): the user believed in a filter that was not there."""
+    assert cli("deploy", HELLO).exit_code == 0
+    expect_error(cli("triggers", "add", "hello", *args), 2, *fragments)
+    assert json.loads(cli("triggers", "ls", "-f", "hello", "--json").stdout)["triggers"] == []
+
+
+@pytest.mark.parametrize(
+    ("command", "bad"),
+    [(("events", "dlq", "ls"), ("0", "1001")), (("images", "curate", "audit"), ("0", "10001"))],
+)
+def test_dead_letter_and_audit_limits_out_of_range_name_the_option(cli: Any, command: tuple[str, ...], bad: tuple[str, ...]) -> None:
+    """``events dlq ls -n 0`` and ``images curate audit -n 0`` answered in the HTTP API's terms
+    ('limit=0 is out of range'), as ``logs`` once did."""
+    for n in bad:
+        r = cli(*command, "-n", n)
+        assert r.exit_code == 2 and "'--limit' / '-n'" in r.stderr, r.stderr
+        assert "limit=" not in r.stderr

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from spanfaas.errors import FunctionError, FunctionOutOfMemory, FunctionTimeout, InvalidManifest
-from spanfaas.model import ErrorInfo, Result, load_manifest, parse_manifest
+from spanfaas.model import ErrorInfo, Result, Trigger, load_manifest, parse_manifest
 
 
 def test_minimal_manifest_gets_defaults() -> None:
@@ -122,6 +123,13 @@ def test_result_raises_the_typed_error(kind: str, exc: type[Exception]) -> None:
     [
         ('name = "x"\nhandler = "no-colon"', 'write it as module:function, e.g. handler = "handler:handler"'),
         ('name = "Bad_Name"', "lowercase letters, digits and '-', starting with a letter"),
+        # a pattern inside a list or a [[table]]: msgspec's key carries the index
+        ('name = "x"\n[image]\npackages = ["scikit-learn"]\nlists = ["ml"]\npreload = ["scikit-learn"]',
+         "image.preload[0] 'scikit-learn' is not a module name; preload names modules to import, e.g. preload = [\"sklearn\"]"),
+        ('name = "x"\n[image]\npackages = ["numpy"]\nlists = ["Science"]',
+         "image.lists[0] 'Science' is not a curated list name; lowercase letters, digits and '-', starting with a letter"),
+        ('name = "x"\n[[triggers]]\nname = "Nightly Job"\nschedule = "0 3 * * *"',
+         "triggers[0].name 'Nightly Job' is not a trigger name; lowercase letters, digits, '.', '_' or '-'"),
     ],
 )
 def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
@@ -149,3 +157,36 @@ def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, messa
         parse_manifest(f'name = "f"\n{text}\n')
     assert info.value.extra["key"] == key, info.value.message
     assert message in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fragment"),
+    [
+        ("0 3 31 2 *", "never fires"),  # 31 February
+        ("0 0 1 1 * 0 2020", "never fires"),  # a year gone by
+        ("61 * * * *", "out of range"),  # croniter's own reason is kept
+        ("*/0 * * * *", "step '0'"),
+    ],
+)
+def test_a_schedule_that_cannot_fire_is_refused_with_its_reason(schedule: str, fragment: str) -> None:
+    """'0 3 31 2 *' was accepted; its trigger then stopped every schedule of the gateway."""
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        Trigger(schedule=schedule)
+
+
+@pytest.mark.parametrize(
+    ("triggers", "message"),
+    [
+        ('[[triggers]]\nname = "a"\ntype = "x"\n[[triggers]]\nname = "a"\ntype = "y"',
+         "triggers[1] has the id 'f:a' of triggers[0]; give each trigger its own name"),
+        # a name that is another trigger's index: triggers[1] without a name is 'f:1' too
+        ('[[triggers]]\nname = "1"\ntype = "x"\n[[triggers]]\ntype = "y"',
+         "triggers[1] has the id 'f:1' of triggers[0]; give each trigger its own name"),
+    ],
+)
+def test_two_manifest_triggers_with_one_id_are_refused(triggers: str, message: str) -> None:
+    """Both were deployed as 'f:a': `triggers ls` showed the id twice, and a dead letter or a
+    log line naming it could not say which trigger matched."""
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\n{triggers}\n')
+    assert message in info.value.message and info.value.extra["key"] == "triggers[1].name"

@@ -360,3 +360,26 @@ async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_prompt
     assert view["status"] == "failed" and view["reruns"] == CRASH_RERUNS + 1, view
     assert "could not store" in view["error"]["message"] and gateway.infra.invocations == runs  # type: ignore[attr-defined]
     assert "could not be kept as a dead letter" in view["error"]["message"]  # and the dead letter of its last run, neither
+
+
+@pytest.mark.parametrize(
+    ("trigger", "says", "not_says"),
+    [
+        ({"schedule": "every day"}, "invalid trigger: schedule 'every day' is not a cron expression", "s3://photos"),
+        ({"schedule": "0 3 * * *", "type": "com.x"}, "leave out source, type", "s3://photos"),
+        ({"schedule": "0 3 * * *", "missed": "sometimes"}, "trigger.missed 'sometimes' is not known; use one of: 'all', 'latest', 'skip'", "enum"),
+        ({"name": "Nightly Job"}, "trigger.name 'Nightly Job' must be lowercase letters, digits, '.', '_' or '-'", "regex"),
+        ({"typ": "com.x"}, "unknown field `typ`", "at `$"),
+    ],
+)
+async def test_a_refused_trigger_says_what_to_fix(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], trigger: dict[str, Any], says: str, not_says: str
+) -> None:
+    """The trigger's own checks came back as 'invalid trigger: … - at `$.trigger`; send e.g.
+    {… "s3://photos" …}' (an example beside the point), an unknown `missed` as msgspec's
+    'Invalid enum value', a bad name as a regular expression."""
+    await deploy("orders", ORDERS)
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": trigger})
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert says in detail and not_says not in detail, detail

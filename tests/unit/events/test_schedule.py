@@ -173,3 +173,43 @@ async def test_a_trigger_deleted_and_made_again_starts_afresh(tmp_path: Path, ho
         assert ticks_of(store)[1:] == ["2024-03-30T12:11:00+00:00"]
     finally:
         store.close()
+
+
+async def test_a_schedule_without_past_or_future_ticks_does_not_stop_the_others(tmp_path: Path) -> None:
+    """One schedule croniter could not step back from ("at 00:00 on 1 January 2030", seen in
+    2024) raised out of the loop on every look: no schedule of the platform fired any more,
+    and the log said only 'schedules: CroniterBadDateError: failed to find prev date'."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        clock = Clock(T0 + 0.5)
+        once = TriggerRecord(id="trg_once", function="job", trigger=Trigger(schedule="0 0 1 1 * 0 2030"))
+        service, source = make(tmp_path, [once, *minutely("latest")], clock, store)
+        await source.check(service)
+        clock.now = T0 + 60.2
+        wait = await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
+        assert 0 < wait <= 60
+    finally:
+        store.close()
+
+
+async def test_a_stored_schedule_that_can_never_fire_is_logged_once_and_the_others_fire(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A '0 3 31 2 *' stored before such schedules were refused: it is named in the log, once,
+    with how to remove it, and the other schedules go on."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        feb31 = Trigger(schedule="0 3 * * *")
+        msgspec.structs.force_setattr(feb31, "schedule", "0 3 31 2 *")
+        clock = Clock(T0 + 0.5)
+        broken = TriggerRecord(id="trg_feb31", function="job", trigger=feb31)
+        service, source = make(tmp_path, [broken, *minutely("latest")], clock, store)
+        await source.check(service)
+        clock.now = T0 + 60.2
+        await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
+        logged = [r.getMessage() for r in caplog.records if "trg_feb31" in r.getMessage()]
+        assert len(logged) == 1 and "spanfaas triggers rm trg_feb31" in logged[0], logged
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from urllib.parse import quote
 
 import pytest
@@ -57,6 +58,29 @@ def test_batch_mode() -> None:
     body = json.dumps([{**CE, "id": str(i)} for i in range(3)]).encode()
     events = CloudEventsProxy().translate({"content-type": "application/cloudevents-batch+json"}, body)
     assert [e.get_id() for e in events] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({k: v for k, v in CE.items() if k != "source"}, r"^event 1 of the batch has no 'source' attribute"),
+        ({**CE, "specversion": "0.3"}, r"^event 1 of the batch: specversion '0.3' is not supported"),
+        ({**CE, "time": "yesterday"}, r"^event 1 of the batch: time 'yesterday' is not an RFC 3339"),
+        ({**CE, "Bad-Name": 1}, r"^event 1 of the batch is not valid: .*lowercase"),
+    ],
+)
+def test_a_bad_event_of_a_batch_is_named_by_its_index(bad: dict[str, object], match: str) -> None:
+    body = json.dumps([CE, bad, {**CE, "id": "e-3"}]).encode()
+    with pytest.raises(InvalidEvent, match=match):
+        CloudEventsProxy().translate({"content-type": "application/cloudevents-batch+json"}, body)
+
+
+@pytest.mark.parametrize("value", [5, None, ["e-1"]])
+def test_a_required_attribute_of_the_wrong_type_says_so(value: object) -> None:
+    """An id of 5 is not a missing id: the message shows what was sent and what to send."""
+    body = json.dumps({**CE, "id": value}).encode()
+    with pytest.raises(InvalidEvent, match=re.escape(f"'id' must be a non-empty string, got {json.dumps(value)}")):
+        CloudEventsProxy().translate(STRUCTURED, body)
 
 
 @pytest.mark.parametrize("missing", ["id", "source", "type", "specversion"])

@@ -222,3 +222,22 @@ async def test_openapi_documents_the_image_endpoints(gw: tuple[Starlette, Record
     assert "409" in paths["/v1/images/{id}"]["delete"]["responses"]
     for name in ("CuratedList", "ImageView", "AuditList", "ImagePolicy", "GcResult"):
         assert name in doc["components"]["schemas"]
+
+
+async def test_a_refused_list_says_what_to_fix_in_words_both_the_api_and_the_cli_user_can_act_on(
+    gw: tuple[Starlette, Recording, SQLiteStore],
+) -> None:
+    """A list name out of pattern got msgspec's "Expected `str` matching regex '^[a-z]…$' - at
+    `$.name`"; a second create of a list was told to 'change it with PATCH', which a CLI user
+    has never typed."""
+    app, _, store = gw
+    async with client(app, store, "ops-alice", "admin") as admin:
+        r = await admin.post("/v1/images/lists", json={"name": "Data_Science"})
+        assert r.status_code == 400
+        detail = r.json()["detail"]
+        assert "curated list name 'Data_Science' is not valid; use lowercase letters" in detail and "regex" not in detail, detail
+        assert (await admin.post("/v1/images/lists", json={"name": "tools"})).status_code == 201
+        r = await admin.post("/v1/images/lists", json={"name": "tools"})
+        assert r.status_code == 409
+        detail = r.json()["detail"]
+        assert "PATCH /v1/images/lists/tools" in detail and "spanfaas images curate update tools" in detail, detail

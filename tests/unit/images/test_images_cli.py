@@ -119,3 +119,39 @@ def test_a_deploy_whose_image_build_times_out_exits_as_a_platform_failure(tmp_pa
             assert "did not finish within 0.001 s" in r.stderr and "build_timeout" in r.stderr, r.stderr
         r = cli("deploy", str(fn), "--json", scope="deploy")
         assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 504
+
+
+def test_images_build_of_a_path_that_is_not_a_function_says_so(cli: Cli, tmp_path: Path) -> None:
+    """A mistyped path was told it 'has no [image] table in its spanfaas.toml', as was a
+    directory without any spanfaas.toml; deploy says what is really wrong, and so does build now."""
+    r = cli("images", "build", str(tmp_path / "no-such-dir"))
+    assert r.exit_code == 2 and "does not exist" in r.stderr and "[image]" not in r.stderr, r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("images", "build", str(empty))
+    assert r.exit_code == 2 and "no spanfaas.toml in" in r.stderr and "[image]" not in r.stderr, r.stderr
+
+
+def test_curate_update_with_nothing_to_change_says_so(cli: Cli) -> None:
+    """`spanfaas images curate update tools` printed '✓ updated list tools' and left a
+    'list.update' with an empty WHAT in the audit trail."""
+    ok(cli("images", "curate", "create", "tools", "tinycalc"))
+    r = cli("images", "curate", "update", "tools")
+    assert r.exit_code == 2 and "--note" in r.stderr and "--owner" in r.stderr, r.stderr
+    audit = json.loads(ok(cli("images", "curate", "audit", "tools", "--json")).stdout)["entries"]
+    assert [e["action"] for e in audit] == ["list.create"]
+
+
+def test_the_audit_trail_reads_as_changes_not_as_python_dicts(cli: Cli) -> None:
+    """WHAT showed \"note: {'from': 'tiny', 'to': 'new'}\", 'from: >=1,<3, to: >=2, note: ' and
+    'specifier: ' for an approval of any version."""
+    ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "--note", "tiny"))
+    ok(cli("images", "curate", "update", "tools", "--note", "small things"))
+    ok(cli("images", "curate", "add", "tools", "tinycalc>=2"))
+    ok(cli("images", "curate", "add", "tools", "tinyhelper"))
+    ok(cli("images", "curate", "policy", "--require-transitive"))
+    out = ok(cli("images", "curate", "audit")).stdout
+    for line in ("note: 'tiny' → 'small things'", "specifier: >=1,<3 → >=2", "specifier: any version",
+                 "require_transitive: false → true", "packages: tinycalc>=1,<3"):  # fmt: skip
+        assert line in out, (line, out)
+    assert "{'from'" not in out and "note: ," not in out and not out.rstrip().endswith("note:")

@@ -15,7 +15,7 @@ import pytest
 from images_helpers import ADMIN, built_dirs
 
 from spanfaas.config import ImageSettings, Settings
-from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InfraError, InvalidManifest, SpanfaasError
+from spanfaas.errors import Conflict, ImageBuildFailed, ImageRejected, InfraError, InvalidManifest, InvalidRequest, NotFound, SpanfaasError
 from spanfaas.images import ImageService
 from spanfaas.images.curation import approved_package, new_list
 from spanfaas.images.views import BuildDone, BuildFailed, BuildLine, BuildPhase
@@ -260,3 +260,14 @@ async def test_a_relative_image_directory_builds_images_a_function_can_import_fr
         assert out == "2.0"
     finally:
         store.close()
+
+
+async def test_an_image_id_prefix_under_six_digits_is_called_too_short_not_missing(service: ImageService) -> None:
+    """`spanfaas images show 1975` (the first digits of an image in `images ls`) was told
+    "image '1975' not found", though the image is there: prefixes need 6 digits."""
+    record, _ = await service.ensure(TOOLS, ADMIN)
+    with pytest.raises(InvalidRequest, match=f"too short.*at least 6.*{record.id[:12]}"):
+        service.resolve_id(record.id[:4])
+    assert service.resolve_id(record.id[:6]) == record.id
+    with pytest.raises(NotFound, match="not found"):
+        service.resolve_id("zz")

@@ -80,6 +80,17 @@ def test_list_changes_are_stored_and_each_is_audited_with_who_when_what(store: S
     assert store.image_audit("science")[0].detail == {"packages": ["pillow>=11,<13"]}
 
 
+def test_an_update_that_changes_nothing_leaves_no_audit_entry(store: Store) -> None:
+    """`curate update science` (or the same note again) was written to the audit trail as a
+    'list.update' with an empty WHAT, and moved the list's updated time."""
+    store.create_image_list(new_list("science", note="numerics", by="alice"), ALICE)
+    before = store.get_image_list("science")
+    for change in ({}, {"note": "numerics"}, {"note": "numerics", "owner": ""}):
+        after = store.update_image_list("science", BOB, **change)
+        assert after == before
+    assert [e.action for e in store.image_audit("science")] == ["list.create"]
+
+
 def test_missing_lists_and_packages_are_named(store: Store) -> None:
     store.create_image_list(new_list("science", packages=["numpy"]), ALICE)
     with pytest.raises(NotFound, match="curated list 'nope' not found; lists: science"):
