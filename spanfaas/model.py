@@ -6,6 +6,7 @@ Specs are frozen ``msgspec.Struct`` values validated once at the edge
 
 from __future__ import annotations
 
+import datetime
 import re
 import tomllib
 from pathlib import Path
@@ -202,13 +203,24 @@ def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tupl
             return None
         key, value = f"{table}.{bad}", entries[bad]
         if expected == "str":
-            return key, f"[{table}] {bad} must be {kind}, got {_toml(value)}: write {bad} = {_toml(_toml(value))}"
+            write = f": write {_toml_key(bad)} = {_toml(_toml(value))}" if _scalar(value) else ""
+            return key, f"[{table}] {_toml_key(bad)} must be {kind}, got {_toml(value)}{write}"
     else:
         value = _value_at(data, key)
-    fix = _HINTS.get(key, "") or _UNITS.get(key, "")
-    if expected == "str" and not isinstance(value, (dict, list)) and value is not None:
-        fix = fix or f"; write {key.rpartition('.')[2]} = {_toml(_toml(value))}"
+    fix = _HINTS.get(key, "") or _UNITS.get(key, "") or _allowed_values(key)
+    name = key.rpartition(".")[2]
+    if not fix and expected == "str" and _scalar(value) and not name.endswith("]"):  # (a list's item: no `key = value` to write)
+        fix = f"; write {_toml_key(name)} = {_toml(_toml(value))}"
     return key, f"{key} must be {kind}, got {_toml(value) if value is not None else _KINDS.get(got, got)}{fix}"
+
+
+def _scalar(value: Any) -> bool:
+    return value is not None and not isinstance(value, (dict, list))
+
+
+def _toml_key(key: str) -> str:
+    """A key as TOML needs it written: bare, or quoted."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml(key)
 
 
 def _toml(value: Any) -> str:
@@ -219,6 +231,10 @@ def _toml(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
     return str(value)
 
 

@@ -13,6 +13,8 @@ import contextvars
 import inspect
 import io
 import os
+import re
+import select
 import socket
 import sys
 import threading
@@ -160,16 +162,19 @@ _PLATFORM = os.path.dirname(os.path.dirname(__file__)) + os.sep
 _STDLIB = os.path.dirname(os.__file__) + os.sep
 
 
-_code_root = ""
-"""The function's bundle dir (``show_paths_from``): its files are named as in the bundle."""
+_code_frame: re.Pattern[str] | None = None
+"""A traceback's frame line in the function's bundle (``show_paths_from``)."""
 
 
 def show_paths_from(bundle_dir: str) -> None:
     """Name the function's own files in tracebacks by their path in its bundle
     (``handler.py``, ``lib/util.py``), not where the platform unpacked it: that
-    path is the platform's, and says nothing to the user."""
-    global _code_root
-    _code_root = bundle_dir.rstrip(os.sep) + os.sep
+    path is the platform's, and says nothing to the user.  Frame lines only (an
+    exception group's are indented and prefixed by ``|``): a message or a source
+    line that quotes the path stays as it is."""
+    global _code_frame
+    root = bundle_dir.rstrip(os.sep) + os.sep
+    _code_frame = re.compile(r'(?m)^([ |]*File ")' + re.escape(root))
 
 
 def user_traceback(exc: BaseException) -> str:
@@ -181,8 +186,8 @@ def user_traceback(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith((_PLATFORM, _STDLIB, "<frozen ")):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
-    if _code_root:
-        text = text.replace(f'File "{_code_root}', 'File "')
+    if _code_frame is not None:
+        text = _code_frame.sub(r"\1", text)
     return text
 
 
@@ -421,10 +426,15 @@ def frame_reader(sock: socket.socket, *, one_shot: bool) -> p.FrameReader:
 _ONE_SHOT_CHUNK = 64 * 1024
 
 
-def read_one(sock: socket.socket) -> tuple[p.Invoke, memoryview] | None:
+def read_one(sock: socket.socket, readable: select.poll | None = None) -> tuple[p.Invoke, memoryview] | None:
     """A strict instance's request: one ``recv`` for one that fits 64 KiB
-    (into a buffer of its size: no buffer kept, no poll object, no copy).
-    None at EOF."""
+    (into a buffer of its size: no buffer kept, no copy).  None at EOF.
+
+    ``readable``: ``sock`` registered for POLLIN, to wait in: a task blocked in
+    ``recv`` on a Unix socket is also woken when the peer *reads* (the hello),
+    a spurious context switch; ``poll`` wakes only for data."""
+    if readable is not None:
+        readable.poll()
     data: bytes | bytearray = sock.recv(_ONE_SHOT_CHUNK)
     if not data:
         return None
@@ -451,9 +461,9 @@ def read_one(sock: socket.socket) -> tuple[p.Invoke, memoryview] | None:
     return _decoder.decode(view[fs : fs + hlen]), view[fs + hlen : total]
 
 
-def serve_one(sock: socket.socket, runner: Runner, capture: Capture) -> None:
+def serve_one(sock: socket.socket, runner: Runner, capture: Capture, readable: select.poll | None = None) -> None:
     """strict isolation: serve one invocation on ``sock`` (none at EOF)."""
-    frame = read_one(sock)
+    frame = read_one(sock, readable)
     if frame is None:
         return
     req, body = frame

@@ -279,9 +279,10 @@ class Pool:
         """The zygote says the template exited.  Its channel may still hold what it
         said before it did (why its code failed to load): that notice travels on
         another socket and can overtake it, so read the channel first."""
+        self.template_pid = 0  # reaped: its pid may be another process's already, never to be killed
         if self._chan is not None:
             self._chan.drain()
-        if self._chan is not None or self.template_pid:  # (what it said may have reset it already)
+        if self._chan is not None:  # (what it said may have reset the pool already)
             self._reset_template()
 
     def _reset_template(self) -> None:
@@ -616,6 +617,10 @@ class Pool:
         loop = self._loop
         fut = _Waiter(loop, expires)
         self._waiters.append(fut)
+        if self.state == "cold" and self._ready is None:
+            # The template died after start() returned (right after it said it was
+            # ready): nothing else would start another for this call.
+            loop.create_task(self._restart_for_waiters())
         self._grow()
         timer = loop.call_at(expires, _expire, fut)
         try:

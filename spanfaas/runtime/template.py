@@ -368,7 +368,7 @@ class Template:
                 self.runner.warm()
                 capture.take()
             sock.send(prep.hello)
-            inst.serve_one(sock, self.runner, capture)
+            inst.serve_one(sock, self.runner, capture, prep.readable)
             return
         reader = None if self.concurrent else inst.frame_reader(sock, one_shot=False)
         if warm:
@@ -481,7 +481,7 @@ class _Prepared:
     """What one instance needs before its fork: its seq and scratch dir, both
     ends of its socketpair, its Landlock ruleset (or -1)."""
 
-    __slots__ = ("seq", "scratch", "scratch_b", "ours", "theirs", "ours_fd", "theirs_fd", "ruleset", "hello")
+    __slots__ = ("seq", "scratch", "scratch_b", "ours", "theirs", "ours_fd", "theirs_fd", "ruleset", "hello", "readable")
 
     def __init__(self, seq: int, scratch: str) -> None:
         self.seq = seq
@@ -489,9 +489,14 @@ class _Prepared:
         self.scratch_b = os.fsencode(scratch)
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        # Blocking, whatever socket.setdefaulttimeout() the function's module set at import:
+        # an instance waits for its call as long as it takes.
+        self.theirs.setblocking(True)
         self.ours_fd, self.theirs_fd = self.ours.fileno(), self.theirs.fileno()
         self.ruleset = -1
         self.hello = b"".join(p.encode(p.Hello(seq)))
+        self.readable = select.poll()  # the instance waits for its request here (see instance.read_one)
+        self.readable.register(self.theirs_fd, select.POLLIN)
 
     def close_ruleset(self) -> None:
         if self.ruleset >= 0:

@@ -148,6 +148,11 @@ def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
         ('handler = "h:h"\n[resources]\nmemory = "256MB"', "resources.memory", 'resources.memory must be a whole number, got "256MB"; in MiB, e.g. memory = 512'),
         ('handler = "h:h"\nallow_subprocess = "yes"', "allow_subprocess", 'allow_subprocess must be true or false, got "yes"'),
         ('handler = "h:h"\nenv = 3', "env", "env must be a table, got 3"),
+        # What to write must itself be right: the allowed values, no `key = ...` for a list's
+        # item or a table, keys quoted when TOML needs it.
+        ('handler = "h:h"\nisolation = 1', "isolation", "isolation must be a string in quotes, got 1; use one of: 'reuse', 'strict'"),
+        ('handler = "h:h"\n[env]\nB = {a = 1}', "env.B", "[env] B must be a string in quotes, got a table"),
+        ('handler = "h:h"\n[env]\n"a.b" = 1', "env.a.b", '[env] "a.b" must be a string in quotes, got 1: write "a.b" = "1"'),
     ],
 )
 def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, message: str) -> None:

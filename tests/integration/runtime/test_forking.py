@@ -88,3 +88,30 @@ async def test_instances_forked_one_at_a_time_out_of_pids_answer_their_calls(san
     results = await asyncio.gather(*(sandboxed.invoke("few-pids", b"%d" % i) for i in range(48)))
     assert [r.error for r in results if not r.ok] == []
     assert [json.loads(r.output) for r in results] == list(range(48))
+
+
+TIMEOUT_AT_IMPORT = """
+import socket
+
+socket.setdefaulttimeout(0.05)  # a client library's default, set as the module loads
+
+def handler(event, context):
+    return event
+"""
+
+
+async def test_a_default_socket_timeout_set_at_import_does_not_end_waiting_instances(harness: Harness) -> None:
+    """Instances forked ahead wait for their call as long as it takes: the module's
+    socket.setdefaulttimeout() is for its own sockets, not the platform's."""
+    name = "timeout-at-import"
+    await harness.deploy(name, TIMEOUT_AT_IMPORT, "[scaling]\nprefork = 2\n")
+    r = await harness.invoke(name, b"0")
+    assert r.ok, r.error
+    await asyncio.sleep(0.3)
+    waiting = set(harness.rt.pool(name)._instances)
+    await asyncio.sleep(0.5)  # ten times the default timeout
+    assert set(harness.rt.pool(name)._instances) == waiting, "instances died waiting and were forked again"
+    for i in range(1, 4):
+        r = await harness.invoke(name, b"%d" % i)
+        assert r.ok, r.error
+        assert json.loads(r.output) == i

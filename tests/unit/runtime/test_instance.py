@@ -6,6 +6,8 @@ import os
 import socket
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -89,3 +91,24 @@ def test_serve_one_answers_once_with_the_handlers_output_and_logs() -> None:
     done, out = got
     assert done.id == 7 and done.error is None and done.logs == "seen [1, 2]\n"
     assert msgspec.json.decode(bytes(out)) == {"echo": [1, 2]}
+
+
+def test_frames_of_the_bundle_are_named_as_in_it_and_nothing_else_is_rewritten(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "lib").mkdir(parents=True)
+    quoted = f'File "{bundle}/lib/util.py" is missing'
+    (bundle / "lib" / "util.py").write_text(f"def fail():\n    raise ValueError({quoted!r})\n")
+    namespace: dict[str, Any] = {}
+    code = compile((bundle / "lib" / "util.py").read_text(), str(bundle / "lib" / "util.py"), "exec")
+    exec(code, namespace)
+    try:
+        namespace["fail"]()
+    except ValueError as exc:
+        caught = exc
+    try:
+        inst.show_paths_from(str(bundle))
+        text = inst.user_traceback(caught)
+    finally:
+        inst._code_frame = None
+    assert '  File "lib/util.py", line 2, in fail' in text, text
+    assert text.rstrip().endswith(f"ValueError: {quoted}"), text  # the message keeps the path it quotes

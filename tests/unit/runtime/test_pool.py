@@ -78,3 +78,38 @@ async def test_why_a_template_failed_is_heard_even_when_its_exit_notice_comes_fi
     with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
         await ready
     assert pool.state == "cold" and pool._chan is None
+
+
+class _Spawning(_Runtime):
+    """A runtime that records the templates a pool asks it to start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[int] = []
+
+    def spawn_template(self, pool: Any, chan_fd: int, initial: int = 0) -> None:
+        self.spawned.append(chan_fd)
+
+
+async def test_a_template_that_dies_right_after_it_is_ready_is_started_again_for_the_waiting_call() -> None:
+    """Ready, then gone (before any instance): the call that waited for the start must
+    not wait out its timeout on a cold pool that nothing starts again."""
+    rt = _Spawning()
+    pool = _pool(rt)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pool._chan = ControlChannel(ours, _template_decoder, pool._on_template_message, pool._on_template_eof)
+    pool.state = "starting"
+    ready = pool._ready = asyncio.get_running_loop().create_future()
+    pool.template_pid = 999_999_999  # never a real pid: it must not be signalled once reaped
+    p.send_msg(theirs, p.TemplateReady(import_ms=1.0, protections=[]))
+    theirs.close()
+    pool.on_template_exit(0)
+    await ready  # the start the call awaited succeeded ...
+    assert pool.state == "cold" and pool.template_pid == 0  # ... and the template is gone
+    loop = asyncio.get_running_loop()
+    waiting = loop.create_task(pool._wait(loop.time() + 5))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert len(rt.spawned) == 1, "no new template was asked for"
+    waiting.cancel()
+    pool.close()
