@@ -128,6 +128,11 @@ def format_size(n: int, decimals: int = 1) -> str:
     return f"{n} bytes"
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``many``: an irregular plural)."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def format_sizes(size: int, limit: int) -> tuple[str, str]:
     """A size and the limit it passed, in one style; with more digits, or in bytes,
     when they would read alike (a size just over its limit)."""

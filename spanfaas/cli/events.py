@@ -23,7 +23,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import InvalidRequest
+from spanfaas.errors import InvalidRequest, plural
 
 __all__ = ["events_app", "triggers_app"]
 
@@ -222,4 +222,7 @@ def dlq_replay(
         return
     for r in replayed:
         out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
-    err_console().print(f"[green]✓[/green] replayed {len(replayed)} in {time.perf_counter() - started:.2f}s")
+    if not replayed:  # --all with nothing dead-lettered: say so, not "replayed 0"
+        err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
+        return
+    err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")

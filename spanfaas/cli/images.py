@@ -25,7 +25,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import InvalidManifest, InvalidRequest
+from spanfaas.errors import InvalidManifest, InvalidRequest, plural
 from spanfaas.model import MANIFEST_NAME, ImageRequest, load_manifest
 
 __all__ = ["app", "build_with_progress", "curate", "image_request_of"]
@@ -219,7 +219,7 @@ def gc(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
         return
     removed = result.get("removed", [])
     out_console().print(
-        f"[green]✓[/green] removed {len(removed)} images, freed {_size(int(result.get('freed', 0)))}; "
+        f"[green]✓[/green] removed {plural(len(removed), 'image')}, freed {_size(int(result.get('freed', 0)))}; "
         f"{len(result.get('kept', []))} in use"
     )
 
@@ -288,7 +288,7 @@ def curate_create(
     """Create a curated list (admin)."""
     with Client(url, token) as client:
         lst = client.images.create_list(name, list(packages or []), note=note, owner=owner)
-    print_done(as_json, lst, f"created list [bold]{escape(name)}[/bold] with {len(lst.get('packages', []))} packages")
+    print_done(as_json, lst, f"created list [bold]{escape(name)}[/bold] with {plural(len(lst.get('packages', [])), 'package')}")
 
 
 @curate.command("update")

@@ -61,7 +61,7 @@ class WebhookProxy:
         expected = sign(self._key, body)
         if not hmac.compare_digest(given.strip().lower().encode(), expected.encode()):
             raise BadSignature(
-                f"the X-Hub-Signature-256 of this request does not match webhook '{self.name}'s secret; "
+                f"the X-Hub-Signature-256 of this request does not match the secret of webhook '{self.name}'; "
                 "check the secret configured at the sender, and that the body is sent unchanged"
             )
 

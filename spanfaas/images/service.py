@@ -52,6 +52,7 @@ from spanfaas.errors import (
     NotFound,
     SpanfaasError,
     format_size,
+    plural,
 )
 from spanfaas.images import curation
 from spanfaas.images.leases import Leases
@@ -199,7 +200,7 @@ class ImageService:
 
     async def _check_resolve_obtain(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:
         """The image, with a use of its lease this call must release."""
-        emit(BuildPhase("check", f"checking {len(request.packages)} packages against lists {', '.join(request.lists) or '(none)'}"))
+        emit(BuildPhase("check", f"checking {plural(len(request.packages), 'package')} against lists {', '.join(request.lists) or '(none)'}"))
         lists, policy = await asyncio.to_thread(self._curation_state)
         plan = curation.plan(request, lists)
         emit(BuildPhase("resolve", "resolving with uv"))

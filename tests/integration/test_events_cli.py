@@ -79,6 +79,8 @@ def test_triggers_and_dead_letters_from_the_command_line(tmp_path: Path) -> None
                 time.sleep(0.05)
         assert view["result"] == {"ok": "e-2"}
         assert json.loads(cli("events", "dlq", "ls", "--json"))["dead_letters"] == []
+        nothing = runner.invoke(app, ["events", "dlq", "replay", "--all"], env=env)
+        assert nothing.exit_code == 0 and "no dead letters to replay" in nothing.output, nothing.output  # not "replayed 0"
         cli("triggers", "rm", added["id"])
         assert added["id"] not in cli("triggers", "ls", "--json")
     finally:

@@ -79,3 +79,10 @@ def test_one_size_for_people() -> None:
     assert [errors.format_size(n) for n in (0, 1023, 1024, 1536, 12 * 2**20, 2**30 + 2**29)] == [
         "0 bytes", "1023 bytes", "1.0 KiB", "1.5 KiB", "12.0 MiB", "1.5 GiB",
     ]
+
+
+def test_plural_counts_in_words() -> None:
+    from spanfaas.errors import plural
+
+    assert [plural(0, "image"), plural(1, "image"), plural(2, "image")] == ["0 images", "1 image", "2 images"]
+    assert plural(3, "dependency", "dependencies") == "3 dependencies"

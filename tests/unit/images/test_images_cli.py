@@ -99,7 +99,7 @@ def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> Non
     r = cli("images", "rm", short)
     assert r.exit_code == 5 and "in use by calc" in r.stderr
     ok(cli("rm", "calc"))
-    assert "removed 1 images" in ok(cli("images", "gc")).stdout
+    assert "removed 1 image," in ok(cli("images", "gc")).stdout
 
     (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc>=3"]\nlists = ["tools"]\n')
     r = cli("deploy", str(fn), scope="deploy")
