@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import shutil
 import socket
@@ -54,10 +53,10 @@ def up(
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
     from spanfaas.gateway.dns import with_early_action
-    from spanfaas.gateway.server import serve
+    from spanfaas.gateway.server import configure_logging, serve
     from spanfaas.store import open_store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     settings = Settings.load(host=host, port=check_port(port, "--port"), data_dir=str(data_dir) if data_dir is not None else None)
     settings = with_early_action(settings, dns=dns, dns_port=check_port(dns_port, "--dns-port"))
     _check_port(settings.host, settings.port)
