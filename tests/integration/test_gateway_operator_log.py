@@ -12,7 +12,7 @@ from spanfaas.gateway.testing import GatewayProcess
 from spanning_support import free_port, infra_toml, world_readable_dir
 
 
-def test_refreshes_of_a_remote_site_stay_quiet() -> None:
+def test_a_site_down_from_the_start_is_named_once_and_refreshes_stay_quiet() -> None:
     root = world_readable_dir("spanfaas-oplog-")
     port = free_port()
     # The "site" is this gateway itself, without a token: it answers every refresh with 401.
@@ -31,6 +31,10 @@ def test_refreshes_of_a_remote_site_stay_quiet() -> None:
         log = gw.log()  # (read before the stop, in which the site, being this gateway, goes away too)
         assert gw.stop() == 0
         assert "HTTP Request:" not in log, log  # httpx's line per request: one a refresh, for ever
+        warnings = [line.split(": ", 1)[1] for line in log.splitlines() if "WARNING" in line and "infrastructure self" in line]
+        # unreachable while the gateway was starting, then refusing: each said once
+        assert 1 <= len(warnings) <= 2 and len(set(warnings)) == len(warnings), log
+        assert "refuses our token (401)" in warnings[-1] and "check its token in [[infrastructures]]" in warnings[-1]
     finally:
         gw.kill()
         shutil.rmtree(root, ignore_errors=True)
