@@ -285,6 +285,11 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         for i in self.infrastructures:
             if i.kind == "remote" and not i.address:
                 raise ValueError(f"infrastructure '{i.name}' (kind remote) needs an address, e.g. address = \"http://site:8080\"")
+            if i.kind == "remote" and not i.address.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"infrastructure '{i.name}' (kind remote) address '{i.address}' must start with http:// or https://, "
+                    f"e.g. address = \"http://{i.address.split('://', 1)[-1]}\""
+                )
 
     @property
     def data_path(self) -> Path:

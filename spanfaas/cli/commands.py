@@ -250,7 +250,8 @@ def logs(
         colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
         duration = rec.get("duration_ms")
         head = " · ".join(
-            x for x in (str(rec.get("id", "")), f"[{colour}]{status}[/{colour}]", ago(rec.get("created_at")), f"{duration:.1f} ms" if duration is not None else "") if x
+            x for x in (str(rec.get("id", "")), f"[{colour}]{status}[/{colour}]", escape(str(rec.get("infra") or "")),
+                        ago(rec.get("created_at")), f"{duration:.1f} ms" if duration is not None else "") if x  # fmt: skip
         )
         console.print(f"[bold]── {head}[/bold]")
         text = str(rec.get("logs") or "").rstrip()

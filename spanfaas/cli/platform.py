@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import shutil
 import socket
@@ -49,17 +48,19 @@ def up(
     demo: Annotated[bool, typer.Option("--demo", help="Deploy the functions in examples/.")] = False,
     dns: Annotated[bool, typer.Option("--dns", help="Answer DNS lookups of <function>.<zone> with this gateway and prewarm the function.")] = False,
     dns_port: Annotated[int | None, typer.Option("--dns-port", help="UDP port of the DNS responder [default: 5353].", show_default=False)] = None,
+    no_early_action: Annotated[bool, typer.Option("--no-early-action", help="Do not prewarm a function when an invoke request's headers arrive.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
     from spanfaas.gateway.dns import with_early_action
-    from spanfaas.gateway.server import serve
+    from spanfaas.gateway.server import configure_logging, serve
     from spanfaas.store import open_store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging()
     settings = Settings.load(host=host, port=check_port(port, "--port"), data_dir=str(data_dir) if data_dir is not None else None)
-    settings = with_early_action(settings, dns=dns, dns_port=check_port(dns_port, "--dns-port"))
+    settings = with_early_action(settings, dns=dns, dns_port=check_port(dns_port, "--dns-port"),
+                                 early_action=False if no_early_action else None)  # fmt: skip
     _check_port(settings.host, settings.port)
     _check_data_dir(settings.data_path)
     saved = load_user_config()

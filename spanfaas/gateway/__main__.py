@@ -10,14 +10,13 @@ Prints ``listening on URL`` when ready, and the admin token on first start.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from spanfaas.config import Settings, check_port
 from spanfaas.errors import SpanfaasError
 from spanfaas.gateway.auth import bootstrap_admin_token
 from spanfaas.gateway.dns import with_early_action
-from spanfaas.gateway.server import serve
+from spanfaas.gateway.server import configure_logging, serve
 from spanfaas.infra.base import Infrastructure
 from spanfaas.store import open_store
 
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-zone", help="the zone the DNS responder answers for (default spanfaas.internal)")
     parser.add_argument("--no-early-action", action="store_true", help="do not prewarm on invoke request headers")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         port, dns_port = check_port(args.port, "--port"), check_port(args.dns_port, "--dns-port")
         settings = Settings.load(host=args.host, port=port, data_dir=args.data_dir, store=args.store)

@@ -263,13 +263,13 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
             body_note="The event: JSON (application/json or a +json type; a body without a Content-Type is taken "
                       "as JSON) is validated and passed to the function decoded, any other type is passed to the "
                       "function as bytes. Empty: no event (None).",
-            errors=(400, 401, 403, 404, 413, 422, 500, 502, 503, 504),
+            errors=(400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504),
             extra_responses={202: ("Accepted for async execution; poll the Location", Queued)},
         ),
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
                  scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
-                 errors=(400, 401, 403, 413, 502),
+                 errors=(400, 401, 403, 413, 502, 503),
                  extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)}),
         Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
                  response=FunctionList, errors=(401, 403)),

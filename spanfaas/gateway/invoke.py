@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import time
 from typing import TYPE_CHECKING
@@ -33,12 +34,15 @@ from spanfaas.gateway.problems import send_problem
 from spanfaas.gateway.views import Queued, is_json
 
 IDEMPOTENCY_KEY_MAX = 255
+LOGS_HEADER_MAX = 8192
+"""Bytes of logs sent in ``x-spanfaas-logs`` (asked for with ``x-spanfaas-logs: include``, as
+a gateway that placed the call on this site does): within every HTTP client's header limit."""
 """Characters of an ``Idempotency-Key`` (it is stored with the invocation and indexed)."""
 
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
-__all__ = ["InvokeEndpoint", "read_body", "too_large"]
+__all__ = ["InvokeEndpoint", "logs_header", "read_body", "too_large"]
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
@@ -117,9 +121,12 @@ class InvokeEndpoint:
         length = -1
         is_async = False
         key: str | None = None
+        want_logs = False
         for k, v in scope["headers"]:
             if k == b"content-type":
                 content_type = v
+            elif k == b"x-spanfaas-logs":
+                want_logs = v == b"include"
             elif k == b"content-length":
                 length = int(v) if v.isdigit() else -1
             elif k == b"prefer":
@@ -212,6 +219,8 @@ class InvokeEndpoint:
             await send_problem(send, _failure(result), scope["path"], headers)
             return
         output = result.output
+        if want_logs and result.logs:
+            headers.append((b"x-spanfaas-logs", logs_header(result.logs, invocation_id)))
         headers.append((b"content-type", result.content_type.encode("latin-1")))
         headers.append((b"content-length", b"%d" % len(output)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -247,6 +256,22 @@ class InvokeEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": out})
+
+
+def logs_header(logs: str, invocation_id: str) -> bytes:
+    """``logs`` as a JSON string (ASCII, so a valid header value) of at most ``LOGS_HEADER_MAX``
+    bytes; a longer log is cut and says where the whole one is."""
+    out = msgspec.json.encode(logs)
+    if len(out) <= LOGS_HEADER_MAX and out.isascii():
+        return out
+    note = f"\n… (cut; the whole log: GET /v1/invocations/{invocation_id} on the site that ran it)"
+    keep = len(logs)
+    while True:
+        text = logs[:keep] + note if keep < len(logs) else logs
+        data = json.dumps(text, ensure_ascii=True).encode("ascii")
+        if len(data) <= LOGS_HEADER_MAX:
+            return data
+        keep = min(keep - 1, keep * LOGS_HEADER_MAX // len(data))
 
 
 def _async_mode(query: bytes, default: bool) -> bool:

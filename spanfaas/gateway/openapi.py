@@ -21,6 +21,8 @@ _STATUS_TEXT = {
     405: "Method not allowed",
     409: "Conflict: the resource exists, or is in use (the detail names by what)",
     413: "Over a size limit (max_payload or max_bundle)",
+    422: "An Idempotency-Key sent again with another payload",
+    429: "The function's instances are busy and its queue is full (scaling.max, scaling.queue): retry after Retry-After seconds",
     500: "The function failed (problem has invocation_id, error_type, traceback, logs)",
     502: "The infrastructure failed",
     503: "The infrastructure is unavailable",
@@ -90,9 +92,13 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
                 responses[str(code)]["content"] = {"application/json": {"schema": refs[typ]}}
         for code in e.errors:
             responses[str(code)] = {
-                "description": _STATUS_TEXT.get(code, "Error"),
+                "description": _STATUS_TEXT[code],
                 "content": {"application/problem+json": {"schema": refs[Problem]}},
             }
+            if code == 429:
+                responses[str(code)]["headers"] = {
+                    "Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before retrying"}
+                }
         op["responses"] = responses
         paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
     return {

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -22,9 +23,17 @@ from spanfaas.gateway.app import Gateway, create_app
 from spanfaas.gateway.bundle import pack_function
 from spanfaas.gateway.corking import CorkedHttpToolsProtocol
 
-__all__ = ["serve", "serve_async"]
+__all__ = ["configure_logging", "serve", "serve_async"]
 
 log = logging.getLogger("spanfaas.gateway")
+
+
+def configure_logging() -> None:
+    """INFO to stderr for the gateway's own loggers; httpx and httpcore only from WARNING
+    (at INFO, httpx logs every request: a remote site's info refresh is one line a second)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Server(uvicorn.Server):

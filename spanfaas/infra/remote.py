@@ -163,7 +163,7 @@ class RemoteInfrastructure:
             return Result(
                 invocation_id=ctx.invocation_id, function=spec.name, output=resp.content,
                 content_type=h.get("content-type", "application/octet-stream"), duration_ms=duration, cold=cold,
-                infra=self.name,
+                infra=self.name, logs=_logs(h.get("x-spanfaas-logs")),
             )  # fmt: skip
         if resp.headers.get("content-type", "").startswith("application/problem+json"):
             doc = resp.json()
@@ -183,7 +183,7 @@ class RemoteInfrastructure:
     async def _invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext, timeout: float) -> httpx.Response:
         return await self._request(
             "POST", f"/v1/functions/{spec.name}/invoke", content=payload,
-            headers={"content-type": ctx.content_type}, timeout=timeout,
+            headers={"content-type": ctx.content_type, "x-spanfaas-logs": "include"}, timeout=timeout,
         )  # fmt: skip
 
     async def remove(self, name: str) -> None:
@@ -196,6 +196,16 @@ class RemoteInfrastructure:
 
     async def prewarm(self, name: str) -> bool:
         return False
+
+
+def _logs(header: str | None) -> str:
+    """The function's logs the site sent with its result (``x-spanfaas-logs``, a JSON string)."""
+    if not header:
+        return ""
+    try:
+        return msgspec.json.decode(header, type=str)
+    except msgspec.DecodeError:
+        return f"(the site sent logs that are not a JSON string: {header[:200]!r})"
 
 
 def _message(doc: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ State = Literal["closed", "open", "half-open"]
 
 
 class Breaker:
-    __slots__ = ("threshold", "base", "cap", "state", "failures", "open_for", "opened_at", "probe_at", "opened", "closed")
+    __slots__ = ("threshold", "base", "cap", "state", "failures", "open_for", "opened_at", "probe_at", "opened", "closed", "tripped")
 
     def __init__(self, threshold: int = 3, open_for: float = 1.0, max_open_for: float = 30.0) -> None:
         self.threshold = threshold
@@ -41,6 +41,8 @@ class Breaker:
         """Times it opened (from closed), for metrics and tests."""
         self.closed = 0
         """Times it closed again after being open."""
+        self.tripped = False
+        """Open because the refresh found the infrastructure down (not after failed calls)."""
 
     def allow(self, now: float) -> bool:
         """May an invocation go there now?  Lets one probe through once open_for has passed."""
@@ -78,15 +80,15 @@ class Breaker:
         self.failures += 1
         if self.state == "half-open":
             self.open_for = min(self.open_for * 2, self.cap)
-            self.state, self.opened_at = "open", now
+            self.state, self.opened_at, self.tripped = "open", now, False
         elif self.state == "closed" and self.failures >= self.threshold:
-            self.state, self.opened_at = "open", now
+            self.state, self.opened_at, self.tripped = "open", now, False
             self.opened += 1
 
     def trip(self, now: float) -> None:
         """Open now: the background refresh found the infrastructure down."""
         if self.state == "closed":
-            self.state, self.opened_at = "open", now
+            self.state, self.opened_at, self.tripped = "open", now, True
             self.opened += 1
         elif self.state == "half-open":
             self.state, self.opened_at = "open", now
@@ -96,5 +98,6 @@ class Breaker:
             return "closed"
         if self.state == "open":
             left = self.open_for - (now - self.opened_at)
-            return f"open after {self.failures} failures; next probe in {max(left, 0):.1f} s"
+            why = "the refresh found it down" if self.tripped else f"after {self.failures} failures"
+            return f"open{':' if self.tripped else ''} {why}; next probe in {max(left, 0):.1f} s"
         return "half-open: a probe invocation is running"

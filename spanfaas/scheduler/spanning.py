@@ -164,7 +164,7 @@ class SpanningInfrastructure:
             self.scheduler.changed()
 
     def _down(self, site: Site, reason: str) -> None:
-        if site.info.healthy:
+        if site.info.healthy or reason != site.reason:  # went down, down from the start, or for another reason now
             log.warning("infrastructure %s is down: %s", site.name, reason)
         site.down(reason)
         site.breaker.trip(self.clock())

@@ -95,6 +95,27 @@ def test_region_eu_runs_on_the_eu_site(sites: Sites) -> None:
     assert spec["policy"]["region"] == "" and spec["policy"]["labels"] == {}  # placement stays with us
 
 
+PRINTS = """
+def handler(event, context):
+    print("hello from", context.function_name)
+    context.logger.info("and a log record")
+    return {"ok": True}
+"""
+
+
+def test_logs_of_a_call_on_the_site_come_back_with_its_result(sites: Sites) -> None:
+    # `spanfaas logs NAME` on the main gateway showed "(no output)" for every call the eu site ran.
+    d = function_dir(sites.root / "src", "printseu", 'region = "eu-*"', code=PRINTS)
+    with sites.client(sites.main) as c:
+        assert c.put("/v1/functions/printseu", content=pack_function(d)).status_code in (200, 201)
+        r = c.post("/v1/functions/printseu/invoke", json={})
+        assert r.status_code == 200 and r.headers["x-spanfaas-infra"] == "eu", r.text
+        assert "x-spanfaas-logs" not in r.headers  # asked for by the main gateway, not passed on to its caller
+        rec = c.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}").json()
+    assert rec["infra"] == "eu"
+    assert "hello from printseu" in rec["logs"] and "and a log record" in rec["logs"], rec
+
+
 def test_gpu_is_rejected_at_deploy_naming_the_constraint(sites: Sites) -> None:
     r = sites.deploy("needsgpu", "gpu = true")
     assert r.status_code == 400

@@ -123,6 +123,7 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
 
     r = cli("logs", "hello")
     assert r.exit_code == 0 and "succeeded" in r.stdout
+    assert re.search(r"── [0-9a-f]+ · succeeded · memory · ", r.stdout), r.stdout  # where it ran (spanning)
 
     r = cli("rm", "hello")
     assert r.exit_code == 0 and "removed hello" in r.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,21 @@ async def test_json_in_json_out(client: httpx.AsyncClient, hello: dict[str, obje
     assert r.headers["x-spanfaas-cold"] == "true"
     r = await client.post("/v1/functions/hello/invoke", json={"name": "y"})
     assert r.headers["x-spanfaas-cold"] == "false"
+
+
+async def test_logs_in_a_header_when_asked(client: httpx.AsyncClient, hello: dict[str, object], fn_dir: Callable[..., Path]) -> None:
+    # A gateway that placed the call on this one (a remote site) asks for the logs with the result.
+    r = await client.post("/v1/functions/hello/invoke", json={})
+    assert "x-spanfaas-logs" not in r.headers  # not asked: nothing more on the hot path
+    r = await client.post("/v1/functions/hello/invoke", json={}, headers={"x-spanfaas-logs": "include"})
+    assert r.status_code == 200
+    assert json.loads(r.headers["x-spanfaas-logs"]) == f"hello log {r.headers['x-spanfaas-invocation-id']}\n"
+    r = await client.put("/v1/functions/chatty", content=pack_function(fn_dir("chatty", 'def handler(event, context):\n    print("é" * 40000)\n    return 1\n')))
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/functions/chatty/invoke", json={}, headers={"x-spanfaas-logs": "include"})
+    assert r.status_code == 200 and len(r.headers["x-spanfaas-logs"]) <= 8192  # fits any HTTP client's header limit
+    text = json.loads(r.headers["x-spanfaas-logs"])
+    assert text.startswith("ééé") and f"GET /v1/invocations/{r.headers['x-spanfaas-invocation-id']}" in text
 
 
 async def test_empty_body_is_no_event(client: httpx.AsyncClient, hello: dict[str, object]) -> None:

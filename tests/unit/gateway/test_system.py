@@ -59,6 +59,21 @@ async def test_openapi_covers_every_route(client: httpx.AsyncClient, app: Starle
         assert name in doc["components"]["schemas"]
 
 
+async def test_openapi_lists_the_errors_the_gateway_answers(client: httpx.AsyncClient) -> None:
+    # A full pool answers an invoke with 429 and Retry-After; a deploy when no infrastructure
+    # is up with 503: neither was documented, and 422 was described as just "Error".
+    doc = (await client.get("/openapi.json")).json()
+    invoke = doc["paths"]["/v1/functions/{name}/invoke"]["post"]["responses"]
+    assert "429" in invoke and "queue" in invoke["429"]["description"]
+    assert "Retry-After" in invoke["429"]["headers"]
+    assert "Idempotency-Key" in invoke["422"]["description"]
+    assert "503" in doc["paths"]["/v1/functions/{name}"]["put"]["responses"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for code, response in op["responses"].items():
+                assert response["description"] != "Error", (method, path, code)
+
+
 async def test_openapi_says_content_types_in_request_bodies(client: httpx.AsyncClient) -> None:
     # OpenAPI 3: a header parameter named Accept, Content-Type or Authorization "SHALL be ignored";
     # the invoke endpoint documented its Content-Type as one, so a generated client never sent it.

@@ -48,3 +48,16 @@ def test_trip_opens_at_once_and_a_probe_closes() -> None:
     assert b.allow(1.6)
     b.success()
     assert b.state == "closed" and b.closed == 1
+
+
+def test_describe_says_why_it_opened() -> None:
+    # `spanfaas explain` showed "open after 0 failures" for a site the refresh found down.
+    b = Breaker(threshold=3, open_for=1.0)
+    b.trip(0.0)
+    assert b.describe(0.25) == "open: the refresh found it down; next probe in 0.8 s"
+    c = Breaker(threshold=2, open_for=1.0)
+    c.failure(0.0)
+    c.failure(0.0)
+    assert c.describe(0.5) == "open after 2 failures; next probe in 0.5 s"
+    c.failure(0.6)
+    assert c.describe(0.6) == "open after 3 failures; next probe in 0.4 s"

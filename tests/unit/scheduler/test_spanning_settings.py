@@ -52,6 +52,10 @@ def test_env_takes_a_json_list() -> None:
         ('[{"name": "a"}, {"name": "a", "kind": "ray"}]', "must be unique; repeated: a"),
         ('[{"name": "a"}, {"name": "b"}]', "only one infrastructure may be kind local"),
         ('[{"name": "eu", "kind": "remote"}]', "needs an address"),
+        # without a scheme httpx refuses every request: the site would only ever show as down
+        ('[{"name": "eu", "kind": "remote", "address": "10.0.0.7:8080"}]',
+         r"infrastructure 'eu' \(kind remote\) address '10.0.0.7:8080' must start with http:// or https://, "
+         r"e.g. address = \"http://10.0.0.7:8080\""),
         ('[{"name": "x", "kind": "lambda"}]', "kind"),
         ('[{"name": "x", "colour": "red"}]', "colour"),
     ],
