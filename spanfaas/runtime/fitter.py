@@ -26,8 +26,10 @@ only what a process can only do to itself: uid, Landlock, seccomp.
 
 from __future__ import annotations
 
+import _socket
 import os
 import socket
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -35,6 +37,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from spanfaas.model import Protection
+from spanfaas.runtime.protocol import FD_MSG_MAX
 from spanfaas.sandbox.plan import SandboxPlan
 
 __all__ = ["Fit", "FitReport", "channel", "fit_function", "fit_shell", "read_report", "run", "warm"]
@@ -94,19 +97,29 @@ def warm() -> None:
     _decoder.decode(_encoder.encode(sample))
 
 
-def read_report(fd: int) -> Fit:
-    """In the template: the fitter's report and its fds; closes ``fd``."""
-    from spanfaas.runtime import protocol
+_FDS_SPACE = socket.CMSG_SPACE(8 * 4)
 
-    sock = socket.socket(fileno=fd)
+
+def read_report(fd: int) -> Fit:
+    """In the template: the fitter's report and its fds; closes ``fd``.
+
+    With ``_socket`` and ``recvmsg`` directly: ``socket.socket`` and
+    ``socket.recv_fds`` run enough Python to un-share ~100 KiB more of every
+    sandboxed template (docs/runtime.md, "Memory")."""
+    sock = _socket.socket(fileno=fd)
     try:
-        got = protocol.recv_msg(sock, _decoder)
+        data, ancillary, _flags, _addr = sock.recvmsg(FD_MSG_MAX, _FDS_SPACE)
     finally:
         sock.close()
-    if got is None:
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += (int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True) for i in range(0, len(payload) - 3, 4))
+    if not data:
+        for extra in fds:
+            os.close(extra)
         return FitReport(error="the sandbox fitter died without a report; see the runtime's log"), []
-    report, fds = got
-    return report, fds
+    return _decoder.decode(data), fds
 
 
 def join_cgroups(procs: Sequence[int], pid: int) -> str:
