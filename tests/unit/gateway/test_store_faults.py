@@ -22,6 +22,7 @@ from spanfaas.store import SQLiteStore
 pytestmark = pytest.mark.asyncio
 
 BUSY_TIMEOUT = 0.2
+UNCAPPED = 1073741823  # SQLite's default max_page_count (before 3.45; newer ones allow more)
 
 
 class CappedStore(SQLiteStore):
@@ -33,8 +34,9 @@ class CappedStore(SQLiteStore):
 
     def _conn(self) -> sqlite3.Connection:
         conn = super()._conn()
-        if self.max_pages is not None:
-            conn.execute(f"PRAGMA max_page_count = {self.max_pages}")
+        # On every use, not only when the connection is made: each worker thread has its
+        # own, made while capped or not, and a cap lifted must be lifted on all of them.
+        conn.execute(f"PRAGMA max_page_count = {self.max_pages if self.max_pages is not None else UNCAPPED}")
         return conn
 
     def fill(self) -> None:
