@@ -29,7 +29,6 @@ from __future__ import annotations
 import _socket
 import os
 import socket
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -37,7 +36,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from spanfaas.model import Protection
-from spanfaas.runtime.protocol import FD_MSG_MAX
+from spanfaas.runtime.protocol import recv_msg_lean
 from spanfaas.sandbox.plan import SandboxPlan
 
 __all__ = ["Fit", "FitReport", "channel", "fit_function", "fit_shell", "read_report", "run", "warm"]
@@ -97,29 +96,20 @@ def warm() -> None:
     _decoder.decode(_encoder.encode(sample))
 
 
-_FDS_SPACE = socket.CMSG_SPACE(8 * 4)
-
-
 def read_report(fd: int) -> Fit:
     """In the template: the fitter's report and its fds; closes ``fd``.
 
     With ``_socket`` and ``recvmsg`` directly: ``socket.socket`` and
-    ``socket.recv_fds`` run enough Python to un-share ~100 KiB more of every
+    ``socket.recv_fds`` run enough Python to un-share ~50 KiB more of every
     sandboxed template (docs/runtime.md, "Memory")."""
     sock = _socket.socket(fileno=fd)
     try:
-        data, ancillary, _flags, _addr = sock.recvmsg(FD_MSG_MAX, _FDS_SPACE)
+        got = recv_msg_lean(sock, _decoder)
     finally:
         sock.close()
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += (int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True) for i in range(0, len(payload) - 3, 4))
-    if not data:
-        for extra in fds:
-            os.close(extra)
+    if got is None:
         return FitReport(error="the sandbox fitter died without a report; see the runtime's log"), []
-    return _decoder.decode(data), fds
+    return got
 
 
 def join_cgroups(procs: Sequence[int], pid: int) -> str:

@@ -203,7 +203,8 @@ class Template:
         if self.landlock:
             from spanfaas import sandbox
 
-            self.layer = sandbox.PreparedLayer(tuple(_plan_value(self.req.sandbox, "ro_paths", ())))
+            ro_paths = self.plan.ro_paths if self.plan is not None else _plan_value(self.req.sandbox, "ro_paths", ())
+            self.layer = sandbox.PreparedLayer(tuple(ro_paths))
         return self.streams
 
     def _settle(self) -> None:

@@ -125,8 +125,12 @@ class Zygote:
             fitter.run(report_w, lambda: fitter.fit_function(
                 req.sandbox, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
+        # The spare decodes what it is sent after its fork, into memory of its own: not
+        # the plan, which only the fitter needs (the template applies the plan the
+        # fitter reports): an empty one says "sandboxed".
+        lean = msgspec.structs.replace(req, sandbox={}) if req.sandbox is not None else req
         try:
-            p.send_msg(spare.sock, req, fds=[chan_fd, report_r])
+            p.send_msg(spare.sock, lean, fds=[chan_fd, report_r])
         except OSError:  # it died meanwhile: fork the template the long way, same cgroup
             spare.sock.close()
             os.close(report_r)
@@ -304,7 +308,7 @@ class Zygote:
 
 def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:
     """In a spare: wait for the function to become, then become its template."""
-    got = p.recv_msg(sock, _decoder)
+    got = p.recv_msg_lean(sock, _decoder)
     sock.close()
     if got is None:
         return  # the zygote is gone or shut us down
