@@ -422,12 +422,10 @@ def _touch(fn: Any) -> None:
         refs.clear()
 
 
-def frame_reader(sock: socket.socket, *, one_shot: bool) -> p.FrameReader:
-    """The instance's reader of requests on ``sock``.
-
-    A one-shot instance reads one request: a page of buffer, not 64 KiB
-    zeroed (16 copy-on-write faults); a larger request gets its own buffer."""
-    return p.FrameReader(sock, _decoder, chunk=4096 if one_shot else 64 * 1024)
+def frame_reader(sock: socket.socket) -> p.FrameReader:
+    """A reuse instance's reader of requests on ``sock`` (a strict one reads its
+    one request with ``read_one``)."""
+    return p.FrameReader(sock, _decoder)
 
 
 _ONE_SHOT_CHUNK = 64 * 1024
@@ -487,13 +485,13 @@ def serve_one(sock: socket.socket, runner: Runner, capture: Capture, readable: s
     os.sched_yield()
 
 
-def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Capture | None = None, reader: p.FrameReader | None = None) -> None:
-    """Serve invocations on ``sock`` until EOF (or after one, in strict mode).
+def serve(sock: socket.socket, runner: Runner, *, capture: Capture | None = None, reader: p.FrameReader | None = None) -> None:
+    """reuse isolation: serve invocations on ``sock`` until EOF (strict: ``serve_one``).
 
     ``reader``: made (and warmed) before the instance said hello, so its
     first use is off the request path."""
     capture = capture or Capture()
-    reader = reader or frame_reader(sock, one_shot=one_shot)
+    reader = reader or frame_reader(sock)
     while True:
         frame = reader.read()
         if frame is None:
@@ -505,17 +503,9 @@ def serve(sock: socket.socket, runner: Runner, *, one_shot: bool, capture: Captu
         if logs:
             done = msgspec.structs.replace(done, logs=logs)
         # Each answer goes out at once, even with more requests pipelined behind
-        # it (reuse): held for a batch, it would wait on the next call, which may hang.
+        # it: held for a batch, it would wait on the next call, which may hang.
         p.send_frame(sock, done, output)
-        if not one_shot:
-            capture.restore_fds()  # after the answer went out: off the caller's path
-            continue
-        # The reply woke the runtime with a "sync" wake-up, which the kernel
-        # may answer by queueing it on this CPU, expecting us to block now.
-        # We exit instead, and tearing down the address space takes
-        # 0.3-0.7 ms: make way first (p90 of a paced call 0.9 to 0.3 ms).
-        os.sched_yield()
-        return
+        capture.restore_fds()  # after the answer went out: off the caller's path
 
 
 _log_buffer: contextvars.ContextVar[io.StringIO | None] = contextvars.ContextVar("spanfaas_log_buffer", default=None)

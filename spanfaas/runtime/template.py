@@ -372,7 +372,7 @@ class Template:
             sock.send(prep.hello)
             inst.serve_one(sock, self.runner, capture, prep.readable)
             return
-        reader = None if self.concurrent else inst.frame_reader(sock, one_shot=False)
+        reader = None if self.concurrent else inst.frame_reader(sock)
         if warm:
             self.runner.warm(reader)
             capture.take()
@@ -380,7 +380,7 @@ class Template:
         if reader is None:
             inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
         else:
-            inst.serve(sock, self.runner, one_shot=False, capture=capture, reader=reader)
+            inst.serve(sock, self.runner, capture=capture, reader=reader)
         sock.close()
 
     def reap(self) -> None:
