@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from spanfaas.store import SQLiteStore, Store
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -114,3 +116,18 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 pytest_plugins = ["tests.leakcheck"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each real store in turn: SQLite, then PostgreSQL (a server of its own, when one can run here)."""
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "spanfaas.db")
+    else:
+        from spanfaas.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("postgres_db"))
+    try:
+        yield s
+    finally:
+        s.close()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,18 +12,6 @@ from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerR
 from spanfaas.store import Admission, DeadLetter, SQLiteStore, Store
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s: Store = SQLiteStore(tmp_path / "events.db")
-    else:
-        from spanfaas.store.postgres import PostgresStore
-
-        s = PostgresStore(request.getfixturevalue("postgres_db"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 EVENT = Event(attributes={"specversion": "1.0", "id": "e1", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="fn:0")

@@ -4,33 +4,22 @@ audit trail (who, when, what), the policy, image records and who uses them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from spanfaas.errors import Conflict, NotFound
 from spanfaas.images.curation import approved_package, new_list
 from spanfaas.model import FunctionSpec, ImageRequest
-from spanfaas.store import SQLiteStore, Store
+from spanfaas.store import Store
 from spanfaas.store.images import Actor, ImagePolicy, ImageRecord, LockedPackage
 
 ALICE = Actor("alice", "tok_a")
 BOB = Actor("bob", "tok_b")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s: Store = SQLiteStore(tmp_path / "spanfaas.db")
-    else:
-        from spanfaas.store.postgres import PostgresStore
-
-        s = PostgresStore(request.getfixturevalue("postgres_db"))
-    try:
-        yield s
-    finally:
-        s.close()
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 def image(id: str, size: int = 100) -> ImageRecord:

@@ -7,7 +7,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -20,18 +19,9 @@ from spanfaas.store import RecordRefused, SQLiteStore, Store, StoreInUse, StoreS
 from spanfaas.store.migrations import MIGRATIONS
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s: Store = SQLiteStore(tmp_path / "spanfaas.db")
-    else:
-        from spanfaas.store.postgres import PostgresStore
-
-        s = PostgresStore(request.getfixturevalue("postgres_db"))
-    try:
-        yield s
-    finally:
-        s.close()
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 def spec(name: str = "hello", **kw: object) -> FunctionSpec:
