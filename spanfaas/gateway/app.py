@@ -47,6 +47,7 @@ from spanfaas.gateway.openapi import build_openapi
 from spanfaas.gateway.problems import ProblemMiddleware, http_exception_handler
 from spanfaas.gateway.recorder import Enqueuer, Recorder
 from spanfaas.gateway.registry import Registry
+from spanfaas.gateway.stacks import slow_step
 
 __all__ = ["Gateway", "create_app"]
 
@@ -107,15 +108,21 @@ class Gateway:
             gc.freeze()
 
     async def stop(self) -> None:
-        await self.events.stop()
+        async with slow_step("the event sources"):
+            await self.events.stop()
         if self.dns is not None:
             self.dns.close()
             self.dns = None
-        await self.early.close()
-        await self.dispatcher.stop(grace=0.0 if self.forced else 5.0)
-        await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
-        await self.recorder.close()
+        async with slow_step("early action"):
+            await self.early.close()
+        async with slow_step("the dispatcher"):
+            await self.dispatcher.stop(grace=0.0 if self.forced else 5.0)
+        async with slow_step("coherence"):
+            await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
+        async with slow_step("the recorder"):
+            await self.recorder.close()
         self.images.close()  # its leases on images: other gateways sharing the image directory may collect them
+
 
 
 class _InvokeShortCut:

@@ -22,6 +22,7 @@ from spanfaas.store import open_store
 from spanfaas.gateway.app import Gateway, create_app
 from spanfaas.gateway.bundle import pack_function
 from spanfaas.gateway.corking import CorkedHttpToolsProtocol
+from spanfaas.gateway.stacks import install_stack_dump, slow_step
 
 __all__ = ["configure_logging", "serve", "serve_async"]
 
@@ -94,6 +95,7 @@ async def serve_async(
     demo_dirs: Sequence[str | Path] = (),
     ready: Callable[[str], None] | None = None,
 ) -> None:
+    install_stack_dump(asyncio.get_running_loop())
     store = open_store(settings)
     try:
         # Before anything starts: a second gateway on this data dir stops here (StoreInUse).
@@ -130,11 +132,13 @@ async def serve_async(
             finally:
                 waiter.cancel()
         finally:
-            await infra.close()
+            async with slow_step("closing the infrastructure"):
+                await infra.close()
     finally:
         # Store calls run in the default executor; a cancelled caller does not
         # stop its thread, so wait for every one before closing the store under it.
-        await asyncio.get_running_loop().shutdown_default_executor()
+        async with slow_step("the store calls in progress"):
+            await asyncio.get_running_loop().shutdown_default_executor()
         store.close()
 
 

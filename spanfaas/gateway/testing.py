@@ -11,12 +11,14 @@ token is kept in ``admin_token``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -88,15 +90,26 @@ class GatewayProcess:
         """SIGTERM and wait (graceful); SIGKILL if it does not stop in time."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.kill()
-        code = self.proc.returncode
+                self._stuck(timeout)
         self.proc = None
-        return int(code)
+        return int(proc.returncode)
+
+    def _stuck(self, timeout: float) -> None:
+        """A graceful stop that did not end: its stacks into the log (SIGUSR1, stacks.py),
+        then SIGKILL; a warning carries the log's end, so the test run shows where it waited."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        tail = "\n".join(self.log().splitlines()[-150:])
+        self.kill()
+        warnings.warn(f"the gateway did not stop in {timeout} s after SIGTERM; killed. Its log ends:\n{tail}", stacklevel=3)
 
     def kill(self) -> None:
         """SIGKILL the gateway's whole process group, as a crash would."""

@@ -1,11 +1,19 @@
-"""What an operator reads in the log of a gateway whose ``[[infrastructures]]``
-include a remote site that refuses it from the start: one warning that names
-the site and says why, and not one line per background refresh."""
+"""What an operator reads in a gateway's log:
+
+- with a remote site in ``[[infrastructures]]`` that refuses it from the start:
+  one warning that names the site and says why, not one line per background refresh;
+- after ``kill -USR1``: every thread's and every task's stack (a gateway that seems stuck);
+- a graceful stop that does not end: the test harness kills it, and says so with the log's end.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
+
+import pytest
 
 from spanfaas.gateway.testing import GatewayProcess
 
@@ -38,3 +46,33 @@ def test_a_site_down_from_the_start_is_named_once_and_refreshes_stay_quiet() -> 
     finally:
         gw.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_sigusr1_writes_every_thread_and_task_stack_to_the_log(tmp_path) -> None:
+    gw = GatewayProcess(tmp_path / "data", infra="memory")
+    try:
+        gw.start()
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "--- task" not in gw.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = gw.log()
+        assert "stacks (SIGUSR1)" in log and "--- thread MainThread" in log, log
+        assert "--- task" in log and "serve_async" in log, log  # the task that runs the server
+        assert gw.stop() == 0  # the dump changed nothing: it stops as before
+    finally:
+        gw.kill()
+
+
+def test_a_gateway_that_does_not_stop_is_killed_with_a_warning_that_shows_its_log(tmp_path) -> None:
+    gw = GatewayProcess(tmp_path / "data", infra="memory")
+    try:
+        gw.start()
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGSTOP)  # stuck: SIGTERM stays pending
+        with pytest.warns(UserWarning, match=r"(?s)did not stop in 0.5 s after SIGTERM; killed\. Its log ends:\n.*listening"):
+            assert gw.stop(timeout=0.5) == -signal.SIGKILL
+        assert gw.proc is None
+    finally:
+        gw.kill()
