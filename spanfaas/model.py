@@ -503,6 +503,8 @@ class InfraInfo(Struct, kw_only=True):
     images: bool = True
     """Whether it can run functions on an ``[image]`` (builds it or has it built)."""
     healthy: bool = True
+    reason: str = ""
+    """Why it is not healthy (empty when it is): unreachable, refusing our token, ..."""
     queue_depth: int = 0
     free_slots: int = 0
     instances: int = 0

@@ -293,6 +293,9 @@ def info(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -
             str(inf.get("functions", "")), str(inf.get("instances", "")),
         )
     console.print(infras)
+    for inf in doc.get("infrastructures", []):
+        if not inf.get("healthy", True):
+            console.print(f"[red]{escape(str(inf.get('name')))} is down:[/red] {escape(str(inf.get('reason') or 'no reason given'))}")
     protections = doc.get("protections") or []
     if protections:
         console.print(protection_table(protections))

@@ -165,6 +165,9 @@ def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
             report.update(reachable=True, error=exc.message)
         else:
             report.update(reachable=True, authenticated=True, version=info.get("version"), source="gateway", protections=info.get("protections") or [])
+            report["down"] = {
+                str(i.get("name")): str(i.get("reason") or "no reason given") for i in info.get("infrastructures", []) if not i.get("healthy", True)
+            }
     if report["source"] is None:
         local = _local_protections()
         if local is not None:
@@ -176,6 +179,8 @@ def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
         mark = "[green]✓[/green]" if report["authenticated"] else "[red]✗[/red]"
         status = f"spanfaas {report['version']}" if report["authenticated"] else str(report.get("error", ""))
         console.print(f"{mark} gateway {escape(report['url'])}: {escape(status)}")
+        for name, why in report.get("down", {}).items():
+            console.print(f"[red]✗[/red] infrastructure {escape(name)} is down: {escape(why)}")
         if report["protections"]:
             console.print(f"sandbox protections (from the {report['source']}):")
             console.print(protection_table(report["protections"]))

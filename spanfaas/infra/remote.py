@@ -122,7 +122,7 @@ class RemoteInfrastructure:
             isolation=sorted({m for i in infos for m in i.isolation}),
             price_per_gb_s=min(i.price_per_gb_s for i in infos), datasets=sorted({d for i in infos for d in i.datasets}),
             images=any(i.images for i in infos),
-            healthy=bool(healthy), queue_depth=sum(i.queue_depth for i in infos),
+            healthy=bool(healthy), reason="" if healthy else _all_down(infos), queue_depth=sum(i.queue_depth for i in infos),
             free_slots=sum(i.free_slots for i in healthy), instances=sum(i.instances for i in infos),
             functions=max(i.functions for i in infos), ewma_latency_ms=first.ewma_latency_ms,
             error_rate=max((i.error_rate for i in healthy), default=0.0),
@@ -213,3 +213,8 @@ def _message(doc: dict[str, Any]) -> str:
     detail = str(doc.get("detail", ""))
     prefix = f"{doc.get('error_type', '')}: "
     return detail.removeprefix(prefix) if doc.get("error_type") else detail
+
+
+def _all_down(infos: list[InfraInfo]) -> str:
+    """Why a site whose every infrastructure is down is down: each one's reason."""
+    return "; ".join(f"its {i.name}: {i.reason or 'unhealthy'}" for i in infos)

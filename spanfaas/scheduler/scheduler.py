@@ -92,7 +92,7 @@ class Site:
     def update(self, reported: InfraInfo) -> None:
         self.info = merge(reported, self.config)
         self.reported = True
-        self.reason = "" if self.info.healthy else "reports itself unhealthy"
+        self.reason = "" if self.info.healthy else (reported.reason or "reports itself unhealthy")
         self.capacity = self.config.slots or max(reported.free_slots + reported.instances, 1)
 
     def down(self, reason: str) -> None:

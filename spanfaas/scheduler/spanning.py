@@ -206,6 +206,7 @@ class SpanningInfrastructure:
             datasets=sorted({d for i in infos for d in i.datasets}),
             images=any(i.images for i in infos),
             healthy=bool(healthy),
+            reason="" if healthy else "; ".join(f"{i.name}: {i.reason or 'unhealthy'}" for i in infos),
             queue_depth=sum(i.queue_depth for i in infos),
             free_slots=sum(i.free_slots for i in healthy),
             instances=sum(i.instances for i in infos),
@@ -219,7 +220,7 @@ class SpanningInfrastructure:
         """Each site's cached info (declared capabilities over reported ones), in declared order."""
         out = []
         for s in self.sites:
-            info = _replace(s.info)
+            info = _replace(s.info, reason="" if s.info.healthy else s.reason)
             if s.calls:
                 info.ewma_latency_ms = round(s.site_latency, 3)
                 info.error_rate = round(s.failures / (s.calls + s.failures), 4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -201,6 +202,18 @@ def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
             assert r.headers["x-spanfaas-infra"] == "local"
         ex = c.get("/v1/functions/anywhere/explain").json()
         assert ex["infrastructures"][0]["verdict"] == "unavailable"
+        deadline = time.monotonic() + 10  # (its breaker opened at the first failed call; info says so at the next refresh)
+        while (down := {i["name"]: i for i in c.get("/v1/info").json()["infrastructures"]}["eu"])["healthy"]:
+            assert time.monotonic() < deadline, down
+            time.sleep(0.05)
+        assert "unreachable" in down["reason"], down  # why, not only that
+        opts = ["--url", sites.main.url, "--token", sites.main.admin_token or ""]
+        out = subprocess.run([sys.executable, "-m", "spanfaas.cli", "info", *opts], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "COLUMNS": "250"})  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"eu is down: .*unreachable", out.stdout), out.stdout
+        out = subprocess.run([sys.executable, "-m", "spanfaas.cli", "doctor", *opts, "--json"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "unreachable" in json.loads(out.stdout)["down"]["eu"], out.stdout
         sites.eu.start()  # same port and data dir: it still has its functions and token
         deadline = time.monotonic() + 30
         while c.post("/v1/functions/anywhere/invoke", json={"i": 2}).headers["x-spanfaas-infra"] != "eu":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
+import httpx
 import pytest
 
 from spanfaas.config import InfraConfig
@@ -46,6 +47,23 @@ async def test_remote_that_does_not_answer_is_unavailable() -> None:
     with pytest.raises(InfraUnavailable, match="unreachable"):
         await site.invoke(make_spec(), b"{}", InvokeContext(invocation_id="x"))
     await site.close()
+
+
+async def test_a_site_whose_infrastructures_are_all_down_says_why() -> None:
+    """The site's own /v1/info (its answer, as a site gateway sends it) lists its
+    infrastructures, each down for a reason: the site is down for those reasons."""
+    doc = {"infrastructures": [
+        {"name": "local", "kind": "local", "healthy": False, "reason": "zygote exited"},
+        {"name": "ray", "kind": "ray", "healthy": False, "reason": "InfraUnavailable: nothing answers at Ray address"},
+    ]}  # fmt: skip
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=doc))
+    site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address="http://eu.test", timeout=2), transport=transport)
+    try:
+        info = await site.info()
+    finally:
+        await site.close()
+    assert not info.healthy
+    assert info.reason == "its local: zygote exited; its ray: InfraUnavailable: nothing answers at Ray address"
 
 
 async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:

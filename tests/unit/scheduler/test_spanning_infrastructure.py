@@ -114,6 +114,19 @@ async def test_all_down_says_why(spanning, bundle: Bundle) -> None:
         await sp.invoke(spec, b"{}", ctx())
 
 
+async def test_info_of_all_sites_down_says_why_each_is(spanning) -> None:
+    sp = await spanning(LOCAL, RAY)
+
+    async def unreadable() -> InfraInfo:
+        raise msgspec.ValidationError("Expected `object`, got `str`")
+
+    child(sp, "local").info = child(sp, "ray").info = unreadable  # type: ignore[method-assign]
+    await sp.refresh()
+    info = await sp.info()
+    assert not info.healthy
+    assert info.reason.startswith("local: its info could not be read") and "; ray: its info could not be read" in info.reason
+
+
 async def test_prefer_cost_then_locality(spanning, bundle: Bundle) -> None:
     sp = await spanning(LOCAL.__copy__(), RAY, EU)
     cost = make_spec('prefer = ["cost"]', name="cheap")
@@ -200,6 +213,7 @@ async def test_unhealthy_info_takes_it_out_until_it_reports_healthy(spanning, bu
 
     local.info = sick  # type: ignore[method-assign]
     await sp.refresh()
+    assert sp.infos()[0].reason == "reports itself unhealthy"
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "ray"
     local.info = real_info  # type: ignore[method-assign]
     await sp.refresh()
@@ -223,9 +237,11 @@ async def test_info_that_cannot_be_read_takes_it_out_until_it_can(spanning, bund
     await sp.refresh()
     assert not sp.site("local").info.healthy
     assert "could not be read" in sp.explain(spec).infrastructures[0].reasons[0]
+    assert "could not be read" in sp.infos()[0].reason and sp.infos()[1].reason == ""  # info says why, too
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "ray"
     local.info = real_info  # type: ignore[method-assign]
     await sp.refresh()
+    assert sp.infos()[0].reason == ""
     clock.now += 6  # open_for passed: the next invocation probes local
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
 
