@@ -8,8 +8,9 @@ shown only once the recorder has stored it, so a re-run never changes an
 outcome a client has read).  On start-up an exclusive store (SQLite) hands
 back every 'running' record at once.  Platform failures (``InfraError``) are
 retried ``async_retries`` times with exponential backoff; a function's own
-failure is recorded, not retried; a function whose queue is full (429) makes the
-invocation wait in the queue, neither a run nor a failure.  On a store other gateways share, a record
+failure is recorded, not retried; a function whose queue is full (429), or a store
+that cannot be read before the run, makes the invocation wait in the queue, neither a
+run nor a failure.  On a store other gateways share, a record
 runs once every deploy committed before it was claimed is in force here
 (``Coherence.barrier``): an invocation accepted after a deploy returned runs
 that version, whichever gateway claims it.
@@ -37,7 +38,7 @@ from spanfaas.config import Settings
 from spanfaas.errors import InfraError, SpanfaasError, TooManyRequests
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
-from spanfaas.store import Store
+from spanfaas.store import Store, StoreUnavailable
 from spanfaas.gateway.coherence import Coherence
 from spanfaas.gateway.metrics import Metrics
 from spanfaas.gateway.recorder import Recorder
@@ -49,7 +50,8 @@ log = logging.getLogger("spanfaas.gateway")
 
 BUSY_MIN = 0.05
 """Seconds at least (jittered ×0.5–1.5, like ``async_backoff`` above it) before an async
-invocation refused by its function's full queue is claimed again."""
+invocation refused by its function's full queue, or whose function the store could not
+read, is claimed again."""
 
 CRASH_RERUNS = 3
 """Times an async invocation is started again because a run left no stored
@@ -201,7 +203,13 @@ class Dispatcher:
         try:
             if self.coherence is not None:
                 await self.coherence.barrier(record.function, claimed)
-            fn = await self.registry.require(record.function)
+            try:
+                fn = await self.registry.require(record.function)
+            except StoreUnavailable as exc:
+                # The store could not say what to run (a function deployed through another
+                # gateway is read from it): nothing ran, nothing failed.  Not a retry.
+                self._wait(record, f"the store could not be read before it ran ({exc.message})")
+                return
             event = record.event.attributes if record.event is not None else None
             ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type, event=event)
             t0 = time.perf_counter()
@@ -213,9 +221,7 @@ class Dispatcher:
         except TooManyRequests:
             # The function's own queue is full (scaling.max + scaling.queue): nothing ran,
             # nothing failed.  Back to the queue, not counted, to run once there is room.
-            delay = max(self.settings.async_backoff, BUSY_MIN) * (0.5 + random.random())
-            log.debug("async invocation %s waits: function %r is busy; again in %.2fs", record.id, record.function, delay)
-            self.recorder.add(_replace(record, status="queued", not_before=time.time() + delay, started_at=None, attempts=record.attempts - 1))
+            self._wait(record, f"function {record.function!r} is busy", logging.DEBUG)
             return
         except Exception as exc:
             if not isinstance(exc, SpanfaasError):
@@ -253,6 +259,12 @@ class Dispatcher:
             await self._settle(record, done)
         else:
             self.recorder.add(done)
+
+    def _wait(self, record: InvocationRecord, why: str, level: int = logging.WARNING) -> None:
+        """Back to the queue before it ran, after a jittered pause: neither a run nor a retry."""
+        delay = max(self.settings.async_backoff, BUSY_MIN) * (0.5 + random.random())
+        log.log(level, "async invocation %s waits: %s; again in %.2fs", record.id, why, delay)
+        self.recorder.add(_replace(record, status="queued", not_before=time.time() + delay, started_at=None, attempts=record.attempts - 1))
 
     async def _settle(self, record: InvocationRecord, done: InvocationRecord, *, final: bool = False) -> None:
         """Record a finished event run as ``events.settle`` decides (retry or dead letter).

@@ -25,6 +25,7 @@ from spanfaas.errors import (
     InvalidRequest,
     PayloadTooLarge,
     SpanfaasError,
+    TooManyRequests,
     format_size,
     format_sizes,
 )
@@ -184,6 +185,12 @@ class InvokeEndpoint:
         t0 = time.perf_counter()
         try:
             result = await gw.infra.invoke(fn.spec, body, ctx)
+        except TooManyRequests:
+            # The function is full (scaling.max + scaling.queue, here or on a site): refused
+            # before it ran, as a payload over the limit is; not a platform failure, and
+            # nothing to look up later.  The client tries again after Retry-After.
+            gw.metrics.refused(name)
+            raise
         except SpanfaasError as exc:
             gw.metrics.infra_failed(name)
             record_infra_failure(exc)

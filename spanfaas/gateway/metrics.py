@@ -120,6 +120,10 @@ class Metrics:
         if result.cold:
             self._inv.count(self._inv.cold_starts, (fn,)).value += 1
 
+    def refused(self, fn: str) -> None:
+        """Count one invocation refused because the function was full (429): it did not run."""
+        self._inv.count(self._inv.outcomes, (fn, "refused")).value += 1
+
     def infra_failed(self, fn: str) -> None:
         self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
         self._inv.count(self._inv.errors, (fn, "infra")).value += 1

@@ -12,7 +12,9 @@ infrastructures, not our names, regions, labels or prices.
 
 Errors: the function's own failure (a Problem whose type is one of the
 function-* slugs) comes back as a ``Result`` with ``error``; a request the
-site rejects as wrong is raised as the same typed error; everything else
+site rejects as wrong is raised as the same typed error; a site that is full
+(429) is ``TooManyRequests`` with its Retry-After, which the scheduler
+overflows from without counting it as a failure; everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.
 """
@@ -94,8 +96,13 @@ class RemoteInfrastructure:
         detail = doc.get("detail") or resp.text[:300] or resp.reason_phrase
         if resp.status_code in (401, 403):
             return InfraUnavailable(f"site '{self.name}' refuses our token ({resp.status_code}): {detail}; check its token in [[infrastructures]]")
-        if resp.status_code == 429:
-            return TooManyRequests(f"site '{self.name}' is full: {detail}")
+        if resp.status_code == 429:  # backpressure, not a failure: the scheduler overflows, the caller waits
+            retry_after = doc.get("retry_after")
+            if not isinstance(retry_after, int):
+                header = resp.headers.get("retry-after", "")
+                retry_after = int(header) if header.isdigit() else None
+            extra = {"retry_after": retry_after} if retry_after is not None else {}
+            return TooManyRequests(f"site '{self.name}' is full: {detail}", **extra)
         if resp.status_code == 404 and str(doc.get("type", "")).endswith("function-not-found"):
             return FunctionNotFound(f"site '{self.name}' does not have the function: {detail}")
         if 400 <= resp.status_code < 500 and isinstance(doc, dict) and doc.get("type"):

@@ -49,8 +49,12 @@ class PostgresStore(EventQueries, ImageQueries):
     exclusive = False
     _real = "DOUBLE PRECISION"
     _blob = "BYTEA"
-    # Not OperationalError (a lost connection, a restart: ``InfraUnavailable``, see _conn).
-    _refused = (*SQLStore._refused, psycopg.DataError, psycopg.IntegrityError)
+    # Not OperationalError (a lost connection, a restart: ``InfraUnavailable``, see _conn),
+    # except a value over one of the server's limits (SQLSTATE class 54: an index row, an array).
+    _refused = (*SQLStore._refused, psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+    _max_values = 2**30
+    """The largest message the server reads (``PQ_LARGE_MESSAGE_LIMIT``, 1 GiB less 2 bytes): it ends
+    the connection on a longer one, saying why only in its own log."""
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> None:
         self.url = url
@@ -79,6 +83,8 @@ class PostgresStore(EventQueries, ImageQueries):
             conn = self._checkout()
             try:
                 yield conn
+            except psycopg.errors.ProgramLimitExceeded:
+                raise  # a value over a limit of the server's (RecordRefused): it did not fail
             except psycopg.OperationalError as exc:
                 conn.close()  # broken: do not return it to the pool
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -122,6 +128,13 @@ class PostgresStore(EventQueries, ImageQueries):
 
     def _q(self, sql: str) -> str:
         return _pg(sql)
+
+    def _refuses(self, exc: Exception) -> bool:
+        # A value the server would need more than 1 GiB of memory for: an internal error
+        # (XX000, as every failed allocation is) told apart by its text alone.
+        return super()._refuses(exc) or (
+            isinstance(exc, psycopg.errors.InternalError_) and str(exc).startswith("invalid memory alloc request size")
+        )
 
     def _lock(self, cur: Any, key: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from spanfaas.errors import InfraError, InfraUnavailable, InvalidRequest
+from spanfaas.errors import InfraError, InfraUnavailable, InvalidRequest, format_sizes
 from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.migrations import MIGRATIONS, render
 
@@ -88,6 +88,10 @@ class SQLStore:
     _refused: tuple[type[Exception], ...] = (ValueError, OverflowError)
     """Errors that say a value was refused, not that the store failed: text the driver
     cannot encode (``UnicodeEncodeError``), a number it cannot bind; dialects add theirs."""
+    _max_values: int | None = None
+    """Bytes of values the database takes in one statement, where that is less than a
+    record may hold (PostgreSQL: a message of at most 1 GiB, or it ends the connection,
+    which reads as the store failing): a record over it is refused before it is sent."""
 
     # -- hooks -------------------------------------------------------------------
 
@@ -106,6 +110,10 @@ class SQLStore:
     def _changed(self, cur: Any, what: str) -> None:
         """``what`` (a row of ``generations``) changed in the current transaction."""
         cur.execute(self._q("UPDATE generations SET value = value + 1 WHERE name = ?"), (what,))
+
+    def _refuses(self, exc: Exception) -> bool:
+        """Does ``exc`` say a value was refused (writing it again fails again), not that the store failed?"""
+        return isinstance(exc, self._refused)
 
     def _claim_sql(self) -> str:
         """An UPDATE … RETURNING the invocation columns of the due records it took."""
@@ -268,6 +276,9 @@ class SQLStore:
         if not records:
             return
         unique = list({r.id: r for r in records}.values())  # one row may be hit once per statement
+        if self._max_values is not None:
+            for r in unique:
+                _check_size(r, self._max_values)
         try:
             with self._tx() as cur:
                 # Many rows per statement: one trip into the database (and, for
@@ -275,7 +286,9 @@ class SQLStore:
                 for chunk in _chunks(unique):
                     params = [v for r in chunk for v in _row(r)]
                     cur.execute(self._q(_upsert(len(chunk))), params)
-        except self._refused as exc:
+        except Exception as exc:
+            if not self._refuses(exc):
+                raise
             what = f"invocation {unique[0].id}" if len(unique) == 1 else f"one of {len(unique)} invocations"
             raise RecordRefused(f"the store refused {what}: {_reason(exc)}") from exc
 
@@ -425,6 +438,27 @@ def _chunks(records: Sequence[InvocationRecord]) -> Iterator[list[InvocationReco
         size += n
     if chunk:
         yield chunk
+
+
+_STATEMENT_ROOM = 2**20
+"""Bytes of a statement besides its values (its text, each value's length), and then some."""
+
+
+def _check_size(r: InvocationRecord, limit: int) -> None:
+    """``RecordRefused`` if ``r``'s values, as sent (text as UTF-8), make a statement of more
+    than ``limit`` bytes; only a record whose values may come near it (over ``limit``/8, counting
+    characters: at most 6 bytes each in JSON) is encoded to tell."""
+    texts = len(r.logs) + (len(r.error.message) + len(r.error.traceback) if r.error is not None else 0)
+    if len(r.payload) + len(r.output) + texts <= limit // 8:
+        return
+    size = sum(len(v) if isinstance(v, bytes) else len(v.encode("utf-8", "replace")) if isinstance(v, str) else 8 for v in _row(r))
+    if size + _STATEMENT_ROOM > limit:
+        have, most = format_sizes(size, limit)
+        raise RecordRefused(
+            f"the store refused invocation {r.id}: its values are {have}; PostgreSQL takes at most {most} in one "
+            "statement (its payload, result and logs together): lower max_payload and runtime.max_payload so "
+            "that a payload and its result stay under it"
+        )
 
 
 def _reason(exc: BaseException) -> str:

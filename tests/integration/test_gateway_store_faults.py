@@ -149,6 +149,55 @@ def test_outcomes_of_more_than_a_gib_together_are_stored(postgres_db: str) -> No
         store.close()
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_an_outcome_over_a_gib_is_refused_not_sent_again_for_ever(postgres_db: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One outcome over PostgreSQL's 1 GiB message limit (a payload and a result of 560 MiB,
+    with max_payload and runtime.max_payload raised): the server ended the connection each
+    time it was sent, which reads as a server restart (StoreUnavailable), so the recorder
+    sent it again for ever, 6 s each.  It is refused before it is sent, saying why and what
+    to change, and stored as a failed outcome with what it was called with."""
+    from spanfaas.gateway.recorder import Recorder
+    from spanfaas.model import InvocationRecord
+    from spanfaas.store import RecordRefused
+    from spanfaas.store.postgres import PostgresStore
+
+    big = b"x" * (560 * 2**20)
+    with psycopg.connect(postgres_db, autocommit=True) as conn:  # as above: lz4 keeps the payload stored quickly
+        conn.execute(f"ALTER DATABASE {postgres_db.rsplit('/', 1)[1]} SET default_toast_compression = 'lz4'")
+    huge = InvocationRecord(id="inv-huge", function="fn", status="succeeded", mode="async", payload=big, output=big,
+                            created_at=time.time())  # fmt: skip
+    small = InvocationRecord(id="inv-small", function="fn", status="succeeded", mode="async", created_at=time.time())
+    store = PostgresStore(postgres_db)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RecordRefused, match=r"the store refused invocation inv-huge: its values are 1\.1 GiB; "
+                                                r"PostgreSQL takes at most 1\.0 GiB in one statement"):  # fmt: skip
+            store.save_invocations([small, huge])
+        assert time.monotonic() - t0 < 5  # refused here, not sent
+
+        async def record() -> None:
+            rec = Recorder(store, interval=0.01)
+            rec.start()
+            try:
+                rec.add(small)
+                rec.add(huge)
+                await asyncio.wait_for(rec.flush(), 120)
+            finally:
+                await rec.close()
+
+        asyncio.run(record())
+        assert (stored := store.get_invocation("inv-small")) is not None and stored.status == "succeeded"
+        with psycopg.connect(postgres_db) as conn:  # (not its payload: more than psycopg reads as text)
+            row = conn.execute("SELECT status, error, octet_length(payload), octet_length(output) FROM invocations "
+                               "WHERE id = 'inv-huge'").fetchone()  # fmt: skip
+        assert row is not None and row[0] == "failed" and "max_payload" in row[1], row
+        assert row[2:] == (len(big), 0)  # what it was called with is kept; its result is not
+        assert any("inv-huge" in r.getMessage() and "1.1 GiB" in r.getMessage() for r in caplog.records)
+    finally:
+        store.close()
+
+
 TWO_GATES = """
 import os, time
 def handler(event, context):

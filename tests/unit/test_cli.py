@@ -369,6 +369,25 @@ def test_up_with_an_impossible_port_names_the_flag(cli: Any, tmp_path: Path) -> 
     assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
 
 
+def test_a_full_function_exits_6_and_leaves_no_failed_invocation(cli: Any, live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync call refused by a full function (scaling.max + scaling.queue taken) exited 6,
+    but left an invocation recorded as an infra failure: `spanfaas result ID` of it exited 7."""
+    from spanfaas.errors import TooManyRequests
+
+    assert cli("deploy", fn_dir(tmp_path, "crowded", "def handler(event, context):\n    return 1\n")).exit_code == 0
+
+    async def full(*args: object, **kw: object) -> object:
+        raise TooManyRequests("function 'crowded' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
+
+    monkeypatch.setattr(live.app.state.gateway.infra, "invoke", full)
+    expect_error(cli("invoke", "crowded"), 6, "invocations waiting", "retry later")
+    r = cli("invoke", "crowded", "--json")
+    assert r.exit_code == 6 and json.loads(r.stdout)["status"] == 429
+    assert "invocation_id" not in json.loads(r.stdout)  # nothing ran: nothing to fetch later
+    r = cli("logs", "crowded", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["invocations"] == [], r.stdout
+
+
 def test_not_found(cli: Any) -> None:
     expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
     expect_error(cli("result", "0" * 32), 4)

@@ -24,7 +24,7 @@ from spanfaas.gateway.app import Gateway
 from spanfaas.gateway.registry import Registry
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
-from spanfaas.store import SQLiteStore, Store, sha256
+from spanfaas.store import SQLiteStore, Store, StoreUnavailable, sha256
 from tests.unit.gateway.conftest import write_function
 
 
@@ -193,6 +193,47 @@ async def test_an_async_invocation_accepted_after_a_deploy_runs_that_version(
         view = (await b.http.get(f"/v1/invocations/{id}")).json()
         assert view["status"] == "succeeded" and view["result"] == 2, view
         assert await b.answer() == 2  # the look before the run brought b in step
+
+
+async def test_a_store_that_cannot_be_read_before_an_async_run_uses_up_none_of_its_retries(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b claims an invocation of a function it has not seen yet (deployed through a), so it
+    reads the function from the store before the run.  The store could not answer (SQLite
+    locked past its busy timeout, PostgreSQL restarting) more times than async_retries allow:
+    each time counted as a failed run, and the invocation failed for good, though nothing
+    ran.  Now it waits in the queue, and runs once the store answers, as its first attempt."""
+    async with pair("sqlite", tmp_path, request, poll_a=60.0, poll_b=60.0) as (a, b):
+        await a.gw.dispatcher.stop()  # only b runs async invocations
+        assert (await a.http.put("/v1/functions/fn", content=bundle(tmp_path, 1))).status_code == 201
+        real = b.store.get_function
+        retries = b.gw.settings.async_retries
+        failures = 2 * (retries + 1) + 2  # more than every run allows (the barrier reads it too)
+
+        def unreadable(name: str) -> Any:
+            nonlocal failures
+            if failures > 0:
+                failures -= 1
+                raise StoreUnavailable(
+                    f"the store's database {b.store.path} is locked by another process for longer than 0.2 s "  # type: ignore[attr-defined]
+                    "(the busy timeout): a program such as a sqlite3 shell or a backup holds a write transaction; "
+                    "end it, then try again", retry_after=1,
+                )  # fmt: skip
+            return real(name)
+
+        monkeypatch.setattr(b.store, "get_function", unreadable)
+        r = await a.http.post("/v1/functions/fn/invoke?mode=async", json={})
+        assert r.status_code == 202
+        id = r.json()["id"]
+
+        async def done() -> bool:
+            view = (await b.http.get(f"/v1/invocations/{id}")).json()
+            return bool(view["status"] in ("succeeded", "failed"))
+
+        await until(done, 15, "the async invocation ended")
+        view = (await b.http.get(f"/v1/invocations/{id}")).json()
+        assert failures == 0
+        assert view["status"] == "succeeded" and view["result"] == 1 and view["attempts"] == 1, view
 
 
 async def test_a_version_it_cannot_deploy_is_not_served_in_place_of_the_stored_one(

@@ -167,3 +167,26 @@ async def test_listing_bad_queries(client: httpx.AsyncClient, hello: dict[str, o
 async def test_bad_mode(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
     r = await client.post("/v1/functions/hello/invoke?mode=later", json={})
     assert r.status_code == 400 and "mode=async" in r.json()["detail"]
+
+
+async def test_a_full_function_queue_is_a_429_not_an_infra_failure(
+    client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure, gateway: Gateway, store: SQLiteStore
+) -> None:
+    """A function whose instances and queue were full (scaling.max + scaling.queue) answered
+    429, but the call was recorded as failed with kind 'infra' and counted as an infra error:
+    `spanfaas result ID` of it exited 7 ('the platform failed').  Nothing ran and nothing
+    failed: the client tries again after Retry-After."""
+    from spanfaas.errors import TooManyRequests
+
+    async def full(*args: object, **kw: object) -> object:
+        raise TooManyRequests("function 'hello' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
+
+    infra.invoke = full  # type: ignore[method-assign]
+    r = await client.post("/v1/functions/hello/invoke", json={})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["type"].endswith("/too-many-requests") and "invocation_id" not in r.json()
+    await gateway.recorder.flush()
+    assert store.list_invocations() == []  # refused, as a payload over the limit is: nothing to look up
+    metrics = (await client.get("/metrics")).text
+    assert 'kind="infra"' not in metrics
+    assert 'spanfaas_invocations_total{function="hello",status="refused"} 1.0' in metrics

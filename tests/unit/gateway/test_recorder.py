@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -149,6 +150,51 @@ async def test_a_record_the_store_refuses_does_not_hold_back_the_others(
     assert refused.logs == "" and refused.output == b""
     said = [r for r in caplog.records if "inv-2" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in said]  # logged once, with its id
+    assert registry.get_sample_value("spanfaas_records_refused_total", {"function": "f"}) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("limit", ["program-limit-exceeded", "invalid-memory-alloc"])
+async def test_a_record_over_a_postgresql_limit_is_refused_not_written_again_for_ever(
+    postgres_db: str, limit: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value over one of PostgreSQL's limits is refused each time it is written.  Its
+    errors read as the store failing -- ProgramLimitExceeded (SQLSTATE 54000) is an
+    OperationalError, made StoreUnavailable ('try again'); 'invalid memory alloc request
+    size' (a value needing over 1 GiB in the server) an InternalError -- so the recorder
+    wrote the batch again for ever, and no outcome written with it was ever stored."""
+    from spanfaas.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_db)
+    if limit == "program-limit-exceeded":  # for real: a key longer than an index row may be
+        poison = msgspec.structs.replace(record(2), mode="async", idempotency_key=os.urandom(6000).hex())
+    else:  # the error PostgreSQL raises then, from a trigger: a value over 1 GiB is too big for a unit test
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION too_big() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'invalid memory alloc request size 1073741824' USING ERRCODE = 'internal_error'; "
+                "END $$ LANGUAGE plpgsql"
+            )
+            conn.execute("CREATE TRIGGER too_big BEFORE INSERT ON invocations FOR EACH ROW "
+                         "WHEN (NEW.logs LIKE 'huge%') EXECUTE FUNCTION too_big()")  # fmt: skip
+        poison = msgspec.structs.replace(record(2), logs="huge logs")
+    registry = CollectorRegistry()
+    rec = Recorder(store, interval=0.01, registry=registry)
+    rec.start()
+    try:
+        for r in (record(1), poison, record(3)):
+            rec.add(r)
+        await asyncio.wait_for(rec.flush(), 10)
+    finally:
+        await rec.close()
+        stored = {i: store.get_invocation(f"inv-{i}") for i in (1, 2, 3)}
+        store.close()
+    assert all(r is not None and r.status == "succeeded" for i, r in stored.items() if i != 2), stored
+    refused = stored[2]
+    assert refused is not None and refused.status == "failed" and refused.error is not None
+    assert "could not be stored" in refused.error.message and "the store refused invocation inv-2" in refused.error.message
+    said = [r for r in caplog.records if "inv-2" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR", [r.getMessage() for r in said]
     assert registry.get_sample_value("spanfaas_records_refused_total", {"function": "f"}) == 1
 
 

@@ -1,21 +1,25 @@
 """Adapters whose infrastructure is not there: they fail fast, with the reason,
-and the spanning scheduler keeps serving from what is up."""
+and the spanning scheduler keeps serving from what is up.  A site that is there
+but full is not counted as failing."""
 
 from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from spanfaas.config import InfraConfig
-from spanfaas.errors import InfraUnavailable
+from spanfaas.config import InfraConfig, SchedulerSettings, Settings
+from spanfaas.errors import InfraUnavailable, TooManyRequests
+from spanfaas.gateway import bootstrap_admin_token, create_app
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.infra.remote import RemoteInfrastructure
 from spanfaas.model import Bundle, InvokeContext
 from spanfaas.scheduler import SpanningInfrastructure
+from spanfaas.store import SQLiteStore
 
 from spanning_helpers import make_spec
 
@@ -92,3 +96,37 @@ async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
             await sp.deploy(eu_only, bundle)
     finally:
         await sp.close()
+
+
+async def test_a_full_site_is_a_429_with_its_retry_after_and_stays_healthy(bundle: Bundle, tmp_path: Path) -> None:
+    """A site whose function is full answers 429: the caller gets TooManyRequests (exit 6),
+    with the site's Retry-After, and the site is not counted as failing (its breaker stays
+    closed, however many calls it refuses): a full queue is backpressure, not a broken site."""
+    site_store = SQLiteStore(tmp_path / "site" / "spanfaas.db")
+    token = bootstrap_admin_token(site_store)
+    site_infra = InMemoryInfrastructure("local")
+    site = create_app(Settings(data_dir=str(tmp_path / "site")), site_store, site_infra)
+    cfg = InfraConfig(name="eu", kind="remote", address="http://site", token=token, timeout=5)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg, transport=httpx.ASGITransport(site)), cfg)],
+                                SchedulerSettings(failure_threshold=2))  # fmt: skip
+    try:
+        async with site.router.lifespan_context(site):
+            await sp.start()
+            spec = make_spec()
+            await sp.deploy(spec, bundle)
+            assert (await sp.invoke(spec, b'{"x": 1}', InvokeContext(invocation_id="ok"))).infra == "eu"
+
+            async def full(*args: object, **kw: object) -> object:
+                raise TooManyRequests("function 'fn' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
+
+            site_infra.invoke = full  # type: ignore[method-assign]
+            for i in range(4):
+                with pytest.raises(TooManyRequests, match="site 'eu' is full: function 'fn' has 1 invocations waiting") as caught:
+                    await sp.invoke(spec, b"{}", InvokeContext(invocation_id=f"full-{i}"))
+                assert caught.value.exit_code == 6 and caught.value.extra.get("retry_after") == 1
+            eu = sp.site("eu")
+            assert eu.breaker.state == "closed" and eu.failures == 0 and eu.info.healthy
+            assert sp.explain(spec).ranking == ["eu"]
+    finally:
+        await sp.close()
+        site_store.close()
