@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from spanfaas.model import Protection
-from spanfaas.runtime import fitter, forking
+from spanfaas.runtime import fitter, forking, heap
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
 from spanfaas.runtime.supervise import supervise
@@ -349,6 +349,7 @@ def main(argv: list[str]) -> None:
     template._LAZY_DONE = True
     fitter.warm()
     gc.collect()
+    heap.fill_holes()  # templates' first objects go to fresh pools, not into our pages
     gc.freeze()
     z = Zygote(chan)
     z.loop()
