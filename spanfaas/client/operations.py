@@ -349,6 +349,7 @@ FINISHED = ("succeeded", "failed")
 
 def result(invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> Op[InvokeOutput]:
     """Poll an invocation until it finishes (backoff 20 ms → 1 s); raise its error if it failed."""
+    check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.02
     while True:

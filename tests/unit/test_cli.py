@@ -268,6 +268,14 @@ def test_invoke_timeout_must_be_positive(cli: Any) -> None:
     expect_error(cli("invoke", "hello", "--timeout", "0", "--json"), 2, "timeout")
 
 
+def test_result_wait_timeout_must_be_positive(cli: Any) -> None:
+    # `result ID --wait --timeout -1` said "is still queued after -1s" (exit 1), and nan waited forever.
+    assert cli("deploy", HELLO).exit_code == 0
+    job = cli("invoke", "hello", "--async").stdout.strip()
+    for value in ("-1", "0", "nan"):
+        expect_error(cli("result", job, "--wait", "--timeout", value), 2, "timeout must be a positive number of seconds")
+
+
 SLEEPY = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(event['sleep'])\n    return 'slept'\n"
 
 

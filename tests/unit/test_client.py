@@ -523,3 +523,13 @@ async def test_invoke_timeout_must_be_positive(sdk: Any, timeout: float) -> None
     # A negative timeout reached the socket layer: ValueError "Timeout value out of range".
     with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
         await sdk.invoke("hello", {}, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None:
+    # result(id, timeout=-1) gave up at once with "still running after -1s" (a WaitTimeout, exit 1),
+    # and timeout=nan waited forever: the wait's bound is checked as invoke's is.
+    await sdk.deploy(EXAMPLES / "hello")
+    job = await sdk.invoke_async("hello", {})
+    with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
+        await sdk.result(job, timeout=timeout)
