@@ -286,6 +286,8 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 
 def _fn(name: str) -> str:
+    if not name:  # "/v1/functions/" is another endpoint (its redirect to the list is no answer about a function)
+        raise InvalidRequest("the function name is empty; name a deployed function (`spanfaas ls` lists them)")
     return "/v1/functions/" + quote(name, safe="")
 
 
@@ -340,6 +342,10 @@ def invoke_async(name: str, event: Any = None, *, data: bytes | None = None, ide
 
 
 def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+    if not invocation_id:
+        raise InvalidRequest(
+            "the invocation id is empty; `spanfaas logs FUNCTION` shows a function's recent invocations with their ids"
+        )
     resp = yield Call("GET", "/v1/invocations/" + quote(invocation_id, safe=""))
     return _decode(resp)  # type: ignore[no-any-return]
 
@@ -411,6 +417,8 @@ def invocations(function: str | None = None, *, limit: int = 20) -> Op[list[dict
 
 def logs(name_or_id: str, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
     """Invocation records with their logs: one invocation by id, or a function's latest."""
+    if not name_or_id:
+        raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
     try:
         return [(yield from invocation(name_or_id))]
     except NotFound:

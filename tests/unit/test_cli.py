@@ -383,6 +383,17 @@ def test_not_found(cli: Any) -> None:
     expect_error(cli("rm", "no-such-thing"), 4)
 
 
+def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
+    # `rm ''` printed "✓ removed" (the gateway's redirect of /v1/functions/ read as success),
+    # `result ''` and `logs ''` a msgspec traceback, `invoke ''` "no such endpoint".
+    for args in (["rm", ""], ["invoke", ""], ["explain", ""]):
+        expect_error(cli(*args), 2, "the function name is empty", "spanfaas ls")
+    expect_error(cli("result", ""), 2, "the invocation id is empty")
+    expect_error(cli("logs", ""), 2, "name a function or an invocation id")
+    r = cli("rm", "", "--json")
+    assert r.exit_code == 2 and "removed" not in json.loads(r.stdout)
+
+
 def test_info_and_doctor(cli: Any) -> None:
     r = cli("info")
     assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout

@@ -274,6 +274,18 @@ async def test_request_errors_are_typed(sdk: Any) -> None:
         await sdk.result("0" * 32)
 
 
+async def test_an_empty_name_or_id_is_refused(sdk: Any) -> None:
+    # remove("") "succeeded" (a 307 to /v1/functions read as success); result("") raised msgspec's DecodeError.
+    for method in ("remove", "invoke", "invoke_async", "function"):
+        with pytest.raises(InvalidRequest, match="the function name is empty"):
+            await getattr(sdk, method)("")
+    for method in ("result", "invocation"):
+        with pytest.raises(InvalidRequest, match="the invocation id is empty"):
+            await getattr(sdk, method)("")
+    with pytest.raises(InvalidRequest, match="name a function or an invocation id"):
+        await sdk.logs("")
+
+
 async def test_tokens_and_scopes(sdk: Any) -> None:
     made: list[Any] = []
 
