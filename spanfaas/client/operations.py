@@ -210,8 +210,16 @@ def check_response(
     resp: httpx.Response, *, base_url: str, has_token: bool, saved_for: Callable[[], str | None] | None = None
 ) -> httpx.Response:
     """Return a successful response; raise the typed error of a failed one."""
-    if resp.status_code < 400:
+    if resp.status_code < 300:
         return resp
+    if resp.status_code < 400:  # no answer: a proxy's redirect (http to https), or an empty name in the path
+        location = resp.headers.get("location", "")
+        raise InvalidRequest(
+            f"{base_url} answered {resp.status_code} {resp.reason_phrase} to {resp.request.method} {resp.request.url.path}"
+            + (f" (to {location})" if location else "")
+            + "; a spanfaas gateway answers without redirects: check the URL (--url, SPANFAAS_URL), "
+            "and that no name or id in the command is empty"
+        )
     doc: Any = None
     if "json" in resp.headers.get("content-type", ""):
         try:

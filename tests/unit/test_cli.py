@@ -394,6 +394,15 @@ def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
     assert r.exit_code == 2 and "removed" not in json.loads(r.stdout)
 
 
+def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
+    # The gateway redirects "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger",
+    # `images show ""` a msgspec traceback.
+    for args in (["triggers", "rm", ""], ["images", "rm", ""], ["images", "show", ""]):
+        r = cli(*args)
+        expect_error(r, 2, "answered 307 Temporary Redirect", "no name or id in the command is empty")
+        assert "removed" not in r.stdout
+
+
 def test_info_and_doctor(cli: Any) -> None:
     r = cli("info")
     assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout

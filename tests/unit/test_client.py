@@ -329,6 +329,20 @@ def test_a_non_spanfaas_answer_is_still_typed() -> None:
     assert info.value.status == 404 and "is it a spanfaas gateway" in info.value.message
 
 
+def test_a_redirect_is_not_taken_for_an_answer() -> None:
+    # A 3xx passed as success: a proxy sending http to https made `functions()` raise msgspec's
+    # DecodeError, and a DELETE that was redirected "succeeded" without removing anything.
+    def app(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(301, headers={"Location": "https://elsewhere" + request.url.path})
+
+    with Client("http://elsewhere", "t", transport=httpx.MockTransport(app)) as client:
+        for call in (client.functions, lambda: client.remove("hello")):
+            with pytest.raises(InvalidRequest) as info:
+                call()
+            assert "answered 301 Moved Permanently" in info.value.message and "https://elsewhere/v1/functions" in info.value.message
+            assert "--url" in info.value.message
+
+
 # -- async invocations --------------------------------------------------------------------
 
 
