@@ -377,6 +377,17 @@ def test_up_with_an_impossible_port_names_the_flag(cli: Any, tmp_path: Path) -> 
     assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
 
 
+def test_up_on_an_address_not_of_this_machine_names_the_flag(cli: Any, tmp_path: Path) -> None:
+    # With --port 0 the address went unchecked: the gateway started its runtime, uvicorn failed to
+    # bind, and the user saw the zygote's BrokenPipeError tracebacks, exit 7, and a config saved for
+    # http://192.0.2.1:0 in place of the one of the gateway they had.
+    for port in ("0", "8123"):
+        r = cli("up", "--host", "192.0.2.1", "--port", port, "--data-dir", str(tmp_path / "state"), XDG_DATA_HOME=str(tmp_path / "data"))
+        expect_error(r, 2, "cannot listen on 192.0.2.1", "pass an address of this machine with --host")
+        assert "--port" not in r.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
+
+
 def test_not_found(cli: Any) -> None:
     expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
     expect_error(cli("result", "0" * 32), 4)
