@@ -91,12 +91,16 @@ def _read_data(data: str | None) -> tuple[Any, bytes | None]:
             return json.loads(raw), None
         except (ValueError, UnicodeDecodeError):
             return None, raw
+        except RecursionError:
+            raise InvalidPayload(f"-d {data} is JSON nested too deeply to decode; flatten it") from None
     try:
         return json.loads(data), None
     except ValueError as exc:
         raise InvalidPayload(
             f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @file"
         ) from None
+    except RecursionError:
+        raise InvalidPayload("-d is JSON nested too deeply to decode; flatten it") from None
 
 
 def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:

@@ -189,6 +189,16 @@ def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("invoke", "hello", "-d", f"@{tmp_path / 'missing.json'}"), 2, "cannot read -d @")
 
 
+def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
+    # json.loads' RecursionError came out as a traceback (exit 1).
+    deep = "[" * 5000 + "]" * 5000
+    event = tmp_path / "deep.json"
+    event.write_text(deep)
+    for args in (["-d", deep], ["-d", f"@{event}"]):
+        expect_error(cli("invoke", "hello", *args), 2, "nested too deeply", "flatten it")
+    expect_error(cli("events", "send", "--type", "com.example.deep", "-d", deep), 2, "nested too deeply")
+
+
 def test_bytes_round_trip(cli: Any, tmp_path: Path) -> None:
     cli("deploy", fn_dir(tmp_path, "rev", "def handler(event, context):\n    return bytes(reversed(event))\n"))
     blob = tmp_path / "blob.bin"
