@@ -473,6 +473,13 @@ def test_help_lists_the_commands(cli: Any) -> None:
         assert command in r.stdout
 
 
+def test_python_dash_m_spanfaas_runs_the_cli() -> None:
+    # "No module named spanfaas.__main__; 'spanfaas' is a package and cannot be directly executed".
+    r = subprocess.run([sys.executable, "-m", "spanfaas", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Usage: python -m spanfaas " in r.stdout and "deploy" in r.stdout
+
+
 def test_the_start_up_hint_names_the_command_as_the_user_can_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from spanfaas.cli.platform import command_name
 
