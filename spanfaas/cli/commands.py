@@ -174,7 +174,7 @@ def _goes_on(invocation_id: str) -> Iterator[None]:
 def result(
     invocation_id: Annotated[str, typer.Argument(metavar="ID", help="An invocation id (from invoke --async).", show_default=False)],
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until the invocation finishes.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait with --wait.", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Wait, at most this many seconds (implies --wait).", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -183,7 +183,7 @@ def result(
     """Show an invocation's result (or status, while it runs)."""
     try:
         with Client(url, token) as client:
-            if wait:
+            if wait or timeout is not None:
                 with _goes_on(invocation_id), err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
                     client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
             record = client.invocation(invocation_id)

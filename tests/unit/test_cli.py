@@ -311,6 +311,16 @@ def test_a_timeout_exits_1_from_invoke_and_from_result(cli: Any, tmp_path: Path)
     assert json.loads(slow.stdout)["type"] == json.loads(waited.stdout)["type"] == "https://spanfaas.dev/problems/wait-timeout"
 
 
+def test_result_timeout_waits_without_wait(cli: Any, tmp_path: Path) -> None:
+    # `result ID --timeout 5` ignored its timeout: it printed "ID is running" at once, exit 0.
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    job = cli("invoke", "sleepy", "-d", '{"sleep": 0.5}', "--async").stdout.strip()
+    r = cli("result", job, "--timeout", "10")
+    assert r.exit_code == 0 and json.loads(r.stdout) == "slept", (r.stdout, r.stderr)
+    job = cli("invoke", "sleepy", "-d", '{"sleep": 3}', "--async").stdout.strip()
+    expect_error(cli("result", job, "--timeout", "0.2"), 1, f"invocation {job} is still")
+
+
 def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
     """``invoke --timeout`` gave up with no invocation id: the result was lost to the user."""
     assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
