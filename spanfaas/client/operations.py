@@ -296,6 +296,10 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 def _fn(name: str) -> str:
     if not name:  # "/v1/functions/" is another endpoint (its redirect to the list is no answer about a function)
         raise InvalidRequest("the function name is empty; name a deployed function (`spanfaas ls` lists them)")
+    if "/" in name:  # the gateway routes on the decoded path: it would answer "no such endpoint"
+        raise InvalidRequest(
+            f"{name!r} is a path, not a function name; use the name in its spanfaas.toml (`spanfaas ls` lists them)"
+        )
     return "/v1/functions/" + quote(name, safe="")
 
 

@@ -425,6 +425,15 @@ def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
     assert r.exit_code == 2 and "removed" not in json.loads(r.stdout)
 
 
+def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
+    # `invoke examples/hello` (the path just deployed) answered in HTTP terms:
+    # "no such endpoint: POST /v1/functions/examples/hello/invoke; GET /openapi.json lists them all".
+    for args in (["invoke", "examples/hello"], ["rm", "examples/hello"], ["explain", "examples/hello"]):
+        r = cli(*args)
+        expect_error(r, 2, "'examples/hello' is a path, not a function name", "spanfaas ls")
+        assert "endpoint" not in r.stderr
+
+
 def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
     # The gateway redirects "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger",
     # `images show ""` a msgspec traceback.
