@@ -159,6 +159,7 @@ _ITEM_HINTS = {
 """The same for an item of a list or a ``[[table]]`` (msgspec's key carries its index)."""
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
+_RANGE_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+) - at")
 _KINDS = {
     "str": "a string in quotes",
     "int": "a whole number",
@@ -294,6 +295,9 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             hint = _allowed_values(key)
         elif (typed := _TYPE_RE.match(msg)) and (said := _wrong_type(data, key, typed.group(1), typed.group(2))):
             key, msg = said
+        elif (ranged := _RANGE_RE.match(msg)) and _scalar(value := _value_at(data, key)):
+            kind, op, bound = ranged.groups()
+            msg = f"{key} must be {_KINDS[kind]} {op} {float(bound):g}, got {_toml(value)}{_UNITS.get(key, '')}"
         where = f" (key '{key}')" if key else ""
         raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.

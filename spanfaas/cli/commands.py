@@ -91,12 +91,16 @@ def _read_data(data: str | None) -> tuple[Any, bytes | None]:
             return json.loads(raw), None
         except (ValueError, UnicodeDecodeError):
             return None, raw
+        except RecursionError:
+            raise InvalidPayload(f"-d {data} is JSON nested too deeply to decode; flatten it") from None
     try:
         return json.loads(data), None
     except ValueError as exc:
         raise InvalidPayload(
             f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @file"
         ) from None
+    except RecursionError:
+        raise InvalidPayload("-d is JSON nested too deeply to decode; flatten it") from None
 
 
 def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
@@ -170,7 +174,7 @@ def _goes_on(invocation_id: str) -> Iterator[None]:
 def result(
     invocation_id: Annotated[str, typer.Argument(metavar="ID", help="An invocation id (from invoke --async).", show_default=False)],
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until the invocation finishes.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait with --wait.", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Wait, at most this many seconds (implies --wait).", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -179,7 +183,7 @@ def result(
     """Show an invocation's result (or status, while it runs)."""
     try:
         with Client(url, token) as client:
-            if wait:
+            if wait or timeout is not None:
                 with _goes_on(invocation_id), err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
                     client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
             record = client.invocation(invocation_id)

@@ -157,6 +157,8 @@ def send(
             event["data"] = json.loads(data)
         except ValueError as exc:
             raise InvalidRequest(f"--data is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidRequest("--data is JSON nested too deeply to decode; flatten it") from None
     with Client(url, token) as client:
         [published] = client.events.publish(event)
     if as_json:

@@ -94,9 +94,7 @@ def up(
 
 
 def _check_port(host: str, port: int) -> None:
-    """Say which port is taken, and what to do, before anything starts."""
-    if port == 0:
-        return
+    """Say which port is taken (or which address is not this machine's), and what to do, before anything starts."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -107,6 +105,11 @@ def _check_port(host: str, port: int) -> None:
         try:
             sock.bind(addr)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InvalidRequest(
+                    f"cannot listen on {host}: {exc.strerror}; pass an address of this machine with --host "
+                    "(127.0.0.1, or 0.0.0.0 for all of them)"
+                ) from None
             raise InvalidRequest(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
                 "stop what uses it, or pick another port with --port (0 picks a free one)"

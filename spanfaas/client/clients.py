@@ -119,7 +119,7 @@ class Client(_Base):
     def _stream(self, call: Call, lines: Callable[[str], None]) -> httpx.Response:
         resp = self._http.send(self._build(self._http, call), stream=True)
         try:
-            if resp.status_code >= 400:
+            if resp.status_code >= 300:  # (a redirect is no answer either)
                 resp.read()
                 self._check(resp)
             for line in resp.iter_lines():
@@ -280,7 +280,7 @@ class AsyncClient(_Base):
     async def _stream(self, call: Call, lines: Callable[[str], None]) -> httpx.Response:
         resp = await self._http.send(self._build(self._http, call), stream=True)
         try:
-            if resp.status_code >= 400:
+            if resp.status_code >= 300:  # (a redirect is no answer either)
                 await resp.aread()
                 self._check(resp)
             async for line in resp.aiter_lines():

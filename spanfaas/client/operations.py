@@ -210,8 +210,16 @@ def check_response(
     resp: httpx.Response, *, base_url: str, has_token: bool, saved_for: Callable[[], str | None] | None = None
 ) -> httpx.Response:
     """Return a successful response; raise the typed error of a failed one."""
-    if resp.status_code < 400:
+    if resp.status_code < 300:
         return resp
+    if resp.status_code < 400:  # no answer: a proxy's redirect (http to https), or an empty name in the path
+        location = resp.headers.get("location", "")
+        raise InvalidRequest(
+            f"{base_url} answered {resp.status_code} {resp.reason_phrase} to {resp.request.method} {resp.request.url.path}"
+            + (f" (to {location})" if location else "")
+            + "; a spanfaas gateway answers without redirects: check the URL (--url, SPANFAAS_URL), "
+            "and that no name or id in the command is empty"
+        )
     doc: Any = None
     if "json" in resp.headers.get("content-type", ""):
         try:
@@ -286,6 +294,12 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 
 def _fn(name: str) -> str:
+    if not name:  # "/v1/functions/" is another endpoint (its redirect to the list is no answer about a function)
+        raise InvalidRequest("the function name is empty; name a deployed function (`spanfaas ls` lists them)")
+    if "/" in name:  # the gateway routes on the decoded path: it would answer "no such endpoint"
+        raise InvalidRequest(
+            f"{name!r} is a path, not a function name; use the name in its spanfaas.toml (`spanfaas ls` lists them)"
+        )
     return "/v1/functions/" + quote(name, safe="")
 
 
@@ -340,6 +354,10 @@ def invoke_async(name: str, event: Any = None, *, data: bytes | None = None, ide
 
 
 def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+    if not invocation_id:
+        raise InvalidRequest(
+            "the invocation id is empty; `spanfaas logs FUNCTION` shows a function's recent invocations with their ids"
+        )
     resp = yield Call("GET", "/v1/invocations/" + quote(invocation_id, safe=""))
     return _decode(resp)  # type: ignore[no-any-return]
 
@@ -349,6 +367,7 @@ FINISHED = ("succeeded", "failed")
 
 def result(invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> Op[InvokeOutput]:
     """Poll an invocation until it finishes (backoff 20 ms → 1 s); raise its error if it failed."""
+    check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.02
     while True:
@@ -410,6 +429,8 @@ def invocations(function: str | None = None, *, limit: int = 20) -> Op[list[dict
 
 def logs(name_or_id: str, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
     """Invocation records with their logs: one invocation by id, or a function's latest."""
+    if not name_or_id:
+        raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
     try:
         return [(yield from invocation(name_or_id))]
     except NotFound:

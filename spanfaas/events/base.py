@@ -32,6 +32,7 @@ __all__ = [
     "Published",
     "Sink",
     "attributes_of",
+    "decode_json",
     "digest_id",
     "make_event",
     "structured",
@@ -144,6 +145,15 @@ def structured(event: CloudEvent, attrs: Mapping[str, Any] | None = None) -> byt
     elif data is not None:
         doc["data"] = data
     return _encode(doc)
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Decode a message's JSON.  JSON nested past the decoder's depth raises ``msgspec.DecodeError``
+    too, so it is the message's fault, as other bad JSON is (its RecursionError was a 500)."""
+    try:
+        return msgspec.json.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("it is nested too deeply to decode") from None
 
 
 def digest_id(*parts: bytes) -> str:

@@ -28,6 +28,7 @@ from spanfaas.events.base import (
     CloudEvent,
     InvalidEvent,
     check_required,
+    decode_json,
     make_event,
     missing_message,
 )
@@ -35,7 +36,7 @@ from spanfaas.events.base import (
 __all__ = ["CloudEventsProxy", "event_from_fields", "parse_structured"]
 
 _FORMAT = JSONFormat()
-_decode = msgspec.json.decode
+_decode = decode_json
 _HINT = (
     "send a CloudEvent in structured mode (Content-Type: application/cloudevents+json) "
     "or binary mode (ce-id, ce-source, ce-type, ce-specversion headers)"

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from spanfaas.config import RedisStreamConfig
-from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, make_event
+from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, decode_json, make_event
 from spanfaas.events.cloudevents_http import event_from_fields, parse_structured
 from spanfaas.events.metrics import EventMetrics
 
@@ -71,7 +71,7 @@ class RedisStreamSource:
         fields = _text(entry_id, raw)
         if "cloudevent" in fields:
             try:
-                doc = msgspec.json.decode(fields["cloudevent"])
+                doc = decode_json(fields["cloudevent"])
             except msgspec.DecodeError as exc:
                 raise InvalidEvent(f"entry {entry_id}: the 'cloudevent' field is not valid JSON: {exc}") from None
             return parse_structured(doc, f"entry {entry_id}")

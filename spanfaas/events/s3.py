@@ -21,7 +21,7 @@ from urllib.parse import unquote_plus
 import msgspec
 from dateutil.parser import isoparse  # type: ignore[import-untyped]
 
-from spanfaas.events.base import CloudEvent, InvalidEvent, digest_id, make_event
+from spanfaas.events.base import CloudEvent, InvalidEvent, decode_json, digest_id, make_event
 
 __all__ = ["S3Proxy"]
 
@@ -93,6 +93,6 @@ class S3Proxy:
 
 def _json(body: bytes, what: str) -> Any:
     try:
-        return msgspec.json.decode(body)
+        return decode_json(body)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"{what} is not valid JSON: {exc}") from None

@@ -23,6 +23,7 @@ from spanfaas.events.base import (
     BadSignature,
     CloudEvent,
     InvalidEvent,
+    decode_json,
     digest_id,
     make_event,
 )
@@ -101,6 +102,6 @@ def _payload(content_type: str, body: bytes) -> Any:
     if not body:
         return None
     try:
-        return msgspec.json.decode(body)
+        return decode_json(body)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"the webhook body is not valid JSON: {exc}") from None

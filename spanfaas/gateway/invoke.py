@@ -160,6 +160,11 @@ class InvokeEndpoint:
                         f"the request body is not valid JSON: {exc}; "
                         "send JSON, or set Content-Type to what you send (e.g. application/octet-stream)"
                     ) from None
+                except RecursionError:  # msgspec's depth limit: the request's fault, not the gateway's
+                    raise InvalidPayload(
+                        "the request body is JSON nested too deeply to decode; flatten it, "
+                        "or send it as bytes with Content-Type: application/octet-stream"
+                    ) from None
         except SpanfaasError:
             if started:
                 early.release(name)  # nothing will run: let go of what the prewarm prepared

@@ -189,6 +189,16 @@ def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("invoke", "hello", "-d", f"@{tmp_path / 'missing.json'}"), 2, "cannot read -d @")
 
 
+def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
+    # json.loads' RecursionError came out as a traceback (exit 1).
+    deep = "[" * 5000 + "]" * 5000
+    event = tmp_path / "deep.json"
+    event.write_text(deep)
+    for args in (["-d", deep], ["-d", f"@{event}"]):
+        expect_error(cli("invoke", "hello", *args), 2, "nested too deeply", "flatten it")
+    expect_error(cli("events", "send", "--type", "com.example.deep", "-d", deep), 2, "nested too deeply")
+
+
 def test_bytes_round_trip(cli: Any, tmp_path: Path) -> None:
     cli("deploy", fn_dir(tmp_path, "rev", "def handler(event, context):\n    return bytes(reversed(event))\n"))
     blob = tmp_path / "blob.bin"
@@ -268,6 +278,14 @@ def test_invoke_timeout_must_be_positive(cli: Any) -> None:
     expect_error(cli("invoke", "hello", "--timeout", "0", "--json"), 2, "timeout")
 
 
+def test_result_wait_timeout_must_be_positive(cli: Any) -> None:
+    # `result ID --wait --timeout -1` said "is still queued after -1s" (exit 1), and nan waited forever.
+    assert cli("deploy", HELLO).exit_code == 0
+    job = cli("invoke", "hello", "--async").stdout.strip()
+    for value in ("-1", "0", "nan"):
+        expect_error(cli("result", job, "--wait", "--timeout", value), 2, "timeout must be a positive number of seconds")
+
+
 SLEEPY = "import asyncio\nasync def handler(event, context):\n    await asyncio.sleep(event['sleep'])\n    return 'slept'\n"
 
 
@@ -291,6 +309,16 @@ def test_a_timeout_exits_1_from_invoke_and_from_result(cli: Any, tmp_path: Path)
     slow, waited = cli("invoke", "sleepy", "-d", '{"sleep": 1}', "--timeout", "0.2", "--json"), cli("result", job, "--wait", "--timeout", "0.2", "--json")
     assert slow.exit_code == waited.exit_code == 1
     assert json.loads(slow.stdout)["type"] == json.loads(waited.stdout)["type"] == "https://spanfaas.dev/problems/wait-timeout"
+
+
+def test_result_timeout_waits_without_wait(cli: Any, tmp_path: Path) -> None:
+    # `result ID --timeout 5` ignored its timeout: it printed "ID is running" at once, exit 0.
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    job = cli("invoke", "sleepy", "-d", '{"sleep": 0.5}', "--async").stdout.strip()
+    r = cli("result", job, "--timeout", "10")
+    assert r.exit_code == 0 and json.loads(r.stdout) == "slept", (r.stdout, r.stderr)
+    job = cli("invoke", "sleepy", "-d", '{"sleep": 3}', "--async").stdout.strip()
+    expect_error(cli("result", job, "--timeout", "0.2"), 1, f"invocation {job} is still")
 
 
 def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
@@ -388,10 +416,50 @@ def test_a_full_function_exits_6_and_leaves_no_failed_invocation(cli: Any, live:
     assert r.exit_code == 0 and json.loads(r.stdout)["invocations"] == [], r.stdout
 
 
+def test_up_on_an_address_not_of_this_machine_names_the_flag(cli: Any, tmp_path: Path) -> None:
+    # With --port 0 the address went unchecked: the gateway started its runtime, uvicorn failed to
+    # bind, and the user saw the zygote's BrokenPipeError tracebacks, exit 7, and a config saved for
+    # http://192.0.2.1:0 in place of the one of the gateway they had.
+    for port in ("0", "8123"):
+        r = cli("up", "--host", "192.0.2.1", "--port", port, "--data-dir", str(tmp_path / "state"), XDG_DATA_HOME=str(tmp_path / "data"))
+        expect_error(r, 2, "cannot listen on 192.0.2.1", "pass an address of this machine with --host")
+        assert "--port" not in r.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
+
+
 def test_not_found(cli: Any) -> None:
     expect_error(cli("logs", "no-such-thing"), 4, "no invocation or function named 'no-such-thing'")
     expect_error(cli("result", "0" * 32), 4)
     expect_error(cli("rm", "no-such-thing"), 4)
+
+
+def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
+    # `rm ''` printed "✓ removed" (the gateway's redirect of /v1/functions/ read as success),
+    # `result ''` and `logs ''` a msgspec traceback, `invoke ''` "no such endpoint".
+    for args in (["rm", ""], ["invoke", ""], ["explain", ""]):
+        expect_error(cli(*args), 2, "the function name is empty", "spanfaas ls")
+    expect_error(cli("result", ""), 2, "the invocation id is empty")
+    expect_error(cli("logs", ""), 2, "name a function or an invocation id")
+    r = cli("rm", "", "--json")
+    assert r.exit_code == 2 and "removed" not in json.loads(r.stdout)
+
+
+def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
+    # `invoke examples/hello` (the path just deployed) answered in HTTP terms:
+    # "no such endpoint: POST /v1/functions/examples/hello/invoke; GET /openapi.json lists them all".
+    for args in (["invoke", "examples/hello"], ["rm", "examples/hello"], ["explain", "examples/hello"]):
+        r = cli(*args)
+        expect_error(r, 2, "'examples/hello' is a path, not a function name", "spanfaas ls")
+        assert "endpoint" not in r.stderr
+
+
+def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
+    # The gateway redirects "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger",
+    # `images show ""` a msgspec traceback.
+    for args in (["triggers", "rm", ""], ["images", "rm", ""], ["images", "show", ""]):
+        r = cli(*args)
+        expect_error(r, 2, "answered 307 Temporary Redirect", "no name or id in the command is empty")
+        assert "removed" not in r.stdout
 
 
 def test_info_and_doctor(cli: Any) -> None:
@@ -441,6 +509,13 @@ def test_help_lists_the_commands(cli: Any) -> None:
     r = cli("--help")
     for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
         assert command in r.stdout
+
+
+def test_python_dash_m_spanfaas_runs_the_cli() -> None:
+    # "No module named spanfaas.__main__; 'spanfaas' is a package and cannot be directly executed".
+    r = subprocess.run([sys.executable, "-m", "spanfaas", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Usage: python -m spanfaas " in r.stdout and "deploy" in r.stdout
 
 
 def test_the_start_up_hint_names_the_command_as_the_user_can_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -274,6 +274,18 @@ async def test_request_errors_are_typed(sdk: Any) -> None:
         await sdk.result("0" * 32)
 
 
+async def test_an_empty_name_or_id_is_refused(sdk: Any) -> None:
+    # remove("") "succeeded" (a 307 to /v1/functions read as success); result("") raised msgspec's DecodeError.
+    for method in ("remove", "invoke", "invoke_async", "function"):
+        with pytest.raises(InvalidRequest, match="the function name is empty"):
+            await getattr(sdk, method)("")
+    for method in ("result", "invocation"):
+        with pytest.raises(InvalidRequest, match="the invocation id is empty"):
+            await getattr(sdk, method)("")
+    with pytest.raises(InvalidRequest, match="name a function or an invocation id"):
+        await sdk.logs("")
+
+
 async def test_tokens_and_scopes(sdk: Any) -> None:
     made: list[Any] = []
 
@@ -315,6 +327,20 @@ def test_a_non_spanfaas_answer_is_still_typed() -> None:
     with Client("http://elsewhere", "t", transport=httpx.MockTransport(app)) as client, pytest.raises(SpanfaasError) as info:
         client.functions()
     assert info.value.status == 404 and "is it a spanfaas gateway" in info.value.message
+
+
+def test_a_redirect_is_not_taken_for_an_answer() -> None:
+    # A 3xx passed as success: a proxy sending http to https made `functions()` raise msgspec's
+    # DecodeError, and a DELETE that was redirected "succeeded" without removing anything.
+    def app(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(301, headers={"Location": "https://elsewhere" + request.url.path})
+
+    with Client("http://elsewhere", "t", transport=httpx.MockTransport(app)) as client:
+        for call in (client.functions, lambda: client.remove("hello")):
+            with pytest.raises(InvalidRequest) as info:
+                call()
+            assert "answered 301 Moved Permanently" in info.value.message and "https://elsewhere/v1/functions" in info.value.message
+            assert "--url" in info.value.message
 
 
 # -- async invocations --------------------------------------------------------------------
@@ -523,3 +549,13 @@ async def test_invoke_timeout_must_be_positive(sdk: Any, timeout: float) -> None
     # A negative timeout reached the socket layer: ValueError "Timeout value out of range".
     with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
         await sdk.invoke("hello", {}, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None:
+    # result(id, timeout=-1) gave up at once with "still running after -1s" (a WaitTimeout, exit 1),
+    # and timeout=nan waited forever: the wait's bound is checked as invoke's is.
+    await sdk.deploy(EXAMPLES / "hello")
+    job = await sdk.invoke_async("hello", {})
+    with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
+        await sdk.result(job, timeout=timeout)

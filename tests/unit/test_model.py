@@ -165,6 +165,24 @@ def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, messa
 
 
 @pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("[resources]\nmemory = 8", "resources.memory", "resources.memory must be a whole number >= 16, got 8; in MiB, e.g. memory = 512"),
+        ("[resources]\ntimeout = -1", "resources.timeout", "resources.timeout must be a number > 0, got -1; in seconds, e.g. timeout = 30"),
+        ("[resources]\ntimeout = 7200", "resources.timeout", "resources.timeout must be a number <= 3600, got 7200; in seconds"),
+        ("[scaling]\nmax = 0", "scaling.max", "scaling.max must be a whole number >= 1, got 0"),
+    ],
+)
+def test_a_value_out_of_range_says_the_range(text: str, key: str, message: str) -> None:
+    # msgspec alone says "Expected `int` >= 16 - at `$.resources.memory`", without the value or the unit.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\nhandler = "h:h"\n{text}\n')
+    assert info.value.extra["key"] == key, info.value.message
+    assert message in info.value.message, info.value.message
+    assert "Expected" not in info.value.message
+
+
+@pytest.mark.parametrize(
     ("schedule", "fragment"),
     [
         ("0 3 31 2 *", "never fires"),  # 31 February

@@ -115,6 +115,23 @@ def test_malformed_cloudevents(headers: dict[str, str], body: bytes, match: str)
         CloudEventsProxy().translate(headers, body)
 
 
+DEEP = b"[" * 20_000 + b"]" * 20_000
+"""JSON nested past what the decoder takes: its RecursionError was a 500 ("the gateway failed unexpectedly")."""
+
+
+def test_json_nested_too_deeply_is_an_invalid_event() -> None:
+    ce = json.dumps(CE).encode()[:-1] + b', "data": ' + DEEP + b"}"
+    for translate in (
+        lambda: CloudEventsProxy().translate(STRUCTURED, ce),
+        lambda: CloudEventsProxy().translate({"content-type": "application/cloudevents-batch+json"}, DEEP),
+        lambda: CloudEventsProxy().translate(binary(), DEEP),
+        lambda: HOOK.translate({"x-hub-signature-256": sign(SECRET, DEEP), "x-github-event": "push"}, DEEP),
+        lambda: S3Proxy().translate({}, DEEP),
+    ):
+        with pytest.raises(InvalidEvent, match="nested too deeply"):
+            translate()
+
+
 # -- webhooks ----------------------------------------------------------------------------------
 
 HOOK = WebhookProxy(WebhookConfig(name="github", secret=SECRET))

@@ -69,6 +69,17 @@ async def test_invalid_json_is_400_with_position(client: httpx.AsyncClient, hell
     assert store.list_invocations() == []
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_json_nested_too_deeply_is_400(client: httpx.AsyncClient, hello: dict[str, object], mode: str) -> None:
+    # The decoder's RecursionError was a 500: "the gateway failed unexpectedly; its log has the details".
+    deep = b"[" * 20_000 + b"]" * 20_000
+    params = {"mode": "async"} if mode == "async" else {}
+    r = await client.post("/v1/functions/hello/invoke", params=params, content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["type"].endswith("/invalid-payload")
+    assert "nested too deeply" in r.json()["detail"] and "application/octet-stream" in r.json()["detail"]
+
+
 async def test_function_error_is_a_problem_with_traceback(client: httpx.AsyncClient, hello: dict[str, object], gateway: Gateway) -> None:
     r = await client.post("/v1/functions/hello/invoke", json={"fail": True})
     assert r.status_code == 500

@@ -1,0 +1,5 @@
+"""``python -m spanfaas``: the same as the ``spanfaas`` script."""
+
+from spanfaas.cli import main
+
+main()
