@@ -17,7 +17,7 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
-from spanfaas.errors import InvalidPayload, InvocationNotFound, format_size
+from spanfaas.errors import InvalidPayload, InvalidRequest, InvocationNotFound, format_size
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
     Interrupted,
@@ -131,6 +131,10 @@ def invoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a function and print its result."""
+    if run_async and (timeout is not None or raw):
+        flag = "--timeout" if timeout is not None else "--raw"
+        raise InvalidRequest(f"{flag} has no effect with --async, which queues the call and prints its id; "
+                             f"wait for its result with `spanfaas result ID --wait{' --timeout N' if timeout is not None else ''}{' --raw' if raw else ''}`")  # fmt: skip
     event, body = _read_data(data)
     with Client(url, token) as client:
         if run_async:

@@ -321,6 +321,16 @@ def test_result_timeout_waits_without_wait(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("result", job, "--timeout", "0.2"), 1, f"invocation {job} is still")
 
 
+def test_invoke_async_refuses_the_options_of_waiting(cli: Any, tmp_path: Path) -> None:
+    # `invoke --async --timeout 5 --raw` queued the call and dropped both options without a word.
+    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    for extra in (["--timeout", "5"], ["--raw"]):
+        r = cli("invoke", "sleepy", "--async", *extra)
+        expect_error(r, 2, f"{extra[0]} has no effect with --async", "spanfaas result ID --wait")
+    r = cli("logs", "sleepy", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["invocations"] == []  # nothing was queued
+
+
 def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
     """``invoke --timeout`` gave up with no invocation id: the result was lost to the user."""
     assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
