@@ -316,6 +316,9 @@ def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, A
 
 def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
     if data is not None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            fix = "data=text.encode(), or the text as the event (sent as JSON)" if isinstance(data, str) else "bytes, or the value as the event"
+            raise InvalidRequest(f"data= takes bytes, not {type(data).__name__}; pass {fix}")
         return bytes(data), "application/octet-stream"
     if isinstance(event, (bytes, bytearray, memoryview)):
         return bytes(event), "application/octet-stream"

@@ -542,6 +542,11 @@ def test_payload_encoding() -> None:
     assert ops.encode_payload(None, b"\x00") == (b"\x00", "application/octet-stream")
     with pytest.raises(InvalidRequest, match="not JSON-serializable"):
         ops.encode_payload({1j}, None)
+    # data="text" raised a bare TypeError ("string argument without an encoding")
+    with pytest.raises(InvalidRequest, match=r"data= takes bytes, not str; pass data=text.encode\(\), or the text as the event"):
+        ops.encode_payload(None, "text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="data= takes bytes, not int"):
+        ops.encode_payload(None, 3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
