@@ -323,11 +323,11 @@ def test_result_timeout_waits_without_wait(cli: Any, tmp_path: Path) -> None:
 
 def test_invoke_async_refuses_the_options_of_waiting(cli: Any, tmp_path: Path) -> None:
     # `invoke --async --timeout 5 --raw` queued the call and dropped both options without a word.
-    assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
+    assert cli("deploy", fn_dir(tmp_path, "never-queued", SLEEPY)).exit_code == 0  # (a name no other test calls)
     for extra in (["--timeout", "5"], ["--raw"]):
-        r = cli("invoke", "sleepy", "--async", *extra)
+        r = cli("invoke", "never-queued", "--async", *extra)
         expect_error(r, 2, f"{extra[0]} has no effect with --async", "spanfaas result ID --wait")
-    r = cli("logs", "sleepy", "--json")
+    r = cli("logs", "never-queued", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["invocations"] == []  # nothing was queued
 
 
