@@ -221,8 +221,9 @@ def test_a_remove_through_one_gateway_leaves_the_bundle_the_other_still_runs(lay
 
         until(lambda: not alive(first["pid"]) and not alive(first["template"]), 10, "b's instance stopped")
         for data_dir in {root / "data", b.data_dir}:
-            until(lambda: digest not in unpacked(data_dir), 5, f"the bundle deleted from {data_dir.name}")
-            assert not (data_dir / "blobs" / "sha256" / digest[:2] / digest).exists()
+            # the unpacked copy goes first, then the archive: wait for both
+            blob = data_dir / "blobs" / "sha256" / digest[:2] / digest
+            until(lambda: digest not in unpacked(data_dir) and not blob.exists(), 5, f"the bundle deleted from {data_dir.name}")
         assert _stored_blobs(a.store) == []
 
 
