@@ -30,6 +30,8 @@ from msgspec import Struct
 __all__ = ["Deploy", "Drop", "Failed", "Hello", "InfoReply", "Infos", "Ok", "Ran", "Run", "read_frame", "write_frame"]
 
 LEN = struct.Struct("<I")
+CAPACITY_CHECK = 0.5
+"""Seconds between two looks at the cluster's resources while a task is unfinished."""
 
 
 class Hello(Struct, tag=True):
@@ -127,8 +129,9 @@ class Bridge:
         self.encode = msgspec.msgpack.Encoder().encode
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
-        self.functions: dict[str, tuple[Any, tuple[Any, ...]]] = {}
+        self.functions: dict[str, tuple[Any, tuple[Any, ...], dict[str, float]]] = {}
         self.lost = asyncio.Event()
+        self._cluster: tuple[float, dict[str, float]] = (-1.0, {})
 
     def send(self, msg: Struct) -> None:
         write_frame(self.writer, self.encode(msg))
@@ -157,23 +160,29 @@ class Bridge:
     def deploy(self, req: Deploy) -> None:
         ref = self.ray.put(req.bundle)
         opts: dict[str, Any] = {"num_cpus": req.cpu, "max_retries": 0}
+        needs = {"CPU": req.cpu}
         if req.gpu:
-            opts["num_gpus"] = 1
+            opts["num_gpus"] = needs["GPU"] = 1
         if req.strict:
             opts["max_calls"] = 1
         if req.env:
             opts["runtime_env"] = {"env_vars": dict(req.env)}
-        self.functions[req.name] = (self.remote.options(**opts), ([ref], req.key, req.name, req.module, req.function))
+        self.functions[req.name] = (self.remote.options(**opts), ([ref], req.key, req.name, req.module, req.function), needs)
 
     async def run(self, req: Run) -> None:
         entry = self.functions.get(req.name)
         if entry is None:
             self.send(Failed(req.id, f"function '{req.name}' is not deployed on this Ray bridge", missing=True))
             return
-        fn, static = entry
+        fn, static, needs = entry
         ref = fn.remote((static, req.payload, req.content_type, req.invocation_id, req.timeout, req.event))
         try:
-            output, ct, error, logs, ms, cold = await asyncio.wait_for(ref, req.timeout)
+            ran = await self._outcome(ref, needs, req.timeout)
+            if isinstance(ran, str):  # it cannot finish here: the gateway may run it elsewhere
+                self.ray.cancel(ref, force=True)
+                self.send(Failed(req.id, f"Ray cannot run '{req.name}': {ran}"))
+                return
+            output, ct, error, logs, ms, cold = ran
         except TimeoutError:
             self.ray.cancel(ref, force=True)
             error = {"kind": "timeout", "message": f"the function ran longer than its timeout of {req.timeout:g} s"}
@@ -185,6 +194,37 @@ class Bridge:
             error = {"kind": "oom", "message": str(exc)[:2000]}
             output, ct, logs, ms, cold = b"", "application/json", "", 0.0, False
         self.send(Ran(id=req.id, output=output, content_type=ct, error=error, logs=logs, duration_ms=ms, cold=cold))
+
+    async def _outcome(self, ref: Any, needs: dict[str, float], timeout: float) -> Any:
+        """What the task ``ref`` returned, within ``timeout``; or why it cannot finish: no
+        alive node has the resources it asks for (the last that had them died).  Ray keeps
+        such a task queued, without an error, until a node that fits joins; one that was
+        running on the dead node fails with ``NodeDiedError``, unless this sees first."""
+        done = asyncio.ensure_future(ref)
+        deadline = time.monotonic() + timeout
+        while not done.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                done.cancel()
+                raise TimeoutError
+            await asyncio.wait((done,), timeout=min(left, CAPACITY_CHECK))
+            if done.done():
+                break
+            total = await self._cluster_resources()
+            short = [f"{k} {v:g}" for k, v in needs.items() if total.get(k, 0.0) < v]
+            if short:
+                done.cancel()
+                have = ", ".join(f"{k} {total.get(k, 0.0):g}" for k in needs)
+                return f"no alive node has {' and '.join(short)} for it any more (the cluster has {have})"
+        return done.result()
+
+    async def _cluster_resources(self) -> dict[str, float]:
+        """Ray's total resources over its alive nodes, read at most every ``CAPACITY_CHECK``."""
+        at, total = self._cluster
+        if time.monotonic() - at > CAPACITY_CHECK:
+            total = await asyncio.to_thread(self.ray.cluster_resources)
+            self._cluster = (time.monotonic(), total)
+        return total
 
     def info(self, id: int) -> InfoReply:
         total = self.ray.cluster_resources()

@@ -44,10 +44,11 @@ def ray_binary() -> str:
 class RayHead:
     """``ray start --head --block`` in its own process group: stop() ends exactly this cluster."""
 
-    def __init__(self, port: int, *, cpus: int = 1, gpus: int = 0) -> None:
+    def __init__(self, port: int, *, cpus: int = 1, gpus: int = 0, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.cpus = cpus
         self.gpus = gpus
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="sfray-"))
         self.starts = 0
@@ -65,7 +66,7 @@ class RayHead:
                "--block"]  # fmt: skip
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, **RAY_ENV})  # fmt: skip
+                                         env={**os.environ, **RAY_ENV, **self.env})  # fmt: skip
         deadline = time.monotonic() + timeout
         while b"Ray runtime started" not in log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -98,6 +99,74 @@ class RayHead:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RayNode:
+    """A worker node joined to ``head`` (``ray start --address --block``): kill() is the node
+    dying at once (raylet, its workers and their tasks: the whole process tree, as Ray's
+    workers do not stay in the node's process group)."""
+
+    def __init__(self, head: RayHead, *, cpus: int = 1) -> None:
+        self.head = head
+        self.cpus = cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = head.dir / f"node-{time.monotonic_ns()}.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        cmd = [ray_binary(), "start", f"--address={self.head.address}", f"--num-cpus={self.cpus}",
+               "--disable-usage-stats", "--object-store-memory=100000000", "--block"]  # fmt: skip
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, **RAY_ENV})  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while b"Ray runtime started" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = self.log.read_text(errors="replace")
+                self.kill()
+                raise RuntimeError(f"ray start (worker node) failed:\n{text[-3000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        tree = [proc.pid, *descendants(proc.pid)]  # Ray's workers are in sessions of their own
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in tree):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray node's processes {tree} would not die")
+            time.sleep(0.05)
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
 
 
 def infra_toml(*entries: dict[str, object], scheduler: dict[str, object] | None = None) -> str:

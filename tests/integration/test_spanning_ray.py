@@ -28,7 +28,7 @@ from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
-from spanning_support import RAY_ENV, RayHead, free_port, function_dir, infra_toml, world_readable_dir
+from spanning_support import RAY_ENV, RayHead, RayNode, free_port, function_dir, infra_toml, world_readable_dir
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
 
@@ -150,3 +150,55 @@ async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: R
         assert ray_site.infra.connects >= 2  # type: ignore[attr-defined]
     finally:
         await sp.close()
+
+
+async def test_a_worker_node_that_dies_takes_no_call_with_it(workdir: Path) -> None:
+    """A cluster whose only CPU is on a worker node (the head has none); the node is killed
+    while one call runs on it and others wait in Ray's queue for its CPU. Every call
+    completes, on local, once: none lost, none run twice, none reported as the function's
+    crash or timeout; the calls after it go to local too."""
+    # Ray's own detector marks a node dead after it misses heartbeats: 3 × 0.5 s here (its
+    # default is 5 × 3 s), so the calls queued for the dead node's CPU move on within seconds
+    head = RayHead(free_port(), cpus=0, env={"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"})
+    head.start()
+    node = RayNode(head, cpus=1)
+    sp: SpanningInfrastructure | None = None
+    try:
+        node.start()
+        settings = Settings.load(env={}, data_dir=str(workdir / "data"))
+        ray_cfg = InfraConfig(name="ray", kind="ray", address=head.address, timeout=20)
+        sp = SpanningInfrastructure(
+            [(RayInfrastructure(ray_cfg, data_dir=workdir / "data"), ray_cfg),
+             (LocalInfrastructure(settings, name="local"), InfraConfig(name="local"))],
+            SchedulerSettings(refresh_interval=0.2, failure_threshold=3, open_for=0.5, max_open_for=2.0),
+        )  # fmt: skip
+        await sp.start()
+        src = function_dir(workdir / "src", "onnode")
+        spec = load_manifest(src)
+        await sp.deploy(spec, Bundle(digest="e" * 64, path=str(src)))
+        first = await sp.invoke(spec, b'{"i": 1}', InvokeContext(invocation_id="warm"))
+        assert first.error is None and first.infra == "ray", first.error
+
+        async def one(i: int) -> tuple[str, str, bytes]:
+            r = await sp.invoke(spec, b'{"i": %d, "sleep": 1.5}' % i, InvokeContext(invocation_id=f"n-{i}"))
+            assert r.error is None, (i, r.infra, r.error)
+            return r.invocation_id, r.infra, r.output
+
+        calls = [asyncio.create_task(one(i)) for i in range(4)]  # one runs on the node, three queue for its CPU
+        await asyncio.sleep(0.7)
+        await asyncio.to_thread(node.kill)
+        t0 = time.monotonic()
+        results = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        took = time.monotonic() - t0
+        assert sorted(inv for inv, _, _ in results) == [f"n-{i}" for i in range(4)]  # each answered once
+        for i, (_, infra, output) in enumerate(results):
+            assert f'"square":{i * i}'.encode() in output
+        assert [infra for _, infra, _ in results] == ["local"] * 4  # the one running on the node, too
+        after = await sp.invoke(spec, b'{"i": 5}', InvokeContext(invocation_id="after"))
+        assert after.error is None and after.infra == "local" and b'"square":25' in after.output
+        assert took < 30, f"the calls waited {took:.1f} s for a CPU that had gone"
+    finally:
+        if sp is not None:
+            await sp.close()
+        node.kill()
+        head.close()
