@@ -175,6 +175,30 @@ def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"removed": "hello"}
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("invoke", "hello", "--bogus"), "No such option: --bogus; see `spanfaas invoke --help`"),
+        (("invoke",), "Missing argument"),
+        (("invoke", "hello", "--timeout", "soon"), "'--timeout'"),
+        (("logs", "hello", "-n", "0"), "'--limit' / '-n'"),
+        (("no-such-command",), "No such command 'no-such-command'; see `spanfaas --help`"),
+        (("events", "send"), "Missing option '--type'; see `spanfaas events send --help`"),
+        ((), "No such option: --json"),
+    ],
+)
+def test_a_usage_error_under_json_is_one_json_document(cli: Any, args: tuple[str, ...], fragment: str) -> None:
+    """Click's usage errors (unknown option, missing argument, bad value) printed only their
+    usage text on stderr under --json: a script reading stdout got nothing to parse."""
+    r = cli(*args, "--json")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    problem = json.loads(r.stdout)  # exactly one document
+    assert problem["type"].endswith("/invalid-request") and fragment in problem["detail"], problem
+    assert "Usage: spanfaas" in r.stderr  # people still get click's usage text
+    r = cli(*args)
+    assert r.exit_code == 2 and r.stdout == "" and "Usage: spanfaas" in r.stderr  # without --json: as before
+
+
 def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     cli("deploy", HELLO)
     event = tmp_path / "event.json"
