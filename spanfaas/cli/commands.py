@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
-from spanfaas.errors import InvalidPayload, InvalidRequest, InvocationNotFound, format_size
+from spanfaas.errors import InvalidRequest, InvocationNotFound, format_size
+from spanfaas.cli.data import read_data
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
     Interrupted,
@@ -77,32 +77,6 @@ def deploy(
         )
 
 
-def _read_data(data: str | None) -> tuple[Any, bytes | None]:
-    """-d JSON, -d @file or -d @- (stdin): a JSON event, or raw bytes if the file is not JSON."""
-    if data is None:
-        return None, None
-    if data.startswith("@"):
-        source = data[1:]
-        try:
-            raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-        except OSError as exc:
-            raise InvalidPayload(f"cannot read -d {data}: {exc.strerror or exc}") from None
-        try:
-            return json.loads(raw), None
-        except (ValueError, UnicodeDecodeError):
-            return None, raw
-        except RecursionError:
-            raise InvalidPayload(f"-d {data} is JSON nested too deeply to decode; flatten it") from None
-    try:
-        return json.loads(data), None
-    except ValueError as exc:
-        raise InvalidPayload(
-            f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @file"
-        ) from None
-    except RecursionError:
-        raise InvalidPayload("-d is JSON nested too deeply to decode; flatten it") from None
-
-
 def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
     if as_json:
         print_json(out.to_record())
@@ -135,7 +109,7 @@ def invoke(
         flag = "--timeout" if timeout is not None else "--raw"
         raise InvalidRequest(f"{flag} has no effect with --async, which queues the call and prints its id; "
                              f"wait for its result with `spanfaas result ID --wait{' --timeout N' if timeout is not None else ''}{' --raw' if raw else ''}`")  # fmt: skip
-    event, body = _read_data(data)
+    event, body = read_data(data)
     with Client(url, token) as client:
         if run_async:
             invocation_id = client.invoke_async(name, event, data=body)

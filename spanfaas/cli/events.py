@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import base64
 import time
 import uuid
 from typing import Annotated, Any
@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from spanfaas.cli.data import read_data
 from spanfaas.cli.output import (
     JsonOpt,
     TokenOpt,
@@ -143,7 +144,7 @@ def send(
     source: Annotated[str, typer.Option(help="The event's source.")] = "spanfaas/cli",
     id: Annotated[str | None, typer.Option(help="The event's id [default: a new UUID].", show_default=False)] = None,
     subject: Annotated[str | None, typer.Option(help="The event's subject.", show_default=False)] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data, JSON.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -152,13 +153,11 @@ def send(
     event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
     if subject:
         event["subject"] = subject
-    if data is not None:
-        try:
-            event["data"] = json.loads(data)
-        except ValueError as exc:
-            raise InvalidRequest(f"--data is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidRequest("--data is JSON nested too deeply to decode; flatten it") from None
+    value, raw = read_data(data)
+    if raw is not None:  # a file that is not JSON: its bytes, as CloudEvents carry bytes
+        event.update(datacontenttype="application/octet-stream", data_base64=base64.b64encode(raw).decode())
+    elif data is not None:
+        event["data"] = value
     with Client(url, token) as client:
         [published] = client.events.publish(event)
     if as_json:

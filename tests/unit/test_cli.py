@@ -213,6 +213,34 @@ def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("invoke", "hello", "-d", f"@{tmp_path / 'missing.json'}"), 2, "cannot read -d @")
 
 
+def test_events_send_takes_data_as_invoke_does(cli: Any, tmp_path: Path) -> None:
+    """``events send -d @event.json`` answered "--data is not valid JSON: Expecting value: line 1
+    column 1 (char 0)": it took no file, nor stdin, and its message did not say how to send one."""
+    got = "import json\ndef handler(event, context):\n    print('EVENT', json.dumps(event, sort_keys=True))\n"
+    assert cli("deploy", fn_dir(tmp_path, "ev-data", got)).exit_code == 0
+    try:
+        _send_data_of_each_kind(cli, tmp_path)
+    finally:
+        cli("rm", "ev-data")  # and its trigger: other tests of the shared gateway list none
+
+
+def _send_data_of_each_kind(cli: Any, tmp_path: Path) -> None:
+    assert cli("triggers", "add", "ev-data", "--type", "com.example.ev-data").exit_code == 0
+    event = tmp_path / "event.json"
+    event.write_text('{"name": "file"}')
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\xffbin")
+    for args, input in ((["-d", f"@{event}"], None), (["-d", "@-"], '{"name": "stdin"}'), (["-d", f"@{blob}"], None)):
+        r = cli("events", "send", "--type", "com.example.ev-data", *args, "--json", input=input)
+        assert r.exit_code == 0, r.stderr
+        [job] = json.loads(r.stdout)["invocations"]
+        assert cli("result", job, "--wait", "--timeout", "10").exit_code == 0
+    logs = "".join(rec["logs"] for rec in json.loads(cli("logs", "ev-data", "--json").stdout)["invocations"])
+    assert '"data": {"name": "file"}' in logs and '"data": {"name": "stdin"}' in logs
+    assert '"data_base64": "AP9iaW4="' in logs and '"datacontenttype": "application/octet-stream"' in logs
+    expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @file")
+
+
 def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
     # json.loads' RecursionError came out as a traceback (exit 1).
     deep = "[" * 5000 + "]" * 5000
