@@ -11,6 +11,8 @@ I/O, ``AsyncClient`` with ``await``; neither repeats the API.
 from __future__ import annotations
 
 import base64
+import socket
+import ssl
 import time
 from collections.abc import Callable, Generator, Iterator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -254,13 +256,38 @@ def check_response(
 def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "") -> SpanfaasError:
     """The typed error for a request that got no answer."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return InfraUnavailable(f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?")
+        return InfraUnavailable(_unreachable(exc, base_url))
     if isinstance(exc, httpx.TimeoutException):  # our wait ran out: nothing is known to have failed
         return WaitTimeout(
             f"spanfaas at {base_url} did not answer within {timeout:g} s; "
             + (after_timeout or "pass a longer timeout (--timeout, or timeout= in the SDK)")
         )
     return InfraError(f"the connection to spanfaas at {base_url} failed: {exc or type(exc).__name__}")
+
+
+def _unreachable(exc: httpx.TransportError, base_url: str) -> str:
+    """Why no connection was made, in the words of what to change: a gateway that is
+    not running is the usual case, but not the only one (a host name that does not
+    resolve, https to a plain-http gateway, a certificate not trusted)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, (ssl.SSLError, socket.gaierror)):
+        cause = cause.__cause__ or cause.__context__
+    url = httpx.URL(base_url)
+    if isinstance(cause, socket.gaierror):
+        return f"cannot reach spanfaas at {base_url}: the host name {url.host!r} does not resolve ({cause.strerror}); check the gateway URL (--url, SPANFAAS_URL)"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"cannot reach spanfaas at {base_url}: its TLS certificate is not trusted ({getattr(cause, 'verify_message', None) or cause}); "
+            "point SSL_CERT_FILE at the CA that signed it (verify= in the SDK)"
+        )
+    if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause):
+        return (
+            f"cannot reach spanfaas at {base_url}: it does not speak TLS there; "
+            f"if the gateway serves plain http, use {url.copy_with(scheme='http')}"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"cannot reach spanfaas at {base_url}: the TLS handshake failed ({cause})"
+    return f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?"
 
 
 # -- upload progress ----------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -318,6 +319,46 @@ def test_unreachable_gateway_says_what_to_do() -> None:
         client.functions()
     assert str(info.value) == f"cannot reach spanfaas at {url}: is `spanfaas up` running?"
     assert info.value.exit_code == 7
+
+
+def test_https_to_a_plain_http_gateway_says_so() -> None:
+    """https:// to a gateway serving plain http said "cannot reach spanfaas at URL: is `spanfaas up`
+    running?" -- it was running, and answering."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer_in_http() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)  # the TLS ClientHello
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_in_http, daemon=True)
+        thread.start()
+        with Client(f"https://127.0.0.1:{port}", "t") as client, pytest.raises(InfraUnavailable) as info:
+            client.functions()
+        thread.join(10)
+    assert "it does not speak TLS there" in info.value.message and f"use http://127.0.0.1:{port}" in info.value.message
+    assert "spanfaas up" not in info.value.message and info.value.exit_code == 7
+
+
+@pytest.mark.parametrize(
+    ("cause", "fragments"),
+    [
+        (socket.gaierror(-2, "Name or service not known"), ("the host name 'gw.example' does not resolve", "--url, SPANFAAS_URL")),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), ("its TLS certificate is not trusted", "SSL_CERT_FILE")),
+    ],
+)
+def test_a_connection_that_fails_says_why(cause: BaseException, fragments: tuple[str, ...]) -> None:
+    """A host name that does not resolve, or a certificate not trusted, read "is `spanfaas up` running?"."""
+    exc = httpx.ConnectError(str(cause))
+    exc.__cause__ = cause
+    error = ops.transport_error(exc, base_url="https://gw.example:8443", timeout=5)
+    assert isinstance(error, InfraUnavailable) and "spanfaas up" not in error.message
+    for fragment in fragments:
+        assert fragment in error.message, error.message
 
 
 def test_a_non_spanfaas_answer_is_still_typed() -> None:
