@@ -96,13 +96,28 @@ def resolve(
             url = config.url or DEFAULT_URL
         if token is None and config.token and _same_url(url, config.url or DEFAULT_URL):
             token = config.token
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(
-            f"the gateway URL {url!r} is not an http(s) URL; pass e.g. --url http://127.0.0.1:8080 "
-            "(or set SPANFAAS_URL, or let `spanfaas up` save it)"
-        )
+    _check_url(url)
     return url.rstrip("/"), token
+
+
+_URL_HINT = "pass e.g. --url http://127.0.0.1:8080 (or set SPANFAAS_URL, or let `spanfaas up` save it)"
+
+
+def _check_url(url: str) -> None:
+    """A gateway URL the client can use, or an ``InvalidRequest`` that says what is wrong with it
+    (a port that is no number went on as an httpx traceback; one out of range, a query or a
+    fragment as a request that failed)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # parsed on access: "Port out of range 0-65535", "could not be cast to integer"
+    except ValueError as exc:
+        raise InvalidRequest(f"the gateway URL {url!r} is not a valid URL ({exc}); {_URL_HINT}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"the gateway URL {url!r} is not an http(s) URL; {_URL_HINT}")
+    if any(c.isspace() for c in url):
+        raise InvalidRequest(f"the gateway URL {url!r} has a space in it; {_URL_HINT}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise InvalidRequest(f"the gateway URL {url!r} has a query or a fragment; give the gateway's own URL: {_URL_HINT}")
 
 
 def withheld_token_url(url: str, *, env: Mapping[str, str] | None = None) -> str | None:

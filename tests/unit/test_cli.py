@@ -309,6 +309,23 @@ def test_a_gateway_url_that_is_not_http_says_so(cli: Any) -> None:
     expect_error(cli("ls", SPANFAAS_URL="localhost"), 2, "SPANFAAS_URL")
 
 
+def test_a_gateway_url_that_does_not_parse_says_so(cli: Any, live: Live) -> None:
+    # A port that is no number, or a bracket left open, came out as a traceback (exit 1); a port
+    # out of range as "is `spanfaas up` running?"; a query as "no such endpoint: GET /" (exit 4).
+    for url, reason in (
+        ("http://127.0.0.1:abc", "is not a valid URL"),
+        ("http://[::1", "is not a valid URL"),
+        ("http://127.0.0.1:99999", "is not a valid URL (Port out of range"),
+        (f"{live.url}?debug=1", "has a query or a fragment"),
+        ("http://127.0.0.1 :8080", "has a space in it"),
+    ):
+        for args in (["ls", "--url", url], ["ls", "--json", "--url", url]):
+            r = cli(*args)
+            assert r.exit_code == 2 and "Traceback" not in r.stderr, (url, r.stderr)
+            assert f"the gateway URL '{url}' {reason}" in r.stderr and "--url http://127.0.0.1:8080" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["type"].endswith("/invalid-request")
+
+
 def test_tokens_and_scopes(cli: Any, live: Live) -> None:
     expect_error(cli("ls", "--token", "nope"), 3)
     expect_error(cli("ls", SPANFAAS_TOKEN=""), 3, "SPANFAAS_TOKEN")
