@@ -511,6 +511,20 @@ def test_resolve_precedence(tmp_path: Path) -> None:
     assert resolve("http://a", "arg", env={**env, "SPANFAAS_URL": "http://b", "SPANFAAS_TOKEN": "env"}) == ("http://a", "arg")
 
 
+def test_a_token_with_whitespace_or_a_foreign_character(tmp_path: Path) -> None:
+    """A token pasted with a space, or read from a file with its newline, failed as "the connection to
+    spanfaas failed: Illegal header value" (exit 7); one with a non-ASCII character as httpx's
+    UnicodeEncodeError traceback."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "SPANFAAS_URL": "http://127.0.0.1:9000"}
+    assert resolve(token=" sf_abc\n", env=env)[1] == "sf_abc"
+    assert resolve(env={**env, "SPANFAAS_TOKEN": "sf_abc\r\n"})[1] == "sf_abc"
+    for token, shown in (("sf_äbc", "'ä', at position 4"), ("sf_a\nbc", "'\\n', at position 5")):
+        with pytest.raises(Unauthorized) as info:
+            Client("http://127.0.0.1:9000", token)
+        assert f"the API token has a character no token has ({shown})" in info.value.message, info.value.message
+        assert "SPANFAAS_TOKEN" in info.value.message and info.value.exit_code == 3
+
+
 def test_broken_user_config_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("url = ")
