@@ -216,8 +216,9 @@ def dlq_replay(
         raise InvalidRequest("name the dead letters to replay, or pass --all")
     started = time.perf_counter()
     with Client(url, token) as client:
-        targets = list(ids or []) + ([d["id"] for d in client.events.dead_letters(function, limit=1000)] if all else [])
-        replayed = [client.events.replay(i) for i in dict.fromkeys(targets)]
+        replayed = [client.events.replay(i) for i in dict.fromkeys(ids or [])]
+        if all:
+            replayed += _replay_all(client, function, done={r["dead_letter"] for r in replayed})
     if as_json:
         print_json({"replayed": replayed})
         return
@@ -227,3 +228,26 @@ def dlq_replay(
         err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
         return
     err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")
+
+
+PAGE = 1000
+"""The most dead letters ``GET /v1/events/dlq`` lists at once."""
+
+
+def _replay_all(client: Client, function: str | None, done: set[str]) -> list[dict[str, Any]]:
+    """Replay every dead letter (of ``function``) there was when this began: the list comes
+    newest first, a page at a time, and those replayed leave it.  Ones that fail again while
+    this runs come back newer than the first page's newest, and are not replayed again."""
+    replayed: list[dict[str, Any]] = []
+    newest: float | None = None
+    while True:
+        page = client.events.dead_letters(function, limit=PAGE)
+        if newest is None:
+            newest = max((float(d.get("failed_at") or 0) for d in page), default=0.0)
+        fresh = [d["id"] for d in page if d["id"] not in done and float(d.get("failed_at") or 0) <= newest]
+        if not fresh:
+            return replayed
+        for id in fresh:
+            replayed.append(client.events.replay(id))
+            done.add(id)
+

@@ -541,6 +541,26 @@ def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
         assert "removed" not in r.stdout
 
 
+def test_replay_all_replays_past_one_page_of_dead_letters(cli: Any, live: Live, tmp_path: Path) -> None:
+    """``events dlq replay --all`` ("every dead letter") replayed the newest 1,000 -- one page of
+    ``GET /v1/events/dlq`` -- and left the others in the store, saying "replayed 1000 dead letters"."""
+    import spanfaas.cli.events
+    from spanfaas.model import Event
+    from spanfaas.store.events import DeadLetter
+
+    assert cli("deploy", fn_dir(tmp_path, "dlq-paged", "def handler(event, context):\n    return 1\n")).exit_code == 0
+    n = spanfaas.cli.events.PAGE + 1
+    for i in range(n):
+        live.store.put_dead_letter(DeadLetter(
+            id=f"dlq-paged-{i:04}", function="dlq-paged", event=Event(attributes={"id": f"e{i}", "source": "/t", "type": "t"}),
+            content_type="application/json", payload=b"{}", attempts=1, created_at=1.0 + i, failed_at=2.0 + i,
+        ))  # fmt: skip
+    r = cli("events", "dlq", "replay", "--all", "-f", "dlq-paged", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(x["dead_letter"] for x in json.loads(r.stdout)["replayed"]) == [f"dlq-paged-{i:04}" for i in range(n)]
+    assert json.loads(cli("events", "dlq", "ls", "-f", "dlq-paged", "--json").stdout)["dead_letters"] == []
+
+
 def test_info_and_doctor(cli: Any) -> None:
     r = cli("info")
     assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout
