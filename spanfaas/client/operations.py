@@ -48,6 +48,7 @@ __all__ = [
     "Sleep",
     "check_response",
     "deploy",
+    "encode_json",
     "error_from_record",
     "function",
     "functions",
@@ -341,18 +342,30 @@ def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, A
     return _decode(resp)  # type: ignore[no-any-return]
 
 
+def encode_json(value: Any, what: str = "the event") -> bytes:
+    """``value`` as JSON, or an ``InvalidRequest`` that says why it cannot be."""
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidRequest(f"{what} is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
+    except UnicodeEncodeError as exc:  # a lone surrogate ('\ud800'): no UTF-8 for it, so no JSON either
+        raise InvalidRequest(
+            f"{what} has a string that is not valid Unicode ({exc.object[exc.start:exc.end]!r}, a lone surrogate) "
+            "and cannot be sent as JSON; pass text that is, or bytes via data="
+        ) from None
+
+
 def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
     if data is not None:
+        if event is not None:  # the body is data=: the event would be dropped without a word
+            raise InvalidRequest("pass the event or data=, not both: data= is sent as the body in place of the event")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             fix = "data=text.encode(), or the text as the event (sent as JSON)" if isinstance(data, str) else "bytes, or the value as the event"
             raise InvalidRequest(f"data= takes bytes, not {type(data).__name__}; pass {fix}")
         return bytes(data), "application/octet-stream"
     if isinstance(event, (bytes, bytearray, memoryview)):
         return bytes(event), "application/octet-stream"
-    try:
-        return msgspec.json.encode(event), "application/json"
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidRequest(f"the event is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
+    return encode_json(event), "application/json"
 
 
 def check_timeout(timeout: float | None) -> None:

@@ -39,6 +39,7 @@ from spanfaas import (
     WaitTimeout,
 )
 from spanfaas.client import operations as ops
+from spanfaas.client.events import publish
 from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, load_user_config, resolve, save_user_config
 from spanfaas.config import Settings
 from spanfaas.gateway import create_app
@@ -602,6 +603,29 @@ def test_payload_encoding() -> None:
         ops.encode_payload(None, "text")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="data= takes bytes, not int"):
         ops.encode_payload(None, 3)  # type: ignore[arg-type]
+
+
+def test_an_event_that_cannot_be_sent_says_so() -> None:
+    # A lone surrogate (json.loads makes one of "\\ud800") raised a bare UnicodeEncodeError -- a
+    # traceback from `spanfaas invoke -d` and `events send -d`; an event given with data= was dropped.
+    for event in ("\ud800", {"name": ["ok", "x\udcff"]}):
+        with pytest.raises(InvalidRequest, match="has a string that is not valid Unicode .* a lone surrogate"):
+            ops.encode_payload(event, None)
+    with pytest.raises(InvalidRequest, match="not valid Unicode"):
+        next(publish({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": "\ud800"}))
+    with pytest.raises(InvalidRequest, match="pass the event or data=, not both"):
+        ops.encode_payload({"a": 1}, b"x")
+
+
+def test_the_cli_refuses_an_event_that_cannot_be_sent(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spanfaas.cli import app
+
+    env = {"SPANFAAS_URL": f"http://127.0.0.1:{free_port()}", "SPANFAAS_TOKEN": "t", "XDG_CONFIG_HOME": str(tmp_path)}
+    for args in (["invoke", "hello", "-d", '"\\ud800"'], ["events", "send", "--type", "t", "-d", '{"x": "\\ud800"}']):
+        r = CliRunner().invoke(app, args, env=env)
+        assert r.exit_code == 2 and "not valid Unicode" in r.stderr and "Traceback" not in r.stderr, (r.exit_code, r.stderr)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
