@@ -213,6 +213,20 @@ def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("invoke", "hello", "-d", f"@{tmp_path / 'missing.json'}"), 2, "cannot read -d @")
 
 
+def test_an_argument_that_is_not_utf8_is_refused_by_name(cli: Any, tmp_path: Path) -> None:
+    """Arguments in another encoding (a Latin-1 terminal: b'h\\xe9llo') reach Python as lone
+    surrogates: `invoke`, `logs` and `triggers add` printed a UnicodeEncodeError traceback (exit 1)."""
+    for args in (["invoke", "h\udce9llo"], ["logs", "\udcff"], ["triggers", "add", "hello", "--type", "a\udce9"]):
+        expect_error(cli(*args), 2, "is not UTF-8 (byte 0x", "LANG=C.UTF-8")
+        r = cli(*args, "--json")
+        assert r.exit_code == 2 and "not UTF-8" in json.loads(r.stdout)["detail"]
+    named = tmp_path / "caf\udce9.json"  # a file's name may be any bytes: it is not refused
+    named.write_bytes(b'{"name": "latin"}')
+    assert cli("deploy", HELLO).exit_code == 0
+    r = cli("invoke", "hello", "-d", f"@{named}")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"message": "hello, latin"}, r.stderr
+
+
 def test_events_send_takes_data_as_invoke_does(cli: Any, tmp_path: Path) -> None:
     """``events send -d @event.json`` answered "--data is not valid JSON: Expecting value: line 1
     column 1 (char 0)": it took no file, nor stdin, and its message did not say how to send one."""
