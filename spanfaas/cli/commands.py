@@ -90,6 +90,15 @@ def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
     err_console().print("[dim]" + escape(" · ".join(m for m in meta if m)) + "[/dim]")
 
 
+def _one_output(raw: bool, as_json: bool) -> None:
+    """--raw and --json each say how to print the result; --json won, and --raw was dropped without a word."""
+    if raw and as_json:
+        raise InvalidRequest(
+            "--raw and --json ask for two kinds of output: --raw writes the result's bytes as returned, "
+            "--json one JSON document (bytes as output_base64); pass one of them"
+        )
+
+
 @handle_errors
 def invoke(
     name: Annotated[str, typer.Argument(help="The function to run.", show_default=False)],
@@ -105,6 +114,7 @@ def invoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a function and print its result."""
+    _one_output(raw, as_json)
     if run_async and (timeout is not None or raw):
         flag = "--timeout" if timeout is not None else "--raw"
         raise InvalidRequest(f"{flag} has no effect with --async, which queues the call and prints its id; "
@@ -159,6 +169,7 @@ def result(
     as_json: JsonOpt = False,
 ) -> None:
     """Show an invocation's result (or status, while it runs)."""
+    _one_output(raw, as_json)
     try:
         with Client(url, token) as client:
             if wait or timeout is not None:

@@ -414,6 +414,14 @@ def test_invoke_async_refuses_the_options_of_waiting(cli: Any, tmp_path: Path) -
     assert r.exit_code == 0 and json.loads(r.stdout)["invocations"] == []  # nothing was queued
 
 
+def test_raw_and_json_together_are_refused(cli: Any) -> None:
+    # `invoke --raw --json` and `result ID --raw --json` printed the JSON record and dropped --raw without a word.
+    for args in (["invoke", "hello", "--raw"], ["result", "0" * 32, "--raw"]):
+        r = cli(*args, "--json")
+        expect_error(r, 2, "--raw and --json ask for two kinds of output", "pass one of them")
+        assert json.loads(r.stdout)["type"].endswith("/invalid-request")
+
+
 def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
     """``invoke --timeout`` gave up with no invocation id: the result was lost to the user."""
     assert cli("deploy", fn_dir(tmp_path, "sleepy", SLEEPY)).exit_code == 0
