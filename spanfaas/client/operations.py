@@ -46,6 +46,7 @@ __all__ = [
     "InvokeOutput",
     "Op",
     "Sleep",
+    "check_path",
     "check_response",
     "deploy",
     "encode_json",
@@ -319,6 +320,17 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 
 # -- operations ---------------------------------------------------------------
+
+
+def check_path(path: str) -> None:
+    """A name or id of ``.`` or ``..`` is a step of the request's path, not a segment: the URL is
+    normalized, and the request reaches another endpoint ("no such endpoint: DELETE /v1")."""
+    for segment in path.split("?", 1)[0].split("/"):
+        if segment in (".", ".."):
+            raise InvalidRequest(
+                f"{segment!r} is not a name or an id; name the function, invocation, trigger, list or image "
+                "(`spanfaas ls` lists the functions)"
+            )
 
 
 def _fn(name: str) -> str:

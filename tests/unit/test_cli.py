@@ -554,6 +554,15 @@ def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
         assert "endpoint" not in r.stderr
 
 
+def test_a_dot_for_a_name_or_id_is_refused(cli: Any) -> None:
+    # `rm ..` answered "no such endpoint: DELETE /v1" (exit 4), `rm .` "DELETE is not allowed on /v1/functions":
+    # the URL was normalized, and the request went to another endpoint.
+    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["triggers", "rm", ".."], ["images", "show", ".."]):
+        r = cli(*args)
+        expect_error(r, 2, "is not a name or an id", "spanfaas ls")
+        assert "endpoint" not in r.stderr and "/v1" not in r.stderr
+
+
 def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
     # The gateway redirects "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger",
     # `images show ""` a msgspec traceback.
