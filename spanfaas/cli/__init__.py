@@ -11,11 +11,13 @@ from __future__ import annotations
 import typer
 
 from spanfaas.cli import commands, events, explain, images, platform
+from spanfaas.cli.usage import JsonUsageGroup
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="spanfaas",
+    cls=JsonUsageGroup,
     help="A self-hostable serverless platform for Python. Start with: spanfaas up --demo",
     no_args_is_help=True,
     add_completion=False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
-from spanfaas.errors import InvalidPayload, InvalidRequest, InvocationNotFound, format_size
+from spanfaas.errors import InvalidRequest, InvocationNotFound, format_size
+from spanfaas.cli.data import read_data
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
     Interrupted,
@@ -77,32 +77,6 @@ def deploy(
         )
 
 
-def _read_data(data: str | None) -> tuple[Any, bytes | None]:
-    """-d JSON, -d @file or -d @- (stdin): a JSON event, or raw bytes if the file is not JSON."""
-    if data is None:
-        return None, None
-    if data.startswith("@"):
-        source = data[1:]
-        try:
-            raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-        except OSError as exc:
-            raise InvalidPayload(f"cannot read -d {data}: {exc.strerror or exc}") from None
-        try:
-            return json.loads(raw), None
-        except (ValueError, UnicodeDecodeError):
-            return None, raw
-        except RecursionError:
-            raise InvalidPayload(f"-d {data} is JSON nested too deeply to decode; flatten it") from None
-    try:
-        return json.loads(data), None
-    except ValueError as exc:
-        raise InvalidPayload(
-            f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @file"
-        ) from None
-    except RecursionError:
-        raise InvalidPayload("-d is JSON nested too deeply to decode; flatten it") from None
-
-
 def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
     if as_json:
         print_json(out.to_record())
@@ -114,6 +88,15 @@ def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
         print_value(out.value(), out.content_type)
     meta = [f"{out.duration_ms:.1f} ms" if out.duration_ms is not None else "", out.infra, "cold" if out.cold else "", out.invocation_id]
     err_console().print("[dim]" + escape(" · ".join(m for m in meta if m)) + "[/dim]")
+
+
+def _one_output(raw: bool, as_json: bool) -> None:
+    """--raw and --json each say how to print the result; --json won, and --raw was dropped without a word."""
+    if raw and as_json:
+        raise InvalidRequest(
+            "--raw and --json ask for two kinds of output: --raw writes the result's bytes as returned, "
+            "--json one JSON document (bytes as output_base64); pass one of them"
+        )
 
 
 @handle_errors
@@ -131,11 +114,12 @@ def invoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a function and print its result."""
+    _one_output(raw, as_json)
     if run_async and (timeout is not None or raw):
         flag = "--timeout" if timeout is not None else "--raw"
         raise InvalidRequest(f"{flag} has no effect with --async, which queues the call and prints its id; "
                              f"wait for its result with `spanfaas result ID --wait{' --timeout N' if timeout is not None else ''}{' --raw' if raw else ''}`")  # fmt: skip
-    event, body = _read_data(data)
+    event, body = read_data(data)
     with Client(url, token) as client:
         if run_async:
             invocation_id = client.invoke_async(name, event, data=body)
@@ -185,6 +169,7 @@ def result(
     as_json: JsonOpt = False,
 ) -> None:
     """Show an invocation's result (or status, while it runs)."""
+    _one_output(raw, as_json)
     try:
         with Client(url, token) as client:
             if wait or timeout is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import base64
 import time
 import uuid
 from typing import Annotated, Any
@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from spanfaas.cli.data import read_data
 from spanfaas.cli.output import (
     JsonOpt,
     TokenOpt,
@@ -143,7 +144,7 @@ def send(
     source: Annotated[str, typer.Option(help="The event's source.")] = "spanfaas/cli",
     id: Annotated[str | None, typer.Option(help="The event's id [default: a new UUID].", show_default=False)] = None,
     subject: Annotated[str | None, typer.Option(help="The event's subject.", show_default=False)] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data, JSON.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -152,13 +153,11 @@ def send(
     event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
     if subject:
         event["subject"] = subject
-    if data is not None:
-        try:
-            event["data"] = json.loads(data)
-        except ValueError as exc:
-            raise InvalidRequest(f"--data is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidRequest("--data is JSON nested too deeply to decode; flatten it") from None
+    value, raw = read_data(data)
+    if raw is not None:  # a file that is not JSON: its bytes, as CloudEvents carry bytes
+        event.update(datacontenttype="application/octet-stream", data_base64=base64.b64encode(raw).decode())
+    elif data is not None:
+        event["data"] = value
     with Client(url, token) as client:
         [published] = client.events.publish(event)
     if as_json:
@@ -217,8 +216,9 @@ def dlq_replay(
         raise InvalidRequest("name the dead letters to replay, or pass --all")
     started = time.perf_counter()
     with Client(url, token) as client:
-        targets = list(ids or []) + ([d["id"] for d in client.events.dead_letters(function, limit=1000)] if all else [])
-        replayed = [client.events.replay(i) for i in dict.fromkeys(targets)]
+        replayed = [client.events.replay(i) for i in dict.fromkeys(ids or [])]
+        if all:
+            replayed += _replay_all(client, function, done={r["dead_letter"] for r in replayed})
     if as_json:
         print_json({"replayed": replayed})
         return
@@ -228,3 +228,26 @@ def dlq_replay(
         err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
         return
     err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")
+
+
+PAGE = 1000
+"""The most dead letters ``GET /v1/events/dlq`` lists at once."""
+
+
+def _replay_all(client: Client, function: str | None, done: set[str]) -> list[dict[str, Any]]:
+    """Replay every dead letter (of ``function``) there was when this began: the list comes
+    newest first, a page at a time, and those replayed leave it.  Ones that fail again while
+    this runs come back newer than the first page's newest, and are not replayed again."""
+    replayed: list[dict[str, Any]] = []
+    newest: float | None = None
+    while True:
+        page = client.events.dead_letters(function, limit=PAGE)
+        if newest is None:
+            newest = max((float(d.get("failed_at") or 0) for d in page), default=0.0)
+        fresh = [d["id"] for d in page if d["id"] not in done and float(d.get("failed_at") or 0) <= newest]
+        if not fresh:
+            return replayed
+        for id in fresh:
+            replayed.append(client.events.replay(id))
+            done.add(id)
+

@@ -110,7 +110,7 @@ def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool)
     verb = "built" if done.get("built") else "reused"
     console.print(
         f"[green]✓[/green] image {escape(image['id'][:12])} {verb} in {done.get('seconds', 0):.2f}s "
-        f"({_size(int(image.get('size', 0)))}, {len(image.get('packages', []))} packages)"
+        f"({_size(int(image.get('size', 0)))}, {plural(len(image.get('packages', [])), 'package')})"
     )
     return done
 

@@ -50,6 +50,7 @@ class _Base:
         return httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout or CONNECT_TIMEOUT))
 
     def _build(self, http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
+        ops.check_path(call.path)
         timeout = httpx.USE_CLIENT_DEFAULT if call.timeout is None else httpx.Timeout(call.timeout, connect=min(CONNECT_TIMEOUT, call.timeout))
         request = http.build_request(call.method, call.path, params=call.params, headers=call.headers, content=call.content, timeout=timeout)
         if call.stream is not None:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from spanfaas.client.operations import Call, Op
+from spanfaas.client.operations import Call, Op, encode_json
 
 if TYPE_CHECKING:
     from spanfaas.client.clients import AsyncClient, Client
@@ -33,7 +33,7 @@ def _decode(resp: Any) -> Any:
 
 
 def publish(event: dict[str, Any]) -> Op[list[dict[str, Any]]]:
-    resp = yield Call("POST", "/v1/events", headers={"Content-Type": "application/cloudevents+json"}, content=_encode(event))
+    resp = yield Call("POST", "/v1/events", headers={"Content-Type": "application/cloudevents+json"}, content=encode_json(event))
     return _decode(resp)["events"]  # type: ignore[no-any-return]
 
 

@@ -11,6 +11,8 @@ I/O, ``AsyncClient`` with ``await``; neither repeats the API.
 from __future__ import annotations
 
 import base64
+import socket
+import ssl
 import time
 from collections.abc import Callable, Generator, Iterator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -44,8 +46,10 @@ __all__ = [
     "InvokeOutput",
     "Op",
     "Sleep",
+    "check_path",
     "check_response",
     "deploy",
+    "encode_json",
     "error_from_record",
     "function",
     "functions",
@@ -254,13 +258,38 @@ def check_response(
 def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "") -> SpanfaasError:
     """The typed error for a request that got no answer."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return InfraUnavailable(f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?")
+        return InfraUnavailable(_unreachable(exc, base_url))
     if isinstance(exc, httpx.TimeoutException):  # our wait ran out: nothing is known to have failed
         return WaitTimeout(
             f"spanfaas at {base_url} did not answer within {timeout:g} s; "
             + (after_timeout or "pass a longer timeout (--timeout, or timeout= in the SDK)")
         )
     return InfraError(f"the connection to spanfaas at {base_url} failed: {exc or type(exc).__name__}")
+
+
+def _unreachable(exc: httpx.TransportError, base_url: str) -> str:
+    """Why no connection was made, in the words of what to change: a gateway that is
+    not running is the usual case, but not the only one (a host name that does not
+    resolve, https to a plain-http gateway, a certificate not trusted)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, (ssl.SSLError, socket.gaierror)):
+        cause = cause.__cause__ or cause.__context__
+    url = httpx.URL(base_url)
+    if isinstance(cause, socket.gaierror):
+        return f"cannot reach spanfaas at {base_url}: the host name {url.host!r} does not resolve ({cause.strerror}); check the gateway URL (--url, SPANFAAS_URL)"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"cannot reach spanfaas at {base_url}: its TLS certificate is not trusted ({getattr(cause, 'verify_message', None) or cause}); "
+            "point SSL_CERT_FILE at the CA that signed it (verify= in the SDK)"
+        )
+    if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause):
+        return (
+            f"cannot reach spanfaas at {base_url}: it does not speak TLS there; "
+            f"if the gateway serves plain http, use {url.copy_with(scheme='http')}"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"cannot reach spanfaas at {base_url}: the TLS handshake failed ({cause})"
+    return f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?"
 
 
 # -- upload progress ----------------------------------------------------------
@@ -293,6 +322,17 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 # -- operations ---------------------------------------------------------------
 
 
+def check_path(path: str) -> None:
+    """A name or id of ``.`` or ``..`` is a step of the request's path, not a segment: the URL is
+    normalized, and the request reaches another endpoint ("no such endpoint: DELETE /v1")."""
+    for segment in path.split("?", 1)[0].split("/"):
+        if segment in (".", ".."):
+            raise InvalidRequest(
+                f"{segment!r} is not a name or an id; name the function, invocation, trigger, list or image "
+                "(`spanfaas ls` lists the functions)"
+            )
+
+
 def _fn(name: str) -> str:
     if not name:  # "/v1/functions/" is another endpoint (its redirect to the list is no answer about a function)
         raise InvalidRequest("the function name is empty; name a deployed function (`spanfaas ls` lists them)")
@@ -314,18 +354,30 @@ def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, A
     return _decode(resp)  # type: ignore[no-any-return]
 
 
+def encode_json(value: Any, what: str = "the event") -> bytes:
+    """``value`` as JSON, or an ``InvalidRequest`` that says why it cannot be."""
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidRequest(f"{what} is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
+    except UnicodeEncodeError as exc:  # a lone surrogate ('\ud800'): no UTF-8 for it, so no JSON either
+        raise InvalidRequest(
+            f"{what} has a string that is not valid Unicode ({exc.object[exc.start:exc.end]!r}, a lone surrogate) "
+            "and cannot be sent as JSON; pass text that is, or bytes via data="
+        ) from None
+
+
 def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
     if data is not None:
+        if event is not None:  # the body is data=: the event would be dropped without a word
+            raise InvalidRequest("pass the event or data=, not both: data= is sent as the body in place of the event")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             fix = "data=text.encode(), or the text as the event (sent as JSON)" if isinstance(data, str) else "bytes, or the value as the event"
             raise InvalidRequest(f"data= takes bytes, not {type(data).__name__}; pass {fix}")
         return bytes(data), "application/octet-stream"
     if isinstance(event, (bytes, bytearray, memoryview)):
         return bytes(event), "application/octet-stream"
-    try:
-        return msgspec.json.encode(event), "application/json"
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidRequest(f"the event is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
+    return encode_json(event), "application/json"
 
 
 def check_timeout(timeout: float | None) -> None:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from spanfaas.errors import InvalidRequest
+from spanfaas.errors import InvalidRequest, Unauthorized
 
 __all__ = ["DEFAULT_URL", "UserConfig", "config_path", "load_user_config", "resolve", "save_user_config", "withheld_token_url"]
 
@@ -89,20 +89,49 @@ def resolve(
     """The gateway URL and token to use: arguments > env > user config."""
     env = os.environ if env is None else env
     url = url or env.get("SPANFAAS_URL") or None
-    token = token or env.get("SPANFAAS_TOKEN") or None
+    # A token never holds whitespace: one pasted with a space, or read from a file with its newline, is meant as it reads.
+    token = (token or env.get("SPANFAAS_TOKEN") or "").strip() or None
     if url is None or token is None:
         config = config if config is not None else load_user_config(config_path(env))
         if url is None:
             url = config.url or DEFAULT_URL
         if token is None and config.token and _same_url(url, config.url or DEFAULT_URL):
             token = config.token
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(
-            f"the gateway URL {url!r} is not an http(s) URL; pass e.g. --url http://127.0.0.1:8080 "
-            "(or set SPANFAAS_URL, or let `spanfaas up` save it)"
-        )
+    _check_url(url)
+    if token is not None:
+        _check_token(token)
     return url.rstrip("/"), token
+
+
+def _check_token(token: str) -> None:
+    """Tokens are printable ASCII; any other character cannot go into a header (httpx's
+    UnicodeEncodeError traceback, or "the connection failed: Illegal header value", exit 7)."""
+    for i, c in enumerate(token):
+        if not " " < c < "\x7f":
+            raise Unauthorized(
+                f"the API token has a character no token has ({c!r}, at position {i + 1}); pass it as it was "
+                "printed when it was made (--token, SPANFAAS_TOKEN)"
+            )
+
+
+_URL_HINT = "pass e.g. --url http://127.0.0.1:8080 (or set SPANFAAS_URL, or let `spanfaas up` save it)"
+
+
+def _check_url(url: str) -> None:
+    """A gateway URL the client can use, or an ``InvalidRequest`` that says what is wrong with it
+    (a port that is no number went on as an httpx traceback; one out of range, a query or a
+    fragment as a request that failed)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # parsed on access: "Port out of range 0-65535", "could not be cast to integer"
+    except ValueError as exc:
+        raise InvalidRequest(f"the gateway URL {url!r} is not a valid URL ({exc}); {_URL_HINT}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"the gateway URL {url!r} is not an http(s) URL; {_URL_HINT}")
+    if any(c.isspace() for c in url):
+        raise InvalidRequest(f"the gateway URL {url!r} has a space in it; {_URL_HINT}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise InvalidRequest(f"the gateway URL {url!r} has a query or a fragment; give the gateway's own URL: {_URL_HINT}")
 
 
 def withheld_token_url(url: str, *, env: Mapping[str, str] | None = None) -> str | None:

@@ -155,6 +155,13 @@ class InvokeEndpoint:
             if body and self._is_json(content_type):
                 try:
                     _decode_raw(body)
+                    if not body.isascii():  # (Raw checks the structure, not the strings' UTF-8)
+                        body.decode()
+                except UnicodeDecodeError as exc:
+                    raise InvalidPayload(
+                        f"the request body is not valid JSON: it is not UTF-8 (byte {exc.start}); JSON is sent as UTF-8 "
+                        "(RFC 8259): encode it so, or set Content-Type to what you send (e.g. application/octet-stream)"
+                    ) from None
                 except msgspec.DecodeError as exc:
                     raise InvalidPayload(
                         f"the request body is not valid JSON: {exc}; "

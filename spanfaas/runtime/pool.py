@@ -41,6 +41,7 @@ from spanfaas.runtime.channels import (
     InstanceLost,
     read_hello,
 )
+from spanfaas.runtime.instance import logs_so_far
 from spanfaas.runtime.pipelining import DEPTH, QUIET, STALL, Pipelining
 
 if TYPE_CHECKING:
@@ -741,6 +742,8 @@ class Pool:
             # Killed even if it still waited on the connection: it may have just
             # started, and whatever runs before it expired first (see _hand).
             ran = conn.running(req.id)
+            # What it printed until now is all there is to tell where it hung: read before the kill.
+            logs = logs_so_far(inst.pid) if ran and self._slots == 1 and inst.pid > 0 else ""
             inst.timed_out = True
             inst.kill()
             if not self._strict:
@@ -753,7 +756,7 @@ class Pool:
                 message = f"the function ran past its {timeout:g}s timeout and was stopped"
             else:
                 message = f"the invocation waited behind others on its instance past its {timeout:g}s timeout; the instance was stopped"
-            return self._result(ctx, ErrorInfo(kind="timeout", message=message), arrived, cold)
+            return self._result(ctx, ErrorInfo(kind="timeout", message=message), arrived, cold, logs)
         except InstanceLost as exc:
             if not exc.started:
                 raise _NotStarted from None
@@ -895,11 +898,12 @@ class Pool:
             return True
         return False
 
-    def _result(self, ctx: InvokeContext, error: ErrorInfo, arrived: float, cold: bool) -> Result:
+    def _result(self, ctx: InvokeContext, error: ErrorInfo, arrived: float, cold: bool, logs: str = "") -> Result:
         return Result(
             invocation_id=ctx.invocation_id,
             function=self.spec.name,
             error=error,
+            logs=logs,
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
         )

@@ -175,6 +175,30 @@ def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"removed": "hello"}
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("invoke", "hello", "--bogus"), "No such option: --bogus; see `spanfaas invoke --help`"),
+        (("invoke",), "Missing argument"),
+        (("invoke", "hello", "--timeout", "soon"), "'--timeout'"),
+        (("logs", "hello", "-n", "0"), "'--limit' / '-n'"),
+        (("no-such-command",), "No such command 'no-such-command'; see `spanfaas --help`"),
+        (("events", "send"), "Missing option '--type'; see `spanfaas events send --help`"),
+        ((), "No such option: --json"),
+    ],
+)
+def test_a_usage_error_under_json_is_one_json_document(cli: Any, args: tuple[str, ...], fragment: str) -> None:
+    """Click's usage errors (unknown option, missing argument, bad value) printed only their
+    usage text on stderr under --json: a script reading stdout got nothing to parse."""
+    r = cli(*args, "--json")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    problem = json.loads(r.stdout)  # exactly one document
+    assert problem["type"].endswith("/invalid-request") and fragment in problem["detail"], problem
+    assert "Usage: spanfaas" in r.stderr  # people still get click's usage text
+    r = cli(*args)
+    assert r.exit_code == 2 and r.stdout == "" and "Usage: spanfaas" in r.stderr  # without --json: as before
+
+
 def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     cli("deploy", HELLO)
     event = tmp_path / "event.json"
@@ -187,6 +211,48 @@ def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     assert r.stdout == '{"message":"hello, raw"}'
     expect_error(cli("invoke", "hello", "-d", "{name: x}"), 2, "-d is not valid JSON", "quote it")
     expect_error(cli("invoke", "hello", "-d", f"@{tmp_path / 'missing.json'}"), 2, "cannot read -d @")
+
+
+def test_an_argument_that_is_not_utf8_is_refused_by_name(cli: Any, tmp_path: Path) -> None:
+    """Arguments in another encoding (a Latin-1 terminal: b'h\\xe9llo') reach Python as lone
+    surrogates: `invoke`, `logs` and `triggers add` printed a UnicodeEncodeError traceback (exit 1)."""
+    for args in (["invoke", "h\udce9llo"], ["logs", "\udcff"], ["triggers", "add", "hello", "--type", "a\udce9"]):
+        expect_error(cli(*args), 2, "is not UTF-8 (byte 0x", "LANG=C.UTF-8")
+        r = cli(*args, "--json")
+        assert r.exit_code == 2 and "not UTF-8" in json.loads(r.stdout)["detail"]
+    named = tmp_path / "caf\udce9.json"  # a file's name may be any bytes: it is not refused
+    named.write_bytes(b'{"name": "latin"}')
+    assert cli("deploy", HELLO).exit_code == 0
+    r = cli("invoke", "hello", "-d", f"@{named}")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"message": "hello, latin"}, r.stderr
+
+
+def test_events_send_takes_data_as_invoke_does(cli: Any, tmp_path: Path) -> None:
+    """``events send -d @event.json`` answered "--data is not valid JSON: Expecting value: line 1
+    column 1 (char 0)": it took no file, nor stdin, and its message did not say how to send one."""
+    got = "import json\ndef handler(event, context):\n    print('EVENT', json.dumps(event, sort_keys=True))\n"
+    assert cli("deploy", fn_dir(tmp_path, "ev-data", got)).exit_code == 0
+    try:
+        _send_data_of_each_kind(cli, tmp_path)
+    finally:
+        cli("rm", "ev-data")  # and its trigger: other tests of the shared gateway list none
+
+
+def _send_data_of_each_kind(cli: Any, tmp_path: Path) -> None:
+    assert cli("triggers", "add", "ev-data", "--type", "com.example.ev-data").exit_code == 0
+    event = tmp_path / "event.json"
+    event.write_text('{"name": "file"}')
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\xffbin")
+    for args, input in ((["-d", f"@{event}"], None), (["-d", "@-"], '{"name": "stdin"}'), (["-d", f"@{blob}"], None)):
+        r = cli("events", "send", "--type", "com.example.ev-data", *args, "--json", input=input)
+        assert r.exit_code == 0, r.stderr
+        [job] = json.loads(r.stdout)["invocations"]
+        assert cli("result", job, "--wait", "--timeout", "10").exit_code == 0
+    logs = "".join(rec["logs"] for rec in json.loads(cli("logs", "ev-data", "--json").stdout)["invocations"])
+    assert '"data": {"name": "file"}' in logs and '"data": {"name": "stdin"}' in logs
+    assert '"data_base64": "AP9iaW4="' in logs and '"datacontenttype": "application/octet-stream"' in logs
+    expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @file")
 
 
 def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
@@ -255,6 +321,23 @@ def test_a_gateway_url_that_is_not_http_says_so(cli: Any) -> None:
     for url in ("127.0.0.1:8080", "ftp://127.0.0.1", "http://"):
         expect_error(cli("ls", "--url", url), 2, f"the gateway URL '{url}' is not an http(s) URL", "--url http://127.0.0.1:8080")
     expect_error(cli("ls", SPANFAAS_URL="localhost"), 2, "SPANFAAS_URL")
+
+
+def test_a_gateway_url_that_does_not_parse_says_so(cli: Any, live: Live) -> None:
+    # A port that is no number, or a bracket left open, came out as a traceback (exit 1); a port
+    # out of range as "is `spanfaas up` running?"; a query as "no such endpoint: GET /" (exit 4).
+    for url, reason in (
+        ("http://127.0.0.1:abc", "is not a valid URL"),
+        ("http://[::1", "is not a valid URL"),
+        ("http://127.0.0.1:99999", "is not a valid URL (Port out of range"),
+        (f"{live.url}?debug=1", "has a query or a fragment"),
+        ("http://127.0.0.1 :8080", "has a space in it"),
+    ):
+        for args in (["ls", "--url", url], ["ls", "--json", "--url", url]):
+            r = cli(*args)
+            assert r.exit_code == 2 and "Traceback" not in r.stderr, (url, r.stderr)
+            assert f"the gateway URL '{url}' {reason}" in r.stderr and "--url http://127.0.0.1:8080" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["type"].endswith("/invalid-request")
 
 
 def test_tokens_and_scopes(cli: Any, live: Live) -> None:
@@ -329,6 +412,14 @@ def test_invoke_async_refuses_the_options_of_waiting(cli: Any, tmp_path: Path) -
         expect_error(r, 2, f"{extra[0]} has no effect with --async", "spanfaas result ID --wait")
     r = cli("logs", "never-queued", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["invocations"] == []  # nothing was queued
+
+
+def test_raw_and_json_together_are_refused(cli: Any) -> None:
+    # `invoke --raw --json` and `result ID --raw --json` printed the JSON record and dropped --raw without a word.
+    for args in (["invoke", "hello", "--raw"], ["result", "0" * 32, "--raw"]):
+        r = cli(*args, "--json")
+        expect_error(r, 2, "--raw and --json ask for two kinds of output", "pass one of them")
+        assert json.loads(r.stdout)["type"].endswith("/invalid-request")
 
 
 def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later(cli: Any, tmp_path: Path) -> None:
@@ -463,6 +554,15 @@ def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
         assert "endpoint" not in r.stderr
 
 
+def test_a_dot_for_a_name_or_id_is_refused(cli: Any) -> None:
+    # `rm ..` answered "no such endpoint: DELETE /v1" (exit 4), `rm .` "DELETE is not allowed on /v1/functions":
+    # the URL was normalized, and the request went to another endpoint.
+    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["triggers", "rm", ".."], ["images", "show", ".."]):
+        r = cli(*args)
+        expect_error(r, 2, "is not a name or an id", "spanfaas ls")
+        assert "endpoint" not in r.stderr and "/v1" not in r.stderr
+
+
 def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
     # The gateway redirects "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger",
     # `images show ""` a msgspec traceback.
@@ -470,6 +570,26 @@ def test_a_redirected_request_is_not_a_success(cli: Any) -> None:
         r = cli(*args)
         expect_error(r, 2, "answered 307 Temporary Redirect", "no name or id in the command is empty")
         assert "removed" not in r.stdout
+
+
+def test_replay_all_replays_past_one_page_of_dead_letters(cli: Any, live: Live, tmp_path: Path) -> None:
+    """``events dlq replay --all`` ("every dead letter") replayed the newest 1,000 -- one page of
+    ``GET /v1/events/dlq`` -- and left the others in the store, saying "replayed 1000 dead letters"."""
+    import spanfaas.cli.events
+    from spanfaas.model import Event
+    from spanfaas.store.events import DeadLetter
+
+    assert cli("deploy", fn_dir(tmp_path, "dlq-paged", "def handler(event, context):\n    return 1\n")).exit_code == 0
+    n = spanfaas.cli.events.PAGE + 1
+    for i in range(n):
+        live.store.put_dead_letter(DeadLetter(
+            id=f"dlq-paged-{i:04}", function="dlq-paged", event=Event(attributes={"id": f"e{i}", "source": "/t", "type": "t"}),
+            content_type="application/json", payload=b"{}", attempts=1, created_at=1.0 + i, failed_at=2.0 + i,
+        ))  # fmt: skip
+    r = cli("events", "dlq", "replay", "--all", "-f", "dlq-paged", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(x["dead_letter"] for x in json.loads(r.stdout)["replayed"]) == [f"dlq-paged-{i:04}" for i in range(n)]
+    assert json.loads(cli("events", "dlq", "ls", "-f", "dlq-paged", "--json").stdout)["dead_letters"] == []
 
 
 def test_info_and_doctor(cli: Any) -> None:

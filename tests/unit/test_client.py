@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -38,6 +39,7 @@ from spanfaas import (
     WaitTimeout,
 )
 from spanfaas.client import operations as ops
+from spanfaas.client.events import publish
 from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, load_user_config, resolve, save_user_config
 from spanfaas.config import Settings
 from spanfaas.gateway import create_app
@@ -320,6 +322,46 @@ def test_unreachable_gateway_says_what_to_do() -> None:
     assert info.value.exit_code == 7
 
 
+def test_https_to_a_plain_http_gateway_says_so() -> None:
+    """https:// to a gateway serving plain http said "cannot reach spanfaas at URL: is `spanfaas up`
+    running?" -- it was running, and answering."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer_in_http() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)  # the TLS ClientHello
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_in_http, daemon=True)
+        thread.start()
+        with Client(f"https://127.0.0.1:{port}", "t") as client, pytest.raises(InfraUnavailable) as info:
+            client.functions()
+        thread.join(10)
+    assert "it does not speak TLS there" in info.value.message and f"use http://127.0.0.1:{port}" in info.value.message
+    assert "spanfaas up" not in info.value.message and info.value.exit_code == 7
+
+
+@pytest.mark.parametrize(
+    ("cause", "fragments"),
+    [
+        (socket.gaierror(-2, "Name or service not known"), ("the host name 'gw.example' does not resolve", "--url, SPANFAAS_URL")),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), ("its TLS certificate is not trusted", "SSL_CERT_FILE")),
+    ],
+)
+def test_a_connection_that_fails_says_why(cause: BaseException, fragments: tuple[str, ...]) -> None:
+    """A host name that does not resolve, or a certificate not trusted, read "is `spanfaas up` running?"."""
+    exc = httpx.ConnectError(str(cause))
+    exc.__cause__ = cause
+    error = ops.transport_error(exc, base_url="https://gw.example:8443", timeout=5)
+    assert isinstance(error, InfraUnavailable) and "spanfaas up" not in error.message
+    for fragment in fragments:
+        assert fragment in error.message, error.message
+
+
 def test_a_non_spanfaas_answer_is_still_typed() -> None:
     def app(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, text="<html>nginx</html>")
@@ -470,6 +512,20 @@ def test_resolve_precedence(tmp_path: Path) -> None:
     assert resolve("http://a", "arg", env={**env, "SPANFAAS_URL": "http://b", "SPANFAAS_TOKEN": "env"}) == ("http://a", "arg")
 
 
+def test_a_token_with_whitespace_or_a_foreign_character(tmp_path: Path) -> None:
+    """A token pasted with a space, or read from a file with its newline, failed as "the connection to
+    spanfaas failed: Illegal header value" (exit 7); one with a non-ASCII character as httpx's
+    UnicodeEncodeError traceback."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "SPANFAAS_URL": "http://127.0.0.1:9000"}
+    assert resolve(token=" sf_abc\n", env=env)[1] == "sf_abc"
+    assert resolve(env={**env, "SPANFAAS_TOKEN": "sf_abc\r\n"})[1] == "sf_abc"
+    for token, shown in (("sf_äbc", "'ä', at position 4"), ("sf_a\nbc", "'\\n', at position 5")):
+        with pytest.raises(Unauthorized) as info:
+            Client("http://127.0.0.1:9000", token)
+        assert f"the API token has a character no token has ({shown})" in info.value.message, info.value.message
+        assert "SPANFAAS_TOKEN" in info.value.message and info.value.exit_code == 3
+
+
 def test_broken_user_config_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("url = ")
@@ -547,6 +603,29 @@ def test_payload_encoding() -> None:
         ops.encode_payload(None, "text")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="data= takes bytes, not int"):
         ops.encode_payload(None, 3)  # type: ignore[arg-type]
+
+
+def test_an_event_that_cannot_be_sent_says_so() -> None:
+    # A lone surrogate (json.loads makes one of "\\ud800") raised a bare UnicodeEncodeError -- a
+    # traceback from `spanfaas invoke -d` and `events send -d`; an event given with data= was dropped.
+    for event in ("\ud800", {"name": ["ok", "x\udcff"]}):
+        with pytest.raises(InvalidRequest, match="has a string that is not valid Unicode .* a lone surrogate"):
+            ops.encode_payload(event, None)
+    with pytest.raises(InvalidRequest, match="not valid Unicode"):
+        next(publish({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": "\ud800"}))
+    with pytest.raises(InvalidRequest, match="pass the event or data=, not both"):
+        ops.encode_payload({"a": 1}, b"x")
+
+
+def test_the_cli_refuses_an_event_that_cannot_be_sent(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spanfaas.cli import app
+
+    env = {"SPANFAAS_URL": f"http://127.0.0.1:{free_port()}", "SPANFAAS_TOKEN": "t", "XDG_CONFIG_HOME": str(tmp_path)}
+    for args in (["invoke", "hello", "-d", '"\\ud800"'], ["events", "send", "--type", "t", "-d", '{"x": "\\ud800"}']):
+        r = CliRunner().invoke(app, args, env=env)
+        assert r.exit_code == 2 and "not valid Unicode" in r.stderr and "Traceback" not in r.stderr, (r.exit_code, r.stderr)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])

@@ -25,6 +25,10 @@ def handler(event, context):
         ctypes.string_at(0)
     if what == "sleep":
         time.sleep(60)
+    if what == "print-then-sleep":
+        print("waiting on", event.get("x"))
+        print("to stderr too", file=sys.stderr)
+        time.sleep(60)
     if what == "spin":
         while True:
             pass
@@ -259,6 +263,17 @@ async def test_timeout_kills_instance(harness: Harness, isolation: str, what: st
     with pytest.raises(FunctionTimeout):
         r.raise_for_error()
     await _ok(harness, name)
+
+
+async def test_a_timeout_keeps_what_the_call_printed(harness: Harness, isolation: str) -> None:
+    """A call that ran past its timeout came back with no logs: the instance was killed with
+    its capture, and the one clue to where the call hung -- what it printed -- was lost."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "print-then-sleep", "x": "the-database"}')
+    assert r.error is not None and r.error.kind == "timeout"
+    assert "waiting on the-database" in r.logs and "to stderr too" in r.logs, r.logs
+    r = await harness.invoke(name, b'{"do": "print"}')  # the next call's logs are its own
+    assert r.ok and "waiting on" not in r.logs and "printed again" in r.logs, r.logs
 
 
 async def test_caller_timeout_shortens_the_deadline(harness: Harness, isolation: str) -> None:

@@ -70,6 +70,20 @@ async def test_invalid_json_is_400_with_position(client: httpx.AsyncClient, hell
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("body", [b'"caf\xe9"', b'{"name": "\xff\xfe"}'])
+async def test_json_that_is_not_utf8_is_400(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore, gateway: Gateway, mode: str, body: bytes) -> None:
+    """A JSON body whose strings were not UTF-8 (latin-1, say) passed the gateway's check and reached
+    the function, which "failed" (500, exit 8) with the platform's msgspec.DecodeError traceback."""
+    params = {"mode": "async"} if mode == "async" else {}
+    r = await client.post("/v1/functions/hello/invoke", params=params, content=body, headers={"content-type": "application/json; charset=latin-1"})
+    assert r.status_code == 400, r.text
+    assert r.json()["type"].endswith("/invalid-payload")
+    assert "not UTF-8" in r.json()["detail"] and "application/octet-stream" in r.json()["detail"]
+    await gateway.recorder.flush()
+    assert [rec for rec in store.list_invocations() if rec.function == "hello"] == []
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_json_nested_too_deeply_is_400(client: httpx.AsyncClient, hello: dict[str, object], mode: str) -> None:
     # The decoder's RecursionError was a 500: "the gateway failed unexpectedly; its log has the details".
     deep = b"[" * 20_000 + b"]" * 20_000

@@ -86,6 +86,7 @@ def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> Non
     (fn / "spanfaas.toml").write_text('name = "calc"\nisolation = "reuse"\n[image]\npackages = ["tinycalc"]\nlists = ["tools"]\n')
     r = ok(cli("deploy", str(fn), scope="deploy"))
     assert "resolve" in r.stderr and "+ tinycalc==2.0" in r.stderr and "built in" in r.stderr  # the build log, then
+    assert "2 packages)" in r.stderr  # tinycalc and tinyhelper
     assert "deployed calc version 1" in r.stdout
     r = ok(cli("images", "build", str(fn), scope="deploy"))
     assert "reused in" in r.stderr
@@ -99,6 +100,11 @@ def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> Non
     r = cli("images", "rm", short)
     assert r.exit_code == 5 and "in use by calc" in r.stderr
     ok(cli("rm", "calc"))
+    assert "removed 1 image," in ok(cli("images", "gc")).stdout
+
+    (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinyhelper"]\nlists = ["tools"]\n')
+    r = ok(cli("images", "build", str(fn), scope="deploy"))
+    assert "1 package)" in r.stderr, r.stderr  # it said "(…, 1 packages)"
     assert "removed 1 image," in ok(cli("images", "gc")).stdout
 
     (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc>=3"]\nlists = ["tools"]\n')

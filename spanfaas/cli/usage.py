@@ -1,0 +1,95 @@
+"""Usage errors: an unknown option, a missing argument, a value of the wrong type; an argument that is not UTF-8.
+
+Click reports the first kinds itself, before any command runs: a usage text
+on stderr and exit 2.  A script that passed ``--json`` reads stdout, so it
+gets one Problem Details document there as well (``invalid-request``, what
+was wrong and which ``--help`` to read), with the same exit code.
+
+An argument in another encoding than UTF-8 (a Latin-1 terminal, a script's
+bytes) reaches Python with its bytes as lone surrogates, which no request
+can carry: it is refused here, naming the byte, before it fails deeper down.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from spanfaas.cli.output import fail, print_json
+from spanfaas.errors import InvalidRequest
+
+__all__ = ["JsonUsageGroup", "undecodable", "wants_json"]
+
+try:  # typer >= 0.24 carries its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException  # type: ignore[assignment]
+
+
+def wants_json(args: Sequence[str]) -> bool:
+    """``--json`` among the options (not after ``--``, where it is an argument's value)."""
+    args = list(args)
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def problem_of(exc: ClickException) -> dict[str, Any]:
+    """A click usage error as the CLI's other ``--json`` errors read: an ``invalid-request`` problem."""
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message = f"{message.rstrip('.')}; see `{ctx.command_path} --help`"
+    return InvalidRequest(message).to_problem()
+
+
+def undecodable(args: Sequence[str]) -> InvalidRequest | None:
+    """The error for the first argument that was not UTF-8 (its bytes came as surrogates), if any."""
+    for arg in args:
+        try:
+            arg.encode()
+        except UnicodeEncodeError as exc:
+            if os.path.lexists(arg.removeprefix("@")):
+                continue  # a file's name (deploy PATH, -d @FILE): any bytes may name one
+            raw = arg.encode("utf-8", "surrogateescape")
+            byte = ord(arg[exc.start]) & 0xFF
+            return InvalidRequest(
+                f"the argument {raw!r} is not UTF-8 (byte 0x{byte:02x}); pass it in UTF-8 "
+                "(a terminal or locale in another encoding sends other bytes: LANG=C.UTF-8)"
+            )
+    return None
+
+
+class JsonUsageGroup(TyperGroup):
+    """The root command: click's usage errors also become one JSON document when ``--json`` was given."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if (error := undecodable(argv)) is not None:
+            try:
+                fail(error, as_json=wants_json(argv))
+            except typer.Exit as stop:
+                if not standalone_mode:
+                    return stop.exit_code
+                sys.exit(stop.exit_code)
+        if not wants_json(argv):
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except ClickException as exc:
+            print_json(problem_of(exc))
+            exc.show()
+            code = exc.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
