@@ -213,12 +213,12 @@ class EventQueries(SQLStore):
     def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
         where, args = ("WHERE function = ? ", [function]) if function is not None else ("", [])
         with self._read() as cur:
-            cur.execute(self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {where}ORDER BY failed_at DESC LIMIT ?"), (*args, int(limit)))
+            self._rows(cur, self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {where}ORDER BY failed_at DESC LIMIT ?"), (*args, int(limit)))
             return [_dead_letter(r) for r in cur.fetchall()]
 
     def get_dead_letter(self, id: str) -> DeadLetter | None:
         with self._read() as cur:
-            cur.execute(self._q(f"SELECT {_DLQ_COLS} FROM dead_letters WHERE id = ?"), (id,))
+            self._rows(cur, self._q(f"SELECT {_DLQ_COLS} FROM dead_letters WHERE id = ?"), (id,))
             row = cur.fetchone()
         return _dead_letter(row) if row else None
 
