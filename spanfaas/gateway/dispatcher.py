@@ -148,9 +148,10 @@ class Dispatcher:
                 claimed = time.monotonic()  # every record was accepted before: so was the version it must run on
                 got = len(batch)
                 for record in batch:
-                    if self.recorder.get(record.id) is not None:
-                        # Its lease ran out while the store refused its outcome (and the lease
-                        # extensions): that outcome, stored when the store takes it, settles it.
+                    if record.id in self.running or self.recorder.get(record.id) is not None:
+                        # Its lease ran out while we still ran it, or while the store refused its
+                        # outcome (the heartbeat could not extend it in time): that run, or that
+                        # outcome stored when the store takes it, settles it; the claim is ours now.
                         continue
                     task = asyncio.create_task(self._run(record, claimed), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task

@@ -280,7 +280,13 @@ class InstanceConnection(asyncio.BufferedProtocol):
         self.lost = True
         # Requests are served in the order they were sent (``pending`` keeps it),
         # ``slots`` at a time: past the first ``slots`` (or not sent yet) none had started.
-        running = min(self._slots, len(self.pending) - self._unsent)
+        written = len(self.pending) - self._unsent
+        running = min(self._slots, written)
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            # The instance went with bytes we wrote unread (the kernel then resets the
+            # connection: an idle strict child killed before it read its request), or
+            # before we wrote them: the last request written never reached it whole.
+            running = min(running, written - 1)
         self._out.clear()
         self._unsent = 0
         for i, fut in enumerate(self.pending.values()):

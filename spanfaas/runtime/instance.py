@@ -241,7 +241,21 @@ def _error(exc: BaseException) -> ErrorInfo:
     except Exception:
         tb = ""
     status = _exit_status(exc) if isinstance(exc, SystemExit) else None
-    return ErrorInfo(kind=kind, type=name, message=_clip(message, "message"), traceback=_clip(tb, "traceback"), exit_status=status)
+    return ErrorInfo(
+        kind=kind, type=_utf8(name), message=_utf8(_clip(message, "message")), traceback=_utf8(_clip(tb, "traceback")),
+        exit_status=status,
+    )  # fmt: skip
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (a file name decoded with
+    surrogateescape, in an exception's message) as ``\\udcxx``.  Encoding the error
+    would fail otherwise, and the instance with it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _clip(text: str, what: str) -> str:

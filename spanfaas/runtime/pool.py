@@ -100,7 +100,7 @@ class _Waiter(asyncio.Future["Instance"]):
 class Instance:
     __slots__ = (
         "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
-        "retired", "ready", "expires", "answered", "window", "oom",
+        "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
     )  # fmt: skip
 
     def __init__(self, seq: int) -> None:
@@ -123,6 +123,9 @@ class Instance:
         """When (loop clock) it last answered, or took a call while it had none."""
         self.oom = False
         """It died by SIGKILL as the cgroup's OOM killer counted one more kill (see Pool._on_instance_exit)."""
+        self.orphaned = False
+        """It went with its template (the template died, or the runtime stopped it): the
+        platform's failure, not the function's (see Pool._run)."""
         self.window = 1
         """Calls it may hold beyond its slots now: grows with each short call it
         answers, back to 1 after a long one or a quiet spell (runtime/pipelining.py)."""
@@ -292,6 +295,7 @@ class Pool:
             self._chan.close()
             self._chan = None
         for inst in list(self._instances.values()):
+            inst.orphaned = True
             inst.kill_group()
             if inst.conn is not None:
                 inst.conn.close()
@@ -760,7 +764,15 @@ class Pool:
         except InstanceLost as exc:
             if not exc.started:
                 raise _NotStarted from None
-            return self._result(ctx, await self._why_lost(inst), arrived, cold)
+            error = await self._why_lost(inst)
+            if inst.orphaned:
+                # Its template went (it died, its zygote did, or the runtime stopped it): the
+                # platform failed, not the function, so an async invocation is run again.
+                raise InfraError(
+                    f"the instance running the invocation was lost with the template of '{self.spec.name}' "
+                    "(the template exited or was stopped); the invocation may have run in part"
+                ) from None
+            return self._result(ctx, error, arrived, cold)
         else:
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()

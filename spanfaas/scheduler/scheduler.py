@@ -60,6 +60,10 @@ class Site:
         """Whether the infrastructure has answered ``info`` at least once."""
         self.reason = "not refreshed yet"
         """Why it is unhealthy (empty when healthy)."""
+        self.quiet_until = 0.0
+        """Its info is not asked for before this (the spanning clock): it answered 429 with a Retry-After."""
+        self.is_busy = False
+        """Its last answer to ``info`` was 429: up, and full."""
         self.inflight = 0
         self.capacity = config.slots or 1
         self.latency: dict[str, float] = {}
@@ -92,12 +96,22 @@ class Site:
     def update(self, reported: InfraInfo) -> None:
         self.info = merge(reported, self.config)
         self.reported = True
+        self.is_busy = False
         self.reason = "" if self.info.healthy else (reported.reason or "reports itself unhealthy")
         self.capacity = self.config.slots or max(reported.free_slots + reported.instances, 1)
+
+    def busy(self, quiet_until: float) -> None:
+        """It answered its info with 429: up, with no free slots, not asked again before ``quiet_until``."""
+        self.info.healthy = True
+        self.info.free_slots = 0
+        self.reason = ""
+        self.quiet_until = quiet_until
+        self.is_busy = True
 
     def down(self, reason: str) -> None:
         self.info.healthy = False
         self.reason = reason
+        self.is_busy = False
 
     def observe(self, function: str, ms: float) -> None:
         n = self.samples.get(function, 0)

@@ -48,6 +48,9 @@ __all__ = ["SpanningInfrastructure", "build_infrastructure", "explain"]
 log = logging.getLogger("spanfaas.scheduler")
 _replace = msgspec.structs.replace
 
+RETRY_AFTER_MAX = 60.0
+"""Seconds at most that a site's Retry-After (a 429 to its info) keeps us from asking again."""
+
 
 @runtime_checkable
 class Startable(Protocol):
@@ -146,9 +149,13 @@ class SpanningInfrastructure:
         await asyncio.gather(*(self._refresh(s) for s in self.sites))
 
     async def _refresh(self, site: Site) -> None:
+        if self.clock() < site.quiet_until:
+            return  # it answered 429 with a Retry-After that has not passed
         was = (site.info.healthy, _capabilities(site.info))
         try:
             reported = await asyncio.wait_for(site.infra.info(), site.config.timeout)
+        except TooManyRequests as exc:
+            self._busy(site, exc)
         except (SpanfaasError, OSError, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {site.config.timeout:g} s"
             self._down(site, reason)
@@ -162,6 +169,16 @@ class SpanningInfrastructure:
             await self._deploy_pending(site)
         if (site.info.healthy, _capabilities(site.info)) != was:
             self.scheduler.changed()
+
+    def _busy(self, site: Site, exc: TooManyRequests) -> None:
+        """It answered, 429: alive and full, not down (no breaker trips).  Calls placed there
+        overflow on their own 429s; its info is asked again after its Retry-After."""
+        retry_after = exc.extra.get("retry_after")
+        wait = min(float(retry_after), RETRY_AFTER_MAX) if isinstance(retry_after, int) and retry_after > 0 else 0.0
+        level = logging.DEBUG if site.is_busy else logging.INFO  # once when it turns busy, not per Retry-After
+        log.log(level, "infrastructure %s is busy (429 to its info): %s; asked again in %g s",
+                site.name, exc.message, max(wait, self.settings.refresh_interval))  # fmt: skip
+        site.busy(self.clock() + wait)
 
     def _down(self, site: Site, reason: str) -> None:
         if site.info.healthy or reason != site.reason:  # went down, down from the start, or for another reason now

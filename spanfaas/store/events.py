@@ -9,6 +9,7 @@ queued, or neither — a crash in between cannot lose it or run it twice.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -153,7 +154,7 @@ class EventQueries(SQLStore):
                         out[i] = False
                         continue
                 if item.window > 0:
-                    cur.execute(seen, (item.source, item.id, now, now - item.window))
+                    cur.execute(seen, (_seen_key(item.source), _seen_key(item.id), now, now - item.window))
                     if cur.rowcount != 1:
                         out[i] = False
                         continue
@@ -212,12 +213,12 @@ class EventQueries(SQLStore):
     def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
         where, args = ("WHERE function = ? ", [function]) if function is not None else ("", [])
         with self._read() as cur:
-            cur.execute(self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {where}ORDER BY failed_at DESC LIMIT ?"), (*args, int(limit)))
+            self._rows(cur, self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {where}ORDER BY failed_at DESC LIMIT ?"), (*args, int(limit)))
             return [_dead_letter(r) for r in cur.fetchall()]
 
     def get_dead_letter(self, id: str) -> DeadLetter | None:
         with self._read() as cur:
-            cur.execute(self._q(f"SELECT {_DLQ_COLS} FROM dead_letters WHERE id = ?"), (id,))
+            self._rows(cur, self._q(f"SELECT {_DLQ_COLS} FROM dead_letters WHERE id = ?"), (id,))
             row = cur.fetchone()
         return _dead_letter(row) if row else None
 
@@ -228,6 +229,22 @@ class EventQueries(SQLStore):
                 return False
             self._insert_invocations(cur, [record])
             return True
+
+
+_SEEN_KEY_MAX = 1024
+"""UTF-8 bytes of an event's source or id kept as they are in ``events_seen``; a longer one
+is kept as its digest.  PostgreSQL's index takes at most ~2.7 kB per (source, id) row."""
+
+
+def _seen_key(value: str) -> str:
+    """``value`` as ``events_seen`` keeps it: itself, or ``sha256:<hex>`` of it when it is long
+    or holds a NUL (PostgreSQL's text cannot).  Any event's (source, id) is then stored, and
+    de-duplicated, by every store: one that PostgreSQL refused was answered 503 'retry' for ever,
+    and held back every later entry of its Redis stream."""
+    data = value.encode("utf-8", "surrogatepass")
+    if len(data) <= _SEEN_KEY_MAX and b"\x00" not in data:
+        return value
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _dead_letter(row: Sequence[Any]) -> DeadLetter:

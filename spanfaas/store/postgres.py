@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import select
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -136,6 +136,9 @@ class PostgresStore(EventQueries, ImageQueries):
             isinstance(exc, psycopg.errors.InternalError_) and str(exc).startswith("invalid memory alloc request size")
         )
 
+    def _rows(self, cur: Any, sql: str, args: Sequence[Any]) -> None:
+        cur.execute(sql, args, binary=True)
+
     def _lock(self, cur: Any, key: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
 
@@ -159,7 +162,7 @@ class PostgresStore(EventQueries, ImageQueries):
 
     def get_blob(self, digest: str) -> bytes | None:
         with self._read() as cur:  # binary: a bytea as text would be hex, twice its size on the wire
-            cur.execute(_pg("SELECT data FROM blobs WHERE digest = ?"), (digest,), binary=True)
+            self._rows(cur, _pg("SELECT data FROM blobs WHERE digest = ?"), (digest,))
             row = cur.fetchone()
         return bytes(row[0]) if row is not None else None
 

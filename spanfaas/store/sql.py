@@ -115,6 +115,12 @@ class SQLStore:
         """Does ``exc`` say a value was refused (writing it again fails again), not that the store failed?"""
         return isinstance(exc, self._refused)
 
+    def _rows(self, cur: Any, sql: str, args: Sequence[Any]) -> None:
+        """Run a query whose rows hold payloads (bytes): as they are, where the dialect can say
+        so (PostgreSQL's text form of a bytea is hex, twice its size: over 512 MiB, the server
+        cannot build it, and the record could never be read)."""
+        cur.execute(sql, args)
+
     def _claim_sql(self) -> str:
         """An UPDATE … RETURNING the invocation columns of the due records it took."""
         raise NotImplementedError
@@ -294,7 +300,7 @@ class SQLStore:
 
     def get_invocation(self, id: str) -> InvocationRecord | None:
         with self._read() as cur:
-            cur.execute(self._q(f"SELECT {INV_COLS} FROM invocations WHERE id = ?"), (id,))
+            self._rows(cur, self._q(f"SELECT {INV_COLS} FROM invocations WHERE id = ?"), (id,))
             row = cur.fetchone()
         return _invocation(row) if row else None
 
@@ -339,7 +345,7 @@ class SQLStore:
                 if cur.rowcount == 1:
                     out[i] = (record, True)
                     continue
-                cur.execute(existing, (record.function, record.idempotency_key))
+                self._rows(cur, existing, (record.function, record.idempotency_key))
                 out[i] = (_invocation(cur.fetchone()), False)
         return [out[i] for i in range(len(records))]
 
@@ -352,7 +358,7 @@ class SQLStore:
                 ),
                 (now,),
             )
-            cur.execute(self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
+            self._rows(cur, self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
             rows = cur.fetchall()
         records = [_invocation(r) for r in rows]
         records.sort(key=lambda r: (r.not_before, r.created_at))

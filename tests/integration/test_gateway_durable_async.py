@@ -221,3 +221,51 @@ def test_a_second_ctrl_c_stops_at_once_and_still_stops_cleanly(tmp_path: Path) -
         assert view["status"] == "succeeded" and view["attempts"] == 1 and view["reruns"] == 0, view
     finally:
         gw.stop()
+
+
+COUNTED = """
+import asyncio, os
+async def handler(event, context):
+    with open(event["starts"], "a") as f:
+        f.write("start\\n")
+    while not os.path.exists(event["go"]):
+        await asyncio.sleep(0.01)
+    return {"ok": True}
+"""
+
+
+def test_a_run_whose_lease_lapsed_is_not_started_again_beside_itself(tmp_path: Path) -> None:
+    """A gateway whose heartbeat could not extend a claim in time (the store was away for
+    longer than async_lease) took its own invocation back at the next claim, while it still
+    ran it, and started it a second time beside the first; the second task replaced the
+    first in the dispatcher's books and was lost from them when the first ended (its lease
+    no longer extended, its run not given back at a stop).  The run in progress goes on,
+    alone, and its outcome is the one stored."""
+    fn = tmp_path / "counted"
+    fn.mkdir()
+    (fn / "handler.py").write_text(COUNTED)
+    (fn / "spanfaas.toml").write_text('name = "counted"\nisolation = "reuse"\n')
+    files = {k: str(tmp_path / k) for k in ("starts", "go")}
+    gw = GatewayProcess(tmp_path / "data")
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/counted", content=pack_function(fn)).status_code == 201
+            id = c.post("/v1/functions/counted/invoke?mode=async", json=files).json()["id"]
+            _wait_for(lambda: Path(files["starts"]).exists())  # claimed and running
+            db = sqlite3.connect(tmp_path / "data" / "spanfaas.db", isolation_level=None, timeout=10)
+            try:
+                def taken_back() -> bool:  # its lease lapsed (as if the heartbeat failed), until a claim takes it
+                    db.execute("UPDATE invocations SET lease_until = 0 WHERE id = ? AND reruns = 0", (id,))
+                    return bool(db.execute("SELECT reruns FROM invocations WHERE id = ?", (id,)).fetchone()[0])
+
+                _wait_for(taken_back)
+            finally:
+                db.close()
+            Path(files["go"]).touch()
+            _wait_for(lambda: c.get(f"/v1/invocations/{id}").json()["status"] == "succeeded")
+        assert Path(files["starts"]).read_text() == "start\n", "started again beside the run in progress"
+        assert gw.stop() == 0
+        assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.stop()

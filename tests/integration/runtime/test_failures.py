@@ -44,6 +44,10 @@ def handler(event, context):
             pass
     if what == "unserializable":
         return object()
+    if what == "lone-surrogate":  # str() of the exception holds what UTF-8 cannot encode
+        raise ValueError("undecodable name: " + b"caf\\xe9".decode("utf-8", "surrogateescape"))
+    if what == "exit-lone-surrogate":
+        sys.exit("cannot go on: \\udcff")
     if what == "bad-str":
         class Unprintable(Exception):
             def __str__(self):
@@ -298,6 +302,23 @@ async def test_exception_whose_str_fails_is_still_a_function_error(harness: Harn
     assert r.error is not None and r.error.kind == "error", r.error
     assert r.error.type.endswith("Unprintable")
     assert "Unprintable" in r.error.traceback
+    await _ok(harness, name)
+
+
+@pytest.mark.parametrize("what", ["lone-surrogate", "exit-lone-surrogate"])
+async def test_an_error_message_utf8_cannot_encode_is_still_a_function_error(harness: Harness, isolation: str, what: str) -> None:
+    """An exception whose message holds a lone surrogate (a file name decoded with
+    surrogateescape, as os.listdir gives) crashed the instance when its error was encoded
+    ('the instance exited with status 70 before answering'): its type, message and traceback
+    were lost, and a reuse instance went with them.  They are reported, the surrogate escaped."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, json.dumps({"do": what}).encode())
+    assert r.error is not None and r.error.kind == "error", r.error
+    if what == "lone-surrogate":
+        assert r.error.type == "ValueError" and r.error.message == "undecodable name: caf\\udce9", r.error
+    else:
+        assert r.error.type == "SystemExit" and r.error.message == "cannot go on: \\udcff" and r.error.exit_status == 1, r.error
+    assert r.error.message in r.error.traceback
     await _ok(harness, name)
 
 

@@ -103,3 +103,41 @@ async def test_sys_exit_in_an_async_handler_is_its_error_at_once(harness: Harnes
     r = await harness.invoke(name)
     assert r.error is not None and r.error.kind == "error" and r.error.type == "SystemExit", r.error
     assert r.duration_ms < 2500, "not left to the timeout"
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+@pytest.mark.parametrize("when", ["dead-before-the-write", "killed-with-the-request-unread"])
+async def test_an_idle_instance_killed_before_it_read_its_call_is_not_the_functions_crash(
+    harness: Harness, isolation: str, when: str
+) -> None:
+    """An idle instance (a strict child forked ahead, a parked reuse instance) that died
+    before the pool heard of it (the OOM killer prefers instances: their oom_score_adj is
+    raised) was handed the next call, which never reached it: that call was reported as
+    the function's crash ('the instance was killed by signal SIGKILL'; an async one was not
+    run again).  The kernel says when the instance went with our bytes unread (the
+    connection is reset; or the write finds it closed): the call runs on another instance."""
+    import os
+    import select
+    import signal
+
+    name = f"idle-killed-{isolation}-{when}"
+    await harness.deploy(name, SLEEPER, f'isolation = "{isolation}"\n[resources]\ntimeout = 10\n[scaling]\nprefork = 1\n')
+    assert (await harness.invoke(name, b"0")).ok
+    pool = harness.rt.pool(name)
+    async with asyncio.timeout(10):
+        while not pool._idle or pool._idle[0].conn is None:
+            await asyncio.sleep(0.01)
+    inst = pool._idle[0]
+    if when == "dead-before-the-write":
+        signal.pidfd_send_signal(inst.pidfd, signal.SIGKILL)
+        select.select([inst.pidfd], [], [], 10)  # dead, and the loop has not run since: the pool does not know
+        r = await harness.invoke(name, b"0")
+    else:
+        os.kill(inst.pid, signal.SIGSTOP)  # it cannot read what we write
+        call = asyncio.ensure_future(harness.invoke(name, b"0"))
+        async with asyncio.timeout(10):
+            while inst.conn is None or not inst.conn.pending or inst.conn._unsent:
+                await asyncio.sleep(0)  # handed to it and written
+        signal.pidfd_send_signal(inst.pidfd, signal.SIGKILL)
+        r = await call
+    assert r.ok, r.error

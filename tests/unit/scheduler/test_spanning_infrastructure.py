@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from spanfaas.config import InfraConfig
-from spanfaas.errors import InfraUnavailable, InvalidBundle, InvalidManifest
+from spanfaas.errors import InfraUnavailable, InvalidBundle, InvalidManifest, TooManyRequests
 from spanfaas.model import Bundle, InfraInfo
 
 from spanning_helpers import child, ctx, make_spec
@@ -244,6 +244,37 @@ async def test_info_that_cannot_be_read_takes_it_out_until_it_can(spanning, bund
     assert sp.infos()[0].reason == ""
     clock.now += 6  # open_for passed: the next invocation probes local
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+
+
+async def test_a_429_to_its_info_is_busy_and_its_retry_after_is_kept(spanning, bundle: Bundle, clock) -> None:
+    """A 429 to a site's info (its rate limit, load shedding) says it is there and full:
+    it stays in the ranking with its breaker closed, and its info is not asked for again
+    before its Retry-After; a 200 afterwards brings its reported state back."""
+    sp = await spanning(LOCAL, EU)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    eu = child(sp, "eu")
+    real_info = eu.info
+    asked = 0
+
+    async def full() -> InfraInfo:
+        nonlocal asked
+        asked += 1
+        raise TooManyRequests("site 'eu' is full: slow down", retry_after=30)
+
+    eu.info = full  # type: ignore[method-assign]
+    await sp.refresh()
+    site = sp.site("eu")
+    assert asked == 1 and site.info.healthy and site.info.free_slots == 0 and site.breaker.state == "closed"
+    assert sp.infos()[1].reason == "" and "eu" in sp.explain(spec).ranking
+    await sp.refresh()
+    clock.now += 29
+    await sp.refresh()
+    assert asked == 1, "asked again before its Retry-After"
+    eu.info = real_info  # type: ignore[method-assign]
+    clock.now += 2
+    await sp.refresh()
+    assert site.info.healthy and not site.is_busy and site.info.instances == 1  # its own report again
 
 
 async def test_declared_capabilities_override_reported_and_info_lists_all(spanning) -> None:
