@@ -130,11 +130,19 @@ class CloudEventsProxy:
 
 
 def event_from_fields(fields: Mapping[str, str]) -> CloudEvent:
-    """A CloudEvent whose attributes are the fields of a message (Redis entries), ``data`` its data."""
+    """A CloudEvent whose attributes are the fields of a message (Redis entries), ``data`` its data
+    (``data_base64``: bytes, as in structured mode)."""
     attrs: dict[str, Any] = {k: v for k, v in fields.items() if k not in ("data", "data_base64")}
     data: Any = fields.get("data")
     ct = _media_type(str(attrs.get("datacontenttype", "application/json")))
-    if data is not None and _is_json(ct):
+    if "data_base64" in fields:
+        if data is not None:
+            raise InvalidEvent("the entry has both a 'data' and a 'data_base64' field; send one")
+        try:
+            data = base64.b64decode(fields["data_base64"], validate=True)
+        except ValueError:
+            raise InvalidEvent("the 'data_base64' field is not base64") from None
+    elif data is not None and _is_json(ct):
         try:
             data = _decode(data)
         except msgspec.DecodeError as exc:
