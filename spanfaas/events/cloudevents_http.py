@@ -28,6 +28,7 @@ from spanfaas.events.base import (
     CloudEvent,
     InvalidEvent,
     check_required,
+    check_text,
     decode_json,
     make_event,
     missing_message,
@@ -126,6 +127,7 @@ class CloudEventsProxy:
         except (BaseCloudEventException, ValueError, TypeError) as exc:
             raise InvalidEvent(f"the CloudEvent is not valid: {exc}") from None
         assert isinstance(event, CloudEvent)
+        check_text(event.get_attributes())  # header values arrive percent-encoded: %00 is a NUL
         return event
 
 
