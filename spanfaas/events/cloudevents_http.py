@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 from cloudevents.core.bindings.http import HTTPMessage, from_binary
@@ -73,13 +74,19 @@ def parse_structured(doc: Any, where: str = "the CloudEvent") -> CloudEvent:
     return make_event(attrs, data, where)
 
 
-def _parse_time(attrs: dict[str, Any], prefix: str = "") -> None:
+def _parse_time(attrs: dict[str, Any], prefix: str = "", name: str = "time") -> None:
+    """``time`` as a datetime; InvalidEvent, saying what an RFC 3339 timestamp looks like, unless it is one."""
     if "time" not in attrs:
         return
+    value = attrs["time"]
     try:
-        attrs["time"] = isoparse(attrs["time"])
-    except (ValueError, TypeError):
-        raise InvalidEvent(f"{prefix}time {attrs['time']!r} is not an RFC 3339 timestamp") from None
+        when = isoparse(value)
+    except (ValueError, TypeError, OverflowError):
+        when = None
+    if when is None or when.tzinfo is None:  # a date, or a time without its offset, is not RFC 3339
+        why = "" if when is None else " (a date, a time and a zone offset)"
+        raise InvalidEvent(f"{prefix}{name} {value!r} is not an RFC 3339 timestamp{why}; send e.g. \"2024-05-01T12:00:00Z\"")
+    attrs["time"] = when
 
 
 class CloudEventsProxy:
@@ -121,6 +128,8 @@ class CloudEventsProxy:
                     f"the body is not valid JSON ({exc}) but its Content-Type is {media or 'unset (JSON)'}; "
                     "fix the JSON or send the right Content-Type"
                 ) from None
+        if "ce-time" in headers:  # the SDK's own complaints ("Expected 4 digits") say nothing of what to send
+            _parse_time({"time": unquote(headers["ce-time"])}, name="ce-time")
         ce = {k: v for k, v in headers.items() if k.startswith("ce-") or k == "content-type"}
         try:
             event = from_binary(HTTPMessage(headers=ce, body=body), _FORMAT, CloudEvent)

@@ -136,6 +136,19 @@ def test_control_characters_in_attributes_are_refused(headers: dict[str, str], b
         event_from_fields({**CE, "id": "e\x001"})  # a Redis entry of CloudEvent fields
 
 
+@pytest.mark.parametrize("value", ["yesterday", "2024-13-01T12:00:00Z", "2024-05-01T12:00:00", "2024-05-01"])
+def test_a_bad_time_says_what_to_send_in_every_mode(value: str) -> None:
+    """Binary mode said what the SDK's parser thought ("Expected 4 digits, got 'yest'", "month must
+    be in 1..12"), and a time without its zone offset, in any mode, "Attribute 'time' must be timezone aware"."""
+    example = re.escape('send e.g. "2024-05-01T12:00:00Z"')
+    with pytest.raises(InvalidEvent, match=f"^ce-time '{value}' is not an RFC 3339 timestamp.*{example}"):
+        CloudEventsProxy().translate(binary(**{"ce-time": quote(value)}), b"{}")
+    with pytest.raises(InvalidEvent, match=f"^time '{value}' is not an RFC 3339 timestamp.*{example}"):
+        CloudEventsProxy().translate(STRUCTURED, json.dumps({**CE, "time": value}).encode())
+    with pytest.raises(InvalidEvent, match=f"^time '{value}' is not an RFC 3339 timestamp.*{example}"):
+        event_from_fields({**CE, "time": value})  # a Redis entry
+
+
 DEEP = b"[" * 20_000 + b"]" * 20_000
 """JSON nested past what the decoder takes: its RecursionError was a 500 ("the gateway failed unexpectedly")."""
 
