@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -23,7 +23,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import InvalidRequest, plural
+from spanfaas.errors import Conflict, InvalidRequest, NotFound, SpanfaasError, plural
 
 __all__ = ["events_app", "triggers_app"]
 
@@ -216,9 +216,23 @@ def dlq_replay(
     if not ids and not all:
         raise InvalidRequest("name the dead letters to replay, or pass --all")
     started = time.perf_counter()
+    replayed: list[dict[str, Any]] = []
+    failed: list[tuple[str, SpanfaasError]] = []
     with Client(url, token) as client:
         targets = list(ids or []) + ([d["id"] for d in client.events.dead_letters(function, limit=1000)] if all else [])
-        replayed = [client.events.replay(i) for i in dict.fromkeys(targets)]
+        targets = list(dict.fromkeys(targets))
+        for i in targets:
+            try:
+                replayed.append(client.events.replay(i))
+            except (NotFound, Conflict) as exc:  # this one's own trouble: the others are replayed still
+                failed.append((i, exc))
+            except SpanfaasError as exc:  # the gateway's (unreachable, refused): the rest would fail alike
+                failed.append((i, exc))
+                break
+    if len(failed) == 1 and not replayed and len(targets) == 1:
+        raise failed[0][1]
+    if failed:
+        _partly_replayed(replayed, failed, targets, as_json)
     if as_json:
         print_json({"replayed": replayed})
         return
@@ -228,3 +242,24 @@ def dlq_replay(
         err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
         return
     err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")
+
+
+def _partly_replayed(
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], targets: list[str], as_json: bool
+) -> NoReturn:
+    """What was replayed and what was not (the replayed ones are out of the store: they must not go unsaid)."""
+    done = {r["dead_letter"] for r in replayed} | {i for i, _ in failed}
+    untried = [i for i in targets if i not in done]
+    if as_json:
+        print_json({"replayed": replayed, "failed": [{"dead_letter": i, **exc.to_problem()} for i, exc in failed],
+                    "not_tried": untried})  # fmt: skip
+    else:
+        for r in replayed:
+            out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
+    console = err_console()
+    for _, exc in failed:
+        console.print(f"[bold red]error:[/bold red] [red]{escape(exc.message)}[/red]")
+    if untried:
+        console.print(f"not tried: {escape(', '.join(untried))}")
+    console.print(f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
+    raise typer.Exit(failed[0][1].exit_code)
