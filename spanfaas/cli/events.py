@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -24,7 +24,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import InvalidRequest, plural
+from spanfaas.errors import Conflict, InvalidRequest, NotFound, SpanfaasError, plural
 
 __all__ = ["events_app", "triggers_app"]
 
@@ -215,10 +215,17 @@ def dlq_replay(
     if not ids and not all:
         raise InvalidRequest("name the dead letters to replay, or pass --all")
     started = time.perf_counter()
+    replayed: list[dict[str, Any]] = []
+    failed: list[tuple[str, SpanfaasError]] = []
     with Client(url, token) as client:
-        replayed = [client.events.replay(i) for i in dict.fromkeys(ids or [])]
-        if all:
-            replayed += _replay_all(client, function, done={r["dead_letter"] for r in replayed})
+        targets: list[str] = list(dict.fromkeys(ids or []))
+        going = _replay_each(client, targets, replayed, failed)
+        if all and going:
+            _replay_all(client, function, targets, replayed, failed)
+    if len(failed) == 1 and not replayed and len(targets) == 1:
+        raise failed[0][1]
+    if failed:
+        _partly_replayed(replayed, failed, targets, as_json)
     if as_json:
         print_json({"replayed": replayed})
         return
@@ -234,11 +241,31 @@ PAGE = 1000
 """The most dead letters ``GET /v1/events/dlq`` lists at once."""
 
 
-def _replay_all(client: Client, function: str | None, done: set[str]) -> list[dict[str, Any]]:
+def _replay_each(
+    client: Client, ids: list[str], replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]]
+) -> bool:
+    """Replay ``ids`` in turn; one's own trouble (gone, taken) does not stop the rest, the
+    gateway's (unreachable, refused) does, since the rest would fail alike.  False once stopped."""
+    for i in ids:
+        try:
+            replayed.append(client.events.replay(i))
+        except (NotFound, Conflict) as exc:
+            failed.append((i, exc))
+        except SpanfaasError as exc:
+            failed.append((i, exc))
+            return False
+    return True
+
+
+def _replay_all(
+    client: Client, function: str | None, targets: list[str],
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]],
+) -> None:  # fmt: skip
     """Replay every dead letter (of ``function``) there was when this began: the list comes
     newest first, a page at a time, and those replayed leave it.  Ones that fail again while
-    this runs come back newer than the first page's newest, and are not replayed again."""
-    replayed: list[dict[str, Any]] = []
+    this runs come back newer than the first page's newest, and are not replayed again; ones
+    that could not be replayed stay listed, and are not tried twice."""
+    done = set(targets)
     newest: float | None = None
     while True:
         page = client.events.dead_letters(function, limit=PAGE)
@@ -246,8 +273,29 @@ def _replay_all(client: Client, function: str | None, done: set[str]) -> list[di
             newest = max((float(d.get("failed_at") or 0) for d in page), default=0.0)
         fresh = [d["id"] for d in page if d["id"] not in done and float(d.get("failed_at") or 0) <= newest]
         if not fresh:
-            return replayed
-        for id in fresh:
-            replayed.append(client.events.replay(id))
-            done.add(id)
+            return
+        targets += fresh
+        done.update(fresh)
+        if not _replay_each(client, fresh, replayed, failed):
+            return
 
+
+def _partly_replayed(
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], targets: list[str], as_json: bool
+) -> NoReturn:
+    """What was replayed and what was not (the replayed ones are out of the store: they must not go unsaid)."""
+    done = {r["dead_letter"] for r in replayed} | {i for i, _ in failed}
+    untried = [i for i in targets if i not in done]
+    if as_json:
+        print_json({"replayed": replayed, "failed": [{"dead_letter": i, **exc.to_problem()} for i, exc in failed],
+                    "not_tried": untried})  # fmt: skip
+    else:
+        for r in replayed:
+            out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
+    console = err_console()
+    for _, exc in failed:
+        console.print(f"[bold red]error:[/bold red] [red]{escape(exc.message)}[/red]")
+    if untried:
+        console.print(f"not tried: {escape(', '.join(untried))}")
+    console.print(f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
+    raise typer.Exit(failed[0][1].exit_code)

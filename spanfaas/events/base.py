@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import msgspec
 from cloudevents.core.exceptions import BaseCloudEventException
@@ -32,8 +34,10 @@ __all__ = [
     "Published",
     "Sink",
     "attributes_of",
+    "check_text",
     "decode_json",
     "digest_id",
+    "escape_controls",
     "make_event",
     "structured",
 ]
@@ -99,6 +103,7 @@ class EventSource(EventProxy, Protocol):
 def make_event(attributes: dict[str, Any], data: Any = None, where: str = "the CloudEvent") -> CloudEvent:
     """A CloudEvent from attributes a proxy built; InvalidEvent when the SDK rejects them."""
     check_required(attributes, where)
+    check_text(attributes, where)
     try:
         return CloudEvent(attributes, data)
     except (BaseCloudEventException, ValueError, TypeError) as exc:
@@ -111,6 +116,25 @@ def check_required(attributes: Mapping[str, Any], where: str = "the CloudEvent")
         value = attributes.get(name)
         if not isinstance(value, str) or not value:
             raise InvalidEvent(missing_message(name, where, attributes))
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_text(attributes: Mapping[str, Any], where: str = "the CloudEvent") -> None:
+    """InvalidEvent when a text attribute holds a control character: CloudEvents 1.0 forbids
+    U+0000-U+001F and U+007F-U+009F in strings (and a NUL cannot even be stored in PostgreSQL)."""
+    for name, value in attributes.items():
+        if isinstance(value, str) and (m := _CONTROL.search(value)):
+            raise InvalidEvent(
+                f"{where}'s '{name}' contains the control character U+{ord(m.group()):04X}; CloudEvents 1.0 "
+                "forbids U+0000-U+001F and U+007F-U+009F in attribute values: remove or escape it"
+            )
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with the control characters ``check_text`` refuses %-escaped, as in a URL."""
+    return _CONTROL.sub(lambda m: quote(m.group()), text)
 
 
 def missing_message(name: str, where: str = "the CloudEvent", attributes: Mapping[str, Any] | None = None) -> str:

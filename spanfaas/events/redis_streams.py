@@ -1,10 +1,10 @@
 """Redis Streams through a consumer group (``[[events.redis]]``).
 
 Each entry becomes one CloudEvent.  An entry whose fields are CloudEvent
-attributes (``specversion``, ``id``, ``source``, ``type``, … and ``data``)
-is taken as that event; an entry with a ``cloudevent`` field holds a
-structured-mode event; any other entry is wrapped: ``source``
-``redis/<stream>``, ``id`` the entry id, ``data`` the fields.
+attributes (``specversion``, ``id``, ``source``, ``type``, … and ``data``, or
+``data_base64`` for bytes) is taken as that event; an entry with a
+``cloudevent`` field holds a structured-mode event; any other entry is
+wrapped: ``source`` ``redis/<stream>``, ``id`` the entry id, ``data`` the fields.
 
 Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
 is after their invocations are committed to the store.  A crash in between

@@ -2,7 +2,8 @@
 
 One notification carries ``Records``; each becomes one CloudEvent:
 
-- ``source`` ``s3://<bucket>``, ``subject`` the object key (URL-decoded),
+- ``source`` ``s3://<bucket>``, ``subject`` the object key (URL-decoded; control
+  characters, which CloudEvents attributes may not hold, %-escaped),
 - ``type`` ``com.amazonaws.s3.<event name>`` (``com.amazonaws.s3.ObjectCreated:Put``),
 - ``id`` the key and the record's ``sequencer`` (unique per change of a key),
 - ``data`` ``{bucket, key, size, etag, event_name, version_id, sequencer, region}``.
@@ -21,7 +22,7 @@ from urllib.parse import unquote_plus
 import msgspec
 from dateutil.parser import isoparse  # type: ignore[import-untyped]
 
-from spanfaas.events.base import CloudEvent, InvalidEvent, decode_json, digest_id, make_event
+from spanfaas.events.base import CloudEvent, InvalidEvent, decode_json, digest_id, escape_controls, make_event
 
 __all__ = ["S3Proxy"]
 
@@ -74,12 +75,13 @@ class S3Proxy:
             "sequencer": sequencer or None,
             "region": rec.get("awsRegion"),
         }
+        subject = escape_controls(key)  # CloudEvents allows no control characters in attributes; S3 keys may hold them
         attrs: dict[str, Any] = {
             "specversion": "1.0",
-            "id": f"{key}@{sequencer}" if sequencer else digest_id(msgspec.json.encode(rec)),
+            "id": f"{subject}@{sequencer}" if sequencer else digest_id(msgspec.json.encode(rec)),
             "source": f"s3://{bucket}",
             "type": TYPE_PREFIX + event_name,
-            "subject": key,
+            "subject": subject,
             "datacontenttype": "application/json",
         }
         when = rec.get("eventTime")

@@ -29,7 +29,8 @@ from spanfaas.config import Settings
 from spanfaas.gateway import create_app
 from spanfaas.gateway.auth import issue_token
 from spanfaas.infra.memory import InMemoryInfrastructure
-from spanfaas.store import SQLiteStore
+from spanfaas.model import Event
+from spanfaas.store import DeadLetter, SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = str(ROOT / "examples" / "hello")
@@ -693,3 +694,19 @@ def test_dead_letter_and_audit_limits_out_of_range_name_the_option(cli: Any, com
         r = cli(*command, "-n", n)
         assert r.exit_code == 2 and "'--limit' / '-n'" in r.stderr, r.stderr
         assert "limit=" not in r.stderr
+
+
+def test_dlq_replay_of_several_says_which_were_replayed_when_one_fails(cli: Any, live: Live) -> None:
+    """``events dlq replay A nope B`` replayed A, then stopped at nope with its error alone: A had
+    left the dead-letter store without a word of its new invocation, and B was never tried."""
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    for i in ("dl-a", "dl-b"):
+        live.store.put_dead_letter(DeadLetter(id=i, function="hello", event=event, content_type="application/json", payload=b"{}"))
+    r = cli("events", "dlq", "replay", "dl-a", "dl-nope", "dl-b", "--json")
+    assert r.exit_code == 4, r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["dead_letter"] for x in doc["replayed"]] == ["dl-a", "dl-b"]
+    assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("dl-nope", 404)]
+    assert "no dead letter 'dl-nope'" in r.stderr and "replayed 2 of 3 dead letters" in r.stderr
+    assert live.store.get_dead_letter("dl-a") is None and live.store.get_dead_letter("dl-b") is None

@@ -5,6 +5,7 @@ failure without running twice."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -76,6 +77,20 @@ async def test_entries_become_invocations(
     assert metric(text, "spanfaas_events_received_total", "redis") == 4
     assert metric(text, "spanfaas_events_rejected_total", "redis") == 1
     assert metric(text, "spanfaas_events_delivered_total", "redis") == 3
+
+
+async def test_an_entry_with_data_base64_delivers_its_bytes(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str
+) -> None:
+    """An entry of CloudEvent fields whose data is binary (``data_base64``, as in structured
+    mode) reached the function without any data: the field was dropped, not decoded."""
+    await deploy("orders", "[[triggers]]\n")
+    r.xadd(stream, {"specversion": "1.0", "id": "img-1", "source": "/cam", "type": "com.example.photo",
+                    "datacontenttype": "image/png", "data_base64": base64.b64encode(b"\x89PNG\x00").decode()})  # fmt: skip
+    r.xadd(stream, {"specversion": "1.0", "id": "img-2", "source": "/cam", "type": "t", "data_base64": "not base64!"})
+    [view] = await invocations(client, 1)
+    event = view["result"]["event"]
+    assert event["id"] == "img-1" and base64.b64decode(event["data_base64"]) == b"\x89PNG\x00" and "data" not in event
 
 
 async def test_same_event_id_twice_runs_once(

@@ -13,7 +13,7 @@ from events_helpers import SECRET
 from spanfaas.config import WebhookConfig
 from spanfaas.events import BadSignature, InvalidEvent
 from spanfaas.events.base import attributes_of, structured
-from spanfaas.events.cloudevents_http import CloudEventsProxy
+from spanfaas.events.cloudevents_http import CloudEventsProxy, event_from_fields
 from spanfaas.events.s3 import S3Proxy
 from spanfaas.events.webhook import WebhookProxy, sign
 
@@ -115,6 +115,40 @@ def test_malformed_cloudevents(headers: dict[str, str], body: bytes, match: str)
         CloudEventsProxy().translate(headers, body)
 
 
+@pytest.mark.parametrize(
+    ("headers", "body", "match"),
+    [
+        (STRUCTURED, json.dumps({**CE, "id": "e\u00001"}).encode(), "'id' contains the control character U\\+0000"),
+        (STRUCTURED, json.dumps({**CE, "subject": "line 1\nline 2"}).encode(), "'subject' contains the control character U\\+000A"),
+        ({"content-type": "application/cloudevents-batch+json"}, json.dumps([CE, {**CE, "shop": "b\u0085"}]).encode(),
+         "event 1 of the batch's 'shop' contains the control character U\\+0085"),
+        (binary(**{"ce-id": "e%001"}), b"{}", "'id' contains the control character U\\+0000"),  # headers are percent-decoded
+    ],
+    ids=["structured", "newline", "batch", "binary"],
+)  # fmt: skip
+def test_control_characters_in_attributes_are_refused(headers: dict[str, str], body: bytes, match: str) -> None:
+    """CloudEvents 1.0 forbids U+0000-U+001F and U+007F-U+009F in attribute values.  They were
+    accepted; a NUL in an id or source then failed the PostgreSQL store when the event was
+    de-duplicated: a 503 'retry' for ever over HTTP, and a Redis stream stuck on the entry."""
+    with pytest.raises(InvalidEvent, match=match):
+        CloudEventsProxy().translate(headers, body)
+    with pytest.raises(InvalidEvent, match="'id' contains the control character"):
+        event_from_fields({**CE, "id": "e\x001"})  # a Redis entry of CloudEvent fields
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2024-13-01T12:00:00Z", "2024-05-01T12:00:00", "2024-05-01"])
+def test_a_bad_time_says_what_to_send_in_every_mode(value: str) -> None:
+    """Binary mode said what the SDK's parser thought ("Expected 4 digits, got 'yest'", "month must
+    be in 1..12"), and a time without its zone offset, in any mode, "Attribute 'time' must be timezone aware"."""
+    example = re.escape('send e.g. "2024-05-01T12:00:00Z"')
+    with pytest.raises(InvalidEvent, match=f"^ce-time '{value}' is not an RFC 3339 timestamp.*{example}"):
+        CloudEventsProxy().translate(binary(**{"ce-time": quote(value)}), b"{}")
+    with pytest.raises(InvalidEvent, match=f"^time '{value}' is not an RFC 3339 timestamp.*{example}"):
+        CloudEventsProxy().translate(STRUCTURED, json.dumps({**CE, "time": value}).encode())
+    with pytest.raises(InvalidEvent, match=f"^time '{value}' is not an RFC 3339 timestamp.*{example}"):
+        event_from_fields({**CE, "time": value})  # a Redis entry
+
+
 DEEP = b"[" * 20_000 + b"]" * 20_000
 """JSON nested past what the decoder takes: its RecursionError was a 500 ("the gateway failed unexpectedly")."""
 
@@ -205,6 +239,15 @@ def test_s3_one_event_per_record() -> None:
         "event_name": "ObjectCreated:Put", "version_id": None, "sequencer": "0055AED6DCD90281E5", "region": "eu-central-1",
     }  # fmt: skip
     assert attributes_of(events[1])["type"] == "com.amazonaws.s3.ObjectRemoved:Delete"  # MinIO's "s3:" prefix dropped
+
+
+def test_s3_key_with_control_characters_is_escaped_in_the_attributes() -> None:
+    """S3 keys may hold control characters, CloudEvents attributes may not: the subject and
+    id carry them %-escaped, the data the key as it is."""
+    [ev] = S3Proxy().translate({}, json.dumps({"Records": [s3_record("a%00b%0A.jpg")]}).encode())
+    a = attributes_of(ev)
+    assert a["subject"] == "a%00b%0A.jpg" and a["id"] == "a%00b%0A.jpg@0055AED6DCD90281E5"
+    assert ev.get_data()["key"] == "a\x00b\n.jpg"  # type: ignore[index]
 
 
 def test_s3_minio_shape_and_sns_envelope() -> None:
