@@ -1,6 +1,7 @@
-"""Events whose source or id PostgreSQL cannot index as they are (a NUL, over ~2.7 kB)
-are queued and de-duplicated like any other, on both stores, over HTTP and from a Redis
-stream, where one such entry held back every entry after it."""
+"""Events whose source or id PostgreSQL cannot index as they are (over ~2.7 kB) are queued
+and de-duplicated like any other, on both stores, over HTTP and from a Redis stream, where
+one such entry held back every entry after it.  One with a NUL, which PostgreSQL cannot
+store at all, CloudEvents forbids: it is refused, and holds back nothing either."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def handler(event, context):
     return {"id": context.event["id"], "source": context.event["source"]}
 """
 LONG = "".join(random.Random(7).choices(string.ascii_letters, k=3000))  # incompressible: no index row takes it
-ODD = [("/shop", "order\x001"), ("/shop", LONG), (LONG, "order-2"), ("/shop", "order-3")]
+ODD = [("/shop", LONG), (LONG, "order-2"), ("/shop", "order-3")]
+NUL = ("/shop", "order\x001")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -70,6 +72,10 @@ def test_an_event_whose_id_or_source_the_index_cannot_hold_is_queued_once(tmp_pa
                     r = c.post("/v1/events", json=event, headers={"content-type": "application/cloudevents+json"})
                     assert r.status_code == 202, r.text
                     assert r.json()["events"][0]["duplicate"] is again, r.text
+            source, id = NUL
+            event = {"specversion": "1.0", "id": id, "source": source, "type": "com.example.order"}
+            r = c.post("/v1/events", json=event, headers={"content-type": "application/cloudevents+json"})
+            assert r.status_code == 400 and "U+0000" in r.json()["detail"], r.text
             assert _delivered(c, len(ODD)) == sorted(ODD)  # each once: the second sending queued nothing
     finally:
         gw.stop()
@@ -97,7 +103,7 @@ def test_a_redis_entry_postgresql_could_not_index_does_not_hold_back_the_stream(
     gw = _gateway(tmp_path, postgres_db, config)
     try:
         with redis.Redis.from_url(redis_url) as r:  # after the deploy: its trigger routes them
-            for source, id in ODD:
+            for source, id in [NUL, *ODD]:  # the refused one first: it must not hold back the rest
                 r.xadd(stream, {"specversion": "1.0", "id": id, "source": source, "type": "com.example.order"})
         with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
             assert _delivered(c, len(ODD)) == sorted(ODD), gw.log()[-3000:]
