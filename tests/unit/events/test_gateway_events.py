@@ -211,6 +211,34 @@ async def test_retries_then_dead_letter_then_replay(
     assert (await client.post(f"/v1/events/dlq/{inv}/replay")).status_code == 404
 
 
+async def test_replaying_a_dead_letter_of_a_removed_function_says_to_deploy_it_and_keeps_it(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, tmp_path: Any
+) -> None:
+    """The replay was accepted (202) and queued for a function that was not there: the new
+    invocation failed, and the dead letter, gone from the store, was lost."""
+    await deploy("flaky", ORDERS, code=FLAKY)
+    r = await client.post("/v1/events", content=json.dumps({**CE, "data": {"flag": str(tmp_path / "flag")}}), headers=STRUCTURED)
+    [inv] = ids(r)
+    await wait_finished(client, [inv])
+    assert (await client.delete("/v1/functions/flaky")).status_code == 204
+
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+    problem = r.json()
+    assert problem["type"].endswith("/function-not-found") and problem["status"] == 404
+    assert "function 'flaky'" in problem["detail"] and "deploy it" in problem["detail"], problem
+    assert [d["id"] for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]] == [inv]  # kept
+    assert [v["id"] for v in (await client.get("/v1/invocations", params={"function": "flaky"})).json()["invocations"]] == [inv]
+
+    (tmp_path / "flag").write_text("now it works")
+    await deploy("flaky", ORDERS, code=FLAKY)  # deployed again: the replay goes through
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 202, r.text
+    [again] = await wait_finished(client, [r.json()["invocation"]])
+    assert again["status"] == "succeeded"
+    assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
+
+
 async def test_platform_failures_of_event_invocations_are_retried(
     client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway
 ) -> None:
