@@ -69,6 +69,20 @@ async def test_s3_notification_end_to_end(client: httpx.AsyncClient, deploy: Cal
     assert {v["result"]["context_event"]["source"] for v in views} == {"s3://photos"}
 
 
+async def test_s3_events_of_two_types_for_one_key_and_sequencer_both_start_the_function(
+    client: httpx.AsyncClient, deploy: Callable[..., Any]
+) -> None:
+    await deploy("sync", '[[triggers]]\nsource = "s3://photos"\n')
+    rec = lambda name: {"eventName": name, "s3": {"bucket": {"name": "photos"}, "object": {"key": "a.jpg", "sequencer": "0A"}}}
+    body = {"Records": [rec("s3:ObjectCreated:Put"), rec("s3:ObjectRemoved:Delete")]}
+    r = await client.post("/v1/events/s3", json=body)
+    assert [(e["duplicate"], len(e["invocations"])) for e in r.json()["events"]] == [(False, 1), (False, 1)], r.text
+    views = await wait_finished(client, ids(r))
+    assert sorted(v["result"]["event"]["data"]["event_name"] for v in views) == ["ObjectCreated:Put", "ObjectRemoved:Delete"]
+    again = await client.post("/v1/events/s3", json=body)  # sent again: both are duplicates
+    assert [e["duplicate"] for e in again.json()["events"]] == [True, True]
+
+
 async def test_webhook_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
     await deploy("ci", '[[triggers]]\nsource = "webhook/github"\ntype = "com.github.push"\n')
     body = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "octo/hello"}}).encode()
