@@ -10,7 +10,8 @@ Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
 is after their invocations are committed to the store.  A crash in between
 leaves them in the group's pending list: on start the reader reads its own
 pending entries first (and takes over entries other consumers left pending
-for ``claim_idle`` seconds), and the store's (source, id) window drops the
+for ``claim_idle`` seconds: every ``claim_idle / 2``, a scan of the whole
+pending list, page after page of XAUTOCLAIM), and the store's (source, id) window drops the
 copies that had already been queued — one invocation per event.  A group that
 disappears (Redis restarted without its data) is made again from the start of
 the stream, not from its end: entries written since the restart are read.
@@ -127,6 +128,7 @@ class RedisStreamSource:
             self.connected.set()
             log.info("redis source '%s': reading stream %s as %s/%s", self.name, cfg.stream, cfg.group, self.consumer)
             pending: str | None = "0"  # first the entries this consumer read but never acknowledged
+            claiming: str | None = None  # the cursor of a takeover scan under way, page after page
             next_claim = time.monotonic()
             while not self._stopping:
                 if pending is not None:
@@ -135,11 +137,13 @@ class RedisStreamSource:
                         pending = None
                         continue
                     pending = entries[-1][0]
-                elif time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + cfg.claim_idle / 2
+                elif claiming is not None or time.monotonic() >= next_claim:
                     reply = await client.xautoclaim(
-                        cfg.stream, cfg.group, self.consumer, int(cfg.claim_idle * 1000), "0-0", count=cfg.batch
+                        cfg.stream, cfg.group, self.consumer, int(cfg.claim_idle * 1000), claiming or "0-0", count=cfg.batch
                     )
+                    claiming = _cursor(reply[0])
+                    if claiming is None:  # the whole pending list was scanned
+                        next_claim = time.monotonic() + cfg.claim_idle / 2
                     entries = _entries([[cfg.stream, reply[1]]])
                     if not entries:
                         continue
@@ -185,6 +189,12 @@ def _entries(reply: Any) -> list[Entry]:
         for entry_id, fields in items:
             out.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
     return out
+
+
+def _cursor(reply: Any) -> str | None:
+    """Where XAUTOCLAIM's next page starts; None once it went through the whole pending list ("0-0")."""
+    cursor = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return None if cursor == "0-0" else cursor
 
 
 def _text(entry_id: str, fields: dict[Any, Any]) -> dict[str, str]:

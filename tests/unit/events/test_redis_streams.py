@@ -173,3 +173,36 @@ async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url:
     finally:
         alive.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_every_entry_a_dead_consumer_left_pending_is_taken_over_page_after_page(
+    redis_url: str, stream: str, r: redis.Redis
+) -> None:
+    """XAUTOCLAIM takes ``batch`` entries at a time and answers a cursor to go on from; the
+    reader took the first page only, then waited ``claim_idle / 2`` (30 s by default) to scan
+    again from the start: a backlog left by a dead consumer came back a page per half minute."""
+    from prometheus_client import CollectorRegistry
+
+    from spanfaas.events.metrics import EventMetrics
+    from spanfaas.events.redis_streams import RedisStreamSource
+
+    ids = [f"e{i}" for i in range(7)]
+    for i in ids:
+        r.xadd(stream, {"specversion": "1.0", "id": i, "source": "/s", "type": "t"})
+    r.xgroup_create(stream, GROUP, id="0")
+    entries = [e for _, items in r.xreadgroup(GROUP, "dead", {stream: ">"}) for e, _ in items]
+    r.xclaim(stream, GROUP, "dead", 0, entries, idle=3_600_000, justid=True)  # "dead" for an hour, holding all 7
+    assert await pending(r, stream) == 7
+
+    cfg = RedisStreamConfig(name="s", stream=stream, url=redis_url, block=0.05, consumer="alive", batch=2, claim_idle=60)
+    alive = RedisStreamSource(cfg, EventMetrics(CollectorRegistry()))
+    sink = _Sink()
+    task = asyncio.create_task(alive.run(sink))
+    try:
+        deadline = time.monotonic() + 5
+        while (len(sink.events) < 7 or await pending(r, stream)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert sorted(sink.events) == ids and await pending(r, stream) == 0
+    finally:
+        alive.stop()
+        await asyncio.wait_for(task, 5)
