@@ -90,7 +90,7 @@ class EventService:
         self.cloudevents = CloudEventsProxy()
         self.s3 = S3Proxy()
         self.webhooks = {w.name: WebhookProxy(w) for w in settings.webhooks}
-        self.streams = [RedisStreamSource(c, self.metrics, stall_at=stall) for c in settings.redis]
+        self.streams = [RedisStreamSource(c, self.metrics, store, stall_at=stall) for c in settings.redis]
         self.schedules = ScheduleSource(settings, store, self.metrics, lambda: self.router.current().schedules)
         self._tasks: list[asyncio.Task[None]] = []
 
