@@ -151,7 +151,8 @@ class RedisStreamConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only
     consumer: str = ""
     """This gateway's name in the group (default: the host name); keep it stable across restarts."""
     start: Literal["new", "all"] = "new"
-    """Where a new group starts: entries added from now on, or the whole stream."""
+    """Where a new group starts: entries added from now on, or the whole stream.  A group the
+    store knows a reader had, found missing (Redis restarted without its data), starts at the stream's start."""
     batch: Annotated[int, Meta(ge=1, le=10_000)] = 256
     block: Annotated[float, Meta(gt=0, le=60)] = 1.0
     """Seconds one read waits for new entries."""

@@ -110,16 +110,19 @@ class Delivery:
                     event.attributes.get("id"), event.attributes.get("source"), record.id, record.attempts)  # fmt: skip
         return record
 
-    async def replay(self, id: str) -> InvocationRecord:
-        """Queue a dead letter again (a new invocation id); it leaves the dead-letter store."""
+    async def dead_letter(self, id: str) -> DeadLetter:
         letter = await asyncio.to_thread(self.store.get_dead_letter, id)
         if letter is None:
             raise DeadLetterNotFound(f"no dead letter '{id}'; `spanfaas events dlq ls` lists them")
+        return letter
+
+    async def replay(self, letter: DeadLetter) -> InvocationRecord:
+        """Queue a dead letter again (a new invocation id); it leaves the dead-letter store."""
         record = InvocationRecord(
             id=self.new_id(), function=letter.function, status="queued", mode="async",
             content_type=letter.content_type, payload=letter.payload, created_at=time.time(), event=letter.event,
         )  # fmt: skip
-        if not await asyncio.to_thread(self.store.replay_dead_letter, id, record):
-            raise DeadLetterNotFound(f"dead letter '{id}' was replayed or removed meanwhile")
+        if not await asyncio.to_thread(self.store.replay_dead_letter, letter.id, record):
+            raise DeadLetterNotFound(f"dead letter '{letter.id}' was replayed or removed meanwhile")
         self.wake()
         return record

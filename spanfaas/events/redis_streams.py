@@ -10,10 +10,13 @@ Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
 is after their invocations are committed to the store.  A crash in between
 leaves them in the group's pending list: on start the reader reads its own
 pending entries first (and takes over entries other consumers left pending
-for ``claim_idle`` seconds), and the store's (source, id) window drops the
-copies that had already been queued — one invocation per event.  A group that
+for ``claim_idle`` seconds: every ``claim_idle / 2``, a scan of the whole
+pending list, page after page of XAUTOCLAIM), and the store's (source, id)
+window drops the copies that had already been queued — one invocation per event.  A group that
 disappears (Redis restarted without its data) is made again from the start of
-the stream, not from its end: entries written since the restart are read.
+the stream, not from its end: entries written since the restart are read.  The
+store remembers the groups the readers have had, so this holds when the group
+went while the gateway was down too; ``start`` applies to a group never had.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -33,6 +37,7 @@ from spanfaas.config import RedisStreamConfig
 from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, decode_json, make_event
 from spanfaas.events.cloudevents_http import event_from_fields, parse_structured
 from spanfaas.events.metrics import EventMetrics
+from spanfaas.store import Store
 
 __all__ = ["RedisStreamSource"]
 
@@ -44,9 +49,10 @@ Entry = tuple[str, dict[Any, Any] | None]
 class RedisStreamSource:
     kind = "redis"
 
-    def __init__(self, config: RedisStreamConfig, metrics: EventMetrics, *, stall_at: str = "") -> None:
+    def __init__(self, config: RedisStreamConfig, metrics: EventMetrics, store: Store, *, stall_at: str = "") -> None:
         self.config = config
         self.metrics = metrics
+        self.store = store
         self.name = config.name
         self.consumer = config.consumer or socket.gethostname()
         self.source = config.source or f"redis/{config.stream}"
@@ -57,6 +63,8 @@ class RedisStreamSource:
         self._stopping = False
         self._had_group = False
         """The group was there (found or made) once: made again, it starts at the stream's start."""
+        self.group_key = f"{_server(config.url)}|{config.stream}|{config.group}"
+        """The group in the store, which remembers it for the next start."""
 
     def stop(self) -> None:
         """Finish the current read (at most ``block`` seconds), then return from ``run``.
@@ -112,21 +120,26 @@ class RedisStreamSource:
         cfg = self.config
         client = aioredis.Redis.from_url(cfg.url, decode_responses=False, health_check_interval=30, protocol=2)
         try:
-            # A group that was there before and is gone (Redis restarted without its data) is made
-            # from the stream's start: whatever the stream holds now came after what was read.
-            start = "0" if cfg.start == "all" or self._had_group else "$"
+            # A group that was there before and is gone (Redis restarted without its data, maybe while
+            # the gateway was down) is made from the stream's start: whatever the stream holds now came
+            # after what was read.
+            had = self._had_group or await asyncio.to_thread(self.store.stream_group_known, self.group_key)
+            start = "0" if cfg.start == "all" or had else "$"
             try:
                 await client.xgroup_create(cfg.stream, cfg.group, id=start, mkstream=True)
-                if self._had_group:
+                if had:
                     log.warning("redis source '%s': the group %s of stream %s was gone (Redis restarted without its "
                                 "data?); made it again, reading the stream from its start", self.name, cfg.group, cfg.stream)  # fmt: skip
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            if not had:
+                await asyncio.to_thread(self.store.remember_stream_group, self.group_key, time.time())
             self._had_group = True
             self.connected.set()
             log.info("redis source '%s': reading stream %s as %s/%s", self.name, cfg.stream, cfg.group, self.consumer)
             pending: str | None = "0"  # first the entries this consumer read but never acknowledged
+            claiming: str | None = None  # the cursor of a takeover scan under way, page after page
             next_claim = time.monotonic()
             while not self._stopping:
                 if pending is not None:
@@ -135,11 +148,13 @@ class RedisStreamSource:
                         pending = None
                         continue
                     pending = entries[-1][0]
-                elif time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + cfg.claim_idle / 2
+                elif claiming is not None or time.monotonic() >= next_claim:
                     reply = await client.xautoclaim(
-                        cfg.stream, cfg.group, self.consumer, int(cfg.claim_idle * 1000), "0-0", count=cfg.batch
+                        cfg.stream, cfg.group, self.consumer, int(cfg.claim_idle * 1000), claiming or "0-0", count=cfg.batch
                     )
+                    claiming = _cursor(reply[0])
+                    if claiming is None:  # the whole pending list was scanned
+                        next_claim = time.monotonic() + cfg.claim_idle / 2
                     entries = _entries([[cfg.stream, reply[1]]])
                     if not entries:
                         continue
@@ -185,6 +200,18 @@ def _entries(reply: Any) -> list[Entry]:
         for entry_id, fields in items:
             out.append((entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id), fields))
     return out
+
+
+def _server(url: str) -> str:
+    """The Redis server of a URL, without its credentials: ``redis://host:port/db``."""
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.netloc.rpartition('@')[2]}{u.path}"
+
+
+def _cursor(reply: Any) -> str | None:
+    """Where XAUTOCLAIM's next page starts; None once it went through the whole pending list ("0-0")."""
+    cursor = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return None if cursor == "0-0" else cursor
 
 
 def _text(entry_id: str, fields: dict[Any, Any]) -> dict[str, str]:

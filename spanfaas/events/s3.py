@@ -5,7 +5,9 @@ One notification carries ``Records``; each becomes one CloudEvent:
 - ``source`` ``s3://<bucket>``, ``subject`` the object key (URL-decoded; control
   characters, which CloudEvents attributes may not hold, %-escaped),
 - ``type`` ``com.amazonaws.s3.<event name>`` (``com.amazonaws.s3.ObjectCreated:Put``),
-- ``id`` the key and the record's ``sequencer`` (unique per change of a key),
+- ``id`` ``<key>@<sequencer>#<event name>``: the ``sequencer`` orders the changes of a key,
+  the event name tells apart events that share one (an ObjectCreated and an ObjectRemoved
+  are never duplicates of each other),
 - ``data`` ``{bucket, key, size, etag, event_name, version_id, sequencer, region}``.
 
 MinIO's webhook target posts exactly this (its ``auth_token`` becomes the
@@ -78,7 +80,7 @@ class S3Proxy:
         subject = escape_controls(key)  # CloudEvents allows no control characters in attributes; S3 keys may hold them
         attrs: dict[str, Any] = {
             "specversion": "1.0",
-            "id": f"{subject}@{sequencer}" if sequencer else digest_id(msgspec.json.encode(rec)),
+            "id": f"{subject}@{sequencer}#{event_name}" if sequencer else digest_id(msgspec.json.encode(rec)),
             "source": f"s3://{bucket}",
             "type": TYPE_PREFIX + event_name,
             "subject": subject,

@@ -118,6 +118,7 @@ class ScheduleSource:
         self.clock = clock
         self.poll = poll
         self._marks: dict[str, float] = {}
+        self._made: dict[str, float] = {}  # schedule key -> its trigger's created_at when the mark was read
         self._broken: dict[str, str] = {}  # trigger id -> the error last logged for it (logged once)
 
     async def run(self, sink: ScheduleSink) -> None:
@@ -142,6 +143,7 @@ class ScheduleSource:
             await asyncio.to_thread(self.store.forget_schedules, gone)
             for key in gone:
                 del self._marks[key]
+                self._made.pop(key, None)
         for record in records:
             try:
                 following = await self._check_one(sink, record, now)
@@ -168,8 +170,11 @@ class ScheduleSource:
         t = record.trigger
         key = schedule_key(record)
         last = self._marks.get(key)
-        if last is None:
+        if last is None or self._made.get(key) != record.created_at:
+            # First sight, or a trigger made again (a manifest's: its function deployed again, maybe
+            # removed in between, which dropped the mark from the store): the store's mark counts.
             last = self._marks[key] = await asyncio.to_thread(self.store.last_tick, key, now)
+            self._made[key] = record.created_at
         limit = self.settings.catchup_limit if t.missed == "all" else 1
         due = due_ticks(t.schedule, t.timezone, last, now, limit)
         if due:

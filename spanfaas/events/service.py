@@ -90,7 +90,7 @@ class EventService:
         self.cloudevents = CloudEventsProxy()
         self.s3 = S3Proxy()
         self.webhooks = {w.name: WebhookProxy(w) for w in settings.webhooks}
-        self.streams = [RedisStreamSource(c, self.metrics, stall_at=stall) for c in settings.redis]
+        self.streams = [RedisStreamSource(c, self.metrics, store, stall_at=stall) for c in settings.redis]
         self.schedules = ScheduleSource(settings, store, self.metrics, lambda: self.router.current().schedules)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -211,10 +211,15 @@ class EventService:
         table = await self.router.reload()
         return [r for r in table.records if function is None or r.function == function]
 
+    async def _deployed(self, function: str) -> bool:
+        return function in self.functions() or await asyncio.to_thread(self.store.get_function, function) is not None
+
+    def _deployed_names(self) -> str:
+        return ", ".join(sorted(self.functions())) or "none"
+
     async def add_trigger(self, function: str, trigger: Trigger) -> TriggerRecord:
-        if function not in self.functions() and await asyncio.to_thread(self.store.get_function, function) is None:
-            deployed = ", ".join(sorted(self.functions())) or "none"
-            raise FunctionNotFound(f"function '{function}' not found; deployed: {deployed}")
+        if not await self._deployed(function):
+            raise FunctionNotFound(f"function '{function}' not found; deployed: {self._deployed_names()}")
         record = TriggerRecord(id="trg_" + secrets.token_hex(6), function=function, trigger=trigger, created_at=time.time())
         await asyncio.to_thread(self.store.put_trigger, record)
         await self.router.reload()
@@ -238,4 +243,11 @@ class EventService:
         return await asyncio.to_thread(self.store.list_dead_letters, function, limit)
 
     async def replay(self, id: str) -> InvocationRecord:
-        return await self.delivery.replay(id)
+        """Queue a dead letter again, once its function is deployed (else it stays, and the error says so)."""
+        letter = await self.delivery.dead_letter(id)
+        if not await self._deployed(letter.function):
+            raise FunctionNotFound(
+                f"dead letter '{id}' is for function '{letter.function}', which is not deployed; deploy it first, "
+                f"then replay the dead letter (it is kept); deployed: {self._deployed_names()}"
+            )
+        return await self.delivery.replay(letter)

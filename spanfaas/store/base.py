@@ -54,7 +54,8 @@ class Store(EventStore, ImageStore, Protocol):
     def function_versions(self, name: str) -> list[FunctionRecord]: ...
 
     def delete_function(self, name: str) -> bool:
-        """Forget every version, and the triggers added for it through the API; False when there was none."""
+        """Forget every version, the triggers added for it through the API and the marks of its
+        schedules (a redeploy starts them afresh); False when there was none."""
         ...
 
     def function_digests(self) -> set[str]:

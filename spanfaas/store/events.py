@@ -1,5 +1,6 @@
 """The event tables: triggers added through the API, the (source, id) pairs seen
-within the de-duplication window, fired schedule ticks, and dead letters.
+within the de-duplication window, fired schedule ticks, dead letters, and the
+Redis consumer groups the readers have had.
 
 ``admit`` is the one write on the event path: in a single transaction it
 checks an event against the window (or a schedule tick against the last one
@@ -80,6 +81,14 @@ class EventStore(Protocol):
 
     def forget_schedules(self, schedules: Sequence[str]) -> None:
         """Drop the marks of schedules that are gone: one that comes back starts afresh."""
+        ...
+
+    def stream_group_known(self, key: str) -> bool:
+        """Whether a reader of this control plane has had the consumer group ``key`` (``server|stream|group``)."""
+        ...
+
+    def remember_stream_group(self, key: str, now: float) -> None:
+        """Record that the consumer group exists (again: no error)."""
         ...
 
     def put_dead_letter(self, letter: DeadLetter) -> None: ...
@@ -191,6 +200,17 @@ class EventQueries(SQLStore):
             )
             cur.execute(self._q("SELECT last_tick FROM schedule_ticks WHERE key = ?"), (schedule,))
             return float(cur.fetchone()[0])
+
+    def stream_group_known(self, key: str) -> bool:
+        with self._read() as cur:
+            cur.execute(self._q("SELECT 1 FROM stream_groups WHERE key = ?"), (key,))
+            return cur.fetchone() is not None
+
+    def remember_stream_group(self, key: str, now: float) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._q("INSERT INTO stream_groups (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"), (key, now)
+            )
 
     def put_dead_letter(self, letter: DeadLetter) -> None:
         d = letter

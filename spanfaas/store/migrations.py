@@ -161,6 +161,14 @@ MIGRATIONS: list[list[str]] = [
             created_at {real} NOT NULL)""",
         "CREATE INDEX functions_by_digest ON functions (digest)",
     ],
+    # 7: the Redis consumer groups the event readers have had (key: server|stream|group), so a
+    # group found missing at start (Redis restarted without its data) is made again from the
+    # stream's start, not taken for a new one
+    [
+        """CREATE TABLE stream_groups (
+            key TEXT PRIMARY KEY,
+            seen_at {real} NOT NULL)""",
+    ],
 ]
 
 

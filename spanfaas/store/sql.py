@@ -221,7 +221,12 @@ class SQLStore:
             if not cur.rowcount:
                 return False
             # Its API triggers go with it: hidden while it is gone, they would start a function
-            # deployed later under the same name.
+            # deployed later under the same name.  So do its schedules' marks (manifest triggers
+            # are `<name>:…`): a redeploy starts from then, not from the ticks of its absence.
+            cur.execute(self._q("SELECT id FROM triggers WHERE function = ?"), (name,))
+            prefixes = [f"{name}:"] + [f"{id}|" for (id,) in cur.fetchall()]
+            for prefix in prefixes:
+                cur.execute(self._q("DELETE FROM schedule_ticks WHERE substr(key, 1, ?) = ?"), (len(prefix), prefix))
             cur.execute(self._q("DELETE FROM triggers WHERE function = ?"), (name,))
             self._changed(cur, "functions")
             return True

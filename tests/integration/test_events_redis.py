@@ -148,3 +148,48 @@ def test_entries_written_after_redis_restarted_empty_are_delivered(tmp_path: Pat
         if gw is not None:
             gw.stop()
         server.stop()
+
+
+def test_entries_written_while_the_gateway_was_down_and_redis_restarted_empty_are_delivered(tmp_path: Path) -> None:
+    """The same with the gateway down while Redis restarts: the reader, started afresh, took
+    the missing group for a new one and made it at the stream's end (start = "new"), so the
+    entries producers wrote meanwhile were skipped.  The store remembers the group."""
+    if not RedisServer.available():
+        pytest.skip("redis-server not installed; `make test` (scripts/test-deps.sh) installs it")
+    server = RedisServer().start()
+    gw: GatewayProcess | None = None
+    try:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{server.url}"\nblock = 0.1\nconsumer = "gw"\nstart = "new"\n'
+        )
+        fn = tmp_path / "fn"
+        fn.mkdir()
+        (fn / "handler.py").write_text(HANDLER)
+        (fn / "spanfaas.toml").write_text('name = "orders"\nisolation = "reuse"\n[[triggers]]\nsource = "/shop"\n')
+        with redis.Redis.from_url(server.url) as r:
+            r.xadd("orders", {"specversion": "1.0", "id": "history", "source": "/shop", "type": "t", "data": "0"})
+        gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_CONFIG": str(config)})
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/orders", content=pack_function(fn)).status_code == 201
+        wait_for(lambda: "reading stream orders" in gw.log(), what="the reader to start")
+        with redis.Redis.from_url(server.url) as r:
+            before = emit(r, "orders")
+        wait_for(lambda: succeeded_ids(gw) == before, what="the first events to be delivered")  # not "history": start = "new"
+        gw.stop()
+
+        server.stop()  # SIGKILL, and back without its data, while the gateway is down
+        server.start()
+        with redis.Redis.from_url(server.url) as r:
+            after = [f"late-{i}" for i in range(N)]
+            for i, id in enumerate(after):
+                r.xadd("orders", {"specversion": "1.0", "id": id, "source": "/shop", "type": "com.example.order", "data": str(i)})
+            gw.start()
+            wait_for(lambda: succeeded_ids(gw) == sorted(before + after), timeout=10, what="the entries written while it was down")
+            assert int(r.xpending("orders", "spanfaas")["pending"]) == 0
+        assert "was gone" in gw.log()
+    finally:
+        if gw is not None:
+            gw.stop()
+        server.stop()

@@ -69,6 +69,20 @@ async def test_s3_notification_end_to_end(client: httpx.AsyncClient, deploy: Cal
     assert {v["result"]["context_event"]["source"] for v in views} == {"s3://photos"}
 
 
+async def test_s3_events_of_two_types_for_one_key_and_sequencer_both_start_the_function(
+    client: httpx.AsyncClient, deploy: Callable[..., Any]
+) -> None:
+    await deploy("sync", '[[triggers]]\nsource = "s3://photos"\n')
+    rec = lambda name: {"eventName": name, "s3": {"bucket": {"name": "photos"}, "object": {"key": "a.jpg", "sequencer": "0A"}}}
+    body = {"Records": [rec("s3:ObjectCreated:Put"), rec("s3:ObjectRemoved:Delete")]}
+    r = await client.post("/v1/events/s3", json=body)
+    assert [(e["duplicate"], len(e["invocations"])) for e in r.json()["events"]] == [(False, 1), (False, 1)], r.text
+    views = await wait_finished(client, ids(r))
+    assert sorted(v["result"]["event"]["data"]["event_name"] for v in views) == ["ObjectCreated:Put", "ObjectRemoved:Delete"]
+    again = await client.post("/v1/events/s3", json=body)  # sent again: both are duplicates
+    assert [e["duplicate"] for e in again.json()["events"]] == [True, True]
+
+
 async def test_webhook_end_to_end(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
     await deploy("ci", '[[triggers]]\nsource = "webhook/github"\ntype = "com.github.push"\n')
     body = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "octo/hello"}}).encode()
@@ -209,6 +223,34 @@ async def test_retries_then_dead_letter_then_replay(
     assert again["status"] == "succeeded" and again["result"] == "ok"
     assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
     assert (await client.post(f"/v1/events/dlq/{inv}/replay")).status_code == 404
+
+
+async def test_replaying_a_dead_letter_of_a_removed_function_says_to_deploy_it_and_keeps_it(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, tmp_path: Any
+) -> None:
+    """The replay was accepted (202) and queued for a function that was not there: the new
+    invocation failed, and the dead letter, gone from the store, was lost."""
+    await deploy("flaky", ORDERS, code=FLAKY)
+    r = await client.post("/v1/events", content=json.dumps({**CE, "data": {"flag": str(tmp_path / "flag")}}), headers=STRUCTURED)
+    [inv] = ids(r)
+    await wait_finished(client, [inv])
+    assert (await client.delete("/v1/functions/flaky")).status_code == 204
+
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+    problem = r.json()
+    assert problem["type"].endswith("/function-not-found") and problem["status"] == 404
+    assert "function 'flaky'" in problem["detail"] and "deploy it" in problem["detail"], problem
+    assert [d["id"] for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]] == [inv]  # kept
+    assert [v["id"] for v in (await client.get("/v1/invocations", params={"function": "flaky"})).json()["invocations"]] == [inv]
+
+    (tmp_path / "flag").write_text("now it works")
+    await deploy("flaky", ORDERS, code=FLAKY)  # deployed again: the replay goes through
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 202, r.text
+    [again] = await wait_finished(client, [r.json()["invocation"]])
+    assert again["status"] == "succeeded"
+    assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
 
 
 async def test_platform_failures_of_event_invocations_are_retried(

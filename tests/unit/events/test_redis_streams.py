@@ -19,6 +19,7 @@ from events_helpers import metric, wait_finished
 
 from spanfaas.config import EventSettings, RedisStreamConfig
 from spanfaas.gateway.app import Gateway
+from spanfaas.store import SQLiteStore
 
 GROUP = "spanfaas"
 
@@ -139,7 +140,9 @@ class _Sink:
         return []
 
 
-async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url: str, stream: str, r: redis.Redis) -> None:
+async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(
+    redis_url: str, stream: str, r: redis.Redis, store: SQLiteStore
+) -> None:
     from prometheus_client import CollectorRegistry
 
     from spanfaas.events.metrics import EventMetrics
@@ -149,7 +152,7 @@ async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url:
     cfg = lambda consumer: RedisStreamConfig(
         name="s", stream=stream, url=redis_url, block=0.05, start="all", consumer=consumer, claim_idle=0.2
     )
-    dead = RedisStreamSource(cfg("dead"), metrics, stall_at="redis.before-admit")
+    dead = RedisStreamSource(cfg("dead"), metrics, store, stall_at="redis.before-admit")
     dead_sink = _Sink()
     task = asyncio.create_task(dead.run(dead_sink))
     await asyncio.wait_for(dead.connected.wait(), 5)
@@ -162,7 +165,7 @@ async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url:
     await asyncio.gather(task, return_exceptions=True)
     assert dead_sink.events == [] and await pending(r, stream) == 1
 
-    alive = RedisStreamSource(cfg("alive"), metrics)
+    alive = RedisStreamSource(cfg("alive"), metrics, store)
     sink = _Sink()
     task = asyncio.create_task(alive.run(sink))
     try:
@@ -170,6 +173,39 @@ async def test_entries_left_pending_by_a_dead_consumer_are_taken_over(redis_url:
         while (sink.events != ["e1"] or await pending(r, stream)) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert sink.events == ["e1"] and await pending(r, stream) == 0
+    finally:
+        alive.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_every_entry_a_dead_consumer_left_pending_is_taken_over_page_after_page(
+    redis_url: str, stream: str, r: redis.Redis, store: SQLiteStore
+) -> None:
+    """XAUTOCLAIM takes ``batch`` entries at a time and answers a cursor to go on from; the
+    reader took the first page only, then waited ``claim_idle / 2`` (30 s by default) to scan
+    again from the start: a backlog left by a dead consumer came back a page per half minute."""
+    from prometheus_client import CollectorRegistry
+
+    from spanfaas.events.metrics import EventMetrics
+    from spanfaas.events.redis_streams import RedisStreamSource
+
+    ids = [f"e{i}" for i in range(7)]
+    for i in ids:
+        r.xadd(stream, {"specversion": "1.0", "id": i, "source": "/s", "type": "t"})
+    r.xgroup_create(stream, GROUP, id="0")
+    entries = [e for _, items in r.xreadgroup(GROUP, "dead", {stream: ">"}) for e, _ in items]
+    r.xclaim(stream, GROUP, "dead", 0, entries, idle=3_600_000, justid=True)  # "dead" for an hour, holding all 7
+    assert await pending(r, stream) == 7
+
+    cfg = RedisStreamConfig(name="s", stream=stream, url=redis_url, block=0.05, consumer="alive", batch=2, claim_idle=60)
+    alive = RedisStreamSource(cfg, EventMetrics(CollectorRegistry()), store)
+    sink = _Sink()
+    task = asyncio.create_task(alive.run(sink))
+    try:
+        deadline = time.monotonic() + 5
+        while (len(sink.events) < 7 or await pending(r, stream)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert sorted(sink.events) == ids and await pending(r, stream) == 0
     finally:
         alive.stop()
         await asyncio.wait_for(task, 5)

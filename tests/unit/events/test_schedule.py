@@ -175,6 +175,39 @@ async def test_a_trigger_deleted_and_made_again_starts_afresh(tmp_path: Path, ho
         store.close()
 
 
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_function_removed_and_deployed_again_starts_afresh(tmp_path: Path, restart: bool) -> None:
+    """``spanfaas rm`` then a redeploy of the same name, with no look at the schedules while it
+    was gone (between two looks, or with the gateway restarted): the marks stayed in the store,
+    and the schedule caught up the ticks of the function's absence."""
+    from spanfaas.model import FunctionSpec
+
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.put_function("job", "a" * 64, FunctionSpec(name="job"))
+        clock = Clock(T0 + 0.5)
+        listed = [msgspec.structs.replace(minutely("all")[0], created_at=1.0)]
+        service, source = make(tmp_path, listed, clock, store)
+        await source.check(service)
+        clock.now = T0 + 60.2
+        await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
+        assert store.delete_function("job")  # spanfaas rm
+        clock.now = T0 + 5 * 60 + 0.2
+        store.put_function("job", "a" * 64, FunctionSpec(name="job"))  # deployed again: a new version
+        listed[0] = msgspec.structs.replace(listed[0], created_at=2.0)
+        if restart:
+            service, source = make(tmp_path, listed, clock, store)
+        clock.now = T0 + 10 * 60 + 0.2
+        await source.check(service)
+        assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]  # nothing caught up from its absence
+        clock.now = T0 + 11 * 60 + 0.2
+        await source.check(service)
+        assert ticks_of(store)[1:] == ["2024-03-30T12:11:00+00:00"]  # and it fires on
+    finally:
+        store.close()
+
+
 async def test_a_schedule_without_past_or_future_ticks_does_not_stop_the_others(tmp_path: Path) -> None:
     """One schedule croniter could not step back from ("at 00:00 on 1 January 2030", seen in
     2024) raised out of the loop on every look: no schedule of the platform fired any more,

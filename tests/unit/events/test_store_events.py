@@ -112,6 +112,28 @@ def test_triggers(any_store: Store) -> None:
     assert any_store.last_tick("trg_10|* * * * *|UTC", 500.0) == 100.0  # not another trigger's
 
 
+def test_removing_a_function_drops_its_schedules_marks(any_store: Store) -> None:
+    """Its manifest triggers' marks (``<function>:…``) and its API triggers' go with it: a
+    redeploy under the same name starts afresh, not from the ticks of its absence."""
+    from spanfaas.model import FunctionSpec
+
+    any_store.put_function("job", "a" * 64, FunctionSpec(name="job"))
+    any_store.put_trigger(TriggerRecord(id="trg_j", function="job", trigger=Trigger(schedule="* * * * *"), created_at=1.0))
+    keys = ["job:0|* * * * *|UTC", "job:nightly|0 3 * * *|UTC", "trg_j|* * * * *|UTC", "jobs:0|* * * * *|UTC"]
+    for key in keys:
+        assert any_store.last_tick(key, 100.0) == 100.0
+    assert any_store.delete_function("job")
+    assert [any_store.last_tick(k, 500.0) for k in keys] == [500.0, 500.0, 500.0, 100.0]  # not another function's
+
+
+def test_stream_groups_are_remembered(any_store: Store) -> None:
+    key = "redis://127.0.0.1:6379/0|orders|spanfaas"
+    assert not any_store.stream_group_known(key)
+    any_store.remember_stream_group(key, 1.0)
+    any_store.remember_stream_group(key, 2.0)  # again (every gateway of the group, every start): no error
+    assert any_store.stream_group_known(key) and not any_store.stream_group_known(key + "-2")
+
+
 def test_dead_letters_and_replay(any_store: Store) -> None:
     letter = DeadLetter(id="inv1", function="fn", event=EVENT, content_type="application/cloudevents+json",
                         payload=b'{"a":1}', error=ErrorInfo(kind="error", type="ValueError", message="no"),

@@ -233,7 +233,7 @@ def test_s3_one_event_per_record() -> None:
     assert len(events) == 2
     a = attributes_of(events[0])
     assert (a["source"], a["type"], a["subject"]) == ("s3://photos", "com.amazonaws.s3.ObjectCreated:Put", "uploads/a b.jpg")
-    assert a["id"] == "uploads/a b.jpg@0055AED6DCD90281E5"
+    assert a["id"] == "uploads/a b.jpg@0055AED6DCD90281E5#ObjectCreated:Put"
     assert events[0].get_data() == {
         "bucket": "photos", "key": "uploads/a b.jpg", "size": 1024, "etag": "d41d8cd98f00b204e9800998ecf8427e",
         "event_name": "ObjectCreated:Put", "version_id": None, "sequencer": "0055AED6DCD90281E5", "region": "eu-central-1",
@@ -241,12 +241,20 @@ def test_s3_one_event_per_record() -> None:
     assert attributes_of(events[1])["type"] == "com.amazonaws.s3.ObjectRemoved:Delete"  # MinIO's "s3:" prefix dropped
 
 
+def test_s3_ids_of_two_event_types_for_one_change_differ() -> None:
+    """The id was ``<key>@<sequencer>``: an ObjectCreated and an ObjectRemoved of the same
+    key and sequencer had one id, and the second was dropped as a duplicate of the first."""
+    body = json.dumps({"Records": [s3_record("a.jpg"), s3_record("a.jpg", name="s3:ObjectRemoved:Delete")]})
+    created, removed = (attributes_of(e)["id"] for e in S3Proxy().translate({}, body.encode()))
+    assert created == "a.jpg@0055AED6DCD90281E5#ObjectCreated:Put" and removed == "a.jpg@0055AED6DCD90281E5#ObjectRemoved:Delete"
+
+
 def test_s3_key_with_control_characters_is_escaped_in_the_attributes() -> None:
     """S3 keys may hold control characters, CloudEvents attributes may not: the subject and
     id carry them %-escaped, the data the key as it is."""
     [ev] = S3Proxy().translate({}, json.dumps({"Records": [s3_record("a%00b%0A.jpg")]}).encode())
     a = attributes_of(ev)
-    assert a["subject"] == "a%00b%0A.jpg" and a["id"] == "a%00b%0A.jpg@0055AED6DCD90281E5"
+    assert a["subject"] == "a%00b%0A.jpg" and a["id"] == "a%00b%0A.jpg@0055AED6DCD90281E5#ObjectCreated:Put"
     assert ev.get_data()["key"] == "a\x00b\n.jpg"  # type: ignore[index]
 
 
