@@ -99,14 +99,19 @@ class _Waiter(asyncio.Future["Instance"]):
 
 class Instance:
     __slots__ = (
-        "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
-        "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
+        "seq", "pid", "pidfd", "capture", "gone", "conn", "active", "served", "created", "last_used", "exit_status",
+        "timed_out", "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
     )  # fmt: skip
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, capture: int = -1) -> None:
         self.seq = seq
         self.pid = 0
         self.pidfd = -1
+        self.capture = capture
+        """Its log capture (a memfd, from the template): what the call running on it
+        printed is read here when it times out, crashes or is OOM-killed."""
+        self.gone = False
+        """It exited or was lost (release_fd): its capture is closed once no call needs it."""
         self.conn: InstanceConnection | None = None
         self.active = 0
         self.served = 0
@@ -147,9 +152,18 @@ class Instance:
                 pass
 
     def release_fd(self) -> None:
+        """It is gone: close its pidfd, and its capture unless a call still has to read it."""
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        self.gone = True
+        if self.active == 0:
+            self.close_capture()
+
+    def close_capture(self) -> None:
+        if self.capture >= 0:
+            os.close(self.capture)
+            self.capture = -1
 
 
 class Pool:
@@ -235,8 +249,8 @@ class Pool:
     def _on_template_message(self, msg: Any, fds: list[int]) -> None:
         match msg:
             case p.InstanceForked(seq=seq):
-                self._on_forked(seq, fds[0])
-                for extra in fds[1:]:
+                self._on_forked(seq, fds[0], fds[1] if len(fds) > 1 else -1)
+                for extra in fds[2:]:
                     os.close(extra)
             case p.InstanceExited(seq=seq, status=status):
                 self._on_instance_exit(seq, status)
@@ -370,8 +384,8 @@ class Pool:
         self._last_fork = now
         self._grow()
 
-    def _on_forked(self, seq: int, fd: int) -> None:
-        inst = Instance(seq)
+    def _on_forked(self, seq: int, fd: int, capture: int) -> None:
+        inst = Instance(seq, capture)
         self._instances[seq] = inst
         sock = socket.socket(fileno=fd)
         asyncio.get_running_loop().create_task(self._connect(inst, sock))
@@ -701,6 +715,8 @@ class Pool:
         if inst.active > self._slots:
             self._pipelined -= 1
         inst.active -= 1
+        if inst.gone and inst.active == 0:
+            inst.close_capture()  # (kept for the call that ran when it was lost)
 
     async def _run(
         self, inst: Instance, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
@@ -747,7 +763,7 @@ class Pool:
             # started, and whatever runs before it expired first (see _hand).
             ran = conn.running(req.id)
             # What it printed until now is all there is to tell where it hung: read before the kill.
-            logs = logs_so_far(inst.pid) if ran and self._slots == 1 and inst.pid > 0 else ""
+            logs = logs_so_far(inst.capture) if ran and self._slots == 1 else ""
             inst.timed_out = True
             inst.kill()
             if not self._strict:
@@ -764,6 +780,9 @@ class Pool:
         except InstanceLost as exc:
             if not exc.started:
                 raise _NotStarted from None
+            # What it printed before it crashed or was OOM-killed tells where (its capture
+            # outlives it: we hold it; a concurrent instance's calls have their own).
+            logs = logs_so_far(inst.capture) if self._slots == 1 else ""
             error = await self._why_lost(inst)
             if inst.orphaned:
                 # Its template went (it died, its zygote did, or the runtime stopped it): the
@@ -772,7 +791,7 @@ class Pool:
                     f"the instance running the invocation was lost with the template of '{self.spec.name}' "
                     "(the template exited or was stopped); the invocation may have run in part"
                 ) from None
-            return self._result(ctx, error, arrived, cold)
+            return self._result(ctx, error, arrived, cold, logs)
         else:
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()
