@@ -4,6 +4,11 @@ Each caller hands in a few items and waits for their results; one task
 commits whatever has gathered, up to ``max_batch`` items, in a worker
 thread, while the next batch gathers.  Used for async invocations
 (``gateway.recorder.Enqueuer``) and event admissions (``events.admit``).
+
+A value the store refuses (``RecordRefused``: it always will) fails its
+caller alone: the callers of the batch are halved until the refused one is
+alone, and the others are committed (a few transactions per refused caller,
+not one per caller).  A caller's own items stay together: it gets one answer.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from spanfaas.errors import InfraUnavailable
+from spanfaas.store.sql import RecordRefused
 
 __all__ = ["GroupCommit"]
 
@@ -51,18 +57,7 @@ class GroupCommit(Generic[T, R]):
                     item = self._pending.pop(0)
                     batch.append(item)
                     size += len(item[0])
-                try:
-                    results = await asyncio.to_thread(self._commit, [x for group, _ in batch for x in group])
-                except Exception as exc:  # the caller decides (HTTP: 5xx; streams: read again)
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                i = 0
-                for group, fut in batch:
-                    if not fut.done():
-                        fut.set_result(results[i : i + len(group)])
-                    i += len(group)
+                await self._commit_isolating(batch)
         except asyncio.CancelledError:
             # Stopped mid-batch (the gateway shuts down): every caller still waiting
             # hears it, rather than waiting for ever; what was sent may be committed,
@@ -75,3 +70,30 @@ class GroupCommit(Generic[T, R]):
             raise
         finally:
             self._task = None
+
+    async def _commit_isolating(self, batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]]) -> None:
+        """Commit ``batch`` and answer its callers; halve it while the store refuses a value."""
+        try:
+            results = await asyncio.to_thread(self._commit, [x for group, _ in batch for x in group])
+        except RecordRefused as exc:
+            if len(batch) > 1:
+                half = len(batch) // 2
+                await self._commit_isolating(batch[:half])
+                await self._commit_isolating(batch[half:])
+                return
+            _fail(batch, exc)
+            return
+        except Exception as exc:  # the caller decides (HTTP: 5xx; streams: read again)
+            _fail(batch, exc)
+            return
+        i = 0
+        for group, fut in batch:
+            if not fut.done():
+                fut.set_result(results[i : i + len(group)])
+            i += len(group)
+
+
+def _fail(batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]], exc: BaseException) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(exc)
