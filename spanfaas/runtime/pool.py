@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -182,6 +183,10 @@ class Pool:
         self.protections: list[Protection] = []
         self.import_ms = 0.0
         self.template_pid = 0
+        self._template_pidfd = -1
+        self._template_gone: asyncio.Future[None] | None = None
+        """Done once the template has exited, told by its pidfd before the zygote's notice or its
+        channel's EOF comes; watched from the first call lost mid-run (_why_lost) until it goes."""
         self.cold_starts = 0
         self.invocations = 0
         self._chan: ControlChannel | None = None
@@ -325,6 +330,14 @@ class Pool:
             self._ready.exception()
         self._ready = None
         self.template_pid = 0
+        if self._template_gone is not None:
+            if not self._template_gone.done():
+                self._template_gone.set_result(None)
+            self._template_gone = None
+        if self._template_pidfd >= 0:
+            self._loop.remove_reader(self._template_pidfd)
+            os.close(self._template_pidfd)
+            self._template_pidfd = -1
         if self.state not in ("closed", "draining"):
             self.state = "cold"
             if self._waiters:
@@ -901,10 +914,17 @@ class Pool:
         return msgspec.structs.replace(error, message=f"{error.message}; {limit}" if error.message else limit)
 
     async def _why_lost(self, inst: Instance) -> ErrorInfo:
-        try:
-            status = await asyncio.wait_for(asyncio.shield(inst.exit_status), EXIT_STATUS_WAIT)
-        except asyncio.TimeoutError:
-            status = -1
+        """Why ``inst`` went mid-call: its exit status, which its template reports.  A template
+        that died reports nothing: the instance went with it (``inst.orphaned``), told by the
+        template's pidfd, however late its channel's EOF or the zygote's notice comes."""
+        waits: set[asyncio.Future[Any]] = {inst.exit_status}
+        gone = None if inst.exit_status.done() else self._watch_template()
+        if gone is not None:
+            waits.add(gone)
+        await asyncio.wait(waits, timeout=EXIT_STATUS_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if self._lost_with_template(inst):
+            return ErrorInfo(kind="crashed", message="the instance was lost with its template")
+        status = inst.exit_status.result() if inst.exit_status.done() else -1
         signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
         if signum == signal.SIGKILL and inst.oom:
             return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped (raise resources.memory in spanfaas.toml)", exit_status=-signum)
@@ -915,6 +935,42 @@ class Pool:
             return ErrorInfo(kind="crashed", message=f"the instance was killed by signal {name}", exit_status=-signum)
         code = os.WEXITSTATUS(status)
         return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
+
+    def _watch_template(self) -> asyncio.Future[None] | None:
+        """``_template_gone``; None when the template's state cannot be read.  Its pidfd is
+        opened at the first call lost mid-run, not with each template (idle functions hold
+        no more descriptors).  Its pid is its own until the zygote reaps it, and the zygote
+        says so right after: gone by then (ESRCH), it counts as exited; taken by another
+        process in that instant, it reads as alive, and the wait for news decides, as before."""
+        if self._template_gone is None:
+            if self.template_pid <= 0:
+                return None
+            gone: asyncio.Future[None] = self._loop.create_future()
+            try:
+                fd = os.pidfd_open(self.template_pid)
+            except ProcessLookupError:
+                gone.set_result(None)  # reaped already: the zygote's notice is on its way
+            except OSError:
+                return None
+            else:
+                self._template_pidfd = fd
+                self._loop.add_reader(fd, _exited, self._loop, fd, gone)
+            self._template_gone = gone
+        return self._template_gone
+
+    def _lost_with_template(self, inst: Instance) -> bool:
+        """Whether ``inst``, its exit not reported, went with its template: the template exited
+        and what it said before (the instance's own exit, if that came first) is read now."""
+        if inst.exit_status.done():
+            return inst.orphaned
+        gone, fd = self._template_gone, self._template_pidfd
+        if gone is None or not (gone.done() or (fd >= 0 and select.select([fd], [], [], 0)[0])):  # (readable: exited)
+            return False
+        if self._chan is not None:
+            self._chan.drain()  # at its EOF the pool resets, and marks its instances orphaned
+        if not inst.exit_status.done():
+            inst.orphaned = True
+        return inst.orphaned
 
     def cgroup_replaced(self) -> None:
         """The function has a new (empty) cgroup: its OOM-kill count starts over."""
@@ -974,6 +1030,13 @@ class Pool:
             "protections": self.protections,  # the function's own: its template's sandbox, as applied
         }
 
+
+
+def _exited(loop: asyncio.AbstractEventLoop, pidfd: int, gone: asyncio.Future[None]) -> None:
+    """A template's pidfd turned readable: it exited."""
+    loop.remove_reader(pidfd)
+    if not gone.done():
+        gone.set_result(None)
 
 
 def _raise_oom_score(pid: int) -> None:
