@@ -253,7 +253,15 @@ class InvokeEndpoint:
             id=invocation_id, function=name, status="queued", mode="async", content_type=ct,
             payload=body, idempotency_key=key, created_at=now,
         )  # fmt: skip
-        record, created = await self.gw.enqueuer.enqueue(record)
+        try:
+            record, created = await self.gw.enqueuer.enqueue(record)
+        except asyncio.CancelledError:
+            # The gateway is stopping and cut this request short while its transaction
+            # may be in the store's hands (it still commits once the store answers): not
+            # "try again", which would queue it twice, unless the key makes that safe.
+            if not self.gw.stopping:
+                raise
+            raise _cut_while_queued(invocation_id, key) from None
         if not created and (record.payload != body or record.content_type != ct):
             # The same key must mean the same request (draft-ietf-httpapi-idempotency-key-header).
             raise IdempotencyKeyReused(
@@ -275,6 +283,20 @@ class InvokeEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": out})
+
+
+def _cut_while_queued(invocation_id: str, key: str | None) -> InfraUnavailable:
+    said = "the gateway is stopping and cut this request short while it queued the invocation; "
+    if key is not None:
+        return InfraUnavailable(
+            said + f"it may be queued: send it again with the same Idempotency-Key ({key!r}) once the gateway "
+            "is back, and it is queued once (if it was, you get that invocation)", invocation_id=invocation_id,
+        )  # fmt: skip
+    return InfraUnavailable(
+        said + f"it may be queued as invocation {invocation_id}: look it up (GET /v1/invocations/{invocation_id}) "
+        "once the gateway is back before you send it again, or it may run twice (send an Idempotency-Key to make "
+        "a retry safe)", invocation_id=invocation_id,
+    )  # fmt: skip
 
 
 def logs_header(logs: str, invocation_id: str) -> bytes:

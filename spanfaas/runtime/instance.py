@@ -119,10 +119,11 @@ def open_streams() -> tuple[TextIO, TextIO]:
 
 
 class Capture:
-    """Per-invocation stdout/stderr: fds 1 and 2 point at a memfd."""
+    """Per-invocation stdout/stderr: fds 1 and 2 point at a memfd (``fd``: the
+    template's, which the runtime holds too; else a new one)."""
 
-    def __init__(self, streams: tuple[TextIO, TextIO] | None = None) -> None:
-        self.fd = os.memfd_create("spanfaas-logs", os.MFD_CLOEXEC)
+    def __init__(self, streams: tuple[TextIO, TextIO] | None = None, fd: int = -1) -> None:
+        self.fd = fd if fd >= 0 else os.memfd_create("spanfaas-logs", os.MFD_CLOEXEC)
         os.dup2(self.fd, 1)
         os.dup2(self.fd, 2)
         sys.stdout, sys.stderr = streams or open_streams()
@@ -160,28 +161,18 @@ def _log_text(data: bytes, size: int) -> str:
     return text
 
 
-def logs_so_far(pid: int) -> str:
-    """What the call running on instance ``pid`` has printed until now, read from
-    outside: by the runtime, before it kills an instance whose call ran past its
-    timeout, so those logs are not lost with it.  The instance's capture memfd is
-    reached through its fd 1 or 2 (``/proc/PID/fd``); '' when the handler pointed
-    both elsewhere, or /proc does not let us read them."""
-    for std in (1, 2):
-        path = f"/proc/{pid}/fd/{std}"
-        try:
-            if not os.readlink(path).startswith("/memfd:spanfaas-logs"):
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            return _log_text(os.pread(fd, min(size, _LOG_LIMIT), 0), size) if size else ""
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-    return ""
+def logs_so_far(capture: int) -> str:
+    """What the call running on an instance has printed until now (or until the
+    instance died), read from outside: by the runtime, which holds each
+    instance's capture memfd (``capture``, sent with its socket), when the call
+    ran past its timeout or the instance crashed or was OOM-killed, so those
+    logs are not lost with it.  Its own fd, not fds 1 and 2: what was printed
+    before the handler pointed them elsewhere counts too."""
+    try:
+        size = os.fstat(capture).st_size
+        return _log_text(os.pread(capture, min(size, _LOG_LIMIT), 0), size) if size else ""
+    except OSError:
+        return ""
 
 
 _PLATFORM = os.path.dirname(os.path.dirname(__file__)) + os.sep

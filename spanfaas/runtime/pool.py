@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -99,14 +100,19 @@ class _Waiter(asyncio.Future["Instance"]):
 
 class Instance:
     __slots__ = (
-        "seq", "pid", "pidfd", "conn", "active", "served", "created", "last_used", "exit_status", "timed_out",
-        "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
+        "seq", "pid", "pidfd", "capture", "gone", "conn", "active", "served", "created", "last_used", "exit_status",
+        "timed_out", "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
     )  # fmt: skip
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, capture: int = -1) -> None:
         self.seq = seq
         self.pid = 0
         self.pidfd = -1
+        self.capture = capture
+        """Its log capture (a memfd, from the template): what the call running on it
+        printed is read here when it times out, crashes or is OOM-killed."""
+        self.gone = False
+        """It exited or was lost (release_fd): its capture is closed once no call needs it."""
         self.conn: InstanceConnection | None = None
         self.active = 0
         self.served = 0
@@ -147,9 +153,18 @@ class Instance:
                 pass
 
     def release_fd(self) -> None:
+        """It is gone: close its pidfd, and its capture unless a call still has to read it."""
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        self.gone = True
+        if self.active == 0:
+            self.close_capture()
+
+    def close_capture(self) -> None:
+        if self.capture >= 0:
+            os.close(self.capture)
+            self.capture = -1
 
 
 class Pool:
@@ -168,6 +183,10 @@ class Pool:
         self.protections: list[Protection] = []
         self.import_ms = 0.0
         self.template_pid = 0
+        self._template_pidfd = -1
+        self._template_gone: asyncio.Future[None] | None = None
+        """Done once the template has exited, told by its pidfd before the zygote's notice or its
+        channel's EOF comes; watched from the first call lost mid-run (_why_lost) until it goes."""
         self.cold_starts = 0
         self.invocations = 0
         self._chan: ControlChannel | None = None
@@ -235,8 +254,8 @@ class Pool:
     def _on_template_message(self, msg: Any, fds: list[int]) -> None:
         match msg:
             case p.InstanceForked(seq=seq):
-                self._on_forked(seq, fds[0])
-                for extra in fds[1:]:
+                self._on_forked(seq, fds[0], fds[1] if len(fds) > 1 else -1)
+                for extra in fds[2:]:
                     os.close(extra)
             case p.InstanceExited(seq=seq, status=status):
                 self._on_instance_exit(seq, status)
@@ -311,6 +330,14 @@ class Pool:
             self._ready.exception()
         self._ready = None
         self.template_pid = 0
+        if self._template_gone is not None:
+            if not self._template_gone.done():
+                self._template_gone.set_result(None)
+            self._template_gone = None
+        if self._template_pidfd >= 0:
+            self._loop.remove_reader(self._template_pidfd)
+            os.close(self._template_pidfd)
+            self._template_pidfd = -1
         if self.state not in ("closed", "draining"):
             self.state = "cold"
             if self._waiters:
@@ -370,8 +397,8 @@ class Pool:
         self._last_fork = now
         self._grow()
 
-    def _on_forked(self, seq: int, fd: int) -> None:
-        inst = Instance(seq)
+    def _on_forked(self, seq: int, fd: int, capture: int) -> None:
+        inst = Instance(seq, capture)
         self._instances[seq] = inst
         sock = socket.socket(fileno=fd)
         asyncio.get_running_loop().create_task(self._connect(inst, sock))
@@ -701,6 +728,8 @@ class Pool:
         if inst.active > self._slots:
             self._pipelined -= 1
         inst.active -= 1
+        if inst.gone and inst.active == 0:
+            inst.close_capture()  # (kept for the call that ran when it was lost)
 
     async def _run(
         self, inst: Instance, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
@@ -747,7 +776,7 @@ class Pool:
             # started, and whatever runs before it expired first (see _hand).
             ran = conn.running(req.id)
             # What it printed until now is all there is to tell where it hung: read before the kill.
-            logs = logs_so_far(inst.pid) if ran and self._slots == 1 and inst.pid > 0 else ""
+            logs = logs_so_far(inst.capture) if ran and self._slots == 1 else ""
             inst.timed_out = True
             inst.kill()
             if not self._strict:
@@ -764,6 +793,9 @@ class Pool:
         except InstanceLost as exc:
             if not exc.started:
                 raise _NotStarted from None
+            # What it printed before it crashed or was OOM-killed tells where (its capture
+            # outlives it: we hold it; a concurrent instance's calls have their own).
+            logs = logs_so_far(inst.capture) if self._slots == 1 else ""
             error = await self._why_lost(inst)
             if inst.orphaned:
                 # Its template went (it died, its zygote did, or the runtime stopped it): the
@@ -772,7 +804,7 @@ class Pool:
                     f"the instance running the invocation was lost with the template of '{self.spec.name}' "
                     "(the template exited or was stopped); the invocation may have run in part"
                 ) from None
-            return self._result(ctx, error, arrived, cold)
+            return self._result(ctx, error, arrived, cold, logs)
         else:
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()
@@ -882,10 +914,17 @@ class Pool:
         return msgspec.structs.replace(error, message=f"{error.message}; {limit}" if error.message else limit)
 
     async def _why_lost(self, inst: Instance) -> ErrorInfo:
-        try:
-            status = await asyncio.wait_for(asyncio.shield(inst.exit_status), EXIT_STATUS_WAIT)
-        except asyncio.TimeoutError:
-            status = -1
+        """Why ``inst`` went mid-call: its exit status, which its template reports.  A template
+        that died reports nothing: the instance went with it (``inst.orphaned``), told by the
+        template's pidfd, however late its channel's EOF or the zygote's notice comes."""
+        waits: set[asyncio.Future[Any]] = {inst.exit_status}
+        gone = None if inst.exit_status.done() else self._watch_template()
+        if gone is not None:
+            waits.add(gone)
+        await asyncio.wait(waits, timeout=EXIT_STATUS_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if self._lost_with_template(inst):
+            return ErrorInfo(kind="crashed", message="the instance was lost with its template")
+        status = inst.exit_status.result() if inst.exit_status.done() else -1
         signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
         if signum == signal.SIGKILL and inst.oom:
             return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped (raise resources.memory in spanfaas.toml)", exit_status=-signum)
@@ -896,6 +935,42 @@ class Pool:
             return ErrorInfo(kind="crashed", message=f"the instance was killed by signal {name}", exit_status=-signum)
         code = os.WEXITSTATUS(status)
         return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
+
+    def _watch_template(self) -> asyncio.Future[None] | None:
+        """``_template_gone``; None when the template's state cannot be read.  Its pidfd is
+        opened at the first call lost mid-run, not with each template (idle functions hold
+        no more descriptors).  Its pid is its own until the zygote reaps it, and the zygote
+        says so right after: gone by then (ESRCH), it counts as exited; taken by another
+        process in that instant, it reads as alive, and the wait for news decides, as before."""
+        if self._template_gone is None:
+            if self.template_pid <= 0:
+                return None
+            gone: asyncio.Future[None] = self._loop.create_future()
+            try:
+                fd = os.pidfd_open(self.template_pid)
+            except ProcessLookupError:
+                gone.set_result(None)  # reaped already: the zygote's notice is on its way
+            except OSError:
+                return None
+            else:
+                self._template_pidfd = fd
+                self._loop.add_reader(fd, _exited, self._loop, fd, gone)
+            self._template_gone = gone
+        return self._template_gone
+
+    def _lost_with_template(self, inst: Instance) -> bool:
+        """Whether ``inst``, its exit not reported, went with its template: the template exited
+        and what it said before (the instance's own exit, if that came first) is read now."""
+        if inst.exit_status.done():
+            return inst.orphaned
+        gone, fd = self._template_gone, self._template_pidfd
+        if gone is None or not (gone.done() or (fd >= 0 and select.select([fd], [], [], 0)[0])):  # (readable: exited)
+            return False
+        if self._chan is not None:
+            self._chan.drain()  # at its EOF the pool resets, and marks its instances orphaned
+        if not inst.exit_status.done():
+            inst.orphaned = True
+        return inst.orphaned
 
     def cgroup_replaced(self) -> None:
         """The function has a new (empty) cgroup: its OOM-kill count starts over."""
@@ -955,6 +1030,13 @@ class Pool:
             "protections": self.protections,  # the function's own: its template's sandbox, as applied
         }
 
+
+
+def _exited(loop: asyncio.AbstractEventLoop, pidfd: int, gone: asyncio.Future[None]) -> None:
+    """A template's pidfd turned readable: it exited."""
+    loop.remove_reader(pidfd)
+    if not gone.done():
+        gone.set_result(None)
 
 
 def _raise_oom_score(pid: int) -> None:

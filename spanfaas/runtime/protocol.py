@@ -123,7 +123,8 @@ class Fork(Struct, tag=True):
 
 
 class InstanceForked(Struct, tag=True):
-    """Sent with the runtime's end of the instance socketpair as an fd."""
+    """Sent with two fds: the runtime's end of the instance socketpair, and the
+    instance's log capture (a memfd, read when the instance is lost mid-call)."""
 
     seq: int
 

@@ -278,7 +278,7 @@ class Template:
         touches no socket object (each one a copy-on-write fault)."""
         fds = [self.chan.fileno(), self.wake_r, self.wake_w]
         for prep in batch:
-            fds += (prep.ours_fd, prep.theirs_fd)
+            fds += (prep.ours_fd, prep.theirs_fd, prep.logs)
             if prep.ruleset >= 0:
                 fds.append(prep.ruleset)
         return tuple(fds)
@@ -286,9 +286,9 @@ class Template:
     def _become_instance(self, inherited: tuple[int, ...], prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
         code = 70
         try:
-            keep, ruleset = prep.theirs_fd, prep.ruleset
-            for fd in inherited:  # an instance holding another's socket would hide that one's exit
-                if fd != keep and fd != ruleset:
+            keep, ruleset, logs = prep.theirs_fd, prep.ruleset, prep.logs
+            for fd in inherited:  # an instance holding another's socket would hide that one's exit (or its logs, read them)
+                if fd != keep and fd != ruleset and fd != logs:
                     os.close(fd)
             self._instance_main(prep, streams, warm)
             code = 0
@@ -298,7 +298,8 @@ class Template:
             os._exit(code)
 
     def _announce(self, prep: _Prepared, result: int | OSError) -> None:
-        """After the fork (or its failure): close our copies, tell the runtime."""
+        """After the fork (or its failure): close our copies, tell the runtime (and
+        hand it the instance's socket and log capture)."""
         prep.close_ruleset()
         prep.theirs.close()
         try:
@@ -306,9 +307,10 @@ class Template:
                 remove_tree(prep.scratch)
                 p.send_msg(self.chan, p.ForkFailed(prep.seq, f"{type(result).__name__}: {result}"))
             else:
-                p.send_msg(self.chan, p.InstanceForked(prep.seq), fds=[prep.ours.fileno()])
+                p.send_msg(self.chan, p.InstanceForked(prep.seq), fds=[prep.ours.fileno(), prep.logs])
         finally:
             prep.ours.close()
+            os.close(prep.logs)
 
     def _make_instance(self) -> _Prepared:
         """What one instance needs before its fork."""
@@ -322,6 +324,7 @@ class Template:
                 prep.close_ruleset()
                 prep.ours.close()
                 prep.theirs.close()
+                os.close(prep.logs)
                 remove_tree(prep.scratch)
                 raise
         return prep
@@ -363,7 +366,7 @@ class Template:
         if self.data_limit:
             resource.setrlimit(resource.RLIMIT_DATA, self.data_limit)
         _reseed()
-        capture = inst.Capture(streams)
+        capture = inst.Capture(streams, prep.logs)
         sock = prep.theirs
         if self.one_shot:
             if warm:
@@ -481,15 +484,21 @@ class Template:
 
 class _Prepared:
     """What one instance needs before its fork: its seq and scratch dir, both
-    ends of its socketpair, its Landlock ruleset (or -1)."""
+    ends of its socketpair, its log capture (a memfd the runtime keeps too: what
+    a call printed outlives an instance that crashed), its Landlock ruleset (or -1)."""
 
-    __slots__ = ("seq", "scratch", "scratch_b", "ours", "theirs", "ours_fd", "theirs_fd", "ruleset", "hello", "readable")
+    __slots__ = ("seq", "scratch", "scratch_b", "ours", "theirs", "ours_fd", "theirs_fd", "logs", "ruleset", "hello", "readable")
 
     def __init__(self, seq: int, scratch: str) -> None:
         self.seq = seq
         self.scratch = scratch
         self.scratch_b = os.fsencode(scratch)
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.logs = os.memfd_create("spanfaas-logs", os.MFD_CLOEXEC)
+        try:
+            self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            os.close(self.logs)
+            raise
         self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         # Blocking, whatever socket.setdefaulttimeout() the function's module set at import:
         # an instance waits for its call as long as it takes.

@@ -154,7 +154,8 @@ class EventQueries(SQLStore):
         # both batches failed).  Stable: the first of equal events wins; a schedule's ticks ascend.
         order = sorted(range(len(batch)), key=lambda i: (batch[i].schedule, batch[i].tick, batch[i].source, batch[i].id))
         out: dict[int, bool] = {}
-        with self._tx() as cur:
+        what = f"the event {batch[0].id!r} from {batch[0].source!r}" if len(batch) == 1 else f"one of {len(batch)} events"
+        with self._refusals(what), self._tx() as cur:
             for i in order:
                 item = batch[i]
                 if item.schedule:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal
 
 import msgspec
@@ -73,8 +73,9 @@ class StoreUnavailable(InfraUnavailable):
 
 
 class RecordRefused(InfraError):
-    """The store refused a record for a value in it (``save_invocations``): writing it again
-    fails again, where a store that failed (down, locked, restarting) takes it later."""
+    """The store refused a record for a value in it (``save_invocations``, ``enqueue_many``,
+    ``admit``): writing it again fails again, where a store that failed (down, locked,
+    restarting) takes it later.  A batch it was in took nothing (one transaction)."""
 
     slug, title = "record-refused", "Record refused by the store"
 
@@ -114,6 +115,17 @@ class SQLStore:
     def _refuses(self, exc: Exception) -> bool:
         """Does ``exc`` say a value was refused (writing it again fails again), not that the store failed?"""
         return isinstance(exc, self._refused)
+
+    @contextmanager
+    def _refusals(self, what: str) -> Iterator[None]:
+        """``RecordRefused`` ("the store refused WHAT: why") for an error that says a value of
+        the write was refused; any other error is the store failing, and passes as it is."""
+        try:
+            yield
+        except Exception as exc:
+            if not self._refuses(exc):
+                raise
+            raise RecordRefused(f"the store refused {what}: {_reason(exc)}") from exc
 
     def _rows(self, cur: Any, sql: str, args: Sequence[Any]) -> None:
         """Run a query whose rows hold payloads (bytes): as they are, where the dialect can say
@@ -290,18 +302,12 @@ class SQLStore:
         if self._max_values is not None:
             for r in unique:
                 _check_size(r, self._max_values)
-        try:
-            with self._tx() as cur:
-                # Many rows per statement: one trip into the database (and, for
-                # SQLite, one release of the GIL) per chunk, not one per row.
-                for chunk in _chunks(unique):
-                    params = [v for r in chunk for v in _row(r)]
-                    cur.execute(self._q(_upsert(len(chunk))), params)
-        except Exception as exc:
-            if not self._refuses(exc):
-                raise
-            what = f"invocation {unique[0].id}" if len(unique) == 1 else f"one of {len(unique)} invocations"
-            raise RecordRefused(f"the store refused {what}: {_reason(exc)}") from exc
+        with self._refusals(_invocations(unique)), self._tx() as cur:
+            # Many rows per statement: one trip into the database (and, for
+            # SQLite, one release of the GIL) per chunk, not one per row.
+            for chunk in _chunks(unique):
+                params = [v for r in chunk for v in _row(r)]
+                cur.execute(self._q(_upsert(len(chunk))), params)
 
     def get_invocation(self, id: str) -> InvocationRecord | None:
         with self._read() as cur:
@@ -343,7 +349,7 @@ class SQLStore:
         # every request of both batches failed).  Stable: the first of equal keys wins.
         order = sorted(range(len(records)), key=lambda i: (records[i].function, records[i].idempotency_key or ""))
         out: dict[int, tuple[InvocationRecord, bool]] = {}
-        with self._tx() as cur:
+        with self._refusals(_invocations(records)), self._tx() as cur:
             for i in order:
                 record = records[i]
                 cur.execute(insert, _row(record))
@@ -470,6 +476,11 @@ def _check_size(r: InvocationRecord, limit: int) -> None:
             "statement (its payload, result and logs together): lower max_payload and runtime.max_payload so "
             "that a payload and its result stay under it"
         )
+
+
+def _invocations(records: Sequence[InvocationRecord]) -> str:
+    """The records of a write, as a refusal names them."""
+    return f"invocation {records[0].id}" if len(records) == 1 else f"one of {len(records)} invocations"
 
 
 def _reason(exc: BaseException) -> str:

@@ -6,7 +6,10 @@ client has read."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -267,5 +270,97 @@ def test_a_run_whose_lease_lapsed_is_not_started_again_beside_itself(tmp_path: P
         assert Path(files["starts"]).read_text() == "start\n", "started again beside the run in progress"
         assert gw.stop() == 0
         assert "Traceback" not in gw.log(), gw.log()
+    finally:
+        gw.stop()
+
+
+def _stacks(gw: GatewayProcess) -> str:
+    """The gateway's threads and tasks now (a fresh SIGUSR1 dump)."""
+    assert gw.proc is not None
+    mark = "spanfaas.gateway: stacks (SIGUSR1):"
+    seen = gw.log().count(mark)
+    gw.proc.send_signal(signal.SIGUSR1)
+    _wait_for(lambda: gw.log().count(mark) > seen and "--- task" in gw.log().rsplit(mark, 1)[1])
+    return gw.log().rsplit(mark, 1)[1]
+
+
+def _listening(url: str) -> bool:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_an_enqueue_cut_at_shutdown_says_it_may_be_queued(tmp_path: Path) -> None:
+    """A second Ctrl-C cut async requests while their transaction waited for the store: they
+    were answered "try again once it is back", yet the transaction committed as the gateway
+    stopped, and a retry queued the invocation twice.  Now the answer says it may be queued:
+    under which id to look it up, or, with an Idempotency-Key, that a retry with it is safe."""
+    fn = tmp_path / "work"
+    fn.mkdir()
+    (fn / "handler.py").write_text(HANDLER)
+    (fn / "spanfaas.toml").write_text('name = "work"\n')
+    gw = GatewayProcess(tmp_path / "data")
+    answers: dict[str | None, httpx.Response | Exception] = {}
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            assert c.put("/v1/functions/work", content=pack_function(fn)).status_code == 201
+            lock = sqlite3.connect(tmp_path / "data" / "spanfaas.db", isolation_level=None)
+            try:
+                lock.execute("BEGIN IMMEDIATE")  # the store takes no write: the enqueues wait for it
+
+                def post(key: str | None) -> None:
+                    headers = {**gw.headers, **({"idempotency-key": key} if key else {})}
+                    try:
+                        with httpx.Client(base_url=gw.url, headers=headers, timeout=60) as own:
+                            answers[key] = own.post("/v1/functions/work/invoke?mode=async", json={"n": 1})
+                    except httpx.HTTPError as exc:
+                        answers[key] = exc
+
+                callers = [threading.Thread(target=post, args=(key,)) for key in (None, "order-7")]
+                for t in callers:
+                    t.start()
+                # Both requests in the app, a transaction in the store's hands (waiting for the lock).
+                def both_wait() -> bool:
+                    now = _stacks(gw)
+                    requests = [x for x in now.splitlines() if x.startswith("--- task") and "RequestResponseCycle" in x]
+                    return len(requests) == 2 and "in enqueue_many" in now
+
+                _wait_for(both_wait)
+                assert gw.proc is not None
+                gw.proc.send_signal(signal.SIGINT)
+                _wait_for(lambda: not _listening(gw.url))  # stopping: it waits for the requests in progress
+                gw.proc.send_signal(signal.SIGINT)  # force quit: they are cut
+                for t in callers:
+                    t.join(15)
+            finally:
+                lock.rollback()  # the store takes writes again: what was in its hands commits
+                lock.close()
+        assert gw.proc is not None and gw.proc.wait(30) == 0, gw.log()
+        bare, keyed = answers[None], answers["order-7"]
+        assert isinstance(bare, httpx.Response) and isinstance(keyed, httpx.Response), answers
+        assert bare.status_code == keyed.status_code == 503, (bare.text, keyed.text)
+        for r in (bare, keyed):
+            assert "may be queued" in r.json()["detail"] and "try again" not in r.json()["detail"], r.text
+        id = bare.json()["invocation_id"]
+        assert f"may be queued as invocation {id}: look it up (GET /v1/invocations/{id})" in bare.json()["detail"], bare.text
+        assert "send it again with the same Idempotency-Key ('order-7')" in keyed.json()["detail"], keyed.text
+        store = SQLiteStore(tmp_path / "data" / "spanfaas.db")
+        try:
+            stored = {r.id: r for r in store.list_invocations("work")}
+        finally:
+            store.close()
+        assert stored, "one of them was in the store's hands, and committed once it answered"
+        gw.proc = None
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            again = c.post("/v1/functions/work/invoke?mode=async", json={"n": 1}, headers={"idempotency-key": "order-7"})
+            assert again.status_code == 202, again.text
+            keyed_ids = [r.id for r in stored.values() if r.idempotency_key == "order-7"]
+            assert keyed_ids in ([], [again.json()["id"]])  # queued once, whichever way the cut went
+            assert c.get(f"/v1/invocations/{id}").status_code == (200 if id in stored else 404)
     finally:
         gw.stop()

@@ -22,6 +22,9 @@ def handler(event, context):
     print("running", context.invocation_id)
     if event.get("fail"):
         raise KeyError("missing thing")
+    if event.get("crash"):
+        context.logger.warning("about to crash")
+        os._exit(3)
     return {"hello": event.get("name", "world"), "pid": os.getpid()}
 """
 
@@ -88,6 +91,14 @@ def test_deploy_and_invoke_on_the_local_runtime(world_readable_tmp: Path) -> Non
             doc = r.json()
             assert doc["error_type"] == "KeyError" and "missing thing" in doc["traceback"]
             assert "running" in doc["logs"]
+
+            # A crash keeps what the call printed before it, in the answer and in the record.
+            r = c.post("/v1/functions/strict-hello/invoke", json={"crash": True})
+            assert r.status_code == 500 and r.json()["exit_status"] == 3, r.text
+            assert "running" in r.json()["logs"] and "about to crash" in r.json()["logs"], r.text
+            r = c.post("/v1/functions/hello/invoke?mode=async", json={"crash": True})
+            view = wait_done(c, r.json()["id"])
+            assert view["status"] == "failed" and "about to crash" in str(view["logs"]), view
 
             r = c.post("/v1/functions/hello/invoke", content=b"not json", headers={"content-type": "application/json"})
             assert r.status_code == 400

@@ -56,6 +56,17 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def captures_held() -> int:
+    """The instances' log captures (memfds) this process holds."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:spanfaas-logs")
+        except OSError:
+            continue
+    return held
+
+
 def cgroup_dirs(root: str) -> list[str]:
     found = []
     for ctrl in Path("/sys/fs/cgroup").iterdir():
@@ -81,10 +92,13 @@ async def test_close_leaves_nothing_behind(tmp_path: Path, sandbox: bool) -> Non
             if event == b'"fork"':
                 forked += json.loads(r.output)
     assert descendants(os.getpid()) - before, "the runtime has processes while it runs"
+    # One log capture per live instance, none kept for those gone (crashed or served).
+    assert captures_held() == sum(rt.pool(f"busy-{i}").stats()["instances"] for i in ("strict", "reuse")) > 0
     if sandbox:
         assert cgroup_dirs(rt.cgroup_root), "cgroups exist while it runs"
     await rt.close()
     assert descendants(os.getpid()) - before == set()
+    assert captures_held() == 0
     if not sandbox:  # host pids: every process a function forked is gone too
         assert [pid for pid in forked if alive(pid)] == []
     assert cgroup_dirs(rt.cgroup_root) == []

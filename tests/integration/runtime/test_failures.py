@@ -29,6 +29,16 @@ def handler(event, context):
         print("waiting on", event.get("x"))
         print("to stderr too", file=sys.stderr)
         time.sleep(60)
+    if what in ("print-then-exit", "print-then-segfault", "print-then-kill"):
+        print("reached step", event.get("x"))
+        print("to stderr too", file=sys.stderr)
+        context.logger.warning("and to the logger")
+        if what == "print-then-exit":
+            os._exit(3)
+        if what == "print-then-segfault":
+            ctypes.string_at(0)
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
     if what == "spin":
         while True:
             pass
@@ -278,6 +288,22 @@ async def test_a_timeout_keeps_what_the_call_printed(harness: Harness, isolation
     assert "waiting on the-database" in r.logs and "to stderr too" in r.logs, r.logs
     r = await harness.invoke(name, b'{"do": "print"}')  # the next call's logs are its own
     assert r.ok and "waiting on" not in r.logs and "printed again" in r.logs, r.logs
+
+
+@pytest.mark.parametrize(
+    ("what", "exit_status"),
+    [("print-then-exit", 3), ("print-then-segfault", -signal.SIGSEGV), ("print-then-kill", -signal.SIGKILL)],
+)
+async def test_a_crash_keeps_what_the_call_printed(harness: Harness, isolation: str, what: str, exit_status: int) -> None:
+    """A call that crashed (os._exit, a segfault, SIGKILL) came back with no logs: its capture
+    died with the instance, and what it printed before it crashed -- the clue -- was lost."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, json.dumps({"do": what, "x": "three"}).encode())
+    assert r.error is not None and r.error.kind == "crashed" and r.error.exit_status == exit_status, r.error
+    assert "reached step three" in r.logs and "to stderr too" in r.logs, r.logs
+    assert "WARNING spanfaas.function." in r.logs and "and to the logger" in r.logs, r.logs
+    r = await harness.invoke(name, b'{"do": "print"}')  # the next call's logs are its own
+    assert r.ok and "reached step" not in r.logs and "printed again" in r.logs, r.logs
 
 
 async def test_caller_timeout_shortens_the_deadline(harness: Harness, isolation: str) -> None:

@@ -141,3 +141,79 @@ async def test_an_idle_instance_killed_before_it_read_its_call_is_not_the_functi
         signal.pidfd_send_signal(inst.pidfd, signal.SIGKILL)
         r = await call
     assert r.ok, r.error
+
+
+PRINTING_SLEEPER = """
+import time
+
+def handler(event, context):
+    print("sleeping", flush=True)
+    time.sleep(event)
+    return 1
+"""
+
+
+def _hold_sockets(pid: int) -> list[int]:
+    """Copies of process ``pid``'s sockets (pidfd_getfd): while we hold them, its end of a
+    channel does not close when it dies."""
+    import ctypes
+    import os
+
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    pidfd = os.pidfd_open(pid)
+    held = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            got = syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd
+            if got >= 0:
+                held.append(got)
+    finally:
+        os.close(pidfd)
+    return held
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_an_instance_lost_with_its_template_is_the_platforms_failure_however_late_the_news(
+    sandboxed: Harness, isolation: str
+) -> None:
+    """A call whose template died under it was the platform's failure (InfraError, an async
+    invocation runs again) only if the runtime heard of the death (the template's channel
+    closing, the zygote's notice) within 2 s of losing the instance; later, it was reported as
+    the function's crash.  Now the template's pidfd says it at once, however late the news."""
+    import os
+    import signal
+
+    from spanfaas.errors import InfraError
+    from spanfaas.runtime.instance import logs_so_far
+    from tests.integration.runtime.conftest import require
+
+    require(sandboxed, "pid-namespace")  # its instances die with it
+    name = f"late-news-{isolation}"
+    await sandboxed.deploy(name, PRINTING_SLEEPER, f'isolation = "{isolation}"\n[resources]\ntimeout = 20\n')
+    assert (await sandboxed.invoke(name, b"0")).ok
+    pool = sandboxed.rt.pool(name)
+    assert pool.zygote is not None and pool.zygote.proc is not None
+    zygote, template = pool.zygote.proc.pid, pool.template_pid
+    call = asyncio.ensure_future(sandboxed.invoke(name, b"30"))
+    deadline = time.monotonic() + 10
+    while not any("sleeping" in logs_so_far(i.capture) for i in pool._instances.values()):  # the handler runs
+        assert time.monotonic() < deadline, "the call did not start"
+        await asyncio.sleep(0.01)
+    held = _hold_sockets(template)  # its channel stays open when it dies ...
+    os.kill(zygote, signal.SIGSTOP)  # ... and its zygote neither reaps it nor says it exited
+    try:
+        os.kill(template, signal.SIGKILL)
+        started = time.monotonic()
+        got = await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), 10)
+        assert isinstance(got[0], InfraError) and "lost with the template" in str(got[0]), got[0]
+        assert time.monotonic() - started < 1.5, "told at once, not after a wait for news"
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+        for fd in held:
+            os.close(fd)
+    assert (await sandboxed.invoke(name, b"0")).ok  # a new template serves

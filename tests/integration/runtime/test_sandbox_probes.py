@@ -210,6 +210,32 @@ async def test_memory_bomb_past_rlimits_is_stopped_by_the_cgroup(sandboxed: Harn
     assert "32 MiB" in r.error.message
 
 
+SHARED_BOMB_PRINTING = """
+import mmap, sys
+
+def handler(event, context):
+    print("mapping a GiB")
+    context.logger.warning("it may not fit")
+    print("to stderr too", file=sys.stderr)
+    m = mmap.mmap(-1, 1024 * 1024 * 1024)
+    for i in range(0, len(m), 4096):
+        m[i] = 1
+    return "survived"
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_an_oom_kill_keeps_what_the_call_printed(sandboxed: Harness, isolation: str) -> None:
+    """A call the cgroup's OOM killer stopped came back with no logs: its capture died with it."""
+    require(sandboxed, "cgroup-memory")
+    name = f"printing-bomb-{isolation}"
+    manifest = f'isolation = "{isolation}"\n[resources]\nmemory = 32\n[scaling]\nmax = 1\nprefork = 0\n'
+    await sandboxed.deploy(name, SHARED_BOMB_PRINTING, manifest)
+    r = await sandboxed.invoke(name)
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "mapping a GiB" in r.logs and "it may not fit" in r.logs and "to stderr too" in r.logs, r.logs
+
+
 BIG_ANSWER = """
 import resource
 

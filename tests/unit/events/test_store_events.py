@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
 import uuid
 
 import pytest
 
+from spanfaas.events.admit import Admitter
 from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
-from spanfaas.store import Admission, DeadLetter, SQLiteStore, Store
+from spanfaas.store import Admission, DeadLetter, RecordRefused, SQLiteStore, Store
 
 
 
@@ -145,3 +148,16 @@ def test_dead_letters_and_replay(any_store: Store) -> None:
     assert any_store.replay_dead_letter("inv1", again)
     assert not any_store.replay_dead_letter("inv1", inv())
     assert any_store.list_dead_letters() == [] and any_store.get_invocation(again.id) is not None
+
+
+async def test_an_event_the_store_refuses_to_queue_fails_alone(any_store: Store) -> None:
+    """Events admitted together share a transaction: one the store refused (a value it
+    cannot take) failed every publisher of the batch."""
+    admitter = Admitter(any_store)
+    good = [Admission(source="/s", id=f"e{i}", records=[inv()], window=60) for i in (1, 2, 4)]
+    bad = Admission(source="/s", id="e3", records=[inv(content_type="text/" + os.fsdecode(b"\xff"))], window=60)
+    outcomes = await asyncio.gather(*(admitter.admit([a]) for a in (good[0], good[1], bad, good[2])), return_exceptions=True)
+    assert outcomes[:2] + outcomes[3:] == [[True]] * 3, outcomes
+    assert isinstance(outcomes[2], RecordRefused), outcomes[2]
+    assert "the store refused the event 'e3' from '/s': UnicodeEncodeError" in str(outcomes[2]), outcomes[2]
+    assert {r.id for r in any_store.list_invocations("fn")} == {a.records[0].id for a in good}

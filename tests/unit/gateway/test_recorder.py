@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from spanfaas.gateway.recorder import Recorder
+from spanfaas.gateway.recorder import Enqueuer, Recorder
 from spanfaas.model import InvocationRecord
-from spanfaas.store import SQLiteStore, Store
+from spanfaas.store import RecordRefused, SQLiteStore, Store
 
 
 class SlowStore:
@@ -271,3 +271,16 @@ async def test_a_locked_database_is_retried_and_nothing_is_replaced(tmp_path: Pa
         reopened.close()
     assert one is not None and one.status == "succeeded" and one.error is None
     assert two is not None and two.status == "failed"  # refused for its logs, once the store was back
+
+
+async def test_an_invocation_the_store_refuses_to_queue_fails_alone(any_store: Store) -> None:
+    """Async invocations queued together share a transaction: one the store refused (a
+    value it cannot take) failed all of them, each caller told the store had failed."""
+    enqueuer = Enqueuer(any_store)
+    good = [msgspec.structs.replace(record(i, "queued"), mode="async") for i in (1, 2, 4)]
+    bad = msgspec.structs.replace(record(3, "queued"), mode="async", idempotency_key="key-" + os.fsdecode(b"\xff"))
+    outcomes = await asyncio.gather(*(enqueuer.enqueue(r) for r in (good[0], good[1], bad, good[2])), return_exceptions=True)
+    assert outcomes[:2] + outcomes[3:] == [(r, True) for r in good], outcomes
+    assert isinstance(outcomes[2], RecordRefused), outcomes[2]
+    assert "the store refused invocation inv-3: UnicodeEncodeError" in str(outcomes[2]), outcomes[2]
+    assert [any_store.get_invocation(f"inv-{i}") is not None for i in (1, 2, 3, 4)] == [True, True, False, True]
