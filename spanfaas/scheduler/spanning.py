@@ -247,9 +247,12 @@ class SpanningInfrastructure:
     async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
         eligible = validate(spec, [s.info for s in self.sites], {s.name: s.unknown() for s in self.sites})
         targets = [self.site(n) for n in eligible]
-        results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in targets), return_exceptions=True)
-        failed: dict[str, BaseException] = {}
-        for site, res in zip(targets, results):
+        # A site the refresh found down is not waited for (one that hangs would hold the
+        # deploy for its deploy timeout): it gets the function when it answers again.
+        up = [s for s in targets if s.healthy]
+        failed: dict[str, BaseException] = {s.name: InfraUnavailable(f"down: {s.reason}") for s in targets if not s.healthy}
+        results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in up), return_exceptions=True)
+        for site, res in zip(up, results):
             if res is not None:
                 if not isinstance(res, Exception):
                     raise res

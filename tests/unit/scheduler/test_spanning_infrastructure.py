@@ -403,3 +403,32 @@ async def test_close_waits_for_removals_still_draining(spanning, bundle: Bundle)
     await sp.remove("fn")
     await sp.close()
     assert done == ["fn"]
+
+
+async def test_a_deploy_does_not_wait_for_a_site_known_to_be_down(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site the refresh found down (one that hangs, say) gets the function when it
+    answers again; the deploy went to it all the same and waited up to 60 s for it
+    (and so did every stored function at start-up, one after the other)."""
+    sp = await spanning(LOCAL, EU)
+    eu = child(sp, "eu")
+    real_info, real_deploy = eu.info, eu.deploy
+
+    async def hung_info() -> InfraInfo:
+        raise TimeoutError
+
+    async def hung_deploy(*a: object) -> None:
+        await asyncio.Event().wait()
+
+    eu.info, eu.deploy = hung_info, hung_deploy  # type: ignore[method-assign]
+    await sp.refresh()
+    assert not sp.site("eu").healthy
+    spec = make_spec()
+    await asyncio.wait_for(sp.deploy(spec, bundle), 5)
+    assert "fn" in sp.site("local").deployed and "fn" not in sp.site("eu").deployed
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+    # a redeploy when every eligible site is known down fails at once; the old version serves
+    with pytest.raises(InfraUnavailable, match="eu: down"):
+        await asyncio.wait_for(sp.deploy(make_spec('infrastructures = ["eu"]', extra='env = {V = "2"}'), bundle), 5)
+    eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
+    await sp.refresh()  # it answers again: it gets what is pending
+    assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
