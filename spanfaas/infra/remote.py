@@ -12,9 +12,10 @@ infrastructures, not our names, regions, labels or prices.
 
 Errors: the function's own failure (a Problem whose type is one of the
 function-* slugs) comes back as a ``Result`` with ``error``; a request the
-site rejects as wrong is raised as the same typed error; a site that is full
-(429) is ``TooManyRequests`` with its Retry-After, which the scheduler
-overflows from without counting it as a failure; everything else
+site rejects as wrong is raised as the same typed error, its message naming
+the site; a site that is full (429) is ``TooManyRequests`` with its
+Retry-After, which the scheduler overflows from without counting it as a
+failure; everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.
 """
@@ -107,8 +108,8 @@ class RemoteInfrastructure:
             return FunctionNotFound(f"site '{self.name}' does not have the function: {detail}")
         if 400 <= resp.status_code < 500 and isinstance(doc, dict) and doc.get("type"):
             err = error_from_problem(doc)
-            if isinstance(err, InvalidRequest):
-                return err
+            if isinstance(err, InvalidRequest):  # judged by the site's own state (its lists, limits): say so
+                return type(err)(f"site '{self.name}' ({self.url}) refused {what}: {err.message}", **err.extra)
         return InfraUnavailable(f"{what} on site '{self.name}' failed ({resp.status_code}): {detail}")
 
     # -- the protocol ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
-from spanfaas.errors import InfraUnavailable, TooManyRequests
+from spanfaas.errors import PROBLEM_BASE, ImageRejected, InfraUnavailable, TooManyRequests
 from spanfaas.gateway import bootstrap_admin_token, create_app
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
@@ -68,6 +68,27 @@ async def test_a_site_whose_infrastructures_are_all_down_says_why() -> None:
         await site.close()
     assert not info.healthy
     assert info.reason == "its local: zygote exited; its ray: InfraUnavailable: nothing answers at Ray address"
+
+
+async def test_a_deploy_the_site_refuses_names_the_site(bundle: Bundle) -> None:
+    """A site judges a deploy by its own state (its curated lists, its limits): its
+    refusal came back word for word, 'curated lists: none' from a gateway that has
+    lists, with nothing saying the site had refused it."""
+    doc = {
+        "type": PROBLEM_BASE + "image-rejected", "title": "Image request rejected", "status": 400,
+        "detail": "[image] lists names 'tiny', which does not exist; curated lists: none", "unknown_lists": ["tiny"],
+    }  # fmt: skip
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json=doc, headers={"content-type": "application/problem+json"}))
+    site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address="http://eu.test", timeout=2), transport=transport)
+    try:
+        with pytest.raises(ImageRejected) as e:
+            await site.deploy(make_spec(), bundle)
+    finally:
+        await site.close()
+    assert e.value.message == (
+        "site 'eu' (http://eu.test) refused deploying 'fn': [image] lists names 'tiny', which does not exist; curated lists: none"
+    )
+    assert e.value.extra["unknown_lists"] == ["tiny"]  # the rest of the problem stays
 
 
 async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
