@@ -185,3 +185,14 @@ def test_curate_add_and_remove_of_several_packages_say_what_they_changed(cli: Cl
     assert r.exit_code == 2 and "allows no version" in r.stderr, r.stderr
     assert "tinyhelper>=1 was approved already; not tried: last" in r.stderr, r.stderr
     assert approved() == ["tinycalc", "tinyhelper>=1"]
+
+
+def test_curate_add_refuses_extras_markers_and_urls_instead_of_dropping_them(cli: Cli) -> None:
+    """The client split 'six; python_version < "3"' into six and its (empty) range and
+    sent that: the list approved six, any version, and said '✓ approved six (any version)'."""
+    ok(cli("images", "curate", "create", "tools"))
+    for text, words in (("tinycalc[fast]", "names extras"), ('tinycalc>=1; python_version < "3"', "environment marker"),
+                        ("tinycalc @ https://example.invalid/tinycalc-1.0-py3-none-any.whl", "direct reference")):  # fmt: skip
+        r = cli("images", "curate", "add", "tools", text)
+        assert r.exit_code == 2 and words in r.stderr, (text, r.stderr)
+    assert json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"] == []
