@@ -218,6 +218,10 @@ def with_early_action(
         new_dns = msgspec.convert({**msgspec.to_builtins(settings.dns), **changes}, DnsSettings)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"invalid DNS settings: {exc}") from None
+    if not new_dns.enabled:  # a flag that changes nothing is a mistake to say, not to ignore
+        flag = "--dns-port" if dns_port is not None else "--dns-zone" if dns_zone is not None else None
+        if flag is not None:
+            raise InvalidRequest(f"{flag} does nothing without --dns (or [dns] enabled = true); add --dns")
     out: Settings = msgspec.structs.replace(settings, dns=new_dns)
     if early_action is not None:
         out = msgspec.structs.replace(out, early_action=early_action)
