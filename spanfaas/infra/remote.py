@@ -77,6 +77,8 @@ class RemoteInfrastructure:
         self._bundles: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._packed: dict[str, bytes] = {}
         self.inflight = 0
+        self.own_gateway = ""
+        """The id of the gateway this adapter works for (``SpanningInfrastructure.served_by``)."""
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -118,7 +120,13 @@ class RemoteInfrastructure:
         resp = await self._request("GET", "/v1/info", timeout=self.config.timeout)
         if resp.status_code != 200:
             raise self._error(resp, "GET /v1/info")
-        infos = msgspec.convert(resp.json().get("infrastructures", []), list[InfraInfo])
+        doc = resp.json()
+        if self.own_gateway and doc.get("gateway") == self.own_gateway:  # a deploy there would wait on itself
+            raise InfraUnavailable(
+                f"site '{self.name}' at {self.url} is this gateway itself; point its address at another spanfaas site, "
+                "or remove it from [[infrastructures]]"
+            )
+        infos = msgspec.convert(doc.get("infrastructures", []), list[InfraInfo])
         if not infos:
             raise InfraUnavailable(f"site '{self.name}' lists no infrastructures")
         healthy = [i for i in infos if i.healthy]

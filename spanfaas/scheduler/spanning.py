@@ -94,6 +94,14 @@ class SpanningInfrastructure:
     def from_settings(cls, settings: Settings) -> SpanningInfrastructure:
         return cls([(build_infrastructure(c, settings), c) for c in settings.infrastructures], settings.scheduler)
 
+    def served_by(self, gateway: str) -> None:
+        """The id of the gateway this places for: a remote site answering with it is that gateway itself."""
+        from spanfaas.infra.remote import RemoteInfrastructure
+
+        for s in self.sites:
+            if isinstance(s.infra, RemoteInfrastructure):
+                s.infra.own_gateway = gateway
+
     def site(self, name: str) -> Site:
         try:
             return self.scheduler.by_name[name]

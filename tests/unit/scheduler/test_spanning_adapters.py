@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,6 +118,40 @@ async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
             await sp.deploy(eu_only, bundle)
     finally:
         await sp.close()
+
+
+async def test_a_site_that_is_this_gateway_itself_is_down_saying_so(bundle: Bundle, tmp_path: Path) -> None:
+    """A [[infrastructures]] entry whose address is this gateway's own: each deploy sent the
+    function to itself, where it waited on its own deploy for the 60 s deploy timeout,
+    and the refresh tried again for ever."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "main" / "spanfaas.db")
+    token = bootstrap_admin_token(store)
+    apps: list[Any] = []
+
+    async def itself(scope: Any, receive: Any, send: Any) -> None:
+        await apps[0](scope, receive, send)
+
+    cfg = InfraConfig(name="me", kind="remote", address="http://main", token=token, timeout=5)
+    sp = SpanningInfrastructure(
+        [(InMemoryInfrastructure("local"), InfraConfig(name="local")), (RemoteInfrastructure(cfg, transport=httpx.ASGITransport(itself)), cfg)]
+    )
+    apps.append(create_app(Settings(data_dir=str(tmp_path / "main")), store, sp))
+    try:
+        async with apps[0].router.lifespan_context(apps[0]):
+            await sp.start()
+            await sp.refresh()  # (at its start it asked itself, not started yet, which had nothing to say)
+            me = sp.site("me")
+            assert not me.healthy and me.reason.endswith(
+                "site 'me' at http://main is this gateway itself; point its address at another spanfaas site, "
+                "or remove it from [[infrastructures]]"
+            ), me.reason
+            await asyncio.wait_for(sp.deploy(make_spec(), bundle), 10)
+            assert "fn" in sp.site("local").deployed and "fn" not in me.deployed
+    finally:
+        await sp.close()
+        store.close()
 
 
 async def test_a_full_site_is_a_429_with_its_retry_after_and_stays_healthy(bundle: Bundle, tmp_path: Path) -> None:
