@@ -432,3 +432,42 @@ async def test_a_deploy_does_not_wait_for_a_site_known_to_be_down(spanning, bund
     eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
     await sp.refresh()  # it answers again: it gets what is pending
     assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
+
+
+async def test_a_remove_a_site_missed_while_down_is_done_when_it_answers(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site that was down when its function was removed (or moved away by a new
+    policy) kept it for ever: the failure was logged, never retried, and the site
+    ran an orphan nobody could see from here."""
+    sp = await spanning(LOCAL, EU)
+    eu = child(sp, "eu")
+    real_info, real_remove = eu.info, eu.remove
+
+    async def away_info() -> InfraInfo:
+        raise InfraUnavailable("eu is away")
+
+    async def away_remove(name: str) -> None:
+        raise InfraUnavailable("eu is away")
+
+    def away() -> None:
+        eu.info, eu.remove = away_info, away_remove  # type: ignore[method-assign]
+
+    def back() -> None:
+        eu.info, eu.remove = real_info, real_remove  # type: ignore[method-assign]
+
+    await sp.deploy(make_spec(), bundle)
+    await sp.deploy(make_spec(name="moved"), bundle)
+    await sp.deploy(make_spec(name="again"), bundle)
+    assert {"fn", "moved", "again"} <= eu._functions.keys()
+    away()
+    await sp.refresh()
+    await sp.remove("fn")
+    await sp.deploy(make_spec('infrastructures = ["local"]', name="moved"), bundle)  # moved away from eu
+    await sp.remove("again")
+    await sp.deploy(make_spec(name="again"), bundle)  # removed, then deployed again: eu should have it
+    back()
+    await sp.refresh()
+    assert "fn" not in eu._functions and "moved" not in eu._functions
+    assert "again" in eu._functions and "again" in sp.site("eu").deployed
+    # deployed there again, then removed: removed there too
+    await sp.remove("again")
+    assert "again" not in eu._functions
