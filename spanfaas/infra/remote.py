@@ -23,6 +23,7 @@ the scheduler fails over.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -96,7 +97,7 @@ class RemoteInfrastructure:
             doc = resp.json()
         except ValueError:
             doc = {}
-        detail = doc.get("detail") or resp.text[:300] or resp.reason_phrase
+        detail = _printable(str(doc.get("detail") or resp.text[:300] or resp.reason_phrase))
         if resp.status_code in (401, 403):
             return InfraUnavailable(f"site '{self.name}' refuses our token ({resp.status_code}): {detail}; check its token in [[infrastructures]]")
         if resp.status_code == 429:  # backpressure, not a failure: the scheduler overflows, the caller waits
@@ -109,7 +110,7 @@ class RemoteInfrastructure:
         if resp.status_code == 404 and str(doc.get("type", "")).endswith("function-not-found"):
             return FunctionNotFound(f"site '{self.name}' does not have the function: {detail}")
         if 400 <= resp.status_code < 500 and isinstance(doc, dict) and doc.get("type"):
-            err = error_from_problem(doc)
+            err = error_from_problem({**doc, "detail": detail})
             if isinstance(err, InvalidRequest):  # judged by the site's own state (its lists, limits): say so
                 return type(err)(f"site '{self.name}' ({self.url}) refused {what}: {err.message}", **err.extra)
         return InfraUnavailable(f"{what} on site '{self.name}' failed ({resp.status_code}): {detail}")
@@ -132,7 +133,7 @@ class RemoteInfrastructure:
         healthy = [i for i in infos if i.healthy]
         first = infos[0]
         return InfraInfo(
-            name=self.name, kind=self.kind, region=first.region, labels=dict(first.labels),
+            name=self.name, kind=self.kind, region=_printable(first.region), labels=dict(first.labels),
             gpu=any(i.gpu for i in infos), max_memory=max(i.max_memory for i in infos),
             max_timeout=max(i.max_timeout for i in infos), python=first.python,
             isolation=sorted({m for i in infos for m in i.isolation}),
@@ -233,4 +234,14 @@ def _message(doc: dict[str, Any]) -> str:
 
 def _all_down(infos: list[InfraInfo]) -> str:
     """Why a site whose every infrastructure is down is down: each one's reason."""
-    return "; ".join(f"its {i.name}: {i.reason or 'unhealthy'}" for i in infos)
+    return "; ".join(f"its {_printable(i.name)}: {_printable(i.reason) or 'unhealthy'}" for i in infos)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """A site's words with its control characters escaped (``\\x1b``): they reach our log and
+    the user's terminal (``spanfaas info``, ``explain``), where ESC sequences would act.
+    New lines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

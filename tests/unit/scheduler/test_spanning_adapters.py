@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
-from spanfaas.errors import PROBLEM_BASE, ImageRejected, InfraUnavailable, TooManyRequests
+from spanfaas.errors import PROBLEM_BASE, ImageRejected, InfraUnavailable, InvalidRequest, TooManyRequests
 from spanfaas.gateway import bootstrap_admin_token, create_app
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
@@ -90,6 +90,31 @@ async def test_a_deploy_the_site_refuses_names_the_site(bundle: Bundle) -> None:
         "site 'eu' (http://eu.test) refused deploying 'fn': [image] lists names 'tiny', which does not exist; curated lists: none"
     )
     assert e.value.extra["unknown_lists"] == ["tiny"]  # the rest of the problem stays
+
+
+async def test_control_characters_a_site_sends_do_not_reach_the_terminal(bundle: Bundle) -> None:
+    """A site's words went as they came into errors, reasons and the log, and so to
+    'spanfaas info' and 'spanfaas explain': a body with ESC [2J cleared the user's
+    screen.  They come escaped, as \\x1b (new lines and tabs stay)."""
+    evil = "\x1b[2J\x1b[31mPWNED\x1b[0m\x07"
+    answers = {
+        "/v1/info": httpx.Response(200, json={"infrastructures": [{"name": "local", "kind": "local", "healthy": False, "reason": evil}]}),
+        "/v1/functions/fn": httpx.Response(400, json={"type": PROBLEM_BASE + "invalid-manifest", "title": "t", "status": 400, "detail": evil + "\nline two"}),
+        "/v1/functions/fn/invoke": httpx.Response(502, text=evil),
+    }  # fmt: skip
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address="http://eu.test", timeout=2), transport=transport)
+    shown = "\\x1b[2J\\x1b[31mPWNED\\x1b[0m\\x07"
+    try:
+        assert (await site.info()).reason == f"its local: {shown}"
+        with pytest.raises(InvalidRequest) as e:
+            await site.deploy(make_spec(), bundle)
+        assert e.value.message.endswith(f": {shown}\nline two")
+        with pytest.raises(InfraUnavailable) as u:
+            await site.invoke(make_spec(), b"{}", InvokeContext(invocation_id="x"))
+        assert u.value.message.endswith(f"(502): {shown}")
+    finally:
+        await site.close()
 
 
 async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
