@@ -222,9 +222,9 @@ class SpanningInfrastructure:
                 self._pending[site.name].discard(name)
                 continue
             try:
-                await asyncio.wait_for(site.infra.deploy(*entry), site.config.timeout)
-            except (SpanfaasError, OSError, TimeoutError) as exc:
-                log.info("deploying %s on %s is still pending: %s", name, site.name, exc)
+                await self._deploy_on(site, *entry)  # as long as a deploy gets (a bundle to upload, an image to build)
+            except SpanfaasError as exc:
+                log.info("deploying %s on %s is still pending: %s", name, site.name, exc.message)
                 return
             site.deployed.add(name)
             self._pending[site.name].discard(name)

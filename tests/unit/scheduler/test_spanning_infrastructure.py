@@ -471,3 +471,27 @@ async def test_a_remove_a_site_missed_while_down_is_done_when_it_answers(spannin
     # deployed there again, then removed: removed there too
     await sp.remove("again")
     assert "again" not in eu._functions
+
+
+async def test_a_pending_deploy_gets_as_long_as_a_deploy(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A deploy waits max(timeout, 60 s) for a site (a bundle to upload, an image the site
+    builds); the same deploy, pending because the site was down, was cut at its timeout
+    (10 s by default) at every refresh, logged as 'still pending: ' with no reason."""
+    sp = await spanning(LOCAL, msgspec.structs.replace(EU, timeout=0.05))
+    eu = child(sp, "eu")
+    real_info, real_deploy = eu.info, eu.deploy
+
+    async def away() -> InfraInfo:
+        raise InfraUnavailable("eu is away")
+
+    async def slow_deploy(spec, b):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.3)  # longer than its timeout, well within a deploy's 60 s
+        await real_deploy(spec, b)
+
+    eu.info = away  # type: ignore[method-assign]
+    await sp.refresh()
+    await sp.deploy(make_spec(), bundle)
+    assert "fn" not in sp.site("eu").deployed
+    eu.info, eu.deploy = real_info, slow_deploy  # type: ignore[method-assign]
+    await sp.refresh()
+    assert "fn" in sp.site("eu").deployed and "fn" in eu._functions
