@@ -495,3 +495,24 @@ async def test_a_pending_deploy_gets_as_long_as_a_deploy(spanning, bundle: Bundl
     eu.info, eu.deploy = real_info, slow_deploy  # type: ignore[method-assign]
     await sp.refresh()
     assert "fn" in sp.site("eu").deployed and "fn" in eu._functions
+
+
+async def test_a_site_that_never_answered_shows_no_region_it_does_not_have() -> None:
+    """A remote site that had not answered yet (nor declared a region) showed region
+    'local' in 'spanfaas info' and 'explain': the default of this machine's runtime."""
+    from spanfaas.infra.memory import InMemoryInfrastructure
+    from spanfaas.scheduler import SpanningInfrastructure
+
+    far = InMemoryInfrastructure("far")
+
+    async def away() -> InfraInfo:
+        raise InfraUnavailable("far is away")
+
+    far.info = away  # type: ignore[method-assign]
+    sp = SpanningInfrastructure([(InMemoryInfrastructure("local"), LOCAL), (far, InfraConfig(name="far", kind="remote", address="http://far"))])
+    await sp.start()
+    try:
+        assert [i.region for i in sp.infos()] == ["us-east", ""]
+        assert [v.region for v in sp.explain(make_spec()).infrastructures] == ["us-east", ""]
+    finally:
+        await sp.close()
