@@ -331,6 +331,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
                         f"environment variable {key} must be a JSON list, e.g. "
                         '[{"name": "local", "kind": "local"}]'
                     ) from None
+                from_env[name] = key  # not its value: it may hold a site's token
                 continue
             data[name] = _coerce(key, raw, fields[name].type)
             from_env[name] = f"{key}={raw!r}"
@@ -341,8 +342,11 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         except msgspec.ValidationError as exc:
             problem, _, where = str(exc).rpartition(" - at `$.")
             name = where.split(".", 1)[0].split("[", 1)[0].rstrip("`")
-            if problem and name in from_env and name not in given:
-                raise InvalidRequest(f"environment variable {from_env[name]} is not valid: {problem}") from None
+            if not problem:  # from Settings.__post_init__, whose checks are all of the infrastructures
+                problem, name = str(exc), "infrastructures"
+            if name in from_env and name not in given:
+                detail = str(exc) if name == "infrastructures" else problem  # which entry, too
+                raise InvalidRequest(f"environment variable {from_env[name]} is not valid: {detail}") from None
             if path and name not in given:  # from the file: name it, the user edits it
                 raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG) has an invalid setting: {exc}") from None
             raise InvalidRequest(f"invalid settings: {exc}") from None

@@ -154,9 +154,10 @@ _HINTS = {
 _ITEM_HINTS = {
     "image.preload[]": ("is not a module name", 'preload names modules to import, e.g. preload = ["sklearn"]'),
     "image.lists[]": ("is not a curated list name", "lowercase letters, digits and '-', starting with a letter (spanfaas images curate ls)"),
+    "image.python": ("is not a Python version", 'write major.minor, e.g. python = "3.11", or leave it out (the platform\'s)'),
     "triggers[].name": ("is not a trigger name", "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (at most 63)"),
 }
-"""The same for an item of a list or a ``[[table]]`` (msgspec's key carries its index)."""
+"""The same, naming the value, for an item of a list or a ``[[table]]`` (msgspec's key carries its index) or a key."""
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
 _RANGE_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+) - at")

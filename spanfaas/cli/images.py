@@ -9,6 +9,7 @@ from typing import Annotated, Any, Self
 
 import msgspec
 import typer
+from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -25,7 +26,8 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import InvalidManifest, InvalidRequest, plural
+from spanfaas.client.images import split_requirement
+from spanfaas.errors import InvalidManifest, InvalidRequest, NotFound, SpanfaasError, plural
 from spanfaas.model import MANIFEST_NAME, ImageRequest, load_manifest
 
 __all__ = ["app", "build_with_progress", "curate", "image_request_of"]
@@ -334,8 +336,23 @@ def curate_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Approve packages on a list, or change their approved range (admin)."""
+    seen: dict[str, str] = {}
+    for r in requirements:  # all checked before any is sent: a typo must not leave half the command done
+        key = canonicalize_name(split_requirement(r)[0])
+        if key in seen:
+            raise InvalidRequest(f"the command names {key} twice ({seen[key]!r}, {r!r}); give it one range")
+        seen[key] = r
+    done: list[dict[str, Any]] = []
     with Client(url, token) as client:
-        done = [client.images.approve(name, r, note=note) for r in requirements]
+        for i, r in enumerate(requirements):
+            try:
+                done.append(client.images.approve(name, r, note=note))
+            except SpanfaasError as exc:
+                if not done:
+                    raise
+                was = ", ".join(p["name"] + p.get("specifier", "") for p in done)
+                rest = f"; not tried: {', '.join(requirements[i + 1:])}" if requirements[i + 1:] else ""
+                raise type(exc)(f"{exc.message} ({was} {'was' if len(done) == 1 else 'were'} approved already{rest})", **exc.extra) from None
     if as_json:
         print_json({"list": name, "packages": done})
         return
@@ -355,6 +372,13 @@ def curate_remove(
 ) -> None:
     """Withdraw packages from a list (admin): new deploys needing them are rejected; running functions keep running."""
     with Client(url, token) as client:
+        on_list = {pkg["name"] for pkg in client.images.get_list(name).get("packages", [])}
+        missing = [p for p in packages if canonicalize_name(p) not in on_list]
+        if missing:  # none withdrawn: a typo must not leave half the command done
+            raise NotFound(
+                f"{', '.join(repr(p) for p in missing)} {'is' if len(missing) == 1 else 'are'} not on curated list "
+                f"'{name}'; it approves: {', '.join(sorted(on_list)) or 'none'}; nothing was withdrawn"
+            )
         for p in packages:
             client.images.withdraw(name, p)
     print_done(as_json, {"list": name, "removed": packages}, f"withdrew {escape(', '.join(packages))} from {escape(name)}")

@@ -53,7 +53,7 @@ def up(
 ) -> None:
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
-    from spanfaas.gateway.dns import with_early_action
+    from spanfaas.gateway.dns import check_dns, with_early_action
     from spanfaas.gateway.server import configure_logging, serve
     from spanfaas.store import open_store
 
@@ -62,6 +62,8 @@ def up(
     settings = with_early_action(settings, dns=dns, dns_port=check_port(dns_port, "--dns-port"),
                                  early_action=False if no_early_action else None)  # fmt: skip
     _check_port(settings.host, settings.port)
+    if settings.dns.enabled:
+        check_dns(settings.dns, settings.host)
     _check_data_dir(settings.data_path)
     saved = load_user_config()
     store = open_store(settings)

@@ -44,6 +44,13 @@ def split_requirement(text: str) -> tuple[str, str]:
         req = Requirement(text)
     except InvalidRequirement as exc:
         raise InvalidRequest(f"{text!r} is not a valid requirement ({exc}); write e.g. 'numpy>=1.26,<3'") from None
+    # refused as the gateway refuses them in a list's packages: dropped, they would widen the approval
+    if req.url:
+        raise InvalidRequest(f"{text!r} is a direct reference (URL); approve a name and a version range instead")
+    if req.marker is not None:
+        raise InvalidRequest(f"{text!r} has an environment marker; approve a name and a version range only")
+    if req.extras:
+        raise InvalidRequest(f"{text!r} names extras; approve the package itself (its extras' packages separately)")
     return req.name, str(req.specifier)
 
 

@@ -223,6 +223,7 @@ async def info(gw: Gateway, request: Request) -> Response:
             infrastructures=infos,
             protections=protections,
             limits=Limits(max_payload=s.max_payload, max_bundle=s.max_bundle),
+            gateway=gw.id,
         )
     )
 

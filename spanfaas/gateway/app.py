@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,6 +35,7 @@ from spanfaas.config import Settings
 from spanfaas.events import EventService
 from spanfaas.images import ImageService
 from spanfaas.infra.base import Infrastructure
+from spanfaas.scheduler import SpanningInfrastructure
 from spanfaas.store import Store
 from spanfaas.gateway.api import endpoints, routes
 from spanfaas.gateway.auth import AuthMiddleware, TokenCache
@@ -61,6 +63,10 @@ class Gateway:
         self.settings = settings
         self.store = store
         self.infra = infra
+        self.id = secrets.token_hex(8)
+        """This gateway's id for this run, in its /v1/info: a remote site that answers with it is this gateway."""
+        if isinstance(infra, SpanningInfrastructure):
+            infra.served_by(self.id)
         self.metrics = Metrics()
         self.tokens = TokenCache(store)
         self.images = ImageService(settings, store, registry=self.metrics.registry)

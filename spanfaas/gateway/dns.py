@@ -46,7 +46,7 @@ from dnslib import (  # type: ignore[import-untyped]
 from spanfaas.config import DnsSettings, Settings
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["DnsResponder", "answer_address", "start_dns", "with_early_action"]
+__all__ = ["DnsResponder", "answer_address", "check_dns", "start_dns", "with_early_action"]
 
 log = logging.getLogger("spanfaas.gateway")
 
@@ -66,7 +66,33 @@ def answer_address(dns: DnsSettings, gateway_host: str) -> str:
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
+        pass
+    try:
         return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])  # a host name: resolve it once
+    except socket.gaierror as exc:
+        where = "[dns] address" if dns.address else "the gateway's host (--host), which the DNS responder answers with,"
+        raise InvalidRequest(
+            f"{where} {host!r} is not an IP address, nor a name that resolves ({exc.strerror}); "
+            "set [dns] address to the address lookups should get"
+        ) from None
+
+
+def check_dns(dns: DnsSettings, gateway_host: str) -> None:
+    """Before anything starts: the address to answer with, and the UDP port, are usable."""
+    answer_address(dns, gateway_host)
+    family = socket.AF_INET6 if ":" in dns.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((dns.host, dns.port))
+        except OSError as exc:
+            raise _cannot_listen(dns, exc) from None
+
+
+def _cannot_listen(dns: DnsSettings, exc: OSError) -> InvalidRequest:
+    return InvalidRequest(
+        f"the DNS responder cannot listen on udp {dns.host}:{dns.port}: {exc.strerror or exc}; "
+        "pick another with [dns] port or --dns-port (0: any free port)"
+    )
 
 
 class DnsResponder(asyncio.DatagramProtocol):
@@ -167,10 +193,7 @@ async def start_dns(
     try:
         await loop.create_datagram_endpoint(lambda: responder, local_addr=(dns.host, dns.port), family=family)
     except OSError as exc:
-        raise InvalidRequest(
-            f"the DNS responder cannot listen on udp {dns.host}:{dns.port}: {exc.strerror}; "
-            "pick another with [dns] port (0: any free port)"
-        ) from None
+        raise _cannot_listen(dns, exc) from None
     log.info("dns responder answering for *.%s on udp %s:%d", responder.zone, dns.host, responder.port)
     return responder
 
@@ -195,6 +218,10 @@ def with_early_action(
         new_dns = msgspec.convert({**msgspec.to_builtins(settings.dns), **changes}, DnsSettings)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"invalid DNS settings: {exc}") from None
+    if not new_dns.enabled:  # a flag that changes nothing is a mistake to say, not to ignore
+        flag = "--dns-port" if dns_port is not None else "--dns-zone" if dns_zone is not None else None
+        if flag is not None:
+            raise InvalidRequest(f"{flag} does nothing without --dns (or [dns] enabled = true); add --dns")
     out: Settings = msgspec.structs.replace(settings, dns=new_dns)
     if early_action is not None:
         out = msgspec.structs.replace(out, early_action=early_action)

@@ -93,6 +93,8 @@ class Info(Struct):
     infrastructures: list[InfraInfo]
     protections: list[Protection]
     limits: Limits
+    gateway: str = ""
+    """This gateway's id for this run (random): a site whose info has our own id is this gateway itself."""
 
 
 class TokenRequest(Struct, forbid_unknown_fields=True):

@@ -25,6 +25,7 @@ from packaging.specifiers import Specifier
 
 from spanfaas.errors import ImageRejected, InvalidRequest
 from spanfaas.images.ranges import (
+    allows_some,
     canonical,
     intersects,
     parse_requirement,
@@ -72,7 +73,8 @@ def approved_package(text: str, *, specifier: str | None = None, note: str = "",
 
 def as_written(specifier: str) -> str:
     """A valid specifier in the order it was written, spaces normalized (``>=1.26,<3``)."""
-    parse_specifier(specifier)
+    if not allows_some(parse_specifier(specifier)):
+        raise InvalidRequest(f"{specifier.strip()!r} allows no version; write a range some version meets, e.g. '>=1.26,<3'")
     return ",".join(str(Specifier(part.strip())) for part in specifier.split(",") if part.strip())
 
 
@@ -101,7 +103,7 @@ class Offense(Struct, frozen=True, kw_only=True):
     requested: str
     """As requested (or ``name==version`` as resolved, for a dependency)."""
     reason: str
-    """``not-approved``, ``outside-range`` or ``dependency-not-approved``."""
+    """``not-approved``, ``outside-range``, ``no-version`` (a range no version meets) or ``dependency-not-approved``."""
     allowed: list[str] = []
     """What the selected lists allow for it, ``numpy>=1.26,<3 (list science)``."""
     elsewhere: list[str] = []
@@ -112,6 +114,9 @@ class Offense(Struct, frozen=True, kw_only=True):
         match self.reason:
             case "outside-range":
                 return f"{self.requested} is outside the approved range: {' or '.join(self.allowed)}"
+            case "no-version":
+                approved = f" (approved: {' or '.join(self.allowed)})" if self.allowed else ""
+                return f"{self.requested} allows no version; write a range some version meets{approved}"
             case "dependency-not-approved":
                 return f"{self.requested} is a dependency not approved by the selected lists{where}"
             case _:
@@ -174,7 +179,8 @@ def plan(request: ImageRequest, lists: Sequence[CuratedList], *, python: str | N
         fitting = [(ln, p) for ln, p in approvals if intersects(req.specifier, p.specifier)]
         if not fitting:
             allowed = [f"{p.requirement} (list {ln})" for ln, p in approvals]
-            offenses.append(Offense(package=name, requested=text, reason="outside-range", allowed=allowed))
+            reason = "outside-range" if allows_some(req.specifier) else "no-version"
+            offenses.append(Offense(package=name, requested=text, reason=reason, allowed=allowed))
             continue
         chosen[name] = fitting[0][1].specifier
     if offenses:

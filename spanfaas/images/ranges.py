@@ -32,7 +32,7 @@ from packaging.version import InvalidVersion, Version
 
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["canonical", "intersects", "parse_requirement", "parse_specifier"]
+__all__ = ["allows_some", "canonical", "intersects", "parse_requirement", "parse_specifier"]
 
 
 def canonical(name: str) -> str:
@@ -216,3 +216,8 @@ def intersects(a: SpecifierSet | str, b: SpecifierSet | str) -> bool:
     a = parse_specifier(a) if isinstance(a, str) else a
     b = parse_specifier(b) if isinstance(b, str) else b
     return bool(_meet_all(_union(a), _union(b)))
+
+
+def allows_some(spec: SpecifierSet | str) -> bool:
+    """True when some version satisfies ``spec`` (``<1,>2`` allows none)."""
+    return bool(_union(parse_specifier(spec) if isinstance(spec, str) else spec))

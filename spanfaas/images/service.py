@@ -435,7 +435,8 @@ class ImageService:
         return records, self.store.image_users()
 
     def resolve_id(self, prefix: str) -> str:
-        """A full image id from an id or a unique prefix of at least 6 digits."""
+        """A full image id from an id or a unique prefix of at least 6 digits (in either case)."""
+        prefix = prefix.lower()  # ids are lowercase hex; a hash copied in capitals is the same one
         if len(prefix) == 64:
             return prefix
         matches = [r.id for r in self.store.list_images() if prefix and r.id.startswith(prefix)]

@@ -12,9 +12,10 @@ infrastructures, not our names, regions, labels or prices.
 
 Errors: the function's own failure (a Problem whose type is one of the
 function-* slugs) comes back as a ``Result`` with ``error``; a request the
-site rejects as wrong is raised as the same typed error; a site that is full
-(429) is ``TooManyRequests`` with its Retry-After, which the scheduler
-overflows from without counting it as a failure; everything else
+site rejects as wrong is raised as the same typed error, its message naming
+the site; a site that is full (429) is ``TooManyRequests`` with its
+Retry-After, which the scheduler overflows from without counting it as a
+failure; everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.
 """
@@ -22,6 +23,7 @@ the scheduler fails over.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -76,6 +78,8 @@ class RemoteInfrastructure:
         self._bundles: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._packed: dict[str, bytes] = {}
         self.inflight = 0
+        self.own_gateway = ""
+        """The id of the gateway this adapter works for (``SpanningInfrastructure.served_by``)."""
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -93,7 +97,7 @@ class RemoteInfrastructure:
             doc = resp.json()
         except ValueError:
             doc = {}
-        detail = doc.get("detail") or resp.text[:300] or resp.reason_phrase
+        detail = _printable(str(doc.get("detail") or resp.text[:300] or resp.reason_phrase))
         if resp.status_code in (401, 403):
             return InfraUnavailable(f"site '{self.name}' refuses our token ({resp.status_code}): {detail}; check its token in [[infrastructures]]")
         if resp.status_code == 429:  # backpressure, not a failure: the scheduler overflows, the caller waits
@@ -106,9 +110,9 @@ class RemoteInfrastructure:
         if resp.status_code == 404 and str(doc.get("type", "")).endswith("function-not-found"):
             return FunctionNotFound(f"site '{self.name}' does not have the function: {detail}")
         if 400 <= resp.status_code < 500 and isinstance(doc, dict) and doc.get("type"):
-            err = error_from_problem(doc)
-            if isinstance(err, InvalidRequest):
-                return err
+            err = error_from_problem({**doc, "detail": detail})
+            if isinstance(err, InvalidRequest):  # judged by the site's own state (its lists, limits): say so
+                return type(err)(f"site '{self.name}' ({self.url}) refused {what}: {err.message}", **err.extra)
         return InfraUnavailable(f"{what} on site '{self.name}' failed ({resp.status_code}): {detail}")
 
     # -- the protocol ----------------------------------------------------------------------
@@ -117,13 +121,19 @@ class RemoteInfrastructure:
         resp = await self._request("GET", "/v1/info", timeout=self.config.timeout)
         if resp.status_code != 200:
             raise self._error(resp, "GET /v1/info")
-        infos = msgspec.convert(resp.json().get("infrastructures", []), list[InfraInfo])
+        doc = resp.json()
+        if self.own_gateway and doc.get("gateway") == self.own_gateway:  # a deploy there would wait on itself
+            raise InfraUnavailable(
+                f"site '{self.name}' at {self.url} is this gateway itself; point its address at another spanfaas site, "
+                "or remove it from [[infrastructures]]"
+            )
+        infos = msgspec.convert(doc.get("infrastructures", []), list[InfraInfo])
         if not infos:
             raise InfraUnavailable(f"site '{self.name}' lists no infrastructures")
         healthy = [i for i in infos if i.healthy]
         first = infos[0]
         return InfraInfo(
-            name=self.name, kind=self.kind, region=first.region, labels=dict(first.labels),
+            name=self.name, kind=self.kind, region=_printable(first.region), labels=dict(first.labels),
             gpu=any(i.gpu for i in infos), max_memory=max(i.max_memory for i in infos),
             max_timeout=max(i.max_timeout for i in infos), python=first.python,
             isolation=sorted({m for i in infos for m in i.isolation}),
@@ -224,4 +234,14 @@ def _message(doc: dict[str, Any]) -> str:
 
 def _all_down(infos: list[InfraInfo]) -> str:
     """Why a site whose every infrastructure is down is down: each one's reason."""
-    return "; ".join(f"its {i.name}: {i.reason or 'unhealthy'}" for i in infos)
+    return "; ".join(f"its {_printable(i.name)}: {_printable(i.reason) or 'unhealthy'}" for i in infos)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """A site's words with its control characters escaped (``\\x1b``): they reach our log and
+    the user's terminal (``spanfaas info``, ``explain``), where ESC sequences would act.
+    New lines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -26,6 +26,7 @@ import ctypes
 import gc
 import importlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -265,6 +266,19 @@ class Zygote:
         self.shutdown()
 
     def _on_message(self, msg: Any, fds: list[int]) -> bool:
+        try:
+            return self._handle(msg, fds)
+        except ConnectionError:
+            if self._runtime_gone():  # it went away while we answered (a gateway that failed to start)
+                return True  # ends the loop quietly, as EOF does
+            raise
+
+    def _runtime_gone(self) -> bool:
+        poller = select.poll()
+        poller.register(self.chan.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
+    def _handle(self, msg: Any, fds: list[int]) -> bool:
         # A failure to fork one template or spare (out of fds, pids or
         # namespaces) fails that start, not the zygote and every function on it.
         match msg:
@@ -277,6 +291,8 @@ class Zygote:
                 try:
                     self.spawn(msg, fds[0])
                 except OSError:  # raised before the channel was handed on or closed
+                    if self._runtime_gone():
+                        return True
                     traceback.print_exc()
                     with contextlib.suppress(OSError):
                         os.close(fds[0])
@@ -287,6 +303,8 @@ class Zygote:
                 try:
                     self.prepare_spare(msg)
                 except OSError:
+                    if self._runtime_gone():
+                        return True
                     traceback.print_exc()
                     p.send_msg(self.chan, p.SpareReady(msg.key, -1))
             case p.ZygoteShutdown():

@@ -55,7 +55,9 @@ class Site:
         self.order = order
         self.alpha = settings.ewma_alpha
         self.breaker = Breaker(settings.failure_threshold, settings.open_for, settings.max_open_for)
-        self.info = merge(InfraInfo(name=self.name, kind=config.kind, healthy=False, images=config.kind != "ray"), config)
+        # Until it answers, it has only what was declared: no region ('local' is this machine's runtime's).
+        region = "local" if config.kind == "local" else ""
+        self.info = merge(InfraInfo(name=self.name, kind=config.kind, region=region, healthy=False, images=config.kind != "ray"), config)
         self.reported = False
         """Whether the infrastructure has answered ``info`` at least once."""
         self.reason = "not refreshed yet"

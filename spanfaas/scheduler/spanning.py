@@ -11,6 +11,8 @@ The gateway holds one of these as its ``infra``.  It
   fails (the previous version keeps serving) but a first deploy is kept
   pending, so a gateway restarted while a site is away serves the site's
   functions once it answers;
+- **removes** a function everywhere it is; a site that is down (or fails the
+  remove) has it removed when it answers, so it runs no orphan;
 - **invokes** on the scheduler's first choice and fails over to the next on
   ``InfraError`` only, never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
@@ -86,6 +88,8 @@ class SpanningInfrastructure:
         self._functions: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions to deploy there once it answers."""
+        self._unremoved: dict[str, set[str]] = {s.name: set() for s in sites}
+        """Per site, functions removed (or moved away) while it was down: removed there once it answers."""
         self._tasks: list[asyncio.Task[None]] = []
         self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
         self._started = False
@@ -93,6 +97,14 @@ class SpanningInfrastructure:
     @classmethod
     def from_settings(cls, settings: Settings) -> SpanningInfrastructure:
         return cls([(build_infrastructure(c, settings), c) for c in settings.infrastructures], settings.scheduler)
+
+    def served_by(self, gateway: str) -> None:
+        """The id of the gateway this places for: a remote site answering with it is that gateway itself."""
+        from spanfaas.infra.remote import RemoteInfrastructure
+
+        for s in self.sites:
+            if isinstance(s.infra, RemoteInfrastructure):
+                s.infra.own_gateway = gateway
 
     def site(self, name: str) -> Site:
         try:
@@ -165,6 +177,8 @@ class SpanningInfrastructure:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
+        if site.info.healthy and self._unremoved[site.name]:
+            await self._remove_unremoved(site)
         if site.info.healthy and self._pending[site.name]:
             await self._deploy_pending(site)
         if (site.info.healthy, _capabilities(site.info)) != was:
@@ -186,6 +200,21 @@ class SpanningInfrastructure:
         site.down(reason)
         site.breaker.trip(self.clock())
 
+    async def _remove_unremoved(self, site: Site) -> None:
+        for name in sorted(self._unremoved[site.name]):
+            if name in site.deployed or name in self._pending[site.name]:  # wanted there again
+                self._unremoved[site.name].discard(name)
+                continue
+            try:
+                await asyncio.wait_for(site.infra.remove(name), site.config.timeout)
+            except FunctionNotFound:
+                pass
+            except (SpanfaasError, OSError, TimeoutError) as exc:
+                log.info("removing %s from %s is still pending: %s", name, site.name, _describe(exc))
+                return
+            self._unremoved[site.name].discard(name)
+            log.info("removed %s from %s (pending since it was down)", name, site.name)
+
     async def _deploy_pending(self, site: Site) -> None:
         for name in sorted(self._pending[site.name]):
             entry = self._functions.get(name)
@@ -193,12 +222,13 @@ class SpanningInfrastructure:
                 self._pending[site.name].discard(name)
                 continue
             try:
-                await asyncio.wait_for(site.infra.deploy(*entry), site.config.timeout)
-            except (SpanfaasError, OSError, TimeoutError) as exc:
-                log.info("deploying %s on %s is still pending: %s", name, site.name, exc)
+                await self._deploy_on(site, *entry)  # as long as a deploy gets (a bundle to upload, an image to build)
+            except SpanfaasError as exc:
+                log.info("deploying %s on %s is still pending: %s", name, site.name, exc.message)
                 return
             site.deployed.add(name)
             self._pending[site.name].discard(name)
+            self._unremoved[site.name].discard(name)
             self.scheduler.changed()
             log.info("deployed %s on %s (pending since it was down)", name, site.name)
 
@@ -247,9 +277,12 @@ class SpanningInfrastructure:
     async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
         eligible = validate(spec, [s.info for s in self.sites], {s.name: s.unknown() for s in self.sites})
         targets = [self.site(n) for n in eligible]
-        results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in targets), return_exceptions=True)
-        failed: dict[str, BaseException] = {}
-        for site, res in zip(targets, results):
+        # A site the refresh found down is not waited for (one that hangs would hold the
+        # deploy for its deploy timeout): it gets the function when it answers again.
+        up = [s for s in targets if s.healthy]
+        failed: dict[str, BaseException] = {s.name: InfraUnavailable(f"down: {s.reason}") for s in targets if not s.healthy}
+        results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in up), return_exceptions=True)
+        for site, res in zip(up, results):
             if res is not None:
                 if not isinstance(res, Exception):
                     raise res
@@ -268,6 +301,7 @@ class SpanningInfrastructure:
         for site in done:
             site.deployed.add(spec.name)
             self._pending[site.name].discard(spec.name)
+            self._unremoved[site.name].discard(spec.name)  # replaced there: nothing left to remove
         for name, exc in failed.items():
             log.warning("deploying %s on %s failed, retrying when it answers: %s", spec.name, name, _describe(exc))
             self.site(name).deployed.discard(spec.name)
@@ -275,8 +309,14 @@ class SpanningInfrastructure:
         for site in self.sites:
             if site.name not in eligible and spec.name in site.deployed:  # the policy moved it away
                 site.deployed.discard(spec.name)
-                with contextlib.suppress(SpanfaasError, OSError, TimeoutError):
+                try:
+                    if not site.healthy:
+                        raise InfraUnavailable(site.reason)
                     await asyncio.wait_for(site.infra.remove(spec.name), site.config.timeout)
+                except FunctionNotFound:
+                    pass
+                except (SpanfaasError, OSError, TimeoutError):
+                    self._unremoved[site.name].add(spec.name)  # removed there when it answers
         self.scheduler.changed()
 
     async def _deploy_on(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
@@ -307,7 +347,12 @@ class SpanningInfrastructure:
         self._functions.pop(name, None)
         for site in self.sites:
             self._pending[site.name].discard(name)
-            if name in site.deployed:
+            if name in self._unremoved[site.name]:
+                continue  # still to be removed there, when it answers
+            if name in site.deployed and not site.healthy:  # not waited for: removed there when it answers
+                site.deployed.discard(name)
+                self._unremoved[site.name].add(name)
+            elif name in site.deployed:
                 site.deployed.discard(name)
                 # Never cancelled: a local remove drains in-flight calls for up to
                 # their timeout, and cut short it would leave processes behind.
@@ -326,8 +371,10 @@ class SpanningInfrastructure:
 
     def _removed(self, site: str, name: str, task: asyncio.Future[None]) -> None:
         self._removals.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("removing %s from %s failed: %s", name, site, exc)
+        if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, FunctionNotFound):
+            log.warning("removing %s from %s failed, retrying when it answers: %s", name, site, exc)
+            if name not in self.site(site).deployed:  # (not deployed there again meanwhile)
+                self._unremoved[site].add(name)
 
     async def prewarm(self, name: str) -> bool:
         """Prewarm where the next invocation would run: the scheduler's first choice (looked up, not counted)."""

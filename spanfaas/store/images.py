@@ -343,8 +343,8 @@ class ImageQueries(SQLStore):
 
     def image_audit(self, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
         where, args = "", []
-        if target is not None:  # list names and image ids hold no LIKE wildcards
-            where, args = "WHERE target = ? OR target LIKE ? ", [target, target + "/%"]
+        if target is not None:  # the target and what is under it (a list's packages); compared, not a LIKE pattern
+            where, args = "WHERE target = ? OR substr(target, 1, ?) = ? ", [target, len(target) + 1, target + "/"]
         cols = "id, at, actor, actor_id, action, target, detail"
         with self._read() as cur:
             cur.execute(

@@ -710,3 +710,20 @@ def test_dlq_replay_of_several_says_which_were_replayed_when_one_fails(cli: Any,
     assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("dl-nope", 404)]
     assert "no dead letter 'dl-nope'" in r.stderr and "replayed 2 of 3 dead letters" in r.stderr
     assert live.store.get_dead_letter("dl-a") is None and live.store.get_dead_letter("dl-b") is None
+
+
+def test_up_with_dns_it_cannot_serve_says_so_before_anything_starts(cli: Any, tmp_path: Path) -> None:
+    """A DNS port in use, or a [dns] address that is no address, failed in the gateway's
+    start-up: a wall of tracebacks (uvicorn's, the zygotes' broken pipes), 'cannot listen
+    on udp 127.0.0.1:P: None', and 'the gateway could not start' (exit 7)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        r = cli("up", "--port", "0", "--data-dir", str(tmp_path / "state"), "--dns", "--dns-port", str(port))
+    expect_error(r, 2, f"the DNS responder cannot listen on udp 127.0.0.1:{port}: Address already in use", "[dns] port")
+    conf = tmp_path / "dns.toml"
+    conf.write_text('[dns]\nenabled = true\nport = 0\naddress = "no-such-host.invalid"\n')
+    r = cli("up", "--port", "0", "--data-dir", str(tmp_path / "state"), SPANFAAS_CONFIG=str(conf))
+    expect_error(r, 2, "[dns] address 'no-such-host.invalid' is not an IP address, nor a name that resolves")
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made

@@ -130,6 +130,9 @@ def test_result_raises_the_typed_error(kind: str, exc: type[Exception]) -> None:
          "image.lists[0] 'Science' is not a curated list name; lowercase letters, digits and '-', starting with a letter"),
         ('name = "x"\n[[triggers]]\nname = "Nightly Job"\nschedule = "0 3 * * *"',
          "triggers[0].name 'Nightly Job' is not a trigger name; lowercase letters, digits, '.', '_' or '-'"),
+        # it said "Expected `str` matching regex '^(3\\.\\d{1,2})?$'"
+        ('name = "x"\n[image]\npython = "3"', "image.python '3' is not a Python version; write major.minor, e.g. python = \"3.11\", or leave it out"),
+        ('name = "x"\n[image]\npython = "python3.11"', "image.python 'python3.11' is not a Python version"),
     ],
 )
 def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:

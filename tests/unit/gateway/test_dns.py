@@ -124,3 +124,12 @@ def test_a_question_that_parses_but_cannot_be_echoed_gets_formerr() -> None:
         reply = DNSRecord.parse(out)
         assert reply.header.rcode == RCODE.FORMERR and reply.header.id == 0xBEEF and not reply.rr
     assert looked == [] and codes == ["formerr", "formerr"]
+
+
+def test_a_dns_flag_without_dns_on_is_refused() -> None:
+    """'spanfaas up --dns-port 5399' started a gateway with no DNS responder, without a word."""
+    for given in ({"dns_port": 5399}, {"dns_zone": "faas.test"}):
+        with pytest.raises(InvalidRequest, match=r"^--dns-(port|zone) does nothing without --dns \(or \[dns\] enabled = true\); add --dns$"):
+            with_early_action(Settings(), **given)  # type: ignore[arg-type]
+    on = Settings(dns=DnsSettings(enabled=True))  # on in the settings: the flag alone is enough
+    assert with_early_action(on, dns_port=5399).dns.port == 5399

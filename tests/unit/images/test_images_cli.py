@@ -161,3 +161,38 @@ def test_the_audit_trail_reads_as_changes_not_as_python_dicts(cli: Cli) -> None:
                  "require_transitive: false → true", "packages: tinycalc>=1,<3"):  # fmt: skip
         assert line in out, (line, out)
     assert "{'from'" not in out and "note: ," not in out and not out.rstrip().endswith("note:")
+
+
+def test_curate_add_and_remove_of_several_packages_say_what_they_changed(cli: Cli) -> None:
+    """'curate remove tools tinycalc nothere' withdrew tinycalc, then stopped at nothere
+    with its error alone; 'add' of a package twice applied both ranges one after the
+    other, and 'add tools tinyhelper bad>=x' approved tinyhelper before failing."""
+
+    def approved() -> list[str]:
+        lst = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)
+        return [p["name"] + p["specifier"] for p in lst["packages"]]
+
+    ok(cli("images", "curate", "create", "tools", "tinycalc"))
+    r = cli("images", "curate", "remove", "tools", "tinycalc", "nothere")
+    assert r.exit_code == 4 and "'nothere' is not on curated list 'tools'" in r.stderr and "nothing was withdrawn" in r.stderr, r.stderr
+    assert approved() == ["tinycalc"]
+    r = cli("images", "curate", "add", "tools", "tinyhelper>=1", "TinyHelper<3")
+    assert r.exit_code == 2 and "names tinyhelper twice" in r.stderr, r.stderr
+    r = cli("images", "curate", "add", "tools", "tinyhelper", "bad>=x")
+    assert r.exit_code == 2 and "'bad>=x' is not a valid requirement" in r.stderr, r.stderr
+    assert approved() == ["tinycalc"]  # nothing was changed by either
+    r = cli("images", "curate", "add", "tools", "tinyhelper>=1", "other<1,>2", "last")  # the gateway refuses the second
+    assert r.exit_code == 2 and "allows no version" in r.stderr, r.stderr
+    assert "tinyhelper>=1 was approved already; not tried: last" in r.stderr, r.stderr
+    assert approved() == ["tinycalc", "tinyhelper>=1"]
+
+
+def test_curate_add_refuses_extras_markers_and_urls_instead_of_dropping_them(cli: Cli) -> None:
+    """The client split 'six; python_version < "3"' into six and its (empty) range and
+    sent that: the list approved six, any version, and said '✓ approved six (any version)'."""
+    ok(cli("images", "curate", "create", "tools"))
+    for text, words in (("tinycalc[fast]", "names extras"), ('tinycalc>=1; python_version < "3"', "environment marker"),
+                        ("tinycalc @ https://example.invalid/tinycalc-1.0-py3-none-any.whl", "direct reference")):  # fmt: skip
+        r = cli("images", "curate", "add", "tools", text)
+        assert r.exit_code == 2 and words in r.stderr, (text, r.stderr)
+    assert json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"] == []

@@ -121,3 +121,16 @@ def test_local_versions_epochs_and_name_spellings_match_the_approvals_as_pep_440
         assert allowed(spelling), spelling
     assert plan(ImageRequest(packages=["FOO.bar==1.5"], lists=["ml"]), lists).direct == ["foo-bar"]
     assert not allowed("foo-bar>=2") and not allowed("foobar")
+
+
+def test_a_range_that_allows_no_version_is_refused_naming_it() -> None:
+    """'<1,>2' was approved, and then refused every request as 'outside the approved
+    range'; a request for such a range was told it was outside the list's."""
+    with pytest.raises(InvalidRequest, match=r"'<1,>2' allows no version; write a range some version meets"):
+        approved_package("six", specifier="<1,>2")
+    with pytest.raises(InvalidRequest, match="allows no version"):
+        new_list("x", packages=["six>=2,<1.5"])
+    assert approved_package("six", specifier="==1.0").specifier == "==1.0"  # one version is a range
+    exc = rejected(req("numpy>=3,<2", "pillow"))
+    assert exc.message.endswith("numpy>=3,<2 allows no version; write a range some version meets (approved: numpy>=1.26,<3 (list science))")
+    assert exc.extra["rejected"][0]["reason"] == "no-version"

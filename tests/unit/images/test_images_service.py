@@ -271,3 +271,10 @@ async def test_an_image_id_prefix_under_six_digits_is_called_too_short_not_missi
     assert service.resolve_id(record.id[:6]) == record.id
     with pytest.raises(NotFound, match="not found"):
         service.resolve_id("zz")
+
+
+async def test_an_image_id_in_capitals_is_that_image(service: ImageService) -> None:
+    """An id (or prefix) in capital hex digits, as some tools copy hashes, was 'not found'."""
+    record, _ = await service.ensure(TOOLS, ADMIN)
+    assert service.resolve_id(record.id[:12].upper()) == record.id
+    assert service.resolve_id(record.id.upper()) == record.id

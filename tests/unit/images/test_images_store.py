@@ -131,3 +131,13 @@ def test_records_of_bundles_never_stored_are_pruned_after_a_while(store: Store) 
     assert store.prune_image_uses(time.time() - 3600) == 0  # recent: a deploy may be storing it right now
     assert store.prune_image_uses(time.time() + 1) == 1
     assert store.image_for("fn", "stored") == "a" * 64 and store.image_for("fn", "failed-deploy") is None
+
+
+def test_the_audit_of_a_target_is_that_target_not_a_pattern(store: Store) -> None:
+    """The target went into a LIKE pattern as it was: 'audit?target=%' listed every
+    package change, and 't_ny' those of list tiny."""
+    store.create_image_list(new_list("tiny", packages=["six"]), ALICE)
+    store.put_approved_package("tiny", approved_package("idna"), ALICE)
+    assert [e.target for e in store.image_audit("tiny")] == ["tiny/idna", "tiny"]
+    for pattern in ("%", "t_ny", "ti%", "_", "tiny%"):
+        assert store.image_audit(pattern) == [], pattern

@@ -88,3 +88,17 @@ def test_a_spawn_request_whose_channel_did_not_arrive_fails_its_start(pair: tupl
     zyg, runtime_end = pair
     assert zyg._on_message(_request(), []) is False
     assert _answer(runtime_end) == p.TemplateSpawned("f-1", -1)
+
+
+def test_a_runtime_gone_while_the_zygote_answers_ends_it_quietly(
+    pair: tuple[z.Zygote, socket.socket], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway that failed its start-up (a DNS port in use) closed the runtime while
+    the zygote prepared a spare: the zygote printed a BrokenPipeError traceback, then
+    another from its answer that the spare failed, then died of it."""
+    zyg, runtime_end = pair
+    monkeypatch.setattr(zyg, "_fork_shell", lambda *a, **kw: (-1, []))  # (no real spare needed)
+    runtime_end.close()
+    assert zyg._on_message(p.PrepareSpare("spare-1", []), []) is True  # the loop ends, as on EOF
+    assert zyg._on_message(_request(), []) is True
+    assert "Traceback" not in capfd.readouterr().err

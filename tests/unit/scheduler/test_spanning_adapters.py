@@ -7,12 +7,13 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
-from spanfaas.errors import InfraUnavailable, TooManyRequests
+from spanfaas.errors import PROBLEM_BASE, ImageRejected, InfraUnavailable, InvalidRequest, TooManyRequests
 from spanfaas.gateway import bootstrap_admin_token, create_app
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
@@ -70,6 +71,52 @@ async def test_a_site_whose_infrastructures_are_all_down_says_why() -> None:
     assert info.reason == "its local: zygote exited; its ray: InfraUnavailable: nothing answers at Ray address"
 
 
+async def test_a_deploy_the_site_refuses_names_the_site(bundle: Bundle) -> None:
+    """A site judges a deploy by its own state (its curated lists, its limits): its
+    refusal came back word for word, 'curated lists: none' from a gateway that has
+    lists, with nothing saying the site had refused it."""
+    doc = {
+        "type": PROBLEM_BASE + "image-rejected", "title": "Image request rejected", "status": 400,
+        "detail": "[image] lists names 'tiny', which does not exist; curated lists: none", "unknown_lists": ["tiny"],
+    }  # fmt: skip
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json=doc, headers={"content-type": "application/problem+json"}))
+    site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address="http://eu.test", timeout=2), transport=transport)
+    try:
+        with pytest.raises(ImageRejected) as e:
+            await site.deploy(make_spec(), bundle)
+    finally:
+        await site.close()
+    assert e.value.message == (
+        "site 'eu' (http://eu.test) refused deploying 'fn': [image] lists names 'tiny', which does not exist; curated lists: none"
+    )
+    assert e.value.extra["unknown_lists"] == ["tiny"]  # the rest of the problem stays
+
+
+async def test_control_characters_a_site_sends_do_not_reach_the_terminal(bundle: Bundle) -> None:
+    """A site's words went as they came into errors, reasons and the log, and so to
+    'spanfaas info' and 'spanfaas explain': a body with ESC [2J cleared the user's
+    screen.  They come escaped, as \\x1b (new lines and tabs stay)."""
+    evil = "\x1b[2J\x1b[31mPWNED\x1b[0m\x07"
+    answers = {
+        "/v1/info": httpx.Response(200, json={"infrastructures": [{"name": "local", "kind": "local", "healthy": False, "reason": evil}]}),
+        "/v1/functions/fn": httpx.Response(400, json={"type": PROBLEM_BASE + "invalid-manifest", "title": "t", "status": 400, "detail": evil + "\nline two"}),
+        "/v1/functions/fn/invoke": httpx.Response(502, text=evil),
+    }  # fmt: skip
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address="http://eu.test", timeout=2), transport=transport)
+    shown = "\\x1b[2J\\x1b[31mPWNED\\x1b[0m\\x07"
+    try:
+        assert (await site.info()).reason == f"its local: {shown}"
+        with pytest.raises(InvalidRequest) as e:
+            await site.deploy(make_spec(), bundle)
+        assert e.value.message.endswith(f": {shown}\nline two")
+        with pytest.raises(InfraUnavailable) as u:
+            await site.invoke(make_spec(), b"{}", InvokeContext(invocation_id="x"))
+        assert u.value.message.endswith(f"(502): {shown}")
+    finally:
+        await site.close()
+
+
 async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
     ray_cfg = InfraConfig(name="ray", kind="ray", address=f"127.0.0.1:{closed_port()}")
     eu_cfg = InfraConfig(name="eu", kind="remote", address=f"http://127.0.0.1:{closed_port()}", region="eu-west", timeout=2)
@@ -96,6 +143,40 @@ async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
             await sp.deploy(eu_only, bundle)
     finally:
         await sp.close()
+
+
+async def test_a_site_that_is_this_gateway_itself_is_down_saying_so(bundle: Bundle, tmp_path: Path) -> None:
+    """A [[infrastructures]] entry whose address is this gateway's own: each deploy sent the
+    function to itself, where it waited on its own deploy for the 60 s deploy timeout,
+    and the refresh tried again for ever."""
+    import asyncio
+
+    store = SQLiteStore(tmp_path / "main" / "spanfaas.db")
+    token = bootstrap_admin_token(store)
+    apps: list[Any] = []
+
+    async def itself(scope: Any, receive: Any, send: Any) -> None:
+        await apps[0](scope, receive, send)
+
+    cfg = InfraConfig(name="me", kind="remote", address="http://main", token=token, timeout=5)
+    sp = SpanningInfrastructure(
+        [(InMemoryInfrastructure("local"), InfraConfig(name="local")), (RemoteInfrastructure(cfg, transport=httpx.ASGITransport(itself)), cfg)]
+    )
+    apps.append(create_app(Settings(data_dir=str(tmp_path / "main")), store, sp))
+    try:
+        async with apps[0].router.lifespan_context(apps[0]):
+            await sp.start()
+            await sp.refresh()  # (at its start it asked itself, not started yet, which had nothing to say)
+            me = sp.site("me")
+            assert not me.healthy and me.reason.endswith(
+                "site 'me' at http://main is this gateway itself; point its address at another spanfaas site, "
+                "or remove it from [[infrastructures]]"
+            ), me.reason
+            await asyncio.wait_for(sp.deploy(make_spec(), bundle), 10)
+            assert "fn" in sp.site("local").deployed and "fn" not in me.deployed
+    finally:
+        await sp.close()
+        store.close()
 
 
 async def test_a_full_site_is_a_429_with_its_retry_after_and_stays_healthy(bundle: Bundle, tmp_path: Path) -> None:

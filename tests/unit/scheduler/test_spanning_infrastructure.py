@@ -403,3 +403,116 @@ async def test_close_waits_for_removals_still_draining(spanning, bundle: Bundle)
     await sp.remove("fn")
     await sp.close()
     assert done == ["fn"]
+
+
+async def test_a_deploy_does_not_wait_for_a_site_known_to_be_down(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site the refresh found down (one that hangs, say) gets the function when it
+    answers again; the deploy went to it all the same and waited up to 60 s for it
+    (and so did every stored function at start-up, one after the other)."""
+    sp = await spanning(LOCAL, EU)
+    eu = child(sp, "eu")
+    real_info, real_deploy = eu.info, eu.deploy
+
+    async def hung_info() -> InfraInfo:
+        raise TimeoutError
+
+    async def hung_deploy(*a: object) -> None:
+        await asyncio.Event().wait()
+
+    eu.info, eu.deploy = hung_info, hung_deploy  # type: ignore[method-assign]
+    await sp.refresh()
+    assert not sp.site("eu").healthy
+    spec = make_spec()
+    await asyncio.wait_for(sp.deploy(spec, bundle), 5)
+    assert "fn" in sp.site("local").deployed and "fn" not in sp.site("eu").deployed
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+    # a redeploy when every eligible site is known down fails at once; the old version serves
+    with pytest.raises(InfraUnavailable, match="eu: down"):
+        await asyncio.wait_for(sp.deploy(make_spec('infrastructures = ["eu"]', extra='env = {V = "2"}'), bundle), 5)
+    eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
+    await sp.refresh()  # it answers again: it gets what is pending
+    assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
+
+
+async def test_a_remove_a_site_missed_while_down_is_done_when_it_answers(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site that was down when its function was removed (or moved away by a new
+    policy) kept it for ever: the failure was logged, never retried, and the site
+    ran an orphan nobody could see from here."""
+    sp = await spanning(LOCAL, EU)
+    eu = child(sp, "eu")
+    real_info, real_remove = eu.info, eu.remove
+
+    async def away_info() -> InfraInfo:
+        raise InfraUnavailable("eu is away")
+
+    async def away_remove(name: str) -> None:
+        raise InfraUnavailable("eu is away")
+
+    def away() -> None:
+        eu.info, eu.remove = away_info, away_remove  # type: ignore[method-assign]
+
+    def back() -> None:
+        eu.info, eu.remove = real_info, real_remove  # type: ignore[method-assign]
+
+    await sp.deploy(make_spec(), bundle)
+    await sp.deploy(make_spec(name="moved"), bundle)
+    await sp.deploy(make_spec(name="again"), bundle)
+    assert {"fn", "moved", "again"} <= eu._functions.keys()
+    away()
+    await sp.refresh()
+    await sp.remove("fn")
+    await sp.deploy(make_spec('infrastructures = ["local"]', name="moved"), bundle)  # moved away from eu
+    await sp.remove("again")
+    await sp.deploy(make_spec(name="again"), bundle)  # removed, then deployed again: eu should have it
+    back()
+    await sp.refresh()
+    assert "fn" not in eu._functions and "moved" not in eu._functions
+    assert "again" in eu._functions and "again" in sp.site("eu").deployed
+    # deployed there again, then removed: removed there too
+    await sp.remove("again")
+    assert "again" not in eu._functions
+
+
+async def test_a_pending_deploy_gets_as_long_as_a_deploy(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A deploy waits max(timeout, 60 s) for a site (a bundle to upload, an image the site
+    builds); the same deploy, pending because the site was down, was cut at its timeout
+    (10 s by default) at every refresh, logged as 'still pending: ' with no reason."""
+    sp = await spanning(LOCAL, msgspec.structs.replace(EU, timeout=0.05))
+    eu = child(sp, "eu")
+    real_info, real_deploy = eu.info, eu.deploy
+
+    async def away() -> InfraInfo:
+        raise InfraUnavailable("eu is away")
+
+    async def slow_deploy(spec, b):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.3)  # longer than its timeout, well within a deploy's 60 s
+        await real_deploy(spec, b)
+
+    eu.info = away  # type: ignore[method-assign]
+    await sp.refresh()
+    await sp.deploy(make_spec(), bundle)
+    assert "fn" not in sp.site("eu").deployed
+    eu.info, eu.deploy = real_info, slow_deploy  # type: ignore[method-assign]
+    await sp.refresh()
+    assert "fn" in sp.site("eu").deployed and "fn" in eu._functions
+
+
+async def test_a_site_that_never_answered_shows_no_region_it_does_not_have() -> None:
+    """A remote site that had not answered yet (nor declared a region) showed region
+    'local' in 'spanfaas info' and 'explain': the default of this machine's runtime."""
+    from spanfaas.infra.memory import InMemoryInfrastructure
+    from spanfaas.scheduler import SpanningInfrastructure
+
+    far = InMemoryInfrastructure("far")
+
+    async def away() -> InfraInfo:
+        raise InfraUnavailable("far is away")
+
+    far.info = away  # type: ignore[method-assign]
+    sp = SpanningInfrastructure([(InMemoryInfrastructure("local"), LOCAL), (far, InfraConfig(name="far", kind="remote", address="http://far"))])
+    await sp.start()
+    try:
+        assert [i.region for i in sp.infos()] == ["us-east", ""]
+        assert [v.region for v in sp.explain(make_spec()).infrastructures] == ["us-east", ""]
+    finally:
+        await sp.close()

@@ -88,3 +88,21 @@ def test_site_gets_the_manifest_without_our_placement() -> None:
 def test_site_manifest_keeps_the_image_request() -> None:
     spec = parse_manifest('name = "fn"\n[image]\npython = "3.11"\npackages = ["numpy>=1.26"]\npreload = ["numpy"]\n')
     assert parse_manifest(manifest_toml(site_spec(spec))).image == spec.image
+
+
+def test_a_bad_infrastructures_variable_is_named_not_a_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An [[infrastructures]] entry from SPANFAAS_INFRASTRUCTURES that was refused was
+    'invalid settings: …', or, with a config file too, blamed on the file, which had
+    none of it."""
+    bad = '[{"name": "local"}, {"name": "EU", "kind": "remote", "address": "http://eu"}]'
+    with pytest.raises(InvalidRequest) as e:
+        Settings.load(env={"SPANFAAS_INFRASTRUCTURES": bad})
+    assert e.value.message.startswith("environment variable SPANFAAS_INFRASTRUCTURES is not valid: ")
+    assert "$.infrastructures[1].name" in e.value.message  # which entry
+    conf = tmp_path / "spanfaas.toml"
+    conf.write_text('data_dir = "/tmp/x"\n')
+    for infras in (bad, '[{"name": "eu", "kind": "remote"}]'):
+        with pytest.raises(InvalidRequest) as e:
+            Settings.load(conf, env={"SPANFAAS_INFRASTRUCTURES": infras})
+        assert e.value.message.startswith("environment variable SPANFAAS_INFRASTRUCTURES is not valid: "), e.value.message
+        assert str(conf) not in e.value.message
