@@ -103,7 +103,7 @@ async def serve_async(
         if infra is None:
             from spanfaas.scheduler import SpanningInfrastructure
 
-            infra = SpanningInfrastructure.from_settings(settings)
+            infra = SpanningInfrastructure.from_settings(settings, owed=store)  # the removes sites owe, kept
         start = getattr(infra, "start", None)
         if start is not None:
             await start()

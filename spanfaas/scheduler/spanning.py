@@ -12,7 +12,9 @@ The gateway holds one of these as its ``infra``.  It
   pending, so a gateway restarted while a site is away serves the site's
   functions once it answers;
 - **removes** a function everywhere it is; a site that is down (or fails the
-  remove) has it removed when it answers, so it runs no orphan;
+  remove) has it removed when it answers, so it runs no orphan.  What is owed is
+  kept in the store (``owed``), so a restarted gateway, or another one sharing
+  the store, still does it;
 - **invokes** on the scheduler's first choice and fails over to the next on
   ``InfraError`` only, never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,16 @@ class Startable(Protocol):
     async def start(self) -> None: ...
 
 
+class OwedRemoves(Protocol):
+    """Where the removes a site still owes are kept (the ``Store``'s methods of that name)."""
+
+    def owe_remove(self, site: str, function: str, now: float) -> None: ...
+
+    def owed_removes(self, site: str | None = None) -> list[tuple[str, str]]: ...
+
+    def settle_remove(self, site: str, function: str) -> bool: ...
+
+
 class SpanningInfrastructure:
     """Places every invocation on one of several infrastructures; see the module doc."""
 
@@ -71,8 +82,11 @@ class SpanningInfrastructure:
         *,
         name: str = "spanning",
         clock: Callable[[], float] = time.monotonic,
+        owed: OwedRemoves | None = None,
     ) -> None:
         self.name = name
+        self.owed = owed
+        """Keeps the removes sites owe across restarts (None: in memory only)."""
         self.settings = settings or SchedulerSettings()
         self.clock = clock
         sites = []
@@ -95,8 +109,9 @@ class SpanningInfrastructure:
         self._started = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SpanningInfrastructure:
-        return cls([(build_infrastructure(c, settings), c) for c in settings.infrastructures], settings.scheduler)
+    def from_settings(cls, settings: Settings, *, owed: OwedRemoves | None = None) -> SpanningInfrastructure:
+        children = [(build_infrastructure(c, settings), c) for c in settings.infrastructures]
+        return cls(children, settings.scheduler, owed=owed)
 
     def served_by(self, gateway: str) -> None:
         """The id of the gateway this places for: a remote site answering with it is that gateway itself."""
@@ -177,6 +192,8 @@ class SpanningInfrastructure:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
+        if site.info.healthy and not was[0]:  # up (again, or for the first time): what it owes, as stored
+            await self._load_owed(site)
         if site.info.healthy and self._unremoved[site.name]:
             await self._remove_unremoved(site)
         if site.info.healthy and self._pending[site.name]:
@@ -200,19 +217,56 @@ class SpanningInfrastructure:
         site.down(reason)
         site.breaker.trip(self.clock())
 
+    async def _load_owed(self, site: Site) -> None:
+        """Add the removes the store says ``site`` owes (this gateway's before a restart, or
+        another's sharing the store) to those this one knows."""
+        if self.owed is None:
+            return
+        try:
+            owed = await asyncio.to_thread(self.owed.owed_removes, site.name)
+        except Exception as exc:  # the store failing: the next time it is found up, again
+            log.warning("could not read the removes %s owes from the store: %s", site.name, _describe(exc))
+            return
+        self._unremoved[site.name].update(name for _, name in owed)
+
+    async def _owe(self, site: str, name: str) -> None:
+        """``site`` still has ``name``, wanted there no more: removed there when it answers."""
+        self._unremoved[site].add(name)
+        if self.owed is None:
+            return
+        try:
+            await asyncio.to_thread(self.owed.owe_remove, site, name, time.time())
+        except Exception as exc:  # the store failing: still done if this gateway finds it up
+            log.warning("could not keep the remove of %s owed by %s in the store (a restart forgets it): %s",
+                        name, site, _describe(exc))  # fmt: skip
+
+    async def _settle(self, site: str, name: str) -> None:
+        """Nothing is owed for ``name`` on ``site`` any more: removed there, or wanted there again."""
+        if name not in self._unremoved[site]:
+            return
+        self._unremoved[site].discard(name)
+        if self.owed is None:
+            return
+        try:
+            await asyncio.to_thread(self.owed.settle_remove, site, name)
+        except Exception as exc:  # left in the store: read again later, and settled then (a remove of nothing is no error)
+            log.warning("could not drop the remove of %s owed by %s from the store: %s", name, site, _describe(exc))
+
     async def _remove_unremoved(self, site: Site) -> None:
         for name in sorted(self._unremoved[site.name]):
             if name in site.deployed or name in self._pending[site.name]:  # wanted there again
-                self._unremoved[site.name].discard(name)
+                await self._settle(site.name, name)
                 continue
             try:
+                # Another gateway sharing the store may do the same: it found the
+                # function gone (FunctionNotFound, a 404 from a site), which is done.
                 await asyncio.wait_for(site.infra.remove(name), site.config.timeout)
             except FunctionNotFound:
                 pass
             except (SpanfaasError, OSError, TimeoutError) as exc:
                 log.info("removing %s from %s is still pending: %s", name, site.name, _describe(exc))
                 return
-            self._unremoved[site.name].discard(name)
+            await self._settle(site.name, name)
             log.info("removed %s from %s (pending since it was down)", name, site.name)
 
     async def _deploy_pending(self, site: Site) -> None:
@@ -228,7 +282,7 @@ class SpanningInfrastructure:
                 return
             site.deployed.add(name)
             self._pending[site.name].discard(name)
-            self._unremoved[site.name].discard(name)
+            await self._settle(site.name, name)
             self.scheduler.changed()
             log.info("deployed %s on %s (pending since it was down)", name, site.name)
 
@@ -301,7 +355,7 @@ class SpanningInfrastructure:
         for site in done:
             site.deployed.add(spec.name)
             self._pending[site.name].discard(spec.name)
-            self._unremoved[site.name].discard(spec.name)  # replaced there: nothing left to remove
+            await self._settle(site.name, spec.name)  # replaced there: nothing left to remove
         for name, exc in failed.items():
             log.warning("deploying %s on %s failed, retrying when it answers: %s", spec.name, name, _describe(exc))
             self.site(name).deployed.discard(spec.name)
@@ -316,7 +370,7 @@ class SpanningInfrastructure:
                 except FunctionNotFound:
                     pass
                 except (SpanfaasError, OSError, TimeoutError):
-                    self._unremoved[site.name].add(spec.name)  # removed there when it answers
+                    await self._owe(site.name, spec.name)  # removed there when it answers
         self.scheduler.changed()
 
     async def _deploy_on(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
@@ -351,17 +405,17 @@ class SpanningInfrastructure:
                 continue  # still to be removed there, when it answers
             if name in site.deployed and not site.healthy:  # not waited for: removed there when it answers
                 site.deployed.discard(name)
-                self._unremoved[site.name].add(name)
+                await self._owe(site.name, name)
             elif name in site.deployed:
                 site.deployed.discard(name)
                 # Never cancelled: a local remove drains in-flight calls for up to
                 # their timeout, and cut short it would leave processes behind.
                 # The caller waits for the site's timeout at most; the rest goes on
                 # in the background (close() waits for it).
-                task = asyncio.ensure_future(site.infra.remove(name))
+                task = asyncio.ensure_future(self._remove_there(site, name))
                 self._removals.add(task)
-                task.add_done_callback(functools.partial(self._removed, site.name, name))
-                with contextlib.suppress(Exception):  # (its failure is logged once, by _removed)
+                task.add_done_callback(self._removals.discard)
+                with contextlib.suppress(Exception):  # (_remove_there logs its failure)
                     try:
                         await asyncio.wait_for(asyncio.shield(task), site.config.timeout)
                     except TimeoutError:
@@ -369,12 +423,16 @@ class SpanningInfrastructure:
                                  name, site.name, site.config.timeout)  # fmt: skip
         self.scheduler.changed()
 
-    def _removed(self, site: str, name: str, task: asyncio.Future[None]) -> None:
-        self._removals.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, FunctionNotFound):
-            log.warning("removing %s from %s failed, retrying when it answers: %s", name, site, exc)
-            if name not in self.site(site).deployed:  # (not deployed there again meanwhile)
-                self._unremoved[site].add(name)
+    async def _remove_there(self, site: Site, name: str) -> None:
+        """Remove ``name`` from ``site``, which has it; failing, the remove is owed there."""
+        try:
+            await site.infra.remove(name)
+        except FunctionNotFound:
+            pass
+        except Exception as exc:  # whatever it was, the site may still have it
+            log.warning("removing %s from %s failed, retrying when it answers: %s", name, site.name, _describe(exc))
+            if name not in site.deployed:  # (not deployed there again meanwhile)
+                await self._owe(site.name, name)
 
     async def prewarm(self, name: str) -> bool:
         """Prewarm where the next invocation would run: the scheduler's first choice (looked up, not counted)."""

@@ -91,6 +91,22 @@ class Store(EventStore, ImageStore, Protocol):
         Gateways sharing the store watch it (``gateway/coherence.py``)."""
         ...
 
+    # -- removes a site still owes (the spanning scheduler's, kept across restarts) --
+
+    def owe_remove(self, site: str, function: str, now: float) -> None:
+        """``site`` still has ``function``, removed here while it was down (or failing the
+        remove): it is to be removed there once it answers.  Owed already: no change."""
+        ...
+
+    def owed_removes(self, site: str | None = None) -> list[tuple[str, str]]:
+        """The (site, function) pairs owed, of one site or of all, sorted."""
+        ...
+
+    def settle_remove(self, site: str, function: str) -> bool:
+        """Nothing is owed any more (the site confirmed the remove, or the function is wanted
+        there again); False when nothing was.  Two gateways settling the same one is harmless."""
+        ...
+
     # -- invocations -----------------------------------------------------------
 
     def create_invocation(self, record: InvocationRecord) -> None: ...

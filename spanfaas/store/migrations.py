@@ -169,6 +169,16 @@ MIGRATIONS: list[list[str]] = [
             key TEXT PRIMARY KEY,
             seen_at {real} NOT NULL)""",
     ],
+    # 8: removes a site still owes: a function removed (or moved away by a new version's
+    # policy) while the site was down or failed the remove; done by whichever gateway finds
+    # the site up first, and forgotten once the site confirms it or the function is wanted there again
+    [
+        """CREATE TABLE owed_removes (
+            site TEXT NOT NULL,
+            function TEXT NOT NULL,
+            since {real} NOT NULL,
+            PRIMARY KEY (site, function))""",
+    ],
 ]
 
 

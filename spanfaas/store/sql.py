@@ -289,6 +289,29 @@ class SQLStore:
             cur.execute("SELECT value FROM generations WHERE name = 'functions'")
             return int(cur.fetchone()[0])
 
+    # -- removes a site still owes ---------------------------------------------------
+
+    def owe_remove(self, site: str, function: str, now: float) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._q("INSERT INTO owed_removes (site, function, since) VALUES (?, ?, ?) "
+                        "ON CONFLICT (site, function) DO NOTHING"),
+                (site, function, now),
+            )  # fmt: skip
+
+    def owed_removes(self, site: str | None = None) -> list[tuple[str, str]]:
+        with self._read() as cur:
+            if site is None:
+                cur.execute("SELECT site, function FROM owed_removes ORDER BY site, function")
+            else:
+                cur.execute(self._q("SELECT site, function FROM owed_removes WHERE site = ? ORDER BY function"), (site,))
+            return [(str(s), str(f)) for s, f in cur.fetchall()]
+
+    def settle_remove(self, site: str, function: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("DELETE FROM owed_removes WHERE site = ? AND function = ?"), (site, function))
+            return bool(cur.rowcount)
+
     # -- invocations -------------------------------------------------------------
 
     def create_invocation(self, record: InvocationRecord) -> None:

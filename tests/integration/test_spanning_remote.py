@@ -235,3 +235,22 @@ def test_main_restarted_while_the_site_is_away_serves_once_it_returns(sites: Sit
             assert time.monotonic() < deadline, r.text
             time.sleep(0.1)
         assert r.headers["x-spanfaas-infra"] == "eu" and r.json()["square"] == 9
+
+
+def test_a_remove_the_site_missed_is_done_after_main_restarts(sites: Sites) -> None:
+    # The remove owed to a site that was down was kept in memory only: main restarted
+    # before the site came back, and the site ran the removed function for ever.
+    assert sites.deploy("owedeu", 'region = "eu-*"').status_code in (200, 201)
+    with sites.client(sites.eu) as c:
+        assert c.get("/v1/functions/owedeu").status_code == 200
+    sites.eu.kill()
+    with sites.client(sites.main) as c:
+        assert c.delete("/v1/functions/owedeu").status_code == 204
+    assert sites.main.stop() == 0
+    sites.main.start()  # same data dir: it knows what the site still owes
+    sites.eu.start()  # same data dir: it still has owedeu
+    with sites.client(sites.eu) as c:
+        deadline = time.monotonic() + 30
+        while (r := c.get("/v1/functions/owedeu")).status_code != 404:
+            assert time.monotonic() < deadline, f"owedeu is still on the eu site: {r.status_code} {r.text[:200]}"
+            time.sleep(0.1)

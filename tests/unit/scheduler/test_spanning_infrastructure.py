@@ -4,13 +4,17 @@ over, breakers, explain.  (The real adapters are tested in tests/integration.)""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from spanfaas.config import InfraConfig
+from spanfaas.config import InfraConfig, SchedulerSettings
 from spanfaas.errors import InfraUnavailable, InvalidBundle, InvalidManifest, TooManyRequests
+from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Bundle, InfraInfo
+from spanfaas.scheduler import SpanningInfrastructure
+from spanfaas.store import SQLiteStore
 
 from spanning_helpers import child, ctx, make_spec
 
@@ -471,6 +475,47 @@ async def test_a_remove_a_site_missed_while_down_is_done_when_it_answers(spannin
     # deployed there again, then removed: removed there too
     await sp.remove("again")
     assert "again" not in eu._functions
+
+
+async def test_a_remove_a_site_owes_outlives_the_gateway_that_owes_it(bundle: Bundle, tmp_path: Path) -> None:
+    """The removes a down site missed were kept in memory only: a gateway restarted (or
+    another one sharing the store) before the site answered left it the function for ever."""
+    store = SQLiteStore(tmp_path / "spanfaas.db")  # the real store: the seam under test
+    eu = InMemoryInfrastructure("eu")
+    real_info = eu.info
+
+    async def away_info() -> InfraInfo:
+        raise InfraUnavailable("eu is away")
+
+    made: list[SpanningInfrastructure] = []
+
+    async def gateway() -> SpanningInfrastructure:  # no background refresh: each refresh is the test's
+        sp = SpanningInfrastructure([(InMemoryInfrastructure("local"), LOCAL), (eu, EU)],
+                                    SchedulerSettings(refresh_interval=3600), owed=store)  # fmt: skip
+        made.append(sp)
+        await sp.start()
+        return sp
+
+    try:
+        first = await gateway()
+        await first.deploy(make_spec(), bundle)
+        await first.deploy(make_spec(name="again"), bundle)
+        eu.info = away_info  # type: ignore[method-assign]
+        await first.refresh()
+        await first.remove("fn")
+        await first.remove("again")
+        assert store.owed_removes() == [("eu", "again"), ("eu", "fn")]
+        second = await gateway()  # the first is gone (it never refreshes again)
+        await second.deploy(make_spec(name="again"), bundle)  # wanted on eu again: pending there
+        eu.info = real_info  # type: ignore[method-assign]
+        await second.refresh()
+        assert "fn" not in eu._functions  # removed by the gateway that did not owe it
+        assert "again" in eu._functions and "again" in second.site("eu").deployed
+        assert store.owed_removes() == []
+    finally:
+        for sp in made:
+            await sp.close()
+        store.close()
 
 
 async def test_a_pending_deploy_gets_as_long_as_a_deploy(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]

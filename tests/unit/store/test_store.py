@@ -106,6 +106,23 @@ def test_the_functions_generation_moves_with_each_change(store: Store) -> None:
     assert store.delete_function("hello") is True and store.functions_generation() == g + 2
 
 
+def test_the_removes_a_site_owes_are_kept_until_settled(store: Store) -> None:
+    """The spanning scheduler's removes a down site missed: in the store, they outlive
+    the gateway that owes them; two gateways owing or settling the same one is harmless."""
+    assert store.owed_removes() == []
+    store.owe_remove("eu", "fn", 1.0)
+    store.owe_remove("eu", "fn", 2.0)  # a second gateway sharing the store owes it too
+    store.owe_remove("eu", "alpha", 3.0)
+    store.owe_remove("us", "fn", 4.0)
+    assert store.owed_removes() == [("eu", "alpha"), ("eu", "fn"), ("us", "fn")]
+    assert store.owed_removes("eu") == [("eu", "alpha"), ("eu", "fn")]
+    assert store.owed_removes("nowhere") == []
+    assert store.settle_remove("eu", "fn") is True
+    assert store.settle_remove("eu", "fn") is False  # the other gateway, which did it too
+    assert store.owed_removes() == [("eu", "alpha"), ("us", "fn")]
+    assert store.delete_function("fn") is False and store.owed_removes("us") == [("us", "fn")]  # not a function's row
+
+
 def test_the_functions_generation_moves_in_the_changes_own_transaction(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     g = store.functions_generation()
     bump = store._changed  # type: ignore[attr-defined]
