@@ -11,6 +11,7 @@ user's function failed::
     │   ├── InvalidBundle               400
     │   ├── InvalidPayload              400
     │   ├── PayloadTooLarge             413
+    │   ├── ValueRefused                422   a value of the request the store cannot hold
     │   ├── ImageRejected               400   packages not approved by the curated lists
     │   └── ImageBuildFailed            400   the resolver or installer failed (its message)
     ├── Unauthorized                    401  exit 3
@@ -61,6 +62,7 @@ __all__ = [
     "SpanfaasError",
     "TooManyRequests",
     "Unauthorized",
+    "ValueRefused",
     "WaitTimeout",
     "error_from_problem",
     "format_size",
@@ -147,6 +149,13 @@ class IdempotencyKeyReused(InvalidRequest):
     """An ``Idempotency-Key`` sent again with another request than the one it first came with."""
 
     status, slug, title = 422, "idempotency-key-reused", "Idempotency key reused"
+
+
+class ValueRefused(InvalidRequest):
+    """A value of the request the store refused (the store's ``RecordRefused``): sent again as
+    it is, it is refused again; the message names it and says what to change."""
+
+    status, slug, title = 422, "value-refused", "Value refused by the store"
 
 
 class ImageRejected(InvalidRequest):

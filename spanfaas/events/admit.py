@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from spanfaas.store import Admission, Store
+from spanfaas.store import Admission, RecordRefused, Store
 from spanfaas.store.group_commit import GroupCommit
 
 __all__ = ["Admitter"]
@@ -28,3 +28,7 @@ class Admitter:
     async def admit(self, admissions: Sequence[Admission]) -> list[bool]:
         """True per admission whose invocations are now in the store."""
         return await self._group.submit(admissions)
+
+    async def admit_each(self, admissions: Sequence[Admission]) -> list[bool | RecordRefused]:
+        """``admit``, each admission on its own: one the store refused fails alone."""
+        return await self._group.submit_each(admissions)

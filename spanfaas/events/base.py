@@ -70,6 +70,9 @@ class Published(msgspec.Struct, kw_only=True):
     type: str
     invocations: list[str] = []
     duplicate: bool = False
+    error: dict[str, Any] | None = None
+    """Why the event was not queued (a problem document, e.g. 422 ``value-refused``: the
+    store refused a value of it); the other events of the request are not held back."""
 
 
 class Sink(Protocol):

@@ -92,6 +92,11 @@ def _parse_time(attrs: dict[str, Any], prefix: str = "", name: str = "time") -> 
 class CloudEventsProxy:
     kind = "cloudevents"
 
+    @staticmethod
+    def batched(headers: Mapping[str, str]) -> bool:
+        """Whether the request is a batch (its events answered one by one)."""
+        return _media_type(headers.get("content-type", "")) == CE_BATCH_JSON
+
     def translate(self, headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
         """The events of one request; InvalidEvent says what is wrong with it."""
         media = _media_type(headers.get("content-type", ""))

@@ -6,6 +6,10 @@ attributes (``specversion``, ``id``, ``source``, ``type``, … and ``data``, or
 ``cloudevent`` field holds a structured-mode event; any other entry is
 wrapped: ``source`` ``redis/<stream>``, ``id`` the entry id, ``data`` the fields.
 
+An entry that is no event (``InvalidEvent``), or whose event the store
+refuses (a value it cannot hold: it always will), is acknowledged and logged,
+not delivered; the others of its read are queued.
+
 Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
 is after their invocations are committed to the store.  A crash in between
 leaves them in the group's pending list: on start the reader reads its own
@@ -172,18 +176,23 @@ class RedisStreamSource:
 
     async def _handle(self, client: aioredis.Redis, sink: Sink, entries: list[Entry]) -> None:
         events: list[CloudEvent] = []
+        read: list[str] = []  # the entry of each event
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending
                 continue
             self.metrics.received.labels(self.kind).inc()
             try:
                 events.append(self.translate(entry_id, fields))
+                read.append(entry_id)
             except InvalidEvent as exc:
                 self.metrics.rejected.labels(self.kind).inc()
                 log.warning("redis source '%s': entry %s rejected (acknowledged, not delivered): %s", self.name, entry_id, exc)
         await self._stall("redis.before-admit", len(entries))
         if events:
-            await sink.publish(self.kind, events)
+            for entry_id, published in zip(read, await sink.publish(self.kind, events)):
+                if published.error is not None:  # the store refused a value of it: it always will
+                    log.warning("redis source '%s': entry %s refused by the store (acknowledged, not delivered): %s",
+                                self.name, entry_id, published.error["detail"])  # fmt: skip
         await self._stall("redis.before-ack", len(entries))
         await client.xack(self.config.stream, self.config.group, *[e[0] for e in entries])
 

@@ -27,6 +27,7 @@ from spanfaas.errors import (
     InfraUnavailable,
     NotFound,
     SpanfaasError,
+    ValueRefused,
 )
 from spanfaas.events.admit import Admitter
 from spanfaas.events.base import (
@@ -52,7 +53,7 @@ from spanfaas.model import (
     Trigger,
     TriggerRecord,
 )
-from spanfaas.store import Admission, DeadLetter, Store
+from spanfaas.store import Admission, DeadLetter, RecordRefused, Store
 
 __all__ = ["EventService", "TriggerNotFound"]
 
@@ -133,7 +134,10 @@ class EventService:
     # -- the event path ------------------------------------------------------------------
 
     async def publish(self, proxy: str, events: Sequence[CloudEvent]) -> list[Published]:
-        """Route the events and commit their invocations; returns when they are in the store."""
+        """Route the events and commit their invocations; returns when they are in the store.
+
+        Each event on its own: one the store refuses (a value it cannot hold) is not queued,
+        its ``Published.error`` says why, and the others are."""
         self.metrics.translated.labels(proxy).inc(len(events))
         table = await self.router.table()
         now = time.time()
@@ -162,14 +166,21 @@ class EventService:
             slots.append(len(out) - 1)
         if admissions:
             try:
-                results = await self.admitter.admit(admissions)
+                results = await self.admitter.admit_each(admissions)
             except SpanfaasError:
                 raise
             except Exception as exc:  # the store failed: nothing was queued; the sender should retry
                 log.error("could not queue %d events from %s: %s: %s", len(admissions), proxy, type(exc).__name__, exc)
                 raise InfraUnavailable(f"the store could not queue the events ({type(exc).__name__}); nothing was accepted, retry") from None
             for i, (slot, admitted) in enumerate(zip(slots, results)):
-                if admitted:
+                if isinstance(admitted, RecordRefused):
+                    refused = ValueRefused(
+                        f"{admitted}; the event was not queued, and would be refused again as it is: change that "
+                        "value of the event (an attribute or its data), then send it again"
+                    )
+                    out[slot].error = refused.to_problem()
+                    self.metrics.rejected.labels(proxy).inc()
+                elif admitted:
                     out[slot].invocations = [r.id for r in admissions[i].records]
                 else:
                     out[slot].duplicate = True

@@ -17,7 +17,7 @@ from msgspec import Meta, Struct
 from starlette.requests import Request
 from starlette.responses import Response
 
-from spanfaas.errors import InvalidRequest, NotFound, SpanfaasError
+from spanfaas.errors import InvalidRequest, NotFound, SpanfaasError, ValueRefused
 from spanfaas.events import CloudEvent, Published
 from spanfaas.gateway.invoke import read_body, too_large
 from spanfaas.model import ErrorInfo, Trigger, TriggerRecord
@@ -35,7 +35,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 class PublishedList(Struct):
-    """What became of each event of the request (202: its invocations are queued)."""
+    """What became of each event of the request (202: its invocations are queued; an event
+    of a batch the store refused has an ``error``, and the others are queued)."""
 
     events: list[Published]
 
@@ -80,8 +81,14 @@ def _json(obj: Any, status: int = 200) -> Response:
 # -- ingest ---------------------------------------------------------------------------------
 
 
-async def _ingest(gw: Gateway, request: Request, kind: str, translate: Callable[[dict[str, str], bytes], list[CloudEvent]]) -> Response:
-    """Read, translate and publish one request; every refusal counts as rejected."""
+async def _ingest(
+    gw: Gateway, request: Request, kind: str, translate: Callable[[dict[str, str], bytes], list[CloudEvent]],
+    batch: Callable[[dict[str, str]], bool] = lambda headers: False,
+) -> Response:
+    """Read, translate and publish one request; every refusal counts as rejected.
+
+    An event the store refuses: in a ``batch`` (a CloudEvents batch, the records of an S3
+    notification), its ``error`` in the 202, the others queued; sent alone, a 422."""
     metrics = gw.events.metrics
     metrics.received.labels(kind).inc()
     limit = gw.settings.events.max_body
@@ -96,15 +103,18 @@ async def _ingest(gw: Gateway, request: Request, kind: str, translate: Callable[
         metrics.rejected.labels(kind).inc()
         raise
     published = await gw.events.publish(kind, events)
+    if not batch(headers) and (refused := next((p.error for p in published if p.error is not None), None)):
+        raise ValueRefused(refused["detail"])
     return _json(PublishedList(events=published), 202)
 
 
 async def post_events(gw: Gateway, request: Request) -> Response:
-    return await _ingest(gw, request, "cloudevents", gw.events.cloudevents.translate)
+    proxy = gw.events.cloudevents
+    return await _ingest(gw, request, "cloudevents", proxy.translate, proxy.batched)
 
 
 async def post_s3(gw: Gateway, request: Request) -> Response:
-    return await _ingest(gw, request, "s3", gw.events.s3.translate)
+    return await _ingest(gw, request, "s3", gw.events.s3.translate, lambda headers: True)
 
 
 async def post_webhook(gw: Gateway, request: Request) -> Response:
@@ -199,7 +209,7 @@ async def replay_dead_letter(gw: Gateway, request: Request) -> Response:
 def event_endpoints() -> list[Endpoint]:
     from spanfaas.gateway.api import Endpoint, Param
 
-    ingest_errors = (400, 401, 403, 413)
+    ingest_errors = (400, 401, 403, 413, 422)
     return [
         Endpoint("POST", "/v1/events", post_events,
                  "Publish CloudEvents (binary or structured mode, or a batch); matching triggers start functions",
@@ -215,7 +225,7 @@ def event_endpoints() -> list[Endpoint]:
                  params=(Param("hook", "path", "The hook's name ([[events.webhooks]])", required=True),
                          Param("X-Hub-Signature-256", "header", "sha256=<hex HMAC-SHA256 of the body>", required=True),
                          Param("X-GitHub-Event", "header", "The event type", required=True)),
-                 status=202, response=PublishedList, errors=(400, 401, 404, 413)),
+                 status=202, response=PublishedList, errors=(400, 401, 404, 413, 422)),
         Endpoint("GET", "/v1/triggers", list_triggers, "Triggers in force (from manifests and the API)",
                  tag="events", params=(Param("function", "query", "only this function's"),),
                  response=TriggerList, errors=(401, 403)),

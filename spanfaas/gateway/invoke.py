@@ -26,10 +26,12 @@ from spanfaas.errors import (
     PayloadTooLarge,
     SpanfaasError,
     TooManyRequests,
+    ValueRefused,
     format_size,
     format_sizes,
 )
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext, Result
+from spanfaas.store import RecordRefused
 from spanfaas.gateway.auth import require
 from spanfaas.gateway.problems import send_problem
 from spanfaas.gateway.views import Queued, is_json
@@ -255,6 +257,11 @@ class InvokeEndpoint:
         )  # fmt: skip
         try:
             record, created = await self.gw.enqueuer.enqueue(record)
+        except RecordRefused as exc:  # a value of the request: sent again as it is, refused again
+            raise ValueRefused(
+                f"{exc}; the invocation was not queued, and would be refused again as it is: change that value of "
+                "the request (its payload, Content-Type or Idempotency-Key), then send it again"
+            ) from None
         except asyncio.CancelledError:
             # The gateway is stopping and cut this request short while its transaction
             # may be in the store's hands (it still commits once the store answers): not

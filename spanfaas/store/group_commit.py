@@ -8,7 +8,9 @@ thread, while the next batch gathers.  Used for async invocations
 A value the store refuses (``RecordRefused``: it always will) fails its
 caller alone: the callers of the batch are halved until the refused one is
 alone, and the others are committed (a few transactions per refused caller,
-not one per caller).  A caller's own items stay together: it gets one answer.
+not one per caller).  A caller's own items stay together: it gets one answer
+(``submit``); or each item is a caller of its own (``submit_each``: a read of a
+stream, a batch request), and a refused item fails alone among them too.
 
 Stopped (its task cancelled, the gateway shutting down), it tells each caller
 what is true: the callers of the transaction in the store's hands hear how
@@ -53,6 +55,28 @@ class GroupCommit(Generic[T, R]):
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name=self._name)
         return await fut
+
+    async def submit_each(self, items: Sequence[T]) -> list[R | RecordRefused]:
+        """``submit`` for each item on its own: its result, or the ``RecordRefused`` of an item
+        the store refused (the others are committed).  Any other failure is raised."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[list[R]]] = []
+        for item in items:
+            futs.append(loop.create_future())
+            self._pending.append(([item], futs[-1]))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name=self._name)
+        out: list[R | RecordRefused] = []
+        for outcome in await asyncio.gather(*futs, return_exceptions=True):
+            if isinstance(outcome, RecordRefused):
+                out.append(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                out.append(outcome[0])
+        return out
 
     async def _drain(self) -> None:
         batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []

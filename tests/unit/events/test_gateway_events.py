@@ -425,3 +425,43 @@ async def test_a_refused_trigger_says_what_to_fix(
     assert r.status_code == 400, r.text
     detail = r.json()["detail"]
     assert says in detail and not_says not in detail, detail
+
+
+REFUSE_BAD_EVENT = (
+    "CREATE TRIGGER refuse_bad BEFORE INSERT ON events_seen WHEN NEW.id = 'bad' "
+    "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: bad'); END"
+)
+
+
+async def test_an_event_of_a_batch_the_store_refuses_is_reported_and_the_others_queued(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], store: SQLiteStore
+) -> None:
+    """A CloudEvents batch with one event the store refused (RecordRefused) failed whole: 502,
+    none of its events queued, and every retry of it the same.  An event sent alone that the
+    store refuses is the request's fault: a 4xx that names it and says what to change."""
+    await deploy("orders", ORDERS)
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_BAD_EVENT)
+        batch = [{**CE, "id": id} for id in ("e1", "bad", "e2")]
+        headers = {"content-type": "application/cloudevents-batch+json"}
+        for again in (False, True):
+            r = await client.post("/v1/events", content=json.dumps(batch), headers=headers)
+            assert r.status_code == 202, r.text
+            good, bad, other = r.json()["events"]
+            assert (good["duplicate"], other["duplicate"]) == (again, again), r.text
+            assert bad["invocations"] == [] and not bad["duplicate"] and bad["error"]["status"] == 422, r.text
+            assert bad["error"]["type"].endswith("/value-refused"), r.text
+            assert "the store refused the event 'bad' from '/shop/berlin'" in bad["error"]["detail"], r.text
+            assert "change that value of the event" in bad["error"]["detail"], r.text
+            assert good["error"] is None and other["error"] is None
+            if not again:
+                views = await wait_finished(client, good["invocations"] + other["invocations"])
+                assert sorted(v["result"]["event"]["id"] for v in views) == ["e1", "e2"]
+        r = await client.post("/v1/events", content=json.dumps({**CE, "id": "bad"}), headers=STRUCTURED)
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+        assert "the store refused the event 'bad' from '/shop/berlin'" in r.json()["detail"], r.text
+        assert "change that value of the event" in r.json()["detail"], r.text
+    finally:
+        db.close()
+    assert metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", "cloudevents") == 3

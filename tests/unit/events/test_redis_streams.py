@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -129,6 +130,40 @@ async def test_not_acknowledged_when_the_store_fails_then_read_again(
     assert await pending(r, stream) == 1  # read, not acknowledged
     [view] = await invocations(client, 1)
     assert view["result"]["context_event"]["id"] == "e1" and calls["n"] >= 2
+
+
+REFUSE_BAD = (
+    "CREATE TRIGGER refuse_bad BEFORE INSERT ON events_seen WHEN NEW.id = 'bad' "
+    "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: bad'); END"
+)
+
+
+async def test_an_entry_the_store_refuses_is_acknowledged_and_the_others_of_its_read_queued(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, store: SQLiteStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The store refused one event of a read (RecordRefused): the whole read failed, was not
+    acknowledged, and was read again and refused again, for ever; its good entries never ran."""
+    await deploy("orders", "[[triggers]]\n")
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_BAD)
+        with r.pipeline(transaction=True) as pipe:  # all at once: the reader gets them in one read
+            for id in ("e1", "bad", "e2"):
+                pipe.xadd(stream, {"specversion": "1.0", "id": id, "source": "/shop", "type": "t"})
+            [_, bad, _] = pipe.execute()
+        views = await invocations(client, 2, timeout=5)
+        assert sorted(v["result"]["context_event"]["id"] for v in views) == ["e1", "e2"], caplog.text[-2000:]
+        deadline = time.monotonic() + 5
+        while await pending(r, stream) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await pending(r, stream) == 0  # acknowledged, the refused one too: never read again
+    finally:
+        db.close()
+    said = f"entry {bad} refused by the store (acknowledged, not delivered): the store refused the event 'bad' from '/shop'"
+    assert said in caplog.text and caplog.text.count(said) == 1, caplog.text[-2000:]
+    text = (await client.get("/metrics")).text
+    assert metric(text, "spanfaas_events_rejected_total", "redis") == 1
 
 
 class _Sink:

@@ -344,3 +344,27 @@ async def test_an_outcome_the_store_refuses_is_answered_and_later_ones_stored(
     assert (await wait_done(client, later))["status"] == "succeeded"
     metrics = (await client.get("/metrics")).text
     assert 'spanfaas_records_refused_total{function="fs"} 1.0' in metrics
+
+
+async def test_an_async_invocation_the_store_refuses_is_a_422_that_says_what_to_change(
+    client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore
+) -> None:
+    """RecordRefused on enqueue answered 502 'record-refused', the platform's failure, though
+    the cause is a value of the request: sent again as it is, it is refused again."""
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON invocations WHEN CAST(NEW.payload AS TEXT) LIKE '%poison%' "
+            "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: poison'); END"
+        )
+        r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "poison"})
+        ok = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "a"})
+    finally:
+        db.close()
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+    doc = r.json()
+    assert doc["type"].endswith("/value-refused") and doc["status"] == 422, doc
+    assert doc["detail"].startswith("the store refused invocation "), doc
+    assert "IntegrityError: CHECK constraint failed: poison" in doc["detail"], doc
+    assert "not queued" in doc["detail"] and "change" in doc["detail"], doc
+    assert ok.status_code == 202 and (await wait_done(client, ok.json()["id"]))["status"] == "succeeded"
