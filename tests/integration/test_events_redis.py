@@ -107,6 +107,19 @@ def test_sigkill_between_read_and_enqueue_delivers_each_event_once(tmp_path: Pat
         r.close()
 
 
+def _orders_reader(tmp_path: Path, url: str) -> tuple[Path, Path]:
+    """A config with a reader of stream 'orders' (start = "new") and a function its events start."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{url}"\nblock = 0.1\nconsumer = "gw"\nstart = "new"\n'
+    )
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "handler.py").write_text(HANDLER)
+    (fn / "spanfaas.toml").write_text('name = "orders"\nisolation = "reuse"\n[[triggers]]\nsource = "/shop"\n')
+    return config, fn
+
+
 def test_entries_written_after_redis_restarted_empty_are_delivered(tmp_path: Path) -> None:
     """Redis restarted without its data (no persistence) loses the consumer group with the
     stream.  The reader made the group again as a new one, from the stream's end ('$' for
@@ -117,14 +130,7 @@ def test_entries_written_after_redis_restarted_empty_are_delivered(tmp_path: Pat
     server = RedisServer().start()
     gw: GatewayProcess | None = None
     try:
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{server.url}"\nblock = 0.1\nconsumer = "gw"\nstart = "new"\n'
-        )
-        fn = tmp_path / "fn"
-        fn.mkdir()
-        (fn / "handler.py").write_text(HANDLER)
-        (fn / "spanfaas.toml").write_text('name = "orders"\nisolation = "reuse"\n[[triggers]]\nsource = "/shop"\n')
+        config, fn = _orders_reader(tmp_path, server.url)
         gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_CONFIG": str(config)})
         gw.start()
         with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
@@ -159,14 +165,7 @@ def test_entries_written_while_the_gateway_was_down_and_redis_restarted_empty_ar
     server = RedisServer().start()
     gw: GatewayProcess | None = None
     try:
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{server.url}"\nblock = 0.1\nconsumer = "gw"\nstart = "new"\n'
-        )
-        fn = tmp_path / "fn"
-        fn.mkdir()
-        (fn / "handler.py").write_text(HANDLER)
-        (fn / "spanfaas.toml").write_text('name = "orders"\nisolation = "reuse"\n[[triggers]]\nsource = "/shop"\n')
+        config, fn = _orders_reader(tmp_path, server.url)
         with redis.Redis.from_url(server.url) as r:
             r.xadd("orders", {"specversion": "1.0", "id": "history", "source": "/shop", "type": "t", "data": "0"})
         gw = GatewayProcess(tmp_path / "data", env={"SPANFAAS_CONFIG": str(config)})
