@@ -1,0 +1,210 @@
+"""A site that answers, but not as a spanfaas site does: a real HTTP server on
+loopback (``StubSite``) stands in for a broken site, a proxy's page in front of
+one, a site that moved.  A success status with a body that is not what the
+protocol says is not a success: the call fails naming the site and saying what
+it sent, and the spanning scheduler treats the site as failing (the deploy is
+not counted, the invocation fails over)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spanfaas.config import InfraConfig
+from spanfaas.errors import PROBLEM_BASE, InfraUnavailable
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.infra.remote import RemoteInfrastructure
+from spanfaas.model import Bundle, FunctionSpec, InvokeContext, parse_manifest
+from spanfaas.scheduler import SpanningInfrastructure
+
+from spanning_support import Answer, StubSite
+
+HTML = {"content-type": "text/html; charset=utf-8"}
+JSON = {"content-type": "application/json"}
+PROBLEM = {"content-type": "application/problem+json"}
+INFO = (200, JSON, json.dumps({"infrastructures": [{"name": "local", "kind": "local", "region": "eu-west"}]}).encode())
+"""What a healthy site answers to GET /v1/info (the part we read)."""
+LOGIN = (200, HTML, b"<html><body>Please log in</body></html>")
+"""A proxy's page: 200, HTML."""
+
+
+def record(name: str, digest: str, version: int = 1) -> bytes:
+    return json.dumps({"name": name, "version": version, "digest": digest, "spec": {"name": name}, "created_at": 1.0, "changed": True}).encode()
+
+
+def deployed(sent: bytes) -> Answer:
+    """A site's real answer to a deploy: the record of the bundle it was sent."""
+    return 201, JSON, record("fn", hashlib.sha256(sent).hexdigest())
+
+
+@pytest.fixture
+def site() -> Iterator[StubSite]:
+    with StubSite() as stub:
+        stub.answers[("GET", "/v1/info")] = INFO
+        yield stub
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Bundle:
+    d = tmp_path / "fn"
+    d.mkdir()
+    (d / "handler.py").write_text("def handler(event, context):\n    return event\n")
+    return Bundle(digest="d" * 64, path=str(d))
+
+
+def spec(policy: str = "") -> FunctionSpec:
+    return parse_manifest(f'name = "fn"\nisolation = "reuse"\n[policy]\n{policy}\n')
+
+
+def adapter(stub: StubSite) -> RemoteInfrastructure:
+    return RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address=stub.url, region="eu-west", timeout=5))
+
+
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        (LOGIN, "it sent text/html; charset=utf-8, 39 bytes: '<html><body>Please log in</body></html>'"),
+        ((200, JSON, record("fn", "a" * 64)[:40]), "(Input data was truncated): it sent application/json, 40 bytes"),
+        ((201, JSON, record("other", "a" * 64, version=7)), "that record is of 'other' version 7 with digest aaaaaaaaaaaa"),
+        ((201, JSON, record("fn", "b" * 64, version=3)), "that record is of 'fn' version 3 with digest bbbbbbbbbbbb"),
+    ],
+    ids=["html", "truncated-json", "another-function", "another-bundle"],
+)
+async def test_a_deploy_answered_with_a_success_and_junk_fails_naming_the_site(
+    site: StubSite, bundle: Bundle, answer: Answer, said: str
+) -> None:
+    """A 200/201 to the deploy was taken as deployed whatever its body: a proxy's login
+    page, half a record, another function's record.  The answer must be the record of
+    the bundle sent, under the function's name."""
+    site.answers[("PUT", "/v1/functions/fn")] = answer
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.deploy(spec(), bundle)
+    finally:
+        await eu.close()
+    assert e.value.message.startswith(f"site 'eu' ({site.url}) answered deploying 'fn' with {answer[0]} but not with the record of 'fn'")
+    assert said in e.value.message, e.value.message
+
+
+async def test_a_site_answering_a_deploy_with_junk_does_not_get_the_function(site: StubSite, bundle: Bundle) -> None:
+    """Through the spanning scheduler: the site is not counted as having the function
+    (its deploy is retried when it answers), and a redeploy that has nowhere else to go
+    fails saying what the site sent."""
+    site.answers[("PUT", "/v1/functions/fn")] = LOGIN
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg)])
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)  # a first deploy waits for its infrastructures (as at a restart)
+        assert "fn" not in sp.site("eu").deployed
+        with pytest.raises(InfraUnavailable, match=r"could not deploy 'fn' on any eligible infrastructure \(eu: site 'eu' .*Please log in"):
+            await sp.deploy(spec(), bundle)
+        site.answers[("PUT", "/v1/functions/fn")] = deployed
+        await sp.deploy(spec(), bundle)
+        assert "fn" in sp.site("eu").deployed
+    finally:
+        await sp.close()
+
+
+async def test_an_invocation_answered_200_by_something_else_fails_over(site: StubSite, bundle: Bundle) -> None:
+    """A 200 to an invocation was the result, whatever sent it: the caller got a proxy's
+    login page as the function's output.  A site's result carries the invocation's id;
+    an answer without it fails, and the next infrastructure runs the call."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = LOGIN
+    eu = adapter(site)
+    try:
+        await eu.deploy(spec(), bundle)
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.invoke(spec(), b"{}", InvokeContext(invocation_id="x"))
+    finally:
+        await eu.close()
+    assert e.value.message.startswith(
+        f"site 'eu' ({site.url}) answered invoking 'fn' with 200 but not with a result (no x-spanfaas-invocation-id header): "
+        "it sent text/html; charset=utf-8, 39 bytes"
+    ), e.value.message
+
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)
+        result = await sp.invoke(spec(), b'{"x": 1}', InvokeContext(invocation_id="y"))
+        assert result.infra == "local" and result.error is None
+        assert sp.site("eu").failures == 1 and "Please log in" in sp.site("eu").last_error
+    finally:
+        await sp.close()
+
+
+async def test_a_failure_whose_problem_does_not_decode_fails_over(site: StubSite, bundle: Bundle) -> None:
+    """A 5xx marked application/problem+json with a truncated body raised the JSON
+    decoder's error out of the adapter: no failover, the caller got a 500 traceback."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = (500, PROBLEM, b'{"type": "' + PROBLEM_BASE.encode() + b"function-err")
+    eu = adapter(site)
+    try:
+        await eu.deploy(spec(), bundle)
+        with pytest.raises(InfraUnavailable, match=r"^invoking 'fn' on site 'eu' failed \(500\): \{\"type\""):
+            await eu.invoke(spec(), b"{}", InvokeContext(invocation_id="x"))
+    finally:
+        await eu.close()
+
+
+async def test_a_404_to_a_remove_is_done_only_when_the_site_says_the_function_is_not_there(site: StubSite) -> None:
+    """Any 404 to a remove was taken as 'already removed': a proxy's 404 page left the
+    function on the site, and the spanning scheduler owed it no remove."""
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable, match=r"removing 'fn' on site 'eu' failed \(404\): <html><h1>Not Found"):
+            await eu.remove("fn")
+        not_there = {"type": PROBLEM_BASE + "function-not-found", "title": "Function not found", "status": 404,
+                     "detail": "function 'fn' not found; deployed: (none)"}  # fmt: skip
+        site.answers[("DELETE", "/v1/functions/fn")] = (404, PROBLEM, json.dumps(not_there).encode())
+        await eu.remove("fn")  # the site's own answer: nothing to remove
+    finally:
+        await eu.close()
+
+
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        (LOGIN, "not with a spanfaas info (no infrastructures): it sent text/html; charset=utf-8, 39 bytes"),
+        ((200, JSON, b'{"infrastructures": [{"name": 3}]}'), "not with a spanfaas info (Expected `str`, got `int` - at `$[0].name`)"),
+        ((200, JSON, b"[]"), "not with a spanfaas info (no infrastructures): it sent application/json, 2 bytes: '[]'"),
+    ],
+    ids=["html", "wrong-types", "a-list"],
+)
+async def test_a_site_whose_info_is_junk_is_down_naming_the_site(site: StubSite, answer: Answer, said: str) -> None:
+    """Its info's decoding error came out bare (JSONDecodeError, AttributeError), with
+    nothing saying which site sent what."""
+    site.answers[("GET", "/v1/info")] = answer
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.info()
+    finally:
+        await eu.close()
+    assert e.value.message.startswith(f"site 'eu' ({site.url}) answered GET /v1/info with 200 but "), e.value.message
+    assert said in e.value.message, e.value.message
+
+
+async def test_a_site_that_redirects_says_where_to(site: StubSite) -> None:
+    """A redirect (not followed: the token would go along) read 'failed (307): Temporary
+    Redirect', without where it pointed."""
+    site.answers[("GET", "/v1/info")] = (307, {"location": "https://eu.example/v1/info"}, b"")
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.info()
+    finally:
+        await eu.close()
+    assert e.value.message == (
+        f"GET /v1/info on site 'eu' ({site.url}) was redirected (307) to https://eu.example/v1/info; set the site's "
+        "address in [[infrastructures]] to where it serves (spanfaas does not follow redirects: they would carry "
+        "the site's token elsewhere)"
+    )
