@@ -25,12 +25,16 @@ the version deployed, an invocation's result headers), and a 404 to a remove
 must be the site's own "function not found".  Anything else (a proxy's login
 page, a truncated body, another function's record) is ``InfraUnavailable``
 naming the site and saying what it sent.
+
+An event's invocation sends the event's CloudEvent attributes along
+(``x-spanfaas-event``): the function's ``context.event`` on the site, as here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from typing import Any
 
@@ -245,9 +249,11 @@ class RemoteInfrastructure:
         raise self._error(resp, f"invoking '{spec.name}'")
 
     async def _invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext, timeout: float) -> httpx.Response:
+        headers = {"content-type": ctx.content_type, "x-spanfaas-logs": "include"}
+        if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
+            headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
         return await self._request(
-            "POST", f"/v1/functions/{spec.name}/invoke", content=payload,
-            headers={"content-type": ctx.content_type, "x-spanfaas-logs": "include"}, timeout=timeout,
+            "POST", f"/v1/functions/{spec.name}/invoke", content=payload, headers=headers, timeout=timeout
         )  # fmt: skip
 
     async def remove(self, name: str) -> None:
