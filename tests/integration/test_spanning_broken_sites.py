@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spanfaas.config import InfraConfig
+from spanfaas.config import InfraConfig, SchedulerSettings
 from spanfaas.errors import PROBLEM_BASE, InfraUnavailable
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.remote import RemoteInfrastructure
@@ -208,3 +208,50 @@ async def test_a_site_that_redirects_says_where_to(site: StubSite) -> None:
         "address in [[infrastructures]] to where it serves (spanfaas does not follow redirects: they would carry "
         "the site's token elsewhere)"
     )
+
+
+async def test_a_deploy_a_site_that_is_up_keeps_failing_is_retried_less_and_less_often(site: StubSite, bundle: Bundle) -> None:
+    """A deploy pending on a site that answers its info but fails the deploy (a full disk:
+    507) was sent again at every refresh (each second by default), the whole bundle each
+    time, for as long as it failed.  Now: after open_for, doubling to max_open_for; at
+    once when the site comes back after being down."""
+    site.answers[("PUT", "/v1/functions/fn")] = (507, {"content-type": "text/plain"}, b"disk full")
+    now = [0.0]
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    settings = SchedulerSettings(refresh_interval=3600, open_for=1, max_open_for=8)  # refreshed here, by hand
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (InMemoryInfrastructure("local"), InfraConfig(name="local"))],
+                                settings, clock=lambda: now[0])  # fmt: skip
+
+    def puts() -> int:
+        return site.seen.count(("PUT", "/v1/functions/fn"))
+
+    async def seconds(n: int) -> None:
+        for _ in range(n):
+            now[0] += 1.0
+            await sp.refresh()
+
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)  # local has it; eu owes it
+        assert puts() == 1 and "fn" not in sp.site("eu").deployed
+        await seconds(60)
+        # tried again at 1, 2, 4, 8, then every 8 s (16, 24 ... 56): 1 + 10 sends, not 1 + 60
+        assert puts() == 11, puts()
+        site.answers[("PUT", "/v1/functions/fn")] = deployed
+        await seconds(8)  # within max_open_for
+        assert "fn" in sp.site("eu").deployed and puts() == 12
+
+        await sp.deploy(spec('prefer = ["cost"]'), bundle)  # a new version that eu refuses again ...
+        site.answers[("PUT", "/v1/functions/fn")] = (507, {"content-type": "text/plain"}, b"disk full")
+        await sp.deploy(spec('prefer = ["load"]'), bundle)
+        await seconds(8)  # tried again at 1, 2, 4, 8: the next not before 16
+        tried = puts()
+        site.answers[("GET", "/v1/info")] = (503, {"content-type": "text/plain"}, b"down for maintenance")
+        await seconds(1)
+        assert not sp.site("eu").healthy
+        site.answers[("GET", "/v1/info")] = INFO
+        site.answers[("PUT", "/v1/functions/fn")] = deployed
+        await seconds(1)  # ... and it comes back: at once
+        assert puts() == tried + 1 and "fn" in sp.site("eu").deployed
+    finally:
+        await sp.close()
