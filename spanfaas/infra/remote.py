@@ -65,6 +65,11 @@ _KINDS = {
 }
 
 
+_LONGEST_TIMEOUT = 3600.0
+"""The longest ``resources.timeout`` a manifest may ask for: how long a site may drain a function
+we do not know the timeout of (a remove owed since before a restart)."""
+
+
 class _Deployed(msgspec.Struct):
     """The part of a site's answer to a deploy that says which version now serves."""
 
@@ -106,11 +111,18 @@ class RemoteInfrastructure:
 
     # -- http ----------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, timeout: float, **kw: Any) -> httpx.Response:
+        """``timeout``: seconds its answer may take (connecting: the site's ``timeout``)."""
         try:
             return await self.http.request(method, path, timeout=httpx.Timeout(self.config.timeout, read=timeout), **kw)
+        except httpx.ReadTimeout:
+            raise InfraUnavailable(
+                f"site '{self.name}' at {self.url} did not answer {method} {path} within {timeout:g} s "
+                "(it may still be working on it)"
+            ) from None
         except httpx.TransportError as exc:
-            raise InfraUnavailable(f"site '{self.name}' at {self.url} is unreachable: {type(exc).__name__}: {exc}") from None
+            said = f": {exc}" if str(exc) else ""
+            raise InfraUnavailable(f"site '{self.name}' at {self.url} is unreachable: {type(exc).__name__}{said}") from None
 
     def _error(self, resp: httpx.Response, what: str) -> SpanfaasError:
         doc = _doc(resp)
@@ -260,7 +272,10 @@ class RemoteInfrastructure:
         entry = self._bundles.pop(name, None)
         if entry is not None:
             self._packed.pop(entry[1].digest, None)
-        resp = await self._request("DELETE", f"/v1/functions/{name}")
+        # The site drains the calls it runs (each up to the function's timeout) before it
+        # answers: waited for that long, not for ever (a hung site held our close() for ever).
+        drain = entry[0].resources.timeout if entry is not None else _LONGEST_TIMEOUT
+        resp = await self._request("DELETE", f"/v1/functions/{name}", timeout=drain + self.config.timeout)
         if resp.status_code == 204:
             return
         err = self._error(resp, f"removing '{name}'")

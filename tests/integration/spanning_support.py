@@ -223,6 +223,8 @@ class StubSite:
 
         self.answers: dict[tuple[str, str], Answer | Callable[[bytes], Answer]] = {}
         self.seen: list[tuple[str, str]] = []
+        self.released = threading.Event()
+        """Set at close: an answer that hangs (``stub.released.wait(60)``) ends then."""
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -252,6 +254,7 @@ class StubSite:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)

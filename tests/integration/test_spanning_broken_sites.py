@@ -255,3 +255,27 @@ async def test_a_deploy_a_site_that_is_up_keeps_failing_is_retried_less_and_less
         assert puts() == tried + 1 and "fn" in sp.site("eu").deployed
     finally:
         await sp.close()
+
+
+async def test_a_remove_a_hung_site_never_answers_does_not_hold_the_gateway_for_ever(site: StubSite, bundle: Bundle) -> None:
+    """A remove had no time limit on the site's answer: a site that took the DELETE and
+    never answered kept the remove going, and the spanning close() (the gateway's stop)
+    waits for removes in progress, so the gateway never stopped.  The site may drain the
+    function's calls (up to its timeout) first: the answer is waited for that long and
+    the site's timeout; then the remove is owed there (done when it answers)."""
+
+    def hang(sent: bytes) -> Answer:
+        site.released.wait(20)  # (longer than the 6 s it is waited for)
+        return 204, {}, b""
+
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("DELETE", "/v1/functions/fn")] = hang
+    eu = adapter(site)
+    quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
+    try:
+        await eu.deploy(quick, bundle)
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.remove("fn")
+    finally:
+        await eu.close()
+    assert e.value.message == f"site 'eu' at {site.url} did not answer DELETE /v1/functions/fn within 6 s (it may still be working on it)"
