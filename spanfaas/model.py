@@ -318,6 +318,20 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             f"{source} (key 'scaling.min'): scaling.min = {sc.min} is more than scaling.max = {sc.max}; make min <= max",
             key="scaling.min",
         )
+    p = spec.policy
+    if p.locality and "locality" not in p.prefer:  # it would weigh nothing: say so, not ignore it
+        prefer = ", ".join(_toml(x) for x in ["locality", *p.prefer])
+        raise InvalidManifest(
+            f"{source} (key 'policy.locality'): policy.locality = {_toml(p.locality)} does nothing unless "
+            f'policy.prefer has "locality"; add it, e.g. prefer = [{prefer}], or remove locality',
+            key="policy.locality",
+        )
+    if "locality" in p.prefer and not p.locality:
+        raise InvalidManifest(
+            f"{source} (key 'policy.locality'): policy.prefer has \"locality\" but policy.locality is empty; "
+            'name a site, a region or a data set, e.g. locality = "eu"',
+            key="policy.locality",
+        )
     return spec
 
 

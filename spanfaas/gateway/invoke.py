@@ -125,11 +125,14 @@ class InvokeEndpoint:
         is_async = False
         key: str | None = None
         want_logs = False
+        event: bytes | None = None
         for k, v in scope["headers"]:
             if k == b"content-type":
                 content_type = v
             elif k == b"x-spanfaas-logs":
                 want_logs = v == b"include"
+            elif k == b"x-spanfaas-event":
+                event = v
             elif k == b"content-length":
                 length = int(v) if v.isdigit() else -1
             elif k == b"prefer":
@@ -145,6 +148,7 @@ class InvokeEndpoint:
             is_async = _async_mode(scope["query_string"], is_async)
         if length > self.limit:
             raise too_large("payload", "max_payload", self.limit, length)
+        attributes = _event_attributes(scope, event, is_async) if event is not None else None
         early = gw.early
         prewarmed = early.enabled
         started = False  # this request's prewarm started something: release it if the request fails
@@ -186,7 +190,7 @@ class InvokeEndpoint:
         if is_async:
             await self._accept(send, name, ct, body, key, invocation_id, now)
             return
-        ctx = InvokeContext(invocation_id=invocation_id, content_type=ct)
+        ctx = InvokeContext(invocation_id=invocation_id, content_type=ct, event=attributes)
         def record_infra_failure(exc: SpanfaasError) -> None:
             gw.recorder.add(
                 InvocationRecord(
@@ -290,6 +294,29 @@ class InvokeEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": out})
+
+
+def _event_attributes(scope: Scope, header: bytes, is_async: bool) -> dict[str, object]:
+    """The CloudEvent attributes a gateway that placed an event's invocation on this site
+    sends (``x-spanfaas-event``, a JSON object): the function's ``context.event`` here, as
+    where the event arrived.  Taken from a token that may deploy (a site's peer token has
+    that scope; it could deploy code that sets them anyway), on synchronous calls."""
+    require(scope, "deploy")
+    if is_async:
+        raise InvalidRequest(
+            "the x-spanfaas-event header is taken on synchronous invocations only (a gateway that placed an "
+            "event's invocation here sends it); send the event to /v1/events instead"
+        )
+    try:
+        attributes = json.loads(header)
+    except ValueError as exc:
+        raise InvalidRequest(f"the x-spanfaas-event header is not JSON: {exc}; send the event's attributes as a JSON object") from None
+    if not isinstance(attributes, dict):
+        raise InvalidRequest(
+            f"the x-spanfaas-event header is JSON {type(attributes).__name__}, not an object; send the event's attributes "
+            "as a JSON object"
+        )
+    return attributes
 
 
 def _cut_while_queued(invocation_id: str, key: str | None) -> InfraUnavailable:

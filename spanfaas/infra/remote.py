@@ -18,11 +18,23 @@ Retry-After, which the scheduler overflows from without counting it as a
 failure; everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.
+
+An answer is taken for what the protocol says it is only when it is one: a
+site's 200 must carry what a spanfaas gateway sends (its info, the record of
+the version deployed, an invocation's result headers), and a 404 to a remove
+must be the site's own "function not found".  Anything else (a proxy's login
+page, a truncated body, another function's record) is ``InfraUnavailable``
+naming the site and saying what it sent.
+
+An event's invocation sends the event's CloudEvent attributes along
+(``x-spanfaas-event``): the function's ``context.event`` on the site, as here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -51,6 +63,19 @@ _KINDS = {
     "function-crashed": "crashed",
     "function-failed": "error",
 }
+
+
+_LONGEST_TIMEOUT = 3600.0
+"""The longest ``resources.timeout`` a manifest may ask for: how long a site may drain a function
+we do not know the timeout of (a remove owed since before a restart)."""
+
+
+class _Deployed(msgspec.Struct):
+    """The part of a site's answer to a deploy that says which version now serves."""
+
+    name: str
+    version: int
+    digest: str
 
 
 def site_spec(spec: FunctionSpec) -> FunctionSpec:
@@ -86,17 +111,28 @@ class RemoteInfrastructure:
 
     # -- http ----------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, timeout: float, **kw: Any) -> httpx.Response:
+        """``timeout``: seconds its answer may take (connecting: the site's ``timeout``)."""
         try:
             return await self.http.request(method, path, timeout=httpx.Timeout(self.config.timeout, read=timeout), **kw)
+        except httpx.ReadTimeout:
+            raise InfraUnavailable(
+                f"site '{self.name}' at {self.url} did not answer {method} {path} within {timeout:g} s "
+                "(it may still be working on it)"
+            ) from None
         except httpx.TransportError as exc:
-            raise InfraUnavailable(f"site '{self.name}' at {self.url} is unreachable: {type(exc).__name__}: {exc}") from None
+            said = f": {exc}" if str(exc) else ""
+            raise InfraUnavailable(f"site '{self.name}' at {self.url} is unreachable: {type(exc).__name__}{said}") from None
 
     def _error(self, resp: httpx.Response, what: str) -> SpanfaasError:
-        try:
-            doc = resp.json()
-        except ValueError:
-            doc = {}
+        doc = _doc(resp)
+        if resp.is_redirect:  # not followed: our token would go wherever it points
+            where = _printable(resp.headers.get("location", "")[:300]) or "(no Location)"
+            return InfraUnavailable(
+                f"{what} on site '{self.name}' ({self.url}) was redirected ({resp.status_code}) to {where}; "
+                "set the site's address in [[infrastructures]] to where it serves (spanfaas does not follow "
+                "redirects: they would carry the site's token elsewhere)"
+            )
         detail = _printable(str(doc.get("detail") or resp.text[:300] or resp.reason_phrase))
         if resp.status_code in (401, 403):
             return InfraUnavailable(f"site '{self.name}' refuses our token ({resp.status_code}): {detail}; check its token in [[infrastructures]]")
@@ -109,11 +145,18 @@ class RemoteInfrastructure:
             return TooManyRequests(f"site '{self.name}' is full: {detail}", **extra)
         if resp.status_code == 404 and str(doc.get("type", "")).endswith("function-not-found"):
             return FunctionNotFound(f"site '{self.name}' does not have the function: {detail}")
-        if 400 <= resp.status_code < 500 and isinstance(doc, dict) and doc.get("type"):
+        if 400 <= resp.status_code < 500 and doc.get("type"):
             err = error_from_problem({**doc, "detail": detail})
             if isinstance(err, InvalidRequest):  # judged by the site's own state (its lists, limits): say so
                 return type(err)(f"site '{self.name}' ({self.url}) refused {what}: {err.message}", **err.extra)
         return InfraUnavailable(f"{what} on site '{self.name}' failed ({resp.status_code}): {detail}")
+
+    def _junk(self, resp: httpx.Response, what: str, expected: str) -> InfraUnavailable:
+        """A site's answer with a success status whose body is not what the protocol says."""
+        return InfraUnavailable(
+            f"site '{self.name}' ({self.url}) answered {what} with {resp.status_code} but not with {expected}: "
+            f"it sent {_got(resp)}; check that its address in [[infrastructures]] is a spanfaas gateway's"
+        )
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -121,13 +164,17 @@ class RemoteInfrastructure:
         resp = await self._request("GET", "/v1/info", timeout=self.config.timeout)
         if resp.status_code != 200:
             raise self._error(resp, "GET /v1/info")
-        doc = resp.json()
+        doc = _doc(resp)
+        try:
+            infos = msgspec.convert(doc["infrastructures"], list[InfraInfo])
+        except (KeyError, msgspec.ValidationError) as exc:
+            why = "no infrastructures" if isinstance(exc, KeyError) else f"{exc}"
+            raise self._junk(resp, "GET /v1/info", f"a spanfaas info ({_printable(why)})") from None
         if self.own_gateway and doc.get("gateway") == self.own_gateway:  # a deploy there would wait on itself
             raise InfraUnavailable(
                 f"site '{self.name}' at {self.url} is this gateway itself; point its address at another spanfaas site, "
                 "or remove it from [[infrastructures]]"
             )
-        infos = msgspec.convert(doc.get("infrastructures", []), list[InfraInfo])
         if not infos:
             raise InfraUnavailable(f"site '{self.name}' lists no infrastructures")
         healthy = [i for i in infos if i.healthy]
@@ -155,11 +202,25 @@ class RemoteInfrastructure:
         )  # fmt: skip
         if resp.status_code not in (200, 201):
             raise self._error(resp, f"deploying '{spec.name}'")
+        self._check_deployed(resp, spec.name, hashlib.sha256(data).hexdigest())
         old = self._bundles.get(spec.name)
         if old is not None and old[1].digest != bundle.digest:
             self._packed.pop(old[1].digest, None)
         self._bundles[spec.name] = (spec, bundle)
         self._packed[bundle.digest] = data
+
+    def _check_deployed(self, resp: httpx.Response, name: str, digest: str) -> None:
+        """The site's answer to a deploy is the record of the bundle we sent, under its name."""
+        what, expected = f"deploying '{name}'", f"the record of '{name}' with digest {digest[:12]}"
+        try:
+            got = msgspec.json.decode(resp.content, type=_Deployed)
+        except msgspec.DecodeError as exc:  # (ValidationError too): HTML, truncated JSON, another shape
+            raise self._junk(resp, what, f"{expected} ({_printable(str(exc))})") from None
+        if got.name != name or got.digest != digest or got.version < 1:
+            raise self._junk(
+                resp, what, f"{expected}; that record is of '{_printable(got.name)}' version {got.version} "
+                f"with digest {_printable(got.digest[:12])}",
+            )  # fmt: skip
 
     async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
         timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.config.timeout
@@ -177,13 +238,15 @@ class RemoteInfrastructure:
         duration = float(h.get("x-spanfaas-duration-ms", "0") or 0)
         cold = h.get("x-spanfaas-cold") == "true"
         if resp.status_code == 200:
+            if "x-spanfaas-invocation-id" not in h:  # every result a spanfaas gateway sends has it
+                raise self._junk(resp, f"invoking '{spec.name}'", "a result (no x-spanfaas-invocation-id header)")
             return Result(
                 invocation_id=ctx.invocation_id, function=spec.name, output=resp.content,
                 content_type=h.get("content-type", "application/octet-stream"), duration_ms=duration, cold=cold,
                 infra=self.name, logs=_logs(h.get("x-spanfaas-logs")),
             )  # fmt: skip
         if resp.headers.get("content-type", "").startswith("application/problem+json"):
-            doc = resp.json()
+            doc = _doc(resp)
             kind = _KINDS.get(str(doc.get("type", "")).removeprefix(PROBLEM_BASE))
             if kind is not None:
                 error = ErrorInfo(
@@ -198,21 +261,46 @@ class RemoteInfrastructure:
         raise self._error(resp, f"invoking '{spec.name}'")
 
     async def _invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext, timeout: float) -> httpx.Response:
+        headers = {"content-type": ctx.content_type, "x-spanfaas-logs": "include"}
+        if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
+            headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
         return await self._request(
-            "POST", f"/v1/functions/{spec.name}/invoke", content=payload,
-            headers={"content-type": ctx.content_type, "x-spanfaas-logs": "include"}, timeout=timeout,
+            "POST", f"/v1/functions/{spec.name}/invoke", content=payload, headers=headers, timeout=timeout
         )  # fmt: skip
 
     async def remove(self, name: str) -> None:
         entry = self._bundles.pop(name, None)
         if entry is not None:
             self._packed.pop(entry[1].digest, None)
-        resp = await self._request("DELETE", f"/v1/functions/{name}")
-        if resp.status_code not in (204, 404):
-            raise self._error(resp, f"removing '{name}'")
+        # The site drains the calls it runs (each up to the function's timeout) before it
+        # answers: waited for that long, not for ever (a hung site held our close() for ever).
+        drain = entry[0].resources.timeout if entry is not None else _LONGEST_TIMEOUT
+        resp = await self._request("DELETE", f"/v1/functions/{name}", timeout=drain + self.config.timeout)
+        if resp.status_code == 204:
+            return
+        err = self._error(resp, f"removing '{name}'")
+        if not isinstance(err, FunctionNotFound):  # (a 404 that is not the site's own says nothing of the function)
+            raise err
 
     async def prewarm(self, name: str) -> bool:
         return False
+
+
+def _doc(resp: httpx.Response) -> dict[str, Any]:
+    """The JSON object a site sent, or ``{}`` when its body is not one."""
+    try:
+        doc = resp.json()
+    except ValueError:  # (not JSON, or not UTF-8)
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _got(resp: httpx.Response) -> str:
+    """What a site sent, in short: its type, size and first characters."""
+    kind = resp.headers.get("content-type") or "no content-type"
+    text = resp.content[:200].decode("utf-8", "replace")
+    more = "..." if len(resp.content) > 200 else ""
+    return _printable(f"{kind}, {len(resp.content)} bytes: {text!r}{more}")
 
 
 def _logs(header: str | None) -> str:

@@ -102,6 +102,8 @@ class SpanningInfrastructure:
         self._functions: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions to deploy there once it answers."""
+        self._retry: dict[str, tuple[float, float]] = {}
+        """Per site whose pending deploy failed while it was up: when to try again, and the delay that was."""
         self._unremoved: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions removed (or moved away) while it was down: removed there once it answers."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -193,6 +195,7 @@ class SpanningInfrastructure:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
         if site.info.healthy and not was[0]:  # up (again, or for the first time): what it owes, as stored
+            self._retry.pop(site.name, None)  # and its pending deploys at once
             await self._load_owed(site)
         if site.info.healthy and self._unremoved[site.name]:
             await self._remove_unremoved(site)
@@ -270,6 +273,13 @@ class SpanningInfrastructure:
             log.info("removed %s from %s (pending since it was down)", name, site.name)
 
     async def _deploy_pending(self, site: Site) -> None:
+        """Deploy there what it missed.  A deploy that fails while the site is up is tried
+        again after ``open_for`` seconds, doubling up to ``max_open_for`` (each try uploads
+        the bundle): at once again only when the site comes back after being down."""
+        now = self.clock()
+        at, delay = self._retry.get(site.name, (0.0, 0.0))
+        if now < at:
+            return
         for name in sorted(self._pending[site.name]):
             entry = self._functions.get(name)
             if entry is None or check(entry[0], site.info):
@@ -278,13 +288,16 @@ class SpanningInfrastructure:
             try:
                 await self._deploy_on(site, *entry)  # as long as a deploy gets (a bundle to upload, an image to build)
             except SpanfaasError as exc:
-                log.info("deploying %s on %s is still pending: %s", name, site.name, exc.message)
+                delay = min(max(delay * 2, self.settings.open_for), self.settings.max_open_for)
+                self._retry[site.name] = (self.clock() + delay, delay)
+                log.info("deploying %s on %s is still pending (tried again in %g s): %s", name, site.name, delay, exc.message)
                 return
             site.deployed.add(name)
             self._pending[site.name].discard(name)
             await self._settle(site.name, name)
             self.scheduler.changed()
             log.info("deployed %s on %s (pending since it was down)", name, site.name)
+        self._retry.pop(site.name, None)
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -355,6 +368,8 @@ class SpanningInfrastructure:
         for site in done:
             site.deployed.add(spec.name)
             self._pending[site.name].discard(spec.name)
+            if not self._pending[site.name]:  # it takes deploys again: nothing to wait for
+                self._retry.pop(site.name, None)
             await self._settle(site.name, spec.name)  # replaced there: nothing left to remove
         for name, exc in failed.items():
             log.warning("deploying %s on %s failed, retrying when it answers: %s", spec.name, name, _describe(exc))

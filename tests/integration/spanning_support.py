@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -203,3 +204,67 @@ def world_readable_dir(prefix: str) -> Path:
     d = Path(tempfile.mkdtemp(prefix=prefix))
     d.chmod(0o755)
     return d
+
+
+Answer = tuple[int, dict[str, str], bytes]
+"""A stub site's answer: status, headers, body."""
+
+
+class StubSite:
+    """A real HTTP server on loopback standing in for a spanfaas site that answers what it
+    is told (``answers[(method, path)] = (status, headers, body)``, or a function of the
+    request's body that returns one): a broken site, a proxy in front of one, a site that
+    moved.  Unlisted requests get a plain 404 page.  Use it as
+    a context manager: the server and its thread end with it."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.answers: dict[tuple[str, str], Answer | Callable[[bytes], Answer]] = {}
+        self.seen: list[tuple[str, str]] = []
+        self.released = threading.Event()
+        """Set at close: an answer that hangs (``stub.released.wait(60)``) ends then."""
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                sent = self.rfile.read(int(self.headers.get("content-length") or 0))
+                stub.seen.append((self.command, self.path))
+                answer = stub.answers.get(
+                    (self.command, self.path), (404, {"content-type": "text/html"}, b"<html><h1>Not Found</h1></html>")
+                )
+                status, headers, body = answer(sent) if callable(answer) else answer
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that gave up on a hung answer (what these tests do): no traceback on stderr
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="stub-site", daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+    def __enter__(self) -> StubSite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

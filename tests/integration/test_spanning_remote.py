@@ -254,3 +254,31 @@ def test_a_remove_the_site_missed_is_done_after_main_restarts(sites: Sites) -> N
         while (r := c.get("/v1/functions/owedeu")).status_code != 404:
             assert time.monotonic() < deadline, f"owedeu is still on the eu site: {r.status_code} {r.text[:200]}"
             time.sleep(0.1)
+
+
+ATTRS = """
+def handler(event, context):
+    return {"attrs": context.event, "data": (event or {}).get("data")}
+"""
+
+
+def test_an_event_run_on_the_site_has_its_attributes_in_context_event(sites: Sites) -> None:
+    # context.event was None for an event's invocation the scheduler placed on a remote
+    # site (it was the event's attributes on local and Ray): the same function behaved
+    # differently depending on where it ran.
+    policy = 'region = "eu-*"\n\n[[triggers]]\ntype = "com.example.ping"'
+    d = function_dir(sites.root / "src", "pingeu", policy, code=ATTRS)
+    event = {"specversion": "1.0", "id": "p-1", "source": "/probe", "type": "com.example.ping", "data": {"n": 7}}
+    with sites.client(sites.main) as c:
+        assert c.put("/v1/functions/pingeu", content=pack_function(d)).status_code in (200, 201)
+        r = c.post("/v1/events", content=json.dumps(event), headers={"content-type": "application/cloudevents+json"})
+        assert r.status_code == 202, r.text
+        [inv] = [i for e in r.json()["events"] for i in e["invocations"]]
+        deadline = time.monotonic() + 30
+        while (rec := c.get(f"/v1/invocations/{inv}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, rec
+            time.sleep(0.05)
+    assert rec["status"] == "succeeded" and rec["infra"] == "eu", rec
+    assert rec["result"]["data"] == {"n": 7}
+    attrs = rec["result"]["attrs"]
+    assert attrs is not None and (attrs["id"], attrs["type"], attrs["source"]) == ("p-1", "com.example.ping", "/probe"), rec

@@ -727,3 +727,13 @@ def test_up_with_dns_it_cannot_serve_says_so_before_anything_starts(cli: Any, tm
     expect_error(r, 2, "[dns] address 'no-such-host.invalid' is not an IP address, nor a name that resolves")
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
+
+
+def test_a_locality_without_prefer_locality_is_refused_naming_the_key(cli: Any, tmp_path: Path) -> None:
+    # `locality = "eu"` alone was deployed, and weighed nothing where the function ran.
+    d = Path(fn_dir(tmp_path, "near", "def handler(e, c): pass\n"))
+    (d / "spanfaas.toml").write_text('name = "near"\nhandler = "main:handler"\n[policy]\nlocality = "eu"\n')
+    expect_error(cli("deploy", str(d)), 2, "policy.locality", 'add it, e.g. prefer = ["locality"]')
+    r = cli("deploy", str(d), "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["key"] == "policy.locality", (r.stdout, r.stderr)
+    assert "near" not in cli("ls").stdout

@@ -216,3 +216,23 @@ def test_two_manifest_triggers_with_one_id_are_refused(triggers: str, message: s
     with pytest.raises(InvalidManifest) as info:
         parse_manifest(f'name = "f"\n{triggers}\n')
     assert message in info.value.message and info.value.extra["key"] == "triggers[1].name"
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ('locality = "eu"', 'policy.locality = "eu" does nothing unless policy.prefer has "locality"; '
+                            'add it, e.g. prefer = ["locality"], or remove locality'),
+        ('prefer = ["cost"]\nlocality = "census"', 'add it, e.g. prefer = ["locality", "cost"], or remove locality'),
+        ('prefer = ["locality"]', 'policy.prefer has "locality" but policy.locality is empty; name a site, a region or a data set'),
+    ],
+    ids=["locality-alone", "locality-not-preferred", "preferred-without-locality"],
+)
+def test_a_locality_that_would_weigh_nothing_is_refused(policy: str, message: str) -> None:
+    # `locality = "eu"` without "locality" in prefer was accepted and weighed nothing:
+    # the user who wrote it saw the function run anywhere, with no word why.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "x"\n[policy]\n{policy}\n')
+    assert info.value.extra["key"] == "policy.locality"
+    assert message in info.value.message, info.value.message
+    assert parse_manifest('name = "x"\n[policy]\nprefer = ["latency", "locality"]\nlocality = "eu"\n').policy.locality == "eu"

@@ -245,3 +245,17 @@ async def test_a_removal_the_infrastructure_refuses_keeps_the_function_served(
     assert store.get_function("hello") is not None
     r = await client.post("/v1/functions/hello/invoke", json={"name": "still"})
     assert r.status_code == 200 and r.json() == {"hello": "still"}, r.text
+
+
+async def test_a_locality_without_prefer_locality_is_a_400_naming_the_key(
+    client: httpx.AsyncClient, store: SQLiteStore, fn_dir: Callable[..., Path]
+) -> None:
+    """`locality = "eu"` without "locality" in policy.prefer was deployed, and weighed nothing."""
+    manifest = 'name = "hello"\nisolation = "reuse"\n[policy]\nlocality = "eu"\n'
+    r = await client.put("/v1/functions/hello", content=pack_function(fn_dir(manifest=manifest)))
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    doc = r.json()
+    assert doc["type"].endswith("/invalid-manifest") and doc["key"] == "policy.locality"
+    assert 'policy.locality = "eu" does nothing unless policy.prefer has "locality"' in doc["detail"]
+    assert store.list_functions() == []

@@ -215,3 +215,30 @@ async def test_a_full_function_queue_is_a_429_not_an_infra_failure(
     metrics = (await client.get("/metrics")).text
     assert 'kind="infra"' not in metrics
     assert 'spanfaas_invocations_total{function="hello",status="refused"} 1.0' in metrics
+
+
+EVENT_ATTRS = "def handler(event, context):\n    return {'attrs': context.event}\n"
+
+
+async def test_the_event_a_placing_gateway_sends_is_the_functions_context_event(
+    client: httpx.AsyncClient, app: object, store: SQLiteStore, fn_dir: Callable[..., Path]
+) -> None:
+    # A gateway that placed an event's invocation on this site sends its CloudEvent
+    # attributes (x-spanfaas-event): context.event here, as where the event arrived.
+    from spanfaas.gateway.auth import issue_token
+
+    assert (await client.put("/v1/functions/attrs", content=pack_function(fn_dir("attrs", EVENT_ATTRS)))).status_code == 201
+    url = "/v1/functions/attrs/invoke"
+    attrs = {"id": "e-1", "source": "/s", "type": "com.example.t", "specversion": "1.0"}
+    r = await client.post(url, json={}, headers={"x-spanfaas-event": json.dumps(attrs)})
+    assert r.status_code == 200 and r.json() == {"attrs": attrs}, r.text
+    assert (await client.post(url, json={})).json() == {"attrs": None}
+    for header, fragment in [("[1]", "JSON list, not an object"), ("{nope", "not JSON")]:
+        r = await client.post(url, json={}, headers={"x-spanfaas-event": header})
+        assert r.status_code == 400 and fragment in r.json()["detail"], r.text
+    r = await client.post(url + "?mode=async", json={}, headers={"x-spanfaas-event": json.dumps(attrs)})
+    assert r.status_code == 400 and "synchronous invocations only" in r.json()["detail"], r.text
+    # Who may only invoke may not say which event it was (a function may trust it came from the platform).
+    invoker = issue_token(store, "invoker", ["invoke"])[1]
+    r = await client.post(url, json={}, headers={"x-spanfaas-event": json.dumps(attrs), "authorization": f"Bearer {invoker}"})
+    assert r.status_code == 403 and "needs scope 'deploy'" in r.json()["detail"], r.text

@@ -1,0 +1,281 @@
+"""A site that answers, but not as a spanfaas site does: a real HTTP server on
+loopback (``StubSite``) stands in for a broken site, a proxy's page in front of
+one, a site that moved.  A success status with a body that is not what the
+protocol says is not a success: the call fails naming the site and saying what
+it sent, and the spanning scheduler treats the site as failing (the deploy is
+not counted, the invocation fails over)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spanfaas.config import InfraConfig, SchedulerSettings
+from spanfaas.errors import PROBLEM_BASE, InfraUnavailable
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.infra.remote import RemoteInfrastructure
+from spanfaas.model import Bundle, FunctionSpec, InvokeContext, parse_manifest
+from spanfaas.scheduler import SpanningInfrastructure
+
+from spanning_support import Answer, StubSite
+
+HTML = {"content-type": "text/html; charset=utf-8"}
+JSON = {"content-type": "application/json"}
+PROBLEM = {"content-type": "application/problem+json"}
+INFO = (200, JSON, json.dumps({"infrastructures": [{"name": "local", "kind": "local", "region": "eu-west"}]}).encode())
+"""What a healthy site answers to GET /v1/info (the part we read)."""
+LOGIN = (200, HTML, b"<html><body>Please log in</body></html>")
+"""A proxy's page: 200, HTML."""
+
+
+def record(name: str, digest: str, version: int = 1) -> bytes:
+    return json.dumps({"name": name, "version": version, "digest": digest, "spec": {"name": name}, "created_at": 1.0, "changed": True}).encode()
+
+
+def deployed(sent: bytes) -> Answer:
+    """A site's real answer to a deploy: the record of the bundle it was sent."""
+    return 201, JSON, record("fn", hashlib.sha256(sent).hexdigest())
+
+
+@pytest.fixture
+def site() -> Iterator[StubSite]:
+    with StubSite() as stub:
+        stub.answers[("GET", "/v1/info")] = INFO
+        yield stub
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Bundle:
+    d = tmp_path / "fn"
+    d.mkdir()
+    (d / "handler.py").write_text("def handler(event, context):\n    return event\n")
+    return Bundle(digest="d" * 64, path=str(d))
+
+
+def spec(policy: str = "") -> FunctionSpec:
+    return parse_manifest(f'name = "fn"\nisolation = "reuse"\n[policy]\n{policy}\n')
+
+
+def adapter(stub: StubSite) -> RemoteInfrastructure:
+    return RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address=stub.url, region="eu-west", timeout=5))
+
+
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        (LOGIN, "it sent text/html; charset=utf-8, 39 bytes: '<html><body>Please log in</body></html>'"),
+        ((200, JSON, record("fn", "a" * 64)[:40]), "(Input data was truncated): it sent application/json, 40 bytes"),
+        ((201, JSON, record("other", "a" * 64, version=7)), "that record is of 'other' version 7 with digest aaaaaaaaaaaa"),
+        ((201, JSON, record("fn", "b" * 64, version=3)), "that record is of 'fn' version 3 with digest bbbbbbbbbbbb"),
+    ],
+    ids=["html", "truncated-json", "another-function", "another-bundle"],
+)
+async def test_a_deploy_answered_with_a_success_and_junk_fails_naming_the_site(
+    site: StubSite, bundle: Bundle, answer: Answer, said: str
+) -> None:
+    """A 200/201 to the deploy was taken as deployed whatever its body: a proxy's login
+    page, half a record, another function's record.  The answer must be the record of
+    the bundle sent, under the function's name."""
+    site.answers[("PUT", "/v1/functions/fn")] = answer
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.deploy(spec(), bundle)
+    finally:
+        await eu.close()
+    assert e.value.message.startswith(f"site 'eu' ({site.url}) answered deploying 'fn' with {answer[0]} but not with the record of 'fn'")
+    assert said in e.value.message, e.value.message
+
+
+async def test_a_site_answering_a_deploy_with_junk_does_not_get_the_function(site: StubSite, bundle: Bundle) -> None:
+    """Through the spanning scheduler: the site is not counted as having the function
+    (its deploy is retried when it answers), and a redeploy that has nowhere else to go
+    fails saying what the site sent."""
+    site.answers[("PUT", "/v1/functions/fn")] = LOGIN
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg)])
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)  # a first deploy waits for its infrastructures (as at a restart)
+        assert "fn" not in sp.site("eu").deployed
+        with pytest.raises(InfraUnavailable, match=r"could not deploy 'fn' on any eligible infrastructure \(eu: site 'eu' .*Please log in"):
+            await sp.deploy(spec(), bundle)
+        site.answers[("PUT", "/v1/functions/fn")] = deployed
+        await sp.deploy(spec(), bundle)
+        assert "fn" in sp.site("eu").deployed
+    finally:
+        await sp.close()
+
+
+async def test_an_invocation_answered_200_by_something_else_fails_over(site: StubSite, bundle: Bundle) -> None:
+    """A 200 to an invocation was the result, whatever sent it: the caller got a proxy's
+    login page as the function's output.  A site's result carries the invocation's id;
+    an answer without it fails, and the next infrastructure runs the call."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = LOGIN
+    eu = adapter(site)
+    try:
+        await eu.deploy(spec(), bundle)
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.invoke(spec(), b"{}", InvokeContext(invocation_id="x"))
+    finally:
+        await eu.close()
+    assert e.value.message.startswith(
+        f"site 'eu' ({site.url}) answered invoking 'fn' with 200 but not with a result (no x-spanfaas-invocation-id header): "
+        "it sent text/html; charset=utf-8, 39 bytes"
+    ), e.value.message
+
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)
+        result = await sp.invoke(spec(), b'{"x": 1}', InvokeContext(invocation_id="y"))
+        assert result.infra == "local" and result.error is None
+        assert sp.site("eu").failures == 1 and "Please log in" in sp.site("eu").last_error
+    finally:
+        await sp.close()
+
+
+async def test_a_failure_whose_problem_does_not_decode_fails_over(site: StubSite, bundle: Bundle) -> None:
+    """A 5xx marked application/problem+json with a truncated body raised the JSON
+    decoder's error out of the adapter: no failover, the caller got a 500 traceback."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = (500, PROBLEM, b'{"type": "' + PROBLEM_BASE.encode() + b"function-err")
+    eu = adapter(site)
+    try:
+        await eu.deploy(spec(), bundle)
+        with pytest.raises(InfraUnavailable, match=r"^invoking 'fn' on site 'eu' failed \(500\): \{\"type\""):
+            await eu.invoke(spec(), b"{}", InvokeContext(invocation_id="x"))
+    finally:
+        await eu.close()
+
+
+async def test_a_404_to_a_remove_is_done_only_when_the_site_says_the_function_is_not_there(site: StubSite) -> None:
+    """Any 404 to a remove was taken as 'already removed': a proxy's 404 page left the
+    function on the site, and the spanning scheduler owed it no remove."""
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable, match=r"removing 'fn' on site 'eu' failed \(404\): <html><h1>Not Found"):
+            await eu.remove("fn")
+        not_there = {"type": PROBLEM_BASE + "function-not-found", "title": "Function not found", "status": 404,
+                     "detail": "function 'fn' not found; deployed: (none)"}  # fmt: skip
+        site.answers[("DELETE", "/v1/functions/fn")] = (404, PROBLEM, json.dumps(not_there).encode())
+        await eu.remove("fn")  # the site's own answer: nothing to remove
+    finally:
+        await eu.close()
+
+
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        (LOGIN, "not with a spanfaas info (no infrastructures): it sent text/html; charset=utf-8, 39 bytes"),
+        ((200, JSON, b'{"infrastructures": [{"name": 3}]}'), "not with a spanfaas info (Expected `str`, got `int` - at `$[0].name`)"),
+        ((200, JSON, b"[]"), "not with a spanfaas info (no infrastructures): it sent application/json, 2 bytes: '[]'"),
+    ],
+    ids=["html", "wrong-types", "a-list"],
+)
+async def test_a_site_whose_info_is_junk_is_down_naming_the_site(site: StubSite, answer: Answer, said: str) -> None:
+    """Its info's decoding error came out bare (JSONDecodeError, AttributeError), with
+    nothing saying which site sent what."""
+    site.answers[("GET", "/v1/info")] = answer
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.info()
+    finally:
+        await eu.close()
+    assert e.value.message.startswith(f"site 'eu' ({site.url}) answered GET /v1/info with 200 but "), e.value.message
+    assert said in e.value.message, e.value.message
+
+
+async def test_a_site_that_redirects_says_where_to(site: StubSite) -> None:
+    """A redirect (not followed: the token would go along) read 'failed (307): Temporary
+    Redirect', without where it pointed."""
+    site.answers[("GET", "/v1/info")] = (307, {"location": "https://eu.example/v1/info"}, b"")
+    eu = adapter(site)
+    try:
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.info()
+    finally:
+        await eu.close()
+    assert e.value.message == (
+        f"GET /v1/info on site 'eu' ({site.url}) was redirected (307) to https://eu.example/v1/info; set the site's "
+        "address in [[infrastructures]] to where it serves (spanfaas does not follow redirects: they would carry "
+        "the site's token elsewhere)"
+    )
+
+
+async def test_a_deploy_a_site_that_is_up_keeps_failing_is_retried_less_and_less_often(site: StubSite, bundle: Bundle) -> None:
+    """A deploy pending on a site that answers its info but fails the deploy (a full disk:
+    507) was sent again at every refresh (each second by default), the whole bundle each
+    time, for as long as it failed.  Now: after open_for, doubling to max_open_for; at
+    once when the site comes back after being down."""
+    site.answers[("PUT", "/v1/functions/fn")] = (507, {"content-type": "text/plain"}, b"disk full")
+    now = [0.0]
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    settings = SchedulerSettings(refresh_interval=3600, open_for=1, max_open_for=8)  # refreshed here, by hand
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (InMemoryInfrastructure("local"), InfraConfig(name="local"))],
+                                settings, clock=lambda: now[0])  # fmt: skip
+
+    def puts() -> int:
+        return site.seen.count(("PUT", "/v1/functions/fn"))
+
+    async def seconds(n: int) -> None:
+        for _ in range(n):
+            now[0] += 1.0
+            await sp.refresh()
+
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)  # local has it; eu owes it
+        assert puts() == 1 and "fn" not in sp.site("eu").deployed
+        await seconds(60)
+        # tried again at 1, 2, 4, 8, then every 8 s (16, 24 ... 56): 1 + 10 sends, not 1 + 60
+        assert puts() == 11, puts()
+        site.answers[("PUT", "/v1/functions/fn")] = deployed
+        await seconds(8)  # within max_open_for
+        assert "fn" in sp.site("eu").deployed and puts() == 12
+
+        await sp.deploy(spec('prefer = ["cost"]'), bundle)  # a new version that eu refuses again ...
+        site.answers[("PUT", "/v1/functions/fn")] = (507, {"content-type": "text/plain"}, b"disk full")
+        await sp.deploy(spec('prefer = ["load"]'), bundle)
+        await seconds(8)  # tried again at 1, 2, 4, 8: the next not before 16
+        tried = puts()
+        site.answers[("GET", "/v1/info")] = (503, {"content-type": "text/plain"}, b"down for maintenance")
+        await seconds(1)
+        assert not sp.site("eu").healthy
+        site.answers[("GET", "/v1/info")] = INFO
+        site.answers[("PUT", "/v1/functions/fn")] = deployed
+        await seconds(1)  # ... and it comes back: at once
+        assert puts() == tried + 1 and "fn" in sp.site("eu").deployed
+    finally:
+        await sp.close()
+
+
+async def test_a_remove_a_hung_site_never_answers_does_not_hold_the_gateway_for_ever(site: StubSite, bundle: Bundle) -> None:
+    """A remove had no time limit on the site's answer: a site that took the DELETE and
+    never answered kept the remove going, and the spanning close() (the gateway's stop)
+    waits for removes in progress, so the gateway never stopped.  The site may drain the
+    function's calls (up to its timeout) first: the answer is waited for that long and
+    the site's timeout; then the remove is owed there (done when it answers)."""
+
+    def hang(sent: bytes) -> Answer:
+        site.released.wait(20)  # (longer than the 6 s it is waited for)
+        return 204, {}, b""
+
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("DELETE", "/v1/functions/fn")] = hang
+    eu = adapter(site)
+    quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
+    try:
+        await eu.deploy(quick, bundle)
+        with pytest.raises(InfraUnavailable) as e:
+            await eu.remove("fn")
+    finally:
+        await eu.close()
+    assert e.value.message == f"site 'eu' at {site.url} did not answer DELETE /v1/functions/fn within 6 s (it may still be working on it)"
