@@ -133,11 +133,19 @@ class Pool:
             self.cold_starts += 1
             self._ready = asyncio.get_running_loop().create_future()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
+            chan = self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
             initial = self._floor()
             try:
                 self.runtime.spawn_template(self, theirs.fileno(), initial)
                 self._pending_forks = initial
+            except BaseException:
+                # No template was asked for: the pool is cold again, now, for the next
+                # call to start it (not starting until the channel's EOF fails that call).
+                chan.close()
+                self._chan = None
+                self._ready = None
+                self.state = "cold"
+                raise
             finally:
                 theirs.close()
         ready = self._ready

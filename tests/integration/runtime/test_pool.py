@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 
 import pytest
@@ -119,3 +120,28 @@ async def test_reuse_instance_serves_its_concurrency_at_once(harness: Harness, c
     assert elapsed < 0.3 * 8 / 2, "four at a time, not one"
     for i, r in enumerate(results):
         assert r.logs == f"serving {name}-{i}\n", "logs stay with their invocation"
+
+
+async def test_a_restart_that_fails_before_the_template_is_asked_for_does_not_leave_the_pool_starting(
+    harness: Harness,
+) -> None:
+    """Scaled to zero, the template starts again at the next call.  When that start
+    fails before the zygote is asked (here: a file stands where the function's scratch
+    dir is made), that call fails, and the pool is cold: the next call starts it again,
+    and does not find it still starting and fail with "the template exited while
+    starting" (no template was started) when the channel's EOF comes."""
+    await harness.deploy("respawn", SLOW, 'isolation = "reuse"\n')
+    assert (await harness.invoke("respawn", b'{"sleep": 0}')).ok
+    pool = harness.rt.pool("respawn")
+    pool.stop_template()  # as scale-to-zero does
+    scratch = harness.rt.scratch_root / pool.key
+    shutil.rmtree(scratch)
+    scratch.write_text("")
+    try:
+        with pytest.raises(FileExistsError):
+            await harness.invoke("respawn", b'{"sleep": 0}')
+    finally:
+        scratch.unlink()
+    assert pool.state == "cold"
+    r = await harness.invoke("respawn", b'{"sleep": 0}')
+    assert r.ok, r.error
