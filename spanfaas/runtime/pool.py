@@ -723,13 +723,15 @@ class Pool:
     # -- drain and close --------------------------------------------------------------
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Let in-flight invocations finish, then stop; new ones must go elsewhere."""
+        """Let in-flight invocations finish, then stop; new ones must go elsewhere.
+        Stopped too when the wait is cancelled: its caller forgets the pool all the same."""
         self.state = "draining"
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-        self.close()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self.state = "closed"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import shutil
 import time
 
 import pytest
 
-from spanfaas.errors import FunctionNotFound, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, TooManyRequests
 from tests.integration.runtime.conftest import Harness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -86,6 +88,29 @@ async def test_remove_waits_for_in_flight_then_forgets(harness: Harness) -> None
     assert (await call).ok
     with pytest.raises(FunctionNotFound, match="'gone' is not deployed"):
         await harness.invoke("gone")
+
+
+async def test_a_remove_given_up_while_it_drains_still_stops_the_template(harness: Harness) -> None:
+    """A remove waits for what runs; its caller may give up first (the spanning scheduler
+    waits ``timeout`` seconds for a site's remove): the function is forgotten all the same,
+    so its template and instances must stop, not run on with no pool to stop them."""
+    await harness.deploy("given-up", SLOW, 'isolation = "reuse"\n')
+    pool = harness.rt.pool("given-up")
+    call = asyncio.ensure_future(harness.invoke("given-up", b'{"sleep": 30}'))
+    async with asyncio.timeout(10):
+        while not pool.stats()["busy"] or pool.template_pid <= 0:
+            await asyncio.sleep(0.01)
+    template = os.pidfd_open(pool.template_pid)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(harness.rt.remove("given-up"), 0.1)
+        assert pool.state == "closed"
+        readable, _, _ = select.select([template], [], [], 10)
+        assert readable, "the template of the removed function still runs"
+    finally:
+        os.close(template)
+    with pytest.raises(InfraError):
+        await call
 
 
 CONCURRENT = """
