@@ -3,7 +3,8 @@
 Layering: ``runtime`` uses ``sandbox`` and the shared records; ``infra.local``
 wraps it behind the Infrastructure protocol.  Child-side modules (zygote,
 template, instance) are imported by the zygote; runtime-side modules
-(runtime, pool, channels) run on the control plane's event loop.
+(runtime, pool and its parts: queueing, handle, diagnosis, exitwatch; channels)
+run on the control plane's event loop.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -9,6 +9,13 @@ the pool grows up to ``scaling.max`` instances while invocations wait, and
 shrinks to zero (template included) after ``scaling.idle_ttl`` idle seconds.
 A reuse instance may also hold short calls queued on its connection behind
 the ones it runs (runtime/pipelining.py).
+
+The pool runs the template's life, forks and retires instances, and runs
+invocations on them; its parts are modules of their own: the queue of calls
+waiting for an instance and its backpressure (runtime/queueing.py), its
+handle on one instance (runtime/handle.py), what an error says and what to
+change for it (runtime/diagnosis.py), and the template's exit told by its
+pidfd (runtime/exitwatch.py).
 """
 
 from __future__ import annotations
@@ -16,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import select
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle
 from spanfaas.model import (
     ErrorInfo,
     FunctionSpec,
@@ -35,31 +40,26 @@ from spanfaas.model import (
     Protection,
     Result,
 )
+from spanfaas.runtime import diagnosis
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime.channels import (
-    ControlChannel,
-    InstanceConnection,
-    InstanceLost,
-    read_hello,
-)
+from spanfaas.runtime.channels import ControlChannel, InstanceConnection, InstanceLost
+from spanfaas.runtime.exitwatch import ExitWatch
+from spanfaas.runtime.handle import Instance, connect
 from spanfaas.runtime.instance import logs_so_far
-from spanfaas.runtime.pipelining import DEPTH, QUIET, STALL, Pipelining
+from spanfaas.runtime.pipelining import DEPTH
+from spanfaas.runtime.queueing import Expired, Queue, Waiter, expire
 
 if TYPE_CHECKING:
     from spanfaas.runtime.runtime import LocalRuntime
     from spanfaas.runtime.zygotes import ZygoteProcess
 
+__all__ = ["EXIT_STATUS_WAIT", "Instance", "Pool", "PoolState"]
+
 log = logging.getLogger("spanfaas.runtime")
 _template_decoder = msgspec.msgpack.Decoder(p.TemplateEvent)
-HELLO_TIMEOUT = 10.0
-INSTANCE_OOM_SCORE_ADJ = 500
 EXIT_STATUS_WAIT = 2.0
 
 PoolState = Literal["cold", "starting", "ready", "draining", "closed"]
-
-
-class _Expired(Exception):
-    """A deadline passed while an invocation waited (for an instance or a reply)."""
 
 
 class _NotStarted(Exception):
@@ -71,100 +71,10 @@ class _Gone(Exception):
     invocation that waited on it never ran, and may run on the current version."""
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(_Expired())
-
-
-_EXEC_FRAMES = ("_execute_child", "os.exec", "posix_spawn", "os.spawn")
-"""In a traceback: the error came from starting a program (subprocess, os.popen, os.exec*)."""
-_NO_NETWORK = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
-"""In an error's message: a connection or a name lookup found no network."""
-
-
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
     """Mark the outcome of a future no one awaits as seen (else asyncio logs an error it holds)."""
     if not fut.cancelled():
         fut.exception()
-
-
-class _Waiter(asyncio.Future["Instance"]):
-    """An invocation waiting for an instance, and when it expires (loop clock)."""
-
-    __slots__ = ("expires",)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, expires: float) -> None:
-        super().__init__(loop=loop)
-        self.expires = expires
-
-
-class Instance:
-    __slots__ = (
-        "seq", "pid", "pidfd", "capture", "gone", "conn", "active", "served", "created", "last_used", "exit_status",
-        "timed_out", "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
-    )  # fmt: skip
-
-    def __init__(self, seq: int, capture: int = -1) -> None:
-        self.seq = seq
-        self.pid = 0
-        self.pidfd = -1
-        self.capture = capture
-        """Its log capture (a memfd, from the template): what the call running on it
-        printed is read here when it times out, crashes or is OOM-killed."""
-        self.gone = False
-        """It exited or was lost (release_fd): its capture is closed once no call needs it."""
-        self.conn: InstanceConnection | None = None
-        self.active = 0
-        self.served = 0
-        self.created = time.monotonic()
-        self.last_used = self.created
-        self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.timed_out = False
-        self.retired = False
-        self.ready = False
-        self.expires = 0.0
-        """The latest deadline (loop clock) of the invocations handed to it: a call
-        queued behind others must not expire before them (see Pool._hand)."""
-        self.answered = 0.0
-        """When (loop clock) it last answered, or took a call while it had none."""
-        self.oom = False
-        """It died by SIGKILL as the cgroup's OOM killer counted one more kill (see Pool._on_instance_exit)."""
-        self.orphaned = False
-        """It went with its template (the template died, or the runtime stopped it): the
-        platform's failure, not the function's (see Pool._run)."""
-        self.window = 1
-        """Calls it may hold beyond its slots now: grows with each short call it
-        answers, back to 1 after a long one or a quiet spell (runtime/pipelining.py)."""
-
-    def kill(self) -> None:
-        if self.pidfd >= 0:
-            try:
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def kill_group(self) -> None:
-        """Kill the instance and every process it forked (it leads its group)."""
-        self.kill()
-        if self.pid > 0:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def release_fd(self) -> None:
-        """It is gone: close its pidfd, and its capture unless a call still has to read it."""
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-        self.gone = True
-        if self.active == 0:
-            self.close_capture()
-
-    def close_capture(self) -> None:
-        if self.capture >= 0:
-            os.close(self.capture)
-            self.capture = -1
 
 
 class Pool:
@@ -183,16 +93,12 @@ class Pool:
         self.protections: list[Protection] = []
         self.import_ms = 0.0
         self.template_pid = 0
-        self._template_pidfd = -1
-        self._template_gone: asyncio.Future[None] | None = None
-        """Done once the template has exited, told by its pidfd before the zygote's notice or its
-        channel's EOF comes; watched from the first call lost mid-run (_why_lost) until it goes."""
+        self._template_exit = ExitWatch(self._loop)
+        """The template's exit, told by its pidfd: watched from the first call lost mid-run (_why_lost)."""
         self.cold_starts = 0
         self.invocations = 0
         self._chan: ControlChannel | None = None
         self._ready: asyncio.Future[None] | None = None
-        self._idle: deque[Instance] = deque()
-        self._waiters: deque[_Waiter] = deque()
         self._instances: dict[int, Instance] = {}
         self._pending_forks = 0
         self._busy = 0
@@ -204,13 +110,11 @@ class Pool:
         self.last_used = time.monotonic()
         self._strict = spec.isolation == "strict"
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
-        self._pipelining = Pipelining(self._slots)
-        """reuse: how many invocations an instance may hold (its slots, more while calls are short)."""
+        self._queue = Queue(spec.name, self._slots, spec.scaling.queue, self._loop)
+        """The invocations waiting for an instance's room, and the instances with room."""
         self._max_frame = 2 * spec.resources.memory * 1024 * 1024 + 8 * 1024 * 1024
         """No answer of an instance can be larger: its result and its header (logs,
         error) are each built in its memory; 8 MiB of slack for small limits."""
-        self._pipelined = 0
-        """Invocations queued on instance connections behind the ones running (beyond the slots)."""
         self.desired = 0
         self.demanded = False
         """Called (or prewarmed) at least once: from then on instances are kept ahead of demand."""
@@ -229,11 +133,19 @@ class Pool:
             self.cold_starts += 1
             self._ready = asyncio.get_running_loop().create_future()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
+            chan = self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
             initial = self._floor()
             try:
                 self.runtime.spawn_template(self, theirs.fileno(), initial)
                 self._pending_forks = initial
+            except BaseException:
+                # No template was asked for: the pool is cold again, now, for the next
+                # call to start it (not starting until the channel's EOF fails that call).
+                chan.close()
+                self._chan = None
+                self._ready = None
+                self.state = "cold"
+                raise
             finally:
                 theirs.close()
         ready = self._ready
@@ -287,10 +199,7 @@ class Pool:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(exc)
             self._ready.exception()  # retrieved by whoever awaits; avoid "never retrieved" noise
-        for w in self._waiters:
-            if not w.done():
-                w.set_exception(exc)
-        self._waiters.clear()
+        self._queue.fail(exc)
         self.stop_template()
 
     def _on_template_eof(self) -> None:
@@ -322,7 +231,7 @@ class Pool:
                 inst.exit_status.set_result(-1)
             inst.release_fd()
         self._instances.clear()
-        self._idle.clear()
+        self._queue.idle.clear()
         self._pending_forks = 0
         if self._ready is not None and not self._ready.done():
             # Whoever awaits this start (an invoke, a deploy) must not wait forever.
@@ -330,32 +239,19 @@ class Pool:
             self._ready.exception()
         self._ready = None
         self.template_pid = 0
-        if self._template_gone is not None:
-            if not self._template_gone.done():
-                self._template_gone.set_result(None)
-            self._template_gone = None
-        if self._template_pidfd >= 0:
-            self._loop.remove_reader(self._template_pidfd)
-            os.close(self._template_pidfd)
-            self._template_pidfd = -1
+        self._template_exit.close()
         if self.state not in ("closed", "draining"):
             self.state = "cold"
-            if self._waiters:
+            if self._queue.waiters:
                 asyncio.get_running_loop().create_task(self._restart_for_waiters())
         else:  # nothing restarts a replaced version: what waits on it goes to the current one
-            for w in self._waiters:
-                if not w.done():
-                    w.set_exception(_Gone())
-            self._waiters.clear()
+            self._queue.fail(_Gone)  # (a class: each waiter is told its own)
 
     async def _restart_for_waiters(self) -> None:
         try:
             await self.start()
         except Exception as exc:  # handed to the waiters below
-            for w in self._waiters:
-                if not w.done():
-                    w.set_exception(exc)
-            self._waiters.clear()
+            self._queue.fail(exc)
 
     def stop_template(self) -> None:
         pid = self.template_pid
@@ -382,14 +278,14 @@ class Pool:
     def check_progress(self, now: float, patience: float = 5.0) -> None:
         """Watchdog (from the runtime's tick): invocations wait, forks were asked
         for long ago and nothing came: recount what is really pending and grow."""
-        if self.state != "ready" or not self._waiters or now - self._last_fork < patience:
+        if self.state != "ready" or not self._queue.waiters or now - self._last_fork < patience:
             return
         unready = sum(1 for i in self._instances.values() if not i.ready)
         if self._pending_forks != unready:
             log.warning(
                 "spanfaas runtime: %s: %d invocations waiting, %d forks pending but %d instances starting; recounting",
                 self.spec.name,
-                len(self._waiters),
+                len(self._queue.waiters),
                 self._pending_forks,
                 unready,
             )
@@ -405,14 +301,9 @@ class Pool:
 
     async def _connect(self, inst: Instance, sock: socket.socket) -> None:
         try:
-            _seq, pid = await read_hello(sock, HELLO_TIMEOUT)
-            inst.pid = pid
-            inst.pidfd = os.pidfd_open(pid) if pid > 0 else -1
-            if self.runtime.rt.sandbox and pid > 0:
-                _raise_oom_score(pid)
-            loop = asyncio.get_running_loop()
-            conn = InstanceConnection(lambda: self._on_conn_lost(inst), self._slots, self._max_frame)
-            await loop.create_unix_connection(lambda: conn, sock=sock)
+            conn = await connect(
+                inst, sock, lambda: self._on_conn_lost(inst), self._slots, self._max_frame, sandbox=self.runtime.rt.sandbox
+            )
             inst.conn = conn
         except (OSError, asyncio.TimeoutError) as exc:
             sock.close()
@@ -434,32 +325,7 @@ class Pool:
         self._pending_forks = max(0, self._pending_forks - 1)
         self._start_failures = 0
         inst.ready = True
-        self._offer(inst, fresh=True)
-
-    def _offer(self, inst: Instance, fresh: bool = False) -> None:
-        """Give an instance's room to waiters; park it if room remains (a fresh
-        multi-slot instance first in line, so new calls spread to it at once)."""
-        room = self._pipelining.room
-        while self._waiters and inst.active < room:
-            w = self._waiters[0]
-            if w.done():
-                self._waiters.popleft()
-                continue
-            if not self._hand(inst, w.expires):
-                break
-            self._waiters.popleft()
-            w.set_result(inst)
-        if inst.active < room and inst not in self._idle:
-            if fresh and self._slots > 1:
-                self._idle.appendleft(inst)
-            else:
-                self._idle.append(inst)
-
-    def _give_back(self, inst: Instance) -> None:
-        """An instance slot was handed out but not used: offer it again (a strict
-        child that served nothing is still fresh)."""
-        if inst.conn is not None and not inst.conn.lost and not inst.timed_out and not inst.retired:
-            self._offer(inst)
+        self._queue.offer(inst, fresh=True)
 
     def _on_conn_lost(self, inst: Instance) -> None:
         conn = inst.conn
@@ -469,10 +335,7 @@ class Pool:
                 inst.seq, self.spec.name, conn.oversized, self._max_frame,
             )  # fmt: skip
             inst.kill()  # by its pidfd: never a reused pid
-        try:
-            self._idle.remove(inst)
-        except ValueError:
-            pass
+        self._queue.unpark(inst)
 
     def _on_instance_exit(self, seq: int, status: int) -> None:
         inst = self._instances.pop(seq, None)
@@ -488,17 +351,10 @@ class Pool:
         if not inst.ready:
             self._pending_forks = max(0, self._pending_forks - 1)
             self._start_failures += 1
-        try:
-            self._idle.remove(inst)
-        except ValueError:
-            pass
+        self._queue.unpark(inst)
         inst.release_fd()
         if self._start_failures >= 3:
-            err = InfraError(f"instances of '{self.spec.name}' die before they start (exit status {status}); see the runtime's log")
-            for w in self._waiters:
-                if not w.done():
-                    w.set_exception(err)
-            self._waiters.clear()
+            self._queue.fail(InfraError(f"instances of '{self.spec.name}' die before they start (exit status {status}); see the runtime's log"))
             self._start_failures = 0
             return
         self._replenish()
@@ -508,11 +364,7 @@ class Pool:
         """Fail one waiter (others may still get an instance); retry on the next demand."""
         self._pending_forks = max(0, self._pending_forks - 1)
         log.warning("spanfaas runtime: could not fork an instance of %s: %s", self.spec.name, reason)
-        while self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_exception(InfraError(f"could not start an instance of '{self.spec.name}': {reason}"))
-                break
+        self._queue.fail_one(InfraError(f"could not start an instance of '{self.spec.name}': {reason}"))
 
     def _live(self) -> int:
         return len(self._instances) + self._pending_forks - sum(1 for i in self._instances.values() if not i.ready)
@@ -530,7 +382,7 @@ class Pool:
         if not self._strict:
             self._fork(self._floor() - self._live())
             return
-        want = self._floor() - len(self._idle) - self._pending_forks
+        want = self._floor() - len(self._queue.idle) - self._pending_forks
         room = self.spec.scaling.max + self.spec.scaling.prefork - self._live()
         self._fork(min(want, room))
 
@@ -549,9 +401,9 @@ class Pool:
 
     def _grow(self) -> None:
         """Fork while invocations wait and there is room under ``scaling.max``."""
-        if self.state not in ("ready", "draining") or not self._waiters:
+        if self.state not in ("ready", "draining") or not self._queue.waiters:
             return
-        waiting = len(self._waiters)  # finished waiters leave the deque at once
+        waiting = len(self._queue.waiters)  # finished waiters leave the deque at once
         want = -(-waiting // self._slots) - self._pending_forks  # ceil: an instance takes `slots` waiters
         cap = self.spec.scaling.max + (self.spec.scaling.prefork if self._strict else 0)
         self._fork(min(want, cap - self._live()), warm=False)  # invocations wait: no warm-up pass first
@@ -567,19 +419,20 @@ class Pool:
         retired = 0
         if self._chan is None:
             return 0
+        idle = self._queue.idle
         if self._strict:
-            while len(self._idle) > self._floor() and now - self._idle[0].last_used > idle_for:
-                inst = self._idle.popleft()
+            while len(idle) > self._floor() and now - idle[0].last_used > idle_for:
+                inst = idle.popleft()
                 self._chan.send(p.Retire(inst.seq))
                 retired += 1
             return retired
         # reuse: only instances with nothing in flight; retired ones stay in
         # _instances until they exit, so count them off as we go.
-        for inst in list(self._idle):
+        for inst in list(idle):
             if len(self._instances) - retired <= keep:
                 break
             if inst.active == 0 and now - inst.last_used > idle_for:
-                self._idle.remove(inst)
+                idle.remove(inst)
                 inst.retired = True  # never hand it out again
                 self._chan.send(p.Retire(inst.seq))
                 retired += 1
@@ -605,7 +458,7 @@ class Pool:
             if cold:
                 await self.start()
             while True:
-                inst = self._take_idle(expires)
+                inst = self._queue.take(expires)
                 if inst is None:
                     try:
                         waited = await self._wait(expires, accepted)
@@ -639,31 +492,25 @@ class Pool:
         queue.  Raises _Gone when no instance can come any more."""
         if self._chan is None and self.state in ("draining", "closed"):
             raise _Gone
-        waiting = len(self._waiters) + self._pipelined
-        if waiting >= self.spec.scaling.queue and not accepted:
-            raise TooManyRequests(
-                f"function '{self.spec.name}' has {waiting} invocations waiting "
-                f"(scaling.queue = {self.spec.scaling.queue}); retry later or raise scaling.max",
-                retry_after=1,
-            )
+        self._queue.admit(accepted)
         loop = self._loop
-        fut = _Waiter(loop, expires)
-        self._waiters.append(fut)
+        fut = Waiter(loop, expires)
+        self._queue.waiters.append(fut)
         if self.state == "cold" and self._ready is None:
             # The template died after start() returned (right after it said it was
             # ready): nothing else would start another for this call.
             loop.create_task(self._restart_for_waiters())
         self._grow()
-        timer = loop.call_at(expires, _expire, fut)
+        timer = loop.call_at(expires, expire, fut)
         try:
             return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 handed = fut.result()  # handed an instance just as we were cancelled: give it back
-                self._release(handed)
-                self._give_back(handed)
+                self._queue.release(handed)
+                self._queue.give_back(handed)
             raise
-        except _Expired:
+        except Expired:
             return None
         finally:
             timer.cancel()
@@ -672,64 +519,9 @@ class Pool:
                 # (A handed-over future already left it; no O(n) remove then.)
                 fut.cancel()
                 try:
-                    self._waiters.remove(fut)
+                    self._queue.waiters.remove(fut)
                 except ValueError:
                     pass
-
-    def _take_idle(self, expires: float) -> Instance | None:
-        """Room on a ready instance, if there is some (no waiting).
-
-        The first parked instance takes calls until it is full, so pipelined
-        calls gather on one connection (one write, one wake-up for the lot)."""
-        room = self._pipelining.room
-        idle = self._idle
-        refused = 0
-        while refused < len(idle):
-            inst = idle[0]
-            if inst.conn is None or inst.conn.lost or inst.timed_out or inst.retired or inst.active >= room:
-                idle.popleft()
-                continue
-            if not self._hand(inst, expires):
-                idle.rotate(-1)  # busy and should not queue more: try the others
-                refused += 1
-                continue
-            if inst.active >= room:
-                idle.popleft()
-            return inst
-        return None
-
-    def _hand(self, inst: Instance, expires: float) -> bool:
-        """Count a call expiring at ``expires`` on ``inst``; False if it should not
-        queue there behind the calls it runs (runtime/pipelining.py): the queue is
-        full, the instance has not answered for a while, or a call ahead expires
-        later (an expiry kills the instance and whatever it runs, which must never
-        be a call with time left: its own expiry came first)."""
-        if inst.active >= self._slots:
-            if (
-                inst.active - self._slots >= inst.window
-                or expires < inst.expires
-                or self._pipelined + len(self._waiters) >= self.spec.scaling.queue
-                or self._loop.time() - inst.answered > STALL
-            ):
-                return False
-            self._pipelined += 1
-        elif inst.active == 0:
-            now = self._loop.time()
-            if now - inst.answered > QUIET:
-                inst.window = 1  # what it answered before a quiet spell says little about the next burst
-            inst.answered = now
-        inst.active += 1
-        if expires > inst.expires:
-            inst.expires = expires
-        return True
-
-    def _release(self, inst: Instance) -> None:
-        """A call handed to ``inst`` ended (or was never sent)."""
-        if inst.active > self._slots:
-            self._pipelined -= 1
-        inst.active -= 1
-        if inst.gone and inst.active == 0:
-            inst.close_capture()  # (kept for the call that ran when it was lost)
 
     async def _run(
         self, inst: Instance, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
@@ -745,7 +537,7 @@ class Pool:
             event=ctx.event,
         )
         fut = conn.request(req, payload)
-        timer = loop.call_at(expires, _expire, fut)
+        timer = loop.call_at(expires, expire, fut)
         kept = False  # the slot stays booked past this call (its caller gave up while it ran)
         try:
             done, output = await fut
@@ -759,32 +551,29 @@ class Pool:
             answer = conn.abandon(req.id)
             if answer is None:
                 if self._strict:
-                    self._release(inst)
+                    self._queue.release(inst)
                     kept = True  # released here: given back below, not counted as served
-                    self._give_back(inst)
+                    self._queue.give_back(inst)
                     self._replenish()
             elif self._strict:
                 answer.add_done_callback(_ignore_outcome)  # for no one: its loss is expected, not an error to log
                 inst.kill()
             else:
                 kept = True
-                later = loop.call_at(expires, _expire, answer)
+                later = loop.call_at(expires, expire, answer)
                 answer.add_done_callback(lambda a: self._abandoned(inst, conn, a, later, timeout))
             raise
-        except _Expired:
+        except Expired:
             # Killed even if it still waited on the connection: it may have just
-            # started, and whatever runs before it expired first (see _hand).
+            # started, and whatever runs before it expired first (see Queue.hand).
             ran = conn.running(req.id)
             # What it printed until now is all there is to tell where it hung: read before the kill.
             logs = logs_so_far(inst.capture) if ran and self._slots == 1 else ""
             inst.timed_out = True
             inst.kill()
             if not self._strict:
-                self._pipelining.observe(timeout * 1000)
-            try:
-                self._idle.remove(inst)  # a multi-slot instance may still be parked there
-            except ValueError:
-                pass
+                self._queue.pipelining.observe(timeout * 1000)
+            self._queue.unpark(inst)  # a multi-slot instance may still be parked there
             if ran:
                 message = f"the function ran past its {timeout:g}s timeout and was stopped"
             else:
@@ -808,7 +597,7 @@ class Pool:
         else:
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()
-                pipelining = self._pipelining
+                pipelining = self._queue.pipelining
                 pipelining.observe(done.duration_ms)
                 if pipelining.room == self._slots:
                     inst.window = 1
@@ -823,7 +612,7 @@ class Pool:
             function=self.spec.name,
             output=output,
             content_type=done.content_type,
-            error=done.error if done.error is None else self._explained(done.error),
+            error=done.error if done.error is None else diagnosis.explained(done.error, self.spec, self.runtime.protections),
             logs=done.logs,
             duration_ms=(time.monotonic() - arrived) * 1000,
             cold=cold,
@@ -841,21 +630,18 @@ class Pool:
         the instance is stopped, as for any timeout)."""
         timer.cancel()
         exc = answer.exception()
-        if isinstance(exc, _Expired):
+        if isinstance(exc, Expired):
             inst.timed_out = True
             inst.kill()
-            self._pipelining.observe(timeout * 1000)
-            try:
-                self._idle.remove(inst)
-            except ValueError:
-                pass
+            self._queue.pipelining.observe(timeout * 1000)
+            self._queue.unpark(inst)
         elif exc is None:
             inst.answered = self._loop.time()
         self._finished(inst, conn)
 
     def _finished(self, inst: Instance, conn: InstanceConnection) -> None:
         """A call handed to ``inst`` ended: free its slot."""
-        self._release(inst)
+        self._queue.release(inst)
         inst.served += 1
         inst.last_used = time.monotonic()
         if self._strict:
@@ -864,7 +650,7 @@ class Pool:
             # its reply is on its way takes the CPU from the instance or from us.
             self._loop.call_soon(self._replenish)
         elif not inst.timed_out and not inst.retired and not conn.lost:
-            self._offer(inst)
+            self._queue.offer(inst)
 
     async def _hand_over(
         self, payload: bytes, ctx: InvokeContext, expires: float, timeout: float, arrived: float, cold: bool
@@ -884,87 +670,26 @@ class Pool:
             )
         return await current.invoke(payload, msgspec.structs.replace(ctx, timeout=left), accepted=True)
 
-    def _explained(self, error: ErrorInfo) -> ErrorInfo:
-        """The handler's error, with what to change in the manifest when a limit of it caused it."""
-        if error.kind == "oom":
-            return self._out_of_memory(error)
-        hint = self._sandbox_hint(error) if error.kind == "error" else None
-        return error if hint is None else msgspec.structs.replace(error, message=f"{error.message}; {hint}")
-
-    def _sandbox_hint(self, error: ErrorInfo) -> str | None:
-        """What the sandbox denied, by the manifest's defaults, in an error the handler raised
-        (seen by its message and where it was raised): say which key allows it."""
-        spec, message = self.spec, error.message
-        active = {x.name for x in self.runtime.protections if x.active}
-        if (
-            not spec.allow_subprocess
-            and error.type == "PermissionError"
-            and message.startswith(("[Errno 1]", "[Errno 13]"))
-            and any(where in (error.traceback or "") for where in _EXEC_FRAMES)
-            and active & {"seccomp", "landlock"}
-        ):
-            return "running programs is off for this function: set allow_subprocess = true in spanfaas.toml"
-        if spec.network == "none" and "net-namespace" in active and any(m in message for m in _NO_NETWORK):
-            return 'the function has no network (network = "none", the default): set network = "host" in spanfaas.toml to reach other hosts'
-        return None
-
-    def _out_of_memory(self, error: ErrorInfo) -> ErrorInfo:
-        """A MemoryError in the instance, with the limit it hit and where to raise it."""
-        limit = f"the function ran out of its {self.spec.resources.memory} MiB memory limit (raise resources.memory in spanfaas.toml)"
-        return msgspec.structs.replace(error, message=f"{error.message}; {limit}" if error.message else limit)
-
     async def _why_lost(self, inst: Instance) -> ErrorInfo:
         """Why ``inst`` went mid-call: its exit status, which its template reports.  A template
         that died reports nothing: the instance went with it (``inst.orphaned``), told by the
         template's pidfd, however late its channel's EOF or the zygote's notice comes."""
         waits: set[asyncio.Future[Any]] = {inst.exit_status}
-        gone = None if inst.exit_status.done() else self._watch_template()
+        gone = None if inst.exit_status.done() else self._template_exit.watch(self.template_pid)
         if gone is not None:
             waits.add(gone)
         await asyncio.wait(waits, timeout=EXIT_STATUS_WAIT, return_when=asyncio.FIRST_COMPLETED)
         if self._lost_with_template(inst):
             return ErrorInfo(kind="crashed", message="the instance was lost with its template")
         status = inst.exit_status.result() if inst.exit_status.done() else -1
-        signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
-        if signum == signal.SIGKILL and inst.oom:
-            return ErrorInfo(kind="oom", message=f"the function used more than its {self.spec.resources.memory} MiB memory limit and was stopped (raise resources.memory in spanfaas.toml)", exit_status=-signum)
-        if status < 0:
-            return ErrorInfo(kind="crashed", message="the instance was lost (its template or the runtime stopped it)")
-        if signum:
-            name = signal.Signals(signum).name
-            return ErrorInfo(kind="crashed", message=f"the instance was killed by signal {name}", exit_status=-signum)
-        code = os.WEXITSTATUS(status)
-        return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
-
-    def _watch_template(self) -> asyncio.Future[None] | None:
-        """``_template_gone``; None when the template's state cannot be read.  Its pidfd is
-        opened at the first call lost mid-run, not with each template (idle functions hold
-        no more descriptors).  Its pid is its own until the zygote reaps it, and the zygote
-        says so right after: gone by then (ESRCH), it counts as exited; taken by another
-        process in that instant, it reads as alive, and the wait for news decides, as before."""
-        if self._template_gone is None:
-            if self.template_pid <= 0:
-                return None
-            gone: asyncio.Future[None] = self._loop.create_future()
-            try:
-                fd = os.pidfd_open(self.template_pid)
-            except ProcessLookupError:
-                gone.set_result(None)  # reaped already: the zygote's notice is on its way
-            except OSError:
-                return None
-            else:
-                self._template_pidfd = fd
-                self._loop.add_reader(fd, _exited, self._loop, fd, gone)
-            self._template_gone = gone
-        return self._template_gone
+        return diagnosis.lost(status, inst.oom, self.spec)
 
     def _lost_with_template(self, inst: Instance) -> bool:
         """Whether ``inst``, its exit not reported, went with its template: the template exited
         and what it said before (the instance's own exit, if that came first) is read now."""
         if inst.exit_status.done():
             return inst.orphaned
-        gone, fd = self._template_gone, self._template_pidfd
-        if gone is None or not (gone.done() or (fd >= 0 and select.select([fd], [], [], 0)[0])):  # (readable: exited)
+        if not self._template_exit.exited():
             return False
         if self._chan is not None:
             self._chan.drain()  # at its EOF the pool resets, and marks its instances orphaned
@@ -998,20 +723,19 @@ class Pool:
     # -- drain and close --------------------------------------------------------------
 
     async def drain(self, timeout: float | None = None) -> None:
-        """Let in-flight invocations finish, then stop; new ones must go elsewhere."""
+        """Let in-flight invocations finish, then stop; new ones must go elsewhere.
+        Stopped too when the wait is cancelled: its caller forgets the pool all the same."""
         self.state = "draining"
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-        self.close()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self.state = "closed"
-        for w in self._waiters:
-            if not w.done():
-                w.set_exception(InfraError(f"function '{self.spec.name}' was removed"))
-        self._waiters.clear()
+        self._queue.fail(InfraError(f"function '{self.spec.name}' was removed"))
         self.stop_template()
 
     def stats(self) -> dict[str, Any]:
@@ -1019,36 +743,13 @@ class Pool:
             "key": self.key,
             "state": self.state,
             "instances": len(self._instances),
-            "idle": len(self._idle),
+            "idle": len(self._queue.idle),
             "busy": self._busy,
-            "waiting": len(self._waiters) + self._pipelined,  # queued on instance connections too
-            "room": self._pipelining.room,
+            "waiting": self._queue.waiting,  # queued on instance connections too
+            "room": self._queue.pipelining.room,
             "pending_forks": self._pending_forks,
             "cold_starts": self.cold_starts,
             "invocations": self.invocations,
             "import_ms": self.import_ms,
             "protections": self.protections,  # the function's own: its template's sandbox, as applied
         }
-
-
-
-def _exited(loop: asyncio.AbstractEventLoop, pidfd: int, gone: asyncio.Future[None]) -> None:
-    """A template's pidfd turned readable: it exited."""
-    loop.remove_reader(pidfd)
-    if not gone.done():
-        gone.set_result(None)
-
-
-def _raise_oom_score(pid: int) -> None:
-    """Make an instance the OOM killer's choice over its template.
-
-    Raising a score needs no privilege (lowering the template's would need
-    CAP_SYS_RESOURCE, which hosts often withhold)."""
-    try:
-        fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY)
-        try:
-            os.write(fd, b"%d" % INSTANCE_OOM_SCORE_ADJ)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # not root, or already gone: the cgroup limit still holds

@@ -199,8 +199,8 @@ async def test_a_waiter_handed_an_instance_lost_before_it_ran_runs_on_another(
     await asyncio.sleep(0.1)  # it has not answered for a while: the next call waits in the pool
     waiting = asyncio.ensure_future(harness.invoke("pipe-handed", b'{"i": 1}'))
     await asyncio.sleep(0.05)
-    assert len(pool._waiters) == 1
-    offer = pool._offer
+    assert len(pool._queue.waiters) == 1
+    offer = pool._queue.offer
 
     def offer_then_lose(inst: Any, fresh: bool = False) -> None:
         offer(inst, fresh)  # hands the instance to the waiting call...
@@ -209,7 +209,7 @@ async def test_a_waiter_handed_an_instance_lost_before_it_ran_runs_on_another(
         assert inst.conn is not None
         inst.conn.connection_lost(None)
 
-    monkeypatch.setattr(pool, "_offer", offer_then_lose)
+    monkeypatch.setattr(pool._queue, "offer", offer_then_lose)
     assert (await asyncio.wait_for(busy, 5)).ok
     r = await asyncio.wait_for(waiting, 5)
     assert r.ok, r.error  # it never ran: not a crash, a run on a new instance
@@ -230,7 +230,7 @@ async def test_calls_left_on_a_replaced_version_whose_template_died_run_on_the_n
     await asyncio.sleep(0.05)  # the sleeper has not answered for a while: the next call waits in the pool
     calls.append(asyncio.ensure_future(harness.invoke("pipe-redeploy", b'{"i": 3}')))
     await asyncio.sleep(0.05)
-    assert len(pool._waiters) == 1
+    assert len(pool._queue.waiters) == 1
     await harness.deploy("pipe-redeploy", NEXT, 'isolation = "reuse"\n')
     async with asyncio.timeout(5):
         while pool.state != "draining":

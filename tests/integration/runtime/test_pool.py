@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
+import shutil
 import time
 
 import pytest
 
-from spanfaas.errors import FunctionNotFound, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, TooManyRequests
 from tests.integration.runtime.conftest import Harness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -87,6 +90,29 @@ async def test_remove_waits_for_in_flight_then_forgets(harness: Harness) -> None
         await harness.invoke("gone")
 
 
+async def test_a_remove_given_up_while_it_drains_still_stops_the_template(harness: Harness) -> None:
+    """A remove waits for what runs; its caller may give up first (the spanning scheduler
+    waits ``timeout`` seconds for a site's remove): the function is forgotten all the same,
+    so its template and instances must stop, not run on with no pool to stop them."""
+    await harness.deploy("given-up", SLOW, 'isolation = "reuse"\n')
+    pool = harness.rt.pool("given-up")
+    call = asyncio.ensure_future(harness.invoke("given-up", b'{"sleep": 30}'))
+    async with asyncio.timeout(10):
+        while not pool.stats()["busy"] or pool.template_pid <= 0:
+            await asyncio.sleep(0.01)
+    template = os.pidfd_open(pool.template_pid)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(harness.rt.remove("given-up"), 0.1)
+        assert pool.state == "closed"
+        readable, _, _ = select.select([template], [], [], 10)
+        assert readable, "the template of the removed function still runs"
+    finally:
+        os.close(template)
+    with pytest.raises(InfraError):
+        await call
+
+
 CONCURRENT = """
 import asyncio, os, threading, time
 
@@ -119,3 +145,28 @@ async def test_reuse_instance_serves_its_concurrency_at_once(harness: Harness, c
     assert elapsed < 0.3 * 8 / 2, "four at a time, not one"
     for i, r in enumerate(results):
         assert r.logs == f"serving {name}-{i}\n", "logs stay with their invocation"
+
+
+async def test_a_restart_that_fails_before_the_template_is_asked_for_does_not_leave_the_pool_starting(
+    harness: Harness,
+) -> None:
+    """Scaled to zero, the template starts again at the next call.  When that start
+    fails before the zygote is asked (here: a file stands where the function's scratch
+    dir is made), that call fails, and the pool is cold: the next call starts it again,
+    and does not find it still starting and fail with "the template exited while
+    starting" (no template was started) when the channel's EOF comes."""
+    await harness.deploy("respawn", SLOW, 'isolation = "reuse"\n')
+    assert (await harness.invoke("respawn", b'{"sleep": 0}')).ok
+    pool = harness.rt.pool("respawn")
+    pool.stop_template()  # as scale-to-zero does
+    scratch = harness.rt.scratch_root / pool.key
+    shutil.rmtree(scratch)
+    scratch.write_text("")
+    try:
+        with pytest.raises(FileExistsError):
+            await harness.invoke("respawn", b'{"sleep": 0}')
+    finally:
+        scratch.unlink()
+    assert pool.state == "cold"
+    r = await harness.invoke("respawn", b'{"sleep": 0}')
+    assert r.ok, r.error

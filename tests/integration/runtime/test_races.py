@@ -38,17 +38,17 @@ async def test_a_caller_cancelled_as_it_is_handed_an_instance_gives_it_back(harn
     second = asyncio.ensure_future(harness.invoke("handoff", b"0"))
     await asyncio.sleep(0.05)
     # Cancel the waiter in the very loop step in which the instance is handed to it.
-    orig = pool._offer
+    orig = pool._queue.offer
 
     def offer(inst: object, fresh: bool = False) -> None:
         orig(inst, fresh)  # type: ignore[arg-type]
         second.cancel()
 
-    pool._offer = offer  # type: ignore[method-assign]
+    pool._queue.offer = offer  # type: ignore[method-assign]
     try:
         assert (await first).ok
     finally:
-        pool._offer = orig  # type: ignore[method-assign]
+        pool._queue.offer = orig  # type: ignore[method-assign]
     with pytest.raises(asyncio.CancelledError):
         await second
     r = await harness.invoke("handoff", b"0", timeout=2)
@@ -125,9 +125,9 @@ async def test_an_idle_instance_killed_before_it_read_its_call_is_not_the_functi
     assert (await harness.invoke(name, b"0")).ok
     pool = harness.rt.pool(name)
     async with asyncio.timeout(10):
-        while not pool._idle or pool._idle[0].conn is None:
+        while not pool._queue.idle or pool._queue.idle[0].conn is None:
             await asyncio.sleep(0.01)
-    inst = pool._idle[0]
+    inst = pool._queue.idle[0]
     if when == "dead-before-the-write":
         signal.pidfd_send_signal(inst.pidfd, signal.SIGKILL)
         select.select([inst.pidfd], [], [], 10)  # dead, and the loop has not run since: the pool does not know

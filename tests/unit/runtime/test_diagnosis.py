@@ -1,0 +1,44 @@
+"""What an invocation's error says: the limit it hit and the key that raises it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from spanfaas.model import ErrorInfo, Protection, parse_manifest
+from spanfaas.runtime import diagnosis
+
+SPEC = parse_manifest('name = "f"\nhandler = "handler:handler"\n[resources]\nmemory = 64\n')
+KILLED = int(signal.SIGKILL)  # a wait status: killed by SIGKILL
+EXITED_3 = 3 << 8
+
+
+def test_a_sigkill_the_oom_killer_counted_is_out_of_memory_with_the_key_to_raise() -> None:
+    err = diagnosis.lost(KILLED, True, SPEC)
+    assert err.kind == "oom" and "64 MiB" in err.message and "resources.memory" in err.message
+    assert err.exit_status == -signal.SIGKILL
+
+
+def test_other_deaths_are_crashes_that_say_how() -> None:
+    assert diagnosis.lost(KILLED, False, SPEC).message == "the instance was killed by signal SIGKILL"
+    assert os.WEXITSTATUS(EXITED_3) == 3
+    exited = diagnosis.lost(EXITED_3, False, SPEC)
+    assert exited.kind == "crashed" and exited.exit_status == 3 and "status 3" in exited.message
+    assert "was lost" in diagnosis.lost(-1, True, SPEC).message  # no status: lost with the template
+
+
+def test_a_memory_error_names_the_limit() -> None:
+    err = diagnosis.explained(ErrorInfo(kind="oom", type="MemoryError"), SPEC, [])
+    assert err.message.startswith("the function ran out of its 64 MiB memory limit")
+
+
+def test_a_program_the_sandbox_refused_names_allow_subprocess_only_when_the_sandbox_did_it() -> None:
+    err = ErrorInfo(
+        kind="error",
+        type="PermissionError",
+        message="[Errno 1] Operation not permitted: 'ls'",
+        traceback='  File "subprocess.py", line 1, in _execute_child\n',
+    )
+    hinted = diagnosis.explained(err, SPEC, [Protection("seccomp", True)])
+    assert hinted.message.endswith("set allow_subprocess = true in spanfaas.toml")
+    assert diagnosis.explained(err, SPEC, [Protection("seccomp", False)]) == err
