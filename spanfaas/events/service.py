@@ -47,13 +47,14 @@ from spanfaas.events.s3 import S3Proxy
 from spanfaas.events.schedule import TICK_TYPE, ScheduleSource, Tick
 from spanfaas.events.webhook import WebhookProxy
 from spanfaas.model import (
+    ErrorInfo,
     Event,
     FunctionRecord,
     InvocationRecord,
     Trigger,
     TriggerRecord,
 )
-from spanfaas.store import Admission, DeadLetter, RecordRefused, Store
+from spanfaas.store import Admission, DeadLetter, RecordRefused, Refused, Store
 
 __all__ = ["EventService", "TriggerNotFound"]
 
@@ -206,14 +207,28 @@ class EventService:
                 payload=structured(event, attrs), created_at=now,
                 event=Event(attributes=attrs, proxy=ScheduleSource.kind, trigger=trigger.id),
             )  # fmt: skip
-            admissions.append(Admission(source=attrs["source"], id=at, records=[record], schedule=key, tick=tick.timestamp))
+            admissions.append(Admission(
+                source=attrs["source"], id=at, records=[record], schedule=key, tick=tick.timestamp, letters=_letters([record]),
+            ))  # fmt: skip
         if not ticks or ticks[-1].timestamp < mark:  # skipped ticks: only move the mark
             admissions.append(Admission(source="", id="", records=[], schedule=key, tick=mark))
         self.metrics.translated.labels(ScheduleSource.kind).inc(len(ticks))
-        results = await self.admitter.admit(admissions)
-        fired = sum(1 for a, ok in zip(admissions, results) if ok and a.records)
+        # Each tick on its own: one whose invocation the store refuses is kept as a dead letter in its
+        # stead, in the transaction that moves the mark (so once, and not again after a restart).
+        results = await self.admitter.admit_each(admissions)
+        fired = sum(1 for a, ok in zip(admissions, results) if ok is True and a.records)
         if fired:
             self.wake()
+        for a, result in zip(admissions, results):
+            what = f"schedule {trigger.id} of function {trigger.function}: tick {a.id}"
+            if isinstance(result, Refused):
+                self.metrics.rejected.labels(ScheduleSource.kind).inc()
+                self.metrics.dead_lettered.labels(ScheduleSource.kind).inc()
+                log.error("%s was refused by the store, and kept as dead letter %s (`spanfaas events dlq ls`; replay it "
+                          "once the cause is fixed): %s", what, a.records[0].id, result.reason)  # fmt: skip
+            elif isinstance(result, RecordRefused):  # its mark itself was refused: the others fired
+                self.metrics.rejected.labels(ScheduleSource.kind).inc()
+                log.error("%s was not fired: %s", what, result)
         return fired
 
     # -- triggers --------------------------------------------------------------------------
@@ -262,3 +277,21 @@ class EventService:
                 f"then replay the dead letter (it is kept); deployed: {self._deployed_names()}"
             )
         return await self.delivery.replay(letter)
+
+
+_REFUSED = "the store refused to queue this event's invocation; replay it once the cause is fixed"
+
+
+def _letters(records: list[InvocationRecord], reason: str = "") -> list[DeadLetter]:
+    """The dead letters of invocations the store refused to queue (never run; replayable).
+    Without ``reason``, the store adds it to each error message (``Admission.letters``)."""
+    now = time.time()
+    error = ErrorInfo(kind="infra", type="ValueRefused", message=f"{_REFUSED}: {reason}" if reason else _REFUSED)
+    return [
+        DeadLetter(
+            id=r.id, function=r.function, event=r.event, content_type=r.content_type, payload=r.payload,
+            error=error, attempts=0, created_at=r.created_at, failed_at=now,
+        )  # fmt: skip
+        for r in records
+        if r.event is not None
+    ]

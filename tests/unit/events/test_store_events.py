@@ -12,7 +12,7 @@ import pytest
 
 from spanfaas.events.admit import Admitter
 from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
-from spanfaas.store import Admission, DeadLetter, RecordRefused, SQLiteStore, Store
+from spanfaas.store import Admission, DeadLetter, RecordRefused, Refused, SQLiteStore, Store
 
 
 
@@ -161,3 +161,25 @@ async def test_an_event_the_store_refuses_to_queue_fails_alone(any_store: Store)
     assert isinstance(outcomes[2], RecordRefused), outcomes[2]
     assert "the store refused the event 'e3' from '/s': UnicodeEncodeError" in str(outcomes[2]), outcomes[2]
     assert {r.id for r in any_store.list_invocations("fn")} == {a.records[0].id for a in good}
+
+
+def test_an_admission_whose_records_are_refused_stores_its_dead_letters_instead(any_store: Store) -> None:
+    """A tick or stream entry whose invocation the store refused was lost (or failed its whole
+    group): its dead letter is stored in the same transaction, after the same checks (the tick's
+    mark moves: never kept twice), with the reason; the other admissions are queued."""
+    now = time.time()
+    any_store.last_tick("sch", now - 100)
+    bad = inv(logs=os.fsdecode(b"\xff"))  # text no store can encode
+    letter = DeadLetter(id=bad.id, function="fn", event=EVENT, content_type="application/json", payload=b"{}",
+                        error=ErrorInfo(kind="infra", type="ValueRefused", message="not queued"))  # fmt: skip
+    good = inv()
+    out = any_store.admit([
+        Admission(source="/s", id="t1", records=[bad], schedule="sch", tick=now - 50, letters=[letter]),
+        Admission(source="/s", id="e2", records=[good], window=60, letters=[letter]),
+    ], now)  # fmt: skip
+    assert isinstance(out[0], Refused) and "UnicodeEncodeError" in out[0].reason and out[1] is True, out
+    [kept] = any_store.list_dead_letters("fn")
+    assert kept.id == bad.id and kept.error is not None and kept.error.message.startswith("not queued: UnicodeEncodeError")
+    assert any_store.get_invocation(bad.id) is None and any_store.get_invocation(good.id) is not None
+    assert any_store.last_tick("sch", 0) == now - 50  # the tick is spent: looked at again, not kept again
+    assert any_store.admit([Admission(source="/s", id="t1", records=[bad], schedule="sch", tick=now - 50, letters=[letter])], now) == [False]
