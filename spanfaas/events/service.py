@@ -134,11 +134,13 @@ class EventService:
 
     # -- the event path ------------------------------------------------------------------
 
-    async def publish(self, proxy: str, events: Sequence[CloudEvent]) -> list[Published]:
+    async def publish(self, proxy: str, events: Sequence[CloudEvent], *, keep_refused: bool = False) -> list[Published]:
         """Route the events and commit their invocations; returns when they are in the store.
 
         Each event on its own: one the store refuses (a value it cannot hold) is not queued,
-        its ``Published.error`` says why, and the others are."""
+        its ``Published.error`` says why, and the others are.  ``keep_refused`` (a source with
+        nobody to tell: a stream): its invocations go to the dead-letter store instead, and the
+        error's ``dead_letters`` names them."""
         self.metrics.translated.labels(proxy).inc(len(events))
         table = await self.router.table()
         now = time.time()
@@ -162,8 +164,9 @@ class EventService:
                 for m in matches
             ]
             admissions.append(
-                Admission(source=published.source, id=published.id, records=records, window=self.settings.dedup_window)
-            )
+                Admission(source=published.source, id=published.id, records=records, window=self.settings.dedup_window,
+                          letters=_letters(records) if keep_refused else [])
+            )  # fmt: skip
             slots.append(len(out) - 1)
         if admissions:
             try:
@@ -174,13 +177,19 @@ class EventService:
                 log.error("could not queue %d events from %s: %s: %s", len(admissions), proxy, type(exc).__name__, exc)
                 raise InfraUnavailable(f"the store could not queue the events ({type(exc).__name__}); nothing was accepted, retry") from None
             for i, (slot, admitted) in enumerate(zip(slots, results)):
-                if isinstance(admitted, RecordRefused):
+                if isinstance(admitted, Refused | RecordRefused):
                     refused = ValueRefused(
-                        f"{admitted}; the event was not queued, and would be refused again as it is: change that "
-                        "value of the event (an attribute or its data), then send it again"
-                    )
-                    out[slot].error = refused.to_problem()
+                        f"{admitted.reason if isinstance(admitted, Refused) else admitted}; the event was not queued, "
+                        "and would be refused again as it is: change that value of the event (an attribute or its "
+                        "data), then send it again"
+                    )  # fmt: skip
+                    problem = out[slot].error = refused.to_problem()
                     self.metrics.rejected.labels(proxy).inc()
+                    if isinstance(admitted, Refused):
+                        self.metrics.dead_lettered.labels(proxy).inc(len(admissions[i].letters))
+                        problem["dead_letters"] = [d.id for d in admissions[i].letters]
+                    elif keep_refused:  # refused before its invocations (its de-duplication): kept apart
+                        problem["dead_letters"] = await self._keep(proxy, admissions[i], admitted)
                 elif admitted:
                     out[slot].invocations = [r.id for r in admissions[i].records]
                 else:
@@ -230,6 +239,20 @@ class EventService:
                 self.metrics.rejected.labels(ScheduleSource.kind).inc()
                 log.error("%s was not fired: %s", what, result)
         return fired
+
+    async def _keep(self, proxy: str, admission: Admission, refused: RecordRefused) -> list[str]:
+        """Store the dead letters of an event whose admission the store refused; their ids
+        (none: the store refused them too, and the event is lost: logged)."""
+        letters = _letters(admission.records, f"{refused}")
+        try:
+            for letter in letters:
+                await asyncio.to_thread(self.store.put_dead_letter, letter)
+        except RecordRefused as exc:
+            log.error("event %r from %r (%s): the store refused it and its dead letter, it is lost: %s",
+                      admission.id, admission.source, proxy, exc)  # fmt: skip
+            return []
+        self.metrics.dead_lettered.labels(proxy).inc(len(letters))
+        return [d.id for d in letters]
 
     # -- triggers --------------------------------------------------------------------------
 
