@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -95,6 +95,8 @@ class EventService:
         self.streams = [RedisStreamSource(c, self.metrics, store, stall_at=stall) for c in settings.redis]
         self.schedules = ScheduleSource(settings, store, self.metrics, lambda: self.router.current().schedules)
         self._tasks: list[asyncio.Task[None]] = []
+        self.before_replay: Callable[[DeadLetter], Awaitable[None]] | None = None
+        """Test hook: awaited by ``replay`` after it found the function deployed, before it queues."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -292,14 +294,23 @@ class EventService:
         return await asyncio.to_thread(self.store.list_dead_letters, function, limit)
 
     async def replay(self, id: str) -> InvocationRecord:
-        """Queue a dead letter again, once its function is deployed (else it stays, and the error says so)."""
+        """Queue a dead letter again, once its function is deployed (else it stays, and the error says so).
+
+        The store checks the function again in the transaction that queues it, under the lock
+        its remove takes: a ``spanfaas rm`` meanwhile leaves no invocation of a removed function."""
         letter = await self.delivery.dead_letter(id)
-        if not await self._deployed(letter.function):
-            raise FunctionNotFound(
+
+        def undeployed() -> FunctionNotFound:
+            return FunctionNotFound(
                 f"dead letter '{id}' is for function '{letter.function}', which is not deployed; deploy it first, "
                 f"then replay the dead letter (it is kept); deployed: {self._deployed_names()}"
             )
-        return await self.delivery.replay(letter)
+
+        if not await self._deployed(letter.function):
+            raise undeployed()
+        if self.before_replay is not None:
+            await self.before_replay(letter)
+        return await self.delivery.replay(letter, undeployed)
 
 
 _REFUSED = "the store refused to queue this event's invocation; replay it once the cause is fixed"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from msgspec import Struct
@@ -20,7 +20,7 @@ from msgspec import Struct
 from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
 from spanfaas.store.sql import INV_COLS, RecordRefused, SQLStore, _reason, _row
 
-__all__ = ["Admission", "DeadLetter", "EventQueries", "EventStore", "Refused"]
+__all__ = ["Admission", "DeadLetter", "EventQueries", "EventStore", "Refused", "Replay"]
 
 _encode = msgspec.json.encode
 _trigger_decoder = msgspec.json.Decoder(Trigger)
@@ -64,6 +64,11 @@ class Refused(Struct, frozen=True, kw_only=True):
     """``admit``'s answer for an admission whose records the store refused: its ``letters`` were stored instead."""
 
     reason: str
+
+
+Replay = Literal["queued", "gone", "undeployed"]
+"""What ``replay_dead_letter`` did: queued it; nothing, the dead letter was gone (replayed or
+removed meanwhile); nothing, its function is not deployed (the dead letter is kept)."""
 
 
 class EventStore(Protocol):
@@ -113,8 +118,10 @@ class EventStore(Protocol):
 
     def get_dead_letter(self, id: str) -> DeadLetter | None: ...
 
-    def replay_dead_letter(self, id: str, record: InvocationRecord) -> bool:
-        """Remove the dead letter and enqueue ``record`` in one transaction; False when it was gone."""
+    def replay_dead_letter(self, id: str, record: InvocationRecord) -> Replay:
+        """Remove the dead letter and enqueue ``record`` in one transaction, if ``record.function``
+        is deployed (checked in it, under the function's lock, which ``delete_function`` takes:
+        a remove is before, or after, the whole of it)."""
         ...
 
 
@@ -278,13 +285,17 @@ class EventQueries(SQLStore):
             row = cur.fetchone()
         return _dead_letter(row) if row else None
 
-    def replay_dead_letter(self, id: str, record: InvocationRecord) -> bool:
+    def replay_dead_letter(self, id: str, record: InvocationRecord) -> Replay:
         with self._tx() as cur:
+            self._lock(cur, "function:" + record.function)
+            cur.execute(self._q("SELECT 1 FROM functions WHERE name = ? LIMIT 1"), (record.function,))
+            if cur.fetchone() is None:
+                return "undeployed"
             cur.execute(self._q("DELETE FROM dead_letters WHERE id = ?"), (id,))
             if cur.rowcount != 1:
-                return False
+                return "gone"
             self._insert_invocations(cur, [record])
-            return True
+            return "queued"
 
 
 _SEEN_KEY_MAX = 1024

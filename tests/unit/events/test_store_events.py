@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from spanfaas.events.admit import Admitter
-from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.model import ErrorInfo, Event, FunctionSpec, InvocationRecord, Trigger, TriggerRecord
 from spanfaas.store import Admission, DeadLetter, RecordRefused, Refused, SQLiteStore, Store
 
 
@@ -145,8 +145,11 @@ def test_dead_letters_and_replay(any_store: Store) -> None:
     any_store.put_dead_letter(letter)  # a redelivered failure replaces it
     assert any_store.list_dead_letters() == [letter] and any_store.get_dead_letter("inv1") == letter
     again = inv(payload=letter.payload)
-    assert any_store.replay_dead_letter("inv1", again)
-    assert not any_store.replay_dead_letter("inv1", inv())
+    assert any_store.replay_dead_letter("inv1", again) == "undeployed"  # "fn" is not deployed: kept
+    assert any_store.list_dead_letters() == [letter] and any_store.get_invocation(again.id) is None
+    any_store.put_function("fn", "a" * 64, FunctionSpec(name="fn"))
+    assert any_store.replay_dead_letter("inv1", again) == "queued"
+    assert any_store.replay_dead_letter("inv1", inv()) == "gone"
     assert any_store.list_dead_letters() == [] and any_store.get_invocation(again.id) is not None
 
 
