@@ -121,7 +121,8 @@ class EventStore(Protocol):
     def replay_dead_letter(self, id: str, record: InvocationRecord) -> Replay:
         """Remove the dead letter and enqueue ``record`` in one transaction, if ``record.function``
         is deployed (checked in it, under the function's lock, which ``delete_function`` takes:
-        a remove is before, or after, the whole of it)."""
+        a remove is before, or after, the whole of it).  ``RecordRefused``: the store refused
+        ``record`` (the dead letter is kept)."""
         ...
 
 
@@ -286,7 +287,7 @@ class EventQueries(SQLStore):
         return _dead_letter(row) if row else None
 
     def replay_dead_letter(self, id: str, record: InvocationRecord) -> Replay:
-        with self._tx() as cur:
+        with self._refusals(f"the replay of dead letter {id}"), self._tx() as cur:
             self._lock(cur, "function:" + record.function)
             cur.execute(self._q("SELECT 1 FROM functions WHERE name = ? LIMIT 1"), (record.function,))
             if cur.fetchone() is None:
