@@ -201,7 +201,8 @@ class EventService:
         return out
 
     async def fire(self, trigger: TriggerRecord, key: str, ticks: list[Tick], mark: float) -> int:
-        """Schedules: one invocation per tick (each at most once), then the mark moves to ``mark``."""
+        """Schedules: one invocation per tick (each at most once), then the mark moves to ``mark``;
+        the ticks fired (a tick the store refused counts: its dead letter was stored in its stead)."""
         t = trigger.trigger
         now = time.time()
         admissions: list[Admission] = []
@@ -240,7 +241,7 @@ class EventService:
             elif isinstance(result, RecordRefused):  # its mark itself was refused: the others fired
                 self.metrics.rejected.labels(ScheduleSource.kind).inc()
                 log.error("%s was not fired: %s", what, result)
-        return fired
+        return fired + sum(1 for r in results if isinstance(r, Refused))  # a dead letter stands for its tick
 
     async def _keep(self, proxy: str, admission: Admission, refused: RecordRefused) -> list[str]:
         """Store the dead letters of an event whose admission the store refused; their ids

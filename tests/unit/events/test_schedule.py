@@ -4,6 +4,7 @@ never twice for the same tick (restarts, two gateways) — on a real SQLite stor
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,6 +270,7 @@ async def test_a_tick_the_store_refuses_fails_alone_and_is_kept_as_a_dead_letter
     """The ticks of a look were admitted in one group: one tick the store refused (RecordRefused)
     failed them all, on every look, and the schedule fired nothing any more; now the others are
     queued, and the refused one is a dead letter with the reason (logged), fired at most once."""
+    caplog.set_level(logging.INFO, logger="spanfaas.events")
     store = SQLiteStore(tmp_path / "s.db")
     try:
         clock = Clock(T0 + 0.5)
@@ -285,6 +287,7 @@ async def test_a_tick_the_store_refuses_fails_alone_and_is_kept_as_a_dead_letter
         assert msgspec.json.decode(letter.payload)["data"]["tick"] == refused
         said = [r.getMessage() for r in caplog.records if refused in r.getMessage()]
         assert len(said) == 1 and letter.id in said[0] and "dead letter" in said[0], said
+        assert "already fired" not in caplog.text  # it was not: its dead letter stands for it
 
         await source.check(service)  # looked at again, and after a restart: not again
         service, source = make(tmp_path, minutely("all"), clock, store)
