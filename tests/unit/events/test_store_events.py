@@ -186,3 +186,52 @@ def test_an_admission_whose_records_are_refused_stores_its_dead_letters_instead(
     assert any_store.get_invocation(bad.id) is None and any_store.get_invocation(good.id) is not None
     assert any_store.last_tick("sch", 0) == now - 50  # the tick is spent: looked at again, not kept again
     assert any_store.admit([Admission(source="/s", id="t1", records=[bad], schedule="sch", tick=now - 50, letters=[letter])], now) == [False]
+
+
+@pytest.mark.postgres
+def test_a_replay_waits_for_a_remove_of_its_function_under_way(postgres_db: str) -> None:
+    """Two gateways sharing PostgreSQL: a replay on one while `spanfaas rm` on the other was
+    removing its function saw the function (the remove not yet committed), queued an invocation
+    of it, and dropped the dead letter.  Now it waits for the remove (the function's lock), finds
+    the function gone, and keeps the dead letter."""
+    import psycopg
+
+    from spanfaas.store.postgres import PostgresStore
+
+    replaying, removing = PostgresStore(postgres_db), PostgresStore(postgres_db)
+    try:
+        replaying.put_function("fn", "a" * 64, FunctionSpec(name="fn"))
+        letter = DeadLetter(id="inv1", function="fn", event=EVENT, content_type="application/json", payload=b"{}")
+        replaying.put_dead_letter(letter)
+        inside, go_on = threading.Event(), threading.Event()
+
+        def hold(cur: object, what: str) -> None:  # in delete_function's transaction, its row deleted
+            inside.set()
+            assert go_on.wait(60)
+
+        removing._changed = hold  # type: ignore[method-assign]
+        rm = threading.Thread(target=removing.delete_function, args=("fn",))
+        rm.start()
+        assert inside.wait(60)
+        again = inv()
+        done: list[str] = []
+        replay = threading.Thread(target=lambda: done.append(replaying.replay_dead_letter("inv1", again)))
+        replay.start()
+        with psycopg.connect(postgres_db, autocommit=True) as watch:  # until it waits for the lock, or is done
+            deadline = time.monotonic() + 60
+            while not done and time.monotonic() < deadline:
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.01)
+        go_on.set()
+        rm.join(60)
+        replay.join(60)
+        assert done == ["undeployed"], done
+        assert replaying.get_dead_letter("inv1") == letter and replaying.get_invocation(again.id) is None
+    finally:
+        go_on.set()
+        replaying.close()
+        removing.close()
