@@ -24,7 +24,7 @@ from spanfaas.cli.output import (
     print_json,
 )
 from spanfaas.client import Client
-from spanfaas.errors import Conflict, InvalidRequest, NotFound, SpanfaasError, plural
+from spanfaas.errors import Conflict, InvalidRequest, NotFound, SpanfaasError, ValueRefused, plural
 
 __all__ = ["events_app", "triggers_app"]
 
@@ -244,12 +244,13 @@ PAGE = 1000
 def _replay_each(
     client: Client, ids: list[str], replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]]
 ) -> bool:
-    """Replay ``ids`` in turn; one's own trouble (gone, taken) does not stop the rest, the
-    gateway's (unreachable, refused) does, since the rest would fail alike.  False once stopped."""
+    """Replay ``ids`` in turn; one's own trouble (gone, taken, a value of it the store refuses)
+    does not stop the rest, the gateway's (unreachable, refused) does, since the rest would
+    fail alike.  False once stopped."""
     for i in ids:
         try:
             replayed.append(client.events.replay(i))
-        except (NotFound, Conflict) as exc:
+        except (NotFound, Conflict, ValueRefused) as exc:
             failed.append((i, exc))
         except SpanfaasError as exc:
             failed.append((i, exc))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from spanfaas.store import Admission, RecordRefused, Store
+from spanfaas.store import Admission, RecordRefused, Refused, Store
 from spanfaas.store.group_commit import GroupCommit
 
 __all__ = ["Admitter"]
@@ -20,15 +20,15 @@ __all__ = ["Admitter"]
 class Admitter:
     def __init__(self, store: Store, *, max_batch: int = 1000) -> None:
         self.store = store
-        self._group: GroupCommit[Admission, bool] = GroupCommit(
+        self._group: GroupCommit[Admission, bool | Refused] = GroupCommit(
             lambda batch: store.admit(batch, time.time()), max_batch=max_batch, name="spanfaas-events-admit",
             stopped="the event service stopped before it could say whether the event was queued; send it again",
         )  # fmt: skip
 
-    async def admit(self, admissions: Sequence[Admission]) -> list[bool]:
-        """True per admission whose invocations are now in the store."""
+    async def admit(self, admissions: Sequence[Admission]) -> list[bool | Refused]:
+        """True per admission whose invocations are now in the store (``Refused``: its dead letters)."""
         return await self._group.submit(admissions)
 
-    async def admit_each(self, admissions: Sequence[Admission]) -> list[bool | RecordRefused]:
+    async def admit_each(self, admissions: Sequence[Admission]) -> list[bool | Refused | RecordRefused]:
         """``admit``, each admission on its own: one the store refused fails alone."""
         return await self._group.submit_each(admissions)

@@ -78,7 +78,9 @@ class Published(msgspec.Struct, kw_only=True):
 class Sink(Protocol):
     """Where sources hand their events: routes them and commits the invocations."""
 
-    async def publish(self, proxy: str, events: Sequence[CloudEvent]) -> list[Published]: ...
+    async def publish(self, proxy: str, events: Sequence[CloudEvent], *, keep_refused: bool = False) -> list[Published]:
+        """``keep_refused``: an event the store refuses goes to the dead-letter store (see ``EventService.publish``)."""
+        ...
 
 
 @runtime_checkable

@@ -23,10 +23,10 @@ from collections.abc import Callable
 import msgspec
 
 from spanfaas.config import EventSettings
-from spanfaas.errors import NotFound
+from spanfaas.errors import NotFound, SpanfaasError, ValueRefused
 from spanfaas.events.metrics import EventMetrics
 from spanfaas.model import InvocationRecord
-from spanfaas.store import DeadLetter, Store
+from spanfaas.store import DeadLetter, RecordRefused, Store
 
 __all__ = ["Delivery", "InvocationIds"]
 
@@ -116,13 +116,22 @@ class Delivery:
             raise DeadLetterNotFound(f"no dead letter '{id}'; `spanfaas events dlq ls` lists them")
         return letter
 
-    async def replay(self, letter: DeadLetter) -> InvocationRecord:
-        """Queue a dead letter again (a new invocation id); it leaves the dead-letter store."""
+    async def replay(self, letter: DeadLetter, undeployed: Callable[[], SpanfaasError]) -> InvocationRecord:
+        """Queue a dead letter again (a new invocation id); it leaves the dead-letter store.
+        ``undeployed``: the error to raise when its function is not deployed (checked as it is queued)."""
         record = InvocationRecord(
             id=self.new_id(), function=letter.function, status="queued", mode="async",
             content_type=letter.content_type, payload=letter.payload, created_at=time.time(), event=letter.event,
         )  # fmt: skip
-        if not await asyncio.to_thread(self.store.replay_dead_letter, letter.id, record):
+        try:
+            done = await asyncio.to_thread(self.store.replay_dead_letter, letter.id, record)
+        except RecordRefused as exc:  # as the event was, maybe: sent again as it is, refused again
+            raise ValueRefused(
+                f"{exc}; the dead letter is kept: fix what the store refuses (its error says why), then replay it again"
+            ) from None
+        if done == "undeployed":
+            raise undeployed()
+        if done == "gone":
             raise DeadLetterNotFound(f"dead letter '{letter.id}' was replayed or removed meanwhile")
         self.wake()
         return record

@@ -6,9 +6,11 @@ attributes (``specversion``, ``id``, ``source``, ``type``, … and ``data``, or
 ``cloudevent`` field holds a structured-mode event; any other entry is
 wrapped: ``source`` ``redis/<stream>``, ``id`` the entry id, ``data`` the fields.
 
-An entry that is no event (``InvalidEvent``), or whose event the store
-refuses (a value it cannot hold: it always will), is acknowledged and logged,
-not delivered; the others of its read are queued.
+An entry that is no event (``InvalidEvent``) is acknowledged and logged, not
+delivered; one whose event the store refuses (a value it cannot hold: it
+always will) is acknowledged and logged, its invocations kept in the
+dead-letter store (``events dlq ls``, ``replay`` once the cause is fixed).
+The others of its read are queued.
 
 Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
 is after their invocations are committed to the store.  A crash in between
@@ -189,10 +191,18 @@ class RedisStreamSource:
                 log.warning("redis source '%s': entry %s rejected (acknowledged, not delivered): %s", self.name, entry_id, exc)
         await self._stall("redis.before-admit", len(entries))
         if events:
-            for entry_id, published in zip(read, await sink.publish(self.kind, events)):
-                if published.error is not None:  # the store refused a value of it: it always will
-                    log.warning("redis source '%s': entry %s refused by the store (acknowledged, not delivered): %s",
-                                self.name, entry_id, published.error["detail"])  # fmt: skip
+            for entry_id, published in zip(read, await sink.publish(self.kind, events, keep_refused=True)):
+                if published.error is None:
+                    continue
+                # The store refused a value of it (it always will): its invocations are dead letters to replay.
+                kept = published.error.get("dead_letters")
+                if kept:
+                    log.error("redis source '%s': entry %s refused by the store (acknowledged, kept as dead letter %s: "
+                              "`spanfaas events dlq ls`): %s", self.name, entry_id, ", ".join(kept),
+                              published.error["detail"])  # fmt: skip
+                else:
+                    log.error("redis source '%s': entry %s refused by the store (acknowledged, not delivered): %s",
+                              self.name, entry_id, published.error["detail"])  # fmt: skip
         await self._stall("redis.before-ack", len(entries))
         await client.xack(self.config.stream, self.config.group, *[e[0] for e in entries])
 

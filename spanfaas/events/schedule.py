@@ -53,7 +53,8 @@ class Tick:
 
 class ScheduleSink(Protocol):
     async def fire(self, trigger: TriggerRecord, key: str, ticks: list[Tick], mark: float) -> int:
-        """Enqueue one invocation per tick and move the schedule's mark to ``mark``; the ticks fired."""
+        """Enqueue one invocation per tick and move the schedule's mark to ``mark``; the ticks fired
+        (or kept as dead letters: refused by the store)."""
         ...
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
@@ -47,13 +47,14 @@ from spanfaas.events.s3 import S3Proxy
 from spanfaas.events.schedule import TICK_TYPE, ScheduleSource, Tick
 from spanfaas.events.webhook import WebhookProxy
 from spanfaas.model import (
+    ErrorInfo,
     Event,
     FunctionRecord,
     InvocationRecord,
     Trigger,
     TriggerRecord,
 )
-from spanfaas.store import Admission, DeadLetter, RecordRefused, Store
+from spanfaas.store import Admission, DeadLetter, RecordRefused, Refused, Store
 
 __all__ = ["EventService", "TriggerNotFound"]
 
@@ -94,6 +95,8 @@ class EventService:
         self.streams = [RedisStreamSource(c, self.metrics, store, stall_at=stall) for c in settings.redis]
         self.schedules = ScheduleSource(settings, store, self.metrics, lambda: self.router.current().schedules)
         self._tasks: list[asyncio.Task[None]] = []
+        self.before_replay: Callable[[DeadLetter], Awaitable[None]] | None = None
+        """Test hook: awaited by ``replay`` after it found the function deployed, before it queues."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -133,11 +136,13 @@ class EventService:
 
     # -- the event path ------------------------------------------------------------------
 
-    async def publish(self, proxy: str, events: Sequence[CloudEvent]) -> list[Published]:
+    async def publish(self, proxy: str, events: Sequence[CloudEvent], *, keep_refused: bool = False) -> list[Published]:
         """Route the events and commit their invocations; returns when they are in the store.
 
         Each event on its own: one the store refuses (a value it cannot hold) is not queued,
-        its ``Published.error`` says why, and the others are."""
+        its ``Published.error`` says why, and the others are.  ``keep_refused`` (a source with
+        nobody to tell: a stream): its invocations go to the dead-letter store instead, and the
+        error's ``dead_letters`` names them."""
         self.metrics.translated.labels(proxy).inc(len(events))
         table = await self.router.table()
         now = time.time()
@@ -161,8 +166,9 @@ class EventService:
                 for m in matches
             ]
             admissions.append(
-                Admission(source=published.source, id=published.id, records=records, window=self.settings.dedup_window)
-            )
+                Admission(source=published.source, id=published.id, records=records, window=self.settings.dedup_window,
+                          letters=_letters(records) if keep_refused else [])
+            )  # fmt: skip
             slots.append(len(out) - 1)
         if admissions:
             try:
@@ -173,13 +179,19 @@ class EventService:
                 log.error("could not queue %d events from %s: %s: %s", len(admissions), proxy, type(exc).__name__, exc)
                 raise InfraUnavailable(f"the store could not queue the events ({type(exc).__name__}); nothing was accepted, retry") from None
             for i, (slot, admitted) in enumerate(zip(slots, results)):
-                if isinstance(admitted, RecordRefused):
+                if isinstance(admitted, Refused | RecordRefused):
                     refused = ValueRefused(
-                        f"{admitted}; the event was not queued, and would be refused again as it is: change that "
-                        "value of the event (an attribute or its data), then send it again"
-                    )
-                    out[slot].error = refused.to_problem()
+                        f"{admitted.reason if isinstance(admitted, Refused) else admitted}; the event was not queued, "
+                        "and would be refused again as it is: change that value of the event (an attribute or its "
+                        "data), then send it again"
+                    )  # fmt: skip
+                    problem = out[slot].error = refused.to_problem()
                     self.metrics.rejected.labels(proxy).inc()
+                    if isinstance(admitted, Refused):
+                        self.metrics.dead_lettered.labels(proxy).inc(len(admissions[i].letters))
+                        problem["dead_letters"] = [d.id for d in admissions[i].letters]
+                    elif keep_refused:  # refused before its invocations (its de-duplication): kept apart
+                        problem["dead_letters"] = await self._keep(proxy, admissions[i], admitted)
                 elif admitted:
                     out[slot].invocations = [r.id for r in admissions[i].records]
                 else:
@@ -189,7 +201,8 @@ class EventService:
         return out
 
     async def fire(self, trigger: TriggerRecord, key: str, ticks: list[Tick], mark: float) -> int:
-        """Schedules: one invocation per tick (each at most once), then the mark moves to ``mark``."""
+        """Schedules: one invocation per tick (each at most once), then the mark moves to ``mark``;
+        the ticks fired (a tick the store refused counts: its dead letter was stored in its stead)."""
         t = trigger.trigger
         now = time.time()
         admissions: list[Admission] = []
@@ -206,15 +219,43 @@ class EventService:
                 payload=structured(event, attrs), created_at=now,
                 event=Event(attributes=attrs, proxy=ScheduleSource.kind, trigger=trigger.id),
             )  # fmt: skip
-            admissions.append(Admission(source=attrs["source"], id=at, records=[record], schedule=key, tick=tick.timestamp))
+            admissions.append(Admission(
+                source=attrs["source"], id=at, records=[record], schedule=key, tick=tick.timestamp, letters=_letters([record]),
+            ))  # fmt: skip
         if not ticks or ticks[-1].timestamp < mark:  # skipped ticks: only move the mark
             admissions.append(Admission(source="", id="", records=[], schedule=key, tick=mark))
         self.metrics.translated.labels(ScheduleSource.kind).inc(len(ticks))
-        results = await self.admitter.admit(admissions)
-        fired = sum(1 for a, ok in zip(admissions, results) if ok and a.records)
+        # Each tick on its own: one whose invocation the store refuses is kept as a dead letter in its
+        # stead, in the transaction that moves the mark (so once, and not again after a restart).
+        results = await self.admitter.admit_each(admissions)
+        fired = sum(1 for a, ok in zip(admissions, results) if ok is True and a.records)
         if fired:
             self.wake()
-        return fired
+        for a, result in zip(admissions, results):
+            what = f"schedule {trigger.id} of function {trigger.function}: tick {a.id}"
+            if isinstance(result, Refused):
+                self.metrics.rejected.labels(ScheduleSource.kind).inc()
+                self.metrics.dead_lettered.labels(ScheduleSource.kind).inc()
+                log.error("%s was refused by the store, and kept as dead letter %s (`spanfaas events dlq ls`; replay it "
+                          "once the cause is fixed): %s", what, a.records[0].id, result.reason)  # fmt: skip
+            elif isinstance(result, RecordRefused):  # its mark itself was refused: the others fired
+                self.metrics.rejected.labels(ScheduleSource.kind).inc()
+                log.error("%s was not fired: %s", what, result)
+        return fired + sum(1 for r in results if isinstance(r, Refused))  # a dead letter stands for its tick
+
+    async def _keep(self, proxy: str, admission: Admission, refused: RecordRefused) -> list[str]:
+        """Store the dead letters of an event whose admission the store refused; their ids
+        (none: the store refused them too, and the event is lost: logged)."""
+        letters = _letters(admission.records, f"{refused}")
+        try:
+            for letter in letters:
+                await asyncio.to_thread(self.store.put_dead_letter, letter)
+        except RecordRefused as exc:
+            log.error("event %r from %r (%s): the store refused it and its dead letter, it is lost: %s",
+                      admission.id, admission.source, proxy, exc)  # fmt: skip
+            return []
+        self.metrics.dead_lettered.labels(proxy).inc(len(letters))
+        return [d.id for d in letters]
 
     # -- triggers --------------------------------------------------------------------------
 
@@ -254,11 +295,38 @@ class EventService:
         return await asyncio.to_thread(self.store.list_dead_letters, function, limit)
 
     async def replay(self, id: str) -> InvocationRecord:
-        """Queue a dead letter again, once its function is deployed (else it stays, and the error says so)."""
+        """Queue a dead letter again, once its function is deployed (else it stays, and the error says so).
+
+        The store checks the function again in the transaction that queues it, under the lock
+        its remove takes: a ``spanfaas rm`` meanwhile leaves no invocation of a removed function."""
         letter = await self.delivery.dead_letter(id)
-        if not await self._deployed(letter.function):
-            raise FunctionNotFound(
+
+        def undeployed() -> FunctionNotFound:
+            return FunctionNotFound(
                 f"dead letter '{id}' is for function '{letter.function}', which is not deployed; deploy it first, "
                 f"then replay the dead letter (it is kept); deployed: {self._deployed_names()}"
             )
-        return await self.delivery.replay(letter)
+
+        if not await self._deployed(letter.function):
+            raise undeployed()
+        if self.before_replay is not None:
+            await self.before_replay(letter)
+        return await self.delivery.replay(letter, undeployed)
+
+
+_REFUSED = "the store refused to queue this event's invocation; replay it once the cause is fixed"
+
+
+def _letters(records: list[InvocationRecord], reason: str = "") -> list[DeadLetter]:
+    """The dead letters of invocations the store refused to queue (never run; replayable).
+    Without ``reason``, the store adds it to each error message (``Admission.letters``)."""
+    now = time.time()
+    error = ErrorInfo(kind="infra", type="ValueRefused", message=f"{_REFUSED}: {reason}" if reason else _REFUSED)
+    return [
+        DeadLetter(
+            id=r.id, function=r.function, event=r.event, content_type=r.content_type, payload=r.payload,
+            error=error, attempts=0, created_at=r.created_at, failed_at=now,
+        )  # fmt: skip
+        for r in records
+        if r.event is not None
+    ]

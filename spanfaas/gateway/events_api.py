@@ -244,5 +244,5 @@ def event_endpoints() -> list[Endpoint]:
         Endpoint("POST", "/v1/events/dlq/{id:str}/replay", replay_dead_letter,
                  "Queue a dead letter again (a new invocation); it leaves the dead-letter store",
                  scope="deploy", tag="events", params=(Param("id", "path", "The dead letter's id", required=True),),
-                 status=202, response=Replayed, errors=(401, 403, 404)),
+                 status=202, response=Replayed, errors=(401, 403, 404, 422)),
     ]  # fmt: skip

@@ -15,7 +15,7 @@ from __future__ import annotations
 from spanfaas.config import Settings
 from spanfaas.store.base import AnnouncesChanges, Store
 from spanfaas.store.blobs import BlobStore, sha256
-from spanfaas.store.events import Admission, DeadLetter, EventStore
+from spanfaas.store.events import Admission, DeadLetter, EventStore, Refused
 from spanfaas.store.sql import RecordRefused, StoreSchemaTooNew, StoreUnavailable
 from spanfaas.store.sqlite import SQLiteStore, StoreInUse
 
@@ -27,6 +27,7 @@ __all__ = [
     "EventStore",
     "PostgresStore",
     "RecordRefused",
+    "Refused",
     "SQLiteStore",
     "Store",
     "StoreInUse",

@@ -12,34 +12,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from msgspec import Struct
 
 from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
-from spanfaas.store.sql import INV_COLS, SQLStore, _row
+from spanfaas.store.sql import INV_COLS, RecordRefused, SQLStore, _reason, _row
 
-__all__ = ["Admission", "DeadLetter", "EventQueries", "EventStore"]
+__all__ = ["Admission", "DeadLetter", "EventQueries", "EventStore", "Refused", "Replay"]
 
 _encode = msgspec.json.encode
 _trigger_decoder = msgspec.json.Decoder(Trigger)
 _event_decoder = msgspec.json.Decoder(Event)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _DLQ_COLS = "id, function, event, content_type, payload, error, attempts, created_at, failed_at"
-
-
-class Admission(Struct, kw_only=True):
-    """One event on its way into the queue, with the invocations it starts."""
-
-    source: str
-    id: str
-    records: list[InvocationRecord]
-    window: float = 0.0
-    """Drop the event when (source, id) was seen less than this many seconds ago (0: no check)."""
-    schedule: str = ""
-    """A schedule's key: enqueue only if ``tick`` is later than the last tick it fired."""
-    tick: float = 0.0
 
 
 class DeadLetter(Struct, kw_only=True):
@@ -57,6 +44,33 @@ class DeadLetter(Struct, kw_only=True):
     failed_at: float = 0.0
 
 
+class Admission(Struct, kw_only=True):
+    """One event on its way into the queue, with the invocations it starts."""
+
+    source: str
+    id: str
+    records: list[InvocationRecord]
+    window: float = 0.0
+    """Drop the event when (source, id) was seen less than this many seconds ago (0: no check)."""
+    schedule: str = ""
+    """A schedule's key: enqueue only if ``tick`` is later than the last tick it fired."""
+    tick: float = 0.0
+    letters: list[DeadLetter] = []
+    """Stored in the stead of ``records`` if the store refuses them (``Refused``), after the same
+    checks in the same transaction; each letter's error message then ends with the reason."""
+
+
+class Refused(Struct, frozen=True, kw_only=True):
+    """``admit``'s answer for an admission whose records the store refused: its ``letters`` were stored instead."""
+
+    reason: str
+
+
+Replay = Literal["queued", "gone", "undeployed"]
+"""What ``replay_dead_letter`` did: queued it; nothing, the dead letter was gone (replayed or
+removed meanwhile); nothing, its function is not deployed (the dead letter is kept)."""
+
+
 class EventStore(Protocol):
     def put_trigger(self, record: TriggerRecord) -> None: ...
 
@@ -66,9 +80,10 @@ class EventStore(Protocol):
 
     def delete_trigger(self, id: str) -> bool: ...
 
-    def admit(self, batch: Sequence[Admission], now: float) -> list[bool]:
+    def admit(self, batch: Sequence[Admission], now: float) -> list[bool | Refused]:
         """Per admission, in one transaction: True when its records were enqueued,
-        False when it was a duplicate (or a tick already fired)."""
+        False when it was a duplicate (or a tick already fired), ``Refused`` when the
+        store refused its records and its ``letters`` are stored in their stead."""
         ...
 
     def prune_seen(self, before: float) -> int:
@@ -103,8 +118,11 @@ class EventStore(Protocol):
 
     def get_dead_letter(self, id: str) -> DeadLetter | None: ...
 
-    def replay_dead_letter(self, id: str, record: InvocationRecord) -> bool:
-        """Remove the dead letter and enqueue ``record`` in one transaction; False when it was gone."""
+    def replay_dead_letter(self, id: str, record: InvocationRecord) -> Replay:
+        """Remove the dead letter and enqueue ``record`` in one transaction, if ``record.function``
+        is deployed (checked in it, under the function's lock, which ``delete_function`` takes:
+        a remove is before, or after, the whole of it).  ``RecordRefused``: the store refused
+        ``record`` (the dead letter is kept)."""
         ...
 
 
@@ -143,7 +161,7 @@ class EventQueries(SQLStore):
             cur.execute(self._q("DELETE FROM schedule_ticks WHERE substr(key, 1, ?) = ?"), (len(prefix), prefix))
             return deleted
 
-    def admit(self, batch: Sequence[Admission], now: float) -> list[bool]:
+    def admit(self, batch: Sequence[Admission], now: float) -> list[bool | Refused]:
         seen = self._q(
             "INSERT INTO events_seen (source, id, seen_at) VALUES (?, ?, ?) ON CONFLICT (source, id) "
             "DO UPDATE SET seen_at = excluded.seen_at WHERE events_seen.seen_at < ?"
@@ -153,7 +171,7 @@ class EventQueries(SQLStore):
         # orders (a redelivery) would each wait for the other's (PostgreSQL: deadlock, and
         # both batches failed).  Stable: the first of equal events wins; a schedule's ticks ascend.
         order = sorted(range(len(batch)), key=lambda i: (batch[i].schedule, batch[i].tick, batch[i].source, batch[i].id))
-        out: dict[int, bool] = {}
+        out: dict[int, bool | Refused] = {}
         what = f"the event {batch[0].id!r} from {batch[0].source!r}" if len(batch) == 1 else f"one of {len(batch)} events"
         with self._refusals(what), self._tx() as cur:
             for i in order:
@@ -168,9 +186,32 @@ class EventQueries(SQLStore):
                     if cur.rowcount != 1:
                         out[i] = False
                         continue
+                if item.letters:
+                    out[i] = self._insert_or_keep(cur, item)
+                    continue
                 self._insert_invocations(cur, item.records)
                 out[i] = True
         return [out[i] for i in range(len(batch))]
+
+    def _insert_or_keep(self, cur: Any, item: Admission) -> bool | Refused:
+        """Enqueue the records of ``item``; if the store refuses them, its dead letters instead
+        (a savepoint: its checks, done already, stand either way)."""
+        cur.execute("SAVEPOINT spanfaas_admit")
+        try:
+            self._insert_invocations(cur, item.records)
+        except Exception as exc:
+            if not (isinstance(exc, RecordRefused) or self._refuses(exc)):
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT spanfaas_admit")
+            reason = str(exc) if isinstance(exc, RecordRefused) else _reason(exc)
+            for letter in item.letters:
+                said = letter.error or ErrorInfo(kind="infra", type="RecordRefused", message="not queued")
+                error = msgspec.structs.replace(said, message=f"{said.message}: {reason}")
+                self._insert_dead_letter(cur, msgspec.structs.replace(letter, error=error))
+            cur.execute("RELEASE SAVEPOINT spanfaas_admit")
+            return Refused(reason=reason)
+        cur.execute("RELEASE SAVEPOINT spanfaas_admit")
+        return True
 
     def _insert_invocations(self, cur: Any, records: Sequence[InvocationRecord]) -> None:
         if not records:
@@ -214,17 +255,19 @@ class EventQueries(SQLStore):
             )
 
     def put_dead_letter(self, letter: DeadLetter) -> None:
-        d = letter
-        with self._tx() as cur:
-            cur.execute(
-                self._q(
-                    f"INSERT INTO dead_letters ({_DLQ_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, "
-                    "failed_at = excluded.failed_at"
-                ),
-                (d.id, d.function, _encode(d.event).decode(), d.content_type, d.payload,
-                 _encode(d.error).decode() if d.error is not None else None, d.attempts, d.created_at, d.failed_at),
-            )  # fmt: skip
+        with self._refusals(f"the dead letter {letter.id}"), self._tx() as cur:
+            self._insert_dead_letter(cur, letter)
+
+    def _insert_dead_letter(self, cur: Any, d: DeadLetter) -> None:
+        cur.execute(
+            self._q(
+                f"INSERT INTO dead_letters ({_DLQ_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, "
+                "failed_at = excluded.failed_at"
+            ),
+            (d.id, d.function, _encode(d.event).decode(), d.content_type, d.payload,
+             _encode(d.error).decode() if d.error is not None else None, d.attempts, d.created_at, d.failed_at),
+        )  # fmt: skip
 
     def discard_dead_letter(self, id: str) -> bool:
         with self._tx() as cur:
@@ -243,13 +286,17 @@ class EventQueries(SQLStore):
             row = cur.fetchone()
         return _dead_letter(row) if row else None
 
-    def replay_dead_letter(self, id: str, record: InvocationRecord) -> bool:
-        with self._tx() as cur:
+    def replay_dead_letter(self, id: str, record: InvocationRecord) -> Replay:
+        with self._refusals(f"the replay of dead letter {id}"), self._tx() as cur:
+            self._lock(cur, "function:" + record.function)
+            cur.execute(self._q("SELECT 1 FROM functions WHERE name = ? LIMIT 1"), (record.function,))
+            if cur.fetchone() is None:
+                return "undeployed"
             cur.execute(self._q("DELETE FROM dead_letters WHERE id = ?"), (id,))
             if cur.rowcount != 1:
-                return False
+                return "gone"
             self._insert_invocations(cur, [record])
-            return True
+            return "queued"
 
 
 _SEEN_KEY_MAX = 1024

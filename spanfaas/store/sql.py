@@ -229,6 +229,7 @@ class SQLStore:
 
     def delete_function(self, name: str) -> bool:
         with self._tx() as cur:
+            self._lock(cur, "function:" + name)  # as replay_dead_letter does: it queues for a function still there
             cur.execute(self._q("DELETE FROM functions WHERE name = ?"), (name,))
             if not cur.rowcount:
                 return False

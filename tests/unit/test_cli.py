@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -710,6 +711,31 @@ def test_dlq_replay_of_several_says_which_were_replayed_when_one_fails(cli: Any,
     assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("dl-nope", 404)]
     assert "no dead letter 'dl-nope'" in r.stderr and "replayed 2 of 3 dead letters" in r.stderr
     assert live.store.get_dead_letter("dl-a") is None and live.store.get_dead_letter("dl-b") is None
+
+
+def test_dlq_replay_of_several_goes_on_past_one_the_store_refuses(cli: Any, live: Live) -> None:
+    """A dead letter the store refuses to queue again (422 value-refused: a value of its event,
+    kept by the gateway for a replay once fixed) stopped ``events dlq replay A BAD B`` at BAD,
+    as if the gateway were down: B was never tried, and --all stopped alike."""
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    for i, payload in (("rf-a", b"{}"), ("rf-bad", b'{"refuse": 1}'), ("rf-b", b"{}")):
+        live.store.put_dead_letter(DeadLetter(id=i, function="hello", event=event, content_type="application/json", payload=payload))
+    db = sqlite3.connect(live.store.path, isolation_level=None)
+    try:
+        db.execute("CREATE TRIGGER refuse_replay BEFORE INSERT ON invocations WHEN CAST(NEW.payload AS TEXT) = '{\"refuse\": 1}' "
+                   "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: refuse'); END")  # fmt: skip
+        r = cli("events", "dlq", "replay", "rf-a", "rf-bad", "rf-b", "--json")
+    finally:
+        db.execute("DROP TRIGGER IF EXISTS refuse_replay")
+        db.close()
+    assert r.exit_code == 2, r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["dead_letter"] for x in doc["replayed"]] == ["rf-a", "rf-b"], doc
+    assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("rf-bad", 422)] and doc["not_tried"] == []
+    assert "CHECK constraint failed: refuse" in r.stderr and "replayed 2 of 3 dead letters" in r.stderr
+    assert live.store.get_dead_letter("rf-bad") is not None  # kept, to replay once fixed
+    live.store.discard_dead_letter("rf-bad")
 
 
 def test_up_with_dns_it_cannot_serve_says_so_before_anything_starts(cli: Any, tmp_path: Path) -> None:

@@ -253,6 +253,30 @@ async def test_replaying_a_dead_letter_of_a_removed_function_says_to_deploy_it_a
     assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
 
 
+async def test_a_function_removed_while_its_dead_letter_is_replayed_gets_no_invocation(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, tmp_path: Any
+) -> None:
+    """`spanfaas rm` between the replay's check that the function is deployed and its enqueue
+    (forced here by the service's hook): the replay was accepted (202), the dead letter left the
+    store, and an invocation was queued for a function that was gone."""
+    await deploy("flaky", ORDERS, code=FLAKY)
+    r = await client.post("/v1/events", content=json.dumps({**CE, "data": {"flag": str(tmp_path / "flag")}}), headers=STRUCTURED)
+    [inv] = ids(r)
+    await wait_finished(client, [inv])
+    removed: list[int] = []
+
+    async def rm_meanwhile(letter: Any) -> None:
+        removed.append((await client.delete("/v1/functions/flaky")).status_code)
+
+    gateway.events.before_replay = rm_meanwhile
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert removed == [204]
+    assert r.status_code == 404 and r.json()["type"].endswith("/function-not-found"), r.text
+    assert "function 'flaky'" in r.json()["detail"] and "deploy it" in r.json()["detail"], r.text
+    assert [d["id"] for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]] == [inv]  # kept
+    assert [v["id"] for v in (await client.get("/v1/invocations", params={"function": "flaky"})).json()["invocations"]] == [inv]
+
+
 async def test_platform_failures_of_event_invocations_are_retried(
     client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway
 ) -> None:

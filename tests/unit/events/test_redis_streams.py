@@ -132,25 +132,33 @@ async def test_not_acknowledged_when_the_store_fails_then_read_again(
     assert view["result"]["context_event"]["id"] == "e1" and calls["n"] >= 2
 
 
-REFUSE_BAD = (
-    "CREATE TRIGGER refuse_bad BEFORE INSERT ON events_seen WHEN NEW.id = 'bad' "
-    "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: bad'); END"
-)
+REFUSE_BAD = {
+    # the invocation of the event 'bad' (a value of it the store cannot hold)
+    "invocation": "CREATE TRIGGER refuse_bad BEFORE INSERT ON invocations "
+    "WHEN instr(CAST(NEW.payload AS TEXT), '\"id\":\"bad\"') > 0 "
+    "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: bad'); END",
+    # its (source, id), as the de-duplication window records it
+    "seen": "CREATE TRIGGER refuse_bad BEFORE INSERT ON events_seen WHEN NEW.id = 'bad' "
+    "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: bad'); END",
+}
 
 
-async def test_an_entry_the_store_refuses_is_acknowledged_and_the_others_of_its_read_queued(
+@pytest.mark.parametrize("refused", sorted(REFUSE_BAD))
+async def test_an_entry_the_store_refuses_is_kept_as_a_dead_letter_and_the_others_of_its_read_queued(
     client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, store: SQLiteStore,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, refused: str,
 ) -> None:  # fmt: skip
     """The store refused one event of a read (RecordRefused): the whole read failed, was not
-    acknowledged, and was read again and refused again, for ever; its good entries never ran."""
+    acknowledged, and was read and refused again, for ever; its good entries never ran.  Then it
+    was acknowledged and only logged: the event was gone, with nothing to list or replay.  Now
+    its invocation is a dead letter, with the reason, replayed once the cause is fixed."""
     await deploy("orders", "[[triggers]]\n")
     db = sqlite3.connect(store.path, isolation_level=None)
     try:
-        db.execute(REFUSE_BAD)
+        db.execute(REFUSE_BAD[refused])
         with r.pipeline(transaction=True) as pipe:  # all at once: the reader gets them in one read
             for id in ("e1", "bad", "e2"):
-                pipe.xadd(stream, {"specversion": "1.0", "id": id, "source": "/shop", "type": "t"})
+                pipe.xadd(stream, {"specversion": "1.0", "id": id, "source": "/shop", "type": "t", "data": json.dumps(id)})
             [_, bad, _] = pipe.execute()
         views = await invocations(client, 2, timeout=5)
         assert sorted(v["result"]["context_event"]["id"] for v in views) == ["e1", "e2"], caplog.text[-2000:]
@@ -158,19 +166,36 @@ async def test_an_entry_the_store_refuses_is_acknowledged_and_the_others_of_its_
         while await pending(r, stream) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert await pending(r, stream) == 0  # acknowledged, the refused one too: never read again
+        [letter] = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+        assert letter["function"] == "orders" and letter["proxy"] == "redis" and letter["attempts"] == 0
+        assert letter["event"]["id"] == "bad" and letter["event"]["source"] == "/shop"
+        assert letter["error"]["type"] == "ValueRefused" and "CHECK constraint failed: bad" in letter["error"]["message"]
+        if refused == "invocation":  # replayed before the cause is fixed: refused again, and kept
+            again = await client.post(f"/v1/events/dlq/{letter['id']}/replay")
+            assert again.status_code == 422 and again.json()["type"].endswith("/value-refused"), again.text
+            assert "CHECK constraint failed: bad" in again.json()["detail"] and "kept" in again.json()["detail"], again.text
+            assert [d["id"] for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]] == [letter["id"]]
+        db.execute("DROP TRIGGER refuse_bad")  # the cause fixed: replayed, it runs
     finally:
         db.close()
-    said = f"entry {bad} refused by the store (acknowledged, not delivered): the store refused the event 'bad' from '/shop'"
+    said = f"entry {bad} refused by the store (acknowledged, kept as dead letter {letter['id']}: `spanfaas events dlq ls`)"
     assert said in caplog.text and caplog.text.count(said) == 1, caplog.text[-2000:]
     text = (await client.get("/metrics")).text
     assert metric(text, "spanfaas_events_rejected_total", "redis") == 1
+    assert metric(text, "spanfaas_events_dead_lettered_total", "redis") == 1
+    replayed = await client.post(f"/v1/events/dlq/{letter['id']}/replay")
+    assert replayed.status_code == 202, replayed.text
+    views = await invocations(client, 3, timeout=5)
+    ran = {v["result"]["context_event"]["id"]: v["result"]["event"]["data"] for v in views}
+    assert ran == {"e1": "e1", "bad": "bad", "e2": "e2"}
+    assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
 
 
 class _Sink:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    async def publish(self, proxy: str, events: Any) -> list[Any]:
+    async def publish(self, proxy: str, events: Any, *, keep_refused: bool = False) -> list[Any]:
         self.events += [e.get_id() for e in events]
         return []
 

@@ -4,6 +4,8 @@ never twice for the same tick (restarts, two gateways) — on a real SQLite stor
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -244,5 +246,56 @@ async def test_a_stored_schedule_that_can_never_fire_is_logged_once_and_the_othe
         assert ticks_of(store) == ["2024-03-30T12:01:00+00:00"]
         logged = [r.getMessage() for r in caplog.records if "trg_feb31" in r.getMessage()]
         assert len(logged) == 1 and "spanfaas triggers rm trg_feb31" in logged[0], logged
+    finally:
+        store.close()
+
+
+def refuse_tick(store: SQLiteStore, tick: str) -> None:
+    """The store refuses the invocation of one tick (a constraint), as it may refuse a value."""
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(
+            "CREATE TRIGGER refuse_tick BEFORE INSERT ON invocations "
+            f"WHEN instr(CAST(NEW.payload AS TEXT), '\"tick\":\"{tick}\"') > 0 "
+            "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: refused tick'); END"
+        )
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("refused", ["2024-03-30T12:03:00+00:00", "2024-03-30T12:05:00+00:00"])
+async def test_a_tick_the_store_refuses_fails_alone_and_is_kept_as_a_dead_letter(
+    tmp_path: Path, refused: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ticks of a look were admitted in one group: one tick the store refused (RecordRefused)
+    failed them all, on every look, and the schedule fired nothing any more; now the others are
+    queued, and the refused one is a dead letter with the reason (logged), fired at most once."""
+    caplog.set_level(logging.INFO, logger="spanfaas.events")
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        clock = Clock(T0 + 0.5)
+        service, source = make(tmp_path, minutely("all"), clock, store)
+        await source.check(service)  # first sight: from now
+        refuse_tick(store, refused)
+        clock.now = T0 + 5 * 60 + 30  # 12:01 … 12:05 are due, in one look
+        await source.check(service)
+        due = [f"2024-03-30T12:0{m}:00+00:00" for m in range(1, 6)]
+        assert ticks_of(store) == [t for t in due if t != refused], caplog.text[-2000:]
+        [letter] = store.list_dead_letters("job")
+        assert letter.event.attributes["id"] == refused and letter.event.proxy == "schedule"
+        assert letter.error is not None and "refused tick" in letter.error.message
+        assert msgspec.json.decode(letter.payload)["data"]["tick"] == refused
+        said = [r.getMessage() for r in caplog.records if refused in r.getMessage()]
+        assert len(said) == 1 and letter.id in said[0] and "dead letter" in said[0], said
+        assert "already fired" not in caplog.text  # it was not: its dead letter stands for it
+
+        await source.check(service)  # looked at again, and after a restart: not again
+        service, source = make(tmp_path, minutely("all"), clock, store)
+        await source.check(service)
+        assert len(store.list_dead_letters("job")) == 1 and len(ticks_of(store)) == 4
+
+        clock.now = T0 + 6 * 60 + 0.2  # and the schedule fires on
+        await source.check(service)
+        assert ticks_of(store)[-1] == "2024-03-30T12:06:00+00:00"
     finally:
         store.close()

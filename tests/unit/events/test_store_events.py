@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from spanfaas.events.admit import Admitter
-from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
-from spanfaas.store import Admission, DeadLetter, RecordRefused, SQLiteStore, Store
+from spanfaas.model import ErrorInfo, Event, FunctionSpec, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.store import Admission, DeadLetter, RecordRefused, Refused, SQLiteStore, Store
 
 
 
@@ -145,8 +145,11 @@ def test_dead_letters_and_replay(any_store: Store) -> None:
     any_store.put_dead_letter(letter)  # a redelivered failure replaces it
     assert any_store.list_dead_letters() == [letter] and any_store.get_dead_letter("inv1") == letter
     again = inv(payload=letter.payload)
-    assert any_store.replay_dead_letter("inv1", again)
-    assert not any_store.replay_dead_letter("inv1", inv())
+    assert any_store.replay_dead_letter("inv1", again) == "undeployed"  # "fn" is not deployed: kept
+    assert any_store.list_dead_letters() == [letter] and any_store.get_invocation(again.id) is None
+    any_store.put_function("fn", "a" * 64, FunctionSpec(name="fn"))
+    assert any_store.replay_dead_letter("inv1", again) == "queued"
+    assert any_store.replay_dead_letter("inv1", inv()) == "gone"
     assert any_store.list_dead_letters() == [] and any_store.get_invocation(again.id) is not None
 
 
@@ -161,3 +164,74 @@ async def test_an_event_the_store_refuses_to_queue_fails_alone(any_store: Store)
     assert isinstance(outcomes[2], RecordRefused), outcomes[2]
     assert "the store refused the event 'e3' from '/s': UnicodeEncodeError" in str(outcomes[2]), outcomes[2]
     assert {r.id for r in any_store.list_invocations("fn")} == {a.records[0].id for a in good}
+
+
+def test_an_admission_whose_records_are_refused_stores_its_dead_letters_instead(any_store: Store) -> None:
+    """A tick or stream entry whose invocation the store refused was lost (or failed its whole
+    group): its dead letter is stored in the same transaction, after the same checks (the tick's
+    mark moves: never kept twice), with the reason; the other admissions are queued."""
+    now = time.time()
+    any_store.last_tick("sch", now - 100)
+    bad = inv(logs=os.fsdecode(b"\xff"))  # text no store can encode
+    letter = DeadLetter(id=bad.id, function="fn", event=EVENT, content_type="application/json", payload=b"{}",
+                        error=ErrorInfo(kind="infra", type="ValueRefused", message="not queued"))  # fmt: skip
+    good = inv()
+    out = any_store.admit([
+        Admission(source="/s", id="t1", records=[bad], schedule="sch", tick=now - 50, letters=[letter]),
+        Admission(source="/s", id="e2", records=[good], window=60, letters=[letter]),
+    ], now)  # fmt: skip
+    assert isinstance(out[0], Refused) and "UnicodeEncodeError" in out[0].reason and out[1] is True, out
+    [kept] = any_store.list_dead_letters("fn")
+    assert kept.id == bad.id and kept.error is not None and kept.error.message.startswith("not queued: UnicodeEncodeError")
+    assert any_store.get_invocation(bad.id) is None and any_store.get_invocation(good.id) is not None
+    assert any_store.last_tick("sch", 0) == now - 50  # the tick is spent: looked at again, not kept again
+    assert any_store.admit([Admission(source="/s", id="t1", records=[bad], schedule="sch", tick=now - 50, letters=[letter])], now) == [False]
+
+
+@pytest.mark.postgres
+def test_a_replay_waits_for_a_remove_of_its_function_under_way(postgres_db: str) -> None:
+    """Two gateways sharing PostgreSQL: a replay on one while `spanfaas rm` on the other was
+    removing its function saw the function (the remove not yet committed), queued an invocation
+    of it, and dropped the dead letter.  Now it waits for the remove (the function's lock), finds
+    the function gone, and keeps the dead letter."""
+    import psycopg
+
+    from spanfaas.store.postgres import PostgresStore
+
+    replaying, removing = PostgresStore(postgres_db), PostgresStore(postgres_db)
+    try:
+        replaying.put_function("fn", "a" * 64, FunctionSpec(name="fn"))
+        letter = DeadLetter(id="inv1", function="fn", event=EVENT, content_type="application/json", payload=b"{}")
+        replaying.put_dead_letter(letter)
+        inside, go_on = threading.Event(), threading.Event()
+
+        def hold(cur: object, what: str) -> None:  # in delete_function's transaction, its row deleted
+            inside.set()
+            assert go_on.wait(60)
+
+        removing._changed = hold  # type: ignore[method-assign]
+        rm = threading.Thread(target=removing.delete_function, args=("fn",))
+        rm.start()
+        assert inside.wait(60)
+        again = inv()
+        done: list[str] = []
+        replay = threading.Thread(target=lambda: done.append(replaying.replay_dead_letter("inv1", again)))
+        replay.start()
+        with psycopg.connect(postgres_db, autocommit=True) as watch:  # until it waits for the lock, or is done
+            deadline = time.monotonic() + 60
+            while not done and time.monotonic() < deadline:
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.01)
+        go_on.set()
+        rm.join(60)
+        replay.join(60)
+        assert done == ["undeployed"], done
+        assert replaying.get_dead_letter("inv1") == letter and replaying.get_invocation(again.id) is None
+    finally:
+        go_on.set()
+        replaying.close()
+        removing.close()
