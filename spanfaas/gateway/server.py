@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -22,6 +23,7 @@ from spanfaas.store import open_store
 from spanfaas.gateway.app import Gateway, create_app
 from spanfaas.gateway.bundle import pack_function
 from spanfaas.gateway.corking import CorkedHttpToolsProtocol
+from spanfaas.gateway.preflight import bind_http
 from spanfaas.gateway.stacks import install_stack_dump, slow_step
 
 __all__ = ["configure_logging", "serve", "serve_async"]
@@ -69,6 +71,7 @@ def serve(
     infra: Infrastructure | None = None,
     demo_dirs: Sequence[str | Path] = (),
     ready: Callable[[str], None] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> None:
     """Run the gateway in the foreground until SIGINT/SIGTERM.
 
@@ -76,6 +79,8 @@ def serve(
     (by default the local runtime alone).  ``demo_dirs`` are function
     directories deployed once the gateway is up.  ``ready`` is called with the
     base URL (the real port when ``settings.port`` is 0) once it listens.
+    ``sockets`` are the bound HTTP sockets (``preflight.bind_http``; closed when it
+    stops); without them, they are bound first, before the runtime starts.
     """
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
     try:
@@ -85,7 +90,7 @@ def serve(
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready))
+        runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready, sockets=sockets))
 
 
 async def serve_async(
@@ -94,6 +99,22 @@ async def serve_async(
     infra: Infrastructure | None = None,
     demo_dirs: Sequence[str | Path] = (),
     ready: Callable[[str], None] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
+) -> None:
+    listeners = list(sockets) if sockets is not None else bind_http(settings.host, settings.port)
+    try:
+        await _serve(settings, infra, demo_dirs, ready, listeners)
+    finally:
+        for sock in listeners:  # uvicorn closes them once it served; not if the start failed before
+            sock.close()
+
+
+async def _serve(
+    settings: Settings,
+    infra: Infrastructure | None,
+    demo_dirs: Sequence[str | Path],
+    ready: Callable[[str], None] | None,
+    sockets: list[socket.socket],
 ) -> None:
     install_stack_dump(asyncio.get_running_loop())
     store = open_store(settings)
@@ -126,7 +147,7 @@ async def serve_async(
             server.gateway = gw
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
             try:
-                await server.serve()
+                await server.serve(sockets=sockets)
                 if server.force_exit and server.started:
                     await _force_stop(server, gw)
             finally:
