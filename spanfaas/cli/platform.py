@@ -52,7 +52,7 @@ def up(
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
     from spanfaas.gateway.dns import with_early_action
-    from spanfaas.gateway.preflight import preflight
+    from spanfaas.gateway.preflight import check_dir, preflight
     from spanfaas.gateway.server import configure_logging, serve
     from spanfaas.store import open_store
 
@@ -62,6 +62,8 @@ def up(
                                  early_action=False if no_early_action else None)  # fmt: skip
     sockets = preflight(settings)  # the HTTP port is ours from here on
     try:
+        # Where the first admin token is saved: made where it cannot be, it would be shown to no one.
+        check_dir(config_path().parent, "the CLI's config directory", "set XDG_CONFIG_HOME to a writable directory")
         saved = load_user_config()
         store = open_store(settings)
         try:

@@ -183,3 +183,11 @@ def test_a_store_url_that_cannot_be_opened(start: Start, tmp_path: Path, url: st
     start.refused(["--port", "0", "--data-dir", str(tmp_path / "state")], fragments, code=code, SPANFAAS_STORE=url)
     r = start("--port", "0", "--data-dir", str(tmp_path / "state"), SPANFAAS_STORE=url)
     assert "secret" not in r.stderr
+
+
+def test_a_config_home_where_the_token_cannot_be_saved(start: Start, tmp_path: Path) -> None:
+    """It was a FileNotFoundError traceback from saving the first admin token, after the token
+    was made: never shown, never saved, and the next start had none to show."""
+    state = tmp_path / "state"
+    start.refused(["--port", "0", "--data-dir", str(state)], ("cannot use /proc/self/nope/spanfaas as the CLI's config directory", "XDG_CONFIG_HOME"), XDG_CONFIG_HOME="/proc/self/nope")
+    assert not (state / "spanfaas.db").exists()  # no token made
