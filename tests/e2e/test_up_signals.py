@@ -114,3 +114,64 @@ def test_a_stop_while_the_runtime_starts_is_a_clean_stop(tmp_path: Path, sig: si
         assert "spanfaas is up" not in up.out.read_text()
     finally:
         up.kill()
+
+
+SLOW = """
+import time
+def handler(event, context):
+    time.sleep(0.05)
+    return {"n": event["n"]}
+"""
+
+
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigterm", "ctrl-c"])
+def test_a_stop_under_load_keeps_every_accepted_invocation(tmp_path: Path, sig: signal.Signals, group: bool) -> None:
+    """Async invocations are being accepted and run when the stop comes: each one that got a
+    202 is run, at once or after the next start, none failed by the stop."""
+    from spanfaas.gateway import pack_function
+
+    fn = tmp_path / "slow"
+    fn.mkdir()
+    (fn / "handler.py").write_text(SLOW)
+    (fn / "spanfaas.toml").write_text('name = "slow"\nisolation = "reuse"\n')
+    up = Up(tmp_path)
+    try:
+        up.start()
+        url = up.url()
+        headers = {"Authorization": f"Bearer {up.token()}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            assert c.put("/v1/functions/slow", content=pack_function(fn)).status_code == 201
+            accepted: list[str] = []
+            refused = 0
+            for n in range(400):
+                if n == 100:
+                    assert up.proc is not None
+                    (os.killpg if group else os.kill)(up.proc.pid, sig)
+                try:
+                    r = c.post("/v1/functions/slow/invoke?mode=async", json={"n": n})
+                except httpx.TransportError:
+                    break  # it stopped listening
+                if r.status_code == 202:
+                    accepted.append(r.json()["id"])
+                else:
+                    refused += 1
+                    assert r.status_code == 503, r.text  # stopping: refused, with nothing queued
+        assert up.proc is not None
+        up.assert_stopped_cleanly(up.proc.wait(120))
+        assert len(accepted) >= 100
+
+        up.start()
+        url = up.url()
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            deadline = time.monotonic() + 120
+            pending = set(accepted)
+            while pending:
+                assert time.monotonic() < deadline, f"{len(pending)} accepted invocations never completed\n{up.output()}"
+                views = c.get("/v1/invocations", params={"function": "slow", "limit": 1000}).json()["invocations"]
+                assert not [v for v in views if v["status"] == "failed"], views
+                pending -= {v["id"] for v in views if v["status"] == "succeeded"}
+                time.sleep(0.1)
+            assert {v["id"] for v in c.get("/v1/invocations", params={"function": "slow", "limit": 1000}).json()["invocations"]} == set(accepted)
+        up.assert_stopped_cleanly(up.stop(signal.SIGTERM, group=False))
+    finally:
+        up.kill()
