@@ -7,6 +7,7 @@ returns a frozen record.  Unknown keys and bad env values fail loudly.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -308,13 +309,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         data: dict[str, Any] = {}
         path = path or env.get("SPANFAAS_CONFIG")
         if path:
-            p = Path(path)
-            try:
-                data = tomllib.loads(p.read_text())
-            except FileNotFoundError:
-                raise InvalidRequest(f"config file {p} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise InvalidRequest(f"config file {p} is not valid TOML: {exc}") from None
+            data = _read_toml(Path(path))
         fields = {f.name: f for f in msgspec.structs.fields(cls)}
         from_env: dict[str, str] = {}  # setting -> the variable it came from, named if it is refused
         for key, raw in env.items():
@@ -341,15 +336,56 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             return msgspec.convert(data, cls, strict=False)
         except msgspec.ValidationError as exc:
             problem, _, where = str(exc).rpartition(" - at `$.")
+            table = where.rstrip("`") if problem else ""  # where an unknown key is: '' for the top level
             name = where.split(".", 1)[0].split("[", 1)[0].rstrip("`")
-            if not problem:  # from Settings.__post_init__, whose checks are all of the infrastructures
-                problem, name = str(exc), "infrastructures"
+            unknown = re.match(r"Object contains unknown field `([^`]*)`", str(exc))
+            if not problem:  # a top-level key no setting has (only the file has those), else
+                # from Settings.__post_init__, whose checks are all of the infrastructures
+                problem, name = str(exc), "" if unknown else "infrastructures"
             if name in from_env and name not in given:
                 detail = str(exc) if name == "infrastructures" else problem  # which entry, too
                 raise InvalidRequest(f"environment variable {from_env[name]} is not valid: {detail}") from None
             if path and name not in given:  # from the file: name it, the user edits it
+                if unknown:
+                    raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG): {_unknown(table, unknown.group(1))}") from None
                 raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG) has an invalid setting: {exc}") from None
             raise InvalidRequest(f"invalid settings: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The config file's table, or an error that says what is wrong with the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidRequest(f"config file {path} does not exist") from None
+    except OSError as exc:  # a directory, a file this user may not read
+        raise InvalidRequest(
+            f"config file {path} (SPANFAAS_CONFIG) cannot be read: {exc.strerror or exc}; point SPANFAAS_CONFIG at a TOML file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG) is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _unknown(table: str, key: str) -> str:
+    """An unknown key of the config file (``table`` as msgspec names it: ``runtime``,
+    ``infrastructures[0]``), and the keys that table takes."""
+    typ: Any = Settings
+    for part in re.findall(r"[^.\[\]]+", re.sub(r"\[\d+\]", "", table)):
+        field = {f.name: f for f in msgspec.structs.fields(typ)}.get(part)
+        inner = field.type if field is not None else None
+        inner = getattr(inner, "__args__", (inner,))[0] if getattr(inner, "__origin__", None) is list else inner
+        if not (isinstance(inner, type) and issubclass(inner, Struct)):
+            typ = None
+            break
+        typ = inner
+    dotted = re.sub(r"\[\d+\]", "", table)
+    name = f"{dotted}.{key}" if dotted else key
+    if typ is None:
+        return f"unknown setting '{name}'; remove it or fix its name"
+    known = ", ".join(f.name for f in msgspec.structs.fields(typ))
+    return f"unknown setting '{name}'; remove it or fix its name ({'[' + dotted + '] takes' if dotted else 'settings are'}: {known})"
 
 
 def _coerce(key: str, raw: str, typ: Any) -> Any:

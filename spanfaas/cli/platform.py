@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +16,7 @@ from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, err_console, handle_e
 from spanfaas.client import Client
 from spanfaas.client.userconfig import UserConfig, config_path, load_user_config, save_user_config
 from spanfaas.config import Settings, check_port
-from spanfaas.errors import InfraError, InvalidRequest, SpanfaasError
+from spanfaas.errors import InfraError, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
 
 __all__ = ["doctor", "examples_dir", "up"]
@@ -53,7 +51,8 @@ def up(
 ) -> None:
     """Run the gateway and the local runtime in the foreground (Ctrl-C or SIGTERM stops it)."""
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
-    from spanfaas.gateway.dns import check_dns, with_early_action
+    from spanfaas.gateway.dns import with_early_action
+    from spanfaas.gateway.preflight import check_dir, preflight
     from spanfaas.gateway.server import configure_logging, serve
     from spanfaas.store import open_store
 
@@ -61,22 +60,27 @@ def up(
     settings = Settings.load(host=host, port=check_port(port, "--port"), data_dir=str(data_dir) if data_dir is not None else None)
     settings = with_early_action(settings, dns=dns, dns_port=check_port(dns_port, "--dns-port"),
                                  early_action=False if no_early_action else None)  # fmt: skip
-    _check_port(settings.host, settings.port)
-    if settings.dns.enabled:
-        check_dns(settings.dns, settings.host)
-    _check_data_dir(settings.data_path)
-    saved = load_user_config()
-    store = open_store(settings)
+    sockets = preflight(settings)  # the HTTP port is ours from here on
     try:
-        admin_token = bootstrap_admin_token(store)
-        # Is the saved token one of this gateway's? Then keep the saved URL pointing here.
-        saved_is_ours = bool(saved.token) and store.get_token_by_hash(hash_token(saved.token)) is not None
-    finally:
-        store.close()
-    if admin_token:  # saved at once: should the start fail below, the token is not lost
-        local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-        save_user_config(UserConfig(url=f"http://{f'[{local}]' if ':' in local else local}:{settings.port}", token=admin_token))
-    demo_dirs = _demo_dirs() if demo else []
+        # Where the first admin token is saved: made where it cannot be, it would be shown to no one.
+        check_dir(config_path().parent, "the CLI's config directory", "set XDG_CONFIG_HOME to a writable directory")
+        saved = load_user_config()
+        store = open_store(settings)
+        try:
+            admin_token = bootstrap_admin_token(store)
+            # Is the saved token one of this gateway's? Then keep the saved URL pointing here.
+            saved_is_ours = bool(saved.token) and store.get_token_by_hash(hash_token(saved.token)) is not None
+        finally:
+            store.close()
+        if admin_token:  # saved at once: should the start fail below, the token is not lost
+            local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            port = sockets[0].getsockname()[1]  # the free one --port 0 got
+            save_user_config(UserConfig(url=f"http://{f'[{local}]' if ':' in local else local}:{port}", token=admin_token))
+        demo_dirs = _demo_dirs() if demo else []
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
 
     def ready(url: str) -> None:
         token = admin_token or (saved.token if saved_is_ours else None)
@@ -85,7 +89,7 @@ def up(
         _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json)
 
     try:
-        serve(settings, demo_dirs=demo_dirs, ready=ready)
+        serve(settings, demo_dirs=demo_dirs, ready=ready, sockets=sockets)
     except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
         pass
     except SystemExit as exc:  # uvicorn gives up on start-up errors with sys.exit
@@ -93,42 +97,6 @@ def up(
             raise InfraError("the gateway could not start; see the messages above") from None
     if not as_json:
         err_console().print("[dim]spanfaas stopped[/dim]")
-
-
-def _check_port(host: str, port: int) -> None:
-    """Say which port is taken (or which address is not this machine's), and what to do, before anything starts."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise InvalidRequest(f"cannot listen on {host!r}: {exc.strerror}; pass an address of this machine with --host") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise InvalidRequest(
-                    f"cannot listen on {host}: {exc.strerror}; pass an address of this machine with --host "
-                    "(127.0.0.1, or 0.0.0.0 for all of them)"
-                ) from None
-            raise InvalidRequest(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
-                "stop what uses it, or pick another port with --port (0 picks a free one)"
-            ) from None
-
-
-def _check_data_dir(path: Path) -> None:
-    """Make the data directory, or say why it cannot be used, before anything starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
-    except OSError as exc:
-        raise InvalidRequest(
-            f"cannot use {path} as the data directory: {exc.strerror or exc}; "
-            "pass a writable directory with --data-dir (or SPANFAAS_DATA_DIR)"
-        ) from None
 
 
 def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool) -> None:

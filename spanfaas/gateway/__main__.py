@@ -16,6 +16,7 @@ from spanfaas.config import Settings, check_port
 from spanfaas.errors import SpanfaasError
 from spanfaas.gateway.auth import bootstrap_admin_token
 from spanfaas.gateway.dns import with_early_action
+from spanfaas.gateway.preflight import preflight
 from spanfaas.gateway.server import configure_logging, serve
 from spanfaas.infra.base import Infrastructure
 from spanfaas.store import open_store
@@ -40,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.load(host=args.host, port=port, data_dir=args.data_dir, store=args.store)
         settings = with_early_action(settings, dns=args.dns, dns_port=dns_port, dns_zone=args.dns_zone,
                                      early_action=False if args.no_early_action else None)  # fmt: skip
-        store = open_store(settings)
+        sockets = preflight(settings)  # before a token is made or a runtime started
         try:
-            token = bootstrap_admin_token(store)
-        finally:
-            store.close()
+            store = open_store(settings)
+            try:
+                token = bootstrap_admin_token(store)
+            finally:
+                store.close()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         if token:
             print(f"admin token (shown once): {token}", flush=True)
         infra: Infrastructure | None = None
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             from spanfaas.infra.memory import InMemoryInfrastructure
 
             infra = InMemoryInfrastructure()
-        serve(settings, infra=infra, demo_dirs=args.demo, ready=lambda url: print(f"listening on {url}", flush=True))
+        serve(settings, infra=infra, demo_dirs=args.demo, ready=lambda url: print(f"listening on {url}", flush=True), sockets=sockets)
     except SpanfaasError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -22,6 +23,7 @@ from spanfaas.store import open_store
 from spanfaas.gateway.app import Gateway, create_app
 from spanfaas.gateway.bundle import pack_function
 from spanfaas.gateway.corking import CorkedHttpToolsProtocol
+from spanfaas.gateway.preflight import bind_http
 from spanfaas.gateway.stacks import install_stack_dump, slow_step
 
 __all__ = ["configure_logging", "serve", "serve_async"]
@@ -40,9 +42,11 @@ def configure_logging() -> None:
 class _Server(uvicorn.Server):
     """uvicorn's server, minus re-raising SIGTERM/SIGINT after its graceful
     shutdown (that would kill the process before the infrastructure closes),
-    plus ``gateway.stopping`` set as a stop signal arrives."""
+    plus ``gateway.stopping`` set as a stop signal arrives.  Under ``serve``
+    the signals are ``_Stop``'s, which hands them to ``handle_exit``."""
 
     gateway: Gateway | None = None
+    signals_taken = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.gateway is not None:
@@ -51,11 +55,47 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if threading.current_thread() is not threading.main_thread():
+        if self.signals_taken or threading.current_thread() is not threading.main_thread():
             yield
             return
         signals = (signal.SIGINT, signal.SIGTERM)
         original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+class _Stop:
+    """SIGINT and SIGTERM for the whole of ``serve``, not only while uvicorn runs.
+
+    Before, a signal during start-up (the store, the runtime's zygotes, the
+    gateway's own start in uvicorn's lifespan) met Python's handlers: SIGTERM
+    killed the process there and then (the cgroups left for the next start to
+    remove), SIGINT cancelled the start half-way (tracebacks from uvicorn's
+    lifespan, the executor shut down under the dispatcher, a zygote left to be
+    killed 5 s later).  Now one asked before the server runs stops the start
+    at its next step, and everything started so far is stopped as at a normal
+    stop; once the server runs, it is the server's (a second one: at once)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.server: _Server | None = None
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        if self.server is not None:
+            self.server.handle_exit(sig, frame)
+        elif not self.asked:
+            self.asked = True
+            log.info("stopping (%s during start-up): the start stops at its next step", signal.Signals(sig).name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
@@ -69,6 +109,7 @@ def serve(
     infra: Infrastructure | None = None,
     demo_dirs: Sequence[str | Path] = (),
     ready: Callable[[str], None] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> None:
     """Run the gateway in the foreground until SIGINT/SIGTERM.
 
@@ -76,6 +117,8 @@ def serve(
     (by default the local runtime alone).  ``demo_dirs`` are function
     directories deployed once the gateway is up.  ``ready`` is called with the
     base URL (the real port when ``settings.port`` is 0) once it listens.
+    ``sockets`` are the bound HTTP sockets (``preflight.bind_http``; closed when it
+    stops); without them, they are bound first, before the runtime starts.
     """
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
     try:
@@ -84,8 +127,10 @@ def serve(
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
         loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready))
+    stop = _Stop()
+    # Installed first: asyncio.Runner leaves a SIGINT handler that is not Python's default alone.
+    with stop.installed(), asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready, sockets=sockets, stop=stop))
 
 
 async def serve_async(
@@ -94,6 +139,24 @@ async def serve_async(
     infra: Infrastructure | None = None,
     demo_dirs: Sequence[str | Path] = (),
     ready: Callable[[str], None] | None = None,
+    sockets: Sequence[socket.socket] | None = None,
+    stop: _Stop | None = None,
+) -> None:
+    listeners = list(sockets) if sockets is not None else bind_http(settings.host, settings.port)
+    try:
+        await _serve(settings, infra, demo_dirs, ready, listeners, stop)
+    finally:
+        for sock in listeners:  # uvicorn closes them once it served; not if the start failed before
+            sock.close()
+
+
+async def _serve(
+    settings: Settings,
+    infra: Infrastructure | None,
+    demo_dirs: Sequence[str | Path],
+    ready: Callable[[str], None] | None,
+    sockets: list[socket.socket],
+    stop: _Stop | None,
 ) -> None:
     install_stack_dump(asyncio.get_running_loop())
     store = open_store(settings)
@@ -105,9 +168,11 @@ async def serve_async(
 
             infra = SpanningInfrastructure.from_settings(settings, owed=store)  # the removes sites owe, kept
         start = getattr(infra, "start", None)
-        if start is not None:
+        if start is not None and not (stop and stop.asked):
             await start()
         try:
+            if stop is not None and stop.asked:
+                return  # asked to stop while the infrastructure started: close it, below
             app = create_app(settings, store, infra, freeze_gc=True)
             config = uvicorn.Config(
                 app,
@@ -124,9 +189,13 @@ async def serve_async(
             server = _Server(config)
             gw: Gateway = app.state.gateway
             server.gateway = gw
+            if stop is not None:
+                server.signals_taken, stop.server = True, server
+                if stop.asked:
+                    return
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
             try:
-                await server.serve()
+                await server.serve(sockets=sockets)
                 if server.force_exit and server.started:
                     await _force_stop(server, gw)
             finally:

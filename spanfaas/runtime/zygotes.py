@@ -82,7 +82,12 @@ class ZygoteProcess:
         if self.sandbox:
             argv.append("--sandbox")
         try:
-            self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, cwd="/")
+            # A group of its own: a Ctrl-C at the terminal (SIGINT to the foreground group) is the
+            # control plane's to act on; it reached the zygote too, which ignores it only once its
+            # interpreter has started, so one during that start killed it with a traceback.
+            self.proc = subprocess.Popen(
+                argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, cwd="/", process_group=0
+            )
         finally:
             theirs.close()
         self.chan = ControlChannel(ours, _decoder, self._message, self._eof)

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from spanfaas.errors import InvalidRequest
 from spanfaas.store.events import EventQueries
 from spanfaas.store.images import ImageQueries
 from spanfaas.store.sql import INV_COLS, SQLStore, StoreUnavailable
@@ -68,10 +69,16 @@ class PostgresStore(EventQueries, ImageQueries):
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
         except psycopg.OperationalError as exc:
+            why = " ".join(str(exc).split())  # libpq's message has a second, tab-indented line: keep one
             raise StoreUnavailable(
-                f"cannot connect to the PostgreSQL store ({_redact(self.url)}): {exc}; "
+                f"cannot connect to the PostgreSQL store ({_redact(self.url)}): {why}; "
                 "check SPANFAAS_STORE and that the server is up",
                 retry_after=RETRY_AFTER,
+            ) from None
+        except psycopg.ProgrammingError:  # libpq could not parse it (its message quotes the URL, password too)
+            raise InvalidRequest(
+                f"SPANFAAS_STORE ({_redact(self.url)}) is not a PostgreSQL URL libpq can read; "
+                "write postgresql://USER:PASSWORD@HOST:PORT/DATABASE (an IPv6 host in [brackets])"
             ) from None
 
     @contextmanager

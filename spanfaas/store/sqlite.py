@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from spanfaas.errors import Conflict
+from spanfaas.errors import Conflict, InvalidRequest
 from spanfaas.store.events import EventQueries
 from spanfaas.store.images import ImageQueries
 from spanfaas.store.sql import INV_COLS, SQLStore, StoreUnavailable
@@ -45,8 +45,16 @@ class SQLiteStore(EventQueries, ImageQueries):
         self._all_lock = threading.Lock()
         self._closed = False
         self._owner_fd: int | None = None
-        with self._faults():
-            self._conn().execute("PRAGMA journal_mode = WAL")
+        try:
+            with self._faults():
+                self._conn().execute("PRAGMA journal_mode = WAL")
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != SQLITE_NOTADB:
+                raise
+            raise InvalidRequest(
+                f"{self.path} is not a spanfaas store (SQLite: {exc}); move that file away, "
+                "or pass another data directory (--data-dir, SPANFAAS_DATA_DIR)"
+            ) from None
         self._migrate()
 
     def _conn(self) -> sqlite3.Connection:
@@ -153,6 +161,7 @@ class SQLiteStore(EventQueries, ImageQueries):
 # Primary result codes (https://sqlite.org/rescode.html).  An error carries the extended
 # code (SQLITE_IOERR_WRITE = SQLITE_IOERR | 3 << 8): its low byte is the primary one.
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 5, 6, 8, 10, 13, 14
+SQLITE_NOTADB = 26
 RETRY_LOCKED = 1
 """Seconds a client waits before it tries again when another writer holds the lock (let go any moment) ..."""
 RETRY_BROKEN = 10

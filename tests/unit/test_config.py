@@ -32,7 +32,7 @@ def test_bad_values_fail_loudly(tmp_path: Path) -> None:
     assert info.value.message == "environment variable SPANFAAS_PORT='99999' is not valid: Expected `int` <= 65535"
     cfg = tmp_path / "config.toml"
     cfg.write_text("prot = 1\n")
-    with pytest.raises(InvalidRequest, match="unknown field `prot`") as info:
+    with pytest.raises(InvalidRequest, match="unknown setting 'prot'") as info:
         Settings.load(cfg, env={})
     assert str(cfg) in info.value.message  # it said 'invalid settings: ...', naming no file to fix
     cfg.write_text("[runtime]\nsandbox = 3\n")
@@ -41,3 +41,34 @@ def test_bad_values_fail_loudly(tmp_path: Path) -> None:
     assert info.value.message.startswith(f"config file {cfg} (SPANFAAS_CONFIG) has an invalid setting: ")
     with pytest.raises(InvalidRequest, match="does not exist"):
         Settings.load(tmp_path / "nope.toml", env={})
+
+
+def test_an_unknown_key_of_the_config_file_is_named_with_what_its_table_takes(tmp_path: Path) -> None:
+    # msgspec's "Object contains unknown field `sandboxx` - at `$.runtime`" named the table, not
+    # the key, and said nothing of the keys it takes; a top-level one was blamed on
+    # SPANFAAS_INFRASTRUCTURES when that variable was set ("environment variable ... is not valid").
+    cfg = tmp_path / "config.toml"
+    cases = {
+        "prot = 1\n": "unknown setting 'prot'; remove it or fix its name (settings are: data_dir, host, port,",
+        "[runtime]\nsandboxx = true\n": "unknown setting 'runtime.sandboxx'; remove it or fix its name ([runtime] takes: sandbox, uid_base,",
+        '[[infrastructures]]\nname = "a"\nadress = "x"\n': "unknown setting 'infrastructures.adress'; remove it or fix its name ([infrastructures] takes: name, kind, address,",
+    }
+    for text, message in cases.items():
+        cfg.write_text(text)
+        # (the variable replaces the file's infrastructures: their unknown key is not read then)
+        for env in ({}, *([{"SPANFAAS_INFRASTRUCTURES": '[{"name": "local"}]'}] if "infrastructures" not in text else [])):
+            with pytest.raises(InvalidRequest) as info:
+                Settings.load(cfg, env=env)
+            assert info.value.message.startswith(f"config file {cfg} (SPANFAAS_CONFIG): {message}"), (env, info.value.message)
+
+
+def test_a_config_file_that_cannot_be_read_says_why(tmp_path: Path) -> None:
+    # Both were tracebacks: IsADirectoryError, UnicodeDecodeError.
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(tmp_path, env={})
+    assert info.value.message == f"config file {tmp_path} (SPANFAAS_CONFIG) cannot be read: Is a directory; point SPANFAAS_CONFIG at a TOML file"
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('host = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(cfg, env={})
+    assert info.value.message == f"config file {cfg} (SPANFAAS_CONFIG) is not UTF-8 text (byte 11); save it as UTF-8"

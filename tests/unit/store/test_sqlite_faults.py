@@ -116,3 +116,18 @@ def test_faults_are_told_by_their_extended_codes(exc: sqlite3.Error, words: str)
 )
 def test_other_errors_are_not_the_store_being_unavailable(exc: sqlite3.Error) -> None:
     assert store_unavailable(exc, Path("/data/spanfaas.db"), 30.0) is None
+
+
+def test_a_file_that_is_no_database_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """It was sqlite3's 'DatabaseError: file is not a database', a traceback from `spanfaas up`."""
+    from spanfaas.errors import InvalidRequest
+
+    path = tmp_path / "spanfaas.db"
+    path.write_bytes(b"notes someone kept here, not a database " * 20)
+    with pytest.raises(InvalidRequest) as caught:
+        SQLiteStore(path)
+    assert caught.value.message == (
+        f"{path} is not a spanfaas store (SQLite: file is not a database); move that file away, "
+        "or pass another data directory (--data-dir, SPANFAAS_DATA_DIR)"
+    )
+    assert path.read_bytes().startswith(b"notes someone kept")  # left as it was

@@ -166,6 +166,24 @@ async def test_postgres_announces_function_changes_as_they_commit(postgres_db: s
         other.close()
 
 
+def test_a_postgres_url_that_cannot_be_used_is_one_line_that_names_it() -> None:
+    """A URL libpq cannot parse was psycopg's ProgrammingError traceback (the URL in it, password and all);
+    a server that does not answer was a message of two lines (libpq's tab-indented hint)."""
+    from spanfaas.errors import InfraUnavailable
+    from spanfaas.store.postgres import PostgresStore
+
+    with pytest.raises(InvalidRequest) as bad:
+        PostgresStore("postgresql://u:secret@[bad/db")
+    assert bad.value.message == (
+        "SPANFAAS_STORE (postgresql://u:***@[bad/db) is not a PostgreSQL URL libpq can read; "
+        "write postgresql://USER:PASSWORD@HOST:PORT/DATABASE (an IPv6 host in [brackets])"
+    )
+    with pytest.raises(InfraUnavailable) as down:
+        PostgresStore("postgresql://u:secret@127.0.0.1:1/db")  # port 1: nothing listens there
+    assert down.value.message.startswith("cannot connect to the PostgreSQL store (postgresql://u:***@127.0.0.1:1/db): ")
+    assert "\n" not in down.value.message and "\t" not in down.value.message and "secret" not in down.value.message
+
+
 @pytest.mark.postgres
 def test_postgres_connections_the_server_ended_are_not_an_internal_error(postgres_db: str) -> None:
     """A PostgreSQL restart ends the pool's connections: an idle one is replaced unseen,
