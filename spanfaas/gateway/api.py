@@ -140,7 +140,24 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
     return json(invocation_view(record))
 
 
+_LISTING = ("function", "status", "limit")
+
+
+def _known_query(request: Request, known: tuple[str, ...]) -> None:
+    """Refuse a query parameter the endpoint does not take (a typo would filter nothing), or one given twice."""
+    q = request.query_params
+    takes = ", ".join(known[:-1]) + f" and {known[-1]}" if len(known) > 1 else known[0]
+    for name in q:
+        if name not in known:
+            hint = " (there is no paging: ask for the newest, up to limit=1000, and narrow with function and status)" \
+                if name in ("cursor", "page", "offset", "after", "before", "next", "page_token") else ""
+            raise InvalidRequest(f"unknown query parameter {name!r}; {request.url.path} takes {takes}{hint}")
+        if len(values := q.getlist(name)) > 1:
+            raise InvalidRequest(f"{name} is given {len(values)} times; give it once")
+
+
 async def list_invocations(gw: Gateway, request: Request) -> Response:
+    _known_query(request, _LISTING)
     q = request.query_params
     function = q.get("function")
     status = q.get("status")
