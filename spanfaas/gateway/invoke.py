@@ -19,6 +19,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from spanfaas.errors import (
+    FunctionNotFound,
     IdempotencyKeyReused,
     InfraUnavailable,
     InvalidPayload,
@@ -210,6 +211,14 @@ class InvokeEndpoint:
             gw.metrics.refused(name)
             raise
         except SpanfaasError as exc:
+            if name not in gw.registry.functions:
+                # Removed (``rm``) while this call arrived or waited: no function to run, as for
+                # a name never deployed -- not the platform's failure, nothing to record or count.
+                deployed = ", ".join(sorted(gw.registry.functions)) or "none"
+                raise FunctionNotFound(
+                    f"function '{name}' was removed while this invocation waited to run ({exc.message}); "
+                    f"deployed: {deployed}"
+                ) from None
             gw.metrics.infra_failed(name)
             record_infra_failure(exc)
             exc.extra.setdefault("invocation_id", invocation_id)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from spanfaas.gateway import pack_function
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
+from spanfaas.infra.base import Infrastructure
 from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.scheduler import SpanningInfrastructure
 from spanfaas.store import SQLiteStore
 
 pytestmark = pytest.mark.asyncio
@@ -258,3 +261,46 @@ async def test_the_event_a_placing_gateway_sends_is_the_functions_context_event(
     invoker = issue_token(store, "invoker", ["invoke"])[1]
     r = await client.post(url, json={}, headers={"x-spanfaas-event": json.dumps(attrs), "authorization": f"Bearer {invoker}"})
     assert r.status_code == 403 and "needs scope 'deploy'" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("spanning", [False, True], ids=["one-infra", "spanning"])
+async def test_a_function_removed_while_its_call_arrives_is_a_404_not_a_platform_failure(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], spanning: bool
+) -> None:
+    """``rm`` while an invocation's body was still arriving: the call found no function to run.
+    It was a 503 'infrastructure unavailable' (through the spanning scheduler) or a 404 counted
+    and recorded as a platform failure, which an operator's alert on infra errors would page for."""
+    memory = InMemoryInfrastructure()
+    infra: Infrastructure = memory
+    if spanning:
+        infra = SpanningInfrastructure([memory])
+        await infra.start()
+    app = create_app(settings, store, infra)
+    arrived, go_on = asyncio.Event(), asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"name":'
+        arrived.set()
+        await go_on.wait()
+        yield b'"x"}'
+
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {admin_token}"}
+    ) as client:
+        assert (await client.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        call = asyncio.create_task(
+            client.post("/v1/functions/hello/invoke", content=body(), headers={"content-type": "application/json"})
+        )
+        await arrived.wait()
+        assert (await client.delete("/v1/functions/hello")).status_code == 204
+        go_on.set()
+        r = await call
+        assert r.status_code == 404, r.text
+        problem = r.json()
+        assert r.headers["content-type"] == "application/problem+json"
+        assert problem["type"].endswith("/function-not-found") and "was removed" in problem["detail"], problem
+        metrics = (await client.get("/metrics")).text
+        assert 'kind="infra"' not in metrics and 'status="failed"' not in metrics, metrics
+        assert (await client.get("/v1/invocations")).json()["invocations"] == []  # nothing ran, nothing to look up
+    if isinstance(infra, SpanningInfrastructure):
+        await infra.close()
