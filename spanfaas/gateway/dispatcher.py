@@ -35,7 +35,7 @@ from typing import Protocol
 import msgspec
 
 from spanfaas.config import Settings
-from spanfaas.errors import InfraError, SpanfaasError, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, SpanfaasError, TooManyRequests
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
 from spanfaas.store import Store, StoreUnavailable
@@ -232,7 +232,7 @@ class Dispatcher:
                 log.error("async invocation %s: unexpected error from the platform", record.id, exc_info=exc)
                 exc = InfraError(f"unexpected {type(exc).__name__}: {exc}")
             if record.event is not None and self.events is not None:
-                self.metrics.infra_failed(record.function)
+                self.metrics.infra_failed(record.function, "not_found" if isinstance(exc, FunctionNotFound) else "infra")
                 error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
                 failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
                 await self._settle(record, failed)
@@ -313,7 +313,8 @@ class Dispatcher:
 
     def _platform_failed(self, record: InvocationRecord, exc: SpanfaasError, started: float) -> None:
         error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
-        self.metrics.infra_failed(record.function)
+        # removed before it ran: failed, not the platform's failure (its type says so to the client)
+        self.metrics.infra_failed(record.function, "not_found" if isinstance(exc, FunctionNotFound) else "infra")
         retries = self.settings.async_retries
         failures = record.attempts - record.reruns  # a re-run after a crash is not a retry
         if isinstance(exc, InfraError) and failures <= retries:

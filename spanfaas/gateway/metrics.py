@@ -124,9 +124,11 @@ class Metrics:
         """Count one invocation refused because the function was full (429): it did not run."""
         self._inv.count(self._inv.outcomes, (fn, "refused")).value += 1
 
-    def infra_failed(self, fn: str) -> None:
+    def infra_failed(self, fn: str, kind: str = "infra") -> None:
+        """Count one invocation that failed before it reached the function: the platform's
+        failure (``infra``), or ``not_found`` (the function was removed before it ran)."""
         self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
-        self._inv.count(self._inv.errors, (fn, "infra")).value += 1
+        self._inv.count(self._inv.errors, (fn, kind)).value += 1
 
     def render(self, infos: list[InfraInfo], queue_depth: int) -> bytes:
         self.queue_depth.set(queue_depth)
