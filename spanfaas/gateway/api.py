@@ -302,7 +302,7 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  tag="invocations",
                  params=(Param("function", "query", "only this function's"),
                          Param("status", "query", "only these", {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),
-                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "default": 50})),
+                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50})),
                  response=InvocationList, errors=(400, 401, 403, 404)),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",
