@@ -140,7 +140,7 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
     return json(invocation_view(record))
 
 
-_LISTING = ("function", "status", "limit")
+_LISTING = ("function", "status", "limit", "output")
 
 
 def _known_query(request: Request, known: tuple[str, ...]) -> None:
@@ -169,15 +169,19 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
         raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
     if status is not None and status not in ("queued", "running", "succeeded", "failed"):
         raise InvalidRequest(f"status={status!r} is not known; use queued, running, succeeded or failed")
+    output = q.get("output", "true")
+    if output not in ("true", "false"):
+        raise InvalidRequest(f"output={output!r} is not known; use output=true (default) or output=false (no results)")
+    outputs = output == "true"
     if function is not None and function not in gw.registry.functions:
         if await asyncio.to_thread(gw.store.get_function, function) is None and not await asyncio.to_thread(
-            gw.store.list_invocations, function, 1
+            gw.store.list_invocations, function, 1, outputs=False
         ):
             deployed = ", ".join(sorted(gw.registry.functions)) or "none"
             raise NotFound(f"function '{function}' not found and has no invocations; deployed: {deployed}")
     await gw.recorder.flush()
-    records = await asyncio.to_thread(gw.store.list_invocations, function, limit, status)
-    return json(InvocationList(invocations=[invocation_view(r) for r in records]))
+    records = await asyncio.to_thread(functools.partial(gw.store.list_invocations, function, limit, status, outputs=outputs))
+    return json(InvocationList(invocations=[invocation_view(r, output=outputs) for r in records]))
 
 
 # -- tokens ----------------------------------------------------------------------------
@@ -302,7 +306,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  tag="invocations",
                  params=(Param("function", "query", "only this function's"),
                          Param("status", "query", "only these", {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),
-                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50})),
+                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+                         Param("output", "query", "false leaves the outputs (result, output_base64) out: logs and statuses "
+                               "without large results", {"type": "boolean", "default": True})),
                  response=InvocationList, errors=(400, 401, 403, 404)),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",

@@ -337,6 +337,22 @@ def test_a_functions_control_characters_do_not_reach_the_terminal(cli: Any, tmp_
     assert "\x1b[2Jcleared" in json.loads(r.stdout)["invocations"][0]["logs"]
 
 
+def test_logs_of_a_function_do_not_fetch_its_outputs(cli: Any, tmp_path: Path) -> None:
+    """``spanfaas logs NAME`` fetched every listed invocation's output to show none of them:
+    ten 15 MiB results took 8 s, 0.85 GB in the CLI and 3.4 GB more in the gateway."""
+    cli("deploy", fn_dir(tmp_path, "bulky", "def handler(event, context):\n    print('made it')\n    return b'z' * 300_000\n"))
+    for _ in range(2):
+        assert cli("invoke", "bulky", "--raw").exit_code == 0
+    r = cli("logs", "bulky", "--json")
+    assert r.exit_code == 0, r.stderr
+    records = json.loads(r.stdout)["invocations"]
+    assert len(records) == 2 and all("made it" in rec["logs"] for rec in records)
+    assert all("output_base64" not in rec and "result" not in rec for rec in records), [sorted(rec) for rec in records]
+    assert len(r.stdout) < 10_000
+    one = cli("logs", records[0]["id"], "--json")  # one invocation by id: the whole record
+    assert "output_base64" in json.loads(one.stdout)["invocations"][0]
+
+
 # -- errors say what to fix --------------------------------------------------------------
 
 
