@@ -34,7 +34,7 @@ from spanfaas.gateway.views import (
     invocation_view,
     token_view,
 )
-from spanfaas.model import FunctionRecord, InfraInfo
+from spanfaas.model import FunctionRecord, InfraInfo, InvocationRecord
 from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
 
 if TYPE_CHECKING:
@@ -156,6 +156,19 @@ def _known_query(request: Request, known: tuple[str, ...]) -> None:
             raise InvalidRequest(f"{name} is given {len(values)} times; give it once")
 
 
+def _with_unsaved(
+    records: list[InvocationRecord], unsaved: list[InvocationRecord], function: str | None, status: str | None, limit: int
+) -> list[InvocationRecord]:
+    """The stored ``records`` with the newer versions waiting for the store over them, as one listing."""
+    by_id = {r.id: r for r in records}
+    for r in unsaved:
+        if (function is None or r.function == function) and (status is None or r.status == status):
+            by_id[r.id] = r
+        else:
+            by_id.pop(r.id, None)
+    return sorted(by_id.values(), key=lambda r: r.created_at, reverse=True)[:limit]
+
+
 async def list_invocations(gw: Gateway, request: Request) -> Response:
     _known_query(request, _LISTING)
     q = request.query_params
@@ -179,8 +192,10 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
         ):
             deployed = ", ".join(sorted(gw.registry.functions)) or "none"
             raise NotFound(f"function '{function}' not found and has no invocations; deployed: {deployed}")
-    await gw.recorder.flush()
+    stored = await gw.recorder.try_flush()
     records = await asyncio.to_thread(functools.partial(gw.store.list_invocations, function, limit, status, outputs=outputs))
+    if not stored:  # the store cannot take the records of sync calls now: they wait, and are shown
+        records = _with_unsaved(records, gw.recorder.unsaved_records(mode="sync"), function, status, limit)
     return json(InvocationList(invocations=[invocation_view(r, output=outputs) for r in records]))
 
 
