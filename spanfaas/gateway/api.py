@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,12 +37,14 @@ from spanfaas.gateway.views import (
 )
 from spanfaas.model import FunctionRecord, InfraInfo, InvocationRecord
 from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
+from spanfaas.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
 __all__ = ["Endpoint", "Param", "endpoints", "routes"]
 
+log = logging.getLogger("spanfaas.gateway")
 _encode = msgspec.json.Encoder().encode
 _NAME = r"{name:str}"
 
@@ -265,7 +268,11 @@ async def info(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
-    depth = await asyncio.to_thread(gw.store.queue_depth)
+    depth: int | None = None
+    try:
+        depth = await asyncio.to_thread(gw.store.queue_depth)
+    except StoreUnavailable as exc:  # the rest is in memory: served, the store said down
+        log.warning("/metrics: the async queue's depth is unknown: %s", exc)
     body = gw.metrics.render(await _infos(gw), depth)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 

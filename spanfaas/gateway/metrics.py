@@ -97,7 +97,8 @@ class Metrics:
         r = self.registry
         self._inv = _Invocations()
         r.register(self._inv)
-        self.queue_depth = Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run", registry=r)
+        self.queue_depth = Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run (NaN: the store is down)", registry=r)
+        self.store_up = Gauge("spanfaas_store_up", "1 when the store answered this scrape, 0 when it is down", registry=r)
         self.instances = Gauge("spanfaas_instances", "Live instances per infrastructure", ["infra"], registry=r)
         self.functions = Gauge("spanfaas_functions", "Deployed functions per infrastructure", ["infra"], registry=r)
         self._ok: dict[str, tuple[_Count, _Histogram]] = {}
@@ -130,8 +131,10 @@ class Metrics:
         self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
         self._inv.count(self._inv.errors, (fn, kind)).value += 1
 
-    def render(self, infos: list[InfraInfo], queue_depth: int) -> bytes:
-        self.queue_depth.set(queue_depth)
+    def render(self, infos: list[InfraInfo], queue_depth: int | None) -> bytes:
+        """The exposition; ``queue_depth`` None: the store could not say (it is down)."""
+        self.queue_depth.set(float("nan") if queue_depth is None else queue_depth)
+        self.store_up.set(0 if queue_depth is None else 1)
         for info in infos:
             self.instances.labels(info.name).set(info.instances)
             self.functions.labels(info.name).set(info.functions)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app, pack_function
+from spanfaas.gateway.auth import issue_token
 from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.store.postgres import PostgresStore
 from spanfaas.model import InfraInfo, Protection
 
 pytestmark = pytest.mark.asyncio
@@ -137,3 +144,39 @@ async def test_unexpected_errors_do_not_leak(client: httpx.AsyncClient, infra: I
     assert "secret" not in r.text and "RuntimeError" not in r.text
     ref = r.json()["detail"].rsplit(" ", 1)[-1]
     assert ref in caplog.text and "secret internal state" in caplog.text
+
+
+@pytest.mark.postgres
+async def test_metrics_are_served_while_the_store_is_down(
+    settings: Settings, admin_token: str, fn_dir: Callable[..., Path], postgres_db: str, postgres_url: str
+) -> None:
+    """/metrics read the async queue's depth from the store first, so with the store down the
+    scrape was a 503 and Prometheus lost every metric -- the invocation counters and latencies
+    the gateway keeps in memory too -- just when the operator needs them; now the depth is
+    NaN, spanfaas_store_up says 0, and the rest is served."""
+    store = PostgresStore(postgres_db)
+    token = issue_token(store, "admin", ["admin"])[1]
+    db = postgres_db.rsplit("/", 1)[1]
+    app = create_app(settings, store, InMemoryInfrastructure())
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {token}"}
+        ) as client:
+            assert (await client.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+            assert (await client.post("/v1/functions/hello/invoke", json={})).status_code == 200
+            up = (await client.get("/metrics")).text
+            assert "spanfaas_async_queue_depth 0.0" in up and "spanfaas_store_up 1.0" in up, up
+            with psycopg.connect(postgres_url, autocommit=True) as admin:  # the store goes away
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+            try:
+                r = await client.get("/metrics")
+                assert r.status_code == 200, r.text
+                assert 'spanfaas_invocations_total{function="hello",status="succeeded"} 1.0' in r.text
+                assert "spanfaas_async_queue_depth NaN" in r.text and "spanfaas_store_up 0.0" in r.text, r.text
+            finally:
+                with psycopg.connect(postgres_url, autocommit=True) as admin:
+                    admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+            assert "spanfaas_store_up 1.0" in (await client.get("/metrics")).text
+    finally:
+        store.close()
