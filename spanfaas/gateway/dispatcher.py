@@ -214,7 +214,12 @@ class Dispatcher:
             event = record.event.attributes if record.event is not None else None
             ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type, event=event)
             t0 = time.perf_counter()
-            result = await self.infra.invoke(fn.spec, record.payload, ctx)
+            in_flight = self.metrics.in_flight
+            in_flight[record.function] = in_flight.get(record.function, 0) + 1
+            try:
+                result = await self.infra.invoke(fn.spec, record.payload, ctx)
+            finally:
+                in_flight[record.function] -= 1
         except asyncio.CancelledError:
             if self._stopping:  # shutting down: back to the queue for the next gateway, this start not counted
                 self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None, attempts=record.attempts - 1))

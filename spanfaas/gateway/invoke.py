@@ -202,6 +202,8 @@ class InvokeEndpoint:
             )
 
         t0 = time.perf_counter()
+        in_flight = gw.metrics.in_flight
+        in_flight[name] = in_flight.get(name, 0) + 1
         try:
             result = await gw.infra.invoke(fn.spec, body, ctx)
         except TooManyRequests:
@@ -231,6 +233,8 @@ class InvokeEndpoint:
             cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
             record_infra_failure(cut)
             raise cut from None
+        finally:
+            in_flight[name] -= 1
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
         if prewarmed:

@@ -58,6 +58,9 @@ class _Invocations:
         self.errors: dict[tuple[str, ...], _Count] = {}
         self.durations: dict[str, _Histogram] = {}
         self.cold_starts: dict[tuple[str, ...], _Count] = {}
+        self.in_flight: dict[str, int] = {}
+        """Per function, the calls sent to an infrastructure and not answered yet (the gateway's
+        hot path counts them up and down around ``infra.invoke``)."""
 
     @staticmethod
     def count(counts: dict[tuple[str, ...], _Count], key: tuple[str, ...]) -> _Count:
@@ -82,6 +85,14 @@ class _Invocations:
         yield hist
         yield created
         yield _counter("spanfaas_cold_starts", "Invocations that started a new instance", ["function"], self.cold_starts)
+        in_flight = GaugeMetricFamily(
+            "spanfaas_invocations_in_flight",
+            "Invocations (sync and async) sent to an infrastructure and not answered yet: waiting for an instance, or running",
+            labels=["function"],
+        )
+        for fn, n in list(self.in_flight.items()):
+            in_flight.add_metric([fn], n)
+        yield in_flight
 
 
 def _counter(name: str, doc: str, labels: list[str], counts: dict[tuple[str, ...], _Count]) -> CounterMetricFamily:
@@ -102,6 +113,7 @@ class Metrics:
         self.instances = Gauge("spanfaas_instances", "Live instances per infrastructure", ["infra"], registry=r)
         self.functions = Gauge("spanfaas_functions", "Deployed functions per infrastructure", ["infra"], registry=r)
         self._ok: dict[str, tuple[_Count, _Histogram]] = {}
+        self.in_flight = self._inv.in_flight
 
     def observe(self, fn: str, result: Result, seconds: float) -> None:
         """Count one invocation that reached the function (hot path: one dict lookup when it succeeded)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -180,3 +181,35 @@ async def test_metrics_are_served_while_the_store_is_down(
             assert "spanfaas_store_up 1.0" in (await client.get("/metrics")).text
     finally:
         store.close()
+
+
+async def test_metrics_count_the_invocations_in_flight(client: httpx.AsyncClient, fn_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """spanfaas_async_queue_depth counts only what waits in the store: async invocations the
+    dispatcher claimed (up to async_workers) and every sync call waiting for an instance were
+    nowhere -- a probe saw depth 0 with 12 async invocations waiting for a full function."""
+    go = tmp_path / "go"
+    code = (
+        "import asyncio, os\n"
+        "async def handler(event, context):\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        await asyncio.sleep(0.01)\n"
+        "    return {}\n"
+    )
+    r = await client.put("/v1/functions/hold", content=pack_function(fn_dir("hold", code)))
+    assert r.status_code == 201, r.text
+    sync = [asyncio.create_task(client.post("/v1/functions/hold/invoke", json={})) for _ in range(2)]
+    queued = (await client.post("/v1/functions/hold/invoke?mode=async", json={})).json()["id"]
+    for _ in range(1000):  # a hang guard: until the three calls reach the function
+        text = (await client.get("/metrics")).text
+        if 'spanfaas_invocations_in_flight{function="hold"} 3.0' in text:
+            break
+        await asyncio.sleep(0.01)
+    assert 'spanfaas_invocations_in_flight{function="hold"} 3.0' in text, text
+    assert "spanfaas_async_queue_depth 0.0" in text  # claimed: no longer in the store's queue
+    go.touch()
+    assert [(await t).status_code for t in sync] == [200, 200]
+    for _ in range(1000):
+        if (await client.get(f"/v1/invocations/{queued}")).json()["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.01)
+    assert 'spanfaas_invocations_in_flight{function="hold"} 0.0' in (await client.get("/metrics")).text
