@@ -64,6 +64,7 @@ __all__ = [
     "Unauthorized",
     "ValueRefused",
     "WaitTimeout",
+    "error_class",
     "error_from_problem",
     "format_size",
     "format_sizes",
@@ -272,6 +273,14 @@ def _class_for_status(status: object) -> type[SpanfaasError]:
     if isinstance(status, int) and 400 <= status < 500:
         return InvalidRequest
     return SpanfaasError
+
+
+def error_class(name: str) -> type[SpanfaasError] | None:
+    """The error of this module named ``name`` (as a record's ``ErrorInfo.type`` names it), if any."""
+    for cls in _all_subclasses(SpanfaasError):
+        if cls.__name__ == name and cls.__module__ == __name__:  # not a subclass some other module defines
+            return cls
+    return None
 
 
 def error_from_problem(doc: dict[str, Any]) -> SpanfaasError:

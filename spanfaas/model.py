@@ -460,6 +460,10 @@ class Result(Struct, frozen=True, kw_only=True):
             "crashed": errors.FunctionCrashed,
             "infra": errors.InfraError,
         }[self.error.kind]
+        if self.error.kind == "infra":  # the platform's error that ended it, by name: not found is not a failure
+            named = errors.error_class(self.error.type)
+            if named is not None and issubclass(named, (errors.InfraError, errors.NotFound)):
+                cls = named
         msg = self.error.message or self.error.kind
         if self.error.type:
             msg = f"{self.error.type}: {msg}"

@@ -31,6 +31,7 @@ from spanfaas.cli.output import (
     print_done,
     print_json,
     print_value,
+    shown,
 )
 
 __all__ = ["deploy", "info", "invoke", "logs", "ls", "protection_table", "result", "rm"]
@@ -248,10 +249,10 @@ def logs(
         )
         console.print(f"[bold]── {head}[/bold]")
         text = str(rec.get("logs") or "").rstrip()
-        console.print(escape(text) if text else "[dim](no output)[/dim]")
+        console.print(shown(text) if text else "[dim](no output)[/dim]")
         error = rec.get("error")
         if error:
-            console.print(f"[red]{escape(str(error.get('type') or error.get('kind')))}: {escape(str(error.get('message', '')))}[/red]")
+            console.print(f"[red]{shown(str(error.get('type') or error.get('kind')))}: {shown(str(error.get('message', '')))}[/red]")
 
 
 @handle_errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ __all__ = [
     "out_console",
     "print_json",
     "print_value",
+    "shown",
 ]
 
 P = ParamSpec("P")
@@ -55,6 +57,17 @@ def out_console() -> Console:
 
 def err_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """What a function wrote (its logs, its error's message and traceback), ready for Rich:
+    markup escaped, and control characters as ``\\x1b``, so that ESC sequences do not act
+    on the user's terminal (clear it, retitle it) and a carriage return hides nothing.
+    New lines and tabs stay; a CRLF line end is a new line."""
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n")))
 
 
 def print_json(doc: Any) -> None:
@@ -112,15 +125,15 @@ def fail(exc: SpanfaasError | TimeoutError, *, as_json: bool) -> NoReturn:
     if as_json:
         print_json(problem)
     console = err_console()
-    console.print(f"[bold red]error:[/bold red] [red]{escape(message)}[/red]")
+    console.print(f"[bold red]error:[/bold red] [red]{shown(message)}[/red]")
     if isinstance(exc, FunctionFailed) and not as_json:
         trace = str(exc.extra.get("traceback") or "").rstrip()
         logs = str(exc.extra.get("logs") or "").rstrip()
         if trace:
-            console.print(f"[dim]{escape(trace)}[/dim]")
+            console.print(f"[dim]{shown(trace)}[/dim]")
         if logs:
             console.print("[dim]── logs ──[/dim]")
-            console.print(escape(logs))
+            console.print(shown(logs))
         if exc.extra.get("invocation_id"):
             console.print(f"[dim]invocation {escape(str(exc.extra['invocation_id']))}[/dim]")
     raise typer.Exit(code)

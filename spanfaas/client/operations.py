@@ -474,10 +474,12 @@ def health() -> Op[bool]:
     return resp is not None and resp.status_code == 200
 
 
-def invocations(function: str | None = None, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
+def invocations(function: str | None = None, *, limit: int = 20, outputs: bool = True) -> Op[list[dict[str, Any]]]:
     params = {"limit": str(limit)}
     if function is not None:
         params["function"] = function
+    if not outputs:  # logs and statuses only: a function's results may be large
+        params["output"] = "false"
     resp = yield Call("GET", "/v1/invocations", params=params)
     return _decode(resp)["invocations"]  # type: ignore[no-any-return]
 
@@ -491,7 +493,7 @@ def logs(name_or_id: str, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
     except NotFound:
         pass
     try:
-        return (yield from invocations(name_or_id, limit=limit))
+        return (yield from invocations(name_or_id, limit=limit, outputs=False))
     except NotFound:
         raise NotFound(
             f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,14 +35,16 @@ from spanfaas.gateway.views import (
     invocation_view,
     token_view,
 )
-from spanfaas.model import FunctionRecord, InfraInfo
+from spanfaas.model import FunctionRecord, InfraInfo, InvocationRecord
 from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
+from spanfaas.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
 __all__ = ["Endpoint", "Param", "endpoints", "routes"]
 
+log = logging.getLogger("spanfaas.gateway")
 _encode = msgspec.json.Encoder().encode
 _NAME = r"{name:str}"
 
@@ -140,7 +143,37 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
     return json(invocation_view(record))
 
 
+_LISTING = ("function", "status", "limit", "output")
+
+
+def _known_query(request: Request, known: tuple[str, ...]) -> None:
+    """Refuse a query parameter the endpoint does not take (a typo would filter nothing), or one given twice."""
+    q = request.query_params
+    takes = ", ".join(known[:-1]) + f" and {known[-1]}" if len(known) > 1 else known[0]
+    for name in q:
+        if name not in known:
+            hint = " (there is no paging: ask for the newest, up to limit=1000, and narrow with function and status)" \
+                if name in ("cursor", "page", "offset", "after", "before", "next", "page_token") else ""
+            raise InvalidRequest(f"unknown query parameter {name!r}; {request.url.path} takes {takes}{hint}")
+        if len(values := q.getlist(name)) > 1:
+            raise InvalidRequest(f"{name} is given {len(values)} times; give it once")
+
+
+def _with_unsaved(
+    records: list[InvocationRecord], unsaved: list[InvocationRecord], function: str | None, status: str | None, limit: int
+) -> list[InvocationRecord]:
+    """The stored ``records`` with the newer versions waiting for the store over them, as one listing."""
+    by_id = {r.id: r for r in records}
+    for r in unsaved:
+        if (function is None or r.function == function) and (status is None or r.status == status):
+            by_id[r.id] = r
+        else:
+            by_id.pop(r.id, None)
+    return sorted(by_id.values(), key=lambda r: r.created_at, reverse=True)[:limit]
+
+
 async def list_invocations(gw: Gateway, request: Request) -> Response:
+    _known_query(request, _LISTING)
     q = request.query_params
     function = q.get("function")
     status = q.get("status")
@@ -152,15 +185,21 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
         raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
     if status is not None and status not in ("queued", "running", "succeeded", "failed"):
         raise InvalidRequest(f"status={status!r} is not known; use queued, running, succeeded or failed")
+    output = q.get("output", "true")
+    if output not in ("true", "false"):
+        raise InvalidRequest(f"output={output!r} is not known; use output=true (default) or output=false (no results)")
+    outputs = output == "true"
     if function is not None and function not in gw.registry.functions:
         if await asyncio.to_thread(gw.store.get_function, function) is None and not await asyncio.to_thread(
-            gw.store.list_invocations, function, 1
+            gw.store.list_invocations, function, 1, outputs=False
         ):
             deployed = ", ".join(sorted(gw.registry.functions)) or "none"
             raise NotFound(f"function '{function}' not found and has no invocations; deployed: {deployed}")
-    await gw.recorder.flush()
-    records = await asyncio.to_thread(gw.store.list_invocations, function, limit, status)
-    return json(InvocationList(invocations=[invocation_view(r) for r in records]))
+    stored = await gw.recorder.try_flush()
+    records = await asyncio.to_thread(functools.partial(gw.store.list_invocations, function, limit, status, outputs=outputs))
+    if not stored:  # the store cannot take the records of sync calls now: they wait, and are shown
+        records = _with_unsaved(records, gw.recorder.unsaved_records(mode="sync"), function, status, limit)
+    return json(InvocationList(invocations=[invocation_view(r, output=outputs) for r in records]))
 
 
 # -- tokens ----------------------------------------------------------------------------
@@ -229,7 +268,11 @@ async def info(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
-    depth = await asyncio.to_thread(gw.store.queue_depth)
+    depth: int | None = None
+    try:
+        depth = await asyncio.to_thread(gw.store.queue_depth)
+    except StoreUnavailable as exc:  # the rest is in memory: served, the store said down
+        log.warning("/metrics: the async queue's depth is unknown: %s", exc)
     body = gw.metrics.render(await _infos(gw), depth)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -285,7 +328,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  tag="invocations",
                  params=(Param("function", "query", "only this function's"),
                          Param("status", "query", "only these", {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),
-                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "default": 50})),
+                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+                         Param("output", "query", "false leaves the outputs (result, output_base64) out: logs and statuses "
+                               "without large results", {"type": "boolean", "default": True})),
                  response=InvocationList, errors=(400, 401, 403, 404)),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",

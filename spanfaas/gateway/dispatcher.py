@@ -35,7 +35,7 @@ from typing import Protocol
 import msgspec
 
 from spanfaas.config import Settings
-from spanfaas.errors import InfraError, SpanfaasError, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, SpanfaasError, TooManyRequests
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
 from spanfaas.store import Store, StoreUnavailable
@@ -214,7 +214,12 @@ class Dispatcher:
             event = record.event.attributes if record.event is not None else None
             ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type, event=event)
             t0 = time.perf_counter()
-            result = await self.infra.invoke(fn.spec, record.payload, ctx)
+            in_flight = self.metrics.in_flight
+            in_flight[record.function] = in_flight.get(record.function, 0) + 1
+            try:
+                result = await self.infra.invoke(fn.spec, record.payload, ctx)
+            finally:
+                in_flight[record.function] -= 1
         except asyncio.CancelledError:
             if self._stopping:  # shutting down: back to the queue for the next gateway, this start not counted
                 self.recorder.add(_replace(record, status="queued", not_before=0.0, started_at=None, attempts=record.attempts - 1))
@@ -232,7 +237,7 @@ class Dispatcher:
                 log.error("async invocation %s: unexpected error from the platform", record.id, exc_info=exc)
                 exc = InfraError(f"unexpected {type(exc).__name__}: {exc}")
             if record.event is not None and self.events is not None:
-                self.metrics.infra_failed(record.function)
+                self.metrics.infra_failed(record.function, "not_found" if isinstance(exc, FunctionNotFound) else "infra")
                 error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
                 failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
                 await self._settle(record, failed)
@@ -313,7 +318,8 @@ class Dispatcher:
 
     def _platform_failed(self, record: InvocationRecord, exc: SpanfaasError, started: float) -> None:
         error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
-        self.metrics.infra_failed(record.function)
+        # removed before it ran: failed, not the platform's failure (its type says so to the client)
+        self.metrics.infra_failed(record.function, "not_found" if isinstance(exc, FunctionNotFound) else "infra")
         retries = self.settings.async_retries
         failures = record.attempts - record.reruns  # a re-run after a crash is not a retry
         if isinstance(exc, InfraError) and failures <= retries:

@@ -239,7 +239,7 @@ def event_endpoints() -> list[Endpoint]:
         Endpoint("GET", "/v1/events/dlq", list_dead_letters, "Event invocations that failed every attempt",
                  scope="deploy", tag="events",
                  params=(Param("function", "query", "only this function's"),
-                         Param("limit", "query", "at most this many (1-1000, default 100)", {"type": "integer", "default": 100})),
+                         Param("limit", "query", "at most this many (1-1000, default 100)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})),
                  response=DeadLetterList, errors=(400, 401, 403)),
         Endpoint("POST", "/v1/events/dlq/{id:str}/replay", replay_dead_letter,
                  "Queue a dead letter again (a new invocation); it leaves the dead-letter store",

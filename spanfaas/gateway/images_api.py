@@ -241,7 +241,7 @@ def image_endpoints() -> list[Endpoint]:
         Endpoint("GET", "/v1/images/audit", audit, "Who changed the curated lists, the policy and the images, when, and what",
                  scope="admin", tag="images",
                  params=(Param("target", "query", "only changes of this list (and its packages), 'policy', or an image id"),
-                         Param("limit", "query", "at most this many, newest first (default 100)", {"type": "integer", "default": 100})),
+                         Param("limit", "query", "at most this many, newest first (1-10000, default 100)", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100})),
                  response=AuditList, errors=(400, 401, 403)),
         Endpoint("GET", "/v1/images/policy", get_policy, "The image policy", scope="deploy", tag="images",
                  response=ImagePolicy, errors=(401, 403)),

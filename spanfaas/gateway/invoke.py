@@ -19,6 +19,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from spanfaas.errors import (
+    FunctionNotFound,
     IdempotencyKeyReused,
     InfraUnavailable,
     InvalidPayload,
@@ -201,6 +202,8 @@ class InvokeEndpoint:
             )
 
         t0 = time.perf_counter()
+        in_flight = gw.metrics.in_flight
+        in_flight[name] = in_flight.get(name, 0) + 1
         try:
             result = await gw.infra.invoke(fn.spec, body, ctx)
         except TooManyRequests:
@@ -210,6 +213,14 @@ class InvokeEndpoint:
             gw.metrics.refused(name)
             raise
         except SpanfaasError as exc:
+            if name not in gw.registry.functions:
+                # Removed (``rm``) while this call arrived or waited: no function to run, as for
+                # a name never deployed -- not the platform's failure, nothing to record or count.
+                deployed = ", ".join(sorted(gw.registry.functions)) or "none"
+                raise FunctionNotFound(
+                    f"function '{name}' was removed while this invocation waited to run ({exc.message}); "
+                    f"deployed: {deployed}"
+                ) from None
             gw.metrics.infra_failed(name)
             record_infra_failure(exc)
             exc.extra.setdefault("invocation_id", invocation_id)
@@ -222,6 +233,8 @@ class InvokeEndpoint:
             cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
             record_infra_failure(cut)
             raise cut from None
+        finally:
+            in_flight[name] -= 1
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
         if prewarmed:

@@ -58,6 +58,9 @@ class _Invocations:
         self.errors: dict[tuple[str, ...], _Count] = {}
         self.durations: dict[str, _Histogram] = {}
         self.cold_starts: dict[tuple[str, ...], _Count] = {}
+        self.in_flight: dict[str, int] = {}
+        """Per function, the calls sent to an infrastructure and not answered yet (the gateway's
+        hot path counts them up and down around ``infra.invoke``)."""
 
     @staticmethod
     def count(counts: dict[tuple[str, ...], _Count], key: tuple[str, ...]) -> _Count:
@@ -82,6 +85,14 @@ class _Invocations:
         yield hist
         yield created
         yield _counter("spanfaas_cold_starts", "Invocations that started a new instance", ["function"], self.cold_starts)
+        in_flight = GaugeMetricFamily(
+            "spanfaas_invocations_in_flight",
+            "Invocations (sync and async) sent to an infrastructure and not answered yet: waiting for an instance, or running",
+            labels=["function"],
+        )
+        for fn, n in list(self.in_flight.items()):
+            in_flight.add_metric([fn], n)
+        yield in_flight
 
 
 def _counter(name: str, doc: str, labels: list[str], counts: dict[tuple[str, ...], _Count]) -> CounterMetricFamily:
@@ -97,10 +108,12 @@ class Metrics:
         r = self.registry
         self._inv = _Invocations()
         r.register(self._inv)
-        self.queue_depth = Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run", registry=r)
+        self.queue_depth = Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run (NaN: the store is down)", registry=r)
+        self.store_up = Gauge("spanfaas_store_up", "1 when the store answered this scrape, 0 when it is down", registry=r)
         self.instances = Gauge("spanfaas_instances", "Live instances per infrastructure", ["infra"], registry=r)
         self.functions = Gauge("spanfaas_functions", "Deployed functions per infrastructure", ["infra"], registry=r)
         self._ok: dict[str, tuple[_Count, _Histogram]] = {}
+        self.in_flight = self._inv.in_flight
 
     def observe(self, fn: str, result: Result, seconds: float) -> None:
         """Count one invocation that reached the function (hot path: one dict lookup when it succeeded)."""
@@ -124,12 +137,16 @@ class Metrics:
         """Count one invocation refused because the function was full (429): it did not run."""
         self._inv.count(self._inv.outcomes, (fn, "refused")).value += 1
 
-    def infra_failed(self, fn: str) -> None:
+    def infra_failed(self, fn: str, kind: str = "infra") -> None:
+        """Count one invocation that failed before it reached the function: the platform's
+        failure (``infra``), or ``not_found`` (the function was removed before it ran)."""
         self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
-        self._inv.count(self._inv.errors, (fn, "infra")).value += 1
+        self._inv.count(self._inv.errors, (fn, kind)).value += 1
 
-    def render(self, infos: list[InfraInfo], queue_depth: int) -> bytes:
-        self.queue_depth.set(queue_depth)
+    def render(self, infos: list[InfraInfo], queue_depth: int | None) -> bytes:
+        """The exposition; ``queue_depth`` None: the store could not say (it is down)."""
+        self.queue_depth.set(float("nan") if queue_depth is None else queue_depth)
+        self.store_up.set(0 if queue_depth is None else 1)
         for info in infos:
             self.instances.labels(info.name).set(info.instances)
             self.functions.labels(info.name).set(info.functions)

@@ -62,6 +62,10 @@ class Recorder:
         self._writing: dict[str, InvocationRecord] = {}
         self._wake = asyncio.Event()
         self._flushers: list[asyncio.Future[None]] = []
+        self._tries: list[asyncio.Future[bool]] = []
+        """Callers of ``try_flush``: told after the next write round whether it stored."""
+        self.failing = False
+        """The last write round failed: the store cannot take records now (they wait)."""
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
         self._inflight_records: list[InvocationRecord] = []
@@ -84,6 +88,10 @@ class Recorder:
     def get(self, id: str) -> InvocationRecord | None:
         return self._pending.get(id) or self._writing.get(id)
 
+    def unsaved_records(self, *, mode: Literal["sync", "async"]) -> list[InvocationRecord]:
+        """The records of ``mode`` added and not stored yet (the latest of each)."""
+        return [r for r in {**self._writing, **self._pending}.values() if r.mode == mode]
+
     def unsaved(self, *, mode: Literal["sync", "async"]) -> list[str]:
         """Ids of the records of ``mode`` added and not stored yet."""
         return list({id: None for batch in (self._writing, self._pending) for id, r in batch.items() if r.mode == mode})
@@ -99,6 +107,18 @@ class Recorder:
         self._flushers.append(fut)
         self._wake.set()
         await fut
+
+    async def try_flush(self) -> bool:
+        """Store every record added so far, as ``flush``; but False, not a wait, once the store
+        fails to take them (at once if the last round failed): the records wait, the caller does not."""
+        if not self._pending and not self._writing:
+            return True
+        if self.failing or self._task is None or self._task.done():
+            return False
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._tries.append(fut)
+        self._wake.set()
+        return await fut
 
     async def close(self) -> None:
         if self._task is not None:
@@ -121,6 +141,10 @@ class Recorder:
             if not fut.done():
                 fut.set_result(None)
         self._flushers = []
+        for tried in self._tries:
+            if not tried.done():
+                tried.set_result(not self._pending)
+        self._tries = []
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -128,11 +152,17 @@ class Recorder:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if not self._flushers:
+            if not self._flushers and not self._tries:
                 await asyncio.sleep(self.interval)  # let a batch gather
             self._wake.clear()  # from now on, an add wakes the next round
             flushers, self._flushers = self._flushers, []
-            if await self._write_round():
+            tries, self._tries = self._tries, []
+            stored = await self._write_round()
+            self.failing = not stored
+            for tried in tries:
+                if not tried.done():
+                    tried.set_result(stored)
+            if stored:
                 for fut in flushers:
                     if not fut.done():
                         fut.set_result(None)

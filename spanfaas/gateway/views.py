@@ -141,7 +141,8 @@ def token_view(t: TokenRecord) -> TokenView:
     return TokenView(id=t.id, name=t.name, scopes=list(t.scopes), created_at=t.created_at)
 
 
-def invocation_view(r: InvocationRecord) -> InvocationView:
+def invocation_view(r: InvocationRecord, *, output: bool = True) -> InvocationView:
+    """The record as the API shows it; without its output (``result``, ``output_base64``) unless ``output``."""
     duration = r.duration_ms
     if duration is None and r.finished_at is not None and r.started_at is not None:
         duration = (r.finished_at - r.started_at) * 1000
@@ -162,6 +163,8 @@ def invocation_view(r: InvocationRecord) -> InvocationView:
         cold=r.cold,
         reruns=r.reruns,
     )
+    if not output:
+        return view
     if r.status in ("succeeded", "failed") and r.output:
         if is_json(r.output_type):
             view.result = Raw(r.output)

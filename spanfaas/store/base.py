@@ -120,9 +120,9 @@ class Store(EventStore, ImageStore, Protocol):
     def get_invocation(self, id: str) -> InvocationRecord | None: ...
 
     def list_invocations(
-        self, function: str | None = None, limit: int = 50, status: str | None = None
+        self, function: str | None = None, limit: int = 50, status: str | None = None, *, outputs: bool = True
     ) -> list[InvocationRecord]:
-        """Newest first; payloads are left out."""
+        """Newest first; payloads are left out, and outputs too unless ``outputs``."""
         ...
 
     # -- the durable async queue ----------------------------------------------

@@ -26,6 +26,7 @@ INV_COLS = (
     "duration_ms, cold, event, reruns"
 )
 _INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
+_INV_BARE_COLS = _INV_LIST_COLS.replace(" output,", " NULL AS output,")
 _INV_SLOTS = ", ".join("?" * len(INV_COLS.split(",")))
 _INV_UPDATE = ", ".join(
     f"{c} = excluded.{c}" for c in (s.strip() for s in INV_COLS.split(",")) if c != "id"
@@ -340,7 +341,7 @@ class SQLStore:
         return _invocation(row) if row else None
 
     def list_invocations(
-        self, function: str | None = None, limit: int = 50, status: str | None = None
+        self, function: str | None = None, limit: int = 50, status: str | None = None, *, outputs: bool = True
     ) -> list[InvocationRecord]:
         where, args = [], []
         if function is not None:
@@ -352,7 +353,7 @@ class SQLStore:
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         with self._read() as cur:
             cur.execute(
-                self._q(f"SELECT {_INV_LIST_COLS} FROM invocations {clause}ORDER BY created_at DESC LIMIT ?"),
+                self._q(f"SELECT {_INV_LIST_COLS if outputs else _INV_BARE_COLS} FROM invocations {clause}ORDER BY created_at DESC LIMIT ?"),
                 (*args, int(limit)),
             )
             return [_invocation(r) for r in cur.fetchall()]

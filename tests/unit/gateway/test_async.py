@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from spanfaas.client.operations import error_from_record
 from spanfaas.config import Settings
+from spanfaas.errors import FunctionNotFound
 from spanfaas.gateway import create_app, pack_function
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import InvocationRecord
@@ -368,3 +370,25 @@ async def test_an_async_invocation_the_store_refuses_is_a_422_that_says_what_to_
     assert "IntegrityError: CHECK constraint failed: poison" in doc["detail"], doc
     assert "not queued" in doc["detail"] and "change" in doc["detail"], doc
     assert ok.status_code == 202 and (await wait_done(client, ok.json()["id"]))["status"] == "succeeded"
+
+
+async def test_an_invocation_queued_before_its_function_was_removed_fails_as_not_found(
+    client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore, gateway: Any
+) -> None:
+    """Queued, then ``rm`` before it ran: it failed as the platform's failure (kind 'infra'),
+    counted in spanfaas_invocation_errors_total{kind="infra"}, and ``spanfaas result`` exited 7
+    ('the platform failed') with a 502 infra-error problem."""
+    assert (await client.delete("/v1/functions/hello")).status_code == 204
+    queued = InvocationRecord(id="q-before-rm", function="hello", status="queued", mode="async",
+                              content_type="application/json", payload=b"{}", created_at=time.time())  # fmt: skip
+    store.enqueue_many([queued])  # as the 202 of an async invoke had left it before the rm
+    gateway.dispatcher.wake()
+    view = await wait_done(client, "q-before-rm")
+    assert view["status"] == "failed" and view["attempts"] == 1, view
+    assert view["error"]["type"] == "FunctionNotFound", view
+    err = error_from_record(view)
+    assert isinstance(err, FunctionNotFound) and err.exit_code == 4 and err.status == 404, err
+    metrics = (await client.get("/metrics")).text
+    assert 'kind="infra"' not in metrics, metrics
+    assert 'spanfaas_invocation_errors_total{function="hello",kind="not_found"} 1.0' in metrics, metrics
+    assert 'spanfaas_invocations_total{function="hello",status="failed"} 1.0' in metrics

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from spanfaas.gateway import pack_function
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
+from spanfaas.infra.base import Infrastructure
 from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.scheduler import SpanningInfrastructure
 from spanfaas.store import SQLiteStore
 
 pytestmark = pytest.mark.asyncio
@@ -189,6 +192,43 @@ async def test_listing_bad_queries(client: httpx.AsyncClient, hello: dict[str, o
     assert r.status_code == 404 and r.json()["type"].endswith("/invocation-not-found")
 
 
+async def test_a_listing_query_it_does_not_know_is_refused_by_name(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    """A mistyped filter (``fucntion=``) or a paging cursor the API does not have was ignored:
+    the answer was every function's newest invocations, as if filtered or paged."""
+    await client.post("/v1/functions/hello/invoke", json={})
+    r = await client.get("/v1/invocations", params={"fucntion": "hello"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+    detail = r.json()["detail"]
+    assert "'fucntion'" in detail and "function, status, limit and output" in detail, detail
+    r = await client.get("/v1/invocations", params={"cursor": "abc", "limit": 5})
+    assert r.status_code == 400 and "'cursor'" in r.json()["detail"] and "no paging" in r.json()["detail"]
+    r = await client.get("/v1/invocations?limit=2&limit=3")
+    assert r.status_code == 400 and "limit is given 2 times" in r.json()["detail"], r.text
+    r = await client.get("/v1/invocations", params={"function": "hello", "status": "succeeded", "limit": 5})
+    assert r.status_code == 200 and len(r.json()["invocations"]) == 1
+
+
+async def test_a_listing_can_leave_the_outputs_out(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    """``output=false``: the logs and statuses of a function whose results are large, without
+    them (``spanfaas logs`` of ten 15 MiB results made the gateway grow from 0.4 to 3.8 GB)."""
+    big = b"x" * 40_000
+    for _ in range(3):
+        r = await client.post("/v1/functions/hello/invoke", content=big, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200 and len(r.content) == len(big)
+    await client.post("/v1/functions/hello/invoke", json={"name": "j"})
+    full = (await client.get("/v1/invocations", params={"function": "hello"})).json()["invocations"]
+    assert [("result" in v, "output_base64" in v) for v in full] == [(True, False)] + [(False, True)] * 3
+    r = await client.get("/v1/invocations", params={"function": "hello", "output": "false"})
+    assert r.status_code == 200, r.text
+    bare = r.json()["invocations"]
+    assert [v["id"] for v in bare] == [v["id"] for v in full]
+    assert all("result" not in v and "output_base64" not in v for v in bare), bare
+    assert all("hello log" in v["logs"] and v["status"] == "succeeded" for v in bare)
+    assert len(r.content) < 10_000
+    r = await client.get("/v1/invocations", params={"output": "no"})
+    assert r.status_code == 400 and "output=true" in r.json()["detail"] and "output=false" in r.json()["detail"]
+
+
 async def test_bad_mode(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
     r = await client.post("/v1/functions/hello/invoke?mode=later", json={})
     assert r.status_code == 400 and "mode=async" in r.json()["detail"]
@@ -242,3 +282,46 @@ async def test_the_event_a_placing_gateway_sends_is_the_functions_context_event(
     invoker = issue_token(store, "invoker", ["invoke"])[1]
     r = await client.post(url, json={}, headers={"x-spanfaas-event": json.dumps(attrs), "authorization": f"Bearer {invoker}"})
     assert r.status_code == 403 and "needs scope 'deploy'" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("spanning", [False, True], ids=["one-infra", "spanning"])
+async def test_a_function_removed_while_its_call_arrives_is_a_404_not_a_platform_failure(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], spanning: bool
+) -> None:
+    """``rm`` while an invocation's body was still arriving: the call found no function to run.
+    It was a 503 'infrastructure unavailable' (through the spanning scheduler) or a 404 counted
+    and recorded as a platform failure, which an operator's alert on infra errors would page for."""
+    memory = InMemoryInfrastructure()
+    infra: Infrastructure = memory
+    if spanning:
+        infra = SpanningInfrastructure([memory])
+        await infra.start()
+    app = create_app(settings, store, infra)
+    arrived, go_on = asyncio.Event(), asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"name":'
+        arrived.set()
+        await go_on.wait()
+        yield b'"x"}'
+
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {admin_token}"}
+    ) as client:
+        assert (await client.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        call = asyncio.create_task(
+            client.post("/v1/functions/hello/invoke", content=body(), headers={"content-type": "application/json"})
+        )
+        await arrived.wait()
+        assert (await client.delete("/v1/functions/hello")).status_code == 204
+        go_on.set()
+        r = await call
+        assert r.status_code == 404, r.text
+        problem = r.json()
+        assert r.headers["content-type"] == "application/problem+json"
+        assert problem["type"].endswith("/function-not-found") and "was removed" in problem["detail"], problem
+        metrics = (await client.get("/metrics")).text
+        assert 'kind="infra"' not in metrics and 'status="failed"' not in metrics, metrics
+        assert (await client.get("/v1/invocations")).json()["invocations"] == []  # nothing ran, nothing to look up
+    if isinstance(infra, SpanningInfrastructure):
+        await infra.close()

@@ -19,7 +19,10 @@ def _reference() -> tuple[CollectorRegistry, Counter, Counter, Histogram, Counte
         buckets=_BUCKETS, registry=r,
     )  # fmt: skip
     cold = Counter("spanfaas_cold_starts", "Invocations that started a new instance", ["function"], registry=r)
-    Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run", registry=r)
+    Gauge("spanfaas_invocations_in_flight", "Invocations (sync and async) sent to an infrastructure and not answered yet: "
+          "waiting for an instance, or running", ["function"], registry=r)  # fmt: skip
+    Gauge("spanfaas_async_queue_depth", "Async invocations waiting to run (NaN: the store is down)", registry=r)
+    Gauge("spanfaas_store_up", "1 when the store answered this scrape, 0 when it is down", registry=r).set(1)
     Gauge("spanfaas_instances", "Live instances per infrastructure", ["infra"], registry=r)
     Gauge("spanfaas_functions", "Deployed functions per infrastructure", ["infra"], registry=r)
     return r, inv, err, dur, cold

@@ -131,3 +131,19 @@ async def test_an_accepted_invocation_is_recorded_once_the_lock_is_let_go(
         assert time.monotonic() < deadline, view
         await asyncio.sleep(0.05)
     assert view["status"] == "succeeded" and view["result"] == {"hello": "kept"}, view
+
+
+async def test_a_listing_while_the_store_cannot_write_answers_at_once(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore
+) -> None:
+    """A sync call's record waits for the store; the listing waited for it too (it flushes
+    the recorder first), so while another process held the write lock it hung until the lock
+    was let go -- for ever, for a client without a timeout -- though reads go on (WAL)."""
+    with write_lock(store.path):
+        r = await client.post("/v1/functions/hello/invoke", json={"name": "waiting"})
+        assert r.status_code == 200
+        id = r.headers["x-spanfaas-invocation-id"]
+        listed = await asyncio.wait_for(client.get("/v1/invocations", params={"function": "hello"}), 20)  # a hang guard
+        assert listed.status_code == 200, listed.text
+        assert [v["id"] for v in listed.json()["invocations"]] == [id]  # the record waiting for the store, shown
+        assert listed.json()["invocations"][0]["result"] == {"hello": "waiting"}

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from spanfaas.config import Settings
+from spanfaas.gateway import create_app, pack_function
+from spanfaas.gateway.auth import issue_token
 from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.store.postgres import PostgresStore
 from spanfaas.model import InfraInfo, Protection
 
 pytestmark = pytest.mark.asyncio
@@ -57,6 +65,28 @@ async def test_openapi_covers_every_route(client: httpx.AsyncClient, app: Starle
     assert doc["paths"]["/v1/tokens"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TokenRequest")
     for name in ("FunctionRecord", "InvocationView", "Info", "Problem", "TokenCreated"):
         assert name in doc["components"]["schemas"]
+
+
+async def test_openapi_states_the_bounds_the_endpoints_enforce(client: httpx.AsyncClient) -> None:
+    """Every integer query parameter says its minimum and maximum, and they are the endpoint's:
+    the bounds were in the prose only, so a generated client or an API fuzzer sent limit=0 or
+    limit=5000, which the document allowed and the endpoint refused."""
+    doc = (await client.get("/openapi.json")).json()
+    checked = 0
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for p in op.get("parameters", []):
+                schema = p["schema"]
+                if p["in"] != "query" or schema.get("type") != "integer":
+                    continue
+                assert {"minimum", "maximum"} <= set(schema), (path, p)
+                lo, hi = schema["minimum"], schema["maximum"]
+                assert lo <= schema.get("default", lo) <= hi, (path, p)
+                for value, ok in ((lo, True), (hi, True), (lo - 1, False), (hi + 1, False)):
+                    r = await client.request(method.upper(), path, params={p["name"]: value})
+                    assert (r.status_code == 200) is ok, (path, p["name"], value, r.status_code, r.text)
+                checked += 1
+    assert checked == 3  # invocations, dead letters, image audit
 
 
 async def test_openapi_lists_the_errors_the_gateway_answers(client: httpx.AsyncClient) -> None:
@@ -115,3 +145,71 @@ async def test_unexpected_errors_do_not_leak(client: httpx.AsyncClient, infra: I
     assert "secret" not in r.text and "RuntimeError" not in r.text
     ref = r.json()["detail"].rsplit(" ", 1)[-1]
     assert ref in caplog.text and "secret internal state" in caplog.text
+
+
+@pytest.mark.postgres
+async def test_metrics_are_served_while_the_store_is_down(
+    settings: Settings, admin_token: str, fn_dir: Callable[..., Path], postgres_db: str, postgres_url: str
+) -> None:
+    """/metrics read the async queue's depth from the store first, so with the store down the
+    scrape was a 503 and Prometheus lost every metric -- the invocation counters and latencies
+    the gateway keeps in memory too -- just when the operator needs them; now the depth is
+    NaN, spanfaas_store_up says 0, and the rest is served."""
+    store = PostgresStore(postgres_db)
+    token = issue_token(store, "admin", ["admin"])[1]
+    db = postgres_db.rsplit("/", 1)[1]
+    app = create_app(settings, store, InMemoryInfrastructure())
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {token}"}
+        ) as client:
+            assert (await client.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+            assert (await client.post("/v1/functions/hello/invoke", json={})).status_code == 200
+            up = (await client.get("/metrics")).text
+            assert "spanfaas_async_queue_depth 0.0" in up and "spanfaas_store_up 1.0" in up, up
+            with psycopg.connect(postgres_url, autocommit=True) as admin:  # the store goes away
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+            try:
+                r = await client.get("/metrics")
+                assert r.status_code == 200, r.text
+                assert 'spanfaas_invocations_total{function="hello",status="succeeded"} 1.0' in r.text
+                assert "spanfaas_async_queue_depth NaN" in r.text and "spanfaas_store_up 0.0" in r.text, r.text
+            finally:
+                with psycopg.connect(postgres_url, autocommit=True) as admin:
+                    admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+            assert "spanfaas_store_up 1.0" in (await client.get("/metrics")).text
+    finally:
+        store.close()
+
+
+async def test_metrics_count_the_invocations_in_flight(client: httpx.AsyncClient, fn_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """spanfaas_async_queue_depth counts only what waits in the store: async invocations the
+    dispatcher claimed (up to async_workers) and every sync call waiting for an instance were
+    nowhere -- a probe saw depth 0 with 12 async invocations waiting for a full function."""
+    go = tmp_path / "go"
+    code = (
+        "import asyncio, os\n"
+        "async def handler(event, context):\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        await asyncio.sleep(0.01)\n"
+        "    return {}\n"
+    )
+    r = await client.put("/v1/functions/hold", content=pack_function(fn_dir("hold", code)))
+    assert r.status_code == 201, r.text
+    sync = [asyncio.create_task(client.post("/v1/functions/hold/invoke", json={})) for _ in range(2)]
+    queued = (await client.post("/v1/functions/hold/invoke?mode=async", json={})).json()["id"]
+    for _ in range(1000):  # a hang guard: until the three calls reach the function
+        text = (await client.get("/metrics")).text
+        if 'spanfaas_invocations_in_flight{function="hold"} 3.0' in text:
+            break
+        await asyncio.sleep(0.01)
+    assert 'spanfaas_invocations_in_flight{function="hold"} 3.0' in text, text
+    assert "spanfaas_async_queue_depth 0.0" in text  # claimed: no longer in the store's queue
+    go.touch()
+    assert [(await t).status_code for t in sync] == [200, 200]
+    for _ in range(1000):
+        if (await client.get(f"/v1/invocations/{queued}")).json()["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.01)
+    assert 'spanfaas_invocations_in_flight{function="hold"} 0.0' in (await client.get("/metrics")).text

@@ -251,6 +251,9 @@ def test_invocation_roundtrip_and_listing(store: Store) -> None:
     assert listed[1].payload == b"" and listed[1].output == b'{"x":1}' and listed[1].logs == "hi\n"
     assert [r.id for r in store.list_invocations(limit=1)] == [c.id]
     assert [r.id for r in store.list_invocations(status="failed")] == [b.id]
+    bare = store.list_invocations("hello", outputs=False)  # logs and statuses, not the results
+    assert [r.id for r in bare] == [b.id, a.id] and bare[1].output == b"" and bare[1].logs == "hi\n"
+    assert bare[1].output_type == a.output_type and bare[0].error == b.error
     # save_invocations replaces a record that has not finished ...
     running = inv(status="running", created_at=4.0)
     store.save_invocations([running])
