@@ -86,6 +86,9 @@ class InvocationView(Struct):
     reruns: int = 0
     """Of ``attempts``, the runs started again because the gateway died during an
     earlier one; they do not use up the retries."""
+    origin: str = ""
+    """On a site: the invocation's id on the gateway that placed it here (the function's
+    ``context.invocation_id``); empty for a call made here."""
     result: Any | UnsetType = UNSET
     """The output, when it is JSON."""
     output_base64: str | UnsetType = UNSET
@@ -175,6 +178,7 @@ def invocation_view(r: InvocationRecord, *, output: bool = True) -> InvocationVi
         duration_ms=duration,
         cold=r.cold,
         reruns=r.reruns,
+        origin=r.origin,
     )
     if not output:
         return view

@@ -30,6 +30,9 @@ result itself is real, and failing it over would run the function twice.
 
 An event's invocation sends the event's CloudEvent attributes along
 (``x-spanfaas-event``): the function's ``context.event`` on the site, as here.
+Every invocation sends our id of it (``x-spanfaas-origin-id``): the function's
+``context.invocation_id`` on the site, as here, and the ``origin`` of the site's
+record (whose own id stays the site's), so their logs and records join.
 """
 
 from __future__ import annotations
@@ -290,6 +293,8 @@ class RemoteInfrastructure:
 
     async def _invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext, timeout: float) -> httpx.Response:
         headers = {"content-type": ctx.content_type, "x-spanfaas-logs": "include"}
+        if _ORIGIN_ID.fullmatch(ctx.invocation_id):  # ours: the function's context.invocation_id there, its record's origin
+            headers["x-spanfaas-origin-id"] = ctx.invocation_id
         if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
             headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
         return await self._request(
@@ -352,6 +357,9 @@ def _all_down(infos: list[InfraInfo]) -> str:
     """Why a site whose every infrastructure is down is down: each one's reason."""
     return "; ".join(f"its {_printable(i.name)}: {_printable(i.reason) or 'unhealthy'}" for i in infos)
 
+
+_ORIGIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""An invocation id a site takes in x-spanfaas-origin-id (gateway/invoke.py); ours all are."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

@@ -326,3 +326,41 @@ def test_a_deploy_whose_only_site_refuses_our_token_says_it_is_pending_there(sit
             assert r.status_code in (200, 201) and r.json()["pending"] == [], r.text
     finally:
         main.stop()
+
+
+WHOAMI = """
+def handler(event, context):
+    print("call", context.invocation_id)
+    return {"id": context.invocation_id}
+"""
+
+
+def test_a_call_run_on_the_site_has_the_placing_gateways_invocation_id(sites: Sites) -> None:
+    # The site ran the call under an id of its own: context.invocation_id (and so the
+    # function's log lines) there differed from the id main answered with and recorded,
+    # and nothing on the site led back to main's.  The site runs it under main's id and
+    # keeps it as the origin of its own record (whose id stays its own).
+    d = function_dir(sites.root / "src", "whoeu", 'region = "eu-*"', code=WHOAMI)
+    with sites.client(sites.main) as c:
+        assert c.put("/v1/functions/whoeu", content=pack_function(d)).status_code in (200, 201)
+        r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"x-spanfaas-logs": "include"})
+        assert r.status_code == 200 and r.headers["x-spanfaas-infra"] == "eu", r.text
+        main_id = r.headers["x-spanfaas-invocation-id"]
+        assert r.json() == {"id": main_id}
+        assert f"call {main_id}" in json.loads(r.headers["x-spanfaas-logs"])
+    with sites.client(sites.eu) as c:
+        deadline = time.monotonic() + 30
+        while not (found := [i for i in c.get("/v1/invocations", params={"function": "whoeu"}).json()["invocations"]]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [on_site] = found
+        assert on_site["origin"] == main_id and on_site["id"] != main_id, on_site
+        rec = c.get(f"/v1/invocations/{on_site['id']}").json()
+        assert rec["origin"] == main_id and f"call {main_id}" in rec["logs"], rec
+        # only a token that may deploy says where a call came from (as x-spanfaas-event)
+        token = c.post("/v1/tokens", json={"name": "caller", "scopes": ["invoke"]}).json()["token"]
+        r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"authorization": f"Bearer {token}", "x-spanfaas-origin-id": "forged"})
+        assert r.status_code == 403, r.text
+        for bad in ("", "has space", "x" * 200):
+            r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"x-spanfaas-origin-id": bad})
+            assert r.status_code == 400 and "x-spanfaas-origin-id" in r.json()["detail"], r.text
