@@ -583,6 +583,9 @@ class InvocationRecord(Struct, kw_only=True):
     reruns: int = 0
     """Of ``attempts``, the runs started again because an earlier one left no outcome
     (its gateway died): they do not use up the retries of failed runs."""
+    origin: str = ""
+    """On a site: the id of this invocation on the gateway that placed it here (which the
+    function saw as ``context.invocation_id``); empty for a call made here."""
 
 
 class TokenRecord(Struct, frozen=True, kw_only=True):

@@ -76,6 +76,13 @@ def deploy(
             f"[green]✓[/green] [bold]{name}[/bold] is unchanged: version {record.get('version')} "
             f"({escape(digest[:19])}…) has this bundle and manifest and keeps running"
         )
+    pending = [p for p in record.get("pending") or [] if isinstance(p, dict)]
+    if pending:  # deployed, but not (yet) where its policy allows: said now, not at its first 503
+        where = "; ".join(f"{p.get('infrastructure')} ({p.get('reason')})" for p in pending)
+        err_console().print(
+            f"[yellow]warning: {name} is pending on {escape(where)}: deployed there once it answers "
+            "(until then it runs elsewhere, or, deployed nowhere else, its invocations fail with 503)[/yellow]"
+        )
 
 
 def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:

@@ -144,7 +144,8 @@ class Client(_Base):
     def deploy(self, path: str | Path, *, progress: Progress | None = None) -> dict[str, Any]:
         """Upload a function directory (or one ``.py`` file); returns the record of the version
         that now serves it, with ``changed`` False when the bundle and manifest were the latest
-        version's (then no new version is made)."""
+        version's (then no new version is made), and ``pending`` listing the infrastructures
+        (of a spanning gateway) it is not deployed on yet, and why."""
         return self._run(ops.deploy(path, progress))
 
     def invoke(self, name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Any:

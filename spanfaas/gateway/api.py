@@ -28,6 +28,7 @@ from spanfaas.gateway.views import (
     InvocationList,
     InvocationView,
     Limits,
+    Pending,
     Queued,
     TokenCreated,
     TokenList,
@@ -109,7 +110,10 @@ async def deploy_function(gw: Gateway, request: Request) -> Response:
     data = await read_body(request.receive, gw.settings.max_bundle, "bundle", "max_bundle")
     token = token_of(request.scope)
     record, changed = await gw.registry.deploy(name, data, actor=token.name if token is not None else "")
-    answer = Deployed(**msgspec.structs.asdict(record), changed=changed)
+    pending = []  # where it is not yet (a site down, one refusing our token): said now, not at its first 503
+    if isinstance(gw.infra, SpanningInfrastructure):
+        pending = [Pending(infrastructure=i, reason=r) for i, r in gw.infra.pending(name)]
+    answer = Deployed(**msgspec.structs.asdict(record), changed=changed, pending=pending)
     return json(answer, 201 if changed else 200, {"location": f"/v1/functions/{name}"})
 
 

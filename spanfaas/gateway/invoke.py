@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -127,6 +128,7 @@ class InvokeEndpoint:
         key: str | None = None
         want_logs = False
         event: bytes | None = None
+        origin: bytes | None = None
         for k, v in scope["headers"]:
             if k == b"content-type":
                 content_type = v
@@ -134,6 +136,8 @@ class InvokeEndpoint:
                 want_logs = v == b"include"
             elif k == b"x-spanfaas-event":
                 event = v
+            elif k == b"x-spanfaas-origin-id":
+                origin = v
             elif k == b"content-length":
                 length = int(v) if v.isdigit() else -1
             elif k == b"prefer":
@@ -150,6 +154,7 @@ class InvokeEndpoint:
         if length > self.limit:
             raise too_large("payload", "max_payload", self.limit, length)
         attributes = _event_attributes(scope, event, is_async) if event is not None else None
+        origin_id = _origin_id(scope, origin, is_async) if origin is not None else ""
         early = gw.early
         prewarmed = early.enabled
         started = False  # this request's prewarm started something: release it if the request fails
@@ -191,13 +196,15 @@ class InvokeEndpoint:
         if is_async:
             await self._accept(send, name, ct, body, key, invocation_id, now)
             return
-        ctx = InvokeContext(invocation_id=invocation_id, content_type=ct, event=attributes)
+        # A call another gateway placed here runs under that gateway's id (context.invocation_id,
+        # so its logs join); this record keeps its own id (unique in this store) and that one as origin.
+        ctx = InvokeContext(invocation_id=origin_id or invocation_id, content_type=ct, event=attributes)
         def record_infra_failure(exc: SpanfaasError) -> None:
             gw.recorder.add(
                 InvocationRecord(
                     id=invocation_id, function=name, status="failed", content_type=ct, attempts=1,
                     error=ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message),
-                    created_at=now, started_at=now, finished_at=time.time(),
+                    created_at=now, started_at=now, finished_at=time.time(), origin=origin_id,
                 )  # fmt: skip
             )
 
@@ -244,7 +251,7 @@ class InvokeEndpoint:
                 id=invocation_id, function=name, status="succeeded" if result.error is None else "failed",
                 content_type=ct, output=result.output, output_type=result.content_type, error=result.error,
                 logs=result.logs, attempts=1, infra=result.infra, created_at=now, started_at=now,
-                finished_at=now + elapsed, duration_ms=result.duration_ms, cold=result.cold,
+                finished_at=now + elapsed, duration_ms=result.duration_ms, cold=result.cold, origin=origin_id,
             )  # fmt: skip
         )
         headers = [
@@ -330,6 +337,27 @@ def _event_attributes(scope: Scope, header: bytes, is_async: bool) -> dict[str, 
             "as a JSON object"
         )
     return attributes
+
+
+_ORIGIN_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def _origin_id(scope: Scope, header: bytes, is_async: bool) -> str:
+    """The id a gateway that placed this invocation here gave it (``x-spanfaas-origin-id``):
+    the function's ``context.invocation_id`` here, as there.  Taken from a token that may
+    deploy (a site's peer token has that scope), on synchronous calls."""
+    require(scope, "deploy")
+    if is_async:
+        raise InvalidRequest(
+            "the x-spanfaas-origin-id header is taken on synchronous invocations only (a gateway that placed an "
+            "invocation here sends it); leave it out"
+        )
+    if not _ORIGIN_ID.fullmatch(header):
+        raise InvalidRequest(
+            f"the x-spanfaas-origin-id header {header[:40].decode('latin-1')!r} is not an invocation id; send 1 to 128 "
+            "letters, digits or . _ : - (the id the placing gateway gave the invocation)"
+        )
+    return header.decode("ascii")
 
 
 def _cut_while_queued(invocation_id: str, key: str | None) -> InfraUnavailable:

@@ -271,7 +271,7 @@ def _refused_outcomes(record: InvocationRecord, exc: RecordRefused) -> list[Invo
         id=record.id, function=record.function, status="failed", mode=record.mode, error=error,
         attempts=record.attempts, reruns=record.reruns, infra=record.infra, created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at or time.time(), not_before=record.not_before,
-        duration_ms=record.duration_ms, cold=record.cold,
+        duration_ms=record.duration_ms, cold=record.cold, origin=record.origin,
     )  # fmt: skip
     called = msgspec.structs.replace(
         bare, content_type=record.content_type, payload=record.payload, idempotency_key=record.idempotency_key,

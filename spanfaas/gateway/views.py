@@ -21,6 +21,7 @@ __all__ = [
     "InvocationList",
     "InvocationView",
     "Limits",
+    "Pending",
     "Problem",
     "Queued",
     "TokenCreated",
@@ -38,12 +39,24 @@ class FunctionList(Struct):
     functions: list[FunctionRecord]
 
 
+class Pending(Struct, frozen=True, kw_only=True):
+    """An infrastructure a deployed function is not on yet: it gets it when it answers."""
+
+    infrastructure: str
+    reason: str
+    """Why it is not there yet (down, its token refused, its deploy failed)."""
+
+
 class Deployed(FunctionRecord, frozen=True, kw_only=True):
     """The answer to a deploy: the version that now serves the function."""
 
     changed: bool
     """False when the bundle and manifest were those of the latest version: no new
     version was made, and that version, already running, is the answer (200, not 201)."""
+    pending: list[Pending] = []
+    """The eligible infrastructures (of a gateway with ``[[infrastructures]]``) it is not on
+    yet, and why: deployed there when they answer.  When it is on none, its invocations
+    fail (503) until one does."""
 
 
 class Queued(Struct):
@@ -73,6 +86,9 @@ class InvocationView(Struct):
     reruns: int = 0
     """Of ``attempts``, the runs started again because the gateway died during an
     earlier one; they do not use up the retries."""
+    origin: str = ""
+    """On a site: the invocation's id on the gateway that placed it here (the function's
+    ``context.invocation_id``); empty for a call made here."""
     result: Any | UnsetType = UNSET
     """The output, when it is JSON."""
     output_base64: str | UnsetType = UNSET
@@ -162,6 +178,7 @@ def invocation_view(r: InvocationRecord, *, output: bool = True) -> InvocationVi
         duration_ms=duration,
         cold=r.cold,
         reruns=r.reruns,
+        origin=r.origin,
     )
     if not output:
         return view

@@ -24,10 +24,15 @@ site's 200 must carry what a spanfaas gateway sends (its info, the record of
 the version deployed, an invocation's result headers), and a 404 to a remove
 must be the site's own "function not found".  Anything else (a proxy's login
 page, a truncated body, another function's record) is ``InfraUnavailable``
-naming the site and saying what it sent.
+naming the site and saying what it sent.  A result's duration that cannot be (not a number,
+negative, longer than the call took here) is replaced by the call's time measured here: the
+result itself is real, and failing it over would run the function twice.
 
 An event's invocation sends the event's CloudEvent attributes along
 (``x-spanfaas-event``): the function's ``context.event`` on the site, as here.
+Every invocation sends our id of it (``x-spanfaas-origin-id``): the function's
+``context.invocation_id`` on the site, as here, and the ``origin`` of the site's
+record (whose own id stays the site's), so their logs and records join.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import math
 import re
+import time
 from typing import Any
 
 import httpx
@@ -55,6 +63,8 @@ from spanfaas.infra.bundles import manifest_toml, pack_dir
 from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Policy, Result
 
 __all__ = ["RemoteInfrastructure", "site_spec"]
+
+log = logging.getLogger("spanfaas.infra.remote")
 
 _KINDS = {
     "function-error": "error",
@@ -226,16 +236,19 @@ class RemoteInfrastructure:
         timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.config.timeout
         self.inflight += 1
         try:
+            t0 = time.perf_counter()
             resp = await self._invoke(spec, payload, ctx, timeout)
             if resp.status_code == 404 and spec.name in self._bundles:
                 err = self._error(resp, "invoking")
                 if isinstance(err, FunctionNotFound):  # the site lost it (a fresh data dir): deploy again, once
                     await self.deploy(*self._bundles[spec.name])
+                    t0 = time.perf_counter()
                     resp = await self._invoke(spec, payload, ctx, timeout)
+            elapsed_ms = (time.perf_counter() - t0) * 1000
         finally:
             self.inflight -= 1
         h = resp.headers
-        duration = float(h.get("x-spanfaas-duration-ms", "0") or 0)
+        duration = self._duration(h.get("x-spanfaas-duration-ms"), elapsed_ms, spec.name)
         cold = h.get("x-spanfaas-cold") == "true"
         if resp.status_code == 200:
             if "x-spanfaas-invocation-id" not in h:  # every result a spanfaas gateway sends has it
@@ -260,8 +273,28 @@ class RemoteInfrastructure:
                 )  # fmt: skip
         raise self._error(resp, f"invoking '{spec.name}'")
 
+    def _duration(self, header: str | None, elapsed_ms: float, name: str) -> float:
+        """How long the function ran, as the site says (``x-spanfaas-duration-ms``); when what it
+        says cannot be (not a number, negative, NaN, longer than the whole call took here), the
+        call's time as measured here.  Not a failure: the function ran and its answer is real (a
+        failover would run it a second time), and a junk number would poison the latency the
+        scheduler weighs."""
+        if header is None:
+            return elapsed_ms
+        try:
+            said = float(header)
+        except ValueError:
+            said = math.nan
+        if math.isfinite(said) and 0 <= said <= elapsed_ms:
+            return said
+        log.warning("site '%s' sent x-spanfaas-duration-ms %r for '%s', which cannot be (the call took %.3f ms here); "
+                    "took the time measured here", self.name, _printable(header[:100]), name, elapsed_ms)  # fmt: skip
+        return elapsed_ms
+
     async def _invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext, timeout: float) -> httpx.Response:
         headers = {"content-type": ctx.content_type, "x-spanfaas-logs": "include"}
+        if _ORIGIN_ID.fullmatch(ctx.invocation_id):  # ours: the function's context.invocation_id there, its record's origin
+            headers["x-spanfaas-origin-id"] = ctx.invocation_id
         if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
             headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
         return await self._request(
@@ -324,6 +357,9 @@ def _all_down(infos: list[InfraInfo]) -> str:
     """Why a site whose every infrastructure is down is down: each one's reason."""
     return "; ".join(f"its {_printable(i.name)}: {_printable(i.reason) or 'unhealthy'}" for i in infos)
 
+
+_ORIGIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""An invocation id a site takes in x-spanfaas-origin-id (gateway/invoke.py); ours all are."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

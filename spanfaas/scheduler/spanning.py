@@ -102,6 +102,8 @@ class SpanningInfrastructure:
         self._functions: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions to deploy there once it answers."""
+        self._why: dict[tuple[str, str], str] = {}
+        """(site, function) pending there: why its last deploy there did not happen."""
         self._retry: dict[str, tuple[float, float]] = {}
         """Per site whose pending deploy failed while it was up: when to try again, and the delay that was."""
         self._unremoved: dict[str, set[str]] = {s.name: set() for s in sites}
@@ -291,9 +293,11 @@ class SpanningInfrastructure:
                 delay = min(max(delay * 2, self.settings.open_for), self.settings.max_open_for)
                 self._retry[site.name] = (self.clock() + delay, delay)
                 log.info("deploying %s on %s is still pending (tried again in %g s): %s", name, site.name, delay, exc.message)
+                self._why[(site.name, name)] = exc.message
                 return
             site.deployed.add(name)
             self._pending[site.name].discard(name)
+            self._why.pop((site.name, name), None)
             await self._settle(site.name, name)
             self.scheduler.changed()
             log.info("deployed %s on %s (pending since it was down)", name, site.name)
@@ -341,6 +345,16 @@ class SpanningInfrastructure:
             out.append(info)
         return out
 
+    def pending(self, name: str) -> list[tuple[str, str]]:
+        """The infrastructures ``name`` waits to be deployed on (eligible, but down at its deploy
+        or failing it; deployed there when they answer), each with why, in declared order."""
+        out = []
+        for s in self.sites:
+            if name in self._pending[s.name]:
+                why = self._why.get((s.name, name)) or (f"down: {s.reason}" if not s.healthy else "not deployed there yet")
+                out.append((s.name, why))
+        return out
+
     async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
         eligible = validate(spec, [s.info for s in self.sites], {s.name: s.unknown() for s in self.sites})
         targets = [self.site(n) for n in eligible]
@@ -368,11 +382,13 @@ class SpanningInfrastructure:
         for site in done:
             site.deployed.add(spec.name)
             self._pending[site.name].discard(spec.name)
+            self._why.pop((site.name, spec.name), None)
             if not self._pending[site.name]:  # it takes deploys again: nothing to wait for
                 self._retry.pop(site.name, None)
             await self._settle(site.name, spec.name)  # replaced there: nothing left to remove
         for name, exc in failed.items():
             log.warning("deploying %s on %s failed, retrying when it answers: %s", spec.name, name, _describe(exc))
+            self._why[(name, spec.name)] = _describe(exc)
             self.site(name).deployed.discard(spec.name)
             self._pending[name].add(spec.name)
         for site in self.sites:
@@ -416,6 +432,7 @@ class SpanningInfrastructure:
         self._functions.pop(name, None)
         for site in self.sites:
             self._pending[site.name].discard(name)
+            self._why.pop((site.name, name), None)
             if name in self._unremoved[site.name]:
                 continue  # still to be removed there, when it answers
             if name in site.deployed and not site.healthy:  # not waited for: removed there when it answers

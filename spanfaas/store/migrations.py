@@ -179,6 +179,11 @@ MIGRATIONS: list[list[str]] = [
             since {real} NOT NULL,
             PRIMARY KEY (site, function))""",
     ],
+    # 9: a site's record of a call another gateway placed on it keeps that gateway's id
+    # of the invocation (the function's context.invocation_id there), so the two join
+    [
+        "ALTER TABLE invocations ADD COLUMN origin TEXT NOT NULL DEFAULT ''",
+    ],
 ]
 
 

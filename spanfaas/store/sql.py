@@ -23,7 +23,7 @@ __all__ = ["INV_COLS", "RecordRefused", "SQLStore", "StoreSchemaTooNew", "StoreU
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
     "attempts, idempotency_key, infra, created_at, started_at, finished_at, not_before, "
-    "duration_ms, cold, event, reruns"
+    "duration_ms, cold, event, reruns, origin"
 )
 _INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
 _INV_BARE_COLS = _INV_LIST_COLS.replace(" output,", " NULL AS output,")
@@ -527,13 +527,13 @@ def _row(r: InvocationRecord) -> tuple[Any, ...]:
         _encode(r.error).decode() if r.error is not None else None,
         _text(r.logs), r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
-        _encode(r.event).decode() if r.event is not None else None, r.reruns,
+        _encode(r.event).decode() if r.event is not None else None, r.reruns, r.origin,
     )  # fmt: skip
 
 
 def _invocation(row: Sequence[Any]) -> InvocationRecord:
     (id, function, status, mode, ct, payload, output, otype, error, logs, attempts, key, infra,
-     created, started, finished, not_before, duration, cold, event, reruns) = row  # fmt: skip
+     created, started, finished, not_before, duration, cold, event, reruns, origin) = row  # fmt: skip
     return InvocationRecord(
         id=id,
         function=function,
@@ -556,6 +556,7 @@ def _invocation(row: Sequence[Any]) -> InvocationRecord:
         cold=bool(cold),
         event=_event_decoder.decode(event) if event else None,
         reruns=int(reruns),
+        origin=origin or "",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,34 @@ async def test_an_invocation_answered_200_by_something_else_fails_over(site: Stu
         assert sp.site("eu").failures == 1 and "Please log in" in sp.site("eu").last_error
     finally:
         await sp.close()
+
+
+@pytest.mark.parametrize("said", ["soon", "-5", "nan", "inf", "1e308", ""])
+async def test_a_result_with_a_duration_that_cannot_be_is_the_result_timed_here(
+    site: StubSite, bundle: Bundle, said: str
+) -> None:
+    """A real result whose x-spanfaas-duration-ms was not a number raised float()'s
+    ValueError out of the adapter (the caller got a 500, the scheduler no failover); a
+    negative, NaN or huge one became the function's duration and the site's latency.  The
+    function ran and its answer is real (a failover would run it twice): the result
+    stands, with the call's time as measured here."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = (
+        200, {**JSON, "x-spanfaas-invocation-id": "site-1", "x-spanfaas-duration-ms": said}, b'{"ok": true}',
+    )  # fmt: skip
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        await sp.deploy(spec('region = "eu-west"'), bundle)
+        t0 = time.perf_counter()
+        result = await sp.invoke(spec('region = "eu-west"'), b"{}", InvokeContext(invocation_id="x"))
+        took_ms = (time.perf_counter() - t0) * 1000
+    finally:
+        await sp.close()
+    assert (result.infra, result.output, result.error) == ("eu", b'{"ok": true}', None)
+    assert 0 < result.duration_ms <= took_ms, (result.duration_ms, took_ms)
+    assert sp.site("eu").failures == 0
 
 
 async def test_a_failure_whose_problem_does_not_decode_fails_over(site: StubSite, bundle: Bundle) -> None:

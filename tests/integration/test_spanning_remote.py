@@ -282,3 +282,85 @@ def test_an_event_run_on_the_site_has_its_attributes_in_context_event(sites: Sit
     assert rec["result"]["data"] == {"n": 7}
     attrs = rec["result"]["attrs"]
     assert attrs is not None and (attrs["id"], attrs["type"], attrs["source"]) == ("p-1", "com.example.ping", "/probe"), rec
+
+
+def test_a_deploy_whose_only_site_refuses_our_token_says_it_is_pending_there(sites: Sites) -> None:
+    # A deploy whose only eligible site was down (here: it refuses the token main has for
+    # it) answered 201 as any other, kept it pending there, and every invocation then
+    # answered 503: the user learned it only at the first call.  The answer (and
+    # `spanfaas deploy`) says where it is pending and why; the status stays 201.
+    root = sites.root / "wrongtoken"
+    root.mkdir()
+    (root / "main.toml").write_text(infra_toml(
+        {"name": "eu", "kind": "remote", "address": sites.eu.url, "token": "sf_not-the-sites-token", "timeout": 5},
+        scheduler={"refresh_interval": 0.2},
+    ))  # fmt: skip
+    main = GatewayProcess(root / "data", infra="local", env={"SPANFAAS_CONFIG": str(root / "main.toml")})
+    main.start()
+    try:
+        d = function_dir(root / "src", "nowhere", "")
+        with sites.client(main) as c:
+            r = c.put("/v1/functions/nowhere", content=pack_function(d))
+            assert r.status_code == 201, r.text
+            [pending] = r.json()["pending"]
+            assert pending["infrastructure"] == "eu", pending
+            assert "site 'eu' refuses our token (401)" in pending["reason"], pending
+            assert c.post("/v1/functions/nowhere/invoke", json={}).status_code == 503
+            spec = c.get("/openapi.json").json()["components"]["schemas"]
+            assert "pending" in spec["Deployed"]["properties"], spec["Deployed"]
+
+        opts = ["--url", main.url, "--token", main.admin_token or ""]
+        cmd = [sys.executable, "-m", "spanfaas.cli", "deploy", str(function_dir(root / "src", "nowhere2", "")), *opts]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
+        assert out.returncode == 0, out.stderr
+        assert "deployed nowhere2 version 1" in out.stdout, out.stdout
+        assert re.search(r"warning: nowhere2 is pending on eu \(down: .*site 'eu' refuses our token \(401\)", out.stderr), out.stderr
+        out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)  # unchanged (200): still said
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        assert doc["changed"] is False and [p["infrastructure"] for p in doc["pending"]] == ["eu"], doc
+        assert "refuses our token" in doc["pending"][0]["reason"], doc
+
+        with sites.client(sites.main) as c:  # a gateway whose sites answer says nothing of the kind
+            r = c.put("/v1/functions/anywhere", content=pack_function(function_dir(root / "src", "anywhere", "")))
+            assert r.status_code in (200, 201) and r.json()["pending"] == [], r.text
+    finally:
+        main.stop()
+
+
+WHOAMI = """
+def handler(event, context):
+    print("call", context.invocation_id)
+    return {"id": context.invocation_id}
+"""
+
+
+def test_a_call_run_on_the_site_has_the_placing_gateways_invocation_id(sites: Sites) -> None:
+    # The site ran the call under an id of its own: context.invocation_id (and so the
+    # function's log lines) there differed from the id main answered with and recorded,
+    # and nothing on the site led back to main's.  The site runs it under main's id and
+    # keeps it as the origin of its own record (whose id stays its own).
+    d = function_dir(sites.root / "src", "whoeu", 'region = "eu-*"', code=WHOAMI)
+    with sites.client(sites.main) as c:
+        assert c.put("/v1/functions/whoeu", content=pack_function(d)).status_code in (200, 201)
+        r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"x-spanfaas-logs": "include"})
+        assert r.status_code == 200 and r.headers["x-spanfaas-infra"] == "eu", r.text
+        main_id = r.headers["x-spanfaas-invocation-id"]
+        assert r.json() == {"id": main_id}
+        assert f"call {main_id}" in json.loads(r.headers["x-spanfaas-logs"])
+    with sites.client(sites.eu) as c:
+        deadline = time.monotonic() + 30
+        while not (found := [i for i in c.get("/v1/invocations", params={"function": "whoeu"}).json()["invocations"]]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [on_site] = found
+        assert on_site["origin"] == main_id and on_site["id"] != main_id, on_site
+        rec = c.get(f"/v1/invocations/{on_site['id']}").json()
+        assert rec["origin"] == main_id and f"call {main_id}" in rec["logs"], rec
+        # only a token that may deploy says where a call came from (as x-spanfaas-event)
+        token = c.post("/v1/tokens", json={"name": "caller", "scopes": ["invoke"]}).json()["token"]
+        r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"authorization": f"Bearer {token}", "x-spanfaas-origin-id": "forged"})
+        assert r.status_code == 403, r.text
+        for bad in ("", "has space", "x" * 200):
+            r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"x-spanfaas-origin-id": bad})
+            assert r.status_code == 400 and "x-spanfaas-origin-id" in r.json()["detail"], r.text
