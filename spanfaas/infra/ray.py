@@ -144,7 +144,7 @@ class RayInfrastructure:
             log_file = open(self.log_dir / f"ray-bridge-{self.name}.log", "ab")
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), self.config.address],
+                [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), str(os.getpid()), self.config.address],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, env=self._env(),
             )  # fmt: skip

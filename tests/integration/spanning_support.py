@@ -163,6 +163,11 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """``pid`` runs (is not gone, nor a zombie waiting to be reaped)."""
+    return _state(pid) not in ("X", "Z")
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -12,7 +12,9 @@ stopped and started again by the failover test.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,9 @@ from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
-from spanning_support import RAY_ENV, RayHead, RayNode, free_port, function_dir, infra_toml, world_readable_dir
+from spanning_support import (
+    RAY_ENV, RayHead, RayNode, alive, descendants, free_port, function_dir, infra_toml, world_readable_dir,
+)  # fmt: skip
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
 
@@ -85,6 +89,53 @@ def test_ray_only_and_gpu_functions_run_on_ray_through_the_gateway(ray_head: Ray
             assert verdicts["local"]["verdict"] == "rejected" and verdicts["local"]["reasons"] == ["no GPU declared"]
             assert verdicts["ray"]["verdict"] == "chosen"
         assert gw.stop() == 0
+
+
+def test_the_bridge_dies_with_its_gateway_even_when_it_cannot_read_its_socket(ray_head: RayHead, workdir: Path) -> None:
+    """The gateway crashes (SIGKILL to its process alone) while its Ray bridge is stuck
+    (stopped here: as a bridge whose loop is blocked in a Ray call, which never reads the
+    socket's EOF): the bridge dies with it, not lives on, reparented, as a driver of the
+    cluster; so does every other process the gateway started (zygote, templates)."""
+    config = workdir / "spanfaas.toml"
+    config.write_text(infra_toml({"name": "local", "kind": "local"}, {"name": "ray", "kind": "ray", "address": ray_head.address}))
+    gw = GatewayProcess(workdir / "data", infra="local", env={"SPANFAAS_CONFIG": str(config), **RAY_ENV}).start()
+    started: dict[int, bytes] = {}
+
+    def running(pid: int) -> bool:  # (and not another process that got its pid since)
+        return alive(pid) and _cmdline(pid) == started[pid]
+
+    try:
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            info = c.get("/v1/info").json()["infrastructures"]
+            assert [(i["name"], i["healthy"]) for i in info] == [("local", True), ("ray", True)]
+            r = c.put("/v1/functions/both", content=pack_function(function_dir(workdir / "src", "both")))
+            assert r.status_code == 201, r.text
+            assert c.post("/v1/functions/both/invoke", json={"i": 1}).headers["x-spanfaas-infra"] == "local"
+        assert gw.proc is not None
+        started = {p: _cmdline(p) for p in descendants(gw.proc.pid)}
+        bridges = [p for p, cmd in started.items() if b"spanfaas.infra.ray_bridge" in cmd]
+        assert len(bridges) == 1, started
+        os.kill(bridges[0], signal.SIGSTOP)
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(running(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = {p: cmd[:80] for p, cmd in started.items() if running(p)}
+        assert not left, f"processes the gateway started outlived it: {left}"
+    finally:
+        gw.kill()
+        for p in started:  # what outlived it (when the assertion failed): not left behind
+            if running(p):
+                os.kill(p, signal.SIGKILL)
+                os.kill(p, signal.SIGCONT)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: RayHead, workdir: Path) -> None:
