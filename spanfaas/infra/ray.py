@@ -155,7 +155,8 @@ class RayInfrastructure:
         reader, writer = await asyncio.open_connection(sock=ours)
         bridge = _Bridge(proc, reader, writer)
         try:
-            hello = self._decode(await asyncio.wait_for(wire.read_frame(reader), max(self.config.timeout, 60.0)))
+            async with asyncio.timeout(max(self.config.timeout, 60.0)):
+                hello = self._decode(await wire.read_frame(reader))
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             self._kill(bridge)
             raise InfraUnavailable(f"the Ray bridge did not connect to {self._where()}: {type(exc).__name__}") from None
@@ -222,12 +223,14 @@ class RayInfrastructure:
         id = msg.id  # type: ignore[attr-defined]
         bridge.pending[id] = fut
         wire.write_frame(bridge.writer, self._encode(msg))
-        try:
-            return await asyncio.wait_for(fut, timeout)
+        try:  # (asyncio.timeout: wait_for on 3.11 drops a cancel that comes as the answer does)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
-            bridge.pending.pop(id, None)
             self._lost(bridge, f"no answer in {timeout:g} s")
             raise InfraUnavailable(f"Ray at {self._where()} did not answer in {timeout:g} s") from None
+        finally:
+            bridge.pending.pop(id, None)
 
     # -- the protocol --------------------------------------------------------------------
 

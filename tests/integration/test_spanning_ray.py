@@ -203,6 +203,29 @@ async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: R
         await sp.close()
 
 
+async def test_a_cancel_that_comes_as_the_bridge_answers_is_not_dropped(ray_head: RayHead, workdir: Path) -> None:
+    """A call to the bridge cancelled (a refresh that close() ends) as its answer arrives:
+    when the cancel is accepted, the call ends cancelled.  ``asyncio.wait_for`` on Python
+    3.11 accepted it and then returned the answer, and the caller went on as if never told."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        asking = asyncio.create_task(ray.info())
+        bridge = ray._bridge
+        assert bridge is not None
+        while not bridge.pending:  # the request is out
+            await asyncio.sleep(0)
+        (answer,) = bridge.pending.values()
+        accepted: list[bool] = []  # cancel() says True: the task was not done, it ends cancelled
+        answer.add_done_callback(lambda _: accepted.append(asking.cancel()))  # right after the answer is set
+        outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
+        assert accepted and (asking.cancelled() or not accepted[0]), f"the cancellation was dropped: info() returned {outcome!r}"
+        assert (await ray.info()).healthy  # the bridge serves on
+    finally:
+        await ray.close()
+
+
 async def test_a_worker_node_that_dies_takes_no_call_with_it(workdir: Path) -> None:
     """A cluster whose only CPU is on a worker node (the head has none); the node is killed
     while one call runs on it and others wait in Ray's queue for its CPU. Every call
