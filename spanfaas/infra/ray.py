@@ -219,6 +219,8 @@ class RayInfrastructure:
             log.error("the Ray bridge (pid %d) did not die", bridge.proc.pid)
 
     async def _call(self, bridge: _Bridge, msg: msgspec.Struct, timeout: float) -> Any:
+        if not bridge.alive:  # no reader is left to answer it (gone between two calls of one job)
+            raise InfraUnavailable(f"Ray at {self._where()} is unavailable: {self._reason or 'its bridge exited'}")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         id = msg.id  # type: ignore[attr-defined]
         bridge.pending[id] = fut

@@ -23,8 +23,10 @@ import httpx
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
+from spanfaas.errors import InfraUnavailable
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
+from spanfaas.infra import ray_bridge as wire
 from spanfaas.infra.local import LocalInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.model import Bundle, InvokeContext, load_manifest
@@ -222,6 +224,33 @@ async def test_a_cancel_that_comes_as_the_bridge_answers_is_not_dropped(ray_head
         outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
         assert accepted and (asking.cancelled() or not accepted[0]), f"the cancellation was dropped: info() returned {outcome!r}"
         assert (await ray.info()).healthy  # the bridge serves on
+    finally:
+        await ray.close()
+
+
+async def test_a_call_to_a_bridge_already_gone_fails_at_once(ray_head: RayHead, workdir: Path) -> None:
+    """The bridge exits between two calls of one job (the re-deploys to a new bridge, one
+    after the other): the next call fails at once, not after its whole timeout (60 s for a
+    deploy) waiting for an answer that no reader is left to take."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        bridge = ray._bridge
+        assert bridge is not None and bridge.alive
+        os.kill(bridge.proc.pid, signal.SIGKILL)
+        for _ in range(3000):  # its reader sees the socket close
+            if not bridge.alive:
+                break
+            await asyncio.sleep(0.01)
+        assert not bridge.alive
+        call = asyncio.ensure_future(ray._call(bridge, wire.Infos(0), 3600))
+        done, _ = await asyncio.wait({call}, timeout=30)  # at once when right; after an hour when wrong
+        if not done:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+        assert done, "a call to a bridge that is gone waited for its timeout"
+        assert isinstance(call.exception(), InfraUnavailable), call.exception()
     finally:
         await ray.close()
 
