@@ -33,7 +33,7 @@ from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
 from spanning_support import (
-    RAY_ENV, RayHead, RayNode, alive, descendants, free_port, function_dir, infra_toml, world_readable_dir,
+    RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
 )  # fmt: skip
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
@@ -104,7 +104,7 @@ def test_the_bridge_dies_with_its_gateway_even_when_it_cannot_read_its_socket(ra
     started: dict[int, bytes] = {}
 
     def running(pid: int) -> bool:  # (and not another process that got its pid since)
-        return alive(pid) and _cmdline(pid) == started[pid]
+        return alive(pid) and cmdline(pid) == started[pid]
 
     try:
         with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
@@ -114,7 +114,7 @@ def test_the_bridge_dies_with_its_gateway_even_when_it_cannot_read_its_socket(ra
             assert r.status_code == 201, r.text
             assert c.post("/v1/functions/both/invoke", json={"i": 1}).headers["x-spanfaas-infra"] == "local"
         assert gw.proc is not None
-        started = {p: _cmdline(p) for p in descendants(gw.proc.pid)}
+        started = {p: cmdline(p) for p in descendants(gw.proc.pid)}
         bridges = [p for p, cmd in started.items() if b"spanfaas.infra.ray_bridge" in cmd]
         assert len(bridges) == 1, started
         os.kill(bridges[0], signal.SIGSTOP)
@@ -133,11 +133,54 @@ def test_the_bridge_dies_with_its_gateway_even_when_it_cannot_read_its_socket(ra
                 os.kill(p, signal.SIGCONT)
 
 
-def _cmdline(pid: int) -> bytes:
+async def test_a_cancel_that_comes_as_the_bridge_answers_is_not_dropped(ray_head: RayHead, workdir: Path) -> None:
+    """A call to the bridge cancelled (a refresh that close() ends) as its answer arrives:
+    when the cancel is accepted, the call ends cancelled.  ``asyncio.wait_for`` on Python
+    3.11 accepted it and then returned the answer, and the caller went on as if never told."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+        asking = asyncio.create_task(ray.info())
+        bridge = ray._bridge
+        assert bridge is not None
+        while not bridge.pending:  # the request is out
+            await asyncio.sleep(0)
+        (answer,) = bridge.pending.values()
+        accepted: list[bool] = []  # cancel() says True: the task was not done, it ends cancelled
+        answer.add_done_callback(lambda _: accepted.append(asking.cancel()))  # right after the answer is set
+        outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
+        assert accepted and (asking.cancelled() or not accepted[0]), f"the cancellation was dropped: info() returned {outcome!r}"
+        assert (await ray.info()).healthy  # the bridge serves on
+    finally:
+        await ray.close()
+
+
+async def test_a_call_to_a_bridge_already_gone_fails_at_once(ray_head: RayHead, workdir: Path) -> None:
+    """The bridge exits between two calls of one job (the re-deploys to a new bridge, one
+    after the other): the next call fails at once, not after its whole timeout (60 s for a
+    deploy) waiting for an answer that no reader is left to take."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        bridge = ray._bridge
+        assert bridge is not None and bridge.alive
+        os.kill(bridge.proc.pid, signal.SIGKILL)
+        for _ in range(3000):  # its reader sees the socket close
+            if not bridge.alive:
+                break
+            await asyncio.sleep(0.01)
+        assert not bridge.alive
+        call = asyncio.ensure_future(ray._call(bridge, wire.Infos(0), 3600))
+        done, _ = await asyncio.wait({call}, timeout=30)  # at once when right; after an hour when wrong
+        if not done:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+        assert done, "a call to a bridge that is gone waited for its timeout"
+        assert isinstance(call.exception(), InfraUnavailable), call.exception()
+    finally:
+        await ray.close()
 
 
 async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: RayHead, workdir: Path) -> None:
@@ -203,56 +246,6 @@ async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: R
         assert ray_site.infra.connects >= 2  # type: ignore[attr-defined]
     finally:
         await sp.close()
-
-
-async def test_a_cancel_that_comes_as_the_bridge_answers_is_not_dropped(ray_head: RayHead, workdir: Path) -> None:
-    """A call to the bridge cancelled (a refresh that close() ends) as its answer arrives:
-    when the cancel is accepted, the call ends cancelled.  ``asyncio.wait_for`` on Python
-    3.11 accepted it and then returned the answer, and the caller went on as if never told."""
-    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
-    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
-    await ray.start()
-    try:
-        asking = asyncio.create_task(ray.info())
-        bridge = ray._bridge
-        assert bridge is not None
-        while not bridge.pending:  # the request is out
-            await asyncio.sleep(0)
-        (answer,) = bridge.pending.values()
-        accepted: list[bool] = []  # cancel() says True: the task was not done, it ends cancelled
-        answer.add_done_callback(lambda _: accepted.append(asking.cancel()))  # right after the answer is set
-        outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
-        assert accepted and (asking.cancelled() or not accepted[0]), f"the cancellation was dropped: info() returned {outcome!r}"
-        assert (await ray.info()).healthy  # the bridge serves on
-    finally:
-        await ray.close()
-
-
-async def test_a_call_to_a_bridge_already_gone_fails_at_once(ray_head: RayHead, workdir: Path) -> None:
-    """The bridge exits between two calls of one job (the re-deploys to a new bridge, one
-    after the other): the next call fails at once, not after its whole timeout (60 s for a
-    deploy) waiting for an answer that no reader is left to take."""
-    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
-    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
-    await ray.start()
-    try:
-        bridge = ray._bridge
-        assert bridge is not None and bridge.alive
-        os.kill(bridge.proc.pid, signal.SIGKILL)
-        for _ in range(3000):  # its reader sees the socket close
-            if not bridge.alive:
-                break
-            await asyncio.sleep(0.01)
-        assert not bridge.alive
-        call = asyncio.ensure_future(ray._call(bridge, wire.Infos(0), 3600))
-        done, _ = await asyncio.wait({call}, timeout=30)  # at once when right; after an hour when wrong
-        if not done:
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
-        assert done, "a call to a bridge that is gone waited for its timeout"
-        assert isinstance(call.exception(), InfraUnavailable), call.exception()
-    finally:
-        await ray.close()
 
 
 async def test_a_worker_node_that_dies_takes_no_call_with_it(workdir: Path) -> None:
