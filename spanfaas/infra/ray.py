@@ -144,7 +144,7 @@ class RayInfrastructure:
             log_file = open(self.log_dir / f"ray-bridge-{self.name}.log", "ab")
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), self.config.address],
+                [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), str(os.getpid()), self.config.address],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, env=self._env(),
             )  # fmt: skip
@@ -155,7 +155,8 @@ class RayInfrastructure:
         reader, writer = await asyncio.open_connection(sock=ours)
         bridge = _Bridge(proc, reader, writer)
         try:
-            hello = self._decode(await asyncio.wait_for(wire.read_frame(reader), max(self.config.timeout, 60.0)))
+            async with asyncio.timeout(max(self.config.timeout, 60.0)):
+                hello = self._decode(await wire.read_frame(reader))
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             self._kill(bridge)
             raise InfraUnavailable(f"the Ray bridge did not connect to {self._where()}: {type(exc).__name__}") from None
@@ -218,16 +219,20 @@ class RayInfrastructure:
             log.error("the Ray bridge (pid %d) did not die", bridge.proc.pid)
 
     async def _call(self, bridge: _Bridge, msg: msgspec.Struct, timeout: float) -> Any:
+        if not bridge.alive:  # no reader is left to answer it (gone between two calls of one job)
+            raise InfraUnavailable(f"Ray at {self._where()} is unavailable: {self._reason or 'its bridge exited'}")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         id = msg.id  # type: ignore[attr-defined]
         bridge.pending[id] = fut
         wire.write_frame(bridge.writer, self._encode(msg))
-        try:
-            return await asyncio.wait_for(fut, timeout)
+        try:  # (asyncio.timeout: wait_for on 3.11 drops a cancel that comes as the answer does)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
-            bridge.pending.pop(id, None)
             self._lost(bridge, f"no answer in {timeout:g} s")
             raise InfraUnavailable(f"Ray at {self._where()} did not answer in {timeout:g} s") from None
+        finally:
+            bridge.pending.pop(id, None)
 
     # -- the protocol --------------------------------------------------------------------
 

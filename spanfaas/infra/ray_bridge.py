@@ -1,6 +1,6 @@
 """The Ray bridge: a child process that is the Ray driver for one ``ray`` infrastructure.
 
-    python -m spanfaas.infra.ray_bridge FD ADDRESS
+    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS
 
 Ray's driver lives here rather than in the gateway because a Ray cluster that
 stops leaves its driver unusable (every call fails with ``LocalRayletDiedError``
@@ -10,14 +10,18 @@ connection keeps the gateway clean: when Ray goes away the bridge exits, and
 
 Wire: on the socket ``FD``, frames of ``<I`` length + a msgpack message from
 the unions below; replies carry the request's ``id``; requests run
-concurrently.
+concurrently.  The bridge dies with its ``PARENT`` (the gateway's pid): the
+socket's EOF ends it when its loop is free, and ``PR_SET_PDEATHSIG`` when it
+is not (blocked in a Ray call, or in ``ray.init``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
@@ -32,6 +36,7 @@ __all__ = ["Deploy", "Drop", "Failed", "Hello", "InfoReply", "Infos", "Ok", "Ran
 LEN = struct.Struct("<I")
 CAPACITY_CHECK = 0.5
 """Seconds between two looks at the cluster's resources while a task is unfinished."""
+PR_SET_PDEATHSIG = 1
 
 
 class Hello(Struct, tag=True):
@@ -315,8 +320,20 @@ async def serve(fd: int, address: str) -> int:
     return 0
 
 
+def die_with(parent: int) -> None:
+    """SIGKILL this process when ``parent`` dies, even while its loop is blocked (a
+    bridge that outlived its gateway would stay a driver of the cluster, reparented).
+    The signal follows the parent's thread that started the bridge: the gateway's loop."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)  # it died before the signal was set
+
+
 def main() -> None:
-    fd, address = int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""
+    fd, parent, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""
+    die_with(parent)
     code = asyncio.run(serve(fd, address))
     sys.stdout.flush()
     os._exit(code)  # skip Ray's atexit handlers, which may wait on a dead cluster

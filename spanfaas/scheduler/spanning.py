@@ -21,7 +21,10 @@ The gateway holds one of these as its ``infra``.  It
   names the infrastructure that ran it;
 - **refreshes** each infrastructure's ``info()`` in a background task per
   infrastructure, so a slow or hung one delays nobody and nothing on the
-  request path waits for I/O other than the invocation itself.
+  request path waits for I/O other than the invocation itself.  Its waits
+  are bounded with ``asyncio.timeout``, not ``asyncio.wait_for``, which on
+  Python 3.11 drops a cancellation that comes as the call it waits for
+  answers (``close()`` then waited forever for a refresh that went on).
 
 A failover re-runs an invocation whose first infrastructure failed while it
 may have been running (a remote site that died mid-call): the caller gets
@@ -109,6 +112,7 @@ class SpanningInfrastructure:
         self._unremoved: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions removed (or moved away) while it was down: removed there once it answers."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
         self._started = False
 
@@ -150,10 +154,12 @@ class SpanningInfrastructure:
 
     async def _start_site(self, site: Site) -> None:
         if isinstance(site.infra, Startable):
-            await asyncio.wait_for(site.infra.start(), max(site.config.timeout, 60.0))
+            async with asyncio.timeout(max(site.config.timeout, 60.0)):
+                await site.infra.start()
         await self._refresh(site)
 
     async def close(self) -> None:
+        self._closing = True  # a refresh whose cancel was lost ends with its round
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -168,7 +174,7 @@ class SpanningInfrastructure:
     # -- background refresh ---------------------------------------------------------------
 
     async def _watch(self, site: Site) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.settings.refresh_interval)
             try:
                 await self._refresh(site)
@@ -184,7 +190,8 @@ class SpanningInfrastructure:
             return  # it answered 429 with a Retry-After that has not passed
         was = (site.info.healthy, _capabilities(site.info))
         try:
-            reported = await asyncio.wait_for(site.infra.info(), site.config.timeout)
+            async with asyncio.timeout(site.config.timeout):
+                reported = await site.infra.info()
         except TooManyRequests as exc:
             self._busy(site, exc)
         except (SpanfaasError, OSError, TimeoutError) as exc:
@@ -265,7 +272,8 @@ class SpanningInfrastructure:
             try:
                 # Another gateway sharing the store may do the same: it found the
                 # function gone (FunctionNotFound, a 404 from a site), which is done.
-                await asyncio.wait_for(site.infra.remove(name), site.config.timeout)
+                async with asyncio.timeout(site.config.timeout):
+                    await site.infra.remove(name)
             except FunctionNotFound:
                 pass
             except (SpanfaasError, OSError, TimeoutError) as exc:
@@ -397,7 +405,8 @@ class SpanningInfrastructure:
                 try:
                     if not site.healthy:
                         raise InfraUnavailable(site.reason)
-                    await asyncio.wait_for(site.infra.remove(spec.name), site.config.timeout)
+                    async with asyncio.timeout(site.config.timeout):
+                        await site.infra.remove(spec.name)
                 except FunctionNotFound:
                     pass
                 except (SpanfaasError, OSError, TimeoutError):
@@ -406,7 +415,8 @@ class SpanningInfrastructure:
 
     async def _deploy_on(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
         try:
-            await asyncio.wait_for(site.infra.deploy(spec, bundle), max(site.config.timeout, 60.0))
+            async with asyncio.timeout(max(site.config.timeout, 60.0)):
+                await site.infra.deploy(spec, bundle)
         except TimeoutError:
             raise InfraUnavailable(f"deploying took longer than {max(site.config.timeout, 60.0):g} s") from None
         except OSError as exc:
@@ -449,7 +459,8 @@ class SpanningInfrastructure:
                 task.add_done_callback(self._removals.discard)
                 with contextlib.suppress(Exception):  # (_remove_there logs its failure)
                     try:
-                        await asyncio.wait_for(asyncio.shield(task), site.config.timeout)
+                        async with asyncio.timeout(site.config.timeout):
+                            await asyncio.shield(task)
                     except TimeoutError:
                         log.info("removing %s from %s takes over %gs (in-flight calls drain); it goes on in the background",
                                  name, site.name, site.config.timeout)  # fmt: skip

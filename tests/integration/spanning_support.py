@@ -163,6 +163,19 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def cmdline(pid: int) -> bytes:
+    """``pid``'s command line (NUL-separated), or empty when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (is not gone, nor a zombie waiting to be reaped)."""
+    return _state(pid) not in ("X", "Z")
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -12,7 +12,9 @@ stopped and started again by the failover test.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +23,18 @@ import httpx
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
+from spanfaas.errors import InfraUnavailable
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
+from spanfaas.infra import ray_bridge as wire
 from spanfaas.infra.local import LocalInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
-from spanning_support import RAY_ENV, RayHead, RayNode, free_port, function_dir, infra_toml, world_readable_dir
+from spanning_support import (
+    RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
+)  # fmt: skip
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
 
@@ -85,6 +91,96 @@ def test_ray_only_and_gpu_functions_run_on_ray_through_the_gateway(ray_head: Ray
             assert verdicts["local"]["verdict"] == "rejected" and verdicts["local"]["reasons"] == ["no GPU declared"]
             assert verdicts["ray"]["verdict"] == "chosen"
         assert gw.stop() == 0
+
+
+def test_the_bridge_dies_with_its_gateway_even_when_it_cannot_read_its_socket(ray_head: RayHead, workdir: Path) -> None:
+    """The gateway crashes (SIGKILL to its process alone) while its Ray bridge is stuck
+    (stopped here: as a bridge whose loop is blocked in a Ray call, which never reads the
+    socket's EOF): the bridge dies with it, not lives on, reparented, as a driver of the
+    cluster; so does every other process the gateway started (zygote, templates)."""
+    config = workdir / "spanfaas.toml"
+    config.write_text(infra_toml({"name": "local", "kind": "local"}, {"name": "ray", "kind": "ray", "address": ray_head.address}))
+    gw = GatewayProcess(workdir / "data", infra="local", env={"SPANFAAS_CONFIG": str(config), **RAY_ENV}).start()
+    started: dict[int, bytes] = {}
+
+    def running(pid: int) -> bool:  # (and not another process that got its pid since)
+        return alive(pid) and cmdline(pid) == started[pid]
+
+    try:
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            info = c.get("/v1/info").json()["infrastructures"]
+            assert [(i["name"], i["healthy"]) for i in info] == [("local", True), ("ray", True)]
+            r = c.put("/v1/functions/both", content=pack_function(function_dir(workdir / "src", "both")))
+            assert r.status_code == 201, r.text
+            assert c.post("/v1/functions/both/invoke", json={"i": 1}).headers["x-spanfaas-infra"] == "local"
+        assert gw.proc is not None
+        started = {p: cmdline(p) for p in descendants(gw.proc.pid)}
+        bridges = [p for p, cmd in started.items() if b"spanfaas.infra.ray_bridge" in cmd]
+        assert len(bridges) == 1, started
+        os.kill(bridges[0], signal.SIGSTOP)
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(running(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = {p: cmd[:80] for p, cmd in started.items() if running(p)}
+        assert not left, f"processes the gateway started outlived it: {left}"
+    finally:
+        gw.kill()
+        for p in started:  # what outlived it (when the assertion failed): not left behind
+            if running(p):
+                os.kill(p, signal.SIGKILL)
+                os.kill(p, signal.SIGCONT)
+
+
+async def test_a_cancel_that_comes_as_the_bridge_answers_is_not_dropped(ray_head: RayHead, workdir: Path) -> None:
+    """A call to the bridge cancelled (a refresh that close() ends) as its answer arrives:
+    when the cancel is accepted, the call ends cancelled.  ``asyncio.wait_for`` on Python
+    3.11 accepted it and then returned the answer, and the caller went on as if never told."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        asking = asyncio.create_task(ray.info())
+        bridge = ray._bridge
+        assert bridge is not None
+        while not bridge.pending:  # the request is out
+            await asyncio.sleep(0)
+        (answer,) = bridge.pending.values()
+        accepted: list[bool] = []  # cancel() says True: the task was not done, it ends cancelled
+        answer.add_done_callback(lambda _: accepted.append(asking.cancel()))  # right after the answer is set
+        outcome = (await asyncio.gather(asking, return_exceptions=True))[0]
+        assert accepted and (asking.cancelled() or not accepted[0]), f"the cancellation was dropped: info() returned {outcome!r}"
+        assert (await ray.info()).healthy  # the bridge serves on
+    finally:
+        await ray.close()
+
+
+async def test_a_call_to_a_bridge_already_gone_fails_at_once(ray_head: RayHead, workdir: Path) -> None:
+    """The bridge exits between two calls of one job (the re-deploys to a new bridge, one
+    after the other): the next call fails at once, not after its whole timeout (60 s for a
+    deploy) waiting for an answer that no reader is left to take."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        bridge = ray._bridge
+        assert bridge is not None and bridge.alive
+        os.kill(bridge.proc.pid, signal.SIGKILL)
+        for _ in range(3000):  # its reader sees the socket close
+            if not bridge.alive:
+                break
+            await asyncio.sleep(0.01)
+        assert not bridge.alive
+        call = asyncio.ensure_future(ray._call(bridge, wire.Infos(0), 3600))
+        done, _ = await asyncio.wait({call}, timeout=30)  # at once when right; after an hour when wrong
+        if not done:
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+        assert done, "a call to a bridge that is gone waited for its timeout"
+        assert isinstance(call.exception(), InfraUnavailable), call.exception()
+    finally:
+        await ray.close()
 
 
 async def test_stop_ray_during_500_invocations_all_complete_on_local(ray_head: RayHead, workdir: Path) -> None:

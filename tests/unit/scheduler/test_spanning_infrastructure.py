@@ -561,3 +561,35 @@ async def test_a_site_that_never_answered_shows_no_region_it_does_not_have() -> 
         assert [v.region for v in sp.explain(make_spec()).infrastructures] == ["us-east", ""]
     finally:
         await sp.close()
+
+
+async def test_close_ends_a_refresh_whose_info_answered_as_close_began() -> None:
+    """close() cancels the background refresh.  On Python 3.11 ``asyncio.wait_for`` drops
+    a cancellation that comes after the info it waits for has answered but before the
+    waiting task runs again: the refresh went on every interval and close() waited for it
+    forever (a Ray test once sat 18 min in close(), its bridge answering info all along)."""
+    site = InMemoryInfrastructure("local")
+    real_info = site.info
+    sp = SpanningInfrastructure([(site, LOCAL)], SchedulerSettings(refresh_interval=0.01))
+    closing: list[asyncio.Task[None]] = []
+    armed = False
+
+    async def info() -> InfraInfo:
+        reported = await real_info()
+        if armed and not closing:  # close() begins while this answer is on its way back
+            asyncio.get_running_loop().call_soon(lambda: closing.append(asyncio.ensure_future(sp.close())))
+        return reported
+
+    site.info = info  # type: ignore[method-assign]
+    await sp.start()
+    armed = True
+    for _ in range(1000):  # the next refresh (every 0.01 s) arms it
+        if closing:
+            break
+        await asyncio.sleep(0.01)
+    assert closing, "no refresh ran"
+    done, _ = await asyncio.wait(closing, timeout=10)  # at once when right; never when wrong
+    if not done:  # (cancelled again while it waits, the refresh ends: nothing left running)
+        closing[0].cancel()
+        await asyncio.gather(closing[0], return_exceptions=True)
+    assert done, "close() did not end: the refresh it cancelled went on"
