@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle
+from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, InvalidBundle
 from spanfaas.model import (
     ErrorInfo,
     FunctionSpec,
@@ -138,13 +138,17 @@ class Pool:
             try:
                 self.runtime.spawn_template(self, theirs.fileno(), initial)
                 self._pending_forks = initial
-            except BaseException:
+            except BaseException as exc:
                 # No template was asked for: the pool is cold again, now, for the next
                 # call to start it (not starting until the channel's EOF fails that call).
                 chan.close()
                 self._chan = None
                 self._ready = None
                 self.state = "cold"
+                if isinstance(exc, OSError):  # the host refused (a file, a socket): the platform failed
+                    raise InfraUnavailable(
+                        f"could not start the template of '{self.spec.name}': {exc}; see the runtime's log, fix the host and retry"
+                    ) from exc
                 raise
             finally:
                 theirs.close()

@@ -163,7 +163,7 @@ async def test_a_restart_that_fails_before_the_template_is_asked_for_does_not_le
     shutil.rmtree(scratch)
     scratch.write_text("")
     try:
-        with pytest.raises(FileExistsError):
+        with pytest.raises(InfraError, match=f"could not make the scratch dir of 'respawn' at {scratch}: File exists"):
             await harness.invoke("respawn", b'{"sleep": 0}')
     finally:
         scratch.unlink()
