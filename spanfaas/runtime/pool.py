@@ -552,8 +552,11 @@ class Pool:
             # (its answer is for no one); on a reuse instance the call keeps its slot
             # until it answers or its deadline passes (then the instance is stopped,
             # as for any timeout): the next call must not queue behind it unknowingly.
-            answer = conn.abandon(req.id)
-            if answer is None:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # Answered before its caller resumed: the call served (a strict child is
+                # used up, never offered again) and ends as any served call, below.
+                pass
+            elif (answer := conn.abandon(req.id)) is None:
                 if self._strict:
                     self._queue.release(inst)
                     kept = True  # released here: given back below, not counted as served
