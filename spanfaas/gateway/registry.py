@@ -63,6 +63,8 @@ class Registry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._removing: set[str] = set()
         """Names whose removal has started here: not found, not deployed again from the store."""
+        self._removals: set[asyncio.Task[FunctionRecord]] = set()
+        """Removes in progress, held until they end (their callers may have given up)."""
 
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
@@ -201,6 +203,22 @@ class Registry:
             self.bundles.discard(digests - self.store.function_digests())
 
     async def remove(self, name: str) -> FunctionRecord:
+        """Remove ``name``: not found from now on, stopped once what runs has finished.
+
+        Completed even when its caller gives up (a client gone, a timeout): the
+        infrastructure lets go of the function as its remove starts, so a remove
+        undone half way would leave this gateway serving a function the
+        infrastructure no longer runs (every call failing)."""
+        task = asyncio.get_running_loop().create_task(self._remove(name))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: _log_given_up_remove(name, t))
+            raise
+
+    async def _remove(self, name: str) -> FunctionRecord:
         async with self._lock(name):
             record = self.functions.get(name) or await asyncio.to_thread(self.store.get_function, name)
             if record is None:
@@ -291,6 +309,14 @@ class Registry:
         if removed:
             self.store.collect_blobs(removed)
         self._discard_unused(removed | freed)
+
+
+def _log_given_up_remove(name: str, task: asyncio.Task[FunctionRecord]) -> None:
+    """A remove whose caller gave up ended: its failure is told to no one else."""
+    if task.cancelled():
+        log.error("removing function %r was cancelled after its caller gave up", name)
+    elif (exc := task.exception()) is not None:
+        log.error("removing function %r failed after its caller gave up: %s: %s", name, type(exc).__name__, exc)
 
 
 def too_large_bundle(size: int, limit: int) -> PayloadTooLarge:

@@ -100,8 +100,22 @@ async def connect(
     """Read the hello of the instance at the end of ``sock`` (its pid: ``inst`` gets its
     pidfd) and open its connection.  Raises OSError or TimeoutError if it never says hello."""
     _seq, pid = await read_hello(sock, HELLO_TIMEOUT)
-    inst.pid = pid
-    inst.pidfd = os.pidfd_open(pid) if pid > 0 else -1
+    if pid > 0:
+        pidfd = os.pidfd_open(pid)
+        # It said hello alive, but may have exited since, and been reaped by its template:
+        # then its pid may be another process's, and so may the pidfd.  It holds its end of
+        # ``sock`` until it exits (an exiting process closes its files before it can be
+        # reaped): no EOF now, it was alive when its pidfd was opened, which is then its own.
+        try:
+            exited = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            exited = False
+        except OSError:
+            exited = True
+        if exited:
+            os.close(pidfd)
+            raise ConnectionError(f"instance {pid} exited right after it said hello")
+        inst.pid, inst.pidfd = pid, pidfd
     if sandbox and pid > 0:
         _raise_oom_score(pid)
     loop = asyncio.get_running_loop()

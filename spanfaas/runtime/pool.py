@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle
+from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, InvalidBundle
 from spanfaas.model import (
     ErrorInfo,
     FunctionSpec,
@@ -138,13 +138,17 @@ class Pool:
             try:
                 self.runtime.spawn_template(self, theirs.fileno(), initial)
                 self._pending_forks = initial
-            except BaseException:
+            except BaseException as exc:
                 # No template was asked for: the pool is cold again, now, for the next
                 # call to start it (not starting until the channel's EOF fails that call).
                 chan.close()
                 self._chan = None
                 self._ready = None
                 self.state = "cold"
+                if isinstance(exc, OSError):  # the host refused (a file, a socket): the platform failed
+                    raise InfraUnavailable(
+                        f"could not start the template of '{self.spec.name}': {exc}; see the runtime's log, fix the host and retry"
+                    ) from exc
                 raise
             finally:
                 theirs.close()
@@ -548,8 +552,11 @@ class Pool:
             # (its answer is for no one); on a reuse instance the call keeps its slot
             # until it answers or its deadline passes (then the instance is stopped,
             # as for any timeout): the next call must not queue behind it unknowingly.
-            answer = conn.abandon(req.id)
-            if answer is None:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # Answered before its caller resumed: the call served (a strict child is
+                # used up, never offered again) and ends as any served call, below.
+                pass
+            elif (answer := conn.abandon(req.id)) is None:
                 if self._strict:
                     self._queue.release(inst)
                     kept = True  # released here: given back below, not counted as served

@@ -286,7 +286,13 @@ class LocalRuntime:
             spare = self._take_spare(zygote, pool, old=sb)
             if spare is not None:
                 sb.use_cgroup(self.cgroup_root, spare[1])
-        sb.prepare_scratch()
+        try:
+            sb.prepare_scratch()
+        except OSError as exc:
+            raise InfraUnavailable(
+                f"could not make the scratch dir of '{pool.spec.name}' at {sb.scratch_dir}: {exc.strerror or exc}; "
+                "the local runtime's data dir must be writable, have room, and hold nothing else at that path"
+            ) from exc
         req = p.SpawnTemplate(
             key=pool.key,
             name=pool.spec.name,

@@ -121,3 +121,41 @@ def test_deploy_and_invoke_on_the_local_runtime(world_readable_tmp: Path) -> Non
             raise AssertionError("processes of the gateway were left running")
     finally:
         gw.stop()
+
+
+def test_a_template_restart_the_host_refuses_is_a_problem_that_says_what_to_fix(world_readable_tmp: Path) -> None:
+    """Scaled to zero, a function's template starts again at the next call.  When the host
+    refuses that start (here: a file stands where the function's scratch dir is made), the
+    call gets a problem that names the platform's failure and what to fix, not a bare 500
+    "the gateway failed unexpectedly"; the next call, the host fixed, runs."""
+    gw = GatewayProcess(world_readable_tmp / "data", infra="local")
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+            d = function_dir(world_readable_tmp, "respawn", "reuse")
+            (d / "spanfaas.toml").write_text('name = "respawn"\nisolation = "reuse"\n[scaling]\nidle_ttl = 0.5\n')
+            r = c.put("/v1/functions/respawn", content=pack_function(d))
+            assert r.status_code == 201, r.text
+            r = c.post("/v1/functions/respawn/invoke", json={})
+            assert r.status_code == 200, r.text
+            zero = 'spanfaas_scale_events_total{direction="zero",function="respawn",infra="local"} 1.0'
+            deadline = time.monotonic() + 30
+            while zero not in c.get("/metrics").text:  # scaled to zero: its template stopped
+                assert time.monotonic() < deadline, "the idle function did not scale to zero"
+                time.sleep(0.1)
+            (scratch,) = (world_readable_tmp / "data" / "scratch").glob("*/respawn-*")
+            shutil.rmtree(scratch)
+            scratch.write_text("")
+            try:
+                r = c.post("/v1/functions/respawn/invoke", json={})
+            finally:
+                scratch.unlink()
+            assert r.status_code == 503, r.text  # InfraUnavailable: the platform cannot run it now
+            assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+            problem = r.json()
+            assert "unexpectedly" not in problem["detail"], problem
+            assert "scratch" in problem["detail"] and str(scratch) in problem["detail"], problem
+            r = c.post("/v1/functions/respawn/invoke", json={})
+            assert r.status_code == 200, r.text
+    finally:
+        gw.stop()

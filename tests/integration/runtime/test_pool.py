@@ -12,6 +12,8 @@ import time
 import pytest
 
 from spanfaas.errors import FunctionNotFound, InfraError, TooManyRequests
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.channels import InstanceConnection
 from tests.integration.runtime.conftest import Harness
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -163,10 +165,47 @@ async def test_a_restart_that_fails_before_the_template_is_asked_for_does_not_le
     shutil.rmtree(scratch)
     scratch.write_text("")
     try:
-        with pytest.raises(FileExistsError):
+        with pytest.raises(InfraError, match=f"could not make the scratch dir of 'respawn' at {scratch}: File exists"):
             await harness.invoke("respawn", b'{"sleep": 0}')
     finally:
         scratch.unlink()
     assert pool.state == "cold"
     r = await harness.invoke("respawn", b'{"sleep": 0}')
+    assert r.ok, r.error
+
+
+async def test_a_strict_child_whose_caller_gave_up_after_it_answered_is_never_offered_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strict child serves one invocation.  Its caller may give up after the child
+    answered and before the caller resumed: the child served, and must not be offered
+    to the next call (which would reach a used, exiting child, and be saved only by
+    the connection reset telling it that it never ran)."""
+    await harness.deploy("once", SLOW, 'isolation = "strict"\n[scaling]\nprefork = 1\n')
+    pool = harness.rt.pool("once")
+    assert (await harness.invoke("once", b'{"sleep": 0}')).ok
+    loop = asyncio.get_running_loop()
+    used: list[InstanceConnection] = []
+    seen_idle: list[bool] = []
+    request = InstanceConnection.request
+
+    def cancel_once_answered(conn: InstanceConnection, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
+        fut = request(conn, req, body)
+        if req.invocation_id == "given-up":
+            used.append(conn)
+            # Registered before its caller awaits it: runs when the answer is set, before
+            # the caller resumes; the caller is then cancelled with its answer in hand.
+            fut.add_done_callback(lambda _: call.cancel())
+        return fut
+
+    monkeypatch.setattr(InstanceConnection, "request", cancel_once_answered)
+    call = loop.create_task(harness.invoke("once", b'{"sleep": 0}', invocation_id="given-up"))
+    # Looked at as soon as the call ends, before the child's exit can unpark it.
+    call.add_done_callback(lambda _: seen_idle.append(any(i.conn is used[0] for i in pool._queue.idle)))
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    monkeypatch.undo()
+    assert used and used[0].pending == {}, "the child answered before its caller was cancelled"
+    assert seen_idle == [False], "the strict child that served was offered again"
+    r = await harness.invoke("once", b'{"sleep": 0}')
     assert r.ok, r.error
