@@ -14,7 +14,10 @@ templates' exits.
 A *spare* (``PrepareSpare``) is the same shell forked ahead of any deploy,
 its fitter done: namespaces and the cgroup join -- the slow part of a
 sandboxed cold start -- are ready when a ``SpawnTemplate`` naming it
-arrives; a second fitter joins its namespaces for the function's part
+arrives (the spare is reported ready only once its fitter has exited: a
+function's fitter that joined its mount namespace earlier would resolve
+``/proc`` for the Landlock ruleset before the shell's own ``/proc`` was
+mounted over it, and the function would be refused ``/proc/self/...``); a second fitter joins its namespaces for the function's part
 (hostname, fs view, scratch tmpfs) and the spare goes on as that
 function's template.
 """
@@ -75,6 +78,8 @@ class Zygote:
         self.chan = chan
         self.templates: dict[int, str] = {}
         self.spares: dict[str, Spare] = {}
+        self.fitting: dict[int, Spare] = {}
+        """Spares whose fitter still runs, by the fitter's pid: reported ready when it exits."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def spawn(self, req: p.SpawnTemplate, chan_fd: int) -> None:
@@ -87,7 +92,7 @@ class Zygote:
         def run(protections: list[Protection], reports: list[int]) -> None:
             template.run(req, chan_fd, protections, reports=reports)
 
-        inner, _ = self._fork_shell(req.sandbox, req.cgroup, run, req=req)
+        inner, _, _ = self._fork_shell(req.sandbox, req.cgroup, run, req=req)
         os.close(chan_fd)
         if inner > 0:
             self.templates[inner] = req.key
@@ -101,7 +106,7 @@ class Zygote:
             _wait_as_spare(theirs, protections, reports)
 
         try:
-            inner, unshared = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
+            inner, unshared, fitter_pid = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
         except OSError:
             ours.close()
             raise
@@ -109,7 +114,11 @@ class Zygote:
             theirs.close()
         if inner > 0:
             self.templates[inner] = req.key
-            self.spares[req.key] = Spare(req.key, inner, ours, unshared)
+            spare = Spare(req.key, inner, ours, unshared)
+            if fitter_pid > 0:
+                self.fitting[fitter_pid] = spare  # ready when its fitter exits (``reap``)
+                return
+            self.spares[req.key] = spare  # no fitter: the spare reads EOF and fails its deploy
         else:
             ours.close()
         p.send_msg(self.chan, p.SpareReady(req.key, inner))
@@ -160,7 +169,7 @@ class Zygote:
     def _leave_zygote(self) -> None:
         """In a fresh child: drop the zygote's channels, wake-up pipe and handlers."""
         os.close(self.chan.detach())
-        for spare in self.spares.values():
+        for spare in (*self.spares.values(), *self.fitting.values()):
             os.close(spare.sock.detach())
         os.close(self.wake_r)
         os.close(self.wake_w)
@@ -169,14 +178,15 @@ class Zygote:
 
     def _fork_shell(
         self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], list[int]], object], req: p.SpawnTemplate | None,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Fork the sandboxed *shell* of a template -- pid 1 of fresh
         namespaces, made here around the fork -- and its fitter (pid 2) that
         joins it to ``cgroup`` and sets the namespaces up (for ``req``'s
         function too, when given) while the shell runs ``then`` with the
         protections so far and the fitter's report pipe.  No user code loads
         before the report.  Returns the shell's host pid (-1 when the fork
-        failed) and the clone flags of its namespaces.
+        failed), the clone flags of its namespaces and the fitter's pid (-1
+        when it was not forked).
 
         No process stands between the zygote and the shell, so the shell
         shares pages only with the zygote (an intermediate's writes would
@@ -240,7 +250,7 @@ class Zygote:
         for fd in (*procs, report_r, report_w):
             if fd >= 0:
                 os.close(fd)
-        return pid, unshared
+        return pid, unshared, fitter_pid
 
     def reap(self) -> None:
         while True:
@@ -250,11 +260,27 @@ class Zygote:
                 return
             if pid == 0:
                 return
+            fitted = self.fitting.pop(pid, None)
+            if fitted is not None:  # a spare's fitter is done: the spare is ready
+                self.spares[fitted.key] = fitted
+                try:
+                    p.send_msg(self.chan, p.SpareReady(fitted.key, fitted.pid))
+                except OSError:
+                    return  # the runtime is gone; the loop sees EOF next
+                continue
             key = self.templates.pop(pid, None)
             spare = self.spares.get(key) if key is not None else None
             if spare is not None and spare.pid == pid:
                 del self.spares[spare.key]  # died before use: the runtime prepares another
                 spare.sock.close()
+            unready = next((f for f, s in self.fitting.items() if s.pid == pid), None)
+            if unready is not None:  # died before its fitter was done: it did not start
+                spare = self.fitting.pop(unready)
+                spare.sock.close()
+                try:
+                    p.send_msg(self.chan, p.SpareReady(spare.key, -1))
+                except OSError:
+                    return
             if key is not None:
                 try:
                     p.send_msg(self.chan, p.TemplateExited(pid, status))

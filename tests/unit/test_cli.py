@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from click.testing import Result
@@ -491,16 +492,47 @@ def test_an_invoke_that_outlasts_its_timeout_names_the_invocation_to_fetch_later
     assert r.exit_code == 0 and json.loads(r.stdout) == "slept" and "memory" in r.stderr
 
 
+def _connected(pid: int, port: int) -> bool:
+    """``pid`` holds an established TCP connection to 127.0.0.1:``port``."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(r[2] == f"0100007F:{port:04X}" and r[3] == "01" and r[9] in inodes for r in rows)
+
+
 def _interrupted(live: Live, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``spanfaas ARGS`` in its own process, stopped with Ctrl-C (SIGINT) while it waits."""
     env = {
         **os.environ, "SPANFAAS_URL": live.url, "SPANFAAS_TOKEN": live.admin,
         "XDG_CONFIG_HOME": str(tmp_path / "config"), "PYTHONPATH": str(ROOT), "COLUMNS": "200",
     }  # fmt: skip
+    headers = {"Authorization": f"Bearer {live.admin}"}
+    known = {x["id"] for x in httpx.get(f"{live.url}/v1/invocations", headers=headers).json()["invocations"]}
     proc = subprocess.Popen(
         [sys.executable, "-m", "spanfaas.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(2.0)  # started, and waiting on the 5 s invocation
+    # Ctrl-C once it waits on the 5 s invocation, not after a guessed time (its
+    # start-up alone can take seconds on a loaded machine): it is connected to
+    # the gateway and, for ``invoke --timeout``, has queued its invocation (a
+    # plain ``invoke`` waits from its first request; ``result`` from its first).
+    port = int(live.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the CLI ended or never waited"
+        if _connected(proc.pid, port):
+            if "--timeout" not in args:
+                break
+            listed = httpx.get(f"{live.url}/v1/invocations", headers=headers).json()["invocations"]
+            if any(x["id"] not in known for x in listed):
+                break
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -235,3 +235,48 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def _own_proc_mounts(pid: int) -> int:
+    """How many procfs are mounted on /proc in ``pid``'s mount namespace."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return sum(1 for line in f if line.split()[4] == "/proc" and line.split(" - ")[1].split()[0] == "proc")
+
+
+async def test_a_spare_is_reported_ready_only_once_its_fitter_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A function's fitter joins the spare's mount namespace and resolves /proc
+    for the Landlock ruleset: were the spare's own /proc not mounted yet, the
+    rule would hold the host's and the function be refused /proc/self/cgroup.
+    So at the moment the runtime hears a spare is ready, it is in its cgroup
+    with its own /proc."""
+    from spanfaas.runtime import zygotes
+
+    seen: list[tuple[int, bool, int]] = []  # (pid, in its cgroup, procfs on /proc)
+    real = zygotes.ZygoteProcess.spare_ready
+
+    def observe(self: Any, name: str, pid: int) -> Any:
+        cgroup = self.pending_spares.get(name)
+        if pid > 0 and cgroup is not None:
+            joined = True
+            for d in cgroup.directories():
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    joined = joined and pid in [int(x) for x in f.read().split()]
+            seen.append((pid, joined, _own_proc_mounts(pid)))
+        return real(self, name, pid)
+
+    monkeypatch.setattr(zygotes.ZygoteProcess, "spare_ready", observe)
+    rt = await _runtime(tmp_path, spares=1)
+    try:
+        h = Harness(rt, tmp_path / "functions")
+        require(h, "pid-namespace", "mount-namespace")
+        zygote = rt._zygote_for(None)
+        for _ in range(3):  # each spare killed is replaced: three announcements
+            _, spare_pid = await _spare_ready(rt)
+            os.kill(spare_pid, signal.SIGKILL)
+            async with asyncio.timeout(10):
+                while spare_pid in zygote.spare_pids.values():
+                    await asyncio.sleep(0.005)
+        ours = _own_proc_mounts(os.getpid())
+        assert seen and all(joined and procs == ours + 1 for _pid, joined, procs in seen), (ours, seen)
+    finally:
+        await rt.close()

@@ -97,7 +97,7 @@ def test_a_runtime_gone_while_the_zygote_answers_ends_it_quietly(
     the zygote prepared a spare: the zygote printed a BrokenPipeError traceback, then
     another from its answer that the spare failed, then died of it."""
     zyg, runtime_end = pair
-    monkeypatch.setattr(zyg, "_fork_shell", lambda *a, **kw: (-1, []))  # (no real spare needed)
+    monkeypatch.setattr(zyg, "_fork_shell", lambda *a, **kw: (-1, 0, -1))  # (no real spare needed)
     runtime_end.close()
     assert zyg._on_message(p.PrepareSpare("spare-1", []), []) is True  # the loop ends, as on EOF
     assert zyg._on_message(_request(), []) is True
