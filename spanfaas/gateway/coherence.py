@@ -106,8 +106,11 @@ class Coherence:
 
     async def _watch(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # comes as the wake-up does, and stop() then waited for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+                async with asyncio.timeout(self.poll):
+                    await self._wake.wait()
             self._wake.clear()  # before looking: an announcement from now on is not lost
             if self.enabled:
                 try:

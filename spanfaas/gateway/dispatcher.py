@@ -162,7 +162,8 @@ class Dispatcher:
                 await self._wake.wait()  # a slot frees up
             else:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                    async with asyncio.timeout(self.poll):  # (wait_for drops a cancel on 3.11)
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
 

@@ -562,7 +562,8 @@ class ImageService:
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), HEARTBEAT)
+                    async with asyncio.timeout(HEARTBEAT):  # (wait_for drops a cancel on Python 3.11)
+                        event = await queue.get()
                 except TimeoutError:
                     yield BuildWaiting(seconds=round(time.monotonic() - started, 1))
                     continue

@@ -115,7 +115,8 @@ class Uv:
                     log(line)
 
         try:
-            await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), self.settings.build_timeout)
+            async with asyncio.timeout(self.settings.build_timeout):  # (wait_for drops a cancel on 3.11)
+                await asyncio.gather(pump(), proc.wait())
         except TimeoutError:
             proc.kill()
             await proc.wait()

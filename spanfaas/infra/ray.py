@@ -248,7 +248,8 @@ class RayInfrastructure:
         bridge.alive = False
         bridge.writer.close()
         try:
-            await asyncio.wait_for(asyncio.to_thread(bridge.proc.wait), 10)
+            async with asyncio.timeout(10):  # (wait_for drops a cancel on Python 3.11)
+                await asyncio.to_thread(bridge.proc.wait)
         except TimeoutError:
             self._kill(bridge)
 

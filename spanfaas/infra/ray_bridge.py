@@ -253,7 +253,8 @@ async def watch(bridge: Bridge, gcs_address: str, every: float = 0.5) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+            async with asyncio.timeout(2.0):  # (wait_for drops a cancel on Python 3.11)
+                _, w = await asyncio.open_connection(host, int(port))
             w.close()
             misses = 0
         except (OSError, TimeoutError):

@@ -151,7 +151,8 @@ async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
 
     loop.add_reader(sock.fileno(), readable)
     try:
-        return await asyncio.wait_for(fut, timeout)
+        async with asyncio.timeout(timeout):  # (wait_for drops a cancel on Python 3.11)
+            return await fut
     finally:
         if sock.fileno() >= 0:
             loop.remove_reader(sock.fileno())

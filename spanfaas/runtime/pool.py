@@ -734,8 +734,9 @@ class Pool:
         Stopped too when the wait is cancelled: its caller forgets the pool all the same."""
         self.state = "draining"
         try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # (wait_for drops a cancel on Python 3.11)
+                await self._drained.wait()
+        except TimeoutError:
             pass
         finally:
             self.close()

@@ -143,8 +143,9 @@ class ZygoteProcess:
         if self.proc is None:
             return
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # (wait_for drops a cancel on Python 3.11)
+                await asyncio.to_thread(self.proc.wait)
+        except TimeoutError:
             log.warning("spanfaas runtime: zygote %s did not exit; killing it", self.key)
             self.proc.kill()
             await asyncio.to_thread(self.proc.wait)

@@ -402,3 +402,33 @@ async def test_a_remove_deletes_the_bundle_from_the_store_and_from_each_gateways
 def _unpacked(data: Path) -> list[str]:
     d = data / "bundles"
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+async def test_stop_ends_a_watch_woken_as_stop_began(gateway: Gateway) -> None:
+    """stop() cancels the watch.  On Python 3.11 ``asyncio.wait_for`` drops a cancellation
+    that comes after the wake-up it waits for but before the watch runs again: the watch
+    went on looking every ``functions_poll`` and stop(), so the gateway's close, waited
+    for it forever."""
+    co = gateway.coherence
+    stopping: list[asyncio.Task[None]] = []
+
+    class Woken(asyncio.Event):
+        async def wait(self) -> bool:  # stop() begins while this wake-up is on its way back
+            await super().wait()
+            if not stopping:
+                asyncio.get_running_loop().call_soon(lambda: stopping.append(asyncio.ensure_future(co.stop())))
+            return True
+
+    old, co._wake = co._wake, Woken()
+    old.set()  # the watch waits on the old one: from its next round on, on this one
+    for _ in range(1000):
+        if stopping:
+            break
+        co._wake.set()  # (the watch clears it before it looks)
+        await asyncio.sleep(0.01)
+    assert stopping, "the watch never woke"
+    done, _ = await asyncio.wait(stopping, timeout=10)  # at once when right; never when wrong
+    if not done:  # (cancelled again while it waits, the watch ends: nothing left running)
+        stopping[0].cancel()
+        await asyncio.gather(stopping[0], return_exceptions=True)
+    assert done, "stop() did not end: the watch it cancelled went on"
