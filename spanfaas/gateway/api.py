@@ -302,10 +302,12 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
             "Invoke a function: the body is its event, the response body its result",
             params=(
                 _fn,
-                Param("mode", "query", "sync (default) waits for the result; async answers 202 at once",
+                Param("mode", "query", "sync (default) waits for the result; async answers 202 at once. "
+                      "Values that contradict each other (mode=sync&mode=async, or mode=sync with "
+                      "Prefer: respond-async) are a 400",
                       {"type": "string", "enum": ["sync", "async"]}),
-                Param("Prefer", "header", "'respond-async' is the same as mode=async"),
-                Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422"),
+                Param("Prefer", "header", "'respond-async' is the same as mode=async (a mode=sync that contradicts it is a 400)"),
+                Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422; on a sync invocation it is a 400"),
             ),
             body=("application/json", "*/*"), response="*/*",
             body_note="The event: JSON (application/json or a +json type; a body without a Content-Type is taken "
