@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -225,8 +226,25 @@ async def create_token(gw: Gateway, request: Request) -> Response:
         kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         sent = f"a {kind} body" if kind and kind != "application/json" else "a body that is not valid JSON"
         raise InvalidRequest(f"the token request is {sent} ({exc}); {example}") from None
+    _check_token_name(req.name)
     record, token = await asyncio.to_thread(issue_token, gw.store, req.name, req.scopes)
     return json(TokenCreated(id=record.id, name=record.name, token=token, scopes=list(record.scopes)), 201)
+
+
+_CONTROL_NAMES = {"\t": "a tab", "\n": "a line feed", "\r": "a carriage return", "\x00": "a NUL", "\x1b": "an escape"}
+
+
+def _check_token_name(name: str) -> None:
+    """A token's name is shown in token lists and as the actor of what it deploys: a control
+    character (or a line or paragraph separator) in it would forge lines or colours there."""
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            label = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "").lower()
+            said = f"U+{ord(ch):04X} at character {i + 1}" + (f" ({label})" if label else "")
+            raise InvalidRequest(
+                f"the token name {name!r} has a control character, {said}; "
+                "send a name of printable characters, e.g. \"ci deploy\""
+            )
 
 
 async def list_tokens(gw: Gateway, request: Request) -> Response:
@@ -302,10 +320,12 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
             "Invoke a function: the body is its event, the response body its result",
             params=(
                 _fn,
-                Param("mode", "query", "sync (default) waits for the result; async answers 202 at once",
+                Param("mode", "query", "sync (default) waits for the result; async answers 202 at once. "
+                      "Values that contradict each other (mode=sync&mode=async, or mode=sync with "
+                      "Prefer: respond-async) are a 400",
                       {"type": "string", "enum": ["sync", "async"]}),
-                Param("Prefer", "header", "'respond-async' is the same as mode=async"),
-                Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422"),
+                Param("Prefer", "header", "'respond-async' is the same as mode=async (a mode=sync that contradicts it is a 400)"),
+                Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422; on a sync invocation it is a 400"),
             ),
             body=("application/json", "*/*"), response="*/*",
             body_note="The event: JSON (application/json or a +json type; a body without a Content-Type is taken "

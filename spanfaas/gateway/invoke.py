@@ -124,7 +124,7 @@ class InvokeEndpoint:
         fn = gw.registry.functions.get(name) or await gw.registry.require(name)
         content_type = b""
         length = -1
-        is_async = False
+        prefer_async = False
         key: str | None = None
         want_logs = False
         event: bytes | None = None
@@ -140,8 +140,8 @@ class InvokeEndpoint:
                 origin = v
             elif k == b"content-length":
                 length = int(v) if v.isdigit() else -1
-            elif k == b"prefer":
-                is_async = b"respond-async" in v.lower()
+            elif k == b"prefer":  # (several Prefer headers add up: RFC 7240)
+                prefer_async = prefer_async or b"respond-async" in v.lower()
             elif k == b"idempotency-key":
                 key = v.decode("latin-1")
                 if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
@@ -149,8 +149,13 @@ class InvokeEndpoint:
                         f"the Idempotency-Key header is {len(key)} characters long; "
                         f"send 1 to {IDEMPOTENCY_KEY_MAX} (a UUID, or an id of the order it stands for)"
                     )
-        if scope["query_string"]:
-            is_async = _async_mode(scope["query_string"], is_async)
+        is_async = _async_mode(scope["query_string"], prefer_async) if scope["query_string"] else prefer_async
+        if key is not None and not is_async:
+            raise InvalidRequest(
+                "the Idempotency-Key header is taken on asynchronous invocations only (the same key queues the "
+                "invocation once and answers its id again); send it with mode=async (or Prefer: respond-async) "
+                "and poll the invocation, or leave it out to wait for the result"
+            )
         if length > self.limit:
             raise too_large("payload", "max_payload", self.limit, length)
         attributes = _event_attributes(scope, event, is_async) if event is not None else None
@@ -390,13 +395,24 @@ def logs_header(logs: str, invocation_id: str) -> bytes:
         keep = min(keep - 1, keep * LOGS_HEADER_MAX // len(data))
 
 
-def _async_mode(query: bytes, default: bool) -> bool:
+def _async_mode(query: bytes, prefer_async: bool) -> bool:
+    """Whether ``mode`` in the query asks for async (``prefer_async``, from ``Prefer: respond-async``,
+    if it is not there); InvalidRequest when they contradict each other."""
+    mode: str | None = None
     for k, v in parse_qsl(query.decode("latin-1")):
         if k == "mode":
             if v not in ("sync", "async"):
                 raise InvalidRequest(f"mode={v!r} is not known; use mode=sync (default) or mode=async")
-            return v == "async"
-    return default
+            if mode is not None and v != mode:
+                raise InvalidRequest(f"the query has both mode={mode} and mode={v}; send one")
+            mode = v
+    if mode is None:
+        return prefer_async
+    if prefer_async and mode == "sync":
+        raise InvalidRequest(
+            "the request has both mode=sync and Prefer: respond-async; send one (mode=async, or drop respond-async)"
+        )
+    return mode == "async"
 
 
 def _failure(result: Result) -> SpanfaasError:

@@ -29,7 +29,7 @@ import msgspec
 
 from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle
 from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Result
-from spanfaas.runtime.instance import user_traceback
+from spanfaas.runtime.instance import non_finite_at, non_finite_error, user_traceback
 
 __all__ = ["InMemoryInfrastructure"]
 
@@ -130,6 +130,8 @@ class InMemoryInfrastructure:
                 output, content_type = bytes(value), "application/octet-stream"
             else:
                 output = _encoder.encode(value)
+                if b"null" in output and (where := non_finite_at(value)) is not None:  # as an instance does
+                    output, error = b"", non_finite_error(where)
         except TimeoutError:
             error = ErrorInfo(kind="timeout", message=f"the function ran longer than its timeout of {timeout:g} s")
         except MemoryError as exc:

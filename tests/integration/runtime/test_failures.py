@@ -54,6 +54,8 @@ def handler(event, context):
             pass
     if what == "unserializable":
         return object()
+    if what == "nan":
+        return {"mean": [1.0, float("nan")]}
     if what == "lone-surrogate":  # str() of the exception holds what UTF-8 cannot encode
         raise ValueError("undecodable name: " + b"caf\\xe9".decode("utf-8", "surrogateescape"))
     if what == "exit-lone-surrogate":
@@ -318,6 +320,15 @@ async def test_unserializable_result_is_a_clear_error(harness: Harness, isolatio
     r = await harness.invoke(name, b'{"do": "unserializable"}')
     assert r.error is not None and r.error.kind == "error"
     assert "not JSON-serializable" in r.error.message
+    await _ok(harness, name)
+
+
+async def test_nan_result_is_a_clear_error(harness: Harness, isolation: str) -> None:
+    """A result holding NaN came back as null with a 200: the data changed without a word."""
+    name = await _deploy(harness, isolation)
+    r = await harness.invoke(name, b'{"do": "nan"}')
+    assert r.error is not None and r.error.kind == "error", r.output
+    assert "not JSON-representable" in r.error.message and "result['mean'][1] is nan" in r.error.message
     await _ok(harness, name)
 
 

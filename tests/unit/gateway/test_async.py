@@ -17,6 +17,7 @@ from spanfaas.client.operations import error_from_record
 from spanfaas.config import Settings
 from spanfaas.errors import FunctionNotFound
 from spanfaas.gateway import create_app, pack_function
+from spanfaas.gateway.app import Gateway
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import InvocationRecord
 from spanfaas.store import SQLiteStore
@@ -90,6 +91,49 @@ async def test_an_idempotency_key_empty_or_too_long_is_refused(client: httpx.Asy
     r = await client.post("/v1/functions/hello/invoke?mode=async", json={}, headers={"idempotency-key": key})
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
     assert f"is {len(key)} characters long; send 1 to 255" in r.json()["detail"]
+
+
+async def test_an_idempotency_key_on_a_sync_invocation_is_refused(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure, gateway: Gateway, store: SQLiteStore) -> None:
+    """It was ignored: a retry with the same key ran the function again, which the key was sent to prevent."""
+    r = await client.post("/v1/functions/hello/invoke", json={}, headers={"idempotency-key": "order-44"})
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert "Idempotency-Key" in r.json()["detail"] and "mode=async" in r.json()["detail"]
+    assert infra.invocations == 0  # refused before it ran
+    await gateway.recorder.flush()
+    assert store.list_invocations() == []
+
+
+@pytest.mark.parametrize(
+    ("query", "prefer", "named"),
+    [
+        ("?mode=sync&mode=async", None, ("mode=sync", "mode=async")),
+        ("?mode=async&mode=sync", None, ("mode=async", "mode=sync")),
+        ("?mode=sync", "respond-async", ("mode=sync", "Prefer: respond-async")),
+    ],
+)
+async def test_contradictory_modes_are_refused(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure, query: str, prefer: str | None, named: tuple[str, str]) -> None:
+    """The last word won (or the query beat the header) without a word: the caller may have got
+    a 202 it did not expect, or a function run and waited on that it meant to queue."""
+    headers = {"prefer": prefer} if prefer else {}
+    r = await client.post(f"/v1/functions/hello/invoke{query}", json={}, headers=headers)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert all(n in r.json()["detail"] for n in named), r.json()["detail"]
+    assert infra.invocations == 0
+
+
+async def test_modes_that_agree_are_taken(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    r = await client.post("/v1/functions/hello/invoke?mode=async&mode=async", json={}, headers={"prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    await wait_done(client, r.json()["id"])
+    r = await client.post("/v1/functions/hello/invoke?mode=sync&mode=sync", json={})
+    assert r.status_code == 200 and r.json() == {"hello": "world"}
+
+
+async def test_prefer_respond_async_in_any_prefer_header(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    """Only the last Prefer header was read: respond-async in an earlier one was dropped (RFC 7240 allows several)."""
+    r = await client.post("/v1/functions/hello/invoke", json={}, headers=[("prefer", "respond-async"), ("prefer", "wait=5")])
+    assert r.status_code == 202, r.text
+    await wait_done(client, r.json()["id"])
 
 
 async def test_platform_failures_are_retried(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:

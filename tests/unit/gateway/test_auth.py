@@ -103,6 +103,24 @@ async def test_bad_token_requests(client: httpx.AsyncClient, body: dict[str, obj
     assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [("ci\nadmin", "U+000A at character 3 (a line feed)"), ("\x1b[31mci", "U+001B at character 1"),
+     ("ci\x7f", "U+007F at character 3"), ("ci\u0085", "U+0085 at character 3"), ("ci\u2028x", "U+2028 at character 3")],
+)
+async def test_a_token_name_with_a_control_character_is_refused(client: httpx.AsyncClient, name: str, named: str) -> None:
+    """Token names took control characters: a name with a newline or an escape sequence forges lines
+    and colours where it is shown (token lists, the deploy audit's actor)."""
+    r = await client.post("/v1/tokens", json={"name": name, "scopes": ["invoke"]})
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert named in r.json()["detail"] and "control character" in r.json()["detail"], r.json()["detail"]
+    assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
+    r = await client.post("/v1/tokens", json={"name": "ci déploiement 🚀", "scopes": ["invoke"]})  # other Unicode stays
+    assert r.status_code == 201, r.text
+    doc = (await client.get("/openapi.json")).json()
+    assert "control characters" in doc["components"]["schemas"]["TokenRequest"]["properties"]["name"]["description"]
+
+
 async def test_a_form_encoded_token_request_is_told_to_send_json(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/tokens", data={"name": "ci", "scopes": "invoke"})  # curl -d / an OAuth habit
     detail = r.json()["detail"]

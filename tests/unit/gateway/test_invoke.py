@@ -325,3 +325,17 @@ async def test_a_function_removed_while_its_call_arrives_is_a_404_not_a_platform
         assert (await client.get("/v1/invocations")).json()["invocations"] == []  # nothing ran, nothing to look up
     if isinstance(infra, SpanningInfrastructure):
         await infra.close()
+
+
+@pytest.mark.parametrize(("value", "where"), [("float('nan')", "result is nan"), ("{'a': [1, float('-inf')]}", "result['a'][1] is -inf")])
+async def test_non_finite_result_is_a_function_error(client: httpx.AsyncClient, fn_dir: Callable[..., Path], value: str, where: str) -> None:
+    """A function returning NaN or ±Infinity answered 200 with null in its place: JSON has neither,
+    and the data changed without a word.  It is the function's error (500), saying what to return."""
+    r = await client.put("/v1/functions/nan", content=pack_function(fn_dir("nan", f"def handler(event, context):\n    return {value}\n")))
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/functions/nan/invoke", json={})
+    assert r.status_code == 500, r.text
+    problem = r.json()
+    assert problem["type"].endswith("/function-error") and problem["error_type"] == "ValueError"
+    assert "not JSON-representable" in problem["detail"] and where in problem["detail"], problem["detail"]
+    assert "return None" in problem["detail"]

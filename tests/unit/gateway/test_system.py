@@ -97,6 +97,9 @@ async def test_openapi_lists_the_errors_the_gateway_answers(client: httpx.AsyncC
     assert "429" in invoke and "queue" in invoke["429"]["description"]
     assert "Retry-After" in invoke["429"]["headers"]
     assert "Idempotency-Key" in invoke["422"]["description"]
+    params = {p["name"]: p["description"] for p in doc["paths"]["/v1/functions/{name}/invoke"]["post"]["parameters"]}
+    assert "on a sync invocation it is a 400" in params["Idempotency-Key"]  # (it was silently ignored)
+    assert "contradict" in params["mode"] and "contradict" in params["Prefer"]
     assert "503" in doc["paths"]["/v1/functions/{name}"]["put"]["responses"]
     for path, ops in doc["paths"].items():
         for method, op in ops.items():

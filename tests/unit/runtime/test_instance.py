@@ -112,3 +112,11 @@ def test_frames_of_the_bundle_are_named_as_in_it_and_nothing_else_is_rewritten(t
         inst._code_root = ""
     assert '  File "lib/util.py", line 2, in fail' in text, text
     assert text.rstrip().endswith(f"ValueError: {quoted}"), text  # the message keeps the path it quotes
+
+
+def test_non_finite_at_names_where_and_only_floats() -> None:
+    nan, inf = float("nan"), float("inf")
+    assert inst.non_finite_at({"a": [1.0, None, (2, -inf)]}) == "result['a'][2][1] is -inf"
+    assert inst.non_finite_at([{"x": nan}]) == "result[0]['x'] is nan"
+    # Strings and bytes that hold a non-finite float's msgpack bits are not floats.
+    assert inst.non_finite_at({"b": b"\xcb\x7f\xf8" + bytes(6), "s": "\x7f", "n": None, "f": 1e308}) is None
