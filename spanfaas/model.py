@@ -601,6 +601,8 @@ class TokenRecord(Struct, frozen=True, kw_only=True):
 # -- events and triggers ------------------------------------------------------
 
 _ATTRIBUTE = re.compile(r"^[a-z0-9]{1,20}$")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""What CloudEvents 1.0 forbids in a string attribute: a pattern holding one never matches."""
 
 
 class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -633,6 +635,14 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         for key in self.filters:
             if not _ATTRIBUTE.match(key):
                 raise ValueError(f"filter {key!r} is not a CloudEvent attribute name (lowercase letters and digits)")
+        patterns = {"source": self.source, "type": self.type, "subject": self.subject or ""}
+        for field, pattern in [*patterns.items(), *((f"filters.{k}", v) for k, v in self.filters.items())]:
+            if m := _CONTROL.search(pattern):
+                raise ValueError(
+                    f"{field} {pattern!r} contains the control character U+{ord(m.group()):04X}; no event's "
+                    "attribute holds one (CloudEvents 1.0 forbids U+0000-U+001F and U+007F-U+009F), so it "
+                    "would never match: remove it"
+                )
         if not self.schedule:
             return
         if self.source != "*" or self.type != "*" or self.subject is not None or self.filters:

@@ -436,6 +436,11 @@ async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_prompt
         ({"schedule": "0 3 * * *", "missed": "sometimes"}, "trigger.missed 'sometimes' is not known; use one of: 'all', 'latest', 'skip'", "enum"),
         ({"name": "Nightly Job"}, "trigger.name 'Nightly Job' must be lowercase letters, digits, '.', '_' or '-'", "regex"),
         ({"typ": "com.x"}, "unknown field `typ`", "at `$"),
+        # A pattern with a control character was taken (201), though no event's attribute holds one.
+        ({"source": "\u0000"}, "source '\\x00' contains the control character U+0000", "s3://photos"),
+        ({"type": "com.\u0085x"}, "type 'com.\\x85x' contains the control character U+0085", "s3://photos"),
+        ({"subject": "a\nb"}, "subject 'a\\nb' contains the control character U+000A", "s3://photos"),
+        ({"filters": {"shop": "p\u007f"}}, "filters.shop 'p\\x7f' contains the control character U+007F", "s3://photos"),
     ],
 )
 async def test_a_refused_trigger_says_what_to_fix(
