@@ -141,6 +141,34 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
     assert after == before + 1
 
 
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ({"a": 1}, "'shop' is {\"a\":1}; a CloudEvents attribute is a string, a boolean or an integer"),
+        ([1, 2], "'shop' is [1,2]; a CloudEvents attribute is a string"),
+        (1.5, "'shop' is 1.5; a CloudEvents attribute is a string"),
+        (2**31, "'shop' is 2147483648, past the CloudEvents Integer range (-2147483648 to 2147483647)"),
+        (-(2**31) - 1, "'shop' is -2147483649, past the CloudEvents Integer range"),
+    ],
+)
+async def test_an_extension_outside_the_cloudevents_types_is_refused(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, value: Any, says: str
+) -> None:
+    """An extension attribute holding an object, or an integer past 32 bits, was taken (202),
+    though CloudEvents 1.0 has only Boolean, Integer (32-bit), String, Binary, URI(-reference)
+    and Timestamp: no other binding could carry the event on."""
+    await deploy("all", "[[triggers]]\n")
+    r = await client.post("/v1/events", content=json.dumps({**CE, "shop": value}), headers=STRUCTURED)
+    assert r.status_code == 400 and says in r.json()["detail"], r.text
+    batch = json.dumps([CE, {**CE, "id": "order-2", "shop": value}])
+    r = await client.post("/v1/events", content=batch, headers={"content-type": "application/cloudevents-batch+json"})
+    assert r.status_code == 400 and "event 1 of the batch's 'shop'" in r.json()["detail"], r.text
+    assert gateway.store.list_invocations("all") == []
+    edge = [{**CE, "id": "low", "shop": -(2**31)}, {**CE, "id": "high", "shop": 2**31 - 1}, {**CE, "id": "flag", "shop": True}]
+    r = await client.post("/v1/events", content=json.dumps(edge), headers={"content-type": "application/cloudevents-batch+json"})
+    assert r.status_code == 202, r.text
+
+
 async def test_metrics_per_source(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
     await deploy("orders", ORDERS)
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
