@@ -169,6 +169,22 @@ async def test_an_extension_outside_the_cloudevents_types_is_refused(
     assert r.status_code == 202, r.text
 
 
+async def test_a_binary_mode_header_that_is_not_utf8_percent_encoded_is_refused(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway
+) -> None:
+    """``ce-id: %ff`` became the id "\ufffd" (the invalid percent-encoding decoded lossily), so two
+    different ids could collide in one: the header is refused, by name."""
+    await deploy("all", "[[triggers]]\n")
+    base = {"ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-specversion": "1.0", "content-type": "application/json"}
+    for name, value in (("ce-id", "%ff"), ("ce-source", "/s%c3"), ("ce-shop", "a%e9b")):
+        r = await client.post("/v1/events", content=b"{}", headers={**base, name: value})
+        assert r.status_code == 400, r.text
+        assert f"header {name} {value!r} is not percent-encoded UTF-8" in r.json()["detail"], r.text
+    assert gateway.store.list_invocations("all") == []
+    r = await client.post("/v1/events", content=b"{}", headers={**base, "ce-id": "caf%C3%A9"})
+    assert r.status_code == 202 and r.json()["events"][0]["id"] == "café", r.text
+
+
 async def test_metrics_per_source(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
     await deploy("orders", ORDERS)
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
