@@ -43,6 +43,7 @@ __all__ = [
     "load_manifest",
     "manifest_trigger_id",
     "parse_manifest",
+    "pattern_problem",
 ]
 
 MANIFEST_NAME = "spanfaas.toml"
@@ -304,6 +305,9 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
     # Checked here, not in Scaling: specs already in a store must still decode.
     seen: dict[str, int] = {}
     for i, t in enumerate(spec.triggers):
+        if problem := pattern_problem(t):
+            key = f"triggers[{i}].{problem[0]}"
+            raise InvalidManifest(f"{source} (key '{key}'): triggers[{i}].{problem[1]}", key=key)
         id = manifest_trigger_id(spec.name, t, i)
         if id in seen:
             raise InvalidManifest(
@@ -601,6 +605,8 @@ class TokenRecord(Struct, frozen=True, kw_only=True):
 # -- events and triggers ------------------------------------------------------
 
 _ATTRIBUTE = re.compile(r"^[a-z0-9]{1,20}$")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""What CloudEvents 1.0 forbids in a string attribute: a pattern holding one never matches."""
 
 
 class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -657,6 +663,21 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"timezone {self.timezone!r} is not known; use an IANA name like \"Europe/Berlin\"") from None
+
+
+def pattern_problem(trigger: Trigger) -> tuple[str, str] | None:
+    """The field of ``trigger`` whose pattern holds a control character, and what to say of it;
+    None when there is none.  Checked where triggers come in (a manifest, the API), not in
+    ``Trigger``: triggers already in a store must still decode."""
+    patterns = {"source": trigger.source, "type": trigger.type, "subject": trigger.subject or ""}
+    for field, pattern in [*patterns.items(), *((f"filters.{k}", v) for k, v in trigger.filters.items())]:
+        if m := _CONTROL.search(pattern):
+            return field, (
+                f"{field} {pattern!r} contains the control character U+{ord(m.group()):04X}; no event's "
+                "attribute holds one (CloudEvents 1.0 forbids U+0000-U+001F and U+007F-U+009F), so it "
+                "would never match: remove it"
+            )
+    return None
 
 
 def manifest_trigger_id(function: str, trigger: Trigger, index: int) -> str:

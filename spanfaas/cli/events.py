@@ -45,6 +45,13 @@ def _describe(trigger: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _only(function: str | None) -> str | None:
+    """``--function``, unless it is empty: an empty name must not widen to every function's."""
+    if function == "":
+        raise InvalidRequest("--function is empty; name a deployed function (`spanfaas ls` lists them), or leave it out for every function's")
+    return function
+
+
 # -- triggers ---------------------------------------------------------------------------
 
 
@@ -58,7 +65,7 @@ def triggers_ls(
 ) -> None:
     """List the triggers in force (from manifests and the API)."""
     with Client(url, token) as client:
-        triggers = client.events.triggers(function)
+        triggers = client.events.triggers(_only(function))
     if as_json:
         print_json({"triggers": triggers})
         return
@@ -182,6 +189,7 @@ def dlq_ls(
     as_json: JsonOpt = False,
 ) -> None:
     """List the dead letters, newest first."""
+    _only(function)
     with Client(url, token) as client:
         letters = client.events.dead_letters(function, limit=limit)
     if as_json:
@@ -214,6 +222,7 @@ def dlq_replay(
     """Queue dead letters again (new invocations); they leave the dead-letter store."""
     if not ids and not all:
         raise InvalidRequest("name the dead letters to replay, or pass --all")
+    _only(function)
     started = time.perf_counter()
     replayed: list[dict[str, Any]] = []
     failed: list[tuple[str, SpanfaasError]] = []

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import msgspec
 
 from spanfaas.client.operations import Call, Op, encode_json
+from spanfaas.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from spanfaas.client.clients import AsyncClient, Client
@@ -37,8 +38,17 @@ def publish(event: dict[str, Any]) -> Op[list[dict[str, Any]]]:
     return _decode(resp)["events"]  # type: ignore[no-any-return]
 
 
+def _only(function: str | None) -> dict[str, str]:
+    """The ``function`` query parameter; an empty name is refused, not read as "every function's"."""
+    if function is None:
+        return {}
+    if not function:
+        raise InvalidRequest("the function name is empty; name a deployed function, or pass None for every function's")
+    return {"function": function}
+
+
 def triggers(function: str | None = None) -> Op[list[dict[str, Any]]]:
-    resp = yield Call("GET", "/v1/triggers", params={"function": function} if function else None)
+    resp = yield Call("GET", "/v1/triggers", params=_only(function) or None)
     return _decode(resp)["triggers"]  # type: ignore[no-any-return]
 
 
@@ -53,9 +63,7 @@ def remove_trigger(id: str) -> Op[None]:
 
 
 def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[str, Any]]]:
-    params = {"limit": str(limit)}
-    if function:
-        params["function"] = function
+    params = {"limit": str(limit), **_only(function)}
     resp = yield Call("GET", "/v1/events/dlq", params=params)
     return _decode(resp)["dead_letters"]  # type: ignore[no-any-return]
 

@@ -35,6 +35,7 @@ __all__ = [
     "Sink",
     "attributes_of",
     "check_text",
+    "check_types",
     "decode_json",
     "digest_id",
     "escape_controls",
@@ -109,6 +110,7 @@ def make_event(attributes: dict[str, Any], data: Any = None, where: str = "the C
     """A CloudEvent from attributes a proxy built; InvalidEvent when the SDK rejects them."""
     check_required(attributes, where)
     check_text(attributes, where)
+    check_types(attributes, where)
     try:
         return CloudEvent(attributes, data)
     except (BaseCloudEventException, ValueError, TypeError) as exc:
@@ -135,6 +137,32 @@ def check_text(attributes: Mapping[str, Any], where: str = "the CloudEvent") -> 
                 f"{where}'s '{name}' contains the control character U+{ord(m.group()):04X}; CloudEvents 1.0 "
                 "forbids U+0000-U+001F and U+007F-U+009F in attribute values: remove or escape it"
             )
+
+
+INT_RANGE = (-(2**31), 2**31 - 1)
+"""CloudEvents 1.0's Integer: a 32-bit signed whole number."""
+
+
+def check_types(attributes: Mapping[str, Any], where: str = "the CloudEvent") -> None:
+    """InvalidEvent when an attribute's value is none of CloudEvents 1.0's types (Boolean, Integer,
+    String, Binary, URI, URI-reference, Timestamp): an object, an array, a fraction, or an integer
+    past 32 bits would not survive another CloudEvents binding (an HTTP header, a Kafka record)."""
+    low, high = INT_RANGE
+    for name, value in attributes.items():
+        if value is None or isinstance(value, (str, bool, bytes, datetime)):
+            continue
+        if isinstance(value, int):
+            if low <= value <= high:
+                continue
+            raise InvalidEvent(
+                f"{where}'s '{name}' is {value}, past the CloudEvents Integer range ({low} to {high}); "
+                "send a larger number as a string"
+            )
+        sent = _encode(value).decode() if isinstance(value, (dict, list, float)) else type(value).__name__
+        raise InvalidEvent(
+            f"{where}'s '{name}' is {sent[:80]}; a CloudEvents attribute is a string, a boolean or an integer "
+            "(32-bit): send an object or an array in 'data', or encode it as a string"
+        )
 
 
 def escape_controls(text: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 import msgspec
 from cloudevents.core.bindings.http import HTTPMessage, from_binary
@@ -133,6 +133,9 @@ class CloudEventsProxy:
                     f"the body is not valid JSON ({exc}) but its Content-Type is {media or 'unset (JSON)'}; "
                     "fix the JSON or send the right Content-Type"
                 ) from None
+        for name, value in headers.items():
+            if name.startswith("ce-"):
+                _check_percent_encoding(name, value)
         if "ce-time" in headers:  # the SDK's own complaints ("Expected 4 digits") say nothing of what to send
             _parse_time({"time": unquote(headers["ce-time"])}, name="ce-time")
         ce = {k: v for k, v in headers.items() if k.startswith("ce-") or k == "content-type"}
@@ -143,6 +146,18 @@ class CloudEventsProxy:
         assert isinstance(event, CloudEvent)
         check_text(event.get_attributes())  # header values arrive percent-encoded: %00 is a NUL
         return event
+
+
+def _check_percent_encoding(name: str, value: str) -> None:
+    """InvalidEvent unless the header's %-escapes decode as UTF-8: the SDK decodes them lossily
+    (``%ff`` becomes U+FFFD), and two different ids would become one."""
+    try:
+        unquote_to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent(
+            f"header {name} {value!r} is not percent-encoded UTF-8; encode the value as UTF-8, "
+            "then %-escape its bytes (e.g. \"caf%C3%A9\" for \"café\")"
+        ) from None
 
 
 def event_from_fields(fields: Mapping[str, str]) -> CloudEvent:

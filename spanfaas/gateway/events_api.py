@@ -20,7 +20,7 @@ from starlette.responses import Response
 from spanfaas.errors import InvalidRequest, NotFound, SpanfaasError, ValueRefused
 from spanfaas.events import CloudEvent, Published
 from spanfaas.gateway.invoke import read_body, too_large
-from spanfaas.model import ErrorInfo, Trigger, TriggerRecord
+from spanfaas.model import ErrorInfo, Trigger, TriggerRecord, pattern_problem
 
 if TYPE_CHECKING:
     from spanfaas.gateway.api import Endpoint
@@ -143,6 +143,8 @@ async def add_trigger(gw: Gateway, request: Request) -> Response:
         raise InvalidRequest(f"invalid trigger: {_trigger_problem(str(exc), body)}") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if problem := pattern_problem(req.trigger):
+        raise InvalidRequest(f"invalid trigger: {problem[1]}")
     record = await gw.events.add_trigger(req.function, req.trigger)
     return _json(record, 201)
 

@@ -791,6 +791,17 @@ def test_dlq_replay_of_several_says_which_were_replayed_when_one_fails(cli: Any,
     assert live.store.get_dead_letter("dl-a") is None and live.store.get_dead_letter("dl-b") is None
 
 
+def test_an_empty_function_filter_on_the_dead_letters_is_refused(cli: Any, live: Live) -> None:
+    """``events dlq replay --all -f ""`` replayed every function's dead letters (the client read
+    the empty name as "no filter"), and ``dlq ls -f ""`` listed them all."""
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    live.store.put_dead_letter(DeadLetter(id="ef-a", function="hello", event=event, content_type="application/json", payload=b"{}"))
+    for args in (["events", "dlq", "replay", "--all", "-f", ""], ["events", "dlq", "ls", "-f", ""], ["triggers", "ls", "-f", ""]):
+        expect_error(cli(*args), 2, "--function is empty")
+    assert live.store.get_dead_letter("ef-a") is not None
+
+
 def test_dlq_replay_of_several_goes_on_past_one_the_store_refuses(cli: Any, live: Live) -> None:
     """A dead letter the store refuses to queue again (422 value-refused: a value of its event,
     kept by the gateway for a replay once fixed) stopped ``events dlq replay A BAD B`` at BAD,

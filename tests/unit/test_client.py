@@ -8,6 +8,7 @@ served by uvicorn on a loopback port.  Most tests run against both.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import ssl
@@ -274,6 +275,17 @@ async def test_request_errors_are_typed(sdk: Any) -> None:
     assert info.value.status == 413 and "max_payload" in info.value.message
     with pytest.raises(InvocationNotFound):
         await sdk.result("0" * 32)
+
+
+async def test_an_empty_function_filter_on_events_is_refused(sdk: Any) -> None:
+    # events.dead_letters("") listed every function's dead letters, triggers("") every trigger:
+    # the empty name was read as no filter at all.
+    events = sdk.client.events if isinstance(sdk, Blocking) else sdk.events
+    for method in ("dead_letters", "triggers"):
+        with pytest.raises(InvalidRequest, match="the function name is empty"):
+            answer = getattr(events, method)("")
+            if inspect.isawaitable(answer):
+                await answer
 
 
 async def test_an_empty_name_or_id_is_refused(sdk: Any) -> None:

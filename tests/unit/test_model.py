@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from spanfaas.errors import FunctionError, FunctionOutOfMemory, FunctionTimeout, InvalidManifest
@@ -216,6 +217,20 @@ def test_two_manifest_triggers_with_one_id_are_refused(triggers: str, message: s
     with pytest.raises(InvalidManifest) as info:
         parse_manifest(f'name = "f"\n{triggers}\n')
     assert message in info.value.message and info.value.extra["key"] == "triggers[1].name"
+
+
+def test_a_manifest_trigger_pattern_with_a_control_character_is_refused() -> None:
+    """A pattern holding a control character never matches (no event's attribute holds one), yet it deployed."""
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest('name = "f"\n[[triggers]]\ntype = "x"\n[[triggers]]\nfilters = { shop = "a\\u0001" }\n')
+    assert "triggers[1].filters.shop 'a\\x01' contains the control character U+0001" in info.value.message
+    assert info.value.extra["key"] == "triggers[1].filters.shop"
+
+
+def test_a_stored_trigger_with_a_control_character_still_decodes() -> None:
+    """Triggers stored before control characters were refused load (the check is where they come in)."""
+    trigger = msgspec.json.decode(b'{"source": "a\\nb"}', type=Trigger)
+    assert trigger.source == "a\nb"
 
 
 @pytest.mark.parametrize(

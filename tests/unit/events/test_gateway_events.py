@@ -141,6 +141,50 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
     assert after == before + 1
 
 
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ({"a": 1}, "'shop' is {\"a\":1}; a CloudEvents attribute is a string, a boolean or an integer"),
+        ([1, 2], "'shop' is [1,2]; a CloudEvents attribute is a string"),
+        (1.5, "'shop' is 1.5; a CloudEvents attribute is a string"),
+        (2**31, "'shop' is 2147483648, past the CloudEvents Integer range (-2147483648 to 2147483647)"),
+        (-(2**31) - 1, "'shop' is -2147483649, past the CloudEvents Integer range"),
+    ],
+)
+async def test_an_extension_outside_the_cloudevents_types_is_refused(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, value: Any, says: str
+) -> None:
+    """An extension attribute holding an object, or an integer past 32 bits, was taken (202),
+    though CloudEvents 1.0 has only Boolean, Integer (32-bit), String, Binary, URI(-reference)
+    and Timestamp: no other binding could carry the event on."""
+    await deploy("all", "[[triggers]]\n")
+    r = await client.post("/v1/events", content=json.dumps({**CE, "shop": value}), headers=STRUCTURED)
+    assert r.status_code == 400 and says in r.json()["detail"], r.text
+    batch = json.dumps([CE, {**CE, "id": "order-2", "shop": value}])
+    r = await client.post("/v1/events", content=batch, headers={"content-type": "application/cloudevents-batch+json"})
+    assert r.status_code == 400 and "event 1 of the batch's 'shop'" in r.json()["detail"], r.text
+    assert gateway.store.list_invocations("all") == []
+    edge = [{**CE, "id": "low", "shop": -(2**31)}, {**CE, "id": "high", "shop": 2**31 - 1}, {**CE, "id": "flag", "shop": True}]
+    r = await client.post("/v1/events", content=json.dumps(edge), headers={"content-type": "application/cloudevents-batch+json"})
+    assert r.status_code == 202, r.text
+
+
+async def test_a_binary_mode_header_that_is_not_utf8_percent_encoded_is_refused(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway
+) -> None:
+    """``ce-id: %ff`` became the id "\ufffd" (the invalid percent-encoding decoded lossily), so two
+    different ids could collide in one: the header is refused, by name."""
+    await deploy("all", "[[triggers]]\n")
+    base = {"ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-specversion": "1.0", "content-type": "application/json"}
+    for name, value in (("ce-id", "%ff"), ("ce-source", "/s%c3"), ("ce-shop", "a%e9b")):
+        r = await client.post("/v1/events", content=b"{}", headers={**base, name: value})
+        assert r.status_code == 400, r.text
+        assert f"header {name} {value!r} is not percent-encoded UTF-8" in r.json()["detail"], r.text
+    assert gateway.store.list_invocations("all") == []
+    r = await client.post("/v1/events", content=b"{}", headers={**base, "ce-id": "caf%C3%A9"})
+    assert r.status_code == 202 and r.json()["events"][0]["id"] == "café", r.text
+
+
 async def test_metrics_per_source(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
     await deploy("orders", ORDERS)
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
@@ -436,6 +480,11 @@ async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_prompt
         ({"schedule": "0 3 * * *", "missed": "sometimes"}, "trigger.missed 'sometimes' is not known; use one of: 'all', 'latest', 'skip'", "enum"),
         ({"name": "Nightly Job"}, "trigger.name 'Nightly Job' must be lowercase letters, digits, '.', '_' or '-'", "regex"),
         ({"typ": "com.x"}, "unknown field `typ`", "at `$"),
+        # A pattern with a control character was taken (201), though no event's attribute holds one.
+        ({"source": "\u0000"}, "source '\\x00' contains the control character U+0000", "s3://photos"),
+        ({"type": "com.\u0085x"}, "type 'com.\\x85x' contains the control character U+0085", "s3://photos"),
+        ({"subject": "a\nb"}, "subject 'a\\nb' contains the control character U+000A", "s3://photos"),
+        ({"filters": {"shop": "p\u007f"}}, "filters.shop 'p\\x7f' contains the control character U+007F", "s3://photos"),
     ],
 )
 async def test_a_refused_trigger_says_what_to_fix(
