@@ -130,9 +130,19 @@ async def post_webhook(gw: Gateway, request: Request) -> Response:
 # -- triggers ----------------------------------------------------------------------------------
 
 
-async def list_triggers(gw: Gateway, request: Request) -> Response:
+def _function_filter(request: Request) -> str | None:
+    """The ``function`` a listing is narrowed to; None when not asked. An empty value is
+    refused: the caller meant a function and named none."""
     function = request.query_params.get("function")
-    return _json(TriggerList(triggers=await gw.events.list_triggers(function)))
+    if function == "":
+        raise InvalidRequest(
+            "function= is empty; name a deployed function, or leave the parameter out for every function's"
+        )
+    return function
+
+
+async def list_triggers(gw: Gateway, request: Request) -> Response:
+    return _json(TriggerList(triggers=await gw.events.list_triggers(_function_filter(request))))
 
 
 async def add_trigger(gw: Gateway, request: Request) -> Response:
@@ -188,7 +198,7 @@ async def list_dead_letters(gw: Gateway, request: Request) -> Response:
         raise InvalidRequest(f"limit={q.get('limit')!r} is not a number; use e.g. limit=100") from None
     if not 1 <= limit <= 1000:
         raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
-    letters = await gw.events.dead_letters(q.get("function"), limit)
+    letters = await gw.events.dead_letters(_function_filter(request), limit)
     views = [
         DeadLetterView(
             id=d.id, function=d.function, proxy=d.event.proxy, trigger=d.event.trigger, event=d.event.attributes,
@@ -229,7 +239,7 @@ def event_endpoints() -> list[Endpoint]:
                          Param("X-GitHub-Event", "header", "The event type", required=True)),
                  status=202, response=PublishedList, errors=(400, 401, 404, 413, 422)),
         Endpoint("GET", "/v1/triggers", list_triggers, "Triggers in force (from manifests and the API)",
-                 tag="events", params=(Param("function", "query", "only this function's"),),
+                 tag="events", params=(Param("function", "query", "only this function's (not empty: leave it out for every function's)"),),
                  response=TriggerList, errors=(401, 403)),
         Endpoint("POST", "/v1/triggers", add_trigger, "Add a trigger to a function",
                  scope="deploy", tag="events", body=TriggerRequest, status=201, response=TriggerRecord,
@@ -240,7 +250,7 @@ def event_endpoints() -> list[Endpoint]:
                  status=204, errors=(401, 403, 404, 409)),
         Endpoint("GET", "/v1/events/dlq", list_dead_letters, "Event invocations that failed every attempt",
                  scope="deploy", tag="events",
-                 params=(Param("function", "query", "only this function's"),
+                 params=(Param("function", "query", "only this function's (not empty: leave it out for every function's)"),
                          Param("limit", "query", "at most this many (1-1000, default 100)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})),
                  response=DeadLetterList, errors=(400, 401, 403)),
         Endpoint("POST", "/v1/events/dlq/{id:str}/replay", replay_dead_letter,

@@ -538,3 +538,12 @@ async def test_an_event_of_a_batch_the_store_refuses_is_reported_and_the_others_
     finally:
         db.close()
     assert metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", "cloudevents") == 3
+
+
+@pytest.mark.parametrize("path", ["/v1/triggers", "/v1/events/dlq"])
+async def test_an_empty_function_filter_is_refused_by_name(client: httpx.AsyncClient, path: str) -> None:
+    """`?function=` answered 200 with an empty list, as if the function had none, where the
+    caller meant a function and sent no name."""
+    r = await client.get(path, params={"function": ""})
+    assert r.status_code == 400, r.text
+    assert "function= is empty" in r.json()["detail"], r.text
