@@ -45,7 +45,7 @@ async def burst(live: LiveGateway, name: str, clients: int, sleep: float) -> tup
 @pytest.mark.parametrize("isolation", ["reuse", "strict"])
 async def test_burst_scales_out_within_bounds_then_in_after_cooldown_then_to_zero(isolation: str) -> None:
     name = f"bursty-{isolation}"
-    manifest = f'isolation = "{isolation}"\n[scaling]\nmax = {MAX}\nprefork = 1\ncooldown = 0.5\nidle_ttl = 2.5\n'
+    manifest = f'isolation = "{isolation}"\n[scaling]\nmax = {MAX}\nprefork = 1\ncooldown = 0.5\nidle_ttl = 5.0\n'
     async with live_gateway() as live:
         await live.deploy(name, SLOW_IMPORT.format(import_s=0), manifest)
         trace: list[tuple[float, str, str]] = []
