@@ -292,7 +292,8 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  params=(_fn,), response=Explanation, errors=(401, 403, 404)),
         Endpoint("GET", "/v1/invocations", list_invocations,
                  "Invocations, newest first, in pages: follow next (also a Link header, rel=next) for the "
-                 "page after; a page ends at limit or at about 4 MiB of logs, outputs and errors",
+                 "page after; a page ends at limit or at about 4 MiB of logs, outputs and errors. Sync calls "
+                 "running on this gateway are listed as running",
                  tag="invocations",
                  params=(Param("function", "query", "only this function's"),
                          Param("status", "query", "only these", {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),

@@ -10,7 +10,8 @@ with ``output_left_out`` saying its size and where the whole record is.  So a
 response stays in the megabytes, where ``limit=1000`` of 32 MiB results was
 32 GB in one response.
 
-The store's records are shown with what it does not hold yet: while the store
+The store's records are shown with what it does not hold yet: the sync calls
+running on this gateway (``Recorder.running_records``), and, while the store
 cannot take writes, the sync outcomes waiting for it.
 """
 
@@ -133,7 +134,7 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
             max_output=LISTED_OUTPUT_MAX, max_bytes=PAGE_BYTES,
         )  # fmt: skip
     )
-    newer: list[InvocationRecord] = []
+    newer = gw.recorder.running_records()
     if not stored:  # the store cannot take the records of sync calls now: they wait, and are shown
         newer += gw.recorder.unsaved_records(mode="sync")
     records, last = merge(page, newer, function, status, limit, after)

@@ -1,7 +1,8 @@
-"""Listing invocations: in pages (a cursor, a next link), bounded in size."""
+"""Listing invocations: in pages (a cursor, a next link), bounded in size, in-flight sync calls shown."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,48 @@ from spanfaas.gateway import pack_function
 from spanfaas.gateway.app import Gateway
 
 pytestmark = pytest.mark.asyncio
+
+WAITS = '''
+import asyncio, os
+
+async def handler(event, context):
+    while not os.path.exists(event["flag"]):
+        await asyncio.sleep(0.01)
+    return "done"
+'''
+
+
+async def test_a_running_sync_call_is_listed_as_running(
+    client: httpx.AsyncClient, fn_dir: Callable[..., Path], tmp_path: Path, gateway: Gateway
+) -> None:
+    """Only async invocations were listed while they ran (they are in the store from their 202);
+    a sync call was in no listing, nor found by its id, until it had finished: `status=running`
+    did not show a call that had been running for minutes."""
+    r = await client.put("/v1/functions/waits", content=pack_function(fn_dir("waits", WAITS)))
+    assert r.status_code == 201, r.text
+    flag = tmp_path / "flag"
+    call = asyncio.ensure_future(client.post("/v1/functions/waits/invoke", json={"flag": str(flag)}))
+    try:
+        listed: list[dict[str, Any]] = []
+        for _ in range(200):
+            listed = (await client.get("/v1/invocations", params={"status": "running"})).json()["invocations"]
+            if listed:
+                break
+            await asyncio.sleep(0.01)
+        [view] = listed
+        assert view["function"] == "waits" and view["mode"] == "sync" and view["status"] == "running", view
+        assert view["started_at"] is not None and view["finished_at"] is None and "result" not in view, view
+        assert (await client.get("/v1/invocations", params={"function": "waits"})).json()["invocations"] == [view]
+        assert (await client.get(f"/v1/invocations/{view['id']}")).json() == view
+        assert (await client.get("/v1/invocations", params={"status": "succeeded"})).json()["invocations"] == []
+    finally:
+        flag.write_text("go")
+        r = await call
+    assert r.status_code == 200 and r.headers["x-spanfaas-invocation-id"] == view["id"]
+    assert (await client.get("/v1/invocations", params={"status": "running"})).json()["invocations"] == []
+    [done] = (await client.get("/v1/invocations", params={"function": "waits"})).json()["invocations"]
+    assert done["id"] == view["id"] and done["status"] == "succeeded" and done["result"] == "done", done
+
 
 LARGE = '''
 def handler(event, context):
