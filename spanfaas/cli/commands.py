@@ -232,13 +232,14 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
 def logs(
     target: Annotated[str, typer.Argument(metavar="NAME|ID", help="A function name (its latest invocations) or an invocation id.", show_default=False)],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of a function's latest invocations (1 to 1000).")] = 20,
+    every: Annotated[bool, typer.Option("--all", help="All of a function's invocations (the listing's pages followed), not the latest --limit.")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the logs of an invocation, or of a function's latest invocations."""
     with Client(url, token) as client:
-        records = client.logs(target, limit=limit)
+        records = client.logs(target, limit=None if every else limit)
     if as_json:
         print_json({"invocations": records})
         return

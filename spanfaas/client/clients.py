@@ -173,10 +173,13 @@ class Client(_Base):
         """An invocation's record: status, result or error, logs, timings."""
         return self._run(ops.invocation(invocation_id))
 
-    def invocations(self, function: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
-        return self._run(ops.invocations(function, limit=limit))
+    def invocations(
+        self, function: str | None = None, *, limit: int | None = 20, status: str | None = None, outputs: bool = True
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` invocations (all with None), following the listing's pages."""
+        return self._run(ops.invocations(function, limit=limit, status=status, outputs=outputs))
 
-    def logs(self, name_or_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+    def logs(self, name_or_id: str, *, limit: int | None = 20) -> list[dict[str, Any]]:
         """Records (with logs) of one invocation by id, or of a function's latest invocations."""
         return self._run(ops.logs(name_or_id, limit=limit))
 
@@ -322,10 +325,13 @@ class AsyncClient(_Base):
     async def invocation(self, invocation_id: str) -> dict[str, Any]:
         return await self._run(ops.invocation(invocation_id))
 
-    async def invocations(self, function: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
-        return await self._run(ops.invocations(function, limit=limit))
+    async def invocations(
+        self, function: str | None = None, *, limit: int | None = 20, status: str | None = None, outputs: bool = True
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` invocations (all with None), following the listing's pages."""
+        return await self._run(ops.invocations(function, limit=limit, status=status, outputs=outputs))
 
-    async def logs(self, name_or_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+    async def logs(self, name_or_id: str, *, limit: int | None = 20) -> list[dict[str, Any]]:
         return await self._run(ops.logs(name_or_id, limit=limit))
 
     async def functions(self) -> list[dict[str, Any]]:

@@ -474,18 +474,39 @@ def health() -> Op[bool]:
     return resp is not None and resp.status_code == 200
 
 
-def invocations(function: str | None = None, *, limit: int = 20, outputs: bool = True) -> Op[list[dict[str, Any]]]:
-    params = {"limit": str(limit)}
+PAGE_MAX = 1000
+"""Records the gateway lists in one page at most."""
+
+
+def invocations(
+    function: str | None = None, *, limit: int | None = 20, outputs: bool = True, status: str | None = None
+) -> Op[list[dict[str, Any]]]:
+    """The newest ``limit`` invocations (of ``function``, in ``status``), or all with ``limit=None``:
+    the pages of the listing, followed by their ``next`` link (a page may end before its limit:
+    it is bounded in size).  An output over the listing's size is left out (``output_left_out``
+    says where it is)."""
+    if limit is not None and limit < 1:
+        raise InvalidRequest(f"limit={limit} is out of range; ask for 1 or more (None: all)")
+    params = {"limit": str(PAGE_MAX if limit is None else min(limit, PAGE_MAX))}
     if function is not None:
         params["function"] = function
+    if status is not None:
+        params["status"] = status
     if not outputs:  # logs and statuses only: a function's results may be large
         params["output"] = "false"
-    resp = yield Call("GET", "/v1/invocations", params=params)
-    return _decode(resp)["invocations"]  # type: ignore[no-any-return]
+    out: list[dict[str, Any]] = []
+    call = Call("GET", "/v1/invocations", params=params)
+    while True:
+        page = _decode((yield call))
+        out += page["invocations"]
+        link = page.get("next")
+        if not link or (limit is not None and len(out) >= limit):
+            return out if limit is None else out[:limit]
+        call = Call("GET", link)
 
 
-def logs(name_or_id: str, *, limit: int = 20) -> Op[list[dict[str, Any]]]:
-    """Invocation records with their logs: one invocation by id, or a function's latest."""
+def logs(name_or_id: str, *, limit: int | None = 20) -> Op[list[dict[str, Any]]]:
+    """Invocation records with their logs: one invocation by id, or a function's latest (all with ``limit=None``)."""
     if not name_or_id:
         raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
     try:

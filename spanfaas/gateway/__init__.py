@@ -4,7 +4,7 @@ Layering: the gateway sits on top (under ``cli``/``client`` only) and reaches
 infrastructures through the ``Infrastructure`` protocol, state through ``Store``.
 
 Modules: ``app`` (wiring, lifespan), ``api`` (endpoint table), ``invoke``
-(hot path), ``auth``, ``problems``, ``registry`` (deploys), ``coherence``
+(hot path), ``listing`` (the invocation listing, in pages), ``auth``, ``problems``, ``registry`` (deploys), ``coherence``
 (other gateways' deploys and removes, on a shared store), ``bundle``
 (pack/unpack), ``dispatcher`` + ``recorder`` (async queue, batched writes),
 ``metrics``, ``openapi``, ``views`` (wire messages), ``server`` (uvicorn).

@@ -22,6 +22,7 @@ from spanfaas.gateway.auth import issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
 from spanfaas.gateway.invoke import InvokeEndpoint, read_body, too_large
+from spanfaas.gateway.listing import list_invocations
 from spanfaas.gateway.views import (
     Deployed,
     FunctionList,
@@ -37,7 +38,7 @@ from spanfaas.gateway.views import (
     invocation_view,
     token_view,
 )
-from spanfaas.model import FunctionRecord, InfraInfo, InvocationRecord
+from spanfaas.model import FunctionRecord, InfraInfo
 from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
 from spanfaas.store import StoreUnavailable
 
@@ -146,65 +147,6 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
     if record is None:
         raise InvocationNotFound(f"invocation '{id}' not found; GET /v1/invocations?function=NAME lists recent ones")
     return json(invocation_view(record))
-
-
-_LISTING = ("function", "status", "limit", "output")
-
-
-def _known_query(request: Request, known: tuple[str, ...]) -> None:
-    """Refuse a query parameter the endpoint does not take (a typo would filter nothing), or one given twice."""
-    q = request.query_params
-    takes = ", ".join(known[:-1]) + f" and {known[-1]}" if len(known) > 1 else known[0]
-    for name in q:
-        if name not in known:
-            hint = " (there is no paging: ask for the newest, up to limit=1000, and narrow with function and status)" \
-                if name in ("cursor", "page", "offset", "after", "before", "next", "page_token") else ""
-            raise InvalidRequest(f"unknown query parameter {name!r}; {request.url.path} takes {takes}{hint}")
-        if len(values := q.getlist(name)) > 1:
-            raise InvalidRequest(f"{name} is given {len(values)} times; give it once")
-
-
-def _with_unsaved(
-    records: list[InvocationRecord], unsaved: list[InvocationRecord], function: str | None, status: str | None, limit: int
-) -> list[InvocationRecord]:
-    """The stored ``records`` with the newer versions waiting for the store over them, as one listing."""
-    by_id = {r.id: r for r in records}
-    for r in unsaved:
-        if (function is None or r.function == function) and (status is None or r.status == status):
-            by_id[r.id] = r
-        else:
-            by_id.pop(r.id, None)
-    return sorted(by_id.values(), key=lambda r: r.created_at, reverse=True)[:limit]
-
-
-async def list_invocations(gw: Gateway, request: Request) -> Response:
-    _known_query(request, _LISTING)
-    q = request.query_params
-    function = q.get("function")
-    status = q.get("status")
-    try:
-        limit = int(q.get("limit", "50"))
-    except ValueError:
-        raise InvalidRequest(f"limit={q.get('limit')!r} is not a number; use e.g. limit=50") from None
-    if not 1 <= limit <= 1000:
-        raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
-    if status is not None and status not in ("queued", "running", "succeeded", "failed"):
-        raise InvalidRequest(f"status={status!r} is not known; use queued, running, succeeded or failed")
-    output = q.get("output", "true")
-    if output not in ("true", "false"):
-        raise InvalidRequest(f"output={output!r} is not known; use output=true (default) or output=false (no results)")
-    outputs = output == "true"
-    if function is not None and function not in gw.registry.functions:
-        if await asyncio.to_thread(gw.store.get_function, function) is None and not await asyncio.to_thread(
-            gw.store.list_invocations, function, 1, outputs=False
-        ):
-            deployed = ", ".join(sorted(gw.registry.functions)) or "none"
-            raise NotFound(f"function '{function}' not found and has no invocations; deployed: {deployed}")
-    stored = await gw.recorder.try_flush()
-    records = await asyncio.to_thread(functools.partial(gw.store.list_invocations, function, limit, status, outputs=outputs))
-    if not stored:  # the store cannot take the records of sync calls now: they wait, and are shown
-        records = _with_unsaved(records, gw.recorder.unsaved_records(mode="sync"), function, status, limit)
-    return json(InvocationList(invocations=[invocation_view(r, output=outputs) for r in records]))
 
 
 # -- tokens ----------------------------------------------------------------------------
@@ -348,13 +290,20 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("GET", f"/v1/functions/{_NAME}/explain", explain_function,
                  "Where an invocation would run now: each infrastructure's verdict, score and reasons",
                  params=(_fn,), response=Explanation, errors=(401, 403, 404)),
-        Endpoint("GET", "/v1/invocations", list_invocations, "Recent invocations, newest first",
+        Endpoint("GET", "/v1/invocations", list_invocations,
+                 "Invocations, newest first, in pages: follow next (also a Link header, rel=next) for the "
+                 "page after; a page ends at limit or at about 4 MiB of logs, outputs and errors. Sync calls "
+                 "running on this gateway are listed as running",
                  tag="invocations",
                  params=(Param("function", "query", "only this function's"),
                          Param("status", "query", "only these", {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]}),
-                         Param("limit", "query", "at most this many (1-1000, default 50)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+                         Param("limit", "query", "at most this many in the page (1-1000, default 50); fewer when the "
+                               "page reached its size: follow next", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
                          Param("output", "query", "false leaves the outputs (result, output_base64) out: logs and statuses "
-                               "without large results", {"type": "boolean", "default": True})),
+                               "without large results; with true, an output over 64 KiB is left out too, and "
+                               "output_left_out says its size and where it is", {"type": "boolean", "default": True}),
+                         Param("cursor", "query", "where the page starts: opaque, from the next link of the page before "
+                               "(with the same function, status and output)")),
                  response=InvocationList, errors=(400, 401, 403, 404)),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",

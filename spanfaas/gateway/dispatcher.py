@@ -195,11 +195,11 @@ class Dispatcher:
                         f"see the gateway's log",
             )  # fmt: skip
             log.error("async invocation %s: %s", record.id, error.message)
-            self.metrics.infra_failed(record.function)
             failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
             if record.event is not None and self.events is not None:
                 await self._settle(record, failed, final=True)  # its event to the dead-letter store, for a replay
             else:
+                self.metrics.infra_failed(record.function)
                 self.recorder.add(failed)
             return
         try:
@@ -238,14 +238,14 @@ class Dispatcher:
                 log.error("async invocation %s: unexpected error from the platform", record.id, exc_info=exc)
                 exc = InfraError(f"unexpected {type(exc).__name__}: {exc}")
             if record.event is not None and self.events is not None:
-                self.metrics.infra_failed(record.function, "not_found" if isinstance(exc, FunctionNotFound) else "infra")
                 error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
                 failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
-                await self._settle(record, failed)
+                await self._settle(record, failed, kind="not_found" if isinstance(exc, FunctionNotFound) else "infra")
                 return
             self._platform_failed(record, exc, started)
             return
-        self.metrics.observe(record.function, result, time.perf_counter() - t0)
+        settles = record.event is not None and self.events is not None  # it may be retried: counted once settled
+        self.metrics.observe(record.function, result, time.perf_counter() - t0, count=not settles)
         done = (
             _replace(
                 record,
@@ -262,7 +262,7 @@ class Dispatcher:
                 cold=result.cold,
             )
         )
-        if done.event is not None and self.events is not None:
+        if settles:
             await self._settle(record, done)
         else:
             self.recorder.add(done)
@@ -273,8 +273,12 @@ class Dispatcher:
         log.log(level, "async invocation %s waits: %s; again in %.2fs", record.id, why, delay)
         self.recorder.add(_replace(record, status="queued", not_before=time.time() + delay, started_at=None, attempts=record.attempts - 1))
 
-    async def _settle(self, record: InvocationRecord, done: InvocationRecord, *, final: bool = False) -> None:
-        """Record a finished event run as ``events.settle`` decides (retry or dead letter).
+    async def _settle(
+        self, record: InvocationRecord, done: InvocationRecord, *, final: bool = False, kind: str | None = None
+    ) -> None:
+        """Record a finished event run as ``events.settle`` decides (retry or dead letter), and count
+        it so: a run that failed and is retried is a retry, not a failed invocation.  ``kind``: of
+        its failure, for the metrics (default: its error's).
 
         While the store fails (the dead letter cannot be written), try again with backoff,
         the record's lease kept by the heartbeat; then, or when the gateway stops meanwhile,
@@ -283,11 +287,17 @@ class Dispatcher:
         its lease runs out.
         """
         assert self.events is not None
+        failure = kind or (done.error.kind if done.error is not None else "infra")
         delay, reason = self.settle_backoff, ""
         try:
             for attempt in range(1, self.settle_tries + 1):
                 try:
-                    self.recorder.add(await self.events.settle(done, final=final))
+                    settled = await self.events.settle(done, final=final)
+                    self.recorder.add(settled)
+                    if settled.status == "queued":
+                        self.metrics.retried(record.function, failure)
+                    else:
+                        self.metrics.finished(record.function, None if settled.status == "succeeded" else failure)
                     return
                 except Exception as exc:  # noqa: BLE001 - the store failed: try again, then give the run back
                     reason = f"{type(exc).__name__}: {exc}"
@@ -305,6 +315,7 @@ class Dispatcher:
             assert done.error is not None
             error = msgspec.structs.replace(done.error, message=f"{done.error.message}; its event could not be kept as a dead letter ({reason})")
             self.recorder.add(_replace(done, error=error))
+            self.metrics.finished(record.function, failure)
             return
         log.error("async invocation %s: could not settle its outcome in %d tries, it runs again: %s",
                   record.id, self.settle_tries, reason)  # fmt: skip
@@ -320,15 +331,17 @@ class Dispatcher:
     def _platform_failed(self, record: InvocationRecord, exc: SpanfaasError, started: float) -> None:
         error = ErrorInfo(kind="infra", type=type(exc).__name__, message=exc.message)
         # removed before it ran: failed, not the platform's failure (its type says so to the client)
-        self.metrics.infra_failed(record.function, "not_found" if isinstance(exc, FunctionNotFound) else "infra")
+        kind = "not_found" if isinstance(exc, FunctionNotFound) else "infra"
         retries = self.settings.async_retries
         failures = record.attempts - record.reruns  # a re-run after a crash is not a retry
         if isinstance(exc, InfraError) and failures <= retries:
             delay = self.settings.async_backoff * (2 ** (failures - 1))
             log.warning("async invocation %s failed on the platform (attempt %d of %d), retrying in %.2fs: %s",
                         record.id, failures, retries + 1, delay, exc)  # fmt: skip
+            self.metrics.retried(record.function, kind)  # an attempt that failed, not (yet) a failed invocation
             self.recorder.add(_replace(record, status="queued", error=error, not_before=time.time() + delay))
         else:
+            self.metrics.infra_failed(record.function, kind)
             self.recorder.add(
                 _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
             )

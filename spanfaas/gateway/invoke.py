@@ -216,6 +216,7 @@ class InvokeEndpoint:
         t0 = time.perf_counter()
         in_flight = gw.metrics.in_flight
         in_flight[name] = in_flight.get(name, 0) + 1
+        gw.recorder.begin(invocation_id, name, ct, now, origin_id)  # listed as running meanwhile
         try:
             result = await gw.infra.invoke(fn.spec, body, ctx)
         except TooManyRequests:
@@ -247,6 +248,7 @@ class InvokeEndpoint:
             raise cut from None
         finally:
             in_flight[name] -= 1
+            gw.recorder.end(invocation_id)  # (its outcome is added with no await in between: never unlisted)
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
         if prewarmed:

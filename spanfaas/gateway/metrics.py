@@ -58,6 +58,7 @@ class _Invocations:
         self.errors: dict[tuple[str, ...], _Count] = {}
         self.durations: dict[str, _Histogram] = {}
         self.cold_starts: dict[tuple[str, ...], _Count] = {}
+        self.retries: dict[tuple[str, ...], _Count] = {}
         self.in_flight: dict[str, int] = {}
         """Per function, the calls sent to an infrastructure and not answered yet (the gateway's
         hot path counts them up and down around ``infra.invoke``)."""
@@ -72,6 +73,12 @@ class _Invocations:
     def collect(self) -> Iterator[Metric]:
         yield _counter("spanfaas_invocations", "Invocations by outcome", ["function", "status"], self.outcomes)
         yield _counter("spanfaas_invocation_errors", "Failed invocations by kind of failure", ["function", "kind"], self.errors)
+        yield _counter(
+            "spanfaas_invocation_retries",
+            "Failed runs of async invocations that were run again (retries), by kind of failure: "
+            "not failed invocations, which are counted once, by their outcome",
+            ["function", "kind"], self.retries,
+        )  # fmt: skip
         doc = "Time from request to result, as the gateway sees it"
         hist = HistogramMetricFamily("spanfaas_invocation_duration_seconds", doc, labels=["function"])
         created = GaugeMetricFamily("spanfaas_invocation_duration_seconds_created", doc, labels=["function"])
@@ -115,8 +122,15 @@ class Metrics:
         self._ok: dict[str, tuple[_Count, _Histogram]] = {}
         self.in_flight = self._inv.in_flight
 
-    def observe(self, fn: str, result: Result, seconds: float) -> None:
-        """Count one invocation that reached the function (hot path: one dict lookup when it succeeded)."""
+    def observe(self, fn: str, result: Result, seconds: float, *, count: bool = True) -> None:
+        """Count one invocation that reached the function (hot path: one dict lookup when it succeeded).
+        ``count`` False: its time and cold start only, its outcome not yet known (a failed run
+        that may be retried): ``finished`` or ``retried`` counts it once that is known."""
+        if not count:
+            self._inv.durations.setdefault(fn, _Histogram()).observe(seconds)
+            if result.cold:
+                self._inv.count(self._inv.cold_starts, (fn,)).value += 1
+            return
         pair = self._ok.get(fn)
         if pair is None:
             inv = self._inv
@@ -132,6 +146,18 @@ class Metrics:
         pair[1].observe(seconds)
         if result.cold:
             self._inv.count(self._inv.cold_starts, (fn,)).value += 1
+
+    def finished(self, fn: str, error_kind: str | None) -> None:
+        """Count one invocation's outcome: succeeded (``error_kind`` None) or failed of that kind."""
+        if error_kind is None:
+            self._inv.count(self._inv.outcomes, (fn, "succeeded")).value += 1
+        else:
+            self._inv.count(self._inv.outcomes, (fn, "failed")).value += 1
+            self._inv.count(self._inv.errors, (fn, error_kind)).value += 1
+
+    def retried(self, fn: str, kind: str) -> None:
+        """Count a failed run (of ``kind``) of an invocation that runs again: an attempt, not its outcome."""
+        self._inv.count(self._inv.retries, (fn, kind)).value += 1
 
     def refused(self, fn: str) -> None:
         """Count one invocation refused because the function was full (429): it did not run."""

@@ -16,6 +16,11 @@ is stored as a failed outcome that says why (a caller polling it gets an
 answer), logged once.  A store that refuses even that takes nothing of the
 invocation: it is the store that fails, and the record waits for it.
 
+Sync calls that are running are not written at all (the store gets their outcome),
+but they are shown: ``begin`` holds a call from when it is sent to the
+infrastructure until ``end``, and ``get`` and ``running_records`` see it as a
+'running' record.  (A gateway shows its own: other gateways sharing the store do not.)
+
 ``Enqueuer`` is the same idea for the async queue, with one difference: the
 caller waits for the commit (group commit), because an accepted invocation
 must be in the store before its 202 goes out.
@@ -60,6 +65,8 @@ class Recorder:
         self.max_batch = max_batch
         self._pending: dict[str, InvocationRecord] = {}
         self._writing: dict[str, InvocationRecord] = {}
+        self._running: dict[str, tuple[str, str, float, str]] = {}
+        """Sync calls running now, by id: (function, content type, started, origin)."""
         self._wake = asyncio.Event()
         self._flushers: list[asyncio.Future[None]] = []
         self._tries: list[asyncio.Future[bool]] = []
@@ -85,8 +92,23 @@ class Recorder:
         if not self._wake.is_set():
             self._wake.set()
 
+    def begin(self, id: str, function: str, content_type: str, started: float, origin: str = "") -> None:
+        """A sync call is sent to its infrastructure: shown as running until ``end``."""
+        self._running[id] = (function, content_type, started, origin)
+
+    def end(self, id: str) -> None:
+        """The sync call is over (its outcome ``add``-ed, or nothing to record)."""
+        self._running.pop(id, None)
+
     def get(self, id: str) -> InvocationRecord | None:
-        return self._pending.get(id) or self._writing.get(id)
+        record = self._pending.get(id) or self._writing.get(id)
+        if record is None and id in self._running:
+            return _running(id, self._running[id])
+        return record
+
+    def running_records(self) -> list[InvocationRecord]:
+        """The sync calls running now, as records."""
+        return [_running(id, call) for id, call in list(self._running.items())]
 
     def unsaved_records(self, *, mode: Literal["sync", "async"]) -> list[InvocationRecord]:
         """The records of ``mode`` added and not stored yet (the latest of each)."""
@@ -256,6 +278,14 @@ class Recorder:
         finally:
             if fut.done():
                 self._inflight = None
+
+
+def _running(id: str, call: tuple[str, str, float, str]) -> InvocationRecord:
+    function, content_type, started, origin = call
+    return InvocationRecord(
+        id=id, function=function, status="running", content_type=content_type, attempts=1,
+        created_at=started, started_at=started, origin=origin,
+    )  # fmt: skip
 
 
 def _refused_outcomes(record: InvocationRecord, exc: RecordRefused) -> list[InvocationRecord]:

@@ -21,6 +21,7 @@ __all__ = [
     "InvocationList",
     "InvocationView",
     "Limits",
+    "OutputLeftOut",
     "Pending",
     "Problem",
     "Queued",
@@ -66,6 +67,15 @@ class Queued(Struct):
     status: str
 
 
+class OutputLeftOut(Struct):
+    """An output a listing leaves out for its size: the invocation's own record has it."""
+
+    size: int
+    """Its size in bytes."""
+    href: str
+    """Where the whole record is (``GET /v1/invocations/{id}``)."""
+
+
 class InvocationView(Struct):
     id: str
     function: str
@@ -93,10 +103,14 @@ class InvocationView(Struct):
     """The output, when it is JSON."""
     output_base64: str | UnsetType = UNSET
     """The output, when it is not JSON."""
+    output_left_out: OutputLeftOut | UnsetType = UNSET
+    """In a listing: the output was left out for its size (no result, no output_base64); fetch it by id."""
 
 
 class InvocationList(Struct):
     invocations: list[InvocationView]
+    next: str | None = None
+    """The link to the next page (this query with a cursor); null on the last page."""
 
 
 class Limits(Struct):
@@ -157,8 +171,9 @@ def token_view(t: TokenRecord) -> TokenView:
     return TokenView(id=t.id, name=t.name, scopes=list(t.scopes), created_at=t.created_at)
 
 
-def invocation_view(r: InvocationRecord, *, output: bool = True) -> InvocationView:
-    """The record as the API shows it; without its output (``result``, ``output_base64``) unless ``output``."""
+def invocation_view(r: InvocationRecord, *, output: bool = True, left_out: int | None = None) -> InvocationView:
+    """The record as the API shows it; without its output (``result``, ``output_base64``) unless ``output``,
+    nor when a listing ``left_out`` an output of that size."""
     duration = r.duration_ms
     if duration is None and r.finished_at is not None and r.started_at is not None:
         duration = (r.finished_at - r.started_at) * 1000
@@ -181,6 +196,9 @@ def invocation_view(r: InvocationRecord, *, output: bool = True) -> InvocationVi
         origin=r.origin,
     )
     if not output:
+        return view
+    if left_out is not None:
+        view.output_left_out = OutputLeftOut(size=left_out, href=f"/v1/invocations/{r.id}")
         return view
     if r.status in ("succeeded", "failed") and r.output:
         if is_json(r.output_type):

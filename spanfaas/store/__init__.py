@@ -16,7 +16,7 @@ from spanfaas.config import Settings
 from spanfaas.store.base import AnnouncesChanges, Store
 from spanfaas.store.blobs import BlobStore, sha256
 from spanfaas.store.events import Admission, DeadLetter, EventStore, Refused
-from spanfaas.store.sql import RecordRefused, StoreSchemaTooNew, StoreUnavailable
+from spanfaas.store.sql import InvocationPage, RecordRefused, StoreSchemaTooNew, StoreUnavailable
 from spanfaas.store.sqlite import SQLiteStore, StoreInUse
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "BlobStore",
     "DeadLetter",
     "EventStore",
+    "InvocationPage",
     "PostgresStore",
     "RecordRefused",
     "Refused",

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.events import EventStore
 from spanfaas.store.images import ImageStore
+from spanfaas.store.sql import InvocationPage
 
 __all__ = ["AnnouncesChanges", "Store"]
 
@@ -123,6 +124,18 @@ class Store(EventStore, ImageStore, Protocol):
         self, function: str | None = None, limit: int = 50, status: str | None = None, *, outputs: bool = True
     ) -> list[InvocationRecord]:
         """Newest first; payloads are left out, and outputs too unless ``outputs``."""
+        ...
+
+    def page_invocations(
+        self, function: str | None = None, status: str | None = None, *, limit: int = 50,
+        after: tuple[float, str] | None = None, outputs: bool = True, max_output: int = 2**16, max_bytes: int = 2**22,
+    ) -> InvocationPage:
+        """One page of a listing, newest first (by ``created_at``, then ``id``): up to ``limit``
+        records after the position ``after`` (the ``(created_at, id)`` of the last record of the
+        page before), and fewer once their logs, outputs and errors pass ``max_bytes`` (one at
+        least).  Payloads are left out, outputs too unless ``outputs``, and any output over
+        ``max_output`` bytes (its size is in ``left_out``), as it is read: a page is bounded
+        in memory, whatever the records hold."""
         ...
 
     # -- the durable async queue ----------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -18,7 +18,7 @@ from spanfaas.errors import InfraError, InfraUnavailable, InvalidRequest, format
 from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
 from spanfaas.store.migrations import MIGRATIONS, render
 
-__all__ = ["INV_COLS", "RecordRefused", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
+__all__ = ["INV_COLS", "InvocationPage", "RecordRefused", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
 
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
@@ -31,6 +31,8 @@ _INV_SLOTS = ", ".join("?" * len(INV_COLS.split(",")))
 _INV_UPDATE = ", ".join(
     f"{c} = excluded.{c}" for c in (s.strip() for s in INV_COLS.split(",")) if c != "id"
 )
+_SIZE_OF_ROW = 512
+"""Bytes a listed record takes besides its logs, output and error text (ids, times, names), about."""
 _FN_COLS = "name, version, digest, spec, created_at"
 _CHUNK = 100
 """Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
@@ -79,6 +81,16 @@ class RecordRefused(InfraError):
     restarting) takes it later.  A batch it was in took nothing (one transaction)."""
 
     slug, title = "record-refused", "Record refused by the store"
+
+
+class InvocationPage(NamedTuple):
+    """One page of a listing of invocations (``Store.page_invocations``)."""
+
+    records: list[InvocationRecord]
+    left_out: dict[str, int]
+    """Ids whose output was left out for its size, and that size in bytes."""
+    more: bool
+    """There are records after the last of ``records``: the next page starts after it."""
 
 
 class SQLStore:
@@ -357,6 +369,58 @@ class SQLStore:
                 (*args, int(limit)),
             )
             return [_invocation(r) for r in cur.fetchall()]
+
+    def page_invocations(
+        self, function: str | None = None, status: str | None = None, *, limit: int = 50,
+        after: tuple[float, str] | None = None, outputs: bool = True, max_output: int = 2**16, max_bytes: int = 2**22,
+    ) -> InvocationPage:
+        # Read in chunks sized by the rows read so far: a page of small records is a query or
+        # two, and one of large logs stops at its budget without the rest read into memory.
+        where, args = [], []
+        if function is not None:
+            where.append("function = ?")
+            args.append(function)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        output = "CASE WHEN length(output) <= ? THEN output END AS output" if outputs else "NULL AS output"
+        cols = _INV_LIST_COLS.replace(" output,", f" {output},")
+        sql = self._q(
+            f"SELECT {cols}, length(output) FROM invocations WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        position = after if after is not None else (float("inf"), "")
+        records: list[InvocationRecord] = []
+        left_out: dict[str, int] = {}
+        used, chunk = 0, min(limit, 32)
+        with self._read() as cur:
+            while True:
+                head = (max_output,) if outputs else ()
+                self._rows(cur, sql, (*head, *args, position[0], position[0], position[1], chunk + 1))
+                rows = cur.fetchall()
+                for n, row in enumerate(rows[:chunk], 1):
+                    record, size = _invocation(row[:-1]), row[-1]
+                    records.append(record)
+                    if outputs and size is not None and size > max_output:
+                        left_out[record.id] = int(size)
+                    used += _SIZE_OF_ROW + len(record.logs) + len(record.output) + (
+                        len(record.error.message) + len(record.error.traceback) if record.error is not None else 0
+                    )
+                    position = (record.created_at, record.id)
+                    if len(records) == limit or used >= max_bytes:
+                        return InvocationPage(records, left_out, len(rows) > n or self._any_after(cur, where, args, position))
+                if len(rows) <= chunk:
+                    return InvocationPage(records, left_out, False)
+                average = used // len(records)
+                chunk = max(1, min(limit - len(records), (max_bytes - used) // max(average, 1) + 1, 256))
+
+    def _any_after(self, cur: Any, where: list[str], args: list[Any], position: tuple[float, str]) -> bool:
+        cur.execute(
+            self._q(f"SELECT 1 FROM invocations WHERE {' AND '.join(where)} LIMIT 1"),
+            (*args, position[0], position[0], position[1]),
+        )
+        return cur.fetchone() is not None
 
     # -- async queue ---------------------------------------------------------------
 

@@ -707,6 +707,22 @@ def test_hints_that_name_a_manifest_table_show_it(cli: Any) -> None:
     assert r.exit_code == 0 and "declare [[triggers]] in a manifest" in r.stderr, r.stderr
 
 
+def test_logs_all_follows_the_pages_of_the_listing(cli: Any, tmp_path: Path) -> None:
+    """The listing had no pages: a function's invocations past the newest 1000 could not be
+    listed.  ``logs NAME --all`` follows the pages (here ended by their size: logs of 1 MiB)."""
+    cli("deploy", fn_dir(tmp_path, "chatty", "def handler(event, context):\n    print('c' * 1024 * 1024)\n"))
+    for _ in range(6):
+        assert cli("invoke", "chatty").exit_code == 0
+    r = cli("logs", "chatty", "--json", "-n", "1000")
+    assert r.exit_code == 0, r.stderr
+    assert len(json.loads(r.stdout)["invocations"]) == 6  # the SDK follows next until it has -n of them
+    r = cli("logs", "chatty", "--all", "--json")
+    assert r.exit_code == 0, r.stderr
+    records = json.loads(r.stdout)["invocations"]
+    assert len(records) == 6 and len({rec["id"] for rec in records}) == 6
+    assert [rec["created_at"] for rec in records] == sorted((rec["created_at"] for rec in records), reverse=True)
+
+
 def test_a_logs_limit_out_of_range_names_the_option(cli: Any) -> None:
     """``logs -n 0`` answered in the HTTP API's terms: 'limit=0 is out of range; use 1 to 1000'."""
     for n in ("0", "1001"):

@@ -176,6 +176,20 @@ async def test_deploy_invoke_list_remove(sdk: Any) -> None:
         await sdk.invoke("hello", {"name": "x"})
 
 
+async def test_invocations_follow_the_pages_of_the_listing(sdk: Any, tmp_path: Path) -> None:
+    """``invocations(limit=N)`` got one response: past 1000 (or a page ended by its size) the
+    rest could not be had.  It follows the listing's next links until it has N, or all with None."""
+    await sdk.deploy(write_function(tmp_path, "chatty", "def handler(event, context):\n    print('c' * 1024 * 1024)\n    return event\n"))
+    for i in range(6):
+        await sdk.invoke("chatty", i)
+    every = await sdk.invocations("chatty", limit=None)  # two pages: 4 MiB of logs end the first
+    assert [r["result"] for r in every] == [5, 4, 3, 2, 1, 0]
+    assert [r["result"] for r in await sdk.invocations("chatty", limit=5)] == [5, 4, 3, 2, 1]
+    assert [r["id"] for r in await sdk.invocations("chatty", limit=2, status="succeeded")] == [r["id"] for r in every[:2]]
+    assert all("result" not in r for r in await sdk.invocations("chatty", limit=None, outputs=False))
+    assert len(await sdk.logs("chatty", limit=None)) == 6
+
+
 async def test_an_identical_redeploy_keeps_the_version(sdk: Any) -> None:
     first = await sdk.deploy(EXAMPLES / "hello")
     second = await sdk.deploy(EXAMPLES / "hello")

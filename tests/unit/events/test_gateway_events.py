@@ -259,6 +259,10 @@ async def test_retries_then_dead_letter_then_replay(
     text = (await client.get("/metrics")).text
     assert metric(text, "spanfaas_events_dead_lettered_total", "cloudevents") == 1
     assert metric(text, "spanfaas_events_retried_total", "cloudevents") == 2
+    # one invocation, failed once for good: its first two runs are retries, not failures
+    assert 'spanfaas_invocations_total{function="flaky",status="failed"} 1.0' in text, text
+    assert 'spanfaas_invocation_errors_total{function="flaky",kind="error"} 1.0' in text, text
+    assert 'spanfaas_invocation_retries_total{function="flaky",kind="error"} 2.0' in text, text
 
     flag.write_text("now it works")
     r = await client.post(f"/v1/events/dlq/{inv}/replay")
@@ -329,6 +333,10 @@ async def test_platform_failures_of_event_invocations_are_retried(
     r = await client.post("/v1/events", content=json.dumps(CE), headers=STRUCTURED)
     [view] = await wait_finished(client, ids(r))
     assert view["status"] == "succeeded" and view["attempts"] == 3
+    text = (await client.get("/metrics")).text  # it succeeded: its failed runs are retries, not failed invocations
+    assert 'spanfaas_invocations_total{function="orders",status="succeeded"} 1.0' in text, text
+    assert 'status="failed"' not in text and "spanfaas_invocation_errors_total{" not in text, text
+    assert 'spanfaas_invocation_retries_total{function="orders",kind="infra"} 2.0' in text, text
 
 
 async def test_store_failure_answers_503_and_accepts_nothing(

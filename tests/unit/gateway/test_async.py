@@ -143,6 +143,23 @@ async def test_platform_failures_are_retried(client: httpx.AsyncClient, hello: d
     assert view["status"] == "succeeded" and view["attempts"] == 3 and view["result"] == {"hello": "r"}
 
 
+async def test_failed_attempts_of_an_invocation_that_succeeded_are_retries_not_failures(
+    client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure
+) -> None:
+    """An async invocation whose first two runs failed on the platform and whose third
+    succeeded was counted in spanfaas_invocations_total as 2 failed and 1 succeeded (and 2
+    infra errors): one invocation, which succeeded, read as a failure rate of 2/3.  Its
+    failed attempts are retries: spanfaas_invocation_retries_total."""
+    infra.fail_next = 2  # async_retries = 2 → the third attempt runs
+    r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "r"})
+    view = await wait_done(client, r.json()["id"])
+    assert view["status"] == "succeeded" and view["attempts"] == 3, view
+    metrics = (await client.get("/metrics")).text
+    assert 'spanfaas_invocations_total{function="hello",status="succeeded"} 1.0' in metrics, metrics
+    assert 'status="failed"' not in metrics and "spanfaas_invocation_errors_total{" not in metrics, metrics
+    assert 'spanfaas_invocation_retries_total{function="hello",kind="infra"} 2.0' in metrics, metrics
+
+
 async def test_a_full_function_queue_makes_an_async_invocation_wait_not_fail(
     client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure
 ) -> None:
@@ -175,6 +192,10 @@ async def test_retries_run_out(client: httpx.AsyncClient, hello: dict[str, objec
     view = await wait_done(client, r.json()["id"])
     assert view["status"] == "failed" and view["attempts"] == 3
     assert view["error"]["kind"] == "infra" and "injected" in view["error"]["message"]
+    metrics = (await client.get("/metrics")).text  # the last failure ends it: one failed invocation
+    assert 'spanfaas_invocations_total{function="hello",status="failed"} 1.0' in metrics, metrics
+    assert 'spanfaas_invocation_errors_total{function="hello",kind="infra"} 1.0' in metrics, metrics
+    assert 'spanfaas_invocation_retries_total{function="hello",kind="infra"} 2.0' in metrics, metrics
 
 
 async def test_function_errors_are_not_retried(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:

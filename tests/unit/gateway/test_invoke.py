@@ -193,15 +193,15 @@ async def test_listing_bad_queries(client: httpx.AsyncClient, hello: dict[str, o
 
 
 async def test_a_listing_query_it_does_not_know_is_refused_by_name(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
-    """A mistyped filter (``fucntion=``) or a paging cursor the API does not have was ignored:
+    """A mistyped filter (``fucntion=``) or a paging parameter the API does not have was ignored:
     the answer was every function's newest invocations, as if filtered or paged."""
     await client.post("/v1/functions/hello/invoke", json={})
     r = await client.get("/v1/invocations", params={"fucntion": "hello"})
     assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
     detail = r.json()["detail"]
-    assert "'fucntion'" in detail and "function, status, limit and output" in detail, detail
-    r = await client.get("/v1/invocations", params={"cursor": "abc", "limit": 5})
-    assert r.status_code == 400 and "'cursor'" in r.json()["detail"] and "no paging" in r.json()["detail"]
+    assert "'fucntion'" in detail and "function, status, limit, output and cursor" in detail, detail
+    r = await client.get("/v1/invocations", params={"page": "2", "limit": 5})
+    assert r.status_code == 400 and "'page'" in r.json()["detail"] and "next link" in r.json()["detail"]
     r = await client.get("/v1/invocations?limit=2&limit=3")
     assert r.status_code == 400 and "limit is given 2 times" in r.json()["detail"], r.text
     r = await client.get("/v1/invocations", params={"function": "hello", "status": "succeeded", "limit": 5})

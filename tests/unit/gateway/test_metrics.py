@@ -14,6 +14,12 @@ def _reference() -> tuple[CollectorRegistry, Counter, Counter, Histogram, Counte
     r = CollectorRegistry(auto_describe=True)
     inv = Counter("spanfaas_invocations", "Invocations by outcome", ["function", "status"], registry=r)
     err = Counter("spanfaas_invocation_errors", "Failed invocations by kind of failure", ["function", "kind"], registry=r)
+    Counter(
+        "spanfaas_invocation_retries",
+        "Failed runs of async invocations that were run again (retries), by kind of failure: "
+        "not failed invocations, which are counted once, by their outcome",
+        ["function", "kind"], registry=r,
+    ).labels("h", "infra").inc(2)  # fmt: skip
     dur = Histogram(
         "spanfaas_invocation_duration_seconds", "Time from request to result, as the gateway sees it", ["function"],
         buckets=_BUCKETS, registry=r,
@@ -49,6 +55,8 @@ def test_same_exposition_as_prometheus_client() -> None:
         dur.labels(fn).observe(seconds)
         if is_cold:
             cold.labels(fn).inc()
+    ours.retried("h", "infra")
+    ours.retried("h", "infra")
     ours.infra_failed("h")
     inv.labels("h", "failed").inc()
     err.labels("h", "infra").inc()

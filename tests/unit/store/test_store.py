@@ -537,3 +537,41 @@ def test_many_large_bundles(store: Store) -> None:
     for data in blobs:
         got = store.get_blob(sha256(data))
         assert got is not None and len(got) == len(data) and got == data
+
+
+def test_invocations_are_listed_in_pages_bounded_in_size(store: Store) -> None:
+    """A listing had no paging and no bound: limit=1000 read every record whole, outputs of up
+    to 32 MiB each, into one response.  Pages follow one another by position (created_at, then
+    id, so records made at the same moment are neither skipped nor repeated); an output over
+    max_output is left out as it is read (its size said), and a page stops at max_bytes."""
+    same = [inv(status="succeeded", created_at=5.0, output=b'"x"') for _ in range(3)]  # one timestamp
+    big = inv(status="succeeded", created_at=4.0, output=b"b" * 5000, logs="l" * 100)
+    older = [inv(status="failed", created_at=float(t), logs="y" * 3000) for t in (3, 2, 1)]
+    store.save_invocations([*same, big, *older, inv("other", created_at=9.0)])
+    everything = [r.id for r in store.list_invocations("hello", limit=100)]
+
+    seen: list[str] = []
+    after: tuple[float, str] | None = None
+    while True:
+        page = store.page_invocations("hello", limit=2, after=after, max_output=1000)
+        seen += [r.id for r in page.records]
+        assert len(page.records) <= 2
+        if not page.more:
+            break
+        after = (page.records[-1].created_at, page.records[-1].id)
+    # newest first; records made at the same moment by id, descending
+    assert seen == [*sorted((r.id for r in same), reverse=True), big.id, *(r.id for r in older)]
+    assert sorted(seen) == sorted(everything)
+
+    page = store.page_invocations("hello", limit=10, max_output=1000)
+    by_id = {r.id: r for r in page.records}
+    assert page.left_out == {big.id: 5000} and by_id[big.id].output == b"" and by_id[big.id].logs == "l" * 100
+    assert by_id[same[0].id].output == b'"x"' and not page.more and len(page.records) == 7
+
+    budget = store.page_invocations("hello", limit=10, max_bytes=8000)  # the first of the logs of 3000 passes it
+    assert [r.id for r in budget.records] == seen[:5] and budget.more
+    last = store.page_invocations("hello", limit=10, max_bytes=1, after=(older[1].created_at, older[1].id))
+    assert [r.id for r in last.records] == [older[2].id] and not last.more  # one at least; none after it
+    assert store.page_invocations("hello", status="failed", limit=10).records == store.list_invocations("hello", status="failed")
+    bare = store.page_invocations("hello", limit=10, outputs=False)
+    assert bare.left_out == {} and all(r.output == b"" for r in bare.records)
