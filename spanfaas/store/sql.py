@@ -413,7 +413,7 @@ class SQLStore:
                 if len(rows) <= chunk:
                     return InvocationPage(records, left_out, False)
                 average = used // len(records)
-                chunk = max(1, min(limit - len(records), (max_bytes - used) // max(average, 1) + 1, 256))
+                chunk = max(1, min(limit - len(records), (max_bytes - used) // max(average, 1) + 1, 64))  # 64: small rows first, then huge ones, stay bounded
 
     def _any_after(self, cur: Any, where: list[str], args: list[Any], position: tuple[float, str]) -> bool:
         cur.execute(
