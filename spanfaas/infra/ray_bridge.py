@@ -12,12 +12,18 @@ Wire: on the socket ``FD``, frames of ``<I`` length + a msgpack message from
 the unions below; replies carry the request's ``id``; requests run
 concurrently.  The bridge dies with its ``PARENT`` (the gateway's pid): the
 socket's EOF ends it when its loop is free, and ``PR_SET_PDEATHSIG`` when it
-is not (blocked in a Ray call, or in ``ray.init``).
+is not (blocked, in ``ray.init`` or a Ray call).
+
+Ray calls that can block (``ray.put``, ``fn.remote()`` whose arguments go to
+the object store, ``ray.cancel``: each waits on the raylet, and a stalled node
+or a big payload holds it) run in a pool of ``SUBMITTERS`` threads, never on
+the loop: one stuck call does not hold up the others, ``info`` or the watch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import logging
 import os
@@ -37,6 +43,8 @@ LEN = struct.Struct("<I")
 CAPACITY_CHECK = 0.5
 """Seconds between two looks at the cluster's resources while a task is unfinished."""
 PR_SET_PDEATHSIG = 1
+SUBMITTERS = 4
+"""Threads that make the Ray calls which can block (put, submit, cancel); more wait for one."""
 
 
 class Hello(Struct, tag=True):
@@ -135,6 +143,9 @@ class Bridge:
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
         self.functions: dict[str, tuple[Any, tuple[Any, ...], dict[str, float]]] = {}
+        self.latest: dict[str, int] = {}
+        """The id of the last Deploy or Drop of each name: what a deploy that finishes later must not undo."""
+        self.pool = concurrent.futures.ThreadPoolExecutor(SUBMITTERS, thread_name_prefix="spanfaas-ray-call")
         self.lost = asyncio.Event()
         self._cluster: tuple[float, dict[str, float]] = (-1.0, {})
 
@@ -147,9 +158,10 @@ class Bridge:
                 case Run():
                     await self.run(req)
                 case Deploy():
-                    self.deploy(req)
+                    await self.deploy(req)
                     self.send(Ok(req.id))
                 case Drop():
+                    self.latest[req.name] = req.id
                     self.functions.pop(req.name, None)
                     self.send(Ok(req.id))
                 case Infos():
@@ -162,8 +174,19 @@ class Bridge:
         except Exception as exc:  # report it to the gateway, keep serving
             self.send(Failed(req.id, f"{type(exc).__name__}: {exc}"[:2000], lost=isinstance(exc, ConnectionError)))
 
-    def deploy(self, req: Deploy) -> None:
-        ref = self.ray.put(req.bundle)
+    async def blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, a Ray call that may block, in the pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def cancel(self, ref: Any) -> None:
+        """Stop the task ``ref``, before the reply that says it did not finish goes out."""
+        await self.blocking(self.ray.cancel, ref, force=True)
+
+    async def deploy(self, req: Deploy) -> None:
+        self.latest[req.name] = req.id
+        ref = await self.blocking(self.ray.put, req.bundle)
+        if self.latest.get(req.name) != req.id:
+            return  # a later Deploy or Drop of this name came while the bundle went in: that one stands
         opts: dict[str, Any] = {"num_cpus": req.cpu, "max_retries": 0}
         needs = {"CPU": req.cpu}
         if req.gpu:
@@ -180,16 +203,25 @@ class Bridge:
             self.send(Failed(req.id, f"function '{req.name}' is not deployed on this Ray bridge", missing=True))
             return
         fn, static, needs = entry
-        ref = fn.remote((static, req.payload, req.content_type, req.invocation_id, req.timeout, req.event))
+        submitting = asyncio.ensure_future(
+            self.blocking(fn.remote, (static, req.payload, req.content_type, req.invocation_id, req.timeout, req.event))
+        )
+        try:
+            ref = await asyncio.shield(submitting)
+        except asyncio.CancelledError:  # (the bridge is closing) the task, once submitted, is not left running
+            submitting.add_done_callback(
+                lambda f: f.cancelled() or f.exception() or self.pool.submit(self.ray.cancel, f.result(), force=True)
+            )
+            raise
         try:
             ran = await self._outcome(ref, needs, req.timeout)
             if isinstance(ran, str):  # it cannot finish here: the gateway may run it elsewhere
-                self.ray.cancel(ref, force=True)
+                await self.cancel(ref)
                 self.send(Failed(req.id, f"Ray cannot run '{req.name}': {ran}"))
                 return
             output, ct, error, logs, ms, cold = ran
         except TimeoutError:
-            self.ray.cancel(ref, force=True)
+            await self.cancel(ref)
             error = {"kind": "timeout", "message": f"the function ran longer than its timeout of {req.timeout:g} s"}
             output, ct, logs, ms, cold = b"", "application/json", "", req.timeout * 1000.0, False
         except self.ray.exceptions.WorkerCrashedError as exc:

@@ -298,3 +298,40 @@ async def test_a_worker_node_that_dies_takes_no_call_with_it(workdir: Path) -> N
             await sp.close()
         node.kill()
         head.close()
+
+
+async def test_a_ray_call_that_blocks_does_not_stall_the_bridge(ray_head: RayHead, workdir: Path) -> None:
+    """The head's raylet stalls (stopped here): ``ray.put`` of a deploy's bundle and the
+    ``fn.remote()`` of a call with a 1 MiB payload (its argument goes to the object store)
+    block in Ray until it resumes.  The bridge answers ``info`` meanwhile (it asks the GCS,
+    which answers), rather than every other call waiting on those two; both complete after."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        assert ray_head.proc is not None
+        (raylet,) = [p for p in descendants(ray_head.proc.pid) if cmdline(p).split(b"\0")[0].endswith(b"/raylet")]
+        first, second = (load_manifest(function_dir(workdir / "src", name)) for name in ("stalls", "later"))
+        await ray.deploy(first, Bundle(digest="d" * 64, path=str(workdir / "src" / "stalls")))
+        bridge = ray._bridge
+        assert bridge is not None
+        payload = b'{"i": 3, "pad": "%s"}' % (b"x" * (1 << 20))
+        os.kill(raylet, signal.SIGSTOP)
+        try:
+            deploying = asyncio.create_task(ray.deploy(second, Bundle(digest="c" * 64, path=str(workdir / "src" / "later"))))
+            running = asyncio.create_task(ray.invoke(first, payload, InvokeContext(invocation_id="stalled")))
+            while len(bridge.pending) < 2:  # both are out
+                await asyncio.sleep(0.01)
+            asking = asyncio.ensure_future(ray._call(bridge, wire.Infos(next(ray._ids)), 3600))
+            answered, _ = await asyncio.wait({asking}, timeout=5)
+            still = not deploying.done() and not running.done()
+        finally:
+            os.kill(raylet, signal.SIGCONT)
+        assert answered, "the bridge did not answer info while a ray.put and a fn.remote waited on the raylet"
+        assert isinstance(asking.result(), wire.InfoReply) and still
+        await deploying
+        r = await running
+        assert r.error is None and b'"square":9' in r.output, r
+        assert (await ray.invoke(second, b'{"i": 4}', InvokeContext(invocation_id="after"))).output.find(b'"square":16') > 0
+    finally:
+        await ray.close()
