@@ -18,6 +18,11 @@ Ray calls that can block (``ray.put``, ``fn.remote()`` whose arguments go to
 the object store, ``ray.cancel``: each waits on the raylet, and a stalled node
 or a big payload holds it) run in a pool of ``SUBMITTERS`` threads, never on
 the loop: one stuck call does not hold up the others, ``info`` or the watch.
+
+Bundles unpack on the nodes under this bridge's own directory (see
+``ray_worker``): a Drop removes its function's, the bridge's exit removes its
+own (on every alive node, and on this host), and the bridge's start removes
+those of bridges on this host that are gone (killed, with no exit to clean up).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from spanfaas.infra import ray_worker
+
 __all__ = ["Deploy", "Drop", "Failed", "Hello", "InfoReply", "Infos", "Ok", "Ran", "Run", "read_frame", "write_frame"]
 
 LEN = struct.Struct("<I")
@@ -45,6 +52,8 @@ CAPACITY_CHECK = 0.5
 PR_SET_PDEATHSIG = 1
 SUBMITTERS = 4
 """Threads that make the Ray calls which can block (put, submit, cancel); more wait for one."""
+CLEANUP = 5.0
+"""Seconds an exiting bridge waits for the nodes to remove its bundles."""
 
 
 class Hello(Struct, tag=True):
@@ -135,13 +144,15 @@ def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 class Bridge:
     def __init__(self, ray: Any, writer: asyncio.StreamWriter) -> None:
-        from spanfaas.infra import ray_worker
-
         self.ray = ray
         self.writer = writer
         self.encode = msgspec.msgpack.Encoder().encode
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
+        self.remover = ray.remote(ray_worker.remove).options(num_cpus=0, max_retries=0)
+        self.owner = ray_worker.owner(os.getpid())
+        self.dirs: dict[str, list[str]] = {}
+        """Each function's bundle directories (one per deploy), under ``ray_worker.bundles()``."""
         self.functions: dict[str, tuple[Any, tuple[Any, ...], dict[str, float]]] = {}
         self.latest: dict[str, int] = {}
         """The id of the last Deploy or Drop of each name: what a deploy that finishes later must not undo."""
@@ -163,6 +174,7 @@ class Bridge:
                 case Drop():
                     self.latest[req.name] = req.id
                     self.functions.pop(req.name, None)
+                    await self.forget(self.dirs.pop(req.name, []))
                     self.send(Ok(req.id))
                 case Infos():
                     self.send(await asyncio.to_thread(self.info, req.id))
@@ -195,7 +207,27 @@ class Bridge:
             opts["max_calls"] = 1
         if req.env:
             opts["runtime_env"] = {"env_vars": dict(req.env)}
-        self.functions[req.name] = (self.remote.options(**opts), ([ref], req.key, req.name, req.module, req.function), needs)
+        key = f"{self.owner}/{req.key}-{req.id}"  # a directory of its own: dropping it spares any other deploy's
+        self.dirs.setdefault(req.name, []).append(key)
+        self.functions[req.name] = (self.remote.options(**opts), ([ref], key, req.name, req.module, req.function), needs)
+
+    async def forget(self, paths: list[str]) -> list[Any]:
+        """Remove these bundle directories on this host, and ask every alive node to remove
+        them too; the tasks that do (awaited by whom needs them finished)."""
+        if not paths:
+            return []
+        await asyncio.to_thread(ray_worker.remove, paths)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        refs = []
+        try:
+            for node in await asyncio.to_thread(self.ray.nodes):
+                if node.get("Alive"):
+                    where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                    refs.append(await self.blocking(self.remover.options(scheduling_strategy=where).remote, paths))
+        except self.ray.exceptions.RayError as exc:  # what the nodes keep is only disk: the call goes on
+            print(f"could not ask the Ray nodes to remove {paths}: {type(exc).__name__}: {exc}", flush=True)
+        return refs
 
     async def run(self, req: Run) -> None:
         entry = self.functions.get(req.name)
@@ -316,6 +348,7 @@ async def serve(fd: int, address: str) -> int:
         return 1
     write_frame(writer, encode(Hello(True, ray_version=ray.__version__, python=sys.version.split()[0])))
     bridge = Bridge(ray, writer)
+    sweeping = asyncio.create_task(asyncio.to_thread(lambda: ray_worker.remove(ray_worker.stale())))
     decode = msgspec.msgpack.Decoder(Request).decode
     tasks: set[asyncio.Task[None]] = set()
 
@@ -349,8 +382,22 @@ async def serve(fd: int, address: str) -> int:
             print("Ray is gone; the bridge exits", flush=True)
         for task in tasks:
             task.cancel()
+        await sweeping
+        await _cleanup(bridge)
         await writer.drain()
     return 0
+
+
+async def _cleanup(bridge: Bridge) -> None:
+    """Remove this bridge's bundles from the nodes (while Ray answers, for ``CLEANUP`` s at
+    most: they are ours no more once we exit) and from this host."""
+    if not bridge.lost.is_set():
+        try:
+            async with asyncio.timeout(CLEANUP):
+                await asyncio.gather(*await bridge.forget([bridge.owner]))
+        except (TimeoutError, bridge.ray.exceptions.RayError) as exc:
+            print(f"the bundles of this bridge may be left on some Ray nodes: {type(exc).__name__}: {exc}", flush=True)
+    await asyncio.to_thread(ray_worker.remove, [bridge.owner])
 
 
 def die_with(parent: int) -> None:
