@@ -6,12 +6,16 @@
         gw.start()           # again, on the same data dir
 
 Its output goes to ``<data_dir>/../gateway-<n>.log``; the first start's admin
-token is kept in ``admin_token``.
+token is kept in ``admin_token``.  The gateway dies with the process that started
+it (``PR_SET_PDEATHSIG``), so a test run that is itself killed leaves no gateway
+behind; the signal follows the thread that called ``start()``: call it from one
+that lives as long as the gateway (the main thread).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +31,20 @@ __all__ = ["GatewayProcess"]
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 _TOKEN = re.compile(r"admin token \(shown once\): (\S+)")
+PR_SET_PDEATHSIG = 1
+
+
+def _dying_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: in the child, before exec, SIGKILL it when ``parent`` dies; exit
+    at once when ``parent`` died already (before the signal was set).  ``prctl`` is looked
+    up here, in the parent: the child only calls it."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 class GatewayProcess:
@@ -64,7 +82,8 @@ class GatewayProcess:
             cmd += ["--store", self.store]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         preexec_fn=_dying_with(os.getpid()))  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")

@@ -38,6 +38,7 @@ import msgspec
 from spanfaas.config import InfraConfig
 from spanfaas.errors import FunctionNotFound, InfraUnavailable
 from spanfaas.infra import ray_bridge as wire
+from spanfaas.infra import ray_worker
 from spanfaas.infra.bundles import pack_dir
 from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Result
 
@@ -217,6 +218,8 @@ class RayInfrastructure:
             bridge.proc.wait(5)
         except subprocess.TimeoutExpired:
             log.error("the Ray bridge (pid %d) did not die", bridge.proc.pid)
+            return
+        ray_worker.remove([ray_worker.owner(bridge.proc.pid)])  # its bundles on this host: it had no exit to remove them
 
     async def _call(self, bridge: _Bridge, msg: msgspec.Struct, timeout: float) -> Any:
         if not bridge.alive:  # no reader is left to answer it (gone between two calls of one job)

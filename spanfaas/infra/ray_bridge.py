@@ -12,12 +12,23 @@ Wire: on the socket ``FD``, frames of ``<I`` length + a msgpack message from
 the unions below; replies carry the request's ``id``; requests run
 concurrently.  The bridge dies with its ``PARENT`` (the gateway's pid): the
 socket's EOF ends it when its loop is free, and ``PR_SET_PDEATHSIG`` when it
-is not (blocked in a Ray call, or in ``ray.init``).
+is not (blocked, in ``ray.init`` or a Ray call).
+
+Ray calls that can block (``ray.put``, ``fn.remote()`` whose arguments go to
+the object store, ``ray.cancel``: each waits on the raylet, and a stalled node
+or a big payload holds it) run in a pool of ``SUBMITTERS`` threads, never on
+the loop: one stuck call does not hold up the others, ``info`` or the watch.
+
+Bundles unpack on the nodes under this bridge's own directory (see
+``ray_worker``): a Drop removes its function's, the bridge's exit removes its
+own (on every alive node, and on this host), and the bridge's start removes
+those of bridges on this host that are gone (killed, with no exit to clean up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import logging
 import os
@@ -31,12 +42,18 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from spanfaas.infra import ray_worker
+
 __all__ = ["Deploy", "Drop", "Failed", "Hello", "InfoReply", "Infos", "Ok", "Ran", "Run", "read_frame", "write_frame"]
 
 LEN = struct.Struct("<I")
 CAPACITY_CHECK = 0.5
 """Seconds between two looks at the cluster's resources while a task is unfinished."""
 PR_SET_PDEATHSIG = 1
+SUBMITTERS = 4
+"""Threads that make the Ray calls which can block (put, submit, cancel); more wait for one."""
+CLEANUP = 5.0
+"""Seconds an exiting bridge waits for the nodes to remove its bundles."""
 
 
 class Hello(Struct, tag=True):
@@ -127,14 +144,19 @@ def write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 class Bridge:
     def __init__(self, ray: Any, writer: asyncio.StreamWriter) -> None:
-        from spanfaas.infra import ray_worker
-
         self.ray = ray
         self.writer = writer
         self.encode = msgspec.msgpack.Encoder().encode
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
+        self.remover = ray.remote(ray_worker.remove).options(num_cpus=0, max_retries=0)
+        self.owner = ray_worker.owner(os.getpid())
+        self.dirs: dict[str, list[str]] = {}
+        """Each function's bundle directories (one per deploy), under ``ray_worker.bundles()``."""
         self.functions: dict[str, tuple[Any, tuple[Any, ...], dict[str, float]]] = {}
+        self.latest: dict[str, int] = {}
+        """The id of the last Deploy or Drop of each name: what a deploy that finishes later must not undo."""
+        self.pool = concurrent.futures.ThreadPoolExecutor(SUBMITTERS, thread_name_prefix="spanfaas-ray-call")
         self.lost = asyncio.Event()
         self._cluster: tuple[float, dict[str, float]] = (-1.0, {})
 
@@ -147,10 +169,12 @@ class Bridge:
                 case Run():
                     await self.run(req)
                 case Deploy():
-                    self.deploy(req)
+                    await self.deploy(req)
                     self.send(Ok(req.id))
                 case Drop():
+                    self.latest[req.name] = req.id
                     self.functions.pop(req.name, None)
+                    await self.forget(self.dirs.pop(req.name, []))
                     self.send(Ok(req.id))
                 case Infos():
                     self.send(await asyncio.to_thread(self.info, req.id))
@@ -162,8 +186,19 @@ class Bridge:
         except Exception as exc:  # report it to the gateway, keep serving
             self.send(Failed(req.id, f"{type(exc).__name__}: {exc}"[:2000], lost=isinstance(exc, ConnectionError)))
 
-    def deploy(self, req: Deploy) -> None:
-        ref = self.ray.put(req.bundle)
+    async def blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, a Ray call that may block, in the pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def cancel(self, ref: Any) -> None:
+        """Stop the task ``ref``, before the reply that says it did not finish goes out."""
+        await self.blocking(self.ray.cancel, ref, force=True)
+
+    async def deploy(self, req: Deploy) -> None:
+        self.latest[req.name] = req.id
+        ref = await self.blocking(self.ray.put, req.bundle)
+        if self.latest.get(req.name) != req.id:
+            return  # a later Deploy or Drop of this name came while the bundle went in: that one stands
         opts: dict[str, Any] = {"num_cpus": req.cpu, "max_retries": 0}
         needs = {"CPU": req.cpu}
         if req.gpu:
@@ -172,7 +207,27 @@ class Bridge:
             opts["max_calls"] = 1
         if req.env:
             opts["runtime_env"] = {"env_vars": dict(req.env)}
-        self.functions[req.name] = (self.remote.options(**opts), ([ref], req.key, req.name, req.module, req.function), needs)
+        key = f"{self.owner}/{req.key}-{req.id}"  # a directory of its own: dropping it spares any other deploy's
+        self.dirs.setdefault(req.name, []).append(key)
+        self.functions[req.name] = (self.remote.options(**opts), ([ref], key, req.name, req.module, req.function), needs)
+
+    async def forget(self, paths: list[str]) -> list[Any]:
+        """Remove these bundle directories on this host, and ask every alive node to remove
+        them too; the tasks that do (awaited by whom needs them finished)."""
+        if not paths:
+            return []
+        await asyncio.to_thread(ray_worker.remove, paths)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        refs = []
+        try:
+            for node in await asyncio.to_thread(self.ray.nodes):
+                if node.get("Alive"):
+                    where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                    refs.append(await self.blocking(self.remover.options(scheduling_strategy=where).remote, paths))
+        except self.ray.exceptions.RayError as exc:  # what the nodes keep is only disk: the call goes on
+            print(f"could not ask the Ray nodes to remove {paths}: {type(exc).__name__}: {exc}", flush=True)
+        return refs
 
     async def run(self, req: Run) -> None:
         entry = self.functions.get(req.name)
@@ -180,16 +235,25 @@ class Bridge:
             self.send(Failed(req.id, f"function '{req.name}' is not deployed on this Ray bridge", missing=True))
             return
         fn, static, needs = entry
-        ref = fn.remote((static, req.payload, req.content_type, req.invocation_id, req.timeout, req.event))
+        submitting = asyncio.ensure_future(
+            self.blocking(fn.remote, (static, req.payload, req.content_type, req.invocation_id, req.timeout, req.event))
+        )
+        try:
+            ref = await asyncio.shield(submitting)
+        except asyncio.CancelledError:  # (the bridge is closing) the task, once submitted, is not left running
+            submitting.add_done_callback(
+                lambda f: f.cancelled() or f.exception() or self.pool.submit(self.ray.cancel, f.result(), force=True)
+            )
+            raise
         try:
             ran = await self._outcome(ref, needs, req.timeout)
             if isinstance(ran, str):  # it cannot finish here: the gateway may run it elsewhere
-                self.ray.cancel(ref, force=True)
+                await self.cancel(ref)
                 self.send(Failed(req.id, f"Ray cannot run '{req.name}': {ran}"))
                 return
             output, ct, error, logs, ms, cold = ran
         except TimeoutError:
-            self.ray.cancel(ref, force=True)
+            await self.cancel(ref)
             error = {"kind": "timeout", "message": f"the function ran longer than its timeout of {req.timeout:g} s"}
             output, ct, logs, ms, cold = b"", "application/json", "", req.timeout * 1000.0, False
         except self.ray.exceptions.WorkerCrashedError as exc:
@@ -284,6 +348,7 @@ async def serve(fd: int, address: str) -> int:
         return 1
     write_frame(writer, encode(Hello(True, ray_version=ray.__version__, python=sys.version.split()[0])))
     bridge = Bridge(ray, writer)
+    sweeping = asyncio.create_task(asyncio.to_thread(lambda: ray_worker.remove(ray_worker.stale())))
     decode = msgspec.msgpack.Decoder(Request).decode
     tasks: set[asyncio.Task[None]] = set()
 
@@ -317,8 +382,22 @@ async def serve(fd: int, address: str) -> int:
             print("Ray is gone; the bridge exits", flush=True)
         for task in tasks:
             task.cancel()
+        await sweeping
+        await _cleanup(bridge)
         await writer.drain()
     return 0
+
+
+async def _cleanup(bridge: Bridge) -> None:
+    """Remove this bridge's bundles from the nodes (while Ray answers, for ``CLEANUP`` s at
+    most: they are ours no more once we exit) and from this host."""
+    if not bridge.lost.is_set():
+        try:
+            async with asyncio.timeout(CLEANUP):
+                await asyncio.gather(*await bridge.forget([bridge.owner]))
+        except (TimeoutError, bridge.ray.exceptions.RayError) as exc:
+            print(f"the bundles of this bridge may be left on some Ray nodes: {type(exc).__name__}: {exc}", flush=True)
+    await asyncio.to_thread(ray_worker.remove, [bridge.owner])
 
 
 def die_with(parent: int) -> None:

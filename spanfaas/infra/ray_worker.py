@@ -4,9 +4,14 @@ This module travels to the cluster by value (cloudpickle), so it imports only
 the standard library (and ``ray``, there already): the cluster needs neither
 spanfaas nor msgspec installed.
 
-A worker keeps each loaded handler (keyed by bundle digest), so warm
-invocations pay only the call; ``isolation = "strict"`` runs with Ray's
-``max_calls=1``, a fresh worker process per invocation.
+A worker keeps each loaded handler (keyed by deploy), so warm invocations pay
+only the call; ``isolation = "strict"`` runs with Ray's ``max_calls=1``, a
+fresh worker process per invocation.
+
+A bundle unpacks on each node into ``<tmp>/spanfaas-ray/<owner>/<deploy>``,
+where ``<owner>`` is ``<pid>@<host>`` of the bridge (the Ray driver) that
+deployed it: the bridge removes a deploy's directory when it is dropped, its
+own when it exits, and at start those of bridges on its host that are gone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
+import socket
 import sys
 import tarfile
 import tempfile
@@ -45,11 +53,48 @@ class Context:
         return max(0.0, self.deadline - time.time())
 
 
+def bundles() -> str:
+    """Where bundles unpack on this node."""
+    return os.path.join(tempfile.gettempdir(), "spanfaas-ray")
+
+
+def owner(pid: int) -> str:
+    """The directory, under ``bundles()``, of what the bridge ``pid`` on this host deployed."""
+    return f"{pid}@{socket.gethostname()}"
+
+
+def remove(paths: list[str]) -> None:
+    """Remove these directories under ``bundles()`` (on the node this runs on)."""
+    for path in paths:
+        shutil.rmtree(os.path.join(bundles(), path), ignore_errors=True)
+
+
+def stale() -> list[str]:
+    """The owner directories under ``bundles()`` of bridges on this host that are gone."""
+    host, out = socket.gethostname(), []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(bundles()):
+            pid, at, where = name.partition("@")
+            if at and where == host and pid.isdigit() and not _alive(int(pid)):
+                out.append(name)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _load(key: str, bundle: list[Any], module: str, function: str) -> Any:
     import ray
 
     data = ray.get(bundle[0])
-    root = os.path.join(tempfile.gettempdir(), "spanfaas-ray", key)
+    root = os.path.join(bundles(), *key.split("/"))
     if not os.path.isdir(root):
         tmp = f"{root}.{os.getpid()}.tmp"
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -61,7 +106,7 @@ def _load(key: str, bundle: list[Any], module: str, function: str) -> Any:
                 raise
     parts = module.split(".")
     path = next(p for p in (os.path.join(root, *parts) + ".py", os.path.join(root, *parts, "__init__.py")) if os.path.isfile(p))
-    name = f"_spanfaas_fn_{key}_{'_'.join(parts)}"
+    name = f"_spanfaas_fn_{re.sub(r'[^0-9A-Za-z_]', '_', key)}_{'_'.join(parts)}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

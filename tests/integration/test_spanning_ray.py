@@ -15,6 +15,10 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,10 +68,13 @@ def workdir() -> Iterator[Path]:
 def test_ray_only_and_gpu_functions_run_on_ray_through_the_gateway(ray_head: RayHead, workdir: Path) -> None:
     config = workdir / "spanfaas.toml"
     config.write_text(infra_toml({"name": "local", "kind": "local"}, {"name": "ray", "kind": "ray", "address": ray_head.address}))
+    bundles = Path(tempfile.gettempdir()) / "spanfaas-ray"
     with GatewayProcess(workdir / "data", infra="local", env={"SPANFAAS_CONFIG": str(config), **RAY_ENV}) as gw:
         with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
             info = c.get("/v1/info").json()["infrastructures"]
             assert [(i["name"], i["healthy"], i["gpu"]) for i in info] == [("local", True, False), ("ray", True, True)]
+            assert gw.proc is not None
+            (bridge,) = [p for p in descendants(gw.proc.pid) if b"spanfaas.infra.ray_bridge" in cmdline(p)]
             for name, policy in (("onray", 'infrastructures = ["ray"]'), ("needsgpu", "gpu = true"), ("anywhere", "")):
                 r = c.put(f"/v1/functions/{name}", content=pack_function(function_dir(workdir / "src", name, policy)))
                 assert r.status_code == 201, r.text
@@ -90,7 +97,9 @@ def test_ray_only_and_gpu_functions_run_on_ray_through_the_gateway(ray_head: Ray
             assert ex["ranking"] == ["ray"]
             assert verdicts["local"]["verdict"] == "rejected" and verdicts["local"]["reasons"] == ["no GPU declared"]
             assert verdicts["ray"]["verdict"] == "chosen"
+            assert (bundles / f"{bridge}@{socket.gethostname()}").is_dir()
         assert gw.stop() == 0
+        assert not (bundles / f"{bridge}@{socket.gethostname()}").exists(), "the gateway stopped; its Ray bundles stayed"
 
 
 def test_the_bridge_dies_with_its_gateway_even_when_it_cannot_read_its_socket(ray_head: RayHead, workdir: Path) -> None:
@@ -298,3 +307,89 @@ async def test_a_worker_node_that_dies_takes_no_call_with_it(workdir: Path) -> N
             await sp.close()
         node.kill()
         head.close()
+
+
+async def test_a_ray_call_that_blocks_does_not_stall_the_bridge(ray_head: RayHead, workdir: Path) -> None:
+    """The head's raylet stalls (stopped here): ``ray.put`` of a deploy's bundle and the
+    ``fn.remote()`` of a call with a 1 MiB payload (its argument goes to the object store)
+    block in Ray until it resumes.  The bridge answers ``info`` meanwhile (it asks the GCS,
+    which answers), rather than every other call waiting on those two; both complete after."""
+    cfg = InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20)
+    ray = RayInfrastructure(cfg, data_dir=workdir / "data")
+    await ray.start()
+    try:
+        assert ray_head.proc is not None
+        (raylet,) = [p for p in descendants(ray_head.proc.pid) if cmdline(p).split(b"\0")[0].endswith(b"/raylet")]
+        first, second = (load_manifest(function_dir(workdir / "src", name)) for name in ("stalls", "later"))
+        await ray.deploy(first, Bundle(digest="d" * 64, path=str(workdir / "src" / "stalls")))
+        bridge = ray._bridge
+        assert bridge is not None
+        payload = b'{"i": 3, "pad": "%s"}' % (b"x" * (1 << 20))
+        os.kill(raylet, signal.SIGSTOP)
+        try:
+            deploying = asyncio.create_task(ray.deploy(second, Bundle(digest="c" * 64, path=str(workdir / "src" / "later"))))
+            running = asyncio.create_task(ray.invoke(first, payload, InvokeContext(invocation_id="stalled")))
+            while len(bridge.pending) < 2:  # both are out
+                await asyncio.sleep(0.01)
+            asking = asyncio.ensure_future(ray._call(bridge, wire.Infos(next(ray._ids)), 3600))
+            answered, _ = await asyncio.wait({asking}, timeout=5)
+            still = not deploying.done() and not running.done()
+        finally:
+            os.kill(raylet, signal.SIGCONT)
+        assert answered, "the bridge did not answer info while a ray.put and a fn.remote waited on the raylet"
+        assert isinstance(asking.result(), wire.InfoReply) and still
+        await deploying
+        r = await running
+        assert r.error is None and b'"square":9' in r.output, r
+        assert (await ray.invoke(second, b'{"i": 4}', InvokeContext(invocation_id="after"))).output.find(b'"square":16') > 0
+    finally:
+        await ray.close()
+
+
+async def test_bundle_directories_go_with_their_deploy_and_their_bridge(ray_head: RayHead, workdir: Path) -> None:
+    """Bundles unpack under ``<tmp>/spanfaas-ray/<bridge pid>@<host>/``: a removed function's
+    directory goes with it, and the bridge's with its exit (the gateway stopping).  A bridge
+    that starts removes those of bridges on this host that are gone (killed: no exit to
+    clean up), and spares a live one's and another host's."""
+    root, host = Path(tempfile.gettempdir()) / "spanfaas-ray", socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that runs no more
+    stale, live, elsewhere = root / f"{gone.pid}@{host}", root / f"{os.getpid()}@{host}", root / f"{gone.pid}@not-{host}"
+    for d in (stale, live, elsewhere):
+        (d / "f-0000000000000000-1").mkdir(parents=True)
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        assert ray._bridge is not None
+        mine = root / f"{ray._bridge.proc.pid}@{host}"
+        specs = {}
+        for name, digest in (("kept", "a" * 64), ("dropped", "b" * 64)):
+            specs[name] = load_manifest(function_dir(workdir / "src", name))
+            await ray.deploy(specs[name], Bundle(digest=digest, path=str(workdir / "src" / name)))
+            r = await ray.invoke(specs[name], b'{"i": 2}', InvokeContext(invocation_id=name))
+            assert r.error is None, r.error
+        assert sorted(d.name.rsplit("-", 1)[0] for d in mine.iterdir()) == ["dropped-" + "b" * 16, "kept-" + "a" * 16]
+        await ray.remove("dropped")
+        assert [d.name.rsplit("-", 1)[0] for d in mine.iterdir()] == ["kept-" + "a" * 16]
+        deadline = time.monotonic() + 10
+        while stale.exists() and time.monotonic() < deadline:  # (the start's sweep runs beside the first calls)
+            await asyncio.sleep(0.05)
+        assert not stale.exists(), "a bundle directory of a bridge that is gone was left"
+        assert live.exists() and elsewhere.exists()
+        await ray.close()
+        assert not mine.exists(), f"the bundles of a bridge that exited were left: {list(mine.iterdir())}"
+        await ray.start()  # a bridge killed (no exit of its own): the gateway removes them
+        assert ray._bridge is not None
+        killed, mine = ray._bridge, root / f"{ray._bridge.proc.pid}@{host}"
+        r = await ray.invoke(specs["kept"], b'{"i": 2}', InvokeContext(invocation_id="again"))
+        assert r.error is None and mine.is_dir(), r.error
+        os.kill(killed.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while killed.proc.poll() is None or killed.alive:  # (its reader sees the socket close)
+            assert time.monotonic() < deadline, "the killed bridge was not noticed"
+            await asyncio.sleep(0.05)
+        assert not mine.exists(), "the bundles of a bridge that was killed were left"
+    finally:
+        await ray.close()
+        for d in (stale, live, elsewhere):
+            shutil.rmtree(d, ignore_errors=True)
