@@ -9,12 +9,12 @@ deployed function version.  Its asyncio API is what the control plane uses:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
 import shutil
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +99,18 @@ class LocalRuntime:
         self.started = True
 
     async def close(self) -> None:
+        """Stop every pool, zygote, cgroup and scratch dir.  A cancel (a second Ctrl-C, a
+        supervisor's timeout) does not cut it short, which would leave them behind and a
+        runtime that counts itself closed: it ends its work, then raises CancelledError."""
         if not self.started:
             return
         self.started = False
+        await _to_the_end(self._shut_down())
+
+    async def _shut_down(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await asyncio.wait([self._ticker])  # (awaiting it would take a cancel of ours for its own)
         for task in list(self._draining):
             task.cancel()
         await asyncio.gather(*self._draining, return_exceptions=True)
@@ -487,6 +492,21 @@ class LocalRuntime:
         """Prewarms, cold starts avoided, wasted prewarms and scale events per function."""
         return self.early.stats(self._pools)
 
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile; then raise
+    the cancel (or what ``work`` raised)."""
+    task = asyncio.get_running_loop().create_task(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # (or the task itself was cancelled: done, the loop ends)
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 def _remove_stale_scratch(parent: Path) -> None:
