@@ -65,6 +65,10 @@ class LocalRuntime:
         self._zygotes: dict[str, ZygoteProcess] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[Any]] = set()
+        """Drains of replaced versions and starts ahead: cancelled at close (a cancelled drain stops its pool)."""
+        self._stopping: set[asyncio.Task[None]] = set()
+        """Zygotes being stopped (their image's last function went, or they died): awaited at
+        close, never cancelled (a zygote's stop cut short would leave it running or unreaped)."""
         self.protections: list[Protection] = []
         self.early = EarlyAction(self.rt, tick=TICK)
         """Prewarm ledger, arrival histograms, autoscaling (runtime/early.py)."""
@@ -114,6 +118,7 @@ class LocalRuntime:
         for task in list(self._draining):
             task.cancel()
         await asyncio.gather(*self._draining, return_exceptions=True)
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # (after the drains: theirs too)
         for pool in list(self._by_key.values()):
             pool.close()
         self._by_key.clear()
@@ -254,9 +259,7 @@ class LocalRuntime:
         if not self.started:
             return
         log.error("spanfaas runtime: zygote %s exited; its functions restart on their next invocation", zygote.key)
-        task = asyncio.get_running_loop().create_task(zygote.close())  # reap it
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
+        self._stop_zygote(zygote)  # reap it
         for cgroup in [*zygote.spares.values(), *zygote.pending_spares.values()]:
             _destroy(cgroup, "the cgroup of a spare sandbox")  # never in the way of stopping its pools
         zygote.spares.clear()
@@ -435,9 +438,12 @@ class LocalRuntime:
         ):
             zygote = self._zygotes.pop(pool.image.id, None)
             if zygote is not None:  # the image's last function went away
-                task = asyncio.get_running_loop().create_task(zygote.close())
-                self._draining.add(task)
-                task.add_done_callback(self._draining.discard)
+                self._stop_zygote(zygote)
+
+    def _stop_zygote(self, zygote: ZygoteProcess) -> None:
+        task = asyncio.get_running_loop().create_task(zygote.close())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def functions(self) -> list[str]:
         return sorted(self._pools)
