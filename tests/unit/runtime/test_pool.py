@@ -100,7 +100,7 @@ async def test_a_template_that_dies_right_after_it_is_ready_is_started_again_for
     pool._chan = ControlChannel(ours, _template_decoder, pool._on_template_message, pool._on_template_eof)
     pool.state = "starting"
     ready = pool._ready = asyncio.get_running_loop().create_future()
-    pool.template_pid = 999_999_999  # never a real pid: it must not be signalled once reaped
+    pool.on_spawned(999_999_999)  # never a real pid: it must not be signalled once reaped
     p.send_msg(theirs, p.TemplateReady(import_ms=1.0, protections=[]))
     theirs.close()
     pool.on_template_exit(0)
