@@ -321,7 +321,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
             return
         parts: list[bytes | memoryview] = []
         for id, fut, frame in out:
-            if fut.cancelled():  # its caller gave up while it was held: the instance never sees it
+            if fut.done():  # its caller gave up, or its deadline passed, while it was held: the instance never sees it
                 self.pending.pop(id, None)
                 continue
             parts += frame

@@ -11,7 +11,9 @@ Child-side code of an instance is in runtime/instance.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import select
 import signal
 import socket
 import time
@@ -22,6 +24,8 @@ from spanfaas.runtime.channels import InstanceConnection, read_hello
 __all__ = ["HELLO_TIMEOUT", "INSTANCE_OOM_SCORE_ADJ", "Instance", "connect"]
 
 HELLO_TIMEOUT = 10.0
+PIDFD_SIGNAL_PROCESS_GROUP = 4
+"""pidfd_send_signal's flag (Linux 6.9) that signals the process group of the pidfd's process."""
 INSTANCE_OOM_SCORE_ADJ = 500
 
 
@@ -71,13 +75,29 @@ class Instance:
                 pass
 
     def kill_group(self) -> None:
-        """Kill the instance and every process it forked (it leads its group)."""
-        self.kill()
-        if self.pid > 0:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """Kill the instance and every process it forked (it leads its group).
+
+        Through its pidfd, never its number: once its template reaps it, its pid, and
+        with it the id of its group when no member is left, may be another process's
+        (leading a group of its own, as instances do).  The pidfd names the instance's
+        own group however late (Linux 6.9: PIDFD_SIGNAL_PROCESS_GROUP)."""
+        if self.pidfd < 0:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL, None, PIDFD_SIGNAL_PROCESS_GROUP)
+        except (ProcessLookupError, PermissionError):  # (ESRCH: no process left in its group)
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # A kernel before 6.9: by number, only while it has not exited (it holds its pid,
+            # so its group's id is no one else's); its template kills the group when it reaps it.
+            if self.pid > 0 and not select.select([self.pidfd], [], [], 0)[0]:  # (readable: exited)
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.kill()  # (it may have left its group)
 
     def release_fd(self) -> None:
         """It is gone: close its pidfd, and its capture unless a call still has to read it."""

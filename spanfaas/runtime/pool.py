@@ -93,6 +93,11 @@ class Pool:
         self.protections: list[Protection] = []
         self.import_ms = 0.0
         self.template_pid = 0
+        """Known from the zygote's report (on_spawned); 0 before, and once the template is reaped."""
+        self._said_ready = False
+        """The template in place said it is ready (TemplateReady): the pool is, once its pid is known too."""
+        self._spawned = False
+        """The zygote reported the pid of the template in place (on_spawned; then reaped or not)."""
         self._template_exit = ExitWatch(self._loop)
         """The template's exit, told by its pidfd: watched from the first call lost mid-run (_why_lost)."""
         self.cold_starts = 0
@@ -163,9 +168,24 @@ class Pool:
             self._ready.add_done_callback(lambda _: fn())
 
     def on_spawned(self, pid: int) -> None:
+        """The zygote reports the template's pid (on its own socket: the template may have
+        said it is ready first, then it becomes ready now)."""
         self.template_pid = pid
         if pid <= 0:
             self._fail_start(InfraError(f"could not start the template of '{self.spec.name}'; see the runtime's log"))
+            return
+        self._spawned = True
+        if self._said_ready:
+            self._become_ready()
+
+    def _become_ready(self) -> None:
+        """The template said it is ready and its pid is known: serve."""
+        if self.state == "starting":  # a version replaced or removed meanwhile stays draining
+            self.state = "ready"
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        self._replenish()
+        self._grow()
 
     def _on_template_message(self, msg: Any, fds: list[int]) -> None:
         match msg:
@@ -180,12 +200,9 @@ class Pool:
             case p.TemplateReady(import_ms=ms, protections=prot):
                 self.import_ms = ms
                 self.protections = prot
-                if self.state == "starting":  # a version replaced or removed meanwhile stays draining
-                    self.state = "ready"
-                if self._ready is not None and not self._ready.done():
-                    self._ready.set_result(None)
-                self._replenish()
-                self._grow()
+                self._said_ready = True
+                if self._spawned:  # (else once the zygote's report of its pid is read: on_spawned)
+                    self._become_ready()
             case p.TemplateFailed(error=err, sandbox=True):
                 log.error("spanfaas runtime: the sandbox of %s could not be set up:\n%s", self.key, err.traceback)
                 self._fail_start(
@@ -243,6 +260,7 @@ class Pool:
             self._ready.exception()
         self._ready = None
         self.template_pid = 0
+        self._said_ready = self._spawned = False
         self._template_exit.close()
         if self.state not in ("closed", "draining"):
             self.state = "cold"

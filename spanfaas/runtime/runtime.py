@@ -9,12 +9,12 @@ deployed function version.  Its asyncio API is what the control plane uses:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
 import shutil
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,10 @@ class LocalRuntime:
         self._zygotes: dict[str, ZygoteProcess] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._draining: set[asyncio.Task[Any]] = set()
+        """Drains of replaced versions and starts ahead: cancelled at close (a cancelled drain stops its pool)."""
+        self._stopping: set[asyncio.Task[None]] = set()
+        """Zygotes being stopped (their image's last function went, or they died): awaited at
+        close, never cancelled (a zygote's stop cut short would leave it running or unreaped)."""
         self.protections: list[Protection] = []
         self.early = EarlyAction(self.rt, tick=TICK)
         """Prewarm ledger, arrival histograms, autoscaling (runtime/early.py)."""
@@ -99,16 +103,22 @@ class LocalRuntime:
         self.started = True
 
     async def close(self) -> None:
+        """Stop every pool, zygote, cgroup and scratch dir.  A cancel (a second Ctrl-C, a
+        supervisor's timeout) does not cut it short, which would leave them behind and a
+        runtime that counts itself closed: it ends its work, then raises CancelledError."""
         if not self.started:
             return
         self.started = False
+        await _to_the_end(self._shut_down())
+
+    async def _shut_down(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await asyncio.wait([self._ticker])  # (awaiting it would take a cancel of ours for its own)
         for task in list(self._draining):
             task.cancel()
         await asyncio.gather(*self._draining, return_exceptions=True)
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # (after the drains: theirs too)
         for pool in list(self._by_key.values()):
             pool.close()
         self._by_key.clear()
@@ -249,9 +259,7 @@ class LocalRuntime:
         if not self.started:
             return
         log.error("spanfaas runtime: zygote %s exited; its functions restart on their next invocation", zygote.key)
-        task = asyncio.get_running_loop().create_task(zygote.close())  # reap it
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
+        self._stop_zygote(zygote)  # reap it
         for cgroup in [*zygote.spares.values(), *zygote.pending_spares.values()]:
             _destroy(cgroup, "the cgroup of a spare sandbox")  # never in the way of stopping its pools
         zygote.spares.clear()
@@ -430,9 +438,12 @@ class LocalRuntime:
         ):
             zygote = self._zygotes.pop(pool.image.id, None)
             if zygote is not None:  # the image's last function went away
-                task = asyncio.get_running_loop().create_task(zygote.close())
-                self._draining.add(task)
-                task.add_done_callback(self._draining.discard)
+                self._stop_zygote(zygote)
+
+    def _stop_zygote(self, zygote: ZygoteProcess) -> None:
+        task = asyncio.get_running_loop().create_task(zygote.close())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def functions(self) -> list[str]:
         return sorted(self._pools)
@@ -487,6 +498,21 @@ class LocalRuntime:
         """Prewarms, cold starts avoided, wasted prewarms and scale events per function."""
         return self.early.stats(self._pools)
 
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even when the caller is cancelled meanwhile; then raise
+    the cancel (or what ``work`` raised)."""
+    task = asyncio.get_running_loop().create_task(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True  # (or the task itself was cancelled: done, the loop ends)
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 def _remove_stale_scratch(parent: Path) -> None:

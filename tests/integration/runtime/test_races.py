@@ -217,3 +217,42 @@ async def test_an_instance_lost_with_its_template_is_the_platforms_failure_howev
         for fd in held:
             os.close(fd)
     assert (await sandboxed.invoke(name, b"0")).ok  # a new template serves
+
+
+async def test_a_template_ready_before_the_zygote_reports_its_pid_is_not_ready_without_it(harness: Harness) -> None:
+    """The template says it is ready on its own channel; the zygote reports its pid on another
+    socket, which may be read later (a spare is handed its channel before the zygote reports
+    it, and under load either socket may be read first).  Forced here: the zygote's report is
+    held until the template has said it is ready.  A deploy must not end (the pool ready) with
+    the template's pid unknown: it could not be killed, watched or told apart from a spare."""
+    from spanfaas.runtime import protocol as p
+
+    rt = harness.rt
+    zygote = rt._zygote_for(None)
+    deliver = zygote._on_message
+    loop = asyncio.get_running_loop()
+
+    async def later(msg: p.TemplateSpawned) -> None:
+        pool = rt._by_key[msg.key]
+        async with asyncio.timeout(5):
+            while pool.import_ms == 0.0:  # set when the template says it is ready
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.1)  # (time for a deploy that ended then to be seen ended)
+        deliver(msg)
+
+    def held(msg: object) -> None:
+        if isinstance(msg, p.TemplateSpawned):
+            loop.create_task(later(msg))
+        else:
+            deliver(msg)
+
+    zygote._on_message = held
+    try:
+        await harness.deploy("pid-late", SLEEPER)
+    finally:
+        zygote._on_message = deliver
+    pool = rt.pool("pid-late")
+    assert pool.template_pid > 0, "the deploy ended with the template's pid unknown"
+    assert pool.stats()["state"] == "ready"
+    assert (await harness.invoke("pid-late")).output == b"1"
+    await rt.remove("pid-late")

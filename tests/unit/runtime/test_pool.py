@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from typing import Any
 
 import pytest
 
 from spanfaas.errors import InvalidBundle
-from spanfaas.model import ErrorInfo, parse_manifest
+from spanfaas.model import ErrorInfo, InvokeContext, parse_manifest
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime.channels import ControlChannel
+from spanfaas.runtime.channels import ControlChannel, InstanceConnection
 from spanfaas.runtime.pool import Instance, Pool, _template_decoder
+from spanfaas.runtime.queueing import expire
 
 KILLED = int(signal.SIGKILL)  # a wait status: killed by SIGKILL
 
@@ -100,7 +102,7 @@ async def test_a_template_that_dies_right_after_it_is_ready_is_started_again_for
     pool._chan = ControlChannel(ours, _template_decoder, pool._on_template_message, pool._on_template_eof)
     pool.state = "starting"
     ready = pool._ready = asyncio.get_running_loop().create_future()
-    pool.template_pid = 999_999_999  # never a real pid: it must not be signalled once reaped
+    pool.on_spawned(999_999_999)  # never a real pid: it must not be signalled once reaped
     p.send_msg(theirs, p.TemplateReady(import_ms=1.0, protections=[]))
     theirs.close()
     pool.on_template_exit(0)
@@ -113,3 +115,111 @@ async def test_a_template_that_dies_right_after_it_is_ready_is_started_again_for
     assert len(rt.spawned) == 1, "no new template was asked for"
     waiting.cancel()
     pool.close()
+
+
+# -- a caller's cancel at the moments the hand-made timers act (Pool._wait, Pool._run) --
+
+
+def _waiting_pool(isolation: str = "reuse", concurrency: int = 1) -> Pool:
+    spec = parse_manifest(
+        f'name = "f"\nhandler = "handler:handler"\nisolation = "{isolation}"\n[resources]\nconcurrency = {concurrency}\n'
+    )
+    pool = Pool(_Runtime(), spec, "/nonexistent", "f-1")  # type: ignore[arg-type]
+    pool.state = "ready"
+    return pool
+
+
+async def _connected_instance(pool: Pool, seq: int) -> tuple[Instance, socket.socket]:
+    """An instance with a real connection; the other end (returned) plays the instance."""
+    inst = _instance(pool, seq)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = InstanceConnection(lambda: None, pool._slots)
+    await asyncio.get_running_loop().create_unix_connection(lambda: conn, sock=ours)
+    inst.conn = conn
+    inst.answered = asyncio.get_running_loop().time()
+    return inst, theirs
+
+
+async def _waiter_of(pool: Pool, task: asyncio.Task[Any]) -> Any:
+    for _ in range(20):
+        if pool._queue.waiters:
+            return pool._queue.waiters[0]
+        await asyncio.sleep(0)
+    raise AssertionError(f"the call never waited: {task}")
+
+
+async def test_a_caller_cancelled_just_as_it_is_handed_an_instance_gives_it_back_and_is_cancelled() -> None:
+    pool = _waiting_pool()
+    inst, theirs = await _connected_instance(pool, 1)
+    loop = asyncio.get_running_loop()
+    try:
+        waiting = loop.create_task(pool._wait(loop.time() + 30))
+        await _waiter_of(pool, waiting)
+        pool._queue.offer(inst)  # handed: the waiter's future is resolved ...
+        assert inst.active == 1
+        waiting.cancel()  # ... and its caller cancelled before it resumed
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert inst.active == 0 and list(pool._queue.idle) == [inst], "the instance was not given back"
+        assert not pool._queue.waiters
+    finally:
+        if inst.conn is not None:
+            inst.conn.close()
+        theirs.close()
+
+
+async def test_a_caller_cancelled_just_as_its_wait_expires_is_cancelled_not_told_it_timed_out() -> None:
+    pool = _waiting_pool()
+    loop = asyncio.get_running_loop()
+    waiting = loop.create_task(pool._wait(loop.time() + 30))
+    waiter = await _waiter_of(pool, waiting)
+    expire(waiter)  # the deadline fires ...
+    waiting.cancel()  # ... and the cancel comes in the same turn
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not pool._queue.waiters
+
+
+async def test_a_queued_call_whose_caller_is_cancelled_as_its_deadline_fires_never_reaches_the_instance() -> None:
+    """A reuse instance runs call A; call B waits on its connection, not written yet.  B's
+    deadline fires and its caller is cancelled in the same turn: B must never be written to
+    the instance (which would run it for no one, in a slot no one counts), its slot is
+    freed, and the cancel reaches its caller."""
+    pool = _waiting_pool()
+    inst, theirs = await _connected_instance(pool, 1)
+    loop = asyncio.get_running_loop()
+    ctx = InvokeContext(invocation_id="x")
+    try:
+        now = loop.time()
+        assert pool._queue.hand(inst, now + 30) and pool._queue.hand(inst, now + 30)  # A runs, B queues behind
+        a = loop.create_task(pool._run(inst, b"1", ctx, now + 30, 30, time.monotonic(), False))
+        for _ in range(5):
+            await asyncio.sleep(0)  # A is written
+        b = loop.create_task(pool._run(inst, b"2", ctx, now + 30, 30, time.monotonic(), False))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert inst.conn is not None
+        b_id = max(inst.conn.pending)
+        assert [i for i, _f, _frame in inst.conn._out] == [b_id], "B is not held behind A"
+        expire(inst.conn.pending[b_id])  # B's deadline fires ...
+        b.cancel()  # ... as its caller gives up
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        theirs.setblocking(False)
+        sent = theirs.recv(1 << 16)  # A's request
+        theirs.sendall(b"".join(p.encode(p.Done(id=b_id - 1))))  # A answers: B's turn would come
+        r = await a
+        assert r.error is None
+        for _ in range(5):
+            await asyncio.sleep(0)
+        try:
+            more = theirs.recv(1 << 16)
+        except BlockingIOError:
+            more = b""
+        assert more == b"", "the request of the call that expired and was cancelled was written to the instance"
+        assert sent
+        assert inst.active == 0 and pool._queue.pipelined == 0
+    finally:
+        if inst.conn is not None:
+            inst.conn.close()
+        theirs.close()
