@@ -136,6 +136,30 @@ async def test_method_not_allowed_names_every_method_of_the_path(client: httpx.A
     assert r.headers["allow"] == "DELETE, GET, HEAD, PUT"
 
 
+async def test_a_trailing_slash_is_a_problem_that_says_to_drop_it(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    """A path with a trailing slash answered a 307 to the path without it: a client that does not
+    follow it failed on a redirect, and one that does sent its POST body twice (or, for a 301/302,
+    dropped it).  Now it is a 404 problem that names the path to use, whatever the method."""
+    cases = [
+        ("POST", "/v1/functions/hello/invoke/", "/v1/functions/hello/invoke"),
+        ("GET", "/v1/functions/", "/v1/functions"),
+        ("PUT", "/v1/functions/hello/", "/v1/functions/hello"),
+        ("GET", "/v1/invocations//", "/v1/invocations"),
+    ]
+    for method, path, fixed in cases:
+        r = await client.request(method, path, json={"name": "x"}, follow_redirects=False)
+        assert r.status_code == 404, (method, path, r.status_code, r.headers)
+        assert r.headers["content-type"] == "application/problem+json" and "location" not in r.headers
+        assert r.json()["detail"] == (
+            f"no such endpoint: {method} {path}; drop the trailing slash: {method} {fixed}"
+        ), r.json()
+        assert (await client.request(method, fixed, json={"name": "x"})).status_code != 404
+    r = await client.get("/nowhere/")  # nothing there either way: the plain 404
+    assert r.json()["detail"] == "no such endpoint: GET /nowhere/; GET /openapi.json lists them all"
+    r = await client.post("/v1/functions/hello/invoke/", json={"name": "x"}, follow_redirects=True)
+    assert r.status_code == 404  # (it ran the function, once the client followed the redirect)
+
+
 async def test_unexpected_errors_do_not_leak(client: httpx.AsyncClient, infra: InMemoryInfrastructure,
                                              monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     async def broken() -> InfraInfo:
