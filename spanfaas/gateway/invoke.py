@@ -31,6 +31,7 @@ from spanfaas.errors import (
     ValueRefused,
     format_size,
     format_sizes,
+    like_deployed,
 )
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext, Result
 from spanfaas.store import RecordRefused
@@ -229,10 +230,9 @@ class InvokeEndpoint:
             if name not in gw.registry.functions:
                 # Removed (``rm``) while this call arrived or waited: no function to run, as for
                 # a name never deployed -- not the platform's failure, nothing to record or count.
-                deployed = ", ".join(sorted(gw.registry.functions)) or "none"
                 raise FunctionNotFound(
                     f"function '{name}' was removed while this invocation waited to run ({exc.message}); "
-                    f"deployed: {deployed}"
+                    + like_deployed(name, gw.registry.functions)
                 ) from None
             gw.metrics.infra_failed(name)
             record_infra_failure(exc)
