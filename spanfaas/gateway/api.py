@@ -189,13 +189,17 @@ _CONTROL_NAMES = {"\t": "a tab", "\n": "a line feed", "\r": "a carriage return",
 
 def _check_token_name(name: str) -> None:
     """A token's name is shown in token lists and as the actor of what it deploys: a control
-    character (or a line or paragraph separator) in it would forge lines or colours there."""
+    character (or a line or paragraph separator) in it would forge lines or colours there, and
+    an invisible format character (a zero-width space, a bidi override) a name that looks like
+    another's, or reads reversed."""
     for i, ch in enumerate(name):
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp", "Cf"):
             label = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "").lower()
             said = f"U+{ord(ch):04X} at character {i + 1}" + (f" ({label})" if label else "")
+            kind = "an invisible format character" if category == "Cf" else "a control character"
             raise InvalidRequest(
-                f"the token name {name!r} has a control character, {said}; "
+                f"the token name {name!r} has {kind}, {said}; "
                 "send a name of printable characters, e.g. \"ci deploy\""
             )
 
