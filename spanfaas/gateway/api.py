@@ -339,7 +339,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                                "output_left_out says its size and where it is", {"type": "boolean", "default": True}),
                          Param("cursor", "query", "where the page starts: opaque, from the next link of the page before "
                                "(with the same function, status and output)")),
-                 response=InvocationList, errors=(400, 401, 403, 404)),
+                 response=InvocationList, errors=(400, 401, 403, 404),
+                 headers={200: (Header("Link", '<the next page>; rel="next", when there is one (as next in the body)',
+                                       required=False),)}),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",
                  params=(Param("id", "path", "The invocation id", required=True),),

@@ -167,6 +167,7 @@ async def test_openapi_documents_the_headers_each_answer_sends(
     assert (await check("PUT", "/v1/functions/{name}", "/v1/functions/slow", content=pack_function(slow))).status_code == 201
     assert (await check("PUT", "/v1/functions/{name}", "/v1/functions/slow", content=pack_function(slow))).status_code == 200
     assert (await check("POST", invoke, "/v1/functions/slow/invoke")).status_code == 504
+    assert "link" in (await check("GET", "/v1/invocations", "/v1/invocations?limit=1")).headers  # a next page
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": "Bearer nope"}
     ) as stranger:
