@@ -35,6 +35,8 @@ user's function failed::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "error_from_problem",
     "format_size",
     "format_sizes",
+    "like_deployed",
 ]
 
 PROBLEM_BASE = "https://spanfaas.dev/problems/"
@@ -185,6 +188,18 @@ class NotFound(SpanfaasError):
 
 class FunctionNotFound(NotFound):
     slug, title = "function-not-found", "Function not found"
+
+
+def like_deployed(name: str, deployed: Collection[str], *, all_up_to: int = 10) -> str:
+    """What a message about a function ``name`` that is not deployed says of the ``deployed``
+    ones: their names when they are few; else up to 5 named like ``name`` and how many there
+    are (with 1,000 functions, a list of them all is no message)."""
+    if len(deployed) <= all_up_to:
+        return "deployed: " + (", ".join(sorted(deployed)) or "none")
+    close = difflib.get_close_matches(name, deployed, n=5)
+    if not close:
+        return f"none of the {len(deployed)} deployed functions has a name like it (GET /v1/functions lists them)"
+    return f"did you mean {', '.join(close)}? ({len(deployed)} functions are deployed; GET /v1/functions lists them)"
 
 
 class InvocationNotFound(NotFound):

@@ -324,8 +324,14 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 def check_path(path: str) -> None:
     """A name or id of ``.`` or ``..`` is a step of the request's path, not a segment: the URL is
-    normalized, and the request reaches another endpoint ("no such endpoint: DELETE /v1")."""
-    for segment in path.split("?", 1)[0].split("/"):
+    normalized, and the request reaches another endpoint ("no such endpoint: DELETE /v1").  An
+    empty one leaves an empty segment (``/v1/triggers/``), which no endpoint serves."""
+    for segment in path.split("?", 1)[0].split("/")[1:]:
+        if not segment:
+            raise InvalidRequest(
+                "a name or id in the command is empty; name the function, invocation, trigger, list or image "
+                "(`spanfaas ls` lists the functions)"
+            )
         if segment in (".", ".."):
             raise InvalidRequest(
                 f"{segment!r} is not a name or an id; name the function, invocation, trigger, list or image "

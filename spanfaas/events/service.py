@@ -28,6 +28,7 @@ from spanfaas.errors import (
     NotFound,
     SpanfaasError,
     ValueRefused,
+    like_deployed,
 )
 from spanfaas.events.admit import Admitter
 from spanfaas.events.base import (
@@ -266,12 +267,12 @@ class EventService:
     async def _deployed(self, function: str) -> bool:
         return function in self.functions() or await asyncio.to_thread(self.store.get_function, function) is not None
 
-    def _deployed_names(self) -> str:
-        return ", ".join(sorted(self.functions())) or "none"
+    def _deployed_names(self, function: str) -> str:
+        return like_deployed(function, self.functions())
 
     async def add_trigger(self, function: str, trigger: Trigger) -> TriggerRecord:
         if not await self._deployed(function):
-            raise FunctionNotFound(f"function '{function}' not found; deployed: {self._deployed_names()}")
+            raise FunctionNotFound(f"function '{function}' not found; {self._deployed_names(function)}")
         record = TriggerRecord(id="trg_" + secrets.token_hex(6), function=function, trigger=trigger, created_at=time.time())
         await asyncio.to_thread(self.store.put_trigger, record)
         await self.router.reload()
@@ -304,7 +305,7 @@ class EventService:
         def undeployed() -> FunctionNotFound:
             return FunctionNotFound(
                 f"dead letter '{id}' is for function '{letter.function}', which is not deployed; deploy it first, "
-                f"then replay the dead letter (it is kept); deployed: {self._deployed_names()}"
+                f"then replay the dead letter (it is kept); {self._deployed_names(letter.function)}"
             )
 
         if not await self._deployed(letter.function):

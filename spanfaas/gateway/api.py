@@ -45,7 +45,7 @@ from spanfaas.store import StoreUnavailable
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
-__all__ = ["Endpoint", "Param", "endpoints", "routes"]
+__all__ = ["Endpoint", "Header", "Param", "endpoints", "routes"]
 
 log = logging.getLogger("spanfaas.gateway")
 _encode = msgspec.json.Encoder().encode
@@ -59,6 +59,15 @@ class Param:
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
     required: bool = False
+
+
+@dataclass(frozen=True)
+class Header:
+    """A header an answer sends (``required``: every answer of that status sends it)."""
+
+    name: str
+    description: str
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,8 @@ class Endpoint:
     """A Struct, a content type of raw bytes, or None (no body)."""
     errors: tuple[int, ...] = ()
     extra_responses: dict[int, tuple[str, type | None]] = field(default_factory=dict)
+    headers: dict[int, tuple[Header, ...]] = field(default_factory=dict)
+    """The headers of its answers, by status (those of every error: openapi.py)."""
 
     @property
     def openapi_path(self) -> str:
@@ -116,7 +127,7 @@ async def deploy_function(gw: Gateway, request: Request) -> Response:
     if isinstance(gw.infra, SpanningInfrastructure):
         pending = [Pending(infrastructure=i, reason=r) for i, r in gw.infra.pending(name)]
     answer = Deployed(**msgspec.structs.asdict(record), changed=changed, pending=pending)
-    return json(answer, 201 if changed else 200, {"location": f"/v1/functions/{name}"})
+    return json(answer, 201 if changed else 200, {"location": f"/v1/functions/{name}"})  # (documented: _LOCATION)
 
 
 async def list_functions(gw: Gateway, request: Request) -> Response:
@@ -178,13 +189,17 @@ _CONTROL_NAMES = {"\t": "a tab", "\n": "a line feed", "\r": "a carriage return",
 
 def _check_token_name(name: str) -> None:
     """A token's name is shown in token lists and as the actor of what it deploys: a control
-    character (or a line or paragraph separator) in it would forge lines or colours there."""
+    character (or a line or paragraph separator) in it would forge lines or colours there, and
+    an invisible format character (a zero-width space, a bidi override) a name that looks like
+    another's, or reads reversed."""
     for i, ch in enumerate(name):
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp", "Cf"):
             label = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "").lower()
             said = f"U+{ord(ch):04X} at character {i + 1}" + (f" ({label})" if label else "")
+            kind = "an invisible format character" if category == "Cf" else "a control character"
             raise InvalidRequest(
-                f"the token name {name!r} has a control character, {said}; "
+                f"the token name {name!r} has {kind}, {said}; "
                 "send a name of printable characters, e.g. \"ci deploy\""
             )
 
@@ -252,6 +267,15 @@ async def openapi(gw: Gateway, request: Request) -> Response:
 # -- the table --------------------------------------------------------------------------
 
 _fn = Param("name", "path", "The function's name (as in its manifest)", required=True)
+_RAN = (
+    Header("X-Spanfaas-Invocation-Id", "the invocation's id (GET /v1/invocations/{id} shows it)"),
+    Header("X-Spanfaas-Duration-Ms", "how long the function ran, in milliseconds"),
+    Header("X-Spanfaas-Infra", "the infrastructure that ran it"),
+    Header("X-Spanfaas-Cold", "true when it started a new instance"),
+)
+"""Sent with the answer of every invocation that ran (also when the function failed)."""
+_FAILED = tuple(Header(h.name, h.description + ", when the function ran and failed", required=False) for h in _RAN)
+_LOCATION = (Header("Location", "the function's path: /v1/functions/{name}"),)
 _BUNDLE = ("application/gzip", "application/zip", "application/octet-stream")
 
 
@@ -268,6 +292,8 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                       {"type": "string", "enum": ["sync", "async"]}),
                 Param("Prefer", "header", "'respond-async' is the same as mode=async (a mode=sync that contradicts it is a 400)"),
                 Param("Idempotency-Key", "header", "async only, 1-255 characters: the same key and payload for the same function return the same invocation; the same key with another payload is a 422; on a sync invocation it is a 400"),
+                Param("X-Spanfaas-Logs", "header", "'include' asks for the invocation's logs in the X-Spanfaas-Logs "
+                      "header of a 200 (sync)", {"type": "string", "enum": ["include"]}),
             ),
             body=("application/json", "*/*"), response="*/*",
             body_note="The event: JSON (application/json or a +json type; a body without a Content-Type is taken "
@@ -275,12 +301,21 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                       "function as bytes. Empty: no event (None).",
             errors=(400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504),
             extra_responses={202: ("Accepted for async execution; poll the Location", Queued)},
+            headers={
+                200: (*_RAN, Header("X-Spanfaas-Logs", "the invocation's logs as a JSON string (ASCII), when asked "
+                                    "for with X-Spanfaas-Logs: include and there are any; at most 8 KiB: a longer log "
+                                    "is cut, and says where the whole one is", required=False)),
+                202: (Header("Location", "the invocation's path, to poll: /v1/invocations/{id}"),
+                      Header("X-Spanfaas-Invocation-Id", "the invocation's id")),
+                500: _FAILED, 504: _FAILED,
+            },
         ),
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
                  scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
                  errors=(400, 401, 403, 413, 502, 503),
-                 extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)}),
+                 extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)},
+                 headers={201: _LOCATION, 200: _LOCATION}),
         Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
                  response=FunctionList, errors=(401, 403)),
         Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",
@@ -304,7 +339,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                                "output_left_out says its size and where it is", {"type": "boolean", "default": True}),
                          Param("cursor", "query", "where the page starts: opaque, from the next link of the page before "
                                "(with the same function, status and output)")),
-                 response=InvocationList, errors=(400, 401, 403, 404)),
+                 response=InvocationList, errors=(400, 401, 403, 404),
+                 headers={200: (Header("Link", '<the next page>; rel="next", when there is one (as next in the body)',
+                                       required=False),)}),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",
                  params=(Param("id", "path", "The invocation id", required=True),),

@@ -175,6 +175,7 @@ def create_app(settings: Settings, store: Store, infra: Infrastructure, *, freez
         exception_handlers={HTTPException: http_exception_handler},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a path with a trailing slash is a 404 that says to drop it (problems.py)
     invoke = next(e.handler for e in gw.table if isinstance(e.handler, InvokeEndpoint))
     app.invoke_path = ProblemMiddleware(AuthMiddleware(invoke, cache=gw.tokens), stopping=lambda: gw.stopping)
     app.state.gateway = gw

@@ -211,7 +211,7 @@ async def gc(gw: Gateway, request: Request) -> Response:
 
 
 def image_endpoints() -> list[Endpoint]:
-    from spanfaas.gateway.api import Endpoint, Param
+    from spanfaas.gateway.api import Endpoint, Header, Param
 
     lst = Param("list", "path", "The curated list's name", required=True)
     pkg = Param("package", "path", "The package's name", required=True)
@@ -250,7 +250,9 @@ def image_endpoints() -> list[Endpoint]:
                  scope="admin", tag="images", body=ImagePolicy, response=ImagePolicy, errors=(400, 401, 403)),
         Endpoint("POST", "/v1/images/builds", build,
                  "Check, resolve and build (or reuse) the image for a request; streams build events as NDJSON",
-                 scope="deploy", tag="images", body=ImageRequest, response=NDJSON, errors=(400, 401, 403)),
+                 scope="deploy", tag="images", body=ImageRequest, response=NDJSON, errors=(400, 401, 403),
+                 headers={200: (Header("Cache-Control", "no-store"),
+                                Header("X-Accel-Buffering", "no: a proxy (nginx) passes each event on as it comes"))}),
         Endpoint("GET", "/v1/images", list_images, "Images in the repository, newest first", scope="deploy",
                  tag="images", response=ImageList, errors=(401, 403)),
         Endpoint("POST", "/v1/images/gc", gc, "Remove every image no function runs on (audited)", scope="admin",

@@ -31,6 +31,7 @@ from spanfaas.errors import (
     ValueRefused,
     format_size,
     format_sizes,
+    like_deployed,
 )
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext, Result
 from spanfaas.store import RecordRefused
@@ -141,7 +142,7 @@ class InvokeEndpoint:
             elif k == b"content-length":
                 length = int(v) if v.isdigit() else -1
             elif k == b"prefer":  # (several Prefer headers add up: RFC 7240)
-                prefer_async = prefer_async or b"respond-async" in v.lower()
+                prefer_async = prefer_async or v == b"respond-async" or _prefers_async(v)
             elif k == b"idempotency-key":
                 key = v.decode("latin-1")
                 if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
@@ -229,10 +230,9 @@ class InvokeEndpoint:
             if name not in gw.registry.functions:
                 # Removed (``rm``) while this call arrived or waited: no function to run, as for
                 # a name never deployed -- not the platform's failure, nothing to record or count.
-                deployed = ", ".join(sorted(gw.registry.functions)) or "none"
                 raise FunctionNotFound(
                     f"function '{name}' was removed while this invocation waited to run ({exc.message}); "
-                    f"deployed: {deployed}"
+                    + like_deployed(name, gw.registry.functions)
                 ) from None
             gw.metrics.infra_failed(name)
             record_infra_failure(exc)
@@ -395,6 +395,32 @@ def logs_header(logs: str, invocation_id: str) -> bytes:
         if len(data) <= LOGS_HEADER_MAX:
             return data
         keep = min(keep - 1, keep * LOGS_HEADER_MAX // len(data))
+
+
+_PREFERENCE_NAME = re.compile(rb"[ \t]*([^ \t=;,]*)")
+
+
+def _prefers_async(value: bytes) -> bool:
+    """Whether a Prefer header has the ``respond-async`` preference (RFC 7240: comma-separated
+    preferences, each a case-insensitive token with an optional ``=value``, then ``;parameters``;
+    a comma inside a quoted value separates nothing)."""
+    if b"respond-async" not in value.lower():
+        return False
+    start, quoted, escaped = 0, False, False
+    for i, c in enumerate(value + b","):
+        if escaped:
+            escaped = False
+        elif quoted:
+            escaped = c == 0x5C  # backslash
+            quoted = c != 0x22  # the closing quote
+        elif c == 0x22:
+            quoted = True
+        elif c == 0x2C:  # a comma between preferences
+            name = _PREFERENCE_NAME.match(value, start, i)
+            if name is not None and name[1].lower() == b"respond-async":
+                return True
+            start = i + 1
+    return False
 
 
 def _async_mode(query: bytes, prefer_async: bool) -> bool:

@@ -28,7 +28,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from spanfaas.errors import InvalidRequest, NotFound
+from spanfaas.errors import InvalidRequest, NotFound, like_deployed
 from spanfaas.gateway.views import InvocationList, invocation_view
 from spanfaas.model import InvocationRecord
 from spanfaas.store import InvocationPage
@@ -125,8 +125,7 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
         if await asyncio.to_thread(gw.store.get_function, function) is None and not await asyncio.to_thread(
             gw.store.list_invocations, function, 1, outputs=False
         ):
-            deployed = ", ".join(sorted(gw.registry.functions)) or "none"
-            raise NotFound(f"function '{function}' not found and has no invocations; deployed: {deployed}")
+            raise NotFound(f"function '{function}' not found and has no invocations; {like_deployed(function, gw.registry.functions)}")
     stored = await gw.recorder.try_flush()
     page = await asyncio.to_thread(
         functools.partial(

@@ -18,7 +18,6 @@ _STATUS_TEXT = {
     401: "No API token, or one that is not valid",
     403: "The token lacks the scope this call needs",
     404: "No such function, invocation or token",
-    405: "Method not allowed",
     409: "Conflict: the resource exists, or is in use (the detail names by what)",
     413: "Over a size limit (max_payload or max_bundle)",
     422: "An Idempotency-Key sent again with another payload",
@@ -28,6 +27,23 @@ _STATUS_TEXT = {
     503: "The infrastructure is unavailable",
     504: "The function timed out",
 }
+
+
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": ({"type": "string"}, 'Bearer realm="spanfaas"', True)},
+    429: {"Retry-After": ({"type": "integer"}, "seconds to wait before retrying", True)},
+    503: {"Retry-After": ({"type": "integer"}, "seconds to wait before retrying, when the gateway knows", False)},
+}
+
+_METHOD_NOT_ALLOWED = {
+    "description": "A method the path does not serve (on every path: the methods it serves are its operations)",
+    "headers": {"Allow": {"schema": {"type": "string"}, "required": True, "description": "the methods the path serves"}},
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def _header(schema: dict[str, Any], description: str, required: bool) -> dict[str, Any]:
+    return {"schema": schema, "required": required, "description": description}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -75,16 +91,6 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
             ok["content"] = {e.response: {"schema": {}}}
         if e.status == 204:
             ok = {"description": "Done; no content"}
-        if e.method == "POST" and e.path.endswith("/invoke"):
-            ok["headers"] = {
-                h: {"schema": {"type": "string"}, "description": d}
-                for h, d in (
-                    ("X-Spanfaas-Invocation-Id", "the invocation's id"),
-                    ("X-Spanfaas-Duration-Ms", "how long the function ran"),
-                    ("X-Spanfaas-Infra", "the infrastructure that ran it"),
-                    ("X-Spanfaas-Cold", "true when it started a new instance"),
-                )
-            }
         responses[str(e.status)] = ok
         for code, (text, typ) in e.extra_responses.items():
             responses[str(code)] = {"description": text}
@@ -95,10 +101,11 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
                 "description": _STATUS_TEXT[code],
                 "content": {"application/problem+json": {"schema": refs[Problem]}},
             }
-            if code == 429:
-                responses[str(code)]["headers"] = {
-                    "Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before retrying"}
-                }
+            if code in _ERROR_HEADERS:
+                responses[str(code)]["headers"] = {h: _header(*spec) for h, spec in _ERROR_HEADERS[code].items()}
+        for code, headers in e.headers.items():
+            documented = responses[str(code)].setdefault("headers", {})
+            documented.update({h.name: _header({"type": "string"}, h.description, h.required) for h in headers})
         op["responses"] = responses
         paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
     return {
@@ -106,11 +113,14 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
         "info": {
             "title": "spanfaas",
             "version": spanfaas.__version__,
-            "description": "A self-hostable serverless platform for Python. Errors are RFC 9457 problem documents.",
+            "description": "A self-hostable serverless platform for Python. Errors are RFC 9457 problem documents. "
+            "A method a path does not serve answers 405 with Allow (components/responses/MethodNotAllowed); "
+            "a path with a trailing slash answers 404, naming the path without it.",
         },
         "paths": paths,
         "components": {
             "schemas": components,
+            "responses": {"MethodNotAllowed": _METHOD_NOT_ALLOWED},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

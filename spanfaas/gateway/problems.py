@@ -75,7 +75,12 @@ def http_exception_handler(request: Request, exc: Exception) -> Response:
     path = request.url.path
     err: SpanfaasError
     if exc.status_code == 404:
-        err = NotFound(f"no such endpoint: {request.method} {path}; GET /openapi.json lists them all")
+        fixed = path.rstrip("/")
+        if fixed != path and fixed and _matched(request, fixed):
+            # (not a redirect: a client following it would send a POST's body again, or drop it)
+            err = NotFound(f"no such endpoint: {request.method} {path}; drop the trailing slash: {request.method} {fixed}")
+        else:
+            err = NotFound(f"no such endpoint: {request.method} {path}; GET /openapi.json lists them all")
     elif exc.status_code == 405:
         allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
         err = MethodNotAllowed(f"{request.method} is not allowed on {path}; allowed: {allowed}")
@@ -87,6 +92,13 @@ def http_exception_handler(request: Request, exc: Exception) -> Response:
     if exc.headers:
         resp.headers.update(exc.headers)
     return resp
+
+
+def _matched(request: Request, path: str) -> bool:
+    """Whether some route serves ``path`` (with any method)."""
+    scope = {**request.scope, "path": path}
+    routes = getattr(request.scope.get("router"), "routes", ())
+    return any(route.matches(scope)[0] is not Match.NONE for route in routes)
 
 
 def _allowed_methods(request: Request) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from spanfaas.config import Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes, like_deployed
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
@@ -137,8 +137,7 @@ class Registry:
         return self.functions[name]
 
     def _not_found(self, name: str) -> str:
-        deployed = ", ".join(sorted(self.functions)) or "none"
-        return f"function '{name}' not found; deployed: {deployed}"
+        return f"function '{name}' not found; {like_deployed(name, self.functions)}"
 
     # -- changes -------------------------------------------------------------------
 

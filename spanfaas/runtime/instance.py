@@ -9,6 +9,7 @@ interpreter down; in ``reuse`` it loops.
 
 from __future__ import annotations
 
+import codecs
 import contextvars
 import inspect
 import io
@@ -54,6 +55,9 @@ def _enc_hook(obj: Any) -> Any:
 
 _json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _LOG_LIMIT = 1024 * 1024
+_LOG_HEAD = 256 * 1024
+"""Of a call's logs over ``_LOG_LIMIT`` bytes, the first ``_LOG_HEAD`` and the last
+``_LOG_LIMIT - _LOG_HEAD`` are kept: where it started, and where it ended (its error)."""
 # Results no handler awaits.  Asking inspect.isawaitable() of one runs the ABC
 # machinery of collections.abc (its cache of the type, and on a miss the
 # Python of _collections_abc): in a fresh strict child that took 10-16
@@ -149,17 +153,29 @@ class Capture:
         size = os.lseek(self.fd, 0, os.SEEK_CUR)
         if size == 0:
             return ""
-        data = os.pread(self.fd, min(size, _LOG_LIMIT), 0)
+        text = _read_logs(self.fd, size)
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        return _log_text(data, size)
+        return text
 
 
-def _log_text(data: bytes, size: int) -> str:
-    text = data.decode("utf-8", "replace")
-    if size > _LOG_LIMIT:
-        text += f"\n[spanfaas: logs truncated at {_LOG_LIMIT} of {size} bytes]\n"
-    return text
+def _read_logs(fd: int, size: int) -> str:
+    """The ``size`` bytes of logs in ``fd``; past ``_LOG_LIMIT``, their head and their tail
+    (cut between characters), with how many bytes were left out between them."""
+    if size <= _LOG_LIMIT:
+        return os.pread(fd, size, 0).decode("utf-8", "replace")
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    head = decoder.decode(os.pread(fd, _LOG_HEAD, 0))  # holds back a character cut at its end
+    head_size = _LOG_HEAD - len(decoder.getstate()[0])
+    tail = os.pread(fd, _LOG_LIMIT - _LOG_HEAD, size - (_LOG_LIMIT - _LOG_HEAD))
+    skip = 0
+    while skip < 3 and skip < len(tail) and tail[skip] & 0xC0 == 0x80:  # the rest of a character cut at its start
+        skip += 1
+    left_out = size - head_size - (len(tail) - skip)
+    return (
+        f"{head}\n[spanfaas: {left_out} bytes of {size} left out here (the first {_LOG_HEAD // 1024} KiB and "
+        f"the last {(_LOG_LIMIT - _LOG_HEAD) // 1024} KiB are kept)]\n{tail[skip:].decode('utf-8', 'replace')}"
+    )
 
 
 def logs_so_far(capture: int) -> str:
@@ -171,7 +187,7 @@ def logs_so_far(capture: int) -> str:
     before the handler pointed them elsewhere counts too."""
     try:
         size = os.fstat(capture).st_size
-        return _log_text(os.pread(capture, min(size, _LOG_LIMIT), 0), size) if size else ""
+        return _read_logs(capture, size) if size else ""
     except OSError:
         return ""
 

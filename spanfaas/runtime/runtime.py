@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from spanfaas.config import RuntimeSettings, Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge, SpanfaasError, format_sizes
+from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge, SpanfaasError, format_sizes, like_deployed
 from spanfaas.model import EarlyStats, FunctionSpec, ImageRef, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.early import EarlyAction
@@ -359,7 +359,7 @@ class LocalRuntime:
             )
         pool = self._pools.get(name)
         if pool is None:
-            raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime; deployed: {', '.join(sorted(self._pools)) or 'none'}")
+            raise FunctionNotFound(f"function '{name}' is not deployed on the local runtime; {like_deployed(name, self._pools)}")
         early = self.early
         early.arrived(pool)
         ms = None

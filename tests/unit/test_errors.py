@@ -86,3 +86,12 @@ def test_plural_counts_in_words() -> None:
 
     assert [plural(0, "image"), plural(1, "image"), plural(2, "image")] == ["0 images", "1 image", "2 images"]
     assert plural(3, "dependency", "dependencies") == "3 dependencies"
+
+
+def test_a_message_names_few_deployed_functions_and_counts_many() -> None:
+    assert errors.like_deployed("x", []) == "deployed: none"
+    assert errors.like_deployed("x", {"b": 1, "a": 2}) == "deployed: a, b"
+    many = [f"resize-{i:04}" for i in range(1000)]
+    said = errors.like_deployed("resize-0042x", many)
+    assert said.startswith("did you mean resize-0042, ") and said.endswith("(1000 functions are deployed; GET /v1/functions lists them)")
+    assert said.count("resize-") == 5 and len(said) < 150

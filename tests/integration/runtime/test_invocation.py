@@ -278,3 +278,46 @@ async def test_results_of_int_str_float_subclasses_are_json(harness: Harness, is
         r = await harness.invoke(name, json.dumps({"kind": kind}).encode())
         assert r.ok, r.error
         assert json.loads(r.output) == value, kind
+
+
+LOUD = """
+import sys
+import time
+
+def handler(event, context):
+    print("first line")
+    for _ in range(5 * 1024):
+        sys.stdout.write("é" * 511 + ".\\n")  # 1 KiB a line, in two-byte characters: a cut may split one
+    print("last line: the error is here", file=sys.stderr)
+    if event == "hang":
+        time.sleep(30)
+    return "done"
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+@pytest.mark.parametrize("ending", ["returns", "times-out"])
+async def test_huge_logs_keep_their_head_and_their_tail(harness: Harness, isolation: str, ending: str) -> None:
+    """A call that prints 5 MiB keeps the first 256 KiB and the last 768 KiB of its logs, with
+    how much was left out between them: the last lines, usually the error, are not lost --
+    whether the call returns or runs past its timeout (its logs read from outside)."""
+    name = f"loud-{isolation}"
+    if name not in harness.rt.functions():
+        await harness.deploy(name, LOUD, f'isolation = "{isolation}"\n[resources]\ntimeout = 1.0\n')
+    r = await harness.invoke(name, b'"hang"' if ending == "times-out" else b'"go"')
+    if ending == "times-out":
+        assert r.error is not None and r.error.kind == "timeout", r.error
+    else:
+        assert r.ok, r.error
+    logs = r.logs
+    size = len("first line\n") + 5 * 1024 * 1024 + len("last line: the error is here\n")
+    assert logs.startswith("first line\n")
+    assert logs.endswith("last line: the error is here\n")
+    head, marker, tail = logs.partition("\n[spanfaas: ")
+    assert marker, logs[256 * 1024 - 200 : 256 * 1024 + 200]
+    said, _, tail = tail.partition("]\n")
+    left_out = size - len(head.encode()) - len(tail.encode())  # every byte is kept or counted
+    assert said == f"{left_out} bytes of {size} left out here (the first 256 KiB and the last 768 KiB are kept)"
+    assert "\ufffd" not in logs, "a character cut in two"
+    assert len(head.encode()) <= 256 * 1024 and len(tail.encode()) <= 768 * 1024
+    assert len(head.encode()) > 256 * 1024 - 4 and len(tail.encode()) > 768 * 1024 - 4

@@ -136,6 +136,33 @@ async def test_prefer_respond_async_in_any_prefer_header(client: httpx.AsyncClie
     await wait_done(client, r.json()["id"])
 
 
+@pytest.mark.parametrize(
+    ("prefer", "is_async"),
+    [
+        ("respond-async", True),
+        ("Respond-Async", True),  # (preference names are case-insensitive)
+        ("wait=5,respond-async", True),
+        ("  wait = 5 ,  respond-async ; x=y", True),
+        ('handling=lenient, respond-async; note="a, b", return=minimal', True),
+        ("respond-asyncx", False),
+        ("x-respond-async", False),
+        ('foo="respond-async"', False),
+        ('foo="a, respond-async"', False),
+        ('foo="a \\", respond-async"', False),  # an escaped quote does not end the string
+        ("wait=5; respond-async", False),  # a parameter of wait, not a preference
+        ("return=respond-async", False),
+    ],
+)
+async def test_prefer_is_parsed_not_searched(client: httpx.AsyncClient, hello: dict[str, object], prefer: str, is_async: bool) -> None:
+    """``respond-async`` was found anywhere in a Prefer header: in ``respond-asyncx``, in a quoted
+    value or in another preference's parameter.  It counts only as a preference (RFC 7240:
+    comma-separated, each a token with an optional value, then its ;parameters)."""
+    r = await client.post("/v1/functions/hello/invoke", json={}, headers={"prefer": prefer})
+    assert r.status_code == (202 if is_async else 200), (prefer, r.text)
+    if is_async:
+        await wait_done(client, r.json()["id"])
+
+
 async def test_platform_failures_are_retried(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
     infra.fail_next = 2  # async_retries = 2 → the third attempt runs
     r = await client.post("/v1/functions/hello/invoke?mode=async", json={"name": "r"})

@@ -121,6 +121,27 @@ async def test_a_token_name_with_a_control_character_is_refused(client: httpx.As
     assert "control characters" in doc["components"]["schemas"]["TokenRequest"]["properties"]["name"]["description"]
 
 
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [("ci\u200b", "U+200B at character 3 (zero width space)"),
+     ("ci \u202egnp.exe", "U+202E at character 4 (right-to-left override)"),
+     ("\u2066ci\u2069", "U+2066 at character 1 (left-to-right isolate)"),
+     ("\ufeffci", "U+FEFF at character 1 (zero width no-break space)"),
+     ("c\u00adi", "U+00AD at character 2 (soft hyphen)")],
+)
+async def test_a_token_name_with_an_invisible_format_character_is_refused(client: httpx.AsyncClient, name: str, named: str) -> None:
+    """Token names took Unicode format characters (category Cf): a zero-width space makes a name
+    that looks like another's, a right-to-left override shows a name reversed, where the name is
+    shown (token lists, the deploy audit's actor)."""
+    r = await client.post("/v1/tokens", json={"name": name, "scopes": ["invoke"]})
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    detail = r.json()["detail"]
+    assert named in detail and "an invisible format character" in detail and "printable characters" in detail, detail
+    assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
+    doc = (await client.get("/openapi.json")).json()
+    assert "format characters" in doc["components"]["schemas"]["TokenRequest"]["properties"]["name"]["description"]
+
+
 async def test_a_form_encoded_token_request_is_told_to_send_json(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/tokens", data={"name": "ci", "scopes": "invoke"})  # curl -d / an OAuth habit
     detail = r.json()["detail"]

@@ -126,6 +126,31 @@ async def test_unknown_function_is_404_listing_deployed(client: httpx.AsyncClien
     assert r.json()["detail"] == "function 'nope' not found; deployed: hello"
 
 
+async def test_unknown_function_among_many_names_the_closest_and_the_count(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
+    """A 404 for an unknown function listed every deployed function: with 1,000 of them, a
+    message of 1,000 names.  Past 10 it names up to 5 close ones and how many there are."""
+    names = [f"fn-{i:02}" for i in range(10)] + ["resize", "resize-png", "thumbnail"]
+    for name in names:
+        d = fn_dir(name, manifest=f'name = "{name}"\nisolation = "reuse"\n')
+        assert (await client.put(f"/v1/functions/{name}", content=pack_function(d))).status_code == 201
+    r = await client.post("/v1/functions/resise/invoke", json={})
+    assert r.status_code == 404
+    assert r.json()["detail"] == (
+        "function 'resise' not found; did you mean resize, resize-png? (13 functions are deployed; GET /v1/functions lists them)"
+    )
+    r = await client.post("/v1/functions/zzz/invoke", json={})
+    assert r.json()["detail"] == (
+        "function 'zzz' not found; none of the 13 deployed functions has a name like it (GET /v1/functions lists them)"
+    )
+    r = await client.get("/v1/invocations", params={"function": "thumbnial"})
+    assert r.status_code == 404 and "; did you mean thumbnail? (13 functions" in r.json()["detail"]
+    r = await client.post("/v1/triggers", json={"function": "fn-1", "trigger": {"source": "/shop/*"}})
+    assert r.status_code == 404 and r.json()["detail"] == (  # at most 5, the closest first
+        "function 'fn-1' not found; did you mean fn-01, fn-09, fn-08, fn-07, fn-06? (13 functions are deployed; "
+        "GET /v1/functions lists them)"
+    )
+
+
 async def test_oversize_payload_is_413(client: httpx.AsyncClient, hello: dict[str, object], gateway: Gateway, store: SQLiteStore) -> None:
     big = b'"' + b"x" * (64 * 1024) + b'"'
     r = await client.post("/v1/functions/hello/invoke", content=big)

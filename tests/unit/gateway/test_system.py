@@ -120,6 +120,74 @@ async def test_openapi_says_content_types_in_request_bodies(client: httpx.AsyncC
     assert "passed to the function" in body["description"] and "validated" in body["description"]
 
 
+_PLAIN_HEADERS = {"content-type", "content-length", "date", "server"}
+"""What every answer may carry; OpenAPI leaves Content-Type to the response's content."""
+_NOT_SENT_HERE = {
+    ("post", "/v1/images/builds", "200"): "a real build (uv): tests/unit/images/test_images_api.py",
+    ("post", "/hooks/{hook}", "401"): "a configured webhook's bad signature: tests/unit/events/test_gateway_events.py",
+}
+"""Documented answers this test does not bring about, and where they are."""
+
+
+async def test_openapi_documents_the_headers_each_answer_sends(
+    client: httpx.AsyncClient, app: Starlette, hello: dict[str, object], fn_dir: Callable[..., Path]
+) -> None:
+    """The document left out the X-Spanfaas-Logs and Location headers an invoke and a deploy
+    send, the X-Spanfaas-* headers of a failed invocation, WWW-Authenticate, and the 405 every
+    path answers (with Allow) for a method it does not serve.  Every route is called here
+    (as it is, and with a bad token), and the headers of each answer are checked against the
+    document: none sent that it leaves out, none it says are always sent missing, and none it
+    names that no answer sends."""
+    doc = (await client.get("/openapi.json")).json()
+    not_allowed = doc["components"]["responses"]["MethodNotAllowed"]
+    sent_by: dict[tuple[str, str, str], set[str]] = {}
+
+    async def check(method: str, path: str, url: str, c: httpx.AsyncClient = client, **kw: object) -> httpx.Response:
+        r = await c.request(method, url, **kw)  # type: ignore[arg-type]
+        ops = doc["paths"][path]
+        if method.lower() in ops:
+            response = ops[method.lower()]["responses"].get(str(r.status_code))
+            assert response is not None, f"{method} {url} answered {r.status_code}, which is not documented: {r.text}"
+        else:
+            assert r.status_code == 405, (method, url, r.status_code)
+            response = not_allowed
+        documented = {h.lower(): spec.get("required", False) for h, spec in response.get("headers", {}).items()}
+        sent = {h.lower() for h in r.headers} - _PLAIN_HEADERS
+        assert sent <= set(documented), f"{method} {url} {r.status_code} sends undocumented {sent - set(documented)}"
+        always = {h for h, required in documented.items() if required}
+        assert always <= sent, f"{method} {url} {r.status_code} lacks {always - sent}, documented as always sent"
+        sent_by.setdefault((method.lower(), path, str(r.status_code)), set()).update(sent)
+        return r
+
+    invoke = "/v1/functions/{name}/invoke"
+    assert (await check("POST", invoke, "/v1/functions/hello/invoke", json={}, headers={"x-spanfaas-logs": "include"})).status_code == 200
+    assert (await check("POST", invoke, "/v1/functions/hello/invoke", json={"fail": True})).status_code == 500
+    assert (await check("POST", invoke, "/v1/functions/hello/invoke?mode=async", json={})).status_code == 202
+    slow = fn_dir("slow", "import time\ndef handler(event, context):\n    time.sleep(5)\n", 'name = "slow"\n[resources]\ntimeout = 0.2\n')
+    assert (await check("PUT", "/v1/functions/{name}", "/v1/functions/slow", content=pack_function(slow))).status_code == 201
+    assert (await check("PUT", "/v1/functions/{name}", "/v1/functions/slow", content=pack_function(slow))).status_code == 200
+    assert (await check("POST", invoke, "/v1/functions/slow/invoke")).status_code == 504
+    assert "link" in (await check("GET", "/v1/invocations", "/v1/invocations?limit=1")).headers  # a next page
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": "Bearer nope"}
+    ) as stranger:
+        for path, ops in doc["paths"].items():
+            url = path.replace("{name}", "hello").replace("{id}", "nope").replace("{package}", "nope")
+            for method, op in ops.items():
+                if op["security"]:
+                    assert (await check(method.upper(), path, url, stranger)).status_code == 401
+                await check(method.upper(), path, url.replace("hello", "nope") if method == "delete" else url)
+            other = next(m for m in ("PATCH", "PUT", "DELETE", "POST") if m.lower() not in ops)
+            assert (await check(other, path, url)).headers["allow"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for status, response in op["responses"].items():
+                for header in response.get("headers", {}):
+                    if (method, path, status) in _NOT_SENT_HERE or status in ("429", "503"):
+                        continue  # (Retry-After: test_openapi_lists_the_errors_the_gateway_answers, the store-fault tests)
+                    assert header.lower() in sent_by.get((method, path, status), set()), (method, path, status, header)
+
+
 async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) -> None:
     r = await client.get("/nowhere")
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
@@ -134,6 +202,30 @@ async def test_method_not_allowed_names_every_method_of_the_path(client: httpx.A
     assert r.status_code == 405
     assert r.json()["detail"] == "PATCH is not allowed on /v1/functions/hello; allowed: DELETE, GET, HEAD, PUT"
     assert r.headers["allow"] == "DELETE, GET, HEAD, PUT"
+
+
+async def test_a_trailing_slash_is_a_problem_that_says_to_drop_it(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    """A path with a trailing slash answered a 307 to the path without it: a client that does not
+    follow it failed on a redirect, and one that does sent its POST body twice (or, for a 301/302,
+    dropped it).  Now it is a 404 problem that names the path to use, whatever the method."""
+    cases = [
+        ("POST", "/v1/functions/hello/invoke/", "/v1/functions/hello/invoke"),
+        ("GET", "/v1/functions/", "/v1/functions"),
+        ("PUT", "/v1/functions/hello/", "/v1/functions/hello"),
+        ("GET", "/v1/invocations//", "/v1/invocations"),
+    ]
+    for method, path, fixed in cases:
+        r = await client.request(method, path, json={"name": "x"}, follow_redirects=False)
+        assert r.status_code == 404, (method, path, r.status_code, r.headers)
+        assert r.headers["content-type"] == "application/problem+json" and "location" not in r.headers
+        assert r.json()["detail"] == (
+            f"no such endpoint: {method} {path}; drop the trailing slash: {method} {fixed}"
+        ), r.json()
+        assert (await client.request(method, fixed, json={"name": "x"})).status_code != 404
+    r = await client.get("/nowhere/")  # nothing there either way: the plain 404
+    assert r.json()["detail"] == "no such endpoint: GET /nowhere/; GET /openapi.json lists them all"
+    r = await client.post("/v1/functions/hello/invoke/", json={"name": "x"}, follow_redirects=True)
+    assert r.status_code == 404  # (it ran the function, once the client followed the redirect)
 
 
 async def test_unexpected_errors_do_not_leak(client: httpx.AsyncClient, infra: InMemoryInfrastructure,
