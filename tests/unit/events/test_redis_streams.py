@@ -191,6 +191,43 @@ async def test_an_entry_the_store_refuses_is_kept_as_a_dead_letter_and_the_other
     assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
 
 
+async def test_an_entry_that_is_no_event_is_kept_as_a_dead_letter_with_its_fields_and_reason(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], redis_url: str, stream: str, r: redis.Redis,
+) -> None:  # fmt: skip
+    """An entry that could not be turned into an event was acknowledged and only logged: gone,
+    with nothing to list.  Now it is a dead letter (no function) with its raw fields and the
+    reason; it cannot be replayed, and replaying it says why."""
+    await deploy("orders", "[[triggers]]\n")
+    no_id = r.xadd(stream, {"specversion": "1.0", "source": "/shop", "type": "t"})
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        binary = raw.xadd(stream, {b"order": b"\xff\xfe"}).decode()
+    finally:
+        raw.close()
+    r.xadd(stream, {"specversion": "1.0", "id": "ok", "source": "/shop", "type": "t"})
+    [view] = await invocations(client, 1)
+    assert view["result"]["context_event"]["id"] == "ok"
+    deadline = time.monotonic() + 5
+    while await pending(r, stream) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await pending(r, stream) == 0
+    letters = {d["event"]["id"]: d for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]}
+    assert set(letters) == {no_id, binary}
+    for d in letters.values():
+        assert d["function"] == "" and d["proxy"] == "redis" and d["attempts"] == 0 and d["trigger"] == ""
+        assert d["event"]["source"] == f"redis/{stream}" and d["event"]["stream"] == stream
+        assert d["error"]["type"] == "InvalidEvent" and "cannot be replayed" in d["error"]["message"]
+    assert letters[no_id]["event"]["fields"] == {"specversion": "1.0", "source": "/shop", "type": "t"}
+    assert "'id'" in letters[no_id]["error"]["message"] or "id" in letters[no_id]["error"]["message"]
+    assert letters[binary]["event"]["fields"] == {"order": {"base64": base64.b64encode(b"\xff\xfe").decode()}}
+    assert "UTF-8" in letters[binary]["error"]["message"]
+    replay = await client.post(f"/v1/events/dlq/{letters[no_id]['id']}/replay")
+    assert replay.status_code == 422 and "cannot be replayed" in replay.json()["detail"], replay.text
+    text = (await client.get("/metrics")).text
+    assert metric(text, "spanfaas_events_rejected_total", "redis") == 2
+    assert metric(text, "spanfaas_events_dead_lettered_total", "redis") == 2
+
+
 class _Sink:
     def __init__(self) -> None:
         self.events: list[str] = []
