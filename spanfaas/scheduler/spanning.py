@@ -195,8 +195,7 @@ class SpanningInfrastructure:
         except TooManyRequests as exc:
             self._busy(site, exc)
         except (SpanfaasError, OSError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {site.config.timeout:g} s"
-            self._down(site, reason)
+            self._down(site, _down_reason(exc, site.config.timeout))
         except Exception as exc:  # an answer that does not decode, a bug in an adapter: not a healthy site
             self._down(site, f"its info could not be read: {type(exc).__name__}: {exc}")
         else:
@@ -553,6 +552,16 @@ class SpanningInfrastructure:
 def _capabilities(info: InfraInfo) -> tuple[object, ...]:
     return (info.region, tuple(sorted(info.labels.items())), info.gpu, info.max_memory, info.max_timeout,
             tuple(info.isolation), info.price_per_gb_s, info.images)  # fmt: skip
+
+
+def _down_reason(exc: BaseException, timeout: float) -> str:
+    """Why a site's info failed, as its users read it (``spanfaas info``): the error's own
+    words, not its Python class."""
+    if isinstance(exc, SpanfaasError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return f"its info did not answer within {timeout:g} s"
+    return (getattr(exc, "strerror", None) or str(exc) or "an error of the operating system") if isinstance(exc, OSError) else str(exc)
 
 
 def _describe(exc: BaseException) -> str:
