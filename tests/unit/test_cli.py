@@ -133,6 +133,27 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
 
 
+def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(cli: Any, live: Live, tmp_path: Path) -> None:
+    """A site's record of a call another gateway placed on it keeps that gateway's id of it
+    (``origin``), but ``spanfaas logs`` did not show it: the two records could not be joined by eye."""
+    d = fn_dir(tmp_path, "placed", "def handler(event, context):\n    return context.invocation_id\n")
+    assert cli("deploy", d).exit_code == 0
+    origin = "0123456789abcdef" * 2  # the placing gateway's id of the call
+    headers = {"Authorization": f"Bearer {live.admin}", "x-spanfaas-origin-id": origin}
+    r = httpx.post(f"{live.url}/v1/functions/placed/invoke", json={}, headers=headers)
+    assert r.status_code == 200 and r.json() == origin, r.text
+    here = r.headers["x-spanfaas-invocation-id"]
+    assert cli("invoke", "placed").exit_code == 0  # a call made here: no origin
+    out = cli("logs", "placed").stdout
+    assert re.search(rf"── {here} · succeeded · memory · .* · origin {origin}", out), out
+    assert out.count("origin") == 1, out
+    by_id = {rec["id"]: rec for rec in json.loads(cli("logs", "placed", "--json").stdout)["invocations"]}
+    assert by_id[here]["origin"] == origin and [rec["origin"] for i, rec in by_id.items() if i != here] == [""]
+    assert json.loads(cli("result", here, "--json").stdout)["origin"] == origin
+    out = cli("logs", here).stdout
+    assert f"origin {origin}" in out, out
+
+
 def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) -> None:
     d = fn_dir(tmp_path, "same", "def handler(event, context):\n    return 1\n")
     r = cli("deploy", d)
