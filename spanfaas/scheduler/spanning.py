@@ -147,7 +147,8 @@ class SpanningInfrastructure:
             if isinstance(res, BaseException):
                 if not isinstance(res, Exception):
                     raise res
-                site.down(f"did not start: {type(res).__name__}: {res}")
+                plain = isinstance(res, SpanfaasError | OSError | TimeoutError)  # else a bug: its class says more
+                site.down(f"did not start: {_down_reason(res, site.config.timeout) if plain else f'{type(res).__name__}: {res}'}")
                 log.warning("infrastructure %s did not start: %s", site.name, res)
         self.scheduler.changed()
         self._tasks = [asyncio.create_task(self._watch(s), name=f"spanfaas-watch-{s.name}") for s in self.sites]
@@ -419,7 +420,7 @@ class SpanningInfrastructure:
         except TimeoutError:
             raise InfraUnavailable(f"deploying took longer than {max(site.config.timeout, 60.0):g} s") from None
         except OSError as exc:
-            raise InfraUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise InfraUnavailable(_down_reason(exc, site.config.timeout)) from None
 
     async def _roll_back(self, name: str, sites: list[Site]) -> None:
         """A deploy failed somewhere: put the previous version back where the new one landed."""

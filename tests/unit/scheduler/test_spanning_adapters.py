@@ -133,6 +133,21 @@ async def test_a_site_that_refuses_connections_is_down_for_a_plain_reason() -> N
         await sp.close()
 
 
+class _DoesNotStart(InMemoryInfrastructure):
+    async def start(self) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+async def test_an_infrastructure_that_does_not_start_is_down_for_a_plain_reason() -> None:
+    sp = SpanningInfrastructure([(_DoesNotStart("ray"), InfraConfig(name="ray")), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        [ray] = [i for i in sp.infos() if i.name == "ray"]
+        assert not ray.healthy and ray.reason == "did not start: Connection refused", ray.reason
+    finally:
+        await sp.close()
+
+
 async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:
     ray_cfg = InfraConfig(name="ray", kind="ray", address=f"127.0.0.1:{closed_port()}")
     eu_cfg = InfraConfig(name="eu", kind="remote", address=f"http://127.0.0.1:{closed_port()}", region="eu-west", timeout=2)
