@@ -217,8 +217,8 @@ class RedisStreamSource:
 
     def invalid_letter(self, entry_id: str, fields: dict[Any, Any], reason: str) -> DeadLetter:
         """The dead letter of an entry that is no event: its raw fields (in its "event", which
-        ``dlq ls`` shows, and its payload; a value that is not UTF-8 as ``{"base64": …}``) and why.  Its id is the entry's in this group, so
-        a read taken again stores it once."""
+        ``dlq ls`` shows, and its payload; a value that is not UTF-8 as ``{"base64": …}``) and
+        why.  Its id is the entry's in this group, so a read taken again stores it once."""
         now = time.time()
         ms = entry_id.partition("-")[0]
         raw = {_raw_key(k): _raw_value(v) for k, v in fields.items()}
