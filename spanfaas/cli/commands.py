@@ -251,9 +251,11 @@ def logs(
         status = str(rec.get("status", ""))
         colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
         duration = rec.get("duration_ms")
+        origin = str(rec.get("origin") or "")  # placed here by another gateway, under this id of its own
         head = " · ".join(
             x for x in (str(rec.get("id", "")), f"[{colour}]{status}[/{colour}]", escape(str(rec.get("infra") or "")),
-                        ago(rec.get("created_at")), f"{duration:.1f} ms" if duration is not None else "") if x  # fmt: skip
+                        ago(rec.get("created_at")), f"{duration:.1f} ms" if duration is not None else "",
+                        f"origin {escape(origin)}" if origin else "") if x  # fmt: skip
         )
         console.print(f"[bold]── {head}[/bold]")
         text = str(rec.get("logs") or "").rstrip()

@@ -226,11 +226,17 @@ def dlq_replay(
     started = time.perf_counter()
     replayed: list[dict[str, Any]] = []
     failed: list[tuple[str, SpanfaasError]] = []
+    unreplayable: list[str] = []
     with Client(url, token) as client:
         targets: list[str] = list(dict.fromkeys(ids or []))
         going = _replay_each(client, targets, replayed, failed)
         if all and going:
-            _replay_all(client, function, targets, replayed, failed)
+            _replay_all(client, function, targets, replayed, failed, unreplayable)
+    if unreplayable:  # kept to be read, not run: --all is not a failure for them
+        err_console().print(
+            f"{plural(len(unreplayable), 'dead letter')} of an entry that was no event cannot be replayed "
+            "(`spanfaas events dlq ls` says why)"
+        )
     if len(failed) == 1 and not replayed and len(targets) == 1:
         raise failed[0][1]
     if failed:
@@ -269,20 +275,29 @@ def _replay_each(
 
 def _replay_all(
     client: Client, function: str | None, targets: list[str],
-    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]],
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], unreplayable: list[str],
 ) -> None:  # fmt: skip
     """Replay every dead letter (of ``function``) there was when this began: the list comes
     newest first, a page at a time, and those replayed leave it.  Ones that fail again while
     this runs come back newer than the first page's newest, and are not replayed again; ones
-    that could not be replayed stay listed, and are not tried twice."""
+    that could not be replayed stay listed, and are not tried twice.  Ones of no function
+    (a stream's entry that was no event) are never tried: ``unreplayable`` gets them."""
     done = set(targets)
     newest: float | None = None
     while True:
         page = client.events.dead_letters(function, limit=PAGE)
         if newest is None:
             newest = max((float(d.get("failed_at") or 0) for d in page), default=0.0)
+        junk = [d["id"] for d in page if not d.get("function") and d["id"] not in done]
+        unreplayable += junk
+        done.update(junk)
         fresh = [d["id"] for d in page if d["id"] not in done and float(d.get("failed_at") or 0) <= newest]
         if not fresh:
+            if len(page) == PAGE and function is None:  # a whole page of ones that stay: the older are out of reach
+                err_console().print(
+                    f"the newest {PAGE} dead letters stay (not replayable, or failed again); older ones were not "
+                    "reached: replay them a function at a time (--all --function NAME)"
+                )
             return
         targets += fresh
         done.update(fresh)

@@ -63,7 +63,9 @@ def parse_structured(doc: Any, where: str = "the CloudEvent") -> CloudEvent:
         raise InvalidEvent(f"{prefix}specversion {doc['specversion']!r} is not supported; send \"1.0\"")
     if "data" in doc and "data_base64" in doc:
         raise InvalidEvent(f"{where} has both 'data' and 'data_base64'; send one")
-    attrs = {k: v for k, v in doc.items() if k not in ("data", "data_base64")}
+    # JSON Format 1.0.2, 2.2: "When decoding attributes and a null value is encountered, it MUST be
+    # treated as the equivalent of unset or omitted" (its examples send "subject": null, "time": null).
+    attrs = {k: v for k, v in doc.items() if k not in ("data", "data_base64") and v is not None}
     data: Any = doc.get("data")
     if "data_base64" in doc:
         try:

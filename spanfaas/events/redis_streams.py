@@ -6,11 +6,14 @@ attributes (``specversion``, ``id``, ``source``, ``type``, … and ``data``, or
 ``cloudevent`` field holds a structured-mode event; any other entry is
 wrapped: ``source`` ``redis/<stream>``, ``id`` the entry id, ``data`` the fields.
 
-An entry that is no event (``InvalidEvent``) is acknowledged and logged, not
-delivered; one whose event the store refuses (a value it cannot hold: it
-always will) is acknowledged and logged, its invocations kept in the
+An entry that is no event (``InvalidEvent``) is not delivered: it is kept in
+the dead-letter store (function none, error ``InvalidEvent`` with the reason,
+payload its raw fields) and acknowledged; it cannot be replayed, only read
+(``events dlq ls --json``).  One whose event the store refuses (a value it cannot
+hold: it always will) is acknowledged and logged, its invocations kept in the
 dead-letter store (``events dlq ls``, ``replay`` once the cause is fixed).
-The others of its read are queued.
+The others of its read are queued.  A dead letter the store cannot take for
+now (down, locked, failing) leaves its read unacknowledged: it is read again.
 
 Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
 is after their invocations are committed to the store.  A crash in between
@@ -28,6 +31,8 @@ went while the gateway was down too; ``start`` applies to a group never had.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import socket
 import time
@@ -43,7 +48,8 @@ from spanfaas.config import RedisStreamConfig
 from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, decode_json, make_event
 from spanfaas.events.cloudevents_http import event_from_fields, parse_structured
 from spanfaas.events.metrics import EventMetrics
-from spanfaas.store import Store
+from spanfaas.model import ErrorInfo, Event
+from spanfaas.store import DeadLetter, RecordRefused, Store
 
 __all__ = ["RedisStreamSource"]
 
@@ -179,6 +185,7 @@ class RedisStreamSource:
     async def _handle(self, client: aioredis.Redis, sink: Sink, entries: list[Entry]) -> None:
         events: list[CloudEvent] = []
         read: list[str] = []  # the entry of each event
+        invalid: list[DeadLetter] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted from the stream while pending
                 continue
@@ -188,8 +195,10 @@ class RedisStreamSource:
                 read.append(entry_id)
             except InvalidEvent as exc:
                 self.metrics.rejected.labels(self.kind).inc()
-                log.warning("redis source '%s': entry %s rejected (acknowledged, not delivered): %s", self.name, entry_id, exc)
+                invalid.append(self.invalid_letter(entry_id, fields, str(exc)))
         await self._stall("redis.before-admit", len(entries))
+        for letter in invalid:  # a store that fails raises: the read stays pending, and is read again
+            await self._keep_invalid(letter)
         if events:
             for entry_id, published in zip(read, await sink.publish(self.kind, events, keep_refused=True)):
                 if published.error is None:
@@ -205,6 +214,37 @@ class RedisStreamSource:
                               self.name, entry_id, published.error["detail"])  # fmt: skip
         await self._stall("redis.before-ack", len(entries))
         await client.xack(self.config.stream, self.config.group, *[e[0] for e in entries])
+
+    def invalid_letter(self, entry_id: str, fields: dict[Any, Any], reason: str) -> DeadLetter:
+        """The dead letter of an entry that is no event: its raw fields (in its "event", which
+        ``dlq ls`` shows, and its payload; a value that is not UTF-8 as ``{"base64": …}``) and
+        why.  Its id is the entry's in this group, so a read taken again stores it once."""
+        now = time.time()
+        ms = entry_id.partition("-")[0]
+        raw = {_raw_key(k): _raw_value(v) for k, v in fields.items()}
+        payload = msgspec.json.encode({"stream": self.config.stream, "entry": entry_id, "fields": raw})
+        message = (f"entry {entry_id} of Redis stream {self.config.stream} is no event, and was not delivered: "
+                   f"{reason}; fix its producer and add the entry again (this dead letter cannot be replayed)")  # fmt: skip
+        return DeadLetter(
+            id="redis-" + hashlib.sha256(f"{self.group_key}|{entry_id}".encode()).hexdigest()[:32],
+            function="", event=Event(attributes={"id": entry_id, "source": self.source, "stream": self.config.stream,
+                                                  "fields": raw}, proxy=self.kind),
+            content_type="application/json", payload=payload,
+            error=ErrorInfo(kind="infra", type="InvalidEvent", message=message.replace("\x00", "\\x00")),
+            created_at=int(ms) / 1000 if ms.isdigit() else now, failed_at=now,
+        )  # fmt: skip
+
+    async def _keep_invalid(self, letter: DeadLetter) -> None:
+        entry = letter.event.attributes["id"]
+        try:
+            await asyncio.to_thread(self.store.put_dead_letter, letter)
+        except RecordRefused as exc:  # it always will: held back, the stream would stop here for good
+            log.error("redis source '%s': entry %s is no event, and the store refused its dead letter (acknowledged, "
+                      "lost): %s; %s", self.name, entry, exc, letter.error.message if letter.error else "")  # fmt: skip
+            return
+        self.metrics.dead_lettered.labels(self.kind).inc()
+        log.warning("redis source '%s': entry %s rejected (acknowledged, kept as dead letter %s: `spanfaas events dlq ls`): %s",
+                    self.name, entry, letter.id, letter.error.message if letter.error else "")  # fmt: skip
 
     async def _stall(self, point: str, n: int) -> None:
         if self.stall_at == point:
@@ -231,6 +271,20 @@ def _cursor(reply: Any) -> str | None:
     """Where XAUTOCLAIM's next page starts; None once it went through the whole pending list ("0-0")."""
     cursor = reply.decode() if isinstance(reply, bytes) else str(reply)
     return None if cursor == "0-0" else cursor
+
+
+def _raw_key(key: Any) -> str:
+    return key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else str(key)
+
+
+def _raw_value(value: Any) -> str | dict[str, str]:
+    """A field's value as the dead letter keeps it: its text, or ``{"base64": …}`` of bytes that are not UTF-8."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode()}
 
 
 def _text(entry_id: str, fields: dict[Any, Any]) -> dict[str, str]:

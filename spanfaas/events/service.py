@@ -301,6 +301,9 @@ class EventService:
         The store checks the function again in the transaction that queues it, under the lock
         its remove takes: a ``spanfaas rm`` meanwhile leaves no invocation of a removed function."""
         letter = await self.delivery.dead_letter(id)
+        if not letter.function:  # an entry of a stream that was no event: nothing to run
+            said = letter.error.message if letter.error else "it is no event"
+            raise ValueRefused(f"dead letter '{id}' cannot be replayed: {said}")
 
         def undeployed() -> FunctionNotFound:
             return FunctionNotFound(

@@ -54,6 +54,8 @@ class DeadLetterView(Struct):
     id: str
     """The id of the invocation that gave up (replay it with this id)."""
     function: str
+    """Empty for a stream's entry that was no event (error type InvalidEvent; its raw fields
+    in ``event``): kept to be read, it cannot be replayed."""
     proxy: str
     trigger: str
     event: dict[str, Any]

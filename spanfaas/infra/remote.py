@@ -38,11 +38,13 @@ record (whose own id stays the site's), so their logs and records join.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
 import math
 import re
+import socket
 import time
 from typing import Any
 
@@ -131,8 +133,7 @@ class RemoteInfrastructure:
                 "(it may still be working on it)"
             ) from None
         except httpx.TransportError as exc:
-            said = f": {exc}" if str(exc) else ""
-            raise InfraUnavailable(f"site '{self.name}' at {self.url} is unreachable: {type(exc).__name__}{said}") from None
+            raise InfraUnavailable(f"site '{self.name}' is unreachable: {_unreachable(exc, self.url, self.config.timeout)}") from None
 
     def _error(self, resp: httpx.Response, what: str) -> SpanfaasError:
         doc = _doc(resp)
@@ -362,6 +363,34 @@ _ORIGIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 """An invocation id a site takes in x-spanfaas-origin-id (gateway/invoke.py); ours all are."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _unreachable(exc: httpx.TransportError, url: str, timeout: float) -> str:
+    """Why a request did not get to ``url``, in plain words (no exception class):
+    ``connection refused at http://host:port``."""
+    errno_ = next((e.errno for e in _chain(exc) if isinstance(e, OSError) and e.errno), None)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection to {url} within {timeout:g} s"
+    if any(isinstance(e, socket.gaierror) for e in _chain(exc)):
+        return f"the host of {url} cannot be resolved ({_printable(str(exc)) or 'no address'})"
+    if errno_ == errno.ECONNREFUSED or isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower():
+        return f"connection refused at {url}"
+    if errno_ in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"no route to {url}"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to {url}" + (f" ({_printable(str(exc))})" if str(exc) else "")
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from {url} within {timeout:g} s"
+    return f"the connection to {url} failed" + (f" ({_printable(str(exc))})" if str(exc) else "")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(out) < 8:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
 
 
 def _printable(text: str) -> str:

@@ -147,7 +147,8 @@ class SpanningInfrastructure:
             if isinstance(res, BaseException):
                 if not isinstance(res, Exception):
                     raise res
-                site.down(f"did not start: {type(res).__name__}: {res}")
+                plain = isinstance(res, SpanfaasError | OSError | TimeoutError)  # else a bug: its class says more
+                site.down(f"did not start: {_down_reason(res, site.config.timeout) if plain else f'{type(res).__name__}: {res}'}")
                 log.warning("infrastructure %s did not start: %s", site.name, res)
         self.scheduler.changed()
         self._tasks = [asyncio.create_task(self._watch(s), name=f"spanfaas-watch-{s.name}") for s in self.sites]
@@ -195,8 +196,7 @@ class SpanningInfrastructure:
         except TooManyRequests as exc:
             self._busy(site, exc)
         except (SpanfaasError, OSError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} after {site.config.timeout:g} s"
-            self._down(site, reason)
+            self._down(site, _down_reason(exc, site.config.timeout))
         except Exception as exc:  # an answer that does not decode, a bug in an adapter: not a healthy site
             self._down(site, f"its info could not be read: {type(exc).__name__}: {exc}")
         else:
@@ -420,7 +420,7 @@ class SpanningInfrastructure:
         except TimeoutError:
             raise InfraUnavailable(f"deploying took longer than {max(site.config.timeout, 60.0):g} s") from None
         except OSError as exc:
-            raise InfraUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise InfraUnavailable(_down_reason(exc, site.config.timeout)) from None
 
     async def _roll_back(self, name: str, sites: list[Site]) -> None:
         """A deploy failed somewhere: put the previous version back where the new one landed."""
@@ -553,6 +553,16 @@ class SpanningInfrastructure:
 def _capabilities(info: InfraInfo) -> tuple[object, ...]:
     return (info.region, tuple(sorted(info.labels.items())), info.gpu, info.max_memory, info.max_timeout,
             tuple(info.isolation), info.price_per_gb_s, info.images)  # fmt: skip
+
+
+def _down_reason(exc: BaseException, timeout: float) -> str:
+    """Why a site's info failed, as its users read it (``spanfaas info``): the error's own
+    words, not its Python class."""
+    if isinstance(exc, SpanfaasError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return f"its info did not answer within {timeout:g} s"
+    return (getattr(exc, "strerror", None) or str(exc) or "an error of the operating system") if isinstance(exc, OSError) else str(exc)
 
 
 def _describe(exc: BaseException) -> str:

@@ -169,9 +169,14 @@ class SQLStore:
             row = cur.fetchone()
             current = row[0] if row else 0
             if current > len(MIGRATIONS):
+                import spanfaas  # the package, for its version (it imports this module first)
+
                 raise StoreSchemaTooNew(
-                    f"the store's schema is version {current}, newer than this spanfaas "
-                    f"knows ({len(MIGRATIONS)}); upgrade spanfaas"
+                    f"the store's schema is version {current}, newer than this spanfaas ({spanfaas.__version__}) "
+                    f"knows ({len(MIGRATIONS)}): a newer spanfaas has upgraded the store, and this one does not "
+                    "start on a schema it does not know; upgrade spanfaas here to the version the other gateways "
+                    "run (in a rolling upgrade, upgrade each gateway before it restarts: no gateway of the older "
+                    "version can start on this store again)"
                 )
             for statements in MIGRATIONS[current:]:
                 for statement in statements:

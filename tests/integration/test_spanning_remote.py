@@ -220,6 +220,7 @@ def test_site_down_fails_over_and_traffic_returns(sites: Sites) -> None:
             assert time.monotonic() < deadline, down
             time.sleep(0.05)
         assert "unreachable" in down["reason"], down  # why, not only that
+        assert "connection refused at http://" in down["reason"] and "Error" not in down["reason"], down  # plain words
         opts = ["--url", sites.main.url, "--token", sites.main.admin_token or ""]
         out = subprocess.run([sys.executable, "-m", "spanfaas.cli", "info", *opts], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "COLUMNS": "250"})  # fmt: skip

@@ -31,7 +31,7 @@ from spanfaas.config import Settings
 from spanfaas.gateway import create_app
 from spanfaas.gateway.auth import issue_token
 from spanfaas.infra.memory import InMemoryInfrastructure
-from spanfaas.model import Event
+from spanfaas.model import ErrorInfo, Event
 from spanfaas.store import DeadLetter, SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +131,27 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     r = cli("rm", "hello")
     assert r.exit_code == 0 and "removed hello" in r.stdout
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
+
+
+def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(cli: Any, live: Live, tmp_path: Path) -> None:
+    """A site's record of a call another gateway placed on it keeps that gateway's id of it
+    (``origin``), but ``spanfaas logs`` did not show it: the two records could not be joined by eye."""
+    d = fn_dir(tmp_path, "placed", "def handler(event, context):\n    return context.invocation_id\n")
+    assert cli("deploy", d).exit_code == 0
+    origin = "0123456789abcdef" * 2  # the placing gateway's id of the call
+    headers = {"Authorization": f"Bearer {live.admin}", "x-spanfaas-origin-id": origin}
+    r = httpx.post(f"{live.url}/v1/functions/placed/invoke", json={}, headers=headers)
+    assert r.status_code == 200 and r.json() == origin, r.text
+    here = r.headers["x-spanfaas-invocation-id"]
+    assert cli("invoke", "placed").exit_code == 0  # a call made here: no origin
+    out = cli("logs", "placed").stdout
+    assert re.search(rf"── {here} · succeeded · memory · .* · origin {origin}", out), out
+    assert out.count("origin") == 1, out
+    by_id = {rec["id"]: rec for rec in json.loads(cli("logs", "placed", "--json").stdout)["invocations"]}
+    assert by_id[here]["origin"] == origin and [rec["origin"] for i, rec in by_id.items() if i != here] == [""]
+    assert json.loads(cli("result", here, "--json").stdout)["origin"] == origin
+    out = cli("logs", here).stdout
+    assert f"origin {origin}" in out, out
 
 
 def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) -> None:
@@ -806,6 +827,29 @@ def test_dlq_replay_of_several_says_which_were_replayed_when_one_fails(cli: Any,
     assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("dl-nope", 404)]
     assert "no dead letter 'dl-nope'" in r.stderr and "replayed 2 of 3 dead letters" in r.stderr
     assert live.store.get_dead_letter("dl-a") is None and live.store.get_dead_letter("dl-b") is None
+
+
+def test_dlq_replay_all_passes_over_entries_that_were_no_events(cli: Any, live: Live) -> None:
+    """A Redis entry that was no event is kept as a dead letter of no function, which cannot be
+    replayed: ``events dlq replay --all`` must not fail on it every time (nor ``ls`` hide it)."""
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    live.store.put_dead_letter(DeadLetter(id="ne-ok", function="hello", event=event, content_type="application/json", payload=b"{}"))
+    junk = Event(attributes={"id": "1-0", "source": "redis/s", "stream": "s", "fields": {"x": "1"}}, proxy="redis")
+    error = ErrorInfo(kind="infra", type="InvalidEvent", message="entry 1-0 of Redis stream s is no event")
+    live.store.put_dead_letter(DeadLetter(id="ne-junk", function="", event=junk, content_type="application/json", error=error))
+    try:
+        r = cli("events", "dlq", "replay", "--all", "--json")
+        assert r.exit_code == 0, r.stderr
+        assert [x["dead_letter"] for x in json.loads(r.stdout)["replayed"]] == ["ne-ok"]
+        assert "1 dead letter of an entry that was no event cannot be replayed" in r.stderr, r.stderr
+        r = cli("events", "dlq", "replay", "--all")
+        assert r.exit_code == 0 and "no dead letters to replay" in r.stderr, r.stderr
+        r = cli("events", "dlq", "ls")
+        assert "ne-junk" in r.stdout and "InvalidEvent" in r.stdout, r.stdout
+        expect_error(cli("events", "dlq", "replay", "ne-junk"), 2, "cannot be replayed")
+    finally:
+        live.store.discard_dead_letter("ne-junk")
 
 
 def test_an_empty_function_filter_on_the_dead_letters_is_refused(cli: Any, live: Live) -> None:

@@ -191,6 +191,128 @@ async def test_an_entry_the_store_refuses_is_kept_as_a_dead_letter_and_the_other
     assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
 
 
+async def test_an_entry_that_is_no_event_is_kept_as_a_dead_letter_with_its_fields_and_reason(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], redis_url: str, stream: str, r: redis.Redis,
+) -> None:  # fmt: skip
+    """An entry that could not be turned into an event was acknowledged and only logged: gone,
+    with nothing to list.  Now it is a dead letter (no function) with its raw fields and the
+    reason; it cannot be replayed, and replaying it says why."""
+    await deploy("orders", "[[triggers]]\n")
+    no_id = r.xadd(stream, {"specversion": "1.0", "source": "/shop", "type": "t"})
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        binary = raw.xadd(stream, {b"order": b"\xff\xfe"}).decode()
+    finally:
+        raw.close()
+    r.xadd(stream, {"specversion": "1.0", "id": "ok", "source": "/shop", "type": "t"})
+    [view] = await invocations(client, 1)
+    assert view["result"]["context_event"]["id"] == "ok"
+    deadline = time.monotonic() + 5
+    while await pending(r, stream) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await pending(r, stream) == 0
+    letters = {d["event"]["id"]: d for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]}
+    assert set(letters) == {no_id, binary}
+    for d in letters.values():
+        assert d["function"] == "" and d["proxy"] == "redis" and d["attempts"] == 0 and d["trigger"] == ""
+        assert d["event"]["source"] == f"redis/{stream}" and d["event"]["stream"] == stream
+        assert d["error"]["type"] == "InvalidEvent" and "cannot be replayed" in d["error"]["message"]
+    assert letters[no_id]["event"]["fields"] == {"specversion": "1.0", "source": "/shop", "type": "t"}
+    assert "'id'" in letters[no_id]["error"]["message"] or "id" in letters[no_id]["error"]["message"]
+    assert letters[binary]["event"]["fields"] == {"order": {"base64": base64.b64encode(b"\xff\xfe").decode()}}
+    assert "UTF-8" in letters[binary]["error"]["message"]
+    replay = await client.post(f"/v1/events/dlq/{letters[no_id]['id']}/replay")
+    assert replay.status_code == 422 and "cannot be replayed" in replay.json()["detail"], replay.text
+    text = (await client.get("/metrics")).text
+    assert metric(text, "spanfaas_events_rejected_total", "redis") == 2
+    assert metric(text, "spanfaas_events_dead_lettered_total", "redis") == 2
+
+
+@pytest.fixture
+def busy_timeout() -> float:
+    return 30.0
+
+
+@pytest.fixture
+def store(settings: Any, busy_timeout: float) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(settings.data_path / "spanfaas.db", busy_timeout=busy_timeout)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("busy_timeout", [0.1])
+async def test_the_dead_letter_of_an_entry_the_store_cannot_take_now_leaves_it_pending(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, store: SQLiteStore,
+    caplog: pytest.LogCaptureFixture, gateway: Gateway,
+) -> None:  # fmt: skip
+    """The store fails (here: locked by another process past its busy timeout, a real
+    ``StoreUnavailable``) as the dead letter of an entry that is no event is written: the
+    entry is not acknowledged, so it is read again, and kept once the store is back."""
+    await deploy("orders", "[[triggers]]\n")
+    await asyncio.wait_for(gateway.events.streams[0].connected.wait(), 5)  # it knows its group: it only reads now
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")  # the store cannot be written
+        bad = r.xadd(stream, {"specversion": "1.0", "source": "/shop", "type": "no id"})
+        deadline = time.monotonic() + 5
+        while not ("could not queue events (StoreUnavailable" in caplog.text and await pending(r, stream)):
+            assert time.monotonic() < deadline, caplog.text[-2000:]
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # read again and again meanwhile
+        assert await pending(r, stream) == 1  # read, not acknowledged
+        assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+    deadline = time.monotonic() + 5
+    while await pending(r, stream) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert await pending(r, stream) == 0
+    [letter] = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+    assert letter["event"]["id"] == bad and letter["error"]["type"] == "InvalidEvent"
+
+
+async def test_a_refused_event_whose_dead_letter_the_store_fails_to_write_is_read_again(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, store: SQLiteStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The store refuses an event (its de-duplication row) and then fails, for a reason other than
+    the value, to write the dead letter kept in its stead (a real SQLite error: a trigger on the
+    dead letters whose table is gone): the read is not acknowledged, the event is not lost; once
+    the store writes again it is kept as a dead letter, and its good neighbours ran once."""
+    await deploy("orders", "[[triggers]]\n")
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_BAD["seen"])
+        db.execute("CREATE TABLE broken (x)")
+        db.execute("CREATE TRIGGER dead_letters_fail BEFORE INSERT ON dead_letters BEGIN INSERT INTO broken VALUES (1); END")
+        db.execute("DROP TABLE broken")  # every dead letter's insert now fails: "no such table"
+        with r.pipeline(transaction=True) as pipe:
+            for id in ("e1", "bad", "e2"):
+                pipe.xadd(stream, {"specversion": "1.0", "id": id, "source": "/shop", "type": "t", "data": json.dumps(id)})
+            pipe.execute()
+        deadline = time.monotonic() + 5
+        while "no such table" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert "could not queue events (OperationalError: no such table" in caplog.text, caplog.text[-2000:]
+        assert await pending(r, stream) == 3  # not acknowledged: read again
+        assert (await client.get("/v1/events/dlq")).json()["dead_letters"] == []
+        db.execute("DROP TRIGGER dead_letters_fail")
+        deadline = time.monotonic() + 5
+        while await pending(r, stream) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await pending(r, stream) == 0
+        [letter] = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+        assert letter["event"]["id"] == "bad" and "CHECK constraint failed: bad" in letter["error"]["message"]
+        db.execute("DROP TRIGGER refuse_bad")
+    finally:
+        db.close()
+    views = await invocations(client, 2, timeout=5)
+    await asyncio.sleep(0.2)
+    views = await invocations(client, 2, timeout=5)
+    assert sorted(v["result"]["context_event"]["id"] for v in views) == ["e1", "e2"]
+
+
 class _Sink:
     def __init__(self) -> None:
         self.events: list[str] = []

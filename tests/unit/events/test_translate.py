@@ -39,6 +39,25 @@ def test_structured_mode() -> None:
     assert json.loads(structured(ev))["data"] == {"n": 1}
 
 
+@pytest.mark.parametrize("nulls", [{"unsetextension": None}, {"subject": None}, {"time": None},
+                                   {"subject": None, "dataschema": None, "datacontenttype": None, "unsetextension": None}])
+def test_an_attribute_sent_as_null_is_absent(nulls: dict[str, None]) -> None:
+    """CloudEvents JSON Format 1.0.2, section 2.2 (Type System Mapping): "Unset attributes MAY
+    be encoded to the JSON value of null. When decoding attributes and a null value is encountered,
+    it MUST be treated as the equivalent of unset or omitted" -- and its examples in 2.3 and 3.2
+    send ``"subject": null``, ``"time": null`` and ``"unsetextension": null``.  An extension sent as
+    null was already left out (as it must be), but a null ``subject``, ``time``, ``datacontenttype``
+    or ``dataschema`` made the event a 400.  Each is now absent, as if not sent (a ``time`` not
+    sent is the time the event was received, as ever)."""
+    proxy = CloudEventsProxy()
+    [ev] = proxy.translate(STRUCTURED, json.dumps({**CE, "shop": "berlin", **nulls, "data": {"n": 1}}).encode())
+    [unsent] = proxy.translate(STRUCTURED, json.dumps({**CE, "shop": "berlin", "data": {"n": 1}}).encode())
+    attrs, expected = attributes_of(ev), attributes_of(unsent)
+    assert attrs.keys() == expected.keys() and attrs.pop("time") and attrs == {**CE, "shop": "berlin"}, attrs
+    doc = json.loads(structured(ev))
+    assert not (set(nulls) - {"time"}) & set(doc) and doc["time"] and doc["data"] == {"n": 1}, doc
+
+
 def test_binary_mode_with_percent_encoded_header() -> None:
     [ev] = CloudEventsProxy().translate(binary(**{"ce-subject": "caf%C3%A9"}), b'{"n": 2}')
     attrs = attributes_of(ev)

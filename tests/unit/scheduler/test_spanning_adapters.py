@@ -47,7 +47,7 @@ async def test_ray_with_nothing_at_the_address_fails_fast() -> None:
 
 async def test_remote_that_does_not_answer_is_unavailable() -> None:
     site = RemoteInfrastructure(InfraConfig(name="eu", kind="remote", address=f"http://127.0.0.1:{closed_port()}", timeout=2))
-    with pytest.raises(InfraUnavailable, match="site 'eu' at http://127.0.0.1:\\d+ is unreachable"):
+    with pytest.raises(InfraUnavailable, match="site 'eu' is unreachable: connection refused at http://127.0.0.1:\\d+$"):
         await site.info()
     with pytest.raises(InfraUnavailable, match="unreachable"):
         await site.invoke(make_spec(), b"{}", InvokeContext(invocation_id="x"))
@@ -115,6 +115,37 @@ async def test_control_characters_a_site_sends_do_not_reach_the_terminal(bundle:
         assert u.value.message.endswith(f"(502): {shown}")
     finally:
         await site.close()
+
+
+async def test_a_site_that_refuses_connections_is_down_for_a_plain_reason() -> None:
+    """The reason a site is down said the Python class of the error ("InfraUnavailable: site 'eu'
+    at … is unreachable: ConnectError: All connection attempts failed"): words for programmers,
+    not for the user of ``spanfaas info``."""
+    port = closed_port()
+    eu_cfg = InfraConfig(name="eu", kind="remote", address=f"http://127.0.0.1:{port}/", timeout=2)
+    sp = SpanningInfrastructure([(RemoteInfrastructure(eu_cfg), eu_cfg), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        [eu] = [i for i in sp.infos() if i.name == "eu"]
+        assert not eu.healthy
+        assert eu.reason == f"site 'eu' is unreachable: connection refused at http://127.0.0.1:{port}", eu.reason
+    finally:
+        await sp.close()
+
+
+class _DoesNotStart(InMemoryInfrastructure):
+    async def start(self) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+async def test_an_infrastructure_that_does_not_start_is_down_for_a_plain_reason() -> None:
+    sp = SpanningInfrastructure([(_DoesNotStart("ray"), InfraConfig(name="ray")), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        [ray] = [i for i in sp.infos() if i.name == "ray"]
+        assert not ray.healthy and ray.reason == "did not start: Connection refused", ray.reason
+    finally:
+        await sp.close()
 
 
 async def test_spanning_serves_from_what_is_up(bundle: Bundle) -> None:

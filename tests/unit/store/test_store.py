@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+import spanfaas
 from spanfaas.config import Settings
 from spanfaas.errors import InvalidRequest
 from spanfaas.model import ErrorInfo, FunctionSpec, InvocationRecord, TokenRecord
@@ -51,8 +52,12 @@ def test_schema_newer_than_code_is_refused(tmp_path: Path) -> None:
     with s._tx() as cur:
         cur.execute("UPDATE schema_version SET version = 999")
     s.close()
-    with pytest.raises(StoreSchemaTooNew, match="upgrade spanfaas"):
+    with pytest.raises(StoreSchemaTooNew) as refused:
         SQLiteStore(tmp_path / "x.db")
+    said = refused.value.message  # what an older gateway of a rolling upgrade says: why, and what to do
+    assert f"the store's schema is version 999, newer than this spanfaas ({spanfaas.__version__}) knows ({len(MIGRATIONS)})" in said
+    assert "a newer spanfaas has upgraded the store" in said and "upgrade spanfaas here" in said
+    assert "upgrade each gateway before it restarts" in said, said
 
 
 def test_a_queue_of_schema_3_is_upgraded_with_no_reruns(tmp_path: Path) -> None:
