@@ -338,16 +338,23 @@ class Zygote:
         return False
 
     def shutdown(self) -> None:
-        for pid in list(self.templates):
+        """Kill the templates and spares and reap them.  Any child is reaped on the way, not
+        only theirs: a sandbox shell is pid 1 of its namespace, and it ends only once every
+        process of that namespace is reaped -- its fitter (pid 2) too, a child of ours that
+        may still be running or unreaped when the runtime goes away (a stop right after a
+        spare or a template was asked for); waiting for the shell alone waited for ever."""
+        left = set(self.templates)
+        for pid in (*left, *self.fitting):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for pid in list(self.templates):
+        while left:
             try:
-                os.waitpid(pid, 0)
+                pid, _ = os.waitpid(-1, 0)
             except ChildProcessError:
-                pass
+                return
+            left.discard(pid)
 
 
 def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:

@@ -103,3 +103,20 @@ async def test_close_leaves_nothing_behind(tmp_path: Path, sandbox: bool) -> Non
         assert [pid for pid in forked if alive(pid)] == []
     assert cgroup_dirs(rt.cgroup_root) == []
     assert not rt.scratch_root.exists()
+
+
+async def test_a_close_right_after_start_ends_the_zygote_without_a_kill(tmp_path: Path) -> None:
+    """A stop during the zygote's warm-up, with its first spare asked for: the zygote
+    ends by itself on the closed channel.  Before, it forked the spare and its fitter
+    (pid 2 of the spare's namespace), then killed the spare and waited for it, while
+    the spare, as pid 1, waited for the fitter, a zombie only the zygote could reap:
+    neither went on until the runtime killed the zygote 5 s later."""
+    tmp_path.chmod(0o755)
+    before = descendants(os.getpid())
+    rt = LocalRuntime(runtime_settings(tmp_path, sandbox=True))
+    await rt.start()
+    zygote = rt._zygote_for(None)
+    await rt.close()
+    assert zygote.proc is not None and zygote.proc.returncode == 0, "the zygote was killed, not ended"
+    assert descendants(os.getpid()) - before == set()
+    assert cgroup_dirs(rt.cgroup_root) == []
