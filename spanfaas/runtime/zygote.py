@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import importlib
 import os
@@ -300,9 +301,7 @@ class Zygote:
             raise
 
     def _runtime_gone(self) -> bool:
-        poller = select.poll()
-        poller.register(self.chan.fileno(), select.POLLOUT)
-        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+        return _gone(self.chan)
 
     def _handle(self, msg: Any, fds: list[int]) -> bool:
         # A failure to fork one template or spare (out of fds, pids or
@@ -357,6 +356,35 @@ class Zygote:
             left.discard(pid)
 
 
+def _gone(chan: socket.socket) -> bool:
+    """The runtime closed its end of ``chan`` (without reading anything from it)."""
+    poller = select.poll()
+    poller.register(chan.fileno(), select.POLLOUT)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
+
+def _preimport(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        print(f"spanfaas zygote: cannot pre-import {name}: {exc}", file=sys.stderr)
+
+
+def _warm_sandbox() -> None:
+    from spanfaas import sandbox
+
+    sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
+    from spanfaas.sandbox import fsview, paths
+
+    fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
+
+
+def _warm_templates() -> None:
+    template._preimport_lazy()
+    template._LAZY_DONE = True
+    fitter.warm()
+
+
 def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:
     """In a spare: wait for the function to become, then become its template."""
     got = p.recv_msg_lean(sock, _decoder)
@@ -384,21 +412,16 @@ def main(argv: list[str]) -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     chan = socket.socket(fileno=fd)
     chan.setblocking(True)
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            print(f"spanfaas zygote: cannot pre-import {name}: {exc}", file=sys.stderr)
+    # The warm-up, one step at a time: a runtime that closed meanwhile (a stop during the
+    # start) ends it at the next step, not after an image's whole preload.
+    steps: list[Callable[[], None]] = [functools.partial(_preimport, name) for name in modules]
     if "--sandbox" in argv:
-        from spanfaas import sandbox
-
-        sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
-        from spanfaas.sandbox import fsview, paths
-
-        fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
-    template._preimport_lazy()
-    template._LAZY_DONE = True
-    fitter.warm()
+        steps.append(_warm_sandbox)
+    steps.append(_warm_templates)
+    for step in steps:
+        if _gone(chan):
+            os._exit(0)  # nothing forked yet: nothing to stop
+        step()
     gc.collect()
     heap.fill_holes()  # templates' first objects go to fresh pools, not into our pages
     gc.freeze()
