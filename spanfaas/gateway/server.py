@@ -26,7 +26,7 @@ from spanfaas.gateway.corking import CorkedHttpToolsProtocol
 from spanfaas.gateway.preflight import bind_http
 from spanfaas.gateway.stacks import install_stack_dump, slow_step
 
-__all__ = ["configure_logging", "serve", "serve_async"]
+__all__ = ["configure_logging", "local_url", "serve", "serve_async"]
 
 log = logging.getLogger("spanfaas.gateway")
 
@@ -37,6 +37,14 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a client on this machine reaches a gateway listening on ``host`` at: a
+    wildcard address (``0.0.0.0``, ``::``) is for listening, not for connecting (a connect to
+    it works on Linux only), so it is the loopback of its family."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 class _Server(uvicorn.Server):
@@ -243,7 +251,6 @@ async def _when_started(
         except SpanfaasError as exc:
             log.error("could not deploy demo function %s: %s", d, exc)
     host, port = server.servers[0].sockets[0].getsockname()[:2]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    log.info("spanfaas gateway listening on %s", url)
+    log.info("spanfaas gateway listening on %s", f"http://{host if ':' not in host else f'[{host}]'}:{port}")
     if ready is not None:
-        ready(url)
+        ready(local_url(host, port))
