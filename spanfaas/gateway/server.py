@@ -243,6 +243,8 @@ async def _when_started(
             return
         await asyncio.sleep(0.01)
     for d in demo_dirs:
+        if server.should_exit:
+            return  # a stop came: the rest are not deployed, and it is not announced as up
         try:
             spec = load_manifest(Path(d))
             data = await asyncio.to_thread(pack_function, d)
@@ -250,6 +252,8 @@ async def _when_started(
             log.info("%s demo function %s (version %d)", "deployed" if changed else "unchanged:", record.name, record.version)
         except SpanfaasError as exc:
             log.error("could not deploy demo function %s: %s", d, exc)
+    if server.should_exit:
+        return
     host, port = server.servers[0].sockets[0].getsockname()[:2]
     log.info("spanfaas gateway listening on %s", f"http://{host if ':' not in host else f'[{host}]'}:{port}")
     if ready is not None:

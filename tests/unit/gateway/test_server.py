@@ -67,3 +67,29 @@ def test_a_wildcard_bind_is_announced_at_the_loopback(tmp_path: Path, host: str,
         pytest.skip(f"cannot listen on {host}: {exc}")
     assert urls == [local_url(loopback, ports[0])]
     assert urls[0] == (f"http://[::1]:{ports[0]}" if ":" in loopback else f"http://127.0.0.1:{ports[0]}")
+
+
+def test_a_stop_while_the_demo_functions_deploy_claims_nothing_up(tmp_path: Path) -> None:
+    """A stop between two demo deploys: before, the rest were deployed and ready() ran
+    (`spanfaas up --demo` printed "spanfaas is up" and the demo lines after the stop)."""
+    readied: list[str] = []
+    deployed: list[str] = []
+
+    class StopOnFirstDeploy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "demo function" in record.getMessage():
+                deployed.append(record.getMessage())
+                if len(deployed) == 1:
+                    _stop()
+
+    logger = logging.getLogger("spanfaas.gateway")
+    handler, level = StopOnFirstDeploy(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        _serve(tmp_path, readied.append, demo=3)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert readied == []
+    assert len(deployed) == 1, deployed
