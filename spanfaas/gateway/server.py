@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -137,8 +138,14 @@ def serve(
         loop_factory = None
     stop = _Stop()
     # Installed first: asyncio.Runner leaves a SIGINT handler that is not Python's default alone.
-    with stop.installed(), asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready, sockets=sockets, stop=stop))
+    try:
+        with stop.installed(), asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve_async(settings, infra=infra, demo_dirs=demo_dirs, ready=ready, sockets=sockets, stop=stop))
+    finally:
+        # The process ends now.  Its interpreter's teardown walked every object the start
+        # made with the cyclic GC (0.1-0.6 s of each stop here, longer than the rest of a
+        # stop during start-up); frozen, they are left to the exit as they are.
+        gc.freeze()
 
 
 async def serve_async(

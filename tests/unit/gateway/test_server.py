@@ -93,3 +93,21 @@ def test_a_stop_while_the_demo_functions_deploy_claims_nothing_up(tmp_path: Path
         logger.setLevel(level)
     assert readied == []
     assert len(deployed) == 1, deployed
+
+
+class _StoppedWhileStarting(InMemoryInfrastructure):
+    async def start(self) -> None:
+        _stop()
+
+
+def test_serve_leaves_what_it_made_to_the_exit_uncollected(tmp_path: Path) -> None:
+    """The process ends after serve: its interpreter's teardown walked every module's objects
+    with the cyclic GC, 0.1-0.6 s of a stop on these machines, more than the rest of a stop
+    during start-up (the gateway's start, which freezes them, had not run)."""
+    import gc
+
+    gc.unfreeze()
+    readied: list[str] = []
+    serve(Settings(port=0, data_dir=str(tmp_path / "state")), infra=_StoppedWhileStarting(), ready=readied.append)
+    assert readied == []
+    assert gc.get_freeze_count() > 0
