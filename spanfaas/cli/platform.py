@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.markup import escape
@@ -53,7 +54,7 @@ def up(
     from spanfaas.gateway.auth import bootstrap_admin_token, hash_token
     from spanfaas.gateway.dns import with_early_action
     from spanfaas.gateway.preflight import check_dir, preflight
-    from spanfaas.gateway.server import configure_logging, serve
+    from spanfaas.gateway.server import configure_logging, local_url, serve
     from spanfaas.store import open_store
 
     configure_logging()
@@ -73,9 +74,7 @@ def up(
         finally:
             store.close()
         if admin_token:  # saved at once: should the start fail below, the token is not lost
-            local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-            port = sockets[0].getsockname()[1]  # the free one --port 0 got
-            save_user_config(UserConfig(url=f"http://{f'[{local}]' if ':' in local else local}:{port}", token=admin_token))
+            save_user_config(UserConfig(url=local_url(*sockets[0].getsockname()[:2]), token=admin_token))  # (the port --port 0 got)
         demo_dirs = _demo_dirs() if demo else []
     except BaseException:
         for sock in sockets:
@@ -86,7 +85,7 @@ def up(
         token = admin_token or (saved.token if saved_is_ours else None)
         if token:
             save_user_config(UserConfig(url=url, token=token))
-        _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json)
+        _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json, everywhere=settings.host in _WILDCARDS)
 
     try:
         serve(settings, demo_dirs=demo_dirs, ready=ready, sockets=sockets)
@@ -99,13 +98,19 @@ def up(
         err_console().print("[dim]spanfaas stopped[/dim]")
 
 
-def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool) -> None:
+_WILDCARDS = ("0.0.0.0", "::", "")
+"""--host values that listen on every address of the machine (and are no address to connect to)."""
+
+
+def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool, everywhere: bool = False) -> None:
     path = config_path()
     if as_json:
         print_json({"url": url, "admin_token": admin_token, "config": str(path) if saved else None, "demo": [p.name for p in demo_dirs]})
         return
     console = out_console()
     console.print(f"[bold green]spanfaas is up[/bold green] at [bold]{escape(url)}[/bold]")
+    if everywhere:
+        console.print(f"[dim]listening on every address of this machine: other machines use one of them, port {urlsplit(url).port}[/dim]")
     if admin_token:
         console.print(f"admin token (shown once, saved to {escape(str(path))}):")
         console.print(f"  [bold]{escape(admin_token)}[/bold]")

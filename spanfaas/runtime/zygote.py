@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import importlib
 import os
@@ -300,9 +301,7 @@ class Zygote:
             raise
 
     def _runtime_gone(self) -> bool:
-        poller = select.poll()
-        poller.register(self.chan.fileno(), select.POLLOUT)
-        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+        return _gone(self.chan)
 
     def _handle(self, msg: Any, fds: list[int]) -> bool:
         # A failure to fork one template or spare (out of fds, pids or
@@ -338,16 +337,52 @@ class Zygote:
         return False
 
     def shutdown(self) -> None:
-        for pid in list(self.templates):
+        """Kill the templates and spares and reap them.  Any child is reaped on the way, not
+        only theirs: a sandbox shell is pid 1 of its namespace, and it ends only once every
+        process of that namespace is reaped -- its fitter (pid 2) too, a child of ours that
+        may still be running or unreaped when the runtime goes away (a stop right after a
+        spare or a template was asked for); waiting for the shell alone waited for ever."""
+        left = set(self.templates)
+        for pid in (*left, *self.fitting):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for pid in list(self.templates):
+        while left:
             try:
-                os.waitpid(pid, 0)
+                pid, _ = os.waitpid(-1, 0)
             except ChildProcessError:
-                pass
+                return
+            left.discard(pid)
+
+
+def _gone(chan: socket.socket) -> bool:
+    """The runtime closed its end of ``chan`` (without reading anything from it)."""
+    poller = select.poll()
+    poller.register(chan.fileno(), select.POLLOUT)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
+
+def _preimport(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        print(f"spanfaas zygote: cannot pre-import {name}: {exc}", file=sys.stderr)
+
+
+def _warm_sandbox() -> None:
+    from spanfaas import sandbox
+
+    sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
+    from spanfaas.sandbox import fsview, paths
+
+    fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
+
+
+def _warm_templates() -> None:
+    template._preimport_lazy()
+    template._LAZY_DONE = True
+    fitter.warm()
 
 
 def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:
@@ -377,21 +412,16 @@ def main(argv: list[str]) -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     chan = socket.socket(fileno=fd)
     chan.setblocking(True)
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            print(f"spanfaas zygote: cannot pre-import {name}: {exc}", file=sys.stderr)
+    # The warm-up, one step at a time: a runtime that closed meanwhile (a stop during the
+    # start) ends it at the next step, not after an image's whole preload.
+    steps: list[Callable[[], None]] = [functools.partial(_preimport, name) for name in modules]
     if "--sandbox" in argv:
-        from spanfaas import sandbox
-
-        sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
-        from spanfaas.sandbox import fsview, paths
-
-        fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
-    template._preimport_lazy()
-    template._LAZY_DONE = True
-    fitter.warm()
+        steps.append(_warm_sandbox)
+    steps.append(_warm_templates)
+    for step in steps:
+        if _gone(chan):
+            os._exit(0)  # nothing forked yet: nothing to stop
+        step()
     gc.collect()
     heap.fill_holes()  # templates' first objects go to fresh pools, not into our pages
     gc.freeze()

@@ -9,8 +9,10 @@ process that already paid for its heavy imports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -142,6 +144,12 @@ class ZygoteProcess:
             chan.close()
         if self.proc is None:
             return
+        if self.proc.poll() is None:
+            # One still starting its interpreter (before it ignores SIGTERM: it has forked
+            # nothing yet) ends here; one past that ends on the closed channel, at the next
+            # step of its warm-up (zygote.py), and ignores this.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(timeout):  # (wait_for drops a cancel on Python 3.11)
                 await asyncio.to_thread(self.proc.wait)

@@ -112,6 +112,29 @@ def test_a_stop_while_the_runtime_starts_is_a_clean_stop(tmp_path: Path, sig: si
         up.wait_for("zygote", lambda: any("spanfaas.runtime.zygote" in p for p in marked(up.mark)))
         up.assert_stopped_cleanly(up.stop(sig, group=group))
         assert "spanfaas is up" not in up.out.read_text()
+        # The zygote, asked for its first spare, ends by itself (before: killed 5 s later).
+        assert "did not exit; killing it" not in up.err.read_text(), up.output()
+    finally:
+        up.kill()
+
+
+def test_up_on_every_address_saves_and_shows_the_loopback_url(tmp_path: Path) -> None:
+    """Before, `spanfaas up --host 0.0.0.0` saved http://0.0.0.0:PORT for the CLI and SDK
+    (a connect to it works on Linux only) and printed it as the URL to use."""
+    import tomllib
+
+    up = Up(tmp_path, "--host", "0.0.0.0")
+    try:
+        up.start()
+        url = up.url()
+        port = int(url.rsplit(":", 1)[1])
+        assert url == f"http://127.0.0.1:{port}"
+        assert "listening on every address of this machine" in up.out.read_text()
+        saved = tomllib.loads((tmp_path / "config" / "spanfaas" / "config.toml").read_text())
+        assert saved["url"] == url
+        r = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {saved['token']}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        up.assert_stopped_cleanly(up.stop(signal.SIGTERM, group=False))
     finally:
         up.kill()
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from spanfaas.runtime import LocalRuntime
+from spanfaas.runtime.zygotes import ZygoteProcess
 from tests.integration.runtime.conftest import Harness, runtime_settings
 from tests.procs import alive
 
@@ -103,3 +106,89 @@ async def test_close_leaves_nothing_behind(tmp_path: Path, sandbox: bool) -> Non
         assert [pid for pid in forked if alive(pid)] == []
     assert cgroup_dirs(rt.cgroup_root) == []
     assert not rt.scratch_root.exists()
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(status.split("SigIgn:", 1)[1].split()[0], 16)
+    return bool(ignored & (1 << (15 - 1)))
+
+
+async def test_a_close_right_after_start_ends_the_zygote_without_a_kill(tmp_path: Path) -> None:
+    """A stop during the zygote's warm-up, with its first spare asked for: the zygote
+    ends by itself on the closed channel.  Before, it forked the spare and its fitter
+    (pid 2 of the spare's namespace), then killed the spare and waited for it, while
+    the spare, as pid 1, waited for the fitter, a zombie only the zygote could reap:
+    neither went on until the runtime killed the zygote 5 s later."""
+    tmp_path.chmod(0o755)
+    before = descendants(os.getpid())
+    rt = LocalRuntime(runtime_settings(tmp_path, sandbox=True))
+    await rt.start()
+    zygote = rt._zygote_for(None)
+    assert zygote.proc is not None
+    async with asyncio.timeout(30):  # past its interpreter's start (a close before it ends it there)
+        while not _ignores_sigterm(zygote.proc.pid):
+            await asyncio.sleep(0.005)
+    await rt.close()
+    assert zygote.proc is not None and zygote.proc.returncode == 0, "the zygote was killed, not ended"
+    assert descendants(os.getpid()) - before == set()
+    assert cgroup_dirs(rt.cgroup_root) == []
+
+
+async def test_a_close_during_the_zygotes_warm_up_stops_it_at_its_next_step(tmp_path: Path) -> None:
+    """An image zygote pre-importing heavy modules when the runtime closes: it stops after the
+    module it is importing, not after the last one.  Before, it pre-imported them all (seconds,
+    for an image that preloads a data stack) and only then read the closed channel."""
+    (tmp_path / "first.py").write_text(textwrap.dedent(f"""
+        import os, time
+        open({str(tmp_path / "first-imported")!r}, "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(tmp_path / "go")!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    """))
+    (tmp_path / "second.py").write_text(f"open({str(tmp_path / 'second-imported')!r}, 'w').close()\n")
+    zygote = ZygoteProcess(
+        "image-x", preimport=["first", "second"], sys_path=[str(tmp_path)], sandbox=False,
+        on_message=lambda msg: None, on_exit=lambda z: None,
+    )  # fmt: skip
+    zygote.start()
+    try:
+        async with asyncio.timeout(30):
+            while not (tmp_path / "first-imported").exists():
+                await asyncio.sleep(0.01)
+        closing = asyncio.create_task(zygote.close())
+        await asyncio.sleep(0)  # the channel is closed before close() first waits
+        assert not zygote.alive
+        (tmp_path / "go").touch()
+        await closing
+    finally:
+        if zygote.proc is not None and zygote.proc.poll() is None:
+            zygote.proc.kill()
+            zygote.proc.wait()
+    assert zygote.proc is not None and zygote.proc.returncode == 0, "the zygote was killed, not ended"
+    assert not (tmp_path / "second-imported").exists(), "the zygote went on warming up after the runtime closed"
+
+
+async def test_a_close_while_the_zygotes_interpreter_starts_ends_it_at_once(tmp_path: Path) -> None:
+    """The runtime closes while the zygote's interpreter still starts (here held in a
+    ``sitecustomize`` that never returns): it ends at once, not after the runtime's 5 s
+    wait and kill (it read the closed channel only once it had warmed up)."""
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import time
+        open({str(tmp_path / "starting")!r}, "w").close()
+        time.sleep(60)
+    """))
+    zygote = ZygoteProcess(
+        "default", preimport=[], sys_path=[str(tmp_path)], sandbox=False, on_message=lambda msg: None, on_exit=lambda z: None
+    )
+    zygote.start()
+    try:
+        async with asyncio.timeout(30):
+            while not (tmp_path / "starting").exists():
+                await asyncio.sleep(0.01)
+        await zygote.close(timeout=30)
+    finally:
+        if zygote.proc is not None and zygote.proc.poll() is None:
+            zygote.proc.kill()
+            zygote.proc.wait()
+    assert zygote.proc is not None and zygote.proc.returncode == -15, "not ended by the close"
