@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import socket
 import ssl
 import stat
@@ -652,6 +653,30 @@ def test_the_cli_refuses_an_event_that_cannot_be_sent(tmp_path: Path) -> None:
     for args in (["invoke", "hello", "-d", '"\\ud800"'], ["events", "send", "--type", "t", "-d", '{"x": "\\ud800"}']):
         r = CliRunner().invoke(app, args, env=env)
         assert r.exit_code == 2 and "not valid Unicode" in r.stderr and "Traceback" not in r.stderr, (r.exit_code, r.stderr)
+
+
+def test_an_event_with_nan_or_infinity_is_refused_not_sent_as_null() -> None:
+    # msgspec writes NaN and ±Infinity as null: sf.invoke("f", {"a": float("nan")}) and
+    # `spanfaas invoke f -d '{"a": NaN}'` (json.loads takes NaN) reached the function as {"a": None}
+    # without a word, while the gateway refuses that body from curl and a result holding NaN fails.
+    nan, inf = float("nan"), float("inf")
+    for event, where in (({"a": nan}, "the event['a'] is nan"), ([1.0, {"b": (2, -inf)}], "the event[1]['b'][1] is -inf"), (inf, "the event is inf")):
+        with pytest.raises(InvalidRequest, match=re.escape(where) + r", and JSON has no NaN or Infinity \(it would arrive as null\)"):
+            ops.encode_payload(event, None)
+    assert ops.encode_payload({"a": None, "b": 1e308}, None) == (b'{"a":null,"b":1e308}', "application/json")
+    with pytest.raises(InvalidRequest, match=re.escape("the event['data']['x'] is nan")):
+        next(publish({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": {"x": nan}}))
+
+
+def test_the_cli_refuses_nan_in_data(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spanfaas.cli import app
+
+    env = {"SPANFAAS_URL": f"http://127.0.0.1:{free_port()}", "SPANFAAS_TOKEN": "t", "XDG_CONFIG_HOME": str(tmp_path)}
+    for args in (["invoke", "hello", "-d", '{"a": NaN}'], ["invoke", "hello", "-d", "1e400"], ["events", "send", "--type", "t", "-d", '[Infinity]']):
+        r = CliRunner().invoke(app, args, env=env)
+        assert r.exit_code == 2 and "JSON has no NaN or Infinity" in r.stderr and "Traceback" not in r.stderr, (args, r.exit_code, r.stderr)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
