@@ -425,9 +425,19 @@ def invoke_async(name: str, event: Any = None, *, data: bytes | None = None, ide
     body, ctype = encode_payload(event, data)
     headers = {"Content-Type": ctype}
     if idempotency_key is not None:
-        headers["Idempotency-Key"] = idempotency_key
+        headers["Idempotency-Key"] = _header_value("the idempotency key", idempotency_key)
     resp = yield Call("POST", _fn(name) + "/invoke", params={"mode": "async"}, headers=headers, content=body)
     return str(_decode(resp)["id"])
+
+
+def _header_value(what: str, value: object) -> str:
+    """``value`` if an HTTP header can carry it as it is: printable ASCII, no space at either end."""
+    if not (isinstance(value, str) and value.isascii() and value.isprintable() and value == value.strip(" ")):
+        raise InvalidRequest(
+            f"{what} {value!r} is not one an HTTP header can carry; pass printable ASCII, without spaces at "
+            "either end (a UUID, or an id of the order it stands for)"
+        )
+    return value
 
 
 def invocation(invocation_id: str) -> Op[dict[str, Any]]:

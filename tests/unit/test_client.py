@@ -444,6 +444,14 @@ async def test_idempotency_key_returns_the_same_invocation(sdk: Any) -> None:
     assert await sdk.invoke_async("hello", {"name": "twice"}, idempotency_key="k-2") != a
 
 
+
+@pytest.mark.parametrize("key", ["a\nb", " k", "k\x00", "ключ", "k\x7f", 42])
+def test_an_idempotency_key_that_cannot_be_a_header_is_refused(key: Any) -> None:
+    # "a\nb" was an InfraError, "the connection to spanfaas ... failed" (the platform's failure, exit 7),
+    # "ключ" a bare UnicodeEncodeError and 42 a bare TypeError, from inside httpx.
+    with pytest.raises(InvalidRequest, match=r"the idempotency key .* is not one an HTTP header can carry; pass printable ASCII"):
+        next(ops.invoke_async("hello", {}, idempotency_key=key))
+
 async def test_logs_by_id_and_by_name(sdk: Any, functions_dir: Path) -> None:
     await sdk.deploy(functions_dir / "boom")
     with pytest.raises(FunctionError) as info:
