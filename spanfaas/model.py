@@ -330,6 +330,19 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             f'policy.prefer has "locality"; add it, e.g. prefer = [{prefer}], or remove locality',
             key="policy.locality",
         )
+    for var, value in spec.env.items():  # what os.environ / execve refuse, refused here with its key
+        key, shown = f"env.{var}", _toml_key(var) if var.isprintable() else msgspec.json.encode(var).decode()
+        if not var:
+            wrong = '[env] has an empty name; name each variable, e.g. GREETING = "hello"'
+            key = "env"
+        elif "=" in var or "\0" in var:
+            has, fix = ('"="', f", e.g. {var.replace('=', '_')}") if "=" in var else ("a NUL character", "")
+            wrong = f"[env] {shown} is not an environment variable name: it has {has}; rename it{fix}"
+        elif "\0" in value:
+            wrong = f"[env] {shown} has a NUL character in its value; an environment variable cannot hold one"
+        else:
+            continue
+        raise InvalidManifest(f"{source} (key '{key}'): {wrong}", key=key)
     if "locality" in p.prefer and not p.locality:
         raise InvalidManifest(
             f"{source} (key 'policy.locality'): policy.prefer has \"locality\" but policy.locality is empty; "

@@ -168,6 +168,24 @@ def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, messa
     assert message in info.value.message, info.value.message
 
 
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ('"A=B" = "x"', "env.A=B", '[env] "A=B" is not an environment variable name: it has "="; rename it, e.g. A_B'),
+        ('"" = "x"', "env", "[env] has an empty name; name each variable, e.g. GREETING = \"hello\""),
+        ('"A\\u0000B" = "x"', "env.A\x00B", '[env] "A\\u0000B" is not an environment variable name: it has a NUL character'),
+        ('A = "x\\u0000y"', "env.A", "[env] A has a NUL character in its value; an environment variable cannot hold one"),
+    ],
+)
+def test_an_env_entry_the_process_cannot_have_is_refused_by_key(text: str, key: str, message: str) -> None:
+    # "A=B" and "" were deployed, then every template failed to start: "function 'f' failed to load:
+    # ValueError: illegal environment variable name" (a NUL: "embedded null byte"), naming no key.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\nhandler = "h:h"\n[env]\n{text}\n')
+    assert info.value.extra["key"] == key, info.value.message
+    assert message in info.value.message, info.value.message
+
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [
