@@ -268,6 +268,13 @@ def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("events", "send", "--type", "com.example.deep", "-d", deep), 2, "nested too deeply")
 
 
+def test_data_at_with_no_file_says_so(cli: Any) -> None:
+    # `-d @` read Path(""), the current directory: "cannot read -d @: Is a directory".
+    for args in (["invoke", "hello", "-d", "@"], ["events", "send", "--type", "t", "-d", "@"]):
+        r = cli(*args)
+        expect_error(r, 2, "-d @ names no file", "-d @FILE", "-d @- for stdin")
+        assert "directory" not in r.stderr
+
 def test_bytes_round_trip(cli: Any, tmp_path: Path) -> None:
     cli("deploy", fn_dir(tmp_path, "rev", "def handler(event, context):\n    return bytes(reversed(event))\n"))
     blob = tmp_path / "blob.bin"
