@@ -229,6 +229,27 @@ async def test_deploy_a_single_file(sdk: Any, tmp_path: Path) -> None:
     assert await sdk.invoke("shout-it", "hey") == "HEY"
 
 
+def test_one_file_of_a_function_directory_with_other_files_is_refused(tmp_path: Path) -> None:
+    # `spanfaas deploy multi/handler.py` took multi/spanfaas.toml as its manifest and uploaded that one
+    # file: a new version of 'multi' without multi/data.txt, which then failed (FileNotFoundError) where
+    # the last version had worked.
+    from spanfaas.client.bundle import pack
+
+    d = tmp_path / "multi"
+    (d / "__pycache__").mkdir(parents=True)
+    (d / "spanfaas.toml").write_text('name = "multi"\nhandler = "handler:handler"\n')
+    (d / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (d / "__pycache__" / "handler.cpython-311.pyc").write_bytes(b"")
+    assert pack(d / "handler.py").name == "multi"  # the file and its manifest are all there is: the same as the directory
+    (d / "data.txt").write_text("kept with the function")
+    with pytest.raises(InvalidManifest) as info:
+        pack(d / "handler.py")
+    assert info.value.message == (
+        f"{d / 'handler.py'} is one file of the function directory {d} ('multi' in its spanfaas.toml), which holds "
+        f"other files too (data.txt); deploy the directory: spanfaas deploy {d} (the file alone would replace "
+        "'multi' with a version that has only handler.py)"
+    )
+
 async def test_bytes_in_bytes_out(sdk: Any, functions_dir: Path) -> None:
     await sdk.deploy(functions_dir / "echo-bytes")
     assert await sdk.invoke("echo-bytes", data=b"\x00\x01\x02") == b"\x02\x01\x00"
