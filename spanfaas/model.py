@@ -40,6 +40,7 @@ __all__ = [
     "TokenRecord",
     "Trigger",
     "TriggerRecord",
+    "is_json_type",
     "load_manifest",
     "manifest_trigger_id",
     "parse_manifest",
@@ -47,6 +48,16 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "spanfaas.toml"
+
+
+def is_json_type(content_type: str) -> bool:
+    """Whether a body of this Content-Type is JSON: ``application/json`` or a ``+json`` type,
+    in any case and with any parameters (RFC 9110 8.3.1).  The gateway checks such a body and
+    every infrastructure hands it to the function decoded, so all of them ask this."""
+    if content_type == "application/json":  # (the usual one, at once: this is on the invoke path)
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 FunctionName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 HandlerRef = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
