@@ -716,6 +716,15 @@ async def test_invoke_timeout_must_be_positive(sdk: Any, timeout: float) -> None
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_client_timeout_must_be_positive(cls: type[Client] | type[AsyncClient], timeout: float) -> None:
+    # Client(timeout=-1) was taken; its first call raised a bare ValueError ("Timeout value out of
+    # range"), timeout=0 an InfraError ("the connection to spanfaas ... failed: [Errno 11]"), the
+    # platform's failure, and nan ValueError "Invalid value NaN".
+    with pytest.raises(InvalidRequest, match=r"the client's timeout must be a positive number of seconds, or None for no limit, not"):
+        cls("http://127.0.0.1:9", "t", timeout=timeout)
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None:
     # result(id, timeout=-1) gave up at once with "still running after -1s" (a WaitTimeout, exit 1),
     # and timeout=nan waited forever: the wait's bound is checked as invoke's is.
