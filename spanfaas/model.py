@@ -42,6 +42,7 @@ __all__ = [
     "TriggerRecord",
     "is_json_type",
     "load_manifest",
+    "manifest_text",
     "manifest_trigger_id",
     "parse_manifest",
     "pattern_problem",
@@ -371,7 +372,18 @@ def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
         raise InvalidManifest(
             f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\""
         )
-    return parse_manifest(manifest.read_text(), source=str(manifest), **overrides)
+    return parse_manifest(manifest_text(manifest.read_bytes(), str(manifest)), source=str(manifest), **overrides)
+
+
+def manifest_text(data: bytes, source: str = MANIFEST_NAME) -> str:
+    """A manifest's bytes as text: UTF-8, as TOML is, without the byte-order mark some editors write."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidManifest(
+            f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); TOML files are UTF-8: save it as UTF-8"
+        ) from None
 
 
 ListName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]

@@ -101,6 +101,18 @@ def test_unknown_keys_and_enum_values_say_what_would_do(text: str, message: str)
     assert message in info.value.message
 
 
+def test_a_manifest_not_in_utf8_says_so_and_a_bom_is_taken(tmp_path: Path) -> None:
+    # `spanfaas deploy` of a latin-1 manifest was a traceback (UnicodeDecodeError, exit 1); one with a
+    # byte-order mark "not valid TOML: Invalid statement (at line 1, column 1)".
+    manifest = tmp_path / "spanfaas.toml"
+    manifest.write_bytes('name = "f"\n\ndescription = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(tmp_path)
+    assert info.value.message == f"{manifest}: not UTF-8 text (byte 0xe9 on line 3); TOML files are UTF-8: save it as UTF-8"
+    manifest.write_bytes(b"\xef\xbb\xbf" + 'name = "f"\ndescription = "caf\u00e9"\n'.encode())
+    assert load_manifest(tmp_path).description == "caf\u00e9"
+
+
 def test_load_manifest_from_directory(tmp_path: Path) -> None:
     (tmp_path / "spanfaas.toml").write_text('name = "dir-fn"')
     assert load_manifest(tmp_path).name == "dir-fn"
