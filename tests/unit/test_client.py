@@ -590,6 +590,10 @@ def test_broken_user_config_names_the_file(tmp_path: Path) -> None:
     path.write_text('colour = "red"\n')
     with pytest.raises(InvalidRequest, match="colour"):
         load_user_config(path)
+    # not UTF-8: a bare UnicodeDecodeError, a traceback from every CLI command
+    path.write_bytes(b'url = "http://caf\xe9"\n')
+    with pytest.raises(InvalidRequest, match=r"cannot read .*config.toml: it is not UTF-8 text .*; fix or delete the file"):
+        load_user_config(path)
 
 
 def test_client_reads_the_saved_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
