@@ -40,13 +40,25 @@ __all__ = [
     "TokenRecord",
     "Trigger",
     "TriggerRecord",
+    "is_json_type",
     "load_manifest",
+    "manifest_text",
     "manifest_trigger_id",
     "parse_manifest",
     "pattern_problem",
 ]
 
 MANIFEST_NAME = "spanfaas.toml"
+
+
+def is_json_type(content_type: str) -> bool:
+    """Whether a body of this Content-Type is JSON: ``application/json`` or a ``+json`` type,
+    in any case and with any parameters (RFC 9110 8.3.1).  The gateway checks such a body and
+    every infrastructure hands it to the function decoded, so all of them ask this."""
+    if content_type == "application/json":  # (the usual one, at once: this is on the invoke path)
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 FunctionName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 HandlerRef = Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
@@ -330,6 +342,19 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             f'policy.prefer has "locality"; add it, e.g. prefer = [{prefer}], or remove locality',
             key="policy.locality",
         )
+    for var, value in spec.env.items():  # what os.environ / execve refuse, refused here with its key
+        key, shown = f"env.{var}", _toml_key(var) if var.isprintable() else msgspec.json.encode(var).decode()
+        if not var:
+            wrong = '[env] has an empty name; name each variable, e.g. GREETING = "hello"'
+            key = "env"
+        elif "=" in var or "\0" in var:
+            has, fix = ('"="', f", e.g. {var.replace('=', '_')}") if "=" in var else ("a NUL character", "")
+            wrong = f"[env] {shown} is not an environment variable name: it has {has}; rename it{fix}"
+        elif "\0" in value:
+            wrong = f"[env] {shown} has a NUL character in its value; an environment variable cannot hold one"
+        else:
+            continue
+        raise InvalidManifest(f"{source} (key '{key}'): {wrong}", key=key)
     if "locality" in p.prefer and not p.locality:
         raise InvalidManifest(
             f"{source} (key 'policy.locality'): policy.prefer has \"locality\" but policy.locality is empty; "
@@ -347,7 +372,18 @@ def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
         raise InvalidManifest(
             f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\""
         )
-    return parse_manifest(manifest.read_text(), source=str(manifest), **overrides)
+    return parse_manifest(manifest_text(manifest.read_bytes(), str(manifest)), source=str(manifest), **overrides)
+
+
+def manifest_text(data: bytes, source: str = MANIFEST_NAME) -> str:
+    """A manifest's bytes as text: UTF-8, as TOML is, without the byte-order mark some editors write."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidManifest(
+            f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); TOML files are UTF-8: save it as UTF-8"
+        ) from None
 
 
 ListName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9-]{0,62}$")]

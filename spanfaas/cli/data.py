@@ -22,6 +22,8 @@ def read_data(data: str | None) -> tuple[Any, bytes | None]:
         return None, None
     if data.startswith("@"):
         source = data[1:]
+        if not source:  # (Path("") is the current directory)
+            raise InvalidPayload("-d @ names no file; send a file with -d @FILE, or -d @- for stdin")
         try:
             raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
         except OSError as exc:

@@ -10,6 +10,7 @@ deterministic tar.gz (same files, same digest).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,22 @@ def pack(path: str | Path) -> PackedFunction:
 def _file_spec(path: Path) -> FunctionSpec:
     beside = path.with_name(MANIFEST_NAME)
     if beside.is_file():
-        return load_manifest(beside)
+        spec = load_manifest(beside)
+        from spanfaas.gateway.bundle import SKIP_DIRS, SKIP_SUFFIXES  # (imported here: as pack_function is)
+
+        # Only the file is uploaded: the directory's other files would be missing from the new version.
+        others = sorted(
+            n for n in os.listdir(path.parent)
+            if n not in (path.name, MANIFEST_NAME) and n not in SKIP_DIRS and not n.endswith(SKIP_SUFFIXES)
+        )  # fmt: skip
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise InvalidManifest(
+                f"{path} is one file of the function directory {path.parent} ('{spec.name}' in its {MANIFEST_NAME}), "
+                f"which holds other files too ({shown}); deploy the directory: spanfaas deploy {path.parent} "
+                f"(the file alone would replace '{spec.name}' with a version that has only {path.name})"
+            )
+        return spec
     stem = path.stem
     name = stem.lower().replace("_", "-")
     if not _NAME_RE.match(name) or not stem.isidentifier():

@@ -23,7 +23,7 @@ from spanfaas.client.events import AsyncEvents, Events
 from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
 from spanfaas.client.userconfig import resolve, withheld_token_url
-from spanfaas.errors import SpanfaasError
+from spanfaas.errors import InvalidRequest, SpanfaasError
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -38,6 +38,8 @@ class _Base:
     """What both clients share: where the gateway is, how to authenticate, how to build a request."""
 
     def __init__(self, url: str | None, token: str | None, timeout: float | None) -> None:
+        if timeout is not None and not timeout > 0:  # (not >: also NaN) httpx would refuse it at the first call
+            raise InvalidRequest(f"the client's timeout must be a positive number of seconds, or None for no limit, not {timeout:g}")
         self.url, self.token = resolve(url, token)
         self.timeout = timeout
         import spanfaas

@@ -33,7 +33,15 @@ def _decode(resp: Any) -> Any:
 
 
 def _list(name: str) -> str:
+    if not name:  # "/v1/images/lists/" is another endpoint (its redirect to the lists is no answer about one)
+        raise InvalidRequest("the curated list name is empty; name a list (`spanfaas images curate ls` lists them)")
     return "/v1/images/lists/" + quote(name, safe="")
+
+
+def _image(id: str) -> str:
+    if not id:
+        raise InvalidRequest("the image id is empty; name an image (`spanfaas images ls` lists them)")
+    return "/v1/images/" + quote(id, safe="")
 
 
 def split_requirement(text: str) -> tuple[str, str]:
@@ -97,7 +105,11 @@ def withdraw(list_name: str, package: str) -> Op[None]:
 
 def audit(target: str | None, limit: int) -> Op[list[dict[str, Any]]]:
     params = {"limit": str(limit)}
-    if target:
+    if target is not None:
+        if not target:  # not read as "every change": an empty name is a mistake, not a wish for all
+            raise InvalidRequest(
+                "the audit target is empty; name a curated list, 'policy' or an image, or leave it out for every change"
+            )
         params["target"] = target
     resp = yield Call("GET", "/v1/images/audit", params=params)
     return _decode(resp)["entries"]  # type: ignore[no-any-return]
@@ -140,12 +152,12 @@ def images() -> Op[list[dict[str, Any]]]:
 
 
 def image(id: str) -> Op[dict[str, Any]]:
-    resp = yield Call("GET", "/v1/images/" + quote(id, safe=""))
+    resp = yield Call("GET", _image(id))
     return _decode(resp)  # type: ignore[no-any-return]
 
 
 def remove(id: str) -> Op[None]:
-    yield Call("DELETE", "/v1/images/" + quote(id, safe=""))
+    yield Call("DELETE", _image(id))
 
 
 def gc() -> Op[dict[str, Any]]:

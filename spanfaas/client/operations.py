@@ -11,6 +11,7 @@ I/O, ``AsyncClient`` with ``await``; neither repeats the API.
 from __future__ import annotations
 
 import base64
+import math
 import socket
 import ssl
 import time
@@ -363,7 +364,7 @@ def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, A
 def encode_json(value: Any, what: str = "the event") -> bytes:
     """``value`` as JSON, or an ``InvalidRequest`` that says why it cannot be."""
     try:
-        return msgspec.json.encode(value)
+        body = msgspec.json.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise InvalidRequest(f"{what} is not JSON-serializable ({exc}); pass JSON data or bytes via data=") from None
     except UnicodeEncodeError as exc:  # a lone surrogate ('\ud800'): no UTF-8 for it, so no JSON either
@@ -371,6 +372,27 @@ def encode_json(value: Any, what: str = "the event") -> bytes:
             f"{what} has a string that is not valid Unicode ({exc.object[exc.start:exc.end]!r}, a lone surrogate) "
             "and cannot be sent as JSON; pass text that is, or bytes via data="
         ) from None
+    if b"null" in body and (where := _non_finite_at(value, what)) is not None:  # msgspec writes NaN and ±Infinity as null
+        raise InvalidRequest(
+            f"{where}, and JSON has no NaN or Infinity (it would arrive as null); send null (None), a string such as \"NaN\", "
+            "or a finite number in its place"
+        )
+    return body
+
+
+def _non_finite_at(value: Any, root: str) -> str | None:
+    """Where ``value`` holds NaN or ±Infinity, as ``the event['a'][1] is nan``; None if nowhere."""
+    stack: list[tuple[Any, str]] = [(value, root)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{path} is {float.__repr__(item)}"
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}[{k!r}]") for k, v in reversed(item.items()))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
@@ -409,9 +431,19 @@ def invoke_async(name: str, event: Any = None, *, data: bytes | None = None, ide
     body, ctype = encode_payload(event, data)
     headers = {"Content-Type": ctype}
     if idempotency_key is not None:
-        headers["Idempotency-Key"] = idempotency_key
+        headers["Idempotency-Key"] = _header_value("the idempotency key", idempotency_key)
     resp = yield Call("POST", _fn(name) + "/invoke", params={"mode": "async"}, headers=headers, content=body)
     return str(_decode(resp)["id"])
+
+
+def _header_value(what: str, value: object) -> str:
+    """``value`` if an HTTP header can carry it as it is: printable ASCII, no space at either end."""
+    if not (isinstance(value, str) and value.isascii() and value.isprintable() and value == value.strip(" ")):
+        raise InvalidRequest(
+            f"{what} {value!r} is not one an HTTP header can carry; pass printable ASCII, without spaces at "
+            "either end (a UUID, or an id of the order it stands for)"
+        )
+    return value
 
 
 def invocation(invocation_id: str) -> Op[dict[str, Any]]:

@@ -46,11 +46,13 @@ def load_user_config(path: Path | None = None) -> UserConfig:
     """Read the user config; a missing file is an empty config."""
     path = path or config_path()
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return UserConfig()
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidRequest(f"cannot read {path}: {exc}; fix or delete the file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"cannot read {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start}); fix or delete the file") from None
     try:
         return msgspec.convert(data, UserConfig)
     except msgspec.ValidationError as exc:

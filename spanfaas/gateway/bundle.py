@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
-from spanfaas.model import MANIFEST_NAME, FunctionSpec, parse_manifest
+from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, parse_manifest
 
 __all__ = ["UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
 
@@ -217,7 +217,7 @@ def handler_path(root: Path, module: str) -> Path | None:
 
 def load_bundle_spec(root: Path, name: str) -> FunctionSpec:
     """Parse the manifest and check it against the URL's name and the files."""
-    spec = parse_manifest((root / MANIFEST_NAME).read_text(), source=MANIFEST_NAME)
+    spec = parse_manifest(manifest_text((root / MANIFEST_NAME).read_bytes()), source=MANIFEST_NAME)
     if spec.name != name:
         raise InvalidManifest(
             f"{MANIFEST_NAME} names the function '{spec.name}' but it is deployed as '{name}'; "

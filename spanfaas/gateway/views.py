@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-from spanfaas.model import ErrorInfo, FunctionRecord, InfraInfo, InvocationRecord, Protection, TokenRecord
+from spanfaas.model import ErrorInfo, FunctionRecord, InfraInfo, InvocationRecord, Protection, TokenRecord, is_json_type
 
 __all__ = [
     "Deployed",
@@ -164,8 +164,7 @@ class Problem(Struct, omit_defaults=True):
 
 
 def is_json(content_type: str) -> bool:
-    ct = content_type.partition(";")[0].strip().lower()
-    return ct == "application/json" or ct.endswith("+json")
+    return is_json_type(content_type)
 
 
 def token_view(t: TokenRecord) -> TokenView:

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from spanfaas.errors import FunctionNotFound, InfraError, InvalidBundle
-from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Result
+from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Result, is_json_type
 from spanfaas.runtime.instance import non_finite_at, non_finite_error, user_traceback
 
 __all__ = ["InMemoryInfrastructure"]
@@ -116,7 +116,7 @@ class InMemoryInfrastructure:
         logs = io.StringIO()
         output, content_type, error = b"", "application/json", None
         try:
-            if ctx.content_type.startswith("application/json") or ctx.content_type.endswith("+json"):
+            if is_json_type(ctx.content_type):
                 event: Any = msgspec.json.decode(payload) if payload else None
             else:
                 event = payload

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO
 import msgspec
 
 from spanfaas.errors import format_sizes
-from spanfaas.model import ErrorInfo
+from spanfaas.model import ErrorInfo, is_json_type
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import Context
 
@@ -459,7 +459,7 @@ class Runner:
         content_type = "application/json"
         error: ErrorInfo | None = None
         try:
-            if req.content_type.startswith("application/json") or req.content_type.endswith("+json"):
+            if is_json_type(req.content_type):
                 event: Any = _json_decode(body) if len(body) else None
             else:
                 event = bytes(body)

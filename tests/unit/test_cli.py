@@ -289,6 +289,13 @@ def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("events", "send", "--type", "com.example.deep", "-d", deep), 2, "nested too deeply")
 
 
+def test_data_at_with_no_file_says_so(cli: Any) -> None:
+    # `-d @` read Path(""), the current directory: "cannot read -d @: Is a directory".
+    for args in (["invoke", "hello", "-d", "@"], ["events", "send", "--type", "t", "-d", "@"]):
+        r = cli(*args)
+        expect_error(r, 2, "-d @ names no file", "-d @FILE", "-d @- for stdin")
+        assert "directory" not in r.stderr
+
 def test_bytes_round_trip(cli: Any, tmp_path: Path) -> None:
     cli("deploy", fn_dir(tmp_path, "rev", "def handler(event, context):\n    return bytes(reversed(event))\n"))
     blob = tmp_path / "blob.bin"
@@ -646,6 +653,20 @@ def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
     assert r.exit_code == 2 and "removed" not in json.loads(r.stdout)
 
 
+
+def test_an_empty_image_or_list_name_is_refused(cli: Any) -> None:
+    # `images show ''`, `images rm ''`, `images curate show ''` and `curate remove '' PKG` answered
+    # "http://… answered 307 Temporary Redirect …"; `curate add '' PKG` "no such endpoint: PUT
+    # /v1/images/lists//packages/PKG" (exit 4); `curate audit ''` listed every list's changes.
+    for args in (["images", "show", ""], ["images", "rm", ""]):
+        expect_error(cli(*args), 2, "the image id is empty", "spanfaas images ls")
+    for args in (["images", "curate", "show", ""], ["images", "curate", "add", "", "numpy"], ["images", "curate", "remove", "", "numpy"],
+                 ["images", "curate", "update", "", "--note", "x"], ["images", "curate", "delete", ""]):  # fmt: skip
+        r = cli(*args)
+        expect_error(r, 2, "the curated list name is empty", "spanfaas images curate ls")
+        assert "Redirect" not in r.stderr and "endpoint" not in r.stderr
+    expect_error(cli("images", "curate", "audit", ""), 2, "the audit target is empty", "leave it out for every change")
+
 def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
     # `invoke examples/hello` (the path just deployed) answered in HTTP terms:
     # "no such endpoint: POST /v1/functions/examples/hello/invoke; GET /openapi.json lists them all".
@@ -665,10 +686,10 @@ def test_a_dot_for_a_name_or_id_is_refused(cli: Any) -> None:
 
 
 def test_an_empty_id_is_refused_before_the_request(cli: Any) -> None:
-    # The gateway redirected "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger",
-    # `images show ""` a msgspec traceback.  (The gateway now answers a 404 that says to drop the
-    # trailing slash, which reads wrong for a command: the client refuses the empty id itself.)
-    for args in (["triggers", "rm", ""], ["images", "rm", ""], ["images", "show", ""], ["events", "dlq", "replay", ""]):
+    # The gateway redirected "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger".
+    # (The gateway now answers a 404 that says to drop the trailing slash, which reads wrong for a
+    # command: the client refuses the empty id itself.  Images: test_an_empty_image_or_list_name_is_refused.)
+    for args in (["triggers", "rm", ""], ["events", "dlq", "replay", ""]):
         r = cli(*args)
         expect_error(r, 2, "a name or id in the command is empty")
         assert "removed" not in r.stdout and "slash" not in r.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import socket
 import ssl
 import stat
@@ -228,6 +229,27 @@ async def test_deploy_a_single_file(sdk: Any, tmp_path: Path) -> None:
     assert await sdk.invoke("shout-it", "hey") == "HEY"
 
 
+def test_one_file_of_a_function_directory_with_other_files_is_refused(tmp_path: Path) -> None:
+    # `spanfaas deploy multi/handler.py` took multi/spanfaas.toml as its manifest and uploaded that one
+    # file: a new version of 'multi' without multi/data.txt, which then failed (FileNotFoundError) where
+    # the last version had worked.
+    from spanfaas.client.bundle import pack
+
+    d = tmp_path / "multi"
+    (d / "__pycache__").mkdir(parents=True)
+    (d / "spanfaas.toml").write_text('name = "multi"\nhandler = "handler:handler"\n')
+    (d / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (d / "__pycache__" / "handler.cpython-311.pyc").write_bytes(b"")
+    assert pack(d / "handler.py").name == "multi"  # the file and its manifest are all there is: the same as the directory
+    (d / "data.txt").write_text("kept with the function")
+    with pytest.raises(InvalidManifest) as info:
+        pack(d / "handler.py")
+    assert info.value.message == (
+        f"{d / 'handler.py'} is one file of the function directory {d} ('multi' in its spanfaas.toml), which holds "
+        f"other files too (data.txt); deploy the directory: spanfaas deploy {d} (the file alone would replace "
+        "'multi' with a version that has only handler.py)"
+    )
+
 async def test_bytes_in_bytes_out(sdk: Any, functions_dir: Path) -> None:
     await sdk.deploy(functions_dir / "echo-bytes")
     assert await sdk.invoke("echo-bytes", data=b"\x00\x01\x02") == b"\x02\x01\x00"
@@ -443,6 +465,14 @@ async def test_idempotency_key_returns_the_same_invocation(sdk: Any) -> None:
     assert await sdk.invoke_async("hello", {"name": "twice"}, idempotency_key="k-2") != a
 
 
+
+@pytest.mark.parametrize("key", ["a\nb", " k", "k\x00", "ключ", "k\x7f", 42])
+def test_an_idempotency_key_that_cannot_be_a_header_is_refused(key: Any) -> None:
+    # "a\nb" was an InfraError, "the connection to spanfaas ... failed" (the platform's failure, exit 7),
+    # "ключ" a bare UnicodeEncodeError and 42 a bare TypeError, from inside httpx.
+    with pytest.raises(InvalidRequest, match=r"the idempotency key .* is not one an HTTP header can carry; pass printable ASCII"):
+        next(ops.invoke_async("hello", {}, idempotency_key=key))
+
 async def test_logs_by_id_and_by_name(sdk: Any, functions_dir: Path) -> None:
     await sdk.deploy(functions_dir / "boom")
     with pytest.raises(FunctionError) as info:
@@ -560,6 +590,10 @@ def test_broken_user_config_names_the_file(tmp_path: Path) -> None:
     path.write_text('colour = "red"\n')
     with pytest.raises(InvalidRequest, match="colour"):
         load_user_config(path)
+    # not UTF-8: a bare UnicodeDecodeError, a traceback from every CLI command
+    path.write_bytes(b'url = "http://caf\xe9"\n')
+    with pytest.raises(InvalidRequest, match=r"cannot read .*config.toml: it is not UTF-8 text .*; fix or delete the file"):
+        load_user_config(path)
 
 
 def test_client_reads_the_saved_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -654,12 +688,45 @@ def test_the_cli_refuses_an_event_that_cannot_be_sent(tmp_path: Path) -> None:
         assert r.exit_code == 2 and "not valid Unicode" in r.stderr and "Traceback" not in r.stderr, (r.exit_code, r.stderr)
 
 
+def test_an_event_with_nan_or_infinity_is_refused_not_sent_as_null() -> None:
+    # msgspec writes NaN and ±Infinity as null: sf.invoke("f", {"a": float("nan")}) and
+    # `spanfaas invoke f -d '{"a": NaN}'` (json.loads takes NaN) reached the function as {"a": None}
+    # without a word, while the gateway refuses that body from curl and a result holding NaN fails.
+    nan, inf = float("nan"), float("inf")
+    for event, where in (({"a": nan}, "the event['a'] is nan"), ([1.0, {"b": (2, -inf)}], "the event[1]['b'][1] is -inf"), (inf, "the event is inf")):
+        with pytest.raises(InvalidRequest, match=re.escape(where) + r", and JSON has no NaN or Infinity \(it would arrive as null\)"):
+            ops.encode_payload(event, None)
+    assert ops.encode_payload({"a": None, "b": 1e308}, None) == (b'{"a":null,"b":1e308}', "application/json")
+    with pytest.raises(InvalidRequest, match=re.escape("the event['data']['x'] is nan")):
+        next(publish({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": {"x": nan}}))
+
+
+def test_the_cli_refuses_nan_in_data(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spanfaas.cli import app
+
+    env = {"SPANFAAS_URL": f"http://127.0.0.1:{free_port()}", "SPANFAAS_TOKEN": "t", "XDG_CONFIG_HOME": str(tmp_path)}
+    for args in (["invoke", "hello", "-d", '{"a": NaN}'], ["invoke", "hello", "-d", "1e400"], ["events", "send", "--type", "t", "-d", '[Infinity]']):
+        r = CliRunner().invoke(app, args, env=env)
+        assert r.exit_code == 2 and "JSON has no NaN or Infinity" in r.stderr and "Traceback" not in r.stderr, (args, r.exit_code, r.stderr)
+
+
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 async def test_invoke_timeout_must_be_positive(sdk: Any, timeout: float) -> None:
     # A negative timeout reached the socket layer: ValueError "Timeout value out of range".
     with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
         await sdk.invoke("hello", {}, timeout=timeout)
 
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan")])
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_client_timeout_must_be_positive(cls: type[Client] | type[AsyncClient], timeout: float) -> None:
+    # Client(timeout=-1) was taken; its first call raised a bare ValueError ("Timeout value out of
+    # range"), timeout=0 an InfraError ("the connection to spanfaas ... failed: [Errno 11]"), the
+    # platform's failure, and nan ValueError "Invalid value NaN".
+    with pytest.raises(InvalidRequest, match=r"the client's timeout must be a positive number of seconds, or None for no limit, not"):
+        cls("http://127.0.0.1:9", "t", timeout=timeout)
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None:

@@ -101,6 +101,18 @@ def test_unknown_keys_and_enum_values_say_what_would_do(text: str, message: str)
     assert message in info.value.message
 
 
+def test_a_manifest_not_in_utf8_says_so_and_a_bom_is_taken(tmp_path: Path) -> None:
+    # `spanfaas deploy` of a latin-1 manifest was a traceback (UnicodeDecodeError, exit 1); one with a
+    # byte-order mark "not valid TOML: Invalid statement (at line 1, column 1)".
+    manifest = tmp_path / "spanfaas.toml"
+    manifest.write_bytes('name = "f"\n\ndescription = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(tmp_path)
+    assert info.value.message == f"{manifest}: not UTF-8 text (byte 0xe9 on line 3); TOML files are UTF-8: save it as UTF-8"
+    manifest.write_bytes(b"\xef\xbb\xbf" + 'name = "f"\ndescription = "caf\u00e9"\n'.encode())
+    assert load_manifest(tmp_path).description == "caf\u00e9"
+
+
 def test_load_manifest_from_directory(tmp_path: Path) -> None:
     (tmp_path / "spanfaas.toml").write_text('name = "dir-fn"')
     assert load_manifest(tmp_path).name == "dir-fn"
@@ -167,6 +179,24 @@ def test_a_value_of_the_wrong_type_says_what_to_write(text: str, key: str, messa
     assert info.value.extra["key"] == key, info.value.message
     assert message in info.value.message, info.value.message
 
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ('"A=B" = "x"', "env.A=B", '[env] "A=B" is not an environment variable name: it has "="; rename it, e.g. A_B'),
+        ('"" = "x"', "env", "[env] has an empty name; name each variable, e.g. GREETING = \"hello\""),
+        ('"A\\u0000B" = "x"', "env.A\x00B", '[env] "A\\u0000B" is not an environment variable name: it has a NUL character'),
+        ('A = "x\\u0000y"', "env.A", "[env] A has a NUL character in its value; an environment variable cannot hold one"),
+    ],
+)
+def test_an_env_entry_the_process_cannot_have_is_refused_by_key(text: str, key: str, message: str) -> None:
+    # "A=B" and "" were deployed, then every template failed to start: "function 'f' failed to load:
+    # ValueError: illegal environment variable name" (a NUL: "embedded null byte"), naming no key.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\nhandler = "h:h"\n[env]\n{text}\n')
+    assert info.value.extra["key"] == key, info.value.message
+    assert message in info.value.message, info.value.message
 
 @pytest.mark.parametrize(
     ("text", "key", "message"),

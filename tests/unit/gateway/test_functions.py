@@ -259,3 +259,18 @@ async def test_a_locality_without_prefer_locality_is_a_400_naming_the_key(
     assert doc["type"].endswith("/invalid-manifest") and doc["key"] == "policy.locality"
     assert 'policy.locality = "eu" does nothing unless policy.prefer has "locality"' in doc["detail"]
     assert store.list_functions() == []
+
+
+@pytest.mark.parametrize("mangle", ["latin-1", "bom"])
+async def test_a_manifest_not_in_utf8_is_a_400_and_a_bom_is_taken(client: httpx.AsyncClient, fn_dir: Callable[..., Path], mangle: str) -> None:
+    """A manifest in latin-1 was a 500 ("the gateway failed unexpectedly": read_text's UnicodeDecodeError),
+    and one saved with a byte-order mark (Windows editors) "not valid TOML: Invalid statement (at line 1, column 1)"."""
+    d = fn_dir(manifest="")
+    text = 'name = "hello"\nisolation = "reuse"\ndescription = "caf\u00e9"\n'
+    (d / "spanfaas.toml").write_bytes(text.encode("latin-1") if mangle == "latin-1" else b"\xef\xbb\xbf" + text.encode())
+    r = await client.put("/v1/functions/hello", content=pack_function(d))
+    if mangle == "latin-1":
+        assert r.status_code == 400 and r.json()["type"].endswith("/invalid-manifest"), r.text
+        assert r.json()["detail"] == "spanfaas.toml: not UTF-8 text (byte 0xe9 on line 3); TOML files are UTF-8: save it as UTF-8"
+    else:
+        assert r.status_code == 201 and r.json()["spec"]["description"] == "caf\u00e9", r.text

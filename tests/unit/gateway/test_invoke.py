@@ -63,6 +63,22 @@ async def test_raw_bytes_in_and_out(client: httpx.AsyncClient, hello: dict[str, 
     assert r.headers["content-type"] == "application/octet-stream"
 
 
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "seen"),
+    [
+        ("APPLICATION/JSON", b'{"name": "up"}', {"hello": "up"}),
+        ("application/cloudevents+json; charset=utf-8", b'{"name": "ce"}', {"hello": "ce"}),
+        ("application/json-seq", b"abc", b"cba"),
+    ],
+)
+async def test_the_event_is_json_when_the_gateway_reads_its_type_as_json(client: httpx.AsyncClient, hello: dict[str, object], content_type: str, body: bytes, seen: object) -> None:
+    # The gateway checked "APPLICATION/JSON" bodies as JSON and the infrastructure passed them on as
+    # bytes; "application/json-seq" it did not check, and the function was handed it decoded as JSON.
+    r = await client.post("/v1/functions/hello/invoke", content=body, headers={"content-type": content_type})
+    assert r.status_code == 200, r.text
+    assert (r.json() if isinstance(seen, dict) else r.content) == seen
+
 async def test_invalid_json_is_400_with_position(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore, gateway: Gateway) -> None:
     r = await client.post("/v1/functions/hello/invoke", content=b'{"name": tru}', headers={"content-type": "application/json"})
     assert r.status_code == 400

@@ -6,10 +6,12 @@ import os
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
@@ -120,3 +122,28 @@ def test_non_finite_at_names_where_and_only_floats() -> None:
     assert inst.non_finite_at([{"x": nan}]) == "result[0]['x'] is nan"
     # Strings and bytes that hold a non-finite float's msgpack bits are not floats.
     assert inst.non_finite_at({"b": b"\xcb\x7f\xf8" + bytes(6), "s": "\x7f", "n": None, "f": 1e308}) is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "seen"),
+    [
+        ("APPLICATION/JSON", b'{"a": 1}', {"a": 1}),
+        ("application/cloudevents+json; charset=utf-8", b'{"a": 1}', {"a": 1}),
+        ("Application/Problem+JSON", b"[1]", [1]),
+        ("application/json; charset=utf-8", b"2", 2),
+        ("application/json-seq", b"abc", "bytes: abc"),
+        ("application/jsonl", b'{"a": 1}\n{"a": 2}\n', 'bytes: {"a": 1}\n{"a": 2}\n'),
+    ],
+)
+def test_the_event_is_json_when_its_media_type_is_as_the_gateway_reads_it(content_type: str, body: bytes, seen: object) -> None:
+    # Media types are case-insensitive and take parameters (RFC 9110 8.3.1): the gateway checked
+    # "APPLICATION/JSON" and "application/cloudevents+json; charset=utf-8" bodies as JSON, and the
+    # function got bytes; "application/json-seq" (not JSON to the gateway, so not checked) was decoded
+    # as JSON here, and a body that was not JSON "failed the function" with msgspec's DecodeError.
+    def handler(event: object, ctx: object) -> object:
+        return f"bytes: {event.decode()}" if isinstance(event, bytes) else event
+
+    runner = inst.Runner(handler, "fn")
+    done, out = runner.call(p.Invoke(id=1, invocation_id="inv-1", content_type=content_type, deadline=time.time() + 5), memoryview(body))
+    assert done.error is None, done.error
+    assert msgspec.json.decode(bytes(out)) == seen
