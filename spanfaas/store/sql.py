@@ -360,13 +360,7 @@ class SQLStore:
     def list_invocations(
         self, function: str | None = None, limit: int = 50, status: str | None = None, *, outputs: bool = True
     ) -> list[InvocationRecord]:
-        where, args = [], []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
+        where, args = _filters(function, status)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         with self._read() as cur:
             cur.execute(
@@ -381,13 +375,7 @@ class SQLStore:
     ) -> InvocationPage:
         # Read in chunks sized by the rows read so far: a page of small records is a query or
         # two, and one of large logs stops at its budget without the rest read into memory.
-        where, args = [], []
-        if function is not None:
-            where.append("function = ?")
-            args.append(function)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
+        where, args = _filters(function, status)
         where.append("(created_at < ? OR (created_at = ? AND id < ?))")
         output = "CASE WHEN length(output) <= ? THEN output END AS output" if outputs else "NULL AS output"
         cols = _INV_LIST_COLS.replace(" output,", f" {output},")
@@ -534,6 +522,16 @@ def _function(row: Sequence[Any]) -> FunctionRecord:
     return FunctionRecord(
         name=name, version=int(version), digest=digest, spec=_spec_decoder.decode(spec), created_at=created_at
     )
+
+
+def _filters(function: str | None, status: str | None) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (and their arguments) of an invocation listing's filters."""
+    where, args = [], []
+    for column, value in (("function", function), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return where, args
 
 
 def _chunks(records: Sequence[InvocationRecord]) -> Iterator[list[InvocationRecord]]:
