@@ -76,7 +76,7 @@ class Resources(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     """Seconds an invocation may run before its instance is killed."""
     concurrency: Annotated[int, Meta(ge=1, le=1024)] = 1
-    """Invocations one instance serves at once (reuse isolation only)."""
+    """Invocations one instance serves at once (reuse isolation only: more than 1 is refused in strict)."""
     pids: Annotated[int, Meta(ge=4, le=4096)] = 64
     """Processes and threads the whole function may have."""
 
@@ -87,7 +87,8 @@ class Scaling(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     min: Annotated[int, Meta(ge=0, le=1024)] = 0
     max: Annotated[int, Meta(ge=1, le=1024)] = 8
     prefork: Annotated[int, Meta(ge=0, le=64)] = 1
-    """strict isolation: children kept forked ahead of demand."""
+    """strict isolation: children kept forked ahead of demand.  reuse isolation: 0 or 1, whether
+    one instance is kept ready ahead of demand (beyond ``min``); more is refused there."""
     queue: Annotated[int, Meta(ge=0, le=100_000)] = 256
     """Invocations that may wait for an instance before TooManyRequests."""
     idle_ttl: Annotated[float, Meta(ge=0)] = 300.0
@@ -333,6 +334,19 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         raise InvalidManifest(
             f"{source} (key 'scaling.min'): scaling.min = {sc.min} is more than scaling.max = {sc.max}; make min <= max",
             key="scaling.min",
+        )
+    if spec.isolation == "strict" and spec.resources.concurrency > 1:  # a strict instance serves one call
+        raise InvalidManifest(
+            f"{source} (key 'resources.concurrency'): resources.concurrency = {spec.resources.concurrency} has no effect "
+            'with isolation = "strict" (each instance serves one call): remove it, or set isolation = "reuse"',
+            key="resources.concurrency",
+        )
+    if spec.isolation == "reuse" and sc.prefork > 1:  # reuse keeps one instance ready, whatever the number
+        raise InvalidManifest(
+            f"{source} (key 'scaling.prefork'): scaling.prefork = {sc.prefork} does no more than prefork = 1 "
+            'with isolation = "reuse" (one instance is kept ready ahead of demand): set prefork = 1, '
+            'raise scaling.min to keep more instances ready, or set isolation = "strict"',
+            key="scaling.prefork",
         )
     p = spec.policy
     if p.locality and "locality" not in p.prefer:  # it would weigh nothing: say so, not ignore it

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -13,6 +14,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import uvicorn
 
@@ -86,17 +88,28 @@ class _Stop:
     lifespan, the executor shut down under the dispatcher, a zygote left to be
     killed 5 s later).  Now one asked before the server runs stops the start
     at its next step, and everything started so far is stopped as at a normal
-    stop; once the server runs, it is the server's (a second one: at once)."""
+    stop; once the server runs, it is the server's (a second one: at once).
+
+    A second Ctrl-C before the server runs was ignored too: a step that waits
+    (a site that does not answer, up to its ``timeout``) was sat out.  It stops
+    the process at once (exit 130, as a shell's Ctrl-C): the runtime's
+    processes die with it (``PR_SET_PDEATHSIG``), the data dir's lock goes
+    with the process, and the next start reaps the cgroups and scratch dirs
+    left and requeues what was running."""
 
     def __init__(self) -> None:
         self.asked = False
         self.server: _Server | None = None
 
     def __call__(self, sig: int, frame: FrameType | None) -> None:
+        starting = self.server is None or not self.server.started
+        if starting and self.asked and sig == signal.SIGINT:
+            _exit_at_once()
+        first = not self.asked
+        self.asked = True
         if self.server is not None:
             self.server.handle_exit(sig, frame)
-        elif not self.asked:
-            self.asked = True
+        elif first:
             log.info("stopping (%s during start-up): the start stops at its next step", signal.Signals(sig).name)
 
     @contextlib.contextmanager
@@ -110,6 +123,13 @@ class _Stop:
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+def _exit_at_once() -> NoReturn:
+    """End the process now, with one line on stderr (the buffered streams are left unflushed:
+    this runs in a signal handler, possibly in the middle of a write to them)."""
+    os.write(2, b"spanfaas: stopped at once (second Ctrl-C during start-up)\n")
+    os._exit(128 + signal.SIGINT)
 
 
 def serve(

@@ -8,7 +8,9 @@ the next start).
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -116,6 +118,51 @@ def test_a_stop_while_the_runtime_starts_is_a_clean_stop(tmp_path: Path, sig: si
         assert "did not exit; killing it" not in up.err.read_text(), up.output()
     finally:
         up.kill()
+
+
+def test_a_second_ctrl_c_during_the_start_stops_at_once(tmp_path: Path) -> None:
+    """The first Ctrl-C stops the start at its next step; the step here is a remote site
+    that takes the connection and never answers (60 s).  Before, a second Ctrl-C was
+    ignored: the start sat out the minute, then stopped with exit 0.  Now it stops at
+    once, exit 130 with one line, and what it started dies with it; the next start is clean."""
+    silent = socket.create_server(("127.0.0.1", 0))  # listens; never accepts, never answers
+    conf = tmp_path / "spanfaas.toml"
+    conf.write_text(
+        '[[infrastructures]]\nname = "local"\nkind = "local"\n\n'
+        f'[[infrastructures]]\nname = "silent"\nkind = "remote"\naddress = "http://127.0.0.1:{silent.getsockname()[1]}"\n'
+        'token = "t"\ntimeout = 60\n'
+    )
+    up = Up(tmp_path)
+    up.env["SPANFAAS_CONFIG"] = str(conf)
+    try:
+        up.start()
+        up.wait_for("the start waiting on the silent site", lambda: _pending(silent))
+        assert up.proc is not None
+        os.killpg(up.proc.pid, signal.SIGINT)
+        up.wait_for("the first Ctrl-C's stop", lambda: "stopping (SIGINT during start-up)" in up.err.read_text())
+        code = up.stop(signal.SIGINT, group=True)
+        err = up.err.read_text()
+        assert code == 130, f"exit {code}\n{up.output()}"
+        assert "Traceback" not in err and "Fatal Python error" not in err, up.output()
+        assert err.rstrip().splitlines()[-1] == "spanfaas: stopped at once (second Ctrl-C during start-up)", up.output()
+        assert "spanfaas is up" not in up.out.read_text()
+        deadline = time.monotonic() + 10  # the runtime's processes die with it (PDEATHSIG)
+        while left := marked(up.mark):
+            assert time.monotonic() < deadline, f"left running: {left}\n{up.output()}"
+            time.sleep(0.05)
+
+        del up.env["SPANFAAS_CONFIG"]  # the next start, on the same data dir: up, and stops cleanly
+        up.start()
+        up.url()
+        up.assert_stopped_cleanly(up.stop(signal.SIGTERM, group=False))
+    finally:
+        up.kill()
+        silent.close()
+
+
+def _pending(listener: socket.socket) -> bool:
+    """Whether a connection waits in the listener's backlog (the gateway asked the site for its info)."""
+    return bool(select.select([listener], [], [], 0)[0])
 
 
 def test_up_on_every_address_saves_and_shows_the_loopback_url(tmp_path: Path) -> None:

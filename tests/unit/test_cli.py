@@ -926,6 +926,19 @@ def test_up_with_dns_it_cannot_serve_says_so_before_anything_starts(cli: Any, tm
     assert not (tmp_path / "state").exists() and not (tmp_path / "config").exists()  # nothing started, no token made
 
 
+def test_a_setting_the_isolation_ignores_is_refused_naming_the_key(cli: Any, tmp_path: Path) -> None:
+    # `concurrency = 4` (strict isolation, the default) was deployed, and each instance served one call.
+    d = Path(fn_dir(tmp_path, "wide", "def handler(e, c): pass\n"))
+    (d / "spanfaas.toml").write_text('name = "wide"\nhandler = "main:handler"\n[resources]\nconcurrency = 4\n')
+    expect_error(cli("deploy", str(d)), 2, "resources.concurrency = 4 has no effect with isolation = \"strict\"",
+                 'set isolation = "reuse"')
+    r = cli("deploy", str(d), "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["key"] == "resources.concurrency", (r.stdout, r.stderr)
+    (d / "spanfaas.toml").write_text('name = "wide"\nhandler = "main:handler"\nisolation = "reuse"\n[scaling]\nprefork = 2\n')
+    expect_error(cli("deploy", str(d)), 2, "scaling.prefork = 2 does no more than prefork = 1 with isolation = \"reuse\"")
+    assert "wide" not in cli("ls").stdout
+
+
 def test_a_locality_without_prefer_locality_is_refused_naming_the_key(cli: Any, tmp_path: Path) -> None:
     # `locality = "eu"` alone was deployed, and weighed nothing where the function ran.
     d = Path(fn_dir(tmp_path, "near", "def handler(e, c): pass\n"))

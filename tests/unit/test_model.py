@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from spanfaas.errors import FunctionError, FunctionOutOfMemory, FunctionTimeout, InvalidManifest
-from spanfaas.model import ErrorInfo, Result, Trigger, load_manifest, parse_manifest
+from spanfaas.model import ErrorInfo, FunctionSpec, Result, Trigger, load_manifest, parse_manifest
 
 
 def test_minimal_manifest_gets_defaults() -> None:
@@ -281,3 +281,45 @@ def test_a_locality_that_would_weigh_nothing_is_refused(policy: str, message: st
     assert info.value.extra["key"] == "policy.locality"
     assert message in info.value.message, info.value.message
     assert parse_manifest('name = "x"\n[policy]\nprefer = ["latency", "locality"]\nlocality = "eu"\n').policy.locality == "eu"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "key", "message"),
+    [
+        ('[resources]\nconcurrency = 4', "resources.concurrency",
+         'resources.concurrency = 4 has no effect with isolation = "strict" (each instance serves one call): '
+         'remove it, or set isolation = "reuse"'),
+        ('isolation = "strict"\n[resources]\nconcurrency = 2', "resources.concurrency",
+         'resources.concurrency = 2 has no effect with isolation = "strict"'),
+        ('isolation = "reuse"\n[scaling]\nprefork = 3', "scaling.prefork",
+         'scaling.prefork = 3 does no more than prefork = 1 with isolation = "reuse" (one instance is kept ready '
+         'ahead of demand): set prefork = 1, raise scaling.min to keep more instances ready, or set isolation = "strict"'),
+    ],
+    ids=["concurrency-default-strict", "concurrency-strict", "prefork-reuse"],
+)
+def test_a_setting_the_isolation_ignores_is_refused(manifest: str, key: str, message: str) -> None:
+    # `concurrency = 4` in strict isolation (the default) was accepted and ignored: each strict
+    # instance serves one call, so the user who asked for 4 at once got 1, with no word why.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "x"\n{manifest}\n')
+    assert info.value.extra["key"] == key
+    assert f"spanfaas.toml (key '{key}'): {message}" in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        'isolation = "reuse"\n[resources]\nconcurrency = 8\n[scaling]\nprefork = 0',
+        'isolation = "reuse"\n[scaling]\nprefork = 1',
+        '[resources]\nconcurrency = 1\n[scaling]\nprefork = 4',
+    ],
+    ids=["reuse-concurrent-no-prefork", "reuse-prefork-1", "strict-prefork"],
+)
+def test_settings_the_isolation_uses_are_taken(manifest: str) -> None:
+    parse_manifest(f'name = "x"\n{manifest}\n')
+
+
+def test_a_stored_spec_with_a_setting_its_isolation_ignores_still_decodes() -> None:
+    """Specs stored before such settings were refused load (the check is where manifests come in)."""
+    spec = msgspec.json.decode(b'{"name": "x", "resources": {"concurrency": 4}}', type=FunctionSpec)
+    assert spec.isolation == "strict" and spec.resources.concurrency == 4

@@ -261,6 +261,21 @@ async def test_a_locality_without_prefer_locality_is_a_400_naming_the_key(
     assert store.list_functions() == []
 
 
+async def test_a_concurrency_strict_isolation_ignores_is_a_400_naming_the_key(
+    client: httpx.AsyncClient, store: SQLiteStore, fn_dir: Callable[..., Path]
+) -> None:
+    """`concurrency = 4` in strict isolation was deployed, and each instance served one call."""
+    manifest = 'name = "hello"\n[resources]\nconcurrency = 4\n'
+    r = await client.put("/v1/functions/hello", content=pack_function(fn_dir(manifest=manifest)))
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    doc = r.json()
+    assert doc["type"].endswith("/invalid-manifest") and doc["key"] == "resources.concurrency"
+    assert 'resources.concurrency = 4 has no effect with isolation = "strict"' in doc["detail"]
+    assert 'remove it, or set isolation = "reuse"' in doc["detail"]
+    assert store.list_functions() == []
+
+
 @pytest.mark.parametrize("mangle", ["latin-1", "bom"])
 async def test_a_manifest_not_in_utf8_is_a_400_and_a_bom_is_taken(client: httpx.AsyncClient, fn_dir: Callable[..., Path], mangle: str) -> None:
     """A manifest in latin-1 was a 500 ("the gateway failed unexpectedly": read_text's UnicodeDecodeError),
