@@ -54,8 +54,9 @@ class DeadLetterView(Struct):
     id: str
     """The id of the invocation that gave up (replay it with this id)."""
     function: str
-    """Empty for a stream's entry that was no event (error type InvalidEvent; its raw fields
-    in ``event``): kept to be read, it cannot be replayed."""
+    """Empty for a dead letter that cannot be replayed, kept to be read: a stream's entry that
+    was no event (error type InvalidEvent; its raw fields in ``event``), or one the store refused
+    for a value of its data, kept without it (its error says why, and names the function)."""
     proxy: str
     trigger: str
     event: dict[str, Any]

@@ -480,6 +480,39 @@ async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_prompt
     assert "could not be kept as a dead letter" in view["error"]["message"]  # and the dead letter of its last run, neither
 
 
+async def test_a_dead_letter_the_store_refuses_for_its_data_is_kept_without_it(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, store: SQLiteStore, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The store refuses the dead letter of an event that failed every attempt for a value of its
+    data (it always will): each try to keep it was refused alike, the run went back to the queue
+    and ran again CRASH_RERUNS times, then failed with its event lost.  Now it is kept without its
+    data at once: listed, saying why, and never replayed empty."""
+    gateway.dispatcher.settle_backoff = 0.01
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute("CREATE TRIGGER refuse_poison BEFORE INSERT ON dead_letters WHEN instr(CAST(NEW.payload AS TEXT), "
+                   "'poison') > 0 BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: poison letter'); END")  # fmt: skip
+        await deploy("flaky", ORDERS, code=FLAKY)
+        data = {"flag": str(tmp_path / "never"), "note": "poison"}
+        [inv] = ids(await client.post("/v1/events", content=json.dumps({**CE, "data": data}), headers=STRUCTURED))
+        [view] = await wait_finished(client, [inv], timeout=5)
+    finally:
+        db.close()
+    retries = gateway.settings.events.retries
+    assert view["status"] == "failed" and (view["attempts"], view["reruns"]) == (retries + 1, 0), view
+    assert gateway.infra.invocations == retries + 1  # type: ignore[attr-defined]
+    [letter] = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+    assert letter["id"] == inv and letter["function"] == "" and letter["attempts"] == retries + 1
+    assert letter["event"] == {"id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
+    message = letter["error"]["message"]
+    assert "CHECK constraint failed: poison letter" in message and "without its data" in message, message
+    assert "not yet" in message and "'flaky'" in message, message
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 422 and "cannot be replayed" in r.json()["detail"], r.text
+    assert f"kept without its data as dead letter {inv}" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("trigger", "says", "not_says"),
     [
