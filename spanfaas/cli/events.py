@@ -226,23 +226,23 @@ def dlq_replay(
     started = time.perf_counter()
     replayed: list[dict[str, Any]] = []
     failed: list[tuple[str, SpanfaasError]] = []
-    unreplayable: list[str] = []
+    skipped: list[str] = []
     with Client(url, token) as client:
         targets: list[str] = list(dict.fromkeys(ids or []))
         going = _replay_each(client, targets, replayed, failed)
         if all and going:
-            _replay_all(client, function, targets, replayed, failed, unreplayable)
-    if unreplayable:  # kept to be read, not run: --all is not a failure for them
+            _replay_all(client, function, targets, replayed, failed, skipped)
+    if skipped:  # kept to be read, not run: --all is not a failure for them
         err_console().print(
-            f"{plural(len(unreplayable), 'dead letter')} of an entry that was no event cannot be replayed "
-            "(`spanfaas events dlq ls` says why)"
+            f"skipped {plural(len(skipped), 'dead letter')} that cannot be replayed (`spanfaas events dlq ls` "
+            f"says why): {escape(_some(skipped))}"
         )
     if len(failed) == 1 and not replayed and len(targets) == 1:
         raise failed[0][1]
     if failed:
-        _partly_replayed(replayed, failed, targets, as_json)
+        _partly_replayed(replayed, failed, targets, skipped, as_json)
     if as_json:
-        print_json({"replayed": replayed})
+        print_json({"replayed": replayed, "skipped": skipped})
         return
     for r in replayed:
         out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
@@ -250,6 +250,11 @@ def dlq_replay(
         err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
         return
     err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")
+
+
+def _some(ids: list[str], most: int = 10) -> str:
+    """``a, b, c``; past ``most`` of them, the first ``most`` and how many more."""
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 PAGE = 1000
@@ -275,45 +280,41 @@ def _replay_each(
 
 def _replay_all(
     client: Client, function: str | None, targets: list[str],
-    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], unreplayable: list[str],
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], skipped: list[str],
 ) -> None:  # fmt: skip
-    """Replay every dead letter (of ``function``) there was when this began: the list comes
-    newest first, a page at a time, and those replayed leave it.  Ones that fail again while
-    this runs come back newer than the first page's newest, and are not replayed again; ones
-    that could not be replayed stay listed, and are not tried twice.  Ones of no function
-    (a stream's entry that was no event) are never tried: ``unreplayable`` gets them."""
+    """Replay every dead letter (of ``function``) there was when this began: the listing, newest
+    first, a page at a time, each page after the one before by its cursor (``next``), so ones
+    that stay (not replayable, or refused again) never hide older ones.  Ones replayed that fail
+    again come back newer than the cursor: not tried twice.  Ones of no function (kept to be read:
+    a stream's entry that was no event, one kept without its data) are never tried: ``skipped``."""
     done = set(targets)
-    newest: float | None = None
+    next: str | None = None
     while True:
-        page = client.events.dead_letters(function, limit=PAGE)
-        if newest is None:
-            newest = max((float(d.get("failed_at") or 0) for d in page), default=0.0)
-        junk = [d["id"] for d in page if not d.get("function") and d["id"] not in done]
-        unreplayable += junk
+        page = client.events.dead_letter_page(function, limit=PAGE, next=next)
+        letters = page["dead_letters"]
+        junk = [d["id"] for d in letters if not d.get("function") and d["id"] not in done]
+        skipped += junk
         done.update(junk)
-        fresh = [d["id"] for d in page if d["id"] not in done and float(d.get("failed_at") or 0) <= newest]
-        if not fresh:
-            if len(page) == PAGE and function is None:  # a whole page of ones that stay: the older are out of reach
-                err_console().print(
-                    f"the newest {PAGE} dead letters stay (not replayable, or failed again); older ones were not "
-                    "reached: replay them a function at a time (--all --function NAME)"
-                )
-            return
+        fresh = [d["id"] for d in letters if d["id"] not in done]
         targets += fresh
         done.update(fresh)
-        if not _replay_each(client, fresh, replayed, failed):
+        if fresh and not _replay_each(client, fresh, replayed, failed):
+            return
+        next = page.get("next")
+        if not next:
             return
 
 
 def _partly_replayed(
-    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], targets: list[str], as_json: bool
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], targets: list[str], skipped: list[str],
+    as_json: bool,
 ) -> NoReturn:
     """What was replayed and what was not (the replayed ones are out of the store: they must not go unsaid)."""
     done = {r["dead_letter"] for r in replayed} | {i for i, _ in failed}
     untried = [i for i in targets if i not in done]
     if as_json:
         print_json({"replayed": replayed, "failed": [{"dead_letter": i, **exc.to_problem()} for i, exc in failed],
-                    "not_tried": untried})  # fmt: skip
+                    "not_tried": untried, "skipped": skipped})  # fmt: skip
     else:
         for r in replayed:
             out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")

@@ -68,6 +68,14 @@ def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[
     return _decode(resp)["dead_letters"]  # type: ignore[no-any-return]
 
 
+def dead_letter_page(function: str | None = None, limit: int = 100, next: str | None = None) -> Op[dict[str, Any]]:
+    """One page of the dead letters, newest first: ``{"dead_letters": [...], "next": link}``;
+    ``next`` (the link of the page before) asks for the page after it (null: that was the last)."""
+    call = Call("GET", next) if next else Call("GET", "/v1/events/dlq", params={"limit": str(limit), **_only(function)})
+    resp = yield call
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
 def replay(id: str) -> Op[dict[str, Any]]:
     resp = yield Call("POST", "/v1/events/dlq/" + quote(id, safe="") + "/replay")
     return _decode(resp)  # type: ignore[no-any-return]
@@ -96,6 +104,15 @@ class Events:
     def dead_letters(self, function: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         return self._run(dead_letters(function, limit))
 
+    def dead_letter_page(self, function: str | None = None, *, limit: int = 100, next: str | None = None) -> dict[str, Any]:
+        """One page of the dead letters; pass its ``next`` for the page after it (``None``: it was the last)::
+
+            page = sf.events.dead_letter_page(limit=1000)
+            while page["next"]:
+                page = sf.events.dead_letter_page(next=page["next"])
+        """
+        return self._run(dead_letter_page(function, limit, next))
+
     def replay(self, id: str) -> dict[str, Any]:
         """Queue a dead letter again; ``{"dead_letter": id, "invocation": new id}``."""
         return self._run(replay(id))
@@ -121,6 +138,9 @@ class AsyncEvents:
 
     async def dead_letters(self, function: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run(dead_letters(function, limit))
+
+    async def dead_letter_page(self, function: str | None = None, *, limit: int = 100, next: str | None = None) -> dict[str, Any]:
+        return await self._run(dead_letter_page(function, limit, next))
 
     async def replay(self, id: str) -> dict[str, Any]:
         return await self._run(replay(id))

@@ -297,8 +297,11 @@ class EventService:
 
     # -- dead letters ------------------------------------------------------------------------
 
-    async def dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await asyncio.to_thread(self.store.list_dead_letters, function, limit)
+    async def dead_letters(
+        self, function: str | None = None, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        """Newest first; ``after``: the position of the last of the page before."""
+        return await asyncio.to_thread(self.store.list_dead_letters, function, limit, after)
 
     async def replay(self, id: str) -> InvocationRecord:
         """Queue a dead letter again, once its function is deployed (else it stays, and the error says so).

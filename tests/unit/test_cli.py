@@ -715,6 +715,42 @@ def test_replay_all_replays_past_one_page_of_dead_letters(cli: Any, live: Live, 
     assert json.loads(cli("events", "dlq", "ls", "-f", "dlq-paged", "--json").stdout)["dead_letters"] == []
 
 
+def test_replay_all_pages_past_dead_letters_it_cannot_replay(cli: Any, live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``events dlq replay --all`` (no --function) read the newest page again and again: a whole
+    page of dead letters that cannot be replayed (no function) or failed again hid every older
+    one, which it left, saying to replay them a function at a time.  It pages past them by
+    cursor now, replays every replayable one, and names those it skipped."""
+    import spanfaas.cli.events
+
+    monkeypatch.setattr(spanfaas.cli.events, "PAGE", 2)
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    junk = Event(attributes={"id": "1-0", "source": "redis/s", "stream": "s"}, proxy="redis")
+    error = ErrorInfo(kind="infra", type="InvalidEvent", message="entry 1-0 of Redis stream s is no event")
+    older = ["pg-ok-1", "pg-ok-2", "pg-gone"]
+    skipped = [f"pg-junk-{i}" for i in range(3)]
+    for t, i in enumerate(older):  # the oldest: under three newer ones that cannot be replayed
+        fn = "pg-not-deployed" if i == "pg-gone" else "hello"
+        live.store.put_dead_letter(DeadLetter(id=i, function=fn, event=event, content_type="application/json",
+                                              payload=b"{}", failed_at=10.0 + t))  # fmt: skip
+    for t, i in enumerate(skipped):
+        live.store.put_dead_letter(DeadLetter(id=i, function="", event=junk, content_type="application/json",
+                                              error=error, failed_at=20.0 + t))  # fmt: skip
+    try:
+        r = cli("events", "dlq", "replay", "--all", "--json")
+        assert r.exit_code == 4, (r.stdout, r.stderr)  # pg-gone: its function is not deployed
+        doc = json.loads(r.stdout)
+        assert sorted(x["dead_letter"] for x in doc["replayed"]) == ["pg-ok-1", "pg-ok-2"], doc
+        assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("pg-gone", 404)], doc
+        assert sorted(doc["skipped"]) == skipped, doc
+        assert "skipped 3 dead letters that cannot be replayed" in r.stderr and "pg-junk-0" in r.stderr, r.stderr
+        assert "not reached" not in r.stderr, r.stderr
+        assert live.store.get_dead_letter("pg-ok-1") is None and live.store.get_dead_letter("pg-gone") is not None
+    finally:
+        for i in [*skipped, *older]:
+            live.store.discard_dead_letter(i)
+
+
 def test_info_and_doctor(cli: Any) -> None:
     r = cli("info")
     assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout
@@ -863,7 +899,8 @@ def test_dlq_replay_all_passes_over_entries_that_were_no_events(cli: Any, live: 
         r = cli("events", "dlq", "replay", "--all", "--json")
         assert r.exit_code == 0, r.stderr
         assert [x["dead_letter"] for x in json.loads(r.stdout)["replayed"]] == ["ne-ok"]
-        assert "1 dead letter of an entry that was no event cannot be replayed" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["skipped"] == ["ne-junk"]
+        assert "skipped 1 dead letter that cannot be replayed (`spanfaas events dlq ls` says why): ne-junk" in r.stderr, r.stderr
         r = cli("events", "dlq", "replay", "--all")
         assert r.exit_code == 0 and "no dead letters to replay" in r.stderr, r.stderr
         r = cli("events", "dlq", "ls")

@@ -23,6 +23,7 @@ from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Event, InvocationRecord
+from spanfaas.store import DeadLetter as DeadLetterRecord
 from spanfaas.store import SQLiteStore
 
 CE = {"specversion": "1.0", "id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
@@ -511,6 +512,26 @@ async def test_a_dead_letter_the_store_refuses_for_its_data_is_kept_without_it(
     r = await client.post(f"/v1/events/dlq/{inv}/replay")
     assert r.status_code == 422 and "cannot be replayed" in r.json()["detail"], r.text
     assert f"kept without its data as dead letter {inv}" in caplog.text
+
+
+async def test_the_dead_letters_are_listed_in_pages_by_cursor(client: httpx.AsyncClient, store: SQLiteStore) -> None:
+    """``GET /v1/events/dlq`` listed the newest ``limit`` and no more: the older ones could only
+    be reached by removing the newer (a client that could not replay them was stuck on them)."""
+    for i in range(5):
+        store.put_dead_letter(DeadLetterRecord(id=f"dl{i}", function="", event=Event(attributes={"id": f"e{i}"}),
+                                               content_type="x", failed_at=float(i)))  # fmt: skip
+    seen, link = [], "/v1/events/dlq?limit=2"
+    while link:
+        r = await client.get(link)
+        assert r.status_code == 200, r.text
+        seen.append([d["id"] for d in r.json()["dead_letters"]])
+        link = r.json()["next"]
+    assert seen == [["dl4", "dl3"], ["dl2", "dl1"], ["dl0"]]
+    r = await client.get("/v1/events/dlq", params={"cursor": "nope"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+    assert "is not a cursor of this API" in r.json()["detail"]
+    spec = (await client.get("/openapi.json")).json()
+    assert "cursor" in [p["name"] for p in spec["paths"]["/v1/events/dlq"]["get"]["parameters"]]
 
 
 @pytest.mark.parametrize(
