@@ -1,4 +1,4 @@
-"""``spanfaas triggers ls|add|rm`` and ``spanfaas events send|dlq ls|dlq replay``."""
+"""``spanfaas triggers ls|add|rm`` and ``spanfaas events send|dlq ls|dlq replay|dlq rm``."""
 
 from __future__ import annotations
 
@@ -325,3 +325,102 @@ def _partly_replayed(
         console.print(f"not tried: {escape(', '.join(untried))}")
     console.print(f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
     raise typer.Exit(failed[0][1].exit_code)
+
+
+@dlq_app.command("rm")
+@handle_errors
+def dlq_rm(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    all: Annotated[bool, typer.Option("--all", help="Remove every dead letter (of --function); asks first.")] = False,
+    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="With --all: do not ask.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove dead letters for good: their events are not run (needs the deploy scope)."""
+    if ids and all:
+        raise InvalidRequest("name the dead letters to remove, or pass --all (with -f FUNCTION for one function's), not both")
+    if not ids and not all:
+        raise InvalidRequest(
+            "name the dead letters to remove (`spanfaas events dlq ls` lists them), or pass --all "
+            "(with -f FUNCTION for one function's)"
+        )
+    if function is not None and not all:
+        raise InvalidRequest("--function applies to --all; leave it out when you name the dead letters")
+    _only(function)
+    of = f" of {function}" if function else ""
+    removed: list[str] = []
+    failed: list[tuple[str, SpanfaasError]] = []
+    with Client(url, token) as client:
+        targets = list(dict.fromkeys(ids or [])) or _every_letter(client, function)
+        if not targets:
+            err_console().print(f"no dead letters to remove{escape(of)}")
+            if as_json:
+                print_json({"removed": []})
+            return
+        if all and not yes:
+            _confirm(f"remove {plural(len(targets), 'dead letter')}{of} for good? their events are not run")
+        for i in targets:
+            try:
+                client.events.remove_dead_letter(i)
+                removed.append(i)
+            except NotFound as exc:  # gone meanwhile (replayed, removed), or never there: the others go on
+                failed.append((i, exc))
+            except SpanfaasError as exc:  # the gateway's trouble: the rest would fail alike
+                failed.append((i, exc))
+                break
+    if len(failed) == 1 and not removed and len(targets) == 1:
+        raise failed[0][1]
+    if failed:
+        _partly_removed(removed, failed, targets, as_json)
+    if as_json:
+        print_json({"removed": removed})
+        return
+    for i in removed:
+        out_console().print(escape(i))
+    err_console().print(f"[green]✓[/green] removed {plural(len(removed), 'dead letter')}{escape(of)}")
+
+
+def _partly_removed(removed: list[str], failed: list[tuple[str, SpanfaasError]], targets: list[str], as_json: bool) -> NoReturn:
+    """What was removed and what was not."""
+    done = set(removed) | {i for i, _ in failed}
+    untried = [i for i in targets if i not in done]
+    if as_json:
+        print_json({"removed": removed, "failed": [{"dead_letter": i, **error.to_problem()} for i, error in failed],
+                    "not_tried": untried})  # fmt: skip
+    else:
+        for i in removed:
+            out_console().print(escape(i))
+    console = err_console()
+    for _, error in failed:
+        console.print(f"[bold red]error:[/bold red] [red]{escape(error.message)}[/red]")
+    if untried:
+        console.print(f"not tried: {escape(_some(untried))}")
+    console.print(f"removed {len(removed)} of {plural(len(targets), 'dead letter')}")
+    raise typer.Exit(failed[0][1].exit_code)
+
+
+def _every_letter(client: Client, function: str | None) -> list[str]:
+    """The ids of every dead letter (of ``function``) there is now, page after page."""
+    out: list[str] = []
+    next: str | None = None
+    while True:
+        page = client.events.dead_letter_page(function, limit=PAGE, next=next)
+        out += [d["id"] for d in page["dead_letters"]]
+        next = page.get("next")
+        if not next:
+            return out
+
+
+def _confirm(question: str) -> None:
+    """Ask on the terminal; no: nothing is done (exit 1).  No answer to read (not a terminal):
+    refused, saying to pass --yes."""
+    try:
+        sure = typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        err_console().print()  # the error on a line of its own, not after the question
+        raise InvalidRequest("no answer to the question (not a terminal?): nothing removed; pass --yes to remove them without asking") from None
+    if not sure:
+        err_console().print("nothing removed")
+        raise typer.Exit(1)

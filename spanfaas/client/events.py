@@ -7,7 +7,7 @@ Operations are written once (sans-I/O, like ``operations``) and driven by
         sf.events.add_trigger("thumbnail", source="s3://photos", subject="*.jpg")
         sf.events.publish({"specversion": "1.0", "id": "1", "source": "/shop", "type": "order.created", "data": {}})
         for letter in sf.events.dead_letters():
-            sf.events.replay(letter["id"])
+            sf.events.replay(letter["id"])   # or sf.events.remove_dead_letter(letter["id"])
 """
 
 from __future__ import annotations
@@ -76,6 +76,16 @@ def dead_letter_page(function: str | None = None, limit: int = 100, next: str | 
     return _decode(resp)  # type: ignore[no-any-return]
 
 
+def remove_dead_letter(id: str) -> Op[None]:
+    yield Call("DELETE", "/v1/events/dlq/" + quote(_letter(id), safe=""))
+
+
+def _letter(id: str) -> str:
+    if not id:
+        raise InvalidRequest("the dead letter id is empty; name a dead letter (`spanfaas events dlq ls` lists them)")
+    return id
+
+
 def replay(id: str) -> Op[dict[str, Any]]:
     resp = yield Call("POST", "/v1/events/dlq/" + quote(id, safe="") + "/replay")
     return _decode(resp)  # type: ignore[no-any-return]
@@ -117,6 +127,10 @@ class Events:
         """Queue a dead letter again; ``{"dead_letter": id, "invocation": new id}``."""
         return self._run(replay(id))
 
+    def remove_dead_letter(self, id: str) -> None:
+        """Remove a dead letter for good (its event is not run); ``NotFound`` when there is none."""
+        self._run(remove_dead_letter(id))
+
 
 class AsyncEvents:
     """``AsyncClient.events``: the event API, with ``await``."""
@@ -144,3 +158,6 @@ class AsyncEvents:
 
     async def replay(self, id: str) -> dict[str, Any]:
         return await self._run(replay(id))
+
+    async def remove_dead_letter(self, id: str) -> None:
+        await self._run(remove_dead_letter(id))

@@ -32,7 +32,7 @@ from spanfaas.events.metrics import EventMetrics
 from spanfaas.model import ErrorInfo, Event, InvocationRecord
 from spanfaas.store import DeadLetter, RecordRefused, Store
 
-__all__ = ["Delivery", "InvocationIds", "bare_letter", "keep"]
+__all__ = ["DeadLetterNotFound", "Delivery", "InvocationIds", "bare_letter", "keep"]
 
 log = logging.getLogger("spanfaas.events")
 _replace = msgspec.structs.replace

@@ -40,7 +40,7 @@ from spanfaas.events.base import (
     structured,
 )
 from spanfaas.events.cloudevents_http import CloudEventsProxy
-from spanfaas.events.delivery import Delivery, InvocationIds, keep
+from spanfaas.events.delivery import DeadLetterNotFound, Delivery, InvocationIds, keep
 from spanfaas.events.metrics import EventMetrics
 from spanfaas.events.redis_streams import RedisStreamSource
 from spanfaas.events.router import Router, manifest_triggers
@@ -302,6 +302,11 @@ class EventService:
     ) -> list[DeadLetter]:
         """Newest first; ``after``: the position of the last of the page before."""
         return await asyncio.to_thread(self.store.list_dead_letters, function, limit, after)
+
+    async def remove_dead_letter(self, id: str) -> None:
+        """Remove a dead letter for good (its event is not run); ``DeadLetterNotFound`` naming it."""
+        if not await asyncio.to_thread(self.store.discard_dead_letter, id):
+            raise DeadLetterNotFound(f"no dead letter '{id}'; `spanfaas events dlq ls` lists them")
 
     async def replay(self, id: str) -> InvocationRecord:
         """Queue a dead letter again, once its function is deployed (else it stays, and the error says so).

@@ -228,6 +228,11 @@ async def replay_dead_letter(gw: Gateway, request: Request) -> Response:
     return _json(Replayed(dead_letter=id, invocation=record.id), 202)
 
 
+async def remove_dead_letter(gw: Gateway, request: Request) -> Response:
+    await gw.events.remove_dead_letter(request.path_params["id"])
+    return Response(status_code=204)
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 
@@ -271,4 +276,8 @@ def event_endpoints() -> list[Endpoint]:
                  "Queue a dead letter again (a new invocation); it leaves the dead-letter store",
                  scope="deploy", tag="events", params=(Param("id", "path", "The dead letter's id", required=True),),
                  status=202, response=Replayed, errors=(401, 403, 404, 422)),
+        Endpoint("DELETE", "/v1/events/dlq/{id:str}", remove_dead_letter,
+                 "Remove a dead letter for good (its event is not run)",
+                 scope="deploy", tag="events", params=(Param("id", "path", "The dead letter's id", required=True),),
+                 status=204, errors=(401, 403, 404)),
     ]  # fmt: skip

@@ -109,7 +109,8 @@ class EventStore(Protocol):
     def put_dead_letter(self, letter: DeadLetter) -> None: ...
 
     def discard_dead_letter(self, id: str) -> bool:
-        """Remove a dead letter its invocation outlived (a re-run succeeded); False when there was none."""
+        """Remove a dead letter (its invocation outlived it: a re-run succeeded; or a user removed
+        it: ``DELETE /v1/events/dlq/{id}``); False when there was none."""
         ...
 
     def list_dead_letters(

@@ -751,6 +751,50 @@ def test_replay_all_pages_past_dead_letters_it_cannot_replay(cli: Any, live: Liv
             live.store.discard_dead_letter(i)
 
 
+def test_dlq_rm_removes_dead_letters_by_id_or_all_of_a_function_after_asking(cli: Any, live: Live) -> None:
+    """There was no way to remove a dead letter: one that cannot be replayed (or should not be)
+    stayed listed for good, and ``replay --all`` named it every time."""
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents")
+    letters = {"rm-a": "rm-fn", "rm-b": "rm-fn", "rm-c": "rm-fn", "rm-other": "rm-other-fn"}
+    for i, fn in letters.items():
+        live.store.put_dead_letter(DeadLetter(id=i, function=fn, event=event, content_type="application/json"))
+    try:
+        r = cli("events", "dlq", "rm", "rm-a", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout) == {"removed": ["rm-a"]}, (r.stdout, r.stderr)
+        assert live.store.get_dead_letter("rm-a") is None
+        expect_error(cli("events", "dlq", "rm", "rm-a"), 4, "no dead letter 'rm-a'", "spanfaas events dlq ls")
+        r = cli("events", "dlq", "rm", "rm-nope", "rm-b")  # one gone: the others are still removed
+        assert r.exit_code == 4 and "rm-b" in r.stdout and "no dead letter 'rm-nope'" in r.stderr, (r.stdout, r.stderr)
+        assert "removed 1 of 2 dead letters" in r.stderr and live.store.get_dead_letter("rm-b") is None
+        live.store.put_dead_letter(DeadLetter(id="rm-b", function="rm-fn", event=event, content_type="application/json"))
+
+        r = cli("events", "dlq", "rm", "--all", "-f", "rm-fn", input="n\n")  # asked, and answered no
+        assert r.exit_code == 1 and "remove 2 dead letters of rm-fn for good?" in r.stderr, (r.stdout, r.stderr)
+        assert "nothing removed" in r.stderr and live.store.get_dead_letter("rm-b") is not None
+        r = cli("events", "dlq", "rm", "--all", "-f", "rm-fn")  # no answer (no terminal): nothing removed
+        assert r.exit_code == 2 and "?" in r.stderr.splitlines()[0], (r.stdout, r.stderr)
+        assert r.stderr.splitlines()[1].startswith("error: no answer") and "pass --yes" in r.stderr, r.stderr
+        assert live.store.get_dead_letter("rm-b") is not None
+        r = cli("events", "dlq", "rm", "--all", "-f", "rm-fn", input="y\n")
+        assert r.exit_code == 0 and "removed 2 dead letters" in r.stderr, (r.stdout, r.stderr)
+        assert {live.store.get_dead_letter(i) is None for i in ("rm-b", "rm-c")} == {True}
+        assert live.store.get_dead_letter("rm-other") is not None  # another function's: kept
+        r = cli("events", "dlq", "rm", "--all", "--yes", "--json")
+        assert r.exit_code == 0 and "rm-other" in json.loads(r.stdout)["removed"], (r.stdout, r.stderr)
+        assert json.loads(cli("events", "dlq", "ls", "--json").stdout)["dead_letters"] == []
+        r = cli("events", "dlq", "rm", "--all", "--yes")
+        assert r.exit_code == 0 and "no dead letters to remove" in r.stderr, r.stderr
+
+        expect_error(cli("events", "dlq", "rm"), 2, "name the dead letters to remove", "--all")
+        expect_error(cli("events", "dlq", "rm", "x", "--all"), 2, "not both")
+        expect_error(cli("events", "dlq", "rm", "x", "-f", "rm-fn"), 2, "--function applies to --all")
+        expect_error(cli("events", "dlq", "rm", "--all", "-f", ""), 2, "--function is empty")
+        expect_error(cli("events", "dlq", "rm", ""), 2, "the dead letter id is empty")
+    finally:
+        for i in letters:
+            live.store.discard_dead_letter(i)
+
+
 def test_info_and_doctor(cli: Any) -> None:
     r = cli("info")
     assert r.exit_code == 0 and "spanfaas" in r.stdout and "memory" in r.stdout

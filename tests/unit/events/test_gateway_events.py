@@ -534,6 +534,29 @@ async def test_the_dead_letters_are_listed_in_pages_by_cursor(client: httpx.Asyn
     assert "cursor" in [p["name"] for p in spec["paths"]["/v1/events/dlq"]["get"]["parameters"]]
 
 
+async def test_a_dead_letter_is_removed_by_id(client: httpx.AsyncClient, store: SQLiteStore) -> None:
+    """There was no way to remove a dead letter (one that cannot be replayed, or should not be):
+    it stayed listed for good."""
+    for i in ("rm-a", "rm-b"):
+        store.put_dead_letter(DeadLetterRecord(id=i, function="fn", event=Event(attributes={"id": i}), content_type="x"))
+    r = await client.delete("/v1/events/dlq/rm-a")
+    assert r.status_code == 204 and r.content == b"", r.text
+    assert [d["id"] for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]] == ["rm-b"]
+    r = await client.delete("/v1/events/dlq/rm-a")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+    problem = r.json()
+    assert problem["type"].endswith("/dead-letter-not-found") and problem["status"] == 404, problem
+    assert "no dead letter 'rm-a'" in problem["detail"] and "spanfaas events dlq ls" in problem["detail"], problem
+    op = (await client.get("/openapi.json")).json()["paths"]["/v1/events/dlq/{id}"]["delete"]
+    assert {"204", "404"} <= set(op["responses"]) and [p["name"] for p in op["parameters"]] == ["id"], op
+    from spanfaas.gateway.auth import issue_token
+
+    token = issue_token(store, "inv", ["invoke"])[1]  # the deploy scope is needed, as for a replay
+    r = await client.delete("/v1/events/dlq/rm-b", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and r.json()["status"] == 403, r.text
+    assert store.get_dead_letter("rm-b") is not None
+
+
 @pytest.mark.parametrize(
     ("trigger", "says", "not_says"),
     [
