@@ -12,6 +12,7 @@ Operations are written once (sans-I/O, like ``operations``) and driven by
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -59,7 +60,25 @@ def add_trigger(function: str, trigger: dict[str, Any]) -> Op[dict[str, Any]]:
 
 
 def remove_trigger(id: str) -> Op[None]:
-    yield Call("DELETE", "/v1/triggers/" + quote(id, safe=""))
+    yield Call("DELETE", "/v1/triggers/" + quote(_trigger(id), safe=""))
+
+
+_TRIGGER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+"""What a trigger id may hold: ``trg_<hex>`` (the API's) or ``<function>:<name or index>`` (a manifest's)."""
+
+
+def _trigger(id: str) -> str:
+    """``id`` if it can be a trigger's; else refused here, saying what one looks like (the request
+    would reach another endpoint, or none, and its answer would be about that)."""
+    if not id:
+        raise InvalidRequest("the trigger id is empty; name a trigger (`spanfaas triggers ls` lists them)")
+    if id in (".", "..") or not _TRIGGER_ID.fullmatch(id):
+        shown = repr(id) if len(id) <= 60 else repr(id[:60]) + f"… ({len(id)} characters)"
+        raise InvalidRequest(
+            f"{shown} is not a trigger id: one is trg_… (added through the API) or FUNCTION:NAME (declared in a "
+            "manifest), in letters, digits, '_', '.', ':' and '-'; `spanfaas triggers ls` lists them"
+        )
+    return id
 
 
 def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[str, Any]]]:
@@ -87,7 +106,7 @@ def _letter(id: str) -> str:
 
 
 def replay(id: str) -> Op[dict[str, Any]]:
-    resp = yield Call("POST", "/v1/events/dlq/" + quote(id, safe="") + "/replay")
+    resp = yield Call("POST", "/v1/events/dlq/" + quote(_letter(id), safe="") + "/replay")
     return _decode(resp)  # type: ignore[no-any-return]
 
 

@@ -679,7 +679,7 @@ def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
 def test_a_dot_for_a_name_or_id_is_refused(cli: Any) -> None:
     # `rm ..` answered "no such endpoint: DELETE /v1" (exit 4), `rm .` "DELETE is not allowed on /v1/functions":
     # the URL was normalized, and the request went to another endpoint.
-    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["triggers", "rm", ".."], ["images", "show", ".."]):
+    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["images", "show", ".."]):  # triggers rm ..: test_a_trigger_id_that_cannot_be_one…
         r = cli(*args)
         expect_error(r, 2, "is not a name or an id", "spanfaas ls")
         assert "endpoint" not in r.stderr and "/v1" not in r.stderr
@@ -689,10 +689,24 @@ def test_an_empty_id_is_refused_before_the_request(cli: Any) -> None:
     # The gateway redirected "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger".
     # (The gateway now answers a 404 that says to drop the trailing slash, which reads wrong for a
     # command: the client refuses the empty id itself.  Images: test_an_empty_image_or_list_name_is_refused.)
-    for args in (["triggers", "rm", ""], ["events", "dlq", "replay", ""]):
+    # It said "a name or id in the command is empty; name the function, invocation, trigger, list or
+    # image (`spanfaas ls` lists the functions)": which one, and where to find it, for this command?
+    for args, says in (
+        (["triggers", "rm", ""], ("the trigger id is empty", "spanfaas triggers ls")),
+        (["events", "dlq", "replay", ""], ("the dead letter id is empty", "spanfaas events dlq ls")),
+    ):
         r = cli(*args)
-        expect_error(r, 2, "a name or id in the command is empty")
-        assert "removed" not in r.stdout and "slash" not in r.stderr
+        expect_error(r, 2, *says)
+        assert "removed" not in r.stdout and "slash" not in r.stderr and "function, invocation" not in r.stderr
+
+
+@pytest.mark.parametrize("id", ["a/b", "..", " ", "trg_1 ", "fn:0\n", "x" * 300])
+def test_a_trigger_id_that_cannot_be_one_is_refused_before_the_request(cli: Any, id: str) -> None:
+    """``triggers rm 'a/b'`` answered "no such endpoint", ``rm ..`` a message about functions and
+    images, ``rm ' '`` went to the gateway: refused here, saying what a trigger id looks like."""
+    r = cli("triggers", "rm", id)
+    expect_error(r, 2, "is not a trigger id", "trg_", "FUNCTION:NAME", "spanfaas triggers ls")
+    assert "endpoint" not in r.stderr and "removed" not in r.stdout
 
 
 def test_replay_all_replays_past_one_page_of_dead_letters(cli: Any, live: Live, tmp_path: Path) -> None:
