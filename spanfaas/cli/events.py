@@ -1,4 +1,4 @@
-"""``spanfaas triggers ls|add|rm`` and ``spanfaas events send|dlq ls|dlq replay``."""
+"""``spanfaas triggers ls|add|rm`` and ``spanfaas events send|dlq ls|dlq replay|dlq rm``."""
 
 from __future__ import annotations
 
@@ -226,23 +226,23 @@ def dlq_replay(
     started = time.perf_counter()
     replayed: list[dict[str, Any]] = []
     failed: list[tuple[str, SpanfaasError]] = []
-    unreplayable: list[str] = []
+    skipped: list[str] = []
     with Client(url, token) as client:
         targets: list[str] = list(dict.fromkeys(ids or []))
         going = _replay_each(client, targets, replayed, failed)
         if all and going:
-            _replay_all(client, function, targets, replayed, failed, unreplayable)
-    if unreplayable:  # kept to be read, not run: --all is not a failure for them
+            _replay_all(client, function, targets, replayed, failed, skipped)
+    if skipped:  # kept to be read, not run: --all is not a failure for them
         err_console().print(
-            f"{plural(len(unreplayable), 'dead letter')} of an entry that was no event cannot be replayed "
-            "(`spanfaas events dlq ls` says why)"
+            f"skipped {plural(len(skipped), 'dead letter')} that cannot be replayed (`spanfaas events dlq ls` "
+            f"says why): {escape(_some(skipped))}"
         )
     if len(failed) == 1 and not replayed and len(targets) == 1:
         raise failed[0][1]
     if failed:
-        _partly_replayed(replayed, failed, targets, as_json)
+        _partly_replayed(replayed, failed, targets, skipped, as_json)
     if as_json:
-        print_json({"replayed": replayed})
+        print_json({"replayed": replayed, "skipped": skipped})
         return
     for r in replayed:
         out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
@@ -250,6 +250,11 @@ def dlq_replay(
         err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
         return
     err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")
+
+
+def _some(ids: list[str], most: int = 10) -> str:
+    """``a, b, c``; past ``most`` of them, the first ``most`` and how many more."""
+    return ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 PAGE = 1000
@@ -275,45 +280,41 @@ def _replay_each(
 
 def _replay_all(
     client: Client, function: str | None, targets: list[str],
-    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], unreplayable: list[str],
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], skipped: list[str],
 ) -> None:  # fmt: skip
-    """Replay every dead letter (of ``function``) there was when this began: the list comes
-    newest first, a page at a time, and those replayed leave it.  Ones that fail again while
-    this runs come back newer than the first page's newest, and are not replayed again; ones
-    that could not be replayed stay listed, and are not tried twice.  Ones of no function
-    (a stream's entry that was no event) are never tried: ``unreplayable`` gets them."""
+    """Replay every dead letter (of ``function``) there was when this began: the listing, newest
+    first, a page at a time, each page after the one before by its cursor (``next``), so ones
+    that stay (not replayable, or refused again) never hide older ones.  Ones replayed that fail
+    again come back newer than the cursor: not tried twice.  Ones of no function (kept to be read:
+    a stream's entry that was no event, one kept without its data) are never tried: ``skipped``."""
     done = set(targets)
-    newest: float | None = None
+    next: str | None = None
     while True:
-        page = client.events.dead_letters(function, limit=PAGE)
-        if newest is None:
-            newest = max((float(d.get("failed_at") or 0) for d in page), default=0.0)
-        junk = [d["id"] for d in page if not d.get("function") and d["id"] not in done]
-        unreplayable += junk
+        page = client.events.dead_letter_page(function, limit=PAGE, next=next)
+        letters = page["dead_letters"]
+        junk = [d["id"] for d in letters if not d.get("function") and d["id"] not in done]
+        skipped += junk
         done.update(junk)
-        fresh = [d["id"] for d in page if d["id"] not in done and float(d.get("failed_at") or 0) <= newest]
-        if not fresh:
-            if len(page) == PAGE and function is None:  # a whole page of ones that stay: the older are out of reach
-                err_console().print(
-                    f"the newest {PAGE} dead letters stay (not replayable, or failed again); older ones were not "
-                    "reached: replay them a function at a time (--all --function NAME)"
-                )
-            return
+        fresh = [d["id"] for d in letters if d["id"] not in done]
         targets += fresh
         done.update(fresh)
-        if not _replay_each(client, fresh, replayed, failed):
+        if fresh and not _replay_each(client, fresh, replayed, failed):
+            return
+        next = page.get("next")
+        if not next:
             return
 
 
 def _partly_replayed(
-    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], targets: list[str], as_json: bool
+    replayed: list[dict[str, Any]], failed: list[tuple[str, SpanfaasError]], targets: list[str], skipped: list[str],
+    as_json: bool,
 ) -> NoReturn:
     """What was replayed and what was not (the replayed ones are out of the store: they must not go unsaid)."""
     done = {r["dead_letter"] for r in replayed} | {i for i, _ in failed}
     untried = [i for i in targets if i not in done]
     if as_json:
         print_json({"replayed": replayed, "failed": [{"dead_letter": i, **exc.to_problem()} for i, exc in failed],
-                    "not_tried": untried})  # fmt: skip
+                    "not_tried": untried, "skipped": skipped})  # fmt: skip
     else:
         for r in replayed:
             out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
@@ -324,3 +325,102 @@ def _partly_replayed(
         console.print(f"not tried: {escape(', '.join(untried))}")
     console.print(f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
     raise typer.Exit(failed[0][1].exit_code)
+
+
+@dlq_app.command("rm")
+@handle_errors
+def dlq_rm(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    all: Annotated[bool, typer.Option("--all", help="Remove every dead letter (of --function); asks first.")] = False,
+    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="With --all: do not ask.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove dead letters for good: their events are not run (needs the deploy scope)."""
+    if ids and all:
+        raise InvalidRequest("name the dead letters to remove, or pass --all (with -f FUNCTION for one function's), not both")
+    if not ids and not all:
+        raise InvalidRequest(
+            "name the dead letters to remove (`spanfaas events dlq ls` lists them), or pass --all "
+            "(with -f FUNCTION for one function's)"
+        )
+    if function is not None and not all:
+        raise InvalidRequest("--function applies to --all; leave it out when you name the dead letters")
+    _only(function)
+    of = f" of {function}" if function else ""
+    removed: list[str] = []
+    failed: list[tuple[str, SpanfaasError]] = []
+    with Client(url, token) as client:
+        targets = list(dict.fromkeys(ids or [])) or _every_letter(client, function)
+        if not targets:
+            err_console().print(f"no dead letters to remove{escape(of)}")
+            if as_json:
+                print_json({"removed": []})
+            return
+        if all and not yes:
+            _confirm(f"remove {plural(len(targets), 'dead letter')}{of} for good? their events are not run")
+        for i in targets:
+            try:
+                client.events.remove_dead_letter(i)
+                removed.append(i)
+            except NotFound as exc:  # gone meanwhile (replayed, removed), or never there: the others go on
+                failed.append((i, exc))
+            except SpanfaasError as exc:  # the gateway's trouble: the rest would fail alike
+                failed.append((i, exc))
+                break
+    if len(failed) == 1 and not removed and len(targets) == 1:
+        raise failed[0][1]
+    if failed:
+        _partly_removed(removed, failed, targets, as_json)
+    if as_json:
+        print_json({"removed": removed})
+        return
+    for i in removed:
+        out_console().print(escape(i))
+    err_console().print(f"[green]✓[/green] removed {plural(len(removed), 'dead letter')}{escape(of)}")
+
+
+def _partly_removed(removed: list[str], failed: list[tuple[str, SpanfaasError]], targets: list[str], as_json: bool) -> NoReturn:
+    """What was removed and what was not."""
+    done = set(removed) | {i for i, _ in failed}
+    untried = [i for i in targets if i not in done]
+    if as_json:
+        print_json({"removed": removed, "failed": [{"dead_letter": i, **error.to_problem()} for i, error in failed],
+                    "not_tried": untried})  # fmt: skip
+    else:
+        for i in removed:
+            out_console().print(escape(i))
+    console = err_console()
+    for _, error in failed:
+        console.print(f"[bold red]error:[/bold red] [red]{escape(error.message)}[/red]")
+    if untried:
+        console.print(f"not tried: {escape(_some(untried))}")
+    console.print(f"removed {len(removed)} of {plural(len(targets), 'dead letter')}")
+    raise typer.Exit(failed[0][1].exit_code)
+
+
+def _every_letter(client: Client, function: str | None) -> list[str]:
+    """The ids of every dead letter (of ``function``) there is now, page after page."""
+    out: list[str] = []
+    next: str | None = None
+    while True:
+        page = client.events.dead_letter_page(function, limit=PAGE, next=next)
+        out += [d["id"] for d in page["dead_letters"]]
+        next = page.get("next")
+        if not next:
+            return out
+
+
+def _confirm(question: str) -> None:
+    """Ask on the terminal; no: nothing is done (exit 1).  No answer to read (not a terminal):
+    refused, saying to pass --yes."""
+    try:
+        sure = typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        err_console().print()  # the error on a line of its own, not after the question
+        raise InvalidRequest("no answer to the question (not a terminal?): nothing removed; pass --yes to remove them without asking") from None
+    if not sure:
+        err_console().print("nothing removed")
+        raise typer.Exit(1)

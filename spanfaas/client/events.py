@@ -7,11 +7,12 @@ Operations are written once (sans-I/O, like ``operations``) and driven by
         sf.events.add_trigger("thumbnail", source="s3://photos", subject="*.jpg")
         sf.events.publish({"specversion": "1.0", "id": "1", "source": "/shop", "type": "order.created", "data": {}})
         for letter in sf.events.dead_letters():
-            sf.events.replay(letter["id"])
+            sf.events.replay(letter["id"])   # or sf.events.remove_dead_letter(letter["id"])
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -59,7 +60,25 @@ def add_trigger(function: str, trigger: dict[str, Any]) -> Op[dict[str, Any]]:
 
 
 def remove_trigger(id: str) -> Op[None]:
-    yield Call("DELETE", "/v1/triggers/" + quote(id, safe=""))
+    yield Call("DELETE", "/v1/triggers/" + quote(_trigger(id), safe=""))
+
+
+_TRIGGER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+"""What a trigger id may hold: ``trg_<hex>`` (the API's) or ``<function>:<name or index>`` (a manifest's)."""
+
+
+def _trigger(id: str) -> str:
+    """``id`` if it can be a trigger's; else refused here, saying what one looks like (the request
+    would reach another endpoint, or none, and its answer would be about that)."""
+    if not id:
+        raise InvalidRequest("the trigger id is empty; name a trigger (`spanfaas triggers ls` lists them)")
+    if id in (".", "..") or not _TRIGGER_ID.fullmatch(id):
+        shown = repr(id) if len(id) <= 60 else repr(id[:60]) + f"… ({len(id)} characters)"
+        raise InvalidRequest(
+            f"{shown} is not a trigger id: one is trg_… (added through the API) or FUNCTION:NAME (declared in a "
+            "manifest), in letters, digits, '_', '.', ':' and '-'; `spanfaas triggers ls` lists them"
+        )
+    return id
 
 
 def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[str, Any]]]:
@@ -68,8 +87,26 @@ def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[
     return _decode(resp)["dead_letters"]  # type: ignore[no-any-return]
 
 
+def dead_letter_page(function: str | None = None, limit: int = 100, next: str | None = None) -> Op[dict[str, Any]]:
+    """One page of the dead letters, newest first: ``{"dead_letters": [...], "next": link}``;
+    ``next`` (the link of the page before) asks for the page after it (null: that was the last)."""
+    call = Call("GET", next) if next else Call("GET", "/v1/events/dlq", params={"limit": str(limit), **_only(function)})
+    resp = yield call
+    return _decode(resp)  # type: ignore[no-any-return]
+
+
+def remove_dead_letter(id: str) -> Op[None]:
+    yield Call("DELETE", "/v1/events/dlq/" + quote(_letter(id), safe=""))
+
+
+def _letter(id: str) -> str:
+    if not id:
+        raise InvalidRequest("the dead letter id is empty; name a dead letter (`spanfaas events dlq ls` lists them)")
+    return id
+
+
 def replay(id: str) -> Op[dict[str, Any]]:
-    resp = yield Call("POST", "/v1/events/dlq/" + quote(id, safe="") + "/replay")
+    resp = yield Call("POST", "/v1/events/dlq/" + quote(_letter(id), safe="") + "/replay")
     return _decode(resp)  # type: ignore[no-any-return]
 
 
@@ -96,9 +133,22 @@ class Events:
     def dead_letters(self, function: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         return self._run(dead_letters(function, limit))
 
+    def dead_letter_page(self, function: str | None = None, *, limit: int = 100, next: str | None = None) -> dict[str, Any]:
+        """One page of the dead letters; pass its ``next`` for the page after it (``None``: it was the last)::
+
+            page = sf.events.dead_letter_page(limit=1000)
+            while page["next"]:
+                page = sf.events.dead_letter_page(next=page["next"])
+        """
+        return self._run(dead_letter_page(function, limit, next))
+
     def replay(self, id: str) -> dict[str, Any]:
         """Queue a dead letter again; ``{"dead_letter": id, "invocation": new id}``."""
         return self._run(replay(id))
+
+    def remove_dead_letter(self, id: str) -> None:
+        """Remove a dead letter for good (its event is not run); ``NotFound`` when there is none."""
+        self._run(remove_dead_letter(id))
 
 
 class AsyncEvents:
@@ -122,5 +172,11 @@ class AsyncEvents:
     async def dead_letters(self, function: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run(dead_letters(function, limit))
 
+    async def dead_letter_page(self, function: str | None = None, *, limit: int = 100, next: str | None = None) -> dict[str, Any]:
+        return await self._run(dead_letter_page(function, limit, next))
+
     async def replay(self, id: str) -> dict[str, Any]:
         return await self._run(replay(id))
+
+    async def remove_dead_letter(self, id: str) -> None:
+        await self._run(remove_dead_letter(id))

@@ -9,6 +9,10 @@ the invocation is recorded as failed and a copy of it (payload, event,
 last error) goes to the dead-letter store, from which ``replay`` queues it
 again under a new invocation id.  A dead letter whose record the gateway died before
 storing is removed when the invocation, run again, succeeds.
+
+A dead letter the store refuses (a value of its data it cannot hold: it always
+will) is kept bare in its stead (``keep``): its event's identity and why, with no
+data and no function, so it is listed and never replayed empty.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ import msgspec
 from spanfaas.config import EventSettings
 from spanfaas.errors import NotFound, SpanfaasError, ValueRefused
 from spanfaas.events.metrics import EventMetrics
-from spanfaas.model import InvocationRecord
+from spanfaas.model import ErrorInfo, Event, InvocationRecord
 from spanfaas.store import DeadLetter, RecordRefused, Store
 
-__all__ = ["Delivery", "InvocationIds"]
+__all__ = ["DeadLetterNotFound", "Delivery", "InvocationIds", "bare_letter", "keep"]
 
 log = logging.getLogger("spanfaas.events")
 _replace = msgspec.structs.replace
@@ -101,7 +105,15 @@ class Delivery:
             payload=record.payload, error=record.error, attempts=record.attempts,
             created_at=record.created_at, failed_at=record.finished_at or time.time(),
         )  # fmt: skip
-        await asyncio.to_thread(self.store.put_dead_letter, letter)
+        said = record.error.message if record.error is not None else "failed"
+
+        def why(exc: RecordRefused) -> str:
+            return (f"invocation {record.id} of function '{record.function}' failed {record.attempts} times ({said}); "
+                    f"the store refused its dead letter ({exc}): kept without its data, it cannot be replayed; "
+                    "send the event again once the cause is fixed")  # fmt: skip
+
+        if await keep(self.store, letter, why) is None:  # refused bare too: the dispatcher tries again, then gives up
+            raise RecordRefused(f"the store refused the dead letter {record.id}, even without its data")
         if self.stall_at == "events.after-dead-letter":
             log.warning("test hook SPANFAAS_TEST_STALL: stalled at %s for %s", self.stall_at, record.id)
             await asyncio.Event().wait()
@@ -135,3 +147,47 @@ class Delivery:
             raise DeadLetterNotFound(f"dead letter '{letter.id}' was replayed or removed meanwhile")
         self.wake()
         return record
+
+
+_IDENTITY = ("id", "source", "type", "subject", "stream")
+"""The attributes a bare dead letter keeps: what names its event (a stream's entry: its stream)."""
+
+
+def bare_letter(letter: DeadLetter, why: str) -> DeadLetter:
+    """``letter`` as any store takes it, for one the store refused whole: its id, its event's
+    identity (text any store holds, cut short), ``why`` as its error's message, and neither
+    data nor function: it is listed, and cannot be replayed (there is nothing to run)."""
+    attrs = {k: _plain(v, 512) for k, v in letter.event.attributes.items() if k in _IDENTITY and isinstance(v, str)}
+    return DeadLetter(
+        id=letter.id, function="", event=Event(attributes=attrs, proxy=letter.event.proxy, trigger=letter.event.trigger),
+        content_type=letter.content_type, payload=b"",
+        error=ErrorInfo(kind="infra", type=letter.error.type if letter.error else "RecordRefused", message=_plain(why, 4000)),
+        attempts=letter.attempts, created_at=letter.created_at, failed_at=letter.failed_at,
+    )  # fmt: skip
+
+
+async def keep(store: Store, letter: DeadLetter, why: Callable[[RecordRefused], str]) -> DeadLetter | None:
+    """Store ``letter``; if the store refuses it, ``bare_letter(letter, why(refusal))`` in its
+    stead (logged).  The dead letter stored; None when the store refused the bare one too.
+    A store that fails (down, locked) raises: the caller keeps what it has, and tries again."""
+    try:
+        await asyncio.to_thread(store.put_dead_letter, letter)
+        return letter
+    except RecordRefused as exc:
+        bare = bare_letter(letter, why(exc))
+    try:
+        await asyncio.to_thread(store.put_dead_letter, bare)
+    except RecordRefused as exc:
+        log.error("dead letter %s: the store refused it, and bare too (%s); %s", letter.id, exc,
+                  bare.error.message if bare.error else "")  # fmt: skip
+        return None
+    log.error("event %s from %s: the store refused its dead letter; kept without its data as dead letter %s "
+              "(it cannot be replayed): %s", bare.event.attributes.get("id"), bare.event.attributes.get("source"),
+              bare.id, bare.error.message if bare.error else "")  # fmt: skip
+    return bare
+
+
+def _plain(text: str, most: int) -> str:
+    """``text`` as every store keeps it (UTF-8 without NUL: PostgreSQL's text), cut to ``most`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+    return text if len(text) <= most else text[: most - 1] + "…"

@@ -12,7 +12,8 @@ payload its raw fields) and acknowledged; it cannot be replayed, only read
 (``events dlq ls --json``).  One whose event the store refuses (a value it cannot
 hold: it always will) is acknowledged and logged, its invocations kept in the
 dead-letter store (``events dlq ls``, ``replay`` once the cause is fixed).
-The others of its read are queued.  A dead letter the store cannot take for
+A dead letter the store refuses too is kept without its data (``delivery.keep``):
+listed with why, never replayed.  The others of its read are queued.  A dead letter the store cannot take for
 now (down, locked, failing) leaves its read unacknowledged: it is read again.
 
 Entries are acknowledged (XACK) only after ``Sink.publish`` returned, that
@@ -47,6 +48,7 @@ from redis.exceptions import RedisError, ResponseError
 from spanfaas.config import RedisStreamConfig
 from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, decode_json, make_event
 from spanfaas.events.cloudevents_http import event_from_fields, parse_structured
+from spanfaas.events.delivery import keep
 from spanfaas.events.metrics import EventMetrics
 from spanfaas.model import ErrorInfo, Event
 from spanfaas.store import DeadLetter, RecordRefused, Store
@@ -236,15 +238,21 @@ class RedisStreamSource:
 
     async def _keep_invalid(self, letter: DeadLetter) -> None:
         entry = letter.event.attributes["id"]
-        try:
-            await asyncio.to_thread(self.store.put_dead_letter, letter)
-        except RecordRefused as exc:  # it always will: held back, the stream would stop here for good
+        said = letter.error.message if letter.error else ""
+
+        def why(exc: RecordRefused) -> str:
+            return f"{said}; the store refused its dead letter ({exc}): kept without its data (the entry's fields)"
+
+        # The store refuses it (it always will): kept bare; held back, the stream would stop here for good.
+        kept = await keep(self.store, letter, why)
+        if kept is None:
             log.error("redis source '%s': entry %s is no event, and the store refused its dead letter (acknowledged, "
-                      "lost): %s; %s", self.name, entry, exc, letter.error.message if letter.error else "")  # fmt: skip
+                      "lost); %s", self.name, entry, said)  # fmt: skip
             return
         self.metrics.dead_lettered.labels(self.kind).inc()
-        log.warning("redis source '%s': entry %s rejected (acknowledged, kept as dead letter %s: `spanfaas events dlq ls`): %s",
-                    self.name, entry, letter.id, letter.error.message if letter.error else "")  # fmt: skip
+        if kept is letter:
+            log.warning("redis source '%s': entry %s rejected (acknowledged, kept as dead letter %s: `spanfaas events dlq ls`): %s",
+                        self.name, entry, letter.id, said)  # fmt: skip
 
     async def _stall(self, point: str, n: int) -> None:
         if self.stall_at == point:

@@ -40,7 +40,7 @@ from spanfaas.events.base import (
     structured,
 )
 from spanfaas.events.cloudevents_http import CloudEventsProxy
-from spanfaas.events.delivery import Delivery, InvocationIds
+from spanfaas.events.delivery import DeadLetterNotFound, Delivery, InvocationIds, keep
 from spanfaas.events.metrics import EventMetrics
 from spanfaas.events.redis_streams import RedisStreamSource
 from spanfaas.events.router import Router, manifest_triggers
@@ -245,18 +245,23 @@ class EventService:
         return fired + sum(1 for r in results if isinstance(r, Refused))  # a dead letter stands for its tick
 
     async def _keep(self, proxy: str, admission: Admission, refused: RecordRefused) -> list[str]:
-        """Store the dead letters of an event whose admission the store refused; their ids
-        (none: the store refused them too, and the event is lost: logged)."""
-        letters = _letters(admission.records, f"{refused}")
-        try:
-            for letter in letters:
-                await asyncio.to_thread(self.store.put_dead_letter, letter)
-        except RecordRefused as exc:
-            log.error("event %r from %r (%s): the store refused it and its dead letter, it is lost: %s",
-                      admission.id, admission.source, proxy, exc)  # fmt: skip
-            return []
-        self.metrics.dead_lettered.labels(proxy).inc(len(letters))
-        return [d.id for d in letters]
+        """Store the dead letters of an event whose admission the store refused; their ids.  One
+        the store refuses too is kept bare (``delivery.keep``: its data is what it cannot hold)."""
+
+        def why(exc: RecordRefused) -> str:
+            return (f"the store refused to queue this event's invocation of function '{admission.records[0].function}' "
+                    f"({refused}), and its dead letter ({exc}): kept without its data, it cannot be replayed; "
+                    "send the event again once the cause is fixed")  # fmt: skip
+
+        kept: list[str] = []
+        for letter in _letters(admission.records, f"{refused}"):
+            if await keep(self.store, letter, why) is None:
+                log.error("event %r from %r (%s): the store refused it and its dead letter, it is lost: %s",
+                          admission.id, admission.source, proxy, refused)  # fmt: skip
+                continue
+            kept.append(letter.id)
+        self.metrics.dead_lettered.labels(proxy).inc(len(kept))
+        return kept
 
     # -- triggers --------------------------------------------------------------------------
 
@@ -292,8 +297,16 @@ class EventService:
 
     # -- dead letters ------------------------------------------------------------------------
 
-    async def dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await asyncio.to_thread(self.store.list_dead_letters, function, limit)
+    async def dead_letters(
+        self, function: str | None = None, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        """Newest first; ``after``: the position of the last of the page before."""
+        return await asyncio.to_thread(self.store.list_dead_letters, function, limit, after)
+
+    async def remove_dead_letter(self, id: str) -> None:
+        """Remove a dead letter for good (its event is not run); ``DeadLetterNotFound`` naming it."""
+        if not await asyncio.to_thread(self.store.discard_dead_letter, id):
+            raise DeadLetterNotFound(f"no dead letter '{id}'; `spanfaas events dlq ls` lists them")
 
     async def replay(self, id: str) -> InvocationRecord:
         """Queue a dead letter again, once its function is deployed (else it stays, and the error says so).

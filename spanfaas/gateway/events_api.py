@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
 
 import msgspec
 from msgspec import Meta, Struct
@@ -20,6 +21,7 @@ from starlette.responses import Response
 from spanfaas.errors import InvalidRequest, NotFound, SpanfaasError, ValueRefused
 from spanfaas.events import CloudEvent, Published
 from spanfaas.gateway.invoke import read_body, too_large
+from spanfaas.gateway.listing import decode_cursor, encode_cursor
 from spanfaas.model import ErrorInfo, Trigger, TriggerRecord, pattern_problem
 
 if TYPE_CHECKING:
@@ -54,8 +56,9 @@ class DeadLetterView(Struct):
     id: str
     """The id of the invocation that gave up (replay it with this id)."""
     function: str
-    """Empty for a stream's entry that was no event (error type InvalidEvent; its raw fields
-    in ``event``): kept to be read, it cannot be replayed."""
+    """Empty for a dead letter that cannot be replayed, kept to be read: a stream's entry that
+    was no event (error type InvalidEvent; its raw fields in ``event``), or one the store refused
+    for a value of its data, kept without it (its error says why, and names the function)."""
     proxy: str
     trigger: str
     event: dict[str, Any]
@@ -68,6 +71,8 @@ class DeadLetterView(Struct):
 
 class DeadLetterList(Struct):
     dead_letters: list[DeadLetterView]
+    next: str | None = None
+    """The link to the next page (this query with a cursor); null on the last page."""
 
 
 class Replayed(Struct):
@@ -200,7 +205,9 @@ async def list_dead_letters(gw: Gateway, request: Request) -> Response:
         raise InvalidRequest(f"limit={q.get('limit')!r} is not a number; use e.g. limit=100") from None
     if not 1 <= limit <= 1000:
         raise InvalidRequest(f"limit={limit} is out of range; use 1 to 1000")
-    letters = await gw.events.dead_letters(_function_filter(request), limit)
+    cursor = q.get("cursor")
+    after = decode_cursor(cursor) if cursor is not None else None
+    letters = await gw.events.dead_letters(_function_filter(request), limit, after)
     views = [
         DeadLetterView(
             id=d.id, function=d.function, proxy=d.event.proxy, trigger=d.event.trigger, event=d.event.attributes,
@@ -208,13 +215,22 @@ async def list_dead_letters(gw: Gateway, request: Request) -> Response:
         )  # fmt: skip
         for d in letters
     ]
-    return _json(DeadLetterList(dead_letters=views))
+    next_link = None
+    if len(letters) == limit:  # maybe more: the next page starts after the last of this one
+        last = letters[-1]
+        next_link = f"{request.url.path}?{urlencode({**dict(q), 'cursor': encode_cursor((last.failed_at, last.id))})}"
+    return _json(DeadLetterList(dead_letters=views, next=next_link))
 
 
 async def replay_dead_letter(gw: Gateway, request: Request) -> Response:
     id = request.path_params["id"]
     record = await gw.events.replay(id)
     return _json(Replayed(dead_letter=id, invocation=record.id), 202)
+
+
+async def remove_dead_letter(gw: Gateway, request: Request) -> Response:
+    await gw.events.remove_dead_letter(request.path_params["id"])
+    return Response(status_code=204)
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -253,10 +269,15 @@ def event_endpoints() -> list[Endpoint]:
         Endpoint("GET", "/v1/events/dlq", list_dead_letters, "Event invocations that failed every attempt",
                  scope="deploy", tag="events",
                  params=(Param("function", "query", "only this function's (not empty: leave it out for every function's)"),
-                         Param("limit", "query", "at most this many (1-1000, default 100)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})),
+                         Param("limit", "query", "at most this many (1-1000, default 100)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+                         Param("cursor", "query", "where the page starts: from the next link of the page before")),
                  response=DeadLetterList, errors=(400, 401, 403)),
         Endpoint("POST", "/v1/events/dlq/{id:str}/replay", replay_dead_letter,
                  "Queue a dead letter again (a new invocation); it leaves the dead-letter store",
                  scope="deploy", tag="events", params=(Param("id", "path", "The dead letter's id", required=True),),
                  status=202, response=Replayed, errors=(401, 403, 404, 422)),
+        Endpoint("DELETE", "/v1/events/dlq/{id:str}", remove_dead_letter,
+                 "Remove a dead letter for good (its event is not run)",
+                 scope="deploy", tag="events", params=(Param("id", "path", "The dead letter's id", required=True),),
+                 status=204, errors=(401, 403, 404)),
     ]  # fmt: skip

@@ -109,11 +109,15 @@ class EventStore(Protocol):
     def put_dead_letter(self, letter: DeadLetter) -> None: ...
 
     def discard_dead_letter(self, id: str) -> bool:
-        """Remove a dead letter its invocation outlived (a re-run succeeded); False when there was none."""
+        """Remove a dead letter (its invocation outlived it: a re-run succeeded; or a user removed
+        it: ``DELETE /v1/events/dlq/{id}``); False when there was none."""
         ...
 
-    def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        """Newest first."""
+    def list_dead_letters(
+        self, function: str | None = None, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        """Newest first, by ``failed_at`` then ``id`` (a total order); ``after``: only those after
+        this position (``(failed_at, id)`` of the last of the page before) in that order."""
         ...
 
     def get_dead_letter(self, id: str) -> DeadLetter | None: ...
@@ -274,10 +278,21 @@ class EventQueries(SQLStore):
             cur.execute(self._q("DELETE FROM dead_letters WHERE id = ?"), (id,))
             return bool(cur.rowcount)
 
-    def list_dead_letters(self, function: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        where, args = ("WHERE function = ? ", [function]) if function is not None else ("", [])
+    def list_dead_letters(
+        self, function: str | None = None, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[DeadLetter]:
+        where: list[str] = []
+        args: list[Any] = []
+        if function is not None:
+            where.append("function = ?")
+            args.append(function)
+        if after is not None:
+            where.append("(failed_at < ? OR (failed_at = ? AND id < ?))")
+            args += [after[0], after[0], after[1]]
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        sql = self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {clause}ORDER BY failed_at DESC, id DESC LIMIT ?")
         with self._read() as cur:
-            self._rows(cur, self._q(f"SELECT {_DLQ_COLS} FROM dead_letters {where}ORDER BY failed_at DESC LIMIT ?"), (*args, int(limit)))
+            self._rows(cur, sql, (*args, int(limit)))
             return [_dead_letter(r) for r in cur.fetchall()]
 
     def get_dead_letter(self, id: str) -> DeadLetter | None:

@@ -69,6 +69,19 @@ def test_triggers_and_dead_letters_from_the_command_line(tmp_path: Path) -> None
         assert [(d["id"], d["attempts"], d["error"]["message"]) for d in letters] == [(inv, 2, "the flag is not there yet")]
         assert inv in cli("events", "dlq", "ls")
 
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:  # one to remove, not replay
+            r = c.post("/v1/events", json={"specversion": "1.0", "id": "e-3", "source": "/cli", "type": "com.example.order",
+                                           "shop": "bonn", "data": {"flag": str(flag)}},
+                       headers={"content-type": "application/cloudevents+json"})  # fmt: skip
+            [unwanted] = r.json()["events"][0]["invocations"]
+        while len(json.loads(cli("events", "dlq", "ls", "--json"))["dead_letters"]) < 2:
+            assert time.monotonic() < deadline + 10, "no second dead letter"
+            time.sleep(0.05)
+        assert json.loads(cli("events", "dlq", "rm", unwanted, "--json")) == {"removed": [unwanted]}
+        again = runner.invoke(app, ["events", "dlq", "rm", unwanted], env=env)
+        assert again.exit_code == 4 and f"no dead letter '{unwanted}'" in again.stderr, again.output
+        assert [d["id"] for d in json.loads(cli("events", "dlq", "ls", "--json"))["dead_letters"]] == [inv]
+
         flag.write_text("")
         replayed = json.loads(cli("events", "dlq", "replay", "--all", "--json"))["replayed"]
         assert [r["dead_letter"] for r in replayed] == [inv]

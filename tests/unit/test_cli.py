@@ -679,7 +679,7 @@ def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
 def test_a_dot_for_a_name_or_id_is_refused(cli: Any) -> None:
     # `rm ..` answered "no such endpoint: DELETE /v1" (exit 4), `rm .` "DELETE is not allowed on /v1/functions":
     # the URL was normalized, and the request went to another endpoint.
-    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["triggers", "rm", ".."], ["images", "show", ".."]):
+    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["images", "show", ".."]):  # triggers rm ..: test_a_trigger_id_that_cannot_be_one…
         r = cli(*args)
         expect_error(r, 2, "is not a name or an id", "spanfaas ls")
         assert "endpoint" not in r.stderr and "/v1" not in r.stderr
@@ -689,10 +689,24 @@ def test_an_empty_id_is_refused_before_the_request(cli: Any) -> None:
     # The gateway redirected "/v1/triggers/" to the list: `triggers rm ""` printed "✓ removed trigger".
     # (The gateway now answers a 404 that says to drop the trailing slash, which reads wrong for a
     # command: the client refuses the empty id itself.  Images: test_an_empty_image_or_list_name_is_refused.)
-    for args in (["triggers", "rm", ""], ["events", "dlq", "replay", ""]):
+    # It said "a name or id in the command is empty; name the function, invocation, trigger, list or
+    # image (`spanfaas ls` lists the functions)": which one, and where to find it, for this command?
+    for args, says in (
+        (["triggers", "rm", ""], ("the trigger id is empty", "spanfaas triggers ls")),
+        (["events", "dlq", "replay", ""], ("the dead letter id is empty", "spanfaas events dlq ls")),
+    ):
         r = cli(*args)
-        expect_error(r, 2, "a name or id in the command is empty")
-        assert "removed" not in r.stdout and "slash" not in r.stderr
+        expect_error(r, 2, *says)
+        assert "removed" not in r.stdout and "slash" not in r.stderr and "function, invocation" not in r.stderr
+
+
+@pytest.mark.parametrize("id", ["a/b", "..", " ", "trg_1 ", "fn:0\n", "x" * 300])
+def test_a_trigger_id_that_cannot_be_one_is_refused_before_the_request(cli: Any, id: str) -> None:
+    """``triggers rm 'a/b'`` answered "no such endpoint", ``rm ..`` a message about functions and
+    images, ``rm ' '`` went to the gateway: refused here, saying what a trigger id looks like."""
+    r = cli("triggers", "rm", id)
+    expect_error(r, 2, "is not a trigger id", "trg_", "FUNCTION:NAME", "spanfaas triggers ls")
+    assert "endpoint" not in r.stderr and "removed" not in r.stdout
 
 
 def test_replay_all_replays_past_one_page_of_dead_letters(cli: Any, live: Live, tmp_path: Path) -> None:
@@ -713,6 +727,86 @@ def test_replay_all_replays_past_one_page_of_dead_letters(cli: Any, live: Live, 
     assert r.exit_code == 0, r.stderr
     assert sorted(x["dead_letter"] for x in json.loads(r.stdout)["replayed"]) == [f"dlq-paged-{i:04}" for i in range(n)]
     assert json.loads(cli("events", "dlq", "ls", "-f", "dlq-paged", "--json").stdout)["dead_letters"] == []
+
+
+def test_replay_all_pages_past_dead_letters_it_cannot_replay(cli: Any, live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``events dlq replay --all`` (no --function) read the newest page again and again: a whole
+    page of dead letters that cannot be replayed (no function) or failed again hid every older
+    one, which it left, saying to replay them a function at a time.  It pages past them by
+    cursor now, replays every replayable one, and names those it skipped."""
+    import spanfaas.cli.events
+
+    monkeypatch.setattr(spanfaas.cli.events, "PAGE", 2)
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    junk = Event(attributes={"id": "1-0", "source": "redis/s", "stream": "s"}, proxy="redis")
+    error = ErrorInfo(kind="infra", type="InvalidEvent", message="entry 1-0 of Redis stream s is no event")
+    older = ["pg-ok-1", "pg-ok-2", "pg-gone"]
+    skipped = [f"pg-junk-{i}" for i in range(3)]
+    for t, i in enumerate(older):  # the oldest: under three newer ones that cannot be replayed
+        fn = "pg-not-deployed" if i == "pg-gone" else "hello"
+        live.store.put_dead_letter(DeadLetter(id=i, function=fn, event=event, content_type="application/json",
+                                              payload=b"{}", failed_at=10.0 + t))  # fmt: skip
+    for t, i in enumerate(skipped):
+        live.store.put_dead_letter(DeadLetter(id=i, function="", event=junk, content_type="application/json",
+                                              error=error, failed_at=20.0 + t))  # fmt: skip
+    try:
+        r = cli("events", "dlq", "replay", "--all", "--json")
+        assert r.exit_code == 4, (r.stdout, r.stderr)  # pg-gone: its function is not deployed
+        doc = json.loads(r.stdout)
+        assert sorted(x["dead_letter"] for x in doc["replayed"]) == ["pg-ok-1", "pg-ok-2"], doc
+        assert [(x["dead_letter"], x["status"]) for x in doc["failed"]] == [("pg-gone", 404)], doc
+        assert sorted(doc["skipped"]) == skipped, doc
+        assert "skipped 3 dead letters that cannot be replayed" in r.stderr and "pg-junk-0" in r.stderr, r.stderr
+        assert "not reached" not in r.stderr, r.stderr
+        assert live.store.get_dead_letter("pg-ok-1") is None and live.store.get_dead_letter("pg-gone") is not None
+    finally:
+        for i in [*skipped, *older]:
+            live.store.discard_dead_letter(i)
+
+
+def test_dlq_rm_removes_dead_letters_by_id_or_all_of_a_function_after_asking(cli: Any, live: Live) -> None:
+    """There was no way to remove a dead letter: one that cannot be replayed (or should not be)
+    stayed listed for good, and ``replay --all`` named it every time."""
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents")
+    letters = {"rm-a": "rm-fn", "rm-b": "rm-fn", "rm-c": "rm-fn", "rm-other": "rm-other-fn"}
+    for i, fn in letters.items():
+        live.store.put_dead_letter(DeadLetter(id=i, function=fn, event=event, content_type="application/json"))
+    try:
+        r = cli("events", "dlq", "rm", "rm-a", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout) == {"removed": ["rm-a"]}, (r.stdout, r.stderr)
+        assert live.store.get_dead_letter("rm-a") is None
+        expect_error(cli("events", "dlq", "rm", "rm-a"), 4, "no dead letter 'rm-a'", "spanfaas events dlq ls")
+        r = cli("events", "dlq", "rm", "rm-nope", "rm-b")  # one gone: the others are still removed
+        assert r.exit_code == 4 and "rm-b" in r.stdout and "no dead letter 'rm-nope'" in r.stderr, (r.stdout, r.stderr)
+        assert "removed 1 of 2 dead letters" in r.stderr and live.store.get_dead_letter("rm-b") is None
+        live.store.put_dead_letter(DeadLetter(id="rm-b", function="rm-fn", event=event, content_type="application/json"))
+
+        r = cli("events", "dlq", "rm", "--all", "-f", "rm-fn", input="n\n")  # asked, and answered no
+        assert r.exit_code == 1 and "remove 2 dead letters of rm-fn for good?" in r.stderr, (r.stdout, r.stderr)
+        assert "nothing removed" in r.stderr and live.store.get_dead_letter("rm-b") is not None
+        r = cli("events", "dlq", "rm", "--all", "-f", "rm-fn")  # no answer (no terminal): nothing removed
+        assert r.exit_code == 2 and "?" in r.stderr.splitlines()[0], (r.stdout, r.stderr)
+        assert r.stderr.splitlines()[1].startswith("error: no answer") and "pass --yes" in r.stderr, r.stderr
+        assert live.store.get_dead_letter("rm-b") is not None
+        r = cli("events", "dlq", "rm", "--all", "-f", "rm-fn", input="y\n")
+        assert r.exit_code == 0 and "removed 2 dead letters" in r.stderr, (r.stdout, r.stderr)
+        assert {live.store.get_dead_letter(i) is None for i in ("rm-b", "rm-c")} == {True}
+        assert live.store.get_dead_letter("rm-other") is not None  # another function's: kept
+        r = cli("events", "dlq", "rm", "--all", "--yes", "--json")
+        assert r.exit_code == 0 and "rm-other" in json.loads(r.stdout)["removed"], (r.stdout, r.stderr)
+        assert json.loads(cli("events", "dlq", "ls", "--json").stdout)["dead_letters"] == []
+        r = cli("events", "dlq", "rm", "--all", "--yes")
+        assert r.exit_code == 0 and "no dead letters to remove" in r.stderr, r.stderr
+
+        expect_error(cli("events", "dlq", "rm"), 2, "name the dead letters to remove", "--all")
+        expect_error(cli("events", "dlq", "rm", "x", "--all"), 2, "not both")
+        expect_error(cli("events", "dlq", "rm", "x", "-f", "rm-fn"), 2, "--function applies to --all")
+        expect_error(cli("events", "dlq", "rm", "--all", "-f", ""), 2, "--function is empty")
+        expect_error(cli("events", "dlq", "rm", ""), 2, "the dead letter id is empty")
+    finally:
+        for i in letters:
+            live.store.discard_dead_letter(i)
 
 
 def test_info_and_doctor(cli: Any) -> None:
@@ -863,7 +957,8 @@ def test_dlq_replay_all_passes_over_entries_that_were_no_events(cli: Any, live: 
         r = cli("events", "dlq", "replay", "--all", "--json")
         assert r.exit_code == 0, r.stderr
         assert [x["dead_letter"] for x in json.loads(r.stdout)["replayed"]] == ["ne-ok"]
-        assert "1 dead letter of an entry that was no event cannot be replayed" in r.stderr, r.stderr
+        assert json.loads(r.stdout)["skipped"] == ["ne-junk"]
+        assert "skipped 1 dead letter that cannot be replayed (`spanfaas events dlq ls` says why): ne-junk" in r.stderr, r.stderr
         r = cli("events", "dlq", "replay", "--all")
         assert r.exit_code == 0 and "no dead letters to replay" in r.stderr, r.stderr
         r = cli("events", "dlq", "ls")

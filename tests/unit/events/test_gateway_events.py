@@ -23,6 +23,7 @@ from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Event, InvocationRecord
+from spanfaas.store import DeadLetter as DeadLetterRecord
 from spanfaas.store import SQLiteStore
 
 CE = {"specversion": "1.0", "id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
@@ -478,6 +479,82 @@ async def test_a_dead_letter_the_store_keeps_refusing_ends_the_invocation_prompt
     assert view["status"] == "failed" and view["reruns"] == CRASH_RERUNS + 1, view
     assert "could not store" in view["error"]["message"] and gateway.infra.invocations == runs  # type: ignore[attr-defined]
     assert "could not be kept as a dead letter" in view["error"]["message"]  # and the dead letter of its last run, neither
+
+
+async def test_a_dead_letter_the_store_refuses_for_its_data_is_kept_without_it(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], gateway: Gateway, store: SQLiteStore, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The store refuses the dead letter of an event that failed every attempt for a value of its
+    data (it always will): each try to keep it was refused alike, the run went back to the queue
+    and ran again CRASH_RERUNS times, then failed with its event lost.  Now it is kept without its
+    data at once: listed, saying why, and never replayed empty."""
+    gateway.dispatcher.settle_backoff = 0.01
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute("CREATE TRIGGER refuse_poison BEFORE INSERT ON dead_letters WHEN instr(CAST(NEW.payload AS TEXT), "
+                   "'poison') > 0 BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: poison letter'); END")  # fmt: skip
+        await deploy("flaky", ORDERS, code=FLAKY)
+        data = {"flag": str(tmp_path / "never"), "note": "poison"}
+        [inv] = ids(await client.post("/v1/events", content=json.dumps({**CE, "data": data}), headers=STRUCTURED))
+        [view] = await wait_finished(client, [inv], timeout=5)
+    finally:
+        db.close()
+    retries = gateway.settings.events.retries
+    assert view["status"] == "failed" and (view["attempts"], view["reruns"]) == (retries + 1, 0), view
+    assert gateway.infra.invocations == retries + 1  # type: ignore[attr-defined]
+    [letter] = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+    assert letter["id"] == inv and letter["function"] == "" and letter["attempts"] == retries + 1
+    assert letter["event"] == {"id": "order-1", "source": "/shop/berlin", "type": "com.example.order.created"}
+    message = letter["error"]["message"]
+    assert "CHECK constraint failed: poison letter" in message and "without its data" in message, message
+    assert "not yet" in message and "'flaky'" in message, message
+    r = await client.post(f"/v1/events/dlq/{inv}/replay")
+    assert r.status_code == 422 and "cannot be replayed" in r.json()["detail"], r.text
+    assert f"kept without its data as dead letter {inv}" in caplog.text
+
+
+async def test_the_dead_letters_are_listed_in_pages_by_cursor(client: httpx.AsyncClient, store: SQLiteStore) -> None:
+    """``GET /v1/events/dlq`` listed the newest ``limit`` and no more: the older ones could only
+    be reached by removing the newer (a client that could not replay them was stuck on them)."""
+    for i in range(5):
+        store.put_dead_letter(DeadLetterRecord(id=f"dl{i}", function="", event=Event(attributes={"id": f"e{i}"}),
+                                               content_type="x", failed_at=float(i)))  # fmt: skip
+    seen, link = [], "/v1/events/dlq?limit=2"
+    while link:
+        r = await client.get(link)
+        assert r.status_code == 200, r.text
+        seen.append([d["id"] for d in r.json()["dead_letters"]])
+        link = r.json()["next"]
+    assert seen == [["dl4", "dl3"], ["dl2", "dl1"], ["dl0"]]
+    r = await client.get("/v1/events/dlq", params={"cursor": "nope"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json", r.text
+    assert "is not a cursor of this API" in r.json()["detail"]
+    spec = (await client.get("/openapi.json")).json()
+    assert "cursor" in [p["name"] for p in spec["paths"]["/v1/events/dlq"]["get"]["parameters"]]
+
+
+async def test_a_dead_letter_is_removed_by_id(client: httpx.AsyncClient, store: SQLiteStore) -> None:
+    """There was no way to remove a dead letter (one that cannot be replayed, or should not be):
+    it stayed listed for good."""
+    for i in ("rm-a", "rm-b"):
+        store.put_dead_letter(DeadLetterRecord(id=i, function="fn", event=Event(attributes={"id": i}), content_type="x"))
+    r = await client.delete("/v1/events/dlq/rm-a")
+    assert r.status_code == 204 and r.content == b"", r.text
+    assert [d["id"] for d in (await client.get("/v1/events/dlq")).json()["dead_letters"]] == ["rm-b"]
+    r = await client.delete("/v1/events/dlq/rm-a")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
+    problem = r.json()
+    assert problem["type"].endswith("/dead-letter-not-found") and problem["status"] == 404, problem
+    assert "no dead letter 'rm-a'" in problem["detail"] and "spanfaas events dlq ls" in problem["detail"], problem
+    op = (await client.get("/openapi.json")).json()["paths"]["/v1/events/dlq/{id}"]["delete"]
+    assert {"204", "404"} <= set(op["responses"]) and [p["name"] for p in op["parameters"]] == ["id"], op
+    from spanfaas.gateway.auth import issue_token
+
+    token = issue_token(store, "inv", ["invoke"])[1]  # the deploy scope is needed, as for a replay
+    r = await client.delete("/v1/events/dlq/rm-b", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and r.json()["status"] == 403, r.text
+    assert store.get_dead_letter("rm-b") is not None
 
 
 @pytest.mark.parametrize(

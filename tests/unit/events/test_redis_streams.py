@@ -313,6 +313,57 @@ async def test_a_refused_event_whose_dead_letter_the_store_fails_to_write_is_rea
     assert sorted(v["result"]["context_event"]["id"] for v in views) == ["e1", "e2"]
 
 
+REFUSE_LETTER = (  # a dead letter whose data holds 'poison' (a value of it the store cannot hold)
+    "CREATE TRIGGER refuse_letter BEFORE INSERT ON dead_letters WHEN instr(CAST(NEW.payload AS TEXT), 'poison') > 0 "
+    "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: poison letter'); END"
+)
+
+
+@pytest.mark.parametrize("kind", ["no event", "refused event"])
+async def test_an_entry_whose_dead_letter_the_store_refuses_is_kept_without_its_data(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], r: redis.Redis, stream: str, store: SQLiteStore,
+    caplog: pytest.LogCaptureFixture, kind: str,
+) -> None:  # fmt: skip
+    """An entry the store refused (it was no event, or its event was refused) and then refused
+    the dead letter of too (a value of its data: it always will) was acknowledged and lost, only
+    logged.  Now it is kept without its data: listed, with why, and never replayed empty."""
+    await deploy("orders", "[[triggers]]\n")
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        db.execute(REFUSE_LETTER)
+        if kind == "no event":
+            bad = r.xadd(stream, {"specversion": "1.0", "source": "/shop", "type": "t", "note": "poison"})
+        else:
+            db.execute(REFUSE_BAD["seen"])
+            r.xadd(stream, {"specversion": "1.0", "id": "bad", "source": "/shop", "type": "t", "data": json.dumps("poison")})
+        r.xadd(stream, {"specversion": "1.0", "id": "ok", "source": "/shop", "type": "t"})
+        [view] = await invocations(client, 1)
+        assert view["result"]["context_event"]["id"] == "ok"
+        deadline = time.monotonic() + 5
+        while await pending(r, stream) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await pending(r, stream) == 0  # acknowledged: the stream goes on
+        letters = (await client.get("/v1/events/dlq")).json()["dead_letters"]
+        assert len(letters) == 1, caplog.text[-2000:]
+        [letter] = letters
+    finally:
+        db.close()
+    assert letter["function"] == "" and letter["proxy"] == "redis"  # cannot be replayed: its data is not kept
+    assert letter["event"]["id"] == (bad if kind == "no event" else "bad") and letter["event"]["source"] == (
+        f"redis/{stream}" if kind == "no event" else "/shop"
+    )
+    message = letter["error"]["message"]
+    assert "CHECK constraint failed: poison letter" in message and "without its data" in message, message
+    if kind == "refused event":
+        assert "CHECK constraint failed: bad" in message and "'orders'" in message, message
+    replay = await client.post(f"/v1/events/dlq/{letter['id']}/replay")
+    assert replay.status_code == 422 and "cannot be replayed" in replay.json()["detail"], replay.text
+    assert "lost" not in caplog.text, caplog.text[-2000:]
+    assert f"kept without its data as dead letter {letter['id']}" in caplog.text, caplog.text[-2000:]
+    text = (await client.get("/metrics")).text
+    assert metric(text, "spanfaas_events_dead_lettered_total", "redis") == 1
+
+
 class _Sink:
     def __init__(self) -> None:
         self.events: list[str] = []

@@ -153,6 +153,21 @@ def test_dead_letters_and_replay(any_store: Store) -> None:
     assert any_store.list_dead_letters() == [] and any_store.get_invocation(again.id) is not None
 
 
+def test_dead_letters_page_after_a_position_in_a_total_order(any_store: Store) -> None:
+    """Newest first by failed_at, then id: a page after (failed_at, id) of the last of the one
+    before neither skips nor repeats letters that failed at the same moment."""
+    at = {"d1": 1.0, "d2": 2.0, "d3": 2.0, "d4": 2.0, "d5": 3.0}
+    for i, t in at.items():
+        fn = "other" if i == "d4" else "fn"
+        any_store.put_dead_letter(DeadLetter(id=i, function=fn, event=EVENT, content_type="x", failed_at=t))
+    pages, after = [], None
+    while page := any_store.list_dead_letters(None, 2, after):
+        pages.append([d.id for d in page])
+        after = (page[-1].failed_at, page[-1].id)
+    assert pages == [["d5", "d4"], ["d3", "d2"], ["d1"]]
+    assert [d.id for d in any_store.list_dead_letters("fn", 10, (2.0, "d4"))] == ["d3", "d2", "d1"]
+
+
 async def test_an_event_the_store_refuses_to_queue_fails_alone(any_store: Store) -> None:
     """Events admitted together share a transaction: one the store refused (a value it
     cannot take) failed every publisher of the batch."""
