@@ -176,7 +176,8 @@ def test_up_on_every_address_saves_and_shows_the_loopback_url(tmp_path: Path) ->
         url = up.url()
         port = int(url.rsplit(":", 1)[1])
         assert url == f"http://127.0.0.1:{port}"
-        assert "listening on every address of this machine" in up.out.read_text()
+        # (printed on the line after the URL: wait for it, as for the URL)
+        up.wait_for("the every-address line", lambda: "listening on every address of this machine" in up.out.read_text())
         saved = tomllib.loads((tmp_path / "config" / "spanfaas" / "config.toml").read_text())
         assert saved["url"] == url
         r = httpx.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {saved['token']}"}, timeout=30)
