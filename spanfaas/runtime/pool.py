@@ -100,6 +100,13 @@ class Pool:
         """The zygote reported the pid of the template in place (on_spawned; then reaped or not)."""
         self._template_exit = ExitWatch(self._loop)
         """The template's exit, told by its pidfd: watched from the first call lost mid-run (_why_lost)."""
+        self._importing = -1
+        """While the template imports the function's code (it said Importing): the capture of what
+        the module printed, to tell a module that exits or crashes at import (_died_importing)."""
+        self._exit_status: int | None = None
+        """The template's wait status, from the zygote's notice, while its channel is read last."""
+        self._status_due: asyncio.TimerHandle | None = None
+        """The template's channel ended while it imported the code: its exit status is awaited."""
         self.cold_starts = 0
         self.invocations = 0
         self._chan: ControlChannel | None = None
@@ -193,22 +200,30 @@ class Pool:
                 self._on_forked(seq, fds[0], fds[1] if len(fds) > 1 else -1)
                 for extra in fds[2:]:
                     os.close(extra)
+            case p.Importing():
+                self._imported()
+                self._importing = fds.pop(0) if fds else -1
+                for extra in fds:
+                    os.close(extra)
             case p.InstanceExited(seq=seq, status=status):
                 self._on_instance_exit(seq, status)
             case p.ForkFailed(reason=reason):
                 self._on_fork_failed(reason)
             case p.TemplateReady(import_ms=ms, protections=prot):
+                self._imported()
                 self.import_ms = ms
                 self.protections = prot
                 self._said_ready = True
                 if self._spawned:  # (else once the zygote's report of its pid is read: on_spawned)
                     self._become_ready()
             case p.TemplateFailed(error=err, sandbox=True):
+                self._imported()
                 log.error("spanfaas runtime: the sandbox of %s could not be set up:\n%s", self.key, err.traceback)
                 self._fail_start(
                     InfraError(f"the sandbox of '{self.spec.name}' could not be set up: {err.message}; the function's code did not load")
                 )
             case p.TemplateFailed(error=err):
+                self._imported()
                 self._fail_start(
                     InvalidBundle(
                         f"function '{self.spec.name}' failed to load: {err.type}: {err.message}",
@@ -224,6 +239,17 @@ class Pool:
         self.stop_template()
 
     def _on_template_eof(self) -> None:
+        if self.state == "starting" and self._importing >= 0:
+            # It went without a word while it imported the function's code (os._exit, a crash):
+            # the user's error, told with its exit status, which the zygote's notice brings.
+            if self._exit_status is not None:
+                self._died_importing(self._exit_status)
+            elif self._status_due is None:
+                if self._chan is not None:
+                    self._chan.close()
+                    self._chan = None
+                self._status_due = self._loop.call_later(EXIT_STATUS_WAIT, self._died_importing, -1)
+            return
         if self.state in ("starting",):
             self._fail_start(InfraError(f"the template of '{self.spec.name}' exited while starting"))
         self._reset_template()
@@ -233,10 +259,44 @@ class Pool:
         said before it did (why its code failed to load): that notice travels on
         another socket and can overtake it, so read the channel first."""
         self.template_pid = 0  # reaped: its pid may be another process's already, never to be killed
-        if self._chan is not None:
-            self._chan.drain()
-        if self._chan is not None:  # (what it said may have reset the pool already)
-            self._reset_template()
+        if self._status_due is not None:  # its channel ended while it imported the code
+            self._died_importing(status)
+            return
+        self._exit_status = status
+        try:
+            if self._chan is not None:
+                self._chan.drain()
+            if self._chan is not None:  # (what it said may have reset the pool already)
+                self._reset_template()
+        finally:
+            self._exit_status = None
+
+    def _imported(self) -> None:
+        """The template is done importing the function's code (or never began): forget its capture."""
+        if self._importing >= 0:
+            os.close(self._importing)
+            self._importing = -1
+
+    def _died_importing(self, status: int) -> None:
+        """The template exited while it imported the function's code, without a word: the
+        module exited or crashed (``status``: its wait status; -1 if the zygote never said)."""
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
+        printed = ""
+        if self._importing >= 0:
+            try:
+                printed = os.pread(self._importing, 65536, 0).decode("utf-8", "replace")
+            except OSError:
+                pass
+            self._imported()
+        oom = status >= 0 and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and self._new_oom_kill()
+        self._fail_start(
+            InvalidBundle(
+                f"function '{self.spec.name}' failed to load: {diagnosis.died_importing(status, oom, self.spec)}",
+                traceback=f"--- output ---\n{printed}" if printed else "",
+            )
+        )
 
     def _reset_template(self) -> None:
         """The template is gone: so are its instances; the next call starts a new one."""
@@ -261,6 +321,10 @@ class Pool:
         self._ready = None
         self.template_pid = 0
         self._said_ready = self._spawned = False
+        self._imported()
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
         self._template_exit.close()
         if self.state not in ("closed", "draining"):
             self.state = "cold"

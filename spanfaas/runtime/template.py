@@ -643,6 +643,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
         try:
             tpl.fit(reports)
             tpl.lock_down()
+            p.send_msg(chan, p.Importing(), fds=[capture])  # if the code exits or crashes now, the runtime tells why
             sandboxing = False
             tpl.load()
         except BaseException as exc:  # report any import-time failure to the runtime

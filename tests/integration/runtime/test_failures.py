@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -389,6 +390,46 @@ async def test_import_error_fails_deploy_and_keeps_old_version(harness: Harness)
     assert _frames(info.value.extra["traceback"])[0] == 'File "handler.py", line 1, in <module>'  # import failures too
     r = await harness.invoke("versioned")
     assert r.output == b'"v1"'
+
+
+@pytest.mark.parametrize(
+    ("leaving", "said"),
+    [
+        ("os._exit(0)", "exited with status 0"),
+        ("os._exit(7)", "exited with status 7"),
+        ("ctypes.string_at(0)", "was killed by signal SIGSEGV"),
+    ],
+)
+async def test_a_module_that_exits_while_imported_fails_the_deploy_with_its_status(harness: Harness, leaving: str, said: str) -> None:
+    """No exception to report, only the template's exit: the deploy fails as the user's
+    error all the same (not a platform failure the scheduler retries for ever), with the
+    status and what the module printed; the version that served keeps serving."""
+    await harness.deploy("leaves", "def handler(e, c):\n    return 'v1'\n")
+    code = f"import ctypes, os\nprint('importing v2')\n{leaving}\ndef handler(e, c):\n    return 'v2'\n"
+    with pytest.raises(InvalidBundle, match=f"the function's code {said} while being imported") as info:
+        await harness.deploy("leaves", code)
+    assert "importing v2" in info.value.extra["traceback"]
+    r = await harness.invoke("leaves")
+    assert r.output == b'"v1"'
+
+
+async def test_a_module_that_exits_when_imported_again_fails_each_call_once(harness: Harness, tmp_path: Path) -> None:
+    """Imported fine at deploy, then exiting at a later start (after scaling to zero):
+    each call that starts the template fails as the user's error, and nothing starts
+    it again in between."""
+    marker = tmp_path / "leave"
+    tmp_path.chmod(0o755)
+    code = f"import os\nif os.path.exists({str(marker)!r}):\n    os._exit(5)\ndef handler(e, c):\n    return 1\n"
+    await harness.deploy("leaves-later", code)
+    pool = harness.rt.pool("leaves-later")
+    marker.touch()
+    pool.stop_template()
+    starts = pool.cold_starts
+    for _ in range(2):
+        with pytest.raises(InvalidBundle, match="exited with status 5 while being imported"):
+            await harness.invoke("leaves-later")
+    assert pool.cold_starts == starts + 2
+    assert pool.state == "cold"
 
 
 async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:
