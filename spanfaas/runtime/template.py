@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
 
-from spanfaas.model import ErrorInfo, Protection
+from spanfaas.model import MANIFEST_NAME, ErrorInfo, Protection, single_file_manifest
 from spanfaas.runtime import fitter, forking, loader
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
@@ -71,6 +71,20 @@ def _preimport_lazy() -> None:
             importlib.import_module(name)
         except ImportError:
             continue
+
+
+def _no_handler(module: str, function: str, bundle: str) -> str:
+    """Why the function's module has no handler, and the fix: in the manifest, or, deployed
+    as a single file (its manifest generated: its user has none), in that file."""
+    try:
+        with open(os.path.join(bundle, MANIFEST_NAME), encoding="utf-8") as f:
+            single = f.read() == single_file_manifest(module)
+    except (OSError, ValueError):
+        single = False
+    if single:
+        return (f"{module}.py has no function '{function}': define def {function}(event, context) in {module}.py, "
+                f"or deploy a directory with a spanfaas.toml that names your function (handler = \"{module}:<function>\")")  # fmt: skip
+    return f"module '{module}' has no callable '{function}'; set handler = \"{module}:<function>\" in spanfaas.toml"
 
 
 def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
@@ -168,10 +182,7 @@ class Template:
         module = loader.load(req.module, req.bundle_path)
         handler = getattr(module, req.function, None)
         if handler is None or not callable(handler):
-            raise AttributeError(
-                f"module '{req.module}' has no callable '{req.function}'; "
-                f"set handler = \"{req.module}:<function>\" in spanfaas.toml"
-            )
+            raise AttributeError(_no_handler(req.module, req.function, req.bundle_path))
         self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()

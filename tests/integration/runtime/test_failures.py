@@ -435,3 +435,23 @@ async def test_a_module_that_exits_when_imported_again_fails_each_call_once(harn
 async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:
     with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
         await harness.deploy("nohandler", "def main(e, c):\n    return 1\n")
+
+
+async def test_a_single_file_without_a_handler_says_to_define_one_there(harness: Harness, tmp_path: Path) -> None:
+    """Deployed as one .py file (``spanfaas deploy resize.py``), the function has no
+    spanfaas.toml of its user's to set a handler in: say what fits a single file."""
+    from spanfaas.client.bundle import pack
+    from spanfaas.gateway.bundle import find_root, unpack
+
+    source = tmp_path / "src" / "resize.py"
+    source.parent.mkdir()
+    source.write_text("def main(event, context):\n    return 1\n")
+    packed = pack(source)
+    unpack(packed.data, tmp_path / "bundle", max_size=1 << 20)
+    with pytest.raises(InvalidBundle) as info:
+        await harness.rt.deploy(packed.spec, find_root(tmp_path / "bundle"))
+    message = info.value.message
+    assert "resize.py has no function 'handler'" in message
+    assert "define def handler(event, context) in resize.py" in message
+    assert "or deploy a directory with a spanfaas.toml that names your function" in message
+    assert "set handler" not in message
