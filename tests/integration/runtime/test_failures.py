@@ -254,6 +254,47 @@ async def test_an_exception_with_a_huge_message_is_clipped(harness: Harness, iso
     await _ok(harness, name)
 
 
+HUGE_ANSWER = """
+import resource
+
+def headroom():
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    with open("/proc/self/status") as f:
+        used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+    return limit - used
+
+def handler(event, context):
+    if event == "raise":
+        raise MemoryError("no room")
+    # Fits in memory, but its JSON encoding does not: the platform's encoder runs out.
+    return {"message": "x" * int(headroom() * 0.6)}
+"""
+
+
+async def test_a_memory_error_shows_no_platform_frames(harness: Harness, isolation: str) -> None:
+    """Raised by the handler, its traceback starts at the user's code; raised while the
+    platform encodes what the handler returned, no frame is the user's: none is shown
+    (the platform's, with their paths, say nothing the user can fix), the message says
+    what ran out."""
+    name = f"huge-answer-{isolation}"
+    await harness.deploy(name, HUGE_ANSWER, f'isolation = "{isolation}"\n[resources]\nmemory = 64\n')
+    r = await harness.invoke(name, b'"raise"')
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert _frames(r.error.traceback or "")[0] == 'File "handler.py", line 12, in handler'
+    r = await harness.invoke(name, b'"encode"')
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "spanfaas" not in (r.error.traceback or "") and "instance.py" not in (r.error.traceback or ""), r.error.traceback
+    assert r.error.type == "MemoryError"
+    assert "the handler's return value did not fit in memory while it was encoded as JSON" in r.error.message, r.error
+    assert "64 MiB" in r.error.message and "resources.memory" in r.error.message, r.error
+    r = await harness.invoke(name, b"[" + b"[]," * 5_000_000 + b"[]]")  # 15 MB of JSON, ~300 MB decoded
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "spanfaas" not in (r.error.traceback or "") and "instance.py" not in (r.error.traceback or ""), r.error.traceback
+    assert "the event did not fit in memory while it was decoded from JSON" in r.error.message, r.error
+    r = await harness.invoke(name, b'"raise"')  # the instance still serves (reuse), or the next one (strict)
+    assert r.error is not None and r.error.message.startswith("no room"), r.error
+
+
 async def test_os_exit_gives_crashed_with_status(harness: Harness, isolation: str) -> None:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, b'{"do": "exit"}')
