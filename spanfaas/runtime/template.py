@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
@@ -400,20 +401,14 @@ class Template:
     def reap(self) -> None:
         reaped = False
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            exited = reap_one(self.children)
+            if exited is None:
                 break
-            if pid == 0:
-                break
+            pid, status = exited
             seq = self.children.pop(pid, None)
             if seq is None:
                 continue  # an orphan re-parented to us (we are pid 1 of the namespace)
             reaped = True
-            try:
-                os.killpg(pid, signal.SIGKILL)  # the instance's group dies with it
-            except (ProcessLookupError, PermissionError):
-                pass
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
         if reaped and self.reaper:
@@ -550,6 +545,31 @@ def _reseed() -> None:
     np_random = sys.modules.get("numpy.random")  # imported: its state was copied by fork
     if np_random is not None:
         np_random.seed()
+
+
+def reap_one(groups: Container[int]) -> tuple[int, int] | None:
+    """Reap one exited child: its pid and wait status; None when none has exited.
+
+    A child in ``groups`` led a process group (an instance: what it forked dies with
+    it): the group is killed first, while the child is a zombie whose pid no other
+    process can take.  (Killed after the reap, the number could be another's group by then.)"""
+    try:
+        found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # exited, left unreaped
+    except ChildProcessError:
+        return None
+    if found is None:
+        return None
+    pid = found.si_pid
+    if pid in groups:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        _, status = os.waitpid(pid, 0)  # (it has exited: at once)
+    except ChildProcessError:
+        return None
+    return pid, status
 
 
 def _orphan_reaping() -> Protection:
