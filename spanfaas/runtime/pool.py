@@ -94,6 +94,9 @@ class Pool:
         self.import_ms = 0.0
         self.template_pid = 0
         """Known from the zygote's report (on_spawned); 0 before, and once the template is reaped."""
+        self._template_pidfd = -1
+        """The template's pidfd, opened by the zygote before it could reap it (-1: the kernel has
+        none): the template is stopped by it, never by a pid another process may have taken."""
         self._said_ready = False
         """The template in place said it is ready (TemplateReady): the pool is, once its pid is known too."""
         self._spawned = False
@@ -174,10 +177,13 @@ class Pool:
         else:
             self._ready.add_done_callback(lambda _: fn())
 
-    def on_spawned(self, pid: int) -> None:
+    def on_spawned(self, pid: int, pidfd: int = -1) -> None:
         """The zygote reports the template's pid (on its own socket: the template may have
-        said it is ready first, then it becomes ready now)."""
+        said it is ready first, then it becomes ready now) and its pidfd (ours to close)."""
         self.template_pid = pid
+        if self._template_pidfd >= 0:
+            os.close(self._template_pidfd)
+        self._template_pidfd = pidfd
         if pid <= 0:
             self._fail_start(InfraError(f"could not start the template of '{self.spec.name}'; see the runtime's log"))
             return
@@ -270,6 +276,9 @@ class Pool:
                 self._reset_template()
         finally:
             self._exit_status = None
+            if self._template_pidfd >= 0:  # (reset already, before the zygote reported its pid)
+                os.close(self._template_pidfd)
+                self._template_pidfd = -1
 
     def _imported(self) -> None:
         """The template is done importing the function's code (or never began): forget its capture."""
@@ -320,6 +329,9 @@ class Pool:
             self._ready.exception()
         self._ready = None
         self.template_pid = 0
+        if self._template_pidfd >= 0:
+            os.close(self._template_pidfd)
+            self._template_pidfd = -1
         self._said_ready = self._spawned = False
         self._imported()
         if self._status_due is not None:
@@ -344,11 +356,13 @@ class Pool:
         if self._chan is not None:
             self._chan.close()
             self._chan = None
-        if pid > 0:
-            try:
+        try:
+            if self._template_pidfd >= 0:
+                signal.pidfd_send_signal(self._template_pidfd, signal.SIGKILL)
+            elif pid > 0:  # no pidfd (before Linux 5.3): by its pid, unless the zygote said it was reaped
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        except ProcessLookupError:
+            pass
         self._reset_template()
 
     # -- instances --------------------------------------------------------------
@@ -764,7 +778,7 @@ class Pool:
         that died reports nothing: the instance went with it (``inst.orphaned``), told by the
         template's pidfd, however late its channel's EOF or the zygote's notice comes."""
         waits: set[asyncio.Future[Any]] = {inst.exit_status}
-        gone = None if inst.exit_status.done() else self._template_exit.watch(self.template_pid)
+        gone = None if inst.exit_status.done() else self._template_exit.watch(self.template_pid, self._template_pidfd)
         if gone is not None:
             waits.add(gone)
         await asyncio.wait(waits, timeout=EXIT_STATUS_WAIT, return_when=asyncio.FIRST_COMPLETED)

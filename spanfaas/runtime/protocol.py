@@ -81,6 +81,8 @@ class ZygoteShutdown(Struct, tag=True):
 
 
 class TemplateSpawned(Struct, tag=True):
+    """Sent with a pidfd of the template when the kernel has them (``pid`` > 0)."""
+
     key: str
     pid: int
 

@@ -165,6 +165,40 @@ async def test_a_template_killed_by_a_signal_while_importing_names_the_signal() 
         await ready
 
 
+async def test_a_template_is_stopped_by_its_pidfd_never_by_a_number_another_process_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the zygote reaping a template and the pool hearing of it, the template's
+    pid may be another process's: the pool signals the template by the pidfd the zygote
+    opened before it could be reaped, never by that number."""
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    pidfd = os.pidfd_open(gone)
+    os.waitpid(gone, 0)  # exited and reaped: its number is free for another process
+    taken = os.fork()  # (standing in for the process that took it)
+    if taken == 0:
+        signal.pause()
+        os._exit(0)
+    sent: list[int] = []
+    real_kill = os.kill
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(pid) or real_kill(pid, sig))
+    try:
+        pool = _pool(_Runtime())
+        pool.on_spawned(taken, pidfd)
+        pool.stop_template()
+        assert sent == [], "signalled by number"
+        pidfd = os.pidfd_open(taken)  # a live template: its pidfd stops it
+        pool.on_spawned(taken, pidfd)
+        pool.stop_template()
+        assert os.waitpid(taken, 0)[1] == KILLED
+        assert sent == []
+    finally:
+        try:
+            real_kill(taken, signal.SIGKILL)
+            os.waitpid(taken, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 # -- a caller's cancel at the moments the hand-made timers act (Pool._wait, Pool._run) --
 
 
