@@ -46,9 +46,18 @@ __all__ = [
     "manifest_trigger_id",
     "parse_manifest",
     "pattern_problem",
+    "single_file_manifest",
 ]
 
 MANIFEST_NAME = "spanfaas.toml"
+
+
+def single_file_manifest(stem: str) -> str:
+    """The manifest of a function deployed as one ``<stem>.py`` file with none beside it:
+    the name from the stem (``_`` → ``-``), the handler ``<stem>:handler``.  Generated
+    alike by the client and the bundle packer; the runtime knows such a bundle by it
+    (its user has no spanfaas.toml to be told about)."""
+    return f'name = "{stem.lower().replace("_", "-")}"\nhandler = "{stem}:handler"\n'
 
 
 def is_json_type(content_type: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spanfaas.errors import InvalidManifest
-from spanfaas.model import MANIFEST_NAME, FunctionSpec, load_manifest, parse_manifest
+from spanfaas.model import MANIFEST_NAME, FunctionSpec, load_manifest, parse_manifest, single_file_manifest
 
 __all__ = ["PackedFunction", "pack"]
 
@@ -80,4 +80,4 @@ def _file_spec(path: Path) -> FunctionSpec:
             f"cannot make a function name from {path.name!r}: a name is lowercase letters, digits "
             "and '-', starting with a letter; rename the file or deploy a directory with a spanfaas.toml"
         )
-    return parse_manifest(f'name = "{name}"\nhandler = "{stem}:handler"\n', source=f"{path} (generated manifest)")
+    return parse_manifest(single_file_manifest(stem), source=f"{path} (generated manifest)")

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
-from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, parse_manifest
+from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, parse_manifest, single_file_manifest
 
 __all__ = ["UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
 
@@ -47,8 +47,7 @@ def pack_function(path: str | Path) -> bytes:
                 if manifest.is_file():
                     _add_bytes(tar, MANIFEST_NAME, manifest.read_bytes(), executable=False)
                 else:
-                    text = f'name = "{path.stem.replace("_", "-").lower()}"\nhandler = "{path.stem}:handler"\n'
-                    _add_bytes(tar, MANIFEST_NAME, text.encode(), executable=False)
+                    _add_bytes(tar, MANIFEST_NAME, single_file_manifest(path.stem).encode(), executable=False)
             elif path.is_dir():
                 if not (path / MANIFEST_NAME).is_file():
                     raise InvalidManifest(f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\"")

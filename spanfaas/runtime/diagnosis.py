@@ -15,7 +15,7 @@ import msgspec
 
 from spanfaas.model import ErrorInfo, FunctionSpec, Protection
 
-__all__ = ["explained", "lost"]
+__all__ = ["died_importing", "explained", "lost"]
 
 _EXEC_FRAMES = ("_execute_child", "os.exec", "posix_spawn", "os.spawn")
 """In a traceback: the error came from starting a program (subprocess, os.popen, os.exec*)."""
@@ -70,3 +70,21 @@ def lost(status: int, oom: bool, spec: FunctionSpec) -> ErrorInfo:
         return ErrorInfo(kind="crashed", message=f"the instance was killed by signal {name}", exit_status=-signum)
     code = os.WEXITSTATUS(status)
     return ErrorInfo(kind="crashed", message=f"the instance exited with status {code} before answering", exit_status=code)
+
+
+def died_importing(status: int, oom: bool, spec: FunctionSpec) -> str:
+    """The template exited while it imported the function's code, without an exception to
+    report: what its exit ``status`` (-1: unknown) says, ``oom`` if the cgroup's OOM killer
+    counted its SIGKILL."""
+    signum = os.WTERMSIG(status) if status >= 0 and os.WIFSIGNALED(status) else 0
+    if signum == signal.SIGKILL and oom:
+        return (f"the function's code used more than its {spec.resources.memory} MiB memory limit while being imported "
+                "and was stopped (raise resources.memory in spanfaas.toml)")  # fmt: skip
+    if signum:
+        what = f"was killed by signal {signal.Signals(signum).name}"
+    elif status >= 0:
+        what = f"exited with status {os.WEXITSTATUS(status)}"
+    else:
+        what = "exited (its status is unknown)"
+    return (f"the function's code {what} while being imported; a module must not exit or crash "
+            "when imported: run that code in the handler, or fix the crash it hits")  # fmt: skip

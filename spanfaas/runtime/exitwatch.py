@@ -28,17 +28,18 @@ class ExitWatch:
         """Done once the template has exited, told by its pidfd before the zygote's notice or its
         channel's EOF comes; watched from the first call lost mid-run until it goes."""
 
-    def watch(self, pid: int) -> asyncio.Future[None] | None:
+    def watch(self, pid: int, pidfd: int = -1) -> asyncio.Future[None] | None:
         """A future done once the template ``pid`` has exited; None when its state cannot be
-        read.  Its pid is its own until the zygote reaps it, and the zygote says so right
-        after: gone by then (ESRCH), it counts as exited; taken by another process in that
-        instant, it reads as alive, and the wait for news decides, as before."""
+        read.  With its ``pidfd`` (the zygote's, opened before it could reap it), a copy of
+        that is watched.  Else its pid is its own until the zygote reaps it, and the zygote
+        says so right after: gone by then (ESRCH), it counts as exited; taken by another
+        process in that instant, it reads as alive, and the wait for news decides, as before."""
         if self._gone is None:
             if pid <= 0:
                 return None
             gone: asyncio.Future[None] = self._loop.create_future()
             try:
-                fd = os.pidfd_open(pid)
+                fd = os.dup(pidfd) if pidfd >= 0 else os.pidfd_open(pid)
             except ProcessLookupError:
                 gone.set_result(None)  # reaped already: the zygote's notice is on its way
             except OSError:

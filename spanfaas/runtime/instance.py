@@ -281,6 +281,20 @@ def _exit_status(exc: SystemExit) -> int:
     return 0 if code is None else int(code) if isinstance(code, int) else 1
 
 
+def _out_of_memory_in(what: str) -> ErrorInfo:
+    """A MemoryError in the platform's code on the function's behalf (decoding its event,
+    encoding its result), in the function's memory: its error, told without a traceback
+    (the platform's frames, with their paths, say nothing the user can fix)."""
+    return ErrorInfo(kind="oom", type="MemoryError", message=what)
+
+
+class _NoRoom(Exception):
+    """Out of memory in the platform's code on the function's behalf (``_out_of_memory_in``)."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        self.error = error
+
+
 def _too_large(size: int, limit: int) -> ErrorInfo:
     have, allowed = format_sizes(size, limit)
     return ErrorInfo(
@@ -460,7 +474,11 @@ class Runner:
         error: ErrorInfo | None = None
         try:
             if is_json_type(req.content_type):
-                event: Any = _json_decode(body) if len(body) else None
+                try:
+                    event: Any = _json_decode(body) if len(body) else None
+                except MemoryError:  # in the platform's decoder: no frame of it is the user's to show
+                    raise _NoRoom(_out_of_memory_in("the event did not fit in memory while it was decoded from JSON "
+                                                    "(send less, or send it as bytes: not JSON)")) from None  # fmt: skip
             else:
                 event = bytes(body)
             result = self.handler(event, ctx)
@@ -478,8 +496,13 @@ class Runner:
                     type="TypeError",
                     message=f"the handler's return value is not JSON-serializable ({exc}); return bytes, str, numbers, lists or dicts",
                 )
+            except MemoryError:  # in the platform's encoder: no frame of it is the user's to show
+                error = _out_of_memory_in("the handler's return value did not fit in memory while it was encoded as JSON "
+                                          "(return less, or bytes: not encoded)")  # fmt: skip
             if len(output) > self.max_result:  # never sent: the caller could not take it
                 error, output = _too_large(len(output), self.max_result), b""
+        except _NoRoom as exc:
+            error = exc.error
         except BaseException as exc:  # the user's error, reported with its traceback (sys.exit() too)
             if _forked_copy:
                 _end_forked_copy(exc)

@@ -94,12 +94,22 @@ class Pool:
         self.import_ms = 0.0
         self.template_pid = 0
         """Known from the zygote's report (on_spawned); 0 before, and once the template is reaped."""
+        self._template_pidfd = -1
+        """The template's pidfd, opened by the zygote before it could reap it (-1: the kernel has
+        none): the template is stopped by it, never by a pid another process may have taken."""
         self._said_ready = False
         """The template in place said it is ready (TemplateReady): the pool is, once its pid is known too."""
         self._spawned = False
         """The zygote reported the pid of the template in place (on_spawned; then reaped or not)."""
         self._template_exit = ExitWatch(self._loop)
         """The template's exit, told by its pidfd: watched from the first call lost mid-run (_why_lost)."""
+        self._importing = -1
+        """While the template imports the function's code (it said Importing): the capture of what
+        the module printed, to tell a module that exits or crashes at import (_died_importing)."""
+        self._exit_status: int | None = None
+        """The template's wait status, from the zygote's notice, while its channel is read last."""
+        self._status_due: asyncio.TimerHandle | None = None
+        """The template's channel ended while it imported the code: its exit status is awaited."""
         self.cold_starts = 0
         self.invocations = 0
         self._chan: ControlChannel | None = None
@@ -167,10 +177,13 @@ class Pool:
         else:
             self._ready.add_done_callback(lambda _: fn())
 
-    def on_spawned(self, pid: int) -> None:
+    def on_spawned(self, pid: int, pidfd: int = -1) -> None:
         """The zygote reports the template's pid (on its own socket: the template may have
-        said it is ready first, then it becomes ready now)."""
+        said it is ready first, then it becomes ready now) and its pidfd (ours to close)."""
         self.template_pid = pid
+        if self._template_pidfd >= 0:
+            os.close(self._template_pidfd)
+        self._template_pidfd = pidfd
         if pid <= 0:
             self._fail_start(InfraError(f"could not start the template of '{self.spec.name}'; see the runtime's log"))
             return
@@ -193,22 +206,30 @@ class Pool:
                 self._on_forked(seq, fds[0], fds[1] if len(fds) > 1 else -1)
                 for extra in fds[2:]:
                     os.close(extra)
+            case p.Importing():
+                self._imported()
+                self._importing = fds.pop(0) if fds else -1
+                for extra in fds:
+                    os.close(extra)
             case p.InstanceExited(seq=seq, status=status):
                 self._on_instance_exit(seq, status)
             case p.ForkFailed(reason=reason):
                 self._on_fork_failed(reason)
             case p.TemplateReady(import_ms=ms, protections=prot):
+                self._imported()
                 self.import_ms = ms
                 self.protections = prot
                 self._said_ready = True
                 if self._spawned:  # (else once the zygote's report of its pid is read: on_spawned)
                     self._become_ready()
             case p.TemplateFailed(error=err, sandbox=True):
+                self._imported()
                 log.error("spanfaas runtime: the sandbox of %s could not be set up:\n%s", self.key, err.traceback)
                 self._fail_start(
                     InfraError(f"the sandbox of '{self.spec.name}' could not be set up: {err.message}; the function's code did not load")
                 )
             case p.TemplateFailed(error=err):
+                self._imported()
                 self._fail_start(
                     InvalidBundle(
                         f"function '{self.spec.name}' failed to load: {err.type}: {err.message}",
@@ -224,6 +245,17 @@ class Pool:
         self.stop_template()
 
     def _on_template_eof(self) -> None:
+        if self.state == "starting" and self._importing >= 0:
+            # It went without a word while it imported the function's code (os._exit, a crash):
+            # the user's error, told with its exit status, which the zygote's notice brings.
+            if self._exit_status is not None:
+                self._died_importing(self._exit_status)
+            elif self._status_due is None:
+                if self._chan is not None:
+                    self._chan.close()
+                    self._chan = None
+                self._status_due = self._loop.call_later(EXIT_STATUS_WAIT, self._died_importing, -1)
+            return
         if self.state in ("starting",):
             self._fail_start(InfraError(f"the template of '{self.spec.name}' exited while starting"))
         self._reset_template()
@@ -233,10 +265,47 @@ class Pool:
         said before it did (why its code failed to load): that notice travels on
         another socket and can overtake it, so read the channel first."""
         self.template_pid = 0  # reaped: its pid may be another process's already, never to be killed
-        if self._chan is not None:
-            self._chan.drain()
-        if self._chan is not None:  # (what it said may have reset the pool already)
-            self._reset_template()
+        if self._status_due is not None:  # its channel ended while it imported the code
+            self._died_importing(status)
+            return
+        self._exit_status = status
+        try:
+            if self._chan is not None:
+                self._chan.drain()
+            if self._chan is not None:  # (what it said may have reset the pool already)
+                self._reset_template()
+        finally:
+            self._exit_status = None
+            if self._template_pidfd >= 0:  # (reset already, before the zygote reported its pid)
+                os.close(self._template_pidfd)
+                self._template_pidfd = -1
+
+    def _imported(self) -> None:
+        """The template is done importing the function's code (or never began): forget its capture."""
+        if self._importing >= 0:
+            os.close(self._importing)
+            self._importing = -1
+
+    def _died_importing(self, status: int) -> None:
+        """The template exited while it imported the function's code, without a word: the
+        module exited or crashed (``status``: its wait status; -1 if the zygote never said)."""
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
+        printed = ""
+        if self._importing >= 0:
+            try:
+                printed = os.pread(self._importing, 65536, 0).decode("utf-8", "replace")
+            except OSError:
+                pass
+            self._imported()
+        oom = status >= 0 and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and self._new_oom_kill()
+        self._fail_start(
+            InvalidBundle(
+                f"function '{self.spec.name}' failed to load: {diagnosis.died_importing(status, oom, self.spec)}",
+                traceback=f"--- output ---\n{printed}" if printed else "",
+            )
+        )
 
     def _reset_template(self) -> None:
         """The template is gone: so are its instances; the next call starts a new one."""
@@ -260,7 +329,14 @@ class Pool:
             self._ready.exception()
         self._ready = None
         self.template_pid = 0
+        if self._template_pidfd >= 0:
+            os.close(self._template_pidfd)
+            self._template_pidfd = -1
         self._said_ready = self._spawned = False
+        self._imported()
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
         self._template_exit.close()
         if self.state not in ("closed", "draining"):
             self.state = "cold"
@@ -280,11 +356,13 @@ class Pool:
         if self._chan is not None:
             self._chan.close()
             self._chan = None
-        if pid > 0:
-            try:
+        try:
+            if self._template_pidfd >= 0:
+                signal.pidfd_send_signal(self._template_pidfd, signal.SIGKILL)
+            elif pid > 0:  # no pidfd (before Linux 5.3): by its pid, unless the zygote said it was reaped
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        except ProcessLookupError:
+            pass
         self._reset_template()
 
     # -- instances --------------------------------------------------------------
@@ -700,7 +778,7 @@ class Pool:
         that died reports nothing: the instance went with it (``inst.orphaned``), told by the
         template's pidfd, however late its channel's EOF or the zygote's notice comes."""
         waits: set[asyncio.Future[Any]] = {inst.exit_status}
-        gone = None if inst.exit_status.done() else self._template_exit.watch(self.template_pid)
+        gone = None if inst.exit_status.done() else self._template_exit.watch(self.template_pid, self._template_pidfd)
         if gone is not None:
             waits.add(gone)
         await asyncio.wait(waits, timeout=EXIT_STATUS_WAIT, return_when=asyncio.FIRST_COMPLETED)

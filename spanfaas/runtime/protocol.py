@@ -81,6 +81,8 @@ class ZygoteShutdown(Struct, tag=True):
 
 
 class TemplateSpawned(Struct, tag=True):
+    """Sent with a pidfd of the template when the kernel has them (``pid`` > 0)."""
+
     key: str
     pid: int
 
@@ -113,6 +115,12 @@ class TemplateFailed(Struct, tag=True):
     error: ErrorInfo
     sandbox: bool = False
     """It failed setting its sandbox up, before any user code: the platform failed, not the bundle."""
+
+
+class Importing(Struct, tag=True):
+    """The template imports the function's code now.  Sent with one fd: the capture
+    of what the module prints.  A template that exits without a word after this (the
+    module called ``os._exit``, or crashed) died in the function's code, not the platform's."""
 
 
 class Fork(Struct, tag=True):
@@ -149,7 +157,7 @@ class Retire(Struct, tag=True):
 
 
 TemplateRequest = Fork | Retire
-TemplateEvent = TemplateReady | TemplateFailed | InstanceForked | InstanceExited | ForkFailed
+TemplateEvent = Importing | TemplateReady | TemplateFailed | InstanceForked | InstanceExited | ForkFailed
 
 
 # -- runtime ↔ instance --------------------------------------------------------------

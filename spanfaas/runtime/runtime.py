@@ -206,7 +206,16 @@ class LocalRuntime:
         pool.after_start(lambda: self._replenish_spares(zygote))
         return name, cgroup_name
 
-    def _on_zygote_message(self, msg: Any) -> None:
+    def _on_zygote_message(self, msg: Any, fds: list[int]) -> None:
+        """A zygote's message, with the fds it carried (a template's pidfd): ours to close,
+        unless handed on."""
+        try:
+            self._on_zygote_event(msg, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_zygote_event(self, msg: Any, fds: list[int]) -> None:
         match msg:
             case p.TemplateSpawned(key=key, pid=pid):
                 pool = self._by_key.get(key)
@@ -214,7 +223,7 @@ class LocalRuntime:
                     return
                 if pid > 0:
                     self._by_pid[pid] = pool
-                pool.on_spawned(pid)
+                pool.on_spawned(pid, fds.pop(0) if fds and pid > 0 else -1)  # (its pidfd: the pool's now)
             case p.TemplateExited(pid=pid, status=status):
                 pool = self._by_pid.pop(pid, None)
                 if pool is None:

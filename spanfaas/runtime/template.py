@@ -22,11 +22,12 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
 
-from spanfaas.model import ErrorInfo, Protection
+from spanfaas.model import MANIFEST_NAME, ErrorInfo, Protection, single_file_manifest
 from spanfaas.runtime import fitter, forking, loader
 from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
@@ -71,6 +72,20 @@ def _preimport_lazy() -> None:
             importlib.import_module(name)
         except ImportError:
             continue
+
+
+def _no_handler(module: str, function: str, bundle: str) -> str:
+    """Why the function's module has no handler, and the fix: in the manifest, or, deployed
+    as a single file (its manifest generated: its user has none), in that file."""
+    try:
+        with open(os.path.join(bundle, MANIFEST_NAME), encoding="utf-8") as f:
+            single = f.read() == single_file_manifest(module)
+    except (OSError, ValueError):
+        single = False
+    if single:
+        return (f"{module}.py has no function '{function}': define def {function}(event, context) in {module}.py, "
+                f"or deploy a directory with a spanfaas.toml that names your function (handler = \"{module}:<function>\")")  # fmt: skip
+    return f"module '{module}' has no callable '{function}'; set handler = \"{module}:<function>\" in spanfaas.toml"
 
 
 def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
@@ -168,10 +183,7 @@ class Template:
         module = loader.load(req.module, req.bundle_path)
         handler = getattr(module, req.function, None)
         if handler is None or not callable(handler):
-            raise AttributeError(
-                f"module '{req.module}' has no callable '{req.function}'; "
-                f"set handler = \"{req.module}:<function>\" in spanfaas.toml"
-            )
+            raise AttributeError(_no_handler(req.module, req.function, req.bundle_path))
         self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()
@@ -389,20 +401,14 @@ class Template:
     def reap(self) -> None:
         reaped = False
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            exited = reap_one(self.children)
+            if exited is None:
                 break
-            if pid == 0:
-                break
+            pid, status = exited
             seq = self.children.pop(pid, None)
             if seq is None:
                 continue  # an orphan re-parented to us (we are pid 1 of the namespace)
             reaped = True
-            try:
-                os.killpg(pid, signal.SIGKILL)  # the instance's group dies with it
-            except (ProcessLookupError, PermissionError):
-                pass
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
         if reaped and self.reaper:
@@ -541,6 +547,31 @@ def _reseed() -> None:
         np_random.seed()
 
 
+def reap_one(groups: Container[int]) -> tuple[int, int] | None:
+    """Reap one exited child: its pid and wait status; None when none has exited.
+
+    A child in ``groups`` led a process group (an instance: what it forked dies with
+    it): the group is killed first, while the child is a zombie whose pid no other
+    process can take.  (Killed after the reap, the number could be another's group by then.)"""
+    try:
+        found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # exited, left unreaped
+    except ChildProcessError:
+        return None
+    if found is None:
+        return None
+    pid = found.si_pid
+    if pid in groups:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        _, status = os.waitpid(pid, 0)  # (it has exited: at once)
+    except ChildProcessError:
+        return None
+    return pid, status
+
+
 def _orphan_reaping() -> Protection:
     """Whether processes an instance leaves behind with ``setsid()`` come to us to be killed.
 
@@ -643,6 +674,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
         try:
             tpl.fit(reports)
             tpl.lock_down()
+            p.send_msg(chan, p.Importing(), fds=[capture])  # if the code exits or crashes now, the runtime tells why
             sandboxing = False
             tpl.load()
         except BaseException as exc:  # report any import-time failure to the runtime

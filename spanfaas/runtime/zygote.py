@@ -97,7 +97,7 @@ class Zygote:
         os.close(chan_fd)
         if inner > 0:
             self.templates[inner] = req.key
-        p.send_msg(self.chan, p.TemplateSpawned(req.key, inner))
+        self._spawned(req.key, inner)
 
     def prepare_spare(self, req: p.PrepareSpare) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -150,7 +150,7 @@ class Zygote:
         os.close(chan_fd)
         os.close(report_r)
         self.templates[spare.pid] = req.key
-        p.send_msg(self.chan, p.TemplateSpawned(req.key, spare.pid))
+        self._spawned(req.key, spare.pid)
 
     def _spawn_direct(self, req: p.SpawnTemplate, chan_fd: int) -> None:
         """No namespaces, no cgroup: the template is our own child (one fork, not two)."""
@@ -165,7 +165,23 @@ class Zygote:
                 os._exit(70)
         os.close(chan_fd)
         self.templates[pid] = req.key
-        p.send_msg(self.chan, p.TemplateSpawned(req.key, pid))
+        self._spawned(req.key, pid)
+
+    def _spawned(self, key: str, pid: int) -> None:
+        """Tell the runtime the template's pid, with a pidfd of it when the kernel has them:
+        opened here, before ``reap`` can reap it, it never names another process (a pid
+        may, once the template is reaped), so the runtime stops the template by it."""
+        pidfd = -1
+        if pid > 0:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pass  # (before Linux 5.3): the runtime falls back on the pid
+        try:
+            p.send_msg(self.chan, p.TemplateSpawned(key, pid), fds=[pidfd] if pidfd >= 0 else None)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def _leave_zygote(self) -> None:
         """In a fresh child: drop the zygote's channels, wake-up pipe and handlers."""

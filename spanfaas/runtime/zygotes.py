@@ -41,7 +41,7 @@ class ZygoteProcess:
         preimport: Sequence[str],
         sys_path: Sequence[str] = (),
         sandbox: bool,
-        on_message: Callable[[Any], None],
+        on_message: Callable[[Any, list[int]], None],
         on_exit: Callable[[ZygoteProcess], None],
     ) -> None:
         self.key = key
@@ -95,9 +95,7 @@ class ZygoteProcess:
         self.chan = ControlChannel(ours, _decoder, self._message, self._eof)
 
     def _message(self, msg: Any, fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)
-        self._on_message(msg)
+        self._on_message(msg, fds)  # (the fds are its to close)
 
     def _eof(self) -> None:
         self.chan = None

@@ -150,7 +150,7 @@ async def test_a_close_during_the_zygotes_warm_up_stops_it_at_its_next_step(tmp_
     (tmp_path / "second.py").write_text(f"open({str(tmp_path / 'second-imported')!r}, 'w').close()\n")
     zygote = ZygoteProcess(
         "image-x", preimport=["first", "second"], sys_path=[str(tmp_path)], sandbox=False,
-        on_message=lambda msg: None, on_exit=lambda z: None,
+        on_message=lambda msg, fds: None, on_exit=lambda z: None,
     )  # fmt: skip
     zygote.start()
     try:
@@ -180,7 +180,7 @@ async def test_a_close_while_the_zygotes_interpreter_starts_ends_it_at_once(tmp_
         time.sleep(60)
     """))
     zygote = ZygoteProcess(
-        "default", preimport=[], sys_path=[str(tmp_path)], sandbox=False, on_message=lambda msg: None, on_exit=lambda z: None
+        "default", preimport=[], sys_path=[str(tmp_path)], sandbox=False, on_message=lambda msg, fds: None, on_exit=lambda z: None
     )
     zygote.start()
     try:

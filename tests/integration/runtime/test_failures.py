@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -253,6 +254,47 @@ async def test_an_exception_with_a_huge_message_is_clipped(harness: Harness, iso
     await _ok(harness, name)
 
 
+HUGE_ANSWER = """
+import resource
+
+def headroom():
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    with open("/proc/self/status") as f:
+        used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+    return limit - used
+
+def handler(event, context):
+    if event == "raise":
+        raise MemoryError("no room")
+    # Fits in memory, but its JSON encoding does not: the platform's encoder runs out.
+    return {"message": "x" * int(headroom() * 0.6)}
+"""
+
+
+async def test_a_memory_error_shows_no_platform_frames(harness: Harness, isolation: str) -> None:
+    """Raised by the handler, its traceback starts at the user's code; raised while the
+    platform encodes what the handler returned, no frame is the user's: none is shown
+    (the platform's, with their paths, say nothing the user can fix), the message says
+    what ran out."""
+    name = f"huge-answer-{isolation}"
+    await harness.deploy(name, HUGE_ANSWER, f'isolation = "{isolation}"\n[resources]\nmemory = 64\n')
+    r = await harness.invoke(name, b'"raise"')
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert _frames(r.error.traceback or "")[0] == 'File "handler.py", line 12, in handler'
+    r = await harness.invoke(name, b'"encode"')
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "spanfaas" not in (r.error.traceback or "") and "instance.py" not in (r.error.traceback or ""), r.error.traceback
+    assert r.error.type == "MemoryError"
+    assert "the handler's return value did not fit in memory while it was encoded as JSON" in r.error.message, r.error
+    assert "64 MiB" in r.error.message and "resources.memory" in r.error.message, r.error
+    r = await harness.invoke(name, b"[" + b"[]," * 5_000_000 + b"[]]")  # 15 MB of JSON, ~300 MB decoded
+    assert r.error is not None and r.error.kind == "oom", r.error
+    assert "spanfaas" not in (r.error.traceback or "") and "instance.py" not in (r.error.traceback or ""), r.error.traceback
+    assert "the event did not fit in memory while it was decoded from JSON" in r.error.message, r.error
+    r = await harness.invoke(name, b'"raise"')  # the instance still serves (reuse), or the next one (strict)
+    assert r.error is not None and r.error.message.startswith("no room"), r.error
+
+
 async def test_os_exit_gives_crashed_with_status(harness: Harness, isolation: str) -> None:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, b'{"do": "exit"}')
@@ -391,6 +433,66 @@ async def test_import_error_fails_deploy_and_keeps_old_version(harness: Harness)
     assert r.output == b'"v1"'
 
 
+@pytest.mark.parametrize(
+    ("leaving", "said"),
+    [
+        ("os._exit(0)", "exited with status 0"),
+        ("os._exit(7)", "exited with status 7"),
+        ("ctypes.string_at(0)", "was killed by signal SIGSEGV"),
+    ],
+)
+async def test_a_module_that_exits_while_imported_fails_the_deploy_with_its_status(harness: Harness, leaving: str, said: str) -> None:
+    """No exception to report, only the template's exit: the deploy fails as the user's
+    error all the same (not a platform failure the scheduler retries for ever), with the
+    status and what the module printed; the version that served keeps serving."""
+    await harness.deploy("leaves", "def handler(e, c):\n    return 'v1'\n")
+    code = f"import ctypes, os\nprint('importing v2')\n{leaving}\ndef handler(e, c):\n    return 'v2'\n"
+    with pytest.raises(InvalidBundle, match=f"the function's code {said} while being imported") as info:
+        await harness.deploy("leaves", code)
+    assert "importing v2" in info.value.extra["traceback"]
+    r = await harness.invoke("leaves")
+    assert r.output == b'"v1"'
+
+
+async def test_a_module_that_exits_when_imported_again_fails_each_call_once(harness: Harness, tmp_path: Path) -> None:
+    """Imported fine at deploy, then exiting at a later start (after scaling to zero):
+    each call that starts the template fails as the user's error, and nothing starts
+    it again in between."""
+    marker = tmp_path / "leave"
+    tmp_path.chmod(0o755)
+    code = f"import os\nif os.path.exists({str(marker)!r}):\n    os._exit(5)\ndef handler(e, c):\n    return 1\n"
+    await harness.deploy("leaves-later", code)
+    pool = harness.rt.pool("leaves-later")
+    marker.touch()
+    pool.stop_template()
+    starts = pool.cold_starts
+    for _ in range(2):
+        with pytest.raises(InvalidBundle, match="exited with status 5 while being imported"):
+            await harness.invoke("leaves-later")
+    assert pool.cold_starts == starts + 2
+    assert pool.state == "cold"
+
+
 async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:
     with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
         await harness.deploy("nohandler", "def main(e, c):\n    return 1\n")
+
+
+async def test_a_single_file_without_a_handler_says_to_define_one_there(harness: Harness, tmp_path: Path) -> None:
+    """Deployed as one .py file (``spanfaas deploy resize.py``), the function has no
+    spanfaas.toml of its user's to set a handler in: say what fits a single file."""
+    from spanfaas.client.bundle import pack
+    from spanfaas.gateway.bundle import find_root, unpack
+
+    source = tmp_path / "src" / "resize.py"
+    source.parent.mkdir()
+    source.write_text("def main(event, context):\n    return 1\n")
+    packed = pack(source)
+    unpack(packed.data, tmp_path / "bundle", max_size=1 << 20)
+    with pytest.raises(InvalidBundle) as info:
+        await harness.rt.deploy(packed.spec, find_root(tmp_path / "bundle"))
+    message = info.value.message
+    assert "resize.py has no function 'handler'" in message
+    assert "define def handler(event, context) in resize.py" in message
+    assert "or deploy a directory with a spanfaas.toml that names your function" in message
+    assert "set handler" not in message

@@ -232,19 +232,19 @@ async def test_a_template_ready_before_the_zygote_reports_its_pid_is_not_ready_w
     deliver = zygote._on_message
     loop = asyncio.get_running_loop()
 
-    async def later(msg: p.TemplateSpawned) -> None:
+    async def later(msg: p.TemplateSpawned, fds: list[int]) -> None:
         pool = rt._by_key[msg.key]
         async with asyncio.timeout(5):
             while pool.import_ms == 0.0:  # set when the template says it is ready
                 await asyncio.sleep(0.001)
         await asyncio.sleep(0.1)  # (time for a deploy that ended then to be seen ended)
-        deliver(msg)
+        deliver(msg, fds)
 
-    def held(msg: object) -> None:
+    def held(msg: object, fds: list[int]) -> None:
         if isinstance(msg, p.TemplateSpawned):
-            loop.create_task(later(msg))
+            loop.create_task(later(msg, fds))
         else:
-            deliver(msg)
+            deliver(msg, fds)
 
     zygote._on_message = held
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -115,6 +116,87 @@ async def test_a_template_that_dies_right_after_it_is_ready_is_started_again_for
     assert len(rt.spawned) == 1, "no new template was asked for"
     waiting.cancel()
     pool.close()
+
+
+def _importing(pool: Pool, printed: bytes) -> tuple[socket.socket, asyncio.Future[None]]:
+    """A starting pool whose template said it imports the function's code now (with
+    its capture, where the module printed ``printed``); the template's end of the channel."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pool._chan = ControlChannel(ours, _template_decoder, pool._on_template_message, pool._on_template_eof)
+    pool.state = "starting"
+    ready = pool._ready = asyncio.get_running_loop().create_future()
+    pool.on_spawned(999_999_999)  # never a real pid: it must not be signalled once reaped
+    capture = os.memfd_create("capture")
+    try:
+        os.write(capture, printed)
+        p.send_msg(theirs, p.Importing(), fds=[capture])
+    finally:
+        os.close(capture)
+    return theirs, ready
+
+
+@pytest.mark.parametrize("notice_first", [True, False])
+async def test_a_template_that_exits_while_importing_the_code_fails_the_start_as_the_users_error(notice_first: bool) -> None:
+    """``os._exit`` (or a crash) at import: no "failed to load" comes, only EOF and the
+    zygote's notice, in either order.  The start fails as the user's error (400), with the
+    exit status and what the module printed, not as a lost template (502, started again)."""
+    rt = _Spawning()
+    pool = _pool(rt)
+    theirs, ready = _importing(pool, b"about to leave\n")
+    theirs.close()  # the template exited ...
+    if not notice_first:
+        assert pool._chan is not None
+        pool._chan.drain()  # ... its channel's EOF is read first: the start waits for the status
+        assert not ready.done()
+    pool.on_template_exit(3 << 8)
+    with pytest.raises(InvalidBundle, match="the function's code exited with status 3 while being imported") as info:
+        await ready
+    assert "about to leave" in info.value.extra["traceback"]
+    assert pool.state == "cold" and pool._chan is None and pool._ready is None
+    assert rt.spawned == [], "started again"
+
+
+async def test_a_template_killed_by_a_signal_while_importing_names_the_signal() -> None:
+    pool = _pool(_Spawning())
+    theirs, ready = _importing(pool, b"")
+    theirs.close()
+    pool.on_template_exit(int(signal.SIGSEGV))
+    with pytest.raises(InvalidBundle, match="the function's code was killed by signal SIGSEGV while being imported"):
+        await ready
+
+
+async def test_a_template_is_stopped_by_its_pidfd_never_by_a_number_another_process_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the zygote reaping a template and the pool hearing of it, the template's
+    pid may be another process's: the pool signals the template by the pidfd the zygote
+    opened before it could be reaped, never by that number."""
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    pidfd = os.pidfd_open(gone)
+    os.waitpid(gone, 0)  # exited and reaped: its number is free for another process
+    taken = os.fork()  # (standing in for the process that took it)
+    if taken == 0:
+        signal.pause()
+        os._exit(0)
+    sent: list[int] = []
+    real_kill = os.kill
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(pid) or real_kill(pid, sig))
+    try:
+        pool = _pool(_Runtime())
+        pool.on_spawned(taken, pidfd)
+        pool.stop_template()
+        assert sent == [], "signalled by number"
+        pidfd = os.pidfd_open(taken)  # a live template: its pidfd stops it
+        pool.on_spawned(taken, pidfd)
+        pool.stop_template()
+        assert os.waitpid(taken, 0)[1] == KILLED
+        assert sent == []
+    finally:
+        try:
+            real_kill(taken, signal.SIGKILL)
+            os.waitpid(taken, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 # -- a caller's cancel at the moments the hand-made timers act (Pool._wait, Pool._run) --

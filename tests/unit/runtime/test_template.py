@@ -1,0 +1,66 @@
+"""The template's bookkeeping of its instances, without a runtime."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from spanfaas.runtime import protocol as p
+from spanfaas.runtime.template import Template
+
+
+_REQUEST = p.SpawnTemplate(
+    key="f-1", name="f", bundle_path="/nonexistent", module="handler", function="handler", env={},
+    scratch_dir="/nonexistent", isolation="strict", concurrency=1, instance_memory=0, sandbox=None, cgroup=[],
+)  # fmt: skip
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (``Z``: a zombie, exited and not yet reaped); "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except FileNotFoundError:
+        return ""
+
+
+def test_an_instances_group_is_killed_while_its_pid_is_still_its_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The group of an exited instance was killed by its number after the instance was reaped:
+    by then the number may lead another process's group.  It is killed while the instance is
+    a zombie, whose pid no other process can take, and reaped after."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)  # as an instance does: it leads a group
+        os._exit(3)
+    killed: list[tuple[int, str]] = []
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, sig: int) -> None:
+        killed.append((pgid, _state(pgid)))
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    tpl = Template.__new__(Template)  # (no runtime, no sandbox: only what reap uses)
+    tpl.children, tpl.chan, tpl.reaper = {pid: 1}, ours, False
+    tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited (left unreaped)
+        tpl.reap()
+        assert killed == [(pid, "Z")], "its group was signalled by number once the pid was free"
+        assert _state(pid) == "" and tpl.children == {}
+        got = p.recv_msg(theirs, msgspec.msgpack.Decoder(p.TemplateEvent))
+        assert got is not None
+        msg, _ = got
+        assert isinstance(msg, p.InstanceExited) and msg.seq == 1 and os.WEXITSTATUS(msg.status) == 3
+    finally:
+        ours.close()
+        theirs.close()
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
