@@ -32,11 +32,16 @@ def handler(event, context):
 
 
 async def _warm(harness: Harness, name: str, calls: int = 5) -> None:
-    """Fast calls first: pipelining starts once the calls are known to be short."""
-    for i in range(calls):
+    """Fast calls first: pipelining starts once the calls are known to be short.
+
+    At least ``calls`` of them; more while the average is still high (a call the
+    loaded machine preempted counts as long at once, and the average falls slowly)."""
+    for i in range(500):
         r = await harness.invoke(name, json.dumps({"i": i}).encode())
         assert r.ok, r.error
-    assert harness.rt.pool(name).stats()["room"] > 1
+        if i + 1 >= calls and harness.rt.pool(name).stats()["room"] > 1:
+            return
+    raise AssertionError(f"pipelining never started: {harness.rt.pool(name).stats()}")
 
 
 async def test_pipelined_replies_find_their_callers(harness: Harness) -> None:
