@@ -137,6 +137,14 @@ class SQLiteStore(EventQueries, ImageQueries):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            # The owner writes: find out now, not in the first write of its start (a traceback
+            # once the runtime is up), whether it can (a read-only file opens, and reads, fine).
+            with self._tx() as cur:
+                cur.execute("UPDATE schema_version SET version = version")
+        except BaseException:
+            os.close(fd)
+            raise
         self._owner_fd = fd
 
     def requeue_running(self) -> int:
