@@ -181,6 +181,21 @@ def test_a_store_file_that_cannot_be_written(start: Start, tmp_path: Path, gatew
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("gateway", [False, True], ids=["up", "gateway"])
+def test_a_store_file_that_is_damaged(start: Start, tmp_path: Path, gateway: bool) -> None:
+    """A spanfaas.db cut short (a disk that failed, a copy that stopped): it was sqlite3's
+    traceback, 'DatabaseError: database disk image is malformed'."""
+    state = tmp_path / "state"
+    SQLiteStore(state / "spanfaas.db").close()
+    os.truncate(state / "spanfaas.db", 65536)
+    start.refused(
+        ["--port", "0", "--data-dir", str(state)],
+        (f"the store's database {state / 'spanfaas.db'} is damaged", "database disk image is malformed", "backup"),
+        code=7, gateway=gateway,
+    )  # fmt: skip
+    assert (state / "spanfaas.db").stat().st_size == 65536  # left as it was, for a recovery
+
+
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
