@@ -9,6 +9,7 @@ then finds the manifest at the root or in the one top-level directory.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -22,13 +23,15 @@ from pathlib import Path
 from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
 from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, parse_manifest, single_file_manifest
 
-__all__ = ["UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
+__all__ = ["DISK_FAULTS", "UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
 
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", ".mypy_cache", ".pytest_cache"})
 SKIP_SUFFIXES = (".pyc", ".pyo")
 UNPACK_FACTOR = 8
 """An archive may unpack to at most this many times the bundle limit."""
 MAX_MEMBERS = 20_000
+DISK_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE})
+"""What writing an unpack may meet that is the gateway's disk failing, not the bundle."""
 
 
 # -- packing -------------------------------------------------------------------------
@@ -120,6 +123,8 @@ def unpack(data: bytes, dest: Path, *, max_size: int) -> None:
         else:
             _unpack_tar(data, dest, max_size)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in DISK_FAULTS:
+            raise  # the disk, not the bundle (the archive is read from memory): the caller says so
         raise InvalidBundle(f"the {fmt} bundle is damaged: {exc}") from None
 
 

@@ -21,7 +21,7 @@ import fcntl
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from spanfaas.errors import InfraUnavailable
@@ -70,7 +70,8 @@ class BundleCache:
         digest = sha256(data)
         bundle = self._held(digest, user, lambda: data, check)
         try:
-            self.blobs.put(data, digest=digest)
+            with _writing(self.blobs.dir):
+                self.blobs.put(data, digest=digest)
         except BaseException:
             self.release(digest, user)
             raise
@@ -87,7 +88,7 @@ class BundleCache:
         while (fd := _share(final)) is None:
             if data is None:
                 data = fetch()
-            with workdirs.make(self.dir) as work:  # held: another gateway's start leaves it be
+            with _writing(self.dir), workdirs.make(self.dir) as work:  # held: another gateway's start leaves it be
                 bundles.unpack(data, work.path, max_size=self.max_unpacked)
                 if check is not None:
                     check(bundles.find_root(work.path))
@@ -124,7 +125,8 @@ class BundleCache:
                 f"the bundle {digest[:12]}… in the store does not match its digest (it has {got[:12]}…); "
                 "deploy the function again"
             )
-        self.blobs.put(data, digest=digest)
+        with _writing(self.blobs.dir):
+            self.blobs.put(data, digest=digest)
         return data
 
     # -- letting go ----------------------------------------------------------------------
@@ -199,6 +201,21 @@ class BundleCache:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+@contextlib.contextmanager
+def _writing(where: Path) -> Iterator[None]:
+    """A write into the data dir that its disk refused (full, read-only, failing) as the
+    platform's failure, which names it; not a damaged bundle, not a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in bundles.DISK_FAULTS:
+            raise
+        raise InfraUnavailable(
+            f"the gateway could not write the bundle into its data dir ({where}): {exc.strerror} "
+            f"[errno {exc.errno}]; free space on that disk, or make it writable, then try again"
+        ) from exc
 
 
 def _share(final: Path) -> int | None:

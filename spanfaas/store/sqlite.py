@@ -137,6 +137,14 @@ class SQLiteStore(EventQueries, ImageQueries):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            # The owner writes: find out now, not in the first write of its start (a traceback
+            # once the runtime is up), whether it can (a read-only file opens, and reads, fine).
+            with self._tx() as cur:
+                cur.execute("UPDATE schema_version SET version = version")
+        except BaseException:
+            os.close(fd)
+            raise
         self._owner_fd = fd
 
     def requeue_running(self) -> int:
@@ -160,7 +168,7 @@ class SQLiteStore(EventQueries, ImageQueries):
 
 # Primary result codes (https://sqlite.org/rescode.html).  An error carries the extended
 # code (SQLITE_IOERR_WRITE = SQLITE_IOERR | 3 << 8): its low byte is the primary one.
-SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 5, 6, 8, 10, 13, 14
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN = 5, 6, 8, 10, 11, 13, 14
 SQLITE_NOTADB = 26
 RETRY_LOCKED = 1
 """Seconds a client waits before it tries again when another writer holds the lock (let go any moment) ..."""
@@ -191,6 +199,12 @@ def store_unavailable(exc: sqlite3.Error, path: Path, busy_timeout: float) -> St
         return StoreUnavailable(
             f"the store's database {path} could not be read or written ({why}); check its disk and "
             "file system (the kernel log says more), then try again",
+            retry_after=RETRY_BROKEN,
+        )
+    if primary == SQLITE_CORRUPT:  # cut short or overwritten (a failing disk, a copy that stopped)
+        return StoreUnavailable(
+            f"the store's database {path} is damaged ({why}): stop the gateway, restore the file from a backup "
+            f"(or save what it still holds: sqlite3 {path} .recover | sqlite3 NEW.db), then start again",
             retry_after=RETRY_BROKEN,
         )
     if primary == SQLITE_READONLY:

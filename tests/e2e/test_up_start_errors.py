@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from spanfaas.gateway.auth import bootstrap_admin_token
+from spanfaas.store import SQLiteStore
 from tests.procs import marked
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +42,9 @@ class Start:
         self.env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"), COLUMNS="200")
         self.env["PATH"] = f"/nonexistent/spanfaas-e2e-{self.mark}{os.pathsep}{self.env.get('PATH', '/usr/bin:/bin')}"
 
-    def __call__(self, *args: str, gateway: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, gateway: bool = False, wrap: Sequence[str] = (), **env: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.Popen(
-            [*_command(gateway), *args], cwd=ROOT, env={**self.env, **env},
+            [*wrap, *_command(gateway), *args], cwd=ROOT, env={**self.env, **env},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         try:
@@ -54,13 +57,15 @@ class Start:
                 os.kill(int(line.split(":", 1)[0]), 9)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def refused(self, args: list[str], fragments: tuple[str, ...], *, code: int = 2, gateway: bool = False, **env: str) -> None:
+    def refused(
+        self, args: list[str], fragments: tuple[str, ...], *, code: int = 2, gateway: bool = False, wrap: Sequence[str] = (), **env: str
+    ) -> None:
         """Started as the user would, then with ``--json`` (the CLI): refused the same way both times."""
         runs = [False, True] if not gateway else [False]
         for as_json in runs:
             leftovers_before = marked(self.mark)
             assert leftovers_before == []
-            r = self(*args, *(["--json"] if as_json else []), gateway=gateway, **env)
+            r = self(*args, *(["--json"] if as_json else []), gateway=gateway, wrap=wrap, **env)
             left = marked(self.mark)
             where = f"{args} json={as_json}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
             assert r.returncode == code, where
@@ -143,6 +148,52 @@ def test_a_store_file_that_is_no_database(start: Start, tmp_path: Path, gateway:
     (state / "spanfaas.db").write_bytes(b"not a database, but a file someone wrote here " * 20)
     start.refused(["--port", "0", "--data-dir", str(state)], (f"{state / 'spanfaas.db'} is not a spanfaas store", "--data-dir"), gateway=gateway)
     assert (state / "spanfaas.db").read_bytes().startswith(b"not a database")  # left as it was
+
+
+def _read_only(path: Path) -> list[str]:
+    """A command prefix under which ``path`` cannot be written, even by root (whom file modes
+    do not stop): a read-only bind mount over it, in a mount namespace of the command's own."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return []
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "-m", "true"], capture_output=True) if unshare else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot make a file read-only for root here (no unshare -m)")
+    return [unshare or "unshare", "-m", "sh", "-c", f'mount --bind -o ro "{path}" "{path}" && exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["up", "gateway"])
+def test_a_store_file_that_cannot_be_written(start: Start, tmp_path: Path, gateway: bool) -> None:
+    """A read-only spanfaas.db (a writable data dir): the store opened (nothing to migrate),
+    then the first write, the dispatcher taking back the runs a crash left, was uvicorn's
+    'Application startup failed' with a traceback, after the runtime had started."""
+    state = tmp_path / "state"
+    store = SQLiteStore(state / "spanfaas.db")  # a store an earlier start made: its admin token too
+    try:
+        assert bootstrap_admin_token(store) is not None
+    finally:
+        store.close()
+    start.refused(
+        ["--port", "0", "--data-dir", str(state)],
+        (f"the store's database {state / 'spanfaas.db'} cannot be written", "make it writable"),
+        code=7, gateway=gateway, wrap=_read_only(state / "spanfaas.db"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["up", "gateway"])
+def test_a_store_file_that_is_damaged(start: Start, tmp_path: Path, gateway: bool) -> None:
+    """A spanfaas.db cut short (a disk that failed, a copy that stopped): it was sqlite3's
+    traceback, 'DatabaseError: database disk image is malformed'."""
+    state = tmp_path / "state"
+    SQLiteStore(state / "spanfaas.db").close()
+    os.truncate(state / "spanfaas.db", 65536)
+    start.refused(
+        ["--port", "0", "--data-dir", str(state)],
+        (f"the store's database {state / 'spanfaas.db'} is damaged", "database disk image is malformed", "backup"),
+        code=7, gateway=gateway,
+    )  # fmt: skip
+    assert (state / "spanfaas.db").stat().st_size == 65536  # left as it was, for a recovery
 
 
 @pytest.mark.parametrize(
