@@ -8,7 +8,8 @@
   starts a new bridge once something listens at the address again, and
   deploys the functions again.
 - **How code travels**: the bundle (a tar.gz) is put into the object store
-  once per deploy; a worker unpacks it on first use and keeps the imported
+  once per deploy; a worker unpacks it on first use (on each node once per
+  bundle content, reused by a deploy of the same bundle) and keeps the imported
   handler, so warm invocations on a worker pay only the call.  Ray's
   ``runtime_env`` is used only for a function's ``env``.
 - **Isolation**: ``reuse`` runs in Ray's pooled workers (module state may

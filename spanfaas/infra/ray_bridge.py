@@ -19,8 +19,9 @@ the object store, ``ray.cancel``: each waits on the raylet, and a stalled node
 or a big payload holds it) run in a pool of ``SUBMITTERS`` threads, never on
 the loop: one stuck call does not hold up the others, ``info`` or the watch.
 
-Bundles unpack on the nodes under this bridge's own directory (see
-``ray_worker``): a Drop removes its function's, the bridge's exit removes its
+Bundles unpack on the nodes under this bridge's own directory, one directory
+per bundle content (see ``ray_worker``): a Drop removes its function's that no
+other function's deploys refer to, the bridge's exit removes its
 own (on every alive node, and on this host), and the bridge's start removes
 those of bridges on this host that are gone (killed, with no exit to clean up).
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
+import hashlib
 import logging
 import os
 import signal
@@ -152,10 +154,12 @@ class Bridge:
         self.remover = ray.remote(ray_worker.remove).options(num_cpus=0, max_retries=0)
         self.owner = ray_worker.owner(os.getpid())
         self.dirs: dict[str, list[str]] = {}
-        """Each function's bundle directories (one per deploy), under ``ray_worker.bundles()``."""
+        """Each function's bundle directories (one per content deployed), under ``ray_worker.bundles()``."""
         self.functions: dict[str, tuple[Any, tuple[Any, ...], dict[str, float]]] = {}
         self.latest: dict[str, int] = {}
         """The id of the last Deploy or Drop of each name: what a deploy that finishes later must not undo."""
+        self.removing: dict[str, asyncio.Future[None]] = {}
+        """Bundle directories being removed from the nodes: done when they are (or it was given up)."""
         self.pool = concurrent.futures.ThreadPoolExecutor(SUBMITTERS, thread_name_prefix="spanfaas-ray-call")
         self.lost = asyncio.Event()
         self._cluster: tuple[float, dict[str, float]] = (-1.0, {})
@@ -174,7 +178,7 @@ class Bridge:
                 case Drop():
                     self.latest[req.name] = req.id
                     self.functions.pop(req.name, None)
-                    await self.forget(self.dirs.pop(req.name, []))
+                    await self.drop(req.name)
                     self.send(Ok(req.id))
                 case Infos():
                     self.send(await asyncio.to_thread(self.info, req.id))
@@ -196,9 +200,21 @@ class Bridge:
 
     async def deploy(self, req: Deploy) -> None:
         self.latest[req.name] = req.id
+        content = await asyncio.to_thread(lambda: hashlib.sha256(req.bundle).hexdigest())
+        if self.latest.get(req.name) != req.id:
+            return  # a later Deploy or Drop of this name came meanwhile: that one stands
+        where = f"{self.owner}/{content[:32]}"  # the same bundle again: the same directory, unpacked once
+        removing = self.removing.get(where)
+        if removing is not None:  # the same bundle, dropped just before: gone first, then unpacked again
+            await asyncio.shield(removing)
+            if self.latest.get(req.name) != req.id:
+                return
+        dirs = self.dirs.setdefault(req.name, [])
+        if where not in dirs:  # (before the put: a Drop of another name with this bundle now spares it)
+            dirs.append(where)
         ref = await self.blocking(self.ray.put, req.bundle)
         if self.latest.get(req.name) != req.id:
-            return  # a later Deploy or Drop of this name came while the bundle went in: that one stands
+            return
         opts: dict[str, Any] = {"num_cpus": req.cpu, "max_retries": 0}
         needs = {"CPU": req.cpu}
         if req.gpu:
@@ -207,9 +223,38 @@ class Bridge:
             opts["max_calls"] = 1
         if req.env:
             opts["runtime_env"] = {"env_vars": dict(req.env)}
-        key = f"{self.owner}/{req.key}-{req.id}"  # a directory of its own: dropping it spares any other deploy's
-        self.dirs.setdefault(req.name, []).append(key)
-        self.functions[req.name] = (self.remote.options(**opts), ([ref], key, req.name, req.module, req.function), needs)
+        key = f"{self.owner}/{req.key}-{req.id}"  # its handler, loaded afresh in each worker
+        static = ([ref], where, key, req.name, req.module, req.function)
+        self.functions[req.name] = (self.remote.options(**opts), static, needs)
+
+    def unused(self, dirs: list[str]) -> list[str]:
+        """Those of ``dirs`` that no function's deploys refer to."""
+        used = {d for kept in self.dirs.values() for d in kept}
+        return [d for d in dirs if d not in used]
+
+    async def drop(self, name: str) -> None:
+        """Remove the bundle directories of ``name`` that no other function refers to, here and
+        on the nodes; it returns once asked, and a deploy of one of them waits for it to be over."""
+        gone = self.unused(self.dirs.pop(name, []))
+        if not gone:
+            return
+        asked = asyncio.ensure_future(self.forget(gone))
+        removed = asyncio.ensure_future(self._removed(asked, gone))
+        for d in gone:
+            self.removing[d] = removed
+        removed.add_done_callback(lambda _: [self.removing.pop(d) for d in gone if self.removing.get(d) is removed])
+        await asked
+
+    async def _removed(self, asked: asyncio.Future[list[Any]], paths: list[str]) -> None:
+        """Until the nodes ``asked`` have removed ``paths`` (``CLEANUP`` s at most)."""
+        await asyncio.wait((asked,))
+        if asked.cancelled() or asked.exception() is not None:
+            return  # the Drop reports it
+        try:
+            async with asyncio.timeout(CLEANUP):
+                await asyncio.gather(*asked.result())
+        except (TimeoutError, self.ray.exceptions.RayError) as exc:
+            print(f"some Ray nodes may keep {paths}: {type(exc).__name__}: {exc}", flush=True)
 
     async def forget(self, paths: list[str]) -> list[Any]:
         """Remove these bundle directories on this host, and ask every alive node to remove

@@ -31,13 +31,14 @@ from spanfaas.errors import InfraUnavailable
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 from spanfaas.infra import ray_bridge as wire
+from spanfaas.infra import ray_worker
 from spanfaas.infra.local import LocalInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
 from spanning_support import (
-    RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
+    ECHO, RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
 )  # fmt: skip
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
@@ -362,15 +363,15 @@ async def test_bundle_directories_go_with_their_deploy_and_their_bridge(ray_head
         await ray.start()
         assert ray._bridge is not None
         mine = root / f"{ray._bridge.proc.pid}@{host}"
-        specs = {}
+        specs, unpacked = {}, {}
         for name, digest in (("kept", "a" * 64), ("dropped", "b" * 64)):
             specs[name] = load_manifest(function_dir(workdir / "src", name))
             await ray.deploy(specs[name], Bundle(digest=digest, path=str(workdir / "src" / name)))
             r = await ray.invoke(specs[name], b'{"i": 2}', InvokeContext(invocation_id=name))
             assert r.error is None, r.error
-        assert sorted(d.name.rsplit("-", 1)[0] for d in mine.iterdir()) == ["dropped-" + "b" * 16, "kept-" + "a" * 16]
+            (unpacked[name],) = set(mine.iterdir()) - set(unpacked.values())
         await ray.remove("dropped")
-        assert [d.name.rsplit("-", 1)[0] for d in mine.iterdir()] == ["kept-" + "a" * 16]
+        assert list(mine.iterdir()) == [unpacked["kept"]]
         deadline = time.monotonic() + 10
         while stale.exists() and time.monotonic() < deadline:  # (the start's sweep runs beside the first calls)
             await asyncio.sleep(0.05)
@@ -393,3 +394,47 @@ async def test_bundle_directories_go_with_their_deploy_and_their_bridge(ray_head
         await ray.close()
         for d in (stale, live, elsewhere):
             shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_an_identical_bundle_deployed_again_unpacks_once_per_node(ray_head: RayHead, workdir: Path) -> None:
+    """A bundle unpacks into a directory named by its content, made whole in one rename: a
+    deploy of the same bundle again reuses it (the handler is loaded afresh); one found
+    broken is unpacked again; a directory goes once no deployed version refers to it."""
+    root, host = Path(tempfile.gettempdir()) / "spanfaas-ray", socket.gethostname()
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        assert ray._bridge is not None
+        mine = root / f"{ray._bridge.proc.pid}@{host}"
+        src = function_dir(workdir / "src", "again")
+        spec = load_manifest(src)
+
+        async def deploy_and_call(digest: str, call: str) -> None:
+            await ray.deploy(spec, Bundle(digest=digest, path=str(src)))
+            r = await ray.invoke(spec, b'{"i": 3}', InvokeContext(invocation_id=call))
+            assert r.error is None and r.cold and b'"square":9' in r.output, r
+
+        await deploy_and_call("a" * 64, "first")
+        (unpacked,) = mine.iterdir()
+        (unpacked / "kept-mark").write_text("this directory was reused")
+        for n in range(2):
+            await deploy_and_call("a" * 64, f"again-{n}")
+        assert list(mine.iterdir()) == [unpacked], "an identical bundle deployed again was unpacked again"
+        assert (unpacked / "kept-mark").exists()
+        (unpacked / "handler.py").unlink()  # broken (a tmp cleaner): unpacked again, in the same place
+        await deploy_and_call("a" * 64, "repaired")
+        assert list(mine.iterdir()) == [unpacked] and (unpacked / "handler.py").is_file()
+        (src / "handler.py").write_text(ECHO + "\n# another version\n")
+        await deploy_and_call("b" * 64, "other")
+        assert len(list(mine.iterdir())) == 2
+        (src / "handler.py").write_text(ECHO)
+        await deploy_and_call("a" * 64, "back")
+        assert len(list(mine.iterdir())) == 2 and unpacked.is_dir()
+        await ray.remove(spec.name)
+        assert list(mine.iterdir()) == [], "the bundles of a removed function were left"
+        await deploy_and_call("a" * 64, "after-remove")  # its removal on the nodes is over before it unpacks again
+        assert list(mine.iterdir()) == [unpacked] and ray_worker.intact(str(unpacked))
+        await ray.remove(spec.name)
+    finally:
+        await ray.close()
+
