@@ -15,7 +15,9 @@ bundle again finds it there.  It is unpacked beside, then renamed into place,
 so a directory there is whole (``intact`` checks that nothing went since) and
 the first calls of one node unpacking at once do not trip on each other.  The
 bridge removes a directory once no deployed version refers to it, its own
-when it exits, and at start those of bridges on its host that are gone.
+when it exits, and at start those of bridges on its host that are gone; a
+worker that unpacks a bundle removes those of bridges of its host that are
+gone too (on a node where no bridge starts again, a killed one's would stay).
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def _load(where: str, key: str, bundle: list[Any], module: str, function: str) -
     import ray
 
     root = os.path.join(bundles(), *where.split("/"))
-    unpack(root, lambda: ray.get(bundle[0]))
+    if unpack(root, lambda: ray.get(bundle[0])):
+        remove(stale())  # bridges of this host killed and not started again leave theirs here
     parts = module.split(".")
     path = next(p for p in (os.path.join(root, *parts) + ".py", os.path.join(root, *parts, "__init__.py")) if os.path.isfile(p))
     name = f"_spanfaas_fn_{re.sub(r'[^0-9A-Za-z_]', '_', key)}_{'_'.join(parts)}"

@@ -438,3 +438,32 @@ async def test_an_identical_bundle_deployed_again_unpacks_once_per_node(ray_head
     finally:
         await ray.close()
 
+
+
+async def test_a_worker_that_unpacks_removes_the_bundles_of_dead_owners_on_its_host(ray_head: RayHead, workdir: Path) -> None:
+    """A bridge killed on another host leaves its bundles on this node, and its own host's
+    next bridge cannot reach them: a worker that unpacks removes the directories of owners on
+    its own host that are gone, and spares a live owner's and another host's."""
+    root, host = Path(tempfile.gettempdir()) / "spanfaas-ray", socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that runs no more
+    stale, live, elsewhere = root / f"{gone.pid}@{host}", root / f"{os.getpid()}@{host}", root / f"{gone.pid}@not-{host}"
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        spec = load_manifest(function_dir(workdir / "src", "sweeps"))
+        await ray.deploy(spec, Bundle(digest="a" * 64, path=str(workdir / "src" / "sweeps")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="first"))
+        assert r.error is None, r.error
+        for d in (stale, live, elsewhere):  # after the bridge's start (its own sweep is over)
+            (d / "f-0000000000000000").mkdir(parents=True)
+        (workdir / "src" / "sweeps" / "handler.py").write_text(ECHO + "\n# another version\n")
+        await ray.deploy(spec, Bundle(digest="b" * 64, path=str(workdir / "src" / "sweeps")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="unpacks"))
+        assert r.error is None, r.error
+        assert not stale.exists(), "a worker that unpacked left the bundles of a dead owner on its host"
+        assert live.exists() and elsewhere.exists()
+    finally:
+        await ray.close()
+        for d in (stale, live, elsewhere):
+            shutil.rmtree(d, ignore_errors=True)
