@@ -151,7 +151,7 @@ class Bridge:
         self.encode = msgspec.msgpack.Encoder().encode
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
-        self.remover = ray.remote(ray_worker.remove).options(num_cpus=0, max_retries=0)
+        self.remover = ray.remote(ray_worker.remove)
         self.owner = ray_worker.owner(os.getpid())
         self.dirs: dict[str, list[str]] = {}
         """Each function's bundle directories (one per content deployed), under ``ray_worker.bundles()``."""
@@ -269,7 +269,9 @@ class Bridge:
             for node in await asyncio.to_thread(self.ray.nodes):
                 if node.get("Alive"):
                     where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                    refs.append(await self.blocking(self.remover.options(scheduling_strategy=where).remote, paths))
+                    # (all options at once: what .options() returns has no .options of its own)
+                    remover = self.remover.options(num_cpus=0, max_retries=0, scheduling_strategy=where)
+                    refs.append(await self.blocking(remover.remote, paths))
         except self.ray.exceptions.RayError as exc:  # what the nodes keep is only disk: the call goes on
             print(f"could not ask the Ray nodes to remove {paths}: {type(exc).__name__}: {exc}", flush=True)
         return refs

@@ -12,6 +12,7 @@ stopped and started again by the failover test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -55,6 +56,22 @@ def ray_head() -> Iterator[RayHead]:
             yield head
         finally:
             head.close()
+
+
+@pytest.fixture
+def node_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RayHead, Path]]:
+    """A cluster whose workers see another temporary directory than this process (and the
+    gateway's bridges), as a node on another host would: where its bundles unpack."""
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    elsewhere = world_readable_dir("spanfaas-ray-node-tmp-")
+    head = RayHead(free_port(), cpus=1, env={"TMPDIR": str(elsewhere)})
+    try:
+        head.start()
+        yield head, elsewhere / "spanfaas-ray"
+    finally:
+        head.close()
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 @pytest.fixture
@@ -467,3 +484,33 @@ async def test_a_worker_that_unpacks_removes_the_bundles_of_dead_owners_on_its_h
         await ray.close()
         for d in (stale, live, elsewhere):
             shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_the_nodes_remove_the_bundles_of_a_removed_function_and_of_a_bridge_that_exits(
+    node_tmp: tuple[RayHead, Path], workdir: Path
+) -> None:
+    """What a node unpacked goes from its disk, not only from the gateway's host: a removed
+    function's bundle, and the bridge's own directory when it exits."""
+    head, theirs = node_tmp
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        assert ray._bridge is not None
+        mine = theirs / f"{ray._bridge.proc.pid}@{socket.gethostname()}"
+        unpacked = {}
+        for name, digest in (("kept", "a" * 64), ("dropped", "b" * 64)):
+            spec = load_manifest(function_dir(workdir / "src", name))
+            await ray.deploy(spec, Bundle(digest=digest, path=str(workdir / "src" / name)))
+            r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id=name))
+            assert r.error is None, r.error
+            (unpacked[name],) = set(mine.iterdir()) - set(unpacked.values())
+        await ray.remove("dropped")
+        deadline = time.monotonic() + 30
+        while unpacked["dropped"].exists():
+            assert time.monotonic() < deadline, "a removed function's bundle stayed on the node"
+            await asyncio.sleep(0.05)
+        assert unpacked["kept"].is_dir()
+        await ray.close()
+        assert not mine.exists(), "the bundles of a bridge that exited stayed on the node"
+    finally:
+        await ray.close()
