@@ -1,6 +1,6 @@
 """The Ray bridge: a child process that is the Ray driver for one ``ray`` infrastructure.
 
-    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS
+    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS [KILLED_OWNER ...]
 
 Ray's driver lives here rather than in the gateway because a Ray cluster that
 stops leaves its driver unusable (every call fails with ``LocalRayletDiedError``
@@ -23,7 +23,9 @@ Bundles unpack on the nodes under this bridge's own directory, one directory
 per bundle content (see ``ray_worker``): a Drop removes its function's that no
 other function's deploys refer to, the bridge's exit removes its
 own (on every alive node, and on this host), and the bridge's start removes
-those of bridges on this host that are gone (killed, with no exit to clean up).
+those of bridges on this host that are gone (killed, with no exit to clean up:
+each ``KILLED_OWNER`` its gateway names, and those whose directory is here),
+here and on every alive node.
 """
 
 from __future__ import annotations
@@ -376,7 +378,7 @@ async def watch(bridge: Bridge, gcs_address: str, every: float = 0.5) -> None:
                 return
 
 
-async def serve(fd: int, address: str) -> int:
+async def serve(fd: int, address: str, killed: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     encode = msgspec.msgpack.Encoder().encode
@@ -395,7 +397,7 @@ async def serve(fd: int, address: str) -> int:
         return 1
     write_frame(writer, encode(Hello(True, ray_version=ray.__version__, python=sys.version.split()[0])))
     bridge = Bridge(ray, writer)
-    sweeping = asyncio.create_task(asyncio.to_thread(lambda: ray_worker.remove(ray_worker.stale())))
+    sweeping = asyncio.create_task(_sweep(bridge, killed))
     decode = msgspec.msgpack.Decoder(Request).decode
     tasks: set[asyncio.Task[None]] = set()
 
@@ -435,6 +437,19 @@ async def serve(fd: int, address: str) -> int:
     return 0
 
 
+async def _sweep(bridge: Bridge, killed: list[str]) -> None:
+    """Remove the bundles of this host's bridges that are gone, ``killed`` and those whose
+    directory is here, on this host and (for ``CLEANUP`` s at most) on every alive node."""
+    gone = sorted({*ray_worker.dead(killed), *await asyncio.to_thread(ray_worker.stale)} - {bridge.owner})
+    if not gone:
+        return
+    try:
+        async with asyncio.timeout(CLEANUP):
+            await asyncio.gather(*await bridge.forget(gone))
+    except (TimeoutError, bridge.ray.exceptions.RayError) as exc:
+        print(f"the bundles of bridges that are gone may stay on some Ray nodes: {type(exc).__name__}: {exc}", flush=True)
+
+
 async def _cleanup(bridge: Bridge) -> None:
     """Remove this bridge's bundles from the nodes (while Ray answers, for ``CLEANUP`` s at
     most: they are ours no more once we exit) and from this host."""
@@ -461,7 +476,7 @@ def die_with(parent: int) -> None:
 def main() -> None:
     fd, parent, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""
     die_with(parent)
-    code = asyncio.run(serve(fd, address))
+    code = asyncio.run(serve(fd, address, sys.argv[4:]))
     sys.stdout.flush()
     os._exit(code)  # skip Ray's atexit handlers, which may wait on a dead cluster
 

@@ -91,6 +91,12 @@ def stale() -> list[str]:
     return out
 
 
+def dead(owners: list[str]) -> list[str]:
+    """Those of ``owners`` (``<pid>@<host>`` of this host) whose bridge is gone: not a pid
+    that another process took since."""
+    return [o for o in owners if o.partition("@")[0].isdigit() and not _alive(int(o.partition("@")[0]))]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

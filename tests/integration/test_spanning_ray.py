@@ -514,3 +514,35 @@ async def test_the_nodes_remove_the_bundles_of_a_removed_function_and_of_a_bridg
         assert not mine.exists(), "the bundles of a bridge that exited stayed on the node"
     finally:
         await ray.close()
+
+
+async def test_the_bundles_of_a_killed_bridge_go_from_the_other_nodes(node_tmp: tuple[RayHead, Path], workdir: Path) -> None:
+    """A bridge that is killed (no exit of its own) leaves its bundles on the nodes; this
+    host's go at once, and the gateway's next bridge has every alive node remove theirs."""
+    head, theirs = node_tmp
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        killed = ray._bridge
+        assert killed is not None
+        spec = load_manifest(function_dir(workdir / "src", "moves"))
+        await ray.deploy(spec, Bundle(digest="a" * 64, path=str(workdir / "src" / "moves")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="first"))
+        assert r.error is None, r.error
+        left = theirs / f"{killed.proc.pid}@{socket.gethostname()}"
+        assert left.is_dir(), "the bundle did not unpack in the node's temporary directory"
+        os.kill(killed.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while killed.proc.poll() is None or killed.alive:  # (its reader sees the socket close)
+            assert time.monotonic() < deadline, "the killed bridge was not noticed"
+            await asyncio.sleep(0.05)
+        while ray.connects < 2:  # as the scheduler's refresh does: a new bridge
+            with contextlib.suppress(InfraUnavailable):
+                await ray.info()
+            assert time.monotonic() < deadline, "no new bridge started"
+            await asyncio.sleep(0.2)
+        while left.exists():  # (no call since: no worker of the node unpacked anything)
+            assert time.monotonic() < deadline, "the bundles of a killed bridge stayed on the other nodes"
+            await asyncio.sleep(0.05)
+    finally:
+        await ray.close()
