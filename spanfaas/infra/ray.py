@@ -251,6 +251,7 @@ class RayInfrastructure:
     # -- the protocol --------------------------------------------------------------------
 
     async def close(self) -> None:
+        self._next_attempt = 0.0  # a start() after this is a fresh start, not a reconnect to pace
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)

@@ -546,3 +546,17 @@ async def test_the_bundles_of_a_killed_bridge_go_from_the_other_nodes(node_tmp: 
             await asyncio.sleep(0.05)
     finally:
         await ray.close()
+
+
+async def test_started_again_right_after_close_it_connects(ray_head: RayHead, workdir: Path) -> None:
+    """close() then start(): a fresh start, not a reconnect that must wait its second since
+    the last attempt (which refused it, with an empty reason, when the first start was recent)."""
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        ray._next_attempt = time.monotonic() + 3600  # as if that start were a moment ago (it may take its second)
+        await ray.close()
+        await ray.start()
+        assert ray.connects == 2 and (await ray.info()).healthy
+    finally:
+        await ray.close()
