@@ -8,7 +8,8 @@
   starts a new bridge once something listens at the address again, and
   deploys the functions again.
 - **How code travels**: the bundle (a tar.gz) is put into the object store
-  once per deploy; a worker unpacks it on first use and keeps the imported
+  once per deploy; a worker unpacks it on first use (on each node once per
+  bundle content, reused by a deploy of the same bundle) and keeps the imported
   handler, so warm invocations on a worker pay only the call.  Ray's
   ``runtime_env`` is used only for a function's ``env``.
 - **Isolation**: ``reuse`` runs in Ray's pooled workers (module state may
@@ -46,6 +47,9 @@ __all__ = ["RayInfrastructure"]
 
 log = logging.getLogger("spanfaas.infra.ray")
 
+KILLED_KEPT = 64
+"""Killed bridges remembered until a new bridge starts (the oldest forgotten first)."""
+
 
 class _Bridge:
     """One running bridge process and its socket."""
@@ -76,6 +80,9 @@ class RayInfrastructure:
         self._next_attempt = 0.0
         self._connecting: asyncio.Task[_Bridge] | None = None
         self._python = ""
+        self._killed: list[str] = []
+        """Owners (``ray_worker.owner``) of bridges that had no exit of their own: the next
+        bridge has the nodes remove their bundles (this host's went at once)."""
         self.connects = 0
         """Bridges started (for tests: a reconnect after the cluster came back adds one)."""
         self.inflight = 0
@@ -139,15 +146,16 @@ class RayInfrastructure:
     async def _connect(self) -> _Bridge:
         await asyncio.to_thread(self._probe)
         ours, theirs = socket.socketpair()
+        handed = list(self._killed)
+        argv = [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), str(os.getpid()), self.config.address]
         log_file: Any = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_file = open(self.log_dir / f"ray-bridge-{self.name}.log", "ab")
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "spanfaas.infra.ray_bridge", str(theirs.fileno()), str(os.getpid()), self.config.address],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, env=self._env(),
+                [*argv, *handed], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True, env=self._env(),
             )  # fmt: skip
         finally:
             theirs.close()
@@ -168,6 +176,7 @@ class RayInfrastructure:
             self._kill(bridge)
             raise InfraUnavailable(f"could not connect to Ray at {self._where()}: {getattr(hello, 'message', hello)}")
         self._python = hello.python
+        self._killed = [o for o in self._killed if o not in handed]  # its start removes their bundles, on every node
         self.connects += 1
         bridge.task = asyncio.create_task(self._read(bridge), name=f"spanfaas-ray-{self.name}")
         log.info("connected to Ray %s at %s (bridge pid %d)", hello.ray_version, self._where(), proc.pid)
@@ -219,7 +228,9 @@ class RayInfrastructure:
         except subprocess.TimeoutExpired:
             log.error("the Ray bridge (pid %d) did not die", bridge.proc.pid)
             return
-        ray_worker.remove([ray_worker.owner(bridge.proc.pid)])  # its bundles on this host: it had no exit to remove them
+        gone = ray_worker.owner(bridge.proc.pid)
+        ray_worker.remove([gone])  # its bundles on this host: it had no exit to remove them; the next bridge
+        self._killed = [*self._killed[-(KILLED_KEPT - 1) :], gone]  # has the other nodes remove theirs
 
     async def _call(self, bridge: _Bridge, msg: msgspec.Struct, timeout: float) -> Any:
         if not bridge.alive:  # no reader is left to answer it (gone between two calls of one job)
@@ -240,6 +251,7 @@ class RayInfrastructure:
     # -- the protocol --------------------------------------------------------------------
 
     async def close(self) -> None:
+        self._next_attempt = 0.0  # a start() after this is a fresh start, not a reconnect to pace
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)

@@ -1,6 +1,6 @@
 """The Ray bridge: a child process that is the Ray driver for one ``ray`` infrastructure.
 
-    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS
+    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS [KILLED_OWNER ...]
 
 Ray's driver lives here rather than in the gateway because a Ray cluster that
 stops leaves its driver unusable (every call fails with ``LocalRayletDiedError``
@@ -19,10 +19,13 @@ the object store, ``ray.cancel``: each waits on the raylet, and a stalled node
 or a big payload holds it) run in a pool of ``SUBMITTERS`` threads, never on
 the loop: one stuck call does not hold up the others, ``info`` or the watch.
 
-Bundles unpack on the nodes under this bridge's own directory (see
-``ray_worker``): a Drop removes its function's, the bridge's exit removes its
+Bundles unpack on the nodes under this bridge's own directory, one directory
+per bundle content (see ``ray_worker``): a Drop removes its function's that no
+other function's deploys refer to, the bridge's exit removes its
 own (on every alive node, and on this host), and the bridge's start removes
-those of bridges on this host that are gone (killed, with no exit to clean up).
+those of bridges on this host that are gone (killed, with no exit to clean up:
+each ``KILLED_OWNER`` its gateway names, and those whose directory is here),
+here and on every alive node.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
+import hashlib
 import logging
 import os
 import signal
@@ -149,13 +153,15 @@ class Bridge:
         self.encode = msgspec.msgpack.Encoder().encode
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
-        self.remover = ray.remote(ray_worker.remove).options(num_cpus=0, max_retries=0)
+        self.remover = ray.remote(ray_worker.remove)
         self.owner = ray_worker.owner(os.getpid())
         self.dirs: dict[str, list[str]] = {}
-        """Each function's bundle directories (one per deploy), under ``ray_worker.bundles()``."""
+        """Each function's bundle directories (one per content deployed), under ``ray_worker.bundles()``."""
         self.functions: dict[str, tuple[Any, tuple[Any, ...], dict[str, float]]] = {}
         self.latest: dict[str, int] = {}
         """The id of the last Deploy or Drop of each name: what a deploy that finishes later must not undo."""
+        self.removing: dict[str, asyncio.Future[None]] = {}
+        """Bundle directories being removed from the nodes: done when they are (or it was given up)."""
         self.pool = concurrent.futures.ThreadPoolExecutor(SUBMITTERS, thread_name_prefix="spanfaas-ray-call")
         self.lost = asyncio.Event()
         self._cluster: tuple[float, dict[str, float]] = (-1.0, {})
@@ -174,7 +180,7 @@ class Bridge:
                 case Drop():
                     self.latest[req.name] = req.id
                     self.functions.pop(req.name, None)
-                    await self.forget(self.dirs.pop(req.name, []))
+                    await self.drop(req.name)
                     self.send(Ok(req.id))
                 case Infos():
                     self.send(await asyncio.to_thread(self.info, req.id))
@@ -196,9 +202,21 @@ class Bridge:
 
     async def deploy(self, req: Deploy) -> None:
         self.latest[req.name] = req.id
+        content = await asyncio.to_thread(lambda: hashlib.sha256(req.bundle).hexdigest())
+        if self.latest.get(req.name) != req.id:
+            return  # a later Deploy or Drop of this name came meanwhile: that one stands
+        where = f"{self.owner}/{content[:32]}"  # the same bundle again: the same directory, unpacked once
+        removing = self.removing.get(where)
+        if removing is not None:  # the same bundle, dropped just before: gone first, then unpacked again
+            await asyncio.shield(removing)
+            if self.latest.get(req.name) != req.id:
+                return
+        dirs = self.dirs.setdefault(req.name, [])
+        if where not in dirs:  # (before the put: a Drop of another name with this bundle now spares it)
+            dirs.append(where)
         ref = await self.blocking(self.ray.put, req.bundle)
         if self.latest.get(req.name) != req.id:
-            return  # a later Deploy or Drop of this name came while the bundle went in: that one stands
+            return
         opts: dict[str, Any] = {"num_cpus": req.cpu, "max_retries": 0}
         needs = {"CPU": req.cpu}
         if req.gpu:
@@ -207,9 +225,38 @@ class Bridge:
             opts["max_calls"] = 1
         if req.env:
             opts["runtime_env"] = {"env_vars": dict(req.env)}
-        key = f"{self.owner}/{req.key}-{req.id}"  # a directory of its own: dropping it spares any other deploy's
-        self.dirs.setdefault(req.name, []).append(key)
-        self.functions[req.name] = (self.remote.options(**opts), ([ref], key, req.name, req.module, req.function), needs)
+        key = f"{self.owner}/{req.key}-{req.id}"  # its handler, loaded afresh in each worker
+        static = ([ref], where, key, req.name, req.module, req.function)
+        self.functions[req.name] = (self.remote.options(**opts), static, needs)
+
+    def unused(self, dirs: list[str]) -> list[str]:
+        """Those of ``dirs`` that no function's deploys refer to."""
+        used = {d for kept in self.dirs.values() for d in kept}
+        return [d for d in dirs if d not in used]
+
+    async def drop(self, name: str) -> None:
+        """Remove the bundle directories of ``name`` that no other function refers to, here and
+        on the nodes; it returns once asked, and a deploy of one of them waits for it to be over."""
+        gone = self.unused(self.dirs.pop(name, []))
+        if not gone:
+            return
+        asked = asyncio.ensure_future(self.forget(gone))
+        removed = asyncio.ensure_future(self._removed(asked, gone))
+        for d in gone:
+            self.removing[d] = removed
+        removed.add_done_callback(lambda _: [self.removing.pop(d) for d in gone if self.removing.get(d) is removed])
+        await asked
+
+    async def _removed(self, asked: asyncio.Future[list[Any]], paths: list[str]) -> None:
+        """Until the nodes ``asked`` have removed ``paths`` (``CLEANUP`` s at most)."""
+        await asyncio.wait((asked,))
+        if asked.cancelled() or asked.exception() is not None:
+            return  # the Drop reports it
+        try:
+            async with asyncio.timeout(CLEANUP):
+                await asyncio.gather(*asked.result())
+        except (TimeoutError, self.ray.exceptions.RayError) as exc:
+            print(f"some Ray nodes may keep {paths}: {type(exc).__name__}: {exc}", flush=True)
 
     async def forget(self, paths: list[str]) -> list[Any]:
         """Remove these bundle directories on this host, and ask every alive node to remove
@@ -224,7 +271,9 @@ class Bridge:
             for node in await asyncio.to_thread(self.ray.nodes):
                 if node.get("Alive"):
                     where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                    refs.append(await self.blocking(self.remover.options(scheduling_strategy=where).remote, paths))
+                    # (all options at once: what .options() returns has no .options of its own)
+                    remover = self.remover.options(num_cpus=0, max_retries=0, scheduling_strategy=where)
+                    refs.append(await self.blocking(remover.remote, paths))
         except self.ray.exceptions.RayError as exc:  # what the nodes keep is only disk: the call goes on
             print(f"could not ask the Ray nodes to remove {paths}: {type(exc).__name__}: {exc}", flush=True)
         return refs
@@ -329,7 +378,7 @@ async def watch(bridge: Bridge, gcs_address: str, every: float = 0.5) -> None:
                 return
 
 
-async def serve(fd: int, address: str) -> int:
+async def serve(fd: int, address: str, killed: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     encode = msgspec.msgpack.Encoder().encode
@@ -348,7 +397,7 @@ async def serve(fd: int, address: str) -> int:
         return 1
     write_frame(writer, encode(Hello(True, ray_version=ray.__version__, python=sys.version.split()[0])))
     bridge = Bridge(ray, writer)
-    sweeping = asyncio.create_task(asyncio.to_thread(lambda: ray_worker.remove(ray_worker.stale())))
+    sweeping = asyncio.create_task(_sweep(bridge, killed))
     decode = msgspec.msgpack.Decoder(Request).decode
     tasks: set[asyncio.Task[None]] = set()
 
@@ -388,6 +437,19 @@ async def serve(fd: int, address: str) -> int:
     return 0
 
 
+async def _sweep(bridge: Bridge, killed: list[str]) -> None:
+    """Remove the bundles of this host's bridges that are gone, ``killed`` and those whose
+    directory is here, on this host and (for ``CLEANUP`` s at most) on every alive node."""
+    gone = sorted({*ray_worker.dead(killed), *await asyncio.to_thread(ray_worker.stale)} - {bridge.owner})
+    if not gone:
+        return
+    try:
+        async with asyncio.timeout(CLEANUP):
+            await asyncio.gather(*await bridge.forget(gone))
+    except (TimeoutError, bridge.ray.exceptions.RayError) as exc:
+        print(f"the bundles of bridges that are gone may stay on some Ray nodes: {type(exc).__name__}: {exc}", flush=True)
+
+
 async def _cleanup(bridge: Bridge) -> None:
     """Remove this bridge's bundles from the nodes (while Ray answers, for ``CLEANUP`` s at
     most: they are ours no more once we exit) and from this host."""
@@ -414,7 +476,7 @@ def die_with(parent: int) -> None:
 def main() -> None:
     fd, parent, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""
     die_with(parent)
-    code = asyncio.run(serve(fd, address))
+    code = asyncio.run(serve(fd, address, sys.argv[4:]))
     sys.stdout.flush()
     os._exit(code)  # skip Ray's atexit handlers, which may wait on a dead cluster
 

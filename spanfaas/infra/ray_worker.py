@@ -8,16 +8,23 @@ A worker keeps each loaded handler (keyed by deploy), so warm invocations pay
 only the call; ``isolation = "strict"`` runs with Ray's ``max_calls=1``, a
 fresh worker process per invocation.
 
-A bundle unpacks on each node into ``<tmp>/spanfaas-ray/<owner>/<deploy>``,
+A bundle unpacks on each node into ``<tmp>/spanfaas-ray/<owner>/<content>``,
 where ``<owner>`` is ``<pid>@<host>`` of the bridge (the Ray driver) that
-deployed it: the bridge removes a deploy's directory when it is dropped, its
-own when it exits, and at start those of bridges on its host that are gone.
+deployed it and ``<content>`` names the bundle's bytes: a deploy of the same
+bundle again finds it there.  It is unpacked beside, then renamed into place,
+so a directory there is whole (``intact`` checks that nothing went since) and
+the first calls of one node unpacking at once do not trip on each other.  The
+bridge removes a directory once no deployed version refers to it, its own
+when it exits, and at start those of bridges on its host that are gone; a
+worker that unpacks a bundle removes those of bridges of its host that are
+gone too (on a node where no bridge starts again, a killed one's would stay).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import inspect
 import io
@@ -32,7 +39,11 @@ import tarfile
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
+
+UNPACKED = ".spanfaas-unpacked.json"
+"""In an unpacked bundle: its files and their sizes, what ``intact`` checks."""
 
 _loaded: dict[str, Any] = {}
 
@@ -80,6 +91,12 @@ def stale() -> list[str]:
     return out
 
 
+def dead(owners: list[str]) -> list[str]:
+    """Those of ``owners`` (``<pid>@<host>`` of this host) whose bridge is gone: not a pid
+    that another process took since."""
+    return [o for o in owners if o.partition("@")[0].isdigit() and not _alive(int(o.partition("@")[0]))]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -90,20 +107,61 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _load(key: str, bundle: list[Any], module: str, function: str) -> Any:
+def intact(root: str) -> bool:
+    """Whether ``root`` holds a whole unpacked bundle: every file it had, at its size."""
+    try:
+        with open(os.path.join(root, UNPACKED), "rb") as f:
+            files = json.load(f)
+        if not isinstance(files, dict):
+            return False
+        return all(os.path.getsize(os.path.join(root, name)) == size for name, size in files.items())
+    except (OSError, ValueError):
+        return False
+
+
+def unpack(root: str, data: Callable[[], bytes]) -> bool:
+    """Make ``root`` hold the bundle (a tar.gz) that ``data()`` returns, unless it is
+    already there, whole; True when this call's copy is the one put in place.
+
+    It unpacks into a directory of its own beside ``root`` and renames that into place,
+    so ``root`` is never seen half written; when another process got there first, its
+    copy stands (if whole), and a broken one is moved aside, then replaced."""
+    if intact(root):
+        return False
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".unpacking-", dir=parent)
+    try:
+        os.chmod(tmp, 0o755)  # (mkdtemp's 0o700: as a directory the tar made would be)
+        with tarfile.open(fileobj=io.BytesIO(data()), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+            files = {m.name: m.size for m in tar.getmembers() if m.isfile()}
+        with open(os.path.join(tmp, UNPACKED), "w") as f:
+            json.dump(files, f)
+        for _ in range(10):
+            try:
+                os.rename(tmp, root)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if intact(root):  # another process unpacked it meanwhile: its copy stands
+                return False
+            aside = tempfile.mkdtemp(prefix=".broken-", dir=parent)
+            with contextlib.suppress(FileNotFoundError):  # (another process moved it first)
+                os.rename(root, os.path.join(aside, "old"))
+            shutil.rmtree(aside, ignore_errors=True)
+        raise OSError(errno.EBUSY, f"could not put the bundle in place at {root}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(where: str, key: str, bundle: list[Any], module: str, function: str) -> Any:
     import ray
 
-    data = ray.get(bundle[0])
-    root = os.path.join(bundles(), *key.split("/"))
-    if not os.path.isdir(root):
-        tmp = f"{root}.{os.getpid()}.tmp"
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not os.path.isdir(root):
-                raise
+    root = os.path.join(bundles(), *where.split("/"))
+    if unpack(root, lambda: ray.get(bundle[0])):
+        remove(stale())  # bridges of this host killed and not started again leave theirs here
     parts = module.split(".")
     path = next(p for p in (os.path.join(root, *parts) + ".py", os.path.join(root, *parts, "__init__.py")) if os.path.isfile(p))
     name = f"_spanfaas_fn_{re.sub(r'[^0-9A-Za-z_]', '_', key)}_{'_'.join(parts)}"
@@ -121,11 +179,12 @@ def _load(key: str, bundle: list[Any], module: str, function: str) -> Any:
 def run(call: tuple[Any, ...]) -> tuple[bytes, str, dict[str, Any] | None, str, float, bool]:
     """One invocation: (output, content type, error or None, logs, duration ms, cold).
 
-    ``call`` is ``((bundle_ref_in_a_list, key, name, module, function), payload,
+    ``call`` is ``((bundle_ref_in_a_list, where, key, name, module, function), payload,
     content_type, invocation_id, timeout, event)``: one argument, because Ray
-    serializes each argument of a task separately.
+    serializes each argument of a task separately.  ``where`` is the bundle's directory
+    under ``bundles()``; ``key`` names the deploy, whose handler is loaded once.
     """
-    (bundle, key, name, module, function), payload, content_type, invocation_id, timeout, event_attrs = call
+    (bundle, where, key, name, module, function), payload, content_type, invocation_id, timeout, event_attrs = call
     start = time.perf_counter()
     logs = io.StringIO()
     handler = _loaded.get(key)
@@ -134,7 +193,7 @@ def run(call: tuple[Any, ...]) -> tuple[bytes, str, dict[str, Any] | None, str, 
     with contextlib.redirect_stdout(logs), contextlib.redirect_stderr(logs):
         try:
             if handler is None:
-                handler = _loaded[key] = _load(key, bundle, module, function)
+                handler = _loaded[key] = _load(where, key, bundle, module, function)
             ct = content_type.partition(";")[0].strip().lower()
             event: Any = payload
             if ct == "application/json" or ct.endswith("+json"):

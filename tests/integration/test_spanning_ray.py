@@ -12,6 +12,7 @@ stopped and started again by the failover test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -31,13 +32,14 @@ from spanfaas.errors import InfraUnavailable
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 from spanfaas.infra import ray_bridge as wire
+from spanfaas.infra import ray_worker
 from spanfaas.infra.local import LocalInfrastructure
 from spanfaas.infra.ray import RayInfrastructure
 from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
 from spanning_support import (
-    RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
+    ECHO, RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
 )  # fmt: skip
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
@@ -54,6 +56,22 @@ def ray_head() -> Iterator[RayHead]:
             yield head
         finally:
             head.close()
+
+
+@pytest.fixture
+def node_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RayHead, Path]]:
+    """A cluster whose workers see another temporary directory than this process (and the
+    gateway's bridges), as a node on another host would: where its bundles unpack."""
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    elsewhere = world_readable_dir("spanfaas-ray-node-tmp-")
+    head = RayHead(free_port(), cpus=1, env={"TMPDIR": str(elsewhere)})
+    try:
+        head.start()
+        yield head, elsewhere / "spanfaas-ray"
+    finally:
+        head.close()
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 @pytest.fixture
@@ -362,15 +380,15 @@ async def test_bundle_directories_go_with_their_deploy_and_their_bridge(ray_head
         await ray.start()
         assert ray._bridge is not None
         mine = root / f"{ray._bridge.proc.pid}@{host}"
-        specs = {}
+        specs, unpacked = {}, {}
         for name, digest in (("kept", "a" * 64), ("dropped", "b" * 64)):
             specs[name] = load_manifest(function_dir(workdir / "src", name))
             await ray.deploy(specs[name], Bundle(digest=digest, path=str(workdir / "src" / name)))
             r = await ray.invoke(specs[name], b'{"i": 2}', InvokeContext(invocation_id=name))
             assert r.error is None, r.error
-        assert sorted(d.name.rsplit("-", 1)[0] for d in mine.iterdir()) == ["dropped-" + "b" * 16, "kept-" + "a" * 16]
+            (unpacked[name],) = set(mine.iterdir()) - set(unpacked.values())
         await ray.remove("dropped")
-        assert [d.name.rsplit("-", 1)[0] for d in mine.iterdir()] == ["kept-" + "a" * 16]
+        assert list(mine.iterdir()) == [unpacked["kept"]]
         deadline = time.monotonic() + 10
         while stale.exists() and time.monotonic() < deadline:  # (the start's sweep runs beside the first calls)
             await asyncio.sleep(0.05)
@@ -393,3 +411,152 @@ async def test_bundle_directories_go_with_their_deploy_and_their_bridge(ray_head
         await ray.close()
         for d in (stale, live, elsewhere):
             shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_an_identical_bundle_deployed_again_unpacks_once_per_node(ray_head: RayHead, workdir: Path) -> None:
+    """A bundle unpacks into a directory named by its content, made whole in one rename: a
+    deploy of the same bundle again reuses it (the handler is loaded afresh); one found
+    broken is unpacked again; a directory goes once no deployed version refers to it."""
+    root, host = Path(tempfile.gettempdir()) / "spanfaas-ray", socket.gethostname()
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        assert ray._bridge is not None
+        mine = root / f"{ray._bridge.proc.pid}@{host}"
+        src = function_dir(workdir / "src", "again")
+        spec = load_manifest(src)
+
+        async def deploy_and_call(digest: str, call: str) -> None:
+            await ray.deploy(spec, Bundle(digest=digest, path=str(src)))
+            r = await ray.invoke(spec, b'{"i": 3}', InvokeContext(invocation_id=call))
+            assert r.error is None and r.cold and b'"square":9' in r.output, r
+
+        await deploy_and_call("a" * 64, "first")
+        (unpacked,) = mine.iterdir()
+        (unpacked / "kept-mark").write_text("this directory was reused")
+        for n in range(2):
+            await deploy_and_call("a" * 64, f"again-{n}")
+        assert list(mine.iterdir()) == [unpacked], "an identical bundle deployed again was unpacked again"
+        assert (unpacked / "kept-mark").exists()
+        (unpacked / "handler.py").unlink()  # broken (a tmp cleaner): unpacked again, in the same place
+        await deploy_and_call("a" * 64, "repaired")
+        assert list(mine.iterdir()) == [unpacked] and (unpacked / "handler.py").is_file()
+        (src / "handler.py").write_text(ECHO + "\n# another version\n")
+        await deploy_and_call("b" * 64, "other")
+        assert len(list(mine.iterdir())) == 2
+        (src / "handler.py").write_text(ECHO)
+        await deploy_and_call("a" * 64, "back")
+        assert len(list(mine.iterdir())) == 2 and unpacked.is_dir()
+        await ray.remove(spec.name)
+        assert list(mine.iterdir()) == [], "the bundles of a removed function were left"
+        await deploy_and_call("a" * 64, "after-remove")  # its removal on the nodes is over before it unpacks again
+        assert list(mine.iterdir()) == [unpacked] and ray_worker.intact(str(unpacked))
+        await ray.remove(spec.name)
+    finally:
+        await ray.close()
+
+
+
+async def test_a_worker_that_unpacks_removes_the_bundles_of_dead_owners_on_its_host(ray_head: RayHead, workdir: Path) -> None:
+    """A bridge killed on another host leaves its bundles on this node, and its own host's
+    next bridge cannot reach them: a worker that unpacks removes the directories of owners on
+    its own host that are gone, and spares a live owner's and another host's."""
+    root, host = Path(tempfile.gettempdir()) / "spanfaas-ray", socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that runs no more
+    stale, live, elsewhere = root / f"{gone.pid}@{host}", root / f"{os.getpid()}@{host}", root / f"{gone.pid}@not-{host}"
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        spec = load_manifest(function_dir(workdir / "src", "sweeps"))
+        await ray.deploy(spec, Bundle(digest="a" * 64, path=str(workdir / "src" / "sweeps")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="first"))
+        assert r.error is None, r.error
+        for d in (stale, live, elsewhere):  # after the bridge's start (its own sweep is over)
+            (d / "f-0000000000000000").mkdir(parents=True)
+        (workdir / "src" / "sweeps" / "handler.py").write_text(ECHO + "\n# another version\n")
+        await ray.deploy(spec, Bundle(digest="b" * 64, path=str(workdir / "src" / "sweeps")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="unpacks"))
+        assert r.error is None, r.error
+        assert not stale.exists(), "a worker that unpacked left the bundles of a dead owner on its host"
+        assert live.exists() and elsewhere.exists()
+    finally:
+        await ray.close()
+        for d in (stale, live, elsewhere):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_the_nodes_remove_the_bundles_of_a_removed_function_and_of_a_bridge_that_exits(
+    node_tmp: tuple[RayHead, Path], workdir: Path
+) -> None:
+    """What a node unpacked goes from its disk, not only from the gateway's host: a removed
+    function's bundle, and the bridge's own directory when it exits."""
+    head, theirs = node_tmp
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        assert ray._bridge is not None
+        mine = theirs / f"{ray._bridge.proc.pid}@{socket.gethostname()}"
+        unpacked = {}
+        for name, digest in (("kept", "a" * 64), ("dropped", "b" * 64)):
+            spec = load_manifest(function_dir(workdir / "src", name))
+            await ray.deploy(spec, Bundle(digest=digest, path=str(workdir / "src" / name)))
+            r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id=name))
+            assert r.error is None, r.error
+            (unpacked[name],) = set(mine.iterdir()) - set(unpacked.values())
+        await ray.remove("dropped")
+        deadline = time.monotonic() + 30
+        while unpacked["dropped"].exists():
+            assert time.monotonic() < deadline, "a removed function's bundle stayed on the node"
+            await asyncio.sleep(0.05)
+        assert unpacked["kept"].is_dir()
+        await ray.close()
+        assert not mine.exists(), "the bundles of a bridge that exited stayed on the node"
+    finally:
+        await ray.close()
+
+
+async def test_the_bundles_of_a_killed_bridge_go_from_the_other_nodes(node_tmp: tuple[RayHead, Path], workdir: Path) -> None:
+    """A bridge that is killed (no exit of its own) leaves its bundles on the nodes; this
+    host's go at once, and the gateway's next bridge has every alive node remove theirs."""
+    head, theirs = node_tmp
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        killed = ray._bridge
+        assert killed is not None
+        spec = load_manifest(function_dir(workdir / "src", "moves"))
+        await ray.deploy(spec, Bundle(digest="a" * 64, path=str(workdir / "src" / "moves")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="first"))
+        assert r.error is None, r.error
+        left = theirs / f"{killed.proc.pid}@{socket.gethostname()}"
+        assert left.is_dir(), "the bundle did not unpack in the node's temporary directory"
+        os.kill(killed.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while killed.proc.poll() is None or killed.alive:  # (its reader sees the socket close)
+            assert time.monotonic() < deadline, "the killed bridge was not noticed"
+            await asyncio.sleep(0.05)
+        while ray.connects < 2:  # as the scheduler's refresh does: a new bridge
+            with contextlib.suppress(InfraUnavailable):
+                await ray.info()
+            assert time.monotonic() < deadline, "no new bridge started"
+            await asyncio.sleep(0.2)
+        while left.exists():  # (no call since: no worker of the node unpacked anything)
+            assert time.monotonic() < deadline, "the bundles of a killed bridge stayed on the other nodes"
+            await asyncio.sleep(0.05)
+    finally:
+        await ray.close()
+
+
+async def test_started_again_right_after_close_it_connects(ray_head: RayHead, workdir: Path) -> None:
+    """close() then start(): a fresh start, not a reconnect that must wait its second since
+    the last attempt (which refused it, with an empty reason, when the first start was recent)."""
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=ray_head.address, timeout=20), data_dir=workdir / "data")
+    try:
+        await ray.start()
+        ray._next_attempt = time.monotonic() + 3600  # as if that start were a moment ago (it may take its second)
+        await ray.close()
+        await ray.start()
+        assert ray.connects == 2 and (await ray.info()).healthy
+    finally:
+        await ray.close()
