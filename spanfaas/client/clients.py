@@ -24,6 +24,7 @@ from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
 from spanfaas.client.userconfig import resolve, withheld_token_url
 from spanfaas.errors import InvalidRequest, SpanfaasError
+from spanfaas.model import InvocationStatus
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -176,14 +177,14 @@ class Client(_Base):
         return self._run(ops.invocation(invocation_id))
 
     def invocations(
-        self, function: str | None = None, *, limit: int | None = 20, status: str | None = None, outputs: bool = True
+        self, function: str | None = None, *, limit: int | None = 20, status: InvocationStatus | None = None, outputs: bool = True
     ) -> list[dict[str, Any]]:
         """The newest ``limit`` invocations (all with None), following the listing's pages."""
         return self._run(ops.invocations(function, limit=limit, status=status, outputs=outputs))
 
-    def logs(self, name_or_id: str, *, limit: int | None = 20) -> list[dict[str, Any]]:
-        """Records (with logs) of one invocation by id, or of a function's latest invocations."""
-        return self._run(ops.logs(name_or_id, limit=limit))
+    def logs(self, name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | None = None) -> list[dict[str, Any]]:
+        """Records (with logs) of one invocation by id, or of a function's latest invocations (in ``status``, when given)."""
+        return self._run(ops.logs(name_or_id, limit=limit, status=status))
 
     def functions(self) -> list[dict[str, Any]]:
         return self._run(ops.functions())
@@ -328,13 +329,13 @@ class AsyncClient(_Base):
         return await self._run(ops.invocation(invocation_id))
 
     async def invocations(
-        self, function: str | None = None, *, limit: int | None = 20, status: str | None = None, outputs: bool = True
+        self, function: str | None = None, *, limit: int | None = 20, status: InvocationStatus | None = None, outputs: bool = True
     ) -> list[dict[str, Any]]:
         """The newest ``limit`` invocations (all with None), following the listing's pages."""
         return await self._run(ops.invocations(function, limit=limit, status=status, outputs=outputs))
 
-    async def logs(self, name_or_id: str, *, limit: int | None = 20) -> list[dict[str, Any]]:
-        return await self._run(ops.logs(name_or_id, limit=limit))
+    async def logs(self, name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | None = None) -> list[dict[str, Any]]:
+        return await self._run(ops.logs(name_or_id, limit=limit, status=status))
 
     async def functions(self) -> list[dict[str, Any]]:
         return await self._run(ops.functions())

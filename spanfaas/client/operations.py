@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, get_args
 from urllib.parse import quote
 
 import httpx
@@ -40,7 +40,7 @@ from spanfaas.errors import (
     WaitTimeout,
     error_from_problem,
 )
-from spanfaas.model import ErrorInfo, Result
+from spanfaas.model import ErrorInfo, InvocationStatus, Result
 
 __all__ = [
     "Call",
@@ -516,8 +516,20 @@ PAGE_MAX = 1000
 """Records the gateway lists in one page at most."""
 
 
+STATUSES: tuple[InvocationStatus, ...] = get_args(InvocationStatus)
+
+
+def check_status(status: InvocationStatus | None) -> None:
+    """A listing's ``status`` filter: None (any), or one an invocation can be in."""
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(
+            f"status={status!r} is not an invocation status; use {', '.join(STATUSES[:-1])} or {STATUSES[-1]} "
+            "(or leave it out for every status)"
+        )
+
+
 def invocations(
-    function: str | None = None, *, limit: int | None = 20, outputs: bool = True, status: str | None = None
+    function: str | None = None, *, limit: int | None = 20, outputs: bool = True, status: InvocationStatus | None = None
 ) -> Op[list[dict[str, Any]]]:
     """The newest ``limit`` invocations (of ``function``, in ``status``), or all with ``limit=None``:
     the pages of the listing, followed by their ``next`` link (a page may end before its limit:
@@ -525,6 +537,7 @@ def invocations(
     says where it is)."""
     if limit is not None and limit < 1:
         raise InvalidRequest(f"limit={limit} is out of range; ask for 1 or more (None: all)")
+    check_status(status)
     params = {"limit": str(PAGE_MAX if limit is None else min(limit, PAGE_MAX))}
     if function is not None:
         params["function"] = function
@@ -543,16 +556,19 @@ def invocations(
         call = Call("GET", link)
 
 
-def logs(name_or_id: str, *, limit: int | None = 20) -> Op[list[dict[str, Any]]]:
-    """Invocation records with their logs: one invocation by id, or a function's latest (all with ``limit=None``)."""
+def logs(name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | None = None) -> Op[list[dict[str, Any]]]:
+    """Invocation records with their logs: one invocation by id, or a function's latest (all with
+    ``limit=None``); only those in ``status``, when given."""
     if not name_or_id:
         raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
+    check_status(status)
     try:
-        return [(yield from invocation(name_or_id))]
+        record = yield from invocation(name_or_id)
+        return [record] if status is None or record.get("status") == status else []
     except NotFound:
         pass
     try:
-        return (yield from invocations(name_or_id, limit=limit, outputs=False))
+        return (yield from invocations(name_or_id, limit=limit, outputs=False, status=status))
     except NotFound:
         raise NotFound(
             f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`"

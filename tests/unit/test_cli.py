@@ -860,6 +860,23 @@ def test_logs_all_follows_the_pages_of_the_listing(cli: Any, tmp_path: Path) -> 
     assert [rec["created_at"] for rec in records] == sorted((rec["created_at"] for rec in records), reverse=True)
 
 
+def test_logs_filter_by_status(cli: Any, tmp_path: Path) -> None:
+    """``spanfaas logs NAME`` had no --status, though the listing (and the SDK) filter by it:
+    a function's failures could not be listed apart from its successes."""
+    cli("deploy", fn_dir(tmp_path, "picky", "def handler(event, context):\n    print('got', event)\n    assert event != 13, 'unlucky'\n    return event\n"))
+    for n in (1, 13, 2):
+        cli("invoke", "picky", "-d", str(n))
+    r = cli("logs", "picky", "--status", "failed", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert [(rec["status"], rec["logs"].strip()) for rec in json.loads(r.stdout)["invocations"]] == [("failed", "got 13")]
+    r = cli("logs", "picky", "--status", "succeeded")
+    assert r.exit_code == 0 and r.stdout.count("succeeded") == 2 and "failed" not in r.stdout, r.stdout
+    r = cli("logs", "picky", "--status", "done")
+    assert r.exit_code == 2 and "'--status'" in r.stderr and "'succeeded'" in r.stderr, r.stderr
+    r = cli("logs", "picky", "--status", "queued")
+    assert r.exit_code == 0 and "no queued invocations of picky" in r.stderr, r.stderr
+
+
 def test_a_logs_limit_out_of_range_names_the_option(cli: Any) -> None:
     """``logs -n 0`` answered in the HTTP API's terms: 'limit=0 is out of range; use 1 to 1000'."""
     for n in ("0", "1001"):

@@ -191,6 +191,37 @@ async def test_invocations_follow_the_pages_of_the_listing(sdk: Any, tmp_path: P
     assert len(await sdk.logs("chatty", limit=None)) == 6
 
 
+async def test_invocations_and_logs_filter_by_status(sdk: Any, functions_dir: Path) -> None:
+    """``invocations(status=)`` was sent as it was given: a status of another name ("done") was
+    the gateway's 400 in HTTP terms, and ``logs`` had no status filter at all."""
+    await sdk.deploy(functions_dir / "square")
+    assert await sdk.invoke("square", 2) == 4
+    with pytest.raises(FunctionError):
+        await sdk.invoke("square", 13)
+    [failed] = await sdk.invocations("square", status="failed")
+    assert failed["status"] == "failed" and failed["error"]["message"] == "unlucky"
+    assert [r["status"] for r in await sdk.logs("square", status="succeeded")] == ["succeeded"]
+    assert await sdk.logs(failed["id"], status="failed") == await sdk.logs(failed["id"])
+    assert await sdk.logs(failed["id"], status="succeeded") == []
+    for method in ("invocations", "logs"):
+        with pytest.raises(InvalidRequest, match=r"status='done' is not an invocation status; use queued, running, succeeded or failed"):
+            await getattr(sdk, method)("square", status="done")
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+async def test_a_status_filter_is_checked_before_the_request(cls: type[Client] | type[AsyncClient]) -> None:
+    client = cls(f"http://127.0.0.1:{free_port()}", "t")  # nothing listens there: only a check made here answers
+    try:
+        with pytest.raises(InvalidRequest, match=r"status='SUCCEEDED' is not an invocation status"):
+            answer = client.invocations(status="SUCCEEDED")  # type: ignore[arg-type]
+            if inspect.isawaitable(answer):
+                await answer
+    finally:
+        closed = client.close() if isinstance(client, Client) else client.aclose()
+        if inspect.isawaitable(closed):
+            await closed
+
+
 async def test_an_identical_redeploy_keeps_the_version(sdk: Any) -> None:
     first = await sdk.deploy(EXAMPLES / "hello")
     second = await sdk.deploy(EXAMPLES / "hello")
