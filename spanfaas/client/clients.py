@@ -39,6 +39,9 @@ class _Base:
     """What both clients share: where the gateway is, how to authenticate, how to build a request."""
 
     def __init__(self, url: str | None, token: str | None, timeout: float | None) -> None:
+        ops.check_str("url", url, "the gateway's URL, e.g. http://127.0.0.1:8080", optional=True)
+        ops.check_str("token", token, "an API token", optional=True)
+        ops.check_seconds("timeout", timeout)
         if timeout is not None and not timeout > 0:  # (not >: also NaN) httpx would refuse it at the first call
             raise InvalidRequest(f"the client's timeout must be a positive number of seconds, or None for no limit, not {timeout:g}")
         self.url, self.token = resolve(url, token)
@@ -223,6 +226,7 @@ class Client(_Base):
         On the first failure the remaining invocations are cancelled and its
         typed error raised, unless ``return_exceptions`` puts errors in the list.
         """
+        ops.check_map(name, concurrency, timeout)
 
         async def fan_out() -> list[Any]:
             async with AsyncClient(self.url, self.token, timeout=self.timeout, max_connections=1, verify=self._verify) as aclient:
@@ -369,8 +373,7 @@ class AsyncClient(_Base):
         timeout: float | None = None,
     ) -> list[Any]:
         """Invoke ``name`` once per item, ``concurrency`` at a time; results in input order."""
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        ops.check_map(name, concurrency, timeout)
         total = len(items) if isinstance(items, Sized) else None
         numbered = enumerate(items)
         results: dict[int, Any] = {}

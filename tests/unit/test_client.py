@@ -759,6 +759,70 @@ def test_a_client_timeout_must_be_positive(cls: type[Client] | type[AsyncClient]
     with pytest.raises(InvalidRequest, match=r"the client's timeout must be a positive number of seconds, or None for no limit, not"):
         cls("http://127.0.0.1:9", "t", timeout=timeout)
 
+JOB = "0" * 32
+WRONG_TYPES = [  # (method, args, kwargs, what the error says)
+    ("invoke", (123, {}), {}, "name must be a str (a function's name), not int: 123"),
+    ("invoke", ("hello", {}), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+    ("invoke", ("hello", {}), {"timeout": True}, "timeout must be a number of seconds (int or float), or None, not bool: True"),
+    ("invoke_output", (None,), {}, "name must be a str (a function's name), not NoneType: None"),
+    ("invoke_async", (b"hello",), {}, "name must be a str (a function's name), not bytes: b'hello'"),
+    ("result", (123,), {}, "invocation_id must be a str (an invocation's id), not int: 123"),
+    ("result", (JOB,), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+    ("result", (JOB,), {"wait": "no"}, "wait must be a bool, not str: 'no'"),
+    ("invocation", ([JOB],), {}, "invocation_id must be a str (an invocation's id), not list: ['000"),
+    ("invocations", (7,), {}, "function must be a str (a function's name), or None, not int: 7"),
+    ("invocations", (), {"limit": "5"}, "limit must be an int, or None, not str: '5'"),
+    ("invocations", (), {"limit": 5.0}, "limit must be an int, or None, not float: 5.0"),
+    ("invocations", (), {"status": 1}, "status must be a str (queued, running, succeeded or failed), or None, not int: 1"),
+    ("invocations", (), {"outputs": "false"}, "outputs must be a bool, not str: 'false'"),
+    ("logs", (42,), {}, "name_or_id must be a str (a function's name or an invocation's id), not int: 42"),
+    ("logs", ("hello",), {"limit": "3"}, "limit must be an int, or None, not str: '3'"),
+    ("function", (1.5,), {}, "name must be a str (a function's name), not float: 1.5"),
+    ("remove", (None,), {}, "name must be a str (a function's name), not NoneType: None"),
+    ("explain", (1,), {}, "name must be a str (a function's name), not int: 1"),
+    ("deploy", (123,), {}, "path must be a str or a pathlib.Path (a function directory or .py file), not int: 123"),
+    ("create_token", (1, ["invoke"]), {}, "name must be a str (the token's name), not int: 1"),
+    ("create_token", ("ci", "invoke"), {}, "scopes must be a list of str (e.g. ['invoke']), not str: 'invoke'"),
+    ("create_token", ("ci", ["invoke", 2]), {}, "scopes must be a list of str (e.g. ['invoke']), not list: ['invoke', 2]"),
+    ("map", ("hello", [1]), {"concurrency": "4"}, "concurrency must be an int, not str: '4'"),
+    ("map", (1, [1]), {}, "name must be a str (a function's name), not int: 1"),
+    ("map", ("hello", [1]), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "said"), WRONG_TYPES, ids=[f"{m}-{i}" for i, (m, *_) in enumerate(WRONG_TYPES)])
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+async def test_an_argument_of_the_wrong_type_is_named(
+    cls: type[Client] | type[AsyncClient], method: str, args: tuple[Any, ...], kwargs: dict[str, Any], said: str
+) -> None:
+    """``invoke(123)`` raised a bare TypeError from deep inside ("argument of type 'int' is not
+    iterable"), a timeout given as a string "'>' not supported between instances of 'str' and
+    'int'": each entry point checks its arguments' types and names the one that is wrong."""
+    client = cls(f"http://127.0.0.1:{free_port()}", "t")  # nothing listens there: only a check made here answers
+    try:
+        with pytest.raises(InvalidRequest) as info:
+            answer = getattr(client, method)(*args, **kwargs)
+            if inspect.isawaitable(answer):
+                await answer
+        assert said in info.value.message, info.value.message
+    finally:
+        closed = client.close() if isinstance(client, Client) else client.aclose()
+        if inspect.isawaitable(closed):
+            await closed
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"timeout": "30"}, "timeout must be a number of seconds (int or float), or None, not str: '30'"),
+    ({"url": 8080}, "url must be a str (the gateway's URL, e.g. http://127.0.0.1:8080), or None, not int: 8080"),
+    ({"token": b"tok"}, "token must be a str (an API token), or None, not bytes: b'tok'"),
+])  # fmt: skip
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_client_argument_of_the_wrong_type_is_named(cls: type[Client] | type[AsyncClient], kwargs: dict[str, Any], said: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        cls(**{"url": "http://127.0.0.1:9", "token": "t", **kwargs})
+    assert said in info.value.message, info.value.message
+
+
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None:
     # result(id, timeout=-1) gave up at once with "still running after -1s" (a WaitTimeout, exit 1),
