@@ -41,7 +41,7 @@ from spanfaas.errors import (
     WaitTimeout,
     error_from_problem,
 )
-from spanfaas.model import ErrorInfo, InvocationStatus, Result
+from spanfaas.model import ErrorInfo, InvocationStatus, Result, invocation_id_problem, is_invocation_id
 
 __all__ = [
     "Call",
@@ -499,13 +499,23 @@ def _header_value(what: str, value: object) -> str:
     return value
 
 
-def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+def _inv(invocation_id: str) -> str:
+    """The path of an invocation's record, or the ``InvalidRequest`` that says why ``invocation_id`` is none."""
     check_str("invocation_id", invocation_id, "an invocation's id")
     if not invocation_id:
         raise InvalidRequest(
             "the invocation id is empty; `spanfaas logs FUNCTION` shows a function's recent invocations with their ids"
         )
-    resp = yield Call("GET", "/v1/invocations/" + quote(invocation_id, safe=""))
+    if problem := invocation_id_problem(invocation_id):  # (one with a '/' or a dot went into the path: "no such endpoint")
+        raise InvalidRequest(
+            f"{problem}, as invoke_async() and `spanfaas invoke --async` give it; "
+            "`spanfaas logs FUNCTION` shows a function's recent invocations with their ids"
+        )
+    return "/v1/invocations/" + invocation_id
+
+
+def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+    resp = yield Call("GET", _inv(invocation_id))
     return _decode(resp)  # type: ignore[no-any-return]
 
 
@@ -514,7 +524,7 @@ FINISHED = ("succeeded", "failed")
 
 def result(invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> Op[InvokeOutput]:
     """Poll an invocation until it finishes (backoff 20 ms → 1 s); raise its error if it failed."""
-    check_str("invocation_id", invocation_id, "an invocation's id")
+    _inv(invocation_id)
     check_bool("wait", wait)
     check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -624,11 +634,12 @@ def logs(name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | 
     if not name_or_id:
         raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
     check_status(status)
-    try:
-        record = yield from invocation(name_or_id)
-        return [record] if status is None or record.get("status") == status else []
-    except NotFound:
-        pass
+    if is_invocation_id(name_or_id):  # (a function may have a name of that form too)
+        try:
+            record = yield from invocation(name_or_id)
+            return [record] if status is None or record.get("status") == status else []
+        except NotFound:
+            pass
     try:
         return (yield from invocations(name_or_id, limit=limit, outputs=False, status=status))
     except NotFound:

@@ -38,7 +38,7 @@ from spanfaas.gateway.views import (
     invocation_view,
     token_view,
 )
-from spanfaas.model import FunctionRecord, InfraInfo
+from spanfaas.model import FunctionRecord, InfraInfo, invocation_id_problem
 from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
 from spanfaas.store import StoreUnavailable
 
@@ -156,7 +156,7 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
         # already has its answer; its record waiting for the batch may be shown.)
         record = await asyncio.to_thread(gw.store.get_invocation, id)
     if record is None:
-        raise InvocationNotFound(f"invocation '{id}' not found; GET /v1/invocations?function=NAME lists recent ones")
+        raise InvocationNotFound(f"{invocation_id_problem(id) or f'invocation {id!r} not found'}; GET /v1/invocations?function=NAME lists recent ones")
     return json(invocation_view(record))
 
 
@@ -344,7 +344,8 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                                        required=False),)}),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",
-                 params=(Param("id", "path", "The invocation id", required=True),),
+                 params=(Param("id", "path", "The invocation id (X-Spanfaas-Invocation-Id)", {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                               required=True),),
                  response=InvocationView, errors=(401, 403, 404)),
         Endpoint("POST", "/v1/tokens", create_token, "Create an API token (the secret is shown once)",
                  scope="admin", tag="tokens", body=TokenRequest, status=201, response=TokenCreated,

@@ -367,6 +367,16 @@ async def test_an_empty_name_or_id_is_refused(sdk: Any) -> None:
         await sdk.logs("")
 
 
+async def test_an_invocation_id_that_cannot_be_one_is_refused(sdk: Any) -> None:
+    # result("ab/../x") answered NotFound "no such endpoint: GET /v1/invocations/ab/../x".
+    for bad in ("ab/../x", "..", "hello", "0" * 33):
+        for method in ("result", "result_output", "invocation"):
+            with pytest.raises(InvalidRequest, match=rf"{re.escape(repr(bad))} is not an invocation id: .*32 lowercase hexadecimal characters"):
+                await getattr(sdk, method)(bad)
+    with pytest.raises(SpanfaasError, match="no invocation or function named 'ab/../x'"):
+        await sdk.logs("ab/../x")
+
+
 async def test_tokens_and_scopes(sdk: Any) -> None:
     made: list[Any] = []
 
