@@ -89,6 +89,8 @@ class Endpoint:
     response: type | str | None = None
     """A Struct, a content type of raw bytes, or None (no body)."""
     errors: tuple[int, ...] = ()
+    error_notes: dict[int, str] = field(default_factory=dict)
+    """What an error status means here, where it is not what it means elsewhere (openapi.py)."""
     extra_responses: dict[int, tuple[str, type | None]] = field(default_factory=dict)
     headers: dict[int, tuple[Header, ...]] = field(default_factory=dict)
     """The headers of its answers, by status (those of every error: openapi.py)."""
