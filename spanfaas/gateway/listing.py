@@ -2,7 +2,8 @@
 
 Newest first, by ``created_at`` then ``id`` (a total order: records made at the
 same moment are neither skipped nor repeated across pages).  A page ends at
-``limit`` records or once their logs, outputs and errors pass ``PAGE_BYTES``;
+``limit`` records, or before the record whose logs, outputs and errors would take
+the page past ``PAGE_BYTES`` (one record at least);
 its ``next`` is the link to the page after it (the same query with an opaque
 ``cursor``: the position of its last record).  An output over
 ``LISTED_OUTPUT_MAX`` is left out of a listing, as it is read from the store,
@@ -41,7 +42,8 @@ __all__ = ["LISTED_OUTPUT_MAX", "PAGE_BYTES", "QUERY", "decode_cursor", "encode_
 LISTED_OUTPUT_MAX = 64 * 1024
 """Bytes of an output shown in a listing; a larger one is fetched by its id."""
 PAGE_BYTES = 4 * 2**20
-"""Bytes of logs, outputs and errors a page holds, about: it ends at the record that passes them."""
+"""Bytes of logs, outputs and errors a page holds at most (with ~512 a record), unless its one record is larger:
+it ends before the record that would pass them."""
 QUERY = ("function", "status", "limit", "output", "cursor")
 _Position = tuple[float, str]
 _cursor_decoder = msgspec.json.Decoder(tuple[float, str])
