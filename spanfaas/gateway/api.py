@@ -189,21 +189,37 @@ async def create_token(gw: Gateway, request: Request) -> Response:
 _CONTROL_NAMES = {"\t": "a tab", "\n": "a line feed", "\r": "a carriage return", "\x00": "a NUL", "\x1b": "an escape"}
 
 
+_JOINERS = ("\u200c", "\u200d")  # zero width non-joiner, zero width joiner
+
+
 def _check_token_name(name: str) -> None:
     """A token's name is shown in token lists and as the actor of what it deploys: a control
     character (or a line or paragraph separator) in it would forge lines or colours there, and
     an invisible format character (a zero-width space, a bidi override) a name that looks like
-    another's, or reads reversed."""
+    another's, or reads reversed.  But ZWNJ and ZWJ between letters: Persian, the Indic scripts
+    and others need them to spell words right (RFC 5892's CONTEXTJ takes them in domain names)."""
     for i, ch in enumerate(name):
         category = unicodedata.category(ch)
         if category in ("Cc", "Zl", "Zp", "Cf"):
+            if ch in _JOINERS and _between_letters(name, i):
+                continue
             label = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "").lower()
             said = f"U+{ord(ch):04X} at character {i + 1}" + (f" ({label})" if label else "")
             kind = "an invisible format character" if category == "Cf" else "a control character"
+            joiner = " (a zero width joiner or non-joiner is taken only between letters)" if ch in _JOINERS else ""
             raise InvalidRequest(
-                f"the token name {name!r} has {kind}, {said}; "
+                f"the token name {name!r} has {kind}, {said}{joiner}; "
                 "send a name of printable characters, e.g. \"ci deploy\""
             )
+
+
+def _between_letters(text: str, i: int) -> bool:
+    """Whether ``text[i]`` stands between two letters: a letter (with its marks, such as a virama) before it, a letter after it."""
+    before = i - 1
+    while before >= 0 and unicodedata.category(text[before]).startswith("M"):
+        before -= 1
+    letter_before = before >= 0 and unicodedata.category(text[before]).startswith("L")
+    return letter_before and i + 1 < len(text) and unicodedata.category(text[i + 1]).startswith("L")
 
 
 async def list_tokens(gw: Gateway, request: Request) -> Response:
