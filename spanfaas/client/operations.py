@@ -57,6 +57,7 @@ __all__ = [
     "check_status",
     "check_str",
     "check_timeout",
+    "wrong_type",
     "deploy",
     "encode_json",
     "error_from_record",

@@ -797,6 +797,23 @@ WRONG_TYPES = [  # (method, args, kwargs, what the error says)
     ("map", ("hello", [1]), {"concurrency": "4"}, "concurrency must be an int, not str: '4'"),
     ("map", (1, [1]), {}, "name must be a str (a function's name), not int: 1"),
     ("map", ("hello", [1]), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+    ("events.publish", ('{"id": "1"}',), {}, "event must be a dict (a CloudEvent's attributes, and its data), not str: '{\"id\": \"1\"}'"),
+    ("events.triggers", (1,), {}, "function must be a str (a function's name), or None, not int: 1"),
+    ("events.add_trigger", (1,), {"type": "t"}, "function must be a str (a function's name), not int: 1"),
+    ("events.remove_trigger", (1,), {}, "id must be a str (a trigger's id), not int: 1"),
+    ("events.dead_letters", (), {"limit": "5"}, "limit must be an int, not str: '5'"),
+    ("events.replay", (None,), {}, "id must be a str (a dead letter's id), not NoneType: None"),
+    ("images.get_list", (1,), {}, "name must be a str (a curated list's name), not int: 1"),
+    ("images.create_list", ("ml", "numpy"), {}, "packages must be a list of str (requirements, e.g. ['numpy>=1.26']), or None, not str: 'numpy'"),
+    ("images.create_list", ("ml",), {"note": 1}, "note must be a str, not int: 1"),
+    ("images.update_list", ("ml",), {"owner": 1}, "owner must be a str, or None, not int: 1"),
+    ("images.approve", ("ml", 1), {}, "requirement must be a str (e.g. 'numpy>=1.26,<3'), not int: 1"),
+    ("images.withdraw", ("ml", 1), {}, "package must be a str (a package's name), not int: 1"),
+    ("images.audit", (), {"limit": "5"}, "limit must be an int, not str: '5'"),
+    ("images.set_policy", (), {"require_transitive": "yes"}, "require_transitive must be a bool, not str: 'yes'"),
+    ("images.build", ("numpy",), {}, "request must be a dict (the image request: python, packages), not str: 'numpy'"),
+    ("images.show", (1,), {}, "id must be a str (an image's id), not int: 1"),
+    ("images.rm", (1,), {}, "id must be a str (an image's id), not int: 1"),
 ]  # fmt: skip
 
 
@@ -810,8 +827,9 @@ async def test_an_argument_of_the_wrong_type_is_named(
     'int'": each entry point checks its arguments' types and names the one that is wrong."""
     client = cls(f"http://127.0.0.1:{free_port()}", "t")  # nothing listens there: only a check made here answers
     try:
+        api, _, name = method.rpartition(".")  # events.replay: client.events.replay
         with pytest.raises(InvalidRequest) as info:
-            answer = getattr(client, method)(*args, **kwargs)
+            answer = getattr(getattr(client, api) if api else client, name)(*args, **kwargs)
             if inspect.isawaitable(answer):
                 await answer
         assert said in info.value.message, info.value.message
