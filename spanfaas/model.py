@@ -27,6 +27,7 @@ __all__ = [
     "FunctionSpec",
     "ImageRef",
     "ImageRequest",
+    "INVOCATION_ID_FORM",
     "InfraInfo",
     "InvocationRecord",
     "InvokeContext",
@@ -40,6 +41,9 @@ __all__ = [
     "TokenRecord",
     "Trigger",
     "TriggerRecord",
+    "InvocationStatus",
+    "invocation_id_problem",
+    "is_invocation_id",
     "is_json_type",
     "load_manifest",
     "manifest_text",
@@ -603,6 +607,23 @@ class InfraInfo(Struct, kw_only=True):
 # -- records kept by the store ------------------------------------------------
 
 InvocationStatus = Literal["queued", "running", "succeeded", "failed"]
+
+INVOCATION_ID_FORM = "32 lowercase hexadecimal characters, e.g. 3f9a0c5e7b2d4f61a8c09e2b7d5f3a14"
+"""What an invocation id looks like, in words (the gateway's and the event service's ``InvocationIds``
+make them: a random prefix of 16 and a counter of 16 hex digits)."""
+_INVOCATION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_invocation_id(value: str) -> bool:
+    """Whether ``value`` has the form of an invocation id (whether one is known by it is the store's to say)."""
+    return _INVOCATION_ID.fullmatch(value) is not None
+
+
+def invocation_id_problem(value: str) -> str | None:
+    """Why ``value`` is not an invocation id, or None if it has the form of one (the caller adds where ids come from)."""
+    if is_invocation_id(value):
+        return None
+    return f"{value!r} is not an invocation id: an invocation id is {INVOCATION_ID_FORM}"
 
 
 class FunctionRecord(Struct, frozen=True, kw_only=True):

@@ -17,6 +17,7 @@ from rich.table import Table
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
 from spanfaas.errors import InvalidRequest, InvocationNotFound, format_size
+from spanfaas.model import InvocationStatus
 from spanfaas.cli.data import read_data
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
@@ -233,27 +234,30 @@ def logs(
     target: Annotated[str, typer.Argument(metavar="NAME|ID", help="A function name (its latest invocations) or an invocation id.", show_default=False)],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of a function's latest invocations (1 to 1000).")] = 20,
     every: Annotated[bool, typer.Option("--all", help="All of a function's invocations (the listing's pages followed), not the latest --limit.")] = False,
+    status: Annotated[
+        InvocationStatus | None, typer.Option("--status", help="Only the invocations in this status.", show_default=False)
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the logs of an invocation, or of a function's latest invocations."""
     with Client(url, token) as client:
-        records = client.logs(target, limit=None if every else limit)
+        records = client.logs(target, limit=None if every else limit, status=status)
     if as_json:
         print_json({"invocations": records})
         return
     if not records:
-        err_console().print(f"no invocations of {escape(target)} yet")
+        err_console().print(f"no {status + ' ' if status else ''}invocations of {escape(target)}{'' if status else ' yet'}")
         return
     console = out_console()
     for rec in reversed(records):  # oldest first, like a log
-        status = str(rec.get("status", ""))
-        colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
+        state = str(rec.get("status", ""))
+        colour = {"succeeded": "green", "failed": "red"}.get(state, "yellow")
         duration = rec.get("duration_ms")
         origin = str(rec.get("origin") or "")  # placed here by another gateway, under this id of its own
         head = " · ".join(
-            x for x in (str(rec.get("id", "")), f"[{colour}]{status}[/{colour}]", escape(str(rec.get("infra") or "")),
+            x for x in (str(rec.get("id", "")), f"[{colour}]{state}[/{colour}]", escape(str(rec.get("infra") or "")),
                         ago(rec.get("created_at")), f"{duration:.1f} ms" if duration is not None else "",
                         f"origin {escape(origin)}" if origin else "") if x  # fmt: skip
         )

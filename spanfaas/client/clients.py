@@ -24,6 +24,7 @@ from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
 from spanfaas.client.userconfig import resolve, withheld_token_url
 from spanfaas.errors import InvalidRequest, SpanfaasError
+from spanfaas.model import InvocationStatus
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -38,6 +39,9 @@ class _Base:
     """What both clients share: where the gateway is, how to authenticate, how to build a request."""
 
     def __init__(self, url: str | None, token: str | None, timeout: float | None) -> None:
+        ops.check_str("url", url, "the gateway's URL, e.g. http://127.0.0.1:8080", optional=True)
+        ops.check_str("token", token, "an API token", optional=True)
+        ops.check_seconds("timeout", timeout)
         if timeout is not None and not timeout > 0:  # (not >: also NaN) httpx would refuse it at the first call
             raise InvalidRequest(f"the client's timeout must be a positive number of seconds, or None for no limit, not {timeout:g}")
         self.url, self.token = resolve(url, token)
@@ -176,14 +180,14 @@ class Client(_Base):
         return self._run(ops.invocation(invocation_id))
 
     def invocations(
-        self, function: str | None = None, *, limit: int | None = 20, status: str | None = None, outputs: bool = True
+        self, function: str | None = None, *, limit: int | None = 20, status: InvocationStatus | None = None, outputs: bool = True
     ) -> list[dict[str, Any]]:
         """The newest ``limit`` invocations (all with None), following the listing's pages."""
         return self._run(ops.invocations(function, limit=limit, status=status, outputs=outputs))
 
-    def logs(self, name_or_id: str, *, limit: int | None = 20) -> list[dict[str, Any]]:
-        """Records (with logs) of one invocation by id, or of a function's latest invocations."""
-        return self._run(ops.logs(name_or_id, limit=limit))
+    def logs(self, name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | None = None) -> list[dict[str, Any]]:
+        """Records (with logs) of one invocation by id, or of a function's latest invocations (in ``status``, when given)."""
+        return self._run(ops.logs(name_or_id, limit=limit, status=status))
 
     def functions(self) -> list[dict[str, Any]]:
         return self._run(ops.functions())
@@ -222,6 +226,7 @@ class Client(_Base):
         On the first failure the remaining invocations are cancelled and its
         typed error raised, unless ``return_exceptions`` puts errors in the list.
         """
+        ops.check_map(name, concurrency, timeout)
 
         async def fan_out() -> list[Any]:
             async with AsyncClient(self.url, self.token, timeout=self.timeout, max_connections=1, verify=self._verify) as aclient:
@@ -328,13 +333,13 @@ class AsyncClient(_Base):
         return await self._run(ops.invocation(invocation_id))
 
     async def invocations(
-        self, function: str | None = None, *, limit: int | None = 20, status: str | None = None, outputs: bool = True
+        self, function: str | None = None, *, limit: int | None = 20, status: InvocationStatus | None = None, outputs: bool = True
     ) -> list[dict[str, Any]]:
         """The newest ``limit`` invocations (all with None), following the listing's pages."""
         return await self._run(ops.invocations(function, limit=limit, status=status, outputs=outputs))
 
-    async def logs(self, name_or_id: str, *, limit: int | None = 20) -> list[dict[str, Any]]:
-        return await self._run(ops.logs(name_or_id, limit=limit))
+    async def logs(self, name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | None = None) -> list[dict[str, Any]]:
+        return await self._run(ops.logs(name_or_id, limit=limit, status=status))
 
     async def functions(self) -> list[dict[str, Any]]:
         return await self._run(ops.functions())
@@ -368,8 +373,7 @@ class AsyncClient(_Base):
         timeout: float | None = None,
     ) -> list[Any]:
         """Invoke ``name`` once per item, ``concurrency`` at a time; results in input order."""
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        ops.check_map(name, concurrency, timeout)
         total = len(items) if isinstance(items, Sized) else None
         numbered = enumerate(items)
         results: dict[int, Any] = {}

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from spanfaas.client.operations import Call, Op, encode_json
+from spanfaas.client.operations import Call, Op, check_int, check_str, encode_json, wrong_type
 from spanfaas.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -35,12 +35,15 @@ def _decode(resp: Any) -> Any:
 
 
 def publish(event: dict[str, Any]) -> Op[list[dict[str, Any]]]:
+    if not isinstance(event, dict):
+        raise wrong_type("event", event, "a dict (a CloudEvent's attributes, and its data)")
     resp = yield Call("POST", "/v1/events", headers={"Content-Type": "application/cloudevents+json"}, content=encode_json(event))
     return _decode(resp)["events"]  # type: ignore[no-any-return]
 
 
 def _only(function: str | None) -> dict[str, str]:
     """The ``function`` query parameter; an empty name is refused, not read as "every function's"."""
+    check_str("function", function, "a function's name", optional=True)
     if function is None:
         return {}
     if not function:
@@ -54,6 +57,7 @@ def triggers(function: str | None = None) -> Op[list[dict[str, Any]]]:
 
 
 def add_trigger(function: str, trigger: dict[str, Any]) -> Op[dict[str, Any]]:
+    check_str("function", function, "a function's name")
     body = _encode({"function": function, "trigger": trigger})
     resp = yield Call("POST", "/v1/triggers", headers={"Content-Type": "application/json"}, content=body)
     return _decode(resp)  # type: ignore[no-any-return]
@@ -70,6 +74,7 @@ _TRIGGER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 def _trigger(id: str) -> str:
     """``id`` if it can be a trigger's; else refused here, saying what one looks like (the request
     would reach another endpoint, or none, and its answer would be about that)."""
+    check_str("id", id, "a trigger's id")
     if not id:
         raise InvalidRequest("the trigger id is empty; name a trigger (`spanfaas triggers ls` lists them)")
     if id in (".", "..") or not _TRIGGER_ID.fullmatch(id):
@@ -82,6 +87,7 @@ def _trigger(id: str) -> str:
 
 
 def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[str, Any]]]:
+    check_int("limit", limit)
     params = {"limit": str(limit), **_only(function)}
     resp = yield Call("GET", "/v1/events/dlq", params=params)
     return _decode(resp)["dead_letters"]  # type: ignore[no-any-return]
@@ -90,6 +96,8 @@ def dead_letters(function: str | None = None, limit: int = 100) -> Op[list[dict[
 def dead_letter_page(function: str | None = None, limit: int = 100, next: str | None = None) -> Op[dict[str, Any]]:
     """One page of the dead letters, newest first: ``{"dead_letters": [...], "next": link}``;
     ``next`` (the link of the page before) asks for the page after it (null: that was the last)."""
+    check_int("limit", limit)
+    check_str("next", next, "the next link of the page before", optional=True)
     call = Call("GET", next) if next else Call("GET", "/v1/events/dlq", params={"limit": str(limit), **_only(function)})
     resp = yield call
     return _decode(resp)  # type: ignore[no-any-return]
@@ -100,6 +108,7 @@ def remove_dead_letter(id: str) -> Op[None]:
 
 
 def _letter(id: str) -> str:
+    check_str("id", id, "a dead letter's id")
     if not id:
         raise InvalidRequest("the dead letter id is empty; name a dead letter (`spanfaas events dlq ls` lists them)")
     return id

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from spanfaas.client.operations import Call, Op
+from spanfaas.client.operations import Call, Op, check_bool, check_int, check_str, wrong_type
 from spanfaas.errors import InvalidRequest, SpanfaasError, error_from_problem
 
 if TYPE_CHECKING:
@@ -33,12 +33,14 @@ def _decode(resp: Any) -> Any:
 
 
 def _list(name: str) -> str:
+    check_str("name", name, "a curated list's name")
     if not name:  # "/v1/images/lists/" is another endpoint (its redirect to the lists is no answer about one)
         raise InvalidRequest("the curated list name is empty; name a list (`spanfaas images curate ls` lists them)")
     return "/v1/images/lists/" + quote(name, safe="")
 
 
 def _image(id: str) -> str:
+    check_str("id", id, "an image's id")
     if not id:
         raise InvalidRequest("the image id is empty; name an image (`spanfaas images ls` lists them)")
     return "/v1/images/" + quote(id, safe="")
@@ -62,6 +64,12 @@ def split_requirement(text: str) -> tuple[str, str]:
     return req.name, str(req.specifier)
 
 
+def _texts(*, optional: bool = False, **texts: object) -> None:
+    for arg, value in texts.items():
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise wrong_type(arg, value, "a str" + (", or None" if optional else ""))
+
+
 # -- operations ----------------------------------------------------------------------
 
 
@@ -75,13 +83,18 @@ def get_list(name: str) -> Op[dict[str, Any]]:
     return _decode(resp)  # type: ignore[no-any-return]
 
 
-def create_list(name: str, packages: list[str], note: str, owner: str) -> Op[dict[str, Any]]:
-    body = {"name": name, "packages": packages, "note": note, "owner": owner}
+def create_list(name: str, packages: list[str] | None, note: str, owner: str) -> Op[dict[str, Any]]:
+    check_str("name", name, "a curated list's name")
+    if not (packages is None or (isinstance(packages, (list, tuple)) and all(isinstance(p, str) for p in packages))):
+        raise wrong_type("packages", packages, "a list of str (requirements, e.g. ['numpy>=1.26']), or None")
+    _texts(note=note, owner=owner)
+    body = {"name": name, "packages": list(packages or []), "note": note, "owner": owner}
     resp = yield Call("POST", "/v1/images/lists", headers=_JSON, content=_encode(body))
     return _decode(resp)  # type: ignore[no-any-return]
 
 
 def update_list(name: str, note: str | None, owner: str | None) -> Op[dict[str, Any]]:
+    _texts(optional=True, note=note, owner=owner)
     body = {k: v for k, v in (("note", note), ("owner", owner)) if v is not None}
     resp = yield Call("PATCH", _list(name), headers=_JSON, content=_encode(body))
     return _decode(resp)  # type: ignore[no-any-return]
@@ -92,6 +105,9 @@ def delete_list(name: str) -> Op[None]:
 
 
 def approve(list_name: str, requirement: str, note: str) -> Op[dict[str, Any]]:
+    _list(list_name)
+    check_str("requirement", requirement, "e.g. 'numpy>=1.26,<3'")
+    _texts(note=note)
     name, specifier = split_requirement(requirement)
     body = {"specifier": specifier, "note": note}
     resp = yield Call("PUT", f"{_list(list_name)}/packages/{quote(name, safe='')}", headers=_JSON, content=_encode(body))
@@ -100,10 +116,13 @@ def approve(list_name: str, requirement: str, note: str) -> Op[dict[str, Any]]:
 
 
 def withdraw(list_name: str, package: str) -> Op[None]:
+    check_str("package", package, "a package's name")
     yield Call("DELETE", f"{_list(list_name)}/packages/{quote(package, safe='')}")
 
 
 def audit(target: str | None, limit: int) -> Op[list[dict[str, Any]]]:
+    check_str("target", target, "a curated list, 'policy' or an image", optional=True)
+    check_int("limit", limit)
     params = {"limit": str(limit)}
     if target is not None:
         if not target:  # not read as "every change": an empty name is a mistake, not a wish for all
@@ -121,12 +140,15 @@ def policy() -> Op[dict[str, Any]]:
 
 
 def set_policy(require_transitive: bool) -> Op[dict[str, Any]]:
+    check_bool("require_transitive", require_transitive)
     resp = yield Call("PUT", "/v1/images/policy", headers=_JSON, content=_encode({"require_transitive": require_transitive}))
     return _decode(resp)  # type: ignore[no-any-return]
 
 
 def build(request: Mapping[str, Any], on_event: OnEvent | None) -> Op[dict[str, Any]]:
     """Stream a build; returns the ``done`` event (``image``, ``built``, ``seconds``)."""
+    if not isinstance(request, Mapping):
+        raise wrong_type("request", request, "a dict (the image request: python, packages)")
     outcome: dict[str, Any] = {}
 
     def line(text: str) -> None:
@@ -181,7 +203,7 @@ class Images:
         return self._run(get_list(name))
 
     def create_list(self, name: str, packages: list[str] | None = None, *, note: str = "", owner: str = "") -> dict[str, Any]:
-        return self._run(create_list(name, list(packages or []), note, owner))
+        return self._run(create_list(name, packages, note, owner))
 
     def update_list(self, name: str, *, note: str | None = None, owner: str | None = None) -> dict[str, Any]:
         return self._run(update_list(name, note, owner))
@@ -234,7 +256,7 @@ class AsyncImages:
         return await self._run(get_list(name))
 
     async def create_list(self, name: str, packages: list[str] | None = None, *, note: str = "", owner: str = "") -> dict[str, Any]:
-        return await self._run(create_list(name, list(packages or []), note, owner))
+        return await self._run(create_list(name, packages, note, owner))
 
     async def update_list(self, name: str, *, note: str | None = None, owner: str | None = None) -> dict[str, Any]:
         return await self._run(update_list(name, note, owner))

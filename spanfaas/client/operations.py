@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import socket
 import ssl
 import time
 from collections.abc import Callable, Generator, Iterator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, get_args
 from urllib.parse import quote
 
 import httpx
@@ -40,15 +41,23 @@ from spanfaas.errors import (
     WaitTimeout,
     error_from_problem,
 )
-from spanfaas.model import ErrorInfo, Result
+from spanfaas.model import ErrorInfo, InvocationStatus, Result, invocation_id_problem, is_invocation_id
 
 __all__ = [
     "Call",
     "InvokeOutput",
     "Op",
     "Sleep",
+    "check_bool",
+    "check_int",
+    "check_map",
     "check_path",
     "check_response",
+    "check_seconds",
+    "check_status",
+    "check_str",
+    "check_timeout",
+    "wrong_type",
     "deploy",
     "encode_json",
     "error_from_record",
@@ -320,6 +329,45 @@ class UploadStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             yield chunk
 
 
+# -- arguments ----------------------------------------------------------------
+# The entry points check the types of what they are given: a wrong one went on to fail deep
+# inside, as a bare TypeError that named neither the argument nor what it should be.
+
+
+def wrong_type(arg: str, value: object, expected: str) -> InvalidRequest:
+    return InvalidRequest(f"{arg} must be {expected}, not {type(value).__name__}: {value!r:.60}")
+
+
+def check_str(arg: str, value: object, what: str, *, optional: bool = False) -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise wrong_type(arg, value, f"a str ({what})" + (", or None" if optional else ""))
+
+
+def check_int(arg: str, value: object, *, optional: bool = False) -> None:
+    if not ((isinstance(value, int) and not isinstance(value, bool)) or (optional and value is None)):
+        raise wrong_type(arg, value, "an int" + (", or None" if optional else ""))
+
+
+def check_bool(arg: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise wrong_type(arg, value, "a bool")
+
+
+def check_seconds(arg: str, value: object) -> None:
+    """A number of seconds, or None (no limit); its range is the caller's to check."""
+    if not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+        raise wrong_type(arg, value, "a number of seconds (int or float), or None")
+
+
+def check_map(name: object, concurrency: object, timeout: object) -> None:
+    """``map``'s arguments, checked once (not at each item's invoke)."""
+    check_str("name", name, "a function's name")
+    check_int("concurrency", concurrency)
+    check_timeout(timeout)  # type: ignore[arg-type]
+    if concurrency < 1:  # type: ignore[operator]
+        raise InvalidRequest(f"concurrency must be at least 1, not {concurrency}")
+
+
 # -- operations ---------------------------------------------------------------
 
 
@@ -341,6 +389,7 @@ def check_path(path: str) -> None:
 
 
 def _fn(name: str) -> str:
+    check_str("name", name, "a function's name")
     if not name:  # "/v1/functions/" is another endpoint (its redirect to the list is no answer about a function)
         raise InvalidRequest("the function name is empty; name a deployed function (`spanfaas ls` lists them)")
     if "/" in name:  # the gateway routes on the decoded path: it would answer "no such endpoint"
@@ -351,6 +400,8 @@ def _fn(name: str) -> str:
 
 
 def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, Any]]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise wrong_type("path", path, "a str or a pathlib.Path (a function directory or .py file)")
     packed = pack(path)
     headers = {"Content-Type": "application/gzip", "Content-Length": str(len(packed.data))}
     if progress is None:
@@ -410,11 +461,13 @@ def encode_payload(event: Any, data: bytes | None) -> tuple[bytes, str]:
 
 def check_timeout(timeout: float | None) -> None:
     """A wait's ``timeout``: None, or a positive number of seconds."""
+    check_seconds("timeout", timeout)
     if timeout is not None and not timeout > 0:  # (not >: also NaN)
         raise InvalidRequest(f"timeout must be a positive number of seconds, not {timeout:g}; leave it out to wait as long as the client does")
 
 
 def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: float | None = None) -> Op[InvokeOutput]:
+    path = _fn(name) + "/invoke"
     check_timeout(timeout)
     body, ctype = encode_payload(event, data)
     # ``timeout`` bounds the wait for the answer; the function's own limit is its manifest's.
@@ -422,17 +475,18 @@ def invoke(name: str, event: Any = None, *, data: bytes | None = None, timeout: 
     after = (f"the invocation may still be running: `spanfaas logs {name}` shows it when it ends; "
              "pass a longer timeout=, or, to keep the id of a call you may stop waiting for, "
              "queue it with invoke_async() and wait with result(id, timeout=)")  # fmt: skip
-    resp = yield Call("POST", _fn(name) + "/invoke", headers={"Content-Type": ctype}, content=body, timeout=timeout, after_timeout=after)
+    resp = yield Call("POST", path, headers={"Content-Type": ctype}, content=body, timeout=timeout, after_timeout=after)
     assert resp is not None
     return _output_from_response(name, resp)
 
 
 def invoke_async(name: str, event: Any = None, *, data: bytes | None = None, idempotency_key: str | None = None) -> Op[str]:
+    path = _fn(name) + "/invoke"
     body, ctype = encode_payload(event, data)
     headers = {"Content-Type": ctype}
     if idempotency_key is not None:
         headers["Idempotency-Key"] = _header_value("the idempotency key", idempotency_key)
-    resp = yield Call("POST", _fn(name) + "/invoke", params={"mode": "async"}, headers=headers, content=body)
+    resp = yield Call("POST", path, params={"mode": "async"}, headers=headers, content=body)
     return str(_decode(resp)["id"])
 
 
@@ -446,12 +500,23 @@ def _header_value(what: str, value: object) -> str:
     return value
 
 
-def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+def _inv(invocation_id: str) -> str:
+    """The path of an invocation's record, or the ``InvalidRequest`` that says why ``invocation_id`` is none."""
+    check_str("invocation_id", invocation_id, "an invocation's id")
     if not invocation_id:
         raise InvalidRequest(
             "the invocation id is empty; `spanfaas logs FUNCTION` shows a function's recent invocations with their ids"
         )
-    resp = yield Call("GET", "/v1/invocations/" + quote(invocation_id, safe=""))
+    if problem := invocation_id_problem(invocation_id):  # (one with a '/' or a dot went into the path: "no such endpoint")
+        raise InvalidRequest(
+            f"{problem}, as invoke_async() and `spanfaas invoke --async` give it; "
+            "`spanfaas logs FUNCTION` shows a function's recent invocations with their ids"
+        )
+    return "/v1/invocations/" + invocation_id
+
+
+def invocation(invocation_id: str) -> Op[dict[str, Any]]:
+    resp = yield Call("GET", _inv(invocation_id))
     return _decode(resp)  # type: ignore[no-any-return]
 
 
@@ -460,6 +525,8 @@ FINISHED = ("succeeded", "failed")
 
 def result(invocation_id: str, *, wait: bool = True, timeout: float | None = None) -> Op[InvokeOutput]:
     """Poll an invocation until it finishes (backoff 20 ms → 1 s); raise its error if it failed."""
+    _inv(invocation_id)
+    check_bool("wait", wait)
     check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.02
@@ -516,13 +583,30 @@ PAGE_MAX = 1000
 """Records the gateway lists in one page at most."""
 
 
+STATUSES: tuple[InvocationStatus, ...] = get_args(InvocationStatus)
+
+
+def check_status(status: InvocationStatus | None) -> None:
+    """A listing's ``status`` filter: None (any), or one an invocation can be in."""
+    check_str("status", status, f"{', '.join(STATUSES[:-1])} or {STATUSES[-1]}", optional=True)
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(
+            f"status={status!r} is not an invocation status; use {', '.join(STATUSES[:-1])} or {STATUSES[-1]} "
+            "(or leave it out for every status)"
+        )
+
+
 def invocations(
-    function: str | None = None, *, limit: int | None = 20, outputs: bool = True, status: str | None = None
+    function: str | None = None, *, limit: int | None = 20, outputs: bool = True, status: InvocationStatus | None = None
 ) -> Op[list[dict[str, Any]]]:
     """The newest ``limit`` invocations (of ``function``, in ``status``), or all with ``limit=None``:
     the pages of the listing, followed by their ``next`` link (a page may end before its limit:
     it is bounded in size).  An output over the listing's size is left out (``output_left_out``
     says where it is)."""
+    check_str("function", function, "a function's name", optional=True)
+    check_int("limit", limit, optional=True)
+    check_status(status)
+    check_bool("outputs", outputs)
     if limit is not None and limit < 1:
         raise InvalidRequest(f"limit={limit} is out of range; ask for 1 or more (None: all)")
     params = {"limit": str(PAGE_MAX if limit is None else min(limit, PAGE_MAX))}
@@ -543,16 +627,22 @@ def invocations(
         call = Call("GET", link)
 
 
-def logs(name_or_id: str, *, limit: int | None = 20) -> Op[list[dict[str, Any]]]:
-    """Invocation records with their logs: one invocation by id, or a function's latest (all with ``limit=None``)."""
+def logs(name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | None = None) -> Op[list[dict[str, Any]]]:
+    """Invocation records with their logs: one invocation by id, or a function's latest (all with
+    ``limit=None``); only those in ``status``, when given."""
+    check_str("name_or_id", name_or_id, "a function's name or an invocation's id")
+    check_int("limit", limit, optional=True)
     if not name_or_id:
         raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
+    check_status(status)
+    if is_invocation_id(name_or_id):  # (a function may have a name of that form too)
+        try:
+            record = yield from invocation(name_or_id)
+            return [record] if status is None or record.get("status") == status else []
+        except NotFound:
+            pass
     try:
-        return [(yield from invocation(name_or_id))]
-    except NotFound:
-        pass
-    try:
-        return (yield from invocations(name_or_id, limit=limit, outputs=False))
+        return (yield from invocations(name_or_id, limit=limit, outputs=False, status=status))
     except NotFound:
         raise NotFound(
             f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`"
@@ -560,5 +650,8 @@ def logs(name_or_id: str, *, limit: int | None = 20) -> Op[list[dict[str, Any]]]
 
 
 def create_token(name: str, scopes: list[str]) -> Op[dict[str, Any]]:
+    check_str("name", name, "the token's name")
+    if not (isinstance(scopes, (list, tuple)) and all(isinstance(scope, str) for scope in scopes)):
+        raise wrong_type("scopes", scopes, "a list of str (e.g. ['invoke'])")
     resp = yield Call("POST", "/v1/tokens", headers={"Content-Type": "application/json"}, content=msgspec.json.encode({"name": name, "scopes": scopes}))
     return _decode(resp)  # type: ignore[no-any-return]

@@ -21,7 +21,7 @@ import msgspec
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
 
-from spanfaas.errors import InvalidPayload, Unauthorized
+from spanfaas.errors import Forbidden, InvalidPayload
 
 __all__ = [
     "CE_JSON",
@@ -56,8 +56,13 @@ class InvalidEvent(InvalidPayload):
     slug, title = "invalid-event", "Invalid event"
 
 
-class BadSignature(Unauthorized):
-    """A webhook's signature is missing or does not match its secret."""
+class BadSignature(Forbidden):
+    """A webhook's signature is missing or does not match its secret.
+
+    A 403, not a 401: a 401 challenges the client to authenticate with an HTTP
+    scheme (``WWW-Authenticate``, RFC 9110 §15.5.2), and the gateway's is Bearer,
+    an API token, which a webhook's sender has none of; its credential is the
+    signature, which was missing or wrong."""
 
     slug, title = "bad-signature", "Bad webhook signature"
 

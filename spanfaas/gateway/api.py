@@ -38,7 +38,7 @@ from spanfaas.gateway.views import (
     invocation_view,
     token_view,
 )
-from spanfaas.model import FunctionRecord, InfraInfo
+from spanfaas.model import FunctionRecord, InfraInfo, invocation_id_problem
 from spanfaas.scheduler import Explanation, SpanningInfrastructure, explain
 from spanfaas.store import StoreUnavailable
 
@@ -89,6 +89,8 @@ class Endpoint:
     response: type | str | None = None
     """A Struct, a content type of raw bytes, or None (no body)."""
     errors: tuple[int, ...] = ()
+    error_notes: dict[int, str] = field(default_factory=dict)
+    """What an error status means here, where it is not what it means elsewhere (openapi.py)."""
     extra_responses: dict[int, tuple[str, type | None]] = field(default_factory=dict)
     headers: dict[int, tuple[Header, ...]] = field(default_factory=dict)
     """The headers of its answers, by status (those of every error: openapi.py)."""
@@ -156,7 +158,7 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
         # already has its answer; its record waiting for the batch may be shown.)
         record = await asyncio.to_thread(gw.store.get_invocation, id)
     if record is None:
-        raise InvocationNotFound(f"invocation '{id}' not found; GET /v1/invocations?function=NAME lists recent ones")
+        raise InvocationNotFound(f"{invocation_id_problem(id) or f'invocation {id!r} not found'}; GET /v1/invocations?function=NAME lists recent ones")
     return json(invocation_view(record))
 
 
@@ -187,21 +189,37 @@ async def create_token(gw: Gateway, request: Request) -> Response:
 _CONTROL_NAMES = {"\t": "a tab", "\n": "a line feed", "\r": "a carriage return", "\x00": "a NUL", "\x1b": "an escape"}
 
 
+_JOINERS = ("\u200c", "\u200d")  # zero width non-joiner, zero width joiner
+
+
 def _check_token_name(name: str) -> None:
     """A token's name is shown in token lists and as the actor of what it deploys: a control
     character (or a line or paragraph separator) in it would forge lines or colours there, and
     an invisible format character (a zero-width space, a bidi override) a name that looks like
-    another's, or reads reversed."""
+    another's, or reads reversed.  But ZWNJ and ZWJ between letters: Persian, the Indic scripts
+    and others need them to spell words right (RFC 5892's CONTEXTJ takes them in domain names)."""
     for i, ch in enumerate(name):
         category = unicodedata.category(ch)
         if category in ("Cc", "Zl", "Zp", "Cf"):
+            if ch in _JOINERS and _between_letters(name, i):
+                continue
             label = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "").lower()
             said = f"U+{ord(ch):04X} at character {i + 1}" + (f" ({label})" if label else "")
             kind = "an invisible format character" if category == "Cf" else "a control character"
+            joiner = " (a zero width joiner or non-joiner is taken only between letters)" if ch in _JOINERS else ""
             raise InvalidRequest(
-                f"the token name {name!r} has {kind}, {said}; "
+                f"the token name {name!r} has {kind}, {said}{joiner}; "
                 "send a name of printable characters, e.g. \"ci deploy\""
             )
+
+
+def _between_letters(text: str, i: int) -> bool:
+    """Whether ``text[i]`` stands between two letters: a letter (with its marks, such as a virama) before it, a letter after it."""
+    before = i - 1
+    while before >= 0 and unicodedata.category(text[before]).startswith("M"):
+        before -= 1
+    letter_before = before >= 0 and unicodedata.category(text[before]).startswith("L")
+    return letter_before and i + 1 < len(text) and unicodedata.category(text[i + 1]).startswith("L")
 
 
 async def list_tokens(gw: Gateway, request: Request) -> Response:
@@ -344,7 +362,8 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                                        required=False),)}),
         Endpoint("GET", "/v1/invocations/{id:str}", get_invocation,
                  "An invocation's status, result, error and logs", tag="invocations",
-                 params=(Param("id", "path", "The invocation id", required=True),),
+                 params=(Param("id", "path", "The invocation id (X-Spanfaas-Invocation-Id)", {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                               required=True),),
                  response=InvocationView, errors=(401, 403, 404)),
         Endpoint("POST", "/v1/tokens", create_token, "Create an API token (the secret is shown once)",
                  scope="admin", tag="tokens", body=TokenRequest, status=201, response=TokenCreated,

@@ -255,7 +255,9 @@ def event_endpoints() -> list[Endpoint]:
                  params=(Param("hook", "path", "The hook's name ([[events.webhooks]])", required=True),
                          Param("X-Hub-Signature-256", "header", "sha256=<hex HMAC-SHA256 of the body>", required=True),
                          Param("X-GitHub-Event", "header", "The event type", required=True)),
-                 status=202, response=PublishedList, errors=(400, 401, 404, 413, 422)),
+                 status=202, response=PublishedList, errors=(400, 403, 404, 413, 422),
+                 error_notes={403: "The X-Hub-Signature-256 header is missing, or does not match the hook's secret "
+                                   "(a problem of type bad-signature; no WWW-Authenticate: the signature is the credential)"}),
         Endpoint("GET", "/v1/triggers", list_triggers, "Triggers in force (from manifests and the API)",
                  tag="events", params=(Param("function", "query", "only this function's (not empty: leave it out for every function's)"),),
                  response=TriggerList, errors=(401, 403)),

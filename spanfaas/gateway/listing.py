@@ -2,7 +2,8 @@
 
 Newest first, by ``created_at`` then ``id`` (a total order: records made at the
 same moment are neither skipped nor repeated across pages).  A page ends at
-``limit`` records or once their logs, outputs and errors pass ``PAGE_BYTES``;
+``limit`` records, or before the record whose logs, outputs and errors would take
+the page past ``PAGE_BYTES`` (one record at least);
 its ``next`` is the link to the page after it (the same query with an opaque
 ``cursor``: the position of its last record).  An output over
 ``LISTED_OUTPUT_MAX`` is left out of a listing, as it is read from the store,
@@ -41,7 +42,8 @@ __all__ = ["LISTED_OUTPUT_MAX", "PAGE_BYTES", "QUERY", "decode_cursor", "encode_
 LISTED_OUTPUT_MAX = 64 * 1024
 """Bytes of an output shown in a listing; a larger one is fetched by its id."""
 PAGE_BYTES = 4 * 2**20
-"""Bytes of logs, outputs and errors a page holds, about: it ends at the record that passes them."""
+"""Bytes of logs, outputs and errors a page holds at most (with ~512 a record), unless its one record is larger:
+it ends before the record that would pass them."""
 QUERY = ("function", "status", "limit", "output", "cursor")
 _Position = tuple[float, str]
 _cursor_decoder = msgspec.json.Decoder(tuple[float, str])
@@ -78,12 +80,26 @@ def _key(r: InvocationRecord) -> _Position:
     return (r.created_at, r.id)
 
 
+_RECORD_BYTES = 512
+"""What a record's other fields take, about (as the store counts them)."""
+
+
+def _size(r: InvocationRecord, outputs: bool) -> int:
+    """The bytes ``r`` adds to a page: its logs, its output if shown, its error."""
+    output = len(r.output) if outputs and len(r.output) <= LISTED_OUTPUT_MAX else 0
+    error = len(r.error.message) + len(r.error.traceback) if r.error is not None else 0
+    return _RECORD_BYTES + len(r.logs) + output + error
+
+
 def merge(
     page: InvocationPage, newer: list[InvocationRecord], function: str | None, status: str | None, limit: int,
-    after: _Position | None,
+    after: _Position | None, *, outputs: bool = True, max_bytes: int = PAGE_BYTES,
 ) -> tuple[list[InvocationRecord], _Position | None]:
     """The page with the records the store does not hold yet (``newer`` versions win) that fall
-    in its span; and the position the next page starts after, or None when it is the last."""
+    in its span; and the position the next page starts after, or None when it is the last.
+    It ends before the record that would pass ``max_bytes`` (one record at least): the store's
+    page is within it, but the records waiting for the store (a sync call's outcome while it
+    cannot write) were added past it."""
     end = _key(page.records[-1]) if page.more and page.records else None
     by_id = {r.id: r for r in page.records}
     for r in newer:
@@ -95,6 +111,11 @@ def merge(
         else:
             by_id.pop(r.id, None)
     out = sorted(by_id.values(), key=_key, reverse=True)
+    used = 0
+    for i, r in enumerate(out[:limit]):
+        used += _size(r, outputs)
+        if i and used > max_bytes:  # it begins the next page
+            return out[:i], _key(out[i - 1])
     if len(out) > limit:
         return out[:limit], _key(out[limit - 1])
     if page.more:
@@ -136,7 +157,7 @@ async def list_invocations(gw: Gateway, request: Request) -> Response:
     newer = gw.recorder.running_records()
     if not stored:  # the store cannot take the records of sync calls now: they wait, and are shown
         newer += gw.recorder.unsaved_records(mode="sync")
-    records, last = merge(page, newer, function, status, limit, after)
+    records, last = merge(page, newer, function, status, limit, after, outputs=outputs)
     views = []
     for r in records:
         size = len(r.output) if len(r.output) > LISTED_OUTPUT_MAX else page.left_out.get(r.id) if not r.output else None

@@ -98,10 +98,10 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
                 responses[str(code)]["content"] = {"application/json": {"schema": refs[typ]}}
         for code in e.errors:
             responses[str(code)] = {
-                "description": _STATUS_TEXT[code],
+                "description": e.error_notes.get(code, _STATUS_TEXT[code]),
                 "content": {"application/problem+json": {"schema": refs[Problem]}},
             }
-            if code in _ERROR_HEADERS:
+            if code in _ERROR_HEADERS and code not in e.error_notes:
                 responses[str(code)]["headers"] = {h: _header(*spec) for h, spec in _ERROR_HEADERS[code].items()}
         for code, headers in e.headers.items():
             documented = responses[str(code)].setdefault("headers", {})

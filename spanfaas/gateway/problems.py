@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spanfaas.errors import InfraError, InfraUnavailable, NotFound, SpanfaasError, Unauthorized
+from spanfaas.errors import InfraError, InfraUnavailable, InvocationNotFound, NotFound, SpanfaasError, Unauthorized
+from spanfaas.model import invocation_id_problem
 
 __all__ = ["MethodNotAllowed", "ProblemMiddleware", "http_exception_handler", "problem_response", "send_problem"]
 
@@ -69,6 +70,9 @@ def problem_response(exc: SpanfaasError, instance: str | None = None) -> Respons
     return resp
 
 
+_INVOCATION = "/v1/invocations/"
+
+
 def http_exception_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 and 405 (no route, wrong method) as problems."""
     assert isinstance(exc, HTTPException)
@@ -79,6 +83,10 @@ def http_exception_handler(request: Request, exc: Exception) -> Response:
         if fixed != path and fixed and _matched(request, fixed):
             # (not a redirect: a client following it would send a POST's body again, or drop it)
             err = NotFound(f"no such endpoint: {request.method} {path}; drop the trailing slash: {request.method} {fixed}")
+        elif request.method in ("GET", "HEAD") and path.startswith(_INVOCATION) and (
+            problem := invocation_id_problem(path.removeprefix(_INVOCATION))
+        ):  # an id with a '/' in it: no route takes it, but it was meant as an id
+            err = InvocationNotFound(f"{problem}; GET /v1/invocations?function=NAME lists recent ones")
         else:
             err = NotFound(f"no such endpoint: {request.method} {path}; GET /openapi.json lists them all")
     elif exc.status_code == 405:

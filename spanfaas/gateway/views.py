@@ -129,7 +129,8 @@ class Info(Struct):
 
 class TokenRequest(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=200, description="printable characters: a name with control characters (or a line or paragraph separator) "
-                                                                         "or invisible format characters (a zero-width space, a bidi override) is a 400")]
+                                                                         "or invisible format characters (a zero-width space, a bidi override; a zero width joiner "
+                                                                         "or non-joiner but between letters) is a 400")]
     scopes: Annotated[list[Scope], Meta(min_length=1)]
 
 

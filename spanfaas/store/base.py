@@ -132,8 +132,8 @@ class Store(EventStore, ImageStore, Protocol):
     ) -> InvocationPage:
         """One page of a listing, newest first (by ``created_at``, then ``id``): up to ``limit``
         records after the position ``after`` (the ``(created_at, id)`` of the last record of the
-        page before), and fewer once their logs, outputs and errors pass ``max_bytes`` (one at
-        least).  Payloads are left out, outputs too unless ``outputs``, and any output over
+        page before), and fewer where the next one's logs, outputs and errors would take them past
+        ``max_bytes`` (it begins the next page; a page holds one at least).  Payloads are left out, outputs too unless ``outputs``, and any output over
         ``max_output`` bytes (its size is in ``left_out``), as it is read: a page is bounded
         in memory, whatever the records hold."""
         ...

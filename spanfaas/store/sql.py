@@ -394,12 +394,15 @@ class SQLStore:
                 rows = cur.fetchall()
                 for n, row in enumerate(rows[:chunk], 1):
                     record, size = _invocation(row[:-1]), row[-1]
+                    cost = _SIZE_OF_ROW + len(record.logs) + len(record.output) + (
+                        len(record.error.message) + len(record.error.traceback) if record.error is not None else 0
+                    )
+                    if records and used + cost > max_bytes:  # it would pass the budget: it begins the next page
+                        return InvocationPage(records, left_out, True)
                     records.append(record)
                     if outputs and size is not None and size > max_output:
                         left_out[record.id] = int(size)
-                    used += _SIZE_OF_ROW + len(record.logs) + len(record.output) + (
-                        len(record.error.message) + len(record.error.traceback) if record.error is not None else 0
-                    )
+                    used += cost
                     position = (record.created_at, record.id)
                     if len(records) == limit or used >= max_bytes:
                         return InvocationPage(records, left_out, len(rows) > n or self._any_after(cur, where, args, position))

@@ -107,8 +107,8 @@ def test_s3_notification(c: httpx.Client) -> None:
         ("cloudevents", "/v1/events", {"content-type": "application/cloudevents+json"},
          json.dumps({"specversion": "1.0", "source": "/s", "type": "com.example.order.x"}).encode(), 400),
         ("cloudevents", "/v1/events", {"content-type": "application/cloudevents+json"}, b"x" * 9000, 413),
-        ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": "sha256=" + "0" * 64}, b"{}", 401),
-        ("webhook", "/hooks/github", {"x-github-event": "push"}, b"{}", 401),
+        ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": "sha256=" + "0" * 64}, b"{}", 403),
+        ("webhook", "/hooks/github", {"x-github-event": "push"}, b"{}", 403),
         ("s3", "/v1/events/s3", {}, b'{"Records": 1}', 400),
     ],
 )  # fmt: skip

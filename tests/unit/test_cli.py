@@ -387,7 +387,7 @@ def test_logs_of_a_function_do_not_fetch_its_outputs(cli: Any, tmp_path: Path) -
 
 def test_unreachable_gateway(cli: Any) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    for args in (["ls"], ["info"], ["invoke", "hello"], ["deploy", HELLO], ["rm", "x"], ["logs", "x"], ["result", "x"]):
+    for args in (["ls"], ["info"], ["invoke", "hello"], ["deploy", HELLO], ["rm", "x"], ["logs", "x"], ["result", "0" * 32]):
         expect_error(cli(*args, "--url", url), 7, f"cannot reach spanfaas at {url}: is `spanfaas up` running?")
     r = cli("ls", "--url", url, "--json")
     assert r.exit_code == 7 and json.loads(r.stdout)["status"] == 503
@@ -451,11 +451,12 @@ SLEEPY = "import asyncio\nasync def handler(event, context):\n    await asyncio.
 
 def test_result_of_an_unknown_id_gives_a_cli_hint(cli: Any) -> None:
     # The gateway's detail points at GET /v1/invocations?function=NAME; the CLI user gets the command.
-    for args in (["result", "nope"], ["result", "nope", "--wait", "--timeout", "5"]):
+    unknown = "f" * 32
+    for args in (["result", unknown], ["result", unknown, "--wait", "--timeout", "5"]):
         r = cli(*args)
-        expect_error(r, 4, "invocation 'nope' not found; `spanfaas logs FUNCTION` shows a function's recent invocations")
+        expect_error(r, 4, f"invocation '{unknown}' not found; `spanfaas logs FUNCTION` shows a function's recent invocations")
         assert "GET /v1" not in r.stderr
-    r = cli("result", "nope", "--json")
+    r = cli("result", unknown, "--json")
     assert r.exit_code == 4 and "spanfaas logs FUNCTION" in json.loads(r.stdout)["detail"]
 
 
@@ -679,10 +680,29 @@ def test_a_path_given_for_a_function_name_says_so(cli: Any) -> None:
 def test_a_dot_for_a_name_or_id_is_refused(cli: Any) -> None:
     # `rm ..` answered "no such endpoint: DELETE /v1" (exit 4), `rm .` "DELETE is not allowed on /v1/functions":
     # the URL was normalized, and the request went to another endpoint.
-    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["result", ".."], ["images", "show", ".."]):  # triggers rm ..: test_a_trigger_id_that_cannot_be_one…
+    # (`triggers rm ..`: test_a_trigger_id_that_cannot_be_one_is_refused_before_the_request; `result ..`: test_an_invocation_id_that_cannot_be_one_is_refused)
+    for args in (["rm", "."], ["rm", ".."], ["invoke", ".."], ["images", "show", ".."]):
         r = cli(*args)
         expect_error(r, 2, "is not a name or an id", "spanfaas ls")
         assert "endpoint" not in r.stderr and "/v1" not in r.stderr
+
+
+def test_an_invocation_id_that_cannot_be_one_is_refused(cli: Any, live: Live) -> None:
+    """``spanfaas result 'ab/../x'`` answered "no such endpoint: GET /v1/invocations/ab/../x" (exit 4):
+    the id went into the request's path, where its slashes and dots are steps of the path."""
+    for bad in ("ab/../x", "..", "x y", "hello", "0" * 31, "0" * 32 + "/"):
+        for args in (["result", bad], ["result", bad, "--wait", "--timeout", "5"]):
+            r = cli(*args)
+            expect_error(r, 2, f"{bad!r} is not an invocation id", "32 lowercase hexadecimal characters", "spanfaas logs FUNCTION")
+            assert "endpoint" not in r.stderr and "/v1" not in r.stderr
+    headers = {"Authorization": f"Bearer {live.admin}"}
+    for path, shown in (("ab%2F..%2Fx", "ab/../x"), ("nope", "nope"), ("ab/cd", "ab/cd")):
+        r = httpx.get(f"{live.url}/v1/invocations/{path}", headers=headers)
+        assert r.status_code == 404, r.text
+        detail = r.json()["detail"]
+        assert f"{shown!r} is not an invocation id" in detail and "32 lowercase hexadecimal characters" in detail, detail
+    r = httpx.get(f"{live.url}/v1/invocations/{'0' * 32}", headers=headers)  # the shape of an id: not found, no more
+    assert r.status_code == 404 and "not an invocation id" not in r.json()["detail"], r.text
 
 
 def test_an_empty_id_is_refused_before_the_request(cli: Any) -> None:
@@ -858,6 +878,23 @@ def test_logs_all_follows_the_pages_of_the_listing(cli: Any, tmp_path: Path) -> 
     records = json.loads(r.stdout)["invocations"]
     assert len(records) == 6 and len({rec["id"] for rec in records}) == 6
     assert [rec["created_at"] for rec in records] == sorted((rec["created_at"] for rec in records), reverse=True)
+
+
+def test_logs_filter_by_status(cli: Any, tmp_path: Path) -> None:
+    """``spanfaas logs NAME`` had no --status, though the listing (and the SDK) filter by it:
+    a function's failures could not be listed apart from its successes."""
+    cli("deploy", fn_dir(tmp_path, "picky", "def handler(event, context):\n    print('got', event)\n    assert event != 13, 'unlucky'\n    return event\n"))
+    for n in (1, 13, 2):
+        cli("invoke", "picky", "-d", str(n))
+    r = cli("logs", "picky", "--status", "failed", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert [(rec["status"], rec["logs"].strip()) for rec in json.loads(r.stdout)["invocations"]] == [("failed", "got 13")]
+    r = cli("logs", "picky", "--status", "succeeded")
+    assert r.exit_code == 0 and r.stdout.count("succeeded") == 2 and "failed" not in r.stdout, r.stdout
+    r = cli("logs", "picky", "--status", "done")
+    assert r.exit_code == 2 and "'--status'" in r.stderr and "'succeeded'" in r.stderr, r.stderr
+    r = cli("logs", "picky", "--status", "queued")
+    assert r.exit_code == 0 and "no queued invocations of picky" in r.stderr, r.stderr
 
 
 def test_a_logs_limit_out_of_range_names_the_option(cli: Any) -> None:

@@ -191,6 +191,37 @@ async def test_invocations_follow_the_pages_of_the_listing(sdk: Any, tmp_path: P
     assert len(await sdk.logs("chatty", limit=None)) == 6
 
 
+async def test_invocations_and_logs_filter_by_status(sdk: Any, functions_dir: Path) -> None:
+    """``invocations(status=)`` was sent as it was given: a status of another name ("done") was
+    the gateway's 400 in HTTP terms, and ``logs`` had no status filter at all."""
+    await sdk.deploy(functions_dir / "square")
+    assert await sdk.invoke("square", 2) == 4
+    with pytest.raises(FunctionError):
+        await sdk.invoke("square", 13)
+    [failed] = await sdk.invocations("square", status="failed")
+    assert failed["status"] == "failed" and failed["error"]["message"] == "unlucky"
+    assert [r["status"] for r in await sdk.logs("square", status="succeeded")] == ["succeeded"]
+    assert await sdk.logs(failed["id"], status="failed") == await sdk.logs(failed["id"])
+    assert await sdk.logs(failed["id"], status="succeeded") == []
+    for method in ("invocations", "logs"):
+        with pytest.raises(InvalidRequest, match=r"status='done' is not an invocation status; use queued, running, succeeded or failed"):
+            await getattr(sdk, method)("square", status="done")
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+async def test_a_status_filter_is_checked_before_the_request(cls: type[Client] | type[AsyncClient]) -> None:
+    client = cls(f"http://127.0.0.1:{free_port()}", "t")  # nothing listens there: only a check made here answers
+    try:
+        with pytest.raises(InvalidRequest, match=r"status='SUCCEEDED' is not an invocation status"):
+            answer = client.invocations(status="SUCCEEDED")  # type: ignore[arg-type]
+            if inspect.isawaitable(answer):
+                await answer
+    finally:
+        closed = client.close() if isinstance(client, Client) else client.aclose()
+        if inspect.isawaitable(closed):
+            await closed
+
+
 async def test_an_identical_redeploy_keeps_the_version(sdk: Any) -> None:
     first = await sdk.deploy(EXAMPLES / "hello")
     second = await sdk.deploy(EXAMPLES / "hello")
@@ -334,6 +365,16 @@ async def test_an_empty_name_or_id_is_refused(sdk: Any) -> None:
             await getattr(sdk, method)("")
     with pytest.raises(InvalidRequest, match="name a function or an invocation id"):
         await sdk.logs("")
+
+
+async def test_an_invocation_id_that_cannot_be_one_is_refused(sdk: Any) -> None:
+    # result("ab/../x") answered NotFound "no such endpoint: GET /v1/invocations/ab/../x".
+    for bad in ("ab/../x", "..", "hello", "0" * 33):
+        for method in ("result", "result_output", "invocation"):
+            with pytest.raises(InvalidRequest, match=rf"{re.escape(repr(bad))} is not an invocation id: .*32 lowercase hexadecimal characters"):
+                await getattr(sdk, method)(bad)
+    with pytest.raises(SpanfaasError, match="no invocation or function named 'ab/../x'"):
+        await sdk.logs("ab/../x")
 
 
 async def test_tokens_and_scopes(sdk: Any) -> None:
@@ -727,6 +768,88 @@ def test_a_client_timeout_must_be_positive(cls: type[Client] | type[AsyncClient]
     # platform's failure, and nan ValueError "Invalid value NaN".
     with pytest.raises(InvalidRequest, match=r"the client's timeout must be a positive number of seconds, or None for no limit, not"):
         cls("http://127.0.0.1:9", "t", timeout=timeout)
+
+JOB = "0" * 32
+WRONG_TYPES = [  # (method, args, kwargs, what the error says)
+    ("invoke", (123, {}), {}, "name must be a str (a function's name), not int: 123"),
+    ("invoke", ("hello", {}), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+    ("invoke", ("hello", {}), {"timeout": True}, "timeout must be a number of seconds (int or float), or None, not bool: True"),
+    ("invoke_output", (None,), {}, "name must be a str (a function's name), not NoneType: None"),
+    ("invoke_async", (b"hello",), {}, "name must be a str (a function's name), not bytes: b'hello'"),
+    ("result", (123,), {}, "invocation_id must be a str (an invocation's id), not int: 123"),
+    ("result", (JOB,), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+    ("result", (JOB,), {"wait": "no"}, "wait must be a bool, not str: 'no'"),
+    ("invocation", ([JOB],), {}, "invocation_id must be a str (an invocation's id), not list: ['000"),
+    ("invocations", (7,), {}, "function must be a str (a function's name), or None, not int: 7"),
+    ("invocations", (), {"limit": "5"}, "limit must be an int, or None, not str: '5'"),
+    ("invocations", (), {"limit": 5.0}, "limit must be an int, or None, not float: 5.0"),
+    ("invocations", (), {"status": 1}, "status must be a str (queued, running, succeeded or failed), or None, not int: 1"),
+    ("invocations", (), {"outputs": "false"}, "outputs must be a bool, not str: 'false'"),
+    ("logs", (42,), {}, "name_or_id must be a str (a function's name or an invocation's id), not int: 42"),
+    ("logs", ("hello",), {"limit": "3"}, "limit must be an int, or None, not str: '3'"),
+    ("function", (1.5,), {}, "name must be a str (a function's name), not float: 1.5"),
+    ("remove", (None,), {}, "name must be a str (a function's name), not NoneType: None"),
+    ("explain", (1,), {}, "name must be a str (a function's name), not int: 1"),
+    ("deploy", (123,), {}, "path must be a str or a pathlib.Path (a function directory or .py file), not int: 123"),
+    ("create_token", (1, ["invoke"]), {}, "name must be a str (the token's name), not int: 1"),
+    ("create_token", ("ci", "invoke"), {}, "scopes must be a list of str (e.g. ['invoke']), not str: 'invoke'"),
+    ("create_token", ("ci", ["invoke", 2]), {}, "scopes must be a list of str (e.g. ['invoke']), not list: ['invoke', 2]"),
+    ("map", ("hello", [1]), {"concurrency": "4"}, "concurrency must be an int, not str: '4'"),
+    ("map", (1, [1]), {}, "name must be a str (a function's name), not int: 1"),
+    ("map", ("hello", [1]), {"timeout": "5"}, "timeout must be a number of seconds (int or float), or None, not str: '5'"),
+    ("events.publish", ('{"id": "1"}',), {}, "event must be a dict (a CloudEvent's attributes, and its data), not str: '{\"id\": \"1\"}'"),
+    ("events.triggers", (1,), {}, "function must be a str (a function's name), or None, not int: 1"),
+    ("events.add_trigger", (1,), {"type": "t"}, "function must be a str (a function's name), not int: 1"),
+    ("events.remove_trigger", (1,), {}, "id must be a str (a trigger's id), not int: 1"),
+    ("events.dead_letters", (), {"limit": "5"}, "limit must be an int, not str: '5'"),
+    ("events.replay", (None,), {}, "id must be a str (a dead letter's id), not NoneType: None"),
+    ("images.get_list", (1,), {}, "name must be a str (a curated list's name), not int: 1"),
+    ("images.create_list", ("ml", "numpy"), {}, "packages must be a list of str (requirements, e.g. ['numpy>=1.26']), or None, not str: 'numpy'"),
+    ("images.create_list", ("ml",), {"note": 1}, "note must be a str, not int: 1"),
+    ("images.update_list", ("ml",), {"owner": 1}, "owner must be a str, or None, not int: 1"),
+    ("images.approve", ("ml", 1), {}, "requirement must be a str (e.g. 'numpy>=1.26,<3'), not int: 1"),
+    ("images.withdraw", ("ml", 1), {}, "package must be a str (a package's name), not int: 1"),
+    ("images.audit", (), {"limit": "5"}, "limit must be an int, not str: '5'"),
+    ("images.set_policy", (), {"require_transitive": "yes"}, "require_transitive must be a bool, not str: 'yes'"),
+    ("images.build", ("numpy",), {}, "request must be a dict (the image request: python, packages), not str: 'numpy'"),
+    ("images.show", (1,), {}, "id must be a str (an image's id), not int: 1"),
+    ("images.rm", (1,), {}, "id must be a str (an image's id), not int: 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs", "said"), WRONG_TYPES, ids=[f"{m}-{i}" for i, (m, *_) in enumerate(WRONG_TYPES)])
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+async def test_an_argument_of_the_wrong_type_is_named(
+    cls: type[Client] | type[AsyncClient], method: str, args: tuple[Any, ...], kwargs: dict[str, Any], said: str
+) -> None:
+    """``invoke(123)`` raised a bare TypeError from deep inside ("argument of type 'int' is not
+    iterable"), a timeout given as a string "'>' not supported between instances of 'str' and
+    'int'": each entry point checks its arguments' types and names the one that is wrong."""
+    client = cls(f"http://127.0.0.1:{free_port()}", "t")  # nothing listens there: only a check made here answers
+    try:
+        api, _, name = method.rpartition(".")  # events.replay: client.events.replay
+        with pytest.raises(InvalidRequest) as info:
+            answer = getattr(getattr(client, api) if api else client, name)(*args, **kwargs)
+            if inspect.isawaitable(answer):
+                await answer
+        assert said in info.value.message, info.value.message
+    finally:
+        closed = client.close() if isinstance(client, Client) else client.aclose()
+        if inspect.isawaitable(closed):
+            await closed
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [
+    ({"timeout": "30"}, "timeout must be a number of seconds (int or float), or None, not str: '30'"),
+    ({"url": 8080}, "url must be a str (the gateway's URL, e.g. http://127.0.0.1:8080), or None, not int: 8080"),
+    ({"token": b"tok"}, "token must be a str (an API token), or None, not bytes: b'tok'"),
+])  # fmt: skip
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_a_client_argument_of_the_wrong_type_is_named(cls: type[Client] | type[AsyncClient], kwargs: dict[str, Any], said: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        cls(**{"url": "http://127.0.0.1:9", "token": "t", **kwargs})
+    assert said in info.value.message, info.value.message
+
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None:

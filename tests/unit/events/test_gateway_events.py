@@ -118,8 +118,8 @@ BAD = [
     ("cloudevents", "/v1/events", STRUCTURED, json.dumps({**CE, "data": "x" * 20000}).encode(), 413, "payload-too-large"),
     ("s3", "/v1/events/s3", {}, b'{"Records": [{]}', 400, "invalid-event"),
     ("s3", "/v1/events/s3", {}, b"[" * 17000, 413, "payload-too-large"),
-    ("webhook", "/hooks/github", {"x-github-event": "push"}, b"{}", 401, "bad-signature"),
-    ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": sign("wrong secret", b"{}")}, b"{}", 401, "bad-signature"),
+    ("webhook", "/hooks/github", {"x-github-event": "push"}, b"{}", 403, "bad-signature"),
+    ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": sign("wrong secret", b"{}")}, b"{}", 403, "bad-signature"),
     ("webhook", "/hooks/github", {"x-github-event": "push", "x-hub-signature-256": sign(SECRET, b"{")}, b"{", 400, "invalid-event"),
     ("webhook", "/hooks/nope", {}, b"{}", 404, "not-found"),
 ]  # fmt: skip
@@ -140,6 +140,23 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
     assert gateway.store.list_invocations("all") == [] and gateway.store.queue_depth() == 0
     after = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
     assert after == before + 1
+
+
+@pytest.mark.parametrize("signature", [None, sign("wrong secret", b"{}"), "sha1=0123"])
+async def test_a_bad_webhook_signature_is_refused_without_a_bearer_challenge(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], signature: str | None
+) -> None:
+    """A webhook with a bad signature answered 401 with ``WWW-Authenticate: Bearer``, as if an API
+    token were missing: the sender (GitHub) sends none, its signature is what was wrong."""
+    await deploy("all", "[[triggers]]\n")
+    headers = {"x-github-event": "push"} | ({} if signature is None else {"x-hub-signature-256": signature})
+    r = await client.post("/hooks/github", content=b"{}", headers=headers)
+    assert r.status_code == 403 and "www-authenticate" not in r.headers, (r.status_code, dict(r.headers))
+    doc = r.json()
+    assert doc["type"].endswith("/bad-signature") and "X-Hub-Signature-256" in doc["detail"], doc
+    responses = (await client.get("/openapi.json")).json()["paths"]["/hooks/{hook}"]["post"]["responses"]
+    assert "401" not in responses and "X-Hub-Signature-256" in responses["403"]["description"], responses
+    assert "headers" not in responses["403"]
 
 
 @pytest.mark.parametrize(

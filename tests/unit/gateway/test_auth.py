@@ -142,6 +142,33 @@ async def test_a_token_name_with_an_invisible_format_character_is_refused(client
     assert "format characters" in doc["components"]["schemas"]["TokenRequest"]["properties"]["name"]["description"]
 
 
+@pytest.mark.parametrize(
+    "name", ["\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: ZWNJ between letters (a word's parts kept apart)
+             "\u0915\u094d\u200d\u0937",  # Devanagari: a half form, ZWJ after the virama (a mark) before a letter
+             "\u0dc1\u0dca\u200d\u0dbb\u0dd3 ci"]  # Sinhala: a ZWJ conjunct
+)  # fmt: skip
+async def test_a_token_name_may_join_letters_with_a_zero_width_joiner(client: httpx.AsyncClient, name: str) -> None:
+    """ZWJ and ZWNJ (U+200D, U+200C) were refused with the other format characters, though some
+    scripts need them to spell words right: between letters they are taken."""
+    r = await client.post("/v1/tokens", json={"name": name, "scopes": ["invoke"]})
+    assert r.status_code == 201, r.text
+    assert name in [t["name"] for t in (await client.get("/v1/tokens")).json()["tokens"]]
+
+
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [("ci\u200d", "U+200D at character 3 (zero width joiner)"), ("\u200cci", "U+200C at character 1 (zero width non-joiner)"),
+     ("c\u200c\u200ci", "U+200C at character 2"), ("ci\u200d1", "U+200D at character 3"), ("ci \u200dx", "U+200D at character 4"),
+     ("\U0001f469\u200d\U0001f4bb", "U+200D at character 2")],
+)  # fmt: skip
+async def test_a_zero_width_joiner_not_between_letters_is_refused(client: httpx.AsyncClient, name: str, named: str) -> None:
+    r = await client.post("/v1/tokens", json={"name": name, "scopes": ["invoke"]})
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert named in detail and "only between letters" in detail, detail
+    assert len((await client.get("/v1/tokens")).json()["tokens"]) == 1
+
+
 async def test_a_form_encoded_token_request_is_told_to_send_json(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/tokens", data={"name": "ci", "scopes": "invoke"})  # curl -d / an OAuth habit
     detail = r.json()["detail"]

@@ -147,3 +147,34 @@ async def test_a_listing_while_the_store_cannot_write_answers_at_once(
         assert listed.status_code == 200, listed.text
         assert [v["id"] for v in listed.json()["invocations"]] == [id]  # the record waiting for the store, shown
         assert listed.json()["invocations"][0]["result"] == {"hello": "waiting"}
+
+
+CHATTY = "def handler(event, context):\n    print('c' * 1024 * 1024)\n    return event\n"
+
+
+async def test_a_listing_while_the_store_cannot_write_stays_in_its_byte_budget(
+    client: httpx.AsyncClient, fn_dir: Callable[..., Path], store: CappedStore
+) -> None:
+    """The sync outcomes waiting for the store were added to a page past its byte budget: six
+    calls that logged 1 MiB each were one page of 6 MiB (the budget is 4).  A page ends before
+    the record that would pass it, whoever holds the record, the store or the gateway."""
+    from spanfaas.gateway.listing import PAGE_BYTES
+
+    r = await client.put("/v1/functions/chatty", content=pack_function(fn_dir("chatty", CHATTY)))
+    assert r.status_code == 201, r.text
+    with write_lock(store.path):
+        ids = []
+        for i in range(6):
+            r = await client.post("/v1/functions/chatty/invoke", json=i)
+            assert r.status_code == 200, r.text
+            ids.append(r.headers["x-spanfaas-invocation-id"])
+        pages: list[list[dict[str, Any]]] = []
+        link: str | None = "/v1/invocations?function=chatty&limit=1000"
+        while link is not None:
+            doc = (await asyncio.wait_for(client.get(link), 20)).json()
+            pages.append(doc["invocations"])
+            link = doc["next"]
+            assert len(pages) < 10, pages
+    assert [len(p) for p in pages] == [3, 3], [[len(v["logs"]) for v in p] for p in pages]
+    assert all(sum(len(v["logs"]) for v in p) <= PAGE_BYTES for p in pages)
+    assert [v["id"] for p in pages for v in p] == ids[::-1]

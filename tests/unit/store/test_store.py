@@ -544,6 +544,26 @@ def test_many_large_bundles(store: Store) -> None:
         assert got is not None and len(got) == len(data) and got == data
 
 
+def test_a_page_stops_before_the_record_that_would_pass_its_budget(store: Store) -> None:
+    """A page took the record that passed ``max_bytes``, and ended after it: a page of records of
+    100 kB with a budget of 250 kB held 300 kB.  It ends before that record (which begins the
+    next page), and holds one record at least, however large."""
+    chatty = [inv(status="succeeded", created_at=float(10 - i), logs=str(i) * 100_000) for i in range(5)]
+    store.save_invocations(chatty)
+    pages: list[list[str]] = []
+    after: tuple[float, str] | None = None
+    while True:
+        page = store.page_invocations("hello", limit=10, after=after, max_bytes=250_000)
+        assert sum(len(r.logs) for r in page.records) <= 250_000, [len(r.logs) for r in page.records]
+        pages.append([r.id for r in page.records])
+        if not page.more:
+            break
+        after = (page.records[-1].created_at, page.records[-1].id)
+    assert pages == [[r.id for r in chatty[:2]], [r.id for r in chatty[2:4]], [chatty[4].id]]
+    one = store.page_invocations("hello", limit=10, max_bytes=10)  # under one record's size: that record
+    assert [r.id for r in one.records] == [chatty[0].id] and one.more
+
+
 def test_invocations_are_listed_in_pages_bounded_in_size(store: Store) -> None:
     """A listing had no paging and no bound: limit=1000 read every record whole, outputs of up
     to 32 MiB each, into one response.  Pages follow one another by position (created_at, then
@@ -573,8 +593,8 @@ def test_invocations_are_listed_in_pages_bounded_in_size(store: Store) -> None:
     assert page.left_out == {big.id: 5000} and by_id[big.id].output == b"" and by_id[big.id].logs == "l" * 100
     assert by_id[same[0].id].output == b'"x"' and not page.more and len(page.records) == 7
 
-    budget = store.page_invocations("hello", limit=10, max_bytes=8000)  # the first of the logs of 3000 passes it
-    assert [r.id for r in budget.records] == seen[:5] and budget.more
+    budget = store.page_invocations("hello", limit=10, max_bytes=8000)  # the first of the logs of 3000 would pass it
+    assert [r.id for r in budget.records] == seen[:4] and budget.more
     last = store.page_invocations("hello", limit=10, max_bytes=1, after=(older[1].created_at, older[1].id))
     assert [r.id for r in last.records] == [older[2].id] and not last.more  # one at least; none after it
     assert store.page_invocations("hello", status="failed", limit=10).records == store.list_invocations("hello", status="failed")
