@@ -213,19 +213,21 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
     if not functions:
         err_console().print("no functions deployed; deploy one with: spanfaas deploy examples/hello")
         return
-    table = Table("NAME", "VERSION", "HANDLER", "ISOLATION", "MEMORY", "TIMEOUT", "DEPLOYED", box=None, header_style="bold")
+    rows = []
     for fn in sorted(functions, key=lambda f: str(f.get("name"))):
         spec = fn.get("spec") or {}
         res = spec.get("resources") or {}
-        table.add_row(
-            escape(str(fn.get("name"))),
-            str(fn.get("version", "")),
-            escape(str(spec.get("handler", ""))),
-            str(spec.get("isolation", "")),
-            f"{res.get('memory', '')} MiB",
-            f"{res.get('timeout', 0):g} s",
-            ago(fn.get("created_at")),
-        )
+        rows.append((
+            str(fn.get("name")), str(fn.get("version", "")), str(spec.get("handler", "")), str(spec.get("isolation", "")),
+            f"{res.get('memory', '')} MiB", f"{res.get('timeout', 0):g} s", ago(fn.get("created_at")),
+        ))  # fmt: skip
+    # Nothing is cut off with an ellipsis (80 columns gave 'handler:handl…', 'image-thumbna…'):
+    # a name or handler too long for its column folds onto the next line.
+    table = Table(box=None, header_style="bold")
+    for header in ("NAME", "VER", "HANDLER", "ISOLATION", "MEMORY", "TIMEOUT", "DEPLOYED"):
+        table.add_column(header, no_wrap=header not in ("NAME", "HANDLER"), overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
     out_console().print(table)
 
 

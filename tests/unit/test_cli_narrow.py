@@ -81,3 +81,20 @@ def test_explain_reads_at_80_columns(cli: Any, tmp_path: Path) -> None:
     (verdict,) = json.loads(cli("explain", "explained", "--json").stdout)["infrastructures"]
     assert "; ".join(verdict["reasons"]) in flat(out), out
     assert len(out.splitlines()) <= 6, out  # summary, preferences, header, row, its reasons (two lines at most)
+
+
+def test_ls_keeps_names_and_handlers_whole_at_80_columns(cli: Any, tmp_path: Path) -> None:
+    """At 80 columns `ls` cut what a user reads and types next: 'handler:handl…' and
+    'transform:han…' for the demo functions' handlers, 'image-thumbna…' for a longer name."""
+    whole = {"hello": "handler:handler", "json-transform": "transform:handler"}
+    for name, handler in whole.items():
+        cli("deploy", reuse_fn(tmp_path, name, handler))
+    out = cli("ls").stdout
+    fits(out)
+    for name, handler in whole.items():
+        (row,) = [line for line in out.splitlines() if line.startswith(f" {name} ")]
+        assert f" {handler} " in row, out
+    cli("deploy", reuse_fn(tmp_path, "image-thumbnail-generator-for-uploads", "thumbnail:handle_upload_event"))
+    out = cli("ls").stdout
+    fits(out)  # too long for its column: folded onto the next lines, whole
+    assert "image-thumbnail-" in out and "thumbnail:handle" in out, out
