@@ -6,6 +6,7 @@ returns a frozen record.  Unknown keys and bad env values fail loudly.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -235,6 +236,14 @@ def _default_infrastructures() -> list[InfraConfig]:
     return [InfraConfig(name="local", kind="local")]
 
 
+_NOT_SETTINGS = frozenset({"SPANFAAS_CONFIG", "SPANFAAS_URL", "SPANFAAS_TOKEN", "SPANFAAS_TEST_STALL"})
+"""Variables of the prefix that are no setting: the config file's path, the CLI's and the
+SDK's gateway and token, the event tests' stall hook (spanfaas.events.service)."""
+
+_TABLES = ("runtime", "scheduler", "events", "dns", "images")
+"""Settings that are tables: set in the config file only."""
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = ""
     host: str = "127.0.0.1"
@@ -315,9 +324,21 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
         for key, raw in env.items():
             if not key.startswith("SPANFAAS_") or key == "SPANFAAS_CONFIG":
                 continue
+            if key in _NOT_SETTINGS:
+                continue
             name = key.removeprefix("SPANFAAS_").lower()
-            if name not in fields or name in ("runtime", "scheduler", "events", "dns", "images"):
-                continue  # other tools' variables (SPANFAAS_URL, SPANFAAS_TOKEN) live here too
+            if name in _TABLES:
+                raise InvalidRequest(
+                    f"environment variable {key} names the [{name}] table, which no variable sets; "
+                    "set its keys in the config file (SPANFAAS_CONFIG)"
+                )
+            if name not in fields:  # refused, as an unknown key of the file is: a typo was ignored unseen
+                known = [f"SPANFAAS_{f.upper()}" for f in fields if f not in _TABLES]
+                close = difflib.get_close_matches(key, known, n=1)
+                raise InvalidRequest(
+                    f"environment variable {key} is no setting; {f'did you mean {close[0]}? ' if close else ''}"
+                    "(remove it or fix its name; the settings are in spanfaas/config.py)"
+                )
             if name == "infrastructures":
                 try:
                     data[name] = msgspec.json.decode(raw)

@@ -198,8 +198,8 @@ def like_deployed(name: str, deployed: Collection[str], *, all_up_to: int = 10) 
         return "deployed: " + (", ".join(sorted(deployed)) or "none")
     close = difflib.get_close_matches(name, deployed, n=5)
     if not close:
-        return f"none of the {len(deployed)} deployed functions has a name like it (GET /v1/functions lists them)"
-    return f"did you mean {', '.join(close)}? ({len(deployed)} functions are deployed; GET /v1/functions lists them)"
+        return f"none of the {len(deployed)} deployed functions has a name like it (`spanfaas ls` lists them)"
+    return f"did you mean {', '.join(close)}? ({len(deployed)} functions are deployed; `spanfaas ls` lists them)"
 
 
 class InvocationNotFound(NotFound):

@@ -16,8 +16,8 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
-from spanfaas.errors import InvalidRequest, InvocationNotFound, format_size
-from spanfaas.model import InvocationStatus
+from spanfaas.errors import InvalidRequest, InvocationNotFound, SpanfaasError, format_size
+from spanfaas.model import MANIFEST_NAME, InvocationStatus, load_manifest
 from spanfaas.cli.data import read_data
 from spanfaas.cli.images import build_with_progress, image_request_of
 from spanfaas.cli.output import (
@@ -51,17 +51,25 @@ def deploy(
     with Client(url, token) as client:
         request = image_request_of(path)
         if request is not None:  # build it first, its log shown; the deploy then reuses it
-            build_with_progress(client, request, as_json=as_json)
-        if as_json:
-            record = client.deploy(path)
-        else:
-            console = err_console()
-            with Progress(
-                TextColumn("uploading [bold]{task.description}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                console=console, transient=True, disable=not console.is_terminal,
-            ) as bar:
-                task = bar.add_task(path.name, total=None)
-                record = client.deploy(path, progress=lambda sent, total: bar.update(task, completed=sent, total=total))
+            name = _function_name(path)
+            build_with_progress(client, request, as_json=as_json,
+                                then=f"{name} is not deployed; `spanfaas deploy {path}` deploys it (on the image, once built)")  # fmt: skip
+        try:
+            if as_json:
+                record = client.deploy(path)
+            else:
+                console = err_console()
+                with Progress(
+                    TextColumn("uploading [bold]{task.description}[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=console, transient=True, disable=not console.is_terminal,
+                ) as bar:
+                    task = bar.add_task(path.name, total=None)
+                    record = client.deploy(path, progress=lambda sent, total: bar.update(task, completed=sent, total=total))
+        except KeyboardInterrupt:  # the gateway may have the whole bundle: it deploys without us
+            raise Interrupted(
+                f"stopped waiting (Ctrl-C); {_function_name(path)} may be deployed all the same: "
+                "`spanfaas ls` shows its version"
+            ) from None
     if as_json:
         print_json(record)
         return
@@ -84,6 +92,14 @@ def deploy(
             f"[yellow]warning: {name} is pending on {escape(where)}: deployed there once it answers "
             "(until then it runs elsewhere, or, deployed nowhere else, its invocations fail with 503)[/yellow]"
         )
+
+
+def _function_name(path: Path) -> str:
+    """The name ``deploy PATH`` deploys, for a message: its manifest's, else the file's."""
+    try:
+        return load_manifest(path).name if path.is_dir() or path.name == MANIFEST_NAME else load_manifest(path.with_name(MANIFEST_NAME)).name
+    except SpanfaasError:
+        return path.stem if path.suffix == ".py" else str(path)
 
 
 def _show_output(out: InvokeOutput, *, raw: bool, as_json: bool) -> None:
@@ -213,19 +229,21 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
     if not functions:
         err_console().print("no functions deployed; deploy one with: spanfaas deploy examples/hello")
         return
-    table = Table("NAME", "VERSION", "HANDLER", "ISOLATION", "MEMORY", "TIMEOUT", "DEPLOYED", box=None, header_style="bold")
+    rows = []
     for fn in sorted(functions, key=lambda f: str(f.get("name"))):
         spec = fn.get("spec") or {}
         res = spec.get("resources") or {}
-        table.add_row(
-            escape(str(fn.get("name"))),
-            str(fn.get("version", "")),
-            escape(str(spec.get("handler", ""))),
-            str(spec.get("isolation", "")),
-            f"{res.get('memory', '')} MiB",
-            f"{res.get('timeout', 0):g} s",
-            ago(fn.get("created_at")),
-        )
+        rows.append((
+            str(fn.get("name")), str(fn.get("version", "")), str(spec.get("handler", "")), str(spec.get("isolation", "")),
+            f"{res.get('memory', '')} MiB", f"{res.get('timeout', 0):g} s", ago(fn.get("created_at")),
+        ))  # fmt: skip
+    # Nothing is cut off with an ellipsis (80 columns gave 'handler:handl…', 'image-thumbna…'):
+    # a name or handler too long for its column folds onto the next line.
+    table = Table(box=None, header_style="bold")
+    for header in ("NAME", "VER", "HANDLER", "ISOLATION", "MEMORY", "TIMEOUT", "DEPLOYED"):
+        table.add_column(header, no_wrap=header not in ("NAME", "HANDLER"), overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
     out_console().print(table)
 
 

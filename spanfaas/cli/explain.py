@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -35,22 +35,38 @@ def explain(
     prefer = policy.get("prefer") or []
     console.print(f"preferences: {escape(', '.join(prefer)) if prefer else 'none (declared order)'}; "
                   f"fallback: {'on' if policy.get('fallback', True) else 'off'}")  # fmt: skip
-    table = Table("RANK", "INFRASTRUCTURE", "KIND", "REGION", "VERDICT", "SCORE", "LATENCY", "BREAKER", "WHY", box=None, header_style="bold")
+    # The short columns first, whole; each infrastructure's reasons below them, as wide as the
+    # terminal: in a ninth column they got what the others left (one word a line at 80 columns).
+    table = Table(box=None, header_style="bold")
+    table.add_column("RANK", no_wrap=True)
+    table.add_column("INFRA", overflow="fold")
+    for header in ("KIND", "REGION", "VERDICT", "SCORE", "LATENCY", "BREAKER"):
+        table.add_column(header, no_wrap=header != "REGION", overflow="fold")
+    why = Table(box=None, header_style="bold")
+    why.add_column("INFRA", overflow="fold")
+    why.add_column("WHY", overflow="fold")
     for v in doc.get("infrastructures", []):
         verdict = str(v.get("verdict", ""))
         colour = _COLOURS.get(verdict, "white")
+        score = v.get("score")
+        breaker = str(v.get("breaker", ""))
         table.add_row(
             str(v.get("rank") or "-"), escape(str(v.get("infra", ""))), escape(str(v.get("kind", ""))),
-            escape(str(v.get("region", ""))), f"[{colour}]{verdict}[/{colour}]", _score(v),
-            f"{v['ewma_latency_ms']:.2f} ms" if v.get("ewma_latency_ms") else "-", escape(str(v.get("breaker", ""))),
-            escape("; ".join(v.get("reasons") or [])),
+            escape(str(v.get("region", ""))), f"[{colour}]{verdict}[/{colour}]", "-" if score is None else f"{score:.3f}",
+            f"{v['ewma_latency_ms']:.2f} ms" if v.get("ewma_latency_ms") else "-", escape(_state(breaker)),
         )  # fmt: skip
+        reasons = [*(v.get("reasons") or [])]
+        components = v.get("components") or {}
+        if components:
+            reasons.insert(0, "score " + ", ".join(f"{k} {x:.2f}" for k, x in components.items()))
+        if _state(breaker) != breaker and not any(breaker in r for r in reasons):
+            reasons.append(f"breaker {breaker}")
+        why.add_row(escape(str(v.get("infra", ""))), escape("; ".join(reasons)))
     console.print(table)
+    console.print(why)
 
 
-def _score(v: dict[str, Any]) -> str:
-    score = v.get("score")
-    if score is None:
-        return "-"
-    parts = " ".join(f"{k}={x:.2f}" for k, x in (v.get("components") or {}).items())
-    return f"{score:.3f} ({parts})" if parts else f"{score:.3f}"
+def _state(breaker: str) -> str:
+    """The breaker's state alone ('open', 'half-open'), from its description ('open after 3
+    failures; next probe in 4.0 s'); the description goes with the reasons."""
+    return breaker.split(":")[0].split()[0] if breaker.strip() else "-"

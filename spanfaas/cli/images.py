@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spanfaas.cli.output import (
+    Interrupted,
     JsonOpt,
     TokenOpt,
     UrlOpt,
@@ -100,14 +101,18 @@ class _BuildDisplay:
             self.status.update(self._text())
 
 
-def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool) -> dict[str, Any]:
-    """Build (or reuse) the image, its log streamed to stderr; the ``done`` event."""
+def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool, then: str) -> dict[str, Any]:
+    """Build (or reuse) the image, its log streamed to stderr; the ``done`` event.  ``then``:
+    what a Ctrl-C leaves to do (the build goes on in the gateway without the CLI)."""
     payload = msgspec.to_builtins(request)
-    if as_json:
-        return client.images.build(payload)
-    console = err_console()
-    with _BuildDisplay(console) as display:
-        done = client.images.build(payload, on_event=display)
+    try:
+        if as_json:
+            return client.images.build(payload)
+        console = err_console()
+        with _BuildDisplay(console) as display:
+            done = client.images.build(payload, on_event=display)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped waiting (Ctrl-C); the image build goes on in the gateway: {then}") from None
     image = done["image"]
     verb = "built" if done.get("built") else "reused"
     console.print(
@@ -134,7 +139,7 @@ def build(
             load_manifest(path)  # none there: says so, and what to write
         raise InvalidManifest(f"{path} has no [image] table in its {MANIFEST_NAME}; add one, e.g. [image] packages = [\"numpy\"] lists = [\"science\"]")
     with Client(url, token) as client:
-        done = build_with_progress(client, request, as_json=as_json)
+        done = build_with_progress(client, request, as_json=as_json, then="`spanfaas images ls` lists the image once it is built")
     if as_json:
         print_json(done)
 

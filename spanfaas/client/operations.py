@@ -11,8 +11,10 @@ I/O, ``AsyncClient`` with ``await``; neither repeats the API.
 from __future__ import annotations
 
 import base64
+import html
 import math
 import os
+import re
 import socket
 import ssl
 import time
@@ -245,11 +247,11 @@ def check_response(
         exc = error_from_problem(doc)
     else:
         cls = _BY_STATUS.get(resp.status_code, InfraError if resp.status_code >= 500 else InvalidRequest)
-        snippet = resp.text[:200].strip()
+        snippet = _quoted(resp)
         exc = cls(
             f"{base_url} answered {resp.status_code} {resp.reason_phrase}"
             + (f": {snippet}" if snippet else "")
-            + "; is it a spanfaas gateway of this version?"
+            + "; is it a spanfaas gateway of this version? check the URL (--url, SPANFAAS_URL)"
         )
     if isinstance(exc, Unauthorized) and not has_token:
         saved = saved_for() if saved_for is not None else None
@@ -263,6 +265,20 @@ def check_response(
         # come from: the hint says that for this client, so it replaces it (once is enough).
         exc = Unauthorized(hint if from_spanfaas else f"{exc.message}; {hint}", **exc.extra)
     raise exc
+
+
+_MARKUP = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+
+
+def _quoted(resp: httpx.Response, limit: int = 160) -> str:
+    """The body of an answer that is no problem document, to quote in one line: an HTML
+    page's text without its markup (a web server's or a proxy's error page), white space
+    folded, at most ``limit`` characters."""
+    text = resp.text
+    if "html" in resp.headers.get("content-type", "") or text.lstrip().startswith("<"):
+        text = html.unescape(_MARKUP.sub(" ", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
 def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "") -> SpanfaasError:

@@ -127,7 +127,8 @@ class Gateway:
             await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
         async with slow_step("the recorder"):
             await self.recorder.close()
-        self.images.close()  # its leases on images: other gateways sharing the image directory may collect them
+        async with slow_step("the image builds"):
+            await self.images.stop()  # then its leases on images: other gateways sharing the image directory may collect them
 
 
 

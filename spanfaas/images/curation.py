@@ -15,6 +15,7 @@ request's ``lists`` whose range meets the requested one decides its range.
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -135,6 +136,8 @@ class Plan(Struct, frozen=True, kw_only=True):
     """Canonical names of the requested packages."""
     approved: dict[str, str]
     """Canonical name -> the list that approves it, for every package of the selected lists."""
+    lists: list[str] = []
+    """The selected lists, in order."""
 
 
 def plan(request: ImageRequest, lists: Sequence[CuratedList], *, python: str | None = None) -> Plan:
@@ -184,7 +187,7 @@ def plan(request: ImageRequest, lists: Sequence[CuratedList], *, python: str | N
             continue
         chosen[name] = fitting[0][1].specifier
     if offenses:
-        raise rejection(offenses)
+        raise rejection(offenses, request.lists)
     constraints = {name: pkg.specifier for name, (_, pkg) in first.items()}
     constraints.update(chosen)
     return Plan(
@@ -193,6 +196,7 @@ def plan(request: ImageRequest, lists: Sequence[CuratedList], *, python: str | N
         constraints=sorted(f"{n}{s}" for n, s in constraints.items() if s),
         direct=direct,
         approved={name: ln for name, (ln, _) in first.items()},
+        lists=list(request.lists),
     )
 
 
@@ -210,17 +214,33 @@ def check_resolved(p: Plan, locked: Sequence[LockedPackage], policy: ImagePolicy
         if not pkg.direct and pkg.name not in p.approved
     ]
     if offenses:
-        raise rejection(offenses, dependencies=True)
+        raise rejection(offenses, p.lists, dependencies=True)
 
 
-def rejection(offenses: Sequence[Offense], *, dependencies: bool = False) -> ImageRejected:
+def rejection(offenses: Sequence[Offense], lists: Sequence[str], *, dependencies: bool = False) -> ImageRejected:
     head = (
         "the image needs dependencies that are not approved (the image policy requires dependencies to be approved too)"
         if dependencies
         else "the image request asks for packages the selected curated lists do not allow"
     )
     lines = "; ".join(o.describe() for o in offenses)
-    return ImageRejected(f"{head}: {lines}", rejected=[_offense_doc(o) for o in offenses])
+    return ImageRejected(f"{head}: {lines}{_approval_hint(offenses, lists, dependencies)}", rejected=[_offense_doc(o) for o in offenses])
+
+
+def _approval_hint(offenses: Sequence[Offense], lists: Sequence[str], dependencies: bool) -> str:
+    """The command that would allow what was refused, on the first selected list: its own
+    requirement for a package outside its range or on no list; none for one another list
+    approves (the manifest selects that list) or a range no version meets (the request's)."""
+    wanted = [
+        o.package if o.reason == "dependency-not-approved" else o.requested
+        for o in offenses
+        if o.reason in ("outside-range", "dependency-not-approved") or (o.reason == "not-approved" and not o.elsewhere)
+    ]
+    if not wanted or not lists:
+        return ""
+    command = f"spanfaas images curate add {shlex.quote(lists[0])} {' '.join(shlex.quote(w) for w in wanted)}"
+    who = f"have an admin approve {'it' if len(wanted) == 1 else 'them'}: {command}"
+    return f"; {who}" if dependencies else f"; change [image] packages, or {who}"
 
 
 def _offense_doc(o: Offense) -> dict[str, object]:

@@ -163,6 +163,19 @@ class ImageService:
     async def start(self) -> None:
         await asyncio.to_thread(self.repo.clean_stale)
 
+    async def stop(self) -> None:
+        """Stop the builds in flight and wait for them (their uv killed, their work directories
+        removed), then ``close``.  A build left running went on in a task nobody awaited:
+        cancelled at the end of ``asyncio.run()``, after the gateway had shut its thread pool,
+        it could not clean up (tracebacks in the log, its work directory left behind)."""
+        tasks = [b.task for b in self._inflight.values() if b.task is not None and not b.task.done()]
+        for task in tasks:
+            log.info("stopping: the image build %s is cancelled (the next deploy that needs it builds it)", task.get_name())
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self.close()
+
     def close(self) -> None:
         """This process stops using the images: every lease goes (as it would at exit)."""
         self._running.clear()

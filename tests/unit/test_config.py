@@ -72,3 +72,24 @@ def test_a_config_file_that_cannot_be_read_says_why(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest) as info:
         Settings.load(cfg, env={})
     assert info.value.message == f"config file {cfg} (SPANFAAS_CONFIG) is not UTF-8 text (byte 11); save it as UTF-8"
+
+
+def test_an_unknown_spanfaas_variable_is_refused_with_the_name_it_may_mean() -> None:
+    """A mistyped variable was ignored without a word (SPANFAAS_MAX_PAYLAOD=100000000: the
+    limit stayed 32 MiB), while the same mistake in the config file is refused; and a table's
+    name (SPANFAAS_RUNTIME) was dropped as silently."""
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(env={"SPANFAAS_MAX_PAYLAOD": "100000000"})
+    assert info.value.message == (
+        "environment variable SPANFAAS_MAX_PAYLAOD is no setting; did you mean SPANFAAS_MAX_PAYLOAD? "
+        "(remove it or fix its name; the settings are in spanfaas/config.py)"
+    )
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(env={"SPANFAAS_RUNTIME": "sandbox=false"})
+    assert info.value.message == (
+        "environment variable SPANFAAS_RUNTIME names the [runtime] table, which no variable sets; "
+        "set its keys in the config file (SPANFAAS_CONFIG)"
+    )
+    # the CLI's and the SDK's own variables, and the config file's, are no settings and fine
+    env = {"SPANFAAS_URL": "http://127.0.0.1:1", "SPANFAAS_TOKEN": "sf_x", "SPANFAAS_TEST_STALL": "", "SPANFAAS_PORT": "9"}
+    assert Settings.load(env=env).port == 9

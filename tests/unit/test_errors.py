@@ -93,5 +93,8 @@ def test_a_message_names_few_deployed_functions_and_counts_many() -> None:
     assert errors.like_deployed("x", {"b": 1, "a": 2}) == "deployed: a, b"
     many = [f"resize-{i:04}" for i in range(1000)]
     said = errors.like_deployed("resize-0042x", many)
-    assert said.startswith("did you mean resize-0042, ") and said.endswith("(1000 functions are deployed; GET /v1/functions lists them)")
+    assert said.startswith("did you mean resize-0042, ") and said.endswith("(1000 functions are deployed; `spanfaas ls` lists them)")
     assert said.count("resize-") == 5 and len(said) < 150
+    # The hint names the CLI command, as those of images, triggers and dead letters do (it was
+    # 'GET /v1/functions lists them', shown to a user of `spanfaas invoke` who had mistyped a name).
+    assert errors.like_deployed("zzz", many) == "none of the 1000 deployed functions has a name like it (`spanfaas ls` lists them)"

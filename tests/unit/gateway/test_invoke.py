@@ -152,18 +152,18 @@ async def test_unknown_function_among_many_names_the_closest_and_the_count(clien
     r = await client.post("/v1/functions/resise/invoke", json={})
     assert r.status_code == 404
     assert r.json()["detail"] == (
-        "function 'resise' not found; did you mean resize, resize-png? (13 functions are deployed; GET /v1/functions lists them)"
+        "function 'resise' not found; did you mean resize, resize-png? (13 functions are deployed; `spanfaas ls` lists them)"
     )
     r = await client.post("/v1/functions/zzz/invoke", json={})
     assert r.json()["detail"] == (
-        "function 'zzz' not found; none of the 13 deployed functions has a name like it (GET /v1/functions lists them)"
+        "function 'zzz' not found; none of the 13 deployed functions has a name like it (`spanfaas ls` lists them)"
     )
     r = await client.get("/v1/invocations", params={"function": "thumbnial"})
     assert r.status_code == 404 and "; did you mean thumbnail? (13 functions" in r.json()["detail"]
     r = await client.post("/v1/triggers", json={"function": "fn-1", "trigger": {"source": "/shop/*"}})
     assert r.status_code == 404 and r.json()["detail"] == (  # at most 5, the closest first
         "function 'fn-1' not found; did you mean fn-01, fn-09, fn-08, fn-07, fn-06? (13 functions are deployed; "
-        "GET /v1/functions lists them)"
+        "`spanfaas ls` lists them)"
     )
 
 

@@ -134,3 +134,21 @@ def test_a_range_that_allows_no_version_is_refused_naming_it() -> None:
     exc = rejected(req("numpy>=3,<2", "pillow"))
     assert exc.message.endswith("numpy>=3,<2 allows no version; write a range some version meets (approved: numpy>=1.26,<3 (list science))")
     assert exc.extra["rejected"][0]["reason"] == "no-version"
+
+
+def test_a_rejection_says_how_an_admin_allows_what_it_refused() -> None:
+    """A rejection said what was not allowed, and not what to do about it: 'leftpad is not
+    approved by the selected lists', full stop.  It ends with the command that approves them
+    (on the first selected list); what another list approves is fixed in the manifest instead."""
+    exc = rejected(req("numpy>=3", "leftpad", "requests"))
+    assert exc.message.endswith(
+        "; change [image] packages, or have an admin approve them: spanfaas images curate add science 'numpy>=3' leftpad"
+    ), exc.message
+    assert "requests is not approved by the selected lists; lists that approve it: web (add them to [image] lists)" in exc.message
+    assert "an admin" not in rejected(req("requests")).message  # the manifest's fix, alone
+    assert "an admin" not in rejected(req("numpy<1,>2")).message  # a range no version meets: the request's fix
+    p = plan(req("numpy", lists=("web", "science")), LISTS)
+    with pytest.raises(ImageRejected) as info:
+        check_resolved(p, [LockedPackage(name="numpy", version="2.0", direct=True), LockedPackage(name="leftpad", version="0.1", via=["numpy"])],
+                       ImagePolicy(require_transitive=True))  # fmt: skip
+    assert info.value.message.endswith("; have an admin approve it: spanfaas images curate add web leftpad"), info.value.message

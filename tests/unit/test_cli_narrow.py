@@ -1,0 +1,100 @@
+"""The CLI's tables on an 80-column terminal, as a new user's window has it: nothing a user
+reads or types next (a function's name, its handler, why it runs where it runs) is cut
+off with an ellipsis, and no line is wider than the terminal.
+
+The console is made 80 columns wide in-process (CliRunner's stdout is no terminal, and the
+CLI prints 200-column tables into files and pipes); the gateway is the real app on uvicorn,
+as in test_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import spanfaas.cli.commands
+import spanfaas.cli.explain
+from spanfaas.cli import app
+from tests.unit.test_cli import Live, fn_dir
+
+WIDTH = 80
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    with Live(tmp_path_factory.mktemp("cli-narrow")) as gw:
+        yield gw
+
+
+@pytest.fixture
+def cli(live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``spanfaas ARGS`` whose tables are drawn for a terminal WIDTH columns wide."""
+
+    def narrow() -> Console:
+        return Console(highlight=False, soft_wrap=True, width=WIDTH)
+
+    for module in (spanfaas.cli.commands, spanfaas.cli.explain):
+        monkeypatch.setattr(module, "out_console", narrow)
+    env = {"SPANFAAS_URL": live.url, "SPANFAAS_TOKEN": live.admin, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        return result
+
+    return run
+
+
+def fits(text: str) -> None:
+    assert "…" not in text, text
+    assert all(len(line) <= WIDTH for line in text.splitlines()), text
+
+
+def flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+def reuse_fn(root: Path, name: str, handler: str = "main:handler") -> str:
+    """A function the in-memory infrastructure can run (it offers ``reuse`` only)."""
+    d = Path(fn_dir(root, name, "def handler(event, context):\n    return 1\n"))
+    module, func = handler.split(":")
+    (d / "main.py").rename(d / f"{module}.py")
+    (d / f"{module}.py").write_text(f"def {func}(event, context):\n    return 1\n")
+    (d / "spanfaas.toml").write_text(f'name = "{name}"\nhandler = "{handler}"\nisolation = "reuse"\n')
+    return str(d)
+
+
+def test_explain_reads_at_80_columns(cli: Any, tmp_path: Path) -> None:
+    """The WHY column got what the eight others left: one word a line, nine lines for one
+    reason, and the INFRASTRUCTURE header cut to 'INFRASTRU…'."""
+    cli("deploy", reuse_fn(tmp_path, "explained"))
+    out = cli("explain", "explained").stdout
+    fits(out)
+    assert "'explained' runs on memory" in out
+    (verdict,) = json.loads(cli("explain", "explained", "--json").stdout)["infrastructures"]
+    assert "; ".join(verdict["reasons"]) in flat(out), out
+    assert len(out.splitlines()) <= 6, out  # summary, preferences, header, row, its reasons (two lines at most)
+
+
+def test_ls_keeps_names_and_handlers_whole_at_80_columns(cli: Any, tmp_path: Path) -> None:
+    """At 80 columns `ls` cut what a user reads and types next: 'handler:handl…' and
+    'transform:han…' for the demo functions' handlers, 'image-thumbna…' for a longer name."""
+    whole = {"hello": "handler:handler", "json-transform": "transform:handler"}
+    for name, handler in whole.items():
+        cli("deploy", reuse_fn(tmp_path, name, handler))
+    out = cli("ls").stdout
+    fits(out)
+    for name, handler in whole.items():
+        (row,) = [line for line in out.splitlines() if line.startswith(f" {name} ")]
+        assert f" {handler} " in row, out
+    cli("deploy", reuse_fn(tmp_path, "image-thumbnail-generator-for-uploads", "thumbnail:handle_upload_event"))
+    out = cli("ls").stdout
+    fits(out)  # too long for its column: folded onto the next lines, whole
+    assert "image-thumbnail-" in out and "thumbnail:handle" in out, out
