@@ -318,13 +318,7 @@ def _partly_replayed(
     else:
         for r in replayed:
             out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
-    console = err_console()
-    for _, exc in failed:
-        console.print(f"[bold red]error:[/bold red] [red]{escape(exc.message)}[/red]")
-    if untried:
-        console.print(f"not tried: {escape(', '.join(untried))}")
-    console.print(f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
-    raise typer.Exit(failed[0][1].exit_code)
+    _end_partly(failed, ", ".join(untried), f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
 
 
 @dlq_app.command("rm")
@@ -392,12 +386,17 @@ def _partly_removed(removed: list[str], failed: list[tuple[str, SpanfaasError]],
     else:
         for i in removed:
             out_console().print(escape(i))
+    _end_partly(failed, _some(untried) if untried else "", f"removed {len(removed)} of {plural(len(targets), 'dead letter')}")
+
+
+def _end_partly(failed: list[tuple[str, SpanfaasError]], untried: str, summary: str) -> NoReturn:
+    """The end of a batch that failed in part: each error, what was not tried, the count; the first error's exit code."""
     console = err_console()
     for _, error in failed:
         console.print(f"[bold red]error:[/bold red] [red]{escape(error.message)}[/red]")
     if untried:
-        console.print(f"not tried: {escape(_some(untried))}")
-    console.print(f"removed {len(removed)} of {plural(len(targets), 'dead letter')}")
+        console.print(f"not tried: {escape(untried)}")
+    console.print(summary)
     raise typer.Exit(failed[0][1].exit_code)
 
 
