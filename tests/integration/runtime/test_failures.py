@@ -515,6 +515,16 @@ async def test_a_module_that_exits_when_imported_again_fails_each_call_once(harn
     assert pool.state == "cold"
 
 
+@pytest.mark.parametrize("kw", ["", "async "])
+async def test_a_generator_handler_is_refused_at_deploy_saying_to_return_the_values(harness: Harness, kw: str) -> None:
+    """A handler with ``yield`` deployed fine, then every call failed with "not JSON-serializable
+    (Encoding objects of type generator is unsupported)"."""
+    with pytest.raises(InvalidBundle, match=r"handler\(\) in handler\.py is a(n async)? generator function") as info:
+        await harness.deploy(f"yields{len(kw)}", f"{kw}def handler(event, context):\n    yield 1\n    yield 2\n")
+    assert "return the values instead of yielding them, e.g. a list" in info.value.message, info.value.message
+    assert f"yields{len(kw)}" not in harness.rt.functions()
+
+
 async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:
     with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
         await harness.deploy("nohandler", "def main(e, c):\n    return 1\n")
