@@ -55,6 +55,9 @@ __all__ = [
 
 MANIFEST_NAME = "spanfaas.toml"
 
+RUNTIME_ENV = frozenset({"HOME", "TMPDIR"})
+"""Environment variables every instance sets (to its scratch dir): ``[env]`` may not name them."""
+
 
 def single_file_manifest(stem: str) -> str:
     """The manifest of a function deployed as one ``<stem>.py`` file with none beside it:
@@ -379,6 +382,9 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             wrong = f"[env] {shown} is not an environment variable name: it has {has}; rename it{fix}"
         elif "\0" in value:
             wrong = f"[env] {shown} has a NUL character in its value; an environment variable cannot hold one"
+        elif var in RUNTIME_ENV:  # each instance sets them: the manifest's value would be replaced without a word
+            wrong = (f"[env] {var} is set by the runtime: each instance's own scratch dir (private and writable); "
+                     f"name your variable otherwise, e.g. APP_{var}")  # fmt: skip
         else:
             continue
         raise InvalidManifest(f"{source} (key '{key}'): {wrong}", key=key)

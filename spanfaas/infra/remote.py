@@ -46,6 +46,7 @@ import math
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,7 +63,18 @@ from spanfaas.errors import (
     error_from_problem,
 )
 from spanfaas.infra.bundles import manifest_toml, pack_dir
-from spanfaas.model import Bundle, ErrorInfo, FunctionSpec, InfraInfo, InvokeContext, Policy, Result
+from spanfaas.model import (
+    MANIFEST_NAME,
+    Bundle,
+    ErrorInfo,
+    FunctionSpec,
+    InfraInfo,
+    InvokeContext,
+    Policy,
+    Result,
+    parse_manifest,
+    single_file_manifest,
+)
 
 __all__ = ["RemoteInfrastructure", "site_spec"]
 
@@ -97,6 +109,21 @@ def site_spec(spec: FunctionSpec) -> FunctionSpec:
     p = spec.policy
     policy = Policy(gpu=p.gpu, min_memory=p.min_memory, prefer=[x for x in p.prefer if x != "locality"], fallback=p.fallback)
     return msgspec.structs.replace(spec, policy=policy, triggers=[])
+
+
+def _pack_for_site(spec: FunctionSpec, path: str) -> bytes:
+    """The bundle as the site gets it: its manifest rewritten (``site_spec``) -- unless it is the
+    one generated for a single-file function and the rewrite would change nothing: it goes as
+    is, so the site knows the bundle for a single file as we do (a missing handler is then
+    to be defined in that file: its user has no spanfaas.toml to be told about)."""
+    ours = site_spec(spec)
+    try:
+        text = (Path(path) / MANIFEST_NAME).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if text == single_file_manifest(spec.module) and parse_manifest(text) == ours:
+        return pack_dir(path)
+    return pack_dir(path, manifest=manifest_toml(ours))
 
 
 class RemoteInfrastructure:
@@ -206,7 +233,7 @@ class RemoteInfrastructure:
     async def deploy(self, spec: FunctionSpec, bundle: Bundle) -> None:
         data = self._packed.get(bundle.digest)
         if data is None:
-            data = await asyncio.to_thread(pack_dir, bundle.path, manifest=manifest_toml(site_spec(spec)))
+            data = await asyncio.to_thread(_pack_for_site, spec, bundle.path)
         resp = await self._request(
             "PUT", f"/v1/functions/{spec.name}", content=data, headers={"content-type": "application/gzip"},
             timeout=max(self.config.timeout, 60.0),

@@ -364,10 +364,23 @@ def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
     # past the memory limit), encode() crashes the process with SIGSEGV, while a
     # bytearray that cannot grow raises MemoryError (msgspec 0.23).  ~0.15 µs more.
     out = bytearray()
-    _json_encoder.encode_into(value, out)
+    try:
+        _json_encoder.encode_into(value, out)
+    except UnicodeEncodeError as exc:  # a str with a lone surrogate: bytes decoded with surrogateescape
+        raise msgspec.EncodeError(_unencodable(exc)) from None
     if b"null" in out and (where := non_finite_at(value)) is not None:
         raise _NonFinite(where)
     return memoryview(out), "application/json"
+
+
+def _unencodable(exc: UnicodeEncodeError) -> str:
+    """What in a result UTF-8 cannot encode (a lone surrogate, as ``os.listdir`` or a
+    ``surrogateescape`` decode leaves for undecodable bytes), and what to return instead."""
+    text = exc.object if isinstance(exc.object, str) else ""
+    bad = text[exc.start : exc.end]
+    shown = repr(text) if len(text) <= 60 else f"{text[max(0, exc.start - 20) : exc.end + 20]!r} (within a longer str)"
+    return (f"the str {shown} holds a lone surrogate ({bad!r}), which UTF-8 cannot encode: decode such bytes with "
+            "errors='replace', or return the raw bytes (os.fsencode)")  # fmt: skip
 
 
 class _NonFinite(ValueError):

@@ -101,6 +101,9 @@ class Pool:
         """The template in place said it is ready (TemplateReady): the pool is, once its pid is known too."""
         self._spawned = False
         """The zygote reported the pid of the template in place (on_spawned; then reaped or not)."""
+        self.generation = 0
+        """Names the template in place (or asked for): sent with the spawn request, echoed in the
+        zygote's notice; moved on when the template is gone, so a notice about it read late is stale."""
         self._template_exit = ExitWatch(self._loop)
         """The template's exit, told by its pidfd: watched from the first call lost mid-run (_why_lost)."""
         self._importing = -1
@@ -150,6 +153,7 @@ class Pool:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             chan = self._chan = ControlChannel(ours, _template_decoder, self._on_template_message, self._on_template_eof)
             initial = self._floor()
+            self.generation += 1
             try:
                 self.runtime.spawn_template(self, theirs.fileno(), initial)
                 self._pending_forks = initial
@@ -177,19 +181,34 @@ class Pool:
         else:
             self._ready.add_done_callback(lambda _: fn())
 
-    def on_spawned(self, pid: int, pidfd: int = -1) -> None:
+    def on_spawned(self, pid: int, pidfd: int = -1, gen: int = 0) -> bool:
         """The zygote reports the template's pid (on its own socket: the template may have
-        said it is ready first, then it becomes ready now) and its pidfd (ours to close)."""
+        said it is ready first, then it becomes ready now) and its pidfd (ours to close).
+
+        False when the notice is stale: about a template of an earlier ``generation``, gone
+        (or stopped) before the notice was read -- that template is killed by its pidfd, if
+        it still runs, and the one in place is left alone."""
+        if gen != self.generation:
+            if pidfd >= 0:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                finally:
+                    os.close(pidfd)
+            log.debug("spanfaas runtime: a late notice about an earlier template of %s (pid %d) ignored", self.key, pid)
+            return False
         self.template_pid = pid
         if self._template_pidfd >= 0:
             os.close(self._template_pidfd)
         self._template_pidfd = pidfd
         if pid <= 0:
             self._fail_start(InfraError(f"could not start the template of '{self.spec.name}'; see the runtime's log"))
-            return
+            return False
         self._spawned = True
         if self._said_ready:
             self._become_ready()
+        return True
 
     def _become_ready(self) -> None:
         """The template said it is ready and its pid is known: serve."""
@@ -333,6 +352,7 @@ class Pool:
             os.close(self._template_pidfd)
             self._template_pidfd = -1
         self._said_ready = self._spawned = False
+        self.generation += 1  # what the zygote says of the template gone is stale now
         self._imported()
         if self._status_due is not None:
             self._status_due.cancel()

@@ -62,6 +62,8 @@ class SpawnTemplate(Struct, tag=True, kw_only=True):
     """cgroup directories (one per controller) the template joins, may be empty."""
     spare: str = ""
     """Hand this to the prepared spare of that name (``PrepareSpare``) instead of forking anew."""
+    gen: int = 0
+    """The pool's start this template is for, echoed in ``TemplateSpawned``."""
 
 
 class PrepareSpare(Struct, tag=True):
@@ -81,10 +83,14 @@ class ZygoteShutdown(Struct, tag=True):
 
 
 class TemplateSpawned(Struct, tag=True):
-    """Sent with a pidfd of the template when the kernel has them (``pid`` > 0)."""
+    """Sent with a pidfd of the template when the kernel has them (``pid`` > 0).
+
+    ``gen`` echoes the ``SpawnTemplate``'s: a notice read late, after the template it
+    names is gone and its pool asked for the next one (same key), is told apart by it."""
 
     key: str
     pid: int
+    gen: int = 0
 
 
 class TemplateExited(Struct, tag=True):

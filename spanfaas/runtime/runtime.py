@@ -217,13 +217,12 @@ class LocalRuntime:
 
     def _on_zygote_event(self, msg: Any, fds: list[int]) -> None:
         match msg:
-            case p.TemplateSpawned(key=key, pid=pid):
+            case p.TemplateSpawned(key=key, pid=pid, gen=gen):
                 pool = self._by_key.get(key)
                 if pool is None:
                     return
-                if pid > 0:
+                if pool.on_spawned(pid, fds.pop(0) if fds and pid > 0 else -1, gen) and pid > 0:  # (its pidfd: the pool's now)
                     self._by_pid[pid] = pool
-                pool.on_spawned(pid, fds.pop(0) if fds and pid > 0 else -1)  # (its pidfd: the pool's now)
             case p.TemplateExited(pid=pid, status=status):
                 pool = self._by_pid.pop(pid, None)
                 if pool is None:
@@ -326,6 +325,7 @@ class LocalRuntime:
             sandbox=msgspec.to_builtins(sb.plan) if sb.plan is not None else None,
             cgroup=sb.cgroup_dirs(),
             spare=spare[0] if spare is not None else "",
+            gen=pool.generation,
         )
         zygote.spawn(req, chan_fd)
 

@@ -13,6 +13,7 @@ import _signal  # type: ignore[import-not-found]  # (no stub; see _instance_main
 import ctypes
 import gc
 import importlib
+import inspect
 import os
 import random
 import resource
@@ -22,6 +23,7 @@ import socket
 import sys
 import time
 import traceback
+import types
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -86,6 +88,18 @@ def _no_handler(module: str, function: str, bundle: str) -> str:
         return (f"{module}.py has no function '{function}': define def {function}(event, context) in {module}.py, "
                 f"or deploy a directory with a spanfaas.toml that names your function (handler = \"{module}:<function>\")")  # fmt: skip
     return f"module '{module}' has no callable '{function}'; set handler = \"{module}:<function>\" in spanfaas.toml"
+
+
+def _generator_kind(fn: Any) -> str | None:
+    """"a generator" or "an async generator" when ``fn`` is one's function, else None
+    (by its code's flags: inspect's Python would un-share pages of a fresh template)."""
+    code = getattr(fn, "__code__", None)
+    flags = code.co_flags if type(fn) is types.FunctionType and code is not None else 0
+    if flags & inspect.CO_ASYNC_GENERATOR or (not flags and inspect.isasyncgenfunction(fn)):
+        return "an async generator"
+    if flags & inspect.CO_GENERATOR or (not flags and inspect.isgeneratorfunction(fn)):
+        return "a generator"
+    return None
 
 
 def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
@@ -184,6 +198,9 @@ class Template:
         handler = getattr(module, req.function, None)
         if handler is None or not callable(handler):
             raise AttributeError(_no_handler(req.module, req.function, req.bundle_path))
+        if (kind := _generator_kind(handler)) is not None:
+            raise TypeError(f"{req.function}() in {req.module}.py is {kind} function (it has yield): each call would return "
+                            "a generator, which is no result; return the values instead of yielding them, e.g. a list")  # fmt: skip
         self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()

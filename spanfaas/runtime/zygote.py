@@ -97,7 +97,7 @@ class Zygote:
         os.close(chan_fd)
         if inner > 0:
             self.templates[inner] = req.key
-        self._spawned(req.key, inner)
+        self._spawned(req, inner)
 
     def prepare_spare(self, req: p.PrepareSpare) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -150,7 +150,7 @@ class Zygote:
         os.close(chan_fd)
         os.close(report_r)
         self.templates[spare.pid] = req.key
-        self._spawned(req.key, spare.pid)
+        self._spawned(req, spare.pid)
 
     def _spawn_direct(self, req: p.SpawnTemplate, chan_fd: int) -> None:
         """No namespaces, no cgroup: the template is our own child (one fork, not two)."""
@@ -165,9 +165,9 @@ class Zygote:
                 os._exit(70)
         os.close(chan_fd)
         self.templates[pid] = req.key
-        self._spawned(req.key, pid)
+        self._spawned(req, pid)
 
-    def _spawned(self, key: str, pid: int) -> None:
+    def _spawned(self, req: p.SpawnTemplate, pid: int) -> None:
         """Tell the runtime the template's pid, with a pidfd of it when the kernel has them:
         opened here, before ``reap`` can reap it, it never names another process (a pid
         may, once the template is reaped), so the runtime stops the template by it."""
@@ -178,7 +178,7 @@ class Zygote:
             except OSError:
                 pass  # (before Linux 5.3): the runtime falls back on the pid
         try:
-            p.send_msg(self.chan, p.TemplateSpawned(key, pid), fds=[pidfd] if pidfd >= 0 else None)
+            p.send_msg(self.chan, p.TemplateSpawned(req.key, pid, req.gen), fds=[pidfd] if pidfd >= 0 else None)
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
@@ -327,7 +327,7 @@ class Zygote:
                 for extra in fds[1:]:
                     os.close(extra)
                 if not fds:
-                    p.send_msg(self.chan, p.TemplateSpawned(msg.key, -1))  # its channel did not arrive
+                    p.send_msg(self.chan, p.TemplateSpawned(msg.key, -1, msg.gen))  # its channel did not arrive
                     return False
                 try:
                     self.spawn(msg, fds[0])
@@ -337,7 +337,7 @@ class Zygote:
                     traceback.print_exc()
                     with contextlib.suppress(OSError):
                         os.close(fds[0])
-                    p.send_msg(self.chan, p.TemplateSpawned(msg.key, -1))
+                    p.send_msg(self.chan, p.TemplateSpawned(msg.key, -1, msg.gen))
             case p.PrepareSpare():
                 for fd in fds:
                     os.close(fd)

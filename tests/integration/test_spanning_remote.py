@@ -382,3 +382,20 @@ def test_a_call_run_on_the_site_has_the_placing_gateways_invocation_id(sites: Si
         for bad in ("", "has space", "x" * 200):
             r = c.post("/v1/functions/whoeu/invoke", json={}, headers={"x-spanfaas-origin-id": bad})
             assert r.status_code == 400 and "x-spanfaas-origin-id" in r.json()["detail"], r.text
+
+
+def test_a_single_file_without_a_handler_is_told_the_same_fix_through_the_site(sites: Sites) -> None:
+    """Deployed as one file, its manifest generated: the user has no spanfaas.toml to be told
+    about.  The site (declared first, so its answer is the one given) was sent the manifest
+    rewritten for it and no longer knew the bundle for a single file: it said "set handler
+    in spanfaas.toml" where the local runtime says to define the handler in the file."""
+    src = sites.root / "src" / "lonely"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "lonely.py").write_text("def main(event, context):\n    return 1\n")
+    with sites.client(sites.main) as c:
+        r = c.put("/v1/functions/lonely", content=pack_function(src / "lonely.py"))
+        assert r.status_code == 400, r.text
+        detail = r.json()["detail"]
+        assert "define def handler(event, context) in lonely.py" in detail, detail
+        assert "set handler" not in detail, detail
+        assert c.get("/v1/functions/lonely").status_code == 404

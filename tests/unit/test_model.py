@@ -323,3 +323,14 @@ def test_a_stored_spec_with_a_setting_its_isolation_ignores_still_decodes() -> N
     """Specs stored before such settings were refused load (the check is where manifests come in)."""
     spec = msgspec.json.decode(b'{"name": "x", "resources": {"concurrency": 4}}', type=FunctionSpec)
     assert spec.isolation == "strict" and spec.resources.concurrency == 4
+
+
+@pytest.mark.parametrize("var", ["HOME", "TMPDIR"])
+def test_an_env_entry_the_runtime_sets_per_instance_is_refused_not_silently_replaced(var: str) -> None:
+    # HOME = "/custom" was deployed; the module saw it at import, then every call saw the
+    # instance's scratch dir instead (each instance sets both to it), without a word.
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\nhandler = "h:h"\n[env]\n{var} = "/custom"\n')
+    assert info.value.extra["key"] == f"env.{var}", info.value.message
+    assert f"[env] {var} is set by the runtime: each instance's own scratch dir" in info.value.message, info.value.message
+    assert "name your variable otherwise" in info.value.message

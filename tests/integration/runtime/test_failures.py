@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spanfaas.errors import FunctionCrashed, FunctionError, FunctionTimeout, InvalidBundle
-from tests.integration.runtime.conftest import Harness
+from tests.integration.runtime.conftest import Harness, require
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -454,6 +454,48 @@ async def test_a_module_that_exits_while_imported_fails_the_deploy_with_its_stat
     assert r.output == b'"v1"'
 
 
+@pytest.mark.parametrize(
+    ("leaving", "said"),
+    [
+        ("os._exit(7)", "exited with status 7"),
+        ("ctypes.string_at(0)", "was killed by signal SIGSEGV"),
+    ],
+)
+async def test_a_sandboxed_module_that_exits_while_imported_fails_the_deploy_with_its_status(
+    sandboxed: Harness, leaving: str, said: str
+) -> None:
+    """The same with the sandbox active: the template is pid 1 of its own namespaces, in its
+    cgroup, behind seccomp and Landlock -- its exit must still be told as the user's error."""
+    require(sandboxed, "pid-namespace", "mount-namespace", "seccomp", "landlock", "cgroup-memory")
+    await sandboxed.deploy("leaves-sb", "def handler(e, c):\n    return 'v1'\n")
+    code = f"import ctypes, os\nprint('importing v2')\n{leaving}\ndef handler(e, c):\n    return 'v2'\n"
+    with pytest.raises(InvalidBundle, match=f"the function's code {said} while being imported") as info:
+        await sandboxed.deploy("leaves-sb", code)
+    assert "importing v2" in info.value.extra["traceback"]
+    r = await sandboxed.invoke("leaves-sb")
+    assert r.output == b'"v1"'
+    await sandboxed.rt.remove("leaves-sb")
+
+
+async def test_a_sandboxed_module_that_exits_when_imported_again_fails_the_call_as_the_users_error(sandboxed: Harness) -> None:
+    """After scaling to zero the template restarts in the sandbox (on a spare, where spares
+    are kept): a module that exits then fails the call as the user's error too."""
+    require(sandboxed, "pid-namespace", "mount-namespace", "seccomp", "landlock", "cgroup-memory")
+    code = "import os\nif os.path.exists('leave'):\n    os._exit(5)\ndef handler(e, c):\n    return 1\n"
+    await sandboxed.deploy("leaves-later-sb", code)
+    pool = sandboxed.rt.pool("leaves-later-sb")
+    marker = Path(pool.bundle_path) / "leave"  # the bundle is the template's working dir
+    marker.touch()
+    marker.chmod(0o644)
+    pool.stop_template()
+    with pytest.raises(InvalidBundle, match="exited with status 5 while being imported"):
+        await sandboxed.invoke("leaves-later-sb")
+    assert pool.state == "cold"
+    marker.unlink()
+    assert (await sandboxed.invoke("leaves-later-sb")).output == b"1"
+    await sandboxed.rt.remove("leaves-later-sb")
+
+
 async def test_a_module_that_exits_when_imported_again_fails_each_call_once(harness: Harness, tmp_path: Path) -> None:
     """Imported fine at deploy, then exiting at a later start (after scaling to zero):
     each call that starts the template fails as the user's error, and nothing starts
@@ -471,6 +513,16 @@ async def test_a_module_that_exits_when_imported_again_fails_each_call_once(harn
             await harness.invoke("leaves-later")
     assert pool.cold_starts == starts + 2
     assert pool.state == "cold"
+
+
+@pytest.mark.parametrize("kw", ["", "async "])
+async def test_a_generator_handler_is_refused_at_deploy_saying_to_return_the_values(harness: Harness, kw: str) -> None:
+    """A handler with ``yield`` deployed fine, then every call failed with "not JSON-serializable
+    (Encoding objects of type generator is unsupported)"."""
+    with pytest.raises(InvalidBundle, match=r"handler\(\) in handler\.py is a(n async)? generator function") as info:
+        await harness.deploy(f"yields{len(kw)}", f"{kw}def handler(event, context):\n    yield 1\n    yield 2\n")
+    assert "return the values instead of yielding them, e.g. a list" in info.value.message, info.value.message
+    assert f"yields{len(kw)}" not in harness.rt.functions()
 
 
 async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:

@@ -168,6 +168,24 @@ async def test_a_grandchild_that_left_the_group_dies_with_its_strict_instance(h:
     assert (await h.invoke(name, b'{"do": "pid"}')).ok
 
 
+async def test_a_functions_orphan_reaping_is_where_the_docs_say_and_only_there(h: Harness) -> None:
+    """docs/runtime.md named ``pools.NAME.protections``, which no API or CLI showed: it names the
+    runtime's info record, whose expression is evaluated here, and says the host's
+    list (``GET /v1/info``, ``spanfaas info``/``doctor``) lacks it -- as it does."""
+    import re
+
+    doc = (Path(__file__).parents[3] / "docs" / "runtime.md").read_text(encoding="utf-8")
+    where = re.search(r"Where to see it:\*\*.*", doc)
+    assert where is not None
+    named = re.findall(r"`(LocalRuntime\.info\(\)[^`]*)`", where.group(0))
+    assert named == ['LocalRuntime.info()["pools"][NAME]["protections"]'], where.group(0)
+    name = await _deploy(h, "strict")
+    record = h.rt.info()["pools"][name]["protections"]  # (the expression named, as written)
+    assert any(x.name == "orphan-reaping" for x in record), record
+    assert not any(x.name == "orphan-reaping" for x in h.rt.info()["protections"]), "the host's list has it too: say so"
+    assert "none of them shows this one" in where.group(0)
+
+
 @pytest.mark.parametrize("mode", ["reuse", "reuse-concurrent-async"])
 async def test_a_forked_child_left_running_lives_with_its_reuse_instance(h: Harness, mode: str) -> None:
     """As documented: on a reuse instance what a call started runs on (like a

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -256,3 +258,46 @@ async def test_a_template_ready_before_the_zygote_reports_its_pid_is_not_ready_w
     assert pool.stats()["state"] == "ready"
     assert (await harness.invoke("pid-late")).output == b"1"
     await rt.remove("pid-late")
+
+
+async def test_a_late_spawn_notice_of_an_earlier_template_is_not_taken_for_the_current_ones(harness: Harness) -> None:
+    """The zygote's notice that it forked a template travels on its own socket, and may be read
+    after the template it names is gone and the pool has asked for the next one (same key).
+    Delivered here, stale, to a pool whose current template serves: a stale failure notice
+    killed the current template; a stale pid was taken for the current template's."""
+    import subprocess
+
+    from spanfaas.runtime import protocol as p
+
+    rt = harness.rt
+    await harness.deploy("stale-notice", SLEEPER)
+    pool = rt.pool("stale-notice")
+    current, starts = pool.template_pid, pool.cold_starts
+    assert pool.generation > 0
+    stale = pool.generation - 1
+    other = subprocess.Popen(["sleep", "30"])  # stands for the earlier template, still running
+    try:
+        pidfd = os.pidfd_open(other.pid)
+        rt._on_zygote_message(p.TemplateSpawned(pool.key, other.pid, stale), [pidfd])
+        rt._on_zygote_message(p.TemplateSpawned(pool.key, -1, stale), [])
+        assert pool.template_pid == current, "a stale pid was taken for the current template's"
+        assert other.pid not in rt._by_pid
+        assert other.wait(5) == -signal.SIGKILL, "the earlier template, known now, is stopped"
+        assert _closed(pidfd)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    r = await harness.invoke("stale-notice")
+    assert r.ok and r.output == b"1", r.error
+    assert pool.cold_starts == starts, "the current template was stopped by a stale notice"
+    await rt.remove("stale-notice")
+
+
+def _closed(fd: int) -> bool:
+    """``fd`` (the stale notice's pidfd) was closed, not leaked."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False

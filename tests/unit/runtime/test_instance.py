@@ -147,3 +147,18 @@ def test_the_event_is_json_when_its_media_type_is_as_the_gateway_reads_it(conten
     done, out = runner.call(p.Invoke(id=1, invocation_id="inv-1", content_type=content_type, deadline=time.time() + 5), memoryview(body))
     assert done.error is None, done.error
     assert msgspec.json.decode(bytes(out)) == seen
+
+
+@pytest.mark.parametrize("result", ["caf\udce9", {"name": ["ok", "caf\udce9"]}, {"caf\udce9": 1}])
+def test_a_result_with_a_str_utf8_cannot_encode_is_the_handlers_error_saying_where_and_what_to_do(result: object) -> None:
+    # A file name read with os.listdir (bytes decoded with surrogateescape) returned as is: the
+    # call failed with "UnicodeEncodeError: 'utf-8' codec can't encode character '\udce9' in
+    # position 3: surrogates not allowed", a platform codec's words with no hint of the fix.
+    runner = inst.Runner(lambda event, ctx: result, "fn")
+    done, out = runner.call(p.Invoke(id=1, invocation_id="inv-1", content_type="application/json", deadline=time.time() + 5), memoryview(b""))
+    assert done.error is not None and bytes(out) == b""
+    assert done.error.kind == "error" and done.error.type == "TypeError", done.error
+    msg = done.error.message
+    assert msg.startswith("the handler's return value is not JSON-serializable"), msg
+    assert "the str 'caf\\udce9' holds a lone surrogate ('\\udce9')" in msg, msg
+    assert "os.fsencode" in msg and "errors='replace'" in msg, msg

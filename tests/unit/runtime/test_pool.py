@@ -183,11 +183,11 @@ async def test_a_template_is_stopped_by_its_pidfd_never_by_a_number_another_proc
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(pid) or real_kill(pid, sig))
     try:
         pool = _pool(_Runtime())
-        pool.on_spawned(taken, pidfd)
+        pool.on_spawned(taken, pidfd, pool.generation)
         pool.stop_template()
         assert sent == [], "signalled by number"
         pidfd = os.pidfd_open(taken)  # a live template: its pidfd stops it
-        pool.on_spawned(taken, pidfd)
+        pool.on_spawned(taken, pidfd, pool.generation)
         pool.stop_template()
         assert os.waitpid(taken, 0)[1] == KILLED
         assert sent == []

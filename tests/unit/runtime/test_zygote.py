@@ -86,8 +86,8 @@ def test_a_sandboxed_template_whose_report_channel_fails_fails_its_start(
 
 def test_a_spawn_request_whose_channel_did_not_arrive_fails_its_start(pair: tuple[z.Zygote, socket.socket]) -> None:
     zyg, runtime_end = pair
-    assert zyg._on_message(_request(), []) is False
-    assert _answer(runtime_end) == p.TemplateSpawned("f-1", -1)
+    assert zyg._on_message(_request(gen=7), []) is False
+    assert _answer(runtime_end) == p.TemplateSpawned("f-1", -1, 7)  # the pool's generation, echoed
 
 
 def test_a_runtime_gone_while_the_zygote_answers_ends_it_quietly(
