@@ -342,20 +342,22 @@ class Template:
             os.close(prep.logs)
 
     def _make_instance(self) -> _Prepared:
-        """What one instance needs before its fork."""
+        """What one instance needs before its fork: its scratch dir too (made here, one
+        after the other: made by the instances, each mkdir contended with the others'
+        and with our rmdirs on the one parent dir, ~0.2 ms of CPU each under load)."""
         self.seq += 1
         prep = _Prepared(self.seq, self._scratch(self.seq))
-        if self.layer is not None:  # its Landlock layer is built here, where ctypes is warm
-            try:
-                os.mkdir(prep.scratch, 0o700)
+        try:
+            os.mkdir(prep.scratch, 0o700)
+            if self.layer is not None:  # its Landlock layer is built here, where ctypes is warm
                 prep.ruleset = self.layer.ruleset((prep.scratch,))
-            except OSError:
-                prep.close_ruleset()
-                prep.ours.close()
-                prep.theirs.close()
-                os.close(prep.logs)
-                remove_tree(prep.scratch)
-                raise
+        except OSError:
+            prep.close_ruleset()
+            prep.ours.close()
+            prep.theirs.close()
+            os.close(prep.logs)
+            remove_tree(prep.scratch)
+            raise
         return prep
 
     def _fork_retrying(self, attempts: int = 20) -> int:
@@ -384,12 +386,10 @@ class Template:
         # fail doing it: ~40 copy-on-write faults.)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
         os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
-        scratch = prep.scratch_b
-        if self.layer is not None:  # read-write: only its own scratch dir (made by the template); its own signal scope
+        scratch = prep.scratch_b  # (made by the template: _make_instance)
+        if self.layer is not None:  # read-write: only its own scratch dir; its own signal scope
             self.layer.close()
             self.layer.enforce(prep.ruleset)
-        else:
-            os.mkdir(scratch, 0o700)
         os.chdir(scratch)
         _scratch_env(scratch)
         if self.data_limit:

@@ -64,3 +64,23 @@ def test_an_instances_group_is_killed_while_its_pid_is_still_its_own(monkeypatch
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+def test_an_instances_scratch_dir_is_made_before_its_fork_without_a_sandbox_too(tmp_path: Path) -> None:
+    """Instances made their own scratch dirs (without the sandbox) right after the fork: each
+    mkdir contended with the others' and with the template's rmdir on the one parent dir
+    (~0.2 ms of CPU each under load).  The template makes each, one after the other, with
+    the rest an instance needs before its fork, as it does for sandboxed ones."""
+    tpl = Template.__new__(Template)  # (no runtime, no sandbox: only what _make_instance uses)
+    tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
+    tpl.seq, tpl.layer = 0, None
+    prep = tpl._make_instance()
+    try:
+        scratch = Path(prep.scratch)
+        assert scratch.parent == tmp_path and scratch.is_dir()
+        assert scratch.stat().st_mode & 0o777 == 0o700
+        assert not any(scratch.iterdir())
+    finally:
+        prep.ours.close()
+        prep.theirs.close()
+        os.close(prep.logs)
