@@ -237,21 +237,49 @@ class PreparedLayer:
         # enforce() runs in a fresh child: its one syscall is bound here, the
         # arguments converted, so the child touches as little as it can.
         self._restrict_self = functools.partial(_libc._syscall, ctypes.c_long(_libc.NR.get("landlock_restrict_self", -1)))
+        # ruleset() runs before every instance's fork, ~30 syscalls: bound here too
+        # (through _libc.syscall, a name lookup and fresh C longs each, they took
+        # ~78 µs of CPU per instance; bound, ~48).
+        self._create = functools.partial(
+            _libc._syscall, ctypes.c_long(_libc.NR.get("landlock_create_ruleset", -1)),
+            self._create_args[0], ctypes.c_long(size), ctypes.c_long(0),
+        )  # fmt: skip
+        self._add = functools.partial(_libc._syscall, ctypes.c_long(_libc.NR.get("landlock_add_rule", -1)))
+        self._beneath, self._zero = ctypes.c_long(LANDLOCK_RULE_PATH_BENEATH), ctypes.c_long(0)
 
     def ruleset(self, rw_paths: Sequence[str]) -> int:
         """A ruleset fd for one process: the prepared rules, ``rw_paths`` writable
         (they must exist).  Raises OSError."""
-        ruleset = _libc.syscall("landlock_create_ruleset", *self._create_args)
+        ruleset = int(self._create())
+        if ruleset < 0:
+            raise _libc._fail("landlock_create_ruleset")
         try:
+            add, fd, beneath, zero = self._add, ctypes.c_long(ruleset), self._beneath, self._zero
             for ptr in self._rule_ptrs:
-                _libc.syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_PATH_BENEATH, ptr, 0)
+                if add(fd, beneath, ptr, zero) < 0:
+                    raise _libc._fail("landlock_add_rule")
             for path in rw_paths:
-                if not _add_rule(ruleset, path, self.handled):
+                if not self._add_rw(fd, path):
                     raise FileNotFoundError(2, f"Landlock: no such directory {path}")
         except BaseException:
             os.close(ruleset)
             raise
         return ruleset
+
+    def _add_rw(self, ruleset: ctypes.c_long, path: str) -> bool:
+        """``_add_rule(ruleset, path, self.handled)``, through the bound call."""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            access = self.handled if stat.S_ISDIR(os.fstat(fd).st_mode) else self.handled & _FILE_RIGHTS
+            attr = _PathBeneathAttr(access, fd)
+            if self._add(ruleset, self._beneath, ctypes.c_void_p(ctypes.addressof(attr)), self._zero) < 0:
+                raise _libc._fail("landlock_add_rule")
+        finally:
+            os.close(fd)
+        return True
 
     def enforce(self, ruleset: int) -> None:
         """Add the layer to the calling process and close ``ruleset``; raises OSError.

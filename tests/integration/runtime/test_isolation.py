@@ -94,3 +94,41 @@ async def test_templates_do_not_share_a_random_sequence(harness: Harness) -> Non
         drawn.add(json.loads(r.output)["drawn"])
         await harness.rt.remove(f"draw-{i}")
     assert len(drawn) == 3
+
+
+WHERE = """
+import ctypes, os, subprocess, tempfile
+
+_getenv = ctypes.CDLL(None).getenv
+_getenv.restype = ctypes.c_char_p
+
+def handler(event, context):
+    return {
+        "cwd": os.getcwd(),
+        "environ": [os.environ["TMPDIR"], os.environ["HOME"]],
+        "libc": [_getenv(b"TMPDIR").decode(), _getenv(b"HOME").decode()],
+        "shell": subprocess.run(["/bin/sh", "-c", 'echo "$TMPDIR $HOME"'], capture_output=True, text=True).stdout.split(),
+        "tempdir": tempfile.gettempdir(),
+        "mode": oct(os.stat(".").st_mode & 0o777),
+        "empty": not os.listdir("."),
+    }
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_tmpdir_and_home_are_the_instances_own_scratch_dir_for_python_c_and_subprocesses(
+    harness: Harness, isolation: str
+) -> None:
+    """TMPDIR and HOME name the instance's scratch dir (its cwd, made empty and private for it) in
+    os.environ, in the C environment (what extensions read with getenv) and in a subprocess."""
+    await harness.deploy(f"where-{isolation}", WHERE, f'isolation = "{isolation}"\n[scaling]\nmax = 2\n')
+    results = await asyncio.gather(*(harness.invoke(f"where-{isolation}") for _ in range(6)))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    seen = [json.loads(r.output) for r in results]
+    for s in seen:
+        cwd = s["cwd"]
+        assert s["environ"] == s["libc"] == s["shell"] == [cwd, cwd], s
+        assert s["tempdir"] == cwd and s["mode"] == "0o700"
+    if isolation == "strict":
+        assert all(s["empty"] for s in seen)
+        assert len({s["cwd"] for s in seen}) == 6

@@ -76,3 +76,19 @@ def test_a_child_s_new_objects_un_share_far_less_once_the_holes_are_filled() -> 
     scattered, packed = _child_pages(fill=False), _child_pages(fill=True)
     # 2,000 x 64 bytes is 125 KiB packed; into the holes, one object un-shares a page or two
     assert packed * 2 < scattered, (packed, scattered)
+
+
+def test_the_zygote_and_templates_do_without_shutil_and_its_compression_modules() -> None:
+    # heap read the allocator's report through tempfile, which imports shutil, and
+    # shutil imports zlib, bz2 and lzma: ~25 memory mappings in every template,
+    # each copied by every fork of an instance and torn down by its exit.
+    code = """
+import json, sys
+sys.path.insert(0, {root!r})
+from spanfaas.runtime import heap, template, zygote
+heap.free_blocks()
+print(json.dumps(sorted({{"tempfile", "shutil", "bz2", "lzma"}} & set(sys.modules))))
+""".format(root=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []

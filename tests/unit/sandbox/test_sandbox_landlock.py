@@ -211,3 +211,30 @@ def test_outside_can_still_signal_in(tree: Path) -> None:
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_an_instances_ruleset_is_built_without_the_generic_syscall_wrapper(
+    tree: Path, in_child: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template builds a ruleset before every instance's fork (~30 rules): through
+    ``_libc.syscall`` (a name lookup and fresh C longs per call) that took ~78 µs of CPU
+    per instance, ~48 bound.  The calls are bound once, their arguments converted."""
+    from spanfaas.sandbox import landlock
+
+    layer = PreparedLayer([str(tree / "code"), "/nonexistent/path"])
+
+    def no_wrapper(name: str, *args: object) -> int:
+        raise AssertionError(f"{name} went through _libc.syscall")
+
+    monkeypatch.setattr(landlock._libc, "syscall", no_wrapper)
+    with pytest.raises(FileNotFoundError):
+        layer.ruleset([str(tree / "scratch" / "missing")])
+    ruleset = layer.ruleset([str(tree / "scratch" / "a")])
+    try:
+        monkeypatch.undo()
+        got = in_child(_prepared_instance, tree, os.getpid(), layer, ruleset).value
+    finally:
+        os.close(ruleset)
+        layer.close()
+    assert got["write_own"] == "ok" and got["read_code"] == "ok"
+    assert got["read_other_instance"] == got["write_code"] == got["read_sibling"] == "denied"
