@@ -305,3 +305,43 @@ async def test_a_plain_handler_error_gets_no_sandbox_hint(sandboxed: Harness) ->
 def require_active(h: Harness, name: str) -> bool:
     prot = next((x for x in h.rt.protections if x.name == name), None)
     return prot is not None and prot.active
+
+
+SYSV_IPC = """
+import ctypes, errno
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+IPC_CREAT, SHM_RDONLY, KEY = 0o1000, 0o10000, 0x5EC18
+
+def handler(event, context):
+    if event == "leave":  # what a call leaves behind it in SysV IPC, past its end
+        shm = libc.shmget(KEY, 4096, IPC_CREAT | 0o600)
+        if shm >= 0:
+            ctypes.memmove(libc.shmat(shm, None, 0), b"call-1-secret", 13)
+        msq = libc.msgget(KEY, IPC_CREAT | 0o600)
+        sem = libc.semget(KEY, 1, IPC_CREAT | 0o600)
+        return {"shm": shm >= 0, "msg": msq >= 0, "sem": sem >= 0, "errno": errno.errorcode.get(ctypes.get_errno())}
+    shm = libc.shmget(KEY, 0, 0)
+    seen = ctypes.string_at(libc.shmat(shm, None, SHM_RDONLY), 13).decode() if shm >= 0 else None
+    return {"shm": seen, "msg": libc.msgget(KEY, 0) >= 0, "sem": libc.semget(KEY, 0, 0) >= 0}
+"""
+
+
+async def test_sysv_ipc_left_by_a_strict_call_is_not_seen_by_the_next(sandboxed: Harness) -> None:
+    """A strict call's SysV shared memory segment (and message queue, semaphore set)
+    outlived it in the function's IPC namespace: the next call read what it wrote."""
+    require(sandboxed, "ipc-namespace")
+    await sandboxed.deploy("sysv", SYSV_IPC, MANIFEST.format(isolation="strict"))
+    left = await _probe_raw(sandboxed, "sysv", "leave")
+    assert left["shm"], left  # shared memory works within a call
+    seen = await _probe_raw(sandboxed, "sysv", "look")
+    assert seen == {"shm": None, "msg": False, "sem": False}, seen
+    await sandboxed.deploy("sysv-other", SYSV_IPC, MANIFEST.format(isolation="strict"))
+    assert (await _probe_raw(sandboxed, "sysv-other", "look"))["shm"] is None, "nor another function"
+
+
+async def _probe_raw(h: Harness, name: str, event: object) -> dict:
+    r = await h.invoke(name, json.dumps(event).encode())
+    assert r.ok, r.error
+    return json.loads(r.output)
