@@ -18,7 +18,13 @@ The filter, in order:
 5. ``clone`` with any CLONE_NEW* flag → EPERM (fork and threads pass).
 6. ``ioctl(fd, TIOCSTI)`` → EPERM: pushing input into a terminal is the
    classic way out of a sandbox that shares a tty.
-7. everything else → allow.
+7. without ``unix_sockets``: ``socket(AF_UNIX, ...)`` → EPERM.  A network
+   namespace holds abstract sockets but not path ones, and Landlock before
+   ABI 9 does not govern ``connect``: a function without network reached
+   every host service on a unix socket its uid may write to (PostgreSQL's
+   and Redis's often are).  ``socketpair`` stays allowed (asyncio,
+   multiprocessing pipes).
+8. everything else → allow.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ SECCOMP_RET_ALLOW: Final = 0x7FFF0000
 EPERM: Final = 1
 ENOSYS: Final = 38
 TIOCSTI: Final = 0x5412
+AF_UNIX: Final = 1
 X32_SYSCALL_BIT: Final = 0x40000000
 CLONE_NEW_ANY: Final = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
 
@@ -82,7 +89,7 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "io_uring_register": 427, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "userfaultfd": 323, "execve": 59, "execveat": 322,
-        "clone": 56, "clone3": 435, "ioctl": 16,
+        "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -92,7 +99,7 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "io_uring_register": 427, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
-        "clone": 220, "clone3": 435, "ioctl": 29,
+        "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198,
     }),
 }  # fmt: skip
 
@@ -128,7 +135,7 @@ def _assemble(program: list[_Insn | str]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]:
+def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list[tuple[int, int, int, int]]:
     """The deny-list program for ``arch`` as (code, jt, jf, k) tuples."""
     a = _ARCHES[arch]
     denied = DENIED if allow_exec else DENIED + EXEC
@@ -144,6 +151,10 @@ def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]
         (_JEQ_K, "enosys", None, a.nr["clone3"]),
         (_JEQ_K, "clone", None, a.nr["clone"]),
         (_JEQ_K, "ioctl", None, a.nr["ioctl"]),
+    ]
+    if not unix_sockets:
+        prog.append((_JEQ_K, "socket", None, a.nr["socket"]))
+    prog += [
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "clone",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -152,6 +163,10 @@ def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]
         "ioctl",
         (_LD_W_ABS, None, None, _OFF_ARG1),
         (_JEQ_K, "eperm", None, TIOCSTI),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "socket",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, "eperm", None, AF_UNIX),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "eperm",
         (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
@@ -164,15 +179,17 @@ def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]
 
 
 @functools.cache
-def _program(arch: str, allow_exec: bool) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
     """The filter as the kernel takes it; cached, and the array kept alive with it."""
-    insns = build_filter(arch, allow_exec)
+    insns = build_filter(arch, allow_exec, unix_sockets)
     table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
     return _SockFprog(len(insns), table), table
 
 
-def seccomp_deny(allow_exec: bool) -> Protection:
+def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """Install the deny-list on the calling thread and its future children.
+    ``unix_sockets``: whether ``socket(AF_UNIX)`` stays allowed (a function
+    with the host's network; see the module's docstring, step 7).
 
     Filters stack and cannot be removed, so calling it again (e.g. per
     instance) only adds work per syscall; once per template is enough.
@@ -182,7 +199,7 @@ def seccomp_deny(allow_exec: bool) -> Protection:
     """
     if _libc.ARCH not in _ARCHES:
         return Protection("seccomp", False, f"no syscall table for architecture {_libc.ARCH}")
-    prog, _ = _program(_libc.ARCH, allow_exec)
+    prog, _ = _program(_libc.ARCH, allow_exec, unix_sockets)
     try:
         _libc.no_new_privs()
         _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
@@ -190,6 +207,7 @@ def seccomp_deny(allow_exec: bool) -> Protection:
         return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
     n = len(DENIED) + (0 if allow_exec else len(EXEC))
     exec_note = "exec allowed" if allow_exec else "exec denied"
+    unix_note = "" if unix_sockets else ", unix sockets denied (no network)"
     return Protection(
-        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}, namespace clones denied, foreign ABIs killed"
+        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
     )

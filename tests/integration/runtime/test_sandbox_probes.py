@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
@@ -345,3 +348,45 @@ async def _probe_raw(h: Harness, name: str, event: object) -> dict:
     r = await h.invoke(name, json.dumps(event).encode())
     assert r.ok, r.error
     return json.loads(r.output)
+
+
+UNIX_CONNECT = """
+import socket
+
+def handler(event, context):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        s.connect(event)
+        return "connected"
+"""
+
+
+@pytest.fixture
+def host_unix_listener() -> Iterator[str]:
+    """A host service's unix socket that any uid may connect to (as PostgreSQL's and
+    Redis's often are), in a dir any uid may traverse."""
+    d = tempfile.mkdtemp(prefix="spanfaas-host-service-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "service.sock")
+    try:
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path)
+            os.chmod(path, 0o777)
+            listener.listen()
+            yield path
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_a_host_unix_socket_is_out_of_reach_without_network(sandboxed: Harness, host_unix_listener: str) -> None:
+    """With network = "none" a function connected to any unix socket of the host its uid
+    may write to (a control plane's PostgreSQL or Redis socket): the network namespace
+    does not hold path sockets, and Landlock (ABI < 9) does not govern connect."""
+    require(sandboxed, "net-namespace", "seccomp")
+    await sandboxed.deploy("unix-none", UNIX_CONNECT)
+    r = await sandboxed.invoke("unix-none", json.dumps(host_unix_listener).encode())
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    assert 'set network = "host"' in r.error.message, r.error.message
+    await sandboxed.deploy("unix-host", UNIX_CONNECT, 'network = "host"\n')
+    r = await sandboxed.invoke("unix-host", json.dumps(host_unix_listener).encode())
+    assert r.ok and json.loads(r.output) == "connected", r.error

@@ -122,3 +122,30 @@ def test_filter_assembles_for_every_arch(arch: str) -> None:
     assert all(0 <= jt <= 255 and 0 <= jf <= 255 for _, jt, jf, _ in prog)
     assert prog[-1][0] == 0x06, "ends with a return"
     assert len(build_filter(arch, allow_exec=True)) == len(prog) - 2
+
+
+def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
+    import socket
+
+    seccomp_deny(True, unix_sockets=unix_sockets)
+    out = {}
+    for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET)):
+        try:
+            socket.socket(family).close()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno or 0]
+    a, b = socket.socketpair()  # asyncio's self-pipe, multiprocessing's pipes
+    a.close()
+    b.close()
+    out["socketpair"] = "ok"
+    return out
+
+
+@pytest.mark.parametrize("unix_sockets", [False, True])
+def test_unix_sockets_are_denied_without_network_and_socketpair_stays(
+    unix_sockets: bool, in_child: Callable[..., Any], require: Callable[..., None]
+) -> None:
+    require("seccomp")
+    got = in_child(_unix_sockets, unix_sockets).value
+    assert got == {"unix": "ok" if unix_sockets else "EPERM", "inet": "ok", "socketpair": "ok"}
