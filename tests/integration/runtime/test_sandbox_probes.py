@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -390,3 +392,25 @@ async def test_a_host_unix_socket_is_out_of_reach_without_network(sandboxed: Har
     await sandboxed.deploy("unix-host", UNIX_CONNECT, 'network = "host"\n')
     r = await sandboxed.invoke("unix-host", json.dumps(host_unix_listener).encode())
     assert r.ok and json.loads(r.output) == "connected", r.error
+
+
+async def test_network_host_reaches_the_control_planes_own_services_and_the_docs_warn(sandboxed: Harness) -> None:
+    """network = "host" was documented as "none | host" and "the host network" only: nothing
+    said that such a function reaches every service of the host on loopback -- the gateway,
+    PostgreSQL, Redis, a Ray head (which runs any code it is sent) -- nor that unix sockets come with it."""
+    if "netfn" not in sandboxed.rt.functions():
+        await sandboxed.deploy("netfn", PROBES, 'network = "host"\n' + MANIFEST.format(isolation="strict"))
+    with socket.socket() as control_plane:
+        control_plane.bind(("127.0.0.1", 0))
+        control_plane.listen()
+        got = await _probe(sandboxed, "netfn", probe="connect", port=control_plane.getsockname()[1])
+    assert got["ok"], got  # as the docs must say
+    root = Path(__file__).parents[3]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    manifest_line = next(line for line in readme.splitlines() if line.startswith('network = "none"'))
+    assert "control plane" in manifest_line and "docs/runtime.md" in manifest_line, manifest_line
+    runtime_doc = (root / "docs" / "runtime.md").read_text(encoding="utf-8")
+    warning = re.search(r'\*\*`network = "host"`[^\n]*(\n[^\n]+)*', runtime_doc)
+    assert warning is not None, 'docs/runtime.md has no paragraph on network = "host"'
+    for named in ("loopback", "gateway", "PostgreSQL", "Redis", "Ray", "unix sockets", "metadata"):
+        assert named in warning.group(0), named
