@@ -21,6 +21,8 @@ _EXEC_FRAMES = ("_execute_child", "os.exec", "posix_spawn", "os.spawn")
 """In a traceback: the error came from starting a program (subprocess, os.popen, os.exec*)."""
 _NO_NETWORK = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
 """In an error's message: a connection or a name lookup found no network."""
+_SOCKET_FRAME = "_socket.socket.__init__("
+"""In a traceback: the error came from creating a socket (``socket.socket(AF_UNIX)`` is refused without network)."""
 
 
 def explained(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Protection]) -> ErrorInfo:
@@ -47,6 +49,15 @@ def _sandbox_hint(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Pr
         return "running programs is off for this function: set allow_subprocess = true in spanfaas.toml"
     if spec.network == "none" and "net-namespace" in active and any(m in message for m in _NO_NETWORK):
         return 'the function has no network (network = "none", the default): set network = "host" in spanfaas.toml to reach other hosts'
+    if (
+        spec.network == "none"
+        and error.type == "PermissionError"
+        and message.startswith("[Errno 1]")
+        and _SOCKET_FRAME in (error.traceback or "")
+        and "seccomp" in active
+    ):
+        return ('unix sockets are off for this function (network = "none", the default: they reach the host\'s services); '
+                'set network = "host" in spanfaas.toml to use them')  # fmt: skip
     return None
 
 

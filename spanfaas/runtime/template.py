@@ -184,7 +184,7 @@ class Template:
             self.ruleset = -1
             self.protections.append(lp)
         self.landlock = lp.active
-        self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec))
+        self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host"))
 
     def load(self) -> None:
         req = self.req

@@ -177,6 +177,29 @@ def _readonly_system_trees() -> None:
     _readonly_tree("/sys")
 
 
+# Per IPC namespace: shared memory segments die with the last process attached
+# (or their creator, never attached); no message queues (msgmni), no semaphore
+# sets (semmni, the 4th of kernel.sem).
+_SYSV_IPC_SYSCTLS = (("kernel/shm_rmid_forced", "1"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"))
+
+
+def _sysv_ipc_dies_with_its_process() -> Protection:
+    """SysV IPC objects are the IPC namespace's, not a process's: a segment or
+    queue an instance made outlived it, and the template's next (strict)
+    instance read it.  In a fresh IPC namespace, before ``/proc/sys`` is made
+    read-only: segments go with their process, queues and semaphore sets are
+    refused (ENOSPC; Python's multiprocessing uses neither)."""
+    try:
+        for key, value in _SYSV_IPC_SYSCTLS:
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+    except OSError as e:
+        return Protection("ipc-namespace", False, f"SysV IPC objects outlive the call that made them: {key}: {e.strerror}")
+    return Protection(
+        "ipc-namespace", True, "own SysV IPC: shared memory dies with its process, no message queues or semaphore sets"
+    )
+
+
 class NamespacesForNextChildren:
     """The zygote's children get fresh namespaces; the zygote keeps its own.
 
@@ -380,6 +403,8 @@ def _finish_namespaces(unshared: int, mounts_ok: bool, in_pid_ns: bool, name: st
             out.append(Protection("pid-namespace", True, "pid 1 with its own /proc"))
         except OSError as e:
             out.append(Protection("pid-namespace", False, f"pid 1, but mounting /proc failed: {e.strerror}"))
+    if unshared & CLONE_NEWIPC:
+        out.append(_sysv_ipc_dies_with_its_process())
     if mounts_ok:
         try:
             _readonly_system_trees()

@@ -188,6 +188,7 @@ def prepare() -> list[Protection]:
     plan = msgspec.convert({"name": "warm", "uid": 1, "cpu": 1.0, "ro_paths": ["/"], "rw_paths": ["/tmp"]}, SandboxPlan)
     msgspec.structs.replace(plan, uid=None)
     if _libc.ARCH in ("x86_64", "aarch64"):
-        _program(_libc.ARCH, False)
-        _program(_libc.ARCH, True)
+        for allow_exec in (False, True):
+            for unix_sockets in (False, True):
+                _program(_libc.ARCH, allow_exec, unix_sockets)
     return result

@@ -16,9 +16,19 @@ The filter, in order:
 4. ``clone3`` → ENOSYS: its flags live in memory BPF cannot read, and
    glibc falls back to ``clone`` on ENOSYS (threads, posix_spawn).
 5. ``clone`` with any CLONE_NEW* flag → EPERM (fork and threads pass).
-6. ``ioctl(fd, TIOCSTI)`` → EPERM: pushing input into a terminal is the
+6. ``personality`` with any execution domain but Linux's own (or the
+   query 0xffffffff) → EPERM: ``ADDR_NO_RANDOMIZE`` turns ASLR off for
+   what the process execs, the others reach rarely-used kernel code.
+   The values Docker's default profile allows.
+7. ``ioctl(fd, TIOCSTI)`` → EPERM: pushing input into a terminal is the
    classic way out of a sandbox that shares a tty.
-7. everything else → allow.
+8. without ``unix_sockets``: ``socket(AF_UNIX, ...)`` → EPERM.  A network
+   namespace holds abstract sockets but not path ones, and Landlock before
+   ABI 9 does not govern ``connect``: a function without network reached
+   every host service on a unix socket its uid may write to (PostgreSQL's
+   and Redis's often are).  ``socketpair`` stays allowed (asyncio,
+   multiprocessing pipes).
+9. everything else → allow.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ SECCOMP_RET_ALLOW: Final = 0x7FFF0000
 EPERM: Final = 1
 ENOSYS: Final = 38
 TIOCSTI: Final = 0x5412
+AF_UNIX: Final = 1
 X32_SYSCALL_BIT: Final = 0x40000000
 CLONE_NEW_ANY: Final = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
 
@@ -61,9 +72,12 @@ DENIED: Final = (
     "mount_setattr", "unshare", "setns", "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
     "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load",
     "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff",
-    "open_by_handle_at", "userfaultfd",
+    "open_by_handle_at", "userfaultfd", "modify_ldt",
 )  # fmt: skip
-"""Always denied. The new mount API (open_tree, fsopen...) is listed with mount."""
+"""Always denied (where the architecture has them: modify_ldt is x86's). The new
+mount API (open_tree, fsopen...) is listed with mount."""
+PERSONALITIES: Final = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
+"""PER_LINUX, PER_LINUX32, with UNAME26, and the query: what ``personality`` may set."""
 EXEC: Final = ("execve", "execveat")
 
 
@@ -81,8 +95,9 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "add_key": 248, "request_key": 249, "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
         "io_uring_register": 427, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
-        "open_by_handle_at": 304, "userfaultfd": 323, "execve": 59, "execveat": 322,
-        "clone": 56, "clone3": 435, "ioctl": 16,
+        "open_by_handle_at": 304, "userfaultfd": 323, "modify_ldt": 154, "execve": 59, "execveat": 322,
+        "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41,
+        "personality": 135,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -92,7 +107,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "io_uring_register": 427, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
-        "clone": 220, "clone3": 435, "ioctl": 29,
+        "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198,
+        "personality": 92,
     }),
 }  # fmt: skip
 
@@ -128,7 +144,7 @@ def _assemble(program: list[_Insn | str]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]:
+def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list[tuple[int, int, int, int]]:
     """The deny-list program for ``arch`` as (code, jt, jf, k) tuples."""
     a = _ARCHES[arch]
     denied = DENIED if allow_exec else DENIED + EXEC
@@ -139,11 +155,16 @@ def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]
     ]
     if a.x32:
         prog.append((_JGE_K, "kill", None, X32_SYSCALL_BIT))
-    prog += [(_JEQ_K, "eperm", None, a.nr[name]) for name in denied]
+    prog += [(_JEQ_K, "eperm", None, a.nr[name]) for name in denied if name in a.nr]
     prog += [
         (_JEQ_K, "enosys", None, a.nr["clone3"]),
         (_JEQ_K, "clone", None, a.nr["clone"]),
         (_JEQ_K, "ioctl", None, a.nr["ioctl"]),
+        (_JEQ_K, "personality", None, a.nr["personality"]),
+    ]
+    if not unix_sockets:
+        prog.append((_JEQ_K, "socket", None, a.nr["socket"]))
+    prog += [
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "clone",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -153,8 +174,17 @@ def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]
         (_LD_W_ABS, None, None, _OFF_ARG1),
         (_JEQ_K, "eperm", None, TIOCSTI),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "socket",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, "eperm", None, AF_UNIX),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "personality",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        *[(_JEQ_K, "allow", None, k) for k in PERSONALITIES],
         "eperm",
         (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
+        "allow",
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "enosys",
         (_RET_K, None, None, SECCOMP_RET_ERRNO | ENOSYS),
         "kill",
@@ -164,15 +194,17 @@ def build_filter(arch: str, allow_exec: bool) -> list[tuple[int, int, int, int]]
 
 
 @functools.cache
-def _program(arch: str, allow_exec: bool) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
     """The filter as the kernel takes it; cached, and the array kept alive with it."""
-    insns = build_filter(arch, allow_exec)
+    insns = build_filter(arch, allow_exec, unix_sockets)
     table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
     return _SockFprog(len(insns), table), table
 
 
-def seccomp_deny(allow_exec: bool) -> Protection:
+def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """Install the deny-list on the calling thread and its future children.
+    ``unix_sockets``: whether ``socket(AF_UNIX)`` stays allowed (a function
+    with the host's network; see the module's docstring, step 7).
 
     Filters stack and cannot be removed, so calling it again (e.g. per
     instance) only adds work per syscall; once per template is enough.
@@ -182,14 +214,15 @@ def seccomp_deny(allow_exec: bool) -> Protection:
     """
     if _libc.ARCH not in _ARCHES:
         return Protection("seccomp", False, f"no syscall table for architecture {_libc.ARCH}")
-    prog, _ = _program(_libc.ARCH, allow_exec)
+    prog, _ = _program(_libc.ARCH, allow_exec, unix_sockets)
     try:
         _libc.no_new_privs()
         _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
     except OSError as e:
         return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
-    n = len(DENIED) + (0 if allow_exec else len(EXEC))
+    n = sum(name in _ARCHES[_libc.ARCH].nr for name in DENIED) + (0 if allow_exec else len(EXEC))
     exec_note = "exec allowed" if allow_exec else "exec denied"
+    unix_note = "" if unix_sockets else ", unix sockets denied (no network)"
     return Protection(
-        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}, namespace clones denied, foreign ABIs killed"
+        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
     )

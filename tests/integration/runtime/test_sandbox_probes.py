@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -305,3 +310,107 @@ async def test_a_plain_handler_error_gets_no_sandbox_hint(sandboxed: Harness) ->
 def require_active(h: Harness, name: str) -> bool:
     prot = next((x for x in h.rt.protections if x.name == name), None)
     return prot is not None and prot.active
+
+
+SYSV_IPC = """
+import ctypes, errno
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+IPC_CREAT, SHM_RDONLY, KEY = 0o1000, 0o10000, 0x5EC18
+
+def handler(event, context):
+    if event == "leave":  # what a call leaves behind it in SysV IPC, past its end
+        shm = libc.shmget(KEY, 4096, IPC_CREAT | 0o600)
+        if shm >= 0:
+            ctypes.memmove(libc.shmat(shm, None, 0), b"call-1-secret", 13)
+        msq = libc.msgget(KEY, IPC_CREAT | 0o600)
+        sem = libc.semget(KEY, 1, IPC_CREAT | 0o600)
+        return {"shm": shm >= 0, "msg": msq >= 0, "sem": sem >= 0, "errno": errno.errorcode.get(ctypes.get_errno())}
+    shm = libc.shmget(KEY, 0, 0)
+    seen = ctypes.string_at(libc.shmat(shm, None, SHM_RDONLY), 13).decode() if shm >= 0 else None
+    return {"shm": seen, "msg": libc.msgget(KEY, 0) >= 0, "sem": libc.semget(KEY, 0, 0) >= 0}
+"""
+
+
+async def test_sysv_ipc_left_by_a_strict_call_is_not_seen_by_the_next(sandboxed: Harness) -> None:
+    """A strict call's SysV shared memory segment (and message queue, semaphore set)
+    outlived it in the function's IPC namespace: the next call read what it wrote."""
+    require(sandboxed, "ipc-namespace")
+    await sandboxed.deploy("sysv", SYSV_IPC, MANIFEST.format(isolation="strict"))
+    left = await _probe_raw(sandboxed, "sysv", "leave")
+    assert left["shm"], left  # shared memory works within a call
+    seen = await _probe_raw(sandboxed, "sysv", "look")
+    assert seen == {"shm": None, "msg": False, "sem": False}, seen
+    await sandboxed.deploy("sysv-other", SYSV_IPC, MANIFEST.format(isolation="strict"))
+    assert (await _probe_raw(sandboxed, "sysv-other", "look"))["shm"] is None, "nor another function"
+
+
+async def _probe_raw(h: Harness, name: str, event: object) -> dict:
+    r = await h.invoke(name, json.dumps(event).encode())
+    assert r.ok, r.error
+    return json.loads(r.output)
+
+
+UNIX_CONNECT = """
+import socket
+
+def handler(event, context):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2)
+        s.connect(event)
+        return "connected"
+"""
+
+
+@pytest.fixture
+def host_unix_listener() -> Iterator[str]:
+    """A host service's unix socket that any uid may connect to (as PostgreSQL's and
+    Redis's often are), in a dir any uid may traverse."""
+    d = tempfile.mkdtemp(prefix="spanfaas-host-service-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "service.sock")
+    try:
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path)
+            os.chmod(path, 0o777)
+            listener.listen()
+            yield path
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_a_host_unix_socket_is_out_of_reach_without_network(sandboxed: Harness, host_unix_listener: str) -> None:
+    """With network = "none" a function connected to any unix socket of the host its uid
+    may write to (a control plane's PostgreSQL or Redis socket): the network namespace
+    does not hold path sockets, and Landlock (ABI < 9) does not govern connect."""
+    require(sandboxed, "net-namespace", "seccomp")
+    await sandboxed.deploy("unix-none", UNIX_CONNECT)
+    r = await sandboxed.invoke("unix-none", json.dumps(host_unix_listener).encode())
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    assert 'set network = "host"' in r.error.message, r.error.message
+    await sandboxed.deploy("unix-host", UNIX_CONNECT, 'network = "host"\n')
+    r = await sandboxed.invoke("unix-host", json.dumps(host_unix_listener).encode())
+    assert r.ok and json.loads(r.output) == "connected", r.error
+
+
+async def test_network_host_reaches_the_control_planes_own_services_and_the_docs_warn(sandboxed: Harness) -> None:
+    """network = "host" was documented as "none | host" and "the host network" only: nothing
+    said that such a function reaches every service of the host on loopback -- the gateway,
+    PostgreSQL, Redis, a Ray head (which runs any code it is sent) -- nor that unix sockets come with it."""
+    if "netfn" not in sandboxed.rt.functions():
+        await sandboxed.deploy("netfn", PROBES, 'network = "host"\n' + MANIFEST.format(isolation="strict"))
+    with socket.socket() as control_plane:
+        control_plane.bind(("127.0.0.1", 0))
+        control_plane.listen()
+        got = await _probe(sandboxed, "netfn", probe="connect", port=control_plane.getsockname()[1])
+    assert got["ok"], got  # as the docs must say
+    root = Path(__file__).parents[3]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    manifest_line = next(line for line in readme.splitlines() if line.startswith('network = "none"'))
+    assert "control plane" in manifest_line and "docs/runtime.md" in manifest_line, manifest_line
+    runtime_doc = (root / "docs" / "runtime.md").read_text(encoding="utf-8")
+    warning = re.search(r'\*\*`network = "host"`[^\n]*(\n[^\n]+)*', runtime_doc)
+    assert warning is not None, 'docs/runtime.md has no paragraph on network = "host"'
+    for named in ("loopback", "gateway", "PostgreSQL", "Redis", "Ray", "unix sockets", "metadata"):
+        assert named in warning.group(0), named

@@ -94,7 +94,7 @@ def test_pid1_sees_only_itself_and_loopback(
     before = _host_view()
     got = in_child(_template, in_child, "fn-test", "none", host_listener, old_kernel).value
     assert [(n, a) for n, a, _ in got["unshared"]] == [(n, True) for n in NS]
-    expected = ("mount-namespace", "pid-namespace", "uts-namespace", "net-namespace")
+    expected = ("ipc-namespace", "mount-namespace", "pid-namespace", "uts-namespace", "net-namespace")
     assert sorted(got["applied"]) == sorted((n, True) for n in expected)
     assert got["pid"] == 1
     assert got["procs"] == [1], "only itself in the new /proc"

@@ -24,6 +24,7 @@ X86_64 = platform.machine() == "x86_64"
 NR = _ARCHES[platform.machine()].nr if platform.machine() in _ARCHES else {}
 CLONE_NEWUTS = 0x04000000
 SIGCHLD = 17
+ADDR_NO_RANDOMIZE = 0x0040000
 
 
 def _errno_of(nr: int, *args: int) -> str:
@@ -61,6 +62,12 @@ def _filtered(allow_exec: bool) -> dict[str, Any]:
     out["io_uring_setup"] = _errno_of(NR["io_uring_setup"], 1, 0)
     out["clone_newuts"] = _errno_of(NR["clone"], CLONE_NEWUTS | SIGCHLD, 0, 0, 0, 0)
     out["clone3"] = _errno_of(NR["clone3"], 0, 0)
+    # Kernel attack surface no Python function needs: x86 LDT entries; execution
+    # domains beyond Linux's own (ADDR_NO_RANDOMIZE turns ASLR off for what it execs).
+    out["modify_ldt"] = _errno_of(154, 1, 0, 0) if X86_64 else "EPERM"  # write_ldt
+    out["personality_no_aslr"] = _errno_of(NR["personality"], ADDR_NO_RANDOMIZE)
+    out["personality_query"] = _errno_of(NR["personality"], 0xFFFFFFFF)
+    out["personality_linux"] = _errno_of(NR["personality"], 0)
     # What must keep working: fork, threads (glibc falls back from clone3), files.
     pid = os.fork()
     if pid == 0:
@@ -84,8 +91,9 @@ def test_deny_list(allow_exec: bool, in_child: Callable[..., Any], require: Call
     else:
         assert got["exec"] == "exec failed"
         assert got["execv_errno"] == "EPERM"
-    for call in ("ptrace", "unshare", "setns", "mount", "bpf", "io_uring_setup", "clone_newuts"):
+    for call in ("ptrace", "unshare", "setns", "mount", "bpf", "io_uring_setup", "clone_newuts", "modify_ldt", "personality_no_aslr"):
         assert got[call] == "EPERM", call
+    assert got["personality_query"] == got["personality_linux"] == "ok", "uname, platform and exec keep working"
     assert got["clone3"] == "ENOSYS"
     assert got["fork"] == 7
     assert got["thread"] is True
@@ -122,3 +130,30 @@ def test_filter_assembles_for_every_arch(arch: str) -> None:
     assert all(0 <= jt <= 255 and 0 <= jf <= 255 for _, jt, jf, _ in prog)
     assert prog[-1][0] == 0x06, "ends with a return"
     assert len(build_filter(arch, allow_exec=True)) == len(prog) - 2
+
+
+def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
+    import socket
+
+    seccomp_deny(True, unix_sockets=unix_sockets)
+    out = {}
+    for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET)):
+        try:
+            socket.socket(family).close()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno or 0]
+    a, b = socket.socketpair()  # asyncio's self-pipe, multiprocessing's pipes
+    a.close()
+    b.close()
+    out["socketpair"] = "ok"
+    return out
+
+
+@pytest.mark.parametrize("unix_sockets", [False, True])
+def test_unix_sockets_are_denied_without_network_and_socketpair_stays(
+    unix_sockets: bool, in_child: Callable[..., Any], require: Callable[..., None]
+) -> None:
+    require("seccomp")
+    got = in_child(_unix_sockets, unix_sockets).value
+    assert got == {"unix": "ok" if unix_sockets else "EPERM", "inet": "ok", "socketpair": "ok"}
