@@ -168,6 +168,18 @@ def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) ->
     assert r.exit_code == 0 and "deployed same version 2" in r.stdout
 
 
+def test_a_deploy_whose_code_fails_to_import_shows_where(cli: Any, tmp_path: Path) -> None:
+    """The gateway sends the import's traceback with the 400; the CLI showed only its last line
+    ('failed to load: ModuleNotFoundError: ...'), not the file and line to fix."""
+    d = fn_dir(tmp_path, "broken", "import os\n\nimport no_such_module_here\n\ndef handler(event, context):\n    return 1\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith("error: ") and "no_such_module_here" in r.stderr.splitlines()[0]
+    assert 'main.py", line 3' in r.stderr and "import no_such_module_here" in r.stderr, r.stderr
+    assert "spanfaas/cli" not in r.stderr and "spanfaas/client" not in r.stderr  # the function's, not ours
+    r = cli("deploy", d, "--json")
+    assert json.loads(r.stdout)["traceback"].count('main.py", line 3') == 1
+
 def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
     docs: dict[str, Any] = {}
     for name, args in [
