@@ -291,6 +291,22 @@ def _send_data_of_each_kind(cli: Any, tmp_path: Path) -> None:
     expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @file")
 
 
+def test_events_send_says_what_the_ids_it_prints_are(cli: Any, tmp_path: Path) -> None:
+    """``events send`` printed a bare hex id per invocation and nothing else: not that the event
+    was queued, nor that the id is an invocation's to look up (``invoke --async`` says both)."""
+    assert cli("deploy", fn_dir(tmp_path, "ev-said", "def handler(event, context):\n    return 1\n")).exit_code == 0
+    try:
+        assert cli("triggers", "add", "ev-said", "--type", "com.example.ev-said").exit_code == 0
+        r = cli("events", "send", "--type", "com.example.ev-said", "--id", "said-1")
+        assert r.exit_code == 0, r.stderr
+        [job] = r.stdout.split()  # the ids alone on stdout, for scripts
+        assert re.fullmatch(r"[0-9a-f]{32}", job)
+        assert "event said-1 queued 1 invocation" in r.stderr, r.stderr
+        assert f"spanfaas result {job} --wait" in r.stderr
+    finally:
+        cli("rm", "ev-said")  # and its trigger: other tests of the shared gateway list none
+
+
 def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
     # json.loads' RecursionError came out as a traceback (exit 1).
     deep = "[" * 5000 + "]" * 5000
