@@ -1107,3 +1107,18 @@ def test_a_locality_without_prefer_locality_is_refused_naming_the_key(cli: Any, 
     r = cli("deploy", str(d), "--json")
     assert r.exit_code == 2 and json.loads(r.stdout)["key"] == "policy.locality", (r.stdout, r.stderr)
     assert "near" not in cli("ls").stdout
+
+
+def test_up_without_a_saved_token_says_where_the_token_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A second gateway on a shared store (docs/shared-store.md) printed no token, and told the
+    user to pass 'the admin token printed at its first start': it never printed one.  The token
+    is the store's, printed when the store was first used, by whichever gateway that was."""
+    from spanfaas.cli.platform import _announce
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    _announce("http://127.0.0.1:9", None, False, [], as_json=False)
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "holds no token of this gateway; pass --url http://127.0.0.1:9 --token TOKEN" in out, out
+    assert "printed at its first start" not in out
+    assert "a token of its store" in out and "the first gateway started on it" in out
