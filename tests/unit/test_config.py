@@ -118,3 +118,14 @@ def test_a_variable_for_a_key_of_a_table_says_where_to_set_it() -> None:
     assert "SPANFAAS_IMAGES_ZZZ is no setting; the [images] table" in info.value.message
     assert "SPANFAAS_CONFIG" in info.value.message and "did you mean" not in info.value.message
 
+
+
+def test_a_webhook_secret_is_at_least_8_characters(tmp_path: Path) -> None:
+    """docs/events.md: a shorter secret is refused at start, naming the setting."""
+    cfg = tmp_path / "hooks.toml"
+    cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "1234567"\n')
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(cfg, env={})
+    assert "length >= 8" in info.value.message and "events.webhooks[0].secret" in info.value.message
+    cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "12345678"\n')
+    assert Settings.load(cfg, env={}).events.webhooks[0].secret == "12345678"
