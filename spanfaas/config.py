@@ -240,8 +240,24 @@ _NOT_SETTINGS = frozenset({"SPANFAAS_CONFIG", "SPANFAAS_URL", "SPANFAAS_TOKEN", 
 """Variables of the prefix that are no setting: the config file's path, the CLI's and the
 SDK's gateway and token, the event tests' stall hook (spanfaas.events.service)."""
 
-_TABLES = ("runtime", "scheduler", "events", "dns", "images")
+_TABLE_TYPES: dict[str, type[Struct]] = {
+    "runtime": RuntimeSettings, "scheduler": SchedulerSettings, "events": EventSettings, "dns": DnsSettings, "images": ImageSettings,
+}  # fmt: skip
+_TABLES = tuple(_TABLE_TYPES)
 """Settings that are tables: set in the config file only."""
+
+
+def _table_key(table: str, name: str) -> str:
+    """Where a variable such as SPANFAAS_EVENTS_RETRIES (``name`` ``events_retries``) is set: in the
+    config file, as the key of ``table`` it names or may mean (its value left out: it may be a secret)."""
+    keys = [f.name for f in msgspec.structs.fields(_TABLE_TYPES[table])]
+    close = difflib.get_close_matches(name.removeprefix(f"{table}_"), keys, n=1)
+    if not close:
+        return f"the [{table}] table has no variables; set its keys in the config file (SPANFAAS_CONFIG): {', '.join(keys)}"
+    return (
+        f"{table}.{close[0]} is a key of the [{table}] table, which no variable sets: "
+        f"set it in the config file (SPANFAAS_CONFIG): [{table}] {close[0]} = ..."
+    )
 
 
 class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -333,6 +349,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
                     "set its keys in the config file (SPANFAAS_CONFIG)"
                 )
             if name not in fields:  # refused, as an unknown key of the file is: a typo was ignored unseen
+                if table := next((t for t in _TABLES if name.startswith(f"{t}_")), None):
+                    raise InvalidRequest(f"environment variable {key} is no setting; {_table_key(table, name)}")
                 known = [f"SPANFAAS_{f.upper()}" for f in fields if f not in _TABLES]
                 close = difflib.get_close_matches(key, known, n=1)
                 raise InvalidRequest(

@@ -175,8 +175,14 @@ def send(
     elif not published["invocations"]:
         out_console().print(f"event {escape(event['id'])} matched no trigger: nothing started")
     else:
-        for inv in published["invocations"]:
+        jobs = published["invocations"]
+        for inv in jobs:  # the ids alone on stdout, for scripts; what they are on stderr
             out_console().print(inv)
+        many = f"{len(jobs)} invocations (one per function its triggers start)" if len(jobs) > 1 else "1 invocation"
+        err_console().print(
+            f"[dim]event {escape(event['id'])} queued {many}; get a result with: "
+            f"spanfaas result {escape(jobs[0] if len(jobs) == 1 else 'ID')} --wait[/dim]"
+        )
 
 
 @dlq_app.command("ls")

@@ -45,7 +45,9 @@ def explain(
     why = Table(box=None, header_style="bold")
     why.add_column("INFRA", overflow="fold")
     why.add_column("WHY", overflow="fold")
-    for v in doc.get("infrastructures", []):
+    # In the order they are tried: ranked first, by rank; the others after, in declared order.
+    infras = sorted(doc.get("infrastructures", []), key=lambda v: (v.get("rank") is None, v.get("rank") or 0))
+    for v in infras:
         verdict = str(v.get("verdict", ""))
         colour = _COLOURS.get(verdict, "white")
         score = v.get("score")

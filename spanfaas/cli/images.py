@@ -457,4 +457,8 @@ def curate_policy(
         print_json(policy)
         return
     rule = "must be approved by a selected list too" if policy.get("require_transitive") else "are resolved freely and recorded"
-    out_console().print(f"dependencies of requested packages {rule}")
+    if require_transitive is None:
+        out_console().print(f"dependencies of requested packages {rule}")
+    else:  # said as a change, as the other admin commands do, and what it changes
+        print_done(False, policy, f"policy set: dependencies of requested packages {rule} "
+                                  "(for new deploys and builds; functions deployed keep their images)")  # fmt: skip

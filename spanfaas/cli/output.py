@@ -126,11 +126,14 @@ def fail(exc: SpanfaasError | TimeoutError, *, as_json: bool) -> NoReturn:
         print_json(problem)
     console = err_console()
     console.print(f"[bold red]error:[/bold red] [red]{shown(message)}[/red]")
-    if isinstance(exc, FunctionFailed) and not as_json:
+    if isinstance(exc, SpanfaasError) and not as_json:
+        # The user's code's own traceback: a failed function's, or a deploy's whose import failed
+        # (InvalidBundle); it says which file and line to fix.
         trace = str(exc.extra.get("traceback") or "").rstrip()
-        logs = str(exc.extra.get("logs") or "").rstrip()
         if trace:
             console.print(f"[dim]{shown(trace)}[/dim]")
+    if isinstance(exc, FunctionFailed) and not as_json:
+        logs = str(exc.extra.get("logs") or "").rstrip()
         if logs:
             console.print("[dim]── logs ──[/dim]")
             console.print(shown(logs))

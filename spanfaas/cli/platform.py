@@ -119,7 +119,8 @@ def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Pa
     else:
         console.print(
             f"[yellow]{escape(str(path))} holds no token of this gateway; "
-            f"pass --url {escape(url)} --token TOKEN (the admin token printed at its first start)[/yellow]"
+            f"pass --url {escape(url)} --token TOKEN (a token of its store: the admin token printed when the store "
+            "was first used, by this gateway or, on a store several gateways share, by the first gateway started on it)[/yellow]"
         )
     if demo_dirs:
         console.print("demo functions: " + ", ".join(escape(p.name) for p in demo_dirs))

@@ -168,6 +168,18 @@ def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) ->
     assert r.exit_code == 0 and "deployed same version 2" in r.stdout
 
 
+def test_a_deploy_whose_code_fails_to_import_shows_where(cli: Any, tmp_path: Path) -> None:
+    """The gateway sends the import's traceback with the 400; the CLI showed only its last line
+    ('failed to load: ModuleNotFoundError: ...'), not the file and line to fix."""
+    d = fn_dir(tmp_path, "broken", "import os\n\nimport no_such_module_here\n\ndef handler(event, context):\n    return 1\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith("error: ") and "no_such_module_here" in r.stderr.splitlines()[0]
+    assert 'main.py", line 3' in r.stderr and "import no_such_module_here" in r.stderr, r.stderr
+    assert "spanfaas/cli" not in r.stderr and "spanfaas/client" not in r.stderr  # the function's, not ours
+    r = cli("deploy", d, "--json")
+    assert json.loads(r.stdout)["traceback"].count('main.py", line 3') == 1
+
 def test_every_command_has_one_json_document(cli: Any, tmp_path: Path) -> None:
     docs: dict[str, Any] = {}
     for name, args in [
@@ -277,6 +289,22 @@ def _send_data_of_each_kind(cli: Any, tmp_path: Path) -> None:
     assert '"data": {"name": "file"}' in logs and '"data": {"name": "stdin"}' in logs
     assert '"data_base64": "AP9iaW4="' in logs and '"datacontenttype": "application/octet-stream"' in logs
     expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @file")
+
+
+def test_events_send_says_what_the_ids_it_prints_are(cli: Any, tmp_path: Path) -> None:
+    """``events send`` printed a bare hex id per invocation and nothing else: not that the event
+    was queued, nor that the id is an invocation's to look up (``invoke --async`` says both)."""
+    assert cli("deploy", fn_dir(tmp_path, "ev-said", "def handler(event, context):\n    return 1\n")).exit_code == 0
+    try:
+        assert cli("triggers", "add", "ev-said", "--type", "com.example.ev-said").exit_code == 0
+        r = cli("events", "send", "--type", "com.example.ev-said", "--id", "said-1")
+        assert r.exit_code == 0, r.stderr
+        [job] = r.stdout.split()  # the ids alone on stdout, for scripts
+        assert re.fullmatch(r"[0-9a-f]{32}", job)
+        assert "event said-1 queued 1 invocation" in r.stderr, r.stderr
+        assert f"spanfaas result {job} --wait" in r.stderr
+    finally:
+        cli("rm", "ev-said")  # and its trigger: other tests of the shared gateway list none
 
 
 def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
@@ -1079,3 +1107,18 @@ def test_a_locality_without_prefer_locality_is_refused_naming_the_key(cli: Any, 
     r = cli("deploy", str(d), "--json")
     assert r.exit_code == 2 and json.loads(r.stdout)["key"] == "policy.locality", (r.stdout, r.stderr)
     assert "near" not in cli("ls").stdout
+
+
+def test_up_without_a_saved_token_says_where_the_token_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A second gateway on a shared store (docs/shared-store.md) printed no token, and told the
+    user to pass 'the admin token printed at its first start': it never printed one.  The token
+    is the store's, printed when the store was first used, by whichever gateway that was."""
+    from spanfaas.cli.platform import _announce
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    _announce("http://127.0.0.1:9", None, False, [], as_json=False)
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert "holds no token of this gateway; pass --url http://127.0.0.1:9 --token TOKEN" in out, out
+    assert "printed at its first start" not in out
+    assert "a token of its store" in out and "the first gateway started on it" in out

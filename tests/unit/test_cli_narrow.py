@@ -98,3 +98,31 @@ def test_ls_keeps_names_and_handlers_whole_at_80_columns(cli: Any, tmp_path: Pat
     out = cli("ls").stdout
     fits(out)  # too long for its column: folded onto the next lines, whole
     assert "image-thumbnail-" in out and "thumbnail:handle" in out, out
+
+
+def test_explain_lists_the_infrastructures_in_the_order_they_are_tried(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows came in declared order, so with a preference the table read RANK 2, then 1: the
+    first row was not where the call runs.  Ranked rows come first, by rank; the others after
+    them, in declared order (the JSON keeps the gateway's order)."""
+
+    def row(infra: str, rank: int | None, verdict: str) -> dict[str, Any]:
+        return {"infra": infra, "kind": "remote", "verdict": verdict, "rank": rank, "score": None, "components": {},
+                "reasons": [f"reason of {infra}"], "region": "r", "breaker": "closed", "ewma_latency_ms": None}  # fmt: skip
+
+    doc = {"function": "f", "policy": {"prefer": ["locality"]}, "summary": "'f' runs on eu, failing over to local",
+           "infrastructures": [row("local", 2, "fallback"), row("down", None, "unavailable"), row("eu", 1, "chosen"),
+                               row("gpu", None, "rejected")]}  # fmt: skip
+
+    class Fake:
+        def __init__(self, *args: object) -> None: ...
+        def __enter__(self) -> Fake: return self  # noqa: E704
+        def __exit__(self, *exc: object) -> None: ...  # noqa: E704
+        def explain(self, name: str) -> dict[str, Any]: return doc  # noqa: E704
+
+    monkeypatch.setattr(spanfaas.cli.explain, "Client", Fake)
+    out = cli("explain", "f").stdout
+    fits(out)
+    first = [line.split()[1] for line in out.splitlines() if line.split()[:1] in (["1"], ["2"], ["-"])]
+    assert first == ["eu", "local", "down", "gpu"], out
+    reasons = [line.split()[0] for line in out.splitlines() if "reason of" in line]
+    assert reasons == ["eu", "local", "down", "gpu"], out

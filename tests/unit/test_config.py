@@ -93,3 +93,39 @@ def test_an_unknown_spanfaas_variable_is_refused_with_the_name_it_may_mean() -> 
     # the CLI's and the SDK's own variables, and the config file's, are no settings and fine
     env = {"SPANFAAS_URL": "http://127.0.0.1:1", "SPANFAAS_TOKEN": "sf_x", "SPANFAAS_TEST_STALL": "", "SPANFAAS_PORT": "9"}
     assert Settings.load(env=env).port == 9
+
+
+def test_a_variable_for_a_key_of_a_table_says_where_to_set_it() -> None:
+    """SPANFAAS_EVENTS_RETRIES=5 (events.retries, as docs/events.md calls it) was answered 'did you
+    mean SPANFAAS_ASYNC_RETRIES?', another setting; SPANFAAS_RUNTIME_PREWARM_HOLD 'did you mean
+    SPANFAAS_FUNCTIONS_POLL?'.  A table's key is named, with the config file line that sets it (not its value: it may
+    be a secret, as a URL with a password)."""
+    cases = {
+        "SPANFAAS_EVENTS_RETRIES": ("5", "events.retries", "[events] retries = ..."),
+        "SPANFAAS_RUNTIME_PREWARM_HOLD": ("2.5", "runtime.prewarm_hold", "[runtime] prewarm_hold = ..."),
+        "SPANFAAS_DNS_ADDRESS": ("10.0.0.1", "dns.address", "[dns] address = ..."),
+        "SPANFAAS_DNS_ADRESS": ("10.0.0.1", "dns.address", "[dns] address = ..."),  # a typo of the key: the key it may mean
+    }
+    for var, (value, key, line) in cases.items():
+        with pytest.raises(InvalidRequest) as info:
+            Settings.load(env={var: value})
+        assert info.value.message == (
+            f"environment variable {var} is no setting; {key} is a key of the [{key.split('.')[0]}] table, "
+            f"which no variable sets: set it in the config file (SPANFAAS_CONFIG): {line}"
+        ), info.value.message
+    with pytest.raises(InvalidRequest) as info:  # nothing like a key of the table: the table is named
+        Settings.load(env={"SPANFAAS_IMAGES_ZZZ": "1"})
+    assert "SPANFAAS_IMAGES_ZZZ is no setting; the [images] table" in info.value.message
+    assert "SPANFAAS_CONFIG" in info.value.message and "did you mean" not in info.value.message
+
+
+
+def test_a_webhook_secret_is_at_least_8_characters(tmp_path: Path) -> None:
+    """docs/events.md: a shorter secret is refused at start, naming the setting."""
+    cfg = tmp_path / "hooks.toml"
+    cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "1234567"\n')
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(cfg, env={})
+    assert "length >= 8" in info.value.message and "events.webhooks[0].secret" in info.value.message
+    cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "12345678"\n')
+    assert Settings.load(cfg, env={}).events.webhooks[0].secret == "12345678"

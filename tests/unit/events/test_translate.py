@@ -299,3 +299,27 @@ def test_s3_minio_shape_and_sns_envelope() -> None:
 def test_s3_malformed(body: bytes, match: str) -> None:
     with pytest.raises(InvalidEvent, match=match):
         S3Proxy().translate({}, body)
+
+
+# -- Redis Streams entries (translation only: the reader is tested against redis-server) ----
+
+
+def test_a_redis_entry_is_a_cloudevent_only_with_a_specversion_field() -> None:
+    """docs/events.md: an entry with ``specversion`` is the event in its fields; id, source and
+    type without it are wrapped like any other entry, the fields its data."""
+    from prometheus_client import CollectorRegistry
+
+    from spanfaas.config import RedisStreamConfig
+    from spanfaas.events.metrics import EventMetrics
+    from spanfaas.events.redis_streams import RedisStreamSource
+
+    source = RedisStreamSource(RedisStreamConfig(name="orders", stream="orders"), EventMetrics(CollectorRegistry()), None)  # type: ignore[arg-type]
+    fields = {"id": "ce-1", "source": "shop", "type": "com.shop.order", "data": '{"a": 1}'}
+    attrs = attributes_of(source.translate("1700000000000-0", {**fields, "specversion": "1.0"}))
+    assert (attrs["id"], attrs["source"], attrs["type"]) == ("ce-1", "shop", "com.shop.order")
+    wrapped = source.translate("1700000000000-1", fields)
+    attrs = attributes_of(wrapped)
+    assert (attrs["id"], attrs["source"], attrs["type"]) == ("1700000000000-1", "redis/orders", "dev.spanfaas.redis.entry")
+    assert wrapped.get_data() == fields
+    with pytest.raises(InvalidEvent, match="no 'id' attribute"):  # a CloudEvent by its specversion, but no event
+        source.translate("1700000000000-2", {"specversion": "1.0", "source": "shop", "type": "t"})

@@ -196,3 +196,16 @@ def test_curate_add_refuses_extras_markers_and_urls_instead_of_dropping_them(cli
         r = cli("images", "curate", "add", "tools", text)
         assert r.exit_code == 2 and words in r.stderr, (text, r.stderr)
     assert json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"] == []
+
+
+def test_setting_the_policy_says_it_was_set(cli: Cli) -> None:
+    """``curate policy --require-transitive`` printed the same line as ``curate policy`` reading it:
+    nothing said the policy had changed, nor what it does to functions already running."""
+    shown = ok(cli("images", "curate", "policy")).stdout
+    assert "✓" not in shown and "dependencies of requested packages are resolved freely" in shown
+    r = ok(cli("images", "curate", "policy", "--require-transitive"))
+    assert r.stdout.startswith("✓ policy set: dependencies of requested packages must be approved by a selected list too"), r.stdout
+    assert "new deploys and builds" in r.stdout
+    r = ok(cli("images", "curate", "policy", "--no-require-transitive"))
+    assert r.stdout.startswith("✓ policy set: dependencies of requested packages are resolved freely"), r.stdout
+    assert json.loads(ok(cli("images", "curate", "policy", "--require-transitive", "--json")).stdout) == {"require_transitive": True}
