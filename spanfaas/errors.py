@@ -131,7 +131,7 @@ def format_size(n: int, decimals: int = 1) -> str:
     for unit, size in _UNITS:
         if n >= size:
             return f"{n / size:.{decimals}f} {unit}"
-    return f"{n} bytes"
+    return plural(n, "byte")
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
@@ -146,7 +146,7 @@ def format_sizes(size: int, limit: int) -> tuple[str, str]:
         pair = format_size(size, decimals), format_size(limit, decimals)
         if pair[0] != pair[1]:
             return pair
-    return f"{size} bytes", f"{limit} bytes"
+    return plural(size, "byte"), plural(limit, "byte")
 
 
 class IdempotencyKeyReused(InvalidRequest):

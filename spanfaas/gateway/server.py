@@ -19,7 +19,7 @@ from typing import NoReturn
 import uvicorn
 
 from spanfaas.config import Settings
-from spanfaas.errors import SpanfaasError
+from spanfaas.errors import SpanfaasError, plural
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import load_manifest
 from spanfaas.store import open_store
@@ -252,7 +252,7 @@ async def _force_stop(server: uvicorn.Server, gw: Gateway) -> None:
     log; the recorder, the dispatcher and the event sources never stopped).  Cut the
     requests (a sync call cut short is recorded as the platform's failure), then stop the
     gateway at once: running async invocations go back to the queue, not counted."""
-    log.info("stopping at once (second Ctrl-C): cutting %d requests in progress", len(server.server_state.tasks))
+    log.info("stopping at once (second Ctrl-C): cutting %s in progress", plural(len(server.server_state.tasks), "request"))
     requests = list(server.server_state.tasks)
     for task in requests:
         task.cancel()

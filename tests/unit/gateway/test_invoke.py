@@ -301,7 +301,7 @@ async def test_a_full_function_queue_is_a_429_not_an_infra_failure(
     from spanfaas.errors import TooManyRequests
 
     async def full(*args: object, **kw: object) -> object:
-        raise TooManyRequests("function 'hello' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
+        raise TooManyRequests("function 'hello' has 1 invocation waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
 
     infra.invoke = full  # type: ignore[method-assign]
     r = await client.post("/v1/functions/hello/invoke", json={})
