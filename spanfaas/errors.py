@@ -206,6 +206,15 @@ class InvocationNotFound(NotFound):
     slug, title = "invocation-not-found", "Invocation not found"
 
 
+RUNNING_ELSEWHERE = (
+    "on a shared store, a sync invocation running on another gateway is shown once it has finished: "
+    "ask the gateway that runs it, or again then"
+)
+"""Said with an invocation not found by a gateway on a shared store: a sync call is shown
+(GET /v1/invocations/ID, ``spanfaas logs``) by the gateway that runs it while it runs, by
+every gateway once its record is stored (docs/shared-store.md)."""
+
+
 class Conflict(SpanfaasError):
     status, exit_code, slug, title = 409, 5, "conflict", "Conflict"
 
