@@ -270,6 +270,9 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Largest invocation payload the gateway accepts (413 above).  The local runtime's
     ``runtime.max_payload`` follows it when it is lower, so what is accepted can run."""
     max_bundle: Annotated[int, Meta(ge=1024)] = 64 * MiB
+    stop_grace: Annotated[int, Meta(ge=0, le=3600)] = 10
+    """Seconds a stop (SIGTERM, Ctrl-C) waits for the requests in progress; those still in
+    progress then are cut short (answered 503, named in one warning of the log)."""
     async_retries: Annotated[int, Meta(ge=0, le=100)] = 3
     """Async invocations: runs that failed on the platform (``InfraError``) retried.  A run
     started again because the gateway died during one is not a retry (``CRASH_RERUNS``)."""

@@ -131,7 +131,7 @@ def format_size(n: int, decimals: int = 1) -> str:
     for unit, size in _UNITS:
         if n >= size:
             return f"{n / size:.{decimals}f} {unit}"
-    return f"{n} bytes"
+    return plural(n, "byte")
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
@@ -146,7 +146,7 @@ def format_sizes(size: int, limit: int) -> tuple[str, str]:
         pair = format_size(size, decimals), format_size(limit, decimals)
         if pair[0] != pair[1]:
             return pair
-    return f"{size} bytes", f"{limit} bytes"
+    return plural(size, "byte"), plural(limit, "byte")
 
 
 class IdempotencyKeyReused(InvalidRequest):
@@ -204,6 +204,15 @@ def like_deployed(name: str, deployed: Collection[str], *, all_up_to: int = 10) 
 
 class InvocationNotFound(NotFound):
     slug, title = "invocation-not-found", "Invocation not found"
+
+
+RUNNING_ELSEWHERE = (
+    "on a shared store, a sync invocation running on another gateway is shown once it has finished: "
+    "ask the gateway that runs it, or again then"
+)
+"""Said with an invocation not found by a gateway on a shared store: a sync call is shown
+(GET /v1/invocations/ID, ``spanfaas logs``) by the gateway that runs it while it runs, by
+every gateway once its record is stored (docs/shared-store.md)."""
 
 
 class Conflict(SpanfaasError):

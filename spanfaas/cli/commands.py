@@ -16,7 +16,7 @@ from rich.table import Table
 
 from spanfaas.client import Client, InvokeOutput
 from spanfaas.client.operations import check_timeout, error_from_record, output_from_record
-from spanfaas.errors import InvalidRequest, InvocationNotFound, SpanfaasError, format_size
+from spanfaas.errors import RUNNING_ELSEWHERE, InvalidRequest, InvocationNotFound, SpanfaasError, format_size
 from spanfaas.model import MANIFEST_NAME, InvocationStatus, load_manifest
 from spanfaas.cli.data import read_data
 from spanfaas.cli.images import build_with_progress, image_request_of
@@ -201,10 +201,10 @@ def result(
                 with _goes_on(invocation_id), err_console().status(f"waiting for {invocation_id}", spinner="dots") if not as_json else nullcontext():
                     client.result_output(invocation_id, wait=True, timeout=timeout)  # raises the invocation's error
             record = client.invocation(invocation_id)
-    except InvocationNotFound:  # the gateway's hint is an HTTP one; a CLI user lists ids with `logs`
+    except InvocationNotFound as exc:  # the gateway's hint is an HTTP one; a CLI user lists ids with `logs`
         raise InvocationNotFound(
             f"invocation {invocation_id!r} not found; `spanfaas logs FUNCTION` shows a function's recent invocations "
-            "with their ids"
+            "with their ids" + (f"; {RUNNING_ELSEWHERE}" if RUNNING_ELSEWHERE in exc.message else "")
         ) from None
     status = record.get("status")
     if status == "failed":

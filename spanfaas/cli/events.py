@@ -8,7 +8,9 @@ import uuid
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from spanfaas.cli.data import read_data
@@ -204,15 +206,38 @@ def dlq_ls(
     if not letters:
         err_console().print("the dead-letter store is empty")
         return
-    table = Table("ID", "FUNCTION", "SOURCE", "EVENT", "ATTEMPTS", "ERROR", "FAILED", box=None, header_style="bold")
+    console = out_console()
+    console.print(_dead_letters_table(letters, console))
+
+
+def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Table:
+    """The dead letters, one a row, each id whole on its row's first line (`dlq replay ID` and
+    `dlq rm ID` take it): in a column each where the terminal is wide enough for them all;
+    else (80 columns cut the id to '9ed040c57…') the id and, beside it, the rest, folded."""
+    id_width = max(len(d["id"]) for d in letters)
+    rows = []
     for d in letters:
         err = d.get("error") or {}
-        table.add_row(
-            escape(d["id"]), escape(d["function"]), d["proxy"],
+        rows.append((
+            escape(d["id"]), escape(d["function"]) or "-", escape(d["proxy"]),
             escape(f"{d['event'].get('source')} {d['event'].get('id')}"), str(d["attempts"]),
-            escape(f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"[:60]), ago(d.get("failed_at")),
-        )  # fmt: skip
-    out_console().print(table)
+            escape(f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"[:60]) if err else "",
+            ago(d.get("failed_at")),
+        ))  # fmt: skip
+    table = Table(box=None, header_style="bold")
+    table.add_column("ID", no_wrap=True, min_width=id_width)
+    for header in ("FUNCTION", "SOURCE", "EVENT", "ATTEMPTS", "ERROR", "FAILED"):
+        table.add_column(header, no_wrap=header in ("ATTEMPTS", "FAILED"), overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    if Measurement.get(console, console.options.update_width(1 << 16), table).maximum <= console.width:
+        return table
+    narrow = Table(box=None, header_style="bold")
+    narrow.add_column("ID", no_wrap=True, min_width=id_width)
+    narrow.add_column("DEAD LETTER", overflow="fold")
+    for id, function, proxy, event, attempts, error, failed in rows:
+        narrow.add_row(id, f"{function} · {plural(int(attempts), 'attempt')} · {failed}\n{proxy} {event}" + (f"\n{error}" if error else ""))
+    return narrow
 
 
 @dlq_app.command("replay")

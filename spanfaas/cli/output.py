@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from spanfaas.errors import FunctionFailed, SpanfaasError
+from spanfaas.errors import FunctionFailed, SpanfaasError, plural
 
 __all__ = [
     "Interrupted",
@@ -97,7 +97,7 @@ def print_value(value: Any, content_type: str = "application/json") -> None:
             sys.stdout.buffer.write(value)
             sys.stdout.flush()
             return
-        err_console().print(f"[dim]{len(value)} bytes of {escape(content_type)}; write them with --raw > FILE[/dim]")
+        err_console().print(f"[dim]{plural(len(value), 'byte')} of {escape(content_type)}; write them with --raw > FILE[/dim]")
         return
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()

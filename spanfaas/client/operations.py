@@ -30,6 +30,7 @@ import msgspec
 from spanfaas.client.bundle import pack
 from spanfaas.errors import (
     PROBLEM_BASE,
+    RUNNING_ELSEWHERE,
     Conflict,
     Forbidden,
     InfraError,
@@ -651,17 +652,18 @@ def logs(name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | 
     if not name_or_id:
         raise InvalidRequest("name a function or an invocation id (it is empty); list functions with `spanfaas ls`")
     check_status(status)
+    elsewhere = ""
     if is_invocation_id(name_or_id):  # (a function may have a name of that form too)
         try:
             record = yield from invocation(name_or_id)
             return [record] if status is None or record.get("status") == status else []
-        except NotFound:
-            pass
+        except NotFound as exc:
+            elsewhere = f"; {RUNNING_ELSEWHERE}" if RUNNING_ELSEWHERE in exc.message else ""
     try:
         return (yield from invocations(name_or_id, limit=limit, outputs=False, status=status))
     except NotFound:
         raise NotFound(
-            f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`"
+            f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`{elsewhere}"
         ) from None
 
 

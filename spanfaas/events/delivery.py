@@ -27,7 +27,7 @@ from collections.abc import Callable
 import msgspec
 
 from spanfaas.config import EventSettings
-from spanfaas.errors import NotFound, SpanfaasError, ValueRefused
+from spanfaas.errors import NotFound, SpanfaasError, ValueRefused, plural
 from spanfaas.events.metrics import EventMetrics
 from spanfaas.model import ErrorInfo, Event, InvocationRecord
 from spanfaas.store import DeadLetter, RecordRefused, Store
@@ -108,7 +108,7 @@ class Delivery:
         said = record.error.message if record.error is not None else "failed"
 
         def why(exc: RecordRefused) -> str:
-            return (f"invocation {record.id} of function '{record.function}' failed {record.attempts} times ({said}); "
+            return (f"invocation {record.id} of function '{record.function}' failed {plural(record.attempts, 'time')} ({said}); "
                     f"the store refused its dead letter ({exc}): kept without its data, it cannot be replayed; "
                     "send the event again once the cause is fixed")  # fmt: skip
 
@@ -118,8 +118,8 @@ class Delivery:
             log.warning("test hook SPANFAAS_TEST_STALL: stalled at %s for %s", self.stall_at, record.id)
             await asyncio.Event().wait()
         self.metrics.dead_lettered.labels(event.proxy).inc()
-        log.warning("event %s from %s: invocation %s failed %d times; moved to the dead-letter store",
-                    event.attributes.get("id"), event.attributes.get("source"), record.id, record.attempts)  # fmt: skip
+        log.warning("event %s from %s: invocation %s failed %s; moved to the dead-letter store",
+                    event.attributes.get("id"), event.attributes.get("source"), record.id, plural(record.attempts, "time"))  # fmt: skip
         return record
 
     async def dead_letter(self, id: str) -> DeadLetter:

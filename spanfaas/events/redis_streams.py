@@ -46,6 +46,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from spanfaas.config import RedisStreamConfig
+from spanfaas.errors import plural
 from spanfaas.events.base import CloudEvent, InvalidEvent, Sink, decode_json, make_event
 from spanfaas.events.cloudevents_http import event_from_fields, parse_structured
 from spanfaas.events.delivery import keep
@@ -172,7 +173,7 @@ class RedisStreamSource:
                     entries = _entries([[cfg.stream, reply[1]]])
                     if not entries:
                         continue
-                    log.info("redis source '%s': took over %d entries left pending by other consumers", self.name, len(entries))
+                    log.info("redis source '%s': took over %s left pending by other consumers", self.name, plural(len(entries), "entry", "entries"))
                 else:
                     block = int(cfg.block * 1000)
                     entries = _entries(

@@ -29,6 +29,7 @@ from spanfaas.errors import (
     SpanfaasError,
     ValueRefused,
     like_deployed,
+    plural,
 )
 from spanfaas.events.admit import Admitter
 from spanfaas.events.base import (
@@ -177,7 +178,7 @@ class EventService:
             except SpanfaasError:
                 raise
             except Exception as exc:  # the store failed: nothing was queued; the sender should retry
-                log.error("could not queue %d events from %s: %s: %s", len(admissions), proxy, type(exc).__name__, exc)
+                log.error("could not queue %s from %s: %s: %s", plural(len(admissions), "event"), proxy, type(exc).__name__, exc)
                 raise InfraUnavailable(f"the store could not queue the events ({type(exc).__name__}); nothing was accepted, retry") from None
             for i, (slot, admitted) in enumerate(zip(slots, results)):
                 if isinstance(admitted, Refused | RecordRefused):

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import spanfaas
-from spanfaas.errors import InvalidRequest, InvocationNotFound, NotFound
+from spanfaas.errors import RUNNING_ELSEWHERE, InvalidRequest, InvocationNotFound, NotFound
 from spanfaas.gateway.auth import issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
@@ -158,7 +158,9 @@ async def get_invocation(gw: Gateway, request: Request) -> Response:
         # already has its answer; its record waiting for the batch may be shown.)
         record = await asyncio.to_thread(gw.store.get_invocation, id)
     if record is None:
-        raise InvocationNotFound(f"{invocation_id_problem(id) or f'invocation {id!r} not found'}; GET /v1/invocations?function=NAME lists recent ones")
+        problem = invocation_id_problem(id)
+        elsewhere = f"; {RUNNING_ELSEWHERE}" if not problem and not gw.store.exclusive else ""
+        raise InvocationNotFound(f"{problem or f'invocation {id!r} not found'}; GET /v1/invocations?function=NAME lists recent ones{elsewhere}")
     return json(invocation_view(record))
 
 

@@ -32,6 +32,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spanfaas.config import Settings
+from spanfaas.errors import plural
 from spanfaas.events import EventService
 from spanfaas.images import ImageService
 from spanfaas.infra.base import Infrastructure
@@ -106,7 +107,7 @@ class Gateway:
             )  # fmt: skip
         await self.events.start()
         if self.registry.functions:
-            log.info("serving %d functions: %s", len(self.registry.functions), ", ".join(sorted(self.registry.functions)))
+            log.info("serving %s: %s", plural(len(self.registry.functions), "function"), ", ".join(sorted(self.registry.functions)))
         if freeze_gc:
             # What exists after start-up lives as long as the process: keep the
             # cyclic GC from walking it on every collection (it made the p99 tail).

@@ -35,7 +35,7 @@ from typing import Protocol
 import msgspec
 
 from spanfaas.config import Settings
-from spanfaas.errors import FunctionNotFound, InfraError, SpanfaasError, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, SpanfaasError, TooManyRequests, plural
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import ErrorInfo, InvocationRecord, InvokeContext
 from spanfaas.store import Store, StoreUnavailable
@@ -310,15 +310,15 @@ class Dispatcher:
             self._rerun(record, "the gateway stopped before the outcome was stored")
             raise
         if final:  # it must not run again: failed, though its event is not kept for a replay
-            log.error("async invocation %s: could not store the dead letter of its event in %d tries, the event is lost: %s",
-                      record.id, self.settle_tries, reason)  # fmt: skip
+            log.error("async invocation %s: could not store the dead letter of its event in %s, the event is lost: %s",
+                      record.id, plural(self.settle_tries, "try", "tries"), reason)  # fmt: skip
             assert done.error is not None
             error = msgspec.structs.replace(done.error, message=f"{done.error.message}; its event could not be kept as a dead letter ({reason})")
             self.recorder.add(_replace(done, error=error))
             self.metrics.finished(record.function, failure)
             return
-        log.error("async invocation %s: could not settle its outcome in %d tries, it runs again: %s",
-                  record.id, self.settle_tries, reason)  # fmt: skip
+        log.error("async invocation %s: could not settle its outcome in %s, it runs again: %s",
+                  record.id, plural(self.settle_tries, "try", "tries"), reason)  # fmt: skip
         self._rerun(record, f"the gateway could not store the outcome ({reason})")
 
     def _rerun(self, record: InvocationRecord, why: str) -> None:

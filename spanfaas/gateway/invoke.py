@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from starlette.types import Receive, Scope, Send
 
+from spanfaas.clipping import keep_ends
 from spanfaas.errors import (
     FunctionNotFound,
     IdempotencyKeyReused,
@@ -40,10 +41,10 @@ from spanfaas.gateway.problems import send_problem
 from spanfaas.gateway.views import Queued, is_json
 
 IDEMPOTENCY_KEY_MAX = 255
+"""Characters of an ``Idempotency-Key`` (it is stored with the invocation and indexed)."""
 LOGS_HEADER_MAX = 8192
 """Bytes of logs sent in ``x-spanfaas-logs`` (asked for with ``x-spanfaas-logs: include``, as
 a gateway that placed the call on this site does): within every HTTP client's header limit."""
-"""Characters of an ``Idempotency-Key`` (it is stored with the invocation and indexed)."""
 
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
@@ -383,18 +384,24 @@ def _cut_while_queued(invocation_id: str, key: str | None) -> InfraUnavailable:
 
 def logs_header(logs: str, invocation_id: str) -> bytes:
     """``logs`` as a JSON string (ASCII, so a valid header value) of at most ``LOGS_HEADER_MAX``
-    bytes; a longer log is cut and says where the whole one is."""
+    bytes; of a longer log, its head and its tail (where it failed), and between them a marker
+    saying how much was left out and where the whole log is."""
     out = msgspec.json.encode(logs)
     if len(out) <= LOGS_HEADER_MAX and out.isascii():
         return out
-    note = f"\n… (cut; the whole log: GET /v1/invocations/{invocation_id} on the site that ran it)"
-    keep = len(logs)
-    while True:
-        text = logs[:keep] + note if keep < len(logs) else logs
-        data = json.dumps(text, ensure_ascii=True).encode("ascii")
-        if len(data) <= LOGS_HEADER_MAX:
-            return data
-        keep = min(keep - 1, keep * LOGS_HEADER_MAX // len(data))
+
+    def marker(left_out: int) -> str:
+        return (
+            f"\n[spanfaas: {left_out} characters left out here; the whole log: GET /v1/invocations/{invocation_id} "
+            "on the site that ran it]\n"
+        )
+
+    text = keep_ends(logs, LOGS_HEADER_MAX, marker, _header_size)
+    return json.dumps(text, ensure_ascii=True).encode("ascii")
+
+
+def _header_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=True))
 
 
 _PREFERENCE_NAME = re.compile(rb"[ \t]*([^ \t=;,]*)")

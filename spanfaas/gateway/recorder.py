@@ -38,6 +38,7 @@ from typing import Literal
 import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
+from spanfaas.errors import plural
 from spanfaas.model import ErrorInfo, InvocationRecord
 from spanfaas.store import RecordRefused, Store
 from spanfaas.store.group_commit import GroupCommit
@@ -222,7 +223,7 @@ class Recorder:
                     self._pending.setdefault(k, v)
             raise
         except Exception as exc:  # noqa: BLE001 - the store is down: keep the records, retry
-            log.error("could not record %d invocations (will retry): %s", len(batch) - len(stored), exc)
+            log.error("could not record %s (will retry): %s", plural(len(batch) - len(stored), "invocation"), exc)
             for k, v in batch.items():
                 if k not in stored:
                     self._pending.setdefault(k, v)  # a newer version added meanwhile wins

@@ -19,7 +19,7 @@ from typing import NoReturn
 import uvicorn
 
 from spanfaas.config import Settings
-from spanfaas.errors import SpanfaasError
+from spanfaas.errors import SpanfaasError, plural
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import load_manifest
 from spanfaas.store import open_store
@@ -76,6 +76,28 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+class _CutShort(logging.Filter):
+    """On uvicorn's logger: its 'ERROR: Cancel N running task(s), timeout graceful shutdown
+    exceeded' -- alarming, for a planned stop whose clients are answered 503 -- is replaced by
+    one warning of the gateway's that says what it cuts short: how many requests, and the sync
+    invocations among them (function and id).  Logged as uvicorn cancels them, before."""
+
+    def __init__(self, server: uvicorn.Server, gw: Gateway) -> None:
+        super().__init__()
+        self.server, self.gw = server, gw
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.endswith("timeout graceful shutdown exceeded")):
+            return True
+        calls = [f"{r.function} {r.id}" for r in self.gw.recorder.running_records()]
+        named = f"; sync invocations among them: {', '.join(calls[:10])}{' …' if len(calls) > 10 else ''}" if calls else ""
+        log.warning(
+            "stopping: %s still in progress after the %s s stop grace (stop_grace), cut short now and answered 503%s",
+            plural(len(self.server.server_state.tasks), "request"), self.server.config.timeout_graceful_shutdown, named,
+        )  # fmt: skip
+        return False
 
 
 class _Stop:
@@ -218,7 +240,7 @@ async def _serve(
                 access_log=False,
                 proxy_headers=False,
                 log_level="warning",
-                timeout_graceful_shutdown=10,
+                timeout_graceful_shutdown=settings.stop_grace,
                 backlog=4096,
             )
             server = _Server(config)
@@ -229,11 +251,15 @@ async def _serve(
                 if stop.asked:
                     return
             waiter = asyncio.create_task(_when_started(server, gw, demo_dirs, ready))
+            cut_short = _CutShort(server, gw)
+            uvicorn_log = logging.getLogger("uvicorn.error")
+            uvicorn_log.addFilter(cut_short)
             try:
                 await server.serve(sockets=sockets)
                 if server.force_exit and server.started:
                     await _force_stop(server, gw)
             finally:
+                uvicorn_log.removeFilter(cut_short)
                 waiter.cancel()
         finally:
             async with slow_step("closing the infrastructure"):
@@ -252,7 +278,7 @@ async def _force_stop(server: uvicorn.Server, gw: Gateway) -> None:
     log; the recorder, the dispatcher and the event sources never stopped).  Cut the
     requests (a sync call cut short is recorded as the platform's failure), then stop the
     gateway at once: running async invocations go back to the queue, not counted."""
-    log.info("stopping at once (second Ctrl-C): cutting %d requests in progress", len(server.server_state.tasks))
+    log.info("stopping at once (second Ctrl-C): cutting %s in progress", plural(len(server.server_state.tasks), "request"))
     requests = list(server.server_state.tasks)
     for task in requests:
         task.cancel()

@@ -546,7 +546,7 @@ class ImageService:
             removed.append(id)
             freed += size
         if removed:
-            log.info("image gc by %s: removed %d images, freed %s", actor.name, len(removed), format_size(freed))
+            log.info("image gc by %s: removed %s, freed %s", actor.name, plural(len(removed), "image"), format_size(freed))
         return GcResult(removed=removed, freed=freed, kept=kept)
 
     # -- a build as a stream of events ------------------------------------------------------------

@@ -61,6 +61,7 @@ from spanfaas.errors import (
     SpanfaasError,
     TooManyRequests,
     error_from_problem,
+    plural,
 )
 from spanfaas.infra.bundles import manifest_toml, pack_dir
 from spanfaas.model import (
@@ -361,7 +362,7 @@ def _got(resp: httpx.Response) -> str:
     kind = resp.headers.get("content-type") or "no content-type"
     text = resp.content[:200].decode("utf-8", "replace")
     more = "..." if len(resp.content) > 200 else ""
-    return _printable(f"{kind}, {len(resp.content)} bytes: {text!r}{more}")
+    return _printable(f"{kind}, {plural(len(resp.content), 'byte')}: {text!r}{more}")
 
 
 def _logs(header: str | None) -> str:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 import time
 
+import httpx
 import pytest
 
+from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
 from spanning_support import free_port, infra_toml, world_readable_dir
@@ -74,5 +77,42 @@ def test_a_gateway_that_does_not_stop_is_killed_with_a_warning_that_shows_its_lo
         with pytest.warns(UserWarning, match=r"(?s)did not stop in 0.5 s after SIGTERM; killed\. Its log ends:\n.*listening"):
             assert gw.stop(timeout=0.5) == -signal.SIGKILL
         assert gw.proc is None
+    finally:
+        gw.kill()
+
+
+SLOW = "import asyncio\n\nasync def handler(event, context):\n    await asyncio.sleep(60)\n"
+
+
+def test_a_request_cut_short_by_a_stop_is_one_warning_that_names_it_not_an_error(tmp_path) -> None:
+    """A request still running when the stop grace ran out: uvicorn logged
+    'ERROR: Cancel 1 running task(s), timeout graceful shutdown exceeded' -- alarming, for a
+    planned stop whose client got a clear 503.  The gateway says what it cut short, once, as a warning."""
+    fn = tmp_path / "slow"
+    fn.mkdir()
+    (fn / "main.py").write_text(SLOW)
+    (fn / "spanfaas.toml").write_text('name = "slow"\nhandler = "main:handler"\n[resources]\ntimeout = 60\n')
+    gw = GatewayProcess(tmp_path / "data", infra="memory", env={"SPANFAAS_STOP_GRACE": "1"})
+    answers: list[httpx.Response] = []
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/slow", content=pack_function(fn)).status_code == 201
+            caller = threading.Thread(target=lambda: answers.append(c.post("/v1/functions/slow/invoke", json={})))
+            caller.start()
+            running: list[dict[str, object]] = []
+            deadline = time.monotonic() + 10
+            while not running and time.monotonic() < deadline:
+                running = c.get("/v1/invocations", params={"function": "slow", "status": "running"}).json()["invocations"]
+            assert running, gw.log()
+            assert gw.stop() == 0
+            caller.join(30)
+        [answer] = answers
+        assert answer.status_code == 503 and "the gateway stopped during the invocation" in answer.json()["detail"], answer.text
+        log = gw.log()
+        assert "ERROR" not in log and "timeout graceful shutdown exceeded" not in log, log
+        [line] = [line for line in log.splitlines() if "cut short" in line]
+        assert " WARNING spanfaas.gateway: " in line, log
+        assert "1 request still in progress after the 1 s stop grace" in line and f"slow {running[0]['id']}" in line, line
     finally:
         gw.kill()

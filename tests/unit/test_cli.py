@@ -643,10 +643,10 @@ def test_a_full_function_exits_6_and_leaves_no_failed_invocation(cli: Any, live:
     assert cli("deploy", fn_dir(tmp_path, "crowded", "def handler(event, context):\n    return 1\n")).exit_code == 0
 
     async def full(*args: object, **kw: object) -> object:
-        raise TooManyRequests("function 'crowded' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
+        raise TooManyRequests("function 'crowded' has 1 invocation waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
 
     monkeypatch.setattr(live.app.state.gateway.infra, "invoke", full)
-    expect_error(cli("invoke", "crowded"), 6, "invocations waiting", "retry later")
+    expect_error(cli("invoke", "crowded"), 6, "invocation waiting", "retry later")
     r = cli("invoke", "crowded", "--json")
     assert r.exit_code == 6 and json.loads(r.stdout)["status"] == 429
     assert "invocation_id" not in json.loads(r.stdout)  # nothing ran: nothing to fetch later

@@ -20,8 +20,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import spanfaas.cli.commands
+import spanfaas.cli.events
 import spanfaas.cli.explain
 from spanfaas.cli import app
+from spanfaas.model import ErrorInfo, Event
+from spanfaas.store.events import DeadLetter
 from tests.unit.test_cli import Live, fn_dir
 
 WIDTH = 80
@@ -40,7 +43,7 @@ def cli(live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     def narrow() -> Console:
         return Console(highlight=False, soft_wrap=True, width=WIDTH)
 
-    for module in (spanfaas.cli.commands, spanfaas.cli.explain):
+    for module in (spanfaas.cli.commands, spanfaas.cli.events, spanfaas.cli.explain):
         monkeypatch.setattr(module, "out_console", narrow)
     env = {"SPANFAAS_URL": live.url, "SPANFAAS_TOKEN": live.admin, "XDG_CONFIG_HOME": str(tmp_path / "config")}
 
@@ -126,3 +129,23 @@ def test_explain_lists_the_infrastructures_in_the_order_they_are_tried(cli: Any,
     assert first == ["eu", "local", "down", "gpu"], out
     reasons = [line.split()[0] for line in out.splitlines() if "reason of" in line]
     assert reasons == ["eu", "local", "down", "gpu"], out
+
+
+def test_dlq_ls_keeps_each_id_whole_at_80_columns(live: Live, cli: Any) -> None:
+    """At 80 columns `events dlq ls` cut the dead letter's id ('9ed040c578cd…'), which
+    `dlq replay ID` and `dlq rm ID` need: the id is never cut; the other columns give way."""
+    ids = ["9ed040c578cd83b40000000056b16236", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"]
+    event = Event(attributes={"specversion": "1.0", "id": "order-12345", "source": "/shop/berlin/orders", "type": "t"}, proxy="cloudevents")
+    error = ErrorInfo(kind="error", type="ValueError", message="the order has no customer id; every order needs one " * 3)
+    for t, i in enumerate(ids):
+        live.store.put_dead_letter(DeadLetter(id=i, function="order-confirmation-mailer", event=event,
+                                              content_type="application/json", error=error, attempts=3, failed_at=10.0 + t))  # fmt: skip
+    try:
+        out = cli("events", "dlq", "ls").stdout
+        assert all(len(line) <= WIDTH for line in out.splitlines()), out
+        for i in ids:
+            assert re.search(rf"^ ?{i} ", out, re.M), out  # whole, on one line, first: copied as it is
+        assert "order-confirmation" in out and "ValueError" in out, out
+    finally:
+        for i in ids:
+            live.store.discard_dead_letter(i)

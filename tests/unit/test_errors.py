@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from spanfaas import errors
@@ -79,6 +80,14 @@ def test_one_size_for_people() -> None:
     assert [errors.format_size(n) for n in (0, 1023, 1024, 1536, 12 * 2**20, 2**30 + 2**29)] == [
         "0 bytes", "1023 bytes", "1.0 KiB", "1.5 KiB", "12.0 MiB", "1.5 GiB",
     ]
+
+
+def test_a_count_of_one_is_said_in_the_singular() -> None:
+    # '1 bytes', '1 invocations waiting': counts printed with a fixed plural.
+    from spanfaas.infra.remote import _got
+
+    assert errors.format_size(1) == "1 byte"
+    assert _got(httpx.Response(502, content=b"x", headers={"content-type": "text/plain"})) == "text/plain, 1 byte: 'x'"
 
 
 def test_plural_counts_in_words() -> None:

@@ -203,7 +203,7 @@ async def test_a_full_function_queue_makes_an_async_invocation_wait_not_fail(
         nonlocal refusals
         if refusals < 5:  # more than async_retries: these are not platform failures
             refusals += 1
-            raise TooManyRequests("function 'hello' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max")
+            raise TooManyRequests("function 'hello' has 1 invocation waiting (scaling.queue = 1); retry later or raise scaling.max")
         return await real(spec, payload, ctx)
 
     infra.invoke = busy  # type: ignore[method-assign]

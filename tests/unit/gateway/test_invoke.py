@@ -49,6 +49,22 @@ async def test_logs_in_a_header_when_asked(client: httpx.AsyncClient, hello: dic
     assert text.startswith("ééé") and f"GET /v1/invocations/{r.headers['x-spanfaas-invocation-id']}" in text
 
 
+async def test_the_logs_header_keeps_the_end_of_the_logs(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
+    # Logs over the header's budget kept their head only: the end, where the error usually is, was lost.
+    code = 'def handler(event, context):\n    print("start")\n    for i in range(3000):\n        print("line", i, "é")\n    print("the end")\n    return 1\n'
+    r = await client.put("/v1/functions/long", content=pack_function(fn_dir("long", code)))
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/functions/long/invoke", json={}, headers={"x-spanfaas-logs": "include"})
+    assert r.status_code == 200 and len(r.headers["x-spanfaas-logs"]) <= 8192
+    text = json.loads(r.headers["x-spanfaas-logs"])
+    head, marker, tail = text.partition("\n[spanfaas: ")
+    assert head.startswith("start\nline 0 é\n") and tail.endswith("line 2999 é\nthe end\n")
+    assert len(tail) > 2 * len(head)  # as stored logs: more of the end than of the start
+    left_out = int(tail.split(" ", 1)[0])
+    assert len(head) + left_out + len(tail.split("]\n", 1)[1]) == len("start\n" + "".join(f"line {i} é\n" for i in range(3000)) + "the end\n")
+    assert f"GET /v1/invocations/{r.headers['x-spanfaas-invocation-id']}" in tail.split("]\n", 1)[0]
+
+
 async def test_empty_body_is_no_event(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
     r = await client.post("/v1/functions/hello/invoke")
     assert r.status_code == 200 and r.json() == {"hello": "world"}
@@ -285,7 +301,7 @@ async def test_a_full_function_queue_is_a_429_not_an_infra_failure(
     from spanfaas.errors import TooManyRequests
 
     async def full(*args: object, **kw: object) -> object:
-        raise TooManyRequests("function 'hello' has 1 invocations waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
+        raise TooManyRequests("function 'hello' has 1 invocation waiting (scaling.queue = 1); retry later or raise scaling.max", retry_after=1)
 
     infra.invoke = full  # type: ignore[method-assign]
     r = await client.post("/v1/functions/hello/invoke", json={})
