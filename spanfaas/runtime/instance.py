@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO
 
 import msgspec
 
+from spanfaas.clipping import keep_ends
 from spanfaas.errors import format_sizes
 from spanfaas.model import ErrorInfo, is_json_type
 from spanfaas.runtime import protocol as p
@@ -269,10 +270,13 @@ def _utf8(text: str) -> str:
 def _clip(text: str, what: str) -> str:
     """At most ``_LOG_LIMIT`` characters of an error's message or traceback, as for
     logs: a huge message (and the traceback that repeats it) must not carry past the
-    result limit what a result may not.  The head stays: a traceback's frames."""
-    if len(text) <= _LOG_LIMIT:
-        return text
-    return f"{text[:_LOG_LIMIT]}\n[spanfaas: {what} truncated at {_LOG_LIMIT} of {len(text)} characters]"
+    result limit what a result may not.  Its head and its tail stay, as a call's logs'
+    do: a traceback's first frames, and its last (the most recent, and the message)."""
+
+    def marker(left_out: int) -> str:
+        return f"\n[spanfaas: {left_out} characters of this {what}'s {len(text)} left out here]\n"
+
+    return keep_ends(text, _LOG_LIMIT, marker)
 
 
 def _exit_status(exc: SystemExit) -> int:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, InvalidBundle
+from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, InvalidBundle, plural
 from spanfaas.model import (
     ErrorInfo,
     FunctionSpec,
@@ -403,11 +403,11 @@ class Pool:
         unready = sum(1 for i in self._instances.values() if not i.ready)
         if self._pending_forks != unready:
             log.warning(
-                "spanfaas runtime: %s: %d invocations waiting, %d forks pending but %d instances starting; recounting",
+                "spanfaas runtime: %s: %s waiting, %s pending but %s starting; recounting",
                 self.spec.name,
-                len(self._queue.waiters),
-                self._pending_forks,
-                unready,
+                plural(len(self._queue.waiters), "invocation"),
+                plural(self._pending_forks, "fork"),
+                plural(unready, "instance"),
             )
             self._pending_forks = unready
         self._last_fork = now

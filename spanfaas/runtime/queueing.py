@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from spanfaas.errors import TooManyRequests
+from spanfaas.errors import TooManyRequests, plural
 from spanfaas.runtime.handle import Instance
 from spanfaas.runtime.pipelining import QUIET, STALL, Pipelining
 
@@ -71,7 +71,7 @@ class Queue:
         waiting = len(self.waiters) + self.pipelined
         if waiting >= self.limit and not accepted:
             raise TooManyRequests(
-                f"function '{self.name}' has {waiting} invocations waiting "
+                f"function '{self.name}' has {plural(waiting, 'invocation')} waiting "
                 f"(scaling.queue = {self.limit}); retry later or raise scaling.max",
                 retry_after=1,
             )

@@ -29,7 +29,7 @@ def _queue(slots: int = 1, limit: int = 2) -> Queue:
 async def test_a_full_queue_refuses_a_new_call_but_not_one_accepted_before() -> None:
     q = _queue(limit=1)
     q.waiters.append(Waiter(asyncio.get_running_loop(), 0.0))
-    with pytest.raises(TooManyRequests, match=r"'f' has 1 invocations waiting \(scaling.queue = 1\)"):
+    with pytest.raises(TooManyRequests, match=r"'f' has 1 invocation waiting \(scaling.queue = 1\)"):
         q.admit(accepted=False)
     q.admit(accepted=True)
     q.fail(RuntimeError("done"))
