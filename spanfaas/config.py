@@ -275,7 +275,8 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     progress then are cut short (answered 503, named in one warning of the log)."""
     async_retries: Annotated[int, Meta(ge=0, le=100)] = 3
     """Async invocations: runs that failed on the platform (``InfraError``) retried.  A run
-    started again because the gateway died during one is not a retry (``CRASH_RERUNS``)."""
+    started again because the gateway died during one is not a retry (``CRASH_RERUNS``),
+    and an invocation its gateway died holding before it ran was no run (``CRASH_RECLAIMS``)."""
     async_backoff: Annotated[float, Meta(ge=0)] = 0.5
     async_workers: Annotated[int, Meta(ge=1, le=1024)] = 16
     async_lease: Annotated[float, Meta(ge=0.5, le=3600)] = 30.0

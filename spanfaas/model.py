@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -490,6 +491,12 @@ class InvokeContext(Struct, frozen=True, kw_only=True):
     """Overrides the manifest timeout when shorter."""
     event: dict[str, Any] | None = None
     """The CloudEvent attributes when the invocation came from an event."""
+    on_start: Callable[[], None] | None = None
+    """Called by the infrastructure when the run starts: the call leaves the queues on
+    this side for what runs it (the local runtime: handed to an instance; Ray, a remote
+    site: sent there).  The async dispatcher tells a run that started from one that only
+    waited by it.  Cheap and synchronous, on the event loop; may be called more than once
+    (a failover); never sent anywhere."""
 
 
 class ErrorInfo(Struct, frozen=True, kw_only=True):
@@ -657,7 +664,8 @@ class InvocationRecord(Struct, kw_only=True):
     error: ErrorInfo | None = None
     logs: str = ""
     attempts: int = 0
-    """Runs started (async: each claim)."""
+    """Runs started (async: each claim, less the claims given back before their run
+    started: the function's queue was full, or the gateway stopped)."""
     idempotency_key: str | None = None
     infra: str = ""
     created_at: float = 0.0
@@ -671,11 +679,15 @@ class InvocationRecord(Struct, kw_only=True):
     event: Event | None = None
     """The CloudEvent that started it (async invocations made by a trigger)."""
     reruns: int = 0
-    """Of ``attempts``, the runs started again because an earlier one left no outcome
-    (its gateway died): they do not use up the retries of failed runs."""
+    """Of ``attempts``, the runs started again because an earlier one that had started left
+    no outcome (its gateway died): they do not use up the retries of failed runs."""
     origin: str = ""
     """On a site: the id of this invocation on the gateway that placed it here (which the
     function saw as ``context.invocation_id``); empty for a call made here."""
+    reclaims: int = 0
+    """Async: claims given back because their gateway died before the run started (it
+    waited in the function's queue, or for a deploy): no runs, so counted here, not in
+    ``attempts`` or ``reruns``."""
 
 
 class TokenRecord(Struct, frozen=True, kw_only=True):

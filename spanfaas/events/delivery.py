@@ -86,7 +86,8 @@ class Delivery:
         if event is None:
             return record
         if record.status == "succeeded":
-            if record.reruns and await asyncio.to_thread(self.store.discard_dead_letter, record.id):
+            # (reclaims too: a run that ended at once may not have been marked started)
+            if (record.reruns or record.reclaims) and await asyncio.to_thread(self.store.discard_dead_letter, record.id):
                 # An earlier run's dead letter was stored, and the gateway died before its record was.
                 log.info("event %s from %s: invocation %s succeeded when run again; its dead letter is removed",
                          event.attributes.get("id"), event.attributes.get("source"), record.id)  # fmt: skip

@@ -21,6 +21,20 @@ died, or could not store an event run's dead letter).  Retries are taken
 from ``attempts - reruns`` (the runs that ended with a failure), so a crash
 does not use up the retries the operator configured (nor, for an event,
 ``events.retries``); re-runs have their own limit, ``CRASH_RERUNS``.
+
+A claim is not a start: a claimed invocation may wait (in its function's own
+queue, the local pool's ``scaling.queue``; for a deploy, ``Coherence``; for the
+store) before it runs.  The infrastructure says when the run starts
+(``InvokeContext.on_start``: the call is handed to an instance, or sent to Ray
+or a site), and the dispatcher marks it in the store (``Store.mark_started``),
+in one small write per ``mark_every`` for all the runs that started meanwhile,
+off the call's path.  A gateway that dies leaves its claims to be taken back
+(an expired lease; at start-up, ``requeue_running``): a claim marked started
+is a re-run (``reruns`` + 1); one that is not only waited, and was no run
+(``attempts`` - 1, ``reclaims`` + 1), however many crashes it waits through,
+up to ``CRASH_RECLAIMS``.  That larger bound is there for a run that started and
+took the gateway down before its mark was stored (within ``mark_every``, or while
+the store was down): counted as a claim given back, it still ends.
 """
 
 from __future__ import annotations
@@ -58,6 +72,13 @@ CRASH_RERUNS = 3
 outcome (the gateway died during it, or could not store the outcome), on top
 of its retries: at least once survives a crash, and an invocation that takes
 the gateway down with it every time does not do so for ever."""
+
+CRASH_RECLAIMS = 20
+"""Times an async invocation is claimed again after a gateway died before its run was
+marked started (it waited in its function's queue, or for a deploy): no runs, but a run
+that took the gateway down at once is counted so too (its mark was not stored yet), so
+this ends it as ``CRASH_RERUNS`` does, after more crashes: waiting work survives 20
+crashes of its gateway in a row."""
 _replace = msgspec.structs.replace
 
 
@@ -78,6 +99,8 @@ class Dispatcher:
     fails, before the run goes back to the queue as one that left no outcome."""
     settle_backoff = 0.1
     """Seconds before the second try; doubles per try (1.5 s over five tries)."""
+    mark_every = 0.05
+    """Seconds the starts of runs gather before one write marks them in the store."""
 
     def __init__(
         self,
@@ -106,6 +129,11 @@ class Dispatcher:
         self._stopping = False
         self.events: EventOutcomes | None = None
         """Set by the event service: event invocations are retried and dead-lettered by it."""
+        self._started: set[str] = set()
+        """Of ``running``, the records whose run started."""
+        self._unmarked: set[str] = set()
+        """Records whose run started, not marked so in the store yet."""
+        self._mark = asyncio.Event()
 
     async def start(self) -> None:
         if self.store.exclusive:
@@ -115,6 +143,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._feed(), name="spanfaas-dispatcher"),
             asyncio.create_task(self._heartbeat(), name="spanfaas-leases"),
+            asyncio.create_task(self._marks(), name="spanfaas-run-marks"),
         ]
 
     def wake(self) -> None:
@@ -151,7 +180,10 @@ class Dispatcher:
                     if record.id in self.running or self.recorder.get(record.id) is not None:
                         # Its lease ran out while we still ran it, or while the store refused its
                         # outcome (the heartbeat could not extend it in time): that run, or that
-                        # outcome stored when the store takes it, settles it; the claim is ours now.
+                        # outcome stored when the store takes it, settles it; the claim is ours now
+                        # (unmarked, as every claim: marked again if that run started).
+                        if record.id in self._started:
+                            self._run_started(record.id, again=True)
                         continue
                     task = asyncio.create_task(self._run(record, claimed), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task
@@ -170,7 +202,34 @@ class Dispatcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         name = task.get_name().removeprefix("spanfaas-async-")
         self.running.pop(name, None)
+        self._started.discard(name)
         self._wake.set()
+
+    def _run_started(self, id: str, *, again: bool = False) -> None:
+        """``InvokeContext.on_start`` of a claimed record: its run started (no store I/O here)."""
+        if id in self._started and not again:
+            return  # a failover's second start: marked once
+        if id in self.running:
+            self._started.add(id)
+        self._unmarked.add(id)
+        self._mark.set()
+
+    async def _marks(self) -> None:
+        """Mark the runs that started in the store: one write per ``mark_every`` at most, for
+        all the runs that started meanwhile.  While the store fails, the marks wait (a crash
+        then leaves those claims counted as given back: ``CRASH_RECLAIMS``)."""
+        while True:
+            await self._mark.wait()
+            await asyncio.sleep(self.mark_every)
+            self._mark.clear()
+            ids, self._unmarked = list(self._unmarked), set()
+            try:
+                await asyncio.to_thread(self.store.mark_started, ids, self.owner)
+            except Exception as exc:  # noqa: BLE001 - the store failed: the marks wait, retried
+                log.error("could not mark %d async runs started (will retry): %s", len(ids), exc)
+                self._unmarked.update(ids)
+                self._mark.set()
+                await asyncio.sleep(1.0)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -194,13 +253,16 @@ class Dispatcher:
                         f"during them (a function that takes the gateway down?) or could not store their outcome; "
                         f"see the gateway's log",
             )  # fmt: skip
-            log.error("async invocation %s: %s", record.id, error.message)
-            failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
-            if record.event is not None and self.events is not None:
-                await self._settle(record, failed, final=True)  # its event to the dead-letter store, for a replay
-            else:
-                self.metrics.infra_failed(record.function)
-                self.recorder.add(failed)
+            await self._give_up(record, error, started)
+            return
+        if record.reclaims > CRASH_RECLAIMS:
+            error = ErrorInfo(
+                kind="infra", type="InfraError",
+                message=f"not run: {record.reclaims} claims ended before their run was marked started: the gateway "
+                        f"stopped while the invocation waited to run, or as its run started (a function that takes "
+                        f"the gateway down?); see the gateway's log",
+            )  # fmt: skip
+            await self._give_up(_replace(record, attempts=record.attempts - 1), error, started)  # this claim: no run either
             return
         try:
             if self.coherence is not None:
@@ -213,7 +275,10 @@ class Dispatcher:
                 self._wait(record, f"the store could not be read before it ran ({exc.message})")
                 return
             event = record.event.attributes if record.event is not None else None
-            ctx = InvokeContext(invocation_id=record.id, content_type=record.content_type, event=event)
+            ctx = InvokeContext(
+                invocation_id=record.id, content_type=record.content_type, event=event,
+                on_start=lambda: self._run_started(record.id),
+            )  # fmt: skip
             t0 = time.perf_counter()
             in_flight = self.metrics.in_flight
             in_flight[record.function] = in_flight.get(record.function, 0) + 1
@@ -266,6 +331,16 @@ class Dispatcher:
             await self._settle(record, done)
         else:
             self.recorder.add(done)
+
+    async def _give_up(self, record: InvocationRecord, error: ErrorInfo, started: float) -> None:
+        """Fail ``record`` without running it: too many claims of it ended with no outcome."""
+        log.error("async invocation %s: %s", record.id, error.message)
+        failed = _replace(record, status="failed", error=error, started_at=started, finished_at=time.time())
+        if record.event is not None and self.events is not None:
+            await self._settle(record, failed, final=True)  # its event to the dead-letter store, for a replay
+        else:
+            self.metrics.infra_failed(record.function)
+            self.recorder.add(failed)
 
     def _wait(self, record: InvocationRecord, why: str, level: int = logging.WARNING) -> None:
         """Back to the queue before it ran, after a jittered pause: neither a run nor a retry."""

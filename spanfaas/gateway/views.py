@@ -86,7 +86,7 @@ class InvocationView(Struct):
     error: ErrorInfo | None
     logs: str
     attempts: int
-    """Runs started."""
+    """Runs started (async: not counting claims given back before their run started)."""
     infra: str
     created_at: float
     started_at: float | None
@@ -95,7 +95,10 @@ class InvocationView(Struct):
     cold: bool = False
     reruns: int = 0
     """Of ``attempts``, the runs started again because the gateway died during an
-    earlier one; they do not use up the retries."""
+    earlier one that had started; they do not use up the retries."""
+    reclaims: int = 0
+    """Async: times the invocation was taken back from a gateway that died while it waited
+    to run (in its function's queue, or for a deploy): not runs, not in ``attempts``."""
     origin: str = ""
     """On a site: the invocation's id on the gateway that placed it here (the function's
     ``context.invocation_id``); empty for a call made here."""
@@ -194,6 +197,7 @@ def invocation_view(r: InvocationRecord, *, output: bool = True, left_out: int |
         duration_ms=duration,
         cold=r.cold,
         reruns=r.reruns,
+        reclaims=r.reclaims,
         origin=r.origin,
     )
     if not output:

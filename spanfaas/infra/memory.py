@@ -111,6 +111,8 @@ class InMemoryInfrastructure:
         if fn is None:
             raise FunctionNotFound(f"function '{spec.name}' is not deployed on infrastructure '{self.name}'")
         cold, fn.cold = fn.cold, False
+        if ctx.on_start is not None:
+            ctx.on_start()
         timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None)
         start = time.perf_counter()
         logs = io.StringIO()

@@ -309,6 +309,8 @@ class RayInfrastructure:
         msg = wire.Run(id=next(self._ids), name=spec.name, payload=payload, content_type=ctx.content_type,
                        invocation_id=ctx.invocation_id, timeout=timeout, event=ctx.event)  # fmt: skip
         self.inflight += 1
+        if ctx.on_start is not None:  # sent to Ray: the run started, as far as we can tell
+            ctx.on_start()
         try:
             reply = await self._call(bridge, msg, timeout + max(self.config.timeout, 30.0))
         finally:

@@ -326,6 +326,8 @@ class RemoteInfrastructure:
             headers["x-spanfaas-origin-id"] = ctx.invocation_id
         if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
             headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
+        if ctx.on_start is not None:  # sent to the site: the run started, as far as we can tell
+            ctx.on_start()
         return await self._request(
             "POST", f"/v1/functions/{spec.name}/invoke", content=payload, headers=headers, timeout=timeout
         )  # fmt: skip

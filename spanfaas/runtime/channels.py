@@ -211,6 +211,8 @@ class InstanceConnection(asyncio.BufferedProtocol):
         """Requests in ``_out``."""
         self._flushing = False
         self.lost = False
+        self._on_start: dict[int, Callable[[], None]] = {}
+        """Requests whose caller wants to hear when they start (``request``), not started yet."""
 
     # -- asyncio.BufferedProtocol -------------------------------------------------
 
@@ -273,6 +275,11 @@ class InstanceConnection(asyncio.BufferedProtocol):
         fut = self.pending.pop(done.id, None)
         if fut is not None and not fut.done():
             fut.set_result((done, body))
+        if self._on_start:  # a slot is free: the next request written, if any, starts
+            ran = self._on_start.pop(done.id, None)  # (answered: it ran, whatever we thought)
+            if ran is not None:
+                ran()
+            self._started()
         if self._unsent and not self._flushing:  # a slot is free: send what was held
             self._flushing = True
             self._loop.call_soon(self._flush)
@@ -290,6 +297,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
             running = min(running, written - 1)
         self._out.clear()
         self._unsent = 0
+        self._on_start.clear()
         for i, fut in enumerate(self.pending.values()):
             if not fut.done():
                 fut.set_exception(InstanceLost("instance connection lost", started=i < running))
@@ -298,13 +306,19 @@ class InstanceConnection(asyncio.BufferedProtocol):
 
     # -- requests ---------------------------------------------------------------
 
-    def request(self, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
+    def request(
+        self, req: p.Invoke, body: bytes, on_start: Callable[[], None] | None = None
+    ) -> asyncio.Future[tuple[p.Done, bytes]]:
+        """Send ``req``; ``on_start`` is called once the instance may run it (written, and among
+        the first ``slots`` unanswered: see ``running``), not while it waits behind others."""
         fut: asyncio.Future[tuple[p.Done, bytes]] = self._loop.create_future()
         if self.lost or self.transport is None:
             # Lost before this request was made (a waiter handed the instance just
             # before it died): it never reached the instance, so it may run elsewhere.
             fut.set_exception(InstanceLost("instance connection lost", started=False))
             return fut
+        if on_start is not None:
+            self._on_start[req.id] = on_start
         self.pending[req.id] = fut
         self._out.append((req.id, fut, p.encode(req, body)))
         self._unsent += 1
@@ -323,10 +337,23 @@ class InstanceConnection(asyncio.BufferedProtocol):
         for id, fut, frame in out:
             if fut.done():  # its caller gave up, or its deadline passed, while it was held: the instance never sees it
                 self.pending.pop(id, None)
+                self._on_start.pop(id, None)
                 continue
             parts += frame
         if parts:
             self.transport.writelines(parts)
+            if self._on_start:
+                self._started()
+
+    def _started(self) -> None:
+        """Call ``on_start`` of the requests that may run now (see ``running``)."""
+        running = min(self._slots, len(self.pending) - self._unsent)
+        for i, id in enumerate(self.pending):
+            if i >= running:
+                break
+            on_start = self._on_start.pop(id, None)
+            if on_start is not None:
+                on_start()
 
     def abandon(self, id: int) -> asyncio.Future[tuple[p.Done, bytes]] | None:
         """The caller of request ``id`` gave up (its future was cancelled).

@@ -656,7 +656,7 @@ class Pool:
             deadline=time.time() + (expires - loop.time()),
             event=ctx.event,
         )
-        fut = conn.request(req, payload)
+        fut = conn.request(req, payload, ctx.on_start)  # started once the instance may run it, not queued on it
         timer = loop.call_at(expires, expire, fut)
         kept = False  # the slot stays booked past this call (its caller gave up while it ran)
         try:

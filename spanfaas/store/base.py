@@ -152,19 +152,26 @@ class Store(EventStore, ImageStore, Protocol):
         ...
 
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
-        """Move up to ``limit`` due records to 'running' (``attempts`` + 1) with a
-        lease until ``now + lease``; records whose lease expired are due again
-        (``reruns`` + 1: the run they were in left no outcome)."""
+        """Move up to ``limit`` due records to 'running' (``attempts`` + 1), not started (see
+        ``mark_started``), with a lease until ``now + lease``; records whose lease expired are
+        due again: ``reruns`` + 1 if their run had started (it left no outcome), else
+        ``reclaims`` + 1 and ``attempts`` - 1 (they only waited: no run)."""
         ...
 
     def claim_next(self, now: float, lease: float, owner: str = "") -> InvocationRecord | None: ...
 
     def extend_leases(self, ids: Sequence[str], until: float) -> None: ...
 
+    def mark_started(self, ids: Sequence[str], owner: str) -> None:
+        """The runs of these records, claimed by ``owner``, have started (their calls left for
+        an instance or another infrastructure): should the claim end without an outcome, the
+        next is a re-run.  A record no longer ``owner``'s claim is left as it is."""
+        ...
+
     def requeue_running(self) -> int:
         """Put every 'running' record back in the queue (exclusive stores, at
-        start-up), ``reruns`` + 1 each; takes ownership first, so it never takes
-        another gateway's work."""
+        start-up), counted as ``claim`` counts an expired lease; takes ownership first,
+        so it never takes another gateway's work."""
         ...
 
     def queue_depth(self) -> int: ...

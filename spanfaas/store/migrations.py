@@ -184,6 +184,15 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE invocations ADD COLUMN origin TEXT NOT NULL DEFAULT ''",
     ],
+    # 10: whether the run of a claim really started (1), or the record only waited (in the
+    # function's queue, for a deploy) while claimed (0: what a claim sets): a gateway that dies
+    # leaves the first a re-run (``reruns`` + 1) and gives the second back as no run
+    # (``reclaims`` + 1, ``attempts`` - 1).  A record an older gateway left 'running' is
+    # taken for started: it may have been.
+    [
+        "ALTER TABLE invocations ADD COLUMN started INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE invocations ADD COLUMN reclaims INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 

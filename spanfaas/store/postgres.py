@@ -29,7 +29,7 @@ __all__ = ["PostgresStore"]
 _CLAIM = (
     "WITH due AS (SELECT id FROM invocations WHERE status = 'queued' AND not_before <= ? "
     "ORDER BY not_before, created_at LIMIT ? FOR UPDATE SKIP LOCKED) "
-    "UPDATE invocations SET status = 'running', attempts = attempts + 1, started_at = ?, "
+    "UPDATE invocations SET status = 'running', attempts = attempts + 1, started = 0, started_at = ?, "
     "lease_until = ?, owner = ? FROM due WHERE invocations.id = due.id RETURNING "
 )
 

@@ -23,7 +23,7 @@ __all__ = ["INV_COLS", "InvocationPage", "RecordRefused", "SQLStore", "StoreSche
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
     "attempts, idempotency_key, infra, created_at, started_at, finished_at, not_before, "
-    "duration_ms, cold, event, reruns, origin"
+    "duration_ms, cold, event, reruns, origin, reclaims"
 )
 _INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
 _INV_BARE_COLS = _INV_LIST_COLS.replace(" output,", " NULL AS output,")
@@ -54,6 +54,14 @@ def _upsert(n: int) -> str:
         "WHERE invocations.status NOT IN ('succeeded', 'failed')"
     )
 _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
+_GIVE_BACK = (
+    "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
+    "reruns = reruns + started, reclaims = reclaims + 1 - started, attempts = attempts - 1 + started "
+    "WHERE status = 'running'"
+)
+"""Claims whose gateway is gone, back to the queue: a run that started left no outcome (a
+re-run next, limited by ``CRASH_RERUNS``); a claim whose run never started was no run at
+all (its ``attempts`` taken back; ``reclaims`` limited by ``CRASH_RECLAIMS``)."""
 
 _spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
@@ -447,13 +455,8 @@ class SQLStore:
 
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
         with self._tx() as cur:
-            cur.execute(
-                self._q(  # its gateway died (or lost the store) during the run: a re-run
-                    "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
-                    "reruns = reruns + 1 WHERE status = 'running' AND lease_until < ?"
-                ),
-                (now,),
-            )
+            # its gateway died (or lost the store) during the claim: a re-run if its run started
+            cur.execute(self._q(_GIVE_BACK + " AND lease_until < ?"), (now,))
             self._rows(cur, self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
             rows = cur.fetchall()
         records = [_invocation(r) for r in rows]
@@ -475,11 +478,17 @@ class SQLStore:
 
     def requeue_running(self) -> int:
         with self._tx() as cur:
-            cur.execute(
-                "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
-                "reruns = reruns + 1 WHERE status = 'running'"
-            )
+            cur.execute(_GIVE_BACK)
             return int(cur.rowcount)
+
+    def mark_started(self, ids: Sequence[str], owner: str) -> None:
+        if not ids:
+            return
+        with self._tx() as cur:
+            cur.executemany(
+                self._q("UPDATE invocations SET started = 1 WHERE id = ? AND owner = ? AND status = 'running'"),
+                [(i, owner) for i in ids],
+            )
 
     def queue_depth(self) -> int:
         with self._read() as cur:
@@ -597,13 +606,13 @@ def _row(r: InvocationRecord) -> tuple[Any, ...]:
         _encode(r.error).decode() if r.error is not None else None,
         _text(r.logs), r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
-        _encode(r.event).decode() if r.event is not None else None, r.reruns, r.origin,
+        _encode(r.event).decode() if r.event is not None else None, r.reruns, r.origin, r.reclaims,
     )  # fmt: skip
 
 
 def _invocation(row: Sequence[Any]) -> InvocationRecord:
     (id, function, status, mode, ct, payload, output, otype, error, logs, attempts, key, infra,
-     created, started, finished, not_before, duration, cold, event, reruns, origin) = row  # fmt: skip
+     created, started, finished, not_before, duration, cold, event, reruns, origin, reclaims) = row  # fmt: skip
     return InvocationRecord(
         id=id,
         function=function,
@@ -627,6 +636,7 @@ def _invocation(row: Sequence[Any]) -> InvocationRecord:
         event=_event_decoder.decode(event) if event else None,
         reruns=int(reruns),
         origin=origin or "",
+        reclaims=int(reclaims),
     )
 
 

@@ -22,7 +22,7 @@ class StoreInUse(Conflict):
     slug, title = "store-in-use", "Store in use"
 
 _CLAIM = (
-    "UPDATE invocations SET status = 'running', attempts = attempts + 1, started_at = ?, "
+    "UPDATE invocations SET status = 'running', attempts = attempts + 1, started = 0, started_at = ?, "
     "lease_until = ?, owner = ? WHERE id IN (SELECT id FROM invocations WHERE status = 'queued' "
     "AND not_before <= ? ORDER BY not_before, created_at LIMIT ?) RETURNING "
 )

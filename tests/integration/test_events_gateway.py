@@ -5,7 +5,9 @@ before anything is queued; schedule ticks fire once across a SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,6 +183,12 @@ def test_an_event_whose_rerun_succeeded_is_not_left_in_the_dead_letter_store(tmp
                 assert time.monotonic() < deadline, gw.log()
                 time.sleep(0.02)
             assert [d["id"] for d in c.get("/v1/events/dlq").json()["dead_letters"]] == [inv]
+            while True:  # its run marked started in the store: the kill leaves a re-run
+                with contextlib.closing(sqlite3.connect(tmp_path / "data" / "spanfaas.db")) as db:
+                    if db.execute("SELECT started FROM invocations WHERE id = ?", (inv,)).fetchone() == (1,):
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
         gw.kill()  # its run is stored nowhere: it runs again
         fixed.touch()
         del gw.env["SPANFAAS_TEST_STALL"]

@@ -6,6 +6,7 @@ client has read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sqlite3
@@ -114,6 +115,12 @@ async def handler(event, context):
 """
 
 
+def _marked_started(db: Path, id: str) -> bool:
+    """The gateway marked the run of ``id`` started (a crash now leaves a re-run)."""
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        return c.execute("SELECT started FROM invocations WHERE id = ?", (id,)).fetchone() == (1,)
+
+
 def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -136,7 +143,8 @@ def test_an_async_outcome_is_shown_only_once_it_is_stored(tmp_path: Path) -> Non
         with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
             assert c.put("/v1/functions/gated", content=pack_function(fn)).status_code == 201
             id = c.post("/v1/functions/gated/invoke?mode=async", json=files).json()["id"]
-            _wait_for(lambda: Path(files["started"]).exists())  # claimed and running
+            _wait_for(lambda: Path(files["started"]).exists())  # claimed and running,
+            _wait_for(lambda: _marked_started(tmp_path / "data" / "spanfaas.db", id))  # and so in the store
             # Another writer holds the store's write lock: the outcome cannot be committed.
             lock = sqlite3.connect(tmp_path / "data" / "spanfaas.db", isolation_level=None)
             try:

@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -189,8 +190,10 @@ async def test_a_strict_child_whose_caller_gave_up_after_it_answered_is_never_of
     seen_idle: list[bool] = []
     request = InstanceConnection.request
 
-    def cancel_once_answered(conn: InstanceConnection, req: p.Invoke, body: bytes) -> asyncio.Future[tuple[p.Done, bytes]]:
-        fut = request(conn, req, body)
+    def cancel_once_answered(
+        conn: InstanceConnection, req: p.Invoke, body: bytes, on_start: Callable[[], None] | None = None
+    ) -> asyncio.Future[tuple[p.Done, bytes]]:
+        fut = request(conn, req, body, on_start)
         if req.invocation_id == "given-up":
             used.append(conn)
             # Registered before its caller awaits it: runs when the answer is set, before

@@ -18,6 +18,7 @@ from spanfaas.config import Settings
 from spanfaas.errors import FunctionNotFound
 from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
+from spanfaas.gateway.dispatcher import CRASH_RECLAIMS, CRASH_RERUNS
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import InvocationRecord
 from spanfaas.store import SQLiteStore
@@ -254,7 +255,8 @@ async def test_start_up_takes_back_running_records(settings: Settings, store: SQ
     async with _gateway(settings, store, infra, admin_token) as (app, c):
         assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
     store.enqueue(InvocationRecord(id="left", function="hello", status="queued", mode="async", payload=b'{"name":"again"}', created_at=time.time()))
-    assert store.claim(time.time(), 3600, 10)  # as if a dead gateway had it, with a long lease
+    [left] = store.claim(time.time(), 3600, 10, owner="dead")  # as if a dead gateway had it, with a long lease,
+    store.mark_started([left.id], "dead")  # and had started its run
     async with _gateway(settings, store, InMemoryInfrastructure(), admin_token) as (app, c):
         view = await wait_done(c, "left")
     assert view["status"] == "succeeded" and view["attempts"] == 2 and view["result"] == {"hello": "again"}
@@ -291,11 +293,60 @@ async def test_an_unexpected_platform_error_is_retried_within_the_limit(
         assert view["error"]["kind"] == "infra" and "BrokenPipeError" in view["error"]["message"]
 
 
-def _crash_claims(store: SQLiteStore, id: str, times: int) -> None:
-    """As if ``times`` gateways in a row claimed ``id`` and died running it."""
+def _crash_claims(store: SQLiteStore, id: str, times: int, *, started: bool = True) -> None:
+    """As if ``times`` gateways in a row claimed ``id`` and died running it (``started``),
+    or died while it waited to run (in its function's queue, for a deploy)."""
     for _ in range(times):
-        assert [r.id for r in store.claim(time.time(), 3600, 10)] == [id]
+        assert [r.id for r in store.claim(time.time(), 3600, 10, owner="dead")] == [id]
+        if started:
+            store.mark_started([id], "dead")
         assert store.requeue_running() == 1  # the next gateway's start-up
+
+
+@pytest.mark.parametrize("crashes, status", [(CRASH_RECLAIMS, "succeeded"), (CRASH_RECLAIMS + 1, "failed")])
+async def test_an_invocation_that_only_waited_through_crashes_is_no_rerun(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], crashes: int, status: str
+) -> None:
+    """Claimed by gateways that died while it waited (behind a slow call in its function's
+    queue), it never ran: no re-run, no attempt, and CRASH_RERUNS does not end it; claims
+    given back so have their own, larger bound (a start not yet marked when its gateway
+    died is counted so: the guard against a function that takes the gateway down holds)."""
+    assert CRASH_RECLAIMS > CRASH_RERUNS + 1
+    infra = InMemoryInfrastructure()
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+    store.enqueue(InvocationRecord(id="patient", function="hello", status="queued", mode="async", payload=b"{}", created_at=time.time()))
+    _crash_claims(store, "patient", crashes, started=False)
+    infra = InMemoryInfrastructure()
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        view = await wait_done(c, "patient")
+    assert (view["status"], view["reruns"], view["reclaims"]) == (status, 0, crashes), view
+    if status == "succeeded":
+        assert view["attempts"] == 1 and infra.invocations == 1
+    else:
+        assert view["attempts"] == 0 and infra.invocations == 0
+        assert f"{crashes} claims ended before their run was marked started" in view["error"]["message"]
+
+
+async def test_a_run_that_starts_is_marked_so_in_the_store(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
+) -> None:
+    """The infrastructure says when the run starts (``InvokeContext.on_start``); the
+    dispatcher marks it in the store, in a write of its own off the call's path: a gateway
+    that dies now leaves a re-run."""
+    infra = _Hangs()
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        id = (await c.post("/v1/functions/hello/invoke?mode=async", json={})).json()["id"]
+        owner = app.state.gateway.dispatcher.owner
+        marked = None
+        for _ in range(500):
+            with contextlib.closing(sqlite3.connect(store.path)) as db:
+                marked = db.execute("SELECT started, owner FROM invocations WHERE id = ?", (id,)).fetchone()
+            if marked == (1, owner):
+                break
+            await asyncio.sleep(0.01)
+        assert infra.invocations == 1 and marked == (1, owner)
 
 
 @pytest.mark.parametrize("crashes, status", [(3, "succeeded"), (4, "failed")])
@@ -342,6 +393,8 @@ async def test_a_crash_rerun_does_not_use_up_the_retries(
 class _Hangs(InMemoryInfrastructure):
     async def invoke(self, spec: Any, payload: bytes, ctx: Any) -> Any:
         self.invocations += 1
+        if ctx.on_start is not None:
+            ctx.on_start()
         await asyncio.Event().wait()
 
 

@@ -142,3 +142,40 @@ def test_a_primed_frame_reader_reads_from_its_buffer_then_from_the_socket() -> N
         assert got is not None and got[0] == real and bytes(got[1]) == b"[1]"
         with pytest.raises(ValueError, match="fits its buffer"):
             reader.prime(bytes(4097))
+
+
+def test_a_request_is_started_when_it_reaches_a_free_slot_not_when_it_is_queued() -> None:
+    """``on_start`` of a request fires once the instance may run it: written, among the first
+    ``slots`` unanswered; a request pipelined behind a running one (or held, unwritten) has
+    not started, though it left the pool's queue (an async invocation waiting there is no run)."""
+    import asyncio
+
+    from spanfaas.runtime.channels import InstanceConnection
+
+    async def run() -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            loop = asyncio.get_running_loop()
+            transport, conn = await loop.create_unix_connection(lambda: InstanceConnection(lambda: None, slots=1), sock=ours)
+            started: list[int] = []
+            futs = []
+            for i in (1, 2, 3):
+                req = p.Invoke(id=i, invocation_id=str(i), content_type="application/json", deadline=0.0)
+                futs.append(conn.request(req, b"", on_start=lambda i=i: started.append(i)))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert started == [1]
+            for i in (1, 2):
+                reply = b"".join(bytes(x) for x in p.encode(p.Done(id=i)))
+                buf = conn.get_buffer(len(reply))
+                buf[: len(reply)] = reply
+                conn.buffer_updated(len(reply))
+                await futs[i - 1]
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert started == list(range(1, i + 2))
+            transport.close()
+        finally:
+            theirs.close()
+
+    asyncio.run(run())

@@ -83,6 +83,62 @@ def test_a_queue_of_schema_3_is_upgraded_with_no_reruns(tmp_path: Path) -> None:
         s.close()
 
 
+def test_a_queue_of_schema_9_is_upgraded_with_its_claims_counted_as_runs(tmp_path: Path) -> None:
+    """Schema 10 tells a claim whose run started from one that never did; a record an older
+    gateway left 'running' is taken for started (it may have been): a re-run, as it was."""
+    from spanfaas.store.migrations import render
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    for statements in MIGRATIONS[:9]:
+        for statement in statements:
+            db.execute(render(statement, real="REAL", blob="BLOB"))
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (9)")
+    for id, status in (("old-running", "running"), ("old-queued", "queued")):
+        db.execute("INSERT INTO invocations (id, function, status, mode, content_type, payload, output, output_type, logs, "
+                   f"attempts, infra, created_at, not_before) VALUES ('{id}', 'f', '{status}', 'async', '', x'', x'', '', '', "
+                   "1, '', 0, 0)")  # fmt: skip
+    db.commit()
+    db.close()
+    s = SQLiteStore(tmp_path / "old.db")
+    try:
+        before = s.get_invocation("old-running")
+        assert s.schema_version() == len(MIGRATIONS) and before is not None and before.reclaims == 0
+        assert s.requeue_running() == 1
+        got = {r.id: (r.attempts, r.reruns, r.reclaims) for r in s.claim(time.time(), 60, 2, owner="new")}
+        assert got == {"old-running": (2, 1, 0), "old-queued": (2, 0, 0)}
+        assert s.requeue_running() == 2  # claimed by this version: unmarked, so no runs
+        got = {r.id: (r.attempts, r.reruns, r.reclaims) for r in s.claim(time.time(), 60, 2, owner="new")}
+        assert got == {"old-running": (2, 1, 1), "old-queued": (2, 0, 1)}
+    finally:
+        s.close()
+
+
+@pytest.mark.postgres
+def test_a_postgres_queue_of_schema_9_is_upgraded(postgres_db: str) -> None:
+    import psycopg
+
+    from spanfaas.store.migrations import render
+    from spanfaas.store.postgres import PostgresStore
+
+    with psycopg.connect(postgres_db, autocommit=True) as db:
+        for statements in MIGRATIONS[:9]:
+            for statement in statements:
+                db.execute(render(statement, real="DOUBLE PRECISION", blob="BYTEA"))  # type: ignore[arg-type]
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (9)")
+        db.execute("INSERT INTO invocations (id, function, status, mode, content_type, payload, output, output_type, logs, "
+                   "attempts, infra, created_at, not_before, lease_until) VALUES ('old', 'f', 'running', 'async', '', '', '', "
+                   "'', '', 1, '', 0, 0, 0)")  # fmt: skip
+    s = PostgresStore(postgres_db)
+    try:
+        before = s.get_invocation("old")
+        assert s.schema_version() == len(MIGRATIONS) and before is not None and before.reclaims == 0
+        assert [(r.attempts, r.reruns, r.reclaims) for r in s.claim(time.time(), 60, 1, owner="new")] == [(2, 1, 0)]
+    finally:
+        s.close()
+
+
 def test_function_versions(store: Store) -> None:
     assert store.get_function("hello") is None
     r1 = store.put_function("hello", "a" * 64, spec(description="one"))
@@ -317,7 +373,8 @@ def test_expired_lease_is_reclaimed(store: Store) -> None:
     now = time.time()
     a, b = inv(), inv()
     store.enqueue_many([a, b])
-    assert len(store.claim(now, lease=10, limit=2)) == 2
+    assert len(store.claim(now, lease=10, limit=2, owner="g1")) == 2
+    store.mark_started([a.id, b.id], "g1")
     store.extend_leases([b.id], now + 100)
     assert store.claim(now + 5, lease=10, limit=10) == []
     again = store.claim(now + 11, lease=10, limit=10)  # a's lease expired, b's was extended
@@ -328,7 +385,8 @@ def test_expired_lease_is_reclaimed(store: Store) -> None:
 def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
     a = inv()
     store.enqueue(a)
-    [run] = store.claim(time.time(), lease=-1, limit=1)  # a lease already expired
+    [run] = store.claim(time.time(), lease=-1, limit=1, owner="g1")  # a lease already expired
+    store.mark_started([run.id], "g1")
     [rerun] = store.claim(time.time(), lease=60, limit=1)
     assert (rerun.attempts, rerun.reruns) == (2, 1)
     store.save_invocations([msgspec.structs.replace(rerun, status="queued", not_before=0.0)])  # a retry, as the dispatcher writes it
@@ -338,11 +396,35 @@ def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
 
 def test_requeue_running(store: Store) -> None:
     store.enqueue_many([inv(), inv()])
-    store.claim(time.time(), lease=60, limit=5)
+    store.mark_started([r.id for r in store.claim(time.time(), lease=60, limit=5, owner="g1")], "g1")
     assert store.queue_depth() == 0
     assert store.requeue_running() == 2
     assert store.queue_depth() == 2
     assert [(r.attempts, r.reruns) for r in store.claim(time.time(), lease=60, limit=5)] == [(2, 1), (2, 1)]
+
+
+def test_a_claim_whose_run_never_started_is_given_back_as_no_run(store: Store) -> None:
+    """A gateway died (its lease ran out) while some of its claims waited (in the function's
+    queue, for a deploy): those are no runs -- ``attempts`` as before the claim, ``reclaims``
+    + 1, not ``reruns``; only a run marked started (``mark_started``) is a re-run."""
+    now = time.time()
+    ran, waited, foreign = inv(created_at=now - 3), inv(created_at=now - 2), inv(created_at=now - 1)
+    store.enqueue_many([ran, waited, foreign])
+    assert len(store.claim(now, lease=10, limit=3, owner="g1")) == 3
+    store.mark_started([ran.id], "g1")
+    store.mark_started([foreign.id], "g2")  # not its claim (a stale mark of another gateway): no start
+    again = store.claim(now + 11, lease=10, limit=3, owner="g3")
+    assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in again] == [
+        (ran.id, 2, 1, 0), (waited.id, 1, 0, 1), (foreign.id, 1, 0, 1),
+    ]
+    # each claim starts unmarked: a start marked in an earlier claim does not carry over
+    store.mark_started([waited.id], "g3")
+    assert store.requeue_running() == 3
+    assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in store.claim(now + 12, lease=10, limit=3)] == [
+        (ran.id, 2, 1, 1), (waited.id, 2, 1, 1), (foreign.id, 1, 0, 2),
+    ]
+    stored = store.get_invocation(foreign.id)  # the count is kept with the record
+    assert stored is not None and stored.reclaims == 2
 
 
 def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> None:
