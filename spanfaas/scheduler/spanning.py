@@ -104,7 +104,9 @@ class SpanningInfrastructure:
         self.sites = self.scheduler.sites
         self._functions: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
-        """Per site, functions to deploy there once it answers."""
+        """Per site, functions to deploy there once it answers.  Kept per gateway, and need
+        not be shared: every gateway on a shared store deploys each stored function itself
+        (``Registry.reconcile``), pending here too where the site is down."""
         self._why: dict[tuple[str, str], str] = {}
         """(site, function) pending there: why its last deploy there did not happen."""
         self._retry: dict[str, tuple[float, float]] = {}
