@@ -132,6 +132,27 @@ async def test_info_of_all_sites_down_says_why_each_is(spanning) -> None:
     assert info.reason.startswith("local: its info could not be read") and "; ray: its info could not be read" in info.reason
 
 
+@pytest.mark.parametrize("prefer", ["cost", "load", "spread", "latency", "locality"])
+async def test_every_eligible_site_down_says_why_whatever_the_preference(spanning, bundle: Bundle, prefer: str) -> None:
+    # prefer = ["cost"] (or load, spread) with every eligible site down: the invocation
+    # answered 500, 'the gateway failed unexpectedly' (min() of no prices), and so did
+    # explain, instead of the 503 that says why each site cannot run it.
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec(f'prefer = ["{prefer}"]' + ('\nlocality = "eu"' if prefer == "locality" else ""))
+    await sp.deploy(spec, bundle)
+
+    async def refused() -> InfraInfo:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    child(sp, "local").info = child(sp, "ray").info = refused  # type: ignore[method-assign]
+    await sp.refresh()
+    ex = sp.explain(spec)
+    assert ex.ranking == [] and [v.verdict for v in ex.infrastructures] == ["unavailable", "unavailable"]
+    assert ex.summary == "'fn' cannot run anywhere now"
+    with pytest.raises(InfraUnavailable, match=r"no infrastructure can run 'fn' now \(local: unhealthy: Connection refused \| ray: unhealthy"):
+        await sp.invoke(spec, b"{}", ctx())
+
+
 async def test_prefer_cost_then_locality(spanning, bundle: Bundle) -> None:
     sp = await spanning(LOCAL.__copy__(), RAY, EU)
     cost = make_spec('prefer = ["cost"]', name="cheap")
