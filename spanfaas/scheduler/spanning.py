@@ -526,8 +526,12 @@ class SpanningInfrastructure:
                     site.deployed.discard(spec.name)
                     self._pending[site.name].add(spec.name)
                     self.scheduler.changed()
-                if not spec.policy.fallback:
-                    raise
+                if not spec.policy.fallback:  # (ranked holds the first choice only)
+                    untried = [s.name for s in self.scheduler.eligible(spec) if s is not site]
+                    if not untried:
+                        raise
+                    raise type(exc)(f"{site.name}: {exc.message}; not tried on {', '.join(untried)}: "
+                                    "policy.fallback = false", **exc.extra) from exc  # fmt: skip
                 if i < last:
                     log.info("invocation %s of %s failed on %s, failing over: %s", ctx.invocation_id, spec.name, site.name, exc.message)
                 continue

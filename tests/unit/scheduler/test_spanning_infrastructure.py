@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings
-from spanfaas.errors import InfraUnavailable, InvalidBundle, InvalidManifest, TooManyRequests
+from spanfaas.errors import InfraError, InfraUnavailable, InvalidBundle, InvalidManifest, TooManyRequests
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Bundle, InfraInfo
 from spanfaas.scheduler import SpanningInfrastructure
@@ -87,6 +87,25 @@ async def test_fallback_false_raises_the_infrastructure_error(spanning, bundle: 
     with pytest.raises(InfraUnavailable.__mro__[1]):  # InfraError
         await sp.invoke(spec, b"{}", ctx())
     assert child(sp, "ray").invocations == 0
+
+
+async def test_fallback_false_says_where_it_was_not_tried_and_why(spanning, bundle: Bundle) -> None:
+    # The caller read only the failed site's error ('injected failure'): nothing said that
+    # ray could have run the call and was not tried because fallback is off.
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec("fallback = false")
+    await sp.deploy(spec, bundle)
+    child(sp, "local").fail_next = 1
+    with pytest.raises(InfraError) as err:
+        await sp.invoke(spec, b"{}", ctx())
+    assert err.value.message == "local: injected platform failure (invocation inv-0); not tried on ray: policy.fallback = false"
+    assert child(sp, "ray").invocations == 0
+    only = make_spec('fallback = false\ninfrastructures = ["ray"]', name="only")
+    await sp.deploy(only, bundle)
+    child(sp, "ray").fail_next = 1  # nowhere else it could have run: the site's error as it is
+    with pytest.raises(InfraError) as err:
+        await sp.invoke(only, b"{}", ctx(1))
+    assert err.value.message == "injected platform failure (invocation inv-1)"
 
 
 async def test_breaker_opens_skips_and_closes_after_a_probe(spanning, bundle: Bundle, clock) -> None:
