@@ -490,6 +490,43 @@ async def test_a_deploy_does_not_wait_for_a_site_known_to_be_down(spanning, bund
     assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
 
 
+async def test_a_deploy_stops_waiting_for_a_site_that_goes_down_during_it(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site that hangs after a deploy began held the deploy for 60 s (its deploy timeout)
+    although the refresh found it down 5 s in: the deploy ends when the site is found
+    down, the function pending there (deployed when it answers), served elsewhere."""
+    sp = await spanning(LOCAL, EU)
+    eu = child(sp, "eu")
+    real_info, real_deploy = eu.info, eu.deploy
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hung_info() -> InfraInfo:
+        raise TimeoutError
+
+    async def hung_deploy(*a: object) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    eu.deploy = hung_deploy  # type: ignore[method-assign]
+    spec = make_spec()
+    deploying = asyncio.create_task(sp.deploy(spec, bundle))
+    await started.wait()
+    eu.info = hung_info  # type: ignore[method-assign]
+    await sp.refresh()  # the refresh finds it down while the deploy waits for it
+    await asyncio.wait_for(deploying, 5)
+    assert cancelled.is_set(), "the hung deploy was left running"
+    assert "fn" in sp.site("local").deployed and "fn" not in sp.site("eu").deployed
+    ((where, why),) = sp.pending("fn")
+    assert where == "eu" and why.startswith("went down while deploying: its info did not answer"), why
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
+    eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
+    await sp.refresh()  # it answers again: it gets what is pending
+    assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
+
+
 async def test_a_remove_a_site_missed_while_down_is_done_when_it_answers(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
     """A site that was down when its function was removed (or moved away by a new
     policy) kept it for ever: the failure was logged, never retried, and the site
