@@ -83,6 +83,10 @@ class RayInfrastructure:
         self._killed: list[str] = []
         """Owners (``ray_worker.owner``) of bridges that had no exit of their own: the next
         bridge has the nodes remove their bundles (this host's went at once)."""
+        self.orphan_after = wire.ORPHAN_AFTER
+        """Seconds after which the bridges sweep a bundle directory nobody touched from the nodes."""
+        self.sweep_every = 0.0
+        """Seconds between two of a bridge's sweeps (0: ``orphan_after`` / 4)."""
         self.connects = 0
         """Bridges started (for tests: a reconnect after the cluster came back adds one)."""
         self.inflight = 0
@@ -153,8 +157,9 @@ class RayInfrastructure:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_file = open(self.log_dir / f"ray-bridge-{self.name}.log", "ab")
         try:
+            options = [f"--orphan-after={self.orphan_after:g}", f"--sweep-every={self.sweep_every:g}"]
             proc = subprocess.Popen(
-                [*argv, *handed], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file,
+                [*argv, *options, *handed], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True, env=self._env(),
             )  # fmt: skip
         finally:

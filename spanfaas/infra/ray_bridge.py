@@ -1,6 +1,6 @@
 """The Ray bridge: a child process that is the Ray driver for one ``ray`` infrastructure.
 
-    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS [KILLED_OWNER ...]
+    python -m spanfaas.infra.ray_bridge FD PARENT ADDRESS [--orphan-after=S] [--sweep-every=S] [KILLED_OWNER ...]
 
 Ray's driver lives here rather than in the gateway because a Ray cluster that
 stops leaves its driver unusable (every call fails with ``LocalRayletDiedError``
@@ -25,7 +25,11 @@ other function's deploys refer to, the bridge's exit removes its
 own (on every alive node, and on this host), and the bridge's start removes
 those of bridges on this host that are gone (killed, with no exit to clean up:
 each ``KILLED_OWNER`` its gateway names, and those whose directory is here),
-here and on every alive node.
+here and on every alive node.  A bridge killed on a host where no bridge starts
+again has its bundles removed by any other live bridge: each one sweeps every
+node it reaches at start and every ``--sweep-every`` seconds (``ORPHAN_AFTER``
+/ 4 by default), touching its own directory there and removing those no bridge
+touched for ``--orphan-after`` seconds (``ray_worker.orphans``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ SUBMITTERS = 4
 """Threads that make the Ray calls which can block (put, submit, cancel); more wait for one."""
 CLEANUP = 5.0
 """Seconds an exiting bridge waits for the nodes to remove its bundles."""
+ORPHAN_AFTER = 3600.0
+"""Seconds after which a bundle directory no live bridge touched is swept from a node."""
 
 
 class Hello(Struct, tag=True):
@@ -154,6 +160,7 @@ class Bridge:
         ray.cloudpickle.register_pickle_by_value(ray_worker)  # the cluster needs no spanfaas installed
         self.remote = ray.remote(ray_worker.run)
         self.remover = ray.remote(ray_worker.remove)
+        self.sweeper = ray.remote(ray_worker.orphans)
         self.owner = ray_worker.owner(os.getpid())
         self.dirs: dict[str, list[str]] = {}
         """Each function's bundle directories (one per content deployed), under ``ray_worker.bundles()``."""
@@ -264,6 +271,10 @@ class Bridge:
         if not paths:
             return []
         await asyncio.to_thread(ray_worker.remove, paths)
+        return await self.on_every_node(f"remove {paths}", self.remover, paths)
+
+    async def on_every_node(self, what: str, task: Any, *args: Any) -> list[Any]:
+        """Run the remote function ``task`` (which does ``what``) on every alive node: the tasks' refs."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         refs = []
@@ -272,10 +283,10 @@ class Bridge:
                 if node.get("Alive"):
                     where = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
                     # (all options at once: what .options() returns has no .options of its own)
-                    remover = self.remover.options(num_cpus=0, max_retries=0, scheduling_strategy=where)
-                    refs.append(await self.blocking(remover.remote, paths))
+                    there = task.options(num_cpus=0, max_retries=0, scheduling_strategy=where)
+                    refs.append(await self.blocking(there.remote, *args))
         except self.ray.exceptions.RayError as exc:  # what the nodes keep is only disk: the call goes on
-            print(f"could not ask the Ray nodes to remove {paths}: {type(exc).__name__}: {exc}", flush=True)
+            print(f"could not ask the Ray nodes to {what}: {type(exc).__name__}: {exc}", flush=True)
         return refs
 
     async def run(self, req: Run) -> None:
@@ -378,7 +389,7 @@ async def watch(bridge: Bridge, gcs_address: str, every: float = 0.5) -> None:
                 return
 
 
-async def serve(fd: int, address: str, killed: list[str]) -> int:
+async def serve(fd: int, address: str, killed: list[str], orphan_after: float = ORPHAN_AFTER, sweep_every: float = 0.0) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     encode = msgspec.msgpack.Encoder().encode
@@ -398,6 +409,7 @@ async def serve(fd: int, address: str, killed: list[str]) -> int:
     write_frame(writer, encode(Hello(True, ray_version=ray.__version__, python=sys.version.split()[0])))
     bridge = Bridge(ray, writer)
     sweeping = asyncio.create_task(_sweep(bridge, killed))
+    orphans = asyncio.create_task(_sweep_orphans(bridge, orphan_after, sweep_every or orphan_after / 4))
     decode = msgspec.msgpack.Decoder(Request).decode
     tasks: set[asyncio.Task[None]] = set()
 
@@ -426,6 +438,7 @@ async def serve(fd: int, address: str, killed: list[str]) -> int:
         reading.cancel()
         lost.cancel()
         watching.cancel()
+        orphans.cancel()
         if bridge.lost.is_set():
             await asyncio.sleep(0.1)  # let the last replies go out
             print("Ray is gone; the bridge exits", flush=True)
@@ -448,6 +461,23 @@ async def _sweep(bridge: Bridge, killed: list[str]) -> None:
             await asyncio.gather(*await bridge.forget(gone))
     except (TimeoutError, bridge.ray.exceptions.RayError) as exc:
         print(f"the bundles of bridges that are gone may stay on some Ray nodes: {type(exc).__name__}: {exc}", flush=True)
+
+
+async def _sweep_orphans(bridge: Bridge, older_than: float, every: float) -> None:
+    """Every ``every`` s from the start, on this host and every alive node (``CLEANUP`` s at
+    most): touch this bridge's bundle directory, remove those no bridge touched for
+    ``older_than`` s (``ray_worker.orphans``: bridges gone on hosts where none starts again)."""
+    while not bridge.lost.is_set():
+        removed = await asyncio.to_thread(ray_worker.orphans, bridge.owner, older_than)
+        try:
+            async with asyncio.timeout(CLEANUP):
+                for there in await asyncio.gather(*await bridge.on_every_node("sweep", bridge.sweeper, bridge.owner, older_than)):
+                    removed.extend(there)
+        except Exception as exc:  # (TimeoutError, a RayError): only disk is left, swept the next time
+            print(f"could not sweep every Ray node for the bundles of bridges gone: {type(exc).__name__}: {exc}", flush=True)
+        if removed:
+            print(f"removed the bundles of bridges gone (untouched for {older_than:g} s): {sorted(set(removed))}", flush=True)
+        await asyncio.sleep(every)
 
 
 async def _cleanup(bridge: Bridge) -> None:
@@ -475,8 +505,11 @@ def die_with(parent: int) -> None:
 
 def main() -> None:
     fd, parent, address = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""
+    options = dict(a[2:].partition("=")[::2] for a in sys.argv[4:] if a.startswith("--"))
+    killed = [a for a in sys.argv[4:] if not a.startswith("--")]
     die_with(parent)
-    code = asyncio.run(serve(fd, address, sys.argv[4:]))
+    code = asyncio.run(serve(fd, address, killed, float(options.get("orphan-after", ORPHAN_AFTER)),
+                             float(options.get("sweep-every", 0.0))))  # fmt: skip
     sys.stdout.flush()
     os._exit(code)  # skip Ray's atexit handlers, which may wait on a dead cluster
 

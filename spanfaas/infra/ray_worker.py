@@ -17,7 +17,13 @@ the first calls of one node unpacking at once do not trip on each other.  The
 bridge removes a directory once no deployed version refers to it, its own
 when it exits, and at start those of bridges on its host that are gone; a
 worker that unpacks a bundle removes those of bridges of its host that are
-gone too (on a node where no bridge starts again, a killed one's would stay).
+gone too.  A bridge killed on a host where none starts again leaves no one
+there to judge its pid: every live bridge, of any gateway, sweeps every node it
+reaches at start and every ``sweep_every`` seconds (``orphans``), touching its
+own directory there and removing those nobody made or touched for
+``orphan_after`` seconds (an hour), so a dead bridge's bundles stay that long at
+most.  (A live bridge's directory swept from a node it could not reach for that
+long is unpacked there again by its next cold call.)
 """
 
 from __future__ import annotations
@@ -87,6 +93,31 @@ def stale() -> list[str]:
         for name in os.listdir(bundles()):
             pid, at, where = name.partition("@")
             if at and where == host and pid.isdigit() and not _alive(int(pid)):
+                out.append(name)
+    return out
+
+
+def orphans(own: str, older_than: float) -> list[str]:
+    """Sweep this node for a live bridge, ``own``: keep its directory here fresh (its mtime
+    is the sign that its bridge lives) and remove the owner directories under ``bundles()``
+    whose bridge is gone: on this host, a pid that runs no more; on any host, a directory no
+    bridge made or touched for ``older_than`` seconds (a live bridge touches its own on every
+    node it reaches far more often).  The names removed."""
+    host, root, out = socket.gethostname(), bundles(), []
+    with contextlib.suppress(OSError):
+        os.utime(os.path.join(root, own))
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            pid, at, where = name.partition("@")
+            if name == own or not (at and where and pid.isdigit()):
+                continue
+            try:
+                idle = now - os.stat(os.path.join(root, name)).st_mtime
+            except OSError:
+                continue
+            if (where == host and not _alive(int(pid))) or idle > older_than:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                 out.append(name)
     return out
 

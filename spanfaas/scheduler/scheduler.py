@@ -250,7 +250,10 @@ class Scheduler:
         return ranked
 
     def components(self, spec: FunctionSpec, sites: list[Site]) -> list[list[float]]:
-        """Per site, its component score for each preference, in preference order."""
+        """Per site, its component score for each preference, in preference order (none
+        for no sites: ``explain`` of a function whose every eligible site is down)."""
+        if not sites:
+            return []
         policy = spec.policy
         name = spec.name
         cols: list[list[float]] = []

@@ -104,13 +104,17 @@ class SpanningInfrastructure:
         self.sites = self.scheduler.sites
         self._functions: dict[str, tuple[FunctionSpec, Bundle]] = {}
         self._pending: dict[str, set[str]] = {s.name: set() for s in sites}
-        """Per site, functions to deploy there once it answers."""
+        """Per site, functions to deploy there once it answers.  Kept per gateway, and need
+        not be shared: every gateway on a shared store deploys each stored function itself
+        (``Registry.reconcile``), pending here too where the site is down."""
         self._why: dict[tuple[str, str], str] = {}
         """(site, function) pending there: why its last deploy there did not happen."""
         self._retry: dict[str, tuple[float, float]] = {}
         """Per site whose pending deploy failed while it was up: when to try again, and the delay that was."""
         self._unremoved: dict[str, set[str]] = {s.name: set() for s in sites}
         """Per site, functions removed (or moved away) while it was down: removed there once it answers."""
+        self._went_down: dict[str, set[asyncio.Future[None]]] = {s.name: set() for s in sites}
+        """Per site, deploys waiting for it: told when the refresh finds it down."""
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
@@ -203,6 +207,10 @@ class SpanningInfrastructure:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
+        if not site.info.healthy:  # the deploys waiting for it stop waiting
+            for waiter in self._went_down[site.name]:
+                if not waiter.done():
+                    waiter.set_result(None)
         if site.info.healthy and not was[0]:  # up (again, or for the first time): what it owes, as stored
             self._retry.pop(site.name, None)  # and its pending deploys at once
             await self._load_owed(site)
@@ -370,7 +378,7 @@ class SpanningInfrastructure:
         # deploy for its deploy timeout): it gets the function when it answers again.
         up = [s for s in targets if s.healthy]
         failed: dict[str, BaseException] = {s.name: InfraUnavailable(f"down: {s.reason}") for s in targets if not s.healthy}
-        results = await asyncio.gather(*(self._deploy_on(s, spec, bundle) for s in up), return_exceptions=True)
+        results = await asyncio.gather(*(self._deploy_while_up(s, spec, bundle) for s in up), return_exceptions=True)
         for site, res in zip(up, results):
             if res is not None:
                 if not isinstance(res, Exception):
@@ -412,6 +420,23 @@ class SpanningInfrastructure:
                 except (SpanfaasError, OSError, TimeoutError):
                     await self._owe(site.name, spec.name)  # removed there when it answers
         self.scheduler.changed()
+
+    async def _deploy_while_up(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
+        """``_deploy_on``, given up (cancelled) when the refresh finds the site down meanwhile:
+        a site that hangs after the deploy began held it for its whole deploy timeout."""
+        went_down: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._went_down[site.name].add(went_down)
+        deploying = asyncio.ensure_future(self._deploy_on(site, spec, bundle))
+        try:
+            await asyncio.wait((deploying, went_down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._went_down[site.name].discard(went_down)
+            if not deploying.done():
+                deploying.cancel()
+                await asyncio.wait((deploying,))  # (its cancel, not ours: a cancel of this one still raises)
+        if not deploying.cancelled():
+            return deploying.result()
+        raise InfraUnavailable(f"went down while deploying: {site.reason}")
 
     async def _deploy_on(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
         try:
@@ -524,8 +549,12 @@ class SpanningInfrastructure:
                     site.deployed.discard(spec.name)
                     self._pending[site.name].add(spec.name)
                     self.scheduler.changed()
-                if not spec.policy.fallback:
-                    raise
+                if not spec.policy.fallback:  # (ranked holds the first choice only)
+                    untried = [s.name for s in self.scheduler.eligible(spec) if s is not site]
+                    if not untried:
+                        raise
+                    raise type(exc)(f"{site.name}: {exc.message}; not tried on {', '.join(untried)}: "
+                                    "policy.fallback = false", **exc.extra) from exc  # fmt: skip
                 if i < last:
                     log.info("invocation %s of %s failed on %s, failing over: %s", ctx.invocation_id, spec.name, site.name, exc.message)
                 continue

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -560,3 +560,53 @@ async def test_started_again_right_after_close_it_connects(ray_head: RayHead, wo
         assert ray.connects == 2 and (await ray.info()).healthy
     finally:
         await ray.close()
+
+
+async def test_any_bridge_sweeps_from_every_node_the_bundles_nobody_touched_for_orphan_after(
+    node_tmp: tuple[RayHead, Path], workdir: Path
+) -> None:
+    """A bridge killed on a host where no bridge starts again (its gateway gone for good)
+    left its bundles on the other nodes for ever: only a bridge of its own host can judge
+    its pid.  Every bridge sweeps every node it reaches, at start and every ``sweep_every``
+    seconds: it touches its own directory there and removes those no bridge touched for
+    ``orphan_after`` seconds; a live bridge's (touched lately) stays."""
+    head, theirs = node_tmp
+    host = socket.gethostname()
+    gone, live = theirs / f"1@gone-{host}", theirs / f"2@live-{host}"
+    for d in (gone, live):
+        (d / f"{'c' * 32}").mkdir(parents=True)
+    long_ago = time.time() - 7200
+    os.utime(gone, (long_ago, long_ago))
+    ray = RayInfrastructure(InfraConfig(name="ray", kind="ray", address=head.address, timeout=20), data_dir=workdir / "data")
+    ray.orphan_after, ray.sweep_every = 3600.0, 0.2
+
+    async def until(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    try:
+        await ray.start()
+        assert ray._bridge is not None
+        await until("the start's sweep left a directory nobody touched for two hours", lambda: not gone.exists())
+        assert live.is_dir()
+        spec = load_manifest(function_dir(workdir / "src", "kept"))
+        await ray.deploy(spec, Bundle(digest="a" * 64, path=str(workdir / "src" / "kept")))
+        r = await ray.invoke(spec, b'{"i": 2}', InvokeContext(invocation_id="first"))
+        assert r.error is None, r.error
+        mine = theirs / f"{ray._bridge.proc.pid}@{host}"
+        assert mine.is_dir()
+        later = theirs / f"3@gone-{host}"
+        (later / f"{'d' * 32}").mkdir(parents=True)
+        for d in (later, mine):
+            os.utime(d, (long_ago, long_ago))
+        await until("a periodic sweep left a directory nobody touched", lambda: not later.exists())
+        await until("the bridge did not touch its own directory", lambda: mine.stat().st_mtime > long_ago + 3600)
+        assert live.is_dir() and mine.is_dir()
+        r = await ray.invoke(spec, b'{"i": 3}', InvokeContext(invocation_id="after"))
+        assert r.error is None, r.error
+    finally:
+        await ray.close()
+        for d in (gone, live, theirs / f"3@gone-{host}"):
+            shutil.rmtree(d, ignore_errors=True)

@@ -80,3 +80,33 @@ def test_first_uses_at_once_put_exactly_one_copy_in_place(tmp_path: Path, bundle
     assert sorted(placed) == [False] * (n - 1) + [True]
     assert ray_worker.intact(root)
     assert [p.name for p in (tmp_path / "owner").iterdir()] == ["content"], "a temporary directory was left"
+
+
+def test_orphans_touches_its_own_and_removes_owners_gone_or_untouched_for_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a bridge's sweep does on one node: its own directory is touched (a sign of life
+    for the other bridges' sweeps), a dead pid's of this host goes, and of another host only
+    a directory nobody touched for ``older_than`` seconds; names that are no owner stay."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setattr(ray_worker, "bundles", lambda: str(tmp_path))
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    own, dead_here, old_elsewhere, recent_elsewhere, live_here, other = (
+        f"{os.getpid()}@{host}", f"{gone.pid}@{host}", f"7@a-{host}", f"8@b-{host}", f"{os.getppid()}@{host}", "not-an-owner",
+    )  # fmt: skip
+    long_ago = time.time() - 1000
+    for name in (own, dead_here, old_elsewhere, recent_elsewhere, live_here, other):
+        (tmp_path / name).mkdir()
+        if name != recent_elsewhere:
+            os.utime(tmp_path / name, (long_ago, long_ago))
+    removed = ray_worker.orphans(own, 500.0)
+    assert sorted(removed) == sorted([dead_here, old_elsewhere, live_here])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([own, recent_elsewhere, other])
+    assert (tmp_path / own).stat().st_mtime > long_ago + 500

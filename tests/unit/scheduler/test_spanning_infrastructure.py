@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from spanfaas.config import InfraConfig, SchedulerSettings
-from spanfaas.errors import InfraUnavailable, InvalidBundle, InvalidManifest, TooManyRequests
+from spanfaas.errors import InfraError, InfraUnavailable, InvalidBundle, InvalidManifest, TooManyRequests
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import Bundle, InfraInfo
 from spanfaas.scheduler import SpanningInfrastructure
@@ -89,6 +89,25 @@ async def test_fallback_false_raises_the_infrastructure_error(spanning, bundle: 
     assert child(sp, "ray").invocations == 0
 
 
+async def test_fallback_false_says_where_it_was_not_tried_and_why(spanning, bundle: Bundle) -> None:
+    # The caller read only the failed site's error ('injected failure'): nothing said that
+    # ray could have run the call and was not tried because fallback is off.
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec("fallback = false")
+    await sp.deploy(spec, bundle)
+    child(sp, "local").fail_next = 1
+    with pytest.raises(InfraError) as err:
+        await sp.invoke(spec, b"{}", ctx())
+    assert err.value.message == "local: injected platform failure (invocation inv-0); not tried on ray: policy.fallback = false"
+    assert child(sp, "ray").invocations == 0
+    only = make_spec('fallback = false\ninfrastructures = ["ray"]', name="only")
+    await sp.deploy(only, bundle)
+    child(sp, "ray").fail_next = 1  # nowhere else it could have run: the site's error as it is
+    with pytest.raises(InfraError) as err:
+        await sp.invoke(only, b"{}", ctx(1))
+    assert err.value.message == "injected platform failure (invocation inv-1)"
+
+
 async def test_breaker_opens_skips_and_closes_after_a_probe(spanning, bundle: Bundle, clock) -> None:
     sp = await spanning(LOCAL, RAY, failure_threshold=2, open_for=5.0)
     spec = make_spec()
@@ -130,6 +149,27 @@ async def test_info_of_all_sites_down_says_why_each_is(spanning) -> None:
     info = await sp.info()
     assert not info.healthy
     assert info.reason.startswith("local: its info could not be read") and "; ray: its info could not be read" in info.reason
+
+
+@pytest.mark.parametrize("prefer", ["cost", "load", "spread", "latency", "locality"])
+async def test_every_eligible_site_down_says_why_whatever_the_preference(spanning, bundle: Bundle, prefer: str) -> None:
+    # prefer = ["cost"] (or load, spread) with every eligible site down: the invocation
+    # answered 500, 'the gateway failed unexpectedly' (min() of no prices), and so did
+    # explain, instead of the 503 that says why each site cannot run it.
+    sp = await spanning(LOCAL, RAY)
+    spec = make_spec(f'prefer = ["{prefer}"]' + ('\nlocality = "eu"' if prefer == "locality" else ""))
+    await sp.deploy(spec, bundle)
+
+    async def refused() -> InfraInfo:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    child(sp, "local").info = child(sp, "ray").info = refused  # type: ignore[method-assign]
+    await sp.refresh()
+    ex = sp.explain(spec)
+    assert ex.ranking == [] and [v.verdict for v in ex.infrastructures] == ["unavailable", "unavailable"]
+    assert ex.summary == "'fn' cannot run anywhere now"
+    with pytest.raises(InfraUnavailable, match=r"no infrastructure can run 'fn' now \(local: unhealthy: Connection refused \| ray: unhealthy"):
+        await sp.invoke(spec, b"{}", ctx())
 
 
 async def test_prefer_cost_then_locality(spanning, bundle: Bundle) -> None:
@@ -445,6 +485,43 @@ async def test_a_deploy_does_not_wait_for_a_site_known_to_be_down(spanning, bund
     # a redeploy when every eligible site is known down fails at once; the old version serves
     with pytest.raises(InfraUnavailable, match="eu: down"):
         await asyncio.wait_for(sp.deploy(make_spec('infrastructures = ["eu"]', extra='env = {V = "2"}'), bundle), 5)
+    eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
+    await sp.refresh()  # it answers again: it gets what is pending
+    assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
+
+
+async def test_a_deploy_stops_waiting_for_a_site_that_goes_down_during_it(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site that hangs after a deploy began held the deploy for 60 s (its deploy timeout)
+    although the refresh found it down 5 s in: the deploy ends when the site is found
+    down, the function pending there (deployed when it answers), served elsewhere."""
+    sp = await spanning(LOCAL, EU)
+    eu = child(sp, "eu")
+    real_info, real_deploy = eu.info, eu.deploy
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hung_info() -> InfraInfo:
+        raise TimeoutError
+
+    async def hung_deploy(*a: object) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    eu.deploy = hung_deploy  # type: ignore[method-assign]
+    spec = make_spec()
+    deploying = asyncio.create_task(sp.deploy(spec, bundle))
+    await started.wait()
+    eu.info = hung_info  # type: ignore[method-assign]
+    await sp.refresh()  # the refresh finds it down while the deploy waits for it
+    await asyncio.wait_for(deploying, 5)
+    assert cancelled.is_set(), "the hung deploy was left running"
+    assert "fn" in sp.site("local").deployed and "fn" not in sp.site("eu").deployed
+    ((where, why),) = sp.pending("fn")
+    assert where == "eu" and why.startswith("went down while deploying: its info did not answer"), why
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
     eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
     await sp.refresh()  # it answers again: it gets what is pending
     assert "fn" in sp.site("eu").deployed and eu._functions["fn"].spec is spec
