@@ -31,6 +31,7 @@ from spanfaas.cli.output import (
     out_console,
     print_done,
     print_json,
+    print_made,
     print_value,
     shown,
 )
@@ -70,21 +71,16 @@ def deploy(
                 f"stopped waiting (Ctrl-C); {_function_name(path)} may be deployed all the same: "
                 "`spanfaas ls` shows its version"
             ) from None
-    if as_json:
-        print_json(record)
-        return
     digest = str(record.get("digest", ""))
     name = escape(str(record.get("name")))
     if record.get("changed", True):
-        out_console().print(
-            f"[green]✓[/green] deployed [bold]{name}[/bold] "
-            f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
-        )
+        done = f"deployed [bold]{name}[/bold] version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
     else:
-        out_console().print(
-            f"[green]✓[/green] [bold]{name}[/bold] is unchanged: version {record.get('version')} "
-            f"({escape(digest[:19])}…) has this bundle and manifest and keeps running"
-        )
+        done = (f"[bold]{name}[/bold] is unchanged: version {record.get('version')} "
+                f"({escape(digest[:19])}…) has this bundle and manifest and keeps running")  # fmt: skip
+    print_made(as_json, record, str(record.get("name")), done)  # the name, for `spanfaas invoke NAME`
+    if as_json:
+        return
     pending = [p for p in record.get("pending") or [] if isinstance(p, dict)]
     if pending:  # deployed, but not (yet) where its policy allows: said now, not at its first 503
         where = "; ".join(f"{p.get('infrastructure')} ({p.get('reason')})" for p in pending)

@@ -24,6 +24,7 @@ from spanfaas.cli.output import (
     out_console,
     print_done,
     print_json,
+    print_made,
 )
 from spanfaas.client import Client
 from spanfaas.errors import Conflict, InvalidRequest, NotFound, SpanfaasError, ValueRefused, plural
@@ -45,6 +46,11 @@ def _describe(trigger: dict[str, Any]) -> str:
         parts.append(f"subject={trigger['subject']}")
     parts += [f"{k}={v}" for k, v in (trigger.get("filters") or {}).items()]
     return " ".join(parts)
+
+
+def _named(trigger: dict[str, Any]) -> str:
+    """`` (nightly)`` for a trigger named so (Rich markup), nothing for one without a name."""
+    return f" ([bold]{escape(trigger['name'])}[/bold])" if trigger.get("name") else ""
 
 
 def _only(function: str | None) -> str | None:
@@ -74,9 +80,10 @@ def triggers_ls(
     if not triggers:
         err_console().print("no triggers; declare \\[\\[triggers]] in a manifest, or: spanfaas triggers add FUNCTION --type 'com.example.*'")
         return
-    table = Table("ID", "FUNCTION", "ORIGIN", "MATCHES", box=None, header_style="bold")
+    table = Table("ID", "NAME", "FUNCTION", "ORIGIN", "MATCHES", box=None, header_style="bold")
     for t in triggers:
-        table.add_row(escape(t["id"]), escape(t["function"]), t.get("origin", ""), escape(_describe(t["trigger"])))
+        table.add_row(escape(t["id"]), escape(t["trigger"].get("name") or "-"), escape(t["function"]), t.get("origin", ""),
+                      escape(_describe(t["trigger"])))  # fmt: skip
     out_console().print(table)
 
 
@@ -126,7 +133,8 @@ def triggers_add(
             trigger["filters"] = filters
     with Client(url, token) as client:
         record = client.events.add_trigger(function, **trigger)
-    print_done(as_json, record, f"trigger [bold]{escape(record['id'])}[/bold] on {escape(function)}: {escape(_describe(record['trigger']))}")
+    print_made(as_json, record, record["id"], f"trigger [bold]{escape(record['id'])}[/bold]{_named(record['trigger'])} on {escape(function)}: "
+                                            f"{escape(_describe(record['trigger']))}")  # fmt: skip
 
 
 @triggers_app.command("rm")

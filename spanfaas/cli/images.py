@@ -25,6 +25,7 @@ from spanfaas.cli.output import (
     out_console,
     print_done,
     print_json,
+    print_made,
 )
 from spanfaas.client import Client
 from spanfaas.client.images import split_requirement
@@ -142,6 +143,8 @@ def build(
         done = build_with_progress(client, request, as_json=as_json, then="`spanfaas images ls` lists the image once it is built")
     if as_json:
         print_json(done)
+    else:  # its ✓ line is on stderr with the build log; the id alone on stdout, for `id=$(spanfaas images build DIR)`
+        print(done["image"]["id"], flush=True)
 
 
 # -- the repository -------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def curate_create(
     """Create a curated list (admin)."""
     with Client(url, token) as client:
         lst = client.images.create_list(name, list(packages or []), note=note, owner=owner)
-    print_done(as_json, lst, f"created list [bold]{escape(name)}[/bold] with {plural(len(lst.get('packages', [])), 'package')}")
+    print_made(as_json, lst, lst["name"], f"created list [bold]{escape(name)}[/bold] with {plural(len(lst.get('packages', [])), 'package')}")
 
 
 @curate.command("update")

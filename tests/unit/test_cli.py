@@ -114,7 +114,7 @@ def fn_dir(root: Path, name: str, code: str) -> str:
 def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     r = cli("deploy", HELLO)
     assert r.exit_code == 0, r.stderr
-    assert "deployed hello version" in r.stdout
+    assert "deployed hello version" in r.stderr and r.stdout == "hello\n"  # what it made on stdout, the rest on stderr
 
     r = cli("invoke", "hello", "-d", '{"name":"x"}')
     assert r.exit_code == 0, r.stderr
@@ -131,6 +131,48 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     r = cli("rm", "hello")
     assert r.exit_code == 0 and "removed hello" in r.stdout
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
+
+
+def test_a_command_that_makes_something_prints_what_it_made_alone_on_stdout(cli: Any, tmp_path: Path) -> None:
+    """``id=$(spanfaas images build DIR)`` got nothing: the image's id was on stderr only; ``deploy``
+    and ``triggers add`` put a sentence on stdout ('✓ trigger trg_… on hello: …'), no id a script
+    could pass on.  Now each prints what it made alone on stdout (what the next command takes:
+    ``invoke NAME``, ``triggers rm ID``), what it did on stderr; ``--json`` the record on stdout."""
+    d = fn_dir(tmp_path, "made", "def handler(event, context):\n    return 1\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 0 and r.stdout == "made\n", (r.stdout, r.stderr)
+    assert "✓ deployed made version 1" in r.stderr
+    try:
+        r = cli("triggers", "add", "made", "--type", "com.example.made")
+        assert r.exit_code == 0, r.stderr
+        trigger_id = r.stdout.strip()
+        assert re.fullmatch(r"trg_[0-9a-f]+", trigger_id) and r.stdout == trigger_id + "\n", r.stdout
+        assert f"✓ trigger {trigger_id} on made" in r.stderr, r.stderr
+        assert cli("triggers", "rm", trigger_id).exit_code == 0  # the id printed is the one rm takes
+        r = cli("triggers", "add", "made", "--type", "com.example.made", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["id"].startswith("trg_") and r.stderr == "", (r.stdout, r.stderr)
+    finally:
+        cli("rm", "made")  # and its triggers: other tests of the shared gateway list none
+
+
+def test_a_triggers_name_shows_in_its_tables(cli: Any, tmp_path: Path) -> None:
+    """``triggers add --name nightly`` and ``triggers ls`` showed the name only under --json."""
+    d = fn_dir(tmp_path, "named", "def handler(event, context):\n    return 1\n")
+    assert cli("deploy", d).exit_code == 0
+    try:
+        r = cli("triggers", "add", "named", "--schedule", "0 3 * * *", "--name", "nightly")
+        assert r.exit_code == 0 and "nightly" in r.stderr, r.stderr
+        trigger_id = r.stdout.strip()
+        r = cli("triggers", "ls", "-f", "named")
+        assert r.exit_code == 0, r.stderr
+        header, row = r.stdout.splitlines()
+        assert header.split() == ["ID", "NAME", "FUNCTION", "ORIGIN", "MATCHES"], header
+        assert row.split()[:4] == [trigger_id, "nightly", "named", "api"], row
+        assert cli("triggers", "add", "named", "--type", "com.example.unnamed").exit_code == 0
+        rows = cli("triggers", "ls", "-f", "named").stdout.splitlines()[1:]
+        assert sorted(row.split()[1] for row in rows) == ["-", "nightly"], rows  # no name: a dash, not a gap
+    finally:
+        cli("rm", "named")
 
 
 def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(cli: Any, live: Live, tmp_path: Path) -> None:
@@ -157,15 +199,15 @@ def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(c
 def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) -> None:
     d = fn_dir(tmp_path, "same", "def handler(event, context):\n    return 1\n")
     r = cli("deploy", d)
-    assert r.exit_code == 0 and "deployed same version 1" in r.stdout, r.stderr
+    assert r.exit_code == 0 and "deployed same version 1" in r.stderr, r.stderr
     r = cli("deploy", d)
     assert r.exit_code == 0, r.stderr
-    assert "same is unchanged: version 1 (" in r.stdout and "deployed" not in r.stdout
+    assert "same is unchanged: version 1 (" in r.stderr and "deployed" not in r.stderr and r.stdout == "same\n"
     doc = json.loads(cli("deploy", d, "--json").stdout)
     assert doc["version"] == 1 and doc["changed"] is False
     Path(d, "main.py").write_text("def handler(event, context):\n    return 2\n")
     r = cli("deploy", d)
-    assert r.exit_code == 0 and "deployed same version 2" in r.stdout
+    assert r.exit_code == 0 and "deployed same version 2" in r.stderr
 
 
 def test_a_deploy_whose_code_fails_to_import_shows_where(cli: Any, tmp_path: Path) -> None:
