@@ -215,3 +215,21 @@ def test_setting_the_policy_says_it_was_set(cli: Cli) -> None:
     r = ok(cli("images", "curate", "policy", "--no-require-transitive"))
     assert r.stdout.startswith("✓ policy set: dependencies of requested packages are resolved freely"), r.stdout
     assert json.loads(ok(cli("images", "curate", "policy", "--require-transitive", "--json")).stdout) == {"require_transitive": True}
+
+
+def test_the_rejection_docs_images_md_shows_is_what_the_cli_prints(cli: Cli, tmp_path: Path) -> None:
+    """docs/images.md showed the rejection folded over four lines, where the CLI prints one
+    line: a reader grepping for it, or comparing, found another message.  The doc's block is
+    the CLI's stderr for the request it describes, exactly."""
+    doc = (Path(__file__).parents[3] / "docs" / "images.md").read_text(encoding="utf-8")
+    shown = re.search(r"A rejection is a 400 that names each\s+offending package and what is allowed.*?```\n(.*?)```", doc, re.S)
+    assert shown is not None, "docs/images.md lost its rejection example"
+    ok(cli("images", "curate", "create", "science", "numpy>=1.26,<3"))
+    ok(cli("images", "curate", "create", "web", "requests"))
+    fn = tmp_path / "stats"
+    fn.mkdir()
+    (fn / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (fn / "spanfaas.toml").write_text('name = "stats"\n[image]\npackages = ["numpy>=3", "requests"]\nlists = ["science"]\n')
+    r = cli("deploy", str(fn), scope="deploy")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stderr == shown.group(1), (r.stderr, shown.group(1))
