@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from typing import Annotated, Any, NoReturn
@@ -162,12 +163,17 @@ def send(
     id: Annotated[str | None, typer.Option(help="The event's id [default: a new UUID].", show_default=False)] = None,
     subject: Annotated[str | None, typer.Option(help="The event's subject.", show_default=False)] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
+    ext: Annotated[
+        list[str] | None,
+        typer.Option("--ext", metavar="NAME=VALUE", help="An extension attribute, e.g. shop=berlin (a string); repeatable.", show_default=False),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one CloudEvent; matching triggers start their functions."""
-    event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
+    extensions = extensions_of(ext or [])
+    event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type, **extensions}
     if subject:
         event["subject"] = subject
     value, raw = read_data(data)
@@ -193,6 +199,45 @@ def send(
             f"[dim]event {escape(event['id'])} queued {many}; get a result with: "
             f"spanfaas result {escape(jobs[0] if len(jobs) == 1 else 'ID')} --wait[/dim]"
         )
+
+
+_CONTEXT_ATTRIBUTES = {
+    "id": "set it with --id", "source": "set it with --source", "type": "set it with --type",
+    "subject": "set it with --subject", "data": "send the data with -d", "specversion": "spanfaas sends 1.0",
+    "time": "the gateway sets it to the arrival time", "datacontenttype": "-d sets it for bytes",
+    "dataschema": "`spanfaas events send` sends none",
+}  # fmt: skip
+"""CloudEvents 1.0's own attributes (and ``data``), which an extension must not be named: what to do instead."""
+
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+EXTENSION_NAME_MAX = 20
+"""CloudEvents 1.0 recommends at most 20 characters, and a trigger's ``filters`` take no longer name."""
+
+
+def extensions_of(items: list[str]) -> dict[str, str]:
+    """``--ext NAME=VALUE`` options as extension attributes, each name as CloudEvents 1.0 allows
+    (lower-case a-z and 0-9, at most 20 characters, none of its own attributes'), each once."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise InvalidRequest(f"--ext {item!r} must be NAME=VALUE, e.g. --ext shop=berlin")
+        if not _EXTENSION_NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"--ext {item!r}: {name!r} is not a CloudEvents attribute name, which has lower-case letters a-z and "
+                f"digits 0-9 only, e.g. --ext {re.sub('[^a-z0-9]', '', name.lower()) or 'shop'}={value}"
+            )
+        if len(name) > EXTENSION_NAME_MAX:
+            raise InvalidRequest(
+                f"--ext {item!r}: {name!r} is {len(name)} characters; name an extension in at most "
+                f"{EXTENSION_NAME_MAX} (CloudEvents recommends it, and a trigger's filters match no longer name)"
+            )
+        if name in _CONTEXT_ATTRIBUTES:
+            raise InvalidRequest(f"--ext {item!r}: {name!r} is a CloudEvents context attribute, not an extension; {_CONTEXT_ATTRIBUTES[name]}")
+        if name in out:
+            raise InvalidRequest(f"--ext sets {name} twice ({out[name]!r}, {value!r}); give it one value")
+        out[name] = value
+    return out
 
 
 @dlq_app.command("ls")

@@ -349,6 +349,52 @@ def test_events_send_says_what_the_ids_it_prints_are(cli: Any, tmp_path: Path) -
         cli("rm", "ev-said")  # and its trigger: other tests of the shared gateway list none
 
 
+def test_events_send_sets_extension_attributes(cli: Any, tmp_path: Path) -> None:
+    """``events send`` could set no extension attribute: a trigger filtering on one (``--filter
+    shop='b*'``) could not be tried from the command line.  ``--ext NAME=VALUE`` (repeatable) sets
+    them; the function sees them in ``context.event``."""
+    got = "import json\ndef handler(event, context):\n    return {k: context.event.get(k) for k in ('shop', 'region', 'id')}\n"
+    assert cli("deploy", fn_dir(tmp_path, "ev-ext", got)).exit_code == 0
+    try:
+        assert cli("triggers", "add", "ev-ext", "--type", "com.example.ev-ext", "--filter", "shop=b*").exit_code == 0
+        r = cli("events", "send", "--type", "com.example.ev-ext", "--id", "x-1")
+        assert r.exit_code == 0 and "matched no trigger" in r.stdout, (r.stdout, r.stderr)  # the filter needs shop
+        r = cli("events", "send", "--type", "com.example.ev-ext", "--id", "x-2", "--ext", "shop=berlin", "--ext", "region=eu1")
+        assert r.exit_code == 0, r.stderr
+        [job] = r.stdout.split()
+        r = cli("result", job, "--wait", "--timeout", "10", "--json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["result"] == {"shop": "berlin", "region": "eu1", "id": "x-2"}
+    finally:
+        cli("rm", "ev-ext")  # and its trigger: other tests of the shared gateway list none
+
+
+@pytest.mark.parametrize(
+    ("ext", "fragments"),
+    [
+        ("shop", ("--ext 'shop' must be NAME=VALUE", "--ext shop=berlin")),
+        ("=berlin", ("--ext '=berlin' must be NAME=VALUE",)),
+        ("Shop=berlin", ("'Shop' is not a CloudEvents attribute name", "lower-case letters a-z and digits 0-9")),
+        ("shop_id=1", ("'shop_id' is not a CloudEvents attribute name",)),
+        ("averyveryverylongname1=x", ("'averyveryverylongname1' is 22 characters", "at most 20")),
+        ("id=x", ("'id' is a CloudEvents context attribute, not an extension", "--id")),
+        ("type=x", ("'type' is a CloudEvents context attribute", "--type")),
+        ("data=x", ("'data' is a CloudEvents context attribute", "-d")),
+        ("specversion=0.3", ("'specversion' is a CloudEvents context attribute", "1.0")),
+        ("time=now", ("'time' is a CloudEvents context attribute", "not an extension")),
+    ],
+)
+def test_events_send_refuses_an_extension_the_spec_does_not_allow(cli: Any, ext: str, fragments: tuple[str, ...]) -> None:
+    expect_error(cli("events", "send", "--type", "com.example.x", "--ext", ext), 2, *fragments)
+    r = cli("events", "send", "--type", "com.example.x", "--ext", ext, "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["type"].endswith("/invalid-request"), r.stdout
+
+
+def test_events_send_refuses_an_extension_given_twice(cli: Any) -> None:
+    expect_error(cli("events", "send", "--type", "com.example.x", "--ext", "shop=a", "--ext", "shop=b"), 2,
+                 "--ext sets shop twice ('a', 'b'); give it one value")  # fmt: skip
+
+
 def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
     # json.loads' RecursionError came out as a traceback (exit 1).
     deep = "[" * 5000 + "]" * 5000
