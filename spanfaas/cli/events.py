@@ -67,7 +67,7 @@ def _only(function: str | None) -> str | None:
 @triggers_app.command("ls")
 @handle_errors
 def triggers_ls(
-    function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="Only this function's.")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -91,15 +91,15 @@ def triggers_ls(
 @triggers_app.command("add")
 @handle_errors
 def triggers_add(
-    function: Annotated[str, typer.Argument(help="The function the events start.", show_default=False)],
-    source: Annotated[str | None, typer.Option(help="Glob on the events' source, e.g. 's3://photos' [default: *].", show_default=False)] = None,
-    type: Annotated[str | None, typer.Option("--type", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
-    subject: Annotated[str | None, typer.Option(help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
+    function: Annotated[str, typer.Argument(metavar="FUNCTION", help="The function the events start.", show_default=False)],
+    source: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob on the events' source, e.g. 's3://photos' [default: *].", show_default=False)] = None,
+    type: Annotated[str | None, typer.Option("--type", metavar="GLOB", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
+    subject: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
     filter: Annotated[list[str] | None, typer.Option("--filter", metavar="ATTRIBUTE=GLOB", help="A glob on any other attribute, e.g. shop='b*'; repeatable.", show_default=False)] = None,
-    schedule: Annotated[str | None, typer.Option(help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
-    timezone: Annotated[str | None, typer.Option(help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
-    missed: Annotated[str | None, typer.Option(help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
-    name: Annotated[str, typer.Option(help="A name for the trigger.")] = "",
+    schedule: Annotated[str | None, typer.Option(metavar="CRON", help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
+    timezone: Annotated[str | None, typer.Option(metavar="ZONE", help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
+    missed: Annotated[str | None, typer.Option(metavar="MODE", help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
+    name: Annotated[str, typer.Option(metavar="NAME", help="A name for the trigger.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -141,7 +141,7 @@ def triggers_add(
 @triggers_app.command("rm")
 @handle_errors
 def triggers_rm(
-    id: Annotated[str, typer.Argument(help="The trigger's id (spanfaas triggers ls).", show_default=False)],
+    id: Annotated[str, typer.Argument(metavar="ID", help="The trigger's id (spanfaas triggers ls).", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -158,11 +158,11 @@ def triggers_rm(
 @events_app.command("send")
 @handle_errors
 def send(
-    type: Annotated[str, typer.Option("--type", help="The event's type.", show_default=False)],
-    source: Annotated[str, typer.Option(help="The event's source.")] = "spanfaas/cli",
-    id: Annotated[str | None, typer.Option(help="The event's id [default: a new UUID].", show_default=False)] = None,
-    subject: Annotated[str | None, typer.Option(help="The event's subject.", show_default=False)] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
+    type: Annotated[str, typer.Option("--type", metavar="TYPE", help="The event's type.", show_default=False)],
+    source: Annotated[str, typer.Option(metavar="SOURCE", help="The event's source.")] = "spanfaas/cli",
+    id: Annotated[str | None, typer.Option(metavar="ID", help="The event's id [default: a new UUID].", show_default=False)] = None,
+    subject: Annotated[str | None, typer.Option(metavar="SUBJECT", help="The event's subject.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", metavar="DATA", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
     ext: Annotated[
         list[str] | None,
         typer.Option("--ext", metavar="NAME=VALUE", help="An extension attribute, e.g. shop=berlin (a string); repeatable.", show_default=False),
@@ -243,8 +243,8 @@ def extensions_of(items: list[str]) -> dict[str, str]:
 @dlq_app.command("ls")
 @handle_errors
 def dlq_ls(
-    function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many, newest first (1 to 1000).")] = 100,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="Only this function's.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="How many, newest first (1 to 1000).")] = 100,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -296,9 +296,9 @@ def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Tabl
 @dlq_app.command("replay")
 @handle_errors
 def dlq_replay(
-    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
     all: Annotated[bool, typer.Option("--all", help="Replay every dead letter (of --function).")] = False,
-    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="With --all: only this function's.")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -408,9 +408,9 @@ def _partly_replayed(
 @dlq_app.command("rm")
 @handle_errors
 def dlq_rm(
-    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
     all: Annotated[bool, typer.Option("--all", help="Remove every dead letter (of --function); asks first.")] = False,
-    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="With --all: only this function's.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="With --all: do not ask.")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,

@@ -126,7 +126,7 @@ def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool,
 @app.command("build")
 @handle_errors
 def build(
-    path: Annotated[Path, typer.Argument(help="A function directory (its spanfaas.toml has an [image] table).", show_default=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A function directory (its spanfaas.toml has an [image] table).", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -267,7 +267,7 @@ def curate_ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fal
 @curate.command("show")
 @handle_errors
 def curate_show(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -287,10 +287,10 @@ def curate_show(
 @curate.command("create")
 @handle_errors
 def curate_create(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    packages: Annotated[list[str] | None, typer.Argument(metavar="[PACKAGE]...", help="Approved packages with ranges: 'numpy>=1.26,<3'.", show_default=False)] = None,
-    note: Annotated[str, typer.Option(help="What the list is for.")] = "",
-    owner: Annotated[str, typer.Option(help="Who answers for it.")] = "",
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    packages: Annotated[list[str] | None, typer.Argument(metavar="PACKAGE", help="Approved packages with ranges: 'numpy>=1.26,<3'.", show_default=False)] = None,
+    note: Annotated[str, typer.Option(metavar="NOTE", help="What the list is for.")] = "",
+    owner: Annotated[str, typer.Option(metavar="OWNER", help="Who answers for it.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -304,9 +304,9 @@ def curate_create(
 @curate.command("update")
 @handle_errors
 def curate_update(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    note: Annotated[str | None, typer.Option(help="A new note.", show_default=False)] = None,
-    owner: Annotated[str | None, typer.Option(help="A new owner.", show_default=False)] = None,
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    note: Annotated[str | None, typer.Option(metavar="NOTE", help="A new note.", show_default=False)] = None,
+    owner: Annotated[str | None, typer.Option(metavar="OWNER", help="A new owner.", show_default=False)] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -322,7 +322,7 @@ def curate_update(
 @curate.command("delete")
 @handle_errors
 def curate_delete(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -336,9 +336,9 @@ def curate_delete(
 @curate.command("add")
 @handle_errors
 def curate_add(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    requirements: Annotated[list[str], typer.Argument(metavar="PACKAGE...", help="'numpy>=1.26,<3', 'pillow==11.*', or a bare name (any version).", show_default=False)],
-    note: Annotated[str, typer.Option(help="Why it is approved.")] = "",
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    requirements: Annotated[list[str], typer.Argument(metavar="PACKAGE", help="'numpy>=1.26,<3', 'pillow==11.*', or a bare name (any version).", show_default=False)],
+    note: Annotated[str, typer.Option(metavar="NOTE", help="Why it is approved.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -372,8 +372,8 @@ def curate_add(
 @curate.command("remove")
 @handle_errors
 def curate_remove(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    packages: Annotated[list[str], typer.Argument(metavar="PACKAGE...", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    packages: Annotated[list[str], typer.Argument(metavar="PACKAGE", help="Package names, as the list has them.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -395,8 +395,8 @@ def curate_remove(
 @curate.command("audit")
 @handle_errors
 def curate_audit(
-    target: Annotated[str | None, typer.Argument(metavar="[LIST|policy|IMAGE]", help="Only this list's changes (or the policy's, or an image's).", show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many, newest first (1 to 10000).")] = 50,
+    target: Annotated[str | None, typer.Argument(metavar="LIST|policy|IMAGE", help="Only this list's changes (or the policy's, or an image's).", show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, max=10_000, help="How many, newest first (1 to 10000).")] = 50,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

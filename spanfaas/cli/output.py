@@ -45,11 +45,11 @@ R = TypeVar("R")
 
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="Gateway URL [env: SPANFAAS_URL; default: saved by `spanfaas up`, else http://127.0.0.1:8080]", show_default=False),
+    typer.Option("--url", metavar="URL", help="Gateway URL [env: SPANFAAS_URL; default: saved by `spanfaas up`, else http://127.0.0.1:8080]", show_default=False),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up`]", show_default=False),
+    typer.Option("--token", metavar="TOKEN", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up`]", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout (for scripts).")]
 

@@ -330,7 +330,7 @@ def _send_data_of_each_kind(cli: Any, tmp_path: Path) -> None:
     logs = "".join(rec["logs"] for rec in json.loads(cli("logs", "ev-data", "--json").stdout)["invocations"])
     assert '"data": {"name": "file"}' in logs and '"data": {"name": "stdin"}' in logs
     assert '"data_base64": "AP9iaW4="' in logs and '"datacontenttype": "application/octet-stream"' in logs
-    expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @file")
+    expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @FILE")
 
 
 def test_events_send_says_what_the_ids_it_prints_are(cli: Any, tmp_path: Path) -> None:
@@ -1025,6 +1025,45 @@ def test_help_lists_the_commands(cli: Any) -> None:
     r = cli("--help")
     for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
         assert command in r.stdout
+
+
+LITERAL_WORDS = {"policy"}
+"""Lower-case words in a usage that are typed as they are (``images curate audit policy``), not placeholders."""
+
+
+def _commands(command: Any, path: list[str], parent: Any) -> Iterator[tuple[list[str], Any, Any]]:
+    ctx = command.context_class(command, info_name=path[-1] if path else "spanfaas", parent=parent)
+    yield path, command, ctx
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, [*path, name], ctx)
+
+
+def _lower_placeholders(text: str) -> list[str]:
+    """The words of a usage or a help row's first column, past the option names, not in capitals."""
+    words = [w for token in text.split() if not token.startswith(("-", "/")) for w in re.findall(r"[A-Za-z][A-Za-z0-9_]*", token)]
+    return [w for w in words if not w.isupper() and w not in LITERAL_WORDS]
+
+
+def test_every_commands_help_writes_its_placeholders_in_capitals(cli: Any) -> None:
+    """Usages mixed three ways of writing what the user fills in: ``deploy {path}``, ``result {ID}``,
+    ``--url <str>``, ``--filter ATTRIBUTE=GLOB``, ``<function>.<zone>``.  Capitals are the CLI's
+    way (its messages and docs say ``spanfaas result ID``, ``-d @FILE``, ``logs FUNCTION``): every
+    command's usage line, argument and option here is walked and held to them."""
+    from typer.main import get_command
+
+    seen = 0
+    for path, command, ctx in _commands(get_command(app), [], None):
+        r = cli(*path, "--help")
+        assert r.exit_code == 0, (path, r.stderr)
+        assert not re.search(r"<[a-z][^>]*>", r.stdout), (path, r.stdout)  # no '<str>', '<path>', '<function>'
+        usage = " ".join(command.collect_usage_pieces(ctx))
+        assert _lower_placeholders(usage) == [], (path, usage)
+        for param in command.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                assert _lower_placeholders(record[0]) == [], (path, record[0])
+                seen += 1
+    assert seen > 100  # every command's options and arguments were looked at
 
 
 def test_python_dash_m_spanfaas_runs_the_cli() -> None:
