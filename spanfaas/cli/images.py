@@ -143,7 +143,7 @@ def build(
         done = build_with_progress(client, request, as_json=as_json, then="`spanfaas images ls` lists the image once it is built")
     if as_json:
         print_json(done)
-    else:  # its ✓ line is on stderr with the build log; the id alone on stdout, for `id=$(spanfaas images build DIR)`
+    else:  # its ✓ line is on stderr with the build log; the id alone on stdout, for `id=$(spanfaas images build PATH)`
         print(done["image"]["id"], flush=True)
 
 
