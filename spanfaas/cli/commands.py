@@ -31,6 +31,7 @@ from spanfaas.cli.output import (
     out_console,
     print_done,
     print_json,
+    print_made,
     print_value,
     shown,
 )
@@ -41,7 +42,7 @@ __all__ = ["deploy", "info", "invoke", "logs", "ls", "protection_table", "result
 
 @handle_errors
 def deploy(
-    path: Annotated[Path, typer.Argument(help="A function directory (with spanfaas.toml) or one .py file.", show_default=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A function directory (with spanfaas.toml) or one .py file.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -70,21 +71,16 @@ def deploy(
                 f"stopped waiting (Ctrl-C); {_function_name(path)} may be deployed all the same: "
                 "`spanfaas ls` shows its version"
             ) from None
-    if as_json:
-        print_json(record)
-        return
     digest = str(record.get("digest", ""))
     name = escape(str(record.get("name")))
     if record.get("changed", True):
-        out_console().print(
-            f"[green]✓[/green] deployed [bold]{name}[/bold] "
-            f"version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
-        )
+        done = f"deployed [bold]{name}[/bold] version {record.get('version')} ({escape(digest[:19])}…) in {time.perf_counter() - started:.2f}s"
     else:
-        out_console().print(
-            f"[green]✓[/green] [bold]{name}[/bold] is unchanged: version {record.get('version')} "
-            f"({escape(digest[:19])}…) has this bundle and manifest and keeps running"
-        )
+        done = (f"[bold]{name}[/bold] is unchanged: version {record.get('version')} "
+                f"({escape(digest[:19])}…) has this bundle and manifest and keeps running")  # fmt: skip
+    print_made(as_json, record, str(record.get("name")), done)  # the name, for `spanfaas invoke NAME`
+    if as_json:
+        return
     pending = [p for p in record.get("pending") or [] if isinstance(p, dict)]
     if pending:  # deployed, but not (yet) where its policy allows: said now, not at its first 503
         where = "; ".join(f"{p.get('infrastructure')} ({p.get('reason')})" for p in pending)
@@ -126,13 +122,13 @@ def _one_output(raw: bool, as_json: bool) -> None:
 
 @handle_errors
 def invoke(
-    name: Annotated[str, typer.Argument(help="The function to run.", show_default=False)],
-    data: Annotated[str | None, typer.Option("-d", "--data", help="The event: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The function to run.", show_default=False)],
+    data: Annotated[str | None, typer.Option("-d", "--data", metavar="DATA", help="The event: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
     run_async: Annotated[bool, typer.Option("--async", help="Queue the invocation and print its id.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", help="Seconds to wait for the result; when they run out, the invocation's id is printed for `spanfaas result ID`.", show_default=False),
+        typer.Option("--timeout", metavar="SECONDS", help="Seconds to wait for the result; when they run out, the invocation's id is printed for `spanfaas result ID`.", show_default=False),
     ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -187,7 +183,7 @@ def _goes_on(invocation_id: str) -> Iterator[None]:
 def result(
     invocation_id: Annotated[str, typer.Argument(metavar="ID", help="An invocation id (from invoke --async).", show_default=False)],
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until the invocation finishes.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Wait, at most this many seconds (implies --wait).", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", metavar="SECONDS", help="Wait, at most this many seconds (implies --wait).", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Write the output bytes exactly as returned.")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -250,10 +246,10 @@ def ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
 @handle_errors
 def logs(
     target: Annotated[str, typer.Argument(metavar="NAME|ID", help="A function name (its latest invocations) or an invocation id.", show_default=False)],
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many of a function's latest invocations (1 to 1000).")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="How many of a function's latest invocations (1 to 1000).")] = 20,
     every: Annotated[bool, typer.Option("--all", help="All of a function's invocations (the listing's pages followed), not the latest --limit.")] = False,
     status: Annotated[
-        InvocationStatus | None, typer.Option("--status", help="Only the invocations in this status.", show_default=False)
+        InvocationStatus | None, typer.Option("--status", metavar="STATUS", help="Only the invocations in this status: queued, running, succeeded or failed.", show_default=False)
     ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -289,7 +285,7 @@ def logs(
 
 @handle_errors
 def rm(
-    name: Annotated[str, typer.Argument(help="The function to remove.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The function to remove.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

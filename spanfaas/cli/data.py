@@ -17,7 +17,7 @@ __all__ = ["read_data"]
 
 
 def read_data(data: str | None) -> tuple[Any, bytes | None]:
-    """-d JSON, -d @file or -d @- (stdin): a JSON value, or raw bytes if the file is not JSON."""
+    """-d JSON, -d @FILE or -d @- (stdin): a JSON value, or raw bytes if the file is not JSON."""
     if data is None:
         return None, None
     if data.startswith("@"):
@@ -38,7 +38,7 @@ def read_data(data: str | None) -> tuple[Any, bytes | None]:
         return json.loads(data), None
     except ValueError as exc:
         raise InvalidPayload(
-            f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @file"
+            f"-d is not valid JSON ({exc}); quote it like -d '{{\"name\": \"x\"}}', or send a file with -d @FILE"
         ) from None
     except RecursionError:
         raise InvalidPayload("-d is JSON nested too deeply to decode; flatten it") from None

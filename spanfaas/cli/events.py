@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from typing import Annotated, Any, NoReturn
@@ -24,6 +25,7 @@ from spanfaas.cli.output import (
     out_console,
     print_done,
     print_json,
+    print_made,
 )
 from spanfaas.client import Client
 from spanfaas.errors import Conflict, InvalidRequest, NotFound, SpanfaasError, ValueRefused, plural
@@ -47,6 +49,11 @@ def _describe(trigger: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _named(trigger: dict[str, Any]) -> str:
+    """`` (nightly)`` for a trigger named so (Rich markup), nothing for one without a name."""
+    return f" ([bold]{escape(trigger['name'])}[/bold])" if trigger.get("name") else ""
+
+
 def _only(function: str | None) -> str | None:
     """``--function``, unless it is empty: an empty name must not widen to every function's."""
     if function == "":
@@ -60,7 +67,7 @@ def _only(function: str | None) -> str | None:
 @triggers_app.command("ls")
 @handle_errors
 def triggers_ls(
-    function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="Only this function's.")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -74,24 +81,25 @@ def triggers_ls(
     if not triggers:
         err_console().print("no triggers; declare \\[\\[triggers]] in a manifest, or: spanfaas triggers add FUNCTION --type 'com.example.*'")
         return
-    table = Table("ID", "FUNCTION", "ORIGIN", "MATCHES", box=None, header_style="bold")
+    table = Table("ID", "NAME", "FUNCTION", "ORIGIN", "MATCHES", box=None, header_style="bold")
     for t in triggers:
-        table.add_row(escape(t["id"]), escape(t["function"]), t.get("origin", ""), escape(_describe(t["trigger"])))
+        table.add_row(escape(t["id"]), escape(t["trigger"].get("name") or "-"), escape(t["function"]), t.get("origin", ""),
+                      escape(_describe(t["trigger"])))  # fmt: skip
     out_console().print(table)
 
 
 @triggers_app.command("add")
 @handle_errors
 def triggers_add(
-    function: Annotated[str, typer.Argument(help="The function the events start.", show_default=False)],
-    source: Annotated[str | None, typer.Option(help="Glob on the events' source, e.g. 's3://photos' [default: *].", show_default=False)] = None,
-    type: Annotated[str | None, typer.Option("--type", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
-    subject: Annotated[str | None, typer.Option(help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
+    function: Annotated[str, typer.Argument(metavar="FUNCTION", help="The function the events start.", show_default=False)],
+    source: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob on the events' source, e.g. 's3://photos' [default: *].", show_default=False)] = None,
+    type: Annotated[str | None, typer.Option("--type", metavar="GLOB", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
+    subject: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
     filter: Annotated[list[str] | None, typer.Option("--filter", metavar="ATTRIBUTE=GLOB", help="A glob on any other attribute, e.g. shop='b*'; repeatable.", show_default=False)] = None,
-    schedule: Annotated[str | None, typer.Option(help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
-    timezone: Annotated[str | None, typer.Option(help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
-    missed: Annotated[str | None, typer.Option(help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
-    name: Annotated[str, typer.Option(help="A name for the trigger.")] = "",
+    schedule: Annotated[str | None, typer.Option(metavar="CRON", help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
+    timezone: Annotated[str | None, typer.Option(metavar="ZONE", help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
+    missed: Annotated[str | None, typer.Option(metavar="MODE", help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
+    name: Annotated[str, typer.Option(metavar="NAME", help="A name for the trigger.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -126,13 +134,14 @@ def triggers_add(
             trigger["filters"] = filters
     with Client(url, token) as client:
         record = client.events.add_trigger(function, **trigger)
-    print_done(as_json, record, f"trigger [bold]{escape(record['id'])}[/bold] on {escape(function)}: {escape(_describe(record['trigger']))}")
+    print_made(as_json, record, record["id"], f"trigger [bold]{escape(record['id'])}[/bold]{_named(record['trigger'])} on {escape(function)}: "
+                                            f"{escape(_describe(record['trigger']))}")  # fmt: skip
 
 
 @triggers_app.command("rm")
 @handle_errors
 def triggers_rm(
-    id: Annotated[str, typer.Argument(help="The trigger's id (spanfaas triggers ls).", show_default=False)],
+    id: Annotated[str, typer.Argument(metavar="ID", help="The trigger's id (spanfaas triggers ls).", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -149,17 +158,22 @@ def triggers_rm(
 @events_app.command("send")
 @handle_errors
 def send(
-    type: Annotated[str, typer.Option("--type", help="The event's type.", show_default=False)],
-    source: Annotated[str, typer.Option(help="The event's source.")] = "spanfaas/cli",
-    id: Annotated[str | None, typer.Option(help="The event's id [default: a new UUID].", show_default=False)] = None,
-    subject: Annotated[str | None, typer.Option(help="The event's subject.", show_default=False)] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
+    type: Annotated[str, typer.Option("--type", metavar="TYPE", help="The event's type.", show_default=False)],
+    source: Annotated[str, typer.Option(metavar="SOURCE", help="The event's source.")] = "spanfaas/cli",
+    id: Annotated[str | None, typer.Option(metavar="ID", help="The event's id [default: a new UUID].", show_default=False)] = None,
+    subject: Annotated[str | None, typer.Option(metavar="SUBJECT", help="The event's subject.", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", metavar="DATA", help="The event's data: JSON, or @FILE (JSON, else sent as bytes), or @- for stdin.", show_default=False)] = None,
+    ext: Annotated[
+        list[str] | None,
+        typer.Option("--ext", metavar="NAME=VALUE", help="An extension attribute, e.g. shop=berlin (a string); repeatable.", show_default=False),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish one CloudEvent; matching triggers start their functions."""
-    event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type}
+    extensions = extensions_of(ext or [])
+    event: dict[str, Any] = {"specversion": "1.0", "id": id or str(uuid.uuid4()), "source": source, "type": type, **extensions}
     if subject:
         event["subject"] = subject
     value, raw = read_data(data)
@@ -187,11 +201,50 @@ def send(
         )
 
 
+_CONTEXT_ATTRIBUTES = {
+    "id": "set it with --id", "source": "set it with --source", "type": "set it with --type",
+    "subject": "set it with --subject", "data": "send the data with -d", "specversion": "spanfaas sends 1.0",
+    "time": "the gateway sets it to the arrival time", "datacontenttype": "-d sets it for bytes",
+    "dataschema": "`spanfaas events send` sends none",
+}  # fmt: skip
+"""CloudEvents 1.0's own attributes (and ``data``), which an extension must not be named: what to do instead."""
+
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+EXTENSION_NAME_MAX = 20
+"""CloudEvents 1.0 recommends at most 20 characters, and a trigger's ``filters`` take no longer name."""
+
+
+def extensions_of(items: list[str]) -> dict[str, str]:
+    """``--ext NAME=VALUE`` options as extension attributes, each name as CloudEvents 1.0 allows
+    (lower-case a-z and 0-9, at most 20 characters, none of its own attributes'), each once."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise InvalidRequest(f"--ext {item!r} must be NAME=VALUE, e.g. --ext shop=berlin")
+        if not _EXTENSION_NAME.fullmatch(name):
+            raise InvalidRequest(
+                f"--ext {item!r}: {name!r} is not a CloudEvents attribute name, which has lower-case letters a-z and "
+                f"digits 0-9 only, e.g. --ext {re.sub('[^a-z0-9]', '', name.lower()) or 'shop'}={value}"
+            )
+        if len(name) > EXTENSION_NAME_MAX:
+            raise InvalidRequest(
+                f"--ext {item!r}: {name!r} is {len(name)} characters; name an extension in at most "
+                f"{EXTENSION_NAME_MAX} (CloudEvents recommends it, and a trigger's filters match no longer name)"
+            )
+        if name in _CONTEXT_ATTRIBUTES:
+            raise InvalidRequest(f"--ext {item!r}: {name!r} is a CloudEvents context attribute, not an extension; {_CONTEXT_ATTRIBUTES[name]}")
+        if name in out:
+            raise InvalidRequest(f"--ext sets {name} twice ({out[name]!r}, {value!r}); give it one value")
+        out[name] = value
+    return out
+
+
 @dlq_app.command("ls")
 @handle_errors
 def dlq_ls(
-    function: Annotated[str | None, typer.Option("--function", "-f", help="Only this function's.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="How many, newest first (1 to 1000).")] = 100,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="Only this function's.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, max=1000, help="How many, newest first (1 to 1000).")] = 100,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -243,9 +296,9 @@ def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Tabl
 @dlq_app.command("replay")
 @handle_errors
 def dlq_replay(
-    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
     all: Annotated[bool, typer.Option("--all", help="Replay every dead letter (of --function).")] = False,
-    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="With --all: only this function's.")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -355,9 +408,9 @@ def _partly_replayed(
 @dlq_app.command("rm")
 @handle_errors
 def dlq_rm(
-    ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Dead letter ids (spanfaas events dlq ls).", show_default=False)] = None,
     all: Annotated[bool, typer.Option("--all", help="Remove every dead letter (of --function); asks first.")] = False,
-    function: Annotated[str | None, typer.Option("--function", "-f", help="With --all: only this function's.")] = None,
+    function: Annotated[str | None, typer.Option("--function", "-f", metavar="FUNCTION", help="With --all: only this function's.")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="With --all: do not ask.")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,

@@ -18,7 +18,7 @@ _COLOURS = {"chosen": "green", "fallback": "cyan", "not-used": "dim", "rejected"
 
 @handle_errors
 def explain(
-    name: Annotated[str, typer.Argument(help="The function to explain.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The function to explain.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

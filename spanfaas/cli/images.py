@@ -25,6 +25,7 @@ from spanfaas.cli.output import (
     out_console,
     print_done,
     print_json,
+    print_made,
 )
 from spanfaas.client import Client
 from spanfaas.client.images import split_requirement
@@ -125,7 +126,7 @@ def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool,
 @app.command("build")
 @handle_errors
 def build(
-    path: Annotated[Path, typer.Argument(help="A function directory (its spanfaas.toml has an [image] table).", show_default=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A function directory (its spanfaas.toml has an [image] table).", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -142,6 +143,8 @@ def build(
         done = build_with_progress(client, request, as_json=as_json, then="`spanfaas images ls` lists the image once it is built")
     if as_json:
         print_json(done)
+    else:  # its ✓ line is on stderr with the build log; the id alone on stdout, for `id=$(spanfaas images build PATH)`
+        print(done["image"]["id"], flush=True)
 
 
 # -- the repository -------------------------------------------------------------------------
@@ -264,7 +267,7 @@ def curate_ls(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fal
 @curate.command("show")
 @handle_errors
 def curate_show(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -284,10 +287,10 @@ def curate_show(
 @curate.command("create")
 @handle_errors
 def curate_create(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    packages: Annotated[list[str] | None, typer.Argument(metavar="[PACKAGE]...", help="Approved packages with ranges: 'numpy>=1.26,<3'.", show_default=False)] = None,
-    note: Annotated[str, typer.Option(help="What the list is for.")] = "",
-    owner: Annotated[str, typer.Option(help="Who answers for it.")] = "",
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    packages: Annotated[list[str] | None, typer.Argument(metavar="PACKAGE", help="Approved packages with ranges: 'numpy>=1.26,<3'.", show_default=False)] = None,
+    note: Annotated[str, typer.Option(metavar="NOTE", help="What the list is for.")] = "",
+    owner: Annotated[str, typer.Option(metavar="OWNER", help="Who answers for it.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -295,15 +298,15 @@ def curate_create(
     """Create a curated list (admin)."""
     with Client(url, token) as client:
         lst = client.images.create_list(name, list(packages or []), note=note, owner=owner)
-    print_done(as_json, lst, f"created list [bold]{escape(name)}[/bold] with {plural(len(lst.get('packages', [])), 'package')}")
+    print_made(as_json, lst, lst["name"], f"created list [bold]{escape(name)}[/bold] with {plural(len(lst.get('packages', [])), 'package')}")
 
 
 @curate.command("update")
 @handle_errors
 def curate_update(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    note: Annotated[str | None, typer.Option(help="A new note.", show_default=False)] = None,
-    owner: Annotated[str | None, typer.Option(help="A new owner.", show_default=False)] = None,
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    note: Annotated[str | None, typer.Option(metavar="NOTE", help="A new note.", show_default=False)] = None,
+    owner: Annotated[str | None, typer.Option(metavar="OWNER", help="A new owner.", show_default=False)] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -319,7 +322,7 @@ def curate_update(
 @curate.command("delete")
 @handle_errors
 def curate_delete(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -333,9 +336,9 @@ def curate_delete(
 @curate.command("add")
 @handle_errors
 def curate_add(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    requirements: Annotated[list[str], typer.Argument(metavar="PACKAGE...", help="'numpy>=1.26,<3', 'pillow==11.*', or a bare name (any version).", show_default=False)],
-    note: Annotated[str, typer.Option(help="Why it is approved.")] = "",
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    requirements: Annotated[list[str], typer.Argument(metavar="PACKAGE", help="'numpy>=1.26,<3', 'pillow==11.*', or a bare name (any version).", show_default=False)],
+    note: Annotated[str, typer.Option(metavar="NOTE", help="Why it is approved.")] = "",
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -369,8 +372,8 @@ def curate_add(
 @curate.command("remove")
 @handle_errors
 def curate_remove(
-    name: Annotated[str, typer.Argument(metavar="LIST", show_default=False)],
-    packages: Annotated[list[str], typer.Argument(metavar="PACKAGE...", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
+    packages: Annotated[list[str], typer.Argument(metavar="PACKAGE", help="Package names, as the list has them.", show_default=False)],
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -392,8 +395,8 @@ def curate_remove(
 @curate.command("audit")
 @handle_errors
 def curate_audit(
-    target: Annotated[str | None, typer.Argument(metavar="[LIST|policy|IMAGE]", help="Only this list's changes (or the policy's, or an image's).", show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="How many, newest first (1 to 10000).")] = 50,
+    target: Annotated[str | None, typer.Argument(metavar="LIST|policy|IMAGE", help="Only this list's changes (or the policy's, or an image's).", show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, max=10_000, help="How many, newest first (1 to 10000).")] = 50,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

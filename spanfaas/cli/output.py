@@ -1,7 +1,10 @@
 """How the CLI speaks: Rich for people, one JSON document for scripts, exit codes per error.
 
 Data (results, ids, JSON documents) goes to stdout; status lines, progress
-and errors go to stderr, so ``$(spanfaas invoke …)`` captures only data.
+and errors go to stderr, so ``$(spanfaas invoke …)`` captures only data.  A
+command that makes something (``deploy``, ``images build``, ``triggers add``,
+``images curate create``, ``invoke --async``) prints what it made alone on
+stdout -- what the next command takes -- and its ✓ line on stderr.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "handle_errors",
     "out_console",
     "print_json",
+    "print_made",
     "print_value",
     "shown",
 ]
@@ -41,11 +45,11 @@ R = TypeVar("R")
 
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="Gateway URL [env: SPANFAAS_URL; default: saved by `spanfaas up`, else http://127.0.0.1:8080]", show_default=False),
+    typer.Option("--url", metavar="URL", help="Gateway URL [env: SPANFAAS_URL; default: saved by `spanfaas up`, else http://127.0.0.1:8080]", show_default=False),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up`]", show_default=False),
+    typer.Option("--token", metavar="TOKEN", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up`]", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout (for scripts).")]
 
@@ -82,6 +86,18 @@ def print_done(as_json: bool, doc: Any, message: str) -> None:
         print_json(doc)
     else:
         out_console().print(f"[green]✓[/green] {message}")
+
+
+def print_made(as_json: bool, doc: Any, made: str, message: str) -> None:
+    """The outcome of a command that made something: ``doc`` for scripts under ``--json``; else
+    what it made (``made``: a name or an id, what the next command takes) alone on stdout, for
+    ``x=$(spanfaas …)``, and a ✓ line saying what was done on stderr."""
+    if as_json:
+        print_json(doc)
+        return
+    err_console().print(f"[green]✓[/green] {message}")
+    sys.stdout.write(made + "\n")
+    sys.stdout.flush()
 
 
 def print_value(value: Any, content_type: str = "application/json") -> None:

@@ -41,12 +41,12 @@ def _demo_dirs() -> list[Path]:
 
 @handle_errors
 def up(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on; 0 picks a free one [default: 8080].", show_default=False)] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where state lives [default: $XDG_DATA_HOME/spanfaas].", show_default=False)] = None,
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="Address to listen on [default: 127.0.0.1].", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Port to listen on; 0 picks a free one [default: 8080].", show_default=False)] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", metavar="DIR", help="Where state lives [default: $XDG_DATA_HOME/spanfaas].", show_default=False)] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Deploy the functions in examples/.")] = False,
-    dns: Annotated[bool, typer.Option("--dns", help="Answer DNS lookups of <function>.<zone> with this gateway and prewarm the function.")] = False,
-    dns_port: Annotated[int | None, typer.Option("--dns-port", help="UDP port of the DNS responder [default: 5353].", show_default=False)] = None,
+    dns: Annotated[bool, typer.Option("--dns", help="Answer DNS lookups of FUNCTION.ZONE with this gateway and prewarm the function.")] = False,
+    dns_port: Annotated[int | None, typer.Option("--dns-port", metavar="PORT", help="UDP port of the DNS responder [default: 5353].", show_default=False)] = None,
     no_early_action: Annotated[bool, typer.Option("--no-early-action", help="Do not prewarm a function when an invoke request's headers arrive.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -5,6 +5,12 @@ on stderr and exit 2.  A script that passed ``--json`` reads stdout, so it
 gets one Problem Details document there as well (``invalid-request``, what
 was wrong and which ``--help`` to read), with the same exit code.
 
+What the user fills in is written in capitals everywhere, as the CLI's messages
+and docs write it (``spanfaas result ID``, ``-d @FILE``): every argument and
+option value has an upper-case ``metavar``, and an argument's help row is its
+placeholder alone (typer adds its type, ``PATH <path>``, which ``--help`` of
+an option does not show once it has a metavar).
+
 An argument in another encoding than UTF-8 (a Latin-1 terminal, a script's
 bytes) reaches Python with its bytes as lone surrogates, which no request
 can carry: it is refused here, naming the byte, before it fails deeper down.
@@ -18,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from spanfaas.cli.output import fail, print_json
 from spanfaas.errors import InvalidRequest
@@ -63,8 +69,29 @@ def undecodable(args: Sequence[str]) -> InvalidRequest | None:
     return None
 
 
+class _Argument(TyperArgument):
+    """An argument whose help row is its placeholder (``PATH``), not also its type (``PATH <path>``)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _plain_arguments(command: Any) -> None:
+    """Every argument of ``command`` and of its subcommands, shown as its placeholder alone."""
+    for param in command.params:
+        if type(param) is TyperArgument:
+            param.__class__ = _Argument
+    for sub in getattr(command, "commands", {}).values():
+        _plain_arguments(sub)
+
+
 class JsonUsageGroup(TyperGroup):
-    """The root command: click's usage errors also become one JSON document when ``--json`` was given."""
+    """The root command: click's usage errors also become one JSON document when ``--json`` was given;
+    its commands' arguments are shown as their placeholders alone."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_arguments(self)
 
     def main(  # type: ignore[override]
         self,

@@ -119,7 +119,7 @@ def test_quickstart(shell: Shell, up: Up, monkeypatch: pytest.MonkeyPatch) -> No
 
     r = shell("deploy", "examples/hello")
     assert r.returncode == 0, r.stderr
-    assert "deployed hello version 1" in r.stdout
+    assert "deployed hello version 1" in r.stderr and r.stdout == "hello\n"
 
     r = shell("invoke", "hello", "-d", '{"name":"x"}')
     assert r.returncode == 0, f"{r.stderr}\n{up.output()}"

@@ -331,7 +331,7 @@ def test_a_deploy_whose_only_site_refuses_our_token_says_it_is_pending_there(sit
         cmd = [sys.executable, "-m", "spanfaas.cli", "deploy", str(function_dir(root / "src", "nowhere2", "")), *opts]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "250"})
         assert out.returncode == 0, out.stderr
-        assert "deployed nowhere2 version 1" in out.stdout, out.stdout
+        assert "deployed nowhere2 version 1" in out.stderr and out.stdout == "nowhere2\n", (out.stdout, out.stderr)
         assert re.search(r"warning: nowhere2 is pending on eu \(down: .*site 'eu' refuses our token \(401\)", out.stderr), out.stderr
         out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)  # unchanged (200): still said
         assert out.returncode == 0, out.stderr

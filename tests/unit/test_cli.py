@@ -114,7 +114,7 @@ def fn_dir(root: Path, name: str, code: str) -> str:
 def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     r = cli("deploy", HELLO)
     assert r.exit_code == 0, r.stderr
-    assert "deployed hello version" in r.stdout
+    assert "deployed hello version" in r.stderr and r.stdout == "hello\n"  # what it made on stdout, the rest on stderr
 
     r = cli("invoke", "hello", "-d", '{"name":"x"}')
     assert r.exit_code == 0, r.stderr
@@ -131,6 +131,48 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     r = cli("rm", "hello")
     assert r.exit_code == 0 and "removed hello" in r.stdout
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
+
+
+def test_a_command_that_makes_something_prints_what_it_made_alone_on_stdout(cli: Any, tmp_path: Path) -> None:
+    """``id=$(spanfaas images build DIR)`` got nothing: the image's id was on stderr only; ``deploy``
+    and ``triggers add`` put a sentence on stdout ('✓ trigger trg_… on hello: …'), no id a script
+    could pass on.  Now each prints what it made alone on stdout (what the next command takes:
+    ``invoke NAME``, ``triggers rm ID``), what it did on stderr; ``--json`` the record on stdout."""
+    d = fn_dir(tmp_path, "made", "def handler(event, context):\n    return 1\n")
+    r = cli("deploy", d)
+    assert r.exit_code == 0 and r.stdout == "made\n", (r.stdout, r.stderr)
+    assert "✓ deployed made version 1" in r.stderr
+    try:
+        r = cli("triggers", "add", "made", "--type", "com.example.made")
+        assert r.exit_code == 0, r.stderr
+        trigger_id = r.stdout.strip()
+        assert re.fullmatch(r"trg_[0-9a-f]+", trigger_id) and r.stdout == trigger_id + "\n", r.stdout
+        assert f"✓ trigger {trigger_id} on made" in r.stderr, r.stderr
+        assert cli("triggers", "rm", trigger_id).exit_code == 0  # the id printed is the one rm takes
+        r = cli("triggers", "add", "made", "--type", "com.example.made", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["id"].startswith("trg_") and r.stderr == "", (r.stdout, r.stderr)
+    finally:
+        cli("rm", "made")  # and its triggers: other tests of the shared gateway list none
+
+
+def test_a_triggers_name_shows_in_its_tables(cli: Any, tmp_path: Path) -> None:
+    """``triggers add --name nightly`` and ``triggers ls`` showed the name only under --json."""
+    d = fn_dir(tmp_path, "named", "def handler(event, context):\n    return 1\n")
+    assert cli("deploy", d).exit_code == 0
+    try:
+        r = cli("triggers", "add", "named", "--schedule", "0 3 * * *", "--name", "nightly")
+        assert r.exit_code == 0 and "nightly" in r.stderr, r.stderr
+        trigger_id = r.stdout.strip()
+        r = cli("triggers", "ls", "-f", "named")
+        assert r.exit_code == 0, r.stderr
+        header, row = r.stdout.splitlines()
+        assert header.split() == ["ID", "NAME", "FUNCTION", "ORIGIN", "MATCHES"], header
+        assert row.split()[:4] == [trigger_id, "nightly", "named", "api"], row
+        assert cli("triggers", "add", "named", "--type", "com.example.unnamed").exit_code == 0
+        rows = cli("triggers", "ls", "-f", "named").stdout.splitlines()[1:]
+        assert sorted(row.split()[1] for row in rows) == ["-", "nightly"], rows  # no name: a dash, not a gap
+    finally:
+        cli("rm", "named")
 
 
 def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(cli: Any, live: Live, tmp_path: Path) -> None:
@@ -157,15 +199,15 @@ def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(c
 def test_an_identical_redeploy_says_it_is_unchanged(cli: Any, tmp_path: Path) -> None:
     d = fn_dir(tmp_path, "same", "def handler(event, context):\n    return 1\n")
     r = cli("deploy", d)
-    assert r.exit_code == 0 and "deployed same version 1" in r.stdout, r.stderr
+    assert r.exit_code == 0 and "deployed same version 1" in r.stderr, r.stderr
     r = cli("deploy", d)
     assert r.exit_code == 0, r.stderr
-    assert "same is unchanged: version 1 (" in r.stdout and "deployed" not in r.stdout
+    assert "same is unchanged: version 1 (" in r.stderr and "deployed" not in r.stderr and r.stdout == "same\n"
     doc = json.loads(cli("deploy", d, "--json").stdout)
     assert doc["version"] == 1 and doc["changed"] is False
     Path(d, "main.py").write_text("def handler(event, context):\n    return 2\n")
     r = cli("deploy", d)
-    assert r.exit_code == 0 and "deployed same version 2" in r.stdout
+    assert r.exit_code == 0 and "deployed same version 2" in r.stderr
 
 
 def test_a_deploy_whose_code_fails_to_import_shows_where(cli: Any, tmp_path: Path) -> None:
@@ -288,7 +330,7 @@ def _send_data_of_each_kind(cli: Any, tmp_path: Path) -> None:
     logs = "".join(rec["logs"] for rec in json.loads(cli("logs", "ev-data", "--json").stdout)["invocations"])
     assert '"data": {"name": "file"}' in logs and '"data": {"name": "stdin"}' in logs
     assert '"data_base64": "AP9iaW4="' in logs and '"datacontenttype": "application/octet-stream"' in logs
-    expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @file")
+    expect_error(cli("events", "send", "--type", "com.example.ev-data", "-d", "{name: x}"), 2, "-d is not valid JSON", "-d @FILE")
 
 
 def test_events_send_says_what_the_ids_it_prints_are(cli: Any, tmp_path: Path) -> None:
@@ -305,6 +347,52 @@ def test_events_send_says_what_the_ids_it_prints_are(cli: Any, tmp_path: Path) -
         assert f"spanfaas result {job} --wait" in r.stderr
     finally:
         cli("rm", "ev-said")  # and its trigger: other tests of the shared gateway list none
+
+
+def test_events_send_sets_extension_attributes(cli: Any, tmp_path: Path) -> None:
+    """``events send`` could set no extension attribute: a trigger filtering on one (``--filter
+    shop='b*'``) could not be tried from the command line.  ``--ext NAME=VALUE`` (repeatable) sets
+    them; the function sees them in ``context.event``."""
+    got = "import json\ndef handler(event, context):\n    return {k: context.event.get(k) for k in ('shop', 'region', 'id')}\n"
+    assert cli("deploy", fn_dir(tmp_path, "ev-ext", got)).exit_code == 0
+    try:
+        assert cli("triggers", "add", "ev-ext", "--type", "com.example.ev-ext", "--filter", "shop=b*").exit_code == 0
+        r = cli("events", "send", "--type", "com.example.ev-ext", "--id", "x-1")
+        assert r.exit_code == 0 and "matched no trigger" in r.stdout, (r.stdout, r.stderr)  # the filter needs shop
+        r = cli("events", "send", "--type", "com.example.ev-ext", "--id", "x-2", "--ext", "shop=berlin", "--ext", "region=eu1")
+        assert r.exit_code == 0, r.stderr
+        [job] = r.stdout.split()
+        r = cli("result", job, "--wait", "--timeout", "10", "--json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["result"] == {"shop": "berlin", "region": "eu1", "id": "x-2"}
+    finally:
+        cli("rm", "ev-ext")  # and its trigger: other tests of the shared gateway list none
+
+
+@pytest.mark.parametrize(
+    ("ext", "fragments"),
+    [
+        ("shop", ("--ext 'shop' must be NAME=VALUE", "--ext shop=berlin")),
+        ("=berlin", ("--ext '=berlin' must be NAME=VALUE",)),
+        ("Shop=berlin", ("'Shop' is not a CloudEvents attribute name", "lower-case letters a-z and digits 0-9")),
+        ("shop_id=1", ("'shop_id' is not a CloudEvents attribute name",)),
+        ("averyveryverylongname1=x", ("'averyveryverylongname1' is 22 characters", "at most 20")),
+        ("id=x", ("'id' is a CloudEvents context attribute, not an extension", "--id")),
+        ("type=x", ("'type' is a CloudEvents context attribute", "--type")),
+        ("data=x", ("'data' is a CloudEvents context attribute", "-d")),
+        ("specversion=0.3", ("'specversion' is a CloudEvents context attribute", "1.0")),
+        ("time=now", ("'time' is a CloudEvents context attribute", "not an extension")),
+    ],
+)
+def test_events_send_refuses_an_extension_the_spec_does_not_allow(cli: Any, ext: str, fragments: tuple[str, ...]) -> None:
+    expect_error(cli("events", "send", "--type", "com.example.x", "--ext", ext), 2, *fragments)
+    r = cli("events", "send", "--type", "com.example.x", "--ext", ext, "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["type"].endswith("/invalid-request"), r.stdout
+
+
+def test_events_send_refuses_an_extension_given_twice(cli: Any) -> None:
+    expect_error(cli("events", "send", "--type", "com.example.x", "--ext", "shop=a", "--ext", "shop=b"), 2,
+                 "--ext sets shop twice ('a', 'b'); give it one value")  # fmt: skip
 
 
 def test_data_nested_too_deeply_says_so(cli: Any, tmp_path: Path) -> None:
@@ -937,6 +1025,45 @@ def test_help_lists_the_commands(cli: Any) -> None:
     r = cli("--help")
     for command in ("up", "deploy", "invoke", "result", "ls", "logs", "rm", "info", "doctor"):
         assert command in r.stdout
+
+
+LITERAL_WORDS = {"policy"}
+"""Lower-case words in a usage that are typed as they are (``images curate audit policy``), not placeholders."""
+
+
+def _commands(command: Any, path: list[str], parent: Any) -> Iterator[tuple[list[str], Any, Any]]:
+    ctx = command.context_class(command, info_name=path[-1] if path else "spanfaas", parent=parent)
+    yield path, command, ctx
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, [*path, name], ctx)
+
+
+def _lower_placeholders(text: str) -> list[str]:
+    """The words of a usage or a help row's first column, past the option names, not in capitals."""
+    words = [w for token in text.split() if not token.startswith(("-", "/")) for w in re.findall(r"[A-Za-z][A-Za-z0-9_]*", token)]
+    return [w for w in words if not w.isupper() and w not in LITERAL_WORDS]
+
+
+def test_every_commands_help_writes_its_placeholders_in_capitals(cli: Any) -> None:
+    """Usages mixed three ways of writing what the user fills in: ``deploy {path}``, ``result {ID}``,
+    ``--url <str>``, ``--filter ATTRIBUTE=GLOB``, ``<function>.<zone>``.  Capitals are the CLI's
+    way (its messages and docs say ``spanfaas result ID``, ``-d @FILE``, ``logs FUNCTION``): every
+    command's usage line, argument and option here is walked and held to them."""
+    from typer.main import get_command
+
+    seen = 0
+    for path, command, ctx in _commands(get_command(app), [], None):
+        r = cli(*path, "--help")
+        assert r.exit_code == 0, (path, r.stderr)
+        assert not re.search(r"<[a-z][^>]*>", r.stdout), (path, r.stdout)  # no '<str>', '<path>', '<function>'
+        usage = " ".join(command.collect_usage_pieces(ctx))
+        assert _lower_placeholders(usage) == [], (path, usage)
+        for param in command.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                assert _lower_placeholders(record[0]) == [], (path, record[0])
+                seen += 1
+    assert seen > 100  # every command's options and arguments were looked at
 
 
 def test_python_dash_m_spanfaas_runs_the_cli() -> None:

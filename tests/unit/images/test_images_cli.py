@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -70,7 +71,8 @@ def ok(r: Result) -> Result:
 
 
 def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> None:
-    ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "--note", "small things", "--owner", "platform"))
+    r = ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "--note", "small things", "--owner", "platform"))
+    assert r.stdout == "tools\n" and "✓ created list tools with 1 package" in r.stderr, (r.stdout, r.stderr)  # what it made, alone
     assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper>=1")).stdout
     assert "tinycalc>=1,<3" in ok(cli("images", "curate", "ls")).stdout
     assert "tinyhelper" in ok(cli("images", "curate", "show", "tools")).stdout
@@ -87,12 +89,16 @@ def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> Non
     r = ok(cli("deploy", str(fn), scope="deploy"))
     assert "resolve" in r.stderr and "+ tinycalc==2.0" in r.stderr and "built in" in r.stderr  # the build log, then
     assert "2 packages)" in r.stderr  # tinycalc and tinyhelper
-    assert "deployed calc version 1" in r.stdout
+    assert "deployed calc version 1" in r.stderr and r.stdout == "calc\n"
     r = ok(cli("images", "build", str(fn), scope="deploy"))
     assert "reused in" in r.stderr
+    # `id=$(spanfaas images build DIR)` got nothing: the id was on stderr only
+    image_id = r.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", image_id) and r.stdout == image_id + "\n", (r.stdout, r.stderr)
+    assert json.loads(ok(cli("images", "build", str(fn), "--json", scope="deploy")).stdout)["image"]["id"] == image_id
 
     (listed,) = json.loads(ok(cli("images", "ls", "--json")).stdout)["images"]
-    assert listed["used_by"] == ["calc"]
+    assert listed["used_by"] == ["calc"] and listed["id"] == image_id
     short = listed["id"][:12]
     assert "calc" in ok(cli("images", "ls")).stdout
     shown = ok(cli("images", "show", short)).stdout
@@ -209,3 +215,21 @@ def test_setting_the_policy_says_it_was_set(cli: Cli) -> None:
     r = ok(cli("images", "curate", "policy", "--no-require-transitive"))
     assert r.stdout.startswith("✓ policy set: dependencies of requested packages are resolved freely"), r.stdout
     assert json.loads(ok(cli("images", "curate", "policy", "--require-transitive", "--json")).stdout) == {"require_transitive": True}
+
+
+def test_the_rejection_docs_images_md_shows_is_what_the_cli_prints(cli: Cli, tmp_path: Path) -> None:
+    """docs/images.md showed the rejection folded over four lines, where the CLI prints one
+    line: a reader grepping for it, or comparing, found another message.  The doc's block is
+    the CLI's stderr for the request it describes, exactly."""
+    doc = (Path(__file__).parents[3] / "docs" / "images.md").read_text(encoding="utf-8")
+    shown = re.search(r"A rejection is a 400 that names each\s+offending package and what is allowed.*?```\n(.*?)```", doc, re.S)
+    assert shown is not None, "docs/images.md lost its rejection example"
+    ok(cli("images", "curate", "create", "science", "numpy>=1.26,<3"))
+    ok(cli("images", "curate", "create", "web", "requests"))
+    fn = tmp_path / "stats"
+    fn.mkdir()
+    (fn / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (fn / "spanfaas.toml").write_text('name = "stats"\n[image]\npackages = ["numpy>=3", "requests"]\nlists = ["science"]\n')
+    r = cli("deploy", str(fn), scope="deploy")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stderr == shown.group(1), (r.stderr, shown.group(1))
