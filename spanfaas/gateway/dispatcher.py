@@ -185,6 +185,9 @@ class Dispatcher:
                         if record.id in self._started:
                             self._run_started(record.id, again=True)
                         continue
+                    # A new claim (of a record this gateway gave back: a 429, a retry): a start
+                    # of the earlier one not written yet is none of this one's.
+                    self._unmarked.discard(record.id)
                     task = asyncio.create_task(self._run(record, claimed), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task
                     task.add_done_callback(self._done)
@@ -226,8 +229,9 @@ class Dispatcher:
             try:
                 await asyncio.to_thread(self.store.mark_started, ids, self.owner)
             except Exception as exc:  # noqa: BLE001 - the store failed: the marks wait, retried
-                log.error("could not mark %d async runs started (will retry): %s", len(ids), exc)
-                self._unmarked.update(ids)
+                log.error("could not mark %s started (will retry): %s", plural(len(ids), "async run"), exc)
+                # (not those claimed again meanwhile whose new run has not started: see _feed)
+                self._unmarked.update(i for i in ids if i not in self.running or i in self._started)
                 self._mark.set()
                 await asyncio.sleep(1.0)
 

@@ -300,7 +300,7 @@ def _refused_outcomes(record: InvocationRecord, exc: RecordRefused) -> list[Invo
     )  # fmt: skip
     bare = InvocationRecord(
         id=record.id, function=record.function, status="failed", mode=record.mode, error=error,
-        attempts=record.attempts, reruns=record.reruns, infra=record.infra, created_at=record.created_at,
+        attempts=record.attempts, reruns=record.reruns, reclaims=record.reclaims, infra=record.infra, created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at or time.time(), not_before=record.not_before,
         duration_ms=record.duration_ms, cold=record.cold, origin=record.origin,
     )  # fmt: skip

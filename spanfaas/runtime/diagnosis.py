@@ -21,8 +21,9 @@ _EXEC_FRAMES = ("_execute_child", "os.exec", "posix_spawn", "os.spawn")
 """In a traceback: the error came from starting a program (subprocess, os.popen, os.exec*)."""
 _NO_NETWORK = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
 """In an error's message: a connection or a name lookup found no network."""
-_SOCKET_FRAME = "_socket.socket.__init__("
-"""In a traceback: the error came from creating a socket (``socket.socket(AF_UNIX)`` is refused without network)."""
+_SOCKET_FRAMES = ("_socket.socket.__init__(", "_socket.socketpair(")
+"""In a traceback: the error came from creating a socket (``socket.socket(AF_UNIX)``, and a datagram
+``socket.socketpair``, are refused without network)."""
 
 
 def explained(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Protection]) -> ErrorInfo:
@@ -53,7 +54,7 @@ def _sandbox_hint(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Pr
         spec.network == "none"
         and error.type == "PermissionError"
         and message.startswith("[Errno 1]")
-        and _SOCKET_FRAME in (error.traceback or "")
+        and any(where in (error.traceback or "") for where in _SOCKET_FRAMES)
         and "seccomp" in active
     ):
         return ('unix sockets are off for this function (network = "none", the default: they reach the host\'s services); '

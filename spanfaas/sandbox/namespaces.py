@@ -188,7 +188,7 @@ def _sysv_ipc_dies_with_its_process() -> Protection:
     queue an instance made outlived it, and the template's next (strict)
     instance read it.  In a fresh IPC namespace, before ``/proc/sys`` is made
     read-only: segments go with their process, queues and semaphore sets are
-    refused (ENOSPC; Python's multiprocessing uses neither)."""
+    refused (msgget: ENOSPC; semget: EINVAL, as semmsl is 0; Python's multiprocessing uses neither)."""
     try:
         for key, value in _SYSV_IPC_SYSCTLS:
             with open(f"/proc/sys/{key}", "w") as f:

@@ -27,7 +27,11 @@ The filter, in order:
    ABI 9 does not govern ``connect``: a function without network reached
    every host service on a unix socket its uid may write to (PostgreSQL's
    and Redis's often are).  ``socketpair`` stays allowed (asyncio,
-   multiprocessing pipes).
+   multiprocessing pipes) for stream and seqpacket pairs, which cannot
+   connect elsewhere; a datagram pair (``SOCK_DGRAM``, or ``SOCK_RAW``,
+   which AF_UNIX makes a datagram one) → EPERM: such a socket sends to any
+   path socket it names (``sendto``, or ``connect`` again), syslog's or
+   journald's.
 9. everything else → allow.
 """
 
@@ -50,6 +54,10 @@ EPERM: Final = 1
 ENOSYS: Final = 38
 TIOCSTI: Final = 0x5412
 AF_UNIX: Final = 1
+SOCK_DGRAM: Final = 2
+SOCK_RAW: Final = 3
+SOCK_TYPE_MASK: Final = 0xF
+"""Of ``socket``'s and ``socketpair``'s type argument, the type (the rest: SOCK_NONBLOCK, SOCK_CLOEXEC)."""
 X32_SYSCALL_BIT: Final = 0x40000000
 CLONE_NEW_ANY: Final = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
 
@@ -59,6 +67,7 @@ _JEQ_K: Final = 0x15
 _JGE_K: Final = 0x35
 _JSET_K: Final = 0x45
 _RET_K: Final = 0x06
+_ALU_AND_K: Final = 0x54
 
 # struct seccomp_data offsets (little-endian: low word of a 64-bit arg first)
 _OFF_NR: Final = 0
@@ -96,7 +105,7 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "io_uring_register": 427, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "userfaultfd": 323, "modify_ldt": 154, "execve": 59, "execveat": 322,
-        "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41,
+        "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41, "socketpair": 53,
         "personality": 135,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
@@ -107,7 +116,7 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "io_uring_register": 427, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
-        "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198,
+        "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198, "socketpair": 199,
         "personality": 92,
     }),
 }  # fmt: skip
@@ -163,7 +172,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_JEQ_K, "personality", None, a.nr["personality"]),
     ]
     if not unix_sockets:
-        prog.append((_JEQ_K, "socket", None, a.nr["socket"]))
+        prog += [(_JEQ_K, "socket", None, a.nr["socket"]), (_JEQ_K, "socketpair", None, a.nr["socketpair"])]
     prog += [
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "clone",
@@ -177,6 +186,14 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "socket",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         (_JEQ_K, "eperm", None, AF_UNIX),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "socketpair",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, None, "allow", AF_UNIX),
+        (_LD_W_ABS, None, None, _OFF_ARG1),
+        (_ALU_AND_K, None, None, SOCK_TYPE_MASK),
+        (_JEQ_K, "eperm", None, SOCK_DGRAM),
+        (_JEQ_K, "eperm", None, SOCK_RAW),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "personality",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -204,7 +221,7 @@ def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_S
 def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """Install the deny-list on the calling thread and its future children.
     ``unix_sockets``: whether ``socket(AF_UNIX)`` stays allowed (a function
-    with the host's network; see the module's docstring, step 7).
+    with the host's network; see the module's docstring, step 8).
 
     Filters stack and cannot be removed, so calling it again (e.g. per
     instance) only adds work per syscall; once per template is enough.
@@ -222,7 +239,7 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
         return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
     n = sum(name in _ARCHES[_libc.ARCH].nr for name in DENIED) + (0 if allow_exec else len(EXEC))
     exec_note = "exec allowed" if allow_exec else "exec denied"
-    unix_note = "" if unix_sockets else ", unix sockets denied (no network)"
+    unix_note = "" if unix_sockets else ", unix sockets denied (no network; stream socketpairs allowed)"
     return Protection(
         "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
     )

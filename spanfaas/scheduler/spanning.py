@@ -390,6 +390,7 @@ class SpanningInfrastructure:
         # deploy (also every deploy at start-up) waits for its infrastructures to answer.
         if user_errors or (not done and spec.name in self._functions):
             await self._roll_back(spec.name, done)
+            await self._unsure(spec.name, [s for s in up if isinstance(failed.get(s.name), _CutShort)])
             if user_errors:
                 raise user_errors[0]
             detail = "; ".join(f"{n}: {_describe(e)}" for n, e in failed.items())
@@ -436,14 +437,14 @@ class SpanningInfrastructure:
                 await asyncio.wait((deploying,))  # (its cancel, not ours: a cancel of this one still raises)
         if not deploying.cancelled():
             return deploying.result()
-        raise InfraUnavailable(f"went down while deploying: {site.reason}")
+        raise _CutShort(f"went down while deploying: {site.reason}")
 
     async def _deploy_on(self, site: Site, spec: FunctionSpec, bundle: Bundle) -> None:
         try:
             async with asyncio.timeout(max(site.config.timeout, 60.0)):
                 await site.infra.deploy(spec, bundle)
         except TimeoutError:
-            raise InfraUnavailable(f"deploying took longer than {max(site.config.timeout, 60.0):g} s") from None
+            raise _CutShort(f"deploying took longer than {max(site.config.timeout, 60.0):g} s") from None
         except OSError as exc:
             raise InfraUnavailable(_down_reason(exc, site.config.timeout)) from None
 
@@ -462,6 +463,21 @@ class SpanningInfrastructure:
                 if previous is not None:  # it may hold the refused version: the previous one goes there when it answers
                     self._pending[site.name].add(name)
                 self.scheduler.changed()
+
+    async def _unsure(self, name: str, sites: list[Site]) -> None:
+        """A deploy failed, and these sites may hold its version all the same (their deploy was
+        cut short, ``_CutShort``, after it may have landed): the previous version goes back
+        where it was, when the site answers (none is served there meanwhile); elsewhere the
+        function is removed then."""
+        for site in sites:
+            if name in site.deployed and name in self._functions:
+                site.deployed.discard(name)
+                self._pending[site.name].add(name)
+                self._why[(site.name, name)] = "a deploy of a newer version failed there: the previous version goes back"
+            else:
+                await self._owe(site.name, name)
+        if sites:
+            self.scheduler.changed()
 
     async def remove(self, name: str) -> None:
         self._functions.pop(name, None)
@@ -627,3 +643,8 @@ def build_infrastructure(config: InfraConfig, settings: Settings) -> Infrastruct
     from spanfaas.infra.remote import RemoteInfrastructure
 
     return RemoteInfrastructure(config)
+
+
+class _CutShort(InfraUnavailable):
+    """A deploy on a site given up before the site answered (it went down, or took longer than
+    the deploy timeout): the site may have taken the version all the same."""

@@ -414,3 +414,48 @@ async def test_network_host_reaches_the_control_planes_own_services_and_the_docs
     assert warning is not None, 'docs/runtime.md has no paragraph on network = "host"'
     for named in ("loopback", "gateway", "PostgreSQL", "Redis", "Ray", "unix sockets", "metadata"):
         assert named in warning.group(0), named
+
+
+UNIX_DGRAM = """
+import socket
+
+def handler(event, context):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # allowed: no socket(AF_UNIX) made
+    with a, b:
+        a.sendto(b"from-the-function", event)  # a connected datagram socket sends to any path named
+        return "sent"
+"""
+
+
+@pytest.fixture
+def host_unix_datagram() -> Iterator[tuple[str, socket.socket]]:
+    """A host service's unix datagram socket any uid may send to (as /dev/log, journald's)."""
+    d = tempfile.mkdtemp(prefix="spanfaas-host-dgram-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "log.sock")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as service:
+            service.bind(path)
+            os.chmod(path, 0o777)
+            service.setblocking(False)
+            yield path, service
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_a_host_unix_datagram_socket_is_out_of_reach_without_network(
+    sandboxed: Harness, host_unix_datagram: tuple[str, socket.socket]
+) -> None:
+    """socketpair(AF_UNIX, SOCK_DGRAM) stayed allowed with network = "none", and a datagram
+    socket sends to any path socket named (sendto, or connect again): the host's syslog,
+    journald, any datagram service its uid may write to."""
+    require(sandboxed, "net-namespace", "seccomp")
+    path, service = host_unix_datagram
+    await sandboxed.deploy("dgram-none", UNIX_DGRAM)
+    r = await sandboxed.invoke("dgram-none", json.dumps(path).encode())
+    try:
+        got = service.recv(100)
+    except BlockingIOError:
+        got = b""
+    assert got == b"" and r.error is not None and r.error.type == "PermissionError", (got, r.output, r.error)
+    assert 'set network = "host"' in r.error.message, r.error.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -537,3 +538,52 @@ async def test_an_invocation_queued_before_its_function_was_removed_fails_as_not
     assert 'kind="infra"' not in metrics, metrics
     assert 'spanfaas_invocation_errors_total{function="hello",kind="not_found"} 1.0' in metrics, metrics
     assert 'spanfaas_invocations_total{function="hello",status="failed"} 1.0' in metrics
+
+
+class _SentThenBusy(InMemoryInfrastructure):
+    """A site that took the call (its run started, as far as the gateway can tell: sent), then
+    answered 429; the next claim waits in the function's queue (no start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    async def invoke(self, spec: Any, payload: bytes, ctx: Any) -> Any:
+        from spanfaas.errors import TooManyRequests
+
+        self.invocations += 1
+        if self.invocations == 1:
+            ctx.on_start()
+            raise TooManyRequests("the site's queue is full")
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_start_mark_of_an_earlier_claim_is_not_put_on_the_next(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
+) -> None:
+    """The mark of a run that started, still waiting to be written (the next batch, or the store
+    down), was written once the invocation had been given back (429) and claimed again by the
+    same gateway: that claim, which only waited, read as started -- a crash then counted it a
+    re-run (CRASH_RERUNS), not a claim given back."""
+    infra = _SentThenBusy()
+    real = store.mark_started
+    written: list[list[str]] = []
+
+    def mark_started(ids: Any, owner: str) -> None:
+        if not infra.waiting.is_set():  # the store refuses the marks until the next claim waits
+            raise sqlite3.OperationalError("database is locked")
+        real(ids, owner)
+        written.append(list(ids))
+
+    store.mark_started = mark_started  # type: ignore[method-assign]
+    async with _gateway(settings, store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        id = (await c.post("/v1/functions/hello/invoke?mode=async", json={})).json()["id"]
+        deadline = time.monotonic() + 10
+        while not written:  # a write of the marks went through after the second claim
+            assert time.monotonic() < deadline, "no marks written"
+            await asyncio.sleep(0.02)
+        with contextlib.closing(sqlite3.connect(store.path)) as db:
+            row = db.execute("SELECT status, started, attempts FROM invocations WHERE id = ?", (id,)).fetchone()
+        assert infra.invocations == 2 and row == ("running", 0, 1), (row, written)

@@ -153,6 +153,21 @@ async def test_a_record_the_store_refuses_does_not_hold_back_the_others(
     assert registry.get_sample_value("spanfaas_records_refused_total", {"function": "f"}) == 1
 
 
+async def test_a_refused_record_keeps_its_counts_of_runs_and_claims(any_store: Store) -> None:
+    """The failed outcome stored in place of a refused record kept ``attempts`` and ``reruns``
+    but not ``reclaims`` (migration 10): the claims its gateways gave back read 0."""
+    rec = Recorder(any_store, interval=0.01, registry=CollectorRegistry())
+    rec.start()
+    try:
+        rec.add(msgspec.structs.replace(unencodable(1), mode="async", attempts=2, reruns=1, reclaims=3))
+        await asyncio.wait_for(rec.flush(), 10)
+    finally:
+        await rec.close()
+    refused = any_store.get_invocation("inv-1")
+    assert refused is not None and refused.status == "failed", refused
+    assert (refused.attempts, refused.reruns, refused.reclaims) == (2, 1, 3)
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("limit", ["program-limit-exceeded", "invalid-memory-alloc"])
 async def test_a_record_over_a_postgresql_limit_is_refused_not_written_again_for_ever(

@@ -682,3 +682,35 @@ async def test_close_ends_a_refresh_whose_info_answered_as_close_began() -> None
         closing[0].cancel()
         await asyncio.gather(closing[0], return_exceptions=True)
     assert done, "close() did not end: the refresh it cancelled went on"
+
+
+async def test_a_redeploy_cut_short_by_its_site_going_down_puts_the_previous_version_back_there(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A new version reached a site, which then hung before it answered, and the refresh found it
+    down: the deploy failed (nowhere else to run it) and the previous version stayed the one
+    served -- but the site kept the new version, refused, and served it once it answered."""
+    sp = await spanning(EU)
+    eu = child(sp, "eu")
+    old = make_spec(extra='description = "v1"')
+    await sp.deploy(old, bundle)
+    real_info, real_deploy = eu.info, eu.deploy
+    landed = asyncio.Event()
+
+    async def hung_info() -> InfraInfo:
+        raise TimeoutError
+
+    async def lands_then_hangs(spec, b) -> None:  # type: ignore[no-untyped-def]
+        await real_deploy(spec, b)  # the site took it; its answer never comes
+        landed.set()
+        await asyncio.Event().wait()
+
+    eu.deploy = lands_then_hangs  # type: ignore[method-assign]
+    new = make_spec(extra='description = "v2"')
+    deploying = asyncio.create_task(sp.deploy(new, bundle))
+    await landed.wait()
+    eu.info = hung_info  # type: ignore[method-assign]
+    await sp.refresh()
+    with pytest.raises(InfraUnavailable, match="went down while deploying"):
+        await asyncio.wait_for(deploying, 5)
+    eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
+    await sp.refresh()  # it answers again
+    assert eu._functions["fn"].spec is old, "the site serves the version whose deploy failed"
