@@ -325,6 +325,7 @@ class Dispatcher:
                 finished_at=time.time(),
                 duration_ms=result.duration_ms,
                 cold=result.cold,
+                tried=result.tried,
             )
         )
         if settles:

@@ -682,3 +682,60 @@ async def test_close_ends_a_refresh_whose_info_answered_as_close_began() -> None
         closing[0].cancel()
         await asyncio.gather(closing[0], return_exceptions=True)
     assert done, "close() did not end: the refresh it cancelled went on"
+
+
+async def test_a_call_in_flight_on_a_site_the_refresh_finds_down_fails_over(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site that took a call and stopped answering held it until its answer's timeout, though
+    the refresh had found it down long before: the calls in flight there are cut then, and
+    fail over, the result saying where they were tried first."""
+    sp = await spanning(EU, LOCAL)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    eu = child(sp, "eu")
+    took = asyncio.Event()
+
+    async def hangs(*args: object) -> object:
+        took.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("never answers")
+
+    eu.invoke = hangs  # type: ignore[method-assign,assignment]
+
+    async def down() -> InfraInfo:
+        raise InfraUnavailable("its info did not answer within 10 s")
+
+    call = asyncio.ensure_future(sp.invoke(spec, b'{"x": 1}', ctx()))
+    await asyncio.wait_for(took.wait(), 5)
+    eu.info = down  # type: ignore[method-assign]
+    await sp.refresh()
+    result = await asyncio.wait_for(call, 5)
+    assert result.infra == "local" and result.error is None
+    assert result.tried == [
+        "eu: site 'eu' stopped answering while the call was in flight there (its info did not answer within 10 s); it may have run there"
+    ]
+    assert sp.site("eu").failures == 1
+
+
+async def test_a_call_cut_on_a_site_that_went_down_is_still_cancelled_by_its_caller(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """The cut is the scheduler's own cancel: a cancel of the caller's that comes with it
+    (the gateway stopping) is not swallowed."""
+    sp = await spanning(EU, LOCAL)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    eu = child(sp, "eu")
+    took = asyncio.Event()
+
+    async def hangs(*args: object) -> object:
+        took.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("never answers")
+
+    eu.invoke = hangs  # type: ignore[method-assign,assignment]
+    call = asyncio.ensure_future(sp.invoke(spec, b"{}", ctx()))
+    await asyncio.wait_for(took.wait(), 5)
+    sp.site("eu").down("down")
+    sp._cut_calls(sp.site("eu"))  # (what the refresh does when it finds it down: a cancel of the scheduler's) ...
+    call.cancel()  # ... and the caller's, before the call runs again
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert child(sp, "local").invocations == 0
