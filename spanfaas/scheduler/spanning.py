@@ -198,6 +198,7 @@ class SpanningInfrastructure:
         if self.clock() < site.quiet_until:
             return  # it answered 429 with a Retry-After that has not passed
         was = (site.info.healthy, _capabilities(site.info))
+        site.asking_since = self.clock()
         try:
             async with asyncio.timeout(site.config.timeout):
                 reported = await site.infra.info()
@@ -211,6 +212,8 @@ class SpanningInfrastructure:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
+        finally:
+            site.asking_since, site.asked_at = None, self.clock()
         if not site.info.healthy:  # the deploys and calls waiting for it stop waiting
             for waiter in self._went_down[site.name]:
                 if not waiter.done():

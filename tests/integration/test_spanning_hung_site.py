@@ -11,8 +11,11 @@ have run there: at least once, as documented) -- unless ``fallback = false``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +69,13 @@ class Sites:
             while not {i["name"]: i for i in c.get("/v1/info").json()["infrastructures"]}["eu"]["healthy"]:
                 assert time.monotonic() < deadline, "eu never came back"
                 time.sleep(0.1)
+
+    def explain(self, name: str) -> str:
+        opts = ["--url", self.main.url, "--token", self.main.admin_token or ""]
+        out = subprocess.run([sys.executable, "-m", "spanfaas.cli", "explain", name, *opts], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "COLUMNS": "250"})  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +143,25 @@ def test_a_call_on_a_hung_site_without_fallback_is_not_run_again_elsewhere(sites
     assert "site 'eu' stopped answering while the call was in flight there" in detail, detail
     assert detail.endswith("it may have run there; not tried on local: policy.fallback = false"), detail
 
+
+def test_explain_says_when_a_site_that_is_down_is_probed(sites: Sites) -> None:
+    # The breaker of a site the refresh found down said "next probe in 0.0 s" for as long as
+    # it stayed down: no invocation goes to a site that is down, so none probes it; the
+    # refresh does, asking for its info.
+    sites.deploy("explained")
+    sites.hang()
+    try:
+        deadline = time.monotonic() + 30
+        with sites.client() as c:
+            while (eu := c.get("/v1/functions/explained/explain").json()["infrastructures"][0])["healthy"]:
+                assert time.monotonic() < deadline, eu
+                time.sleep(0.1)
+        time.sleep(1.0)  # past the breaker's open_for (0.5 s): its own probe was "due"
+        out = sites.explain("explained")
+    finally:
+        sites.resume()
+    assert "next probe in 0.0 s" not in out, out
+    said = re.search(r"breaker open: the refresh found it down; (.*)", out)
+    assert said is not None, out
+    assert re.match(r"asking for its info now \(for \d+\.\d s\)|its info is asked for again (in \d+\.\d s|now) "
+                    r"\(last answer \d+\.\d s ago\)", said.group(1)), out  # fmt: skip
