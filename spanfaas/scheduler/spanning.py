@@ -18,7 +18,10 @@ The gateway holds one of these as its ``infra``.  It
 - **invokes** on the scheduler's first choice and fails over to the next on
   ``InfraError`` only, never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
-  names the infrastructure that ran it;
+  names the infrastructure that ran it, and those tried first (``tried``).
+  The function's timeout is one deadline for the whole call: a failover gets
+  what is left of it.  A refresh that finds a site down cuts the calls in
+  flight there (a hung site answers none), and they fail over;
 - **refreshes** each infrastructure's ``info()`` in a background task per
   infrastructure, so a slow or hung one delays nobody and nothing on the
   request path waits for I/O other than the invocation itself.  Its waits
