@@ -70,9 +70,9 @@ class Sites:
                 assert time.monotonic() < deadline, "eu never came back"
                 time.sleep(0.1)
 
-    def explain(self, name: str) -> str:
+    def cli(self, *args: str) -> str:
         opts = ["--url", self.main.url, "--token", self.main.admin_token or ""]
-        out = subprocess.run([sys.executable, "-m", "spanfaas.cli", "explain", name, *opts], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "spanfaas.cli", *args, *opts], capture_output=True, text=True,
                              timeout=60, env={**os.environ, "COLUMNS": "250"})  # fmt: skip
         assert out.returncode == 0, out.stderr
         return out.stdout
@@ -118,6 +118,8 @@ def test_a_call_in_flight_on_a_site_that_hangs_fails_over_and_says_where_it_was_
             [tried] = rec["tried"]  # cut when the refresh found eu down, not when its answer timed out (after 30 + 2 s)
             assert tried.startswith("eu: site 'eu' stopped answering while the call was in flight there ("), tried
             assert tried.endswith("; it may have run there"), tried
+        out = sites.cli("logs", r.headers["x-spanfaas-invocation-id"])  # (main answers: it is eu that hangs)
+        assert "tried first on eu: site 'eu' stopped answering while the call was in flight there" in " ".join(out.split()), out
     finally:
         sites.resume()
     with sites.client() as c:  # back: declared order again, and nothing to tell
@@ -157,7 +159,7 @@ def test_explain_says_when_a_site_that_is_down_is_probed(sites: Sites) -> None:
                 assert time.monotonic() < deadline, eu
                 time.sleep(0.1)
         time.sleep(1.0)  # past the breaker's open_for (0.5 s): its own probe was "due"
-        out = sites.explain("explained")
+        out = sites.cli("explain", "explained")
     finally:
         sites.resume()
     assert "next probe in 0.0 s" not in out, out
