@@ -597,7 +597,8 @@ class SpanningInfrastructure:
                 site.inflight -= 1
                 if task is not None:
                     calls.discard(task)
-                    self._cut.pop(task, None)  # (a cut that came as the call ended: nothing to cancel)
+                    if self._cut.pop(task, None) is not None:  # cut, but the adapter kept the cancel to itself:
+                        task.uncancel()  # it is not the caller's (a later asyncio.timeout counts cancels)
             site.breaker.success()
             if not result.cold:  # a cold start says little about the next call
                 site.observe(spec.name, (time.perf_counter() - t0) * 1000.0)
