@@ -522,6 +522,9 @@ class Result(Struct, frozen=True, kw_only=True):
     duration_ms: float = 0.0
     cold: bool = False
     infra: str = "local"
+    tried: list[str] = []
+    """The infrastructures tried before ``infra`` ran it, each as ``"name: why it failed"``
+    (a site that stopped answering may have run it too)."""
 
     @property
     def ok(self) -> bool:
@@ -688,6 +691,9 @@ class InvocationRecord(Struct, kw_only=True):
     """Async: claims given back because their gateway died before the run started (it
     waited in the function's queue, or for a deploy): no runs, so counted here, not in
     ``attempts`` or ``reruns``."""
+    tried: list[str] = []
+    """The infrastructures the spanning scheduler tried before ``infra`` ran it, each as
+    ``"name: why it failed there"`` (a site that stopped answering may have run it too)."""
 
 
 class TokenRecord(Struct, frozen=True, kw_only=True):

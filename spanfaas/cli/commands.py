@@ -276,6 +276,8 @@ def logs(
                         f"origin {escape(origin)}" if origin else "") if x  # fmt: skip
         )
         console.print(f"[bold]── {head}[/bold]")
+        for tried in rec.get("tried") or []:  # it failed over: where it went first, and why it failed there
+            console.print(f"[yellow]tried first on {shown(str(tried))}[/yellow]")
         text = str(rec.get("logs") or "").rstrip()
         console.print(shown(text) if text else "[dim](no output)[/dim]")
         error = rec.get("error")

@@ -329,6 +329,7 @@ class Dispatcher:
                 finished_at=time.time(),
                 duration_ms=result.duration_ms,
                 cold=result.cold,
+                tried=result.tried,
             )
         )
         if settles:

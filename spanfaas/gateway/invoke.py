@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -131,6 +132,7 @@ class InvokeEndpoint:
         want_logs = False
         event: bytes | None = None
         origin: bytes | None = None
+        deadline: bytes | None = None
         for k, v in scope["headers"]:
             if k == b"content-type":
                 content_type = v
@@ -140,6 +142,8 @@ class InvokeEndpoint:
                 event = v
             elif k == b"x-spanfaas-origin-id":
                 origin = v
+            elif k == b"x-spanfaas-timeout":
+                deadline = v
             elif k == b"content-length":
                 length = int(v) if v.isdigit() else -1
             elif k == b"prefer":  # (several Prefer headers add up: RFC 7240)
@@ -162,6 +166,7 @@ class InvokeEndpoint:
             raise too_large("payload", "max_payload", self.limit, length)
         attributes = _event_attributes(scope, event, is_async) if event is not None else None
         origin_id = _origin_id(scope, origin, is_async) if origin is not None else ""
+        timeout = _placed_timeout(scope, deadline, is_async) if deadline is not None else None
         early = gw.early
         prewarmed = early.enabled
         started = False  # this request's prewarm started something: release it if the request fails
@@ -205,7 +210,7 @@ class InvokeEndpoint:
             return
         # A call another gateway placed here runs under that gateway's id (context.invocation_id,
         # so its logs join); this record keeps its own id (unique in this store) and that one as origin.
-        ctx = InvokeContext(invocation_id=origin_id or invocation_id, content_type=ct, event=attributes)
+        ctx = InvokeContext(invocation_id=origin_id or invocation_id, content_type=ct, event=attributes, timeout=timeout)
         def record_infra_failure(exc: SpanfaasError) -> None:
             gw.recorder.add(
                 InvocationRecord(
@@ -260,6 +265,7 @@ class InvokeEndpoint:
                 content_type=ct, output=result.output, output_type=result.content_type, error=result.error,
                 logs=result.logs, attempts=1, infra=result.infra, created_at=now, started_at=now,
                 finished_at=now + elapsed, duration_ms=result.duration_ms, cold=result.cold, origin=origin_id,
+                tried=result.tried,
             )  # fmt: skip
         )
         headers = [
@@ -268,6 +274,8 @@ class InvokeEndpoint:
             (b"x-spanfaas-infra", result.infra.encode()),
             (b"x-spanfaas-cold", b"true" if result.cold else b"false"),
         ]
+        if result.tried:  # it failed over: where it was tried first (a site that hung may have run it too)
+            headers.append((b"x-spanfaas-tried", ", ".join(t.partition(":")[0] for t in result.tried).encode("latin-1", "replace")))
         if result.error is not None:
             await send_problem(send, _failure(result), scope["path"], headers)
             return
@@ -366,6 +374,28 @@ def _origin_id(scope: Scope, header: bytes, is_async: bool) -> str:
             "letters, digits or . _ : - (the id the placing gateway gave the invocation)"
         )
     return header.decode("ascii")
+
+
+def _placed_timeout(scope: Scope, header: bytes, is_async: bool) -> float:
+    """What is left of the timeout of a call another gateway placed here after trying it
+    elsewhere first (``x-spanfaas-timeout``): the function is cut then, as it would be there.
+    Taken from a token that may deploy (a site's peer token has that scope), on synchronous calls."""
+    require(scope, "deploy")
+    if is_async:
+        raise InvalidRequest(
+            "the x-spanfaas-timeout header is taken on synchronous invocations only (a gateway that placed an "
+            "invocation here sends it); leave it out"
+        )
+    try:
+        seconds = float(header)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidRequest(
+            f"the x-spanfaas-timeout header {header[:40].decode('latin-1')!r} is not a number of seconds above 0; "
+            "send what is left of the invocation's timeout, e.g. 12.5"
+        )
+    return seconds
 
 
 def _cut_while_queued(invocation_id: str, key: str | None) -> InfraUnavailable:

@@ -102,6 +102,9 @@ class InvocationView(Struct):
     origin: str = ""
     """On a site: the invocation's id on the gateway that placed it here (the function's
     ``context.invocation_id``); empty for a call made here."""
+    tried: list[str] = []
+    """The infrastructures tried before ``infra`` ran it, each with why it failed there (a site
+    that stopped answering may have run it too)."""
     result: Any | UnsetType = UNSET
     """The output, when it is JSON."""
     output_base64: str | UnsetType = UNSET
@@ -199,6 +202,7 @@ def invocation_view(r: InvocationRecord, *, output: bool = True, left_out: int |
         reruns=r.reruns,
         reclaims=r.reclaims,
         origin=r.origin,
+        tried=r.tried,
     )
     if not output:
         return view

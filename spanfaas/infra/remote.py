@@ -32,7 +32,9 @@ An event's invocation sends the event's CloudEvent attributes along
 (``x-spanfaas-event``): the function's ``context.event`` on the site, as here.
 Every invocation sends our id of it (``x-spanfaas-origin-id``): the function's
 ``context.invocation_id`` on the site, as here, and the ``origin`` of the site's
-record (whose own id stays the site's), so their logs and records join.
+record (whose own id stays the site's), so their logs and records join.  A call
+failed over to the site with part of its timeout used up sends what is left
+(``x-spanfaas-timeout``): the site cuts the function there, as we would.
 """
 
 from __future__ import annotations
@@ -324,6 +326,8 @@ class RemoteInfrastructure:
         headers = {"content-type": ctx.content_type, "x-spanfaas-logs": "include"}
         if _ORIGIN_ID.fullmatch(ctx.invocation_id):  # ours: the function's context.invocation_id there, its record's origin
             headers["x-spanfaas-origin-id"] = ctx.invocation_id
+        if ctx.timeout is not None and ctx.timeout < spec.resources.timeout:  # what is left of its deadline here
+            headers["x-spanfaas-timeout"] = f"{max(math.floor(ctx.timeout * 1000) / 1000, 0.001):.3f}"  # (never rounded up)
         if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
             headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
         if ctx.on_start is not None:  # sent to the site: the run started, as far as we can tell

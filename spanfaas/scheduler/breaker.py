@@ -99,5 +99,7 @@ class Breaker:
         if self.state == "open":
             left = self.open_for - (now - self.opened_at)
             why = "the refresh found it down" if self.tripped else f"after {self.failures} failures"
-            return f"open{':' if self.tripped else ''} {why}; next probe in {max(left, 0):.1f} s"
+            # (past due, it waits for an invocation to probe it: "next probe in 0.0 s" was no time)
+            when = f"next probe in {left:.1f} s" if left >= 0.05 else "the next invocation placed there probes it"
+            return f"open{':' if self.tripped else ''} {why}; {when}"
         return "half-open: a probe invocation is running"

@@ -66,6 +66,11 @@ class Site:
         """Its info is not asked for before this (the spanning clock): it answered 429 with a Retry-After."""
         self.is_busy = False
         """Its last answer to ``info`` was 429: up, and full."""
+        self.refresh_interval = settings.refresh_interval
+        self.asking_since: float | None = None
+        """When the refresh asked for its info, while it has not answered (the spanning clock)."""
+        self.asked_at: float | None = None
+        """When its last info answer (or failure) came; the next is asked ``refresh_interval`` later."""
         self.inflight = 0
         self.capacity = config.slots or 1
         self.latency: dict[str, float] = {}
@@ -114,6 +119,25 @@ class Site:
         self.info.healthy = False
         self.reason = reason
         self.is_busy = False
+
+    def breaker_state(self, now: float) -> str:
+        """Its breaker, as ``explain`` shows it.  While the site is down no invocation goes
+        there, so none probes it: the background refresh does (its info), and that is the
+        probe whose time is told (the breaker's own said "next probe in 0.0 s" for ever)."""
+        if self.info.healthy or self.breaker.state == "closed":
+            return self.breaker.describe(now)
+        why = "the refresh found it down" if self.breaker.tripped else f"after {self.breaker.failures} failures; down"
+        return f"open{':' if self.breaker.tripped else ''} {why}; {self.probe_schedule(now)}"
+
+    def probe_schedule(self, now: float) -> str:
+        """When the refresh asks for its info: now, or next, and when it last did."""
+        if self.asking_since is not None:
+            return f"asking for its info now (for {now - self.asking_since:.1f} s)"
+        if self.asked_at is None:
+            return "its info is asked for at the next refresh"
+        due = max(self.asked_at + self.refresh_interval, self.quiet_until) - now
+        when = f"in {due:.1f} s" if due >= 0.05 else "now"
+        return f"its info is asked for again {when} (last answer {now - self.asked_at:.1f} s ago)"
 
     def observe(self, function: str, ms: float) -> None:
         n = self.samples.get(function, 0)
@@ -293,7 +317,7 @@ class Scheduler:
         for site in self.sites:
             v = Verdict(
                 infra=site.name, kind=site.info.kind, verdict="rejected", region=site.info.region,
-                healthy=site.info.healthy, breaker=site.breaker.describe(now),
+                healthy=site.info.healthy, breaker=site.breaker_state(now),
                 ewma_latency_ms=site.latency.get(spec.name) or (site.site_latency or None), inflight=site.inflight,
             )  # fmt: skip
             reasons = check(spec, site.info, site.unknown())

@@ -18,7 +18,10 @@ The gateway holds one of these as its ``infra``.  It
 - **invokes** on the scheduler's first choice and fails over to the next on
   ``InfraError`` only, never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
-  names the infrastructure that ran it;
+  names the infrastructure that ran it, and those tried first (``tried``).
+  The function's timeout is one deadline for the whole call: a failover gets
+  what is left of it.  A refresh that finds a site down cuts the calls in
+  flight there (a hung site answers none), and they fail over;
 - **refreshes** each infrastructure's ``info()`` in a background task per
   infrastructure, so a slow or hung one delays nobody and nothing on the
   request path waits for I/O other than the invocation itself.  Its waits
@@ -38,7 +41,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -118,6 +121,10 @@ class SpanningInfrastructure:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
+        self._calls: dict[str, set[asyncio.Task[Any]]] = {s.name: set() for s in sites}
+        """Per site, the tasks with an invocation in flight there."""
+        self._cut: dict[asyncio.Task[Any], str] = {}
+        """Tasks whose call the refresh cut (cancelled: its site went down), with why."""
         self._started = False
 
     @classmethod
@@ -194,6 +201,7 @@ class SpanningInfrastructure:
         if self.clock() < site.quiet_until:
             return  # it answered 429 with a Retry-After that has not passed
         was = (site.info.healthy, _capabilities(site.info))
+        site.asking_since = self.clock()
         try:
             async with asyncio.timeout(site.config.timeout):
                 reported = await site.infra.info()
@@ -207,10 +215,13 @@ class SpanningInfrastructure:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
-        if not site.info.healthy:  # the deploys waiting for it stop waiting
+        finally:
+            site.asking_since, site.asked_at = None, self.clock()
+        if not site.info.healthy:  # the deploys and calls waiting for it stop waiting
             for waiter in self._went_down[site.name]:
                 if not waiter.done():
                     waiter.set_result(None)
+            self._cut_calls(site)
         if site.info.healthy and not was[0]:  # up (again, or for the first time): what it owes, as stored
             self._retry.pop(site.name, None)  # and its pending deploys at once
             await self._load_owed(site)
@@ -542,18 +553,42 @@ class SpanningInfrastructure:
         ranked = self.scheduler.rank(spec, now)
         if not ranked:
             raise InfraUnavailable(self._nowhere(spec))
+        # One deadline for the whole call, failovers included: each attempt gets what is left of
+        # the function's timeout (a hung site held the call for its timeout and the site's, and
+        # the next infrastructure then had the whole timeout again).
+        budget = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None)
+        deadline = time.monotonic() + budget
+        task = asyncio.current_task()
         tried: list[str] = []
+        failed: list[str] = []  # the attempts made: the caller is told of them (Result.tried)
         last = len(ranked) - 1
         for i, site in enumerate(ranked):
             if not site.breaker.allow(now) and i < last:
                 tried.append(f"{site.name}: circuit breaker open")
                 continue
+            left = deadline - time.monotonic()
+            if failed and left <= 0:
+                tried.extend(f"{s.name}: not tried, no time was left of the function's timeout ({budget:g} s)" for s in ranked[i:])
+                break
             site.inflight += 1
+            calls = self._calls[site.name]
+            if task is not None:
+                calls.add(task)  # cut (cancelled) if the refresh finds the site down meanwhile
             t0 = time.perf_counter()
             try:
-                result = await site.infra.invoke(spec, payload, ctx)
+                try:
+                    result = await site.infra.invoke(spec, payload, _replace(ctx, timeout=left) if failed else ctx)
+                except asyncio.CancelledError:
+                    reason = self._cut.pop(task, None) if task is not None else None
+                    if reason is None or task is None or task.uncancel() > 0:  # not (only) ours: the caller's
+                        raise
+                    raise InfraUnavailable(
+                        f"site '{site.name}' stopped answering while the call was in flight there ({reason}); "
+                        "it may have run there"
+                    ) from None
             except (InfraError, FunctionNotFound, TooManyRequests) as exc:
                 tried.append(f"{site.name}: {exc.message}")
+                failed.append(tried[-1])
                 if isinstance(exc, TooManyRequests):  # full, not broken: overflow to the next one
                     if i == last or not spec.policy.fallback:
                         raise
@@ -576,14 +611,31 @@ class SpanningInfrastructure:
                 continue
             finally:
                 site.inflight -= 1
+                if task is not None:
+                    calls.discard(task)
+                    if self._cut.pop(task, None) is not None:  # cut, but the adapter kept the cancel to itself:
+                        task.uncancel()  # it is not the caller's (a later asyncio.timeout counts cancels)
             site.breaker.success()
             if not result.cold:  # a cold start says little about the next call
                 site.observe(spec.name, (time.perf_counter() - t0) * 1000.0)
-            return result if result.infra == site.name else _replace(result, infra=site.name)
+            if result.infra != site.name or failed:
+                result = _replace(result, infra=site.name, tried=[*failed, *result.tried])
+            return result
         raise InfraUnavailable(
             f"no infrastructure could run '{spec.name}' (tried {'; '.join(tried)})",
             tried=[t.partition(":")[0] for t in tried],
         )
+
+    def _cut_calls(self, site: Site) -> None:
+        """The refresh found ``site`` down: the calls in flight there stop waiting for its answer
+        (a site that hangs answers none) and fail over.  Not the local runtime: it is this
+        process, down only while it stops, and its calls drain then."""
+        if site.config.kind == "local":
+            return
+        for task in self._calls[site.name]:
+            if task not in self._cut and not task.done():
+                self._cut[task] = site.reason
+                task.cancel()
 
     # -- explaining ---------------------------------------------------------------------
 

@@ -193,6 +193,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE invocations ADD COLUMN started INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE invocations ADD COLUMN reclaims INTEGER NOT NULL DEFAULT 0",
     ],
+    # 11: the infrastructures a call was tried on before the one that ran it (a JSON list of
+    # "name: why"): a site that stopped answering may have run it too, and the caller is told
+    [
+        "ALTER TABLE invocations ADD COLUMN tried TEXT NOT NULL DEFAULT '[]'",
+    ],
 ]
 
 

@@ -23,7 +23,7 @@ __all__ = ["INV_COLS", "InvocationPage", "RecordRefused", "SQLStore", "StoreSche
 INV_COLS = (
     "id, function, status, mode, content_type, payload, output, output_type, error, logs, "
     "attempts, idempotency_key, infra, created_at, started_at, finished_at, not_before, "
-    "duration_ms, cold, event, reruns, origin, reclaims"
+    "duration_ms, cold, event, reruns, origin, reclaims, tried"
 )
 _INV_LIST_COLS = INV_COLS.replace(" payload,", " NULL AS payload,")
 _INV_BARE_COLS = _INV_LIST_COLS.replace(" output,", " NULL AS output,")
@@ -66,6 +66,7 @@ all (its ``attempts`` taken back; ``reclaims`` limited by ``CRASH_RECLAIMS``).""
 _spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _event_decoder = msgspec.json.Decoder(Event)
+_tried_decoder = msgspec.json.Decoder(list[str])
 _scopes_decoder = msgspec.json.Decoder(list[Literal["admin", "deploy", "invoke"]])
 _encode = msgspec.json.encode
 
@@ -607,12 +608,13 @@ def _row(r: InvocationRecord) -> tuple[Any, ...]:
         _text(r.logs), r.attempts, r.idempotency_key, r.infra, r.created_at, r.started_at, r.finished_at,
         r.not_before, r.duration_ms, int(r.cold),
         _encode(r.event).decode() if r.event is not None else None, r.reruns, r.origin, r.reclaims,
+        _encode(r.tried).decode(),
     )  # fmt: skip
 
 
 def _invocation(row: Sequence[Any]) -> InvocationRecord:
     (id, function, status, mode, ct, payload, output, otype, error, logs, attempts, key, infra,
-     created, started, finished, not_before, duration, cold, event, reruns, origin, reclaims) = row  # fmt: skip
+     created, started, finished, not_before, duration, cold, event, reruns, origin, reclaims, tried) = row  # fmt: skip
     return InvocationRecord(
         id=id,
         function=function,
@@ -637,6 +639,7 @@ def _invocation(row: Sequence[Any]) -> InvocationRecord:
         reruns=int(reruns),
         origin=origin or "",
         reclaims=int(reclaims),
+        tried=_tried_decoder.decode(tried) if tried and tried != "[]" else [],
     )
 
 

@@ -236,6 +236,8 @@ class StubSite:
 
         self.answers: dict[tuple[str, str], Answer | Callable[[bytes], Answer]] = {}
         self.seen: list[tuple[str, str]] = []
+        self.headers: list[dict[str, str]] = []
+        """The headers of each request in ``seen`` (names in lower case)."""
         self.released = threading.Event()
         """Set at close: an answer that hangs (``stub.released.wait(60)``) ends then."""
         stub = self
@@ -243,6 +245,7 @@ class StubSite:
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 sent = self.rfile.read(int(self.headers.get("content-length") or 0))
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
                 stub.seen.append((self.command, self.path))
                 answer = stub.answers.get(
                     (self.command, self.path), (404, {"content-type": "text/html"}, b"<html><h1>Not Found</h1></html>")

@@ -308,3 +308,55 @@ async def test_a_remove_a_hung_site_never_answers_does_not_hold_the_gateway_for_
     finally:
         await eu.close()
     assert e.value.message == f"site 'eu' at {site.url} did not answer DELETE /v1/functions/fn within 6 s (it may still be working on it)"
+
+
+async def test_a_site_that_answers_its_info_but_not_a_call_holds_it_no_longer_than_its_timeout(
+    site: StubSite, bundle: Bundle
+) -> None:
+    """A site whose info answers (so the refresh finds it up) but that never answers a call:
+    the call waited the function's timeout and the site's, then ran on local for its whole
+    timeout again.  One deadline holds for the whole call: with none of it left, local is
+    not tried (and the site, which may be running it, is not raced)."""
+
+    def hang(sent: bytes) -> Answer:
+        site.released.wait(20)
+        return 503, {}, b""
+
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = hang
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=1)
+    local = InMemoryInfrastructure("local")
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (local, InfraConfig(name="local"))])
+    quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
+    await sp.start()
+    try:
+        await sp.deploy(quick, bundle)
+        with pytest.raises(InfraUnavailable) as e:
+            await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
+    finally:
+        await sp.close()
+    assert f"eu: site 'eu' at {site.url} did not answer POST /v1/functions/fn/invoke within 2 s" in e.value.message
+    assert e.value.message.endswith("local: not tried, no time was left of the function's timeout (1 s))"), e.value.message
+    assert local.invocations == 0
+
+
+async def test_a_call_failed_over_to_a_site_takes_there_what_is_left_of_its_timeout(site: StubSite, bundle: Bundle) -> None:
+    """The site ran a call failed over to it for its whole timeout again: it is sent what is
+    left (``x-spanfaas-timeout``), and the site cuts the function then."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = (200, {**JSON, "x-spanfaas-invocation-id": "s-1"}, b"{}")
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
+    local = InMemoryInfrastructure("local")
+    sp = SpanningInfrastructure([(local, InfraConfig(name="local")), (RemoteInfrastructure(cfg), cfg)])
+    await sp.start()
+    try:
+        await sp.deploy(spec(), bundle)
+        result = await sp.invoke(spec(), b"{}", InvokeContext(invocation_id="a"))
+        assert result.infra == "local" and result.tried == []
+        local.fail_next = 1
+        result = await sp.invoke(spec(), b"{}", InvokeContext(invocation_id="b"))
+    finally:
+        await sp.close()
+    assert result.infra == "eu" and result.tried == ["local: injected platform failure (invocation b)"]
+    sent = site.headers[site.seen.index(("POST", "/v1/functions/fn/invoke"))]
+    assert 0 < float(sent["x-spanfaas-timeout"]) < 30  # (the manifest's default timeout, less the try on local)

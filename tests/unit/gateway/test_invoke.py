@@ -341,6 +341,61 @@ async def test_the_event_a_placing_gateway_sends_is_the_functions_context_event(
     assert r.status_code == 403 and "needs scope 'deploy'" in r.json()["detail"], r.text
 
 
+LEFT = "def handler(event, context):\n    return {'left': context.remaining_time()}\n"
+
+
+async def test_a_placing_gateway_s_timeout_cuts_the_function_here(
+    client: httpx.AsyncClient, store: SQLiteStore, fn_dir: Callable[..., Path]
+) -> None:
+    # A gateway that tried a call elsewhere first places it here with what is left of its
+    # timeout (x-spanfaas-timeout): the function is cut then, as it would be there.  The site
+    # ran it for its whole timeout again (the caller's wait had no bound across failovers).
+    from spanfaas.gateway.auth import issue_token
+
+    assert (await client.put("/v1/functions/left", content=pack_function(fn_dir("left", LEFT)))).status_code == 201
+    url = "/v1/functions/left/invoke"
+    assert 29 < (await client.post(url, json={})).json()["left"] <= 30  # the manifest's (default) 30 s
+    r = await client.post(url, json={}, headers={"x-spanfaas-timeout": "2.5"})
+    assert r.status_code == 200 and 0 < r.json()["left"] <= 2.5, r.text
+    for header in ["soon", "0", "-1", "nan", "inf"]:
+        r = await client.post(url, json={}, headers={"x-spanfaas-timeout": header})
+        assert r.status_code == 400 and "is not a number of seconds above 0" in r.json()["detail"], r.text
+    r = await client.post(url + "?mode=async", json={}, headers={"x-spanfaas-timeout": "2.5"})
+    assert r.status_code == 400 and "synchronous invocations only" in r.json()["detail"], r.text
+    invoker = issue_token(store, "invoker", ["invoke"])[1]  # a site's peer token may deploy; a caller's may not say this
+    r = await client.post(url, json={}, headers={"x-spanfaas-timeout": "2.5", "authorization": f"Bearer {invoker}"})
+    assert r.status_code == 403 and "needs scope 'deploy'" in r.json()["detail"], r.text
+
+
+async def test_a_call_that_failed_over_says_where_it_was_tried_first(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
+) -> None:
+    # The caller was not told that its call had gone to another infrastructure first (which,
+    # a site that stopped answering, may have run it): x-spanfaas-tried and the record say so.
+    first, second = InMemoryInfrastructure("first"), InMemoryInfrastructure("second")
+    infra = SpanningInfrastructure([first, second])
+    await infra.start()
+    app = create_app(settings, store, infra)
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {admin_token}"}
+        ) as client:
+            assert (await client.put("/v1/functions/left", content=pack_function(fn_dir("left", LEFT)))).status_code == 201
+            r = await client.post("/v1/functions/left/invoke", json={})
+            assert r.headers["x-spanfaas-infra"] == "first" and "x-spanfaas-tried" not in r.headers
+            first.fail_next = 1
+            r = await client.post("/v1/functions/left/invoke", json={})
+            assert r.status_code == 200 and r.headers["x-spanfaas-infra"] == "second", r.text
+            assert r.headers["x-spanfaas-tried"] == "first"
+            rec = (await client.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}")).json()
+            assert rec["infra"] == "second" and rec["tried"] == ["first: injected platform failure (invocation " + rec["id"] + ")"]
+            await app.state.gateway.recorder.flush()
+    finally:
+        await infra.close()
+    stored = store.get_invocation(rec["id"])
+    assert stored is not None and stored.tried == rec["tried"]  # kept in the store (migration 11)
+
+
 @pytest.mark.parametrize("spanning", [False, True], ids=["one-infra", "spanning"])
 async def test_a_function_removed_while_its_call_arrives_is_a_404_not_a_platform_failure(
     settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], spanning: bool

@@ -61,3 +61,12 @@ def test_describe_says_why_it_opened() -> None:
     assert c.describe(0.5) == "open after 2 failures; next probe in 0.5 s"
     c.failure(0.6)
     assert c.describe(0.6) == "open after 3 failures; next probe in 0.4 s"
+
+
+def test_describe_past_its_open_for_says_an_invocation_probes_it() -> None:
+    # Past open_for the breaker waits for an invocation to probe it: "next probe in 0.0 s"
+    # was no time, and stayed so until one came.
+    b = Breaker(threshold=1, open_for=1.0)
+    b.failure(0.0)
+    assert b.describe(0.5) == "open after 1 failures; next probe in 0.5 s"
+    assert b.describe(5.0) == "open after 1 failures; the next invocation placed there probes it"

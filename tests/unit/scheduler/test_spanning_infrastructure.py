@@ -714,3 +714,95 @@ async def test_a_redeploy_cut_short_by_its_site_going_down_puts_the_previous_ver
     eu.info, eu.deploy = real_info, real_deploy  # type: ignore[method-assign]
     await sp.refresh()  # it answers again
     assert eu._functions["fn"].spec is old, "the site serves the version whose deploy failed"
+
+
+async def test_explain_of_a_site_that_is_down_says_when_the_refresh_asks_it(spanning, clock, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site the refresh found down showed "next probe in 0.0 s" once its breaker's open_for
+    had passed, for as long as it stayed down: no invocation goes to a site that is down, so
+    the breaker's probe never came.  The refresh probes it (its info): when, is what is true."""
+    sp = await spanning(LOCAL, EU, open_for=1.0, refresh_interval=2.0)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    eu = child(sp, "eu")
+    asked = asyncio.Event()
+    answer: asyncio.Future[InfraInfo] = asyncio.get_running_loop().create_future()
+
+    async def down() -> InfraInfo:
+        raise InfraUnavailable("site 'eu' is unreachable: connection refused at http://eu")
+
+    async def hangs() -> InfraInfo:
+        asked.set()
+        return await answer
+
+    eu.info = down  # type: ignore[method-assign]
+    await sp.refresh()
+    clock.now += 5.0  # past open_for: the breaker's own "next probe" is long due
+    [_, verdict] = sp.explain(spec).infrastructures
+    assert verdict.verdict == "unavailable" and "next probe in 0.0 s" not in verdict.breaker
+    assert verdict.breaker == "open: the refresh found it down; its info is asked for again now (last answer 5.0 s ago)"
+    clock.now -= 4.0
+    assert sp.explain(spec).infrastructures[1].breaker.endswith("its info is asked for again in 1.0 s (last answer 1.0 s ago)")
+    eu.info = hangs  # type: ignore[method-assign]
+    refreshing = asyncio.ensure_future(sp.refresh())
+    await asyncio.wait_for(asked.wait(), 5)
+    clock.now += 1.5
+    assert sp.explain(spec).infrastructures[1].breaker == "open: the refresh found it down; asking for its info now (for 1.5 s)"
+    answer.set_exception(InfraUnavailable("still down"))
+    await refreshing
+
+
+async def test_a_call_in_flight_on_a_site_the_refresh_finds_down_fails_over(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site that took a call and stopped answering held it until its answer's timeout, though
+    the refresh had found it down long before: the calls in flight there are cut then, and
+    fail over, the result saying where they were tried first."""
+    sp = await spanning(EU, LOCAL)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    eu = child(sp, "eu")
+    took = asyncio.Event()
+
+    async def hangs(*args: object) -> object:
+        took.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("never answers")
+
+    eu.invoke = hangs  # type: ignore[method-assign,assignment]
+
+    async def down() -> InfraInfo:
+        raise InfraUnavailable("its info did not answer within 10 s")
+
+    call = asyncio.ensure_future(sp.invoke(spec, b'{"x": 1}', ctx()))
+    await asyncio.wait_for(took.wait(), 5)
+    eu.info = down  # type: ignore[method-assign]
+    await sp.refresh()
+    result = await asyncio.wait_for(call, 5)
+    assert result.infra == "local" and result.error is None
+    assert result.tried == [
+        "eu: site 'eu' stopped answering while the call was in flight there (its info did not answer within 10 s); it may have run there"
+    ]
+    assert sp.site("eu").failures == 1
+
+
+async def test_a_call_cut_on_a_site_that_went_down_is_still_cancelled_by_its_caller(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """The cut is the scheduler's own cancel: a cancel of the caller's that comes with it
+    (the gateway stopping) is not swallowed."""
+    sp = await spanning(EU, LOCAL)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    eu = child(sp, "eu")
+    took = asyncio.Event()
+
+    async def hangs(*args: object) -> object:
+        took.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("never answers")
+
+    eu.invoke = hangs  # type: ignore[method-assign,assignment]
+    call = asyncio.ensure_future(sp.invoke(spec, b"{}", ctx()))
+    await asyncio.wait_for(took.wait(), 5)
+    sp.site("eu").down("down")
+    sp._cut_calls(sp.site("eu"))  # (what the refresh does when it finds it down: a cancel of the scheduler's) ...
+    call.cancel()  # ... and the caller's, before the call runs again
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert child(sp, "local").invocations == 0

@@ -682,3 +682,15 @@ def test_invocations_are_listed_in_pages_bounded_in_size(store: Store) -> None:
     assert store.page_invocations("hello", status="failed", limit=10).records == store.list_invocations("hello", status="failed")
     bare = store.page_invocations("hello", limit=10, outputs=False)
     assert bare.left_out == {} and all(r.output == b"" for r in bare.records)
+
+
+def test_where_a_call_was_tried_first_is_kept(store: Store) -> None:
+    # Migration 11: a call that failed over keeps the infrastructures it was tried on first, with why.
+    tried = ["eu: site 'eu' stopped answering while the call was in flight there (down); it may have run there"]
+    failed_over = inv(status="succeeded", mode="sync", infra="local", tried=tried)
+    plain = inv(status="succeeded", mode="sync", infra="local")
+    store.save_invocations([failed_over, plain])
+    got = store.get_invocation(failed_over.id)
+    assert got is not None and got.tried == tried
+    again = store.get_invocation(plain.id)
+    assert again is not None and again.tried == []
