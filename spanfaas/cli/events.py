@@ -15,6 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from spanfaas.cli.data import read_data
+from spanfaas.clipping import keep_ends
 from spanfaas.cli.output import (
     JsonOpt,
     TokenOpt,
@@ -274,7 +275,7 @@ def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Tabl
         rows.append((
             escape(d["id"]), escape(d["function"]) or "-", escape(d["proxy"]),
             escape(f"{d['event'].get('source')} {d['event'].get('id')}"), str(d["attempts"]),
-            escape(f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"[:60]) if err else "",
+            escape(_error_text(err)) if err else "",
             ago(d.get("failed_at")),
         ))  # fmt: skip
     table = Table(box=None, header_style="bold")
@@ -291,6 +292,16 @@ def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Tabl
     for id, function, proxy, event, attempts, error, failed in rows:
         narrow.add_row(id, f"{function} · {plural(int(attempts), 'attempt')} · {failed}\n{proxy} {event}" + (f"\n{error}" if error else ""))
     return narrow
+
+
+ERROR_SHOWN = 600
+"""Characters of a dead letter's error shown by ``dlq ls`` (folded in its column): its head and
+its tail, where the reason and what to do are (``--json`` has it whole)."""
+
+
+def _error_text(err: dict[str, Any]) -> str:
+    text = f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"
+    return keep_ends(text, ERROR_SHOWN, lambda n: f" … ({plural(n, 'character')} left out; --json has them) … ")
 
 
 @dlq_app.command("replay")
