@@ -97,7 +97,7 @@ def triggers_add(
     type: Annotated[str | None, typer.Option("--type", metavar="GLOB", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
     subject: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
     filter: Annotated[list[str] | None, typer.Option("--filter", metavar="ATTRIBUTE=GLOB", help="A glob on any other attribute, e.g. shop='b*'; repeatable.", show_default=False)] = None,
-    schedule: Annotated[str | None, typer.Option(metavar="CRON", help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
+    schedule: Annotated[str | None, typer.Option(metavar="CRON", help="A cron expression instead: fire on its ticks (a 6th field, last, counts seconds: '* * * * * */10').", show_default=False)] = None,
     timezone: Annotated[str | None, typer.Option(metavar="ZONE", help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
     missed: Annotated[str | None, typer.Option(metavar="MODE", help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
     name: Annotated[str, typer.Option(metavar="NAME", help="A name for the trigger.")] = "",

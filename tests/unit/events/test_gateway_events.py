@@ -589,6 +589,8 @@ async def test_a_dead_letter_is_removed_by_id(client: httpx.AsyncClient, store: 
         ({"type": "com.\u0085x"}, "type 'com.\\x85x' contains the control character U+0085", "s3://photos"),
         ({"subject": "a\nb"}, "subject 'a\\nb' contains the control character U+000A", "s3://photos"),
         ({"filters": {"shop": "p\u007f"}}, "filters.shop 'p\\x7f' contains the control character U+007F", "s3://photos"),
+        # Fired every second of every even minute, where every 2 seconds was meant.
+        ({"schedule": "*/2 * * * * *"}, "the 6th field counts seconds", "s3://photos"),
     ],
 )
 async def test_a_refused_trigger_says_what_to_fix(
