@@ -127,7 +127,8 @@ async def post_s3(gw: Gateway, request: Request) -> Response:
 async def post_webhook(gw: Gateway, request: Request) -> Response:
     name = request.path_params["hook"]
     hook = gw.events.webhooks.get(name)
-    if hook is None:
+    if hook is None:  # received and rejected, as every refusal (rejected never outgrows received)
+        gw.events.metrics.received.labels("webhook").inc()
         gw.events.metrics.rejected.labels("webhook").inc()
         configured = ", ".join(sorted(gw.events.webhooks)) or "none"
         raise NotFound(f"no webhook named '{name}'; configured in [[events.webhooks]]: {configured}")

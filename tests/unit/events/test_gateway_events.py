@@ -132,6 +132,7 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
 ) -> None:  # fmt: skip
     await deploy("all", "[[triggers]]\n")  # every event would match
     before = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
+    received = metric((await client.get("/metrics")).text, "spanfaas_events_received_total", kind)
     r = await client.post(path, content=body, headers=headers)
     assert r.status_code == status, r.text
     doc = r.json()
@@ -140,6 +141,8 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
     assert gateway.store.list_invocations("all") == [] and gateway.store.queue_depth() == 0
     after = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
     assert after == before + 1
+    # a request to a hook not configured was rejected but not received: rejected outgrew received
+    assert metric((await client.get("/metrics")).text, "spanfaas_events_received_total", kind) == received + 1
 
 
 @pytest.mark.parametrize("signature", [None, sign("wrong secret", b"{}"), "sha1=0123"])
