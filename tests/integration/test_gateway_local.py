@@ -159,3 +159,24 @@ def test_a_template_restart_the_host_refuses_is_a_problem_that_says_what_to_fix(
             assert r.status_code == 200, r.text
     finally:
         gw.stop()
+
+
+def test_sdk_map_waits_for_room_in_a_full_function_instead_of_failing(world_readable_tmp: Path) -> None:
+    """`Client.map` sends 32 calls at a time: on a function whose scaling.max + scaling.queue
+    is smaller, the first 429 (nothing ran: the queue was full) failed the whole map with
+    TooManyRequests.  A refused call is sent again after the Retry-After the gateway gives;
+    every item runs once and the results come in input order."""
+    from spanfaas import Client
+
+    d = world_readable_tmp / "src" / "busy"
+    d.mkdir(parents=True)
+    (d / "handler.py").write_text("import time\ndef handler(event, context):\n    time.sleep(0.1)\n    return event * 2\n")
+    (d / "spanfaas.toml").write_text('name = "busy"\nisolation = "reuse"\n[scaling]\nmax = 1\nqueue = 1\n')
+    with GatewayProcess(world_readable_tmp / "data", infra="local") as gw, Client(gw.url, gw.admin_token) as sf:
+        sf.deploy(d)
+        assert sf.map("busy", range(6), concurrency=6) == [0, 2, 4, 6, 8, 10]
+        with httpx.Client(base_url=gw.url, headers=gw.headers) as c:
+            records = c.get("/v1/invocations", params={"function": "busy", "limit": 100}).json()["invocations"]
+            metrics = c.get("/metrics").text
+    assert len(records) == 6 and all(r["status"] == "succeeded" for r in records), records  # each item ran once
+    assert 'spanfaas_invocations_total{function="busy",status="refused"}' in metrics  # the queue did refuse some
