@@ -656,3 +656,16 @@ async def test_an_empty_function_filter_is_refused_by_name(client: httpx.AsyncCl
     r = await client.get(path, params={"function": ""})
     assert r.status_code == 400, r.text
     assert "function= is empty" in r.json()["detail"], r.text
+
+
+async def test_triggers_of_a_function_not_deployed_is_a_404_naming_the_deployed(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    """`triggers ls -f odrers` (a typo) answered 200 with no triggers, and the CLI said "no
+    triggers; declare [[triggers]] in a manifest …" as if the function had none: a function
+    not deployed has no triggers to list (`rm` removes them), so the filter is a 404 naming
+    the functions deployed; one that is deployed lists its own (none: an empty list)."""
+    await deploy("orders", ORDERS)
+    r = await client.get("/v1/triggers", params={"function": "odrers"})
+    assert r.status_code == 404 and r.json()["type"].endswith("/function-not-found"), r.text
+    assert "function 'odrers' not found; deployed: orders" in r.json()["detail"], r.text
+    assert [t["function"] for t in (await client.get("/v1/triggers", params={"function": "orders"})).json()["triggers"]] == ["orders"]
+    assert "404" in (await client.get("/openapi.json")).json()["paths"]["/v1/triggers"]["get"]["responses"]
