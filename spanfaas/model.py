@@ -586,6 +586,7 @@ class EarlyStats(Struct, kw_only=True):
     desired: int = 0
     """Instances the autoscaler wants now."""
     instances: int = 0
+    """Live instances now (0: scaled to zero)."""
 
 
 class InfraInfo(Struct, kw_only=True):

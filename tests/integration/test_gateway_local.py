@@ -180,3 +180,27 @@ def test_sdk_map_waits_for_room_in_a_full_function_instead_of_failing(world_read
             metrics = c.get("/metrics").text
     assert len(records) == 6 and all(r["status"] == "succeeded" for r in records), records  # each item ran once
     assert 'spanfaas_invocations_total{function="busy",status="refused"}' in metrics  # the queue did refuse some
+
+
+def test_metrics_show_each_functions_live_instances(world_readable_tmp: Path) -> None:
+    """/metrics had the instances of the whole infrastructure (spanfaas_instances{infra}) and
+    the ones the autoscaler wants (spanfaas_desired_instances{function}), but not how many each
+    function has: after a burst, or at scale to zero, nothing said which function held them.
+    spanfaas_function_instances{infra,function} does: scaling.min's instances once called,
+    and 0 once an idle function scaled to zero."""
+    with GatewayProcess(world_readable_tmp / "data", infra="local") as gw, httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+        for name, scaling in (("kept", "min = 2\nmax = 3"), ("idle", "idle_ttl = 0.5")):
+            d = function_dir(world_readable_tmp, name, "reuse")
+            (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "reuse"\n[scaling]\n{scaling}\n')
+            assert c.put(f"/v1/functions/{name}", content=pack_function(d)).status_code == 201
+            assert c.post(f"/v1/functions/{name}/invoke", json={}).status_code == 200
+
+        def gauge(name: str) -> str | None:
+            prefix = f'spanfaas_function_instances{{function="{name}",infra="local"}} '
+            return next((line[len(prefix) :] for line in c.get("/metrics").text.splitlines() if line.startswith(prefix)), None)
+
+        deadline = time.monotonic() + 30
+        while gauge("kept") != "2.0" or gauge("idle") != "0.0":  # min kept; the idle one scaled to zero
+            assert time.monotonic() < deadline, (gauge("kept"), gauge("idle"))
+            time.sleep(0.1)
+        assert "# HELP spanfaas_function_instances" in c.get("/metrics").text
