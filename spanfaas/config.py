@@ -164,6 +164,14 @@ class RedisStreamConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only
     """The ``source`` of entries that are not CloudEvents themselves (default ``redis/<stream>``)."""
     type: str = "dev.spanfaas.redis.entry"
 
+    def __post_init__(self) -> None:
+        # Refused here, at start: the reader would otherwise retry a URL it can never use, for ever.
+        if self.url.partition("://")[0].lower() not in ("redis", "rediss", "unix") or "://" not in self.url:
+            raise ValueError(
+                f"events.redis '{self.name}': url {self.url!r} is no Redis URL; write redis://host:6379/0 "
+                "(rediss:// for TLS, unix:///path/to/redis.sock for a socket)"
+            )
+
 
 class EventSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Event proxies and delivery (the ``[events]`` table)."""

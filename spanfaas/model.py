@@ -589,6 +589,7 @@ class EarlyStats(Struct, kw_only=True):
     desired: int = 0
     """Instances the autoscaler wants now."""
     instances: int = 0
+    """Live instances now (0: scaled to zero)."""
 
 
 class InfraInfo(Struct, kw_only=True):
@@ -770,8 +771,8 @@ class Trigger(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 def pattern_problem(trigger: Trigger) -> tuple[str, str] | None:
-    """The field of ``trigger`` whose pattern holds a control character, and what to say of it;
-    None when there is none.  Checked where triggers come in (a manifest, the API), not in
+    """The field of ``trigger`` whose pattern holds a control character (or whose schedule is
+    written seconds first), and what to say of it; None when there is none.  Checked where triggers come in (a manifest, the API), not in
     ``Trigger``: triggers already in a store must still decode."""
     patterns = {"source": trigger.source, "type": trigger.type, "subject": trigger.subject or ""}
     for field, pattern in [*patterns.items(), *((f"filters.{k}", v) for k, v in trigger.filters.items())]:
@@ -781,7 +782,22 @@ def pattern_problem(trigger: Trigger) -> tuple[str, str] | None:
                 "attribute holds one (CloudEvents 1.0 forbids U+0000-U+001F and U+007F-U+009F), so it "
                 "would never match: remove it"
             )
-    return None
+    return _seconds_first(trigger.schedule)
+
+
+def _seconds_first(schedule: str) -> tuple[str, str] | None:
+    """A 6-field schedule that fires every second of the minutes it matches -- ``*`` in its
+    seconds (the 6th field) and not in its minute: one written seconds first, as Quartz and
+    Spring do ('*/2 * * * * *' for every 2 seconds), which here fires 60 times a minute."""
+    fields = schedule.split()
+    if len(fields) != 6 or fields[5] != "*" or fields[0] == "*":
+        return None
+    meant = " ".join([*fields[1:], fields[0]])
+    return "schedule", (
+        f"schedule {schedule!r} fires every second of each minute it matches (60 times a minute): "
+        f"the 6th field counts seconds, after the day of week (not first, as in Quartz); for "
+        f"{fields[0]!r} seconds write {meant!r}, or give the seconds a value ('{' '.join([*fields[:5], '0'])}': at second 0)"
+    )
 
 
 def manifest_trigger_id(function: str, trigger: Trigger, index: int) -> str:

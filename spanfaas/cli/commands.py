@@ -257,7 +257,10 @@ def logs(
 ) -> None:
     """Show the logs of an invocation, or of a function's latest invocations."""
     with Client(url, token) as client:
-        records = client.logs(target, limit=None if every else limit, status=status)
+        # one more than shown: whether older ones are left out, to say so
+        records = client.logs(target, limit=None if every else limit + 1, status=status)
+    left_out = not every and len(records) > limit
+    records = records[:limit] if left_out else records
     if as_json:
         print_json({"invocations": records})
         return
@@ -283,6 +286,10 @@ def logs(
         error = rec.get("error")
         if error:
             console.print(f"[red]{shown(str(error.get('type') or error.get('kind')))}: {shown(str(error.get('message', '')))}[/red]")
+    if left_out:
+        which = f"{status} " if status else ""
+        err_console().print(f"[dim]the {limit} latest {which}invocations of {escape(target)} are shown; "
+                            "older ones: --limit N (up to 1000) or --all[/dim]")  # fmt: skip
 
 
 @handle_errors

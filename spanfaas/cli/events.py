@@ -15,6 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from spanfaas.cli.data import read_data
+from spanfaas.clipping import keep_ends
 from spanfaas.cli.output import (
     JsonOpt,
     TokenOpt,
@@ -96,7 +97,7 @@ def triggers_add(
     type: Annotated[str | None, typer.Option("--type", metavar="GLOB", help="Glob on the events' type, e.g. 'com.github.push' [default: *].", show_default=False)] = None,
     subject: Annotated[str | None, typer.Option(metavar="GLOB", help="Glob on the events' subject (S3: the key), e.g. '*.jpg'.", show_default=False)] = None,
     filter: Annotated[list[str] | None, typer.Option("--filter", metavar="ATTRIBUTE=GLOB", help="A glob on any other attribute, e.g. shop='b*'; repeatable.", show_default=False)] = None,
-    schedule: Annotated[str | None, typer.Option(metavar="CRON", help="A cron expression instead: fire on its ticks.", show_default=False)] = None,
+    schedule: Annotated[str | None, typer.Option(metavar="CRON", help="A cron expression instead: fire on its ticks (a 6th field, last, counts seconds: '* * * * * */10').", show_default=False)] = None,
     timezone: Annotated[str | None, typer.Option(metavar="ZONE", help="With --schedule: its time zone (IANA name) [default: UTC].", show_default=False)] = None,
     missed: Annotated[str | None, typer.Option(metavar="MODE", help="With --schedule: ticks missed while down: skip, latest or all [default: latest].", show_default=False)] = None,
     name: Annotated[str, typer.Option(metavar="NAME", help="A name for the trigger.")] = "",
@@ -274,7 +275,7 @@ def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Tabl
         rows.append((
             escape(d["id"]), escape(d["function"]) or "-", escape(d["proxy"]),
             escape(f"{d['event'].get('source')} {d['event'].get('id')}"), str(d["attempts"]),
-            escape(f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"[:60]) if err else "",
+            escape(_error_text(err)) if err else "",
             ago(d.get("failed_at")),
         ))  # fmt: skip
     table = Table(box=None, header_style="bold")
@@ -291,6 +292,16 @@ def _dead_letters_table(letters: list[dict[str, Any]], console: Console) -> Tabl
     for id, function, proxy, event, attempts, error, failed in rows:
         narrow.add_row(id, f"{function} · {plural(int(attempts), 'attempt')} · {failed}\n{proxy} {event}" + (f"\n{error}" if error else ""))
     return narrow
+
+
+ERROR_SHOWN = 600
+"""Characters of a dead letter's error shown by ``dlq ls`` (folded in its column): its head and
+its tail, where the reason and what to do are (``--json`` has it whole)."""
+
+
+def _error_text(err: dict[str, Any]) -> str:
+    text = f"{err.get('type') or err.get('kind', '')}: {err.get('message', '')}"
+    return keep_ends(text, ERROR_SHOWN, lambda n: f" … ({plural(n, 'character')} left out; --json has them) … ")
 
 
 @dlq_app.command("replay")

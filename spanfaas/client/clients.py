@@ -23,7 +23,7 @@ from spanfaas.client.events import AsyncEvents, Events
 from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
 from spanfaas.client.userconfig import resolve, withheld_token_url
-from spanfaas.errors import InvalidRequest, SpanfaasError
+from spanfaas.errors import InvalidRequest, SpanfaasError, TooManyRequests
 from spanfaas.model import InvocationStatus
 
 __all__ = ["AsyncClient", "Client"]
@@ -372,7 +372,10 @@ class AsyncClient(_Base):
         return_exceptions: bool = False,
         timeout: float | None = None,
     ) -> list[Any]:
-        """Invoke ``name`` once per item, ``concurrency`` at a time; results in input order."""
+        """Invoke ``name`` once per item, ``concurrency`` at a time; results in input order.
+
+        A call the function refuses for now (429: its ``scaling.max`` + ``scaling.queue`` are
+        taken, nothing ran) is sent again after the Retry-After the gateway gives."""
         ops.check_map(name, concurrency, timeout)
         total = len(items) if isinstance(items, Sized) else None
         numbered = enumerate(items)
@@ -380,12 +383,17 @@ class AsyncClient(_Base):
 
         async def worker(lane: AsyncClient, advance: Callable[[], None]) -> None:
             for i, item in numbered:  # one shared iterator: each item is taken once
-                try:
-                    results[i] = await lane.invoke(name, item, timeout=timeout)
-                except SpanfaasError as exc:
-                    if not return_exceptions:
-                        raise
-                    results[i] = exc
+                while True:
+                    try:
+                        results[i] = await lane.invoke(name, item, timeout=timeout)
+                    except TooManyRequests as exc:  # nothing ran: the function is full; wait for room
+                        await asyncio.sleep(_room_wait(exc))
+                        continue
+                    except SpanfaasError as exc:
+                        if not return_exceptions:
+                            raise
+                        results[i] = exc
+                    break
                 advance()
 
         lanes = self._lanes(concurrency if total is None else max(1, min(concurrency, total)))
@@ -455,6 +463,16 @@ class _progress:
     async def __aexit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+MAP_ROOM_WAIT_MAX = 5.0
+"""Longest wait of ``map`` before sending again a call a full function refused (seconds)."""
+
+
+def _room_wait(exc: TooManyRequests) -> float:
+    """How long ``map`` waits for room after ``exc``: its Retry-After (1 s when it gives none)."""
+    after = exc.extra.get("retry_after")
+    return min(float(after), MAP_ROOM_WAIT_MAX) if isinstance(after, (int, float)) and after > 0 else 1.0
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, T]) -> T:

@@ -47,7 +47,7 @@ def _image(id: str) -> str:
 
 
 def split_requirement(text: str) -> tuple[str, str]:
-    """``"numpy>=1.26,<3"`` -> ``("numpy", ">=1.26,<3")``."""
+    """``"numpy>=1.26,<3"`` -> ``("numpy", ">=1.26,<3")``: the range in the order it was written."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
@@ -61,7 +61,8 @@ def split_requirement(text: str) -> tuple[str, str]:
         raise InvalidRequest(f"{text!r} has an environment marker; approve a name and a version range only")
     if req.extras:
         raise InvalidRequest(f"{text!r} names extras; approve the package itself (its extras' packages separately)")
-    return req.name, str(req.specifier)
+    # the range as written (the gateway keeps its order, as `curate create` does), not packaging's sorted form
+    return req.name, text.strip()[len(req.name) :].strip().strip("()").strip() if req.specifier else ""
 
 
 def _texts(*, optional: bool = False, **texts: object) -> None:

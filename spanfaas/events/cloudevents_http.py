@@ -179,7 +179,11 @@ def event_from_fields(fields: Mapping[str, str]) -> CloudEvent:
         try:
             data = _decode(data)
         except msgspec.DecodeError as exc:
-            raise InvalidEvent(f"the 'data' field is not valid JSON: {exc}") from None
+            set_as = f"is {attrs['datacontenttype']}" if "datacontenttype" in attrs else "is unset (JSON)"
+            raise InvalidEvent(
+                f"the 'data' field is not valid JSON ({exc}) but the entry's datacontenttype {set_as}; "
+                "fix the JSON, or add a datacontenttype field (e.g. text/plain) for data that is no JSON"
+            ) from None
     check_required(attrs)
     _parse_time(attrs)
     return make_event(attrs, data)

@@ -335,7 +335,11 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
                  scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
-                 errors=(400, 401, 403, 413, 502, 503),
+                 errors=(400, 401, 403, 413, 502, 503, 504),
+                 error_notes={
+                     502: "The infrastructure failed, or the image's package source cannot be reached (image-source-unreachable)",
+                     504: "The image build ran past [images] build_timeout (image-build-timeout): try again later",
+                 },
                  extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)},
                  headers={201: _LOCATION, 200: _LOCATION}),
         Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",

@@ -153,6 +153,9 @@ class EarlyCollector:
             "spanfaas_scale_events", "Autoscaler decisions: out, in, zero", labels=["infra", "function", "direction"]
         )
         desired = GaugeMetricFamily("spanfaas_desired_instances", "Instances the autoscaler wants", labels=["infra", "function"])
+        live = GaugeMetricFamily(
+            "spanfaas_function_instances", "Live instances of each function (0: scaled to zero)", labels=["infra", "function"]
+        )
         for infra in _children(self.infra):
             if not isinstance(infra, ReportsEarlyStats):
                 continue
@@ -162,4 +165,5 @@ class EarlyCollector:
                     for key, n in sorted(counts.items()):
                         family.add_metric([infra.name, fn, key], n)
                 desired.add_metric([infra.name, fn], s.desired)
-        yield from (prewarms, avoided, overlapped, wasted, scale, desired)
+                live.add_metric([infra.name, fn], s.instances)
+        yield from (prewarms, avoided, overlapped, wasted, scale, desired, live)

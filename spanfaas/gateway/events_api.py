@@ -127,7 +127,8 @@ async def post_s3(gw: Gateway, request: Request) -> Response:
 async def post_webhook(gw: Gateway, request: Request) -> Response:
     name = request.path_params["hook"]
     hook = gw.events.webhooks.get(name)
-    if hook is None:
+    if hook is None:  # received and rejected, as every refusal (rejected never outgrows received)
+        gw.events.metrics.received.labels("webhook").inc()
         gw.events.metrics.rejected.labels("webhook").inc()
         configured = ", ".join(sorted(gw.events.webhooks)) or "none"
         raise NotFound(f"no webhook named '{name}'; configured in [[events.webhooks]]: {configured}")
@@ -149,7 +150,11 @@ def _function_filter(request: Request) -> str | None:
 
 
 async def list_triggers(gw: Gateway, request: Request) -> Response:
-    return _json(TriggerList(triggers=await gw.events.list_triggers(_function_filter(request))))
+    function = _function_filter(request)
+    if function is not None:
+        # A function not deployed has no triggers (rm removes them): a typo is said, not an empty list.
+        await gw.registry.require(function)
+    return _json(TriggerList(triggers=await gw.events.list_triggers(function)))
 
 
 async def add_trigger(gw: Gateway, request: Request) -> Response:
@@ -259,8 +264,9 @@ def event_endpoints() -> list[Endpoint]:
                  error_notes={403: "The X-Hub-Signature-256 header is missing, or does not match the hook's secret "
                                    "(a problem of type bad-signature; no WWW-Authenticate: the signature is the credential)"}),
         Endpoint("GET", "/v1/triggers", list_triggers, "Triggers in force (from manifests and the API)",
-                 tag="events", params=(Param("function", "query", "only this function's (not empty: leave it out for every function's)"),),
-                 response=TriggerList, errors=(401, 403)),
+                 tag="events", params=(Param("function", "query", "only this function's (not empty: leave it out for every function's; "
+                                             "one not deployed is a 404)"),),
+                 response=TriggerList, errors=(401, 403, 404)),
         Endpoint("POST", "/v1/triggers", add_trigger, "Add a trigger to a function",
                  scope="deploy", tag="events", body=TriggerRequest, status=201, response=TriggerRecord,
                  errors=(400, 401, 403, 404)),

@@ -138,6 +138,11 @@ class InvokeEndpoint:
                 content_type = v
             elif k == b"x-spanfaas-logs":
                 want_logs = v == b"include"
+                if not want_logs:  # 'true' and the like were ignored: a 200 without the logs, no word why
+                    raise InvalidRequest(
+                        f"X-Spanfaas-Logs: {v.decode('latin-1')!r} is not known; send 'X-Spanfaas-Logs: include' "
+                        "for the invocation's logs in the X-Spanfaas-Logs header of the answer, or leave it out"
+                    )
             elif k == b"x-spanfaas-event":
                 event = v
             elif k == b"x-spanfaas-origin-id":

@@ -24,7 +24,7 @@ _STATUS_TEXT = {
     429: "The function's instances are busy and its queue is full (scaling.max, scaling.queue): retry after Retry-After seconds",
     500: "The function failed (problem has invocation_id, error_type, traceback, logs)",
     502: "The infrastructure failed",
-    503: "The infrastructure is unavailable",
+    503: "The infrastructure or the store is unavailable for now (the detail says which): retry after Retry-After",
     504: "The function timed out",
 }
 
@@ -40,6 +40,11 @@ _METHOD_NOT_ALLOWED = {
     "headers": {"Allow": {"schema": {"type": "string"}, "required": True, "description": "the methods the path serves"}},
     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
+
+
+_NO_STORE = frozenset({"/metrics", "/healthz", "/openapi.json"})
+"""Paths answered without the store (``/metrics`` says it is down in a gauge); every other
+operation reads or writes it, and answers 503 store-unavailable while it is locked or down."""
 
 
 def _header(schema: dict[str, Any], description: str, required: bool) -> dict[str, Any]:
@@ -96,7 +101,7 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
             responses[str(code)] = {"description": text}
             if typ is not None:
                 responses[str(code)]["content"] = {"application/json": {"schema": refs[typ]}}
-        for code in e.errors:
+        for code in (*e.errors, *((503,) if 503 not in e.errors and e.openapi_path not in _NO_STORE else ())):
             responses[str(code)] = {
                 "description": e.error_notes.get(code, _STATUS_TEXT[code]),
                 "content": {"application/problem+json": {"schema": refs[Problem]}},

@@ -594,4 +594,4 @@ class ImageService:
 def _summary(packages: list[LockedPackage]) -> str:
     direct = [f"{p.name}=={p.version}" for p in packages if p.direct]
     deps = len(packages) - len(direct)
-    return ", ".join(direct) + (f" + {deps} dependencies" if deps else "") if packages else "no packages"
+    return ", ".join(direct) + (f" + {plural(deps, 'dependency', 'dependencies')}" if deps else "") if packages else "no packages"

@@ -159,3 +159,48 @@ def test_a_template_restart_the_host_refuses_is_a_problem_that_says_what_to_fix(
             assert r.status_code == 200, r.text
     finally:
         gw.stop()
+
+
+def test_sdk_map_waits_for_room_in_a_full_function_instead_of_failing(world_readable_tmp: Path) -> None:
+    """`Client.map` sends 32 calls at a time: on a function whose scaling.max + scaling.queue
+    is smaller, the first 429 (nothing ran: the queue was full) failed the whole map with
+    TooManyRequests.  A refused call is sent again after the Retry-After the gateway gives;
+    every item runs once and the results come in input order."""
+    from spanfaas import Client
+
+    d = world_readable_tmp / "src" / "busy"
+    d.mkdir(parents=True)
+    (d / "handler.py").write_text("import time\ndef handler(event, context):\n    time.sleep(0.1)\n    return event * 2\n")
+    (d / "spanfaas.toml").write_text('name = "busy"\nisolation = "reuse"\n[scaling]\nmax = 1\nqueue = 1\n')
+    with GatewayProcess(world_readable_tmp / "data", infra="local") as gw, Client(gw.url, gw.admin_token) as sf:
+        sf.deploy(d)
+        assert sf.map("busy", range(6), concurrency=6) == [0, 2, 4, 6, 8, 10]
+        with httpx.Client(base_url=gw.url, headers=gw.headers) as c:
+            records = c.get("/v1/invocations", params={"function": "busy", "limit": 100}).json()["invocations"]
+            metrics = c.get("/metrics").text
+    assert len(records) == 6 and all(r["status"] == "succeeded" for r in records), records  # each item ran once
+    assert 'spanfaas_invocations_total{function="busy",status="refused"}' in metrics  # the queue did refuse some
+
+
+def test_metrics_show_each_functions_live_instances(world_readable_tmp: Path) -> None:
+    """/metrics had the instances of the whole infrastructure (spanfaas_instances{infra}) and
+    the ones the autoscaler wants (spanfaas_desired_instances{function}), but not how many each
+    function has: after a burst, or at scale to zero, nothing said which function held them.
+    spanfaas_function_instances{infra,function} does: scaling.min's instances once called,
+    and 0 once an idle function scaled to zero."""
+    with GatewayProcess(world_readable_tmp / "data", infra="local") as gw, httpx.Client(base_url=gw.url, headers=gw.headers, timeout=60) as c:
+        for name, scaling in (("kept", "min = 2\nmax = 3"), ("idle", "idle_ttl = 0.5")):
+            d = function_dir(world_readable_tmp, name, "reuse")
+            (d / "spanfaas.toml").write_text(f'name = "{name}"\nisolation = "reuse"\n[scaling]\n{scaling}\n')
+            assert c.put(f"/v1/functions/{name}", content=pack_function(d)).status_code == 201
+            assert c.post(f"/v1/functions/{name}/invoke", json={}).status_code == 200
+
+        def gauge(name: str) -> str | None:
+            prefix = f'spanfaas_function_instances{{function="{name}",infra="local"}} '
+            return next((line[len(prefix) :] for line in c.get("/metrics").text.splitlines() if line.startswith(prefix)), None)
+
+        deadline = time.monotonic() + 30
+        while gauge("kept") != "2.0" or gauge("idle") != "0.0":  # min kept; the idle one scaled to zero
+            assert time.monotonic() < deadline, (gauge("kept"), gauge("idle"))
+            time.sleep(0.1)
+        assert "# HELP spanfaas_function_instances" in c.get("/metrics").text

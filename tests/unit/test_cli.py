@@ -1249,3 +1249,20 @@ def test_up_without_a_saved_token_says_where_the_token_came_from(tmp_path: Path,
     assert "holds no token of this gateway; pass --url http://127.0.0.1:9 --token TOKEN" in out, out
     assert "printed at its first start" not in out
     assert "a token of its store" in out and "the first gateway started on it" in out
+
+
+def test_logs_of_a_function_says_when_older_invocations_are_left_out(cli: Any, tmp_path: Path) -> None:
+    """`spanfaas logs slow` showed the 20 latest invocations and nothing more, with no word that
+    older ones exist: a user looking for the failure of a burst took those for all there were.
+    When more are there, stderr says how many were shown and how to see the others."""
+    assert cli("deploy", fn_dir(tmp_path, "older", "def handler(event, context):\n    print('call', event)\n    return 1\n")).exit_code == 0
+    for i in range(4):
+        assert cli("invoke", "older", "-d", str(i)).exit_code == 0
+    r = cli("logs", "older", "-n", "3")
+    assert r.exit_code == 0 and r.stdout.count("── ") == 3, r.stdout
+    assert "call 0" not in r.stdout and "call 3" in r.stdout, r.stdout  # the latest, oldest first
+    assert "the 3 latest invocations of older are shown; older ones: --limit N (up to 1000) or --all" in r.stderr, r.stderr
+    r = cli("logs", "older", "-n", "4")
+    assert r.stdout.count("── ") == 4 and "older ones" not in r.stderr, r.stderr  # all of them: nothing to say
+    assert len(json.loads(cli("logs", "older", "-n", "3", "--json").stdout)["invocations"]) == 3
+    assert cli("logs", "older", "--all").stdout.count("── ") == 4

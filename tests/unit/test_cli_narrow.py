@@ -149,3 +149,27 @@ def test_dlq_ls_keeps_each_id_whole_at_80_columns(live: Live, cli: Any) -> None:
     finally:
         for i in ids:
             live.store.discard_dead_letter(i)
+
+
+def test_dlq_ls_shows_why_a_dead_letter_failed(live: Live, cli: Any) -> None:
+    """`events dlq ls` cut every error at 60 characters: a Redis entry that was no event read
+    'InvalidEvent: entry 1796647373970-0 of Redis stream orders i', the reason (and what to do)
+    lost, though `dlq replay --all` sends the user to `dlq ls` to read why.  The error is
+    shown whole, folded in its column (a longer one keeps its head and its tail)."""
+    junk = Event(attributes={"id": "1796647373970-0", "source": "redis/orders", "stream": "orders", "fields": {"cloudevent": "x"}}, proxy="redis")
+    reason = ("entry 1796647373970-0 of Redis stream orders is no event, and was not delivered: the 'cloudevent' field "
+              "is not valid JSON; fix its producer and add the entry again (this dead letter cannot be replayed)")  # fmt: skip
+    long = ErrorInfo(kind="error", type="ValueError", message="head of a long message " + "x" * 5000 + " where it failed")
+    live.store.put_dead_letter(DeadLetter(id="why-junk", function="", event=junk, content_type="application/json",
+                                          error=ErrorInfo(kind="infra", type="InvalidEvent", message=reason), failed_at=20.0))  # fmt: skip
+    event = Event(attributes={"specversion": "1.0", "id": "o-1", "source": "/shop", "type": "t"}, proxy="cloudevents")
+    live.store.put_dead_letter(DeadLetter(id="why-long", function="f", event=event, content_type="application/json", error=long, attempts=3, failed_at=10.0))
+    try:
+        out = cli("events", "dlq", "ls").stdout
+        assert all(len(line) <= WIDTH for line in out.splitlines()), out
+        assert f"InvalidEvent: {reason}" in flat(out), out
+        assert "head of a long message" in flat(out) and "where it failed" in flat(out), out
+        assert len(out) < 2000, out
+    finally:
+        live.store.discard_dead_letter("why-junk")
+        live.store.discard_dead_letter("why-long")

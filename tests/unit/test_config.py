@@ -129,3 +129,21 @@ def test_a_webhook_secret_is_at_least_8_characters(tmp_path: Path) -> None:
     assert "length >= 8" in info.value.message and "events.webhooks[0].secret" in info.value.message
     cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "12345678"\n')
     assert Settings.load(cfg, env={}).events.webhooks[0].secret == "12345678"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "localhost"])
+def test_a_redis_source_url_that_is_no_redis_url_is_refused_at_start(tmp_path: Path, url: str) -> None:
+    """`url = "http://…"` started the gateway, and its Redis source then logged 'could not queue
+    events (ValueError: Redis URL must specify one of the following schemes …)' every 5 s for
+    ever: a setting that can never work, reported as the store's trouble.  It is refused at
+    start, naming the source and the schemes."""
+    cfg = tmp_path / "redis.toml"
+    cfg.write_text(f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{url}"\n')
+    with pytest.raises(InvalidRequest) as info:
+        Settings.load(cfg, env={})
+    message = info.value.message
+    assert f"events.redis 'orders': url {url!r} is no Redis URL" in message, message
+    assert "redis://host:6379/0" in message and "rediss://" in message and "unix://" in message, message
+    for good in ("redis://127.0.0.1:6379/0", "rediss://cache.internal:6380", "unix:///run/redis.sock", "REDIS://h"):
+        cfg.write_text(f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{good}"\n')
+        assert Settings.load(cfg, env={}).events.redis[0].url == good

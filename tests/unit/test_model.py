@@ -257,6 +257,28 @@ def test_a_manifest_trigger_pattern_with_a_control_character_is_refused() -> Non
     assert info.value.extra["key"] == "triggers[1].filters.shop"
 
 
+@pytest.mark.parametrize(
+    ("schedule", "instead"),
+    [
+        ("*/2 * * * * *", "* * * * * */2"),  # meant: every 2 seconds (seconds first, as Quartz and Spring write it)
+        ("0 */5 * * * *", "*/5 * * * * 0"),  # meant: at second 0 of every 5th minute
+    ],
+)
+def test_a_schedule_written_seconds_first_is_refused_with_the_expression_meant(schedule: str, instead: str) -> None:
+    """'*/2 * * * * *' deployed and fired every second of every even minute (the 6th field
+    counts seconds, so '*' there is each of them): 60 invocations a minute, where the user
+    meant every 2 seconds.  A 6-field schedule whose seconds are '*' and whose minute is not
+    is refused, naming the expression that fires as meant; '* * * * * *' (every second) stays."""
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(f'name = "f"\n[[triggers]]\nschedule = "{schedule}"\n')
+    assert info.value.extra["key"] == "triggers[0].schedule"
+    message = info.value.message
+    assert "the 6th field counts seconds" in message and f"'{instead}'" in message, message
+    parse_manifest('name = "f"\n[[triggers]]\nschedule = "* * * * * *"\n')
+    parse_manifest('name = "f"\n[[triggers]]\nschedule = "*/2 * * * * 0"\n')
+    assert msgspec.json.decode(f'{{"schedule": "{schedule}"}}'.encode(), type=Trigger).schedule == schedule  # stored ones decode
+
+
 def test_a_stored_trigger_with_a_control_character_still_decodes() -> None:
     """Triggers stored before control characters were refused load (the check is where they come in)."""
     trigger = msgspec.json.decode(b'{"source": "a\\nb"}', type=Trigger)

@@ -132,6 +132,7 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
 ) -> None:  # fmt: skip
     await deploy("all", "[[triggers]]\n")  # every event would match
     before = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
+    received = metric((await client.get("/metrics")).text, "spanfaas_events_received_total", kind)
     r = await client.post(path, content=body, headers=headers)
     assert r.status_code == status, r.text
     doc = r.json()
@@ -140,6 +141,8 @@ async def test_bad_input_is_rejected_and_nothing_is_queued(
     assert gateway.store.list_invocations("all") == [] and gateway.store.queue_depth() == 0
     after = metric((await client.get("/metrics")).text, "spanfaas_events_rejected_total", kind)
     assert after == before + 1
+    # a request to a hook not configured was rejected but not received: rejected outgrew received
+    assert metric((await client.get("/metrics")).text, "spanfaas_events_received_total", kind) == received + 1
 
 
 @pytest.mark.parametrize("signature", [None, sign("wrong secret", b"{}"), "sha1=0123"])
@@ -589,6 +592,8 @@ async def test_a_dead_letter_is_removed_by_id(client: httpx.AsyncClient, store: 
         ({"type": "com.\u0085x"}, "type 'com.\\x85x' contains the control character U+0085", "s3://photos"),
         ({"subject": "a\nb"}, "subject 'a\\nb' contains the control character U+000A", "s3://photos"),
         ({"filters": {"shop": "p\u007f"}}, "filters.shop 'p\\x7f' contains the control character U+007F", "s3://photos"),
+        # Fired every second of every even minute, where every 2 seconds was meant.
+        ({"schedule": "*/2 * * * * *"}, "the 6th field counts seconds", "s3://photos"),
     ],
 )
 async def test_a_refused_trigger_says_what_to_fix(
@@ -651,3 +656,16 @@ async def test_an_empty_function_filter_is_refused_by_name(client: httpx.AsyncCl
     r = await client.get(path, params={"function": ""})
     assert r.status_code == 400, r.text
     assert "function= is empty" in r.json()["detail"], r.text
+
+
+async def test_triggers_of_a_function_not_deployed_is_a_404_naming_the_deployed(client: httpx.AsyncClient, deploy: Callable[..., Any]) -> None:
+    """`triggers ls -f odrers` (a typo) answered 200 with no triggers, and the CLI said "no
+    triggers; declare [[triggers]] in a manifest …" as if the function had none: a function
+    not deployed has no triggers to list (`rm` removes them), so the filter is a 404 naming
+    the functions deployed; one that is deployed lists its own (none: an empty list)."""
+    await deploy("orders", ORDERS)
+    r = await client.get("/v1/triggers", params={"function": "odrers"})
+    assert r.status_code == 404 and r.json()["type"].endswith("/function-not-found"), r.text
+    assert "function 'odrers' not found; deployed: orders" in r.json()["detail"], r.text
+    assert [t["function"] for t in (await client.get("/v1/triggers", params={"function": "orders"})).json()["triggers"]] == ["orders"]
+    assert "404" in (await client.get("/openapi.json")).json()["paths"]["/v1/triggers"]["get"]["responses"]

@@ -323,3 +323,18 @@ def test_a_redis_entry_is_a_cloudevent_only_with_a_specversion_field() -> None:
     assert wrapped.get_data() == fields
     with pytest.raises(InvalidEvent, match="no 'id' attribute"):  # a CloudEvent by its specversion, but no event
         source.translate("1700000000000-2", {"specversion": "1.0", "source": "shop", "type": "t"})
+
+
+def test_a_redis_entry_with_text_data_says_to_name_its_content_type() -> None:
+    """A Redis entry of CloudEvent fields with data 'hello' and no datacontenttype was kept as
+    a dead letter saying only "the 'data' field is not valid JSON: JSON is malformed: invalid
+    character (byte 0)": not that an unset datacontenttype means JSON, nor how to send text.
+    (With datacontenttype text/plain the same entry is delivered.)"""
+    with pytest.raises(InvalidEvent) as info:
+        event_from_fields({**CE, "data": "hello"})
+    message = str(info.value)
+    assert "the 'data' field is not valid JSON" in message and "datacontenttype is unset (JSON)" in message, message
+    assert "add a datacontenttype field (e.g. text/plain)" in message, message
+    with pytest.raises(InvalidEvent, match="datacontenttype is application/json"):
+        event_from_fields({**CE, "datacontenttype": "application/json", "data": "{oops"})
+    assert attributes_of(event_from_fields({**CE, "datacontenttype": "text/plain", "data": "hello"}))["datacontenttype"] == "text/plain"

@@ -49,6 +49,18 @@ async def test_logs_in_a_header_when_asked(client: httpx.AsyncClient, hello: dic
     assert text.startswith("ééé") and f"GET /v1/invocations/{r.headers['x-spanfaas-invocation-id']}" in text
 
 
+async def test_a_logs_header_that_is_not_include_is_refused_saying_what_to_send(client: httpx.AsyncClient, hello: dict[str, object]) -> None:
+    """'X-Spanfaas-Logs: true' (or yes, 1) was ignored: a 200 without the logs and no word
+    why, where mode=weird is a 400 naming the modes.  Only 'include' is known: the others are
+    a 400 that says so, before the function runs."""
+    for value in ("true", "yes", "1", ""):
+        r = await client.post("/v1/functions/hello/invoke", json={}, headers={"x-spanfaas-logs": value})
+        assert r.status_code == 400, (value, r.text)
+        assert f"X-Spanfaas-Logs: {value!r} is not known; send 'X-Spanfaas-Logs: include'" in r.json()["detail"], r.text
+    r = await client.get("/v1/invocations", params={"function": "hello"})
+    assert r.json()["invocations"] == [], r.text  # nothing ran
+
+
 async def test_the_logs_header_keeps_the_end_of_the_logs(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
     # Logs over the header's budget kept their head only: the end, where the error usually is, was lost.
     code = 'def handler(event, context):\n    print("start")\n    for i in range(3000):\n        print("line", i, "é")\n    print("the end")\n    return 1\n'

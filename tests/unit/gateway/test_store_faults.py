@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -178,3 +179,29 @@ async def test_a_listing_while_the_store_cannot_write_stays_in_its_byte_budget(
     assert [len(p) for p in pages] == [3, 3], [[len(v["logs"]) for v in p] for p in pages]
     assert all(sum(len(v["logs"]) for v in p) <= PAGE_BYTES for p in pages)
     assert [v["id"] for p in pages for v in p] == ids[::-1]
+
+
+async def test_every_write_a_locked_store_refuses_is_a_503_the_openapi_lists(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore
+) -> None:
+    """With the store's write lock held, adding a trigger, publishing an event, creating a token
+    or a curated list, or removing a function answered 503 store-unavailable with Retry-After
+    (as invoke and deploy do), but the OpenAPI listed no 503 for them: a generated client took
+    it for an undocumented answer, and nothing said to retry."""
+    doc = (await client.get("/openapi.json")).json()
+    trigger = {"function": "hello", "trigger": {"type": "com.example.*"}}
+    assert (await client.post("/v1/triggers", json=trigger)).status_code == 201
+    event = {"specversion": "1.0", "id": "e-1", "source": "/s", "type": "com.example.x"}
+    calls = [
+        ("POST", "/v1/triggers", "/v1/triggers", {"json": trigger}),
+        ("POST", "/v1/events", "/v1/events", {"content": json.dumps(event), "headers": {"content-type": "application/cloudevents+json"}}),
+        ("POST", "/v1/tokens", "/v1/tokens", {"json": {"name": "ci", "scopes": ["invoke"]}}),
+        ("POST", "/v1/images/lists", "/v1/images/lists", {"json": {"name": "tools"}}),
+        ("DELETE", "/v1/functions/{name}", "/v1/functions/hello", {}),
+    ]
+    with write_lock(store.path):
+        for method, path, url, kw in calls:
+            r = await client.request(method, url, **kw)
+            assert_store_unavailable(r, "locked")
+            responses = doc["paths"][path][method.lower()]["responses"]
+            assert "503" in responses and "Retry-After" in responses["503"].get("headers", {}), (method, path, sorted(responses))

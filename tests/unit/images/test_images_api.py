@@ -241,3 +241,36 @@ async def test_a_refused_list_says_what_to_fix_in_words_both_the_api_and_the_cli
         assert r.status_code == 409
         detail = r.json()["detail"]
         assert "PATCH /v1/images/lists/tools" in detail and "spanfaas images curate update tools" in detail, detail
+
+
+async def test_a_deploy_whose_image_build_times_out_is_a_504_the_openapi_lists(tmp_path: Path, wheelhouse: Path) -> None:
+    """PUT /v1/functions/{name} answers 504 image-build-timeout when its image build runs past
+    [images] build_timeout (docs/images.md), but its OpenAPI operation listed 400, 401, 403,
+    413, 502 and 503 only: a generated client had no 504 to expect, and the one 504 the
+    document described elsewhere was 'The function timed out'."""
+    async with serving(tmp_path, wheelhouse, build_timeout=0.001) as (app, _, store):
+        async with client(app, store, "ops", "admin") as admin:
+            assert (await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<3", "tinyhelper"]})).status_code == 201
+            r = await admin.put("/v1/functions/sum", content=function(tmp_path / "src", "sum", 'packages = ["tinycalc"]\nlists = ["tools"]'))
+            assert r.status_code == 504 and r.json()["type"].endswith("/image-build-timeout"), r.text
+            put = (await admin.get("/openapi.json")).json()["paths"]["/v1/functions/{name}"]["put"]["responses"]
+    assert "504" in put and "build_timeout" in put["504"]["description"], put.get("504")
+    assert "image" in put["502"]["description"], put["502"]  # an unreachable package source is a 502 too
+
+
+async def test_docs_say_which_scope_each_image_endpoint_needs() -> None:
+    """docs/images.md said 'scope admin to change, deploy to read' and listed GET
+    /v1/images/audit among them, but the audit trail needs admin (a developer's token is
+    told 403), and so do DELETE /v1/images/{id} and POST /v1/images/gc.  Every image endpoint
+    that needs admin without changing the lists or the policy is named so in the docs."""
+    from spanfaas.gateway.images_api import image_endpoints
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "images.md").read_text()
+    para = text[text.index("Over HTTP (scope") :].split("\n\n")[0]
+    read_by_deploy = para[para.index("`deploy` to read") :]
+    for e in image_endpoints():
+        if e.method == "GET" and e.scope == "admin":
+            assert e.path in para[: para.index("`deploy` to read")], (e.path, para)
+            assert e.path not in read_by_deploy, (e.path, para)
+    repo = text[text.index("## The repository") :].split("\n\n")[1:4]
+    assert any("scope `admin`" in p and "images rm" in p and "gc" in p for p in repo), repo

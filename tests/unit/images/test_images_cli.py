@@ -233,3 +233,14 @@ def test_the_rejection_docs_images_md_shows_is_what_the_cli_prints(cli: Cli, tmp
     r = cli("deploy", str(fn), scope="deploy")
     assert r.exit_code == 2, (r.stdout, r.stderr)
     assert r.stderr == shown.group(1), (r.stderr, shown.group(1))
+
+
+def test_curate_add_keeps_a_range_as_written_as_create_does(cli: Cli) -> None:
+    """`curate create tools 'tinycalc>=1,<3'` showed 'tinycalc>=1,<3', but `curate add` of the
+    same range said '✓ approved tinycalc<3,>=1', and the list, the audit trail and the
+    refusals of deploys then read it backwards: the client sent packaging's sorted form."""
+    ok(cli("images", "curate", "create", "tools"))
+    assert "approved tinycalc>=1,<3 on tools" in ok(cli("images", "curate", "add", "tools", "tinycalc >= 1, <3")).stdout
+    assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper (>=1)")).stdout
+    packages = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"]
+    assert [(p["name"], p["specifier"]) for p in packages] == [("tinycalc", ">=1,<3"), ("tinyhelper", ">=1")]

@@ -46,6 +46,8 @@ async def test_a_request_builds_an_image_once_then_reuses_it(service: ImageServi
     assert record.built_by == "alice" and record.size > 0 and "tinycalc==2.0" in record.lock
     phases = [e.phase for e in events if isinstance(e, BuildPhase)]
     assert phases == ["check", "resolve", "install", "publish"]
+    # 'installing tinycalc==2.0 + 1 dependencies': one is in the singular
+    assert [e.message for e in events if isinstance(e, BuildPhase) and e.phase == "install"] == ["installing tinycalc==2.0 + 1 dependency"]
     assert any(isinstance(e, BuildLine) and "tinycalc==2.0" in e.line for e in events)
     assert run_in_image(service, record.id, "import tinycalc; print(tinycalc.add(2, 3), tinycalc.VERSION)") == "5 2.0"
     assert (service.repo.path(record.id) / "build.log").read_text().count("tinycalc") >= 1
