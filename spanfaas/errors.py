@@ -315,7 +315,9 @@ def error_from_problem(doc: dict[str, Any]) -> SpanfaasError:
     error of its ``status``, so it keeps its kind and its CLI exit code.
     """
     slug = str(doc.get("type", "")).removeprefix(PROBLEM_BASE)
-    by_slug = {c.slug: c for c in _all_subclasses(SpanfaasError)}
+    by_slug: dict[str, type[SpanfaasError]] = {}
+    for c in _all_subclasses(SpanfaasError):  # parents first: a subclass that keeps its parent's slug
+        by_slug.setdefault(c.slug, c)  # (a private marker, e.g. a deploy cut short) never takes its place
     cls = by_slug.get(slug) or _class_for_status(doc.get("status"))
     extra = {k: v for k, v in doc.items() if k not in ("type", "title", "status", "detail", "instance")}
     return cls(str(doc.get("detail", doc.get("title", "unknown error"))), **extra)
