@@ -723,6 +723,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
             _exit(code)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+        os.close(devnull)  # (its instances would inherit it: a descriptor no handler needs)
         os.close(capture)
         p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
         tpl.fork_instances(req.initial)
