@@ -143,7 +143,7 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
     from the zygote)."""
     from spanfaas import sandbox
-    from spanfaas.sandbox import _libc, landlock, namespaces
+    from spanfaas.sandbox import _libc, fsview, landlock, namespaces
 
     if enter:
         namespaces.enter_namespaces(pid, unshared)
@@ -157,6 +157,9 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     uid = _reachable_uid(plan, mounts, out)
     if mounts:
         out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
+        # The template's mountinfo: it is pid 1 of the /proc we see (or has its host pid).
+        seen = 1 if unshared & _libc.CLONE_NEWPID else pid
+        out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], f"/proc/{seen}/mountinfo"))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
     sandbox.set_rlimits(applied, pid)
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
