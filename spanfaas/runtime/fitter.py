@@ -142,6 +142,20 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
     from the zygote)."""
+    # The template's mount table, opened while ``pid`` names it in the /proc we see
+    # (a fitter that joins a spare's namespaces is in none of its pids).
+    try:
+        mountinfo = os.open(f"/proc/{pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        mountinfo = -1
+    try:
+        return _fit_function(plan, scratch_dir, unshared, pid, hostname, enter, mountinfo)
+    finally:
+        if mountinfo >= 0:
+            os.close(mountinfo)
+
+
+def _fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, hostname: str | None, enter: bool, mountinfo: int) -> Fit:
     from spanfaas import sandbox
     from spanfaas.sandbox import _libc, fsview, landlock, namespaces
 
@@ -157,9 +171,7 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     uid = _reachable_uid(plan, mounts, out)
     if mounts:
         out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
-        # The template's mountinfo: it is pid 1 of the /proc we see (or has its host pid).
-        seen = 1 if unshared & _libc.CLONE_NEWPID else pid
-        out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], f"/proc/{seen}/mountinfo"))
+        out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
     sandbox.set_rlimits(applied, pid)
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))

@@ -132,12 +132,13 @@ def _within(path: str, tree: str) -> bool:
     return tree == "/" or path == tree or path.startswith(tree + "/")
 
 
-def hide_other_mounts(needed: Sequence[str], mountinfo: str) -> Protection:
+def hide_other_mounts(needed: Sequence[str], mountinfo: int) -> Protection:
     """Detach, from this mount namespace, every mount off the trees in ``needed``
     and ``SHOWN``: the function no longer sees (in ``/proc/self/mountinfo``) nor
     reaches the host's other volumes and mounts, and where they live.
 
-    ``mountinfo``: the template's, as this process can open it.  A mount is kept
+    ``mountinfo``: an open ``/proc/PID/mountinfo`` of the template (-1: none),
+    read from its start.  A mount is kept
     when it is ``/``, on one of those trees or an ancestor of one.  Call as root
     in the function's private mount namespace, once its own mounts are made;
     the host's mounts are not touched (propagation is private by then).
@@ -148,10 +149,13 @@ def hide_other_mounts(needed: Sequence[str], mountinfo: str) -> Protection:
         if found is not None:
             trees.append(found[0].rstrip("/") or "/")
     try:
-        with open(mountinfo) as f:
+        if mountinfo < 0:
+            raise OSError(errno.EBADF, "the template's mountinfo could not be opened")
+        os.lseek(mountinfo, 0, os.SEEK_SET)
+        with open(mountinfo, closefd=False) as f:
             points = [_libc.unescape_mount_field(line.split()[4]) for line in f]
     except OSError as exc:
-        return Protection("mount-view", False, f"the host's mounts stay visible: cannot read {mountinfo}: {exc.strerror}")
+        return Protection("mount-view", False, f"the host's mounts stay visible: cannot read its mountinfo: {exc.strerror}")
     detached = 0
     for point in points:
         if point == "/" or any(_within(point, t) or _within(t, point) for t in trees):
