@@ -1,7 +1,7 @@
 """A function's template: its code imported once, its sandbox applied once.
 
-Runs in a process forked from the zygote (pid 1 of the function's pid
-namespace when namespaces are on).  It forks instances on the runtime's
+Runs in a process forked from the zygote (pid 2 of the function's pid
+namespace when namespaces are on, under its reaper, ``sandbox/reaper.py``).  It forks instances on the runtime's
 request, hands the runtime each instance's socket (SCM_RIGHTS), reaps them,
 reports their exit status and removes their scratch directories.  Nothing
 here runs on the request path: instances talk to the runtime directly.
@@ -134,8 +134,8 @@ class Template:
         self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
-        # Orphans of instances come to us: as pid 1 of a pid namespace, or else
-        # as their subreaper (not inherited by the instances we fork).
+        # Orphans of instances come to us: as their subreaper (not inherited by
+        # the instances we fork), or as pid 1 of a pid namespace without a reaper.
         reaping = _orphan_reaping()
         self.reaper = reaping.active
         self.protections.append(reaping)
@@ -424,7 +424,7 @@ class Template:
             pid, status = exited
             seq = self.children.pop(pid, None)
             if seq is None:
-                continue  # an orphan re-parented to us (we are pid 1 of the namespace)
+                continue  # an orphan re-parented to us (their subreaper)
             reaped = True
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
