@@ -111,9 +111,10 @@ def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
 
 
 class Template:
-    def __init__(self, req: p.SpawnTemplate, chan: socket.socket, protections: list[Protection]) -> None:
+    def __init__(self, req: p.SpawnTemplate, chan: socket.socket, protections: list[Protection], lifeline: int = -1) -> None:
         self.req = req
         self.chan = chan
+        self.lifeline = lifeline  # our end of the namespace's reaper's pipe: its read ends when we do
         self.protections = protections
         self.children: dict[int, int] = {}  # pid -> seq
         self.seq = 0
@@ -306,6 +307,8 @@ class Template:
         but its own end and ruleset): plain ints, so closing them in the child
         touches no socket object (each one a copy-on-write fault)."""
         fds = [self.chan.fileno(), self.wake_r, self.wake_w]
+        if self.lifeline >= 0:  # (held by an instance, it would keep the namespace alive without us)
+            fds.append(self.lifeline)
         for prep in batch:
             fds += (prep.ours_fd, prep.theirs_fd, prep.logs)
             if prep.ruleset >= 0:
@@ -687,12 +690,15 @@ def _vm_data() -> int:
         return 0
 
 
-def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, reports: list[int] = []) -> NoReturn:  # noqa: B006 - read only
+def run(
+    req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, reports: list[int] = [], lifeline: int = -1  # noqa: B006 - read only
+) -> NoReturn:
     """Entry point in the template process; never returns.
 
     ``reports``: pipes on which fitters report (``fitter.py``) once the
     template is in its cgroup and its namespaces are set up; no user code
-    is imported before."""
+    is imported before.  ``lifeline``: the write end of the pipe its pid
+    namespace's reaper reads (``sandbox/reaper.py``), kept for its whole life."""
     chan = socket.socket(fileno=chan_fd)
     chan.setblocking(True)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -700,7 +706,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
     capture = os.memfd_create("spanfaas-import", os.MFD_CLOEXEC)
     os.dup2(capture, 1)
     os.dup2(capture, 2)
-    tpl = Template(req, chan, protections)
+    tpl = Template(req, chan, protections, lifeline)
     code = 0
     try:
         sandboxing = True

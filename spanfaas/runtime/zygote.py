@@ -100,8 +100,8 @@ class Zygote:
         if req.sandbox is None and not req.cgroup:
             return self._spawn_direct(req, chan_fd)
 
-        def run(protections: list[Protection], reports: list[int]) -> None:
-            template.run(req, chan_fd, protections, reports=reports)
+        def run(protections: list[Protection], reports: list[int], lifeline: int) -> None:
+            template.run(req, chan_fd, protections, reports=reports, lifeline=lifeline)
 
         inner, _, _ = self._fork_shell(req.sandbox, req.cgroup, run, req=req)
         os.close(chan_fd)
@@ -112,9 +112,9 @@ class Zygote:
     def prepare_spare(self, req: p.PrepareSpare) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
-        def wait(protections: list[Protection], reports: list[int]) -> None:
+        def wait(protections: list[Protection], reports: list[int], lifeline: int) -> None:
             ours.close()  # our end must not keep the spare alive after we are gone
-            _wait_as_spare(theirs, protections, reports)
+            _wait_as_spare(theirs, protections, reports, lifeline)
 
         try:
             inner, unshared, fitter_pid = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
@@ -206,14 +206,15 @@ class Zygote:
         os.setsid()
 
     def _fork_shell(
-        self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], list[int]], object], req: p.SpawnTemplate | None,
+        self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], list[int], int], object], req: p.SpawnTemplate | None,
     ) -> tuple[int, int, int]:
         """Fork the sandboxed *shell* of a template -- pid 2 of fresh
         namespaces, made here around the fork, under a reaper as pid 1
         (``sandbox/reaper.py``; without one the shell is pid 1) -- and its fitter that
         joins it to ``cgroup`` and sets the namespaces up (for ``req``'s
         function too, when given) while the shell runs ``then`` with the
-        protections so far and the fitter's report pipe.  No user code loads
+        protections so far, the fitter's report pipe and its end of the
+        reaper's lifeline (-1 without a reaper).  No user code loads
         before the report.  Returns the shell's host pid (-1 when the fork
         failed), the clone flags of its namespaces and the fitter's pid (-1
         when it was not forked).
@@ -236,14 +237,16 @@ class Zygote:
         protections = ns.enter() if ns is not None else []
         unshared = ns.unshared if ns is not None else 0
         pid = fitter_pid = pid1 = -1
+        life_r = life_w = -1
         try:
             if unshared & CLONE_NEWPID and _reaper_program >= 0:
                 try:
+                    life_r, life_w = reaper.lifeline()
                     pid1 = forking.forker.fork()
                 except OSError:
                     traceback.print_exc()  # the shell is pid 1, as before there were reapers
                 if pid1 == 0:
-                    reaper.become(_reaper_program)
+                    reaper.become(_reaper_program, life_r)
             try:
                 pid = forking.forker.fork()
             except OSError:
@@ -254,10 +257,10 @@ class Zygote:
                         ns.forget()
                     self._leave_zygote()
                     os.close(report_w)
-                    for fd in procs:
+                    for fd in (*procs, life_r):
                         if fd >= 0:
                             os.close(fd)
-                    then(protections, [report_r])
+                    then(protections, [report_r], life_w if pid1 > 0 else -1)
                 except BaseException:
                     traceback.print_exc()
                 finally:
@@ -289,7 +292,7 @@ class Zygote:
             self.reaping[pid1] = pid
         elif pid1 > 0:  # no shell: its namespace goes with its reaper (reaped by ``reap``)
             os.kill(pid1, signal.SIGKILL)
-        for fd in (*procs, report_r, report_w):
+        for fd in (*procs, report_r, report_w, life_r, life_w):
             if fd >= 0:
                 os.close(fd)
         return pid, unshared, fitter_pid
@@ -446,7 +449,7 @@ def _warm_templates() -> None:
     fitter.warm()
 
 
-def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:
+def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int], lifeline: int) -> None:
     """In a spare: wait for the function to become, then become its template."""
     got = p.recv_msg_lean(sock, _decoder)
     sock.close()
@@ -455,7 +458,7 @@ def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: 
     req, fds = got
     if not isinstance(req, p.SpawnTemplate) or len(fds) != 2:
         raise RuntimeError(f"spare: expected a SpawnTemplate with its channel and fitter report, got {type(req).__name__}")
-    template.run(req, fds[0], protections, reports=[*reports, fds[1]])
+    template.run(req, fds[0], protections, reports=[*reports, fds[1]], lifeline=lifeline)
 
 
 def main(argv: list[str]) -> None:

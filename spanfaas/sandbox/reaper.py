@@ -12,14 +12,17 @@ this reaper, which:
 * ignores SIGCHLD, so the kernel reaps whatever is re-parented to it (the
   template is its instances' subreaper: orphans of instances go to the
   template, which kills them; only what outlives the template reaches pid 1);
-* sleeps in ``pause()`` for ever, and dies only of SIGKILL from outside the
-  namespace: the zygote's, once the template has exited (its death then
-  ends every process left in the namespace), or its parent's death signal.
+* blocks in ``read()`` on its *lifeline*, a pipe whose other end only the
+  template holds (its instances close it), and exits when that read ends:
+  when the template is gone, even with the zygote stopped -- and its exit
+  ends every process left in the namespace, the template's instances too, as
+  when the template was pid 1.  It dies otherwise only of SIGKILL from outside
+  the namespace: the zygote's, or its parent's death signal.
 
 A process forked from the zygote keeps, alone, the old copy of every page the
 zygote writes later (hundreds of KiB per process: docs/runtime.md, "Memory"),
 and ``/bin/sleep`` costs ~0.1 MiB of private memory for its loader and libc.
-The reaper is a static ELF made here, ~190 bytes: one page of text shared by
+The reaper is a static ELF made here, ~200 bytes: one page of text shared by
 every reaper (the zygote's memfd) and a page or two of stack each.  Executed
 from that memfd (``fexecve``): nothing is written to disk.  Only x86_64 and
 aarch64 have one; elsewhere ``program()`` is -1 and the template stays pid 1.
@@ -34,21 +37,36 @@ from typing import Final, NoReturn
 
 from spanfaas.sandbox import _libc
 
-__all__ = ["CODE", "become", "elf", "program"]
+__all__ = ["CODE", "become", "elf", "lifeline", "program"]
 
 _BASE: Final = 0x400000
 _HEADERS: Final = 64 + 2 * 56  # ELF header, two program headers
 
-# The loop, per architecture: pause() (x86_64) / ppoll(NULL, 0, NULL, NULL) (aarch64, which has no pause), again.
+# The program, per architecture (e_machine, code): read(0, sp, 1); exit_group(0).
+# (Encodings from llvm-mc; aarch64's checked by disassembly only, not run.)
 CODE: Final[dict[str, tuple[int, bytes]]] = {
-    # mov eax, 34 (pause); syscall; jmp back to the mov
-    "x86_64": (0x3E, bytes.fromhex("b822000000") + bytes.fromhex("0f05") + bytes.fromhex("ebf7")),
-    # movz x0..x3, #0; movz x8, #73 (ppoll); svc #0; b back to the first movz
-    "aarch64": (
-        0xB7,
-        struct.pack("<7I", 0xD2800000, 0xD2800001, 0xD2800002, 0xD2800003, 0xD2800928, 0xD4000001, 0x17FFFFFA),
-    ),
-}
+    "x86_64": (0x3E, bytes.fromhex(
+        "31c0"  # xor eax, eax: read
+        "31ff"  # xor edi, edi: fd 0, the lifeline
+        "4889e6"  # mov rsi, rsp
+        "ba01000000"  # mov edx, 1
+        "0f05"  # syscall
+        "b8e7000000"  # mov eax, 231: exit_group
+        "31ff"  # xor edi, edi: status 0
+        "0f05"  # syscall
+    )),
+    "aarch64": (0xB7, struct.pack(
+        "<8I",
+        0xD2800000,  # mov x0, #0: the lifeline
+        0x910003E1,  # mov x1, sp
+        0xD2800022,  # mov x2, #1
+        0xD28007E8,  # mov x8, #63: read
+        0xD4000001,  # svc #0
+        0xD2800000,  # mov x0, #0: status 0
+        0xD2800BC8,  # mov x8, #94: exit_group
+        0xD4000001,  # svc #0
+    )),
+}  # fmt: skip
 
 
 def elf(arch: str) -> bytes | None:
@@ -86,12 +104,18 @@ def program() -> int:
 PR_SET_PDEATHSIG: Final = 1
 
 
-def become(program_fd: int) -> NoReturn:
+def lifeline() -> tuple[int, int]:
+    """The reaper's end and the template's, close-on-exec (the zygote closes both once forked)."""
+    return os.pipe2(os.O_CLOEXEC)
+
+
+def become(program_fd: int, lifeline_fd: int) -> NoReturn:
     """In a child just forked as pid 1 of a pid namespace: become the reaper.
 
-    Every descriptor but the program is closed (the reaper must hold no
-    channel open), SIGCHLD is ignored (kept across exec: what comes to it is
-    reaped by the kernel), and the child dies with its parent (``PR_SET_PDEATHSIG``,
+    The lifeline's read end becomes fd 0, every other descriptor but the
+    program is closed (the reaper must hold no channel open), SIGCHLD is
+    ignored (kept across exec: what comes to it is reaped by the kernel), and
+    the child dies with its parent (``PR_SET_PDEATHSIG``,
     set first: a parent gone before it is set is not seen -- pid 1 of a new
     namespace has no parent pid to compare -- and that reaper stays, asleep)."""
     try:
@@ -100,7 +124,8 @@ def become(program_fd: int) -> NoReturn:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.closerange(0, program_fd)
+        os.dup2(lifeline_fd, 0)  # (not close-on-exec)
+        os.closerange(1, program_fd)
         os.closerange(program_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.execve(program_fd, ["spanfaas-reaper"], {})
     finally:
