@@ -142,8 +142,22 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
     from the zygote)."""
+    # The template's mount table, opened while ``pid`` names it in the /proc we see
+    # (a fitter that joins a spare's namespaces is in none of its pids).
+    try:
+        mountinfo = os.open(f"/proc/{pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        mountinfo = -1
+    try:
+        return _fit_function(plan, scratch_dir, unshared, pid, hostname, enter, mountinfo)
+    finally:
+        if mountinfo >= 0:
+            os.close(mountinfo)
+
+
+def _fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, hostname: str | None, enter: bool, mountinfo: int) -> Fit:
     from spanfaas import sandbox
-    from spanfaas.sandbox import _libc, landlock, namespaces
+    from spanfaas.sandbox import _libc, fsview, landlock, namespaces
 
     if enter:
         namespaces.enter_namespaces(pid, unshared)
@@ -157,6 +171,7 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     uid = _reachable_uid(plan, mounts, out)
     if mounts:
         out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
+        out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
     sandbox.set_rlimits(applied, pid)
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))

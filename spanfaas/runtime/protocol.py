@@ -67,7 +67,7 @@ class SpawnTemplate(Struct, tag=True, kw_only=True):
 
 
 class PrepareSpare(Struct, tag=True):
-    """Fork a sandbox shell ahead of any deploy: namespaces unshared, pid 1 set
+    """Fork a sandbox shell ahead of any deploy: namespaces unshared, pid 2 set
     up, in ``cgroup`` (the join takes 5-20 ms on cgroup v1), waiting for the
     ``SpawnTemplate`` that names it.  Takes that work off the cold start."""
 

@@ -1,7 +1,7 @@
 """A function's template: its code imported once, its sandbox applied once.
 
-Runs in a process forked from the zygote (pid 1 of the function's pid
-namespace when namespaces are on).  It forks instances on the runtime's
+Runs in a process forked from the zygote (pid 2 of the function's pid
+namespace when namespaces are on, under its reaper, ``sandbox/reaper.py``).  It forks instances on the runtime's
 request, hands the runtime each instance's socket (SCM_RIGHTS), reaps them,
 reports their exit status and removes their scratch directories.  Nothing
 here runs on the request path: instances talk to the runtime directly.
@@ -111,9 +111,10 @@ def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
 
 
 class Template:
-    def __init__(self, req: p.SpawnTemplate, chan: socket.socket, protections: list[Protection]) -> None:
+    def __init__(self, req: p.SpawnTemplate, chan: socket.socket, protections: list[Protection], lifeline: int = -1) -> None:
         self.req = req
         self.chan = chan
+        self.lifeline = lifeline  # our end of the namespace's reaper's pipe: its read ends when we do
         self.protections = protections
         self.children: dict[int, int] = {}  # pid -> seq
         self.seq = 0
@@ -134,8 +135,8 @@ class Template:
         self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
-        # Orphans of instances come to us: as pid 1 of a pid namespace, or else
-        # as their subreaper (not inherited by the instances we fork).
+        # Orphans of instances come to us: as their subreaper (not inherited by
+        # the instances we fork), or as pid 1 of a pid namespace without a reaper.
         reaping = _orphan_reaping()
         self.reaper = reaping.active
         self.protections.append(reaping)
@@ -306,6 +307,8 @@ class Template:
         but its own end and ruleset): plain ints, so closing them in the child
         touches no socket object (each one a copy-on-write fault)."""
         fds = [self.chan.fileno(), self.wake_r, self.wake_w]
+        if self.lifeline >= 0:  # (held by an instance, it would keep the namespace alive without us)
+            fds.append(self.lifeline)
         for prep in batch:
             fds += (prep.ours_fd, prep.theirs_fd, prep.logs)
             if prep.ruleset >= 0:
@@ -424,7 +427,7 @@ class Template:
             pid, status = exited
             seq = self.children.pop(pid, None)
             if seq is None:
-                continue  # an orphan re-parented to us (we are pid 1 of the namespace)
+                continue  # an orphan re-parented to us (their subreaper)
             reaped = True
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
@@ -687,12 +690,15 @@ def _vm_data() -> int:
         return 0
 
 
-def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, reports: list[int] = []) -> NoReturn:  # noqa: B006 - read only
+def run(
+    req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, reports: list[int] = [], lifeline: int = -1  # noqa: B006 - read only
+) -> NoReturn:
     """Entry point in the template process; never returns.
 
     ``reports``: pipes on which fitters report (``fitter.py``) once the
     template is in its cgroup and its namespaces are set up; no user code
-    is imported before."""
+    is imported before.  ``lifeline``: the write end of the pipe its pid
+    namespace's reaper reads (``sandbox/reaper.py``), kept for its whole life."""
     chan = socket.socket(fileno=chan_fd)
     chan.setblocking(True)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -700,7 +706,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
     capture = os.memfd_create("spanfaas-import", os.MFD_CLOEXEC)
     os.dup2(capture, 1)
     os.dup2(capture, 2)
-    tpl = Template(req, chan, protections)
+    tpl = Template(req, chan, protections, lifeline)
     code = 0
     try:
         sandboxing = True
@@ -723,6 +729,7 @@ def run(req: p.SpawnTemplate, chan_fd: int, protections: list[Protection], *, re
             _exit(code)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+        os.close(devnull)  # (its instances would inherit it: a descriptor no handler needs)
         os.close(capture)
         p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
         tpl.fork_instances(req.initial)

@@ -4,8 +4,8 @@ so idle functions share those pages copy-on-write.
 
 Started by the runtime as ``python -m spanfaas.runtime.zygote FD MODULES``
 with a SOCK_SEQPACKET channel on FD.  For each ``SpawnTemplate`` it forks the
-template as pid 1 of fresh namespaces (``NamespacesForNextChildren``) and,
-beside it, a throwaway *fitter* (``fitter.py``) that joins it to the
+template as pid 2 of fresh namespaces (``NamespacesForNextChildren``), under
+a reaper of one page as pid 1 (``sandbox/reaper.py``), and, beside it, a throwaway *fitter* (``fitter.py``) that joins it to the
 function's cgroup and sets the namespaces up; the template itself only
 applies what a process can only do to itself (uid, Landlock, seccomp), so it
 un-shares few pages.  The zygote is a child subreaper; it reports its
@@ -45,6 +45,7 @@ from spanfaas.runtime import fitter, forking, heap
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
 from spanfaas.runtime.supervise import supervise
+from spanfaas.sandbox import reaper
 from spanfaas.sandbox._libc import CLONE_NEWPID
 from spanfaas.sandbox.namespaces import NamespacesForNextChildren
 
@@ -55,6 +56,9 @@ PR_SET_CHILD_SUBREAPER = 36
 
 _decoder = msgspec.msgpack.Decoder(p.ZygoteRequest)
 
+_reaper_program = -1
+"""The reaper's memfd (``sandbox/reaper.py``), made by ``_warm_sandbox``: -1 without one."""
+
 
 
 def _prctl(option: int, arg: int) -> None:
@@ -64,7 +68,7 @@ def _prctl(option: int, arg: int) -> None:
 
 
 class Spare:
-    """A prepared sandbox shell: pid 1 of fresh namespaces, in its cgroup,
+    """A prepared sandbox shell: pid 2 of fresh namespaces (under their reaper), in its cgroup,
     blocked on ``sock`` until a ``SpawnTemplate`` names it."""
 
     def __init__(self, key: str, pid: int, sock: socket.socket, unshared: int) -> None:
@@ -81,6 +85,12 @@ class Zygote:
         self.spares: dict[str, Spare] = {}
         self.fitting: dict[int, Spare] = {}
         """Spares whose fitter still runs, by the fitter's pid: reported ready when it exits."""
+        self.reapers: dict[int, int] = {}
+        """The reaper (pid 1 of its namespace) of each sandbox shell, by the shell's pid."""
+        self.reaping: dict[int, int] = {}
+        """The same, by the reaper's pid."""
+        self.held: dict[int, p.TemplateExited] = {}
+        """A shell's exit, by its reaper's pid: told once the reaper is reaped (``reap``)."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def spawn(self, req: p.SpawnTemplate, chan_fd: int) -> None:
@@ -90,8 +100,8 @@ class Zygote:
         if req.sandbox is None and not req.cgroup:
             return self._spawn_direct(req, chan_fd)
 
-        def run(protections: list[Protection], reports: list[int]) -> None:
-            template.run(req, chan_fd, protections, reports=reports)
+        def run(protections: list[Protection], reports: list[int], lifeline: int) -> None:
+            template.run(req, chan_fd, protections, reports=reports, lifeline=lifeline)
 
         inner, _, _ = self._fork_shell(req.sandbox, req.cgroup, run, req=req)
         os.close(chan_fd)
@@ -102,9 +112,9 @@ class Zygote:
     def prepare_spare(self, req: p.PrepareSpare) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
-        def wait(protections: list[Protection], reports: list[int]) -> None:
+        def wait(protections: list[Protection], reports: list[int], lifeline: int) -> None:
             ours.close()  # our end must not keep the spare alive after we are gone
-            _wait_as_spare(theirs, protections, reports)
+            _wait_as_spare(theirs, protections, reports, lifeline)
 
         try:
             inner, unshared, fitter_pid = self._fork_shell({"namespaces": True, "network": "none"}, req.cgroup, wait, req=None)
@@ -190,17 +200,21 @@ class Zygote:
             os.close(spare.sock.detach())
         os.close(self.wake_r)
         os.close(self.wake_w)
+        if _reaper_program >= 0:
+            os.close(_reaper_program)
         forking.default_signals(SIGCHLD, SIGINT, SIGTERM)
         os.setsid()
 
     def _fork_shell(
-        self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], list[int]], object], req: p.SpawnTemplate | None,
+        self, plan: Any, cgroup: list[str], then: Callable[[list[Protection], list[int], int], object], req: p.SpawnTemplate | None,
     ) -> tuple[int, int, int]:
-        """Fork the sandboxed *shell* of a template -- pid 1 of fresh
-        namespaces, made here around the fork -- and its fitter (pid 2) that
+        """Fork the sandboxed *shell* of a template -- pid 2 of fresh
+        namespaces, made here around the fork, under a reaper as pid 1
+        (``sandbox/reaper.py``; without one the shell is pid 1) -- and its fitter that
         joins it to ``cgroup`` and sets the namespaces up (for ``req``'s
         function too, when given) while the shell runs ``then`` with the
-        protections so far and the fitter's report pipe.  No user code loads
+        protections so far, the fitter's report pipe and its end of the
+        reaper's lifeline (-1 without a reaper).  No user code loads
         before the report.  Returns the shell's host pid (-1 when the fork
         failed), the clone flags of its namespaces and the fitter's pid (-1
         when it was not forked).
@@ -222,8 +236,17 @@ class Zygote:
         ns = NamespacesForNextChildren(network) if plan is not None and plan.get("namespaces", True) else None
         protections = ns.enter() if ns is not None else []
         unshared = ns.unshared if ns is not None else 0
-        pid = fitter_pid = -1
+        pid = fitter_pid = pid1 = -1
+        life_r = life_w = -1
         try:
+            if unshared & CLONE_NEWPID and _reaper_program >= 0:
+                try:
+                    life_r, life_w = reaper.lifeline()
+                    pid1 = forking.forker.fork()
+                except OSError:
+                    traceback.print_exc()  # the shell is pid 1, as before there were reapers
+                if pid1 == 0:
+                    reaper.become(_reaper_program, life_r)
             try:
                 pid = forking.forker.fork()
             except OSError:
@@ -234,10 +257,10 @@ class Zygote:
                         ns.forget()
                     self._leave_zygote()
                     os.close(report_w)
-                    for fd in procs:
+                    for fd in (*procs, life_r):
                         if fd >= 0:
                             os.close(fd)
-                    then(protections, [report_r])
+                    then(protections, [report_r], life_w if pid1 > 0 else -1)
                 except BaseException:
                     traceback.print_exc()
                 finally:
@@ -251,7 +274,7 @@ class Zygote:
                 if ns is not None:
                     ns.forget()
                 os.close(report_r)
-                in_ns = 1 if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
+                in_ns = (2 if pid1 > 0 else 1) if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
 
                 def work() -> fitter.Fit:
                     shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
@@ -264,7 +287,12 @@ class Zygote:
         finally:
             if ns is not None:
                 ns.restore()
-        for fd in (*procs, report_r, report_w):
+        if pid1 > 0 and pid > 0:
+            self.reapers[pid] = pid1
+            self.reaping[pid1] = pid
+        elif pid1 > 0:  # no shell: its namespace goes with its reaper (reaped by ``reap``)
+            os.kill(pid1, signal.SIGKILL)
+        for fd in (*procs, report_r, report_w, life_r, life_w):
             if fd >= 0:
                 os.close(fd)
         return pid, unshared, fitter_pid
@@ -277,6 +305,20 @@ class Zygote:
                 return
             if pid == 0:
                 return
+            shell = self.reaping.pop(pid, None)
+            if shell is not None:  # a reaper: every process of its namespace was reaped before it
+                self.reapers.pop(shell, None)
+                held = self.held.pop(pid, None)
+                if held is not None:
+                    try:
+                        p.send_msg(self.chan, held)
+                    except OSError:
+                        return
+                continue
+            pid1 = self.reapers.pop(pid, None)
+            if pid1 is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid1, signal.SIGKILL)  # (not reaped yet: it waits for us to reap its namespace)
             fitted = self.fitting.pop(pid, None)
             if fitted is not None:  # a spare's fitter is done: the spare is ready
                 self.spares[fitted.key] = fitted
@@ -298,7 +340,11 @@ class Zygote:
                     p.send_msg(self.chan, p.SpareReady(spare.key, -1))
                 except OSError:
                     return
-            if key is not None:
+            if key is not None and pid1 is not None:
+                # Told when its reaper is reaped: only then is every process of its namespace
+                # (its instances) dead, as when the template was pid 1 and its exit waited for them.
+                self.held[pid1] = p.TemplateExited(pid, status)
+            elif key is not None:
                 try:
                     p.send_msg(self.chan, p.TemplateExited(pid, status))
                 except OSError:
@@ -354,11 +400,11 @@ class Zygote:
 
     def shutdown(self) -> None:
         """Kill the templates and spares and reap them.  Any child is reaped on the way, not
-        only theirs: a sandbox shell is pid 1 of its namespace, and it ends only once every
-        process of that namespace is reaped -- its fitter (pid 2) too, a child of ours that
+        only theirs: a sandbox shell's reaper is pid 1 of its namespace, and it ends only once
+        every process of that namespace is reaped -- the shell and its fitter too, children of ours that
         may still be running or unreaped when the runtime goes away (a stop right after a
         spare or a template was asked for); waiting for the shell alone waited for ever."""
-        left = set(self.templates)
+        left = set(self.templates) | set(self.reaping)
         for pid in (*left, *self.fitting):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -387,8 +433,10 @@ def _preimport(name: str) -> None:
 
 
 def _warm_sandbox() -> None:
+    global _reaper_program
     from spanfaas import sandbox
 
+    _reaper_program = reaper.program()
     sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
     from spanfaas.sandbox import fsview, paths
 
@@ -401,7 +449,7 @@ def _warm_templates() -> None:
     fitter.warm()
 
 
-def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int]) -> None:
+def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: list[int], lifeline: int) -> None:
     """In a spare: wait for the function to become, then become its template."""
     got = p.recv_msg_lean(sock, _decoder)
     sock.close()
@@ -410,7 +458,7 @@ def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: 
     req, fds = got
     if not isinstance(req, p.SpawnTemplate) or len(fds) != 2:
         raise RuntimeError(f"spare: expected a SpawnTemplate with its channel and fitter report, got {type(req).__name__}")
-    template.run(req, fds[0], protections, reports=[*reports, fds[1]])
+    template.run(req, fds[0], protections, reports=[*reports, fds[1]], lifeline=lifeline)
 
 
 def main(argv: list[str]) -> None:

@@ -15,10 +15,11 @@ module for why)::
 
     runtime (root):  probe(); cleanup_cgroups(root); cg = Cgroup.create(...); cg.attach(template_pid)
     zygote:          prepare()   # probe + prebuilt seccomp programs, inherited by templates
-    zygote:          ns = NamespacesForNextChildren(network); ns.enter(); fork template; fork fitter; ns.restore()
+    zygote:          ns = NamespacesForNextChildren(network); ns.enter(); fork reaper; fork template; fork fitter; ns.restore()
+    reaper (pid 1):  reaper.become(reaper.program(), lifeline)   # a static ELF of one page: read() until the template is gone
     fitter:          fit_namespaces(ns.unshared, name, network); exit  (mounts, /proc, hostname, lo)
-    template (pid 1): set_rlimits(plan); drop_privileges(uid); landlock_restrict(ro, rw);
-                     seccomp_deny(allow_exec); import the function; fork instances as pid 2+
+    template (pid 2): set_rlimits(plan); drop_privileges(uid); landlock_restrict(ro, rw);
+                     seccomp_deny(allow_exec); import the function; fork instances as pid 4+
     instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope
 """
 

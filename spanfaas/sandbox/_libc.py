@@ -34,6 +34,7 @@ __all__ = [
     "prctl",
     "sethostname",
     "syscall",
+    "umount2",
     "unescape_mount_field",
     "unshare",
 ]
@@ -88,6 +89,10 @@ _setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _mount = _libc.mount
 _mount.restype = ctypes.c_int
 _mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+_umount2 = _libc.umount2
+_umount2.restype = ctypes.c_int
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 _sethostname = _libc.sethostname
 _sethostname.restype = ctypes.c_int
@@ -180,6 +185,11 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     )
     if ret < 0:
         raise _fail(f"mount {target}")
+
+
+def umount2(target: str, flags: int) -> None:
+    if _umount2(target.encode(), flags) < 0:
+        raise _fail(f"umount {target}")
 
 
 def sethostname(name: str) -> None:

@@ -11,6 +11,7 @@ touched (mount propagation is private by then).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Sequence
@@ -24,7 +25,9 @@ MS_MOVE = 0x2000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 
-__all__ = ["blocking_ancestor", "expose_paths", "locate", "warm"]
+MNT_DETACH = 2
+
+__all__ = ["SHOWN", "blocking_ancestor", "expose_paths", "hide_other_mounts", "locate", "warm"]
 
 # path -> (real path, its blocking ancestor): filled by ``warm`` in the zygote
 # for the trees every function reads, inherited by the templates it forks.
@@ -118,3 +121,50 @@ def expose_paths(paths: Sequence[str], staging: str = STAGING) -> Protection:
     except OSError as exc:
         return Protection("fs-view", False, f"could not expose {', '.join(groups)}: {exc}")
     return Protection("fs-view", True, "; ".join(done))
+
+
+SHOWN = ("/proc", "/sys", "/dev", "/etc")
+"""Trees whose mounts every function keeps: procfs, sysfs (read-only), devices, and
+the host's ``/etc`` files (a container's bind-mounted ``hosts``, ``resolv.conf``)."""
+
+
+def _within(path: str, tree: str) -> bool:
+    return tree == "/" or path == tree or path.startswith(tree + "/")
+
+
+def hide_other_mounts(needed: Sequence[str], mountinfo: int) -> Protection:
+    """Detach, from this mount namespace, every mount off the trees in ``needed``
+    and ``SHOWN``: the function no longer sees (in ``/proc/self/mountinfo``) nor
+    reaches the host's other volumes and mounts, and where they live.
+
+    ``mountinfo``: an open ``/proc/PID/mountinfo`` of the template (-1: none),
+    read from its start.  A mount is kept
+    when it is ``/``, on one of those trees or an ancestor of one.  Call as root
+    in the function's private mount namespace, once its own mounts are made;
+    the host's mounts are not touched (propagation is private by then).
+    """
+    trees = list(SHOWN)
+    for path in needed:
+        found = locate(path)
+        if found is not None:
+            trees.append(found[0].rstrip("/") or "/")
+    try:
+        if mountinfo < 0:
+            raise OSError(errno.EBADF, "the template's mountinfo could not be opened")
+        os.lseek(mountinfo, 0, os.SEEK_SET)
+        with open(mountinfo, closefd=False) as f:
+            points = [_libc.unescape_mount_field(line.split()[4]) for line in f]
+    except OSError as exc:
+        return Protection("mount-view", False, f"the host's mounts stay visible: cannot read its mountinfo: {exc.strerror}")
+    detached = 0
+    for point in points:
+        if point == "/" or any(_within(point, t) or _within(t, point) for t in trees):
+            continue
+        try:
+            _libc.umount2(point, MNT_DETACH)
+            detached += 1
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
+                continue  # gone with a mount above it
+            return Protection("mount-view", False, f"the host's mounts stay visible: detaching {point}: {exc.strerror}")
+    return Protection("mount-view", True, f"only the mounts on the paths it needs ({detached} of the host's detached)")

@@ -3,10 +3,11 @@
 How the runtime uses them (``runtime/zygote.py``), so that a template does
 as little as possible itself (each page it writes is its own, not shared):
 
-1. ``NamespacesForNextChildren`` in the zygote, around two forks: the
+1. ``NamespacesForNextChildren`` in the zygote, around three forks: the
    zygote unshares pid, mount, IPC, UTS (and net) namespaces, forks the
-   template (pid 1 of the new pid namespace) and a throwaway *fitter*
-   (pid 2), then goes back to its own namespaces with ``setns``.
+   namespace's reaper (pid 1, ``reaper.py``), the template (pid 2) and a
+   throwaway *fitter* (pid 3), then goes back to its own namespaces with
+   ``setns``.
 2. ``fit_namespaces`` in the fitter: private mounts, a ``/proc`` of the new
    pid namespace, read-only ``/sys``, hostname, loopback up.  It works on
    the namespaces, which the template shares, and exits.
@@ -23,11 +24,12 @@ Pitfalls this layout handles or documents:
 * ``setup_pid1`` takes one more mount namespace for itself before mounting
   ``/proc``: otherwise the template (outside the pid namespace, same mount
   namespace) would see a procfs in which ``/proc/self`` does not exist.
-* pid 1 ignores signals it has no handler for, and when it exits the kernel
-  kills the whole namespace and the template can no longer fork into it
-  (fork fails with ENOMEM; a second ``unshare(CLONE_NEWPID)`` fails with
-  EINVAL).  Run user code as pid 2+ under a reaper, and recreate the
-  template if its pid 1 dies.
+* pid 1 ignores signals it has no handler for (sent from inside its
+  namespace: its own ``kill(getpid(), SIGKILL)`` too), and when it exits the
+  kernel kills the whole namespace and the template can no longer fork into
+  it (fork fails with ENOMEM; a second ``unshare(CLONE_NEWPID)`` fails with
+  EINVAL).  So user code runs as pid 2+ under a reaper (``reaper.py``), and
+  the template is recreated if its pid 1 dies.
 """
 
 from __future__ import annotations

@@ -193,3 +193,54 @@ async def test_a_close_while_the_zygotes_interpreter_starts_ends_it_at_once(tmp_
             zygote.proc.kill()
             zygote.proc.wait()
     assert zygote.proc is not None and zygote.proc.returncode == -15, "not ended by the close"
+
+
+def _in_pid_namespace(ns: int) -> list[int]:
+    """The host pids of the processes in the pid namespace of inode ``ns``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == ns:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _pid_inside(pid: int) -> int:
+    """``pid``'s number in its own (innermost) pid namespace."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("\nNSpid:", 1)[1].split("\n", 1)[0].split()[-1])
+
+
+@pytest.mark.parametrize("how", ["stopped", "crashed"])
+async def test_a_sandboxed_template_gone_takes_its_namespace_with_it(tmp_path: Path, how: str) -> None:
+    """The template is pid 2 of its pid namespace, under a reaper (pid 1): when it ends,
+    whether stopped or crashed, the reaper goes too, and with it every instance and every
+    process they forked -- nothing of the namespace outlives its template."""
+    tmp_path.chmod(0o755)
+    rt = LocalRuntime(runtime_settings(tmp_path, sandbox=True))
+    await rt.start()
+    try:
+        if not any(x.name == "pid-namespace" and x.active for x in rt.protections):
+            pytest.skip("no pid namespace on this host")
+        h = Harness(rt, tmp_path / "functions")
+        await h.deploy("busy", BUSY, 'isolation = "reuse"\n')
+        assert (await h.invoke("busy", b'"fork"')).ok
+        pool = rt.pool("busy")
+        ns = os.stat(f"/proc/{pool.template_pid}/ns/pid").st_ino
+        inside = _in_pid_namespace(ns)
+        assert len(inside) >= 1 + 1 + 1 + 5, inside  # reaper, template, instance, its children
+        reaper = [pid for pid in inside if _pid_inside(pid) == 1]
+        assert reaper and Path(f"/proc/{reaper[0]}/comm").read_text().startswith("memfd:spanfaas"), reaper
+        if how == "stopped":
+            pool.stop_template()
+        else:
+            os.kill(pool.template_pid, 9)
+        async with asyncio.timeout(30):
+            while _in_pid_namespace(ns):
+                await asyncio.sleep(0.01)
+        assert (await h.invoke("busy", b'"ok"')).ok, "the function starts again"
+    finally:
+        await rt.close()

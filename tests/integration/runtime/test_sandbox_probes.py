@@ -113,7 +113,7 @@ async def test_runs_as_a_dedicated_uid_in_its_own_pid_namespace(sandboxed: Harne
     require(sandboxed, "uid", "pid-namespace", "uts-namespace")
     who = await _probe(sandboxed, probes, probe="whoami")
     assert who["uid"] >= 200_000
-    assert who["pid"] > 1 and who["ppid"] == 1, "the template is pid 1, instances are its children"
+    assert who["pid"] > 2 and who["ppid"] == 2, "pid 1 is the namespace's reaper, the template pid 2, instances its children"
     assert who["hostname"].startswith("probes")
 
 
@@ -138,9 +138,12 @@ async def test_signalling_the_template_and_host_pids_is_blocked(sandboxed: Harne
     require(sandboxed, "pid-namespace")
     pool = sandboxed.rt.pool(probes)
     template_pid = pool.template_pid
+    template_in_ns = (await _probe(sandboxed, probes, probe="whoami"))["ppid"]
     for sig in (15, 9):
-        got = await _probe(sandboxed, probes, probe="kill", pid=1, sig=sig)
+        got = await _probe(sandboxed, probes, probe="kill", pid=1, sig=sig)  # the namespace's reaper
         assert not got["ok"] or got["value"] is None
+        got = await _probe(sandboxed, probes, probe="kill", pid=template_in_ns, sig=sig)
+        assert not got["ok"] and got["error"] == "PermissionError", got  # another uid, or out of its Landlock signal scope
     host = await _probe(sandboxed, probes, probe="kill", pid=os.getpid(), sig=15)
     assert not host["ok"] and host["error"] in ("ProcessLookupError", "PermissionError"), host
     assert pool.template_pid == template_pid and pool.state == "ready", "the template survived"

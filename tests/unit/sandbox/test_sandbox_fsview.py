@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from spanfaas.sandbox import fsview
 
@@ -33,3 +35,28 @@ def test_a_missing_path_under_a_private_dir_is_not_located(tmp_path: Path) -> No
 
 def test_a_missing_path_on_an_open_tree_is_not_located() -> None:
     assert fsview.locate("/no/such/tree") is None
+
+
+def _hide_in_own_namespace(needed: str, other: str) -> tuple[str, list[str]]:
+    from spanfaas.sandbox import _libc, namespaces
+
+    namespaces.unshare_namespaces("host", pid=False)  # a private mount namespace of its own
+    for d in (needed, other, os.path.join(needed, "below")):
+        os.makedirs(d, exist_ok=True)
+        _libc.mount("tmpfs", d, "tmpfs", 0, "size=64k")
+    fd = os.open("/proc/self/mountinfo", os.O_RDONLY)
+    seen = fsview.hide_other_mounts([needed], fd)
+    os.close(fd)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return seen.reason if seen.active else f"inactive: {seen.reason}", [p for p in points if p.startswith(os.path.dirname(needed))]
+
+
+def test_mounts_off_the_needed_trees_are_detached_the_rest_kept(tmp_path: Path, in_child: Callable[..., Any], require: Callable[..., None]) -> None:
+    require("mount-namespace")
+    needed, other = str(tmp_path / "code"), str(tmp_path / "volume")
+    reason, points = in_child(_hide_in_own_namespace, needed, other).value
+    assert "detached" in reason and not reason.startswith("inactive"), reason
+    assert sorted(points) == [needed, os.path.join(needed, "below")], points
+    with open("/proc/self/mountinfo") as f:
+        assert not any(str(tmp_path) in line for line in f), "the host's mounts were touched"
