@@ -291,6 +291,10 @@ class Pool:
         try:
             if self._chan is not None:
                 self._chan.drain()
+            if self.state == "starting" and self._importing >= 0:
+                # It said nothing after Importing, and its channel's end is not closed yet (held a
+                # moment longer by a process of its sandbox): the exit is the module's all the same.
+                self._died_importing(status)
             if self._chan is not None:  # (what it said may have reset the pool already)
                 self._reset_template()
         finally:

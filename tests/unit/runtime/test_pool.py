@@ -156,6 +156,22 @@ async def test_a_template_that_exits_while_importing_the_code_fails_the_start_as
     assert rt.spawned == [], "started again"
 
 
+async def test_a_template_that_exits_while_importing_is_the_users_error_though_its_channel_is_still_open() -> None:
+    """In the sandbox the zygote's notice can come while the template's end of its channel is
+    still held (by a process of its namespace that has not ended yet): no EOF to read.  The
+    exit is the module's all the same -- it failed the deploy as "stopped while starting;
+    retry" about one run in ten of the sandboxed import-exit test."""
+    rt = _Spawning()
+    pool = _pool(rt)
+    theirs, ready = _importing(pool, b"about to leave\n")
+    pool.on_template_exit(7 << 8)  # ... the template's end, ``theirs``, not closed yet
+    with pytest.raises(InvalidBundle, match="the function's code exited with status 7 while being imported") as info:
+        await ready
+    assert "about to leave" in info.value.extra["traceback"]
+    assert pool.state == "cold" and pool._chan is None and rt.spawned == []
+    theirs.close()
+
+
 async def test_a_template_killed_by_a_signal_while_importing_names_the_signal() -> None:
     pool = _pool(_Spawning())
     theirs, ready = _importing(pool, b"")
