@@ -152,14 +152,24 @@ class Dispatcher:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give running invocations ``grace`` seconds, then requeue the rest."""
         self._stopping = True
-        for task in self._tasks:
+        if self.running:
+            log.info("stopping: %s given %.0f s to end", plural(len(self.running), "async invocation"), grace)
+        # The marks go on until the last run has ended: a run that starts in the grace (a claim
+        # that waited behind another), or just before it, is a re-run if the gateway dies now.
+        marks, others = self._tasks[-1:], self._tasks[:-1]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         if self.running:
             _, pending = await asyncio.wait(list(self.running.values()), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        for task in marks:
+            task.cancel()
+        await asyncio.gather(*marks, return_exceptions=True)
+        if self._unmarked and (exc := await self._write_marks()) is not None:  # (runs whose outcome may wait for the recorder)
+            log.error("could not mark %s started as the gateway stopped: %s", plural(len(self._unmarked), "async run"), exc)
 
     async def _feed(self) -> None:
         workers = self.settings.async_workers
@@ -225,15 +235,24 @@ class Dispatcher:
             await self._mark.wait()
             await asyncio.sleep(self.mark_every)
             self._mark.clear()
-            ids, self._unmarked = list(self._unmarked), set()
-            try:
-                await asyncio.to_thread(self.store.mark_started, ids, self.owner)
-            except Exception as exc:  # noqa: BLE001 - the store failed: the marks wait, retried
-                log.error("could not mark %s started (will retry): %s", plural(len(ids), "async run"), exc)
-                # (not those claimed again meanwhile whose new run has not started: see _feed)
-                self._unmarked.update(i for i in ids if i not in self.running or i in self._started)
+            if (exc := await self._write_marks()) is not None:
+                log.error("could not mark %s started (will retry): %s", plural(len(self._unmarked), "async run"), exc)
                 self._mark.set()
                 await asyncio.sleep(1.0)
+
+    async def _write_marks(self) -> Exception | None:
+        """Write the marks waiting; the store's error if it failed (they wait again)."""
+        ids, self._unmarked = list(self._unmarked), set()
+        try:
+            await asyncio.to_thread(self.store.mark_started, ids, self.owner)
+        except BaseException as exc:
+            # Cancelled (the stop), the write may or may not have gone through: written again then.
+            # (not those claimed again meanwhile whose new run has not started: see _feed)
+            self._unmarked.update(i for i in ids if i not in self.running or i in self._started)
+            if not isinstance(exc, Exception):
+                raise
+            return exc
+        return None
 
     async def _heartbeat(self) -> None:
         while True:
