@@ -8,7 +8,7 @@ a write transaction), ``_read()`` (a cursor for one read) and the claim query.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal, NamedTuple
 
@@ -36,6 +36,9 @@ _SIZE_OF_ROW = 512
 _FN_COLS = "name, version, digest, spec, created_at"
 _CHUNK = 100
 """Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
+_MARKS = 1000
+"""Records per statement of ``mark_started`` (two values each: SQLite and PostgreSQL take
+32766 and 65535 values a statement)."""
 _CHUNK_BYTES = 64 * 2**20
 """Bytes of payloads, outputs and logs per multi-row INSERT (one row may have more):
 PostgreSQL ends the connection on a message over 1 GiB, and 16 outcomes of 32 MiB
@@ -481,14 +484,19 @@ class SQLStore:
             cur.execute(_GIVE_BACK)
             return int(cur.rowcount)
 
-    def mark_started(self, ids: Sequence[str], owner: str) -> None:
-        if not ids:
+    def mark_started(self, claims: Mapping[str, str]) -> None:
+        if not claims:
             return
+        pairs = list(claims.items())
         with self._tx() as cur:
-            cur.executemany(
-                self._q("UPDATE invocations SET started = 1 WHERE id = ? AND owner = ? AND status = 'running'"),
-                [(i, owner) for i in ids],
-            )
+            for at in range(0, len(pairs), _MARKS):  # one statement per batch of marks, usually
+                chunk = pairs[at : at + _MARKS]
+                values = ", ".join(["(?, ?)"] * len(chunk))
+                cur.execute(
+                    self._q(f"WITH m(id, owner) AS (VALUES {values}) UPDATE invocations SET started = 1 FROM m "
+                            "WHERE invocations.id = m.id AND invocations.owner = m.owner AND status = 'running'"),
+                    [v for pair in chunk for v in pair],
+                )
 
     def queue_depth(self) -> int:
         with self._read() as cur:

@@ -374,7 +374,7 @@ def test_expired_lease_is_reclaimed(store: Store) -> None:
     a, b = inv(), inv()
     store.enqueue_many([a, b])
     assert len(store.claim(now, lease=10, limit=2, owner="g1")) == 2
-    store.mark_started([a.id, b.id], "g1")
+    store.mark_started({a.id: "g1", b.id: "g1"})
     store.extend_leases([b.id], now + 100)
     assert store.claim(now + 5, lease=10, limit=10) == []
     again = store.claim(now + 11, lease=10, limit=10)  # a's lease expired, b's was extended
@@ -386,7 +386,7 @@ def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
     a = inv()
     store.enqueue(a)
     [run] = store.claim(time.time(), lease=-1, limit=1, owner="g1")  # a lease already expired
-    store.mark_started([run.id], "g1")
+    store.mark_started({run.id: "g1"})
     [rerun] = store.claim(time.time(), lease=60, limit=1)
     assert (rerun.attempts, rerun.reruns) == (2, 1)
     store.save_invocations([msgspec.structs.replace(rerun, status="queued", not_before=0.0)])  # a retry, as the dispatcher writes it
@@ -396,7 +396,7 @@ def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
 
 def test_requeue_running(store: Store) -> None:
     store.enqueue_many([inv(), inv()])
-    store.mark_started([r.id for r in store.claim(time.time(), lease=60, limit=5, owner="g1")], "g1")
+    store.mark_started({r.id: "g1" for r in store.claim(time.time(), lease=60, limit=5, owner="g1")})
     assert store.queue_depth() == 0
     assert store.requeue_running() == 2
     assert store.queue_depth() == 2
@@ -411,20 +411,40 @@ def test_a_claim_whose_run_never_started_is_given_back_as_no_run(store: Store) -
     ran, waited, foreign = inv(created_at=now - 3), inv(created_at=now - 2), inv(created_at=now - 1)
     store.enqueue_many([ran, waited, foreign])
     assert len(store.claim(now, lease=10, limit=3, owner="g1")) == 3
-    store.mark_started([ran.id], "g1")
-    store.mark_started([foreign.id], "g2")  # not its claim (a stale mark of another gateway): no start
+    store.mark_started({ran.id: "g1"})
+    store.mark_started({foreign.id: "g2"})  # not its claim (a stale mark of another gateway): no start
     again = store.claim(now + 11, lease=10, limit=3, owner="g3")
     assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in again] == [
         (ran.id, 2, 1, 0), (waited.id, 1, 0, 1), (foreign.id, 1, 0, 1),
     ]
     # each claim starts unmarked: a start marked in an earlier claim does not carry over
-    store.mark_started([waited.id], "g3")
+    store.mark_started({waited.id: "g3"})
     assert store.requeue_running() == 3
     assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in store.claim(now + 12, lease=10, limit=3)] == [
         (ran.id, 2, 1, 1), (waited.id, 2, 1, 1), (foreign.id, 1, 0, 2),
     ]
     stored = store.get_invocation(foreign.id)  # the count is kept with the record
     assert stored is not None and stored.reclaims == 2
+
+
+def test_a_mark_of_an_earlier_claim_does_not_land_on_the_next_claim_of_the_same_gateway(store: Store) -> None:
+    """A mark written after its record was given back (its run refused: 429) and claimed again
+    by the same gateway named only that gateway, and landed on the new claim, which only
+    waited: a crash then counted it a re-run.  Each claim has its own owner now."""
+    now = time.time()
+    r = inv(created_at=now - 1)
+    store.enqueue_many([r])
+    [first] = store.claim(now, lease=60, limit=1, owner="gw-a.1")
+    store.save_invocations([msgspec.structs.replace(first, status="queued", attempts=first.attempts - 1)])  # given back
+    [second] = store.claim(now, lease=60, limit=1, owner="gw-a.2")
+    store.mark_started({r.id: "gw-a.1"})  # the first claim's mark, late
+    assert store.requeue_running() == 1  # its gateway died: the claim given back
+    [third] = store.claim(now + 61, lease=60, limit=1, owner="gw-b.1")
+    assert (second.attempts, third.attempts, third.reruns, third.reclaims) == (1, 1, 0, 1)
+    store.mark_started({r.id: "gw-b.1", "no-such-id": "gw-b.1"})  # its own claim's mark lands
+    assert store.requeue_running() == 1
+    [fourth] = store.claim(now + 200, lease=60, limit=1, owner="gw-c.1")
+    assert (fourth.attempts, fourth.reruns, fourth.reclaims) == (2, 1, 1)
 
 
 def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> None:
