@@ -60,7 +60,7 @@ _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 _GIVE_BACK = (
     "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
     "reruns = reruns + started, reclaims = reclaims + 1 - started, attempts = attempts - 1 + started "
-    "WHERE status = 'running'"
+    "WHERE id IN (SELECT i.id FROM invocations i WHERE i.status = 'running'{where}{in_order})"
 )
 """Claims whose gateway is gone, back to the queue: a run that started left no outcome (a
 re-run next, limited by ``CRASH_RERUNS``); a claim whose run never started was no run at
@@ -113,6 +113,12 @@ class SQLStore:
     _refused: tuple[type[Exception], ...] = (ValueError, OverflowError)
     """Errors that say a value was refused, not that the store failed: text the driver
     cannot encode (``UnicodeEncodeError``), a number it cannot bind; dialects add theirs."""
+    _in_order = ""
+    """Appended to a SELECT of the rows of ``invocations`` that an UPDATE is to change (they are
+    ``i`` in it), to take their locks in one order, that of their ids: the marks of runs, the
+    leases extended, the claims given back and the outcomes stored meet the same rows
+    (PostgreSQL: rows locked in other orders, by the join or the scan each happened to use,
+    deadlocked, and one of the writes failed).  SQLite has one writer at a time."""
     _max_values: int | None = None
     """Bytes of values the database takes in one statement, where that is less than a
     record may hold (PostgreSQL: a message of at most 1 GiB, or it ends the connection,
@@ -351,7 +357,8 @@ class SQLStore:
     def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
         if not records:
             return
-        unique = list({r.id: r for r in records}.values())  # one row may be hit once per statement
+        # One row may be hit once per statement; the rows in the order of their ids (see _in_order).
+        unique = sorted({r.id: r for r in records}.values(), key=lambda r: r.id)
         if self._max_values is not None:
             for r in unique:
                 _check_size(r, self._max_values)
@@ -459,7 +466,7 @@ class SQLStore:
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
         with self._tx() as cur:
             # its gateway died (or lost the store) during the claim: a re-run if its run started
-            cur.execute(self._q(_GIVE_BACK + " AND lease_until < ?"), (now,))
+            cur.execute(self._q(_GIVE_BACK.format(where=" AND i.lease_until < ?", in_order=self._in_order)), (now,))
             self._rows(cur, self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
             rows = cur.fetchall()
         records = [_invocation(r) for r in rows]
@@ -473,15 +480,19 @@ class SQLStore:
     def extend_leases(self, ids: Sequence[str], until: float) -> None:
         if not ids:
             return
+        unique = list(dict.fromkeys(ids))
         with self._tx() as cur:
-            cur.executemany(
-                self._q("UPDATE invocations SET lease_until = ? WHERE id = ? AND status = 'running'"),
-                [(until, i) for i in ids],
-            )
+            for at in range(0, len(unique), _MARKS):
+                chunk = unique[at : at + _MARKS]
+                cur.execute(
+                    self._q(f"UPDATE invocations SET lease_until = ? WHERE id IN (SELECT i.id FROM invocations i WHERE "
+                            f"i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'{self._in_order})"),
+                    [until, *chunk],
+                )
 
     def requeue_running(self) -> int:
         with self._tx() as cur:
-            cur.execute(_GIVE_BACK)
+            cur.execute(_GIVE_BACK.format(where="", in_order=self._in_order))
             return int(cur.rowcount)
 
     def mark_started(self, claims: Mapping[str, str]) -> None:
@@ -493,8 +504,10 @@ class SQLStore:
                 chunk = pairs[at : at + _MARKS]
                 values = ", ".join(["(?, ?)"] * len(chunk))
                 cur.execute(
-                    self._q(f"WITH m(id, owner) AS (VALUES {values}) UPDATE invocations SET started = 1 FROM m "
-                            "WHERE invocations.id = m.id AND invocations.owner = m.owner AND status = 'running'"),
+                    self._q(f"WITH m(id, owner) AS (VALUES {values}), "
+                            "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
+                            f"WHERE i.status = 'running'{self._in_order}) "
+                            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id"),
                     [v for pair in chunk for v in pair],
                 )
 

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -702,3 +703,62 @@ def test_invocations_are_listed_in_pages_bounded_in_size(store: Store) -> None:
     assert store.page_invocations("hello", status="failed", limit=10).records == store.list_invocations("hello", status="failed")
     bare = store.page_invocations("hello", limit=10, outputs=False)
     assert bare.left_out == {} and all(r.output == b"" for r in bare.records)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("leases", ["cba", "abc"])
+@pytest.mark.parametrize("write", ["mark_started", "extend_leases"])
+def test_marks_and_a_give_back_take_the_rows_in_one_order(postgres_db: str, leases: str, write: str) -> None:
+    """``mark_started`` (and ``extend_leases``) and the give-back of expired claims (every ``claim``) lock the same rows:
+    taken in other orders (the marks as listed, the give-back as it scans), each waited for a
+    row the other held -- PostgreSQL's deadlock, one of the two failed.  Both take rows in
+    the order of their ids now.  A third transaction holds the middle row until both wait."""
+    import psycopg
+
+    from spanfaas.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_db)
+    now = time.time()
+    a, b, c = (inv(id=f"inv-{x}", created_at=now - 3 + i) for i, x in enumerate("abc"))
+    by_name = {"a": a, "b": b, "c": c}
+    errors: list[BaseException] = []
+
+    def run(f: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                f()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        t = threading.Thread(target=target)
+        t.start()
+        return t
+
+    try:
+        store.enqueue_many([a, b, c])
+        owner = "gw-a.1"
+        assert len(store.claim(now, lease=60, limit=3, owner=owner)) == 3
+        with psycopg.connect(postgres_db, autocommit=True) as db:
+            # the give-back meets them in the order of their leases (and as stored); the marks are listed the other way
+            for i, name in enumerate(leases):
+                db.execute("UPDATE invocations SET lease_until = %s WHERE id = %s", (now - 10 + i, by_name[name].id))
+            marks = {by_name[name].id: owner for name in reversed(leases)}
+            with psycopg.connect(postgres_db) as blocker:
+                blocker.execute("SELECT id FROM invocations WHERE id = %s FOR UPDATE", (b.id,))
+                threads = [
+                    run(lambda: store.mark_started(marks) if write == "mark_started" else store.extend_leases(list(marks), now + 60)),
+                    run(lambda: store.claim(now, lease=60, limit=0, owner="gw-b.1")),
+                ]
+                deadline = time.monotonic() + 30
+                while db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone() != (2,):
+                    assert time.monotonic() < deadline and not errors, errors
+                    time.sleep(0.01)
+                blocker.commit()
+            for t in threads:
+                t.join(30)
+        assert errors == [] and not any(t.is_alive() for t in threads), errors
+        rows = {r.id: r.status for r in (store.get_invocation(x.id) for x in (a, b, c)) if r is not None}
+        if write == "mark_started":  # (extended first, leases are not given back)
+            assert rows == {a.id: "queued", b.id: "queued", c.id: "queued"}, rows
+    finally:
+        store.close()
