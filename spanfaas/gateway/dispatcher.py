@@ -25,8 +25,8 @@ does not use up the retries the operator configured (nor, for an event,
 A claim is not a start: a claimed invocation may wait (in its function's own
 queue, the local pool's ``scaling.queue``; for a deploy, ``Coherence``; for the
 store) before it runs.  The infrastructure says when the run starts
-(``InvokeContext.on_start``: the call is handed to an instance, or sent to Ray
-or a site), and the dispatcher marks it in the store (``Store.mark_started``),
+(``InvokeContext.on_start``: the call is handed to an instance, written to Ray's
+bridge, or leaves for a site once connected), and the dispatcher marks it in the store (``Store.mark_started``),
 in one small write per ``mark_every`` for all the runs that started meanwhile,
 off the call's path.  Each claim has an owner of its own (the gateway's, and the
 claim's number), which the mark names: a mark still on its way as its record is given
