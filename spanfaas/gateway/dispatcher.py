@@ -25,10 +25,12 @@ does not use up the retries the operator configured (nor, for an event,
 A claim is not a start: a claimed invocation may wait (in its function's own
 queue, the local pool's ``scaling.queue``; for a deploy, ``Coherence``; for the
 store) before it runs.  The infrastructure says when the run starts
-(``InvokeContext.on_start``: the call is handed to an instance, or sent to Ray
-or a site), and the dispatcher marks it in the store (``Store.mark_started``),
+(``InvokeContext.on_start``: the call is handed to an instance, written to Ray's
+bridge, or leaves for a site once connected), and the dispatcher marks it in the store (``Store.mark_started``),
 in one small write per ``mark_every`` for all the runs that started meanwhile,
-off the call's path.  A gateway that dies leaves its claims to be taken back
+off the call's path.  Each claim has an owner of its own (the gateway's, and the
+claim's number), which the mark names: a mark still on its way as its record is given
+back and claimed again does not land on the new claim.  A gateway that dies leaves its claims to be taken back
 (an expired lease; at start-up, ``requeue_running``): a claim marked started
 is a re-run (``reruns`` + 1); one that is not only waited, and was no run
 (``attempts`` - 1, ``reclaims`` + 1), however many crashes it waits through,
@@ -131,8 +133,12 @@ class Dispatcher:
         """Set by the event service: event invocations are retried and dead-lettered by it."""
         self._started: set[str] = set()
         """Of ``running``, the records whose run started."""
-        self._unmarked: set[str] = set()
-        """Records whose run started, not marked so in the store yet."""
+        self._claims: dict[str, str] = {}
+        """Of ``running``, the owner each record's claim was made with: one per claim, so that a
+        mark on its way as the record is given back and claimed again is not put on the new claim."""
+        self._unmarked: dict[str, str] = {}
+        """Records whose run started, not marked so in the store yet: the owner of their claim."""
+        self._claimed = 0
         self._mark = asyncio.Event()
 
     async def start(self) -> None:
@@ -152,14 +158,24 @@ class Dispatcher:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give running invocations ``grace`` seconds, then requeue the rest."""
         self._stopping = True
-        for task in self._tasks:
+        if self.running:
+            log.info("stopping: %s given %.0f s to end", plural(len(self.running), "async invocation"), grace)
+        # The marks go on until the last run has ended: a run that starts in the grace (a claim
+        # that waited behind another), or just before it, is a re-run if the gateway dies now.
+        marks, others = self._tasks[-1:], self._tasks[:-1]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         if self.running:
             _, pending = await asyncio.wait(list(self.running.values()), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        for task in marks:
+            task.cancel()
+        await asyncio.gather(*marks, return_exceptions=True)
+        if self._unmarked and (exc := await self._write_marks()) is not None:  # (runs whose outcome may wait for the recorder)
+            log.error("could not mark %s started as the gateway stopped: %s", plural(len(self._unmarked), "async run"), exc)
 
     async def _feed(self) -> None:
         workers = self.settings.async_workers
@@ -168,8 +184,10 @@ class Dispatcher:
             free = workers - len(self.running)
             got = 0
             if free > 0:
+                self._claimed += 1
+                owner = f"{self.owner}.{self._claimed}"
                 try:
-                    batch = await asyncio.to_thread(self.store.claim, time.time(), self.lease, free, self.owner)
+                    batch = await asyncio.to_thread(self.store.claim, time.time(), self.lease, free, owner)
                 except Exception as exc:  # the store is down: try again later
                     log.error("could not claim async invocations: %s", exc)
                     batch = []
@@ -182,12 +200,16 @@ class Dispatcher:
                         # outcome (the heartbeat could not extend it in time): that run, or that
                         # outcome stored when the store takes it, settles it; the claim is ours now
                         # (unmarked, as every claim: marked again if that run started).
+                        if record.id in self.running:
+                            self._claims[record.id] = owner
                         if record.id in self._started:
                             self._run_started(record.id, again=True)
                         continue
                     # A new claim (of a record this gateway gave back: a 429, a retry): a start
-                    # of the earlier one not written yet is none of this one's.
-                    self._unmarked.discard(record.id)
+                    # of the earlier one not written yet is none of this one's (nor is one on its
+                    # way to the store: it names the earlier claim's owner).
+                    self._unmarked.pop(record.id, None)
+                    self._claims[record.id] = owner
                     task = asyncio.create_task(self._run(record, claimed), name=f"spanfaas-async-{record.id}")
                     self.running[record.id] = task
                     task.add_done_callback(self._done)
@@ -206,15 +228,17 @@ class Dispatcher:
         name = task.get_name().removeprefix("spanfaas-async-")
         self.running.pop(name, None)
         self._started.discard(name)
+        self._claims.pop(name, None)
         self._wake.set()
 
     def _run_started(self, id: str, *, again: bool = False) -> None:
         """``InvokeContext.on_start`` of a claimed record: its run started (no store I/O here)."""
         if id in self._started and not again:
             return  # a failover's second start: marked once
-        if id in self.running:
-            self._started.add(id)
-        self._unmarked.add(id)
+        if id not in self.running:
+            return
+        self._started.add(id)
+        self._unmarked[id] = self._claims[id]
         self._mark.set()
 
     async def _marks(self) -> None:
@@ -225,15 +249,24 @@ class Dispatcher:
             await self._mark.wait()
             await asyncio.sleep(self.mark_every)
             self._mark.clear()
-            ids, self._unmarked = list(self._unmarked), set()
-            try:
-                await asyncio.to_thread(self.store.mark_started, ids, self.owner)
-            except Exception as exc:  # noqa: BLE001 - the store failed: the marks wait, retried
-                log.error("could not mark %s started (will retry): %s", plural(len(ids), "async run"), exc)
-                # (not those claimed again meanwhile whose new run has not started: see _feed)
-                self._unmarked.update(i for i in ids if i not in self.running or i in self._started)
+            if (exc := await self._write_marks()) is not None:
+                log.error("could not mark %s started (will retry): %s", plural(len(self._unmarked), "async run"), exc)
                 self._mark.set()
                 await asyncio.sleep(1.0)
+
+    async def _write_marks(self) -> Exception | None:
+        """Write the marks waiting; the store's error if it failed (they wait again)."""
+        marks, self._unmarked = self._unmarked, {}
+        try:
+            await asyncio.to_thread(self.store.mark_started, marks)
+        except BaseException as exc:
+            # Cancelled (the stop), the write may or may not have gone through: written again then.
+            for id, owner in marks.items():  # (a mark of a later claim of the record comes first)
+                self._unmarked.setdefault(id, owner)
+            if not isinstance(exc, Exception):
+                raise
+            return exc
+        return None
 
     async def _heartbeat(self) -> None:
         while True:

@@ -330,11 +330,26 @@ class RemoteInfrastructure:
             headers["x-spanfaas-timeout"] = f"{max(math.floor(ctx.timeout * 1000) / 1000, 0.001):.3f}"  # (never rounded up)
         if ctx.event is not None:  # the function's context.event there, as here (ASCII: a header)
             headers["x-spanfaas-event"] = json.dumps(ctx.event, separators=(",", ":"), default=str)
-        if ctx.on_start is not None:  # sent to the site: the run started, as far as we can tell
-            ctx.on_start()
-        return await self._request(
-            "POST", f"/v1/functions/{spec.name}/invoke", content=payload, headers=headers, timeout=timeout
+        on_start, told = ctx.on_start, False
+
+        def leaves() -> None:
+            nonlocal told
+            if on_start is not None and not told:
+                told = True
+                on_start()
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            # The request leaves for the site (connected): the run started, as far as we can tell.
+            # Not before: a call refused at the connection (nothing listens, no route, DNS) never left.
+            if event.endswith(".send_request_headers.started"):
+                leaves()
+
+        resp = await self._request(
+            "POST", f"/v1/functions/{spec.name}/invoke", content=payload, headers=headers, timeout=timeout,
+            extensions={"trace": trace},
         )  # fmt: skip
+        leaves()  # (a transport that does not trace, as a test's: it answered, so the call left)
+        return resp
 
     async def remove(self, name: str) -> None:
         entry = self._bundles.pop(name, None)

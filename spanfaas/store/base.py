@@ -7,7 +7,7 @@ Methods are synchronous and thread-safe; async callers run them through
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from spanfaas.model import FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
@@ -162,10 +162,12 @@ class Store(EventStore, ImageStore, Protocol):
 
     def extend_leases(self, ids: Sequence[str], until: float) -> None: ...
 
-    def mark_started(self, ids: Sequence[str], owner: str) -> None:
-        """The runs of these records, claimed by ``owner``, have started (their calls left for
-        an instance or another infrastructure): should the claim end without an outcome, the
-        next is a re-run.  A record no longer ``owner``'s claim is left as it is."""
+    def mark_started(self, claims: Mapping[str, str]) -> None:
+        """The runs of these records (id: the ``owner`` their claim was made with) have started
+        (their calls left for an instance or another infrastructure): should the claim end
+        without an outcome, the next is a re-run.  A record no longer held by that claim (given
+        back, or claimed again, also by the same gateway: it claims with an owner of its own
+        per claim) is left as it is."""
         ...
 
     def requeue_running(self) -> int:

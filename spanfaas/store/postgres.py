@@ -53,6 +53,7 @@ class PostgresStore(EventQueries, ImageQueries):
     # Not OperationalError (a lost connection, a restart: ``InfraUnavailable``, see _conn),
     # except a value over one of the server's limits (SQLSTATE class 54: an index row, an array).
     _refused = (*SQLStore._refused, psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+    _in_order = " ORDER BY i.id FOR UPDATE OF i"
     _max_values = 2**30
     """The largest message the server reads (``PQ_LARGE_MESSAGE_LIMIT``, 1 GiB less 2 bytes): it ends
     the connection on a longer one, saying why only in its own log."""

@@ -9,6 +9,7 @@ though they never ran.  Only a run that started is a re-run now."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import sqlite3
 import time
@@ -137,3 +138,63 @@ def test_invocations_waiting_in_the_queue_survive_crashes_in_a_row(tmp_path: Pat
     assert len(never_ran) == N - KILLS
     # claimed by every gateway that was killed, and waited each time: more than CRASH_RERUNS
     assert all(v["reclaims"] == KILLS > CRASH_RERUNS for v in never_ran), never_ran
+
+
+@pytest.mark.slow
+def test_a_run_that_starts_while_the_gateway_stops_is_marked_started(tmp_path: Path) -> None:
+    """The dispatcher stopped writing start marks as its stop began, before the grace its runs
+    are given: a run that started then (a claim that waited behind another run) was never
+    marked, and a gateway killed during the grace left it counted as a claim given back
+    (``reclaims``, up to CRASH_RECLAIMS) though it ran: a re-run not bounded by CRASH_RERUNS."""
+    src = tmp_path / "gated"
+    src.mkdir()
+    (src / "handler.py").write_text(GATED)
+    (src / "spanfaas.toml").write_text(
+        'name = "gated"\nnetwork = "host"\nisolation = "reuse"\n[scaling]\nmax = 1\n[resources]\ntimeout = 600\n'
+    )
+    db = tmp_path / "data" / "spanfaas.db"
+    gate = Gate()
+    gw = GatewayProcess(tmp_path / "data", infra="local")
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            assert c.put("/v1/functions/gated", content=pack_function(src)).status_code == 201
+            first, second = (c.post("/v1/functions/gated/invoke?mode=async", json={"port": gate.port}).json()["id"]
+                             for _ in range(2))  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:  # the first runs (held), marked; the second, claimed, waits behind it
+            gate.serve()
+            rows = _rows(db)
+            if list(gate.held) == [first] and rows[first] == ("running", 1) and rows[second] == ("running", 0):
+                break
+            assert time.monotonic() < deadline, (gate.starts, rows, gw.log())
+            time.sleep(0.02)
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGTERM)  # a graceful stop: the runs have their grace (5 s)
+        while "async invocations given 5 s to end" not in gw.log():  # the dispatcher stops
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.01)
+        with gate.held.pop(first) as conn:  # the first ends; the second starts, during the grace
+            conn.sendall(b"go")
+        gate.answered.add(first)
+        while second not in gate.held:
+            gate.serve()
+            assert time.monotonic() < deadline, (gate.starts, gw.log())
+        deadline = time.monotonic() + 3  # within the grace: the gateway still runs the second
+        while _rows(db)[second] != ("running", 1):
+            assert time.monotonic() < deadline, ("the second run's start was not marked", _rows(db), gw.log())
+            time.sleep(0.02)
+        gw.kill()  # during the grace
+        gate.drop_held()
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            deadline = time.monotonic() + 60
+            while (v := c.get(f"/v1/invocations/{second}").json())["status"] not in ("succeeded", "failed"):
+                gate.serve()
+                assert time.monotonic() < deadline, v
+                time.sleep(0.05)
+    finally:
+        gw.stop()
+        gate.close()
+    assert v["status"] == "succeeded" and v["result"] == {"said": "go", "id": second}, v
+    assert (v["reruns"], v["reclaims"], v["attempts"], gate.starts[second]) == (1, 0, 2, 2), v

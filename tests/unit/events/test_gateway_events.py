@@ -396,7 +396,7 @@ async def test_a_crash_rerun_does_not_use_up_the_event_retries(
         created_at=time.time(), event=Event(attributes=CE, proxy="cloudevents", trigger="flaky:0"),
     ))  # fmt: skip
     assert [r.id for r in store.claim(time.time(), 3600, 10, owner="dead")] == ["ev-1"]
-    store.mark_started(["ev-1"], "dead")  # its run started
+    store.mark_started({"ev-1": "dead"})  # its run started
     assert store.requeue_running() == 1  # the gateway running it died; the next one takes it back
     infra = InMemoryInfrastructure()
     app = create_app(settings, store, infra)
@@ -430,7 +430,7 @@ async def test_an_event_the_gateway_keeps_dying_on_ends_in_the_dead_letter_store
     ))  # fmt: skip
     for _ in range(CRASH_RERUNS + 1):  # as if that many gateways in a row claimed it and died running it
         assert [r.id for r in store.claim(time.time(), 3600, 10, owner="dead")] == ["ev-pill"]
-        store.mark_started(["ev-pill"], "dead")
+        store.mark_started({"ev-pill": "dead"})
         assert store.requeue_running() == 1
     infra = InMemoryInfrastructure()
     app = create_app(settings, store, infra)

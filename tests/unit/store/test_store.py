@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -374,7 +375,7 @@ def test_expired_lease_is_reclaimed(store: Store) -> None:
     a, b = inv(), inv()
     store.enqueue_many([a, b])
     assert len(store.claim(now, lease=10, limit=2, owner="g1")) == 2
-    store.mark_started([a.id, b.id], "g1")
+    store.mark_started({a.id: "g1", b.id: "g1"})
     store.extend_leases([b.id], now + 100)
     assert store.claim(now + 5, lease=10, limit=10) == []
     again = store.claim(now + 11, lease=10, limit=10)  # a's lease expired, b's was extended
@@ -386,7 +387,7 @@ def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
     a = inv()
     store.enqueue(a)
     [run] = store.claim(time.time(), lease=-1, limit=1, owner="g1")  # a lease already expired
-    store.mark_started([run.id], "g1")
+    store.mark_started({run.id: "g1"})
     [rerun] = store.claim(time.time(), lease=60, limit=1)
     assert (rerun.attempts, rerun.reruns) == (2, 1)
     store.save_invocations([msgspec.structs.replace(rerun, status="queued", not_before=0.0)])  # a retry, as the dispatcher writes it
@@ -396,7 +397,7 @@ def test_a_stored_outcome_keeps_its_reruns(store: Store) -> None:
 
 def test_requeue_running(store: Store) -> None:
     store.enqueue_many([inv(), inv()])
-    store.mark_started([r.id for r in store.claim(time.time(), lease=60, limit=5, owner="g1")], "g1")
+    store.mark_started({r.id: "g1" for r in store.claim(time.time(), lease=60, limit=5, owner="g1")})
     assert store.queue_depth() == 0
     assert store.requeue_running() == 2
     assert store.queue_depth() == 2
@@ -411,20 +412,40 @@ def test_a_claim_whose_run_never_started_is_given_back_as_no_run(store: Store) -
     ran, waited, foreign = inv(created_at=now - 3), inv(created_at=now - 2), inv(created_at=now - 1)
     store.enqueue_many([ran, waited, foreign])
     assert len(store.claim(now, lease=10, limit=3, owner="g1")) == 3
-    store.mark_started([ran.id], "g1")
-    store.mark_started([foreign.id], "g2")  # not its claim (a stale mark of another gateway): no start
+    store.mark_started({ran.id: "g1"})
+    store.mark_started({foreign.id: "g2"})  # not its claim (a stale mark of another gateway): no start
     again = store.claim(now + 11, lease=10, limit=3, owner="g3")
     assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in again] == [
         (ran.id, 2, 1, 0), (waited.id, 1, 0, 1), (foreign.id, 1, 0, 1),
     ]
     # each claim starts unmarked: a start marked in an earlier claim does not carry over
-    store.mark_started([waited.id], "g3")
+    store.mark_started({waited.id: "g3"})
     assert store.requeue_running() == 3
     assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in store.claim(now + 12, lease=10, limit=3)] == [
         (ran.id, 2, 1, 1), (waited.id, 2, 1, 1), (foreign.id, 1, 0, 2),
     ]
     stored = store.get_invocation(foreign.id)  # the count is kept with the record
     assert stored is not None and stored.reclaims == 2
+
+
+def test_a_mark_of_an_earlier_claim_does_not_land_on_the_next_claim_of_the_same_gateway(store: Store) -> None:
+    """A mark written after its record was given back (its run refused: 429) and claimed again
+    by the same gateway named only that gateway, and landed on the new claim, which only
+    waited: a crash then counted it a re-run.  Each claim has its own owner now."""
+    now = time.time()
+    r = inv(created_at=now - 1)
+    store.enqueue_many([r])
+    [first] = store.claim(now, lease=60, limit=1, owner="gw-a.1")
+    store.save_invocations([msgspec.structs.replace(first, status="queued", attempts=first.attempts - 1)])  # given back
+    [second] = store.claim(now, lease=60, limit=1, owner="gw-a.2")
+    store.mark_started({r.id: "gw-a.1"})  # the first claim's mark, late
+    assert store.requeue_running() == 1  # its gateway died: the claim given back
+    [third] = store.claim(now + 61, lease=60, limit=1, owner="gw-b.1")
+    assert (second.attempts, third.attempts, third.reruns, third.reclaims) == (1, 1, 0, 1)
+    store.mark_started({r.id: "gw-b.1", "no-such-id": "gw-b.1"})  # its own claim's mark lands
+    assert store.requeue_running() == 1
+    [fourth] = store.claim(now + 200, lease=60, limit=1, owner="gw-c.1")
+    assert (fourth.attempts, fourth.reruns, fourth.reclaims) == (2, 1, 1)
 
 
 def test_two_gateways_enqueueing_the_same_keys_in_other_orders(store: Store) -> None:
@@ -694,3 +715,62 @@ def test_where_a_call_was_tried_first_is_kept(store: Store) -> None:
     assert got is not None and got.tried == tried
     again = store.get_invocation(plain.id)
     assert again is not None and again.tried == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("leases", ["cba", "abc"])
+@pytest.mark.parametrize("write", ["mark_started", "extend_leases"])
+def test_marks_and_a_give_back_take_the_rows_in_one_order(postgres_db: str, leases: str, write: str) -> None:
+    """``mark_started`` (and ``extend_leases``) and the give-back of expired claims (every ``claim``) lock the same rows:
+    taken in other orders (the marks as listed, the give-back as it scans), each waited for a
+    row the other held -- PostgreSQL's deadlock, one of the two failed.  Both take rows in
+    the order of their ids now.  A third transaction holds the middle row until both wait."""
+    import psycopg
+
+    from spanfaas.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_db)
+    now = time.time()
+    a, b, c = (inv(id=f"inv-{x}", created_at=now - 3 + i) for i, x in enumerate("abc"))
+    by_name = {"a": a, "b": b, "c": c}
+    errors: list[BaseException] = []
+
+    def run(f: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                f()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        t = threading.Thread(target=target)
+        t.start()
+        return t
+
+    try:
+        store.enqueue_many([a, b, c])
+        owner = "gw-a.1"
+        assert len(store.claim(now, lease=60, limit=3, owner=owner)) == 3
+        with psycopg.connect(postgres_db, autocommit=True) as db:
+            # the give-back meets them in the order of their leases (and as stored); the marks are listed the other way
+            for i, name in enumerate(leases):
+                db.execute("UPDATE invocations SET lease_until = %s WHERE id = %s", (now - 10 + i, by_name[name].id))
+            marks = {by_name[name].id: owner for name in reversed(leases)}
+            with psycopg.connect(postgres_db) as blocker:
+                blocker.execute("SELECT id FROM invocations WHERE id = %s FOR UPDATE", (b.id,))
+                threads = [
+                    run(lambda: store.mark_started(marks) if write == "mark_started" else store.extend_leases(list(marks), now + 60)),
+                    run(lambda: store.claim(now, lease=60, limit=0, owner="gw-b.1")),
+                ]
+                deadline = time.monotonic() + 30
+                while db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone() != (2,):
+                    assert time.monotonic() < deadline and not errors, errors
+                    time.sleep(0.01)
+                blocker.commit()
+            for t in threads:
+                t.join(30)
+        assert errors == [] and not any(t.is_alive() for t in threads), errors
+        rows = {r.id: r.status for r in (store.get_invocation(x.id) for x in (a, b, c)) if r is not None}
+        if write == "mark_started":  # (extended first, leases are not given back)
+            assert rows == {a.id: "queued", b.id: "queued", c.id: "queued"}, rows
+    finally:
+        store.close()
