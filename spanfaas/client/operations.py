@@ -138,7 +138,8 @@ class InvokeOutput:
     tried: tuple[str, ...] = ()
     """Where the call was tried before ``infra`` ran it (it failed over), each as ``"name: why it
     failed there"`` -- a site that stopped answering may have run it too; empty when it ran where
-    it was first placed."""
+    it was first placed.  What a site tried before running it there is named by the path to it
+    (``"eu/far: why"``: site ``eu`` tried its site ``far`` first)."""
 
     @property
     def is_json(self) -> bool:
