@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sys
 import time
 import uuid
 from typing import Annotated, Any, NoReturn
@@ -339,12 +340,24 @@ def dlq_replay(
     if as_json:
         print_json({"replayed": replayed, "skipped": skipped})
         return
-    for r in replayed:
-        out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
     if not replayed:  # --all with nothing dead-lettered: say so, not "replayed 0"
         err_console().print("no dead letters to replay" + (f" for {escape(function)}" if function else ""))
         return
-    err_console().print(f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s")
+    err_console().print(
+        f"[green]✓[/green] replayed {plural(len(replayed), 'dead letter')} in {time.perf_counter() - started:.2f}s "
+        f"({escape(_some([r['dead_letter'] for r in replayed]))}); {_new_ids(replayed)}"
+    )
+    _print_invocations(replayed)
+
+
+def _new_ids(replayed: list[dict[str, Any]]) -> str:
+    return "its new invocation's id on stdout" if len(replayed) == 1 else "their new invocations' ids on stdout, in that order"
+
+
+def _print_invocations(replayed: list[dict[str, Any]]) -> None:
+    """The new invocations' ids alone on stdout, one a line (``spanfaas result ID``), in the order replayed."""
+    sys.stdout.write("".join(f"{r['invocation']}\n" for r in replayed))
+    sys.stdout.flush()
 
 
 def _some(ids: list[str], most: int = 10) -> str:
@@ -411,9 +424,9 @@ def _partly_replayed(
         print_json({"replayed": replayed, "failed": [{"dead_letter": i, **exc.to_problem()} for i, exc in failed],
                     "not_tried": untried, "skipped": skipped})  # fmt: skip
     else:
-        for r in replayed:
-            out_console().print(f"{escape(r['dead_letter'])} → {escape(r['invocation'])}")
-    _end_partly(failed, ", ".join(untried), f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}")
+        _print_invocations(replayed)
+    replayed_ones = f" ({escape(_some([r['dead_letter'] for r in replayed]))}; {_new_ids(replayed)})" if replayed and not as_json else ""
+    _end_partly(failed, ", ".join(untried), f"replayed {len(replayed)} of {plural(len(targets), 'dead letter')}{replayed_ones}")
 
 
 @dlq_app.command("rm")

@@ -364,9 +364,9 @@ def curate_add(
     if as_json:
         print_json({"list": name, "packages": done})
         return
-    for p in done:
+    for p in done:  # confirmations: on stderr (stdout has what a script takes; --json the document)
         verb = "approved" if p.get("new") else "changed"
-        out_console().print(f"[green]✓[/green] {verb} {escape(p['name'])}{escape(p.get('specifier') or ' (any version)')} on {escape(name)}")
+        err_console().print(f"[green]✓[/green] {verb} {escape(p['name'])}{escape(p.get('specifier') or ' (any version)')} on {escape(name)}")
 
 
 @curate.command("remove")
@@ -389,7 +389,10 @@ def curate_remove(
             )
         for p in packages:
             client.images.withdraw(name, p)
-    print_done(as_json, {"list": name, "removed": packages}, f"withdrew {escape(', '.join(packages))} from {escape(name)}")
+    if as_json:
+        print_json({"list": name, "removed": packages})
+        return
+    err_console().print(f"[green]✓[/green] withdrew {escape(', '.join(packages))} from {escape(name)}")  # a confirmation: stderr
 
 
 @curate.command("audit")

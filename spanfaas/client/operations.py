@@ -11,6 +11,7 @@ I/O, ``AsyncClient`` with ``await``; neither repeats the API.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import math
 import os
@@ -134,6 +135,11 @@ class InvokeOutput:
     duration_ms: float | None = None
     infra: str = ""
     cold: bool | None = None
+    tried: tuple[str, ...] = ()
+    """Where the call was tried before ``infra`` ran it (it failed over), each as ``"name: why it
+    failed there"`` -- a site that stopped answering may have run it too; empty when it ran where
+    it was first placed.  What a site tried before running it there is named by the path to it
+    (``"eu/far: why"``: site ``eu`` tried its site ``far`` first)."""
 
     @property
     def is_json(self) -> bool:
@@ -157,7 +163,7 @@ class InvokeOutput:
             doc["result"] = self.value()
         else:
             doc["output_base64"] = base64.b64encode(self.output).decode()
-        doc.update(duration_ms=self.duration_ms, infra=self.infra, cold=self.cold)
+        doc.update(duration_ms=self.duration_ms, infra=self.infra, cold=self.cold, tried=list(self.tried))
         return doc
 
 
@@ -173,7 +179,19 @@ def _output_from_response(name: str, resp: httpx.Response) -> InvokeOutput:
         duration_ms=float(duration) if duration else None,
         infra=h.get("x-spanfaas-infra", ""),
         cold=cold.lower() in ("1", "true", "yes") if cold else None,
+        tried=_tried(h),
     )
+
+
+def _tried(h: httpx.Headers) -> tuple[str, ...]:
+    """Where a sync call was tried first: ``x-spanfaas-tried-reasons`` (each with why), else the
+    names alone of ``x-spanfaas-tried`` (a gateway that sends no reasons)."""
+    reasons = h.get("x-spanfaas-tried-reasons")
+    if reasons is not None:
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            return tuple(msgspec.json.decode(reasons, type=list[str]))
+    names = h.get("x-spanfaas-tried", "")
+    return tuple(n.strip() for n in names.split(",") if n.strip())
 
 
 def output_from_record(rec: Mapping[str, Any]) -> InvokeOutput:
@@ -191,6 +209,7 @@ def output_from_record(rec: Mapping[str, Any]) -> InvokeOutput:
         duration_ms=rec.get("duration_ms"),
         infra=str(rec.get("infra") or ""),
         cold=rec.get("cold"),
+        tried=tuple(str(t) for t in rec.get("tried") or ()),
     )
 
 

@@ -294,6 +294,8 @@ _RAN = (
     Header("X-Spanfaas-Cold", "true when it started a new instance"),
     Header("X-Spanfaas-Tried", "when it failed over: the infrastructures it was tried on first, comma-separated "
            "(its record's tried says why each failed; a site that stopped answering may have run it too)", required=False),
+    Header("X-Spanfaas-Tried-Reasons", "when it failed over: its record's tried, a JSON array of "
+           "\"name: why it failed there\" (ASCII; each entry of at most 1 KiB, its head and tail)", required=False),
 )
 """Sent with the answer of every invocation that ran (also when the function failed)."""
 _FAILED = tuple(Header(h.name, h.description + ", when the function ran and failed", required=False) for h in _RAN)

@@ -47,10 +47,13 @@ LOGS_HEADER_MAX = 8192
 """Bytes of logs sent in ``x-spanfaas-logs`` (asked for with ``x-spanfaas-logs: include``, as
 a gateway that placed the call on this site does): within every HTTP client's header limit."""
 
+TRIED_ENTRY_MAX = 1024
+"""Bytes of each entry of ``x-spanfaas-tried-reasons`` (a failover's why: a line or two)."""
+
 if TYPE_CHECKING:
     from spanfaas.gateway.app import Gateway
 
-__all__ = ["InvokeEndpoint", "logs_header", "read_body", "too_large"]
+__all__ = ["InvokeEndpoint", "logs_header", "read_body", "too_large", "tried_header"]
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 _encode = msgspec.json.Encoder().encode
@@ -281,6 +284,7 @@ class InvokeEndpoint:
         ]
         if result.tried:  # it failed over: where it was tried first (a site that hung may have run it too)
             headers.append((b"x-spanfaas-tried", ", ".join(t.partition(":")[0] for t in result.tried).encode("latin-1", "replace")))
+            headers.append((b"x-spanfaas-tried-reasons", tried_header(result.tried)))
         if result.error is not None:
             await send_problem(send, _failure(result), scope["path"], headers)
             return
@@ -433,6 +437,18 @@ def logs_header(logs: str, invocation_id: str) -> bytes:
 
     text = keep_ends(logs, LOGS_HEADER_MAX, marker, _header_size)
     return json.dumps(text, ensure_ascii=True).encode("ascii")
+
+
+def tried_header(tried: list[str]) -> bytes:
+    """Where a call was tried first, each ``"name: why it failed there"`` as its record keeps
+    them, as a JSON array (ASCII: a valid header value); each entry of at most
+    ``TRIED_ENTRY_MAX`` bytes (its head and tail), so that SDKs and a placing gateway have them
+    with the answer."""
+
+    def marker(left_out: int) -> str:
+        return f" [spanfaas: {left_out} characters left out] "
+
+    return json.dumps([keep_ends(t, TRIED_ENTRY_MAX, marker, _header_size) for t in tried], ensure_ascii=True).encode("ascii")
 
 
 def _header_size(text: str) -> int:

@@ -34,7 +34,10 @@ Every invocation sends our id of it (``x-spanfaas-origin-id``): the function's
 ``context.invocation_id`` on the site, as here, and the ``origin`` of the site's
 record (whose own id stays the site's), so their logs and records join.  A call
 failed over to the site with part of its timeout used up sends what is left
-(``x-spanfaas-timeout``): the site cuts the function there, as we would.
+(``x-spanfaas-timeout``): the site cuts the function there, as we would.  A site
+that failed the call over itself says where it tried it first (``x-spanfaas-tried-reasons``):
+the result's ``tried`` keeps that under the site's name (``eu/far: why``), so the caller
+here is told, as of a failover of ours.
 """
 
 from __future__ import annotations
@@ -287,7 +290,7 @@ class RemoteInfrastructure:
             return Result(
                 invocation_id=ctx.invocation_id, function=spec.name, output=resp.content,
                 content_type=h.get("content-type", "application/octet-stream"), duration_ms=duration, cold=cold,
-                infra=self.name, logs=_logs(h.get("x-spanfaas-logs")),
+                infra=self.name, logs=_logs(h.get("x-spanfaas-logs")), tried=self._tried(h),
             )  # fmt: skip
         if resp.headers.get("content-type", "").startswith("application/problem+json"):
             doc = _doc(resp)
@@ -300,9 +303,29 @@ class RemoteInfrastructure:
                 )  # fmt: skip
                 return Result(
                     invocation_id=ctx.invocation_id, function=spec.name, error=error, logs=str(doc.get("logs", "")),
-                    duration_ms=duration, cold=cold, infra=self.name,
+                    duration_ms=duration, cold=cold, infra=self.name, tried=self._tried(h),
                 )  # fmt: skip
         raise self._error(resp, f"invoking '{spec.name}'")
+
+    def _tried(self, h: httpx.Headers) -> list[str]:
+        """Where the site tried the call before what ran it there (it failed over itself), as
+        ours: each ``"site/name: why"`` -- the path to that infrastructure, so that a site's
+        site's read ``eu/far/local``.  From ``x-spanfaas-tried-reasons``; from a site that sends
+        none, the names alone of ``x-spanfaas-tried``."""
+        names = h.get("x-spanfaas-tried")
+        if names is None:
+            return []
+        entries: list[str] | None = None
+        reasons = h.get("x-spanfaas-tried-reasons")
+        if reasons is not None:
+            try:
+                entries = msgspec.json.decode(reasons, type=list[str])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("site '%s' sent an x-spanfaas-tried-reasons that is no JSON array of strings; took the "
+                            "names of its x-spanfaas-tried", self.name)  # fmt: skip
+        if entries is None:
+            entries = [n.strip() for n in names.split(",") if n.strip()]
+        return [f"{self.name}/{_printable(e)}" for e in entries]
 
     def _duration(self, header: str | None, elapsed_ms: float, name: str) -> float:
         """How long the function ran, as the site says (``x-spanfaas-duration-ms``); when what it

@@ -159,8 +159,11 @@ class SpanningInfrastructure:
                 if not isinstance(res, Exception):
                     raise res
                 plain = isinstance(res, SpanfaasError | OSError | TimeoutError)  # else a bug: its class says more
-                site.down(f"did not start: {_down_reason(res, site.config.timeout) if plain else f'{type(res).__name__}: {res}'}")
                 log.warning("infrastructure %s did not start: %s", site.name, res)
+                # down as any site the refresh finds down: its breaker open, explain tells its next probe
+                site.down(f"did not start: {_down_reason(res, site.config.timeout) if plain else f'{type(res).__name__}: {res}'}")
+                site.breaker.trip(self.clock())
+                site.asked_at = self.clock()
         self.scheduler.changed()
         self._tasks = [asyncio.create_task(self._watch(s), name=f"spanfaas-watch-{s.name}") for s in self.sites]
 
@@ -215,6 +218,8 @@ class SpanningInfrastructure:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
             site.update(reported)
+            if not site.info.healthy:  # it answered that it is down (a site whose every infrastructure is):
+                site.breaker.trip(self.clock())  # down as one that does not answer, probed as one
         finally:
             site.asking_since, site.asked_at = None, self.clock()
         if not site.info.healthy:  # the deploys and calls waiting for it stop waiting

@@ -360,3 +360,33 @@ async def test_a_call_failed_over_to_a_site_takes_there_what_is_left_of_its_time
     assert result.infra == "eu" and result.tried == ["local: injected platform failure (invocation b)"]
     sent = site.headers[site.seen.index(("POST", "/v1/functions/fn/invoke"))]
     assert 0 < float(sent["x-spanfaas-timeout"]) < 30  # (the manifest's default timeout, less the try on local)
+
+
+@pytest.mark.parametrize(
+    "reasons, tried",
+    [
+        (None, ["eu/far", "eu/near"]),  # a site that sends no reasons: the names
+        ('["far: down", "near: full"]', ["eu/far: down", "eu/near: full"]),
+        ('{"far": "down"}', ["eu/far", "eu/near"]),  # junk: the names, not a failure (the function ran)
+        ('["far: \\u001b[2Jcleared"]', ["eu/far: \\x1b[2Jcleared"]),  # its words reach a terminal: escaped
+    ],
+    ids=["names-only", "reasons", "junk", "control-characters"],
+)
+async def test_where_a_site_tried_a_call_first_is_kept_under_its_name(
+    site: StubSite, bundle: Bundle, reasons: str | None, tried: list[str]
+) -> None:
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    headers = {**JSON, "x-spanfaas-invocation-id": "site-1", "x-spanfaas-tried": "far, near"}
+    if reasons is not None:
+        headers["x-spanfaas-tried-reasons"] = reasons
+    site.answers[("POST", "/v1/functions/fn/invoke")] = (200, headers, b'{"ok": true}')
+    eu = adapter(site)
+    sp = SpanningInfrastructure([(eu, eu.config), (InMemoryInfrastructure("local"), InfraConfig(name="local"))])
+    await sp.start()
+    try:
+        await sp.deploy(spec('region = "eu-west"'), bundle)
+        result = await sp.invoke(spec('region = "eu-west"'), b"{}", InvokeContext(invocation_id="x"))
+    finally:
+        await sp.close()
+    assert (result.infra, result.output) == ("eu", b'{"ok": true}')
+    assert result.tried == tried

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from spanfaas.client import Client
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
@@ -167,3 +168,22 @@ def test_explain_says_when_a_site_that_is_down_is_probed(sites: Sites) -> None:
     assert said is not None, out
     assert re.match(r"asking for its info now \(for \d+\.\d s\)|its info is asked for again (in \d+\.\d s|now) "
                     r"\(last answer \d+\.\d s ago\)", said.group(1)), out  # fmt: skip
+
+
+def test_the_sdk_says_where_a_call_that_failed_over_was_tried_first(sites: Sites) -> None:
+    # The HTTP answer and the record said where the call was tried first; the SDK's
+    # InvokeOutput (a sync call's, and one read from the record) did not.
+    sites.deploy("sdk")
+    with Client(sites.main.url, sites.main.admin_token) as sf:
+        assert sf.invoke_output("sdk", {"i": 1}).tried == ()  # ran where first placed: nothing to tell
+        sites.hang()
+        try:
+            out = sf.invoke_output("sdk", {"i": 6})
+        finally:
+            sites.resume()
+        assert out.infra == "local" and out.value()["i"] == 6
+        [tried] = out.tried  # with why, as the record keeps it
+        assert tried.startswith("eu: site 'eu' stopped answering while the call was in flight there ("), tried
+        assert tried.endswith("; it may have run there"), tried
+        assert sf.result_output(out.invocation_id).tried == out.tried
+        assert out.to_record()["tried"] == [tried] == sf.invocation(out.invocation_id)["tried"]

@@ -1136,6 +1136,29 @@ def test_dlq_replay_of_several_says_which_were_replayed_when_one_fails(cli: Any,
     assert live.store.get_dead_letter("dl-a") is None and live.store.get_dead_letter("dl-b") is None
 
 
+def test_dlq_replay_prints_the_new_invocation_ids_alone_on_stdout(cli: Any, live: Live) -> None:
+    """``events dlq replay`` printed "DEAD_LETTER → INVOCATION" lines on stdout: a script had to
+    cut the new ids out of them (``result "$(…)"`` got the arrow).  The ids alone now, one a
+    line in the order replayed, and what was done on stderr, also when one of them fails."""
+    assert cli("deploy", HELLO).exit_code == 0
+    event = Event(attributes={"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}, proxy="cloudevents", trigger="hello:0")
+    for i in ("ids-a", "ids-b", "ids-c"):
+        live.store.put_dead_letter(DeadLetter(id=i, function="hello", event=event, content_type="application/json", payload=b"{}"))
+    r = cli("events", "dlq", "replay", "ids-a", "ids-b")
+    assert r.exit_code == 0, r.stderr
+    ids = r.stdout.splitlines()
+    assert len(ids) == 2 and r.stdout == "".join(i + "\n" for i in ids), r.stdout
+    for i in ids:
+        record = live.store.get_invocation(i)
+        assert record is not None and record.event is not None, i
+    assert "✓ replayed 2 dead letters" in r.stderr and "ids-a, ids-b" in r.stderr, r.stderr
+    r = cli("events", "dlq", "replay", "ids-c", "ids-nope")
+    assert r.exit_code == 4, r.stderr
+    [one] = r.stdout.splitlines()
+    assert live.store.get_invocation(one) is not None, r.stdout
+    assert "no dead letter 'ids-nope'" in r.stderr and "replayed 1 of 2 dead letters" in r.stderr, r.stderr
+
+
 def test_dlq_replay_all_passes_over_entries_that_were_no_events(cli: Any, live: Live) -> None:
     """A Redis entry that was no event is kept as a dead letter of no function, which cannot be
     replayed: ``events dlq replay --all`` must not fail on it every time (nor ``ls`` hide it)."""

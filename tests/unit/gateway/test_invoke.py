@@ -401,6 +401,7 @@ async def test_a_call_that_failed_over_says_where_it_was_tried_first(
             assert r.headers["x-spanfaas-tried"] == "first"
             rec = (await client.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}")).json()
             assert rec["infra"] == "second" and rec["tried"] == ["first: injected platform failure (invocation " + rec["id"] + ")"]
+            assert json.loads(r.headers["x-spanfaas-tried-reasons"]) == rec["tried"]  # the same, with the answer
             await app.state.gateway.recorder.flush()
     finally:
         await infra.close()
@@ -463,3 +464,15 @@ async def test_non_finite_result_is_a_function_error(client: httpx.AsyncClient, 
     assert problem["type"].endswith("/function-error") and problem["error_type"] == "ValueError"
     assert "not JSON-representable" in problem["detail"] and where in problem["detail"], problem["detail"]
     assert "return None" in problem["detail"]
+
+
+async def test_the_tried_reasons_header_is_ascii_and_keeps_each_entry_s_ends() -> None:
+    from spanfaas.gateway.invoke import TRIED_ENTRY_MAX, tried_header
+
+    long = "eu: site 'eu' said «" + "x" * 5000 + "» and stopped answering; it may have run there"
+    header = tried_header(["local: full", long])
+    assert header.isascii()
+    short, clipped = json.loads(header)
+    assert short == "local: full"
+    assert clipped.startswith("eu: site 'eu' said «") and clipped.endswith("; it may have run there")
+    assert "characters left out" in clipped and len(json.dumps(clipped)) <= TRIED_ENTRY_MAX

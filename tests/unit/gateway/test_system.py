@@ -129,6 +129,7 @@ _NOT_SENT_HERE = {
 """Documented answers this test does not bring about, and where they are."""
 _HEADERS_NOT_SENT_HERE = {
     "x-spanfaas-tried": "a call that failed over (spanning): test_invoke.py::test_a_call_that_failed_over_says_where_it_was_tried_first",
+    "x-spanfaas-tried-reasons": "as x-spanfaas-tried: test_invoke.py::test_a_call_that_failed_over_says_where_it_was_tried_first",
 }
 """Documented headers the one infrastructure of this test does not bring about, and where they are."""
 

@@ -73,7 +73,8 @@ def ok(r: Result) -> Result:
 def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> None:
     r = ok(cli("images", "curate", "create", "tools", "tinycalc>=1,<3", "--note", "small things", "--owner", "platform"))
     assert r.stdout == "tools\n" and "✓ created list tools with 1 package" in r.stderr, (r.stdout, r.stderr)  # what it made, alone
-    assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper>=1")).stdout
+    r = ok(cli("images", "curate", "add", "tools", "tinyhelper>=1"))
+    assert r.stdout == "" and "✓ approved tinyhelper>=1 on tools" in r.stderr, (r.stdout, r.stderr)  # a confirmation, not data
     assert "tinycalc>=1,<3" in ok(cli("images", "curate", "ls")).stdout
     assert "tinyhelper" in ok(cli("images", "curate", "show", "tools")).stdout
     r = cli("images", "curate", "add", "tools", "lonely", scope="deploy")
@@ -204,6 +205,20 @@ def test_curate_add_refuses_extras_markers_and_urls_instead_of_dropping_them(cli
     assert json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"] == []
 
 
+def test_curate_add_and_remove_confirm_on_stderr(cli: Cli) -> None:
+    """``images curate add`` and ``remove`` printed their ✓ lines on stdout, where the CLI puts
+    only what a script takes: they are confirmations, on stderr; ``--json`` is the document."""
+    ok(cli("images", "curate", "create", "tools"))
+    r = ok(cli("images", "curate", "add", "tools", "tinycalc>=1,<3", "tinyhelper"))
+    assert r.stdout == "", r.stdout
+    assert "✓ approved tinycalc>=1,<3 on tools" in r.stderr and "✓ approved tinyhelper (any version) on tools" in r.stderr, r.stderr
+    r = ok(cli("images", "curate", "add", "tools", "tinycalc>=2", "--json"))
+    assert [(p["name"], p["specifier"]) for p in json.loads(r.stdout)["packages"]] == [("tinycalc", ">=2")], r.stdout
+    r = ok(cli("images", "curate", "remove", "tools", "tinyhelper"))
+    assert r.stdout == "" and "✓ withdrew tinyhelper from tools" in r.stderr, (r.stdout, r.stderr)
+    assert json.loads(ok(cli("images", "curate", "remove", "tools", "tinycalc", "--json")).stdout) == {"list": "tools", "removed": ["tinycalc"]}
+
+
 def test_setting_the_policy_says_it_was_set(cli: Cli) -> None:
     """``curate policy --require-transitive`` printed the same line as ``curate policy`` reading it:
     nothing said the policy had changed, nor what it does to functions already running."""
@@ -240,7 +255,7 @@ def test_curate_add_keeps_a_range_as_written_as_create_does(cli: Cli) -> None:
     same range said '✓ approved tinycalc<3,>=1', and the list, the audit trail and the
     refusals of deploys then read it backwards: the client sent packaging's sorted form."""
     ok(cli("images", "curate", "create", "tools"))
-    assert "approved tinycalc>=1,<3 on tools" in ok(cli("images", "curate", "add", "tools", "tinycalc >= 1, <3")).stdout
-    assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper (>=1)")).stdout
+    assert "approved tinycalc>=1,<3 on tools" in ok(cli("images", "curate", "add", "tools", "tinycalc >= 1, <3")).stderr
+    assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper (>=1)")).stderr
     packages = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"]
     assert [(p["name"], p["specifier"]) for p in packages] == [("tinycalc", ">=1,<3"), ("tinyhelper", ">=1")]

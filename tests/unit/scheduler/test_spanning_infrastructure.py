@@ -257,7 +257,7 @@ async def test_user_error_in_bundle_fails_the_whole_deploy(spanning, bundle: Bun
     assert not any(s.deployed for s in sp.sites)
 
 
-async def test_unhealthy_info_takes_it_out_until_it_reports_healthy(spanning, bundle: Bundle) -> None:
+async def test_unhealthy_info_takes_it_out_until_it_reports_healthy(spanning, bundle: Bundle, clock) -> None:  # type: ignore[no-untyped-def]
     sp = await spanning(LOCAL, RAY)
     spec = make_spec()
     await sp.deploy(spec, bundle)
@@ -273,6 +273,7 @@ async def test_unhealthy_info_takes_it_out_until_it_reports_healthy(spanning, bu
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "ray"
     local.info = real_info  # type: ignore[method-assign]
     await sp.refresh()
+    clock.now += 1.0  # its breaker's open_for: found down, it is probed as any site that was
     assert (await sp.invoke(spec, b"{}", ctx())).infra == "local"
 
 
@@ -806,3 +807,50 @@ async def test_a_call_cut_on_a_site_that_went_down_is_still_cancelled_by_its_cal
     with pytest.raises(asyncio.CancelledError):
         await call
     assert child(sp, "local").invocations == 0
+
+
+async def test_a_site_that_answers_it_is_down_has_its_breaker_opened_as_one_that_does_not(spanning, clock, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site whose info answered "unhealthy" (a remote gateway whose own infrastructures are
+    all down) kept a closed breaker: ``explain`` said "closed", not when it is probed, and
+    once it answered healthy again calls went there with no probe.  It is down as one that
+    does not answer: its breaker opens, and explain says when its info is asked for."""
+    sp = await spanning(LOCAL, RAY, open_for=5.0, refresh_interval=2.0)
+    spec = make_spec()
+    await sp.deploy(spec, bundle)
+    local = child(sp, "local")
+    real_info = local.info
+
+    async def sick() -> InfraInfo:
+        return msgspec.structs.replace(await real_info(), healthy=False, reason="its every infrastructure is down")
+
+    local.info = sick  # type: ignore[method-assign]
+    await sp.refresh()
+    clock.now += 0.5
+    [verdict, _] = sp.explain(spec).infrastructures
+    assert verdict.verdict == "unavailable"
+    assert verdict.breaker == "open: the refresh found it down; its info is asked for again in 1.5 s (last answer 0.5 s ago)"
+    local.info = real_info  # type: ignore[method-assign]
+    await sp.refresh()
+    assert (await sp.invoke(spec, b"{}", ctx())).infra == "ray"  # up, but not placed on before open_for: then a probe
+    clock.now += 5.0
+    assert (await sp.invoke(spec, b"{}", ctx(1))).infra == "local"
+    assert sp.site("local").breaker.state == "closed"
+
+
+async def test_a_site_that_did_not_start_has_its_breaker_opened_at_once(clock, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A site down as the gateway started (its start failed) kept a closed breaker until the
+    first background refresh, and explain said "closed" with no time of a probe."""
+
+    class Unstartable(InMemoryInfrastructure):
+        async def start(self) -> None:
+            raise InfraUnavailable("nothing answers at Ray address 127.0.0.1:1: Connection refused")
+
+    children = [(Unstartable("ray"), RAY), (InMemoryInfrastructure("local"), LOCAL)]
+    sp = SpanningInfrastructure(children, SchedulerSettings(open_for=5.0, refresh_interval=2.0), clock=clock)
+    await sp.start()
+    try:
+        [ray, _] = sp.explain(make_spec()).infrastructures
+        assert ray.verdict == "unavailable" and not ray.healthy
+        assert ray.breaker == "open: the refresh found it down; its info is asked for again in 2.0 s (last answer 0.0 s ago)"
+    finally:
+        await sp.close()
