@@ -820,6 +820,11 @@ class Pool:
             return False
         if self._chan is not None:
             self._chan.drain()  # at its EOF the pool resets, and marks its instances orphaned
+        if self._chan is not None:
+            # No EOF (its channel held open a while longer) and the zygote's notice not read yet:
+            # its pidfd says it is gone all the same.  Its other instances go with it (the reaper
+            # of its namespace ends them, a moment later): none may take the next call.
+            self._reset_template()
         if not inst.exit_status.done():
             inst.orphaned = True
         return inst.orphaned
