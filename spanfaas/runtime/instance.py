@@ -539,10 +539,9 @@ class Runner:
         writes refcounts to, are touched too.
         """
         handler, is_async = self.handler, self.is_async
-        self.handler, self.is_async = (lambda event, ctx: {"warm": [1, "x", None]}), False
+        self.handler, self.is_async = _warm_handler, False
         try:
-            req = p.Invoke(id=0, invocation_id="warm", content_type="application/json", deadline=time.time() + 1)
-            wire = b"".join(bytes(x) for x in p.encode(req, b'{"warm": [1, "x", 2.5]}'))
+            wire = _warm_request()
             if reader is not None:
                 reader.prime(wire)
                 frame = reader.read()
@@ -557,6 +556,51 @@ class Runner:
         finally:
             self.handler, self.is_async = handler, is_async
         _touch(handler)
+
+
+def _warm_handler(event: Any, ctx: Context) -> Any:
+    return {"warm": [1, "x", None]}
+
+
+def _warm_request() -> bytes:
+    req = p.Invoke(id=0, invocation_id="warm", content_type="application/json", deadline=time.time() + 1)
+    return b"".join(bytes(x) for x in p.encode(req, b'{"warm": [1, "x", 2.5]}'))
+
+
+def rehearse(runner: Runner, passes: int) -> None:
+    """In a strict template, before its instances inherit it: a strict instance's whole
+    path after its set-up (hello, ``serve_one``: wait, read, decode, call, logs, answer),
+    ``passes`` times, on a socketpair and a log memfd of its own and with ``warm``'s
+    dummy handler.  Code run only in instances would be quickened and specialized anew
+    in each (the interpreter writing its counters into the code objects), and its type
+    lookups cached anew (writing the interpreter's method cache, and the refcounts of
+    the names in it): each a page copied in every instance.  Run here, they are read."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    logs = os.memfd_create("spanfaas-rehearsal", os.MFD_CLOEXEC)
+    readable = select.poll()
+    readable.register(theirs.fileno(), select.POLLIN)
+    capture = Capture.__new__(Capture)  # (its fds 1 and 2 are the template's: left as they are)
+    capture.fd = logs
+    hello = b"".join(p.encode(p.Hello(0)))
+    wire = _warm_request()
+    answers = msgspec.msgpack.Decoder()
+    handler, is_async = runner.handler, runner.is_async
+    runner.handler, runner.is_async = _warm_handler, False
+    try:
+        for i in range(passes):
+            theirs.send(hello)
+            ours.sendall(wire)
+            if i % 2:
+                os.write(logs, b"rehearsal\n")  # the path of a call that printed, too
+            serve_one(theirs, runner, capture, readable)
+            ours.recv(len(hello))
+            if p.recv_frame(ours, answers) is None:
+                raise OSError("the rehearsal's answer did not come")
+    finally:
+        runner.handler, runner.is_async = handler, is_async
+        ours.close()
+        theirs.close()
+        os.close(logs)
 
 
 def _touch(fn: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -115,3 +116,65 @@ async def test_a_default_socket_timeout_set_at_import_does_not_end_waiting_insta
         r = await harness.invoke(name, b"%d" % i)
         assert r.ok, r.error
         assert json.loads(r.output) == i
+
+
+BOUND = """
+import ctypes, os, subprocess
+
+_getenv = ctypes.CDLL(None).getenv
+_getenv.restype = ctypes.c_char_p
+
+def _ppid(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+def handler(event, context):
+    zygote = _ppid(os.getppid())  # the instance's parent is its template; the template's, the zygote
+    with open(f"/proc/{zygote}/environ", "rb") as f:
+        started_with = f.read().split(b"\\0")
+    return {
+        "zygote_started_bound": b"LD_BIND_NOW=1" in started_with,
+        "environ": os.environ.get("LD_BIND_NOW"),
+        "libc": _getenv(b"LD_BIND_NOW"),
+        "shell": subprocess.run(["/bin/sh", "-c", 'echo "${LD_BIND_NOW-unset}"'], capture_output=True, text=True).stdout.strip(),
+    }
+"""
+
+
+async def test_the_zygote_binds_symbols_at_start_and_functions_never_see_the_variable(harness: Harness) -> None:
+    """Lazily bound, every libc or interpreter symbol an instance calls first (setpgid, putenv,
+    sched_yield) was resolved again in each strict instance, writing its pages: the zygote is
+    started with LD_BIND_NOW=1, and drops it at once, out of the functions' environment."""
+    await harness.deploy("bound", BOUND)
+    r = await harness.invoke("bound")
+    assert r.ok, r.error
+    assert json.loads(r.output) == {"zygote_started_bound": True, "environ": None, "libc": None, "shell": "unset"}
+
+
+SIGNALS = """
+import signal, subprocess
+
+def handler(event, context):
+    return {
+        "sigchld_default": signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL,
+        "wakeup_fd": signal.set_wakeup_fd(-1),
+        "child": subprocess.run(["/bin/true"]).returncode,
+    }
+"""
+
+
+async def test_an_instance_has_sigchld_as_a_fresh_process_has_it_and_the_template_reaps_on(harness: Harness) -> None:
+    """The template resets SIGCHLD (default action, no wake-up fd) once around a batch of forks,
+    not in each instance: instances see it reset, and the template, its own restored, still
+    reaps every instance (those that exited while it forked too)."""
+    await harness.deploy("signals", SIGNALS, "[scaling]\nmax = 8\nprefork = 4\n")
+    for _ in range(3):
+        results = await asyncio.gather(*(harness.invoke("signals") for _ in range(24)))
+        assert [json.loads(r.output) for r in results if r.ok] == [{"sigchld_default": True, "wakeup_fd": -1, "child": 0}] * 24
+    pool = harness.rt.pool("signals")
+    await asyncio.wait_for(_until(lambda: pool.stats()["busy"] == 0 and pool.stats()["idle"] >= 4), 10)
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await asyncio.sleep(0.01)

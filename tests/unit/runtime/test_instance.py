@@ -162,3 +162,27 @@ def test_a_result_with_a_str_utf8_cannot_encode_is_the_handlers_error_saying_whe
     assert msg.startswith("the handler's return value is not JSON-serializable"), msg
     assert "the str 'caf\\udce9' holds a lone surrogate ('\\udce9')" in msg, msg
     assert "os.fsencode" in msg and "errors='replace'" in msg, msg
+
+
+def _open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+def test_a_rehearsal_runs_the_strict_path_on_a_dummy_and_leaves_the_process_as_it_was() -> None:
+    """A strict template rehearses its instances' path (``rehearse``) before they inherit it:
+    never the function's handler, its output not captured, no descriptor left behind."""
+    calls: list[object] = []
+
+    def handler(event: object, ctx: object) -> object:
+        calls.append(event)
+        return event
+
+    runner = inst.Runner(handler, "f")
+    before = _open_fds()
+    stdout, stderr = sys.stdout, sys.stderr
+    inst.rehearse(runner, 20)
+    assert calls == [] and runner.handler is handler and not runner.is_async
+    assert sys.stdout is stdout and sys.stderr is stderr
+    assert _open_fds() == before
+    done, out = runner.call(_request(b'{"a": 1}')[0], memoryview(b'{"a": 1}'))
+    assert done.error is None and bytes(out) == b'{"a":1}' and calls == [{"a": 1}]
