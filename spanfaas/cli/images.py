@@ -338,7 +338,7 @@ def curate_delete(
 def curate_add(
     name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
     requirements: Annotated[list[str], typer.Argument(metavar="PACKAGE", help="'numpy>=1.26,<3', 'pillow==11.*', or a bare name (any version).", show_default=False)],
-    note: Annotated[str, typer.Option(metavar="NOTE", help="Why it is approved.")] = "",
+    note: Annotated[str | None, typer.Option(metavar="NOTE", help="Why it is approved (without it, an approved package keeps its note).")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

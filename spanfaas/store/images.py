@@ -149,8 +149,10 @@ class ImageStore(Protocol):
         """Remove a list and its packages; the removed list (NotFound when absent)."""
         ...
 
-    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor) -> ApprovedPackage | None:
-        """Approve a package (or change its range) on a list; the previous entry, if any."""
+    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor, *, keep_note: bool = False) -> ApprovedPackage | None:
+        """Approve a package (or change its range) on a list; the previous entry, if any.
+
+        ``keep_note``: a package approved already keeps its note (``package.note`` is not used)."""
         ...
 
     def remove_approved_package(self, list_name: str, name: str, actor: Actor) -> ApprovedPackage:
@@ -296,11 +298,13 @@ class ImageQueries(SQLStore):
             self._audit(cur, actor, "list.delete", name, {"packages": [p.requirement for p in old.packages]})
             return old
 
-    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor) -> ApprovedPackage | None:
+    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor, *, keep_note: bool = False) -> ApprovedPackage | None:
         with self._tx() as cur:
             self._lock(cur, "image-list:" + list_name)
             lst = self._require_list(cur, list_name)
             old = lst.get(package.name)
+            if old is not None and keep_note:
+                package = msgspec.structs.replace(package, note=old.note)
             if old is None:
                 self._insert_package(cur, list_name, package)
                 self._audit(cur, actor, "package.add", f"{list_name}/{package.name}",

@@ -259,3 +259,17 @@ def test_curate_add_keeps_a_range_as_written_as_create_does(cli: Cli) -> None:
     assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper (>=1)")).stderr
     packages = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"]
     assert [(p["name"], p["specifier"]) for p in packages] == [("tinycalc", ">=1,<3"), ("tinyhelper", ">=1")]
+
+
+def test_curate_add_of_a_new_range_keeps_the_note(cli: Cli) -> None:
+    """``curate add tools 'tinycalc>=2'`` cleared the note the approval had: the CLI sent
+    ``"note": ""`` when no --note was given; a bare name now sends '*' (any version)."""
+    ok(cli("images", "curate", "create", "tools"))
+    ok(cli("images", "curate", "add", "tools", "tinycalc>=1,<3", "--note", "numerics"))
+    ok(cli("images", "curate", "add", "tools", "tinycalc>=2"))
+    ok(cli("images", "curate", "add", "tools", "tinyhelper"))
+    lst = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)
+    assert [(p["name"], p["specifier"], p["note"]) for p in lst["packages"]] == [("tinycalc", ">=2", "numerics"), ("tinyhelper", "", "")]
+    ok(cli("images", "curate", "add", "tools", "tinycalc", "--note", ""))
+    lst = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)
+    assert [(p["name"], p["specifier"], p["note"]) for p in lst["packages"]][0] == ("tinycalc", "", "")
