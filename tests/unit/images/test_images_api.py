@@ -139,11 +139,20 @@ async def test_build_streams_events_and_deploys_get_their_image(gw: tuple[Starle
         assert image.paths == [str(gateway.images.repo.site_packages(image_id))]
         assert gateway.images.builds == 1  # the deploy reused what the build made
 
+        # a build followed by its deploy (what `spanfaas deploy` does) is one use: no reuse yet ("reused 1×" it said)
         view = (await dev.get(f"/v1/images/{image_id[:10]}")).json()
-        assert view["used_by"] == ["calc"] and view["reuses"] == 1 and view["lock"].startswith("tinycalc==2.0")
+        assert view["used_by"] == ["calc"] and view["reuses"] == 0 and view["lock"].startswith("tinycalc==2.0")
+        assert "spanfaas_image_reuses_total 0.0" in (await dev.get("/metrics")).text
+        # another function's build and deploy on it: the build only finds it, the deploy reuses it
+        async with dev.stream("POST", "/v1/images/builds", json={"packages": ["tinycalc"], "lists": ["tools"]}) as r:
+            assert not [json.loads(line) async for line in r.aiter_lines() if line][-1]["built"]
+        r = await dev.put("/v1/functions/calc2", content=function(tmp_path, "calc2", 'packages = ["tinycalc"]\nlists = ["tools"]'))
+        assert r.status_code == 201, r.text
+        view = (await dev.get(f"/v1/images/{image_id[:10]}")).json()
+        assert view["used_by"] == ["calc", "calc2"] and view["reuses"] == 1, view
         assert [i["id"] for i in (await dev.get("/v1/images")).json()["images"]] == [image_id]
         r = await admin.delete(f"/v1/images/{image_id}")
-        assert r.status_code == 409 and "in use by calc" in r.json()["detail"]
+        assert r.status_code == 409 and "in use by calc, calc2" in r.json()["detail"], r.text
         assert (await dev.delete(f"/v1/images/{image_id}")).status_code == 403
         assert (await admin.post("/v1/images/gc")).json() == {"removed": [], "freed": 0, "kept": [image_id]}
         metrics = (await dev.get("/metrics")).text
