@@ -66,17 +66,6 @@ class _NotStarted(Exception):
     """The instance was lost while the invocation still waited on its connection: it never ran."""
 
 
-def _once(f: Callable[[], None]) -> Callable[[], None]:
-    """``f``, called the first time only."""
-    pending = [f]
-
-    def once() -> None:
-        if pending:
-            pending.pop()()
-
-    return once
-
-
 class _Gone(Exception):
     """The pool will run nothing more (replaced or removed, its template gone): the
     invocation that waited on it never ran, and may run on the current version."""
@@ -580,10 +569,9 @@ class Pool:
     ) -> Result:
         """Run one invocation.  ``accepted``: a version that was replaced accepted
         it already (see _hand_over), so a full ``scaling.queue`` does not refuse it.
-        ``admitted``: called once the call has an instance or a place in the queue
-        (never for a call refused with TooManyRequests)."""
-        if admitted is not None:
-            admitted = _once(admitted)  # a call that waited on a lost instance is admitted again: told once
+        ``admitted``: called when the call has an instance or a place in the queue, never
+        for a call refused with TooManyRequests (again for a call that waited on an
+        instance lost before running it: the callee counts it once)."""
         loop = self._loop
         self.last_used = arrived = time.monotonic()
         self.invocations += 1

@@ -376,8 +376,9 @@ class LocalRuntime:
 
         def admit() -> None:  # only calls the pool admits count toward its concurrency (not those it refuses)
             nonlocal admitted
-            admitted = True
-            early.admitted(pool)
+            if not admitted:  # (once: a call whose instance was lost before it ran is admitted again)
+                admitted = True
+                early.admitted(pool)
 
         try:
             result = await pool.invoke(payload, ctx, admitted=admit)
