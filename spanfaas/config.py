@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from spanfaas import config_problems as said
 from spanfaas.errors import InvalidRequest
 
 __all__ = [
@@ -393,14 +394,19 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
             if not problem:  # a top-level key no setting has (only the file has those), else
                 # from Settings.__post_init__, whose checks are all of the infrastructures
                 problem, name = str(exc), "" if unknown else "infrastructures"
+            message, at = said.split(exc)
+            words = said.problem(message, at, data, cls)  # msgspec's words in the platform's, or its own check's
             if name in from_env and name not in given:
-                detail = str(exc) if name == "infrastructures" else problem  # which entry, too
+                own = said.problem(message, at, {}, cls)  # (the variable's value is named already)
+                detail = str(exc) if name == "infrastructures" else f"it {own}" if own != message else problem  # which entry, too
                 raise InvalidRequest(f"environment variable {from_env[name]} is not valid: {detail}") from None
             if path and name not in given:  # from the file: name it, the user edits it
                 if unknown:
                     raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG): {_unknown(table, unknown.group(1))}") from None
+                if at:
+                    raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG): {said.key_as_written(at, data)} {words}") from None
                 raise InvalidRequest(f"config file {path} (SPANFAAS_CONFIG) has an invalid setting: {exc}") from None
-            raise InvalidRequest(f"invalid settings: {exc}") from None
+            raise InvalidRequest(f"invalid settings: {said.key_as_written(at, data)} {words}" if at else f"invalid settings: {exc}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

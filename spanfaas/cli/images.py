@@ -78,6 +78,8 @@ class _BuildDisplay:
         self.started = time.monotonic()
         self.phase = "starting"
         self.status = console.status(self._text(), spinner="dots") if console.is_terminal else None
+        self.shown: set[str] = set()
+        """The log lines shown (stripped): an error that ends the build need not repeat them."""
 
     def _text(self) -> str:
         return f"image: {escape(self.phase)} [dim]({time.monotonic() - self.started:.1f}s)[/dim]"
@@ -97,9 +99,29 @@ class _BuildDisplay:
             self.phase = f"{event.get('phase')}: {event.get('message', '')}"
             self.console.print(f"[bold]›[/bold] {escape(self.phase)}")
         elif kind == "log":
-            self.console.print(f"  [dim]{escape(str(event.get('line', '')))}[/dim]")
+            line = str(event.get("line", ""))
+            self.shown.add(line.strip())
+            self.console.print(f"  [dim]{escape(line)}[/dim]")
         if self.status is not None:
             self.status.update(self._text())
+
+
+def _unrepeated(message: str, shown: set[str]) -> str:
+    """``message`` without the lines of it the build log showed (``uv could not resolve the
+    image: error: …`` ends ``uv could not resolve the image (uv's output is above)``)."""
+    kept: list[str] = []
+    cut = False
+    for line in message.splitlines():
+        text = line.strip()
+        if text in shown:
+            cut = True
+            continue
+        tail = next((s for s in shown if s and text.endswith(": " + s)), None)
+        if tail is not None:
+            line, cut = line.rstrip()[: -len(tail)].rstrip().rstrip(":"), True
+            line += " (uv's output is above)"
+        kept.append(line)
+    return "\n".join(kept) if cut and kept else message
 
 
 def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool, then: str) -> dict[str, Any]:
@@ -111,7 +133,13 @@ def build_with_progress(client: Client, request: ImageRequest, *, as_json: bool,
             return client.images.build(payload)
         console = err_console()
         with _BuildDisplay(console) as display:
-            done = client.images.build(payload, on_event=display)
+            try:
+                done = client.images.build(payload, on_event=display)
+            except SpanfaasError as exc:  # uv's words were just shown as the build log: once is enough
+                message = _unrepeated(exc.message, display.shown)
+                if message == exc.message:
+                    raise
+                raise type(exc)(message, **exc.extra) from None
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting (Ctrl-C); the image build goes on in the gateway: {then}") from None
     image = done["image"]
@@ -338,7 +366,7 @@ def curate_delete(
 def curate_add(
     name: Annotated[str, typer.Argument(metavar="LIST", help="A curated list's name.", show_default=False)],
     requirements: Annotated[list[str], typer.Argument(metavar="PACKAGE", help="'numpy>=1.26,<3', 'pillow==11.*', or a bare name (any version).", show_default=False)],
-    note: Annotated[str, typer.Option(metavar="NOTE", help="Why it is approved.")] = "",
+    note: Annotated[str | None, typer.Option(metavar="NOTE", help="Why it is approved (without it, an approved package keeps its note).")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,

@@ -105,12 +105,13 @@ def delete_list(name: str) -> Op[None]:
     yield Call("DELETE", _list(name))
 
 
-def approve(list_name: str, requirement: str, note: str) -> Op[dict[str, Any]]:
+def approve(list_name: str, requirement: str, note: str | None) -> Op[dict[str, Any]]:
     _list(list_name)
     check_str("requirement", requirement, "e.g. 'numpy>=1.26,<3'")
-    _texts(note=note)
+    _texts(optional=True, note=note)
     name, specifier = split_requirement(requirement)
-    body = {"specifier": specifier, "note": note}
+    # a bare name approves any version, said so in the body ('*'); no note: the approval keeps the one it has
+    body = {"specifier": specifier or "*"} | ({} if note is None else {"note": note})
     resp = yield Call("PUT", f"{_list(list_name)}/packages/{quote(name, safe='')}", headers=_JSON, content=_encode(body))
     assert resp is not None
     return {**_decode(resp), "new": resp.status_code == 201}
@@ -212,8 +213,8 @@ class Images:
     def delete_list(self, name: str) -> None:
         self._run(delete_list(name))
 
-    def approve(self, list_name: str, requirement: str, *, note: str = "") -> dict[str, Any]:
-        """Approve ``"numpy>=1.26,<3"`` on a list (or change its range)."""
+    def approve(self, list_name: str, requirement: str, *, note: str | None = None) -> dict[str, Any]:
+        """Approve ``"numpy>=1.26,<3"`` on a list (or change its range); ``note=None`` keeps the approval's note."""
         return self._run(approve(list_name, requirement, note))
 
     def withdraw(self, list_name: str, package: str) -> None:
@@ -265,7 +266,7 @@ class AsyncImages:
     async def delete_list(self, name: str) -> None:
         await self._run(delete_list(name))
 
-    async def approve(self, list_name: str, requirement: str, *, note: str = "") -> dict[str, Any]:
+    async def approve(self, list_name: str, requirement: str, *, note: str | None = None) -> dict[str, Any]:
         return await self._run(approve(list_name, requirement, note))
 
     async def withdraw(self, list_name: str, package: str) -> None:

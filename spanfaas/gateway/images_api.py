@@ -61,9 +61,10 @@ class ListUpdate(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class PackageApproval(Struct, forbid_unknown_fields=True, kw_only=True):
-    specifier: str = ""
-    """PEP 440 versions approved (``>=1.26,<3``); empty: any version."""
-    note: str = ""
+    specifier: str | None = None
+    """PEP 440 versions approved (``>=1.26,<3``); ``*``: any version. Required: a body without one must not widen an approval."""
+    note: str | None = None
+    """Why it is approved; absent: the approval's note is kept."""
 
 
 class CuratedLists(Struct):
@@ -141,9 +142,17 @@ async def delete_list(gw: Gateway, request: Request) -> Response:
 async def put_package(gw: Gateway, request: Request) -> Response:
     name = _list_name(request)
     body = await _body(request, PackageApproval, '{"specifier": ">=1.26,<3", "note": "numerics"}')
+    if body.specifier is None:
+        raise InvalidRequest(
+            'the approval has no "specifier"; send the versions to approve, e.g. {"specifier": ">=1.26,<3"}, '
+            "or '*' for any version (\"note\" is optional: without it the approval keeps its note)"
+        )
+    specifier = "" if body.specifier.strip() == "*" else body.specifier
     who = actor(request)
-    pkg = curation.approved_package(request.path_params["package"], specifier=body.specifier, note=body.note, by=who.name)
-    previous = await asyncio.to_thread(gw.store.put_approved_package, name, pkg, who)
+    pkg = curation.approved_package(request.path_params["package"], specifier=specifier, note=body.note or "", by=who.name)
+    previous = await asyncio.to_thread(gw.store.put_approved_package, name, pkg, who, keep_note=body.note is None)
+    if previous is not None and body.note is None:
+        pkg = msgspec.structs.replace(pkg, note=previous.note)
     return _json(pkg, 200 if previous is not None else 201)
 
 

@@ -127,7 +127,7 @@ class _Build:
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.builds = Counter("spanfaas_image_builds", "Images built (installed)", registry=registry)
-        self.reuses = Counter("spanfaas_image_reuses", "Image requests that found their image built", registry=registry)
+        self.reuses = Counter("spanfaas_image_reuses", "Deploys on an image a deploy used before (a build then its deploy is one use)", registry=registry)
         self.failures = Counter("spanfaas_image_failures", "Image requests that failed, by reason", ["reason"], registry=registry)
         self.build_seconds = Histogram(
             "spanfaas_image_build_seconds", "Time to install an image", registry=registry,
@@ -183,17 +183,22 @@ class ImageService:
 
     # -- from a request to an image ------------------------------------------------------
 
-    async def ensure(self, request: ImageRequest, actor: Actor, emit: Emit = _ignore) -> tuple[ImageRecord, bool]:
+    async def ensure(
+        self, request: ImageRequest, actor: Actor, emit: Emit = _ignore, *, deploy: bool = False
+    ) -> tuple[ImageRecord, bool]:
         """The image for ``request``: checked, resolved, then reused or built once.
-        Returns it and whether it was built for this call (False: reused)."""
-        async with self._obtained(request, actor, emit) as got:
+        Returns it and whether it was built for this call (False: found).  ``deploy``: a
+        deploy uses it (counted a reuse when a deploy used it before); else a build request."""
+        async with self._obtained(request, actor, emit, deploy=deploy) as got:
             return got
 
     @contextlib.asynccontextmanager
-    async def _obtained(self, request: ImageRequest, actor: Actor, emit: Emit) -> AsyncIterator[tuple[ImageRecord, bool]]:
+    async def _obtained(
+        self, request: ImageRequest, actor: Actor, emit: Emit, *, deploy: bool
+    ) -> AsyncIterator[tuple[ImageRecord, bool]]:
         """``ensure``, with the image's lease held until the block ends."""
         try:
-            record, built = await self._check_resolve_obtain(request, actor, emit)
+            record, built = await self._check_resolve_obtain(request, actor, emit, deploy)
         except ImageRejected:
             self.metrics.failures.labels("rejected").inc()
             raise
@@ -211,7 +216,7 @@ class ImageService:
         finally:
             self._leases.release(record.id)
 
-    async def _check_resolve_obtain(self, request: ImageRequest, actor: Actor, emit: Emit) -> tuple[ImageRecord, bool]:
+    async def _check_resolve_obtain(self, request: ImageRequest, actor: Actor, emit: Emit, deploy: bool) -> tuple[ImageRecord, bool]:
         """The image, with a use of its lease this call must release."""
         emit(BuildPhase("check", f"checking {plural(len(request.packages), 'package')} against lists {', '.join(request.lists) or '(none)'}"))
         lists, policy = await asyncio.to_thread(self._curation_state)
@@ -225,16 +230,22 @@ class ImageService:
         try:
             existing = await asyncio.to_thread(self._existing, id)
             if existing is not None:
-                await asyncio.to_thread(self.store.touch_image, id, time.time())
-                self.reuses += 1
-                self.metrics.reuses.inc()
-                log.info("image %s reused (%s)", id[:12], _summary(existing.packages))
+                await self._used(existing, deploy)
                 return existing, False
             record = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
+            if deploy:  # built for this deploy (or for another's it followed): its first use, or a reuse
+                await self._used(record, deploy)
         except BaseException:
             self._leases.release(id)
             raise
         return record, True
+
+    async def _used(self, record: ImageRecord, deploy: bool) -> None:
+        """Image ``record`` is used now: by a deploy (a reuse once a deploy used it before), or by a build request."""
+        if await asyncio.to_thread(self.store.touch_image, record.id, time.time(), deploy=deploy):
+            self.reuses += 1
+            self.metrics.reuses.inc()
+            log.info("image %s reused (%s)", record.id[:12], _summary(record.packages))
 
     async def _lease(self, id: str) -> None:
         """A use of image ``id``'s lease, once no removal of it runs (in any process).
@@ -355,7 +366,7 @@ class ImageService:
         as long as the function runs here on it (until ``forget`` or another version)."""
         request = spec.image
         assert request is not None
-        async with self._obtained(request, actor, _ignore) as (record, _):
+        async with self._obtained(request, actor, _ignore, deploy=True) as (record, _):
             self._check_preload(record, request.preload)
             self._deploying[record.id] += 1
             try:

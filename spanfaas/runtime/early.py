@@ -21,7 +21,7 @@ window closes) the template is exempt from the idle rule that scales to zero.
   validation.  Either way the template goes back under the normal idle rule:
   after ``scaling.idle_ttl`` without invocations it stops (zero processes).
 
-**Scaling.**  Each pool's in-flight count (in flight + waiting) is tracked on
+**Scaling.**  Each pool's admitted calls (in flight + waiting; not those a full queue refuses) are counted on
 the invocation path (two integer updates); every runtime tick feeds the peak
 and the latency EWMA to the pool's ``Autoscaler`` and applies its decision:
 ``Pool.scale(desired)`` forks up to it (waiters get the new instances as they
@@ -70,11 +70,12 @@ class _Prewarm:
 class _Watch:
     """What the runtime tracks of one pool."""
 
-    __slots__ = ("ewma_ms", "inflight", "peak", "prewarms", "samples", "scaler", "seen_used")
+    __slots__ = ("admitted", "ewma_ms", "peak", "prewarms", "samples", "scaler", "seen_used")
 
     def __init__(self, pool: Pool) -> None:
         self.scaler = Autoscaler(pool.spec.scaling, _slots(pool))
-        self.inflight = 0
+        self.admitted = 0
+        """Calls running or queued: the concurrency the autoscaler sees (a call refused for a full queue is not)."""
         self.peak = 0
         self.ewma_ms = 0.0
         self.samples = 0
@@ -107,6 +108,10 @@ class EarlyAction:
         if w is None:
             w = self._watch[pool] = _Watch(pool)
         return w
+
+    def scaler(self, pool: Pool) -> Autoscaler:
+        """``pool``'s scaling policy, with what it has seen."""
+        return self._w(pool).scaler
 
     def _s(self, name: str) -> EarlyStats:
         s = self._stats.get(name)
@@ -163,10 +168,14 @@ class EarlyAction:
         """A call of ``pool`` came in (``now``: the monotonic clock, read only when a
         prewarm is outstanding)."""
         w = self._watch.get(pool) or self._w(pool)
-        w.inflight += 1
-        w.peak = max(w.peak, w.inflight)
         if w.prewarms:
             self._consume(pool, w, time.monotonic() if now is None else now)
+
+    def admitted(self, pool: Pool) -> None:
+        """The call of ``pool`` that ``arrived`` has an instance or a place in its queue."""
+        w = self._watch.get(pool) or self._w(pool)
+        w.admitted += 1
+        w.peak = max(w.peak, w.admitted)
 
     def _consume(self, pool: Pool, w: _Watch, now: float) -> None:
         """The call uses the oldest prewarm still held.  Holds that ended since the last
@@ -188,11 +197,13 @@ class EarlyAction:
                 self.note(name, f"overlapped:{pw.trigger}")
             return
 
-    def done(self, pool: Pool, duration_ms: float | None) -> None:
+    def done(self, pool: Pool, duration_ms: float | None, *, admitted: bool = True) -> None:
+        """The call ended (``admitted``: after ``admitted``; else it was refused, or gave up, first)."""
         w = self._watch.get(pool)
         if w is None:
             return
-        w.inflight -= 1
+        if admitted:
+            w.admitted -= 1
         if duration_ms is not None:
             if w.ewma_ms:
                 w.ewma_ms += EWMA_ALPHA * (duration_ms - w.ewma_ms)
@@ -206,7 +217,7 @@ class EarlyAction:
         """Feed the pool's policy what was seen since the last tick and apply its decision."""
         w = self._w(pool)
         d = w.scaler.observe(now, w.peak, w.ewma_ms if w.samples else None)
-        w.peak = w.inflight
+        w.peak = w.admitted
         w.samples = 0
         name = pool.spec.name
         if d.change != "hold":
@@ -220,7 +231,7 @@ class EarlyAction:
     def scaled_to_zero(self, pool: Pool) -> None:
         w = self._w(pool)
         w.scaler = Autoscaler(pool.spec.scaling, _slots(pool))
-        w.peak = w.inflight
+        w.peak = w.admitted
         pool.scale(0)
         _bump(self._s(pool.spec.name).scale, "zero")
         self.note(pool.spec.name, "scale-zero")

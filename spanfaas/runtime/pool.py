@@ -564,9 +564,14 @@ class Pool:
 
     # -- invocations --------------------------------------------------------------
 
-    async def invoke(self, payload: bytes, ctx: InvokeContext, *, accepted: bool = False) -> Result:
+    async def invoke(
+        self, payload: bytes, ctx: InvokeContext, *, accepted: bool = False, admitted: Callable[[], None] | None = None
+    ) -> Result:
         """Run one invocation.  ``accepted``: a version that was replaced accepted
-        it already (see _hand_over), so a full ``scaling.queue`` does not refuse it."""
+        it already (see _hand_over), so a full ``scaling.queue`` does not refuse it.
+        ``admitted``: called when the call has an instance or a place in the queue, never
+        for a call refused with TooManyRequests (again for a call that waited on an
+        instance lost before running it: the callee counts it once)."""
         loop = self._loop
         self.last_used = arrived = time.monotonic()
         self.invocations += 1
@@ -585,8 +590,10 @@ class Pool:
                 inst = self._queue.take(expires)
                 if inst is None:
                     try:
-                        waited = await self._wait(expires, accepted)
+                        waited = await self._wait(expires, accepted, admitted)
                     except _Gone:
+                        if admitted is not None:
+                            admitted()  # it goes on, on the current version
                         return await self._hand_over(payload, ctx, expires, timeout, arrived, cold)
                     if waited is None:
                         return self._result(
@@ -594,6 +601,8 @@ class Pool:
                         )
                     inst = waited
                     cold = cold or inst.created >= arrived
+                elif admitted is not None:
+                    admitted()
                 try:
                     return await self._run(inst, payload, ctx, expires, timeout, arrived, cold)
                 except _NotStarted:
@@ -609,14 +618,17 @@ class Pool:
             if self._busy == 0:
                 self._drained.set()
 
-    async def _wait(self, expires: float, accepted: bool = False) -> Instance | None:
+    async def _wait(self, expires: float, accepted: bool = False, admitted: Callable[[], None] | None = None) -> Instance | None:
         """Queue for an instance; None if none had room before ``expires``.
 
         ``accepted``: a call accepted before (a re-run), never refused for a full
-        queue.  Raises _Gone when no instance can come any more."""
+        queue; ``admitted``: called once the queue took it.  Raises _Gone when no
+        instance can come any more."""
         if self._chan is None and self.state in ("draining", "closed"):
             raise _Gone
         self._queue.admit(accepted)
+        if admitted is not None:
+            admitted()
         loop = self._loop
         fut = Waiter(loop, expires)
         self._queue.waiters.append(fut)

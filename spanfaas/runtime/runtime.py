@@ -372,12 +372,20 @@ class LocalRuntime:
         early = self.early
         early.arrived(pool)
         ms = None
+        admitted = False
+
+        def admit() -> None:  # only calls the pool admits count toward its concurrency (not those it refuses)
+            nonlocal admitted
+            if not admitted:  # (once: a call whose instance was lost before it ran is admitted again)
+                admitted = True
+                early.admitted(pool)
+
         try:
-            result = await pool.invoke(payload, ctx)
+            result = await pool.invoke(payload, ctx, admitted=admit)
             ms = result.duration_ms
             return result
         finally:
-            early.done(pool, ms)
+            early.done(pool, ms, admitted=admitted)
 
     async def prewarm(self, name: str, *, trigger: str = "api") -> bool:
         """Start ``name``'s template if it is cold, without waiting for it; True if this started it.

@@ -62,6 +62,11 @@ class Autoscaler:
         """(time, instances needed, concurrency, target), needed strictly decreasing: the front is the window's peak."""
         self._baseline = 0.0
 
+    @property
+    def peak(self) -> int:
+        """The peak concurrency over the cool-down window (as of the last observation)."""
+        return self._window[0][2] if self._window else 0
+
     def effective_target(self, latency_ms: float | None) -> float:
         """The target, shrunk when latency shows the instances saturated below their slots."""
         if latency_ms is None or latency_ms <= 0 or self.target <= 1:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 from msgspec import Struct
 
+from spanfaas.errors import Conflict
 from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
 from spanfaas.store.sql import INV_COLS, RecordRefused, SQLStore, _reason, _row
 
@@ -72,7 +73,9 @@ removed meanwhile); nothing, its function is not deployed (the dead letter is ke
 
 
 class EventStore(Protocol):
-    def put_trigger(self, record: TriggerRecord) -> None: ...
+    def put_trigger(self, record: TriggerRecord) -> None:
+        """Add an API trigger; ``Conflict`` naming the other when one of the function's has its name."""
+        ...
 
     def list_triggers(self, function: str | None = None) -> list[TriggerRecord]:
         """Triggers added through the API (manifest triggers live in the function specs)."""
@@ -130,11 +133,22 @@ class EventStore(Protocol):
         ...
 
 
+def _named_twice(function: str, name: str, id: str) -> str:
+    return (f"function '{function}' has a trigger named '{name}' already: '{id}'; give this one another name, "
+            f"or remove that one first (spanfaas triggers rm {id})")  # fmt: skip
+
+
 class EventQueries(SQLStore):
     """``EventStore`` on the SQL dialects (SQLite, PostgreSQL)."""
 
     def put_trigger(self, record: TriggerRecord) -> None:
         with self._tx() as cur:
+            if record.trigger.name:  # checked and written under one lock: two adds of a name cannot both pass
+                self._lock(cur, "triggers:" + record.function)
+                cur.execute(self._q("SELECT id, spec FROM triggers WHERE function = ?"), (record.function,))
+                for id, spec in cur.fetchall():
+                    if msgspec.json.decode(spec, type=Trigger).name == record.trigger.name:
+                        raise Conflict(_named_twice(record.function, record.trigger.name, id))
             cur.execute(
                 self._q("INSERT INTO triggers (id, function, spec, created_at) VALUES (?, ?, ?, ?)"),
                 (record.id, record.function, _encode(record.trigger).decode(), record.created_at),

@@ -149,8 +149,10 @@ class ImageStore(Protocol):
         """Remove a list and its packages; the removed list (NotFound when absent)."""
         ...
 
-    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor) -> ApprovedPackage | None:
-        """Approve a package (or change its range) on a list; the previous entry, if any."""
+    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor, *, keep_note: bool = False) -> ApprovedPackage | None:
+        """Approve a package (or change its range) on a list; the previous entry, if any.
+
+        ``keep_note``: a package approved already keeps its note (``package.note`` is not used)."""
         ...
 
     def remove_approved_package(self, list_name: str, name: str, actor: Actor) -> ApprovedPackage:
@@ -177,8 +179,9 @@ class ImageStore(Protocol):
         """Newest first."""
         ...
 
-    def touch_image(self, id: str, now: float, *, reused: bool = True) -> None:
-        """Mark an image used now (and count a reuse)."""
+    def touch_image(self, id: str, now: float, *, deploy: bool = True) -> bool:
+        """Mark an image used now; a ``deploy`` of one a deploy used before counts a reuse
+        (a build request never does: a build followed by its deploy is one use).  Whether it counted one."""
         ...
 
     def delete_image(self, id: str, actor: Actor, *, action: str = "image.remove") -> bool:
@@ -296,11 +299,13 @@ class ImageQueries(SQLStore):
             self._audit(cur, actor, "list.delete", name, {"packages": [p.requirement for p in old.packages]})
             return old
 
-    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor) -> ApprovedPackage | None:
+    def put_approved_package(self, list_name: str, package: ApprovedPackage, actor: Actor, *, keep_note: bool = False) -> ApprovedPackage | None:
         with self._tx() as cur:
             self._lock(cur, "image-list:" + list_name)
             lst = self._require_list(cur, list_name)
             old = lst.get(package.name)
+            if old is not None and keep_note:
+                package = msgspec.structs.replace(package, note=old.note)
             if old is None:
                 self._insert_package(cur, list_name, package)
                 self._audit(cur, actor, "package.add", f"{list_name}/{package.name}",
@@ -380,8 +385,8 @@ class ImageQueries(SQLStore):
     def put_image(self, record: ImageRecord) -> bool:
         r = record
         with self._tx() as cur:
-            cur.execute(
-                self._q(f"INSERT INTO images ({_IMAGE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"),
+            cur.execute(  # not deployed yet: its first deploy is its first use (touch_image)
+                self._q(f"INSERT INTO images ({_IMAGE_COLS}, deployed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING"),
                 (r.id, r.python, r.lock, _encode(r.packages).decode(), _encode(r.request).decode(), r.size, r.built_by,
                  r.build_seconds, r.created_at, r.last_used_at, r.reuses),
             )  # fmt: skip
@@ -398,12 +403,17 @@ class ImageQueries(SQLStore):
             cur.execute(f"SELECT {_IMAGE_COLS} FROM images ORDER BY created_at DESC, id")
             return [_image(r) for r in cur.fetchall()]
 
-    def touch_image(self, id: str, now: float, *, reused: bool = True) -> None:
+    def touch_image(self, id: str, now: float, *, deploy: bool = True) -> bool:
         with self._tx() as cur:
+            self._lock(cur, "image:" + id)  # of two first deploys at once, one is the reuse
+            cur.execute(self._q("SELECT deployed FROM images WHERE id = ?"), (id,))
+            row = cur.fetchone()
+            reused = bool(deploy and row is not None and row[0])
             cur.execute(
-                self._q("UPDATE images SET last_used_at = ?, reuses = reuses + ? WHERE id = ?"),
-                (now, 1 if reused else 0, id),
+                self._q("UPDATE images SET last_used_at = ?, reuses = reuses + ?, deployed = ? WHERE id = ?"),
+                (now, int(reused), int(deploy or (row is not None and bool(row[0]))), id),
             )
+            return reused
 
     def delete_image(self, id: str, actor: Actor, *, action: str = "image.remove") -> bool:
         with self._tx() as cur:

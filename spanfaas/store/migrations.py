@@ -198,6 +198,12 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE invocations ADD COLUMN tried TEXT NOT NULL DEFAULT '[]'",
     ],
+    # 12: whether a deploy has used an image (1) or only a build request made or found it (0):
+    # a build followed by its deploy (`spanfaas deploy`) is one use, so only a deploy after a
+    # deploy counts a reuse.  Images recorded before were used, as far as anyone can tell.
+    [
+        "ALTER TABLE images ADD COLUMN deployed INTEGER NOT NULL DEFAULT 1",
+    ],
 ]
 
 

@@ -29,16 +29,16 @@ def test_bad_values_fail_loudly(tmp_path: Path) -> None:
         Settings.load(env={"SPANFAAS_PORT": "eighty"})
     with pytest.raises(InvalidRequest) as info:  # in range: the variable the user set is named, not `$.port`
         Settings.load(env={"SPANFAAS_PORT": "99999"})
-    assert info.value.message == "environment variable SPANFAAS_PORT='99999' is not valid: Expected `int` <= 65535"
+    assert info.value.message == "environment variable SPANFAAS_PORT='99999' is not valid: it must be at most 65535"
     cfg = tmp_path / "config.toml"
     cfg.write_text("prot = 1\n")
     with pytest.raises(InvalidRequest, match="unknown setting 'prot'") as info:
         Settings.load(cfg, env={})
     assert str(cfg) in info.value.message  # it said 'invalid settings: ...', naming no file to fix
     cfg.write_text("[runtime]\nsandbox = 3\n")
-    with pytest.raises(InvalidRequest, match=r"runtime\.sandbox") as info:
+    with pytest.raises(InvalidRequest) as info:
         Settings.load(cfg, env={})
-    assert info.value.message.startswith(f"config file {cfg} (SPANFAAS_CONFIG) has an invalid setting: ")
+    assert info.value.message == f"config file {cfg} (SPANFAAS_CONFIG): [runtime] sandbox must be true or false, got 3"
     with pytest.raises(InvalidRequest, match="does not exist"):
         Settings.load(tmp_path / "nope.toml", env={})
 
@@ -126,7 +126,8 @@ def test_a_webhook_secret_is_at_least_8_characters(tmp_path: Path) -> None:
     cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "1234567"\n')
     with pytest.raises(InvalidRequest) as info:
         Settings.load(cfg, env={})
-    assert "length >= 8" in info.value.message and "events.webhooks[0].secret" in info.value.message
+    assert info.value.message.endswith(': [[events.webhooks]] secret (the one with name = "github") must be at least 8 characters')
+    assert "1234567" not in info.value.message  # a secret is not written back (error messages end up in logs)
     cfg.write_text('[[events.webhooks]]\nname = "github"\nsecret = "12345678"\n')
     assert Settings.load(cfg, env={}).events.webhooks[0].secret == "12345678"
 
@@ -147,3 +148,34 @@ def test_a_redis_source_url_that_is_no_redis_url_is_refused_at_start(tmp_path: P
     for good in ("redis://127.0.0.1:6379/0", "rediss://cache.internal:6380", "unix:///run/redis.sock", "REDIS://h"):
         cfg.write_text(f'[[events.redis]]\nname = "orders"\nstream = "orders"\nurl = "{good}"\n')
         assert Settings.load(cfg, env={}).events.redis[0].url == good
+
+
+def test_a_bad_value_is_said_in_the_platforms_words_with_the_key_as_written(tmp_path: Path) -> None:
+    """'Expected `str` of length >= 8 - at `$.events.webhooks[0].secret`': msgspec's words and
+    path, not the config file's table and key, nor what to write."""
+    cfg = tmp_path / "config.toml"
+    where = f"config file {cfg} (SPANFAAS_CONFIG): "
+    cases = {
+        '[[events.webhooks]]\nname = "gh"\nsecret = "short"\n':
+            '[[events.webhooks]] secret (the one with name = "gh") must be at least 8 characters',
+        '[[events.webhooks]]\nname = "gh"\nsecret = "long enough"\n[[events.webhooks]]\nname = "x"\nsecret = 12345678\n':
+            '[[events.webhooks]] secret (the one with name = "x") must be a string in quotes, got a whole number',
+        "[runtime]\nspares = 9\n": "[runtime] spares must be at most 8, got 9",
+        "[runtime]\nmax_payload = 10\n": "[runtime] max_payload must be at least 1024, got 10",
+        "[runtime]\nprewarm_hold = 0\n": "[runtime] prewarm_hold must be more than 0, got 0",
+        "port = 99999\n": "port must be at most 65535, got 99999",
+        '[scheduler]\newma_alpha = "x"\n': '[scheduler] ewma_alpha must be a number, got "x"',
+        '[[events.redis]]\nname = "r"\nstream = "s"\nstart = "old"\n':
+            '[[events.redis]] start (the one with name = "r") must be one of "all", "new", got "old"',
+        '[[events.webhooks]]\nname = "Bad Name"\nsecret = "long enough"\n':
+            '[[events.webhooks]] name (entry 1) is not allowed: "Bad Name"',
+    }
+    for text, message in cases.items():
+        cfg.write_text(text)
+        with pytest.raises(InvalidRequest) as info:
+            Settings.load(cfg, env={})
+        assert info.value.message.startswith(where + message), (text, info.value.message)
+        assert "Expected" not in info.value.message and "$." not in info.value.message, info.value.message
+    with pytest.raises(InvalidRequest) as info:  # the variable's, in the same words
+        Settings.load(env={"SPANFAAS_PORT": "99999"})
+    assert info.value.message == "environment variable SPANFAAS_PORT='99999' is not valid: it must be at most 65535"

@@ -41,6 +41,27 @@ async def test_full_queue_gives_too_many_requests(harness: Harness) -> None:
     assert all(r.ok for r in results)
 
 
+async def test_the_autoscaler_counts_only_the_calls_a_full_queue_admitted(harness: Harness) -> None:
+    """'peak concurrency 13' with 12 calls admitted: a call refused for a full queue (429) was
+    counted in the concurrency the autoscaler sees, so a burst of refusals scaled the pool out."""
+    await harness.deploy("refusing", SLOW, 'isolation = "reuse"\n[scaling]\nmax = 1\nqueue = 2\ncooldown = 600\n')
+    assert (await harness.invoke("refusing", b'{"sleep": 0}')).ok
+    pool = harness.rt.pool("refusing")
+    calls = [asyncio.ensure_future(harness.invoke("refusing", b'{"sleep": 1}'))]
+    while pool.stats()["busy"] < 1:  # the first runs (or is on its way), then two wait
+        await asyncio.sleep(0.01)
+    calls += [asyncio.ensure_future(harness.invoke("refusing", b'{"sleep": 0}')) for _ in range(2)]
+    while pool.stats()["waiting"] < 2:
+        await asyncio.sleep(0.01)
+    for _ in range(10):
+        with pytest.raises(TooManyRequests):
+            await harness.invoke("refusing")
+    assert all(r.ok for r in await asyncio.gather(*calls))
+    early = harness.rt.early
+    early.autoscale(pool, time.monotonic())  # (the runtime's own ticks may have looked already: the window keeps the peak)
+    assert early.scaler(pool).peak == 3  # one running, two waiting
+
+
 @pytest.mark.parametrize("isolation", ["strict", "reuse"])
 async def test_scale_out_under_load_within_max(harness: Harness, isolation: str) -> None:
     name = f"wide-{isolation}"

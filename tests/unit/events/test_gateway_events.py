@@ -669,3 +669,30 @@ async def test_triggers_of_a_function_not_deployed_is_a_404_naming_the_deployed(
     assert "function 'odrers' not found; deployed: orders" in r.json()["detail"], r.text
     assert [t["function"] for t in (await client.get("/v1/triggers", params={"function": "orders"})).json()["triggers"]] == ["orders"]
     assert "404" in (await client.get("/openapi.json")).json()["paths"]["/v1/triggers"]["get"]["responses"]
+
+
+async def test_a_trigger_name_a_function_has_already_is_a_409_naming_the_trigger(
+    client: httpx.AsyncClient, deploy: Callable[..., Any]
+) -> None:
+    """Two API triggers of one function could share a name (``triggers ls`` showed both as
+    'nightly', with nothing to tell them apart); the manifest refuses that, and so does the API."""
+    await deploy("orders", '[[triggers]]\nname = "daily"\nschedule = "0 3 * * *"\n')
+    await deploy("other")
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"name": "nightly", "schedule": "0 4 * * *"}})
+    assert r.status_code == 201, r.text
+    first = r.json()["id"]
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"name": "nightly", "type": "com.example.order"}})
+    assert r.status_code == 409, r.text
+    assert f"'{first}'" in r.json()["detail"] and "nightly" in r.json()["detail"], r.text
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"name": "daily", "type": "com.example.order"}})
+    assert r.status_code == 409 and "'orders:daily'" in r.json()["detail"], r.text
+    # names are a function's own; unnamed triggers are many
+    assert (await client.post("/v1/triggers", json={"function": "other", "trigger": {"name": "nightly"}})).status_code == 201
+    for _ in range(2):
+        assert (await client.post("/v1/triggers", json={"function": "orders", "trigger": {"type": "com.example.order"}})).status_code == 201
+    names = [t["trigger"]["name"] for t in (await client.get("/v1/triggers", params={"function": "orders"})).json()["triggers"]]
+    assert sorted(names) == ["", "", "daily", "nightly"], names
+    # once the first is removed, the name is free again
+    assert (await client.delete(f"/v1/triggers/{first}")).status_code == 204
+    assert (await client.post("/v1/triggers", json={"function": "orders", "trigger": {"name": "nightly"}})).status_code == 201
+    assert "409" in (await client.get("/openapi.json")).json()["paths"]["/v1/triggers"]["post"]["responses"]

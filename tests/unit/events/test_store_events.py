@@ -115,6 +115,30 @@ def test_triggers(any_store: Store) -> None:
     assert any_store.last_tick("trg_10|* * * * *|UTC", 500.0) == 100.0  # not another trigger's
 
 
+def test_two_triggers_of_a_function_added_at_once_with_one_name_are_one(any_store: Store) -> None:
+    """The name is checked and the trigger written under one lock: of two adds racing, one is a Conflict naming the other."""
+    from spanfaas.errors import Conflict
+
+    def add(i: int) -> None:
+        try:
+            any_store.put_trigger(TriggerRecord(id=f"trg_n{i}", function="fn", trigger=Trigger(name="nightly"), created_at=1.0))
+        except Conflict as exc:
+            refused.append(str(exc))
+
+    refused: list[str] = []
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [kept] = any_store.list_triggers("fn")
+    assert len(refused) == 3 and all(f"'{kept.id}'" in m and "'nightly'" in m for m in refused), refused
+    any_store.put_trigger(TriggerRecord(id="trg_o", function="other", trigger=Trigger(name="nightly"), created_at=1.0))
+    any_store.put_trigger(TriggerRecord(id="trg_u1", function="fn", trigger=Trigger(), created_at=1.0))
+    any_store.put_trigger(TriggerRecord(id="trg_u2", function="fn", trigger=Trigger(), created_at=1.0))
+    assert len(any_store.list_triggers("fn")) == 3
+
+
 def test_removing_a_function_drops_its_schedules_marks(any_store: Store) -> None:
     """Its manifest triggers' marks (``<function>:…``) and its API triggers' go with it: a
     redeploy under the same name starts afresh, not from the ticks of its absence."""

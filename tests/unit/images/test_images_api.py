@@ -114,7 +114,7 @@ async def test_curation_is_for_admins_and_every_change_is_audited(gw: tuple[Star
             ("ops-alice", "package.add", "tools/tinyhelper"),
             ("ops-alice", "list.create", "tools"),
         ]
-        assert entries[3]["detail"] == {"from": ">=1", "to": ">=1.5", "note": ""} and entries[0]["at"] > 0
+        assert entries[3]["detail"] == {"from": ">=1", "to": ">=1.5", "note": "needed by tinycalc"} and entries[0]["at"] > 0
         assert len((await admin.get("/v1/images/audit", params={"target": "tools", "limit": 2})).json()["entries"]) == 2
 
 
@@ -139,11 +139,20 @@ async def test_build_streams_events_and_deploys_get_their_image(gw: tuple[Starle
         assert image.paths == [str(gateway.images.repo.site_packages(image_id))]
         assert gateway.images.builds == 1  # the deploy reused what the build made
 
+        # a build followed by its deploy (what `spanfaas deploy` does) is one use: no reuse yet ("reused 1×" it said)
         view = (await dev.get(f"/v1/images/{image_id[:10]}")).json()
-        assert view["used_by"] == ["calc"] and view["reuses"] == 1 and view["lock"].startswith("tinycalc==2.0")
+        assert view["used_by"] == ["calc"] and view["reuses"] == 0 and view["lock"].startswith("tinycalc==2.0")
+        assert "spanfaas_image_reuses_total 0.0" in (await dev.get("/metrics")).text
+        # another function's build and deploy on it: the build only finds it, the deploy reuses it
+        async with dev.stream("POST", "/v1/images/builds", json={"packages": ["tinycalc"], "lists": ["tools"]}) as r:
+            assert not [json.loads(line) async for line in r.aiter_lines() if line][-1]["built"]
+        r = await dev.put("/v1/functions/calc2", content=function(tmp_path, "calc2", 'packages = ["tinycalc"]\nlists = ["tools"]'))
+        assert r.status_code == 201, r.text
+        view = (await dev.get(f"/v1/images/{image_id[:10]}")).json()
+        assert view["used_by"] == ["calc", "calc2"] and view["reuses"] == 1, view
         assert [i["id"] for i in (await dev.get("/v1/images")).json()["images"]] == [image_id]
         r = await admin.delete(f"/v1/images/{image_id}")
-        assert r.status_code == 409 and "in use by calc" in r.json()["detail"]
+        assert r.status_code == 409 and "in use by calc, calc2" in r.json()["detail"], r.text
         assert (await dev.delete(f"/v1/images/{image_id}")).status_code == 403
         assert (await admin.post("/v1/images/gc")).json() == {"removed": [], "freed": 0, "kept": [image_id]}
         metrics = (await dev.get("/metrics")).text
@@ -274,3 +283,28 @@ async def test_docs_say_which_scope_each_image_endpoint_needs() -> None:
             assert e.path not in read_by_deploy, (e.path, para)
     repo = text[text.index("## The repository") :].split("\n\n")[1:4]
     assert any("scope `admin`" in p and "images rm" in p and "gc" in p for p in repo), repo
+
+
+async def test_an_approval_without_a_range_is_refused_and_a_note_is_kept_unless_replaced(gw: tuple[Starlette, Recording, SQLiteStore]) -> None:
+    # `PUT .../packages/numpy {}` widened an approval of >=1.26,<3 to any version and cleared its note, without a word
+    app, _, store = gw
+    async with client(app, store, "ops-alice", "admin") as admin:
+        await admin.post("/v1/images/lists", json={"name": "tools"})
+        r = await admin.put("/v1/images/lists/tools/packages/tinycalc", json={"specifier": ">=1,<3", "note": "numerics"})
+        assert r.status_code == 201, r.text
+        for body in [{}, {"note": "still numerics"}]:
+            r = await admin.put("/v1/images/lists/tools/packages/tinycalc", json=body)
+            assert r.status_code == 400, r.text
+            assert "specifier" in r.json()["detail"] and "'*'" in r.json()["detail"], r.text
+        approved = (await admin.get("/v1/images/lists/tools")).json()["packages"]
+        assert [(p["specifier"], p["note"]) for p in approved] == [(">=1,<3", "numerics")]
+
+        # a new range keeps the note; a note replaces it; '*' is any version, asked for in so many words
+        r = await admin.put("/v1/images/lists/tools/packages/tinycalc", json={"specifier": ">=1,<4"})
+        assert r.status_code == 200 and (r.json()["specifier"], r.json()["note"]) == (">=1,<4", "numerics"), r.text
+        r = await admin.put("/v1/images/lists/tools/packages/tinycalc", json={"specifier": "*", "note": "any will do"})
+        assert r.status_code == 200 and (r.json()["specifier"], r.json()["note"]) == ("", "any will do"), r.text
+        r = await admin.put("/v1/images/lists/tools/packages/tinyhelper", json={"specifier": "*"})
+        assert r.status_code == 201 and (r.json()["specifier"], r.json()["note"]) == ("", ""), r.text
+        approved = (await admin.get("/v1/images/lists/tools")).json()["packages"]
+        assert [(p["name"], p["specifier"], p["note"]) for p in approved] == [("tinycalc", "", "any will do"), ("tinyhelper", "", "")]

@@ -259,3 +259,35 @@ def test_curate_add_keeps_a_range_as_written_as_create_does(cli: Cli) -> None:
     assert "approved tinyhelper>=1 on tools" in ok(cli("images", "curate", "add", "tools", "tinyhelper (>=1)")).stderr
     packages = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)["packages"]
     assert [(p["name"], p["specifier"]) for p in packages] == [("tinycalc", ">=1,<3"), ("tinyhelper", ">=1")]
+
+
+def test_curate_add_of_a_new_range_keeps_the_note(cli: Cli) -> None:
+    """``curate add tools 'tinycalc>=2'`` cleared the note the approval had: the CLI sent
+    ``"note": ""`` when no --note was given; a bare name now sends '*' (any version)."""
+    ok(cli("images", "curate", "create", "tools"))
+    ok(cli("images", "curate", "add", "tools", "tinycalc>=1,<3", "--note", "numerics"))
+    ok(cli("images", "curate", "add", "tools", "tinycalc>=2"))
+    ok(cli("images", "curate", "add", "tools", "tinyhelper"))
+    lst = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)
+    assert [(p["name"], p["specifier"], p["note"]) for p in lst["packages"]] == [("tinycalc", ">=2", "numerics"), ("tinyhelper", "", "")]
+    ok(cli("images", "curate", "add", "tools", "tinycalc", "--note", ""))
+    lst = json.loads(ok(cli("images", "curate", "show", "tools", "--json")).stdout)
+    assert [(p["name"], p["specifier"], p["note"]) for p in lst["packages"]][0] == ("tinycalc", "", "")
+
+
+def test_a_version_uv_cannot_resolve_is_said_once(cli: Cli, tmp_path: Path) -> None:
+    """uv's error was printed twice by `spanfaas deploy`: streamed as the build log, then again
+    in the error message that ends the command."""
+    ok(cli("images", "curate", "create", "tools", "tinycalc"))
+    fn = tmp_path / "calc"
+    fn.mkdir()
+    (fn / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc==9"]\nlists = ["tools"]\n')
+    for command in (("deploy", str(fn)), ("images", "build", str(fn))):
+        r = cli(*command, scope="deploy")
+        assert r.exit_code == 2, (command, r.exit_code, r.stderr)
+        lines = [line.strip() for line in r.stderr.splitlines() if "tinycalc" in line and "9" in line]
+        assert lines and len(lines) == len(set(lines)), r.stderr  # each of uv's lines once
+        assert "uv could not resolve the image (uv's output is above)" in r.stderr, r.stderr
+    r = cli("deploy", str(fn), "--json", scope="deploy")
+    assert r.exit_code == 2 and "tinycalc" in json.loads(r.stdout)["detail"]  # a script still gets uv's words

@@ -54,9 +54,13 @@ async def test_a_request_builds_an_image_once_then_reuses_it(service: ImageServi
     # compiled at build time: functions cannot write bytecode into the (read-only) image
     assert list((service.repo.site_packages(record.id) / "tinycalc" / "__pycache__").glob("__init__.*.pyc"))
 
+    # a build only is no use of the image; its first deploy is the first, the next a reuse
     again, built = await service.ensure(ImageRequest(packages=["TinyCalc>=1.5"], lists=["tools"]), ADMIN)
-    assert not built and again.id == record.id and service.builds == 1 and service.reuses == 1
-    assert service.store.get_image(record.id).reuses == 1  # type: ignore[union-attr]
+    assert not built and again.id == record.id and service.builds == 1 and service.reuses == 0
+    for reuses in (0, 1):
+        again, built = await service.ensure(ImageRequest(packages=["TinyCalc>=1.5"], lists=["tools"]), ADMIN, deploy=True)
+        assert not built and again.id == record.id and service.reuses == reuses
+        assert service.store.get_image(record.id).reuses == reuses  # type: ignore[union-attr]
     assert built_dirs(service) == [record.id]
 
 

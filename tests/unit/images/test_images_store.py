@@ -115,7 +115,8 @@ def test_an_image_is_in_use_while_a_functions_latest_version_runs_on_it(store: S
     assert store.image_users() == {b: ["fn"]}
     assert store.delete_image(a, ALICE)
     assert not store.delete_image(a, ALICE)
-    store.touch_image(b, time.time())
+    # a build request is no use, the first deploy is the first, the next a reuse
+    assert [store.touch_image(b, time.time(), deploy=d) for d in (False, True, False, True)] == [False, False, False, True]
     got = store.get_image(b)
     assert got is not None and got.reuses == 1 and got.packages[0].name == "x"
     store.delete_function("fn")

@@ -79,10 +79,14 @@ def test_unused_prewarms_expire_as_wasted_and_release_counts_too() -> None:
 
 def test_autoscale_applies_the_policy_and_counts_events() -> None:
     e, pool = early(), FakePool("[scaling]\nmax = 4\ncooldown = 1.0\nidle_ttl = 60\n", state="ready")
-    for _ in range(10):
+    for i in range(12):
         e.arrived(pool)  # type: ignore[arg-type]
+        if i < 10:  # two refused (a full queue): they are no concurrency
+            e.admitted(pool)  # type: ignore[arg-type]
+    for _ in range(2):
+        e.done(pool, None, admitted=False)  # type: ignore[arg-type]
     e.autoscale(pool, 0.0)  # type: ignore[arg-type]
-    assert pool.desired == 4 and pool.retired[-1] == (4, 1.0)
+    assert pool.desired == 4 and pool.retired[-1] == (4, 1.0) and e.scaler(pool).peak == 10  # type: ignore[arg-type]
     for _ in range(10):
         e.done(pool, 5.0)  # type: ignore[arg-type]
     e.autoscale(pool, 0.5)  # type: ignore[arg-type]
