@@ -89,6 +89,14 @@ class SpanfaasError(Exception):
         self.message = message
         self.extra = extra
 
+    @property
+    def tried(self) -> tuple[str, ...]:
+        """Where a call that failed over was tried before it failed where it ran, each as
+        ``"name: why it failed there"`` (``"eu/far: why"`` for what site ``eu`` tried); empty when
+        it failed where it was first placed.  The SDK fills it from ``x-spanfaas-tried-reasons``
+        or the invocation record's ``tried`` (as ``InvokeOutput.tried`` of a call that ran)."""
+        return tuple(str(t) for t in self.extra.get("tried") or ())
+
     def to_problem(self, instance: str | None = None) -> dict[str, Any]:
         """Render as an RFC 9457 Problem Details object."""
         doc: dict[str, Any] = {

@@ -4,7 +4,9 @@ Data (results, ids, JSON documents) goes to stdout; status lines, progress
 and errors go to stderr, so ``$(spanfaas invoke …)`` captures only data.  A
 command that makes something (``deploy``, ``images build``, ``triggers add``,
 ``images curate create``, ``invoke --async``) prints what it made alone on
-stdout -- what the next command takes -- and its ✓ line on stderr.
+stdout -- what the next command takes -- and its ✓ line on stderr; one that
+changes or removes something (``rm``, ``triggers rm``, ``images curate update``)
+prints its ✓ line on stderr and nothing on stdout.
 """
 
 from __future__ import annotations
@@ -81,11 +83,12 @@ def print_json(doc: Any) -> None:
 
 
 def print_done(as_json: bool, doc: Any, message: str) -> None:
-    """The outcome of a command that changed something: ``doc`` for scripts, a ✓ line for people."""
+    """The outcome of a command that changed something (``rm``, ``curate update``, …): ``doc`` for
+    scripts under ``--json``; else a ✓ line on stderr -- a status line, with nothing on stdout."""
     if as_json:
         print_json(doc)
     else:
-        out_console().print(f"[green]✓[/green] {message}")
+        err_console().print(f"[green]✓[/green] {message}")
 
 
 def print_made(as_json: bool, doc: Any, made: str, message: str) -> None:

@@ -224,6 +224,8 @@ def error_from_record(rec: Mapping[str, Any]) -> SpanfaasError:
     try:
         result.raise_for_error()
     except SpanfaasError as exc:
+        if rec.get("tried"):  # it failed over, then failed: where it was tried first
+            exc.extra["tried"] = [str(t) for t in rec["tried"]]
         return exc
     raise AssertionError("unreachable: a failed record has an error")  # pragma: no cover
 
@@ -273,6 +275,8 @@ def check_response(
             + (f": {snippet}" if snippet else "")
             + "; is it a spanfaas gateway of this version? check the URL (--url, SPANFAAS_URL)"
         )
+    if tried := _tried(resp.headers):  # it failed over, then failed: where it was tried first
+        exc.extra["tried"] = list(tried)
     if isinstance(exc, Unauthorized) and not has_token:
         saved = saved_for() if saved_for is not None else None
         hint = (  # the saved token goes only to the URL it was saved with: say so, not "no token"

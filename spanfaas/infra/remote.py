@@ -37,7 +37,8 @@ failed over to the site with part of its timeout used up sends what is left
 (``x-spanfaas-timeout``): the site cuts the function there, as we would.  A site
 that failed the call over itself says where it tried it first (``x-spanfaas-tried-reasons``):
 the result's ``tried`` keeps that under the site's name (``eu/far: why``), so the caller
-here is told, as of a failover of ours.
+here is told, as of a failover of ours; and its ``infra`` is the path to where the site
+ran it (``eu/local``).
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ class RemoteInfrastructure:
             return Result(
                 invocation_id=ctx.invocation_id, function=spec.name, output=resp.content,
                 content_type=h.get("content-type", "application/octet-stream"), duration_ms=duration, cold=cold,
-                infra=self.name, logs=_logs(h.get("x-spanfaas-logs")), tried=self._tried(h),
+                infra=self._ran_on(h), logs=_logs(h.get("x-spanfaas-logs")), tried=self._tried(h),
             )  # fmt: skip
         if resp.headers.get("content-type", "").startswith("application/problem+json"):
             doc = _doc(resp)
@@ -303,9 +304,19 @@ class RemoteInfrastructure:
                 )  # fmt: skip
                 return Result(
                     invocation_id=ctx.invocation_id, function=spec.name, error=error, logs=str(doc.get("logs", "")),
-                    duration_ms=duration, cold=cold, infra=self.name, tried=self._tried(h),
+                    duration_ms=duration, cold=cold, infra=self._ran_on(h), tried=self._tried(h),
                 )  # fmt: skip
         raise self._error(resp, f"invoking '{spec.name}'")
+
+    def _ran_on(self, h: httpx.Headers) -> str:
+        """Where the site ran the call: this site's name; when it failed the call over itself
+        (``x-spanfaas-tried``), the path to where it ran, from its ``x-spanfaas-infra``
+        (``eu/local``: eu tried its site far first, then ran it on its local runtime), as the
+        names of ``tried`` are."""
+        ran = _printable(h.get("x-spanfaas-infra", "").strip())
+        if h.get("x-spanfaas-tried") is None or not ran:
+            return self.name
+        return f"{self.name}/{ran}"
 
     def _tried(self, h: httpx.Headers) -> list[str]:
         """Where the site tried the call before what ran it there (it failed over itself), as

@@ -623,8 +623,9 @@ class SpanningInfrastructure:
             site.breaker.success()
             if not result.cold:  # a cold start says little about the next call
                 site.observe(spec.name, (time.perf_counter() - t0) * 1000.0)
-            if result.infra != site.name or failed:
-                result = _replace(result, infra=site.name, tried=[*failed, *result.tried])
+            ran = result.infra if result.infra.startswith(site.name + "/") else site.name  # (a site's own failover: eu/local)
+            if result.infra != ran or failed:
+                result = _replace(result, infra=ran, tried=[*failed, *result.tried])
             return result
         raise InfraUnavailable(
             f"no infrastructure could run '{spec.name}' (tried {'; '.join(tried)})",

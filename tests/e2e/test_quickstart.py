@@ -164,7 +164,7 @@ def test_quickstart(shell: Shell, up: Up, monkeypatch: pytest.MonkeyPatch) -> No
     assert r.returncode == 0 and json.loads(r.stdout)["infrastructures"][0]["kind"] == "local"
 
     r = shell("rm", "hello")
-    assert r.returncode == 0 and "removed hello" in r.stdout
+    assert r.returncode == 0 and "removed hello" in r.stderr and r.stdout == ""
     r = shell("invoke", "hello", "-d", "{}")
     assert r.returncode == 4 and r.stderr.startswith("error: function 'hello' not found")
 

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from spanfaas.client import Client
+from spanfaas.errors import FunctionFailed
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
@@ -31,6 +32,8 @@ from spanning_support import free_port, function_dir, infra_toml, world_readable
 
 CODE = """
 def handler(event, context):
+    if (event or {}).get("fail"):
+        raise ValueError("asked to fail")
     return {"i": (event or {}).get("i"), "left": context.remaining_time()}
 """
 
@@ -187,3 +190,25 @@ def test_the_sdk_says_where_a_call_that_failed_over_was_tried_first(sites: Sites
         assert tried.endswith("; it may have run there"), tried
         assert sf.result_output(out.invocation_id).tried == out.tried
         assert out.to_record()["tried"] == [tried] == sf.invocation(out.invocation_id)["tried"]
+
+
+def test_the_sdks_error_says_where_a_call_that_failed_over_was_tried_first(sites: Sites) -> None:
+    # The answer's x-spanfaas-tried-reasons said where a call that failed after failing over was
+    # tried first; the typed error the SDK raised for it did not carry it.
+    sites.deploy("sdkfail")
+    with Client(sites.main.url, sites.main.admin_token) as sf:
+        sites.hang()
+        try:
+            with pytest.raises(FunctionFailed) as failed:
+                sf.invoke("sdkfail", {"fail": True})
+        finally:
+            sites.resume()
+        [tried] = failed.value.tried
+        assert tried.startswith("eu: site 'eu' stopped answering while the call was in flight there ("), tried
+        assert "asked to fail" in failed.value.message
+        with pytest.raises(FunctionFailed) as again:  # the same, from the record
+            sf.result(failed.value.extra["invocation_id"])
+        assert again.value.tried == (tried,)
+        with pytest.raises(FunctionFailed) as placed:  # ran where first placed: nothing to tell
+            sf.invoke("sdkfail", {"fail": True})
+        assert placed.value.tried == ()

@@ -86,12 +86,14 @@ def test_a_site_that_failed_over_itself_says_so_to_the_gateway_that_placed_the_c
     finally:
         os.killpg(sites.far.proc.pid, signal.SIGCONT)
     assert r.status_code == 200 and r.json()["i"] == 7, r.text
-    assert r.headers["x-spanfaas-infra"] == "eu"  # where main placed it; eu ran it on its local runtime
+    # main placed it on eu, which ran it on its local runtime after far: the path, as tried's names
+    # are (it said "eu", where main placed it, not where it ran)
+    assert r.headers["x-spanfaas-infra"] == "eu/local"
     assert r.headers["x-spanfaas-tried"] == "eu/far"
     [tried] = json.loads(r.headers["x-spanfaas-tried-reasons"])
     assert tried.startswith("eu/far: site 'far' stopped answering while the call was in flight there ("), tried
     assert tried.endswith("; it may have run there"), tried
     with sites.client(sites.main) as c:
         rec = c.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}").json()
-    assert rec["infra"] == "eu" and rec["tried"] == [tried]
+    assert rec["infra"] == "eu/local" and rec["tried"] == [tried]
     assert out.infra == "eu" and out.tried == ()

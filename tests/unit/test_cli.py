@@ -129,7 +129,7 @@ def test_deploy_invoke_ls_logs_rm(cli: Any) -> None:
     assert re.search(r"── [0-9a-f]+ · succeeded · memory · ", r.stdout), r.stdout  # where it ran (spanning)
 
     r = cli("rm", "hello")
-    assert r.exit_code == 0 and "removed hello" in r.stdout
+    assert r.exit_code == 0 and "removed hello" in r.stderr and r.stdout == ""
     expect_error(cli("invoke", "hello"), 4, "function 'hello' not found")
 
 

@@ -225,10 +225,10 @@ def test_setting_the_policy_says_it_was_set(cli: Cli) -> None:
     shown = ok(cli("images", "curate", "policy")).stdout
     assert "✓" not in shown and "dependencies of requested packages are resolved freely" in shown
     r = ok(cli("images", "curate", "policy", "--require-transitive"))
-    assert r.stdout.startswith("✓ policy set: dependencies of requested packages must be approved by a selected list too"), r.stdout
-    assert "new deploys and builds" in r.stdout
+    assert r.stdout == "" and r.stderr.startswith("✓ policy set: dependencies of requested packages must be approved by a selected list too"), r.stderr
+    assert "new deploys and builds" in r.stderr
     r = ok(cli("images", "curate", "policy", "--no-require-transitive"))
-    assert r.stdout.startswith("✓ policy set: dependencies of requested packages are resolved freely"), r.stdout
+    assert r.stdout == "" and r.stderr.startswith("✓ policy set: dependencies of requested packages are resolved freely"), r.stderr
     assert json.loads(ok(cli("images", "curate", "policy", "--require-transitive", "--json")).stdout) == {"require_transitive": True}
 
 
@@ -291,3 +291,37 @@ def test_a_version_uv_cannot_resolve_is_said_once(cli: Cli, tmp_path: Path) -> N
         assert "uv could not resolve the image (uv's output is above)" in r.stderr, r.stderr
     r = cli("deploy", str(fn), "--json", scope="deploy")
     assert r.exit_code == 2 and "tinycalc" in json.loads(r.stdout)["detail"]  # a script still gets uv's words
+
+
+def test_commands_that_change_something_print_nothing_on_stdout(cli: Cli, tmp_path: Path) -> None:
+    """``rm``, ``images rm``, ``triggers rm``, ``curate update``/``delete`` and ``curate policy``
+    setting it printed their ✓ lines on stdout, against the CLI's rule that status lines go to
+    stderr: ``x=$(spanfaas rm f)`` captured '✓ removed f'.  They confirm on stderr; ``--json``
+    is still the one document on stdout."""
+    fn = tmp_path / "walk"
+    fn.mkdir()
+    (fn / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (fn / "spanfaas.toml").write_text('name = "walk"\n[image]\npackages = ["tinycalc"]\nlists = ["base"]\n')
+    ok(cli("images", "curate", "create", "base", "tinycalc"))
+    image_id = ok(cli("images", "build", str(fn), scope="deploy")).stdout.strip()
+    ok(cli("deploy", str(fn), scope="deploy"))
+    trigger_id = ok(cli("triggers", "add", "walk", "--type", "com.example.walk")).stdout.strip()
+    ok(cli("images", "curate", "create", "tools"))
+    walk: list[tuple[list[str], str]] = [
+        (["triggers", "rm", trigger_id], f"✓ removed trigger {trigger_id}"),
+        (["rm", "walk"], "✓ removed walk"),
+        (["images", "rm", image_id[:12]], "✓ removed image"),
+        (["images", "curate", "update", "tools", "--note", "small"], "✓ updated list tools"),
+        (["images", "curate", "policy", "--require-transitive"], "✓ policy set: dependencies of requested packages must be approved"),
+        (["images", "curate", "policy", "--no-require-transitive"], "✓ policy set: dependencies of requested packages are resolved freely"),
+        (["images", "curate", "delete", "tools"], "✓ deleted list tools"),
+    ]
+    for args, said in walk:
+        r = ok(cli(*args))
+        assert r.stdout == "" and said in r.stderr, (args, r.stdout, r.stderr)
+    # --json: the document, alone, on stdout
+    ok(cli("images", "curate", "create", "tools"))
+    ok(cli("deploy", str(fn), scope="deploy"))
+    assert json.loads(ok(cli("images", "curate", "update", "tools", "--note", "x", "--json")).stdout)["note"] == "x"
+    assert json.loads(ok(cli("images", "curate", "delete", "tools", "--json")).stdout) == {"deleted": "tools"}
+    assert json.loads(ok(cli("rm", "walk", "--json")).stdout) == {"removed": "walk"}
