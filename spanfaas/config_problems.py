@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from spanfaas.tomltext import toml, value_at
+
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _LENGTH = re.compile(r"^Expected `(str|array|object)` of length (>=|<=) (\d+)$")
 _BOUND = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+)$")
@@ -45,17 +47,17 @@ def key_as_written(path: str, data: Any) -> str:
     entry = re.fullmatch(r"(.*)\[(\d+)\]", table)
     if entry is None:
         return f"[{table}] {key}" if table else key
-    name = _value_at(data, f"{table}.name")
-    which = f"the one with name = {_toml(name)}" if key != "name" and isinstance(name, str) and name else f"entry {int(entry.group(2)) + 1}"
+    name = value_at(data, f"{table}.name")
+    which = f"the one with name = {toml(name)}" if key != "name" and isinstance(name, str) and name else f"entry {int(entry.group(2)) + 1}"
     return f"[[{entry.group(1)}]] {key} ({which})"
 
 
 def problem(message: str, path: str, data: Any, root: type) -> str:
     """What is wrong, after the key (``must be at least 8 characters, got "short"``); msgspec's
     own message when it says something else (a check of the settings' own)."""
-    value = _value_at(data, path)
+    value = value_at(data, path)
     secret = _SECRET.search(path.rpartition(".")[2])  # never written back: error messages end up in logs
-    got = f", got {_toml(value)}" if value is not None and not secret else ""
+    got = f", got {toml(value)}" if value is not None and not secret else ""
     if m := _LENGTH.match(message):
         return f"must be {_BOUNDS[m.group(2)]} {m.group(3)} {_UNITS[m.group(1)]}{got}"
     if m := _BOUND.match(message):
@@ -63,9 +65,9 @@ def problem(message: str, path: str, data: Any, root: type) -> str:
     if m := _TYPE.match(message):
         return f"must be {_KINDS.get(m.group(1), m.group(1))}{got or ', got ' + _KINDS.get(m.group(2), m.group(2))}"
     if m := _PATTERN.match(message):
-        return f"is not allowed{'' if secret else ': ' + _toml(value)} (it must match {m.group(1)})"
+        return f"is not allowed{'' if secret else ': ' + toml(value)} (it must match {m.group(1)})"
     if _ENUM.match(message) and (values := _literal_values(root, path)):
-        return f"must be one of {', '.join(_toml(v) for v in values)}{got}"
+        return f"must be one of {', '.join(toml(v) for v in values)}{got}"
     return message
 
 
@@ -83,23 +85,3 @@ def _literal_values(root: type, path: str) -> list[Any]:
     return list(t.values) if isinstance(t, msgspec.inspect.LiteralType) else []
 
 
-def _value_at(data: Any, path: str) -> Any:
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        try:
-            data = data[int(part[1:-1])] if part.startswith("[") else data[part]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
-    return data
-
-
-def _toml(value: Any) -> str:
-    """A value as TOML has it (close enough for a message)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)

@@ -6,7 +6,6 @@ Specs are frozen ``msgspec.Struct`` values validated once at the edge
 
 from __future__ import annotations
 
-import datetime
 import re
 import tomllib
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import msgspec.inspect
 from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidManifest
+from spanfaas.tomltext import toml, value_at
 
 __all__ = [
     "Bundle",
@@ -209,16 +209,6 @@ _UNITS = {
 }
 
 
-def _value_at(data: Any, path: str) -> Any:
-    """The value at a manifest key (``resources.memory``, ``triggers[0].kind``), or None."""
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        try:
-            data = data[int(part[1:-1])] if part.startswith("[") else data[part]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
-    return data
-
-
 def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tuple[str, str] | None:
     """The key and message for a value of the wrong type: says what to write.
 
@@ -228,7 +218,7 @@ def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tupl
         return None
     if key.endswith("[...]"):  # an entry of a table of any keys ([env]): find it
         table = key[: -len("[...]")]
-        entries = _value_at(data, table)
+        entries = value_at(data, table)
         if not isinstance(entries, dict):
             return None
         bad = next((k for k, v in entries.items() if type(v).__name__ != expected and not (expected == "str" and isinstance(v, str))), None)
@@ -236,15 +226,15 @@ def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tupl
             return None
         key, value = f"{table}.{bad}", entries[bad]
         if expected == "str":
-            write = f": write {_toml_key(bad)} = {_toml(_toml(value))}" if _scalar(value) else ""
-            return key, f"[{table}] {_toml_key(bad)} must be {kind}, got {_toml(value)}{write}"
+            write = f": write {_toml_key(bad)} = {toml(toml(value))}" if _scalar(value) else ""
+            return key, f"[{table}] {_toml_key(bad)} must be {kind}, got {toml(value)}{write}"
     else:
-        value = _value_at(data, key)
+        value = value_at(data, key)
     fix = _HINTS.get(key, "") or _UNITS.get(key, "") or _allowed_values(key)
     name = key.rpartition(".")[2]
     if not fix and expected == "str" and _scalar(value) and not name.endswith("]"):  # (a list's item: no `key = value` to write)
-        fix = f"; write {_toml_key(name)} = {_toml(_toml(value))}"
-    return key, f"{key} must be {kind}, got {_toml(value) if value is not None else _KINDS.get(got, got)}{fix}"
+        fix = f"; write {_toml_key(name)} = {toml(toml(value))}"
+    return key, f"{key} must be {kind}, got {toml(value) if value is not None else _KINDS.get(got, got)}{fix}"
 
 
 def _scalar(value: Any) -> bool:
@@ -253,22 +243,7 @@ def _scalar(value: Any) -> bool:
 
 def _toml_key(key: str) -> str:
     """A key as TOML needs it written: bare, or quoted."""
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml(key)
-
-
-def _toml(value: Any) -> str:
-    """A value as it would be written in TOML (close enough for a message)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    return str(value)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml(key)
 
 
 def _type_at(path: str) -> Any:
@@ -319,7 +294,7 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         key = m.group(1) if m else ""
         hint = _HINTS.get(key, "") if "matching regex" in msg else ""
         if "matching regex" in msg and (item := _ITEM_HINTS.get(re.sub(r"\[\d+\]", "[]", key))):
-            msg, hint = f"{key} {_value_at(data, key)!r} {item[0]}; {item[1]}", ""
+            msg, hint = f"{key} {value_at(data, key)!r} {item[0]}; {item[1]}", ""
         if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
             table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
             hint = f"; {_known_keys(table)}"
@@ -327,9 +302,9 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             hint = _allowed_values(key)
         elif (typed := _TYPE_RE.match(msg)) and (said := _wrong_type(data, key, typed.group(1), typed.group(2))):
             key, msg = said
-        elif (ranged := _RANGE_RE.match(msg)) and _scalar(value := _value_at(data, key)):
+        elif (ranged := _RANGE_RE.match(msg)) and _scalar(value := value_at(data, key)):
             kind, op, bound = ranged.groups()
-            msg = f"{key} must be {_KINDS[kind]} {op} {float(bound):g}, got {_toml(value)}{_UNITS.get(key, '')}"
+            msg = f"{key} must be {_KINDS[kind]} {op} {float(bound):g}, got {toml(value)}{_UNITS.get(key, '')}"
         where = f" (key '{key}')" if key else ""
         raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.
@@ -367,9 +342,9 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         )
     p = spec.policy
     if p.locality and "locality" not in p.prefer:  # it would weigh nothing: say so, not ignore it
-        prefer = ", ".join(_toml(x) for x in ["locality", *p.prefer])
+        prefer = ", ".join(toml(x) for x in ["locality", *p.prefer])
         raise InvalidManifest(
-            f"{source} (key 'policy.locality'): policy.locality = {_toml(p.locality)} does nothing unless "
+            f"{source} (key 'policy.locality'): policy.locality = {toml(p.locality)} does nothing unless "
             f'policy.prefer has "locality"; add it, e.g. prefer = [{prefer}], or remove locality',
             key="policy.locality",
         )
