@@ -497,6 +497,8 @@ class Result(Struct, frozen=True, kw_only=True):
     duration_ms: float = 0.0
     cold: bool = False
     infra: str = "local"
+    """Where it ran: an infrastructure's name (``local``, a site's); through a site that
+    failed the call over itself, the path to where it ran there (``eu/local``), as ``tried`` names it."""
     tried: list[str] = []
     """The infrastructures tried before ``infra`` ran it, each as ``"name: why it failed"``
     (a site that stopped answering may have run it too)."""
@@ -647,6 +649,8 @@ class InvocationRecord(Struct, kw_only=True):
     started: the function's queue was full, or the gateway stopped)."""
     idempotency_key: str | None = None
     infra: str = ""
+    """Where it ran: an infrastructure's name (``local``, a site's); through a site that
+    failed the call over itself, the path to where it ran there (``eu/local``), as ``tried`` names it."""
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None

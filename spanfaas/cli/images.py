@@ -252,13 +252,11 @@ def gc(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> 
     """Remove every image no function runs on (admin)."""
     with Client(url, token) as client:
         result = client.images.gc()
-    if as_json:
-        print_json(result)
-        return
     removed = result.get("removed", [])
-    out_console().print(
-        f"[green]✓[/green] removed {plural(len(removed), 'image')}, freed {_size(int(result.get('freed', 0)))}; "
-        f"{len(result.get('kept', []))} in use"
+    print_done(
+        as_json,
+        result,
+        f"removed {plural(len(removed), 'image')}, freed {_size(int(result.get('freed', 0)))}; {len(result.get('kept', []))} in use",
     )
 
 

@@ -134,6 +134,8 @@ class InvokeOutput:
     function: str = ""
     duration_ms: float | None = None
     infra: str = ""
+    """Where it ran: an infrastructure's name; through a site that failed the call over itself,
+    the path to where it ran there (``"eu/local"``), not a name of the gateway's sites."""
     cold: bool | None = None
     tried: tuple[str, ...] = ()
     """Where the call was tried before ``infra`` ran it (it failed over), each as ``"name: why it

@@ -290,7 +290,8 @@ _fn = Param("name", "path", "The function's name (as in its manifest)", required
 _RAN = (
     Header("X-Spanfaas-Invocation-Id", "the invocation's id (GET /v1/invocations/{id} shows it)"),
     Header("X-Spanfaas-Duration-Ms", "how long the function ran, in milliseconds"),
-    Header("X-Spanfaas-Infra", "the infrastructure that ran it"),
+    Header("X-Spanfaas-Infra", "the infrastructure that ran it; through a site that failed it over itself, "
+           "the path to where it ran there (eu/local)"),
     Header("X-Spanfaas-Cold", "true when it started a new instance"),
     Header("X-Spanfaas-Tried", "when it failed over: the infrastructures it was tried on first, comma-separated "
            "(its record's tried says why each failed; a site that stopped answering may have run it too)", required=False),
@@ -337,8 +338,10 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
                  scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
-                 errors=(400, 401, 403, 413, 502, 503, 504),
+                 errors=(400, 401, 403, 409, 413, 502, 503, 504),
                  error_notes={
+                     409: "The manifest declares a trigger named as one the function was given through the API "
+                          "(the problem names both)",
                      502: "The infrastructure failed, or the image's package source cannot be reached (image-source-unreachable)",
                      504: "The image build ran past [images] build_timeout (image-build-timeout): try again later",
                  },

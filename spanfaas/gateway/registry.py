@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from spanfaas.config import Settings
-from spanfaas.errors import FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes, like_deployed
+from spanfaas.errors import Conflict, FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes, like_deployed
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
-from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
+from spanfaas.model import Bundle, FunctionRecord, FunctionSpec, manifest_trigger_id
 from spanfaas.store import Store
 from spanfaas.gateway import bundle as bundles
 from spanfaas.gateway.bundle_cache import BundleCache
@@ -158,6 +158,7 @@ class Registry:
                         await self._activate(latest)  # holds the bundle for as long as it runs
                     await asyncio.to_thread(self.bundles.release, bundle.digest, name)  # held by what runs it
                     return latest, False
+                await asyncio.to_thread(self._check_trigger_names, name, spec)
                 async with self._with_image(name, spec, bundle, actor) as bundle:
                     await self.infra.deploy(spec, bundle)
                     record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
@@ -178,6 +179,19 @@ class Registry:
         if self.images is None:
             raise InvalidManifest("this gateway does not build images; remove the [image] table", key="image")
         return self.images.deploying(name, spec, bundle, actor=Actor(actor or "unknown"))
+
+    def _check_trigger_names(self, name: str, spec: FunctionSpec) -> None:
+        """A trigger's name is one trigger's of its function: a manifest may not declare the
+        name of a trigger added through the API (the API refuses the manifest's names)."""
+        added = {r.trigger.name: r.id for r in self.store.list_triggers(name) if r.trigger.name}
+        for i, trigger in enumerate(spec.triggers):
+            if trigger.name in added:
+                id = added[trigger.name]
+                raise Conflict(
+                    f"the manifest's trigger '{manifest_trigger_id(name, trigger, i)}' (triggers[{i}]) is named "
+                    f"'{trigger.name}', as is trigger '{id}' of function '{name}', added through the API; give the "
+                    f"manifest's another name, or remove that one first (spanfaas triggers rm {id})"
+                )
 
     def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle]:
         """Unpack and check the bundle, held for ``name``; keep its blob here.  Nothing

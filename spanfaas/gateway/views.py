@@ -88,6 +88,8 @@ class InvocationView(Struct):
     attempts: int
     """Runs started (async: not counting claims given back before their run started)."""
     infra: str
+    """Where it ran: an infrastructure's name (``local``, a site's); through a site that
+    failed the call over itself, the path to where it ran there (``eu/local``), as ``tried`` names it."""
     created_at: float
     started_at: float | None
     finished_at: float | None

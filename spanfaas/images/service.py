@@ -105,7 +105,8 @@ class _Build:
     def __init__(self) -> None:
         self.events: list[BuildEvent] = []
         self.listeners: list[Emit] = []
-        self.task: asyncio.Task[ImageRecord] | None = None
+        self.task: asyncio.Task[tuple[ImageRecord, bool]] | None = None
+        """The image, and whether the build made it (False: another process had, meanwhile)."""
 
     def emit(self, event: BuildEvent) -> None:
         if len(self.events) < _MAX_EVENTS:
@@ -113,7 +114,7 @@ class _Build:
         for listener in list(self.listeners):
             listener(event)
 
-    async def follow(self, emit: Emit) -> ImageRecord:
+    async def follow(self, emit: Emit) -> tuple[ImageRecord, bool]:
         assert self.task is not None
         for event in list(self.events):
             emit(event)
@@ -187,7 +188,8 @@ class ImageService:
         self, request: ImageRequest, actor: Actor, emit: Emit = _ignore, *, deploy: bool = False
     ) -> tuple[ImageRecord, bool]:
         """The image for ``request``: checked, resolved, then reused or built once.
-        Returns it and whether it was built for this call (False: found).  ``deploy``: a
+        Returns it and whether this call built it (False: found, or built for another call it
+        followed, or by another process while it waited for the image's lock).  ``deploy``: a
         deploy uses it (counted a reuse when a deploy used it before); else a build request."""
         async with self._obtained(request, actor, emit, deploy=deploy) as got:
             return got
@@ -232,13 +234,13 @@ class ImageService:
             if existing is not None:
                 await self._used(existing, deploy)
                 return existing, False
-            record = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
+            record, built = await self._build_once(id, plan.python, lock, locked, request, actor, emit)
             if deploy:  # built for this deploy (or for another's it followed): its first use, or a reuse
                 await self._used(record, deploy)
         except BaseException:
             self._leases.release(id)
             raise
-        return record, True
+        return record, built
 
     async def _used(self, record: ImageRecord, deploy: bool) -> None:
         """Image ``record`` is used now: by a deploy (a reuse once a deploy used it before), or by a build request."""
@@ -289,7 +291,9 @@ class ImageService:
 
     async def _build_once(
         self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
-    ) -> ImageRecord:
+    ) -> tuple[ImageRecord, bool]:
+        """The image, and whether this call built it: False for a call that followed another's
+        build, and for one that found the image another process built while it waited."""
         build = self._inflight.get(id)
         if build is None:
             build = self._inflight[id] = _Build()
@@ -297,13 +301,14 @@ class ImageService:
                 self._build(id, python, lock, locked, request, actor, build.emit), name=f"image-build-{id[:12]}"
             )
             build.task.add_done_callback(lambda _: self._inflight.pop(id, None))
-        else:
-            emit(BuildPhase("wait", f"image {id[:12]} is being built for another deploy; following it"))
-        return await build.follow(emit)
+            return await build.follow(emit)
+        emit(BuildPhase("wait", f"image {id[:12]} is being built for another deploy; following it"))
+        record, _ = await build.follow(emit)
+        return record, False
 
     async def _build(
         self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
-    ) -> ImageRecord:
+    ) -> tuple[ImageRecord, bool]:
         await self._lease(id)  # its own: the build goes on when the callers that started it give up
         try:
             return await self._build_locked(id, python, lock, locked, request, actor, emit)
@@ -312,12 +317,12 @@ class ImageService:
 
     async def _build_locked(
         self, id: str, python: str, lock: str, locked: list[LockedPackage], request: ImageRequest, actor: Actor, emit: Emit
-    ) -> ImageRecord:
+    ) -> tuple[ImageRecord, bool]:
         fd = await asyncio.to_thread(self.repo.lock, id)
         try:
             existing = await asyncio.to_thread(self._existing, id)
-            if existing is not None:  # another process built it while we waited
-                return existing
+            if existing is not None:  # another process built it while we waited: found, not built
+                return existing, False
             emit(BuildPhase("install", f"installing {_summary(locked)}"))
             started = time.monotonic()
             held = await asyncio.to_thread(self.repo.workdir)
@@ -347,7 +352,7 @@ class ImageService:
             self.metrics.builds.inc()
             self.metrics.build_seconds.observe(record.build_seconds)
             log.info("built image %s (%s) in %.2fs, %s", id[:12], _summary(locked), record.build_seconds, format_size(record.size))
-            return record
+            return record, True
         finally:
             self.repo.unlock(fd)
 
@@ -402,7 +407,7 @@ class ImageService:
         try:
             if not await asyncio.to_thread(self.repo.has, id):
                 log.warning("image %s of function %s is missing on disk; building it again from its lock", id[:12], function)
-                record = await self._build_once(
+                record, _ = await self._build_once(
                     id, record.python, record.lock, record.packages, record.request, Actor(record.built_by), _ignore
                 )
             self._runs_on(function, id)

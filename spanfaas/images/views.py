@@ -92,7 +92,9 @@ class BuildWaiting(Struct, tag="wait"):
 class BuildDone(Struct, tag="done"):
     image: ImageView
     built: bool
-    """False: the image was there already (reused)."""
+    """True: this request built the image.  False: it found it -- there already, or built
+    meanwhile for another request it followed, or by another gateway sharing the image
+    directory while it waited for the image's lock."""
     seconds: float
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from spanfaas.cli import app
 from spanfaas.client import Client
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
@@ -97,3 +99,14 @@ def test_a_site_that_failed_over_itself_says_so_to_the_gateway_that_placed_the_c
         rec = c.get(f"/v1/invocations/{r.headers['x-spanfaas-invocation-id']}").json()
     assert rec["infra"] == "eu/local" and rec["tried"] == [tried]
     assert out.infra == "eu" and out.tried == ()
+    # what reads a record's infra takes the path as it is (none looks it up among main's sites)
+    env = {"SPANFAAS_URL": sites.main.url, "SPANFAAS_TOKEN": sites.main.admin_token or "", "COLUMNS": "200",
+           "XDG_CONFIG_HOME": str(sites.root / "cfg")}  # fmt: skip
+    shown = CliRunner().invoke(app, ["logs", rec["id"]], env=env, catch_exceptions=False)
+    assert shown.exit_code == 0 and " · eu/local · " in shown.stdout and "tried first on eu/far: " in shown.stdout, shown.stdout
+    explained = CliRunner().invoke(app, ["explain", "nested", "--json"], env=env, catch_exceptions=False)
+    assert explained.exit_code == 0, explained.stderr
+    assert {v["infra"] for v in json.loads(explained.stdout)["infrastructures"]} == {"eu", "local"}
+    with Client(sites.main.url, sites.main.admin_token) as sf:
+        [logged] = sf.logs(rec["id"])
+    assert logged["infra"] == "eu/local"

@@ -175,6 +175,21 @@ def test_a_triggers_name_shows_in_its_tables(cli: Any, tmp_path: Path) -> None:
         cli("rm", "named")
 
 
+def test_a_deploy_declaring_the_name_of_an_api_trigger_exits_as_a_conflict(cli: Any, tmp_path: Path) -> None:
+    """A manifest could declare a trigger name an API trigger of the function had already."""
+    d = fn_dir(tmp_path, "twice", "def handler(event, context):\n    return 1\n")
+    assert cli("deploy", d).exit_code == 0
+    try:
+        trigger_id = cli("triggers", "add", "twice", "--schedule", "0 3 * * *", "--name", "nightly").stdout.strip()
+        with open(Path(d) / "spanfaas.toml", "a") as f:
+            f.write('[[triggers]]\nname = "nightly"\nschedule = "0 4 * * *"\n')
+        r = cli("deploy", d)
+        expect_error(r, 5, "'twice:nightly'", f"'{trigger_id}'", f"spanfaas triggers rm {trigger_id}")
+        assert r.stdout == "", r.stdout
+    finally:
+        cli("rm", "twice")
+
+
 def test_logs_and_result_show_the_origin_of_a_call_another_gateway_placed_here(cli: Any, live: Live, tmp_path: Path) -> None:
     """A site's record of a call another gateway placed on it keeps that gateway's id of it
     (``origin``), but ``spanfaas logs`` did not show it: the two records could not be joined by eye."""

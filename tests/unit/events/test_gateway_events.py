@@ -696,3 +696,31 @@ async def test_a_trigger_name_a_function_has_already_is_a_409_naming_the_trigger
     assert (await client.delete(f"/v1/triggers/{first}")).status_code == 204
     assert (await client.post("/v1/triggers", json={"function": "orders", "trigger": {"name": "nightly"}})).status_code == 201
     assert "409" in (await client.get("/openapi.json")).json()["paths"]["/v1/triggers"]["post"]["responses"]
+
+
+async def test_a_manifest_trigger_named_as_an_api_trigger_of_its_function_is_a_409_naming_both(
+    client: httpx.AsyncClient, deploy: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The API refused a name the manifest had, but a later deploy could declare a name an API
+    trigger had: two triggers 'nightly' on one function, nothing to tell them apart."""
+    await deploy("orders", ORDERS)
+    r = await client.post("/v1/triggers", json={"function": "orders", "trigger": {"name": "nightly", "schedule": "0 4 * * *"}})
+    assert r.status_code == 201, r.text
+    api_id = r.json()["id"]
+    d = tmp_path / "src-named" / "orders"
+    d.mkdir(parents=True)
+    (d / "handler.py").write_text("def handler(event, context):\n    return 1\n")
+    (d / "spanfaas.toml").write_text('name = "orders"\n[[triggers]]\ntype = "a"\n[[triggers]]\nname = "nightly"\nschedule = "0 3 * * *"\n')
+    r = await client.put("/v1/functions/orders", content=pack_function(d))
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert "'orders:nightly'" in detail and "triggers[1]" in detail and f"'{api_id}'" in detail, detail
+    assert f"spanfaas triggers rm {api_id}" in detail, detail  # how to fix it
+    assert (await client.get("/v1/functions/orders")).json()["version"] == 1  # the deploy changed nothing
+    listed = {(t["id"], t["trigger"]["name"]) for t in (await client.get("/v1/triggers")).json()["triggers"]}
+    assert listed == {("orders:0", ""), (api_id, "nightly")}, listed
+    # once the API's is removed, the manifest may have the name
+    assert (await client.delete(f"/v1/triggers/{api_id}")).status_code == 204
+    r = await client.put("/v1/functions/orders", content=pack_function(d))
+    assert r.status_code == 201 and r.json()["version"] == 2, r.text
+    assert "409" in (await client.get("/openapi.json")).json()["paths"]["/v1/functions/{name}"]["put"]["responses"]

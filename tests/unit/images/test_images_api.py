@@ -118,6 +118,26 @@ async def test_curation_is_for_admins_and_every_change_is_audited(gw: tuple[Star
         assert len((await admin.get("/v1/images/audit", params={"target": "tools", "limit": 2})).json()["entries"]) == 2
 
 
+async def test_of_two_build_requests_at_once_only_the_one_that_built_says_built(gw: tuple[Starlette, Recording, SQLiteStore]) -> None:
+    """A request that followed another's build of its image said ``built: true`` too (the
+    field is whether this request built it; false: found, or built for another)."""
+    app, _, store = gw
+    gateway: Gateway = app.state.gateway
+    async with client(app, store, "ops", "admin") as admin, client(app, store, "dev", "deploy") as dev:
+        await admin.post("/v1/images/lists", json={"name": "tools", "packages": ["tinycalc>=1,<3", "tinyhelper"]})
+
+        async def build() -> dict[str, Any]:
+            r = await dev.post("/v1/images/builds", json={"packages": ["tinycalc"], "lists": ["tools"]})
+            assert r.status_code == 200, r.text
+            done: dict[str, Any] = [json.loads(line) for line in r.text.splitlines() if line][-1]
+            assert done["type"] == "done", done
+            return done
+
+        first, second = await asyncio.gather(build(), build())
+        assert first["image"]["id"] == second["image"]["id"] and gateway.images.builds == 1
+        assert sorted([first["built"], second["built"]]) == [False, True], (first, second)
+
+
 async def test_build_streams_events_and_deploys_get_their_image(gw: tuple[Starlette, Recording, SQLiteStore], tmp_path: Path) -> None:
     app, infra, store = gw
     gateway: Gateway = app.state.gateway

@@ -107,12 +107,15 @@ def test_curate_build_deploy_inspect_and_remove(cli: Cli, tmp_path: Path) -> Non
     r = cli("images", "rm", short)
     assert r.exit_code == 5 and "in use by calc" in r.stderr
     ok(cli("rm", "calc"))
-    assert "removed 1 image," in ok(cli("images", "gc")).stdout
+    r = ok(cli("images", "gc"))
+    # a status line on stderr, nothing on stdout (it printed its summary on stdout)
+    assert r.stdout == "" and "✓ removed 1 image, freed " in r.stderr and "0 in use" in r.stderr, (r.stdout, r.stderr)
 
     (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinyhelper"]\nlists = ["tools"]\n')
     r = ok(cli("images", "build", str(fn), scope="deploy"))
     assert "1 package)" in r.stderr, r.stderr  # it said "(…, 1 packages)"
-    assert "removed 1 image," in ok(cli("images", "gc")).stdout
+    gc = json.loads(ok(cli("images", "gc", "--json")).stdout)  # the one document, for scripts
+    assert len(gc["removed"]) == 1 and gc["kept"] == [] and gc["freed"] > 0, gc
 
     (fn / "spanfaas.toml").write_text('name = "calc"\n[image]\npackages = ["tinycalc>=3"]\nlists = ["tools"]\n')
     r = cli("deploy", str(fn), scope="deploy")

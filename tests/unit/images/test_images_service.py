@@ -68,6 +68,8 @@ async def test_concurrent_requests_for_one_new_image_build_it_once(service: Imag
     results = await asyncio.gather(*(service.ensure(TOOLS, ADMIN) for _ in range(4)))
     assert len({r.id for r, _ in results}) == 1
     assert service.builds == 1
+    # built for one of them; the others followed its build (they said built too)
+    assert sorted(built for _, built in results) == [False, False, False, True], results
     assert built_dirs(service) == [results[0][0].id]
 
 

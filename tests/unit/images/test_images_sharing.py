@@ -138,3 +138,20 @@ async def test_an_image_a_gateway_still_runs_a_replaced_version_on_is_kept_until
     finally:
         a.close()
         b.close()
+
+
+async def test_of_two_gateways_building_one_image_at_once_only_the_builder_says_it_built_it(
+    tmp_path: Path, wheelhouse: Path, store: SQLiteStore
+) -> None:
+    """The one that waited on the image's file lock while the other built it found the image,
+    and still said it had built it (``built: true``)."""
+    store.create_image_list(new_list("tools", packages=["tinycalc"], by=ADMIN.name), ADMIN)
+    here, there = ImageService(shared(tmp_path, wheelhouse, "a"), store), ImageService(shared(tmp_path, wheelhouse, "b"), store)
+    try:
+        (a, built_a), (b, built_b) = await asyncio.gather(here.ensure(TOOLS, ADMIN), there.ensure(TOOLS, ADMIN))
+        assert a.id == b.id and here.builds + there.builds == 1
+        assert sorted([built_a, built_b]) == [False, True]
+        assert (built_a, built_b) == (here.builds == 1, there.builds == 1)  # the one that built it says so
+    finally:
+        here.close()
+        there.close()
