@@ -78,6 +78,10 @@ class RuntimeSettings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     memory mappings to every template, and fork cost grows with mappings, so
     heavy ones (asyncio with ssl, hashlib, decimal) are left to the functions
     that use them (or to an image's ``preload``)."""
+    scratch_size: Annotated[int, Meta(ge=1)] = 1024
+    """Without the sandbox: MiB of the tmpfs the runtime mounts for its instances' scratch
+    dirs (root only; elsewhere they stay in the data dir).  A function that fills it gets
+    ENOSPC ("No space left on device"); the host's memory does not fill."""
 
 
 InfraName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]

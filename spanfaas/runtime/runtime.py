@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import logging
 import os
-import shutil
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -24,6 +23,7 @@ from spanfaas.config import RuntimeSettings, Settings
 from spanfaas.errors import FunctionNotFound, InfraUnavailable, PayloadTooLarge, SpanfaasError, format_sizes, like_deployed
 from spanfaas.model import EarlyStats, FunctionSpec, ImageRef, InvokeContext, Protection, Result
 from spanfaas.runtime import protocol as p
+from spanfaas.runtime import scratch
 from spanfaas.runtime.early import EarlyAction
 from spanfaas.runtime.pool import Pool
 from spanfaas.runtime.sandboxing import (
@@ -95,9 +95,9 @@ class LocalRuntime:
             reap_stale_cgroups(self.rt)
         active = {x.name for x in self.protections if x.active}
         self._spares_ok = self.rt.spares > 0 and {"pid-namespace", "mount-namespace"} <= active
-        _remove_stale_scratch(self.scratch_root.parent)
-        self.scratch_root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.scratch_root, 0o711)
+        scratch.remove_stale(self.scratch_root.parent)
+        tmpfs = None if self.rt.sandbox else self.rt.scratch_size * 1024 * 1024  # (sandboxed: a tmpfs per function)
+        scratch.make_root(self.scratch_root, tmpfs_bytes=tmpfs)
         self._zygote_for(None)
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         self.started = True
@@ -130,7 +130,7 @@ class LocalRuntime:
             _destroy(sb, f"the cgroup of {key}")
         self._sandboxes.clear()
         remove_cgroup_root(self.rt, self.cgroup_root)
-        shutil.rmtree(self.scratch_root, ignore_errors=True)
+        scratch.remove_root(self.scratch_root)
 
     async def __aenter__(self) -> LocalRuntime:
         await self.start()
@@ -530,16 +530,6 @@ async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
     if cancelled:
         raise asyncio.CancelledError
     task.result()
-
-
-def _remove_stale_scratch(parent: Path) -> None:
-    """Scratch dirs of runtimes that died (``rt-<pid>-<n>`` with no such pid)."""
-    if not parent.is_dir():
-        return
-    for entry in parent.iterdir():
-        parts = entry.name.split("-")
-        if len(parts) == 3 and parts[0] == "rt" and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _destroy(cgroup: Any, what: str) -> None:
