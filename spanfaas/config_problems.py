@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from spanfaas.tomltext import toml, value_at
+from spanfaas.tomltext import KINDS, toml, value_at
 
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _LENGTH = re.compile(r"^Expected `(str|array|object)` of length (>=|<=) (\d+)$")
@@ -22,15 +22,6 @@ _ENUM = re.compile(r"^Invalid enum value ")
 _SECRET = re.compile(r"secret|token|password", re.IGNORECASE)
 _BOUNDS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
 _UNITS = {"str": "characters", "array": "items", "object": "keys"}
-_KINDS = {
-    "str": "a string in quotes",
-    "int": "a whole number",
-    "float": "a number",
-    "bool": "true or false",
-    "object": "a table",
-    "array": "a list",
-}
-"""How a TOML user calls what msgspec calls ``str``, ``object``…"""
 
 
 def split(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -63,7 +54,7 @@ def problem(message: str, path: str, data: Any, root: type) -> str:
     if m := _BOUND.match(message):
         return f"must be {_BOUNDS[m.group(2)]} {m.group(3).removesuffix('.0')}{got}"
     if m := _TYPE.match(message):
-        return f"must be {_KINDS.get(m.group(1), m.group(1))}{got or ', got ' + _KINDS.get(m.group(2), m.group(2))}"
+        return f"must be {KINDS.get(m.group(1), m.group(1))}{got or ', got ' + KINDS.get(m.group(2), m.group(2))}"
     if m := _PATTERN.match(message):
         return f"is not allowed{'' if secret else ': ' + toml(value)} (it must match {m.group(1)})"
     if _ENUM.match(message) and (values := _literal_values(root, path)):

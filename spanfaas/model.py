@@ -17,7 +17,7 @@ import msgspec.inspect
 from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidManifest
-from spanfaas.tomltext import toml, value_at
+from spanfaas.tomltext import KINDS, toml, value_at
 
 __all__ = [
     "Bundle",
@@ -192,15 +192,6 @@ _ITEM_HINTS = {
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
 _RANGE_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+) - at")
-_KINDS = {
-    "str": "a string in quotes",
-    "int": "a whole number",
-    "float": "a number",
-    "bool": "true or false",
-    "object": "a table",
-    "array": "a list",
-}
-"""How a TOML user would call what msgspec calls ``str``, ``object``..."""
 _UNITS = {
     "resources.memory": "; in MiB, e.g. memory = 512",
     "resources.cpu": "; in cores, e.g. cpu = 0.5",
@@ -213,7 +204,7 @@ def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tupl
     """The key and message for a value of the wrong type: says what to write.
 
     msgspec names a table's entry ``env[...]``; the key that holds the bad value is named instead."""
-    kind = _KINDS.get(expected)
+    kind = KINDS.get(expected)
     if kind is None:
         return None
     if key.endswith("[...]"):  # an entry of a table of any keys ([env]): find it
@@ -234,7 +225,7 @@ def _wrong_type(data: dict[str, Any], key: str, expected: str, got: str) -> tupl
     name = key.rpartition(".")[2]
     if not fix and expected == "str" and _scalar(value) and not name.endswith("]"):  # (a list's item: no `key = value` to write)
         fix = f"; write {_toml_key(name)} = {toml(toml(value))}"
-    return key, f"{key} must be {kind}, got {toml(value) if value is not None else _KINDS.get(got, got)}{fix}"
+    return key, f"{key} must be {kind}, got {toml(value) if value is not None else KINDS.get(got, got)}{fix}"
 
 
 def _scalar(value: Any) -> bool:
@@ -304,7 +295,7 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
             key, msg = said
         elif (ranged := _RANGE_RE.match(msg)) and _scalar(value := value_at(data, key)):
             kind, op, bound = ranged.groups()
-            msg = f"{key} must be {_KINDS[kind]} {op} {float(bound):g}, got {toml(value)}{_UNITS.get(key, '')}"
+            msg = f"{key} must be {KINDS[kind]} {op} {float(bound):g}, got {toml(value)}{_UNITS.get(key, '')}"
         where = f" (key '{key}')" if key else ""
         raise InvalidManifest(f"{source}{where}: {msg}{hint}", key=key or None) from None
     # Checked here, not in Scaling: specs already in a store must still decode.

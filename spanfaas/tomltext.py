@@ -10,6 +10,16 @@ from typing import Any
 PATH_PARTS = re.compile(r"[^.\[\]]+|\[\d+\]")
 """The parts of a dotted path with list indexes: ``events.webhooks[0].secret``."""
 
+KINDS = {
+    "str": "a string in quotes",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "object": "a table",
+    "array": "a list",
+}
+"""How a TOML file's author calls what msgspec calls ``str``, ``object``..."""
+
 
 def value_at(data: Any, path: str) -> Any:
     """The value at ``path`` (``resources.memory``, ``triggers[0].kind``) in decoded TOML, or None."""
