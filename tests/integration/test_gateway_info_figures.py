@@ -73,6 +73,8 @@ def test_info_counts_a_function_as_soon_as_its_deploy_returns(gateway: GatewayPr
     table = cli("info").stdout
     row = next(line for line in table.splitlines() if line.strip().startswith("local"))
     assert row.split()[-2:] == ["1", "1"], table
+    lines = table.splitlines()  # the protections under a heading of their own, not as more rows of the sites
+    assert lines[lines.index(row) + 1].startswith("sandbox protections"), table
 
     cli("rm", "figures")
     site = local()
