@@ -58,6 +58,9 @@ log = logging.getLogger("spanfaas.scheduler")
 _replace = msgspec.structs.replace
 
 RETRY_AFTER_MAX = 60.0
+RECOUNT_WAIT = 2.0
+"""Seconds a deploy or remove waits for the sites it touched to tell their new figures
+(``_recount``); a site slower than that tells them in the background."""
 """Seconds at most that a site's Retry-After (a 429 to its info) keeps us from asking again."""
 
 
@@ -121,6 +124,7 @@ class SpanningInfrastructure:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
+        self._recounts: set[asyncio.Task[None]] = set()  # recounts that outlasted RECOUNT_WAIT
         self._calls: dict[str, set[asyncio.Task[Any]]] = {s.name: set() for s in sites}
         """Per site, the tasks with an invocation in flight there."""
         self._cut: dict[asyncio.Task[Any], str] = {}
@@ -179,6 +183,9 @@ class SpanningInfrastructure:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for task in self._recounts:
+            task.cancel()
+        await asyncio.gather(*self._recounts, return_exceptions=True)
         if self._removals:  # drains still going: they end before their infrastructure closes
             await asyncio.gather(*self._removals, return_exceptions=True)
         results = await asyncio.gather(*(s.infra.close() for s in self.sites), return_exceptions=True)
@@ -538,8 +545,8 @@ class SpanningInfrastructure:
         slots, queue) asked now, so ``/v1/info`` (``spanfaas info``) and ``/metrics`` count the
         change when it returns, not when the next background refresh comes.  Only the figures
         (``Site.recount``): a site that does not answer here is judged by the refresh, not by this.
-        The local runtime answers from memory; a remote site in one round trip, bounded by its
-        timeout, after the deploy that just went there."""
+        The local runtime answers from memory; a remote site in one round trip, waited for up to
+        ``RECOUNT_WAIT`` seconds (then it goes on in the background, up to the site's timeout)."""
 
         async def one(site: Site) -> None:
             asked = self.clock()
@@ -552,7 +559,16 @@ class SpanningInfrastructure:
             if reported.healthy:
                 site.recount(reported, asked)
 
-        await asyncio.gather(*(one(s) for s in sites if s.healthy))
+        tasks = [asyncio.create_task(one(s), name=f"spanfaas-recount-{s.name}") for s in sites if s.healthy]
+        if not tasks:
+            return
+        try:
+            await asyncio.wait(tasks, timeout=RECOUNT_WAIT)
+        finally:  # (also when the caller is cancelled meanwhile)
+            for task in tasks:
+                if not task.done():
+                    self._recounts.add(task)
+                    task.add_done_callback(self._recounts.discard)
 
     async def _remove_there(self, site: Site, name: str) -> None:
         """Remove ``name`` from ``site``, which has it; failing, the remove is owed there."""

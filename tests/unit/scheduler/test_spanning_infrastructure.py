@@ -888,3 +888,21 @@ async def test_a_refresh_asked_before_a_recount_does_not_undo_it(spanning, bundl
     answer.set()
     await refresh  # its answer from before the deploy comes last
     assert sp.infos()[0].functions == 1
+
+
+async def test_a_site_slow_to_recount_holds_a_deploy_no_longer_than_the_recount_wait(spanning, bundle: Bundle) -> None:
+    # Deploys there, then does not answer its info: the deploy returns (the figures come
+    # in the background, or at the next refresh), and close() ends the recount left.
+    sp = await spanning(LOCAL, refresh_interval=3600)
+    infra = child(sp, "local")
+    never = asyncio.Event()
+
+    async def hung_info() -> InfraInfo:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    infra.info = hung_info  # type: ignore[method-assign]
+    await asyncio.wait_for(sp.deploy(make_spec(), bundle), timeout=30)
+    assert "fn" in sp.site("local").deployed and len(sp._recounts) == 1
+    await sp.close()
+    assert not sp._recounts
