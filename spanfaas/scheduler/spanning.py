@@ -58,10 +58,10 @@ log = logging.getLogger("spanfaas.scheduler")
 _replace = msgspec.structs.replace
 
 RETRY_AFTER_MAX = 60.0
+"""Seconds at most that a site's Retry-After (a 429 to its info) keeps us from asking again."""
 RECOUNT_WAIT = 2.0
 """Seconds a deploy or remove waits for the sites it touched to tell their new figures
 (``_recount``); a site slower than that tells them in the background."""
-"""Seconds at most that a site's Retry-After (a 429 to its info) keeps us from asking again."""
 
 
 @runtime_checkable
