@@ -5,7 +5,7 @@ runtime's data dir: ``__file__``, ``sys.path``, tracebacks) and of its scratch d
 (its working directory, ``TMPDIR``, ``HOME``, ``tempfile.gettempdir()``, the scratch
 tmpfs's mount point in ``/proc/self/mountinfo``): where the data dir lives, and how
 the host lays it out.  In its own mount namespace the code is now a read-only copy at
-``/var/task`` and the scratch tmpfs is ``/tmp`` (an instance's dir ``/tmp/i<n>``), the
+``/var/task`` and the scratch tmpfs is ``/var/tmp`` (an instance's dir ``/var/tmp/i<n>``), the
 same on every host (docs/runtime.md, "Where a function finds its code and scratch
 dir").  Without the sandbox, the host's paths, as before.
 """
@@ -30,6 +30,7 @@ import sys
 import tempfile
 
 def handler(event, context):
+    listing = sorted(os.listdir("."))
     if event == "write":
         with open("left-behind", "w") as f:
             f.write("x")
@@ -51,7 +52,7 @@ def handler(event, context):
         "tempdir": tempfile.gettempdir(),
         "path": sys.path,
         "mountinfo": mountinfo,
-        "listing": sorted(os.listdir(".")),
+        "listing": listing,
         "own_source": own_source,
         "code_writable": code_writable,
     }
@@ -97,7 +98,7 @@ async def test_a_sandboxed_function_sees_its_code_and_scratch_at_fixed_paths_onl
         assert host not in shown, (host, seen)
     assert seen["file"] == "/var/task/handler.py"
     assert seen["path"][0] == "/var/task"
-    assert seen["cwd"].startswith("/tmp/i")
+    assert seen["cwd"].startswith("/var/tmp/i")
     assert seen["tmpdir"] == seen["home"] == seen["tempdir"] == seen["cwd"]
     assert seen["own_source"] and not seen["code_writable"]
 
