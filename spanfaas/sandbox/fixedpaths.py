@@ -58,7 +58,7 @@ MNT_DETACH: Final = 2
 
 
 def _under(path: str, tree: str) -> bool:
-    return path == tree or path.startswith(tree + "/")
+    return tree == "/" or path == tree or path.startswith(tree + "/")
 
 
 def clash(needed: Sequence[str]) -> str:
@@ -67,8 +67,10 @@ def clash(needed: Sequence[str]) -> str:
     be covered."""
     for path in needed:
         real = os.path.realpath(path)
-        if _under(real, _COVERED) or _under(_COVERED, real.rstrip("/") or "/"):
+        if _under(real, _COVERED):
             return f"{path} lies under {_COVERED}, which the fixed paths cover"
+        if _under(_COVERED, real.rstrip("/") or "/"):
+            return f"{path} holds {_COVERED}, which the fixed paths cover"
     return ""
 
 
