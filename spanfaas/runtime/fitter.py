@@ -178,25 +178,7 @@ def _fit_function(
         return FitReport(protections=out, function=True), []
     plan = msgspec.convert(plan, SandboxPlan) if isinstance(plan, dict) else plan
     mounts = bool(unshared & _libc.CLONE_NEWNS)
-    ro_others = [x for x in plan.ro_paths if x != bundle]
-    rw_others = [x for x in plan.rw_paths if x != scratch_dir]
-    clash = fixedpaths.clash([*ro_others, *rw_others]) if mounts else "no mount namespace"
-    if clash:  # the host paths, as without fixed paths
-        uid = _reachable_uid(plan.uid, [*plan.ro_paths, *plan.rw_paths], mounts, out)
-        placed = Protection("fixed-paths", False, f"code and scratch at their host paths: {clash}")
-    else:
-        uid = _reachable_uid(plan.uid, [*ro_others, *rw_others], mounts, out)
-        placed = fixedpaths.place(bundle, uid, _scratch_bytes(plan.memory_bytes))
-        if not placed.active and uid is not None and any(fsview.blocking_ancestor(x) for x in (bundle, scratch_dir)):
-            uid = _reachable_uid(uid, [bundle, scratch_dir], mounts, out)
-    out.append(placed)
-    if placed.active:
-        out.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {_scratch_bytes(plan.memory_bytes) >> 20} MiB"))
-        plan = msgspec.structs.replace(
-            plan, ro_paths=(fixedpaths.CODE, *ro_others), rw_paths=(fixedpaths.SCRATCH, *rw_others)
-        )
-    elif mounts:
-        out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
+    plan, uid, code_dir, scratch = _place(plan, bundle, scratch_dir, mounts, out)
     if mounts:
         out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
@@ -204,9 +186,47 @@ def _fit_function(
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
     ruleset, built = landlock.landlock_ruleset(plan.ro_paths, plan.rw_paths)
     out.append(built)  # the template enforces it (or, when it has no fd, reports it inactive)
-    code_dir, scratch = (fixedpaths.CODE, fixedpaths.SCRATCH) if placed.active else ("", "")
     report = FitReport(protections=out, function=True, uid=uid, plan=applied, code_dir=code_dir, scratch_dir=scratch)
     return report, [ruleset] if ruleset >= 0 else []
+
+
+def _place(plan: SandboxPlan, bundle: str, scratch_dir: str, mounts: bool, out: list[Protection]) -> tuple[SandboxPlan, int | None, str, str]:
+    """The code and scratch at fixed paths where possible (``sandbox/fixedpaths.py``),
+    the interpreter reachable for the uid: the plan with the paths the function
+    finds them at, its uid, and where the code and scratch are ("": host paths)."""
+    from spanfaas.sandbox import fixedpaths, fsview
+
+    ro_others = [x for x in plan.ro_paths if x != bundle]
+    rw_others = [x for x in plan.rw_paths if x != scratch_dir]
+    # The code first (as root, the whole host in view), then the interpreter for
+    # the uid (fsview), then the scratch tmpfs, owned by that uid.
+    why_not = (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle)) if mounts else "no mount namespace"
+    code_dir = scratch = ""
+    if why_not:  # the host paths, as without fixed paths
+        uid = _reachable_uid(plan.uid, [*plan.ro_paths, *plan.rw_paths], mounts, out)
+    else:
+        code_dir = fixedpaths.CODE
+        uid = _reachable_uid(plan.uid, [*ro_others, *rw_others], mounts, out)
+        why_not = fixedpaths.place_scratch(uid, _scratch_bytes(plan.memory_bytes))
+        if not why_not:
+            scratch = fixedpaths.SCRATCH
+        elif uid is not None and fsview.blocking_ancestor(scratch_dir):
+            out.append(Protection("uid", False, f"the scratch dir is not reachable for the function's uid: {why_not}"))
+            uid = None
+    if not why_not:
+        out.append(Protection("fixed-paths", True, f"code (a read-only copy) at {code_dir}, scratch at {scratch}"))
+        out.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {_scratch_bytes(plan.memory_bytes) >> 20} MiB"))
+    else:
+        where = f"code at {code_dir}, scratch at its host path" if code_dir else "code and scratch at their host paths"
+        out.append(Protection("fixed-paths", False, f"{where}: {why_not}"))
+        if mounts:
+            out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
+    plan = msgspec.structs.replace(
+        plan,
+        ro_paths=(code_dir, *ro_others) if code_dir else plan.ro_paths,
+        rw_paths=(scratch, *rw_others) if scratch else plan.rw_paths,
+    )
+    return plan, uid, code_dir, scratch
 
 
 def _reachable_uid(uid: int | None, needed: list[str], mounts: bool, out: list[Protection]) -> int | None:

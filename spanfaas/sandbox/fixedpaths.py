@@ -4,18 +4,19 @@ The runtime keeps a function's bundle and scratch dir under its data dir; a
 function that saw them there (``__file__``, its working directory, ``TMPDIR``,
 ``/proc/self/mountinfo``) learnt where the data dir lives and how the host lays
 it out.  In the function's private mount namespace, as root and before the
-template locks itself down, ``place`` puts
+template locks itself down, the fitter puts
 
-* a read-only **copy** of the bundle at ``CODE`` (``/var/task``), on a small
-  tmpfs laid over ``/var``: a bind mount would do without the copy, but
+* a read-only **copy** of the bundle at ``CODE`` (``/var/task``; ``place_code``),
+  on a small tmpfs laid over ``/var``: a bind mount would do without the copy, but
   ``/proc/self/mountinfo`` names a bind mount's source directory (its *root*
   field: the path within its file system), and so the host path again.  The
   copy is made once per template, by the fitter, from a descriptor of the
   bundle opened before ``/var`` is covered (the bundle may live there, as
   ``/var/lib/...``), with modes, owners and modification times kept (so the
   bundle's ``__pycache__`` stays valid);
-* the scratch tmpfs at ``SCRATCH`` (``/var/tmp``, in that tmpfs), where the
-  template makes and removes each instance's dir (``/var/tmp/i<n>``).
+* the scratch tmpfs at ``SCRATCH`` (``/var/tmp``, in that tmpfs;
+  ``place_scratch``), where the template makes and removes each instance's
+  dir (``/var/tmp/i<n>``).
 
 The tmpfs covers the host's ``/var``, in this namespace only (propagation is
 private by then).  So nothing else the function needs may live below it (an
@@ -38,7 +39,7 @@ from typing import Final
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 
-__all__ = ["CODE", "SCRATCH", "clash", "place"]
+__all__ = ["CODE", "SCRATCH", "clash", "place_code", "place_scratch"]
 
 CODE: Final = "/var/task"
 """Where a sandboxed function finds its code (``__file__``, ``sys.path[0]``)."""
@@ -74,21 +75,21 @@ def clash(needed: Sequence[str]) -> str:
     return ""
 
 
-def place(bundle: str, uid: int | None, scratch_bytes: int) -> Protection:
-    """Copy ``bundle`` to ``CODE`` (read-only) and mount the scratch tmpfs
-    (``scratch_bytes``, owned by ``uid``) on ``SCRATCH``.  Call as root in the
-    function's private mount namespace; on failure nothing stays mounted and the
-    Protection (``fixed-paths``) says why."""
+def place_code(bundle: str) -> str:
+    """Cover ``/var`` with a tmpfs holding a read-only copy of ``bundle`` at
+    ``CODE`` (and an empty ``SCRATCH`` to mount on).  Call as root in the
+    function's private mount namespace.  "" when done; else why not, and
+    nothing stays mounted."""
     try:
         src = os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        return Protection("fixed-paths", False, f"code and scratch at their host paths: cannot open the bundle: {exc.strerror}")
+        return f"cannot open the bundle: {exc.strerror}"
     try:
         links = _symlinks("/var")
         _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={CODE_BYTES}")
     except OSError as exc:
         os.close(src)
-        return Protection("fixed-paths", False, f"code and scratch at their host paths: {exc.strerror or exc}")
+        return f"cannot cover /var: {exc.strerror or exc}"
     try:
         try:
             for name, target in links:  # /var/run -> /run and the like, as on the host
@@ -103,15 +104,23 @@ def place(bundle: str, uid: int | None, scratch_bytes: int) -> Protection:
         finally:
             os.close(src)
         _libc.mount(None, "/var", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        owner = f",uid={uid},gid={uid}" if uid is not None else ""
-        _libc.mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={scratch_bytes}{owner}")
     except OSError as exc:
         _libc.umount2("/var", MNT_DETACH)
-        why = "the bundle is larger than the code tmpfs" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        return Protection("fixed-paths", False, f"code and scratch at their host paths: {why}")
-    return Protection(
-        "fixed-paths", True, f"code (a read-only copy) at {CODE}, scratch on a private tmpfs of {scratch_bytes >> 20} MiB at {SCRATCH}"
-    )
+        if exc.errno == errno.ENOSPC:
+            return f"the bundle is larger than the code tmpfs ({CODE_BYTES >> 20} MiB)"
+        return f"copying the bundle: {exc.strerror or exc}"
+    return ""
+
+
+def place_scratch(uid: int | None, scratch_bytes: int) -> str:
+    """Mount the scratch tmpfs (``scratch_bytes``, owned by ``uid``, mode 0700) on
+    ``SCRATCH``, once ``place_code`` made it.  "" when done; else why not."""
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    try:
+        _libc.mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={scratch_bytes}{owner}")
+    except OSError as exc:
+        return f"cannot mount the scratch tmpfs at {SCRATCH}: {exc.strerror or exc}"
+    return ""
 
 
 def _symlinks(directory: str) -> list[tuple[str, str]]:
