@@ -190,7 +190,9 @@ def _fit_function(
     return report, [ruleset] if ruleset >= 0 else []
 
 
-def _place(plan: SandboxPlan, bundle: str, scratch_dir: str, mounts: bool, out: list[Protection]) -> tuple[SandboxPlan, int | None, str, str]:
+def _place(
+    plan: SandboxPlan, bundle: str, scratch_dir: str, mounts: bool, out: list[Protection]
+) -> tuple[SandboxPlan, int | None, str, str]:
     """The code and scratch at fixed paths where possible (``sandbox/fixedpaths.py``),
     the interpreter reachable for the uid: the plan with the paths the function
     finds them at, its uid, and where the code and scratch are ("": host paths)."""
