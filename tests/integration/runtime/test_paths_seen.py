@@ -13,6 +13,8 @@ dir").  Without the sandbox, the host's paths, as before.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -120,3 +122,24 @@ async def test_without_the_sandbox_a_function_sees_the_hosts_paths_as_before(har
     assert seen["file"] == str(Path(bundle) / "handler.py")
     assert Path(seen["cwd"]).is_relative_to(harness.rt.scratch_root)
     assert seen["tmpdir"] == seen["home"] == seen["tempdir"] == seen["cwd"]
+
+
+async def test_a_data_dir_under_var_is_copied_from_before_var_is_covered() -> None:
+    """/var/lib/<service> is a usual home for a data dir: the bundle under it is copied
+    through a descriptor opened before the function's /var is covered."""
+    data_dir = Path(tempfile.mkdtemp(prefix="spanfaas-paths-", dir="/var/tmp"))
+    try:
+        data_dir.chmod(0o755)
+        rt = LocalRuntime(runtime_settings(data_dir, sandbox=True))
+        await rt.start()
+        try:
+            h = Harness(rt, data_dir / "functions")
+            require(h, "mount-namespace")
+            await h.deploy("under-var", WHERE, 'isolation = "strict"\n')
+            seen = await _where(h, "under-var")
+            assert seen["file"] == "/var/task/handler.py" and seen["own_source"], seen
+            assert seen["cwd"].startswith("/var/tmp/i") and str(data_dir) not in json.dumps(seen), seen
+        finally:
+            await rt.close()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
