@@ -103,6 +103,8 @@ async def test_a_sandboxed_function_sees_its_code_and_scratch_at_fixed_paths_onl
     assert seen["cwd"].startswith("/var/tmp/i")
     assert seen["tmpdir"] == seen["home"] == seen["tempdir"] == seen["cwd"]
     assert seen["own_source"] and not seen["code_writable"]
+    placed = next(x for x in h.rt.pool(name).protections if x.name == "fixed-paths")
+    assert placed.active and "/var/task" in placed.reason, placed
 
 
 async def test_files_written_in_scratch_are_gone_at_the_next_strict_call(sandboxed_rt: tuple[Harness, Path]) -> None:
