@@ -13,9 +13,10 @@ them later for a spare), and the fitter:
 * makes the namespaces whole (``sandbox.fit_namespaces``): private
   mounts, the pid namespace's ``/proc``, read-only ``/sys``, hostname,
   loopback;
-* for the function: exposes the interpreter's trees to the function's
-  uid (``fsview``), puts the scratch dir on a private tmpfs and sets the
-  template's rlimits (``prlimit``);
+* for the function: copies its code to ``/var/task`` and mounts its
+  scratch tmpfs on ``/var/tmp`` (``fixedpaths``: the function sees no host
+  path of either), exposes the interpreter's trees to the function's uid
+  (``fsview``) and sets the template's rlimits (``prlimit``);
 
 and builds the template's Landlock ruleset (paths resolved in its mount
 namespace), then sends a ``FitReport`` -- with the ruleset's fd -- on a
