@@ -36,7 +36,6 @@ import stat
 from collections.abc import Sequence
 from typing import Final
 
-from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 
 __all__ = ["CODE", "SCRATCH", "clash", "place_code", "place_scratch"]
