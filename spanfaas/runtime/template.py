@@ -435,9 +435,9 @@ class Template:
                 break
             pid, status = exited
             seq = self.children.pop(pid, None)
+            reaped = True  # an orphan too: its own children are ours now, and outlive it
             if seq is None:
                 continue  # an orphan re-parented to us (their subreaper)
-            reaped = True
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
         if reaped and self.reaper:
