@@ -462,3 +462,40 @@ async def test_a_host_unix_datagram_socket_is_out_of_reach_without_network(
         got = b""
     assert got == b"" and r.error is not None and r.error.type == "PermissionError", (got, r.output, r.error)
     assert 'set network = "host"' in r.error.message, r.error.message
+
+
+LEFTOVERS = """
+import os
+
+def handler(event, context):
+    if event == "deep":  # deeper than the recursion limit, longer than PATH_MAX
+        for _ in range(5000):
+            os.mkdir("d")
+            os.chdir("d")
+    elif event == "wide":  # inodes until the memory limit: kernel memory no process holds
+        n = 0
+        while n < 5_000_000:
+            os.mkdir(f"d{n}")
+            n += 1
+    return os.getpid()
+"""
+
+
+@pytest.mark.parametrize("shape", ["deep", "wide"])
+async def test_a_tree_left_in_scratch_does_not_take_the_template_or_the_next_call(sandboxed: Harness, shape: str) -> None:
+    """The template removed a finished instance's scratch dir by recursion, listing each
+    dir whole: a tree 5000 deep raised RecursionError in it and a dir of ~100k entries
+    ran it out of memory -- the template died, and the next (strict) call with it."""
+    name = f"leftovers-{shape}"
+    await sandboxed.deploy(name, LEFTOVERS, "[resources]\nmemory = 32\ntimeout = 60\n[scaling]\nmax = 1\nprefork = 0\n")
+    pool = sandboxed.rt.pool(name)
+    template = pool.template_pid
+    r = await sandboxed.invoke(name, json.dumps(shape).encode())
+    if shape == "deep":
+        assert r.ok, r.error
+    else:
+        assert r.error is not None and r.error.kind == "oom", r.error
+    for _ in range(3):
+        r = await sandboxed.invoke(name, b'"next"')
+        assert r.ok, r.error
+    assert pool.template_pid == template and pool.state == "ready", "the template survived"
