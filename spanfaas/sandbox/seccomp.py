@@ -31,7 +31,10 @@ The filter, in order:
    connect elsewhere; a datagram pair (``SOCK_DGRAM``, or ``SOCK_RAW``,
    which AF_UNIX makes a datagram one) → EPERM: such a socket sends to any
    path socket it names (``sendto``, or ``connect`` again), syslog's or
-   journald's.
+   journald's.  ``socket(AF_VSOCK, ...)`` → EPERM too: vsock addresses are
+   not a network namespace's (a VM has one CID, its host is CID 2), so in a
+   virtual machine such a socket reached the hypervisor's services, and
+   other VMs', from a function without network.
 9. everything else → allow.
 """
 
@@ -54,6 +57,7 @@ EPERM: Final = 1
 ENOSYS: Final = 38
 TIOCSTI: Final = 0x5412
 AF_UNIX: Final = 1
+AF_VSOCK: Final = 40
 SOCK_DGRAM: Final = 2
 SOCK_RAW: Final = 3
 SOCK_TYPE_MASK: Final = 0xF
@@ -186,6 +190,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "socket",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         (_JEQ_K, "eperm", None, AF_UNIX),
+        (_JEQ_K, "eperm", None, AF_VSOCK),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "socketpair",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -220,7 +225,7 @@ def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_S
 
 def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """Install the deny-list on the calling thread and its future children.
-    ``unix_sockets``: whether ``socket(AF_UNIX)`` stays allowed (a function
+    ``unix_sockets``: whether ``socket(AF_UNIX)`` (and ``AF_VSOCK``) stays allowed (a function
     with the host's network; see the module's docstring, step 8).
 
     Filters stack and cannot be removed, so calling it again (e.g. per
@@ -239,7 +244,7 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
         return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
     n = sum(name in _ARCHES[_libc.ARCH].nr for name in DENIED) + (0 if allow_exec else len(EXEC))
     exec_note = "exec allowed" if allow_exec else "exec denied"
-    unix_note = "" if unix_sockets else ", unix sockets denied (no network; stream socketpairs allowed)"
+    unix_note = "" if unix_sockets else ", unix and vsock sockets denied (no network; stream socketpairs allowed)"
     return Protection(
         "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
     )

@@ -499,3 +499,36 @@ async def test_a_tree_left_in_scratch_does_not_take_the_template_or_the_next_cal
         r = await sandboxed.invoke(name, b'"next"')
         assert r.ok, r.error
     assert pool.template_pid == template and pool.state == "ready", "the template survived"
+
+
+VSOCK = """
+import socket
+
+def handler(event, context):
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    return "made"
+"""
+
+
+def _host_has_vsock() -> bool:
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_vsock_socket_is_refused_without_network(sandboxed: Harness) -> None:
+    """With network = "none" a function made an AF_VSOCK socket: vsock addresses are no
+    network namespace's (a VM's CID is one for the whole VM, its hypervisor is CID 2), so
+    in a virtual machine it reached the hypervisor's services past its empty network."""
+    require(sandboxed, "net-namespace", "seccomp")
+    if not _host_has_vsock():
+        pytest.skip("no AF_VSOCK on this host")
+    await sandboxed.deploy("vsock-none", VSOCK)
+    r = await sandboxed.invoke("vsock-none")
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    assert 'set network = "host"' in r.error.message, r.error.message
+    await sandboxed.deploy("vsock-host", VSOCK, 'network = "host"\n')
+    r = await sandboxed.invoke("vsock-host")
+    assert r.ok and json.loads(r.output) == "made", r.error

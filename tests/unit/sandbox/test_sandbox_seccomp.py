@@ -137,7 +137,7 @@ def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
 
     seccomp_deny(True, unix_sockets=unix_sockets)
     out = {}
-    for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET)):
+    for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET), ("vsock", socket.AF_VSOCK)):
         try:
             socket.socket(family).close()
             out[name] = "ok"
@@ -166,10 +166,22 @@ def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
 def test_unix_sockets_are_denied_without_network_and_socketpair_stays(
     unix_sockets: bool, in_child: Callable[..., Any], require: Callable[..., None]
 ) -> None:
+    """vsock too: its addresses are no network namespace's (in a VM: the hypervisor's services)."""
     require("seccomp")
     got = in_child(_unix_sockets, unix_sockets).value
     denied = "ok" if unix_sockets else "EPERM"
+    vsock = ("ok" if _has_vsock() else "EAFNOSUPPORT") if unix_sockets else "EPERM"
     assert got == {
-        "unix": denied, "inet": "ok", "socketpair": "ok", "dgram pair": denied, "raw pair": denied,
+        "unix": denied, "inet": "ok", "vsock": vsock, "socketpair": "ok", "dgram pair": denied, "raw pair": denied,
         "nonblocking dgram pair": denied, "seqpacket pair": "ok",
     }  # fmt: skip
+
+
+def _has_vsock() -> bool:
+    import socket
+
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
