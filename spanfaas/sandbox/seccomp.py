@@ -35,7 +35,15 @@ The filter, in order:
    not a network namespace's (a VM has one CID, its host is CID 2), so in a
    virtual machine such a socket reached the hypervisor's services, and
    other VMs', from a function without network.
-9. everything else → allow.
+9. ``prlimit64`` setting another process's limits (pid not 0, a new limit
+   given) → EPERM: an instance runs as its template's uid, which is all the
+   kernel asks (Landlock does not govern it), so a strict call set its
+   template's limits -- inherited by every instance forked after it
+   (``RLIMIT_FSIZE`` 0: no later call could write a file) -- or a prefork
+   instance's, its next call's.  ``setrlimit`` (glibc: ``prlimit64(0, ...)``)
+   and reading anyone's limits stay allowed; so does nothing else that
+   names the caller by its own pid instead of 0.
+10. everything else → allow.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ _OFF_NR: Final = 0
 _OFF_ARCH: Final = 4
 _OFF_ARG0: Final = 16
 _OFF_ARG1: Final = 24
+_OFF_ARG2: Final = 32
 
 DENIED: Final = (
     "ptrace", "process_vm_readv", "process_vm_writev",
@@ -110,7 +119,7 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "userfaultfd": 323, "modify_ldt": 154, "execve": 59, "execveat": 322,
         "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41, "socketpair": 53,
-        "personality": 135,
+        "personality": 135, "prlimit64": 302,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -121,7 +130,7 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
         "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198, "socketpair": 199,
-        "personality": 92,
+        "personality": 92, "prlimit64": 261,
     }),
 }  # fmt: skip
 
@@ -174,6 +183,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_JEQ_K, "clone", None, a.nr["clone"]),
         (_JEQ_K, "ioctl", None, a.nr["ioctl"]),
         (_JEQ_K, "personality", None, a.nr["personality"]),
+        (_JEQ_K, "prlimit", None, a.nr["prlimit64"]),
     ]
     if not unix_sockets:
         prog += [(_JEQ_K, "socket", None, a.nr["socket"]), (_JEQ_K, "socketpair", None, a.nr["socketpair"])]
@@ -200,6 +210,13 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_JEQ_K, "eperm", None, SOCK_DGRAM),
         (_JEQ_K, "eperm", None, SOCK_RAW),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "prlimit",
+        (_LD_W_ABS, None, None, _OFF_ARG0),  # pid (an int: the low word is all of it)
+        (_JEQ_K, "allow", None, 0),
+        (_LD_W_ABS, None, None, _OFF_ARG2),  # new limit: a pointer, both words NULL
+        (_JEQ_K, None, "eperm", 0),
+        (_LD_W_ABS, None, None, _OFF_ARG2 + 4),
+        (_JEQ_K, "allow", "eperm", 0),
         "personality",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         *[(_JEQ_K, "allow", None, k) for k in PERSONALITIES],
@@ -246,5 +263,6 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     exec_note = "exec allowed" if allow_exec else "exec denied"
     unix_note = "" if unix_sockets else ", unix and vsock sockets denied (no network; stream socketpairs allowed)"
     return Protection(
-        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
+        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, "
+        "other processes' rlimits read-only, foreign ABIs killed"
     )

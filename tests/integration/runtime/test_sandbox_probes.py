@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import tempfile
@@ -532,3 +533,32 @@ async def test_a_vsock_socket_is_refused_without_network(sandboxed: Harness) -> 
     await sandboxed.deploy("vsock-host", VSOCK, 'network = "host"\n')
     r = await sandboxed.invoke("vsock-host")
     assert r.ok and json.loads(r.output) == "made", r.error
+
+
+
+PRLIMIT_OTHERS = """
+import os, resource
+
+def handler(event, context):
+    if event == "lower":  # what a call can do to the calls after it
+        resource.prlimit(os.getppid(), resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))  # its own: fine
+    with open("out", "wb") as f:
+        f.write(b"x" * 100)
+    return resource.prlimit(os.getppid(), resource.RLIMIT_FSIZE)  # reading: fine
+"""
+
+
+async def test_a_call_cannot_set_the_limits_of_its_template(sandboxed: Harness) -> None:
+    """A strict call set its template's limits (prlimit on its parent: the same uid, and
+    Landlock does not govern prlimit), which every instance forked after inherits: with
+    RLIMIT_FSIZE 0 no later call could write a file, as long as the template lived."""
+    require(sandboxed, "seccomp", "uid")
+    await sandboxed.deploy("prlimit", PRLIMIT_OTHERS, MANIFEST.format(isolation="strict"))
+    template = sandboxed.rt.pool("prlimit").template_pid
+    r = await sandboxed.invoke("prlimit", b'"lower"')
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    for _ in range(3):
+        r = await sandboxed.invoke("prlimit", b'"look"')
+        assert r.ok and json.loads(r.output)[0] == resource.RLIM_INFINITY, (r.output, r.error)
+    assert sandboxed.rt.pool("prlimit").template_pid == template, "the template survived"

@@ -25,6 +25,7 @@ NR = _ARCHES[platform.machine()].nr if platform.machine() in _ARCHES else {}
 CLONE_NEWUTS = 0x04000000
 SIGCHLD = 17
 ADDR_NO_RANDOMIZE = 0x0040000
+RLIMIT_FSIZE = 1
 
 
 def _errno_of(nr: int, *args: int) -> str:
@@ -68,6 +69,12 @@ def _filtered(allow_exec: bool) -> dict[str, Any]:
     out["personality_no_aslr"] = _errno_of(NR["personality"], ADDR_NO_RANDOMIZE)
     out["personality_query"] = _errno_of(NR["personality"], 0xFFFFFFFF)
     out["personality_linux"] = _errno_of(NR["personality"], 0)
+    # Another process's limits (its parent's: a template's, inherited by its next instances):
+    # read, not set.  Its own, by pid 0 (setrlimit), set.
+    limit = (ctypes.c_uint64 * 2)()
+    out["prlimit_parent_read"] = _errno_of(NR["prlimit64"], os.getppid(), RLIMIT_FSIZE, 0, ctypes.addressof(limit))
+    out["prlimit_parent_set"] = _errno_of(NR["prlimit64"], os.getppid(), RLIMIT_FSIZE, ctypes.addressof(limit), 0)
+    out["prlimit_own_set"] = _errno_of(NR["prlimit64"], 0, RLIMIT_FSIZE, ctypes.addressof(limit), 0)
     # What must keep working: fork, threads (glibc falls back from clone3), files.
     pid = os.fork()
     if pid == 0:
@@ -95,6 +102,7 @@ def test_deny_list(allow_exec: bool, in_child: Callable[..., Any], require: Call
         assert got[call] == "EPERM", call
     assert got["personality_query"] == got["personality_linux"] == "ok", "uname, platform and exec keep working"
     assert got["clone3"] == "ENOSYS"
+    assert (got["prlimit_parent_read"], got["prlimit_parent_set"], got["prlimit_own_set"]) == ("ok", "EPERM", "ok")
     assert got["fork"] == 7
     assert got["thread"] is True
 
