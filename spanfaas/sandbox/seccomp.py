@@ -41,9 +41,14 @@ The filter, in order:
    template's limits -- inherited by every instance forked after it
    (``RLIMIT_FSIZE`` 0: no later call could write a file) -- or a prefork
    instance's, its next call's.  ``setrlimit`` (glibc: ``prlimit64(0, ...)``)
-   and reading anyone's limits stay allowed; so does nothing else that
-   names the caller by its own pid instead of 0.
-10. everything else → allow.
+   and reading anyone's limits stay allowed, but not a call that names
+   the caller by its own pid instead of 0.
+10. scheduling another process: ``sched_setaffinity``, ``sched_setparam``,
+    ``sched_setscheduler``, ``sched_setattr`` with a pid not 0,
+    ``setpriority``/``ioprio_set`` with a who not 0 or of a whole uid →
+    EPERM, for the same reason: a strict call set its template's nice value
+    19 and pinned it to one CPU, and every later call ran so.
+11. everything else → allow.
 """
 
 from __future__ import annotations
@@ -101,6 +106,10 @@ mount API (open_tree, fsopen...) is listed with mount."""
 PERSONALITIES: Final = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 """PER_LINUX, PER_LINUX32, with UNAME26, and the query: what ``personality`` may set."""
 EXEC: Final = ("execve", "execveat")
+SCHED_OWN_PID: Final = ("sched_setaffinity", "sched_setparam", "sched_setscheduler", "sched_setattr")
+"""Allowed only on the caller (pid 0), as ``prlimit64`` setting a limit."""
+PRIO_USER: Final = 2
+IOPRIO_WHO_USER: Final = 3
 
 
 class _Arch(NamedTuple):
@@ -119,7 +128,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "userfaultfd": 323, "modify_ldt": 154, "execve": 59, "execveat": 322,
         "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41, "socketpair": 53,
-        "personality": 135, "prlimit64": 302,
+        "personality": 135, "prlimit64": 302, "setpriority": 141, "ioprio_set": 251, "sched_setparam": 142,
+        "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -130,7 +140,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
         "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198, "socketpair": 199,
-        "personality": 92, "prlimit64": 261,
+        "personality": 92, "prlimit64": 261, "setpriority": 140, "ioprio_set": 30, "sched_setparam": 118,
+        "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274,
     }),
 }  # fmt: skip
 
@@ -184,6 +195,9 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_JEQ_K, "ioctl", None, a.nr["ioctl"]),
         (_JEQ_K, "personality", None, a.nr["personality"]),
         (_JEQ_K, "prlimit", None, a.nr["prlimit64"]),
+        *[(_JEQ_K, "own_pid", None, a.nr[name]) for name in SCHED_OWN_PID],
+        (_JEQ_K, "setpriority", None, a.nr["setpriority"]),
+        (_JEQ_K, "ioprio_set", None, a.nr["ioprio_set"]),
     ]
     if not unix_sockets:
         prog += [(_JEQ_K, "socket", None, a.nr["socket"]), (_JEQ_K, "socketpair", None, a.nr["socketpair"])]
@@ -216,6 +230,19 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_LD_W_ABS, None, None, _OFF_ARG2),  # new limit: a pointer, both words NULL
         (_JEQ_K, None, "eperm", 0),
         (_LD_W_ABS, None, None, _OFF_ARG2 + 4),
+        (_JEQ_K, "allow", "eperm", 0),
+        "own_pid",
+        (_LD_W_ABS, None, None, _OFF_ARG0),  # pid: 0, the caller
+        (_JEQ_K, "allow", "eperm", 0),
+        "setpriority",
+        (_LD_W_ABS, None, None, _OFF_ARG0),  # which
+        (_JEQ_K, "eperm", None, PRIO_USER),
+        (_LD_W_ABS, None, None, _OFF_ARG1),  # who: 0, the caller (or its own group)
+        (_JEQ_K, "allow", "eperm", 0),
+        "ioprio_set",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, "eperm", None, IOPRIO_WHO_USER),
+        (_LD_W_ABS, None, None, _OFF_ARG1),
         (_JEQ_K, "allow", "eperm", 0),
         "personality",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -264,5 +291,5 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     unix_note = "" if unix_sockets else ", unix and vsock sockets denied (no network; stream socketpairs allowed)"
     return Protection(
         "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, "
-        "other processes' rlimits read-only, foreign ABIs killed"
+        "other processes' rlimits and scheduling read-only, foreign ABIs killed"
     )

@@ -562,3 +562,30 @@ async def test_a_call_cannot_set_the_limits_of_its_template(sandboxed: Harness) 
         r = await sandboxed.invoke("prlimit", b'"look"')
         assert r.ok and json.loads(r.output)[0] == resource.RLIM_INFINITY, (r.output, r.error)
     assert sandboxed.rt.pool("prlimit").template_pid == template, "the template survived"
+
+
+SCHEDULING_OTHERS = """
+import os
+
+def handler(event, context):
+    if event == "slow-down":  # what a call can do to the calls after it
+        os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)
+        os.sched_setaffinity(os.getppid(), {min(os.sched_getaffinity(0))})
+    os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0))  # its own: fine
+    os.sched_setaffinity(0, os.sched_getaffinity(0))
+    return [os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0))]
+"""
+
+
+async def test_a_call_cannot_change_how_its_template_is_scheduled(sandboxed: Harness) -> None:
+    """A strict call set its template's nice value and CPU affinity (the same uid is all the
+    kernel asks), which every instance forked after inherits: nice 19 and pinned to one CPU,
+    for as long as the template lived."""
+    require(sandboxed, "seccomp", "uid")
+    await sandboxed.deploy("sched", SCHEDULING_OTHERS, MANIFEST.format(isolation="strict"))
+    r = await sandboxed.invoke("sched", b'"slow-down"')
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    expected = [os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0))]
+    for _ in range(3):
+        r = await sandboxed.invoke("sched", b'"look"')
+        assert r.ok and json.loads(r.output) == expected, (r.output, r.error)

@@ -75,6 +75,21 @@ def _filtered(allow_exec: bool) -> dict[str, Any]:
     out["prlimit_parent_read"] = _errno_of(NR["prlimit64"], os.getppid(), RLIMIT_FSIZE, 0, ctypes.addressof(limit))
     out["prlimit_parent_set"] = _errno_of(NR["prlimit64"], os.getppid(), RLIMIT_FSIZE, ctypes.addressof(limit), 0)
     out["prlimit_own_set"] = _errno_of(NR["prlimit64"], 0, RLIMIT_FSIZE, ctypes.addressof(limit), 0)
+    # Its parent's scheduling, as another process's limits: its own, by 0, only.
+    nice, cpus = os.getpriority(os.PRIO_PROCESS, os.getppid()), os.sched_getaffinity(os.getppid())
+    for name, call in (
+        ("setpriority_parent", lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), nice)),
+        ("setpriority_uid", lambda: os.setpriority(os.PRIO_USER, 0, nice)),
+        ("setpriority_own", lambda: os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0))),
+        ("affinity_parent", lambda: os.sched_setaffinity(os.getppid(), cpus)),
+        ("affinity_own", lambda: os.sched_setaffinity(0, os.sched_getaffinity(0))),
+        ("sched_param_parent", lambda: os.sched_setparam(os.getppid(), os.sched_getparam(os.getppid()))),
+    ):
+        try:
+            call()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno or 0]
     # What must keep working: fork, threads (glibc falls back from clone3), files.
     pid = os.fork()
     if pid == 0:
@@ -103,6 +118,9 @@ def test_deny_list(allow_exec: bool, in_child: Callable[..., Any], require: Call
     assert got["personality_query"] == got["personality_linux"] == "ok", "uname, platform and exec keep working"
     assert got["clone3"] == "ENOSYS"
     assert (got["prlimit_parent_read"], got["prlimit_parent_set"], got["prlimit_own_set"]) == ("ok", "EPERM", "ok")
+    for call in ("setpriority_parent", "setpriority_uid", "affinity_parent", "sched_param_parent"):
+        assert got[call] == "EPERM", call
+    assert got["setpriority_own"] == got["affinity_own"] == "ok"
     assert got["fork"] == 7
     assert got["thread"] is True
 
