@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # (no stub; see _instance_main)
 import ctypes
+import errno
 import gc
 import importlib
 import inspect
@@ -441,9 +442,9 @@ class Template:
                 break
             pid, status = exited
             seq = self.children.pop(pid, None)
+            reaped = True  # an orphan too: its own children are ours now, and outlive it
             if seq is None:
                 continue  # an orphan re-parented to us (their subreaper)
-            reaped = True
             remove_tree(self._scratch(seq))
             p.send_msg(self.chan, p.InstanceExited(seq, status))
         if reaped and self.reaper:
@@ -640,34 +641,82 @@ def _orphan_reaping() -> Protection:
 
 
 def remove_tree(path: str) -> None:
-    """Remove a directory tree, never following links (shutil would add ~30
-    memory mappings, bz2/lzma/zlib, to every template)."""
+    """Remove a directory tree, never following links, best effort (shutil would add
+    ~30 memory mappings, bz2/lzma/zlib, to every template).
+
+    What an instance leaves is hostile input: a tree 5000 deep (recursion here
+    raised RecursionError and took the template down, a path past PATH_MAX), a
+    dir of ~100k entries left as the memory cgroup is full (listed whole, the list
+    ran the template out of memory), a dir made unreadable (``chmod 0``).  So the
+    walk is a loop on one descriptor, down into the first dir it cannot remove and
+    back up with ``..``, removing entries as the listing streams them."""
     try:
         os.rmdir(path)  # most instances leave their scratch dir empty: one syscall
         return
     except OSError:
         pass
     try:
-        entries = list(os.scandir(path))
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        os.unlink(path)
-        return
+        fd = os.open(path, _DIR_FLAGS)
     except OSError:
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)
         return
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                remove_tree(entry.path)
-            else:
-                os.unlink(entry.path)
-        except OSError:
-            continue
+    depth = 0
+    try:
+        while True:
+            busy = _empty_out(fd)
+            if busy is not None:  # a dir with something in it: go down into it
+                below = _open_dir(busy, fd)
+                os.close(fd)
+                fd, depth = below, depth + 1
+            elif depth == 0:
+                break
+            else:  # emptied: up, where its (now empty) dir is removed on the next pass
+                above = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd, depth = above, depth - 1
+    except OSError:
+        pass  # (an entry that cannot go: it stays, as it would have)
+    finally:
+        os.close(fd)
     try:
         os.rmdir(path)
     except OSError:
         pass
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: str, parent: int) -> int:
+    """Open the subdir ``name`` of ``parent``, made readable first if need be."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent)  # ours (same uid): it was a dir a moment ago
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+
+def _empty_out(fd: int) -> str | None:
+    """Remove what the dir ``fd`` holds, streaming its listing: files, links and
+    empty dirs.  The name of the first dir that is not empty, or None: emptied."""
+    try:
+        listing = os.scandir(fd)
+    except PermissionError:
+        os.fchmod(fd, 0o700)
+        listing = os.scandir(fd)
+    with listing as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    os.rmdir(entry.name, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        return entry.name
+                    raise
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return None
 
 
 def _trim_heap() -> None:

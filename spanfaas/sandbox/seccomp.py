@@ -31,8 +31,24 @@ The filter, in order:
    connect elsewhere; a datagram pair (``SOCK_DGRAM``, or ``SOCK_RAW``,
    which AF_UNIX makes a datagram one) → EPERM: such a socket sends to any
    path socket it names (``sendto``, or ``connect`` again), syslog's or
-   journald's.
-9. everything else → allow.
+   journald's.  ``socket(AF_VSOCK, ...)`` → EPERM too: vsock addresses are
+   not a network namespace's (a VM has one CID, its host is CID 2), so in a
+   virtual machine such a socket reached the hypervisor's services, and
+   other VMs', from a function without network.
+9. ``prlimit64`` setting another process's limits (pid not 0, a new limit
+   given) → EPERM: an instance runs as its template's uid, which is all the
+   kernel asks (Landlock does not govern it), so a strict call set its
+   template's limits -- inherited by every instance forked after it
+   (``RLIMIT_FSIZE`` 0: no later call could write a file) -- or a prefork
+   instance's, its next call's.  ``setrlimit`` (glibc: ``prlimit64(0, ...)``)
+   and reading anyone's limits stay allowed, but not a call that names
+   the caller by its own pid instead of 0.
+10. scheduling another process: ``sched_setaffinity``, ``sched_setparam``,
+    ``sched_setscheduler``, ``sched_setattr`` with a pid not 0,
+    ``setpriority``/``ioprio_set`` with a who not 0 or of a whole uid →
+    EPERM, for the same reason: a strict call set its template's nice value
+    19 and pinned it to one CPU, and every later call ran so.
+11. everything else → allow.
 """
 
 from __future__ import annotations
@@ -54,6 +70,7 @@ EPERM: Final = 1
 ENOSYS: Final = 38
 TIOCSTI: Final = 0x5412
 AF_UNIX: Final = 1
+AF_VSOCK: Final = 40
 SOCK_DGRAM: Final = 2
 SOCK_RAW: Final = 3
 SOCK_TYPE_MASK: Final = 0xF
@@ -74,6 +91,7 @@ _OFF_NR: Final = 0
 _OFF_ARCH: Final = 4
 _OFF_ARG0: Final = 16
 _OFF_ARG1: Final = 24
+_OFF_ARG2: Final = 32
 
 DENIED: Final = (
     "ptrace", "process_vm_readv", "process_vm_writev",
@@ -88,6 +106,10 @@ mount API (open_tree, fsopen...) is listed with mount."""
 PERSONALITIES: Final = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 """PER_LINUX, PER_LINUX32, with UNAME26, and the query: what ``personality`` may set."""
 EXEC: Final = ("execve", "execveat")
+SCHED_OWN_PID: Final = ("sched_setaffinity", "sched_setparam", "sched_setscheduler", "sched_setattr")
+"""Allowed only on the caller (pid 0), as ``prlimit64`` setting a limit."""
+PRIO_USER: Final = 2
+IOPRIO_WHO_USER: Final = 3
 
 
 class _Arch(NamedTuple):
@@ -106,7 +128,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "userfaultfd": 323, "modify_ldt": 154, "execve": 59, "execveat": 322,
         "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41, "socketpair": 53,
-        "personality": 135,
+        "personality": 135, "prlimit64": 302, "setpriority": 141, "ioprio_set": 251, "sched_setparam": 142,
+        "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -117,7 +140,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
         "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198, "socketpair": 199,
-        "personality": 92,
+        "personality": 92, "prlimit64": 261, "setpriority": 140, "ioprio_set": 30, "sched_setparam": 118,
+        "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274,
     }),
 }  # fmt: skip
 
@@ -170,6 +194,10 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_JEQ_K, "clone", None, a.nr["clone"]),
         (_JEQ_K, "ioctl", None, a.nr["ioctl"]),
         (_JEQ_K, "personality", None, a.nr["personality"]),
+        (_JEQ_K, "prlimit", None, a.nr["prlimit64"]),
+        *[(_JEQ_K, "own_pid", None, a.nr[name]) for name in SCHED_OWN_PID],
+        (_JEQ_K, "setpriority", None, a.nr["setpriority"]),
+        (_JEQ_K, "ioprio_set", None, a.nr["ioprio_set"]),
     ]
     if not unix_sockets:
         prog += [(_JEQ_K, "socket", None, a.nr["socket"]), (_JEQ_K, "socketpair", None, a.nr["socketpair"])]
@@ -186,6 +214,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "socket",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         (_JEQ_K, "eperm", None, AF_UNIX),
+        (_JEQ_K, "eperm", None, AF_VSOCK),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "socketpair",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -195,6 +224,26 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         (_JEQ_K, "eperm", None, SOCK_DGRAM),
         (_JEQ_K, "eperm", None, SOCK_RAW),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "prlimit",
+        (_LD_W_ABS, None, None, _OFF_ARG0),  # pid (an int: the low word is all of it)
+        (_JEQ_K, "allow", None, 0),
+        (_LD_W_ABS, None, None, _OFF_ARG2),  # new limit: a pointer, both words NULL
+        (_JEQ_K, None, "eperm", 0),
+        (_LD_W_ABS, None, None, _OFF_ARG2 + 4),
+        (_JEQ_K, "allow", "eperm", 0),
+        "own_pid",
+        (_LD_W_ABS, None, None, _OFF_ARG0),  # pid: 0, the caller
+        (_JEQ_K, "allow", "eperm", 0),
+        "setpriority",
+        (_LD_W_ABS, None, None, _OFF_ARG0),  # which
+        (_JEQ_K, "eperm", None, PRIO_USER),
+        (_LD_W_ABS, None, None, _OFF_ARG1),  # who: 0, the caller (or its own group)
+        (_JEQ_K, "allow", "eperm", 0),
+        "ioprio_set",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, "eperm", None, IOPRIO_WHO_USER),
+        (_LD_W_ABS, None, None, _OFF_ARG1),
+        (_JEQ_K, "allow", "eperm", 0),
         "personality",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         *[(_JEQ_K, "allow", None, k) for k in PERSONALITIES],
@@ -220,7 +269,7 @@ def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_S
 
 def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """Install the deny-list on the calling thread and its future children.
-    ``unix_sockets``: whether ``socket(AF_UNIX)`` stays allowed (a function
+    ``unix_sockets``: whether ``socket(AF_UNIX)`` (and ``AF_VSOCK``) stays allowed (a function
     with the host's network; see the module's docstring, step 8).
 
     Filters stack and cannot be removed, so calling it again (e.g. per
@@ -239,7 +288,8 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
         return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
     n = sum(name in _ARCHES[_libc.ARCH].nr for name in DENIED) + (0 if allow_exec else len(EXEC))
     exec_note = "exec allowed" if allow_exec else "exec denied"
-    unix_note = "" if unix_sockets else ", unix sockets denied (no network; stream socketpairs allowed)"
+    unix_note = "" if unix_sockets else ", unix and vsock sockets denied (no network; stream socketpairs allowed)"
     return Protection(
-        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
+        "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, "
+        "other processes' rlimits and scheduling read-only, foreign ABIs killed"
     )

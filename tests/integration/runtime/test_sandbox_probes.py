@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import tempfile
@@ -462,3 +463,129 @@ async def test_a_host_unix_datagram_socket_is_out_of_reach_without_network(
         got = b""
     assert got == b"" and r.error is not None and r.error.type == "PermissionError", (got, r.output, r.error)
     assert 'set network = "host"' in r.error.message, r.error.message
+
+
+LEFTOVERS = """
+import os
+
+def handler(event, context):
+    if event == "deep":  # deeper than the recursion limit, longer than PATH_MAX
+        for _ in range(5000):
+            os.mkdir("d")
+            os.chdir("d")
+    elif event == "wide":  # inodes until the memory limit: kernel memory no process holds
+        n = 0
+        while n < 5_000_000:
+            os.mkdir(f"d{n}")
+            n += 1
+    return os.getpid()
+"""
+
+
+@pytest.mark.parametrize("shape", ["deep", "wide"])
+async def test_a_tree_left_in_scratch_does_not_take_the_template_or_the_next_call(sandboxed: Harness, shape: str) -> None:
+    """The template removed a finished instance's scratch dir by recursion, listing each
+    dir whole: a tree 5000 deep raised RecursionError in it and a dir of ~100k entries
+    ran it out of memory -- the template died, and the next (strict) call with it."""
+    name = f"leftovers-{shape}"
+    await sandboxed.deploy(name, LEFTOVERS, "[resources]\nmemory = 32\ntimeout = 60\n[scaling]\nmax = 1\nprefork = 0\n")
+    pool = sandboxed.rt.pool(name)
+    template = pool.template_pid
+    r = await sandboxed.invoke(name, json.dumps(shape).encode())
+    if shape == "deep":
+        assert r.ok, r.error
+    else:
+        assert r.error is not None and r.error.kind == "oom", r.error
+    for _ in range(3):
+        r = await sandboxed.invoke(name, b'"next"')
+        assert r.ok, r.error
+    assert pool.template_pid == template and pool.state == "ready", "the template survived"
+
+
+VSOCK = """
+import socket
+
+def handler(event, context):
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    return "made"
+"""
+
+
+def _host_has_vsock() -> bool:
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_vsock_socket_is_refused_without_network(sandboxed: Harness) -> None:
+    """With network = "none" a function made an AF_VSOCK socket: vsock addresses are no
+    network namespace's (a VM's CID is one for the whole VM, its hypervisor is CID 2), so
+    in a virtual machine it reached the hypervisor's services past its empty network."""
+    require(sandboxed, "net-namespace", "seccomp")
+    if not _host_has_vsock():
+        pytest.skip("no AF_VSOCK on this host")
+    await sandboxed.deploy("vsock-none", VSOCK)
+    r = await sandboxed.invoke("vsock-none")
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    assert 'set network = "host"' in r.error.message, r.error.message
+    await sandboxed.deploy("vsock-host", VSOCK, 'network = "host"\n')
+    r = await sandboxed.invoke("vsock-host")
+    assert r.ok and json.loads(r.output) == "made", r.error
+
+
+
+PRLIMIT_OTHERS = """
+import os, resource
+
+def handler(event, context):
+    if event == "lower":  # what a call can do to the calls after it
+        resource.prlimit(os.getppid(), resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))  # its own: fine
+    with open("out", "wb") as f:
+        f.write(b"x" * 100)
+    return resource.prlimit(os.getppid(), resource.RLIMIT_FSIZE)  # reading: fine
+"""
+
+
+async def test_a_call_cannot_set_the_limits_of_its_template(sandboxed: Harness) -> None:
+    """A strict call set its template's limits (prlimit on its parent: the same uid, and
+    Landlock does not govern prlimit), which every instance forked after inherits: with
+    RLIMIT_FSIZE 0 no later call could write a file, as long as the template lived."""
+    require(sandboxed, "seccomp", "uid")
+    await sandboxed.deploy("prlimit", PRLIMIT_OTHERS, MANIFEST.format(isolation="strict"))
+    template = sandboxed.rt.pool("prlimit").template_pid
+    r = await sandboxed.invoke("prlimit", b'"lower"')
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    for _ in range(3):
+        r = await sandboxed.invoke("prlimit", b'"look"')
+        assert r.ok and json.loads(r.output)[0] == resource.RLIM_INFINITY, (r.output, r.error)
+    assert sandboxed.rt.pool("prlimit").template_pid == template, "the template survived"
+
+
+SCHEDULING_OTHERS = """
+import os
+
+def handler(event, context):
+    if event == "slow-down":  # what a call can do to the calls after it
+        os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)
+        os.sched_setaffinity(os.getppid(), {min(os.sched_getaffinity(0))})
+    os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0))  # its own: fine
+    os.sched_setaffinity(0, os.sched_getaffinity(0))
+    return [os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0))]
+"""
+
+
+async def test_a_call_cannot_change_how_its_template_is_scheduled(sandboxed: Harness) -> None:
+    """A strict call set its template's nice value and CPU affinity (the same uid is all the
+    kernel asks), which every instance forked after inherits: nice 19 and pinned to one CPU,
+    for as long as the template lived."""
+    require(sandboxed, "seccomp", "uid")
+    await sandboxed.deploy("sched", SCHEDULING_OTHERS, MANIFEST.format(isolation="strict"))
+    r = await sandboxed.invoke("sched", b'"slow-down"')
+    assert r.error is not None and r.error.type == "PermissionError", (r.output, r.error)
+    expected = [os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0))]
+    for _ in range(3):
+        r = await sandboxed.invoke("sched", b'"look"')
+        assert r.ok and json.loads(r.output) == expected, (r.output, r.error)

@@ -25,6 +25,7 @@ NR = _ARCHES[platform.machine()].nr if platform.machine() in _ARCHES else {}
 CLONE_NEWUTS = 0x04000000
 SIGCHLD = 17
 ADDR_NO_RANDOMIZE = 0x0040000
+RLIMIT_FSIZE = 1
 
 
 def _errno_of(nr: int, *args: int) -> str:
@@ -68,6 +69,27 @@ def _filtered(allow_exec: bool) -> dict[str, Any]:
     out["personality_no_aslr"] = _errno_of(NR["personality"], ADDR_NO_RANDOMIZE)
     out["personality_query"] = _errno_of(NR["personality"], 0xFFFFFFFF)
     out["personality_linux"] = _errno_of(NR["personality"], 0)
+    # Another process's limits (its parent's: a template's, inherited by its next instances):
+    # read, not set.  Its own, by pid 0 (setrlimit), set.
+    limit = (ctypes.c_uint64 * 2)()
+    out["prlimit_parent_read"] = _errno_of(NR["prlimit64"], os.getppid(), RLIMIT_FSIZE, 0, ctypes.addressof(limit))
+    out["prlimit_parent_set"] = _errno_of(NR["prlimit64"], os.getppid(), RLIMIT_FSIZE, ctypes.addressof(limit), 0)
+    out["prlimit_own_set"] = _errno_of(NR["prlimit64"], 0, RLIMIT_FSIZE, ctypes.addressof(limit), 0)
+    # Its parent's scheduling, as another process's limits: its own, by 0, only.
+    nice, cpus = os.getpriority(os.PRIO_PROCESS, os.getppid()), os.sched_getaffinity(os.getppid())
+    for name, call in (
+        ("setpriority_parent", lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), nice)),
+        ("setpriority_uid", lambda: os.setpriority(os.PRIO_USER, 0, nice)),
+        ("setpriority_own", lambda: os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0))),
+        ("affinity_parent", lambda: os.sched_setaffinity(os.getppid(), cpus)),
+        ("affinity_own", lambda: os.sched_setaffinity(0, os.sched_getaffinity(0))),
+        ("sched_param_parent", lambda: os.sched_setparam(os.getppid(), os.sched_getparam(os.getppid()))),
+    ):
+        try:
+            call()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno or 0]
     # What must keep working: fork, threads (glibc falls back from clone3), files.
     pid = os.fork()
     if pid == 0:
@@ -95,6 +117,10 @@ def test_deny_list(allow_exec: bool, in_child: Callable[..., Any], require: Call
         assert got[call] == "EPERM", call
     assert got["personality_query"] == got["personality_linux"] == "ok", "uname, platform and exec keep working"
     assert got["clone3"] == "ENOSYS"
+    assert (got["prlimit_parent_read"], got["prlimit_parent_set"], got["prlimit_own_set"]) == ("ok", "EPERM", "ok")
+    for call in ("setpriority_parent", "setpriority_uid", "affinity_parent", "sched_param_parent"):
+        assert got[call] == "EPERM", call
+    assert got["setpriority_own"] == got["affinity_own"] == "ok"
     assert got["fork"] == 7
     assert got["thread"] is True
 
@@ -137,7 +163,7 @@ def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
 
     seccomp_deny(True, unix_sockets=unix_sockets)
     out = {}
-    for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET)):
+    for name, family in (("unix", socket.AF_UNIX), ("inet", socket.AF_INET), ("vsock", socket.AF_VSOCK)):
         try:
             socket.socket(family).close()
             out[name] = "ok"
@@ -166,10 +192,22 @@ def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
 def test_unix_sockets_are_denied_without_network_and_socketpair_stays(
     unix_sockets: bool, in_child: Callable[..., Any], require: Callable[..., None]
 ) -> None:
+    """vsock too: its addresses are no network namespace's (in a VM: the hypervisor's services)."""
     require("seccomp")
     got = in_child(_unix_sockets, unix_sockets).value
     denied = "ok" if unix_sockets else "EPERM"
+    vsock = ("ok" if _has_vsock() else "EAFNOSUPPORT") if unix_sockets else "EPERM"
     assert got == {
-        "unix": denied, "inet": "ok", "socketpair": "ok", "dgram pair": denied, "raw pair": denied,
+        "unix": denied, "inet": "ok", "vsock": vsock, "socketpair": "ok", "dgram pair": denied, "raw pair": denied,
         "nonblocking dgram pair": denied, "seqpacket pair": "ok",
     }  # fmt: skip
+
+
+def _has_vsock() -> bool:
+    import socket
+
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
