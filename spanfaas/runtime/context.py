@@ -76,12 +76,15 @@ class Context:
         function_name: str,
         deadline: float,
         event: dict[str, Any] | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.invocation_id = invocation_id
         self.function_name = function_name
         self.deadline = deadline
         self.event = event
-        self.logger = function_logger(function_name)
+        # ``logger``: ``function_logger(function_name)``, looked up once by its caller (each
+        # call here would be a function and its code touched again in a fresh instance).
+        self.logger = logger if logger is not None else function_logger(function_name)
 
     def remaining_time(self) -> float:
         """Seconds left before the platform stops this invocation."""

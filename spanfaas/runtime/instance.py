@@ -31,7 +31,7 @@ from spanfaas.clipping import keep_ends
 from spanfaas.errors import format_sizes
 from spanfaas.model import ErrorInfo, is_json_type
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime.context import Context
+from spanfaas.runtime.context import Context, function_logger
 
 if TYPE_CHECKING:  # asyncio and concurrent.futures load only for async handlers:
     import asyncio  # they add ~90 memory mappings to every template (fork cost)
@@ -133,6 +133,15 @@ class Capture:
         os.dup2(self.fd, 1)
         os.dup2(self.fd, 2)
         sys.stdout, sys.stderr = streams or open_streams()
+
+    @classmethod
+    def on(cls, fd: int) -> Capture:
+        """A capture on ``fd`` whose process points fds 1 and 2 (and ``sys.stdout``,
+        ``sys.stderr``) at it itself: made in a template before the fork, it is one
+        object less for the instance to make (``template._instance_main``)."""
+        capture = cls.__new__(cls)
+        capture.fd = fd
+        return capture
 
     def restore_fds(self) -> None:
         """Point fds 1 and 2 at the memfd again (reuse, after each call): a handler
@@ -372,7 +381,7 @@ def _encode_output(value: Any) -> tuple[bytes | memoryview, str]:
         _json_encoder.encode_into(value, out)
     except UnicodeEncodeError as exc:  # a str with a lone surrogate: bytes decoded with surrogateescape
         raise msgspec.EncodeError(_unencodable(exc)) from None
-    if b"null" in out and (where := non_finite_at(value)) is not None:
+    if b"null" in out and value is not None and (where := non_finite_at(value)) is not None:  # (None: the common null)
         raise _NonFinite(where)
     return memoryview(out), "application/json"
 
@@ -409,6 +418,7 @@ class Runner:
         self.max_result = max_result or sys.maxsize
         """Bytes a result may have (``runtime.max_payload``): a larger one is the handler's error."""
         self.is_async = _is_coroutine_function(handler)
+        self.logger = function_logger(function_name)  # (named once, by the template: every instance's calls share it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock: threading.Lock | None = None
@@ -485,7 +495,7 @@ class Runner:
 
     def call(self, req: p.Invoke, body: memoryview) -> tuple[p.Done, bytes | memoryview]:
         start = time.perf_counter()
-        ctx = Context(req.invocation_id, self.function_name, req.deadline, req.event)
+        ctx = Context(req.invocation_id, self.function_name, req.deadline, req.event, self.logger)
         output: bytes | memoryview = b""
         content_type = "application/json"
         error: ErrorInfo | None = None
@@ -579,8 +589,7 @@ def rehearse(runner: Runner, passes: int) -> None:
     logs = os.memfd_create("spanfaas-rehearsal", os.MFD_CLOEXEC)
     readable = select.poll()
     readable.register(theirs.fileno(), select.POLLIN)
-    capture = Capture.__new__(Capture)  # (its fds 1 and 2 are the template's: left as they are)
-    capture.fd = logs
+    capture = Capture.on(logs)  # (its fds 1 and 2 are the template's: left as they are)
     hello = b"".join(p.encode(p.Hello(0)))
     wire = _warm_request()
     answers = msgspec.msgpack.Decoder()
@@ -620,40 +629,45 @@ def frame_reader(sock: socket.socket) -> p.FrameReader:
 
 
 _ONE_SHOT_CHUNK = 64 * 1024
+_request_buffer = bytearray(_ONE_SHOT_CHUNK)
+"""Where a strict instance reads its request into, when it fits: made once (in the zygote),
+shared by every instance until it writes it (a page copied for a small request).  A buffer
+of its own would be 64 KiB from malloc's heap, shrunk to the request after: a write at
+each end and to malloc's state, ~6 pages copied in a fresh instance."""
 
 
 def read_one(sock: socket.socket, readable: select.poll | None = None) -> tuple[p.Invoke, memoryview] | None:
-    """A strict instance's request: one ``recv`` for one that fits 64 KiB
-    (into a buffer of its size: no buffer kept, no copy).  None at EOF.
+    """A strict instance's request: one ``recv_into`` for one that fits 64 KiB
+    (into ``_request_buffer``; a larger one into a buffer of its size).  None at EOF.
 
     ``readable``: ``sock`` registered for POLLIN, to wait in: a task blocked in
     ``recv`` on a Unix socket is also woken when the peer *reads* (the hello),
     a spurious context switch; ``poll`` wakes only for data."""
     if readable is not None:
         readable.poll()
-    data: bytes | bytearray = sock.recv(_ONE_SHOT_CHUNK)
-    if not data:
+    buf = _request_buffer
+    have = sock.recv_into(buf)
+    if not have:
         return None
     fs = p.FRAME.size
-    while len(data) < fs:
-        more = sock.recv(_ONE_SHOT_CHUNK)
+    while have < fs:
+        more = sock.recv_into(memoryview(buf)[have:])
         if not more:
             return None
-        data += more
-    hlen, blen = p.FRAME.unpack_from(data)
+        have += more
+    hlen, blen = p.FRAME.unpack_from(buf)
     total = fs + hlen + blen
-    if len(data) < total:  # a large request: the rest straight into a buffer of its size
-        have = len(data)
-        buf = bytearray(total)
-        buf[:have] = data
-        view = memoryview(buf)
+    if have < total:  # a large request: the rest straight into a buffer of its size
+        large = bytearray(total)
+        large[:have] = memoryview(buf)[:have]
+        view = memoryview(large)
         while have < total:
             n = sock.recv_into(view[have:])
             if n == 0:
                 return None
             have += n
-        data = buf
-    view = memoryview(data)
+        buf = large
+    view = memoryview(buf)
     return _decoder.decode(view[fs : fs + hlen]), view[fs + hlen : total]
 
 

@@ -141,6 +141,7 @@ class Template:
         self.one_shot = False  # strict: an instance serves one call (set with the rest before the first fork)
         self.concurrent = False
         self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
+        self.plan_for_child: _ChildPlan | None = None  # what every instance reads of the template (_prepare_forking)
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
         # Orphans of instances come to us: as their subreaper (not inherited by
@@ -245,6 +246,10 @@ class Template:
 
             ro_paths = self.plan.ro_paths if self.plan is not None else _plan_value(self.req.sandbox, "ro_paths", ())
             self.layer = sandbox.PreparedLayer(tuple(ro_paths))
+        _rng.gauss_next = None  # (random.seed() clears it; the template calls no gauss() from here on)
+        assert self.runner is not None
+        self.plan_for_child = (self.runner, self.layer, self.data_limit, self.one_shot, self.concurrent, req.concurrency,
+                               sys.modules.get("numpy.random"))  # fmt: skip
         return self.streams
 
     def _settle(self) -> None:
@@ -289,8 +294,11 @@ class Template:
             except OSError as exc:
                 p.send_msg(self.chan, p.ForkFailed(self.seq, f"{type(exc).__name__}: {exc}"))
         inherited = self._inherited(batch)
+        plan = self.plan_for_child
+        assert plan is not None
         forked: list[int | OSError] = []
         for prep in batch:
+            child = prep.child  # (read here: see _become_instance)
             try:
                 pid = self.forker.fork()
             except BlockingIOError:
@@ -299,20 +307,21 @@ class Template:
                 forked.append(exc)
                 continue
             if pid == 0:
-                self._become_instance(inherited, prep, streams, warm)
+                _become_instance(plan, inherited, child, streams, warm)
             self.children[pid] = prep.seq  # at once: a reap kills children it does not know
             forked.append(pid)
         for prep, result in zip(batch, forked):
             self._announce(prep, result)
         rest = batch[len(forked) :]
         for i, prep in enumerate(rest):
+            child = prep.child
             try:
                 pid = self._fork_retrying()
             except OSError as exc:
                 self._announce(prep, exc)
                 continue
             if pid == 0:  # (the ones announced closed theirs: their numbers may be free, or reused)
-                self._become_instance(self._inherited(rest[i:]), prep, streams, warm)
+                _become_instance(plan, self._inherited(rest[i:]), child, streams, warm)
             self.children[pid] = prep.seq
             self._announce(prep, pid)
         if not self.settled:
@@ -330,20 +339,6 @@ class Template:
             if prep.ruleset >= 0:
                 fds.append(prep.ruleset)
         return tuple(fds)
-
-    def _become_instance(self, inherited: tuple[int, ...], prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
-        code = 70
-        try:
-            keep, ruleset, logs = prep.theirs_fd, prep.ruleset, prep.logs
-            for fd in inherited:  # an instance holding another's socket would hide that one's exit (or its logs, read them)
-                if fd != keep and fd != ruleset and fd != logs:
-                    os.close(fd)
-            self._instance_main(prep, streams, warm)
-            code = 0
-        except BaseException:  # the child must never return into the template loop
-            traceback.print_exc()
-        finally:
-            os._exit(code)
 
     def _announce(self, prep: _Prepared, result: int | OSError) -> None:
         """After the fork (or its failure): close our copies, tell the runtime (and
@@ -377,6 +372,10 @@ class Template:
             os.close(prep.logs)
             remove_tree(prep.scratch)
             raise
+        capture = _new_capture(_Capture)  # (Capture.on, inlined: one function less run per fork)
+        capture.fd = prep.logs
+        prep.child = (prep.theirs_fd, prep.ruleset, prep.logs, prep.scratch_b, prep.env, prep.theirs, prep.hello,
+                      prep.readable, capture)  # fmt: skip
         return prep
 
     def _fork_retrying(self, attempts: int = 20) -> int:
@@ -391,48 +390,6 @@ class Template:
                 self.reap()
                 time.sleep(0.005)
         raise AssertionError("unreachable")
-
-    def _instance_main(self, prep: _Prepared, streams: tuple[TextIO, TextIO], warm: bool) -> None:
-        """The child, from fork() to the end of its invocations.
-
-        Each object it touches is a page it copies (module globals, attributes,
-        functions and their code all carry refcounts): what an instance needs
-        was computed in the template (``_Prepared``, ``_prepare_forking``), and
-        it takes the shortest path to its call."""
-        assert self.runner is not None
-        _signal.set_wakeup_fd(-1)
-        # (signal.signal would convert the template's handler to an enum, and
-        # fail doing it: ~40 copy-on-write faults.)
-        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        os.setpgid(0, 0)  # the instance leads a group: what it forks dies with it
-        scratch = prep.scratch_b  # (made by the template: _make_instance)
-        if self.layer is not None:  # read-write: only its own scratch dir; its own signal scope
-            self.layer.close()
-            self.layer.enforce(prep.ruleset)
-        os.chdir(scratch)
-        _scratch_env(scratch, prep.env)
-        if self.data_limit:
-            resource.setrlimit(resource.RLIMIT_DATA, self.data_limit)
-        _reseed()
-        capture = inst.Capture(streams, prep.logs)
-        sock = prep.theirs
-        if self.one_shot:
-            if warm:
-                self.runner.warm()
-                capture.take()
-            sock.send(prep.hello)
-            inst.serve_one(sock, self.runner, capture, prep.readable)
-            return
-        reader = None if self.concurrent else inst.frame_reader(sock)
-        if warm:
-            self.runner.warm(reader)
-            capture.take()
-        sock.send(prep.hello)
-        if reader is None:
-            inst.serve_concurrent(sock, self.runner, self.req.concurrency, capture)
-        else:
-            inst.serve(sock, self.runner, capture=capture, reader=reader)
-        sock.close()
 
     def reap(self) -> None:
         reaped = False
@@ -524,12 +481,115 @@ class Template:
         remove_tree(self.scratch_dir)
 
 
+# -- the instance ---------------------------------------------------------------
+#
+# From fork() to its call, an instance runs code no template runs (that runs it
+# once per instance): never quickened nor specialized, each attribute it reads
+# (``module.name``, ``obj.name``) takes the generic lookup, which fills an entry
+# of the interpreter's type cache, writing the cache, the name's refcount and
+# the refcount of the name it evicts (three pages copied, ~8 µs).  So that code
+# reads locals: what it needs is packed into tuples in the template
+# (``_ChildPlan``, ``_Prepared.for_child``) and the functions it calls are
+# module globals here (a lookup in this module's dict, which writes nothing).
+
+_ChildPlan = tuple[inst.Runner, Any, "tuple[int, int] | None", bool, bool, int, Any]
+"""What every instance of a template reads of it (``Template._prepare_forking``): its runner,
+Landlock layer (or None), RLIMIT_DATA (or None), strict?, concurrent?, concurrency, numpy.random (or None)."""
+
+_close = os.close
+_dup2 = os.dup2
+_chdir = os.chdir
+_setpgid = os.setpgid
+_setrlimit = resource.setrlimit
+_RLIMIT_DATA = resource.RLIMIT_DATA
+_set_wakeup_fd = _signal.set_wakeup_fd
+_set_signal = _signal.signal
+_SIGCHLD = _signal.SIGCHLD
+_SIG_DFL = _signal.SIG_DFL
+_sys_vars: dict[str, Any] = sys.__dict__  # (sys.stdout = ... is a generic setattr: a type cache entry)
+_serve_one = inst.serve_one
+_serve = inst.serve
+_serve_concurrent = inst.serve_concurrent
+_frame_reader = inst.frame_reader
+_print_exc = traceback.print_exc
+_exit_now = os._exit
+_Capture = inst.Capture
+_new_capture = object.__new__
+
+
+def _become_instance(plan: _ChildPlan, inherited: tuple[int, ...], child: _ForChild, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
+    code = 70
+    try:
+        keep, ruleset, logs = child[0], child[1], child[2]
+        for fd in inherited:  # an instance holding another's socket would hide that one's exit (or its logs, read them)
+            if fd != keep and fd != ruleset and fd != logs:
+                _close(fd)
+        _instance_main(plan, child, streams, warm)
+        code = 0
+    except BaseException:  # the child must never return into the template loop
+        _print_exc()
+    finally:
+        _exit_now(code)
+
+
+def _instance_main(plan: _ChildPlan, child: _ForChild, streams: tuple[TextIO, TextIO], warm: bool) -> None:
+    """The child, from fork() to the end of its invocations.
+
+    Each object it touches is a page it copies (module globals, attributes,
+    functions and their code all carry refcounts): what an instance needs
+    was computed in the template (``_ChildPlan``, ``_Prepared``), and it takes
+    the shortest path to its call, reading locals (see above)."""
+    runner, layer, data_limit, one_shot, concurrent, concurrency, np_random = plan
+    _, ruleset, logs, scratch, env, sock, hello, readable, capture = child
+    _set_wakeup_fd(-1)
+    # (signal.signal would convert the template's handler to an enum, and
+    # fail doing it: ~40 copy-on-write faults.)
+    _set_signal(_SIGCHLD, _SIG_DFL)
+    _setpgid(0, 0)  # the instance leads a group: what it forks dies with it
+    if layer is not None:  # read-write: only its own scratch dir; its own signal scope
+        layer.close()
+        layer.enforce(ruleset)
+    _chdir(scratch)  # (made by the template: _make_instance)
+    _scratch_env(scratch, env)
+    if data_limit:
+        _setrlimit(_RLIMIT_DATA, data_limit)
+    _random_seed(_rng, None)  # random.seed(), its C part (the template cleared gauss_next)
+    if np_random is not None:  # imported by the function: its state was copied by fork
+        np_random.seed()
+    _dup2(logs, 1)  # (capture: made in the template, on this fd)
+    _dup2(logs, 2)
+    _sys_vars["stdout"], _sys_vars["stderr"] = streams
+    if one_shot:
+        if warm:
+            runner.warm()
+            capture.take()
+        sock.send(hello)
+        _serve_one(sock, runner, capture, readable)
+        return
+    reader = None if concurrent else _frame_reader(sock)
+    if warm:
+        runner.warm(reader)
+        capture.take()
+    sock.send(hello)
+    if reader is None:
+        _serve_concurrent(sock, runner, concurrency, capture)
+    else:
+        _serve(sock, runner, capture=capture, reader=reader)
+    sock.close()
+
+
+_ForChild = tuple[int, int, int, bytes, tuple[bytes, bytes], socket.socket, bytes, select.poll, inst.Capture]
+"""``_Prepared.for_child``: its socket's fd, ruleset and logs fd, scratch dir, environment
+entries, socket, hello, the poll it waits on, its capture."""
+
+
 class _Prepared:
     """What one instance needs before its fork: its seq and scratch dir, both
     ends of its socketpair, its log capture (a memfd the runtime keeps too: what
     a call printed outlives an instance that crashed), its Landlock ruleset (or -1)."""
 
-    __slots__ = ("seq", "scratch", "scratch_b", "env", "ours", "theirs", "ours_fd", "theirs_fd", "logs", "ruleset", "hello", "readable")
+    __slots__ = ("seq", "scratch", "scratch_b", "env", "ours", "theirs", "ours_fd", "theirs_fd", "logs", "ruleset", "hello", "readable", "child")
+    child: _ForChild  # what the instance reads of it (set by Template._make_instance, its ruleset made)
 
     def __init__(self, seq: int, scratch: str) -> None:
         self.seq = seq
@@ -585,18 +645,9 @@ _env_kept: tuple[bytes, ...] = ()
 
 
 _random_seed: Any = getattr(random.Random.__mro__[1], "seed")  # noqa: B009 - _random.Random.seed: from os.urandom, in C
-
-
-def _reseed() -> None:
-    """``random.seed()`` without its Python wrapper; numpy's too, if imported
-    (not imported: it seeds itself on import; importing it here cost ~13 ms)."""
-    rng: Any = getattr(random, "_inst")  # noqa: B009 - the module's functions' generator
-    _random_seed(rng, None)
-    if rng.gauss_next is not None:
-        rng.gauss_next = None
-    np_random = sys.modules.get("numpy.random")  # imported: its state was copied by fork
-    if np_random is not None:
-        np_random.seed()
+"""An instance reseeds ``random`` with this, ``random.seed()`` without its Python wrapper,
+and numpy's too, if imported (not imported: it seeds itself on import; importing it here cost ~13 ms)."""
+_rng: Any = getattr(random, "_inst")  # noqa: B009 - the module's functions' generator
 
 
 def reap_one(groups: Container[int]) -> tuple[int, int] | None:
