@@ -48,11 +48,15 @@ def _template_beside_the_reaper(how: str) -> dict[str, Any]:
     pid1 = os.fork()
     if pid1 == 0:
         reaper.become(program, life_r)
-    go_r, go_w = os.pipe()
+    # One pipe each: on a shared one, the template could take the byte meant for the
+    # orphan, which then held the lifeline open for ever (a reaper that never ends).
+    go_r, go_w = os.pipe()  # the orphan's
+    end_r, end_w = os.pipe()  # the template's
     template = os.fork()
     if template == 0:
         os.close(life_r)
         os.close(go_w)
+        os.close(end_w)
         child = os.fork()
         if child == 0:
             if os.fork() == 0:  # an orphan once its parent is gone: re-parented to pid 1
@@ -60,11 +64,12 @@ def _template_beside_the_reaper(how: str) -> dict[str, Any]:
                 os._exit(0)
             os._exit(0)
         os.waitpid(child, 0)
-        os.read(go_r, 1)  # (until the orphan is gone)
+        os.read(end_r, 1)  # (until the orphan is gone)
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         os.abort()
     os.close(go_r)
+    os.close(end_r)
     os.close(life_r)
     os.close(life_w)  # the template's is the last write end
     while not _children_of(pid1):  # the orphan came to the reaper
@@ -73,7 +78,7 @@ def _template_beside_the_reaper(how: str) -> dict[str, Any]:
     while _children_of(pid1):
         time.sleep(0.001)  # (a zombie left there would keep the test here until its timeout)
     state = Path(f"/proc/{pid1}/status").read_text()
-    os.write(go_w, b"x")  # the template ends itself
+    os.write(end_w, b"x")  # the template ends itself
     _, status = os.waitpid(template, 0)
     _, pid1_status = os.waitpid(pid1, 0)  # ends by itself once the template is gone
     return {
