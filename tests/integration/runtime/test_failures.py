@@ -534,6 +534,29 @@ async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None
         await harness.deploy("nohandler", "def main(e, c):\n    return 1\n")
 
 
+async def test_a_missing_handler_names_what_the_module_defines_and_shows_no_platform_frames(harness: Harness) -> None:
+    """``handler = "handler:handle"`` (a typo): the deploy printed the platform's own
+    traceback (template.py's load), which is not what the user fixes; the message
+    names the module's functions, so the fix is in it."""
+    code = "import json\n\ndef _helper():\n    return 1\n\ndef main(e, c):\n    return 1\n\nclass Thing:\n    pass\n"
+    with pytest.raises(InvalidBundle, match="has no callable 'handler'") as info:
+        await harness.deploy("nohandler-defines", code)
+    message, trace = info.value.message, str(info.value.extra.get("traceback", ""))
+    assert "handler.py defines main()" in message, message
+    assert "_helper" not in message and "json" not in message, message
+    assert "spanfaas" not in trace and "Traceback" not in trace, trace
+
+
+async def test_a_syntax_error_at_deploy_shows_the_users_line_and_no_platform_frames(harness: Harness) -> None:
+    """The compile error was shown under frames of template.py and loader.py."""
+    with pytest.raises(InvalidBundle, match="SyntaxError") as info:
+        await harness.deploy("badsyntax", "def handler(event, context)\n    return 1\n")
+    trace = str(info.value.extra.get("traceback", ""))
+    assert 'File "handler.py", line 1' in trace, trace
+    assert "def handler(event, context)" in trace, trace
+    assert "spanfaas" not in trace and "Traceback" not in trace, trace
+
+
 async def test_a_single_file_without_a_handler_says_to_define_one_there(harness: Harness, tmp_path: Path) -> None:
     """Deployed as one .py file (``spanfaas deploy resize.py``), the function has no
     spanfaas.toml of its user's to set a handler in: say what fits a single file."""
