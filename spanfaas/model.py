@@ -6,6 +6,7 @@ Specs are frozen ``msgspec.Struct`` values validated once at the edge
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Callable
@@ -189,6 +190,10 @@ _ITEM_HINTS = {
     "triggers[].name": ("is not a trigger name", "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (at most 63)"),
 }
 """The same, naming the value, for an item of a list or a ``[[table]]`` (msgspec's key carries its index) or a key."""
+_ITEM_HINTS.update({
+    "name": ("is not a function name", _HINTS["name"].removeprefix("; a name is ")),
+    "handler": ("is not module:function", _HINTS["handler"].removeprefix("; ")),
+})
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
 _RANGE_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+) - at")
@@ -252,6 +257,49 @@ def _type_at(path: str) -> Any:
     return t
 
 
+def _rewritten(key: str, value: Any) -> str:
+    """``: write name = "bad-four"`` for a name or a handler whose fix follows from its value
+    (``Bad_Four``; ``handler.handler``, a dot for the colon), when that fix is valid itself."""
+    if not isinstance(value, str):
+        return ""
+    if key == "name":
+        fixed, valid = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-"), FunctionName
+    elif key == "handler" and ":" not in value and "." in value:
+        module, _, function = value.rpartition(".")
+        fixed, valid = f"{module}:{function}", HandlerRef
+    else:
+        return ""
+    try:
+        msgspec.convert(fixed, valid)
+    except msgspec.ValidationError:
+        return ""
+    return f": write {key} = {toml(fixed)}"
+
+
+def _unknown_key_fix(table: str, key: str) -> str:
+    """What an unknown key may mean: a key of a table written at the top level (its
+    ``[resources]`` line forgotten: it is spelled right), or a key of the table misspelled."""
+    if not table:
+        homes = [f"[[{t[:-3]}]]" if t.endswith("[0]") else f"[{t}]" for t in _TABLES if key in _field_names(t)]
+        if homes:
+            return f"{key} is a key of {' or '.join(homes)}: move it under {homes[0]}" if len(homes) == 1 else (
+                f"{key} is a key of {' or '.join(homes)}: move it under the one you mean")  # fmt: skip
+    close = difflib.get_close_matches(key, _field_names(table), n=1)
+    said = _known_keys(table)
+    return f"did you mean {close[0]}? {said.removeprefix('check its spelling; ')}" if close else said
+
+
+_TABLES = ("resources", "scaling", "policy", "image", "triggers[0]")
+"""The manifest's tables of fixed keys (``[env]`` takes any), ``[[triggers]]`` by its first entry."""
+
+
+def _field_names(table: str) -> list[str]:
+    t = _type_at(table)
+    if isinstance(t, msgspec.inspect.UnionType):
+        t = next((u for u in t.types if isinstance(u, msgspec.inspect.StructType)), None)
+    return [f.encode_name for f in t.fields] if isinstance(t, msgspec.inspect.StructType) else []
+
+
 def _known_keys(table: str) -> str:
     t = _type_at(table)
     if isinstance(t, msgspec.inspect.UnionType):
@@ -285,10 +333,12 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         key = m.group(1) if m else ""
         hint = _HINTS.get(key, "") if "matching regex" in msg else ""
         if "matching regex" in msg and (item := _ITEM_HINTS.get(re.sub(r"\[\d+\]", "[]", key))):
-            msg, hint = f"{key} {value_at(data, key)!r} {item[0]}; {item[1]}", ""
+            value, fix = value_at(data, key), _rewritten(key, value_at(data, key))
+            rule = "" if fix and key == "handler" else f"; {item[1]}"  # (its rule's example would read as a second fix)
+            msg, hint = f"{key} {value!r} {item[0]}{rule}{fix}", ""
         if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
             table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
-            hint = f"; {_known_keys(table)}"
+            msg, hint = f"unknown field `{unknown.group(1)}`", f"; {_unknown_key_fix(table, unknown.group(1))}"
         elif "Invalid enum value" in msg:
             hint = _allowed_values(key)
         elif (typed := _TYPE_RE.match(msg)) and (said := _wrong_type(data, key, typed.group(1), typed.group(2))):

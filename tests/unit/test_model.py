@@ -156,6 +156,54 @@ def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # They said "Expected `str` matching regex '^[a-z][a-z0-9-]{0,62}$' - at `$.name`" first,
+        # without the value; the fix, where one follows from the value, is written out.
+        ('name = "Bad_Four"', "name 'Bad_Four' is not a function name; lowercase letters, digits and '-', starting with a letter "
+         '(at most 63): write name = "bad-four"'),
+        ('name = "my function"', 'write name = "my-function"'),
+        ('name = "2fast"', "name '2fast' is not a function name; lowercase letters, digits and '-', starting with a letter (at most 63)"),
+        ('name = "x"\nhandler = "handler.handler"', "handler 'handler.handler' is not module:function: write handler = \"handler:handler\""),
+        ('name = "x"\nhandler = "pkg.main.run"', 'write handler = "pkg.main:run"'),
+    ],
+)
+def test_a_bad_name_or_handler_names_its_value_and_the_fix(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message, info.value.message
+    assert "regex" not in info.value.message and "$." not in info.value.message, info.value.message
+
+
+def test_no_fix_is_offered_that_is_not_valid_itself() -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest('name = "2fast"')
+    assert "write name" not in info.value.message, info.value.message
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest('name = "x"\nhandler = "no-colon"')
+    assert "write handler = " not in info.value.message.partition("for def handler")[2], info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # A key of a table written at the top level (its table forgotten): "check its spelling" sent the
+        # user to a key spelled right.
+        ('name = "x"\ntimeout = 5', "timeout is a key of [resources]: move it under [resources]"),
+        ('name = "x"\nmax = 2', "max is a key of [scaling]: move it under [scaling]"),
+        ('name = "x"\npackages = ["numpy"]', "packages is a key of [image]: move it under [image]"),
+        ('name = "x"\nhandelr = "h:h"', "did you mean handler?"),
+        ('name = "x"\nschedule = "0 3 * * *"', "schedule is a key of [[triggers]]: move it under [[triggers]]"),
+        ('name = "x"\n[resources]\ntimout = 5', "did you mean timeout?"),
+    ],
+)
+def test_an_unknown_key_says_where_it_belongs_or_what_it_may_mean(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize(
     ("text", "key", "message"),
     [
         ("handler = 3", "handler", 'handler must be a string in quotes, got 3; write it as module:function, e.g. handler = "handler:handler"'),
