@@ -715,6 +715,8 @@ class Pool:
             self._queue.unpark(inst)  # a multi-slot instance may still be parked there
             if ran:
                 message = f"the function ran past its {timeout:g}s timeout and was stopped"
+                if timeout == self.spec.resources.timeout:  # (not a caller's shorter deadline: ctx.timeout)
+                    message += " (raise resources.timeout in spanfaas.toml)"  # as an OOM kill says resources.memory
             else:
                 message = f"the invocation waited behind others on its instance past its {timeout:g}s timeout; the instance was stopped"
             return self._result(ctx, ErrorInfo(kind="timeout", message=message), arrived, cold, logs)

@@ -324,6 +324,8 @@ async def test_timeout_kills_instance(harness: Harness, isolation: str, what: st
     r = await harness.invoke(name, json.dumps({"do": what}).encode())
     assert r.error is not None and r.error.kind == "timeout"
     assert "1s timeout" in r.error.message
+    # It said only that: not which setting, nor where, sets the timeout.
+    assert r.error.message.endswith("and was stopped (raise resources.timeout in spanfaas.toml)"), r.error.message
     assert 900 <= r.duration_ms < 3000
     with pytest.raises(FunctionTimeout):
         r.raise_for_error()
@@ -361,6 +363,7 @@ async def test_caller_timeout_shortens_the_deadline(harness: Harness, isolation:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, b'{"do": "sleep"}', timeout=0.2)
     assert r.error is not None and r.error.kind == "timeout"
+    assert "resources.timeout" not in r.error.message, r.error.message  # the caller's deadline: no setting of its manifest to raise
     await _ok(harness, name)
 
 
