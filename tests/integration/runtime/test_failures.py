@@ -332,6 +332,19 @@ async def test_timeout_kills_instance(harness: Harness, isolation: str, what: st
     await _ok(harness, name)
 
 
+async def test_a_call_that_got_no_instance_within_the_timeout_names_the_setting(harness: Harness) -> None:
+    """"no instance became free within the 0.3s timeout" named no setting: a timeout too small for
+    the function's start (here its import, 1 s, on a cold start) reads as if the pool were full."""
+    code = "import time\ntime.sleep(1.0)\ndef handler(e, c):\n    return 1\n"
+    await harness.deploy("slow-import", code, "[resources]\ntimeout = 0.3\n")
+    harness.rt.pool("slow-import").stop_template()
+    r = await harness.invoke("slow-import")
+    assert r.error is not None and r.error.kind == "timeout", r
+    assert r.error.message.startswith("no instance became free within the 0.3s timeout"), r.error.message
+    assert r.error.message.endswith("(raise resources.timeout in spanfaas.toml, or scaling.max if every instance was busy)"), r.error.message
+    await harness.rt.remove("slow-import")
+
+
 async def test_a_timeout_keeps_what_the_call_printed(harness: Harness, isolation: str) -> None:
     """A call that ran past its timeout came back with no logs: the instance was killed with
     its capture, and the one clue to where the call hung -- what it printed -- was lost."""
