@@ -49,6 +49,7 @@ __all__ = [
     "is_json_type",
     "load_manifest",
     "manifest_text",
+    "missing_manifest",
     "manifest_trigger_id",
     "parse_manifest",
     "pattern_problem",
@@ -419,10 +420,24 @@ def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
     path = Path(path)
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():
-        raise InvalidManifest(
-            f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\""
-        )
+        raise missing_manifest(path)
     return parse_manifest(manifest_text(manifest.read_bytes(), str(manifest)), source=str(manifest), **overrides)
+
+
+def missing_manifest(path: Path) -> InvalidManifest:
+    """The error for a function directory without a manifest, with the one to write: the
+    directory's name as the function's (when it makes one), and the handler when the
+    directory's one module is not the default's (``handler.py``)."""
+    name = re.sub(r"[^a-z0-9]+", "-", path.name.lower()).strip("-")
+    try:
+        msgspec.convert(name, FunctionName)
+    except msgspec.ValidationError:
+        name = "my-function"
+    write = f"name = {toml(name)}"
+    modules = sorted(p.stem for p in path.glob("*.py")) if path.is_dir() else []
+    if len(modules) == 1 and modules[0] != "handler" and modules[0].isidentifier():
+        write += f' and handler = "{modules[0]}:handler"'
+    return InvalidManifest(f"no {MANIFEST_NAME} in {path}; create one with at least: {write}")
 
 
 def manifest_text(data: bytes, source: str = MANIFEST_NAME) -> str:

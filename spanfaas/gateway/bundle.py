@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
-from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, parse_manifest, single_file_manifest
+from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, missing_manifest, parse_manifest, single_file_manifest
 
 __all__ = ["DISK_FAULTS", "UNPACK_FACTOR", "find_root", "handler_path", "largest_files", "load_bundle_spec", "pack_function", "unpack"]
 
@@ -53,7 +53,7 @@ def pack_function(path: str | Path) -> bytes:
                     _add_bytes(tar, MANIFEST_NAME, single_file_manifest(path.stem).encode(), executable=False)
             elif path.is_dir():
                 if not (path / MANIFEST_NAME).is_file():
-                    raise InvalidManifest(f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\"")
+                    raise missing_manifest(path)
                 for rel, full in _walk(path):
                     if full.is_dir():
                         info = tarfile.TarInfo(rel)

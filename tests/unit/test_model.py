@@ -113,6 +113,26 @@ def test_a_manifest_not_in_utf8_says_so_and_a_bom_is_taken(tmp_path: Path) -> No
     assert load_manifest(tmp_path).description == "caf\u00e9"
 
 
+def test_a_directory_without_a_manifest_is_told_the_one_to_write(tmp_path: Path) -> None:
+    """It said: create one with at least name = "my-function", for any directory; the name
+    the directory has, and the handler its one module would be, are the ones to write."""
+    d = tmp_path / "Image_Resize"
+    d.mkdir()
+    (d / "main.py").write_text("def handler(event, context):\n    return 1\n")
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(d)
+    assert info.value.message == f'no spanfaas.toml in {d}; create one with at least: name = "image-resize" and handler = "main:handler"'
+    (d / "handler.py").write_text("def handler(event, context):\n    return 1\n")  # the default handler's module
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(d)
+    assert info.value.message == f'no spanfaas.toml in {d}; create one with at least: name = "image-resize"'
+    odd = tmp_path / "42"
+    odd.mkdir()
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(odd)
+    assert info.value.message == f'no spanfaas.toml in {odd}; create one with at least: name = "my-function"'
+
+
 def test_load_manifest_from_directory(tmp_path: Path) -> None:
     (tmp_path / "spanfaas.toml").write_text('name = "dir-fn"')
     assert load_manifest(tmp_path).name == "dir-fn"
