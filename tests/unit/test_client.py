@@ -42,7 +42,7 @@ from spanfaas import (
 )
 from spanfaas.client import operations as ops
 from spanfaas.client.events import publish
-from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, load_user_config, resolve, save_user_config
+from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, keep_replaced, load_user_config, resolve, save_user_config
 from spanfaas.config import Settings
 from spanfaas.gateway import create_app
 from spanfaas.gateway.auth import issue_token
@@ -631,6 +631,20 @@ def test_resolve_precedence(tmp_path: Path) -> None:
     assert resolve(env={**env, "SPANFAAS_URL": "http://other:1"}) == ("http://other:1", None)
     assert resolve(env={**env, "SPANFAAS_TOKEN": "fromenv"}) == ("http://127.0.0.1:9000", "fromenv")
     assert resolve("http://a", "arg", env={**env, "SPANFAAS_URL": "http://b", "SPANFAAS_TOKEN": "env"}) == ("http://a", "arg")
+
+
+def test_a_saved_token_of_another_gateway_is_kept_before_a_new_one_replaces_it(tmp_path: Path) -> None:
+    """`spanfaas up` on a new data dir saved its admin token over the one saved for the gateway
+    started first: that one's admin token, shown once, was gone (nothing makes another)."""
+    path = tmp_path / "spanfaas" / "config.toml"
+    first = UserConfig(url="http://127.0.0.1:8080", token="sf_first")
+    assert keep_replaced(first, path) is None  # nothing saved yet
+    save_user_config(first, path)
+    assert keep_replaced(first, path) is None  # the same token again: nothing to keep
+    kept = keep_replaced(UserConfig(url="http://127.0.0.1:9000", token="sf_second"), path)
+    assert kept == tmp_path / "spanfaas" / "config-127.0.0.1-8080.toml"
+    assert load_user_config(kept) == first and stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+    assert load_user_config(path) == first  # (replaced by the caller, once it was kept)
 
 
 def test_a_token_with_whitespace_or_a_foreign_character(tmp_path: Path) -> None:
