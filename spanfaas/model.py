@@ -258,6 +258,26 @@ def _type_at(path: str) -> Any:
     return t
 
 
+_AT_LINE = re.compile(r"\(at line (\d+), column \d+\)$")
+_BARE = re.compile(r"([A-Za-z0-9_.-]+)\s*=\s*([A-Za-z_][^#]*?)\s*(#.*)?")
+
+
+def _syntax_problem(text: str, message: str) -> str:
+    """tomllib's message ("Invalid value (at line 2, column 11)") with the line it names, and
+    the fix for the two slips it says least about: a string without quotes
+    (``handler = handler:handler``) and one whose closing quote is missing."""
+    at = _AT_LINE.search(message)
+    lines = text.splitlines()
+    if at is None or not 0 < int(at.group(1)) <= len(lines) or not (line := lines[int(at.group(1)) - 1].strip()):
+        return message
+    hint = ""
+    if message.startswith("Invalid value") and (bare := _BARE.fullmatch(line)) and bare.group(2) not in ("true", "false"):
+        hint = f"; a string is written in quotes: {bare.group(1)} = {toml(bare.group(2))}"
+    elif message.startswith("Illegal character '\\n'") and line.count('"') % 2 == 1:
+        hint = "; a string's closing quote is missing"
+    return f"{message}: {line}{hint}"
+
+
 def _rewritten(key: str, value: Any) -> str:
     """``: write name = "bad-four"`` for a name or a handler whose fix follows from its value
     (``Bad_Four``; ``handler.handler``, a dot for the colon), when that fix is valid itself."""
@@ -324,7 +344,7 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidManifest(f"{source}: not valid TOML: {exc}") from None
+        raise InvalidManifest(f"{source}: not valid TOML: {_syntax_problem(text, str(exc))}") from None
     data.update(overrides)
     try:
         spec = msgspec.convert(data, FunctionSpec)

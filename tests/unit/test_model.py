@@ -113,6 +113,26 @@ def test_a_manifest_not_in_utf8_says_so_and_a_bom_is_taken(tmp_path: Path) -> No
     assert load_manifest(tmp_path).description == "caf\u00e9"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # tomllib says "Invalid value (at line 2, column 11)": neither the line nor what is wrong in it.
+        ('name = "f"\nhandler = handler:handler\n', 'not valid TOML: Invalid value (at line 2, column 11): '
+         'handler = handler:handler; a string is written in quotes: handler = "handler:handler"'),
+        ('name = "f"\nisolation = reuse  # warm\n', 'isolation = reuse  # warm; a string is written in quotes: isolation = "reuse"'),
+        ('name = "f\nhandler = "h:h"\n', "(at line 1, column 10): name = \"f; a string's closing quote is missing"),
+        # a number with a unit is no string to quote
+        ('name = "f"\n[resources]\ntimeout = 30s\n', "(at line 3, column 13): timeout = 30s"),
+    ],
+)
+def test_a_toml_syntax_error_shows_its_line_and_the_fix(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message, info.value.message
+    if "30s" in text:
+        assert "quotes" not in info.value.message, info.value.message
+
+
 def test_a_directory_without_a_manifest_is_told_the_one_to_write(tmp_path: Path) -> None:
     """It said: create one with at least name = "my-function", for any directory; the name
     the directory has, and the handler its one module would be, are the ones to write."""
