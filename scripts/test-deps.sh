@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages the test suite starts for real (PostgreSQL, Redis),
+# Installs the system packages the test suite starts for real (PostgreSQL, Redis;
+# qemu's user-mode emulator for the reaper's other architecture),
 # when they are missing and we may install them (root with apt-get).
 set -euo pipefail
 need=()
@@ -8,6 +9,9 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
   need+=(redis-server)
+fi
+if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-aarch64-static >/dev/null 2>&1; then
+  need+=(qemu-user-static)  # runs the sandbox reaper's aarch64 build (tests/unit/sandbox/test_sandbox_reaper_run.py)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,13 +1,24 @@
 """Session-wide leak check: after the whole suite, no process, cgroup or
-scratch dir that the tests' runtimes made may be left behind.
+mount that the tests' runtimes made may be left behind.
 
 Registered from tests/conftest.py; fails the run (exit status 1) with a
 list of what leaked.
+
+Mounts: one in ``/proc/self/mountinfo`` at the end that was not there at the
+start is a leak when it is under the session's tmp dir (pytest's basetemp), or
+is a runtime's scratch tmpfs (``<data dir>/scratch/rt-<pid>-<n>``, mounted by a
+runtime without the sandbox) of this session's process or of a process it
+started (a gateway), as seen alive at the end of some test.  Other helpers' and
+users' mounts are theirs: a mount under a ``tempfile.mkdtemp`` dir outside the
+basetemp, or the scratch tmpfs of a gateway started and killed within one test,
+cannot be told from theirs and is not checked (such a test sweeps its own:
+``spanfaas.runtime.scratch.remove_stale``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +26,27 @@ import pytest
 
 _STARTED = time.time()
 _CLK = os.sysconf("SC_CLK_TCK")
+_SCRATCH_ROOT = re.compile(r"/scratch/rt-(\d+)-\d+$")
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: space, tab, newline and backslash are octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _mounts() -> dict[tuple[str, str], str]:
+    """(mount id, mount point) -> file system type, from /proc/self/mountinfo."""
+    out = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        out[(fields[0], _unescape(fields[4]))] = fields[fields.index("-") + 1]
+    return out
+
+
+_MOUNTS_AT_START = _mounts()
+_OUR_RUNTIMES = {os.getpid()}
+"""Pids whose scratch tmpfs is this session's: itself, and the processes it started (seen alive)."""
+_basetemp: Path | None = None
 
 
 def _boot_time() -> float:
@@ -76,6 +108,55 @@ def _our_cgroups() -> list[str]:
     return [str(d) for ctrl in root.iterdir() if (ctrl / "spanfaas-test").is_dir() for d in (ctrl / "spanfaas-test").iterdir() if d.name.startswith(mine)]
 
 
+def _descends_from_us(pid: int) -> bool:
+    me = os.getpid()
+    for _ in range(64):
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
+def _note_our_runtimes() -> None:
+    """The runtimes whose scratch tmpfs is mounted now and that are this session's (alive now)."""
+    for _id, point in _mounts():
+        m = _SCRATCH_ROOT.search(point)
+        if m is not None and int(m[1]) not in _OUR_RUNTIMES and _descends_from_us(int(m[1])):
+            _OUR_RUNTIMES.add(int(m[1]))
+
+
+def _our_mounts() -> list[str]:
+    leaked = []
+    for key, fstype in _mounts().items():
+        if key in _MOUNTS_AT_START:
+            continue
+        point = key[1]
+        m = _SCRATCH_ROOT.search(point)
+        if m is not None and int(m[1]) in _OUR_RUNTIMES:
+            leaked.append(f"mount {point} ({fstype}): the scratch root of runtime pid {m[1]}, still mounted")
+        elif _basetemp is not None and Path(point).is_relative_to(_basetemp):
+            leaked.append(f"mount {point} ({fstype}): under the session's tmp dir, still mounted")
+    return leaked
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where the session's tmp dirs are (mounts under it are checked)."""
+    global _basetemp
+    _basetemp = tmp_path_factory.getbasetemp().resolve()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        _note_our_runtimes()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -86,6 +167,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if not leaks or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    leaks += _our_mounts()  # (once the processes went: a runtime unmounts before it exits)
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         lines = ["leak check: the test suite left these behind:", *(f"  {x}" for x in leaks)]

@@ -328,7 +328,8 @@ def info(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -
         if not inf.get("healthy", True):
             console.print(f"[red]{escape(str(inf.get('name')))} is down:[/red] {escape(str(inf.get('reason') or 'no reason given'))}")
     protections = doc.get("protections") or []
-    if protections:
+    if protections:  # (under a heading: right below the infrastructures, it read as more of their columns)
+        console.print("[bold]sandbox protections[/bold] (of the infrastructures that report them)")
         console.print(protection_table(protections))
     limits = doc.get("limits") or {}
     if limits:

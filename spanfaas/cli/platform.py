@@ -139,7 +139,7 @@ def _announce(
 
 @handle_errors
 def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the connection and show which sandbox protections are in force, and why not."""
+    """Check the connection and show which sandbox protections are in force, and why not; unmount the scratch tmpfs killed runtimes left."""
     report: dict[str, Any] = {"url": None, "reachable": False, "authenticated": False, "version": None, "source": None, "protections": []}
     with Client(url, token) as client:
         report["url"] = client.url
@@ -159,6 +159,7 @@ def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
         local = _local_protections()
         if local is not None:
             report.update(source="local probe", protections=local)
+    report["stale_scratch"] = _sweep_stale_scratch()
     if as_json:
         print_json(report)
     else:
@@ -173,8 +174,38 @@ def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
             console.print(protection_table(report["protections"]))
         elif report["authenticated"]:
             console.print("[dim]the gateway's infrastructures report no sandbox protections[/dim]")
+        for stale in report["stale_scratch"]:
+            where, pid = escape(stale["path"]), stale["pid"]
+            if stale["swept"]:
+                console.print(f"[yellow]![/yellow] unmounted the scratch tmpfs a dead runtime (pid {pid}) left at {where}")
+            else:
+                console.print(
+                    f"[red]✗[/red] a dead runtime's (pid {pid}) scratch tmpfs is still mounted at {where}: "
+                    f"{escape(stale['error'])}; run `{escape(command_name())} doctor` as root, or `umount -l {where}`"
+                )
     if not report["protections"] and not report["authenticated"]:
         raise typer.Exit(InfraError.exit_code)
+
+
+def _sweep_stale_scratch() -> list[dict[str, Any]]:
+    """The scratch tmpfs mounts that runtimes killed on this machine left in its mount table
+    (a runtime unmounts its own whenever it stops; one killed cannot), each unmounted here
+    where it may be: their data dir's next runtime would, but it may never start there."""
+    from spanfaas.runtime import scratch
+
+    out: list[dict[str, Any]] = []
+    try:
+        stale = scratch.stale_mounts()
+    except OSError:  # no /proc here: nothing to tell
+        return out
+    for path, pid in stale:
+        try:
+            scratch.sweep(path)
+        except OSError as exc:
+            out.append({"path": str(path), "pid": pid, "swept": False, "error": exc.strerror or str(exc)})
+        else:
+            out.append({"path": str(path), "pid": pid, "swept": True, "error": None})
+    return out
 
 
 def _local_protections() -> list[dict[str, Any]] | None:

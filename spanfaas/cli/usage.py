@@ -106,10 +106,17 @@ def undecodable(args: Sequence[str]) -> InvalidRequest | None:
 
 
 class _Argument(TyperArgument):
-    """An argument whose help row is its placeholder (``PATH``), not also its type (``PATH <path>``)."""
+    """An argument whose help row is its placeholder (``PATH``), not also its type (``PATH <path>``),
+    and whose usage is too (``spanfaas result ID``, as the messages write it), not typer's ``{ID}``
+    (a shell's "one of"); an optional one in brackets."""
 
     def display_type_rich(self, ctx: Any) -> str | None:
         return None
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = self.metavar or (self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return [name + ("..." if self.nargs != 1 else "")]
 
 
 def _plain_arguments(command: Any) -> None:

@@ -58,3 +58,14 @@ class ReportsEarlyStats(Protocol):
     """Optional: an infrastructure that counts its prewarms and scale events (the local runtime)."""
 
     def early_stats(self) -> dict[str, EarlyStats]: ...
+
+
+@runtime_checkable
+class InfoInMemory(Protocol):
+    """Optional: an infrastructure whose ``info`` is read from this process's memory (the
+    local runtime): its figures (functions, instances, free slots, queue) are read at each
+    ``/v1/info`` and ``/metrics``, not served as the last background refresh left them."""
+
+    def info_now(self) -> InfraInfo:
+        """What ``info`` answers, without waiting for anything."""
+        ...

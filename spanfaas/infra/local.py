@@ -58,6 +58,10 @@ class LocalInfrastructure:
         return self.runtime.early_stats()
 
     async def info(self) -> InfraInfo:
+        return self.info_now()
+
+    def info_now(self) -> InfraInfo:
+        """From the runtime's memory (``InfoInMemory``): /v1/info counts a deploy's instances as they come."""
         rt = self.runtime.info()
         return InfraInfo(
             name=self.name,

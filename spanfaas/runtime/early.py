@@ -41,6 +41,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from spanfaas.config import RuntimeSettings
+from spanfaas.errors import plural
 from spanfaas.model import EarlyStats
 from spanfaas.runtime.predict import Candidate, Plan, Predictor
 from spanfaas.runtime.scaling import Autoscaler
@@ -223,10 +224,14 @@ class EarlyAction:
         if d.change != "hold":
             _bump(self._s(name).scale, d.change)
             self.note(name, f"scale-{d.change}:{d.desired}")
-            log.info("spanfaas runtime: %s scales %s to %d instance%s (%s)", name, d.change, d.desired, "" if d.desired == 1 else "s", d.reason)
         pool.scale(d.desired)
         sc = pool.spec.scaling
         pool.retire_idle(now, keep=max(sc.min, 1, d.desired), idle_for=min(sc.idle_ttl, sc.cooldown))
+        if d.change == "out":
+            log.info("spanfaas runtime: %s scales out to %s (%s)", name, plural(d.desired, "instance"), d.reason)
+        elif d.change == "in":  # told once it retired what it could: what is left, and why
+            log.info("spanfaas runtime: %s scales in: %s wanted for calls (%s); %s",
+                     name, plural(d.desired, "instance"), d.reason, _left(pool))  # fmt: skip
 
     def scaled_to_zero(self, pool: Pool) -> None:
         w = self._w(pool)
@@ -285,3 +290,31 @@ class EarlyAction:
             s.desired = pool.desired
             s.instances = pool.stats()["instances"]
         return out
+
+
+def _left(pool: Pool) -> str:
+    """What a scale-in leaves of ``pool``.  The autoscaler's count is the instances it wants
+    for calls; the pool keeps idle ones beyond it (``Pool._floor``, ``retire_idle``), and
+    those beyond these retire at a later tick: ``3 left: 3 idle (1 forked ahead as a spare,
+    scaling.prefork = 1; 2 retire once idle 0.5 s)``."""
+    c, sc = pool.census(), pool.spec.scaling
+    if pool.spec.isolation == "strict":
+        kept = max(sc.prefork if pool.demanded else 0, pool.desired - c.busy)
+
+        def why(n: int) -> str:
+            return f"forked ahead as {'a spare' if n == 1 else 'spares'}, scaling.prefork = {sc.prefork}"
+    else:
+        kept = max(0, max(sc.min, 1, pool.desired) - c.busy)
+
+        def why(n: int) -> str:
+            return f"kept by scaling.min = {sc.min}" if sc.min >= 1 else f"kept warm until scaling.idle_ttl = {sc.idle_ttl:g} s"
+    parts = [f"{c.busy} busy"] if c.busy else []
+    if c.idle > kept:
+        idle_for = min(sc.idle_ttl, sc.cooldown)
+        parts.append(f"{c.idle} idle ({kept} {why(kept)}; {c.idle - kept} retire once idle {idle_for:g} s)" if kept else
+                     f"{c.idle} idle (retire once idle {idle_for:g} s)")  # fmt: skip
+    elif c.idle:
+        parts.append(f"{c.idle} idle ({why(c.idle)})")
+    if c.starting:
+        parts.append(f"{c.starting} starting")
+    return f"{c.left} left" + (": " + ", ".join(parts) if parts else "")

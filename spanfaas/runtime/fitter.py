@@ -13,9 +13,10 @@ them later for a spare), and the fitter:
 * makes the namespaces whole (``sandbox.fit_namespaces``): private
   mounts, the pid namespace's ``/proc``, read-only ``/sys``, hostname,
   loopback;
-* for the function: exposes the interpreter's trees to the function's
-  uid (``fsview``), puts the scratch dir on a private tmpfs and sets the
-  template's rlimits (``prlimit``);
+* for the function: copies its code to ``/var/task`` and mounts its
+  scratch tmpfs on ``/var/tmp`` (``fixedpaths``: the function sees no host
+  path of either), exposes the interpreter's trees to the function's uid
+  (``fsview``) and sets the template's rlimits (``prlimit``);
 
 and builds the template's Landlock ruleset (paths resolved in its mount
 namespace), then sends a ``FitReport`` -- with the ruleset's fd -- on a
@@ -55,6 +56,11 @@ class FitReport(msgspec.Struct, kw_only=True):
     limit): decoded here into the record, not converted by the template."""
     error: str = ""
     """Set when the template must not start (it could not join its cgroup)."""
+    code_dir: str = ""
+    """Where the template finds the function's code in its namespace (``fixedpaths.CODE``);
+    "": at the bundle's host path."""
+    scratch_dir: str = ""
+    """Where it makes its instances' scratch dirs (``fixedpaths.SCRATCH``); "": at the host path."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -136,9 +142,12 @@ def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int
     return FitReport(protections=sandbox.fit_namespaces(unshared, name, network)), []
 
 
-def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostname: str | None = None, enter: bool = False) -> Fit:
+def fit_function(
+    plan: Any, bundle: str, scratch_dir: str, unshared: int, pid: int, *, hostname: str | None = None, enter: bool = False
+) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
-    a spare), the fs view for its uid, the scratch tmpfs, the template's
+    a spare), the fs view for its uid, its code and scratch tmpfs at fixed paths
+    (``bundle`` and ``scratch_dir``: their host paths), the template's
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
     from the zygote)."""
@@ -149,15 +158,17 @@ def fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, *, hostna
     except OSError:
         mountinfo = -1
     try:
-        return _fit_function(plan, scratch_dir, unshared, pid, hostname, enter, mountinfo)
+        return _fit_function(plan, bundle, scratch_dir, unshared, pid, hostname, enter, mountinfo)
     finally:
         if mountinfo >= 0:
             os.close(mountinfo)
 
 
-def _fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, hostname: str | None, enter: bool, mountinfo: int) -> Fit:
+def _fit_function(
+    plan: Any, bundle: str, scratch_dir: str, unshared: int, pid: int, hostname: str | None, enter: bool, mountinfo: int
+) -> Fit:
     from spanfaas import sandbox
-    from spanfaas.sandbox import _libc, fsview, landlock, namespaces
+    from spanfaas.sandbox import _libc, fixedpaths, fsview, landlock, namespaces
 
     if enter:
         namespaces.enter_namespaces(pid, unshared)
@@ -168,27 +179,67 @@ def _fit_function(plan: Any, scratch_dir: str, unshared: int, pid: int, hostname
         return FitReport(protections=out, function=True), []
     plan = msgspec.convert(plan, SandboxPlan) if isinstance(plan, dict) else plan
     mounts = bool(unshared & _libc.CLONE_NEWNS)
-    uid = _reachable_uid(plan, mounts, out)
+    plan, uid, code_dir, scratch = _place(plan, bundle, scratch_dir, mounts, out)
     if mounts:
-        out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
         out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
     sandbox.set_rlimits(applied, pid)
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
     ruleset, built = landlock.landlock_ruleset(plan.ro_paths, plan.rw_paths)
     out.append(built)  # the template enforces it (or, when it has no fd, reports it inactive)
-    return FitReport(protections=out, function=True, uid=uid, plan=applied), [ruleset] if ruleset >= 0 else []
+    report = FitReport(protections=out, function=True, uid=uid, plan=applied, code_dir=code_dir, scratch_dir=scratch)
+    return report, [ruleset] if ruleset >= 0 else []
 
 
-def _reachable_uid(plan: Any, mounts: bool, out: list[Protection]) -> int | None:
-    """The uid to drop to, once the code and interpreter are reachable for it."""
+def _place(
+    plan: SandboxPlan, bundle: str, scratch_dir: str, mounts: bool, out: list[Protection]
+) -> tuple[SandboxPlan, int | None, str, str]:
+    """The code and scratch at fixed paths where possible (``sandbox/fixedpaths.py``),
+    the interpreter reachable for the uid: the plan with the paths the function
+    finds them at, its uid, and where the code and scratch are ("": host paths)."""
+    from spanfaas.sandbox import fixedpaths, fsview
+
+    ro_others = [x for x in plan.ro_paths if x != bundle]
+    rw_others = [x for x in plan.rw_paths if x != scratch_dir]
+    # The code first (as root, the whole host in view), then the interpreter for
+    # the uid (fsview), then the scratch tmpfs, owned by that uid.
+    why_not = (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle)) if mounts else "no mount namespace"
+    code_dir = scratch = ""
+    if why_not:  # the host paths, as without fixed paths
+        uid = _reachable_uid(plan.uid, [*plan.ro_paths, *plan.rw_paths], mounts, out)
+    else:
+        code_dir = fixedpaths.CODE
+        uid = _reachable_uid(plan.uid, [*ro_others, *rw_others], mounts, out)
+        why_not = fixedpaths.place_scratch(uid, _scratch_bytes(plan.memory_bytes))
+        if not why_not:
+            scratch = fixedpaths.SCRATCH
+        elif uid is not None and fsview.blocking_ancestor(scratch_dir):
+            out.append(Protection("uid", False, f"the scratch dir is not reachable for the function's uid: {why_not}"))
+            uid = None
+    if not why_not:
+        out.append(Protection("fixed-paths", True, f"code (a read-only copy) at {code_dir}, scratch at {scratch}"))
+        out.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {_scratch_bytes(plan.memory_bytes) >> 20} MiB"))
+    else:
+        where = f"code at {code_dir}, scratch at its host path" if code_dir else "code and scratch at their host paths"
+        out.append(Protection("fixed-paths", False, f"{where}: {why_not}"))
+        if mounts:
+            out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
+    plan = msgspec.structs.replace(
+        plan,
+        ro_paths=(code_dir, *ro_others) if code_dir else plan.ro_paths,
+        rw_paths=(scratch, *rw_others) if scratch else plan.rw_paths,
+    )
+    return plan, uid, code_dir, scratch
+
+
+def _reachable_uid(uid: int | None, needed: list[str], mounts: bool, out: list[Protection]) -> int | None:
+    """The uid to drop to, once the trees it ``needed`` (code, interpreter) are reachable for it."""
     from spanfaas.sandbox import fsview
 
-    if plan.uid is None:
+    if uid is None:
         return None
-    needed = [*plan.ro_paths, *plan.rw_paths]
     if not any(fsview.blocking_ancestor(x) for x in needed):
-        return int(plan.uid)
+        return int(uid)
     if not mounts:
         out.append(Protection("uid", False, "the interpreter is not readable by other users and there is no mount namespace to expose it"))
         return None
@@ -197,7 +248,12 @@ def _reachable_uid(plan: Any, mounts: bool, out: list[Protection]) -> int | None
     if not view.active:
         out.append(Protection("uid", False, view.reason))
         return None
-    return int(plan.uid)
+    return int(uid)
+
+
+def _scratch_bytes(memory_bytes: int) -> int:
+    """The scratch tmpfs's cap: the function's memory limit, at least 64 MiB."""
+    return max(memory_bytes, 64 * 1024 * 1024)
 
 
 def _scratch_in_memory(scratch_dir: str, uid: int | None, memory_bytes: int) -> Protection:
@@ -209,7 +265,7 @@ def _scratch_in_memory(scratch_dir: str, uid: int | None, memory_bytes: int) -> 
     from spanfaas.sandbox import _libc
 
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    size = max(memory_bytes, 64 * 1024 * 1024)
+    size = _scratch_bytes(memory_bytes)
     try:
         _libc.mount("tmpfs", scratch_dir, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={size}{owner}")
     except OSError as exc:

@@ -27,7 +27,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -75,6 +75,21 @@ def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
     """Mark the outcome of a future no one awaits as seen (else asyncio logs an error it holds)."""
     if not fut.cancelled():
         fut.exception()
+
+
+class Census(NamedTuple):
+    """A pool's instances now (``Pool.census``): what a scale-in leaves."""
+
+    busy: int
+    """Running calls."""
+    idle: int
+    """Ready, running none: strict, children forked ahead (spares); reuse, warm instances."""
+    starting: int
+    """Asked of the template, not ready yet."""
+
+    @property
+    def left(self) -> int:
+        return self.busy + self.idle + self.starting
 
 
 class Pool:
@@ -547,6 +562,7 @@ class Pool:
         if self._strict:
             while len(idle) > self._floor() and now - idle[0].last_used > idle_for:
                 inst = idle.popleft()
+                inst.retired = True  # (counted off by census until it exits)
                 self._chan.send(p.Retire(inst.seq))
                 retired += 1
             return retired
@@ -889,6 +905,19 @@ class Pool:
         self.state = "closed"
         self._queue.fail(InfraError(f"function '{self.spec.name}' was removed"))
         self.stop_template()
+
+    def census(self) -> Census:
+        """Its instances now, by what they do: those retired or done with their one call
+        (strict) are on their way out and not counted."""
+        busy = idle = 0
+        for inst in self._instances.values():
+            if not inst.ready or inst.retired or (self._strict and inst.served and not inst.active):
+                continue
+            if inst.active:
+                busy += 1
+            else:
+                idle += 1
+        return Census(busy, idle, self._pending_forks)
 
     def stats(self) -> dict[str, Any]:
         return {

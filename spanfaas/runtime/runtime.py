@@ -95,11 +95,22 @@ class LocalRuntime:
             reap_stale_cgroups(self.rt)
         active = {x.name for x in self.protections if x.active}
         self._spares_ok = self.rt.spares > 0 and {"pid-namespace", "mount-namespace"} <= active
-        scratch.remove_stale(self.scratch_root.parent)
+        for root, mounted in scratch.remove_stale(self.scratch_root.parent):
+            if mounted:  # (it was in the host's mount table since its runtime was killed)
+                log.warning("spanfaas runtime: unmounted and removed the scratch tmpfs left by a dead runtime: %s", root)
+            else:
+                log.info("spanfaas runtime: removed the scratch dirs left by a dead runtime: %s", root)
         tmpfs = None if self.rt.sandbox else self.rt.scratch_size * 1024 * 1024  # (sandboxed: a tmpfs per function)
-        scratch.make_root(self.scratch_root, tmpfs_bytes=tmpfs)
-        self._zygote_for(None)
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        try:
+            scratch.make_root(self.scratch_root, tmpfs_bytes=tmpfs)
+            self._zygote_for(None)
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        except BaseException:
+            # A start that fails (the zygote cannot start), or is interrupted (a KeyboardInterrupt,
+            # a cancel), after the scratch tmpfs was mounted: close() would not stop a runtime that
+            # never started, and the mount would stay in the host's mount table.
+            await _to_the_end(self._shut_down())
+            raise
         self.started = True
 
     async def close(self) -> None:

@@ -158,6 +158,10 @@ class Template:
         self.uid: int | None = None  # the fitter's verdict: the function's uid can reach its code
         self.plan: SandboxPlan | None = None  # and the plan to apply, with that uid
         self.ruleset = -1  # and our Landlock ruleset, built
+        # Where the code and the scratch dirs are in our namespace: their host paths,
+        # or the fixed ones the fitter placed them at (sandbox/fixedpaths.py).
+        self.code_dir = req.bundle_path
+        self.scratch_dir = req.scratch_dir
         self.base_data = 0
         self.one_shot = False  # strict: an instance serves one call (set with the rest before the first fork)
         self.concurrent = False
@@ -189,6 +193,8 @@ class Template:
             if report.function:
                 self.uid = report.uid
                 self.plan = report.plan
+                self.code_dir = report.code_dir or self.code_dir
+                self.scratch_dir = report.scratch_dir or self.scratch_dir
 
     def lock_down(self) -> None:
         """Apply the process-wide part of the sandbox (inherited by instances);
@@ -220,14 +226,14 @@ class Template:
         req = self.req
         random.seed()  # forked without the at-fork reseed (forking.py): no two templates share a sequence
         os.environ.update(req.env)
-        os.chdir(req.bundle_path)
-        sys.path.insert(0, req.bundle_path)
-        inst.show_paths_from(req.bundle_path)
+        os.chdir(self.code_dir)
+        sys.path.insert(0, self.code_dir)
+        inst.show_paths_from(self.code_dir)
         started = time.perf_counter()
-        module = loader.load(req.module, req.bundle_path)
+        module = loader.load(req.module, self.code_dir)
         handler = getattr(module, req.function, None)
         if handler is None or not callable(handler):
-            raise _Misfit("AttributeError", _no_handler(req.module, req.function, req.bundle_path, _defined(module)))
+            raise _Misfit("AttributeError", _no_handler(req.module, req.function, self.code_dir, _defined(module)))
         if (kind := _generator_kind(handler)) is not None:
             raise _Misfit("TypeError", f"{req.function}() in {req.module}.py is {kind} function (it has yield): each call would return "
                             "a generator, which is no result; return the values instead of yielding them, e.g. a list")  # fmt: skip
@@ -258,7 +264,7 @@ class Template:
             self.data_limit = (limit, limit)
         # Each instance sets both to its scratch dir: with the keys already there,
         # that replaces two values instead of growing the environ dict.
-        os.environ["TMPDIR"] = os.environ["HOME"] = req.scratch_dir
+        os.environ["TMPDIR"] = os.environ["HOME"] = self.scratch_dir
         if self.landlock:
             from spanfaas import sandbox
 
@@ -285,7 +291,7 @@ class Template:
         _trim_heap()
 
     def _scratch(self, seq: int) -> str:
-        return f"{self.req.scratch_dir}/i{seq}"
+        return f"{self.scratch_dir}/i{seq}"
 
     def fork_instances(self, n: int, warm: bool = True) -> None:
         """Fork ``n`` instances; ``warm``: each runs its request path once before
@@ -540,7 +546,7 @@ class Template:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        remove_tree(self.req.scratch_dir)
+        remove_tree(self.scratch_dir)
 
 
 class _Prepared:

@@ -144,7 +144,7 @@ class Zygote:
         if pid == 0:
             os.close(report_r)
             fitter.run(report_w, lambda: fitter.fit_function(
-                req.sandbox, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
+                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
         # The spare decodes what it is sent after its fork, into memory of its own: not
         # the plan, which only the fitter needs (the template applies the plan the
@@ -280,7 +280,7 @@ class Zygote:
                     shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
                     if shell.error or req is None:
                         return shell, []
-                    own, fds = fitter.fit_function(req.sandbox, req.scratch_dir, unshared, in_ns)
+                    own, fds = fitter.fit_function(req.sandbox, req.bundle_path, req.scratch_dir, unshared, in_ns)
                     return msgspec.structs.replace(own, protections=shell.protections + own.protections), fds
 
                 fitter.run(report_w, work)

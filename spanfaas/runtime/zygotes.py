@@ -98,6 +98,9 @@ class ZygoteProcess:
             self.proc = subprocess.Popen(
                 argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, cwd="/", process_group=0
             )
+        except BaseException:
+            ours.close()  # (no zygote at its other end)
+            raise
         finally:
             theirs.close()
         self.chan = ControlChannel(ours, _decoder, self._message, self._eof)

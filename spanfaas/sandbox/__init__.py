@@ -18,6 +18,8 @@ module for why)::
     zygote:          ns = NamespacesForNextChildren(network); ns.enter(); fork reaper; fork template; fork fitter; ns.restore()
     reaper (pid 1):  reaper.become(reaper.program(), lifeline)   # a static ELF of one page: read() until the template is gone
     fitter:          fit_namespaces(ns.unshared, name, network); exit  (mounts, /proc, hostname, lo)
+    fitter (function): fsview.expose_paths; fixedpaths.place (code at /var/task, scratch at /var/tmp);
+                     fsview.hide_other_mounts; landlock_ruleset  (runtime/fitter.py)
     template (pid 2): set_rlimits(plan); drop_privileges(uid); landlock_restrict(ro, rw);
                      seccomp_deny(allow_exec); import the function; fork instances as pid 4+
     instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope

@@ -43,7 +43,8 @@ _BASE: Final = 0x400000
 _HEADERS: Final = 64 + 2 * 56  # ELF header, two program headers
 
 # The program, per architecture (e_machine, code): read(0, sp, 1); exit_group(0).
-# (Encodings from llvm-mc; aarch64's checked by disassembly only, not run.)
+# (Encodings from llvm-mc.  Both are run by tests/unit/sandbox/test_sandbox_reaper_run.py,
+# aarch64 under qemu's user-mode emulator; its pid-namespace duties are tested natively only.)
 CODE: Final[dict[str, tuple[int, bytes]]] = {
     "x86_64": (0x3E, bytes.fromhex(
         "31c0"  # xor eax, eax: read

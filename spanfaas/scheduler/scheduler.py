@@ -71,6 +71,8 @@ class Site:
         """When the refresh asked for its info, while it has not answered (the spanning clock)."""
         self.asked_at: float | None = None
         """When its last info answer (or failure) came; the next is asked ``refresh_interval`` later."""
+        self.recounted_at = float("-inf")
+        """When the last recount (after a deploy or remove there) asked for its figures (the spanning clock)."""
         self.inflight = 0
         self.capacity = config.slots or 1
         self.latency: dict[str, float] = {}
@@ -100,12 +102,35 @@ class Site:
         }  # fmt: skip
         return frozenset(k for k, known in declared.items() if not known)
 
-    def update(self, reported: InfraInfo) -> None:
+    def update(self, reported: InfraInfo, asked_at: float | None = None) -> None:
+        """Its info, as it answered the refresh that asked at ``asked_at``.  A recount that
+        asked after that (``recount``: a deploy or remove there meanwhile) keeps its figures."""
+        figures = self._figures()
         self.info = merge(reported, self.config)
         self.reported = True
         self.is_busy = False
         self.reason = "" if self.info.healthy else (reported.reason or "reports itself unhealthy")
+        if asked_at is not None and asked_at < self.recounted_at:
+            self._set_figures(*figures)
+        self.capacity = self.config.slots or max(self.info.free_slots + self.info.instances, 1)
+
+    def recount(self, reported: InfraInfo, asked_at: float) -> None:
+        """Only the figures of a fresh answer (functions, instances, free slots, queue): asked
+        after a deploy or remove there, so ``/v1/info`` and ``/metrics`` count it at once,
+        not a refresh interval later.  Health and breaker stay the refresh's to judge."""
+        if asked_at < self.recounted_at:
+            return  # (a later recount answered first)
+        self.recounted_at = asked_at
+        self._set_figures(reported.functions, reported.instances, reported.free_slots, reported.queue_depth)
         self.capacity = self.config.slots or max(reported.free_slots + reported.instances, 1)
+
+    def _figures(self) -> tuple[int, int, int, int]:
+        i = self.info
+        return i.functions, i.instances, i.free_slots, i.queue_depth
+
+    def _set_figures(self, functions: int, instances: int, free_slots: int, queue_depth: int) -> None:
+        i = self.info
+        i.functions, i.instances, i.free_slots, i.queue_depth = functions, instances, free_slots, queue_depth
 
     def busy(self, quiet_until: float) -> None:
         """It answered its info with 429: up, with no free slots, not asked again before ``quiet_until``."""

@@ -47,7 +47,7 @@ import msgspec
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
 from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
-from spanfaas.infra.base import Infrastructure, Releasing
+from spanfaas.infra.base import InfoInMemory, Infrastructure, Releasing
 from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.scheduler.constraints import check, validate
 from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site, Verdict
@@ -59,6 +59,9 @@ _replace = msgspec.structs.replace
 
 RETRY_AFTER_MAX = 60.0
 """Seconds at most that a site's Retry-After (a 429 to its info) keeps us from asking again."""
+RECOUNT_WAIT = 2.0
+"""Seconds a deploy or remove waits for the sites it touched to tell their new figures
+(``_recount``); a site slower than that tells them in the background."""
 
 
 @runtime_checkable
@@ -121,6 +124,7 @@ class SpanningInfrastructure:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._removals: set[asyncio.Future[None]] = set()  # removes that outlasted their caller
+        self._recounts: set[asyncio.Task[None]] = set()  # recounts that outlasted RECOUNT_WAIT
         self._calls: dict[str, set[asyncio.Task[Any]]] = {s.name: set() for s in sites}
         """Per site, the tasks with an invocation in flight there."""
         self._cut: dict[asyncio.Task[Any], str] = {}
@@ -179,6 +183,9 @@ class SpanningInfrastructure:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for task in self._recounts:
+            task.cancel()
+        await asyncio.gather(*self._recounts, return_exceptions=True)
         if self._removals:  # drains still going: they end before their infrastructure closes
             await asyncio.gather(*self._removals, return_exceptions=True)
         results = await asyncio.gather(*(s.infra.close() for s in self.sites), return_exceptions=True)
@@ -204,7 +211,7 @@ class SpanningInfrastructure:
         if self.clock() < site.quiet_until:
             return  # it answered 429 with a Retry-After that has not passed
         was = (site.info.healthy, _capabilities(site.info))
-        site.asking_since = self.clock()
+        asked = site.asking_since = self.clock()
         try:
             async with asyncio.timeout(site.config.timeout):
                 reported = await site.infra.info()
@@ -217,7 +224,7 @@ class SpanningInfrastructure:
         else:
             if not site.info.healthy and reported.healthy and site.reported:
                 log.info("infrastructure %s is up again", site.name)
-            site.update(reported)
+            site.update(reported, asked)
             if not site.info.healthy:  # it answered that it is down (a site whose every infrastructure is):
                 site.breaker.trip(self.clock())  # down as one that does not answer, probed as one
         finally:
@@ -367,9 +374,15 @@ class SpanningInfrastructure:
         )
 
     def infos(self) -> list[InfraInfo]:
-        """Each site's cached info (declared capabilities over reported ones), in declared order."""
+        """Each site's cached info (declared capabilities over reported ones), in declared order;
+        the figures of one that keeps its info in memory (``InfoInMemory``: the local runtime) as
+        they are now."""
         out = []
         for s in self.sites:
+            if s.healthy and isinstance(s.infra, InfoInMemory):
+                now = s.infra.info_now()
+                if now.healthy:
+                    s.recount(now, self.clock())
             info = _replace(s.info, reason="" if s.info.healthy else s.reason)
             if s.calls:
                 info.ewma_latency_ms = round(s.site_latency, 3)
@@ -419,6 +432,7 @@ class SpanningInfrastructure:
             if not self._pending[site.name]:  # it takes deploys again: nothing to wait for
                 self._retry.pop(site.name, None)
             await self._settle(site.name, spec.name)  # replaced there: nothing left to remove
+        await self._recount(done)
         for name, exc in failed.items():
             log.warning("deploying %s on %s failed, retrying when it answers: %s", spec.name, name, _describe(exc))
             self._why[(name, spec.name)] = _describe(exc)
@@ -497,6 +511,7 @@ class SpanningInfrastructure:
 
     async def remove(self, name: str) -> None:
         self._functions.pop(name, None)
+        touched = []
         for site in self.sites:
             self._pending[site.name].discard(name)
             self._why.pop((site.name, name), None)
@@ -507,6 +522,7 @@ class SpanningInfrastructure:
                 await self._owe(site.name, name)
             elif name in site.deployed:
                 site.deployed.discard(name)
+                touched.append(site)
                 # Never cancelled: a local remove drains in-flight calls for up to
                 # their timeout, and cut short it would leave processes behind.
                 # The caller waits for the site's timeout at most; the rest goes on
@@ -521,7 +537,38 @@ class SpanningInfrastructure:
                     except TimeoutError:
                         log.info("removing %s from %s takes over %gs (in-flight calls drain); it goes on in the background",
                                  name, site.name, site.config.timeout)  # fmt: skip
+        await self._recount(touched)
         self.scheduler.changed()
+
+    async def _recount(self, sites: Sequence[Site]) -> None:
+        """After a deploy or remove there: each site's figures (functions, instances, free
+        slots, queue) asked now, so ``/v1/info`` (``spanfaas info``) and ``/metrics`` count the
+        change when it returns, not when the next background refresh comes.  Only the figures
+        (``Site.recount``): a site that does not answer here is judged by the refresh, not by this.
+        The local runtime answers from memory; a remote site in one round trip, waited for up to
+        ``RECOUNT_WAIT`` seconds (then it goes on in the background, up to the site's timeout)."""
+
+        async def one(site: Site) -> None:
+            asked = self.clock()
+            try:
+                async with asyncio.timeout(site.config.timeout):
+                    reported = await site.infra.info()
+            except (SpanfaasError, OSError, TimeoutError) as exc:
+                log.debug("recounting %s after a deploy or remove: %s (the refresh asks again)", site.name, _describe(exc))
+                return
+            if reported.healthy:
+                site.recount(reported, asked)
+
+        tasks = [asyncio.create_task(one(s), name=f"spanfaas-recount-{s.name}") for s in sites if s.healthy]
+        if not tasks:
+            return
+        try:
+            await asyncio.wait(tasks, timeout=RECOUNT_WAIT)
+        finally:  # (also when the caller is cancelled meanwhile)
+            for task in tasks:
+                if not task.done():
+                    self._recounts.add(task)
+                    task.add_done_callback(self._recounts.discard)
 
     async def _remove_there(self, site: Site, name: str) -> None:
         """Remove ``name`` from ``site``, which has it; failing, the remove is owed there."""

@@ -5,6 +5,7 @@ scales it to zero, and the next call cold-starts.  Polls states, never times."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -89,3 +90,34 @@ async def test_burst_scales_out_within_bounds_then_in_after_cooldown_then_to_zer
         async with live.client() as c:
             metrics = (await c.get("/metrics")).text
         assert f'spanfaas_scale_events_total{{direction="zero",function="{name}",infra="local"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize("isolation", ["reuse", "strict"])
+async def test_the_scale_in_log_line_counts_the_instances_left_and_the_spares(isolation: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The autoscaler's "0 instances" is the instances it wants for calls; the pool keeps an
+    # idle one beyond that (strict: scaling.prefork children forked ahead; reuse: one warm
+    # until scaling.idle_ttl).  The line said "scales in to 0 instances" while they stayed.
+    name = f"told-{isolation}"
+    manifest = f'isolation = "{isolation}"\n[scaling]\nmax = {MAX}\nprefork = 1\ncooldown = 0.5\nidle_ttl = 600\n'
+    caplog.set_level("INFO", "spanfaas.runtime")
+    async with live_gateway() as live:
+        await live.deploy(name, SLOW_IMPORT.format(import_s=0), manifest)
+        trace: list[tuple[float, str, str]] = []
+        live.runtime.early.trace = trace
+        pool = live.pool(name)
+        await burst(live, name, clients=16, sleep=0.05)
+        await live.wait_for(lambda: any(e == "scale-in:0" for _t, _n, e in trace))
+        await live.wait_for(lambda: pool.stats()["instances"] == 1)  # the retired ones exited; the spare stays
+        said = [r.getMessage() for r in caplog.records if f"{name} scales in" in r.getMessage()]
+        assert said, caplog.text
+        line = said[-1]
+        assert "scales in to 0 instances" not in line, line
+        told = re.search(r"scales in: 0 instances wanted for calls \(peak concurrency 0 / target 1 over the last 0.5 s\); (\d+) left: (.*)", line)
+        assert told, line
+        # (an instance used within the last cool-down is retired at a later tick: one idle at least)
+        assert int(told[1]) >= 1 and told[2].startswith(f"{told[1]} idle ("), line
+        why = "forked ahead as a spare, scaling.prefork = 1" if isolation == "strict" else "kept warm until scaling.idle_ttl = 600 s"
+        if told[1] == "1":
+            assert told[2] == f"1 idle ({why})", line
+        else:  # the rest go at a later tick, and the line says so
+            assert told[2] == f"{told[1]} idle (1 {why}; {int(told[1]) - 1} retire once idle 0.5 s)", line

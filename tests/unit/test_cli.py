@@ -1092,6 +1092,8 @@ def test_every_commands_help_writes_its_placeholders_in_capitals(cli: Any) -> No
         assert not re.search(r"<[a-z][^>]*>", r.stdout), (path, r.stdout)  # no '<str>', '<path>', '<function>'
         usage = " ".join(command.collect_usage_pieces(ctx))
         assert _lower_placeholders(usage) == [], (path, usage)
+        # As the messages write it (`spanfaas result ID`): typer's `{ID}` read as a shell's "one of".
+        assert "{" not in usage and "{" not in r.stdout.split("\n\n")[0], (path, usage)
         for param in command.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:

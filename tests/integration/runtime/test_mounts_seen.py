@@ -82,10 +82,10 @@ async def test_a_function_sees_no_mount_off_the_paths_it_needs(seen: Harness, ho
     require(seen, "mount-namespace")
     await _look(seen, "other")  # takes the spare made before the host's mount, if any
     mine = await _look(seen, "mine")
-    other = await _look(seen, "other")
     points = mine["points"]
     assert host_mount not in points, points
-    for theirs in (str(Path(other["cwd"]).parent), str(Path(other["file"]).parent)):  # its scratch dir, its code
+    other = seen.rt.pool("other")
+    for theirs in (str(seen.rt.scratch_root / other.key), other.bundle_path):  # its scratch dir, its code (host paths)
         assert not any(_within(p, theirs) for p in points), (theirs, points)
     own = [str(Path(mine["file"]).parent), str(Path(mine["cwd"]).parent), *python_paths(), *SYSTEM_RO, "/proc", "/sys", "/dev", "/etc"]
     own = [os.path.realpath(p) for p in own]

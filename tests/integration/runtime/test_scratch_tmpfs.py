@@ -10,6 +10,7 @@ memory does not fill, and the next call starts empty again.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 
 FILL = """
 import os
+import sys
 
 def handler(event, ctx):
     before = sorted(os.listdir("."))
@@ -87,3 +89,19 @@ async def test_start_unmounts_and_removes_the_scratch_tmpfs_of_a_runtime_that_di
         await rt.close()
         if mounted_fs(stale) is not None:
             _libc.umount2(str(stale), 2)
+
+
+async def test_a_start_that_fails_after_mounting_unmounts_the_scratch_tmpfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The zygote cannot start (no interpreter at sys.executable): the tmpfs was mounted by
+    # then, and a runtime that never started has nothing for close() to stop.
+    tmp_path.chmod(0o755)
+    rt = LocalRuntime(settings(tmp_path))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    with pytest.raises(FileNotFoundError):
+        await rt.start()
+    monkeypatch.undo()
+    assert not rt.started
+    assert mounted_fs(rt.scratch_root) is None
+    assert not rt.scratch_root.exists()
+    await rt.close()  # (nothing to do: no error)
+

@@ -4,17 +4,21 @@ real pools are tested in tests/integration/test_early_*.py)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
+
+import pytest
 
 from spanfaas.config import RuntimeSettings
 from spanfaas.model import parse_manifest
 from spanfaas.runtime.early import EarlyAction
+from spanfaas.runtime.pool import Census
 
 
 class FakePool:
-    def __init__(self, manifest: str = "", state: str = "cold") -> None:
-        self.spec = parse_manifest('name = "fn"\nisolation = "reuse"\n' + manifest)
+    def __init__(self, manifest: str = "", state: str = "cold", isolation: str = "reuse") -> None:
+        self.spec = parse_manifest(f'name = "fn"\nisolation = "{isolation}"\n' + manifest)
         self.key = "fn-1"
         self.state = state
         self.last_used = -1.0
@@ -32,6 +36,12 @@ class FakePool:
 
     def stats(self) -> dict[str, Any]:
         return {"instances": self.instances}
+
+    def census(self) -> Census:
+        return self.left
+
+    left = Census(busy=0, idle=0, starting=0)
+    demanded = True
 
 
 def early(**kw: Any) -> EarlyAction:
@@ -149,3 +159,30 @@ def test_a_prewarm_that_expired_before_the_call_is_wasted_even_between_ticks() -
     assert not e.holding(pool, now + 0.1)  # type: ignore[arg-type]  # nothing left over
     s = e.stats({})["fn"]
     assert (s.avoided, s.wasted) == ({"headers": 1}, {"dns": 2})
+
+
+@pytest.mark.parametrize(
+    ("isolation", "manifest", "left", "told"),
+    [
+        ("strict", "prefork = 1", Census(0, 1, 0), "1 left: 1 idle (forked ahead as a spare, scaling.prefork = 1)"),
+        ("strict", "prefork = 1", Census(1, 3, 0), "4 left: 1 busy, 3 idle (1 forked ahead as a spare, scaling.prefork = 1; 2 retire once idle 0.5 s)"),
+        ("strict", "prefork = 0", Census(0, 0, 0), "0 left"),
+        ("strict", "prefork = 0", Census(0, 2, 0), "2 left: 2 idle (retire once idle 0.5 s)"),
+        ("strict", "prefork = 2", Census(0, 1, 1), "2 left: 1 idle (forked ahead as a spare, scaling.prefork = 2), 1 starting"),
+        ("reuse", "prefork = 0", Census(0, 1, 0), "1 left: 1 idle (kept warm until scaling.idle_ttl = 300 s)"),
+        ("reuse", "min = 2", Census(1, 1, 0), "2 left: 1 busy, 1 idle (kept by scaling.min = 2)"),
+    ],
+)
+def test_a_scale_in_says_what_it_leaves(isolation: str, manifest: str, left: Census, told: str, caplog: pytest.LogCaptureFixture) -> None:
+    # "scales in to 0 instances" was logged while spares forked ahead (and warm instances) stayed.
+    e = early()
+    pool = FakePool(f"[scaling]\n{manifest}\ncooldown = 0.5\nidle_ttl = 300\n", state="ready", isolation=isolation)
+    pool.left = left
+    w = e._w(pool)  # type: ignore[arg-type]
+    w.scaler.desired = 3  # it had scaled out; nothing came since
+    caplog.set_level(logging.INFO, "spanfaas.runtime")
+    e.autoscale(pool, 100.0)  # type: ignore[arg-type]
+    (line,) = [r.getMessage() for r in caplog.records if "scales in" in r.getMessage()]
+    wanted = "2 instances" if "min = 2" in manifest else "0 instances"  # (scaling.min bounds what it wants)
+    assert line.startswith(f"spanfaas runtime: fn scales in: {wanted} wanted for calls (peak concurrency 0 / target 1 over the last 0.5 s); "), line
+    assert line.endswith("; " + told), line

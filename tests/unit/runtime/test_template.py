@@ -48,6 +48,7 @@ def test_an_instances_group_is_killed_while_its_pid_is_still_its_own(monkeypatch
     tpl = Template.__new__(Template)  # (no runtime, no sandbox: only what reap uses)
     tpl.children, tpl.chan, tpl.reaper = {pid: 1}, ours, False
     tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
+    tpl.scratch_dir = tpl.req.scratch_dir  # (the host path: no fitter placed it)
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited (left unreaped)
         tpl.reap()
@@ -73,6 +74,7 @@ def test_an_instances_scratch_dir_is_made_before_its_fork_without_a_sandbox_too(
     the rest an instance needs before its fork, as it does for sandboxed ones."""
     tpl = Template.__new__(Template)  # (no runtime, no sandbox: only what _make_instance uses)
     tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
+    tpl.scratch_dir = tpl.req.scratch_dir  # (the host path: no fitter placed it)
     tpl.seq, tpl.layer = 0, None
     prep = tpl._make_instance()
     try:

@@ -854,3 +854,55 @@ async def test_a_site_that_did_not_start_has_its_breaker_opened_at_once(clock, b
         assert ray.breaker == "open: the refresh found it down; its info is asked for again in 2.0 s (last answer 0.0 s ago)"
     finally:
         await sp.close()
+
+
+async def test_a_deploy_and_a_remove_recount_the_sites_they_touched(spanning, bundle: Bundle) -> None:
+    # The refresh runs once at start (none again in an hour): the figures of /v1/info are
+    # the sites' own once a deploy or remove there returns, not a refresh interval later.
+    sp = await spanning(LOCAL, RAY, EU, refresh_interval=3600)
+    await sp.deploy(make_spec('region = "us-*"'), bundle)
+    assert {i.name: i.functions for i in sp.infos()} == {"local": 1, "ray": 1, "eu": 0}
+    assert {i.name: i.instances for i in sp.infos()} == {"local": 1, "ray": 1, "eu": 0}
+    await sp.remove("fn")
+    assert {i.name: (i.functions, i.instances) for i in sp.infos()} == {"local": (0, 0), "ray": (0, 0), "eu": (0, 0)}
+
+
+async def test_a_refresh_asked_before_a_recount_does_not_undo_it(spanning, bundle: Bundle, clock) -> None:
+    sp = await spanning(LOCAL, refresh_interval=3600)
+    infra = child(sp, "local")
+    asked, answer = asyncio.Event(), asyncio.Event()
+    real_info = infra.info
+
+    async def slow_info() -> InfraInfo:
+        before = await real_info()  # what it counts when asked
+        asked.set()
+        await answer.wait()
+        return before
+
+    infra.info = slow_info  # type: ignore[method-assign]
+    refresh = asyncio.ensure_future(sp.refresh())  # asks, counting no function
+    await asked.wait()
+    infra.info = real_info  # type: ignore[method-assign]
+    clock.now += 1
+    await sp.deploy(make_spec(), bundle)  # recounts: one function
+    answer.set()
+    await refresh  # its answer from before the deploy comes last
+    assert sp.infos()[0].functions == 1
+
+
+async def test_a_site_slow_to_recount_holds_a_deploy_no_longer_than_the_recount_wait(spanning, bundle: Bundle) -> None:
+    # Deploys there, then does not answer its info: the deploy returns (the figures come
+    # in the background, or at the next refresh), and close() ends the recount left.
+    sp = await spanning(LOCAL, refresh_interval=3600)
+    infra = child(sp, "local")
+    never = asyncio.Event()
+
+    async def hung_info() -> InfraInfo:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    infra.info = hung_info  # type: ignore[method-assign]
+    await asyncio.wait_for(sp.deploy(make_spec(), bundle), timeout=30)
+    assert "fn" in sp.site("local").deployed and len(sp._recounts) == 1
+    await sp.close()
+    assert not sp._recounts

@@ -1,0 +1,147 @@
+"""Where a function finds its code and its scratch dir: fixed paths in the sandbox.
+
+A sandboxed function saw the host's paths of its own code (its bundle, under the
+runtime's data dir: ``__file__``, ``sys.path``, tracebacks) and of its scratch dir
+(its working directory, ``TMPDIR``, ``HOME``, ``tempfile.gettempdir()``, the scratch
+tmpfs's mount point in ``/proc/self/mountinfo``): where the data dir lives, and how
+the host lays it out.  In its own mount namespace the code is now a read-only copy at
+``/var/task`` and the scratch tmpfs is ``/var/tmp`` (an instance's dir ``/var/tmp/i<n>``), the
+same on every host (docs/runtime.md, "Where a function finds its code and scratch
+dir").  Without the sandbox, the host's paths, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from spanfaas.runtime import LocalRuntime
+from tests.integration.runtime.conftest import Harness, require, runtime_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+WHERE = """
+import os
+import sys
+import tempfile
+
+def handler(event, context):
+    listing = sorted(os.listdir("."))
+    if event == "write":
+        with open("left-behind", "w") as f:
+            f.write("x")
+    try:
+        with open(__file__ + ".new", "w") as f:
+            f.write("x")
+        code_writable = True
+    except OSError:
+        code_writable = False
+    with open("/proc/self/mountinfo") as f:
+        mountinfo = f.read()
+    with open(__file__) as f:
+        own_source = "def handler" in f.read()
+    return {
+        "cwd": os.getcwd(),
+        "tmpdir": os.environ["TMPDIR"],
+        "home": os.environ["HOME"],
+        "file": __file__,
+        "tempdir": tempfile.gettempdir(),
+        "path": sys.path,
+        "mountinfo": mountinfo,
+        "listing": listing,
+        "own_source": own_source,
+        "code_writable": code_writable,
+    }
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def sandboxed_rt(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Harness, Path]]:
+    tmp = tmp_path_factory.mktemp("rt-paths")
+    tmp.chmod(0o755)
+    rt = LocalRuntime(runtime_settings(tmp, sandbox=True))
+    await rt.start()
+    try:
+        yield Harness(rt, tmp / "functions"), tmp
+    finally:
+        await rt.close()
+
+
+async def _where(h: Harness, name: str, event: str = "look") -> dict:
+    r = await h.invoke(name, json.dumps(event).encode())
+    assert r.ok, r.error
+    return json.loads(r.output)
+
+
+def _host_names(data_dir: Path, bundle: str) -> list[str]:
+    """What the function must not see: the data dir and the bundle's dir, as given and resolved."""
+    names = {str(data_dir), str(data_dir.resolve()), bundle, str(Path(bundle).resolve())}
+    return sorted(names)
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_a_sandboxed_function_sees_its_code_and_scratch_at_fixed_paths_only(
+    sandboxed_rt: tuple[Harness, Path], isolation: str
+) -> None:
+    h, data_dir = sandboxed_rt
+    require(h, "mount-namespace")
+    name = f"where-{isolation}"
+    await h.deploy(name, WHERE, f'isolation = "{isolation}"\n')
+    seen = await _where(h, name)
+    bundle = h.rt.pool(name).bundle_path
+    shown = json.dumps({k: seen[k] for k in ("cwd", "tmpdir", "home", "file", "tempdir", "path", "mountinfo")})
+    for host in _host_names(data_dir, bundle):
+        assert host not in shown, (host, seen)
+    assert seen["file"] == "/var/task/handler.py"
+    assert seen["path"][0] == "/var/task"
+    assert seen["cwd"].startswith("/var/tmp/i")
+    assert seen["tmpdir"] == seen["home"] == seen["tempdir"] == seen["cwd"]
+    assert seen["own_source"] and not seen["code_writable"]
+    placed = next(x for x in h.rt.pool(name).protections if x.name == "fixed-paths")
+    assert placed.active and "/var/task" in placed.reason, placed
+
+
+async def test_files_written_in_scratch_are_gone_at_the_next_strict_call(sandboxed_rt: tuple[Harness, Path]) -> None:
+    h, _ = sandboxed_rt
+    require(h, "mount-namespace")
+    await h.deploy("where-again", WHERE, 'isolation = "strict"\n')
+    first = await _where(h, "where-again", "write")
+    second = await _where(h, "where-again")
+    assert first["listing"] == [] and second["listing"] == [], (first, second)
+    assert second["cwd"] != first["cwd"]
+
+
+async def test_without_the_sandbox_a_function_sees_the_hosts_paths_as_before(harness: Harness) -> None:
+    await harness.deploy("where-host", WHERE, 'isolation = "strict"\n')
+    seen = await _where(harness, "where-host")
+    bundle = harness.rt.pool("where-host").bundle_path
+    assert seen["file"] == str(Path(bundle) / "handler.py")
+    assert Path(seen["cwd"]).is_relative_to(harness.rt.scratch_root)
+    assert seen["tmpdir"] == seen["home"] == seen["tempdir"] == seen["cwd"]
+
+
+async def test_a_data_dir_under_var_is_copied_from_before_var_is_covered() -> None:
+    """/var/lib/<service> is a usual home for a data dir: the bundle under it is copied
+    through a descriptor opened before the function's /var is covered."""
+    data_dir = Path(tempfile.mkdtemp(prefix="spanfaas-paths-", dir="/var/tmp"))
+    try:
+        data_dir.chmod(0o755)
+        rt = LocalRuntime(runtime_settings(data_dir, sandbox=True))
+        await rt.start()
+        try:
+            h = Harness(rt, data_dir / "functions")
+            require(h, "mount-namespace")
+            await h.deploy("under-var", WHERE, 'isolation = "strict"\n')
+            seen = await _where(h, "under-var")
+            assert seen["file"] == "/var/task/handler.py" and seen["own_source"], seen
+            assert seen["cwd"].startswith("/var/tmp/i") and str(data_dir) not in json.dumps(seen), seen
+        finally:
+            await rt.close()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
