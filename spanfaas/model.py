@@ -6,6 +6,7 @@ Specs are frozen ``msgspec.Struct`` values validated once at the edge
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Callable
@@ -48,6 +49,7 @@ __all__ = [
     "is_json_type",
     "load_manifest",
     "manifest_text",
+    "missing_manifest",
     "manifest_trigger_id",
     "parse_manifest",
     "pattern_problem",
@@ -189,6 +191,10 @@ _ITEM_HINTS = {
     "triggers[].name": ("is not a trigger name", "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (at most 63)"),
 }
 """The same, naming the value, for an item of a list or a ``[[table]]`` (msgspec's key carries its index) or a key."""
+_ITEM_HINTS.update({
+    "name": ("is not a function name", _HINTS["name"].removeprefix("; a name is ")),
+    "handler": ("is not module:function", _HINTS["handler"].removeprefix("; ")),
+})
 _UNKNOWN_RE = re.compile(r"Object contains unknown field `([^`]*)`")
 _TYPE_RE = re.compile(r"^Expected `([a-z]+)`, got `([a-z]+)`")
 _RANGE_RE = re.compile(r"^Expected `(int|float)` (>=|<=|>|<) (\S+) - at")
@@ -252,6 +258,69 @@ def _type_at(path: str) -> Any:
     return t
 
 
+_AT_LINE = re.compile(r"\(at line (\d+), column \d+\)$")
+_BARE = re.compile(r"([A-Za-z0-9_.-]+)\s*=\s*([A-Za-z_][^#]*?)\s*(#.*)?")
+
+
+def _syntax_problem(text: str, message: str) -> str:
+    """tomllib's message ("Invalid value (at line 2, column 11)") with the line it names, and
+    the fix for the two slips it says least about: a string without quotes
+    (``handler = handler:handler``) and one whose closing quote is missing."""
+    at = _AT_LINE.search(message)
+    lines = text.splitlines()
+    if at is None or not 0 < int(at.group(1)) <= len(lines) or not (line := lines[int(at.group(1)) - 1].strip()):
+        return message
+    hint = ""
+    if message.startswith("Invalid value") and (bare := _BARE.fullmatch(line)) and bare.group(2) not in ("true", "false"):
+        hint = f"; a string is written in quotes: {bare.group(1)} = {toml(bare.group(2))}"
+    elif message.startswith("Illegal character '\\n'") and line.count('"') % 2 == 1:
+        hint = "; a string's closing quote is missing"
+    return f"{message}: {line}{hint}"
+
+
+def _rewritten(key: str, value: Any) -> str:
+    """``: write name = "bad-four"`` for a name or a handler whose fix follows from its value
+    (``Bad_Four``; ``handler.handler``, a dot for the colon), when that fix is valid itself."""
+    if not isinstance(value, str):
+        return ""
+    if key == "name":
+        fixed, valid = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-"), FunctionName
+    elif key == "handler" and ":" not in value and "." in value:
+        module, _, function = value.rpartition(".")
+        fixed, valid = f"{module}:{function}", HandlerRef
+    else:
+        return ""
+    try:
+        msgspec.convert(fixed, valid)
+    except msgspec.ValidationError:
+        return ""
+    return f": write {key} = {toml(fixed)}"
+
+
+def _unknown_key_fix(table: str, key: str) -> str:
+    """What an unknown key may mean: a key of a table written at the top level (its
+    ``[resources]`` line forgotten: it is spelled right), or a key of the table misspelled."""
+    if not table:
+        homes = [f"[[{t[:-3]}]]" if t.endswith("[0]") else f"[{t}]" for t in _TABLES if key in _field_names(t)]
+        if homes:
+            return f"{key} is a key of {' or '.join(homes)}: move it under {homes[0]}" if len(homes) == 1 else (
+                f"{key} is a key of {' or '.join(homes)}: move it under the one you mean")  # fmt: skip
+    close = difflib.get_close_matches(key, _field_names(table), n=1)
+    said = _known_keys(table)
+    return f"did you mean {close[0]}? {said.removeprefix('check its spelling; ')}" if close else said
+
+
+_TABLES = ("resources", "scaling", "policy", "image", "triggers[0]")
+"""The manifest's tables of fixed keys (``[env]`` takes any), ``[[triggers]]`` by its first entry."""
+
+
+def _field_names(table: str) -> list[str]:
+    t = _type_at(table)
+    if isinstance(t, msgspec.inspect.UnionType):
+        t = next((u for u in t.types if isinstance(u, msgspec.inspect.StructType)), None)
+    return [f.encode_name for f in t.fields] if isinstance(t, msgspec.inspect.StructType) else []
+
+
 def _known_keys(table: str) -> str:
     t = _type_at(table)
     if isinstance(t, msgspec.inspect.UnionType):
@@ -275,7 +344,7 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidManifest(f"{source}: not valid TOML: {exc}") from None
+        raise InvalidManifest(f"{source}: not valid TOML: {_syntax_problem(text, str(exc))}") from None
     data.update(overrides)
     try:
         spec = msgspec.convert(data, FunctionSpec)
@@ -285,10 +354,12 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         key = m.group(1) if m else ""
         hint = _HINTS.get(key, "") if "matching regex" in msg else ""
         if "matching regex" in msg and (item := _ITEM_HINTS.get(re.sub(r"\[\d+\]", "[]", key))):
-            msg, hint = f"{key} {value_at(data, key)!r} {item[0]}; {item[1]}", ""
+            value, fix = value_at(data, key), _rewritten(key, value_at(data, key))
+            rule = "" if fix and key == "handler" else f"; {item[1]}"  # (its rule's example would read as a second fix)
+            msg, hint = f"{key} {value!r} {item[0]}{rule}{fix}", ""
         if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
             table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
-            hint = f"; {_known_keys(table)}"
+            msg, hint = f"unknown field `{unknown.group(1)}`", f"; {_unknown_key_fix(table, unknown.group(1))}"
         elif "Invalid enum value" in msg:
             hint = _allowed_values(key)
         elif (typed := _TYPE_RE.match(msg)) and (said := _wrong_type(data, key, typed.group(1), typed.group(2))):
@@ -369,10 +440,24 @@ def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
     path = Path(path)
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():
-        raise InvalidManifest(
-            f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\""
-        )
+        raise missing_manifest(path)
     return parse_manifest(manifest_text(manifest.read_bytes(), str(manifest)), source=str(manifest), **overrides)
+
+
+def missing_manifest(path: Path) -> InvalidManifest:
+    """The error for a function directory without a manifest, with the one to write: the
+    directory's name as the function's (when it makes one), and the handler when the
+    directory's one module is not the default's (``handler.py``)."""
+    name = re.sub(r"[^a-z0-9]+", "-", path.name.lower()).strip("-")
+    try:
+        msgspec.convert(name, FunctionName)
+    except msgspec.ValidationError:
+        name = "my-function"
+    write = f"name = {toml(name)}"
+    modules = sorted(p.stem for p in path.glob("*.py")) if path.is_dir() else []
+    if len(modules) == 1 and modules[0] != "handler" and modules[0].isidentifier():
+        write += f' and handler = "{modules[0]}:handler"'
+    return InvalidManifest(f"no {MANIFEST_NAME} in {path}; create one with at least: {write}")
 
 
 def manifest_text(data: bytes, source: str = MANIFEST_NAME) -> str:

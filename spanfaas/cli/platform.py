@@ -15,7 +15,7 @@ from rich.markup import escape
 from spanfaas.cli.commands import protection_table
 from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, err_console, handle_errors, out_console, print_json
 from spanfaas.client import Client
-from spanfaas.client.userconfig import UserConfig, config_path, load_user_config, save_user_config
+from spanfaas.client.userconfig import UserConfig, config_path, keep_replaced, load_user_config, save_user_config
 from spanfaas.config import Settings, check_port
 from spanfaas.errors import InfraError, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
@@ -73,8 +73,11 @@ def up(
             saved_is_ours = bool(saved.token) and store.get_token_by_hash(hash_token(saved.token)) is not None
         finally:
             store.close()
+        kept = None
         if admin_token:  # saved at once: should the start fail below, the token is not lost
-            save_user_config(UserConfig(url=local_url(*sockets[0].getsockname()[:2]), token=admin_token))  # (the port --port 0 got)
+            first = UserConfig(url=local_url(*sockets[0].getsockname()[:2]), token=admin_token)  # (the port --port 0 got)
+            kept = keep_replaced(first)  # another gateway's token saved before: kept, not lost
+            save_user_config(first)
         demo_dirs = _demo_dirs() if demo else []
     except BaseException:
         for sock in sockets:
@@ -85,7 +88,7 @@ def up(
         token = admin_token or (saved.token if saved_is_ours else None)
         if token:
             save_user_config(UserConfig(url=url, token=token))
-        _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json, everywhere=settings.host in _WILDCARDS)
+        _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json, everywhere=settings.host in _WILDCARDS, kept=kept)
 
     try:
         serve(settings, demo_dirs=demo_dirs, ready=ready, sockets=sockets)
@@ -102,10 +105,13 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 """--host values that listen on every address of the machine (and are no address to connect to)."""
 
 
-def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool, everywhere: bool = False) -> None:
+def _announce(
+    url: str, admin_token: str | None, saved: bool, demo_dirs: list[Path], *, as_json: bool, everywhere: bool = False, kept: Path | None = None
+) -> None:
     path = config_path()
     if as_json:
-        print_json({"url": url, "admin_token": admin_token, "config": str(path) if saved else None, "demo": [p.name for p in demo_dirs]})
+        print_json({"url": url, "admin_token": admin_token, "config": str(path) if saved else None, "demo": [p.name for p in demo_dirs],
+                    "kept_config": str(kept) if kept is not None else None})  # fmt: skip
         return
     console = out_console()
     console.print(f"[bold green]spanfaas is up[/bold green] at [bold]{escape(url)}[/bold]")
@@ -114,6 +120,8 @@ def _announce(url: str, admin_token: str | None, saved: bool, demo_dirs: list[Pa
     if admin_token:
         console.print(f"admin token (shown once, saved to {escape(str(path))}):")
         console.print(f"  [bold]{escape(admin_token)}[/bold]")
+        if kept is not None:
+            console.print(f"[yellow]the token saved there before, of another gateway, is kept in {escape(str(kept))}[/yellow]")
     elif saved:
         console.print(f"[dim]the CLI and SDK find it through {escape(str(path))}[/dim]")
     else:

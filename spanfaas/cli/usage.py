@@ -29,12 +29,12 @@ from typer.core import TyperArgument, TyperGroup
 from spanfaas.cli.output import fail, print_json
 from spanfaas.errors import InvalidRequest
 
-__all__ = ["JsonUsageGroup", "undecodable", "wants_json"]
+__all__ = ["JsonUsageGroup", "plain_bad_value", "undecodable", "wants_json"]
 
 try:  # typer >= 0.24 carries its own click
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import BadParameter, ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[assignment]
+    from click.exceptions import BadParameter, ClickException  # type: ignore[assignment]
 
 
 def wants_json(args: Sequence[str]) -> bool:
@@ -50,6 +50,42 @@ def problem_of(exc: ClickException) -> dict[str, Any]:
     if ctx is not None:
         message = f"{message.rstrip('.')}; see `{ctx.command_path} --help`"
     return InvalidRequest(message).to_problem()
+
+
+_KINDS = {"a valid integer": "a whole number", "a valid number": "a number"}
+"""What typer's validator calls a type ("Input should be a valid integer, unable to parse string as
+an integer"), in the words of the CLI's other messages."""
+
+
+def plain_bad_value(exc: BadParameter, argv: Sequence[str]) -> None:
+    """Say a bad option value in the CLI's words: typer's validator (pydantic) writes
+    "Input should be a valid number, unable to parse string as a number", without the
+    value, and "Value error, 'bogus' is not one of ..."; the value given is named
+    (``'5s' is not a number``).  Messages in other words are left as they are."""
+    message = exc.message.removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        expected = message.removeprefix("Input should be ").partition(",")[0]
+        given = _given(argv, exc.param.opts if exc.param is not None else [])
+        kind = next((k for prefix, k in _KINDS.items() if expected.startswith(prefix)), None)
+        if kind is not None:
+            message = f"{given!r} is not {kind}" if given is not None else f"not {kind}"
+        else:
+            message = f"{given!r} must be {expected}" if given is not None else f"must be {expected}"
+    exc.message = message
+
+
+def _given(argv: Sequence[str], opts: Sequence[str]) -> str | None:
+    """The value an option was given last in ``argv`` (``--port X`` or ``--port=X``), if found."""
+    given = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                given = argv[i + 1]
+            elif opt.startswith("--") and arg.startswith(opt + "="):
+                given = arg[len(opt) + 1 :]
+    return given
 
 
 def undecodable(args: Sequence[str]) -> InvalidRequest | None:
@@ -99,6 +135,14 @@ class JsonUsageGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain_arguments(self)
+        self._argv: list[str] = []
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BadParameter as exc:  # a subcommand's option value, refused while its context is made
+            plain_bad_value(exc, self._argv)
+            raise
 
     def main(  # type: ignore[override]
         self,
@@ -109,6 +153,7 @@ class JsonUsageGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        self._argv = argv
         if (error := undecodable(argv)) is not None:
             try:
                 fail(error, as_json=wants_json(argv))

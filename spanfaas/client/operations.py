@@ -44,6 +44,7 @@ from spanfaas.errors import (
     Unauthorized,
     WaitTimeout,
     error_from_problem,
+    format_size,
 )
 from spanfaas.model import ErrorInfo, InvocationStatus, Result, invocation_id_problem, is_invocation_id
 
@@ -450,7 +451,16 @@ def deploy(path: str | Path, progress: Progress | None = None) -> Op[dict[str, A
         call = Call("PUT", _fn(packed.name), headers=headers, content=packed.data)
     else:
         call = Call("PUT", _fn(packed.name), headers=headers, stream=UploadStream(packed.data, progress))
-    resp = yield call
+    try:
+        resp = yield call
+    except PayloadTooLarge as exc:  # over max_bundle: which files make it so is known here only
+        from spanfaas.gateway.bundle import largest_files  # (imported here: as pack does)
+
+        named = ", ".join(f"{rel} ({format_size(size)})" for rel, size in largest_files(path))
+        if named:
+            exc.message += f"; its largest files: {named}"
+            exc.args = (exc.message,)
+        raise
     return _decode(resp)  # type: ignore[no-any-return]
 
 

@@ -24,7 +24,7 @@ import msgspec
 
 from spanfaas.errors import InvalidRequest, Unauthorized
 
-__all__ = ["DEFAULT_URL", "UserConfig", "config_path", "load_user_config", "resolve", "save_user_config", "withheld_token_url"]
+__all__ = ["DEFAULT_URL", "UserConfig", "config_path", "keep_replaced", "load_user_config", "resolve", "save_user_config", "withheld_token_url"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -75,6 +75,27 @@ def save_user_config(config: UserConfig, path: Path | None = None) -> Path:
         f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def keep_replaced(new: UserConfig, path: Path | None = None) -> Path | None:
+    """Keep the saved config beside it before ``new`` (a new gateway's admin token, which
+    ``spanfaas up`` saves) replaces it, when it holds another token: that gateway's admin
+    token is shown once, and would be lost with it.  The copy is named for its URL
+    (``config-127.0.0.1-8080.toml``); returns its path, or None when nothing was kept."""
+    path = path or config_path()
+    try:
+        old = load_user_config(path)
+    except InvalidRequest:
+        return None  # (unreadable: nothing to keep)
+    if not old.token or old.token == new.token:
+        return None
+    parts = urlsplit(old.url or DEFAULT_URL)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    kept = path.with_name(f"config-{parts.hostname or 'unknown'}-{port}.toml")
+    return save_user_config(old, kept)
 
 
 def _same_url(a: str, b: str) -> bool:

@@ -21,9 +21,9 @@ import zipfile
 from pathlib import Path
 
 from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
-from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, parse_manifest, single_file_manifest
+from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, missing_manifest, parse_manifest, single_file_manifest
 
-__all__ = ["DISK_FAULTS", "UNPACK_FACTOR", "find_root", "handler_path", "load_bundle_spec", "pack_function", "unpack"]
+__all__ = ["DISK_FAULTS", "UNPACK_FACTOR", "find_root", "handler_path", "largest_files", "load_bundle_spec", "pack_function", "unpack"]
 
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", ".mypy_cache", ".pytest_cache"})
 SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -53,7 +53,7 @@ def pack_function(path: str | Path) -> bytes:
                     _add_bytes(tar, MANIFEST_NAME, single_file_manifest(path.stem).encode(), executable=False)
             elif path.is_dir():
                 if not (path / MANIFEST_NAME).is_file():
-                    raise InvalidManifest(f"no {MANIFEST_NAME} in {path}; create one with at least: name = \"my-function\"")
+                    raise missing_manifest(path)
                 for rel, full in _walk(path):
                     if full.is_dir():
                         info = tarfile.TarInfo(rel)
@@ -65,6 +65,16 @@ def pack_function(path: str | Path) -> bytes:
             else:
                 raise InvalidBundle(f"{path} is neither a function directory nor a .py file")
     return buf.getvalue()
+
+
+def largest_files(path: str | Path, n: int = 3) -> list[tuple[str, int]]:
+    """The ``n`` largest files ``pack_function(path)`` puts in its bundle, with their sizes,
+    largest first: what to look at when the bundle is over ``max_bundle``."""
+    path = Path(path)
+    if path.is_file():
+        return [(path.name, path.stat().st_size)]
+    sizes = [(rel, full.stat().st_size) for rel, full in _walk(path) if not full.is_dir()]
+    return sorted(sizes, key=lambda item: (-item[1], item[0]))[:n]
 
 
 def _walk(root: Path) -> list[tuple[str, Path]]:

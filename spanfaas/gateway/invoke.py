@@ -286,7 +286,10 @@ class InvokeEndpoint:
             headers.append((b"x-spanfaas-tried", ", ".join(t.partition(":")[0] for t in result.tried).encode("latin-1", "replace")))
             headers.append((b"x-spanfaas-tried-reasons", tried_header(result.tried)))
         if result.error is not None:
-            await send_problem(send, _failure(result), scope["path"], headers)
+            failure = _failure(result)
+            if result.error.kind == "error" and ct.lower().startswith(_FORM):
+                failure.extra["hint"] = _FORM_HINT
+            await send_problem(send, failure, scope["path"], headers)
             return
         output = result.output
         if want_logs and result.logs:
@@ -499,6 +502,15 @@ def _async_mode(query: bytes, prefer_async: bool) -> bool:
             "the request has both mode=sync and Prefer: respond-async; send one (mode=async, or drop respond-async)"
         )
     return mode == "async"
+
+
+_FORM = "application/x-www-form-urlencoded"
+_FORM_HINT = (
+    f"the request's Content-Type was {_FORM} (what curl -d sends), so the event was bytes; "
+    "send JSON with Content-Type: application/json (curl -H 'Content-Type: application/json')"
+)
+"""Said with a function's failure on a form-encoded body: the README's curl example without its
+header sends one, and the handler that reads a dict fails on bytes with no word of why."""
 
 
 def _failure(result: Result) -> SpanfaasError:

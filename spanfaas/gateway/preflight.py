@@ -81,11 +81,11 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> InvalidRequest:
     if exc.errno == errno.EACCES:
         return InvalidRequest(
             f"cannot listen on {host}:{port}: {exc.strerror}; ports below 1024 need privileges, "
-            "pick another port with --port (0 picks a free one)"
+            "pick another port with --port or SPANFAAS_PORT (0 picks a free one)"
         )
     return InvalidRequest(
         f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
-        "stop what uses it, or pick another port with --port (0 picks a free one)"
+        "stop what uses it, or pick another port with --port or SPANFAAS_PORT (0 picks a free one)"
     )
 
 

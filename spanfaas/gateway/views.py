@@ -163,7 +163,8 @@ class TokenList(Struct):
 
 class Problem(Struct, omit_defaults=True):
     """RFC 9457 Problem Details; function failures add invocation_id,
-    error_type, traceback, logs, exit_status."""
+    error_type, traceback, logs, exit_status (and hint, when the request's body was
+    form-encoded, as curl -d sends it: the event was bytes)."""
 
     type: str
     title: str

@@ -236,11 +236,16 @@ def user_traceback(exc: BaseException) -> str:
     """``exc`` formatted from the first frame of the function's own code: the platform's
     frames before it (and those of asyncio or importlib it ran the code through) are
     left out, since they are not what the user fixes.  All of them when there is no
-    frame of the function's code (the platform failed)."""
+    frame of the function's code (the platform failed), but for a syntax error in one of
+    its files: compiled by the platform's loader, it has no frame of the code, and its
+    own lines (the file, the line, the caret) are all the user fixes."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith((_PLATFORM, _STDLIB, "<frozen ")):
         tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    if tb is None and isinstance(exc, SyntaxError) and _code_root and f'File "{exc.filename}'.startswith(_code_root):
+        text = "".join(traceback.format_exception_only(type(exc), exc))
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
     return _bundle_relative(text) if _code_root else text
 
 

@@ -612,9 +612,7 @@ class Pool:
                             admitted()  # it goes on, on the current version
                         return await self._hand_over(payload, ctx, expires, timeout, arrived, cold)
                     if waited is None:
-                        return self._result(
-                            ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
-                        )
+                        return self._result(ctx, self._no_instance(timeout), arrived, cold)
                     inst = waited
                     cold = cold or inst.created >= arrived
                 elif admitted is not None:
@@ -731,6 +729,8 @@ class Pool:
             self._queue.unpark(inst)  # a multi-slot instance may still be parked there
             if ran:
                 message = f"the function ran past its {timeout:g}s timeout and was stopped"
+                if timeout == self.spec.resources.timeout:  # (not a caller's shorter deadline: ctx.timeout)
+                    message += " (raise resources.timeout in spanfaas.toml)"  # as an OOM kill says resources.memory
             else:
                 message = f"the invocation waited behind others on its instance past its {timeout:g}s timeout; the instance was stopped"
             return self._result(ctx, ErrorInfo(kind="timeout", message=message), arrived, cold, logs)
@@ -820,10 +820,17 @@ class Pool:
             raise InfraError(f"function '{self.spec.name}' was removed before the invocation could run; it did not run")
         left = expires - self._loop.time()
         if left <= 0:
-            return self._result(
-                ctx, ErrorInfo(kind="timeout", message=f"no instance became free within the {timeout:g}s timeout"), arrived, cold
-            )
+            return self._result(ctx, self._no_instance(timeout), arrived, cold)
         return await current.invoke(payload, msgspec.structs.replace(ctx, timeout=left), accepted=True)
+
+    def _no_instance(self, timeout: float) -> ErrorInfo:
+        """A call whose deadline passed before it had an instance: every instance was busy, or
+        the function's start (its import, on a cold start) took longer than the timeout.  The
+        settings that decide it are named when the timeout is the manifest's (not a caller's)."""
+        message = f"no instance became free within the {timeout:g}s timeout"
+        if timeout == self.spec.resources.timeout:
+            message += " (raise resources.timeout in spanfaas.toml, or scaling.max if every instance was busy)"
+        return ErrorInfo(kind="timeout", message=message)
 
     async def _why_lost(self, inst: Instance) -> ErrorInfo:
         """Why ``inst`` went mid-call: its exit status, which its template reports.  A template

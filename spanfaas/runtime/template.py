@@ -80,9 +80,30 @@ def _preimport_lazy() -> None:
             continue
 
 
-def _no_handler(module: str, function: str, bundle: str) -> str:
+class _Misfit(Exception):
+    """The code loaded but does not fit its manifest (no such handler, a generator
+    function).  The message says the fix, and the platform's check that found it is
+    no frame of the user's: the error goes without a traceback, under the type
+    (``kind``) it names."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _defined(module: types.ModuleType) -> list[str]:
+    """The public functions ``module`` defines itself (not those it imports): the
+    handlers a manifest naming another one may have meant."""
+    name = module.__name__
+    return sorted(
+        n for n, v in vars(module).items() if not n.startswith("_") and isinstance(v, types.FunctionType) and v.__module__ == name
+    )
+
+
+def _no_handler(module: str, function: str, bundle: str, defined: list[str] | None = None) -> str:
     """Why the function's module has no handler, and the fix: in the manifest, or, deployed
-    as a single file (its manifest generated: its user has none), in that file."""
+    as a single file (its manifest generated: its user has none), in that file.  With the
+    functions the module does define (``defined``), the one meant is named."""
     try:
         with open(os.path.join(bundle, MANIFEST_NAME), encoding="utf-8") as f:
             single = f.read() == single_file_manifest(module)
@@ -91,7 +112,12 @@ def _no_handler(module: str, function: str, bundle: str) -> str:
     if single:
         return (f"{module}.py has no function '{function}': define def {function}(event, context) in {module}.py, "
                 f"or deploy a directory with a spanfaas.toml that names your function (handler = \"{module}:<function>\")")  # fmt: skip
-    return f"module '{module}' has no callable '{function}'; set handler = \"{module}:<function>\" in spanfaas.toml"
+    if not defined:
+        return f"module '{module}' has no callable '{function}'; set handler = \"{module}:<function>\" in spanfaas.toml"
+    file = module.replace(".", "/") + ".py"
+    listed = ", ".join(f"{n}()" for n in defined[:8]) + (", ..." if len(defined) > 8 else "")
+    target = defined[0] if len(defined) == 1 else "<function>"
+    return f"module '{module}' has no callable '{function}'; {file} defines {listed}: set handler = \"{module}:{target}\" in spanfaas.toml"
 
 
 def _generator_kind(fn: Any) -> str | None:
@@ -209,9 +235,9 @@ class Template:
         module = loader.load(req.module, self.code_dir)
         handler = getattr(module, req.function, None)
         if handler is None or not callable(handler):
-            raise AttributeError(_no_handler(req.module, req.function, self.code_dir))
+            raise _Misfit("AttributeError", _no_handler(req.module, req.function, self.code_dir, _defined(module)))
         if (kind := _generator_kind(handler)) is not None:
-            raise TypeError(f"{req.function}() in {req.module}.py is {kind} function (it has yield): each call would return "
+            raise _Misfit("TypeError", f"{req.function}() in {req.module}.py is {kind} function (it has yield): each call would return "
                             "a generator, which is no result; return the values instead of yielding them, e.g. a list")  # fmt: skip
         self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
@@ -835,9 +861,9 @@ def run(
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")
             err = ErrorInfo(
                 kind="error",
-                type=type(exc).__name__,
+                type=exc.kind if isinstance(exc, _Misfit) else type(exc).__name__,
                 message=str(exc),
-                traceback=inst.user_traceback(exc) + (f"\n--- output ---\n{out}" if out else ""),
+                traceback=("" if isinstance(exc, _Misfit) else inst.user_traceback(exc)) + (f"\n--- output ---\n{out}" if out else ""),
             )
             p.send_msg(chan, p.TemplateFailed(err, sandbox=sandboxing))
             code = 1

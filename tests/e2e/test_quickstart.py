@@ -215,8 +215,8 @@ def test_a_taken_port_is_named_before_anything_starts(shell: Shell, tmp_path: Pa
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
-        "stop what uses it, or pick another port with --port (0 picks a free one)"
-    )
+        "stop what uses it, or pick another port with --port or SPANFAAS_PORT (0 picks a free one)"
+    )  # (`make run`, the quick start, passes no --port: SPANFAAS_PORT=8081 make run)
     assert not shell.config.exists()  # no admin token was made (and lost)
 
 

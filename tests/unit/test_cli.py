@@ -292,6 +292,25 @@ def test_a_usage_error_under_json_is_one_json_document(cli: Any, args: tuple[str
     assert r.exit_code == 2 and r.stdout == "" and "Usage: spanfaas" in r.stderr  # without --json: as before
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("invoke", "hello", "--timeout", "5s"), "Invalid value for '--timeout': '5s' is not a number"),
+        (("invoke", "hello", "--timeout=soon"), "Invalid value for '--timeout': 'soon' is not a number"),
+        (("up", "--port", "http"), "Invalid value for '--port': 'http' is not a whole number"),
+        (("logs", "hello", "--status", "bogus"), "Invalid value for '--status': 'bogus' is not one of 'queued', 'running'"),
+    ],
+)
+def test_a_bad_option_value_is_said_in_the_clis_words(cli: Any, args: tuple[str, ...], said: str) -> None:
+    """Typer's validator spoke for the CLI: "Input should be a valid number, unable to parse string
+    as a number" (without the value), and "Value error, 'bogus' is not one of ..."."""
+    for r, text in ((cli(*args), None), (cli(*args, "--json"), "detail")):
+        assert r.exit_code == 2, (r.stdout, r.stderr)
+        message = json.loads(r.stdout)[text] if text else r.stderr
+        assert said in message, message
+        assert "Input should be" not in message and "Value error" not in message, message
+
+
 def test_invoke_data_sources(cli: Any, tmp_path: Path) -> None:
     cli("deploy", HELLO)
     event = tmp_path / "event.json"

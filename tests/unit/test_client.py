@@ -42,7 +42,7 @@ from spanfaas import (
 )
 from spanfaas.client import operations as ops
 from spanfaas.client.events import publish
-from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, load_user_config, resolve, save_user_config
+from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, keep_replaced, load_user_config, resolve, save_user_config
 from spanfaas.config import Settings
 from spanfaas.gateway import create_app
 from spanfaas.gateway.auth import issue_token
@@ -81,8 +81,8 @@ def functions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Gateway:
     """The real gateway app over an in-memory infrastructure, with tokens of each scope."""
 
-    def __init__(self, root: Path) -> None:
-        self.settings = Settings(data_dir=str(root), max_payload=64 * 1024)
+    def __init__(self, root: Path, **settings: Any) -> None:
+        self.settings = Settings(data_dir=str(root), max_payload=64 * 1024, **settings)
         self.store = SQLiteStore(root / "spanfaas.db")
         self.infra = InMemoryInfrastructure()
         self.app = create_app(self.settings, self.store, self.infra)
@@ -331,6 +331,30 @@ async def test_bad_manifest_fails_before_upload(sdk: Any, tmp_path: Path) -> Non
     bad_name.write_text("def handler(e, c): pass\n")
     with pytest.raises(InvalidManifest, match="rename the file"):
         await sdk.deploy(bad_name)
+
+
+async def test_a_bundle_over_max_bundle_names_its_largest_files(tmp_path: Path) -> None:
+    """The 413 said only "the bundle is 66.8 MiB; the limit is max_bundle = 64.0 MiB": not which
+    of the directory's files made it so (a data file, a model, an archive left there)."""
+    gw = Gateway(tmp_path / "gw", max_bundle=64 * 1024)
+    d = write_function(tmp_path, "heavy", "def handler(e, c):\n    return 1\n")
+    (d / "data").mkdir()
+    (d / "data" / "model.bin").write_bytes(os.urandom(200_000))
+    (d / "notes.txt").write_bytes(os.urandom(100_000))
+    (d / ".venv").mkdir()  # left out of the bundle: not named
+    (d / ".venv" / "big.so").write_bytes(os.urandom(300_000))
+    async with gw.app.router.lifespan_context(gw.app):
+        transport = httpx.ASGITransport(app=gw.app)
+        async with AsyncClient("http://spanfaas.test", gw.token, transport=transport) as client:
+            with pytest.raises(SpanfaasError) as info:
+                await client.deploy(d)
+    await asyncio.get_running_loop().shutdown_default_executor()
+    gw.store.close()
+    assert info.value.status == 413, info.value
+    message = info.value.message
+    assert message.startswith("the bundle is "), message
+    assert "; its largest files: data/model.bin (195.3 KiB), notes.txt (97.7 KiB)" in message, message
+    assert ".venv" not in message
 
 
 async def test_request_errors_are_typed(sdk: Any) -> None:
@@ -607,6 +631,20 @@ def test_resolve_precedence(tmp_path: Path) -> None:
     assert resolve(env={**env, "SPANFAAS_URL": "http://other:1"}) == ("http://other:1", None)
     assert resolve(env={**env, "SPANFAAS_TOKEN": "fromenv"}) == ("http://127.0.0.1:9000", "fromenv")
     assert resolve("http://a", "arg", env={**env, "SPANFAAS_URL": "http://b", "SPANFAAS_TOKEN": "env"}) == ("http://a", "arg")
+
+
+def test_a_saved_token_of_another_gateway_is_kept_before_a_new_one_replaces_it(tmp_path: Path) -> None:
+    """`spanfaas up` on a new data dir saved its admin token over the one saved for the gateway
+    started first: that one's admin token, shown once, was gone (nothing makes another)."""
+    path = tmp_path / "spanfaas" / "config.toml"
+    first = UserConfig(url="http://127.0.0.1:8080", token="sf_first")
+    assert keep_replaced(first, path) is None  # nothing saved yet
+    save_user_config(first, path)
+    assert keep_replaced(first, path) is None  # the same token again: nothing to keep
+    kept = keep_replaced(UserConfig(url="http://127.0.0.1:9000", token="sf_second"), path)
+    assert kept == tmp_path / "spanfaas" / "config-127.0.0.1-8080.toml"
+    assert load_user_config(kept) == first and stat.S_IMODE(os.stat(kept).st_mode) == 0o600
+    assert load_user_config(path) == first  # (replaced by the caller, once it was kept)
 
 
 def test_a_token_with_whitespace_or_a_foreign_character(tmp_path: Path) -> None:

@@ -113,6 +113,46 @@ def test_a_manifest_not_in_utf8_says_so_and_a_bom_is_taken(tmp_path: Path) -> No
     assert load_manifest(tmp_path).description == "caf\u00e9"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # tomllib says "Invalid value (at line 2, column 11)": neither the line nor what is wrong in it.
+        ('name = "f"\nhandler = handler:handler\n', 'not valid TOML: Invalid value (at line 2, column 11): '
+         'handler = handler:handler; a string is written in quotes: handler = "handler:handler"'),
+        ('name = "f"\nisolation = reuse  # warm\n', 'isolation = reuse  # warm; a string is written in quotes: isolation = "reuse"'),
+        ('name = "f\nhandler = "h:h"\n', "(at line 1, column 10): name = \"f; a string's closing quote is missing"),
+        # a number with a unit is no string to quote
+        ('name = "f"\n[resources]\ntimeout = 30s\n', "(at line 3, column 13): timeout = 30s"),
+    ],
+)
+def test_a_toml_syntax_error_shows_its_line_and_the_fix(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message, info.value.message
+    if "30s" in text:
+        assert "quotes" not in info.value.message, info.value.message
+
+
+def test_a_directory_without_a_manifest_is_told_the_one_to_write(tmp_path: Path) -> None:
+    """It said: create one with at least name = "my-function", for any directory; the name
+    the directory has, and the handler its one module would be, are the ones to write."""
+    d = tmp_path / "Image_Resize"
+    d.mkdir()
+    (d / "main.py").write_text("def handler(event, context):\n    return 1\n")
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(d)
+    assert info.value.message == f'no spanfaas.toml in {d}; create one with at least: name = "image-resize" and handler = "main:handler"'
+    (d / "handler.py").write_text("def handler(event, context):\n    return 1\n")  # the default handler's module
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(d)
+    assert info.value.message == f'no spanfaas.toml in {d}; create one with at least: name = "image-resize"'
+    odd = tmp_path / "42"
+    odd.mkdir()
+    with pytest.raises(InvalidManifest) as info:
+        load_manifest(odd)
+    assert info.value.message == f'no spanfaas.toml in {odd}; create one with at least: name = "my-function"'
+
+
 def test_load_manifest_from_directory(tmp_path: Path) -> None:
     (tmp_path / "spanfaas.toml").write_text('name = "dir-fn"')
     assert load_manifest(tmp_path).name == "dir-fn"
@@ -153,6 +193,54 @@ def test_a_pattern_mismatch_says_what_is_expected(text: str, hint: str) -> None:
     with pytest.raises(InvalidManifest) as info:
         parse_manifest(text)
     assert hint in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # They said "Expected `str` matching regex '^[a-z][a-z0-9-]{0,62}$' - at `$.name`" first,
+        # without the value; the fix, where one follows from the value, is written out.
+        ('name = "Bad_Four"', "name 'Bad_Four' is not a function name; lowercase letters, digits and '-', starting with a letter "
+         '(at most 63): write name = "bad-four"'),
+        ('name = "my function"', 'write name = "my-function"'),
+        ('name = "2fast"', "name '2fast' is not a function name; lowercase letters, digits and '-', starting with a letter (at most 63)"),
+        ('name = "x"\nhandler = "handler.handler"', "handler 'handler.handler' is not module:function: write handler = \"handler:handler\""),
+        ('name = "x"\nhandler = "pkg.main.run"', 'write handler = "pkg.main:run"'),
+    ],
+)
+def test_a_bad_name_or_handler_names_its_value_and_the_fix(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message, info.value.message
+    assert "regex" not in info.value.message and "$." not in info.value.message, info.value.message
+
+
+def test_no_fix_is_offered_that_is_not_valid_itself() -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest('name = "2fast"')
+    assert "write name" not in info.value.message, info.value.message
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest('name = "x"\nhandler = "no-colon"')
+    assert "write handler = " not in info.value.message.partition("for def handler")[2], info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # A key of a table written at the top level (its table forgotten): "check its spelling" sent the
+        # user to a key spelled right.
+        ('name = "x"\ntimeout = 5', "timeout is a key of [resources]: move it under [resources]"),
+        ('name = "x"\nmax = 2', "max is a key of [scaling]: move it under [scaling]"),
+        ('name = "x"\npackages = ["numpy"]', "packages is a key of [image]: move it under [image]"),
+        ('name = "x"\nhandelr = "h:h"', "did you mean handler?"),
+        ('name = "x"\nschedule = "0 3 * * *"', "schedule is a key of [[triggers]]: move it under [[triggers]]"),
+        ('name = "x"\n[resources]\ntimout = 5', "did you mean timeout?"),
+    ],
+)
+def test_an_unknown_key_says_where_it_belongs_or_what_it_may_mean(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(text)
+    assert message in info.value.message, info.value.message
 
 
 @pytest.mark.parametrize(

@@ -324,10 +324,25 @@ async def test_timeout_kills_instance(harness: Harness, isolation: str, what: st
     r = await harness.invoke(name, json.dumps({"do": what}).encode())
     assert r.error is not None and r.error.kind == "timeout"
     assert "1s timeout" in r.error.message
+    # It said only that: not which setting, nor where, sets the timeout.
+    assert r.error.message.endswith("and was stopped (raise resources.timeout in spanfaas.toml)"), r.error.message
     assert 900 <= r.duration_ms < 3000
     with pytest.raises(FunctionTimeout):
         r.raise_for_error()
     await _ok(harness, name)
+
+
+async def test_a_call_that_got_no_instance_within_the_timeout_names_the_setting(harness: Harness) -> None:
+    """"no instance became free within the 0.3s timeout" named no setting: a timeout too small for
+    the function's start (here its import, 1 s, on a cold start) reads as if the pool were full."""
+    code = "import time\ntime.sleep(1.0)\ndef handler(e, c):\n    return 1\n"
+    await harness.deploy("slow-import", code, "[resources]\ntimeout = 0.3\n")
+    harness.rt.pool("slow-import").stop_template()
+    r = await harness.invoke("slow-import")
+    assert r.error is not None and r.error.kind == "timeout", r
+    assert r.error.message.startswith("no instance became free within the 0.3s timeout"), r.error.message
+    assert r.error.message.endswith("(raise resources.timeout in spanfaas.toml, or scaling.max if every instance was busy)"), r.error.message
+    await harness.rt.remove("slow-import")
 
 
 async def test_a_timeout_keeps_what_the_call_printed(harness: Harness, isolation: str) -> None:
@@ -361,6 +376,7 @@ async def test_caller_timeout_shortens_the_deadline(harness: Harness, isolation:
     name = await _deploy(harness, isolation)
     r = await harness.invoke(name, b'{"do": "sleep"}', timeout=0.2)
     assert r.error is not None and r.error.kind == "timeout"
+    assert "resources.timeout" not in r.error.message, r.error.message  # the caller's deadline: no setting of its manifest to raise
     await _ok(harness, name)
 
 
@@ -532,6 +548,29 @@ async def test_a_generator_handler_is_refused_at_deploy_saying_to_return_the_val
 async def test_missing_handler_attribute_names_the_fix(harness: Harness) -> None:
     with pytest.raises(InvalidBundle, match="has no callable 'handler'"):
         await harness.deploy("nohandler", "def main(e, c):\n    return 1\n")
+
+
+async def test_a_missing_handler_names_what_the_module_defines_and_shows_no_platform_frames(harness: Harness) -> None:
+    """``handler = "handler:handle"`` (a typo): the deploy printed the platform's own
+    traceback (template.py's load), which is not what the user fixes; the message
+    names the module's functions, so the fix is in it."""
+    code = "import json\n\ndef _helper():\n    return 1\n\ndef main(e, c):\n    return 1\n\nclass Thing:\n    pass\n"
+    with pytest.raises(InvalidBundle, match="has no callable 'handler'") as info:
+        await harness.deploy("nohandler-defines", code)
+    message, trace = info.value.message, str(info.value.extra.get("traceback", ""))
+    assert "handler.py defines main()" in message, message
+    assert "_helper" not in message and "json" not in message, message
+    assert "spanfaas" not in trace and "Traceback" not in trace, trace
+
+
+async def test_a_syntax_error_at_deploy_shows_the_users_line_and_no_platform_frames(harness: Harness) -> None:
+    """The compile error was shown under frames of template.py and loader.py."""
+    with pytest.raises(InvalidBundle, match="SyntaxError") as info:
+        await harness.deploy("badsyntax", "def handler(event, context)\n    return 1\n")
+    trace = str(info.value.extra.get("traceback", ""))
+    assert 'File "handler.py", line 1' in trace, trace
+    assert "def handler(event, context)" in trace, trace
+    assert "spanfaas" not in trace and "Traceback" not in trace, trace
 
 
 async def test_a_single_file_without_a_handler_says_to_define_one_there(harness: Harness, tmp_path: Path) -> None:

@@ -107,6 +107,27 @@ async def test_the_event_is_json_when_the_gateway_reads_its_type_as_json(client:
     assert r.status_code == 200, r.text
     assert (r.json() if isinstance(seen, dict) else r.content) == seen
 
+async def test_a_failure_on_a_form_encoded_body_says_the_event_was_bytes(client: httpx.AsyncClient, fn_dir: Callable[..., Path]) -> None:
+    """``curl -d '{"name": "x"}'`` sends application/x-www-form-urlencoded: the event is bytes, and
+    a handler that reads a dict failed with "'bytes' object has no attribute 'get'", nothing more."""
+    code = "def handler(event, context):\n    return event.get('name')\n"
+    r = await client.put("/v1/functions/reader", content=pack_function(fn_dir("reader", code)))
+    assert r.status_code == 201, r.text
+    url, body = "/v1/functions/reader/invoke", b'{"name": "x"}'
+    r = await client.post(url, content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 500, r.text
+    doc = r.json()
+    assert doc["detail"] == "AttributeError: 'bytes' object has no attribute 'get'", doc  # the function's error, as it is
+    assert doc["hint"] == (
+        "the request's Content-Type was application/x-www-form-urlencoded (what curl -d sends), so the event "
+        "was bytes; send JSON with Content-Type: application/json (curl -H 'Content-Type: application/json')"
+    ), doc
+    r = await client.post(url, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json() == "x", r.text
+    r = await client.post(url, content=b"[1]", headers={"content-type": "application/json"})  # fails on JSON too: no hint
+    assert r.status_code == 500 and "hint" not in r.json(), r.text
+
+
 async def test_invalid_json_is_400_with_position(client: httpx.AsyncClient, hello: dict[str, object], store: SQLiteStore, gateway: Gateway) -> None:
     r = await client.post("/v1/functions/hello/invoke", content=b'{"name": tru}', headers={"content-type": "application/json"})
     assert r.status_code == 400
