@@ -15,7 +15,8 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from spanfaas.errors import InfraError, InfraUnavailable, InvalidRequest, format_sizes
-from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
+from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord, Trigger
+from spanfaas.store import trigger_names
 from spanfaas.store.migrations import MIGRATIONS, render
 
 __all__ = ["INV_COLS", "InvocationPage", "RecordRefused", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
@@ -70,6 +71,7 @@ _spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _event_decoder = msgspec.json.Decoder(Event)
 _tried_decoder = msgspec.json.Decoder(list[str])
+_trigger_decoder = msgspec.json.Decoder(Trigger)
 _scopes_decoder = msgspec.json.Decoder(list[Literal["admin", "deploy", "invoke"]])
 _encode = msgspec.json.encode
 
@@ -215,6 +217,8 @@ class SQLStore:
         now = time.time()
         with self._tx() as cur:
             self._lock(cur, "function:" + name)
+            if any(t.name for t in spec.triggers):
+                self._check_names(cur, name, spec)
             cur.execute(self._q("SELECT COALESCE(MAX(version), 0) FROM functions WHERE name = ?"), (name,))
             version = int(cur.fetchone()[0]) + 1
             cur.execute(
@@ -225,6 +229,14 @@ class SQLStore:
                 self._keep_blob(cur, digest, bundle, now)
             self._changed(cur, "functions")
         return FunctionRecord(name=name, version=version, digest=digest, spec=spec, created_at=now)
+
+    def _check_names(self, cur: Any, name: str, spec: FunctionSpec) -> None:
+        """``Conflict`` if ``spec`` declares the name of an API trigger of ``name`` (see ``trigger_names``)."""
+        self._lock(cur, trigger_names.LOCK.format(name))
+        cur.execute(self._q("SELECT id, spec FROM triggers WHERE function = ?"), (name,))
+        api = {t.name: id for id, t in ((id, _trigger_decoder.decode(s)) for id, s in cur.fetchall()) if t.name}
+        if (clash := trigger_names.manifest_clash(name, spec, api)) is not None:
+            raise clash
 
     def _keep_blob(self, cur: Any, digest: str, data: bytes, now: float) -> bool:
         """Insert the blob unless the store has it; the bytes travel only then.
