@@ -38,8 +38,8 @@ _FN_COLS = "name, version, digest, spec, created_at"
 _CHUNK = 100
 """Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
 _MARKS = 1000
-"""Records per statement of ``mark_started`` (two values each: SQLite and PostgreSQL take
-32766 and 65535 values a statement)."""
+"""Records per statement of ``mark_started`` and ``extend_leases`` (three values each at most:
+SQLite and PostgreSQL take 32766 and 65535 values a statement)."""
 _CHUNK_BYTES = 64 * 2**20
 """Bytes of payloads, outputs and logs per multi-row INSERT (one row may have more):
 PostgreSQL ends the connection on a message over 1 GiB, and 16 outcomes of 32 MiB
@@ -61,7 +61,7 @@ _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 _GIVE_BACK = (
     "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
     "reruns = reruns + started, reclaims = reclaims + 1 - started, attempts = attempts - 1 + started "
-    "WHERE id IN (SELECT i.id FROM invocations i WHERE i.status = 'running'{where}{in_order})"
+    "WHERE {rows}"
 )
 """Claims whose gateway is gone, back to the queue: a run that started left no outcome (a
 re-run next, limited by ``CRASH_RERUNS``); a claim whose run never started was no run at
@@ -116,12 +116,6 @@ class SQLStore:
     _refused: tuple[type[Exception], ...] = (ValueError, OverflowError)
     """Errors that say a value was refused, not that the store failed: text the driver
     cannot encode (``UnicodeEncodeError``), a number it cannot bind; dialects add theirs."""
-    _in_order = ""
-    """Appended to a SELECT of the rows of ``invocations`` that an UPDATE is to change (they are
-    ``i`` in it), to take their locks in one order, that of their ids: the marks of runs, the
-    leases extended, the claims given back and the outcomes stored meet the same rows
-    (PostgreSQL: rows locked in other orders, by the join or the scan each happened to use,
-    deadlocked, and one of the writes failed).  SQLite has one writer at a time."""
     _max_values: int | None = None
     """Bytes of values the database takes in one statement, where that is less than a
     record may hold (PostgreSQL: a message of at most 1 GiB, or it ends the connection,
@@ -137,6 +131,15 @@ class SQLStore:
 
     def _read(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
+
+    def _rows_to_change(self, select: str) -> str:
+        """The WHERE of an UPDATE of ``invocations`` that changes the rows whose ids ``select``
+        (a SELECT of ``i.id`` from ``invocations i``) finds.  PostgreSQL locks them first, in one
+        order, that of their ids: the marks of runs, the leases extended, the claims given back
+        and the outcomes stored meet the same rows (locked in other orders, by the join or the
+        scan each happened to use, they deadlocked, and one of the writes failed); and it reads
+        each by its id (see ``PostgresStore``).  SQLite has one writer at a time."""
+        return f"id IN ({select})"
 
     def _lock(self, cur: Any, key: str) -> None:
         """Serialize writers on ``key`` inside the current transaction."""
@@ -370,7 +373,7 @@ class SQLStore:
     def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
         if not records:
             return
-        # One row may be hit once per statement; the rows in the order of their ids (see _in_order).
+        # One row may be hit once per statement; the rows in the order of their ids (see _rows_to_change).
         unique = sorted({r.id: r for r in records}.values(), key=lambda r: r.id)
         if self._max_values is not None:
             for r in unique:
@@ -479,7 +482,7 @@ class SQLStore:
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
         with self._tx() as cur:
             # its gateway died (or lost the store) during the claim: a re-run if its run started
-            cur.execute(self._q(_GIVE_BACK.format(where=" AND i.lease_until < ?", in_order=self._in_order)), (now,))
+            cur.execute(self._q(self._give_back(" AND i.lease_until < ?")), (now,))
             self._rows(cur, self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
             rows = cur.fetchall()
         records = [_invocation(r) for r in rows]
@@ -497,15 +500,12 @@ class SQLStore:
         with self._tx() as cur:
             for at in range(0, len(unique), _MARKS):
                 chunk = unique[at : at + _MARKS]
-                cur.execute(
-                    self._q(f"UPDATE invocations SET lease_until = ? WHERE id IN (SELECT i.id FROM invocations i WHERE "
-                            f"i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'{self._in_order})"),
-                    [until, *chunk],
-                )
+                select = f"SELECT i.id FROM invocations i WHERE i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'"
+                cur.execute(self._q(f"UPDATE invocations SET lease_until = ? WHERE {self._rows_to_change(select)}"), [until, *chunk])
 
     def requeue_running(self) -> int:
         with self._tx() as cur:
-            cur.execute(_GIVE_BACK.format(where="", in_order=self._in_order))
+            cur.execute(self._give_back(""))
             return int(cur.rowcount)
 
     def mark_started(self, claims: Mapping[str, str]) -> None:
@@ -516,13 +516,18 @@ class SQLStore:
             for at in range(0, len(pairs), _MARKS):  # one statement per batch of marks, usually
                 chunk = pairs[at : at + _MARKS]
                 values = ", ".join(["(?, ?)"] * len(chunk))
+                # The ids listed again, as such: joined to the marks alone, the rows were read by a
+                # scan of every running row (PostgreSQL, from some hundred marks on), not by their ids.
+                select = (f"SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
+                          f"WHERE i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'")  # fmt: skip
                 cur.execute(
-                    self._q(f"WITH m(id, owner) AS (VALUES {values}), "
-                            "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
-                            f"WHERE i.status = 'running'{self._in_order}) "
-                            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id"),
-                    [v for pair in chunk for v in pair],
-                )
+                    self._q(f"WITH m(id, owner) AS (VALUES {values}) "
+                            f"UPDATE invocations SET started = 1 WHERE {self._rows_to_change(select)}"),
+                    [*(v for pair in chunk for v in pair), *(id for id, _ in chunk)],
+                )  # fmt: skip
+
+    def _give_back(self, where: str) -> str:
+        return _GIVE_BACK.format(rows=self._rows_to_change(f"SELECT i.id FROM invocations i WHERE i.status = 'running'{where}"))
 
     def queue_depth(self) -> int:
         with self._read() as cur:
