@@ -515,16 +515,17 @@ class SQLStore:
         with self._tx() as cur:
             for at in range(0, len(pairs), _MARKS):  # one statement per batch of marks, usually
                 chunk = pairs[at : at + _MARKS]
-                values = ", ".join(["(?, ?)"] * len(chunk))
-                # The ids listed again, as such: joined to the marks alone, the rows were read by a
-                # scan of every running row (PostgreSQL, from some hundred marks on), not by their ids.
-                select = (f"SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
-                          f"WHERE i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'")  # fmt: skip
-                cur.execute(
-                    self._q(f"WITH m(id, owner) AS (VALUES {values}) "
-                            f"UPDATE invocations SET started = 1 WHERE {self._rows_to_change(select)}"),
-                    [*(v for pair in chunk for v in pair), *(id for id, _ in chunk)],
-                )  # fmt: skip
+                cur.execute(*self._marks(chunk))
+
+    def _marks(self, marks: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        """The statement of ``mark_started`` for these (id, owner) marks, and its values."""
+        values = ", ".join(["(?, ?)"] * len(marks))
+        return (
+            f"WITH m(id, owner) AS (VALUES {values}), "
+            "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner WHERE i.status = 'running') "
+            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id",
+            [v for pair in marks for v in pair],
+        )
 
     def _give_back(self, where: str) -> str:
         return _GIVE_BACK.format(rows=self._rows_to_change(f"SELECT i.id FROM invocations i WHERE i.status = 'running'{where}"))
