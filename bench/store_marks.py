@@ -17,6 +17,13 @@ scans read.  The code measured is the ``spanfaas`` imported: run it with
     .venv/bin/python bench/store_marks.py --baseline /tmp/before.json
 
 Prints a table and writes ``bench/results/store_marks.json`` (or ``--json``).
+
+Measured here (2 shared vCPUs, defaults: 50,000 running + 50,000 finished rows, payloads of
+2 B, 25 batches a size; main before, this branch after, same command): PostgreSQL
+``mark_started`` of 1000 marks read 51,000 rows of ``invocations`` before and 2,000 after,
+p50 33.6 -> 22.4 ms (an earlier pair: 46.1 -> 23.9 ms); 1 to 100 marks read the same rows
+(2 a mark) both ways, their times within the noise of this machine (SQLite's statements,
+unchanged, moved 0.85-1.7x between the same two runs).
 """
 
 from __future__ import annotations
