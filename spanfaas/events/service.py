@@ -279,14 +279,8 @@ class EventService:
     async def add_trigger(self, function: str, trigger: Trigger) -> TriggerRecord:
         if not await self._deployed(function):
             raise FunctionNotFound(f"function '{function}' not found; {self._deployed_names(function)}")
-        declared = self.functions().get(function)
-        if trigger.name and declared is not None:  # a name is one trigger's, manifest or API (the store checks the API's)
-            for t in manifest_triggers(declared):
-                if t.trigger.name == trigger.name:
-                    raise Conflict(
-                        f"function '{function}' has a trigger named '{trigger.name}' already: '{t.id}', declared in its "
-                        "manifest; give this one another name"
-                    )
+        # A name is one trigger's, manifest or API: the store checks both as it writes, against the
+        # function's latest stored version (this gateway may not serve it yet, or serve an older one).
         record = TriggerRecord(id="trg_" + secrets.token_hex(6), function=function, trigger=trigger, created_at=time.time())
         await asyncio.to_thread(self.store.put_trigger, record)
         await self.router.reload()

@@ -25,8 +25,8 @@ from spanfaas.config import Settings
 from spanfaas.errors import Conflict, FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes, like_deployed
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
-from spanfaas.model import Bundle, FunctionRecord, FunctionSpec, manifest_trigger_id
-from spanfaas.store import Store
+from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
+from spanfaas.store import Store, trigger_names
 from spanfaas.gateway import bundle as bundles
 from spanfaas.gateway.bundle_cache import BundleCache
 
@@ -150,6 +150,9 @@ class Registry:
         async with self._lock(name):
             spec, bundle = await asyncio.to_thread(self._prepare, name, data)  # held until the end
             try:
+                # Before anything is built or deployed; also for the version stored already: one
+                # stored with a clash (by an older spanfaas) is refused, as a new one would be.
+                await asyncio.to_thread(self._check_trigger_names, name, spec)
                 latest = await asyncio.to_thread(self.store.get_function, name)
                 if latest is not None and latest.digest == bundle.digest and latest.spec == spec:
                     await asyncio.to_thread(self.store.put_blob, bundle.digest, data)  # if it lacked it: sent only then
@@ -158,10 +161,17 @@ class Registry:
                         await self._activate(latest)  # holds the bundle for as long as it runs
                     await asyncio.to_thread(self.bundles.release, bundle.digest, name)  # held by what runs it
                     return latest, False
-                await asyncio.to_thread(self._check_trigger_names, name, spec)
                 async with self._with_image(name, spec, bundle, actor) as bundle:
                     await self.infra.deploy(spec, bundle)
-                    record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
+                    try:
+                        record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
+                    except Conflict:  # a trigger name taken meanwhile (the store's check is the one that holds)
+                        try:
+                            await self._deploy_again(name)
+                        except Exception as exc:
+                            log.error("function %r: could not deploy the version it serves again after the store "
+                                      "refused a new one: %s: %s", name, type(exc).__name__, exc)  # fmt: skip
+                        raise
             except BaseException:
                 await asyncio.to_thread(self._let_go, name, bundle.digest)
                 raise
@@ -182,16 +192,22 @@ class Registry:
 
     def _check_trigger_names(self, name: str, spec: FunctionSpec) -> None:
         """A trigger's name is one trigger's of its function: a manifest may not declare the
-        name of a trigger added through the API (the API refuses the manifest's names)."""
+        name of a trigger added through the API.  Checked here before the deploy builds or
+        starts anything; the store checks again as it stores the version (``trigger_names``)."""
         added = {r.trigger.name: r.id for r in self.store.list_triggers(name) if r.trigger.name}
-        for i, trigger in enumerate(spec.triggers):
-            if trigger.name in added:
-                id = added[trigger.name]
-                raise Conflict(
-                    f"the manifest's trigger '{manifest_trigger_id(name, trigger, i)}' (triggers[{i}]) is named "
-                    f"'{trigger.name}', as is trigger '{id}' of function '{name}', added through the API; give the "
-                    f"manifest's another name, or remove that one first (spanfaas triggers rm {id})"
-                )
+        if (clash := trigger_names.manifest_clash(name, spec, added)) is not None:
+            raise clash
+
+    async def _deploy_again(self, name: str) -> None:
+        """The infrastructure back to the version this gateway serves (none: the function
+        removed from it), after it deployed one the store then refused."""
+        served = self.functions.get(name)
+        if served is None:
+            with contextlib.suppress(FunctionNotFound):
+                await self.infra.remove(name)
+            return
+        await self._activate(served)
+        await asyncio.to_thread(self.bundles.release, served.digest, name)  # held once already, by what runs it
 
     def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle]:
         """Unpack and check the bundle, held for ``name``; keep its blob here.  Nothing

@@ -41,7 +41,8 @@ class Store(EventStore, ImageStore, Protocol):
         """Add a version (previous + 1, atomically) and return it.  With ``bundle`` (the
         bytes whose sha256 is ``digest``) the store keeps the bundle too, in the same
         transaction: a version other gateways can see is one they can fetch.  The bytes
-        are sent only when the store does not have them yet."""
+        are sent only when the store does not have them yet.  ``Conflict`` (nothing stored) when
+        ``spec`` declares a trigger named as an API trigger of the function (``trigger_names``)."""
         ...
 
     def get_function(self, name: str) -> FunctionRecord | None:

@@ -18,13 +18,15 @@ import msgspec
 from msgspec import Struct
 
 from spanfaas.errors import Conflict
-from spanfaas.model import ErrorInfo, Event, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.model import ErrorInfo, Event, FunctionSpec, InvocationRecord, Trigger, TriggerRecord
+from spanfaas.store import trigger_names
 from spanfaas.store.sql import INV_COLS, RecordRefused, SQLStore, _reason, _row
 
 __all__ = ["Admission", "DeadLetter", "EventQueries", "EventStore", "Refused", "Replay"]
 
 _encode = msgspec.json.encode
 _trigger_decoder = msgspec.json.Decoder(Trigger)
+_spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _event_decoder = msgspec.json.Decoder(Event)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _DLQ_COLS = "id, function, event, content_type, payload, error, attempts, created_at, failed_at"
@@ -74,7 +76,8 @@ removed meanwhile); nothing, its function is not deployed (the dead letter is ke
 
 class EventStore(Protocol):
     def put_trigger(self, record: TriggerRecord) -> None:
-        """Add an API trigger; ``Conflict`` naming the other when one of the function's has its name."""
+        """Add an API trigger; ``Conflict`` naming the other when one of the function's has its name:
+        an API trigger, or one the manifest of its latest stored version declares (``trigger_names``)."""
         ...
 
     def list_triggers(self, function: str | None = None) -> list[TriggerRecord]:
@@ -144,11 +147,18 @@ class EventQueries(SQLStore):
     def put_trigger(self, record: TriggerRecord) -> None:
         with self._tx() as cur:
             if record.trigger.name:  # checked and written under one lock: two adds of a name cannot both pass
-                self._lock(cur, "triggers:" + record.function)
+                self._lock(cur, trigger_names.LOCK.format(record.function))  # nor an add and a deploy (put_function)
                 cur.execute(self._q("SELECT id, spec FROM triggers WHERE function = ?"), (record.function,))
                 for id, spec in cur.fetchall():
-                    if msgspec.json.decode(spec, type=Trigger).name == record.trigger.name:
+                    if _trigger_decoder.decode(spec).name == record.trigger.name:
                         raise Conflict(_named_twice(record.function, record.trigger.name, id))
+                cur.execute(
+                    self._q("SELECT spec FROM functions WHERE name = ? ORDER BY version DESC LIMIT 1"), (record.function,)
+                )
+                row = cur.fetchone()
+                latest = _spec_decoder.decode(row[0]) if row is not None else None
+                if (clash := trigger_names.api_clash(record.function, record.trigger.name, latest)) is not None:
+                    raise clash
             cur.execute(
                 self._q("INSERT INTO triggers (id, function, spec, created_at) VALUES (?, ?, ?, ?)"),
                 (record.id, record.function, _encode(record.trigger).decode(), record.created_at),

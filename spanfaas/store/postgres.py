@@ -53,7 +53,6 @@ class PostgresStore(EventQueries, ImageQueries):
     # Not OperationalError (a lost connection, a restart: ``InfraUnavailable``, see _conn),
     # except a value over one of the server's limits (SQLSTATE class 54: an index row, an array).
     _refused = (*SQLStore._refused, psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
-    _in_order = " ORDER BY i.id FOR UPDATE OF i"
     _max_values = 2**30
     """The largest message the server reads (``PQ_LARGE_MESSAGE_LIMIT``, 1 GiB less 2 bytes): it ends
     the connection on a longer one, saying why only in its own log."""
@@ -146,6 +145,25 @@ class PostgresStore(EventQueries, ImageQueries):
 
     def _rows(self, cur: Any, sql: str, args: Sequence[Any]) -> None:
         cur.execute(sql, args, binary=True)
+
+    def _rows_to_change(self, select: str) -> str:
+        # The ids as an array, found (and locked) first: the UPDATE then reads each row by its
+        # id.  Joined to the SELECT (``id IN (…)``), the rows it changes were read by a hash
+        # join over a sequential scan of the table, from a few hundred ids on (bench/store_marks.py).
+        return f"id = ANY(ARRAY({select} ORDER BY i.id FOR UPDATE OF i))"
+
+    def _marks(self, marks: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        # The ids listed again, as such, beside their join to the marks: joined to the marks
+        # alone, the rows were read by a scan of every running row (or of the table), from some
+        # hundred marks a statement on, not by their ids.  (SQLite looks each up either way.)
+        values = ", ".join(["(%s, %s)"] * len(marks))
+        ids = ", ".join(["%s"] * len(marks))
+        select = (f"SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
+                  f"WHERE i.status = 'running' AND i.id IN ({ids})")  # fmt: skip
+        return (
+            f"WITH m(id, owner) AS (VALUES {values}) UPDATE invocations SET started = 1 WHERE {self._rows_to_change(select)}",
+            [*(v for pair in marks for v in pair), *(id for id, _ in marks)],
+        )
 
     def _lock(self, cur: Any, key: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))

@@ -15,7 +15,8 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from spanfaas.errors import InfraError, InfraUnavailable, InvalidRequest, format_sizes
-from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord
+from spanfaas.model import ErrorInfo, Event, FunctionRecord, FunctionSpec, InvocationRecord, TokenRecord, Trigger
+from spanfaas.store import trigger_names
 from spanfaas.store.migrations import MIGRATIONS, render
 
 __all__ = ["INV_COLS", "InvocationPage", "RecordRefused", "SQLStore", "StoreSchemaTooNew", "StoreUnavailable"]
@@ -37,8 +38,8 @@ _FN_COLS = "name, version, digest, spec, created_at"
 _CHUNK = 100
 """Rows per multi-row INSERT: few trips into the database, short holds of the GIL."""
 _MARKS = 1000
-"""Records per statement of ``mark_started`` (two values each: SQLite and PostgreSQL take
-32766 and 65535 values a statement)."""
+"""Records per statement of ``mark_started`` and ``extend_leases`` (three values each at most:
+SQLite and PostgreSQL take 32766 and 65535 values a statement)."""
 _CHUNK_BYTES = 64 * 2**20
 """Bytes of payloads, outputs and logs per multi-row INSERT (one row may have more):
 PostgreSQL ends the connection on a message over 1 GiB, and 16 outcomes of 32 MiB
@@ -60,7 +61,7 @@ _TOKEN_COLS = "id, name, scopes, token_hash, created_at"
 _GIVE_BACK = (
     "UPDATE invocations SET status = 'queued', lease_until = NULL, owner = NULL, "
     "reruns = reruns + started, reclaims = reclaims + 1 - started, attempts = attempts - 1 + started "
-    "WHERE id IN (SELECT i.id FROM invocations i WHERE i.status = 'running'{where}{in_order})"
+    "WHERE {rows}"
 )
 """Claims whose gateway is gone, back to the queue: a run that started left no outcome (a
 re-run next, limited by ``CRASH_RERUNS``); a claim whose run never started was no run at
@@ -70,6 +71,7 @@ _spec_decoder = msgspec.json.Decoder(FunctionSpec)
 _error_decoder = msgspec.json.Decoder(ErrorInfo)
 _event_decoder = msgspec.json.Decoder(Event)
 _tried_decoder = msgspec.json.Decoder(list[str])
+_trigger_decoder = msgspec.json.Decoder(Trigger)
 _scopes_decoder = msgspec.json.Decoder(list[Literal["admin", "deploy", "invoke"]])
 _encode = msgspec.json.encode
 
@@ -114,12 +116,6 @@ class SQLStore:
     _refused: tuple[type[Exception], ...] = (ValueError, OverflowError)
     """Errors that say a value was refused, not that the store failed: text the driver
     cannot encode (``UnicodeEncodeError``), a number it cannot bind; dialects add theirs."""
-    _in_order = ""
-    """Appended to a SELECT of the rows of ``invocations`` that an UPDATE is to change (they are
-    ``i`` in it), to take their locks in one order, that of their ids: the marks of runs, the
-    leases extended, the claims given back and the outcomes stored meet the same rows
-    (PostgreSQL: rows locked in other orders, by the join or the scan each happened to use,
-    deadlocked, and one of the writes failed).  SQLite has one writer at a time."""
     _max_values: int | None = None
     """Bytes of values the database takes in one statement, where that is less than a
     record may hold (PostgreSQL: a message of at most 1 GiB, or it ends the connection,
@@ -135,6 +131,15 @@ class SQLStore:
 
     def _read(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
+
+    def _rows_to_change(self, select: str) -> str:
+        """The WHERE of an UPDATE of ``invocations`` that changes the rows whose ids ``select``
+        (a SELECT of ``i.id`` from ``invocations i``) finds.  PostgreSQL locks them first, in one
+        order, that of their ids: the marks of runs, the leases extended, the claims given back
+        and the outcomes stored meet the same rows (locked in other orders, by the join or the
+        scan each happened to use, they deadlocked, and one of the writes failed); and it reads
+        each by its id (see ``PostgresStore``).  SQLite has one writer at a time."""
+        return f"id IN ({select})"
 
     def _lock(self, cur: Any, key: str) -> None:
         """Serialize writers on ``key`` inside the current transaction."""
@@ -215,6 +220,8 @@ class SQLStore:
         now = time.time()
         with self._tx() as cur:
             self._lock(cur, "function:" + name)
+            if any(t.name for t in spec.triggers):
+                self._check_names(cur, name, spec)
             cur.execute(self._q("SELECT COALESCE(MAX(version), 0) FROM functions WHERE name = ?"), (name,))
             version = int(cur.fetchone()[0]) + 1
             cur.execute(
@@ -225,6 +232,14 @@ class SQLStore:
                 self._keep_blob(cur, digest, bundle, now)
             self._changed(cur, "functions")
         return FunctionRecord(name=name, version=version, digest=digest, spec=spec, created_at=now)
+
+    def _check_names(self, cur: Any, name: str, spec: FunctionSpec) -> None:
+        """``Conflict`` if ``spec`` declares the name of an API trigger of ``name`` (see ``trigger_names``)."""
+        self._lock(cur, trigger_names.LOCK.format(name))
+        cur.execute(self._q("SELECT id, spec FROM triggers WHERE function = ?"), (name,))
+        api = {t.name: id for id, t in ((id, _trigger_decoder.decode(s)) for id, s in cur.fetchall()) if t.name}
+        if (clash := trigger_names.manifest_clash(name, spec, api)) is not None:
+            raise clash
 
     def _keep_blob(self, cur: Any, digest: str, data: bytes, now: float) -> bool:
         """Insert the blob unless the store has it; the bytes travel only then.
@@ -358,7 +373,7 @@ class SQLStore:
     def save_invocations(self, records: Sequence[InvocationRecord]) -> None:
         if not records:
             return
-        # One row may be hit once per statement; the rows in the order of their ids (see _in_order).
+        # One row may be hit once per statement; the rows in the order of their ids (see _rows_to_change).
         unique = sorted({r.id: r for r in records}.values(), key=lambda r: r.id)
         if self._max_values is not None:
             for r in unique:
@@ -467,7 +482,7 @@ class SQLStore:
     def claim(self, now: float, lease: float, limit: int, owner: str = "") -> list[InvocationRecord]:
         with self._tx() as cur:
             # its gateway died (or lost the store) during the claim: a re-run if its run started
-            cur.execute(self._q(_GIVE_BACK.format(where=" AND i.lease_until < ?", in_order=self._in_order)), (now,))
+            cur.execute(self._q(self._give_back(" AND i.lease_until < ?")), (now,))
             self._rows(cur, self._q(self._claim_sql()), self._claim_args(now, lease, limit, owner))
             rows = cur.fetchall()
         records = [_invocation(r) for r in rows]
@@ -485,15 +500,12 @@ class SQLStore:
         with self._tx() as cur:
             for at in range(0, len(unique), _MARKS):
                 chunk = unique[at : at + _MARKS]
-                cur.execute(
-                    self._q(f"UPDATE invocations SET lease_until = ? WHERE id IN (SELECT i.id FROM invocations i WHERE "
-                            f"i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'{self._in_order})"),
-                    [until, *chunk],
-                )
+                select = f"SELECT i.id FROM invocations i WHERE i.id IN ({', '.join('?' * len(chunk))}) AND i.status = 'running'"
+                cur.execute(self._q(f"UPDATE invocations SET lease_until = ? WHERE {self._rows_to_change(select)}"), [until, *chunk])
 
     def requeue_running(self) -> int:
         with self._tx() as cur:
-            cur.execute(_GIVE_BACK.format(where="", in_order=self._in_order))
+            cur.execute(self._give_back(""))
             return int(cur.rowcount)
 
     def mark_started(self, claims: Mapping[str, str]) -> None:
@@ -503,14 +515,20 @@ class SQLStore:
         with self._tx() as cur:
             for at in range(0, len(pairs), _MARKS):  # one statement per batch of marks, usually
                 chunk = pairs[at : at + _MARKS]
-                values = ", ".join(["(?, ?)"] * len(chunk))
-                cur.execute(
-                    self._q(f"WITH m(id, owner) AS (VALUES {values}), "
-                            "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
-                            f"WHERE i.status = 'running'{self._in_order}) "
-                            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id"),
-                    [v for pair in chunk for v in pair],
-                )
+                cur.execute(*self._marks(chunk))
+
+    def _marks(self, marks: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+        """The statement of ``mark_started`` for these (id, owner) marks, and its values."""
+        values = ", ".join(["(?, ?)"] * len(marks))
+        return (
+            f"WITH m(id, owner) AS (VALUES {values}), "
+            "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner WHERE i.status = 'running') "
+            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id",
+            [v for pair in marks for v in pair],
+        )
+
+    def _give_back(self, where: str) -> str:
+        return _GIVE_BACK.format(rows=self._rows_to_change(f"SELECT i.id FROM invocations i WHERE i.status = 'running'{where}"))
 
     def queue_depth(self) -> int:
         with self._read() as cur:

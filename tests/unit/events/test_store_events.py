@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -274,3 +275,86 @@ def test_a_replay_waits_for_a_remove_of_its_function_under_way(postgres_db: str)
         go_on.set()
         replaying.close()
         removing.close()
+
+
+def _other(store: Store) -> Store:
+    """A second handle on ``store``'s database, as a second gateway has."""
+    return SQLiteStore(store.path) if isinstance(store, SQLiteStore) else type(store)(store.url)  # type: ignore[attr-defined]
+
+
+NIGHTLY = FunctionSpec(name="fn", triggers=[Trigger(type="a"), Trigger(name="nightly", schedule="0 3 * * *")])
+
+
+def test_an_api_trigger_named_as_a_trigger_of_the_stored_manifest_is_a_conflict_naming_it(any_store: Store) -> None:
+    """The store checks the names of the manifest of the function's latest stored version, whichever
+    gateway stored it (a gateway's own cache may lack the version, or hold an older one)."""
+    from spanfaas.errors import Conflict
+
+    any_store.put_function("fn", "a" * 64, FunctionSpec(name="fn"))
+    any_store.put_trigger(TriggerRecord(id="trg_1", function="fn", trigger=Trigger(name="daily"), created_at=1.0))  # v1 has no names
+    any_store.put_function("fn", "b" * 64, NIGHTLY)
+    with pytest.raises(Conflict) as exc:
+        any_store.put_trigger(TriggerRecord(id="trg_2", function="fn", trigger=Trigger(name="nightly"), created_at=1.0))
+    assert "'fn:nightly'" in str(exc.value) and "manifest" in str(exc.value), exc.value
+    assert [t.id for t in any_store.list_triggers("fn")] == ["trg_1"]
+    any_store.put_trigger(TriggerRecord(id="trg_3", function="other", trigger=Trigger(name="nightly"), created_at=1.0))  # another function's
+
+
+def test_a_version_declaring_the_name_of_an_api_trigger_is_a_conflict_naming_both(any_store: Store) -> None:
+    from spanfaas.errors import Conflict
+
+    any_store.put_function("fn", "a" * 64, FunctionSpec(name="fn"))
+    any_store.put_trigger(TriggerRecord(id="trg_1", function="fn", trigger=Trigger(name="nightly"), created_at=1.0))
+    with pytest.raises(Conflict) as exc:
+        any_store.put_function("fn", "b" * 64, NIGHTLY)
+    detail = str(exc.value)
+    assert "'fn:nightly' (triggers[1])" in detail and "'trg_1'" in detail and "spanfaas triggers rm trg_1" in detail, detail
+    got = any_store.get_function("fn")
+    assert got is not None and got.version == 1  # nothing stored
+
+
+def test_a_deploy_and_an_api_add_of_one_trigger_name_at_once_one_wins(any_store: Store) -> None:
+    """Both checked their names, then both wrote (two triggers 'nightly' on one function): the store
+    checks and writes under one lock, so of a version declaring a name and an API trigger of that
+    name, written at once through two gateways, one is stored and the other is a Conflict naming both."""
+    from spanfaas.errors import Conflict
+
+    other = _other(any_store)
+    try:
+        for round in range(12):
+            name = f"fn{round}"
+            any_store.put_function(name, "a" * 64, FunctionSpec(name=name))
+            spec = FunctionSpec(name=name, triggers=[Trigger(name="nightly", schedule="0 3 * * *")])
+            barrier = threading.Barrier(2)
+            won: list[str] = []
+            lost: list[str] = []
+
+            def run(what: str, write: Any) -> None:
+                barrier.wait()
+                try:
+                    write()
+                    won.append(what)
+                except Conflict as exc:
+                    lost.append(str(exc))
+
+            trigger = TriggerRecord(id=f"trg_{round}", function=name, trigger=Trigger(name="nightly"), created_at=1.0)
+            threads = [
+                threading.Thread(target=run, args=("version", lambda: any_store.put_function(name, "b" * 64, spec))),
+                threading.Thread(target=run, args=("trigger", lambda: other.put_trigger(trigger))),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len(won) == 1 and len(lost) == 1, (round, won, lost)
+            assert f"'{name}:nightly'" in lost[0], lost[0]
+            stored = any_store.get_function(name)
+            assert stored is not None
+            if won == ["version"]:
+                assert stored.version == 2 and any_store.list_triggers(name) == []
+                assert "manifest" in lost[0], lost[0]
+            else:
+                assert stored.version == 1 and [t.id for t in any_store.list_triggers(name)] == [trigger.id]
+                assert f"'{trigger.id}'" in lost[0], lost[0]
+    finally:
+        other.close()
