@@ -136,6 +136,7 @@ class Template:
         self.one_shot = False  # strict: an instance serves one call (set with the rest before the first fork)
         self.concurrent = False
         self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
+        self.guarded: tuple[int, ...] = ()  # pids instances may not signal (seccomp), where Landlock cannot scope signals
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
         # Orphans of instances come to us: as their subreaper (not inherited by
@@ -171,6 +172,7 @@ class Template:
         if plan is None:
             return
         from spanfaas import sandbox
+        from spanfaas.sandbox import landlock, seccomp
 
         plan_obj = self.plan
         if plan_obj is None:
@@ -188,7 +190,14 @@ class Template:
             self.ruleset = -1
             self.protections.append(lp)
         self.landlock = lp.active
-        self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host"))
+        # Instances share our uid: where their Landlock layers cannot scope signals
+        # (ABI < 6: Ubuntu 22.04/24.04, Debian 12), seccomp refuses the calls that
+        # would signal us, pid 1 or our parent (and kill(-1)), in every process we fork.
+        abi = landlock.abi_version()
+        self.guarded = () if self.landlock and abi >= 6 else _guarded_pids()
+        sc = sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host", guarded=self.guarded)
+        self.protections.append(sc)
+        self.protections.append(seccomp.signal_protection(abi, self.landlock, sc.active, bool(self.guarded)))
 
     def load(self) -> None:
         req = self.req
@@ -233,6 +242,8 @@ class Template:
         # Each instance sets both to its scratch dir: with the keys already there,
         # that replaces two values instead of growing the environ dict.
         os.environ["TMPDIR"] = os.environ["HOME"] = req.scratch_dir
+        if self.guarded:
+            _guard_threads(self.guarded)
         if self.landlock:
             from spanfaas import sandbox
 
@@ -672,6 +683,33 @@ def _trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc
+
+
+def _guarded_pids() -> tuple[int, ...]:
+    """What instances must not signal where Landlock cannot keep them from it: pid 1, us,
+    our parent and its parent, as seen from here (in a pid namespace: 1, the reaper, and
+    2, us; the zygote and the runtime are outside it, pid 0)."""
+    me, parent = os.getpid(), os.getppid()
+    pids = {1, me}
+    if parent > 0:
+        pids.add(parent)
+        if (grandparent := _ppid(parent)) > 0:
+            pids.add(grandparent)
+    return tuple(sorted(pids))
+
+
+def _guard_threads(guarded: tuple[int, ...]) -> None:
+    """Before the first instance: our threads too (started by the function's import), whose
+    tids signal us as our pid does.  (Threads they start later are not covered.)"""
+    from spanfaas.sandbox import seccomp
+
+    try:
+        tids = {int(t) for t in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        return
+    extra = tuple(sorted(tids - set(guarded)))
+    if extra:
+        seccomp.signal_guard(extra)
 
 
 def _pids() -> list[int]:

@@ -32,7 +32,14 @@ The filter, in order:
    which AF_UNIX makes a datagram one) → EPERM: such a socket sends to any
    path socket it names (``sendto``, or ``connect`` again), syslog's or
    journald's.
-9. everything else → allow.
+9. with ``guarded`` pids (a kernel whose Landlock cannot scope signals,
+   ABI < 6: see ``signal_guard``): ``kill``, ``tkill``, ``tgkill``,
+   ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``, ``pidfd_open`` and
+   ``fcntl(F_SETOWN)`` naming a guarded pid, its group (``-pid``) or every
+   process (``-1``) → EPERM; ``pidfd_send_signal``, ``fcntl(F_SETOWN_EX)``
+   and ``ioctl(FIOSETOWN, SIOCSPGRP)`` → EPERM (their target is behind a
+   descriptor or a pointer, which BPF cannot read).
+10. everything else → allow.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import Final, NamedTuple
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 
-__all__ = ["DENIED", "seccomp_deny"]
+__all__ = ["DENIED", "SIGNALLING", "seccomp_deny", "signal_guard"]
 
 SECCOMP_MODE_FILTER: Final = 2
 SECCOMP_RET_KILL_PROCESS: Final = 0x80000000
@@ -60,6 +67,10 @@ SOCK_TYPE_MASK: Final = 0xF
 """Of ``socket``'s and ``socketpair``'s type argument, the type (the rest: SOCK_NONBLOCK, SOCK_CLOEXEC)."""
 X32_SYSCALL_BIT: Final = 0x40000000
 CLONE_NEW_ANY: Final = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
+F_SETOWN: Final = 8
+F_SETOWN_EX: Final = 15
+FIOSETOWN: Final = 0x8901
+SIOCSPGRP: Final = 0x8902
 
 # classic BPF opcodes
 _LD_W_ABS: Final = 0x20
@@ -74,6 +85,7 @@ _OFF_NR: Final = 0
 _OFF_ARCH: Final = 4
 _OFF_ARG0: Final = 16
 _OFF_ARG1: Final = 24
+_OFF_ARG2: Final = 32
 
 DENIED: Final = (
     "ptrace", "process_vm_readv", "process_vm_writev",
@@ -88,6 +100,8 @@ mount API (open_tree, fsopen...) is listed with mount."""
 PERSONALITIES: Final = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 """PER_LINUX, PER_LINUX32, with UNAME26, and the query: what ``personality`` may set."""
 EXEC: Final = ("execve", "execveat")
+SIGNALLING: Final = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open")
+"""The calls that name the process (or group, or -1: all) they signal, or a pidfd's, in their first argument."""
 
 
 class _Arch(NamedTuple):
@@ -106,7 +120,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 313, "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "userfaultfd": 323, "modify_ldt": 154, "execve": 59, "execveat": 322,
         "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41, "socketpair": 53,
-        "personality": 135,
+        "personality": 135, "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
+        "rt_tgsigqueueinfo": 297, "pidfd_open": 434, "pidfd_send_signal": 424, "fcntl": 72,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -117,7 +132,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "finit_module": 273, "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265, "userfaultfd": 282, "execve": 221, "execveat": 281,
         "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198, "socketpair": 199,
-        "personality": 92,
+        "personality": 92, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138,
+        "rt_tgsigqueueinfo": 240, "pidfd_open": 434, "pidfd_send_signal": 424, "fcntl": 25,
     }),
 }  # fmt: skip
 
@@ -153,8 +169,45 @@ def _assemble(program: list[_Insn | str]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list[tuple[int, int, int, int]]:
-    """The deny-list program for ``arch`` as (code, jt, jf, k) tuples."""
+def _guarded_words(guarded: tuple[int, ...]) -> list[int]:
+    """The 32-bit words a signalling call's target may not be: each guarded pid, its
+    group (``-pid``) and ``-1`` (every process the caller may signal).  The kernel
+    reads a pid_t argument as an int, so its low word is all there is to compare."""
+    words = [-1, *(x for pid in guarded for x in (pid, -pid))]
+    return sorted({w & 0xFFFFFFFF for w in words})
+
+
+def _guard_dispatch(a: _Arch) -> list[_Insn | str]:
+    """With the syscall number loaded: jump to the signal checks (``_guard_checks``)."""
+    return [
+        *[(_JEQ_K, "signal", None, a.nr[name]) for name in SIGNALLING],
+        (_JEQ_K, "eperm", None, a.nr["pidfd_send_signal"]),
+        (_JEQ_K, "fcntl", None, a.nr["fcntl"]),
+    ]
+
+
+def _guard_checks(guarded: tuple[int, ...]) -> list[_Insn | str]:
+    words = _guarded_words(guarded)
+    return [
+        "signal",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        *[(_JEQ_K, "eperm", None, w) for w in words],
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "fcntl",
+        (_LD_W_ABS, None, None, _OFF_ARG1),
+        (_JEQ_K, "eperm", None, F_SETOWN_EX),
+        (_JEQ_K, None, "allow", F_SETOWN),
+        (_LD_W_ABS, None, None, _OFF_ARG2),
+        *[(_JEQ_K, "eperm", None, w) for w in words],
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+    ]
+
+
+def build_filter(
+    arch: str, allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()
+) -> list[tuple[int, int, int, int]]:
+    """The deny-list program for ``arch`` as (code, jt, jf, k) tuples; with
+    ``guarded`` pids, the signal guard too (step 9)."""
     a = _ARCHES[arch]
     denied = DENIED if allow_exec else DENIED + EXEC
     prog: list[_Insn | str] = [
@@ -173,6 +226,8 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
     ]
     if not unix_sockets:
         prog += [(_JEQ_K, "socket", None, a.nr["socket"]), (_JEQ_K, "socketpair", None, a.nr["socketpair"])]
+    if guarded:
+        prog += _guard_dispatch(a)
     prog += [
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "clone",
@@ -182,6 +237,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "ioctl",
         (_LD_W_ABS, None, None, _OFF_ARG1),
         (_JEQ_K, "eperm", None, TIOCSTI),
+        *([(_JEQ_K, "eperm", None, FIOSETOWN), (_JEQ_K, "eperm", None, SIOCSPGRP)] if guarded else []),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "socket",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -198,6 +254,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "personality",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         *[(_JEQ_K, "allow", None, k) for k in PERSONALITIES],
+        *([(_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM), *_guard_checks(guarded)] if guarded else []),
         "eperm",
         (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
         "allow",
@@ -210,18 +267,41 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
     return _assemble(prog)
 
 
+def build_guard(arch: str, guarded: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The signal guard alone (step 9), for pids learnt after the deny-list was installed."""
+    a = _ARCHES[arch]
+    prog: list[_Insn | str] = [
+        (_LD_W_ABS, None, None, _OFF_ARCH),
+        (_JEQ_K, None, "allow", a.audit),  # (the deny-list kills foreign ABIs)
+        (_LD_W_ABS, None, None, _OFF_NR),
+        *_guard_dispatch(a),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        *_guard_checks(guarded),
+        "eperm",
+        (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
+        "allow",
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+    ]
+    return _assemble(prog)
+
+
 @functools.cache
-def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+def _program(
+    arch: str, allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()
+) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
     """The filter as the kernel takes it; cached, and the array kept alive with it."""
-    insns = build_filter(arch, allow_exec, unix_sockets)
+    insns = build_filter(arch, allow_exec, unix_sockets, guarded)
     table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
     return _SockFprog(len(insns), table), table
 
 
-def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
+def seccomp_deny(allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()) -> Protection:
     """Install the deny-list on the calling thread and its future children.
     ``unix_sockets``: whether ``socket(AF_UNIX)`` stays allowed (a function
     with the host's network; see the module's docstring, step 8).
+    ``guarded``: pids no process under the filter may signal (step 9), where
+    Landlock cannot scope signals; the signal guard's own Protection is
+    ``signal_protection``'s.
 
     Filters stack and cannot be removed, so calling it again (e.g. per
     instance) only adds work per syscall; once per template is enough.
@@ -231,7 +311,7 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """
     if _libc.ARCH not in _ARCHES:
         return Protection("seccomp", False, f"no syscall table for architecture {_libc.ARCH}")
-    prog, _ = _program(_libc.ARCH, allow_exec, unix_sockets)
+    prog, _ = _program(_libc.ARCH, allow_exec, unix_sockets, guarded)
     try:
         _libc.no_new_privs()
         _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
@@ -243,3 +323,36 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     return Protection(
         "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, foreign ABIs killed"
     )
+
+
+def signal_guard(guarded: tuple[int, ...]) -> bool:
+    """Add a filter of the signal guard alone (step 9) for ``guarded``: pids
+    found after the deny-list was installed (the template's threads, started
+    by its function's import).  False when the kernel refused it."""
+    if _libc.ARCH not in _ARCHES or not guarded:
+        return False
+    insns = build_guard(_libc.ARCH, guarded)
+    table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
+    try:
+        _libc.no_new_privs()
+        _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_SockFprog(len(insns), table)))
+    except OSError:
+        return False
+    return True
+
+
+def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool) -> Protection:
+    """What keeps an instance from signalling its template, its reaper, its siblings
+    and the host: Landlock's signal scope (ABI 6+), else the seccomp signal guard."""
+    name = "signal-scope"
+    if landlock and landlock_abi >= 6:
+        return Protection(name, True, f"Landlock ABI {landlock_abi} scopes signals: an instance signals only its own "
+                          "processes, not its template, the namespace's reaper, sibling instances or the host")  # fmt: skip
+    why = f"Landlock ABI {landlock_abi} cannot scope signals" if landlock_abi else "no Landlock to scope signals"
+    if seccomp and guarded:
+        return Protection(name, True, f"seccomp ({why}): kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, "
+                          "pidfd_open and F_SETOWN naming pid 1, the template, its parent or their groups, or -1 "
+                          "(every process), refused; pidfd_send_signal refused; sibling instances (the same function's "
+                          "concurrent calls, the same uid) stay reachable by their pids")  # fmt: skip
+    return Protection(name, False, f"{why}, and no seccomp: an instance can signal its template and sibling "
+                      "instances (the same uid)")  # fmt: skip

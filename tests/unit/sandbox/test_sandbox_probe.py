@@ -26,6 +26,7 @@ NAMES = [
     "uid",
     "landlock",
     "seccomp",
+    "signal-scope",
 ]
 
 
