@@ -12,6 +12,7 @@ once with the kernel's ABI and once as on a kernel with ABI 5
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -118,14 +119,14 @@ def own_signals():
 
 def handler(event, context):
     if event.get("sleep"):
-        libc.prctl(15, b"sleeper", 0, 0, 0)  # PR_SET_NAME: for the attacker to find
+        libc.prctl(15, event["name"].encode(), 0, 0, 0)  # PR_SET_NAME: for the attacker to find
         time.sleep(event["sleep"])
         return "slept"
     if event.get("own"):
         return own_signals()
     target = event["target"]
     if target == "sibling":
-        target = find("sleeper")
+        target = find(event["sibling"])
     elif target == "template":
         target = os.getppid()
     try:
@@ -147,6 +148,7 @@ prefork = 1
 
 ATTACKS = ("kill", "killpg", "tkill", "tgkill", "sigqueue", "tgsigqueue", "pidfd_open", "proc_pidfd", "sigio", "broadcast")
 BY_PID = ATTACKS[:-1]
+_sleepers = itertools.count()
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module", params=["kernel", "abi5"])
@@ -207,9 +209,10 @@ def _refused(got: dict[str, object]) -> None:
 
 
 async def _against_a_sibling(h: Harness, attack: str) -> tuple[dict[str, object], object]:
-    sleeper = asyncio.ensure_future(h.invoke("attacker", json.dumps({"sleep": 2}).encode()))
+    name = f"sleeper-{next(_sleepers)}"  # (an earlier one may still be in /proc, exiting)
+    sleeper = asyncio.ensure_future(h.invoke("attacker", json.dumps({"sleep": 2, "name": name}).encode()))
     try:
-        got = await _call(h, {"attack": attack, "target": "sibling"})
+        got = await _call(h, {"attack": attack, "target": "sibling", "sibling": name})
     finally:
         slept = await sleeper
     return got, (json.loads(slept.output) if slept.ok else slept.error)
@@ -239,3 +242,48 @@ async def test_a_sibling_by_its_pid(guarded: Harness, attack: str) -> None:
 async def test_an_instance_signals_its_own_children_and_group(guarded: Harness) -> None:
     got = await _call(guarded, {"own": True})
     assert got == {"handled": ["usr1", "usr1", "usr1"], "kill": -9, "terminate": -15, "forked": -15}, got
+
+
+async def test_the_protections_say_what_scopes_signals(guarded: Harness) -> None:
+    host = next(x for x in guarded.rt.protections if x.name == "signal-scope")
+    own = next(x for x in guarded.rt.pool("attacker").protections if x.name == "signal-scope")
+    assert host.active and own.active, (host, own)
+    if abi_version() >= 6:
+        assert own.reason.startswith(f"Landlock ABI {abi_version()} scopes signals"), own
+    else:
+        assert own.reason.startswith("seccomp (Landlock ABI 5 cannot scope signals)"), own
+        assert "sibling instances" in own.reason and "reachable" in own.reason, own
+    assert host.reason == own.reason
+
+
+THREADED = """
+import os, signal, threading, time
+
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()  # a thread of the template
+
+
+def handler(event, context):
+    tids = [int(t) for t in os.listdir(f"/proc/{os.getppid()}/task") if int(t) != os.getppid()]
+    out = {}
+    for tid in tids:
+        try:
+            os.kill(tid, signal.SIGKILL)  # any thread's tid names its whole process
+            out[tid] = None
+        except OSError as exc:
+            out[tid] = type(exc).__name__
+    return out
+"""
+
+
+async def test_a_thread_the_import_started_in_the_template_is_guarded_too(guarded: Harness) -> None:
+    await guarded.deploy("threaded", THREADED, "[scaling]\nprefork = 0\n")
+    pool = guarded.rt.pool("threaded")
+    template = pool.template_pid
+    r = await guarded.invoke("threaded")
+    assert r.ok, r.error
+    got = json.loads(r.output)
+    assert got, "the template has a thread besides its main one"
+    if abi_version() < 6:
+        assert set(got.values()) == {"PermissionError"}, got
+    assert (await guarded.invoke("threaded")).ok
+    assert pool.template_pid == template and pool.state == "ready", "the template survived"
