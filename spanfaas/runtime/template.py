@@ -191,8 +191,10 @@ class Template:
             self.protections.append(lp)
         self.landlock = lp.active
         # Instances share our uid: where their Landlock layers cannot scope signals
-        # (ABI < 6: Ubuntu 22.04/24.04, Debian 12), seccomp refuses the calls that
-        # would signal us, pid 1 or our parent (and kill(-1)), in every process we fork.
+        # (ABI < 6: Ubuntu 22.04/24.04, Debian 12), seccomp refuses the calls that would
+        # signal pid 1 or our parents (and kill(-1)), in us and every process we fork;
+        # those that would signal us, in our instances (``_guard_self``: not in the
+        # import, whose os.kill(os.getpid()) or abort() must end us as without it).
         abi = landlock.abi_version()
         self.guarded = () if self.landlock and abi >= 6 else _guarded_pids()
         sc = sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host", guarded=self.guarded)
@@ -220,6 +222,15 @@ class Template:
         function_logger(req.name)  # named once, here, for every instance
         gc.freeze()  # the collector never touches (and un-shares) template objects
 
+    def guard_self(self) -> None:
+        """Once the function is imported, where Landlock cannot scope signals: the
+        signal guard for us (our pid, our group) and our threads, in our instances
+        (and us: after the import nothing of ours signals itself)."""
+        if self.guarded and not _guard_self():
+            self.protections = [x for x in self.protections if x.name != "signal-scope"]
+            self.protections.append(Protection("signal-scope", False, "the seccomp signal guard for the template was "
+                                               "refused: its instances can signal it (the same uid)"))  # fmt: skip
+
     # -- instances -------------------------------------------------------------
     #
     # What happens between two forks is paid again for every instance.  A fork
@@ -242,8 +253,6 @@ class Template:
         # Each instance sets both to its scratch dir: with the keys already there,
         # that replaces two values instead of growing the environ dict.
         os.environ["TMPDIR"] = os.environ["HOME"] = req.scratch_dir
-        if self.guarded:
-            _guard_threads(self.guarded)
         if self.landlock:
             from spanfaas import sandbox
 
@@ -686,30 +695,29 @@ def _trim_heap() -> None:
 
 
 def _guarded_pids() -> tuple[int, ...]:
-    """What instances must not signal where Landlock cannot keep them from it: pid 1, us,
-    our parent and its parent, as seen from here (in a pid namespace: 1, the reaper, and
-    2, us; the zygote and the runtime are outside it, pid 0)."""
-    me, parent = os.getpid(), os.getppid()
-    pids = {1, me}
-    if parent > 0:
+    """What nothing of the function may signal where Landlock cannot keep it from it: pid 1,
+    our parent and its parent, as seen from here (in a pid namespace: only 1, the reaper;
+    the zygote and the runtime are outside it, pid 0)."""
+    pids = {1}
+    if (parent := os.getppid()) > 0:
         pids.add(parent)
         if (grandparent := _ppid(parent)) > 0:
             pids.add(grandparent)
     return tuple(sorted(pids))
 
 
-def _guard_threads(guarded: tuple[int, ...]) -> None:
-    """Before the first instance: our threads too (started by the function's import), whose
-    tids signal us as our pid does.  (Threads they start later are not covered.)"""
+def _guard_self() -> bool:
+    """Before the first instance: the signal guard for us (our pid, our group) and our threads
+    (started by the function's import; a thread's tid signals its whole process).  Threads
+    they start later are not covered.  (One listdir; the program for a template alone is
+    prebuilt in the zygote: ``sandbox.prepare``.)"""
     from spanfaas.sandbox import seccomp
 
     try:
         tids = {int(t) for t in os.listdir("/proc/self/task")}
     except (OSError, ValueError):
-        return
-    extra = tuple(sorted(tids - set(guarded)))
-    if extra:
-        seccomp.signal_guard(extra)
+        tids = set()
+    return seccomp.signal_guard(tuple(sorted(tids | {os.getpid()})))
 
 
 def _pids() -> list[int]:
@@ -763,6 +771,7 @@ def run(
             p.send_msg(chan, p.Importing(), fds=[capture])  # if the code exits or crashes now, the runtime tells why
             sandboxing = False
             tpl.load()
+            tpl.guard_self()
         except BaseException as exc:  # report any import-time failure to the runtime
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")
             err = ErrorInfo(

@@ -26,7 +26,15 @@ from spanfaas.sandbox.cgroups import CONTROLLERS, hierarchies
 from spanfaas.sandbox.landlock import READ_FILE, TEST_ABI_ENV, _RulesetAttr, abi_version, unavailable_reason
 from spanfaas.sandbox.namespaces import NAMESPACES, denied_reason
 from spanfaas.sandbox.plan import SandboxPlan
-from spanfaas.sandbox.seccomp import SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, _program, _SockFilter, _SockFprog, signal_protection
+from spanfaas.sandbox.seccomp import (
+    SECCOMP_MODE_FILTER,
+    SECCOMP_RET_ALLOW,
+    _guard_program,
+    _program,
+    _SockFilter,
+    _SockFprog,
+    signal_protection,
+)
 
 __all__ = ["NAMES", "prepare", "probe", "report"]
 
@@ -196,10 +204,13 @@ def prepare() -> list[Protection]:
     plan = msgspec.convert({"name": "warm", "uid": 1, "cpu": 1.0, "ro_paths": ["/"], "rw_paths": ["/tmp"]}, SandboxPlan)
     msgspec.structs.replace(plan, uid=None)
     if _libc.ARCH in ("x86_64", "aarch64"):
-        # A template in a pid namespace guards pid 1 and itself, 2, where Landlock cannot scope signals.
-        guards = [()] if abi_version() >= 6 else [(), (1, 2)]
+        # Where Landlock cannot scope signals a template in a pid namespace guards pid 1 (its
+        # deny-list), then, imported, itself: pid 2 (with threads, its own program).
+        guards = [()] if abi_version() >= 6 else [(), (1,)]
         for allow_exec in (False, True):
             for unix_sockets in (False, True):
                 for guarded in guards:
                     _program(_libc.ARCH, allow_exec, unix_sockets, guarded)
+        if abi_version() < 6:
+            _guard_program(_libc.ARCH, (2,))
     return result

@@ -327,18 +327,25 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int
 
 def signal_guard(guarded: tuple[int, ...]) -> bool:
     """Add a filter of the signal guard alone (step 9) for ``guarded``: pids
-    found after the deny-list was installed (the template's threads, started
-    by its function's import).  False when the kernel refused it."""
+    the caller's future children may not signal but the caller itself had to
+    (a template: its own pid and its threads', once its function is imported).
+    False when the kernel refused it."""
     if _libc.ARCH not in _ARCHES or not guarded:
         return False
-    insns = build_guard(_libc.ARCH, guarded)
-    table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
+    prog, _ = _guard_program(_libc.ARCH, guarded)
     try:
         _libc.no_new_privs()
-        _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(_SockFprog(len(insns), table)))
+        _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
     except OSError:
         return False
     return True
+
+
+@functools.cache
+def _guard_program(arch: str, guarded: tuple[int, ...]) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+    insns = build_guard(arch, guarded)
+    table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
+    return _SockFprog(len(insns), table), table
 
 
 def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool) -> Protection:
