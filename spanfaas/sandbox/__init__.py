@@ -19,8 +19,10 @@ module for why)::
     reaper (pid 1):  reaper.become(reaper.program(), lifeline)   # a static ELF of one page: read() until the template is gone
     fitter:          fit_namespaces(ns.unshared, name, network); exit  (mounts, /proc, hostname, lo)
     template (pid 2): set_rlimits(plan); drop_privileges(uid); landlock_restrict(ro, rw);
-                     seccomp_deny(allow_exec); import the function; fork instances as pid 4+
-    instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope
+                     seccomp_deny(allow_exec, guarded=(1, ...) if Landlock ABI < 6);
+                     import the function; signal_guard((2, threads...)) if ABI < 6;
+                     fork instances as pid 4+
+    instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope (ABI 6+)
 """
 
 from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups
