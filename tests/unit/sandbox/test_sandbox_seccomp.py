@@ -238,7 +238,9 @@ def _signals(parent: int, how: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("how", ["deny-list", "alone"])
-def test_the_signal_guard_refuses_signals_to_its_guarded_pids_only(in_child: Callable[..., Any], require: Callable[..., None], how: str) -> None:
+def test_the_signal_guard_refuses_signals_to_its_guarded_pids_only(
+    in_child: Callable[..., Any], require: Callable[..., None], how: str
+) -> None:
     require("seccomp")
     got = in_child(_signals, os.getpid(), how).value
     refused = ["kill", "killpg", "kill -1", "kill 1", "kill high word", "tkill", "tgkill", "rt_sigqueueinfo",
