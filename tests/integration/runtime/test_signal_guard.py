@@ -2,7 +2,7 @@
 
 With Landlock ABI 6+ each instance's Landlock domain scopes signals; on older
 kernels (Ubuntu 22.04/24.04, Debian 12) an instance runs as its template's
-uid, and before the seccomp signal guard (``sandbox/signals.py``) a handler
+uid, and before the seccomp signal guard (``sandbox/seccomp.py``, step 9) a handler
 killed its template with ``kill(2, SIGKILL)``, ``kill(-1, SIGKILL)``, tgkill,
 rt_sigqueueinfo, a pidfd, or SIGIO sent by F_SETOWN.  Each runtime here runs
 once with the kernel's ABI and once as on a kernel with ABI 5
