@@ -249,9 +249,12 @@ def _default_infrastructures() -> list[InfraConfig]:
     return [InfraConfig(name="local", kind="local")]
 
 
-_NOT_SETTINGS = frozenset({"SPANFAAS_CONFIG", "SPANFAAS_URL", "SPANFAAS_TOKEN", "SPANFAAS_TEST_STALL"})
+_NOT_SETTINGS = frozenset(
+    {"SPANFAAS_CONFIG", "SPANFAAS_URL", "SPANFAAS_TOKEN", "SPANFAAS_TEST_STALL", "SPANFAAS_TEST_LANDLOCK_ABI"}
+)
 """Variables of the prefix that are no setting: the config file's path, the CLI's and the
-SDK's gateway and token, the event tests' stall hook (spanfaas.events.service)."""
+SDK's gateway and token, the event tests' stall hook (spanfaas.events.service), the sandbox
+tests' lowered Landlock ABI (spanfaas.sandbox.landlock.TEST_ABI_ENV)."""
 
 _TABLE_TYPES: dict[str, type[Struct]] = {
     "runtime": RuntimeSettings, "scheduler": SchedulerSettings, "events": EventSettings, "dns": DnsSettings, "images": ImageSettings,

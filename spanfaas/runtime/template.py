@@ -168,6 +168,7 @@ class Template:
         self.concurrent = False
         self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
         self.plan_for_child: _ChildPlan | None = None  # what every instance reads of the template (_prepare_forking)
+        self.guarded: tuple[int, ...] = ()  # pids instances may not signal (seccomp), where Landlock cannot scope signals
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
         # Orphans of instances come to us: as their subreaper (not inherited by
@@ -205,6 +206,7 @@ class Template:
         if plan is None:
             return
         from spanfaas import sandbox
+        from spanfaas.sandbox import landlock, seccomp
 
         plan_obj = self.plan
         if plan_obj is None:
@@ -222,7 +224,16 @@ class Template:
             self.ruleset = -1
             self.protections.append(lp)
         self.landlock = lp.active
-        self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host"))
+        # Instances share our uid: where their Landlock layers cannot scope signals
+        # (ABI < 6: Ubuntu 22.04/24.04, Debian 12), seccomp refuses the calls that would
+        # signal pid 1 or our parents (and kill(-1)), in us and every process we fork;
+        # those that would signal us, in our instances (``_guard_self``: not in the
+        # import, whose os.kill(os.getpid()) or abort() must end us as without it).
+        abi = landlock.abi_version()
+        self.guarded = () if self.landlock and abi >= 6 else _guarded_pids()
+        sc = sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host", guarded=self.guarded)
+        self.protections.append(sc)
+        self.protections.append(seccomp.signal_protection(abi, self.landlock, sc.active, bool(self.guarded)))
 
     def load(self) -> None:
         req = self.req
@@ -244,6 +255,15 @@ class Template:
         self.base_data = _vm_data()
         function_logger(req.name)  # named once, here, for every instance
         gc.freeze()  # the collector never touches (and un-shares) template objects
+
+    def guard_self(self) -> None:
+        """Once the function is imported, where Landlock cannot scope signals: the
+        signal guard for us (our pid, our group) and our threads, in our instances
+        (and us: after the import nothing of ours signals itself)."""
+        if self.guarded and not _guard_self():
+            self.protections = [x for x in self.protections if x.name != "signal-scope"]
+            self.protections.append(Protection("signal-scope", False, "the seccomp signal guard for the template was "
+                                               "refused: its instances can signal it (the same uid)"))  # fmt: skip
 
     # -- instances -------------------------------------------------------------
     #
@@ -806,6 +826,32 @@ def _trim_heap() -> None:
         pass  # not glibc
 
 
+def _guarded_pids() -> tuple[int, ...]:
+    """What nothing of the function may signal where Landlock cannot keep it from it: pid 1,
+    our parent and its parent, as seen from here (in a pid namespace: only 1, the reaper;
+    the zygote and the runtime are outside it, pid 0)."""
+    pids = {1}
+    if (parent := os.getppid()) > 0:
+        pids.add(parent)
+        if (grandparent := _ppid(parent)) > 0:
+            pids.add(grandparent)
+    return tuple(sorted(pids))
+
+
+def _guard_self() -> bool:
+    """Before the first instance: the signal guard for us (our pid, our group) and our threads
+    (started by the function's import; a thread's tid signals its whole process).  Threads
+    they start later are not covered.  (One listdir; the program for a template alone is
+    prebuilt in the zygote: ``sandbox.prepare``.)"""
+    from spanfaas.sandbox import seccomp
+
+    try:
+        tids = {int(t) for t in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        tids = set()
+    return seccomp.signal_guard(tuple(sorted(tids | {os.getpid()})))
+
+
 def _pids() -> list[int]:
     return [int(x) for x in os.listdir("/proc") if x.isdigit()]
 
@@ -857,6 +903,7 @@ def run(
             p.send_msg(chan, p.Importing(), fds=[capture])  # if the code exits or crashes now, the runtime tells why
             sandboxing = False
             tpl.load()
+            tpl.guard_self()
         except BaseException as exc:  # report any import-time failure to the runtime
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")
             err = ErrorInfo(

@@ -25,6 +25,7 @@ import msgspec
 import spanfaas
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.channels import ControlChannel
+from spanfaas.sandbox.landlock import TEST_ABI_ENV
 
 log = logging.getLogger("spanfaas.runtime")
 
@@ -82,6 +83,8 @@ class ZygoteProcess:
             # drops the variable at once (``zygote.main``): it is not the functions' environment.
             BIND_NOW: "1",
         }
+        if forced_abi := os.environ.get(TEST_ABI_ENV):  # (tests only: a kernel with an older Landlock)
+            env[TEST_ABI_ENV] = forced_abi
         argv = [
             sys.executable,
             "-m",

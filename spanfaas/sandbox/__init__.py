@@ -21,8 +21,10 @@ module for why)::
     fitter (function): fsview.expose_paths; fixedpaths.place (code at /var/task, scratch at /var/tmp);
                      fsview.hide_other_mounts; landlock_ruleset  (runtime/fitter.py)
     template (pid 2): set_rlimits(plan); drop_privileges(uid); landlock_restrict(ro, rw);
-                     seccomp_deny(allow_exec); import the function; fork instances as pid 4+
-    instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope
+                     seccomp_deny(allow_exec, guarded=(1, ...) if Landlock ABI < 6);
+                     import the function; signal_guard((2, threads...)) if ABI < 6;
+                     fork instances as pid 4+
+    instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope (ABI 6+)
 """
 
 from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups

@@ -23,10 +23,18 @@ import msgspec
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 from spanfaas.sandbox.cgroups import CONTROLLERS, hierarchies
-from spanfaas.sandbox.landlock import READ_FILE, _RulesetAttr, abi_version, unavailable_reason
+from spanfaas.sandbox.landlock import READ_FILE, TEST_ABI_ENV, _RulesetAttr, abi_version, unavailable_reason
 from spanfaas.sandbox.namespaces import NAMESPACES, denied_reason
 from spanfaas.sandbox.plan import SandboxPlan
-from spanfaas.sandbox.seccomp import SECCOMP_MODE_FILTER, SECCOMP_RET_ALLOW, _program, _SockFilter, _SockFprog
+from spanfaas.sandbox.seccomp import (
+    SECCOMP_MODE_FILTER,
+    SECCOMP_RET_ALLOW,
+    _guard_program,
+    _program,
+    _SockFilter,
+    _SockFprog,
+    signal_protection,
+)
 
 __all__ = ["NAMES", "prepare", "probe", "report"]
 
@@ -37,6 +45,7 @@ NAMES: Final = (
     "uid",
     "landlock",
     "seccomp",
+    "signal-scope",
 )
 """Every protection name, in report order."""
 
@@ -124,12 +133,17 @@ def _cgroup(ctrl: str) -> Protection:
     return Protection(name, True, where)
 
 
-@functools.cache
 def probe() -> list[Protection]:
     """One Protection per mechanism, in ``NAMES`` order, with reasons.
 
-    Returns a cached list: treat it as read-only.
+    Returns a cached list: treat it as read-only.  (Cached per value of
+    ``landlock.TEST_ABI_ENV``: a test that lowers the ABI sees its answer.)
     """
+    return _probe(os.environ.get(TEST_ABI_ENV, ""))
+
+
+@functools.cache
+def _probe(_forced_abi: str) -> list[Protection]:
     forked = _forked_probe()
     out: dict[str, Protection] = {}
     for name in NAMESPACES:
@@ -165,6 +179,8 @@ def probe() -> list[Protection]:
         out["seccomp"] = Protection("seccomp", False, f"seccomp filter refused: {os.strerror(forked['seccomp'])}")
     else:
         out["seccomp"] = Protection("seccomp", True, f"BPF filters ({_libc.ARCH})")
+    # (Templates add the seccomp signal guard wherever Landlock cannot scope signals.)
+    out["signal-scope"] = signal_protection(abi, out["landlock"].active, out["seccomp"].active, guarded=True)
     return [out[n] for n in NAMES]
 
 
@@ -188,7 +204,13 @@ def prepare() -> list[Protection]:
     plan = msgspec.convert({"name": "warm", "uid": 1, "cpu": 1.0, "ro_paths": ["/"], "rw_paths": ["/tmp"]}, SandboxPlan)
     msgspec.structs.replace(plan, uid=None)
     if _libc.ARCH in ("x86_64", "aarch64"):
+        # Where Landlock cannot scope signals a template in a pid namespace guards pid 1 (its
+        # deny-list), then, imported, itself: pid 2 (with threads, its own program).
+        guards = [()] if abi_version() >= 6 else [(), (1,)]
         for allow_exec in (False, True):
             for unix_sockets in (False, True):
-                _program(_libc.ARCH, allow_exec, unix_sockets)
+                for guarded in guards:
+                    _program(_libc.ARCH, allow_exec, unix_sockets, guarded)
+        if abi_version() < 6:
+            _guard_program(_libc.ARCH, (2,))
     return result

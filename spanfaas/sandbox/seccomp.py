@@ -48,7 +48,14 @@ The filter, in order:
     ``setpriority``/``ioprio_set`` with a who not 0 or of a whole uid →
     EPERM, for the same reason: a strict call set its template's nice value
     19 and pinned it to one CPU, and every later call ran so.
-11. everything else → allow.
+11. with ``guarded`` pids (a kernel whose Landlock cannot scope signals,
+    ABI < 6: see ``signal_guard``): ``kill``, ``tkill``, ``tgkill``,
+    ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``, ``pidfd_open`` and
+    ``fcntl(F_SETOWN)`` naming a guarded pid, its group (``-pid``) or every
+    process (``-1``) → EPERM; ``pidfd_send_signal``, ``fcntl(F_SETOWN_EX)``
+    and ``ioctl(FIOSETOWN, SIOCSPGRP)`` → EPERM (their target is behind a
+    descriptor or a pointer, which BPF cannot read).
+12. everything else → allow.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from typing import Final, NamedTuple
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 
-__all__ = ["DENIED", "seccomp_deny"]
+__all__ = ["DENIED", "SIGNALLING", "seccomp_deny", "signal_guard"]
 
 SECCOMP_MODE_FILTER: Final = 2
 SECCOMP_RET_KILL_PROCESS: Final = 0x80000000
@@ -77,6 +84,10 @@ SOCK_TYPE_MASK: Final = 0xF
 """Of ``socket``'s and ``socketpair``'s type argument, the type (the rest: SOCK_NONBLOCK, SOCK_CLOEXEC)."""
 X32_SYSCALL_BIT: Final = 0x40000000
 CLONE_NEW_ANY: Final = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
+F_SETOWN: Final = 8
+F_SETOWN_EX: Final = 15
+FIOSETOWN: Final = 0x8901
+SIOCSPGRP: Final = 0x8902
 
 # classic BPF opcodes
 _LD_W_ABS: Final = 0x20
@@ -110,6 +121,8 @@ SCHED_OWN_PID: Final = ("sched_setaffinity", "sched_setparam", "sched_setschedul
 """Allowed only on the caller (pid 0), as ``prlimit64`` setting a limit."""
 PRIO_USER: Final = 2
 IOPRIO_WHO_USER: Final = 3
+SIGNALLING: Final = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open")
+"""The calls that name the process (or group, or -1: all) they signal, or a pidfd's, in their first argument."""
 
 
 class _Arch(NamedTuple):
@@ -130,6 +143,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "clone": 56, "clone3": 435, "ioctl": 16, "socket": 41, "socketpair": 53,
         "personality": 135, "prlimit64": 302, "setpriority": 141, "ioprio_set": 251, "sched_setparam": 142,
         "sched_setscheduler": 144, "sched_setaffinity": 203, "sched_setattr": 314,
+        "personality": 135, "kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129,
+        "rt_tgsigqueueinfo": 297, "pidfd_open": 434, "pidfd_send_signal": 424, "fcntl": 72,
     }),
     "aarch64": _Arch(0xC00000B7, False, {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "mount": 40, "umount2": 39,
@@ -142,6 +157,8 @@ _ARCHES: Final[dict[str, _Arch]] = {
         "clone": 220, "clone3": 435, "ioctl": 29, "socket": 198, "socketpair": 199,
         "personality": 92, "prlimit64": 261, "setpriority": 140, "ioprio_set": 30, "sched_setparam": 118,
         "sched_setscheduler": 119, "sched_setaffinity": 122, "sched_setattr": 274,
+        "personality": 92, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138,
+        "rt_tgsigqueueinfo": 240, "pidfd_open": 434, "pidfd_send_signal": 424, "fcntl": 25,
     }),
 }  # fmt: skip
 
@@ -177,8 +194,45 @@ def _assemble(program: list[_Insn | str]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list[tuple[int, int, int, int]]:
-    """The deny-list program for ``arch`` as (code, jt, jf, k) tuples."""
+def _guarded_words(guarded: tuple[int, ...]) -> list[int]:
+    """The 32-bit words a signalling call's target may not be: each guarded pid, its
+    group (``-pid``) and ``-1`` (every process the caller may signal).  The kernel
+    reads a pid_t argument as an int, so its low word is all there is to compare."""
+    words = [-1, *(x for pid in guarded for x in (pid, -pid))]
+    return sorted({w & 0xFFFFFFFF for w in words})
+
+
+def _guard_dispatch(a: _Arch) -> list[_Insn | str]:
+    """With the syscall number loaded: jump to the signal checks (``_guard_checks``)."""
+    return [
+        *[(_JEQ_K, "signal", None, a.nr[name]) for name in SIGNALLING],
+        (_JEQ_K, "eperm", None, a.nr["pidfd_send_signal"]),
+        (_JEQ_K, "fcntl", None, a.nr["fcntl"]),
+    ]
+
+
+def _guard_checks(guarded: tuple[int, ...]) -> list[_Insn | str]:
+    words = _guarded_words(guarded)
+    return [
+        "signal",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        *[(_JEQ_K, "eperm", None, w) for w in words],
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "fcntl",
+        (_LD_W_ABS, None, None, _OFF_ARG1),
+        (_JEQ_K, "eperm", None, F_SETOWN_EX),
+        (_JEQ_K, None, "allow", F_SETOWN),
+        (_LD_W_ABS, None, None, _OFF_ARG2),
+        *[(_JEQ_K, "eperm", None, w) for w in words],
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+    ]
+
+
+def build_filter(
+    arch: str, allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()
+) -> list[tuple[int, int, int, int]]:
+    """The deny-list program for ``arch`` as (code, jt, jf, k) tuples; with
+    ``guarded`` pids, the signal guard too (step 11)."""
     a = _ARCHES[arch]
     denied = DENIED if allow_exec else DENIED + EXEC
     prog: list[_Insn | str] = [
@@ -201,6 +255,8 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
     ]
     if not unix_sockets:
         prog += [(_JEQ_K, "socket", None, a.nr["socket"]), (_JEQ_K, "socketpair", None, a.nr["socketpair"])]
+    if guarded:
+        prog += _guard_dispatch(a)
     prog += [
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "clone",
@@ -210,6 +266,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "ioctl",
         (_LD_W_ABS, None, None, _OFF_ARG1),
         (_JEQ_K, "eperm", None, TIOCSTI),
+        *([(_JEQ_K, "eperm", None, FIOSETOWN), (_JEQ_K, "eperm", None, SIOCSPGRP)] if guarded else []),
         (_RET_K, None, None, SECCOMP_RET_ALLOW),
         "socket",
         (_LD_W_ABS, None, None, _OFF_ARG0),
@@ -247,6 +304,7 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
         "personality",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         *[(_JEQ_K, "allow", None, k) for k in PERSONALITIES],
+        *([(_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM), *_guard_checks(guarded)] if guarded else []),
         "eperm",
         (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
         "allow",
@@ -259,18 +317,41 @@ def build_filter(arch: str, allow_exec: bool, unix_sockets: bool = True) -> list
     return _assemble(prog)
 
 
+def build_guard(arch: str, guarded: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The signal guard alone (step 11), for pids learnt after the deny-list was installed."""
+    a = _ARCHES[arch]
+    prog: list[_Insn | str] = [
+        (_LD_W_ABS, None, None, _OFF_ARCH),
+        (_JEQ_K, None, "allow", a.audit),  # (the deny-list kills foreign ABIs)
+        (_LD_W_ABS, None, None, _OFF_NR),
+        *_guard_dispatch(a),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        *_guard_checks(guarded),
+        "eperm",
+        (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
+        "allow",
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+    ]
+    return _assemble(prog)
+
+
 @functools.cache
-def _program(arch: str, allow_exec: bool, unix_sockets: bool = True) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+def _program(
+    arch: str, allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()
+) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
     """The filter as the kernel takes it; cached, and the array kept alive with it."""
-    insns = build_filter(arch, allow_exec, unix_sockets)
+    insns = build_filter(arch, allow_exec, unix_sockets, guarded)
     table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
     return _SockFprog(len(insns), table), table
 
 
-def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
+def seccomp_deny(allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()) -> Protection:
     """Install the deny-list on the calling thread and its future children.
     ``unix_sockets``: whether ``socket(AF_UNIX)`` (and ``AF_VSOCK``) stays allowed (a function
     with the host's network; see the module's docstring, step 8).
+    ``guarded``: pids no process under the filter may signal (step 11), where
+    Landlock cannot scope signals; the signal guard's own Protection is
+    ``signal_protection``'s.
 
     Filters stack and cannot be removed, so calling it again (e.g. per
     instance) only adds work per syscall; once per template is enough.
@@ -280,7 +361,7 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
     """
     if _libc.ARCH not in _ARCHES:
         return Protection("seccomp", False, f"no syscall table for architecture {_libc.ARCH}")
-    prog, _ = _program(_libc.ARCH, allow_exec, unix_sockets)
+    prog, _ = _program(_libc.ARCH, allow_exec, unix_sockets, guarded)
     try:
         _libc.no_new_privs()
         _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
@@ -293,3 +374,43 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True) -> Protection:
         "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, "
         "other processes' rlimits and scheduling read-only, foreign ABIs killed"
     )
+
+
+def signal_guard(guarded: tuple[int, ...]) -> bool:
+    """Add a filter of the signal guard alone (step 11) for ``guarded``: pids
+    the caller's future children may not signal but the caller itself had to
+    (a template: its own pid and its threads', once its function is imported).
+    False when the kernel refused it."""
+    if _libc.ARCH not in _ARCHES or not guarded:
+        return False
+    prog, _ = _guard_program(_libc.ARCH, guarded)
+    try:
+        _libc.no_new_privs()
+        _libc.prctl(_libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def _guard_program(arch: str, guarded: tuple[int, ...]) -> tuple[_SockFprog, ctypes.Array[_SockFilter]]:
+    insns = build_guard(arch, guarded)
+    table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
+    return _SockFprog(len(insns), table), table
+
+
+def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool) -> Protection:
+    """What keeps an instance from signalling its template, its reaper, its siblings
+    and the host: Landlock's signal scope (ABI 6+), else the seccomp signal guard."""
+    name = "signal-scope"
+    if landlock and landlock_abi >= 6:
+        return Protection(name, True, f"Landlock ABI {landlock_abi} scopes signals: an instance signals only its own "
+                          "processes, not its template, the namespace's reaper, sibling instances or the host")  # fmt: skip
+    why = f"Landlock ABI {landlock_abi} cannot scope signals" if landlock_abi else "no Landlock to scope signals"
+    if seccomp and guarded:
+        return Protection(name, True, f"seccomp ({why}): kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, "
+                          "pidfd_open and F_SETOWN naming pid 1, the template, its parent or their groups, or -1 "
+                          "(every process), refused; pidfd_send_signal refused; sibling instances (the same function's "
+                          "concurrent calls, the same uid) stay reachable by their pids")  # fmt: skip
+    return Protection(name, False, f"{why}, and no seccomp: an instance can signal its template and sibling "
+                      "instances (the same uid)")  # fmt: skip

@@ -9,6 +9,7 @@ import os
 import platform
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -211,3 +212,77 @@ def _has_vsock() -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.parametrize("arch", sorted(_ARCHES))
+def test_the_signal_guard_assembles_for_every_arch(arch: str) -> None:
+    from spanfaas.sandbox.seccomp import build_guard
+
+    guarded = build_filter(arch, allow_exec=False, guarded=(1, 2))
+    assert len(build_filter(arch, allow_exec=False)) < len(guarded) < 255
+    assert all(0 <= jt <= 255 and 0 <= jf <= 255 for _, jt, jf, _ in guarded)
+    alone = build_guard(arch, (1, 2, 3))
+    assert alone[-1][0] == 0x06 and all(0 <= jt <= 255 and 0 <= jf <= 255 for _, jt, jf, _ in alone)
+
+
+def _signals(parent: int, how: str) -> dict[str, str]:
+    """Under the guard of ``parent`` (the test's process), with signal 0 only: nothing is sent even
+    where it is let through.  Its own group, its children, and other calls must still work."""
+    import fcntl
+
+    from spanfaas.sandbox.seccomp import signal_guard
+
+    os.setpgid(0, 0)
+    if how == "deny-list":
+        assert seccomp_deny(True, guarded=(1, parent)).active
+    else:
+        assert signal_guard((1, parent))
+    info = (ctypes.c_int * 32)()
+    info[2] = -1  # SI_QUEUE
+    out = {
+        "kill": _errno_of(NR["kill"], parent, 0),
+        "killpg": _errno_of(NR["kill"], -parent, 0),
+        "kill -1": _errno_of(NR["kill"], -1, 0),
+        "kill 1": _errno_of(NR["kill"], 1, 0),
+        "kill high word": _errno_of(NR["kill"], (1 << 32) | parent, 0),
+        "tkill": _errno_of(NR["tkill"], parent, 0),
+        "tgkill": _errno_of(NR["tgkill"], parent, parent, 0),
+        "rt_sigqueueinfo": _errno_of(NR["rt_sigqueueinfo"], parent, 0, ctypes.addressof(info)),
+        "rt_tgsigqueueinfo": _errno_of(NR["rt_tgsigqueueinfo"], parent, parent, 0, ctypes.addressof(info)),
+        "pidfd_open": _errno_of(NR["pidfd_open"], parent, 0),
+    }
+    own = os.pidfd_open(os.getpid())
+    try:
+        out["pidfd_send_signal"] = _errno_of(NR["pidfd_send_signal"], own, 0, 0, 0)
+    finally:
+        os.close(own)
+    r, w = os.pipe()
+    out["F_SETOWN"] = _errno_of(NR["fcntl"], r, fcntl.F_SETOWN, parent)
+    out["F_SETOWN own"] = _errno_of(NR["fcntl"], r, fcntl.F_SETOWN, os.getpid())
+    out["F_GETFL"] = "ok" if fcntl.fcntl(r, fcntl.F_GETFL) >= 0 else "failed"
+    os.close(r)
+    os.close(w)
+    out["kill own group"] = _errno_of(NR["kill"], 0, 0)
+    out["killpg own group"] = _errno_of(NR["kill"], -os.getpgrp(), 0)
+    out["kill self"] = _errno_of(NR["kill"], os.getpid(), 0)
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    out["kill own child"] = _errno_of(NR["kill"], child, int(signal.SIGKILL))
+    _, status = os.waitpid(child, 0)
+    out["child killed"] = "ok" if os.WTERMSIG(status) == signal.SIGKILL else "no"
+    return out
+
+
+@pytest.mark.parametrize("how", ["deny-list", "alone"])
+def test_the_signal_guard_refuses_signals_to_its_guarded_pids_only(
+    in_child: Callable[..., Any], require: Callable[..., None], how: str
+) -> None:
+    require("seccomp")
+    got = in_child(_signals, os.getpid(), how).value
+    refused = ["kill", "killpg", "kill -1", "kill 1", "kill high word", "tkill", "tgkill", "rt_sigqueueinfo",
+               "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal", "F_SETOWN"]  # fmt: skip
+    assert {k: got[k] for k in refused} == dict.fromkeys(refused, "EPERM"), got
+    allowed = [k for k in got if k not in refused]
+    assert {k: got[k] for k in allowed} == dict.fromkeys(allowed, "ok"), got

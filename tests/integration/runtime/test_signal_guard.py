@@ -1,0 +1,289 @@
+"""Function code cannot signal its template, its reaper or (all at once) its sibling instances.
+
+With Landlock ABI 6+ each instance's Landlock domain scopes signals; on older
+kernels (Ubuntu 22.04/24.04, Debian 12) an instance runs as its template's
+uid, and before the seccomp signal guard (``sandbox/seccomp.py``, step 9) a handler
+killed its template with ``kill(2, SIGKILL)``, ``kill(-1, SIGKILL)``, tgkill,
+rt_sigqueueinfo, a pidfd, or SIGIO sent by F_SETOWN.  Each runtime here runs
+once with the kernel's ABI and once as on a kernel with ABI 5
+(``landlock.TEST_ABI_ENV``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from spanfaas.runtime import LocalRuntime
+from spanfaas.sandbox.landlock import TEST_ABI_ENV, abi_version
+from tests.integration.runtime.conftest import Harness, require, runtime_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ATTACKER = """
+import ctypes, fcntl, os, platform, signal, subprocess, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NR = {
+    "x86_64": {"tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297},
+    "aarch64": {"tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240},
+}[platform.machine()]
+KILL = int(signal.SIGKILL)
+
+
+def syscall(name, *args):
+    got = libc.syscall(ctypes.c_long(NR[name]), *args)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return got
+
+
+def siginfo(sig):
+    info = (ctypes.c_int * 32)()
+    info[0], info[2] = sig, -1  # si_signo; si_code SI_QUEUE (the kernel refuses others' codes)
+    info[4], info[5] = os.getpid(), os.getuid()
+    return info
+
+
+def sigio(target):
+    r, w = os.pipe()
+    fcntl.fcntl(r, fcntl.F_SETOWN, target)
+    fcntl.fcntl(r, 10, KILL)  # F_SETSIG
+    fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+    os.write(w, b"x")
+    time.sleep(0.05)
+
+
+def pidfd(fd):
+    try:
+        signal.pidfd_send_signal(fd, KILL)
+    finally:
+        os.close(fd)
+
+
+ATTACKS = {
+    "kill": lambda t: os.kill(t, KILL),
+    "killpg": lambda t: os.killpg(t, KILL),
+    "tkill": lambda t: syscall("tkill", t, KILL),
+    "tgkill": lambda t: syscall("tgkill", t, t, KILL),
+    "sigqueue": lambda t: syscall("rt_sigqueueinfo", t, KILL, ctypes.byref(siginfo(KILL))),
+    "tgsigqueue": lambda t: syscall("rt_tgsigqueueinfo", t, t, KILL, ctypes.byref(siginfo(KILL))),
+    "pidfd_open": lambda t: pidfd(os.pidfd_open(t)),
+    "proc_pidfd": lambda t: pidfd(os.open(f"/proc/{t}", os.O_RDONLY | os.O_DIRECTORY)),
+    "sigio": sigio,
+    "broadcast": lambda t: os.kill(-1, KILL),
+}
+
+
+def find(comm, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    with open(f"/proc/{entry}/comm") as f:
+                        if f.read().strip() == comm:
+                            return int(entry)
+                except OSError:
+                    continue
+        time.sleep(0.01)
+    raise LookupError(comm)
+
+
+def own_signals():
+    got = []
+    signal.signal(signal.SIGUSR1, lambda *a: got.append("usr1"))
+    os.kill(0, signal.SIGUSR1)
+    os.killpg(os.getpgrp(), signal.SIGUSR1)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    killed = subprocess.Popen(["sleep", "30"])
+    killed.kill()
+    terminated = subprocess.Popen(["sleep", "30"])
+    terminated.terminate()
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    os.kill(child, signal.SIGTERM)
+    _, status = os.waitpid(child, 0)
+    return {"handled": got, "kill": killed.wait(), "terminate": terminated.wait(), "forked": -os.WTERMSIG(status)}
+
+
+def handler(event, context):
+    if event.get("sleep"):
+        libc.prctl(15, event["name"].encode(), 0, 0, 0)  # PR_SET_NAME: for the attacker to find
+        time.sleep(event["sleep"])
+        return "slept"
+    if event.get("own"):
+        return own_signals()
+    target = event["target"]
+    if target == "sibling":
+        target = find(event["sibling"])
+    elif target == "template":
+        target = os.getppid()
+    try:
+        ATTACKS[event["attack"]](target)
+    except OSError as exc:
+        return {"blocked": type(exc).__name__, "errno": exc.errno}
+    return {"blocked": None}
+"""
+
+MANIFEST = """
+isolation = "strict"
+allow_subprocess = true
+[resources]
+timeout = 10
+[scaling]
+max = 4
+prefork = 1
+"""
+
+ATTACKS = ("kill", "killpg", "tkill", "tgkill", "sigqueue", "tgsigqueue", "pidfd_open", "proc_pidfd", "sigio", "broadcast")
+BY_PID = ATTACKS[:-1]
+_sleepers = itertools.count()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["kernel", "abi5"])
+async def guarded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
+    """A sandboxed runtime with the kernel's Landlock, or as on a kernel with ABI 5, and the attacker deployed."""
+    tmp = tmp_path_factory.mktemp("rt-signals")
+    tmp.chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "abi5":
+            mp.setenv(TEST_ABI_ENV, "5")
+        elif abi_version() < 6:
+            pytest.skip(f"the kernel's Landlock ABI is {abi_version()}: the abi5 run covers it")
+        rt = LocalRuntime(runtime_settings(tmp, sandbox=True))
+        await rt.start()
+        try:
+            h = Harness(rt, tmp / "functions")
+            require(h, "pid-namespace", "uid", "seccomp")
+            await h.deploy("attacker", ATTACKER, MANIFEST)
+            yield h
+        finally:
+            await rt.close()
+
+
+async def _call(h: Harness, event: dict[str, object]) -> dict[str, object]:
+    r = await h.invoke("attacker", json.dumps(event).encode())
+    assert r.ok, (event, r.error)
+    return json.loads(r.output)
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+async def test_no_signal_reaches_the_template(guarded: Harness, attack: str) -> None:
+    pool = guarded.rt.pool("attacker")
+    template = pool.template_pid
+    got = await _call(guarded, {"attack": attack, "target": "template"})
+    _refused(got)
+    assert (await _call(guarded, {"own": True}))["kill"] == -9
+    assert pool.template_pid == template and pool.state == "ready", "the template survived"
+
+
+@pytest.mark.parametrize("attack", BY_PID)
+async def test_no_signal_reaches_the_reaper(guarded: Harness, attack: str) -> None:
+    pool = guarded.rt.pool("attacker")
+    template = pool.template_pid
+    got = await _call(guarded, {"attack": attack, "target": 1})  # (killpg(1) is kill(-1): all it may signal)
+    _refused(got)
+    assert (await _call(guarded, {"own": True}))["kill"] == -9
+    assert pool.template_pid == template and pool.state == "ready", "the reaper and the template survived"
+
+
+def _refused(got: dict[str, object]) -> None:
+    """Without Landlock's signal scope the guard refuses the call (EPERM: the reaper is root's
+    anyway); with it the kernel refuses it too, or drops what it would send (kill(-1) counts
+    processes it may not signal as no error; SIGIO is not sent)."""
+    if abi_version() >= 6:
+        assert got["blocked"] in ("PermissionError", None), got
+    else:
+        assert got["blocked"] == "PermissionError", got
+
+
+async def _against_a_sibling(h: Harness, attack: str) -> tuple[dict[str, object], object]:
+    name = f"sleeper-{next(_sleepers)}"  # (an earlier one may still be in /proc, exiting)
+    sleeper = asyncio.ensure_future(h.invoke("attacker", json.dumps({"sleep": 2, "name": name}).encode()))
+    try:
+        got = await _call(h, {"attack": attack, "target": "sibling", "sibling": name})
+    finally:
+        slept = await sleeper
+    return got, (json.loads(slept.output) if slept.ok else slept.error)
+
+
+async def test_kill_minus_one_reaches_no_sibling(guarded: Harness) -> None:
+    got, slept = await _against_a_sibling(guarded, "broadcast")
+    _refused(got)
+    assert slept == "slept", slept
+
+
+@pytest.mark.parametrize("attack", BY_PID)
+async def test_a_sibling_by_its_pid(guarded: Harness, attack: str) -> None:
+    """With Landlock's signal scope no sibling is reachable; without it (ABI < 6) a sibling
+    instance (another call of the same function, the same uid) still is by its pid, as
+    docs/runtime.md says: its call fails as crashed, and nothing outside the function is hit."""
+    got, slept = await _against_a_sibling(guarded, attack)
+    if abi_version() >= 6:
+        _refused(got)
+        assert slept == "slept", slept
+    elif attack in ("pidfd_open", "proc_pidfd"):  # pidfd_send_signal is refused outright
+        assert got["blocked"] == "PermissionError" and slept == "slept", (got, slept)
+    else:
+        assert got["blocked"] is None and getattr(slept, "kind", None) == "crashed", (got, slept)
+
+
+async def test_an_instance_signals_its_own_children_and_group(guarded: Harness) -> None:
+    got = await _call(guarded, {"own": True})
+    assert got == {"handled": ["usr1", "usr1", "usr1"], "kill": -9, "terminate": -15, "forked": -15}, got
+
+
+async def test_the_protections_say_what_scopes_signals(guarded: Harness) -> None:
+    host = next(x for x in guarded.rt.protections if x.name == "signal-scope")
+    own = next(x for x in guarded.rt.pool("attacker").protections if x.name == "signal-scope")
+    assert host.active and own.active, (host, own)
+    if abi_version() >= 6:
+        assert own.reason.startswith(f"Landlock ABI {abi_version()} scopes signals"), own
+    else:
+        assert own.reason.startswith("seccomp (Landlock ABI 5 cannot scope signals)"), own
+        assert "sibling instances" in own.reason and "reachable" in own.reason, own
+    assert host.reason == own.reason
+
+
+THREADED = """
+import os, signal, threading, time
+
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()  # a thread of the template
+
+
+def handler(event, context):
+    tids = [int(t) for t in os.listdir(f"/proc/{os.getppid()}/task") if int(t) != os.getppid()]
+    out = {}
+    for tid in tids:
+        try:
+            os.kill(tid, signal.SIGKILL)  # any thread's tid names its whole process
+            out[tid] = None
+        except OSError as exc:
+            out[tid] = type(exc).__name__
+    return out
+"""
+
+
+async def test_a_thread_the_import_started_in_the_template_is_guarded_too(guarded: Harness) -> None:
+    await guarded.deploy("threaded", THREADED, "[scaling]\nprefork = 0\n")
+    pool = guarded.rt.pool("threaded")
+    template = pool.template_pid
+    r = await guarded.invoke("threaded")
+    assert r.ok, r.error
+    got = json.loads(r.output)
+    assert got, "the template has a thread besides its main one"
+    if abi_version() < 6:
+        assert set(got.values()) == {"PermissionError"}, got
+    assert (await guarded.invoke("threaded")).ok
+    assert pool.template_pid == template and pool.state == "ready", "the template survived"
