@@ -50,7 +50,10 @@ class Sites:
 def sites() -> Iterator[Sites]:
     root = world_readable_dir("spanfaas-span-remote-")
     eu_port = free_port()
-    (root / "eu.toml").write_text(infra_toml({"name": "local", "kind": "local", "region": "eu-west", "labels": {"tier": "gold"}}))
+    # eu runs its functions without the sandbox: their __file__ is then a host path under
+    # eu-data, which SLOW_ON_EU looks for (a sandboxed function sees /var/task on either site).
+    eu_toml = infra_toml({"name": "local", "kind": "local", "region": "eu-west", "labels": {"tier": "gold"}})
+    (root / "eu.toml").write_text(eu_toml + "\n[runtime]\nsandbox = false\n")
     eu = GatewayProcess(root / "eu-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")}, args=["--port", str(eu_port)])
     eu.start()
     try:
@@ -134,7 +137,7 @@ SLOW_ON_EU = """
 import time
 
 def handler(event, context):
-    if "/eu-data/" in __file__:  # the eu gateway keeps its bundles under its data dir
+    if "/eu-data/" in __file__:  # eu keeps its bundles under its data dir, and shows it (no sandbox there)
         time.sleep(0.5)
     return {"i": (event or {}).get("i")}
 """
