@@ -152,6 +152,13 @@ class RemoteInfrastructure:
         self.own_gateway = ""
         """The id of the gateway this adapter works for (``SpanningInfrastructure.served_by``)."""
 
+    @property
+    def answer_slack(self) -> float:
+        """Seconds an invocation's answer is waited for past its timeout (``AnswersLate``): the
+        site's ``timeout``.  The site cuts the function at its timeout and answers; one that has
+        not answered by then and this is taken for one that never will."""
+        return self.config.timeout
+
     async def close(self) -> None:
         await self.http.aclose()
 
@@ -268,7 +275,7 @@ class RemoteInfrastructure:
             )  # fmt: skip
 
     async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
-        timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.config.timeout
+        timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.answer_slack
         self.inflight += 1
         try:
             t0 = time.perf_counter()
