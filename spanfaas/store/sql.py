@@ -496,7 +496,7 @@ class SQLStore:
             cur.execute(_GIVE_BACK.format(where="", in_order=self._in_order))
             return int(cur.rowcount)
 
-    def mark_started(self, claims: Mapping[str, str]) -> None:
+    def mark_started(self, claims: Mapping[str, str], started: bool = True) -> None:
         if not claims:
             return
         pairs = list(claims.items())
@@ -508,7 +508,7 @@ class SQLStore:
                     self._q(f"WITH m(id, owner) AS (VALUES {values}), "
                             "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
                             f"WHERE i.status = 'running'{self._in_order}) "
-                            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id"),
+                            f"UPDATE invocations SET started = {int(started)} FROM l WHERE invocations.id = l.id"),
                     [v for pair in chunk for v in pair],
                 )
 
