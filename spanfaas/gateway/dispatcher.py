@@ -1,8 +1,8 @@
 """The async dispatcher: runs queued invocations from the store.
 
 Up to ``settings.async_workers`` invocations run at once.  Each is claimed
-with a lease that a heartbeat extends while it runs, and after it while its
-outcome waits for the recorder; a gateway that dies leaves leases that
+with a lease that a heartbeat extends while it runs (through a stop's grace
+too), and after it while its outcome waits for the recorder; a gateway that dies leaves leases that
 expire, and the records are claimed again: at-least-once (an outcome is
 shown only once the recorder has stored it, so a re-run never changes an
 outcome a client has read).  On start-up an exclusive store (SQLite) hands
@@ -162,20 +162,22 @@ class Dispatcher:
         self._stopping = True
         if self.running:
             log.info("stopping: %s given %.0f s to end", plural(len(self.running), "async invocation"), grace)
-        # The marks go on until the last run has ended: a run that starts in the grace (a claim
-        # that waited behind another), or just before it, is a re-run if the gateway dies now.
-        marks, others = self._tasks[-1:], self._tasks[:-1]
-        for task in others:
+        # The heartbeat and the marks go on until the last run has ended or been given back: a
+        # grace longer than the lease must not let another gateway claim a run still going here,
+        # and a run that starts in the grace (a claim that waited behind another), or just
+        # before it, is a re-run if the gateway dies now.
+        feed, keep = self._tasks[:1], self._tasks[1:]
+        for task in feed:
             task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.gather(*feed, return_exceptions=True)
         if self.running:
             _, pending = await asyncio.wait(list(self.running.values()), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for task in marks:
+        for task in keep:
             task.cancel()
-        await asyncio.gather(*marks, return_exceptions=True)
+        await asyncio.gather(*keep, return_exceptions=True)
         if self._unmarked and (exc := await self._write_marks()) is not None:  # (runs whose outcome may wait for the recorder)
             log.error("could not mark %s started as the gateway stopped: %s", plural(len(self._unmarked), "async run"), exc)
 
