@@ -621,12 +621,8 @@ class SpanningInfrastructure:
         # own wait, and the next still runs it (before, one timeout for the whole call left none).
         run = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None)
         slack = max(self._slack[s.name] for s in ranked)
-        waits = f", and {slack:g} s for a site to answer" if slack else ""
-        if ctx.timeout is None:
-            span, within = FAILOVER_SPAN * run + slack, f"twice the function's timeout of {run:g} s{waits}"
-        else:  # placed here by a gateway that waits for us no longer, and fails the call over itself
-            span, within = run + slack, f"the {run:g} s the gateway that placed it gave it{waits}"
-        deadline = time.monotonic() + span
+        # (a call placed here by a gateway that waits for us no longer fails over there, not here)
+        deadline = time.monotonic() + (FAILOVER_SPAN * run if ctx.timeout is None else run) + slack
         task = asyncio.current_task()
         tried: list[str] = []
         failed: list[str] = []  # the attempts made: the caller is told of them (Result.tried)
@@ -637,7 +633,7 @@ class SpanningInfrastructure:
                 continue
             given = min(run, deadline - time.monotonic() - self._slack[site.name])  # this attempt's timeout
             if failed and given <= 0:  # (one waited for less, local, may still fit)
-                tried.append(f"{site.name}: not tried, no time was left of the call's deadline ({within})")
+                tried.append(f"{site.name}: not tried, no time was left of the call's deadline ({_span(run, slack, ctx)})")
                 continue
             site.inflight += 1
             calls = self._calls[site.name]
@@ -715,6 +711,14 @@ class SpanningInfrastructure:
     def _nowhere(self, spec: FunctionSpec) -> str:
         parts = [f"{v.infra}: {'; '.join(v.reasons)}" for v in self.explain(spec).infrastructures]
         return f"no infrastructure can run '{spec.name}' now ({' | '.join(parts)}); `spanfaas explain {spec.name}` shows more"
+
+
+def _span(run: float, slack: float, ctx: InvokeContext) -> str:
+    """What a call's deadline was made of, as its failure says."""
+    waits = f", and {slack:g} s for a site to answer" if slack else ""
+    if ctx.timeout is None:
+        return f"twice the function's timeout of {run:g} s{waits}"
+    return f"the {run:g} s the gateway that placed it gave it{waits}"
 
 
 def _answer_slack(site: Site) -> float:
