@@ -548,6 +548,11 @@ class InvokeContext(Struct, frozen=True, kw_only=True):
     site: sent there).  The async dispatcher tells a run that started from one that only
     waited by it.  Cheap and synchronous, on the event loop; may be called more than once
     (a failover); never sent anywhere."""
+    on_refused: Callable[[], None] | None = None
+    """Called by the infrastructure when what it told ``on_start`` of was refused before it
+    ran: a remote site that took the request answered that it runs nothing of it (429, its
+    function full; 404, it lacks the function; 401/403, our token).  That start was none
+    (a failover then starts it elsewhere).  As ``on_start``: cheap, on the event loop."""
 
 
 class ErrorInfo(Struct, frozen=True, kw_only=True):

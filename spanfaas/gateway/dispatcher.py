@@ -1,8 +1,8 @@
 """The async dispatcher: runs queued invocations from the store.
 
 Up to ``settings.async_workers`` invocations run at once.  Each is claimed
-with a lease that a heartbeat extends while it runs, and after it while its
-outcome waits for the recorder; a gateway that dies leaves leases that
+with a lease that a heartbeat extends while it runs (through a stop's grace
+too), and after it while its outcome waits for the recorder; a gateway that dies leaves leases that
 expire, and the records are claimed again: at-least-once (an outcome is
 shown only once the recorder has stored it, so a re-run never changes an
 outcome a client has read).  On start-up an exclusive store (SQLite) hands
@@ -131,13 +131,15 @@ class Dispatcher:
         self._stopping = False
         self.events: EventOutcomes | None = None
         """Set by the event service: event invocations are retried and dead-lettered by it."""
-        self._started: set[str] = set()
-        """Of ``running``, the records whose run started."""
+        self._started: dict[str, int] = {}
+        """Of ``running``, the records whose run started: how many starts (a failover's second
+        start is one more), less those refused before they ran (``InvokeContext.on_refused``)."""
         self._claims: dict[str, str] = {}
         """Of ``running``, the owner each record's claim was made with: one per claim, so that a
         mark on its way as the record is given back and claimed again is not put on the new claim."""
-        self._unmarked: dict[str, str] = {}
-        """Records whose run started, not marked so in the store yet: the owner of their claim."""
+        self._unmarked: dict[str, tuple[str, bool]] = {}
+        """Records whose run started (True), or whose only start was refused (False), not marked
+        so in the store yet: the owner of their claim, and which."""
         self._claimed = 0
         self._mark = asyncio.Event()
 
@@ -160,20 +162,22 @@ class Dispatcher:
         self._stopping = True
         if self.running:
             log.info("stopping: %s given %.0f s to end", plural(len(self.running), "async invocation"), grace)
-        # The marks go on until the last run has ended: a run that starts in the grace (a claim
-        # that waited behind another), or just before it, is a re-run if the gateway dies now.
-        marks, others = self._tasks[-1:], self._tasks[:-1]
-        for task in others:
+        # The heartbeat and the marks go on until the last run has ended or been given back: a
+        # grace longer than the lease must not let another gateway claim a run still going here,
+        # and a run that starts in the grace (a claim that waited behind another), or just
+        # before it, is a re-run if the gateway dies now.
+        feed, keep = self._tasks[:1], self._tasks[1:]
+        for task in feed:
             task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.gather(*feed, return_exceptions=True)
         if self.running:
             _, pending = await asyncio.wait(list(self.running.values()), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for task in marks:
+        for task in keep:
             task.cancel()
-        await asyncio.gather(*marks, return_exceptions=True)
+        await asyncio.gather(*keep, return_exceptions=True)
         if self._unmarked and (exc := await self._write_marks()) is not None:  # (runs whose outcome may wait for the recorder)
             log.error("could not mark %s started as the gateway stopped: %s", plural(len(self._unmarked), "async run"), exc)
 
@@ -227,18 +231,36 @@ class Dispatcher:
     def _done(self, task: asyncio.Task[None]) -> None:
         name = task.get_name().removeprefix("spanfaas-async-")
         self.running.pop(name, None)
-        self._started.discard(name)
+        self._started.pop(name, None)
         self._claims.pop(name, None)
         self._wake.set()
 
     def _run_started(self, id: str, *, again: bool = False) -> None:
         """``InvokeContext.on_start`` of a claimed record: its run started (no store I/O here)."""
-        if id in self._started and not again:
-            return  # a failover's second start: marked once
         if id not in self.running:
             return
-        self._started.add(id)
-        self._unmarked[id] = self._claims[id]
+        starts = self._started.get(id, 0)
+        if not again:
+            self._started[id] = starts + 1
+            if starts:
+                return  # a failover's second start: marked once
+        elif not starts:
+            return
+        self._unmarked[id] = (self._claims[id], True)
+        self._mark.set()
+
+    def _run_refused(self, id: str) -> None:
+        """``InvokeContext.on_refused`` of a claimed record: a start it was told of ran nothing
+        (a site answered 429).  With no other start left, the claim is no run: a crash now
+        gives it back as one that only waited (``reclaims``), not a re-run."""
+        starts = self._started.get(id, 0)
+        if id not in self.running or not starts:
+            return
+        if starts > 1:
+            self._started[id] = starts - 1
+            return
+        del self._started[id]
+        self._unmarked[id] = (self._claims[id], False)
         self._mark.set()
 
     async def _marks(self) -> None:
@@ -258,11 +280,13 @@ class Dispatcher:
         """Write the marks waiting; the store's error if it failed (they wait again)."""
         marks, self._unmarked = self._unmarked, {}
         try:
-            await asyncio.to_thread(self.store.mark_started, marks)
+            await asyncio.to_thread(self.store.mark_started, {id: owner for id, (owner, run) in marks.items() if run})
+            if refused := {id: owner for id, (owner, run) in marks.items() if not run}:
+                await asyncio.to_thread(self.store.mark_started, refused, started=False)
         except BaseException as exc:
             # Cancelled (the stop), the write may or may not have gone through: written again then.
-            for id, owner in marks.items():  # (a mark of a later claim of the record comes first)
-                self._unmarked.setdefault(id, owner)
+            for id, mark in marks.items():  # (a mark made since, of this claim or a later one, comes first)
+                self._unmarked.setdefault(id, mark)
             if not isinstance(exc, Exception):
                 raise
             return exc
@@ -314,7 +338,7 @@ class Dispatcher:
             event = record.event.attributes if record.event is not None else None
             ctx = InvokeContext(
                 invocation_id=record.id, content_type=record.content_type, event=event,
-                on_start=lambda: self._run_started(record.id),
+                on_start=lambda: self._run_started(record.id), on_refused=lambda: self._run_refused(record.id),
             )  # fmt: skip
             t0 = time.perf_counter()
             in_flight = self.metrics.in_flight

@@ -54,6 +54,17 @@ class Releasing(Protocol):
 
 
 @runtime_checkable
+class AnswersLate(Protocol):
+    """Optional: an infrastructure that is waited for past the function's timeout (a remote
+    site, Ray: the answer crosses a network).  ``answer_slack`` is how much longer: a call
+    with ``t`` seconds of timeout is given up as ``InfraUnavailable`` after ``t + answer_slack``.
+    The spanning scheduler fits each attempt of a call, and its wait, in the call's deadline."""
+
+    @property
+    def answer_slack(self) -> float: ...
+
+
+@runtime_checkable
 class ReportsEarlyStats(Protocol):
     """Optional: an infrastructure that counts its prewarms and scale events (the local runtime)."""
 

@@ -304,6 +304,11 @@ class RayInfrastructure:
         if isinstance(reply, wire.Failed):
             raise InfraUnavailable(f"deploying '{spec.name}' on Ray at {self._where()} failed: {reply.message}")
 
+    @property
+    def answer_slack(self) -> float:
+        """Seconds a run's answer is waited for past its timeout (``AnswersLate``)."""
+        return max(self.config.timeout, 30.0)
+
     async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
         bridge = self._bridge
         if bridge is None or not bridge.alive:
@@ -317,7 +322,7 @@ class RayInfrastructure:
         if ctx.on_start is not None:  # sent to Ray: the run started, as far as we can tell
             ctx.on_start()
         try:
-            reply = await self._call(bridge, msg, timeout + max(self.config.timeout, 30.0))
+            reply = await self._call(bridge, msg, timeout + self.answer_slack)
         finally:
             self.inflight -= 1
         if isinstance(reply, wire.Failed):

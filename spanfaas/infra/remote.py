@@ -15,7 +15,8 @@ function-* slugs) comes back as a ``Result`` with ``error``; a request the
 site rejects as wrong is raised as the same typed error, its message naming
 the site; a site that is full (429) is ``TooManyRequests`` with its
 Retry-After, which the scheduler overflows from without counting it as a
-failure; everything else
+failure (nor as a run: ``InvokeContext.on_refused`` takes back the start told
+when the request left); everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.
 
@@ -152,6 +153,13 @@ class RemoteInfrastructure:
         self.own_gateway = ""
         """The id of the gateway this adapter works for (``SpanningInfrastructure.served_by``)."""
 
+    @property
+    def answer_slack(self) -> float:
+        """Seconds an invocation's answer is waited for past its timeout (``AnswersLate``): the
+        site's ``timeout``.  The site cuts the function at its timeout and answers; one that has
+        not answered by then and this is taken for one that never will."""
+        return self.config.timeout
+
     async def close(self) -> None:
         await self.http.aclose()
 
@@ -268,7 +276,7 @@ class RemoteInfrastructure:
             )  # fmt: skip
 
     async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
-        timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.config.timeout
+        timeout = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None) + self.answer_slack
         self.inflight += 1
         try:
             t0 = time.perf_counter()
@@ -276,12 +284,15 @@ class RemoteInfrastructure:
             if resp.status_code == 404 and spec.name in self._bundles:
                 err = self._error(resp, "invoking")
                 if isinstance(err, FunctionNotFound):  # the site lost it (a fresh data dir): deploy again, once
+                    _refused(ctx)
                     await self.deploy(*self._bundles[spec.name])
                     t0 = time.perf_counter()
                     resp = await self._invoke(spec, payload, ctx, timeout)
             elapsed_ms = (time.perf_counter() - t0) * 1000
         finally:
             self.inflight -= 1
+        if resp.status_code in _REFUSED:  # it ran nothing of it: the start told when it left was none
+            _refused(ctx)
         h = resp.headers
         duration = self._duration(h.get("x-spanfaas-duration-ms"), elapsed_ms, spec.name)
         cold = h.get("x-spanfaas-cold") == "true"
@@ -440,6 +451,16 @@ def _message(doc: dict[str, Any]) -> str:
 def _all_down(infos: list[InfraInfo]) -> str:
     """Why a site whose every infrastructure is down is down: each one's reason."""
     return "; ".join(f"its {_printable(i.name)}: {_printable(i.reason) or 'unhealthy'}" for i in infos)
+
+
+_REFUSED = frozenset({401, 403, 404, 429})
+"""Answers to an invocation that say the site ran nothing of it: our token refused, the
+function not there, its queue full (``InvokeContext.on_refused``)."""
+
+
+def _refused(ctx: InvokeContext) -> None:
+    if ctx.on_refused is not None:
+        ctx.on_refused()
 
 
 _ORIGIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

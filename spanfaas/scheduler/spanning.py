@@ -19,8 +19,12 @@ The gateway holds one of these as its ``infra``.  It
   ``InfraError`` only, never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
   names the infrastructure that ran it, and those tried first (``tried``).
-  The function's timeout is one deadline for the whole call: a failover gets
-  what is left of it.  A refresh that finds a site down cuts the calls in
+  Each attempt gets the function's whole timeout, within one deadline for the
+  whole call: twice that timeout and the longest a site is waited for past it
+  (``FAILOVER_SPAN``), so a site that takes a call and never answers it holds
+  it for the timeout and its own wait, and the next still runs it; a call
+  another gateway placed here keeps to the deadline it was given (that gateway
+  fails it over itself).  A refresh that finds a site down cuts the calls in
   flight there (a hung site answers none), and they fail over;
 - **refreshes** each infrastructure's ``info()`` in a background task per
   infrastructure, so a slow or hung one delays nobody and nothing on the
@@ -47,7 +51,7 @@ import msgspec
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
 from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
-from spanfaas.infra.base import InfoInMemory, Infrastructure, Releasing
+from spanfaas.infra.base import AnswersLate, InfoInMemory, Infrastructure, Releasing
 from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.scheduler.constraints import check, validate
 from spanfaas.scheduler.scheduler import Explanation, Scheduler, Site, Verdict
@@ -56,6 +60,10 @@ __all__ = ["SpanningInfrastructure", "build_infrastructure", "explain"]
 
 log = logging.getLogger("spanfaas.scheduler")
 _replace = msgspec.structs.replace
+
+FAILOVER_SPAN = 2
+"""A call's deadline, in timeouts of its function (plus the longest a site is waited for past
+one): room for one attempt that a site held to the end, and one more run elsewhere."""
 
 RETRY_AFTER_MAX = 60.0
 """Seconds at most that a site's Retry-After (a 429 to its info) keeps us from asking again."""
@@ -129,6 +137,8 @@ class SpanningInfrastructure:
         """Per site, the tasks with an invocation in flight there."""
         self._cut: dict[asyncio.Task[Any], str] = {}
         """Tasks whose call the refresh cut (cancelled: its site went down), with why."""
+        self._slack = {s.name: _answer_slack(s) for s in sites}
+        """Per site, seconds a call there is waited for past its timeout (``AnswersLate``)."""
         self._started = False
 
     @classmethod
@@ -605,11 +615,14 @@ class SpanningInfrastructure:
         ranked = self.scheduler.rank(spec, now)
         if not ranked:
             raise InfraUnavailable(self._nowhere(spec))
-        # One deadline for the whole call, failovers included: each attempt gets what is left of
-        # the function's timeout (a hung site held the call for its timeout and the site's, and
-        # the next infrastructure then had the whole timeout again).
-        budget = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None)
-        deadline = time.monotonic() + budget
+        # Each attempt gets the function's whole timeout (a run elsewhere is a run of its own),
+        # within one deadline for the whole call: twice that timeout and the longest a site is
+        # waited for past it.  A site that never answers holds the call for the timeout and its
+        # own wait, and the next still runs it (before, one timeout for the whole call left none).
+        run = min(t for t in (spec.resources.timeout, ctx.timeout) if t is not None)
+        slack = max(self._slack[s.name] for s in ranked)
+        # (a call placed here by a gateway that waits for us no longer fails over there, not here)
+        deadline = time.monotonic() + (FAILOVER_SPAN * run if ctx.timeout is None else run) + slack
         task = asyncio.current_task()
         tried: list[str] = []
         failed: list[str] = []  # the attempts made: the caller is told of them (Result.tried)
@@ -618,10 +631,10 @@ class SpanningInfrastructure:
             if not site.breaker.allow(now) and i < last:
                 tried.append(f"{site.name}: circuit breaker open")
                 continue
-            left = deadline - time.monotonic()
-            if failed and left <= 0:
-                tried.extend(f"{s.name}: not tried, no time was left of the function's timeout ({budget:g} s)" for s in ranked[i:])
-                break
+            given = min(run, deadline - time.monotonic() - self._slack[site.name])  # this attempt's timeout
+            if failed and given <= 0:  # (one waited for less, local, may still fit)
+                tried.append(f"{site.name}: not tried, no time was left of the call's deadline ({_span(run, slack, ctx)})")
+                continue
             site.inflight += 1
             calls = self._calls[site.name]
             if task is not None:
@@ -629,7 +642,7 @@ class SpanningInfrastructure:
             t0 = time.perf_counter()
             try:
                 try:
-                    result = await site.infra.invoke(spec, payload, _replace(ctx, timeout=left) if failed else ctx)
+                    result = await site.infra.invoke(spec, payload, _replace(ctx, timeout=given) if failed and given < run else ctx)
                 except asyncio.CancelledError:
                     reason = self._cut.pop(task, None) if task is not None else None
                     if reason is None or task is None or task.uncancel() > 0:  # not (only) ours: the caller's
@@ -698,6 +711,20 @@ class SpanningInfrastructure:
     def _nowhere(self, spec: FunctionSpec) -> str:
         parts = [f"{v.infra}: {'; '.join(v.reasons)}" for v in self.explain(spec).infrastructures]
         return f"no infrastructure can run '{spec.name}' now ({' | '.join(parts)}); `spanfaas explain {spec.name}` shows more"
+
+
+def _span(run: float, slack: float, ctx: InvokeContext) -> str:
+    """What a call's deadline was made of, as its failure says."""
+    waits = f", and {slack:g} s for a site to answer" if slack else ""
+    if ctx.timeout is None:
+        return f"twice the function's timeout of {run:g} s{waits}"
+    return f"the {run:g} s the gateway that placed it gave it{waits}"
+
+
+def _answer_slack(site: Site) -> float:
+    """Seconds ``site`` is waited for past a call's timeout (``AnswersLate``; 0: the local runtime,
+    which cuts the function itself and answers at once)."""
+    return site.infra.answer_slack if isinstance(site.infra, AnswersLate) else 0.0
 
 
 def _capabilities(info: InfraInfo) -> tuple[object, ...]:

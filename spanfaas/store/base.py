@@ -163,12 +163,13 @@ class Store(EventStore, ImageStore, Protocol):
 
     def extend_leases(self, ids: Sequence[str], until: float) -> None: ...
 
-    def mark_started(self, claims: Mapping[str, str]) -> None:
+    def mark_started(self, claims: Mapping[str, str], started: bool = True) -> None:
         """The runs of these records (id: the ``owner`` their claim was made with) have started
         (their calls left for an instance or another infrastructure): should the claim end
         without an outcome, the next is a re-run.  A record no longer held by that claim (given
         back, or claimed again, also by the same gateway: it claims with an owner of its own
-        per claim) is left as it is."""
+        per claim) is left as it is.  ``started=False``: their starts were refused before they
+        ran (a site's 429), so the claims are no runs again."""
         ...
 
     def requeue_running(self) -> int:

@@ -152,7 +152,7 @@ class PostgresStore(EventQueries, ImageQueries):
         # join over a sequential scan of the table, from a few hundred ids on (bench/store_marks.py).
         return f"id = ANY(ARRAY({select} ORDER BY i.id FOR UPDATE OF i))"
 
-    def _marks(self, marks: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+    def _marks(self, marks: Sequence[tuple[str, str]], started: bool = True) -> tuple[str, list[Any]]:
         # The ids listed again, as such, beside their join to the marks: joined to the marks
         # alone, the rows were read by a scan of every running row (or of the table), from some
         # hundred marks a statement on, not by their ids.  (SQLite looks each up either way.)
@@ -161,7 +161,7 @@ class PostgresStore(EventQueries, ImageQueries):
         select = (f"SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner "
                   f"WHERE i.status = 'running' AND i.id IN ({ids})")  # fmt: skip
         return (
-            f"WITH m(id, owner) AS (VALUES {values}) UPDATE invocations SET started = 1 WHERE {self._rows_to_change(select)}",
+            f"WITH m(id, owner) AS (VALUES {values}) UPDATE invocations SET started = {int(started)} WHERE {self._rows_to_change(select)}",
             [*(v for pair in marks for v in pair), *(id for id, _ in marks)],
         )
 

@@ -508,22 +508,22 @@ class SQLStore:
             cur.execute(self._give_back(""))
             return int(cur.rowcount)
 
-    def mark_started(self, claims: Mapping[str, str]) -> None:
+    def mark_started(self, claims: Mapping[str, str], started: bool = True) -> None:
         if not claims:
             return
         pairs = list(claims.items())
         with self._tx() as cur:
             for at in range(0, len(pairs), _MARKS):  # one statement per batch of marks, usually
                 chunk = pairs[at : at + _MARKS]
-                cur.execute(*self._marks(chunk))
+                cur.execute(*self._marks(chunk, started))
 
-    def _marks(self, marks: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
-        """The statement of ``mark_started`` for these (id, owner) marks, and its values."""
+    def _marks(self, marks: Sequence[tuple[str, str]], started: bool = True) -> tuple[str, list[Any]]:
+        """The statement of ``mark_started`` for these (id, owner) marks (``started``: set, or write off), and its values."""
         values = ", ".join(["(?, ?)"] * len(marks))
         return (
             f"WITH m(id, owner) AS (VALUES {values}), "
             "l AS (SELECT i.id FROM invocations i JOIN m ON i.id = m.id AND i.owner = m.owner WHERE i.status = 'running') "
-            "UPDATE invocations SET started = 1 FROM l WHERE invocations.id = l.id",
+            f"UPDATE invocations SET started = {int(started)} FROM l WHERE invocations.id = l.id",
             [v for pair in marks for v in pair],
         )
 

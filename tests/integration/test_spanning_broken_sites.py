@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from spanfaas.config import InfraConfig, SchedulerSettings
 from spanfaas.errors import PROBLEM_BASE, InfraUnavailable
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.remote import RemoteInfrastructure
-from spanfaas.model import Bundle, FunctionSpec, InvokeContext, parse_manifest
+from spanfaas.model import Bundle, FunctionSpec, InvokeContext, Result, parse_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
 from spanning_support import Answer, StubSite
@@ -310,39 +310,114 @@ async def test_a_remove_a_hung_site_never_answers_does_not_hold_the_gateway_for_
     assert e.value.message == f"site 'eu' at {site.url} did not answer DELETE /v1/functions/fn within 6 s (it may still be working on it)"
 
 
-async def test_a_site_that_answers_its_info_but_not_a_call_holds_it_no_longer_than_its_timeout(
-    site: StubSite, bundle: Bundle
-) -> None:
-    """A site whose info answers (so the refresh finds it up) but that never answers a call:
-    the call waited the function's timeout and the site's, then ran on local for its whole
-    timeout again.  One deadline holds for the whole call: with none of it left, local is
-    not tried (and the site, which may be running it, is not raced)."""
+class _Timed(InMemoryInfrastructure):
+    """The in-memory infrastructure, keeping the timeout each call was given (None: the function's own)."""
 
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.timeouts: list[float | None] = []
+
+    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        self.timeouts.append(ctx.timeout)
+        return await super().invoke(spec, payload, ctx)
+
+
+def _hangs(site: StubSite) -> Callable[[bytes], Answer]:
     def hang(sent: bytes) -> Answer:
         site.released.wait(20)
         return 503, {}, b""
 
+    return hang
+
+
+async def test_a_site_that_answers_its_info_but_not_a_call_fails_over_in_time(site: StubSite, bundle: Bundle) -> None:
+    """A site whose info answers (so the refresh finds it up) but that never answers a call
+    held it for the function's timeout and the site's (the site would have answered by
+    then, cutting the function), and then nothing was left of the call's deadline: a 503,
+    local not tried.  Each attempt gets the function's whole timeout, within a deadline of
+    twice it and the longest a site is waited for past it: local runs the call, with what
+    is left of that (the function's timeout, but for the moments the site took past its wait)."""
     site.answers[("PUT", "/v1/functions/fn")] = deployed
-    site.answers[("POST", "/v1/functions/fn/invoke")] = hang
+    site.answers[("POST", "/v1/functions/fn/invoke")] = _hangs(site)
     cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=1)
-    local = InMemoryInfrastructure("local")
+    local = _Timed("local")
     sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (local, InfraConfig(name="local"))])
     quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
     await sp.start()
     try:
         await sp.deploy(quick, bundle)
+        result = await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
+    finally:
+        await sp.close()
+    assert (result.infra, result.error) == ("local", None)
+    [given] = local.timeouts
+    assert given is not None and 0 < given < 1, given
+    [tried] = result.tried
+    assert tried.startswith(f"eu: site 'eu' at {site.url} did not answer POST /v1/functions/fn/invoke within 2 s"), tried
+
+
+async def test_after_a_site_that_never_answered_a_call_only_what_fits_the_deadline_is_tried(
+    site: StubSite, bundle: Bundle
+) -> None:
+    """The call's deadline holds: after a site held the call for the function's timeout and
+    its own (2 s), a second site, waited for 1 s past what it would be given, does not fit
+    in what is left (3 s in all); local, waited for no longer than the function runs, does."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = _hangs(site)
+    with StubSite() as other:
+        other.answers[("GET", "/v1/info")] = INFO
+        other.answers[("PUT", "/v1/functions/fn")] = deployed
+        eu = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=1)
+        us = InfraConfig(name="us", kind="remote", address=other.url, region="us-east", timeout=1)
+        local = _Timed("local")
+        sp = SpanningInfrastructure([(RemoteInfrastructure(eu), eu), (RemoteInfrastructure(us), us), (local, InfraConfig(name="local"))])
+        quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
+        await sp.start()
+        try:
+            await sp.deploy(quick, bundle)
+            result = await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
+        finally:
+            await sp.close()
+        assert ("POST", "/v1/functions/fn/invoke") not in other.seen
+    assert result.infra == "local" and result.error is None and len(local.timeouts) == 1
+    [tried] = result.tried  # (us was not tried: only the attempts made are the caller's to know)
+    assert tried.startswith("eu: site 'eu'"), tried
+
+
+async def test_a_call_placed_by_another_gateway_keeps_to_its_deadline(site: StubSite, bundle: Bundle) -> None:
+    """A call another gateway placed here with what is left of its deadline (x-spanfaas-timeout,
+    ``InvokeContext.timeout``) is waited for by it no longer than that and its site timeout:
+    after a site here that never answered, nothing is left (that gateway fails the call over
+    itself), and local is not tried (nor is the site, which may be running it, raced)."""
+    site.answers[("PUT", "/v1/functions/fn")] = deployed
+    site.answers[("POST", "/v1/functions/fn/invoke")] = _hangs(site)
+    cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=1)
+    local = InMemoryInfrastructure("local")
+    sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (local, InfraConfig(name="local"))])
+    quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 5\n')
+    await sp.start()
+    try:
+        await sp.deploy(quick, bundle)
         with pytest.raises(InfraUnavailable) as e:
-            await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
+            await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z", timeout=1))
     finally:
         await sp.close()
     assert f"eu: site 'eu' at {site.url} did not answer POST /v1/functions/fn/invoke within 2 s" in e.value.message
-    assert e.value.message.endswith("local: not tried, no time was left of the function's timeout (1 s))"), e.value.message
+    assert e.value.message.endswith(
+        "local: not tried, no time was left of the call's deadline (the 1 s the gateway that placed it gave it, "
+        "and 1 s for a site to answer))"
+    ), e.value.message
     assert local.invocations == 0
 
 
-async def test_a_call_failed_over_to_a_site_takes_there_what_is_left_of_its_timeout(site: StubSite, bundle: Bundle) -> None:
-    """The site ran a call failed over to it for its whole timeout again: it is sent what is
-    left (``x-spanfaas-timeout``), and the site cuts the function then."""
+async def test_a_call_failed_over_to_a_site_takes_there_its_whole_timeout_or_what_the_deadline_leaves(
+    site: StubSite, bundle: Bundle
+) -> None:
+    """The site ran a call failed over to it for its whole timeout again, whatever was left
+    of the call's deadline.  Each attempt is sent the function's timeout, or what the call's
+    deadline leaves of it once the site is waited for (``x-spanfaas-timeout``), and the site
+    cuts the function then: after local failed at once, the whole timeout (no header); after
+    a site that held the call 3 s (a 2 s timeout, its own 1 s), less."""
     site.answers[("PUT", "/v1/functions/fn")] = deployed
     site.answers[("POST", "/v1/functions/fn/invoke")] = (200, {**JSON, "x-spanfaas-invocation-id": "s-1"}, b"{}")
     cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
@@ -359,7 +434,26 @@ async def test_a_call_failed_over_to_a_site_takes_there_what_is_left_of_its_time
         await sp.close()
     assert result.infra == "eu" and result.tried == ["local: injected platform failure (invocation b)"]
     sent = site.headers[site.seen.index(("POST", "/v1/functions/fn/invoke"))]
-    assert 0 < float(sent["x-spanfaas-timeout"]) < 30  # (the manifest's default timeout, less the try on local)
+    assert "x-spanfaas-timeout" not in sent, sent
+
+    with StubSite() as hung:
+        hung.answers[("GET", "/v1/info")] = INFO
+        hung.answers[("PUT", "/v1/functions/fn")] = deployed
+        hung.answers[("POST", "/v1/functions/fn/invoke")] = _hangs(hung)
+        first = InfraConfig(name="far", kind="remote", address=hung.url, region="eu-west", timeout=1)
+        cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=1)
+        sp = SpanningInfrastructure([(RemoteInfrastructure(first), first), (RemoteInfrastructure(cfg), cfg)])
+        quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 2\n')
+        await sp.start()
+        try:
+            await sp.deploy(quick, bundle)
+            site.headers.clear(), site.seen.clear()
+            result = await sp.invoke(quick, b"{}", InvokeContext(invocation_id="c"))
+        finally:
+            await sp.close()
+    assert result.infra == "eu" and [t.partition(":")[0] for t in result.tried] == ["far"]
+    sent = site.headers[site.seen.index(("POST", "/v1/functions/fn/invoke"))]
+    assert 0 < float(sent["x-spanfaas-timeout"]) < 2, sent  # (2 s of timeout, less what far held past its deadline)
 
 
 @pytest.mark.parametrize(

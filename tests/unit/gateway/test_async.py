@@ -417,6 +417,46 @@ async def test_a_graceful_stop_gives_the_run_back_uncounted(
     assert record is not None and record.status == "queued" and record.attempts == 0
 
 
+class _Held(InMemoryInfrastructure):
+    """Runs each call (started) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def invoke(self, spec: Any, payload: bytes, ctx: Any) -> Any:
+        self.invocations += 1
+        if ctx.on_start is not None:
+            ctx.on_start()
+        await self.release.wait()
+        return await super().invoke(spec, payload, ctx)
+
+
+async def test_a_stop_keeps_the_leases_of_the_runs_it_gives_their_grace(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
+) -> None:
+    """The heartbeat ended as the stop began: a run given a grace longer than its lease lost
+    its claim meanwhile, and another gateway on the store claimed it and ran it again while it
+    still ran here.  The leases are renewed until the runs have ended (or been given back)."""
+    infra = _Held()
+    async with _gateway(settings, store, infra, admin_token, lease=1.0) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        id = (await c.post("/v1/functions/hello/invoke?mode=async", json={"name": "held"})).json()["id"]
+        for _ in range(500):
+            if infra.invocations:
+                break
+            await asyncio.sleep(0.01)
+        assert infra.invocations == 1
+        stopping = asyncio.create_task(app.state.gateway.dispatcher.stop(grace=30.0))
+        await asyncio.sleep(2.5)  # (over twice the lease)
+        taken = await asyncio.to_thread(store.claim, time.time(), 1.0, 10, "another-gateway")
+        infra.release.set()
+        await stopping
+        assert taken == [] and not stopping.cancelled()
+    record = store.get_invocation(id)
+    assert record is not None and (record.status, record.attempts, record.reruns) == ("succeeded", 1, 0), record
+
+
 @contextlib.contextmanager
 def _store_refuses(store: SQLiteStore, trigger: str) -> Any:
     """The store refuses some writes, as a full disk would (a trigger another client of

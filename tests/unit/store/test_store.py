@@ -428,6 +428,20 @@ def test_a_claim_whose_run_never_started_is_given_back_as_no_run(store: Store) -
     assert stored is not None and stored.reclaims == 2
 
 
+def test_a_start_refused_before_it_ran_is_no_run(store: Store) -> None:
+    """A run marked started whose start a site then refused (429: it ran nothing) is marked
+    so again (``started=False``): a crash gives the claim back as one that only waited.  A
+    mark of another claim is left as it is."""
+    now = time.time()
+    refused, other = inv(created_at=now - 2), inv(created_at=now - 1)
+    store.enqueue_many([refused, other])
+    assert len(store.claim(now, lease=10, limit=2, owner="g1")) == 2
+    store.mark_started({refused.id: "g1", other.id: "g1"})
+    store.mark_started({refused.id: "g1", other.id: "g2"}, started=False)
+    again = store.claim(now + 11, lease=10, limit=2, owner="g3")
+    assert [(r.id, r.attempts, r.reruns, r.reclaims) for r in again] == [(refused.id, 1, 0, 1), (other.id, 2, 1, 0)]
+
+
 def test_a_mark_of_an_earlier_claim_does_not_land_on_the_next_claim_of_the_same_gateway(store: Store) -> None:
     """A mark written after its record was given back (its run refused: 429) and claimed again
     by the same gateway named only that gateway, and landed on the new claim, which only
