@@ -113,10 +113,11 @@ class FunctionSandbox:
         return cls(scratch_dir, plan, cgroup, uid)
 
     def prepare_scratch(self) -> None:
-        """An empty scratch dir for a new template: the instance dirs (``i<seq>``) of a
+        """An empty scratch dir for a new template: the instance dirs (``i<seq>-<random>``) of a
         template that was stopped (scale to zero) would clash with the new one's
         (``mkdir`` fails, the instance exits 70) and leak its files to them."""
         if self.scratch_dir.is_dir():
+            os.chmod(self.scratch_dir, 0o700)  # (a sandboxed template left it write-only: template.py, _prepare_forking)
             for entry in self.scratch_dir.iterdir():
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)

@@ -168,6 +168,7 @@ class Template:
         self.concurrent = False
         self.data_limit: tuple[int, int] | None = None  # an instance's RLIMIT_DATA
         self.plan_for_child: _ChildPlan | None = None  # what every instance reads of the template (_prepare_forking)
+        self.scratch_paths: dict[int, str] = {}  # seq -> its instance's scratch dir (_scratch)
         self.guarded: tuple[int, ...] = ()  # pids instances may not signal (seccomp), where Landlock cannot scope signals
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
@@ -288,6 +289,10 @@ class Template:
         # that replaces two values instead of growing the environ dict.
         os.environ["TMPDIR"] = os.environ["HOME"] = self.scratch_dir
         if self.landlock:
+            try:  # we make and remove dirs in it and list nothing; an instance may watch nothing in it (_scratch)
+                os.chmod(self.scratch_dir, 0o300)
+            except OSError:
+                pass
             from spanfaas import sandbox
 
             ro_paths = self.plan.ro_paths if self.plan is not None else _plan_value(self.req.sandbox, "ro_paths", ())
@@ -317,7 +322,13 @@ class Template:
         _trim_heap()
 
     def _scratch(self, seq: int) -> str:
-        return f"{self.scratch_dir}/i{seq}"
+        """A new instance's scratch dir: ``i<seq>-<random>``.  The random part is what keeps
+        one call from watching (inotify, which Landlock does not govern) the dir of the
+        call forked after it, together with a scratch root it may not read (mode 0300,
+        ``_prepare_forking``): it learnt the names of the files a concurrent call made."""
+        path = f"{self.scratch_dir}/i{seq}-{os.urandom(6).hex()}"
+        self.scratch_paths[seq] = path
+        return path
 
     def fork_instances(self, n: int, warm: bool = True) -> None:
         """Fork ``n`` instances; ``warm``: each runs its request path once before
@@ -448,7 +459,9 @@ class Template:
             reaped = True  # an orphan too: its own children are ours now, and outlive it
             if seq is None:
                 continue  # an orphan re-parented to us (their subreaper)
-            remove_tree(self._scratch(seq))
+            scratch = self.scratch_paths.pop(seq, None)
+            if scratch is not None:
+                remove_tree(scratch)
             p.send_msg(self.chan, p.InstanceExited(seq, status))
         if reaped and self.reaper:
             self._kill_orphans()
@@ -753,7 +766,7 @@ def remove_tree(path: str) -> None:
     except OSError:
         pass
     try:
-        fd = os.open(path, _DIR_FLAGS)
+        fd = _open_dir(path, None)  # (the scratch root is write-only: _prepare_forking)
     except OSError:
         if os.path.islink(path) or os.path.isfile(path):
             os.unlink(path)
@@ -785,8 +798,8 @@ def remove_tree(path: str) -> None:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _open_dir(name: str, parent: int) -> int:
-    """Open the subdir ``name`` of ``parent``, made readable first if need be."""
+def _open_dir(name: str, parent: int | None) -> int:
+    """Open the subdir ``name`` of ``parent`` (None: the path ``name``), made readable first if need be."""
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
     except PermissionError:

@@ -112,11 +112,12 @@ def place_code(bundle: str) -> str:
 
 
 def place_scratch(uid: int | None, scratch_bytes: int) -> str:
-    """Mount the scratch tmpfs (``scratch_bytes``, owned by ``uid``, mode 0700) on
+    """Mount the scratch tmpfs (``scratch_bytes``, owned by ``uid``, mode 0300: the template
+    makes and removes its instances' dirs there, and no instance may list or watch it) on
     ``SCRATCH``, once ``place_code`` made it.  "" when done; else why not."""
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
     try:
-        _libc.mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={scratch_bytes}{owner}")
+        _libc.mount("tmpfs", SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0300,size={scratch_bytes}{owner}")
     except OSError as exc:
         return f"cannot mount the scratch tmpfs at {SCRATCH}: {exc.strerror or exc}"
     return ""

@@ -589,3 +589,43 @@ async def test_a_call_cannot_change_how_its_template_is_scheduled(sandboxed: Har
     for _ in range(3):
         r = await sandboxed.invoke("sched", b'"look"')
         assert r.ok and json.loads(r.output) == expected, (r.output, r.error)
+
+
+INOTIFY = """
+import ctypes, os, re
+
+libc = ctypes.CDLL(None, use_errno=True)
+IN_CREATE = 0x100
+
+def watch(fd, path):
+    if libc.inotify_add_watch(fd, os.fsencode(path), IN_CREATE) < 0:
+        return ctypes.get_errno()
+    return 0
+
+def handler(event, context):
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    try:
+        here = os.getcwd()
+        root, me = os.path.split(here)
+        seq = int(re.match(r"i(\\d+)", me).group(1))
+        guessed = [os.path.join(root, f"i{k}") for k in range(max(seq - 8, 1), seq + 9) if k != seq]
+        return {"own": watch(fd, here), "root": watch(fd, root),
+                "siblings": sum(watch(fd, p) == 0 for p in guessed)}
+    finally:
+        os.close(fd)
+"""
+
+
+async def test_a_call_cannot_watch_the_scratch_dirs_of_the_calls_beside_it(sandboxed: Harness) -> None:
+    """inotify is not Landlock's: a strict call put a watch on the scratch root and on
+    its siblings' dirs (i<n+1>, forked ahead), and learnt the names of the files a
+    concurrent call of the same function made.  The root is not readable (mode 0300:
+    the template makes and removes dirs in it, lists nothing) and an instance's dir
+    name holds a random part, so there is nothing to watch but its own."""
+    require(sandboxed, "landlock")
+    await sandboxed.deploy("notify", INOTIFY, "[scaling]\nprefork = 3\n")
+    for _ in range(3):
+        r = await sandboxed.invoke("notify")
+        assert r.ok, r.error
+        got = json.loads(r.output)
+        assert got["own"] == 0 and got["root"] == 13 and got["siblings"] == 0, got  # 13: EACCES

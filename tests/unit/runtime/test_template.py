@@ -49,6 +49,7 @@ def test_an_instances_group_is_killed_while_its_pid_is_still_its_own(monkeypatch
     tpl.children, tpl.chan, tpl.reaper = {pid: 1}, ours, False
     tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
     tpl.scratch_dir = tpl.req.scratch_dir  # (the host path: no fitter placed it)
+    tpl.scratch_paths = {1: str(tmp_path / "i1-0")}
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited (left unreaped)
         tpl.reap()
@@ -75,7 +76,7 @@ def test_an_instances_scratch_dir_is_made_before_its_fork_without_a_sandbox_too(
     tpl = Template.__new__(Template)  # (no runtime, no sandbox: only what _make_instance uses)
     tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
     tpl.scratch_dir = tpl.req.scratch_dir  # (the host path: no fitter placed it)
-    tpl.seq, tpl.layer = 0, None
+    tpl.seq, tpl.layer, tpl.scratch_paths = 0, None, {}
     prep = tpl._make_instance()
     try:
         scratch = Path(prep.scratch)
