@@ -31,40 +31,8 @@ def _runner(arch: str) -> list[str] | None:
     return [emulator] if emulator else None
 
 
-@pytest.mark.parametrize("arch", sorted(reaper.CODE))
-def test_the_reaper_waits_for_its_lifeline_then_exits_0(arch: str, tmp_path: Path) -> None:
-    runner = _runner(arch)
-    if runner is None:
-        pytest.skip(f"no way to run an {arch} program here: install qemu-user-static (scripts/test-deps.sh does)")
-    image = reaper.elf(arch)
-    assert image is not None
-    path = tmp_path / f"reaper-{arch}"
-    path.write_bytes(image)
-    path.chmod(0o755)
-    life_r, life_w = os.pipe()
-    try:
-        proc = subprocess.Popen([*runner, str(path)], stdin=life_r, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    finally:
-        os.close(life_r)
-    try:
-        time.sleep(0.5)  # (an emulator's start: a program that does not block has ended by then)
-        assert proc.poll() is None, f"{arch} reaper ended with the lifeline open: {proc.returncode}, {proc.stderr.read()!r}"  # type: ignore[union-attr]
-        os.close(life_w)
-        life_w = -1
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if life_w >= 0:
-            os.close(life_w)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
-@pytest.mark.parametrize("arch", sorted(reaper.CODE))
-def test_a_byte_on_the_lifeline_also_ends_the_reaper(arch: str, tmp_path: Path) -> None:
-    """read() returning anything ends it: what the template writes never keeps pid 1 waiting."""
+def _start(arch: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The ``arch`` reaper, started with a pipe as its lifeline: (process, the write end)."""
     runner = _runner(arch)
     if runner is None:
         pytest.skip(f"no way to run an {arch} program here: install qemu-user-static (scripts/test-deps.sh does)")
@@ -76,13 +44,41 @@ def test_a_byte_on_the_lifeline_also_ends_the_reaper(arch: str, tmp_path: Path) 
     life_r, life_w = os.pipe()
     try:
         proc = subprocess.Popen([*runner, str(path)], stdin=life_r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except BaseException:
+        os.close(life_w)
+        raise
     finally:
         os.close(life_r)
+    return proc, life_w
+
+
+def _stop(proc: subprocess.Popen[bytes], life_w: int) -> None:
+    if life_w >= 0:
+        os.close(life_w)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("arch", sorted(reaper.CODE))
+def test_the_reaper_waits_for_its_lifeline_then_exits_0(arch: str, tmp_path: Path) -> None:
+    proc, life_w = _start(arch, tmp_path)
+    try:
+        time.sleep(0.5)  # (an emulator's start: a program that does not block has ended by then)
+        assert proc.poll() is None, f"{arch} reaper ended with the lifeline open: {proc.returncode}"
+        os.close(life_w)
+        life_w = -1
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc, life_w)
+
+
+@pytest.mark.parametrize("arch", sorted(reaper.CODE))
+def test_a_byte_on_the_lifeline_also_ends_the_reaper(arch: str, tmp_path: Path) -> None:
+    """read() returning anything ends it: what the template writes never keeps pid 1 waiting."""
+    proc, life_w = _start(arch, tmp_path)
     try:
         os.write(life_w, b"x")
         assert proc.wait(timeout=30) == 0
     finally:
-        os.close(life_w)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc, life_w)
