@@ -463,6 +463,8 @@ def _wait_as_spare(sock: socket.socket, protections: list[Protection], reports: 
 
 def main(argv: list[str]) -> None:
     os.environ.pop("LD_BIND_NOW", None)  # read by the loader at our start (zygotes.py); not the functions'
+    if sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]  # ``-m`` put our cwd ("/", zygotes.py) first: no function imports from there
     fd = int(argv[1])
     modules: list[str] = msgspec.json.decode(argv[2]) if len(argv) > 2 else []
     # argv[3:]: flags

@@ -100,6 +100,7 @@ async def test_a_sandboxed_function_sees_its_code_and_scratch_at_fixed_paths_onl
         assert host not in shown, (host, seen)
     assert seen["file"] == "/var/task/handler.py"
     assert seen["path"][0] == "/var/task"
+    assert "/" not in seen["path"] and "" not in seen["path"], seen["path"]  # (the zygote's cwd, from -m: not the function's)
     assert seen["cwd"].startswith("/var/tmp/i")
     assert seen["tmpdir"] == seen["home"] == seen["tempdir"] == seen["cwd"]
     assert seen["own_source"] and not seen["code_writable"]
