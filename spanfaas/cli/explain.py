@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -55,7 +55,7 @@ def explain(
         table.add_row(
             str(v.get("rank") or "-"), escape(str(v.get("infra", ""))), escape(str(v.get("kind", ""))),
             escape(str(v.get("region", ""))), f"[{colour}]{verdict}[/{colour}]", "-" if score is None else f"{score:.3f}",
-            f"{v['ewma_latency_ms']:.2f} ms" if v.get("ewma_latency_ms") else "-", escape(_state(breaker)),
+            _latency(v), escape(_state(breaker)),
         )  # fmt: skip
         reasons = [*(v.get("reasons") or [])]
         components = v.get("components") or {}
@@ -72,3 +72,11 @@ def _state(breaker: str) -> str:
     """The breaker's state alone ('open', 'half-open'), from its description ('open after 3
     failures; next probe in 4.0 s'); the description goes with the reasons."""
     return breaker.split(":")[0].split()[0] if breaker.strip() else "-"
+
+
+def _latency(v: dict[str, Any]) -> str:
+    """The latency column: "(site)" when it is the site's over all its functions (this one has none there yet)."""
+    ms = v.get("ewma_latency_ms")
+    if not ms:
+        return "-"
+    return f"{ms:.2f} ms" + (" (site)" if v.get("latency_of") == "site" else "")

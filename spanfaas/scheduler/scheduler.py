@@ -217,6 +217,9 @@ class Verdict(Struct, kw_only=True):
     healthy: bool = False
     breaker: str = "closed"
     ewma_latency_ms: float | None = None
+    latency_of: str = ""
+    """Whose calls ``ewma_latency_ms`` averages: "function" (this function's there), "site"
+    (every function's there: this one has none measured yet, and is ranked by that), "" (none)."""
     inflight: int = 0
 
 
@@ -344,6 +347,7 @@ class Scheduler:
                 infra=site.name, kind=site.info.kind, verdict="rejected", region=site.info.region,
                 healthy=site.info.healthy, breaker=site.breaker_state(now),
                 ewma_latency_ms=site.latency.get(spec.name) or (site.site_latency or None), inflight=site.inflight,
+                latency_of="function" if site.latency.get(spec.name) else "site" if site.site_latency else "",
             )  # fmt: skip
             reasons = check(spec, site.info, site.unknown())
             if reasons:

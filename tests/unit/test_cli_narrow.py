@@ -173,3 +173,13 @@ def test_dlq_ls_shows_why_a_dead_letter_failed(live: Live, cli: Any) -> None:
     finally:
         live.store.discard_dead_letter("why-junk")
         live.store.discard_dead_letter("why-long")
+
+
+def test_explain_marks_a_latency_that_is_the_sites_own() -> None:
+    """A function with no calls measured on a site shows the site's latency over all its functions:
+    the column says so, not as if the function's calls took that long."""
+    from spanfaas.cli.explain import _latency
+
+    assert _latency({"ewma_latency_ms": 1089.81, "latency_of": "site"}) == "1089.81 ms (site)"
+    assert _latency({"ewma_latency_ms": 1.2, "latency_of": "function"}) == "1.20 ms"
+    assert _latency({"ewma_latency_ms": None, "latency_of": ""}) == "-"

@@ -906,3 +906,22 @@ async def test_a_site_slow_to_recount_holds_a_deploy_no_longer_than_the_recount_
     assert "fn" in sp.site("local").deployed and len(sp._recounts) == 1
     await sp.close()
     assert not sp._recounts
+
+
+async def test_explain_says_when_a_latency_is_the_sites_not_the_functions(spanning, bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
+    """A function with no calls measured on a site is ranked by the site's latency over all its
+    functions; explain showed that figure as if it were the function's own (1,089 ms for a
+    function whose calls took 1 ms, while another function's slept)."""
+    sp = await spanning(LOCAL, RAY)
+    fn, other = make_spec(name="fn"), make_spec(name="other")
+    await sp.deploy(fn, bundle)
+    await sp.deploy(other, bundle)
+    for i in range(3):
+        await sp.invoke(other, b"{}", ctx(i))
+    measured = {v.infra: v for v in sp.explain(other).infrastructures}
+    used = next(name for name, v in measured.items() if v.ewma_latency_ms is not None)
+    assert measured[used].latency_of == "function"
+    v = {x.infra: x for x in sp.explain(fn).infrastructures}[used]
+    assert v.ewma_latency_ms is not None and v.latency_of == "site"
+    unmeasured = next(x for x in sp.explain(fn).infrastructures if x.infra != used)
+    assert unmeasured.ewma_latency_ms is None and unmeasured.latency_of == ""
