@@ -69,6 +69,21 @@ LAZY_IMPORTS = (
 
 _LAZY_DONE = False  # set in the zygote: its templates inherit the modules
 
+_SCOPED: Protection | None = None
+"""Set in the zygote (``warm_sandbox``) where Landlock scopes signals (ABI 6+): the
+signal-scope Protection of each template whose Landlock layer is in force."""
+
+
+def warm_sandbox() -> None:
+    """In the zygote, once: where Landlock scopes signals, the signal-scope Protection
+    every such template reports (``lock_down``), so that none of them asks the ABI
+    (``TEST_ABI_ENV`` included: the zygote has its runtime's) or formats the text."""
+    global _SCOPED
+    from spanfaas.sandbox import landlock, seccomp
+
+    abi = landlock.abi_version()
+    _SCOPED = seccomp.signal_protection(abi, True, True, False) if abi >= 6 else None
+
 
 def _preimport_lazy() -> None:
     for name in LAZY_IMPORTS:
@@ -207,7 +222,6 @@ class Template:
         if plan is None:
             return
         from spanfaas import sandbox
-        from spanfaas.sandbox import landlock, seccomp
 
         plan_obj = self.plan
         if plan_obj is None:
@@ -230,6 +244,15 @@ class Template:
         # signal pid 1 or our parents (and kill(-1)), in us and every process we fork;
         # those that would signal us, in our instances (``_guard_self``: not in the
         # import, whose os.kill(os.getpid()) or abort() must end us as without it).
+        # Where Landlock scopes signals, what the zygote learnt (``warm_sandbox``): no
+        # Python here that the zygote did not run, since each function a template runs
+        # first un-shares the page of its code object, and each string it builds is its own.
+        if self.landlock and _SCOPED is not None:
+            self.protections.append(sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host"))
+            self.protections.append(_SCOPED)
+            return
+        from spanfaas.sandbox import landlock, seccomp
+
         abi = landlock.abi_version()
         self.guarded = () if self.landlock and abi >= 6 else _guarded_pids()
         sc = sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host", guarded=self.guarded)
@@ -916,7 +939,8 @@ def run(
             p.send_msg(chan, p.Importing(), fds=[capture])  # if the code exits or crashes now, the runtime tells why
             sandboxing = False
             tpl.load()
-            tpl.guard_self()
+            if tpl.guarded:  # (not a call where there is nothing to guard: see lock_down)
+                tpl.guard_self()
         except BaseException as exc:  # report any import-time failure to the runtime
             out = os.pread(capture, 65536, 0).decode("utf-8", "replace")
             err = ErrorInfo(

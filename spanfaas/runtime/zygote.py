@@ -438,6 +438,7 @@ def _warm_sandbox() -> None:
 
     _reaper_program = reaper.program()
     sandbox.prepare()  # probe once and prebuild seccomp programs; templates inherit them
+    template.warm_sandbox()
     from spanfaas.sandbox import fsview, paths
 
     fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])

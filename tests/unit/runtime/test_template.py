@@ -119,3 +119,26 @@ def test_an_instances_tmpdir_and_home_are_set_without_setenv(tmp_path: Path) -> 
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert got.split(b"\n") == [scratch] * 4
+
+
+def test_warm_sandbox_builds_the_signal_scope_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Landlock scopes signals (ABI 6+) the zygote builds, once, the signal-scope
+    Protection its templates report (each building its own un-shared pages of every one of
+    them); where it cannot (a lowered ABI) there is none, and templates take the path of
+    the seccomp signal guard."""
+    from spanfaas.runtime import template
+    from spanfaas.sandbox.landlock import TEST_ABI_ENV, abi_version
+    from spanfaas.sandbox.seccomp import signal_protection
+
+    monkeypatch.setattr(template, "_SCOPED", None)  # (restored after the test)
+    monkeypatch.setenv(TEST_ABI_ENV, "5")
+    template.warm_sandbox()
+    assert template._SCOPED is None
+    monkeypatch.delenv(TEST_ABI_ENV)
+    template.warm_sandbox()
+    abi = abi_version()
+    if abi < 6:
+        assert template._SCOPED is None
+    else:
+        assert template._SCOPED == signal_protection(abi, True, True, False)
+        assert template._SCOPED.active and template._SCOPED.name == "signal-scope"
