@@ -330,6 +330,18 @@ def _hangs(site: StubSite) -> Callable[[bytes], Answer]:
     return hang
 
 
+
+async def _one_quick_call(sp: SpanningInfrastructure, bundle: Bundle) -> Result:
+    """Start ``sp``, deploy a function with a 1 s timeout, call it once, close ``sp``."""
+    quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
+    await sp.start()
+    try:
+        await sp.deploy(quick, bundle)
+        return await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
+    finally:
+        await sp.close()
+
+
 async def test_a_site_that_answers_its_info_but_not_a_call_fails_over_in_time(site: StubSite, bundle: Bundle) -> None:
     """A site whose info answers (so the refresh finds it up) but that never answers a call
     held it for the function's timeout and the site's (the site would have answered by
@@ -342,13 +354,7 @@ async def test_a_site_that_answers_its_info_but_not_a_call_fails_over_in_time(si
     cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=1)
     local = _Timed("local")
     sp = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (local, InfraConfig(name="local"))])
-    quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
-    await sp.start()
-    try:
-        await sp.deploy(quick, bundle)
-        result = await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
-    finally:
-        await sp.close()
+    result = await _one_quick_call(sp, bundle)
     assert (result.infra, result.error) == ("local", None)
     [given] = local.timeouts
     assert given is not None and 0 < given < 1, given
@@ -371,13 +377,7 @@ async def test_after_a_site_that_never_answered_a_call_only_what_fits_the_deadli
         us = InfraConfig(name="us", kind="remote", address=other.url, region="us-east", timeout=1)
         local = _Timed("local")
         sp = SpanningInfrastructure([(RemoteInfrastructure(eu), eu), (RemoteInfrastructure(us), us), (local, InfraConfig(name="local"))])
-        quick = parse_manifest('name = "fn"\nisolation = "reuse"\n[resources]\ntimeout = 1\n')
-        await sp.start()
-        try:
-            await sp.deploy(quick, bundle)
-            result = await sp.invoke(quick, b"{}", InvokeContext(invocation_id="z"))
-        finally:
-            await sp.close()
+        result = await _one_quick_call(sp, bundle)
         assert ("POST", "/v1/functions/fn/invoke") not in other.seen
     assert result.infra == "local" and result.error is None and len(local.timeouts) == 1
     [tried] = result.tried  # (us was not tried: only the attempts made are the caller's to know)
