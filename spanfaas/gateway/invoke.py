@@ -24,6 +24,7 @@ from spanfaas.clipping import keep_ends
 from spanfaas.errors import (
     FunctionNotFound,
     IdempotencyKeyReused,
+    InfraInterrupted,
     InfraUnavailable,
     InvalidPayload,
     InvalidRequest,
@@ -218,7 +219,11 @@ class InvokeEndpoint:
             return
         # A call another gateway placed here runs under that gateway's id (context.invocation_id,
         # so its logs join); this record keeps its own id (unique in this store) and that one as origin.
-        ctx = InvokeContext(invocation_id=origin_id or invocation_id, content_type=ct, event=attributes, timeout=timeout)
+        starts = _Starts()
+        ctx = InvokeContext(
+            invocation_id=origin_id or invocation_id, content_type=ct, event=attributes, timeout=timeout,
+            on_start=starts.started, on_refused=starts.refused,
+        )  # fmt: skip
         def record_infra_failure(exc: SpanfaasError) -> None:
             gw.recorder.add(
                 InvocationRecord(
@@ -249,6 +254,11 @@ class InvokeEndpoint:
                     + like_deployed(name, gw.registry.functions)
                 ) from None
             gw.metrics.infra_failed(name)
+            if starts.n > 0 and isinstance(exc, InfraUnavailable) and not isinstance(exc, InfraInterrupted):
+                ran = InfraInterrupted(exc.message, **exc.extra)  # (its type says it may have run; the words stay)
+                record_infra_failure(ran)
+                ran.extra.setdefault("invocation_id", invocation_id)
+                raise ran from None
             record_infra_failure(exc)
             exc.extra.setdefault("invocation_id", invocation_id)
             raise
@@ -257,7 +267,14 @@ class InvokeEndpoint:
             # second Ctrl-C): the platform's failure, recorded and answered, not a traceback.
             if not gw.stopping:
                 raise
-            cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
+            cut: InfraUnavailable
+            if starts.n > 0:
+                cut = InfraInterrupted("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
+            else:  # it waited (in its function's queue): the client may send it again
+                cut = InfraUnavailable(
+                    "the gateway stopped while the invocation waited to run; nothing of it ran: send it again once the "
+                    "gateway is back", invocation_id=invocation_id,
+                )  # fmt: skip
             record_infra_failure(cut)
             raise cut from None
         finally:
@@ -342,6 +359,25 @@ class InvokeEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": out})
+
+
+class _Starts:
+    """How many runs of one sync invocation may have started (``InvokeContext.on_start``,
+    less those a site refused before they ran, ``on_refused``).  A 503 the call then ends
+    with says which it was: ``InfraInterrupted`` (it may have run) when any did, plain
+    ``InfraUnavailable`` (nothing ran: a gateway that placed the call here fails over from
+    it as from a 429, its start written off) when none did."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def started(self) -> None:
+        self.n += 1
+
+    def refused(self) -> None:
+        self.n -= 1
 
 
 def _event_attributes(scope: Scope, header: bytes, is_async: bool) -> dict[str, object]:
