@@ -239,13 +239,14 @@ class InvokeEndpoint:
         gw.recorder.begin(invocation_id, name, ct, now, origin_id)  # listed as running meanwhile
         try:
             result = await gw.infra.invoke(fn.spec, body, ctx)
-        except TooManyRequests:
-            # The function is full (scaling.max + scaling.queue, here or on a site): refused
-            # before it ran, as a payload over the limit is; not a platform failure, and
-            # nothing to look up later.  The client tries again after Retry-After.
-            gw.metrics.refused(name)
-            raise
         except SpanfaasError as exc:
+            if isinstance(exc, TooManyRequests) and starts.n <= 0:
+                # The function is full (scaling.max + scaling.queue, here or on a site): refused
+                # before it ran, as a payload over the limit is; not a platform failure, and
+                # nothing to look up later.  The client tries again after Retry-After.  (Full
+                # where it failed over to, after a try that may have run: not a refusal, below.)
+                gw.metrics.refused(name)
+                raise
             if name not in gw.registry.functions:
                 # Removed (``rm``) while this call arrived or waited: no function to run, as for
                 # a name never deployed -- not the platform's failure, nothing to record or count.
@@ -254,8 +255,11 @@ class InvokeEndpoint:
                     + like_deployed(name, gw.registry.functions)
                 ) from None
             gw.metrics.infra_failed(name)
-            if starts.n > 0 and isinstance(exc, InfraUnavailable) and not isinstance(exc, InfraInterrupted):
-                ran = InfraInterrupted(exc.message, **exc.extra)  # (its type says it may have run; the words stay)
+            if starts.n > 0 and isinstance(exc, InfraUnavailable | TooManyRequests) and not isinstance(exc, InfraInterrupted):
+                # (its type says it may have run; the words stay.  A 429's Retry-After goes: sent
+                # again, it may run twice, and a gateway that placed it here must not take it back)
+                extra = {k: v for k, v in exc.extra.items() if not (isinstance(exc, TooManyRequests) and k == "retry_after")}
+                ran = InfraInterrupted(exc.message, **extra)
                 record_infra_failure(ran)
                 ran.extra.setdefault("invocation_id", invocation_id)
                 raise ran from None
