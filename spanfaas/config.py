@@ -287,8 +287,10 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ``runtime.max_payload`` follows it when it is lower, so what is accepted can run."""
     max_bundle: Annotated[int, Meta(ge=1024)] = 64 * MiB
     stop_grace: Annotated[int, Meta(ge=0, le=3600)] = 10
-    """Seconds a stop (SIGTERM, Ctrl-C) waits for the requests in progress; those still in
-    progress then are cut short (answered 503, named in one warning of the log)."""
+    """Seconds a stop (SIGTERM, Ctrl-C) waits for the work in progress, counted from the
+    signal: the sync requests (those still in progress then are cut short, answered 503,
+    named in one warning of the log) and the async invocations running (those still running
+    then go back to the queue, not counted; none is claimed after the signal)."""
     async_retries: Annotated[int, Meta(ge=0, le=100)] = 3
     """Async invocations: runs that failed on the platform (``InfraError``) retried.  A run
     started again because the gateway died during one is not a retry (``CRASH_RERUNS``),

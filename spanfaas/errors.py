@@ -23,7 +23,8 @@ user's function failed::
     ├── TooManyRequests                 429  exit 6
     ├── WaitTimeout                     504  exit 1   (the client stopped waiting; also a TimeoutError)
     ├── InfraError                      502  exit 7   (the platform failed)
-    │   ├── InfraUnavailable            503
+    │   ├── InfraUnavailable            503   nothing of the call ran (a site, the store, the gateway unavailable)
+    │   │   └── InfraInterrupted        503   ... after the call may have started: it may have run, in part
     │   ├── ImageBuildTimeout           504   uv ran past [images] build_timeout
     │   └── ImageSourceUnreachable      502   uv could not reach the package index or wheelhouse
     └── FunctionFailed                  500  exit 8   (the user's function failed)
@@ -53,6 +54,7 @@ __all__ = [
     "ImageRejected",
     "ImageSourceUnreachable",
     "InfraError",
+    "InfraInterrupted",
     "InfraUnavailable",
     "InvalidBundle",
     "InvalidManifest",
@@ -248,7 +250,22 @@ class InfraError(SpanfaasError):
 
 
 class InfraUnavailable(InfraError):
+    """The platform could not take the request now.  Of an invocation (503
+    ``infra-unavailable``): nothing of it ran -- sent again, it runs once.  One that may
+    have run is ``InfraInterrupted``."""
+
     status, slug, title = 503, "infra-unavailable", "Infrastructure unavailable"
+
+
+class InfraInterrupted(InfraUnavailable):
+    """The platform failed after an invocation may have started (its gateway stopped during
+    it, the site or the instance running it was lost, every failover failed): it may have
+    run, in part -- sent again, it may run twice.  A 503 as ``InfraUnavailable`` (clients
+    that retry on 503 still do), with its own type, so that a gateway that placed the call
+    on this site tells it from a 503 that ran nothing, which it fails over from as from
+    a 429 (``infra/remote.py``)."""
+
+    slug, title = "infra-interrupted", "Infrastructure failed during the invocation"
 
 
 class ImageBuildTimeout(InfraError):

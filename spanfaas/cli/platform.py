@@ -17,7 +17,7 @@ from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, err_console, handle_e
 from spanfaas.client import Client
 from spanfaas.client.userconfig import UserConfig, config_path, keep_replaced, load_user_config, save_user_config
 from spanfaas.config import Settings, check_port
-from spanfaas.errors import InfraError, SpanfaasError
+from spanfaas.errors import InfraError, InvalidRequest, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
 
 __all__ = ["doctor", "examples_dir", "up"]
@@ -137,36 +137,56 @@ def _announce(
     sys.stdout.flush()
 
 
+LocalOpt = Annotated[
+    bool,
+    typer.Option("--local", help="Check this machine alone (the sandbox's protections, the scratch a killed runtime left); ask no gateway."),
+]
+
+
 @handle_errors
-def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the connection and show which sandbox protections are in force, and why not; unmount the scratch tmpfs killed runtimes left."""
+def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False, local: LocalOpt = False) -> None:
+    """Check the connection and show which sandbox protections are in force, and why not; unmount the scratch tmpfs killed runtimes left.
+
+    Fails (exit 7; 3 for a token it refuses) when the gateway does not answer, after showing
+    what the sandbox could apply on this machine; --local checks this machine alone.
+    """
     report: dict[str, Any] = {"url": None, "reachable": False, "authenticated": False, "version": None, "source": None, "protections": []}
-    with Client(url, token) as client:
-        report["url"] = client.url
-        report["token"] = bool(client.token)
-        try:
-            info = client.info()
-        except InfraError as exc:
-            report["error"] = exc.message
-        except SpanfaasError as exc:  # reachable, but the token was refused
-            report.update(reachable=True, error=exc.message)
-        else:
-            report.update(reachable=True, authenticated=True, version=info.get("version"), source="gateway", protections=info.get("protections") or [])
-            report["down"] = {
-                str(i.get("name")): str(i.get("reason") or "no reason given") for i in info.get("infrastructures", []) if not i.get("healthy", True)
-            }
+    failure: SpanfaasError | None = None
+    if local and (url is not None or token is not None):
+        raise InvalidRequest("--local asks no gateway: drop --url and --token, or drop --local to check that gateway")
+    if local:
+        report.update(reachable=None, authenticated=None)
+    else:
+        with Client(url, token) as client:
+            report["url"] = client.url
+            report["token"] = bool(client.token)
+            try:
+                info = client.info()
+            except InfraError as exc:
+                report["error"], failure = exc.message, exc
+            except SpanfaasError as exc:  # reachable, but the token was refused
+                report.update(reachable=True, error=exc.message)
+                failure = exc
+            else:
+                report.update(reachable=True, authenticated=True, version=info.get("version"), source="gateway", protections=info.get("protections") or [])
+                report["down"] = {
+                    str(i.get("name")): str(i.get("reason") or "no reason given") for i in info.get("infrastructures", []) if not i.get("healthy", True)
+                }
     if report["source"] is None:
-        local = _local_protections()
-        if local is not None:
-            report.update(source="local probe", protections=local)
+        probed = _local_protections()
+        if probed is not None:
+            report.update(source="local probe", protections=probed)
     report["stale_scratch"] = _sweep_stale_scratch()
     if as_json:
         print_json(report)
     else:
         console = out_console()
-        mark = "[green]✓[/green]" if report["authenticated"] else "[red]✗[/red]"
-        status = f"spanfaas {report['version']}" if report["authenticated"] else str(report.get("error", ""))
-        console.print(f"{mark} gateway {escape(report['url'])}: {escape(status)}")
+        if local:
+            console.print("[dim]gateway not checked (--local)[/dim]")
+        else:
+            mark = "[green]✓[/green]" if report["authenticated"] else "[red]✗[/red]"
+            status = f"spanfaas {report['version']}" if report["authenticated"] else str(report.get("error", ""))
+            console.print(f"{mark} gateway {escape(report['url'])}: {escape(status)}")
         for name, why in report.get("down", {}).items():
             console.print(f"[red]✗[/red] infrastructure {escape(name)} is down: {escape(why)}")
         if report["protections"]:
@@ -183,8 +203,17 @@ def doctor(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
                     f"[red]✗[/red] a dead runtime's (pid {pid}) scratch tmpfs is still mounted at {where}: "
                     f"{escape(stale['error'])}; run `{escape(command_name())} doctor` as root, or `umount -l {where}`"
                 )
-    if not report["protections"] and not report["authenticated"]:
-        raise typer.Exit(InfraError.exit_code)
+    if failure is not None:
+        # The local probe above is this machine's, not the gateway's: the check the user asked
+        # for (the gateway's) failed, and a script or a health check must see that.
+        what = "did not answer" if isinstance(failure, InfraError) else "refused the token"
+        seen = " (the sandbox protections shown are this machine's, from the local probe)" if report["protections"] else ""
+        err_console().print(
+            f"[red]error:[/red] the gateway at {escape(report['url'])} {what}: {escape(failure.message)}{seen}; "
+            f"point doctor at a running gateway (--url, SPANFAAS_URL), or run `{escape(command_name())} doctor --local` "
+            "to check this machine alone"
+        )
+        raise typer.Exit(failure.exit_code)
 
 
 def _sweep_stale_scratch() -> list[dict[str, Any]]:

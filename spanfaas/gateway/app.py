@@ -22,6 +22,7 @@ import asyncio
 import gc
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -87,6 +88,8 @@ class Gateway:
         self.dispatcher.events = self.events.delivery
         self.stopping = False
         """The server is stopping (a signal came): requests it cuts short are answered as such."""
+        self.stop_began: float | None = None
+        """When the stop signal came (``time.monotonic``): the stop grace counts from then."""
         self.forced = False
         """Stop at once (a second Ctrl-C): async runs go back to the queue without their grace."""
         self.table = endpoints(self)
@@ -114,6 +117,30 @@ class Gateway:
             gc.collect()
             gc.freeze()
 
+    def begin_stop(self) -> None:
+        """A stop signal came (``server._Server.handle_exit``): requests cut short from now on
+        are answered as such, the dispatcher claims no more async invocations, and the stop
+        grace (``stop_grace``) runs from now, for the sync requests in progress (uvicorn's
+        graceful shutdown) and the async runs (``stop``) alike.  Flags only: it runs in a
+        signal handler."""
+        if self.stop_began is None:
+            self.stop_began = time.monotonic()
+        self.stopping = True
+        self.dispatcher.hold()
+
+    def grace_left(self) -> float:
+        """Seconds the async runs still in progress are given to end as the gateway stops:
+        ``stop_grace``, less what has passed since the stop signal (the sync requests were
+        waited for meanwhile), so one stop_grace bounds the stop; all of it when the stop
+        came without a signal (an app's lifespan ended in-process); none after a second
+        Ctrl-C (``forced``)."""
+        if self.forced:
+            return 0.0
+        grace = float(self.settings.stop_grace)
+        if self.stop_began is None:
+            return grace
+        return max(0.0, grace - (time.monotonic() - self.stop_began))
+
     async def stop(self) -> None:
         async with slow_step("the event sources"):
             await self.events.stop()
@@ -123,7 +150,7 @@ class Gateway:
         async with slow_step("early action"):
             await self.early.close()
         async with slow_step("the dispatcher"):
-            await self.dispatcher.stop(grace=0.0 if self.forced else 5.0)
+            await self.dispatcher.stop(grace=self.grace_left())
         async with slow_step("coherence"):
             await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
         async with slow_step("the recorder"):

@@ -157,6 +157,12 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def hold(self) -> None:
+        """Claim nothing more: the gateway is stopping (a signal came; ``stop`` follows once its
+        sync requests are done).  What runs goes on.  Only a flag (this may run in a signal
+        handler): the feed sees it at its next look, within ``poll``, or as a slot frees up."""
+        self._stopping = True
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop claiming; give running invocations ``grace`` seconds, then requeue the rest."""
         self._stopping = True

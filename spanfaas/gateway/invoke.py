@@ -24,6 +24,7 @@ from spanfaas.clipping import keep_ends
 from spanfaas.errors import (
     FunctionNotFound,
     IdempotencyKeyReused,
+    InfraInterrupted,
     InfraUnavailable,
     InvalidPayload,
     InvalidRequest,
@@ -218,7 +219,11 @@ class InvokeEndpoint:
             return
         # A call another gateway placed here runs under that gateway's id (context.invocation_id,
         # so its logs join); this record keeps its own id (unique in this store) and that one as origin.
-        ctx = InvokeContext(invocation_id=origin_id or invocation_id, content_type=ct, event=attributes, timeout=timeout)
+        starts = _Starts()
+        ctx = InvokeContext(
+            invocation_id=origin_id or invocation_id, content_type=ct, event=attributes, timeout=timeout,
+            on_start=starts.started, on_refused=starts.refused,
+        )  # fmt: skip
         def record_infra_failure(exc: SpanfaasError) -> None:
             gw.recorder.add(
                 InvocationRecord(
@@ -234,13 +239,14 @@ class InvokeEndpoint:
         gw.recorder.begin(invocation_id, name, ct, now, origin_id)  # listed as running meanwhile
         try:
             result = await gw.infra.invoke(fn.spec, body, ctx)
-        except TooManyRequests:
-            # The function is full (scaling.max + scaling.queue, here or on a site): refused
-            # before it ran, as a payload over the limit is; not a platform failure, and
-            # nothing to look up later.  The client tries again after Retry-After.
-            gw.metrics.refused(name)
-            raise
         except SpanfaasError as exc:
+            if isinstance(exc, TooManyRequests) and starts.n <= 0:
+                # The function is full (scaling.max + scaling.queue, here or on a site): refused
+                # before it ran, as a payload over the limit is; not a platform failure, and
+                # nothing to look up later.  The client tries again after Retry-After.  (Full
+                # where it failed over to, after a try that may have run: not a refusal, below.)
+                gw.metrics.refused(name)
+                raise
             if name not in gw.registry.functions:
                 # Removed (``rm``) while this call arrived or waited: no function to run, as for
                 # a name never deployed -- not the platform's failure, nothing to record or count.
@@ -249,6 +255,14 @@ class InvokeEndpoint:
                     + like_deployed(name, gw.registry.functions)
                 ) from None
             gw.metrics.infra_failed(name)
+            if starts.n > 0 and isinstance(exc, InfraUnavailable | TooManyRequests) and not isinstance(exc, InfraInterrupted):
+                # (its type says it may have run; the words stay.  A 429's Retry-After goes: sent
+                # again, it may run twice, and a gateway that placed it here must not take it back)
+                extra = {k: v for k, v in exc.extra.items() if not (isinstance(exc, TooManyRequests) and k == "retry_after")}
+                ran = InfraInterrupted(exc.message, **extra)
+                record_infra_failure(ran)
+                ran.extra.setdefault("invocation_id", invocation_id)
+                raise ran from None
             record_infra_failure(exc)
             exc.extra.setdefault("invocation_id", invocation_id)
             raise
@@ -257,7 +271,14 @@ class InvokeEndpoint:
             # second Ctrl-C): the platform's failure, recorded and answered, not a traceback.
             if not gw.stopping:
                 raise
-            cut = InfraUnavailable("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
+            cut: InfraUnavailable
+            if starts.n > 0:
+                cut = InfraInterrupted("the gateway stopped during the invocation; it may have run in part", invocation_id=invocation_id)
+            else:  # it waited (in its function's queue): the client may send it again
+                cut = InfraUnavailable(
+                    "the gateway stopped while the invocation waited to run; nothing of it ran: send it again once the "
+                    "gateway is back", invocation_id=invocation_id,
+                )  # fmt: skip
             record_infra_failure(cut)
             raise cut from None
         finally:
@@ -342,6 +363,25 @@ class InvokeEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": out})
+
+
+class _Starts:
+    """How many runs of one sync invocation may have started (``InvokeContext.on_start``,
+    less those a site refused before they ran, ``on_refused``).  A 503 the call then ends
+    with says which it was: ``InfraInterrupted`` (it may have run) when any did, plain
+    ``InfraUnavailable`` (nothing ran: a gateway that placed the call here fails over from
+    it as from a 429, its start written off) when none did."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def started(self) -> None:
+        self.n += 1
+
+    def refused(self) -> None:
+        self.n -= 1
 
 
 def _event_attributes(scope: Scope, header: bytes, is_async: bool) -> dict[str, object]:

@@ -53,7 +53,7 @@ def local_url(host: str, port: int) -> str:
 class _Server(uvicorn.Server):
     """uvicorn's server, minus re-raising SIGTERM/SIGINT after its graceful
     shutdown (that would kill the process before the infrastructure closes),
-    plus ``gateway.stopping`` set as a stop signal arrives.  Under ``serve``
+    plus ``gateway.begin_stop()`` as a stop signal arrives.  Under ``serve``
     the signals are ``_Stop``'s, which hands them to ``handle_exit``."""
 
     gateway: Gateway | None = None
@@ -61,7 +61,7 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.gateway is not None:
-            self.gateway.stopping = True
+            self.gateway.begin_stop()
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager

@@ -18,7 +18,8 @@ Retry-After, which the scheduler overflows from without counting it as a
 failure (nor as a run: ``InvokeContext.on_refused`` takes back the start told
 when the request left); everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
-the scheduler fails over.
+the scheduler fails over.  Of those, a 503 to a call ran nothing of it either (its start
+is taken back too), unless the site says it may have (``infra-interrupted``).
 
 An answer is taken for what the protocol says it is only when it is one: a
 site's 200 must carry what a spanfaas gateway sends (its info, the record of
@@ -63,6 +64,7 @@ from spanfaas.config import InfraConfig
 from spanfaas.errors import (
     PROBLEM_BASE,
     FunctionNotFound,
+    InfraInterrupted,
     InfraUnavailable,
     InvalidRequest,
     SpanfaasError,
@@ -291,6 +293,8 @@ class RemoteInfrastructure:
             elapsed_ms = (time.perf_counter() - t0) * 1000
         finally:
             self.inflight -= 1
+        if resp.status_code == 503:
+            raise self._unavailable(resp, spec.name, ctx)
         if resp.status_code in _REFUSED:  # it ran nothing of it: the start told when it left was none
             _refused(ctx)
         h = resp.headers
@@ -318,6 +322,21 @@ class RemoteInfrastructure:
                     duration_ms=duration, cold=cold, infra=self._ran_on(h), tried=self._tried(h),
                 )  # fmt: skip
         raise self._error(resp, f"invoking '{spec.name}'")
+
+    def _unavailable(self, resp: httpx.Response, name: str, ctx: InvokeContext) -> InfraUnavailable:
+        """A site's 503 to a call: it ran nothing of it (a site that stops, or has nowhere to
+        run the function now; a proxy with no site behind it), so the start told when the
+        request left is taken back (``on_refused``), as for a 429, and the scheduler fails
+        over at once -- unless the site says the call may have run there (a spanfaas gateway's
+        ``infra-interrupted``: it stopped during the call, or lost what ran it), a start that stands."""
+        doc = _doc(resp)
+        detail = _printable(str(doc.get("detail") or resp.text[:300] or resp.reason_phrase))
+        if doc.get("type") == _INTERRUPTED:
+            return InfraUnavailable(f"invoking '{name}' on site '{self.name}' failed (503) after it may have started there: {detail}")
+        _refused(ctx)
+        header = resp.headers.get("retry-after", "")
+        extra = {"retry_after": int(header)} if header.isdigit() else {}
+        return InfraUnavailable(f"site '{self.name}' ran nothing of the call (503): {detail}", **extra)
 
     def _ran_on(self, h: httpx.Headers) -> str:
         """Where the site ran the call: this site's name; when it failed the call over itself
@@ -455,7 +474,11 @@ def _all_down(infos: list[InfraInfo]) -> str:
 
 _REFUSED = frozenset({401, 403, 404, 429})
 """Answers to an invocation that say the site ran nothing of it: our token refused, the
-function not there, its queue full (``InvokeContext.on_refused``)."""
+function not there, its queue full (``InvokeContext.on_refused``); and a 503 that does not
+say otherwise (``RemoteInfrastructure._unavailable``)."""
+
+_INTERRUPTED = PROBLEM_BASE + InfraInterrupted.slug
+"""The type of a site's 503 to a call that may have run there."""
 
 
 def _refused(ctx: InvokeContext) -> None:

@@ -9,6 +9,7 @@ though they never ran.  Only a run that started is a re-run now."""
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import sqlite3
@@ -170,8 +171,8 @@ def test_a_run_that_starts_while_the_gateway_stops_is_marked_started(tmp_path: P
             assert time.monotonic() < deadline, (gate.starts, rows, gw.log())
             time.sleep(0.02)
         assert gw.proc is not None
-        gw.proc.send_signal(signal.SIGTERM)  # a graceful stop: the runs have their grace (5 s)
-        while "async invocations given 5 s to end" not in gw.log():  # the dispatcher stops
+        gw.proc.send_signal(signal.SIGTERM)  # a graceful stop: the runs have their grace (stop_grace, 10 s)
+        while not re.search(r"async invocations given \d+ s to end", gw.log()):  # the dispatcher stops
             assert time.monotonic() < deadline, gw.log()
             time.sleep(0.01)
         with gate.held.pop(first) as conn:  # the first ends; the second starts, during the grace

@@ -987,12 +987,42 @@ def test_info_and_doctor(cli: Any) -> None:
     assert r.exit_code == 0 and "✓ gateway" in r.stdout
 
 
-def test_doctor_without_a_gateway_probes_locally(cli: Any) -> None:
-    r = cli("doctor", "--url", f"http://127.0.0.1:{free_port()}", "--json")
+def test_doctor_without_a_gateway_probes_locally_and_fails(cli: Any) -> None:
+    """doctor pointed at a gateway that does not answer exited 0 (its local probe found the
+    sandbox's protections), so a script or a health check took the platform for fine.  It
+    still shows the local probe, and fails: a message on stderr that says what did not
+    answer and how to check this machine alone, and InfraError's exit code."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = cli("doctor", "--url", dead, "--json")
     report = json.loads(r.stdout)
     assert report["reachable"] is False and "cannot reach spanfaas" in report["error"]
-    assert report["source"] == "local probe" and r.exit_code == 0
+    assert report["source"] == "local probe"
     assert {"name", "active", "reason"} <= set(report["protections"][0])
+    expect_error(r, 7, f"the gateway at {dead} did not answer", "spanfaas doctor --local")
+    r = cli("doctor", "--url", dead)
+    expect_error(r, 7, f"the gateway at {dead} did not answer")
+    assert f"✗ gateway {dead}: cannot reach spanfaas" in r.stdout and "sandbox protections (from the local probe)" in r.stdout, r.stdout
+
+
+def test_doctor_local_checks_this_machine_alone(cli: Any) -> None:
+    """--local: no gateway is asked (none need run), the local probe and the scratch sweep
+    are the checks, and they pass: exit 0."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = cli("doctor", "--local", "--json", SPANFAAS_URL=dead)
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    report = json.loads(r.stdout)
+    assert report["source"] == "local probe" and report["url"] is None and report["reachable"] is None, report
+    assert {"name", "active", "reason"} <= set(report["protections"][0]) and "error" not in report
+    r = cli("doctor", "--local", SPANFAAS_URL=dead)
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    assert "gateway not checked (--local)" in r.stdout and "sandbox protections (from the local probe)" in r.stdout, r.stdout
+    expect_error(cli("doctor", "--local", "--url", dead), 2, "--local asks no gateway: drop --url")
+
+
+def test_doctor_fails_when_the_gateway_refuses_the_token(cli: Any) -> None:
+    r = cli("doctor", SPANFAAS_TOKEN="sf_not-a-token")
+    expect_error(r, 3, "spanfaas doctor --local")
+    assert "✗ gateway" in r.stdout, r.stdout
 
 
 def test_saved_config_is_used(cli: Any, live: Live, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ PUBLIC_API = [
     "FunctionTimeout",
     "InfraError",
     "InfraInfo",
+    "InfraInterrupted",
     "InfraUnavailable",
     "InvalidBundle",
     "InvalidManifest",

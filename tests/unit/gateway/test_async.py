@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from spanfaas.client.operations import error_from_record
@@ -412,7 +414,7 @@ async def test_a_graceful_stop_gives_the_run_back_uncounted(
                 break
             await asyncio.sleep(0.01)
         assert infra.invocations == 1
-        await app.state.gateway.dispatcher.stop(grace=0.05)  # what the lifespan's end does, with 5 s of grace
+        await app.state.gateway.dispatcher.stop(grace=0.05)  # what the lifespan's end does, with stop_grace (10 s) of grace
     record = store.get_invocation(id)
     assert record is not None and record.status == "queued" and record.attempts == 0
 
@@ -455,6 +457,68 @@ async def test_a_stop_keeps_the_leases_of_the_runs_it_gives_their_grace(
         assert taken == [] and not stopping.cancelled()
     record = store.get_invocation(id)
     assert record is not None and (record.status, record.attempts, record.reruns) == ("succeeded", 1, 0), record
+
+
+async def _running(infra: InMemoryInfrastructure) -> None:
+    for _ in range(500):
+        if infra.invocations:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the async invocation never ran")
+
+
+@pytest.mark.parametrize("grace", [0, 60])
+async def test_a_stop_gives_the_async_runs_the_configured_stop_grace(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture, grace: int,
+) -> None:
+    """The async runs in progress as the gateway stopped were given a fixed 5 s, whatever
+    stop_grace gave its sync requests.  They get stop_grace too: none (0), they go back to
+    the queue at once, not counted; a long one, a run that ends meanwhile is stored."""
+    caplog.set_level(logging.INFO, "spanfaas.gateway")
+    infra = _Held()
+    async with _gateway(msgspec.structs.replace(settings, stop_grace=grace), store, infra, admin_token) as (app, c):
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        id = (await c.post("/v1/functions/hello/invoke?mode=async", json={"name": "held"})).json()["id"]
+        await _running(infra)
+        stopping = asyncio.create_task(app.state.gateway.stop())  # what the lifespan's end does
+        while not any("given" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.01)
+        infra.release.set()  # (with no grace, the run was cut already)
+        await stopping
+    [said] = [r.getMessage() for r in caplog.records if "given" in r.getMessage()]
+    assert said == f"stopping: 1 async invocation given {grace} s to end", said
+    record = store.get_invocation(id)
+    assert record is not None
+    if grace:
+        assert (record.status, record.attempts, record.reruns) == ("succeeded", 1, 0), record
+    else:
+        assert (record.status, record.attempts) == ("queued", 0), record
+
+
+async def test_the_stop_grace_counts_from_the_signal_and_nothing_is_claimed_after_it(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path]
+) -> None:
+    """One stop_grace bounds a stop: the sync requests in progress are waited for first
+    (uvicorn), and the async runs get what is left of it, counted from the signal
+    (``Gateway.begin_stop``, which the server calls); no async invocation is claimed after
+    the signal (it would only start to be cut short)."""
+    infra = InMemoryInfrastructure()
+    async with _gateway(msgspec.structs.replace(settings, stop_grace=30), store, infra, admin_token) as (app, c):
+        gw: Gateway = app.state.gateway
+        assert gw.grace_left() == 30  # (no signal: an app's lifespan ended in-process)
+        assert (await c.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        gw.begin_stop()
+        assert 0 < gw.grace_left() <= 30
+        gw.stop_began = time.monotonic() - 31  # (as if the sync requests had taken it all)
+        assert gw.grace_left() == 0
+        gw.stop_began = time.monotonic() - 10
+        assert 19 <= gw.grace_left() <= 20
+        id = (await c.post("/v1/functions/hello/invoke?mode=async", json={})).json()["id"]
+        await asyncio.sleep(4 * gw.dispatcher.poll)  # (the feed looks this often: it would have claimed it)
+        assert infra.invocations == 0
+    record = store.get_invocation(id)
+    assert record is not None and (record.status, record.attempts) == ("queued", 0), record
 
 
 @contextlib.contextmanager

@@ -11,10 +11,12 @@ import httpx
 import pytest
 
 from spanfaas.config import Settings
+from spanfaas.errors import PROBLEM_BASE, InfraUnavailable, SpanfaasError, TooManyRequests
 from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
 from spanfaas.infra.base import Infrastructure
 from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import FunctionSpec, InvokeContext, Result
 from spanfaas.scheduler import SpanningInfrastructure
 from spanfaas.store import SQLiteStore
 
@@ -497,3 +499,66 @@ async def test_the_tried_reasons_header_is_ascii_and_keeps_each_entry_s_ends() -
     assert short == "local: full"
     assert clipped.startswith("eu: site 'eu' said «") and clipped.endswith("; it may have run there")
     assert "characters left out" in clipped and len(json.dumps(clipped)) <= TRIED_ENTRY_MAX
+
+
+class _LostAfter(InMemoryInfrastructure):
+    """Fails every call with a 503's error: after the run started (``on_start`` told), or
+    before (``started=False``: it never got to an instance)."""
+
+    def __init__(self, started: bool, error: SpanfaasError | None = None) -> None:
+        super().__init__()
+        self.started = started
+        self.error = error or InfraUnavailable("the instance running it was lost")
+
+    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        if self.started and ctx.on_start is not None:
+            ctx.on_start()
+        raise self.error
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["after-the-start", "before"])
+async def test_a_503_says_whether_the_call_may_have_run(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], started: bool
+) -> None:
+    """A gateway that placed a call here takes a 503 for "it ran nothing" (it fails over at
+    once, the start written off): one that failed after the run started says it may have
+    run (``infra-interrupted``), in its type; its words stay the infrastructure's."""
+    infra = _LostAfter(started)
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {admin_token}"}
+    ) as client:
+        assert (await client.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        r = await client.post("/v1/functions/hello/invoke", json={})
+        assert r.status_code == 503, r.text
+        problem = r.json()
+        assert problem["type"] == PROBLEM_BASE + ("infra-interrupted" if started else "infra-unavailable"), problem
+        assert problem["detail"] == "the instance running it was lost"
+        await app.state.gateway.recorder.flush()
+    stored = store.get_invocation(problem["invocation_id"])
+    assert stored is not None and stored.error is not None
+    assert stored.error.type == ("InfraInterrupted" if started else "InfraUnavailable")
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["after-a-start", "before"])
+async def test_a_429_after_a_try_that_may_have_run_is_no_refusal(
+    settings: Settings, store: SQLiteStore, admin_token: str, fn_dir: Callable[..., Path], started: bool
+) -> None:
+    """The scheduler ends a call with the last infrastructure's 429 (full) also when a try
+    before it may have run (a site that did not answer in time): answered 429, the caller
+    (or a gateway that placed the call here, which writes the start off) took it for a
+    refusal and sent it again.  It is a 503 infra-interrupted then; a 429 before any start
+    stays one, with its Retry-After."""
+    infra = _LostAfter(started, TooManyRequests("function hello is full", retry_after=2))
+    app = create_app(settings, store, infra)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://gw", headers={"authorization": f"Bearer {admin_token}"}
+    ) as client:
+        assert (await client.put("/v1/functions/hello", content=pack_function(fn_dir()))).status_code == 201
+        r = await client.post("/v1/functions/hello/invoke", json={})
+    problem = r.json()
+    if started:
+        assert r.status_code == 503 and problem["type"] == PROBLEM_BASE + "infra-interrupted", r.text
+        assert "retry-after" not in r.headers and "retry_after" not in problem, r.text
+    else:
+        assert r.status_code == 429 and r.headers["retry-after"] == "2", r.text
