@@ -106,6 +106,10 @@ async def pair(kind: str, tmp_path: Path, request: pytest.FixtureRequest, *, pol
             )
             yield a, b
     finally:
+        # As the real server does before it closes its store: a store call the stop
+        # cancelled may still run in a worker thread (a closed SQLite connection under it
+        # crashed the interpreter).
+        await asyncio.get_running_loop().shutdown_default_executor()
         for s in stores:
             s.close()
 
