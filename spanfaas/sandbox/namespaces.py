@@ -179,27 +179,34 @@ def _readonly_system_trees() -> None:
     _readonly_tree("/sys")
 
 
-# Per IPC namespace: shared memory segments die with the last process attached
-# (or their creator, never attached); no message queues (msgmni), no semaphore
-# sets (semmni, the 4th of kernel.sem).
-_SYSV_IPC_SYSCTLS = (("kernel/shm_rmid_forced", "1"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"))
+# Per IPC namespace: SysV shared memory segments die with the last process
+# attached (or their creator, never attached); no SysV message queues (msgmni),
+# no semaphore sets (semmni, the 4th of kernel.sem); no POSIX message queues
+# (queues_max: the limit for all but CAP_SYS_RESOURCE, which a function has not).
+_IPC_SYSCTLS = (
+    ("kernel/shm_rmid_forced", "1"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"), ("fs/mqueue/queues_max", "0"),
+)  # fmt: skip
 
 
-def _sysv_ipc_dies_with_its_process() -> Protection:
-    """SysV IPC objects are the IPC namespace's, not a process's: a segment or
-    queue an instance made outlived it, and the template's next (strict)
-    instance read it.  In a fresh IPC namespace, before ``/proc/sys`` is made
-    read-only: segments go with their process, queues and semaphore sets are
-    refused (msgget: ENOSPC; semget: EINVAL, as semmsl is 0; Python's multiprocessing uses neither)."""
+def _ipc_dies_with_its_process() -> Protection:
+    """IPC objects are the IPC namespace's, not a process's: a SysV segment or
+    queue, or a POSIX message queue (``mq_open``), an instance made outlived
+    it, and the template's next (strict) instance read it.  In a fresh IPC
+    namespace, before ``/proc/sys`` is made read-only: segments go with their
+    process, queues and semaphore sets are refused (msgget: ENOSPC; semget:
+    EINVAL, as semmsl is 0; mq_open: ENOSPC; Python's multiprocessing uses none
+    of them).  (Landlock, where the kernel has it, already kept a function off
+    the POSIX queues' file system: EACCES.)"""
     try:
-        for key, value in _SYSV_IPC_SYSCTLS:
+        for key, value in _IPC_SYSCTLS:
             with open(f"/proc/sys/{key}", "w") as f:
                 f.write(value)
     except OSError as e:
-        return Protection("ipc-namespace", False, f"SysV IPC objects outlive the call that made them: {key}: {e.strerror}")
+        return Protection("ipc-namespace", False, f"IPC objects outlive the call that made them: {key}: {e.strerror}")
     return Protection(
-        "ipc-namespace", True, "own SysV IPC: shared memory dies with its process, no message queues or semaphore sets"
-    )
+        "ipc-namespace", True, "own IPC: SysV shared memory dies with its process, no SysV message queues or "
+        "semaphore sets, no POSIX message queues"
+    )  # fmt: skip
 
 
 class NamespacesForNextChildren:
@@ -406,7 +413,7 @@ def _finish_namespaces(unshared: int, mounts_ok: bool, in_pid_ns: bool, name: st
         except OSError as e:
             out.append(Protection("pid-namespace", False, f"pid 1, but mounting /proc failed: {e.strerror}"))
     if unshared & CLONE_NEWIPC:
-        out.append(_sysv_ipc_dies_with_its_process())
+        out.append(_ipc_dies_with_its_process())
     if mounts_ok:
         try:
             _readonly_system_trees()
