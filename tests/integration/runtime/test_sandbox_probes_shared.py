@@ -11,9 +11,12 @@ probes also run as on a kernel without it (``landlock.TEST_ABI_ENV`` 0).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
@@ -178,3 +181,47 @@ async def test_a_file_left_in_dev_shm_by_a_strict_call_is_not_seen_by_the_next(
     assert left.ok, left.error
     seen = await h.invoke(name, b'"look"')
     assert seen.ok and json.loads(seen.output)["seen"] is None, (left.output, seen.output, seen.error)
+
+
+HOST_DIR = """
+import os
+
+def handler(event, context):
+    try:
+        with open(os.path.join(event, "from-a-function"), "w") as f:
+            f.write("x")
+    except OSError as exc:
+        return exc.errno
+    return 0
+"""
+
+
+@pytest.fixture
+def world_writable() -> Iterator[str]:
+    """A dir of the host anyone may write in, as ``/tmp`` (sticky), ``/run/lock``, ``/var/crash``."""
+    d = tempfile.mkdtemp(prefix="spanfaas-world-writable-")
+    os.chmod(d, 0o1777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("landlock", ["kernel", "none"])
+async def test_a_function_writes_nothing_of_the_host_but_its_scratch(
+    sandboxed: Harness, no_landlock: Harness, world_writable: str, landlock: str
+) -> None:
+    """A function's uid may write what anyone may of the host: where no Landlock kept it
+    out, it wrote the host's /tmp (on its disk, past its memory limit; a channel to other
+    functions; a symlink in the way of a host service).  Its mounts are read-only but its scratch."""
+    h = sandboxed if landlock == "kernel" else no_landlock
+    require(h, "mount-namespace", "uid")
+    name = f"host-dir-{landlock}"
+    await h.deploy(name, HOST_DIR)
+    r = await h.invoke(name, json.dumps(world_writable).encode())
+    assert r.ok and json.loads(r.output) in (errno.EROFS, errno.EACCES), (r.output, r.error)
+    assert os.listdir(world_writable) == []
+    r = await h.invoke(name, b'"."')
+    assert r.ok and json.loads(r.output) == 0, (r.output, r.error)  # its scratch dir
+    protections = {x.name: x for x in h.rt.pool(name).protections}
+    assert protections["read-only-mounts"].active, protections["read-only-mounts"]
