@@ -40,6 +40,7 @@ import errno
 import fcntl
 import os
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from spanfaas.model import Protection
@@ -51,6 +52,7 @@ __all__ = [
     "NamespacesForNextChildren",
     "enter_namespaces",
     "fit_namespaces",
+    "readonly_but",
     "set_hostname",
     "setup_pid1",
     "unshare_namespaces",
@@ -177,6 +179,50 @@ def _readonly_system_trees() -> None:
             _libc.mount(path, path, None, MS_BIND | MS_REC)
             _readonly_tree(path)
     _readonly_tree("/sys")
+
+
+def _writable_again(path: str) -> None:
+    """The mount at ``path`` (only it, not those below) writable again, its other flags kept."""
+    attr = _MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)
+    try:
+        _libc.syscall(
+            "mount_setattr", AT_FDCWD, ctypes.c_char_p(path.encode()), 0,
+            ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr),
+        )  # fmt: skip
+        return
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+    keep = os.statvfs(path).f_flag
+    flags = MS_REMOUNT | MS_BIND
+    for st, ms in _KEEP:
+        if keep & st:
+            flags |= ms
+    _libc.mount(None, path, None, flags)
+
+
+def readonly_but(writable: Sequence[str]) -> Protection:
+    """Every mount of this (the function's) namespace read-only, but ``writable``
+    (its scratch): in a fitter, as root, once the function's mounts are made.
+
+    A function runs as a uid of its own, so what it could write of the host was
+    what anyone may: ``/tmp``, ``/dev/shm``, ``/run/lock``...  Landlock keeps it
+    out of them; without Landlock (an older kernel, or one where it is off) a
+    function wrote the host's ``/tmp`` (on its disk: past the memory limit; a
+    channel to other functions; a symlink in the way of a host service), and a
+    strict call's file in ``/dev/shm`` was read by the next call.  Read-only
+    mounts do what Landlock would: device files (``/dev/null``) and sockets
+    stay writable on them, so nothing Landlock allows changes."""
+    try:
+        for path in writable:
+            if not os.path.ismount(path):
+                _libc.mount(path, path, None, MS_BIND)  # a mount of its own, to leave writable
+        _readonly_tree("/")
+        for path in writable:
+            _writable_again(path)
+    except OSError as e:
+        return Protection("read-only-mounts", False, f"the host's world-writable dirs stay writable: {e}")
+    return Protection("read-only-mounts", True, f"every mount read-only but {', '.join(writable)}")
 
 
 # Per IPC namespace: SysV shared memory segments die with the last process
