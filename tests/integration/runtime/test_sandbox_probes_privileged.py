@@ -75,7 +75,22 @@ def of_others():
             out[f"{who} {f}"] = attempt(lambda: write(f"/proc/{pid}/{f}", value))
     return out
 
+def cgroups():  # its own cgroup's limits raised, itself moved to the root cgroup (out of every limit)
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\\n").split(":", 2) for line in f]
+    for _, ctrl, path in lines:
+        if ctrl in ("memory", "pids", "cpu,cpuacct", "cpu", ""):
+            base = f"/sys/fs/cgroup/{ctrl.split(',')[0]}" if ctrl else "/sys/fs/cgroup"
+            for name, value in (("memory.limit_in_bytes", "-1"), ("memory.max", "max"), ("pids.max", "max"),
+                                ("cpu.cfs_quota_us", "-1"), ("cpu.max", "max")):
+                out[f"{ctrl or 'v2'} {name}"] = attempt(lambda: write(f"{base}{path}/{name}", value))
+            out[f"{ctrl or 'v2'} to the root"] = attempt(lambda: write(f"{base}/cgroup.procs", str(os.getpid())))
+    return out
+
 def handler(event, context):
+    if event == "cgroups":
+        return cgroups()
     if event == "calls":
         return {name: attempt(call) for name, call in CALLS.items()}
     if event == "raw":
@@ -165,3 +180,16 @@ async def test_an_instance_that_stops_itself_or_cuts_its_line_costs_only_its_cal
         r = await sandboxed.invoke(name, b'"again"')
         assert r.ok, (event, r.error)
     assert sandboxed.rt.pool(name).template_pid == template and sandboxed.rt.pool(name).state == "ready"
+
+
+async def test_its_cgroups_limits_and_membership_are_out_of_reach(sandboxed: Harness) -> None:
+    """Raising its own memory, pids or CPU limit, or moving itself to the root cgroup:
+    /sys is read-only in its namespace, the files are root's, and Landlock keeps it out."""
+    require(sandboxed, "uid", "mount-namespace")
+    if "privileged" not in sandboxed.rt.functions():
+        await sandboxed.deploy("privileged", PRIVILEGED)
+    r = await sandboxed.invoke("privileged", b'"cgroups"')
+    assert r.ok, r.error
+    got = json.loads(r.output)
+    assert got and all(v in ("EACCES", "EROFS", "ENOENT") for v in got.values()), got
+    assert any(k.endswith("to the root") and v in ("EACCES", "EROFS") for k, v in got.items()), got
