@@ -225,3 +225,30 @@ async def test_a_function_writes_nothing_of_the_host_but_its_scratch(
     assert r.ok and json.loads(r.output) == 0, (r.output, r.error)  # its scratch dir
     protections = {x.name: x for x in h.rt.pool(name).protections}
     assert protections["read-only-mounts"].active, protections["read-only-mounts"]
+
+
+FILL_SCRATCH = """
+import os
+
+def handler(event, context):
+    if event == "fill":  # a GiB into its scratch tmpfs: ENOSPC at its cap, or the memory limit first
+        with open("big", "wb") as f:
+            for _ in range(1024):
+                f.write(b"x" * (1 << 20))
+    return sorted(os.listdir("."))
+"""
+
+
+@pytest.mark.parametrize("isolation", ["strict", "reuse"])
+async def test_a_call_that_fills_its_scratch_is_stopped_and_the_next_starts_empty(sandboxed: Harness, isolation: str) -> None:
+    """The scratch tmpfs is capped and its pages are the function's memory: a call that
+    writes a GiB there fails (out of space, or of memory), and the next call finds it empty."""
+    require(sandboxed, "cgroup-memory", "mount-namespace")
+    name = f"fill-scratch-{isolation}"
+    await sandboxed.deploy(name, FILL_SCRATCH, f'isolation = "{isolation}"\n[resources]\nmemory = 32\ntimeout = 30\n[scaling]\nmax = 1\nprefork = 0\n')
+    template = sandboxed.rt.pool(name).template_pid
+    r = await sandboxed.invoke(name, b'"fill"')
+    assert r.error is not None and (r.error.kind == "oom" or "No space left" in r.error.message), (r.output, r.error)
+    r = await sandboxed.invoke(name, b'"look"')
+    assert r.ok and json.loads(r.output) == [], (r.output, r.error)
+    assert sandboxed.rt.pool(name).template_pid == template
