@@ -22,8 +22,8 @@ _EXEC_FRAMES = ("_execute_child", "os.exec", "posix_spawn", "os.spawn")
 _NO_NETWORK = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
 """In an error's message: a connection or a name lookup found no network."""
 _SOCKET_FRAMES = ("_socket.socket.__init__(", "_socket.socketpair(")
-"""In a traceback: the error came from creating a socket (``socket.socket(AF_UNIX)`` or ``AF_VSOCK``, and a datagram
-``socket.socketpair``, are refused without network)."""
+"""In a traceback: the error came from creating a socket (``socket.socket(AF_UNIX)``, ``AF_VSOCK`` or a uevent netlink
+one, and a datagram ``socket.socketpair``, are refused without network)."""
 
 
 def explained(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Protection]) -> ErrorInfo:
@@ -57,8 +57,9 @@ def _sandbox_hint(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Pr
         and any(where in (error.traceback or "") for where in _SOCKET_FRAMES)
         and "seccomp" in active
     ):
-        return ('unix and vsock sockets are off for this function (network = "none", the default: they reach the host\'s '
-                'services, and a virtual machine\'s hypervisor); set network = "host" in spanfaas.toml to use them')  # fmt: skip
+        return ('unix, vsock and uevent netlink sockets are off for this function (network = "none", the default: they '
+                'reach the host\'s services, a virtual machine\'s hypervisor, the host\'s device events); set network = "host" '
+                'in spanfaas.toml to use them')  # fmt: skip
     return None
 
 

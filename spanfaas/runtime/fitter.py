@@ -182,6 +182,7 @@ def _fit_function(
     plan, uid, code_dir, scratch = _place(plan, bundle, scratch_dir, mounts, out)
     if mounts:
         out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
+        out.append(namespaces.readonly_but(plan.rw_paths))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
     sandbox.set_rlimits(applied, pid)
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))

@@ -40,6 +40,7 @@ import errno
 import fcntl
 import os
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 from spanfaas.model import Protection
@@ -51,6 +52,7 @@ __all__ = [
     "NamespacesForNextChildren",
     "enter_namespaces",
     "fit_namespaces",
+    "readonly_but",
     "set_hostname",
     "setup_pid1",
     "unshare_namespaces",
@@ -179,27 +181,78 @@ def _readonly_system_trees() -> None:
     _readonly_tree("/sys")
 
 
-# Per IPC namespace: shared memory segments die with the last process attached
-# (or their creator, never attached); no message queues (msgmni), no semaphore
-# sets (semmni, the 4th of kernel.sem).
-_SYSV_IPC_SYSCTLS = (("kernel/shm_rmid_forced", "1"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"))
-
-
-def _sysv_ipc_dies_with_its_process() -> Protection:
-    """SysV IPC objects are the IPC namespace's, not a process's: a segment or
-    queue an instance made outlived it, and the template's next (strict)
-    instance read it.  In a fresh IPC namespace, before ``/proc/sys`` is made
-    read-only: segments go with their process, queues and semaphore sets are
-    refused (msgget: ENOSPC; semget: EINVAL, as semmsl is 0; Python's multiprocessing uses neither)."""
+def _writable_again(path: str) -> None:
+    """The mount at ``path`` (only it, not those below) writable again, its other flags kept."""
+    attr = _MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)
     try:
-        for key, value in _SYSV_IPC_SYSCTLS:
+        _libc.syscall(
+            "mount_setattr", AT_FDCWD, ctypes.c_char_p(path.encode()), 0,
+            ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr),
+        )  # fmt: skip
+        return
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+    keep = os.statvfs(path).f_flag
+    flags = MS_REMOUNT | MS_BIND
+    for st, ms in _KEEP:
+        if keep & st:
+            flags |= ms
+    _libc.mount(None, path, None, flags)
+
+
+def readonly_but(writable: Sequence[str]) -> Protection:
+    """Every mount of this (the function's) namespace read-only, but ``writable``
+    (its scratch): in a fitter, as root, once the function's mounts are made.
+
+    A function runs as a uid of its own, so what it could write of the host was
+    what anyone may: ``/tmp``, ``/dev/shm``, ``/run/lock``...  Landlock keeps it
+    out of them; without Landlock (an older kernel, or one where it is off) a
+    function wrote the host's ``/tmp`` (on its disk: past the memory limit; a
+    channel to other functions; a symlink in the way of a host service), and a
+    strict call's file in ``/dev/shm`` was read by the next call.  Read-only
+    mounts do what Landlock would: device files (``/dev/null``) and sockets
+    stay writable on them, so nothing Landlock allows changes."""
+    try:
+        for path in writable:
+            if not os.path.ismount(path):
+                _libc.mount(path, path, None, MS_BIND)  # a mount of its own, to leave writable
+        _readonly_tree("/")
+        for path in writable:
+            _writable_again(path)
+    except OSError as e:
+        return Protection("read-only-mounts", False, f"the host's world-writable dirs stay writable: {e}")
+    return Protection("read-only-mounts", True, f"every mount read-only but {', '.join(writable)}")
+
+
+# Per IPC namespace: SysV shared memory segments die with the last process
+# attached (or their creator, never attached); no SysV message queues (msgmni),
+# no semaphore sets (semmni, the 4th of kernel.sem); no POSIX message queues
+# (queues_max: the limit for all but CAP_SYS_RESOURCE, which a function has not).
+_IPC_SYSCTLS = (
+    ("kernel/shm_rmid_forced", "1"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"), ("fs/mqueue/queues_max", "0"),
+)  # fmt: skip
+
+
+def _ipc_dies_with_its_process() -> Protection:
+    """IPC objects are the IPC namespace's, not a process's: a SysV segment or
+    queue, or a POSIX message queue (``mq_open``), an instance made outlived
+    it, and the template's next (strict) instance read it.  In a fresh IPC
+    namespace, before ``/proc/sys`` is made read-only: segments go with their
+    process, queues and semaphore sets are refused (msgget: ENOSPC; semget:
+    EINVAL, as semmsl is 0; mq_open: ENOSPC; Python's multiprocessing uses none
+    of them).  (Landlock, where the kernel has it, already kept a function off
+    the POSIX queues' file system: EACCES.)"""
+    try:
+        for key, value in _IPC_SYSCTLS:
             with open(f"/proc/sys/{key}", "w") as f:
                 f.write(value)
     except OSError as e:
-        return Protection("ipc-namespace", False, f"SysV IPC objects outlive the call that made them: {key}: {e.strerror}")
+        return Protection("ipc-namespace", False, f"IPC objects outlive the call that made them: {key}: {e.strerror}")
     return Protection(
-        "ipc-namespace", True, "own SysV IPC: shared memory dies with its process, no message queues or semaphore sets"
-    )
+        "ipc-namespace", True, "own IPC: SysV shared memory dies with its process, no SysV message queues or "
+        "semaphore sets, no POSIX message queues"
+    )  # fmt: skip
 
 
 class NamespacesForNextChildren:
@@ -406,7 +459,7 @@ def _finish_namespaces(unshared: int, mounts_ok: bool, in_pid_ns: bool, name: st
         except OSError as e:
             out.append(Protection("pid-namespace", False, f"pid 1, but mounting /proc failed: {e.strerror}"))
     if unshared & CLONE_NEWIPC:
-        out.append(_sysv_ipc_dies_with_its_process())
+        out.append(_ipc_dies_with_its_process())
     if mounts_ok:
         try:
             _readonly_system_trees()

@@ -34,7 +34,12 @@ The filter, in order:
    journald's.  ``socket(AF_VSOCK, ...)`` → EPERM too: vsock addresses are
    not a network namespace's (a VM has one CID, its host is CID 2), so in a
    virtual machine such a socket reached the hypervisor's services, and
-   other VMs', from a function without network.
+   other VMs', from a function without network.  And
+   ``socket(AF_NETLINK, ..., NETLINK_KOBJECT_UEVENT)`` → EPERM: the kernel
+   sends its uevents (devices added, removed, changed) to every network
+   namespace the host's user namespace owns, so the function heard the
+   host's.  NETLINK_ROUTE and the others answer about the function's own
+   network namespace, or need capabilities it has not: they stay allowed.
 9. ``prlimit64`` setting another process's limits (pid not 0, a new limit
    given) → EPERM: an instance runs as its template's uid, which is all the
    kernel asks (Landlock does not govern it), so a strict call set its
@@ -78,6 +83,8 @@ ENOSYS: Final = 38
 TIOCSTI: Final = 0x5412
 AF_UNIX: Final = 1
 AF_VSOCK: Final = 40
+AF_NETLINK: Final = 16
+NETLINK_KOBJECT_UEVENT: Final = 15
 SOCK_DGRAM: Final = 2
 SOCK_RAW: Final = 3
 SOCK_TYPE_MASK: Final = 0xF
@@ -272,7 +279,9 @@ def build_filter(
         (_LD_W_ABS, None, None, _OFF_ARG0),
         (_JEQ_K, "eperm", None, AF_UNIX),
         (_JEQ_K, "eperm", None, AF_VSOCK),
-        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        (_JEQ_K, None, "allow", AF_NETLINK),
+        (_LD_W_ABS, None, None, _OFF_ARG2),  # protocol
+        (_JEQ_K, "eperm", "allow", NETLINK_KOBJECT_UEVENT),
         "socketpair",
         (_LD_W_ABS, None, None, _OFF_ARG0),
         (_JEQ_K, None, "allow", AF_UNIX),
@@ -347,8 +356,8 @@ def _program(
 
 def seccomp_deny(allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int, ...] = ()) -> Protection:
     """Install the deny-list on the calling thread and its future children.
-    ``unix_sockets``: whether ``socket(AF_UNIX)`` (and ``AF_VSOCK``) stays allowed (a function
-    with the host's network; see the module's docstring, step 8).
+    ``unix_sockets``: whether ``socket(AF_UNIX)`` (and ``AF_VSOCK``, and uevent netlink) stays
+    allowed (a function with the host's network; see the module's docstring, step 8).
     ``guarded``: pids no process under the filter may signal (step 11), where
     Landlock cannot scope signals; the signal guard's own Protection is
     ``signal_protection``'s.
@@ -369,7 +378,7 @@ def seccomp_deny(allow_exec: bool, unix_sockets: bool = True, guarded: tuple[int
         return Protection("seccomp", False, f"seccomp filter refused: {e.strerror}")
     n = sum(name in _ARCHES[_libc.ARCH].nr for name in DENIED) + (0 if allow_exec else len(EXEC))
     exec_note = "exec allowed" if allow_exec else "exec denied"
-    unix_note = "" if unix_sockets else ", unix and vsock sockets denied (no network; stream socketpairs allowed)"
+    unix_note = "" if unix_sockets else ", unix, vsock and uevent netlink sockets denied (no network; stream socketpairs allowed)"
     return Protection(
         "seccomp", True, f"{n} syscalls denied (EPERM), {exec_note}{unix_note}, namespace clones denied, "
         "other processes' rlimits and scheduling read-only, foreign ABIs killed"

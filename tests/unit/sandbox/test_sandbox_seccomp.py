@@ -170,6 +170,14 @@ def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
             out[name] = "ok"
         except OSError as e:
             out[name] = errno.errorcode[e.errno or 0]
+    # The kernel's device events reach every network namespace of the host: refused; route
+    # (and the other netlink families) answer about the caller's own network: allowed.
+    for name, proto in (("uevent netlink", 15), ("route netlink", 0)):
+        try:
+            socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto).close()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno or 0]
     a, b = socket.socketpair()  # asyncio's self-pipe, multiprocessing's pipes
     a.close()
     b.close()
@@ -193,14 +201,15 @@ def _unix_sockets(unix_sockets: bool) -> dict[str, str]:
 def test_unix_sockets_are_denied_without_network_and_socketpair_stays(
     unix_sockets: bool, in_child: Callable[..., Any], require: Callable[..., None]
 ) -> None:
-    """vsock too: its addresses are no network namespace's (in a VM: the hypervisor's services)."""
+    """vsock too: its addresses are no network namespace's (in a VM: the hypervisor's services);
+    and uevent netlink: the host's device events reach every network namespace."""
     require("seccomp")
     got = in_child(_unix_sockets, unix_sockets).value
     denied = "ok" if unix_sockets else "EPERM"
     vsock = ("ok" if _has_vsock() else "EAFNOSUPPORT") if unix_sockets else "EPERM"
     assert got == {
         "unix": denied, "inet": "ok", "vsock": vsock, "socketpair": "ok", "dgram pair": denied, "raw pair": denied,
-        "nonblocking dgram pair": denied, "seqpacket pair": "ok",
+        "nonblocking dgram pair": denied, "seqpacket pair": "ok", "uevent netlink": denied, "route netlink": "ok",
     }  # fmt: skip
 
 
