@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 import spanfaas
 from spanfaas.errors import RUNNING_ELSEWHERE, InvalidRequest, InvocationNotFound, NotFound
-from spanfaas.gateway.auth import issue_token, require, token_of
+from spanfaas.gateway.auth import allows, issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
 from spanfaas.gateway.invoke import InvokeEndpoint, read_body, too_large
@@ -32,9 +32,11 @@ from spanfaas.gateway.views import (
     Limits,
     Pending,
     Queued,
+    REDACTED,
     TokenCreated,
     TokenList,
     TokenRequest,
+    function_view,
     invocation_view,
     token_view,
 )
@@ -134,11 +136,13 @@ async def deploy_function(gw: Gateway, request: Request) -> Response:
 
 async def list_functions(gw: Gateway, request: Request) -> Response:
     records = await asyncio.to_thread(gw.store.list_functions)
-    return json(FunctionList(functions=records))
+    env_values = allows(request.scope, "deploy")
+    return json(FunctionList(functions=[function_view(r, env_values=env_values) for r in records]))
 
 
 async def get_function(gw: Gateway, request: Request) -> Response:
-    return json(await gw.registry.require(request.path_params["name"]))
+    record = await gw.registry.require(request.path_params["name"])
+    return json(function_view(record, env_values=allows(request.scope, "deploy")))
 
 
 async def delete_function(gw: Gateway, request: Request) -> Response:
@@ -301,6 +305,8 @@ _RAN = (
 """Sent with the answer of every invocation that ran (also when the function failed)."""
 _FAILED = tuple(Header(h.name, h.description + ", when the function ran and failed", required=False) for h in _RAN)
 _LOCATION = (Header("Location", "the function's path: /v1/functions/{name}"),)
+_ENV_NOTE = ("its manifest's [env] values are shown to a token with scope 'deploy' (or 'admin') only: "
+             f"an 'invoke' token reads each as {REDACTED!r}, the names as they are")
 _BUNDLE = ("application/gzip", "application/zip", "application/octet-stream")
 
 
@@ -347,9 +353,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                  },
                  extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)},
                  headers={201: _LOCATION, 200: _LOCATION}),
-        Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
+        Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions); " + _ENV_NOTE,
                  response=FunctionList, errors=(401, 403)),
-        Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",
+        Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version; " + _ENV_NOTE,
                  params=(_fn,), response=FunctionRecord, errors=(401, 403, 404)),
         Endpoint("DELETE", f"/v1/functions/{_NAME}", delete_function, "Remove a function, all its versions and its triggers",
                  scope="deploy", params=(_fn,), status=204, errors=(401, 403, 404)),
