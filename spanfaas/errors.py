@@ -24,6 +24,7 @@ user's function failed::
     ├── WaitTimeout                     504  exit 1   (the client stopped waiting; also a TimeoutError)
     ├── InfraError                      502  exit 7   (the platform failed)
     │   ├── InfraUnavailable            503
+    │   ├── DeployNotRecorded           500   the store failed to record a deploy, taken back
     │   ├── ImageBuildTimeout           504   uv ran past [images] build_timeout
     │   └── ImageSourceUnreachable      502   uv could not reach the package index or wheelhouse
     └── FunctionFailed                  500  exit 8   (the user's function failed)
@@ -41,6 +42,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Conflict",
+    "DeployNotRecorded",
     "Forbidden",
     "FunctionCrashed",
     "FunctionError",
@@ -249,6 +251,14 @@ class InfraError(SpanfaasError):
 
 class InfraUnavailable(InfraError):
     status, slug, title = 503, "infra-unavailable", "Infrastructure unavailable"
+
+
+class DeployNotRecorded(InfraError):
+    """A deploy the store failed to record in a way that is no outage (``StoreUnavailable``
+    says those, 503): the new version was taken off the infrastructure again, the one
+    before serves.  The detail says so; the gateway's log has the store's error."""
+
+    status, slug, title = 500, "deploy-not-recorded", "Deploy not recorded"
 
 
 class ImageBuildTimeout(InfraError):
