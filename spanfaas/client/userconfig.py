@@ -36,6 +36,7 @@ __all__ = [
     "config_path",
     "keep_replaced",
     "kept_path",
+    "kept_token",
     "load_user_config",
     "resolve",
     "save_user_config",
@@ -120,7 +121,7 @@ def kept_path(url: str, path: Path | None = None) -> Path:
     return path.with_name(f"config-{parts.hostname or 'unknown'}-{port}.toml")
 
 
-def _kept_token(url: str, path: Path) -> str | None:
+def kept_token(url: str, path: Path | None = None) -> str | None:
     """The token kept for ``url`` (``keep_replaced``), if its kept file holds one saved with that URL."""
     kept = kept_path(url, path)
     try:
@@ -154,7 +155,7 @@ def resolve(
         if token is None and config.token and _same_url(url, config.url or DEFAULT_URL):
             token = config.token
         elif token is None:
-            token = _kept_token(url, path)
+            token = kept_token(url, path)
     _check_url(url)
     if token is not None:
         _check_token(token)
