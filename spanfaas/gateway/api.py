@@ -344,10 +344,12 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
                  scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
-                 errors=(400, 401, 403, 409, 413, 502, 503, 504),
+                 errors=(400, 401, 403, 409, 413, 500, 502, 503, 504),
                  error_notes={
                      409: "The manifest declares a trigger named as one the function was given through the API "
                           "(the problem names both)",
+                     500: "The store failed to record the new version (deploy-not-recorded; a store down, locked or "
+                          "full is a 503): it was taken off the infrastructure again, the version before serves",
                      502: "The infrastructure failed, or the image's package source cannot be reached (image-source-unreachable)",
                      504: "The image build ran past [images] build_timeout (image-build-timeout): try again later",
                  },
