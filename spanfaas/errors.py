@@ -25,6 +25,7 @@ user's function failed::
     ├── InfraError                      502  exit 7   (the platform failed)
     │   ├── InfraUnavailable            503   nothing of the call ran (a site, the store, the gateway unavailable)
     │   │   └── InfraInterrupted        503   ... after the call may have started: it may have run, in part
+    │   ├── DeployNotRecorded           500   the store failed to record a deploy, taken back
     │   ├── ImageBuildTimeout           504   uv ran past [images] build_timeout
     │   └── ImageSourceUnreachable      502   uv could not reach the package index or wheelhouse
     └── FunctionFailed                  500  exit 8   (the user's function failed)
@@ -42,6 +43,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Conflict",
+    "DeployNotRecorded",
     "Forbidden",
     "FunctionCrashed",
     "FunctionError",
@@ -266,6 +268,14 @@ class InfraInterrupted(InfraUnavailable):
     a 429 (``infra/remote.py``)."""
 
     slug, title = "infra-interrupted", "Infrastructure failed during the invocation"
+
+
+class DeployNotRecorded(InfraError):
+    """A deploy the store failed to record in a way that is no outage (``StoreUnavailable``
+    says those, 503): the new version was taken off the infrastructure again, the one
+    before serves.  The detail says so; the gateway's log has the store's error."""
+
+    status, slug, title = 500, "deploy-not-recorded", "Deploy not recorded"
 
 
 class ImageBuildTimeout(InfraError):

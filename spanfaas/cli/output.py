@@ -51,7 +51,7 @@ UrlOpt = Annotated[
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", metavar="TOKEN", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up`]", show_default=False),
+    typer.Option("--token", metavar="TOKEN", help="API token [env: SPANFAAS_TOKEN; default: saved by `spanfaas up` for the URL, or kept for it in config-HOST-PORT.toml]", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout (for scripts).")]
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from spanfaas.cli.commands import protection_table
 from spanfaas.cli.output import JsonOpt, TokenOpt, UrlOpt, err_console, handle_errors, out_console, print_json
 from spanfaas.client import Client
-from spanfaas.client.userconfig import UserConfig, config_path, keep_replaced, load_user_config, save_user_config
+from spanfaas.client.userconfig import DEFAULT_URL, UserConfig, config_path, keep_replaced, kept_token, load_user_config, save_user_config
 from spanfaas.config import Settings, check_port
 from spanfaas.errors import InfraError, InvalidRequest, SpanfaasError
 from spanfaas.model import MANIFEST_NAME
@@ -66,16 +66,22 @@ def up(
         # Where the first admin token is saved: made where it cannot be, it would be shown to no one.
         check_dir(config_path().parent, "the CLI's config directory", "set XDG_CONFIG_HOME to a writable directory")
         saved = load_user_config()
+        here = local_url(*sockets[0].getsockname()[:2])  # (the port --port 0 got)
         store = open_store(settings)
         try:
             admin_token = bootstrap_admin_token(store)
             # Is the saved token one of this gateway's? Then keep the saved URL pointing here.
             saved_is_ours = bool(saved.token) and store.get_token_by_hash(hash_token(saved.token)) is not None
+            # Or is this gateway's token the one kept when another's replaced it (keep_replaced)? Then
+            # it is saved again, as on a first start: the gateway started last is the CLI's default.
+            restored = None if admin_token or saved_is_ours else kept_token(here)
+            if restored is not None and store.get_token_by_hash(hash_token(restored)) is None:
+                restored = None
         finally:
             store.close()
         kept = None
-        if admin_token:  # saved at once: should the start fail below, the token is not lost
-            first = UserConfig(url=local_url(*sockets[0].getsockname()[:2]), token=admin_token)  # (the port --port 0 got)
+        if admin_token or restored:  # saved at once: should the start fail below, the token is not lost
+            first = UserConfig(url=here, token=admin_token or restored or "")
             kept = keep_replaced(first)  # another gateway's token saved before: kept, not lost
             save_user_config(first)
         demo_dirs = _demo_dirs() if demo else []
@@ -85,7 +91,7 @@ def up(
         raise
 
     def ready(url: str) -> None:
-        token = admin_token or (saved.token if saved_is_ours else None)
+        token = admin_token or restored or (saved.token if saved_is_ours else None)
         if token:
             save_user_config(UserConfig(url=url, token=token))
         _announce(url, admin_token, token is not None, demo_dirs, as_json=as_json, everywhere=settings.host in _WILDCARDS, kept=kept)
@@ -120,8 +126,6 @@ def _announce(
     if admin_token:
         console.print(f"admin token (shown once, saved to {escape(str(path))}):")
         console.print(f"  [bold]{escape(admin_token)}[/bold]")
-        if kept is not None:
-            console.print(f"[yellow]the token saved there before, of another gateway, is kept in {escape(str(kept))}[/yellow]")
     elif saved:
         console.print(f"[dim]the CLI and SDK find it through {escape(str(path))}[/dim]")
     else:
@@ -130,6 +134,10 @@ def _announce(
             f"pass --url {escape(url)} --token TOKEN (a token of its store: the admin token printed when the store "
             "was first used, by this gateway or, on a store several gateways share, by the first gateway started on it)[/yellow]"
         )
+    if kept is not None and saved:
+        other = load_user_config(kept).url or DEFAULT_URL
+        console.print(f"[yellow]the token saved there before, of another gateway ({escape(other)}), is kept in "
+                      f"{escape(str(kept))}: --url {escape(other)} finds it there[/yellow]")  # fmt: skip
     if demo_dirs:
         console.print("demo functions: " + ", ".join(escape(p.name) for p in demo_dirs))
         console.print(f"try: [bold]{escape(command_name())} invoke hello -d '{{\"name\": \"you\"}}'[/bold]")

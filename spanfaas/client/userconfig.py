@@ -6,9 +6,15 @@
     url = "http://127.0.0.1:8080"
     token = "…"
 
-Resolution, first match wins: explicit arguments, ``SPANFAAS_URL`` /
-``SPANFAAS_TOKEN``, the config file.  The saved token is only sent to the
-URL it was saved for, so pointing the CLI at another gateway never leaks it.
+A token saved there for another gateway is kept beside it first, in
+``config-HOST-PORT.toml`` (``keep_replaced``): that gateway's admin token is
+shown only once.
+
+Resolution, first match wins: explicit arguments (``--url``, ``--token``),
+``SPANFAAS_URL`` / ``SPANFAAS_TOKEN``, the config file, then the kept file of
+the URL in use (so ``--url`` of a gateway whose config was kept finds its
+token).  A saved token is only sent to the URL it was saved for, so pointing
+the CLI at another gateway never leaks it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,18 @@ import msgspec
 
 from spanfaas.errors import InvalidRequest, Unauthorized
 
-__all__ = ["DEFAULT_URL", "UserConfig", "config_path", "keep_replaced", "load_user_config", "resolve", "save_user_config", "withheld_token_url"]
+__all__ = [
+    "DEFAULT_URL",
+    "UserConfig",
+    "config_path",
+    "keep_replaced",
+    "kept_path",
+    "kept_token",
+    "load_user_config",
+    "resolve",
+    "save_user_config",
+    "withheld_token_url",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -89,13 +106,29 @@ def keep_replaced(new: UserConfig, path: Path | None = None) -> Path | None:
         return None  # (unreadable: nothing to keep)
     if not old.token or old.token == new.token:
         return None
-    parts = urlsplit(old.url or DEFAULT_URL)
+    return save_user_config(old, kept_path(old.url or DEFAULT_URL, path))
+
+
+def kept_path(url: str, path: Path | None = None) -> Path:
+    """Where ``keep_replaced`` keeps the config of the gateway at ``url``: beside the
+    config file, named for its host and port (``config-127.0.0.1-8080.toml``)."""
+    path = path or config_path()
+    parts = urlsplit(url)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         port = 0
-    kept = path.with_name(f"config-{parts.hostname or 'unknown'}-{port}.toml")
-    return save_user_config(old, kept)
+    return path.with_name(f"config-{parts.hostname or 'unknown'}-{port}.toml")
+
+
+def kept_token(url: str, path: Path | None = None) -> str | None:
+    """The token kept for ``url`` (``keep_replaced``), if its kept file holds one saved with that URL."""
+    kept = kept_path(url, path)
+    try:
+        config = load_user_config(kept)
+    except InvalidRequest:
+        return None  # (unreadable: as if none were kept; the config file itself is the one that must read)
+    return config.token if config.token and _same_url(url, config.url or DEFAULT_URL) else None
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -109,17 +142,20 @@ def resolve(
     env: Mapping[str, str] | None = None,
     config: UserConfig | None = None,
 ) -> tuple[str, str | None]:
-    """The gateway URL and token to use: arguments > env > user config."""
+    """The gateway URL and token to use: arguments > env > user config > the config kept for the URL."""
     env = os.environ if env is None else env
     url = url or env.get("SPANFAAS_URL") or None
     # A token never holds whitespace: one pasted with a space, or read from a file with its newline, is meant as it reads.
     token = (token or env.get("SPANFAAS_TOKEN") or "").strip() or None
     if url is None or token is None:
-        config = config if config is not None else load_user_config(config_path(env))
+        path = config_path(env)
+        config = config if config is not None else load_user_config(path)
         if url is None:
             url = config.url or DEFAULT_URL
         if token is None and config.token and _same_url(url, config.url or DEFAULT_URL):
             token = config.token
+        elif token is None:
+            token = kept_token(url, path)
     _check_url(url)
     if token is not None:
         _check_token(token)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 import spanfaas
 from spanfaas.errors import RUNNING_ELSEWHERE, InvalidRequest, InvocationNotFound, NotFound
-from spanfaas.gateway.auth import issue_token, require, token_of
+from spanfaas.gateway.auth import allows, issue_token, require, token_of
 from spanfaas.gateway.events_api import event_endpoints
 from spanfaas.gateway.images_api import image_endpoints
 from spanfaas.gateway.invoke import InvokeEndpoint, read_body, too_large
@@ -32,9 +32,11 @@ from spanfaas.gateway.views import (
     Limits,
     Pending,
     Queued,
+    REDACTED,
     TokenCreated,
     TokenList,
     TokenRequest,
+    function_view,
     invocation_view,
     token_view,
 )
@@ -134,11 +136,13 @@ async def deploy_function(gw: Gateway, request: Request) -> Response:
 
 async def list_functions(gw: Gateway, request: Request) -> Response:
     records = await asyncio.to_thread(gw.store.list_functions)
-    return json(FunctionList(functions=records))
+    env_values = allows(request.scope, "deploy")
+    return json(FunctionList(functions=[function_view(r, env_values=env_values) for r in records]))
 
 
 async def get_function(gw: Gateway, request: Request) -> Response:
-    return json(await gw.registry.require(request.path_params["name"]))
+    record = await gw.registry.require(request.path_params["name"])
+    return json(function_view(record, env_values=allows(request.scope, "deploy")))
 
 
 async def delete_function(gw: Gateway, request: Request) -> Response:
@@ -301,6 +305,8 @@ _RAN = (
 """Sent with the answer of every invocation that ran (also when the function failed)."""
 _FAILED = tuple(Header(h.name, h.description + ", when the function ran and failed", required=False) for h in _RAN)
 _LOCATION = (Header("Location", "the function's path: /v1/functions/{name}"),)
+_ENV_NOTE = ("its manifest's [env] values are shown to a token with scope 'deploy' (or 'admin') only: "
+             f"an 'invoke' token reads each as {REDACTED!r}, the names as they are")
 _BUNDLE = ("application/gzip", "application/zip", "application/octet-stream")
 
 
@@ -338,18 +344,20 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
         Endpoint("PUT", f"/v1/functions/{_NAME}", deploy_function,
                  "Deploy a function bundle (tar.gz or zip with spanfaas.toml at its root) as a new version",
                  scope="deploy", params=(_fn,), body=_BUNDLE, status=201, response=Deployed,
-                 errors=(400, 401, 403, 409, 413, 502, 503, 504),
+                 errors=(400, 401, 403, 409, 413, 500, 502, 503, 504),
                  error_notes={
                      409: "The manifest declares a trigger named as one the function was given through the API "
                           "(the problem names both)",
+                     500: "The store failed to record the new version (deploy-not-recorded; a store down, locked or "
+                          "full is a 503): it was taken off the infrastructure again, the version before serves",
                      502: "The infrastructure failed, or the image's package source cannot be reached (image-source-unreachable)",
                      504: "The image build ran past [images] build_timeout (image-build-timeout): try again later",
                  },
                  extra_responses={200: ("Unchanged: the bundle and manifest are the latest version's, which is returned", Deployed)},
                  headers={201: _LOCATION, 200: _LOCATION}),
-        Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions)",
+        Endpoint("GET", "/v1/functions", list_functions, "List deployed functions (latest versions); " + _ENV_NOTE,
                  response=FunctionList, errors=(401, 403)),
-        Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version",
+        Endpoint("GET", f"/v1/functions/{_NAME}", get_function, "Get a function's latest version; " + _ENV_NOTE,
                  params=(_fn,), response=FunctionRecord, errors=(401, 403, 404)),
         Endpoint("DELETE", f"/v1/functions/{_NAME}", delete_function, "Remove a function, all its versions and its triggers",
                  scope="deploy", params=(_fn,), status=204, errors=(401, 403, 404)),

@@ -28,6 +28,7 @@ __all__ = [
     "AuthMiddleware",
     "TokenCache",
     "bootstrap_admin_token",
+    "allows",
     "hash_token",
     "issue_token",
     "require",
@@ -64,9 +65,14 @@ def bootstrap_admin_token(store: Store) -> str | None:
     return issue_token(store, "admin", ["admin"])[1]
 
 
+def allows(scope: Scope, needed: str) -> bool:
+    """Whether the request's token grants ``needed`` (for what an endpoint shows, not whether it answers)."""
+    return bool(scope.get(_SCOPE_KEY, -1) >= _RANK[needed])
+
+
 def require(scope: Scope, needed: str) -> None:
     """Raise Forbidden unless the request's token grants ``needed``."""
-    if scope.get(_SCOPE_KEY, -1) >= _RANK[needed]:
+    if allows(scope, needed):
         return
     token: TokenRecord | None = scope.get(_TOKEN_KEY)
     has = ", ".join(token.scopes) if token else "nothing"

@@ -3,7 +3,10 @@ kept in step with the infrastructure.
 
 A deploy unpacks and checks the bundle, deploys it on the infrastructure and
 only then adds the version to the store, with its bundle, so the old version
-serves until the new one is up and a failed deploy changes nothing.  At start-up
+serves until the new one is up and a failed deploy changes nothing: when the store
+fails to record a version the infrastructure took, that one is taken off again and
+the version before put back (``_take_back``), so no version runs that no record
+has (it would serve until the next restart, then vanish).  At start-up
 every stored function is deployed again, so a restarted gateway serves what it
 had.  Deploys and removes through other gateways sharing the store reach this
 one through ``reconcile`` (called by ``coherence.Coherence``); the bundles come
@@ -16,13 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import NamedTuple
 
 from spanfaas.config import Settings
-from spanfaas.errors import Conflict, FunctionNotFound, InfraUnavailable, InvalidManifest, PayloadTooLarge, format_sizes, like_deployed
+from spanfaas.errors import (
+    Conflict,
+    DeployNotRecorded,
+    FunctionNotFound,
+    InfraUnavailable,
+    InvalidManifest,
+    PayloadTooLarge,
+    SpanfaasError,
+    format_sizes,
+    like_deployed,
+)
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
@@ -165,13 +179,11 @@ class Registry:
                     await self.infra.deploy(spec, bundle)
                     try:
                         record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
-                    except Conflict:  # a trigger name taken meanwhile (the store's check is the one that holds)
-                        try:
-                            await self._deploy_again(name)
-                        except Exception as exc:
-                            log.error("function %r: could not deploy the version it serves again after the store "
-                                      "refused a new one: %s: %s", name, type(exc).__name__, exc)  # fmt: skip
-                        raise
+                    except Exception as exc:  # a trigger name taken meanwhile (the store's check is the one that holds), or the store failed
+                        now = await self._take_back(name, exc)
+                        if isinstance(exc, Conflict):
+                            raise
+                        raise not_recorded(name, exc, now) from exc
             except BaseException:
                 await asyncio.to_thread(self._let_go, name, bundle.digest)
                 raise
@@ -197,6 +209,28 @@ class Registry:
         added = {r.trigger.name: r.id for r in self.store.list_triggers(name) if r.trigger.name}
         if (clash := trigger_names.manifest_clash(name, spec, added)) is not None:
             raise clash
+
+    async def _take_back(self, name: str, exc: Exception) -> str:
+        """Undo a deploy on the infrastructure the store then failed to record (``exc``): no
+        version runs there that no record has (it would serve until a restart, then vanish).
+        What serves now, as a deploy's error says it."""
+        served = self.functions.get(name)
+        try:
+            await self._deploy_again(name)
+        except Exception as again:
+            log.error("function %r: could not deploy the version it serves again after the store failed to record a "
+                      "new one (%s: %s): %s: %s", name, type(exc).__name__, exc, type(again).__name__, again)  # fmt: skip
+            if served is None:
+                return f"taking the new version off the infrastructure failed too ({again}): deploy again"
+            # Not the new version in its place: the function answers 503 with why, until deployed again.
+            self.functions.pop(name, None)
+            self.failed[name] = Failed(served, f"putting version {served.version} back after a failed deploy failed: {again}")
+            with contextlib.suppress(Exception):
+                await self.infra.remove(name)
+            return f"putting version {served.version} back failed too ({again}), so none serves: deploy again"
+        if served is None:
+            return "no version of it serves, as before"
+        return f"version {served.version} serves as before"
 
     async def _deploy_again(self, name: str) -> None:
         """The infrastructure back to the version this gateway serves (none: the function
@@ -346,6 +380,20 @@ def _log_given_up_remove(name: str, task: asyncio.Task[FunctionRecord]) -> None:
         log.error("removing function %r was cancelled after its caller gave up", name)
     elif (exc := task.exception()) is not None:
         log.error("removing function %r failed after its caller gave up: %s: %s", name, type(exc).__name__, exc)
+
+
+def not_recorded(name: str, exc: Exception, now: str) -> SpanfaasError:
+    """The error of a deploy the store failed to record (``exc``), taken back: what failed, and
+    what serves ``now``.  A store that is down, locked or full keeps its 503 and Retry-After
+    (trying again is the fix); any other failure is a ``DeployNotRecorded`` whose details are
+    in the log, under a reference, as the gateway's other unexpected errors are."""
+    said = f"function '{name}' was not deployed: the store could not record its new version"
+    if isinstance(exc, SpanfaasError):
+        return type(exc)(f"{said} ({exc.message}); {now}", **exc.extra)
+    ref = secrets.token_hex(6)
+    log.error("function %r: the store failed to record a new version (reference %s): %s: %s",
+              name, ref, type(exc).__name__, exc, exc_info=exc)  # fmt: skip
+    return DeployNotRecorded(f"{said} (the gateway's log has the store's error under reference {ref}); {now}; deploy again")
 
 
 def too_large_bundle(size: int, limit: int) -> PayloadTooLarge:

@@ -25,10 +25,12 @@ __all__ = [
     "Pending",
     "Problem",
     "Queued",
+    "REDACTED",
     "TokenCreated",
     "TokenList",
     "TokenRequest",
     "TokenView",
+    "function_view",
     "invocation_view",
     "is_json",
 ]
@@ -175,6 +177,26 @@ class Problem(Struct, omit_defaults=True):
 
 def is_json(content_type: str) -> bool:
     return is_json_type(content_type)
+
+
+REDACTED = "<redacted>"
+"""What a token that may not deploy a function reads for each of its ``[env]`` values."""
+
+
+def function_view(record: FunctionRecord, *, env_values: bool) -> FunctionRecord:
+    """The record as a token sees it: with its ``[env]`` values only when ``env_values``
+    (the token may deploy the function, and so set them), else each value ``REDACTED``.
+
+    A manifest's ``[env]`` is where functions are given their API keys and passwords, and
+    an ``invoke`` token is the one handed out widely (to callers, other services, CI), so
+    its values are no invoker's business.  The names stay, values redacted, rather than
+    the table left out: a record keeps one shape whoever reads it (a client reading
+    ``spec.env`` does not break), and an invoker can still see which settings a function
+    has -- which its code reads anyway -- and that they are set, not to what."""
+    if env_values or not record.spec.env:
+        return record
+    spec = msgspec.structs.replace(record.spec, env=dict.fromkeys(record.spec.env, REDACTED))
+    return msgspec.structs.replace(record, spec=spec)
 
 
 def token_view(t: TokenRecord) -> TokenView:

@@ -240,3 +240,45 @@ def test_second_start_keeps_the_saved_token(shell: Shell, tmp_path: Path) -> Non
     finally:
         again.proc.send_signal(signal.SIGTERM)
         assert again.proc.wait(15) == 0, again.output()
+
+
+def test_a_gateway_whose_saved_token_was_kept_finds_it_again(shell: Shell, tmp_path: Path) -> None:
+    """A second gateway's first start keeps the first one's config in config-HOST-PORT.toml,
+    but nothing read that file: `--url FIRST` sent no token, and the first gateway, started
+    again, said the config held no token of it.  `--url` finds the kept token, and a start
+    of the first gateway saves it back (keeping the second's in turn)."""
+    def start(name: str, port: int, logs: str) -> Up:
+        (tmp_path / logs).mkdir()
+        server = Up(shell, port, tmp_path / f"state-{name}", tmp_path / logs)
+        server.wait_healthy()
+        return server
+
+    def stop(server: Up) -> None:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0, server.output()
+
+    port_a, port_b = free_port(), free_port()
+    a = start("a", port_a, "a-1")
+    token_a = tomllib.loads(shell.config.read_text())["token"]
+    b = start("b", port_b, "b-1")
+    try:
+        kept = shell.config.with_name(f"config-127.0.0.1-{port_a}.toml")
+        assert tomllib.loads(kept.read_text()) == {"url": a.url, "token": token_a}
+        said = " ".join(b.out.read_text().split())
+        assert f"of another gateway ({a.url}), is kept in {kept}: --url {a.url} finds it there" in said, said
+        r = shell("ls", "--json", "--url", a.url)  # the kept token, for its URL
+        assert r.returncode == 0, r.stderr
+        assert shell("ls", "--json").returncode == 0  # the saved one, for b
+        token_b = tomllib.loads(shell.config.read_text())["token"]
+    finally:
+        stop(b)
+        stop(a)
+    a = start("a", port_a, "a-2")
+    try:
+        assert tomllib.loads(shell.config.read_text()) == {"url": a.url, "token": token_a}  # saved back
+        assert tomllib.loads(shell.config.with_name(f"config-127.0.0.1-{port_b}.toml").read_text()) == {"url": b.url, "token": token_b}
+        assert "holds no token of this gateway" not in a.out.read_text()
+        r = shell("ls", "--json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        stop(a)

@@ -5,10 +5,12 @@ stored, and callers see the store's state, not an internal error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -285,3 +287,62 @@ def test_an_outcome_a_client_read_is_not_replaced_by_another_gateways_rerun(tmp_
             os.kill(a.proc.pid, signal.SIGCONT)
         a.stop()
         b.stop()
+
+
+@contextlib.contextmanager
+def refusing_function_records(data_dir: Path, store_url: str | None) -> Iterator[None]:
+    """The store's functions table refuses every new row (a trigger that raises), until the block ends."""
+    if store_url is None:
+        with contextlib.closing(sqlite3.connect(data_dir / "spanfaas.db", isolation_level=None)) as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON functions BEGIN SELECT RAISE(ABORT, 'refused by a test'); END")
+            try:
+                yield
+            finally:
+                conn.execute("DROP TRIGGER refuse")
+        return
+    with psycopg.connect(store_url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused by a test'; END $$ LANGUAGE plpgsql")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON functions FOR EACH ROW EXECUTE FUNCTION refuse()")
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER refuse ON functions")
+            conn.execute("DROP FUNCTION refuse()")
+
+
+def test_a_deploy_the_store_fails_to_record_is_taken_back(tmp_path: Path, store_url: str | None) -> None:
+    """A deploy puts the new version on the infrastructure, then records it: when the store
+    failed then (here a trigger in the database raises: an error that is no outage, no lock,
+    no full disk), the client got an internal error and the new version, which no record
+    has, served every call (and vanished at the next restart).  The version before is put
+    back (on a first deploy: none is left), and the problem says what failed."""
+    gw = GatewayProcess(tmp_path / "data", store=store_url)
+    try:
+        gw.start()
+        with httpx.Client(base_url=gw.url, headers=gw.headers, timeout=30) as c:
+            deploy(tmp_path, c)
+            new = tmp_path / "new"
+            new.mkdir()
+            (new / "handler.py").write_text("def handler(event, context):\n    return {'new': event}\n")
+            (new / "spanfaas.toml").write_text('name = "fn"\nisolation = "reuse"\n')
+            other = tmp_path / "other"
+            other.mkdir()
+            (other / "handler.py").write_text(HANDLER)
+            (other / "spanfaas.toml").write_text('name = "other"\nisolation = "reuse"\n')
+            with refusing_function_records(tmp_path / "data", store_url):
+                r = c.put("/v1/functions/fn", content=pack_function(new))
+                assert c.post("/v1/functions/fn/invoke", json={"n": 1}).json() == {"n": 1}  # the version before
+                assert r.status_code == 500 and r.headers["content-type"] == "application/problem+json", r.text
+                doc = r.json()
+                assert doc["type"].endswith("/deploy-not-recorded"), doc
+                assert doc["detail"].startswith("function 'fn' was not deployed: the store could not record its new version"), doc
+                assert "version 1 serves as before" in doc["detail"] and "reference" in doc["detail"], doc
+                first = c.put("/v1/functions/other", content=pack_function(other))
+                assert first.status_code == 500 and "no version of it serves, as before" in first.json()["detail"], first.text
+                assert c.post("/v1/functions/other/invoke", json={}).status_code == 404
+            assert c.get("/v1/functions/fn").json()["version"] == 1
+            assert c.put("/v1/functions/fn", content=pack_function(new)).status_code == 201
+            assert c.post("/v1/functions/fn/invoke", json=2).json() == {"new": 2}
+        assert "refused by a test" in gw.log()  # the operator has the store's own words
+    finally:
+        gw.stop()

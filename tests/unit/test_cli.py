@@ -1355,3 +1355,27 @@ def test_logs_of_a_function_says_when_older_invocations_are_left_out(cli: Any, t
     assert r.stdout.count("── ") == 4 and "older ones" not in r.stderr, r.stderr  # all of them: nothing to say
     assert len(json.loads(cli("logs", "older", "-n", "3", "--json").stdout)["invocations"]) == 3
     assert cli("logs", "older", "--all").stdout.count("── ") == 4
+
+
+def test_the_cli_finds_the_token_kept_for_the_gateway_it_is_pointed_at(live: Live, tmp_path: Path) -> None:
+    """A second `spanfaas up` keeps the first gateway's config in config-HOST-PORT.toml; `spanfaas
+    --url FIRST ...` sent no token (exit 3) until the user copied it out of that file."""
+    from spanfaas.client.userconfig import UserConfig, config_path, keep_replaced, save_user_config
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "COLUMNS": "200"}
+    path = config_path(env)
+    save_user_config(UserConfig(url=live.url, token=live.admin), path)
+    newer = UserConfig(url=f"http://127.0.0.1:{free_port()}", token="sf_of_another_gateway")
+    assert keep_replaced(newer, path) is not None
+    save_user_config(newer, path)
+    runner = CliRunner()
+
+    def run(*args: str, **extra: str | None) -> Result:
+        return runner.invoke(app, list(args), env={"SPANFAAS_URL": None, "SPANFAAS_TOKEN": None, **env, **extra}, catch_exceptions=False)
+
+    r = run("ls", "--url", live.url, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "functions" in json.loads(r.stdout)
+    assert run("ls", "--json", SPANFAAS_URL=live.url).exit_code == 0
+    expect_error(run("ls", "--url", live.url, "--token", "sf_wrong"), 3)  # a flag beats the kept file
+    expect_error(run("ls", "--url", live.url, SPANFAAS_TOKEN="sf_wrong"), 3)  # and so does the env

@@ -897,3 +897,30 @@ async def test_result_timeout_must_be_positive(sdk: Any, timeout: float) -> None
     job = await sdk.invoke_async("hello", {})
     with pytest.raises(InvalidRequest, match=r"timeout must be a positive number of seconds"):
         await sdk.result(job, timeout=timeout)
+
+
+def test_the_token_kept_for_a_url_is_used_for_that_url(tmp_path: Path) -> None:
+    """`spanfaas up` keeps the config it replaces in config-HOST-PORT.toml and says so, but
+    nothing read it: `--url` of that gateway went without a token (401, "a token is saved for
+    <the new gateway> only"), and the user had to copy the token out of the file by hand.
+    Precedence: argument > SPANFAAS_TOKEN > the config file (its URL) > the kept file (its URL)."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    path = config_path(env)
+    first, second = "http://127.0.0.1:8080", "http://127.0.0.1:9000"
+    save_user_config(UserConfig(url=first, token="sf_first"), path)
+    new = UserConfig(url=second, token="sf_second")
+    assert keep_replaced(new, path) is not None
+    save_user_config(new, path)
+
+    assert resolve(env=env) == (second, "sf_second")  # the config file first
+    assert resolve(first, env=env) == (first, "sf_first")  # the kept one, for its URL
+    assert resolve(f"{first}/", env=env) == (first, "sf_first")
+    assert resolve(env={**env, "SPANFAAS_URL": first}) == (first, "sf_first")
+    assert resolve(first, "arg", env=env) == (first, "arg")
+    assert resolve(first, env={**env, "SPANFAAS_TOKEN": "fromenv"}) == (first, "fromenv")
+    # Only to the URL it was saved with: another name of the host, or another port, gets none.
+    assert resolve("http://localhost:8080", env=env) == ("http://localhost:8080", None)
+    assert resolve("http://127.0.0.1:8081", env=env) == ("http://127.0.0.1:8081", None)
+    # A kept file that does not read is no kept token (the config file's errors still stop the command).
+    (tmp_path / "spanfaas" / "config-127.0.0.1-8080.toml").write_text("url = ")
+    assert resolve(first, env=env) == (first, None)

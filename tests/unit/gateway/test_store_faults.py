@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -205,3 +206,40 @@ async def test_every_write_a_locked_store_refuses_is_a_503_the_openapi_lists(
             assert_store_unavailable(r, "locked")
             responses = doc["paths"][path][method.lower()]["responses"]
             assert "503" in responses and "Retry-After" in responses["503"].get("headers", {}), (method, path, sorted(responses))
+
+
+NEW_VERSION = "def handler(event, context):\n    return {'new': event}\n"
+
+
+@contextlib.contextmanager
+def full(store: CappedStore) -> Iterator[None]:
+    store.fill()
+    try:
+        yield
+    finally:
+        store.max_pages = None
+
+
+@pytest.mark.parametrize("fault", ["locked", "full"])
+async def test_a_deploy_the_store_cannot_record_leaves_the_version_before_serving(
+    client: httpx.AsyncClient, hello: dict[str, object], store: CappedStore, fn_dir: Callable[..., Path], fault: str
+) -> None:
+    """A deploy puts the new version on the infrastructure, then records it in the store: when
+    the store then failed (locked past its busy timeout, full), the client was answered 503 but
+    the new version, which no record has, served every call from then on (and was gone after
+    a restart).  The version before is put back, and the 503 says so."""
+    src = fn_dir(code=NEW_VERSION)
+    (src / "data.bin").write_bytes(random.Random(0).randbytes(100_000))  # more than the file's free pages hold, gzipped too
+    new = pack_function(src)
+    with write_lock(store.path) if fault == "locked" else full(store):
+        r = await client.put("/v1/functions/hello", content=new)
+        doc = assert_store_unavailable(r, "locked" if fault == "locked" else "disk is full")
+        called = await client.post("/v1/functions/hello/invoke", json={"name": "old"})
+        assert called.json() == {"hello": "old"}, called.text
+        assert doc["detail"].startswith("function 'hello' was not deployed: the store could not record its new version"), doc
+        assert "version 1 serves as before" in doc["detail"], doc
+    assert (await client.get("/v1/functions/hello")).json()["version"] == 1
+    assert (await client.post("/v1/functions/hello/invoke", json={"name": "old"})).json() == {"hello": "old"}
+    again = await client.put("/v1/functions/hello", content=new)  # the store back: the deploy goes through
+    assert again.status_code == 201 and again.json()["version"] == 2, again.text
+    assert (await client.post("/v1/functions/hello/invoke", json=1)).json() == {"new": 1}
