@@ -492,6 +492,7 @@ def main(argv: list[str]) -> None:
         step()
     gc.collect()
     heap.fill_holes()  # templates' first objects go to fresh pools, not into our pages
+    heap.fill_malloc_holes()  # and their mallocs to fresh pages past our heap
     gc.freeze()
     z = Zygote(chan)
     z.loop()
