@@ -16,9 +16,11 @@ its code (``code.replace()``: the same code, un-quickened), made one after the
 other at the end of the zygote's warm-up, after ``heap.fill_holes`` and
 ``heap.fill_malloc_holes`` (so they land side by side on fresh pages, not in
 holes), and keeps the originals (freed, they would leave holes for templates
-to fill).  The zygote's per-deploy code then shares ~10 pages, a template's
-start-up code ~10 others.  Measured (bench/zygote_pages.py-style, 8 sandboxed
-templates, median, two runs each): private pages per template 499/507 -> 464/465.
+to fill).  Measured (bench/zygote_pages.py-style, median of 8 sandboxed
+templates): private pages per template 499-507 -> 488/496; on 1,000 idle
+functions (sandbox, default manifest / prefork = 0, with the malloc holes
+filled too) main 2,044/2,029, 2,042/2,006, 2,032/1,980 MiB -> 1,949/1,945,
+1,962/1,933 (docs/runtime.md, "Memory").
 
 The lists are the functions a ``sys.setprofile`` hook saw run (a template:
 from its fork to its first idle loop; the zygote: per deploy, with a spare);
