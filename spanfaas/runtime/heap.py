@@ -110,8 +110,10 @@ def _libc() -> ctypes.CDLL | None:
 def malloc_free_chunks() -> int:
     """Free chunks in glibc's main heap besides its top (fast bins included); 0 without glibc."""
     libc = _libc()
-    if libc is None:
-        return 0
+    return 0 if libc is None else _free_chunks(libc)
+
+
+def _free_chunks(libc: ctypes.CDLL) -> int:
     info = libc.mallinfo2()
     return int(info.ordblks) - 1 + int(info.smblks)  # (ordblks counts the top chunk)
 
@@ -143,7 +145,7 @@ def fill_malloc_holes() -> int:
     # threshold and the heap's trim threshold for good (more of a template's heap resident).
     # (No malloc_trim here: measured, it left templates ~7 pages more each.)
     size = 1 << 16
-    while size >= 24 and malloc_free_chunks() > 0:
+    while size >= 24 and _free_chunks(libc) > 0:
         start = top()
         block = libc.malloc(size)
         if not block:
