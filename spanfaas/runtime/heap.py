@@ -31,7 +31,7 @@ copied all over the zygote's heap.  Taken in the zygote, largest first, the
 holes are its own, and a template's mallocs come from the top of the heap,
 fresh pages side by side.  Measured (bench/zygote_pages.py-style, median of
 8 sandboxed templates): private pages per template ~510 -> 499-507; on 1,000
-idle functions (sandbox, both manifests) 2,044/2,029 MiB -> 2,021/1,995.
+idle functions, with ``packing``: docs/runtime.md, "Memory".
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ holes), and keeps the originals (freed, they would leave holes for templates
 to fill).  Measured (bench/zygote_pages.py-style, median of 8 sandboxed
 templates): private pages per template 499-507 -> 488/496; on 1,000 idle
 functions (sandbox, default manifest / prefork = 0, with the malloc holes
-filled too) main 2,044/2,029, 2,042/2,006, 2,032/1,980 MiB -> 1,949/1,945,
-1,962/1,933 (docs/runtime.md, "Memory").
+filled too) main 2,044/2,029, 2,042/2,006, 2,032/1,980, 1,999/2,022 MiB ->
+1,871/1,870, 1,840/1,841 (docs/runtime.md, "Memory").
 
 The lists are the functions a ``sys.setprofile`` hook saw run (a template:
 from its fork to its first idle loop; the zygote: per deploy, with a spare);
