@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 
 from spanfaas.model import Protection
-from spanfaas.runtime import fitter, forking, heap
+from spanfaas.runtime import fitter, forking, heap, packing
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime import template
 from spanfaas.runtime.supervise import supervise
@@ -492,6 +492,8 @@ def main(argv: list[str]) -> None:
         step()
     gc.collect()
     heap.fill_holes()  # templates' first objects go to fresh pools, not into our pages
+    heap.fill_malloc_holes()  # and their mallocs to fresh pages past our heap
+    packing.pack((*packing.ZYGOTE, *packing.TEMPLATE))  # the code run after a fork, on few pages
     gc.freeze()
     z = Zygote(chan)
     z.loop()
