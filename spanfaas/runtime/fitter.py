@@ -61,6 +61,10 @@ class FitReport(msgspec.Struct, kw_only=True):
     "": at the bundle's host path."""
     scratch_dir: str = ""
     """Where it makes its instances' scratch dirs (``fixedpaths.SCRATCH``); "": at the host path."""
+    runtime_paths: bool = False
+    """The interpreter, venv, spanfaas and image packages are bound at their fixed paths
+    (``sandbox/runtimepaths.py``), as the zygote named them; else the template names them by
+    their host paths again."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -179,7 +183,7 @@ def _fit_function(
         return FitReport(protections=out, function=True), []
     plan = msgspec.convert(plan, SandboxPlan) if isinstance(plan, dict) else plan
     mounts = bool(unshared & _libc.CLONE_NEWNS)
-    plan, uid, code_dir, scratch = _place(plan, bundle, scratch_dir, mounts, out)
+    plan, uid, code_dir, scratch, bound = _place(plan, bundle, scratch_dir, mounts, out)
     if mounts:
         out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
     applied = msgspec.structs.replace(plan, uid=uid, instance_memory_bytes=0)
@@ -187,28 +191,34 @@ def _fit_function(
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
     ruleset, built = landlock.landlock_ruleset(plan.ro_paths, plan.rw_paths)
     out.append(built)  # the template enforces it (or, when it has no fd, reports it inactive)
-    report = FitReport(protections=out, function=True, uid=uid, plan=applied, code_dir=code_dir, scratch_dir=scratch)
+    report = FitReport(
+        protections=out, function=True, uid=uid, plan=applied, code_dir=code_dir, scratch_dir=scratch, runtime_paths=bound
+    )
     return report, [ruleset] if ruleset >= 0 else []
 
 
 def _place(
     plan: SandboxPlan, bundle: str, scratch_dir: str, mounts: bool, out: list[Protection]
-) -> tuple[SandboxPlan, int | None, str, str]:
+) -> tuple[SandboxPlan, int | None, str, str, bool]:
     """The code and scratch at fixed paths where possible (``sandbox/fixedpaths.py``),
     the interpreter reachable for the uid: the plan with the paths the function
-    finds them at, its uid, and where the code and scratch are ("": host paths)."""
-    from spanfaas.sandbox import fixedpaths, fsview
+    finds them at, its uid, where the code and scratch are ("": host paths), and
+    whether its Python's trees are bound at theirs (``sandbox/runtimepaths.py``)."""
+    from spanfaas.sandbox import fixedpaths, fsview, runtimepaths
 
     ro_others = [x for x in plan.ro_paths if x != bundle]
     rw_others = [x for x in plan.rw_paths if x != scratch_dir]
+    trees = runtimepaths.TREES  # (the zygote's: empty where it kept the host names)
     # The code first (as root, the whole host in view), then the interpreter for
     # the uid (fsview), then the scratch tmpfs, owned by that uid.
-    why_not = (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle)) if mounts else "no mount namespace"
+    why_not = (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle, trees)) if mounts else "no mount namespace"
     code_dir = scratch = ""
+    bound: tuple[str, ...] = ()
     if why_not:  # the host paths, as without fixed paths
         uid = _reachable_uid(plan.uid, [*plan.ro_paths, *plan.rw_paths], mounts, out)
     else:
         code_dir = fixedpaths.CODE
+        bound = tuple(dict.fromkeys("/".join(fixed.split("/")[:3]) for _, fixed in trees))  # /var/lang, /var/runtime...
         uid = _reachable_uid(plan.uid, [*ro_others, *rw_others], mounts, out)
         why_not = fixedpaths.place_scratch(uid, _scratch_bytes(plan.memory_bytes))
         if not why_not:
@@ -217,7 +227,8 @@ def _place(
             out.append(Protection("uid", False, f"the scratch dir is not reachable for the function's uid: {why_not}"))
             uid = None
     if not why_not:
-        out.append(Protection("fixed-paths", True, f"code (a read-only copy) at {code_dir}, scratch at {scratch}"))
+        python = f"; its Python at {', '.join(bound)}" if bound else ""
+        out.append(Protection("fixed-paths", True, f"code (a read-only copy) at {code_dir}, scratch at {scratch}{python}"))
         out.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {_scratch_bytes(plan.memory_bytes) >> 20} MiB"))
     else:
         where = f"code at {code_dir}, scratch at its host path" if code_dir else "code and scratch at their host paths"
@@ -226,10 +237,10 @@ def _place(
             out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
     plan = msgspec.structs.replace(
         plan,
-        ro_paths=(code_dir, *ro_others) if code_dir else plan.ro_paths,
+        ro_paths=(code_dir, *bound, *ro_others) if code_dir else plan.ro_paths,
         rw_paths=(scratch, *rw_others) if scratch else plan.rw_paths,
     )
-    return plan, uid, code_dir, scratch
+    return plan, uid, code_dir, scratch, bool(bound)
 
 
 def _reachable_uid(uid: int | None, needed: list[str], mounts: bool, out: list[Protection]) -> int | None:

@@ -36,7 +36,7 @@ from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import function_logger
 from spanfaas.runtime.supervise import supervise
-from spanfaas.sandbox import _libc
+from spanfaas.sandbox import _libc, runtimepaths
 
 if TYPE_CHECKING:
     from spanfaas.sandbox import PreparedLayer, SandboxPlan
@@ -199,6 +199,7 @@ class Template:
         """Read the fitters' reports (``fitter.py``): what they set up for us.
 
         Raises when the template must not start (it is not in its cgroup)."""
+        bound = False
         for fd in reports:
             report, fds = fitter.read_report(fd)
             if report.error:
@@ -214,6 +215,8 @@ class Template:
                 self.plan = report.plan
                 self.code_dir = report.code_dir or self.code_dir
                 self.scratch_dir = report.scratch_dir or self.scratch_dir
+                bound = report.runtime_paths
+        runtimepaths.placed(bound)  # the zygote's fixed names of our Python, or the host's again
 
     def lock_down(self) -> None:
         """Apply the process-wide part of the sandbox (inherited by instances);

@@ -444,6 +444,26 @@ def _warm_sandbox() -> None:
     fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
 
 
+def _fix_paths() -> None:
+    """Where every function gets a mount namespace of its own, name our Python's trees
+    (interpreter, venv, spanfaas, the image's packages: ``PYTHONPATH`` but for spanfaas's
+    parent) by the fixed paths the fitters bind them at, here, once: templates inherit
+    the names without un-sharing a page (``sandbox/runtimepaths.py``)."""
+    from spanfaas import sandbox
+    from spanfaas.sandbox import fixedpaths, runtimepaths
+
+    mounts = next((x for x in sandbox.probe() if x.name == "mount-namespace"), None)
+    if os.geteuid() != 0 or mounts is None or not mounts.active:
+        return  # no fitter can bind them: the host's names, as before
+    found, entries = runtimepaths.trees([])
+    parent = {host for host, _ in entries}
+    images = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and os.path.normpath(x) not in parent]
+    found, entries = runtimepaths.trees(images)
+    if fixedpaths.clash([host for host, _ in found]):
+        return  # below /var, which the function's /var/task tmpfs covers: the host's names
+    runtimepaths.rewrite(found, entries)
+
+
 def _warm_templates() -> None:
     template._preimport_lazy()
     template._LAZY_DONE = True
@@ -486,6 +506,8 @@ def main(argv: list[str]) -> None:
     if "--sandbox" in argv:
         steps.append(_warm_sandbox)
     steps.append(_warm_templates)
+    if "--sandbox" in argv:
+        steps.append(_fix_paths)  # last: it renames what the steps before imported
     for step in steps:
         if _gone(chan):
             os._exit(0)  # nothing forked yet: nothing to stop
