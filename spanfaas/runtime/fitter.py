@@ -123,7 +123,7 @@ def read_report(fd: int) -> Fit:
 
 
 def join_cgroups(procs: Sequence[int], pid: int) -> str:
-    """Write ``pid`` (as this process sees it) into each open cgroup.procs; an error or ""."""
+    """Write ``pid`` (as this process sees it; 0: this process) into each open cgroup.procs; an error or ""."""
     try:
         for fd in procs:
             if fd < 0:
@@ -139,6 +139,7 @@ def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int
     error = join_cgroups(procs, pid)
     if error:
         return FitReport(error=error), []
+    join_cgroups(procs, 0)  # and we too: what we make for the function is charged to it (its /var/task)
     if not unshared:
         return FitReport(), []
     from spanfaas import sandbox
@@ -147,14 +148,26 @@ def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int
 
 
 def fit_function(
-    plan: Any, bundle: str, scratch_dir: str, unshared: int, pid: int, *, hostname: str | None = None, enter: bool = False
+    plan: Any,
+    bundle: str,
+    scratch_dir: str,
+    unshared: int,
+    pid: int,
+    *,
+    hostname: str | None = None,
+    enter: bool = False,
+    procs: Sequence[int] = (),
 ) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
     a spare), the fs view for its uid, its code and scratch tmpfs at fixed paths
     (``bundle`` and ``scratch_dir``: their host paths), the template's
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
-    from the zygote)."""
+    from the zygote).  ``procs``: the function's open ``cgroup.procs``, joined
+    first (a spare's fitter), so that the copy of its code at ``/var/task`` (tmpfs
+    pages: charged to the cgroup of the process that writes them, for as long as
+    they live) counts against the function's memory limit, not the runtime's."""
+    join_cgroups(procs, 0)
     # The template's mount table, opened while ``pid`` names it in the /proc we see
     # (a fitter that joins a spare's namespaces is in none of its pids).
     try:
@@ -211,7 +224,11 @@ def _place(
     trees = runtimepaths.TREES  # (the zygote's: empty where it kept the host names)
     # The code first (as root, the whole host in view), then the interpreter for
     # the uid (fsview), then the scratch tmpfs, owned by that uid.
-    why_not = (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle, trees)) if mounts else "no mount namespace"
+    # The copy is charged to the function's memory cgroup (we joined it): at most half its limit.
+    size = min(fixedpaths.CODE_BYTES, plan.memory_bytes // 2) if plan.memory_bytes else fixedpaths.CODE_BYTES
+    why_not = (
+        (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle, trees, size)) if mounts else "no mount namespace"
+    )
     code_dir = scratch = ""
     bound: tuple[str, ...] = ()
     if why_not:  # the host paths, as without fixed paths

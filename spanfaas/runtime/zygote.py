@@ -136,6 +136,7 @@ class Zygote:
 
     def _hand_to_spare(self, spare: Spare, req: p.SpawnTemplate, chan_fd: int) -> None:
         report_r, report_w = fitter.channel()
+        procs = _open_procs(req.cgroup)  # the fitter joins the function's cgroup (its /var/task is charged there)
         try:
             pid = forking.forker.fork()
         except OSError:
@@ -144,8 +145,12 @@ class Zygote:
         if pid == 0:
             os.close(report_r)
             fitter.run(report_w, lambda: fitter.fit_function(
-                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
+                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True,
+                procs=[fd for fd in procs if fd >= 0]))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
+        for fd in procs:
+            if fd >= 0:
+                os.close(fd)
         # The spare decodes what it is sent after its fork, into memory of its own: not
         # the plan, which only the fitter needs (the template applies the plan the
         # fitter reports): an empty one says "sandboxed".
@@ -225,13 +230,7 @@ class Zygote:
         report_r, report_w = fitter.channel()  # first: nothing to undo when it fails
         # Opened here: an open cgroup.procs still joins the right cgroup after
         # the runtime renames a spare's directory.
-        procs: list[int] = []
-        try:
-            for d in cgroup:
-                procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
-        except OSError:
-            traceback.print_exc()
-            procs.append(-1)  # the fitter reports the failure to the template
+        procs = _open_procs(cgroup)
         network = plan.get("network", "none") if plan is not None else "none"
         ns = NamespacesForNextChildren(network) if plan is not None and plan.get("namespaces", True) else None
         protections = ns.enter() if ns is not None else []
@@ -416,6 +415,19 @@ class Zygote:
             except ChildProcessError:
                 return
             left.discard(pid)
+
+
+def _open_procs(cgroup: list[str]) -> list[int]:
+    """Each dir's ``cgroup.procs``, open for writing; a -1 last where one could not be
+    opened (the fitter then reports the failure to the template)."""
+    procs: list[int] = []
+    try:
+        for d in cgroup:
+            procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+    except OSError:
+        traceback.print_exc()
+        procs.append(-1)
+    return procs
 
 
 def _gone(chan: socket.socket) -> bool:

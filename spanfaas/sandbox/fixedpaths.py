@@ -80,11 +80,12 @@ def clash(needed: Sequence[str]) -> str:
     return ""
 
 
-def place_code(bundle: str, trees: Sequence[tuple[str, str]] = ()) -> str:
+def place_code(bundle: str, trees: Sequence[tuple[str, str]] = (), size: int = CODE_BYTES) -> str:
     """Cover ``/var`` with a tmpfs holding a read-only copy of ``bundle`` at
     ``CODE`` (and an empty ``SCRATCH`` to mount on), and each (host dir, fixed
     dir) of ``trees`` bound read-only at its fixed dir below ``/var``
-    (``runtimepaths.py``: the function's Python).  Call as root in the
+    (``runtimepaths.py``: the function's Python); the tmpfs holds at most ``size``
+    bytes.  Call as root in the
     function's private mount namespace.  "" when done; else why not, and
     nothing stays mounted."""
     try:
@@ -96,7 +97,7 @@ def place_code(bundle: str, trees: Sequence[tuple[str, str]] = ()) -> str:
         for host, fixed in trees:  # cloned before /var is covered (they may live there)
             clones.append((_libc.syscall("open_tree", AT_FDCWD, ctypes.c_char_p(host.encode()), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE), fixed))
         links = _symlinks("/var")
-        _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={CODE_BYTES}")
+        _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
     except OSError as exc:
         for fd, _ in clones:
             os.close(fd)
@@ -125,7 +126,7 @@ def place_code(bundle: str, trees: Sequence[tuple[str, str]] = ()) -> str:
     except OSError as exc:
         _libc.umount2("/var", MNT_DETACH)  # (with the trees moved below it)
         if exc.errno == errno.ENOSPC:
-            return f"the bundle is larger than the code tmpfs ({CODE_BYTES >> 20} MiB)"
+            return f"the bundle is larger than the code tmpfs ({size >> 20} MiB: at most {CODE_BYTES >> 20}, and half the function's memory limit)"
         return f"copying the bundle: {exc.strerror or exc}"
     return ""
 
