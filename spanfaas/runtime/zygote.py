@@ -461,15 +461,15 @@ def _fix_paths() -> None:
     (interpreter, venv, spanfaas, the image's packages: ``PYTHONPATH`` but for spanfaas's
     parent) by the fixed paths the fitters bind them at, here, once: templates inherit
     the names without un-sharing a page (``sandbox/runtimepaths.py``)."""
+    import spanfaas
     from spanfaas import sandbox
     from spanfaas.sandbox import fixedpaths, runtimepaths
 
     mounts = next((x for x in sandbox.probe() if x.name == "mount-namespace"), None)
     if os.geteuid() != 0 or mounts is None or not mounts.active:
         return  # no fitter can bind them: the host's names, as before
-    found, entries = runtimepaths.trees([])
-    parent = {host for host, _ in entries}
-    images = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and os.path.normpath(x) not in parent]
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(spanfaas.__file__)))  # (zygotes.py puts it last)
+    images = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and os.path.normpath(x) != parent]
     found, entries = runtimepaths.trees(images)
     if fixedpaths.clash([host for host, _ in found]):
         return  # below /var, which the function's /var/task tmpfs covers: the host's names

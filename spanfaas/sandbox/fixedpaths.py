@@ -13,7 +13,9 @@ template locks itself down, the fitter puts
   copy is made once per template, by the fitter, from a descriptor of the
   bundle opened before ``/var`` is covered (the bundle may live there, as
   ``/var/lib/...``), with modes, owners and modification times kept (so the
-  bundle's ``__pycache__`` stays valid);
+  bundle's ``__pycache__`` stays valid).  The fitter joins the function's
+  cgroups first: the copy's pages count against the function's memory limit
+  (the tmpfs is capped at half of it), not the runtime's;
 * the scratch tmpfs at ``SCRATCH`` (``/var/tmp``, in that tmpfs;
   ``place_scratch``), where the template makes and removes each instance's
   dir (``/var/tmp/i<n>``).
@@ -84,25 +86,35 @@ def place_code(bundle: str, trees: Sequence[tuple[str, str]] = (), size: int = C
     """Cover ``/var`` with a tmpfs holding a read-only copy of ``bundle`` at
     ``CODE`` (and an empty ``SCRATCH`` to mount on), and each (host dir, fixed
     dir) of ``trees`` bound read-only at its fixed dir below ``/var``
-    (``runtimepaths.py``: the function's Python); the tmpfs holds at most ``size``
-    bytes.  Call as root in the
-    function's private mount namespace.  "" when done; else why not, and
-    nothing stays mounted."""
+    (``runtimepaths.py``: the function's Python); the tmpfs holds at most
+    ``size`` bytes.  Call as root in the function's private mount namespace,
+    in the function's memory cgroup (the copy's pages are charged to the
+    cgroup of the process that writes them).  "" when done; else why not,
+    and nothing stays mounted."""
     try:
         src = os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         return f"cannot open the bundle: {exc.strerror}"
     clones: list[tuple[int, str]] = []
-    try:
-        for host, fixed in trees:  # cloned before /var is covered (they may live there)
-            clones.append((_libc.syscall("open_tree", AT_FDCWD, ctypes.c_char_p(host.encode()), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE), fixed))
-        links = _symlinks("/var")
-        _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
-    except OSError as exc:
+    why_not = ""
+    for host, fixed in trees:  # cloned before /var is covered
+        try:
+            flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+            clones.append((_libc.syscall("open_tree", AT_FDCWD, ctypes.c_char_p(host.encode()), flags), fixed))
+        except OSError as exc:
+            why_not = f"cannot bind {host} at {fixed}: {exc.strerror or exc}"
+            break
+    if not why_not:
+        try:
+            links = _symlinks("/var")
+            _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
+        except OSError as exc:
+            why_not = f"cannot cover /var: {exc.strerror or exc}"
+    if why_not:
         for fd, _ in clones:
             os.close(fd)
         os.close(src)
-        return f"cannot cover /var: {exc.strerror or exc}"
+        return why_not
     try:
         try:
             for name, target in links:  # /var/run -> /run and the like, as on the host

@@ -61,15 +61,18 @@ _ENTRIES: tuple[tuple[str, str], ...] = ()
 
 def trees(image_paths: Sequence[str]) -> tuple[Trees, tuple[tuple[str, str], ...]]:
     """The trees this interpreter's modules come from, each with its fixed dir, and
-    the ``sys.path`` entries that hold a bound tree (spanfaas's parent) with theirs."""
+    the ``sys.path`` entries that hold a bound tree (spanfaas's parent, when it is
+    a checkout's root, not in a tree) with theirs.  ``image_paths``: the image's
+    package dirs (not spanfaas's parent)."""
     package = os.path.dirname(os.path.abspath(spanfaas.__file__))
     out: list[tuple[str, str]] = [(sys.base_prefix, LANG)]
     if os.path.realpath(sys.prefix) != os.path.realpath(sys.base_prefix):
         out.append((sys.prefix, VENV))
     out.append((package, f"{RUNTIME}/spanfaas"))
     out += [(path, f"{PACKAGES}/{i}") for i, path in enumerate(image_paths)]
-    seen = [(os.path.normpath(h), f) for h, f in out if os.path.isdir(h)]
-    return tuple(seen), ((os.path.dirname(package), RUNTIME),)
+    seen = tuple((os.path.normpath(h), f) for h, f in out if os.path.isdir(h))
+    parent = os.path.dirname(package)  # a checkout's root; an install's site-packages is in a tree already
+    return seen, (((parent, RUNTIME),) if _translate(parent, seen) is None else ())
 
 
 def _translate(path: str, table: Sequence[tuple[str, str]]) -> str | None:
