@@ -216,7 +216,8 @@ class Template:
                 self.code_dir = report.code_dir or self.code_dir
                 self.scratch_dir = report.scratch_dir or self.scratch_dir
                 bound = report.runtime_paths
-        runtimepaths.placed(bound)  # the zygote's fixed names of our Python, or the host's again
+        if not bound:  # the host's names of our Python again, where the zygote gave them fixed ones
+            runtimepaths.placed(bound)
 
     def lock_down(self) -> None:
         """Apply the process-wide part of the sandbox (inherited by instances);

@@ -35,6 +35,7 @@ in its file system, as for every bind mount).
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -136,20 +137,50 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
         for loader in {id(x): x for x in (attrs.get("__loader__"), getattr(spec, "loader", None)) if x is not None}.values():
             if isinstance(getattr(loader, "path", None), str):
                 loader.path = move(loader.path)
-    sys.path_importer_cache.clear()  # (keyed by the old names; the finders are made again on use)
+    _rekey_finders(table, whole, back)
     if back:
         TREES, _ENTRIES = (), ()
         sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "_spanfaas_either", False)]
     else:
         TREES, _ENTRIES = tuple(found), tuple(entries)
-        sys.path_hooks.insert(0, _either_hook(found, entries))
+        # Last: where a fixed dir exists (a function's namespace) the FileFinder hook takes it.
+        sys.path_hooks.append(_either_hook(found, entries))
     return changed
+
+
+def _rekey_finders(table: Sequence[tuple[str, str]], whole: Sequence[tuple[str, str]], back: bool) -> None:
+    """``sys.path_importer_cache`` under the new names.  Each dir's finder keeps the
+    listing the zygote made (a copy of it, named by the fixed dir, for a function's
+    namespace, where the bind shows the same dir and modification time): a template
+    that imports lists no dir again, and so allocates nothing for it."""
+    old = dict(sys.path_importer_cache)
+    sys.path_importer_cache.clear()
+    for key, finder in old.items():
+        if back:
+            if isinstance(finder, _Either):
+                host = finder._finders.get(finder.host)
+                if host is not None:
+                    sys.path_importer_cache[finder.host] = host
+            elif not any(key == f or key.startswith(f + "/") for f, _ in whole):
+                sys.path_importer_cache[key] = finder
+            continue
+        new = next((d for s, d in whole if s == key), None) or _translate(key, table)
+        if new is None:
+            sys.path_importer_cache[key] = finder
+        elif finder is None:
+            sys.path_importer_cache[new] = None  # (not a dir: the stdlib's zip, absent)
+        elif hasattr(finder, "_path_cache"):  # a FileFinder
+            named: Any = copy.copy(finder)
+            named.path = new
+            sys.path_importer_cache[new] = _Either(new, key, _file_finder_hook(), {key: finder, new: named})
 
 
 def placed(report: bool) -> None:
     """In a template, with its fitter's word on whether it bound ``TREES``: if it did
-    not, the host names back (un-sharing what they are written into: only here)."""
-    if TREES and not report:
+    not, the host names back (un-sharing what they are written into: only here).
+    (Call it only when ``report`` is false: a function a template runs for the first
+    time un-shares the page of its code.)"""
+    if not report and TREES:
         rewrite(TREES, _ENTRIES, back=True)
 
 
@@ -157,9 +188,9 @@ class _Either:
     """The finder of a fixed ``sys.path`` or ``__path__`` entry: the entry itself where
     it is mounted (a function's namespace), else its host dir (the zygote, a fitter)."""
 
-    def __init__(self, fixed: str, host: str, make: Callable[[str], Any]) -> None:
+    def __init__(self, fixed: str, host: str, make: Callable[[str], Any], finders: dict[str, Any] | None = None) -> None:
         self.fixed, self.host, self._make = fixed, host, make
-        self._finders: dict[str, Any] = {}
+        self._finders: dict[str, Any] = finders or {}
 
     def _finder(self) -> Any:
         where = self.fixed if os.path.isdir(self.fixed) else self.host
@@ -180,11 +211,12 @@ class _Either:
                 finder.invalidate_caches()
 
 
-def _either_hook(found: Trees, entries: Sequence[tuple[str, str]]) -> Callable[[str], _Either]:
-    from importlib.machinery import FileFinder
+def _file_finder_hook() -> Callable[[str], Any]:
+    return next(h for h in sys.path_hooks if getattr(h, "__name__", "") == "path_hook_for_FileFinder")
 
-    make = next(h for h in sys.path_hooks if getattr(h, "__name__", "") == "path_hook_for_FileFinder" or
-                getattr(getattr(h, "__self__", None), "__name__", "") == FileFinder.__name__)  # fmt: skip
+
+def _either_hook(found: Trees, entries: Sequence[tuple[str, str]]) -> Callable[[str], _Either]:
+    make = _file_finder_hook()
     back = [(f, h) for h, f in found] + [(f, h) for h, f in entries]
 
     def hook(entry: str) -> _Either:
