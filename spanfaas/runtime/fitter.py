@@ -123,7 +123,7 @@ def read_report(fd: int) -> Fit:
 
 
 def join_cgroups(procs: Sequence[int], pid: int) -> str:
-    """Write ``pid`` (as this process sees it; 0: this process) into each open cgroup.procs; an error or ""."""
+    """Write ``pid`` (as this process sees it) into each open cgroup.procs; an error or ""."""
     try:
         for fd in procs:
             if fd < 0:
@@ -134,12 +134,28 @@ def join_cgroups(procs: Sequence[int], pid: int) -> str:
     return ""
 
 
-def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int) -> Fit:
-    """The shell's part: cgroup, then namespaces (``name``: hostname, when known)."""
+def join_memory_cgroup(cgroup: Sequence[str]) -> None:
+    """Move this process into the function's memory cgroup (``cgroup``: its dirs, one per
+    hierarchy), so that what it makes for the function -- the copy of its code at
+    ``/var/task``: tmpfs pages, charged to the cgroup of the process that writes them, for
+    as long as they live -- counts against the function's memory limit, not the runtime's.
+    (Only memory: the other controllers do not hold what the fitter leaves behind.)"""
+    for d in cgroup:
+        if os.path.exists(os.path.join(d, "memory.stat")):
+            try:
+                with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                    f.write("0")  # (0: the writer)
+            except OSError:
+                traceback.print_exc()  # charged to the runtime, as before; the template starts all the same
+
+
+def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int, cgroup: Sequence[str] = ()) -> Fit:
+    """The shell's part: cgroup, then namespaces (``name``: hostname, when known).
+    ``cgroup``: the dirs ``procs`` were opened in (``join_memory_cgroup``)."""
     error = join_cgroups(procs, pid)
     if error:
         return FitReport(error=error), []
-    join_cgroups(procs, 0)  # and we too: what we make for the function is charged to it (its /var/task)
+    join_memory_cgroup(cgroup)
     if not unshared:
         return FitReport(), []
     from spanfaas import sandbox
@@ -156,18 +172,16 @@ def fit_function(
     *,
     hostname: str | None = None,
     enter: bool = False,
-    procs: Sequence[int] = (),
+    cgroup: Sequence[str] = (),
 ) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
     a spare), the fs view for its uid, its code and scratch tmpfs at fixed paths
     (``bundle`` and ``scratch_dir``: their host paths), the template's
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
-    from the zygote).  ``procs``: the function's open ``cgroup.procs``, joined
-    first (a spare's fitter), so that the copy of its code at ``/var/task`` (tmpfs
-    pages: charged to the cgroup of the process that writes them, for as long as
-    they live) counts against the function's memory limit, not the runtime's."""
-    join_cgroups(procs, 0)
+    from the zygote).  ``cgroup``: the function's cgroup dirs, whose memory
+    cgroup we join first (a spare's fitter: ``join_memory_cgroup``)."""
+    join_memory_cgroup(cgroup)
     # The template's mount table, opened while ``pid`` names it in the /proc we see
     # (a fitter that joins a spare's namespaces is in none of its pids).
     try:

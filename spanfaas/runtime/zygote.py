@@ -136,7 +136,6 @@ class Zygote:
 
     def _hand_to_spare(self, spare: Spare, req: p.SpawnTemplate, chan_fd: int) -> None:
         report_r, report_w = fitter.channel()
-        procs = _open_procs(req.cgroup)  # the fitter joins the function's cgroup (its /var/task is charged there)
         try:
             pid = forking.forker.fork()
         except OSError:
@@ -146,11 +145,8 @@ class Zygote:
             os.close(report_r)
             fitter.run(report_w, lambda: fitter.fit_function(
                 req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True,
-                procs=[fd for fd in procs if fd >= 0]))
+                cgroup=req.cgroup))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
-        for fd in procs:
-            if fd >= 0:
-                os.close(fd)
         # The spare decodes what it is sent after its fork, into memory of its own: not
         # the plan, which only the fitter needs (the template applies the plan the
         # fitter reports): an empty one says "sandboxed".
@@ -230,7 +226,13 @@ class Zygote:
         report_r, report_w = fitter.channel()  # first: nothing to undo when it fails
         # Opened here: an open cgroup.procs still joins the right cgroup after
         # the runtime renames a spare's directory.
-        procs = _open_procs(cgroup)
+        procs: list[int] = []
+        try:
+            for d in cgroup:
+                procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            traceback.print_exc()
+            procs.append(-1)  # the fitter reports the failure to the template
         network = plan.get("network", "none") if plan is not None else "none"
         ns = NamespacesForNextChildren(network) if plan is not None and plan.get("namespaces", True) else None
         protections = ns.enter() if ns is not None else []
@@ -276,7 +278,7 @@ class Zygote:
                 in_ns = (2 if pid1 > 0 else 1) if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
 
                 def work() -> fitter.Fit:
-                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
+                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns, cgroup)
                     if shell.error or req is None:
                         return shell, []
                     own, fds = fitter.fit_function(req.sandbox, req.bundle_path, req.scratch_dir, unshared, in_ns)
@@ -417,19 +419,6 @@ class Zygote:
             left.discard(pid)
 
 
-def _open_procs(cgroup: list[str]) -> list[int]:
-    """Each dir's ``cgroup.procs``, open for writing; a -1 last where one could not be
-    opened (the fitter then reports the failure to the template)."""
-    procs: list[int] = []
-    try:
-        for d in cgroup:
-            procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
-    except OSError:
-        traceback.print_exc()
-        procs.append(-1)
-    return procs
-
-
 def _gone(chan: socket.socket) -> bool:
     """The runtime closed its end of ``chan`` (without reading anything from it)."""
     poller = select.poll()
@@ -473,6 +462,7 @@ def _fix_paths() -> None:
     found, entries = runtimepaths.trees(images)
     if fixedpaths.clash([host for host, _ in found]):
         return  # below /var, which the function's /var/task tmpfs covers: the host's names
+    template._preimport_lazy()  # (``_warm_templates``'s imports: renamed with the rest)
     runtimepaths.rewrite(found, entries)
 
 
@@ -519,7 +509,7 @@ def main(argv: list[str]) -> None:
         steps.append(_warm_sandbox)
     steps.append(_warm_templates)
     if "--sandbox" in argv:
-        steps.append(_fix_paths)  # last: it renames what the steps before imported
+        steps.insert(-1, _fix_paths)  # after every import, before the last warm-up (it renames what they imported)
     for step in steps:
         if _gone(chan):
             os._exit(0)  # nothing forked yet: nothing to stop
