@@ -36,7 +36,7 @@ from spanfaas.runtime import instance as inst
 from spanfaas.runtime import protocol as p
 from spanfaas.runtime.context import function_logger
 from spanfaas.runtime.supervise import supervise
-from spanfaas.sandbox import _libc, runtimepaths
+from spanfaas.sandbox import _libc
 
 if TYPE_CHECKING:
     from spanfaas.sandbox import PreparedLayer, SandboxPlan
@@ -216,8 +216,8 @@ class Template:
                 self.code_dir = report.code_dir or self.code_dir
                 self.scratch_dir = report.scratch_dir or self.scratch_dir
                 bound = report.runtime_paths
-        if not bound:  # the host's names of our Python again, where the zygote gave them fixed ones
-            runtimepaths.placed(bound)
+        if not bound and (paths := sys.modules.get("spanfaas.sandbox.runtimepaths")) is not None:
+            paths.placed(bound)  # the host's names of our Python again, where the zygote gave them fixed ones
 
     def lock_down(self) -> None:
         """Apply the process-wide part of the sandbox (inherited by instances);

@@ -35,7 +35,6 @@ in its file system, as for every bind mount).
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -56,6 +55,8 @@ Trees = tuple[tuple[str, str], ...]
 TREES: Trees = ()
 """Set in a sandboxed zygote by ``rewrite``: its templates' fitters bind these, and a
 template whose fitter did not puts the host names back."""
+_replaced: list[dict[str, Any]] = []
+"""The importer caches ``rewrite`` replaced (see ``_rekey_finders``)."""
 _ENTRIES: tuple[tuple[str, str], ...] = ()
 """``sys.path`` entries that are no bound tree (the dir holding spanfaas) -> fixed."""
 
@@ -107,7 +108,7 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
         if new is None:
             return value
         changed += 1
-        return sys.intern(new)
+        return new
 
     def move_list(paths: Any, exact: bool = False) -> None:
         if isinstance(paths, list):
@@ -153,8 +154,11 @@ def _rekey_finders(table: Sequence[tuple[str, str]], whole: Sequence[tuple[str, 
     listing the zygote made (a copy of it, named by the fixed dir, for a function's
     namespace, where the bind shows the same dir and modification time): a template
     that imports lists no dir again, and so allocates nothing for it."""
-    old = dict(sys.path_importer_cache)
-    sys.path_importer_cache.clear()
+    old = sys.path_importer_cache
+    # A new dict, the old one kept: its table, freed, would leave a hole in the zygote's
+    # heap that every template's first allocations would land in (un-sharing its pages).
+    sys.path_importer_cache = {}
+    _replaced.append(old)
     for key, finder in old.items():
         if back:
             if isinstance(finder, _Either):
@@ -170,7 +174,8 @@ def _rekey_finders(table: Sequence[tuple[str, str]], whole: Sequence[tuple[str, 
         elif finder is None:
             sys.path_importer_cache[new] = None  # (not a dir: the stdlib's zip, absent)
         elif hasattr(finder, "_path_cache"):  # a FileFinder
-            named: Any = copy.copy(finder)
+            named: Any = object.__new__(type(finder))
+            named.__dict__.update(vars(finder))  # (its listing shared)
             named.path = new
             sys.path_importer_cache[new] = _Either(new, key, _file_finder_hook(), {key: finder, new: named})
 
