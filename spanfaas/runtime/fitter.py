@@ -61,6 +61,10 @@ class FitReport(msgspec.Struct, kw_only=True):
     "": at the bundle's host path."""
     scratch_dir: str = ""
     """Where it makes its instances' scratch dirs (``fixedpaths.SCRATCH``); "": at the host path."""
+    runtime_paths: bool = False
+    """The interpreter, venv, spanfaas and image packages are bound at their fixed paths
+    (``sandbox/runtimepaths.py``), as the zygote named them; else the template names them by
+    their host paths again."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -130,11 +134,28 @@ def join_cgroups(procs: Sequence[int], pid: int) -> str:
     return ""
 
 
-def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int) -> Fit:
-    """The shell's part: cgroup, then namespaces (``name``: hostname, when known)."""
+def join_memory_cgroup(cgroup: Sequence[str]) -> None:
+    """Move this process into the function's memory cgroup (``cgroup``: its dirs, one per
+    hierarchy), so that what it makes for the function -- the copy of its code at
+    ``/var/task``: tmpfs pages, charged to the cgroup of the process that writes them, for
+    as long as they live -- counts against the function's memory limit, not the runtime's.
+    (Only memory: the other controllers do not hold what the fitter leaves behind.)"""
+    for d in cgroup:
+        if os.path.exists(os.path.join(d, "memory.stat")):
+            try:
+                with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                    f.write("0")  # (0: the writer)
+            except OSError:
+                traceback.print_exc()  # charged to the runtime, as before; the template starts all the same
+
+
+def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int, cgroup: Sequence[str] = ()) -> Fit:
+    """The shell's part: cgroup, then namespaces (``name``: hostname, when known).
+    ``cgroup``: the dirs ``procs`` were opened in (``join_memory_cgroup``)."""
     error = join_cgroups(procs, pid)
     if error:
         return FitReport(error=error), []
+    join_memory_cgroup(cgroup)
     if not unshared:
         return FitReport(), []
     from spanfaas import sandbox
@@ -143,14 +164,24 @@ def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int
 
 
 def fit_function(
-    plan: Any, bundle: str, scratch_dir: str, unshared: int, pid: int, *, hostname: str | None = None, enter: bool = False
+    plan: Any,
+    bundle: str,
+    scratch_dir: str,
+    unshared: int,
+    pid: int,
+    *,
+    hostname: str | None = None,
+    enter: bool = False,
+    cgroup: Sequence[str] = (),
 ) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
     a spare), the fs view for its uid, its code and scratch tmpfs at fixed paths
     (``bundle`` and ``scratch_dir``: their host paths), the template's
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
-    from the zygote)."""
+    from the zygote).  ``cgroup``: the function's cgroup dirs, whose memory
+    cgroup we join first (a spare's fitter: ``join_memory_cgroup``)."""
+    join_memory_cgroup(cgroup)
     # The template's mount table, opened while ``pid`` names it in the /proc we see
     # (a fitter that joins a spare's namespaces is in none of its pids).
     try:
@@ -179,7 +210,7 @@ def _fit_function(
         return FitReport(protections=out, function=True), []
     plan = msgspec.convert(plan, SandboxPlan) if isinstance(plan, dict) else plan
     mounts = bool(unshared & _libc.CLONE_NEWNS)
-    plan, uid, code_dir, scratch = _place(plan, bundle, scratch_dir, mounts, out)
+    plan, uid, code_dir, scratch, bound = _place(plan, bundle, scratch_dir, mounts, out)
     if mounts:
         out.append(fsview.hide_other_mounts([*plan.ro_paths, *plan.rw_paths], mountinfo))
         out.append(namespaces.readonly_but(plan.rw_paths))
@@ -188,28 +219,38 @@ def _fit_function(
     out.append(Protection("rlimits", True, "core=0, data per instance, nproc, nofile"))
     ruleset, built = landlock.landlock_ruleset(plan.ro_paths, plan.rw_paths)
     out.append(built)  # the template enforces it (or, when it has no fd, reports it inactive)
-    report = FitReport(protections=out, function=True, uid=uid, plan=applied, code_dir=code_dir, scratch_dir=scratch)
+    report = FitReport(
+        protections=out, function=True, uid=uid, plan=applied, code_dir=code_dir, scratch_dir=scratch, runtime_paths=bound
+    )
     return report, [ruleset] if ruleset >= 0 else []
 
 
 def _place(
     plan: SandboxPlan, bundle: str, scratch_dir: str, mounts: bool, out: list[Protection]
-) -> tuple[SandboxPlan, int | None, str, str]:
+) -> tuple[SandboxPlan, int | None, str, str, bool]:
     """The code and scratch at fixed paths where possible (``sandbox/fixedpaths.py``),
     the interpreter reachable for the uid: the plan with the paths the function
-    finds them at, its uid, and where the code and scratch are ("": host paths)."""
-    from spanfaas.sandbox import fixedpaths, fsview
+    finds them at, its uid, where the code and scratch are ("": host paths), and
+    whether its Python's trees are bound at theirs (``sandbox/runtimepaths.py``)."""
+    from spanfaas.sandbox import fixedpaths, fsview, runtimepaths
 
     ro_others = [x for x in plan.ro_paths if x != bundle]
     rw_others = [x for x in plan.rw_paths if x != scratch_dir]
+    trees = runtimepaths.TREES  # (the zygote's: empty where it kept the host names)
     # The code first (as root, the whole host in view), then the interpreter for
     # the uid (fsview), then the scratch tmpfs, owned by that uid.
-    why_not = (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle)) if mounts else "no mount namespace"
+    # The copy is charged to the function's memory cgroup (we joined it): at most half its limit.
+    size = min(fixedpaths.CODE_BYTES, plan.memory_bytes // 2) if plan.memory_bytes else fixedpaths.CODE_BYTES
+    why_not = (
+        (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle, trees, size)) if mounts else "no mount namespace"
+    )
     code_dir = scratch = ""
+    bound: tuple[str, ...] = ()
     if why_not:  # the host paths, as without fixed paths
         uid = _reachable_uid(plan.uid, [*plan.ro_paths, *plan.rw_paths], mounts, out)
     else:
         code_dir = fixedpaths.CODE
+        bound = tuple(dict.fromkeys("/".join(fixed.split("/")[:3]) for _, fixed in trees))  # /var/lang, /var/runtime...
         uid = _reachable_uid(plan.uid, [*ro_others, *rw_others], mounts, out)
         why_not = fixedpaths.place_scratch(uid, _scratch_bytes(plan.memory_bytes))
         if not why_not:
@@ -218,7 +259,8 @@ def _place(
             out.append(Protection("uid", False, f"the scratch dir is not reachable for the function's uid: {why_not}"))
             uid = None
     if not why_not:
-        out.append(Protection("fixed-paths", True, f"code (a read-only copy) at {code_dir}, scratch at {scratch}"))
+        python = f"; its Python at {', '.join(bound)}" if bound else ""
+        out.append(Protection("fixed-paths", True, f"code (a read-only copy) at {code_dir}, scratch at {scratch}{python}"))
         out.append(Protection("scratch-tmpfs", True, f"scratch on a private tmpfs of {_scratch_bytes(plan.memory_bytes) >> 20} MiB"))
     else:
         where = f"code at {code_dir}, scratch at its host path" if code_dir else "code and scratch at their host paths"
@@ -227,10 +269,10 @@ def _place(
             out.append(_scratch_in_memory(scratch_dir, uid, plan.memory_bytes))
     plan = msgspec.structs.replace(
         plan,
-        ro_paths=(code_dir, *ro_others) if code_dir else plan.ro_paths,
+        ro_paths=(code_dir, *bound, *ro_others) if code_dir else plan.ro_paths,
         rw_paths=(scratch, *rw_others) if scratch else plan.rw_paths,
     )
-    return plan, uid, code_dir, scratch
+    return plan, uid, code_dir, scratch, bool(bound)
 
 
 def _reachable_uid(uid: int | None, needed: list[str], mounts: bool, out: list[Protection]) -> int | None:

@@ -199,6 +199,7 @@ class Template:
         """Read the fitters' reports (``fitter.py``): what they set up for us.
 
         Raises when the template must not start (it is not in its cgroup)."""
+        bound = False
         for fd in reports:
             report, fds = fitter.read_report(fd)
             if report.error:
@@ -214,6 +215,9 @@ class Template:
                 self.plan = report.plan
                 self.code_dir = report.code_dir or self.code_dir
                 self.scratch_dir = report.scratch_dir or self.scratch_dir
+                bound = report.runtime_paths
+        if not bound and (paths := sys.modules.get("spanfaas.sandbox.runtimepaths")) is not None:
+            paths.placed(bound)  # the host's names of our Python again, where the zygote gave them fixed ones
 
     def lock_down(self) -> None:
         """Apply the process-wide part of the sandbox (inherited by instances);

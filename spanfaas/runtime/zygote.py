@@ -144,7 +144,8 @@ class Zygote:
         if pid == 0:
             os.close(report_r)
             fitter.run(report_w, lambda: fitter.fit_function(
-                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
+                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True,
+                cgroup=req.cgroup))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
         # The spare decodes what it is sent after its fork, into memory of its own: not
         # the plan, which only the fitter needs (the template applies the plan the
@@ -277,7 +278,7 @@ class Zygote:
                 in_ns = (2 if pid1 > 0 else 1) if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
 
                 def work() -> fitter.Fit:
-                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
+                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns, cgroup)
                     if shell.error or req is None:
                         return shell, []
                     own, fds = fitter.fit_function(req.sandbox, req.bundle_path, req.scratch_dir, unshared, in_ns)
@@ -444,6 +445,27 @@ def _warm_sandbox() -> None:
     fsview.warm([*paths.python_paths(), *paths.SYSTEM_RO, *paths.EXEC_RO])
 
 
+def _fix_paths() -> None:
+    """Where every function gets a mount namespace of its own, name our Python's trees
+    (interpreter, venv, spanfaas, the image's packages: ``PYTHONPATH`` but for spanfaas's
+    parent) by the fixed paths the fitters bind them at, here, once: templates inherit
+    the names without un-sharing a page (``sandbox/runtimepaths.py``)."""
+    import spanfaas
+    from spanfaas import sandbox
+    from spanfaas.sandbox import fixedpaths, runtimepaths
+
+    mounts = next((x for x in sandbox.probe() if x.name == "mount-namespace"), None)
+    if os.geteuid() != 0 or mounts is None or not mounts.active:
+        return  # no fitter can bind them: the host's names, as before
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(spanfaas.__file__)))  # (zygotes.py puts it last)
+    images = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and os.path.normpath(x) != parent]
+    found, entries = runtimepaths.trees(images)
+    if fixedpaths.clash([host for host, _ in found]):
+        return  # below /var, which the function's /var/task tmpfs covers: the host's names
+    template._preimport_lazy()  # (``_warm_templates``'s imports: renamed with the rest)
+    runtimepaths.rewrite(found, entries)
+
+
 def _warm_templates() -> None:
     template._preimport_lazy()
     template._LAZY_DONE = True
@@ -486,6 +508,8 @@ def main(argv: list[str]) -> None:
     if "--sandbox" in argv:
         steps.append(_warm_sandbox)
     steps.append(_warm_templates)
+    if "--sandbox" in argv:
+        steps.insert(-1, _fix_paths)  # after every import, before the last warm-up (it renames what they imported)
     for step in steps:
         if _gone(chan):
             os._exit(0)  # nothing forked yet: nothing to stop

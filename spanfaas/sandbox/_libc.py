@@ -62,10 +62,12 @@ PR_GET_NO_NEW_PRIVS: Final = 39
 # unified syscall table, so every architecture got the same numbers.
 _NR_BY_ARCH: Final[dict[str, dict[str, int]]] = {  # fmt: skip
     "x86_64": {
-        "mount_setattr": 442, "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+        "open_tree": 428, "move_mount": 429, "mount_setattr": 442,
+        "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
     },
     "aarch64": {
-        "mount_setattr": 442, "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+        "open_tree": 428, "move_mount": 429, "mount_setattr": 442,
+        "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
     },
 }
 NR: Final[dict[str, int]] = _NR_BY_ARCH.get(ARCH, {})

@@ -13,7 +13,9 @@ template locks itself down, the fitter puts
   copy is made once per template, by the fitter, from a descriptor of the
   bundle opened before ``/var`` is covered (the bundle may live there, as
   ``/var/lib/...``), with modes, owners and modification times kept (so the
-  bundle's ``__pycache__`` stays valid);
+  bundle's ``__pycache__`` stays valid).  The fitter joins the function's
+  cgroups first: the copy's pages count against the function's memory limit
+  (the tmpfs is capped at half of it), not the runtime's;
 * the scratch tmpfs at ``SCRATCH`` (``/var/tmp``, in that tmpfs;
   ``place_scratch``), where the template makes and removes each instance's
   dir (``/var/tmp/i<n>``).
@@ -30,6 +32,7 @@ but its instance's dir: an instance never had ``/tmp`` itself to write in.)
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -55,6 +58,11 @@ MS_NODEV: Final = 0x4
 MS_REMOUNT: Final = 0x20
 MS_BIND: Final = 0x1000
 MNT_DETACH: Final = 2
+AT_FDCWD: Final = -100
+AT_RECURSIVE: Final = 0x8000
+OPEN_TREE_CLONE: Final = 1
+OPEN_TREE_CLOEXEC: Final = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH: Final = 0x4
 
 
 def _under(path: str, tree: str) -> bool:
@@ -74,21 +82,39 @@ def clash(needed: Sequence[str]) -> str:
     return ""
 
 
-def place_code(bundle: str) -> str:
+def place_code(bundle: str, trees: Sequence[tuple[str, str]] = (), size: int = CODE_BYTES) -> str:
     """Cover ``/var`` with a tmpfs holding a read-only copy of ``bundle`` at
-    ``CODE`` (and an empty ``SCRATCH`` to mount on).  Call as root in the
-    function's private mount namespace.  "" when done; else why not, and
-    nothing stays mounted."""
+    ``CODE`` (and an empty ``SCRATCH`` to mount on), and each (host dir, fixed
+    dir) of ``trees`` bound read-only at its fixed dir below ``/var``
+    (``runtimepaths.py``: the function's Python); the tmpfs holds at most
+    ``size`` bytes.  Call as root in the function's private mount namespace,
+    in the function's memory cgroup (the copy's pages are charged to the
+    cgroup of the process that writes them).  "" when done; else why not,
+    and nothing stays mounted."""
     try:
         src = os.open(bundle, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         return f"cannot open the bundle: {exc.strerror}"
-    try:
-        links = _symlinks("/var")
-        _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={CODE_BYTES}")
-    except OSError as exc:
+    clones: list[tuple[int, str]] = []
+    why_not = ""
+    for host, fixed in trees:  # cloned before /var is covered
+        try:
+            flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+            clones.append((_libc.syscall("open_tree", AT_FDCWD, ctypes.c_char_p(host.encode()), flags), fixed))
+        except OSError as exc:
+            why_not = f"cannot bind {host} at {fixed}: {exc.strerror or exc}"
+            break
+    if not why_not:
+        try:
+            links = _symlinks("/var")
+            _libc.mount("tmpfs", "/var", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
+        except OSError as exc:
+            why_not = f"cannot cover /var: {exc.strerror or exc}"
+    if why_not:
+        for fd, _ in clones:
+            os.close(fd)
         os.close(src)
-        return f"cannot cover /var: {exc.strerror or exc}"
+        return why_not
     try:
         try:
             for name, target in links:  # /var/run -> /run and the like, as on the host
@@ -100,13 +126,19 @@ def place_code(bundle: str) -> str:
             _copy_tree(src, CODE)
             os.chmod(CODE, stat.S_IMODE(st.st_mode))
             os.chown(CODE, st.st_uid, st.st_gid)
+            for fd, fixed in clones:
+                os.makedirs(fixed, 0o755)
+                _libc.syscall("move_mount", fd, ctypes.c_char_p(b""), AT_FDCWD, ctypes.c_char_p(fixed.encode()), MOVE_MOUNT_F_EMPTY_PATH)
+                _libc.mount(None, fixed, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         finally:
             os.close(src)
+            for fd, _ in clones:
+                os.close(fd)
         _libc.mount(None, "/var", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     except OSError as exc:
-        _libc.umount2("/var", MNT_DETACH)
+        _libc.umount2("/var", MNT_DETACH)  # (with the trees moved below it)
         if exc.errno == errno.ENOSPC:
-            return f"the bundle is larger than the code tmpfs ({CODE_BYTES >> 20} MiB)"
+            return f"the bundle is larger than the code tmpfs ({size >> 20} MiB: at most {CODE_BYTES >> 20}, and half the function's memory limit)"
         return f"copying the bundle: {exc.strerror or exc}"
     return ""
 

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from spanfaas.runtime import LocalRuntime
-from spanfaas.sandbox import _libc
+from spanfaas.sandbox import _libc, runtimepaths
 from spanfaas.sandbox.paths import SYSTEM_RO, python_paths
 from tests.integration.runtime.conftest import Harness, require, runtime_settings
 
@@ -87,7 +87,8 @@ async def test_a_function_sees_no_mount_off_the_paths_it_needs(seen: Harness, ho
     other = seen.rt.pool("other")
     for theirs in (str(seen.rt.scratch_root / other.key), other.bundle_path):  # its scratch dir, its code (host paths)
         assert not any(_within(p, theirs) for p in points), (theirs, points)
-    own = [str(Path(mine["file"]).parent), str(Path(mine["cwd"]).parent), *python_paths(), *SYSTEM_RO, "/proc", "/sys", "/dev", "/etc"]
+    fixed_python = [runtimepaths.LANG, runtimepaths.VENV, runtimepaths.RUNTIME, runtimepaths.PACKAGES]  # its Python's binds
+    own = [str(Path(mine["file"]).parent), str(Path(mine["cwd"]).parent), *python_paths(), *fixed_python, *SYSTEM_RO, "/proc", "/sys", "/dev", "/etc"]
     own = [os.path.realpath(p) for p in own]
     stray = [p for p in points if not any(_within(p, tree) or _within(tree, p) for tree in own)]
     assert not stray, f"mounts off the function's paths: {stray}"

@@ -13,7 +13,9 @@ dir").  Without the sandbox, the host's paths, as before.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +23,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from spanfaas.model import parse_manifest
 from spanfaas.runtime import LocalRuntime
 from tests.integration.runtime.conftest import Harness, require, runtime_settings
+from tests.integration.runtime.test_images import make_image
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -146,3 +150,98 @@ async def test_a_data_dir_under_var_is_copied_from_before_var_is_covered() -> No
             await rt.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+MODULES = """
+import os
+import sys
+
+import heavypkg
+import spanfaas
+
+def handler(event, context):
+    import email.mime.text  # not imported before: found through the paths the function sees
+
+    modules = {}
+    for name, m in list(sys.modules.items()):
+        spec = getattr(m, "__spec__", None)
+        modules[name] = [
+            getattr(m, "__file__", None),
+            getattr(m, "__cached__", None),
+            list(getattr(m, "__path__", None) or []),
+            getattr(spec, "origin", None),
+            getattr(spec, "cached", None),
+            list(getattr(spec, "submodule_search_locations", None) or []),
+        ]
+    return {
+        "path": sys.path,
+        "prefixes": [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, sys.executable],
+        "modules": modules,
+        "spanfaas": spanfaas.__file__,
+        "heavypkg": heavypkg.__file__,
+        "json": __import__("json").__file__,
+        "email": email.mime.text.__file__,
+        "answer": heavypkg.answer(),
+    }
+"""
+
+
+def _runtime_trees(image_site: Path) -> list[str]:
+    """The host trees a function's Python comes from: the interpreter, the venv, the
+    checkout spanfaas is imported from, the image's packages (as given and resolved)."""
+    import spanfaas
+
+    trees = {sys.base_prefix, sys.prefix, str(Path(spanfaas.__file__).parent.parent), str(image_site)}
+    return sorted(trees | {str(Path(t).resolve()) for t in trees})
+
+
+async def test_a_sandboxed_function_sees_its_python_and_packages_at_fixed_paths_only(
+    sandboxed_rt: tuple[Harness, Path], tmp_path: Path
+) -> None:
+    """sys.path, sys.prefix and every module's file, cached file and search path (those
+    the zygote imported, those the function imports) name no host tree: the interpreter
+    at /var/lang, the venv at /var/venv, spanfaas at /var/runtime, an image's packages at
+    /var/packages/<n>."""
+    h, _ = sandboxed_rt
+    require(h, "mount-namespace")
+    image = make_image(tmp_path, "paths")
+    d = h.root / "modules-seen"
+    d.mkdir(parents=True)
+    d.chmod(0o755)
+    (d / "handler.py").write_text(MODULES)
+    (d / "handler.py").chmod(0o644)
+    await h.rt.deploy(parse_manifest('name = "modules-seen"\nisolation = "strict"\n'), d, image=image)
+    seen = await _where(h, "modules-seen")
+    assert seen["answer"] == 42
+    shown = json.dumps(seen)
+    for host in _runtime_trees(Path(image.paths[0])):
+        assert host not in shown, (host, [(k, v) for k, v in seen["modules"].items() if host in json.dumps(v)][:5], seen["path"])
+    assert seen["spanfaas"] == "/var/runtime/spanfaas/__init__.py"
+    assert seen["heavypkg"] == "/var/packages/0/heavypkg/__init__.py"
+    assert seen["json"].startswith("/var/lang/lib/") and seen["email"].startswith("/var/lang/lib/"), seen
+    assert all(p.startswith("/var/") for p in seen["path"]), seen["path"]
+
+
+def _memory_stat(h: Harness, name: str) -> dict[str, int]:
+    """The function's memory cgroup's ``memory.stat`` (v1 or v2)."""
+    cgroup = h.rt._sandboxes[h.rt.pool(name).key].cgroup
+    assert cgroup is not None
+    stat = next(Path(d) / "memory.stat" for d in cgroup.directories() if (Path(d) / "memory.stat").exists())
+    return {k: int(v) for k, v in (line.split() for line in stat.read_text().splitlines())}
+
+
+@pytest.mark.parametrize("network", ["none", "host"])  # a spare's fitter; the long way, as the shell's fitter
+async def test_the_copy_of_the_code_at_var_task_is_charged_to_the_functions_memory_cgroup(
+    sandboxed_rt: tuple[Harness, Path], network: str
+) -> None:
+    """The tmpfs pages of /var/task count in the function's memory cgroup (``shmem``),
+    not in the runtime's, which has no limit of the function's."""
+    h, _ = sandboxed_rt
+    require(h, "mount-namespace", "cgroup-memory")
+    name = f"big-bundle-{network}"
+    blob = 8 << 20
+    await h.deploy(name, WHERE, f'isolation = "reuse"\nnetwork = "{network}"\n', **{"blob.txt": "x" * blob})
+    seen = await _where(h, name)
+    assert seen["file"] == "/var/task/handler.py" and "blob.txt" in os.listdir(h.rt.pool(name).bundle_path)
+    stat = _memory_stat(h, name)
+    assert stat["shmem"] >= blob, stat

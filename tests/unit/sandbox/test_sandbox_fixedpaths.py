@@ -65,3 +65,58 @@ def test_the_bundle_is_copied_read_only_to_var_task_and_the_scratch_is_a_tmpfs_a
     assert seen["scratch_fs"] == 1 << 20
     assert [os.path.exists(p) for p in (fixedpaths.CODE, f"{fixedpaths.SCRATCH}/i1")] == host_before, "the host's /var was touched"
     assert sorted(os.listdir(bundle)) == ["handler.py", "lib", "link", "secret.txt"], "the host's bundle was touched"
+
+
+def _bind_in_own_namespace(bundle: str, tree: str) -> dict[str, Any]:
+    from spanfaas.sandbox import namespaces
+
+    namespaces.unshare_namespaces("host", pid=False)
+    why_not = fixedpaths.place_code(bundle, [(tree, "/var/lang"), (tree, "/var/packages/0")])
+    try:
+        Path("/var/lang/new").write_text("x")
+        writable = True
+    except OSError:
+        writable = False
+    return {
+        "why_not": why_not,
+        "lang": sorted(os.listdir("/var/lang")),
+        "packages": sorted(os.listdir("/var/packages")),
+        "writable": writable,
+        "code": sorted(os.listdir(fixedpaths.CODE)),
+    }
+
+
+def test_trees_are_bound_read_only_at_their_fixed_dirs_beside_the_code(
+    tmp_path: Path, in_child: Callable[..., Any], require: Callable[..., None]
+) -> None:
+    require("mount-namespace")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "handler.py").write_text("def handler(e, c):\n    return 1\n")
+    tree = tmp_path / "lang"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "os.py").write_text("")
+    seen = in_child(_bind_in_own_namespace, str(bundle), str(tree)).value
+    assert seen["why_not"] == "", seen["why_not"]
+    assert seen["lang"] == ["lib"] and seen["packages"] == ["0"] and seen["code"] == ["handler.py"]
+    assert not seen["writable"]
+    assert sorted(os.listdir(tree)) == ["lib"], "the host's tree was touched"
+    assert not os.path.exists("/var/lang"), "the host's /var was touched"
+
+
+def test_a_tree_that_cannot_be_bound_leaves_nothing_mounted(
+    tmp_path: Path, in_child: Callable[..., Any], require: Callable[..., None]
+) -> None:
+    require("mount-namespace")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+
+    def place() -> tuple[str, bool]:
+        from spanfaas.sandbox import namespaces
+
+        namespaces.unshare_namespaces("host", pid=False)
+        why_not = fixedpaths.place_code(str(bundle), [(str(tmp_path / "missing"), "/var/lang")])
+        return why_not, os.path.exists(fixedpaths.CODE)
+
+    why_not, placed = in_child(place).value
+    assert why_not.startswith("cannot bind") and "missing" in why_not and not placed, why_not

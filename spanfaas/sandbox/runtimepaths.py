@@ -1,0 +1,234 @@
+"""A function's Python at fixed paths: the interpreter, venv, spanfaas and image packages.
+
+With its code at ``/var/task`` (``fixedpaths.py``), a sandboxed function still
+learnt the host's layout from its Python: ``sys.path``, ``sys.prefix``, and the
+``__file__``, ``__cached__``, ``__path__`` and ``__spec__`` of every module the
+zygote imported named the interpreter's install (``/root/.pyenv/...``), the
+venv, the checkout spanfaas runs from and an image's packages under the data
+dir.  In the function's mount namespace the fitter binds each of those trees
+(``TREES``) at a fixed path inside the ``/var`` tmpfs that holds ``/var/task``:
+
+=====================  ==========================================
+``/var/lang``          the interpreter's prefix (``sys.base_prefix``)
+``/var/venv``          the venv (``sys.prefix``), when there is one
+``/var/runtime``       a dir holding only the ``spanfaas`` package
+``/var/packages/<n>``  the image's package dirs, in ``sys.path`` order
+=====================  ==========================================
+
+The names must also be what the function *reads*, and rewriting them in every
+template would un-share each module's dict, spec and loader: ~1 MiB per idle
+function.  So a sandboxed zygote rewrites them once, in its own objects
+(``rewrite``), before it forks any template, and templates inherit the fixed
+names for free.  The zygote and its fitters still run in the host's mount
+namespace, where the fixed paths do not exist: a path hook (``_Either``) finds
+what they import lazily at the host path while a fixed one is missing.  A
+template whose fitter could not bind the trees (a failed mount) puts the host
+names back (``rewrite(..., back=True)``): it pays the un-shared pages, and
+only it.
+
+Left as they were: code objects' ``co_filename`` (the zygote's frames in a
+traceback; ``instance.user_traceback`` leaves them out before the function's
+own), ``/proc/self/maps`` and ``/proc/self/exe`` (the files mapped before the
+mounts), and a bind's *root* field in ``/proc/self/mountinfo`` (the tree's path
+in its file system, as for every bind mount).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import spanfaas
+
+__all__ = ["LANG", "PACKAGES", "RUNTIME", "VENV", "Trees", "placed", "rewrite", "trees"]
+
+LANG: Final = "/var/lang"
+VENV: Final = "/var/venv"
+RUNTIME: Final = "/var/runtime"
+PACKAGES: Final = "/var/packages"
+
+Trees = tuple[tuple[str, str], ...]
+"""(host dir, fixed dir) pairs: the binds a function's mount namespace gets."""
+
+TREES: Trees = ()
+"""Set in a sandboxed zygote by ``rewrite``: its templates' fitters bind these, and a
+template whose fitter did not puts the host names back."""
+_replaced: list[dict[str, Any]] = []
+"""The importer caches ``rewrite`` replaced (see ``_rekey_finders``)."""
+_ENTRIES: tuple[tuple[str, str], ...] = ()
+"""``sys.path`` entries that are no bound tree (the dir holding spanfaas) -> fixed."""
+
+
+def trees(image_paths: Sequence[str]) -> tuple[Trees, tuple[tuple[str, str], ...]]:
+    """The trees this interpreter's modules come from, each with its fixed dir, and
+    the ``sys.path`` entries that hold a bound tree (spanfaas's parent, when it is
+    a checkout's root, not in a tree) with theirs.  ``image_paths``: the image's
+    package dirs (not spanfaas's parent)."""
+    package = os.path.dirname(os.path.abspath(spanfaas.__file__))
+    out: list[tuple[str, str]] = [(sys.base_prefix, LANG)]
+    if os.path.realpath(sys.prefix) != os.path.realpath(sys.base_prefix):
+        out.append((sys.prefix, VENV))
+    out.append((package, f"{RUNTIME}/spanfaas"))
+    out += [(path, f"{PACKAGES}/{i}") for i, path in enumerate(image_paths)]
+    seen = tuple((os.path.normpath(h), f) for h, f in out if os.path.isdir(h))
+    parent = os.path.dirname(package)  # a checkout's root; an install's site-packages is in a tree already
+    return seen, (((parent, RUNTIME),) if _translate(parent, seen) is None else ())
+
+
+def _translate(path: str, table: Sequence[tuple[str, str]]) -> str | None:
+    """``path`` under the longest matching ``table`` prefix, moved to its pair; None if none."""
+    best: tuple[str, str] | None = None
+    for src, dst in table:
+        if (path == src or path.startswith(src + "/")) and (best is None or len(src) > len(best[0])):
+            best = (src, dst)
+    return None if best is None else best[1] + path[len(best[0]) :]
+
+
+def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = False) -> int:
+    """Name ``found``'s trees by their fixed dirs (``back``: by their host dirs again) in
+    ``sys.path``, ``sys``'s prefixes, ``PYTHONPATH`` and every imported module's file,
+    cached file, search path, spec and loader.  Returns how many values changed.
+
+    Call in a sandboxed zygote, after its imports and before it forks; ``back``, in a
+    template whose fitter did not bind the trees."""
+    global TREES, _ENTRIES
+    table = [(f, h) for h, f in found] if back else list(found)
+    whole = table + ([(f, h) for h, f in entries] if back else list(entries))
+    changed = 0
+
+    def move(value: Any, exact: bool = False) -> Any:
+        nonlocal changed
+        if not isinstance(value, str):
+            return value
+        new = next((d for s, d in whole if s == value), None) if exact else _translate(value, table)
+        if new is None and exact:
+            new = _translate(value, table)
+        if new is None:
+            return value
+        changed += 1
+        return new
+
+    def move_list(paths: Any, exact: bool = False) -> None:
+        if isinstance(paths, list):
+            paths[:] = [move(p, exact) for p in paths]
+
+    move_list(sys.path, exact=True)
+    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable", "_base_executable"):
+        if isinstance(getattr(sys, attr, None), str):
+            setattr(sys, attr, move(getattr(sys, attr)))
+    if "PYTHONPATH" in os.environ:
+        os.environ["PYTHONPATH"] = os.pathsep.join(move(p, exact=True) for p in os.environ["PYTHONPATH"].split(os.pathsep))
+    for module in list(sys.modules.values()):
+        attrs = getattr(module, "__dict__", None)
+        if not isinstance(attrs, dict):
+            continue
+        for key in ("__file__", "__cached__"):
+            if isinstance(attrs.get(key), str):
+                attrs[key] = move(attrs[key])
+        move_list(attrs.get("__path__"))
+        spec = attrs.get("__spec__")
+        if spec is not None:
+            if isinstance(getattr(spec, "origin", None), str):
+                spec.origin = move(spec.origin)
+            if isinstance(getattr(spec, "_cached", None), str):
+                spec._cached = move(spec._cached)
+            move_list(getattr(spec, "submodule_search_locations", None))
+        for loader in {id(x): x for x in (attrs.get("__loader__"), getattr(spec, "loader", None)) if x is not None}.values():
+            if isinstance(getattr(loader, "path", None), str):
+                loader.path = move(loader.path)
+    _rekey_finders(table, whole, back)
+    if back:
+        TREES, _ENTRIES = (), ()
+        sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "_spanfaas_either", False)]
+    else:
+        TREES, _ENTRIES = tuple(found), tuple(entries)
+        # Last: where a fixed dir exists (a function's namespace) the FileFinder hook takes it.
+        sys.path_hooks.append(_either_hook(found, entries))
+    return changed
+
+
+def _rekey_finders(table: Sequence[tuple[str, str]], whole: Sequence[tuple[str, str]], back: bool) -> None:
+    """``sys.path_importer_cache`` under the new names.  Each dir's finder keeps the
+    listing the zygote made (a copy of it, named by the fixed dir, for a function's
+    namespace, where the bind shows the same dir and modification time): a template
+    that imports lists no dir again, and so allocates nothing for it."""
+    old = sys.path_importer_cache
+    # A new dict, the old one kept: its table, freed, would leave a hole in the zygote's
+    # heap that every template's first allocations would land in (un-sharing its pages).
+    sys.path_importer_cache = {}
+    _replaced.append(old)
+    for key, finder in old.items():
+        if back:
+            if isinstance(finder, _Either):
+                host = finder._finders.get(finder.host)
+                if host is not None:
+                    sys.path_importer_cache[finder.host] = host
+            elif not any(key == f or key.startswith(f + "/") for f, _ in whole):
+                sys.path_importer_cache[key] = finder
+            continue
+        new = next((d for s, d in whole if s == key), None) or _translate(key, table)
+        if new is None:
+            sys.path_importer_cache[key] = finder
+        elif finder is None:
+            sys.path_importer_cache[new] = None  # (not a dir: the stdlib's zip, absent)
+        elif hasattr(finder, "_path_cache"):  # a FileFinder
+            named: Any = object.__new__(type(finder))
+            named.__dict__.update(vars(finder))  # (its listing shared)
+            named.path = new
+            sys.path_importer_cache[new] = _Either(new, key, _file_finder_hook(), {key: finder, new: named})
+
+
+def placed(report: bool) -> None:
+    """In a template, with its fitter's word on whether it bound ``TREES``: if it did
+    not, the host names back (un-sharing what they are written into: only here).
+    (Call it only when ``report`` is false: a function a template runs for the first
+    time un-shares the page of its code.)"""
+    if not report and TREES:
+        rewrite(TREES, _ENTRIES, back=True)
+
+
+class _Either:
+    """The finder of a fixed ``sys.path`` or ``__path__`` entry: the entry itself where
+    it is mounted (a function's namespace), else its host dir (the zygote, a fitter)."""
+
+    def __init__(self, fixed: str, host: str, make: Callable[[str], Any], finders: dict[str, Any] | None = None) -> None:
+        self.fixed, self.host, self._make = fixed, host, make
+        self._finders: dict[str, Any] = finders or {}
+
+    def _finder(self) -> Any:
+        where = self.fixed if os.path.isdir(self.fixed) else self.host
+        if where not in self._finders:
+            try:
+                self._finders[where] = self._make(where)
+            except ImportError:  # not a dir (the stdlib's zip, absent): nothing found there
+                self._finders[where] = None
+        return self._finders[where]
+
+    def find_spec(self, name: str, target: Any = None) -> Any:
+        finder = self._finder()
+        return None if finder is None else finder.find_spec(name, target)
+
+    def invalidate_caches(self) -> None:
+        for finder in self._finders.values():
+            if finder is not None:
+                finder.invalidate_caches()
+
+
+def _file_finder_hook() -> Callable[[str], Any]:
+    return next(h for h in sys.path_hooks if getattr(h, "__name__", "") == "path_hook_for_FileFinder")
+
+
+def _either_hook(found: Trees, entries: Sequence[tuple[str, str]]) -> Callable[[str], _Either]:
+    make = _file_finder_hook()
+    back = [(f, h) for h, f in found] + [(f, h) for h, f in entries]
+
+    def hook(entry: str) -> _Either:
+        host = next((h for f, h in back if f == entry), None) or _translate(entry, back)
+        if host is None:
+            raise ImportError("not a fixed path")  # the next hook's
+        return _Either(entry, host, make)
+
+    hook._spanfaas_either = True  # type: ignore[attr-defined]
+    return hook
