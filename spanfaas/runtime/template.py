@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 import types
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
@@ -165,6 +165,7 @@ class Template:
         self.seq = 0
         self.forker = forking.forker  # watching since the zygote started
         self.forker.watch()  # (a no-op then; a template started on its own watches from here)
+        self._bare_fork: Callable[[], int] | None = None  # (decided at the first fork: Forker.bare)
         self.streams: tuple[TextIO, TextIO] | None = None
         self.layer: PreparedLayer | None = None  # the instances' Landlock layer
         self.settled = False
@@ -376,20 +377,31 @@ class Template:
         inherited = self._inherited(batch)
         plan = self.plan_for_child
         assert plan is not None
+        # Between two forks the loop runs as little as it can, on locals: each page it
+        # writes is a copy-on-write fault again after every fork (28 per fork through
+        # Forker.fork() and the dict, ~N here: see bench/runtime.py's throughput).
+        fork = self._bare_fork or self._forks()
+        children = tuple([prep.child for prep in batch])
         forked: list[int | OSError] = []
-        for prep in batch:
-            child = prep.child  # (read here: see _become_instance)
-            try:
-                pid = self.forker.fork()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                forked.append(exc)
-                continue
-            if pid == 0:
-                _become_instance(plan, inherited, child, streams, warm)
-            self.children[pid] = prep.seq  # at once: a reap kills children it does not know
-            forked.append(pid)
+        append = forked.append
+        try:
+            for child in children:
+                try:
+                    pid = fork()
+                    if pid < 0:  # why (and a retry, which may fork)
+                        pid = self.forker.fork()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    append(exc)
+                    continue
+                if pid == 0:
+                    _become_instance(plan, inherited, child, streams, warm)
+                append(pid)
+        finally:  # before any reap: a reap kills children it does not know
+            for prep, result in zip(batch, forked):
+                if type(result) is int:
+                    self.children[result] = prep.seq
         for prep, result in zip(batch, forked):
             self._announce(prep, result)
         rest = batch[len(forked) :]
@@ -406,6 +418,10 @@ class Template:
             self._announce(prep, pid)
         if not self.settled:
             self._settle()
+
+    def _forks(self) -> Callable[[], int]:
+        self._bare_fork = self.forker.bare()
+        return self._bare_fork
 
     def _inherited(self, batch: list[_Prepared]) -> tuple[int, ...]:
         """The descriptors an instance of ``batch`` inherits and must close (all
