@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from spanfaas.runtime import protocol as p
+from spanfaas.runtime import template
 from spanfaas.runtime.template import Template
 
 
@@ -142,3 +143,8 @@ def test_warm_sandbox_builds_the_signal_scope_once(monkeypatch: pytest.MonkeyPat
     else:
         assert template._SCOPED == signal_protection(abi, True, True, False)
         assert template._SCOPED.active and template._SCOPED.name == "signal-scope"
+
+
+def test_the_descriptors_an_instance_closes_go_as_runs_of_consecutive_numbers() -> None:
+    assert template._runs([9, 4, 5, 6, 12, 7, 13, 4]) == ((4, 8), (9, 10), (12, 14))
+    assert template._runs([]) == ()
