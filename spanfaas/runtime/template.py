@@ -369,9 +369,14 @@ class Template:
             return
         streams = self.streams or self._prepare_forking()
         batch: list[_Prepared] = []
+        # What each reads (see _become_instance), listed here: a comprehension is code of its
+        # own, and each code object a template runs first is a page it un-shares.
+        children: list[_ForChild] = []
         for _ in range(n):
             try:
-                batch.append(self._make_instance())
+                prep = self._make_instance()
+                batch.append(prep)
+                children.append(prep.child)
             except OSError as exc:
                 p.send_msg(self.chan, p.ForkFailed(self.seq, f"{type(exc).__name__}: {exc}"))
         inherited = self._inherited(batch)
@@ -379,9 +384,10 @@ class Template:
         assert plan is not None
         # Between two forks the loop runs as little as it can, on locals: each page it
         # writes is a copy-on-write fault again after every fork (28 per fork through
-        # Forker.fork() and the dict, ~N here: see bench/runtime.py's throughput).
-        fork = self._bare_fork or self._forks()
-        children = tuple([prep.child for prep in batch])
+        # Forker.fork() and the dict, 19 here; bench/runtime.py's throughput).
+        fork = self._bare_fork
+        if fork is None:
+            fork = self._bare_fork = self.forker.bare()
         forked: list[int | OSError] = []
         append = forked.append
         try:
@@ -419,10 +425,6 @@ class Template:
         if not self.settled:
             self._settle()
 
-    def _forks(self) -> Callable[[], int]:
-        self._bare_fork = self.forker.bare()
-        return self._bare_fork
-
     def _inherited(self, batch: list[_Prepared]) -> tuple[tuple[int, int], ...]:
         """The descriptors an instance of ``batch`` inherits and must close (all
         but its own end, ruleset and logs), as runs ``[lo, hi)`` of numbers: the
@@ -438,7 +440,13 @@ class Template:
             fds += (prep.ours_fd, prep.theirs_fd, prep.logs)
             if prep.ruleset >= 0:
                 fds.append(prep.ruleset)
-        return _runs(fds)
+        runs: list[tuple[int, int]] = []  # (inline: a function of its own would be one more code object first run here)
+        for fd in sorted(set(fds)):
+            if runs and runs[-1][1] == fd:
+                runs[-1] = (runs[-1][0], fd + 1)
+            else:
+                runs.append((fd, fd + 1))
+        return tuple(runs)
 
     def _announce(self, prep: _Prepared, result: int | OSError) -> None:
         """After the fork (or its failure): close our copies, tell the runtime (and
@@ -759,17 +767,6 @@ _random_seed: Any = getattr(random.Random.__mro__[1], "seed")  # noqa: B009 - _r
 """An instance reseeds ``random`` with this, ``random.seed()`` without its Python wrapper,
 and numpy's too, if imported (not imported: it seeds itself on import; importing it here cost ~13 ms)."""
 _rng: Any = getattr(random, "_inst")  # noqa: B009 - the module's functions' generator
-
-
-def _runs(fds: list[int]) -> tuple[tuple[int, int], ...]:
-    """``fds`` as runs of consecutive numbers, ``[lo, hi)`` each, in order."""
-    runs: list[tuple[int, int]] = []
-    for fd in sorted(set(fds)):
-        if runs and runs[-1][1] == fd:
-            runs[-1] = (runs[-1][0], fd + 1)
-        else:
-            runs.append((fd, fd + 1))
-    return tuple(runs)
 
 
 def reap_one(groups: Container[int]) -> tuple[int, int] | None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
 
 from spanfaas.runtime import protocol as p
-from spanfaas.runtime import template
 from spanfaas.runtime.template import Template
 
 
@@ -97,8 +97,7 @@ def test_an_instances_tmpdir_and_home_are_set_without_setenv(tmp_path: Path) -> 
     the fork stores a pointer.  C code, subprocesses and os.environ all see it."""
     import ctypes
 
-    from spanfaas.runtime import template
-
+    
     scratch = os.fsencode(tmp_path / "i1")
     r, w = os.pipe()
     pid = os.fork()
@@ -127,8 +126,7 @@ def test_warm_sandbox_builds_the_signal_scope_once(monkeypatch: pytest.MonkeyPat
     Protection its templates report (each building its own un-shared pages of every one of
     them); where it cannot (a lowered ABI) there is none, and templates take the path of
     the seccomp signal guard."""
-    from spanfaas.runtime import template
-    from spanfaas.sandbox.landlock import TEST_ABI_ENV, abi_version
+        from spanfaas.sandbox.landlock import TEST_ABI_ENV, abi_version
     from spanfaas.sandbox.seccomp import signal_protection
 
     monkeypatch.setattr(template, "_SCOPED", None)  # (restored after the test)
@@ -146,5 +144,15 @@ def test_warm_sandbox_builds_the_signal_scope_once(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_descriptors_an_instance_closes_go_as_runs_of_consecutive_numbers() -> None:
-    assert template._runs([9, 4, 5, 6, 12, 7, 13, 4]) == ((4, 8), (9, 10), (12, 14))
-    assert template._runs([]) == ()
+    tpl = Template.__new__(Template)
+    tpl.chan, other = socket.socketpair()
+    try:
+        tpl.wake_r, tpl.wake_w, tpl.lifeline = 40, 41, -1
+        preps = [SimpleNamespace(ours_fd=50 + 3 * i, theirs_fd=51 + 3 * i, logs=52 + 3 * i, ruleset=-1) for i in range(3)]
+        preps[2].ruleset = 70
+        runs = tpl._inherited(preps)  # type: ignore[arg-type]
+        chan = tpl.chan.fileno()  # (a low number: below 40)
+    finally:
+        tpl.chan.close()
+        other.close()
+    assert runs == ((chan, chan + 1), (40, 42), (50, 59), (70, 71))
