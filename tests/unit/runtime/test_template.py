@@ -97,7 +97,8 @@ def test_an_instances_tmpdir_and_home_are_set_without_setenv(tmp_path: Path) -> 
     the fork stores a pointer.  C code, subprocesses and os.environ all see it."""
     import ctypes
 
-    
+    from spanfaas.runtime import template
+
     scratch = os.fsencode(tmp_path / "i1")
     r, w = os.pipe()
     pid = os.fork()
@@ -126,7 +127,8 @@ def test_warm_sandbox_builds_the_signal_scope_once(monkeypatch: pytest.MonkeyPat
     Protection its templates report (each building its own un-shared pages of every one of
     them); where it cannot (a lowered ABI) there is none, and templates take the path of
     the seccomp signal guard."""
-        from spanfaas.sandbox.landlock import TEST_ABI_ENV, abi_version
+    from spanfaas.runtime import template
+    from spanfaas.sandbox.landlock import TEST_ABI_ENV, abi_version
     from spanfaas.sandbox.seccomp import signal_protection
 
     monkeypatch.setattr(template, "_SCOPED", None)  # (restored after the test)
