@@ -107,14 +107,26 @@ class Forker:
             self._reasons.append("the function started threads")
         if self._reasons:
             return
-        try:
-            fork = ctypes.PyDLL(None, use_errno=True).fork  # PyDLL: the GIL stays held
-        except (OSError, AttributeError) as exc:
-            self._reasons.append(f"libc's fork() is not reachable: {exc}")
+        if isinstance(_LIBC_FORKS, str):
+            self._reasons.append(f"libc's fork() is not reachable: {_LIBC_FORKS}")
             return
-        fork.restype = ctypes.c_int
-        fork.argtypes = []
-        self._libc_fork = fork
+        self._libc_fork = _LIBC_FORKS[0]
+
+    def bare(self) -> Callable[[], int]:
+        """The fork for a loop of forks (a template's batch of instances): libc's
+        ``fork()`` itself, called with nothing of ours in between, -1 on failure
+        (``fork()`` again then says why, or forks); ``os.fork`` when not lean.
+
+        Between two forks everything the parent writes is a copy-on-write fault
+        (each fork write-protects its pages again): this wrapper's frame, the
+        attributes it reads, ``os.getpid()``'s int, ctypes keeping ``errno``
+        for ``get_errno()``.  Measured in a template forking its instances in
+        batches (bench/runtime.py throughput): 28 faults per fork with ``fork()``."""
+        if self._decided_in != os.getpid():
+            self._decide()
+        if self._libc_fork is None or isinstance(_LIBC_FORKS, str):
+            return os.fork
+        return _LIBC_FORKS[1]
 
     def fork(self) -> int:
         """Like ``os.fork()``: 0 in the child; OSError (BlockingIOError when out of pids) on failure."""
@@ -128,6 +140,23 @@ class Forker:
             raise OSError(err, os.strerror(err))
         return pid
 
+
+def _libc_forks() -> tuple[Callable[[], int], Callable[[], int]] | str:
+    """libc's ``fork()`` through ctypes, twice: keeping ``errno`` for ``get_errno()``,
+    and bare (``Forker.bare``); or why not.  Made once, on import (in the zygote):
+    each ``CDLL`` makes a class of its own, ~50 KiB un-shared in every template
+    that made its own (``bench/runtime.py --only memory``)."""
+    try:
+        forks = ctypes.PyDLL(None, use_errno=True).fork, ctypes.PyDLL(None).fork  # PyDLL: the GIL stays held
+    except (OSError, AttributeError) as exc:
+        return str(exc)
+    for fork in forks:
+        fork.restype = ctypes.c_int
+        fork.argtypes = []
+    return forks
+
+
+_LIBC_FORKS = _libc_forks()
 
 forker = Forker()
 """The process tree's: the zygote calls ``forker.watch()`` first thing."""

@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 import types
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import msgspec
@@ -165,6 +165,7 @@ class Template:
         self.seq = 0
         self.forker = forking.forker  # watching since the zygote started
         self.forker.watch()  # (a no-op then; a template started on its own watches from here)
+        self._bare_fork: Callable[[], int] | None = None  # (decided at the first fork: Forker.bare)
         self.streams: tuple[TextIO, TextIO] | None = None
         self.layer: PreparedLayer | None = None  # the instances' Landlock layer
         self.settled = False
@@ -372,28 +373,45 @@ class Template:
             return
         streams = self.streams or self._prepare_forking()
         batch: list[_Prepared] = []
+        # What each reads (see _become_instance), listed here: a comprehension is code of its
+        # own, and each code object a template runs first is a page it un-shares.
+        children: list[_ForChild] = []
         for _ in range(n):
             try:
-                batch.append(self._make_instance())
+                prep = self._make_instance()
+                batch.append(prep)
+                children.append(prep.child)
             except OSError as exc:
                 p.send_msg(self.chan, p.ForkFailed(self.seq, f"{type(exc).__name__}: {exc}"))
         inherited = self._inherited(batch)
         plan = self.plan_for_child
         assert plan is not None
+        # Between two forks the loop runs as little as it can, on locals: each page it
+        # writes is a copy-on-write fault again after every fork (28 per fork through
+        # Forker.fork() and the dict, 19 here; bench/runtime.py's throughput).
+        fork = self._bare_fork
+        if fork is None:
+            fork = self._bare_fork = self.forker.bare()
         forked: list[int | OSError] = []
-        for prep in batch:
-            child = prep.child  # (read here: see _become_instance)
-            try:
-                pid = self.forker.fork()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                forked.append(exc)
-                continue
-            if pid == 0:
-                _become_instance(plan, inherited, child, streams, warm)
-            self.children[pid] = prep.seq  # at once: a reap kills children it does not know
-            forked.append(pid)
+        append = forked.append
+        try:
+            for child in children:
+                try:
+                    pid = fork()
+                    if pid < 0:  # why (and a retry, which may fork)
+                        pid = self.forker.fork()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    append(exc)
+                    continue
+                if pid == 0:
+                    _become_instance(plan, inherited, child, streams, warm)
+                append(pid)
+        finally:  # before any reap: a reap kills children it does not know
+            for prep, result in zip(batch, forked):
+                if type(result) is int:
+                    self.children[result] = prep.seq
         for prep, result in zip(batch, forked):
             self._announce(prep, result)
         rest = batch[len(forked) :]
@@ -411,10 +429,14 @@ class Template:
         if not self.settled:
             self._settle()
 
-    def _inherited(self, batch: list[_Prepared]) -> tuple[int, ...]:
+    def _inherited(self, batch: list[_Prepared]) -> tuple[tuple[int, int], ...]:
         """The descriptors an instance of ``batch`` inherits and must close (all
-        but its own end and ruleset): plain ints, so closing them in the child
-        touches no socket object (each one a copy-on-write fault)."""
+        but its own end, ruleset and logs), as runs ``[lo, hi)`` of numbers: the
+        child closes each run with one ``close_range()`` (``_close_inherited``).
+
+        A batch's descriptors are mostly consecutive numbers; one by one, a child
+        of a batch of 64 made ~200 close() calls, and each fd's int object it read
+        was a refcount written, a page copied (~7 per instance)."""
         fds = [self.chan.fileno(), self.wake_r, self.wake_w]
         if self.lifeline >= 0:  # (held by an instance, it would keep the namespace alive without us)
             fds.append(self.lifeline)
@@ -422,7 +444,13 @@ class Template:
             fds += (prep.ours_fd, prep.theirs_fd, prep.logs)
             if prep.ruleset >= 0:
                 fds.append(prep.ruleset)
-        return tuple(fds)
+        runs: list[tuple[int, int]] = []  # (inline: a function of its own would be one more code object first run here)
+        for fd in sorted(set(fds)):
+            if runs and runs[-1][1] == fd:
+                runs[-1] = (runs[-1][0], fd + 1)
+            else:
+                runs.append((fd, fd + 1))
+        return tuple(runs)
 
     def _announce(self, prep: _Prepared, result: int | OSError) -> None:
         """After the fork (or its failure): close our copies, tell the runtime (and
@@ -582,7 +610,7 @@ _ChildPlan = tuple[inst.Runner, Any, "tuple[int, int] | None", bool, bool, int, 
 """What every instance of a template reads of it (``Template._prepare_forking``): its runner,
 Landlock layer (or None), RLIMIT_DATA (or None), strict?, concurrent?, concurrency, numpy.random (or None)."""
 
-_close = os.close
+_closerange = os.closerange
 _dup2 = os.dup2
 _chdir = os.chdir
 _setpgid = os.setpgid
@@ -603,13 +631,22 @@ _Capture = inst.Capture
 _new_capture = object.__new__
 
 
-def _become_instance(plan: _ChildPlan, inherited: tuple[int, ...], child: _ForChild, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
+def _become_instance(plan: _ChildPlan, inherited: tuple[tuple[int, int], ...], child: _ForChild, streams: tuple[TextIO, TextIO], warm: bool) -> NoReturn:
     code = 70
     try:
+        # An instance holding another's socket would hide that one's exit (or its logs, read them).
         keep, ruleset, logs = child[0], child[1], child[2]
-        for fd in inherited:  # an instance holding another's socket would hide that one's exit (or its logs, read them)
-            if fd != keep and fd != ruleset and fd != logs:
-                _close(fd)
+        for lo, hi in inherited:
+            while lo < hi:  # up to the next of ours in the run, if any
+                upto = hi
+                if lo <= keep < upto:
+                    upto = keep
+                if lo <= ruleset < upto:
+                    upto = ruleset
+                if lo <= logs < upto:
+                    upto = logs
+                _closerange(lo, upto)
+                lo = upto + 1
         _instance_main(plan, child, streams, warm)
         code = 0
     except BaseException:  # the child must never return into the template loop

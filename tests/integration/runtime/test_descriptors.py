@@ -9,6 +9,7 @@ both close-on-exec (docs/runtime.md, "What a function's process holds").
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -67,3 +68,21 @@ async def _check(h: Harness, isolation: str, name: str) -> None:
     extra = {fd: v for fd, v in seen.items() if fd > 2}
     assert sorted(_kind(v["target"]) for v in extra.values()) == ["logs", "socket"], extra
     assert all(v["cloexec"] for v in extra.values()), extra
+
+
+KEEP_OPEN = LIST_FDS.replace("import fcntl, os\n", "import fcntl, os\n\nKEPT = os.open(__file__, os.O_RDONLY)  # the module's own: its instances use it\n")
+
+
+async def test_instances_forked_in_a_batch_hold_none_of_their_siblings_and_keep_what_the_module_opened(harness: Harness) -> None:
+    """The descriptors of a batch's other instances are closed in runs (close_range):
+    none of a sibling's survives, nor do our own three go, nor what the function's
+    module opened at import."""
+    await harness.deploy("fds-batch", KEEP_OPEN, "[scaling]\nmax = 16\nprefork = 12\n")
+    for _ in range(3):
+        results = await asyncio.gather(*(harness.invoke("fds-batch") for _ in range(12)))
+        for r in results:
+            assert r.ok, r.error
+            seen = {int(fd): v for fd, v in json.loads(r.output).items()}
+            extra = {fd: v for fd, v in seen.items() if fd > 2}
+            kinds = sorted(_kind(v["target"]) for v in extra.values())
+            assert len(kinds) == 3 and kinds[0].endswith("/handler.py") and kinds[1:] == ["logs", "socket"], extra

@@ -143,3 +143,43 @@ def test_the_platforms_fork_guard_is_vetted_and_does_not_run_in_a_lean_child() -
     instance, keeps the template forking with libc's fork()."""
     got = run_case("from spanfaas.runtime import instance\ninstance.guard_forks(os.getpid())")
     assert got == {"lean": True, "why": "", "status": 0, "hook_ran": None}
+
+
+BARE = """
+import os, resource
+from spanfaas.runtime.forking import Forker
+forker = Forker()
+forker.watch()
+if not {lean}:
+    os.register_at_fork(after_in_child=lambda: None)
+fork = forker.bare()
+print("os.fork" if fork is os.fork else "libc")
+pid = fork()
+if pid == 0:
+    os._exit(0)
+print("forked", pid > 0, os.waitpid(pid, 0)[1])
+if os.getuid() == 0:  # root ignores RLIMIT_NPROC: a uid of its own, that has no processes
+    os.setgid(65534)
+    os.setuid(65534)
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+try:
+    print("failed", fork())
+except BlockingIOError:
+    print("failed", "BlockingIOError")
+try:
+    forker.fork()
+except BlockingIOError:
+    print("why", "BlockingIOError")
+"""
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_bare_fork_of_a_batch_is_libcs_while_lean_and_fork_says_why_it_failed(lean: bool) -> None:
+    """``bare()``: a template's loop of forks calls libc's fork() with no wrapper (-1 on
+    failure; ``fork()`` then raises what os.fork() would), or os.fork() when not lean."""
+    out = subprocess.run([sys.executable, "-c", BARE.format(lean=lean)], capture_output=True, text=True, timeout=60, check=True)
+    lines = [line.split() for line in out.stdout.splitlines()]
+    assert lines[0] == (["libc"] if lean else ["os.fork"])
+    assert lines[1] == ["forked", "True", "0"]
+    assert lines[2] == (["failed", "-1"] if lean else ["failed", "BlockingIOError"])
+    assert lines[3] == ["why", "BlockingIOError"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -142,3 +143,18 @@ def test_warm_sandbox_builds_the_signal_scope_once(monkeypatch: pytest.MonkeyPat
     else:
         assert template._SCOPED == signal_protection(abi, True, True, False)
         assert template._SCOPED.active and template._SCOPED.name == "signal-scope"
+
+
+def test_the_descriptors_an_instance_closes_go_as_runs_of_consecutive_numbers() -> None:
+    tpl = Template.__new__(Template)
+    tpl.chan, other = socket.socketpair()
+    try:
+        tpl.wake_r, tpl.wake_w, tpl.lifeline = 40, 41, -1
+        preps = [SimpleNamespace(ours_fd=50 + 3 * i, theirs_fd=51 + 3 * i, logs=52 + 3 * i, ruleset=-1) for i in range(3)]
+        preps[2].ruleset = 70
+        runs = tpl._inherited(preps)  # type: ignore[arg-type]
+        chan = tpl.chan.fileno()  # (a low number: below 40)
+    finally:
+        tpl.chan.close()
+        other.close()
+    assert runs == ((chan, chan + 1), (40, 42), (50, 59), (70, 71))
