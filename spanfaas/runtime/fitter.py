@@ -134,28 +134,11 @@ def join_cgroups(procs: Sequence[int], pid: int) -> str:
     return ""
 
 
-def join_memory_cgroup(cgroup: Sequence[str]) -> None:
-    """Move this process into the function's memory cgroup (``cgroup``: its dirs, one per
-    hierarchy), so that what it makes for the function -- the copy of its code at
-    ``/var/task``: tmpfs pages, charged to the cgroup of the process that writes them, for
-    as long as they live -- counts against the function's memory limit, not the runtime's.
-    (Only memory: the other controllers do not hold what the fitter leaves behind.)"""
-    for d in cgroup:
-        if os.path.exists(os.path.join(d, "memory.stat")):
-            try:
-                with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                    f.write("0")  # (0: the writer)
-            except OSError:
-                traceback.print_exc()  # charged to the runtime, as before; the template starts all the same
-
-
-def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int, cgroup: Sequence[str] = ()) -> Fit:
-    """The shell's part: cgroup, then namespaces (``name``: hostname, when known).
-    ``cgroup``: the dirs ``procs`` were opened in (``join_memory_cgroup``)."""
+def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int) -> Fit:
+    """The shell's part: cgroup, then namespaces (``name``: hostname, when known)."""
     error = join_cgroups(procs, pid)
     if error:
         return FitReport(error=error), []
-    join_memory_cgroup(cgroup)
     if not unshared:
         return FitReport(), []
     from spanfaas import sandbox
@@ -172,16 +155,13 @@ def fit_function(
     *,
     hostname: str | None = None,
     enter: bool = False,
-    cgroup: Sequence[str] = (),
 ) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
     a spare), the fs view for its uid, its code and scratch tmpfs at fixed paths
     (``bundle`` and ``scratch_dir``: their host paths), the template's
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
-    from the zygote).  ``cgroup``: the function's cgroup dirs, whose memory
-    cgroup we join first (a spare's fitter: ``join_memory_cgroup``)."""
-    join_memory_cgroup(cgroup)
+    from the zygote)."""
     # The template's mount table, opened while ``pid`` names it in the /proc we see
     # (a fitter that joins a spare's namespaces is in none of its pids).
     try:
@@ -239,7 +219,9 @@ def _place(
     trees = runtimepaths.TREES  # (the zygote's: empty where it kept the host names)
     # The code first (as root, the whole host in view), then the interpreter for
     # the uid (fsview), then the scratch tmpfs, owned by that uid.
-    # The copy is charged to the function's memory cgroup (we joined it): at most half its limit.
+    # The copy is charged to the fitter's cgroup (the runtime's), not the function's: joining the
+    # function's memory cgroup first cost 10-13 ms per deploy on cgroup v1 (measured, bench/runtime.py
+    # cold start), a quarter of the cold-start goal.  Capped at half the function's memory limit.
     size = min(fixedpaths.CODE_BYTES, plan.memory_bytes // 2) if plan.memory_bytes else fixedpaths.CODE_BYTES
     why_not = (
         (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle, trees, size)) if mounts else "no mount namespace"

@@ -144,8 +144,7 @@ class Zygote:
         if pid == 0:
             os.close(report_r)
             fitter.run(report_w, lambda: fitter.fit_function(
-                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True,
-                cgroup=req.cgroup))
+                req.sandbox, req.bundle_path, req.scratch_dir, spare.unshared, spare.pid, hostname=req.name, enter=True))
         os.close(report_w)  # a failed fork: the spare reads EOF and fails its deploy
         # The spare decodes what it is sent after its fork, into memory of its own: not
         # the plan, which only the fitter needs (the template applies the plan the
@@ -278,7 +277,7 @@ class Zygote:
                 in_ns = (2 if pid1 > 0 else 1) if unshared & CLONE_NEWPID else pid  # the shell's pid as the fitter sees it
 
                 def work() -> fitter.Fit:
-                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns, cgroup)
+                    shell, _ = fitter.fit_shell(unshared, network, req.name if req is not None else None, procs, in_ns)
                     if shell.error or req is None:
                         return shell, []
                     own, fds = fitter.fit_function(req.sandbox, req.bundle_path, req.scratch_dir, unshared, in_ns)

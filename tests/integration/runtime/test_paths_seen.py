@@ -220,28 +220,3 @@ async def test_a_sandboxed_function_sees_its_python_and_packages_at_fixed_paths_
     assert seen["heavypkg"] == "/var/packages/0/heavypkg/__init__.py"
     assert seen["json"].startswith("/var/lang/lib/") and seen["email"].startswith("/var/lang/lib/"), seen
     assert all(p.startswith("/var/") for p in seen["path"]), seen["path"]
-
-
-def _memory_stat(h: Harness, name: str) -> dict[str, int]:
-    """The function's memory cgroup's ``memory.stat`` (v1 or v2)."""
-    cgroup = h.rt._sandboxes[h.rt.pool(name).key].cgroup
-    assert cgroup is not None
-    stat = next(Path(d) / "memory.stat" for d in cgroup.directories() if (Path(d) / "memory.stat").exists())
-    return {k: int(v) for k, v in (line.split() for line in stat.read_text().splitlines())}
-
-
-@pytest.mark.parametrize("network", ["none", "host"])  # a spare's fitter; the long way, as the shell's fitter
-async def test_the_copy_of_the_code_at_var_task_is_charged_to_the_functions_memory_cgroup(
-    sandboxed_rt: tuple[Harness, Path], network: str
-) -> None:
-    """The tmpfs pages of /var/task count in the function's memory cgroup (``shmem``),
-    not in the runtime's, which has no limit of the function's."""
-    h, _ = sandboxed_rt
-    require(h, "mount-namespace", "cgroup-memory")
-    name = f"big-bundle-{network}"
-    blob = 8 << 20
-    await h.deploy(name, WHERE, f'isolation = "reuse"\nnetwork = "{network}"\n', **{"blob.txt": "x" * blob})
-    seen = await _where(h, name)
-    assert seen["file"] == "/var/task/handler.py" and "blob.txt" in os.listdir(h.rt.pool(name).bundle_path)
-    stat = _memory_stat(h, name)
-    assert stat["shmem"] >= blob, stat
