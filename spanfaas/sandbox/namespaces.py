@@ -144,22 +144,28 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
+def _mount_setattr(path: str, flags: int, attr: _MountAttr) -> bool:
+    """``mount_setattr(2)`` on ``path`` (Linux 5.12+); False where the kernel lacks it."""
+    try:
+        _libc.syscall(
+            "mount_setattr", AT_FDCWD, ctypes.c_char_p(path.encode()), flags,
+            ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr),
+        )  # fmt: skip
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        return False
+    return True
+
+
 def _readonly_tree(path: str) -> None:
     """Make ``path`` and every mount below it read-only, in this namespace only.
 
     One ``mount_setattr(AT_RECURSIVE)`` (Linux 5.12+, other flags kept);
     on older kernels one bind remount per mount point from mountinfo.
     """
-    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    try:
-        _libc.syscall(
-            "mount_setattr", AT_FDCWD, ctypes.c_char_p(path.encode()), AT_RECURSIVE,
-            ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr),
-        )  # fmt: skip
+    if _mount_setattr(path, AT_RECURSIVE, _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)):
         return
-    except OSError as e:
-        if e.errno != errno.ENOSYS:
-            raise
     with open("/proc/self/mountinfo") as f:
         points = [_libc.unescape_mount_field(line.split()[4]) for line in f]
     for point in points:
@@ -183,16 +189,8 @@ def _readonly_system_trees() -> None:
 
 def _writable_again(path: str) -> None:
     """The mount at ``path`` (only it, not those below) writable again, its other flags kept."""
-    attr = _MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)
-    try:
-        _libc.syscall(
-            "mount_setattr", AT_FDCWD, ctypes.c_char_p(path.encode()), 0,
-            ctypes.c_void_p(ctypes.addressof(attr)), ctypes.sizeof(attr),
-        )  # fmt: skip
+    if _mount_setattr(path, 0, _MountAttr(0, MOUNT_ATTR_RDONLY, 0, 0)):
         return
-    except OSError as e:
-        if e.errno != errno.ENOSYS:
-            raise
     keep = os.statvfs(path).f_flag
     flags = MS_REMOUNT | MS_BIND
     for st, ms in _KEEP:

@@ -3,15 +3,20 @@ directories, a config file for a gateway with ``[[infrastructures]]``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from spanfaas.infra.memory import InMemoryInfrastructure
+from spanfaas.model import FunctionSpec, InvokeContext, Result
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 """A throwaway loopback cluster: no token authentication, no usage stats."""
@@ -284,3 +289,17 @@ class StubSite:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class QueuedLocal(InMemoryInfrastructure):
+    """Local with its function's instances all busy: a call waits in its queue, not started."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.waiting = threading.Event()
+
+    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        self.invocations += 1
+        self.waiting.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from spanfaas.config import InfraConfig, Settings
 from spanfaas.gateway import bootstrap_admin_token, create_app, pack_function
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.remote import RemoteInfrastructure
-from spanfaas.model import Bundle, FunctionSpec, InvokeContext, Result, parse_manifest
+from spanfaas.model import Bundle, InvokeContext, parse_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 from spanfaas.store import SQLiteStore
 
-from spanning_support import Answer, StubSite
+from spanning_support import Answer, QueuedLocal, StubSite
 
 JSON = {"content-type": "application/json"}
 INFO = (200, JSON, json.dumps({"infrastructures": [{"name": "local", "kind": "local", "region": "eu-west"}]}).encode())
@@ -39,20 +38,6 @@ FULL = (429, {"content-type": "application/problem+json", "retry-after": "1"},
 def deployed(sent: bytes) -> Answer:
     name = "fn"
     return 201, JSON, json.dumps({"name": name, "version": 1, "digest": hashlib.sha256(sent).hexdigest()}).encode()
-
-
-class _Queued(InMemoryInfrastructure):
-    """Local with its function's instances all busy: a call waits in its queue, not started."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.waiting = threading.Event()
-
-    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
-        self.invocations += 1
-        self.waiting.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
 
 
 async def test_a_call_a_site_answers_429_is_no_start_and_runs_on_the_next(tmp_path: Path) -> None:
@@ -108,7 +93,7 @@ async def test_an_async_run_a_site_answers_429_is_not_left_marked_started(tmp_pa
         site.answers[("PUT", "/v1/functions/fn")] = deployed
         site.answers[("POST", "/v1/functions/fn/invoke")] = full_once_marked
         cfg = InfraConfig(name="eu", kind="remote", address=site.url, region="eu-west", timeout=5)
-        local = _Queued("local")
+        local = QueuedLocal("local")
         infra = SpanningInfrastructure([(RemoteInfrastructure(cfg), cfg), (local, InfraConfig(name="local"))])
         fn = tmp_path / "src" / "fn"
         fn.mkdir(parents=True)

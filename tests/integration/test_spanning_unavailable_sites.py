@@ -19,7 +19,6 @@ import contextlib
 import json
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +33,11 @@ from spanfaas.gateway import bootstrap_admin_token, create_app, pack_function
 from spanfaas.gateway.testing import GatewayProcess
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.infra.remote import RemoteInfrastructure
-from spanfaas.model import Bundle, FunctionSpec, InvokeContext, Result, load_manifest
+from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 from spanfaas.store import SQLiteStore
 
-from spanning_support import free_port, infra_toml, world_readable_dir
+from spanning_support import QueuedLocal, free_port, infra_toml, world_readable_dir
 
 ONCE = '''
 import asyncio
@@ -53,20 +52,6 @@ async def handler(event, context):
         await asyncio.sleep(60)
     return {"ran": True}
 '''
-
-
-class _Queued(InMemoryInfrastructure):
-    """Local with its function's instances all busy: a call waits in its queue, not started."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.waiting = threading.Event()
-
-    async def invoke(self, spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
-        self.invocations += 1
-        self.waiting.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +127,7 @@ async def test_an_async_run_a_site_answers_503_is_not_left_marked_started(root: 
         with contextlib.closing(sqlite3.connect(store.path)) as db:
             return db.execute("SELECT status, started FROM invocations WHERE id = ?", (id,)).fetchone()
 
-    local = _Queued("local")
+    local = QueuedLocal("local")
     infra = SpanningInfrastructure([site(eu), (local, LOCAL)])
     app = create_app(settings, store, infra)
     await infra.start()
