@@ -122,7 +122,7 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
             paths[:] = [move(p, exact) for p in paths]
 
     move_list(sys.path, exact=True)
-    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable", "_base_executable", "_stdlib_dir"):
+    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable", "_base_executable", "_stdlib_dir", "_home"):
         if isinstance(getattr(sys, attr, None), str):
             setattr(sys, attr, move(getattr(sys, attr)))
     move_list(sys.argv)  # (the zygote's file, from ``-m``)
@@ -132,15 +132,19 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
         move_list(getattr(site, "PREFIXES", None))
         for attr in ("USER_BASE", "USER_SITE"):  # the runtime's home's: worked out again from HOME when asked
             setattr(site, attr, None)
+    move_list(getattr(getattr(sys.modules.get("builtins"), "license", None), "_Printer__filenames", None))
     if "PYTHONPATH" in os.environ:
         os.environ["PYTHONPATH"] = os.pathsep.join(move(p, exact=True) for p in os.environ["PYTHONPATH"].split(os.pathsep))
     for module in list(sys.modules.values()):
         attrs = getattr(module, "__dict__", None)
         if not isinstance(attrs, dict):
             continue
-        for key in ("__file__", "__cached__"):
-            if isinstance(attrs.get(key), str):
-                attrs[key] = move(attrs[key])
+        for key, value in list(attrs.items()):
+            # __file__, __cached__, and what a module worked out from them or from sys at
+            # its import: ``logging._srcfile`` (the file findCaller skips, by its code's
+            # name), ``sysconfig._PROJECT_BASE``...
+            if isinstance(value, str) and value.startswith("/"):
+                attrs[key] = move(value)
         move_list(attrs.get("__path__"))
         spec = attrs.get("__spec__")
         if spec is not None:
