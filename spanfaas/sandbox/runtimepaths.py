@@ -26,11 +26,16 @@ template whose fitter could not bind the trees (a failed mount) puts the host
 names back (``rewrite(..., back=True)``): it pays the un-shared pages, and
 only it.
 
-Left as they were: code objects' ``co_filename`` (the zygote's frames in a
-traceback; ``instance.user_traceback`` leaves them out before the function's
-own), ``/proc/self/maps`` and ``/proc/self/exe`` (the files mapped before the
-mounts), and a bind's *root* field in ``/proc/self/mountinfo`` (the tree's path
-in its file system, as for every bind mount).
+The same pass renames every code object's ``co_filename`` in place
+(``_rename_code``: tracebacks, ``inspect``, ``warnings`` and ``linecache`` read
+it), the strings modules worked out at import (``logging._srcfile``...),
+``sys.argv``, ``sys.orig_argv`` and ``/proc/self/cmdline`` (``_rename_cmdline``).
+Left as they were (docs/runtime.md, "Where a function finds its Python";
+``test_hostpaths_seen.py`` asserts them exactly): ``/proc/self/maps`` and
+``/proc/self/exe`` (the files the zygote mapped, named by the path they were
+opened at), a bind's *root* field in ``/proc/self/mountinfo`` (the tree's path in
+its file system, as for every bind mount), and what the trees' files say
+(``sysconfig``'s build-time variables, a venv's ``pyvenv.cfg``).
 """
 
 from __future__ import annotations

@@ -195,7 +195,6 @@ async def probed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
         markers |= {os.path.realpath(m) for m in markers}
         r = await h.invoke("hostpaths", json.dumps(sorted(markers)).encode())
         assert r.ok, r.error
-        Path("/tmp/hp-probe.json").write_text(r.output.decode() if isinstance(r.output, bytes) else r.output)  # DEBUG
         yield json.loads(r.output), sorted(markers), h
     finally:
         await rt.close()
@@ -325,3 +324,26 @@ async def test_a_functions_traceback_starts_at_its_code_and_names_no_host_path(p
     assert frames[0].startswith('File "handler.py"') and not [f for f in frames if "spanfaas" in f], text
     assert 'File "/var/lang/lib/python' in text and "raise JSONDecodeError" in text, text
     assert not _hosty(text, markers), text
+
+
+CHILD_PYTHON = """
+import subprocess
+import sys
+
+def handler(event, context):
+    done = subprocess.run([sys.executable, "-c", "import json, sys; print(sys.prefix)"], capture_output=True, text=True)
+    return [done.returncode, done.stdout.strip(), done.stderr[-2000:]]
+"""
+
+
+async def test_a_function_allowed_subprocesses_still_starts_its_python(probed: tuple[dict, list[str], Harness]) -> None:
+    """A venv's ``bin/python`` links to the host's interpreter (and its ``pyvenv.cfg`` names
+    it): for a function allowed subprocesses, the fitter keeps the host paths of its Python
+    reachable."""
+    _, _, h = probed
+    require(h, "seccomp")
+    await h.deploy("child-python", CHILD_PYTHON, 'isolation = "strict"\nallow_subprocess = true\n')
+    r = await h.invoke("child-python")
+    assert r.ok, r.error
+    code, prefix, err = json.loads(r.output)
+    assert code == 0 and prefix == "/var/venv", err
