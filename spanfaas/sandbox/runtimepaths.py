@@ -148,7 +148,7 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
             # __file__, __cached__, and what a module worked out from them or from sys at
             # its import: ``logging._srcfile`` (the file findCaller skips, by its code's
             # name), ``sysconfig._PROJECT_BASE``...
-            if isinstance(value, str) and value.startswith("/"):
+            if type(value) is str and value[:1] == "/":
                 attrs[key] = move(value)
         move_list(attrs.get("__path__"))
         spec = attrs.get("__spec__")
@@ -184,8 +184,8 @@ def _rename_code(table: Sequence[tuple[str, str]]) -> int:
     and no code object is copied.  Returns how many code objects (and their nested ones)
     were renamed.
 
-    Reaches the code of every function the gc tracks, of those reachable from
-    ``sys.modules`` (a template's frozen objects are not listed by the gc) and of the
+    Reaches the code of every function the gc tracks (in a template, whose frozen
+    objects it does not list, of those reachable from ``sys.modules``) and of the
     running frames; code that is no function's (a module's or class's body, run once
     and dropped) is gone anyway."""
     import _imp
@@ -193,16 +193,15 @@ def _rename_code(table: Sequence[tuple[str, str]]) -> int:
 
     fix: Callable[[types.CodeType, str], None] = _imp._fix_co_filename  # type: ignore[attr-defined]
 
-    codes: dict[int, types.CodeType] = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, types.FunctionType):
-            codes[id(obj.__code__)] = obj.__code__
-    seen: set[int] = set()
-    for module in list(sys.modules.values()):
-        attrs = getattr(module, "__dict__", None)
-        if isinstance(attrs, dict):
-            for value in list(attrs.values()):
-                _collect_code(value, codes, seen)
+    function = types.FunctionType
+    codes = {id(obj.__code__): obj.__code__ for obj in gc.get_objects() if type(obj) is function}
+    if gc.get_freeze_count():  # (a template: the gc lists the zygote's objects no more)
+        seen: set[int] = set()
+        for module in list(sys.modules.values()):
+            attrs = getattr(module, "__dict__", None)
+            if isinstance(attrs, dict):
+                for value in list(attrs.values()):
+                    _collect_code(value, codes, seen)
     frame: types.FrameType | None = sys._getframe()
     while frame is not None:
         codes[id(frame.f_code)] = frame.f_code
