@@ -63,6 +63,9 @@ def _rename_code_and_back() -> dict[str, Any]:
     before = _code_names()
     runtimepaths.rewrite(found, entries)
     renamed = _code_names()
+    import gc
+
+    gc.freeze()  # as the zygote does before it forks: the gc lists none of these objects now
     runtimepaths.placed(False)
     return {"before": before, "renamed": renamed, "after": _code_names()}
 
