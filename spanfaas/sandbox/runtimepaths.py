@@ -85,8 +85,7 @@ def trees(image_paths: Sequence[str]) -> tuple[Trees, tuple[tuple[str, str], ...
 
 def covers(found: Trees, path: str) -> bool:
     """``path`` (as given or resolved) lies in one of ``found``'s host trees."""
-    hosts = [(h, f) for h, f in found]
-    return any(_translate(p, hosts) is not None for p in {os.path.normpath(path), os.path.realpath(path)})
+    return any(_translate(p, found) is not None for p in {os.path.normpath(path), os.path.realpath(path)})
 
 
 def _translate(path: str, table: Sequence[tuple[str, str]]) -> str | None:
@@ -144,11 +143,12 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
         attrs = getattr(module, "__dict__", None)
         if not isinstance(attrs, dict):
             continue
+        ours = str(attrs.get("__name__", "")).partition(".")[0] == "spanfaas"  # (its constants name the fixed dirs)
         for key, value in list(attrs.items()):
             # __file__, __cached__, and what a module worked out from them or from sys at
             # its import: ``logging._srcfile`` (the file findCaller skips, by its code's
             # name), ``sysconfig._PROJECT_BASE``...
-            if type(value) is str and value[:1] == "/":
+            if type(value) is str and value[:1] == "/" and (not ours or key in ("__file__", "__cached__")):
                 attrs[key] = move(value)
         move_list(attrs.get("__path__"))
         spec = attrs.get("__spec__")
@@ -240,10 +240,10 @@ def _rename_cmdline() -> bool:
     """``/proc/self/cmdline`` -- the kernel reads the arguments the interpreter was
     started with (its host path first) from our own memory -- written over with
     ``sys.orig_argv`` as renamed, once, here: every template and instance inherits it.
-    In place (no capability needed to point the kernel elsewhere, ``PR_SET_MM``), so
-    only where the new names fit in the old ones' room (the rest is zeros: ``ps``
-    reads NUL-separated arguments up to the end); else left as it was.  True if
-    written."""
+    In place, since pointing the kernel at a buffer of ours (``PR_SET_MM``) needs
+    ``CAP_SYS_RESOURCE``, which a container's root may lack: so only where the new
+    names fit in the old ones' room (the rest is zeros, which ``ps`` shows as
+    spaces); else left as it was.  True if written."""
     import ctypes
 
     argv = getattr(sys, "orig_argv", None) or sys.argv

@@ -83,3 +83,16 @@ def test_code_objects_are_renamed_in_place_the_running_ones_too_and_back(in_chil
     assert stdlib == os.path.dirname(os.path.dirname(loads)) and executable.startswith("/var/")
     assert seen["after"] == seen["before"]
     assert seen["before"][0].startswith(sys.base_prefix)
+
+
+def _constants_after_back() -> tuple[str, str]:
+    found, entries = runtimepaths.trees([])
+    runtimepaths.rewrite(found, entries)
+    runtimepaths.placed(False)
+    return runtimepaths.LANG, runtimepaths.VENV
+
+
+def test_the_platforms_own_constants_keep_naming_the_fixed_dirs(in_child: Callable[..., Any]) -> None:
+    """Module strings naming a tree are renamed both ways, but spanfaas's own: its
+    constants are the fixed dirs themselves."""
+    assert in_child(_constants_after_back).value == ("/var/lang", "/var/venv")
