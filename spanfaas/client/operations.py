@@ -696,10 +696,9 @@ def logs(name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | 
             elsewhere = f"; {RUNNING_ELSEWHERE}" if RUNNING_ELSEWHERE in exc.message else ""
     try:
         return (yield from invocations(name_or_id, limit=limit, outputs=False, status=status))
-    except NotFound:
-        raise NotFound(
-            f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`{elsewhere}"
-        ) from None
+    except NotFound as exc:  # the gateway's word on the deployed ones (a near miss named) is kept
+        deployed = exc.message.partition("has no invocations; ")[2] or "list functions with `spanfaas ls`"
+        raise NotFound(f"no invocation or function named {name_or_id!r}; {deployed}{elsewhere}") from None
 
 
 def create_token(name: str, scopes: list[str]) -> Op[dict[str, Any]]:

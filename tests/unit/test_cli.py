@@ -793,6 +793,24 @@ def test_not_found(cli: Any) -> None:
     expect_error(cli("rm", "no-such-thing"), 4)
 
 
+def test_a_mistyped_function_name_is_answered_with_the_name_meant(cli: Any, tmp_path: Path) -> None:
+    """``spanfaas invoke helo`` listed the deployed functions, hello among them, without saying
+    it was the one meant; ``spanfaas logs helo`` named none at all ('list functions with
+    `spanfaas ls`')."""
+    for name in ("greeter", "uploader"):
+        assert cli("deploy", fn_dir(tmp_path, name, "def handler(event, context):\n    return 1\n")).exit_code == 0
+    try:
+        expect_error(cli("invoke", "greetr"), 4, "function 'greetr' not found", "did you mean greeter")
+        expect_error(cli("invoke", "Greeter", "-d", "{}"), 4, "did you mean greeter")
+        expect_error(cli("logs", "greetr"), 4, "no invocation or function named 'greetr'", "did you mean greeter")
+        expect_error(cli("rm", "uploadr"), 4, "did you mean uploader")
+        r = cli("invoke", "greetr", "--json")
+        assert r.exit_code == 4 and "did you mean greeter" in json.loads(r.stdout)["detail"]
+    finally:
+        for name in ("greeter", "uploader"):
+            cli("rm", name)
+
+
 def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
     # `rm ''` printed "✓ removed" (the gateway's redirect of /v1/functions/ read as success),
     # `result ''` and `logs ''` a msgspec traceback, `invoke ''` "no such endpoint".
