@@ -1397,3 +1397,17 @@ def test_the_cli_finds_the_token_kept_for_the_gateway_it_is_pointed_at(live: Liv
     assert run("ls", "--json", SPANFAAS_URL=live.url).exit_code == 0
     expect_error(run("ls", "--url", live.url, "--token", "sf_wrong"), 3)  # a flag beats the kept file
     expect_error(run("ls", "--url", live.url, SPANFAAS_TOKEN="sf_wrong"), 3)  # and so does the env
+
+
+def test_version_is_printed_without_a_gateway(cli: Any) -> None:
+    """``spanfaas --version`` (the first thing tried to see what is installed) was "No such
+    option: --version", exit 2; `spanfaas info` tells it only with a gateway up."""
+    import spanfaas
+
+    r = cli("--version", SPANFAAS_URL="http://127.0.0.1:1")  # nothing asked of a gateway
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert r.stdout == f"spanfaas {spanfaas.__version__}\n" and r.stderr == ""
+    r = cli("--help")
+    assert r.exit_code == 0 and "--version" in r.stdout and "Commands:" in r.stdout
+    r = cli()  # no arguments: the help, as before
+    assert "Commands:" in r.stdout + r.stderr
