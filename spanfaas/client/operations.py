@@ -308,10 +308,19 @@ def _quoted(resp: httpx.Response, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
-def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "") -> SpanfaasError:
-    """The typed error for a request that got no answer."""
+def transport_error(
+    exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "", kept: Callable[[], list[str]] = list
+) -> SpanfaasError:
+    """The typed error for a request that got no answer; ``kept``: the URLs of the other
+    gateways the user has a token for, named when this one is not running."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return InfraUnavailable(_unreachable(exc, base_url))
+        said = _unreachable(exc, base_url)
+        if said.endswith(NOT_RUNNING):
+            others = [u for u in kept() if u != base_url.rstrip("/")]
+            if others:
+                said += (f"; a token is kept for another gateway: --url {others[0]}" if len(others) == 1
+                         else "; tokens are kept for other gateways: " + ", ".join(f"--url {u}" for u in others[:5]))  # fmt: skip
+        return InfraUnavailable(said)
     if isinstance(exc, httpx.TimeoutException):  # our wait ran out: nothing is known to have failed
         return WaitTimeout(
             f"spanfaas at {base_url} did not answer within {timeout:g} s; "
@@ -342,7 +351,10 @@ def _unreachable(exc: httpx.TransportError, base_url: str) -> str:
         )
     if isinstance(cause, ssl.SSLError):
         return f"cannot reach spanfaas at {base_url}: the TLS handshake failed ({cause})"
-    return f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?"
+    return f"cannot reach spanfaas at {base_url}: {NOT_RUNNING}"
+
+
+NOT_RUNNING = "is `spanfaas up` running?"
 
 
 # -- upload progress ----------------------------------------------------------

@@ -1411,3 +1411,32 @@ def test_version_is_printed_without_a_gateway(cli: Any) -> None:
     assert r.exit_code == 0 and "--version" in r.stdout and "Commands:" in r.stdout
     r = cli()  # no arguments: the help, as before
     assert "Commands:" in r.stdout + r.stderr
+
+
+def test_a_saved_gateway_that_is_down_names_the_gateways_kept_beside_it(live: Live, tmp_path: Path) -> None:
+    """A second `spanfaas up` (another --data-dir, --port 0), since stopped, left its URL in
+    config.toml: every command said "cannot reach spanfaas at http://127.0.0.1:PORT: is
+    `spanfaas up` running?" while the first gateway ran on, its token kept in
+    config-HOST-PORT.toml -- with no word of it, or of the --url that reaches it."""
+    from spanfaas.client.userconfig import UserConfig, config_path, keep_replaced, save_user_config
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "COLUMNS": "200"}
+    path = config_path(env)
+    save_user_config(UserConfig(url=live.url, token=live.admin), path)
+    dead = f"http://127.0.0.1:{free_port()}"
+    newer = UserConfig(url=dead, token="sf_of_a_gateway_since_stopped")
+    assert keep_replaced(newer, path) is not None
+    save_user_config(newer, path)
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        return runner.invoke(app, list(args), env={"SPANFAAS_URL": None, "SPANFAAS_TOKEN": None, **env}, catch_exceptions=False)
+
+    expect_error(run("ls"), 7, f"cannot reach spanfaas at {dead}: is `spanfaas up` running?",
+                 f"a token is kept for another gateway: --url {live.url}")  # fmt: skip
+    r = run("ls", "--json")
+    assert r.exit_code == 7 and f"--url {live.url}" in json.loads(r.stdout)["detail"]
+    assert run("ls", "--url", live.url).exit_code == 0  # the hint works as said
+    expect_error(run("ls", "--url", dead), 7)
+    (path.parent / "config-127.0.0.1-1.toml").write_text("not toml [")  # an unreadable kept file: no hint from it, no error
+    expect_error(run("ls"), 7, f"--url {live.url}")
