@@ -50,6 +50,7 @@ for command in (
     commands.invoke,
     commands.result,
     commands.ls,
+    commands.show,
     commands.logs,
     commands.rm,
     commands.info,

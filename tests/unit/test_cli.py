@@ -1440,3 +1440,24 @@ def test_a_saved_gateway_that_is_down_names_the_gateways_kept_beside_it(live: Li
     expect_error(run("ls", "--url", dead), 7)
     (path.parent / "config-127.0.0.1-1.toml").write_text("not toml [")  # an unreadable kept file: no hint from it, no error
     expect_error(run("ls"), 7, f"--url {live.url}")
+
+
+def test_show_describes_one_function(cli: Any, tmp_path: Path) -> None:
+    """One function's record (its manifest as deployed, version, image) was only in `ls --json`,
+    among all the others; `spanfaas describe NAME` / `show NAME`: "No such command"."""
+    d = fn_dir(tmp_path, "shown", "def handler(event, context):\n    return 1\n")
+    with open(Path(d) / "spanfaas.toml", "a") as f:
+        f.write('description = "says [bold]hi[/bold]"\n[env]\nGREETING = "hey"\n[resources]\nmemory = 128\ntimeout = 7\n')
+    assert cli("deploy", d).exit_code == 0
+    try:
+        r = cli("show", "shown")
+        assert r.exit_code == 0, r.stderr
+        for said in ("shown · version 1", "handler      main:handler", "says [bold]hi[/bold]", "memory 128 MiB", "timeout 7 s",
+                     "isolation    strict", "GREETING", "spanfaas invoke shown"):  # fmt: skip
+            assert said in r.stdout + r.stderr, (said, r.stdout)
+        assert "hey" not in r.stdout  # env values are secrets: the names alone
+        doc = json.loads(cli("show", "shown", "--json").stdout)
+        assert doc["name"] == "shown" and doc["spec"]["env"] == {"GREETING": "hey"}
+        expect_error(cli("show", "shwon"), 4, "function 'shwon' not found", "shown")
+    finally:
+        cli("rm", "shown")
