@@ -1461,3 +1461,18 @@ def test_show_describes_one_function(cli: Any, tmp_path: Path) -> None:
         expect_error(cli("show", "shwon"), 4, "function 'shwon' not found", "shown")
     finally:
         cli("rm", "shown")
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("describe", "show"), ("list", "ls"), ("delete", "rm"), ("remove", "rm"), ("call", "invoke"), ("run", "invoke"),
+     ("log", "logs"), ("status", "doctor"), ("version", "info")],  # fmt: skip
+)
+def test_another_platforms_command_name_is_answered_with_spanfaas_one(cli: Any, typed: str, meant: str) -> None:
+    """``spanfaas describe hello``, ``spanfaas list``, ``spanfaas delete hello`` (kubectl's, other
+    FaaS CLIs' words): "No such command", or a suggestion only by spelling ('bogus': 'logs')."""
+    r = cli(typed, "hello")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert f"No such command '{typed}'. Did you mean '{meant}'?" in r.stderr, r.stderr
+    r = cli(typed, "--json")
+    assert r.exit_code == 2 and f"Did you mean '{meant}'?" in json.loads(r.stdout)["detail"]
