@@ -205,13 +205,26 @@ class FunctionNotFound(NotFound):
 def like_deployed(name: str, deployed: Collection[str], *, all_up_to: int = 10) -> str:
     """What a message about a function ``name`` that is not deployed says of the ``deployed``
     ones: their names when they are few; else up to 5 named like ``name`` and how many there
-    are (with 1,000 functions, a list of them all is no message)."""
+    are (with 1,000 functions, a list of them all is no message).  A few listed, the one a
+    near miss (``helo``, ``Hello``, ``json_transform``) meant is named after them."""
     if len(deployed) <= all_up_to:
-        return "deployed: " + (", ".join(sorted(deployed)) or "none")
+        listed = "deployed: " + (", ".join(sorted(deployed)) or "none")
+        if len(deployed) < 2:  # (a list of one is the suggestion)
+            return listed
+        meant = _closest(name, deployed)
+        return f"{listed}; did you mean {meant}?" if meant else listed
     close = difflib.get_close_matches(name, deployed, n=5)
     if not close:
         return f"none of the {len(deployed)} deployed functions has a name like it (`spanfaas ls` lists them)"
     return f"did you mean {', '.join(close)}? ({len(deployed)} functions are deployed; `spanfaas ls` lists them)"
+
+
+def _closest(name: str, deployed: Collection[str]) -> str | None:
+    """The deployed name most like ``name``, compared as names are written (lowercase, '-'),
+    so that a capital or an underscore is no miss at all."""
+    by_form = {d.lower().replace("_", "-"): d for d in deployed}
+    close = difflib.get_close_matches(name.lower().replace("_", "-"), by_form, n=1)
+    return by_form[close[0]] if close else None
 
 
 class InvocationNotFound(NotFound):

@@ -332,11 +332,14 @@ def _known_keys(table: str) -> str:
     return f"check its spelling; {where} takes: {names}"
 
 
-def _allowed_values(key: str) -> str:
+def _allowed_values(key: str, given: str | None = None) -> str:
+    """The values ``key`` takes, and the one a misspelled ``given`` ("reused", "Host") may mean."""
     t = _type_at(key)
-    if isinstance(t, msgspec.inspect.LiteralType):
-        return "; use one of: " + ", ".join(repr(v) for v in t.values)
-    return ""
+    if not isinstance(t, msgspec.inspect.LiteralType):
+        return ""
+    values = [str(v) for v in t.values]
+    close = difflib.get_close_matches(given.lower(), values, n=1) if given is not None else []
+    return "; use one of: " + ", ".join(repr(v) for v in t.values) + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) -> FunctionSpec:
@@ -360,6 +363,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
         if unknown := _UNKNOWN_RE.match(msg):  # name the bad key itself, and the ones that table takes
             table, key = key, f"{key}.{unknown.group(1)}" if key else unknown.group(1)
             msg, hint = f"unknown field `{unknown.group(1)}`", f"; {_unknown_key_fix(table, unknown.group(1))}"
+        elif "Invalid enum value" in msg and isinstance(value := value_at(data, key), str):
+            msg, hint = f"{key} {toml(value)} is not a value it takes", _allowed_values(key, value)
         elif "Invalid enum value" in msg:
             hint = _allowed_values(key)
         elif (typed := _TYPE_RE.match(msg)) and (said := _wrong_type(data, key, typed.group(1), typed.group(2))):

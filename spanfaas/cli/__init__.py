@@ -8,8 +8,12 @@ line on stderr and the error class's exit code, never a traceback.
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
 import typer
 
+from spanfaas import __version__
 from spanfaas.cli import commands, events, explain, images, platform
 from spanfaas.cli.usage import JsonUsageGroup
 
@@ -24,12 +28,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: what is installed, without a gateway (``spanfaas info`` asks one)."""
+    if value:
+        sys.stdout.write(f"spanfaas {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version of spanfaas installed and exit.")] = False,
+) -> None:
+    pass
+
+
 for command in (
     platform.up,
     commands.deploy,
     commands.invoke,
     commands.result,
     commands.ls,
+    commands.show,
     commands.logs,
     commands.rm,
     commands.info,

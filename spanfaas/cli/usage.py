@@ -32,9 +32,16 @@ from spanfaas.errors import InvalidRequest
 __all__ = ["JsonUsageGroup", "plain_bad_value", "undecodable", "wants_json"]
 
 try:  # typer >= 0.24 carries its own click
-    from typer._click.exceptions import BadParameter, ClickException
+    from typer._click.exceptions import BadParameter, ClickException, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import BadParameter, ClickException  # type: ignore[assignment]
+    from click.exceptions import BadParameter, ClickException, UsageError  # type: ignore[assignment]
+
+
+OTHER_NAMES = {
+    "describe": "show", "get": "show", "list": "ls", "delete": "rm", "remove": "rm", "call": "invoke", "run": "invoke",
+    "log": "logs", "status": "doctor", "check": "doctor", "version": "info", "start": "up", "serve": "up",
+}  # fmt: skip
+"""What users of other CLIs (kubectl, cloud FaaS tools) type for a command spanfaas names otherwise."""
 
 
 def wants_json(args: Sequence[str]) -> bool:
@@ -136,6 +143,15 @@ class JsonUsageGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         _plain_arguments(self)
         self._argv: list[str] = []
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as exc:  # typer suggests by spelling alone ('describe': none; 'bogus': 'logs')
+            meant = OTHER_NAMES.get(args[0]) if args else None
+            if meant in self.commands:
+                exc.message = f"No such command {args[0]!r}. Did you mean {meant!r}?"
+            raise
 
     def invoke(self, ctx: Any) -> Any:
         try:

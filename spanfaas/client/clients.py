@@ -22,7 +22,7 @@ from spanfaas.client import operations as ops
 from spanfaas.client.events import AsyncEvents, Events
 from spanfaas.client.images import AsyncImages, Images
 from spanfaas.client.operations import Call, InvokeOutput, Op, Progress, Sleep
-from spanfaas.client.userconfig import resolve, withheld_token_url
+from spanfaas.client.userconfig import kept_urls, resolve, withheld_token_url
 from spanfaas.errors import InvalidRequest, SpanfaasError, TooManyRequests
 from spanfaas.model import InvocationStatus
 
@@ -70,7 +70,7 @@ class _Base:
 
     def _transport_error(self, exc: httpx.TransportError, call: Call) -> SpanfaasError:
         timeout = self.timeout if call.timeout is None else call.timeout
-        return ops.transport_error(exc, base_url=self.url, timeout=timeout, after_timeout=call.after_timeout)
+        return ops.transport_error(exc, base_url=self.url, timeout=timeout, after_timeout=call.after_timeout, kept=kept_urls)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"

@@ -308,10 +308,19 @@ def _quoted(resp: httpx.Response, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
-def transport_error(exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "") -> SpanfaasError:
-    """The typed error for a request that got no answer."""
+def transport_error(
+    exc: httpx.TransportError, *, base_url: str, timeout: float | None, after_timeout: str = "", kept: Callable[[], list[str]] = list
+) -> SpanfaasError:
+    """The typed error for a request that got no answer; ``kept``: the URLs of the other
+    gateways the user has a token for, named when this one is not running."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return InfraUnavailable(_unreachable(exc, base_url))
+        said = _unreachable(exc, base_url)
+        if said.endswith(NOT_RUNNING):
+            others = [u for u in kept() if u != base_url.rstrip("/")]
+            if others:
+                said += (f"; a token is kept for another gateway: --url {others[0]}" if len(others) == 1
+                         else "; tokens are kept for other gateways: " + ", ".join(f"--url {u}" for u in others[:5]))  # fmt: skip
+        return InfraUnavailable(said)
     if isinstance(exc, httpx.TimeoutException):  # our wait ran out: nothing is known to have failed
         return WaitTimeout(
             f"spanfaas at {base_url} did not answer within {timeout:g} s; "
@@ -342,7 +351,10 @@ def _unreachable(exc: httpx.TransportError, base_url: str) -> str:
         )
     if isinstance(cause, ssl.SSLError):
         return f"cannot reach spanfaas at {base_url}: the TLS handshake failed ({cause})"
-    return f"cannot reach spanfaas at {base_url}: is `spanfaas up` running?"
+    return f"cannot reach spanfaas at {base_url}: {NOT_RUNNING}"
+
+
+NOT_RUNNING = "is `spanfaas up` running?"
 
 
 # -- upload progress ----------------------------------------------------------
@@ -696,10 +708,9 @@ def logs(name_or_id: str, *, limit: int | None = 20, status: InvocationStatus | 
             elsewhere = f"; {RUNNING_ELSEWHERE}" if RUNNING_ELSEWHERE in exc.message else ""
     try:
         return (yield from invocations(name_or_id, limit=limit, outputs=False, status=status))
-    except NotFound:
-        raise NotFound(
-            f"no invocation or function named {name_or_id!r}; list functions with `spanfaas ls`{elsewhere}"
-        ) from None
+    except NotFound as exc:  # the gateway's word on the deployed ones (a near miss named) is kept
+        deployed = exc.message.partition("has no invocations; ")[2] or "list functions with `spanfaas ls`"
+        raise NotFound(f"no invocation or function named {name_or_id!r}; {deployed}{elsewhere}") from None
 
 
 def create_token(name: str, scopes: list[str]) -> Op[dict[str, Any]]:

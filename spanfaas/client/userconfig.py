@@ -37,6 +37,7 @@ __all__ = [
     "keep_replaced",
     "kept_path",
     "kept_token",
+    "kept_urls",
     "load_user_config",
     "resolve",
     "save_user_config",
@@ -129,6 +130,22 @@ def kept_token(url: str, path: Path | None = None) -> str | None:
     except InvalidRequest:
         return None  # (unreadable: as if none were kept; the config file itself is the one that must read)
     return config.token if config.token and _same_url(url, config.url or DEFAULT_URL) else None
+
+
+def kept_urls(env: Mapping[str, str] | None = None) -> list[str]:
+    """The URLs of the gateways whose tokens ``keep_replaced`` kept: where else the user
+    may mean, when the gateway in use does not answer (a second ``spanfaas up``, since
+    stopped, saved its URL over the first one's, which runs on)."""
+    path = config_path(os.environ if env is None else env)
+    urls = set()
+    for kept in path.parent.glob("config-*.toml"):
+        try:
+            config = load_user_config(kept)
+        except InvalidRequest:
+            continue  # (unreadable: no gateway to name)
+        if config.token and config.url:
+            urls.add(config.url.rstrip("/"))
+    return sorted(urls)
 
 
 def _same_url(a: str, b: str) -> bool:

@@ -343,13 +343,14 @@ class Registry:
                 await self._activate(stored)
             except Exception as exc:  # this function's version only: the others go on
                 reason = f"{type(exc).__name__}: {exc}"
-                log.error("could not deploy function %r (version %d, deployed through another gateway): %s",
-                          name, stored.version, reason)  # fmt: skip
+                log.error("could not deploy function %r (version %d, %s): %s", name, stored.version,
+                          "tried again" if retry else "deployed through another gateway", reason)  # fmt: skip
                 self.failed[name] = Failed(stored, reason)
                 if current is not None:
                     await self._stop(name)  # not served in its place
                 return
-            log.info("function %r: version %d, deployed through another gateway, serves here", name, stored.version)
+            log.info("function %r: version %d, %s, serves here", name, stored.version,
+                     "tried again" if retry else "deployed through another gateway")  # fmt: skip
 
     async def _stop(self, name: str) -> None:
         """Stop serving ``name`` here: no invocation finds it from now on; what runs finishes,

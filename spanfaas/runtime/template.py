@@ -147,6 +147,29 @@ def _generator_kind(fn: Any) -> str | None:
     return None
 
 
+def _misfit_signature(fn: Any, module: str, function: str) -> str | None:
+    """Why ``fn`` cannot be called as ``fn(event, context)``, with the fix; None when it can,
+    or when it is no plain function (a callable object, a C function: called and seen).
+    Said at deploy: a ``def handler(event)`` (the habit of other platforms) otherwise
+    deployed fine, and each call failed with a TypeError under a frame of the platform's."""
+    code = getattr(fn, "__code__", None)
+    if type(fn) is not types.FunctionType or code is None or code.co_flags & inspect.CO_VARARGS:
+        return None
+    names = code.co_varnames[: code.co_argcount]
+    required = code.co_argcount - len(fn.__defaults__ or ())
+    keywords = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    needed_keywords = [k for k in keywords if k not in (fn.__kwdefaults__ or {})]
+    if len(names) < 2:
+        takes = f"takes 1 argument ({names[0]})" if names else "takes no arguments"
+    elif required > 2:
+        takes = f"needs {required} arguments ({', '.join(names[:required])})"
+    elif needed_keywords:
+        takes = f"needs the keyword-only argument{'s' if len(needed_keywords) > 1 else ''} {', '.join(needed_keywords)}"
+    else:
+        return None
+    return f"{function}() in {module.replace('.', '/')}.py {takes}: spanfaas calls {function}(event, context), so write def {function}(event, context)"
+
+
 def _plan_value(plan: Any, key: str, default: Any = None) -> Any:
     if plan is None:
         return default
@@ -279,6 +302,8 @@ class Template:
         if (kind := _generator_kind(handler)) is not None:
             raise _Misfit("TypeError", f"{req.function}() in {req.module}.py is {kind} function (it has yield): each call would return "
                             "a generator, which is no result; return the values instead of yielding them, e.g. a list")  # fmt: skip
+        if (misfit := _misfit_signature(handler, req.module, req.function)) is not None:
+            raise _Misfit("TypeError", misfit)
         self.runner = inst.Runner(handler, req.name, max_result=req.max_result)
         self.import_ms = (time.perf_counter() - started) * 1000
         self.base_data = _vm_data()

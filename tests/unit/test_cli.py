@@ -793,6 +793,24 @@ def test_not_found(cli: Any) -> None:
     expect_error(cli("rm", "no-such-thing"), 4)
 
 
+def test_a_mistyped_function_name_is_answered_with_the_name_meant(cli: Any, tmp_path: Path) -> None:
+    """``spanfaas invoke helo`` listed the deployed functions, hello among them, without saying
+    it was the one meant; ``spanfaas logs helo`` named none at all ('list functions with
+    `spanfaas ls`')."""
+    for name in ("greeter", "uploader"):
+        assert cli("deploy", fn_dir(tmp_path, name, "def handler(event, context):\n    return 1\n")).exit_code == 0
+    try:
+        expect_error(cli("invoke", "greetr"), 4, "function 'greetr' not found", "did you mean greeter")
+        expect_error(cli("invoke", "Greeter", "-d", "{}"), 4, "did you mean greeter")
+        expect_error(cli("logs", "greetr"), 4, "no invocation or function named 'greetr'", "did you mean greeter")
+        expect_error(cli("rm", "uploadr"), 4, "did you mean uploader")
+        r = cli("invoke", "greetr", "--json")
+        assert r.exit_code == 4 and "did you mean greeter" in json.loads(r.stdout)["detail"]
+    finally:
+        for name in ("greeter", "uploader"):
+            cli("rm", name)
+
+
 def test_an_empty_name_or_id_is_refused(cli: Any) -> None:
     # `rm ''` printed "✓ removed" (the gateway's redirect of /v1/functions/ read as success),
     # `result ''` and `logs ''` a msgspec traceback, `invoke ''` "no such endpoint".
@@ -1379,3 +1397,82 @@ def test_the_cli_finds_the_token_kept_for_the_gateway_it_is_pointed_at(live: Liv
     assert run("ls", "--json", SPANFAAS_URL=live.url).exit_code == 0
     expect_error(run("ls", "--url", live.url, "--token", "sf_wrong"), 3)  # a flag beats the kept file
     expect_error(run("ls", "--url", live.url, SPANFAAS_TOKEN="sf_wrong"), 3)  # and so does the env
+
+
+def test_version_is_printed_without_a_gateway(cli: Any) -> None:
+    """``spanfaas --version`` (the first thing tried to see what is installed) was "No such
+    option: --version", exit 2; `spanfaas info` tells it only with a gateway up."""
+    import spanfaas
+
+    r = cli("--version", SPANFAAS_URL="http://127.0.0.1:1")  # nothing asked of a gateway
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert r.stdout == f"spanfaas {spanfaas.__version__}\n" and r.stderr == ""
+    r = cli("--help")
+    assert r.exit_code == 0 and "--version" in r.stdout and "Commands:" in r.stdout
+    r = cli()  # no arguments: the help, as before
+    assert "Commands:" in r.stdout + r.stderr
+
+
+def test_a_saved_gateway_that_is_down_names_the_gateways_kept_beside_it(live: Live, tmp_path: Path) -> None:
+    """A second `spanfaas up` (another --data-dir, --port 0), since stopped, left its URL in
+    config.toml: every command said "cannot reach spanfaas at http://127.0.0.1:PORT: is
+    `spanfaas up` running?" while the first gateway ran on, its token kept in
+    config-HOST-PORT.toml -- with no word of it, or of the --url that reaches it."""
+    from spanfaas.client.userconfig import UserConfig, config_path, keep_replaced, save_user_config
+
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "COLUMNS": "200"}
+    path = config_path(env)
+    save_user_config(UserConfig(url=live.url, token=live.admin), path)
+    dead = f"http://127.0.0.1:{free_port()}"
+    newer = UserConfig(url=dead, token="sf_of_a_gateway_since_stopped")
+    assert keep_replaced(newer, path) is not None
+    save_user_config(newer, path)
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        return runner.invoke(app, list(args), env={"SPANFAAS_URL": None, "SPANFAAS_TOKEN": None, **env}, catch_exceptions=False)
+
+    expect_error(run("ls"), 7, f"cannot reach spanfaas at {dead}: is `spanfaas up` running?",
+                 f"a token is kept for another gateway: --url {live.url}")  # fmt: skip
+    r = run("ls", "--json")
+    assert r.exit_code == 7 and f"--url {live.url}" in json.loads(r.stdout)["detail"]
+    assert run("ls", "--url", live.url).exit_code == 0  # the hint works as said
+    expect_error(run("ls", "--url", dead), 7)
+    (path.parent / "config-127.0.0.1-1.toml").write_text("not toml [")  # an unreadable kept file: no hint from it, no error
+    expect_error(run("ls"), 7, f"--url {live.url}")
+
+
+def test_show_describes_one_function(cli: Any, tmp_path: Path) -> None:
+    """One function's record (its manifest as deployed, version, image) was only in `ls --json`,
+    among all the others; `spanfaas describe NAME` / `show NAME`: "No such command"."""
+    d = fn_dir(tmp_path, "shown", "def handler(event, context):\n    return 1\n")
+    with open(Path(d) / "spanfaas.toml", "a") as f:
+        f.write('description = "says [bold]hi[/bold]"\n[env]\nGREETING = "hey"\n[resources]\nmemory = 128\ntimeout = 7\n')
+    assert cli("deploy", d).exit_code == 0
+    try:
+        r = cli("show", "shown")
+        assert r.exit_code == 0, r.stderr
+        for said in ("shown · version 1", "handler      main:handler", "says [bold]hi[/bold]", "memory 128 MiB", "timeout 7 s",
+                     "isolation    strict", "GREETING", "spanfaas invoke shown"):  # fmt: skip
+            assert said in r.stdout + r.stderr, (said, r.stdout)
+        assert "hey" not in r.stdout  # env values are secrets: the names alone
+        doc = json.loads(cli("show", "shown", "--json").stdout)
+        assert doc["name"] == "shown" and doc["spec"]["env"] == {"GREETING": "hey"}
+        expect_error(cli("show", "shwon"), 4, "function 'shwon' not found", "shown")
+    finally:
+        cli("rm", "shown")
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("describe", "show"), ("list", "ls"), ("delete", "rm"), ("remove", "rm"), ("call", "invoke"), ("run", "invoke"),
+     ("log", "logs"), ("status", "doctor"), ("version", "info")],  # fmt: skip
+)
+def test_another_platforms_command_name_is_answered_with_spanfaas_one(cli: Any, typed: str, meant: str) -> None:
+    """``spanfaas describe hello``, ``spanfaas list``, ``spanfaas delete hello`` (kubectl's, other
+    FaaS CLIs' words): "No such command", or a suggestion only by spelling ('bogus': 'logs')."""
+    r = cli(typed, "hello")
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert f"No such command '{typed}'. Did you mean '{meant}'?" in r.stderr, r.stderr
+    r = cli(typed, "--json")
+    assert r.exit_code == 2 and f"Did you mean '{meant}'?" in json.loads(r.stdout)["detail"]

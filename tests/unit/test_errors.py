@@ -120,3 +120,14 @@ def test_a_message_names_few_deployed_functions_and_counts_many() -> None:
     # The hint names the CLI command, as those of images, triggers and dead letters do (it was
     # 'GET /v1/functions lists them', shown to a user of `spanfaas invoke` who had mistyped a name).
     assert errors.like_deployed("zzz", many) == "none of the 1000 deployed functions has a name like it (`spanfaas ls` lists them)"
+
+
+def test_a_message_of_few_deployed_functions_says_which_one_a_near_miss_meant() -> None:
+    """``spanfaas invoke helo`` answered "deployed: async-fetch, hello, json-transform,
+    numpy-stats": the name meant was there, not said; many functions had it said."""
+    few = ["async-fetch", "hello", "json-transform", "numpy-stats"]
+    assert errors.like_deployed("helo", few) == "deployed: async-fetch, hello, json-transform, numpy-stats; did you mean hello?"
+    assert errors.like_deployed("Hello", few).endswith("; did you mean hello?")  # names are lowercase: a capital is a near miss
+    assert errors.like_deployed("json_transform", few).endswith("; did you mean json-transform?")
+    assert errors.like_deployed("zzz", few) == "deployed: async-fetch, hello, json-transform, numpy-stats"
+    assert errors.like_deployed("ordres", ["orders"]) == "deployed: orders"  # the list of one is the suggestion

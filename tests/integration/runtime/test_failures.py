@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import zlib
 from pathlib import Path
 
 import pytest
@@ -591,3 +592,44 @@ async def test_a_single_file_without_a_handler_says_to_define_one_there(harness:
     assert "define def handler(event, context) in resize.py" in message
     assert "or deploy a directory with a spanfaas.toml that names your function" in message
     assert "set handler" not in message
+
+
+@pytest.mark.parametrize(
+    ("signature", "said"),
+    [
+        ("(event)", "takes 1 argument (event)"),  # Lambda-style habit, or a forgotten context
+        ("()", "takes no arguments"),
+        ("(event, context, extra)", "needs 3 arguments (event, context, extra)"),
+    ],
+)
+async def test_a_handler_that_cannot_take_event_and_context_is_refused_at_deploy(harness: Harness, signature: str, said: str) -> None:
+    """``def handler(event)`` deployed fine, then every call failed with "TypeError: handler()
+    takes 1 positional argument but 2 were given" under a frame of the platform's
+    (spanfaas/runtime/instance.py): the fix -- the signature -- is said at deploy instead."""
+    name = f"sig{len(signature)}"
+    with pytest.raises(InvalidBundle, match=r"handler\(\) in handler\.py " + said.replace("(", r"\(").replace(")", r"\)")) as info:
+        await harness.deploy(name, f"def handler{signature}:\n    return 1\n")
+    assert "spanfaas calls handler(event, context)" in info.value.message, info.value.message
+    assert "def handler(event, context)" in info.value.message
+    trace = str(info.value.extra.get("traceback", ""))
+    assert "spanfaas" not in trace and "Traceback" not in trace, trace
+    assert name not in harness.rt.functions()
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "def handler(event, context=None):\n    return 1\n",
+        "def handler(*args):\n    return len(args)\n",
+        "def handler(event, context, extra=1):\n    return 1\n",
+        "async def handler(event, context):\n    return 1\n",
+        "def _h(event, context):\n    return 1\nhandler = lambda e, c: _h(e, c)\n",
+        "import functools\ndef deco(f):\n    @functools.wraps(f)\n    def inner(*a, **k):\n        return f(*a, **k)\n    return inner\n@deco\ndef handler(event, context):\n    return 1\n",
+        "class _H:\n    def __call__(self, event, context):\n        return 1\nhandler = _H()\n",
+    ],
+)
+async def test_handlers_that_take_event_and_context_are_deployed(harness: Harness, code: str) -> None:
+    name = f"sigok{zlib.crc32(code.encode())}"
+    await harness.deploy(name, code)
+    assert name in harness.rt.functions()
+    await harness.rt.remove(name)

@@ -168,6 +168,24 @@ async def test_its_own_changes_are_not_applied_twice(tmp_path: Path, request: py
         assert b.infra.deploys == ["fn", "fn"] or b.infra.deploys == ["fn"]  # version 1, if b saw it before 2
 
 
+async def test_a_version_tried_again_is_logged_as_a_retry_not_as_another_gateways_deploy(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On one gateway alone, a function that failed to load at start-up was logged, at each retry,
+    as "could not deploy function 'fn' (version 1, deployed through another gateway)": there
+    was no other gateway; the retry says it is one."""
+    monkeypatch.setattr(coherence, "RETRY", (0.05, 0.2))
+    caplog.set_level("INFO", logger="spanfaas.gateway")
+    async with pair("sqlite", tmp_path, request, data_b="data-b") as (a, b):
+        v1 = bundle(tmp_path, 1)
+        await asyncio.to_thread(a.store.put_function, "fn", sha256(v1), FunctionSpec(name="fn", isolation="reuse"))
+        await until(lambda: _true("tried again" in caplog.text), 3, "b has tried it again and failed")
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("could not deploy function 'fn'")]
+    retried = [f for f in failures if "(version 1, tried again)" in f]
+    first = [f for f in failures if "(version 1, deployed through another gateway)" in f]
+    assert retried and len(first) <= 2 and len(first) + len(retried) == len(failures), failures  # a first try on each gateway
+
+
 async def _true(value: bool) -> bool:
     return value
 
