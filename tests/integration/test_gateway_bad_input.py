@@ -64,10 +64,22 @@ def escaping_bundle() -> bytes:
     return buf.getvalue()
 
 
+def deep_bundle() -> bytes:
+    """A member 1,200 directories down: unpacking it recursed past Python's limit (a 500)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("spanfaas.toml", b'name = "echo"\n'), ("d/" * 1200 + "f.py", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 CASES = {
     "malformed bundle": ("PUT", "/v1/functions/echo", {"content": b"PK\x03\x04 not really a zip"}, 400, "damaged"),
     "not an archive": ("PUT", "/v1/functions/echo", {"content": b"hello"}, 400, "neither a tar.gz nor a zip"),
     "escaping bundle": ("PUT", "/v1/functions/echo", {"content": escaping_bundle()}, 400, "outside the bundle"),
+    "deep bundle": ("PUT", "/v1/functions/echo", {"content": deep_bundle()}, 400, "is 1201 parts deep; at most 128 are allowed"),
     "oversize bundle": ("PUT", "/v1/functions/echo", {"content": b"\x1f\x8b" + bytes(200_000)}, 413, "the bundle is 195.3 KiB; the limit is max_bundle = 128.0 KiB"),
     "unknown function": ("POST", "/v1/functions/nope/invoke", {"json": {}}, 404, "function 'nope' not found; deployed: echo"),
     "oversize payload": ("POST", "/v1/functions/echo/invoke", {"content": b"1" * 100_000}, 413, "the payload is 97.7 KiB; the limit is max_payload = 64.0 KiB"),
