@@ -93,6 +93,11 @@ CASES = {
                        "of the config file (SPANFAAS_CONFIG))"),
     "invalid JSON": ("POST", "/v1/functions/echo/invoke", {"content": b'{"a": 1,}'}, 400, "not valid JSON"),
     "invalid JSON async": ("POST", "/v1/functions/echo/invoke?mode=async", {"content": b"[1"}, 400, "not valid JSON"),
+    # Valid JSON the runtime's decoder cannot give the function: was a 500 'Function raised an
+    # exception' (msgspec.ValidationError, from before the handler ran), recorded as its failure.
+    "number out of range": ("POST", "/v1/functions/echo/invoke", {"content": b'{"a": 1e400}'}, 400, "out of range"),
+    "integer too long": ("POST", "/v1/functions/echo/invoke", {"content": b"[" + b"7" * 5000 + b"]"}, 400, "out of range"),
+    "number out of range async": ("POST", "/v1/functions/echo/invoke?mode=async", {"content": b"[-1E+309]"}, 400, "out of range"),
     "no token": ("GET", "/v1/functions", {"headers": {"authorization": ""}}, 401, "Authorization: Bearer"),
     "wrong token": ("POST", "/v1/functions/echo/invoke", {"json": {}, "headers": {"authorization": "Bearer sf_nope"}}, 401, "not valid"),
 }
