@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +140,55 @@ def test_wrong_scope(gateway: GatewayProcess, client: httpx.Client, tmp_path: Pa
     r = client.post("/v1/tokens", json={"name": "x", "scopes": ["admin"]}, headers=h)
     assert r.status_code == 403 and "needs scope 'admin'" in r.json()["detail"]
     assert snapshot(gateway, client) == before
+
+
+def raw_request(gateway: GatewayProcess, data: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send ``data`` as it is on a socket of its own; the status line, headers and body answered."""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # it may answer before reading all
+            sock.sendall(data)
+        got = b""
+        while b"\r\n\r\n" not in got or len(got) < got.index(b"\r\n\r\n") + 4 + _length(got):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.decode().lower(): v.decode() for k, _, v in (line.partition(b": ") for line in lines)}
+    return status, headers, body
+
+
+def _length(got: bytes) -> int:
+    for line in got.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def test_a_request_head_past_1_mib_is_a_431_problem(gateway: GatewayProcess, client: httpx.Client) -> None:
+    """The request line and headers were taken at any size: one 64 MiB header took the gateway
+    from 56 to 188 MB, before any token was checked (/healthz answered it 200)."""
+    status, headers, body = raw_request(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), (status, body)
+    assert headers["content-type"] == "application/problem+json" and headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["status"] == 431 and "1.0 MiB" in problem["detail"], problem
+    big = {"x-big": "a" * 200_000}  # within the limit: taken
+    assert client.post("/v1/functions/echo/invoke", json={"ok": 1}, headers=big).json() == {"ok": 1}
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: \x00\x01\r\n\r\n",
+     b"POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"],
+    ids=["request line", "header bytes", "chunk size"],
+)
+def test_a_request_that_is_not_http_is_a_400_problem(gateway: GatewayProcess, request_bytes: bytes) -> None:
+    """uvicorn answered these with a text/plain 'Invalid HTTP request received.'"""
+    status, headers, body = raw_request(gateway, request_bytes)
+    assert status.startswith(b"HTTP/1.1 400 "), (status, body)
+    assert headers["content-type"] == "application/problem+json", headers
+    problem = json.loads(body)
+    assert problem["status"] == 400 and "not valid HTTP/1.1" in problem["detail"], problem
