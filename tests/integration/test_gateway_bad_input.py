@@ -175,6 +175,7 @@ def test_a_request_head_past_1_mib_is_a_431_problem(gateway: GatewayProcess, cli
     assert headers["content-type"] == "application/problem+json" and headers["connection"] == "close"
     problem = json.loads(body)
     assert problem["status"] == 431 and "1.0 MiB" in problem["detail"], problem
+    assert "431" in client.get("/openapi.json").json()["info"]["description"]
     big = {"x-big": "a" * 200_000}  # within the limit: taken
     assert client.post("/v1/functions/echo/invoke", json={"ok": 1}, headers=big).json() == {"ok": 1}
 
