@@ -241,10 +241,11 @@ class Registry:
         return record
 
     async def settled(self) -> None:
-        """Wait for the deploys whose callers gave up to end (a stop waits for them, as for a
-        remove's, before the infrastructure closes under them)."""
-        while self._switches or self._removals:
-            await asyncio.wait([*self._switches, *self._removals])
+        """Wait for the deploys' switches in progress to end (a stop waits for them before the
+        infrastructure closes under them; each ends within a store write and a deploy).  Not for
+        the removes: theirs waits for the calls running to drain, up to a function's timeout."""
+        while self._switches:
+            await asyncio.wait(list(self._switches))
 
     def _with_image(self, name: str, spec: FunctionSpec, bundle: Bundle, actor: str) -> AbstractAsyncContextManager[Bundle]:
         """The bundle with the image its manifest asks for (checked against the curated
