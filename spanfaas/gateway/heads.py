@@ -33,6 +33,10 @@ MAX_HEAD = 1 << 20
 body's first bytes that arrive with them)."""
 
 
+LINGER = 5.0
+"""Seconds a refused connection is read (and what comes dropped) before it is closed."""
+
+
 class HeadTooLarge(InvalidRequest):
     status, slug, title = 431, "request-head-too-large", "Request header fields too large"
 
@@ -76,7 +80,7 @@ class GatewayHttpProtocol(CorkedHttpToolsProtocol):
         ))  # fmt: skip
 
     def _refuse(self, exc: SpanfaasError) -> None:
-        """Answer ``exc`` as a problem and close the connection (what it sends next is not read)."""
+        """Answer ``exc`` as a problem and close the connection (what it sends next is dropped)."""
         self._refused = True
         client = "%s:%d" % self.client if self.client else "a client"
         log.warning("%s: answered %d before its request was read: %s", client, exc.status, exc.message)
@@ -91,4 +95,9 @@ class GatewayHttpProtocol(CorkedHttpToolsProtocol):
             body,
         ])  # fmt: skip
         self.transport.write(b"".join(content))
-        self.transport.close()
+        # Not closed at once: what the client is still sending (the rest of its head) would be
+        # unread, and the kernel would answer it with a reset that can discard the answer before
+        # the client reads it.  Its end is sent; what comes is read and dropped for a while.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
