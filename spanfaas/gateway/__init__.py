@@ -7,7 +7,8 @@ Modules: ``app`` (wiring, lifespan), ``api`` (endpoint table), ``invoke``
 (hot path), ``listing`` (the invocation listing, in pages), ``auth``, ``problems``, ``registry`` (deploys), ``coherence``
 (other gateways' deploys and removes, on a shared store), ``bundle``
 (pack/unpack), ``dispatcher`` + ``recorder`` (async queue, batched writes),
-``metrics``, ``openapi``, ``views`` (wire messages), ``server`` (uvicorn).
+``metrics``, ``openapi``, ``views`` (wire messages), ``server`` (uvicorn), ``corking`` +
+``heads`` (its HTTP protocol: one write per response, request heads capped).
 """
 
 from spanfaas.gateway.app import Gateway, create_app

@@ -151,6 +151,8 @@ class Gateway:
             await self.early.close()
         async with slow_step("the dispatcher"):
             await self.dispatcher.stop(grace=self.grace_left())
+        async with slow_step("the deploys whose callers gave up"):
+            await self.registry.settled()  # before the infrastructure closes under them
         async with slow_step("coherence"):
             await self.coherence.stop()  # after the dispatcher: its runs may wait for a reconcile
         async with slow_step("the recorder"):

@@ -20,7 +20,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size
+from spanfaas.errors import InvalidBundle, InvalidManifest, PayloadTooLarge, format_size, format_sizes
 from spanfaas.model import MANIFEST_NAME, FunctionSpec, manifest_text, missing_manifest, parse_manifest, single_file_manifest
 
 __all__ = ["DISK_FAULTS", "UNPACK_FACTOR", "find_root", "handler_path", "largest_files", "load_bundle_spec", "pack_function", "unpack"]
@@ -30,6 +30,16 @@ SKIP_SUFFIXES = (".pyc", ".pyo")
 UNPACK_FACTOR = 8
 """An archive may unpack to at most this many times the bundle limit."""
 MAX_MEMBERS = 20_000
+MAX_DEPTH = 128
+"""Directories a member's path may go down: deeper, unpacking it recursed past Python's limit."""
+MAX_PART = 255
+"""Bytes of one part of a member's path (a file system's NAME_MAX)."""
+MAX_PATH = 1024
+"""Bytes of a member's path: with the data dir's path before it, within a file system's PATH_MAX."""
+MAX_HEADER = 1 << 20
+"""Bytes of one extended tar header (a pax header, a GNU long name), which tarfile reads whole."""
+HEADER_ROOM = MAX_MEMBERS * 4096
+"""What a tar stream may hold besides its files' bytes: each member's headers and padding."""
 DISK_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE})
 """What writing an unpack may meet that is the gateway's disk failing, not the bundle."""
 
@@ -146,15 +156,96 @@ def _check_name(name: str) -> str:
     norm = posixpath.normpath(name.replace("\\", "/"))
     if norm == ".." or norm.startswith("../") or "/../" in f"/{name.replace(chr(92), '/')}/":
         raise InvalidBundle(f"bundle member '{name}' leads outside the bundle ('..'); repack without it")
+    parts = norm.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise InvalidBundle(f"bundle member '{_shown(name)}' is {len(parts)} parts deep; at most {MAX_DEPTH} are allowed")
+    longest = max(len(part.encode(errors="surrogateescape")) for part in parts)
+    if longest > MAX_PART:
+        raise InvalidBundle(
+            f"bundle member '{_shown(name)}' has a part of {longest} bytes; at most {MAX_PART} are allowed "
+            "(the longest name a file system takes)"
+        )
+    if (size := len(norm.encode(errors="surrogateescape"))) > MAX_PATH:
+        raise InvalidBundle(f"bundle member '{_shown(name)}' is {size:,} bytes long; at most {MAX_PATH:,} are allowed")
     return norm
 
 
+def _shown(name: str) -> str:
+    """A member's name as a message shows it: a long one by its ends."""
+    return name if len(name) <= 120 else f"{name[:40]}…{name[-60:]}"
+
+
+class _Inflating(io.RawIOBase):
+    """A tar.gz bundle's tar stream, for tarfile: inflated as tarfile reads it, never past
+    what the bundle may unpack to (with its headers), and never in one read of more than
+    ``MAX_HEADER``.  tarfile reads an extended header (a pax header, a GNU long name) whole,
+    in one read of the size its header gives: unbounded, 64 KiB of gzip made 64 MiB of the
+    gateway's memory; and headers alone (directories, links) did not count towards the cap."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self._gz = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._gz.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._limit + 1 - self._gz.tell()
+        elif size > MAX_HEADER:
+            have, allowed = format_sizes(size, MAX_HEADER)
+            raise InvalidBundle(f"the bundle has a tar header of {have}; at most {allowed} is allowed (repack it with tar or `spanfaas deploy`)")
+        out = self._gz.read(min(size, self._limit + 1 - self._gz.tell()))
+        self._check()
+        return out
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._gz.tell() + offset if whence == io.SEEK_CUR else -1
+        if target < 0:
+            raise io.UnsupportedOperation("only seeks from the start or the current position")
+        self._gz.seek(min(target, self._limit + 1))
+        self._check()
+        return self._gz.tell()
+
+    def finish(self) -> None:
+        """Read the stream to its end: gzip checks its length and CRC there (a bundle cut short,
+        or changed, is damaged), and what follows the tar's end counts towards the cap."""
+        while self._gz.read(1 << 20):
+            self._check()
+
+    def _check(self) -> None:
+        if self._gz.tell() > self._limit:
+            raise _too_large(self._limit - HEADER_ROOM)
+
+    def close(self) -> None:
+        self._gz.close()
+        super().close()
+
+
+def _too_large(max_size: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the bundle unpacks to more than {format_size(max_size)} ({UNPACK_FACTOR} × max_bundle); "
+        "make it smaller or raise SPANFAAS_MAX_BUNDLE"
+    )
+
+
 def _unpack_tar(data: bytes, dest: Path, max_size: int) -> None:
-    compressed = data[:2] == b"\x1f\x8b"
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz" if compressed else "r:") as tar:
-        members = tar.getmembers()
-        if len(members) > MAX_MEMBERS:
-            raise InvalidBundle(f"the bundle has {len(members)} members; at most {MAX_MEMBERS} are allowed")
+    stream: io.RawIOBase | io.BytesIO
+    stream = _Inflating(data, max_size + HEADER_ROOM) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+    with stream, tarfile.open(fileobj=stream, mode="r:") as tar:
+        members = []
+        while (m := tar.next()) is not None:  # one by one: the count is checked as they come
+            members.append(m)
+            if len(members) > MAX_MEMBERS:
+                raise InvalidBundle(f"the bundle has more than {MAX_MEMBERS} members; at most {MAX_MEMBERS} are allowed")
+        if isinstance(stream, _Inflating):
+            stream.finish()
         total = 0
         for m in members:
             norm = _check_name(m.name)
@@ -169,10 +260,7 @@ def _unpack_tar(data: bytes, dest: Path, max_size: int) -> None:
                     raise InvalidBundle(f"bundle member '{m.name}' links to '{m.linkname}', outside the bundle")
             total += max(m.size, 0)
             if total > max_size:
-                raise PayloadTooLarge(
-                    f"the bundle unpacks to more than {format_size(max_size)} ({UNPACK_FACTOR} × max_bundle); "
-                    "make it smaller or raise SPANFAAS_MAX_BUNDLE"
-                )
+                raise _too_large(max_size)
         tar.extractall(dest, members=members, filter="data")
 
 

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["InvokeEndpoint", "logs_header", "read_body", "too_large", "tried_header"]
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
+_decode_json = msgspec.json.decode
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
 
@@ -89,6 +90,23 @@ async def read_body(receive: Receive, limit: int, what: str = "payload", setting
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def out_of_range(body: bytes) -> InvalidPayload | None:
+    """Why a JSON body the gateway took (its structure checked, ``msgspec.Raw``) cannot be
+    decoded for the function: a number out of range (past a float's ±1.8e308, or an integer
+    of more than 4,300 digits, Python's limit), which the runtime's decoder refuses before the
+    handler runs -- a 500 'the function raised' before.  Decoded whole only where that is
+    cheap next to the rest (an async call, queued in the store) or the call failed so."""
+    try:
+        _decode_json(body)
+    except (msgspec.ValidationError, ValueError) as exc:
+        return InvalidPayload(
+            f"the request body has a number out of range ({exc}): JSON numbers reach the function as Python "
+            "floats (at most ±1.8e308) or integers (at most 4,300 digits); send it as a string, or send the "
+            "body as bytes with Content-Type: application/octet-stream"
+        )
+    return None
 
 
 def too_large(what: str, setting: str | None, limit: int, size: int | None = None) -> PayloadTooLarge:
@@ -205,6 +223,8 @@ class InvokeEndpoint:
                         "the request body is JSON nested too deeply to decode; flatten it, "
                         "or send it as bytes with Content-Type: application/octet-stream"
                     ) from None
+                if is_async and (wrong := out_of_range(body)) is not None:
+                    raise wrong  # checked whole before it is queued (the store's write costs more)
         except SpanfaasError:
             if started:
                 early.release(name)  # nothing will run: let go of what the prewarm prepared
@@ -284,6 +304,9 @@ class InvokeEndpoint:
         finally:
             in_flight[name] -= 1
             gw.recorder.end(invocation_id)  # (its outcome is added with no await in between: never unlisted)
+        if result.error is not None and result.error.type.endswith("ValidationError") and self._is_json(content_type):
+            if (wrong := out_of_range(body)) is not None:  # the event never reached the function
+                raise wrong
         elapsed = time.perf_counter() - t0
         gw.metrics.observe(name, result, elapsed)
         if prewarmed:

@@ -41,6 +41,16 @@ _METHOD_NOT_ALLOWED = {
     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
 
+_HEAD_TOO_LARGE = {
+    "description": "The request line and headers are over 1 MiB (heads.py): the connection is closed",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+_NOT_HTTP = {
+    "description": "The request is not HTTP/1.1 (a request line, a header or a chunk size that cannot be parsed): "
+                   "the connection is closed",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
 
 _NO_STORE = frozenset({"/metrics", "/healthz", "/openapi.json"})
 """Paths answered without the store (``/metrics`` says it is down in a gauge); every other
@@ -120,12 +130,14 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
             "version": spanfaas.__version__,
             "description": "A self-hostable serverless platform for Python. Errors are RFC 9457 problem documents. "
             "A method a path does not serve answers 405 with Allow (components/responses/MethodNotAllowed); "
-            "a path with a trailing slash answers 404, naming the path without it.",
+            "a path with a trailing slash answers 404, naming the path without it; a request whose line and "
+            "headers are over 1 MiB answers 431 and a request that is not HTTP/1.1 400, on every path, before it "
+            "is routed (components/responses/RequestHeadTooLarge, NotHttp).",
         },
         "paths": paths,
         "components": {
             "schemas": components,
-            "responses": {"MethodNotAllowed": _METHOD_NOT_ALLOWED},
+            "responses": {"MethodNotAllowed": _METHOD_NOT_ALLOWED, "RequestHeadTooLarge": _HEAD_TOO_LARGE, "NotHttp": _NOT_HTTP},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -6,7 +6,9 @@ only then adds the version to the store, with its bundle, so the old version
 serves until the new one is up and a failed deploy changes nothing: when the store
 fails to record a version the infrastructure took, that one is taken off again and
 the version before put back (``_take_back``), so no version runs that no record
-has (it would serve until the next restart, then vanish).  At start-up
+has (it would serve until the next restart, then vanish).  That switch, from the
+infrastructure's deploy to the store's record (or the take-back), is not cut by a
+cancel (``_switch_whole``): the caller's cancel is raised once it ended.  At start-up
 every stored function is deployed again, so a restarted gateway serves what it
 had.  Deploys and removes through other gateways sharing the store reach this
 one through ``reconcile`` (called by ``coherence.Coherence``); the bundles come
@@ -79,6 +81,9 @@ class Registry:
         """Names whose removal has started here: not found, not deployed again from the store."""
         self._removals: set[asyncio.Task[FunctionRecord]] = set()
         """Removes in progress, held until they end (their callers may have given up)."""
+        self._switches: set[asyncio.Task[FunctionRecord]] = set()
+        """Deploys between the infrastructure's deploy and the store's record, run to their end
+        (``_switch_whole``)."""
 
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
@@ -176,22 +181,71 @@ class Registry:
                     await asyncio.to_thread(self.bundles.release, bundle.digest, name)  # held by what runs it
                     return latest, False
                 async with self._with_image(name, spec, bundle, actor) as bundle:
-                    await self.infra.deploy(spec, bundle)
-                    try:
-                        record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
-                    except Exception as exc:  # a trigger name taken meanwhile (the store's check is the one that holds), or the store failed
-                        now = await self._take_back(name, exc)
-                        if isinstance(exc, Conflict):
-                            raise
-                        raise not_recorded(name, exc, now) from exc
+                    record, cancel = await self._switch_whole(name, spec, bundle, data)
             except BaseException:
                 await asyncio.to_thread(self._let_go, name, bundle.digest)
                 raise
-            if spec.image is None and self.images is not None:
-                self.images.forget(name)  # an earlier version here may have run on an image
-            self.functions[name] = record
-            self.failed.pop(name, None)
-            return record, True
+        if cancel is not None:  # the version switched to whole; the caller's cancel goes on now
+            raise cancel
+        return record, True
+
+    async def _switch_whole(
+        self, name: str, spec: FunctionSpec, bundle: Bundle, data: bytes
+    ) -> tuple[FunctionRecord, asyncio.CancelledError | None]:
+        """``_switch``, run to its end even when the deploy is cancelled meanwhile (its request
+        cut short at a stop, its caller gone): cut between the infrastructure's deploy and the
+        store's write, or during the take-back, it left the infrastructure running a version
+        the store never recorded, or the store a version this gateway did not serve (the
+        store's write goes on in its thread whatever happens to its caller).  The version
+        deployed and the cancel that came meanwhile, raised by the caller once the deploy's
+        holds are settled (the bundle, the image: the version is recorded and runs on them)."""
+        switch = asyncio.get_running_loop().create_task(self._switch(name, spec, bundle, data))
+        self._switches.add(switch)
+        switch.add_done_callback(self._switches.discard)
+        try:
+            return await asyncio.shield(switch), None
+        except asyncio.CancelledError as exc:
+            if switch.cancelled():
+                raise  # the switch itself cancelled (the event loop closing): nothing to wait for
+            cancel = exc
+        while not switch.done():
+            try:
+                await asyncio.wait([switch])
+            except asyncio.CancelledError:
+                continue  # cancelled again: the cancel is raised once the switch ended
+        if switch.cancelled() or (failure := switch.exception()) is not None:
+            if not switch.cancelled():
+                log.warning("function %r: a deploy cancelled while the store recorded its version was not "
+                            "deployed: %s: %s", name, type(failure).__name__, failure)  # fmt: skip
+            raise cancel
+        record = switch.result()
+        log.info("function %r: a deploy cancelled while the store recorded its version went through: "
+                 "version %d serves", name, record.version)  # fmt: skip
+        return record, cancel
+
+    async def _switch(self, name: str, spec: FunctionSpec, bundle: Bundle, data: bytes) -> FunctionRecord:
+        """Deploy the new version on the infrastructure, then record it in the store; one the
+        store fails to record is taken back off the infrastructure (``_take_back``)."""
+        await self.infra.deploy(spec, bundle)
+        try:
+            record = await asyncio.to_thread(self.store.put_function, name, bundle.digest, spec, bundle=data)
+        except Exception as exc:  # a trigger name taken meanwhile (the store's check is the one that holds), or the store failed
+            now = await self._take_back(name, exc)
+            if isinstance(exc, Conflict):
+                raise
+            raise not_recorded(name, exc, now) from exc
+        if spec.image is None and self.images is not None:
+            self.images.forget(name)  # an earlier version here may have run on an image
+        self.functions[name] = record
+        self.failed.pop(name, None)
+        return record
+
+    async def settled(self) -> None:
+        """Wait for the deploys' switches in progress to end (a stop waits for them before the
+        infrastructure closes under them; each ends within a store write and a deploy).  Not for
+        the removes: theirs waits for the calls running to drain, up to a function's timeout."""
+        while self._switches:
+            await asyncio.wait(list(self._switches))
 
     def _with_image(self, name: str, spec: FunctionSpec, bundle: Bundle, actor: str) -> AbstractAsyncContextManager[Bundle]:
         """The bundle with the image its manifest asks for (checked against the curated

@@ -25,7 +25,7 @@ from spanfaas.model import load_manifest
 from spanfaas.store import open_store
 from spanfaas.gateway.app import Gateway, create_app
 from spanfaas.gateway.bundle import pack_function
-from spanfaas.gateway.corking import CorkedHttpToolsProtocol
+from spanfaas.gateway.heads import GatewayHttpProtocol
 from spanfaas.gateway.preflight import bind_http
 from spanfaas.gateway.stacks import install_stack_dump, slow_step
 
@@ -235,7 +235,7 @@ async def _serve(
                 app,
                 host=settings.host,
                 port=settings.port,
-                http=CorkedHttpToolsProtocol,  # httptools, one write per response
+                http=GatewayHttpProtocol,  # httptools, one write per response, heads capped (heads.py)
                 lifespan="on",
                 access_log=False,
                 proxy_headers=False,

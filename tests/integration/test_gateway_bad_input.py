@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,10 +67,22 @@ def escaping_bundle() -> bytes:
     return buf.getvalue()
 
 
+def deep_bundle() -> bytes:
+    """A member 1,200 directories down: unpacking it recursed past Python's limit (a 500)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("spanfaas.toml", b'name = "echo"\n'), ("d/" * 1200 + "f.py", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 CASES = {
     "malformed bundle": ("PUT", "/v1/functions/echo", {"content": b"PK\x03\x04 not really a zip"}, 400, "damaged"),
     "not an archive": ("PUT", "/v1/functions/echo", {"content": b"hello"}, 400, "neither a tar.gz nor a zip"),
     "escaping bundle": ("PUT", "/v1/functions/echo", {"content": escaping_bundle()}, 400, "outside the bundle"),
+    "deep bundle": ("PUT", "/v1/functions/echo", {"content": deep_bundle()}, 400, "is 1201 parts deep; at most 128 are allowed"),
     "oversize bundle": ("PUT", "/v1/functions/echo", {"content": b"\x1f\x8b" + bytes(200_000)}, 413, "the bundle is 195.3 KiB; the limit is max_bundle = 128.0 KiB"),
     "unknown function": ("POST", "/v1/functions/nope/invoke", {"json": {}}, 404, "function 'nope' not found; deployed: echo"),
     "oversize payload": ("POST", "/v1/functions/echo/invoke", {"content": b"1" * 100_000}, 413, "the payload is 97.7 KiB; the limit is max_payload = 64.0 KiB"),
@@ -81,6 +96,11 @@ CASES = {
                        "of the config file (SPANFAAS_CONFIG))"),
     "invalid JSON": ("POST", "/v1/functions/echo/invoke", {"content": b'{"a": 1,}'}, 400, "not valid JSON"),
     "invalid JSON async": ("POST", "/v1/functions/echo/invoke?mode=async", {"content": b"[1"}, 400, "not valid JSON"),
+    # Valid JSON the runtime's decoder cannot give the function: was a 500 'Function raised an
+    # exception' (msgspec.ValidationError, from before the handler ran), recorded as its failure.
+    "number out of range": ("POST", "/v1/functions/echo/invoke", {"content": b'{"a": 1e400}'}, 400, "out of range"),
+    "integer too long": ("POST", "/v1/functions/echo/invoke", {"content": b"[" + b"7" * 5000 + b"]"}, 400, "out of range"),
+    "number out of range async": ("POST", "/v1/functions/echo/invoke?mode=async", {"content": b"[-1E+309]"}, 400, "out of range"),
     "no token": ("GET", "/v1/functions", {"headers": {"authorization": ""}}, 401, "Authorization: Bearer"),
     "wrong token": ("POST", "/v1/functions/echo/invoke", {"json": {}, "headers": {"authorization": "Bearer sf_nope"}}, 401, "not valid"),
 }
@@ -120,3 +140,56 @@ def test_wrong_scope(gateway: GatewayProcess, client: httpx.Client, tmp_path: Pa
     r = client.post("/v1/tokens", json={"name": "x", "scopes": ["admin"]}, headers=h)
     assert r.status_code == 403 and "needs scope 'admin'" in r.json()["detail"]
     assert snapshot(gateway, client) == before
+
+
+def raw_request(gateway: GatewayProcess, data: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send ``data`` as it is on a socket of its own; the status line, headers and body answered."""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # it may answer before reading all
+            sock.sendall(data)
+        got = b""
+        while b"\r\n\r\n" not in got or len(got) < got.index(b"\r\n\r\n") + 4 + _length(got):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {k.decode().lower(): v.decode() for k, _, v in (line.partition(b": ") for line in lines)}
+    return status, headers, body
+
+
+def _length(got: bytes) -> int:
+    for line in got.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def test_a_request_head_past_1_mib_is_a_431_problem(gateway: GatewayProcess, client: httpx.Client) -> None:
+    """The request line and headers were taken at any size: one 64 MiB header took the gateway
+    from 56 to 188 MB, before any token was checked (/healthz answered it 200)."""
+    status, headers, body = raw_request(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), (status, body)
+    assert headers["content-type"] == "application/problem+json" and headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["status"] == 431 and "1.0 MiB" in problem["detail"], problem
+    assert "431" in client.get("/openapi.json").json()["info"]["description"]
+    big = {"x-big": "a" * 200_000}  # within the limit: taken
+    assert client.post("/v1/functions/echo/invoke", json={"ok": 1}, headers=big).json() == {"ok": 1}
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: \x00\x01\r\n\r\n",
+     b"POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"],
+    ids=["request line", "header bytes", "chunk size"],
+)
+def test_a_request_that_is_not_http_is_a_400_problem(gateway: GatewayProcess, request_bytes: bytes) -> None:
+    """uvicorn answered these with a text/plain 'Invalid HTTP request received.'"""
+    status, headers, body = raw_request(gateway, request_bytes)
+    assert status.startswith(b"HTTP/1.1 400 "), (status, body)
+    assert headers["content-type"] == "application/problem+json", headers
+    problem = json.loads(body)
+    assert problem["status"] == 400 and "not valid HTTP/1.1" in problem["detail"], problem

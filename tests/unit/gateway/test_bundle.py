@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import tarfile
@@ -152,3 +153,76 @@ def test_manifest_and_handler_checks(tmp_path: Path) -> None:
         load_bundle_spec(d, "fn")
     with pytest.raises(InvalidManifest, match="names the function 'fn' but it is deployed as 'other'"):
         load_bundle_spec(d, "other")
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("/".join(["d"] * 1200) + "/f.py", r"1201 parts deep; at most 128"),  # os.makedirs recursed past Python's limit: a 500
+        ("n" * 300 + ".py", r"a part of 303 bytes; at most 255"),  # "damaged: File name too long: '<the gateway's data dir>/…'"
+        ("d/" * 100 + "x" * 200 + "/" + "y" * 250 + "/" + "z" * 250 + "/" + "w" * 250 + "/f.py", r"1,158 bytes long; at most 1,024"),
+    ],
+)
+def test_member_paths_no_file_system_takes_are_refused_by_name(tmp_path: Path, fmt: str, name: str, match: str) -> None:
+    """Before, a path too deep made the unpack recurse past Python's limit (a 500 with a bare
+    RecursionError in the log), and a name part or a path too long for the file system was
+    'damaged', naming the gateway's own data directory."""
+    if fmt == "tar":
+        data = tar_gz([MANIFEST, (member(name), b"x")])
+    else:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("spanfaas.toml", 'name = "fn"\n')
+            zf.writestr(name, "x")
+        data = buf.getvalue()
+    with pytest.raises(InvalidBundle, match=match) as caught:
+        unpack(data, tmp_path / "out", max_size=10**6)
+    assert str(tmp_path) not in caught.value.message
+
+
+def gzip_of(blocks: list[bytes], zeros: int = 0) -> bytes:
+    """A gzip stream of ``blocks`` then ``zeros`` zero bytes, without holding them (they compress ~1000:1)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as gz:
+        for block in blocks:
+            gz.write(block)
+        chunk = bytes(1 << 20)
+        for start in range(0, zeros, len(chunk)):
+            gz.write(chunk[: zeros - start])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_a_huge_extended_header_is_refused_before_it_is_read(tmp_path: Path, kind: bytes) -> None:
+    """tarfile reads a pax header or a GNU long name whole, into memory: 64 MiB of zeros in one
+    took 64 MiB of the gateway's memory for a 64 KiB bundle (up to 64 GiB for one under the
+    default max_bundle); a header is at most 1 MiB now, and refused as it is met."""
+    header = member("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink", kind)
+    header.size = 64 << 20
+    data = gzip_of([header.tobuf(format=tarfile.USTAR_FORMAT)], zeros=64 << 20)
+    assert len(data) < 100_000
+    with pytest.raises(InvalidBundle, match=r"a tar header of 64.0 MiB; at most 1.0 MiB"):
+        unpack(data, tmp_path / "out", max_size=10**9)
+
+
+def test_a_tar_stream_past_the_unpack_cap_is_refused_as_it_is_read(tmp_path: Path) -> None:
+    """Member headers alone (directories, links, empty files) never counted towards the cap on
+    the unpacked size: the whole stream was parsed before the member count was checked
+    (300,000 members of a 650 KiB bundle: 6 s and 170 MB of the gateway's)."""
+    entry = member("e", tarfile.DIRTYPE).tobuf(format=tarfile.USTAR_FORMAT)
+    data = gzip_of([entry * 30_000])
+    with pytest.raises(InvalidBundle, match=r"has more than 20000 members"):
+        unpack(data, tmp_path / "out", max_size=10**9)
+    with pytest.raises(PayloadTooLarge, match=r"unpacks to more than"):
+        unpack(gzip_of([entry * 100], zeros=200 << 20), tmp_path / "out2", max_size=100_000)
+
+
+def test_a_truncated_tar_gz_is_refused(tmp_path: Path) -> None:
+    """A bundle cut short (the end of its gzip stream lost) was deployed: tarfile stops at the
+    last member it finds, and nothing read the stream to its end, where gzip checks it."""
+    data = tar_gz([MANIFEST, (member("handler.py"), b"def handler(e, c):\n    return e\n")])
+    with pytest.raises(InvalidBundle, match=r"the tar.gz bundle is damaged: .*(ended|end-of-stream)"):
+        unpack(data[:-20], tmp_path / "out", max_size=10**6)
+    with pytest.raises(InvalidBundle, match=r"damaged: CRC check failed"):
+        unpack(data[:-8] + bytes(8), tmp_path / "out2", max_size=10**6)
