@@ -12,13 +12,15 @@ dir").  Without the sandbox, the host's paths, as before.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -249,8 +251,8 @@ def _memory_cgroup_of(pid: int) -> Path:
     raise AssertionError(f"pid {pid} is in no memory cgroup")
 
 
-@contextlib.contextmanager
-def _zygote_in_a_cgroup_of_its_own(h: Harness) -> Iterator[Path]:
+@contextlib.asynccontextmanager
+async def _zygote_in_a_cgroup_of_its_own(h: Harness) -> AsyncIterator[Path]:
     """Move the runtime's zygote (whose children the fitters are, unless they move) into a
     fresh memory cgroup, so that what is charged to the runtime while the test runs is
     that cgroup's alone; everything back (and the cgroup removed) at the end."""
@@ -266,7 +268,10 @@ def _zygote_in_a_cgroup_of_its_own(h: Harness) -> Iterator[Path]:
         yield memory
     finally:
         (home / "cgroup.procs").write_text(str(zygote.proc.pid))
-        for _ in range(100):  # its children forked meanwhile (a shell's reaper): back too
+        async with asyncio.timeout(10):  # a spare forked meanwhile: its fitter done (not moved back mid-join)
+            while zygote.pending_spares:
+                await asyncio.sleep(0.005)
+        for _ in range(100):  # what was forked meanwhile and stays (a shell's reaper): back too
             left = [int(x) for x in (memory / "cgroup.procs").read_text().split()]
             if not left:
                 break
@@ -288,7 +293,7 @@ async def test_the_copy_of_the_code_at_var_task_is_charged_to_the_functions_memo
     name = f"big-bundle-{network}"
     blob = 8 << 20
     spare = (await _spare_ready(h.rt))[1] if network == "none" else -1
-    with _zygote_in_a_cgroup_of_its_own(h) as runtime:
+    async with _zygote_in_a_cgroup_of_its_own(h) as runtime:
         before = _charged(runtime)
         await h.deploy(name, WHERE, f'isolation = "reuse"\nnetwork = "{network}"\n', **{"blob.txt": "x" * blob})
         seen = await _where(h, name)
@@ -302,3 +307,28 @@ async def test_the_copy_of_the_code_at_var_task_is_charged_to_the_functions_memo
     assert after["shmem"] - before["shmem"] < blob // 2, (before, after)
     assert after["usage"] - before["usage"] < blob, (before, after)
     await h.rt.remove(name)
+
+
+async def test_a_spare_whose_waiting_fitter_died_still_starts_with_the_copy_charged_to_the_function(
+    sandboxed_rt: tuple[Harness, Path],
+) -> None:
+    """A spare's fitter leaves a successor waiting for the function (``fitter.wait_for_function``):
+    when it is gone, the zygote forks a fitter at deploy, which joins the memory cgroup itself."""
+    h, _ = sandboxed_rt
+    require(h, "mount-namespace", "cgroup-memory")
+    zygote = h.rt._zygote_for(None)
+    name, spare = await _spare_ready(h.rt)
+    waiting = [pid for pid in zygote.spares[name].pids() if pid != spare]
+    assert len(waiting) == 1, waiting  # the successor, in the spare's memory cgroup
+    os.kill(waiting[0], signal.SIGKILL)
+    async with asyncio.timeout(5):
+        while Path(f"/proc/{waiting[0]}").exists():
+            await asyncio.sleep(0.005)
+    blob = 8 << 20
+    await h.deploy("big-bundle-refit", WHERE, 'isolation = "reuse"\n', **{"blob.txt": "x" * blob})
+    seen = await _where(h, "big-bundle-refit")
+    pool = h.rt.pool("big-bundle-refit")
+    assert pool.template_pid == spare and seen["file"] == "/var/task/handler.py", seen["file"]
+    function = _charged(_memory_dir(h.rt._sandboxes[pool.key].cgroup_dirs()))
+    assert function["shmem"] >= blob, function
+    await h.rt.remove("big-bundle-refit")
