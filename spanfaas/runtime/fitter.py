@@ -6,10 +6,12 @@ becomes that template's own memory (copy-on-write): the sandbox set-up
 used to cost each idle function ~0.5 MiB.  Most of that set-up is not
 about the template's process at all but about its namespaces and cgroup,
 which other processes can change for it.  The zygote forks a fitter
-beside each template (inside the template's new namespaces, or joining
-them later for a spare), and the fitter:
+beside each template (inside the template's new namespaces), and the fitter:
 
-* joins the template to its cgroup (a cgroup v1 join can wait 5-20 ms);
+* joins the template to its cgroup (a cgroup v1 join can wait 5-20 ms),
+  and itself to the function's memory cgroup (free right after:
+  ``join_memory_cgroup``), so that the copy of the code it makes below
+  is charged to the function;
 * makes the namespaces whole (``sandbox.fit_namespaces``): private
   mounts, the pid namespace's ``/proc``, read-only ``/sys``, hostname,
   loopback;
@@ -23,6 +25,11 @@ namespace), then sends a ``FitReport`` -- with the ruleset's fd -- on a
 SOCK_SEQPACKET socket and exits; its pages die with it.
 The template reads the report before it loads any user code and does
 only what a process can only do to itself: uid, Landlock, seccomp.
+
+A spare's fitter (``zygote.py``) does the shell's part ahead of any
+deploy, then forks a successor that waits, in the spare's namespaces and
+memory cgroup, for the zygote's ``FitRequest`` (``wait_for_function``):
+at deploy, the function's part, with no fork, namespace or cgroup join.
 """
 
 from __future__ import annotations

@@ -17,9 +17,13 @@ sandboxed cold start -- are ready when a ``SpawnTemplate`` naming it
 arrives (the spare is reported ready only once its fitter has exited: a
 function's fitter that joined its mount namespace earlier would resolve
 ``/proc`` for the Landlock ruleset before the shell's own ``/proc`` was
-mounted over it, and the function would be refused ``/proc/self/...``); a second fitter joins its namespaces for the function's part
-(hostname, fs view, scratch tmpfs) and the spare goes on as that
-function's template.
+mounted over it, and the function would be refused ``/proc/self/...``).
+Before it exits, that fitter forks a successor that stays in the spare's
+namespaces and the function's memory cgroup, waiting (``fitter.wait_for_function``);
+the zygote sends it the function's part (hostname, fs view, code and
+scratch tmpfs: the copy of the code is charged to the function, with no
+cgroup join on the cold start) and the spare goes on as that function's
+template.
 """
 
 from __future__ import annotations
