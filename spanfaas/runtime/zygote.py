@@ -162,7 +162,7 @@ class Zygote:
         report_r, report_w = fitter.channel()
         order = fitter.FitRequest(sandbox=req.sandbox, bundle_path=req.bundle_path, scratch_dir=req.scratch_dir, name=req.name)
         if spare.fitter is None or not fitter.order(spare.fitter, order, report_w):
-            # Its waiting fitter is gone (it could not fork it): one that enters its
+            # Its waiting fitter is gone (not forked, or dead): one that enters its
             # namespaces and joins the function's memory cgroup (10-13 ms on cgroup v1).
             try:
                 pid = forking.forker.fork()
