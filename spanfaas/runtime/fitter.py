@@ -338,6 +338,11 @@ def _place(
     else:
         code_dir = fixedpaths.CODE
         bound = tuple(dict.fromkeys("/".join(fixed.split("/")[:3]) for _, fixed in trees))  # /var/lang, /var/runtime...
+        if not plan.allow_exec:
+            # Its Python is read at the fixed paths: nothing of the host's paths of those trees is put
+            # in view for it (``fsview``), kept mounted or named.  A subprocess needs them: a venv's
+            # interpreter is a symbolic link to the host's, and its pyvenv.cfg names the host's.
+            ro_others = [x for x in ro_others if not runtimepaths.covers(trees, x)]
         uid = _reachable_uid(plan.uid, [*ro_others, *rw_others], mounts, out)
         why_not = fixedpaths.place_scratch(uid, _scratch_bytes(plan.memory_bytes))
         if not why_not:

@@ -202,9 +202,12 @@ def logs_so_far(capture: int) -> str:
         return ""
 
 
-_PLATFORM = os.path.dirname(os.path.dirname(__file__)) + os.sep
-"""The spanfaas package: its frames are the platform's, not the function's."""
-_STDLIB = os.path.dirname(os.__file__) + os.sep
+def _machinery() -> tuple[str, str]:
+    """The dirs of the spanfaas package (its frames are the platform's, not the function's)
+    and of the stdlib, as code objects name them now: a sandboxed zygote renames them
+    (``sandbox/runtimepaths.py``) after this module is imported."""
+    platform = os.path.dirname(os.path.dirname(_machinery.__code__.co_filename)) + os.sep
+    return platform, os.path.dirname(traceback.format_exception.__code__.co_filename) + os.sep
 
 
 _code_root = ""
@@ -240,7 +243,8 @@ def user_traceback(exc: BaseException) -> str:
     its files: compiled by the platform's loader, it has no frame of the code, and its
     own lines (the file, the line, the caret) are all the user fixes."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith((_PLATFORM, _STDLIB, "<frozen ")):
+    platform, stdlib = _machinery()
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith((platform, stdlib, "<frozen ")):
         tb = tb.tb_next
     if tb is None and isinstance(exc, SyntaxError) and _code_root and f'File "{exc.filename}'.startswith(_code_root):
         text = "".join(traceback.format_exception_only(type(exc), exc))

@@ -26,23 +26,29 @@ template whose fitter could not bind the trees (a failed mount) puts the host
 names back (``rewrite(..., back=True)``): it pays the un-shared pages, and
 only it.
 
-Left as they were: code objects' ``co_filename`` (the zygote's frames in a
-traceback; ``instance.user_traceback`` leaves them out before the function's
-own), ``/proc/self/maps`` and ``/proc/self/exe`` (the files mapped before the
-mounts), and a bind's *root* field in ``/proc/self/mountinfo`` (the tree's path
-in its file system, as for every bind mount).
+The same pass renames every code object's ``co_filename`` in place
+(``_rename_code``: tracebacks, ``inspect``, ``warnings`` and ``linecache`` read
+it), the strings modules worked out at import (``logging._srcfile``...),
+``sys.argv``, ``sys.orig_argv`` and ``/proc/self/cmdline`` (``_rename_cmdline``).
+Left as they were (docs/runtime.md, "Where a function finds its Python";
+``test_hostpaths_seen.py`` asserts them exactly): ``/proc/self/maps`` and
+``/proc/self/exe`` (the files the zygote mapped, named by the path they were
+opened at), a bind's *root* field in ``/proc/self/mountinfo`` (the tree's path in
+its file system, as for every bind mount), and what the trees' files say
+(``sysconfig``'s build-time variables, a venv's ``pyvenv.cfg``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import spanfaas
 
-__all__ = ["LANG", "PACKAGES", "RUNTIME", "VENV", "Trees", "placed", "rewrite", "trees"]
+__all__ = ["LANG", "PACKAGES", "RUNTIME", "VENV", "Trees", "covers", "placed", "rewrite", "trees"]
 
 LANG: Final = "/var/lang"
 VENV: Final = "/var/venv"
@@ -75,6 +81,11 @@ def trees(image_paths: Sequence[str]) -> tuple[Trees, tuple[tuple[str, str], ...
     seen = tuple((os.path.normpath(h), f) for h, f in out if os.path.isdir(h))
     parent = os.path.dirname(package)  # a checkout's root; an install's site-packages is in a tree already
     return seen, (((parent, RUNTIME),) if _translate(parent, seen) is None else ())
+
+
+def covers(found: Trees, path: str) -> bool:
+    """``path`` (as given or resolved) lies in one of ``found``'s host trees."""
+    return any(_translate(p, found) is not None for p in {os.path.normpath(path), os.path.realpath(path)})
 
 
 def _translate(path: str, table: Sequence[tuple[str, str]]) -> str | None:
@@ -115,18 +126,30 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
             paths[:] = [move(p, exact) for p in paths]
 
     move_list(sys.path, exact=True)
-    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable", "_base_executable"):
+    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable", "_base_executable", "_stdlib_dir", "_home"):
         if isinstance(getattr(sys, attr, None), str):
             setattr(sys, attr, move(getattr(sys, attr)))
+    move_list(sys.argv)  # (the zygote's file, from ``-m``)
+    move_list(getattr(sys, "orig_argv", None))
+    site = sys.modules.get("site")
+    if site is not None:
+        move_list(getattr(site, "PREFIXES", None))
+        for attr in ("USER_BASE", "USER_SITE"):  # the runtime's home's: worked out again from HOME when asked
+            setattr(site, attr, None)
+    move_list(getattr(getattr(sys.modules.get("builtins"), "license", None), "_Printer__filenames", None))
     if "PYTHONPATH" in os.environ:
         os.environ["PYTHONPATH"] = os.pathsep.join(move(p, exact=True) for p in os.environ["PYTHONPATH"].split(os.pathsep))
     for module in list(sys.modules.values()):
         attrs = getattr(module, "__dict__", None)
         if not isinstance(attrs, dict):
             continue
-        for key in ("__file__", "__cached__"):
-            if isinstance(attrs.get(key), str):
-                attrs[key] = move(attrs[key])
+        ours = str(attrs.get("__name__", "")).partition(".")[0] == "spanfaas"  # (its constants name the fixed dirs)
+        for key, value in list(attrs.items()):
+            # __file__, __cached__, and what a module worked out from them or from sys at
+            # its import: ``logging._srcfile`` (the file findCaller skips, by its code's
+            # name), ``sysconfig._PROJECT_BASE``...
+            if type(value) is str and value[:1] == "/" and (not ours or key in ("__file__", "__cached__")):
+                attrs[key] = move(value)
         move_list(attrs.get("__path__"))
         spec = attrs.get("__spec__")
         if spec is not None:
@@ -139,6 +162,9 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
             if isinstance(getattr(loader, "path", None), str):
                 loader.path = move(loader.path)
     _rekey_finders(table, whole, back)
+    changed += _rename_code(table)
+    if not back:
+        _rename_cmdline()
     if back:
         TREES, _ENTRIES = (), ()
         sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "_spanfaas_either", False)]
@@ -147,6 +173,95 @@ def rewrite(found: Trees, entries: Sequence[tuple[str, str]], *, back: bool = Fa
         # Last: where a fixed dir exists (a function's namespace) the FileFinder hook takes it.
         sys.path_hooks.append(_either_hook(found, entries))
     return changed
+
+
+def _rename_code(table: Sequence[tuple[str, str]]) -> int:
+    """Every code object's ``co_filename`` under ``table``'s names: what tracebacks,
+    ``inspect`` and ``warnings`` print, and ``linecache`` reads the source from (at the
+    fixed path, in a function's namespace).  In place (``_imp._fix_co_filename``, which
+    the importer uses to rename a moved ``.pyc``'s code, nested code objects with it), so
+    the frames already running (the zygote's, under every template's) are renamed too,
+    and no code object is copied.  Returns how many code objects (and their nested ones)
+    were renamed.
+
+    Reaches the code of every function the gc tracks (in a template, whose frozen
+    objects it does not list, of those reachable from ``sys.modules``) and of the
+    running frames; code that is no function's (a module's or class's body, run once
+    and dropped) is gone anyway."""
+    import _imp
+    import gc
+
+    fix: Callable[[types.CodeType, str], None] = _imp._fix_co_filename  # type: ignore[attr-defined]
+
+    function = types.FunctionType
+    codes = {id(obj.__code__): obj.__code__ for obj in gc.get_objects() if type(obj) is function}
+    if gc.get_freeze_count():  # (a template: the gc lists the zygote's objects no more)
+        seen: set[int] = set()
+        for module in list(sys.modules.values()):
+            attrs = getattr(module, "__dict__", None)
+            if isinstance(attrs, dict):
+                for value in list(attrs.values()):
+                    _collect_code(value, codes, seen)
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None:
+        codes[id(frame.f_code)] = frame.f_code
+        frame = frame.f_back
+    names: dict[str, str | None] = {}
+    changed = 0
+    for code in codes.values():
+        old = code.co_filename
+        if old not in names:
+            names[old] = _translate(old, table)
+        new = names[old]
+        if new is not None:
+            names.setdefault(new, None)  # (nested code renamed with its parent: nothing more to do)
+            fix(code, new)
+            changed += 1
+    return changed
+
+
+def _collect_code(value: Any, codes: dict[int, types.CodeType], seen: set[int]) -> None:
+    """The code of ``value``: a function, a method's, a property's, or a class's (its
+    methods and nested classes)."""
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, types.FunctionType):
+        codes[id(value.__code__)] = value.__code__
+    elif isinstance(value, property):
+        for part in (value.fget, value.fset, value.fdel):
+            _collect_code(part, codes, seen)
+    elif isinstance(value, type) and id(value) not in seen:
+        seen.add(id(value))
+        for member in list(vars(value).values()):
+            _collect_code(member, codes, seen)
+
+
+def _rename_cmdline() -> bool:
+    """``/proc/self/cmdline`` -- the kernel reads the arguments the interpreter was
+    started with (its host path first) from our own memory -- written over with
+    ``sys.orig_argv`` as renamed, once, here: every template and instance inherits it.
+    In place, since pointing the kernel at a buffer of ours (``PR_SET_MM``) needs
+    ``CAP_SYS_RESOURCE``, which a container's root may lack: so only where the new
+    names fit in the old ones' room (the rest is zeros, which ``ps`` shows as
+    spaces); else left as it was.  True if written."""
+    import ctypes
+
+    argv = getattr(sys, "orig_argv", None) or sys.argv
+    data = b"".join(os.fsencode(x) + b"\0" for x in argv)
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[48 - 3]), int(fields[49 - 3])  # arg_start, arg_end (proc(5); the state is field 3)
+    except (OSError, IndexError, ValueError):
+        return False
+    size = end - start
+    if not 0 < len(data) <= size:
+        return False
+    old = ctypes.string_at(start, size)
+    if old.count(b"\0") != len(argv) or not old.endswith(b"\0"):
+        return False  # not the arguments we know
+    ctypes.memmove(start, data + bytes(size - len(data)), size)
+    return True
 
 
 def _rekey_finders(table: Sequence[tuple[str, str]], whole: Sequence[tuple[str, str]], back: bool) -> None:
