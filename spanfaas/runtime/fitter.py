@@ -6,10 +6,12 @@ becomes that template's own memory (copy-on-write): the sandbox set-up
 used to cost each idle function ~0.5 MiB.  Most of that set-up is not
 about the template's process at all but about its namespaces and cgroup,
 which other processes can change for it.  The zygote forks a fitter
-beside each template (inside the template's new namespaces, or joining
-them later for a spare), and the fitter:
+beside each template (inside the template's new namespaces), and the fitter:
 
-* joins the template to its cgroup (a cgroup v1 join can wait 5-20 ms);
+* joins the template to its cgroup (a cgroup v1 join can wait 5-20 ms),
+  and itself to the function's memory cgroup (free right after:
+  ``join_memory_cgroup``), so that the copy of the code it makes below
+  is charged to the function;
 * makes the namespaces whole (``sandbox.fit_namespaces``): private
   mounts, the pid namespace's ``/proc``, read-only ``/sys``, hostname,
   loopback;
@@ -23,6 +25,11 @@ namespace), then sends a ``FitReport`` -- with the ruleset's fd -- on a
 SOCK_SEQPACKET socket and exits; its pages die with it.
 The template reads the report before it loads any user code and does
 only what a process can only do to itself: uid, Landlock, seccomp.
+
+A spare's fitter (``zygote.py``) does the shell's part ahead of any
+deploy, then forks a successor that waits, in the spare's namespaces and
+memory cgroup, for the zygote's ``FitRequest`` (``wait_for_function``):
+at deploy, the function's part, with no fork, namespace or cgroup join.
 """
 
 from __future__ import annotations
@@ -40,7 +47,10 @@ from spanfaas.model import Protection
 from spanfaas.runtime.protocol import recv_msg_lean
 from spanfaas.sandbox.plan import SandboxPlan
 
-__all__ = ["Fit", "FitReport", "channel", "fit_function", "fit_shell", "read_report", "run", "warm"]
+__all__ = [
+    "Fit", "FitReport", "FitRequest", "channel", "fit_function", "fit_shell", "join_memory_cgroup", "order", "read_report", "run",
+    "wait_for_function", "warm",
+]
 
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -75,8 +85,9 @@ Fit = tuple[FitReport, list[int]]
 """A report and the fds it carries (at most the Landlock ruleset)."""
 
 
-def run(report_fd: int, work: Callable[[], Fit]) -> NoReturn:
-    """In the fitter: do ``work``, send its report on the socket ``report_fd``, exit."""
+def run(report_fd: int, work: Callable[[], Fit], then: Callable[[], object] | None = None) -> NoReturn:
+    """In the fitter: do ``work``, send its report on the socket ``report_fd``, exit.
+    ``then``: run once the report is sent (and says no error), before the exit."""
     try:
         report, fds = work()
     except BaseException as exc:  # the template must hear of any failure
@@ -88,6 +99,9 @@ def run(report_fd: int, work: Callable[[], Fit]) -> NoReturn:
             socket.send_fds(sock, [_encoder.encode(report)], fds)
         else:
             sock.send(_encoder.encode(report))
+        sock.close()
+        if then is not None and not report.error:
+            then()
     finally:
         os._exit(0)
 
@@ -104,6 +118,7 @@ def warm() -> None:
     plan = SandboxPlan(name="warm", uid=1, cpu=1.0, ro_paths=("/",), rw_paths=("/tmp",))
     sample = FitReport(protections=[Protection("warm", True, "warm")], function=True, uid=1, plan=plan)
     _decoder.decode(_encoder.encode(sample))
+    _request_decoder.decode(_request_encoder.encode(FitRequest(sandbox={}, bundle_path="/", scratch_dir="/", name="warm")))
 
 
 def read_report(fd: int) -> Fit:
@@ -134,16 +149,102 @@ def join_cgroups(procs: Sequence[int], pid: int) -> str:
     return ""
 
 
-def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int) -> Fit:
-    """The shell's part: cgroup, then namespaces (``name``: hostname, when known)."""
+def join_memory_cgroup(cgroup: Sequence[str], procs: Sequence[int] | None = None) -> None:
+    """Move this process into the function's memory cgroup (``cgroup``: its dirs, one per
+    hierarchy; ``procs``: their cgroup.procs, open, else opened here), so that the copy of
+    its code at ``/var/task`` -- tmpfs pages, charged to the cgroup of the process that
+    writes them, for as long as they live -- counts against the function's memory limit,
+    not the runtime's.  Only memory: nothing else the fitter does stays behind.
+
+    Cheap right after ``join_cgroups`` (10 us, measured): on cgroup v1 a join waits for an
+    RCU grace period (cgroup_threadgroup_rwsem, 5-13 ms), which one join right after
+    another shares; alone, on a cold start, it cost 10-13 ms (commit 13ac09f)."""
+    for i, d in enumerate(cgroup):
+        if not os.path.exists(os.path.join(d, "memory.stat")):
+            continue
+        try:
+            if procs is not None and i < len(procs):
+                os.write(procs[i], b"0")  # (0: the writer)
+            else:
+                with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                    f.write("0")
+        except OSError:
+            traceback.print_exc()  # charged to the runtime, as before; the template starts all the same
+
+
+def fit_shell(unshared: int, network: str, name: str | None, procs: Sequence[int], pid: int, cgroup: Sequence[str] = ()) -> Fit:
+    """The shell's part: cgroup, then namespaces (``name``: hostname, when known).
+    ``cgroup``: the dirs ``procs`` were opened in; this fitter joins their memory cgroup
+    too (``join_memory_cgroup``), for the function's part it does next (or, in a spare,
+    its successor: ``wait_for_function``)."""
     error = join_cgroups(procs, pid)
     if error:
         return FitReport(error=error), []
+    join_memory_cgroup(cgroup, procs)
     if not unshared:
         return FitReport(), []
     from spanfaas import sandbox
 
     return FitReport(protections=sandbox.fit_namespaces(unshared, name, network)), []
+
+
+class FitRequest(msgspec.Struct, kw_only=True):
+    """The zygote to a spare's waiting fitter (``wait_for_function``): fit the spare to this function."""
+
+    sandbox: Any
+    """Its ``SandboxPlan`` as builtins (``SpawnTemplate.sandbox``)."""
+    bundle_path: str
+    scratch_dir: str
+    name: str
+
+
+_request_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(FitRequest)
+
+
+def order(sock: socket.socket, request: FitRequest, report_fd: int) -> bool:
+    """In the zygote: hand ``request`` and the template's report channel (``report_fd``, the
+    fitter's end) to a spare's waiting fitter on ``sock``; False if it is gone."""
+    try:
+        socket.send_fds(sock, [_request_encoder.encode(request)], [report_fd])
+    except OSError:
+        return False
+    return True
+
+
+def wait_for_function(sock_fd: int, unshared: int, pid: int, close: Callable[[], object]) -> None:
+    """In a spare's fitter, its shell's part done and reported: fork its *successor*, which
+    stays in the spare's namespaces and the function's memory cgroup (``fit_shell`` joined
+    them) and waits on ``sock_fd`` for the zygote's ``FitRequest``, then does the function's
+    part (``fit_function``: the copy of its code is charged to the function's memory
+    cgroup, with no cgroup join on the cold start) and reports to the template on the
+    channel that came with it.  We return and exit: the zygote reaps us and reports the
+    spare ready, as before.  ``pid``: the shell as we see it; ``close``: drops the fds
+    the successor must not hold (the zygote's, the reaper's lifeline)."""
+    from spanfaas.runtime import forking
+
+    try:
+        child = forking.forker.fork()
+    except OSError:
+        traceback.print_exc()  # the zygote forks a fitter at deploy instead (``order`` fails)
+        child = -1
+    if child != 0:
+        os.close(sock_fd)
+        return
+    try:
+        close()
+        sock = _socket.socket(fileno=sock_fd)
+        got = recv_msg_lean(sock, _request_decoder)
+        sock.close()
+        if got is None:
+            os._exit(0)  # the zygote is gone or the spare was not used
+        request, fds = got
+        if len(fds) != 1:
+            raise RuntimeError(f"a spare's fitter expected one report channel, got {len(fds)} fds")
+    except BaseException:
+        traceback.print_exc()  # the template reads EOF on its report channel and fails its start
+        os._exit(70)
+    run(fds[0], lambda: fit_function(request.sandbox, request.bundle_path, request.scratch_dir, unshared, pid, hostname=request.name))
 
 
 def fit_function(
@@ -155,13 +256,17 @@ def fit_function(
     *,
     hostname: str | None = None,
     enter: bool = False,
+    cgroup: Sequence[str] = (),
 ) -> Fit:
     """The function's part, once its plan is known: hostname (``hostname``, for
     a spare), the fs view for its uid, its code and scratch tmpfs at fixed paths
     (``bundle`` and ``scratch_dir``: their host paths), the template's
     rlimits (``pid``: the template as this process sees it), its Landlock
     ruleset.  ``enter``: join the template's namespaces first (a spare's,
-    from the zygote)."""
+    from the zygote).  ``cgroup``: the function's cgroup dirs, whose memory
+    cgroup we join first (a spare's fitter forked at deploy, when its waiting
+    one was gone: ``join_memory_cgroup``, 10-13 ms on cgroup v1)."""
+    join_memory_cgroup(cgroup)
     # The template's mount table, opened while ``pid`` names it in the /proc we see
     # (a fitter that joins a spare's namespaces is in none of its pids).
     try:
@@ -219,9 +324,9 @@ def _place(
     trees = runtimepaths.TREES  # (the zygote's: empty where it kept the host names)
     # The code first (as root, the whole host in view), then the interpreter for
     # the uid (fsview), then the scratch tmpfs, owned by that uid.
-    # The copy is charged to the fitter's cgroup (the runtime's), not the function's: joining the
-    # function's memory cgroup first cost 10-13 ms per deploy on cgroup v1 (measured, bench/runtime.py
-    # cold start), a quarter of the cold-start goal.  Capped at half the function's memory limit.
+    # The copy is charged to the function's memory cgroup, which this fitter is in (``fit_shell``
+    # joined it right after the shell, for free; in a spare, before any deploy); capped at half
+    # the function's memory limit.
     size = min(fixedpaths.CODE_BYTES, plan.memory_bytes // 2) if plan.memory_bytes else fixedpaths.CODE_BYTES
     why_not = (
         (fixedpaths.clash([*ro_others, *rw_others]) or fixedpaths.place_code(bundle, trees, size)) if mounts else "no mount namespace"

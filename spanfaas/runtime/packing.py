@@ -51,6 +51,7 @@ ZYGOTE = (
     "spanfaas.runtime.zygote:Zygote.reap",
     "spanfaas.runtime.zygote:Spare.__init__",
     "spanfaas.runtime.fitter:channel",
+    "spanfaas.runtime.fitter:order",
     "posixpath:join",
     "posixpath:_get_sep",
     "spanfaas.runtime.forking:Forker.fork",
@@ -82,6 +83,7 @@ ZYGOTE = (
 
 TEMPLATE = (
     "spanfaas.runtime.zygote:Zygote._leave_zygote",
+    "spanfaas.runtime.zygote:Zygote._close_zygote_fds",
     "spanfaas.runtime.zygote:_wait_as_spare",
     "spanfaas.runtime.protocol:recv_msg_lean",
     "spanfaas.runtime.forking:default_signals",

@@ -13,9 +13,10 @@ template locks itself down, the fitter puts
   copy is made once per template, by the fitter, from a descriptor of the
   bundle opened before ``/var`` is covered (the bundle may live there, as
   ``/var/lib/...``), with modes, owners and modification times kept (so the
-  bundle's ``__pycache__`` stays valid).  The fitter joins the function's
-  cgroups first: the copy's pages count against the function's memory limit
-  (the tmpfs is capped at half of it), not the runtime's;
+  bundle's ``__pycache__`` stays valid).  The fitter is in the function's
+  memory cgroup by then (``fitter.join_memory_cgroup``): the copy's pages
+  count against the function's memory limit (the tmpfs is capped at half of
+  it), not the runtime's;
 * the scratch tmpfs at ``SCRATCH`` (``/var/tmp``, in that tmpfs;
   ``place_scratch``), where the template makes and removes each instance's
   dir (``/var/tmp/i<n>``).

@@ -12,9 +12,12 @@ dir").  Without the sandbox, the host's paths, as before.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -27,6 +30,7 @@ from spanfaas.model import parse_manifest
 from spanfaas.runtime import LocalRuntime
 from tests.integration.runtime.conftest import Harness, require, runtime_settings
 from tests.integration.runtime.test_images import make_image
+from tests.integration.runtime.test_spares import _spare_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -220,3 +224,111 @@ async def test_a_sandboxed_function_sees_its_python_and_packages_at_fixed_paths_
     assert seen["heavypkg"] == "/var/packages/0/heavypkg/__init__.py"
     assert seen["json"].startswith("/var/lang/lib/") and seen["email"].startswith("/var/lang/lib/"), seen
     assert all(p.startswith("/var/") for p in seen["path"]), seen["path"]
+
+
+def _memory_dir(dirs: list[str]) -> Path:
+    """The memory cgroup among a cgroup's dirs (v1: the memory hierarchy's; v2: the one dir)."""
+    return next(Path(d) for d in dirs if (Path(d) / "memory.stat").exists())
+
+
+def _charged(memory: Path) -> dict[str, int]:
+    """What a memory cgroup holds: its ``shmem`` (tmpfs pages; v1 and v2 ``memory.stat``) and its
+    ``usage`` (v1 ``memory.usage_in_bytes``, v2 ``memory.current``)."""
+    stat = {k: int(v) for k, v in (line.split() for line in (memory / "memory.stat").read_text().splitlines())}
+    usage = memory / ("memory.current" if (memory / "memory.current").exists() else "memory.usage_in_bytes")
+    return {"shmem": stat["shmem"], "usage": int(usage.read_text())}
+
+
+def _memory_cgroup_of(pid: int) -> Path:
+    """The memory cgroup ``pid`` is in, as a directory."""
+    from spanfaas.sandbox import cgroups
+
+    h = cgroups.hierarchies()["memory"]
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (h.version == 2 and controllers == "") or (h.version == 1 and "memory" in controllers.split(",")):
+            return Path(h.mount + path)
+    raise AssertionError(f"pid {pid} is in no memory cgroup")
+
+
+@contextlib.asynccontextmanager
+async def _zygote_in_a_cgroup_of_its_own(h: Harness) -> AsyncIterator[Path]:
+    """Move the runtime's zygote (whose children the fitters are, unless they move) into a
+    fresh memory cgroup, so that what is charged to the runtime while the test runs is
+    that cgroup's alone; everything back (and the cgroup removed) at the end."""
+    from spanfaas import sandbox
+
+    zygote = h.rt._zygote_for(None)
+    assert zygote.proc is not None
+    home = _memory_cgroup_of(zygote.proc.pid)
+    cgroup = sandbox.Cgroup.create("spanfaas-test", f"runtime-{os.getpid()}", memory_bytes=0, cpu=0, pids=0)
+    memory = _memory_dir(cgroup.directories())
+    try:
+        (memory / "cgroup.procs").write_text(str(zygote.proc.pid))
+        yield memory
+    finally:
+        (home / "cgroup.procs").write_text(str(zygote.proc.pid))
+        async with asyncio.timeout(10):  # a spare forked meanwhile: its fitter done (not moved back mid-join)
+            while zygote.pending_spares:
+                await asyncio.sleep(0.005)
+        for _ in range(100):  # what was forked meanwhile and stays (a shell's reaper): back too
+            left = [int(x) for x in (memory / "cgroup.procs").read_text().split()]
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    (home / "cgroup.procs").write_text(str(pid))
+        cgroup.destroy()
+
+
+@pytest.mark.parametrize("network", ["none", "host"])  # from a spare; the long way (spares have no network)
+async def test_the_copy_of_the_code_at_var_task_is_charged_to_the_functions_memory_cgroup(
+    sandboxed_rt: tuple[Harness, Path], network: str
+) -> None:
+    """The tmpfs pages of /var/task count against the function's memory limit (its memory
+    cgroup's ``shmem`` and usage), not against the runtime's cgroup, which has no limit of
+    the function's."""
+    h, _ = sandboxed_rt
+    require(h, "mount-namespace", "cgroup-memory")
+    name = f"big-bundle-{network}"
+    blob = 8 << 20
+    spare = (await _spare_ready(h.rt))[1] if network == "none" else -1
+    async with _zygote_in_a_cgroup_of_its_own(h) as runtime:
+        before = _charged(runtime)
+        await h.deploy(name, WHERE, f'isolation = "reuse"\nnetwork = "{network}"\n', **{"blob.txt": "x" * blob})
+        seen = await _where(h, name)
+        after = _charged(runtime)
+    pool = h.rt.pool(name)
+    assert seen["file"] == "/var/task/handler.py" and "blob.txt" in os.listdir(pool.bundle_path), seen["file"]
+    if network == "none":
+        assert pool.template_pid == spare, "the template started from the spare"
+    function = _charged(_memory_dir(h.rt._sandboxes[pool.key].cgroup_dirs()))
+    assert function["shmem"] >= blob and function["usage"] >= function["shmem"], function
+    assert after["shmem"] - before["shmem"] < blob // 2, (before, after)
+    assert after["usage"] - before["usage"] < blob, (before, after)
+    await h.rt.remove(name)
+
+
+async def test_a_spare_whose_waiting_fitter_died_still_starts_with_the_copy_charged_to_the_function(
+    sandboxed_rt: tuple[Harness, Path],
+) -> None:
+    """A spare's fitter leaves a successor waiting for the function (``fitter.wait_for_function``):
+    when it is gone, the zygote forks a fitter at deploy, which joins the memory cgroup itself."""
+    h, _ = sandboxed_rt
+    require(h, "mount-namespace", "cgroup-memory")
+    zygote = h.rt._zygote_for(None)
+    name, spare = await _spare_ready(h.rt)
+    waiting = [pid for pid in zygote.spares[name].pids() if pid != spare]
+    assert len(waiting) == 1, waiting  # the successor, in the spare's memory cgroup
+    os.kill(waiting[0], signal.SIGKILL)
+    async with asyncio.timeout(5):
+        while Path(f"/proc/{waiting[0]}").exists():
+            await asyncio.sleep(0.005)
+    blob = 8 << 20
+    await h.deploy("big-bundle-refit", WHERE, 'isolation = "reuse"\n', **{"blob.txt": "x" * blob})
+    seen = await _where(h, "big-bundle-refit")
+    pool = h.rt.pool("big-bundle-refit")
+    assert pool.template_pid == spare and seen["file"] == "/var/task/handler.py", seen["file"]
+    function = _charged(_memory_dir(h.rt._sandboxes[pool.key].cgroup_dirs()))
+    assert function["shmem"] >= blob, function
+    await h.rt.remove("big-bundle-refit")
