@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from spanfaas.runtime.channels import InstanceConnection, read_hello
+from spanfaas.runtime.stream import SocketStream
 
 __all__ = ["HELLO_TIMEOUT", "INSTANCE_OOM_SCORE_ADJ", "Instance", "connect"]
 
@@ -35,7 +36,7 @@ class Instance:
         "timed_out", "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
     )  # fmt: skip
 
-    def __init__(self, seq: int, capture: int = -1) -> None:
+    def __init__(self, seq: int, capture: int = -1, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.seq = seq
         self.pid = 0
         self.pidfd = -1
@@ -49,7 +50,9 @@ class Instance:
         self.served = 0
         self.created = time.monotonic()
         self.last_used = self.created
-        self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # (The loop passed in, where the caller has it: on Python 3.11 each
+        # asyncio.get_running_loop() is a getpid() syscall, and this runs per instance.)
+        self.exit_status: asyncio.Future[int] = (loop or asyncio.get_running_loop()).create_future()
         self.timed_out = False
         self.retired = False
         self.ready = False
@@ -115,32 +118,37 @@ class Instance:
 
 
 async def connect(
-    inst: Instance, sock: socket.socket, on_lost: Callable[[], None], slots: int, max_frame: int, *, sandbox: bool
+    inst: Instance, sock: socket.socket, on_lost: Callable[[], None], slots: int, max_frame: int, *, sandbox: bool,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> InstanceConnection:
     """Read the hello of the instance at the end of ``sock`` (its pid: ``inst`` gets its
     pidfd) and open its connection.  Raises OSError or TimeoutError if it never says hello."""
-    _seq, pid = await read_hello(sock, HELLO_TIMEOUT)
-    if pid > 0:
-        pidfd = os.pidfd_open(pid)
-        # It said hello alive, but may have exited since, and been reaped by its template:
-        # then its pid may be another process's, and so may the pidfd.  It holds its end of
-        # ``sock`` until it exits (an exiting process closes its files before it can be
-        # reaped): no EOF now, it was alive when its pidfd was opened, which is then its own.
-        try:
-            exited = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            exited = False
-        except OSError:
-            exited = True
-        if exited:
-            os.close(pidfd)
-            raise ConnectionError(f"instance {pid} exited right after it said hello")
-        inst.pid, inst.pidfd = pid, pidfd
-    if sandbox and pid > 0:
-        _raise_oom_score(pid)
-    loop = asyncio.get_running_loop()
-    conn = InstanceConnection(on_lost, slots, max_frame)
-    await loop.create_unix_connection(lambda: conn, sock=sock)
+    loop = loop or asyncio.get_running_loop()
+    _seq, pid = await read_hello(sock, HELLO_TIMEOUT, loop)
+    try:
+        if pid > 0:
+            pidfd = os.pidfd_open(pid)
+            # It said hello alive, but may have exited since, and been reaped by its template:
+            # then its pid may be another process's, and so may the pidfd.  It holds its end of
+            # ``sock`` until it exits (an exiting process closes its files before it can be
+            # reaped): no EOF now, it was alive when its pidfd was opened, which is then its own.
+            try:
+                exited = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                exited = False
+            except OSError:
+                exited = True
+            if exited:
+                os.close(pidfd)
+                raise ConnectionError(f"instance {pid} exited right after it said hello")
+            inst.pid, inst.pidfd = pid, pidfd
+        if sandbox and pid > 0:
+            _raise_oom_score(pid)
+        conn = InstanceConnection(on_lost, slots, max_frame, loop)
+        SocketStream(loop, sock, conn)  # (takes over read_hello's reader)
+    except BaseException:
+        loop.remove_reader(sock.fileno())
+        raise
     return conn
 
 
