@@ -3,7 +3,7 @@
 Layering: ``runtime`` uses ``sandbox`` and the shared records; ``infra.local``
 wraps it behind the Infrastructure protocol.  Child-side modules (zygote,
 template, instance) are imported by the zygote; runtime-side modules
-(runtime, pool and its parts: queueing, handle, diagnosis, exitwatch; channels and stream)
+(runtime, pool and its parts: queueing, handle, diagnosis, exitwatch; channels)
 run on the control plane's event loop.
 """
 

@@ -121,13 +121,12 @@ class ControlChannel:
 
 
 async def read_hello(sock: socket.socket, timeout: float, loop: asyncio.AbstractEventLoop | None = None) -> tuple[int, int]:
-    """Read an instance's Hello; return (seq, host pid from SCM_CREDENTIALS).
+    """Read an instance's Hello; return (seq, host pid from SCM_CREDENTIALS).  ``sock`` is left non-blocking.
 
-    ``sock`` is left non-blocking, and left registered for reading with the loop
-    once the hello came (``SocketStream`` takes the registration over: one
-    ``epoll_ctl`` less per instance; a caller that does not must remove it).
-    Most instances said hello before the template's note of them came (their
-    batch was forked first): theirs is read at once, without the loop."""
+    Most instances said hello before the template's note of them came (their batch
+    was forked first): theirs is read at once, without a reader registered with the
+    loop and removed again (on uvloop a poll handle made and closed, 3-4 epoll_ctl)
+    and without a future and a timeout."""
     loop = loop or asyncio.get_running_loop()
     sock.setblocking(False)
     try:
@@ -135,7 +134,6 @@ async def read_hello(sock: socket.socket, timeout: float, loop: asyncio.Abstract
     except BlockingIOError:
         pass
     fut: asyncio.Future[tuple[int, int]] = loop.create_future()
-    fd = sock.fileno()
 
     def readable() -> None:
         if fut.done():
@@ -147,14 +145,13 @@ async def read_hello(sock: socket.socket, timeout: float, loop: asyncio.Abstract
         except ConnectionError as exc:
             fut.set_exception(exc)
 
-    loop.add_reader(fd, readable)
+    loop.add_reader(sock.fileno(), readable)
     try:
         async with asyncio.timeout(timeout):  # (wait_for drops a cancel on Python 3.11)
             return await fut
-    except BaseException:
+    finally:
         if sock.fileno() >= 0:
-            loop.remove_reader(fd)
-        raise
+            loop.remove_reader(sock.fileno())
 
 
 def _hello(sock: socket.socket) -> tuple[int, int]:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 
 from spanfaas.runtime.channels import InstanceConnection, read_hello
-from spanfaas.runtime.stream import SocketStream
 
 __all__ = ["HELLO_TIMEOUT", "INSTANCE_OOM_SCORE_ADJ", "Instance", "connect"]
 
@@ -125,30 +124,26 @@ async def connect(
     pidfd) and open its connection.  Raises OSError or TimeoutError if it never says hello."""
     loop = loop or asyncio.get_running_loop()
     _seq, pid = await read_hello(sock, HELLO_TIMEOUT, loop)
-    try:
-        if pid > 0:
-            pidfd = os.pidfd_open(pid)
-            # It said hello alive, but may have exited since, and been reaped by its template:
-            # then its pid may be another process's, and so may the pidfd.  It holds its end of
-            # ``sock`` until it exits (an exiting process closes its files before it can be
-            # reaped): no EOF now, it was alive when its pidfd was opened, which is then its own.
-            try:
-                exited = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
-                exited = False
-            except OSError:
-                exited = True
-            if exited:
-                os.close(pidfd)
-                raise ConnectionError(f"instance {pid} exited right after it said hello")
-            inst.pid, inst.pidfd = pid, pidfd
-        if sandbox and pid > 0:
-            _raise_oom_score(pid)
-        conn = InstanceConnection(on_lost, slots, max_frame, loop)
-        SocketStream(loop, sock, conn)  # (takes over read_hello's reader)
-    except BaseException:
-        loop.remove_reader(sock.fileno())
-        raise
+    if pid > 0:
+        pidfd = os.pidfd_open(pid)
+        # It said hello alive, but may have exited since, and been reaped by its template:
+        # then its pid may be another process's, and so may the pidfd.  It holds its end of
+        # ``sock`` until it exits (an exiting process closes its files before it can be
+        # reaped): no EOF now, it was alive when its pidfd was opened, which is then its own.
+        try:
+            exited = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            exited = False
+        except OSError:
+            exited = True
+        if exited:
+            os.close(pidfd)
+            raise ConnectionError(f"instance {pid} exited right after it said hello")
+        inst.pid, inst.pidfd = pid, pidfd
+    if sandbox and pid > 0:
+        _raise_oom_score(pid)
+    conn = InstanceConnection(on_lost, slots, max_frame, loop)
+    await loop.create_unix_connection(lambda: conn, sock=sock)
     return conn
 
 
