@@ -15,6 +15,7 @@ import msgspec
 from spanfaas.runtime import protocol as p
 
 _UCRED = struct.Struct("3i")
+_CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 _hello_decoder = msgspec.msgpack.Decoder(p.Hello)
 _done_decoder = msgspec.msgpack.Decoder(p.Done)
 
@@ -119,35 +120,30 @@ class ControlChannel:
         self.sock.close()
 
 
-async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
-    """Read an instance's Hello; return (seq, host pid from SCM_CREDENTIALS)."""
-    loop = asyncio.get_running_loop()
+async def read_hello(sock: socket.socket, timeout: float, loop: asyncio.AbstractEventLoop | None = None) -> tuple[int, int]:
+    """Read an instance's Hello; return (seq, host pid from SCM_CREDENTIALS).  ``sock`` is left non-blocking.
+
+    Most instances said hello before the template's note of them came (their batch
+    was forked first): theirs is read at once, without a reader registered with the
+    loop and removed again (on uvloop a poll handle made and closed, 3-4 epoll_ctl)
+    and without a future and a timeout."""
+    loop = loop or asyncio.get_running_loop()
     sock.setblocking(False)
+    try:
+        return _hello(sock)
+    except BlockingIOError:
+        pass
     fut: asyncio.Future[tuple[int, int]] = loop.create_future()
 
     def readable() -> None:
-        try:
-            data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            loop.remove_reader(sock.fileno())
-            if not fut.done():
-                fut.set_exception(ConnectionError(str(exc)))
-            return
-        loop.remove_reader(sock.fileno())
         if fut.done():
             return
-        if not data:
-            fut.set_exception(ConnectionError("instance exited before it said hello"))
+        try:
+            fut.set_result(_hello(sock))
+        except BlockingIOError:
             return
-        pid = 0
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid = _UCRED.unpack(payload[: _UCRED.size])[0]
-        hlen, _blen = p.FRAME.unpack_from(data)
-        hello = _hello_decoder.decode(data[p.FRAME.size : p.FRAME.size + hlen])
-        fut.set_result((hello.seq, pid))
+        except ConnectionError as exc:
+            fut.set_exception(exc)
 
     loop.add_reader(sock.fileno(), readable)
     try:
@@ -156,6 +152,26 @@ async def read_hello(sock: socket.socket, timeout: float) -> tuple[int, int]:
     finally:
         if sock.fileno() >= 0:
             loop.remove_reader(sock.fileno())
+
+
+def _hello(sock: socket.socket) -> tuple[int, int]:
+    """The hello waiting on ``sock`` (non-blocking); BlockingIOError if none yet, and
+    ConnectionError if the instance exited (or the read failed) before it said it."""
+    try:
+        data, anc, _flags, _addr = sock.recvmsg(4096, _CREDS_SPACE)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise ConnectionError(str(exc)) from None
+    if not data:
+        raise ConnectionError("instance exited before it said hello")
+    pid = 0
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+    hlen, _blen = p.FRAME.unpack_from(data)
+    hello = _hello_decoder.decode(data[p.FRAME.size : p.FRAME.size + hlen])
+    return hello.seq, pid
 
 
 class InstanceLost(ConnectionError):
@@ -186,7 +202,9 @@ class InstanceConnection(asyncio.BufferedProtocol):
     and one wake-up of the instance however many requests it carries.
     """
 
-    def __init__(self, on_lost: Callable[[], None], slots: int = 1, max_frame: int = 1 << 62) -> None:
+    def __init__(
+        self, on_lost: Callable[[], None], slots: int = 1, max_frame: int = 1 << 62, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self._on_lost = on_lost
         self._slots = slots
         self._max_frame = max_frame
@@ -194,7 +212,7 @@ class InstanceConnection(asyncio.BufferedProtocol):
         the user's code, which can write to its socket) and is never buffered."""
         self.oversized = 0
         """The size a frame claimed past ``max_frame``; the connection was aborted."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[tuple[p.Done, bytes]]] = {}
         self._buf = bytearray(_FIRST)  # grows to _SMALL; a one-shot strict instance never needs it

@@ -35,7 +35,7 @@ class Instance:
         "timed_out", "retired", "ready", "expires", "answered", "window", "oom", "orphaned",
     )  # fmt: skip
 
-    def __init__(self, seq: int, capture: int = -1) -> None:
+    def __init__(self, seq: int, capture: int = -1, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.seq = seq
         self.pid = 0
         self.pidfd = -1
@@ -49,7 +49,9 @@ class Instance:
         self.served = 0
         self.created = time.monotonic()
         self.last_used = self.created
-        self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # (The loop passed in, where the caller has it: on Python 3.11 each
+        # asyncio.get_running_loop() is a getpid() syscall, and this runs per instance.)
+        self.exit_status: asyncio.Future[int] = (loop or asyncio.get_running_loop()).create_future()
         self.timed_out = False
         self.retired = False
         self.ready = False
@@ -115,11 +117,13 @@ class Instance:
 
 
 async def connect(
-    inst: Instance, sock: socket.socket, on_lost: Callable[[], None], slots: int, max_frame: int, *, sandbox: bool
+    inst: Instance, sock: socket.socket, on_lost: Callable[[], None], slots: int, max_frame: int, *, sandbox: bool,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> InstanceConnection:
     """Read the hello of the instance at the end of ``sock`` (its pid: ``inst`` gets its
     pidfd) and open its connection.  Raises OSError or TimeoutError if it never says hello."""
-    _seq, pid = await read_hello(sock, HELLO_TIMEOUT)
+    loop = loop or asyncio.get_running_loop()
+    _seq, pid = await read_hello(sock, HELLO_TIMEOUT, loop)
     if pid > 0:
         pidfd = os.pidfd_open(pid)
         # It said hello alive, but may have exited since, and been reaped by its template:
@@ -138,8 +142,7 @@ async def connect(
         inst.pid, inst.pidfd = pid, pidfd
     if sandbox and pid > 0:
         _raise_oom_score(pid)
-    loop = asyncio.get_running_loop()
-    conn = InstanceConnection(on_lost, slots, max_frame)
+    conn = InstanceConnection(on_lost, slots, max_frame, loop)
     await loop.create_unix_connection(lambda: conn, sock=sock)
     return conn
 

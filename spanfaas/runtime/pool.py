@@ -133,6 +133,9 @@ class Pool:
         self._chan: ControlChannel | None = None
         self._ready: asyncio.Future[None] | None = None
         self._instances: dict[int, Instance] = {}
+        self._ready_count = 0
+        """Of ``_instances``, those ready (said hello): counted as they change, not summed
+        over every instance per call (``_live``)."""
         self._pending_forks = 0
         self._busy = 0
         self._start_failures = 0
@@ -359,6 +362,7 @@ class Pool:
                 inst.exit_status.set_result(-1)
             inst.release_fd()
         self._instances.clear()
+        self._ready_count = 0
         self._queue.idle.clear()
         self._pending_forks = 0
         if self._ready is not None and not self._ready.done():
@@ -433,15 +437,17 @@ class Pool:
         self._grow()
 
     def _on_forked(self, seq: int, fd: int, capture: int) -> None:
-        inst = Instance(seq, capture)
+        inst = Instance(seq, capture, self._loop)
         self._instances[seq] = inst
-        sock = socket.socket(fileno=fd)
-        asyncio.get_running_loop().create_task(self._connect(inst, sock))
+        # (Its kind given: else the socket module asks the kernel for it, two getsockopt calls.)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+        self._loop.create_task(self._connect(inst, sock))
 
     async def _connect(self, inst: Instance, sock: socket.socket) -> None:
         try:
             conn = await connect(
-                inst, sock, lambda: self._on_conn_lost(inst), self._slots, self._max_frame, sandbox=self.runtime.rt.sandbox
+                inst, sock, lambda: self._on_conn_lost(inst), self._slots, self._max_frame, sandbox=self.runtime.rt.sandbox,
+                loop=self._loop,
             )
             inst.conn = conn
         except (OSError, asyncio.TimeoutError) as exc:
@@ -464,6 +470,7 @@ class Pool:
         self._pending_forks = max(0, self._pending_forks - 1)
         self._start_failures = 0
         inst.ready = True
+        self._ready_count += 1
         self._queue.offer(inst, fresh=True)
 
     def _on_conn_lost(self, inst: Instance) -> None:
@@ -480,6 +487,8 @@ class Pool:
         inst = self._instances.pop(seq, None)
         if inst is None:
             return
+        if inst.ready:
+            self._ready_count -= 1
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             # Judged here, once per death, whether a call waits on it or not: an OOM kill
             # left unjudged would be blamed on the next SIGKILL, and every call lost
@@ -506,7 +515,7 @@ class Pool:
         self._queue.fail_one(InfraError(f"could not start an instance of '{self.spec.name}': {reason}"))
 
     def _live(self) -> int:
-        return len(self._instances) + self._pending_forks - sum(1 for i in self._instances.values() if not i.ready)
+        return self._ready_count + self._pending_forks
 
     def _replenish(self) -> None:
         """Keep instances forked ahead of demand.
