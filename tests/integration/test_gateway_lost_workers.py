@@ -4,6 +4,7 @@ invocation again (a platform failure), instead of recording the function as cras
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -32,13 +33,34 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _victim(gateway_pid: int, what: str) -> int:
-    """The gateway's zygote, or the template (the zygote's child with instances of its own)."""
+def _victim(gateway_pid: int, what: str, conn: socket.socket) -> int:
+    """The gateway's zygote, or the template: the parent of the instance at the other end
+    of ``conn`` (the zygote's other children with children of their own, such as a spare
+    shell whose fitter waits in it, are not it)."""
     (zygote,) = [p for p in _children(gateway_pid) if b"spanfaas.runtime.zygote" in Path(f"/proc/{p}/cmdline").read_bytes()]
     if what == "zygote":
         return zygote
-    (template,) = [p for p in _children(zygote) if _children(p)]
+    instance = _holder(conn.getpeername()[1])
+    (template,) = [p for p in _children(zygote) if instance in _children(p)]
     return template
+
+
+def _holder(local_port: int) -> int:
+    """The pid whose TCP socket has ``local_port`` (the function runs with network = "host")."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == local_port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process holds a socket on port {local_port}")
 
 
 @pytest.mark.parametrize("what", ["zygote", "template"])
@@ -70,7 +92,7 @@ def test_an_async_invocation_whose_worker_was_killed_runs_again(tmp_path: Path, 
                 first = _accept(gate, view)  # the handler runs
                 assert first is not None, view()
                 with first:
-                    os.kill(_victim(gw.proc.pid, what), signal.SIGKILL)
+                    os.kill(_victim(gw.proc.pid, what, first), signal.SIGKILL)
                     second = _accept(gate, view)  # run again, on a new template
                     assert second is not None, view()
                     with second:

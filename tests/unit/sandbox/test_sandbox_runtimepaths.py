@@ -60,6 +60,8 @@ def _code_names() -> tuple[str, ...]:
 
 def _rename_code_and_back() -> dict[str, Any]:
     found, entries = runtimepaths.trees([])
+    # As a zygote, started by the interpreter's absolute path (pytest may have been started by a relative one)
+    sys.orig_argv[0] = sys.executable
     before = _code_names()
     runtimepaths.rewrite(found, entries)
     renamed = _code_names()
