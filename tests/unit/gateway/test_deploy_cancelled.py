@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from spanfaas.gateway.app import Gateway
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import FunctionRecord, FunctionSpec
 from spanfaas.store import SQLiteStore
+from tests.sqlite_locks import write_lock
 
 pytestmark = pytest.mark.asyncio
 
@@ -55,18 +55,6 @@ def store(settings: Settings) -> Iterator[GatedStore]:
     yield s
     s.gate = None
     s.close()
-
-
-@contextlib.contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Another process's writer holding the database's write lock: the store's write fails (503)."""
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        yield
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
 
 
 async def cancelled_deploy(client: httpx.AsyncClient, store: GatedStore, data: bytes, *, refused: bool) -> None:

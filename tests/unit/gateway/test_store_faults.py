@@ -20,6 +20,7 @@ import pytest
 from spanfaas.config import Settings
 from spanfaas.gateway import pack_function
 from spanfaas.store import SQLiteStore
+from tests.sqlite_locks import write_lock
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,18 +51,6 @@ def store(settings: Settings) -> Iterator[CappedStore]:
     s = CappedStore(settings.data_path / "spanfaas.db", busy_timeout=BUSY_TIMEOUT)
     yield s
     s.close()
-
-
-@contextlib.contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Another process's writer holding the database's write lock (a sqlite3 shell, a backup)."""
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        yield
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
 
 
 def assert_store_unavailable(r: httpx.Response, *words: str) -> dict[str, Any]:
