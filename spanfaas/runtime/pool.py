@@ -612,6 +612,12 @@ class Pool:
             if cold:
                 await self.start()
             while True:
+                if loop.time() >= expires:
+                    # Its start (the template's import, on a cold start) took the whole timeout:
+                    # an instance ready by now must not take it, only to be stopped at once.
+                    if admitted is not None:
+                        admitted()
+                    return self._result(ctx, self._no_instance(timeout), arrived, cold)
                 inst = self._queue.take(expires)
                 if inst is None:
                     try:
