@@ -6,9 +6,7 @@ Specs are frozen ``msgspec.Struct`` values validated once at the edge
 
 from __future__ import annotations
 
-import difflib
 import re
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -305,6 +303,8 @@ def _unknown_key_fix(table: str, key: str) -> str:
         if homes:
             return f"{key} is a key of {' or '.join(homes)}: move it under {homes[0]}" if len(homes) == 1 else (
                 f"{key} is a key of {' or '.join(homes)}: move it under the one you mean")  # fmt: skip
+    import difflib  # (deploy-time only: the zygote, and so every template, does without it)
+
     close = difflib.get_close_matches(key, _field_names(table), n=1)
     said = _known_keys(table)
     return f"did you mean {close[0]}? {said.removeprefix('check its spelling; ')}" if close else said
@@ -338,12 +338,16 @@ def _allowed_values(key: str, given: str | None = None) -> str:
     if not isinstance(t, msgspec.inspect.LiteralType):
         return ""
     values = [str(v) for v in t.values]
+    import difflib
+
     close = difflib.get_close_matches(given.lower(), values, n=1) if given is not None else []
     return "; use one of: " + ", ".join(repr(v) for v in t.values) + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) -> FunctionSpec:
     """Parse and validate a manifest; errors name the offending key."""
+    import tomllib  # (here: the zygote imports this module for its records, and every template holds what it imports)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
