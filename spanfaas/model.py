@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -17,6 +16,9 @@ from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidManifest
 from spanfaas.tomltext import KINDS, toml, value_at
+
+if TYPE_CHECKING:
+    from pathlib import Path  # (at run time where used: the zygote imports this module, see parse_manifest)
 
 __all__ = [
     "Bundle",
@@ -446,6 +448,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
 
 def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
     """Read the manifest of a function directory (or a manifest file)."""
+    from pathlib import Path
+
     path = Path(path)
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():

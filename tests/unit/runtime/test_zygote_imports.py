@@ -16,18 +16,23 @@ from spanfaas.errors import InvalidManifest
 
 ROOT = Path(__file__).resolve().parents[3]
 
-DEPLOY_ONLY = ("difflib", "tomllib")
+DEPLOY_ONLY = ("difflib", "tomllib", "pathlib")
+"""pathlib (with urllib.parse, ipaddress, fnmatch: ~660 KiB) is imported at the interpreter's
+start by an editable install's finder only: a test that finds it there drops it first."""
 
 
 def _zygote_modules() -> set[str]:
-    # The zygote's imports and warm-up, in a fresh interpreter (as ``zygote.main`` runs them,
-    # without forking anything or renaming any path).
+    # The zygote's imports and warm-up (the sandbox's included), in a fresh interpreter, as
+    # ``zygote.main`` runs them, without forking anything or renaming any path.
     code = f"""if True:
         import json, sys
         sys.path.insert(0, {str(ROOT)!r})
+        for name in {DEPLOY_ONLY!r}:
+            sys.modules.pop(name, None)
         from spanfaas.runtime import zygote
         for name in {RuntimeSettings().preimport!r}:
             zygote._preimport(name)
+        zygote._warm_sandbox()
         zygote._warm_templates()
         print(json.dumps(sorted(sys.modules)))
     """
