@@ -37,7 +37,6 @@ user's function failed::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection
 from typing import Any, ClassVar
 
@@ -213,6 +212,8 @@ def like_deployed(name: str, deployed: Collection[str], *, all_up_to: int = 10) 
             return listed
         meant = _closest(name, deployed)
         return f"{listed}; did you mean {meant}?" if meant else listed
+    import difflib  # (here: a deploy-time message; the zygote, and so every template, does without it)
+
     close = difflib.get_close_matches(name, deployed, n=5)
     if not close:
         return f"none of the {len(deployed)} deployed functions has a name like it (`spanfaas ls` lists them)"
@@ -222,6 +223,8 @@ def like_deployed(name: str, deployed: Collection[str], *, all_up_to: int = 10) 
 def _closest(name: str, deployed: Collection[str]) -> str | None:
     """The deployed name most like ``name``, compared as names are written (lowercase, '-'),
     so that a capital or an underscore is no miss at all."""
+    import difflib
+
     by_form = {d.lower().replace("_", "-"): d for d in deployed}
     close = difflib.get_close_matches(name.lower().replace("_", "-"), by_form, n=1)
     return by_form[close[0]] if close else None

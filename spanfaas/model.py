@@ -6,12 +6,9 @@ Specs are frozen ``msgspec.Struct`` values validated once at the edge
 
 from __future__ import annotations
 
-import difflib
 import re
-import tomllib
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -19,6 +16,9 @@ from msgspec import Meta, Struct
 
 from spanfaas.errors import InvalidManifest
 from spanfaas.tomltext import KINDS, toml, value_at
+
+if TYPE_CHECKING:
+    from pathlib import Path  # (at run time where used: the zygote imports this module, see parse_manifest)
 
 __all__ = [
     "Bundle",
@@ -305,6 +305,8 @@ def _unknown_key_fix(table: str, key: str) -> str:
         if homes:
             return f"{key} is a key of {' or '.join(homes)}: move it under {homes[0]}" if len(homes) == 1 else (
                 f"{key} is a key of {' or '.join(homes)}: move it under the one you mean")  # fmt: skip
+    import difflib  # (deploy-time only: the zygote, and so every template, does without it)
+
     close = difflib.get_close_matches(key, _field_names(table), n=1)
     said = _known_keys(table)
     return f"did you mean {close[0]}? {said.removeprefix('check its spelling; ')}" if close else said
@@ -338,12 +340,16 @@ def _allowed_values(key: str, given: str | None = None) -> str:
     if not isinstance(t, msgspec.inspect.LiteralType):
         return ""
     values = [str(v) for v in t.values]
+    import difflib
+
     close = difflib.get_close_matches(given.lower(), values, n=1) if given is not None else []
     return "; use one of: " + ", ".join(repr(v) for v in t.values) + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) -> FunctionSpec:
     """Parse and validate a manifest; errors name the offending key."""
+    import tomllib  # (here: the zygote imports this module for its records, and every template holds what it imports)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -442,6 +448,8 @@ def parse_manifest(text: str, *, source: str = MANIFEST_NAME, **overrides: Any) 
 
 def load_manifest(path: Path, **overrides: Any) -> FunctionSpec:
     """Read the manifest of a function directory (or a manifest file)."""
+    from pathlib import Path
+
     path = Path(path)
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():

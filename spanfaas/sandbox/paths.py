@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import site
 import sys
-from pathlib import Path
 
 import spanfaas
 
@@ -40,12 +39,14 @@ EXEC_RO = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/libexec")
 
 def python_paths() -> list[str]:
     """Where the interpreter, its stdlib, site-packages and spanfaas live."""
+    # (os.path, not pathlib: the zygote calls this, and pathlib imports urllib.parse and
+    # ipaddress, ~660 KiB in every template forked from it)
     paths = {
         sys.prefix,
         sys.base_prefix,
         sys.exec_prefix,
-        str(Path(sys.executable).resolve().parent.parent),
-        str(Path(spanfaas.__file__).resolve().parent),
+        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
+        os.path.dirname(os.path.realpath(spanfaas.__file__)),
     }
     paths.update(site.getsitepackages())
     return sorted(p for p in paths if os.path.exists(p))
