@@ -395,10 +395,10 @@ class Pool:
             self._queue.fail(exc)
 
     def stop_template(self) -> None:
+        """Kill the template, then close its channel: a template that saw its channel end
+        first (given the CPU in between, on a busy host) would shut down on its own and
+        remove its scratch dir after this returned, under the next template's."""
         pid = self.template_pid
-        if self._chan is not None:
-            self._chan.close()
-            self._chan = None
         try:
             if self._template_pidfd >= 0:
                 signal.pidfd_send_signal(self._template_pidfd, signal.SIGKILL)
@@ -406,6 +406,9 @@ class Pool:
                 os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
         self._reset_template()
 
     # -- instances --------------------------------------------------------------

@@ -196,6 +196,35 @@ async def test_a_restart_that_fails_before_the_template_is_asked_for_does_not_le
     assert r.ok, r.error
 
 
+async def test_a_stopped_template_is_killed_before_its_channel_ends(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template takes its channel's end for a shutdown: it stops its instances and
+    removes its scratch dir.  stop_template (scale to zero, a remove) kills it instead;
+    were the channel closed first, a template given the CPU in between (a busy host)
+    would remove the scratch dir after stop_template returned, under whatever the runtime
+    put there next (the next template's scratch dir; the test above: its file)."""
+    await harness.deploy("killed-first", SLOW, 'isolation = "reuse"\n')
+    assert (await harness.invoke("killed-first", b'{"sleep": 0}')).ok
+    pool = harness.rt.pool("killed-first")
+    scratch = harness.rt.scratch_root / pool.key
+    chan = pool._chan
+    assert chan is not None and pool.template_pid > 0 and scratch.is_dir()
+    template = os.pidfd_open(pool.template_pid)
+    close = chan.close
+
+    def close_and_let_the_template_run() -> None:
+        close()
+        # The busy host's untimely switch, made certain: the template runs until it exits.
+        readable, _, _ = select.select([template], [], [], 10)
+        assert readable, "the template did not exit"
+
+    monkeypatch.setattr(chan, "close", close_and_let_the_template_run)
+    try:
+        pool.stop_template()
+    finally:
+        os.close(template)
+    assert scratch.is_dir(), "the template ran on after stop_template and removed its scratch dir"
+
+
 async def test_a_strict_child_whose_caller_gave_up_after_it_answered_is_never_offered_again(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
