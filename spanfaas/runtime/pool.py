@@ -145,6 +145,7 @@ class Pool:
         self._drained.set()
         self.last_used = time.monotonic()
         self._strict = spec.isolation == "strict"
+        self._swept = False  # the template sweeps the scratch tmpfs at each exit: answers wait for it (_run)
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
         self._queue = Queue(spec.name, self._slots, spec.scaling.queue, self._loop)
         """The invocations waiting for an instance's room, and the instances with room."""
@@ -252,10 +253,11 @@ class Pool:
                 self._on_instance_exit(seq, status)
             case p.ForkFailed(reason=reason):
                 self._on_fork_failed(reason)
-            case p.TemplateReady(import_ms=ms, protections=prot):
+            case p.TemplateReady(import_ms=ms, protections=prot, sweeps=sweeps):
                 self._imported()
                 self.import_ms = ms
                 self.protections = prot
+                self._swept = sweeps
                 self._said_ready = True
                 if self._spawned:  # (else once the zygote's report of its pid is read: on_spawned)
                     self._become_ready()
@@ -765,6 +767,11 @@ class Pool:
                 ) from None
             return self._result(ctx, error, arrived, cold, logs)
         else:
+            if self._swept and not inst.exit_status.done():
+                # Without Landlock a strict call may have left files anywhere in the scratch
+                # tmpfs: its answer goes once the template has reaped its instance and swept
+                # them (Template.sweep), so that no call that starts after it sees them.
+                await asyncio.shield(inst.exit_status)
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()
                 pipelining = self._queue.pipelining

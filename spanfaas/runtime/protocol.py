@@ -115,6 +115,9 @@ ZygoteEvent = TemplateSpawned | TemplateExited | SpareReady
 class TemplateReady(Struct, tag=True, kw_only=True):
     import_ms: float
     protections: list[Protection]
+    sweeps: bool = False
+    """Strict without Landlock: the template sweeps the scratch tmpfs before it tells an
+    instance's exit, and a call's answer is delivered only then (``Template.sweep``)."""
 
 
 class TemplateFailed(Struct, tag=True):
