@@ -275,10 +275,10 @@ class Template:
             self.ruleset = -1
             self.protections.append(lp)
         self.landlock = lp.active
-        strict = self.req.isolation == "strict"
         if self.landlock and _SCRATCH_LANDLOCK is not None:
             self.protections.append(_SCRATCH_LANDLOCK)
-        else:
+        else:  # (without Landlock: the strict template sweeps its scratch tmpfs, see sweep)
+            strict = self.req.isolation == "strict"
             self.protections.append(sandbox.landlock.scratch_protection(self.landlock, strict))
             self.sweeping = strict and not self.landlock
         # Instances share our uid: where their Landlock layers cannot scope signals
