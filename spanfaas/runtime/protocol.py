@@ -117,7 +117,7 @@ class TemplateReady(Struct, tag=True, kw_only=True):
     protections: list[Protection]
     sweeps: bool = False
     """Strict without Landlock: the template sweeps the scratch tmpfs before it tells an
-    instance's exit, and a call's answer is delivered only then (``Template.sweep``)."""
+    instance's exit, and a call that starts after another answered waits for that (``Template.sweep``)."""
 
 
 class TemplateFailed(Struct, tag=True):

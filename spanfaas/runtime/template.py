@@ -576,9 +576,9 @@ class Template:
         An instance may then write anywhere in the scratch tmpfs (it is one uid with us),
         and what a call left beside its own dir (``../left``, a dir named as an instance's)
         outlived it, for the next call to read.  Run once an instance is reaped, its group
-        and the orphans it left killed, before its exit is told: the runtime delivers a
-        strict call's answer only then (``pool.py``), so no call that starts after it sees
-        any of it.  The dirs of the instances forked ahead of it, which it may have written
+        and the orphans it left killed, before its exit is told: the runtime starts no call
+        after a strict call's answer before that (``Pool._after_sweeps``), so no call that
+        starts after it sees any of it.  The dirs of the instances forked ahead of it, which it may have written
         in too, are emptied while no call runs in them: an instance locks its dir (``flock``)
         as its call starts (``_empty_own``), and a dir we cannot lock is a call's, whose
         files are its own (what a call leaves in the dir of a call beside it lasts until that

@@ -129,8 +129,8 @@ def scratch_protection(landlock: bool, strict: bool = True) -> Protection:
         return Protection(name, False, "no Landlock: an instance may write the whole scratch tmpfs (one uid with its "
                           "template and the other instances), and reuse instances keep what they write there")  # fmt: skip
     return Protection(name, True, "no Landlock: an instance may write the whole scratch tmpfs (one uid with its "
-                      "template and the other instances), so before a strict call's answer is delivered the template "
-                      "removes all of it but the live instances' dirs and empties those whose call has not started, "
+                      "template and the other instances), so before a call starts after a strict call answered, the "
+                      "template removes all of it but the live instances' dirs and empties those whose call has not started, "
                       "and each instance empties its own dir as its call starts: a call sees no file of a call that "
                       "ended before it started, but concurrent calls can see each other's (and what a call left in "
                       "the dir of one running beside it lasts until that one ends)")  # fmt: skip

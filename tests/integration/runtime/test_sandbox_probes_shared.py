@@ -340,4 +340,4 @@ async def test_the_protections_say_what_keeps_strict_calls_files_apart(sandboxed
         assert got.reason.startswith("Landlock: an instance writes only its own scratch dir"), got
     else:
         assert got.reason.startswith("no Landlock: "), got
-        assert "before a strict call's answer is delivered" in got.reason and "concurrent" in got.reason, got
+        assert "before a call starts after a strict call answered" in got.reason and "concurrent" in got.reason, got
