@@ -66,11 +66,16 @@ def _sandbox_hint(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Pr
         error.type == "PermissionError"
         and message.startswith("[Errno 1]")
         and any(where in (error.traceback or "") for where in _SIGNAL_FRAMES)
-        and any(x.name == "signal-scope" and x.active and x.reason.startswith("seccomp (") for x in protections)
+        and any(
+            x.name == "signal-scope" and x.active and x.reason.startswith("seccomp (") and "children by their pid" in x.reason
+            for x in protections
+        )
     ):
         return ("this host's Landlock cannot scope signals, so seccomp lets an instance signal only itself and its "
                 "process group, not another process by its pid, its own children included: signal those through "
-                "the group (os.killpg(os.getpgrp(), sig) reaches the instance too), or let them end with the call")  # fmt: skip
+                "the group (os.killpg(os.getpgrp(), sig) reaches the instance too), or let them end with the call; "
+                "a function with allow_subprocess = true may signal its children by pid here (and its instances "
+                "each other)")  # fmt: skip
     return None
 
 

@@ -299,8 +299,11 @@ class Template:
         self.guarded = () if self.landlock and abi >= 6 else _guarded_pids()
         sc = sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host", guarded=self.guarded)
         self.protections.append(sc)
-        self.protections.append(seccomp.signal_protection(abi, self.landlock, sc.active, bool(self.guarded)))
-        if sc.active and self.guarded:  # (prebuilt in the zygote: sandbox.prepare)
+        # A function allowed subprocesses must stop them by their pid (subprocess.run's timeout,
+        # Popen.kill): no instance guard, its siblings stay reachable by pid (docs/runtime.md, "Signals").
+        siblings = not plan_obj.allow_exec
+        self.protections.append(seccomp.signal_protection(abi, self.landlock, sc.active, bool(self.guarded), siblings))
+        if sc.active and self.guarded and siblings:  # (prebuilt in the zygote: sandbox.prepare)
             self.instance_guard = seccomp.instance_guard(_libc.ARCH)
 
     def load(self) -> None:

@@ -505,14 +505,23 @@ def instance_guard(arch: str) -> InstanceGuard:
     return InstanceGuard(arch)
 
 
-def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool) -> Protection:
+def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool, siblings: bool = True) -> Protection:
     """What keeps an instance from signalling its template, its reaper, its siblings
-    and the host: Landlock's signal scope (ABI 6+), else the seccomp signal guard."""
+    and the host: Landlock's signal scope (ABI 6+), else the seccomp signal guard.
+    ``siblings``: each instance adds its own guard (``InstanceGuard``), which a function
+    allowed subprocesses goes without: it must stop its children by their pid."""
     name = "signal-scope"
     if landlock and landlock_abi >= 6:
         return Protection(name, True, f"Landlock ABI {landlock_abi} scopes signals: an instance signals only its own "
                           "processes, not its template, the namespace's reaper, sibling instances or the host")  # fmt: skip
     why = f"Landlock ABI {landlock_abi} cannot scope signals" if landlock_abi else "no Landlock to scope signals"
+    if seccomp and guarded and not siblings:
+        return Protection(name, True, f"seccomp ({why}): kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, "
+                          "pidfd_open and F_SETOWN naming pid 1, the template, its threads or its parents, and -1, "
+                          "refused; pidfd_send_signal refused; sibling instances stay reachable by their pid: the "
+                          "function may run subprocesses (allow_subprocess), which it must stop by their pid "
+                          "(subprocess.run's timeout, Popen.kill), and no filter tells its children's pids from its "
+                          "siblings'")  # fmt: skip
     if seccomp and guarded:
         return Protection(name, True, f"seccomp ({why}): kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo "
                           "and F_SETOWN naming anything but the instance itself or its process group refused (pid 1, "

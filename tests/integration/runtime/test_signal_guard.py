@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -143,6 +144,8 @@ def handler(event, context):
         return "slept"
     if event.get("own"):
         return own_signals()
+    if event.get("forked"):
+        return _kill_forked(signal.SIGTERM)
     target = event["target"]
     if target == "sibling":
         target = find(event["sibling"])
@@ -157,7 +160,6 @@ def handler(event, context):
 
 MANIFEST = """
 isolation = "strict"
-allow_subprocess = true
 [resources]
 timeout = 10
 [scaling]
@@ -187,13 +189,14 @@ async def guarded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             h = Harness(rt, tmp / "functions")
             require(h, "pid-namespace", "uid", "seccomp")
             await h.deploy("attacker", ATTACKER, MANIFEST)
+            await h.deploy("spawner", ATTACKER, "allow_subprocess = true\n" + MANIFEST)
             yield h
         finally:
             await rt.close()
 
 
-async def _call(h: Harness, event: dict[str, object]) -> dict[str, object]:
-    r = await h.invoke("attacker", json.dumps(event).encode())
+async def _call(h: Harness, event: dict[str, object], function: str = "attacker") -> Any:
+    r = await h.invoke(function, json.dumps(event).encode())
     assert r.ok, (event, r.error)
     return json.loads(r.output)
 
@@ -204,7 +207,7 @@ async def test_no_signal_reaches_the_template(guarded: Harness, attack: str) -> 
     template = pool.template_pid
     got = await _call(guarded, {"attack": attack, "target": "template"})
     _refused(got)
-    assert (await _call(guarded, {"own": True}))["group"] == -12  # (the next call runs as ever)
+    assert await _call(guarded, {"sleep": 0.01, "name": "next"}) == "slept"  # (the next call runs as ever)
     assert pool.template_pid == template and pool.state == "ready", "the template survived"
 
 
@@ -214,7 +217,7 @@ async def test_no_signal_reaches_the_reaper(guarded: Harness, attack: str) -> No
     template = pool.template_pid
     got = await _call(guarded, {"attack": attack, "target": 1})  # (killpg(1) is kill(-1): all it may signal)
     _refused(got)
-    assert (await _call(guarded, {"own": True}))["group"] == -12  # (the next call runs as ever)
+    assert await _call(guarded, {"sleep": 0.01, "name": "next"}) == "slept"  # (the next call runs as ever)
     assert pool.template_pid == template and pool.state == "ready", "the reaper and the template survived"
 
 
@@ -228,11 +231,11 @@ def _refused(got: dict[str, object]) -> None:
         assert got["blocked"] == "PermissionError", got
 
 
-async def _against_a_sibling(h: Harness, attack: str) -> tuple[dict[str, object], object]:
+async def _against_a_sibling(h: Harness, attack: str, function: str = "attacker") -> tuple[dict[str, object], object]:
     name = f"sleeper-{next(_sleepers)}"  # (an earlier one may still be in /proc, exiting)
-    sleeper = asyncio.ensure_future(h.invoke("attacker", json.dumps({"sleep": 2, "name": name}).encode()))
+    sleeper = asyncio.ensure_future(h.invoke(function, json.dumps({"sleep": 2, "name": name}).encode()))
     try:
-        got = await _call(h, {"attack": attack, "target": "sibling", "sibling": name})
+        got = await _call(h, {"attack": attack, "target": "sibling", "sibling": name}, function)
     finally:
         slept = await sleeper
     return got, (json.loads(slept.output) if slept.ok else slept.error)
@@ -257,28 +260,46 @@ async def test_a_sibling_by_its_pid(guarded: Harness, attack: str) -> None:
 
 async def test_an_instance_signals_itself_and_its_group(guarded: Harness) -> None:
     """Itself (``kill(0)``, ``killpg``, its pid, a thread of its own) and its process group,
-    which holds what it forks, everywhere.  Its children by their pid: where Landlock scopes
-    signals; without it (ABI < 6) no static filter tells a child's pid from a sibling's, and
-    the guard refuses them (docs/runtime.md, "Signals")."""
-    got = await _call(guarded, {"own": True})
+    which holds what it forks, everywhere; and, a function allowed subprocesses, its children
+    by their pid (``Popen.kill``, ``subprocess.run``'s timeout) on every kernel."""
+    got = await _call(guarded, {"own": True}, "spawner")
     assert got["handled"] == ["usr1"] * 4 + ["usr2"] and got["group"] == -12, got
+    assert (got["kill"], got["terminate"], got["forked"]) == (-9, -15, -15), got
+
+
+async def test_a_function_without_subprocesses_signals_no_child_by_its_pid_where_seccomp_guards(guarded: Harness) -> None:
+    """Without Landlock's signal scope (ABI < 6) no static filter tells a child's pid from a
+    sibling's: an instance not allowed subprocesses is refused both (docs/runtime.md, "Signals")."""
+    got = await _call(guarded, {"forked": True})
+    assert got == (-15 if abi_version() >= 6 else "PermissionError"), got
+
+
+async def test_a_function_allowed_subprocesses_keeps_its_siblings_reachable_where_seccomp_guards(guarded: Harness) -> None:
+    """The trade named in its protection: its children by pid, so its siblings by pid too (ABI < 6)."""
+    got, slept = await _against_a_sibling(guarded, "kill", "spawner")
     if abi_version() >= 6:
-        assert (got["kill"], got["terminate"], got["forked"]) == (-9, -15, -15), got
+        _refused(got)
+        assert slept == "slept", slept
     else:
-        assert got["kill"] == got["terminate"] == got["forked"] == "PermissionError", got
+        assert got["blocked"] is None, got
+        assert not isinstance(slept, str), "the sibling was killed"
 
 
 async def test_the_protections_say_what_scopes_signals(guarded: Harness) -> None:
     host = next(x for x in guarded.rt.protections if x.name == "signal-scope")
     own = next(x for x in guarded.rt.pool("attacker").protections if x.name == "signal-scope")
-    assert host.active and own.active, (host, own)
+    spawner = next(x for x in guarded.rt.pool("spawner").protections if x.name == "signal-scope")
+    assert host.active and own.active and spawner.active, (host, own, spawner)
     if abi_version() >= 6:
         assert own.reason.startswith(f"Landlock ABI {abi_version()} scopes signals"), own
+        assert spawner == own
     else:
         why = "Landlock ABI 5 cannot scope signals" if abi_version() else "no Landlock to scope signals"
         assert own.reason.startswith(f"seccomp ({why})"), own
         assert "sibling instances" in own.reason and "reachable" not in own.reason, own
         assert "children by their pid" in own.reason, own
+        assert spawner.reason.startswith(f"seccomp ({why})"), spawner
+        assert "sibling instances stay reachable by their pid" in spawner.reason, spawner
     assert host.reason == own.reason
 
 
