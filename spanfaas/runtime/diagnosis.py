@@ -24,6 +24,8 @@ _NO_NETWORK = ("Network is unreachable", "Temporary failure in name resolution",
 _SOCKET_FRAMES = ("_socket.socket.__init__(", "_socket.socketpair(")
 """In a traceback: the error came from creating a socket (``socket.socket(AF_UNIX)``, ``AF_VSOCK`` or a uevent netlink
 one, and a datagram ``socket.socketpair``, are refused without network)."""
+_SIGNAL_FRAMES = ("in send_signal", "in _send_signal", "os.kill(", "os.killpg(")
+"""In a traceback: the error came from signalling a process (``Popen.kill``/``terminate``, multiprocessing's, ``os.kill``)."""
 
 
 def explained(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Protection]) -> ErrorInfo:
@@ -60,6 +62,20 @@ def _sandbox_hint(error: ErrorInfo, spec: FunctionSpec, protections: Iterable[Pr
         return ('unix, vsock and uevent netlink sockets are off for this function (network = "none", the default: they '
                 'reach the host\'s services, a virtual machine\'s hypervisor, the host\'s device events); set network = "host" '
                 'in spanfaas.toml to use them')  # fmt: skip
+    if (
+        error.type == "PermissionError"
+        and message.startswith("[Errno 1]")
+        and any(where in (error.traceback or "") for where in _SIGNAL_FRAMES)
+        and any(
+            x.name == "signal-scope" and x.active and x.reason.startswith("seccomp (") and "children by their pid" in x.reason
+            for x in protections
+        )
+    ):
+        return ("this host's Landlock cannot scope signals, so seccomp lets an instance signal only itself and its "
+                "process group, not another process by its pid, its own children included: signal those through "
+                "the group (os.killpg(os.getpgrp(), sig) reaches the instance too), or let them end with the call; "
+                "a function with allow_subprocess = true may signal its children by pid here (and its instances "
+                "each other)")  # fmt: skip
     return None
 
 

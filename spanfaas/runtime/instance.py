@@ -680,11 +680,16 @@ def read_one(sock: socket.socket, readable: select.poll | None = None) -> tuple[
     return _decoder.decode(view[fs : fs + hlen]), view[fs + hlen : total]
 
 
-def serve_one(sock: socket.socket, runner: Runner, capture: Capture, readable: select.poll | None = None) -> None:
-    """strict isolation: serve one invocation on ``sock`` (none at EOF)."""
+def serve_one(
+    sock: socket.socket, runner: Runner, capture: Capture, readable: select.poll | None = None, clear: Callable[[], None] | None = None
+) -> None:
+    """strict isolation: serve one invocation on ``sock`` (none at EOF).  ``clear``: run as
+    the call starts, before the handler (without Landlock: ``template._empty_own``)."""
     frame = read_one(sock, readable)
     if frame is None:
         return
+    if clear is not None:
+        clear()
     req, body = frame
     done, output = runner.call(req, body)
     del body, frame

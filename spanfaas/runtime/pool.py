@@ -145,6 +145,8 @@ class Pool:
         self._drained.set()
         self.last_used = time.monotonic()
         self._strict = spec.isolation == "strict"
+        self._swept = False  # the template sweeps the scratch tmpfs at each exit (strict without Landlock)
+        self._unswept: set[Instance] = set()  # and these answered, their exit (so their sweep) not told yet: invoke
         self._slots = 1 if self._strict else spec.resources.concurrency  # invocations one instance serves at once
         self._queue = Queue(spec.name, self._slots, spec.scaling.queue, self._loop)
         """The invocations waiting for an instance's room, and the instances with room."""
@@ -252,10 +254,11 @@ class Pool:
                 self._on_instance_exit(seq, status)
             case p.ForkFailed(reason=reason):
                 self._on_fork_failed(reason)
-            case p.TemplateReady(import_ms=ms, protections=prot):
+            case p.TemplateReady(import_ms=ms, protections=prot, sweeps=sweeps):
                 self._imported()
                 self.import_ms = ms
                 self.protections = prot
+                self._swept = sweeps
                 self._said_ready = True
                 if self._spawned:  # (else once the zygote's report of its pid is read: on_spawned)
                     self._become_ready()
@@ -490,6 +493,7 @@ class Pool:
         inst = self._instances.pop(seq, None)
         if inst is None:
             return
+        self._unswept.discard(inst)
         if inst.ready:
             self._ready_count -= 1
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
@@ -614,6 +618,8 @@ class Pool:
         try:
             if cold:
                 await self.start()
+            if self._unswept:
+                await self._after_sweeps()
             while True:
                 if loop.time() >= expires:
                     # Its start (the template's import, on a cold start) took the whole timeout:
@@ -649,6 +655,15 @@ class Pool:
             self._busy -= 1
             if self._busy == 0:
                 self._drained.set()
+
+    async def _after_sweeps(self) -> None:
+        """Without Landlock a strict call may have left files anywhere in the scratch tmpfs,
+        which its template sweeps once it has reaped its instance (``Template.sweep``), before
+        it tells the exit: a call that starts after such a call answered waits for that,
+        so that it sees none of them.  (Paced calls find it done: a reap takes ~1-2 ms.)"""
+        self._unswept = {inst for inst in self._unswept if not inst.exit_status.done()}  # (a template lost: told -1)
+        if self._unswept:
+            await asyncio.wait([asyncio.shield(inst.exit_status) for inst in self._unswept])
 
     async def _wait(self, expires: float, accepted: bool = False, admitted: Callable[[], None] | None = None) -> Instance | None:
         """Queue for an instance; None if none had room before ``expires``.
@@ -768,6 +783,8 @@ class Pool:
                 ) from None
             return self._result(ctx, error, arrived, cold, logs)
         else:
+            if self._swept and not inst.exit_status.done():
+                self._unswept.add(inst)  # (a call that starts after this one waits for its sweep: invoke)
             if not self._strict:  # before the instance is offered again: its room may change
                 inst.answered = loop.time()
                 pipelining = self._queue.pipelining

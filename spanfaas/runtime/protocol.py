@@ -115,6 +115,9 @@ ZygoteEvent = TemplateSpawned | TemplateExited | SpareReady
 class TemplateReady(Struct, tag=True, kw_only=True):
     import_ms: float
     protections: list[Protection]
+    sweeps: bool = False
+    """Strict without Landlock: the template sweeps the scratch tmpfs before it tells an
+    instance's exit, and a call that starts after another answered waits for that (``Template.sweep``)."""
 
 
 class TemplateFailed(Struct, tag=True):

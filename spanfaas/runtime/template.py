@@ -12,6 +12,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # (no stub; see _instance_main)
 import ctypes
 import errno
+import fcntl
 import gc
 import importlib
 import inspect
@@ -73,16 +74,21 @@ _SCOPED: Protection | None = None
 """Set in the zygote (``warm_sandbox``) where Landlock scopes signals (ABI 6+): the
 signal-scope Protection of each template whose Landlock layer is in force."""
 
+_SCRATCH_LANDLOCK: Protection | None = None
+"""Set in the zygote (``warm_sandbox``): the scratch-isolation Protection of each template
+whose Landlock layer is in force (made there, shared, like ``_SCOPED``)."""
+
 
 def warm_sandbox() -> None:
     """In the zygote, once: where Landlock scopes signals, the signal-scope Protection
     every such template reports (``lock_down``), so that none of them asks the ABI
     (``TEST_ABI_ENV`` included: the zygote has its runtime's) or formats the text."""
-    global _SCOPED
+    global _SCOPED, _SCRATCH_LANDLOCK
     from spanfaas.sandbox import landlock, seccomp
 
     abi = landlock.abi_version()
     _SCOPED = seccomp.signal_protection(abi, True, True, False) if abi >= 6 else None
+    _SCRATCH_LANDLOCK = landlock.scratch_protection(True)
 
 
 def _preimport_lazy() -> None:
@@ -209,6 +215,8 @@ class Template:
         self.plan_for_child: _ChildPlan | None = None  # what every instance reads of the template (_prepare_forking)
         self.scratch_paths: dict[int, str] = {}  # seq -> its instance's scratch dir (_scratch)
         self.guarded: tuple[int, ...] = ()  # pids instances may not signal (seccomp), where Landlock cannot scope signals
+        self.instance_guard: Any = None  # and each instance's own signal guard (seccomp.InstanceGuard) there
+        self.sweeping = False  # strict without Landlock: the scratch tmpfs is swept at each reap (sweep)
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = rfd, wfd
         # Orphans of instances come to us: as their subreaper (not inherited by
@@ -267,6 +275,12 @@ class Template:
             self.ruleset = -1
             self.protections.append(lp)
         self.landlock = lp.active
+        if self.landlock and _SCRATCH_LANDLOCK is not None:
+            self.protections.append(_SCRATCH_LANDLOCK)
+        else:  # (without Landlock: the strict template sweeps its scratch tmpfs, see sweep)
+            strict = self.req.isolation == "strict"
+            self.protections.append(sandbox.landlock.scratch_protection(self.landlock, strict))
+            self.sweeping = strict and not self.landlock
         # Instances share our uid: where their Landlock layers cannot scope signals
         # (ABI < 6: Ubuntu 22.04/24.04, Debian 12), seccomp refuses the calls that would
         # signal pid 1 or our parents (and kill(-1)), in us and every process we fork;
@@ -285,7 +299,12 @@ class Template:
         self.guarded = () if self.landlock and abi >= 6 else _guarded_pids()
         sc = sandbox.seccomp_deny(plan_obj.allow_exec, unix_sockets=plan_obj.network == "host", guarded=self.guarded)
         self.protections.append(sc)
-        self.protections.append(seccomp.signal_protection(abi, self.landlock, sc.active, bool(self.guarded)))
+        # A function allowed subprocesses must stop them by their pid (subprocess.run's timeout,
+        # Popen.kill): no instance guard, its siblings stay reachable by pid (docs/runtime.md, "Signals").
+        siblings = not plan_obj.allow_exec
+        self.protections.append(seccomp.signal_protection(abi, self.landlock, sc.active, bool(self.guarded), siblings))
+        if sc.active and self.guarded and siblings:  # (prebuilt in the zygote: sandbox.prepare)
+            self.instance_guard = seccomp.instance_guard(_libc.ARCH)
 
     def load(self) -> None:
         req = self.req
@@ -353,7 +372,7 @@ class Template:
         _rng.gauss_next = None  # (random.seed() clears it; the template calls no gauss() from here on)
         assert self.runner is not None
         self.plan_for_child = (self.runner, self.layer, self.data_limit, self.one_shot, self.concurrent, req.concurrency,
-                               sys.modules.get("numpy.random"))  # fmt: skip
+                               sys.modules.get("numpy.random"), self.instance_guard, self.sweeping)  # fmt: skip
         return self.streams
 
     def _settle(self) -> None:
@@ -530,6 +549,7 @@ class Template:
 
     def reap(self) -> None:
         reaped = False
+        swept: list[tuple[int, int]] | None = [] if self.sweeping else None
         while True:
             exited = reap_one(self.children)
             if exited is None:
@@ -542,9 +562,69 @@ class Template:
             scratch = self.scratch_paths.pop(seq, None)
             if scratch is not None:
                 remove_tree(scratch)
+            if swept is not None:
+                swept.append((seq, status))  # told once the scratch tmpfs is swept, below
+                continue
             p.send_msg(self.chan, p.InstanceExited(seq, status))
         if reaped and self.reaper:
             self._kill_orphans()
+        if swept:
+            self.sweep()
+            for seq, status in swept:
+                p.send_msg(self.chan, p.InstanceExited(seq, status))
+
+    def sweep(self) -> None:
+        """Without Landlock (strict): remove from the scratch root all but the live instances' dirs.
+
+        An instance may then write anywhere in the scratch tmpfs (it is one uid with us),
+        and what a call left beside its own dir (``../left``, a dir named as an instance's)
+        outlived it, for the next call to read.  Run once an instance is reaped, its group
+        and the orphans it left killed, before its exit is told: the runtime starts no call
+        after a strict call's answer before that (``Pool._after_sweeps``), so no call that
+        starts after it sees any of it.  The dirs of the instances forked ahead of it, which it may have written
+        in too, are emptied while no call runs in them: an instance locks its dir (``flock``)
+        as its call starts (``_empty_own``), and a dir we cannot lock is a call's, whose
+        files are its own (what a call leaves in the dir of a call beside it lasts until that
+        one ends)."""
+        live = {os.path.basename(path) for path in self.scratch_paths.values()}
+        for path in self.scratch_paths.values():
+            try:
+                fd = os.open(path, _DIR_FLAGS)
+            except OSError:
+                continue
+            try:
+                _flock(fd, _LOCK_EX | _LOCK_NB)
+            except OSError:
+                os.close(fd)  # its call runs
+                continue
+            try:
+                _remove_below(fd)  # (closes it: unlocked)
+            except OSError:
+                pass
+        try:
+            fd = _open_dir(self.scratch_dir, None)  # (a call may have made it unreadable)
+        except OSError:
+            return
+        try:
+            try:
+                listing = os.scandir(fd)
+            except PermissionError:
+                os.fchmod(fd, 0o700)
+                listing = os.scandir(fd)
+            with listing as it:
+                left = [(e.name, e.is_dir(follow_symlinks=False)) for e in it if e.name not in live or not e.is_dir(follow_symlinks=False)]
+            for name, is_dir in left:
+                try:
+                    if is_dir:
+                        _remove_tree_at(fd, name)
+                    else:
+                        os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass  # (gone, or it cannot go: as remove_tree)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _kill_orphans(self) -> None:
         """Kill what left an instance's group and outlived it (``setsid()``, its
@@ -631,11 +711,15 @@ class Template:
 # (``_ChildPlan``, ``_Prepared.for_child``) and the functions it calls are
 # module globals here (a lookup in this module's dict, which writes nothing).
 
-_ChildPlan = tuple[inst.Runner, Any, "tuple[int, int] | None", bool, bool, int, Any]
+_ChildPlan = tuple[inst.Runner, Any, "tuple[int, int] | None", bool, bool, int, Any, Any, bool]
 """What every instance of a template reads of it (``Template._prepare_forking``): its runner,
-Landlock layer (or None), RLIMIT_DATA (or None), strict?, concurrent?, concurrency, numpy.random (or None)."""
+Landlock layer (or None), RLIMIT_DATA (or None), strict?, concurrent?, concurrency, numpy.random (or None),
+its own signal guard (or None: ``seccomp.InstanceGuard``), strict without Landlock? (``Template.sweep``)."""
 
 _closerange = os.closerange
+_flock = fcntl.flock
+_LOCK_EX, _LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+_getpid = os.getpid
 _dup2 = os.dup2
 _chdir = os.chdir
 _setpgid = os.setpgid
@@ -687,13 +771,15 @@ def _instance_main(plan: _ChildPlan, child: _ForChild, streams: tuple[TextIO, Te
     functions and their code all carry refcounts): what an instance needs
     was computed in the template (``_ChildPlan``, ``_Prepared``), and it takes
     the shortest path to its call, reading locals (see above)."""
-    runner, layer, data_limit, one_shot, concurrent, concurrency, np_random = plan
+    runner, layer, data_limit, one_shot, concurrent, concurrency, np_random, guard, sweeping = plan
     _, ruleset, logs, scratch, env, sock, hello, readable, capture = child
     _set_wakeup_fd(-1)
     # (signal.signal would convert the template's handler to an enum, and
     # fail doing it: ~40 copy-on-write faults.)
     _set_signal(_SIGCHLD, _SIG_DFL)
     _setpgid(0, 0)  # the instance leads a group: what it forks dies with it
+    if guard is not None:  # Landlock cannot scope signals: it signals only itself and its group
+        guard.install(_getpid())
     if layer is not None:  # read-write: only its own scratch dir; its own signal scope
         layer.close()
         layer.enforce(ruleset)
@@ -712,7 +798,7 @@ def _instance_main(plan: _ChildPlan, child: _ForChild, streams: tuple[TextIO, Te
             runner.warm()
             capture.take()
         sock.send(hello)
-        _serve_one(sock, runner, capture, readable)
+        _serve_one(sock, runner, capture, readable, _empty_own if sweeping else None)
         return
     reader = None if concurrent else _frame_reader(sock)
     if warm:
@@ -839,6 +925,35 @@ def _orphan_reaping() -> Protection:
     return Protection(name, True, "the template is its instances' subreaper (PR_SET_CHILD_SUBREAPER)")
 
 
+def _empty_own() -> None:
+    """Without Landlock, as a strict call starts: empty the instance's own dir (its cwd),
+    where a call that ended before it (forked after it) may have left files.  One listing
+    of an empty dir, most times; a dir made unreadable is made readable again.  The dir
+    stays locked (``flock``) for the rest of the instance's life: the template's sweep
+    empties only the dirs of instances whose call has not started (``Template.sweep``),
+    and one that is emptying it now has it locked until it is done."""
+    try:
+        fd = _open_dir(".", None)
+    except OSError:
+        return
+    try:
+        _flock(fd, _LOCK_EX)  # (held: the descriptor stays open, close-on-exec)
+        _remove_below(os.dup(fd))
+    except OSError:
+        pass
+
+
+def _remove_tree_at(parent: int, name: str) -> None:
+    """``remove_tree`` of the dir ``name`` in the dir ``parent`` (never following a link)."""
+    try:
+        os.rmdir(name, dir_fd=parent)
+        return
+    except OSError:
+        pass
+    _remove_below(_open_dir(name, parent))
+    os.rmdir(name, dir_fd=parent)
+
+
 def remove_tree(path: str) -> None:
     """Remove a directory tree, never following links, best effort (shutil would add
     ~30 memory mappings, bz2/lzma/zlib, to every template).
@@ -860,6 +975,15 @@ def remove_tree(path: str) -> None:
         if os.path.islink(path) or os.path.isfile(path):
             os.unlink(path)
         return
+    _remove_below(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _remove_below(fd: int) -> None:
+    """Remove all the dir ``fd`` holds, best effort (see ``remove_tree``); closes ``fd``."""
     depth = 0
     try:
         while True:
@@ -878,10 +1002,6 @@ def remove_tree(path: str) -> None:
         pass  # (an entry that cannot go: it stays, as it would have)
     finally:
         os.close(fd)
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -1022,7 +1142,7 @@ def run(
         os.dup2(devnull, 2)
         os.close(devnull)  # (its instances would inherit it: a descriptor no handler needs)
         os.close(capture)
-        p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections))
+        p.send_msg(chan, p.TemplateReady(import_ms=tpl.import_ms, protections=tpl.protections, sweeps=tpl.sweeping))
         tpl.fork_instances(req.initial)
         tpl.loop()
     except BaseException:

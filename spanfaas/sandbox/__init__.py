@@ -25,6 +25,7 @@ module for why)::
                      import the function; signal_guard((2, threads...)) if ABI < 6;
                      fork instances as pid 4+
     instance:        PreparedLayer(ro).restrict([own scratch dir])   # narrower layer, own signal scope (ABI 6+)
+                     seccomp.instance_guard(arch).install(own pid) if ABI < 6   # signals only itself and its group
 """
 
 from spanfaas.sandbox.cgroups import Cgroup, cleanup_cgroups

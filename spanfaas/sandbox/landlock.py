@@ -34,6 +34,7 @@ from spanfaas.sandbox import _libc
 
 __all__ = [
     "DEV_FILES", "TEST_ABI_ENV", "PreparedLayer", "abi_version", "landlock_enforce", "landlock_restrict", "landlock_ruleset",
+    "scratch_protection",
 ]  # fmt: skip
 
 LANDLOCK_CREATE_RULESET_VERSION: Final = 1 << 0
@@ -115,6 +116,24 @@ def unavailable_reason() -> str:
     if abi_version() == 0:
         return f"Landlock turned off for a test ({TEST_ABI_ENV}=0)"
     return ""
+
+
+def scratch_protection(landlock: bool, strict: bool = True) -> Protection:
+    """What keeps a call's scratch files from other calls of its function (``scratch-isolation``):
+    each instance's Landlock layer, or, without Landlock, the template's sweep of the scratch
+    tmpfs (strict only: ``runtime/template.py``, ``Template.sweep``)."""
+    name = "scratch-isolation"
+    if landlock:
+        return Protection(name, True, "Landlock: an instance writes only its own scratch dir (a fresh one per strict call)")
+    if not strict:
+        return Protection(name, False, "no Landlock: an instance may write the whole scratch tmpfs (one uid with its "
+                          "template and the other instances), and reuse instances keep what they write there")  # fmt: skip
+    return Protection(name, True, "no Landlock: an instance may write the whole scratch tmpfs (one uid with its "
+                      "template and the other instances), so before a call starts after a strict call answered, the "
+                      "template removes all of it but the live instances' dirs and empties those whose call has not started, "
+                      "and each instance empties its own dir as its call starts: a call sees no file of a call that "
+                      "ended before it started, but concurrent calls can see each other's (and what a call left in "
+                      "the dir of one running beside it lasts until that one ends)")  # fmt: skip
 
 
 def _fs_rights(abi: int) -> int:

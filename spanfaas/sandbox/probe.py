@@ -23,7 +23,7 @@ import msgspec
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 from spanfaas.sandbox.cgroups import CONTROLLERS, hierarchies
-from spanfaas.sandbox.landlock import READ_FILE, TEST_ABI_ENV, _RulesetAttr, abi_version, unavailable_reason
+from spanfaas.sandbox.landlock import READ_FILE, TEST_ABI_ENV, _RulesetAttr, abi_version, scratch_protection, unavailable_reason
 from spanfaas.sandbox.namespaces import NAMESPACES, denied_reason
 from spanfaas.sandbox.plan import SandboxPlan
 from spanfaas.sandbox.seccomp import (
@@ -31,6 +31,7 @@ from spanfaas.sandbox.seccomp import (
     SECCOMP_RET_ALLOW,
     _guard_program,
     _program,
+    instance_guard,
     _SockFilter,
     _SockFprog,
     signal_protection,
@@ -46,6 +47,7 @@ NAMES: Final = (
     "landlock",
     "seccomp",
     "signal-scope",
+    "scratch-isolation",
 )
 """Every protection name, in report order."""
 
@@ -181,6 +183,8 @@ def _probe(_forced_abi: str) -> list[Protection]:
         out["seccomp"] = Protection("seccomp", True, f"BPF filters ({_libc.ARCH})")
     # (Templates add the seccomp signal guard wherever Landlock cannot scope signals.)
     out["signal-scope"] = signal_protection(abi, out["landlock"].active, out["seccomp"].active, guarded=True)
+    # (Strict templates sweep their scratch tmpfs wherever Landlock cannot keep an instance in its dir.)
+    out["scratch-isolation"] = scratch_protection(out["landlock"].active)
     return [out[n] for n in NAMES]
 
 
@@ -213,4 +217,5 @@ def prepare() -> list[Protection]:
                     _program(_libc.ARCH, allow_exec, unix_sockets, guarded)
         if abi_version() < 6:
             _guard_program(_libc.ARCH, (2,))
+            instance_guard(_libc.ARCH)  # each instance's own, its pid patched in after its fork
     return result

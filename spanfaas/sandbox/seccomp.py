@@ -61,18 +61,33 @@ The filter, in order:
     and ``ioctl(FIOSETOWN, SIOCSPGRP)`` → EPERM (their target is behind a
     descriptor or a pointer, which BPF cannot read).
 12. everything else → allow.
+
+And, in a filter of its own that each instance adds right after its fork
+(``InstanceGuard``, again only where Landlock cannot scope signals), the
+instance's signal guard: ``kill``, ``tkill``, ``rt_sigqueueinfo`` and
+``fcntl(F_SETOWN)`` naming anything but the instance itself (its pid), its
+process group (``-pid``, ``0``) → EPERM; ``tgkill`` and
+``rt_tgsigqueueinfo`` of another thread group than its own → EPERM.  Its
+sibling instances share its uid, and the template forks them after it as
+well as before: no filter the template could install tells them apart, but
+one naming the instance's own pid does.  A static filter cannot tell the
+instance's children from its siblings either (both are pids the kernel
+hands out after its own), so its children are refused by pid too: they are
+reached through its process group, which they are in unless they leave it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import struct
 from typing import Final, NamedTuple
 
 from spanfaas.model import Protection
 from spanfaas.sandbox import _libc
 
-__all__ = ["DENIED", "SIGNALLING", "seccomp_deny", "signal_guard"]
+__all__ = ["DENIED", "SIGNALLING", "InstanceGuard", "instance_guard", "seccomp_deny", "signal_guard"]
 
 SECCOMP_MODE_FILTER: Final = 2
 SECCOMP_RET_KILL_PROCESS: Final = 0x80000000
@@ -408,18 +423,110 @@ def _guard_program(arch: str, guarded: tuple[int, ...]) -> tuple[_SockFprog, cty
     return _SockFprog(len(insns), table), table
 
 
-def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool) -> Protection:
+_OWN: Final = 0x7FFFFFF0
+"""Placeholders of ``build_instance_guard``'s program, patched by each instance: its pid,"""
+_OWN_GROUP: Final = 0x8000000F
+"""and its process group as ``kill`` names it (``-pid``, as a 32-bit word)."""
+
+
+def build_instance_guard(arch: str) -> list[tuple[int, int, int, int]]:
+    """The instance's own signal guard (see the module's docstring), with ``_OWN`` and
+    ``_OWN_GROUP`` where its pid and group go (``InstanceGuard.install``)."""
+    a = _ARCHES[arch]
+    prog: list[_Insn | str] = [
+        (_LD_W_ABS, None, None, _OFF_ARCH),
+        (_JEQ_K, None, "allow", a.audit),  # (the deny-list kills foreign ABIs)
+        (_LD_W_ABS, None, None, _OFF_NR),
+        (_JEQ_K, "by_pid", None, a.nr["kill"]),
+        (_JEQ_K, "by_pid", None, a.nr["tkill"]),
+        (_JEQ_K, "by_pid", None, a.nr["rt_sigqueueinfo"]),
+        (_JEQ_K, "by_tgid", None, a.nr["tgkill"]),
+        (_JEQ_K, "by_tgid", None, a.nr["rt_tgsigqueueinfo"]),
+        (_JEQ_K, "fcntl", None, a.nr["fcntl"]),
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+        "fcntl",
+        (_LD_W_ABS, None, None, _OFF_ARG1),
+        (_JEQ_K, None, "allow", F_SETOWN),
+        (_LD_W_ABS, None, None, _OFF_ARG2),  # the owner: 0 (none), us, or our group
+        (_JEQ_K, "allow", "own", 0),
+        "by_pid",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, "allow", None, 0),  # kill(0, ...): our group
+        "own",
+        (_JEQ_K, "allow", None, _OWN),
+        (_JEQ_K, "allow", "eperm", _OWN_GROUP),
+        "by_tgid",
+        (_LD_W_ABS, None, None, _OFF_ARG0),
+        (_JEQ_K, "allow", "eperm", _OWN),
+        "eperm",
+        (_RET_K, None, None, SECCOMP_RET_ERRNO | EPERM),
+        "allow",
+        (_RET_K, None, None, SECCOMP_RET_ALLOW),
+    ]
+    return _assemble(prog)
+
+
+class InstanceGuard:
+    """The instance's signal guard, built once (in the zygote: ``instance_guard``) and
+    added by each instance right after its fork with its own pid patched in: two
+    words written and one ``prctl``, bound here so that the fresh child runs as
+    little Python as it can (each page it touches is a copy-on-write fault)."""
+
+    def __init__(self, arch: str) -> None:
+        insns = build_instance_guard(arch)
+        self._table = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
+        self._prog = _SockFprog(len(insns), self._table)
+        size = ctypes.sizeof(_SockFilter)
+        k = _SockFilter.k.offset
+        self._own = tuple(i * size + k for i, ins in enumerate(insns) if ins[3] == _OWN)
+        self._group = tuple(i * size + k for i, ins in enumerate(insns) if ins[3] == _OWN_GROUP)
+        self._words = memoryview(self._table).cast("B")
+        self._pack = struct.Struct("=I").pack_into
+        self._args = (ctypes.c_int(_libc.PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                      ctypes.c_ulong(ctypes.addressof(self._prog)), ctypes.c_ulong(0), ctypes.c_ulong(0))  # fmt: skip
+        self._prctl = _libc._prctl
+
+    def install(self, pid: int) -> None:
+        """Add the guard for ``pid`` (the caller's own) to the caller; raises OSError.
+        The caller holds NO_NEW_PRIVS (inherited from its template's deny-list)."""
+        pack, words = self._pack, self._words
+        for at in self._own:
+            pack(words, at, pid)
+        for at in self._group:
+            pack(words, at, -pid & 0xFFFFFFFF)
+        if self._prctl(*self._args) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"the instance's seccomp signal guard was refused: {os.strerror(err)}")
+
+
+@functools.cache
+def instance_guard(arch: str) -> InstanceGuard:
+    """The prepared ``InstanceGuard`` for ``arch`` (cached: built in the zygote, shared by its templates)."""
+    return InstanceGuard(arch)
+
+
+def signal_protection(landlock_abi: int, landlock: bool, seccomp: bool, guarded: bool, siblings: bool = True) -> Protection:
     """What keeps an instance from signalling its template, its reaper, its siblings
-    and the host: Landlock's signal scope (ABI 6+), else the seccomp signal guard."""
+    and the host: Landlock's signal scope (ABI 6+), else the seccomp signal guard.
+    ``siblings``: each instance adds its own guard (``InstanceGuard``), which a function
+    allowed subprocesses goes without: it must stop its children by their pid."""
     name = "signal-scope"
     if landlock and landlock_abi >= 6:
         return Protection(name, True, f"Landlock ABI {landlock_abi} scopes signals: an instance signals only its own "
                           "processes, not its template, the namespace's reaper, sibling instances or the host")  # fmt: skip
     why = f"Landlock ABI {landlock_abi} cannot scope signals" if landlock_abi else "no Landlock to scope signals"
-    if seccomp and guarded:
+    if seccomp and guarded and not siblings:
         return Protection(name, True, f"seccomp ({why}): kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, "
-                          "pidfd_open and F_SETOWN naming pid 1, the template, its parent or their groups, or -1 "
-                          "(every process), refused; pidfd_send_signal refused; sibling instances (the same function's "
-                          "concurrent calls, the same uid) stay reachable by their pids")  # fmt: skip
+                          "pidfd_open and F_SETOWN naming pid 1, the template, its threads or its parents, and -1, "
+                          "refused; pidfd_send_signal refused; sibling instances stay reachable by their pid: the "
+                          "function may run subprocesses (allow_subprocess), which it must stop by their pid "
+                          "(subprocess.run's timeout, Popen.kill), and no filter tells its children's pids from its "
+                          "siblings'")  # fmt: skip
+    if seccomp and guarded:
+        return Protection(name, True, f"seccomp ({why}): kill, tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo "
+                          "and F_SETOWN naming anything but the instance itself or its process group refused (pid 1, "
+                          "the template, its parents, sibling instances, -1: every process; its own children by their "
+                          "pid too, which a filter cannot tell from its siblings': reach them through its group); "
+                          "pidfd_send_signal refused")  # fmt: skip
     return Protection(name, False, f"{why}, and no seccomp: an instance can signal its template and sibling "
                       "instances (the same uid)")  # fmt: skip

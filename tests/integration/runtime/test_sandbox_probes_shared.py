@@ -252,3 +252,92 @@ async def test_a_call_that_fills_its_scratch_is_stopped_and_the_next_starts_empt
     r = await sandboxed.invoke(name, b'"look"')
     assert r.ok and json.loads(r.output) == [], (r.output, r.error)
     assert sandboxed.rt.pool(name).template_pid == template
+
+
+SCRATCH_LEFT = """
+import os
+
+FORGED = "i999999-000000000000"  # named as the template names an instance's dir
+
+
+def leave(root, here):
+    made = []
+    try:
+        os.chmod(root, 0o700)  # (the root is ours: the same uid as the template)
+    except OSError:
+        pass
+    targets = [os.path.join(root, "left"), os.path.join(root, FORGED, "left"), os.path.join(here, "..", "dotdot")]
+    try:
+        targets += [os.path.join(root, d, "left") for d in os.listdir(root) if d != os.path.basename(here)]
+    except OSError:
+        pass  # (Landlock: the root is not the instance's to read)
+    for path in targets:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("call-1-secret")
+            made.append(path)
+        except OSError:
+            continue
+    return made
+
+
+def look(root, here):
+    seen = sorted(os.listdir(here))  # its own dir: a fresh, empty one
+    for path in [os.path.join(root, "left"), os.path.join(root, FORGED, "left"), os.path.join(root, "dotdot")]:
+        try:
+            with open(path) as f:
+                seen.append(path + ":" + f.read())
+        except OSError:
+            pass
+    try:
+        os.chmod(root, 0o700)
+        for dirpath, _, files in os.walk(root):
+            seen += [os.path.join(dirpath, name) for name in files]
+    except OSError:
+        pass
+    return sorted(set(seen))
+
+
+def handler(event, context):
+    here = os.getcwd()
+    root = os.path.dirname(here)
+    return leave(root, here) if event == "leave" else look(root, here)
+"""
+
+
+@pytest.mark.parametrize("landlock", ["kernel", "none"])
+async def test_no_file_a_strict_call_left_anywhere_in_the_scratch_root_is_seen_by_the_next(
+    sandboxed: Harness, no_landlock: Harness, landlock: str
+) -> None:
+    """Without Landlock an instance may write its whole scratch tmpfs (the template and its
+    instances are one uid): a strict call left a file in the scratch root (``../left``), in a
+    dir named as an instance's, and in the dirs of the instances forked ahead of it, and the
+    next calls read them.  Each later call sees none of them, with Landlock or without."""
+    h = sandboxed if landlock == "kernel" else no_landlock
+    require(h, "mount-namespace", "uid")
+    name = f"scratch-left-{landlock}"
+    await h.deploy(name, SCRATCH_LEFT, STRICT + "[scaling]\nprefork = 3\n")
+    for _ in range(3):
+        left = await h.invoke(name, b'"leave"')
+        assert left.ok, left.error
+        if landlock == "none":
+            assert len(json.loads(left.output)) >= 3, left.output  # (it could: nothing but the uid kept it out)
+        for _ in range(4):  # the instances forked ahead of it, and after
+            seen = await h.invoke(name, b'"look"')
+            assert seen.ok and json.loads(seen.output) == [], (left.output, seen.output, seen.error)
+
+
+@pytest.mark.parametrize("landlock", ["kernel", "none"])
+async def test_the_protections_say_what_keeps_strict_calls_files_apart(sandboxed: Harness, no_landlock: Harness, landlock: str) -> None:
+    h = sandboxed if landlock == "kernel" else no_landlock
+    require(h, "mount-namespace", "uid")
+    name = f"scratch-prot-{landlock}"
+    await h.deploy(name, SCRATCH_LEFT, STRICT)
+    got = next(x for x in h.rt.pool(name).protections if x.name == "scratch-isolation")
+    assert got.active, got
+    if landlock == "kernel":
+        assert got.reason.startswith("Landlock: an instance writes only its own scratch dir"), got
+    else:
+        assert got.reason.startswith("no Landlock: "), got
+        assert "before a call starts after a strict call answered" in got.reason and "concurrent" in got.reason, got

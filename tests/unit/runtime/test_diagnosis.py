@@ -42,3 +42,21 @@ def test_a_program_the_sandbox_refused_names_allow_subprocess_only_when_the_sand
     hinted = diagnosis.explained(err, SPEC, [Protection("seccomp", True)])
     assert hinted.message.endswith("set allow_subprocess = true in spanfaas.toml")
     assert diagnosis.explained(err, SPEC, [Protection("seccomp", False)]) == err
+
+
+def test_a_child_signalled_by_its_pid_where_seccomp_scopes_signals_says_how_else() -> None:
+    """Without Landlock's signal scope an instance signals only itself and its group
+    (``seccomp.InstanceGuard``): ``Popen.kill`` fails with EPERM, and the error says why."""
+    err = ErrorInfo(
+        kind="error", type="PermissionError", message="[Errno 1] Operation not permitted",
+        traceback='  File "/usr/lib/python3.11/subprocess.py", line 2160, in send_signal\n    os.kill(self.pid, sig)\n',
+    )  # fmt: skip
+    guard = Protection("signal-scope", True, "seccomp (Landlock ABI 5 cannot scope signals): ... its own children by their pid too ...")
+    hinted = diagnosis.explained(err, SPEC, [guard])
+    assert hinted.message.startswith("[Errno 1] Operation not permitted; this host's Landlock cannot scope signals"), hinted
+    assert "os.killpg(os.getpgrp(), sig)" in hinted.message
+    scoped = Protection("signal-scope", True, "Landlock ABI 7 scopes signals: ...")
+    assert diagnosis.explained(err, SPEC, [scoped]) == err
+    # Allowed subprocesses, it signals its children by pid: a PermissionError there is not this.
+    children = Protection("signal-scope", True, "seccomp (Landlock ABI 5 cannot scope signals): ... sibling instances stay reachable by their pid ...")
+    assert diagnosis.explained(err, SPEC, [children]) == err

@@ -47,7 +47,7 @@ def test_an_instances_group_is_killed_while_its_pid_is_still_its_own(monkeypatch
 
     monkeypatch.setattr(os, "killpg", killpg)
     tpl = Template.__new__(Template)  # (no runtime, no sandbox: only what reap uses)
-    tpl.children, tpl.chan, tpl.reaper = {pid: 1}, ours, False
+    tpl.children, tpl.chan, tpl.reaper, tpl.sweeping = {pid: 1}, ours, False, False
     tpl.req = msgspec.structs.replace(_REQUEST, scratch_dir=str(tmp_path))
     tpl.scratch_dir = tpl.req.scratch_dir  # (the host path: no fitter placed it)
     tpl.scratch_paths = {1: str(tmp_path / "i1-0")}
@@ -158,3 +158,29 @@ def test_the_descriptors_an_instance_closes_go_as_runs_of_consecutive_numbers() 
         tpl.chan.close()
         other.close()
     assert runs == ((chan, chan + 1), (40, 42), (50, 59), (70, 71))
+
+
+def test_the_sweep_leaves_only_the_live_instances_dirs_and_empties_those_whose_call_has_not_started(tmp_path: Path) -> None:
+    """Without Landlock a strict call may write anywhere in the scratch tmpfs: the template's
+    sweep removes what is not a live instance's dir (a file, a dir named as an instance's, a
+    link in place of one) and empties the dirs it can lock (no call runs there), not the others."""
+    import fcntl
+
+    root = tmp_path / "scratch"
+    for d in ("i1-idle", "i2-busy", "i9-forged/sub"):
+        (root / d).mkdir(parents=True)
+    for f in ("left", "i1-idle/left", "i2-busy/own", "i9-forged/sub/left"):
+        (root / f).write_text("x")
+    (root / "i3-link").symlink_to(root / "i9-forged")
+    tpl = Template.__new__(Template)  # (only what sweep uses)
+    tpl.scratch_dir = str(root)
+    tpl.scratch_paths = {1: str(root / "i1-idle"), 2: str(root / "i2-busy"), 3: str(root / "i3-link")}
+    busy = os.open(root / "i2-busy", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(busy, fcntl.LOCK_EX)  # as its instance does when its call starts (_empty_own)
+        tpl.sweep()
+    finally:
+        os.close(busy)
+    assert sorted(p.name for p in root.iterdir()) == ["i1-idle", "i2-busy"]
+    assert list((root / "i1-idle").iterdir()) == []
+    assert [p.name for p in (root / "i2-busy").iterdir()] == ["own"]

@@ -28,6 +28,7 @@ NAMES = [
     "landlock",
     "seccomp",
     "signal-scope",
+    "scratch-isolation",
 ]
 
 

@@ -295,3 +295,88 @@ def test_the_signal_guard_refuses_signals_to_its_guarded_pids_only(
     assert {k: got[k] for k in refused} == dict.fromkeys(refused, "EPERM"), got
     allowed = [k for k in got if k not in refused]
     assert {k: got[k] for k in allowed} == dict.fromkeys(allowed, "ok"), got
+
+
+@pytest.mark.parametrize("arch", sorted(_ARCHES))
+def test_the_instance_guard_assembles_for_every_arch(arch: str) -> None:
+    from spanfaas.sandbox.seccomp import _OWN, _OWN_GROUP, build_instance_guard
+
+    insns = build_instance_guard(arch)
+    assert insns[-1][0] == 0x06 and all(0 <= jt <= 255 and 0 <= jf <= 255 for _, jt, jf, _ in insns)
+    assert {k for *_, k in insns} >= {_OWN, _OWN_GROUP}
+
+
+def _instance_signals(sibling: int) -> dict[str, str]:
+    """An instance under its own guard (signal 0 only, as ``_signals``): nothing but itself,
+    its threads and its group; ``sibling`` (a process of the test's, the same uid) refused."""
+    import fcntl
+
+    from spanfaas.sandbox import _libc
+    from spanfaas.sandbox.seccomp import instance_guard
+
+    os.setpgid(0, 0)
+    _libc.no_new_privs()
+    instance_guard(_libc.ARCH).install(os.getpid())
+    me = os.getpid()
+    info = (ctypes.c_int * 32)()
+    info[2] = -1  # SI_QUEUE
+    info[4], info[5] = me, os.getuid()
+    out = {
+        "kill sibling": _errno_of(NR["kill"], sibling, 0),
+        "kill sibling group": _errno_of(NR["kill"], -sibling, 0),
+        "kill parent": _errno_of(NR["kill"], os.getppid(), 0),
+        "kill -1": _errno_of(NR["kill"], -1, 0),
+        "kill high word": _errno_of(NR["kill"], (1 << 32) | sibling, 0),
+        "tkill sibling": _errno_of(NR["tkill"], sibling, 0),
+        "tgkill sibling": _errno_of(NR["tgkill"], sibling, sibling, 0),
+        "tgkill sibling's thread as ours": _errno_of(NR["tgkill"], me, sibling, 0),
+        "rt_sigqueueinfo sibling": _errno_of(NR["rt_sigqueueinfo"], sibling, 0, ctypes.addressof(info)),
+        "rt_tgsigqueueinfo sibling": _errno_of(NR["rt_tgsigqueueinfo"], sibling, sibling, 0, ctypes.addressof(info)),
+    }
+    r, w = os.pipe()
+    out["F_SETOWN sibling"] = _errno_of(NR["fcntl"], r, fcntl.F_SETOWN, sibling)
+    out["F_SETOWN own"] = _errno_of(NR["fcntl"], r, fcntl.F_SETOWN, me)
+    out["F_SETOWN own group"] = _errno_of(NR["fcntl"], r, fcntl.F_SETOWN, -me)
+    out["F_SETOWN none"] = _errno_of(NR["fcntl"], r, fcntl.F_SETOWN, 0)
+    os.close(r)
+    os.close(w)
+    out["kill own group"] = _errno_of(NR["kill"], 0, 0)
+    out["killpg own group"] = _errno_of(NR["kill"], -me, 0)
+    out["kill self"] = _errno_of(NR["kill"], me, 0)
+    out["tkill self"] = _errno_of(NR["tkill"], me, 0)
+    out["rt_sigqueueinfo self"] = _errno_of(NR["rt_sigqueueinfo"], me, 0, ctypes.addressof(info))
+    out["tgkill own thread"] = _errno_of(NR["tgkill"], me, me, 0)
+    out["rt_tgsigqueueinfo own"] = _errno_of(NR["rt_tgsigqueueinfo"], me, me, 0, ctypes.addressof(info))
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    out["kill own child by pid"] = _errno_of(NR["kill"], child, int(signal.SIGKILL))
+    out["child in own group"] = "ok" if os.getpgid(child) == me else "no"
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (not the child: it ends of it, through the group)
+    os.killpg(me, signal.SIGUSR2)
+    _, status = os.waitpid(child, 0)
+    out["child ended through the group"] = "ok" if os.WTERMSIG(status) == signal.SIGUSR2 else "no"
+    out["pidfd_open sibling"] = _errno_of(NR["pidfd_open"], sibling, 0)  # (a pidfd signals nothing: pidfd_send_signal is the deny-list's)
+    return out
+
+
+def test_the_instance_guard_refuses_every_pid_but_its_own_and_its_group(
+    in_child: Callable[..., Any], require: Callable[..., None]
+) -> None:
+    require("seccomp")
+    sibling = os.fork()
+    if sibling == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        got = in_child(_instance_signals, sibling).value
+    finally:
+        os.kill(sibling, signal.SIGKILL)
+        os.waitpid(sibling, 0)
+    refused = [k for k in got if "sibling" in k or k in ("kill parent", "kill -1", "kill high word", "kill own child by pid")]
+    # (tgkill naming our own thread group lets the kernel judge the thread: not one of ours, ESRCH)
+    expected = dict.fromkeys(refused, "EPERM") | {"pidfd_open sibling": "ok", "tgkill sibling's thread as ours": "ESRCH"}
+    assert {k: got[k] for k in refused} == expected, got
+    allowed = [k for k in got if k not in refused]
+    assert {k: got[k] for k in allowed} == dict.fromkeys(allowed, "ok"), got
