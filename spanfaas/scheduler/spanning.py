@@ -50,7 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
-from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
+from spanfaas.errors import FunctionNotFound, InfraError, InfraInterrupted, InfraUnavailable, SpanfaasError, TooManyRequests
 from spanfaas.infra.base import AnswersLate, InfoInMemory, Infrastructure, Releasing
 from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.scheduler.constraints import check, validate
@@ -658,8 +658,9 @@ class SpanningInfrastructure:
                     if i == last or not spec.policy.fallback:
                         raise
                     continue
-                site.breaker.failure(self.clock())
-                site.failures += 1
+                if not _busy(exc):
+                    site.breaker.failure(self.clock())
+                    site.failures += 1
                 site.last_error = exc.message
                 if isinstance(exc, FunctionNotFound):  # it lost the function: deploy it there again
                     site.deployed.discard(spec.name)
@@ -711,6 +712,20 @@ class SpanningInfrastructure:
     def _nowhere(self, spec: FunctionSpec) -> str:
         parts = [f"{v.infra}: {'; '.join(v.reasons)}" for v in self.explain(spec).infrastructures]
         return f"no infrastructure can run '{spec.name}' now ({' | '.join(parts)}); `spanfaas explain {spec.name}` shows more"
+
+
+def _busy(exc: SpanfaasError) -> bool:
+    """An infrastructure's failure to take a call that says it is busy, not down: unavailable
+    with a Retry-After (a remote site's 503 that ran nothing, e.g. its store locked for a
+    moment, or a load balancer in front of it shedding load).  The call fails over, but the
+    site's breaker does not count it: it would open as if the site were down.  A 503 with no
+    Retry-After (nowhere to run the call there, a site stopping) and one that may have run
+    (``InfraInterrupted``) count."""
+    return (
+        isinstance(exc, InfraUnavailable)
+        and not isinstance(exc, InfraInterrupted)
+        and isinstance(exc.extra.get("retry_after"), int)
+    )
 
 
 def _span(run: float, slack: float, ctx: InvokeContext) -> str:
