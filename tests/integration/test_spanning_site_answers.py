@@ -9,7 +9,8 @@ in front of a site (``StubSite``) where no gateway sends the answer.
   async invocation's claim stayed marked started.  It answers 503 ``infra-unavailable`` now
   (nothing of it ran), and the placing gateway takes the start back.
 - A site that refuses the call itself (a 4xx problem of its own: here its max_payload, smaller
-  than ours) ran nothing of it either: the start is taken back too.
+  than ours) ran nothing of it either: the start is taken back too, and the call fails over
+  (it was the call's 413, though this gateway had taken its payload).
 - A 500 of the function itself ran: its start stands, and the call is not failed over.
 - A 503 with Retry-After (busy: a load balancer shedding load, a store locked for a moment)
   is not counted against the site's breaker; a 503 that says the site cannot run the call
@@ -154,20 +155,30 @@ async def test_a_site_whose_infrastructure_failed_the_call_before_it_ran_says_so
     assert r.status_code == 503 and r.json()["type"] == PROBLEM_BASE + "infra-unavailable", r.text
 
 
-async def test_a_call_the_site_refuses_is_no_start(root: Path, far: GatewayProcess) -> None:
-    """far's max_payload is smaller than ours: it refuses the call (413), having run nothing.
-    Before, that start stood (["start"])."""
-    d = function(root, "fn")
-    sp = await spanning(site(far, "far"))
+@pytest.mark.parametrize("fallback", [True, False])
+async def test_a_call_the_site_refuses_is_no_start(root: Path, far: GatewayProcess, fallback: bool) -> None:
+    """far's max_payload is smaller than ours: it refuses the call (413), having run nothing, so
+    the call fails over (but with fallback = false), and far's breaker does not count it.
+    Before, that start stood (["start"]) and the 413 was the call's."""
+    d = function(root, "fn", policy="" if fallback else "fallback = false")
+    sp = await spanning(site(far, "far"), threshold=1)
     try:
         await sp.deploy(load_manifest(d), Bundle(digest="a" * 64, path=str(d)))
         said = Said("x2")
-        with pytest.raises(PayloadTooLarge) as e:
-            await sp.invoke(load_manifest(d), json.dumps({"pad": "x" * 4096}).encode(), said.ctx)
+        payload = json.dumps({"pad": "x" * 4096}).encode()
+        if fallback:
+            result = await sp.invoke(load_manifest(d), payload, said.ctx)
+            assert result.infra == "local" and result.error is None
+            [tried] = result.tried
+            assert tried.startswith("far: site 'far' (") and "max_payload" in tried, tried
+        else:
+            with pytest.raises(PayloadTooLarge) as e:
+                await sp.invoke(load_manifest(d), payload, said.ctx)
+            assert "site 'far'" in e.value.message and "max_payload" in e.value.message, e.value.message
+        assert sp.site("far").breaker.state == "closed" and sp.site("far").failures == 0
     finally:
         await sp.close()
-    assert said.said == ["start", "refused"]
-    assert "site 'far'" in e.value.message and "max_payload" in e.value.message, e.value.message
+    assert said.said == (["start", "refused", "start"] if fallback else ["start", "refused"])
 
 
 async def test_a_500_of_the_function_itself_ran(root: Path, far: GatewayProcess) -> None:
