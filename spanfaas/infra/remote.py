@@ -19,7 +19,11 @@ failure (nor as a run: ``InvokeContext.on_refused`` takes back the start told
 when the request left); everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.  Of those, a 503 to a call ran nothing of it either (its start
-is taken back too), unless the site says it may have (``infra-interrupted``).
+is taken back too), unless the site says it may have (``infra-interrupted``); one with a
+Retry-After is busy, not down (the scheduler's breaker does not count it).  A refusal of the
+site's own (a 4xx problem of a spanfaas gateway) ran nothing and its start is taken back; its
+502 (the platform failed after the run started), its unexpected 500 and what is not its own
+problem (a proxy's page) may have run, and their start stands (``_ran_nothing``).
 
 An answer is taken for what the protocol says it is only when it is one: a
 site's 200 must carry what a spanfaas gateway sends (its info, the record of
