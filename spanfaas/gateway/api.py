@@ -331,6 +331,9 @@ def endpoints(gw: Gateway) -> list[Endpoint]:
                       "as JSON) is validated and passed to the function decoded, any other type is passed to the "
                       "function as bytes. Empty: no event (None).",
             errors=(400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504),
+            error_notes={502: "The infrastructure failed after the invocation's run started (infra-error): it may "
+                              "have run, in part. One that failed before any run started is a 503 infra-unavailable: "
+                              "nothing of it ran"},
             extra_responses={202: ("Accepted for async execution; poll the Location", Queued)},
             headers={
                 200: (*_RAN, Header("X-Spanfaas-Logs", "the invocation's logs as a JSON string (ASCII), when asked "

@@ -3,8 +3,10 @@
 ``pack_function(path)`` makes a deterministic tar.gz of a function directory
 (the same bytes for the same files, so the same digest).  ``unpack`` checks
 every member before it writes anything: no absolute paths, no ``..``, no link
-that leads outside the bundle, no device files, a cap on the unpacked size;
-then finds the manifest at the root or in the one top-level directory.
+that leads outside the bundle, no device files, a cap on the unpacked size, on
+the members' count and paths, and on a tar's headers (a tar.gz's and a plain
+tar's alike, each member as tarfile reads it); then finds the manifest at the
+root or in the one top-level directory.
 """
 
 from __future__ import annotations
@@ -175,16 +177,24 @@ def _shown(name: str) -> str:
     return name if len(name) <= 120 else f"{name[:40]}…{name[-60:]}"
 
 
-class _Inflating(io.RawIOBase):
-    """A tar.gz bundle's tar stream, for tarfile: inflated as tarfile reads it, never past
-    what the bundle may unpack to (with its headers), and never in one read of more than
+class _Capped(io.RawIOBase):
+    """A bundle's tar stream, for tarfile: read (a tar.gz's inflated) as tarfile reads it, never
+    past what the bundle may unpack to (with its headers), and never in one read of more than
     ``MAX_HEADER``.  tarfile reads an extended header (a pax header, a GNU long name) whole,
-    in one read of the size its header gives: unbounded, 64 KiB of gzip made 64 MiB of the
-    gateway's memory; and headers alone (directories, links) did not count towards the cap."""
+    in one read of the size its header gives, then parses it: unbounded, 64 KiB of gzip made
+    64 MiB of the gateway's memory, and a plain tar of 60 MiB (within the default max_bundle)
+    377 MB; and headers alone (directories, links) did not count towards the cap."""
 
-    def __init__(self, data: bytes, limit: int) -> None:
-        self._gz = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+    def __init__(self, raw: io.BufferedIOBase, limit: int) -> None:
+        self._raw = raw
         self._limit = limit
+
+    @classmethod
+    def of(cls, data: bytes, limit: int) -> _Capped:
+        """The tar stream of a tar.gz, inflated as it is read, or of a plain tar."""
+        if data[:2] == b"\x1f\x8b":
+            return cls(gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb"), limit)
+        return cls(io.BytesIO(data), limit)  # (shares data's bytes: no copy)
 
     def readable(self) -> bool:
         return True
@@ -193,38 +203,38 @@ class _Inflating(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        return self._gz.tell()
+        return self._raw.tell()
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
-            size = self._limit + 1 - self._gz.tell()
+            size = self._limit + 1 - self._raw.tell()
         elif size > MAX_HEADER:
             have, allowed = format_sizes(size, MAX_HEADER)
             raise InvalidBundle(f"the bundle has a tar header of {have}; at most {allowed} is allowed (repack it with tar or `spanfaas deploy`)")
-        out = self._gz.read(min(size, self._limit + 1 - self._gz.tell()))
+        out = self._raw.read(max(min(size, self._limit + 1 - self._raw.tell()), 0))
         self._check()
         return out
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = offset if whence == io.SEEK_SET else self._gz.tell() + offset if whence == io.SEEK_CUR else -1
+        target = offset if whence == io.SEEK_SET else self._raw.tell() + offset if whence == io.SEEK_CUR else -1
         if target < 0:
             raise io.UnsupportedOperation("only seeks from the start or the current position")
-        self._gz.seek(min(target, self._limit + 1))
+        self._raw.seek(min(target, self._limit + 1))
         self._check()
-        return self._gz.tell()
+        return self._raw.tell()
 
     def finish(self) -> None:
         """Read the stream to its end: gzip checks its length and CRC there (a bundle cut short,
         or changed, is damaged), and what follows the tar's end counts towards the cap."""
-        while self._gz.read(1 << 20):
+        while self._raw.read(1 << 20):
             self._check()
 
     def _check(self) -> None:
-        if self._gz.tell() > self._limit:
+        if self._raw.tell() > self._limit:
             raise _too_large(self._limit - HEADER_ROOM)
 
     def close(self) -> None:
-        self._gz.close()
+        self._raw.close()
         super().close()
 
 
@@ -236,32 +246,36 @@ def _too_large(max_size: int) -> PayloadTooLarge:
 
 
 def _unpack_tar(data: bytes, dest: Path, max_size: int) -> None:
-    stream: io.RawIOBase | io.BytesIO
-    stream = _Inflating(data, max_size + HEADER_ROOM) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+    """Each member is checked as tarfile reads it (its count, name, kind, links and the size so
+    far), so a hostile stream is refused at the member that breaks a rule, not once all of it
+    was read; then the whole is extracted."""
+    stream = _Capped.of(data, max_size + HEADER_ROOM)
     with stream, tarfile.open(fileobj=stream, mode="r:") as tar:
         members = []
-        while (m := tar.next()) is not None:  # one by one: the count is checked as they come
+        total = 0
+        while (m := tar.next()) is not None:  # one by one: each checked as it comes
             members.append(m)
             if len(members) > MAX_MEMBERS:
                 raise InvalidBundle(f"the bundle has more than {MAX_MEMBERS} members; at most {MAX_MEMBERS} are allowed")
-        if isinstance(stream, _Inflating):
-            stream.finish()
-        total = 0
-        for m in members:
-            norm = _check_name(m.name)
-            if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                raise InvalidBundle(f"bundle member '{m.name}' is a device, fifo or special file; only files, directories and links are allowed")
-            if m.issym() or m.islnk():
-                target = m.linkname
-                if m.issym() and not target.startswith("/"):
-                    target = posixpath.join(posixpath.dirname(norm), target)
-                resolved = posixpath.normpath(target)
-                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                    raise InvalidBundle(f"bundle member '{m.name}' links to '{m.linkname}', outside the bundle")
+            _check_member(m)
             total += max(m.size, 0)
             if total > max_size:
                 raise _too_large(max_size)
+        stream.finish()
         tar.extractall(dest, members=members, filter="data")
+
+
+def _check_member(m: tarfile.TarInfo) -> None:
+    norm = _check_name(m.name)
+    if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+        raise InvalidBundle(f"bundle member '{m.name}' is a device, fifo or special file; only files, directories and links are allowed")
+    if m.issym() or m.islnk():
+        target = m.linkname
+        if m.issym() and not target.startswith("/"):
+            target = posixpath.join(posixpath.dirname(norm), target)
+        resolved = posixpath.normpath(target)
+        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            raise InvalidBundle(f"bundle member '{m.name}' links to '{m.linkname}', outside the bundle")
 
 
 def _unpack_zip(data: bytes, dest: Path, max_size: int) -> None:

@@ -24,6 +24,7 @@ from spanfaas.clipping import keep_ends
 from spanfaas.errors import (
     FunctionNotFound,
     IdempotencyKeyReused,
+    InfraError,
     InfraInterrupted,
     InfraUnavailable,
     InvalidPayload,
@@ -283,6 +284,14 @@ class InvokeEndpoint:
                 record_infra_failure(ran)
                 ran.extra.setdefault("invocation_id", invocation_id)
                 raise ran from None
+            if starts.n <= 0 and isinstance(exc, InfraError) and not isinstance(exc, InfraUnavailable):
+                # The platform failed before any run started (a template that could not start, a
+                # version being replaced): nothing of it ran, and the answer says so, as its 502
+                # infra-error did not (a gateway that placed the call here took it for a run).
+                nothing = InfraUnavailable(exc.message, **exc.extra)
+                record_infra_failure(nothing)
+                nothing.extra.setdefault("invocation_id", invocation_id)
+                raise nothing from None
             record_infra_failure(exc)
             exc.extra.setdefault("invocation_id", invocation_id)
             raise
@@ -393,7 +402,8 @@ class _Starts:
     less those a site refused before they ran, ``on_refused``).  A 503 the call then ends
     with says which it was: ``InfraInterrupted`` (it may have run) when any did, plain
     ``InfraUnavailable`` (nothing ran: a gateway that placed the call here fails over from
-    it as from a 429, its start written off) when none did."""
+    it as from a 429, its start written off) when none did.  A platform failure of another
+    kind (``InfraError``, 502) is that 503 too when none did; a 502 then says a run started."""
 
     __slots__ = ("n",)
 

@@ -42,7 +42,7 @@ from spanfaas.errors import (
 from spanfaas.images import Actor, ImageService
 from spanfaas.infra.base import Infrastructure
 from spanfaas.model import Bundle, FunctionRecord, FunctionSpec
-from spanfaas.store import Store, trigger_names
+from spanfaas.store import Store, sha256, trigger_names
 from spanfaas.gateway import bundle as bundles
 from spanfaas.gateway.bundle_cache import BundleCache
 
@@ -84,6 +84,8 @@ class Registry:
         self._switches: set[asyncio.Task[FunctionRecord]] = set()
         """Deploys between the infrastructure's deploy and the store's record, run to their end
         (``_switch_whole``)."""
+        self._unpacks: set[asyncio.Task[None]] = set()
+        """Unpacks of deploys cancelled meanwhile, let go of once their thread ends (``_prepared``)."""
 
     def _lock(self, name: str) -> asyncio.Lock:
         lock = self._locks.get(name)
@@ -167,7 +169,7 @@ class Registry:
         if len(data) > self.settings.max_bundle:
             raise too_large_bundle(len(data), self.settings.max_bundle)
         async with self._lock(name):
-            spec, bundle = await asyncio.to_thread(self._prepare, name, data)  # held until the end
+            spec, bundle = await self._prepared(name, data)  # held until the end
             try:
                 # Before anything is built or deployed; also for the version stored already: one
                 # stored with a clash (by an older spanfaas) is refused, as a new one would be.
@@ -242,10 +244,11 @@ class Registry:
 
     async def settled(self) -> None:
         """Wait for the deploys' switches in progress to end (a stop waits for them before the
-        infrastructure closes under them; each ends within a store write and a deploy).  Not for
-        the removes: theirs waits for the calls running to drain, up to a function's timeout."""
-        while self._switches:
-            await asyncio.wait(list(self._switches))
+        infrastructure closes under them; each ends within a store write and a deploy), and for
+        the unpacks of cancelled deploys to be let go of.  Not for the removes: theirs waits for
+        the calls running to drain, up to a function's timeout."""
+        while self._switches or self._unpacks:
+            await asyncio.wait([*self._switches, *self._unpacks])
 
     def _with_image(self, name: str, spec: FunctionSpec, bundle: Bundle, actor: str) -> AbstractAsyncContextManager[Bundle]:
         """The bundle with the image its manifest asks for (checked against the curated
@@ -297,10 +300,46 @@ class Registry:
         await self._activate(served)
         await asyncio.to_thread(self.bundles.release, served.digest, name)  # held once already, by what runs it
 
+    async def _prepared(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle]:
+        """``_prepare`` in a worker thread.  A cancel does not stop the thread: cancelled while
+        it unpacks, the deploy left the tree and the archive it made held here until a remove or
+        a restart; now what it kept is let go of (and deleted, when nothing else uses it) once
+        the thread ends, in a task ``settled`` waits for.  The cancel is raised at once."""
+        prepare = asyncio.ensure_future(asyncio.to_thread(self._prepare, name, data))
+        try:
+            return await asyncio.shield(prepare)
+        except asyncio.CancelledError:
+            if not prepare.cancelled():
+                task = asyncio.get_running_loop().create_task(self._let_go_prepared(name, prepare))
+                self._unpacks.add(task)
+                task.add_done_callback(self._unpacks.discard)
+            raise
+
+    async def _let_go_prepared(self, name: str, prepare: asyncio.Future[tuple[FunctionSpec, Bundle]]) -> None:
+        """What the unpack of a deploy cancelled meanwhile kept, let go of once it ended."""
+        try:
+            _, bundle = await prepare
+        except Exception:
+            return  # it failed: _prepare let go of what it had made
+        try:
+            await asyncio.to_thread(self._let_go, name, bundle.digest)
+        except Exception as exc:  # the store failing: the copy goes at the next start-up (clean, _collect)
+            log.warning("function %r: could not delete the bundle %s… of a deploy cancelled while it unpacked: %s: %s",
+                        name, bundle.digest[:12], type(exc).__name__, exc)  # fmt: skip
+
     def _prepare(self, name: str, data: bytes) -> tuple[FunctionSpec, Bundle]:
         """Unpack and check the bundle, held for ``name``; keep its blob here.  Nothing
-        reaches the store here."""
-        bundle = self.bundles.add(data, name, lambda root: bundles.load_bundle_spec(root, name))
+        reaches the store here.  A failure leaves no copy behind that nothing uses."""
+        try:
+            bundle = self.bundles.add(data, name, lambda root: bundles.load_bundle_spec(root, name))
+        except BaseException as exc:
+            # (unpacked, then its archive could not be kept: the tree stayed behind)
+            try:
+                self._discard_unused({sha256(data)})
+            except Exception as again:
+                log.warning("function %r: could not delete the bundle of a failed deploy (%s): %s: %s",
+                            name, exc, type(again).__name__, again)  # fmt: skip
+            raise
         try:
             return bundles.load_bundle_spec(Path(bundle.path), name), bundle
         except BaseException:

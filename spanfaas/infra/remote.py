@@ -19,7 +19,11 @@ failure (nor as a run: ``InvokeContext.on_refused`` takes back the start told
 when the request left); everything else
 (connection refused, 5xx, a token it refuses) is ``InfraUnavailable``, so
 the scheduler fails over.  Of those, a 503 to a call ran nothing of it either (its start
-is taken back too), unless the site says it may have (``infra-interrupted``).
+is taken back too), unless the site says it may have (``infra-interrupted``); one with a
+Retry-After is busy, not down (the scheduler's breaker does not count it).  A refusal of the
+site's own (a 4xx problem of a spanfaas gateway) ran nothing and its start is taken back; its
+502 (the platform failed after the run started), its unexpected 500 and what is not its own
+problem (a proxy's page) may have run, and their start stands (``_ran_nothing``).
 
 An answer is taken for what the protocol says it is only when it is one: a
 site's 200 must carry what a spanfaas gateway sends (its info, the record of
@@ -295,7 +299,7 @@ class RemoteInfrastructure:
             self.inflight -= 1
         if resp.status_code == 503:
             raise self._unavailable(resp, spec.name, ctx)
-        if resp.status_code in _REFUSED:  # it ran nothing of it: the start told when it left was none
+        if _ran_nothing(resp):  # the start told when it left was none
             _refused(ctx)
         h = resp.headers
         duration = self._duration(h.get("x-spanfaas-duration-ms"), elapsed_ms, spec.name)
@@ -473,9 +477,28 @@ def _all_down(infos: list[InfraInfo]) -> str:
 
 
 _REFUSED = frozenset({401, 403, 404, 429})
-"""Answers to an invocation that say the site ran nothing of it: our token refused, the
-function not there, its queue full (``InvokeContext.on_refused``); and a 503 that does not
-say otherwise (``RemoteInfrastructure._unavailable``)."""
+"""Answers to an invocation that say the site ran nothing of it, whoever sent them (a proxy's
+too): our token refused, the function not there, its queue full (``InvokeContext.on_refused``);
+and a 503 that does not say otherwise (``RemoteInfrastructure._unavailable``)."""
+
+
+def _ran_nothing(resp: httpx.Response) -> bool:
+    """Whether a site's answer to a call, neither a result nor a 503, says it ran nothing of it:
+    one of ``_REFUSED``, or a refusal of the site's own (a 4xx problem of a spanfaas gateway: the
+    request judged, by its own limits and lists, before anything ran).  A 500 or 502 says
+    nothing of the sort: the function's own failure ran (a result), a site that failed before
+    the run answers 503 ``infra-unavailable``, and anything else (its 502 ``infra-error``: the
+    platform failed after the run started; its unexpected 500; a proxy's page) may have run."""
+    if resp.status_code in _REFUSED:
+        return True
+    return 400 <= resp.status_code < 500 and _own_problem(resp)
+
+
+def _own_problem(resp: httpx.Response) -> bool:
+    """A problem document a spanfaas gateway sent (its type is one of ours), not a proxy's page."""
+    if not resp.headers.get("content-type", "").startswith("application/problem+json"):
+        return False
+    return str(_doc(resp).get("type", "")).startswith(PROBLEM_BASE)
 
 _INTERRUPTED = PROBLEM_BASE + InfraInterrupted.slug
 """The type of a site's 503 to a call that may have run there."""

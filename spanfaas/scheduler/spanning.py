@@ -16,7 +16,8 @@ The gateway holds one of these as its ``infra``.  It
   kept in the store (``owed``), so a restarted gateway, or another one sharing
   the store, still does it;
 - **invokes** on the scheduler's first choice and fails over to the next on
-  ``InfraError`` only, never on the function's own error (a ``Result`` with
+  ``InfraError`` (or a full queue, a lost function, a refusal by the infrastructure's
+  own limits: nothing of it ran), never on the function's own error (a ``Result`` with
   ``error``); each infrastructure has a circuit breaker; the ``Result``
   names the infrastructure that ran it, and those tried first (``tried``).
   Each attempt gets the function's whole timeout, within one deadline for the
@@ -50,7 +51,15 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from spanfaas.config import InfraConfig, SchedulerSettings, Settings
-from spanfaas.errors import FunctionNotFound, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
+from spanfaas.errors import (
+    FunctionNotFound,
+    InfraError,
+    InfraInterrupted,
+    InfraUnavailable,
+    InvalidRequest,
+    SpanfaasError,
+    TooManyRequests,
+)
 from spanfaas.infra.base import AnswersLate, InfoInMemory, Infrastructure, Releasing
 from spanfaas.model import Bundle, FunctionSpec, InfraInfo, InvokeContext, Result
 from spanfaas.scheduler.constraints import check, validate
@@ -651,15 +660,18 @@ class SpanningInfrastructure:
                         f"site '{site.name}' stopped answering while the call was in flight there ({reason}); "
                         "it may have run there"
                     ) from None
-            except (InfraError, FunctionNotFound, TooManyRequests) as exc:
+            except (InfraError, FunctionNotFound, TooManyRequests, InvalidRequest) as exc:
                 tried.append(f"{site.name}: {exc.message}")
                 failed.append(tried[-1])
-                if isinstance(exc, TooManyRequests):  # full, not broken: overflow to the next one
+                if isinstance(exc, TooManyRequests | InvalidRequest):
+                    # Full, or refused by its own limits (a site's max_payload): not broken, and it ran
+                    # nothing: overflow to the next one (the request was taken here, so it is not wrong).
                     if i == last or not spec.policy.fallback:
                         raise
                     continue
-                site.breaker.failure(self.clock())
-                site.failures += 1
+                if not _busy(exc):
+                    site.breaker.failure(self.clock())
+                    site.failures += 1
                 site.last_error = exc.message
                 if isinstance(exc, FunctionNotFound):  # it lost the function: deploy it there again
                     site.deployed.discard(spec.name)
@@ -711,6 +723,20 @@ class SpanningInfrastructure:
     def _nowhere(self, spec: FunctionSpec) -> str:
         parts = [f"{v.infra}: {'; '.join(v.reasons)}" for v in self.explain(spec).infrastructures]
         return f"no infrastructure can run '{spec.name}' now ({' | '.join(parts)}); `spanfaas explain {spec.name}` shows more"
+
+
+def _busy(exc: SpanfaasError) -> bool:
+    """An infrastructure's failure to take a call that says it is busy, not down: unavailable
+    with a Retry-After (a remote site's 503 that ran nothing, e.g. its store locked for a
+    moment, or a load balancer in front of it shedding load).  The call fails over, but the
+    site's breaker does not count it: it would open as if the site were down.  A 503 with no
+    Retry-After (nowhere to run the call there, a site stopping) and one that may have run
+    (``InfraInterrupted``) count."""
+    return (
+        isinstance(exc, InfraUnavailable)
+        and not isinstance(exc, InfraInterrupted)
+        and isinstance(exc.extra.get("retry_after"), int)
+    )
 
 
 def _span(run: float, slack: float, ctx: InvokeContext) -> str:

@@ -4,6 +4,7 @@ import gzip
 import io
 import os
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -226,3 +227,62 @@ def test_a_truncated_tar_gz_is_refused(tmp_path: Path) -> None:
         unpack(data[:-20], tmp_path / "out", max_size=10**6)
     with pytest.raises(InvalidBundle, match=r"damaged: CRC check failed"):
         unpack(data[:-8] + bytes(8), tmp_path / "out2", max_size=10**6)
+
+
+def plain_tar(members: list[tuple[tarfile.TarInfo, bytes | None]], *, format: int = tarfile.PAX_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=format) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["pax", "gnu"])
+def test_a_plain_tars_huge_extended_header_is_refused_before_it_is_read(tmp_path: Path, kind: str) -> None:
+    """An uncompressed tar was read from memory as it is: tarfile read a pax header or a GNU long
+    name whole, of any size up to max_bundle (64 MiB by default), then parsed it (its value decoded,
+    its name split and checked after every member was read).  A tar's headers are capped as a
+    tar.gz's are: refused as the header is met, without reading it."""
+    long = "d/" + "a" * (16 << 20)
+    if kind == "pax":
+        info = member("spanfaas.toml")
+        info.pax_headers = {"path": long}
+        data = plain_tar([(info, b'name = "fn"\n')])
+    else:
+        data = plain_tar([(member(long), b"x")], format=tarfile.GNU_FORMAT)
+    assert detect_format(data) == "tar"
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidBundle, match=r"the bundle has a tar header of 16.0 MiB; at most 1.0 MiB is allowed"):
+            unpack(data, tmp_path / "out", max_size=10**9)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"unpacking took {peak:,} bytes"  # (the header was read whole: 16 MiB and more)
+
+
+def test_a_plain_tar_has_the_caps_of_a_tar_gz(tmp_path: Path) -> None:
+    """Members counted as they come, paths checked for depth and length, as in a tar.gz."""
+    entry = member("e", tarfile.DIRTYPE).tobuf(format=tarfile.USTAR_FORMAT)
+    with pytest.raises(InvalidBundle, match=r"has more than 20000 members"):
+        unpack(entry * 30_000 + bytes(1024), tmp_path / "out", max_size=10**9)
+    deep = "/".join(["d"] * 1200) + "/f.py"
+    with pytest.raises(InvalidBundle, match=r"1201 parts deep; at most 128"):
+        unpack(plain_tar([MANIFEST, (member(deep), b"x")]), tmp_path / "out2", max_size=10**6)
+    with pytest.raises(InvalidBundle, match=r"a part of 303 bytes; at most 255"):
+        unpack(plain_tar([MANIFEST, (member("n" * 300 + ".py"), b"x")]), tmp_path / "out3", max_size=10**6)
+    with pytest.raises(PayloadTooLarge, match=r"unpacks to more than"):
+        unpack(plain_tar([MANIFEST, (member("big.bin"), bytes(200_000))]), tmp_path / "out4", max_size=100_000)
+
+
+def test_a_member_path_too_deep_is_refused_before_the_members_after_it_are_read(tmp_path: Path) -> None:
+    """Refused as it is met, not once the whole stream was read (the rest here is a huge header,
+    which would be refused for its own reason)."""
+    huge = member("spanfaas.toml")
+    huge.pax_headers = {"comment": "c" * (2 << 20)}
+    deep = "/".join(["d"] * 1200) + "/f.py"
+    for data in (plain_tar([(member(deep), b"x"), (huge, b"")]), tar_gz([(member(deep), b"x"), (huge, b"")])):
+        with pytest.raises(InvalidBundle, match=r"1201 parts deep; at most 128"):
+            unpack(data, tmp_path / "out", max_size=10**9)

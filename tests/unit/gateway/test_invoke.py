@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from spanfaas.config import Settings
-from spanfaas.errors import PROBLEM_BASE, InfraUnavailable, SpanfaasError, TooManyRequests
+from spanfaas.errors import PROBLEM_BASE, InfraError, InfraUnavailable, SpanfaasError, TooManyRequests
 from spanfaas.gateway import create_app, pack_function
 from spanfaas.gateway.app import Gateway
 from spanfaas.infra.base import Infrastructure
@@ -239,11 +239,31 @@ async def test_oversize_payload_is_413(client: httpx.AsyncClient, hello: dict[st
     assert store.list_invocations() == []
 
 
-async def test_infra_failure_is_502_and_recorded(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+async def test_infra_failure_before_the_run_is_503_and_recorded(client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure) -> None:
+    """Nothing of it ran, and the answer says so (infra-unavailable): it was a 502 infra-error,
+    which a gateway that placed the call here took for a run."""
     infra.fail_next = 1
+    r = await client.post("/v1/functions/hello/invoke", json={})
+    assert r.status_code == 503
+    doc = r.json()
+    assert doc["type"] == PROBLEM_BASE + "infra-unavailable" and "injected platform failure" in doc["detail"], doc
+    rec = (await client.get(f"/v1/invocations/{doc['invocation_id']}")).json()
+    assert rec["status"] == "failed" and rec["error"]["kind"] == "infra"
+
+
+async def test_infra_failure_after_the_run_started_is_502_and_recorded(
+    client: httpx.AsyncClient, hello: dict[str, object], infra: InMemoryInfrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lost_mid_run(spec: FunctionSpec, payload: bytes, ctx: InvokeContext) -> Result:
+        assert ctx.on_start is not None
+        ctx.on_start()  # handed to an instance, which was then lost
+        raise InfraError("the template of 'hello' exited or was stopped; the invocation may have run in part")
+
+    monkeypatch.setattr(infra, "invoke", lost_mid_run)
     r = await client.post("/v1/functions/hello/invoke", json={})
     assert r.status_code == 502
     doc = r.json()
+    assert doc["type"] == PROBLEM_BASE + "infra-error", doc
     rec = (await client.get(f"/v1/invocations/{doc['invocation_id']}")).json()
     assert rec["status"] == "failed" and rec["error"]["kind"] == "infra"
 
