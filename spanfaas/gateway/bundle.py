@@ -130,7 +130,7 @@ def detect_format(data: bytes) -> str:
         return "tar"
     head = data[:8].hex(" ") or "nothing"
     raise InvalidBundle(
-        f"the bundle is neither a tar.gz nor a zip archive (it starts with {head}); "
+        f"the bundle is not a tar.gz, tar or zip archive (it starts with {head}); "
         "send the function directory packed as tar.gz, as `spanfaas deploy PATH` does"
     )
 

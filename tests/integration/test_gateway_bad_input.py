@@ -80,7 +80,7 @@ def deep_bundle() -> bytes:
 
 CASES = {
     "malformed bundle": ("PUT", "/v1/functions/echo", {"content": b"PK\x03\x04 not really a zip"}, 400, "damaged"),
-    "not an archive": ("PUT", "/v1/functions/echo", {"content": b"hello"}, 400, "neither a tar.gz nor a zip"),
+    "not an archive": ("PUT", "/v1/functions/echo", {"content": b"hello"}, 400, "not a tar.gz, tar or zip"),
     "escaping bundle": ("PUT", "/v1/functions/echo", {"content": escaping_bundle()}, 400, "outside the bundle"),
     "deep bundle": ("PUT", "/v1/functions/echo", {"content": deep_bundle()}, 400, "is 1201 parts deep; at most 128 are allowed"),
     "oversize bundle": ("PUT", "/v1/functions/echo", {"content": b"\x1f\x8b" + bytes(200_000)}, 413, "the bundle is 195.3 KiB; the limit is max_bundle = 128.0 KiB"),

@@ -126,7 +126,7 @@ def _import_error(fn_dir: Callable[..., Path]) -> bytes:
 @pytest.mark.parametrize(
     "make, status, detail",
     [
-        (lambda f: b"this is not an archive", 400, "neither a tar.gz nor a zip archive"),
+        (lambda f: b"this is not an archive", 400, "not a tar.gz, tar or zip archive"),
         (lambda f: b"\x1f\x8b\x08\x00\x00\x00broken", 400, "damaged"),
         (_bad_key, 400, "unknown field `isolaton`"),
         (_no_handler, 400, "handler module 'missing' not found in bundle; files: handler.py, spanfaas.toml"),
