@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import msgspec
 import pytest
@@ -92,17 +91,12 @@ def _self_state() -> tuple[object, ...]:
     return ns, status, mounts, socket.gethostname(), os.getpid()
 
 
-def test_probe_does_not_change_caller_and_is_cheap() -> None:
+def test_probe_does_not_change_caller() -> None:
+    """(What it costs, ~4 ms, is no unit test's to time.)"""
     before = _self_state()
     _probe.cache_clear()  # (probe() is cached per value of landlock.TEST_ABI_ENV: the cache is _probe's)
-    start = time.perf_counter()
-    try:
-        probe()
-    finally:
-        elapsed = time.perf_counter() - start
+    probe()
     assert _self_state() == before
-    # The target is < 50 ms (measured ~4 ms); the slack absorbs a loaded CI box.
-    assert elapsed < 0.25, f"probe took {elapsed * 1e3:.1f} ms"
 
 
 def test_plan_defaults_and_round_trip() -> None:

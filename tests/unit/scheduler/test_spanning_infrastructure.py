@@ -437,9 +437,8 @@ async def test_a_remove_slower_than_the_site_timeout_is_not_cut_short(spanning, 
         finished.set()
 
     infra.remove = slow_remove  # type: ignore[method-assign]
-    started = asyncio.get_running_loop().time()
     await sp.remove("fn")
-    assert asyncio.get_running_loop().time() - started < 0.25  # the caller is not held past the site's timeout
+    assert not finished.is_set()  # the caller is not held past the site's timeout (0.05 s; the drain takes 0.3 s)
     await asyncio.wait_for(finished.wait(), 2)  # and the drain ran to its end
     assert "fn" not in infra._functions
 
