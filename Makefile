@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test bench venv clean
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	test -x $(BIN)/pip || { rm -rf $(VENV) && bash scripts/venv.sh $(PY) $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
