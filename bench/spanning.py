@@ -186,11 +186,10 @@ def main() -> None:
     try:
         maps: dict[str, Any] = {}
         if not args.skip_ray:
-            from spanning_support import RAY_ENV, RayHead, free_port
+            from spanning_support import RAY_ENV, start_ray_head
 
             os.environ.update(RAY_ENV)
-            head = RayHead(free_port(), cpus=os.cpu_count() or 1)
-            head.start()
+            head = start_ray_head(cpus=os.cpu_count() or 1)
             maps["plain Ray tasks"] = {"per_s": round(plain_ray(head.address, args.items), 1)}
             maps["spanning: local + Ray (prefer load)"] = asyncio.run(spanning_map(workdir, head.address, ["local", "ray"], args.items, args.concurrency))
             maps["spanning: Ray alone"] = asyncio.run(spanning_map(workdir, head.address, ["ray"], args.items, args.concurrency))

@@ -8,7 +8,7 @@ Layers, each depending only on those below it::
     infra
     runtime
     sandbox
-    model, errors, config (config_problems), tomltext, store, clipping   (usable from every layer)
+    model, errors, config (config_problems), tomltext, store, clipping, ports   (usable from every layer)
 """
 
 from spanfaas.errors import (

@@ -12,16 +12,18 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from spanfaas.ports import ADDRESS_IN_USE, PortTaken, free_port, start_on_free_port
 from spanfaas.store import SQLiteStore, Store
+
+__all__ = ["free_port", "start_postgres"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,12 +39,6 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *rest])  # for the CLI, gateways, Ray workers the tests start
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_bindir() -> str | None:
@@ -67,9 +63,44 @@ def _as_user() -> tuple[list[str], int | None]:
     pytest.skip("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on a loopback port; skipped when absent."""
+def start_postgres(bindir: str, tmp: str, prefix: list[str], pick: Callable[[], int] = free_port) -> int:
+    """initdb in ``tmp``/data and start the server there on a picked loopback port: another
+    port when it could not bind that one (taken since it was picked), and its port only when
+    what answers there is this server (its data directory), not another one that was there."""
+    import psycopg
+
+    data = os.path.join(tmp, "data")
+    run = lambda *args: subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+
+    def start(port: int) -> int:
+        log = os.path.join(tmp, f"log-{port}")
+        opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200"
+        try:
+            run(os.path.join(bindir, "pg_ctl"), "-D", data, "-o", opts, "-l", log, "-w", "-t", "60", "start")
+        except subprocess.CalledProcessError:
+            said = Path(log).read_text(errors="replace") if os.path.exists(log) else ""
+            if ADDRESS_IN_USE in said:
+                raise PortTaken(port, said[-500:]) from None
+            raise
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=10) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        if row is None or os.path.realpath(row[0]) != os.path.realpath(data):
+            subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+            raise PortTaken(port, f"the server answering there serves {row[0] if row else '?'}, not {data}")
+        return port
+
+    return start_on_free_port(start, pick=pick)
+
+
+def stop_postgres(bindir: str, tmp: str, prefix: list[str]) -> None:
+    subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", os.path.join(tmp, "data"), "-m", "immediate", "-w", "stop"],
+                   capture_output=True, timeout=60)  # fmt: skip
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def postgres_tmp() -> tuple[str, str, list[str]]:
+    """The binaries, a temp dir the server's user owns, and how to run as that user; skips when absent."""
     bindir = _pg_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found; `make test` installs them")
@@ -77,20 +108,25 @@ def postgres_url() -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="spanfaas-pg-")
     if uid is not None:
         os.chown(tmp, uid, -1)
-    data, port = os.path.join(tmp, "data"), free_port()
-    run = lambda *args: subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)  # noqa: E731
+    return bindir, tmp, prefix
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a loopback port; skipped when absent."""
+    bindir, tmp, prefix = postgres_tmp()
     try:
-        run(os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
-        opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200"
-        run(os.path.join(bindir, "pg_ctl"), "-D", data, "-o", opts, "-l", os.path.join(tmp, "log"), "-w", "-t", "60", "start")
+        port = start_postgres(bindir, tmp, prefix)
     except subprocess.CalledProcessError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_postgres(bindir, tmp, prefix)
         pytest.fail(f"could not start PostgreSQL: {exc.stderr.decode(errors='replace')}")
+    except BaseException:
+        stop_postgres(bindir, tmp, prefix)
+        raise
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_postgres(bindir, tmp, prefix)
 
 
 @pytest.fixture

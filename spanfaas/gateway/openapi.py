@@ -116,7 +116,7 @@ def build_openapi(table: list[Endpoint]) -> dict[str, Any]:
                 "description": e.error_notes.get(code, _STATUS_TEXT[code]),
                 "content": {"application/problem+json": {"schema": refs[Problem]}},
             }
-            if code in _ERROR_HEADERS and code not in e.error_notes:
+            if code in _ERROR_HEADERS:  # sent by the error (problems.py), whatever a note says it means here
                 responses[str(code)]["headers"] = {h: _header(*spec) for h, spec in _ERROR_HEADERS[code].items()}
         for code, headers in e.headers.items():
             documented = responses[str(code)].setdefault("headers", {})

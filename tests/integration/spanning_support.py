@@ -15,8 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spanfaas.gateway.testing import GatewayProcess
 from spanfaas.infra.memory import InMemoryInfrastructure
 from spanfaas.model import FunctionSpec, InvokeContext, Result
+from spanfaas.ports import ADDRESS_IN_USE, PortTaken, free_port, start_on_free_port
+
+__all__ = ["free_port"]  # (re-exported: the spanning tests' "nothing listens here" addresses)
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 """A throwaway loopback cluster: no token authentication, no usage stats."""
@@ -105,6 +109,26 @@ class RayHead:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_ray_head(*, cpus: int = 1, gpus: int = 0, env: dict[str, str] | None = None,
+                   pick: Callable[[], int] = free_port) -> RayHead:
+    """A started ``RayHead`` on a picked port (its restarts keep it), on another when its GCS
+    could not bind it (taken since it was picked; spanfaas.ports).  (Ray's GCS says so with
+    the port; its advice that follows names "Address already in use" whatever the cause.)"""
+
+    def start(port: int) -> RayHead:
+        head = RayHead(port, cpus=cpus, gpus=gpus, env=env)
+        try:
+            head.start()
+        except RuntimeError as exc:
+            head.close()
+            if f"Failed to start the grpc server. The specified port is {port}." in str(exc):
+                raise PortTaken(port, "Ray's GCS could not bind it") from None
+            raise
+        return head
+
+    return start_on_free_port(start, pick=pick)
 
 
 class RayNode:
@@ -209,12 +233,22 @@ def infra_toml(*entries: dict[str, object], scheduler: dict[str, object] | None 
     return "\n".join(out) + "\n"
 
 
-def free_port() -> int:
-    import socket
+def start_gateway_on_free_port(make: Callable[[int], GatewayProcess], pick: Callable[[], int] = free_port) -> GatewayProcess:
+    """``make(port).start()`` on a picked port given to the gateway (``--port``: one that stays
+    its own across restarts; ``--dns-port``), on another when the gateway could not bind it
+    (taken since it was picked; spanfaas.ports).  A gateway that started printed its own
+    ``listening on``: what answers there is ours."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    def start(port: int) -> GatewayProcess:
+        gw = make(port)
+        try:
+            return gw.start()
+        except RuntimeError:
+            if ADDRESS_IN_USE in gw.log():
+                raise PortTaken(port, gw.log()[-500:]) from None
+            raise
+
+    return start_on_free_port(start, pick=pick)
 
 
 def world_readable_dir(prefix: str) -> Path:

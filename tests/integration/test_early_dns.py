@@ -14,8 +14,8 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from spanfaas.config import DnsSettings
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
-from tests.conftest import free_port
 from tests.integration.early_support import SLOW_IMPORT, live_gateway
+from tests.integration.spanning_support import start_gateway_on_free_port
 
 
 async def resolve(port: int, name: str, qtype: str = "A") -> DNSRecord:
@@ -58,19 +58,24 @@ async def test_a_lookup_starts_the_template_and_the_next_call_is_warm() -> None:
 
 def test_gateway_command_line_starts_the_responder() -> None:
     root = Path(tempfile.mkdtemp(prefix="spanfaas-dns-"))
-    port = free_port()
+    gw: GatewayProcess | None = None
     try:
         fn = root / "src" / "echo"
         fn.mkdir(parents=True)
         (fn / "handler.py").write_text("def handler(event, context):\n    return event\n")
         (fn / "spanfaas.toml").write_text('name = "echo"\n')
-        with GatewayProcess(root / "data", infra="memory", args=["--dns", "--dns-port", str(port), "--dns-zone", "fn.test"]) as gw:
-            with httpx.Client(base_url=gw.url, headers=gw.headers) as c:
-                assert c.put("/v1/functions/echo", content=pack_function(fn)).status_code == 201
-            ask = lambda name: DNSRecord.parse(DNSRecord.question(name).send("127.0.0.1", port, timeout=5))
-            assert [str(rr.rdata) for rr in ask("echo.fn.test").rr] == ["127.0.0.1"]
-            assert ask("other.fn.test").header.rcode == RCODE.NXDOMAIN
-            assert ask("echo.example.org").header.rcode == RCODE.REFUSED
-            assert "dns responder answering for *.fn.test" in gw.log()
+        gw = start_gateway_on_free_port(  # the responder's port: another when that one was taken since it was picked
+            lambda port: GatewayProcess(root / "data", infra="memory", args=["--dns", "--dns-port", str(port), "--dns-zone", "fn.test"])
+        )
+        port = int(gw.args[gw.args.index("--dns-port") + 1])
+        with httpx.Client(base_url=gw.url, headers=gw.headers) as c:
+            assert c.put("/v1/functions/echo", content=pack_function(fn)).status_code == 201
+        ask = lambda name: DNSRecord.parse(DNSRecord.question(name).send("127.0.0.1", port, timeout=5))
+        assert [str(rr.rdata) for rr in ask("echo.fn.test").rr] == ["127.0.0.1"]
+        assert ask("other.fn.test").header.rcode == RCODE.NXDOMAIN
+        assert ask("echo.example.org").header.rcode == RCODE.REFUSED
+        assert "dns responder answering for *.fn.test" in gw.log()
     finally:
+        if gw is not None:
+            gw.stop()
         shutil.rmtree(root, ignore_errors=True)

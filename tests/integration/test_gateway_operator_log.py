@@ -20,21 +20,24 @@ import pytest
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
-from spanning_support import free_port, infra_toml, world_readable_dir
+from spanning_support import infra_toml, start_gateway_on_free_port, world_readable_dir
 
 
 def test_a_site_down_from_the_start_is_named_once_and_refreshes_stay_quiet() -> None:
     root = world_readable_dir("spanfaas-oplog-")
-    port = free_port()
-    # The "site" is this gateway itself, without a token: it answers every refresh with 401.
-    (root / "gw.toml").write_text(infra_toml(
-        {"name": "local", "kind": "local"},
-        {"name": "self", "kind": "remote", "address": f"http://127.0.0.1:{port}", "timeout": 2},
-        scheduler={"refresh_interval": 0.1},
-    ))  # fmt: skip
-    gw = GatewayProcess(root / "data", infra="local", env={"SPANFAAS_CONFIG": str(root / "gw.toml")}, args=["--port", str(port)])
+
+    def gateway(port: int) -> GatewayProcess:
+        # The "site" is this gateway itself, without a token: it answers every refresh with 401.
+        (root / "gw.toml").write_text(infra_toml(
+            {"name": "local", "kind": "local"},
+            {"name": "self", "kind": "remote", "address": f"http://127.0.0.1:{port}", "timeout": 2},
+            scheduler={"refresh_interval": 0.1},
+        ))  # fmt: skip
+        return GatewayProcess(root / "data", infra="local", env={"SPANFAAS_CONFIG": str(root / "gw.toml")}, args=["--port", str(port)])
+
+    gw: GatewayProcess | None = None
     try:
-        gw.start()
+        gw = start_gateway_on_free_port(gateway)
         deadline = time.monotonic() + 10
         while "infrastructure self" not in gw.log() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -47,7 +50,8 @@ def test_a_site_down_from_the_start_is_named_once_and_refreshes_stay_quiet() -> 
         assert 1 <= len(warnings) <= 2 and len(set(warnings)) == len(warnings), log
         assert "refuses our token (401)" in warnings[-1] and "check its token in [[infrastructures]]" in warnings[-1]
     finally:
-        gw.kill()
+        if gw is not None:
+            gw.kill()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from spanfaas.errors import FunctionFailed
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
-from spanning_support import free_port, function_dir, infra_toml, world_readable_dir
+from spanning_support import function_dir, infra_toml, start_gateway_on_free_port, world_readable_dir
 
 CODE = """
 def handler(event, context):
@@ -85,10 +85,11 @@ class Sites:
 @pytest.fixture(scope="module")
 def sites() -> Iterator[Sites]:
     root = world_readable_dir("spanfaas-span-hung-")
-    eu_port = free_port()
     (root / "eu.toml").write_text(infra_toml({"name": "local", "kind": "local", "region": "eu-west"}))
-    eu = GatewayProcess(root / "eu-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")}, args=["--port", str(eu_port)])
-    eu.start()
+    eu = start_gateway_on_free_port(  # a port of its own: the same after a restart, where the others look for it
+        lambda port: GatewayProcess(root / "eu-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")},
+                                    args=["--port", str(port)])
+    )  # fmt: skip
     try:
         (root / "main.toml").write_text(infra_toml(
             {"name": "eu", "kind": "remote", "address": eu.url, "token": eu.admin_token or "", "timeout": 2},

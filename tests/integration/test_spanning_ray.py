@@ -39,7 +39,8 @@ from spanfaas.model import Bundle, InvokeContext, load_manifest
 from spanfaas.scheduler import SpanningInfrastructure
 
 from spanning_support import (
-    ECHO, RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, free_port, function_dir, infra_toml, world_readable_dir,
+    ECHO, RAY_ENV, RayHead, RayNode, alive, cmdline, descendants, function_dir, infra_toml, start_ray_head,
+    world_readable_dir,
 )  # fmt: skip
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
@@ -50,8 +51,7 @@ def ray_head() -> Iterator[RayHead]:
     with pytest.MonkeyPatch.context() as mp:
         for k, v in RAY_ENV.items():
             mp.setenv(k, v)  # the bridges this module starts inherit it
-        head = RayHead(free_port(), cpus=1, gpus=1)
-        head.start()
+        head = start_ray_head(cpus=1, gpus=1)
         try:
             yield head
         finally:
@@ -65,12 +65,13 @@ def node_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RayHead, Path]]:
     for k, v in RAY_ENV.items():
         monkeypatch.setenv(k, v)
     elsewhere = world_readable_dir("spanfaas-ray-node-tmp-")
-    head = RayHead(free_port(), cpus=1, env={"TMPDIR": str(elsewhere)})
+    head: RayHead | None = None
     try:
-        head.start()
+        head = start_ray_head(cpus=1, env={"TMPDIR": str(elsewhere)})
         yield head, elsewhere / "spanfaas-ray"
     finally:
-        head.close()
+        if head is not None:
+            head.close()
         shutil.rmtree(elsewhere, ignore_errors=True)
 
 
@@ -282,8 +283,7 @@ async def test_a_worker_node_that_dies_takes_no_call_with_it(workdir: Path) -> N
     crash or timeout; the calls after it go to local too."""
     # Ray's own detector marks a node dead after it misses heartbeats: 3 × 0.5 s here (its
     # default is 5 × 3 s), so the calls queued for the dead node's CPU move on within seconds
-    head = RayHead(free_port(), cpus=0, env={"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"})
-    head.start()
+    head = start_ray_head(cpus=0, env={"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"})
     node = RayNode(head, cpus=1)
     sp: SpanningInfrastructure | None = None
     try:

@@ -28,7 +28,7 @@ import pytest
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
-from spanning_support import ECHO, free_port, function_dir, infra_toml, world_readable_dir
+from spanning_support import ECHO, function_dir, infra_toml, start_gateway_on_free_port, world_readable_dir
 
 
 class Sites:
@@ -49,13 +49,14 @@ class Sites:
 @pytest.fixture(scope="module")
 def sites() -> Iterator[Sites]:
     root = world_readable_dir("spanfaas-span-remote-")
-    eu_port = free_port()
     # eu runs its functions without the sandbox: their __file__ is then a host path under
     # eu-data, which SLOW_ON_EU looks for (a sandboxed function sees /var/task on either site).
     eu_toml = infra_toml({"name": "local", "kind": "local", "region": "eu-west", "labels": {"tier": "gold"}})
     (root / "eu.toml").write_text(eu_toml + "\n[runtime]\nsandbox = false\n")
-    eu = GatewayProcess(root / "eu-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")}, args=["--port", str(eu_port)])
-    eu.start()
+    eu = start_gateway_on_free_port(  # a port of its own: the same after a restart, where the others look for it
+        lambda port: GatewayProcess(root / "eu-data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")},
+                                    args=["--port", str(port)])
+    )  # fmt: skip
     try:
         (root / "main.toml").write_text(infra_toml(
             {"name": "eu", "kind": "remote", "address": eu.url, "token": eu.admin_token or "", "timeout": 5},

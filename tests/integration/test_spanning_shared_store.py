@@ -16,7 +16,7 @@ import pytest
 from spanfaas.gateway import pack_function
 from spanfaas.gateway.testing import GatewayProcess
 
-from spanning_support import free_port, function_dir, infra_toml, world_readable_dir
+from spanning_support import function_dir, infra_toml, start_gateway_on_free_port, world_readable_dir
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -32,11 +32,11 @@ class Shared:
 @pytest.fixture
 def shared(postgres_db: str) -> Iterator[Shared]:
     root = world_readable_dir("spanfaas-span-shared-")
-    eu_port = free_port()
     (root / "eu.toml").write_text(infra_toml({"name": "local", "kind": "local", "region": "eu-west"}))
-    eu = GatewayProcess(root / "eu" / "data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")},
-                        args=["--port", str(eu_port)])  # fmt: skip
-    eu.start()
+    eu = start_gateway_on_free_port(  # a port of its own: the same after a restart, where the others look for it
+        lambda port: GatewayProcess(root / "eu" / "data", infra="local", env={"SPANFAAS_CONFIG": str(root / "eu.toml")},
+                                    args=["--port", str(port)])
+    )  # fmt: skip
     gateways: list[GatewayProcess] = [eu]
     try:
         (root / "gw.toml").write_text(infra_toml(
