@@ -606,12 +606,7 @@ class Template:
         except OSError:
             return
         try:
-            try:
-                listing = os.scandir(fd)
-            except PermissionError:
-                os.fchmod(fd, 0o700)
-                listing = os.scandir(fd)
-            with listing as it:
+            with _scan(fd) as it:
                 left = [(e.name, e.is_dir(follow_symlinks=False)) for e in it if e.name not in live or not e.is_dir(follow_symlinks=False)]
             for name, is_dir in left:
                 try:
@@ -1016,15 +1011,19 @@ def _open_dir(name: str, parent: int | None) -> int:
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
 
 
+def _scan(fd: int) -> os._ScandirIterator[str]:
+    """The listing of the dir ``fd``, made readable first if a call took that away (ours: same uid)."""
+    try:
+        return os.scandir(fd)
+    except PermissionError:
+        os.fchmod(fd, 0o700)
+        return os.scandir(fd)
+
+
 def _empty_out(fd: int) -> str | None:
     """Remove what the dir ``fd`` holds, streaming its listing: files, links and
     empty dirs.  The name of the first dir that is not empty, or None: emptied."""
-    try:
-        listing = os.scandir(fd)
-    except PermissionError:
-        os.fchmod(fd, 0o700)
-        listing = os.scandir(fd)
-    with listing as it:
+    with _scan(fd) as it:
         for entry in it:
             if entry.is_dir(follow_symlinks=False):
                 try:
